@@ -1,0 +1,37 @@
+# `make demo` and `make test` install what they need into .venv first (fast when it is already there).
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := demo
+DEMO_TIME ?= 720
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nmt corpus get bible-de-en $(DEMO)/raw --force
+	$(BIN)/nmt preprocess $(DEMO)/raw $(DEMO)/bin --vocab-size 8000 --force
+	$(BIN)/nmt-train $(DEMO)/bin $(DEMO)/run --force --preset tiny --devices cpu \
+		--max-time $(DEMO_TIME) --valid-every 200 --valid-max-sentences 400 --lr 7e-4 --warmup 250
+	$(BIN)/nmt translate $(DEMO)/run --device cpu --beam 5 < $(DEMO)/bin/test.de > $(DEMO)/test.hyp.en
+	$(BIN)/nmt score $(DEMO)/test.hyp.en $(DEMO)/bin/test.en
+
+test: $(STAMP)
+	$(BIN)/pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,131 @@
+"""Training-step throughput of async-nmt's model + step + flat Adam, against a bare nn.Transformer loop.
+
+Prints one JSON line: target tokens/s of both on the same synthetic batches, and their ratio (goal >= 1).
+    python scripts/bench_step.py --preset tiny --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from async_nmt.config import PAD_ID, model_config
+from async_nmt.data.batches import Batch
+from async_nmt.devices import bf16_supported, resolve_device
+from async_nmt.model.transformer import Transformer
+from async_nmt.train.optim import FlatAdam, normalize_and_clip
+from async_nmt.train.step import flatten_parameters, train_step
+
+
+class BareTransformer(nn.Module):
+    """The reference: torch.nn.Transformer (pre-norm) with one tied embedding, sinusoids as a buffer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.core = nn.Transformer(
+            cfg.d_model, cfg.heads, cfg.enc_layers, cfg.dec_layers, cfg.ff_dim, cfg.dropout,
+            batch_first=True, norm_first=True,
+        )  # fmt: skip
+        pos = torch.arange(cfg.max_positions)[:, None] * torch.exp(
+            torch.arange(0, cfg.d_model, 2) * (-math.log(10000.0) / cfg.d_model)
+        )
+        self.register_buffer("pos", torch.cat([pos.sin(), pos.cos()], 1), persistent=False)
+        self.scale = cfg.d_model**0.5
+
+    def forward(self, src, prev):
+        x = self.embed(src) * self.scale + self.pos[: src.size(1)]
+        y = self.embed(prev) * self.scale + self.pos[: prev.size(1)]
+        causal = nn.Transformer.generate_square_subsequent_mask(prev.size(1), device=src.device)
+        h = self.core(x, y, tgt_mask=causal, src_key_padding_mask=src == PAD_ID, tgt_is_causal=True,
+                      memory_key_padding_mask=src == PAD_ID)  # fmt: skip
+        return F.linear(h, self.embed.weight)
+
+
+def synthetic_batches(n: int, rows: int, length: int, vocab: int, device) -> list[Batch]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        src = torch.randint(4, vocab, (rows, length), generator=g)
+        tgt = torch.randint(4, vocab, (rows, length), generator=g)
+        lens = torch.randint(length // 2, length, (rows,), generator=g)
+        pad = torch.arange(length)[None, :] >= lens[:, None]
+        src[pad], tgt[pad] = PAD_ID, PAD_ID
+        prev = torch.cat([torch.full((rows, 1), 2), tgt[:, :-1]], 1)
+        out.append(Batch(src.to(device), prev.to(device), tgt.to(device), int((tgt != PAD_ID).sum()), rows))
+    return out
+
+
+def time_loop(step, batches, warmup: int, device) -> float:
+    for b in batches[:warmup]:
+        step(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for b in batches[warmup:]:
+        step(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return sum(b.tokens for b in batches[warmup:]) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--length", type=int, default=32, help="Padded sentence length of the batches.")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and bf16_supported(device))
+    amp = torch.bfloat16 if bf16 else None
+    cfg = model_config(args.preset, args.vocab)
+    batches = synthetic_batches(args.steps + args.warmup_steps, args.max_tokens // args.length, args.length,
+                                args.vocab, device)  # fmt: skip
+
+    torch.manual_seed(0)
+    ours = Transformer(cfg).to(device)
+    flat = flatten_parameters(ours)
+    adam = FlatAdam(flat.data)
+
+    def our_step(b: Batch) -> None:
+        flat.grad.zero_()
+        train_step(ours, b, 0.1, amp)
+        normalize_and_clip(flat.grad, b.tokens, 0.0)
+        adam.step(flat.grad, 1e-4, 1)
+
+    ours_tps = time_loop(our_step, batches, args.warmup_steps, device)
+
+    bare = BareTransformer(cfg).to(device)
+    opt = torch.optim.Adam(bare.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
+                           fused=device.type == "cuda")  # fmt: skip
+
+    def bare_step(b: Batch) -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = bare(b.src, b.prev_tgt)
+        loss = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), b.target.view(-1), ignore_index=PAD_ID,
+                               label_smoothing=0.1, reduction="sum")  # fmt: skip
+        (loss / b.tokens).backward()
+        opt.step()
+
+    bare_tps = time_loop(bare_step, batches, args.warmup_steps, device)
+    print(json.dumps({
+        "bench": "step", "preset": args.preset, "device": str(device), "precision": "bf16" if bf16 else "fp32",
+        "max_tokens": args.max_tokens, "tok_per_s": round(ours_tps), "bare_nn_transformer_tok_per_s": round(bare_tps),
+        "ratio": round(ours_tps / bare_tps, 3), "torch": torch.__version__,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Translation speed: greedy and beam search with the incremental-decoding cache, and beam without it.
+
+Prints one JSON line: sentences/s of each, and the speedup of the cache for beam search (goal >= 3).
+    python scripts/bench_translate.py --preset tiny --sentences 200 --device cpu
+Without --run the model is a randomly initialised preset (fixed seed) that translates random source ids;
+it seldom picks eos, so outputs run to the length limit, a fixed amount of work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from async_nmt.config import model_config
+from async_nmt.devices import resolve_device
+from async_nmt.model.transformer import Transformer
+from async_nmt.translate import translate_ids
+
+
+def synthetic_sources(n: int, vocab_size: int, min_len: int, max_len: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(4, vocab_size) for _ in range(rng.randint(min_len, max_len))] for _ in range(n)]
+
+
+def sentences_per_s(model: Transformer, sources: list[list[int]], **kwargs) -> float:
+    device = kwargs["device"]
+    translate_ids(model, sources[:8], **kwargs)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    translate_ids(model, sources, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(sources) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=None, help="A run folder or checkpoint (default: random).")
+    parser.add_argument("--input", type=Path, default=None, help="Source text to translate (needs --run).")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--sentences", type=int, default=200)
+    parser.add_argument("--min-len", type=int, default=10, help="Shortest synthetic source (tokens).")
+    parser.add_argument("--max-len", type=int, default=40, help="Longest synthetic source (tokens).")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=4000)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+
+    if args.run is not None:
+        from async_nmt.train.checkpoint import load_model
+
+        model, sp = load_model(args.run, "best", device)
+    else:
+        torch.manual_seed(0)
+        model, sp = Transformer(model_config(args.preset, args.vocab)).to(device).eval(), None
+    if args.input is not None:
+        if sp is None:
+            parser.error("--input needs --run (its vocabulary)")
+        lines = [line for line in args.input.read_text(encoding="utf-8").splitlines() if line.strip()]
+        sources = sp.encode(lines[: args.sentences])
+    else:
+        sources = synthetic_sources(args.sentences, model.cfg.vocab_size, args.min_len, args.max_len, seed=0)
+
+    common = dict(max_tokens=args.max_tokens, device=device)
+    greedy = sentences_per_s(model, sources, beam=1, **common)
+    beam = sentences_per_s(model, sources, beam=args.beam, **common)
+    beam_no_cache = sentences_per_s(model, sources, beam=args.beam, use_cache=False, **common)
+    print(json.dumps({
+        "bench": "translate", "model": str(args.run) if args.run else f"random {args.preset}",
+        "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32",
+        "sentences": len(sources), "src_tokens": sum(len(s) for s in sources), "beam": args.beam,
+        "greedy_sent_per_s": round(greedy, 2), "beam_sent_per_s": round(beam, 2),
+        "beam_no_cache_sent_per_s": round(beam_no_cache, 2), "cache_speedup": round(beam / beam_no_cache, 2),
+        "torch": torch.__version__,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

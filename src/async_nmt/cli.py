@@ -1,0 +1,193 @@
+"""The `nmt` command line: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from async_nmt.errors import UserError
+
+EXISTING_FILE = click.Path(path_type=Path)  # existence is checked by the library, with one-line errors
+
+
+class NmtGroup(click.Group):
+    """Turns UserError (and Ctrl-C) into one line on stderr and exit code 2, with no traceback."""
+
+    def invoke(self, ctx: click.Context):  # noqa: D102
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=NmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="async-nmt")
+def main() -> None:
+    """Neural machine translation with synchronous, asynchronous and accumulated-asynchronous training."""
+
+
+# --------------------------------------------------------------------------- corpus
+@main.group()
+def corpus() -> None:
+    """Built-in corpora: list them, or get one as {train,valid,test}.{SRC,TGT} text files."""
+
+
+@corpus.command("list")
+def corpus_list() -> None:
+    """List the built-in corpora and whether they work offline."""
+    from async_nmt.corpus import print_corpora
+
+    print_corpora()
+
+
+@corpus.command("get")
+@click.argument("name")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite the text files of an existing OUT_DIR.")
+def corpus_get(name: str, out_dir: Path, force: bool) -> None:
+    """Download corpus NAME (cached under ~/.cache/async-nmt) and write its splits to OUT_DIR."""
+    from async_nmt.corpus import get_corpus
+
+    get_corpus(name, out_dir, force=force)
+
+
+# --------------------------------------------------------------------------- preprocess
+@main.command()
+@click.argument("raw_dir", type=click.Path(path_type=Path))
+@click.argument("bin_dir", type=click.Path(path_type=Path))
+@click.option("--src", default=None, help="Source language suffix (default: found from the file names).")
+@click.option("--tgt", default=None, help="Target language suffix (default: found from the file names).")
+@click.option("--vocab-size", default=8000, show_default=True, help="Joint sentencepiece vocabulary size.")
+@click.option(
+    "--model-type",
+    type=click.Choice(["unigram", "bpe"]),
+    default="unigram",
+    show_default=True,
+    help="Sentencepiece model type.",
+)
+@click.option(
+    "--max-len",
+    default=250,
+    show_default=True,
+    help="Drop training pairs with a side longer than this (tokens).",
+)
+@click.option(
+    "--max-ratio", default=3.0, show_default=True, help="Drop training pairs whose length ratio exceeds this."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing BIN_DIR.")
+def preprocess(
+    raw_dir: Path,
+    bin_dir: Path,
+    src: str | None,
+    tgt: str | None,
+    vocab_size: int,
+    model_type: str,
+    max_len: int,
+    max_ratio: float,
+    force: bool,
+) -> None:
+    """Train a joint sentencepiece model on RAW_DIR/train.* and binarize every split into BIN_DIR."""
+    from async_nmt.data.binarize import preprocess as run_preprocess
+
+    run_preprocess(
+        raw_dir,
+        bin_dir,
+        src=src,
+        tgt=tgt,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        max_len=max_len,
+        max_ratio=max_ratio,
+        force=force,
+        progress=True,
+    )
+
+
+# --------------------------------------------------------------------------- train
+def _train_options(f):
+    from async_nmt.train.options import add_train_options
+
+    return add_train_options(f)
+
+
+@main.command("train")
+@click.argument("bin_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_train_options
+def train(bin_dir: Path, run_dir: Path, **options) -> None:
+    """Train a model on the binarized corpus BIN_DIR, writing the run folder RUN_DIR."""
+    from async_nmt.train.options import run_train
+
+    run_train(bin_dir, run_dir, **options)
+
+
+def train_main() -> None:
+    """`nmt-train`: the same as `nmt train`."""
+    cli = NmtGroup(commands={"train": train})
+    cli(args=["train", *sys.argv[1:]], prog_name="nmt-train")
+
+
+# --------------------------------------------------------------------------- translate
+@main.command()
+@click.argument("model_path", metavar="RUN_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.option("-i", "--input", "input_path", type=click.Path(path_type=Path), help="Source file (default: stdin).")
+@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), help="Output file (default: stdout).")
+@click.option("--beam", default=5, show_default=True, help="Beam size; 1 is greedy search.")
+@click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
+@click.option("--max-len-a", default=1.2, show_default=True, help="Output length limit: a * source length + b.")
+@click.option("--max-len-b", default=10, show_default=True, help="Output length limit: a * source length + b.")
+@click.option("--max-tokens", default=4000, show_default=True, help="Source tokens per translation batch.")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="Which checkpoint of a run folder to use.",
+)
+@click.option("--device", default=None, help="cpu or cuda:N (default: the first GPU if there is one, else cpu).")
+def translate(
+    model_path: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    beam: int,
+    lenpen: float,
+    max_len_a: float,
+    max_len_b: int,
+    max_tokens: int,
+    checkpoint: str,
+    device: str | None,
+) -> None:
+    """Translate lines from stdin (or --input) with the model of RUN_OR_CHECKPOINT, in input order."""
+    from async_nmt.translate import translate_file
+
+    translate_file(
+        model_path,
+        input_path,
+        output_path,
+        beam=beam,
+        lenpen=lenpen,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        max_tokens=max_tokens,
+        checkpoint=checkpoint,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------- score
+@main.command()
+@click.argument("hyp", type=click.Path(path_type=Path))
+@click.argument("ref", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def score(hyp: Path, ref: Path, as_json: bool) -> None:
+    """Score the detokenized hypotheses HYP against the references REF with sacreBLEU (BLEU and chrF)."""
+    from async_nmt.score import score_command
+
+    score_command(hyp, ref, as_json=as_json)
+
+
+if __name__ == "__main__":
+    main()

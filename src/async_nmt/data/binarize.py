@@ -1,0 +1,324 @@
+"""Raw parallel text -> token id arrays (flat int32 ids + int64 offsets, .npy, memory-mapped) + manifest.
+
+A preprocessed corpus folder (BIN) holds, for each split and language, `{split}.{lang}.ids.npy` and
+`{split}.{lang}.offsets.npy`; the joint sentencepiece model `spm.model`; the raw text of valid and test
+(`{split}.{lang}`, BLEU references and translation inputs); and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
+from async_nmt.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
+MANIFEST = "manifest.json"
+SPM_PREFIX = "spm"
+
+
+def preprocess(
+    raw_dir: Path,
+    bin_dir: Path,
+    *,
+    src: str | None = None,
+    tgt: str | None = None,
+    vocab_size: int = 8000,
+    model_type: str = "unigram",
+    max_len: int = 250,
+    max_ratio: float = 3.0,
+    force: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train the joint vocabulary on RAW/train.{SRC,TGT} and binarize every split of RAW into BIN.
+
+    Languages: `src`/`tgt` default to the two suffixes of RAW/train.*. Which one is the source: suffixes
+    `src` and `tgt` map to themselves; otherwise the target is `en` when one side is `en` (bible-de-en:
+    de -> en); otherwise the alphabetically first suffix is the source. Pass --src/--tgt to choose.
+
+    Training pairs with an empty side, a side longer than `max_len` tokens, or a length ratio above
+    `max_ratio` are dropped; valid and test keep every line (so references stay aligned), their ids cut to
+    `max_len`. Everything is written into a temporary folder beside BIN that replaces BIN only at the end.
+    Returns the manifest.
+    """
+    raw_dir, bin_dir = Path(raw_dir), Path(bin_dir)
+    if not raw_dir.is_dir():
+        raise UserError(f"{raw_dir}: no such folder (expected raw text files train.SRC, train.TGT, ...)")
+    if bin_dir.exists() and not bin_dir.is_dir():
+        raise UserError(f"{bin_dir}: exists and is not a folder")
+    if bin_dir.exists() and any(bin_dir.iterdir()) and not force:
+        raise UserError(f"{bin_dir} exists; use --force to overwrite")
+    if bin_dir.resolve() == raw_dir.resolve():
+        raise UserError(f"{bin_dir}: the output folder must differ from the raw folder")
+    if max_len < 1 or max_ratio < 1:
+        raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
+    src, tgt = _languages(raw_dir, src, tgt)
+    splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
+    counts = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
+
+    bin_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bin_dir.name}.tmp-", dir=bin_dir.parent))
+    try:
+        model = train_vocab(
+            [raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size, model_type
+        )
+        sp = load_vocab(model)
+        stats = {}
+        with tqdm(total=sum(counts.values()), unit=" pairs", desc="encoding", disable=not progress) as bar:
+            for split in splits:
+                stats[split] = _encode_split(sp, raw_dir, tmp, split, src, tgt, max_len, max_ratio, bar)
+        if stats["train"]["sentences"] == 0:
+            raise UserError(
+                f"{raw_dir / f'train.{src}'}: no training pairs left after filtering "
+                f"(--max-len {max_len}, --max-ratio {max_ratio})"
+            )
+        manifest = {
+            "src": src,
+            "tgt": tgt,
+            "vocab_size": sp.get_piece_size(),
+            "vocab_hash": vocab_hash(model),
+            "splits": stats,
+            "options": {
+                "vocab_size": vocab_size,
+                "model_type": model_type,
+                "max_len": max_len,
+                "max_ratio": max_ratio,
+            },
+            "raw_dir": str(raw_dir.resolve()),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, bin_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = ", ".join(
+        f"{s} {v['sentences']} ({v['src_tokens']}+{v['tgt_tokens']} tokens"
+        + (f", {v['dropped']} dropped)" if s == "train" else ")")
+        for s, v in stats.items()
+    )
+    click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
+    return manifest
+
+
+def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, str]:
+    found = sorted({p.name[len("train.") :] for p in raw_dir.glob("train.*") if p.is_file()})
+    found = [s for s in found if s and "." not in s]
+    if src and tgt:
+        if src == tgt:
+            raise UserError(f"--src and --tgt are both {src!r}")
+        return src, tgt
+    given = src or tgt
+    if given:
+        others = [s for s in found if s != given]
+        if len(others) != 1:
+            raise UserError(f"{raw_dir}: cannot tell the other language of {given!r} from train.* {found}")
+        return (given, others[0]) if src else (others[0], given)
+    if len(found) != 2:
+        raise UserError(
+            f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found or 'none'}; "
+            "pass --src/--tgt"
+        )
+    a, b = found
+    if {a, b} == {"src", "tgt"}:
+        return "src", "tgt"
+    if "en" in found:
+        return (b, a) if a == "en" else (a, b)
+    return a, b
+
+
+def _check_pair(src_path: Path, tgt_path: Path) -> int:
+    """Validate a parallel file pair (exists, non-empty, UTF-8, same line count); return its line count."""
+    n_src, n_tgt = _check_text(src_path), _check_text(tgt_path)
+    if n_src != n_tgt:
+        longer = src_path if n_src > n_tgt else tgt_path
+        raise UserError(
+            f"misaligned: {src_path} has {n_src} lines but {tgt_path} has {n_tgt}; "
+            f"line {min(n_src, n_tgt) + 1} of {longer} has no partner"
+        )
+    return n_src
+
+
+def _check_text(path: Path) -> int:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    n = 0
+    try:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):  # noqa: B007 (n is the count afterwards)
+                line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: line {n} is not UTF-8 ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if n == 0:
+        raise UserError(f"{path}: empty file")
+    return n
+
+
+def _read_chunks(path: Path):
+    with open(path, encoding="utf-8", newline="\n") as f:
+        chunk: list[str] = []
+        for line in f:
+            chunk.append(line.rstrip("\r\n"))
+            if len(chunk) == CHUNK_LINES:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def _encode_split(
+    sp, raw_dir: Path, out: Path, split: str, src: str, tgt: str, max_len: int, max_ratio: float, bar: tqdm
+) -> dict[str, int]:
+    ids: dict[str, list[np.ndarray]] = {src: [], tgt: []}
+    lens: dict[str, list[np.ndarray]] = {src: [], tgt: []}
+    dropped = 0
+    src_file, tgt_file = raw_dir / f"{split}.{src}", raw_dir / f"{split}.{tgt}"
+    for s_lines, t_lines in zip(_read_chunks(src_file), _read_chunks(tgt_file), strict=True):
+        s_ids, t_ids = sp.encode(s_lines), sp.encode(t_lines)
+        s_len = np.fromiter(map(len, s_ids), dtype=np.int64, count=len(s_ids))
+        t_len = np.fromiter(map(len, t_ids), dtype=np.int64, count=len(t_ids))
+        if split == "train":
+            keep = (s_len > 0) & (t_len > 0) & (s_len <= max_len) & (t_len <= max_len)
+            keep &= np.maximum(s_len, t_len) <= max_ratio * np.maximum(1, np.minimum(s_len, t_len))
+            dropped += int((~keep).sum())
+            idx = np.flatnonzero(keep)
+            s_ids, t_ids = [s_ids[i] for i in idx], [t_ids[i] for i in idx]
+        else:
+            s_ids, t_ids = [x[:max_len] for x in s_ids], [x[:max_len] for x in t_ids]
+        for lang, seqs in ((src, s_ids), (tgt, t_ids)):
+            n_lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+            flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int32, count=int(n_lens.sum()))
+            ids[lang].append(flat)
+            lens[lang].append(n_lens)
+        bar.update(len(s_lines))
+    stats = {"sentences": 0, "src_tokens": 0, "tgt_tokens": 0, "dropped": dropped}
+    for lang, key in ((src, "src_tokens"), (tgt, "tgt_tokens")):
+        flat = np.concatenate(ids[lang]) if ids[lang] else np.zeros(0, np.int32)
+        n_lens = np.concatenate(lens[lang]) if lens[lang] else np.zeros(0, np.int64)
+        offsets = np.zeros(len(n_lens) + 1, dtype=np.int64)
+        np.cumsum(n_lens, out=offsets[1:])
+        np.save(out / f"{split}.{lang}.ids.npy", flat.astype(np.int32, copy=False))
+        np.save(out / f"{split}.{lang}.offsets.npy", offsets)
+        stats["sentences"], stats[key] = len(n_lens), int(flat.size)
+    if split != "train":
+        for path in (src_file, tgt_file):
+            with (
+                open(path, encoding="utf-8", newline="\n") as f,
+                open(out / path.name, "w", encoding="utf-8") as g,
+            ):
+                g.writelines(line.rstrip("\r\n") + "\n" for line in f)
+    return stats
+
+
+def _replace_dir(tmp: Path, bin_dir: Path) -> None:
+    """Move the finished `tmp` to `bin_dir`, replacing an old `bin_dir` only now."""
+    old = None
+    if bin_dir.exists():
+        old = bin_dir.with_name(f".{bin_dir.name}.old-{os.getpid()}")
+        os.replace(bin_dir, old)
+    try:
+        os.replace(tmp, bin_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, bin_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- loading
+def load_manifest(bin_dir: Path) -> dict[str, Any]:
+    """The manifest of a preprocessed corpus folder (UserError if it is not one)."""
+    path = Path(bin_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(
+            f"{bin_dir}: not a preprocessed corpus (no manifest.json); run `nmt preprocess` first"
+        ) from None
+    if not isinstance(manifest, dict) or not {"src", "tgt", "splits"} <= manifest.keys():
+        raise UserError(f"{path}: not a valid manifest; run `nmt preprocess` again")
+    return manifest
+
+
+class TokenArray:
+    """Sentences of token ids stored flat: sentence i is `ids[offsets[i]:offsets[i+1]]` (memory-mapped)."""
+
+    def __init__(self, ids_path: Path, offsets_path: Path) -> None:
+        for p in (ids_path, offsets_path):
+            if not Path(p).is_file():
+                raise UserError(f"{p}: missing; run `nmt preprocess` again")
+        try:
+            self.ids: np.ndarray = _load_npy(ids_path)
+            self.offsets: np.ndarray = np.load(offsets_path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{ids_path}: unreadable token array ({err}); run `nmt preprocess` again") from None
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[-1]) != len(self.ids):
+            raise UserError(f"{offsets_path}: does not match {Path(ids_path).name}; run `nmt preprocess` again")
+        self.lengths: np.ndarray = np.diff(self.offsets).astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i < 0:
+            i += len(self)
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:  # an empty array cannot be memory-mapped
+        return np.load(path)
+
+
+@dataclass
+class ParallelSplit:
+    src: TokenArray
+    tgt: TokenArray
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def load_split(bin_dir: Path, split: str) -> ParallelSplit:
+    """The token arrays of one split, both sides (UserError if the split is not there)."""
+    bin_dir = Path(bin_dir)
+    manifest = load_manifest(bin_dir)
+    if split not in manifest["splits"]:
+        have = ", ".join(manifest["splits"]) or "none"
+        raise UserError(f"{bin_dir}: has no {split} split (it has: {have}); add RAW/{split}.* and preprocess again")
+    src, tgt = (
+        TokenArray(bin_dir / f"{split}.{x}.ids.npy", bin_dir / f"{split}.{x}.offsets.npy")
+        for x in (manifest["src"], manifest["tgt"])
+    )
+    if len(src) != len(tgt):
+        raise UserError(f"{bin_dir}: {split} has {len(src)} source but {len(tgt)} target sentences")
+    return ParallelSplit(src, tgt)
+
+
+def read_lines(bin_dir: Path, split: str, side: str) -> list[str]:
+    """The raw text lines of `split` ("valid" or "test") on `side` ("src" or "tgt"), as copied into BIN."""
+    if side not in ("src", "tgt"):
+        raise ValueError(f"side must be 'src' or 'tgt', not {side!r}")
+    manifest = load_manifest(bin_dir)
+    path = Path(bin_dir) / f"{split}.{manifest[side]}"
+    try:
+        with open(path, encoding="utf-8", newline="\n") as f:
+            return [line.rstrip("\n") for line in f]
+    except OSError:
+        raise UserError(f"{path}: missing (only valid and test text is kept); run `nmt preprocess` again") from None

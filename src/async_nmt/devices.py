@@ -1,0 +1,40 @@
+"""Device names from the command line -> torch devices, with one-line errors for devices that are not there."""
+
+from __future__ import annotations
+
+import torch
+
+from async_nmt.errors import UserError
+
+
+def default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`None` means the first GPU if there is one, else the CPU."""
+    name = name or default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--devices: {name!r} is not a device (use cpu or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--devices: {name} is not there (this machine has no usable GPU)")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--devices: {name} is not there (this machine has {torch.cuda.device_count()} GPUs)")
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise UserError(f"--devices: {name!r} is not supported (use cpu or cuda:N)")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off on CUDA and on CPUs with native bf16 instructions."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

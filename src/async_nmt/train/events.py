@@ -1,0 +1,87 @@
+"""The run folder's event log (`events.jsonl`, the only thing `nmt report` reads) and the training clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+EVENT_KINDS = ("start", "train", "valid", "checkpoint", "end")
+
+
+class TrainingClock:
+    """Seconds spent training: runs except inside `paused()` (validation, checkpoints)."""
+
+    def __init__(self, offset: float = 0.0):
+        self.offset = offset
+        self._started = time.perf_counter()
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+
+    @property
+    def seconds(self) -> float:
+        now = self._paused_at if self._paused_at is not None else time.perf_counter()
+        return self.offset + now - self._started - self._paused_total
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        if self._paused_at is not None:  # already paused
+            yield
+            return
+        self._paused_at = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused_total += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+
+class EventLog:
+    """Appends one JSON object a line; every line is flushed whole, so a crash never leaves a torn line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines = sum(1 for _ in open(path, "rb")) if path.exists() else 0
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, kind: str, **fields: Any) -> dict[str, Any]:
+        assert kind in EVENT_KINDS, kind
+        event = {"kind": kind, **{k: _round(v) for k, v in fields.items()}}
+        self._file.write(json.dumps(event) + "\n")
+        self._file.flush()
+        self.lines += 1
+        return event
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def truncate_events(path: Path, keep_lines: int) -> None:
+    """Cut the log back to its first `keep_lines` complete lines (resume: forget what the checkpoint lacks)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    kept = [line for line in lines[:keep_lines] if line.endswith(b"\n")]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(kept))
+    os.replace(tmp, path)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every complete event of a log (a torn last line, from a crash mid-write, is skipped)."""
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def _round(value: Any) -> Any:
+    return round(value, 6) if isinstance(value, float) else value

@@ -1,0 +1,57 @@
+"""Adam over a flat fp32 vector (or a shard of one), and the inverse-square-root learning-rate schedule.
+
+Adam is written out here, not taken from torch.optim, because its state must live beside a flat shard
+of the master parameters (in shared memory for the parameter server) and be stepped on demand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def inverse_sqrt_lr(update: int, peak_lr: float, warmup: int) -> float:
+    """Linear warmup to `peak_lr` over `warmup` updates, then decay with 1/sqrt(update). `update` >= 1."""
+    if warmup <= 0:
+        return peak_lr
+    return peak_lr * min(update / warmup, math.sqrt(warmup / update))
+
+
+class FlatAdam:
+    """Adam (no weight decay) on one flat parameter tensor; bias correction counts server updates."""
+
+    def __init__(self, params: torch.Tensor, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-9):
+        self.params = params
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.exp_avg = torch.zeros_like(params)
+        self.exp_avg_sq = torch.zeros_like(params)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, lr: float, update: int) -> None:
+        """Apply one Adam update with gradient `grad`; `update` is this update's number (1, 2, ...)."""
+        self.exp_avg.lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        bias1 = 1 - self.beta1**update
+        bias2 = 1 - self.beta2**update
+        denom = (self.exp_avg_sq / bias2).sqrt_().add_(self.eps)
+        self.params.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"exp_avg": self.exp_avg.cpu(), "exp_avg_sq": self.exp_avg_sq.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+
+
+@torch.no_grad()
+def normalize_and_clip(grad: torch.Tensor, tokens: int, clip_norm: float) -> float:
+    """Divide the summed gradient by the target tokens it covers, clip its norm; return the norm before clipping."""
+    grad.div_(max(tokens, 1))
+    norm = grad.norm().item()
+    if clip_norm > 0 and norm > clip_norm:
+        grad.mul_(clip_norm / (norm + 1e-6))
+    return norm

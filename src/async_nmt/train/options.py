@@ -1,0 +1,101 @@
+"""The options of `nmt train` / `nmt-train`, and their translation into a TrainConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from async_nmt.config import PRESETS, TRAIN_DEFAULTS, TrainConfig
+from async_nmt.errors import UserError
+
+OPTIONS = [
+    click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
+                 help="Model size: tiny (d256, 3+3 layers), small (d512, 3+3), base and big (Vaswani et al.)."),
+    click.option("--mode", type=click.Choice(["sync", "async", "async-accum"]), default="sync", show_default=True,
+                 help="How worker gradients update the model: all-reduce (sync), every push applied at once "
+                 "(async), or N pushes summed per update (async-accum)."),
+    click.option("--workers", default=1, show_default=True, help="Worker processes (multi-worker: coming next)."),
+    click.option("--accum", default=1, show_default=True,
+                 help="async-accum: pushes the server sums into one update (the paper uses N = workers)."),
+    click.option("--local-accum", default=1, show_default=True,
+                 help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay)."),
+    click.option("--devices", default=None,
+                 help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1 (default: the first GPU, else cpu)."),
+    click.option("--max-tokens", default=4096, show_default=True,
+                 help="Token budget of a batch: rows x longest padded side."),
+    click.option("--lr", type=float, default=None,
+                 help="Peak learning rate (default per preset: tiny 7e-4, big 5e-4)."),
+    click.option("--warmup", type=int, default=None,
+                 help="Linear warmup updates, then inverse-sqrt decay (default per preset: tiny 250, base 4000)."),
+    click.option("--clip-norm", default=0.0, show_default=True, help="Clip the gradient norm to this; 0 = off."),
+    click.option("--label-smoothing", default=0.1, show_default=True, help="Label smoothing of the loss."),
+    click.option("--dropout", type=float, default=None, help="Dropout (default per preset: 0.1, big 0.3)."),
+    click.option("--valid-every", default=500, show_default=True,
+                 help="Updates between validations (valid loss + greedy BLEU, then a checkpoint); 0 = at the end."),
+    click.option("--valid-max-sentences", default=0, show_default=True,
+                 help="Validate on the first N valid sentences only; 0 = all."),
+    click.option("--save-every", default=0, show_default=True,
+                 help="Updates between extra checkpoints (besides each validation and the end); 0 = none."),
+    click.option("--max-updates", default=0, show_default=True, help="Stop after this many updates; 0 = no limit."),
+    click.option("--max-epochs", default=0, show_default=True, help="Stop after this many epochs; 0 = no limit."),
+    click.option("--max-time", default=0.0, show_default=True,
+                 help="Stop after this many seconds of training clock (validation excluded); 0 = no limit."),
+    click.option("--seed", default=1, show_default=True, help="Random seed (initialization, batch order, dropout)."),
+    click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+                 help="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
+    click.option("--compile", "compile_model", is_flag=True,
+                 help="torch.compile the model (slow start, faster steps)."),
+    click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),
+    click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt."),
+    click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over."),
+    click.option("--quiet", is_flag=True, help="No progress bar and no summary table."),
+]  # fmt: skip
+
+
+def add_train_options(f: Callable) -> Callable:
+    for option in reversed(OPTIONS):
+        f = option(f)
+    return f
+
+
+def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: int | None,
+                 compile_model: bool, **options: Any) -> TrainConfig:  # fmt: skip
+    """A TrainConfig from the command-line options, defaults filled in and contradictions refused."""
+    from async_nmt.train.modes import check_mode_options
+
+    default_lr, default_warmup = TRAIN_DEFAULTS[options["preset"]]
+    cfg = TrainConfig(
+        bin_dir=str(bin_dir),
+        devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else [],
+        lr=default_lr if lr is None else lr,
+        warmup=default_warmup if warmup is None else warmup,
+        compile=compile_model,
+        **options,
+    )
+    check_mode_options(cfg)
+    for name in ("max_tokens", "lr"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("warmup", "max_updates", "max_epochs", "max_time", "valid_every", "save_every", "clip_norm"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
+        raise UserError("--dropout must be in [0, 1)")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise UserError("--label-smoothing must be in [0, 1)")
+    return cfg
+
+
+def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bool, log_every: int,
+              **options: Any) -> None:  # fmt: skip
+    from async_nmt.train.trainer import train
+
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: continue the run, or start it over")
+    if log_every < 1:
+        raise UserError("--log-every must be at least 1")
+    cfg = build_config(bin_dir, **options)
+    train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=log_every)

@@ -1,0 +1,90 @@
+"""One forward/backward pass on a batch, accumulating into a flat gradient. Shared by every training mode.
+
+The model's parameters are views into one flat fp32 buffer and their `.grad`s are views into one flat
+gradient buffer, so pulling, pushing, clipping and the optimizer all work on whole buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from async_nmt.config import PAD_ID
+from async_nmt.data.batches import Batch
+
+
+def flatten_parameters(model: nn.Module) -> nn.Parameter:
+    """Move every parameter of `model` into one flat buffer (returned) and make each a view into it.
+
+    Gradients get the same treatment: `flat.grad` is one buffer and every `p.grad` is a view into it,
+    which autograd accumulates into in place. Call after the model is on its device.
+    """
+    params = list(model.parameters())  # shared (tied) parameters appear once
+    device = params[0].device
+    flat = nn.Parameter(torch.zeros(sum(p.numel() for p in params), device=device, dtype=torch.float32))
+    flat.grad = torch.zeros_like(flat.data)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        flat.data[offset : offset + n].copy_(p.data.reshape(-1))
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+@dataclass
+class StepStats:
+    """Sums over one or more batches: label-smoothed loss, NLL, target tokens, sentences."""
+
+    loss: float = 0.0
+    nll: float = 0.0
+    tokens: int = 0
+    sentences: int = 0
+
+    def add(self, other: StepStats) -> None:
+        self.loss += other.loss
+        self.nll += other.nll
+        self.tokens += other.tokens
+        self.sentences += other.sentences
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batch_loss(
+    model: nn.Module, batch: Batch, label_smoothing: float, amp_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed loss and summed NLL over the batch's target tokens."""
+    with autocast(batch.src.device, amp_dtype):
+        logits = model(batch.src, batch.prev_tgt)
+    mask = batch.target != PAD_ID
+    lprobs = F.log_softmax(logits[mask].float(), dim=-1)  # only real tokens reach the softmax
+    nll = -lprobs.gather(1, batch.target[mask].unsqueeze(1)).sum()
+    if label_smoothing == 0:
+        return nll, nll
+    # the same as F.cross_entropy(label_smoothing=...), sharing one log-softmax with the NLL
+    smooth = -lprobs.sum() / lprobs.size(1)
+    return (1 - label_smoothing) * nll + label_smoothing * smooth, nll.detach()
+
+
+def train_step(model: nn.Module, batch: Batch, label_smoothing: float, amp_dtype: torch.dtype | None) -> StepStats:
+    """Forward and backward on one batch; the summed gradient is added to the flat gradient buffer."""
+    model.train()
+    loss, nll = batch_loss(model, batch, label_smoothing, amp_dtype)
+    loss.backward()
+    return StepStats(loss.item(), nll.item(), batch.tokens, batch.sentences)
+
+
+@torch.no_grad()
+def eval_step(model: nn.Module, batch: Batch, amp_dtype: torch.dtype | None) -> StepStats:
+    model.eval()
+    loss, nll = batch_loss(model, batch, 0.0, amp_dtype)
+    return StepStats(loss.item(), nll.item(), batch.tokens, batch.sentences)

@@ -1,0 +1,50 @@
+"""Validation on a parameter snapshot: per-token NLL on the valid split, and greedy BLEU/chrF with sacreBLEU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from torch import nn
+
+from async_nmt.data.batches import collate, make_batches
+from async_nmt.data.binarize import load_split, read_lines
+from async_nmt.score import corpus_scores
+from async_nmt.train.step import StepStats, eval_step
+
+
+class Validator:
+    """Holds the valid split (the first `max_sentences` lines, all if 0) ready to evaluate any snapshot."""
+
+    def __init__(self, bin_dir: Path, max_tokens: int, max_len: int, max_sentences: int = 0):
+        split = load_split(bin_dir, "valid")
+        n = len(split.src) if max_sentences <= 0 else min(max_sentences, len(split.src))
+        src_len, tgt_len = split.src.lengths[:n], split.tgt.lengths[:n]
+        self.batches = [
+            collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len)
+            for rows in make_batches(src_len, tgt_len, max_tokens, max_len)
+        ]
+        self.sources = read_lines(bin_dir, "valid", "src")[:n]
+        self.references = read_lines(bin_dir, "valid", "tgt")[:n]
+        self.max_tokens = max_tokens
+
+    def __call__(
+        self, model: nn.Module, sp: spm.SentencePieceProcessor, amp_dtype: torch.dtype | None, beam: int = 1
+    ) -> dict[str, float]:
+        from async_nmt.translate import translate_lines
+
+        device = next(model.parameters()).device
+        total = StepStats()
+        for batch in self.batches:
+            total.add(eval_step(model, batch.to(device), amp_dtype))
+        valid_loss = total.nll / max(total.tokens, 1)
+        hyps = translate_lines(model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device)
+        scores = corpus_scores(hyps, self.references)
+        return {
+            "valid_loss": valid_loss,
+            "valid_ppl": math.exp(min(valid_loss, 50.0)),
+            "bleu": scores["bleu"],
+            "chrf": scores["chrf"],
+        }

@@ -1,0 +1,191 @@
+"""Batch translation: sentencepiece in, length-sorted token-budget batches through search, input order out."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from tqdm import tqdm
+
+from async_nmt.errors import UserError
+from async_nmt.model.search import generate
+from async_nmt.model.transformer import Transformer
+from async_nmt.score import decode_lines, read_lines
+
+PAD_MULTIPLE = 8  # padded source lengths come from a small set of shapes
+
+
+def _padded(length: int, max_width: int) -> int:
+    return min(-(-length // PAD_MULTIPLE) * PAD_MULTIPLE, max_width)
+
+
+def _batches(order: list[int], lengths: list[int], max_tokens: int, max_width: int) -> list[list[int]]:
+    """Cut `order` (indices, longest first) into batches whose padded size fits `max_tokens`."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and _padded(lengths[batches[-1][0]], max_width) * (len(batches[-1]) + 1) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def translate_lines(
+    model: Transformer,
+    sp: spm.SentencePieceProcessor,
+    lines: list[str],
+    *,
+    beam: int = 5,
+    lenpen: float = 1.0,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    max_tokens: int = 4000,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model."""
+    outputs = [""] * len(lines)
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    if not todo:
+        return outputs
+    hyps = translate_ids(
+        model,
+        sp.encode([lines[i] for i in todo]),
+        beam=beam,
+        lenpen=lenpen,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        max_tokens=max_tokens,
+        device=device,
+        progress=progress,
+    )
+    for i, text in zip(todo, sp.decode(hyps), strict=True):
+        outputs[i] = text
+    return outputs
+
+
+def translate_ids(
+    model: Transformer,
+    sources: list[list[int]],
+    *,
+    beam: int = 5,
+    lenpen: float = 1.0,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    max_tokens: int = 4000,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore."""
+    cfg = model.cfg
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    limit = cfg.max_positions - 1  # source tokens before eos
+    truncated = sum(len(x) > limit for x in sources)
+    if truncated:
+        print(
+            f"warning: {truncated} input lines longer than the model's {limit} tokens were truncated",
+            file=sys.stderr,
+        )
+    ids = [list(x[:limit]) + [cfg.eos_id] for x in sources]
+    lengths = [len(x) for x in ids]
+    order = sorted(range(len(ids)), key=lambda i: -lengths[i])  # longest first: memory trouble shows at once
+    outputs: list[list[int]] = [[] for _ in ids]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(ids), unit="sent", file=sys.stderr, disable=None if progress else True) as bar:
+            for batch in _batches(order, lengths, max_tokens, cfg.max_positions):
+                src = torch.full((len(batch), _padded(lengths[batch[0]], cfg.max_positions)), cfg.pad_id)
+                for row, i in enumerate(batch):
+                    src[row, : lengths[i]] = torch.tensor(ids[i])
+                if device.type == "cuda":
+                    src = src.pin_memory()
+                src = src.to(device, non_blocking=True)
+                kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache)
+                for i, hyp in zip(batch, generate(model, src, beam, **kwargs), strict=True):
+                    outputs[i] = hyp
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int) -> None:
+    if beam < 1:
+        raise UserError(f"--beam must be at least 1 (got {beam})")
+    if not math.isfinite(lenpen):
+        raise UserError(f"--lenpen must be a finite number (got {lenpen})")
+    if max_len_a < 0 or max_len_b < 0:
+        raise UserError(f"--max-len-a and --max-len-b must not be negative (got {max_len_a}, {max_len_b})")
+    if max_tokens < 1:
+        raise UserError(f"--max-tokens must be at least 1 (got {max_tokens})")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder, so `path` is never half-written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not an output file")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def translate_file(
+    model_path: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    *,
+    beam: int = 5,
+    lenpen: float = 1.0,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    max_tokens: int = 4000,
+    checkpoint: str = "best",
+    device: str | None = None,
+) -> None:
+    """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None)."""
+    from async_nmt.devices import resolve_device
+    from async_nmt.train.checkpoint import load_model
+
+    check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
+    if input_path is None:
+        lines = decode_lines(sys.stdin.buffer.read(), "stdin")
+    else:
+        lines = read_lines(input_path)
+    model, sp = load_model(Path(model_path), checkpoint, resolve_device(device))
+    hyps = translate_lines(
+        model,
+        sp,
+        lines,
+        beam=beam,
+        lenpen=lenpen,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        max_tokens=max_tokens,
+        progress=True,
+    )
+    text = "".join(hyp + "\n" for hyp in hyps)
+    if output_path is None:
+        out = getattr(sys.stdout, "buffer", None)  # bytes, so the locale cannot change the encoding
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            sys.stdout.flush()
+            out.write(text.encode("utf-8"))
+            out.flush()
+    else:
+        write_atomically(output_path, text)

@@ -1,0 +1,119 @@
+"""`nmt corpus` and `nmt preprocess` from the command line: every bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import write_synthetic_corpus
+
+from async_nmt.cli import main
+
+
+def nmt(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    return write_synthetic_corpus(tmp_path / "raw", n_train=200, n_valid=20, n_test=20)
+
+
+def test_preprocess_ok(raw: Path, tmp_path: Path) -> None:
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and "preprocessed src->tgt" in result.stderr
+    assert (tmp_path / "bin" / "manifest.json").is_file()
+
+
+def test_missing_raw_dir(tmp_path: Path) -> None:
+    assert_one_line_error(nmt("preprocess", tmp_path / "nope", tmp_path / "bin"), "nope: no such folder")
+    assert not (tmp_path / "bin").exists()
+
+
+def test_missing_train_file(raw: Path, tmp_path: Path) -> None:
+    (raw / "train.tgt").unlink()
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "--src/--tgt")
+    result = nmt("preprocess", raw, tmp_path / "bin", "--src", "src", "--tgt", "tgt")
+    assert_one_line_error(result, f"{raw / 'train.tgt'}: no such file")
+
+
+def test_missing_partner_of_valid(raw: Path, tmp_path: Path) -> None:
+    (raw / "valid.src").unlink()
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'valid.src'}: no such file")
+
+
+def test_empty_file(raw: Path, tmp_path: Path) -> None:
+    (raw / "test.tgt").write_bytes(b"")
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'test.tgt'}: empty file")
+
+
+def test_non_utf8_line(raw: Path, tmp_path: Path) -> None:
+    lines = (raw / "train.src").read_bytes().split(b"\n")
+    lines[4] = b"caf\xe9 " + lines[4]
+    (raw / "train.src").write_bytes(b"\n".join(lines))
+    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "train.src: line 5 is not UTF-8")
+    assert "byte 3" in line
+
+
+def test_misaligned(raw: Path, tmp_path: Path) -> None:
+    lines = (raw / "train.tgt").read_text(encoding="utf-8").splitlines()
+    (raw / "train.tgt").write_text("".join(x + "\n" for x in lines[:-3]), encoding="utf-8")
+    assert_one_line_error(
+        nmt("preprocess", raw, tmp_path / "bin"),
+        "misaligned",
+        f"{raw / 'train.src'} has 200 lines",
+        f"{raw / 'train.tgt'} has 197",
+        "line 198 of",
+    )
+
+
+def test_existing_bin_without_force(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bin"
+    out.mkdir()
+    (out / "model.txt").write_text("precious")
+    assert_one_line_error(nmt("preprocess", raw, out), "exists; use --force to overwrite")
+    assert [p.name for p in out.iterdir()] == ["model.txt"] and (out / "model.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "raw"]
+
+
+def test_corpus_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNC_NMT_CACHE", str(tmp_path / "cache"))
+    assert_one_line_error(nmt("corpus", "get", "bible-xx-en", tmp_path / "out"), "unknown corpus", "bible-de-en")
+    assert_one_line_error(
+        nmt("corpus", "get", "wmt14-en-de", tmp_path / "out"), "needs internet", "recipes/wmt14-en-de.sh"
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "test.en").write_text("mine\n")
+    assert_one_line_error(nmt("corpus", "get", "bible-de-en", tmp_path / "out"), "test.en already exists", "--force")
+    assert not (tmp_path / "cache").exists()  # refused before any download
+
+
+def test_corpus_list() -> None:
+    result = nmt("corpus", "list")
+    assert result.exit_code == 0 and "bible-de-en" in result.stdout and "wmt16-en-ro" in result.stdout
+
+
+def test_real_entry_point(tmp_path: Path) -> None:
+    exe = shutil.which("nmt", path=str(Path(sys.executable).parent)) or shutil.which("nmt")
+    if exe is None:
+        pytest.skip("the nmt entry point is not installed")
+    proc = subprocess.run(
+        [exe, "preprocess", str(tmp_path / "none"), str(tmp_path / "bin")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

@@ -1,0 +1,143 @@
+"""Training end to end on the synthetic corpus: learning, resume, the run folder, and bad options."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from async_nmt.cli import main
+from async_nmt.config import TrainConfig
+from async_nmt.train.events import read_events
+from async_nmt.train.trainer import train
+
+NMT_TRAIN = Path(sys.executable).with_name("nmt-train")
+
+
+def tiny_config(bin_dir: Path, **overrides) -> TrainConfig:
+    options = dict(bin_dir=str(bin_dir), preset="tiny", max_tokens=1024, lr=2e-3, warmup=50, dropout=0.0,
+                   devices=["cpu"], valid_every=0, valid_max_sentences=40, seed=7)  # fmt: skip
+    return TrainConfig(**{**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def learned_run(synthetic_bin: Path, tmp_path_factory) -> Path:
+    """A tiny model trained on the toy pair until it translates it well (shared by several tests)."""
+    run = tmp_path_factory.mktemp("runs") / "learned"
+    train(tiny_config(synthetic_bin, max_updates=300, valid_every=150), run, progress=False, log_every=10)
+    return run
+
+
+def test_loss_goes_down_and_the_model_learns_the_toy_pair(learned_run: Path):
+    events = read_events(learned_run / "events.jsonl")
+    losses = [e["loss"] for e in events if e["kind"] == "train"]
+    assert losses[-1] < 0.5 * losses[0]
+    valid = [e for e in events if e["kind"] == "valid"]
+    assert valid[-1]["bleu"] > 80
+    assert [e["kind"] for e in events][0] == "start" and events[-1]["kind"] == "end"
+
+
+def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
+    assert (learned_run / "checkpoints" / "last.pt").is_file()
+    assert (learned_run / "checkpoints" / "best.pt").is_file()
+    config = json.loads((learned_run / "config.json").read_text())
+    assert config["train"]["preset"] == "tiny" and config["model"]["d_model"] == 256
+    for event in read_events(learned_run / "events.jsonl"):
+        for key in ("kind", "train_s", "wall_s", "updates", "pushes", "tokens", "epoch"):
+            assert key in event
+        if event["kind"] == "train":
+            assert {"loss", "lr", "tok_per_s", "staleness_mean", "staleness_max"} <= event.keys()
+    train_s = [e["train_s"] for e in read_events(learned_run / "events.jsonl")]
+    assert train_s == sorted(train_s)
+
+
+def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Path):
+    cfg = tiny_config(synthetic_bin, max_updates=12, dropout=0.1)
+    train(cfg, tmp_path / "whole", progress=False, log_every=1)
+    train(
+        tiny_config(synthetic_bin, max_updates=6, dropout=0.1),
+        tmp_path / "split",
+        progress=False,
+        log_every=1,
+    )
+    train(cfg, tmp_path / "split", resume=True, progress=False, log_every=1)
+
+    def losses(run):
+        return {e["updates"]: e["loss"] for e in read_events(run / "events.jsonl") if e["kind"] == "train"}
+
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(split) == list(range(1, 13))
+    for update in range(7, 13):
+        assert split[update] == pytest.approx(whole[update], rel=1e-5, abs=1e-6)
+    resumed_start = [e for e in read_events(tmp_path / "split" / "events.jsonl") if e["kind"] == "start"][-1]
+    assert resumed_start["resumed"] is True and resumed_start["updates"] == 6
+
+
+def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin: Path, tmp_path: Path):
+    train(tiny_config(synthetic_bin, mode="async-accum", accum=3, max_updates=4), tmp_path / "r", progress=False,
+          log_every=1)  # fmt: skip
+    last = [e for e in read_events(tmp_path / "r" / "events.jsonl") if e["kind"] == "train"][-1]
+    assert last["updates"] == 4 and last["pushes"] == 12
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--accum", "4"], "--local-accum 4"),
+        (["--devices", "cuda:7"], "cuda:7"),
+        (["--devices", "tpu"], "tpu"),
+        (["--resume", "--force"], "contradict"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_bad_train_options_give_one_line_and_exit_2(synthetic_bin: Path, tmp_path: Path, extra, message):
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--max-updates", "1", *extra)
+    assert code == 2, output
+    assert len(output.strip().splitlines()) == 1 and message in output and "Traceback" not in output
+
+
+def test_existing_run_is_not_overwritten_and_bad_checkpoints_are_refused(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path
+):
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--max-updates", "1")
+    assert code == 2 and "--resume" in output and "--force" in output
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--preset", "small", "--quiet")
+    assert code == 2 and "model configuration" in output and len(output.strip().splitlines()) == 1
+
+    (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet")
+    assert code == 2 and "last.pt" in output and len(output.strip().splitlines()) == 1
+
+    code, output = run_cli("train", str(tmp_path / "nowhere"), str(tmp_path / "r2"), "--quiet")
+    assert code == 2 and "nowhere" in output and not (tmp_path / "r2").exists()
+
+
+def test_resume_with_another_vocabulary_is_refused(synthetic_raw: Path, learned_run: Path, tmp_path: Path):
+    from async_nmt.data.binarize import preprocess
+
+    other = tmp_path / "other-bin"
+    preprocess(synthetic_raw, other, vocab_size=150)
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    code, output = run_cli("train", str(other), str(run), "--resume", "--quiet")
+    assert code == 2 and "vocabulary" in output and len(output.strip().splitlines()) == 1
+
+
+def test_nmt_train_is_nmt_train_subcommand():
+    out = subprocess.run([str(NMT_TRAIN), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--mode" in out and "--local-accum" in out and "BIN_DIR RUN_DIR" in out

@@ -1,0 +1,206 @@
+"""Batch translation and `nmt translate`: input order, empty lines, truncation, stdin/stdout, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from async_nmt import translate
+from async_nmt.cli import main
+from async_nmt.config import EOS_ID, PAD_ID, ModelConfig
+from async_nmt.data.vocab import load_vocab, train_vocab
+from async_nmt.model.transformer import Transformer
+from async_nmt.translate import translate_lines
+
+LINES = [  # words of the synthetic corpus (consonants bdgklmnp), so sentencepiece round-trips them
+    "ba de gi ko",
+    "",
+    "mu na pe ga be di ba de gi ko lu mo ne pi la no",
+    "   ",
+    "ka",
+    "pu ba lo pi ne mo lu ko gi de ba",
+    "de de",
+    "",
+    "ga ke li mo nu pa le mi po bu da ge ki lo mu na pe li no ku ba",
+    "bi ke",
+]
+
+
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def sp(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFactory):
+    prefix = tmp_path_factory.mktemp("vocab") / "spm"
+    return load_vocab(train_vocab([synthetic_raw / "train.src", synthetic_raw / "train.tgt"], prefix, 200))
+
+
+def small_model(vocab_size: int, max_positions: int = 64, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=vocab_size,
+        d_model=32,
+        heads=4,
+        enc_layers=1,
+        dec_layers=1,
+        ff_dim=64,
+        max_positions=max_positions,
+    )
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # a bigger eos logit, so that outputs end at different lengths
+        model.embed.weight[EOS_ID] *= 1.5
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(sp, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with checkpoints/best.pt of a small random model, written as the trainer writes it."""
+    from async_nmt.train.checkpoint import checkpoint_path, save_checkpoint
+
+    model = small_model(sp.get_piece_size())
+    run = tmp_path_factory.mktemp("run")
+    state = {
+        "model_config": asdict(model.cfg),
+        "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+        "vocab_model": sp.serialized_model_proto(),
+    }
+    save_checkpoint(state, checkpoint_path(run, "best"))
+    return run
+
+
+def identity_search(seen: list[torch.Tensor]):
+    """A stand-in for search that 'translates' a sentence into its own source tokens."""
+
+    def generate(model, src, beam, **kwargs):
+        seen.append(src.clone())
+        return [row[row.ne(PAD_ID)][:-1].tolist() for row in src]
+
+    return generate
+
+
+def test_translate_lines_keeps_input_order_and_empty_lines(sp, monkeypatch):
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(translate, "generate", identity_search(seen))
+    model = small_model(sp.get_piece_size())
+    out = translate_lines(model, sp, LINES, beam=3, max_tokens=40)
+    assert out == [line if line.strip() else "" for line in LINES]
+    assert len(seen) > 2  # several batches
+    assert sum(len(src) for src in seen) == sum(bool(line.strip()) for line in LINES)
+    for src in seen:
+        assert src.size(1) % 8 == 0 and (src.numel() <= 40 or len(src) == 1)
+        assert (src.ne(PAD_ID).sum(1) == src.eq(EOS_ID).cumsum(1).argmax(1) + 1).all()  # eos ends each row
+    widths = [src.size(1) for src in seen]
+    assert widths == sorted(widths, reverse=True)  # sorted by length
+
+
+def test_empty_input_never_touches_the_model(sp, monkeypatch):
+    monkeypatch.setattr(translate, "generate", lambda *a, **k: pytest.fail("search was called"))
+    model = small_model(sp.get_piece_size())
+    assert translate_lines(model, sp, ["", "  ", "\t"]) == ["", "", ""]
+    assert translate_lines(model, sp, []) == []
+
+
+def test_long_lines_are_truncated_with_one_warning(sp, monkeypatch, capsys):
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(translate, "generate", identity_search(seen))
+    model = small_model(sp.get_piece_size(), max_positions=12)
+    lengths = [len(sp.encode(line)) for line in LINES if line.strip()]
+    n_long = sum(n > 11 for n in lengths)
+    assert 0 < n_long < len(lengths)
+    out = translate_lines(model, sp, LINES, max_tokens=24)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {n_long} input lines longer than the model's 11 tokens were truncated"]
+    for line, hyp in zip(LINES, out, strict=True):
+        ids = sp.encode(line)
+        assert hyp == (sp.decode(ids[:11]) if line.strip() else "")
+    assert all(src.size(1) <= 12 for src in seen)
+
+
+def test_batched_translation_equals_one_line_at_a_time(sp):
+    model = small_model(sp.get_piece_size()).train()
+    for beam in (1, 3):
+        batched = translate_lines(model, sp, LINES, beam=beam, max_tokens=64)
+        alone = [translate_lines(model, sp, [line], beam=beam)[0] for line in LINES]
+        assert batched == alone
+        assert (
+            len({len(h.split()) for h, x in zip(batched, LINES, strict=True) if x.strip()}) > 2
+        )  # real, varied outputs
+        assert all(h == "" for h, x in zip(batched, LINES, strict=True) if not x.strip())
+    assert model.training  # the caller's mode is restored
+
+
+def test_translate_cli_stdin_to_stdout(run_dir: Path, sp):
+    from async_nmt.train.checkpoint import load_model
+
+    text = "".join(line + "\n" for line in LINES)
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "2", "--device", "cpu"], input=text)
+    assert result.exit_code == 0, result.stderr
+    model, vocab = load_model(run_dir, "best", "cpu")
+    assert result.stdout.split("\n")[:-1] == translate_lines(model, vocab, LINES, beam=2)
+    assert result.stdout.count("\n") == len(LINES) and result.stdout.strip()
+
+
+def test_translate_cli_files_are_written_whole(run_dir: Path, tmp_path: Path):
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    result = runner().invoke(main, ["translate", str(run_dir), "-i", str(src), "-o", str(out), "--beam", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text(encoding="utf-8").count("\n") == len(LINES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]  # no temporary files left
+
+
+def test_empty_stdin_gives_empty_output(run_dir: Path):
+    result = runner().invoke(main, ["translate", str(run_dir)], input="")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args,stdin,message",
+    [
+        (["--beam", "0"], "ba\n", "--beam must be at least 1"),
+        (["--max-tokens", "0"], "ba\n", "--max-tokens must be at least 1"),
+        (["--max-len-b", "-1"], "ba\n", "must not be negative"),
+        ([], b"ba\n\xff\xfe\n", "stdin: line 2 is not valid UTF-8"),
+        (["-i", "missing.txt"], "", "missing.txt: no such file"),
+        (["--device", "tpu"], "ba\n", "--devices"),
+    ],
+)
+def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, message):
+    result = runner().invoke(main, ["translate", str(run_dir), *args], input=stdin)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_unwritable_output_exits_2(run_dir: Path, tmp_path: Path):
+    for out in (tmp_path / "no" / "such" / "out.txt", tmp_path):
+        result = runner().invoke(main, ["translate", str(run_dir), "-o", str(out), "--beam", "1"], input="ba\n")
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert str(out) in result.stderr
+
+
+def test_missing_run_folder_exits_2(tmp_path: Path):
+    result = runner().invoke(main, ["translate", str(tmp_path / "nope")], input="ba\n")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nmt_translate_in_a_real_process(run_dir: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "2", "--device", "cpu"],
+        input=b"ba de gi\n\nka\n",
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode("utf-8").split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""

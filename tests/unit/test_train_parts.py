@@ -1,0 +1,149 @@
+"""Batches, the flat-parameter step, Adam and the schedule, the event log: the pieces every mode shares."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
+from async_nmt.data.batches import BatchStream, collate, make_batches
+from async_nmt.model.transformer import Transformer
+from async_nmt.train.events import EventLog, read_events, truncate_events
+from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, normalize_and_clip
+from async_nmt.train.step import flatten_parameters, train_step
+
+
+class FakeArray:
+    def __init__(self, lengths, seed):
+        rng = np.random.RandomState(seed)
+        self.lengths = np.asarray(lengths, dtype=np.int32)
+        self.rows = [rng.randint(4, 50, size=n).astype(np.int32) for n in lengths]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+class FakeSplit:
+    def __init__(self, n=500, seed=0):
+        rng = np.random.RandomState(seed)
+        self.src = FakeArray(rng.randint(1, 60, size=n), seed + 1)
+        self.tgt = FakeArray(rng.randint(1, 60, size=n), seed + 2)
+
+
+def test_batches_respect_the_token_budget_and_cover_every_sentence_once():
+    split = FakeSplit()
+    batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens=512, max_len=64)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(len(split.src)))
+    for rows in batches:
+        b = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len=64)
+        assert b.src.numel() <= 512 and b.prev_tgt.numel() <= 512
+        assert b.src.shape[1] % 8 == 0 and b.prev_tgt.shape[1] % 8 == 0
+
+
+def test_collate_adds_bos_eos_and_pads():
+    b = collate([np.array([5, 6, 7])], [np.array([8, 9])], max_len=64)
+    assert b.src[0, :4].tolist() == [5, 6, 7, EOS_ID] and (b.src[0, 4:] == PAD_ID).all()
+    assert b.prev_tgt[0, :3].tolist() == [BOS_ID, 8, 9]
+    assert b.target[0, :3].tolist() == [8, 9, EOS_ID]
+    assert b.tokens == 3 and b.sentences == 1
+
+
+def test_stream_workers_are_disjoint_and_the_position_resumes():
+    split = FakeSplit()
+    streams = [BatchStream(split, 512, 64, seed=3, worker=w, workers=2) for w in range(2)]
+    firsts = [{tuple(s.next().src[0].tolist()) for _ in range(len(s))} for s in streams]
+    assert not firsts[0] & firsts[1]
+    a = BatchStream(split, 512, 64, seed=3)
+    for _ in range(len(a) + 5):  # into the second epoch
+        a.next()
+    b = BatchStream(split, 512, 64, seed=3)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for _ in range(10):
+        assert torch.equal(a.next().src, b.next().src)
+
+
+def test_flat_parameters_keep_outputs_and_collect_gradients():
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.0))
+    src = torch.randint(4, 100, (3, 8))
+    tgt = torch.randint(4, 100, (3, 6))
+    before = model(src, tgt)
+    flat = flatten_parameters(model)
+    assert flat.numel() == sum(p.numel() for p in model.parameters())
+    assert torch.allclose(model(src, tgt), before)
+    batch = collate([s.numpy()[:-1] for s in src], [t.numpy()[:-1] for t in tgt], max_len=64)
+    train_step(model, batch, 0.1, None)
+    assert flat.grad.abs().sum() > 0
+    for p in model.parameters():  # every gradient lives inside the flat buffer
+        assert p.grad.data_ptr() >= flat.grad.data_ptr()
+        assert p.grad.data_ptr() < flat.grad.data_ptr() + flat.grad.numel() * 4
+
+
+def test_flat_adam_matches_torch_adam():
+    torch.manual_seed(0)
+    p = torch.randn(50)
+    ref = torch.nn.Parameter(p.clone())
+    opt = torch.optim.Adam([ref], lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
+    flat = p.clone()
+    adam = FlatAdam(flat, (0.9, 0.98), 1e-9)
+    for update in range(1, 6):
+        g = torch.randn(50)
+        ref.grad = g.clone()
+        opt.step()
+        adam.step(g, 1e-2, update)
+    assert torch.allclose(flat, ref.detach(), atol=1e-6)
+
+
+def test_inverse_sqrt_schedule():
+    assert inverse_sqrt_lr(1, 1e-3, 100) == pytest.approx(1e-5)
+    assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+
+
+def test_normalize_and_clip():
+    g = torch.full((4,), 10.0)
+    norm = normalize_and_clip(g, tokens=10, clip_norm=1.0)
+    assert norm == pytest.approx(2.0)
+    assert g.norm().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_event_log_truncates_to_a_checkpoint(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    for i in range(5):
+        log.write("train", updates=i)
+    log.close()
+    with open(path, "a") as f:
+        f.write('{"kind": "tra')  # a torn line from a crash
+    assert len(read_events(path)) == 5
+    truncate_events(path, 3)
+    assert [e["updates"] for e in read_events(path)] == [0, 1, 2]
+    assert EventLog(path).lines == 3
+
+
+def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens():
+    import torch.nn.functional as F
+
+    from async_nmt.train.step import batch_loss
+
+    batch = collate([np.array([5, 6, 7]), np.array([5])], [np.array([8, 9]), np.array([4, 5, 6, 7])], max_len=64)
+    logits = torch.randn(2, batch.target.shape[1], 20)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, src, prev_tgt):
+            return logits
+
+    loss, nll = batch_loss(Fixed(), batch, 0.1, None)
+    real = batch.target != PAD_ID
+    assert loss.item() == pytest.approx(
+        F.cross_entropy(logits[real], batch.target[real], label_smoothing=0.1, reduction="sum").item(),
+        rel=1e-5,
+    )
+    assert nll.item() == pytest.approx(F.cross_entropy(logits[real], batch.target[real], reduction="sum").item())
