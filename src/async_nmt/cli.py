@@ -12,15 +12,23 @@ from async_nmt.errors import UserError
 EXISTING_FILE = click.Path(path_type=Path)  # existence is checked by the library, with one-line errors
 
 
-class NmtGroup(click.Group):
-    """Turns UserError (and Ctrl-C) into one line on stderr and exit code 2, with no traceback."""
+class ReportsUserErrors:
+    """Turns UserError into one line on stderr and exit code 2, with no traceback."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D102
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+
+
+class NmtGroup(ReportsUserErrors, click.Group):
+    pass
+
+
+class NmtCommand(ReportsUserErrors, click.Command):
+    pass
 
 
 @click.group(cls=NmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,7 +121,7 @@ def _train_options(f):
     return add_train_options(f)
 
 
-@main.command("train")
+@main.command("train", cls=NmtCommand)
 @click.argument("bin_dir", type=click.Path(path_type=Path))
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_train_options
@@ -126,8 +134,7 @@ def train(bin_dir: Path, run_dir: Path, **options) -> None:
 
 def train_main() -> None:
     """`nmt-train`: the same as `nmt train`."""
-    cli = NmtGroup(commands={"train": train})
-    cli(args=["train", *sys.argv[1:]], prog_name="nmt-train")
+    train(prog_name="nmt-train")
 
 
 # --------------------------------------------------------------------------- translate

@@ -128,17 +128,26 @@ def test_event_log_truncates_to_a_checkpoint(tmp_path):
     assert EventLog(path).lines == 3
 
 
-def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens():
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens(monkeypatch, chunk_rows):
     import torch.nn.functional as F
 
+    from async_nmt.train import step
     from async_nmt.train.step import batch_loss
+
+    monkeypatch.setattr(step, "CPU_LOSS_CHUNK_ELEMENTS", 20 * chunk_rows)
 
     batch = collate([np.array([5, 6, 7]), np.array([5])], [np.array([8, 9]), np.array([4, 5, 6, 7])], max_len=64)
     logits = torch.randn(2, batch.target.shape[1], 20)
 
-    class Fixed(torch.nn.Module):
-        def forward(self, src, prev_tgt):
+    class Fixed(torch.nn.Module):  # "hidden states" are the logits; the projection is the identity
+        cfg = model_config("tiny", 20)
+
+        def hidden(self, src, prev_tgt):
             return logits
+
+        def project(self, states):
+            return states
 
     loss, nll = batch_loss(Fixed(), batch, 0.1, None)
     real = batch.target != PAD_ID

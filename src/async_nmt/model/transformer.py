@@ -170,7 +170,18 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, prev_tgt: Tensor) -> Tensor:
         """Logits [B, T, V] for every target position (teacher forcing)."""
-        return self.decode(prev_tgt, self.encode(src))
+        return self.project(self.hidden(src, prev_tgt))
+
+    def hidden(self, src: Tensor, prev_tgt: Tensor) -> Tensor:
+        """The final decoder states [B, T, D] (teacher forcing); `project` turns them into logits.
+
+        Training projects only the states of real (non-pad) target tokens, a chunk at a time.
+        """
+        return self.decoder_states(prev_tgt, self.encode(src))
+
+    def project(self, states: Tensor) -> Tensor:
+        """Output logits through the tied embedding: [..., D] -> [..., V]."""
+        return F.linear(states, self.embed.weight)
 
     def encode(self, src: Tensor) -> EncoderOut:
         src_pad_mask = src.eq(self.cfg.pad_id)
@@ -180,11 +191,9 @@ class Transformer(nn.Module):
             x = layer(x, attn_mask)
         return EncoderOut(self.encoder_norm(x), src_pad_mask)
 
-    def decode(self, prev_tgt: Tensor, enc: EncoderOut, cache: Cache | None = None, last_only: bool = False) -> Tensor:
-        """Logits [B, T, V]; with `cache` (a dict, filled here), `prev_tgt` is only the newest column [B, 1].
-
-        `last_only` computes the logits of the last position only ([B, 1, V]), as search needs.
-        """
+    def decoder_states(self, prev_tgt: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
+        """Final (normalized) decoder states [B, T, D]; with `cache` (a dict, filled here), `prev_tgt` is
+        only the newest column [B, 1]."""
         start = 0
         if cache is not None:
             start = cache.get("step", 0)
@@ -193,9 +202,12 @@ class Transformer(nn.Module):
         x = self.embed_tokens(prev_tgt, start)
         for i, layer in enumerate(self.decoder):
             x = layer(x, enc, None if cache is None else layer_caches[i])
-        if last_only:
-            x = x[:, -1:]
-        return F.linear(self.decoder_norm(x), self.embed.weight)
+        return self.decoder_norm(x)
+
+    def decode(self, prev_tgt: Tensor, enc: EncoderOut, cache: Cache | None = None, last_only: bool = False) -> Tensor:
+        """Logits [B, T, V] (see `decoder_states`); `last_only` projects the last position only ([B, 1, V])."""
+        states = self.decoder_states(prev_tgt, enc, cache)
+        return self.project(states[:, -1:] if last_only else states)
 
     @staticmethod
     def new_cache() -> Cache:

@@ -28,6 +28,7 @@ class FlatAdam:
         self.eps = eps
         self.exp_avg = torch.zeros_like(params)
         self.exp_avg_sq = torch.zeros_like(params)
+        self._denom = torch.empty_like(params)  # reused: no parameter-sized allocation per update
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, lr: float, update: int) -> None:
@@ -36,8 +37,8 @@ class FlatAdam:
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         bias1 = 1 - self.beta1**update
         bias2 = 1 - self.beta2**update
-        denom = (self.exp_avg_sq / bias2).sqrt_().add_(self.eps)
-        self.params.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
+        torch.div(self.exp_avg_sq, bias2, out=self._denom).sqrt_().add_(self.eps)
+        self.params.addcdiv_(self.exp_avg, self._denom, value=-lr / bias1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"exp_avg": self.exp_avg.cpu(), "exp_avg_sq": self.exp_avg_sq.cpu()}

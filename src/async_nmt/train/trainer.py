@@ -62,7 +62,8 @@ class Trainer:
         self.model = Transformer(self.model_cfg).to(self.device)
         self.flat = flatten_parameters(self.model)
         self.adam = FlatAdam(self.flat.data, cfg.adam_betas, cfg.adam_eps)
-        self.step_fn = torch.compile(self.model) if cfg.compile else self.model
+        if cfg.compile:  # the encoder-decoder stack; the chunked output layer and loss stay eager
+            self.model.hidden = torch.compile(self.model.hidden)
         self.stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, self.model_cfg.max_positions, cfg.seed)
         self.stream.pin = self.device.type == "cuda"
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
@@ -184,7 +185,7 @@ class Trainer:
         for _ in range(pushes_per_update(cfg)):
             for _ in range(cfg.local_accum):
                 stats.add(
-                    train_step(self.step_fn, self.stream.next().to(self.device), cfg.label_smoothing, self.amp_dtype)
+                    train_step(self.model, self.stream.next().to(self.device), cfg.label_smoothing, self.amp_dtype)
                 )
             self.pushes += 1
         self.updates += 1
