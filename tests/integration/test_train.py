@@ -141,3 +141,31 @@ def test_resume_with_another_vocabulary_is_refused(synthetic_raw: Path, learned_
 def test_nmt_train_is_nmt_train_subcommand():
     out = subprocess.run([str(NMT_TRAIN), "--help"], capture_output=True, text=True, check=True).stdout
     assert "--mode" in out and "--local-accum" in out and "BIN_DIR RUN_DIR" in out
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--quiet", "--devices", "cpu", "--max-tokens", "512",
+         "--valid-every", "0", "--log-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(e["kind"] == "train" for e in _events(run)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: saved" in stderr and "Traceback" not in stderr
+    events = read_events(run / "events.jsonl")
+    assert events[-1]["kind"] == "end" and events[-1]["interrupted"] is True
+    saved = [e for e in events if e["kind"] == "checkpoint"][-1]
+    assert saved["updates"] >= 1 and (run / "checkpoints" / "last.pt").is_file()
+
+
+def _events(run: Path) -> list[dict]:
+    path = run / "events.jsonl"
+    return read_events(path) if path.exists() else []
