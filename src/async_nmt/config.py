@@ -65,6 +65,8 @@ class TrainConfig:
     accum: int = 1  # async-accum: pushes summed per update
     local_accum: int = 1  # batches a worker sums before one push
     devices: list[str] = field(default_factory=list)
+    simulate: bool = False  # emulate `workers` workers deterministically in one process
+    worker_speeds: list[float] = field(default_factory=list)  # simulate: relative speed of each worker
     max_tokens: int = 4096
     lr: float = 7e-4
     warmup: int = 250

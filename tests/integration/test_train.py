@@ -169,3 +169,30 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
 def _events(run: Path) -> list[dict]:
     path = run / "events.jsonl"
     return read_events(path) if path.exists() else []
+
+
+def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synthetic_bin: Path, tmp_path: Path):
+    def run(name):
+        cfg = tiny_config(synthetic_bin, mode="async", workers=2, simulate=True, worker_speeds=[1.0, 0.5],
+                          max_updates=8)  # fmt: skip
+        train(cfg, tmp_path / name, progress=False, log_every=4)
+        return [e for e in read_events(tmp_path / name / "events.jsonl") if e["kind"] == "train"]
+
+    first, second = run("a"), run("b")
+    assert [e["loss"] for e in first] == pytest.approx([e["loss"] for e in second], rel=1e-6)
+    assert [e["staleness_hist"] for e in first] == [e["staleness_hist"] for e in second]
+    assert first[-1]["pushes"] == 8 and first[-1]["staleness_max"] >= 1
+    assert 0 < first[0]["predicted_s"] < first[-1]["predicted_s"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--workers", "2"], "--simulate"),
+        (["--workers", "2", "--simulate", "--worker-speeds", "1,1,1"], "3 speeds for 2 workers"),
+        (["--worker-speeds", "1,x", "--simulate"], "--worker-speeds"),
+    ],
+)
+def test_bad_simulation_options(synthetic_bin: Path, tmp_path: Path, extra, message):
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--max-updates", "1", *extra)
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output

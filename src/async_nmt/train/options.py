@@ -17,13 +17,19 @@ OPTIONS = [
     click.option("--mode", type=click.Choice(["sync", "async", "async-accum"]), default="sync", show_default=True,
                  help="How worker gradients update the model: all-reduce (sync), every push applied at once "
                  "(async), or N pushes summed per update (async-accum)."),
-    click.option("--workers", default=1, show_default=True, help="Worker processes (multi-worker: coming next)."),
+    click.option("--workers", default=1, show_default=True,
+                 help="Workers computing gradients (several: with --simulate for now; processes come next)."),
     click.option("--accum", default=1, show_default=True,
                  help="async-accum: pushes the server sums into one update (the paper uses N = workers)."),
     click.option("--local-accum", default=1, show_default=True,
                  help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay)."),
     click.option("--devices", default=None,
                  help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1 (default: the first GPU, else cpu)."),
+    click.option("--simulate", is_flag=True,
+                 help="Emulate --workers workers in one process on one device, deterministically; events "
+                 "carry the predicted wall clock of that many real devices (predicted_s)."),
+    click.option("--worker-speeds", default=None,
+                 help="With --simulate: comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5."),
     click.option("--max-tokens", default=4096, show_default=True,
                  help="Token budget of a batch: rows x longest padded side."),
     click.option("--lr", type=float, default=None,
@@ -62,7 +68,7 @@ def add_train_options(f: Callable) -> Callable:
 
 
 def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: int | None,
-                 compile_model: bool, **options: Any) -> TrainConfig:  # fmt: skip
+                 compile_model: bool, worker_speeds: str | None = None, **options: Any) -> TrainConfig:  # fmt: skip
     """A TrainConfig from the command-line options, defaults filled in and contradictions refused."""
     from async_nmt.train.modes import check_mode_options
 
@@ -73,6 +79,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         lr=default_lr if lr is None else lr,
         warmup=default_warmup if warmup is None else warmup,
         compile=compile_model,
+        worker_speeds=_speeds(worker_speeds),
         **options,
     )
     check_mode_options(cfg)
@@ -89,6 +96,18 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
     return cfg
 
 
+def _speeds(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        speeds = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--worker-speeds: {text!r} is not a comma-separated list of numbers") from None
+    if any(x <= 0 for x in speeds):
+        raise UserError("--worker-speeds: every speed must be positive")
+    return speeds
+
+
 def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bool, log_every: int,
               **options: Any) -> None:  # fmt: skip
     from async_nmt.train.trainer import train
@@ -98,4 +117,6 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
     if log_every < 1:
         raise UserError("--log-every must be at least 1")
     cfg = build_config(bin_dir, **options)
+    if resume and cfg.simulate:
+        raise UserError("--resume of a --simulate run is not supported yet: the emulated workers' state is not saved")
     train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=log_every)

@@ -30,7 +30,8 @@ from async_nmt.model.transformer import Transformer
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import EventLog, TrainingClock, truncate_events
 from async_nmt.train.modes import pushes_per_update
-from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, normalize_and_clip
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.simulated import SimulatedWorkers
 from async_nmt.train.step import StepStats, flatten_parameters, train_step
 from async_nmt.train.validate import Validator
 
@@ -61,15 +62,34 @@ class Trainer:
         self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
         self.model = Transformer(self.model_cfg).to(self.device)
         self.flat = flatten_parameters(self.model)
-        self.adam = FlatAdam(self.flat.data, cfg.adam_betas, cfg.adam_eps)
         if cfg.compile:  # the encoder-decoder stack; the chunked output layer and loss stay eager
             self.model.hidden = torch.compile(self.model.hidden)
-        self.stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, self.model_cfg.max_positions, cfg.seed)
-        self.stream.pin = self.device.type == "cuda"
+        train_split = load_split(bin_dir, "train")
+        self.streams = [
+            BatchStream(train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, w, cfg.workers)
+            for w in range(cfg.workers)
+        ]
+        for stream in self.streams:
+            stream.pin = self.device.type == "cuda"
+        # one worker trains the master parameters in place; emulated workers keep copies of their own
+        master = self.flat.data.clone() if cfg.simulate else self.flat.data
+        self.server = ParamServer(
+            master, pushes_per_update(cfg), cfg.lr, cfg.warmup, cfg.clip_norm, cfg.adam_betas, cfg.adam_eps
+        )
+        self.workers: LocalWorker | SimulatedWorkers
+        if cfg.simulate:
+            speeds = cfg.worker_speeds or [1.0] * cfg.workers
+            self.workers = SimulatedWorkers(
+                self.model, self.flat, self.server, self.streams, speeds, cfg.mode == "sync", cfg.local_accum,
+                cfg.label_smoothing, self.amp_dtype,
+            )  # fmt: skip
+        else:
+            self.workers = LocalWorker(self, self.streams[0])
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
         self.vocab_file = bin_dir / "spm.model"
         self.sp = load_vocab(self.vocab_file)
-        self.updates = self.pushes = self.tokens = 0
+        self.tokens = 0
+        self.staleness: list[int] = []  # of the pushes since the last `train` event
         self.best: dict[str, float] | None = None
         self.last_valid: dict[str, float] | None = None
         self.validated_at: int | None = None
@@ -107,12 +127,10 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "corpus": self._corpus_info(),
             "vocab_model": self.vocab_file.read_bytes(),
-            "params": self.flat.data.cpu(),
-            "optimizer": self.adam.state_dict(),
-            "updates": self.updates,
-            "pushes": self.pushes,
+            "params": self.server.params.cpu(),
+            "server": self.server.state_dict(),
             "tokens": self.tokens,
-            "data": self.stream.state_dict(),
+            "data": [stream.state_dict() for stream in self.streams],
             "rng": ckpt.rng_state(),
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
@@ -127,10 +145,13 @@ class Trainer:
         if state["model_config"] != asdict(self.model_cfg):
             saved = from_dict(type(self.model_cfg), state["model_config"])
             raise UserError(f"{path}: model configuration differs from the options given (checkpoint: {saved})")
-        self.flat.data.copy_(state["params"])
-        self.adam.load_state_dict(state["optimizer"])
-        self.updates, self.pushes, self.tokens = state["updates"], state["pushes"], state["tokens"]
-        self.stream.load_state_dict(state["data"])
+        if len(state["data"]) != len(self.streams):
+            raise UserError(f"{path}: saved with {len(state['data'])} workers, not {len(self.streams)}")
+        self.server.params.copy_(state["params"])
+        self.server.load_state_dict(state["server"])
+        self.tokens = state["tokens"]
+        for stream, position in zip(self.streams, state["data"], strict=True):
+            stream.load_state_dict(position)
         self.best = state["best"]
         ckpt.set_rng_state(state["rng"])
         return state
@@ -147,6 +168,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ events
     @property
+    def updates(self) -> int:
+        return self.server.updates
+
+    @property
+    def pushes(self) -> int:
+        return self.server.pushes
+
+    @property
     def wall_s(self) -> float:
         return time.perf_counter() - self._wall_start
 
@@ -158,12 +187,19 @@ class Trainer:
             updates=self.updates,
             pushes=self.pushes,
             tokens=self.tokens,
-            epoch=round(self.stream.epoch_progress, 4),
+            epoch=round(self.streams[0].epoch_progress, 4),
+            **self._predicted(),
             **fields,
         )
 
+    def _predicted(self) -> dict[str, float]:
+        if isinstance(self.workers, SimulatedWorkers):
+            return {"predicted_s": self.workers.predicted_s}
+        return {}
+
     def validate(self) -> dict[str, float]:
         with self.clock.paused():
+            self.flat.data.copy_(self.server.params)  # evaluate the master parameters
             result = self.validator(self.model, self.sp, self.amp_dtype)
             improved = self.best is None or (result["bleu"], -result["valid_loss"]) > (
                 self.best["bleu"],
@@ -178,28 +214,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def update(self) -> StepStats:
-        """Compute the pushes of one update on this worker, then apply it to the parameters."""
-        cfg = self.cfg
+        """Run pushes until the server has taken one more update."""
         stats = StepStats()
-        self.flat.grad.zero_()
-        for _ in range(pushes_per_update(cfg)):
-            for _ in range(cfg.local_accum):
-                stats.add(
-                    train_step(self.model, self.stream.next().to(self.device), cfg.label_smoothing, self.amp_dtype)
-                )
-            self.pushes += 1
-        self.updates += 1
+        target = self.server.updates + 1
+        while self.server.updates < target:
+            push_stats, staleness = self.workers.push()
+            stats.add(push_stats)
+            self.staleness.append(staleness)
         self.tokens += stats.tokens
-        self.lr = inverse_sqrt_lr(self.updates, cfg.lr, cfg.warmup)
-        self.grad_norm = normalize_and_clip(self.flat.grad, stats.tokens, cfg.clip_norm)
-        self.adam.step(self.flat.grad, self.lr, self.updates)
         return stats
 
     def should_stop(self) -> bool:
         cfg = self.cfg
         return (
             (cfg.max_updates > 0 and self.updates >= cfg.max_updates)
-            or (cfg.max_epochs > 0 and self.stream.epoch_progress >= cfg.max_epochs)
+            or (cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs)
             or (cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)
         )
 
@@ -215,7 +244,7 @@ class Trainer:
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
             disable=not progress, file=sys.stderr, desc="train",
         )  # fmt: skip
-        interval, interval_start, interval_pushes = StepStats(), self.clock.seconds, self.pushes
+        interval, interval_start = StepStats(), self.clock.seconds
         try:
             while not self.should_stop():
                 interval.add(self.update())
@@ -224,11 +253,13 @@ class Trainer:
                     elapsed = max(self.clock.seconds - interval_start, 1e-9)
                     event = self._event(
                         "train", loss=interval.loss / interval.tokens, nll=interval.nll / interval.tokens,
-                        lr=self.lr, grad_norm=self.grad_norm, tok_per_s=interval.tokens / elapsed,
-                        staleness_mean=0.0, staleness_max=0, staleness_hist=[self.pushes - interval_pushes],
+                        lr=self.server.lr, grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
+                        **staleness_stats(self.staleness),
                     )  # fmt: skip
-                    bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{self.lr:.2e}", tok_s=f"{event['tok_per_s']:.0f}")
-                    interval, interval_start, interval_pushes = StepStats(), self.clock.seconds, self.pushes
+                    bar.set_postfix(
+                        loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}", tok_s=f"{event['tok_per_s']:.0f}"
+                    )
+                    interval, interval_start, self.staleness = StepStats(), self.clock.seconds, []
                 if cfg.valid_every > 0 and self.updates % cfg.valid_every == 0:
                     result = self.validate()
                     bar.write(
@@ -250,6 +281,31 @@ class Trainer:
         return summary
 
 
+class LocalWorker:
+    """The only worker of a one-worker run: it trains the server's parameters in place (nothing to pull)."""
+
+    def __init__(self, trainer: Trainer, stream: BatchStream):
+        self.trainer, self.stream = trainer, stream
+
+    def push(self) -> tuple[StepStats, int]:
+        t = self.trainer
+        t.flat.grad.zero_()
+        stats = StepStats()
+        for _ in range(t.cfg.local_accum):
+            stats.add(train_step(t.model, self.stream.next().to(t.device), t.cfg.label_smoothing, t.amp_dtype))
+        return stats, t.server.push(t.flat.grad, stats.tokens, t.server.updates)
+
+
+def staleness_stats(values: list[int]) -> dict[str, Any]:
+    """Mean, max and histogram (counts of staleness 0, 1, ...) of pushes' staleness."""
+    if not values:
+        return {"staleness_mean": 0.0, "staleness_max": 0, "staleness_hist": []}
+    hist = [0] * (max(values) + 1)
+    for value in values:
+        hist[value] += 1
+    return {"staleness_mean": sum(values) / len(values), "staleness_max": max(values), "staleness_hist": hist}
+
+
 def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
     table = Table(title=f"run {trainer.run_dir}", show_header=False)
     rows = [
@@ -260,6 +316,8 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         ("training time", f"{summary['train_s']:.0f} s (wall {summary['wall_s']:.0f} s)"),
         ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
     ]
+    if "predicted_s" in summary:
+        rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices"))
     if trainer.last_valid:
         rows.append(
             (

@@ -4,8 +4,9 @@
 - async:       every push is applied as one update as soon as it arrives, no barrier.
 - async-accum: the server sums `accum` pushes, from any workers, then takes one update.
 
-With one worker all three run in-process (`train.trainer`); the multi-worker implementations
-(all-reduce, parameter server, simulator) are the next step on this seam.
+The update rule lives in `paramserver.py`. One worker runs in-process (`train.trainer.LocalWorker`);
+`simulated.py` emulates W workers on one device, deterministically. Worker processes (all-reduce, the
+sharded shared-memory server) are the next step on this seam.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ def check_mode_options(cfg: TrainConfig) -> None:
             f"--accum sums pushes on the parameter server and only applies to --mode async-accum; "
             f"to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
         )
-    if cfg.workers > 1:
+    if cfg.workers > 1 and not cfg.simulate:
         raise UserError(
-            f"--workers {cfg.workers}: multi-worker training is not available yet in this version; use --workers 1"
+            f"--workers {cfg.workers}: worker processes are not available yet; add --simulate to emulate them"
         )
+    if cfg.worker_speeds and not cfg.simulate:
+        raise UserError("--worker-speeds only applies with --simulate")
+    if cfg.worker_speeds and len(cfg.worker_speeds) != cfg.workers:
+        raise UserError(f"--worker-speeds: {len(cfg.worker_speeds)} speeds for {cfg.workers} workers")
 
 
 def pushes_per_update(cfg: TrainConfig) -> int:

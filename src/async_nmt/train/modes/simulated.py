@@ -1,0 +1,104 @@
+"""Deterministic one-device emulation of W workers (`--simulate`), for async, async-accum and sync.
+
+Each emulated worker keeps the parameters it last pulled and its own data stream. Pushes are ordered by
+simulated finish time: a worker's batches cost their target tokens divided by its speed factor
+(`--worker-speeds`), so the order, the staleness and every update are the same for the same seed on any
+machine. The pushes go to the same `ParamServer` as a real run's.
+
+The predicted wall clock of W real devices (`predicted_s` in the events) prices a token at the compute time
+measured on this device so far, scaled by the worker's speed, plus the cost of moving the parameters: a
+push and a pull (async modes), or a ring all-reduce after the slowest worker of each step (sync).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from async_nmt.data.batches import Batch, BatchStream
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.step import StepStats, train_step
+
+LINK_GB_PER_S = 10.0  # assumed bandwidth for moving parameters between a worker and the server
+
+
+class SimulatedWorkers:
+    def __init__(
+        self,
+        model: nn.Module,
+        flat: nn.Parameter,
+        server: ParamServer,
+        streams: list[BatchStream],
+        speeds: list[float],
+        sync: bool,
+        local_accum: int,
+        label_smoothing: float,
+        amp_dtype: torch.dtype | None,
+    ):
+        self.model, self.flat, self.server = model, flat, server
+        self.streams, self.speeds, self.sync = streams, speeds, sync
+        self.local_accum, self.label_smoothing, self.amp_dtype = local_accum, label_smoothing, amp_dtype
+        self.device = flat.device
+        workers = len(streams)
+        # what each async worker last pulled; sync workers all compute on the server's current parameters
+        self.params = [server.params if sync else server.params.clone() for _ in range(workers)]
+        self.pulled = [server.updates] * workers
+        self.batches = [self._next_batches(w) for w in range(workers)]
+        self.finish = [self._cost(w) for w in range(workers)]  # simulated finish time (token units)
+        self.seconds = [0.0] * workers  # predicted wall clock of each worker
+        self.predicted_s = 0.0
+        self.compute_s, self.compute_tokens = 0.0, 0
+        self.worker_pushes = [0] * workers
+        self.param_bytes = server.params.numel() * 4
+
+    def _next_batches(self, worker: int) -> list[Batch]:
+        return [self.streams[worker].next() for _ in range(self.local_accum)]
+
+    def _cost(self, worker: int) -> float:
+        return sum(b.tokens for b in self.batches[worker]) / self.speeds[worker]
+
+    def push(self) -> tuple[StepStats, int]:
+        """Run the next push in simulated time order; returns its statistics and staleness."""
+        workers = len(self.streams)
+        if self.sync:  # every worker once per step, all from the same parameters
+            worker = self.server.pushes % workers
+        else:
+            worker = min(range(workers), key=lambda w: (self.finish[w], w))
+        self.flat.data.copy_(self.params[worker])
+        self.flat.grad.zero_()
+        start = time.perf_counter()
+        stats = StepStats()
+        for batch in self.batches[worker]:
+            stats.add(train_step(self.model, batch.to(self.device), self.label_smoothing, self.amp_dtype))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compute_s += time.perf_counter() - start
+        self.compute_tokens += stats.tokens
+        self.worker_pushes[worker] += 1
+        updates_before = self.server.updates
+        staleness = self.server.push(self.flat.grad, stats.tokens, self.pulled[worker])
+        step_done = self.server.updates > updates_before
+        self._advance_clock(worker, stats.tokens, step_done)
+        if self.sync:
+            if step_done:  # after the all-reduce every worker has the new parameters
+                self.pulled = [self.server.updates] * workers
+        else:
+            self.pulled[worker] = self.server.pull(self.params[worker])
+        self.batches[worker] = self._next_batches(worker)
+        self.finish[worker] += self._cost(worker)
+        return stats, staleness
+
+    def _advance_clock(self, worker: int, tokens: int, step_done: bool) -> None:
+        seconds_per_token = self.compute_s / max(self.compute_tokens, 1)
+        self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
+        link_s = self.param_bytes / (LINK_GB_PER_S * 1e9)
+        if not self.sync:
+            self.seconds[worker] += 2 * link_s  # push the gradient, pull the parameters
+            self.predicted_s = max(self.predicted_s, self.seconds[worker])
+        elif step_done:
+            workers = len(self.streams)
+            step_end = max(self.seconds) + 2 * (workers - 1) / workers * link_s  # ring all-reduce
+            self.seconds = [step_end] * workers
+            self.predicted_s = step_end
