@@ -196,3 +196,21 @@ def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synth
 def test_bad_simulation_options(synthetic_bin: Path, tmp_path: Path, extra, message):
     code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--max-updates", "1", *extra)
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
+
+
+def test_simulated_run_resumes_with_the_same_losses_and_staleness(synthetic_bin: Path, tmp_path: Path):
+    def cfg(updates):
+        return tiny_config(synthetic_bin, mode="async", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 0.4],
+                           max_updates=updates, dropout=0.1)  # fmt: skip
+
+    train(cfg(10), tmp_path / "whole", progress=False, log_every=1)
+    train(cfg(5), tmp_path / "split", progress=False, log_every=1)
+    train(cfg(10), tmp_path / "split", resume=True, progress=False, log_every=1)
+
+    def trained(run):
+        return {e["updates"]: e for e in read_events(run / "events.jsonl") if e["kind"] == "train"}
+
+    whole, split = trained(tmp_path / "whole"), trained(tmp_path / "split")
+    for update in range(6, 11):
+        assert split[update]["loss"] == pytest.approx(whole[update]["loss"], rel=1e-5)
+        assert split[update]["staleness_hist"] == whole[update]["staleness_hist"]

@@ -117,6 +117,4 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
     if log_every < 1:
         raise UserError("--log-every must be at least 1")
     cfg = build_config(bin_dir, **options)
-    if resume and cfg.simulate:
-        raise UserError("--resume of a --simulate run is not supported yet: the emulated workers' state is not saved")
     train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=log_every)

@@ -131,6 +131,7 @@ class Trainer:
             "server": self.server.state_dict(),
             "tokens": self.tokens,
             "data": [stream.state_dict() for stream in self.streams],
+            "workers": self.workers.state_dict() if isinstance(self.workers, SimulatedWorkers) else None,
             "rng": ckpt.rng_state(),
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
@@ -152,6 +153,12 @@ class Trainer:
         self.tokens = state["tokens"]
         for stream, position in zip(self.streams, state["data"], strict=True):
             stream.load_state_dict(position)
+        if isinstance(self.workers, SimulatedWorkers):
+            if state.get("workers") is None:
+                raise UserError(f"{path}: not saved by a --simulate run")
+            self.workers.load_state_dict(state["workers"])
+        elif state.get("workers") is not None:
+            raise UserError(f"{path}: saved by a --simulate run; resume it with --simulate")
         self.best = state["best"]
         ckpt.set_rng_state(state["rng"])
         return state

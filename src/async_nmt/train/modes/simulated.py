@@ -13,6 +13,7 @@ push and a pull (async modes), or a ring all-reduce after the slowest worker of 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,3 +103,21 @@ class SimulatedWorkers:
             step_end = max(self.seconds) + 2 * (workers - 1) / workers * link_s  # ring all-reduce
             self.seconds = [step_end] * workers
             self.predicted_s = step_end
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the same simulation (the streams are saved apart)."""
+        return {
+            "params": None if self.sync else [p.cpu() for p in self.params],
+            "batches": self.batches,
+            **{name: getattr(self, name) for name in self._SCALARS},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self.sync:
+            for mine, saved in zip(self.params, state["params"], strict=True):
+                mine.copy_(saved)
+        self.batches = state["batches"]
+        for name in self._SCALARS:
+            setattr(self, name, state[name])
+
+    _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
