@@ -9,7 +9,7 @@ import click
 
 from async_nmt.errors import UserError
 
-EXISTING_FILE = click.Path(path_type=Path)  # existence is checked by the library, with one-line errors
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 class ReportsUserErrors:
@@ -31,7 +31,7 @@ class NmtCommand(ReportsUserErrors, click.Command):
     pass
 
 
-@click.group(cls=NmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NmtGroup, context_settings=CONTEXT)
 @click.version_option(package_name="async-nmt")
 def main() -> None:
     """Neural machine translation with synchronous, asynchronous and accumulated-asynchronous training."""
@@ -121,7 +121,7 @@ def _train_options(f):
     return add_train_options(f)
 
 
-@main.command("train", cls=NmtCommand)
+@main.command("train", cls=NmtCommand, context_settings=CONTEXT)
 @click.argument("bin_dir", type=click.Path(path_type=Path))
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_train_options
@@ -190,7 +190,7 @@ def translate(
 @click.argument("ref", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def score(hyp: Path, ref: Path, as_json: bool) -> None:
-    """Score the detokenized hypotheses HYP against the references REF with sacreBLEU (BLEU and chrF)."""
+    """Score detokenized hypotheses HYP against references REF: sacreBLEU BLEU and chrF."""
     from async_nmt.score import score_command
 
     score_command(hyp, ref, as_json=as_json)
