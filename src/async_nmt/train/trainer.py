@@ -206,7 +206,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         with self.clock.paused():
-            self.flat.data.copy_(self.server.params)  # evaluate the master parameters
+            self.server.pull(self.flat.data)  # evaluate the master parameters (a no-op for one worker)
             result = self.validator(self.model, self.sp, self.amp_dtype)
             improved = self.best is None or (result["bleu"], -result["valid_loss"]) > (
                 self.best["bleu"],

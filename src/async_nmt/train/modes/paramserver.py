@@ -30,7 +30,8 @@ class ParamServer:
         self.accum = accum
         self.peak_lr, self.warmup, self.clip_norm = peak_lr, warmup, clip_norm
         self.adam = FlatAdam(params, betas, eps)
-        self.grad_sum = torch.zeros_like(params)
+        # with accum 1 a push is applied as it comes: no sum buffer, no copy on the hot path
+        self.grad_sum = torch.zeros_like(params) if accum > 1 else None
         self.pending_pushes = 0
         self.pending_tokens = 0
         self.updates = 0
@@ -46,22 +47,27 @@ class ParamServer:
 
     @torch.no_grad()
     def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int) -> int:
-        """Add one worker gradient; apply an update if this push completes one. Returns the staleness."""
+        """Add one worker gradient (summed over its tokens); apply an update if this push completes one.
+
+        Returns the push's staleness. With accum 1, `grad` itself is normalized in place."""
         staleness = self.updates - pulled_updates
-        self.grad_sum.add_(grad)
+        self.pushes += 1
         self.pending_pushes += 1
         self.pending_tokens += tokens
-        self.pushes += 1
-        if self.pending_pushes == self.accum:
-            self.update()
+        if self.grad_sum is None:
+            self._update(grad)  # normalizes and clips the pushed buffer in place
+        else:
+            self.grad_sum.add_(grad)
+            if self.pending_pushes == self.accum:
+                self._update(self.grad_sum)
+                self.grad_sum.zero_()
         return staleness
 
-    def update(self) -> None:
+    def _update(self, grad: torch.Tensor) -> None:
         self.updates += 1
         self.lr = inverse_sqrt_lr(self.updates, self.peak_lr, self.warmup)
-        self.grad_norm = normalize_and_clip(self.grad_sum, self.pending_tokens, self.clip_norm)
-        self.adam.step(self.grad_sum, self.lr, self.updates)
-        self.grad_sum.zero_()
+        self.grad_norm = normalize_and_clip(grad, self.pending_tokens, self.clip_norm)
+        self.adam.step(grad, self.lr, self.updates)
         self.pending_pushes = self.pending_tokens = 0
 
     def state_dict(self) -> dict:

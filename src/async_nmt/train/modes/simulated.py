@@ -26,6 +26,9 @@ LINK_GB_PER_S = 10.0  # assumed bandwidth for moving parameters between a worker
 
 
 class SimulatedWorkers:
+    # the simulation state saved in checkpoints besides the workers' parameters and next batches
+    _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
+
     def __init__(
         self,
         model: nn.Module,
@@ -119,5 +122,3 @@ class SimulatedWorkers:
         self.batches = state["batches"]
         for name in self._SCALARS:
             setattr(self, name, state[name])
-
-    _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
