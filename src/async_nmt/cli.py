@@ -13,14 +13,14 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 class ReportsUserErrors:
-    """Turns UserError into one line on stderr and exit code 2, with no traceback."""
+    """Turns UserError into one line on stderr and its exit code (2; a failed worker: 1), with no traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as err:
             click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            sys.exit(err.exit_code)
 
 
 class NmtGroup(ReportsUserErrors, click.Group):
@@ -194,6 +194,39 @@ def score(hyp: Path, ref: Path, as_json: bool) -> None:
     from async_nmt.score import score_command
 
     score_command(hyp, ref, as_json=as_json)
+
+
+# --------------------------------------------------------------------------- report
+@main.command()
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--target-bleu", type=float, default=None, help="BLEU the runs race to (default: the baseline's best - 0.5)."
+)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run the speedups are measured against (default: the first sync run, else the first run).",
+)
+@click.option(
+    "--x",
+    type=click.Choice(["time", "predicted", "updates", "tokens"]),
+    default="time",
+    show_default=True,
+    help="Axis of the plots and of time to target: training clock, predicted wall clock (--simulate runs), "
+    "updates or target tokens.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write bleu_over_time.png, valid_loss.png, report.md."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def report(
+    runs: tuple[Path, ...], target_bleu: float | None, baseline: Path | None, x: str, out: Path | None, as_json: bool
+) -> None:
+    """Compare run folders from their events.jsonl: a table with time to a target BLEU and speedups, and plots."""
+    from async_nmt.report import report_command
+
+    report_command(list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+# Functions the recipes share; sourced by them, not run. They read the recipe's knobs (see its header).
+
+# show ARG...: the command as one would type it (quoting only what needs it)
+show() {
+    local arg words=()
+    for arg; do
+        if [[ $arg =~ ^[A-Za-z0-9_./:,=+@%-]+$ ]]; then words+=("$arg"); else words+=("$(printf %q "$arg")"); fi
+    done
+    echo "${words[*]}"
+}
+
+# run CMD...: print CMD with DRY_RUN=1, else run it
+run() {
+    if [[ $DRY_RUN == 1 ]]; then show "$@"; else "$@"; fi
+}
+
+# run_to FILE CMD...: CMD's standard output into FILE
+run_to() {
+    local file=$1
+    shift
+    if [[ $DRY_RUN == 1 ]]; then echo "$(show "$@") > $(show "$file")"; else "$@" >"$file"; fi
+}
+
+# say TEXT: a comment line between the commands (also in a dry run's listing)
+say() {
+    echo "# $*"
+}
+
+# get URL ARCHIVE FILE...: make sure $DATA holds FILE... (paths inside ARCHIVE); download and unpack only what is missing
+get() {
+    local url=$1 archive=$2 file missing=0
+    shift 2
+    for file; do [[ -s $DATA/$file ]] || missing=1; done
+    if ((missing == 0)); then return 0; fi
+    if [[ ! -s $DATA/$archive ]]; then
+        run curl -fL --retry 3 -o "$DATA/$archive.part" "$url"
+        run mv "$DATA/$archive.part" "$DATA/$archive"
+    fi
+    case $archive in
+        *.zip) run "$PYTHON" -m zipfile -e "$DATA/$archive" "$DATA" ;;
+        *) run tar -xzf "$DATA/$archive" -C "$DATA" "$@" ;;
+    esac
+}
+
+# raw_train CORPUS...: $RAW/train.{SRC,TGT} = the concatenation of $DATA/CORPUS.{SRC,TGT}
+raw_train() {
+    local lang corpus files
+    for lang in "$SRC" "$TGT"; do
+        files=()
+        for corpus; do files+=("$DATA/$corpus.$lang"); done
+        run_to "$RAW/train.$lang" cat "${files[@]}"
+    done
+}
+
+# raw_eval SPLIT TESTSET: $RAW/SPLIT.{SRC,TGT} from sacreBLEU's copy of TESTSET (cached under $DATA/sacrebleu)
+raw_eval() {
+    run_to "$RAW/$1.$SRC" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" --echo src
+    run_to "$RAW/$1.$TGT" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" --echo ref
+}
+
+# compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set, then `nmt report`
+compare() {
+    local nmt bin=$OUT/bin mode dir runs=() train accum
+    read -ra nmt <<<"$NMT"
+    run "${nmt[@]}" preprocess "$RAW" "$bin" --src "$SRC" --tgt "$TGT" --vocab-size "$VOCAB_SIZE" --force
+    train=(--workers "$WORKERS" --devices "$DEVICES" --preset "$PRESET" --lr "$LR" --warmup "$WARMUP"
+        --clip-norm "$CLIP_NORM" --label-smoothing "$LABEL_SMOOTHING" --max-tokens "$MAX_TOKENS"
+        --max-time "$MAX_TIME" --max-updates "$MAX_UPDATES" --valid-every "$VALID_EVERY"
+        --valid-max-sentences "$VALID_MAX_SENTENCES" --force --quiet)
+    if [[ $SIMULATE == 1 ]]; then train+=(--simulate); fi
+    if [[ -n $WORKER_SPEEDS ]]; then train+=(--worker-speeds "$WORKER_SPEEDS"); fi
+    run mkdir -p "$OUT/runs" "$OUT/test"
+    for mode in $MODES; do
+        dir=$OUT/runs/$mode
+        accum=()
+        if [[ $mode == async-accum ]]; then accum=(--accum "$ACCUM"); fi
+        run "${nmt[@]}" train "$bin" "$dir" --mode "$mode" "${accum[@]}" "${train[@]}"
+        run "${nmt[@]}" translate "$dir" --device "${DEVICES%%,*}" --beam "$BEAM" \
+            --input "$bin/test.$SRC" --output "$OUT/test/$mode.$TGT"
+        say "$mode: test set, beam $BEAM"
+        run "${nmt[@]}" score "$OUT/test/$mode.$TGT" "$bin/test.$TGT"
+        runs+=("$dir")
+    done
+    run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}
+}

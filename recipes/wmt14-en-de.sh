@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# WMT14 English->German, the benchmark of most Transformer papers, trained as in wmt17-en-de.sh (Aji &
+# Heafield's settings: transformer-base on 4 GPUs, lr 0.0003, 16,000 warmup updates, inverse-sqrt decay,
+# label smoothing 0.1, Adam 0.9/0.98/1e-9, clipping 5). It downloads Europarl v7, Common Crawl and News
+# Commentary v9 from statmt.org, takes newstest2013 (dev) and the full newstest2014 (test, 3,003 sentences)
+# through sacreBLEU, writes OUT/raw/{train,valid,test}.{SRC,TGT}, then trains sync, async and async-accum,
+# translates and scores the test set with each, and compares them with `nmt report`.
+#
+# Knobs (environment variables; default in brackets):
+#   OUT                 output folder: raw/, bin/, runs/{sync,async,async-accum}/, test/, report/ [runs/wmt14-en-de]
+#   DATA                downloads (archives, unpacked corpora, sacreBLEU's test sets); files already there
+#                       are used as they are, so a DATA prepared elsewhere makes the recipe offline [OUT/download]
+#   RAW                 where the raw corpus is written [OUT/raw]
+#   SRC, TGT            translation direction [en, de]
+#   VOCAB_SIZE          joint sentencepiece vocabulary [32000]
+#   PRESET              model size: tiny, small, base, big [base]
+#   LR, WARMUP          peak learning rate and linear warmup updates, then inverse-sqrt decay [0.0003, 16000]
+#   CLIP_NORM           gradient-norm clipping, 0 = off [5]
+#   LABEL_SMOOTHING     [0.1]
+#   MAX_TOKENS          token budget of one worker's batch [8192]
+#   MAX_TIME            seconds of training clock per run, 0 = no limit [36000]
+#   MAX_UPDATES         updates per run, 0 = no limit [0]
+#   VALID_EVERY         updates between validations [1000]
+#   VALID_MAX_SENTENCES validate on the first N valid sentences, 0 = all [0]
+#   MODES               the runs to train [sync async async-accum]
+#   WORKERS             workers of every run [4]
+#   ACCUM               pushes summed per async-accum update [WORKERS]
+#   DEVICES             comma-separated devices [cuda:0,cuda:1,cuda:2,cuda:3]
+#   SIMULATE            1 = emulate the workers in one process on one device (--simulate) [0]
+#   WORKER_SPEEDS       with SIMULATE=1: relative worker speeds, e.g. 1,1,1,0.5 [none]
+#   BEAM                beam size of the test-set translation [5]
+#   X                   report axis: time, predicted, updates, tokens [predicted with SIMULATE=1, else time]
+#   TARGET_BLEU         the report's target BLEU [the sync run's best - 0.5]
+#   NMT                 the command prefix [nmt]
+#   SACREBLEU_BIN       the sacreBLEU command [sacrebleu]
+#   PYTHON              a Python for unpacking zip files [python3]
+#   DRY_RUN             1 = print the commands instead of running them (no download, nothing written) [0]
+set -euo pipefail
+
+OUT=${OUT:-runs/wmt14-en-de}
+DATA=${DATA:-$OUT/download}
+RAW=${RAW:-$OUT/raw}
+SRC=${SRC:-en}
+TGT=${TGT:-de}
+VOCAB_SIZE=${VOCAB_SIZE:-32000}
+PRESET=${PRESET:-base}
+LR=${LR:-0.0003}
+WARMUP=${WARMUP:-16000}
+CLIP_NORM=${CLIP_NORM:-5}
+LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.1}
+MAX_TOKENS=${MAX_TOKENS:-8192}
+MAX_TIME=${MAX_TIME:-36000}
+MAX_UPDATES=${MAX_UPDATES:-0}
+VALID_EVERY=${VALID_EVERY:-1000}
+VALID_MAX_SENTENCES=${VALID_MAX_SENTENCES:-0}
+MODES=${MODES:-sync async async-accum}
+WORKERS=${WORKERS:-4}
+ACCUM=${ACCUM:-$WORKERS}
+DEVICES=${DEVICES:-cuda:0,cuda:1,cuda:2,cuda:3}
+SIMULATE=${SIMULATE:-0}
+WORKER_SPEEDS=${WORKER_SPEEDS:-}
+BEAM=${BEAM:-5}
+X=${X:-$([[ $SIMULATE == 1 ]] && echo predicted || echo time)}
+TARGET_BLEU=${TARGET_BLEU:-}
+NMT=${NMT:-nmt}
+SACREBLEU_BIN=${SACREBLEU_BIN:-sacrebleu}
+PYTHON=${PYTHON:-python3}
+DRY_RUN=${DRY_RUN:-0}
+
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+run mkdir -p "$DATA" "$RAW"
+get https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz training-parallel-europarl-v7.tgz \
+    training/europarl-v7.de-en.de training/europarl-v7.de-en.en
+get https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz training-parallel-commoncrawl.tgz \
+    commoncrawl.de-en.de commoncrawl.de-en.en
+get https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz training-parallel-nc-v9.tgz \
+    training/news-commentary-v9.de-en.de training/news-commentary-v9.de-en.en
+raw_train training/europarl-v7.de-en commoncrawl.de-en training/news-commentary-v9.de-en
+raw_eval valid wmt13
+raw_eval test wmt14/full
+compare

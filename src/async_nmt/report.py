@@ -1,0 +1,256 @@
+"""`nmt report`: compare run folders from their events.jsonl alone (table, time to a target BLEU, speedups, plots)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from async_nmt.errors import UserError
+from async_nmt.train.events import read_events
+
+# --x choice -> the event field it reads, and the axis label
+X_AXES = {
+    "time": ("train_s", "training time (s)"),
+    "predicted": ("predicted_s", "predicted wall clock of the emulated devices (s)"),
+    "updates": ("updates", "updates"),
+    "tokens": ("tokens", "target tokens"),
+}
+TO_TARGET = {
+    "time": ("to target (s)", "{:,.1f}"),
+    "predicted": ("to target (predicted s)", "{:,.1f}"),
+    "updates": ("to target (updates)", "{:,}"),
+    "tokens": ("to target (tokens)", "{:,}"),
+}
+
+
+@dataclass
+class Run:
+    """What the report needs of one run folder, read from its events.jsonl."""
+
+    name: str
+    path: Path
+    events: list[dict[str, Any]]
+
+    @property
+    def start(self) -> dict[str, Any]:
+        # a resumed run logs a second `start`; the latest one holds the options in force now
+        starts = [e for e in self.events if e["kind"] == "start"]
+        return starts[-1] if starts else {}
+
+    @property
+    def valid(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == "valid"]
+
+    @property
+    def train(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == "train"]
+
+    @property
+    def finished(self) -> bool:
+        return self.events[-1]["kind"] == "end"
+
+
+def load_run(path: Path) -> Run:
+    """Read a run folder; one-line errors for a folder that is not a run or has not validated yet."""
+    log = Path(path) / "events.jsonl"
+    if not log.is_file():
+        raise UserError(f"{path}: not a run folder (no events.jsonl)")
+    run = Run(name=str(path), path=Path(path), events=read_events(log))
+    if not run.valid:
+        raise UserError(f"{path}: no validation yet (no valid event in events.jsonl)")
+    return run
+
+
+def x_values(run: Run, x: str) -> list[float]:
+    """The chosen x coordinate of every valid event of `run`."""
+    field = X_AXES[x][0]
+    if any(field not in e for e in run.valid):
+        raise UserError(f"{run.name}: its events have no {field} (not a --simulate run); use --x time")
+    return [e[field] for e in run.valid]
+
+
+def to_target(run: Run, target: float, x: str) -> float | None:
+    """x at the first validation with BLEU >= target; None when the run never got there."""
+    for value, event in zip(x_values(run, x), run.valid, strict=True):
+        if event["bleu"] >= target:
+            return value
+    return None
+
+
+def staleness(run: Run) -> tuple[float | None, int | None]:
+    """Mean staleness over all pushes (train events weighted by their push counts) and the maximum."""
+    events = run.train
+    if not events:
+        return None, None
+    weights = [sum(e.get("staleness_hist", [1])) for e in events]
+    total = sum(weights)
+    mean = sum(w * e["staleness_mean"] for w, e in zip(weights, events, strict=True)) / total if total else None
+    return mean, max(e["staleness_max"] for e in events)
+
+
+def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
+    """One row of the report (without the speedup, which needs the baseline)."""
+    start, last = run.start, run.events[-1]
+    mean, most = staleness(run)
+    return {
+        "run": run.name,
+        "mode": start.get("mode"),
+        "workers": start.get("workers"),
+        "accum": start.get("accum"),
+        "local_accum": start.get("local_accum"),
+        "lr": start.get("lr"),
+        "updates": last["updates"],
+        "tok_per_s": last["tokens"] / last["train_s"] if last["train_s"] > 0 else None,
+        "staleness_mean": mean,
+        "staleness_max": most,
+        "best_bleu": max(e["bleu"] for e in run.valid),
+        "final_bleu": run.valid[-1]["bleu"],
+        "to_target": to_target(run, target, x),
+        "speedup": None,
+        "finished": run.finished,
+    }
+
+
+def build_report(
+    runs: list[Run], target_bleu: float | None = None, baseline: Run | None = None, x: str = "time"
+) -> dict[str, Any]:
+    """The report as one JSON-ready object: x axis, target, baseline and one row per run."""
+    if baseline is None:
+        baseline = next((r for r in runs if r.start.get("mode") == "sync"), runs[0])
+    if target_bleu is None:
+        target_bleu = max(e["bleu"] for e in baseline.valid) - 0.5
+    base_x = to_target(baseline, target_bleu, x)
+    rows = [summarize(run, target_bleu, x) for run in runs]
+    for row in rows:
+        if base_x is not None and row["to_target"]:
+            row["speedup"] = base_x / row["to_target"]
+    return {"x": x, "target_bleu": target_bleu, "baseline": baseline.name, "runs": rows}
+
+
+# --------------------------------------------------------------------------- output
+def columns(x: str) -> list[tuple[str, str, str]]:
+    """(header, row key, format) of every column, shared by the terminal table and the markdown."""
+    header, spec = TO_TARGET[x]
+    return [
+        ("run", "run", "{}"),
+        ("mode", "mode", "{}"),
+        ("workers", "workers", "{}"),
+        ("accum", "accum", "{}"),
+        ("local accum", "local_accum", "{}"),
+        ("lr", "lr", "{:g}"),
+        ("updates", "updates", "{:,}"),
+        ("tok/s", "tok_per_s", "{:,.0f}"),
+        ("stale mean", "staleness_mean", "{:.2f}"),
+        ("stale max", "staleness_max", "{}"),
+        ("best BLEU", "best_bleu", "{:.2f}"),
+        ("final BLEU", "final_bleu", "{:.2f}"),
+        (header, "to_target", spec),
+        ("speedup", "speedup", "{:.2f}x"),
+    ]
+
+
+def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells; a missing value is a dash, a run still going is marked with *."""
+    cols = columns(report["x"])
+    rows = []
+    for row in report["runs"]:
+        texts = ["-" if row[key] is None else spec.format(row[key]) for _, key, spec in cols]
+        texts[0] += "" if row["finished"] else " *"
+        rows.append(texts)
+    return [header for header, _, _ in cols], rows
+
+
+def title(report: dict[str, Any]) -> str:
+    return f"target BLEU {report['target_bleu']:.2f}, baseline {report['baseline']}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    headers, rows = cells(report)
+    running = any(not row["finished"] for row in report["runs"])
+    table = Table(
+        title=title(report),
+        caption="* still running (no end event)" if running else None,
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+    )
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i < 2 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    if not console.is_terminal:  # into a file or a pipe: the whole table, never squeezed to 80 columns
+        console = Console(width=400)
+    console.print(table)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    headers, rows = cells(report)
+    lines = [headers, ["---"] * len(headers), *rows]
+    return "".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |\n" for line in lines)
+
+
+def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: float | None = None) -> None:
+    """One line per run of a valid-event field against the x axis, written as a PNG (no display needed)."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg; pyplot and its GUI stay unloaded
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for run in runs:
+        ax.plot(x_values(run, x), [e[field] for e in run.valid], marker="o", markersize=3, label=run.name)
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2f}")
+    ax.set_xlabel(X_AXES[x][1])
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(runs: list[Run], report: dict[str, Any], out: Path) -> list[Path]:
+    """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    x = report["x"]
+    bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
+    plot(runs, "bleu", "valid BLEU", x, bleu_png, target=report["target_bleu"])
+    plot(runs, "valid_loss", "valid loss (nats/token)", x, loss_png)
+    running = any(not row["finished"] for row in report["runs"])
+    markdown.write_text(
+        f"# Training report\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
+        + markdown_table(report)
+        + ("\n\\* still running (no end event)\n" if running else "")
+        + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n",
+        encoding="utf-8",
+    )
+    return [bleu_png, loss_png, markdown]
+
+
+def report_command(
+    paths: list[Path],
+    target_bleu: float | None = None,
+    baseline: Path | None = None,
+    x: str = "time",
+    out: Path | None = None,
+    as_json: bool = False,
+) -> None:
+    """`nmt report`: the table (or --json) of the runs in `paths`, and with `out` the plots and report.md."""
+    runs = [load_run(path) for path in paths]
+    base = None
+    if baseline is not None:
+        base = next((r for r in runs if r.path.resolve() == Path(baseline).resolve()), None)
+        if base is None:  # a baseline not among the runs becomes the first row
+            base = load_run(baseline)
+            runs.insert(0, base)
+    report = build_report(runs, target_bleu, base, x)
+    written = write_report(runs, report, out) if out is not None else []
+    if as_json:
+        print(json.dumps(report))
+        return
+    print_table(report)
+    for path in written:
+        print(f"wrote {path}")

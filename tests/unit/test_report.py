@@ -1,0 +1,128 @@
+"""`nmt report` on events.jsonl files written here (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from async_nmt.cli import main
+from async_nmt.errors import UserError
+from async_nmt.report import build_report, load_run, report_command
+
+
+def write_run(
+    path: Path,
+    mode: str,
+    bleus: list[float],
+    seconds_per_valid: float,
+    staleness: list[tuple[float, int, list[int]]] = (),
+    simulate: bool = False,
+    end: bool = True,
+) -> Path:
+    """A run folder whose events.jsonl validates every 10 updates (100 target tokens an update)."""
+    path.mkdir(parents=True)
+    events = [{"kind": "start", "mode": mode, "workers": 4, "accum": 4 if mode == "async-accum" else 1,
+               "local_accum": 1, "lr": 0.001, "train_s": 0.0, "updates": 0, "tokens": 0}]  # fmt: skip
+    for i, (mean, most, hist) in enumerate(staleness, 1):
+        events.append({"kind": "train", "train_s": i, "updates": 7 * i, "tokens": 700 * i,
+                       "staleness_mean": mean, "staleness_max": most, "staleness_hist": hist})  # fmt: skip
+    for i, bleu in enumerate(bleus, 1):
+        events.append({"kind": "valid", "train_s": i * seconds_per_valid, "updates": 10 * i, "tokens": 1000 * i,
+                       "bleu": bleu, "valid_loss": 5.0 - i})  # fmt: skip
+    if simulate:
+        for event in events:
+            event["predicted_s"] = event["train_s"] / 4
+    if end:
+        events.append({**events[-1], "kind": "end"})
+    (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    return [
+        write_run(tmp_path / "sync", "sync", [5.0, 10.0, 20.0, 21.0], seconds_per_valid=100.0),
+        write_run(tmp_path / "async", "async", [2.0, 3.0, 4.0], seconds_per_valid=50.0, end=False),
+        write_run(
+            tmp_path / "accum",
+            "async-accum",
+            [8.0, 20.6, 21.5],
+            seconds_per_valid=60.0,
+            staleness=[(1.0, 2, [1, 8, 1]), (0.0, 0, [30])],
+        ),
+    ]
+
+
+def test_time_to_target_and_speedup(runs: list[Path]) -> None:
+    report = build_report([load_run(p) for p in runs])
+    assert report["baseline"] == str(runs[0]) and report["target_bleu"] == pytest.approx(20.5)
+    sync, asynchronous, accum = report["runs"]
+    assert sync["to_target"] == 400.0 and sync["speedup"] == pytest.approx(1.0)
+    assert accum["to_target"] == 120.0 and accum["speedup"] == pytest.approx(400 / 120)
+    assert (accum["best_bleu"], accum["final_bleu"], accum["updates"]) == (21.5, 21.5, 30)
+    assert accum["tok_per_s"] == pytest.approx(3000 / 180)
+    # weighted by pushes: (10 pushes at mean 1 + 30 at 0) / 40
+    assert accum["staleness_mean"] == pytest.approx(0.25) and accum["staleness_max"] == 2
+    # never reached: None, not an error; a run still going is reported too
+    assert asynchronous["to_target"] is None and asynchronous["speedup"] is None
+    assert not asynchronous["finished"] and sync["finished"]
+
+
+def test_target_baseline_and_axis_options(runs: list[Path]) -> None:
+    report = build_report([load_run(p) for p in runs], target_bleu=3.0, baseline=load_run(runs[1]), x="updates")
+    assert [row["to_target"] for row in report["runs"]] == [10, 20, 10]
+    assert [row["speedup"] for row in report["runs"]] == [2.0, 1.0, 2.0]
+    tokens = build_report([load_run(p) for p in runs], target_bleu=3.0, x="tokens")
+    assert [row["to_target"] for row in tokens["runs"]] == [1000, 2000, 1000]
+
+
+def test_errors_name_the_folder(tmp_path: Path, runs: list[Path]) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: not a run folder"):
+        report_command([runs[0], tmp_path / "empty"])
+    write_run(tmp_path / "fresh", "sync", [], seconds_per_valid=1.0, end=False)
+    with pytest.raises(UserError, match="fresh: no validation yet"):
+        report_command([tmp_path / "fresh"])
+    with pytest.raises(UserError, match="sync: .*no predicted_s"):
+        report_command(runs, x="predicted")
+
+
+def test_predicted_axis(tmp_path: Path) -> None:
+    runs = [write_run(tmp_path / m, m, [10.0, 20.0], seconds_per_valid=40.0, simulate=True) for m in ("sync", "async")]
+    report = build_report([load_run(p) for p in runs], x="predicted")
+    assert [row["to_target"] for row in report["runs"]] == [20.0, 20.0]
+
+
+def test_out_writes_plots_and_markdown(tmp_path: Path, runs: list[Path]) -> None:
+    out = tmp_path / "report"
+    report_command(runs, out=out)
+    for name in ("bleu_over_time.png", "valid_loss.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "![valid BLEU](bleu_over_time.png)" in markdown and "(valid_loss.png)" in markdown
+    assert "| run | mode |" in markdown and "3.33x" in markdown and "| - | - |" in markdown
+
+
+def test_cli_json_table_and_errors(tmp_path: Path, runs: list[Path]) -> None:
+    cli = CliRunner()
+    result = cli.invoke(main, ["report", *map(str, runs), "--json", "--target-bleu", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["target_bleu"] == 20.0 and report["baseline"] == str(runs[0])
+    assert [row["to_target"] for row in report["runs"]] == [300.0, None, 120.0]
+
+    result = cli.invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0 and "2.50x" not in result.output and "3.33x" in result.output
+    assert "still running" in result.output
+
+    # a --baseline that is not among the runs becomes the first row
+    result = cli.invoke(main, ["report", str(runs[2]), "--baseline", str(runs[1]), "--target-bleu", "4", "--json"])
+    assert [row["run"] for row in json.loads(result.output)["runs"]] == [str(runs[1]), str(runs[2])]
+    assert json.loads(result.output)["runs"][1]["speedup"] == pytest.approx(150 / 60)
+
+    result = cli.invoke(main, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "missing: not a run folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
