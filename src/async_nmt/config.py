@@ -66,7 +66,8 @@ class TrainConfig:
     local_accum: int = 1  # batches a worker sums before one push
     devices: list[str] = field(default_factory=list)
     simulate: bool = False  # emulate `workers` workers deterministically in one process
-    worker_speeds: list[float] = field(default_factory=list)  # simulate: relative speed of each worker
+    worker_speeds: list[float] = field(default_factory=list)  # relative speed of each worker (slower: sleeps)
+    shards: int = 0  # parameter-server shards; 0 = one per device
     max_tokens: int = 4096
     lr: float = 7e-4
     warmup: int = 250

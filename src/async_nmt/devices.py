@@ -38,3 +38,10 @@ def bf16_supported(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of --precision on `device` (None: fp32)."""
+    if precision == "bf16" or (precision == "auto" and bf16_supported(device)):
+        return torch.bfloat16
+    return None

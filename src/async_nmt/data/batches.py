@@ -129,5 +129,7 @@ class BatchStream:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
-        self._order = self._epoch_order()
+        epoch, self.index = state["epoch"], state["index"]
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._order = self._epoch_order()

@@ -28,7 +28,16 @@ class FlatAdam:
         self.eps = eps
         self.exp_avg = torch.zeros_like(params)
         self.exp_avg_sq = torch.zeros_like(params)
-        self._denom = torch.empty_like(params)  # reused: no parameter-sized allocation per update
+        self._denom: torch.Tensor | None = None  # scratch of the process that steps; reused across updates
+
+    def share_memory_(self) -> FlatAdam:
+        """Move the moments into shared memory (CPU) so that worker processes step the same state."""
+        self.exp_avg.share_memory_()
+        self.exp_avg_sq.share_memory_()
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_denom": None}  # scratch is per process, never sent
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, lr: float, update: int) -> None:
@@ -37,6 +46,8 @@ class FlatAdam:
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         bias1 = 1 - self.beta1**update
         bias2 = 1 - self.beta2**update
+        if self._denom is None:
+            self._denom = torch.empty_like(self.params)
         torch.div(self.exp_avg_sq, bias2, out=self._denom).sqrt_().add_(self.eps)
         self.params.addcdiv_(self.exp_avg, self._denom, value=-lr / bias1)
 

@@ -18,18 +18,25 @@ OPTIONS = [
                  help="How worker gradients update the model: all-reduce (sync), every push applied at once "
                  "(async), or N pushes summed per update (async-accum)."),
     click.option("--workers", default=1, show_default=True,
-                 help="Workers computing gradients (several: with --simulate for now; processes come next)."),
+                 help="Workers computing gradients: processes spread round-robin over --devices (sync: "
+                 "torch.distributed ranks; async modes: clients of a shared parameter server), or, with "
+                 "--simulate, workers emulated in one process."),
     click.option("--accum", default=1, show_default=True,
                  help="async-accum: pushes the server sums into one update (the paper uses N = workers)."),
     click.option("--local-accum", default=1, show_default=True,
                  help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay)."),
     click.option("--devices", default=None,
-                 help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1 (default: the first GPU, else cpu)."),
+                 help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1; workers take them round-robin, so "
+                 "several may share one (default: the first GPU, else cpu)."),
+    click.option("--shards", default=0, show_default=True,
+                 help="async modes: parameter-server shards, each with its own lock and Adam state; "
+                 "0 = one per device."),
     click.option("--simulate", is_flag=True,
                  help="Emulate --workers workers in one process on one device, deterministically; events "
                  "carry the predicted wall clock of that many real devices (predicted_s)."),
     click.option("--worker-speeds", default=None,
-                 help="With --simulate: comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5."),
+                 help="Comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5: emulated in --simulate, "
+                 "and real async workers slower than 1 sleep after each batch (a straggler on purpose)."),
     click.option("--max-tokens", default=4096, show_default=True,
                  help="Token budget of a batch: rows x longest padded side."),
     click.option("--lr", type=float, default=None,

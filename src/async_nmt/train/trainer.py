@@ -1,13 +1,15 @@
 """A training run: the run folder, the update loop, validation, checkpoints, events, resume, stop rules.
 
-One worker computes gradients (`step.train_step`) and pushes them; the update rule of the chosen mode
-decides when pushes become an optimizer update (`modes.pushes_per_update`). The multi-worker modes
-(sync all-reduce, async parameter server) plug in at that seam.
+The trainer drives a `modes.Workers` object (where the pushes come from) and a `ParamServer` (how pushes
+become updates), and never asks which mode runs. Validations and checkpoints are fences: the workers are
+allowed to run up to the next one, and the trainer validates and saves a server that is between updates.
+In a sync group every rank runs a trainer; rank 0 (the leader) writes the run folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -24,15 +26,14 @@ from async_nmt.config import TrainConfig, from_dict, model_config
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.data.vocab import load_vocab
-from async_nmt.devices import bf16_supported, resolve_device
+from async_nmt.devices import amp_dtype_for, default_device, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.model.transformer import Transformer
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import EventLog, TrainingClock, truncate_events
-from async_nmt.train.modes import pushes_per_update
+from async_nmt.train.modes import Workers, merge_histograms, pushes_per_update
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.simulated import SimulatedWorkers
-from async_nmt.train.step import StepStats, flatten_parameters, train_step
+from async_nmt.train.step import StepStats, flatten_parameters
 from async_nmt.train.validate import Validator
 
 LOG_EVERY = 50  # updates between `train` events (and progress-bar figures)
@@ -49,14 +50,28 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
 
 
+def worker_devices(cfg: TrainConfig) -> list[str]:
+    """The device of each worker: round-robin over --devices (default: the first GPU, else the CPU)."""
+    devices = cfg.devices or [default_device()]
+    return [str(resolve_device(devices[w % len(devices)])) for w in range(cfg.workers)]
+
+
+def uses_processes(cfg: TrainConfig) -> bool:
+    return cfg.workers > 1 and not cfg.simulate
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log_every: int = LOG_EVERY):
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, log_every: int = LOG_EVERY, rank: int = 0, world: int = 1,
+        interrupt: Any = None,
+    ):  # fmt: skip
         self.cfg, self.run_dir, self.log_every = cfg, run_dir, log_every
+        self.rank, self.leader = rank, rank == 0
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
-        self.device = resolve_device(cfg.devices[0] if cfg.devices else None)
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(self.device))
-        self.amp_dtype = torch.bfloat16 if use_bf16 else None
+        devices = worker_devices(cfg)
+        self.device = resolve_device(devices[rank])
+        self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
@@ -71,25 +86,43 @@ class Trainer:
         ]
         for stream in self.streams:
             stream.pin = self.device.type == "cuda"
-        # one worker trains the master parameters in place; emulated workers keep copies of their own
-        master = self.flat.data.clone() if cfg.simulate else self.flat.data
-        self.server = ParamServer(
-            master, pushes_per_update(cfg), cfg.lr, cfg.warmup, cfg.clip_norm, cfg.adam_betas, cfg.adam_eps
-        )
-        self.workers: LocalWorker | SimulatedWorkers
+        self.interrupted = False  # a sync group agreed to stop on Ctrl-C
+        server_options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup,
+                              clip_norm=cfg.clip_norm, betas=cfg.adam_betas, eps=cfg.adam_eps)  # fmt: skip
+        self.workers: Workers
         if cfg.simulate:
+            from async_nmt.train.modes.simulated import SimulatedWorkers
+
+            # emulated workers keep parameters of their own; the master is apart
+            self.server = ParamServer(self.flat.data.clone(), **server_options)
             speeds = cfg.worker_speeds or [1.0] * cfg.workers
             self.workers = SimulatedWorkers(
                 self.model, self.flat, self.server, self.streams, speeds, cfg.mode == "sync", cfg.local_accum,
                 cfg.label_smoothing, self.amp_dtype,
             )  # fmt: skip
+        elif world > 1:
+            from async_nmt.train.modes.sync import DistributedSync
+
+            self.server = ParamServer(self.flat.data, **server_options)  # this rank's replica, in place
+            self.workers = DistributedSync(self, rank, world, interrupt)
+        elif uses_processes(cfg):
+            from async_nmt.train.modes.asynchronous import ProcessWorkers
+
+            shard_devices = [torch.device(d) for d in dict.fromkeys(devices)]  # one shard per device
+            shards = cfg.shards or len(shard_devices)
+            self.server = ParamServer(self.flat.data, **server_options, shards=shards, devices=shard_devices,
+                                      shared=True)  # fmt: skip
+            self.workers = ProcessWorkers(self, devices)
         else:
-            self.workers = LocalWorker(self, self.streams[0])
+            from async_nmt.train.modes.local import LocalWorker
+
+            self.server = ParamServer(self.flat.data, **server_options)  # trained in place
+            self.workers = LocalWorker(self)
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
         self.vocab_file = bin_dir / "spm.model"
         self.sp = load_vocab(self.vocab_file)
         self.tokens = 0
-        self.staleness: list[int] = []  # of the pushes since the last `train` event
+        self.staleness: list[int] = []  # histogram of the pushes since the last `train` event
         self.best: dict[str, float] | None = None
         self.last_valid: dict[str, float] | None = None
         self.validated_at: int | None = None
@@ -104,8 +137,11 @@ class Trainer:
             state = self._load(ckpt.checkpoint_path(self.run_dir, "last"))
             self.clock = TrainingClock(state["train_s"])
             self._wall_start = time.perf_counter() - state["wall_s"]
-            truncate_events(events_path, state["event_lines"])
-        else:
+            if self.leader:
+                truncate_events(events_path, state["event_lines"])
+        if not self.leader:
+            return
+        if not resume:
             if self.run_dir.exists():
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True)
@@ -127,11 +163,11 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "corpus": self._corpus_info(),
             "vocab_model": self.vocab_file.read_bytes(),
-            "params": self.server.params.cpu(),
+            "params": self.server.gather(),
             "server": self.server.state_dict(),
             "tokens": self.tokens,
             "data": [stream.state_dict() for stream in self.streams],
-            "workers": self.workers.state_dict() if isinstance(self.workers, SimulatedWorkers) else None,
+            "workers": self.workers.state_dict(),
             "rng": ckpt.rng_state(),
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
@@ -148,22 +184,23 @@ class Trainer:
             raise UserError(f"{path}: model configuration differs from the options given (checkpoint: {saved})")
         if len(state["data"]) != len(self.streams):
             raise UserError(f"{path}: saved with {len(state['data'])} workers, not {len(self.streams)}")
-        self.server.params.copy_(state["params"])
+        if self.cfg.simulate and state.get("workers") is None:
+            raise UserError(f"{path}: not saved by a --simulate run")
+        if not self.cfg.simulate and state.get("workers") is not None:
+            raise UserError(f"{path}: saved by a --simulate run; resume it with --simulate")
+        self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]
         for stream, position in zip(self.streams, state["data"], strict=True):
             stream.load_state_dict(position)
-        if isinstance(self.workers, SimulatedWorkers):
-            if state.get("workers") is None:
-                raise UserError(f"{path}: not saved by a --simulate run")
-            self.workers.load_state_dict(state["workers"])
-        elif state.get("workers") is not None:
-            raise UserError(f"{path}: saved by a --simulate run; resume it with --simulate")
+        self.workers.load_state_dict(state["workers"])
         self.best = state["best"]
         ckpt.set_rng_state(state["rng"])
         return state
 
     def save(self, best: bool = False) -> None:
+        if not self.leader:
+            return
         with self.clock.paused():
             last = ckpt.checkpoint_path(self.run_dir, "last")
             ckpt.save_checkpoint(self._state(), last)
@@ -187,6 +224,8 @@ class Trainer:
         return time.perf_counter() - self._wall_start
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        if not self.leader:
+            return fields
         return self.events.write(
             kind,
             train_s=self.clock.seconds,
@@ -200,11 +239,17 @@ class Trainer:
         )
 
     def _predicted(self) -> dict[str, float]:
-        if isinstance(self.workers, SimulatedWorkers):
-            return {"predicted_s": self.workers.predicted_s}
-        return {}
+        predicted = getattr(self.workers, "predicted_s", None)
+        return {} if predicted is None else {"predicted_s": predicted}
 
-    def validate(self) -> dict[str, float]:
+    def _worker_pushes(self) -> dict[str, list[int]]:
+        pushes = getattr(self.workers, "worker_pushes", None)
+        return {} if pushes is None else {"worker_pushes": list(pushes)}
+
+    def validate(self) -> dict[str, float] | None:
+        """Valid loss and BLEU of the master parameters, then a checkpoint (rank 0 only)."""
+        if not self.leader:
+            return None
         with self.clock.paused():
             self.server.pull(self.flat.data)  # evaluate the master parameters (a no-op for one worker)
             result = self.validator(self.model, self.sp, self.amp_dtype)
@@ -221,27 +266,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def update(self) -> StepStats:
-        """Run pushes until the server has taken one more update."""
-        stats = StepStats()
-        target = self.server.updates + 1
-        while self.server.updates < target:
-            push_stats, staleness = self.workers.push()
-            stats.add(push_stats)
-            self.staleness.append(staleness)
+        """Run until the server has taken at least one more update; the statistics of its pushes."""
+        stats, staleness = self.workers.advance()
+        return self._count(stats, staleness)
+
+    def _count(self, stats: StepStats, staleness: list[int]) -> StepStats:
         self.tokens += stats.tokens
+        self.staleness = merge_histograms(self.staleness, staleness)
         return stats
 
     def should_stop(self) -> bool:
         cfg = self.cfg
-        return (
-            (cfg.max_updates > 0 and self.updates >= cfg.max_updates)
-            or (cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs)
-            or (cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)
+        if cfg.max_updates > 0 and self.updates >= cfg.max_updates:
+            return True
+        wish = (
+            (cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs)
+            or (self.leader and cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)  # rank 0's clock
         )
+        return self.workers.agree_stop(wish) or self.interrupted
+
+    def _next_fence(self) -> int:
+        """The next update at which the server must be quiet: a validation, a checkpoint, or the end."""
+        cfg, fences = self.cfg, [2**40]
+        for every in (cfg.valid_every, cfg.save_every):
+            if every > 0:
+                fences.append((self.updates // every + 1) * every)
+        if cfg.max_updates > 0:
+            fences.append(cfg.max_updates)
+        return min(fences)
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         cfg = self.cfg
         resumed = self.updates > 0
+        with self.clock.paused():  # starting worker processes is not training
+            self.workers.start()
         self._event(
             "start", mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
             lr=cfg.lr, warmup=cfg.warmup, max_tokens=cfg.max_tokens, preset=cfg.preset, device=str(self.device),
@@ -254,63 +312,76 @@ class Trainer:
         interval, interval_start = StepStats(), self.clock.seconds
         try:
             while not self.should_stop():
+                self.workers.allow(self._next_fence())
+                before = self.updates
                 interval.add(self.update())
-                bar.update(1)
-                if self.updates % self.log_every == 0 or self.should_stop():
+                stopping = self.should_stop()
+                if stopping:  # a time or epoch limit: let the pushes in flight finish their update
+                    interval.add(self._count(*self.workers.drain()))
+                bar.update(self.updates - before)
+                if self.updates // self.log_every > before // self.log_every or stopping:
                     elapsed = max(self.clock.seconds - interval_start, 1e-9)
+                    tokens = max(interval.tokens, 1)
                     event = self._event(
-                        "train", loss=interval.loss / interval.tokens, nll=interval.nll / interval.tokens,
+                        "train", loss=interval.loss / tokens, nll=interval.nll / tokens,
                         lr=self.server.lr, grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
-                        **staleness_stats(self.staleness),
+                        **staleness_stats(self.staleness), **self._worker_pushes(),
                     )  # fmt: skip
-                    bar.set_postfix(
-                        loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}", tok_s=f"{event['tok_per_s']:.0f}"
-                    )
+                    if self.leader:
+                        bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
+                                        tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
                     interval, interval_start, self.staleness = StepStats(), self.clock.seconds, []
+                if self.interrupted:
+                    break
                 if cfg.valid_every > 0 and self.updates % cfg.valid_every == 0:
                     result = self.validate()
-                    bar.write(
-                        f"update {self.updates}: valid loss {result['valid_loss']:.3f}, BLEU {result['bleu']:.2f}"
-                    )
+                    if result is not None:
+                        bar.write(
+                            f"update {self.updates}: valid loss {result['valid_loss']:.3f}, BLEU {result['bleu']:.2f}"
+                        )
                 elif cfg.save_every > 0 and self.updates % cfg.save_every == 0:
                     self.save()
+            if self.interrupted:
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
-            self.save()
-            self._event("end", interrupted=True)
-            print(f"interrupted: saved {ckpt.checkpoint_path(self.run_dir, 'last')}", file=sys.stderr)
-            raise SystemExit(130) from None
+            self._stop_interrupted()
+        except BaseException:
+            bar.close()
+            self.workers.close()
+            raise
         bar.close()
         if self.validated_at != self.updates:
             self.validate()
+        with self.clock.paused():
+            self.workers.close()
         summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False)
-        self.events.close()
+        if self.leader:
+            self.events.close()
         return summary
 
-
-class LocalWorker:
-    """The only worker of a one-worker run: it trains the server's parameters in place (nothing to pull)."""
-
-    def __init__(self, trainer: Trainer, stream: BatchStream):
-        self.trainer, self.stream = trainer, stream
-
-    def push(self) -> tuple[StepStats, int]:
-        t = self.trainer
-        t.flat.grad.zero_()
-        stats = StepStats()
-        for _ in range(t.cfg.local_accum):
-            stats.add(train_step(t.model, self.stream.next().to(t.device), t.cfg.label_smoothing, t.amp_dtype))
-        return stats, t.server.push(t.flat.grad, stats.tokens, t.server.updates)
+    def _stop_interrupted(self) -> None:
+        """Ctrl-C: finish the pushes in flight, save a checkpoint, write the end event, exit 130."""
+        try:
+            if not self.interrupted:  # a sync group has agreed already; its last step is complete
+                self._count(*self.workers.drain())
+            self.save()
+            self._event("end", interrupted=True)
+        finally:
+            self.workers.close()
+        if self.leader:
+            print(f"interrupted: saved {ckpt.checkpoint_path(self.run_dir, 'last')}", file=sys.stderr)
+            raise SystemExit(130) from None
 
 
-def staleness_stats(values: list[int]) -> dict[str, Any]:
+def staleness_stats(hist: list[int]) -> dict[str, Any]:
     """Mean, max and histogram (counts of staleness 0, 1, ...) of pushes' staleness."""
-    if not values:
+    pushes = sum(hist)
+    if not pushes:
         return {"staleness_mean": 0.0, "staleness_max": 0, "staleness_hist": []}
-    hist = [0] * (max(values) + 1)
-    for value in values:
-        hist[value] += 1
-    return {"staleness_mean": sum(values) / len(values), "staleness_max": max(values), "staleness_hist": hist}
+    mean = sum(value * count for value, count in enumerate(hist)) / pushes
+    top = max(value for value, count in enumerate(hist) if count)
+    return {"staleness_mean": mean, "staleness_max": top, "staleness_hist": hist[: top + 1]}
 
 
 def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
@@ -347,9 +418,17 @@ def train(
     force: bool = False,
     progress: bool = True,
     log_every: int = LOG_EVERY,
-) -> dict:
-    """Run (or resume) training as `cfg` says, into `run_dir`; returns the `end` event."""
+) -> dict | None:
+    """Run (or resume) training as `cfg` says, into `run_dir`; returns the `end` event (None when a group of
+    sync ranks ran it: rank 0 wrote it to the events)."""
+    from async_nmt.train.modes import sync
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun started this process as one rank
+        return sync.join_torchrun(cfg, run_dir, resume, force, progress, log_every)
     check_run_dir(run_dir, resume, force)
+    if uses_processes(cfg) and cfg.mode == "sync":
+        sync.launch_ranks(cfg, run_dir, resume, progress, log_every, worker_devices(cfg))
+        return None
     trainer = Trainer(cfg, run_dir, log_every=log_every)  # reads everything it needs before the folder changes
     trainer.open_run(resume)
     summary = trainer.run(progress=progress)

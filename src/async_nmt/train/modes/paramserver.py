@@ -1,18 +1,36 @@
-"""The parameter server's update rule: sum pushes, and every `accum` pushes take one Adam update.
+"""The parameter server: a flat fp32 master vector in S shards, and the update rule every mode shares.
 
-A push is a worker's summed gradient and the target tokens it covers. An update divides the sum of its
-pushes by their tokens, clips it, and steps Adam with the learning rate of its update number. Staleness of
-a push is the server's update count at push time minus the count the worker last pulled.
+A push is a worker's summed gradient and the target tokens it covers. Each shard sums the pushes it gets
+and, every `accum` pushes, divides the sum by their tokens, clips it, and steps Adam with the learning rate
+of its update number. A push walks the shards from the worker's own index; each shard is locked while the
+push adds its slice (and, when the count completes an update, while Adam runs), and unlocked only after
+the device work is finished. Staleness of a push is the update count of shard 0 when the push reaches it,
+minus the count the worker read when it last pulled.
 
-This in-process server serves one worker (`train.trainer`) and the deterministic simulator
-(`modes.simulated`); the multi-process server will shard the same rule over devices.
+One class serves every case. In process (one worker, the simulator, each rank of sync) it has one shard,
+no real locks, and may update the caller's own tensor in place. Built with `shared=True` it is handed to
+worker processes: CPU shards and counters live in shared memory, CUDA shards are shared by CUDA IPC, and
+the locks are multiprocessing locks.
+
+With S > 1 shards the gradient norm is only known per shard: each shard clips its slice to
+`clip_norm / sqrt(S)` (so the whole update is never above `clip_norm`), and `grad_norm` reports the norm
+of the last update of every shard together.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import multiprocessing
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, normalize_and_clip
+
+# columns of the shared int64 counters, one row per shard
+UPDATES, PUSHES, PENDING_PUSHES, PENDING_TOKENS = range(4)
 
 
 class ParamServer:
@@ -25,55 +43,177 @@ class ParamServer:
         clip_norm: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-9,
+        shards: int = 1,
+        devices: Sequence[torch.device] = (),
+        shared: bool = False,
     ):
-        self.params = params  # the flat fp32 master vector, updated in place
+        """`params` is the initial flat vector. In process with one shard on its device it is the master
+        itself, updated in place; otherwise each shard copies its slice onto `devices[i % len(devices)]`."""
         self.accum = accum
-        self.peak_lr, self.warmup, self.clip_norm = peak_lr, warmup, clip_norm
-        self.adam = FlatAdam(params, betas, eps)
-        # with accum 1 a push is applied as it comes: no sum buffer, no copy on the hot path
-        self.grad_sum = torch.zeros_like(params) if accum > 1 else None
-        self.pending_pushes = 0
-        self.pending_tokens = 0
-        self.updates = 0
-        self.pushes = 0
-        self.lr = 0.0
-        self.grad_norm = 0.0
+        self.peak_lr, self.warmup = peak_lr, warmup
+        self.clip_norm = clip_norm / math.sqrt(shards) if clip_norm > 0 else 0.0
+        self.numel = params.numel()
+        bounds = [round(i * self.numel / shards) for i in range(shards + 1)]
+        self.bounds = list(zip(bounds[:-1], bounds[1:], strict=True))
+        devices = list(devices) or [params.device]
+        in_place = shards == 1 and not shared and devices[0] == params.device
+        self.shards: list[torch.Tensor] = [
+            params if in_place else params[lo:hi].detach().to(devices[i % len(devices)], copy=True)
+            for i, (lo, hi) in enumerate(self.bounds)
+        ]
+        self.adam = [FlatAdam(p, betas, eps) for p in self.shards]
+        self.grad_sums: list[torch.Tensor | None] = [None] * shards  # allocated at the first partial update
+        if accum > 1:
+            self.grad_sums = [torch.zeros_like(p) for p in self.shards]
+        self.counters = torch.zeros(shards, 4, dtype=torch.int64)
+        self.norms = torch.zeros(shards, 2, dtype=torch.float64)  # learning rate, squared gradient norm
+        self.locks: list[Any]
+        if shared:
+            for tensor in [self.counters, self.norms, *self.shards, *(s for s in self.grad_sums if s is not None)]:
+                if tensor.device.type == "cpu":
+                    tensor.share_memory_()
+            for adam in self.adam:
+                if adam.params.device.type == "cpu":
+                    adam.share_memory_()
+            ctx = multiprocessing.get_context("spawn")
+            self.locks = [ctx.Lock() for _ in self.shards]
+        else:
+            self.locks = [contextlib.nullcontext() for _ in self.shards]
 
+    # ------------------------------------------------------------------ counters
+    @property
+    def updates(self) -> int:
+        return int(self.counters[0, UPDATES])
+
+    @property
+    def pushes(self) -> int:
+        return int(self.counters[0, PUSHES])
+
+    @property
+    def pending_pushes(self) -> int:
+        return int(self.counters[0, PENDING_PUSHES])
+
+    @property
+    def lr(self) -> float:
+        return float(self.norms[0, 0])
+
+    @property
+    def grad_norm(self) -> float:
+        return math.sqrt(float(self.norms[:, 1].sum()))
+
+    @property
+    def params(self) -> torch.Tensor:
+        """The master vector of a one-shard server (tests and the in-process modes)."""
+        if len(self.shards) != 1:
+            raise ValueError("a sharded server has no single parameter tensor; use gather()")
+        return self.shards[0]
+
+    # ------------------------------------------------------------------ pull and push
     def pull(self, out: torch.Tensor) -> int:
-        """Copy the current parameters into `out`; returns the update count they belong to."""
-        if out.data_ptr() != self.params.data_ptr():
-            out.copy_(self.params)
-        return self.updates
+        """Copy the current parameters into `out`; returns the update count (of shard 0) they belong to."""
+        updates = 0
+        for i, ((lo, hi), shard, lock) in enumerate(zip(self.bounds, self.shards, self.locks, strict=True)):
+            with lock:
+                if out.data_ptr() != shard.data_ptr():
+                    out[lo:hi].copy_(shard)
+                    _finish(shard)  # the copy must be done before another process may update the shard
+                    _finish(out)
+                if i == 0:
+                    updates = int(self.counters[0, UPDATES])
+        return updates
 
     @torch.no_grad()
-    def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int) -> int:
-        """Add one worker gradient (summed over its tokens); apply an update if this push completes one.
+    def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int = 0, count: int = 1) -> int:
+        """Add one gradient (summed over `tokens` target tokens) to every shard, starting at `first_shard`;
+        a shard whose count reaches `accum` takes an update. Returns the push's staleness.
 
-        Returns the push's staleness. With accum 1, `grad` itself is normalized in place."""
-        staleness = self.updates - pulled_updates
-        self.pushes += 1
-        self.pending_pushes += 1
-        self.pending_tokens += tokens
-        if self.grad_sum is None:
-            self._update(grad)  # normalizes and clips the pushed buffer in place
-        else:
-            self.grad_sum.add_(grad)
-            if self.pending_pushes == self.accum:
-                self._update(self.grad_sum)
-                self.grad_sum.zero_()
+        `count` is the number of pushes the gradient stands for (sync: the all-reduced sum of every worker's).
+        A gradient that makes up a whole update alone is normalized in place: `grad` is scratch afterwards."""
+        staleness = 0
+        shards = len(self.shards)
+        for k in range(shards):
+            i = (first_shard + k) % shards
+            lo, hi = self.bounds[i]
+            with self.locks[i]:
+                row = self.counters[i].tolist()
+                if i == 0:
+                    staleness = row[UPDATES] - pulled_updates
+                row[PUSHES] += count
+                alone = row[PENDING_PUSHES] == 0 and count == self.accum
+                row[PENDING_PUSHES] += count
+                row[PENDING_TOKENS] += tokens
+                piece = grad[lo:hi].to(self.shards[i].device, non_blocking=True)
+                if alone:
+                    self._update(i, piece, row)
+                else:
+                    grad_sum = self.grad_sums[i]
+                    if grad_sum is None:
+                        grad_sum = self.grad_sums[i] = torch.zeros_like(self.shards[i])
+                    grad_sum.add_(piece)
+                    if row[PENDING_PUSHES] >= self.accum:
+                        self._update(i, grad_sum, row)
+                        grad_sum.zero_()
+                _finish(self.shards[i])
+                self.counters[i] = torch.tensor(row)
         return staleness
 
-    def _update(self, grad: torch.Tensor) -> None:
-        self.updates += 1
-        self.lr = inverse_sqrt_lr(self.updates, self.peak_lr, self.warmup)
-        self.grad_norm = normalize_and_clip(grad, self.pending_tokens, self.clip_norm)
-        self.adam.step(grad, self.lr, self.updates)
-        self.pending_pushes = self.pending_tokens = 0
+    def _update(self, i: int, grad: torch.Tensor, row: list[int]) -> None:
+        row[UPDATES] += 1
+        lr = inverse_sqrt_lr(row[UPDATES], self.peak_lr, self.warmup)
+        norm = normalize_and_clip(grad, row[PENDING_TOKENS], self.clip_norm)
+        self.adam[i].step(grad, lr, row[UPDATES])
+        self.norms[i] = torch.tensor([lr, norm * norm], dtype=torch.float64)
+        row[PENDING_PUSHES] = row[PENDING_TOKENS] = 0
 
-    def state_dict(self) -> dict:
-        # checkpoints are taken between updates: nothing is pending
-        return {"optimizer": self.adam.state_dict(), "updates": self.updates, "pushes": self.pushes}
+    # ------------------------------------------------------------------ checkpoints (taken while no push runs)
+    def gather(self) -> torch.Tensor:
+        """The whole master vector, on the CPU."""
+        return torch.cat([shard.cpu() for shard in self.shards])
 
-    def load_state_dict(self, state: dict) -> None:
-        self.adam.load_state_dict(state["optimizer"])
-        self.updates, self.pushes = state["updates"], state["pushes"]
+    def load_params(self, flat: torch.Tensor) -> None:
+        for (lo, hi), shard in zip(self.bounds, self.shards, strict=True):
+            shard.copy_(flat[lo:hi])
+
+    def state_dict(self) -> dict[str, Any]:
+        pending = bool(self.counters[:, PENDING_PUSHES].any())
+        sums = zip(self.grad_sums, self.bounds, strict=True)
+        return {
+            "optimizer": {
+                "exp_avg": torch.cat([a.exp_avg.cpu() for a in self.adam]),
+                "exp_avg_sq": torch.cat([a.exp_avg_sq.cpu() for a in self.adam]),
+            },
+            "updates": self.updates,
+            "pushes": self.pushes,
+            "counters": self.counters.clone(),
+            "norms": self.norms.clone(),
+            # a partial sum (async-accum between updates) is part of the state
+            "grad_sum": torch.cat([_cpu(g, lo, hi) for g, (lo, hi) in sums]) if pending else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        optimizer = state["optimizer"]
+        for (lo, hi), adam in zip(self.bounds, self.adam, strict=True):
+            adam.exp_avg.copy_(optimizer["exp_avg"][lo:hi])
+            adam.exp_avg_sq.copy_(optimizer["exp_avg_sq"][lo:hi])
+        counters = state.get("counters")
+        if counters is None or len(counters) != len(self.shards):  # another shard count: nothing pending
+            counters = torch.zeros_like(self.counters)
+            counters[:, UPDATES], counters[:, PUSHES] = state["updates"], state["pushes"]
+        self.counters.copy_(counters)
+        if state.get("norms") is not None and len(state["norms"]) == len(self.shards):
+            self.norms.copy_(state["norms"])
+        if state.get("grad_sum") is not None:
+            for i, (lo, hi) in enumerate(self.bounds):
+                if self.grad_sums[i] is None:
+                    self.grad_sums[i] = torch.zeros_like(self.shards[i])
+                self.grad_sums[i].copy_(state["grad_sum"][lo:hi])
+
+
+def _cpu(grad_sum: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+    return torch.zeros(hi - lo) if grad_sum is None else grad_sum.cpu()
+
+
+def _finish(tensor: torch.Tensor) -> None:
+    """Wait for the device work queued on `tensor`'s device, so the next lock holder sees its result."""
+    if tensor.device.type == "cuda":
+        torch.cuda.current_stream(tensor.device).synchronize()

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from async_nmt.data.batches import Batch, BatchStream
+from async_nmt.train.modes import Workers, histogram
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import StepStats, train_step
 
 LINK_GB_PER_S = 10.0  # assumed bandwidth for moving parameters between a worker and the server
 
 
-class SimulatedWorkers:
+class SimulatedWorkers(Workers):
     # the simulation state saved in checkpoints besides the workers' parameters and next batches
     _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
 
@@ -47,21 +48,30 @@ class SimulatedWorkers:
         self.device = flat.device
         workers = len(streams)
         # what each async worker last pulled; sync workers all compute on the server's current parameters
-        self.params = [server.params if sync else server.params.clone() for _ in range(workers)]
-        self.pulled = [server.updates] * workers
+        self.params = [server.params if sync else torch.empty_like(flat.data) for _ in range(workers)]
+        self.pulled = [server.pull(p) for p in self.params]
         self.batches = [self._next_batches(w) for w in range(workers)]
         self.finish = [self._cost(w) for w in range(workers)]  # simulated finish time (token units)
         self.seconds = [0.0] * workers  # predicted wall clock of each worker
         self.predicted_s = 0.0
         self.compute_s, self.compute_tokens = 0.0, 0
         self.worker_pushes = [0] * workers
-        self.param_bytes = server.params.numel() * 4
+        self.param_bytes = server.numel * 4
 
     def _next_batches(self, worker: int) -> list[Batch]:
         return [self.streams[worker].next() for _ in range(self.local_accum)]
 
     def _cost(self, worker: int) -> float:
         return sum(b.tokens for b in self.batches[worker]) / self.speeds[worker]
+
+    def advance(self) -> tuple[StepStats, list[int]]:
+        stats, staleness = StepStats(), []
+        target = self.server.updates + 1
+        while self.server.updates < target:
+            push_stats, push_staleness = self.push()
+            stats.add(push_stats)
+            staleness.append(push_staleness)
+        return stats, histogram(staleness)
 
     def push(self) -> tuple[StepStats, int]:
         """Run the next push in simulated time order; returns its statistics and staleness."""
@@ -115,7 +125,8 @@ class SimulatedWorkers:
             **{name: getattr(self, name) for name in self._SCALARS},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        assert state is not None
         if not self.sync:
             for mine, saved in zip(self.params, state["params"], strict=True):
                 mine.copy_(saved)

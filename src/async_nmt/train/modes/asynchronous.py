@@ -1,0 +1,237 @@
+"""async and async-accum with worker processes: each loops pull, gradient, push, and nobody waits for anyone.
+
+The workers push to a `ParamServer` built with `shared=True` (CPU shared memory, CUDA IPC). The trainer's
+process is the coordinator: it starts the workers, watches the server's counters, and writes the events.
+A gate counts the pushes it lets in. Between validations and checkpoints the gate is open up to the next
+one, so the server stops at exactly that update: the workers that get there wait (their next gradient in
+hand), the coordinator validates and saves a quiet server, then opens the gate further. Nothing else ever
+makes a worker wait.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from async_nmt.config import ModelConfig, TrainConfig
+from async_nmt.data.batches import BatchStream
+from async_nmt.data.binarize import load_split
+from async_nmt.devices import amp_dtype_for
+from async_nmt.model.transformer import Transformer
+from async_nmt.train import launch
+from async_nmt.train.modes import Workers
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.step import StepStats, flatten_parameters, train_step
+
+if TYPE_CHECKING:
+    from async_nmt.train.trainer import Trainer
+
+# shared counters of the gate
+LIMIT, ADMITTED, COMPLETED, STOP, READY = range(5)
+# per-worker statistics
+TOKENS, LOSS, NLL, SENTENCES = range(4)
+HIST_BINS = 1024  # staleness histogram bins (larger staleness is counted in the last)
+
+
+class Gate:
+    """Admission of pushes, and the workers' statistics, in shared memory."""
+
+    def __init__(self, workers: int):
+        self.lock = launch.context().Lock()
+        self.counts = torch.zeros(5, dtype=torch.int64).share_memory_()
+        self.stats = torch.zeros(workers, 4, dtype=torch.float64).share_memory_()
+        self.hist = torch.zeros(workers, HIST_BINS, dtype=torch.int64).share_memory_()
+        self.positions = torch.zeros(workers, 2, dtype=torch.int64).share_memory_()  # data (epoch, index)
+
+    def wait_open(self, parent: int) -> bool:
+        """Wait until a push may start (True) or the run stops (False)."""
+        while True:
+            with self.lock:
+                if self.counts[STOP]:
+                    return False
+                if self.counts[ADMITTED] < self.counts[LIMIT]:
+                    return True
+            if not launch.parent_alive(parent):
+                return False
+            time.sleep(launch.POLL_S)
+
+    def admit(self, parent: int, worker: int, position: dict[str, int]) -> bool:
+        """Let a computed push in (True), waiting while the gate is closed; False when the run stops.
+        The worker's data position is recorded with it: a checkpoint holds exactly the admitted batches."""
+        while True:
+            with self.lock:
+                if self.counts[STOP]:
+                    return False
+                if self.counts[ADMITTED] < self.counts[LIMIT]:
+                    self.counts[ADMITTED] += 1
+                    self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
+                    return True
+            if not launch.parent_alive(parent):
+                return False
+            time.sleep(launch.POLL_S)
+
+    def complete(self, worker: int, stats: StepStats, staleness: int) -> None:
+        with self.lock:
+            self.counts[COMPLETED] += 1
+            self.stats[worker] += torch.tensor([stats.tokens, stats.loss, stats.nll, stats.sentences])
+            self.hist[worker, min(staleness, HIST_BINS - 1)] += 1
+
+
+@dataclass
+class WorkerSetup:
+    """What a worker process needs (sent to it once, at spawn)."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    device: str
+    server: ParamServer
+    gate: Gate
+    errors: Any
+    position: dict[str, int]
+    speed: float
+    threads: int
+
+
+def worker_main(worker: int, setup: WorkerSetup) -> None:
+    """A worker process: pull the latest parameters, compute a gradient, push it; until told to stop."""
+    with launch.worker_process(worker, setup.device, setup.errors):
+        _work(worker, setup)
+
+
+def _work(worker: int, setup: WorkerSetup) -> None:
+    cfg, server, gate = setup.cfg, setup.server, setup.gate
+    parent = os.getppid()
+    torch.set_num_threads(setup.threads)
+    device = torch.device(setup.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed * 1000 + worker)  # dropout differs between workers
+    model = Transformer(setup.model_cfg).to(device)
+    flat = flatten_parameters(model)
+    amp_dtype = amp_dtype_for(cfg.precision, device)
+    split = load_split(Path(cfg.bin_dir), "train")
+    stream = BatchStream(split, cfg.max_tokens, setup.model_cfg.max_positions, cfg.seed, worker, cfg.workers)
+    stream.load_state_dict(setup.position)
+    stream.pin = device.type == "cuda"
+    first_shard = worker % len(server.shards)
+    with gate.lock:
+        gate.counts[READY] += 1
+    pushes = 0
+    while gate.wait_open(parent):
+        pulled = server.pull(flat.data)
+        flat.grad.zero_()
+        start = time.perf_counter()
+        stats = StepStats()
+        for _ in range(cfg.local_accum):
+            stats.add(train_step(model, stream.next().to(device), cfg.label_smoothing, amp_dtype))
+        if setup.speed < 1:  # an emulated slower device (--worker-speeds)
+            time.sleep((time.perf_counter() - start) * (1 / setup.speed - 1))
+        pushes += 1
+        launch.maybe_fail(worker, pushes)
+        if not gate.admit(parent, worker, stream.state_dict()):
+            break
+        staleness = server.push(flat.grad, stats.tokens, pulled, first_shard=first_shard)
+        gate.complete(worker, stats, staleness)
+
+
+class ProcessWorkers(Workers):
+    """The coordinator's side: start the worker processes, open the gate, gather their statistics."""
+
+    def __init__(self, trainer: Trainer, devices: list[str]):
+        self.trainer = trainer
+        self.devices = devices  # of each worker
+        self.gate = Gate(len(devices))
+        self.errors = launch.context().SimpleQueue()
+        self.processes: list[Any] = []
+        self.seen_stats = torch.zeros_like(self.gate.stats)
+        self.seen_hist = torch.zeros_like(self.gate.hist)
+        self.base_updates = self.base_pending = 0
+        self.fence = 0  # the update count the gate is open up to
+
+    def start(self) -> None:
+        t = self.trainer
+        server = t.server
+        self.base_updates, self.base_pending = server.updates, server.pending_pushes
+        self.fence = server.updates
+        threads = launch.cpu_threads(sum(d == "cpu" for d in self.devices))
+        speeds = t.cfg.worker_speeds or [1.0] * len(self.devices)
+        setups = [
+            WorkerSetup(t.cfg, t.model_cfg, device, server, self.gate, self.errors, t.streams[w].state_dict(),
+                        speeds[w], threads)
+            for w, device in enumerate(self.devices)
+        ]  # fmt: skip
+        self.processes = launch.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
+        while int(self.gate.counts[READY]) < len(self.processes):  # startup is not training time
+            self._check()
+            time.sleep(0.01)
+
+    def _pushes_until(self, updates: int) -> int:
+        """Admitted pushes after which the server has taken `updates` updates (every shard)."""
+        return (updates - self.base_updates) * self.trainer.server.accum - self.base_pending
+
+    def allow(self, updates: int) -> None:
+        if updates > self.fence:
+            with self.gate.lock:
+                self.gate.counts[LIMIT] = self._pushes_until(updates)
+            self.fence = updates
+
+    def advance(self) -> tuple[StepStats, list[int]]:
+        server = self.trainer.server
+        start = server.updates
+        while True:
+            self._check()
+            updates = server.updates
+            if updates > start and (updates < self.fence or self._quiet()):
+                return self._collect()
+            time.sleep(launch.POLL_S)
+
+    def _quiet(self) -> bool:
+        """All admitted pushes are complete on every shard."""
+        with self.gate.lock:
+            return bool(self.gate.counts[COMPLETED] == self.gate.counts[ADMITTED])
+
+    def drain(self) -> tuple[StepStats, list[int]]:
+        accum = self.trainer.server.accum
+        with self.gate.lock:
+            admitted = int(self.gate.counts[ADMITTED])
+            whole = -(-(admitted + self.base_pending) // accum)  # updates the admitted pushes will complete
+            self.gate.counts[LIMIT] = whole * accum - self.base_pending
+        self.fence = self.base_updates + whole
+        while not (self.trainer.server.updates >= self.fence and self._quiet()):
+            self._check()
+            time.sleep(launch.POLL_S)
+        return self._collect()
+
+    def _collect(self) -> tuple[StepStats, list[int]]:
+        """The statistics of the pushes completed since the last call; the trainer's streams learn the
+        workers' data positions."""
+        with self.gate.lock:
+            stats, hist = self.gate.stats.clone(), self.gate.hist.clone()
+            positions = self.gate.positions.tolist()
+        delta = (stats - self.seen_stats).sum(0).tolist()
+        hist_delta = (hist - self.seen_hist).sum(0)
+        self.seen_stats, self.seen_hist = stats, hist
+        for stream, (epoch, index) in zip(self.trainer.streams, positions, strict=True):
+            if epoch:  # 0: the worker has not pushed yet
+                stream.load_state_dict({"epoch": epoch, "index": index})
+        used = int(hist_delta.nonzero().max()) + 1 if hist_delta.any() else 0
+        step = StepStats(delta[LOSS], delta[NLL], int(delta[TOKENS]), int(delta[SENTENCES]))
+        return step, hist_delta[:used].tolist()
+
+    @property
+    def worker_pushes(self) -> list[int]:
+        """Pushes of each worker so far (as last collected)."""
+        return self.seen_hist.sum(1).tolist()
+
+    def _check(self) -> None:
+        launch.check_workers(self.processes, self.errors, self.devices, self.trainer.run_dir)
+
+    def close(self) -> None:
+        with self.gate.lock:
+            self.gate.counts[STOP] = 1
+        launch.stop(self.processes)
