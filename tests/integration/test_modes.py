@@ -20,12 +20,13 @@ from async_nmt.train.optim import inverse_sqrt_lr
 from async_nmt.train.trainer import train
 
 NMT_TRAIN = Path(sys.executable).with_name("nmt-train")
+DEVICE = os.environ.get("ASYNC_NMT_TEST_DEVICE", "cpu")  # cuda:0 runs these tests on a GPU
 pytestmark = pytest.mark.slow
 
 
 def config(bin_dir: Path, **overrides) -> TrainConfig:
     options = dict(bin_dir=str(bin_dir), preset="tiny", max_tokens=1024, lr=2e-3, warmup=50, dropout=0.0,
-                   devices=["cpu"], valid_every=0, valid_max_sentences=40, seed=7, workers=2)  # fmt: skip
+                   devices=[DEVICE], valid_every=0, valid_max_sentences=40, seed=7, workers=2)  # fmt: skip
     return TrainConfig(**{**options, **overrides})
 
 
@@ -94,7 +95,7 @@ def test_async_resume_continues_the_counter_schedule_and_data(synthetic_bin: Pat
 
 
 def _nmt_train(bin_dir: Path, run: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    args = [str(NMT_TRAIN), str(bin_dir), str(run), "--quiet", "--devices", "cpu", "--workers", "2",
+    args = [str(NMT_TRAIN), str(bin_dir), str(run), "--quiet", "--devices", DEVICE, "--workers", "2",
             "--max-tokens", "1024", "--dropout", "0", "--valid-max-sentences", "20", *extra]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, **popen)  # fmt: skip
@@ -115,7 +116,7 @@ def test_a_raising_worker_stops_the_run_with_one_line(synthetic_bin: Path, tmp_p
     stopped = time.time()
     assert proc.returncode == 1, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "worker 1 (cpu) failed: RuntimeError: injected failure" in lines[0], stderr
+    assert len(lines) == 1 and f"worker 1 ({DEVICE}) failed: RuntimeError: injected failure" in lines[0], stderr
     log = run / "worker-errors.log"
     assert "Traceback" in log.read_text()
     assert stopped - log.stat().st_mtime < 10  # the failure stopped the run within seconds

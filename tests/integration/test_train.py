@@ -189,7 +189,6 @@ def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synth
     "extra, message",
     [
         (["--worker-speeds", "1,0.5"], "needs several workers"),
-        (["--workers", "2", "--worker-speeds", "1,0.5"], "use --simulate"),  # real sync waits for the slowest
         (["--workers", "2", "--simulate", "--worker-speeds", "1,1,1"], "3 speeds for 2 workers"),
         (["--worker-speeds", "1,x", "--simulate"], "--worker-speeds"),
     ],

@@ -11,7 +11,7 @@ from async_nmt.data.batches import BatchStream
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.simulated import SimulatedWorkers
-from async_nmt.train.optim import inverse_sqrt_lr
+from async_nmt.train.optim import inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters
 
 
@@ -94,3 +94,41 @@ def test_the_same_seed_gives_the_same_run():
     _, losses_b, stale_b = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
     assert stale_a == stale_b
     assert losses_a == pytest.approx(losses_b, rel=1e-6)
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_a_sharded_shared_server_takes_the_same_updates_as_one_shard(accum):
+    torch.manual_seed(1)
+    p0 = torch.randn(101)
+    grads, tokens = [torch.randn(101) for _ in range(6)], [5, 9, 4, 7, 3, 8]
+    one = ParamServer(p0.clone(), accum=accum, peak_lr=1e-2, warmup=3)
+    three = ParamServer(p0.clone(), accum=accum, peak_lr=1e-2, warmup=3, shards=3, shared=True)
+    for i, (grad, n) in enumerate(zip(grads, tokens, strict=True)):
+        one.push(grad.clone(), n, pulled_updates=0)
+        three.push(grad.clone(), n, pulled_updates=0, first_shard=i % 3)  # each push walks from its own shard
+    assert one.updates == three.updates == 6 // accum and three.pushes == 6
+    assert torch.allclose(three.gather(), one.params, atol=1e-6)
+    out = torch.empty(101)
+    assert three.pull(out) == three.updates and torch.equal(out, three.gather())
+
+
+def test_sharded_clipping_keeps_the_whole_update_within_the_norm():
+    grad = torch.full((100,), 3.0)  # norm 30 after dividing by 1 token
+    server = ParamServer(torch.zeros(100), accum=1, peak_lr=1e-2, warmup=0, clip_norm=1.0, shards=4)
+    server.push(grad, 1, pulled_updates=0)
+    assert server.grad_norm == pytest.approx(30.0, rel=1e-5)  # reported before clipping
+    assert server.clip_norm == pytest.approx(0.5)  # each of 4 shards to 1/sqrt(4): the whole stays within 1
+    piece = torch.full((25,), 3.0)  # one shard's slice
+    norm, scale = norm_and_scale(piece, 1, server.clip_norm)
+    assert norm == pytest.approx(15.0) and (piece / scale).norm().item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_checkpoint_state_keeps_a_partial_sum():
+    server = ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0)
+    server.push(torch.ones(10), 4, pulled_updates=0)
+    state = server.state_dict()
+    fresh = ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0)
+    fresh.load_state_dict(state)
+    for s in (server, fresh):
+        s.push(torch.ones(10), 4, pulled_updates=0)
+    assert fresh.updates == server.updates == 1 and torch.equal(fresh.params, server.params)

@@ -37,8 +37,6 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError("--worker-speeds needs several workers")
     if cfg.worker_speeds and len(cfg.worker_speeds) != cfg.workers:
         raise UserError(f"--worker-speeds: {len(cfg.worker_speeds)} speeds for {cfg.workers} workers")
-    if cfg.worker_speeds and cfg.mode == "sync" and not cfg.simulate:
-        raise UserError("--worker-speeds with real sync workers: use --simulate (a sync step waits for the slowest)")
     if cfg.shards < 0:
         raise UserError("--shards must not be negative")
 

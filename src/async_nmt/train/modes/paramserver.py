@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, normalize_and_clip
+from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 
 # columns of the shared int64 counters, one row per shard
 UPDATES, PUSHES, PENDING_PUSHES, PENDING_TOKENS = range(4)
@@ -128,7 +128,7 @@ class ParamServer:
         a shard whose count reaches `accum` takes an update. Returns the push's staleness.
 
         `count` is the number of pushes the gradient stands for (sync: the all-reduced sum of every worker's).
-        A gradient that makes up a whole update alone is normalized in place: `grad` is scratch afterwards."""
+        A gradient that makes up a whole update alone is stepped from directly: `grad` is scratch afterwards."""
         staleness = 0
         shards = len(self.shards)
         for k in range(shards):
@@ -160,8 +160,8 @@ class ParamServer:
     def _update(self, i: int, grad: torch.Tensor, row: list[int]) -> None:
         row[UPDATES] += 1
         lr = inverse_sqrt_lr(row[UPDATES], self.peak_lr, self.warmup)
-        norm = normalize_and_clip(grad, row[PENDING_TOKENS], self.clip_norm)
-        self.adam[i].step(grad, lr, row[UPDATES])
+        norm, scale = norm_and_scale(grad, row[PENDING_TOKENS], self.clip_norm)
+        self.adam[i].step(grad, lr, row[UPDATES], grad_scale=scale)
         self.norms[i] = torch.tensor([lr, norm * norm], dtype=torch.float64)
         row[PENDING_PUSHES] = row[PENDING_TOKENS] = 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ class DistributedSync(Workers):
         self.meta_device = trainer.device if dist.get_backend() == "nccl" else torch.device("cpu")
         self.wish = self.agreed = False
         self.steps = 0
+        self.speed = trainer.cfg.worker_speeds[rank] if trainer.cfg.worker_speeds else 1.0
 
     def agree_stop(self, wish: bool) -> bool:
         self.wish = wish
@@ -50,8 +52,11 @@ class DistributedSync(Workers):
         t.flat.grad.zero_()
         local = StepStats()
         stream = t.streams[self.rank]
+        start = time.perf_counter()
         for _ in range(t.cfg.local_accum):
             local.add(train_step(t.model, stream.next().to(t.device), t.cfg.label_smoothing, t.amp_dtype))
+        if self.speed < 1:  # an emulated slower device (--worker-speeds): every rank waits for it
+            time.sleep((time.perf_counter() - start) * (1 / self.speed - 1))
         self.steps += 1
         launch.maybe_fail(self.rank, self.steps)
         meta = torch.zeros(FIXED + 2 * self.world, dtype=torch.float64)
@@ -85,8 +90,10 @@ class RankSetup:
     interrupt: Any
 
 
-def backend(device: str) -> str:
-    return "nccl" if device.startswith("cuda") else "gloo"
+def backend(devices: list[str]) -> str:
+    """NCCL when every rank has a GPU of its own; else gloo (NCCL refuses two ranks on one GPU)."""
+    on_gpus = all(d.startswith("cuda") for d in devices) and len(set(devices)) == len(devices)
+    return "nccl" if on_gpus else "gloo"
 
 
 def rank_main(rank: int, setup: RankSetup) -> None:
@@ -97,7 +104,7 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         torch.set_num_threads(launch.cpu_threads(sum(d == "cpu" for d in setup.devices)))
         if setup.devices[rank].startswith("cuda"):
             torch.cuda.set_device(torch.device(setup.devices[rank]))
-        dist.init_process_group(backend(setup.devices[rank]), rank=rank, world_size=world, timeout=TIMEOUT)
+        dist.init_process_group(backend(setup.devices), rank=rank, world_size=world, timeout=TIMEOUT)
         # on an error the group is left as it is: the error is reported first, so the other ranks' failed
         # all-reduce is not taken for the cause
         run_rank(setup.cfg, setup.run_dir, setup.resume, setup.progress, setup.log_every, rank, world, setup.interrupt)
@@ -150,7 +157,7 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
         torch.cuda.set_device(torch.device(device))
     if rank == 0:
         check_run_dir(run_dir, resume, force)
-    dist.init_process_group(backend(device), timeout=TIMEOUT)
+    dist.init_process_group(backend([device]), timeout=TIMEOUT)
     try:
         return run_rank(cfg, run_dir, resume, progress, log_every, rank, world)
     finally:
