@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The bible-de-en comparison on one GPU shared by WORKERS real worker processes: sync, async and async-accum
+# (N = WORKERS), the same model, data and learning rate, MAX_TIME seconds of training clock each, then
+# `nmt report`. Needs demo/bin (make demo). Validation is spaced by target tokens (about VALID_TOKENS),
+# so that the curves of all modes have points at comparable amounts of data.
+set -euo pipefail
+OUT=${OUT:-gpu-out}
+RUNS=${RUNS:-/tmp/gpu-runs}  # run folders (checkpoints are large); OUT gets the report, events and log
+BIN=${BIN:-demo/bin}
+WORKERS=${WORKERS:-4}
+PRESET=${PRESET:-small}
+LR=${LR:-1e-3}
+WARMUP=${WARMUP:-500}
+MAX_TOKENS=${MAX_TOKENS:-4096}
+MAX_TIME=${MAX_TIME:-75}
+VALID_TOKENS=${VALID_TOKENS:-2000000}
+DEVICE=${DEVICE:-cuda:0}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$RUNS"
+for mode in sync async async-accum; do
+    case $mode in
+        async) per_update=$MAX_TOKENS extra=() ;;
+        async-accum) per_update=$((MAX_TOKENS * WORKERS)) extra=(--accum "$WORKERS") ;;
+        sync) per_update=$((MAX_TOKENS * WORKERS)) extra=() ;;
+    esac
+    start=$SECONDS
+    nmt-train "$BIN" "$RUNS/$mode" --force --quiet --mode "$mode" "${extra[@]}" --workers "$WORKERS" \
+        --devices "$DEVICE" --preset "$PRESET" --lr "$LR" --warmup "$WARMUP" --max-tokens "$MAX_TOKENS" \
+        --max-time "$MAX_TIME" --valid-every $((VALID_TOKENS / per_update)) --valid-max-sentences 400 \
+        >>"$OUT/runs.log" 2>&1 || echo "$mode failed: $(tail -n 1 "$OUT/runs.log")"
+    echo "== $mode: $((SECONDS - start)) s; $(grep -c '"valid"' "$RUNS/$mode/events.jsonl") validations"
+done
+COLUMNS=200 nmt report "$RUNS"/{sync,async,async-accum} --out "$OUT/report" | tee "$OUT/report.txt"
+tar -czf "$OUT/events.tar.gz" -C "$RUNS" {sync,async,async-accum}/events.jsonl {sync,async,async-accum}/config.json
