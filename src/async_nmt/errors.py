@@ -11,3 +11,9 @@ class WorkerFailed(UserError):
     """A worker process raised or died, so the run stopped: one line naming the worker, exit code 1."""
 
     exit_code = 1
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the run stopped without saving, exit code 1."""
+
+    exit_code = 1

@@ -38,7 +38,7 @@ def events(run: Path, kind: str | None = None) -> list[dict]:
 
 def test_async_has_no_barrier_a_slowed_worker_pushes_less(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
-    train(config(synthetic_bin, mode="async", worker_speeds=[1.0, 0.2], max_updates=40), run, progress=False,
+    train(config(synthetic_bin, mode="async", worker_speeds=[1.0, 0.1], max_updates=40), run, progress=False,
           log_every=5)  # fmt: skip
     last = events(run, "train")[-1]
     fast, slow = last["worker_pushes"]
@@ -176,3 +176,34 @@ def test_sigkill_of_the_process_group_leaves_no_worker_and_resume_cuts_the_event
     assert before[-1]["kind"] == "checkpoint" and before[-1]["updates"] == saved
     assert max(e["updates"] for e in before) == saved  # no update the checkpoint does not hold
     assert log[-1]["kind"] == "end" and log[-1]["updates"] == saved + 8
+
+
+def test_ranks_started_by_torchrun_join_its_group(synthetic_bin: Path, tmp_path: Path):
+    from async_nmt.train.launch import free_port
+
+    run, port = tmp_path / "run", str(free_port())
+    ranks = [
+        _nmt_train(
+            synthetic_bin,
+            run,
+            "--mode",
+            "sync",
+            "--max-updates",
+            "4",
+            "--valid-every",
+            "0",
+            env={
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+        )  # fmt: skip
+        for r in range(2)
+    ]
+    for rank in ranks:
+        _, stderr = rank.communicate(timeout=120)
+        assert rank.returncode == 0, stderr
+    start, end = events(run, "start")[0], events(run)[-1]
+    assert start["workers"] == 2 and end["kind"] == "end" and end["updates"] == 4 and end["pushes"] == 8

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from async_nmt.cli import main
@@ -214,3 +215,27 @@ def test_simulated_run_resumes_with_the_same_losses_and_staleness(synthetic_bin:
     for update in range(6, 11):
         assert split[update]["loss"] == pytest.approx(whole[update]["loss"], rel=1e-5)
         assert split[update]["staleness_hist"] == whole[update]["staleness_hist"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synthetic_bin: Path, tmp_path: Path):
+    from async_nmt.errors import TrainingDiverged
+    from async_nmt.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_bin, max_updates=20, valid_every=4), run, log_every=1)
+    trainer.open_run(resume=False)
+    advance = trainer.workers.advance
+
+    def poisoned():  # the 6th update's loss is NaN, as when the parameters blew up
+        stats, staleness = advance()
+        if trainer.updates == 6:
+            stats.loss = float("nan")
+        return stats, staleness
+
+    trainer.workers.advance = poisoned
+    with pytest.raises(TrainingDiverged, match="loss is nan at update 6.*update 4"):
+        trainer.run(progress=False)
+    events = read_events(run / "events.jsonl")
+    assert events[-1]["kind"] == "end" and events[-1]["diverged"] is True
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["server"]["updates"] == 4 and torch.isfinite(saved["params"]).all()

@@ -57,8 +57,8 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
     except SystemExit:
         raise
     except UserError as err:
-        errors.put((worker, device, "user", str(err), ""))
-        raise SystemExit(2) from None
+        errors.put((worker, device, f"user:{err.exit_code}", str(err), ""))
+        raise SystemExit(err.exit_code) from None
     except BaseException as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         errors.put((worker, device, "error", f"{type(err).__name__}: {first}".rstrip(": "), traceback.format_exc()))
@@ -69,8 +69,10 @@ def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str],
     """Raise the first failure of a worker: a message it sent, or a non-zero exit without one."""
     if not errors.empty():
         worker, device, kind, message, trace = errors.get()
-        if kind == "user":
-            raise UserError(message)
+        if kind.startswith("user:"):  # the worker's own one-line error (a bad option, a divergence)
+            error = UserError(message)
+            error.exit_code = int(kind.split(":")[1])
+            raise error
         log = run_dir / "worker-errors.log"
         try:
             with open(log, "a", encoding="utf-8") as f:

@@ -9,6 +9,7 @@ In a sync group every rank runs a trainer; rank 0 (the leader) writes the run fo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,7 +28,7 @@ from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.data.vocab import load_vocab
 from async_nmt.devices import amp_dtype_for, default_device, resolve_device
-from async_nmt.errors import UserError
+from async_nmt.errors import TrainingDiverged, UserError
 from async_nmt.model.transformer import Transformer
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import EventLog, TrainingClock, truncate_events
@@ -87,6 +88,7 @@ class Trainer:
         for stream in self.streams:
             stream.pin = self.device.type == "cuda"
         self.interrupted = False  # a sync group agreed to stop on Ctrl-C
+        self.saved_at: int | None = None  # update of the last checkpoint written
         server_options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup,
                               clip_norm=cfg.clip_norm, betas=cfg.adam_betas, eps=cfg.adam_eps)  # fmt: skip
         self.workers: Workers
@@ -135,6 +137,7 @@ class Trainer:
         events_path = self.run_dir / "events.jsonl"
         if resume:
             state = self._load(ckpt.checkpoint_path(self.run_dir, "last"))
+            self.saved_at = self.updates
             self.clock = TrainingClock(state["train_s"])
             self._wall_start = time.perf_counter() - state["wall_s"]
             if self.leader:
@@ -204,6 +207,7 @@ class Trainer:
         with self.clock.paused():
             last = ckpt.checkpoint_path(self.run_dir, "last")
             ckpt.save_checkpoint(self._state(), last)
+            self.saved_at = self.updates
             if best:
                 tmp = last.with_name("best.pt.tmp")
                 shutil.copyfile(last, tmp)
@@ -253,6 +257,8 @@ class Trainer:
         with self.clock.paused():
             self.server.pull(self.flat.data)  # evaluate the master parameters (a no-op for one worker)
             result = self.validator(self.model, self.sp, self.amp_dtype)
+            if not math.isfinite(result["valid_loss"]):
+                self._diverged(f"the valid loss is {result['valid_loss']}")
             improved = self.best is None or (result["bleu"], -result["valid_loss"]) > (
                 self.best["bleu"],
                 -self.best["valid_loss"],
@@ -315,6 +321,8 @@ class Trainer:
                 self.workers.allow(self._next_fence())
                 before = self.updates
                 interval.add(self.update())
+                if not math.isfinite(interval.loss):
+                    self._diverged(f"the training loss is {interval.loss}")
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     interval.add(self._count(*self.workers.drain()))
@@ -346,6 +354,12 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             self._stop_interrupted()
+        except TrainingDiverged:
+            bar.close()
+            with self.clock.paused():
+                self.workers.close()
+            self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False, diverged=True)
+            raise
         except BaseException:
             bar.close()
             self.workers.close()
@@ -359,6 +373,13 @@ class Trainer:
         if self.leader:
             self.events.close()
         return summary
+
+    def _diverged(self, what: str) -> None:
+        saved = ckpt.checkpoint_path(self.run_dir, "last")
+        kept = f"{saved} (update {self.saved_at}) is kept" if self.saved_at is not None else "no checkpoint was saved"
+        raise TrainingDiverged(
+            f"training diverged: {what} at update {self.updates}; {kept}. Try a lower --lr, or --clip-norm"
+        )
 
     def _stop_interrupted(self) -> None:
         """Ctrl-C: finish the pushes in flight, save a checkpoint, write the end event, exit 130."""

@@ -99,8 +99,13 @@ class WorkerSetup:
 
 def worker_main(worker: int, setup: WorkerSetup) -> None:
     """A worker process: pull the latest parameters, compute a gradient, push it; until told to stop."""
-    with launch.worker_process(worker, setup.device, setup.errors):
-        _work(worker, setup)
+    try:
+        with launch.worker_process(worker, setup.device, setup.errors):
+            _work(worker, setup)
+    finally:
+        # the Process object keeps its arguments until the process ends: let the shared CUDA memory go now,
+        # or the coordinator, which owns it, warns that it was never released
+        setup.server = setup.gate = None  # type: ignore[assignment]
 
 
 def _work(worker: int, setup: WorkerSetup) -> None:

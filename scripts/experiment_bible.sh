@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The experiment of docs/results.md: sync, async and async-accum on bible-de-en (make demo writes demo/bin),
+# 4 emulated workers (--simulate) at two learning rates, the batch-size/staleness pair, a straggler, and
+# 2 real worker processes per mode; MAX_TIME seconds of training clock each, then `nmt report` tables.
+set -euo pipefail
+BIN=${BIN:-demo/bin}
+OUT=${OUT:-runs/experiment}
+MAX_TIME=${MAX_TIME:-240}
+NMT_TRAIN=${NMT_TRAIN:-nmt-train}
+NMT=${NMT:-nmt}
+mkdir -p "$OUT"
+common=(--preset tiny --devices cpu --max-tokens 1024 --warmup 250 --max-time "$MAX_TIME" --valid-max-sentences 400
+        --quiet --force)
+# validation about every 256k target tokens: sync/accum 4 updates cover 4 pushes of 1k tokens
+train() {  # train NAME VALID_EVERY OPTION...
+    local name=$1 every=$2
+    shift 2
+    [[ -f $OUT/$name/events.jsonl ]] && grep -q '"end"' "$OUT/$name/events.jsonl" && return 0  # done before
+    echo "== $name: $*"
+    "$NMT_TRAIN" "$BIN" "$OUT/$name" "${common[@]}" --valid-every "$every" "$@" >"$OUT/$name.log" 2>&1
+}
+for lr in 1e-3 5e-4; do
+    train "sim-sync-$lr" 64 --mode sync --workers 4 --simulate --lr "$lr"
+    train "sim-async-$lr" 256 --mode async --workers 4 --simulate --lr "$lr"
+    train "sim-accum4-$lr" 64 --mode async-accum --accum 4 --workers 4 --simulate --lr "$lr"
+done
+train sim-async-local4-1e-3 64 --mode async --local-accum 4 --workers 4 --simulate --lr 1e-3
+train sim-sync-slow-1e-3 64 --mode sync --workers 4 --simulate --worker-speeds 1,1,1,0.25 --lr 1e-3
+train sim-accum4-slow-1e-3 64 --mode async-accum --accum 4 --workers 4 --simulate --worker-speeds 1,1,1,0.25 --lr 1e-3
+train real2-sync-1e-3 128 --mode sync --workers 2 --lr 1e-3
+train real2-async-1e-3 256 --mode async --workers 2 --lr 1e-3
+train real2-accum2-1e-3 128 --mode async-accum --accum 2 --workers 2 --lr 1e-3
+
+report() {  # report NAME OPTION... RUN...
+    local name=$1
+    shift
+    COLUMNS=220 "$NMT" report "$@" --out "$OUT/report-$name" >"$OUT/report-$name.txt"
+}
+for lr in 1e-3 5e-4; do
+    report "lr$lr" --x predicted "$OUT"/sim-{sync,async,accum4}-$lr
+done
+report batch-vs-staleness --x tokens "$OUT"/sim-{sync,async,async-local4,accum4}-1e-3
+report straggler --x predicted "$OUT"/sim-{sync,accum4}-slow-1e-3
+report real2 --x time "$OUT"/real2-{sync,async,accum2}-1e-3
