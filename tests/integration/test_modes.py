@@ -98,7 +98,12 @@ def _nmt_train(bin_dir: Path, run: Path, *extra: str, env: dict | None = None, *
     args = [str(NMT_TRAIN), str(bin_dir), str(run), "--quiet", "--devices", DEVICE, "--workers", "2",
             "--max-tokens", "1024", "--dropout", "0", "--valid-max-sentences", "20", *extra]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, **popen)  # fmt: skip
+                            env={**os.environ, **(env or {})}, preexec_fn=default_sigint, **popen)  # fmt: skip
+
+
+def default_sigint() -> None:
+    """Ctrl-C as in a terminal, also when the tests run in the background (which ignores SIGINT, inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(run: Path, kind: str, count: int = 1, timeout: float = 90) -> None:
@@ -129,9 +134,12 @@ def test_ctrl_c_with_worker_processes_saves_and_exits(synthetic_bin: Path, tmp_p
     run = tmp_path / "run"
     extra = ["--accum", "2"] if mode == "async-accum" else []
     proc = _nmt_train(synthetic_bin, run, "--mode", mode, *extra, "--valid-every", "0", "--log-every", "1")
-    _wait_for(run, "train", 2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _wait_for(run, "train", 2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # no-op when it ended; its workers leave when it is gone
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     end = events(run)[-1]
@@ -207,3 +215,18 @@ def test_ranks_started_by_torchrun_join_its_group(synthetic_bin: Path, tmp_path:
         assert rank.returncode == 0, stderr
     start, end = events(run, "start")[0], events(run)[-1]
     assert start["workers"] == 2 and end["kind"] == "end" and end["updates"] == 4 and end["pushes"] == 8
+
+
+def test_workers_leave_when_the_trainer_alone_is_killed(synthetic_bin: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    proc = _nmt_train(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
+                      start_new_session=True)  # fmt: skip
+    try:
+        _wait_for(run, "train", 1)
+    finally:
+        proc.kill()  # the trainer only: its workers are not signalled
+    proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while _live_processes_in_group(proc.pid):
+        assert time.time() < deadline, f"left running: {_live_processes_in_group(proc.pid)}"
+        time.sleep(0.1)

@@ -153,12 +153,16 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
         [str(NMT_TRAIN), str(synthetic_bin), str(run), "--quiet", "--devices", "cpu", "--max-tokens", "512",
          "--valid-every", "0", "--log-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
     )  # fmt: skip
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(e["kind"] == "train" for e in _events(run)):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(e["kind"] == "train" for e in _events(run)):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # no-op when it ended
     assert proc.returncode == 130, stderr
     assert "interrupted: saved" in stderr and "Traceback" not in stderr
     events = read_events(run / "events.jsonl")

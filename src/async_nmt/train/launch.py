@@ -9,6 +9,7 @@ the run within a fraction of a second.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from async_nmt.errors import UserError, WorkerFailed
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
 FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"  # testing hook: "W:N" makes worker W raise at its N-th push
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 
 
 def context() -> Any:
@@ -50,6 +52,7 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
     """The body of a worker process: any exception becomes a message on `errors` and exit code 1 (2: a user
     error). SIGINT is ignored: Ctrl-C is the parent's, which stops the workers itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     # tqdm's default lock is a named semaphore; a worker stopped by SIGTERM would leave it behind
     tqdm.set_lock(threading.RLock())
     try:
@@ -104,6 +107,19 @@ def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so that no worker outlives a killed
+    trainer; elsewhere the workers' own checks of `parent_alive` do it, between batches."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the line above
+        os._exit(1)
 
 
 def parent_alive(parent_pid: int) -> bool:

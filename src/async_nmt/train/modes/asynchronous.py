@@ -50,15 +50,14 @@ class Gate:
 
     def wait_open(self, parent: int) -> bool:
         """Wait until a push may start (True) or the run stops (False)."""
-        while True:
+        while launch.parent_alive(parent):
             with self.lock:
                 if self.counts[STOP]:
                     return False
                 if self.counts[ADMITTED] < self.counts[LIMIT]:
                     return True
-            if not launch.parent_alive(parent):
-                return False
             time.sleep(launch.POLL_S)
+        return False
 
     def admit(self, parent: int, worker: int, position: dict[str, int]) -> bool:
         """Let a computed push in (True), waiting while the gate is closed; False when the run stops.

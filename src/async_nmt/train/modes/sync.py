@@ -41,6 +41,7 @@ class DistributedSync(Workers):
         self.meta_device = trainer.device if dist.get_backend() == "nccl" else torch.device("cpu")
         self.wish = self.agreed = False
         self.steps = 0
+        self.parent = os.getppid()
         self.speed = trainer.cfg.worker_speeds[rank] if trainer.cfg.worker_speeds else 1.0
 
     def agree_stop(self, wish: bool) -> bool:
@@ -59,6 +60,8 @@ class DistributedSync(Workers):
             time.sleep((time.perf_counter() - start) * (1 / self.speed - 1))
         self.steps += 1
         launch.maybe_fail(self.rank, self.steps)
+        if not launch.parent_alive(self.parent):  # the supervisor (or torchrun's agent) was killed
+            raise SystemExit(1)
         meta = torch.zeros(FIXED + 2 * self.world, dtype=torch.float64)
         meta[:FIXED] = torch.tensor([local.tokens, local.loss, local.nll, local.sentences, self.wish,
                                      bool(self.interrupt is not None and self.interrupt.is_set())])  # fmt: skip
