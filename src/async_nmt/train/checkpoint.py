@@ -24,6 +24,17 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
     return run_dir / "checkpoints" / f"{which}.pt"
 
 
+def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an existing run unless --resume or --force says what to do with it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a run folder")
+    if resume:
+        if not checkpoint_path(run_dir, "last").is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` atomically: a reader sees the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,3 +85,13 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 def _round(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
+
+
+def staleness_stats(hist: list[int]) -> dict[str, Any]:
+    """Mean, max and histogram (counts of staleness 0, 1, ...) of pushes' staleness."""
+    pushes = sum(hist)
+    if not pushes:
+        return {"staleness_mean": 0.0, "staleness_max": 0, "staleness_hist": []}
+    mean = sum(value * count for value, count in enumerate(hist)) / pushes
+    top = max(value for value, count in enumerate(hist) if count)
+    return {"staleness_mean": mean, "staleness_max": top, "staleness_hist": hist[: top + 1]}

@@ -92,8 +92,6 @@ def norm_and_scale(grad: torch.Tensor, tokens: int, clip_norm: float) -> tuple[f
 @torch.no_grad()
 def normalize_and_clip(grad: torch.Tensor, tokens: int, clip_norm: float) -> float:
     """Divide the summed gradient by the target tokens it covers, clip its norm; return the norm before clipping."""
-    grad.div_(max(tokens, 1))
-    norm = grad.norm().item()
-    if clip_norm > 0 and norm > clip_norm:
-        grad.mul_(clip_norm / (norm + 1e-6))
+    norm, scale = norm_and_scale(grad, tokens, clip_norm)
+    grad.div_(scale)
     return norm

@@ -19,46 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.table import Table
 from tqdm import tqdm
 
 from async_nmt.config import TrainConfig, from_dict, model_config
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.data.vocab import load_vocab
-from async_nmt.devices import amp_dtype_for, default_device, resolve_device
+from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
 from async_nmt.model.transformer import Transformer
 from async_nmt.train import checkpoint as ckpt
-from async_nmt.train.events import EventLog, TrainingClock, truncate_events
-from async_nmt.train.modes import Workers, merge_histograms, pushes_per_update
+from async_nmt.train.checkpoint import check_run_dir
+from async_nmt.train.events import EventLog, TrainingClock, staleness_stats, truncate_events
+from async_nmt.train.modes import Workers, merge_histograms, pushes_per_update, uses_processes, worker_devices
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import StepStats, flatten_parameters
+from async_nmt.train.summary import print_summary
 from async_nmt.train.validate import Validator
 
 LOG_EVERY = 50  # updates between `train` events (and progress-bar figures)
-
-
-def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an existing run unless --resume or --force says what to do with it."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: exists and is not a run folder")
-    if resume:
-        if not ckpt.checkpoint_path(run_dir, "last").is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
-
-
-def worker_devices(cfg: TrainConfig) -> list[str]:
-    """The device of each worker: round-robin over --devices (default: the first GPU, else the CPU)."""
-    devices = cfg.devices or [default_device()]
-    return [str(resolve_device(devices[w % len(devices)])) for w in range(cfg.workers)]
-
-
-def uses_processes(cfg: TrainConfig) -> bool:
-    return cfg.workers > 1 and not cfg.simulate
 
 
 class Trainer:
@@ -393,43 +372,6 @@ class Trainer:
         if self.leader:
             print(f"interrupted: saved {ckpt.checkpoint_path(self.run_dir, 'last')}", file=sys.stderr)
             raise SystemExit(130) from None
-
-
-def staleness_stats(hist: list[int]) -> dict[str, Any]:
-    """Mean, max and histogram (counts of staleness 0, 1, ...) of pushes' staleness."""
-    pushes = sum(hist)
-    if not pushes:
-        return {"staleness_mean": 0.0, "staleness_max": 0, "staleness_hist": []}
-    mean = sum(value * count for value, count in enumerate(hist)) / pushes
-    top = max(value for value, count in enumerate(hist) if count)
-    return {"staleness_mean": mean, "staleness_max": top, "staleness_hist": hist[: top + 1]}
-
-
-def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
-    table = Table(title=f"run {trainer.run_dir}", show_header=False)
-    rows = [
-        ("mode", f"{trainer.cfg.mode} (workers {trainer.cfg.workers})"),
-        ("updates", f"{summary['updates']:,}"),
-        ("epochs", f"{summary['epoch']:.2f}"),
-        ("target tokens", f"{summary['tokens']:,}"),
-        ("training time", f"{summary['train_s']:.0f} s (wall {summary['wall_s']:.0f} s)"),
-        ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
-    ]
-    if "predicted_s" in summary:
-        rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices"))
-    if trainer.last_valid:
-        rows.append(
-            (
-                "last valid",
-                f"loss {trainer.last_valid['valid_loss']:.3f}, BLEU {trainer.last_valid['bleu']:.2f}",
-            )
-        )
-    if trainer.best:
-        rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']})"))
-    rows.append(("checkpoints", str(trainer.run_dir / "checkpoints")))
-    for key, value in rows:
-        table.add_row(key, value)
-    Console(stderr=True).print(table)
 
 
 def train(

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from async_nmt.config import TrainConfig
+from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.train.step import StepStats
 
@@ -89,3 +90,13 @@ def histogram(values: list[int]) -> list[int]:
 
 def merge_histograms(a: list[int], b: list[int]) -> list[int]:
     return [x + y for x, y in zip(a + [0] * (len(b) - len(a)), b + [0] * (len(a) - len(b)), strict=True)]
+
+
+def worker_devices(cfg: TrainConfig) -> list[str]:
+    """The device of each worker: round-robin over --devices (default: the first GPU, else the CPU)."""
+    devices = cfg.devices or [default_device()]
+    return [str(resolve_device(devices[w % len(devices)])) for w in range(cfg.workers)]
+
+
+def uses_processes(cfg: TrainConfig) -> bool:
+    return cfg.workers > 1 and not cfg.simulate

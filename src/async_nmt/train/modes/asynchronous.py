@@ -50,29 +50,25 @@ class Gate:
 
     def wait_open(self, parent: int) -> bool:
         """Wait until a push may start (True) or the run stops (False)."""
+        return self._enter(parent)
+
+    def admit(self, parent: int, worker: int, position: dict[str, int]) -> bool:
+        """Let a computed push in (True), waiting while the gate is closed; False when the run stops.
+        The worker's data position is recorded with it: a checkpoint holds exactly the admitted batches."""
+        return self._enter(parent, worker, position)
+
+    def _enter(self, parent: int, worker: int | None = None, position: dict[str, int] | None = None) -> bool:
         while launch.parent_alive(parent):
             with self.lock:
                 if self.counts[STOP]:
                     return False
                 if self.counts[ADMITTED] < self.counts[LIMIT]:
+                    if worker is not None and position is not None:
+                        self.counts[ADMITTED] += 1
+                        self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
                     return True
             time.sleep(launch.POLL_S)
         return False
-
-    def admit(self, parent: int, worker: int, position: dict[str, int]) -> bool:
-        """Let a computed push in (True), waiting while the gate is closed; False when the run stops.
-        The worker's data position is recorded with it: a checkpoint holds exactly the admitted batches."""
-        while True:
-            with self.lock:
-                if self.counts[STOP]:
-                    return False
-                if self.counts[ADMITTED] < self.counts[LIMIT]:
-                    self.counts[ADMITTED] += 1
-                    self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
-                    return True
-            if not launch.parent_alive(parent):
-                return False
-            time.sleep(launch.POLL_S)
 
     def complete(self, worker: int, stats: StepStats, staleness: int) -> None:
         with self.lock:

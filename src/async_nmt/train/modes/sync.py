@@ -118,7 +118,8 @@ def run_rank(
     cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int, rank: int, world: int,
     interrupt: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
-    from async_nmt.train.trainer import Trainer, print_summary
+    from async_nmt.train.summary import print_summary
+    from async_nmt.train.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir, log_every=log_every, rank=rank, world=world, interrupt=interrupt)
     trainer.open_run(resume)
@@ -142,7 +143,7 @@ def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, 
 def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, progress: bool,
                   log_every: int) -> dict[str, Any]:  # fmt: skip
     """Run as the rank that RANK / WORLD_SIZE / LOCAL_RANK name, in the group torchrun set up."""
-    from async_nmt.train.trainer import check_run_dir
+    from async_nmt.train.checkpoint import check_run_dir
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if cfg.mode != "sync" or cfg.simulate:

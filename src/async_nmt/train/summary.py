@@ -1,0 +1,38 @@
+"""The table printed at the end of a run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from async_nmt.train.trainer import Trainer
+
+
+def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
+    table = Table(title=f"run {trainer.run_dir}", show_header=False)
+    rows = [
+        ("mode", f"{trainer.cfg.mode} (workers {trainer.cfg.workers})"),
+        ("updates", f"{summary['updates']:,}"),
+        ("epochs", f"{summary['epoch']:.2f}"),
+        ("target tokens", f"{summary['tokens']:,}"),
+        ("training time", f"{summary['train_s']:.0f} s (wall {summary['wall_s']:.0f} s)"),
+        ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
+    ]
+    if "predicted_s" in summary:
+        rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices"))
+    if trainer.last_valid:
+        rows.append(
+            (
+                "last valid",
+                f"loss {trainer.last_valid['valid_loss']:.3f}, BLEU {trainer.last_valid['bleu']:.2f}",
+            )
+        )
+    if trainer.best:
+        rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']})"))
+    rows.append(("checkpoints", str(trainer.run_dir / "checkpoints")))
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(stderr=True).print(table)
