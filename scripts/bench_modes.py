@@ -18,7 +18,7 @@ import torch
 
 from async_nmt.config import TrainConfig
 from async_nmt.train.events import read_events
-from async_nmt.train.trainer import train
+from async_nmt.train.launch import train
 
 
 def run(cfg: TrainConfig, name: str, folder: Path) -> dict:

@@ -19,7 +19,7 @@ from async_nmt.config import PAD_ID, model_config
 from async_nmt.data.batches import Batch
 from async_nmt.devices import bf16_supported, resolve_device
 from async_nmt.model.transformer import Transformer
-from async_nmt.train.optim import FlatAdam, normalize_and_clip
+from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import flatten_parameters, train_step
 
 
@@ -96,13 +96,12 @@ def main() -> None:
     torch.manual_seed(0)
     ours = Transformer(cfg).to(device)
     flat = flatten_parameters(ours)
-    adam = FlatAdam(flat.data)
+    server = ParamServer(flat.data, accum=1, peak_lr=1e-4, warmup=0)  # the update every mode takes
 
     def our_step(b: Batch) -> None:
         flat.grad.zero_()
         train_step(ours, b, 0.1, amp)
-        normalize_and_clip(flat.grad, b.tokens, 0.0)
-        adam.step(flat.grad, 1e-4, 1)
+        server.push(flat.grad, b.tokens, server.updates)
 
     ours_tps = time_loop(our_step, batches, args.warmup_steps, device)
 

@@ -55,7 +55,7 @@ def main() -> None:
     device = resolve_device(args.device)
 
     if args.run is not None:
-        from async_nmt.train.checkpoint import load_model
+        from async_nmt.model.checkpoint import load_model
 
         model, sp = load_model(args.run, "best", device)
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from async_nmt.config import PRECISIONS
 from async_nmt.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -155,6 +156,13 @@ def train_main() -> None:
     help="Which checkpoint of a run folder to use.",
 )
 @click.option("--device", default=None, help="cpu or cuda:N (default: the first GPU if there is one, else cpu).")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="Search precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32.",
+)
 def translate(
     model_path: Path,
     input_path: Path | None,
@@ -166,6 +174,7 @@ def translate(
     max_tokens: int,
     checkpoint: str,
     device: str | None,
+    precision: str,
 ) -> None:
     """Translate lines from stdin (or --input) with the model of RUN_OR_CHECKPOINT, in input order."""
     from async_nmt.translate import translate_file
@@ -181,6 +190,7 @@ def translate(
         max_tokens=max_tokens,
         checkpoint=checkpoint,
         device=device,
+        precision=precision,  # type: ignore[arg-type]
     )
 
 

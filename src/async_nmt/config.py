@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from async_nmt.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+Mode = Literal["sync", "async", "async-accum"]
+MODES: tuple[str, ...] = get_args(Mode)
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass
@@ -60,7 +66,7 @@ class TrainConfig:
 
     bin_dir: str = ""
     preset: str = "tiny"
-    mode: str = "sync"  # sync | async | async-accum
+    mode: Mode = "sync"
     workers: int = 1
     accum: int = 1  # async-accum: pushes summed per update
     local_accum: int = 1  # batches a worker sums before one push
@@ -83,27 +89,55 @@ class TrainConfig:
     max_epochs: int = 0
     max_time: float = 0.0  # seconds of training clock
     seed: int = 1
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: Precision = "auto"
     compile: bool = False
 
 
-C = TypeVar("C", ModelConfig, TrainConfig)
+@dataclass
+class CorpusInfo:
+    """The languages and vocabulary a run was trained on (from the BIN folder's manifest)."""
+
+    src: str = ""
+    tgt: str = ""
+    vocab_size: int = 0
+    vocab_hash: str = ""
 
 
-def save_json(cfg: ModelConfig | TrainConfig, path: Path) -> None:
-    path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+@dataclass
+class RunConfig:
+    """RUN/config.json: the training options, the model and the corpus of a run."""
+
+    train: TrainConfig
+    model: ModelConfig
+    corpus: CorpusInfo
+
+
+C = TypeVar("C")
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    if "adam_betas" in kwargs:
-        kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
+    """The dataclass `cls` from a dict written by `asdict`: nested dataclasses and tuples rebuilt, unknown
+    keys (from a newer version) ignored, missing ones defaulted."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def save_json(cfg: Any, path: Path) -> None:
+    path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
 
 def load_json(cls: type[C], path: Path) -> C:
     try:
         return from_dict(cls, json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, KeyError) as err:
         raise UserError(f"{path}: not a readable {cls.__name__} ({err})") from None

@@ -11,7 +11,10 @@ import sentencepiece as spm
 import torch
 from tqdm import tqdm
 
+from async_nmt.config import Precision
+from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import UserError
+from async_nmt.model.checkpoint import load_model
 from async_nmt.model.search import generate
 from async_nmt.model.transformer import Transformer
 from async_nmt.score import decode_lines, read_lines
@@ -45,9 +48,11 @@ def translate_lines(
     max_len_b: int = 10,
     max_tokens: int = 4000,
     device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> list[str]:
-    """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model."""
+    """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
+    `amp_dtype` autocasts the search (None: fp32)."""
     outputs = [""] * len(lines)
     todo = [i for i, line in enumerate(lines) if line.strip()]
     if not todo:
@@ -61,6 +66,7 @@ def translate_lines(
         max_len_b=max_len_b,
         max_tokens=max_tokens,
         device=device,
+        amp_dtype=amp_dtype,
         progress=progress,
     )
     for i, text in zip(todo, sp.decode(hyps), strict=True):
@@ -78,6 +84,7 @@ def translate_ids(
     max_len_b: int = 10,
     max_tokens: int = 4000,
     device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     use_cache: bool = True,
 ) -> list[list[int]]:
@@ -109,7 +116,8 @@ def translate_ids(
                 if device.type == "cuda":
                     src = src.pin_memory()
                 src = src.to(device, non_blocking=True)
-                kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache)
+                kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
+                              amp_dtype=amp_dtype)  # fmt: skip
                 for i, hyp in zip(batch, generate(model, src, beam, **kwargs), strict=True):
                     outputs[i] = hyp
                 bar.update(len(batch))
@@ -156,17 +164,16 @@ def translate_file(
     max_tokens: int = 4000,
     checkpoint: str = "best",
     device: str | None = None,
+    precision: Precision = "auto",
 ) -> None:
     """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None)."""
-    from async_nmt.devices import resolve_device
-    from async_nmt.train.checkpoint import load_model
-
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
     if input_path is None:
         lines = decode_lines(sys.stdin.buffer.read(), "stdin")
     else:
         lines = read_lines(input_path)
-    model, sp = load_model(Path(model_path), checkpoint, resolve_device(device))
+    torch_device = resolve_device(device)
+    model, sp = load_model(Path(model_path), checkpoint, torch_device)
     hyps = translate_lines(
         model,
         sp,
@@ -176,6 +183,7 @@ def translate_file(
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         max_tokens=max_tokens,
+        amp_dtype=amp_dtype_for(precision, torch_device),
         progress=True,
     )
     text = "".join(hyp + "\n" for hyp in hyps)

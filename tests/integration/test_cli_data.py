@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import write_synthetic_corpus
+from conftest import toy_translate, write_synthetic_corpus
 
 from async_nmt.cli import main
 
@@ -38,6 +39,27 @@ def test_preprocess_ok(raw: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == "" and "preprocessed src->tgt" in result.stderr
     assert (tmp_path / "bin" / "manifest.json").is_file()
+
+
+def test_preprocess_warns_of_sides_longer_than_the_presets_positions(raw: Path, tmp_path: Path) -> None:
+    result = nmt("preprocess", raw, tmp_path / "plain", "--vocab-size", "100", "--max-len", "1000")
+    assert result.exit_code == 0 and "warning" not in result.stderr
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["train_long_sides"]["pairs"] == 0
+
+    long = " ".join(["ba", "de", "gi"] * 100)  # 300 words: over 255 tokens on both sides
+    with open(raw / "train.src", "a", encoding="utf-8") as fs, open(raw / "train.tgt", "a", encoding="utf-8") as ft:
+        fs.write(long + "\n")
+        ft.write(toy_translate(long) + "\n")
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100", "--max-len", "1000")
+    assert result.exit_code == 0, result.output
+    warning = result.stderr.strip().splitlines()[-1]
+    assert warning.startswith("warning: 1 training pair has a side longer than 255 tokens (up to ")
+    assert warning.endswith("truncate them (--max-len 255 drops them)")
+    manifest = json.loads((tmp_path / "bin" / "manifest.json").read_text())
+    assert manifest["train_long_sides"]["count"] == 2 and manifest["train_long_sides"]["pairs"] == 1
+
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100", "--max-len", "255", "--force")
+    assert result.exit_code == 0 and "warning" not in result.stderr and "tokens, 1 dropped)" in result.stderr
 
 
 def test_missing_raw_dir(tmp_path: Path) -> None:

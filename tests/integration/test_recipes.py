@@ -1,14 +1,20 @@
-"""The recipes: bible-de-en.sh end to end in a tiny configuration, the WMT ones as dry runs (no network)."""
+"""The recipes: bible-de-en.sh and wmt16-en-ro.sh (on a tiny stand-in of its downloads) end to end in a tiny
+configuration, the WMT ones also as dry runs (no network)."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import write_synthetic_corpus
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 BIN = Path(sys.executable).parent  # the environment running the tests, which has `nmt`
@@ -89,3 +95,75 @@ def test_wmt_recipe_uses_downloaded_data(tmp_path: Path) -> None:
     assert "curl" not in result.stdout and "tar " not in result.stdout and "zipfile" not in result.stdout
     assert f"cat {data}/training-parallel-ep-v8/europarl-v8.ro-en.ro {data}/SETIMES.en-ro.ro" in result.stdout
     assert "--devices cuda:0 --" in result.stdout and "--simulate" in result.stdout and "--x predicted" in result.stdout
+
+
+LANGS = (("en", "src"), ("ro", "tgt"))  # the toy pair's sides as the recipe's languages
+# split, sacreBLEU test set, folder in its tarball, file prefix: newsdev2016 (valid) and newstest2016 (test)
+EVAL_SETS = (("valid", "wmt16/dev", "dev", "newsdev2016"), ("test", "wmt16", "test", "newstest2016"))
+
+
+def fake_wmt16_en_ro_download(data: Path, toy: Path) -> dict[str, list[str]]:
+    """Fill DATA as wmt16-en-ro.sh's downloads would, in miniature, from the toy pair in `toy`: Europarl and
+    SETIMES as the archives the recipe unpacks (same names, same paths inside), newsdev2016 and newstest2016 as
+    sacreBLEU's cache under DATA/sacrebleu (its downloaded tarball and what it unpacked). Returns the lines
+    OUT/raw/{train,valid,test}.{en,ro} must hold."""
+    side = {lang: (toy / f"train.{ext}").read_text(encoding="utf-8").splitlines() for lang, ext in LANGS}
+    europarl, setimes = {k: v[:300] for k, v in side.items()}, {k: v[300:] for k, v in side.items()}
+    data.mkdir(parents=True)
+    with tarfile.open(data / "training-parallel-ep-v8.tgz", "w:gz") as tgz:
+        for lang, lines in europarl.items():
+            add_text(tgz, f"training-parallel-ep-v8/europarl-v8.ro-en.{lang}", lines)
+        add_text(tgz, "training-parallel-ep-v8/europarl-v8.bg-en.en", ["another pair, not unpacked"])
+    with zipfile.ZipFile(data / "SETIMES2.en-ro.txt.zip", "w") as zf:
+        for lang, lines in setimes.items():
+            zf.writestr(f"SETIMES.en-ro.{lang}", "".join(line + "\n" for line in lines))
+        zf.writestr("README", "SETIMES2\n")
+    expected = {f"train.{lang}": europarl[lang] + setimes[lang] for lang in ("en", "ro")}
+    for split, name, folder, sgm in EVAL_SETS:
+        raw = data / "sacrebleu" / name / "raw"
+        raw.mkdir(parents=True)
+        with tarfile.open(raw / f"{name.replace('/', '_')}.{folder}.tgz", "w:gz") as tgz:
+            for lang, ext in LANGS:
+                lines = (toy / f"{split}.{ext}").read_text(encoding="utf-8").splitlines()
+                expected[f"{split}.{lang}"] = lines
+                role = "src" if lang == "en" else "ref"
+                doc = [f'<{role}set setid="{sgm}" srclang="any">', '<doc docid="toy" genre="news" origlang="en">']
+                doc += [f'<seg id="{i}">{line}</seg>' for i, line in enumerate(lines, 1)] + ["</doc>", f"</{role}set>"]
+                path = raw / folder / f"{sgm}-enro-{role}.{lang}.sgm"
+                path.parent.mkdir(exist_ok=True)
+                path.write_text("".join(line + "\n" for line in doc), encoding="utf-8")
+                tgz.add(path, arcname=f"{folder}/{path.name}")
+    return expected
+
+
+def add_text(tgz: tarfile.TarFile, name: str, lines: list[str]) -> None:
+    payload = "".join(line + "\n" for line in lines).encode("utf-8")
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tgz.addfile(info, io.BytesIO(payload))
+
+
+@pytest.mark.slow
+def test_wmt_recipe_end_to_end_on_downloaded_data(tmp_path: Path) -> None:
+    toy = write_synthetic_corpus(tmp_path / "toy", n_train=500, n_valid=20, n_test=12)
+    data, out = tmp_path / "data", tmp_path / "out"
+    expected = fake_wmt16_en_ro_download(data, toy)
+    offline = "http://127.0.0.1:9"  # any download (curl, sacreBLEU's urllib) fails at once instead of going out
+    result = run_recipe(
+        "wmt16-en-ro.sh", timeout=120, OUT=out, DATA=data, PRESET="tiny", VOCAB_SIZE=120, LR=7e-4, WARMUP=5,
+        MAX_TOKENS=256, MAX_UPDATES=4, VALID_EVERY=4, VALID_MAX_SENTENCES=10, MODES="async-accum", WORKERS=2,
+        DEVICES="cpu", SIMULATE=1, BEAM=1, NMT=BIN / "nmt", PYTHON=sys.executable, OMP_NUM_THREADS=1,
+        http_proxy=offline, https_proxy=offline, HTTP_PROXY=offline, HTTPS_PROXY=offline, no_proxy="", NO_PROXY="",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, lines in expected.items():  # Europarl then SETIMES, each side in its place; dev and test sets
+        assert (out / "raw" / name).read_text(encoding="utf-8").splitlines() == lines, name
+    assert len(expected["train.en"]) == 500 and len(expected["valid.ro"]) == 20 and len(expected["test.en"]) == 12
+    assert not (data / "training-parallel-ep-v8" / "europarl-v8.bg-en.en").exists()  # only the pair's files unpacked
+    for mode in ("async-accum",):  # the bible recipe's test runs every mode
+        events = [json.loads(line) for line in (out / "runs" / mode / "events.jsonl").read_text().splitlines()]
+        assert events[-1]["kind"] == "end" and events[-1]["updates"] == 4, events[-1]
+        hyps = (out / "test" / f"{mode}.ro").read_text(encoding="utf-8").splitlines()
+        assert len(hyps) == len(expected["test.en"])  # one translation per test source line
+    assert result.stdout.count("BLEU =") == 1  # the test set scored with the run
+    assert "async-accum" in (out / "report" / "report.md").read_text(encoding="utf-8")

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from async_nmt.cli import main
-from async_nmt.config import TrainConfig
+from async_nmt.config import RunConfig, TrainConfig, load_json, model_config
 from async_nmt.train.events import read_events
-from async_nmt.train.trainer import train
+from async_nmt.train.launch import train
 
 NMT_TRAIN = Path(sys.executable).with_name("nmt-train")
 
@@ -55,6 +55,60 @@ def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
             assert {"loss", "lr", "tok_per_s", "staleness_mean", "staleness_max"} <= event.keys()
     train_s = [e["train_s"] for e in read_events(learned_run / "events.jsonl")]
     assert train_s == sorted(train_s)
+
+
+def test_config_json_reads_back_as_the_run_config(synthetic_bin: Path, learned_run: Path):
+    saved = load_json(RunConfig, learned_run / "config.json")
+    assert saved.train == tiny_config(synthetic_bin, max_updates=300, valid_every=150)
+    assert saved.model == model_config("tiny", saved.corpus.vocab_size, dropout=0.0)
+    assert saved.corpus.src == "src" and saved.corpus.tgt == "tgt"
+
+
+@pytest.mark.parametrize(
+    "extra, option",
+    [(["--max-tokens", "512"], "--max-tokens"), (["--seed", "8"], "--seed"), (["--mode", "async"], "--mode"),
+     (["--workers", "2", "--simulate"], "--workers"), (["--simulate"], "--simulate")],
+)  # fmt: skip
+def test_resume_with_options_that_move_the_data_positions_is_refused(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path, extra, option
+):
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    before = {p: p.read_bytes() for p in (run / "events.jsonl", run / "checkpoints" / "last.pt")}
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-tokens", "1024",
+                           "--lr", "2e-3", "--warmup", "50", "--dropout", "0", "--seed", "7", "--devices", "cpu",
+                           *extra)  # fmt: skip
+    assert code == 2, output
+    assert len(output.strip().splitlines()) == 1 and option in output and "Traceback" not in output, output
+    assert all(p.read_bytes() == content for p, content in before.items())  # nothing changed
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_validation_searches_at_the_training_precision(synthetic_bin: Path, tmp_path: Path, monkeypatch, precision,
+                                                       dtype):  # fmt: skip
+    from async_nmt.train import validate
+
+    seen = []
+    search = validate.translate_lines
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["amp_dtype"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "translate_lines", spy)
+    train(tiny_config(synthetic_bin, precision=precision, max_updates=1, valid_every=1, valid_max_sentences=5,
+                      max_tokens=256), tmp_path / "run", progress=False)  # fmt: skip
+    assert seen == [dtype]
+
+
+def test_compile_is_applied_where_the_gradients_are_computed():
+    from async_nmt.train.step import build_model
+
+    model_cfg = model_config("tiny", 64, d_model=32, ff_dim=64, heads=2, enc_layers=1, dec_layers=1)
+    compiled, _ = build_model(model_cfg, torch.device("cpu"), compiled=True)  # what an async worker process builds
+    plain, _ = build_model(model_cfg, torch.device("cpu"))
+    assert hasattr(compiled.hidden, "_torchdynamo_orig_callable")  # torch.compile's wrapper
+    assert not hasattr(plain.hidden, "_torchdynamo_orig_callable")
 
 
 def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Path):

@@ -140,7 +140,7 @@ def test_batched_translation_equals_one_line_at_a_time(sp):
 
 
 def test_translate_cli_stdin_to_stdout(run_dir: Path, sp):
-    from async_nmt.train.checkpoint import load_model
+    from async_nmt.model.checkpoint import load_model
 
     text = "".join(line + "\n" for line in LINES)
     result = runner().invoke(main, ["translate", str(run_dir), "--beam", "2", "--device", "cpu"], input=text)
@@ -204,3 +204,19 @@ def test_nmt_translate_in_a_real_process(run_dir: Path):
     assert proc.returncode == 0, proc.stderr.decode()
     lines = proc.stdout.decode("utf-8").split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_translate_honours_precision(run_dir: Path, monkeypatch, precision, dtype):
+    seen = []
+    search = translate.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["amp_dtype"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(translate, "generate", spy)
+    text = "".join(line + "\n" for line in LINES)
+    result = runner().invoke(main, ["translate", str(run_dir), "--device", "cpu", "--precision", precision], input=text)
+    assert result.exit_code == 0, result.stderr
+    assert seen and set(seen) == {dtype}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_synthetic_corpus
+from conftest import SRC_WORDS, toy_translate, write_synthetic_corpus
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from async_nmt.data.binarize import (
     TokenArray,
     _languages,
+    length_warning,
     load_manifest,
     load_split,
     preprocess,
@@ -141,6 +143,67 @@ def test_filtering_train_only(tmp_path: Path) -> None:
     assert len(valid) == 23 and manifest["splits"]["valid"]["dropped"] == 0
     assert len(valid.src[20]) == 0 and valid.tgt.lengths[21] == 40 and valid.src.lengths.max() <= 40
     assert len(read_lines(tmp_path / "bin", "valid", "src")) == 23
+
+
+def test_long_training_sides_are_counted_in_the_manifest(tmp_path: Path) -> None:
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=300, n_valid=20, n_test=0)
+    for f in raw.glob("test.*"):
+        f.unlink()
+    rng = random.Random(1)
+    # 300 words are over 255 tokens whatever the vocabulary (every word starts a piece of its own)
+    long = [" ".join(rng.choice(SRC_WORDS) for _ in range(n)) for n in (300, 400, 300, 150)]
+    with open(raw / "train.src", "a", encoding="utf-8") as fs, open(raw / "train.tgt", "a", encoding="utf-8") as ft:
+        fs.writelines(s + "\n" for s in long)
+        ft.writelines(toy_translate(s) + "\n" for s in long)
+    manifest = preprocess(raw, tmp_path / "bin", vocab_size=100, max_len=1000)
+
+    sp = load_vocab(tmp_path / "bin" / "spm.model")
+    s_len, t_len = (list(map(len, sp.encode(raw_lines(raw / f"train.{x}")))) for x in ("src", "tgt"))
+    kept = [(a, b) for a, b in zip(s_len, t_len, strict=True) if max(a, b) <= 3.0 * min(a, b)]
+    assert len(kept) == 304 and min(s_len[300:303] + t_len[300:303]) > 255  # nothing dropped
+    expected = {
+        "limit": 255,
+        "count": sum((a > 255) + (b > 255) for a, b in kept),
+        "pairs": sum(max(a, b) > 255 for a, b in kept),
+        "longest": max(max(a, b) for a, b in kept),
+    }
+    assert manifest["train_long_sides"] == expected and expected["count"] >= 6
+    assert load_manifest(tmp_path / "bin")["train_long_sides"] == expected
+    train = load_split(tmp_path / "bin", "train")
+    assert max(train.src.lengths.max(), train.tgt.lengths.max()) == expected["longest"]
+
+    pairs = expected["pairs"]
+    assert length_warning(manifest, 256) == (
+        f"warning: {pairs} training pairs have a side longer than the model's 255 tokens (up to "
+        f"{expected['longest']}); such sides are truncated (preprocess with --max-len 255 to drop them)"
+    )
+    assert length_warning(manifest, expected["longest"] + 1) is None  # a model with positions enough
+    assert f"sides up to {expected['longest']} tokens, longer than the model's 127 tokens;" in length_warning(
+        manifest, 128
+    )
+
+
+def test_length_warning_only_when_a_side_is_longer_than_the_model(synthetic_bin: Path) -> None:
+    manifest = load_manifest(synthetic_bin)  # --max-len 250: every side fits 256 positions
+    assert manifest["train_long_sides"]["count"] == 0 and manifest["train_long_sides"]["pairs"] == 0
+    assert length_warning(manifest, 256) is None
+    longest = manifest["train_long_sides"]["longest"]
+    assert 3 < longest < 250
+    assert f"sides up to {longest} tokens, longer than the model's 3 tokens;" in length_warning(manifest, 4)
+
+    # --max-len above the model's positions, but no side is actually longer: no warning
+    high = {**manifest, "options": {**manifest["options"], "max_len": 1000}}
+    assert length_warning(high, 256) is None
+    one = {**high, "train_long_sides": {"limit": 255, "count": 2, "pairs": 1, "longest": 300}}
+    assert length_warning(one, 256).startswith("warning: 1 training pair has a side longer than the model's 255")
+
+    # a manifest from before train_long_sides: only its --max-len tells
+    old = {k: v for k, v in manifest.items() if k != "train_long_sides"}
+    assert length_warning(old, 256) is None
+    old_high = {**old, "options": {**old["options"], "max_len": 1000}}
+    warning = length_warning(old_high, 256)
+    assert warning.startswith("warning: the corpus was preprocessed with --max-len 1000") and "\n" not in warning
+    assert "--max-len 255 to drop them" in warning
 
 
 def test_crlf_and_no_final_newline(tmp_path: Path) -> None:

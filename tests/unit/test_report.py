@@ -126,3 +126,19 @@ def test_cli_json_table_and_errors(tmp_path: Path, runs: list[Path]) -> None:
     result = cli.invoke(main, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "missing: not a run folder" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_corrupt_event_log_is_a_one_line_error(tmp_path: Path, runs: list[Path]) -> None:
+    log = runs[0] / "events.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    log.write_text("".join(lines[:2]) + '{"kind": "valid", "bleu": 1\n' + "".join(lines[2:]), encoding="utf-8")
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {log}:3: not a JSON event (Expecting ',' delimiter at column 28)"
+
+    # a torn last line (a run killed mid-write) is no error: the report reads the complete events
+    with open(runs[1] / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"kind": "valid", "bl')
+    result = CliRunner().invoke(main, ["report", str(runs[1]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["runs"][0]["best_bleu"] == 4.0

@@ -122,3 +122,16 @@ def test_finished_sentences_leave_the_batch(monkeypatch):
     sizes.clear()
     greedy_search(MODEL, SRC)
     assert sizes[0] == len(SRC) and sizes[-1] < sizes[0]
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_search_runs_at_the_precision_asked(amp_dtype):
+    seen = []
+    layer = next(m for m in MODEL.modules() if isinstance(m, torch.nn.Linear))
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        for beam in (1, 3):
+            generate(MODEL, SRC, beam, amp_dtype=amp_dtype)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {amp_dtype or torch.float32}

@@ -2,35 +2,57 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from async_nmt.config import model_config
+from async_nmt.config import TrainConfig, model_config
 from async_nmt.data.batches import BatchStream
 from async_nmt.model.transformer import Transformer
-from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.simulated import SimulatedWorkers
-from async_nmt.train.optim import inverse_sqrt_lr, norm_and_scale
+from async_nmt.train.modes.paramserver import PENDING_PUSHES, PENDING_TOKENS, ParamServer
+from async_nmt.train.modes.simulated import LINK_GB_PER_S, SimulatedWorkers
+from async_nmt.train.modes.workers import ModeContext
 from async_nmt.train.step import flatten_parameters
+
+
+def adam(p0: torch.Tensor, grads: list[torch.Tensor], lrs: list[float], betas=(0.9, 0.98), eps=1e-9) -> torch.Tensor:
+    """Adam written out (float64), the reference for the server's updates: one step per gradient."""
+    b1, b2 = betas
+    p, m, v = p0.double(), torch.zeros_like(p0, dtype=torch.float64), torch.zeros_like(p0, dtype=torch.float64)
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+        m = b1 * m + (1 - b1) * g.double()
+        v = b2 * v + (1 - b2) * g.double() ** 2
+        p = p - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+    return p.float()
 
 
 def test_async_accum_takes_one_adam_update_per_n_pushes_on_the_token_normalized_sum():
     torch.manual_seed(0)
     p0 = torch.randn(30)
     server = ParamServer(p0.clone(), accum=3, peak_lr=1e-2, warmup=4, betas=(0.9, 0.98), eps=1e-9)
-    grads, tokens = [torch.randn(30) for _ in range(3)], [7, 11, 5]
-    for i in range(2):
-        assert server.push(grads[i], tokens[i], pulled_updates=0) == 0
-        assert server.updates == 0 and torch.equal(server.params, p0)
-    server.push(grads[2], tokens[2], pulled_updates=0)
-    assert server.updates == 1 and server.pushes == 3
+    # 3 updates of 3 pushes; the updates cover different token totals (23, 9, 63) and gradient sizes, so a
+    # wrong divisor changes the gradients' relative sizes, which Adam (unlike its first step alone) shows
+    tokens = [[7, 11, 5], [2, 3, 4], [20, 30, 13]]
+    grads = [[torch.randn(30) * scale for _ in range(3)] for scale in (1.0, 10.0, 0.1)]
+    params = p0.clone()
+    for u in range(3):
+        for k in range(3):
+            assert server.push(grads[u][k].clone(), tokens[u][k], pulled_updates=u) == 0
+            if k < 2:  # the pushes so far are summed, with their tokens, and nothing is stepped yet
+                state = server.state_dict()
+                torch.testing.assert_close(state["grad_sum"], sum(grads[u][: k + 1]), rtol=0, atol=1e-6)
+                assert state["counters"][0, PENDING_PUSHES] == k + 1
+                assert state["counters"][0, PENDING_TOKENS] == sum(tokens[u][: k + 1])
+                assert server.updates == u and torch.equal(server.params, params)
+        assert server.updates == u + 1 and server.pushes == 3 * (u + 1) and server.pending_pushes == 0
+        params = server.params.clone()
 
-    g = sum(grads) / sum(tokens)
-    m, v = 0.1 * g, 0.02 * g * g
-    lr = inverse_sqrt_lr(1, 1e-2, 4)
-    expected = p0 - lr / 0.1 * m / ((v / 0.02).sqrt() + 1e-9)
-    assert torch.allclose(server.params, expected, atol=1e-6)
+    normalized = [sum(g) / sum(n) for g, n in zip(grads, tokens, strict=True)]
+    lrs = [1e-2 * u / 4 for u in (1, 2, 3)]  # linear warmup over 4 updates
+    torch.testing.assert_close(server.params, adam(p0, normalized, lrs), rtol=0, atol=1e-6)
 
 
 class EqualSplit:
@@ -53,14 +75,19 @@ class EqualSplit:
 
 
 def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0):
+    """Build a simulator of `workers` on a tiny model and run `pushes`; returns it, every push's statistics
+    and every push's staleness."""
     torch.manual_seed(seed)
     model = Transformer(model_config("tiny", 40, d_model=32, ff_dim=64, heads=2, enc_layers=1, dec_layers=1))
     flat = flatten_parameters(model)
     server = ParamServer(flat.data.clone(), accum=accum, peak_lr=1e-3, warmup=10)
     streams = [BatchStream(EqualSplit(), 64, 64, seed=seed, worker=w, workers=workers) for w in range(workers)]
-    sim = SimulatedWorkers(model, flat, server, streams, speeds or [1.0] * workers, sync, 1, 0.1, None)
+    cfg = TrainConfig(mode="sync" if sync else "async-accum", workers=workers, accum=accum,
+                      worker_speeds=speeds or [], label_smoothing=0.1)  # fmt: skip
+    ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
+    sim = SimulatedWorkers(ctx, server)
     results = [sim.push() for _ in range(pushes)]
-    return sim, [r[0].loss for r in results], [r[1] for r in results]
+    return sim, [r[0] for r in results], [r[1] for r in results]
 
 
 def test_round_robin_workers_with_n_1_have_staleness_w_minus_1_after_the_first_round():
@@ -86,14 +113,67 @@ def test_a_slow_worker_pushes_less_and_nobody_waits_for_it():
 def test_sync_simulation_has_no_staleness_and_one_update_per_w_pushes():
     sim, _, staleness = simulate(workers=3, accum=3, pushes=9, sync=True, speeds=[1.0, 1.0, 0.5])
     assert staleness == [0] * 9 and sim.server.updates == 3 and sim.worker_pushes == [3, 3, 3]
-    assert sim.predicted_s > 0
+
+
+class FakeClock:
+    """Stands in for `time.perf_counter` in the simulator: the n-th push (two readings, before and after
+    its compute) measures `durations[n]` seconds."""
+
+    def __init__(self, durations: list[float]):
+        self.durations, self.readings, self.now = list(durations), 0, 0.0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        if self.readings % 2 == 0:  # the reading after a push's compute
+            assert self.durations, "more pushes than durations"
+            self.now += self.durations.pop(0)
+        return self.now
+
+
+# the durations are in microseconds (`US`), the scale of the link's cost for the tiny model: both show
+US = 1e-6
+
+
+def run_with_clock(monkeypatch, durations: list[float], **kwargs):
+    clock = FakeClock([d * US for d in durations])
+    monkeypatch.setattr("async_nmt.train.modes.simulated.time", SimpleNamespace(perf_counter=clock))
+    sim, stats, _ = simulate(workers=2, pushes=len(durations), **kwargs)
+    assert not clock.durations and clock.readings == 2 * len(durations)
+    assert len({s.tokens for s in stats}) == 1  # every push has the same tokens T (EqualSplit)
+    # the parameters (fp32) go over the link once per transfer
+    return sim, sim.server.numel * 4 / (LINK_GB_PER_S * 1e9)
+
+
+def test_async_predicted_clock_prices_tokens_at_the_compute_time_so_far_plus_a_push_and_a_pull(monkeypatch):
+    sim, link = run_with_clock(monkeypatch, [3, 1, 2, 6, 2, 4], accum=1, speeds=[1.0, 0.5])
+    # Push order by simulated finish time (T per batch, /speed), ties to the lower worker: w0 at T, w0 at 2T
+    # (before w1 at 2T), w1 at 2T, w0 at 3T, w0 at 4T, w1 at 4T.
+    # The price of a token after push k is (d_1 + ... + d_k) / (k T), so a batch of T tokens costs the mean
+    # of the durations so far: 3, 2, 2, 3, 2.8, 3 us; on w1 (speed 0.5) twice that. Each push adds 2 links.
+    assert sim.worker_pushes == [4, 2]
+    w0 = (3 + 2 + 3 + 2.8) * US + 4 * 2 * link
+    w1 = (2 + 3) / 0.5 * US + 2 * 2 * link
+    assert sim.seconds == pytest.approx([w0, w1], rel=1e-9, abs=0)
+    assert sim.predicted_s == pytest.approx(max(w0, w1), rel=1e-9, abs=0)
+
+
+def test_sync_predicted_clock_waits_for_the_slowest_worker_then_a_ring_all_reduce(monkeypatch):
+    sim, link = run_with_clock(monkeypatch, [1, 9, 2, 4, 3, 5], accum=2, speeds=[0.5, 1.0], sync=True)
+    # Pushes alternate w0, w1; a batch costs the mean of the durations so far: 1, 5, 4, 4, 3.8, 4 us, twice
+    # that on w0 (speed 0.5). Every step ends at its slowest worker plus a ring all-reduce of 2 (W-1)/W = 1 link.
+    step1 = max(2 * 1, 5) * US + link  # w1 is the slower
+    step2 = step1 + max(2 * 4, 4) * US + link  # w0 is the slower
+    step3 = step2 + max(2 * 3.8, 4) * US + link
+    assert sim.server.updates == 3 and sim.worker_pushes == [3, 3]
+    assert sim.seconds == pytest.approx([step3, step3], rel=1e-9, abs=0)
+    assert sim.predicted_s == pytest.approx(step3, rel=1e-9, abs=0)
 
 
 def test_the_same_seed_gives_the_same_run():
-    _, losses_a, stale_a = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
-    _, losses_b, stale_b = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
+    _, stats_a, stale_a = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
+    _, stats_b, stale_b = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
     assert stale_a == stale_b
-    assert losses_a == pytest.approx(losses_b, rel=1e-6)
+    assert [s.loss for s in stats_a] == pytest.approx([s.loss for s in stats_b], rel=1e-6)
 
 
 @pytest.mark.parametrize("accum", [1, 3])
@@ -113,22 +193,85 @@ def test_a_sharded_shared_server_takes_the_same_updates_as_one_shard(accum):
 
 
 def test_sharded_clipping_keeps_the_whole_update_within_the_norm():
-    grad = torch.full((100,), 3.0)  # norm 30 after dividing by 1 token
+    # 4 shards of 25 with clip_norm 1: each shard clips its token-normalized slice to 1 / sqrt(4) = 0.5.
+    # Per update and shard, the slice's norm after dividing by the tokens is set: some above 0.5, some
+    # between 0.5 and 1 (clipped only by the per-shard norm), some below; it varies between the updates
+    # so that Adam's steps depend on the clipped sizes, not only on their signs.
+    torch.manual_seed(2)
+    tokens = [2, 5, 1]
+    norms = [[3.0, 0.2, 0.8, 0.45], [0.1, 2.0, 0.3, 0.7], [0.6, 0.05, 4.0, 0.49]]
     server = ParamServer(torch.zeros(100), accum=1, peak_lr=1e-2, warmup=0, clip_norm=1.0, shards=4)
-    server.push(grad, 1, pulled_updates=0)
-    assert server.grad_norm == pytest.approx(30.0, rel=1e-5)  # reported before clipping
-    assert server.clip_norm == pytest.approx(0.5)  # each of 4 shards to 1/sqrt(4): the whole stays within 1
-    piece = torch.full((25,), 3.0)  # one shard's slice
-    norm, scale = norm_and_scale(piece, 1, server.clip_norm)
-    assert norm == pytest.approx(15.0) and (piece / scale).norm().item() == pytest.approx(0.5, rel=1e-4)
+    clipped = []
+    for n, shard_norms in zip(tokens, norms, strict=True):
+        units = [d / d.norm() for d in torch.randn(4, 25)]
+        server.push(torch.cat([u * s * n for u, s in zip(units, shard_norms, strict=True)]), n, pulled_updates=0)
+        clipped.append(torch.cat([u * min(s, 0.5) for u, s in zip(units, shard_norms, strict=True)]))
+        # the norm is reported before clipping, of the whole token-normalized gradient
+        assert server.grad_norm == pytest.approx(sum(s * s for s in shard_norms) ** 0.5, rel=1e-5)
+        assert clipped[-1].norm() <= 1.0
+    assert server.updates == 3
+    torch.testing.assert_close(server.gather(), adam(torch.zeros(100), clipped, [1e-2] * 3), rtol=0, atol=1e-6)
+
+    # a gradient of equal slices: clipping each of 4 shards to 0.5 is clipping the whole to 1 (one shard)
+    one = ParamServer(torch.zeros(100), accum=1, peak_lr=1e-2, warmup=0, clip_norm=1.0)
+    four = ParamServer(torch.zeros(100), accum=1, peak_lr=1e-2, warmup=0, clip_norm=1.0, shards=4)
+    for value in (3.0, 0.01, 0.5):  # whole norms 30 (clipped), 0.1, 5 (clipped)
+        for server in (one, four):
+            server.push(torch.full((100,), value), 1, pulled_updates=0)
+    clipped = [torch.full((100,), value) for value in (0.1, 0.01, 0.1)]  # norms 1, 0.1, 1
+    torch.testing.assert_close(one.params, adam(torch.zeros(100), clipped, [1e-2] * 3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(four.gather(), one.params, rtol=0, atol=1e-7)
 
 
 def test_checkpoint_state_keeps_a_partial_sum():
+    torch.manual_seed(3)
+    # gradients of different sizes and token counts: a lost or wrong token count changes the gradients'
+    # relative sizes, which the second update shows
+    grads, tokens = [torch.randn(10) * scale for scale in (1.0, 5.0, 0.3, 2.0)], [4, 6, 3, 9]
     server = ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0)
-    server.push(torch.ones(10), 4, pulled_updates=0)
+    server.push(grads[0].clone(), tokens[0], pulled_updates=0)
     state = server.state_dict()
+    assert state["updates"] == 0 and torch.equal(state["grad_sum"], grads[0])
+    assert state["counters"][0, PENDING_PUSHES] == 1 and state["counters"][0, PENDING_TOKENS] == tokens[0]
+
     fresh = ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0)
     fresh.load_state_dict(state)
     for s in (server, fresh):
-        s.push(torch.ones(10), 4, pulled_updates=0)
-    assert fresh.updates == server.updates == 1 and torch.equal(fresh.params, server.params)
+        for grad, n in zip(grads[1:], tokens[1:], strict=True):
+            s.push(grad.clone(), n, pulled_updates=0)
+    assert fresh.updates == server.updates == 2 and fresh.pending_pushes == 0
+    expected = adam(torch.zeros(10), [(grads[0] + grads[1]) / 10, (grads[2] + grads[3]) / 12], [1e-2] * 2)
+    torch.testing.assert_close(fresh.params, expected, rtol=0, atol=1e-6)
+    assert torch.equal(fresh.params, server.params)
+
+
+def test_a_partial_sum_resumes_on_another_shard_count_with_its_tokens():
+    torch.manual_seed(3)
+    p0 = torch.randn(50)
+    grads, tokens = [torch.randn(50) * scale for scale in (1.0, 7.0, 0.2, 3.0, 0.5)], [3, 11, 6, 2, 9]
+    whole = ParamServer(p0.clone(), accum=2, peak_lr=1e-2, warmup=2)
+    for grad, n in zip(grads, tokens, strict=True):
+        whole.push(grad.clone(), n, pulled_updates=0)
+    two = ParamServer(p0.clone(), accum=2, peak_lr=1e-2, warmup=2, shards=2)
+    for grad, n in zip(grads[:3], tokens[:3], strict=True):  # one update and one pending push
+        two.push(grad.clone(), n, pulled_updates=0)
+    three = ParamServer(p0.clone(), accum=2, peak_lr=1e-2, warmup=2, shards=3)
+    three.load_params(two.gather())
+    three.load_state_dict(two.state_dict())
+    assert three.counters[:, PENDING_PUSHES].tolist() == [1, 1, 1]
+    assert three.counters[:, PENDING_TOKENS].tolist() == [6, 6, 6]
+    for grad, n in zip(grads[3:], tokens[3:], strict=True):
+        three.push(grad.clone(), n, pulled_updates=0)
+    assert three.updates == whole.updates == 2 and three.pushes == 5
+    torch.testing.assert_close(three.gather(), whole.params, rtol=0, atol=1e-6)
+
+
+def test_a_server_caught_between_shards_refuses_another_shard_count():
+    from async_nmt.errors import UserError
+
+    two = ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0, shards=2)
+    two.push(torch.ones(10), 4, pulled_updates=0)
+    state = two.state_dict()
+    state["counters"][1, PENDING_PUSHES] = 0  # shard 1 had not got the push yet
+    with pytest.raises(UserError, match="resume with --shards 2"):
+        ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0, shards=3).load_state_dict(state)

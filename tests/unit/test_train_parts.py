@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,9 +11,10 @@ import torch
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
 from async_nmt.data.batches import BatchStream, collate, make_batches
+from async_nmt.errors import UserError
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.events import EventLog, read_events, truncate_events
-from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, normalize_and_clip
+from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, train_step
 
 
@@ -107,11 +109,12 @@ def test_inverse_sqrt_schedule():
     assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
 
 
-def test_normalize_and_clip():
-    g = torch.full((4,), 10.0)
-    norm = normalize_and_clip(g, tokens=10, clip_norm=1.0)
+def test_norm_and_scale_normalizes_by_tokens_and_clips():
+    g = torch.full((4,), 10.0)  # norm 20 summed over 10 tokens: 2 per token
+    norm, scale = norm_and_scale(g, tokens=10, clip_norm=1.0)
     assert norm == pytest.approx(2.0)
-    assert g.norm().item() == pytest.approx(1.0, rel=1e-4)
+    assert (g / scale).norm().item() == pytest.approx(1.0, rel=1e-4)
+    assert norm_and_scale(g, tokens=10, clip_norm=0.0) == pytest.approx((2.0, 10.0))  # off: divide by tokens only
 
 
 def test_event_log_truncates_to_a_checkpoint(tmp_path):
@@ -126,6 +129,29 @@ def test_event_log_truncates_to_a_checkpoint(tmp_path):
     truncate_events(path, 3)
     assert [e["updates"] for e in read_events(path)] == [0, 1, 2]
     assert EventLog(path).lines == 3
+
+
+def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_path):
+    path = tmp_path / "events.jsonl"
+    good = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(3)]
+    path.write_text("".join(good) + '{"kind": "tra', encoding="utf-8")  # torn last line: skipped
+    assert [e["updates"] for e in read_events(path)] == [0, 1, 2]
+    path.write_text("".join(good) + '{"kind": "train"}', encoding="utf-8")  # no newline but whole: kept
+    assert len(read_events(path)) == 4
+
+    corrupt = {
+        "middle": good[0] + "garbage\n" + good[1],
+        "complete last": "".join(good) + '{"kind": "tra\n',
+        "not an object": good[0] + "[1, 2]\n" + good[1],
+        "not UTF-8": good[0] + '{"kind": "\udcff"}\n' + good[1],
+        "blank": good[0] + "\n" + good[1],
+    }
+    for case, text in corrupt.items():
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        line = 4 if case == "complete last" else 2
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:{line}: not a JSON event \(.+\)$") as err:
+            read_events(path)
+        assert "\n" not in str(err.value), case
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1000])

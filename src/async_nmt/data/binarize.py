@@ -3,6 +3,14 @@
 A preprocessed corpus folder (BIN) holds, for each split and language, `{split}.{lang}.ids.npy` and
 `{split}.{lang}.offsets.npy`; the joint sentencepiece model `spm.model`; the raw text of valid and test
 (`{split}.{lang}`, BLEU references and translation inputs); and `manifest.json`.
+
+`manifest.json` holds the languages (`src`, `tgt`), `vocab_size` and `vocab_hash`, per-split counts
+(`splits`), the preprocess `options`, `raw_dir`, and `train_long_sides`: {"limit": LONG_SIDE (255),
+"count": training sides (source and target counted apart) longer than `limit` tokens, "pairs": training
+pairs with such a side, "longest": the longest training side in tokens}. A model with P positions fits
+P - 1 tokens and eos, so the presets' 256 positions truncate exactly the sides that `count` counts;
+`longest` tells any other P whether it truncates anything (see `length_warning`). Manifests written
+before this field existed have no `train_long_sides`; they still load.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from async_nmt.errors import UserError
 SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST = "manifest.json"
+LONG_SIDE = 255  # tokens: the longest side that fits the presets' 256 positions with its eos
 SPM_PREFIX = "spm"
 
 
@@ -50,8 +59,10 @@ def preprocess(
 
     Training pairs with an empty side, a side longer than `max_len` tokens, or a length ratio above
     `max_ratio` are dropped; valid and test keep every line (so references stay aligned), their ids cut to
-    `max_len`. Everything is written into a temporary folder beside BIN that replaces BIN only at the end.
-    Returns the manifest.
+    `max_len`. Training sides longer than LONG_SIDE tokens (possible with --max-len above 255) are kept but
+    counted in the manifest's `train_long_sides` (see the module docstring), and a warning says so.
+    Everything is written into a temporary folder beside BIN that replaces BIN only at the end. Returns the
+    manifest.
     """
     raw_dir, bin_dir = Path(raw_dir), Path(bin_dir)
     if not raw_dir.is_dir():
@@ -97,6 +108,7 @@ def preprocess(
                 "max_ratio": max_ratio,
             },
             "raw_dir": str(raw_dir.resolve()),
+            "train_long_sides": _long_sides(tmp, src, tgt),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, bin_dir)
@@ -109,7 +121,60 @@ def preprocess(
         for s, v in stats.items()
     )
     click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
+    long = manifest["train_long_sides"]
+    if long["pairs"]:
+        have = "training pair has" if long["pairs"] == 1 else "training pairs have"
+        click.echo(
+            f"warning: {long['pairs']} {have} a side longer than {LONG_SIDE} tokens (up to "
+            f"{long['longest']}); models with {LONG_SIDE + 1} positions (every preset) truncate them "
+            f"(--max-len {LONG_SIDE} drops them)",
+            err=True,
+        )
     return manifest
+
+
+def _long_sides(out: Path, src: str, tgt: str) -> dict[str, int]:
+    """The manifest's `train_long_sides`, from the training token arrays written into `out`."""
+    src_len, tgt_len = (np.diff(np.load(out / f"train.{lang}.offsets.npy")) for lang in (src, tgt))
+    src_long, tgt_long = src_len > LONG_SIDE, tgt_len > LONG_SIDE
+    return {
+        "limit": LONG_SIDE,
+        "count": int(src_long.sum() + tgt_long.sum()),
+        "pairs": int((src_long | tgt_long).sum()),
+        "longest": int(max(src_len.max(initial=0), tgt_len.max(initial=0))),
+    }
+
+
+def length_warning(manifest: dict[str, Any], max_positions: int) -> str | None:
+    """A one-line warning when the model (with `max_positions` positions) truncates training sides, else None.
+
+    A side fits in `max_positions - 1` tokens plus eos; longer ones are cut (`collate`). No warning when the
+    manifest's --max-len fits (preprocess dropped every longer pair) or its longest training side fits. The
+    number of pairs is exact for the presets' 256 positions (the manifest counts sides over LONG_SIDE); for
+    other models the warning names the longest side instead. A manifest older than `train_long_sides` only
+    has its --max-len to go by.
+    """
+    fits = max_positions - 1
+    max_len = manifest.get("options", {}).get("max_len")
+    if max_len is not None and max_len <= fits:
+        return None
+    advice = f"such sides are truncated (preprocess with --max-len {fits} to drop them)"
+    long = manifest.get("train_long_sides")
+    if long is None:
+        if max_len is None:
+            return None
+        return (
+            f"warning: the corpus was preprocessed with --max-len {max_len}, so training pairs may have a side "
+            f"longer than the model's {fits} tokens; {advice}"
+        )
+    if long["longest"] <= fits:
+        return None
+    longest = long["longest"]
+    if long["limit"] == fits:
+        pairs = long["pairs"]
+        have = "training pair has" if pairs == 1 else "training pairs have"
+        return f"warning: {pairs} {have} a side longer than the model's {fits} tokens (up to {longest}); {advice}"
+    return f"warning: training pairs have sides up to {longest} tokens, longer than the model's {fits} tokens; {advice}"
 
 
 def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, str]:

@@ -24,11 +24,12 @@ def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: in
     return [max(0, min(int(max_len_a * n + max_len_b), cfg.max_positions - 1)) for n in src_lens]
 
 
-def _inference(src: Tensor) -> contextlib.ExitStack:
+def _inference(src: Tensor, amp_dtype: torch.dtype | None) -> contextlib.ExitStack:
+    """No autograd, and autocast to `amp_dtype` (None: fp32)."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
-    if src.device.type == "cuda":
-        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+    if amp_dtype is not None:
+        stack.enter_context(torch.autocast(src.device.type, dtype=amp_dtype))
     return stack
 
 
@@ -54,13 +55,18 @@ def _next_log_probs(model: Transformer, tokens: Tensor, enc, cache: dict | None,
 
 
 def greedy_search(
-    model: Transformer, src: Tensor, max_len_a: float = 1.2, max_len_b: int = 10, use_cache: bool = True
+    model: Transformer,
+    src: Tensor,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    use_cache: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
     """The most probable next token at each step, for each sentence of `src` [B, S]."""
     cfg = model.cfg
     if src.size(0) == 0:
         return []
-    with _inference(src):
+    with _inference(src, amp_dtype):
         limits = max_lengths(model, src, max_len_a, max_len_b)
         enc = model.encode(src)
         cache = model.new_cache() if use_cache else None
@@ -99,6 +105,7 @@ def beam_search(
     max_len_a: float = 1.2,
     max_len_b: int = 10,
     use_cache: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
     """Beam search, fairseq-style: of the 2*beam best candidates of a sentence, eos candidates among the
     first `beam` become finished hypotheses (scored log-prob / length**lenpen, eos counted), and the first
@@ -110,7 +117,7 @@ def beam_search(
     if src.size(0) == 0:
         return []
     device = src.device
-    with _inference(src):
+    with _inference(src, amp_dtype):
         B = src.size(0)
         limits = max_lengths(model, src, max_len_a, max_len_b)
         expand = torch.arange(B, device=device).repeat_interleave(K)
@@ -172,7 +179,8 @@ def beam_search(
 
 
 def generate(model: Transformer, src: Tensor, beam: int, **kwargs) -> list[list[int]]:
-    """Beam search, or greedy search when `beam` is 1. `lenpen` is ignored by greedy search."""
+    """Beam search, or greedy search when `beam` is 1. `lenpen` is ignored by greedy search. `amp_dtype`
+    autocasts the search (None: fp32)."""
     if beam == 1:
         kwargs.pop("lenpen", None)
         return greedy_search(model, src, **kwargs)

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from async_nmt.errors import UserError
+
 EVENT_KINDS = ("start", "train", "valid", "checkpoint", "end")
 
 
@@ -73,13 +75,28 @@ def truncate_events(path: Path, keep_lines: int) -> None:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Every complete event of a log (a torn last line, from a crash mid-write, is skipped)."""
+    """Every event of a log, in order; UserError naming the file and line for a corrupt line.
+
+    Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
+    does not parse is skipped silently. Any other line that is not a JSON object, a complete last line
+    included, is an error "PATH:LINE: not a JSON event (...)".
+    """
+    lines = path.read_bytes().splitlines(keepends=True)
     events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            event = json.loads(line.decode("utf-8").rstrip("\r\n"))
+            problem = None if isinstance(event, dict) else f"a JSON {type(event).__name__}, not an object"
+        except json.JSONDecodeError as err:
+            problem = f"{err.msg} at column {err.colno}"
+        except UnicodeDecodeError as err:
+            problem = f"not UTF-8: {err.reason} at byte {err.start}"
+        if problem is None:
+            events.append(event)
+        elif number == len(lines) and not line.endswith(b"\n"):
+            break  # torn by a crash mid-write
+        else:
+            raise UserError(f"{path}:{number}: not a JSON event ({problem})")
     return events
 
 

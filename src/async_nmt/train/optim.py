@@ -87,11 +87,3 @@ def norm_and_scale(grad: torch.Tensor, tokens: int, clip_norm: float) -> tuple[f
     if clip_norm > 0 and norm > clip_norm:
         scale *= (norm + 1e-6) / clip_norm
     return norm, scale
-
-
-@torch.no_grad()
-def normalize_and_clip(grad: torch.Tensor, tokens: int, clip_norm: float) -> float:
-    """Divide the summed gradient by the target tokens it covers, clip its norm; return the norm before clipping."""
-    norm, scale = norm_and_scale(grad, tokens, clip_norm)
-    grad.div_(scale)
-    return norm

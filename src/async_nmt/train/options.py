@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from async_nmt.config import PRESETS, TRAIN_DEFAULTS, TrainConfig
+from async_nmt.config import MODES, PRECISIONS, PRESETS, TRAIN_DEFAULTS, TrainConfig
 from async_nmt.errors import UserError
 
 OPTIONS = [
     click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
                  help="Model size: tiny (d256, 3+3 layers), small (d512, 3+3), base and big (Vaswani et al.)."),
-    click.option("--mode", type=click.Choice(["sync", "async", "async-accum"]), default="sync", show_default=True,
+    click.option("--mode", type=click.Choice(MODES), default="sync", show_default=True,
                  help="How worker gradients update the model: all-reduce (sync), every push applied at once "
                  "(async), or N pushes summed per update (async-accum)."),
     click.option("--workers", default=1, show_default=True,
@@ -57,7 +57,7 @@ OPTIONS = [
     click.option("--max-time", default=0.0, show_default=True,
                  help="Stop after this many seconds of training clock (validation excluded); 0 = no limit."),
     click.option("--seed", default=1, show_default=True, help="Random seed (initialization, batch order, dropout)."),
-    click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+    click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
     click.option("--compile", "compile_model", is_flag=True,
                  help="torch.compile the model (slow start, faster steps)."),
@@ -117,7 +117,7 @@ def _speeds(text: str | None) -> list[float]:
 
 def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bool, log_every: int,
               **options: Any) -> None:  # fmt: skip
-    from async_nmt.train.trainer import train
+    from async_nmt.train.launch import train
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: continue the run, or start it over")

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from async_nmt.config import PAD_ID
+from async_nmt.config import PAD_ID, ModelConfig
 from async_nmt.data.batches import Batch
+from async_nmt.model.transformer import Transformer
 
 
 def flatten_parameters(model: nn.Module) -> nn.Parameter:
@@ -35,6 +36,22 @@ def flatten_parameters(model: nn.Module) -> nn.Parameter:
         p.grad = flat.grad[offset : offset + n].view_as(p)
         offset += n
     return flat
+
+
+def build_model(
+    model_cfg: ModelConfig, device: torch.device, compiled: bool = False
+) -> tuple[Transformer, nn.Parameter]:
+    """A model to train on `device`, with its flat parameters, compiled if asked (`compile_model`)."""
+    model = Transformer(model_cfg).to(device)
+    flat = flatten_parameters(model)
+    if compiled:
+        compile_model(model)
+    return model, flat
+
+
+def compile_model(model: Transformer) -> None:
+    """torch.compile the encoder-decoder stack; the chunked output layer and loss stay eager."""
+    model.hidden = torch.compile(model.hidden)  # type: ignore[method-assign]
 
 
 @dataclass

@@ -8,9 +8,7 @@ In a sync group every rank runs a trainer; rank 0 (the leader) writes the run fo
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -21,20 +19,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from async_nmt.config import TrainConfig, from_dict, model_config
+from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json
 from async_nmt.data.batches import BatchStream
-from async_nmt.data.binarize import load_manifest, load_split
+from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
-from async_nmt.model.transformer import Transformer
+from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train import checkpoint as ckpt
-from async_nmt.train.checkpoint import check_run_dir
 from async_nmt.train.events import EventLog, TrainingClock, staleness_stats, truncate_events
-from async_nmt.train.modes import Workers, merge_histograms, pushes_per_update, uses_processes, worker_devices
-from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.step import StepStats, flatten_parameters
-from async_nmt.train.summary import print_summary
+from async_nmt.train.modes import build_workers, worker_devices
+from async_nmt.train.modes.workers import ModeContext, merge_histograms
+from async_nmt.train.step import StepStats, build_model
 from async_nmt.train.validate import Validator
 
 LOG_EVERY = 50  # updates between `train` events (and progress-bar figures)
@@ -55,10 +51,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
-        self.model = Transformer(self.model_cfg).to(self.device)
-        self.flat = flatten_parameters(self.model)
-        if cfg.compile:  # the encoder-decoder stack; the chunked output layer and loss stay eager
-            self.model.hidden = torch.compile(self.model.hidden)
+        self.model, self.flat = build_model(self.model_cfg, self.device)
         train_split = load_split(bin_dir, "train")
         self.streams = [
             BatchStream(train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, w, cfg.workers)
@@ -66,39 +59,12 @@ class Trainer:
         ]
         for stream in self.streams:
             stream.pin = self.device.type == "cuda"
-        self.interrupted = False  # a sync group agreed to stop on Ctrl-C
         self.saved_at: int | None = None  # update of the last checkpoint written
-        server_options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup,
-                              clip_norm=cfg.clip_norm, betas=cfg.adam_betas, eps=cfg.adam_eps)  # fmt: skip
-        self.workers: Workers
-        if cfg.simulate:
-            from async_nmt.train.modes.simulated import SimulatedWorkers
-
-            # emulated workers keep parameters of their own; the master is apart
-            self.server = ParamServer(self.flat.data.clone(), **server_options)
-            speeds = cfg.worker_speeds or [1.0] * cfg.workers
-            self.workers = SimulatedWorkers(
-                self.model, self.flat, self.server, self.streams, speeds, cfg.mode == "sync", cfg.local_accum,
-                cfg.label_smoothing, self.amp_dtype,
-            )  # fmt: skip
-        elif world > 1:
-            from async_nmt.train.modes.sync import DistributedSync
-
-            self.server = ParamServer(self.flat.data, **server_options)  # this rank's replica, in place
-            self.workers = DistributedSync(self, rank, world, interrupt)
-        elif uses_processes(cfg):
-            from async_nmt.train.modes.asynchronous import ProcessWorkers
-
-            shard_devices = [torch.device(d) for d in dict.fromkeys(devices)]  # one shard per device
-            shards = cfg.shards or len(shard_devices)
-            self.server = ParamServer(self.flat.data, **server_options, shards=shards, devices=shard_devices,
-                                      shared=True)  # fmt: skip
-            self.workers = ProcessWorkers(self, devices)
-        else:
-            from async_nmt.train.modes.local import LocalWorker
-
-            self.server = ParamServer(self.flat.data, **server_options)  # trained in place
-            self.workers = LocalWorker(self)
+        self.workers = build_workers(
+            ModeContext(cfg, self.model_cfg, self.model, self.flat, self.streams, self.device, self.amp_dtype,
+                        devices, run_dir, rank, world, interrupt)
+        )  # fmt: skip
+        self.server = self.workers.server
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
         self.vocab_file = bin_dir / "spm.model"
         self.sp = load_vocab(self.vocab_file)
@@ -115,7 +81,7 @@ class Trainer:
         """Start the run folder afresh (replacing what is there), or resume it from checkpoints/last.pt."""
         events_path = self.run_dir / "events.jsonl"
         if resume:
-            state = self._load(ckpt.checkpoint_path(self.run_dir, "last"))
+            state = self._load(checkpoint_path(self.run_dir, "last"))
             self.saved_at = self.updates
             self.clock = TrainingClock(state["train_s"])
             self._wall_start = time.perf_counter() - state["wall_s"]
@@ -133,17 +99,16 @@ class Trainer:
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:
         shutil.copyfile(self.vocab_file, self.run_dir / "spm.model")
-        config = {"train": asdict(self.cfg), "model": asdict(self.model_cfg), "corpus": self._corpus_info()}
-        (self.run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_json(RunConfig(self.cfg, self.model_cfg, self._corpus_info()), self.run_dir / "config.json")
 
-    def _corpus_info(self) -> dict[str, Any]:
-        return {k: self.manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")}
+    def _corpus_info(self) -> CorpusInfo:
+        return CorpusInfo(**{k: self.manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")})
 
     def _state(self) -> dict[str, Any]:
         return {
             "model_config": asdict(self.model_cfg),
             "train_config": asdict(self.cfg),
-            "corpus": self._corpus_info(),
+            "corpus": asdict(self._corpus_info()),
             "vocab_model": self.vocab_file.read_bytes(),
             "params": self.server.gather(),
             "server": self.server.state_dict(),
@@ -158,18 +123,13 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> dict[str, Any]:
-        state = ckpt.read_checkpoint(path)
+        state = read_checkpoint(path)
         if state["corpus"]["vocab_hash"] != self.manifest["vocab_hash"]:
             raise UserError(f"{path}: trained with another vocabulary than {self.cfg.bin_dir}/spm.model")
         if state["model_config"] != asdict(self.model_cfg):
             saved = from_dict(type(self.model_cfg), state["model_config"])
             raise UserError(f"{path}: model configuration differs from the options given (checkpoint: {saved})")
-        if len(state["data"]) != len(self.streams):
-            raise UserError(f"{path}: saved with {len(state['data'])} workers, not {len(self.streams)}")
-        if self.cfg.simulate and state.get("workers") is None:
-            raise UserError(f"{path}: not saved by a --simulate run")
-        if not self.cfg.simulate and state.get("workers") is not None:
-            raise UserError(f"{path}: saved by a --simulate run; resume it with --simulate")
+        check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]
@@ -184,7 +144,7 @@ class Trainer:
         if not self.leader:
             return
         with self.clock.paused():
-            last = ckpt.checkpoint_path(self.run_dir, "last")
+            last = checkpoint_path(self.run_dir, "last")
             ckpt.save_checkpoint(self._state(), last)
             self.saved_at = self.updates
             if best:
@@ -222,11 +182,11 @@ class Trainer:
         )
 
     def _predicted(self) -> dict[str, float]:
-        predicted = getattr(self.workers, "predicted_s", None)
+        predicted = self.workers.predicted_s
         return {} if predicted is None else {"predicted_s": predicted}
 
     def _worker_pushes(self) -> dict[str, list[int]]:
-        pushes = getattr(self.workers, "worker_pushes", None)
+        pushes = self.workers.worker_pushes
         return {} if pushes is None else {"worker_pushes": list(pushes)}
 
     def validate(self) -> dict[str, float] | None:
@@ -268,7 +228,7 @@ class Trainer:
             (cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs)
             or (self.leader and cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)  # rank 0's clock
         )
-        return self.workers.agree_stop(wish) or self.interrupted
+        return self.workers.agree_stop(wish) or self.workers.interrupted
 
     def _next_fence(self) -> int:
         """The next update at which the server must be quiet: a validation, a checkpoint, or the end."""
@@ -283,6 +243,9 @@ class Trainer:
     def run(self, progress: bool = True) -> dict[str, Any]:
         cfg = self.cfg
         resumed = self.updates > 0
+        warning = length_warning(self.manifest, self.model_cfg.max_positions)
+        if warning and self.leader:
+            print(warning, file=sys.stderr)
         with self.clock.paused():  # starting worker processes is not training
             self.workers.start()
         self._event(
@@ -318,7 +281,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
                                         tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
                     interval, interval_start, self.staleness = StepStats(), self.clock.seconds, []
-                if self.interrupted:
+                if self.workers.interrupted:
                     break
                 if cfg.valid_every > 0 and self.updates % cfg.valid_every == 0:
                     result = self.validate()
@@ -328,7 +291,7 @@ class Trainer:
                         )
                 elif cfg.save_every > 0 and self.updates % cfg.save_every == 0:
                     self.save()
-            if self.interrupted:
+            if self.workers.interrupted:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
@@ -354,7 +317,7 @@ class Trainer:
         return summary
 
     def _diverged(self, what: str) -> None:
-        saved = ckpt.checkpoint_path(self.run_dir, "last")
+        saved = checkpoint_path(self.run_dir, "last")
         kept = f"{saved} (update {self.saved_at}) is kept" if self.saved_at is not None else "no checkpoint was saved"
         raise TrainingDiverged(
             f"training diverged: {what} at update {self.updates}; {kept}. Try a lower --lr, or --clip-norm"
@@ -363,38 +326,30 @@ class Trainer:
     def _stop_interrupted(self) -> None:
         """Ctrl-C: finish the pushes in flight, save a checkpoint, write the end event, exit 130."""
         try:
-            if not self.interrupted:  # a sync group has agreed already; its last step is complete
+            if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
                 self._count(*self.workers.drain())
             self.save()
             self._event("end", interrupted=True)
         finally:
             self.workers.close()
         if self.leader:
-            print(f"interrupted: saved {ckpt.checkpoint_path(self.run_dir, 'last')}", file=sys.stderr)
+            print(f"interrupted: saved {checkpoint_path(self.run_dir, 'last')}", file=sys.stderr)
             raise SystemExit(130) from None
 
 
-def train(
-    cfg: TrainConfig,
-    run_dir: Path,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    log_every: int = LOG_EVERY,
-) -> dict | None:
-    """Run (or resume) training as `cfg` says, into `run_dir`; returns the `end` event (None when a group of
-    sync ranks ran it: rank 0 wrote it to the events)."""
-    from async_nmt.train.modes import sync
+RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "seed")  # the saved data positions depend on them
 
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun started this process as one rank
-        return sync.join_torchrun(cfg, run_dir, resume, force, progress, log_every)
-    check_run_dir(run_dir, resume, force)
-    if uses_processes(cfg) and cfg.mode == "sync":
-        sync.launch_ranks(cfg, run_dir, resume, progress, log_every, worker_devices(cfg))
-        return None
-    trainer = Trainer(cfg, run_dir, log_every=log_every)  # reads everything it needs before the folder changes
-    trainer.open_run(resume)
-    summary = trainer.run(progress=progress)
-    if progress:
-        print_summary(summary, trainer)
-    return summary
+
+def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:
+    """Refuse to resume with an option that would point the saved data positions into another batch list
+    (or change how pushes become updates), naming the option."""
+    for name in RESUME_FIXED:
+        if getattr(saved, name) != getattr(given, name):
+            option = "--" + name.replace("_", "-")
+            raise UserError(
+                f"{path}: saved with {option} {getattr(saved, name)}, not {getattr(given, name)}; "
+                f"resume with the same {option}, or start a new run"
+            )
+    if saved.simulate != given.simulate:
+        raise UserError(f"{path}: {'saved by' if saved.simulate else 'not saved by'} a --simulate run; "
+                        f"resume it {'with' if saved.simulate else 'without'} --simulate")  # fmt: skip

@@ -1,4 +1,5 @@
-"""Validation on a parameter snapshot: per-token NLL on the valid split, and greedy BLEU/chrF with sacreBLEU."""
+"""Validation on a parameter snapshot: per-token NLL on the valid split, and greedy BLEU/chrF with sacreBLEU,
+both at the run's --precision."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from async_nmt.data.batches import collate, make_batches
 from async_nmt.data.binarize import load_split, read_lines
 from async_nmt.score import corpus_scores
 from async_nmt.train.step import StepStats, eval_step
+from async_nmt.translate import translate_lines
 
 
 class Validator:
@@ -33,14 +35,14 @@ class Validator:
     def __call__(
         self, model: nn.Module, sp: spm.SentencePieceProcessor, amp_dtype: torch.dtype | None, beam: int = 1
     ) -> dict[str, float]:
-        from async_nmt.translate import translate_lines
-
         device = next(model.parameters()).device
         total = StepStats()
         for batch in self.batches:
             total.add(eval_step(model, batch.to(device), amp_dtype))
         valid_loss = total.nll / max(total.tokens, 1)
-        hyps = translate_lines(model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device)
+        hyps = translate_lines(
+            model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device, amp_dtype=amp_dtype
+        )
         scores = corpus_scores(hyps, self.references)
         return {
             "valid_loss": valid_loss,

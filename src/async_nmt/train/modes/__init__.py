@@ -4,7 +4,8 @@
 - async:       every push is applied as one update as soon as it arrives, no barrier.
 - async-accum: the server sums `accum` pushes, from any workers, then takes one update.
 
-The update rule lives in `paramserver.py`. Who computes the pushes is a `Workers` object:
+The update rule lives in `paramserver.py`, the `Workers` interface in `workers.py`. Who computes the pushes
+is chosen here, in `build_workers`, and nowhere else:
 - `local.py`        one worker in the trainer's process (any mode with --workers 1);
 - `sync.py`         this process is one rank of an all-reduce group (torch.distributed);
 - `asynchronous.py` worker processes pushing to a shared parameter server (async, async-accum);
@@ -13,14 +14,38 @@ The update rule lives in `paramserver.py`. Who computes the pushes is a `Workers
 
 from __future__ import annotations
 
-from typing import Any
+import torch
 
-from async_nmt.config import TrainConfig
+from async_nmt.config import MODES, TrainConfig
 from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
-from async_nmt.train.step import StepStats
+from async_nmt.train.modes.asynchronous import ProcessWorkers
+from async_nmt.train.modes.local import LocalWorker
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.simulated import SimulatedWorkers
+from async_nmt.train.modes.sync import DistributedSync
+from async_nmt.train.modes.workers import ModeContext, Workers
+from async_nmt.train.step import compile_model
 
-MODES = ("sync", "async", "async-accum")
+
+def build_workers(ctx: ModeContext) -> Workers:
+    """The Workers of the mode `ctx.cfg` asks for, with their parameter server."""
+    cfg = ctx.cfg
+    options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup, clip_norm=cfg.clip_norm,
+                   betas=cfg.adam_betas, eps=cfg.adam_eps)  # fmt: skip
+    if cfg.workers > 1 and not cfg.simulate and cfg.mode != "sync":  # async modes: clients of a shared server
+        shard_devices = [torch.device(d) for d in dict.fromkeys(ctx.devices)]  # one shard per device
+        server = ParamServer(ctx.flat.data, **options, shards=cfg.shards or len(shard_devices),
+                             devices=shard_devices, shared=True)  # fmt: skip
+        return ProcessWorkers(ctx, server)  # each worker process compiles its own model
+    if cfg.compile:  # the compute is in this process
+        compile_model(ctx.model)
+    if cfg.simulate:  # emulated workers keep parameters of their own; the master is apart
+        return SimulatedWorkers(ctx, ParamServer(ctx.flat.data.clone(), **options))
+    server = ParamServer(ctx.flat.data, **options)  # this process's parameters, updated in place
+    if ctx.world > 1:  # sync: this process is one rank of a group the launcher started
+        return DistributedSync(ctx, server)
+    return LocalWorker(ctx, server)
 
 
 def check_mode_options(cfg: TrainConfig) -> None:
@@ -47,56 +72,12 @@ def pushes_per_update(cfg: TrainConfig) -> int:
     return cfg.accum if cfg.mode == "async-accum" else cfg.workers if cfg.mode == "sync" else 1
 
 
-class Workers:
-    """Where pushes come from. The trainer drives every mode through these calls."""
-
-    def start(self) -> None:
-        """Begin (worker processes start here, after a resumed state is loaded)."""
-
-    def close(self) -> None:
-        """Stop whatever runs; called once, also after an error."""
-
-    def allow(self, updates: int) -> None:
-        """Pushes may go on until the server reaches `updates` (the next validation, checkpoint or end)."""
-
-    def advance(self) -> tuple[StepStats, list[int]]:
-        """Run until the server has taken at least one more update; returns the statistics of the pushes
-        since the last call and a histogram of their staleness (counts of 0, 1, ...)."""
-        raise NotImplementedError
-
-    def drain(self) -> tuple[StepStats, list[int]]:
-        """Finish the pushes in flight so that the server is between updates (before validation at a
-        time or epoch limit, or a checkpoint on Ctrl-C); returns their statistics as `advance` does."""
-        return StepStats(), []
-
-    def agree_stop(self, wish: bool) -> bool:
-        """Whether to stop, given this process's wish (several ranks must agree on it)."""
-        return wish
-
-    def state_dict(self) -> dict[str, Any] | None:
-        return None
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        pass
-
-
-def histogram(values: list[int]) -> list[int]:
-    """Counts of 0, 1, ..., max(values)."""
-    hist = [0] * (max(values) + 1 if values else 0)
-    for value in values:
-        hist[value] += 1
-    return hist
-
-
-def merge_histograms(a: list[int], b: list[int]) -> list[int]:
-    return [x + y for x, y in zip(a + [0] * (len(b) - len(a)), b + [0] * (len(a) - len(b)), strict=True)]
-
-
 def worker_devices(cfg: TrainConfig) -> list[str]:
     """The device of each worker: round-robin over --devices (default: the first GPU, else the CPU)."""
     devices = cfg.devices or [default_device()]
     return [str(resolve_device(devices[w % len(devices)])) for w in range(cfg.workers)]
 
 
-def uses_processes(cfg: TrainConfig) -> bool:
-    return cfg.workers > 1 and not cfg.simulate
+def spawns_ranks(cfg: TrainConfig) -> bool:
+    """Whether the launcher starts a group of sync ranks (each runs a trainer of its own)."""
+    return cfg.mode == "sync" and cfg.workers > 1 and not cfg.simulate

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -22,14 +22,10 @@ from async_nmt.config import ModelConfig, TrainConfig
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
-from async_nmt.model.transformer import Transformer
-from async_nmt.train import launch
-from async_nmt.train.modes import Workers
+from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.step import StepStats, flatten_parameters, train_step
-
-if TYPE_CHECKING:
-    from async_nmt.train.trainer import Trainer
+from async_nmt.train.modes.workers import ModeContext, Workers
+from async_nmt.train.step import StepStats, build_model, train_step
 
 # shared counters of the gate
 LIMIT, ADMITTED, COMPLETED, STOP, READY = range(5)
@@ -42,7 +38,7 @@ class Gate:
     """Admission of pushes, and the workers' statistics, in shared memory."""
 
     def __init__(self, workers: int):
-        self.lock = launch.context().Lock()
+        self.lock = processes.context().Lock()
         self.counts = torch.zeros(5, dtype=torch.int64).share_memory_()
         self.stats = torch.zeros(workers, 4, dtype=torch.float64).share_memory_()
         self.hist = torch.zeros(workers, HIST_BINS, dtype=torch.int64).share_memory_()
@@ -58,7 +54,7 @@ class Gate:
         return self._enter(parent, worker, position)
 
     def _enter(self, parent: int, worker: int | None = None, position: dict[str, int] | None = None) -> bool:
-        while launch.parent_alive(parent):
+        while processes.parent_alive(parent):
             with self.lock:
                 if self.counts[STOP]:
                     return False
@@ -67,7 +63,7 @@ class Gate:
                         self.counts[ADMITTED] += 1
                         self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
                     return True
-            time.sleep(launch.POLL_S)
+            time.sleep(processes.POLL_S)
         return False
 
     def complete(self, worker: int, stats: StepStats, staleness: int) -> None:
@@ -95,7 +91,7 @@ class WorkerSetup:
 def worker_main(worker: int, setup: WorkerSetup) -> None:
     """A worker process: pull the latest parameters, compute a gradient, push it; until told to stop."""
     try:
-        with launch.worker_process(worker, setup.device, setup.errors):
+        with processes.worker_process(worker, setup.device, setup.errors):
             _work(worker, setup)
     finally:
         # the Process object keeps its arguments until the process ends: let the shared CUDA memory go now,
@@ -111,8 +107,7 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed * 1000 + worker)  # dropout differs between workers
-    model = Transformer(setup.model_cfg).to(device)
-    flat = flatten_parameters(model)
+    model, flat = build_model(setup.model_cfg, device, compiled=cfg.compile)  # here, where the compute is
     amp_dtype = amp_dtype_for(cfg.precision, device)
     split = load_split(Path(cfg.bin_dir), "train")
     stream = BatchStream(split, cfg.max_tokens, setup.model_cfg.max_positions, cfg.seed, worker, cfg.workers)
@@ -132,7 +127,7 @@ def _work(worker: int, setup: WorkerSetup) -> None:
         if setup.speed < 1:  # an emulated slower device (--worker-speeds)
             time.sleep((time.perf_counter() - start) * (1 / setup.speed - 1))
         pushes += 1
-        launch.maybe_fail(worker, pushes)
+        processes.maybe_fail(worker, pushes)
         if not gate.admit(parent, worker, stream.state_dict()):
             break
         staleness = server.push(flat.grad, stats.tokens, pulled, first_shard=first_shard)
@@ -142,37 +137,36 @@ def _work(worker: int, setup: WorkerSetup) -> None:
 class ProcessWorkers(Workers):
     """The coordinator's side: start the worker processes, open the gate, gather their statistics."""
 
-    def __init__(self, trainer: Trainer, devices: list[str]):
-        self.trainer = trainer
-        self.devices = devices  # of each worker
-        self.gate = Gate(len(devices))
-        self.errors = launch.context().SimpleQueue()
-        self.processes: list[Any] = []
+    def __init__(self, ctx: ModeContext, server: ParamServer):
+        self.ctx, self.server = ctx, server
+        self.devices = ctx.devices  # of each worker
+        self.gate = Gate(len(self.devices))
+        self.errors = processes.context().SimpleQueue()
+        self.workers: list[Any] = []  # the processes
         self.seen_stats = torch.zeros_like(self.gate.stats)
         self.seen_hist = torch.zeros_like(self.gate.hist)
         self.base_updates = self.base_pending = 0
         self.fence = 0  # the update count the gate is open up to
 
     def start(self) -> None:
-        t = self.trainer
-        server = t.server
+        ctx, server = self.ctx, self.server
         self.base_updates, self.base_pending = server.updates, server.pending_pushes
         self.fence = server.updates
-        threads = launch.cpu_threads(sum(d == "cpu" for d in self.devices))
-        speeds = t.cfg.worker_speeds or [1.0] * len(self.devices)
+        threads = processes.cpu_threads(sum(d == "cpu" for d in self.devices))
+        speeds = ctx.cfg.worker_speeds or [1.0] * len(self.devices)
         setups = [
-            WorkerSetup(t.cfg, t.model_cfg, device, server, self.gate, self.errors, t.streams[w].state_dict(),
+            WorkerSetup(ctx.cfg, ctx.model_cfg, device, server, self.gate, self.errors, ctx.streams[w].state_dict(),
                         speeds[w], threads)
             for w, device in enumerate(self.devices)
         ]  # fmt: skip
-        self.processes = launch.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
-        while int(self.gate.counts[READY]) < len(self.processes):  # startup is not training time
+        self.workers = processes.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
+        while int(self.gate.counts[READY]) < len(self.workers):  # startup is not training time
             self._check()
             time.sleep(0.01)
 
     def _pushes_until(self, updates: int) -> int:
         """Admitted pushes after which the server has taken `updates` updates (every shard)."""
-        return (updates - self.base_updates) * self.trainer.server.accum - self.base_pending
+        return (updates - self.base_updates) * self.server.accum - self.base_pending
 
     def allow(self, updates: int) -> None:
         if updates > self.fence:
@@ -181,14 +175,13 @@ class ProcessWorkers(Workers):
             self.fence = updates
 
     def advance(self) -> tuple[StepStats, list[int]]:
-        server = self.trainer.server
-        start = server.updates
+        start = self.server.updates
         while True:
             self._check()
-            updates = server.updates
+            updates = self.server.updates
             if updates > start and (updates < self.fence or self._quiet()):
                 return self._collect()
-            time.sleep(launch.POLL_S)
+            time.sleep(processes.POLL_S)
 
     def _quiet(self) -> bool:
         """All admitted pushes are complete on every shard."""
@@ -196,15 +189,15 @@ class ProcessWorkers(Workers):
             return bool(self.gate.counts[COMPLETED] == self.gate.counts[ADMITTED])
 
     def drain(self) -> tuple[StepStats, list[int]]:
-        accum = self.trainer.server.accum
+        accum = self.server.accum
         with self.gate.lock:
             admitted = int(self.gate.counts[ADMITTED])
             whole = -(-(admitted + self.base_pending) // accum)  # updates the admitted pushes will complete
             self.gate.counts[LIMIT] = whole * accum - self.base_pending
         self.fence = self.base_updates + whole
-        while not (self.trainer.server.updates >= self.fence and self._quiet()):
+        while not (self.server.updates >= self.fence and self._quiet()):
             self._check()
-            time.sleep(launch.POLL_S)
+            time.sleep(processes.POLL_S)
         return self._collect()
 
     def _collect(self) -> tuple[StepStats, list[int]]:
@@ -216,7 +209,7 @@ class ProcessWorkers(Workers):
         delta = (stats - self.seen_stats).sum(0).tolist()
         hist_delta = (hist - self.seen_hist).sum(0)
         self.seen_stats, self.seen_hist = stats, hist
-        for stream, (epoch, index) in zip(self.trainer.streams, positions, strict=True):
+        for stream, (epoch, index) in zip(self.ctx.streams, positions, strict=True):
             if epoch:  # 0: the worker has not pushed yet
                 stream.load_state_dict({"epoch": epoch, "index": index})
         used = int(hist_delta.nonzero().max()) + 1 if hist_delta.any() else 0
@@ -224,14 +217,14 @@ class ProcessWorkers(Workers):
         return step, hist_delta[:used].tolist()
 
     @property
-    def worker_pushes(self) -> list[int]:
+    def worker_pushes(self) -> list[int]:  # type: ignore[override]
         """Pushes of each worker so far (as last collected)."""
         return self.seen_hist.sum(1).tolist()
 
     def _check(self) -> None:
-        launch.check_workers(self.processes, self.errors, self.devices, self.trainer.run_dir)
+        processes.check_workers(self.workers, self.errors, self.devices, self.ctx.run_dir)
 
     def close(self) -> None:
         with self.gate.lock:
             self.gate.counts[STOP] = 1
-        launch.stop(self.processes)
+        processes.stop(self.workers)

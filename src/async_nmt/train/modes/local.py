@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from async_nmt.train.modes import Workers, histogram
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
-
-if TYPE_CHECKING:
-    from async_nmt.train.trainer import Trainer
 
 
 class LocalWorker(Workers):
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
+    def __init__(self, ctx: ModeContext, server: ParamServer):
+        self.ctx, self.server = ctx, server
 
     def advance(self) -> tuple[StepStats, list[int]]:
-        t = self.trainer
-        t.flat.grad.zero_()
+        ctx = self.ctx
+        ctx.flat.grad.zero_()
         stats = StepStats()
-        for _ in range(t.cfg.local_accum):
-            stats.add(train_step(t.model, t.streams[0].next().to(t.device), t.cfg.label_smoothing, t.amp_dtype))
-        return stats, histogram([t.server.push(t.flat.grad, stats.tokens, t.server.updates)])
+        for _ in range(ctx.cfg.local_accum):
+            batch = ctx.streams[0].next().to(ctx.device)
+            stats.add(train_step(ctx.model, batch, ctx.cfg.label_smoothing, ctx.amp_dtype))
+        return stats, histogram([self.server.push(ctx.flat.grad, stats.tokens, self.server.updates)])

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from async_nmt.errors import UserError
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 
 # columns of the shared int64 counters, one row per shard
@@ -195,13 +196,24 @@ class ParamServer:
         for (lo, hi), adam in zip(self.bounds, self.adam, strict=True):
             adam.exp_avg.copy_(optimizer["exp_avg"][lo:hi])
             adam.exp_avg_sq.copy_(optimizer["exp_avg_sq"][lo:hi])
-        counters = state.get("counters")
-        if counters is None or len(counters) != len(self.shards):  # another shard count: nothing pending
-            counters = torch.zeros_like(self.counters)
-            counters[:, UPDATES], counters[:, PUSHES] = state["updates"], state["pushes"]
+        counters, norms = state.get("counters"), state.get("norms")
+        if counters is None:  # an older checkpoint: counters of shard 0 only, nothing pending
+            counters = torch.zeros(1, 4, dtype=torch.int64)
+            counters[0, UPDATES], counters[0, PUSHES] = state["updates"], state["pushes"]
+        if len(counters) != len(self.shards):
+            # Another shard count: carried over exactly when every shard had seen the same pushes, as
+            # checkpoints of a quiet server have (the partial sum and its tokens are then the same for all)
+            if not bool((counters == counters[0]).all()):
+                raise UserError(
+                    f"the checkpoint's {len(counters)} server shards were not between updates; "
+                    f"resume with --shards {len(counters)}"
+                )
+            counters = counters[:1].expand(len(self.shards), -1)
+            if norms is not None:  # the learning rate, and the squared norm spread over the shards
+                norms = torch.stack([norms[0, 0], norms[:, 1].sum() / len(self.shards)]).expand(len(self.shards), -1)
         self.counters.copy_(counters)
-        if state.get("norms") is not None and len(state["norms"]) == len(self.shards):
-            self.norms.copy_(state["norms"])
+        if norms is not None:
+            self.norms.copy_(norms)
         if state.get("grad_sum") is not None:
             for i, (lo, hi) in enumerate(self.bounds):
                 if self.grad_sums[i] is None:

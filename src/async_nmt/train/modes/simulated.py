@@ -16,11 +16,10 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
-from async_nmt.data.batches import Batch, BatchStream
-from async_nmt.train.modes import Workers, histogram
+from async_nmt.data.batches import Batch
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
 
 LINK_GB_PER_S = 10.0  # assumed bandwidth for moving parameters between a worker and the server
@@ -30,25 +29,17 @@ class SimulatedWorkers(Workers):
     # the simulation state saved in checkpoints besides the workers' parameters and next batches
     _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        flat: nn.Parameter,
-        server: ParamServer,
-        streams: list[BatchStream],
-        speeds: list[float],
-        sync: bool,
-        local_accum: int,
-        label_smoothing: float,
-        amp_dtype: torch.dtype | None,
-    ):
-        self.model, self.flat, self.server = model, flat, server
-        self.streams, self.speeds, self.sync = streams, speeds, sync
-        self.local_accum, self.label_smoothing, self.amp_dtype = local_accum, label_smoothing, amp_dtype
-        self.device = flat.device
-        workers = len(streams)
+    def __init__(self, ctx: ModeContext, server: ParamServer):
+        """`server` holds the master parameters apart from the model's (`ctx.flat`), which compute pushes."""
+        cfg = ctx.cfg
+        self.model, self.flat, self.server, self.streams = ctx.model, ctx.flat, server, ctx.streams
+        workers = len(self.streams)
+        self.speeds, self.sync = cfg.worker_speeds or [1.0] * workers, cfg.mode == "sync"
+        self.local_accum, self.label_smoothing, self.amp_dtype = cfg.local_accum, cfg.label_smoothing, ctx.amp_dtype
+        self.device = ctx.flat.device
+        flat = ctx.flat
         # what each async worker last pulled; sync workers all compute on the server's current parameters
-        self.params = [server.params if sync else torch.empty_like(flat.data) for _ in range(workers)]
+        self.params = [server.params if self.sync else torch.empty_like(flat.data) for _ in range(workers)]
         self.pulled = [server.pull(p) for p in self.params]
         self.batches = [self._next_batches(w) for w in range(workers)]
         self.finish = [self._cost(w) for w in range(workers)]  # simulated finish time (token units)

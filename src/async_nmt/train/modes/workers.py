@@ -1,0 +1,85 @@
+"""The `Workers` interface the trainer drives every mode through, and what a mode is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from async_nmt.config import ModelConfig, TrainConfig
+from async_nmt.data.batches import BatchStream
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.step import StepStats
+
+
+@dataclass
+class ModeContext:
+    """What a mode is built from: this process's model and its flat parameters, the data streams of every
+    worker, and where and how to compute. Modes never see the trainer."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    model: nn.Module
+    flat: nn.Parameter  # the model's parameters and gradients as one flat buffer each
+    streams: list[BatchStream]  # one per worker; the trainer checkpoints their positions
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype (None: fp32)
+    devices: list[str]  # every worker's device
+    run_dir: Path  # where worker failures are logged
+    rank: int = 0  # this process's rank in a sync group of `world`
+    world: int = 1
+    interrupt: Any = None  # a sync group's Ctrl-C event, set by the launcher
+
+
+class Workers:
+    """Where pushes come from, and the server that turns them into updates. The trainer drives every mode
+    through these calls and never asks which mode runs."""
+
+    server: ParamServer
+    interrupted = False  # a sync group agreed to stop on Ctrl-C
+    predicted_s: float | None = None  # the predicted wall clock of emulated devices (--simulate)
+    worker_pushes: list[int] | None = None  # pushes of each worker so far, where the mode counts them
+
+    def start(self) -> None:
+        """Begin (worker processes start here, after a resumed state is loaded)."""
+
+    def close(self) -> None:
+        """Stop whatever runs; called once, also after an error."""
+
+    def allow(self, updates: int) -> None:
+        """Pushes may go on until the server reaches `updates` (the next validation, checkpoint or end)."""
+
+    def advance(self) -> tuple[StepStats, list[int]]:
+        """Run until the server has taken at least one more update; returns the statistics of the pushes
+        since the last call and a histogram of their staleness (counts of 0, 1, ...)."""
+        raise NotImplementedError
+
+    def drain(self) -> tuple[StepStats, list[int]]:
+        """Finish the pushes in flight so that the server is between updates (before validation at a
+        time or epoch limit, or a checkpoint on Ctrl-C); returns their statistics as `advance` does."""
+        return StepStats(), []
+
+    def agree_stop(self, wish: bool) -> bool:
+        """Whether to stop, given this process's wish (several ranks must agree on it)."""
+        return wish
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
+
+def histogram(values: list[int]) -> list[int]:
+    """Counts of 0, 1, ..., max(values)."""
+    hist = [0] * (max(values) + 1 if values else 0)
+    for value in values:
+        hist[value] += 1
+    return hist
+
+
+def merge_histograms(a: list[int], b: list[int]) -> list[int]:
+    return [x + y for x, y in zip(a + [0] * (len(b) - len(a)), b + [0] * (len(a) - len(b)), strict=True)]

@@ -1,0 +1,155 @@
+"""Worker processes: spawn them, notice the first failure (and report its root cause), stop them all.
+
+Workers are `torch.multiprocessing` spawn processes in the caller's process group (a SIGKILL of the group
+takes them too), marked daemon (they die with a parent that exits), and they ignore SIGINT: Ctrl-C is the
+parent's to handle. A worker that raises puts one line and its traceback on an error queue and exits 1;
+the parent polls for that, and for workers that died without a word (a signal, the OOM killer), and stops
+the run within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
+from tqdm import tqdm
+
+from async_nmt.errors import UserError, WorkerFailed
+
+POLL_S = 0.001  # how often waiting loops look at shared counters
+STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
+FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"  # testing hook: "W:N" makes worker W raise at its N-th push, "W:N:kill" die
+MESSAGE_GRACE_S = 0.2  # how long a failure waits for the other processes' exits and messages
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
+
+
+def context() -> Any:
+    return mp.get_context("spawn")
+
+
+def spawn(target: Callable[..., None], args: Sequence[tuple]) -> list[Any]:
+    """Start one process per argument tuple (spawned, daemon)."""
+    processes = []
+    for i, process_args in enumerate(args):
+        process = context().Process(target=target, args=process_args, daemon=True, name=f"nmt-worker-{i}")
+        process.start()
+        processes.append(process)
+    return processes
+
+
+@contextmanager
+def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
+    """The body of a worker process: any exception becomes a message on `errors` and exit code 1 (2: a user
+    error). SIGINT is ignored: Ctrl-C is the parent's, which stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    # tqdm's default lock is a named semaphore; a worker stopped by SIGTERM would leave it behind
+    tqdm.set_lock(threading.RLock())
+    try:
+        yield
+    except SystemExit:
+        raise
+    except UserError as err:
+        errors.put((worker, device, f"user:{err.exit_code}", str(err), ""))
+        raise SystemExit(err.exit_code) from None
+    except BaseException as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        errors.put((worker, device, "error", f"{type(err).__name__}: {first}".rstrip(": "), traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str], run_dir: Path) -> None:
+    """Raise the first failure of a worker: the root cause first. A worker that died without a word (a
+    signal, the OOM killer) is the cause of the errors the others then report (a sync rank's all-reduce
+    fails when its peer is gone), so it is named first and the first error message after it."""
+    failed = any(p.exitcode not in (None, 0, 130) for p in processes)
+    if errors.empty() and not failed:
+        return
+    time.sleep(MESSAGE_GRACE_S)  # the other processes' messages and exits may still be on their way
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    senders = {message[0] for message in messages}
+    silent = [(w, p.exitcode) for w, p in enumerate(processes) if p.exitcode not in (None, 0, 130) and w not in senders]
+    if silent:
+        worker, code = silent[0]
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        then = f"; then worker {messages[0][0]} failed: {messages[0][3]}" if messages else ""
+        raise WorkerFailed(f"worker {worker} ({devices[worker]}) {how}{then}")
+    worker, device, kind, message, trace = messages[0]
+    if kind.startswith("user:"):  # the worker's own one-line error (a bad option, a divergence)
+        error = UserError(message)
+        error.exit_code = int(kind.split(":")[1])
+        raise error
+    log = run_dir / "worker-errors.log"
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"worker {worker} ({device}):\n{trace}\n")
+        where = f" (traceback in {log})"
+    except OSError:
+        where = ""
+    raise WorkerFailed(f"worker {worker} ({device}) failed: {message}{where}")
+
+
+def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
+    """Wait for processes told to stop; terminate, then kill, what is still running."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so that no worker outlives a killed
+    trainer; elsewhere the workers' own checks of `parent_alive` do it, between batches."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the line above
+        os._exit(1)
+
+
+def parent_alive(parent_pid: int) -> bool:
+    """Whether the process that started this one still runs (workers leave when it was killed)."""
+    return os.getppid() == parent_pid
+
+
+def maybe_fail(worker: int, pushes: int) -> None:
+    """The testing hook: at its N-th push worker W raises (ASYNC_NMT_FAIL_WORKER=W:N) or is killed by
+    SIGKILL (W:N:kill), as by the OOM killer."""
+    spec = os.environ.get(FAIL_ENV, "")
+    if spec == f"{worker}:{pushes}":
+        raise RuntimeError(f"injected failure ({FAIL_ENV}={spec})")
+    if spec == f"{worker}:{pushes}:kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cpu_threads(workers_on_cpu: int) -> int:
+    """Threads for each of `workers_on_cpu` CPU workers, so that together they fill the cores once."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers_on_cpu))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
