@@ -71,10 +71,10 @@ def test_sync_with_two_ranks_equals_one_worker_with_local_accum_2(synthetic_bin:
 @pytest.mark.parametrize("mode, accum", [("async", 1), ("async-accum", 2)])
 def test_worker_processes_learn_and_fence_n_pushes_per_update(synthetic_bin: Path, tmp_path: Path, mode, accum):
     run = tmp_path / mode
-    cfg = config(synthetic_bin, mode=mode, accum=accum, lr=1e-3, max_updates=60, valid_every=20)
+    cfg = config(synthetic_bin, mode=mode, accum=accum, lr=1e-3, max_updates=40, valid_every=20)
     train(cfg, run, progress=False, log_every=10)
     valid_losses = [e["valid_loss"] for e in events(run, "valid")]
-    assert len(valid_losses) == 3 and valid_losses[-1] < valid_losses[0]  # the loss falls
+    assert len(valid_losses) == 2 and valid_losses[-1] < valid_losses[0]  # the loss falls
     train_losses = [e["loss"] for e in events(run, "train")]
     assert train_losses[-1] < train_losses[0]
     fences = [e for e in events(run) if e["kind"] in ("valid", "checkpoint", "end")]

@@ -142,7 +142,7 @@ class ProcessWorkers(Workers):
         self.devices = ctx.devices  # of each worker
         self.gate = Gate(len(self.devices))
         self.errors = processes.context().SimpleQueue()
-        self.workers: list[Any] = []  # the processes
+        self.procs: list[Any] = []  # the worker processes
         self.seen_stats = torch.zeros_like(self.gate.stats)
         self.seen_hist = torch.zeros_like(self.gate.hist)
         self.base_updates = self.base_pending = 0
@@ -159,8 +159,8 @@ class ProcessWorkers(Workers):
                         speeds[w], threads)
             for w, device in enumerate(self.devices)
         ]  # fmt: skip
-        self.workers = processes.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
-        while int(self.gate.counts[READY]) < len(self.workers):  # startup is not training time
+        self.procs = processes.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
+        while int(self.gate.counts[READY]) < len(self.procs):  # startup is not training time
             self._check()
             time.sleep(0.01)
 
@@ -222,9 +222,9 @@ class ProcessWorkers(Workers):
         return self.seen_hist.sum(1).tolist()
 
     def _check(self) -> None:
-        processes.check_workers(self.workers, self.errors, self.devices, self.ctx.run_dir)
+        processes.check_workers(self.procs, self.errors, self.devices, self.ctx.run_dir)
 
     def close(self) -> None:
         with self.gate.lock:
             self.gate.counts[STOP] = 1
-        processes.stop(self.workers)
+        processes.stop(self.procs)
