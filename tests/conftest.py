@@ -30,6 +30,19 @@ def write_synthetic_corpus(
     return out
 
 
+def record_amp_dtypes(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list:
+    """Wrap `module.name` (a search entry point) so that every call records its `amp_dtype` argument."""
+    seen: list = []
+    search = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["amp_dtype"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_corpus(tmp_path_factory.mktemp("raw"))

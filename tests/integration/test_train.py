@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import record_amp_dtypes
 
 from async_nmt.cli import main
 from async_nmt.config import RunConfig, TrainConfig, load_json, model_config
@@ -88,14 +89,7 @@ def test_validation_searches_at_the_training_precision(synthetic_bin: Path, tmp_
                                                        dtype):  # fmt: skip
     from async_nmt.train import validate
 
-    seen = []
-    search = validate.translate_lines
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["amp_dtype"])
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(validate, "translate_lines", spy)
+    seen = record_amp_dtypes(monkeypatch, validate, "translate_lines")
     train(tiny_config(synthetic_bin, precision=precision, max_updates=1, valid_every=1, valid_max_sentences=5,
                       max_tokens=256), tmp_path / "run", progress=False)  # fmt: skip
     assert seen == [dtype]

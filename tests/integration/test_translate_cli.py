@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import record_amp_dtypes
 
 from async_nmt import translate
 from async_nmt.cli import main
@@ -208,14 +209,7 @@ def test_nmt_translate_in_a_real_process(run_dir: Path):
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
 def test_translate_honours_precision(run_dir: Path, monkeypatch, precision, dtype):
-    seen = []
-    search = translate.generate
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["amp_dtype"])
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(translate, "generate", spy)
+    seen = record_amp_dtypes(monkeypatch, translate, "generate")
     text = "".join(line + "\n" for line in LINES)
     result = runner().invoke(main, ["translate", str(run_dir), "--device", "cpu", "--precision", precision], input=text)
     assert result.exit_code == 0, result.stderr
