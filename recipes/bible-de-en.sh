@@ -9,7 +9,7 @@
 #   CORPUS              the built-in corpus `nmt corpus get` fetches [bible-de-en]
 #   SRC, TGT            translation direction: the language suffixes of the raw files [de, en]
 #   VOCAB_SIZE          joint sentencepiece vocabulary [8000]
-#   PRESET              model size: tiny, small, base, big [tiny]
+#   PRESET              model size: micro, tiny, small, base, big [tiny]
 #   LR, WARMUP          peak learning rate and linear warmup updates, then inverse-sqrt decay [7e-4, 250]
 #   CLIP_NORM           gradient-norm clipping, 0 = off [0]
 #   LABEL_SMOOTHING     [0.1]

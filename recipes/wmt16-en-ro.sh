@@ -12,7 +12,7 @@
 #   RAW                 where the raw corpus is written [OUT/raw]
 #   SRC, TGT            translation direction [en, ro]
 #   VOCAB_SIZE          joint sentencepiece vocabulary [32000]
-#   PRESET              model size: tiny, small, base, big [base]
+#   PRESET              model size: micro, tiny, small, base, big [base]
 #   LR, WARMUP          peak learning rate and linear warmup updates, then inverse-sqrt decay [0.0003, 16000]
 #   CLIP_NORM           gradient-norm clipping, 0 = off [5]
 #   LABEL_SMOOTHING     [0.1]

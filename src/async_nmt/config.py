@@ -37,6 +37,8 @@ class ModelConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # micro is for smoke tests and CI: it learns a toy corpus in seconds on one CPU core; too small for real data
+    "micro": dict(d_model=64, heads=2, enc_layers=2, dec_layers=2, ff_dim=256, dropout=0.1),
     "tiny": dict(d_model=256, heads=4, enc_layers=3, dec_layers=3, ff_dim=1024, dropout=0.1),
     "small": dict(d_model=512, heads=8, enc_layers=3, dec_layers=3, ff_dim=2048, dropout=0.1),
     "base": dict(d_model=512, heads=8, enc_layers=6, dec_layers=6, ff_dim=2048, dropout=0.1),
@@ -46,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Peak learning rate and warmup updates when --lr/--warmup are not given. tiny's short warmup suits the
 # few hundred updates a CPU run of minutes allows; base/big follow fairseq's Vaswani-style recipes.
 TRAIN_DEFAULTS: dict[str, tuple[float, int]] = {
+    "micro": (2e-3, 50),
     "tiny": (7e-4, 250),
     "small": (7e-4, 1000),
     "base": (7e-4, 4000),

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 def config(bin_dir: Path, **overrides) -> TrainConfig:
-    options = dict(bin_dir=str(bin_dir), preset="tiny", max_tokens=1024, lr=2e-3, warmup=50, dropout=0.0,
+    options = dict(bin_dir=str(bin_dir), preset="micro", max_tokens=1024, lr=2e-3, warmup=50, dropout=0.0,
                    devices=[DEVICE], valid_every=0, valid_max_sentences=40, seed=7, workers=2)  # fmt: skip
     return TrainConfig(**{**options, **overrides})
 
@@ -61,7 +61,7 @@ def test_sync_with_two_ranks_equals_one_worker_with_local_accum_2(synthetic_bin:
     b = read_checkpoint(checkpoint_path(tmp_path / "local", "last"))["params"]
     torch.manual_seed(7)  # the trainer's initialization: the run's seed, then the model
     vocab = read_checkpoint(checkpoint_path(tmp_path / "local", "last"))["corpus"]["vocab_size"]
-    p0 = parameters_to_vector(Transformer(model_config("tiny", vocab, dropout=0.0)).parameters()).detach()
+    p0 = parameters_to_vector(Transformer(model_config("micro", vocab, dropout=0.0)).parameters()).detach()
     # the same updates: the parameters moved the same way, up to float rounding of the two sums (which Adam
     # amplifies where a gradient is near 0; measured 6e-4 of the movement), not by a batch or a rank more or less
     moved = (a - p0).norm()
@@ -102,8 +102,9 @@ def test_async_resume_continues_the_counter_schedule_and_data(synthetic_bin: Pat
 
 
 def _nmt_train(bin_dir: Path, run: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    args = [str(NMT_TRAIN), str(bin_dir), str(run), "--quiet", "--devices", DEVICE, "--workers", "2",
-            "--max-tokens", "1024", "--dropout", "0", "--valid-max-sentences", "20", *extra]  # fmt: skip
+    args = [str(NMT_TRAIN), str(bin_dir), str(run), "--quiet", "--preset", "micro", "--devices", DEVICE,
+            "--workers", "2", "--max-tokens", "1024", "--dropout", "0", "--valid-max-sentences", "20",
+            *extra]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, preexec_fn=default_sigint, **popen)  # fmt: skip
 

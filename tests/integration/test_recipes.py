@@ -50,11 +50,11 @@ def test_every_knob_is_documented(recipe: str) -> None:
 @pytest.mark.slow
 def test_bible_recipe_end_to_end(synthetic_raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    # one thread: the tiny model gains little from two, and spin-waits when another job shares the cores
+    # one thread: the micro model gains little from two, and spin-waits when another job shares the cores
     result = run_recipe(
         "bible-de-en.sh", timeout=300, OUT=out, RAW=synthetic_raw, SRC="src", TGT="tgt", SIMULATE=1, WORKERS=2,
         MAX_UPDATES=20, VALID_EVERY=10, MAX_TOKENS=1024, VOCAB_SIZE=200, VALID_MAX_SENTENCES=20, BEAM=1,
-        NMT=BIN / "nmt", OMP_NUM_THREADS=1,
+        NMT=BIN / "nmt", OMP_NUM_THREADS=1, PRESET="micro",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for mode in ("sync", "async", "async-accum"):
@@ -150,7 +150,7 @@ def test_wmt_recipe_end_to_end_on_downloaded_data(tmp_path: Path) -> None:
     expected = fake_wmt16_en_ro_download(data, toy)
     offline = "http://127.0.0.1:9"  # any download (curl, sacreBLEU's urllib) fails at once instead of going out
     result = run_recipe(
-        "wmt16-en-ro.sh", timeout=120, OUT=out, DATA=data, PRESET="tiny", VOCAB_SIZE=120, LR=7e-4, WARMUP=5,
+        "wmt16-en-ro.sh", timeout=120, OUT=out, DATA=data, PRESET="micro", VOCAB_SIZE=120, LR=7e-4, WARMUP=5,
         MAX_TOKENS=256, MAX_UPDATES=4, VALID_EVERY=4, VALID_MAX_SENTENCES=10, MODES="async-accum", WORKERS=2,
         DEVICES="cpu", SIMULATE=1, BEAM=1, NMT=BIN / "nmt", PYTHON=sys.executable, OMP_NUM_THREADS=1,
         http_proxy=offline, https_proxy=offline, HTTP_PROXY=offline, HTTPS_PROXY=offline, no_proxy="", NO_PROXY="",

@@ -21,17 +21,17 @@ from async_nmt.train.launch import train
 NMT_TRAIN = Path(sys.executable).with_name("nmt-train")
 
 
-def tiny_config(bin_dir: Path, **overrides) -> TrainConfig:
-    options = dict(bin_dir=str(bin_dir), preset="tiny", max_tokens=1024, lr=2e-3, warmup=50, dropout=0.0,
+def micro_config(bin_dir: Path, **overrides) -> TrainConfig:
+    options = dict(bin_dir=str(bin_dir), preset="micro", max_tokens=1024, lr=2e-3, warmup=50, dropout=0.0,
                    devices=["cpu"], valid_every=0, valid_max_sentences=40, seed=7)  # fmt: skip
     return TrainConfig(**{**options, **overrides})
 
 
 @pytest.fixture(scope="module")
 def learned_run(synthetic_bin: Path, tmp_path_factory) -> Path:
-    """A tiny model trained on the toy pair until it translates it well (shared by several tests)."""
+    """A micro model trained on the toy pair until it translates it well (shared by several tests)."""
     run = tmp_path_factory.mktemp("runs") / "learned"
-    train(tiny_config(synthetic_bin, max_updates=300, valid_every=150), run, progress=False, log_every=10)
+    train(micro_config(synthetic_bin, max_updates=300, valid_every=150), run, progress=False, log_every=10)
     return run
 
 
@@ -48,7 +48,7 @@ def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
     assert (learned_run / "checkpoints" / "last.pt").is_file()
     assert (learned_run / "checkpoints" / "best.pt").is_file()
     config = json.loads((learned_run / "config.json").read_text())
-    assert config["train"]["preset"] == "tiny" and config["model"]["d_model"] == 256
+    assert config["train"]["preset"] == "micro" and config["model"]["d_model"] == 64
     for event in read_events(learned_run / "events.jsonl"):
         for key in ("kind", "train_s", "wall_s", "updates", "pushes", "tokens", "epoch"):
             assert key in event
@@ -60,8 +60,8 @@ def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
 
 def test_config_json_reads_back_as_the_run_config(synthetic_bin: Path, learned_run: Path):
     saved = load_json(RunConfig, learned_run / "config.json")
-    assert saved.train == tiny_config(synthetic_bin, max_updates=300, valid_every=150)
-    assert saved.model == model_config("tiny", saved.corpus.vocab_size, dropout=0.0)
+    assert saved.train == micro_config(synthetic_bin, max_updates=300, valid_every=150)
+    assert saved.model == model_config("micro", saved.corpus.vocab_size, dropout=0.0)
     assert saved.corpus.src == "src" and saved.corpus.tgt == "tgt"
 
 
@@ -76,9 +76,9 @@ def test_resume_with_options_that_move_the_data_positions_is_refused(
     run = tmp_path / "copy"
     shutil.copytree(learned_run, run)
     before = {p: p.read_bytes() for p in (run / "events.jsonl", run / "checkpoints" / "last.pt")}
-    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-tokens", "1024",
-                           "--lr", "2e-3", "--warmup", "50", "--dropout", "0", "--seed", "7", "--devices", "cpu",
-                           *extra)  # fmt: skip
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--preset", "micro",
+                           "--max-tokens", "1024", "--lr", "2e-3", "--warmup", "50", "--dropout", "0", "--seed", "7",
+                           "--devices", "cpu", *extra)  # fmt: skip
     assert code == 2, output
     assert len(output.strip().splitlines()) == 1 and option in output and "Traceback" not in output, output
     assert all(p.read_bytes() == content for p, content in before.items())  # nothing changed
@@ -90,7 +90,7 @@ def test_validation_searches_at_the_training_precision(synthetic_bin: Path, tmp_
     from async_nmt.train import validate
 
     seen = record_amp_dtypes(monkeypatch, validate, "translate_lines")
-    train(tiny_config(synthetic_bin, precision=precision, max_updates=1, valid_every=1, valid_max_sentences=5,
+    train(micro_config(synthetic_bin, precision=precision, max_updates=1, valid_every=1, valid_max_sentences=5,
                       max_tokens=256), tmp_path / "run", progress=False)  # fmt: skip
     assert seen == [dtype]
 
@@ -106,10 +106,10 @@ def test_compile_is_applied_where_the_gradients_are_computed():
 
 
 def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Path):
-    cfg = tiny_config(synthetic_bin, max_updates=12, dropout=0.1)
+    cfg = micro_config(synthetic_bin, max_updates=12, dropout=0.1)
     train(cfg, tmp_path / "whole", progress=False, log_every=1)
     train(
-        tiny_config(synthetic_bin, max_updates=6, dropout=0.1),
+        micro_config(synthetic_bin, max_updates=6, dropout=0.1),
         tmp_path / "split",
         progress=False,
         log_every=1,
@@ -128,7 +128,7 @@ def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Pa
 
 
 def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin: Path, tmp_path: Path):
-    train(tiny_config(synthetic_bin, mode="async-accum", accum=3, max_updates=4), tmp_path / "r", progress=False,
+    train(micro_config(synthetic_bin, mode="async-accum", accum=3, max_updates=4), tmp_path / "r", progress=False,
           log_every=1)  # fmt: skip
     last = [e for e in read_events(tmp_path / "r" / "events.jsonl") if e["kind"] == "train"][-1]
     assert last["updates"] == 4 and last["pushes"] == 12
@@ -198,8 +198,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
 
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--quiet", "--devices", "cpu", "--max-tokens", "512",
-         "--valid-every", "0", "--log-every", "1"],
+        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--quiet", "--preset", "micro", "--devices", "cpu",
+         "--max-tokens", "512", "--valid-every", "0", "--log-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
     )  # fmt: skip
@@ -226,7 +226,7 @@ def _events(run: Path) -> list[dict]:
 
 def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synthetic_bin: Path, tmp_path: Path):
     def run(name):
-        cfg = tiny_config(synthetic_bin, mode="async", workers=2, simulate=True, worker_speeds=[1.0, 0.5],
+        cfg = micro_config(synthetic_bin, mode="async", workers=2, simulate=True, worker_speeds=[1.0, 0.5],
                           max_updates=8)  # fmt: skip
         train(cfg, tmp_path / name, progress=False, log_every=4)
         return [e for e in read_events(tmp_path / name / "events.jsonl") if e["kind"] == "train"]
@@ -253,7 +253,7 @@ def test_bad_simulation_options(synthetic_bin: Path, tmp_path: Path, extra, mess
 
 def test_simulated_run_resumes_with_the_same_losses_and_staleness(synthetic_bin: Path, tmp_path: Path):
     def cfg(updates):
-        return tiny_config(synthetic_bin, mode="async", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 0.4],
+        return micro_config(synthetic_bin, mode="async", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 0.4],
                            max_updates=updates, dropout=0.1)  # fmt: skip
 
     train(cfg(10), tmp_path / "whole", progress=False, log_every=1)
@@ -274,7 +274,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synth
     from async_nmt.train.trainer import Trainer
 
     run = tmp_path / "run"
-    trainer = Trainer(tiny_config(synthetic_bin, max_updates=20, valid_every=4), run, log_every=1)
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=20, valid_every=4), run, log_every=1)
     trainer.open_run(resume=False)
     advance = trainer.workers.advance
 

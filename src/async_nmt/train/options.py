@@ -13,7 +13,8 @@ from async_nmt.errors import UserError
 
 OPTIONS = [
     click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
-                 help="Model size: tiny (d256, 3+3 layers), small (d512, 3+3), base and big (Vaswani et al.)."),
+                 help="Model size: micro (d64, 2+2 layers; smoke tests on toy data), tiny (d256, 3+3 layers), "
+                 "small (d512, 3+3), base and big (Vaswani et al.)."),
     click.option("--mode", type=click.Choice(MODES), default="sync", show_default=True,
                  help="How worker gradients update the model: all-reduce (sync), every push applied at once "
                  "(async), or N pushes summed per update (async-accum)."),
