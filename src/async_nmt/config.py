@@ -17,6 +17,9 @@ Mode = Literal["sync", "async", "async-accum"]
 MODES: tuple[str, ...] = get_args(Mode)
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# how a push's staleness scales the learning rate of the update it joins (Zhang et al. 2016: lr / max(1, s))
+StalenessLr = Literal["none", "inverse"]
+STALENESS_LRS: tuple[str, ...] = get_args(StalenessLr)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class TrainConfig:
     workers: int = 1
     accum: int = 1  # async-accum: pushes summed per update
     local_accum: int = 1  # batches a worker sums before one push
+    staleness_lr: StalenessLr = "none"  # async modes: an update's lr / max(1, mean staleness of its pushes)
     devices: list[str] = field(default_factory=list)
     simulate: bool = False  # emulate `workers` workers deterministically in one process
     worker_speeds: list[float] = field(default_factory=list)  # relative speed of each worker (slower: sleeps)

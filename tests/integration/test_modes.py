@@ -49,6 +49,19 @@ def test_async_has_no_barrier_a_slowed_worker_pushes_less(synthetic_bin: Path, t
     assert max(e["staleness_max"] for e in events(run, "train")) >= 3  # its gradients are old
 
 
+def test_worker_processes_step_with_the_staleness_lr(synthetic_bin: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    # a checkpoint after every update fences the pushes: each train event is one push and its update's lr
+    train(config(synthetic_bin, mode="async", worker_speeds=[1.0, 0.2], staleness_lr="inverse", max_updates=16,
+                 warmup=4, save_every=1), run, progress=False, log_every=1)  # fmt: skip
+    trained = events(run, "train")
+    assert [sum(e["staleness_hist"]) for e in trained] == [1] * 16
+    assert max(e["staleness_max"] for e in trained) >= 2
+    for e in trained:
+        expected = inverse_sqrt_lr(e["updates"], 2e-3, 4) / max(1, e["staleness_mean"])
+        assert e["lr"] == pytest.approx(round(expected, 6), abs=1e-9)
+
+
 def test_sync_with_two_ranks_equals_one_worker_with_local_accum_2(synthetic_bin: Path, tmp_path: Path):
     common = dict(mode="sync", max_updates=4, precision="fp32")
     train(config(synthetic_bin, workers=2, **common), tmp_path / "ranks", progress=False, log_every=1)

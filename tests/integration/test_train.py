@@ -238,9 +238,28 @@ def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synth
     assert 0 < first[0]["predicted_s"] < first[-1]["predicted_s"]
 
 
+def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_bin: Path, tmp_path: Path):
+    from async_nmt.train.optim import inverse_sqrt_lr
+
+    run = tmp_path / "run"
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--quiet", "--preset", "micro", "--devices", "cpu",
+                           "--mode", "async", "--workers", "3", "--simulate", "--worker-speeds", "1,1,0.3",
+                           "--staleness-lr", "inverse", "--max-updates", "12", "--log-every", "1", "--lr", "1e-3",
+                           "--warmup", "4", "--max-tokens", "512")  # fmt: skip
+    assert code == 0, output
+    log = read_events(run / "events.jsonl")
+    assert log[0]["staleness_lr"] == "inverse"
+    trained = [e for e in log if e["kind"] == "train"]  # one push, one update each (async, --log-every 1)
+    assert len(trained) == 12 and max(e["staleness_max"] for e in trained) >= 2
+    for e in trained:
+        expected = inverse_sqrt_lr(e["updates"], 1e-3, 4) / max(1, e["staleness_mean"])
+        assert e["lr"] == pytest.approx(round(expected, 6), abs=1e-9)  # the events keep 6 decimals
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--staleness-lr", "inverse"], "--staleness-lr"),
         (["--worker-speeds", "1,0.5"], "needs several workers"),
         (["--workers", "2", "--simulate", "--worker-speeds", "1,1,1"], "3 speeds for 2 workers"),
         (["--worker-speeds", "1,x", "--simulate"], "--worker-speeds"),

@@ -275,3 +275,45 @@ def test_a_server_caught_between_shards_refuses_another_shard_count():
     state["counters"][1, PENDING_PUSHES] = 0  # shard 1 had not got the push yet
     with pytest.raises(UserError, match="resume with --shards 2"):
         ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0, shards=3).load_state_dict(state)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_staleness_lr_divides_each_update_by_the_mean_staleness_of_its_pushes(shards: int):
+    torch.manual_seed(5)
+    p0 = torch.randn(40)
+    grads = [torch.randn(40) * scale for scale in (1.0, 4.0, 0.5, 2.0, 0.3, 1.5, 1.0, 3.0)]
+    tokens = [5, 3, 8, 2, 6, 4, 7, 1]
+    # accum 2, so 4 updates of 2 pushes. The update count each push's worker last pulled; the server is at
+    # update 0, 0, 1, 1, 2, 2, 3, 3 when they arrive, so their staleness is 0, 0, 0, 0, 2, 0, 3, 1
+    pulled = [0, 0, 1, 1, 0, 2, 0, 2]
+    means = [0, 0, 1, 2]  # the mean staleness of each update's two pushes
+    servers = {rule: ParamServer(p0.clone(), accum=2, peak_lr=1e-2, warmup=0, shards=shards, staleness_lr=rule)
+               for rule in ("none", "inverse")}  # fmt: skip
+    for server in servers.values():
+        staleness = [
+            server.push(g.clone(), n, pulled_updates=at) for g, n, at in zip(grads, tokens, pulled, strict=True)
+        ]
+        assert staleness == [0, 0, 0, 0, 2, 0, 3, 1] and server.updates == 4
+    normalized = [(grads[i] + grads[i + 1]) / (tokens[i] + tokens[i + 1]) for i in range(0, 8, 2)]
+    torch.testing.assert_close(servers["none"].gather(), adam(p0, normalized, [1e-2] * 4), rtol=0, atol=1e-6)
+    expected = adam(p0, normalized, [1e-2 / max(1, m) for m in means])
+    torch.testing.assert_close(servers["inverse"].gather(), expected, rtol=0, atol=1e-6)
+    assert servers["inverse"].lr == pytest.approx(1e-2 / 2)  # the learning rate the events log
+
+
+def test_a_pending_staleness_sum_survives_a_checkpoint():
+    def server() -> ParamServer:
+        return ParamServer(torch.zeros(10), accum=2, peak_lr=1e-2, warmup=0, staleness_lr="inverse")
+
+    whole, first = server(), server()
+    for s in (whole, first):
+        s.push(torch.ones(10), 4, pulled_updates=0)
+        s.push(torch.ones(10), 4, pulled_updates=0)  # update 1
+        s.push(torch.ones(10) * 3, 2, pulled_updates=0)  # staleness 1, pending
+    resumed = server()
+    resumed.load_params(first.gather())
+    resumed.load_state_dict(first.state_dict())
+    for s in (whole, resumed):
+        s.push(torch.ones(10), 5, pulled_updates=-2)  # staleness 3: the update's mean is (1 + 3) / 2
+    assert resumed.lr == whole.lr == pytest.approx(1e-2 / 2)
+    assert torch.equal(resumed.params, whole.params)

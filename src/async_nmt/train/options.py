@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from async_nmt.config import MODES, PRECISIONS, PRESETS, TRAIN_DEFAULTS, TrainConfig
+from async_nmt.config import MODES, PRECISIONS, PRESETS, STALENESS_LRS, TRAIN_DEFAULTS, TrainConfig
 from async_nmt.errors import UserError
 
 OPTIONS = [
@@ -24,6 +24,9 @@ OPTIONS = [
                  "--simulate, workers emulated in one process."),
     click.option("--accum", default=1, show_default=True,
                  help="async-accum: pushes the server sums into one update (the paper uses N = workers)."),
+    click.option("--staleness-lr", type=click.Choice(STALENESS_LRS), default="none", show_default=True,
+                 help="async modes: inverse = each update's learning rate is divided by max(1, mean staleness "
+                 "of the pushes it sums) (Zhang et al. 2016); none = the schedule's learning rate."),
     click.option("--local-accum", default=1, show_default=True,
                  help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay)."),
     click.option("--devices", default=None,

@@ -32,7 +32,7 @@ def build_workers(ctx: ModeContext) -> Workers:
     """The Workers of the mode `ctx.cfg` asks for, with their parameter server."""
     cfg = ctx.cfg
     options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup, clip_norm=cfg.clip_norm,
-                   betas=cfg.adam_betas, eps=cfg.adam_eps)  # fmt: skip
+                   betas=cfg.adam_betas, eps=cfg.adam_eps, staleness_lr=cfg.staleness_lr)  # fmt: skip
     if cfg.workers > 1 and not cfg.simulate and cfg.mode != "sync":  # async modes: clients of a shared server
         shard_devices = [torch.device(d) for d in dict.fromkeys(ctx.devices)]  # one shard per device
         server = ParamServer(ctx.flat.data, **options, shards=cfg.shards or len(shard_devices),
@@ -59,6 +59,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
             f"--accum sums pushes on the parameter server and only applies to --mode async-accum; "
             f"to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
         )
+    if cfg.staleness_lr != "none" and cfg.mode == "sync":
+        raise UserError("--staleness-lr applies to the async modes; in --mode sync every push has staleness 0")
     if cfg.worker_speeds and cfg.workers == 1:
         raise UserError("--worker-speeds needs several workers")
     if cfg.worker_speeds and len(cfg.worker_speeds) != cfg.workers:

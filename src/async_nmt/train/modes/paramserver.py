@@ -5,7 +5,9 @@ and, every `accum` pushes, divides the sum by their tokens, clips it, and steps 
 of its update number. A push walks the shards from the worker's own index; each shard is locked while the
 push adds its slice (and, when the count completes an update, while Adam runs), and unlocked only after
 the device work is finished. Staleness of a push is the update count of shard 0 when the push reaches it,
-minus the count the worker read when it last pulled.
+minus the count the worker read when it last pulled. With `staleness_lr="inverse"` an update's learning rate
+is divided by max(1, the mean staleness of the pushes it sums), each shard counting staleness against its
+own update count (Zhang et al. 2016, "Staleness-aware Async-SGD": lr / max(1, s) for one push of staleness s).
 
 One class serves every case. In process (one worker, the simulator, each rank of sync) it has one shard,
 no real locks, and may update the caller's own tensor in place. Built with `shared=True` it is handed to
@@ -31,7 +33,7 @@ from async_nmt.errors import UserError
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 
 # columns of the shared int64 counters, one row per shard
-UPDATES, PUSHES, PENDING_PUSHES, PENDING_TOKENS = range(4)
+UPDATES, PUSHES, PENDING_PUSHES, PENDING_TOKENS, PENDING_STALENESS = range(5)
 
 
 class ParamServer:
@@ -47,11 +49,15 @@ class ParamServer:
         shards: int = 1,
         devices: Sequence[torch.device] = (),
         shared: bool = False,
+        staleness_lr: str = "none",
     ):
         """`params` is the initial flat vector. In process with one shard on its device it is the master
         itself, updated in place; otherwise each shard copies its slice onto `devices[i % len(devices)]`."""
         self.accum = accum
         self.peak_lr, self.warmup = peak_lr, warmup
+        if staleness_lr not in ("none", "inverse"):
+            raise ValueError(f"staleness_lr: {staleness_lr!r} is not none or inverse")
+        self.staleness_lr = staleness_lr
         self.clip_norm = clip_norm / math.sqrt(shards) if clip_norm > 0 else 0.0
         self.numel = params.numel()
         bounds = [round(i * self.numel / shards) for i in range(shards + 1)]
@@ -66,7 +72,7 @@ class ParamServer:
         self.grad_sums: list[torch.Tensor | None] = [None] * shards  # allocated at the first partial update
         if accum > 1:
             self.grad_sums = [torch.zeros_like(p) for p in self.shards]
-        self.counters = torch.zeros(shards, 4, dtype=torch.int64)
+        self.counters = torch.zeros(shards, 5, dtype=torch.int64)
         self.norms = torch.zeros(shards, 2, dtype=torch.float64)  # learning rate, squared gradient norm
         self.locks: list[Any]
         if shared:
@@ -143,6 +149,7 @@ class ParamServer:
                 alone = row[PENDING_PUSHES] == 0 and count == self.accum
                 row[PENDING_PUSHES] += count
                 row[PENDING_TOKENS] += tokens
+                row[PENDING_STALENESS] += max(row[UPDATES] - pulled_updates, 0) * count
                 piece = grad[lo:hi].to(self.shards[i].device, non_blocking=True)
                 if alone:
                     self._update(i, piece, row)
@@ -161,10 +168,12 @@ class ParamServer:
     def _update(self, i: int, grad: torch.Tensor, row: list[int]) -> None:
         row[UPDATES] += 1
         lr = inverse_sqrt_lr(row[UPDATES], self.peak_lr, self.warmup)
+        if self.staleness_lr == "inverse":
+            lr /= max(1.0, row[PENDING_STALENESS] / row[PENDING_PUSHES])
         norm, scale = norm_and_scale(grad, row[PENDING_TOKENS], self.clip_norm)
         self.adam[i].step(grad, lr, row[UPDATES], grad_scale=scale)
         self.norms[i] = torch.tensor([lr, norm * norm], dtype=torch.float64)
-        row[PENDING_PUSHES] = row[PENDING_TOKENS] = 0
+        row[PENDING_PUSHES] = row[PENDING_TOKENS] = row[PENDING_STALENESS] = 0
 
     # ------------------------------------------------------------------ checkpoints (taken while no push runs)
     def gather(self) -> torch.Tensor:
@@ -198,12 +207,15 @@ class ParamServer:
             adam.exp_avg_sq.copy_(optimizer["exp_avg_sq"][lo:hi])
         counters, norms = state.get("counters"), state.get("norms")
         if counters is None:  # an older checkpoint: counters of shard 0 only, nothing pending
-            counters = torch.zeros(1, 4, dtype=torch.int64)
+            counters = torch.zeros(1, 5, dtype=torch.int64)
             counters[0, UPDATES], counters[0, PUSHES] = state["updates"], state["pushes"]
+        if counters.shape[1] < self.counters.shape[1]:  # an older checkpoint: no staleness column (0 = fresh)
+            counters = torch.nn.functional.pad(counters, (0, self.counters.shape[1] - counters.shape[1]))
         if len(counters) != len(self.shards):
             # Another shard count: carried over exactly when every shard had seen the same pushes, as
             # checkpoints of a quiet server have (the partial sum and its tokens are then the same for all)
-            if not bool((counters == counters[0]).all()):
+            # (staleness is counted per shard and may differ; shard 0's stands for all)
+            if not bool((counters[:, :PENDING_STALENESS] == counters[0, :PENDING_STALENESS]).all()):
                 raise UserError(
                     f"the checkpoint's {len(counters)} server shards were not between updates; "
                     f"resume with --shards {len(counters)}"
