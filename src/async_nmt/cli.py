@@ -155,6 +155,13 @@ def train_main() -> None:
     show_default=True,
     help="Which checkpoint of a run folder to use.",
 )
+@click.option(
+    "--average",
+    default=0,
+    show_default=True,
+    help="Translate with the mean of the run folder's last N kept checkpoints (trained with --keep-last); "
+    "0 = the one --checkpoint names.",
+)
 @click.option("--device", default=None, help="cpu or cuda:N (default: the first GPU if there is one, else cpu).")
 @click.option(
     "--precision",
@@ -173,6 +180,7 @@ def translate(
     max_len_b: int,
     max_tokens: int,
     checkpoint: str,
+    average: int,
     device: str | None,
     precision: str,
 ) -> None:
@@ -189,9 +197,29 @@ def translate(
         max_len_b=max_len_b,
         max_tokens=max_tokens,
         checkpoint=checkpoint,
+        average=average,
         device=device,
         precision=precision,  # type: ignore[arg-type]
     )
+
+
+# --------------------------------------------------------------------------- average
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--last", "count", default=5, show_default=True, help="Average the last N kept checkpoints.")
+@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), required=True,
+              help="The averaged checkpoint to write (for `nmt translate OUTPUT`; it does not resume).")  # fmt: skip
+def average(run_dir: Path, count: int, output_path: Path) -> None:
+    """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last)."""
+    from async_nmt.model.checkpoint import average_checkpoints, last_kept
+    from async_nmt.train.checkpoint import save_checkpoint
+
+    paths = last_kept(run_dir, count)
+    try:
+        save_checkpoint(average_checkpoints(paths), output_path)
+    except OSError as err:
+        raise UserError(f"{output_path}: cannot write ({err.strerror or err})") from None
+    click.echo(f"averaged {', '.join(p.name for p in paths)} into {output_path}", err=True)
 
 
 # --------------------------------------------------------------------------- score

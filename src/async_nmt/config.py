@@ -92,6 +92,7 @@ class TrainConfig:
     valid_every: int = 500
     valid_max_sentences: int = 0  # 0 = the whole valid split
     save_every: int = 0  # 0 = only at validation and at the end
+    keep_last: int = 0  # also keep the last N saves as checkpoints/update-U.pt (for averaging); 0 = none
     max_updates: int = 0
     max_epochs: int = 0
     max_time: float = 0.0  # seconds of training clock

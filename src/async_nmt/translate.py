@@ -163,6 +163,7 @@ def translate_file(
     max_len_b: int = 10,
     max_tokens: int = 4000,
     checkpoint: str = "best",
+    average: int = 0,
     device: str | None = None,
     precision: Precision = "auto",
 ) -> None:
@@ -173,7 +174,9 @@ def translate_file(
     else:
         lines = read_lines(input_path)
     torch_device = resolve_device(device)
-    model, sp = load_model(Path(model_path), checkpoint, torch_device)
+    if average < 0:
+        raise UserError("--average must not be negative")
+    model, sp = load_model(Path(model_path), checkpoint, torch_device, average=average)
     hyps = translate_lines(
         model,
         sp,

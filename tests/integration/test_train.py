@@ -310,3 +310,35 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synth
     assert events[-1]["kind"] == "end" and events[-1]["diverged"] is True
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert saved["server"]["updates"] == 4 and torch.isfinite(saved["params"]).all()
+
+
+def test_keep_last_keeps_the_last_saves_that_nmt_average_and_translate_average_use(synthetic_bin: Path,
+                                                                                    tmp_path: Path):  # fmt: skip
+    from async_nmt.model.checkpoint import kept_checkpoints, read_checkpoint
+
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=20, valid_every=5, valid_max_sentences=5, keep_last=2), run,
+          progress=False)  # fmt: skip
+    kept = kept_checkpoints(run)
+    assert [p.name for p in kept] == ["update-15.pt", "update-20.pt"]  # the older saves (5, 10) were dropped
+    for path in kept:
+        assert read_checkpoint(path)["server"]["updates"] == int(path.stem.split("-")[1])
+    code, output = run_cli("average", str(run), "--last", "2", "-o", str(tmp_path / "avg.pt"))
+    assert code == 0, output
+    mean = (read_checkpoint(kept[0])["params"] + read_checkpoint(kept[1])["params"]) / 2
+    torch.testing.assert_close(read_checkpoint(tmp_path / "avg.pt")["params"], mean)
+
+    source = (synthetic_bin / "test.src").read_text().splitlines()[:5]
+    source_file = tmp_path / "src.txt"
+    source_file.write_text("\n".join(source) + "\n")
+    outputs = []
+    for args in ([str(tmp_path / "avg.pt")], [str(run), "--average", "2"]):
+        out = tmp_path / f"hyp{len(outputs)}.txt"
+        code, output = run_cli("translate", *args, "-i", str(source_file), "-o", str(out), "--device", "cpu",
+                               "--beam", "2")  # fmt: skip
+        assert code == 0, output
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 5
+
+    code, output = run_cli("average", str(run), "--last", "3", "-o", str(tmp_path / "avg3.pt"))
+    assert code == 2 and "--keep-last 3" in output and len(output.strip().splitlines()) == 1

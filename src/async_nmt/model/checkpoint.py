@@ -3,11 +3,16 @@
 A checkpoint is one `torch.save` dict with `format`, `model_config`, `train_config`, `corpus`, `vocab_model`
 (the sentencepiece model's bytes), `params` (the flat fp32 parameter vector, in `model.parameters()` order)
 and what training needs to resume (written and read by `train/`).
+
+With `--keep-last N` a run also keeps its last N saves as `checkpoints/update-U.pt` (U = updates), the
+input of checkpoint averaging: `average_checkpoints` gives a checkpoint whose parameters are their mean
+and which holds no training state (it translates, it does not resume).
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,51 @@ from async_nmt.errors import UserError
 from async_nmt.model.transformer import Transformer
 
 FORMAT_VERSION = 1
+KEPT = re.compile(r"update-(\d+)\.pt")  # a save kept by --keep-last
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     return run_dir / "checkpoints" / f"{which}.pt"
+
+
+def kept_path(run_dir: Path, updates: int) -> Path:
+    return checkpoint_path(run_dir, f"update-{updates}")
+
+
+def kept_checkpoints(run_dir: Path) -> list[Path]:
+    """The saves a run kept (--keep-last), oldest first."""
+    folder = run_dir / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("update-*.pt") if (m := KEPT.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def last_kept(run_dir: Path, count: int) -> list[Path]:
+    """The `count` most recent kept saves of a run folder, oldest first; one-line error when there are fewer."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    if count < 1:
+        raise UserError("the number of checkpoints to average must be at least 1")
+    kept = kept_checkpoints(run_dir)
+    if len(kept) < count:
+        raise UserError(f"{run_dir}: {len(kept)} kept checkpoints, fewer than the {count} asked for "
+                        f"(train with --keep-last {count} or more)")  # fmt: skip
+    return kept[-count:]
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose parameters are the mean of those of `paths` (same model and vocabulary), without
+    training state. Summed in float64, so the order of the files does not change the result."""
+    first = read_checkpoint(paths[0])
+    total = first["params"].double()
+    for path in paths[1:]:
+        state = read_checkpoint(path)
+        for key in ("model_config", "corpus"):
+            if state[key] != first[key]:
+                raise UserError(f"{path}: another {key.replace('_', ' ')} than {paths[0]}; cannot average them")
+        total += state["params"].double()
+    keep = ("format", "model_config", "train_config", "corpus", "vocab_model")
+    return {**{k: first[k] for k in keep}, "params": (total / len(paths)).float(),
+            "averaged": [str(p) for p in paths]}  # fmt: skip
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -60,11 +106,16 @@ def vocab_from_checkpoint(state: dict[str, Any]) -> spm.SentencePieceProcessor:
 
 
 def load_model(
-    path: Path, which: str = "best", device: torch.device | str | None = None
+    path: Path, which: str = "best", device: torch.device | str | None = None, average: int = 0
 ) -> tuple[Transformer, spm.SentencePieceProcessor]:
-    """The model (eval mode, on `device`, default the CPU) and vocabulary of a run folder or checkpoint file."""
-    ckpt_file = find_checkpoint(Path(path), which)
-    state = read_checkpoint(ckpt_file)
+    """The model (eval mode, on `device`, default the CPU) and vocabulary of a run folder or checkpoint file;
+    `average` > 0: of the mean of the run folder's last `average` kept checkpoints instead."""
+    if average:
+        kept = last_kept(Path(path), average)
+        ckpt_file, state = kept[-1], average_checkpoints(kept)
+    else:
+        ckpt_file = find_checkpoint(Path(path), which)
+        state = read_checkpoint(ckpt_file)
     model = Transformer(from_dict(ModelConfig, state["model_config"]))
     if sum(p.numel() for p in model.parameters()) != state["params"].numel():
         raise UserError(f"{ckpt_file}: parameter count does not match its model configuration")

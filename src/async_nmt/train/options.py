@@ -56,6 +56,9 @@ OPTIONS = [
                  help="Validate on the first N valid sentences only; 0 = all."),
     click.option("--save-every", default=0, show_default=True,
                  help="Updates between extra checkpoints (besides each validation and the end); 0 = none."),
+    click.option("--keep-last", default=0, show_default=True,
+                 help="Also keep the last N saves as checkpoints/update-U.pt (U = updates), for `nmt average` and "
+                 "`nmt translate --average`; each is a full checkpoint; 0 = keep only last.pt and best.pt."),
     click.option("--max-updates", default=0, show_default=True, help="Stop after this many updates; 0 = no limit."),
     click.option("--max-epochs", default=0, show_default=True, help="Stop after this many epochs; 0 = no limit."),
     click.option("--max-time", default=0.0, show_default=True,
@@ -97,7 +100,16 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
     for name in ("max_tokens", "lr"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("warmup", "max_updates", "max_epochs", "max_time", "valid_every", "save_every", "clip_norm"):
+    for name in (
+        "warmup",
+        "max_updates",
+        "max_epochs",
+        "max_time",
+        "valid_every",
+        "save_every",
+        "clip_norm",
+        "keep_last",
+    ):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:

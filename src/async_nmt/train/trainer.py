@@ -9,6 +9,7 @@ In a sync group every rank runs a trainer; rank 0 (the leader) writes the run fo
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -25,7 +26,7 @@ from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
-from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
+from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, read_checkpoint
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import EventLog, TrainingClock, staleness_stats, truncate_events
 from async_nmt.train.modes import build_workers, worker_devices
@@ -151,7 +152,23 @@ class Trainer:
                 tmp = last.with_name("best.pt.tmp")
                 shutil.copyfile(last, tmp)
                 tmp.replace(last.with_name("best.pt"))
+            if self.cfg.keep_last:
+                self._keep(last)
             self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
+
+    def _keep(self, last: Path) -> None:
+        """Keep this save as update-U.pt (a hard link: last.pt is replaced, never rewritten in place), and
+        drop the kept saves older than the last `keep_last`."""
+        kept = kept_path(self.run_dir, self.updates)
+        if not kept.exists():
+            try:
+                os.link(last, kept)
+            except OSError:  # a file system without hard links
+                tmp = kept.with_name(kept.name + ".tmp")
+                shutil.copyfile(last, tmp)
+                tmp.replace(kept)
+        for old in kept_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
+            old.unlink()
 
     # ------------------------------------------------------------------ events
     @property
