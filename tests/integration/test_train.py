@@ -260,6 +260,7 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     "extra, message",
     [
         (["--staleness-lr", "inverse"], "--staleness-lr"),
+        (["--simulate-token-us", "5"], "add --simulate"),
         (["--worker-speeds", "1,0.5"], "needs several workers"),
         (["--workers", "2", "--simulate", "--worker-speeds", "1,1,1"], "3 speeds for 2 workers"),
         (["--worker-speeds", "1,x", "--simulate"], "--worker-speeds"),

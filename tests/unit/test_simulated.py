@@ -74,7 +74,7 @@ class EqualSplit:
         self.src, self.tgt = self.Side(n, 1), self.Side(n, 2)
 
 
-def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0):
+def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0, token_us=0.0):
     """Build a simulator of `workers` on a tiny model and run `pushes`; returns it, every push's statistics
     and every push's staleness."""
     torch.manual_seed(seed)
@@ -83,7 +83,7 @@ def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, see
     server = ParamServer(flat.data.clone(), accum=accum, peak_lr=1e-3, warmup=10)
     streams = [BatchStream(EqualSplit(), 64, 64, seed=seed, worker=w, workers=workers) for w in range(workers)]
     cfg = TrainConfig(mode="sync" if sync else "async-accum", workers=workers, accum=accum,
-                      worker_speeds=speeds or [], label_smoothing=0.1)  # fmt: skip
+                      worker_speeds=speeds or [], label_smoothing=0.1, simulate_token_us=token_us)  # fmt: skip
     ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
     sim = SimulatedWorkers(ctx, server)
     results = [sim.push() for _ in range(pushes)]
@@ -167,6 +167,15 @@ def test_sync_predicted_clock_waits_for_the_slowest_worker_then_a_ring_all_reduc
     assert sim.server.updates == 3 and sim.worker_pushes == [3, 3]
     assert sim.seconds == pytest.approx([step3, step3], rel=1e-9, abs=0)
     assert sim.predicted_s == pytest.approx(step3, rel=1e-9, abs=0)
+
+
+def test_a_fixed_token_price_replaces_the_measured_one(monkeypatch):
+    sim, link = run_with_clock(monkeypatch, [3, 1, 2, 6, 2, 4], accum=1, speeds=[1.0, 0.5], token_us=7.0)
+    tokens = sim.batches[0][0].tokens  # every batch has the same tokens
+    # the same pushes as with the measured price above, each batch now at 7 us per token whatever it measured
+    w0 = 4 * tokens * 7 * US + 4 * 2 * link
+    w1 = 2 * tokens * 7 / 0.5 * US + 2 * 2 * link
+    assert sim.seconds == pytest.approx([w0, w1], rel=1e-9, abs=0)
 
 
 def test_the_same_seed_gives_the_same_run():

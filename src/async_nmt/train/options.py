@@ -38,6 +38,10 @@ OPTIONS = [
     click.option("--simulate", is_flag=True,
                  help="Emulate --workers workers in one process on one device, deterministically; events "
                  "carry the predicted wall clock of that many real devices (predicted_s)."),
+    click.option("--simulate-token-us", type=float, default=0.0, show_default=True,
+                 help="With --simulate: price a target token's forward and backward at this many microseconds on "
+                 "a speed-1 worker, so that predicted_s is the same on any machine and under any load; 0 = the "
+                 "time measured on this device so far."),
     click.option("--worker-speeds", default=None,
                  help="Comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5: emulated in --simulate, "
                  "and real async workers slower than 1 sleep after each batch (a straggler on purpose)."),
@@ -109,6 +113,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         "save_every",
         "clip_norm",
         "keep_last",
+        "simulate_token_us",
     ):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")

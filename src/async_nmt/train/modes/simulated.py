@@ -6,8 +6,9 @@ simulated finish time: a worker's batches cost their target tokens divided by it
 machine. The pushes go to the same `ParamServer` as a real run's.
 
 The predicted wall clock of W real devices (`predicted_s` in the events) prices a token at the compute time
-measured on this device so far, scaled by the worker's speed, plus the cost of moving the parameters: a
-push and a pull (async modes), or a ring all-reduce after the slowest worker of each step (sync).
+measured on this device so far (or at a fixed `--simulate-token-us`, which makes the clock the same on any
+machine and load), scaled by the worker's speed, plus the cost of moving the parameters: a push and a pull
+(async modes), or a ring all-reduce after the slowest worker of each step (sync).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SimulatedWorkers(Workers):
         self.speeds, self.sync = cfg.worker_speeds or [1.0] * workers, cfg.mode == "sync"
         self.local_accum, self.label_smoothing, self.amp_dtype = cfg.local_accum, cfg.label_smoothing, ctx.amp_dtype
         self.device = ctx.flat.device
+        self.token_s = cfg.simulate_token_us * 1e-6  # a fixed price per token; 0 = measured
         flat = ctx.flat
         # what each async worker last pulled; sync workers all compute on the server's current parameters
         self.params = [server.params if self.sync else torch.empty_like(flat.data) for _ in range(workers)]
@@ -96,7 +98,7 @@ class SimulatedWorkers(Workers):
         return stats, staleness
 
     def _advance_clock(self, worker: int, tokens: int, step_done: bool) -> None:
-        seconds_per_token = self.compute_s / max(self.compute_tokens, 1)
+        seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
         self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
         link_s = self.param_bytes / (LINK_GB_PER_S * 1e9)
         if not self.sync:
