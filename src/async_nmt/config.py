@@ -97,6 +97,7 @@ class TrainConfig:
     max_updates: int = 0
     max_epochs: int = 0
     max_time: float = 0.0  # seconds of training clock
+    patience: int = 0  # stop after this many validations without a better valid BLEU; 0 = never
     seed: int = 1
     precision: Precision = "auto"
     compile: bool = False

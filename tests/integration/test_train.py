@@ -261,6 +261,7 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     [
         (["--staleness-lr", "inverse"], "--staleness-lr"),
         (["--simulate-token-us", "5"], "add --simulate"),
+        (["--patience", "3", "--valid-every", "0"], "--valid-every"),
         (["--worker-speeds", "1,0.5"], "needs several workers"),
         (["--workers", "2", "--simulate", "--worker-speeds", "1,1,1"], "3 speeds for 2 workers"),
         (["--worker-speeds", "1,x", "--simulate"], "--worker-speeds"),
@@ -343,3 +344,21 @@ def test_keep_last_keeps_the_last_saves_that_nmt_average_and_translate_average_u
 
     code, output = run_cli("average", str(run), "--last", "3", "-o", str(tmp_path / "avg3.pt"))
     assert code == 2 and "--keep-last 3" in output and len(output.strip().splitlines()) == 1
+
+
+def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic_bin: Path, tmp_path: Path):
+    from async_nmt.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=100, valid_every=2, patience=3), run, log_every=1)
+    trainer.open_run(resume=False)
+    bleus = iter([1.0, 5.0, 4.0, 5.0, 4.5, 9.0, 9.0])  # best at the 2nd; 3 validations without gain end it
+
+    def validator(*args, **kwargs):
+        return {"valid_loss": 1.0, "valid_ppl": 2.7, "bleu": next(bleus), "chrf": 0.0}
+
+    trainer.validator = validator
+    trainer.run(progress=False)
+    events = read_events(run / "events.jsonl")
+    assert [e["bleu"] for e in events if e["kind"] == "valid"] == [1.0, 5.0, 4.0, 5.0, 4.5]
+    assert events[-1]["kind"] == "end" and events[-1]["updates"] == 10 and events[-1]["converged"] is True

@@ -67,6 +67,9 @@ OPTIONS = [
     click.option("--max-epochs", default=0, show_default=True, help="Stop after this many epochs; 0 = no limit."),
     click.option("--max-time", default=0.0, show_default=True,
                  help="Stop after this many seconds of training clock (validation excluded); 0 = no limit."),
+    click.option("--patience", default=0, show_default=True,
+                 help="Stop when the last N validations brought no better valid BLEU (convergence; needs "
+                 "--valid-every); 0 = never."),
     click.option("--seed", default=1, show_default=True, help="Random seed (initialization, batch order, dropout)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
@@ -114,9 +117,12 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         "clip_norm",
         "keep_last",
         "simulate_token_us",
+        "patience",
     ):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    if cfg.patience and not cfg.valid_every:
+        raise UserError("--patience counts validations; give --valid-every too")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         raise UserError("--dropout must be in [0, 1)")
     if not 0 <= cfg.label_smoothing < 1:

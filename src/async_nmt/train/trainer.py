@@ -244,8 +244,16 @@ class Trainer:
         wish = (
             (cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs)
             or (self.leader and cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)  # rank 0's clock
+            or self.converged()
         )
         return self.workers.agree_stop(wish) or self.workers.interrupted
+
+    def converged(self) -> bool:
+        """--patience: the last `patience` validations (every --valid-every updates) found no better BLEU."""
+        cfg = self.cfg
+        if not (cfg.patience and self.leader and self.best and self.validated_at == self.updates):
+            return False
+        return self.updates - self.best["updates"] >= cfg.patience * cfg.valid_every
 
     def _next_fence(self) -> int:
         """The next update at which the server must be quiet: a validation, a checkpoint, or the end."""
@@ -329,7 +337,9 @@ class Trainer:
             self.validate()
         with self.clock.paused():
             self.workers.close()
-        summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False)
+        converged = self.converged()  # stopped by --patience
+        summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
+                              converged=converged)  # fmt: skip
         if self.leader:
             self.events.close()
         return summary
