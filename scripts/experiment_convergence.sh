@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Issue 9's experiment, from scratch and resumable: sync, async, async-accum 4 and async with the
+# staleness-aware learning rate, 4 emulated workers (--simulate), 3 seeds each, every run trained to its
+# own convergence (--patience), then the test set translated with the best checkpoint and with the average
+# of the last 5 kept ones. Events, configs and test scores are copied to docs/results/convergence/ as
+# each run ends, so they can be committed as they come; an interrupted run is resumed (--resume).
+#
+# Knobs (environment): RAW [demo/raw, from `make demo` or `nmt corpus get bible-de-en demo/raw`],
+#   OUT [runs/convergence], DOCS [docs/results/convergence], TRAIN_PAIRS [10000], SEEDS [1 2 3],
+#   LANES [2]: runs trained at once, one thread each; CONFIGS [sync async accum4 async-inverse].
+set -euo pipefail
+RAW=${RAW:-demo/raw}
+OUT=${OUT:-runs/convergence}
+DOCS=${DOCS:-docs/results/convergence}
+TRAIN_PAIRS=${TRAIN_PAIRS:-10000}
+SEEDS=${SEEDS:-1 2 3}
+LANES=${LANES:-2}
+CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
+NMT=${NMT:-nmt}
+export OMP_NUM_THREADS=1
+
+# the data: the first TRAIN_PAIRS training verse pairs of bible-de-en, the valid and test splits whole,
+# a joint unigram vocabulary of 2,000 (the micro model's output layer is then cheap enough for the CPU)
+if [[ ! -f $OUT/bin/manifest.json ]]; then
+    [[ -f $RAW/train.de ]] || "$NMT" corpus get bible-de-en "$RAW"
+    mkdir -p "$OUT/raw"
+    for side in de en; do
+        head -n "$TRAIN_PAIRS" "$RAW/train.$side" >"$OUT/raw/train.$side"
+        cp "$RAW/valid.$side" "$RAW/test.$side" "$OUT/raw/"
+    done
+    "$NMT" preprocess "$OUT/raw" "$OUT/bin" --vocab-size 2000 --force
+fi
+
+# Every run: micro (d64, 2+2 layers), 4 emulated workers of 1,024-token batches, lr 2e-3 after 200 warmup
+# updates, validation on the first 500 valid sentences about every 400k target tokens (100 updates of sync
+# and async-accum 4, 400 of async), stopped when 3 validations in a row bring no better BLEU (at most 60
+# epochs). The predicted clock prices a token at 140 us (what micro measured on one core here), so it
+# does not depend on the load of the machine.
+common=(--preset micro --devices cpu --workers 4 --simulate --simulate-token-us 140 --max-tokens 1024
+        --lr 2e-3 --warmup 200 --valid-max-sentences 500 --patience 3 --max-epochs 60 --keep-last 5 --quiet)
+options() {  # the options of a configuration
+    case $1 in
+        sync) echo "--mode sync --valid-every 100" ;;
+        async) echo "--mode async --valid-every 400" ;;
+        accum4) echo "--mode async-accum --accum 4 --valid-every 100" ;;
+        async-inverse) echo "--mode async --staleness-lr inverse --valid-every 400" ;;
+        *) echo "unknown configuration $1" >&2; return 1 ;;
+    esac
+}
+
+run() {  # run CONFIG SEED: train (or resume), translate and score the test set, copy the results
+    local config=$1 seed=$2 name="$1-s$2" dir
+    dir=$OUT/$name
+    if ! { [[ -f $dir/events.jsonl ]] && grep -q '"kind": "end"' "$dir/events.jsonl"; }; then
+        local resume=(--force)
+        [[ -f $dir/checkpoints/last.pt ]] && resume=(--resume)
+        echo "== $name $(date +%T)"
+        # shellcheck disable=SC2046
+        "$NMT" train "$OUT/bin" "$dir" "${common[@]}" $(options "$config") --seed "$seed" "${resume[@]}" \
+            >"$OUT/$name.log" 2>&1 || { echo "!! $name failed: $(tail -1 "$OUT/$name.log")"; return 0; }
+    fi
+    local docs=$DOCS/$name
+    mkdir -p "$docs"
+    cp "$dir/events.jsonl" "$dir/config.json" "$docs/"
+    for which in best avg5; do
+        [[ -f $docs/test-$which.json ]] && continue
+        local model=(--checkpoint best)
+        [[ $which == avg5 ]] && model=(--average 5)
+        "$NMT" translate "$dir" "${model[@]}" --device cpu --beam 5 -i "$OUT/bin/test.de" -o "$dir/test-$which.en"
+        "$NMT" score "$dir/test-$which.en" "$OUT/bin/test.en" --json >"$docs/test-$which.json"
+    done
+    echo "== $name done $(date +%T)"
+}
+export -f run options
+export OUT DOCS NMT
+export COMMON="${common[*]}"
+
+jobs=()
+for seed in $SEEDS; do
+    for config in $CONFIGS; do
+        jobs+=("$config $seed")
+    done
+done
+printf '%s\n' "${jobs[@]}" | xargs -P "$LANES" -L 1 bash -c 'common=($COMMON); run "$0" "$1"'
