@@ -96,7 +96,7 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
     mean, most = staleness(run)
     return {
         "run": run.name,
-        "mode": start.get("mode"),
+        "mode": start.get("mode", "") + (" lr/s" if start.get("staleness_lr") == "inverse" else ""),
         "workers": start.get("workers"),
         "accum": start.get("accum"),
         "local_accum": start.get("local_accum"),

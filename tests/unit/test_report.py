@@ -142,3 +142,13 @@ def test_a_corrupt_event_log_is_a_one_line_error(tmp_path: Path, runs: list[Path
     result = CliRunner().invoke(main, ["report", str(runs[1]), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["runs"][0]["best_bleu"] == 4.0
+
+
+def test_the_mode_says_when_the_lr_was_divided_by_the_staleness(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "inverse", "async", [1.0, 2.0], seconds_per_valid=10.0)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    events[0]["staleness_lr"] = "inverse"
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    plain = write_run(tmp_path / "plain", "async", [1.0, 2.0], seconds_per_valid=10.0)
+    report = build_report([load_run(run), load_run(plain)])
+    assert [row["mode"] for row in report["runs"]] == ["async lr/s", "async"]
