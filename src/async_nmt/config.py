@@ -81,6 +81,7 @@ class TrainConfig:
     simulate: bool = False  # emulate `workers` workers deterministically in one process
     worker_speeds: list[float] = field(default_factory=list)  # relative speed of each worker (slower: sleeps)
     simulate_token_us: float = 0.0  # --simulate: a token's compute price on the predicted clock; 0 = measured
+    link_gbps: float = 80.0  # --simulate: the link between a worker and the server (or ring neighbours), Gb/s
     shards: int = 0  # parameter-server shards; 0 = one per device
     max_tokens: int = 4096
     lr: float = 7e-4

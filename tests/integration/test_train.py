@@ -261,6 +261,8 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     [
         (["--staleness-lr", "inverse"], "--staleness-lr"),
         (["--simulate-token-us", "5"], "add --simulate"),
+        (["--link-gbps", "25"], "add --simulate"),
+        (["--link-gbps", "0", "--simulate"], "--link-gbps"),
         (["--patience", "3", "--valid-every", "0"], "--valid-every"),
         (["--worker-speeds", "1,0.5"], "needs several workers"),
         (["--workers", "2", "--simulate", "--worker-speeds", "1,1,1"], "3 speeds for 2 workers"),

@@ -13,7 +13,7 @@ from async_nmt.config import TrainConfig, model_config
 from async_nmt.data.batches import BatchStream
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.modes.paramserver import PENDING_PUSHES, PENDING_TOKENS, ParamServer
-from async_nmt.train.modes.simulated import LINK_GB_PER_S, SimulatedWorkers
+from async_nmt.train.modes.simulated import SimulatedWorkers
 from async_nmt.train.modes.workers import ModeContext
 from async_nmt.train.step import flatten_parameters
 
@@ -74,7 +74,7 @@ class EqualSplit:
         self.src, self.tgt = self.Side(n, 1), self.Side(n, 2)
 
 
-def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0, token_us=0.0):
+def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0, token_us=0.0, link_gbps=80.0):
     """Build a simulator of `workers` on a tiny model and run `pushes`; returns it, every push's statistics
     and every push's staleness."""
     torch.manual_seed(seed)
@@ -83,7 +83,8 @@ def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, see
     server = ParamServer(flat.data.clone(), accum=accum, peak_lr=1e-3, warmup=10)
     streams = [BatchStream(EqualSplit(), 64, 64, seed=seed, worker=w, workers=workers) for w in range(workers)]
     cfg = TrainConfig(mode="sync" if sync else "async-accum", workers=workers, accum=accum,
-                      worker_speeds=speeds or [], label_smoothing=0.1, simulate_token_us=token_us)  # fmt: skip
+                      worker_speeds=speeds or [], label_smoothing=0.1, simulate_token_us=token_us,
+                      link_gbps=link_gbps)  # fmt: skip
     ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
     sim = SimulatedWorkers(ctx, server)
     results = [sim.push() for _ in range(pushes)]
@@ -141,11 +142,13 @@ def run_with_clock(monkeypatch, durations: list[float], **kwargs):
     assert not clock.durations and clock.readings == 2 * len(durations)
     assert len({s.tokens for s in stats}) == 1  # every push has the same tokens T (EqualSplit)
     # the parameters (fp32) go over the link once per transfer
-    return sim, sim.server.numel * 4 / (LINK_GB_PER_S * 1e9)
+    return sim, sim.server.numel * 4 * 8 / (kwargs.get("link_gbps", 80.0) * 1e9)
 
 
-def test_async_predicted_clock_prices_tokens_at_the_compute_time_so_far_plus_a_push_and_a_pull(monkeypatch):
-    sim, link = run_with_clock(monkeypatch, [3, 1, 2, 6, 2, 4], accum=1, speeds=[1.0, 0.5])
+@pytest.mark.parametrize("link_gbps", [80.0, 1.0])  # 10 GB/s, and 1 Gb/s where the link costs more than compute
+def test_async_predicted_clock_prices_tokens_at_the_compute_time_so_far_plus_a_push_and_a_pull(monkeypatch,
+                                                                                                link_gbps):  # fmt: skip
+    sim, link = run_with_clock(monkeypatch, [3, 1, 2, 6, 2, 4], accum=1, speeds=[1.0, 0.5], link_gbps=link_gbps)
     # Push order by simulated finish time (T per batch, /speed), ties to the lower worker: w0 at T, w0 at 2T
     # (before w1 at 2T), w1 at 2T, w0 at 3T, w0 at 4T, w1 at 4T.
     # The price of a token after push k is (d_1 + ... + d_k) / (k T), so a batch of T tokens costs the mean
@@ -157,8 +160,10 @@ def test_async_predicted_clock_prices_tokens_at_the_compute_time_so_far_plus_a_p
     assert sim.predicted_s == pytest.approx(max(w0, w1), rel=1e-9, abs=0)
 
 
-def test_sync_predicted_clock_waits_for_the_slowest_worker_then_a_ring_all_reduce(monkeypatch):
-    sim, link = run_with_clock(monkeypatch, [1, 9, 2, 4, 3, 5], accum=2, speeds=[0.5, 1.0], sync=True)
+@pytest.mark.parametrize("link_gbps", [80.0, 1.0])
+def test_sync_predicted_clock_waits_for_the_slowest_worker_then_a_ring_all_reduce(monkeypatch, link_gbps):
+    sim, link = run_with_clock(monkeypatch, [1, 9, 2, 4, 3, 5], accum=2, speeds=[0.5, 1.0], sync=True,
+                               link_gbps=link_gbps)  # fmt: skip
     # Pushes alternate w0, w1; a batch costs the mean of the durations so far: 1, 5, 4, 4, 3.8, 4 us, twice
     # that on w0 (speed 0.5). Every step ends at its slowest worker plus a ring all-reduce of 2 (W-1)/W = 1 link.
     step1 = max(2 * 1, 5) * US + link  # w1 is the slower

@@ -42,6 +42,9 @@ OPTIONS = [
                  help="With --simulate: price a target token's forward and backward at this many microseconds on "
                  "a speed-1 worker, so that predicted_s is the same on any machine and under any load; 0 = the "
                  "time measured on this device so far."),
+    click.option("--link-gbps", type=float, default=80.0, show_default=True,
+                 help="With --simulate: bandwidth of each worker's link in Gb/s, priced on the predicted clock for "
+                 "moving the parameters (25 = Ethernet between nodes, 100-400 = InfiniBand, 80 = 10 GB/s)."),
     click.option("--worker-speeds", default=None,
                  help="Comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5: emulated in --simulate, "
                  "and real async workers slower than 1 sleep after each batch (a straggler on purpose)."),
@@ -104,7 +107,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         **options,
     )
     check_mode_options(cfg)
-    for name in ("max_tokens", "lr"):
+    for name in ("max_tokens", "lr", "link_gbps"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     for name in (

@@ -63,6 +63,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError("--staleness-lr applies to the async modes; in --mode sync every push has staleness 0")
     if cfg.simulate_token_us and not cfg.simulate:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")
+    if cfg.link_gbps != TrainConfig.link_gbps and not cfg.simulate:
+        raise UserError("--link-gbps prices the predicted clock of --simulate; add --simulate")
     if cfg.worker_speeds and cfg.workers == 1:
         raise UserError("--worker-speeds needs several workers")
     if cfg.worker_speeds and len(cfg.worker_speeds) != cfg.workers:

@@ -7,8 +7,9 @@ machine. The pushes go to the same `ParamServer` as a real run's.
 
 The predicted wall clock of W real devices (`predicted_s` in the events) prices a token at the compute time
 measured on this device so far (or at a fixed `--simulate-token-us`, which makes the clock the same on any
-machine and load), scaled by the worker's speed, plus the cost of moving the parameters: a push and a pull
-(async modes), or a ring all-reduce after the slowest worker of each step (sync).
+machine and load), scaled by the worker's speed, plus the cost of moving the parameters over a link of
+`--link-gbps`: a push and a pull (async modes), or a ring all-reduce after the slowest worker of each
+step (sync).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from async_nmt.data.batches import Batch
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
-
-LINK_GB_PER_S = 10.0  # assumed bandwidth for moving parameters between a worker and the server
 
 
 class SimulatedWorkers(Workers):
@@ -39,6 +38,7 @@ class SimulatedWorkers(Workers):
         self.local_accum, self.label_smoothing, self.amp_dtype = cfg.local_accum, cfg.label_smoothing, ctx.amp_dtype
         self.device = ctx.flat.device
         self.token_s = cfg.simulate_token_us * 1e-6  # a fixed price per token; 0 = measured
+        self.link_bytes_per_s = cfg.link_gbps * 1e9 / 8
         flat = ctx.flat
         # what each async worker last pulled; sync workers all compute on the server's current parameters
         self.params = [server.params if self.sync else torch.empty_like(flat.data) for _ in range(workers)]
@@ -100,7 +100,7 @@ class SimulatedWorkers(Workers):
     def _advance_clock(self, worker: int, tokens: int, step_done: bool) -> None:
         seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
         self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
-        link_s = self.param_bytes / (LINK_GB_PER_S * 1e9)
+        link_s = self.param_bytes / self.link_bytes_per_s
         if not self.sync:
             self.seconds[worker] += 2 * link_s  # push the gradient, pull the parameters
             self.predicted_s = max(self.predicted_s, self.seconds[worker])
