@@ -7,7 +7,11 @@
 #
 # Knobs (environment): RAW [demo/raw, from `make demo` or `nmt corpus get bible-de-en demo/raw`],
 #   OUT [runs/convergence], DOCS [docs/results/convergence], TRAIN_PAIRS [10000], SEEDS [1 2 3],
-#   LANES [2]: runs trained at once, one thread each; CONFIGS [sync async accum4 async-inverse].
+#   LANES [2]: runs trained at once, one thread each;
+#   CONFIGS [sync async accum4 async-inverse async-local4 sync-spread accum4-spread sync-straggler
+#            accum4-straggler]: the first four answer (a) and (c); async-local4 (4 batches summed per
+#            push: the batch of a sync update at async's staleness) answers (b); the last four race (d)
+#            with worker speeds 1,1,1,0.8 (spread) and 1,1,1,0.5 (straggler).
 set -euo pipefail
 RAW=${RAW:-demo/raw}
 OUT=${OUT:-runs/convergence}
@@ -15,7 +19,7 @@ DOCS=${DOCS:-docs/results/convergence}
 TRAIN_PAIRS=${TRAIN_PAIRS:-10000}
 SEEDS=${SEEDS:-1 2 3}
 LANES=${LANES:-2}
-CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
+CONFIGS=${CONFIGS:-sync async accum4 async-inverse async-local4 sync-spread accum4-spread sync-straggler accum4-straggler}
 NMT=${NMT:-nmt}
 export OMP_NUM_THREADS=1
 
@@ -44,6 +48,11 @@ options() {  # the options of a configuration
         async) echo "--mode async --valid-every 400" ;;
         accum4) echo "--mode async-accum --accum 4 --valid-every 100" ;;
         async-inverse) echo "--mode async --staleness-lr inverse --valid-every 400" ;;
+        async-local4) echo "--mode async --local-accum 4 --valid-every 100" ;;
+        sync-spread) echo "--mode sync --valid-every 100 --worker-speeds 1,1,1,0.8" ;;
+        accum4-spread) echo "--mode async-accum --accum 4 --valid-every 100 --worker-speeds 1,1,1,0.8" ;;
+        sync-straggler) echo "--mode sync --valid-every 100 --worker-speeds 1,1,1,0.5" ;;
+        accum4-straggler) echo "--mode async-accum --accum 4 --valid-every 100 --worker-speeds 1,1,1,0.5" ;;
         *) echo "unknown configuration $1" >&2; return 1 ;;
     esac
 }
