@@ -23,6 +23,7 @@ from async_nmt.errors import UserError
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir
 from async_nmt.train.modes import spawns_ranks, worker_devices
+from async_nmt.train.modes.remote import run_worker_rank
 from async_nmt.train.summary import print_summary
 from async_nmt.train.trainer import LOG_EVERY, Trainer
 
@@ -134,14 +135,26 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
 
 # ---------------------------------------------------------------------- a rank started by torchrun
 def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, progress: bool,
-                  log_every: int) -> dict[str, Any]:  # fmt: skip
-    """Run as the rank that RANK / WORLD_SIZE / LOCAL_RANK name, in the group torchrun set up."""
+                  log_every: int) -> dict[str, Any] | None:  # fmt: skip
+    """Run as the rank that RANK / WORLD_SIZE / LOCAL_RANK name, in the group torchrun set up: a sync rank
+    with a trainer of its own, or in the async modes rank 0 (trainer and server) or a worker rank."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if cfg.mode != "sync" or cfg.simulate:
-        raise UserError("RANK/WORLD_SIZE are set (torchrun): only --mode sync runs across processes started so")
-    if cfg.workers not in (1, world):
-        raise UserError(f"--workers {cfg.workers} differs from WORLD_SIZE={world}")
-    cfg.workers = world
+    processes.die_with_parent()  # torchrun's agent: no rank outlives it (a killed node leaves nothing behind)
+    if cfg.simulate:
+        raise UserError("RANK/WORLD_SIZE are set (torchrun): --simulate runs in one process; start it without torchrun")
+    if cfg.mode == "sync":
+        if cfg.workers not in (1, world):
+            raise UserError(f"--workers {cfg.workers} differs from WORLD_SIZE={world}")
+        cfg.workers = world
+    else:  # rank 0 serves, the others are the workers
+        if world < 2:
+            raise UserError(f"--mode {cfg.mode} under torchrun needs 2 ranks or more: rank 0 serves, the others push")
+        if cfg.workers not in (1, world - 1):
+            raise UserError(f"--workers {cfg.workers}: under torchrun the workers are ranks 1..{world - 1}, so "
+                            f"--workers must be {world - 1} (WORLD_SIZE={world}, rank 0 serves)")  # fmt: skip
+        if cfg.shards > 1:
+            raise UserError("--shards: under torchrun the server is rank 0, one shard")
+        cfg.workers = world - 1
     local = int(os.environ.get("LOCAL_RANK", rank))
     if cfg.devices:
         device = cfg.devices[local % len(cfg.devices)]
@@ -152,8 +165,13 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
         torch.cuda.set_device(torch.device(device))
     if rank == 0:
         check_run_dir(run_dir, resume, force)
-    dist.init_process_group(backend([device]), timeout=TIMEOUT)
-    try:
-        return run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
-    finally:
-        dist.destroy_process_group()
+    # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
+    dist.init_process_group(backend([device]) if cfg.mode == "sync" else "gloo", timeout=TIMEOUT)
+    # on an error the group is left as it is (tearing it down may wait for peers that are gone)
+    if cfg.mode != "sync" and rank > 0:
+        run_worker_rank(cfg, rank, torch.device(device))
+        summary = None
+    else:
+        summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
+    dist.destroy_process_group()
+    return summary

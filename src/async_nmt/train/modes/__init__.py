@@ -9,7 +9,8 @@ is chosen here, in `build_workers`, and nowhere else:
 - `local.py`        one worker in the trainer's process (any mode with --workers 1);
 - `sync.py`         this process is one rank of an all-reduce group (torch.distributed);
 - `asynchronous.py` worker processes pushing to a shared parameter server (async, async-accum);
-- `simulated.py`    W workers emulated in one process, deterministically (--simulate, every mode).
+- `simulated.py`    W workers emulated in one process, deterministically (--simulate, every mode);
+- `remote.py`       async modes across processes torchrun started (rank 0 serves, the others push).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from async_nmt.errors import UserError
 from async_nmt.train.modes.asynchronous import ProcessWorkers
 from async_nmt.train.modes.local import LocalWorker
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.remote import RemoteWorkers
 from async_nmt.train.modes.simulated import SimulatedWorkers
 from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers
@@ -33,6 +35,8 @@ def build_workers(ctx: ModeContext) -> Workers:
     cfg = ctx.cfg
     options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup, clip_norm=cfg.clip_norm,
                    betas=cfg.adam_betas, eps=cfg.adam_eps, staleness_lr=cfg.staleness_lr)  # fmt: skip
+    if ctx.world > 1 and cfg.mode != "sync":  # rank 0 of torchrun's group serves the other ranks' pushes
+        return RemoteWorkers(ctx, ParamServer(ctx.flat.data, **options))
     if cfg.workers > 1 and not cfg.simulate and cfg.mode != "sync":  # async modes: clients of a shared server
         shard_devices = [torch.device(d) for d in dict.fromkeys(ctx.devices)]  # one shard per device
         server = ParamServer(ctx.flat.data, **options, shards=cfg.shards or len(shard_devices),

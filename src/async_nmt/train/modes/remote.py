@@ -1,0 +1,321 @@
+"""async and async-accum across processes that torchrun started, on one machine or several.
+
+Rank 0 is the coordinator and the parameter server. It runs the trainer (events, validation, checkpoints)
+and holds the master parameters, Adam and the update rule (`ParamServer`, one shard). Every other rank is
+a worker that loops: compute a gradient on the parameters it last pulled, push it to rank 0 with its
+statistics and data position, and receive the parameters once the server has taken the push.
+
+Pushes travel as gloo point-to-point messages of CPU tensors (a GPU worker goes through pinned host
+buffers; NCCL has no receive from any source, which a server that serves whoever comes first needs).
+Rank 0 receives the next push from any worker, so nobody waits for anybody. The gate is rank 0 not
+answering: a push that arrives when the server has reached the next fence (a validation, a checkpoint,
+the end) waits, its gradient not yet taken, until the coordinator opens the gate further. Since the server
+applies each push before it answers, it is always between pushes when the trainer validates or saves.
+
+Failures: each worker publishes its host and a heartbeat in torchrun's store, and a line when it fails.
+Rank 0 stops the run with one line that names the worker's rank, host and error, or says that its
+heartbeat stopped. A worker leaves when rank 0 is gone: its next message to it fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from async_nmt.config import ModelConfig, TrainConfig, from_dict
+from async_nmt.data.batches import BatchStream
+from async_nmt.data.binarize import load_split
+from async_nmt.devices import amp_dtype_for
+from async_nmt.errors import WorkerFailed
+from async_nmt.train import processes
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.workers import ModeContext, Workers, histogram
+from async_nmt.train.step import StepStats, build_model, train_step
+
+HEADER, GRAD, REPLY, PARAMS = 7001, 7002, 7003, 7004  # message tags (apart from those gloo numbers collectives with)
+# a push's header: its statistics, the update count its parameters came from, and the worker's data position
+TOKENS, LOSS, NLL, SENTENCES, PULLED, EPOCH, INDEX = range(7)
+HEARTBEAT_S = 0.5  # how often a worker says it is alive
+SILENT_S = 5.0  # a worker not heard of for this long has stopped
+CHECK_S = 0.5  # how often rank 0 looks at the store while it waits
+PREFIX = "async_nmt/"
+
+
+def _key(what: str, rank: int) -> str:
+    return f"{PREFIX}{what}/{rank}"
+
+
+class _Receive:
+    """A posted receive from any source, waited for on a thread (its wait releases the GIL)."""
+
+    def __init__(self, work: Any):
+        self.work, self.error = work, None
+        self.done = threading.Event()
+        threading.Thread(target=self._wait, daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            self.work.wait()
+        except Exception as err:  # a lost connection: raised in the watching thread
+            self.error = err
+        self.done.set()
+
+    def source(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.work._source_rank()
+
+
+class RemoteWorkers(Workers):
+    """Rank 0's side: serve the workers' pushes in arrival order, up to the fence the trainer sets."""
+
+    def __init__(self, ctx: ModeContext, server: ParamServer):
+        self.ctx, self.server = ctx, server
+        self.ranks = list(range(1, ctx.world))  # the workers
+        self.store = dist.distributed_c10d._get_default_store()
+        numel = server.numel
+        self.params_cpu = server.params if server.params.device.type == "cpu" else torch.empty(numel)
+        self.grad = torch.empty(numel)
+        self.header = torch.empty(8, dtype=torch.float64)
+        self.pending: Any = None  # the posted receive of the next header
+        self.parked: list[tuple[int, torch.Tensor]] = []  # headers of pushes that arrived at the fence
+        self.fence = server.updates
+        self.stats, self.staleness = StepStats(), []
+        self.pushes = [0] * len(self.ranks)
+        self.heard = {r: (-1, time.monotonic()) for r in self.ranks}  # heartbeat count, when it last moved
+        self.told: set[int] = set()  # workers told to stop
+        self.failed = False  # a worker failed: nobody is waited for any more
+        self.checked = 0.0  # when the workers' health was last looked at
+
+    def start(self) -> None:
+        positions = [stream.state_dict() for stream in self.ctx.streams]
+        setup: list[Any] = [positions, asdict(self.ctx.model_cfg), self.server.updates]
+        dist.broadcast_object_list(setup, src=0)
+        self._copy_params()
+        dist.broadcast(self.params_cpu, src=0)
+        self.heard = {r: (-1, time.monotonic()) for r in self.ranks}
+
+    def allow(self, updates: int) -> None:
+        self.fence = max(self.fence, updates)
+
+    def advance(self) -> tuple[StepStats, list[int]]:
+        start = self.server.updates
+        while self.server.updates == start:
+            if self.parked and self.server.updates < self.fence:
+                self._serve(*self.parked.pop(0))
+                continue
+            src, header = self._next_header()
+            if self.server.updates < self.fence:
+                self._serve(src, header)
+            else:
+                self.parked.append((src, header))
+        return self._collect()
+
+    def drain(self) -> tuple[StepStats, list[int]]:
+        """A partial async-accum sum is completed with the pushes that come next."""
+        while self.server.pending_pushes:
+            src, header = self.parked.pop(0) if self.parked else self._next_header()
+            self._serve(src, header)
+        self.fence = max(self.fence, self.server.updates)
+        return self._collect()
+
+    @property
+    def worker_pushes(self) -> list[int]:  # type: ignore[override]
+        return list(self.pushes)
+
+    def close(self) -> None:
+        """Tell every worker to stop when its next push comes (one waiting at the fence at once). After a
+        failure nobody is told: the workers leave when rank 0's connections close."""
+        if self.failed:
+            return
+        deadline = time.monotonic() + processes.STOP_GRACE_S + SILENT_S
+        try:
+            for src, _ in self.parked:
+                self._refuse(src)
+            self.parked = []
+            while len(self.told) < len(self.ranks) and time.monotonic() < deadline:
+                src, _ = self._next_header()
+                self._refuse(src)
+        except (WorkerFailed, RuntimeError):  # a worker already gone; the others leave when rank 0 does
+            pass
+
+    # ------------------------------------------------------------------ messages
+    def _next_header(self) -> tuple[int, torch.Tensor]:
+        """Wait for the next push's header from any worker; watch the workers' health meanwhile."""
+        if self.pending is None:  # gloo completes a receive only in wait(): a thread waits, this one watches
+            self.pending = _Receive(dist.irecv(self.header, tag=HEADER))
+        while not self.pending.done.wait(CHECK_S):
+            self._check()
+        if time.monotonic() - self.checked > CHECK_S:  # busy: look between pushes too
+            self._check()
+        try:
+            src = self.pending.source()
+        except RuntimeError as err:
+            self._lost(err)
+        self.pending = None
+        return src, self.header.clone()
+
+    def _lost(self, err: RuntimeError) -> None:
+        """A connection closed under a message: name the worker whose heartbeat stopped (or that said why)."""
+        deadline = time.monotonic() + SILENT_S + 2 * CHECK_S
+        while time.monotonic() < deadline:
+            self._check()
+            time.sleep(CHECK_S)
+        self.failed = True
+        raise WorkerFailed(f"a worker's connection was lost: {str(err).strip().splitlines()[0][:200]}")
+
+    def _serve(self, src: int, header: torch.Tensor) -> None:
+        try:
+            self._take(src, header)
+        except RuntimeError as err:
+            self._lost(err)
+
+    def _take(self, src: int, header: torch.Tensor) -> None:
+        dist.recv(self.grad, src=src, tag=GRAD)
+        values = header.tolist()
+        worker = src - 1
+        grad = self.grad if self.server.params.device.type == "cpu" else self.grad.to(self.server.params.device)
+        staleness = self.server.push(grad, int(values[TOKENS]), int(values[PULLED]))
+        self.stats.add(StepStats(values[LOSS], values[NLL], int(values[TOKENS]), int(values[SENTENCES])))
+        self.staleness.append(staleness)
+        self.pushes[worker] += 1
+        self.ctx.streams[worker].load_state_dict({"epoch": int(values[EPOCH]), "index": int(values[INDEX])})
+        dist.send(torch.tensor([self.server.updates, 0]), dst=src, tag=REPLY)
+        self._copy_params()
+        dist.send(self.params_cpu, dst=src, tag=PARAMS)
+
+    def _refuse(self, src: int) -> None:
+        dist.recv(self.grad, src=src, tag=GRAD)  # the worker waits until its gradient is taken
+        dist.send(torch.tensor([self.server.updates, 1]), dst=src, tag=REPLY)
+        self.told.add(src)
+
+    def _copy_params(self) -> None:
+        if self.params_cpu.data_ptr() != self.server.params.data_ptr():
+            self.params_cpu.copy_(self.server.params)
+
+    def _collect(self) -> tuple[StepStats, list[int]]:
+        stats, staleness = self.stats, histogram(self.staleness)
+        self.stats, self.staleness = StepStats(), []
+        return stats, staleness
+
+    def _check(self) -> None:
+        """Raise the first worker failure: an error it reported, or a heartbeat that stopped."""
+        now = self.checked = time.monotonic()
+        for rank in self.ranks:
+            if self.store.check([_key("error", rank)]):
+                self._fail(rank, self.store.get(_key("error", rank)).decode())
+            beats = self.store.add(_key("alive", rank), 0)
+            count, since = self.heard[rank]
+            if beats != count:
+                self.heard[rank] = (beats, now)
+            elif now - since > SILENT_S and rank not in self.told:
+                self._fail(rank, f"no heartbeat for {SILENT_S:.0f} s (killed, or its host is gone)")
+
+    def _fail(self, rank: int, what: str) -> None:
+        self.failed = True
+        self.store.set(f"{PREFIX}failed", str(rank))  # the other workers then leave without a word
+        raise WorkerFailed(self._describe(rank, what))
+
+    def _describe(self, rank: int, what: str) -> str:
+        host = self.store.get(_key("host", rank)).decode() if self.store.check([_key("host", rank)]) else "?"
+        return f"worker rank {rank} on {host} failed: {what}"
+
+
+# ---------------------------------------------------------------------- a worker rank
+def run_worker_rank(cfg: TrainConfig, rank: int, device: torch.device) -> None:
+    """A worker rank: pull, compute a gradient, push it to rank 0; until rank 0 says stop. Ctrl-C is rank
+    0's to handle (it saves, then stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = dist.distributed_c10d._get_default_store()
+    store.set(_key("host", rank), socket.gethostname())
+    beating = threading.Event()
+    heart = threading.Thread(target=_heartbeat, args=(store, rank, beating), daemon=True)
+    heart.start()
+    try:
+        _work(cfg, rank, device)
+    except Exception as err:
+        if _run_failed(store):  # rank 0 stopped the run for another worker's failure, and named it
+            raise SystemExit(1) from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        line = f"{type(err).__name__}: {first}".rstrip(": ")
+        try:
+            store.set(_key("error", rank), line)
+        except Exception:  # the store is gone with rank 0's host
+            pass
+        deadline = time.monotonic() + 2 * CHECK_S + 1.0
+        while not _run_failed(store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _run_failed(store):  # rank 0 did not take the message (it is gone): say it here
+            print(f"error: worker rank {rank} on {socket.gethostname()}: {line}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        beating.set()
+
+
+def _run_failed(store: Any) -> bool:
+    try:
+        return bool(store.check([f"{PREFIX}failed"]))
+    except Exception:  # the store is gone: rank 0's host is gone
+        return False
+
+
+def _heartbeat(store: Any, rank: int, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            store.add(_key("alive", rank), 1)
+        except Exception:  # the store is gone: the main thread finds out at its next message
+            return
+
+
+def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
+    worker = rank - 1
+    setup: list[Any] = [None, None, None]
+    dist.broadcast_object_list(setup, src=0)
+    positions, model_dict, pulled = setup
+    model_cfg = from_dict(ModelConfig, model_dict)
+    torch.manual_seed(cfg.seed * 1000 + worker)  # dropout differs between workers
+    model, flat = build_model(model_cfg, device, compiled=cfg.compile)
+    pinned = device.type == "cuda"
+    params = torch.empty(flat.numel(), pin_memory=pinned)
+    grad = torch.empty(flat.numel(), pin_memory=pinned)
+    dist.broadcast(params, src=0)
+    flat.data.copy_(params)
+    amp_dtype = amp_dtype_for(cfg.precision, device)
+    stream = BatchStream(load_split(Path(cfg.bin_dir), "train"), cfg.max_tokens, model_cfg.max_positions, cfg.seed,
+                         worker, cfg.workers)  # fmt: skip
+    stream.load_state_dict(positions[worker])
+    stream.pin = pinned
+    speed = cfg.worker_speeds[worker] if cfg.worker_speeds else 1.0
+    reply = torch.empty(2, dtype=torch.int64)
+    pushes = 0
+    while True:
+        flat.grad.zero_()
+        start = time.perf_counter()
+        stats = StepStats()
+        for _ in range(cfg.local_accum):
+            stats.add(train_step(model, stream.next().to(device), cfg.label_smoothing, amp_dtype))
+        if speed < 1:  # an emulated slower device (--worker-speeds)
+            time.sleep((time.perf_counter() - start) * (1 / speed - 1))
+        pushes += 1
+        processes.maybe_fail(worker, pushes)
+        position = stream.state_dict()
+        header = torch.tensor([stats.tokens, stats.loss, stats.nll, stats.sentences, pulled, position["epoch"],
+                               position["index"], 0], dtype=torch.float64)  # fmt: skip
+        dist.send(header, dst=0, tag=HEADER)
+        grad.copy_(flat.grad)
+        dist.send(grad, dst=0, tag=GRAD)
+        dist.recv(reply, src=0, tag=REPLY)
+        if reply[1]:  # stop
+            return
+        dist.recv(params, src=0, tag=PARAMS)
+        flat.data.copy_(params, non_blocking=pinned)
+        pulled = int(reply[0])

@@ -1,0 +1,165 @@
+"""async and async-accum across machines on torchrun, with two torchrun invocations on this machine standing in
+for two nodes (--nnodes 2 --node-rank 0/1, one rendezvous endpoint, gloo on the CPU): rank 0 serves, ranks 1-3
+push. Semantics from the events, resume, and failures that end both nodes with one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
+from async_nmt.train.events import read_events
+from async_nmt.train.processes import free_port
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+pytestmark = pytest.mark.slow
+
+
+def start_nodes(bin_dir: Path, run: Path, *extra: str, env: dict | None = None) -> list[subprocess.Popen]:
+    """Node 0 and node 1, 2 ranks each, each in a session of its own (a machine's processes)."""
+    port = str(free_port())
+    nodes = []
+    for node in (0, 1):
+        args = [str(TORCHRUN), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", port, "-m", "async_nmt.cli", "train", str(bin_dir),
+                str(run), "--preset", "micro", "--devices", "cpu", "--max-tokens", "1024", "--lr", "2e-3",
+                "--warmup", "8", "--dropout", "0", "--valid-max-sentences", "10", "--quiet", *extra]  # fmt: skip
+        nodes.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                                      start_new_session=True))  # fmt: skip
+    return nodes
+
+
+def finish(nodes: list[subprocess.Popen], timeout: float = 60) -> list[tuple[int, str]]:
+    results = []
+    for node in nodes:
+        try:
+            _, stderr = node.communicate(timeout=timeout)
+        finally:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+        results.append((node.returncode, stderr))
+    return results
+
+
+def ours(stderr: str) -> list[str]:
+    """The lines async-nmt wrote (torchrun's agent adds its own report of a failed rank)."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def processes() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                found[int(entry.name)] = int(fields[1])
+    return found
+
+
+def family(nodes: list[subprocess.Popen]) -> set[int]:
+    """The torchrun agents and every process below them (torchrun starts its ranks in sessions of their own)."""
+    parents, found = processes(), {n.pid for n in nodes}
+    while grown := {pid for pid, parent in parents.items() if parent in found} - found:
+        found |= grown
+    return found
+
+
+def leftovers(pids: set[int]) -> list[int]:
+    deadline = time.time() + 5  # the kernel's SIGKILL of orphans takes a moment
+    while (alive := sorted(pids & set(processes()))) and time.time() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def wait_for_training(run: Path, nodes: list[subprocess.Popen]) -> None:
+    deadline = time.time() + 120
+    log = run / "events.jsonl"
+    while not log.exists() or not any(e["kind"] == "train" for e in read_events(log)):
+        assert time.time() < deadline and all(n.poll() is None for n in nodes), "the nodes never trained"
+        time.sleep(0.2)
+
+
+def test_async_accum_across_two_nodes_takes_one_update_per_n_pushes_and_resumes(synthetic_bin: Path,
+                                                                                 tmp_path: Path):  # fmt: skip
+    run = tmp_path / "run"
+    common = ("--mode", "async-accum", "--accum", "2", "--valid-every", "6", "--log-every", "3")
+    for code, stderr in finish(start_nodes(synthetic_bin, run, *common, "--max-updates", "12")):
+        assert code == 0, stderr[-3000:]
+    log = read_events(run / "events.jsonl")  # one run folder, written by rank 0
+    assert log[0]["kind"] == "start" and log[0]["workers"] == 3 and log[-1]["kind"] == "end"
+    trained = [e for e in log if e["kind"] == "train"]
+    for event in trained:  # N pushes, from any workers, per update
+        assert event["pushes"] == 2 * event["updates"]
+    assert trained[-1]["updates"] == 12 and sum(trained[-1]["worker_pushes"]) == 24
+    assert all(pushes > 0 for pushes in trained[-1]["worker_pushes"])  # all three ranks pushed
+    assert sum(sum(e["staleness_hist"]) for e in trained) == 24  # every push's staleness was measured
+    saved = read_checkpoint(checkpoint_path(run, "last"))
+    assert saved["server"]["updates"] == 12 and saved["server"]["pushes"] == 24
+
+    for code, stderr in finish(start_nodes(synthetic_bin, run, *common, "--max-updates", "18", "--resume")):
+        assert code == 0, stderr[-3000:]
+    log = read_events(run / "events.jsonl")
+    starts = [i for i, e in enumerate(log) if e["kind"] == "start"]
+    assert len(starts) == 2 and log[starts[1]]["resumed"] is True
+    assert log[-1]["kind"] == "end" and log[-1]["updates"] == 18 and log[-1]["pushes"] == 36
+    final = read_checkpoint(checkpoint_path(run, "last"))
+    for before, after in zip(saved["data"], final["data"], strict=True):
+        assert (after["epoch"], after["index"]) > (before["epoch"], before["index"])  # the data went on
+
+
+def test_a_raising_worker_on_the_other_node_ends_both_with_one_line(synthetic_bin: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
+                        env={"ASYNC_NMT_FAIL_WORKER": "2:3"})  # worker 2 is rank 3, on node 1  # fmt: skip
+    wait_for_training(run, nodes)
+    pids = family(nodes)
+    (code0, err0), (code1, _) = finish(nodes)
+    assert code0 != 0 and code1 != 0
+    lines = ours(err0)
+    assert len(lines) == 1 and lines[0].startswith("error: worker rank 3 on "), err0[-3000:]
+    assert "RuntimeError: injected failure" in lines[0]
+    assert not leftovers(pids)
+
+
+def test_a_killed_node_ends_the_other_within_seconds_with_one_line(synthetic_bin: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
+                        "--max-updates", "100000")  # fmt: skip
+    wait_for_training(run, nodes)
+    pids = family(nodes)
+    os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1's agent; its ranks die with it, as on a machine gone
+    killed = time.time()
+    (code0, err0), _ = finish(nodes, timeout=60)
+    assert time.time() - killed < 10 + 5  # the 10 s of the issue, plus the agent's own exit
+    assert code0 != 0
+    lines = ours(err0)
+    assert len(lines) == 1 and lines[0].startswith("error: worker rank "), err0[-3000:]
+    assert not leftovers(pids)
+
+
+def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async-accum", "--accum", "3", "--valid-every", "0",
+                        "--log-every", "1", "--max-updates", "100000")  # fmt: skip
+    wait_for_training(run, nodes)
+    pids = family(nodes)
+    os.killpg(nodes[0].pid, signal.SIGINT)  # Ctrl-C in node 0's terminal reaches its torchrun agent
+    pressed = time.time()
+    finish(nodes, timeout=60)
+    assert time.time() - pressed < 30
+    end = read_events(run / "events.jsonl")[-1]
+    assert end["kind"] == "end" and end["interrupted"] is True
+    saved = read_checkpoint(checkpoint_path(run, "last"))["server"]
+    assert saved["updates"] == end["updates"] > 0 and saved["pushes"] == 3 * end["updates"]  # no half update
+    assert not leftovers(pids)
