@@ -3,8 +3,12 @@
 One update of async is a pull (copy of the parameters into a worker's buffer) and a push (normalize + Adam
 on every shard, under the shards' locks); async-accum N pushes N times, N - 1 of them only summing. The bound is memory
 bandwidth, so the same run times a plain copy of the vector (`copy_ms`, and its GB/s reading and writing).
-Prints one JSON line.
-    python scripts/bench_paramserver.py --device cpu
+
+`--transport gloo` times the torch.distributed server of the async modes on torchrun (`modes/remote.py`)
+instead: two processes on this machine over gloo, rank 0 serving with the same code a run uses, rank 1
+pushing as a worker does (header + gradient, then the answer + parameters) and timing each update as
+the worker waits for it. `--transport both` runs both and adds their ratio. Prints one JSON line.
+    python scripts/bench_paramserver.py --device cpu --transport both
     python scripts/bench_paramserver.py --device cuda:0 --shards 1
 """
 
@@ -12,12 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import threading
 import time
+from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from async_nmt.devices import resolve_device
+from async_nmt.train.modes import remote
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.processes import free_port
 
 
 def timed(fn, repeat: int, device: torch.device) -> float:
@@ -36,6 +47,53 @@ def timed(fn, repeat: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class _Position:
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results: dict) -> None:
+    """Rank 0: the torchrun server's own code (RemoteWorkers). Rank 1: a worker's messages, timed."""
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    pushes = (2 + repeat) * accum
+    if rank == 0:
+        server = ParamServer(torch.randn(numel), accum, 1e-4, 100)
+        workers = remote.RemoteWorkers(SimpleNamespace(world=2, streams=[_Position()]), server)  # type: ignore[arg-type]
+        for _ in range(pushes):
+            workers._serve(*workers._next_header())
+    else:
+        stop = threading.Event()
+        threading.Thread(target=remote._heartbeat, args=(dist.distributed_c10d._get_default_store(), 1, stop),
+                         daemon=True).start()  # fmt: skip
+        grad, params = torch.randn(numel), torch.empty(numel)
+        header, reply = torch.zeros(8, dtype=torch.float64), torch.empty(2, dtype=torch.int64)
+        header[remote.TOKENS] = 1
+        times = []
+        for push in range(pushes):
+            if push % accum == 0:
+                start = time.perf_counter()
+            dist.send(header, dst=0, tag=remote.HEADER)
+            dist.send(grad, dst=0, tag=remote.GRAD)
+            dist.recv(reply, src=0, tag=remote.REPLY)
+            dist.recv(params, src=0, tag=remote.PARAMS)
+            if push % accum == accum - 1:
+                times.append((time.perf_counter() - start) * 1e3)
+        stop.set()
+        results[accum] = sorted(times[2:])[len(times[2:]) // 2]
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def bench_gloo(numel: int, accums: list[int], repeat: int) -> dict:
+    results = mp.Manager().dict()
+    for accum in accums:
+        mp.spawn(gloo_rank, args=(numel, accum, repeat, free_port(), results), nprocs=2)
+    # a worker pulls the parameters after each of its pushes: an update of N pushes carries N pulls here
+    return {f"accum{a}": {"update_ms": round(results[a], 3), "pulls": a} for a in accums}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numel", type=int, default=60_000_000, help="parameters (transformer-base: ~60M)")
@@ -43,6 +101,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--accum", type=int, default=4, help="also time an async-accum update of N pushes")
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--transport", choices=["shared", "gloo", "both"], default="shared",
+                        help="shared: the shared-memory server of one machine; gloo: the torchrun server")  # fmt: skip
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -56,7 +116,13 @@ def main() -> None:
     copy_ms = timed(lambda: out.copy_(grad), args.repeat, device)
     result.update(copy_ms=round(copy_ms, 3), copy_gb_s=round(bytes_moved / copy_ms / 1e6, 1))
 
-    for accum in sorted({1, args.accum}):
+    accums = sorted({1, args.accum})
+    if args.transport in ("gloo", "both"):
+        result["gloo"] = bench_gloo(args.numel, accums, args.repeat)
+    if args.transport == "gloo":
+        print(json.dumps(result))
+        return
+    for accum in accums:
         server = ParamServer(params.clone(), accum, 1e-4, 100, shards=args.shards, devices=[device], shared=True)
 
         def update(s: ParamServer = server, n: int = accum) -> None:
@@ -69,6 +135,8 @@ def main() -> None:
         result[f"accum{accum}"] = {"update_ms": round(update_ms, 3), "pushes_ms": round(update_ms - pull_ms, 3),
                                    "pull_ms": round(pull_ms, 3),
                                    "update_over_copy": round(update_ms / copy_ms, 2)}  # fmt: skip
+        if "gloo" in result and accum == 1:  # one push and one pull on both
+            result["gloo"]["accum1"]["over_shared"] = round(result["gloo"]["accum1"]["update_ms"] / update_ms, 2)
     print(json.dumps(result))
 
 
