@@ -58,8 +58,10 @@ options() {  # the options of a configuration
 }
 
 run() {  # run CONFIG SEED: train (or resume), translate and score the test set, copy the results
-    local config=$1 seed=$2 name="$1-s$2" dir
+    local config=$1 seed=$2 name="$1-s$2" dir lock
     dir=$OUT/$name
+    exec {lock}>"$OUT/$name.lock"  # one process per run, also across invocations of this script
+    flock -n "$lock" || { echo "== $name runs elsewhere"; return 0; }
     if ! { [[ -f $dir/events.jsonl ]] && grep -q '"kind": "end"' "$dir/events.jsonl"; }; then
         local resume=(--force)
         [[ -f $dir/checkpoints/last.pt ]] && resume=(--resume)

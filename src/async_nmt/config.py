@@ -13,7 +13,7 @@ from async_nmt.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
-Mode = Literal["sync", "async", "async-accum"]
+Mode = Literal["sync", "async", "async-accum", "diloco"]
 MODES: tuple[str, ...] = get_args(Mode)
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -76,6 +76,9 @@ class TrainConfig:
     workers: int = 1
     accum: int = 1  # async-accum: pushes summed per update
     local_accum: int = 1  # batches a worker sums before one push
+    sync_every: int = 0  # diloco: inner steps per round (H)
+    outer_lr: float = 0.7  # diloco: the outer SGD step's learning rate
+    outer_momentum: float = 0.9  # diloco: the outer step's Nesterov momentum
     staleness_lr: StalenessLr = "none"  # async modes: an update's lr / max(1, mean staleness of its pushes)
     devices: list[str] = field(default_factory=list)
     simulate: bool = False  # emulate `workers` workers deterministically in one process

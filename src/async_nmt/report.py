@@ -90,13 +90,22 @@ def staleness(run: Run) -> tuple[float | None, int | None]:
     return mean, max(e["staleness_max"] for e in events)
 
 
+def mode_label(start: dict[str, Any]) -> str:
+    """The mode column: the mode, and what sets it apart (lr/s: --staleness-lr inverse; H: diloco's round)."""
+    mode = start.get("mode", "")
+    if mode == "diloco":
+        local_sgd = start.get("outer_lr") == 1 and start.get("outer_momentum") == 0
+        return f"{'local SGD' if local_sgd else 'diloco'} H={start.get('sync_every')}"
+    return mode + (" lr/s" if start.get("staleness_lr") == "inverse" else "")
+
+
 def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
     """One row of the report (without the speedup, which needs the baseline)."""
     start, last = run.start, run.events[-1]
     mean, most = staleness(run)
     return {
         "run": run.name,
-        "mode": start.get("mode", "") + (" lr/s" if start.get("staleness_lr") == "inverse" else ""),
+        "mode": mode_label(start),
         "workers": start.get("workers"),
         "accum": start.get("accum"),
         "local_accum": start.get("local_accum"),

@@ -260,6 +260,11 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     "extra, message",
     [
         (["--staleness-lr", "inverse"], "--staleness-lr"),
+        (["--sync-every", "10"], "--mode diloco only"),
+        (["--mode", "diloco", "--simulate", "--workers", "2"], "--sync-every"),
+        (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "0"], "--sync-every"),
+        (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "4", "--outer-lr", "0"], "--outer-lr"),
+        (["--mode", "diloco", "--workers", "2", "--sync-every", "4"], "add --simulate"),
         (["--simulate-token-us", "5"], "add --simulate"),
         (["--link-gbps", "25"], "add --simulate"),
         (["--link-gbps", "0", "--simulate"], "--link-gbps"),
@@ -364,3 +369,25 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     events = read_events(run / "events.jsonl")
     assert [e["bleu"] for e in events if e["kind"] == "valid"] == [1.0, 5.0, 4.0, 5.0, 4.5]
     assert events[-1]["kind"] == "end" and events[-1]["updates"] == 10 and events[-1]["converged"] is True
+
+
+def test_diloco_resumed_mid_round_equals_an_uninterrupted_run(synthetic_bin: Path, tmp_path: Path):
+    def cfg(updates):
+        return micro_config(synthetic_bin, mode="diloco", workers=2, simulate=True, sync_every=4, max_updates=updates,
+                            dropout=0.1, simulate_token_us=5.0)  # fmt: skip
+
+    train(cfg(10), tmp_path / "whole", progress=False, log_every=1)
+    train(cfg(6), tmp_path / "split", progress=False, log_every=1)  # stopped 2 steps into the second round
+    train(cfg(10), tmp_path / "split", resume=True, progress=False, log_every=1)
+
+    def trained(run):
+        return {e["updates"]: e for e in read_events(run / "events.jsonl") if e["kind"] == "train"}
+
+    whole, split = trained(tmp_path / "whole"), trained(tmp_path / "split")
+    for update in range(7, 11):
+        assert split[update]["loss"] == pytest.approx(whole[update]["loss"], rel=1e-5)
+        assert split[update]["predicted_s"] == pytest.approx(whole[update]["predicted_s"], rel=1e-9)
+    assert whole[10]["pushes"] == 20 and read_events(tmp_path / "whole" / "events.jsonl")[0]["sync_every"] == 4
+    final = [torch.load(run / "checkpoints" / "last.pt", weights_only=False)["params"] for run in
+             (tmp_path / "whole", tmp_path / "split")]  # fmt: skip
+    torch.testing.assert_close(final[0], final[1], rtol=0, atol=1e-6)

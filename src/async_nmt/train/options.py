@@ -17,13 +17,21 @@ OPTIONS = [
                  "small (d512, 3+3), base and big (Vaswani et al.)."),
     click.option("--mode", type=click.Choice(MODES), default="sync", show_default=True,
                  help="How worker gradients update the model: all-reduce (sync), every push applied at once "
-                 "(async), or N pushes summed per update (async-accum)."),
+                 "(async), N pushes summed per update (async-accum), or H local steps per worker, then an "
+                 "outer step on their average change (diloco; --simulate so far)."),
     click.option("--workers", default=1, show_default=True,
                  help="Workers computing gradients: processes spread round-robin over --devices (sync: "
                  "torch.distributed ranks; async modes: clients of a shared parameter server), or, with "
                  "--simulate, workers emulated in one process."),
     click.option("--accum", default=1, show_default=True,
                  help="async-accum: pushes the server sums into one update (the paper uses N = workers)."),
+    click.option("--sync-every", default=0, show_default=True,
+                 help="diloco: inner steps H each worker takes between two outer steps (required with diloco)."),
+    click.option("--outer-lr", default=0.7, show_default=True,
+                 help="diloco: learning rate of the outer SGD step (1 with --outer-momentum 0: local SGD, "
+                 "parameter averaging every H steps)."),
+    click.option("--outer-momentum", default=0.9, show_default=True,
+                 help="diloco: Nesterov momentum of the outer step."),
     click.option("--staleness-lr", type=click.Choice(STALENESS_LRS), default="none", show_default=True,
                  help="async modes: inverse = each update's learning rate is divided by max(1, mean staleness "
                  "of the pushes it sums) (Zhang et al. 2016); none = the schedule's learning rate."),

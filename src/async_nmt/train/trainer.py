@@ -275,9 +275,10 @@ class Trainer:
             self.workers.start()
         self._event(
             "start", mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
-            staleness_lr=cfg.staleness_lr, lr=cfg.lr, warmup=cfg.warmup, max_tokens=cfg.max_tokens, preset=cfg.preset,
-            device=str(self.device), precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(),
-            resumed=resumed,
+            staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
+            outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
+            max_tokens=cfg.max_tokens, preset=cfg.preset, device=str(self.device),
+            precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=resumed,
         )  # fmt: skip
         bar = tqdm(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,

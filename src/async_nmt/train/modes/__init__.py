@@ -3,6 +3,7 @@
 - sync:        every worker pushes one gradient per step; they are all-reduced; one update per step.
 - async:       every push is applied as one update as soon as it arrives, no barrier.
 - async-accum: the server sums `accum` pushes, from any workers, then takes one update.
+- diloco:      every worker takes H inner steps of its own; their average change is one outer step.
 
 The update rule lives in `paramserver.py`, the `Workers` interface in `workers.py`. Who computes the pushes
 is chosen here, in `build_workers`, and nowhere else:
@@ -10,7 +11,8 @@ is chosen here, in `build_workers`, and nowhere else:
 - `sync.py`         this process is one rank of an all-reduce group (torch.distributed);
 - `asynchronous.py` worker processes pushing to a shared parameter server (async, async-accum);
 - `simulated.py`    W workers emulated in one process, deterministically (--simulate, every mode);
-- `remote.py`       async modes across processes torchrun started (rank 0 serves, the others push).
+- `remote.py`       async modes across processes torchrun started (rank 0 serves, the others push);
+- `diloco.py`       diloco: the outer step, and its workers emulated in one process (--simulate).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from async_nmt.config import MODES, TrainConfig
 from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.train.modes.asynchronous import ProcessWorkers
+from async_nmt.train.modes.diloco import OuterServer, SimulatedDiloco
 from async_nmt.train.modes.local import LocalWorker
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.remote import RemoteWorkers
@@ -44,6 +47,10 @@ def build_workers(ctx: ModeContext) -> Workers:
         return ProcessWorkers(ctx, server)  # each worker process compiles its own model
     if cfg.compile:  # the compute is in this process
         compile_model(ctx.model)
+    if cfg.mode == "diloco":  # each emulated worker has its own parameters and inner Adam; the global apart
+        inner = {**options, "accum": 1, "staleness_lr": "none"}
+        outer = OuterServer(ctx.flat.data.clone(), cfg.outer_lr, cfg.outer_momentum, cfg.sync_every, cfg.workers)
+        return SimulatedDiloco(ctx, outer, inner)
     if cfg.simulate:  # emulated workers keep parameters of their own; the master is apart
         return SimulatedWorkers(ctx, ParamServer(ctx.flat.data.clone(), **options))
     server = ParamServer(ctx.flat.data, **options)  # this process's parameters, updated in place
@@ -63,8 +70,21 @@ def check_mode_options(cfg: TrainConfig) -> None:
             f"--accum sums pushes on the parameter server and only applies to --mode async-accum; "
             f"to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
         )
-    if cfg.staleness_lr != "none" and cfg.mode == "sync":
-        raise UserError("--staleness-lr applies to the async modes; in --mode sync every push has staleness 0")
+    if cfg.staleness_lr != "none" and cfg.mode not in ("async", "async-accum"):
+        raise UserError(f"--staleness-lr applies to the async modes, not --mode {cfg.mode}")
+    if cfg.mode != "diloco":
+        for name in ("sync_every", "outer_lr", "outer_momentum"):
+            if getattr(cfg, name) != getattr(TrainConfig, name):
+                raise UserError(f"--{name.replace('_', '-')} applies to --mode diloco only")
+    else:
+        if cfg.sync_every < 1:
+            raise UserError("--mode diloco needs --sync-every H, the inner steps per round (at least 1)")
+        if not cfg.outer_lr > 0:
+            raise UserError("--outer-lr must be positive")
+        if not 0 <= cfg.outer_momentum < 1:
+            raise UserError("--outer-momentum must be in [0, 1)")
+        if not cfg.simulate:
+            raise UserError("--mode diloco runs emulated so far: add --simulate (worker processes are not built yet)")
     if cfg.simulate_token_us and not cfg.simulate:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")
     if cfg.link_gbps != TrainConfig.link_gbps and not cfg.simulate:
@@ -79,7 +99,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
 
 def pushes_per_update(cfg: TrainConfig) -> int:
     """Pushes the server sums into one optimizer update."""
-    return cfg.accum if cfg.mode == "async-accum" else cfg.workers if cfg.mode == "sync" else 1
+    return cfg.accum if cfg.mode == "async-accum" else cfg.workers if cfg.mode in ("sync", "diloco") else 1
 
 
 def worker_devices(cfg: TrainConfig) -> list[str]:

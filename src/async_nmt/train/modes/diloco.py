@@ -1,0 +1,153 @@
+"""diloco: W workers each take H inner Adam steps on their own data from the last global parameters; then
+their parameter changes are averaged into an outer gradient, and an outer SGD step with Nesterov momentum
+updates the global parameters, which every worker starts its next round from (Douillard et al. 2023,
+"DiLoCo", arXiv 2311.08105). With `--outer-lr 1 --outer-momentum 0` the outer step sets the global
+parameters to the workers' average: local SGD, parameter averaging every H steps.
+
+An inner step is the update rule every mode shares (`ParamServer`, one per worker: its own Adam moments
+and schedule, token-normalized, clipped). The outer step (PyTorch's SGD with `nesterov=True`):
+
+    delta = global - mean_w(params_w)        # the outer gradient
+    buf   = mu * buf + delta                 # (buf = delta at the first outer step)
+    global -= outer_lr * (delta + mu * buf)
+
+One update of the run is one inner step of every worker (W batches, as a sync update), so `--valid-every`,
+`--max-updates` and the learning-rate schedule count inner steps; the global parameters change every H of
+them. Validation and checkpoints see the global parameters. The workers' inner parameters and Adam states
+are part of the checkpoint, so a run resumes mid-round exactly. The staleness of a push is here the
+inner steps its worker has taken since the last sync (0 .. H-1).
+
+Emulated in one process (`--simulate`), deterministically: the predicted clock charges every worker's
+compute at its speed, and at each sync waits for the slowest worker and adds one ring all-reduce of the
+parameters at `--link-gbps`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.workers import ModeContext, Workers, histogram
+from async_nmt.train.step import StepStats, train_step
+
+
+class OuterServer:
+    """The global parameters and the outer Nesterov step; what the trainer reads as the run's server."""
+
+    accum = 1
+    pending_pushes = 0
+
+    def __init__(self, params: torch.Tensor, outer_lr: float, momentum: float, sync_every: int, workers: int):
+        self.params, self.outer_lr, self.momentum, self.sync_every = params, outer_lr, momentum, sync_every
+        self.buf: torch.Tensor | None = None
+        self.numel, self.workers = params.numel(), workers
+        self.updates = self.pushes = self.outer_steps = 0
+        self.lr = 0.0  # the inner learning rate of the last step
+        self.grad_norm = 0.0  # the norm of the last outer gradient
+
+    @torch.no_grad()
+    def outer_step(self, worker_params: list[torch.Tensor]) -> None:
+        delta = self.params - torch.stack(worker_params).mean(0)
+        self.grad_norm = float(delta.norm())
+        if self.buf is None:
+            self.buf = delta.clone()
+        else:
+            self.buf.mul_(self.momentum).add_(delta)
+        self.params.sub_(delta.add(self.buf, alpha=self.momentum), alpha=self.outer_lr)
+        self.outer_steps += 1
+
+    def pull(self, out: torch.Tensor) -> int:
+        if out.data_ptr() != self.params.data_ptr():
+            out.copy_(self.params)
+        return self.updates
+
+    def gather(self) -> torch.Tensor:
+        return self.params.cpu()
+
+    def load_params(self, flat: torch.Tensor) -> None:
+        self.params.copy_(flat)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "pushes": self.pushes, "outer_steps": self.outer_steps, "lr": self.lr,
+                "grad_norm": self.grad_norm, "buf": None if self.buf is None else self.buf.cpu()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("updates", "pushes", "outer_steps", "lr", "grad_norm"):
+            setattr(self, name, state[name])
+        self.buf = None if state["buf"] is None else state["buf"].to(self.params.device)
+
+
+class SimulatedDiloco(Workers):
+    """W DiLoCo workers emulated in one process, in worker order within each inner step."""
+
+    def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
+        cfg = ctx.cfg
+        self.model, self.flat, self.server, self.streams = ctx.model, ctx.flat, server, ctx.streams
+        self.cfg, self.amp_dtype, self.device = cfg, ctx.amp_dtype, ctx.flat.device
+        workers = len(self.streams)
+        self.params = [server.params.clone() for _ in range(workers)]
+        self.inner = [ParamServer(p, **inner_options) for p in self.params]  # in place on each worker's copy
+        self.speeds = cfg.worker_speeds or [1.0] * workers
+        self.token_s = cfg.simulate_token_us * 1e-6
+        self.link_bytes_per_s = cfg.link_gbps * 1e9 / 8
+        self.seconds = [0.0] * workers
+        self.predicted_s = 0.0
+        self.compute_s, self.compute_tokens = 0.0, 0
+        self.worker_pushes = [0] * workers
+
+    def advance(self) -> tuple[StepStats, list[int]]:
+        server, stats = self.server, StepStats()
+        since_sync = server.updates % server.sync_every
+        for worker, params in enumerate(self.params):
+            self.flat.data.copy_(params)
+            self.flat.grad.zero_()
+            start = time.perf_counter()
+            pushed = StepStats()
+            for _ in range(self.cfg.local_accum):
+                batch = self.streams[worker].next().to(self.device)
+                pushed.add(train_step(self.model, batch, self.cfg.label_smoothing, self.amp_dtype))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compute_s += time.perf_counter() - start
+            self.compute_tokens += pushed.tokens
+            self.inner[worker].push(self.flat.grad, pushed.tokens, self.inner[worker].updates)
+            self.worker_pushes[worker] += 1
+            self._charge(worker, pushed.tokens)
+            stats.add(pushed)
+        server.updates += 1
+        server.pushes += len(self.params)
+        server.lr = self.inner[0].lr
+        if server.updates % server.sync_every == 0:
+            server.outer_step(self.params)
+            for params in self.params:
+                params.copy_(server.params)
+            self._sync_clock()
+        self.predicted_s = max(self.seconds)
+        return stats, histogram([since_sync] * len(self.params))
+
+    def _charge(self, worker: int, tokens: int) -> None:
+        seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
+        self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
+
+    def _sync_clock(self) -> None:
+        workers = len(self.params)
+        link_s = self.server.numel * 4 / self.link_bytes_per_s
+        done = max(self.seconds) + 2 * (workers - 1) / workers * link_s  # the slowest, then a ring all-reduce
+        self.seconds = [done] * workers
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": [p.cpu() for p in self.params], "inner": [s.state_dict() for s in self.inner],
+                "seconds": self.seconds, "predicted_s": self.predicted_s, "compute_s": self.compute_s,
+                "compute_tokens": self.compute_tokens, "worker_pushes": self.worker_pushes}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        assert state is not None
+        for params, inner, saved, saved_inner in zip(self.params, self.inner, state["params"], state["inner"],
+                                                     strict=True):  # fmt: skip
+            params.copy_(saved)
+            inner.load_state_dict(saved_inner)
+        for name in ("seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes"):
+            setattr(self, name, state[name])

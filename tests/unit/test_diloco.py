@@ -1,0 +1,90 @@
+"""diloco from its definition: the outer Nesterov step, local SGD as parameter averaging, the emulated clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_simulated import EqualSplit
+
+from async_nmt.config import TrainConfig, model_config
+from async_nmt.data.batches import BatchStream
+from async_nmt.model.transformer import Transformer
+from async_nmt.train.modes.diloco import OuterServer, SimulatedDiloco
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.workers import ModeContext
+from async_nmt.train.step import flatten_parameters, train_step
+
+INNER = dict(accum=1, peak_lr=1e-2, warmup=0)
+
+
+def test_the_outer_step_is_sgd_with_nesterov_momentum_on_the_average_change():
+    torch.manual_seed(0)
+    p0 = torch.randn(20)
+    server = OuterServer(p0.clone(), outer_lr=0.7, momentum=0.9, sync_every=5, workers=3)
+    reference = torch.nn.Parameter(p0.clone())
+    sgd = torch.optim.SGD([reference], lr=0.7, momentum=0.9, nesterov=True)
+    by_hand, buf = p0.clone(), None
+    for _ in range(3):  # three rounds, each from the workers' parameters after their inner steps
+        workers = [server.params + torch.randn(20) * 0.1 for _ in range(3)]
+        delta = server.params - torch.stack(workers).mean(0)
+        buf = delta.clone() if buf is None else 0.9 * buf + delta
+        by_hand = by_hand - 0.7 * (delta + 0.9 * buf)
+        reference.grad = delta.clone()
+        sgd.step()
+        server.outer_step(workers)
+        torch.testing.assert_close(server.params, by_hand)
+        torch.testing.assert_close(server.params, reference.detach())
+    assert server.outer_steps == 3
+
+
+def build(workers: int, sync_every: int, outer_lr: float, momentum: float, **cfg_overrides):
+    torch.manual_seed(0)
+    model = Transformer(model_config("micro", 40, d_model=16, ff_dim=32, heads=2, enc_layers=1, dec_layers=1,
+                                     dropout=0.0))  # fmt: skip
+    flat = flatten_parameters(model)
+    streams = [BatchStream(EqualSplit(), 64, 64, seed=0, worker=w, workers=workers) for w in range(workers)]
+    cfg = TrainConfig(mode="diloco", workers=workers, simulate=True, sync_every=sync_every, outer_lr=outer_lr,
+                      outer_momentum=momentum, label_smoothing=0.1, **cfg_overrides)  # fmt: skip
+    ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
+    outer = OuterServer(flat.data.clone(), outer_lr, momentum, sync_every, workers)
+    return SimulatedDiloco(ctx, outer, INNER), model, flat, streams
+
+
+def test_h1_outer_lr_1_momentum_0_averages_the_workers_one_step_parameters():
+    sim, model, flat, streams = build(workers=3, sync_every=1, outer_lr=1.0, momentum=0.0)
+    p0 = sim.server.params.clone()
+    positions = [s.state_dict() for s in streams]
+    expected = []
+    for worker in range(3):  # each worker alone: one inner Adam step from p0 on its own next batch
+        stream = BatchStream(EqualSplit(), 64, 64, seed=0, worker=worker, workers=3)
+        stream.load_state_dict(positions[worker])
+        flat.data.copy_(p0)
+        flat.grad.zero_()
+        stats = train_step(model, stream.next(), 0.1, None)
+        inner = ParamServer(p0.clone(), **INNER)
+        inner.push(flat.grad, stats.tokens, 0)
+        expected.append(inner.params)
+    sim.advance()
+    assert sim.server.updates == 1 and sim.server.outer_steps == 1
+    torch.testing.assert_close(sim.server.params, torch.stack(expected).mean(0), rtol=0, atol=1e-6)
+    for params in sim.params:  # every worker starts its next round from the new global parameters
+        assert torch.equal(params, sim.server.params)
+
+
+def test_the_global_parameters_change_every_h_steps_and_the_clock_syncs_then():
+    sim, *_ = build(workers=2, sync_every=3, outer_lr=0.7, momentum=0.9, simulate_token_us=10.0,
+                    worker_speeds=[1.0, 0.5], link_gbps=1.0)  # fmt: skip
+    p0 = sim.server.params.clone()
+    tokens, histograms = [], []
+    for step in range(1, 7):
+        stats, hist = sim.advance()
+        tokens.append(stats.tokens // 2)  # both workers' batches have the same tokens
+        histograms.append(hist)
+        assert torch.equal(sim.server.params, p0) == (step < 3)  # the first outer step is at update 3
+    assert sim.server.outer_steps == 2 and histograms[:3] == [[2], [0, 2], [0, 0, 2]]  # steps since the sync
+    link = sim.server.numel * 4 * 8 / 1e9
+    # each round: the slow worker's 3 batches at 10 us a token / 0.5, then a ring all-reduce of 2 (W-1)/W = 1 link
+    round_s = 3 * tokens[0] * 10e-6 / 0.5 + link
+    assert sim.predicted_s == pytest.approx(2 * round_s, rel=1e-9)
