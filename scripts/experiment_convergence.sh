@@ -8,10 +8,11 @@
 # Knobs (environment): RAW [demo/raw, from `make demo` or `nmt corpus get bible-de-en demo/raw`],
 #   OUT [runs/convergence], DOCS [docs/results/convergence], TRAIN_PAIRS [10000], SEEDS [1 2 3],
 #   LANES [2]: runs trained at once, one thread each;
-#   CONFIGS [sync async accum4 async-inverse async-local4 sync-spread accum4-spread sync-straggler
-#            accum4-straggler]: the first four answer (a) and (c); async-local4 (4 batches summed per
-#            push: the batch of a sync update at async's staleness) answers (b); the last four race (d)
-#            with worker speeds 1,1,1,0.8 (spread) and 1,1,1,0.5 (straggler).
+#   CONFIGS [sync async accum4 async-inverse]: they answer (a) and (c), every seed of them first;
+#   EXTRA_CONFIGS [async-local4 sync-spread accum4-spread sync-straggler accum4-straggler], then:
+#            async-local4 (4 batches summed per push: the batch of a sync update at async's staleness)
+#            answers (b); the other four race (d) with worker speeds 1,1,1,0.8 (spread) and 1,1,1,0.5
+#            (straggler).
 set -euo pipefail
 RAW=${RAW:-demo/raw}
 OUT=${OUT:-runs/convergence}
@@ -19,7 +20,8 @@ DOCS=${DOCS:-docs/results/convergence}
 TRAIN_PAIRS=${TRAIN_PAIRS:-10000}
 SEEDS=${SEEDS:-1 2 3}
 LANES=${LANES:-2}
-CONFIGS=${CONFIGS:-sync async accum4 async-inverse async-local4 sync-spread accum4-spread sync-straggler accum4-straggler}
+CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
+EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 sync-spread accum4-spread sync-straggler accum4-straggler}
 NMT=${NMT:-nmt}
 export OMP_NUM_THREADS=1
 
@@ -87,9 +89,11 @@ export OUT DOCS NMT
 export COMMON="${common[*]}"
 
 jobs=()
-for seed in $SEEDS; do
-    for config in $CONFIGS; do
-        jobs+=("$config $seed")
+for configs in "$CONFIGS" "$EXTRA_CONFIGS"; do
+    for seed in $SEEDS; do
+        for config in $configs; do
+            jobs+=("$config $seed")
+        done
     done
 done
 printf '%s\n' "${jobs[@]}" | xargs -P "$LANES" -L 1 bash -c 'common=($COMMON); run "$0" "$1"'
