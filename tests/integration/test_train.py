@@ -264,7 +264,6 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
         (["--mode", "diloco", "--simulate", "--workers", "2"], "--sync-every"),
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "0"], "--sync-every"),
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "4", "--outer-lr", "0"], "--outer-lr"),
-        (["--mode", "diloco", "--workers", "2", "--sync-every", "4"], "add --simulate"),
         (["--simulate-token-us", "5"], "add --simulate"),
         (["--link-gbps", "25"], "add --simulate"),
         (["--link-gbps", "0", "--simulate"], "--link-gbps"),

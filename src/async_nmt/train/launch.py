@@ -142,7 +142,7 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     processes.die_with_parent()  # torchrun's agent: no rank outlives it (a killed node leaves nothing behind)
     if cfg.simulate:
         raise UserError("RANK/WORLD_SIZE are set (torchrun): --simulate runs in one process; start it without torchrun")
-    if cfg.mode == "sync":
+    if cfg.mode in ("sync", "diloco"):
         if cfg.workers not in (1, world):
             raise UserError(f"--workers {cfg.workers} differs from WORLD_SIZE={world}")
         cfg.workers = world
@@ -166,9 +166,9 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     if rank == 0:
         check_run_dir(run_dir, resume, force)
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
-    dist.init_process_group(backend([device]) if cfg.mode == "sync" else "gloo", timeout=TIMEOUT)
+    dist.init_process_group(backend([device]) if cfg.mode in ("sync", "diloco") else "gloo", timeout=TIMEOUT)
     # on an error the group is left as it is (tearing it down may wait for peers that are gone)
-    if cfg.mode != "sync" and rank > 0:
+    if cfg.mode in ("async", "async-accum") and rank > 0:
         run_worker_rank(cfg, rank, torch.device(device))
         summary = None
     else:

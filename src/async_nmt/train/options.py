@@ -18,7 +18,7 @@ OPTIONS = [
     click.option("--mode", type=click.Choice(MODES), default="sync", show_default=True,
                  help="How worker gradients update the model: all-reduce (sync), every push applied at once "
                  "(async), N pushes summed per update (async-accum), or H local steps per worker, then an "
-                 "outer step on their average change (diloco; --simulate so far)."),
+                 "outer step on their average change (diloco)."),
     click.option("--workers", default=1, show_default=True,
                  help="Workers computing gradients: processes spread round-robin over --devices (sync: "
                  "torch.distributed ranks; async modes: clients of a shared parameter server), or, with "

@@ -12,7 +12,7 @@ is chosen here, in `build_workers`, and nowhere else:
 - `asynchronous.py` worker processes pushing to a shared parameter server (async, async-accum);
 - `simulated.py`    W workers emulated in one process, deterministically (--simulate, every mode);
 - `remote.py`       async modes across processes torchrun started (rank 0 serves, the others push);
-- `diloco.py`       diloco: the outer step, and its workers emulated in one process (--simulate).
+- `diloco.py`       diloco: the outer step; its workers as all-reduce ranks, or emulated (--simulate).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from async_nmt.config import MODES, TrainConfig
 from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.train.modes.asynchronous import ProcessWorkers
-from async_nmt.train.modes.diloco import OuterServer, SimulatedDiloco
+from async_nmt.train.modes.diloco import DistributedDiloco, OuterServer, SimulatedDiloco
 from async_nmt.train.modes.local import LocalWorker
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.remote import RemoteWorkers
@@ -38,9 +38,9 @@ def build_workers(ctx: ModeContext) -> Workers:
     cfg = ctx.cfg
     options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup, clip_norm=cfg.clip_norm,
                    betas=cfg.adam_betas, eps=cfg.adam_eps, staleness_lr=cfg.staleness_lr)  # fmt: skip
-    if ctx.world > 1 and cfg.mode != "sync":  # rank 0 of torchrun's group serves the other ranks' pushes
+    if ctx.world > 1 and cfg.mode in ("async", "async-accum"):  # rank 0 of torchrun's group serves the others
         return RemoteWorkers(ctx, ParamServer(ctx.flat.data, **options))
-    if cfg.workers > 1 and not cfg.simulate and cfg.mode != "sync":  # async modes: clients of a shared server
+    if cfg.workers > 1 and not cfg.simulate and cfg.mode in ("async", "async-accum"):  # a shared server's clients
         shard_devices = [torch.device(d) for d in dict.fromkeys(ctx.devices)]  # one shard per device
         server = ParamServer(ctx.flat.data, **options, shards=cfg.shards or len(shard_devices),
                              devices=shard_devices, shared=True)  # fmt: skip
@@ -50,6 +50,8 @@ def build_workers(ctx: ModeContext) -> Workers:
     if cfg.mode == "diloco":  # each emulated worker has its own parameters and inner Adam; the global apart
         inner = {**options, "accum": 1, "staleness_lr": "none"}
         outer = OuterServer(ctx.flat.data.clone(), cfg.outer_lr, cfg.outer_momentum, cfg.sync_every, cfg.workers)
+        if ctx.world > 1:  # this process is one rank of a group the launcher started, as in sync
+            return DistributedDiloco(ctx, outer, inner)
         return SimulatedDiloco(ctx, outer, inner)
     if cfg.simulate:  # emulated workers keep parameters of their own; the master is apart
         return SimulatedWorkers(ctx, ParamServer(ctx.flat.data.clone(), **options))
@@ -83,8 +85,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
             raise UserError("--outer-lr must be positive")
         if not 0 <= cfg.outer_momentum < 1:
             raise UserError("--outer-momentum must be in [0, 1)")
-        if not cfg.simulate:
-            raise UserError("--mode diloco runs emulated so far: add --simulate (worker processes are not built yet)")
+
     if cfg.simulate_token_us and not cfg.simulate:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")
     if cfg.link_gbps != TrainConfig.link_gbps and not cfg.simulate:
@@ -110,4 +111,4 @@ def worker_devices(cfg: TrainConfig) -> list[str]:
 
 def spawns_ranks(cfg: TrainConfig) -> bool:
     """Whether the launcher starts a group of sync ranks (each runs a trainer of its own)."""
-    return cfg.mode == "sync" and cfg.workers > 1 and not cfg.simulate
+    return cfg.mode in ("sync", "diloco") and cfg.workers > 1 and not cfg.simulate

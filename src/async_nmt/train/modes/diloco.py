@@ -17,9 +17,11 @@ them. Validation and checkpoints see the global parameters. The workers' inner p
 are part of the checkpoint, so a run resumes mid-round exactly. The staleness of a push is here the
 inner steps its worker has taken since the last sync (0 .. H-1).
 
-Emulated in one process (`--simulate`), deterministically: the predicted clock charges every worker's
-compute at its speed, and at each sync waits for the slowest worker and adds one ring all-reduce of the
-parameters at `--link-gbps`.
+With worker processes (`--workers W`, spawned, or ranks torchrun started) each rank is one worker, as in
+sync: a step all-reduces a few numbers (statistics, data positions, whether to stop), and every H steps
+the parameters. Emulated in one process (`--simulate`), deterministically, the predicted clock charges
+every worker's compute at its speed, and at each sync waits for the slowest worker and adds one ring
+all-reduce of the parameters at `--link-gbps`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
 
@@ -48,9 +52,13 @@ class OuterServer:
         self.lr = 0.0  # the inner learning rate of the last step
         self.grad_norm = 0.0  # the norm of the last outer gradient
 
-    @torch.no_grad()
     def outer_step(self, worker_params: list[torch.Tensor]) -> None:
-        delta = self.params - torch.stack(worker_params).mean(0)
+        self.outer_step_to(torch.stack(worker_params).mean(0))
+
+    @torch.no_grad()
+    def outer_step_to(self, mean: torch.Tensor) -> None:
+        """The outer step, given the workers' average parameters."""
+        delta = self.params - mean
         self.grad_norm = float(delta.norm())
         if self.buf is None:
             self.buf = delta.clone()
@@ -151,3 +159,59 @@ class SimulatedDiloco(Workers):
             inner.load_state_dict(saved_inner)
         for name in ("seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes"):
             setattr(self, name, state[name])
+
+
+class DistributedDiloco(DistributedSync):
+    """diloco with one rank per worker (torch.distributed, started like sync ranks): the inner steps are
+    local; each step shares only a few numbers (statistics, data positions, the stop wish), and every H
+    steps one all-reduce of the parameters precedes the same outer step on every rank. Before a save (a
+    validation, --save-every, the end, Ctrl-C) rank 0 gathers every rank's inner state, so that a run
+    resumes mid-round exactly."""
+
+    def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
+        super().__init__(ctx, server)  # type: ignore[arg-type]
+        self.outer = server
+        self.params = server.params.clone()  # this rank's inner parameters
+        self.inner = ParamServer(self.params, **inner_options)
+        self.gathered: list[Any] | None = None
+
+    def advance(self) -> tuple[StepStats, list[int]]:
+        ctx, server = self.ctx, self.outer
+        since_sync = server.updates % server.sync_every
+        ctx.flat.data.copy_(self.params)
+        stats = self.step()
+        self.inner.push(ctx.flat.grad, self.local.tokens, self.inner.updates)
+        server.updates += 1
+        server.pushes += self.world
+        server.lr = self.inner.lr
+        if server.updates % server.sync_every == 0:
+            mean = self.params.clone()
+            dist.all_reduce(mean)
+            server.outer_step_to(mean.div_(self.world))
+            self.params.copy_(server.params)
+        if self._saves_next():
+            self.gathered = [None] * self.world if self.rank == 0 else None
+            dist.gather_object(self._own_state(), self.gathered, dst=0)
+        return stats, histogram([since_sync] * self.world)
+
+    def _saves_next(self) -> bool:
+        """Whether the trainer saves a checkpoint before the next step (every rank knows the same)."""
+        cfg, updates = self.ctx.cfg, self.outer.updates
+        return (
+            self.agreed
+            or (cfg.valid_every > 0 and updates % cfg.valid_every == 0)
+            or (cfg.save_every > 0 and updates % cfg.save_every == 0)
+            or (cfg.max_updates > 0 and updates >= cfg.max_updates)
+        )
+
+    def _own_state(self) -> dict[str, Any]:
+        return {"params": self.params.cpu(), "inner": self.inner.state_dict()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ranks": self.gathered}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        assert state is not None
+        own = state["ranks"][self.rank]
+        self.params.copy_(own["params"])
+        self.inner.load_state_dict(own["inner"])

@@ -31,6 +31,7 @@ class DistributedSync(Workers):
         self.rank, self.world, self.interrupt = ctx.rank, ctx.world, ctx.interrupt
         self.meta_device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
         self.wish = self.agreed = False
+        self.local = StepStats()  # this rank's share of the last step
         self.steps = 0
         self.parent = os.getppid()
         self.speed = ctx.cfg.worker_speeds[ctx.rank] if ctx.cfg.worker_speeds else 1.0
@@ -40,6 +41,14 @@ class DistributedSync(Workers):
         return self.agreed
 
     def advance(self) -> tuple[StepStats, list[int]]:
+        stats = self.step()
+        dist.all_reduce(self.ctx.flat.grad)
+        self.server.push(self.ctx.flat.grad, stats.tokens, self.server.updates, count=self.world)  # every rank
+        return stats, [self.world]  # W pushes of staleness 0
+
+    def step(self) -> StepStats:
+        """This rank's K batches into the flat gradient, and one small all-reduce of every rank's statistics,
+        data position and stop wish; returns the statistics of all ranks together."""
         ctx = self.ctx
         ctx.flat.grad.zero_()
         local = StepStats()
@@ -58,7 +67,6 @@ class DistributedSync(Workers):
                                      bool(self.interrupt is not None and self.interrupt.is_set())])  # fmt: skip
         meta[FIXED + 2 * self.rank : FIXED + 2 * self.rank + 2] = torch.tensor([stream.epoch, stream.index])
         meta = meta.to(self.meta_device)
-        dist.all_reduce(ctx.flat.grad)
         dist.all_reduce(meta)
         meta = meta.tolist()
         positions = meta[FIXED:]
@@ -66,6 +74,5 @@ class DistributedSync(Workers):
             other.load_state_dict({"epoch": int(positions[2 * w]), "index": int(positions[2 * w + 1])})
         self.agreed = meta[STOP] > 0 or meta[INTERRUPT] > 0
         self.interrupted = self.interrupted or meta[INTERRUPT] > 0
-        tokens = int(meta[0])
-        self.server.push(ctx.flat.grad, tokens, self.server.updates, count=self.world)  # one update, every rank
-        return StepStats(meta[1], meta[2], tokens, int(meta[3])), [self.world]  # W pushes of staleness 0
+        self.local = local
+        return StepStats(meta[1], meta[2], int(meta[0]), int(meta[3]))
