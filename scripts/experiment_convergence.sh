@@ -9,10 +9,11 @@
 #   OUT [runs/convergence], DOCS [docs/results/convergence], TRAIN_PAIRS [10000], SEEDS [1 2 3],
 #   LANES [2]: runs trained at once, one thread each;
 #   CONFIGS [sync async accum4 async-inverse]: they answer (a) and (c), every seed of them first;
-#   EXTRA_CONFIGS [async-local4 sync-spread accum4-spread sync-straggler accum4-straggler], then:
-#            async-local4 (4 batches summed per push: the batch of a sync update at async's staleness)
-#            answers (b); the other four race (d) with worker speeds 1,1,1,0.8 (spread) and 1,1,1,0.5
-#            (straggler).
+#   EXTRA_CONFIGS [async-local4 sync-spread accum4-spread sync-straggler accum4-straggler diloco-h10
+#            diloco-h100 localsgd-h10], then: async-local4 (4 batches summed per push: the batch of a
+#            sync update at async's staleness) answers (b); the next four race (d) with worker speeds
+#            1,1,1,0.8 (spread) and 1,1,1,0.5 (straggler); the last three put DiLoCo (outer lr 0.7,
+#            Nesterov 0.9) and local SGD (outer lr 1, no momentum) on the same chart (issue 12).
 set -euo pipefail
 RAW=${RAW:-demo/raw}
 OUT=${OUT:-runs/convergence}
@@ -21,7 +22,7 @@ TRAIN_PAIRS=${TRAIN_PAIRS:-10000}
 SEEDS=${SEEDS:-1 2 3}
 LANES=${LANES:-2}
 CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
-EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 sync-spread accum4-spread sync-straggler accum4-straggler}
+EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 sync-spread accum4-spread sync-straggler accum4-straggler diloco-h10 diloco-h100 localsgd-h10}
 NMT=${NMT:-nmt}
 export OMP_NUM_THREADS=1
 
@@ -55,6 +56,9 @@ options() {  # the options of a configuration
         accum4-spread) echo "--mode async-accum --accum 4 --valid-every 100 --worker-speeds 1,1,1,0.8" ;;
         sync-straggler) echo "--mode sync --valid-every 100 --worker-speeds 1,1,1,0.5" ;;
         accum4-straggler) echo "--mode async-accum --accum 4 --valid-every 100 --worker-speeds 1,1,1,0.5" ;;
+        diloco-h10) echo "--mode diloco --sync-every 10 --valid-every 100" ;;
+        diloco-h100) echo "--mode diloco --sync-every 100 --valid-every 100" ;;
+        localsgd-h10) echo "--mode diloco --sync-every 10 --outer-lr 1 --outer-momentum 0 --valid-every 100" ;;
         *) echo "unknown configuration $1" >&2; return 1 ;;
     esac
 }
