@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import live_processes
 from torch.nn.utils import parameters_to_vector
 
 from async_nmt.config import TrainConfig, model_config
@@ -182,16 +183,7 @@ def test_ctrl_c_with_worker_processes_saves_and_exits(synthetic_bin: Path, tmp_p
 
 
 def _live_processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
+    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
 
 
 def test_sigkill_of_the_process_group_leaves_no_worker_and_resume_cuts_the_events(synthetic_bin: Path, tmp_path: Path):

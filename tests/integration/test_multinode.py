@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import live_processes
 
 from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train.events import read_events
@@ -53,23 +54,9 @@ def ours(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
-def processes() -> dict[int, int]:
-    """pid -> parent pid of every live process."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                found[int(entry.name)] = int(fields[1])
-    return found
-
-
 def family(nodes: list[subprocess.Popen]) -> set[int]:
     """The torchrun agents and every process below them (torchrun starts its ranks in sessions of their own)."""
-    parents, found = processes(), {n.pid for n in nodes}
+    parents, found = {pid: parent for pid, (parent, _) in live_processes().items()}, {n.pid for n in nodes}
     while grown := {pid for pid, parent in parents.items() if parent in found} - found:
         found |= grown
     return found
@@ -77,7 +64,7 @@ def family(nodes: list[subprocess.Popen]) -> set[int]:
 
 def leftovers(pids: set[int]) -> list[int]:
     deadline = time.time() + 5  # the kernel's SIGKILL of orphans takes a moment
-    while (alive := sorted(pids & set(processes()))) and time.time() < deadline:
+    while (alive := sorted(pids & set(live_processes()))) and time.time() < deadline:
         time.sleep(0.1)
     return alive
 
