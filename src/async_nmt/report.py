@@ -161,12 +161,17 @@ def columns(x: str) -> list[tuple[str, str, str]]:
 
 
 def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells; a missing value is a dash, a run still going is marked with *."""
+    """Headers and formatted cells; a missing value is a dash, a run still going is marked with *. A diloco
+    run's staleness is the inner steps since the last sync, and its cells say so."""
     cols = columns(report["x"])
     rows = []
     for row in report["runs"]:
         texts = ["-" if row[key] is None else spec.format(row[key]) for _, key, spec in cols]
         texts[0] += "" if row["finished"] else " *"
+        if " H=" in row["mode"]:  # diloco or local SGD
+            for i, (_, key, _) in enumerate(cols):
+                if key.startswith("staleness") and row[key] is not None:
+                    texts[i] += " since sync"
         rows.append(texts)
     return [header for header, _, _ in cols], rows
 

@@ -152,3 +152,17 @@ def test_the_mode_says_when_the_lr_was_divided_by_the_staleness(tmp_path: Path) 
     plain = write_run(tmp_path / "plain", "async", [1.0, 2.0], seconds_per_valid=10.0)
     report = build_report([load_run(run), load_run(plain)])
     assert [row["mode"] for row in report["runs"]] == ["async lr/s", "async"]
+
+
+def test_a_diloco_run_reads_steps_since_the_last_sync_for_staleness(tmp_path: Path) -> None:
+    from async_nmt.report import cells
+
+    run = write_run(tmp_path / "diloco", "diloco", [1.0, 2.0], seconds_per_valid=10.0, staleness=[(4.5, 9, [1] * 10)])
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    events[0].update(sync_every=10, outer_lr=1, outer_momentum=0)
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    sync = write_run(tmp_path / "sync", "sync", [1.0, 2.0], seconds_per_valid=10.0, staleness=[(0.0, 0, [4])])
+    headers, rows = cells(build_report([load_run(sync), load_run(run)]))
+    mean, most = headers.index("stale mean"), headers.index("stale max")
+    assert rows[1][1] == "local SGD H=10" and rows[1][mean] == "4.50 since sync" and rows[1][most] == "9 since sync"
+    assert rows[0][mean] == "0.00"
