@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.simulated import PredictedClock
 from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
@@ -88,7 +89,7 @@ class OuterServer:
         self.buf = None if state["buf"] is None else state["buf"].to(self.params.device)
 
 
-class SimulatedDiloco(Workers):
+class SimulatedDiloco(PredictedClock, Workers):
     """W DiLoCo workers emulated in one process, in worker order within each inner step."""
 
     def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
@@ -98,12 +99,7 @@ class SimulatedDiloco(Workers):
         workers = len(self.streams)
         self.params = [server.params.clone() for _ in range(workers)]
         self.inner = [ParamServer(p, **inner_options) for p in self.params]  # in place on each worker's copy
-        self.speeds = cfg.worker_speeds or [1.0] * workers
-        self.token_s = cfg.simulate_token_us * 1e-6
-        self.link_bytes_per_s = cfg.link_gbps * 1e9 / 8
-        self.seconds = [0.0] * workers
-        self.predicted_s = 0.0
-        self.compute_s, self.compute_tokens = 0.0, 0
+        self.start_clock(cfg, workers, server.numel)
         self.worker_pushes = [0] * workers
 
     def advance(self) -> tuple[StepStats, list[int]]:
@@ -119,11 +115,10 @@ class SimulatedDiloco(Workers):
                 pushed.add(train_step(self.model, batch, self.cfg.label_smoothing, self.amp_dtype))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.compute_s += time.perf_counter() - start
-            self.compute_tokens += pushed.tokens
+            self.measured(time.perf_counter() - start, pushed.tokens)
             self.inner[worker].push(self.flat.grad, pushed.tokens, self.inner[worker].updates)
             self.worker_pushes[worker] += 1
-            self._charge(worker, pushed.tokens)
+            self.charge(worker, pushed.tokens)
             stats.add(pushed)
         server.updates += 1
         server.pushes += len(self.params)
@@ -132,19 +127,9 @@ class SimulatedDiloco(Workers):
             server.outer_step(self.params)
             for params in self.params:
                 params.copy_(server.params)
-            self._sync_clock()
+            self.all_reduce()
         self.predicted_s = max(self.seconds)
         return stats, histogram([since_sync] * len(self.params))
-
-    def _charge(self, worker: int, tokens: int) -> None:
-        seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
-        self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
-
-    def _sync_clock(self) -> None:
-        workers = len(self.params)
-        link_s = self.server.numel * 4 / self.link_bytes_per_s
-        done = max(self.seconds) + 2 * (workers - 1) / workers * link_s  # the slowest, then a ring all-reduce
-        self.seconds = [done] * workers
 
     def state_dict(self) -> dict[str, Any]:
         return {"params": [p.cpu() for p in self.params], "inner": [s.state_dict() for s in self.inner],
@@ -174,6 +159,7 @@ class DistributedDiloco(DistributedSync):
         self.params = server.params.clone()  # this rank's inner parameters
         self.inner = ParamServer(self.params, **inner_options)
         self.gathered: list[Any] | None = None
+        self.fence = 0  # the next update at which the trainer validates or saves
 
     def advance(self) -> tuple[StepStats, list[int]]:
         ctx, server = self.ctx, self.outer
@@ -189,20 +175,13 @@ class DistributedDiloco(DistributedSync):
             dist.all_reduce(mean)
             server.outer_step_to(mean.div_(self.world))
             self.params.copy_(server.params)
-        if self._saves_next():
+        if self.agreed or server.updates >= self.fence:  # the trainer saves before the next step
             self.gathered = [None] * self.world if self.rank == 0 else None
             dist.gather_object(self._own_state(), self.gathered, dst=0)
         return stats, histogram([since_sync] * self.world)
 
-    def _saves_next(self) -> bool:
-        """Whether the trainer saves a checkpoint before the next step (every rank knows the same)."""
-        cfg, updates = self.ctx.cfg, self.outer.updates
-        return (
-            self.agreed
-            or (cfg.valid_every > 0 and updates % cfg.valid_every == 0)
-            or (cfg.save_every > 0 and updates % cfg.save_every == 0)
-            or (cfg.max_updates > 0 and updates >= cfg.max_updates)
-        )
+    def allow(self, updates: int) -> None:
+        self.fence = updates  # the trainer validates or saves there (every rank's trainer says the same)
 
     def _own_state(self) -> dict[str, Any]:
         return {"params": self.params.cpu(), "inner": self.inner.state_dict()}

@@ -91,7 +91,7 @@ class RemoteWorkers(Workers):
         self.fence = server.updates
         self.stats, self.staleness = StepStats(), []
         self.pushes = [0] * len(self.ranks)
-        self.heard = {r: (-1, time.monotonic()) for r in self.ranks}  # heartbeat count, when it last moved
+        self.heard: dict[int, tuple[int, float]] = {}  # heartbeat count and when it last moved (from start)
         self.told: set[int] = set()  # workers told to stop
         self.failed = False  # a worker failed: nobody is waited for any more
         self.checked = 0.0  # when the workers' health was last looked at

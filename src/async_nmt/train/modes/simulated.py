@@ -19,13 +19,43 @@ from typing import Any
 
 import torch
 
+from async_nmt.config import TrainConfig
 from async_nmt.data.batches import Batch
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
 
 
-class SimulatedWorkers(Workers):
+class PredictedClock:
+    """The predicted wall clock of W emulated devices: each worker's compute, and the parameters' transfers.
+    Its state (`seconds`, `predicted_s`, `compute_s`, `compute_tokens`) is saved with the emulation's."""
+
+    def start_clock(self, cfg: TrainConfig, workers: int, numel: int) -> None:
+        self.speeds = cfg.worker_speeds or [1.0] * workers
+        self.token_s = cfg.simulate_token_us * 1e-6  # a fixed price per token; 0 = measured
+        self.link_s = numel * 4 / (cfg.link_gbps * 1e9 / 8)  # the fp32 parameters over one link
+        self.seconds = [0.0] * workers  # predicted wall clock of each worker
+        self.predicted_s = 0.0
+        self.compute_s, self.compute_tokens = 0.0, 0  # measured on this device
+
+    def measured(self, seconds: float, tokens: int) -> None:
+        self.compute_s += seconds
+        self.compute_tokens += tokens
+
+    def charge(self, worker: int, tokens: int) -> None:
+        """`worker` computed on `tokens` target tokens."""
+        seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
+        self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
+
+    def all_reduce(self) -> None:
+        """Every worker waits for the slowest, then a ring all-reduce of the parameters: 2 (W-1)/W links."""
+        workers = len(self.seconds)
+        done = max(self.seconds) + 2 * (workers - 1) / workers * self.link_s
+        self.seconds = [done] * workers
+        self.predicted_s = done
+
+
+class SimulatedWorkers(PredictedClock, Workers):
     # the simulation state saved in checkpoints besides the workers' parameters and next batches
     _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
 
@@ -34,22 +64,17 @@ class SimulatedWorkers(Workers):
         cfg = ctx.cfg
         self.model, self.flat, self.server, self.streams = ctx.model, ctx.flat, server, ctx.streams
         workers = len(self.streams)
-        self.speeds, self.sync = cfg.worker_speeds or [1.0] * workers, cfg.mode == "sync"
+        self.start_clock(cfg, workers, server.numel)
+        self.sync = cfg.mode == "sync"
         self.local_accum, self.label_smoothing, self.amp_dtype = cfg.local_accum, cfg.label_smoothing, ctx.amp_dtype
         self.device = ctx.flat.device
-        self.token_s = cfg.simulate_token_us * 1e-6  # a fixed price per token; 0 = measured
-        self.link_bytes_per_s = cfg.link_gbps * 1e9 / 8
         flat = ctx.flat
         # what each async worker last pulled; sync workers all compute on the server's current parameters
         self.params = [server.params if self.sync else torch.empty_like(flat.data) for _ in range(workers)]
         self.pulled = [server.pull(p) for p in self.params]
         self.batches = [self._next_batches(w) for w in range(workers)]
         self.finish = [self._cost(w) for w in range(workers)]  # simulated finish time (token units)
-        self.seconds = [0.0] * workers  # predicted wall clock of each worker
-        self.predicted_s = 0.0
-        self.compute_s, self.compute_tokens = 0.0, 0
         self.worker_pushes = [0] * workers
-        self.param_bytes = server.numel * 4
 
     def _next_batches(self, worker: int) -> list[Batch]:
         return [self.streams[worker].next() for _ in range(self.local_accum)]
@@ -81,8 +106,7 @@ class SimulatedWorkers(Workers):
             stats.add(train_step(self.model, batch.to(self.device), self.label_smoothing, self.amp_dtype))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.compute_s += time.perf_counter() - start
-        self.compute_tokens += stats.tokens
+        self.measured(time.perf_counter() - start, stats.tokens)
         self.worker_pushes[worker] += 1
         updates_before = self.server.updates
         staleness = self.server.push(self.flat.grad, stats.tokens, self.pulled[worker])
@@ -98,17 +122,12 @@ class SimulatedWorkers(Workers):
         return stats, staleness
 
     def _advance_clock(self, worker: int, tokens: int, step_done: bool) -> None:
-        seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
-        self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
-        link_s = self.param_bytes / self.link_bytes_per_s
+        self.charge(worker, tokens)
         if not self.sync:
-            self.seconds[worker] += 2 * link_s  # push the gradient, pull the parameters
+            self.seconds[worker] += 2 * self.link_s  # push the gradient, pull the parameters
             self.predicted_s = max(self.predicted_s, self.seconds[worker])
         elif step_done:
-            workers = len(self.streams)
-            step_end = max(self.seconds) + 2 * (workers - 1) / workers * link_s  # ring all-reduce
-            self.seconds = [step_end] * workers
-            self.predicted_s = step_end
+            self.all_reduce()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue the same simulation (the streams are saved apart)."""
