@@ -258,13 +258,29 @@ def score(hyp: Path, ref: Path, as_json: bool) -> None:
     "--out", type=click.Path(path_type=Path), default=None, help="Write bleu_over_time.png, valid_loss.png, report.md."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option(
+    "--link-gbps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Re-price the predicted clock of --simulate runs as if every link ran at this many Gb/s (e.g. 1 for "
+    "workers on different sites). An emulated run's updates do not depend on its link, only its clock does, "
+    "so one run answers for any link. Default: the link each run was trained with.",
+)
 def report(
-    runs: tuple[Path, ...], target_bleu: float | None, baseline: Path | None, x: str, out: Path | None, as_json: bool
+    runs: tuple[Path, ...],
+    target_bleu: float | None,
+    baseline: Path | None,
+    x: str,
+    out: Path | None,
+    as_json: bool,
+    link_gbps: float | None,
 ) -> None:
     """Compare run folders from their events.jsonl: a table with time to a target BLEU and speedups, and plots."""
     from async_nmt.report import report_command
 
-    report_command(list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json)
+    report_command(
+        list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json, link_gbps=link_gbps
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,44 @@ def load_run(path: Path) -> Run:
     return run
 
 
+def reprice(run: Run, link_gbps: float) -> Run:
+    """`run` with its predicted clock (--simulate) re-priced as if every link ran at `link_gbps` Gb/s.
+
+    An emulated run's pushes, order and updates do not depend on its link, only its clock does, and the
+    link's time on each device's clock is a count of parameter transfers: 2 per push of async and
+    async-accum (each device's own clock, `worker_s`), one ring all-reduce per sync update or diloco round
+    (every device waits for it). Runs without a predicted clock are left as they are."""
+    from async_nmt.train.modes.simulated import PUSH_LINKS, all_reduce_links, link_seconds
+
+    start = run.start
+    if "predicted_s" not in run.events[-1]:
+        return run
+    was = start.get("link_gbps")
+    if was is None and (run.path / "config.json").is_file():  # runs from before the start event named it
+        was = json.loads((run.path / "config.json").read_text()).get("link_gbps")
+    if was is None:
+        raise UserError(f"{run.name}: no link speed in its start event or config.json to re-price")
+    delta = link_seconds(start["params"], link_gbps) - link_seconds(start["params"], was)
+    mode, ring = start["mode"], all_reduce_links(start["workers"])
+    events = []
+    for event in run.events:
+        if "predicted_s" in event:
+            if mode == "sync":
+                predicted = event["predicted_s"] + event["updates"] * ring * delta
+            elif mode == "diloco":
+                predicted = event["predicted_s"] + event["updates"] // start["sync_every"] * ring * delta
+            elif "worker_s" in event and "worker_pushes" in event:
+                predicted = max(
+                    s + PUSH_LINKS * p * delta for s, p in zip(event["worker_s"], event["worker_pushes"], strict=True)
+                )
+            else:
+                raise UserError(f"{run.name}: its events predate the per-device clocks (worker_s) that re-price "
+                                f"an {mode} run; train it again to re-price it")  # fmt: skip
+            event = {**event, "predicted_s": predicted}
+        events.append(event)
+    return Run(name=run.name, path=run.path, events=events)
+
+
 def x_values(run: Run, x: str) -> list[float]:
     """The chosen x coordinate of every valid event of `run`."""
     field = X_AXES[x][0]
@@ -177,7 +215,8 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def title(report: dict[str, Any]) -> str:
-    return f"target BLEU {report['target_bleu']:.2f}, baseline {report['baseline']}"
+    link = f", predicted clock re-priced for {report['link_gbps']:g} Gb/s links" if report.get("link_gbps") else ""
+    return f"target BLEU {report['target_bleu']:.2f}, baseline {report['baseline']}{link}"
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -251,16 +290,22 @@ def report_command(
     x: str = "time",
     out: Path | None = None,
     as_json: bool = False,
+    link_gbps: float | None = None,
 ) -> None:
-    """`nmt report`: the table (or --json) of the runs in `paths`, and with `out` the plots and report.md."""
+    """`nmt report`: the table (or --json) of the runs in `paths`, and with `out` the plots and report.md;
+    with `link_gbps`, the predicted clocks re-priced for that link."""
     runs = [load_run(path) for path in paths]
+    if link_gbps is not None:
+        runs = [reprice(run, link_gbps) for run in runs]
     base = None
     if baseline is not None:
         base = next((r for r in runs if r.path.resolve() == Path(baseline).resolve()), None)
         if base is None:  # a baseline not among the runs becomes the first row
             base = load_run(baseline)
+            base = base if link_gbps is None else reprice(base, link_gbps)
             runs.insert(0, base)
     report = build_report(runs, target_bleu, base, x)
+    report["link_gbps"] = link_gbps
     written = write_report(runs, report, out) if out is not None else []
     if as_json:
         print(json.dumps(report))

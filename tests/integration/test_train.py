@@ -238,6 +238,37 @@ def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synth
     assert 0 < first[0]["predicted_s"] < first[-1]["predicted_s"]
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(mode="sync", worker_speeds=[1.0, 0.5]),
+        dict(mode="async", worker_speeds=[1.0, 0.5]),
+        dict(mode="async-accum", accum=2, worker_speeds=[1.0, 0.3]),
+        dict(mode="diloco", sync_every=3),
+    ],
+    ids=lambda options: options["mode"],
+)
+def test_report_reprices_a_simulated_run_to_what_the_same_run_on_another_link_predicts(
+    mode: dict, synthetic_bin: Path, tmp_path: Path
+):
+    from async_nmt.report import Run, reprice
+
+    def run(gbps):  # a fixed token price: the clock depends on the tokens and the link alone
+        cfg = micro_config(synthetic_bin, workers=2, simulate=True, simulate_token_us=100, link_gbps=gbps,
+                           max_updates=7, **mode)  # fmt: skip
+        train(cfg, tmp_path / str(gbps), progress=False, log_every=2)
+        return Run(str(gbps), tmp_path / str(gbps), read_events(tmp_path / str(gbps) / "events.jsonl"))
+
+    fast, slow = run(100.0), run(0.01)
+    repriced = reprice(fast, 0.01)
+    clocks = [[e["predicted_s"] for e in r.events if "predicted_s" in e] for r in (fast, slow, repriced)]
+    assert len(clocks[0]) >= 5 and clocks[1][-1] > 2 * clocks[0][-1]  # the slow link shows on the clock
+    assert clocks[2] == pytest.approx(clocks[1], rel=1e-5, abs=1e-5)  # events keep 6 decimals
+    assert [e["predicted_s"] for e in reprice(slow, 100.0).events if "predicted_s" in e] == pytest.approx(
+        clocks[0], rel=1e-5, abs=1e-5
+    )
+
+
 def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_bin: Path, tmp_path: Path):
     from async_nmt.train.optim import inverse_sqrt_lr
 

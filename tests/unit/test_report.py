@@ -166,3 +166,22 @@ def test_a_diloco_run_reads_steps_since_the_last_sync_for_staleness(tmp_path: Pa
     mean, most = headers.index("stale mean"), headers.index("stale max")
     assert rows[1][1] == "local SGD H=10" and rows[1][mean] == "4.50 since sync" and rows[1][most] == "9 since sync"
     assert rows[0][mean] == "0.00"
+
+
+def test_link_gbps_reprices_from_config_json_and_refuses_an_async_run_without_device_clocks(tmp_path: Path) -> None:
+    sync, old_async = (write_run(tmp_path / m, m, [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+                       for m in ("sync", "async"))  # fmt: skip
+    for path in (sync, old_async):  # runs from before the start event named its link: config.json does
+        (path / "config.json").write_text(json.dumps({"link_gbps": 80.0}), encoding="utf-8")
+        events = [json.loads(line) for line in (path / "events.jsonl").read_text().splitlines()]
+        events[0]["params"] = 10_000_000  # 40 MB: 4 ms a transfer at 80 Gb/s, 320 ms at 1 Gb/s
+        (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    cli = CliRunner()
+    result = cli.invoke(main, ["report", str(sync), "--x", "predicted", "--target-bleu", "20", "--link-gbps", "1",
+                               "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # the second validation is at update 20: 20 ring all-reduces of 4 workers, 1.5 transfers each, 316 ms dearer
+    assert json.loads(result.output)["runs"][0]["to_target"] == pytest.approx(20.0 + 20 * 1.5 * 0.316)
+    result = cli.invoke(main, ["report", str(sync), str(old_async), "--x", "predicted", "--link-gbps", "1"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"{old_async}: its events predate the per-device clocks" in result.output

@@ -101,6 +101,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def _round(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_round(v) for v in value]
     return round(value, 6) if isinstance(value, float) else value
 
 

@@ -194,13 +194,15 @@ class Trainer:
             pushes=self.pushes,
             tokens=self.tokens,
             epoch=round(self.streams[0].epoch_progress, 4),
-            **self._predicted(),
-            **fields,
+            **{**self._predicted(), **fields},
         )
 
-    def _predicted(self) -> dict[str, float]:
+    def _predicted(self) -> dict[str, Any]:
+        """The predicted clock (--simulate), and each device's, so that `nmt report --link-gbps` can re-price it."""
         predicted = self.workers.predicted_s
-        return {} if predicted is None else {"predicted_s": predicted}
+        if predicted is None:
+            return {}
+        return {"predicted_s": predicted, "worker_s": self.workers.predicted_worker_s, **self._worker_pushes()}
 
     def _worker_pushes(self) -> dict[str, list[int]]:
         pushes = self.workers.worker_pushes
@@ -279,6 +281,7 @@ class Trainer:
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
             max_tokens=cfg.max_tokens, preset=cfg.preset, device=str(self.device),
             precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=resumed,
+            **({"link_gbps": cfg.link_gbps, "simulate_token_us": cfg.simulate_token_us} if cfg.simulate else {}),
         )  # fmt: skip
         bar = tqdm(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,

@@ -25,6 +25,18 @@ from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, train_step
 
+PUSH_LINKS = 2  # an async push moves the gradient to the server and the new parameters back
+
+
+def link_seconds(params: int, link_gbps: float) -> float:
+    """The predicted time of one transfer of `params` fp32 parameters over a link of `link_gbps` Gb/s."""
+    return params * 4 / (link_gbps * 1e9 / 8)
+
+
+def all_reduce_links(workers: int) -> float:
+    """A ring all-reduce of the parameters among `workers` costs 2 (W-1)/W transfers of them."""
+    return 2 * (workers - 1) / workers
+
 
 class PredictedClock:
     """The predicted wall clock of W emulated devices: each worker's compute, and the parameters' transfers.
@@ -33,10 +45,14 @@ class PredictedClock:
     def start_clock(self, cfg: TrainConfig, workers: int, numel: int) -> None:
         self.speeds = cfg.worker_speeds or [1.0] * workers
         self.token_s = cfg.simulate_token_us * 1e-6  # a fixed price per token; 0 = measured
-        self.link_s = numel * 4 / (cfg.link_gbps * 1e9 / 8)  # the fp32 parameters over one link
+        self.link_s = link_seconds(numel, cfg.link_gbps)
         self.seconds = [0.0] * workers  # predicted wall clock of each worker
         self.predicted_s = 0.0
         self.compute_s, self.compute_tokens = 0.0, 0  # measured on this device
+
+    @property
+    def predicted_worker_s(self) -> list[float]:
+        return list(self.seconds)
 
     def measured(self, seconds: float, tokens: int) -> None:
         self.compute_s += seconds
@@ -48,10 +64,9 @@ class PredictedClock:
         self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
 
     def all_reduce(self) -> None:
-        """Every worker waits for the slowest, then a ring all-reduce of the parameters: 2 (W-1)/W links."""
-        workers = len(self.seconds)
-        done = max(self.seconds) + 2 * (workers - 1) / workers * self.link_s
-        self.seconds = [done] * workers
+        """Every worker waits for the slowest, then a ring all-reduce of the parameters."""
+        done = max(self.seconds) + all_reduce_links(len(self.seconds)) * self.link_s
+        self.seconds = [done] * len(self.seconds)
         self.predicted_s = done
 
 
@@ -124,7 +139,7 @@ class SimulatedWorkers(PredictedClock, Workers):
     def _advance_clock(self, worker: int, tokens: int, step_done: bool) -> None:
         self.charge(worker, tokens)
         if not self.sync:
-            self.seconds[worker] += 2 * self.link_s  # push the gradient, pull the parameters
+            self.seconds[worker] += PUSH_LINKS * self.link_s
             self.predicted_s = max(self.predicted_s, self.seconds[worker])
         elif step_done:
             self.all_reduce()
