@@ -101,3 +101,7 @@ for configs in "$CONFIGS" "$EXTRA_CONFIGS"; do
     done
 done
 printf '%s\n' "${jobs[@]}" | xargs -P "$LANES" -L 1 bash -c 'common=($COMMON); run "$0" "$1"'
+
+# the page's tables and plots, from the copied files alone
+python "$(dirname "$0")/results_convergence.py" "$DOCS" --plots "$DOCS" >"$DOCS/tables.md"
+echo "wrote $DOCS/tables.md"

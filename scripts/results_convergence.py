@@ -1,12 +1,19 @@
-"""The tables of docs/results.md's convergence experiment, from the committed files alone.
+"""The tables and plots of docs/results.md's convergence experiment, from the committed files alone.
 
-Reads DIR/CONFIG-sSEED/{events.jsonl,test-best.json,test-avg5.json} (written by
-scripts/experiment_convergence.sh) and prints markdown: per configuration the mean and sample standard
-deviation over seeds of the best and final valid BLEU, the test BLEU (beam 5) of the best checkpoint and
-of the average of the last 5, and the time to the target on the predicted clock. The target is fixed by
-rule before the runs: 95% of sync's mean best valid BLEU over its seeds.
+Reads DIR/CONFIG-sSEED/{events.jsonl,config.json,test-best.json,test-avg5.json} (written by
+scripts/experiment_convergence.sh) and prints markdown:
+- per configuration, the mean and sample standard deviation over seeds of the best and final valid BLEU,
+  the test BLEU (beam 5) of the best checkpoint and of the average of the last 5, and the tokens trained;
+- the differences the findings rest on, paired by seed: (a) async - sync, (c) async-accum 4 - sync,
+  --staleness-lr inverse - async, and what averaging adds in each configuration;
+- time to the target on the predicted clock, in three races: 4 equal devices, speeds 1,1,1,0.8 and a
+  straggler at 0.5 (each against the sync run with the same speeds); and the equal-device race again
+  with the clock re-priced for 1 Gb/s links (`nmt report --link-gbps`).
+The target is fixed by rule before the runs: 95% of sync's mean best valid BLEU over its seeds.
+With --plots DIR it also writes DIR/bleu_predicted.png and DIR/bleu_tokens.png (valid BLEU of every run of
+the equal-device race, one colour per configuration).
 
-    python scripts/results_convergence.py docs/results/convergence
+    python scripts/results_convergence.py docs/results/convergence --plots docs/results/convergence
 """
 
 from __future__ import annotations
@@ -15,19 +22,47 @@ import argparse
 import json
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-from async_nmt.report import Run, load_run, staleness, to_target
+from async_nmt.errors import UserError
+from async_nmt.report import Run, load_run, reprice, staleness, to_target
 
-ORDER = ["sync", "async", "accum4", "async-inverse"]
-LABELS = {
+LABELS = {  # every configuration of the experiment, in the order of the tables
     "sync": "sync",
     "async": "async",
     "accum4": "async-accum 4",
     "async-inverse": "async, --staleness-lr inverse",
+    "async-local4": "async, --local-accum 4",
+    "diloco-h10": "diloco H=10",
+    "diloco-h100": "diloco H=100",
+    "localsgd-h10": "local SGD H=10",
+    "sync-spread": "sync, speeds 1,1,1,0.8",
+    "accum4-spread": "async-accum 4, speeds 1,1,1,0.8",
+    "sync-straggler": "sync, speeds 1,1,1,0.5",
+    "accum4-straggler": "async-accum 4, speeds 1,1,1,0.5",
 }
+RACES = [  # (title, suffix of the configurations with these speeds, the configurations that race)
+    (
+        "4 equal devices",
+        "",
+        ["sync", "async", "accum4", "async-inverse", "async-local4", "diloco-h10", "diloco-h100", "localsgd-h10"],
+    ),  # fmt: skip
+    ("speeds 1,1,1,0.8", "-spread", ["sync", "accum4"]),
+    ("a straggler, speeds 1,1,1,0.5", "-straggler", ["sync", "accum4"]),
+]
+PAIRS = [  # (what, configuration, minus configuration)
+    ("(a) async minus sync", "async", "sync"),
+    ("(c) async-accum 4 minus sync", "accum4", "sync"),
+    ("--staleness-lr inverse minus plain async", "async-inverse", "async"),
+    ("(b) async --local-accum 4 minus async", "async-local4", "async"),
+    ("(b) async --local-accum 4 minus async-accum 4", "async-local4", "accum4"),
+]
 TARGET_SHARE = 0.95  # of sync's mean best valid BLEU, fixed before the runs
+SLOW_LINK_GBPS = 1.0
+
+Runs = dict[str, dict[int, Run]]  # configuration -> seed -> finished run
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -40,68 +75,157 @@ def spread(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
 
 
+def best(run: Run) -> float:
+    return max(e["bleu"] for e in run.valid)
+
+
 def test_bleu(run: Run, which: str) -> float | None:
     path = run.path / f"test-{which}.json"
     return json.loads(path.read_text())["bleu"] if path.is_file() else None
 
 
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    for line in (headers, ["---"] * len(headers), *rows):
+        print("| " + " | ".join(line) + " |")
+    print()
+
+
+def load(folder: Path) -> tuple[Runs, list[str]]:
+    """The finished runs by configuration and seed, and the names of the runs not finished."""
+    runs: Runs = defaultdict(dict)
+    unfinished = []
+    for path in sorted(folder.iterdir()):
+        match = re.fullmatch(r"(.+)-s(\d+)", path.name)
+        if match and (path / "events.jsonl").is_file():
+            run = load_run(path)
+            run.name = path.name
+            if run.finished:
+                runs[match.group(1)][int(match.group(2))] = run
+            else:
+                unfinished.append(path.name)
+    return runs, unfinished
+
+
+def quality(runs: Runs) -> None:
+    rows = []
+    for config in [c for c in LABELS if c in runs] + sorted(c for c in runs if c not in LABELS):
+        done = list(runs[config].values())
+        tests = {w: [b for r in done if (b := test_bleu(r, w)) is not None] for w in ("best", "avg5")}
+        converged = sum(bool(r.events[-1].get("converged")) for r in done)
+        rows.append([LABELS.get(config, config), spread([best(r) for r in done]),
+                     spread([r.valid[-1]["bleu"] for r in done]), spread(tests["best"]), spread(tests["avg5"]),
+                     spread([r.events[-1]["tokens"] / 1e6 for r in done], 1),
+                     spread([staleness(r)[0] or 0.0 for r in done]), f"{converged} of {len(done)}"])  # fmt: skip
+    headers = ["configuration", "best valid BLEU", "final valid BLEU", "test BLEU, best checkpoint",
+               "test BLEU, average of last 5", "tokens trained (M)", "stale mean", "stopped by patience"]  # fmt: skip
+    table(headers, rows)
+
+
+def differences(runs: Runs) -> None:
+    """Paired by seed: the findings' differences, and what averaging the last 5 adds."""
+    rows = []
+    for what, config, other in PAIRS:
+        seeds = sorted(set(runs.get(config, {})) & set(runs.get(other, {})))
+        if not seeds:
+            continue
+        a, b = runs[config], runs[other]
+        valid = [best(a[s]) - best(b[s]) for s in seeds]
+        tests = [x - y for s in seeds if (x := test_bleu(a[s], "best")) is not None
+                 and (y := test_bleu(b[s], "best")) is not None]  # fmt: skip
+        rows.append([what, spread(valid), spread(tests)])
+    if rows:
+        print("Differences paired by seed (mean ± sample standard deviation over seeds):")
+        print()
+        table(["difference", "best valid BLEU", "test BLEU, best checkpoint"], rows)
+    rows = []
+    for config in [c for c in LABELS if c in runs]:
+        gains = [x - y for r in runs[config].values()
+                 if (x := test_bleu(r, "avg5")) is not None and (y := test_bleu(r, "best")) is not None]  # fmt: skip
+        if gains:
+            rows.append([LABELS[config], spread(gains)])
+    if rows:
+        print("What averaging the last 5 checkpoints adds to the test BLEU of the best checkpoint, paired by run:")
+        print()
+        table(["configuration", "test BLEU, average of last 5 minus best"], rows)
+
+
+def race(runs: Runs, target: float, title: str, configs: list[str], link_gbps: float | None = None) -> None:
+    """Predicted seconds and tokens to the target; speedup = the same-speed sync's mean time over the mean."""
+    if not any(runs.get(c) for c in configs):
+        return
+    link = f", links re-priced at {link_gbps:g} Gb/s" if link_gbps else ""
+    print(f"Time to valid BLEU {target:.2f}, {title}{link} (runs that never got there are counted apart):")
+    print()
+    rows, base = [], None
+    for config in configs:
+        if not runs.get(config):
+            continue
+        done = list(runs[config].values())
+        tokens = [t / 1e6 for r in done if (t := to_target(r, target, "tokens")) is not None]
+        try:
+            clocks = [r if link_gbps is None else reprice(r, link_gbps) for r in done]
+            times = [t for r in clocks if (t := to_target(r, target, "predicted")) is not None]
+        except UserError:  # an async run logged before the per-device clocks
+            times = []
+        mean = statistics.fmean(times) if times else None
+        if config.startswith("sync"):
+            base = mean
+        if tokens and not times:
+            reached = f"{len(tokens)} of {len(done)} (events predate worker_s: not re-priced)"
+        else:
+            reached = f"{len(tokens)} of {len(done)}"
+        rows.append([LABELS[config], reached, spread(times, 0), spread(tokens, 2),
+                     f"{base / mean:.2f}x" if base and mean else "-"])  # fmt: skip
+    table(["configuration", "reached", "predicted s to target", "tokens to target (M)",
+           "speedup over sync (ratio of means)"], rows)  # fmt: skip
+
+
+def plots(runs: Runs, target: float, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    configs = [c for c in RACES[0][2] if runs.get(c)]
+    for x, field, xlabel in (("predicted", "predicted_s", "predicted wall clock of 4 devices (s)"),
+                             ("tokens", "tokens", "target tokens (M)")):  # fmt: skip
+        fig = Figure(figsize=(9, 5.5), layout="constrained")
+        ax = fig.subplots()
+        for i, config in enumerate(configs):
+            for j, run in enumerate(runs[config].values()):
+                xs = [e[field] / (1e6 if x == "tokens" else 1) for e in run.valid]
+                ax.plot(xs, [e["bleu"] for e in run.valid], color=f"C{i}", linewidth=1,
+                        label=LABELS[config] if j == 0 else None)  # fmt: skip
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2f}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("valid BLEU (greedy, 500 sentences)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / f"bleu_{x}.png", dpi=110)
+        print(f"wrote {out / f'bleu_{x}.png'}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path)
+    parser.add_argument("--plots", type=Path, default=None, help="write the two plots into this folder")
     args = parser.parse_args()
 
-    runs: dict[str, dict[int, Run]] = defaultdict(dict)
-    for folder in sorted(args.dir.iterdir()):
-        match = re.fullmatch(r"(.+)-s(\d+)", folder.name)
-        if match and (folder / "events.jsonl").is_file():
-            run = load_run(folder)
-            run.name = folder.name
-            runs[match.group(1)][int(match.group(2))] = run
-    finished = {c: {s: r for s, r in by_seed.items() if r.finished} for c, by_seed in runs.items()}
-
-    sync_best = [max(e["bleu"] for e in r.valid) for r in finished.get("sync", {}).values()]
+    runs, unfinished = load(args.dir)
+    print(f"Finished runs: {sum(len(v) for v in runs.values())}; still running or stopped: "
+          f"{', '.join(unfinished) or 'none'}.")  # fmt: skip
+    sync_best = [best(r) for r in runs.get("sync", {}).values()]
     target = TARGET_SHARE * statistics.fmean(sync_best) if sync_best else None
-    print(f"Finished runs: {sum(len(v) for v in finished.values())}; still running or stopped: "
-          f"{', '.join(r.name for v in runs.values() for r in v.values() if not r.finished) or 'none'}.")  # fmt: skip
     if target is not None:
         print(f"Target: {TARGET_SHARE:.0%} of sync's mean best valid BLEU over {len(sync_best)} seeds = {target:.2f}.")
     print()
-    print("| configuration | best valid BLEU | final valid BLEU | test BLEU, best checkpoint | test BLEU, average "
-          "of last 5 | target tokens (M) | stale mean | stopped by patience |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for config in [c for c in ORDER if finished.get(c)] + [c for c in finished if c not in ORDER and finished[c]]:
-        done = list(finished[config].values())
-        tests = {w: [b for r in done if (b := test_bleu(r, w)) is not None] for w in ("best", "avg5")}
-        converged = sum(bool(r.events[-1].get("converged")) for r in done)
-        print(f"| {LABELS.get(config, config)} | {spread([max(e['bleu'] for e in r.valid) for r in done])} | "
-              f"{spread([r.valid[-1]['bleu'] for r in done])} | {spread(tests['best'])} | {spread(tests['avg5'])} | "
-              f"{spread([r.events[-1]['tokens'] / 1e6 for r in done], 1)} | "
-              f"{spread([staleness(r)[0] or 0.0 for r in done])} | {converged} of {len(done)} |")  # fmt: skip
+    quality(runs)
+    differences(runs)
     if target is None:
         return
-    print()
-    print(f"Time to BLEU {target:.2f} on the predicted clock of 4 equal devices (s); runs that never got there "
-          f"are counted apart:")  # fmt: skip
-    print()
-    print("| configuration | reached | predicted s to target | speedup over sync (ratio of means) |")
-    print("| --- | --- | --- | --- |")
-    base = None
-    for config in [c for c in ORDER if finished.get(c)]:
-        done = list(finished[config].values())
-        times = [t for r in done if (t := to_target(r, target, "predicted")) is not None]
-        mean = statistics.fmean(times) if times else None
-        if config == "sync":
-            base = mean
-        speedup = f"{base / mean:.2f}x" if base and mean else "-"
-        print(f"| {LABELS[config]} | {len(times)} of {len(done)} | {spread(times, 0)} | {speedup} |")
-    # finding (c): paired by seed
-    pairs = [
-        max(e["bleu"] for e in finished["accum4"][s].valid) - max(e["bleu"] for e in finished["sync"][s].valid)
-        for s in sorted(set(finished.get("accum4", {})) & set(finished.get("sync", {})))
-    ]
-    if pairs:
-        print()
-        print(f"async-accum 4 minus sync, best valid BLEU, paired by seed: {spread(pairs)}.")
+    for title, suffix, configs in RACES:
+        race(runs, target, title, [c + suffix if suffix else c for c in configs])
+    race(runs, target, RACES[0][0], RACES[0][2], link_gbps=SLOW_LINK_GBPS)
+    if args.plots:
+        plots(runs, target, args.plots)
 
 
 if __name__ == "__main__":

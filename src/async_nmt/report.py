@@ -63,6 +63,9 @@ def load_run(path: Path) -> Run:
     return run
 
 
+LINK_GBPS_BEFORE = 80.0  # the link the simulator priced before it was an option (--link-gbps)
+
+
 def reprice(run: Run, link_gbps: float) -> Run:
     """`run` with its predicted clock (--simulate) re-priced as if every link ran at `link_gbps` Gb/s.
 
@@ -77,7 +80,8 @@ def reprice(run: Run, link_gbps: float) -> Run:
         return run
     was = start.get("link_gbps")
     if was is None and (run.path / "config.json").is_file():  # runs from before the start event named it
-        was = json.loads((run.path / "config.json").read_text()).get("link_gbps")
+        # and from before --link-gbps, whose clock priced a link at the fixed 10 GB/s that is its default
+        was = json.loads((run.path / "config.json").read_text()).get("train", {}).get("link_gbps", LINK_GBPS_BEFORE)
     if was is None:
         raise UserError(f"{run.name}: no link speed in its start event or config.json to re-price")
     delta = link_seconds(start["params"], link_gbps) - link_seconds(start["params"], was)

@@ -171,8 +171,8 @@ def test_a_diloco_run_reads_steps_since_the_last_sync_for_staleness(tmp_path: Pa
 def test_link_gbps_reprices_from_config_json_and_refuses_an_async_run_without_device_clocks(tmp_path: Path) -> None:
     sync, old_async = (write_run(tmp_path / m, m, [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
                        for m in ("sync", "async"))  # fmt: skip
-    for path in (sync, old_async):  # runs from before the start event named its link: config.json does
-        (path / "config.json").write_text(json.dumps({"link_gbps": 80.0}), encoding="utf-8")
+    for path in (sync, old_async):  # runs from before --link-gbps: its default, 80 Gb/s, was the fixed price
+        (path / "config.json").write_text(json.dumps({"train": {"simulate": True}}), encoding="utf-8")
         events = [json.loads(line) for line in (path / "events.jsonl").read_text().splitlines()]
         events[0]["params"] = 10_000_000  # 40 MB: 4 ms a transfer at 80 Gb/s, 320 ms at 1 Gb/s
         (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
