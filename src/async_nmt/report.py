@@ -145,6 +145,7 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
     """One row of the report (without the speedup, which needs the baseline)."""
     start, last = run.start, run.events[-1]
     mean, most = staleness(run)
+    clock = "predicted_s" if x == "predicted" else "train_s"  # tok/s on the clock of the report
     return {
         "run": run.name,
         "mode": mode_label(start),
@@ -153,7 +154,7 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
         "local_accum": start.get("local_accum"),
         "lr": start.get("lr"),
         "updates": last["updates"],
-        "tok_per_s": last["tokens"] / last["train_s"] if last["train_s"] > 0 else None,
+        "tok_per_s": last["tokens"] / last[clock] if last.get(clock, 0) > 0 else None,
         "staleness_mean": mean,
         "staleness_max": most,
         "best_bleu": max(e["bleu"] for e in run.valid),

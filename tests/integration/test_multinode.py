@@ -105,6 +105,21 @@ def test_async_accum_across_two_nodes_takes_one_update_per_n_pushes_and_resumes(
         assert (after["epoch"], after["index"]) > (before["epoch"], before["index"])  # the data went on
 
 
+def test_workers_still_computing_when_the_run_ends_leave_quietly(synthetic_bin: Path, tmp_path: Path):
+    """Rank 0 waits for the workers' next pushes only so long (here not at all): one still computing finds
+    rank 0 gone, and that is the end of the run, not an error."""
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--max-updates", "12",
+                        "--worker-speeds", "1,1,0.05", env={"ASYNC_NMT_CLOSE_WAIT_S": "0"})  # fmt: skip
+    pids = family(nodes)
+    (code0, err0), (code1, err1) = finish(nodes)
+    assert (code0, code1) == (0, 0), err0[:3000] + err1[:3000]
+    assert not ours(err0) and not ours(err1)
+    log = read_events(run / "events.jsonl")
+    assert log[-1]["kind"] == "end" and log[-1]["updates"] == 12
+    assert not leftovers(pids)
+
+
 def test_a_raising_worker_on_the_other_node_ends_both_with_one_line(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
     nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",

@@ -94,6 +94,8 @@ def test_predicted_axis(tmp_path: Path) -> None:
     runs = [write_run(tmp_path / m, m, [10.0, 20.0], seconds_per_valid=40.0, simulate=True) for m in ("sync", "async")]
     report = build_report([load_run(p) for p in runs], x="predicted")
     assert [row["to_target"] for row in report["runs"]] == [20.0, 20.0]
+    assert [row["tok_per_s"] for row in report["runs"]] == [100.0, 100.0]  # 2,000 tokens in 20 predicted s
+    assert build_report([load_run(p) for p in runs])["runs"][0]["tok_per_s"] == 25.0  # 80 s of training clock
 
 
 def test_out_writes_plots_and_markdown(tmp_path: Path, runs: list[Path]) -> None:

@@ -22,7 +22,7 @@ from async_nmt.config import TrainConfig
 from async_nmt.errors import UserError
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir
-from async_nmt.train.modes import spawns_ranks, worker_devices
+from async_nmt.train.modes import check_worker_speeds, spawns_ranks, worker_devices
 from async_nmt.train.modes.remote import run_worker_rank
 from async_nmt.train.summary import print_summary
 from async_nmt.train.trainer import LOG_EVERY, Trainer
@@ -155,6 +155,7 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
         if cfg.shards > 1:
             raise UserError("--shards: under torchrun the server is rank 0, one shard")
         cfg.workers = world - 1
+    check_worker_speeds(cfg)
     local = int(os.environ.get("LOCAL_RANK", rank))
     if cfg.devices:
         device = cfg.devices[local % len(cfg.devices)]

@@ -17,6 +17,8 @@ is chosen here, in `build_workers`, and nowhere else:
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from async_nmt.config import MODES, TrainConfig
@@ -90,12 +92,18 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")
     if cfg.link_gbps != TrainConfig.link_gbps and not cfg.simulate:
         raise UserError("--link-gbps prices the predicted clock of --simulate; add --simulate")
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # torchrun: checked once ranks set it
+        check_worker_speeds(cfg)
+    if cfg.shards < 0:
+        raise UserError("--shards must not be negative")
+
+
+def check_worker_speeds(cfg: TrainConfig) -> None:
+    """--worker-speeds gives one speed per worker."""
     if cfg.worker_speeds and cfg.workers == 1:
         raise UserError("--worker-speeds needs several workers")
     if cfg.worker_speeds and len(cfg.worker_speeds) != cfg.workers:
         raise UserError(f"--worker-speeds: {len(cfg.worker_speeds)} speeds for {cfg.workers} workers")
-    if cfg.shards < 0:
-        raise UserError("--shards must not be negative")
 
 
 def pushes_per_update(cfg: TrainConfig) -> int:

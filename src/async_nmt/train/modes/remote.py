@@ -19,6 +19,7 @@ heartbeat stopped. A worker leaves when rank 0 is gone: its next message to it f
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -48,6 +49,10 @@ HEARTBEAT_S = 0.5  # how often a worker says it is alive
 SILENT_S = 5.0  # a worker not heard of for this long has stopped
 CHECK_S = 0.5  # how often rank 0 looks at the store while it waits
 PREFIX = "async_nmt/"
+DONE = f"{PREFIX}done"  # rank 0 ended the run: a worker that then loses it leaves without an error
+# how long rank 0 waits at the end for the workers' next pushes to tell them to stop; a worker still
+# computing then finds rank 0 gone and leaves quietly (an environment override lets tests shorten it)
+CLOSE_WAIT_S = float(os.environ.get("ASYNC_NMT_CLOSE_WAIT_S", processes.STOP_GRACE_S + SILENT_S))
 
 
 def _key(what: str, rank: int) -> str:
@@ -133,20 +138,25 @@ class RemoteWorkers(Workers):
         return list(self.pushes)
 
     def close(self) -> None:
-        """Tell every worker to stop when its next push comes (one waiting at the fence at once). After a
-        failure nobody is told: the workers leave when rank 0's connections close."""
+        """Tell every worker to stop when its next push comes (one waiting at the fence at once), for at
+        most CLOSE_WAIT_S. Every worker's heartbeat has seen the run end before rank 0 leaves, so one still
+        computing leaves quietly when it finds rank 0 gone. After a failure nobody is told: the workers
+        leave when rank 0's connections close."""
         if self.failed:
             return
-        deadline = time.monotonic() + processes.STOP_GRACE_S + SILENT_S
+        ended = time.monotonic()
+        self.store.set(DONE, "1")
         try:
             for src, _ in self.parked:
                 self._refuse(src)
             self.parked = []
-            while len(self.told) < len(self.ranks) and time.monotonic() < deadline:
+            while len(self.told) < len(self.ranks) and time.monotonic() < ended + CLOSE_WAIT_S:
                 src, _ = self._next_header()
                 self._refuse(src)
         except (WorkerFailed, RuntimeError):  # a worker already gone; the others leave when rank 0 does
             pass
+        if len(self.told) < len(self.ranks):  # those still computing learn of the end from the store
+            time.sleep(max(0.0, ended + 2 * HEARTBEAT_S + CHECK_S - time.monotonic()))
 
     # ------------------------------------------------------------------ messages
     def _next_header(self) -> tuple[int, torch.Tensor]:
@@ -237,12 +247,14 @@ def run_worker_rank(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = dist.distributed_c10d._get_default_store()
     store.set(_key("host", rank), socket.gethostname())
-    beating = threading.Event()
-    heart = threading.Thread(target=_heartbeat, args=(store, rank, beating), daemon=True)
+    beating, ended = threading.Event(), threading.Event()
+    heart = threading.Thread(target=_heartbeat, args=(store, rank, beating, ended), daemon=True)
     heart.start()
     try:
         _work(cfg, rank, device)
     except Exception as err:
+        if ended.is_set():  # rank 0 ended the run while this worker computed: nothing failed
+            return
         if _run_failed(store):  # rank 0 stopped the run for another worker's failure, and named it
             raise SystemExit(1) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -268,10 +280,13 @@ def _run_failed(store: Any) -> bool:
         return False
 
 
-def _heartbeat(store: Any, rank: int, stop: threading.Event) -> None:
+def _heartbeat(store: Any, rank: int, stop: threading.Event, ended: threading.Event) -> None:
+    """Say every HEARTBEAT_S that this worker lives, and learn whether rank 0 has ended the run."""
     while not stop.wait(HEARTBEAT_S):
         try:
             store.add(_key("alive", rank), 1)
+            if store.check([DONE]):
+                ended.set()
         except Exception:  # the store is gone: the main thread finds out at its next message
             return
 
