@@ -29,9 +29,9 @@ run() {  # run NAME UPDATES OPTIONS...: train, validate once at the end, copy th
     mkdir -p "$DOCS/$name"
     cp "$OUT/$name/events.jsonl" "$OUT/$name/config.json" "$DOCS/$name/"
 }
-run sync 4 --mode sync                                   # 32 pushes
-run async 32 --mode async                                # 32 pushes
-run accum8 4 --mode async-accum --accum 8                # 32 pushes
+run sync 2 --mode sync                                   # 16 pushes
+run async 16 --mode async                                # 16 pushes, 2 a worker
+run accum8 2 --mode async-accum --accum 8                # 16 pushes
 run diloco-h10 10 --mode diloco --sync-every 10          # 80 pushes, one round
 for gbps in 25 200; do
     "$NMT" report "$DOCS"/{sync,async,accum8,diloco-h10} --x predicted --link-gbps "$gbps"

@@ -22,6 +22,10 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 pytestmark = pytest.mark.slow
 
 
+OPTIONS = ["--preset", "micro", "--devices", "cpu", "--max-tokens", "1024", "--lr", "2e-3", "--warmup", "8",
+           "--dropout", "0", "--valid-max-sentences", "10", "--quiet"]  # every run's, on the nodes or not  # fmt: skip
+
+
 def start_nodes(bin_dir: Path, run: Path, *extra: str, env: dict | None = None) -> list[subprocess.Popen]:
     """Node 0 and node 1, 2 ranks each, each in a session of its own (a machine's processes)."""
     port = str(free_port())
@@ -29,8 +33,7 @@ def start_nodes(bin_dir: Path, run: Path, *extra: str, env: dict | None = None) 
     for node in (0, 1):
         args = [str(TORCHRUN), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "2",
                 "--master-addr", "127.0.0.1", "--master-port", port, "-m", "async_nmt.cli", "train", str(bin_dir),
-                str(run), "--preset", "micro", "--devices", "cpu", "--max-tokens", "1024", "--lr", "2e-3",
-                "--warmup", "8", "--dropout", "0", "--valid-max-sentences", "10", "--quiet", *extra]  # fmt: skip
+                str(run), *OPTIONS, *extra]  # fmt: skip
         nodes.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                                       start_new_session=True))  # fmt: skip
@@ -103,6 +106,28 @@ def test_async_accum_across_two_nodes_takes_one_update_per_n_pushes_and_resumes(
     final = read_checkpoint(checkpoint_path(run, "last"))
     for before, after in zip(saved["data"], final["data"], strict=True):
         assert (after["epoch"], after["index"]) > (before["epoch"], before["index"])  # the data went on
+
+
+def test_diloco_across_two_nodes_equals_its_emulation(synthetic_bin: Path, tmp_path: Path):
+    """diloco's ranks on two nodes (4 workers, like sync: every rank trains) take the same inner and outer
+    steps as 4 workers emulated in one process."""
+    common = ["--mode", "diloco", "--sync-every", "3", "--max-updates", "7", "--valid-every", "0", "--log-every",
+              "1", "--precision", "fp32"]  # fmt: skip
+    for code, stderr in finish(start_nodes(synthetic_bin, tmp_path / "nodes", *common)):
+        assert code == 0, stderr[-3000:]
+    emulated = subprocess.run(
+        [sys.executable, "-m", "async_nmt.cli", "train", str(synthetic_bin), str(tmp_path / "emulated"),
+         *OPTIONS, *common, "--workers", "4", "--simulate"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert emulated.returncode == 0, emulated.stderr[-3000:]
+    nodes, alone = ({e["updates"]: e for e in read_events(tmp_path / r / "events.jsonl") if e["kind"] == "train"}
+                    for r in ("nodes", "emulated"))  # fmt: skip
+    assert sorted(nodes) == list(range(1, 8)) and nodes[7]["pushes"] == 28
+    for update in range(1, 8):  # two rounds and a third begun
+        assert nodes[update]["tokens"] == alone[update]["tokens"]
+        assert nodes[update]["loss"] == pytest.approx(alone[update]["loss"], rel=1e-4)
+        assert nodes[update]["staleness_hist"] == alone[update]["staleness_hist"]
 
 
 def test_workers_still_computing_when_the_run_ends_leave_quietly(synthetic_bin: Path, tmp_path: Path):
