@@ -309,22 +309,37 @@ def test_bad_simulation_options(synthetic_bin: Path, tmp_path: Path, extra, mess
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
 
 
-def test_simulated_run_resumes_with_the_same_losses_and_staleness(synthetic_bin: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    "options, split_at",
+    [
+        (dict(mode="async", workers=3, worker_speeds=[1.0, 1.0, 0.4]), 5),
+        (dict(mode="diloco", workers=2, sync_every=4), 6),  # stopped 2 steps into the second round
+    ],
+    ids=["async", "diloco"],
+)
+def test_simulated_run_resumes_to_the_same_losses_staleness_clock_and_parameters(
+    options: dict, split_at: int, synthetic_bin: Path, tmp_path: Path
+):
     def cfg(updates):
-        return micro_config(synthetic_bin, mode="async", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 0.4],
-                           max_updates=updates, dropout=0.1)  # fmt: skip
+        return micro_config(synthetic_bin, simulate=True, max_updates=updates, dropout=0.1, simulate_token_us=5.0,
+                            **options)  # fmt: skip
 
     train(cfg(10), tmp_path / "whole", progress=False, log_every=1)
-    train(cfg(5), tmp_path / "split", progress=False, log_every=1)
+    train(cfg(split_at), tmp_path / "split", progress=False, log_every=1)
     train(cfg(10), tmp_path / "split", resume=True, progress=False, log_every=1)
 
     def trained(run):
         return {e["updates"]: e for e in read_events(run / "events.jsonl") if e["kind"] == "train"}
 
     whole, split = trained(tmp_path / "whole"), trained(tmp_path / "split")
-    for update in range(6, 11):
+    for update in range(split_at + 1, 11):
         assert split[update]["loss"] == pytest.approx(whole[update]["loss"], rel=1e-5)
         assert split[update]["staleness_hist"] == whole[update]["staleness_hist"]
+        assert split[update]["predicted_s"] == pytest.approx(whole[update]["predicted_s"], rel=1e-9)
+        assert split[update]["worker_s"] == pytest.approx(whole[update]["worker_s"], rel=1e-9)
+    final = [torch.load(run / "checkpoints" / "last.pt", weights_only=False)["params"] for run in
+             (tmp_path / "whole", tmp_path / "split")]  # fmt: skip
+    torch.testing.assert_close(final[0], final[1], rtol=0, atol=1e-6)
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synthetic_bin: Path, tmp_path: Path):
@@ -399,25 +414,3 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     events = read_events(run / "events.jsonl")
     assert [e["bleu"] for e in events if e["kind"] == "valid"] == [1.0, 5.0, 4.0, 5.0, 4.5]
     assert events[-1]["kind"] == "end" and events[-1]["updates"] == 10 and events[-1]["converged"] is True
-
-
-def test_diloco_resumed_mid_round_equals_an_uninterrupted_run(synthetic_bin: Path, tmp_path: Path):
-    def cfg(updates):
-        return micro_config(synthetic_bin, mode="diloco", workers=2, simulate=True, sync_every=4, max_updates=updates,
-                            dropout=0.1, simulate_token_us=5.0)  # fmt: skip
-
-    train(cfg(10), tmp_path / "whole", progress=False, log_every=1)
-    train(cfg(6), tmp_path / "split", progress=False, log_every=1)  # stopped 2 steps into the second round
-    train(cfg(10), tmp_path / "split", resume=True, progress=False, log_every=1)
-
-    def trained(run):
-        return {e["updates"]: e for e in read_events(run / "events.jsonl") if e["kind"] == "train"}
-
-    whole, split = trained(tmp_path / "whole"), trained(tmp_path / "split")
-    for update in range(7, 11):
-        assert split[update]["loss"] == pytest.approx(whole[update]["loss"], rel=1e-5)
-        assert split[update]["predicted_s"] == pytest.approx(whole[update]["predicted_s"], rel=1e-9)
-    assert whole[10]["pushes"] == 20 and read_events(tmp_path / "whole" / "events.jsonl")[0]["sync_every"] == 4
-    final = [torch.load(run / "checkpoints" / "last.pt", weights_only=False)["params"] for run in
-             (tmp_path / "whole", tmp_path / "split")]  # fmt: skip
-    torch.testing.assert_close(final[0], final[1], rtol=0, atol=1e-6)
