@@ -1,6 +1,8 @@
 """Translation speed: greedy and beam search with the incremental-decoding cache, and beam without it.
 
-Prints one JSON line: sentences/s of each, and the speedup of the cache for beam search (goal >= 3).
+Prints one JSON line: sentences/s and target tokens/s (eos excluded) of each, and the speedup of the cache
+for beam search (goal >= 3). `--precision auto` is bf16 where the device has it (the linear layers' weights
+cast once, as `nmt translate` does), else fp32.
     python scripts/bench_translate.py --preset tiny --sentences 200 --device cpu
 Without --run the model is a randomly initialised preset (fixed seed) that translates random source ids;
 it seldom picks eos, so outputs run to the length limit, a fixed amount of work.
@@ -17,7 +19,8 @@ from pathlib import Path
 import torch
 
 from async_nmt.config import model_config
-from async_nmt.devices import resolve_device
+from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
 from async_nmt.translate import translate_ids
 
@@ -27,16 +30,18 @@ def synthetic_sources(n: int, vocab_size: int, min_len: int, max_len: int, seed:
     return [[rng.randrange(4, vocab_size) for _ in range(rng.randint(min_len, max_len))] for _ in range(n)]
 
 
-def sentences_per_s(model: Transformer, sources: list[list[int]], **kwargs) -> float:
+def speed(model: Transformer, sources: list[list[int]], **kwargs) -> tuple[float, float]:
+    """Sentences/s and output tokens/s of translating `sources` (after a warm-up on the first 8)."""
     device = kwargs["device"]
     translate_ids(model, sources[:8], **kwargs)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    translate_ids(model, sources, **kwargs)
+    outputs = translate_ids(model, sources, **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return len(sources) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return len(sources) / seconds, sum(map(len, outputs)) / seconds
 
 
 def main() -> None:
@@ -51,8 +56,10 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    amp = amp_dtype_for(args.precision, device)
 
     if args.run is not None:
         from async_nmt.model.checkpoint import load_model
@@ -69,16 +76,18 @@ def main() -> None:
     else:
         sources = synthetic_sources(args.sentences, model.cfg.vocab_size, args.min_len, args.max_len, seed=0)
 
-    common = dict(max_tokens=args.max_tokens, device=device)
-    greedy = sentences_per_s(model, sources, beam=1, **common)
-    beam = sentences_per_s(model, sources, beam=args.beam, **common)
-    beam_no_cache = sentences_per_s(model, sources, beam=args.beam, use_cache=False, **common)
+    cast_for_search(model, amp)
+    common = dict(max_tokens=args.max_tokens, device=device, amp_dtype=amp)
+    greedy = speed(model, sources, beam=1, **common)
+    beam = speed(model, sources, beam=args.beam, **common)
+    beam_no_cache = speed(model, sources, beam=args.beam, use_cache=False, **common)
     print(json.dumps({
         "bench": "translate", "model": str(args.run) if args.run else f"random {args.preset}",
-        "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32",
+        "device": str(device), "precision": "bf16" if amp else "fp32",
         "sentences": len(sources), "src_tokens": sum(len(s) for s in sources), "beam": args.beam,
-        "greedy_sent_per_s": round(greedy, 2), "beam_sent_per_s": round(beam, 2),
-        "beam_no_cache_sent_per_s": round(beam_no_cache, 2), "cache_speedup": round(beam / beam_no_cache, 2),
+        "greedy_sent_per_s": round(greedy[0], 2), "greedy_tok_per_s": round(greedy[1]),
+        "beam_sent_per_s": round(beam[0], 2), "beam_tok_per_s": round(beam[1]),
+        "beam_no_cache_sent_per_s": round(beam_no_cache[0], 2), "cache_speedup": round(beam[0] / beam_no_cache[0], 2),
         "torch": torch.__version__,
     }))  # fmt: skip
 

@@ -15,7 +15,7 @@ from async_nmt.config import Precision
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.model.checkpoint import load_model
-from async_nmt.model.search import generate
+from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
 from async_nmt.score import decode_lines, read_lines
 
@@ -177,6 +177,8 @@ def translate_file(
     if average < 0:
         raise UserError("--average must not be negative")
     model, sp = load_model(Path(model_path), checkpoint, torch_device, average=average)
+    amp_dtype = amp_dtype_for(precision, torch_device)
+    cast_for_search(model, amp_dtype)
     hyps = translate_lines(
         model,
         sp,
@@ -186,7 +188,7 @@ def translate_file(
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         max_tokens=max_tokens,
-        amp_dtype=amp_dtype_for(precision, torch_device),
+        amp_dtype=amp_dtype,
         progress=True,
     )
     text = "".join(hyp + "\n" for hyp in hyps)

@@ -152,3 +152,9 @@ def test_bf16_autocast_is_close_to_fp32():
         assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
     low.float().logsumexp(-1).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_cudnn_attention_is_off_once_the_model_is_imported():
+    """cuDNN's SDPA plans every new shape (tens of ms each on CUDA); training and search make new shapes."""
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()

@@ -135,3 +135,24 @@ def test_search_runs_at_the_precision_asked(amp_dtype):
     finally:
         handle.remove()
     assert seen and set(seen) == {amp_dtype or torch.float32}
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_linear_weights_cast_once_give_the_outputs_of_autocast_over_fp32_weights(beam: int):
+    import copy
+
+    from async_nmt.model.search import cast_for_search
+
+    cast = copy.deepcopy(MODEL)
+    cast_for_search(cast, torch.bfloat16)
+    linears = [m for m in cast.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == m.bias.dtype == torch.bfloat16 for m in linears)
+    assert cast.embed.weight.dtype == torch.float32  # the tied embedding and the layer norms stay fp32
+    assert all(m.weight.dtype == torch.float32 for m in cast.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert generate(cast, SRC, beam, amp_dtype=torch.bfloat16) == generate(MODEL, SRC, beam, amp_dtype=torch.bfloat16)
+    prev = torch.cat([torch.full((len(SRC), 1), BOS_ID), SRC[:, :-1]], dim=1)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = MODEL(SRC, prev), cast(SRC, prev)
+    assert torch.equal(*logits)  # bit for bit
+    with torch.inference_mode():
+        assert not torch.equal(logits[0], MODEL(SRC, prev))  # and bf16 does change them

@@ -24,6 +24,21 @@ def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: in
     return [max(0, min(int(max_len_a * n + max_len_b), cfg.max_positions - 1)) for n in src_lens]
 
 
+def cast_for_search(model: Transformer, amp_dtype: torch.dtype | None) -> None:
+    """Hold every linear layer's weights in `amp_dtype`, once, for a model that only translates from now on.
+
+    Autocast casts fp32 weights to `amp_dtype` at every call, and does not keep the casts of parameters
+    that are views (the training model's) or of calls outside one autocast region: thousands of copies per
+    batch on a GPU. Weights already in `amp_dtype` are used as they are. Layer norms, the tied embedding
+    and the residual stream stay fp32, so the search computes exactly what autocast over fp32 weights does.
+    """
+    if amp_dtype is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(amp_dtype)
+
+
 def _inference(src: Tensor, amp_dtype: torch.dtype | None) -> contextlib.ExitStack:
     """No autograd, and autocast to `amp_dtype` (None: fp32)."""
     stack = contextlib.ExitStack()

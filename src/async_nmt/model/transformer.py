@@ -19,6 +19,12 @@ from async_nmt.config import ModelConfig
 
 Cache = dict[str, Any]
 
+# cuDNN's attention builds an execution plan for every shape it has not seen, and both training (length
+# buckets) and search (one more position a step) bring new shapes all the time: on an H200 a base model's
+# decode step took 41-75 ms on unseen shapes with cuDNN and 4 ms without it, and training ran at 50k
+# against 445k tok/s (issue 8). PyTorch then picks flash or memory-efficient attention, which need no plan.
+torch.backends.cuda.enable_cudnn_sdp(False)
+
 
 class EncoderOut(NamedTuple):
     memory: Tensor  # [B, S, D]
