@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import pytest
 import torch
@@ -12,13 +13,15 @@ from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from async_nmt.model.search import beam_search, generate, greedy_search, max_lengths
 from async_nmt.model.transformer import Transformer
 
+DEVICE = torch.device(os.environ.get("ASYNC_NMT_TEST_DEVICE", "cpu"))  # cuda:0 runs these tests on a GPU
+
 
 def make_model(vocab_size: int = 40, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     cfg = ModelConfig(
         vocab_size=vocab_size, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=48
     )
-    model = Transformer(cfg).eval()
+    model = Transformer(cfg).to(DEVICE).eval()
     with torch.no_grad():  # a bigger eos logit, so that hypotheses end at different lengths
         model.embed.weight[EOS_ID] *= 3
     return model
@@ -30,7 +33,7 @@ def make_src(lengths: list[int], vocab_size: int = 40, seed: int = 1, width: int
     for i, n in enumerate(lengths):
         src[i, :n] = torch.randint(4, vocab_size, (n,), generator=g)
         src[i, n] = EOS_ID
-    return src
+    return src.to(DEVICE)
 
 
 MODEL = make_model()
@@ -81,7 +84,7 @@ def test_batched_search_equals_one_sentence_at_a_time():
 
 def sequence_score(model: Transformer, src: torch.Tensor, ids: list[int], limit: int) -> float:
     """Sum of log-probs of ids + [eos] under the same rules as search (no pad/bos; eos forced at limit)."""
-    prev = torch.tensor([[BOS_ID, *ids]])
+    prev = torch.tensor([[BOS_ID, *ids]], device=src.device)
     with torch.no_grad():
         logits = model(src, prev)[0].float()
     logits[:, [PAD_ID, BOS_ID]] = -math.inf
@@ -150,8 +153,8 @@ def test_linear_weights_cast_once_give_the_outputs_of_autocast_over_fp32_weights
     assert cast.embed.weight.dtype == torch.float32  # the tied embedding and the layer norms stay fp32
     assert all(m.weight.dtype == torch.float32 for m in cast.modules() if isinstance(m, torch.nn.LayerNorm))
     assert generate(cast, SRC, beam, amp_dtype=torch.bfloat16) == generate(MODEL, SRC, beam, amp_dtype=torch.bfloat16)
-    prev = torch.cat([torch.full((len(SRC), 1), BOS_ID), SRC[:, :-1]], dim=1)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    prev = torch.cat([torch.full((len(SRC), 1), BOS_ID, device=DEVICE), SRC[:, :-1]], dim=1)
+    with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         logits = MODEL(SRC, prev), cast(SRC, prev)
     assert torch.equal(*logits)  # bit for bit
     with torch.inference_mode():

@@ -187,7 +187,7 @@ def test_the_same_seed_gives_the_same_run():
     _, stats_a, stale_a = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
     _, stats_b, stale_b = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
     assert stale_a == stale_b
-    assert [s.loss for s in stats_a] == pytest.approx([s.loss for s in stats_b], rel=1e-6)
+    assert [float(s.loss) for s in stats_a] == pytest.approx([float(s.loss) for s in stats_b], rel=1e-6)
 
 
 @pytest.mark.parametrize("accum", [1, 3])

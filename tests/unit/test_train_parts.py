@@ -88,6 +88,25 @@ def test_flat_parameters_keep_outputs_and_collect_gradients():
         assert p.grad.data_ptr() < flat.grad.data_ptr() + flat.grad.numel() * 4
 
 
+def test_a_training_step_never_reads_a_number_back_from_the_device(monkeypatch):
+    """No .item() or .tolist() in train_step: on a GPU each waits for the whole step to finish."""
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.0))
+    flat = flatten_parameters(model)
+    src, tgt = torch.randint(4, 100, (3, 8)), torch.randint(4, 100, (3, 6))
+    batch = collate([s.numpy()[:-1] for s in src], [t.numpy()[:-1] for t in tgt], max_len=64)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host sync in train_step")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "item", refuse)
+        patch.setattr(torch.Tensor, "tolist", refuse)
+        stats = train_step(model, batch, 0.1, None)
+    assert isinstance(stats.loss, torch.Tensor) and float(stats.loss) > float(stats.nll) > 0
+    assert stats.tokens == batch.tokens and flat.grad.abs().sum() > 0
+
+
 def test_flat_adam_matches_torch_adam():
     torch.manual_seed(0)
     p = torch.randn(50)

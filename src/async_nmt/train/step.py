@@ -56,10 +56,12 @@ def compile_model(model: Transformer) -> None:
 
 @dataclass
 class StepStats:
-    """Sums over one or more batches: label-smoothed loss, NLL, target tokens, sentences."""
+    """Sums over one or more batches: label-smoothed loss, NLL, target tokens, sentences. The losses of
+    `train_step` stay 0-dim tensors on the device, so that a step never waits for the GPU; `float()` them
+    where a number is needed (logging, messages to other processes)."""
 
-    loss: float = 0.0
-    nll: float = 0.0
+    loss: float | torch.Tensor = 0.0
+    nll: float | torch.Tensor = 0.0
     tokens: int = 0
     sentences: int = 0
 
@@ -112,11 +114,11 @@ def train_step(model: nn.Module, batch: Batch, label_smoothing: float, amp_dtype
     model.train()
     loss, nll = batch_loss(model, batch, label_smoothing, amp_dtype)
     loss.backward()
-    return StepStats(loss.item(), nll.item(), batch.tokens, batch.sentences)
+    return StepStats(loss.detach(), nll, batch.tokens, batch.sentences)  # no host sync: see StepStats
 
 
 @torch.no_grad()
 def eval_step(model: nn.Module, batch: Batch, amp_dtype: torch.dtype | None) -> StepStats:
     model.eval()
     loss, nll = batch_loss(model, batch, 0.0, amp_dtype)
-    return StepStats(loss.item(), nll.item(), batch.tokens, batch.sentences)
+    return StepStats(loss, nll, batch.tokens, batch.sentences)

@@ -293,17 +293,20 @@ class Trainer:
                 self.workers.allow(self._next_fence())
                 before = self.updates
                 interval.add(self.update())
-                if not math.isfinite(interval.loss):
-                    self._diverged(f"the training loss is {interval.loss}")
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     interval.add(self._count(*self.workers.drain()))
                 bar.update(self.updates - before)
-                if self.updates // self.log_every > before // self.log_every or stopping:
+                validating = cfg.valid_every > 0 and self.updates % cfg.valid_every == 0
+                saving = validating or (cfg.save_every > 0 and self.updates % cfg.save_every == 0)
+                logging = self.updates // self.log_every > before // self.log_every or stopping
+                if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
+                    self._check_finite(interval)
+                if logging:
                     elapsed = max(self.clock.seconds - interval_start, 1e-9)
                     tokens = max(interval.tokens, 1)
                     event = self._event(
-                        "train", loss=interval.loss / tokens, nll=interval.nll / tokens,
+                        "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens,
                         lr=self.server.lr, grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
                         **staleness_stats(self.staleness), **self._worker_pushes(),
                     )  # fmt: skip
@@ -313,13 +316,13 @@ class Trainer:
                     interval, interval_start, self.staleness = StepStats(), self.clock.seconds, []
                 if self.workers.interrupted:
                     break
-                if cfg.valid_every > 0 and self.updates % cfg.valid_every == 0:
+                if validating:
                     result = self.validate()
                     if result is not None:
                         bar.write(
                             f"update {self.updates}: valid loss {result['valid_loss']:.3f}, BLEU {result['bleu']:.2f}"
                         )
-                elif cfg.save_every > 0 and self.updates % cfg.save_every == 0:
+                elif saving:
                     self.save()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
@@ -347,6 +350,10 @@ class Trainer:
         if self.leader:
             self.events.close()
         return summary
+
+    def _check_finite(self, interval: StepStats) -> None:
+        if not math.isfinite(float(interval.loss)):
+            self._diverged(f"the training loss is {float(interval.loss)}")
 
     def _diverged(self, what: str) -> None:
         saved = checkpoint_path(self.run_dir, "last")

@@ -39,7 +39,7 @@ class Validator:
         total = StepStats()
         for batch in self.batches:
             total.add(eval_step(model, batch.to(device), amp_dtype))
-        valid_loss = total.nll / max(total.tokens, 1)
+        valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(
             model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device, amp_dtype=amp_dtype
         )

@@ -69,7 +69,7 @@ class Gate:
     def complete(self, worker: int, stats: StepStats, staleness: int) -> None:
         with self.lock:
             self.counts[COMPLETED] += 1
-            self.stats[worker] += torch.tensor([stats.tokens, stats.loss, stats.nll, stats.sentences])
+            self.stats[worker] += torch.tensor([stats.tokens, float(stats.loss), float(stats.nll), stats.sentences])
             self.hist[worker, min(staleness, HIST_BINS - 1)] += 1
 
 

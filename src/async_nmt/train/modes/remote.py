@@ -323,8 +323,8 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
         pushes += 1
         processes.maybe_fail(worker, pushes)
         position = stream.state_dict()
-        header = torch.tensor([stats.tokens, stats.loss, stats.nll, stats.sentences, pulled, position["epoch"],
-                               position["index"], 0], dtype=torch.float64)  # fmt: skip
+        header = torch.tensor([stats.tokens, float(stats.loss), float(stats.nll), stats.sentences, pulled,
+                               position["epoch"], position["index"], 0], dtype=torch.float64)  # fmt: skip
         dist.send(header, dst=0, tag=HEADER)
         grad.copy_(flat.grad)
         dist.send(grad, dst=0, tag=GRAD)

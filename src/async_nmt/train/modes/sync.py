@@ -63,7 +63,7 @@ class DistributedSync(Workers):
         if not processes.parent_alive(self.parent):  # the supervisor (or torchrun's agent) was killed
             raise SystemExit(1)
         meta = torch.zeros(FIXED + 2 * self.world, dtype=torch.float64)
-        meta[:FIXED] = torch.tensor([local.tokens, local.loss, local.nll, local.sentences, self.wish,
+        meta[:FIXED] = torch.tensor([local.tokens, float(local.loss), float(local.nll), local.sentences, self.wish,
                                      bool(self.interrupt is not None and self.interrupt.is_set())])  # fmt: skip
         meta[FIXED + 2 * self.rank : FIXED + 2 * self.rank + 2] = torch.tensor([stream.epoch, stream.index])
         meta = meta.to(self.meta_device)

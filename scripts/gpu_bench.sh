@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Issue 8's GPU session in one script of at most about 9 minutes, for a machine with one GPU, PyTorch and
+# no network. It needs demo/bin (make demo; carry it to the GPU machine). Under OUT [gpu-out] it writes
+# one log per step and bench.jsonl (every JSON line the benchmarks printed):
+#   1. the search and model unit tests, and the worker-process mode tests, on DEVICE (ASYNC_NMT_TEST_DEVICE);
+#   2. bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
+#      nn.Transformer loop on demo/bin) and bench_translate.py (a random model), for base and big;
+#   3. a RUN_TIME-second bible-de-en run of base, then `nmt translate` of the test set, greedy and beam 5,
+#      each timed from start-up to the last line, and its BLEU.
+# A dry run on the CPU checks the script itself:
+#   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+DEVICE=${DEVICE:-cuda:0}
+PRESETS=${PRESETS:-base big}
+SECONDS_EACH=${SECONDS_EACH:-20}
+RUN_TIME=${RUN_TIME:-120}
+TESTS=${TESTS:-1}
+TOKENS=${TOKENS:-25000}  # a training batch (bench_step: 16384 tokens of 64-token rows)
+SENTENCES=${SENTENCES:-500}
+BIN=${BIN:-demo/bin}
+RUN=${RUN:-/tmp/gpu-bench-run}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src
+python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || echo "pip install -e . failed (see install.log)"
+bin=$(dirname "$(command -v python3)")
+if [ ! -x "$bin/nmt-train" ]; then  # the tests run nmt-train beside python3
+  printf '#!/bin/sh\nexec python3 -c "from async_nmt.cli import train_main; train_main()" "$@"\n' >"$bin/nmt-train"
+  chmod +x "$bin/nmt-train"
+fi
+nmt() { python3 -m async_nmt.cli "$@"; }
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+fi
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, say how it went
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "== $name: exit $? in $((SECONDS - start)) s"
+  tail -n 2 "$OUT/$name.log"
+}
+
+if [ "$TESTS" = 1 ]; then
+  ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 60 python3 -m pytest -q -p no:cacheprovider \
+    tests/unit/test_search.py tests/unit/test_model.py
+  ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 100 python3 -m pytest -q -p no:cacheprovider \
+    tests/integration/test_modes.py
+fi
+for preset in $PRESETS; do
+  step "bench_step_$preset" 60 python3 scripts/bench_step.py --preset "$preset" --device "$DEVICE" \
+    --max-tokens $((TOKENS < 16384 ? TOKENS : 16384)) --length 64
+  step "bench_train_$preset" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" --preset "$preset" \
+    --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS"
+done
+step bench_translate 90 python3 scripts/bench_translate.py --preset "${PRESETS%% *}" --sentences "$SENTENCES" \
+  --device "$DEVICE" --max-tokens 16000
+
+# the time-to-quality run (issue 8's settings), then the test set translated as a user would
+step train $((120 + RUN_TIME)) nmt train "$BIN" "$RUN" --force --quiet --preset "${PRESETS%% *}" --devices "$DEVICE" \
+  --max-tokens "$TOKENS" --lr 7e-4 --warmup 2000 --max-time "$RUN_TIME" --valid-every 0 \
+  --valid-max-sentences 200
+cp "$RUN/events.jsonl" "$OUT/train-events.jsonl" 2>/dev/null
+for beam in 1 5; do
+  start=$(date +%s.%N)
+  step "translate_beam$beam" 90 nmt translate "$RUN" --beam "$beam" --device "$DEVICE" --max-tokens 16000 \
+    -i "$BIN/test.de" -o "$OUT/test-beam$beam.en"
+  seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
+  [ "$(wc -l <"$OUT/test-beam$beam.en" 2>/dev/null)" = "$(wc -l <"$BIN/test.de")" ] || continue
+  nmt score "$OUT/test-beam$beam.en" "$BIN/test.en" --json >"$OUT/score-beam$beam.json" 2>/dev/null
+  python3 - "$OUT/score-beam$beam.json" "$beam" "$seconds" "$BIN/test.de" <<'EOF' | tee -a "$OUT/translate.jsonl"
+import json, sys
+score, beam, seconds, source = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+lines = sum(1 for _ in open(source, encoding="utf-8"))
+print(json.dumps({"bench": "nmt translate", "beam": beam, "sentences": lines, "wall_s": seconds,
+                  "bleu": score["bleu"], "chrf": score["chrf"]}))
+EOF
+done
+grep -h '^{' "$OUT"/bench_*.log "$OUT"/translate.jsonl >"$OUT/bench.jsonl" 2>/dev/null
+cat "$OUT/bench.jsonl"
