@@ -9,11 +9,14 @@
 #   OUT [runs/convergence], DOCS [docs/results/convergence], TRAIN_PAIRS [10000], SEEDS [1 2 3],
 #   LANES [2]: runs trained at once, one thread each;
 #   CONFIGS [sync async accum4 async-inverse]: they answer (a) and (c), every seed of them first;
-#   EXTRA_CONFIGS [async-local4 sync-spread accum4-spread sync-straggler accum4-straggler diloco-h10
-#            diloco-h100 localsgd-h10], then: async-local4 (4 batches summed per push: the batch of a
-#            sync update at async's staleness) answers (b); the next four race (d) with worker speeds
-#            1,1,1,0.8 (spread) and 1,1,1,0.5 (straggler); the last three put DiLoCo (outer lr 0.7,
-#            Nesterov 0.9) and local SGD (outer lr 1, no momentum) on the same chart (issue 12).
+#   EXTRA_CONFIGS [async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100 localsgd-h10],
+#            then: async-local4 (4 batches summed per push: the batch of a sync update at async's
+#            staleness) answers (b); the next two race (d) with worker speeds 1,1,1,0.8 (spread) and
+#            1,1,1,0.5 (straggler); the last three put DiLoCo (outer lr 0.7, Nesterov 0.9) and local SGD
+#            (outer lr 1, no momentum) on the same chart (issue 12).
+#   Sync at those speeds is not trained again: its updates do not depend on the speeds, so
+#   scripts/replay_sync_clock.py replays each sync run's batches through the clock at those speeds
+#   (sync-spread-sN, sync-straggler-sN).
 set -euo pipefail
 RAW=${RAW:-demo/raw}
 OUT=${OUT:-runs/convergence}
@@ -22,7 +25,7 @@ TRAIN_PAIRS=${TRAIN_PAIRS:-10000}
 SEEDS=${SEEDS:-1 2 3}
 LANES=${LANES:-2}
 CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
-EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 sync-spread accum4-spread sync-straggler accum4-straggler diloco-h10 diloco-h100 localsgd-h10}
+EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100 localsgd-h10}
 NMT=${NMT:-nmt}
 export OMP_NUM_THREADS=1
 
@@ -52,9 +55,7 @@ options() {  # the options of a configuration
         accum4) echo "--mode async-accum --accum 4 --valid-every 100" ;;
         async-inverse) echo "--mode async --staleness-lr inverse --valid-every 400" ;;
         async-local4) echo "--mode async --local-accum 4 --valid-every 100" ;;
-        sync-spread) echo "--mode sync --valid-every 100 --worker-speeds 1,1,1,0.8" ;;
         accum4-spread) echo "--mode async-accum --accum 4 --valid-every 100 --worker-speeds 1,1,1,0.8" ;;
-        sync-straggler) echo "--mode sync --valid-every 100 --worker-speeds 1,1,1,0.5" ;;
         accum4-straggler) echo "--mode async-accum --accum 4 --valid-every 100 --worker-speeds 1,1,1,0.5" ;;
         diloco-h10) echo "--mode diloco --sync-every 10 --valid-every 100" ;;
         diloco-h100) echo "--mode diloco --sync-every 100 --valid-every 100" ;;
@@ -101,6 +102,15 @@ for configs in "$CONFIGS" "$EXTRA_CONFIGS"; do
     done
 done
 printf '%s\n' "${jobs[@]}" | xargs -P "$LANES" -L 1 bash -c 'common=($COMMON); run "$0" "$1"'
+
+# sync at the (d) speeds: each finished sync run's batches replayed through the clock at those speeds
+for seed in $SEEDS; do
+    [[ -f $DOCS/sync-s$seed/test-avg5.json ]] || continue
+    for race in "spread 1,1,1,0.8" "straggler 1,1,1,0.5"; do
+        set -- $race
+        python "$(dirname "$0")/replay_sync_clock.py" "$DOCS/sync-s$seed" "$DOCS/sync-$1-s$seed" --worker-speeds "$2"
+    done
+done
 
 # the page's tables and plots, from the copied files alone
 python "$(dirname "$0")/results_convergence.py" "$DOCS" --plots "$DOCS" >"$DOCS/tables.md"

@@ -106,9 +106,16 @@ def load(folder: Path) -> tuple[Runs, list[str]]:
     return runs, unfinished
 
 
+def replayed(runs: dict[int, Run]) -> bool:
+    """Sync at other speeds, replayed from a sync run (scripts/replay_sync_clock.py): the same updates."""
+    return any("clock_replayed_from" in r.start for r in runs.values())
+
+
 def quality(runs: Runs) -> None:
     rows = []
-    for config in [c for c in LABELS if c in runs] + sorted(c for c in runs if c not in LABELS):
+    for config in [c for c in LABELS if c in runs and not replayed(runs[c])] + sorted(
+        c for c in runs if c not in LABELS
+    ):
         done = list(runs[config].values())
         tests = {w: [b for r in done if (b := test_bleu(r, w)) is not None] for w in ("best", "avg5")}
         converged = sum(bool(r.events[-1].get("converged")) for r in done)
@@ -138,7 +145,7 @@ def differences(runs: Runs) -> None:
         print()
         table(["difference", "best valid BLEU", "test BLEU, best checkpoint"], rows)
     rows = []
-    for config in [c for c in LABELS if c in runs]:
+    for config in [c for c in LABELS if c in runs and not replayed(runs[c])]:
         gains = [x - y for r in runs[config].values()
                  if (x := test_bleu(r, "avg5")) is not None and (y := test_bleu(r, "best")) is not None]  # fmt: skip
         if gains:

@@ -269,6 +269,32 @@ def test_report_reprices_a_simulated_run_to_what_the_same_run_on_another_link_pr
     )
 
 
+def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_speeds(
+    synthetic_bin: Path, tmp_path: Path
+):
+    """scripts/replay_sync_clock.py: sync's updates do not depend on the workers' speeds, only its clock."""
+
+    def run(name, speeds):
+        cfg = micro_config(synthetic_bin, mode="sync", workers=3, simulate=True, simulate_token_us=50,
+                           worker_speeds=speeds, local_accum=2, max_updates=7, valid_every=5)  # fmt: skip
+        train(cfg, tmp_path / name, progress=False, log_every=2)
+        return read_events(tmp_path / name / "events.jsonl")
+
+    equal, slow = run("equal", [1.0, 1.0, 1.0]), run("slow", [1.0, 0.8, 0.5])
+    assert [e.get("loss") for e in equal] == [e.get("loss") for e in slow]  # the same updates
+    script = Path(__file__).parents[2] / "scripts" / "replay_sync_clock.py"
+    for speeds, expected in (("1,0.8,0.5", slow), ("1,1,1", equal)):
+        out = tmp_path / f"replayed-{speeds}"
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / "equal"), str(out), "--worker-speeds",
+                               speeds], capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        replayed = read_events(out / "events.jsonl")
+        clocks = [[e["predicted_s"] for e in log if "predicted_s" in e] for log in (replayed, expected)]
+        assert len(clocks[0]) >= 5 and clocks[0] == pytest.approx(clocks[1], rel=1e-6)
+        assert replayed[0]["clock_replayed_from"] == str(tmp_path / "equal")
+    assert slow[-1]["predicted_s"] > 1.5 * equal[-1]["predicted_s"]  # the slow worker shows on the clock
+
+
 def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_bin: Path, tmp_path: Path):
     from async_nmt.train.optim import inverse_sqrt_lr
 

@@ -237,6 +237,26 @@ def test_sharded_clipping_keeps_the_whole_update_within_the_norm():
     torch.testing.assert_close(four.gather(), one.params, rtol=0, atol=1e-7)
 
 
+def test_an_update_in_one_process_never_reads_the_device_and_equals_the_shared_servers(monkeypatch):
+    """In one process the norm and the clipping stay on the device (no .item() per update); shared between
+    processes they are numbers in shared memory. Both give the same update and the same reported norm."""
+    torch.manual_seed(3)
+    servers = [ParamServer(torch.zeros(40), accum=1, peak_lr=1e-2, warmup=0, clip_norm=1.0, shared=shared)
+               for shared in (False, True)]  # fmt: skip
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the in-process server read a number back from the device")
+
+    for grad, tokens in zip([torch.randn(40) * s for s in (5.0, 0.1, 2.0)], (3, 1, 2), strict=True):
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "item", refuse)
+            servers[0].push(grad.clone(), tokens, pulled_updates=0)
+        servers[1].push(grad.clone(), tokens, pulled_updates=0)
+        assert servers[0].grad_norm == pytest.approx(servers[1].grad_norm, rel=1e-6)
+    torch.testing.assert_close(servers[0].gather(), servers[1].gather(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(servers[0].state_dict()["norms"], servers[1].state_dict()["norms"])
+
+
 def test_checkpoint_state_keeps_a_partial_sum():
     torch.manual_seed(3)
     # gradients of different sizes and token counts: a lost or wrong token count changes the gradients'

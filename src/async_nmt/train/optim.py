@@ -41,7 +41,7 @@ class FlatAdam:
         return {**self.__dict__, "_denom": None, "_step": None}  # scratch is per process, never sent
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: float, update: int, grad_scale: float = 1.0) -> None:
+    def step(self, grad: torch.Tensor, lr: float, update: int, grad_scale: float | torch.Tensor = 1.0) -> None:
         """Apply one Adam update with gradient `grad / grad_scale`; `update` is this update's number (1, 2, ...).
 
         Uses PyTorch's fused Adam kernel where there is one (one pass over the memory instead of about ten;
@@ -50,12 +50,15 @@ class FlatAdam:
             if self._step is None:
                 self._step = torch.zeros((), dtype=torch.float32, device=self.params.device)
             self._step.fill_(update)
-            scale = None if grad_scale == 1.0 else torch.full((), grad_scale, device=self.params.device)
+            if isinstance(grad_scale, torch.Tensor):
+                scale = grad_scale
+            else:
+                scale = None if grad_scale == 1.0 else torch.full((), grad_scale, device=self.params.device)
             _FUSED([self.params], [grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step], lr=lr,
                    beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False,
                    maximize=False, grad_scale=scale, found_inf=None)  # fmt: skip
             return
-        if grad_scale != 1.0:
+        if isinstance(grad_scale, torch.Tensor) or grad_scale != 1.0:
             grad.div_(grad_scale)
         self.exp_avg.lerp_(grad, 1 - self.beta1)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
@@ -75,6 +78,17 @@ class FlatAdam:
 
 
 _FUSED = getattr(torch, "_fused_adam_", None)
+
+
+@torch.no_grad()
+def norm_and_scale_on_device(grad: torch.Tensor, tokens: int, clip_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm_and_scale` as 0-dim tensors on `grad`'s device, computed without waiting for the device."""
+    tokens = max(tokens, 1)
+    norm = grad.norm() / tokens
+    scale = torch.full((), float(tokens), dtype=torch.float32, device=grad.device)
+    if clip_norm > 0:
+        scale = scale * torch.where(norm > clip_norm, (norm + 1e-6) / clip_norm, 1.0)
+    return norm, scale
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from async_nmt.errors import UserError
-from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
+from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale, norm_and_scale_on_device
 
 # columns of the shared int64 counters, one row per shard
 UPDATES, PUSHES, PENDING_PUSHES, PENDING_TOKENS, PENDING_STALENESS = range(5)
@@ -74,6 +74,10 @@ class ParamServer:
             self.grad_sums = [torch.zeros_like(p) for p in self.shards]
         self.counters = torch.zeros(shards, 5, dtype=torch.int64)
         self.norms = torch.zeros(shards, 2, dtype=torch.float64)  # learning rate, squared gradient norm
+        # In one process the squared norms stay 0-dim tensors on the device until they are read, so that an
+        # update never waits for the device; shared between processes they are numbers in shared memory.
+        self.shared = shared
+        self._norm_sq: list[torch.Tensor | None] = [None] * shards
         self.locks: list[Any]
         if shared:
             for tensor in [self.counters, self.norms, *self.shards, *(s for s in self.grad_sums if s is not None)]:
@@ -106,7 +110,14 @@ class ParamServer:
 
     @property
     def grad_norm(self) -> float:
+        self._settle_norms()
         return math.sqrt(float(self.norms[:, 1].sum()))
+
+    def _settle_norms(self) -> None:
+        for i, norm_sq in enumerate(self._norm_sq):
+            if norm_sq is not None:
+                self.norms[i, 1] = float(norm_sq)
+                self._norm_sq[i] = None
 
     @property
     def params(self) -> torch.Tensor:
@@ -123,8 +134,8 @@ class ParamServer:
             with lock:
                 if out.data_ptr() != shard.data_ptr():
                     out[lo:hi].copy_(shard)
-                    _finish(shard)  # the copy must be done before another process may update the shard
-                    _finish(out)
+                    self._finish(shard)  # the copy must be done before another process may update the shard
+                    self._finish(out)
                 if i == 0:
                     updates = int(self.counters[0, UPDATES])
         return updates
@@ -161,7 +172,7 @@ class ParamServer:
                     if row[PENDING_PUSHES] >= self.accum:
                         self._update(i, grad_sum, row)
                         grad_sum.zero_()
-                _finish(self.shards[i])
+                self._finish(self.shards[i])
                 self.counters[i] = torch.tensor(row)
         return staleness
 
@@ -170,10 +181,22 @@ class ParamServer:
         lr = inverse_sqrt_lr(row[UPDATES], self.peak_lr, self.warmup)
         if self.staleness_lr == "inverse":
             lr /= max(1.0, row[PENDING_STALENESS] / row[PENDING_PUSHES])
-        norm, scale = norm_and_scale(grad, row[PENDING_TOKENS], self.clip_norm)
-        self.adam[i].step(grad, lr, row[UPDATES], grad_scale=scale)
-        self.norms[i] = torch.tensor([lr, norm * norm], dtype=torch.float64)
+        if self.shared:  # other processes read the norm: a number in shared memory
+            norm, scale = norm_and_scale(grad, row[PENDING_TOKENS], self.clip_norm)
+            self.adam[i].step(grad, lr, row[UPDATES], grad_scale=scale)
+            self.norms[i] = torch.tensor([lr, norm * norm], dtype=torch.float64)
+        else:
+            norm_t, scale_t = norm_and_scale_on_device(grad, row[PENDING_TOKENS], self.clip_norm)
+            self.adam[i].step(grad, lr, row[UPDATES], grad_scale=scale_t)
+            self.norms[i, 0] = lr
+            self._norm_sq[i] = norm_t * norm_t
         row[PENDING_PUSHES] = row[PENDING_TOKENS] = row[PENDING_STALENESS] = 0
+
+    def _finish(self, tensor: torch.Tensor) -> None:
+        """Shared between processes: wait for the device work queued on `tensor`'s device, so that the next
+        lock holder sees its result. In one process the work is ordered on the stream, and nothing waits."""
+        if self.shared and tensor.device.type == "cuda":
+            torch.cuda.current_stream(tensor.device).synchronize()
 
     # ------------------------------------------------------------------ checkpoints (taken while no push runs)
     def gather(self) -> torch.Tensor:
@@ -185,6 +208,7 @@ class ParamServer:
             shard.copy_(flat[lo:hi])
 
     def state_dict(self) -> dict[str, Any]:
+        self._settle_norms()
         pending = bool(self.counters[:, PENDING_PUSHES].any())
         sums = zip(self.grad_sums, self.bounds, strict=True)
         return {
@@ -224,6 +248,7 @@ class ParamServer:
             if norms is not None:  # the learning rate, and the squared norm spread over the shards
                 norms = torch.stack([norms[0, 0], norms[:, 1].sum() / len(self.shards)]).expand(len(self.shards), -1)
         self.counters.copy_(counters)
+        self._norm_sq = [None] * len(self.shards)
         if norms is not None:
             self.norms.copy_(norms)
         if state.get("grad_sum") is not None:
@@ -235,9 +260,3 @@ class ParamServer:
 
 def _cpu(grad_sum: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
     return torch.zeros(hi - lo) if grad_sum is None else grad_sum.cpu()
-
-
-def _finish(tensor: torch.Tensor) -> None:
-    """Wait for the device work queued on `tensor`'s device, so the next lock holder sees its result."""
-    if tensor.device.type == "cuda":
-        torch.cuda.current_stream(tensor.device).synchronize()

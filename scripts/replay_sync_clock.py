@@ -1,0 +1,75 @@
+"""A simulated sync run's predicted clock at other worker speeds, without training it again.
+
+A sync step takes one batch (or --local-accum batches) from every worker's stream and sums their
+gradients: which batches, and so every update, do not depend on how fast the workers are. Only the
+predicted clock does: every step waits for the slowest worker, then all-reduces the parameters. So the
+clock of the same run at speeds 1,1,1,0.5 is the same batches replayed through the simulator's clock
+(`PredictedClock`) at those speeds. This writes OUT, a copy of RUN's events, config and test scores with
+`predicted_s` and `worker_s` replayed; its start events say `worker_speeds` and `clock_replayed_from`.
+It needs a fixed token price (`--simulate-token-us`), and RUN's BIN folder (or --bin).
+
+    python scripts/replay_sync_clock.py runs/convergence/sync-s1 runs/convergence/sync-straggler-s1 \
+        --worker-speeds 1,1,1,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from async_nmt.config import ModelConfig, TrainConfig, from_dict
+from async_nmt.data.batches import BatchStream
+from async_nmt.data.binarize import load_split
+from async_nmt.train.events import read_events
+from async_nmt.train.modes.simulated import PredictedClock
+
+
+def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = None) -> None:
+    config = json.loads((run / "config.json").read_text())
+    cfg, model = from_dict(TrainConfig, config["train"]), from_dict(ModelConfig, config["model"])
+    if cfg.mode != "sync" or not cfg.simulate or not cfg.simulate_token_us:
+        sys.exit(f"{run}: not a simulated sync run with a fixed token price (--simulate-token-us)")
+    if len(speeds) != cfg.workers:
+        sys.exit(f"--worker-speeds: {len(speeds)} speeds for {cfg.workers} workers")
+    events = read_events(run / "events.jsonl")
+    split = load_split(bin_dir or Path(cfg.bin_dir), "train")
+    streams = [BatchStream(split, cfg.max_tokens, model.max_positions, cfg.seed, w, cfg.workers)
+               for w in range(cfg.workers)]  # fmt: skip
+    cfg.worker_speeds = speeds
+    clock = PredictedClock()
+    clock.start_clock(cfg, cfg.workers, events[0]["params"])
+    updates = 0
+    for event in events:
+        while updates < event["updates"]:  # one sync step: every worker's batches, then the all-reduce
+            for worker, stream in enumerate(streams):
+                clock.charge(worker, sum(stream.next().tokens for _ in range(cfg.local_accum)))
+            clock.all_reduce()
+            updates += 1
+        if "predicted_s" in event:
+            event.update(predicted_s=round(clock.predicted_s, 6), worker_s=[round(s, 6) for s in clock.seconds])
+        if event["kind"] == "start":
+            event.update(worker_speeds=speeds, clock_replayed_from=str(run))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    config["train"]["worker_speeds"] = speeds
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name in ("test-best.json", "test-avg5.json"):  # the same updates: the same model
+        if (run / name).is_file():
+            shutil.copy(run / name, out / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--worker-speeds", required=True, help="comma-separated, one per worker")
+    parser.add_argument("--bin", type=Path, default=None, help="the run's BIN folder, if not where it was")
+    args = parser.parse_args()
+    replay(args.run, args.out, [float(s) for s in args.worker_speeds.split(",")], args.bin)
+
+
+if __name__ == "__main__":
+    main()
