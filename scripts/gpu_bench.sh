@@ -22,29 +22,8 @@ BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD/src
-python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-  || echo "pip install -e . failed (see install.log)"
-bin=$(dirname "$(command -v python3)")
-if [ ! -x "$bin/nmt-train" ]; then  # the tests run nmt-train beside python3
-  printf '#!/bin/sh\nexec python3 -c "from async_nmt.cli import train_main; train_main()" "$@"\n' >"$bin/nmt-train"
-  chmod +x "$bin/nmt-train"
-fi
+source "$(dirname "$0")/gpu_setup.sh"
 nmt() { python3 -m async_nmt.cli "$@"; }
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-fi
-python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, say how it went
-  local name=$1 limit=$2
-  shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  echo "== $name: exit $? in $((SECONDS - start)) s"
-  tail -n 2 "$OUT/$name.log"
-}
 
 if [ "$TESTS" = 1 ]; then
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 60 python3 -m pytest -q -p no:cacheprovider \
@@ -71,7 +50,7 @@ for beam in 1 5; do
   step "translate_beam$beam" 90 nmt translate "$RUN" --beam "$beam" --device "$DEVICE" --max-tokens 16000 \
     -i "$BIN/test.de" -o "$OUT/test-beam$beam.en"
   seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
-  [ "$(wc -l <"$OUT/test-beam$beam.en" 2>/dev/null)" = "$(wc -l <"$BIN/test.de")" ] || continue
+  [ "$(wc -l 2>/dev/null <"$OUT/test-beam$beam.en")" = "$(wc -l <"$BIN/test.de")" ] || continue
   nmt score "$OUT/test-beam$beam.en" "$BIN/test.en" --json >"$OUT/score-beam$beam.json" 2>/dev/null
   python3 - "$OUT/score-beam$beam.json" "$beam" "$seconds" "$BIN/test.de" <<'EOF' | tee -a "$OUT/translate.jsonl"
 import json, sys

@@ -1,0 +1,26 @@
+# Sourced by the GPU scripts (gpu_checks.sh, gpu_bench.sh) on a machine with PyTorch and no network:
+# installs this checkout without dependencies, puts nmt-train beside python3 (the tests run it), writes
+# the card and the versions to $OUT/gpu.txt, and defines step NAME SECONDS COMMAND... (run with a time
+# limit, log to $OUT/NAME.log, say how it went). Needs OUT set to an existing folder.
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src
+python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || echo "pip install -e . failed (see install.log)"
+bin=$(dirname "$(command -v python3)")
+if [ ! -x "$bin/nmt-train" ]; then
+  printf '#!/bin/sh\nexec python3 -c "from async_nmt.cli import train_main; train_main()" "$@"\n' >"$bin/nmt-train"
+  chmod +x "$bin/nmt-train"
+fi
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+fi
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "== $name: exit $? in $((SECONDS - start)) s"
+  tail -n 3 "$OUT/$name.log"
+}
