@@ -169,18 +169,21 @@ def race(runs: Runs, target: float, title: str, configs: list[str], link_gbps: f
             continue
         done = list(runs[config].values())
         tokens = [t / 1e6 for r in done if (t := to_target(r, target, "tokens")) is not None]
-        try:
-            clocks = [r if link_gbps is None else reprice(r, link_gbps) for r in done]
-            times = [t for r in clocks if (t := to_target(r, target, "predicted")) is not None]
-        except UserError:  # an async run logged before the per-device clocks
-            times = []
+        times, unpriced = [], 0
+        for run in done:
+            try:
+                clock = run if link_gbps is None else reprice(run, link_gbps)
+            except UserError:  # an async run logged before the per-device clocks
+                unpriced += 1
+                continue
+            if (seconds := to_target(clock, target, "predicted")) is not None:
+                times.append(seconds)
         mean = statistics.fmean(times) if times else None
         if config.startswith("sync"):
             base = mean
-        if tokens and not times:
-            reached = f"{len(tokens)} of {len(done)} (events predate worker_s: not re-priced)"
-        else:
-            reached = f"{len(tokens)} of {len(done)}"
+        reached = f"{len(tokens)} of {len(done)}"
+        if unpriced:
+            reached += f" ({unpriced} logged before worker_s: not re-priced)"
         rows.append([LABELS[config], reached, spread(times, 0), spread(tokens, 2),
                      f"{base / mean:.2f}x" if base and mean else "-"])  # fmt: skip
     table(["configuration", "reached", "predicted s to target", "tokens to target (M)",
