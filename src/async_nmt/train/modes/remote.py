@@ -253,8 +253,8 @@ def run_worker_rank(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     try:
         _work(cfg, rank, device)
     except Exception as err:
-        if ended.is_set():  # rank 0 ended the run while this worker computed: nothing failed
-            return
+        if ended.is_set():  # rank 0 ended the run while this worker computed: nothing failed, and the group
+            raise SystemExit(0) from None  # is not torn down (that would wait for rank 0, which is gone)
         if _run_failed(store):  # rank 0 stopped the run for another worker's failure, and named it
             raise SystemExit(1) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
