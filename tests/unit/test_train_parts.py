@@ -57,6 +57,22 @@ def test_collate_adds_bos_eos_and_pads():
     assert b.tokens == 3 and b.sentences == 1
 
 
+def test_collate_of_many_rows_equals_one_row_at_a_time():
+    rng = np.random.default_rng(0)
+    lengths = [(0, 3), (7, 1), (12, 20), (40, 9), (1, 0)]  # an empty side, and sides past max_len - 1 = 15
+    src = [rng.integers(4, 100, n).astype(np.int16) for n, _ in lengths]
+    tgt = [rng.integers(4, 100, n).astype(np.int16) for _, n in lengths]
+    batch = collate(src, tgt, max_len=16)
+    assert batch.sentences == 5 and batch.tokens == sum(min(n, 15) + 1 for _, n in lengths)
+    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
+        s, t = s[:15].tolist(), t[:15].tolist()
+        pad = [PAD_ID] * 64
+        assert batch.src[i].tolist() == (s + [EOS_ID] + pad)[: batch.src.size(1)]
+        assert batch.prev_tgt[i].tolist() == ([BOS_ID] + t + pad)[: batch.prev_tgt.size(1)]
+        assert batch.target[i].tolist() == (t + [EOS_ID] + pad)[: batch.target.size(1)]
+    assert batch.src.size(1) % 8 == 0 and batch.src.size(1) >= 16
+
+
 def test_stream_workers_are_disjoint_and_the_position_resumes():
     split = FakeSplit()
     streams = [BatchStream(split, 512, 64, seed=3, worker=w, workers=2) for w in range(2)]

@@ -66,23 +66,27 @@ def collate(src: list[np.ndarray], tgt: list[np.ndarray], max_len: int, pin: boo
     """Sentences (ids without bos/eos) -> padded tensors; sides longer than `max_len - 1` are truncated."""
     src = [s[: max_len - 1] for s in src]
     tgt = [t[: max_len - 1] for t in tgt]
-    rows = len(src)
-    src_t = torch.full((rows, _round_up(max(len(s) for s in src) + 1)), PAD_ID, dtype=torch.long)
-    tgt_width = _round_up(max(len(t) for t in tgt) + 1)
-    prev_t = torch.full((rows, tgt_width), PAD_ID, dtype=torch.long)
-    target_t = torch.full((rows, tgt_width), PAD_ID, dtype=torch.long)
-    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
-        src_t[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
-        src_t[i, len(s)] = EOS_ID
-        t64 = torch.from_numpy(t.astype(np.int64))
-        prev_t[i, 0] = BOS_ID
-        prev_t[i, 1 : len(t) + 1] = t64
-        target_t[i, : len(t)] = t64
-        target_t[i, len(t)] = EOS_ID
-    tokens = sum(len(t) + 1 for t in tgt)
+    rows = np.arange(len(src))
+    src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
+    src_width, tgt_width = _round_up(int(src_lens.max()) + 1), _round_up(int(tgt_lens.max()) + 1)
+    # whole arrays at once, no loop over rows: a boolean mask fills row by row, in the order of the concatenation
+    columns = np.arange(max(src_width, tgt_width))[None, :]
+    src_np = np.full((len(src), src_width), PAD_ID, dtype=np.int64)
+    src_np[columns[:, :src_width] < src_lens[:, None]] = np.concatenate(src)
+    src_np[rows, src_lens] = EOS_ID
+    words = np.concatenate(tgt).astype(np.int64)
+    target_np = np.full((len(tgt), tgt_width), PAD_ID, dtype=np.int64)
+    target_np[columns[:, :tgt_width] < tgt_lens[:, None]] = words
+    target_np[rows, tgt_lens] = EOS_ID
+    prev_np = np.full((len(tgt), tgt_width), PAD_ID, dtype=np.int64)
+    prev_np[:, 0] = BOS_ID
+    shifted = columns[:, :tgt_width]
+    prev_np[(shifted >= 1) & (shifted <= tgt_lens[:, None])] = words
+    src_t, prev_t, target_t = (torch.from_numpy(a) for a in (src_np, prev_np, target_np))
+    tokens = int(tgt_lens.sum()) + len(tgt)
     if pin:
         src_t, prev_t, target_t = src_t.pin_memory(), prev_t.pin_memory(), target_t.pin_memory()
-    return Batch(src_t, prev_t, target_t, tokens, rows)
+    return Batch(src_t, prev_t, target_t, tokens, len(src))
 
 
 class BatchStream:
