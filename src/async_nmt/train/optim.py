@@ -82,7 +82,9 @@ _FUSED = getattr(torch, "_fused_adam_", None)
 
 @torch.no_grad()
 def norm_and_scale_on_device(grad: torch.Tensor, tokens: int, clip_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`norm_and_scale` as 0-dim tensors on `grad`'s device, computed without waiting for the device."""
+    """For a gradient summed over `tokens` target tokens: the norm of the token-normalized gradient, and the
+    divisor that normalizes and clips it (`grad / scale` has norm at most `clip_norm`; 0 = no clipping), as
+    0-dim tensors on `grad`'s device, computed without waiting for the device."""
     tokens = max(tokens, 1)
     norm = grad.norm() / tokens
     scale = torch.full((), float(tokens), dtype=torch.float32, device=grad.device)
@@ -93,11 +95,6 @@ def norm_and_scale_on_device(grad: torch.Tensor, tokens: int, clip_norm: float) 
 
 @torch.no_grad()
 def norm_and_scale(grad: torch.Tensor, tokens: int, clip_norm: float) -> tuple[float, float]:
-    """For a gradient summed over `tokens` target tokens: the norm of the token-normalized gradient, and the
-    divisor that normalizes and clips it (`grad / scale` has norm at most `clip_norm`; 0 = no clipping)."""
-    tokens = max(tokens, 1)
-    norm = grad.norm().item() / tokens
-    scale = float(tokens)
-    if clip_norm > 0 and norm > clip_norm:
-        scale *= (norm + 1e-6) / clip_norm
-    return norm, scale
+    """`norm_and_scale_on_device` as numbers (a server shared between processes keeps them in shared memory)."""
+    norm, scale = norm_and_scale_on_device(grad, tokens, clip_norm)
+    return norm.item(), scale.item()
