@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 import torch
 from tqdm import tqdm
@@ -110,9 +111,12 @@ def translate_ids(
     try:
         with tqdm(total=len(ids), unit="sent", file=sys.stderr, disable=None if progress else True) as bar:
             for batch in _batches(order, lengths, max_tokens, cfg.max_positions):
-                src = torch.full((len(batch), _padded(lengths[batch[0]], cfg.max_positions)), cfg.pad_id)
-                for row, i in enumerate(batch):
-                    src[row, : lengths[i]] = torch.tensor(ids[i])
+                width = _padded(lengths[batch[0]], cfg.max_positions)
+                src_np = np.full((len(batch), width), cfg.pad_id, dtype=np.int64)
+                src_np[np.arange(width) < np.array([lengths[i] for i in batch])[:, None]] = np.concatenate(
+                    [ids[i] for i in batch]
+                )  # row by row, in the order of the concatenation
+                src = torch.from_numpy(src_np)
                 if device.type == "cuda":
                     src = src.pin_memory()
                 src = src.to(device, non_blocking=True)

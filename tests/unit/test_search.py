@@ -159,3 +159,26 @@ def test_linear_weights_cast_once_give_the_outputs_of_autocast_over_fp32_weights
     assert torch.equal(*logits)  # bit for bit
     with torch.inference_mode():
         assert not torch.equal(logits[0], MODEL(SRC, prev))  # and bf16 does change them
+
+
+@pytest.mark.parametrize("check_every", [2, 8, 100])
+def test_reading_the_device_every_few_steps_gives_the_same_outputs(check_every: int):
+    # finished sentences then stay in the batch for up to check_every - 1 more steps, and must not change
+    for beam, lenpen in [(1, 1.0), (2, 1.0), (5, 1.0), (4, 0.0), (3, 2.0)]:
+        every_step = generate(MODEL, SRC, beam, lenpen=lenpen, check_every=1)
+        assert generate(MODEL, SRC, beam, lenpen=lenpen, check_every=check_every) == every_step
+        if beam > 1:  # and without the cache, which is not reordered
+            assert beam_search(MODEL, SRC, beam, lenpen, use_cache=False, check_every=check_every) == every_step
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_the_search_reads_the_device_once_in_check_every_steps(monkeypatch, beam: int):
+    # GPU search speed: a read (.tolist/.item) waits for the device; per step it would starve the GPU
+    reads, steps = [], []
+    tolist, item, decode = torch.Tensor.tolist, torch.Tensor.item, Transformer.decode
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or tolist(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or item(self))
+    monkeypatch.setattr(Transformer, "decode", lambda self, *args, **kw: steps.append(1) or decode(self, *args, **kw))
+    generate(MODEL, SRC, beam, max_len_a=0, max_len_b=30, check_every=8)
+    checks = math.ceil(len(steps) / 8)
+    assert len(steps) >= 24 and len(reads) <= 1 + 3 * checks < len(steps)  # 3 reads at a check at most

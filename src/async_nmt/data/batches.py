@@ -18,7 +18,7 @@ class Batch:
     src: torch.Tensor  # [B, S] source ids + eos, right-padded
     prev_tgt: torch.Tensor  # [B, T] bos + target ids (decoder input)
     target: torch.Tensor  # [B, T] target ids + eos (what the loss predicts)
-    tokens: int  # real target tokens (eos included): what an update's gradient is normalized by
+    tokens: int  # real (non-pad) target tokens, eos included: what an update's gradient is normalized by
     sentences: int
 
     def to(self, device: torch.device) -> Batch:

@@ -48,11 +48,17 @@ def _inference(src: Tensor, amp_dtype: torch.dtype | None) -> contextlib.ExitSta
     return stack
 
 
-def _at_max_len(limits: list[int], step: int, repeat: int, device: torch.device) -> Tensor | None:
-    """Which rows (each sentence repeated `repeat` times) are at their length limit; None if none is."""
-    if min(limits) > step:
-        return None
-    return torch.tensor([limit <= step for limit in limits for _ in range(repeat)], device=device)
+def check_every_for(device: torch.device) -> int:
+    """Decoding steps between reads of the finished sentences back to the host. Each read waits for the
+    device to finish its queued work: on a GPU the search reads every 8 steps, and a finished sentence
+    computes up to 7 steps more before it leaves the batch; on the CPU reading costs nothing, so every step.
+    """
+    return 1 if device.type == "cpu" else 8
+
+
+def _at_max_len(min_limit: int, limits: Tensor, step: int) -> Tensor | None:
+    """Which rows are at their length limit (`limits` [N] on the device); None while none can be."""
+    return None if min_limit > step else limits.le(step)
 
 
 def _next_log_probs(model: Transformer, tokens: Tensor, enc, cache: dict | None, at_max_len: Tensor | None) -> Tensor:
@@ -69,6 +75,10 @@ def _next_log_probs(model: Transformer, tokens: Tensor, enc, cache: dict | None,
     return torch.log_softmax(logits, dim=-1)
 
 
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
+
 def greedy_search(
     model: Transformer,
     src: Tensor,
@@ -76,36 +86,50 @@ def greedy_search(
     max_len_b: int = 10,
     use_cache: bool = True,
     amp_dtype: torch.dtype | None = None,
+    check_every: int | None = None,
 ) -> list[list[int]]:
-    """The most probable next token at each step, for each sentence of `src` [B, S]."""
+    """The most probable next token at each step, for each sentence of `src` [B, S].
+
+    Which rows have ended stays on the device; it is read back every `check_every` steps (default: by
+    device, `check_every_for`), when the ended rows leave the batch.
+    """
     cfg = model.cfg
     if src.size(0) == 0:
         return []
+    device = src.device
+    check_every = check_every or check_every_for(device)
     with _inference(src, amp_dtype):
         limits = max_lengths(model, src, max_len_a, max_len_b)
+        steps = max(limits) + 1
         enc = model.encode(src)
         cache = model.new_cache() if use_cache else None
-        tokens = torch.full((src.size(0), 1), cfg.bos_id, dtype=torch.long, device=src.device)
+        tokens = torch.full((src.size(0), steps + 1), cfg.eos_id, dtype=torch.long, device=device)
+        tokens[:, 0] = cfg.bos_id
+        ended = torch.zeros(src.size(0), dtype=torch.bool, device=device)
         alive = list(range(src.size(0)))  # original index of each row
-        alive_limits = limits
+        alive_limits = torch.tensor(limits, device=device)
+        min_limit = min(limits)
         outputs: list[list[int]] = [[] for _ in alive]
-        for step in range(max(limits) + 1):
-            at_max_len = _at_max_len(alive_limits, step, 1, src.device)
-            next_tokens = _next_log_probs(model, tokens, enc, cache, at_max_len).argmax(-1)
-            tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
-            finished = next_tokens.eq(cfg.eos_id).tolist()
+        for step in range(steps):
+            at_max_len = _at_max_len(min_limit, alive_limits, step)
+            next_tokens = _next_log_probs(model, tokens[:, : step + 1], enc, cache, at_max_len).argmax(-1)
+            tokens[:, step + 1] = next_tokens.masked_fill_(ended, cfg.eos_id)  # ended rows: eos, ignored
+            ended |= next_tokens.eq(cfg.eos_id)
+            if (step + 1) % check_every and step + 1 < steps:
+                continue
+            finished = ended.tolist()  # the one read of the device in `check_every` steps
             if not any(finished):
                 continue
             done_rows = [row for row, f in enumerate(finished) if f]
-            for row, ids in zip(done_rows, tokens[done_rows, 1:-1].tolist(), strict=True):
-                outputs[alive[row]] = ids
+            for row, ids in zip(done_rows, tokens[done_rows, 1 : step + 2].tolist(), strict=True):
+                outputs[alive[row]] = _until_eos(ids, cfg.eos_id)
             keep_rows = [row for row, f in enumerate(finished) if not f]
             if not keep_rows:
                 break
             alive = [alive[row] for row in keep_rows]
-            alive_limits = [alive_limits[row] for row in keep_rows]
-            keep = torch.tensor(keep_rows, device=src.device)
-            tokens = tokens[keep]
+            keep = torch.tensor(keep_rows, device=device)
+            tokens, ended, alive_limits = tokens[keep], ended[keep], alive_limits[keep]
+            min_limit = min(limits[i] for i in alive)
             enc = model.reorder_encoder_out(enc, keep)
             if cache is not None:
                 model.reorder_cache(cache, keep)
@@ -121,49 +145,65 @@ def beam_search(
     max_len_b: int = 10,
     use_cache: bool = True,
     amp_dtype: torch.dtype | None = None,
+    check_every: int | None = None,
 ) -> list[list[int]]:
     """Beam search, fairseq-style: of the 2*beam best candidates of a sentence, eos candidates among the
     first `beam` become finished hypotheses (scored log-prob / length**lenpen, eos counted), and the first
     `beam` other candidates go on. A sentence is done when it has `beam` finished hypotheses, or at its
-    length limit; its best finished hypothesis is the output.
+    length limit; its best finished hypothesis (the first of equal ones) is the output.
+
+    The finished hypotheses are kept on the device, in `beam` slots a sentence (and one more that takes
+    the hypotheses that do not fit); which sentences are done is read back every `check_every` steps
+    (default: by device, `check_every_for`), when they leave the batch.
     """
     cfg = model.cfg
     K = beam
     if src.size(0) == 0:
         return []
     device = src.device
+    check_every = check_every or check_every_for(device)
     with _inference(src, amp_dtype):
         B = src.size(0)
         limits = max_lengths(model, src, max_len_a, max_len_b)
+        steps = max(limits) + 1
         expand = torch.arange(B, device=device).repeat_interleave(K)
         enc = model.reorder_encoder_out(model.encode(src), expand)
         cache = model.new_cache() if use_cache else None
-        tokens = torch.full((B * K, 1), cfg.bos_id, dtype=torch.long, device=device)
+        tokens = torch.full((B * K, steps + 1), cfg.bos_id, dtype=torch.long, device=device)
         # All beams start identical: only the first may expand at step 0.
         scores = torch.full((B, K), -math.inf, device=device)
         scores[:, 0] = 0.0
+        # finished hypotheses: slots 0..K-1 a sentence, filled in order; slot K is a sink for the rest
+        fin_scores = torch.full((B, K + 1), -math.inf, device=device)
+        fin_tokens = torch.full((B, K + 1, steps), cfg.eos_id, dtype=torch.long, device=device)
+        fin_count = torch.zeros(B, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        sent_limits = torch.tensor(limits, device=device)
         alive = list(range(B))  # original index of each live sentence
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        min_limit = min(limits)
         outputs: list[list[int]] = [[] for _ in range(B)]
-        for step in range(max(limits) + 1):
+        for step in range(steps):
             n = len(alive)
-            at_max_len = _at_max_len([limits[s] for s in alive], step, K, device)
-            lprobs = _next_log_probs(model, tokens, enc, cache, at_max_len)
+            at_max_len = _at_max_len(min_limit, sent_limits, step)
+            if at_max_len is not None:
+                at_max_len = at_max_len.repeat_interleave(K)
+            lprobs = _next_log_probs(model, tokens[:, : step + 1], enc, cache, at_max_len)
             V = lprobs.size(1)
             candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
             top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)
             beam_of, token_of = top_index // V, top_index % V
             is_eos = token_of.eq(cfg.eos_id)
 
-            # Finished hypotheses: eos candidates ranked among the first K.
-            eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite()
-            sent_idx, cand_idx = eos_first.nonzero(as_tuple=True)
-            if sent_idx.numel():
-                rows = sent_idx * K + beam_of[sent_idx, cand_idx]
-                hyp_scores = (top_scores[sent_idx, cand_idx] / (step + 1) ** lenpen).tolist()
-                for s, score, ids in zip(sent_idx.tolist(), hyp_scores, tokens[rows, 1:].tolist(), strict=True):
-                    if len(finished[alive[s]]) < K:
-                        finished[alive[s]].append((score, ids))
+            # Finished hypotheses: eos candidates ranked among the first K, while their sentence has room.
+            eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite() & ~done[:, None]
+            rank = fin_count[:, None] + eos_first.long().cumsum(1) - 1
+            slot = torch.where(eos_first & (rank < K), rank, K)
+            fin_scores.scatter_(1, slot, top_scores[:, :K] / (step + 1) ** lenpen)
+            if step:
+                history = tokens.view(n, K, -1)[:, :, 1 : step + 1].gather(1, beam_of[:, :K, None].expand(-1, -1, step))
+                fin_tokens[:, :, :step].scatter_(1, slot[:, :, None].expand(-1, -1, step), history)
+            fin_count += slot.lt(K).sum(1)
+            done |= fin_count.ge(K) | sent_limits.le(step)
 
             # Live beams: the first K candidates that are not eos (there are always K: at most K are eos).
             order = is_eos.long() * top_scores.size(1) + torch.arange(top_scores.size(1), device=device)
@@ -172,24 +212,36 @@ def beam_search(
             live_rows = (torch.arange(n, device=device)[:, None] * K + beam_of.gather(1, live)).view(-1)
             live_tokens = token_of.gather(1, live).view(-1)
 
-            done = [len(finished[alive[s]]) >= K or step >= limits[alive[s]] for s in range(n)]
-            for s in (s for s in range(n) if done[s]):
-                if finished[alive[s]]:
-                    outputs[alive[s]] = max(finished[alive[s]], key=lambda hyp: hyp[0])[1]
-            if all(done):
-                break
-            if any(done):
-                keep_sents = [s for s in range(n) if not done[s]]
-                alive = [alive[s] for s in keep_sents]
-                keep = torch.tensor(keep_sents, device=device)
-                live_scores = live_scores[keep]
-                live_rows = live_rows.view(n, K)[keep].view(-1)
-                live_tokens = live_tokens.view(n, K)[keep].view(-1)
-                enc = model.reorder_encoder_out(enc, live_rows)
-            tokens = torch.cat([tokens[live_rows], live_tokens[:, None]], dim=1)
+            leaving = False
+            if not (step + 1) % check_every or step + 1 == steps:
+                done_now = done.tolist()  # the one read of the device in `check_every` steps
+                done_sents = [s for s in range(n) if done_now[s]]
+                if done_sents:
+                    index = torch.tensor(done_sents, device=device)
+                    best = fin_scores[index, :K].argmax(1)
+                    ids = fin_tokens[index, best].tolist()
+                    counts = fin_count[index].tolist()
+                    for s, hyp, count in zip(done_sents, ids, counts, strict=True):
+                        if count:
+                            outputs[alive[s]] = _until_eos(hyp, cfg.eos_id)
+                if len(done_sents) == n:
+                    break
+                if done_sents:
+                    leaving = True
+                    keep_sents = [s for s in range(n) if not done_now[s]]
+                    alive = [alive[s] for s in keep_sents]
+                    min_limit = min(limits[i] for i in alive)
+                    keep = torch.tensor(keep_sents, device=device)
+                    live_scores, fin_scores, fin_tokens = live_scores[keep], fin_scores[keep], fin_tokens[keep]
+                    fin_count, done, sent_limits = fin_count[keep], done[keep], sent_limits[keep]
+                    live_rows = live_rows.view(n, K)[keep].view(-1)
+                    live_tokens = live_tokens.view(n, K)[keep].view(-1)
+                    enc = model.reorder_encoder_out(enc, live_rows)
+            tokens = tokens.index_select(0, live_rows)
+            tokens[:, step + 1] = live_tokens
             scores = live_scores
             if cache is not None:
-                model.reorder_cache(cache, live_rows, cross=any(done))
+                model.reorder_cache(cache, live_rows, cross=leaving)
     return outputs
 
 

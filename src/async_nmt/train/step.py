@@ -91,8 +91,12 @@ def batch_loss(
     device = batch.src.device
     with autocast(device, amp_dtype):
         states = model.hidden(batch.src, batch.prev_tgt)
-    real = batch.target != PAD_ID
-    states, target = states[real], batch.target[real]  # only real tokens reach the output layer
+    # Only real tokens reach the output layer. A boolean mask would read their count back from the device
+    # at every step; the host knows it (`batch.tokens`), and a stable sort of the pad flags puts their
+    # positions first, in order.
+    real = torch.argsort(batch.target.reshape(-1).eq(PAD_ID).int(), stable=True)[: batch.tokens]
+    states = states.reshape(-1, states.size(-1)).index_select(0, real)
+    target = batch.target.reshape(-1).index_select(0, real)
     vocab = model.cfg.vocab_size
     chunk = max(1, CPU_LOSS_CHUNK_ELEMENTS // vocab) if device.type == "cpu" else len(target)
     loss = nll = torch.zeros((), device=device)
