@@ -90,9 +90,15 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
     print()
 
 
-def load(folder: Path) -> tuple[Runs, list[str]]:
-    """The finished runs by configuration and seed, and the names of the runs not finished."""
-    runs: Runs = defaultdict(dict)
+def patience(run: Run) -> int:
+    return json.loads((run.path / "config.json").read_text())["train"]["patience"]
+
+
+def load(folder: Path) -> tuple[Runs, list[str], int]:
+    """The finished runs by configuration and seed, the names of the others, and the stopping rule (the
+    largest --patience of any run). A run that ended under a smaller --patience (the experiment began with
+    3) is counted with the unfinished ones: the experiment resumes it under the rule."""
+    found: list[tuple[str, int, Run]] = []
     unfinished = []
     for path in sorted(folder.iterdir()):
         match = re.fullmatch(r"(.+)-s(\d+)", path.name)
@@ -100,10 +106,17 @@ def load(folder: Path) -> tuple[Runs, list[str]]:
             run = load_run(path)
             run.name = path.name
             if run.finished:
-                runs[match.group(1)][int(match.group(2))] = run
+                found.append((match.group(1), int(match.group(2)), run))
             else:
                 unfinished.append(path.name)
-    return runs, unfinished
+    rule = max((patience(run) for *_, run in found), default=0)
+    runs: Runs = defaultdict(dict)
+    for config, seed, run in found:
+        if patience(run) == rule:
+            runs[config][seed] = run
+        else:
+            unfinished.append(f"{run.name} (ended under --patience {patience(run)})")
+    return runs, unfinished, rule
 
 
 def replayed(runs: dict[int, Run]) -> bool:
@@ -219,9 +232,9 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=None, help="write the two plots into this folder")
     args = parser.parse_args()
 
-    runs, unfinished = load(args.dir)
-    print(f"Finished runs: {sum(len(v) for v in runs.values())}; still running or stopped: "
-          f"{', '.join(unfinished) or 'none'}.")  # fmt: skip
+    runs, unfinished, rule = load(args.dir)
+    print(f"Finished runs (stopped by --patience {rule} or the epoch cap): {sum(len(v) for v in runs.values())}; "
+          f"still running or stopped: {', '.join(unfinished) or 'none'}.")  # fmt: skip
     sync_best = [best(r) for r in runs.get("sync", {}).values()]
     target = TARGET_SHARE * statistics.fmean(sync_best) if sync_best else None
     if target is not None:

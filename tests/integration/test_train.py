@@ -65,6 +65,19 @@ def test_config_json_reads_back_as_the_run_config(synthetic_bin: Path, learned_r
     assert saved.corpus.src == "src" and saved.corpus.tgt == "tgt"
 
 
+def test_an_ended_run_resumes_under_new_stopping_options_and_its_config_says_so(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path
+):
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    cfg = micro_config(synthetic_bin, max_updates=310, valid_every=150)
+    end = train(cfg, run, resume=True, progress=False)
+    assert end is not None and end["updates"] == 310
+    events = read_events(run / "events.jsonl")
+    assert [e["updates"] for e in events if e["kind"] == "end"] == [310]  # the first end is gone
+    assert load_json(RunConfig, run / "config.json").train == cfg
+
+
 @pytest.mark.parametrize(
     "extra, option",
     [(["--max-tokens", "512"], "--max-tokens"), (["--seed", "8"], "--seed"), (["--mode", "async"], "--mode"),

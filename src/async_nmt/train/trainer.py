@@ -94,7 +94,7 @@ class Trainer:
             if self.run_dir.exists():
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True)
-            self._write_config()
+        self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
 
     # ------------------------------------------------------------------ run folder and checkpoints

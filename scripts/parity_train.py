@@ -1,0 +1,117 @@
+"""Learning parity: does `nmt-train` learn as much per update as a bare PyTorch loop? (issue 8)
+
+For each seed, the product (`train()`, as `nmt-train BIN RUN --max-updates U` runs it) and the bare loop of
+bench_train (torch.nn.Transformer, torch.optim.Adam, F.cross_entropy) train for the same U updates on the
+same batch stream (same order, same collation), at the same learning rate schedule (linear warmup, then
+1/sqrt), label smoothing, dropout and Adam settings. Both are then scored by one function: the NLL per
+target token (no label smoothing) over the valid split, in eval mode. Prints one JSON line per seed and one
+with the mean and sample sd of product minus bare (negative: the product learned more).
+
+    python scripts/parity_train.py runs/convergence/bin --preset micro --updates 400 --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from async_nmt.config import PAD_ID, ModelConfig, TrainConfig, model_config
+from async_nmt.data.batches import BatchStream, collate, make_batches
+from async_nmt.data.binarize import load_manifest, load_split
+from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.model.checkpoint import load_model
+from async_nmt.train.launch import train
+from async_nmt.train.optim import inverse_sqrt_lr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import BareTransformer  # noqa: E402
+
+
+@torch.no_grad()
+def valid_nll(model: torch.nn.Module, bin_dir: Path, mcfg: ModelConfig, device: torch.device) -> float:
+    """NLL per target token over the whole valid split, fp32, eval mode; `model(src, prev)` gives logits."""
+    model.eval()
+    split = load_split(bin_dir, "valid")
+    total, tokens = 0.0, 0
+    for rows in make_batches(split.src.lengths, split.tgt.lengths, 4096, mcfg.max_positions):
+        batch = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], mcfg.max_positions).to(device)
+        logits = model(batch.src, batch.prev_tgt).float()
+        nll = F.cross_entropy(logits.view(-1, mcfg.vocab_size), batch.target.view(-1), ignore_index=PAD_ID,
+                              reduction="sum")  # fmt: skip
+        total, tokens = total + float(nll), tokens + batch.tokens
+    return total / tokens
+
+
+def bare_train(bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device) -> BareTransformer:
+    """bench_train's bare loop, for cfg.max_updates updates at the product's learning rate schedule."""
+    amp = amp_dtype_for(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    model = BareTransformer(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1)
+    model.train()
+    for update in range(1, cfg.max_updates + 1):
+        batch = stream.next().to(device)
+        for group in opt.param_groups:
+            group["lr"] = inverse_sqrt_lr(update, cfg.lr, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(batch.src, batch.prev_tgt)
+        loss = F.cross_entropy(logits.float().view(-1, mcfg.vocab_size), batch.target.view(-1), ignore_index=PAD_ID,
+                               label_smoothing=cfg.label_smoothing, reduction="sum")  # fmt: skip
+        (loss / batch.tokens).backward()
+        opt.step()
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bin", type=Path)
+    parser.add_argument("--preset", default="micro")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--updates", type=int, default=400)
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
+    diffs = []
+    for seed in args.seeds:
+        cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_updates=args.updates,
+                          max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup, valid_every=0,
+                          valid_max_sentences=1, precision=args.precision, seed=seed)  # fmt: skip
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            end = train(cfg, Path(tmp) / "run", progress=False)
+            assert end is not None and end["updates"] == args.updates
+            product_model, _ = load_model(Path(tmp) / "run", "last", device)
+        product = valid_nll(product_model, args.bin, mcfg, device)
+        product_s = time.perf_counter() - start
+        start = time.perf_counter()
+        bare = valid_nll(bare_train(args.bin, cfg, mcfg, device), args.bin, mcfg, device)
+        bare_s = time.perf_counter() - start
+        diffs.append(product - bare)
+        print(json.dumps({
+            "bench": "parity", "preset": args.preset, "device": str(device), "seed": seed, "updates": args.updates,
+            "max_tokens": args.max_tokens, "lr": args.lr, "warmup": args.warmup,
+            "product_valid_nll": round(product, 4), "bare_valid_nll": round(bare, 4), "diff": round(product - bare, 4),
+            "product_s": round(product_s, 1), "bare_s": round(bare_s, 1),
+        }), flush=True)  # fmt: skip
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+    print(json.dumps({"bench": "parity", "seeds": args.seeds, "mean_diff": round(statistics.mean(diffs), 4),
+                      "sd_diff": round(sd, 4), "torch": torch.__version__}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
