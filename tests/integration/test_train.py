@@ -205,7 +205,8 @@ def test_nmt_train_is_nmt_train_subcommand():
     assert "--mode" in out and "--local-accum" in out and "BIN_DIR RUN_DIR" in out
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl-C; `kill` or a batch scheduler's notice
+def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path, signum: str):
     import signal
     import time
 
@@ -220,7 +221,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
         deadline = time.time() + 60
         while time.time() < deadline and not any(e["kind"] == "train" for e in _events(run)):
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signum))
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()  # no-op when it ended

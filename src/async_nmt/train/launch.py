@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +45,18 @@ def train(
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun started this process as one rank
         return join_torchrun(cfg, run_dir, resume, force, progress, log_every)
     check_run_dir(run_dir, resume, force)
-    if spawns_ranks(cfg):
-        launch_ranks(cfg, run_dir, resume, progress, log_every, worker_devices(cfg))
-        return None
-    return run_trainer(cfg, run_dir, resume, progress, log_every)
+    # SIGTERM (`kill`, a batch scheduler's notice) stops the run as Ctrl-C does: a checkpoint, then exit 130
+    terminate = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if spawns_ranks(cfg):
+            launch_ranks(cfg, run_dir, resume, progress, log_every, worker_devices(cfg))
+            return None
+        return run_trainer(cfg, run_dir, resume, progress, log_every)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, terminate)
 
 
 def run_trainer(
