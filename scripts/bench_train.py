@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from async_nmt.config import PAD_ID, ModelConfig, TrainConfig, model_config
-from async_nmt.data.batches import BatchStream
+from async_nmt.data.batches import Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.model.transformer import Transformer
@@ -68,16 +69,22 @@ def bare_loop(
     tokens, start = 0, time.perf_counter()
     while time.perf_counter() - start < cfg.max_time:
         batch = stream.next().to(device)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(batch.src, batch.prev_tgt)
-        loss = F.cross_entropy(logits.float().view(-1, mcfg.vocab_size), batch.target.view(-1), ignore_index=PAD_ID,
-                               label_smoothing=cfg.label_smoothing, reduction="sum")  # fmt: skip
-        (loss / batch.tokens).backward()
-        opt.step()
+        bare_step(model, opt, batch, cfg.label_smoothing, amp)
         tokens += batch.tokens
     sync(device)
     return tokens, time.perf_counter() - start
+
+
+def bare_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, label_smoothing: float,
+              amp: torch.dtype | None) -> None:  # fmt: skip
+    """One update of the bare loop: autocast forward, summed cross-entropy over real tokens / tokens, Adam."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(batch.src.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        logits = model(batch.src, batch.prev_tgt)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.target.view(-1), ignore_index=PAD_ID,
+                           label_smoothing=label_smoothing, reduction="sum")  # fmt: skip
+    (loss / batch.tokens).backward()
+    opt.step()
 
 
 def main() -> None:

@@ -3,8 +3,10 @@
 For each seed, the product (`train()`, as `nmt-train BIN RUN --max-updates U` runs it) and the bare loop of
 bench_train (torch.nn.Transformer, torch.optim.Adam, F.cross_entropy) train for the same U updates on the
 same batch stream (same order, same collation), at the same learning rate schedule (linear warmup, then
-1/sqrt), label smoothing, dropout and Adam settings. Both are then scored by one function: the NLL per
-target token (no label smoothing) over the valid split, in eval mode. Prints one JSON line per seed and one
+1/sqrt), label smoothing, dropout and Adam settings. The bare model's embedding gets the product's
+initialisation by default (`--bare-embed-init torch`: nn.Embedding's N(0, 1), which puts the tied output
+layer's first logits far from 0). Both are then scored by one function: the NLL per target token (no label
+smoothing) over the valid split, in eval mode. Prints one JSON line per seed and one
 with the mean and sample sd of product minus bare (negative: the product learned more).
 
     python scripts/parity_train.py runs/convergence/bin --preset micro --updates 400 --seeds 1 2 3
@@ -33,6 +35,7 @@ from async_nmt.train.optim import inverse_sqrt_lr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import BareTransformer  # noqa: E402
+from bench_train import bare_step  # noqa: E402
 
 
 @torch.no_grad()
@@ -50,11 +53,17 @@ def valid_nll(model: torch.nn.Module, bin_dir: Path, mcfg: ModelConfig, device: 
     return total / tokens
 
 
-def bare_train(bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device) -> BareTransformer:
+def bare_train(
+    bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device, embed_init: str = "product"
+) -> BareTransformer:
     """bench_train's bare loop, for cfg.max_updates updates at the product's learning rate schedule."""
     amp = amp_dtype_for(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = BareTransformer(mcfg).to(device)
+    if embed_init == "product":  # the product's N(0, d^-1/2), not nn.Embedding's N(0, 1): logits start near 0
+        with torch.no_grad():
+            torch.nn.init.normal_(model.embed.weight, mean=0.0, std=mcfg.d_model**-0.5)
+            model.embed.weight[PAD_ID].zero_()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
     stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1)
     model.train()
@@ -62,13 +71,7 @@ def bare_train(bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch
         batch = stream.next().to(device)
         for group in opt.param_groups:
             group["lr"] = inverse_sqrt_lr(update, cfg.lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(batch.src, batch.prev_tgt)
-        loss = F.cross_entropy(logits.float().view(-1, mcfg.vocab_size), batch.target.view(-1), ignore_index=PAD_ID,
-                               label_smoothing=cfg.label_smoothing, reduction="sum")  # fmt: skip
-        (loss / batch.tokens).backward()
-        opt.step()
+        bare_step(model, opt, batch, cfg.label_smoothing, amp)
     return model
 
 
@@ -83,6 +86,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--bare-embed-init", choices=["product", "torch"], default="product",
+                        help="the bare loop's embedding: the product's init (only the loop then differs), or "
+                             "nn.Embedding's N(0, 1), as a bare loop has it")  # fmt: skip
     args = parser.parse_args()
     device = resolve_device(args.device)
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
@@ -99,14 +105,14 @@ def main() -> None:
         product = valid_nll(product_model, args.bin, mcfg, device)
         product_s = time.perf_counter() - start
         start = time.perf_counter()
-        bare = valid_nll(bare_train(args.bin, cfg, mcfg, device), args.bin, mcfg, device)
+        bare = valid_nll(bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init), args.bin, mcfg, device)
         bare_s = time.perf_counter() - start
         diffs.append(product - bare)
         print(json.dumps({
             "bench": "parity", "preset": args.preset, "device": str(device), "seed": seed, "updates": args.updates,
             "max_tokens": args.max_tokens, "lr": args.lr, "warmup": args.warmup,
             "product_valid_nll": round(product, 4), "bare_valid_nll": round(bare, 4), "diff": round(product - bare, 4),
-            "product_s": round(product_s, 1), "bare_s": round(bare_s, 1),
+            "product_s": round(product_s, 1), "bare_s": round(bare_s, 1), "bare_embed_init": args.bare_embed_init,
         }), flush=True)  # fmt: skip
     sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
     print(json.dumps({"bench": "parity", "seeds": args.seeds, "mean_diff": round(statistics.mean(diffs), 4),
