@@ -86,17 +86,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--dropout", type=float, default=None, help="both sides (default: the preset's)")
     parser.add_argument("--bare-embed-init", choices=["product", "torch"], default="product",
                         help="the bare loop's embedding: the product's init (only the loop then differs), or "
                              "nn.Embedding's N(0, 1), as a bare loop has it")  # fmt: skip
     args = parser.parse_args()
     device = resolve_device(args.device)
-    mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
+    overrides = {} if args.dropout is None else {"dropout": args.dropout}
+    mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"], **overrides)
     diffs = []
     for seed in args.seeds:
         cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_updates=args.updates,
                           max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup, valid_every=0,
-                          valid_max_sentences=1, precision=args.precision, seed=seed)  # fmt: skip
+                          valid_max_sentences=1, precision=args.precision, seed=seed, dropout=args.dropout)  # fmt: skip
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             end = train(cfg, Path(tmp) / "run", progress=False)
@@ -113,6 +115,7 @@ def main() -> None:
             "max_tokens": args.max_tokens, "lr": args.lr, "warmup": args.warmup,
             "product_valid_nll": round(product, 4), "bare_valid_nll": round(bare, 4), "diff": round(product - bare, 4),
             "product_s": round(product_s, 1), "bare_s": round(bare_s, 1), "bare_embed_init": args.bare_embed_init,
+            "dropout": mcfg.dropout,
         }), flush=True)  # fmt: skip
     sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
     print(json.dumps({"bench": "parity", "seeds": args.seeds, "mean_diff": round(statistics.mean(diffs), 4),
