@@ -10,8 +10,9 @@ scripts/experiment_convergence.sh) and prints markdown:
   straggler at 0.5 (each against the sync run with the same speeds); and the equal-device race again
   with the clock re-priced for 1 Gb/s links (`nmt report --link-gbps`).
 The target is fixed by rule before the runs: 95% of sync's mean best valid BLEU over its seeds.
-With --plots DIR it also writes DIR/bleu_predicted.png and DIR/bleu_tokens.png (valid BLEU of every run of
-the equal-device race, one colour per configuration).
+With --plots DIR it also writes DIR/bleu_predicted.png, DIR/bleu_predicted_1gbps.png (the same clock re-priced
+for 1 Gb/s links) and DIR/bleu_tokens.png: valid BLEU of every run of the equal-device race, one colour per
+configuration.
 
     python scripts/results_convergence.py docs/results/convergence --plots docs/results/convergence
 """
@@ -26,7 +27,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from async_nmt.errors import UserError
 from async_nmt.report import Run, load_run, reprice, staleness, to_target
 
 LABELS = {  # every configuration of the experiment, in the order of the tables
@@ -184,19 +184,18 @@ def race(runs: Runs, target: float, title: str, configs: list[str], link_gbps: f
         tokens = [t / 1e6 for r in done if (t := to_target(r, target, "tokens")) is not None]
         times, unpriced = [], 0
         for run in done:
-            try:
-                clock = run if link_gbps is None else reprice(run, link_gbps)
-            except UserError:  # an async run logged before the per-device clocks
-                unpriced += 1
-                continue
-            if (seconds := to_target(clock, target, "predicted")) is not None:
+            # an async run resumed from one logged before the per-device clocks is re-priced from the resume on
+            clock = run if link_gbps is None else reprice(run, link_gbps, partial=True)
+            if to_target(clock, target, "tokens") != to_target(run, target, "tokens"):
+                unpriced += 1  # it got there before its clock can be re-priced
+            elif (seconds := to_target(clock, target, "predicted")) is not None:
                 times.append(seconds)
         mean = statistics.fmean(times) if times else None
         if config.startswith("sync"):
             base = mean
         reached = f"{len(tokens)} of {len(done)}"
         if unpriced:
-            reached += f" ({unpriced} logged before worker_s: not re-priced)"
+            reached += f" ({unpriced} got there in events logged before worker_s: not re-priced)"
         rows.append([LABELS[config], reached, spread(times, 0), spread(tokens, 2),
                      f"{base / mean:.2f}x" if base and mean else "-"])  # fmt: skip
     table(["configuration", "reached", "predicted s to target", "tokens to target (M)",
@@ -207,13 +206,19 @@ def plots(runs: Runs, target: float, out: Path) -> None:
     from matplotlib.figure import Figure
 
     configs = [c for c in RACES[0][2] if runs.get(c)]
-    for x, field, xlabel in (("predicted", "predicted_s", "predicted wall clock of 4 devices (s)"),
-                             ("tokens", "tokens", "target tokens (M)")):  # fmt: skip
+    slow = f"{SLOW_LINK_GBPS:g}gbps"
+    for name, field, xlabel in (
+        ("predicted", "predicted_s", "predicted wall clock of 4 devices (s)"),
+        (f"predicted_{slow}", "predicted_s", f"predicted wall clock of 4 devices, {SLOW_LINK_GBPS:g} Gb/s links (s)"),
+        ("tokens", "tokens", "target tokens (M)"),
+    ):  # fmt: skip
         fig = Figure(figsize=(9, 5.5), layout="constrained")
         ax = fig.subplots()
         for i, config in enumerate(configs):
             for j, run in enumerate(runs[config].values()):
-                xs = [e[field] / (1e6 if x == "tokens" else 1) for e in run.valid]
+                if name.endswith(slow):  # async runs from before the per-device clocks start at their resume
+                    run = reprice(run, SLOW_LINK_GBPS, partial=True)
+                xs = [e[field] / (1e6 if field == "tokens" else 1) for e in run.valid]
                 ax.plot(xs, [e["bleu"] for e in run.valid], color=f"C{i}", linewidth=1,
                         label=LABELS[config] if j == 0 else None)  # fmt: skip
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2f}")
@@ -222,8 +227,8 @@ def plots(runs: Runs, target: float, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / f"bleu_{x}.png", dpi=110)
-        print(f"wrote {out / f'bleu_{x}.png'}", file=sys.stderr)
+        fig.savefig(out / f"bleu_{name}.png", dpi=110)
+        print(f"wrote {out / f'bleu_{name}.png'}", file=sys.stderr)
 
 
 def main() -> None:

@@ -66,13 +66,16 @@ def load_run(path: Path) -> Run:
 LINK_GBPS_BEFORE = 80.0  # the link the simulator priced before it was an option (--link-gbps)
 
 
-def reprice(run: Run, link_gbps: float) -> Run:
+def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
     """`run` with its predicted clock (--simulate) re-priced as if every link ran at `link_gbps` Gb/s.
 
     An emulated run's pushes, order and updates do not depend on its link, only its clock does, and the
     link's time on each device's clock is a count of parameter transfers: 2 per push of async and
     async-accum (each device's own clock, `worker_s`), one ring all-reduce per sync update or diloco round
-    (every device waits for it). Runs without a predicted clock are left as they are."""
+    (every device waits for it). Runs without a predicted clock are left as they are.
+
+    An async run resumed from one logged before the per-device clocks existed has early events that cannot
+    be re-priced: one-line error, or with `partial` those events are left out of the run returned."""
     from async_nmt.train.modes.simulated import PUSH_LINKS, all_reduce_links, link_seconds
 
     start = run.start
@@ -97,6 +100,8 @@ def reprice(run: Run, link_gbps: float) -> Run:
                 predicted = max(
                     s + PUSH_LINKS * p * delta for s, p in zip(event["worker_s"], event["worker_pushes"], strict=True)
                 )
+            elif partial:
+                continue
             else:
                 raise UserError(f"{run.name}: its events predate the per-device clocks (worker_s) that re-price "
                                 f"an {mode} run; train it again to re-price it")  # fmt: skip

@@ -265,6 +265,7 @@ def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synth
 def test_report_reprices_a_simulated_run_to_what_the_same_run_on_another_link_predicts(
     mode: dict, synthetic_bin: Path, tmp_path: Path
 ):
+    from async_nmt.errors import UserError
     from async_nmt.report import Run, reprice
 
     def run(gbps):  # a fixed token price: the clock depends on the tokens and the link alone
@@ -281,6 +282,15 @@ def test_report_reprices_a_simulated_run_to_what_the_same_run_on_another_link_pr
     assert [e["predicted_s"] for e in reprice(slow, 100.0).events if "predicted_s" in e] == pytest.approx(
         clocks[0], rel=1e-5, abs=1e-5
     )
+    if mode["mode"].startswith("async"):  # a run resumed from one logged before the per-device clocks
+        cut = len(fast.events) // 2
+        old = Run("old", fast.path, [{k: v for k, v in e.items() if k != "worker_s"} if i < cut else e
+                                     for i, e in enumerate(fast.events)])  # fmt: skip
+        with pytest.raises(UserError, match="worker_s"):
+            reprice(old, 0.01)
+        kept = [e for e in reprice(old, 0.01, partial=True).events if "predicted_s" in e]
+        unpriced = sum("predicted_s" in e for e in fast.events[:cut])
+        assert unpriced and [e["predicted_s"] for e in kept] == pytest.approx(clocks[1][unpriced:], rel=1e-5, abs=1e-5)
 
 
 def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_speeds(
