@@ -9,6 +9,14 @@ the whole call: start-up, the closing validation on 100 sentences and the checkp
 model's FLOP rate (6 x parameters per target token, the usual estimate: attention scores are left out) as a
 share of a matmul rate that this bench measures on the device in the training precision.
 
+Where the time goes: the line also gives the product loop's milliseconds per update (its training clock
+over its updates) beside each part of that loop timed alone, with the device synchronised after each part,
+over `--parts-updates` more updates of a fresh trainer on the same stream: `data` (the next batch,
+collated, pinned on a GPU), `copy` (to the device), `step` (forward and backward), `update` (the server's
+push: clip and Adam). `other` is the loop's time left over: events, statistics, the loop itself, and on a
+GPU whatever the parts' synchronisation takes from the overlap the loop has (it can then be negative).
+`padding` is the share of padded positions in those batches' source and target.
+
     python scripts/bench_train.py demo/bin --preset tiny --device cpu --seconds 30
 """
 
@@ -20,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +40,8 @@ from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.launch import train
+from async_nmt.train.step import train_step
+from async_nmt.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import BareTransformer  # noqa: E402
@@ -59,20 +70,20 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0)
 
 def bare_loop(
     bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device, amp: torch.dtype | None
-) -> tuple[int, float]:
-    """Target tokens and seconds of a bare loop over the product's batch stream for cfg.max_time seconds."""
+) -> tuple[int, float, int]:
+    """Target tokens, seconds and updates of a bare loop over the product's batch stream for cfg.max_time s."""
     torch.manual_seed(cfg.seed)
     model = BareTransformer(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
     stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1)
     stream.pin = device.type == "cuda"
-    tokens, start = 0, time.perf_counter()
+    tokens, updates, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < cfg.max_time:
         batch = stream.next().to(device)
         bare_step(model, opt, batch, cfg.label_smoothing, amp)
-        tokens += batch.tokens
+        tokens, updates = tokens + batch.tokens, updates + 1
     sync(device)
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, updates
 
 
 def bare_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, label_smoothing: float,
@@ -87,6 +98,44 @@ def bare_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, label_
     opt.step()
 
 
+def parts(cfg: TrainConfig, run_dir: Path, updates: int, warm: int = 3) -> dict[str, Any]:
+    """Milliseconds per update of each part of a one-worker product update, timed alone (see the docstring),
+    and the share of padding in the batches; `warm` updates first are not counted."""
+    trainer = Trainer(cfg, run_dir)
+    model, flat, server, stream, device = (
+        trainer.model,
+        trainer.flat,
+        trainer.server,
+        trainer.streams[0],
+        trainer.device,
+    )
+    ms = dict.fromkeys(("data", "copy", "step", "update"), 0.0)
+    slots = dict.fromkeys(("src", "src_real", "tgt", "tgt_real"), 0)
+    for i in range(warm + updates):
+        marks = [time.perf_counter()]
+        batch = stream.next()
+        marks.append(time.perf_counter())
+        on_device = batch.to(device)
+        sync(device)
+        marks.append(time.perf_counter())
+        flat.grad.zero_()
+        stats = train_step(model, on_device, cfg.label_smoothing, trainer.amp_dtype)
+        sync(device)
+        marks.append(time.perf_counter())
+        server.push(flat.grad, stats.tokens, server.updates)
+        sync(device)
+        marks.append(time.perf_counter())
+        if i >= warm:
+            for name, begin, end in zip(ms, marks, marks[1:], strict=False):
+                ms[name] += 1e3 * (end - begin) / updates
+            slots["src"] += batch.src.numel()
+            slots["src_real"] += int(batch.src.ne(PAD_ID).sum())
+            slots["tgt"] += batch.target.numel()
+            slots["tgt_real"] += batch.tokens
+    padding = {side: round(1 - slots[f"{side}_real"] / slots[side], 4) for side in ("src", "tgt")}
+    return {"ms": {k: round(v, 2) for k, v in ms.items()}, "padding": padding}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path)
@@ -95,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--parts-updates", type=int, default=20, help="updates that time the loop's parts")
     args = parser.parse_args()
     device = resolve_device(args.device)
     amp = amp_dtype_for(args.precision, device)
@@ -107,9 +157,12 @@ def main() -> None:
         start = time.perf_counter()
         end = train(cfg, Path(tmp) / "run", progress=False)
         wall = time.perf_counter() - start
-    assert end is not None
+        assert end is not None
+        where = parts(cfg, Path(tmp) / "parts", args.parts_updates)
     product = end["tokens"] / end["train_s"]
-    bare_tokens, bare_s = bare_loop(args.bin, cfg, mcfg, device, amp)
+    loop_ms = 1e3 * end["train_s"] / end["updates"]
+    where["ms"] = {"loop": round(loop_ms, 2), **where["ms"], "other": round(loop_ms - sum(where["ms"].values()), 2)}
+    bare_tokens, bare_s, bare_updates = bare_loop(args.bin, cfg, mcfg, device, amp)
     bare = bare_tokens / bare_s
     params = sum(p.numel() for p in Transformer(mcfg).parameters())
     model_rate = 6 * params * product
@@ -121,7 +174,9 @@ def main() -> None:
         "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall), "updates": end["updates"],
         "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3), "params": params,
         "model_tflop_per_s": round(model_rate / 1e12, 4), "matmul_tflop_per_s": round(peak / 1e12, 4),
-        "share_of_matmul_rate": round(model_rate / peak, 4), "torch": torch.__version__,
+        "share_of_matmul_rate": round(model_rate / peak, 4), "ms_per_update": where["ms"],
+        "bare_ms_per_update": round(1e3 * bare_s / bare_updates, 2), "padding": where["padding"],
+        "torch": torch.__version__,
     }))  # fmt: skip
 
 
