@@ -24,11 +24,39 @@ class ReportsUserErrors:
             sys.exit(err.exit_code)
 
 
-class NmtGroup(ReportsUserErrors, click.Group):
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
+
+
+class OneLineUsageErrors:
+    """Click's usage errors (an unknown option, a bad value) as one line on stderr with exit code 2, like
+    UserError, instead of Click's usage block: `error: MESSAGE (see `nmt CMD --help`)`."""
+
+    def main(self, *args, **kwargs):
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **kwargs, standalone_mode=False)  # --help and --version return 0
+        except NO_ARGS_IS_HELP as err:  # a group run without a command shows its help
+            err.show()
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            where = err.ctx.command_path if err.ctx is not None else "nmt"
+            click.echo(f"error: {err.format_message()} (see `{where} --help`)", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class NmtGroup(OneLineUsageErrors, ReportsUserErrors, click.Group):
     pass
 
 
-class NmtCommand(ReportsUserErrors, click.Command):
+class NmtCommand(OneLineUsageErrors, ReportsUserErrors, click.Command):
     pass
 
 
@@ -142,7 +170,8 @@ def train_main() -> None:
 @main.command()
 @click.argument("model_path", metavar="RUN_OR_CHECKPOINT", type=click.Path(path_type=Path))
 @click.option("-i", "--input", "input_path", type=click.Path(path_type=Path), help="Source file (default: stdin).")
-@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), help="Output file (default: stdout).")
+@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path),
+              help="Output file, replaced if it exists, never the input (default: stdout).")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
 @click.option("--max-len-a", default=1.2, show_default=True, help="Output length limit: a * source length + b.")
@@ -209,12 +238,18 @@ def translate(
 @click.option("--last", "count", default=5, show_default=True, help="Average the last N kept checkpoints.")
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), required=True,
               help="The averaged checkpoint to write (for `nmt translate OUTPUT`; it does not resume).")  # fmt: skip
-def average(run_dir: Path, count: int, output_path: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never a checkpoint of a run).")
+def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
     """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last)."""
     from async_nmt.model.checkpoint import average_checkpoints, last_kept
     from async_nmt.train.checkpoint import save_checkpoint
 
     paths = last_kept(run_dir, count)
+    if output_path.resolve().parent == (run_dir / "checkpoints").resolve():
+        raise UserError(f"{output_path}: inside {run_dir}/checkpoints, where the run's own checkpoints live; "
+                        "write the average elsewhere")  # fmt: skip
+    if output_path.exists() and not output_path.is_dir() and not force:
+        raise UserError(f"{output_path}: exists; use --force to replace it")
     try:
         save_checkpoint(average_checkpoints(paths), output_path)
     except OSError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,10 @@ def report_command(
 ) -> None:
     """`nmt report`: the table (or --json) of the runs in `paths`, and with `out` the plots and report.md;
     with `link_gbps`, the predicted clocks re-priced for that link."""
+    if target_bleu is not None and not math.isfinite(target_bleu):
+        raise UserError(f"--target-bleu must be a number (got {target_bleu})")
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
     runs = [load_run(path) for path in paths]
     if link_gbps is not None:
         runs = [reprice(run, link_gbps) for run in runs]

@@ -173,6 +173,8 @@ def translate_file(
 ) -> None:
     """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None)."""
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
+    if input_path is not None and output_path is not None and Path(output_path).resolve() == Path(input_path).resolve():
+        raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
     if input_path is None:
         lines = decode_lines(sys.stdin.buffer.read(), "stdin")
     else:

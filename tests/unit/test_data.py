@@ -246,8 +246,13 @@ def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no manifest\.json.*nmt preprocess"):
         load_manifest(tmp_path / "nothing")
     (tmp_path / "manifest.json").write_text("{broken")
-    with pytest.raises(UserError, match="not a preprocessed corpus"):
+    with pytest.raises(UserError, match=r"manifest\.json: unreadable .*nmt preprocess"):  # there, but corrupt
         load_split(tmp_path, "train")
+    manifest = json.loads((synthetic_bin / "manifest.json").read_text())
+    del manifest["vocab_size"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"manifest\.json: not a valid manifest \(lacks vocab_size\)"):
+        load_manifest(tmp_path)
     with pytest.raises(UserError, match="no dev split"):
         load_split(synthetic_bin, "dev")
     with pytest.raises(UserError, match="missing"):
@@ -255,4 +260,7 @@ def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "x.ids.npy", np.arange(5, dtype=np.int32))
     np.save(tmp_path / "x.offsets.npy", np.array([0, 2, 4], dtype=np.int64))
     with pytest.raises(UserError, match="does not match"):
+        TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")
+    (tmp_path / "x.offsets.npy").write_bytes(b"not an array")
+    with pytest.raises(UserError, match=r"x\.offsets\.npy: unreadable token array"):  # the file that is broken
         TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")

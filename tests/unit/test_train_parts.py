@@ -171,7 +171,7 @@ def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_pat
     good = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(3)]
     path.write_text("".join(good) + '{"kind": "tra', encoding="utf-8")  # torn last line: skipped
     assert [e["updates"] for e in read_events(path)] == [0, 1, 2]
-    path.write_text("".join(good) + '{"kind": "train"}', encoding="utf-8")  # no newline but whole: kept
+    path.write_text("".join(good) + '{"kind": "train", "updates": 3}', encoding="utf-8")  # no newline but whole
     assert len(read_events(path)) == 4
 
     corrupt = {
@@ -180,6 +180,8 @@ def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_pat
         "not an object": good[0] + "[1, 2]\n" + good[1],
         "not UTF-8": good[0] + '{"kind": "\udcff"}\n' + good[1],
         "blank": good[0] + "\n" + good[1],
+        "no kind": good[0] + '{"updates": 1}\n' + good[1],
+        "a valid event without its BLEU": good[0] + '{"kind": "valid", "updates": 1, "tokens": 5, "train_s": 1}\n',
     }
     for case, text in corrupt.items():
         path.write_bytes(text.encode("utf-8", "surrogateescape"))

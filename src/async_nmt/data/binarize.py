@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -34,6 +35,7 @@ from async_nmt.errors import UserError
 SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
 LONG_SIDE = 255  # tokens: the longest side that fits the presets' 256 positions with its eos
 SPM_PREFIX = "spm"
 
@@ -71,8 +73,8 @@ def preprocess(
         raise UserError(f"{bin_dir}: exists and is not a folder")
     if bin_dir.exists() and any(bin_dir.iterdir()) and not force:
         raise UserError(f"{bin_dir} exists; use --force to overwrite")
-    if bin_dir.resolve() == raw_dir.resolve():
-        raise UserError(f"{bin_dir}: the output folder must differ from the raw folder")
+    if bin_dir.resolve() in (raw_dir.resolve(), *raw_dir.resolve().parents):
+        raise UserError(f"{bin_dir}: the output folder must not be the raw folder {raw_dir} or hold it")
     if max_len < 1 or max_ratio < 1:
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
     src, tgt = _languages(raw_dir, src, tgt)
@@ -308,15 +310,24 @@ def _replace_dir(tmp: Path, bin_dir: Path) -> None:
 def load_manifest(bin_dir: Path) -> dict[str, Any]:
     """The manifest of a preprocessed corpus folder (UserError if it is not one)."""
     path = Path(bin_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{bin_dir}: not a preprocessed corpus (no manifest.json); run `nmt preprocess` first")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UserError(
-            f"{bin_dir}: not a preprocessed corpus (no manifest.json); run `nmt preprocess` first"
-        ) from None
-    if not isinstance(manifest, dict) or not {"src", "tgt", "splits"} <= manifest.keys():
-        raise UserError(f"{path}: not a valid manifest; run `nmt preprocess` again")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({err}); run `nmt preprocess` again") from None
+    missing = sorted(MANIFEST_KEYS - manifest.keys()) if isinstance(manifest, dict) else ["everything"]
+    if missing or not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] < 1:
+        what = f"lacks {', '.join(missing)}" if missing else "has a bad vocab_size"
+        raise UserError(f"{path}: not a valid manifest ({what}); run `nmt preprocess` again")
     return manifest
+
+
+def _read_array(path: Path, load: Callable[[Path], np.ndarray]) -> np.ndarray:
+    try:
+        return load(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable token array ({err}); run `nmt preprocess` again") from None
 
 
 class TokenArray:
@@ -326,11 +337,8 @@ class TokenArray:
         for p in (ids_path, offsets_path):
             if not Path(p).is_file():
                 raise UserError(f"{p}: missing; run `nmt preprocess` again")
-        try:
-            self.ids: np.ndarray = _load_npy(ids_path)
-            self.offsets: np.ndarray = np.load(offsets_path)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{ids_path}: unreadable token array ({err}); run `nmt preprocess` again") from None
+        self.ids: np.ndarray = _read_array(ids_path, _load_npy)
+        self.offsets: np.ndarray = _read_array(offsets_path, np.load)
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[-1]) != len(self.ids):
             raise UserError(f"{offsets_path}: does not match {Path(ids_path).name}; run `nmt preprocess` again")
         self.lengths: np.ndarray = np.diff(self.offsets).astype(np.int32)

@@ -27,6 +27,7 @@ from async_nmt.model.transformer import Transformer
 
 FORMAT_VERSION = 1
 KEPT = re.compile(r"update-(\d+)\.pt")  # a save kept by --keep-last
+REQUIRED = ("model_config", "vocab_model", "params")  # what translation reads
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
@@ -46,6 +47,8 @@ def kept_checkpoints(run_dir: Path) -> list[Path]:
 
 def last_kept(run_dir: Path, count: int) -> list[Path]:
     """The `count` most recent kept saves of a run folder, oldest first; one-line error when there are fewer."""
+    if run_dir.is_file():
+        raise UserError(f"{run_dir}: a file; averaging needs the run folder that kept the checkpoints")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
     if count < 1:
@@ -65,11 +68,11 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     for path in paths[1:]:
         state = read_checkpoint(path)
         for key in ("model_config", "corpus"):
-            if state[key] != first[key]:
+            if state.get(key) != first.get(key):
                 raise UserError(f"{path}: another {key.replace('_', ' ')} than {paths[0]}; cannot average them")
         total += state["params"].double()
     keep = ("format", "model_config", "train_config", "corpus", "vocab_model")
-    return {**{k: first[k] for k in keep}, "params": (total / len(paths)).float(),
+    return {**{k: first[k] for k in keep if k in first}, "params": (total / len(paths)).float(),
             "averaged": [str(p) for p in paths]}  # fmt: skip
 
 
@@ -83,6 +86,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: not an async-nmt checkpoint (format {FORMAT_VERSION})")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing or not isinstance(state["params"], torch.Tensor) or not isinstance(state["model_config"], dict):
+        what = f"no {', '.join(missing)}" if missing else "params or model_config of the wrong type"
+        raise UserError(f"{path}: an incomplete async-nmt checkpoint ({what})")
     return state
 
 
@@ -99,9 +106,18 @@ def find_checkpoint(path: Path, which: str = "best") -> Path:
     return path
 
 
-def vocab_from_checkpoint(state: dict[str, Any]) -> spm.SentencePieceProcessor:
+def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint") -> spm.SentencePieceProcessor:
+    """The sentencepiece model a checkpoint carries; one-line errors for a broken one or another vocabulary."""
     sp = spm.SentencePieceProcessor()
-    sp.LoadFromSerializedProto(state["vocab_model"])
+    try:
+        sp.LoadFromSerializedProto(state["vocab_model"])
+    except (RuntimeError, TypeError) as err:
+        raise UserError(
+            f"{path}: its vocabulary is not a sentencepiece model ({' '.join(str(err).split())[:120]})"
+        ) from None
+    if sp.get_piece_size() != state["model_config"].get("vocab_size"):
+        raise UserError(f"{path}: its vocabulary has {sp.get_piece_size()} pieces but its model "
+                        f"{state['model_config'].get('vocab_size')}")  # fmt: skip
     return sp
 
 
@@ -116,9 +132,13 @@ def load_model(
     else:
         ckpt_file = find_checkpoint(Path(path), which)
         state = read_checkpoint(ckpt_file)
-    model = Transformer(from_dict(ModelConfig, state["model_config"]))
+    sp = vocab_from_checkpoint(state, ckpt_file)
+    try:
+        model = Transformer(from_dict(ModelConfig, state["model_config"]))
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"{ckpt_file}: its model_config does not build a model ({str(err)[:120]})") from None
     if sum(p.numel() for p in model.parameters()) != state["params"].numel():
         raise UserError(f"{ckpt_file}: parameter count does not match its model configuration")
     with torch.no_grad():
         vector_to_parameters(state["params"], model.parameters())
-    return model.to(device or "cpu").eval(), vocab_from_checkpoint(state)
+    return model.to(device or "cpu").eval(), sp

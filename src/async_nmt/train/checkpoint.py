@@ -18,10 +18,13 @@ from async_nmt.errors import UserError
 from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path
 
 
-def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an existing run unless --resume or --force says what to do with it."""
+def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path | None = None) -> None:
+    """Refuse to overwrite an existing run unless --resume or --force says what to do with it, and a run
+    folder that is the corpus folder or holds it (starting over deletes the run folder)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a run folder")
+    if bin_dir is not None and run_dir.resolve() in (Path(bin_dir).resolve(), *Path(bin_dir).resolve().parents):
+        raise UserError(f"{run_dir}: the run folder must not be the corpus folder {bin_dir} or hold it")
     if resume:
         if not checkpoint_path(run_dir, "last").is_file():
             raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")

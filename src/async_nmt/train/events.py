@@ -74,12 +74,22 @@ def truncate_events(path: Path, keep_lines: int) -> None:
     os.replace(tmp, path)
 
 
+# what every event, and every event of a kind, must hold for `nmt report` and --resume to read it
+FIELDS: dict[str | None, tuple[str, ...]] = {None: ("kind", "updates"), "valid": ("bleu", "tokens", "train_s")}
+
+
+def _missing_fields(event: dict[str, Any]) -> str | None:
+    fields = FIELDS[None] + FIELDS.get(event.get("kind"), ())  # type: ignore[arg-type]
+    missing = [f for f in fields if f not in event]
+    return f"no {', '.join(missing)}" if missing else None
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every event of a log, in order; UserError naming the file and line for a corrupt line.
 
     Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
-    does not parse is skipped silently. Any other line that is not a JSON object, a complete last line
-    included, is an error "PATH:LINE: not a JSON event (...)".
+    does not parse is skipped silently. Any other line that is not a JSON object with the FIELDS of its
+    kind, a complete last line included, is an error "PATH:LINE: not a JSON event (...)".
     """
     lines = path.read_bytes().splitlines(keepends=True)
     events = []
@@ -91,6 +101,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
             problem = f"{err.msg} at column {err.colno}"
         except UnicodeDecodeError as err:
             problem = f"not UTF-8: {err.reason} at byte {err.start}"
+        if problem is None:
+            problem = _missing_fields(event)
         if problem is None:
             events.append(event)
         elif number == len(lines) and not line.endswith(b"\n"):

@@ -44,7 +44,7 @@ def train(
     sync ranks ran it: rank 0 wrote it to the events)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun started this process as one rank
         return join_torchrun(cfg, run_dir, resume, force, progress, log_every)
-    check_run_dir(run_dir, resume, force)
+    check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
     # SIGTERM (`kill`, a batch scheduler's notice) stops the run as Ctrl-C does: a checkpoint, then exit 130
     terminate = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
@@ -175,7 +175,7 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     if rank == 0:
-        check_run_dir(run_dir, resume, force)
+        check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
     dist.init_process_group(backend([device]) if cfg.mode in ("sync", "diloco") else "gloo", timeout=TIMEOUT)
     # on an error the group is left as it is (tearing it down may wait for peers that are gone)

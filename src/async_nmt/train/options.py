@@ -116,7 +116,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
     )
     check_mode_options(cfg)
     for name in ("max_tokens", "lr", "link_gbps"):
-        if getattr(cfg, name) <= 0:
+        if not getattr(cfg, name) > 0:  # nan included
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     for name in (
         "warmup",
@@ -130,7 +130,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         "simulate_token_us",
         "patience",
     ):
-        if getattr(cfg, name) < 0:
+        if not getattr(cfg, name) >= 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
     if cfg.patience and not cfg.valid_every:
         raise UserError("--patience counts validations; give --valid-every too")

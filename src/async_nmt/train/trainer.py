@@ -23,12 +23,12 @@ from tqdm import tqdm
 from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
-from async_nmt.data.vocab import load_vocab
+from async_nmt.data.vocab import load_vocab, vocab_hash
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, read_checkpoint
 from async_nmt.train import checkpoint as ckpt
-from async_nmt.train.events import EventLog, TrainingClock, staleness_stats, truncate_events
+from async_nmt.train.events import EventLog, TrainingClock, read_events, staleness_stats, truncate_events
 from async_nmt.train.modes import build_workers, worker_devices
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
 from async_nmt.train.step import StepStats, build_model
@@ -46,6 +46,13 @@ class Trainer:
         self.rank, self.leader = rank, rank == 0
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
+        self.vocab_file = bin_dir / "spm.model"
+        self.sp = load_vocab(self.vocab_file)
+        if vocab_hash(self.vocab_file) != self.manifest["vocab_hash"] or (
+            self.sp.get_piece_size() != self.manifest["vocab_size"]
+        ):
+            raise UserError(f"{self.vocab_file}: not the vocabulary {bin_dir} was preprocessed with (its "
+                            f"manifest.json says otherwise); run `nmt preprocess` again")  # fmt: skip
         devices = worker_devices(cfg)
         self.device = resolve_device(devices[rank])
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
@@ -67,8 +74,6 @@ class Trainer:
         )  # fmt: skip
         self.server = self.workers.server
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
-        self.vocab_file = bin_dir / "spm.model"
-        self.sp = load_vocab(self.vocab_file)
         self.tokens = 0
         self.staleness: list[int] = []  # histogram of the pushes since the last `train` event
         self.best: dict[str, float] | None = None
@@ -88,6 +93,7 @@ class Trainer:
             self._wall_start = time.perf_counter() - state["wall_s"]
             if self.leader:
                 truncate_events(events_path, state["event_lines"])
+                read_events(events_path)  # a corrupt line stops the resume here, not a later `nmt report`
         if not self.leader:
             return
         if not resume:

@@ -12,6 +12,7 @@ from torch import nn
 
 from async_nmt.data.batches import collate, make_batches
 from async_nmt.data.binarize import load_split, read_lines
+from async_nmt.errors import UserError
 from async_nmt.score import corpus_scores
 from async_nmt.train.step import StepStats, eval_step
 from async_nmt.translate import translate_lines
@@ -30,6 +31,10 @@ class Validator:
         ]
         self.sources = read_lines(bin_dir, "valid", "src")[:n]
         self.references = read_lines(bin_dir, "valid", "tgt")[:n]
+        for side, lines in (("src", self.sources), ("tgt", self.references)):  # before the run folder changes
+            if len(lines) != n:
+                raise UserError(f"{bin_dir}: the valid text's {side} side has {len(lines)} of the {n} lines the "
+                                "valid split's ids have; run `nmt preprocess` again")  # fmt: skip
         self.max_tokens = max_tokens
 
     def __call__(

@@ -113,8 +113,8 @@ def pushes_per_update(cfg: TrainConfig) -> int:
 
 def worker_devices(cfg: TrainConfig) -> list[str]:
     """The device of each worker: round-robin over --devices (default: the first GPU, else the CPU)."""
-    devices = cfg.devices or [default_device()]
-    return [str(resolve_device(devices[w % len(devices)])) for w in range(cfg.workers)]
+    devices = [str(resolve_device(d)) for d in cfg.devices or [default_device()]]  # every one named must exist
+    return [devices[w % len(devices)] for w in range(cfg.workers)]
 
 
 def spawns_ranks(cfg: TrainConfig) -> bool:

@@ -1,0 +1,188 @@
+"""Bad input never costs the user data, and is refused in one line naming what and where (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from conftest import write_synthetic_corpus
+
+from async_nmt.cli import main
+
+TRAIN = ["--preset", "micro", "--devices", "cpu", "--max-tokens", "512", "--valid-max-sentences", "10", "--quiet"]
+
+
+def nmt(*args: str | Path, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], input=stdin, prog_name="nmt")
+
+
+def one_line_error(result: Result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro run with 2 kept checkpoints."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "4", "--valid-every", "2", "--keep-last", "2")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.parametrize("where", ["the corpus folder", "a folder above it"])
+def test_train_force_refuses_a_run_folder_that_is_or_holds_the_corpus(synthetic_bin: Path, tmp_path: Path, where):
+    bin_dir = tmp_path / "work" / "bin"
+    shutil.copytree(synthetic_bin, bin_dir)
+    before = files(tmp_path / "work")
+    run = bin_dir if where == "the corpus folder" else tmp_path / "work"
+    one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "1", "--force"), "must not be the corpus")
+    assert files(tmp_path / "work") == before
+
+
+def test_preprocess_force_refuses_an_output_folder_that_holds_the_raw_one(tmp_path: Path):
+    raw = write_synthetic_corpus(tmp_path / "work" / "raw", n_train=50, n_valid=5, n_test=5)
+    before = files(tmp_path / "work")
+    one_line_error(nmt("preprocess", raw, tmp_path / "work", "--vocab-size", "60", "--force"), "must not be the raw")
+    assert files(tmp_path / "work") == before
+
+
+@pytest.mark.parametrize("damage", ["another spm.model", "manifest without vocab_hash"])
+def test_a_corpus_that_fails_its_checks_leaves_the_old_run_in_place(
+    synthetic_bin: Path, run_dir: Path, tmp_path: Path, damage
+):
+    bin_dir, old_run = tmp_path / "bin", tmp_path / "old"
+    shutil.copytree(synthetic_bin, bin_dir)
+    shutil.copytree(run_dir, old_run)
+    manifest = json.loads((bin_dir / "manifest.json").read_text())
+    if damage == "another spm.model":  # a vocabulary of another size, as another corpus would have
+        raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+        assert nmt("preprocess", raw, tmp_path / "other", "--vocab-size", "40").exit_code == 0
+        shutil.copyfile(tmp_path / "other" / "spm.model", bin_dir / "spm.model")
+        fragment = "spm.model: not the vocabulary"
+    else:
+        del manifest["vocab_hash"]
+        fragment = "lacks vocab_hash"
+    (bin_dir / "manifest.json").write_text(json.dumps(manifest))
+    before = files(old_run)
+    one_line_error(nmt("train", bin_dir, old_run, *TRAIN, "--max-updates", "1", "--force"), fragment)
+    assert files(old_run) == before
+
+
+def test_average_never_replaces_a_file_unasked_nor_a_checkpoint_of_the_run(run_dir: Path, tmp_path: Path):
+    kept = tmp_path / "precious.pt"
+    kept.write_bytes(b"precious")
+    one_line_error(nmt("average", run_dir, "--last", "2", "-o", kept), "exists; use --force")
+    assert kept.read_bytes() == b"precious"
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    one_line_error(nmt("average", run_dir, "--last", "2", "-o", last, "--force"), "the run's own checkpoints")
+    assert last.read_bytes() == before
+    assert nmt("average", run_dir, "--last", "2", "-o", kept, "--force").exit_code == 0
+    assert torch.load(kept, weights_only=False)["averaged"]  # replaced, as asked
+    one_line_error(nmt("translate", last, "--average", "2", "--device", "cpu"), "a file; averaging needs the run")
+
+
+def test_translate_refuses_to_write_over_its_input(run_dir: Path, tmp_path: Path):
+    source = tmp_path / "source.txt"
+    source.write_text("a b c\n")
+    one_line_error(nmt("translate", run_dir, "-i", source, "-o", source, "--device", "cpu"), "replace the input")
+    assert source.read_text() == "a b c\n"
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"vocab_model": b"junk"}, "its vocabulary is not a sentencepiece model"),
+        ({"vocab_size": 7}, "its vocabulary has"),
+        ({"d_model": "x"}, "its model_config does not build a model"),
+        ({"drop": "model_config"}, "an incomplete async-nmt checkpoint (no model_config)"),
+    ],
+    ids=["junk vocabulary", "another vocabulary size", "bad model_config", "no model_config"],
+)
+def test_translate_refuses_a_checkpoint_whose_contents_are_broken(run_dir: Path, tmp_path: Path, change, fragment):
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    if "drop" in change:
+        del state[change["drop"]]
+    elif "vocab_model" in change:
+        state["vocab_model"] = change["vocab_model"]
+    else:
+        state["model_config"] = {**state["model_config"], **change}
+    torch.save(state, tmp_path / "broken.pt")
+    one_line_error(nmt("translate", tmp_path / "broken.pt", "--device", "cpu", stdin="a b\n"), "broken.pt", fragment)
+
+
+def test_resume_refuses_a_corrupt_event_log(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = "garbage{\n"
+    (run / "events.jsonl").write_text("".join(lines))
+    one_line_error(nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume"), "events.jsonl:2")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--lr", "nan"], ["--max-time", "nan"], ["--clip-norm", "nan"]],
+    ids=lambda option: option[0],
+)
+def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
+    one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", *option), option[0])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_every_device_named_must_exist_even_one_a_worker_would_not_use(synthetic_bin: Path, tmp_path: Path):
+    result = nmt("train", synthetic_bin, tmp_path / "run", *TRAIN[2:], "--max-updates", "1", "--devices", "cpu,cuda:0")
+    one_line_error(result, "cuda:0 is not there")
+
+
+def test_report_refuses_an_out_file_and_a_nan_target(run_dir: Path, tmp_path: Path):
+    (tmp_path / "file").write_text("keep")
+    one_line_error(nmt("report", run_dir, "--out", tmp_path / "file"), "is not a folder")
+    assert (tmp_path / "file").read_text() == "keep"
+    one_line_error(nmt("report", run_dir, "--target-bleu", "nan"), "--target-bleu")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["translate", "run", "--beam", "abc"], "(see `nmt translate --help`)"),
+        (["score", "only-one"], "Missing argument 'REF'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["report", "run", "--link-gbps", "0"], "--link-gbps"),
+    ],
+)
+def test_usage_errors_are_one_line_too(args, fragment):
+    one_line_error(nmt(*args), "error: ", fragment)
+
+
+def test_help_and_a_bare_group_still_show_the_usage():
+    assert nmt("train", "--help").exit_code == 0 and "BIN_DIR RUN_DIR" in nmt("train", "--help").stdout
+    bare = nmt("corpus")
+    assert "Usage:" in bare.output and "list" in bare.output
+
+
+def test_valid_text_that_does_not_match_its_ids_is_refused_before_the_run_folder_is_made(
+    synthetic_bin: Path, tmp_path: Path
+):
+    bin_dir = tmp_path / "bin"
+    shutil.copytree(synthetic_bin, bin_dir)
+    tgt = json.loads((bin_dir / "manifest.json").read_text())["tgt"]
+    lines = (bin_dir / f"valid.{tgt}").read_text().splitlines(keepends=True)
+    (bin_dir / f"valid.{tgt}").write_text("".join(lines[:5]))
+    one_line_error(nmt("train", bin_dir, tmp_path / "run", *TRAIN, "--max-updates", "1"), "valid text's tgt side")
+    assert not (tmp_path / "run").exists()
