@@ -186,3 +186,14 @@ def test_valid_text_that_does_not_match_its_ids_is_refused_before_the_run_folder
     (bin_dir / f"valid.{tgt}").write_text("".join(lines[:5]))
     one_line_error(nmt("train", bin_dir, tmp_path / "run", *TRAIN, "--max-updates", "1"), "valid text's tgt side")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_parameter_bytes_were_damaged_is_refused(run_dir: Path, tmp_path: Path):
+    data = bytearray((run_dir / "checkpoints" / "last.pt").read_bytes())
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    raw = state["params"].numpy().tobytes()
+    at = data.find(raw[:64])  # the stored parameter bytes (torch.save keeps tensors uncompressed)
+    assert at > 0
+    data[at + 100 : at + 4100] = b"\x7f" * 4000
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    one_line_error(nmt("translate", tmp_path / "damaged.pt", "--device", "cpu", stdin="a b\n"), "damaged.pt: damaged")

@@ -1,8 +1,9 @@
 """The checkpoint format and its reading side: find a run's checkpoint, read it, build its model for inference.
 
 A checkpoint is one `torch.save` dict with `format`, `model_config`, `train_config`, `corpus`, `vocab_model`
-(the sentencepiece model's bytes), `params` (the flat fp32 parameter vector, in `model.parameters()` order)
-and what training needs to resume (written and read by `train/`).
+(the sentencepiece model's bytes), `params` (the flat fp32 parameter vector, in `model.parameters()` order),
+`params_crc32` (checked on reading; older checkpoints lack it) and what training needs to resume (written
+and read by `train/`).
 
 With `--keep-last N` a run also keeps its last N saves as `checkpoints/update-U.pt` (U = updates), the
 input of checkpoint averaging: `average_checkpoints` gives a checkpoint whose parameters are their mean
@@ -14,6 +15,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if missing or not isinstance(state["params"], torch.Tensor) or not isinstance(state["model_config"], dict):
         what = f"no {', '.join(missing)}" if missing else "params or model_config of the wrong type"
         raise UserError(f"{path}: an incomplete async-nmt checkpoint ({what})")
+    if "params_crc32" in state and params_crc32(state["params"]) != state["params_crc32"]:
+        raise UserError(f"{path}: damaged (its parameters do not match the checksum saved with them)")
     return state
+
+
+def params_crc32(params: torch.Tensor) -> int:
+    """CRC-32 of the parameter vector's bytes: torch.load does not verify the checksums of its zip entries."""
+    return zlib.crc32(params.detach().cpu().contiguous().view(torch.uint8).numpy())
 
 
 def find_checkpoint(path: Path, which: str = "best") -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from async_nmt.errors import UserError
-from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path
+from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
 
 
 def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path | None = None) -> None:
@@ -37,7 +37,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT_VERSION, **state}, f)
+        torch.save({"format": FORMAT_VERSION, **state, "params_crc32": params_crc32(state["params"])}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
