@@ -139,3 +139,11 @@ def test_real_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_preprocess_without_a_valid_split_warns_that_train_needs_one(raw: Path, tmp_path: Path) -> None:
+    for path in raw.glob("valid.*"):
+        path.unlink()
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "60")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "needs a valid split" in result.stderr

@@ -123,6 +123,8 @@ def preprocess(
         for s, v in stats.items()
     )
     click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
+    if "valid" not in stats:
+        click.echo(f"warning: {raw_dir} has no valid.{src}/valid.{tgt}: `nmt train` needs a valid split", err=True)
     long = manifest["train_long_sides"]
     if long["pairs"]:
         have = "training pair has" if long["pairs"] == 1 else "training pairs have"
