@@ -85,7 +85,7 @@ def corpus_list() -> None:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite the text files of an existing OUT_DIR.")
 def corpus_get(name: str, out_dir: Path, force: bool) -> None:
-    """Download corpus NAME (cached under ~/.cache/async-nmt) and write its splits to OUT_DIR."""
+    """Download corpus NAME (cached under ~/.cache/async-nmt, or $ASYNC_NMT_CACHE) and write its splits to OUT_DIR."""
     from async_nmt.corpus import get_corpus
 
     get_corpus(name, out_dir, force=force)
@@ -174,8 +174,18 @@ def train_main() -> None:
               help="Output file, replaced if it exists, never the input (default: stdout).")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
-@click.option("--max-len-a", default=1.2, show_default=True, help="Output length limit: a * source length + b.")
-@click.option("--max-len-b", default=10, show_default=True, help="Output length limit: a * source length + b.")
+@click.option(
+    "--max-len-a",
+    default=1.2,
+    show_default=True,
+    help="Output length limit a * source tokens + b: output tokens allowed per source token.",
+)
+@click.option(
+    "--max-len-b",
+    default=10,
+    show_default=True,
+    help="Output length limit a * source tokens + b: extra output tokens (both within the model's positions).",
+)
 @click.option("--max-tokens", default=4000, show_default=True, help="Source tokens per translation batch.")
 @click.option(
     "--checkpoint",

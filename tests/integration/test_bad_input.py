@@ -197,3 +197,14 @@ def test_a_checkpoint_whose_parameter_bytes_were_damaged_is_refused(run_dir: Pat
     data[at + 100 : at + 4100] = b"\x7f" * 4000
     (tmp_path / "damaged.pt").write_bytes(bytes(data))
     one_line_error(nmt("translate", tmp_path / "damaged.pt", "--device", "cpu", stdin="a b\n"), "damaged.pt: damaged")
+
+
+def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--local-accum", "2")
+    one_line_error(result, "saved with --local-accum 1, not 2")
+
+
+def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_path: Path):
+    one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--shards", "2"), "--shards")

@@ -41,8 +41,8 @@ OPTIONS = [
                  help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1; workers take them round-robin, so "
                  "several may share one (default: the first GPU, else cpu)."),
     click.option("--shards", default=0, show_default=True,
-                 help="async modes: parameter-server shards, each with its own lock and Adam state; "
-                 "0 = one per device."),
+                 help="async modes (refused in the others): parameter-server shards, each with its own lock "
+                 "and Adam state; 0 = one per device."),
     click.option("--simulate", is_flag=True,
                  help="Emulate --workers workers in one process on one device, deterministically; events "
                  "carry the predicted wall clock of that many real devices (predicted_s)."),
@@ -55,16 +55,20 @@ OPTIONS = [
                  "moving the parameters (25 = Ethernet between nodes, 100-400 = InfiniBand, 80 = 10 GB/s)."),
     click.option("--worker-speeds", default=None,
                  help="Comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5: emulated in --simulate, "
-                 "and real async workers slower than 1 sleep after each batch (a straggler on purpose)."),
+                 "and real workers of every mode slower than 1 sleep after each batch (a straggler on purpose)."),
     click.option("--max-tokens", default=4096, show_default=True,
                  help="Token budget of a batch: rows x longest padded side."),
     click.option("--lr", type=float, default=None,
-                 help="Peak learning rate (default per preset: tiny 7e-4, big 5e-4)."),
+                 help="Peak learning rate (default per preset: micro 2e-3, tiny, small and base 7e-4, big 5e-4)."),
     click.option("--warmup", type=int, default=None,
-                 help="Linear warmup updates, then inverse-sqrt decay (default per preset: tiny 250, base 4000)."),
+                 help="Linear warmup updates, then inverse-sqrt decay (default per preset: micro 50, tiny 250, "
+                 "small 1000, base and big 4000)."),
     click.option("--clip-norm", default=0.0, show_default=True, help="Clip the gradient norm to this; 0 = off."),
-    click.option("--label-smoothing", default=0.1, show_default=True, help="Label smoothing of the loss."),
-    click.option("--dropout", type=float, default=None, help="Dropout (default per preset: 0.1, big 0.3)."),
+    click.option("--label-smoothing", default=0.1, show_default=True,
+                 help="Label smoothing epsilon of the cross-entropy loss, in [0, 1)."),
+    click.option("--dropout", type=float, default=None,
+                 help="Dropout probability in [0, 1), on the embeddings, the feed-forward activation and every "
+                 "residual branch (default per preset: 0.1, big 0.3)."),
     click.option("--valid-every", default=500, show_default=True,
                  help="Updates between validations (valid loss + greedy BLEU, then a checkpoint); 0 = at the end."),
     click.option("--valid-max-sentences", default=0, show_default=True,
@@ -80,10 +84,11 @@ OPTIONS = [
                  help="Stop after this many seconds of training clock (validation excluded); 0 = no limit."),
     click.option("--patience", default=0, show_default=True,
                  help="Stop when the last N validations brought no better valid BLEU (convergence; needs "
-                 "--valid-every); 0 = never."),
+                 "--valid-every > 0); 0 = never."),
     click.option("--seed", default=1, show_default=True, help="Random seed (initialization, batch order, dropout)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                 help="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
+                 help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on CUDA and on "
+                 "CPUs with native bf16, else fp32. The master parameters and Adam stay fp32."),
     click.option("--compile", "compile_model", is_flag=True,
                  help="torch.compile the model (slow start, faster steps)."),
     click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),

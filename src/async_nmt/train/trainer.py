@@ -135,7 +135,8 @@ class Trainer:
             raise UserError(f"{path}: trained with another vocabulary than {self.cfg.bin_dir}/spm.model")
         if state["model_config"] != asdict(self.model_cfg):
             saved = from_dict(type(self.model_cfg), state["model_config"])
-            raise UserError(f"{path}: model configuration differs from the options given (checkpoint: {saved})")
+            raise UserError(f"{path}: model configuration differs from the options given (--preset, --dropout; "
+                            f"checkpoint: {saved})")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
@@ -339,7 +340,8 @@ class Trainer:
             bar.close()
             with self.clock.paused():
                 self.workers.close()
-            self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False, diverged=True)
+            self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
+                        converged=False, diverged=True)  # fmt: skip
             raise
         except BaseException:
             bar.close()
@@ -374,7 +376,7 @@ class Trainer:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
                 self._count(*self.workers.drain())
             self.save()
-            self._event("end", interrupted=True)
+            self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True, converged=False)
         finally:
             self.workers.close()
         if self.leader:
@@ -382,7 +384,9 @@ class Trainer:
             raise SystemExit(130) from None
 
 
-RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "seed")  # the saved data positions depend on them
+# the saved data positions depend on the first five, how pushes become updates on the others
+RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "seed", "local_accum", "staleness_lr", "sync_every",
+                "outer_lr", "outer_momentum")  # fmt: skip
 
 
 def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:

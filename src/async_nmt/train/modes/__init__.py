@@ -7,12 +7,14 @@
 
 The update rule lives in `paramserver.py`, the `Workers` interface in `workers.py`. Who computes the pushes
 is chosen here, in `build_workers`, and nowhere else:
-- `local.py`        one worker in the trainer's process (any mode with --workers 1);
+- `local.py`        one worker in the trainer's process (sync, async, async-accum with --workers 1);
 - `sync.py`         this process is one rank of an all-reduce group (torch.distributed);
 - `asynchronous.py` worker processes pushing to a shared parameter server (async, async-accum);
-- `simulated.py`    W workers emulated in one process, deterministically (--simulate, every mode);
+- `simulated.py`    W workers emulated in one process, deterministically (--simulate: sync, async,
+                    async-accum), and the predicted clock every emulated mode shares;
 - `remote.py`       async modes across processes torchrun started (rank 0 serves, the others push);
-- `diloco.py`       diloco: the outer step; its workers as all-reduce ranks, or emulated (--simulate).
+- `diloco.py`       diloco: the outer step; its workers as all-reduce ranks, or emulated in one process
+                    (--simulate, and always with --workers 1).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
         check_worker_speeds(cfg)
     if cfg.shards < 0:
         raise UserError("--shards must not be negative")
+    if cfg.shards and cfg.mode not in ("async", "async-accum"):
+        raise UserError(f"--shards cuts the async modes' parameter server, not --mode {cfg.mode}'s")
 
 
 def check_worker_speeds(cfg: TrainConfig) -> None:

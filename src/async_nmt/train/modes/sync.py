@@ -1,4 +1,5 @@
-"""sync: all-reduce data parallelism over torch.distributed (gloo on CPU, NCCL on CUDA).
+"""sync: all-reduce data parallelism over torch.distributed (NCCL when every rank has a GPU of its own, else
+gloo: on the CPU, and for ranks sharing a GPU).
 
 Each process is one rank and keeps a full replica. A step: K local batches into the flat gradient, one
 all-reduce of that buffer (and one of a few numbers: tokens, losses, data positions, stop wishes), then
