@@ -15,6 +15,7 @@ from conftest import record_amp_dtypes
 
 from async_nmt.cli import main
 from async_nmt.config import RunConfig, TrainConfig, load_json, model_config
+from async_nmt.model.checkpoint import read_checkpoint
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 
@@ -138,6 +139,10 @@ def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Pa
         assert split[update] == pytest.approx(whole[update], rel=1e-5, abs=1e-6)
     resumed_start = [e for e in read_events(tmp_path / "split" / "events.jsonl") if e["kind"] == "start"][-1]
     assert resumed_start["resumed"] is True and resumed_start["updates"] == 6
+    # not only the logged losses: the parameters and Adam's state end the same, to the bit
+    ends = [read_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("whole", "split")]
+    assert torch.equal(ends[0]["params"], ends[1]["params"])
+    torch.testing.assert_close(ends[0]["server"], ends[1]["server"], rtol=0, atol=0, equal_nan=True)
 
 
 def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin: Path, tmp_path: Path):

@@ -188,6 +188,8 @@ def test_the_same_seed_gives_the_same_run():
     _, stats_b, stale_b = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=3)
     assert stale_a == stale_b
     assert [float(s.loss) for s in stats_a] == pytest.approx([float(s.loss) for s in stats_b], rel=1e-6)
+    _, stats_c, _ = simulate(workers=2, accum=1, pushes=8, speeds=[1.0, 0.5], seed=4)  # the seed matters
+    assert [float(s.loss) for s in stats_c] != pytest.approx([float(s.loss) for s in stats_a], rel=1e-6)
 
 
 @pytest.mark.parametrize("accum", [1, 3])
@@ -351,3 +353,26 @@ def test_a_pending_staleness_sum_survives_a_checkpoint():
         s.push(torch.ones(10), 5, pulled_updates=-2)  # staleness 3: the update's mean is (1 + 3) / 2
     assert resumed.lr == whole.lr == pytest.approx(1e-2 / 2)
     assert torch.equal(resumed.params, whole.params)
+
+
+def test_simulated_async_workers_compute_on_the_parameters_they_pulled(monkeypatch):
+    """Staleness is not only counted: each gradient is computed on the parameters of the update its worker
+    last pulled, not on the server's current ones."""
+    import async_nmt.train.modes.simulated as simulated
+
+    sim, _, _ = simulate(workers=3, accum=1, pushes=0)
+    seen, history = [], {}  # (server updates, parameters computed on) per push; the server's params per update
+    real = simulated.train_step
+
+    def spy(model, *args, **kwargs):
+        history.setdefault(sim.server.updates, sim.server.params.clone())
+        seen.append((sim.server.updates, sim.flat.data.clone()))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(simulated, "train_step", spy)
+    staleness = [sim.push()[1] for _ in range(9)]
+    assert staleness == [0, 1, 2] + [2] * 6
+    assert len(seen) == 9  # one step per push
+    for (now, params), stale in zip(seen, staleness, strict=True):
+        assert torch.equal(params, history[now - stale])  # what the worker pulled, `stale` updates ago
+        assert stale == 0 or not torch.equal(params, history[now])  # and not what the server holds now

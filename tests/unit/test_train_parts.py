@@ -219,3 +219,30 @@ def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens(monkeypatch
         rel=1e-5,
     )
     assert nll.item() == pytest.approx(F.cross_entropy(logits[real], batch.target[real], reduction="sum").item())
+
+
+def test_validation_scores_an_identity_system_at_100_and_its_loss_is_the_nll_per_token(synthetic_bin, monkeypatch):
+    import torch.nn.functional as F
+
+    from async_nmt.data.binarize import load_manifest
+    from async_nmt.data.vocab import load_vocab
+    from async_nmt.train import validate
+
+    torch.manual_seed(0)
+    model = Transformer(model_config("micro", load_manifest(synthetic_bin)["vocab_size"]))
+    validator = validate.Validator(synthetic_bin, 1024, model.cfg.max_positions, max_sentences=20)
+    sp = load_vocab(synthetic_bin / "spm.model")
+    assert len(validator.references) == 20
+    monkeypatch.setattr(validate, "translate_lines", lambda model, sp, lines, **kw: list(validator.references))
+    result = validator(model, sp, None)
+    assert result["bleu"] == pytest.approx(100) and result["chrf"] == pytest.approx(100)
+    nll = tokens = 0.0
+    model.eval()
+    with torch.no_grad():
+        for batch in validator.batches:  # the definition: summed NLL of the real target tokens / their count
+            logits = model.project(model.hidden(batch.src, batch.prev_tgt))
+            nll += F.cross_entropy(logits.flatten(0, 1), batch.target.view(-1), ignore_index=PAD_ID, reduction="sum")
+            tokens += int(batch.target.ne(PAD_ID).sum())
+    assert result["valid_loss"] == pytest.approx(float(nll) / tokens, rel=1e-5)
+    monkeypatch.setattr(validate, "translate_lines", lambda model, sp, lines, **kw: validator.references[::-1])
+    assert validator(model, sp, None)["bleu"] < 50  # the same sentences, against the wrong references
