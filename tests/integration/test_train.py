@@ -469,3 +469,60 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     events = read_events(run / "events.jsonl")
     assert [e["bleu"] for e in events if e["kind"] == "valid"] == [1.0, 5.0, 4.0, 5.0, 4.5]
     assert events[-1]["kind"] == "end" and events[-1]["updates"] == 10 and events[-1]["converged"] is True
+
+
+def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
+    """Validation returns these (BLEU, valid loss) in turn, whatever the model."""
+    from async_nmt.train import validate
+
+    queue = list(scores)
+
+    def fake(self, model, sp, amp_dtype, beam=1):
+        bleu, loss = queue.pop(0)
+        return {"valid_loss": loss, "valid_ppl": 1.0, "bleu": bleu, "chrf": bleu}
+
+    monkeypatch.setattr(validate.Validator, "__call__", fake)
+
+
+def test_best_pt_is_the_checkpoint_of_the_best_bleu_ties_going_to_the_lower_loss(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch
+):
+    # updates 2, 4, 6, 8, 10: the best BLEU is 7 at 4 and at 8, where the loss is lower; the end validates 10
+    scripted_validation(monkeypatch, [(3, 2.0), (7, 1.5), (5, 1.0), (7, 1.2), (6, 1.1)])
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=10, valid_every=2), run, progress=False)
+    assert read_checkpoint(run / "checkpoints" / "best.pt")["server"]["updates"] == 8
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 10
+    valid = [e for e in read_events(run / "events.jsonl") if e["kind"] == "valid"]
+    assert [e["best_bleu"] for e in valid] == [3, 7, 7, 7, 7]
+
+
+def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    scripted_validation(monkeypatch, [(3, 2.0), (7, 1.5), (6, 1.0), (7, 1.6), (5, 1.0), (9, 1.0)])
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=20, valid_every=2, patience=3), run, progress=False)
+    end = read_events(run / "events.jsonl")[-1]
+    assert end["updates"] == 10 and end["converged"] is True  # best at 4; 6, 8 (a tie, higher loss) and 10 not
+
+
+def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path: Path):
+    from async_nmt.data.batches import BatchStream
+    from async_nmt.data.binarize import load_split
+
+    cfg = micro_config(synthetic_bin, max_epochs=1)
+    batches = len(BatchStream(load_split(synthetic_bin, "train"), cfg.max_tokens, 256, cfg.seed))
+    train(cfg, tmp_path / "run", progress=False)
+    end = read_events(tmp_path / "run" / "events.jsonl")[-1]
+    assert end["updates"] == batches and end["epoch"] == pytest.approx(1.0)
+
+
+def test_a_nan_valid_loss_stops_the_run_without_saving_it(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    from async_nmt.errors import TrainingDiverged
+
+    scripted_validation(monkeypatch, [(3, 2.0), (4, float("nan"))])
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="the valid loss is nan"):
+        train(micro_config(synthetic_bin, max_updates=10, valid_every=2), run, progress=False)
+    assert read_checkpoint(run / "checkpoints" / "best.pt")["server"]["updates"] == 2
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 2
+    assert read_events(run / "events.jsonl")[-1]["diverged"] is True
