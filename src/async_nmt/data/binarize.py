@@ -318,7 +318,9 @@ def load_manifest(bin_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: unreadable ({err}); run `nmt preprocess` again") from None
-    missing = sorted(MANIFEST_KEYS - manifest.keys()) if isinstance(manifest, dict) else ["everything"]
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a valid manifest (not a JSON object); run `nmt preprocess` again")
+    missing = sorted(MANIFEST_KEYS - manifest.keys())
     if missing or not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] < 1:
         what = f"lacks {', '.join(missing)}" if missing else "has a bad vocab_size"
         raise UserError(f"{path}: not a valid manifest ({what}); run `nmt preprocess` again")
