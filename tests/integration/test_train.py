@@ -236,6 +236,17 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
     assert events[-1]["kind"] == "end" and events[-1]["interrupted"] is True
     saved = [e for e in events if e["kind"] == "checkpoint"][-1]
     assert saved["updates"] >= 1 and (run / "checkpoints" / "last.pt").is_file()
+    # the checkpoint holds the update the run stopped at, and a resume goes on from there
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == saved["updates"]
+    assert events[-1]["updates"] == saved["updates"]
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--quiet", "--preset", "micro", "--devices", "cpu",
+                           "--max-tokens", "512", "--valid-every", "0", "--log-every", "1", "--resume",
+                           "--max-updates", str(saved["updates"] + 2))  # fmt: skip
+    assert code == 0, output
+    resumed = read_events(run / "events.jsonl")
+    start = [e for e in resumed if e["kind"] == "start"][-1]
+    assert start["resumed"] is True and start["updates"] == saved["updates"]
+    assert resumed[-1]["kind"] == "end" and resumed[-1]["updates"] == saved["updates"] + 2
 
 
 def _events(run: Path) -> list[dict]:
