@@ -246,3 +246,18 @@ def test_validation_scores_an_identity_system_at_100_and_its_loss_is_the_nll_per
     assert result["valid_loss"] == pytest.approx(float(nll) / tokens, rel=1e-5)
     monkeypatch.setattr(validate, "translate_lines", lambda model, sp, lines, **kw: validator.references[::-1])
     assert validator(model, sp, None)["bleu"] < 50  # the same sentences, against the wrong references
+
+
+def test_workers_split_each_epoch_between_them_and_every_epoch_reshuffles():
+    split = FakeSplit()
+    streams = [BatchStream(split, 512, 64, seed=3, worker=w, workers=2) for w in range(2)]
+    epochs = [[list(s._order) for s in streams]]
+    for s in streams:
+        for _ in range(len(s) + 1):  # the first batch of epoch 2 makes the stream order it
+            s.next()
+    epochs.append([list(s._order) for s in streams])
+    total = len(streams[0].batches)
+    for orders in epochs:  # worker w takes w, w+2, ... of one permutation: disjoint, and all of it together
+        assert not set(orders[0]) & set(orders[1])
+        assert sorted(orders[0] + orders[1]) == list(range(total))
+    assert epochs[0][0] != epochs[1][0]  # the order of epoch 2 is another
