@@ -111,8 +111,19 @@ def test_async_resume_continues_the_counter_schedule_and_data(synthetic_bin: Pat
     for event in resumed:
         assert event["lr"] == pytest.approx(inverse_sqrt_lr(event["updates"], 2e-3, 8), rel=1e-5, abs=1e-6)
     final = read_checkpoint(checkpoint_path(run, "last"))
-    for before, after in zip(saved["data"], final["data"], strict=True):
-        assert (after["epoch"], after["index"]) > (before["epoch"], before["index"])  # the data went on
+    # each worker's data went on from where it was saved, by exactly the batches it pushed since the resume
+    # (its push count starts again with its process)
+    from async_nmt.data.batches import BatchStream
+    from async_nmt.data.binarize import load_manifest, load_split
+
+    split = load_split(synthetic_bin, "train")
+    max_len = model_config("micro", load_manifest(synthetic_bin)["vocab_size"]).max_positions
+    pushed = resumed[-1]["worker_pushes"]
+    assert sum(pushed) == 20
+    for w, (before, after) in enumerate(zip(saved["data"], final["data"], strict=True)):
+        per_epoch = len(BatchStream(split, 1024, max_len, 7, w, 2))
+        moved = (after["epoch"] - before["epoch"]) * per_epoch + after["index"] - before["index"]
+        assert moved == pushed[w], (w, before, after, pushed)
 
 
 def _nmt_train(bin_dir: Path, run: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
