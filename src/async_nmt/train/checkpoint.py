@@ -18,12 +18,12 @@ from async_nmt.errors import UserError
 from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
 
 
-def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path | None = None) -> None:
+def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> None:
     """Refuse to overwrite an existing run unless --resume or --force says what to do with it, and a run
     folder that is the corpus folder or holds it (starting over deletes the run folder)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a run folder")
-    if bin_dir is not None and run_dir.resolve() in (Path(bin_dir).resolve(), *Path(bin_dir).resolve().parents):
+    if run_dir.resolve() in (bin_dir.resolve(), *bin_dir.resolve().parents):
         raise UserError(f"{run_dir}: the run folder must not be the corpus folder {bin_dir} or hold it")
     if resume:
         if not checkpoint_path(run_dir, "last").is_file():
