@@ -61,11 +61,12 @@ def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results
     if rank == 0:
         server = ParamServer(torch.randn(numel), accum, 1e-4, 100)
         workers = remote.RemoteWorkers(SimpleNamespace(world=2, streams=[_Position()]), server)  # type: ignore[arg-type]
+        workers.heard = {r: (-1, time.monotonic()) for r in workers.ranks}  # as start() does, without its setup
         for _ in range(pushes):
             workers._serve(*workers._next_header())
     else:
-        stop = threading.Event()
-        threading.Thread(target=remote._heartbeat, args=(dist.distributed_c10d._get_default_store(), 1, stop),
+        stop, ended = threading.Event(), threading.Event()
+        threading.Thread(target=remote._heartbeat, args=(dist.distributed_c10d._get_default_store(), 1, stop, ended),
                          daemon=True).start()  # fmt: skip
         grad, params = torch.randn(numel), torch.empty(numel)
         header, reply = torch.zeros(8, dtype=torch.float64), torch.empty(2, dtype=torch.int64)

@@ -190,3 +190,26 @@ def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: P
     saved = read_checkpoint(checkpoint_path(run, "last"))["server"]
     assert saved["updates"] == end["updates"] > 0 and saved["pushes"] == 3 * end["updates"]  # no half update
     assert not leftovers(pids)
+
+
+def test_torchrun_ranks_sharing_a_gpu_use_gloo_and_ranks_with_a_gpu_each_nccl():
+    from async_nmt.train.launch import backend, node_devices
+
+    # two ranks on one node given --devices cuda:0: NCCL refuses them ("Duplicate GPU detected", an H200)
+    assert node_devices(["cuda:0"], 2) == ["cuda:0", "cuda:0"] and backend(node_devices(["cuda:0"], 2)) == "gloo"
+    assert backend(node_devices(["cuda:0", "cuda:1"], 2)) == "nccl"
+    assert node_devices(["cuda:0", "cuda:1"], 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert backend(node_devices(["cpu"], 2)) == "gloo"
+
+
+def test_bench_paramserver_runs_both_servers():
+    """The benchmark drives the torchrun server's own code, so it must follow that code's changes."""
+    import json
+
+    script = Path(__file__).parents[2] / "scripts" / "bench_paramserver.py"
+    done = subprocess.run([sys.executable, str(script), "--numel", "100000", "--repeat", "2", "--transport", "both"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["gloo"]["accum4"]["pulls"] == 4 and result["gloo"]["accum1"]["update_ms"] > 0
+    assert result["accum1"]["update_ms"] > 0 and result["accum4"]["update_ms"] > 0

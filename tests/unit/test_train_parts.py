@@ -261,3 +261,48 @@ def test_workers_split_each_epoch_between_them_and_every_epoch_reshuffles():
         assert not set(orders[0]) & set(orders[1])
         assert sorted(orders[0] + orders[1]) == list(range(total))
     assert epochs[0][0] != epochs[1][0]  # the order of epoch 2 is another
+
+
+def test_an_emulated_slow_device_waits_after_each_step_but_the_first(monkeypatch):
+    from async_nmt.train import processes
+
+    clock = {"now": 0.0}
+    slept: list[float] = []
+    monkeypatch.setattr(processes.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(processes.time, "sleep", slept.append)
+    slow, full = processes.EmulatedSpeed(0.25, torch.device("cpu")), processes.EmulatedSpeed(1.0, torch.device("cpu"))
+    for step_s in (5.0, 0.5, 0.25):  # the first step warms the device up and is not slowed
+        for speed in (slow, full):
+            speed.begin()
+            clock["now"] += step_s
+            speed.end()
+    assert slept == [pytest.approx(1.5), pytest.approx(0.75)]  # (1 / 0.25 - 1) x the step's time
+
+
+def test_a_failing_worker_lets_go_of_what_its_frames_held(monkeypatch):
+    """A raising worker must drop its model and its handles on shared CUDA memory before it exits."""
+    import queue
+    import weakref
+
+    from async_nmt.train import processes
+
+    monkeypatch.setattr(processes, "die_with_parent", lambda: None)
+    monkeypatch.setattr(processes.signal, "signal", lambda *args: None)
+
+    class Held:
+        pass
+
+    refs = []
+
+    def work():
+        held = Held()
+        refs.append(weakref.ref(held))
+        raise RuntimeError("injected")
+
+    errors = queue.SimpleQueue()
+    with pytest.raises(SystemExit) as exited:
+        with processes.worker_process(1, "cpu", errors):
+            work()
+    assert exited.value.code == 1 and errors.get()[3] == "RuntimeError: injected"
+    assert exited.value.__context__ is not None  # the exception lives on ...
+    assert refs[0]() is None  # ... without the locals of the frames it passed through

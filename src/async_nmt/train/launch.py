@@ -94,6 +94,15 @@ def backend(devices: list[str]) -> str:
     return "nccl" if on_gpus else "gloo"
 
 
+def node_devices(listed: list[str], local_world: int) -> list[str]:
+    """The device of each of torchrun's ranks on this node (LOCAL_RANK 0..LOCAL_WORLD_SIZE-1): the listed
+    --devices in turn, else GPU i for local rank i, or the CPU. Every node decides the backend from its
+    own list, the same on nodes started alike."""
+    if listed:
+        return [listed[i % len(listed)] for i in range(local_world)]
+    return [f"cuda:{i}" if torch.cuda.is_available() else "cpu" for i in range(local_world)]
+
+
 def rank_main(rank: int, setup: RankSetup) -> None:
     """A spawned rank: join the group on localhost, train, leave."""
     with processes.worker_process(rank, setup.devices[rank], setup.errors):
@@ -166,18 +175,15 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
             raise UserError("--shards: under torchrun the server is rank 0, one shard")
         cfg.workers = world - 1
     check_worker_speeds(cfg)
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    if cfg.devices:
-        device = cfg.devices[local % len(cfg.devices)]
-    else:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    node = node_devices(cfg.devices, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    device = node[int(os.environ.get("LOCAL_RANK", rank))]
     cfg.devices = [device]  # this rank's
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     if rank == 0:
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
-    dist.init_process_group(backend([device]) if cfg.mode in ("sync", "diloco") else "gloo", timeout=TIMEOUT)
+    dist.init_process_group(backend(node) if cfg.mode in ("sync", "diloco") else "gloo", timeout=TIMEOUT)
     # on an error the group is left as it is (tearing it down may wait for peers that are gone)
     if cfg.mode in ("async", "async-accum") and rank > 0:
         run_worker_rank(cfg, rank, torch.device(device))

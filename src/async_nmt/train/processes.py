@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
@@ -61,11 +62,22 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
         raise
     except UserError as err:
         errors.put((worker, device, f"user:{err.exit_code}", str(err), ""))
+        _release_locals(err)
         raise SystemExit(err.exit_code) from None
     except BaseException as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         errors.put((worker, device, "error", f"{type(err).__name__}: {first}".rstrip(": "), traceback.format_exc()))
+        _release_locals(err)
         raise SystemExit(1) from None
+
+
+def _release_locals(err: BaseException) -> None:
+    """Drop the local variables of the frames the exception passed through. The exception outlives this
+    process's last line (SystemExit's context holds it), and with it the worker's model and its handles on
+    the coordinator's shared CUDA memory: the coordinator, as their producer, then printed a second line
+    ("Producer process has been terminated before all shared CUDA tensors released") under the worker's
+    one-line error (seen on an H200)."""
+    traceback.clear_frames(err.__traceback__)
 
 
 def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str], run_dir: Path) -> None:
@@ -142,6 +154,35 @@ def maybe_fail(worker: int, pushes: int) -> None:
         raise RuntimeError(f"injected failure ({FAIL_ENV}={spec})")
     if spec == f"{worker}:{pushes}:kill":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class EmulatedSpeed:
+    """--worker-speeds on a real worker: after each step it waits (1/speed - 1) times the step's time, so the
+    step seems to take 1/speed as long. On CUDA the step is timed with the device's queue drained, since its
+    kernels run after the host has moved on; and a process's first step (the CUDA context, cuBLAS and the
+    allocator warming up, which took longer than a whole run's steps on an H200) is not slowed. At speed 1
+    it does nothing, not even a sync."""
+
+    def __init__(self, speed: float, device: torch.device):
+        self.speed, self.device = speed, device
+        self.start = 0.0
+        self.steps = 0
+
+    def _drain(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def begin(self) -> None:
+        if self.speed < 1:
+            self._drain()
+            self.start = time.perf_counter()
+
+    def end(self) -> None:
+        if self.speed < 1:
+            self._drain()
+            if self.steps:
+                time.sleep((time.perf_counter() - self.start) * (1 / self.speed - 1))
+            self.steps += 1
 
 
 def cpu_threads(workers_on_cpu: int) -> int:

@@ -117,15 +117,15 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     with gate.lock:
         gate.counts[READY] += 1
     pushes = 0
+    speed = processes.EmulatedSpeed(setup.speed, device)
     while gate.wait_open(parent):
         pulled = server.pull(flat.data)
         flat.grad.zero_()
-        start = time.perf_counter()
+        speed.begin()
         stats = StepStats()
         for _ in range(cfg.local_accum):
             stats.add(train_step(model, stream.next().to(device), cfg.label_smoothing, amp_dtype))
-        if setup.speed < 1:  # an emulated slower device (--worker-speeds)
-            time.sleep((time.perf_counter() - start) * (1 / setup.speed - 1))
+        speed.end()
         pushes += 1
         processes.maybe_fail(worker, pushes)
         if not gate.admit(parent, worker, stream.state_dict()):

@@ -309,17 +309,16 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
                          worker, cfg.workers)  # fmt: skip
     stream.load_state_dict(positions[worker])
     stream.pin = pinned
-    speed = cfg.worker_speeds[worker] if cfg.worker_speeds else 1.0
+    speed = processes.EmulatedSpeed(cfg.worker_speeds[worker] if cfg.worker_speeds else 1.0, device)
     reply = torch.empty(2, dtype=torch.int64)
     pushes = 0
     while True:
         flat.grad.zero_()
-        start = time.perf_counter()
+        speed.begin()
         stats = StepStats()
         for _ in range(cfg.local_accum):
             stats.add(train_step(model, stream.next().to(device), cfg.label_smoothing, amp_dtype))
-        if speed < 1:  # an emulated slower device (--worker-speeds)
-            time.sleep((time.perf_counter() - start) * (1 / speed - 1))
+        speed.end()
         pushes += 1
         processes.maybe_fail(worker, pushes)
         position = stream.state_dict()

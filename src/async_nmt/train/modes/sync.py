@@ -13,7 +13,6 @@ The launcher (`train/launch.py`) starts the ranks, or joins torchrun's group, an
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.distributed as dist
@@ -35,7 +34,9 @@ class DistributedSync(Workers):
         self.local = StepStats()  # this rank's share of the last step
         self.steps = 0
         self.parent = os.getppid()
-        self.speed = ctx.cfg.worker_speeds[ctx.rank] if ctx.cfg.worker_speeds else 1.0
+        # an emulated slower device (--worker-speeds): every rank waits for it
+        self.speed = processes.EmulatedSpeed(ctx.cfg.worker_speeds[ctx.rank] if ctx.cfg.worker_speeds else 1.0,
+                                             ctx.device)  # fmt: skip
 
     def agree_stop(self, wish: bool) -> bool:
         self.wish = wish
@@ -54,11 +55,10 @@ class DistributedSync(Workers):
         ctx.flat.grad.zero_()
         local = StepStats()
         stream = ctx.streams[self.rank]
-        start = time.perf_counter()
+        self.speed.begin()
         for _ in range(ctx.cfg.local_accum):
             local.add(train_step(ctx.model, stream.next().to(ctx.device), ctx.cfg.label_smoothing, ctx.amp_dtype))
-        if self.speed < 1:  # an emulated slower device (--worker-speeds): every rank waits for it
-            time.sleep((time.perf_counter() - start) * (1 / self.speed - 1))
+        self.speed.end()
         self.steps += 1
         processes.maybe_fail(self.rank, self.steps)
         if not processes.parent_alive(self.parent):  # the supervisor (or torchrun's agent) was killed
