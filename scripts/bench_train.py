@@ -5,7 +5,8 @@ collation, device copies, the step, the server update and event logging (validat
 torch.nn.Transformer with the same shape, torch.optim.Adam and F.cross_entropy over the same batch stream
 (same order, same collation and copies), in the same process and call, for the same S seconds. Prints one
 JSON line: both throughputs in target tokens per second of their own training time (and the product's over
-the whole call: start-up, the closing validation on 100 sentences and the checkpoint), their ratio, and the
+the whole call: start-up, the closing validation on 100 sentences and the checkpoint; and over the second
+half of its train events, after warm-up and, with --compile, most compilation), their ratio, and the
 model's FLOP rate (6 x parameters per target token, the usual estimate: attention scores are left out) as a
 share of a matmul rate that this bench measures on the device in the training precision.
 
@@ -39,6 +40,7 @@ from async_nmt.data.batches import Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.model.transformer import Transformer
+from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 from async_nmt.train.step import train_step
 from async_nmt.train.trainer import Trainer
@@ -136,6 +138,16 @@ def parts(cfg: TrainConfig, run_dir: Path, updates: int, warm: int = 3) -> dict[
     return {"ms": {k: round(v, 2) for k, v in ms.items()}, "padding": padding}
 
 
+def steady_rate(events: list[dict]) -> float | None:
+    """Target tokens per second of training clock over the second half of the run's train events (after
+    warm-up and, with --compile, most compilation); None with fewer than 3 train events."""
+    logged = [e for e in events if e["kind"] == "train"]
+    if len(logged) < 3:
+        return None
+    first, last = logged[len(logged) // 2], logged[-1]
+    return (last["tokens"] - first["tokens"]) / max(last["train_s"] - first["train_s"], 1e-9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path)
@@ -145,12 +157,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--parts-updates", type=int, default=20, help="updates that time the loop's parts")
+    parser.add_argument("--compile", action="store_true", help="the product with --compile (the bare loop eager)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     amp = amp_dtype_for(args.precision, device)
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
-                      precision=args.precision)  # fmt: skip
+                      precision=args.precision, compile=args.compile)  # fmt: skip
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,6 +171,7 @@ def main() -> None:
         end = train(cfg, Path(tmp) / "run", progress=False)
         wall = time.perf_counter() - start
         assert end is not None
+        steady = steady_rate(read_events(Path(tmp) / "run" / "events.jsonl"))
         where = parts(cfg, Path(tmp) / "parts", args.parts_updates)
     product = end["tokens"] / end["train_s"]
     loop_ms = 1e3 * end["train_s"] / end["updates"]
@@ -170,8 +184,10 @@ def main() -> None:
     print(json.dumps({
         "bench": "train", "preset": args.preset, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if amp else "fp32", "max_tokens": args.max_tokens, "seconds": args.seconds,
-        "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall), "updates": end["updates"],
+        "precision": "bf16" if amp else "fp32", "compile": args.compile, "max_tokens": args.max_tokens,
+        "seconds": args.seconds,
+        "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall),
+        "tok_per_s_second_half": round(steady) if steady else None, "updates": end["updates"],
         "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3), "params": params,
         "model_tflop_per_s": round(model_rate / 1e12, 4), "matmul_tflop_per_s": round(peak / 1e12, 4),
         "share_of_matmul_rate": round(model_rate / peak, 4), "ms_per_update": where["ms"],

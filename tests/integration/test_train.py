@@ -109,14 +109,18 @@ def test_validation_searches_at_the_training_precision(synthetic_bin: Path, tmp_
     assert seen == [dtype]
 
 
-def test_compile_is_applied_where_the_gradients_are_computed():
+def test_compile_is_applied_where_the_gradients_are_computed(synthetic_bin: Path, tmp_path: Path):
     from async_nmt.train.step import build_model
+    from async_nmt.train.trainer import Trainer
 
     model_cfg = model_config("tiny", 64, d_model=32, ff_dim=64, heads=2, enc_layers=1, dec_layers=1)
     compiled, _ = build_model(model_cfg, torch.device("cpu"), compiled=True)  # what an async worker process builds
     plain, _ = build_model(model_cfg, torch.device("cpu"))
     assert hasattr(compiled.hidden, "_torchdynamo_orig_callable")  # torch.compile's wrapper
     assert not hasattr(plain.hidden, "_torchdynamo_orig_callable")
+    # one worker, and each sync rank, computes with the trainer's own model
+    trainer = Trainer(micro_config(synthetic_bin, compile=True), tmp_path / "run")
+    assert hasattr(trainer.model.hidden, "_torchdynamo_orig_callable")
 
 
 def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Path):

@@ -12,7 +12,7 @@ import torch
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
 from async_nmt.data.batches import BatchStream, collate, make_batches
 from async_nmt.errors import UserError
-from async_nmt.model.transformer import Transformer
+from async_nmt.model.transformer import Linear, Transformer
 from async_nmt.train.events import EventLog, read_events, truncate_events
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, train_step
@@ -102,6 +102,39 @@ def test_flat_parameters_keep_outputs_and_collect_gradients():
     for p in model.parameters():  # every gradient lives inside the flat buffer
         assert p.grad.data_ptr() >= flat.grad.data_ptr()
         assert p.grad.data_ptr() < flat.grad.data_ptr() + flat.grad.numel() * 4
+
+
+def test_bf16_copies_of_the_linear_weights_give_autocasts_numbers_bit_for_bit(monkeypatch):
+    """Training in bf16 computes the Linear layers with weights copied once per batch (LowPrecisionCopies),
+    not cast at every call: the losses and the flat gradient must be plain autocast's, over two batches
+    summed into one gradient, an update of the parameters in between, and a validation step."""
+    from async_nmt.train import step as step_module
+
+    src, tgt = torch.randint(4, 100, (5, 9)), torch.randint(4, 100, (5, 7))
+    batch = collate([s.numpy()[:-1] for s in src], [t.numpy()[:-1] for t in tgt], max_len=64)
+
+    def run(copies: bool) -> tuple[list[torch.Tensor], torch.Tensor, torch.nn.Module]:
+        monkeypatch.setattr(step_module, "LOW_PRECISION_COPIES", copies)
+        torch.manual_seed(0)
+        model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.1))
+        flat = flatten_parameters(model)
+        numbers, grads = [], []
+        for _ in range(2):
+            flat.grad.zero_()
+            for _ in range(2):  # --local-accum 2
+                stats = train_step(model, batch, 0.1, torch.bfloat16)
+                numbers += [stats.loss, stats.nll]
+            grads.append(flat.grad.clone())
+            flat.data.add_(flat.grad, alpha=-0.5)  # an update: the next batch must see it
+        numbers.append(step_module.eval_step(model, batch, torch.bfloat16).loss)
+        return numbers, torch.cat(grads), model
+
+    fast, fast_grads, model = run(True)
+    plain, plain_grads, _ = run(False)
+    assert model.__dict__.get("_low_precision_copies") is not None  # the copies were used
+    assert all(m.low is None for m in model.modules() if isinstance(m, Linear))  # and only inside a step
+    assert torch.equal(fast_grads, plain_grads) and fast_grads.abs().sum() > 0
+    assert [float(x) for x in fast] == [float(x) for x in plain]
 
 
 def test_a_training_step_never_reads_a_number_back_from_the_device(monkeypatch):

@@ -54,12 +54,24 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
+class Linear(nn.Linear):
+    """nn.Linear that computes with `low` (a weight and a bias) while a caller sets it: training's copies of
+    the weights in autocast's precision, made once per batch instead of at every call (train/step.py)."""
+
+    low: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.low is not None:
+            return F.linear(x, *self.low)
+        return super().forward(x)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = Linear(cfg.d_model, cfg.d_model)
 
     def forward(
         self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, cache: Cache | None = None
@@ -80,9 +92,9 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.heads = cfg.heads
-        self.q = nn.Linear(cfg.d_model, cfg.d_model)
-        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.q = Linear(cfg.d_model, cfg.d_model)
+        self.kv = Linear(cfg.d_model, 2 * cfg.d_model)
+        self.out = Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
         B, T, D = x.shape
@@ -101,8 +113,8 @@ class CrossAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.ff_dim)
-        self.down = nn.Linear(cfg.ff_dim, cfg.d_model)
+        self.up = Linear(cfg.d_model, cfg.ff_dim)
+        self.down = Linear(cfg.ff_dim, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:

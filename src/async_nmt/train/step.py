@@ -7,6 +7,7 @@ gradient buffer, so pulling, pushing, clipping and the optimizer all work on who
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from async_nmt.config import PAD_ID, ModelConfig
 from async_nmt.data.batches import Batch
-from async_nmt.model.transformer import Transformer
+from async_nmt.model.transformer import Linear, Transformer
 
 
 def flatten_parameters(model: nn.Module) -> nn.Parameter:
@@ -78,6 +79,88 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class LowPrecisionCopies:
+    """The Linear layers' weights and biases in autocast's precision, copied once per batch.
+
+    Autocast casts every Linear's fp32 weight and bias to bf16 at each call, and the backward pass casts
+    their gradients back: about 270 of the 3,200 operators of a base update (counted on the CPU). On a GPU
+    a base update is bound by the host issuing operators (an H200 ran its matmuls at 12% of their rate),
+    so operators saved are time saved. Here one copy turns the span of the flat fp32 parameters that holds
+    the Linear layers into a flat bf16 buffer, the layers compute with leaf views into it, their bf16
+    gradients collect in a flat bf16 gradient, and one addition puts that into the flat fp32 gradient
+    after the backward pass. The results are autocast's, bit for bit (tested): the same bf16 values go
+    into the same kernels, and each bf16 gradient reaches the fp32 gradient once, as its cast would.
+    Layer norms and the tied embedding stay fp32, as autocast has them."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.linears = [m for m in model.modules() if isinstance(m, Linear)]
+        params = [p for m in self.linears for p in (m.weight, m.bias)]
+        first = params[0]
+        flat_size = first.untyped_storage().nbytes() // first.element_size()
+        self.flat = first.detach().new_empty(0).set_(first.untyped_storage(), 0, (flat_size,))
+        self.flat_grad = first.grad.new_empty(0).set_(first.grad.untyped_storage(), 0, (flat_size,))
+        self.lo = min(p.storage_offset() for p in params)
+        self.hi = max(p.storage_offset() + p.numel() for p in params)
+        self.data = torch.empty(self.hi - self.lo, dtype=dtype, device=first.device)
+        self.grad = torch.zeros_like(self.data)
+        self.low = [(self._leaf(m.weight), self._leaf(m.bias)) for m in self.linears]
+
+    @staticmethod
+    def applies(model: nn.Module) -> bool:
+        """Whether every Linear parameter is a view into one flat buffer with a flat gradient beside it."""
+        params = [p for m in model.modules() if isinstance(m, Linear) for p in (m.weight, m.bias)]
+        if not params or any(p.grad is None for p in params):
+            return False
+        data, grad = params[0].untyped_storage().data_ptr(), params[0].grad.untyped_storage().data_ptr()
+        return all(
+            p.untyped_storage().data_ptr() == data and p.grad.untyped_storage().data_ptr() == grad
+            and p.grad.storage_offset() == p.storage_offset() and p.is_contiguous()
+            for p in params
+        )  # fmt: skip
+
+    def _leaf(self, p: torch.Tensor) -> nn.Parameter:
+        start = p.storage_offset() - self.lo
+        leaf = nn.Parameter(torch.empty(0, dtype=self.data.dtype, device=self.data.device))
+        leaf.data = self.data[start : start + p.numel()].view_as(p)
+        leaf.grad = self.grad[start : start + p.numel()].view_as(p)
+        return leaf
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The Linear layers compute with fresh copies of the current parameters inside this block."""
+        with torch.no_grad():
+            self.data.copy_(self.flat[self.lo : self.hi])
+        for module, low in zip(self.linears, self.low, strict=True):
+            module.low = low
+        try:
+            yield
+        finally:
+            for module in self.linears:
+                module.low = None
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Add the bf16 gradients of the last backward pass to the flat fp32 gradient, and clear them."""
+        self.flat_grad[self.lo : self.hi].add_(self.grad)
+        self.grad.zero_()
+
+
+LOW_PRECISION_COPIES = True  # off: plain autocast (the tests compare the two)
+
+
+def low_precision_copies(model: nn.Module, amp_dtype: torch.dtype | None) -> LowPrecisionCopies | None:
+    """The model's `LowPrecisionCopies` for `amp_dtype`, made at its first use; None where autocast is off
+    or the model's parameters are not flat."""
+    if amp_dtype is None or not LOW_PRECISION_COPIES:
+        return None
+    copies = model.__dict__.get("_low_precision_copies")
+    if copies is None or copies.data.dtype != amp_dtype:
+        if not LowPrecisionCopies.applies(model):
+            return None
+        copies = model.__dict__["_low_precision_copies"] = LowPrecisionCopies(model, amp_dtype)
+    return copies
+
+
 # On the CPU the loss runs over chunks of target tokens so that no logits buffer outgrows glibc's mmap
 # threshold (32 MiB): buffers above it are mapped and zero-filled afresh at every step, which cost a third
 # of the step time. On CUDA the caching allocator reuses memory, and one chunk is fastest.
@@ -89,7 +172,8 @@ def batch_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed loss and summed NLL over the batch's target tokens."""
     device = batch.src.device
-    with autocast(device, amp_dtype):
+    copies = low_precision_copies(model, amp_dtype)
+    with autocast(device, amp_dtype), copies.active() if copies else contextlib.nullcontext():
         states = model.hidden(batch.src, batch.prev_tgt)
     # Only real tokens reach the output layer. A boolean mask would read their count back from the device
     # at every step; the host knows it (`batch.tokens`), and a stable sort of the pad flags puts their
@@ -118,6 +202,9 @@ def train_step(model: nn.Module, batch: Batch, label_smoothing: float, amp_dtype
     model.train()
     loss, nll = batch_loss(model, batch, label_smoothing, amp_dtype)
     loss.backward()
+    copies = low_precision_copies(model, amp_dtype)
+    if copies is not None:
+        copies.flush()
     return StepStats(loss.detach(), nll, batch.tokens, batch.sentences)  # no host sync: see StepStats
 
 

@@ -59,7 +59,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
-        self.model, self.flat = build_model(self.model_cfg, self.device)
+        self.model, self.flat = build_model(self.model_cfg, self.device, compiled=cfg.compile)
         train_split = load_split(bin_dir, "train")
         self.streams = [
             BatchStream(train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, w, cfg.workers)

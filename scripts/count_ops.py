@@ -1,0 +1,91 @@
+"""Operators one training update issues: the product's step and server update against the bare loop's.
+
+On a GPU a small-batch update is bound by the host issuing operators rather than by the GPU running them
+(an H200 ran a base update's matmuls at 12.5% of their rate), so the number of operators an update
+dispatches is a measure of its host cost that any machine can take. This counts them with a dispatch
+mode on one real batch of BIN, on the CPU, for the product with and without its bf16 weight copies
+(`step.LowPrecisionCopies`) and for bench_train's bare `nn.Transformer` loop, and prints one JSON line
+with the totals and the most frequent operators. Views count like kernels here, though they cost less.
+
+    python scripts/count_ops.py demo/bin --preset base
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from async_nmt.config import ModelConfig, model_config
+from async_nmt.data.batches import Batch, BatchStream
+from async_nmt.data.binarize import load_manifest, load_split
+from async_nmt.train import step as step_module
+from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.step import build_model, train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import BareTransformer  # noqa: E402
+from bench_train import bare_step  # noqa: E402
+
+
+class OperatorCount(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(update: Callable[[], None], top: int) -> dict:
+    update()  # a first update makes what is made once (optimizer state, the bf16 copies)
+    with OperatorCount() as counter:
+        update()
+    return {"ops": sum(counter.counts.values()), "top": dict(counter.counts.most_common(top))}
+
+
+def product_update(mcfg: ModelConfig, batch: Batch, amp: torch.dtype) -> Callable[[], None]:
+    """One update as a single-worker run makes it: the step into the flat gradient, the server's push."""
+    model, flat = build_model(mcfg, torch.device("cpu"))
+    server = ParamServer(flat.data, 1, 1e-3, 100)
+
+    def update() -> None:
+        flat.grad.zero_()
+        stats = train_step(model, batch, 0.1, amp)
+        server.push(flat.grad, stats.tokens, server.updates)
+
+    return update
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bin", type=Path)
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--max-tokens", type=int, default=600, help="the batch (small: the count is per update)")
+    parser.add_argument("--top", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    amp = torch.bfloat16
+    mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
+    batch = BatchStream(load_split(args.bin, "train"), args.max_tokens, mcfg.max_positions, 1, 0, 1).next()
+    result: dict = {"bench": "count_ops", "preset": args.preset, "precision": "bf16", "rows": batch.sentences}
+    for copies in (True, False):
+        step_module.LOW_PRECISION_COPIES = copies
+        torch.manual_seed(1)
+        result["product" if copies else "product_plain_autocast"] = count(product_update(mcfg, batch, amp), args.top)
+    bare = BareTransformer(mcfg)
+    opt = torch.optim.Adam(bare.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9, fused=True)  # as on CUDA
+    result["bare"] = count(lambda: bare_step(bare, opt, batch, 0.1, amp), args.top)
+    result["torch"] = torch.__version__
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
