@@ -1,7 +1,7 @@
 """Operators one training update issues: the product's step and server update against the bare loop's.
 
-On a GPU a small-batch update is bound by the host issuing operators rather than by the GPU running them
-(an H200 ran a base update's matmuls at 12.5% of their rate), so the number of operators an update
+On a GPU a base update looks bound by the host issuing operators rather than by the GPU running them
+(an H200 ran its matmuls at 12.5% of their rate), and then the number of operators an update
 dispatches is a measure of its host cost that any machine can take. This counts them with a dispatch
 mode on one real batch of BIN, on the CPU, for the product with and without its bf16 weight copies
 (`step.LowPrecisionCopies`) and for bench_train's bare `nn.Transformer` loop, and prints one JSON line
