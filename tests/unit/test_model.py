@@ -158,3 +158,17 @@ def test_cudnn_attention_is_off_once_the_model_is_imported():
     """cuDNN's SDPA plans every new shape (tens of ms each on CUDA); training and search make new shapes."""
     assert not torch.backends.cuda.cudnn_sdp_enabled()
     assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+
+
+def test_a_model_built_uninitialized_computes_as_its_loaded_weights_say_and_leaves_init_alone():
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+    model = make_model(seed=3)
+    empty = Transformer.uninitialized(CFG)
+    with torch.no_grad():
+        vector_to_parameters(parameters_to_vector(model.parameters()), empty.parameters())
+    assert torch.equal(empty.positions, model.positions)
+    assert torch.equal(empty.eval()(padded(SRC), padded(PREV)), model(padded(SRC), padded(PREV)))
+    torch.manual_seed(3)  # the initializers work again afterwards: the same random model as before
+    again = Transformer(CFG)
+    assert torch.equal(parameters_to_vector(again.parameters()), parameters_to_vector(model.parameters()))

@@ -78,12 +78,13 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
             "averaged": [str(p) for p in paths]}  # fmt: skip
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by training, with one-line errors for anything else."""
+def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by training, with one-line errors for anything else. `mmap`: map the file
+    and read only what is used (translation reads the parameters, not the optimizer's two vectors)."""
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         raise UserError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
@@ -140,10 +141,10 @@ def load_model(
         ckpt_file, state = kept[-1], average_checkpoints(kept)
     else:
         ckpt_file = find_checkpoint(Path(path), which)
-        state = read_checkpoint(ckpt_file)
+        state = read_checkpoint(ckpt_file, mmap=True)
     sp = vocab_from_checkpoint(state, ckpt_file)
     try:
-        model = Transformer(from_dict(ModelConfig, state["model_config"]))
+        model = Transformer.uninitialized(from_dict(ModelConfig, state["model_config"]))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise UserError(f"{ckpt_file}: its model_config does not build a model ({str(err)[:120]})") from None
     if sum(p.numel() for p in model.parameters()) != state["params"].numel():
