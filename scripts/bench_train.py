@@ -40,6 +40,7 @@ from async_nmt.data.batches import Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.model.transformer import Transformer
+from async_nmt.train import step as step_module
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 from async_nmt.train.step import train_step
@@ -158,9 +159,12 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--parts-updates", type=int, default=20, help="updates that time the loop's parts")
     parser.add_argument("--compile", action="store_true", help="the product with --compile (the bare loop eager)")
+    parser.add_argument("--plain-autocast", action="store_true",
+                        help="the product without its bf16 weight copies (LowPrecisionCopies): an A/B")  # fmt: skip
     args = parser.parse_args()
     device = resolve_device(args.device)
     amp = amp_dtype_for(args.precision, device)
+    step_module.LOW_PRECISION_COPIES = not args.plain_autocast
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
                       precision=args.precision, compile=args.compile)  # fmt: skip
@@ -184,7 +188,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "train", "preset": args.preset, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if amp else "fp32", "compile": args.compile, "max_tokens": args.max_tokens,
+        "precision": "bf16" if amp else "fp32", "compile": args.compile,
+        "low_precision_copies": bool(amp) and not args.plain_autocast, "max_tokens": args.max_tokens,
         "seconds": args.seconds,
         "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall),
         "tok_per_s_second_half": round(steady) if steady else None, "updates": end["updates"],

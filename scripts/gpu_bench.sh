@@ -5,7 +5,7 @@
 #   1. the search and model unit tests, and the worker-process mode tests, on DEVICE (ASYNC_NMT_TEST_DEVICE);
 #   2. bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
 #      nn.Transformer loop on demo/bin) for base and big, bench_train.py --compile for base (COMPILE=0: not),
-#      and bench_translate.py (a random model);
+#      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
 #      of that model on the test set's first SENTENCES lines, then `nmt translate` of the whole test set,
 #      greedy and beam 5, each timed from start-up to the last line, and its BLEU.
@@ -40,6 +40,10 @@ for preset in $PRESETS; do
   step "bench_train_$preset" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" --preset "$preset" \
     --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS"
 done
+if [ "${AB:-0}" = 1 ]; then  # the same loop with plain autocast: what the bf16 weight copies bring
+  step "bench_train_${PRESETS%% *}_autocast" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" \
+    --preset "${PRESETS%% *}" --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS" --plain-autocast
+fi
 if [ "${COMPILE:-1}" = 1 ]; then  # the product loop with --compile (fewer operators for the host to issue)
   step "bench_train_${PRESETS%% *}_compile" $((4 * SECONDS_EACH + 150)) python3 scripts/bench_train.py "$BIN" \
     --preset "${PRESETS%% *}" --device "$DEVICE" --seconds $((2 * SECONDS_EACH)) --max-tokens "$TOKENS" --compile
