@@ -8,6 +8,10 @@ mode on one real batch of BIN, on the CPU, for the product with and without its 
 with the totals and the most frequent operators. Views count like kernels here, though they cost less.
 
     python scripts/count_ops.py demo/bin --preset base
+
+With `--run RUN` it counts instead the operators of translating BIN's first 8 test sentences with RUN's
+model (at most 10 output tokens each, bf16 weights as `nmt translate` casts them), greedy and beam 5:
+decoding is issued one step at a time, a few hundred operators a step.
 """
 
 from __future__ import annotations
@@ -64,14 +68,35 @@ def product_update(mcfg: ModelConfig, batch: Batch, amp: torch.dtype) -> Callabl
     return update
 
 
+def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
+    from async_nmt.model.checkpoint import load_model
+    from async_nmt.model.search import cast_for_search
+    from async_nmt.translate import translate_ids
+
+    model, sp = load_model(run, "best", "cpu")
+    cast_for_search(model, torch.bfloat16)
+    sources = sp.encode((bin_dir / "test.de").read_text(encoding="utf-8").splitlines()[:8])
+    result: dict = {"bench": "count_ops", "translate": str(run), "sentences": len(sources), "max_len": 10}
+    for beam in (1, 5):
+        options = dict(max_tokens=16000, device=torch.device("cpu"), amp_dtype=torch.bfloat16, beam=beam,
+                       max_len_a=0, max_len_b=10)  # fmt: skip
+        result[f"beam{beam}"] = count(lambda options=options: translate_ids(model, sources, **options), top)
+    result["torch"] = torch.__version__
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path)
     parser.add_argument("--preset", default="base")
     parser.add_argument("--max-tokens", type=int, default=600, help="the batch (small: the count is per update)")
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--run", type=Path, default=None, help="count a translation with this run's model")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.run is not None:
+        print(json.dumps(count_translation(args.run, args.bin, args.top)))
+        return
     amp = torch.bfloat16
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
     batch = BatchStream(load_split(args.bin, "train"), args.max_tokens, mcfg.max_positions, 1, 0, 1).next()
