@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 8's GPU session in one script of at most about 9 minutes, for a machine with one GPU, PyTorch and
+# Issue 8's GPU session in one script of about 9 minutes, for a machine with one GPU, PyTorch and
 # no network. It needs demo/bin (make demo; carry it to the GPU machine). Under OUT [gpu-out] it writes
 # one log per step and bench.jsonl (every JSON line the benchmarks printed):
 #   1. the search and model unit tests, and the worker-process mode tests, on DEVICE (ASYNC_NMT_TEST_DEVICE);
-#   2. bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
+#   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
 #      nn.Transformer loop on demo/bin) for base and big, bench_train.py --compile for base (COMPILE=0: not),
 #      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
@@ -15,7 +15,7 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda:0}
 PRESETS=${PRESETS:-base big}
-SECONDS_EACH=${SECONDS_EACH:-20}
+SECONDS_EACH=${SECONDS_EACH:-15}
 RUN_TIME=${RUN_TIME:-120}
 TESTS=${TESTS:-1}
 TOKENS=${TOKENS:-25000}  # a training batch (bench_step: 16384 tokens of 64-token rows)
@@ -31,11 +31,12 @@ nmt() { python3 -m async_nmt.cli "$@"; }
 if [ "$TESTS" = 1 ]; then
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 60 python3 -m pytest -q -p no:cacheprovider \
     tests/unit/test_search.py tests/unit/test_model.py
-  ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 100 python3 -m pytest -q -p no:cacheprovider \
+  # 16 tests: 11 had run after 100 s on an H200 (3 failing, since fixed), the other 5 took 50 s
+  ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 160 python3 -m pytest -q -p no:cacheprovider -rf \
     tests/integration/test_modes.py
 fi
 for preset in $PRESETS; do
-  step "bench_step_$preset" 60 python3 scripts/bench_step.py --preset "$preset" --device "$DEVICE" \
+  [ "${STEP:-0}" = 1 ] && step "bench_step_$preset" 60 python3 scripts/bench_step.py --preset "$preset" --device "$DEVICE" \
     --max-tokens $((TOKENS < 16384 ? TOKENS : 16384)) --length 64
   step "bench_train_$preset" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" --preset "$preset" \
     --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS"
