@@ -186,7 +186,13 @@ def train_main() -> None:
     show_default=True,
     help="Output length limit a * source tokens + b: extra output tokens (both within the model's positions).",
 )
-@click.option("--max-tokens", default=4000, show_default=True, help="Source tokens per translation batch.")
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=None,
+    help="Source tokens per translation batch (default: 4000 on the CPU, 16000 on a GPU, where larger "
+    "batches spread the host's cost of each decoding step).",
+)
 @click.option(
     "--checkpoint",
     type=click.Choice(["best", "last"]),
@@ -217,7 +223,7 @@ def translate(
     lenpen: float,
     max_len_a: float,
     max_len_b: int,
-    max_tokens: int,
+    max_tokens: int | None,
     checkpoint: str,
     average: int,
     device: str | None,

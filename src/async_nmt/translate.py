@@ -156,6 +156,13 @@ def write_atomically(path: Path, text: str) -> None:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
+def default_max_tokens(device: torch.device) -> int:
+    """Source tokens per translation batch: 4000 on the CPU; 16000 on a GPU, where a decoding step costs
+    the host about the same whatever the batch, so larger batches spread that cost (issue 8's H200
+    figures were taken at 16000)."""
+    return 16000 if device.type == "cuda" else 4000
+
+
 def translate_file(
     model_path: Path,
     input_path: Path | None,
@@ -165,13 +172,16 @@ def translate_file(
     lenpen: float = 1.0,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
-    max_tokens: int = 4000,
+    max_tokens: int | None = None,
     checkpoint: str = "best",
     average: int = 0,
     device: str | None = None,
     precision: Precision = "auto",
 ) -> None:
-    """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None)."""
+    """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None);
+    `max_tokens` None: `default_max_tokens` of the device."""
+    torch_device = resolve_device(device)
+    max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
     if input_path is not None and output_path is not None and Path(output_path).resolve() == Path(input_path).resolve():
         raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
@@ -179,7 +189,6 @@ def translate_file(
         lines = decode_lines(sys.stdin.buffer.read(), "stdin")
     else:
         lines = read_lines(input_path)
-    torch_device = resolve_device(device)
     if average < 0:
         raise UserError("--average must not be negative")
     model, sp = load_model(Path(model_path), checkpoint, torch_device, average=average)

@@ -214,3 +214,10 @@ def test_translate_honours_precision(run_dir: Path, monkeypatch, precision, dtyp
     result = runner().invoke(main, ["translate", str(run_dir), "--device", "cpu", "--precision", precision], input=text)
     assert result.exit_code == 0, result.stderr
     assert seen and set(seen) == {dtype}
+
+
+def test_translation_batches_are_larger_on_a_gpu_by_default():
+    from async_nmt.translate import default_max_tokens
+
+    assert default_max_tokens(torch.device("cpu")) == 4000
+    assert default_max_tokens(torch.device("cuda:0")) == 16000  # the host's cost per step, spread wider
