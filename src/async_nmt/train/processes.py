@@ -74,9 +74,9 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
 def _release_locals(err: BaseException) -> None:
     """Drop the local variables of the frames the exception passed through. The exception outlives this
     process's last line (SystemExit's context holds it), and with it the worker's model and its handles on
-    the coordinator's shared CUDA memory: the coordinator, as their producer, then printed a second line
-    ("Producer process has been terminated before all shared CUDA tensors released") under the worker's
-    one-line error (seen on an H200)."""
+    the coordinator's shared CUDA memory, which it then never released: the coordinator, as their
+    producer, printed a second line ("Producer process has been terminated before all shared CUDA tensors
+    released") under the worker's one-line error on an H200 (this fix is not yet rerun there)."""
     traceback.clear_frames(err.__traceback__)
 
 
@@ -160,8 +160,9 @@ class EmulatedSpeed:
     """--worker-speeds on a real worker: after each step it waits (1/speed - 1) times the step's time, so the
     step seems to take 1/speed as long. On CUDA the step is timed with the device's queue drained, since its
     kernels run after the host has moved on; and a process's first step (the CUDA context, cuBLAS and the
-    allocator warming up, which took longer than a whole run's steps on an H200) is not slowed. At speed 1
-    it does nothing, not even a sync."""
+    allocator warming up) is not slowed: at speed 0.1 its sleep, nine times that warm-up, could outlast a
+    short run (on an H200 the tests' slowed workers then left no staleness at all). At speed 1 it does
+    nothing, not even a sync."""
 
     def __init__(self, speed: float, device: torch.device):
         self.speed, self.device = speed, device
