@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from async_nmt.config import PAD_ID, ModelConfig, TrainConfig, model_config
-from async_nmt.data.batches import Batch, BatchStream
+from async_nmt.data.batches import SORTS, Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.model.transformer import Transformer
@@ -78,7 +78,8 @@ def bare_loop(
     torch.manual_seed(cfg.seed)
     model = BareTransformer(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
-    stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1)
+    stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1,
+                         cfg.batch_sort)  # fmt: skip
     stream.pin = device.type == "cuda"
     tokens, updates, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < cfg.max_time:
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--parts-updates", type=int, default=20, help="updates that time the loop's parts")
+    parser.add_argument("--batch-sort", choices=SORTS, default="target", help="as nmt-train's (both loops)")
     parser.add_argument("--compile", action="store_true", help="the product with --compile (the bare loop eager)")
     parser.add_argument("--plain-autocast", action="store_true",
                         help="the product without its bf16 weight copies (LowPrecisionCopies): an A/B")  # fmt: skip
@@ -167,7 +169,7 @@ def main() -> None:
     step_module.LOW_PRECISION_COPIES = not args.plain_autocast
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
-                      precision=args.precision, compile=args.compile)  # fmt: skip
+                      precision=args.precision, compile=args.compile, batch_sort=args.batch_sort)  # fmt: skip
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +191,8 @@ def main() -> None:
         "bench": "train", "preset": args.preset, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": "bf16" if amp else "fp32", "compile": args.compile,
-        "low_precision_copies": bool(amp) and not args.plain_autocast, "max_tokens": args.max_tokens,
+        "low_precision_copies": bool(amp) and not args.plain_autocast, "batch_sort": args.batch_sort,
+        "max_tokens": args.max_tokens,
         "seconds": args.seconds,
         "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall),
         "tok_per_s_second_half": round(steady) if steady else None, "updates": end["updates"],

@@ -87,6 +87,7 @@ class TrainConfig:
     link_gbps: float = 80.0  # --simulate: the link between a worker and the server (or ring neighbours), Gb/s
     shards: int = 0  # parameter-server shards; 0 = one per device
     max_tokens: int = 4096
+    batch_sort: str = "target"  # how sentences are sorted into batches (data.batches.make_batches)
     lr: float = 7e-4
     warmup: int = 250
     clip_norm: float = 0.0

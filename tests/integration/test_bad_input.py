@@ -204,6 +204,9 @@ def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, 
     shutil.copytree(run_dir, run)
     result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--local-accum", "2")
     one_line_error(result, "saved with --local-accum 1, not 2")
+    # another sort makes another batch list, which the saved data position does not point into
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--batch-sort", "longest")
+    one_line_error(result, "saved with --batch-sort target, not longest")
 
 
 def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_path: Path):

@@ -109,6 +109,21 @@ def test_validation_searches_at_the_training_precision(synthetic_bin: Path, tmp_
     assert seen == [dtype]
 
 
+def test_the_trainers_streams_cut_batches_as_batch_sort_says(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    from async_nmt.data import batches
+    from async_nmt.train.trainer import Trainer
+
+    sorts = []
+    cut = batches.make_batches
+    monkeypatch.setattr(
+        batches, "make_batches", lambda *args, sort, **kwargs: sorts.append(sort) or cut(*args, sort=sort, **kwargs)
+    )
+    for sort in ("target", "longest"):
+        sorts.clear()
+        Trainer(micro_config(synthetic_bin, batch_sort=sort, workers=2, simulate=True), tmp_path / sort)
+        assert sorts == [sort, sort]  # each worker's stream
+
+
 def test_compile_is_applied_where_the_gradients_are_computed(synthetic_bin: Path, tmp_path: Path):
     from async_nmt.train.step import build_model
     from async_nmt.train.trainer import Trainer

@@ -38,15 +38,31 @@ class FakeSplit:
         self.tgt = FakeArray(rng.randint(1, 60, size=n), seed + 2)
 
 
-def test_batches_respect_the_token_budget_and_cover_every_sentence_once():
+@pytest.mark.parametrize("sort", ["target", "longest"])
+def test_batches_respect_the_token_budget_and_cover_every_sentence_once(sort):
     split = FakeSplit()
-    batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens=512, max_len=64)
+    batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens=512, max_len=64, sort=sort)
     seen = np.concatenate(batches)
     assert sorted(seen.tolist()) == list(range(len(split.src)))
     for rows in batches:
         b = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len=64)
         assert b.src.numel() <= 512 and b.prev_tgt.numel() <= 512
         assert b.src.shape[1] % 8 == 0 and b.prev_tgt.shape[1] % 8 == 0
+
+
+def test_sorting_by_the_longest_side_pads_less_when_the_sides_differ():
+    split = FakeSplit(n=2000)  # source and target lengths drawn independently: the sort matters most here
+    padding = {}
+    for sort in ("target", "longest"):
+        slots = real = 0
+        for rows in make_batches(split.src.lengths, split.tgt.lengths, max_tokens=2048, max_len=64, sort=sort):
+            b = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len=64)
+            slots += b.src.numel() + b.prev_tgt.numel()
+            real += int(b.src.ne(PAD_ID).sum()) + int(b.prev_tgt.ne(PAD_ID).sum())
+        padding[sort] = 1 - real / slots
+    assert padding["longest"] < padding["target"]
+    with pytest.raises(ValueError, match="sort"):
+        make_batches(split.src.lengths, split.tgt.lengths, max_tokens=2048, max_len=64, sort="source")
 
 
 def test_collate_adds_bos_eos_and_pads():

@@ -32,20 +32,36 @@ class Batch:
         )
 
 
-def _round_up(n: int) -> int:
+def _round_up(n: Any) -> Any:
+    """`n` (an int or an array of them) rounded up to a multiple of PAD_MULTIPLE."""
     return (n + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
 
 
-def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_len: int) -> list[np.ndarray]:
+SORTS = ("target", "longest")
+
+
+def make_batches(
+    src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_len: int, sort: str = "target"
+) -> list[np.ndarray]:
     """Group sentence indices so that every batch's padded size (rows x longest side) fits `max_tokens`.
 
-    Sentences are sorted by (target, source) length so that batches hold similar lengths. Lengths
-    count eos/bos and are capped at `max_len`. A batch with more than 8 rows holds a multiple of 8
-    (the last one excepted), which keeps the set of tensor shapes small.
+    Sentences are sorted so that batches hold similar lengths: `sort="target"` by (target, source)
+    length; `"longest"` by the longer side padded to 8 (what the budget counts), then the source padded to
+    8, then the target. On bible-de-en at 25,000 tokens, "target" leaves 37% of the source positions
+    padding and "longest" 12%, with 20.6k real target tokens a batch instead of 15.1k
+    (`scripts/batch_padding.py`); "target" stays the default until the demo and the convergence
+    experiment, which were measured with it, are rerun. Lengths count eos/bos and are capped at
+    `max_len`. A batch with more than 8 rows holds a multiple of 8 (the last one excepted), which keeps
+    the set of tensor shapes small.
     """
     src_len = np.minimum(src_lengths, max_len - 1) + 1
     tgt_len = np.minimum(tgt_lengths, max_len - 1) + 1
-    order = np.lexsort((src_len, tgt_len))
+    if sort == "target":
+        order = np.lexsort((src_len, tgt_len))
+    elif sort == "longest":
+        order = np.lexsort((tgt_len, _round_up(src_len), _round_up(np.maximum(src_len, tgt_len))))
+    else:
+        raise ValueError(f"sort: {sort!r} is not one of {SORTS}")
     padded = np.array([_round_up(n) for n in np.maximum(src_len, tgt_len)[order]])
     batches, start = [], 0
     while start < len(order):
@@ -96,11 +112,13 @@ class BatchStream:
     of that order, so workers see disjoint data. `state_dict()` is the position: (epoch, index).
     """
 
-    def __init__(self, split, max_tokens: int, max_len: int, seed: int, worker: int = 0, workers: int = 1):
+    def __init__(
+        self, split, max_tokens: int, max_len: int, seed: int, worker: int = 0, workers: int = 1, sort: str = "target"
+    ):
         self.split = split
         self.max_len = max_len
         self.seed = seed
-        self.batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens, max_len)
+        self.batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens, max_len, sort=sort)
         if len(self.batches) < workers:
             raise ValueError(f"{len(self.batches)} batches cannot feed {workers} workers")
         self.worker, self.workers = worker, workers

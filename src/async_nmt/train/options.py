@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from async_nmt.config import MODES, PRECISIONS, PRESETS, STALENESS_LRS, TRAIN_DEFAULTS, TrainConfig
+from async_nmt.data.batches import SORTS
 from async_nmt.errors import UserError
 
 OPTIONS = [
@@ -58,6 +59,11 @@ OPTIONS = [
                  "and real workers of every mode slower than 1 sleep after each batch (a straggler on purpose)."),
     click.option("--max-tokens", default=4096, show_default=True,
                  help="Token budget of a batch: rows x longest padded side."),
+    click.option("--batch-sort", type=click.Choice(SORTS), default="target", show_default=True,
+                 help="How sentences are sorted before they are cut into batches: target = by target, then "
+                 "source length; longest = by the longer side, then source, then target (less padding: "
+                 "on bible-de-en at 25,000 tokens 12% of source positions against 37%, and 37% more real "
+                 "tokens a batch)."),
     click.option("--lr", type=float, default=None,
                  help="Peak learning rate (default per preset: micro 2e-3, tiny, small and base 7e-4, big 5e-4)."),
     click.option("--warmup", type=int, default=None,

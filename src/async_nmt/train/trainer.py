@@ -62,7 +62,9 @@ class Trainer:
         self.model, self.flat = build_model(self.model_cfg, self.device, compiled=cfg.compile)
         train_split = load_split(bin_dir, "train")
         self.streams = [
-            BatchStream(train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, w, cfg.workers)
+            BatchStream(
+                train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, w, cfg.workers, cfg.batch_sort
+            )
             for w in range(cfg.workers)
         ]
         for stream in self.streams:
@@ -384,9 +386,9 @@ class Trainer:
             raise SystemExit(130) from None
 
 
-# the saved data positions depend on the first five, how pushes become updates on the others
-RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "seed", "local_accum", "staleness_lr", "sync_every",
-                "outer_lr", "outer_momentum")  # fmt: skip
+# the saved data positions depend on the first six, how pushes become updates on the others
+RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "batch_sort", "seed", "local_accum", "staleness_lr",
+                "sync_every", "outer_lr", "outer_momentum")  # fmt: skip
 
 
 def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:

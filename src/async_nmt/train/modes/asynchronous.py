@@ -110,7 +110,9 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     model, flat = build_model(setup.model_cfg, device, compiled=cfg.compile)  # here, where the compute is
     amp_dtype = amp_dtype_for(cfg.precision, device)
     split = load_split(Path(cfg.bin_dir), "train")
-    stream = BatchStream(split, cfg.max_tokens, setup.model_cfg.max_positions, cfg.seed, worker, cfg.workers)
+    stream = BatchStream(
+        split, cfg.max_tokens, setup.model_cfg.max_positions, cfg.seed, worker, cfg.workers, cfg.batch_sort
+    )
     stream.load_state_dict(setup.position)
     stream.pin = device.type == "cuda"
     first_shard = worker % len(server.shards)

@@ -306,7 +306,7 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     flat.data.copy_(params)
     amp_dtype = amp_dtype_for(cfg.precision, device)
     stream = BatchStream(load_split(Path(cfg.bin_dir), "train"), cfg.max_tokens, model_cfg.max_positions, cfg.seed,
-                         worker, cfg.workers)  # fmt: skip
+                         worker, cfg.workers, cfg.batch_sort)  # fmt: skip
     stream.load_state_dict(positions[worker])
     stream.pin = pinned
     speed = processes.EmulatedSpeed(cfg.worker_speeds[worker] if cfg.worker_speeds else 1.0, device)
