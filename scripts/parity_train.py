@@ -65,7 +65,8 @@ def bare_train(
             torch.nn.init.normal_(model.embed.weight, mean=0.0, std=mcfg.d_model**-0.5)
             model.embed.weight[PAD_ID].zero_()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1)
+    stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1,
+                         cfg.batch_sort)  # fmt: skip
     model.train()
     for update in range(1, cfg.max_updates + 1):
         batch = stream.next().to(device)

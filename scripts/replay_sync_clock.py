@@ -36,7 +36,7 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
         sys.exit(f"--worker-speeds: {len(speeds)} speeds for {cfg.workers} workers")
     events = read_events(run / "events.jsonl")
     split = load_split(bin_dir or Path(cfg.bin_dir), "train")
-    streams = [BatchStream(split, cfg.max_tokens, model.max_positions, cfg.seed, w, cfg.workers)
+    streams = [BatchStream(split, cfg.max_tokens, model.max_positions, cfg.seed, w, cfg.workers, cfg.batch_sort)
                for w in range(cfg.workers)]  # fmt: skip
     cfg.worker_speeds = speeds
     clock = PredictedClock()
