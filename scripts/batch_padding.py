@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from async_nmt.data.batches import SORTS, make_batches
+from async_nmt.data.batches import PAD_MULTIPLE, SORTS, make_batches
 from async_nmt.data.binarize import load_split
-
-PAD_MULTIPLE = 8
 
 
 def padding(src: np.ndarray, tgt: np.ndarray, batches: list[np.ndarray], max_len: int) -> dict:
