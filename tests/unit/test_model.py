@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
-from async_nmt.model.transformer import Transformer
+from async_nmt.model.transformer import Transformer, cpu_dropout
 
 CFG = ModelConfig(vocab_size=60, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=40)
 
@@ -136,6 +136,31 @@ def test_dropout_is_on_in_training_and_off_in_eval():
         assert torch.equal(model(src, prev), model(src, prev))
         model.train()
         assert not torch.equal(model(src, prev), model(src, prev))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_cpu_dropout_drops_at_rate_p_and_keeps_the_expectation(p):
+    x = torch.rand(1001, 999) + 0.5  # an odd element count: the last 64-bit draw is only partly used
+    torch.manual_seed(3)
+    y = cpu_dropout(x, p)
+    kept = y.ne(0)
+    n = x.numel()
+    assert abs(1 - kept.float().mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+    scale = 65536 / (65536 - round(p * 65536))
+    assert torch.allclose(y[kept], x[kept] * scale)
+    # the drops are spread over the tensor, not stuck to a lane of the four 16-bit numbers a draw gives
+    lanes = kept.reshape(-1)[: n - n % 4].view(-1, 4).float().mean(0)
+    assert (lanes - (1 - p)).abs().max() < 5 * (p * (1 - p) / (n / 4)) ** 0.5
+    torch.manual_seed(3)
+    assert torch.equal(cpu_dropout(x, p), y)  # the seed decides the mask
+
+
+def test_cpu_dropout_gradient_is_the_mask_times_the_scale():
+    x = torch.rand(37, 11, requires_grad=True)
+    y = cpu_dropout(x, 0.2)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.allclose(x.grad, g * y.detach() / x.detach())
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="bf16 autocast on CPU needs oneDNN")
