@@ -1,8 +1,10 @@
 """Translation speed: greedy and beam search with the incremental-decoding cache, and beam without it.
 
 Prints one JSON line: sentences/s and target tokens/s (eos excluded) of each, and the speedup of the cache
-for beam search (goal >= 3). `--precision auto` is bf16 where the device has it (the linear layers' weights
-cast once, as `nmt translate` does), else fp32.
+for beam search (goal >= 3). With --fixed-shapes also greedy and beam search as `nmt translate
+--cuda-graphs` runs them (CUDA graphs on a GPU), their speed-ups, and the cache's speed-up with them.
+`--precision auto` is bf16 where the device has it (the linear layers' weights cast once, as `nmt
+translate` does), else fp32.
     python scripts/bench_translate.py --preset tiny --sentences 200 --device cpu
 Without --run the model is a randomly initialised preset (fixed seed) that translates random source ids;
 it seldom picks eos, so outputs run to the length limit, a fixed amount of work.
@@ -57,6 +59,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument(
+        "--fixed-shapes",
+        action="store_true",
+        help="Also greedy and beam with fixed shapes: CUDA graphs on a GPU (nmt translate --cuda-graphs).",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     amp = amp_dtype_for(args.precision, device)
@@ -81,6 +88,17 @@ def main() -> None:
     greedy = speed(model, sources, beam=1, **common)
     beam = speed(model, sources, beam=args.beam, **common)
     beam_no_cache = speed(model, sources, beam=args.beam, use_cache=False, **common)
+    fixed = {}
+    if args.fixed_shapes:
+        greedy_fixed = speed(model, sources, beam=1, fixed_shapes=True, **common)
+        beam_fixed = speed(model, sources, beam=args.beam, fixed_shapes=True, **common)
+        fixed = {
+            "greedy_fixed_shapes_tok_per_s": round(greedy_fixed[1]),
+            "greedy_fixed_shapes_speedup": round(greedy_fixed[1] / greedy[1], 2),
+            "beam_fixed_shapes_tok_per_s": round(beam_fixed[1]),
+            "beam_fixed_shapes_speedup": round(beam_fixed[1] / beam[1], 2),
+            "cache_speedup_fixed_shapes": round(beam_fixed[0] / beam_no_cache[0], 2),
+        }
     print(json.dumps({
         "bench": "translate", "model": str(args.run) if args.run else f"random {args.preset}",
         "device": str(device), "precision": "bf16" if amp else "fp32",
@@ -88,6 +106,7 @@ def main() -> None:
         "greedy_sent_per_s": round(greedy[0], 2), "greedy_tok_per_s": round(greedy[1]),
         "beam_sent_per_s": round(beam[0], 2), "beam_tok_per_s": round(beam[1]),
         "beam_no_cache_sent_per_s": round(beam_no_cache[0], 2), "cache_speedup": round(beam[0] / beam_no_cache[0], 2),
+        **fixed,
         "torch": torch.__version__,
     }))  # fmt: skip
 

@@ -8,7 +8,7 @@
 #      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
 #      of that model on the test set's first SENTENCES lines, then `nmt translate` of the whole test set,
-#      greedy and beam 5, each timed from start-up to the last line, and its BLEU.
+#      greedy, beam 5 and greedy with --cuda-graphs, each timed from start-up to the last line, and its BLEU.
 # A dry run on the CPU checks the script itself:
 #   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
 set -uo pipefail
@@ -50,7 +50,7 @@ if [ "${COMPILE:-1}" = 1 ]; then  # the product loop with --compile (fewer opera
     --preset "${PRESETS%% *}" --device "$DEVICE" --seconds $((2 * SECONDS_EACH)) --max-tokens "$TOKENS" --compile
 fi
 step bench_translate 90 python3 scripts/bench_translate.py --preset "${PRESETS%% *}" --sentences "$SENTENCES" \
-  --device "$DEVICE" --max-tokens 16000
+  --device "$DEVICE" --max-tokens 16000 --fixed-shapes
 
 # the time-to-quality run (issue 8's settings), then the test set translated as a user would
 step train $((120 + RUN_TIME)) nmt train "$BIN" "$RUN" --force --quiet --preset "${PRESETS%% *}" --devices "$DEVICE" \
@@ -58,21 +58,28 @@ step train $((120 + RUN_TIME)) nmt train "$BIN" "$RUN" --force --quiet --preset 
   --valid-max-sentences 200
 cp "$RUN/events.jsonl" "$OUT/train-events.jsonl" 2>/dev/null
 step bench_translate_real 90 python3 scripts/bench_translate.py --run "$RUN" --input "$BIN/test.de" \
-  --sentences "$SENTENCES" --device "$DEVICE" --max-tokens 16000
-for beam in 1 5; do
+  --sentences "$SENTENCES" --device "$DEVICE" --max-tokens 16000 --fixed-shapes
+for search in beam1 beam5 beam1-graphs; do  # beam1-graphs: greedy with --cuda-graphs
+  beam=${search:4:1}
+  graphs=$([ "$search" = beam1-graphs ] && echo --cuda-graphs)
   start=$(date +%s.%N)
-  step "translate_beam$beam" 90 nmt translate "$RUN" --beam "$beam" --device "$DEVICE" --max-tokens 16000 \
-    -i "$BIN/test.de" -o "$OUT/test-beam$beam.en"
+  step "translate_$search" 90 nmt translate "$RUN" --beam "$beam" $graphs --device "$DEVICE" --max-tokens 16000 \
+    -i "$BIN/test.de" -o "$OUT/test-$search.en"
   seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
-  [ "$(wc -l 2>/dev/null <"$OUT/test-beam$beam.en")" = "$(wc -l <"$BIN/test.de")" ] || continue
-  nmt score "$OUT/test-beam$beam.en" "$BIN/test.en" --json >"$OUT/score-beam$beam.json" 2>/dev/null
-  python3 - "$OUT/score-beam$beam.json" "$beam" "$seconds" "$BIN/test.de" <<'EOF' | tee -a "$OUT/translate.jsonl"
+  [ "$(wc -l 2>/dev/null <"$OUT/test-$search.en")" = "$(wc -l <"$BIN/test.de")" ] || continue
+  nmt score "$OUT/test-$search.en" "$BIN/test.en" --json >"$OUT/score-$search.json" 2>/dev/null
+  python3 - "$OUT/score-$search.json" "$beam" "$seconds" "$BIN/test.de" "$graphs" <<'EOF' | tee -a "$OUT/translate.jsonl"
 import json, sys
 score, beam, seconds, source = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 lines = sum(1 for _ in open(source, encoding="utf-8"))
-print(json.dumps({"bench": "nmt translate", "beam": beam, "sentences": lines, "wall_s": seconds,
-                  "bleu": score["bleu"], "chrf": score["chrf"]}))
+print(json.dumps({"bench": "nmt translate", "beam": beam, "cuda_graphs": bool(sys.argv[5]), "sentences": lines,
+                  "wall_s": seconds, "bleu": score["bleu"], "chrf": score["chrf"]}))
 EOF
 done
+if cmp -s "$OUT/test-beam1.en" "$OUT/test-beam1-graphs.en"; then
+  echo "greedy outputs: the same with --cuda-graphs" | tee "$OUT/graphs-check.txt"
+else
+  echo "greedy outputs: DIFFER with --cuda-graphs" | tee "$OUT/graphs-check.txt"
+fi
 grep -h '^{' "$OUT"/bench_*.log "$OUT"/translate.jsonl >"$OUT/bench.jsonl" 2>/dev/null
 cat "$OUT/bench.jsonl"

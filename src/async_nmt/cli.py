@@ -215,6 +215,12 @@ def train_main() -> None:
     show_default=True,
     help="Search precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32.",
 )
+@click.option(
+    "--cuda-graphs",
+    is_flag=True,
+    help="Search with fixed shapes, each decoding step replayed as one CUDA graph on a GPU: finished "
+    "sentences stay in their batch until all of it ends. Same outputs; experimental, off until measured.",
+)
 def translate(
     model_path: Path,
     input_path: Path | None,
@@ -228,6 +234,7 @@ def translate(
     average: int,
     device: str | None,
     precision: str,
+    cuda_graphs: bool,
 ) -> None:
     """Translate lines from stdin (or --input) with the model of RUN_OR_CHECKPOINT, in input order."""
     from async_nmt.translate import translate_file
@@ -245,6 +252,7 @@ def translate(
         average=average,
         device=device,
         precision=precision,  # type: ignore[arg-type]
+        cuda_graphs=cuda_graphs,
     )
 
 

@@ -51,9 +51,10 @@ def translate_lines(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    fixed_shapes: bool = False,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
-    `amp_dtype` autocasts the search (None: fp32)."""
+    `amp_dtype` autocasts the search (None: fp32); `fixed_shapes`: see `search.beam_search`."""
     outputs = [""] * len(lines)
     todo = [i for i, line in enumerate(lines) if line.strip()]
     if not todo:
@@ -69,6 +70,7 @@ def translate_lines(
         device=device,
         amp_dtype=amp_dtype,
         progress=progress,
+        fixed_shapes=fixed_shapes,
     )
     for i, text in zip(todo, sp.decode(hyps), strict=True):
         outputs[i] = text
@@ -88,6 +90,7 @@ def translate_ids(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     use_cache: bool = True,
+    fixed_shapes: bool = False,
 ) -> list[list[int]]:
     """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore."""
     cfg = model.cfg
@@ -121,7 +124,7 @@ def translate_ids(
                     src = src.pin_memory()
                 src = src.to(device, non_blocking=True)
                 kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
-                              amp_dtype=amp_dtype)  # fmt: skip
+                              amp_dtype=amp_dtype, fixed_shapes=fixed_shapes)  # fmt: skip
                 for i, hyp in zip(batch, generate(model, src, beam, **kwargs), strict=True):
                     outputs[i] = hyp
                 bar.update(len(batch))
@@ -177,9 +180,11 @@ def translate_file(
     average: int = 0,
     device: str | None = None,
     precision: Precision = "auto",
+    cuda_graphs: bool = False,
 ) -> None:
     """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None);
-    `max_tokens` None: `default_max_tokens` of the device."""
+    `max_tokens` None: `default_max_tokens` of the device; `cuda_graphs`: search with fixed shapes
+    (`search.greedy_search`, `search.beam_search`), which on CUDA replays each step as a CUDA graph."""
     torch_device = resolve_device(device)
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
@@ -205,6 +210,7 @@ def translate_file(
         max_tokens=max_tokens,
         amp_dtype=amp_dtype,
         progress=True,
+        fixed_shapes=cuda_graphs,
     )
     text = "".join(hyp + "\n" for hyp in hyps)
     if output_path is None:

@@ -182,3 +182,27 @@ def test_the_search_reads_the_device_once_in_check_every_steps(monkeypatch, beam
     generate(MODEL, SRC, beam, max_len_a=0, max_len_b=30, check_every=8)
     checks = math.ceil(len(steps) / 8)
     assert len(steps) >= 24 and len(reads) <= 1 + 3 * checks < len(steps)  # 3 reads at a check at most
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("check_every", [1, 8])
+def test_search_with_fixed_shapes_equals_search(amp_dtype, check_every: int):
+    # no row leaves the batch, and the cache is written and reordered in place at a position held on the
+    # device; on CUDA every step after the first is a CUDA graph replay
+    for beam, lenpen in [(1, 1.0), (2, 1.0), (5, 1.0), (4, 0.0), (3, 2.0)]:
+        for src in (SRC, make_src([4, 30, 2, 11], seed=5), SRC[:1]):
+            kwargs = dict(lenpen=lenpen, amp_dtype=amp_dtype, check_every=check_every)
+            assert generate(MODEL, src, beam, fixed_shapes=True, **kwargs) == generate(MODEL, src, beam, **kwargs)
+        short = dict(lenpen=lenpen, max_len_a=0, max_len_b=3)
+        assert generate(MODEL, SRC, beam, fixed_shapes=True, **short) == generate(MODEL, SRC, beam, **short)
+
+
+def test_decode_step_gives_the_logits_of_a_full_decode():
+    src, prev = SRC[:3], make_src([6, 6, 6], seed=7)[:, :6]
+    with torch.inference_mode():
+        enc = MODEL.encode(src)
+        full = MODEL.decode(prev, enc)
+        cache = MODEL.fixed_cache(10, DEVICE)
+        steps = torch.stack([MODEL.decode_step(prev[:, i : i + 1], enc, cache) for i in range(6)], 1)
+    assert int(cache["position"]) == 6
+    assert torch.allclose(steps, full, atol=1e-5)

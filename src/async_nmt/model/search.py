@@ -1,7 +1,8 @@
 """Greedy and beam search over a batch of source sentences, with incremental (cached) decoding.
 
 Both searches drop a sentence from the batch as soon as it is finished, so one long sentence does not keep
-the whole batch decoding. Outputs are token ids without bos and eos. A sentence of n source tokens (eos
+the whole batch decoding; with `fixed_shapes` they keep it, so that every step has the same shapes and a
+CUDA graph can replay it. Outputs are token ids without bos and eos. A sentence of n source tokens (eos
 and pads excluded) gets at most `max_len_a * n + max_len_b` output tokens (capped by the model's
 positions); at that length eos is forced.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -63,9 +65,14 @@ def _at_max_len(min_limit: int, limits: Tensor, step: int) -> Tensor | None:
 
 def _next_log_probs(model: Transformer, tokens: Tensor, enc, cache: dict | None, at_max_len: Tensor | None) -> Tensor:
     """Log-probabilities [N, V] of the next token after each row of `tokens` (which starts with bos)."""
-    cfg = model.cfg
     prev = tokens[:, -1:] if cache is not None else tokens
-    logits = model.decode(prev, enc, cache, last_only=True)[:, -1].float()
+    return _mask_next(model, model.decode(prev, enc, cache, last_only=True)[:, -1].float(), at_max_len)
+
+
+def _mask_next(model: Transformer, logits: Tensor, at_max_len: Tensor | None) -> Tensor:
+    """Log-probabilities from next-token `logits` [N, V] (float): never pad or bos, and only eos for the
+    rows `at_max_len`."""
+    cfg = model.cfg
     logits[:, cfg.pad_id] = -math.inf
     logits[:, cfg.bos_id] = -math.inf
     if at_max_len is not None:  # rows at their length limit may only end
@@ -79,6 +86,55 @@ def _until_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
+def _replayable(step: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`step` run once, then, on CUDA, captured as a CUDA graph: the function returned replays it, one
+    launch for the step's hundreds of kernels. The step must only read and write tensors that outlive it,
+    at fixed addresses. Elsewhere the function returned is `step`."""
+    if device.type != "cuda":
+        step()
+        return step
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # the first step runs for real, allocating what the step keeps
+        step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # records the second step; replay() runs it
+        step()
+    return graph.replay
+
+
+def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], check_every: int) -> list[list[int]]:
+    """Greedy search in which no row leaves the batch: a finished sentence goes on decoding (its tokens are
+    ignored) until every sentence has ended. Each step is `Transformer.decode_step` and the choice of the
+    next token, with fixed shapes and the step index on the device, so that on CUDA one graph replays it
+    (`_replayable`). The outputs are those of the cached `greedy_search`."""
+    cfg = model.cfg
+    device = src.device
+    steps = max(limits) + 1
+    enc = model.encode(src)
+    cache = model.fixed_cache(steps, device)
+    tokens = torch.full((src.size(0), steps + 1), cfg.eos_id, dtype=torch.long, device=device)
+    tokens[:, 0] = cfg.bos_id
+    ended = torch.zeros(src.size(0), dtype=torch.bool, device=device)
+    row_limits = torch.tensor(limits, device=device)
+    position = cache["position"]
+
+    def step() -> None:
+        at_max_len = row_limits.le(position)
+        logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
+        next_tokens = _mask_next(model, logits, at_max_len).argmax(-1).masked_fill_(ended, cfg.eos_id)
+        tokens.index_copy_(1, position, next_tokens[:, None])  # decode_step has moved position on
+        ended.logical_or_(next_tokens.eq(cfg.eos_id))
+
+    replay = _replayable(step, device)
+    for done in range(1, steps):
+        if done % check_every == 0 and bool(ended.all()):
+            break
+        replay()
+    return [_until_eos(ids, cfg.eos_id) for ids in tokens[:, 1:].tolist()]
+
+
 def greedy_search(
     model: Transformer,
     src: Tensor,
@@ -87,17 +143,23 @@ def greedy_search(
     use_cache: bool = True,
     amp_dtype: torch.dtype | None = None,
     check_every: int | None = None,
+    fixed_shapes: bool = False,
 ) -> list[list[int]]:
     """The most probable next token at each step, for each sentence of `src` [B, S].
 
     Which rows have ended stays on the device; it is read back every `check_every` steps (default: by
-    device, `check_every_for`), when the ended rows leave the batch.
+    device, `check_every_for`), when the ended rows leave the batch. With `fixed_shapes` (and the cache),
+    no row leaves it, and on CUDA every step after the first is one CUDA graph replay
+    (`_greedy_fixed_shapes`).
     """
     cfg = model.cfg
     if src.size(0) == 0:
         return []
     device = src.device
     check_every = check_every or check_every_for(device)
+    if fixed_shapes and use_cache:
+        with _inference(src, amp_dtype):
+            return _greedy_fixed_shapes(model, src, max_lengths(model, src, max_len_a, max_len_b), check_every)
     with _inference(src, amp_dtype):
         limits = max_lengths(model, src, max_len_a, max_len_b)
         steps = max(limits) + 1
@@ -136,6 +198,72 @@ def greedy_search(
     return outputs
 
 
+def _beam_fixed_shapes(
+    model: Transformer, src: Tensor, beam: int, lenpen: float, limits: list[int], check_every: int
+) -> list[list[int]]:
+    """`beam_search` in which no sentence leaves the batch: a done sentence takes no more finished
+    hypotheses and its beams go on unread, until every sentence is done. Each step (`decode_step`, the
+    choice of candidates, the finished hypotheses, the reordering of beams and cache in place) has fixed
+    shapes and the step index on the device, so that on CUDA one graph replays it (`_replayable`)."""
+    cfg = model.cfg
+    K, B, device = beam, src.size(0), src.device
+    steps = max(limits) + 1
+    enc = model.reorder_encoder_out(model.encode(src), torch.arange(B, device=device).repeat_interleave(K))
+    cache = model.fixed_cache(steps, device)
+    position = cache["position"]
+    tokens = torch.full((B * K, steps + 1), cfg.bos_id, dtype=torch.long, device=device)
+    scores = torch.full((B, K), -math.inf, device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
+    fin_scores = torch.full((B, K + 1), -math.inf, device=device)  # slot K: a sink, as in beam_search
+    fin_tokens = torch.full((B, K + 1, steps), cfg.eos_id, dtype=torch.long, device=device)
+    fin_count = torch.zeros(B, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    sent_limits = torch.tensor(limits, device=device)
+    columns = torch.arange(steps, device=device)
+    candidate_index = torch.arange(2 * K, device=device)
+    first_rows = torch.arange(B, device=device)[:, None] * K
+
+    def step() -> None:
+        at_max_len = sent_limits.le(position)
+        length = (position + 1).float().pow(lenpen)
+        write_at = position + 1
+        history_cols = columns.lt(position)
+        logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
+        lprobs = _mask_next(model, logits, at_max_len.repeat_interleave(K))
+        V = lprobs.size(1)
+        candidates = (scores[:, :, None] + lprobs.view(B, K, V)).view(B, K * V)
+        top_scores, top_index = candidates.topk(2 * K, dim=1)
+        beam_of, token_of = top_index // V, top_index % V
+        is_eos = token_of.eq(cfg.eos_id)
+
+        eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite() & ~done[:, None]
+        rank = fin_count[:, None] + eos_first.long().cumsum(1) - 1
+        slot = torch.where(eos_first & (rank < K), rank, K)
+        fin_scores.scatter_(1, slot, top_scores[:, :K] / length)
+        history = tokens.view(B, K, -1)[:, :, 1:].gather(1, beam_of[:, :K, None].expand(-1, -1, steps))
+        history = torch.where(history_cols, history, cfg.eos_id)
+        fin_tokens.scatter_(1, slot[:, :, None].expand(-1, -1, steps), history)
+        fin_count.add_(slot.lt(K).sum(1))
+        done.logical_or_(fin_count.ge(K) | at_max_len)
+
+        order = is_eos.long() * (2 * K) + candidate_index
+        live = order.topk(K, dim=1, largest=False).indices
+        live_rows = (first_rows + beam_of.gather(1, live)).view(-1)
+        scores.copy_(top_scores.gather(1, live))
+        tokens.copy_(tokens.index_select(0, live_rows))
+        tokens.index_copy_(1, write_at, token_of.gather(1, live).view(-1, 1))
+        model.reorder_cache(cache, live_rows, cross=False)
+
+    replay = _replayable(step, device)
+    for taken in range(1, steps):
+        if taken % check_every == 0 and bool(done.all()):
+            break
+        replay()
+    best = fin_scores[:, :K].argmax(1)
+    ids = fin_tokens[torch.arange(B, device=device), best].tolist()
+    return [_until_eos(hyp, cfg.eos_id) if count else [] for hyp, count in zip(ids, fin_count.tolist(), strict=True)]
+
+
 def beam_search(
     model: Transformer,
     src: Tensor,
@@ -146,6 +274,7 @@ def beam_search(
     use_cache: bool = True,
     amp_dtype: torch.dtype | None = None,
     check_every: int | None = None,
+    fixed_shapes: bool = False,
 ) -> list[list[int]]:
     """Beam search, fairseq-style: of the 2*beam best candidates of a sentence, eos candidates among the
     first `beam` become finished hypotheses (scored log-prob / length**lenpen, eos counted), and the first
@@ -154,7 +283,9 @@ def beam_search(
 
     The finished hypotheses are kept on the device, in `beam` slots a sentence (and one more that takes
     the hypotheses that do not fit); which sentences are done is read back every `check_every` steps
-    (default: by device, `check_every_for`), when they leave the batch.
+    (default: by device, `check_every_for`), when they leave the batch. With `fixed_shapes` (and the
+    cache), none leaves it, and on CUDA every step after the first is one CUDA graph replay
+    (`_beam_fixed_shapes`).
     """
     cfg = model.cfg
     K = beam
@@ -162,6 +293,10 @@ def beam_search(
         return []
     device = src.device
     check_every = check_every or check_every_for(device)
+    if fixed_shapes and use_cache:
+        with _inference(src, amp_dtype):
+            limits = max_lengths(model, src, max_len_a, max_len_b)
+            return _beam_fixed_shapes(model, src, beam, lenpen, limits, check_every)
     with _inference(src, amp_dtype):
         B = src.size(0)
         limits = max_lengths(model, src, max_len_a, max_len_b)

@@ -3,6 +3,7 @@
 Inputs are right-padded with `cfg.pad_id`. `forward(src, prev_tgt)` is the training path; `encode` and
 `decode(..., cache)` are the inference path, where the cache holds each decoder layer's self-attention keys
 and values (growing by one position a step) and its cross-attention keys and values (computed once).
+`decode_step(..., fixed_cache)` is the same step with fixed shapes, for CUDA graphs (`FixedCache`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,34 @@ class Linear(nn.Linear):
         return super().forward(x)
 
 
+class FixedCache:
+    """Self-attention keys and values of one decoder layer for `length` positions, allocated once, with the
+    position being decoded held on the device (`Transformer.decode_step`). A step then has the same shapes
+    and reads nothing back to the host, as a CUDA graph needs: its keys and values are written at the
+    position, and the query attends to every position with the later ones masked out."""
+
+    def __init__(self, length: int, position: Tensor):
+        self.length = length
+        self.position = position  # [1], shared by the layers
+        self.visible: Tensor | None = None  # [1, 1, 1, length], set by decode_step
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.k is None:  # the first step, before any capture: [B, H, length, Dh] in the step's dtype
+            self.k = k.new_zeros(*k.shape[:2], self.length, k.size(3))
+            self.v = torch.zeros_like(self.k)
+        self.k.index_copy_(2, self.position, k)
+        self.v.index_copy_(2, self.position, v)
+        return attend(q, self.k, self.v, self.visible)
+
+    def reorder_(self, index: Tensor) -> None:
+        """Keep rows `index` (as many as there are rows), in place: the buffers stay where they are."""
+        if self.k is not None:
+            self.k.copy_(self.k.index_select(0, index))
+            self.v.copy_(self.v.index_select(0, index))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -99,6 +128,8 @@ class SelfAttention(nn.Module):
         B, T, D = x.shape
         # [B, T, 3, H, Dh] -> three [B, H, T, Dh] views; SDPA takes the strides as they are.
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if isinstance(cache, FixedCache):
+            return self.out(cache.attend(q, k, v).transpose(1, 2).reshape(B, T, D))
         if cache is not None:
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -266,6 +297,26 @@ class Transformer(nn.Module):
         states = self.decoder_states(prev_tgt, enc, cache)
         return self.project(states[:, -1:] if last_only else states)
 
+    def fixed_cache(self, length: int, device: torch.device) -> Cache:
+        """A cache for `decode_step`: the decoder layers' `FixedCache`s for `length` positions (their
+        cross-attention keys and values come at the first step), and the position, 0."""
+        position = torch.zeros(1, dtype=torch.long, device=device)
+        layers = [{"self": FixedCache(length, position), "cross": {}} for _ in self.decoder]
+        return {"position": position, "positions": torch.arange(length, device=device), "layers": layers}
+
+    def decode_step(self, tokens: Tensor, enc: EncoderOut, cache: Cache) -> Tensor:
+        """Logits [B, V] of the next token after `tokens` [B, 1], the tokens at `cache["position"]` of a
+        `fixed_cache`; the position then moves on by one. Every shape is fixed and nothing is read back to
+        the host, so that a CUDA graph can capture the step once its first call has run."""
+        position = cache["position"]
+        visible = cache["positions"].le(position)[None, None, None, :]
+        x = self.embed(tokens) * self.embed_scale + self.positions.index_select(0, position)
+        for layer, layer_cache in zip(self.decoder, cache["layers"], strict=True):
+            layer_cache["self"].visible = visible
+            x = layer(x, enc, layer_cache)
+        position.add_(1)
+        return self.project(self.decoder_norm(x))[:, -1]
+
     @staticmethod
     def new_cache() -> Cache:
         return {}
@@ -279,7 +330,9 @@ class Transformer(nn.Module):
         """
         for layer_cache in cache.get("layers", []):
             for name, kv in layer_cache.items():
-                if name == "self" or cross:
+                if isinstance(kv, FixedCache):
+                    kv.reorder_(index)
+                elif name == "self" or cross:
                     for key in kv:
                         kv[key] = kv[key].index_select(0, index)
         return cache
