@@ -155,6 +155,15 @@ def test_cpu_dropout_drops_at_rate_p_and_keeps_the_expectation(p):
     assert torch.equal(cpu_dropout(x, p), y)  # the seed decides the mask
 
 
+def test_cpu_dropout_in_bf16_scales_kept_elements_as_in_fp32():
+    x = torch.rand(64, 64) + 0.5
+    torch.manual_seed(4)
+    ref = cpu_dropout(x, 0.1)
+    torch.manual_seed(4)
+    low = cpu_dropout(x.bfloat16(), 0.1)
+    assert torch.equal(low, (x.bfloat16().float() * ref.ne(0) * (65536 / (65536 - 6554))).bfloat16())
+
+
 def test_cpu_dropout_gradient_is_the_mask_times_the_scale():
     x = torch.rand(37, 11, requires_grad=True)
     y = cpu_dropout(x, 0.2)
