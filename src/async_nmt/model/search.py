@@ -86,6 +86,17 @@ def _until_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
+def _run_steps(step: Callable[[], object], steps: int, finished: Tensor, check_every: int) -> None:
+    """Run `step` up to `steps` times, reading `finished` [N] back every `check_every` steps and stopping
+    once it is all true. On CUDA the first step runs as it is and the rest replay it as one CUDA graph
+    (`_replayable`)."""
+    replay = _replayable(step, finished.device)
+    for taken in range(1, steps):
+        if taken % check_every == 0 and bool(finished.all()):
+            break
+        replay()
+
+
 def _replayable(step: Callable[[], object], device: torch.device) -> Callable[[], object]:
     """`step` run once, then, on CUDA, captured as a CUDA graph: the function returned replays it, one
     launch for the step's hundreds of kernels. The step must only read and write tensors that outlive it,
@@ -108,7 +119,7 @@ def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], che
     """Greedy search in which no row leaves the batch: a finished sentence goes on decoding (its tokens are
     ignored) until every sentence has ended. Each step is `Transformer.decode_step` and the choice of the
     next token, with fixed shapes and the step index on the device, so that on CUDA one graph replays it
-    (`_replayable`). The outputs are those of the cached `greedy_search`."""
+    (`_run_steps`). The outputs are those of the cached `greedy_search`."""
     cfg = model.cfg
     device = src.device
     steps = max(limits) + 1
@@ -127,11 +138,7 @@ def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], che
         tokens.index_copy_(1, position, next_tokens[:, None])  # decode_step has moved position on
         ended.logical_or_(next_tokens.eq(cfg.eos_id))
 
-    replay = _replayable(step, device)
-    for done in range(1, steps):
-        if done % check_every == 0 and bool(ended.all()):
-            break
-        replay()
+    _run_steps(step, steps, ended, check_every)
     return [_until_eos(ids, cfg.eos_id) for ids in tokens[:, 1:].tolist()]
 
 
@@ -204,7 +211,7 @@ def _beam_fixed_shapes(
     """`beam_search` in which no sentence leaves the batch: a done sentence takes no more finished
     hypotheses and its beams go on unread, until every sentence is done. Each step (`decode_step`, the
     choice of candidates, the finished hypotheses, the reordering of beams and cache in place) has fixed
-    shapes and the step index on the device, so that on CUDA one graph replays it (`_replayable`)."""
+    shapes and the step index on the device, so that on CUDA one graph replays it (`_run_steps`)."""
     cfg = model.cfg
     K, B, device = beam, src.size(0), src.device
     steps = max(limits) + 1
@@ -254,11 +261,7 @@ def _beam_fixed_shapes(
         tokens.index_copy_(1, write_at, token_of.gather(1, live).view(-1, 1))
         model.reorder_cache(cache, live_rows, cross=False)
 
-    replay = _replayable(step, device)
-    for taken in range(1, steps):
-        if taken % check_every == 0 and bool(done.all()):
-            break
-        replay()
+    _run_steps(step, steps, done, check_every)
     best = fin_scores[:, :K].argmax(1)
     ids = fin_tokens[torch.arange(B, device=device), best].tolist()
     return [_until_eos(hyp, cfg.eos_id) if count else [] for hyp, count in zip(ids, fin_count.tolist(), strict=True)]
