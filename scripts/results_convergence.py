@@ -5,7 +5,8 @@ scripts/experiment_convergence.sh) and prints markdown:
 - per configuration, the mean and sample standard deviation over seeds of the best and final valid BLEU,
   the test BLEU (beam 5) of the best checkpoint and of the average of the last 5, and the tokens trained;
 - the differences the findings rest on, paired by seed: (a) async - sync, (c) async-accum 4 - sync,
-  --staleness-lr inverse - async, and what averaging adds in each configuration;
+  --staleness-lr inverse - async, (b) async --local-accum 4 against async and async-accum 4, DiLoCo and local
+  SGD - sync, and what averaging adds in each configuration;
 - time to the target on the predicted clock, in three races: 4 equal devices, speeds 1,1,1,0.8 and a
   straggler at 0.5 (each against the sync run with the same speeds); and the equal-device race again
   with the clock re-priced for 1 Gb/s links (`nmt report --link-gbps`).
@@ -35,8 +36,8 @@ LABELS = {  # every configuration of the experiment, in the order of the tables
     "accum4": "async-accum 4",
     "async-inverse": "async, --staleness-lr inverse",
     "async-local4": "async, --local-accum 4",
-    "diloco-h10": "diloco H=10",
-    "diloco-h100": "diloco H=100",
+    "diloco-h10": "DiLoCo H=10",
+    "diloco-h100": "DiLoCo H=100",
     "localsgd-h10": "local SGD H=10",
     "sync-spread": "sync, speeds 1,1,1,0.8",
     "accum4-spread": "async-accum 4, speeds 1,1,1,0.8",
@@ -58,6 +59,9 @@ PAIRS = [  # (what, configuration, minus configuration)
     ("--staleness-lr inverse minus plain async", "async-inverse", "async"),
     ("(b) async --local-accum 4 minus async", "async-local4", "async"),
     ("(b) async --local-accum 4 minus async-accum 4", "async-local4", "accum4"),
+    ("DiLoCo H=10 minus sync", "diloco-h10", "sync"),
+    ("DiLoCo H=100 minus sync", "diloco-h100", "sync"),
+    ("local SGD H=10 minus sync", "localsgd-h10", "sync"),
 ]
 TARGET_SHARE = 0.95  # of sync's mean best valid BLEU, fixed before the runs
 SLOW_LINK_GBPS = 1.0
