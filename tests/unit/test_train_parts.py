@@ -172,6 +172,24 @@ def test_a_training_step_never_reads_a_number_back_from_the_device(monkeypatch):
     assert stats.tokens == batch.tokens and flat.grad.abs().sum() > 0
 
 
+def test_a_training_step_after_validation_trains_with_dropout_again():
+    """train_step switches the model to training mode only when it is not in it (train() walks every
+    module); after eval_step it must: the same batch then gives different losses, dropout being on."""
+    from async_nmt.train.step import eval_step
+
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.3))
+    flatten_parameters(model)
+    src, tgt = torch.randint(4, 100, (3, 8)), torch.randint(4, 100, (3, 6))
+    batch = collate([s.numpy()[:-1] for s in src], [t.numpy()[:-1] for t in tgt], max_len=64)
+    train_step(model, batch, 0.0, None)
+    evaluated = [float(eval_step(model, batch, None).nll) for _ in range(2)]
+    assert evaluated[0] == evaluated[1] and not any(m.training for m in model.modules())
+    trained = [float(train_step(model, batch, 0.0, None).nll) for _ in range(2)]
+    assert all(m.training for m in model.modules())
+    assert trained[0] != trained[1] and evaluated[0] not in trained
+
+
 def test_flat_adam_matches_torch_adam():
     torch.manual_seed(0)
     p = torch.randn(50)
