@@ -7,7 +7,11 @@ bandwidth, so the same run times a plain copy of the vector (`copy_ms`, and its 
 `--transport gloo` times the torch.distributed server of the async modes on torchrun (`modes/remote.py`)
 instead: two processes on this machine over gloo, rank 0 serving with the same code a run uses, rank 1
 pushing as a worker does (header + gradient, then the answer + parameters) and timing each update as
-the worker waits for it. `--transport both` runs both and adds their ratio. Prints one JSON line.
+the worker waits for it. `--transport both` runs both and adds their ratio. With a CUDA `--device` both
+ranks keep their parameters on it, as a GPU run does: the server's Adam runs there, and the worker's
+gradient and parameters go through pinned host buffers, their copies timed with the update. (NCCL cannot
+serve here: its receives name their source, where the server takes whichever push comes first; and it
+refuses two ranks on one GPU, so a one-GPU machine cannot time it.) Prints one JSON line.
     python scripts/bench_paramserver.py --device cpu --transport both
     python scripts/bench_paramserver.py --device cuda:0 --shards 1
 """
@@ -52,14 +56,15 @@ class _Position:
         pass
 
 
-def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results: dict) -> None:
-    """Rank 0: the torchrun server's own code (RemoteWorkers). Rank 1: a worker's messages, timed."""
+def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results: dict, device: str) -> None:
+    """Rank 0: the torchrun server's own code (RemoteWorkers). Rank 1: a worker's messages, timed, with its
+    gradient and parameters on `device` as `remote._work` has them (through pinned buffers on a GPU)."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     pushes = (2 + repeat) * accum
     if rank == 0:
-        server = ParamServer(torch.randn(numel), accum, 1e-4, 100)
+        server = ParamServer(torch.randn(numel, device=device), accum, 1e-4, 100)
         workers = remote.RemoteWorkers(SimpleNamespace(world=2, streams=[_Position()]), server)  # type: ignore[arg-type]
         workers.heard = {r: (-1, time.monotonic()) for r in workers.ranks}  # as start() does, without its setup
         for _ in range(pushes):
@@ -68,7 +73,9 @@ def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results
         stop, ended = threading.Event(), threading.Event()
         threading.Thread(target=remote._heartbeat, args=(dist.distributed_c10d._get_default_store(), 1, stop, ended),
                          daemon=True).start()  # fmt: skip
-        grad, params = torch.randn(numel), torch.empty(numel)
+        pinned = device.startswith("cuda")
+        flat_grad, flat = torch.randn(numel, device=device), torch.empty(numel, device=device)
+        grad, params = torch.empty(numel, pin_memory=pinned), torch.empty(numel, pin_memory=pinned)
         header, reply = torch.zeros(8, dtype=torch.float64), torch.empty(2, dtype=torch.int64)
         header[remote.TOKENS] = 1
         times = []
@@ -76,9 +83,13 @@ def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results
             if push % accum == 0:
                 start = time.perf_counter()
             dist.send(header, dst=0, tag=remote.HEADER)
+            grad.copy_(flat_grad)
             dist.send(grad, dst=0, tag=remote.GRAD)
             dist.recv(reply, src=0, tag=remote.REPLY)
             dist.recv(params, src=0, tag=remote.PARAMS)
+            flat.copy_(params, non_blocking=pinned)
+            if pinned:
+                torch.cuda.synchronize(device)
             if push % accum == accum - 1:
                 times.append((time.perf_counter() - start) * 1e3)
         stop.set()
@@ -87,10 +98,10 @@ def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results
     dist.destroy_process_group()
 
 
-def bench_gloo(numel: int, accums: list[int], repeat: int) -> dict:
+def bench_gloo(numel: int, accums: list[int], repeat: int, device: torch.device) -> dict:
     results = mp.Manager().dict()
     for accum in accums:
-        mp.spawn(gloo_rank, args=(numel, accum, repeat, free_port(), results), nprocs=2)
+        mp.spawn(gloo_rank, args=(numel, accum, repeat, free_port(), results, str(device)), nprocs=2)
     # a worker pulls the parameters after each of its pushes: an update of N pushes carries N pulls here
     return {f"accum{a}": {"update_ms": round(results[a], 3), "pulls": a} for a in accums}
 
@@ -119,7 +130,7 @@ def main() -> None:
 
     accums = sorted({1, args.accum})
     if args.transport in ("gloo", "both"):
-        result["gloo"] = bench_gloo(args.numel, accums, args.repeat)
+        result["gloo"] = bench_gloo(args.numel, accums, args.repeat, device)
     if args.transport == "gloo":
         print(json.dumps(result))
         return
