@@ -8,7 +8,8 @@
 #      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
 #      of that model on the test set's first SENTENCES lines, then `nmt translate` of the whole test set,
-#      greedy, beam 5 and greedy with --cuda-graphs, each timed from start-up to the last line, and its BLEU.
+#      greedy, beam 5 and greedy with --cuda-graphs, each timed from start-up to the last line, and its BLEU;
+#      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch).
 # A dry run on the CPU checks the script itself:
 #   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
 set -uo pipefail
@@ -81,5 +82,7 @@ if cmp -s "$OUT/test-beam1.en" "$OUT/test-beam1-graphs.en"; then
 else
   echo "greedy outputs: DIFFER with --cuda-graphs" | tee "$OUT/graphs-check.txt"
 fi
+# where the greedy command's wall time goes: start-up stages, first batch, the rest
+step bench_startup 60 python3 scripts/bench_startup.py "$RUN" --input "$BIN/test.de" --device "$DEVICE" --beam 1
 grep -h '^{' "$OUT"/bench_*.log "$OUT"/translate.jsonl >"$OUT/bench.jsonl" 2>/dev/null
 cat "$OUT/bench.jsonl"

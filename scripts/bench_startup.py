@@ -1,0 +1,79 @@
+"""Where `nmt translate`'s wall time goes, start-up included: one JSON line of seconds per stage.
+
+Issue 8 asks for the 1,007-sentence bible-de-en test set in under 5 s on a GPU, start-up included, and
+on an H200 `nmt translate` took 6.0 s greedy where the search itself ran at about 750 sentences/s: most of
+the time was start-up. This runs the stages of `translate_file` one by one, in a fresh interpreter as the
+command does, and times each: importing torch, importing the CLI, the device's first use (on a GPU the
+CUDA context), loading and casting the model, reading and encoding the input, the first batch of 8
+sentences (first kernels, cuBLAS and attention set-up), the rest, and writing nothing.
+
+    python scripts/bench_startup.py demo/run --input demo/bin/test.de --device cuda:0 --beam 1
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+TORCH = time.perf_counter()
+
+import async_nmt.cli  # noqa: E402, F401  (what `nmt` imports before it runs a command)
+from async_nmt.devices import amp_dtype_for, resolve_device  # noqa: E402
+from async_nmt.model.checkpoint import load_model  # noqa: E402
+from async_nmt.model.search import cast_for_search  # noqa: E402
+from async_nmt.translate import default_max_tokens, read_lines, translate_lines  # noqa: E402
+
+CLI = time.perf_counter()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="A run folder or checkpoint.")
+    parser.add_argument("--input", type=Path, required=True)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--cuda-graphs", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+
+    def sync() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    marks = {"import_torch": TORCH, "import_cli": CLI}
+    torch.empty(1, device=device)
+    marks["device_first_use"] = sync()
+    model, sp = load_model(args.run, "best", device)
+    amp = amp_dtype_for("auto", device)
+    cast_for_search(model, amp)
+    marks["load_model"] = sync()
+    lines = read_lines(args.input)
+    sp.encode(lines)  # as translate_lines does, timed apart
+    marks["read_and_encode"] = time.perf_counter()
+    options = dict(beam=args.beam, max_tokens=args.max_tokens or default_max_tokens(device), amp_dtype=amp,
+                   fixed_shapes=args.cuda_graphs)  # fmt: skip
+    translate_lines(model, sp, lines[:8], **options)
+    marks["first_8_sentences"] = sync()
+    translate_lines(model, sp, lines, **options)
+    marks["all_sentences"] = sync()
+    seconds, last = {}, START
+    for stage, mark in marks.items():
+        seconds[stage], last = round(mark - last, 3), mark
+    print(json.dumps({
+        "bench": "startup", "device": str(device), "beam": args.beam, "cuda_graphs": args.cuda_graphs,
+        "sentences": len(lines), "seconds": seconds, "total_s": round(last - START, 3),
+        "before_search_s": round(marks["read_and_encode"] - START, 3), "torch": torch.__version__,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
