@@ -362,14 +362,14 @@ def test_simulated_async_workers_compute_on_the_parameters_they_pulled(monkeypat
 
     sim, _, _ = simulate(workers=3, accum=1, pushes=0)
     seen, history = [], {}  # (server updates, parameters computed on) per push; the server's params per update
-    real = simulated.train_step
+    real = simulated.push_gradient
 
     def spy(model, *args, **kwargs):
         history.setdefault(sim.server.updates, sim.server.params.clone())
         seen.append((sim.server.updates, sim.flat.data.clone()))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(simulated, "train_step", spy)
+    monkeypatch.setattr(simulated, "push_gradient", spy)
     staleness = [sim.push()[1] for _ in range(9)]
     assert staleness == [0, 1, 2] + [2] * 6
     assert len(seen) == 9  # one step per push

@@ -15,7 +15,7 @@ from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
 from async_nmt.train.events import EventLog, read_events, truncate_events
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
-from async_nmt.train.step import flatten_parameters, train_step
+from async_nmt.train.step import flatten_parameters, push_gradient, train_step
 
 
 class FakeArray:
@@ -170,6 +170,26 @@ def test_a_training_step_never_reads_a_number_back_from_the_device(monkeypatch):
         stats = train_step(model, batch, 0.1, None)
     assert isinstance(stats.loss, torch.Tensor) and float(stats.loss) > float(stats.nll) > 0
     assert stats.tokens == batch.tokens and flat.grad.abs().sum() > 0
+
+
+def test_a_push_gradient_is_the_sum_of_its_batches_gradients_with_the_old_gradient_gone():
+    """--local-accum K: one push carries K batches' summed gradients, and nothing left from the last push."""
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.0))
+    flat = flatten_parameters(model)
+    batches = []
+    for rows in (3, 5):
+        src, tgt = torch.randint(4, 100, (rows, 8)), torch.randint(4, 100, (rows, 6))
+        batches.append(collate([s.numpy()[:-1] for s in src], [t.numpy()[:-1] for t in tgt], max_len=64))
+    alone = []
+    for batch in batches:
+        flat.grad.zero_()
+        train_step(model, batch, 0.1, None)
+        alone.append(flat.grad.clone())
+    flat.grad.fill_(123.0)  # what the last push left
+    stats = push_gradient(model, flat, iter(batches), torch.device("cpu"), 0.1, None)
+    assert torch.allclose(flat.grad, alone[0] + alone[1], atol=1e-6)
+    assert stats.tokens == sum(b.tokens for b in batches) and stats.sentences == 8
 
 
 def test_a_training_step_after_validation_trains_with_dropout_again():

@@ -7,7 +7,7 @@ gradient buffer, so pulling, pushing, clipping and the optimizer all work on who
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -209,6 +209,23 @@ def train_step(model: nn.Module, batch: Batch, label_smoothing: float, amp_dtype
     if copies is not None:
         copies.flush()
     return StepStats(loss.detach(), nll, batch.tokens, batch.sentences)  # no host sync: see StepStats
+
+
+def push_gradient(
+    model: nn.Module,
+    flat: nn.Parameter,
+    batches: Iterable[Batch],
+    device: torch.device,
+    label_smoothing: float,
+    amp_dtype: torch.dtype | None,
+) -> StepStats:
+    """One push's gradient, the same in every mode: the flat gradient zeroed, then the summed gradients of
+    `batches` (one, or `--local-accum` K of them, each moved to `device` as it comes) added into it."""
+    flat.grad.zero_()
+    stats = StepStats()
+    for batch in batches:
+        stats.add(train_step(model, batch.to(device), label_smoothing, amp_dtype))
+    return stats
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from async_nmt.devices import amp_dtype_for
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers
-from async_nmt.train.step import StepStats, build_model, train_step
+from async_nmt.train.step import StepStats, build_model, push_gradient
 
 # shared counters of the gate
 LIMIT, ADMITTED, COMPLETED, STOP, READY = range(5)
@@ -122,11 +122,9 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     speed = processes.EmulatedSpeed(setup.speed, device)
     while gate.wait_open(parent):
         pulled = server.pull(flat.data)
-        flat.grad.zero_()
         speed.begin()
-        stats = StepStats()
-        for _ in range(cfg.local_accum):
-            stats.add(train_step(model, stream.next().to(device), cfg.label_smoothing, amp_dtype))
+        batches = (stream.next() for _ in range(cfg.local_accum))
+        stats = push_gradient(model, flat, batches, device, cfg.label_smoothing, amp_dtype)
         speed.end()
         pushes += 1
         processes.maybe_fail(worker, pushes)

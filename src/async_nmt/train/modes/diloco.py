@@ -36,7 +36,7 @@ from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.simulated import PredictedClock
 from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
-from async_nmt.train.step import StepStats, train_step
+from async_nmt.train.step import StepStats, push_gradient
 
 
 class OuterServer:
@@ -107,12 +107,10 @@ class SimulatedDiloco(PredictedClock, Workers):
         since_sync = server.updates % server.sync_every
         for worker, params in enumerate(self.params):
             self.flat.data.copy_(params)
-            self.flat.grad.zero_()
             start = time.perf_counter()
-            pushed = StepStats()
-            for _ in range(self.cfg.local_accum):
-                batch = self.streams[worker].next().to(self.device)
-                pushed.add(train_step(self.model, batch, self.cfg.label_smoothing, self.amp_dtype))
+            batches = (self.streams[worker].next() for _ in range(self.cfg.local_accum))
+            pushed = push_gradient(self.model, self.flat, batches, self.device, self.cfg.label_smoothing,
+                                   self.amp_dtype)  # fmt: skip
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.measured(time.perf_counter() - start, pushed.tokens)

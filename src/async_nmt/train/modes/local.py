@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
-from async_nmt.train.step import StepStats, train_step
+from async_nmt.train.step import StepStats, push_gradient
 
 
 class LocalWorker(Workers):
@@ -12,10 +12,7 @@ class LocalWorker(Workers):
         self.ctx, self.server = ctx, server
 
     def advance(self) -> tuple[StepStats, list[int]]:
-        ctx = self.ctx
-        ctx.flat.grad.zero_()
-        stats = StepStats()
-        for _ in range(ctx.cfg.local_accum):
-            batch = ctx.streams[0].next().to(ctx.device)
-            stats.add(train_step(ctx.model, batch, ctx.cfg.label_smoothing, ctx.amp_dtype))
+        ctx, stream = self.ctx, self.ctx.streams[0]
+        batches = (stream.next() for _ in range(ctx.cfg.local_accum))
+        stats = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
         return stats, histogram([self.server.push(ctx.flat.grad, stats.tokens, self.server.updates)])

@@ -40,7 +40,7 @@ from async_nmt.errors import WorkerFailed
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
-from async_nmt.train.step import StepStats, build_model, train_step
+from async_nmt.train.step import StepStats, build_model, push_gradient
 
 HEADER, GRAD, REPLY, PARAMS = 7001, 7002, 7003, 7004  # message tags (apart from those gloo numbers collectives with)
 # a push's header: its statistics, the update count its parameters came from, and the worker's data position
@@ -314,11 +314,9 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     reply = torch.empty(2, dtype=torch.int64)
     pushes = 0
     while True:
-        flat.grad.zero_()
         speed.begin()
-        stats = StepStats()
-        for _ in range(cfg.local_accum):
-            stats.add(train_step(model, stream.next().to(device), cfg.label_smoothing, amp_dtype))
+        batches = (stream.next() for _ in range(cfg.local_accum))
+        stats = push_gradient(model, flat, batches, device, cfg.label_smoothing, amp_dtype)
         speed.end()
         pushes += 1
         processes.maybe_fail(worker, pushes)

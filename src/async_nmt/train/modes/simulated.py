@@ -23,7 +23,7 @@ from async_nmt.config import TrainConfig
 from async_nmt.data.batches import Batch
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
-from async_nmt.train.step import StepStats, train_step
+from async_nmt.train.step import StepStats, push_gradient
 
 PUSH_LINKS = 2  # an async push moves the gradient to the server and the new parameters back
 
@@ -114,11 +114,9 @@ class SimulatedWorkers(PredictedClock, Workers):
         else:
             worker = min(range(workers), key=lambda w: (self.finish[w], w))
         self.flat.data.copy_(self.params[worker])
-        self.flat.grad.zero_()
         start = time.perf_counter()
-        stats = StepStats()
-        for batch in self.batches[worker]:
-            stats.add(train_step(self.model, batch.to(self.device), self.label_smoothing, self.amp_dtype))
+        stats = push_gradient(self.model, self.flat, self.batches[worker], self.device, self.label_smoothing,
+                              self.amp_dtype)  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.measured(time.perf_counter() - start, stats.tokens)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers
-from async_nmt.train.step import StepStats, train_step
+from async_nmt.train.step import StepStats, push_gradient
 
 STOP, INTERRUPT, FIXED = 4, 5, 6  # slots of the small all-reduce after tokens, loss, nll, sentences
 
@@ -52,12 +52,10 @@ class DistributedSync(Workers):
         """This rank's K batches into the flat gradient, and one small all-reduce of every rank's statistics,
         data position and stop wish; returns the statistics of all ranks together."""
         ctx = self.ctx
-        ctx.flat.grad.zero_()
-        local = StepStats()
         stream = ctx.streams[self.rank]
         self.speed.begin()
-        for _ in range(ctx.cfg.local_accum):
-            local.add(train_step(ctx.model, stream.next().to(ctx.device), ctx.cfg.label_smoothing, ctx.amp_dtype))
+        batches = (stream.next() for _ in range(ctx.cfg.local_accum))
+        local = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
         self.speed.end()
         self.steps += 1
         processes.maybe_fail(self.rank, self.steps)
