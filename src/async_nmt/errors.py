@@ -17,3 +17,17 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run stopped without saving, exit code 1."""
 
     exit_code = 1
+
+
+def reason(err: BaseException, limit: int = 160) -> str:
+    """A library exception's message as a clause for a one-line error: its first non-empty line, spaces
+    collapsed; one longer than `limit` characters is cut after its first sentence, or else on a word
+    boundary (with "...")."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else type(err).__name__
+    if len(text) <= limit:
+        return text
+    end = text.find(". ")
+    if 0 < end < limit:
+        return text[: end + 1]
+    return text[: limit - 3].rsplit(" ", 1)[0] + "..."

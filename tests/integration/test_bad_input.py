@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from conftest import write_synthetic_corpus
 
 from async_nmt.cli import main
+from async_nmt.errors import reason
 
 TRAIN = ["--preset", "micro", "--devices", "cpu", "--max-tokens", "512", "--valid-max-sentences", "10", "--quiet"]
 
@@ -123,6 +124,27 @@ def test_translate_refuses_a_checkpoint_whose_contents_are_broken(run_dir: Path,
         state["model_config"] = {**state["model_config"], **change}
     torch.save(state, tmp_path / "broken.pt")
     one_line_error(nmt("translate", tmp_path / "broken.pt", "--device", "cpu", stdin="a b\n"), "broken.pt", fragment)
+
+
+def test_translate_refuses_a_truncated_checkpoint_in_one_line_that_ends_on_a_whole_word(run_dir: Path, tmp_path: Path):
+    (tmp_path / "cut.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes()[:1000])
+    line = one_line_error(nmt("translate", tmp_path / "cut.pt", "--device", "cpu", stdin="a b\n"), "cut.pt",
+                          "not a readable checkpoint (")  # fmt: skip
+    assert line.endswith(".)") or line.endswith("...)"), line  # torch's message, cut at a sentence or a word
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("short. Two sentences stay whole.", "short. Two sentences stay whole."),
+        ("\n  first   line\nsecond line", "first line"),
+        ("A first sentence. " + "x " * 100, "A first sentence."),
+        ("word " * 50, "word " * 30 + "word..."),  # 157 characters and "..."
+        ("", "RuntimeError"),
+    ],
+)
+def test_a_library_message_becomes_a_clause_of_a_one_line_error(message: str, expected: str):
+    assert reason(RuntimeError(message)) == expected
 
 
 def test_resume_refuses_a_corrupt_event_log(synthetic_bin: Path, run_dir: Path, tmp_path: Path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, reason
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
 
@@ -43,8 +43,8 @@ def train_vocab(files: list[Path], prefix: Path, vocab_size: int, model_type: st
             minloglevel=2,
         )
     except (RuntimeError, OSError) as err:
-        reason = " ".join(str(err).split())
-        raise UserError(f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}: {reason}") from None
+        what = f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}"
+        raise UserError(f"{what}: {reason(err)}") from None
     model = prefix.with_name(prefix.name + ".model")
     if not model.is_file():
         raise UserError(f"sentencepiece wrote no model at {model}")
@@ -59,8 +59,7 @@ def load_vocab(path: Path) -> spm.SentencePieceProcessor:
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as err:
-        reason = " ".join(str(err).split())
-        raise UserError(f"{path}: not a sentencepiece model ({reason})") from None
+        raise UserError(f"{path}: not a sentencepiece model ({reason(err)})") from None
 
 
 def vocab_hash(path: Path) -> str:

@@ -24,7 +24,7 @@ import torch
 from torch.nn.utils import vector_to_parameters
 
 from async_nmt.config import ModelConfig, from_dict
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
 
 FORMAT_VERSION = 1
@@ -86,7 +86,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise UserError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: not an async-nmt checkpoint (format {FORMAT_VERSION})")
     missing = [key for key in REQUIRED if key not in state]
@@ -122,9 +122,7 @@ def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint"
     try:
         sp.LoadFromSerializedProto(state["vocab_model"])
     except (RuntimeError, TypeError) as err:
-        raise UserError(
-            f"{path}: its vocabulary is not a sentencepiece model ({' '.join(str(err).split())[:120]})"
-        ) from None
+        raise UserError(f"{path}: its vocabulary is not a sentencepiece model ({reason(err)})") from None
     if sp.get_piece_size() != state["model_config"].get("vocab_size"):
         raise UserError(f"{path}: its vocabulary has {sp.get_piece_size()} pieces but its model "
                         f"{state['model_config'].get('vocab_size')}")  # fmt: skip
@@ -146,7 +144,7 @@ def load_model(
     try:
         model = Transformer.uninitialized(from_dict(ModelConfig, state["model_config"]))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        raise UserError(f"{ckpt_file}: its model_config does not build a model ({str(err)[:120]})") from None
+        raise UserError(f"{ckpt_file}: its model_config does not build a model ({reason(err)})") from None
     if sum(p.numel() for p in model.parameters()) != state["params"].numel():
         raise UserError(f"{ckpt_file}: parameter count does not match its model configuration")
     with torch.no_grad():

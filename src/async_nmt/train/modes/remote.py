@@ -36,7 +36,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
-from async_nmt.errors import WorkerFailed
+from async_nmt.errors import WorkerFailed, reason
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
@@ -182,7 +182,7 @@ class RemoteWorkers(Workers):
             self._check()
             time.sleep(CHECK_S)
         self.failed = True
-        raise WorkerFailed(f"a worker's connection was lost: {str(err).strip().splitlines()[0][:200]}")
+        raise WorkerFailed(f"a worker's connection was lost: {reason(err)}")
 
     def _serve(self, src: int, header: torch.Tensor) -> None:
         try:
