@@ -9,7 +9,8 @@
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
 #      of that model on the test set's first SENTENCES lines, then `nmt translate` of the whole test set,
 #      greedy, beam 5 and greedy with --cuda-graphs, each timed from start-up to the last line, and its BLEU;
-#      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch).
+#      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch);
+#   4. with MODE_BENCHES=1 (about 4 minutes more), bench_paramserver.py and bench_modes.py (4 workers on cuda:0).
 # A dry run on the CPU checks the script itself:
 #   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
 set -uo pipefail
@@ -23,7 +24,7 @@ TOKENS=${TOKENS:-25000}  # a training batch (bench_step: 16384 tokens of 64-toke
 SENTENCES=${SENTENCES:-500}
 BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
-TRAIN_OPTS=${TRAIN_OPTS:---lr 7e-4 --warmup 2000}  # issue 8's settings of the 30.75 BLEU run
+TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 source "$(dirname "$0")/gpu_setup.sh"
@@ -84,5 +85,6 @@ else
 fi
 # where the greedy command's wall time goes: start-up stages, first batch, the rest
 step bench_startup 60 python3 scripts/bench_startup.py "$RUN" --input "$BIN/test.de" --device "$DEVICE" --beam 1
+[ "${MODE_BENCHES:-0}" = 1 ] && mode_benches
 grep -h '^{' "$OUT"/bench_*.log "$OUT"/translate.jsonl >"$OUT/bench.jsonl" 2>/dev/null
 cat "$OUT/bench.jsonl"

@@ -11,8 +11,6 @@ source "$(dirname "$0")/gpu_setup.sh"
 
 step unit 60 python3 -m pytest -q -x tests/unit
 ASYNC_NMT_TEST_DEVICE=cuda:0 step modes_cuda 150 python3 -m pytest -q tests/integration/test_modes.py --durations=0
-step bench_paramserver 90 python3 scripts/bench_paramserver.py --device cuda:0 --transport both
-step bench_modes 150 python3 scripts/bench_modes.py --devices cuda:0 --workers "$WORKERS" --seconds 8 \
-  --max-tokens 4096
+mode_benches
 grep -h '^{' "$OUT"/bench_*.log >"$OUT/bench.jsonl"
 cat "$OUT/bench.jsonl"

@@ -16,6 +16,13 @@ if command -v nvidia-smi >/dev/null; then
 fi
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
+# issue 8's goal 5: the parameter server's update and the modes' throughput, WORKERS workers on DEVICE [cuda:0]
+mode_benches() {
+  step bench_paramserver 90 python3 scripts/bench_paramserver.py --device "${DEVICE:-cuda:0}" --transport both
+  step bench_modes 150 python3 scripts/bench_modes.py --devices "${DEVICE:-cuda:0}" --workers "${WORKERS:-4}" \
+    --seconds 8 --max-tokens 4096
+}
+
 step() {
   local name=$1 limit=$2
   shift 2
