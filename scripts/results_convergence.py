@@ -141,7 +141,8 @@ def quality(runs: Runs) -> None:
                      spread([r.events[-1]["tokens"] / 1e6 for r in done], 1),
                      spread([staleness(r)[0] or 0.0 for r in done]), f"{converged} of {len(done)}"])  # fmt: skip
     headers = ["configuration", "best valid BLEU", "final valid BLEU", "test BLEU, best checkpoint",
-               "test BLEU, average of last 5", "tokens trained (M)", "stale mean", "stopped by patience"]  # fmt: skip
+               "test BLEU, average of last 5", "tokens trained (M)", "stale mean (DiLoCo: steps since sync)",
+               "stopped by patience"]  # fmt: skip
     table(headers, rows)
 
 
