@@ -9,7 +9,8 @@ scripts/experiment_convergence.sh) and prints markdown:
   SGD - sync, and what averaging adds in each configuration;
 - time to the target on the predicted clock, in three races: 4 equal devices, speeds 1,1,1,0.8 and a
   straggler at 0.5 (each against the sync run with the same speeds); and the equal-device race again
-  with the clock re-priced for 1 Gb/s links (`nmt report --link-gbps`).
+  with the clock re-priced for 1 Gb/s links (`nmt report --link-gbps`);
+- DiLoCo and local SGD against sync at the predicted time of their own best, at 80 and at 1 Gb/s.
 The target is fixed by rule before the runs: 95% of sync's mean best valid BLEU over its seeds.
 With --plots DIR it also writes DIR/bleu_predicted.png, DIR/bleu_predicted_1gbps.png (the same clock re-priced
 for 1 Gb/s links) and DIR/bleu_tokens.png: valid BLEU of every run of the equal-device race, one colour per
@@ -63,6 +64,7 @@ PAIRS = [  # (what, configuration, minus configuration)
     ("DiLoCo H=100 minus sync", "diloco-h100", "sync"),
     ("local SGD H=10 minus sync", "localsgd-h10", "sync"),
 ]
+LOW_COMMUNICATION = ["diloco-h10", "diloco-h100", "localsgd-h10"]
 TARGET_SHARE = 0.95  # of sync's mean best valid BLEU, fixed before the runs
 SLOW_LINK_GBPS = 1.0
 
@@ -207,6 +209,40 @@ def race(runs: Runs, target: float, title: str, configs: list[str], link_gbps: f
            "speedup over sync (ratio of means)"], rows)  # fmt: skip
 
 
+def on_link(run: Run, gbps: float | None) -> Run:
+    """The run with its predicted clock as trained (None), or re-priced for links of `gbps`."""
+    return run if gbps is None else reprice(run, gbps, partial=True)
+
+
+def at_their_best(runs: Runs) -> None:
+    """Each DiLoCo and local SGD run's best valid BLEU against every sync seed's best up to the same predicted
+    second, with the links as trained and re-priced at SLOW_LINK_GBPS: is sync ahead at equal time?"""
+    rows = []
+    for config in [c for c in LOW_COMMUNICATION if runs.get(c)]:
+        for gbps in (None, SLOW_LINK_GBPS):
+            bests, seconds, sync_means, ahead, pairs = [], [], [], 0, 0
+            for run in runs[config].values():
+                top = max(on_link(run, gbps).valid, key=lambda e: e["bleu"])
+                bests.append(top["bleu"])
+                seconds.append(top["predicted_s"])
+                by_then = [max((e["bleu"] for e in on_link(s, gbps).valid if e["predicted_s"] <= top["predicted_s"]),
+                               default=0.0) for s in runs.get("sync", {}).values()]  # fmt: skip
+                sync_means.append(statistics.fmean(by_then))
+                ahead += sum(b > top["bleu"] for b in by_then)
+                pairs += len(by_then)
+            link = "as trained (80 Gb/s)" if gbps is None else f"{gbps:g} Gb/s"
+            rows.append([LABELS[config], link, spread(bests), spread(seconds, 0), spread(sync_means),
+                         f"{ahead} of {pairs}"])  # fmt: skip
+    if rows:
+        print(
+            "DiLoCo and local SGD at their best against sync at the same predicted time (sync: each seed's "
+            "best up to then):"
+        )
+        print()
+        table(["configuration", "links", "its best valid BLEU", "at predicted s", "sync's best by then, mean of seeds",
+               "sync ahead (run x sync seed)"], rows)  # fmt: skip
+
+
 def plots(runs: Runs, target: float, out: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -257,6 +293,7 @@ def main() -> None:
     for title, suffix, configs in RACES:
         race(runs, target, title, [c + suffix if suffix else c for c in configs])
     race(runs, target, RACES[0][0], RACES[0][2], link_gbps=SLOW_LINK_GBPS)
+    at_their_best(runs)
     if args.plots:
         plots(runs, target, args.plots)
 

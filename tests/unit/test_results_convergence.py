@@ -1,0 +1,51 @@
+"""scripts/results_convergence.py, which prints docs/results.md's tables: on hand-made run folders whose
+answers are known."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "results_convergence.py"
+
+
+def fake_run(folder: Path, name: str, mode: str, curve: list[tuple[float, float]], test: float) -> None:
+    """A finished --simulate run: valid BLEU `curve` as (predicted s, BLEU), one update per second."""
+    run = folder / name
+    run.mkdir(parents=True)
+    start = {"kind": "start", "updates": 0, "tokens": 0, "predicted_s": 0.0, "mode": mode, "workers": 4,
+             "params": 1000, "link_gbps": 80.0, "sync_every": 10, "outer_lr": 1.0, "outer_momentum": 0.0}  # fmt: skip
+    events = [start]
+    for seconds, bleu in curve:
+        events.append({"kind": "valid", "updates": int(seconds), "tokens": int(seconds) * 1000,
+                       "predicted_s": seconds, "train_s": seconds, "bleu": bleu, "valid_loss": 3.0})  # fmt: skip
+    last = int(curve[-1][0])
+    events.append({"kind": "end", "updates": last, "tokens": last * 1000, "predicted_s": curve[-1][0],
+                   "converged": True})  # fmt: skip
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run / "config.json").write_text(json.dumps({"train": {"patience": 8, "link_gbps": 80.0}}))
+    for which in ("best", "avg5"):
+        (run / f"test-{which}.json").write_text(json.dumps({"bleu": test + (which == "avg5")}))
+
+
+def test_the_tables_pair_by_seed_and_race_to_95_percent_of_syncs_best(tmp_path: Path):
+    fake_run(tmp_path, "sync-s1", "sync", [(100, 10.0), (200, 19.0), (300, 20.0)], 15.0)
+    fake_run(tmp_path, "sync-s2", "sync", [(100, 12.0), (200, 20.0), (300, 22.0)], 16.0)
+    fake_run(tmp_path, "localsgd-h10-s1", "diloco", [(100, 8.0), (250, 18.0), (400, 17.0)], 13.0)
+    fake_run(tmp_path, "localsgd-h10-s2", "diloco", [(150, 21.0), (300, 20.5)], 14.0)
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "Target: 95% of sync's mean best valid BLEU over 2 seeds = 19.95." in lines  # 0.95 * (20 + 22) / 2
+    # paired by seed: 18 - 20 and 21 - 22 valid, 13 - 15 and 14 - 16 test
+    assert "| local SGD H=10 minus sync | -1.50 ± 0.71 (n=2) | -2.00 ± 0.00 (n=2) |" in lines
+    assert "| local SGD H=10 | 1.00 ± 0.00 (n=2) |" in lines  # averaging: avg5 is 1 above best
+    # sync reaches 19.95 at 200 s (seed 2) and 300 s (seed 1); local SGD's seed 2 at 150 s, seed 1 never
+    assert "| sync | 2 of 2 | 250 ± 71 (n=2) | 0.25 ± 0.07 (n=2) | 1.00x |" in lines
+    assert "| local SGD H=10 | 1 of 2 | 150 (n=1) | 0.15 (n=1) | 1.67x |" in lines
+    # at local SGD's best (250 s: 18.0; 150 s: 21.0) sync's seeds had 19, 20 (mean 19.5) and 10, 12 (11):
+    # ahead in 2 of 4
+    row = next(line for line in lines if line.startswith("| local SGD H=10 | as trained"))
+    assert row.split(" | ")[2:] == ["19.50 ± 2.12 (n=2)", "200 ± 71 (n=2)", "15.25 ± 6.01 (n=2)", "2 of 4 |"]
