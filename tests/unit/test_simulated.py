@@ -74,7 +74,9 @@ class EqualSplit:
         self.src, self.tgt = self.Side(n, 1), self.Side(n, 2)
 
 
-def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0, token_us=0.0, link_gbps=80.0):
+def simulate(
+    workers: int, accum: int, pushes: int, speeds=None, sync=False, seed=0, token_us=0.0, link_gbps=80.0, local_accum=1
+):
     """Build a simulator of `workers` on a tiny model and run `pushes`; returns it, every push's statistics
     and every push's staleness."""
     torch.manual_seed(seed)
@@ -84,7 +86,7 @@ def simulate(workers: int, accum: int, pushes: int, speeds=None, sync=False, see
     streams = [BatchStream(EqualSplit(), 64, 64, seed=seed, worker=w, workers=workers) for w in range(workers)]
     cfg = TrainConfig(mode="sync" if sync else "async-accum", workers=workers, accum=accum,
                       worker_speeds=speeds or [], label_smoothing=0.1, simulate_token_us=token_us,
-                      link_gbps=link_gbps)  # fmt: skip
+                      link_gbps=link_gbps, local_accum=local_accum)  # fmt: skip
     ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
     sim = SimulatedWorkers(ctx, server)
     results = [sim.push() for _ in range(pushes)]
@@ -102,6 +104,19 @@ def test_n_equal_to_w_gives_staleness_0_or_1_as_the_semantics_imply():
     # the first round all pull update 0; later the worker that completes an update pulls it at once
     assert staleness == [0, 0, 0] + [1, 1, 0] * 3
     assert sim.server.updates == 4
+
+
+def test_a_push_of_local_accum_k_batches_is_the_update_of_k_pushes_summed_on_the_server():
+    """--local-accum K sums K batches on the worker: with one worker (nothing stale), 6 pushes of 2 batches
+    take the same 6 updates as 12 pushes of 1 batch summed 2 at a time by the server (async-accum 2)."""
+    local, local_stats, _ = simulate(workers=1, accum=1, pushes=6, local_accum=2)
+    server, server_stats, _ = simulate(workers=1, accum=2, pushes=12)
+    assert local.server.updates == server.server.updates == 6
+    pairs = zip(server_stats[0::2], server_stats[1::2], strict=True)
+    assert [s.tokens for s in local_stats] == [a.tokens + b.tokens for a, b in pairs]  # the same batches
+    start, _, _ = simulate(workers=1, accum=1, pushes=0)
+    assert not torch.allclose(start.server.params, server.server.params, atol=1e-4)  # the updates moved it
+    assert torch.allclose(local.server.params, server.server.params, atol=1e-6)  # the same way
 
 
 def test_a_slow_worker_pushes_less_and_nobody_waits_for_it():
