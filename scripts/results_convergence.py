@@ -230,7 +230,9 @@ def at_their_best(runs: Runs) -> None:
                 sync_means.append(statistics.fmean(by_then))
                 ahead += sum(b > top["bleu"] for b in by_then)
                 pairs += len(by_then)
-            link = "as trained (80 Gb/s)" if gbps is None else f"{gbps:g} Gb/s"
+            trained = {r.start.get("link_gbps") for r in runs[config].values()} - {None}
+            as_trained = "as trained" + (f" ({trained.pop():g} Gb/s)" if len(trained) == 1 else "")
+            link = f"{gbps:g} Gb/s" if gbps else as_trained
             rows.append([LABELS[config], link, spread(bests), spread(seconds, 0), spread(sync_means),
                          f"{ahead} of {pairs}"])  # fmt: skip
     if rows:
