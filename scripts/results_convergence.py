@@ -221,12 +221,13 @@ def at_their_best(runs: Runs) -> None:
     for config in [c for c in LOW_COMMUNICATION if runs.get(c)]:
         for gbps in (None, SLOW_LINK_GBPS):
             bests, seconds, sync_means, ahead, pairs = [], [], [], 0, 0
+            syncs = [on_link(s, gbps) for s in runs.get("sync", {}).values()]
             for run in runs[config].values():
                 top = max(on_link(run, gbps).valid, key=lambda e: e["bleu"])
                 bests.append(top["bleu"])
                 seconds.append(top["predicted_s"])
-                by_then = [max((e["bleu"] for e in on_link(s, gbps).valid if e["predicted_s"] <= top["predicted_s"]),
-                               default=0.0) for s in runs.get("sync", {}).values()]  # fmt: skip
+                by_then = [max((e["bleu"] for e in s.valid if e["predicted_s"] <= top["predicted_s"]), default=0.0)
+                           for s in syncs]  # fmt: skip
                 sync_means.append(statistics.fmean(by_then))
                 ahead += sum(b > top["bleu"] for b in by_then)
                 pairs += len(by_then)
