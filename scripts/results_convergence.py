@@ -58,6 +58,7 @@ PAIRS = [  # (what, configuration, minus configuration)
     ("(a) async minus sync", "async", "sync"),
     ("(c) async-accum 4 minus sync", "accum4", "sync"),
     ("--staleness-lr inverse minus plain async", "async-inverse", "async"),
+    ("(b) async --local-accum 4 minus sync (the same batch per update, staleness 3 against 0)", "async-local4", "sync"),
     ("(b) async --local-accum 4 minus async", "async-local4", "async"),
     ("(b) async --local-accum 4 minus async-accum 4", "async-local4", "accum4"),
     ("DiLoCo H=10 minus sync", "diloco-h10", "sync"),
