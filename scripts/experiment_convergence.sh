@@ -69,19 +69,23 @@ options() {  # the options of a configuration
     esac
 }
 
+ended() {  # ended DIR: the run's last event is an end by its own rule (Ctrl-C or SIGTERM writes one with "interrupted": true)
+    [[ -f $1/events.jsonl ]] && tail -n 1 "$1/events.jsonl" | grep -q '"kind": "end".*"interrupted": false'
+}
+
 run() {  # run CONFIG SEED: train (or resume), translate and score the test set, copy the results
     local config=$1 seed=$2 name="$1-s$2" dir lock
     dir=$OUT/$name
     exec {lock}>"$OUT/$name.lock"  # one process per run, also across invocations of this script
     flock -n "$lock" || { echo "== $name runs elsewhere"; return 0; }
-    if [[ -f $dir/config.json ]] && grep -q '"kind": "end"' "$dir/events.jsonl" &&
+    if [[ -f $dir/config.json ]] && ended "$dir" &&
         [[ $(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["patience"])' \
              "$dir/config.json") != "$PATIENCE" ]]; then
         echo "== $name ended under another --patience: resumed under $PATIENCE"
         rm -f "$DOCS/$name"/test-*.json
         sed -i '/"kind": "end"/d' "$dir/events.jsonl"  # --resume drops it too; this marks the run unfinished
     fi
-    if ! { [[ -f $dir/events.jsonl ]] && grep -q '"kind": "end"' "$dir/events.jsonl"; }; then
+    if ! ended "$dir"; then
         local resume=(--force)
         [[ -f $dir/checkpoints/last.pt ]] && resume=(--resume)
         echo "== $name $(date +%T)"
@@ -101,7 +105,7 @@ run() {  # run CONFIG SEED: train (or resume), translate and score the test set,
     done
     echo "== $name done $(date +%T)"
 }
-export -f run options
+export -f run options ended
 export OUT DOCS NMT PATIENCE
 export COMMON="${common[*]}"
 

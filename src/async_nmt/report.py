@@ -50,7 +50,10 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.events[-1]["kind"] == "end"
+        """Ended by its own stopping rule; a run stopped by Ctrl-C or SIGTERM (an `end` event with
+        `interrupted`) is not finished: `--resume` goes on with it."""
+        last = self.events[-1]
+        return last["kind"] == "end" and not last.get("interrupted", False)
 
 
 def load_run(path: Path) -> Run:
@@ -239,7 +242,7 @@ def print_table(report: dict[str, Any]) -> None:
     running = any(not row["finished"] for row in report["runs"])
     table = Table(
         title=title(report),
-        caption="* still running (no end event)" if running else None,
+        caption="* not finished: still running, or interrupted (--resume goes on)" if running else None,
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
     )
@@ -287,7 +290,7 @@ def write_report(runs: list[Run], report: dict[str, Any], out: Path) -> list[Pat
     markdown.write_text(
         f"# Training report\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
         + markdown_table(report)
-        + ("\n\\* still running (no end event)\n" if running else "")
+        + ("\n\\* not finished: still running, or interrupted (--resume goes on)\n" if running else "")
         + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n",
         encoding="utf-8",
     )

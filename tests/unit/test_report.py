@@ -21,6 +21,7 @@ def write_run(
     staleness: list[tuple[float, int, list[int]]] = (),
     simulate: bool = False,
     end: bool = True,
+    interrupted: bool = False,
 ) -> Path:
     """A run folder whose events.jsonl validates every 10 updates (100 target tokens an update)."""
     path.mkdir(parents=True)
@@ -36,7 +37,7 @@ def write_run(
         for event in events:
             event["predicted_s"] = event["train_s"] / 4
     if end:
-        events.append({**events[-1], "kind": "end"})
+        events.append({**events[-1], "kind": "end", "interrupted": interrupted})
     (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     return path
 
@@ -69,6 +70,15 @@ def test_time_to_target_and_speedup(runs: list[Path]) -> None:
     # never reached: None, not an error; a run still going is reported too
     assert asynchronous["to_target"] is None and asynchronous["speedup"] is None
     assert not asynchronous["finished"] and sync["finished"]
+
+
+def test_an_interrupted_run_is_not_finished(tmp_path: Path) -> None:
+    stopped = write_run(tmp_path / "stopped", "sync", [5.0, 10.0], seconds_per_valid=10.0, interrupted=True)
+    done = write_run(tmp_path / "done", "sync", [5.0, 10.0], seconds_per_valid=10.0)
+    assert not load_run(stopped).finished and load_run(done).finished
+    result = CliRunner().invoke(main, ["report", str(done), str(stopped)])
+    assert result.exit_code == 0, result.output
+    assert "stopped *" in result.output and "done *" not in result.output and "interrupted" in result.output
 
 
 def test_target_baseline_and_axis_options(runs: list[Path]) -> None:
