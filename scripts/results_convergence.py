@@ -217,34 +217,29 @@ def on_link(run: Run, gbps: float | None) -> Run:
 
 def at_their_best(runs: Runs) -> None:
     """Each DiLoCo and local SGD run's best valid BLEU against every sync seed's best up to the same predicted
-    second, with the links as trained and re-priced at SLOW_LINK_GBPS: is sync ahead at equal time?"""
+    second, with the links as trained and re-priced at SLOW_LINK_GBPS: is sync ahead at equal time? One row
+    a run, since their seeds can differ by more than the configurations do."""
     rows = []
     for config in [c for c in LOW_COMMUNICATION if runs.get(c)]:
         for gbps in (None, SLOW_LINK_GBPS):
-            bests, seconds, sync_means, ahead, pairs = [], [], [], 0, 0
-            syncs = [on_link(s, gbps) for s in runs.get("sync", {}).values()]
-            for run in runs[config].values():
+            syncs = [on_link(s, gbps) for _, s in sorted(runs.get("sync", {}).items())]
+            for seed, run in sorted(runs[config].items()):
                 top = max(on_link(run, gbps).valid, key=lambda e: e["bleu"])
-                bests.append(top["bleu"])
-                seconds.append(top["predicted_s"])
                 by_then = [max((e["bleu"] for e in s.valid if e["predicted_s"] <= top["predicted_s"]), default=0.0)
                            for s in syncs]  # fmt: skip
-                sync_means.append(statistics.fmean(by_then))
-                ahead += sum(b > top["bleu"] for b in by_then)
-                pairs += len(by_then)
-            trained = {r.start.get("link_gbps") for r in runs[config].values()} - {None}
-            as_trained = "as trained" + (f" ({trained.pop():g} Gb/s)" if len(trained) == 1 else "")
-            link = f"{gbps:g} Gb/s" if gbps else as_trained
-            rows.append([LABELS[config], link, spread(bests), spread(seconds, 0), spread(sync_means),
-                         f"{ahead} of {pairs}"])  # fmt: skip
+                trained = run.start.get("link_gbps")
+                link = f"{gbps:g} Gb/s" if gbps else "as trained" + (f" ({trained:g} Gb/s)" if trained else "")
+                rows.append([LABELS[config], str(seed), link, f"{top['bleu']:.2f}", f"{top['predicted_s']:.0f}",
+                             ", ".join(f"{b:.2f}" for b in by_then),
+                             f"{sum(b > top['bleu'] for b in by_then)} of {len(by_then)}"])  # fmt: skip
     if rows:
         print(
             "DiLoCo and local SGD at their best against sync at the same predicted time (sync: each seed's "
-            "best up to then):"
+            "best up to then, seeds in order):"
         )
         print()
-        table(["configuration", "links", "its best valid BLEU", "at predicted s", "sync's best by then, mean of seeds",
-               "sync ahead (run x sync seed)"], rows)  # fmt: skip
+        table(["configuration", "seed", "links", "its best valid BLEU", "at predicted s", "sync's best by then",
+               "sync ahead"], rows)  # fmt: skip
 
 
 def plots(runs: Runs, target: float, out: Path) -> None:
