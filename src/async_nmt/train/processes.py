@@ -128,6 +128,28 @@ def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
             process.join()
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an
+    update half applied, a message exchange with a worker half done (that worker then waits for an answer
+    that never comes). A signal that came meanwhile is raised as KeyboardInterrupt when the section ends.
+    In a thread other than the main one, or where the signals are not Ctrl-C's, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is signal.default_int_handler]
+    caught: list[int] = []
+    for sig in held:
+        signal.signal(sig, lambda number, _frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def die_with_parent() -> None:
     """Have the kernel kill this process when its parent dies (Linux), so that no worker outlives a killed
     trainer; elsewhere the workers' own checks of `parent_alive` do it, between batches."""

@@ -31,6 +31,7 @@ import torch
 
 from async_nmt.errors import UserError
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale, norm_and_scale_on_device
+from async_nmt.train.processes import uninterrupted
 
 # columns of the shared int64 counters, one row per shard
 UPDATES, PUSHES, PENDING_PUSHES, PENDING_TOKENS, PENDING_STALENESS = range(5)
@@ -146,7 +147,12 @@ class ParamServer:
         a shard whose count reaches `accum` takes an update. Returns the push's staleness.
 
         `count` is the number of pushes the gradient stands for (sync: the all-reduced sum of every worker's).
-        A gradient that makes up a whole update alone is stepped from directly: `grad` is scratch afterwards."""
+        A gradient that makes up a whole update alone is stepped from directly: `grad` is scratch afterwards.
+        Ctrl-C waits for the push to end: a checkpoint never holds half an update."""
+        with uninterrupted():
+            return self._push(grad, tokens, pulled_updates, first_shard, count)
+
+    def _push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int, count: int) -> int:
         staleness = 0
         shards = len(self.shards)
         for k in range(shards):

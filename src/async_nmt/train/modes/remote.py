@@ -19,6 +19,7 @@ heartbeat stopped. A worker leaves when rank 0 is gone: its next message to it f
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -151,7 +152,7 @@ class RemoteWorkers(Workers):
             for src, _ in self.parked:
                 self._refuse(src)
             self.parked = []
-            while len(self.told) < len(self.ranks) and time.monotonic() < ended + CLOSE_WAIT_S:
+            while len(self.told) < len(self.ranks) and self._header_ready(ended + CLOSE_WAIT_S):
                 src, _ = self._next_header()
                 self._refuse(src)
         except (WorkerFailed, RuntimeError):  # a worker already gone; the others leave when rank 0 does
@@ -160,12 +161,21 @@ class RemoteWorkers(Workers):
             time.sleep(max(0.0, ended + 2 * HEARTBEAT_S + CHECK_S - time.monotonic()))
 
     # ------------------------------------------------------------------ messages
-    def _next_header(self) -> tuple[int, torch.Tensor]:
-        """Wait for the next push's header from any worker; watch the workers' health meanwhile."""
+    def _header_ready(self, deadline: float = math.inf) -> bool:
+        """Wait for the next push's header from any worker, until `deadline` (a monotonic time) at most;
+        watch the workers' health meanwhile."""
         if self.pending is None:  # gloo completes a receive only in wait(): a thread waits, this one watches
-            self.pending = _Receive(dist.irecv(self.header, tag=HEADER))
+            with processes.uninterrupted():  # a posted receive is never dropped (it would swallow a header)
+                self.pending = _Receive(dist.irecv(self.header, tag=HEADER))
         while not self.pending.done.wait(CHECK_S):
             self._check()
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _next_header(self) -> tuple[int, torch.Tensor]:
+        """The next push's header from any worker, and its sender."""
+        self._header_ready()
         if time.monotonic() - self.checked > CHECK_S:  # busy: look between pushes too
             self._check()
         try:
@@ -186,7 +196,8 @@ class RemoteWorkers(Workers):
 
     def _serve(self, src: int, header: torch.Tensor) -> None:
         try:
-            self._take(src, header)
+            with processes.uninterrupted():  # Ctrl-C between the messages would leave the worker waiting
+                self._take(src, header)
         except RuntimeError as err:
             self._lost(err)
 
@@ -205,9 +216,10 @@ class RemoteWorkers(Workers):
         dist.send(self.params_cpu, dst=src, tag=PARAMS)
 
     def _refuse(self, src: int) -> None:
-        dist.recv(self.grad, src=src, tag=GRAD)  # the worker waits until its gradient is taken
-        dist.send(torch.tensor([self.server.updates, 1]), dst=src, tag=REPLY)
-        self.told.add(src)
+        with processes.uninterrupted():
+            dist.recv(self.grad, src=src, tag=GRAD)  # the worker waits until its gradient is taken
+            dist.send(torch.tensor([self.server.updates, 1]), dst=src, tag=REPLY)
+            self.told.add(src)
 
     def _copy_params(self) -> None:
         if self.params_cpu.data_ptr() != self.server.params.data_ptr():
