@@ -192,6 +192,23 @@ def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: P
     assert not leftovers(pids)
 
 
+def test_ctrl_c_between_a_push_and_its_answer_leaves_no_worker_waiting(synthetic_bin: Path, tmp_path: Path):
+    """Rank 0 gets Ctrl-C after a worker's gradient came and before its answer went (once in CI, the worker
+    was left waiting, rank 0 waited for its next push, and torchrun killed rank 0 after 30 s)."""
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async-accum", "--accum", "3", "--valid-every", "0",
+                        "--log-every", "1", "--max-updates", "100000", env={"ASYNC_NMT_INTERRUPT_AT": "7"})  # fmt: skip
+    pids = family(nodes)
+    (code0, err0), (code1, err1) = finish(nodes, timeout=60)
+    assert "forcefully exiting" not in err0 + err1  # torchrun's words when a rank outlives its 30 s to stop
+    assert code0 != 0 and code1 == 0, err0[-3000:] + err1[-3000:]  # node 0 was interrupted; node 1 just ended
+    end = read_events(run / "events.jsonl")[-1]
+    assert end["kind"] == "end" and end["interrupted"] is True
+    saved = read_checkpoint(checkpoint_path(run, "last"))["server"]
+    assert saved["pushes"] == 3 * saved["updates"] == 3 * end["updates"] and saved["pushes"] >= 7  # push 7 taken
+    assert not leftovers(pids)
+
+
 def test_torchrun_ranks_sharing_a_gpu_use_gloo_and_ranks_with_a_gpu_each_nccl():
     from async_nmt.train.launch import backend, node_devices
 

@@ -30,6 +30,7 @@ from async_nmt.errors import UserError, WorkerFailed
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
 FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"  # testing hook: "W:N" makes worker W raise at its N-th push, "W:N:kill" die
+INTERRUPT_ENV = "ASYNC_NMT_INTERRUPT_AT"  # testing hook: "N": Ctrl-C reaches the server as it takes its N-th push
 MESSAGE_GRACE_S = 0.2  # how long a failure waits for the other processes' exits and messages
 PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 
@@ -176,6 +177,13 @@ def maybe_fail(worker: int, pushes: int) -> None:
         raise RuntimeError(f"injected failure ({FAIL_ENV}={spec})")
     if spec == f"{worker}:{pushes}:kill":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_interrupt(pushes: int) -> None:
+    """The testing hook: Ctrl-C (SIGINT to this process) as the server takes push N (ASYNC_NMT_INTERRUPT_AT=N),
+    between receiving its gradient and answering the worker."""
+    if os.environ.get(INTERRUPT_ENV) == str(pushes):
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 class EmulatedSpeed:

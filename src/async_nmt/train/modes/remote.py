@@ -203,6 +203,7 @@ class RemoteWorkers(Workers):
 
     def _take(self, src: int, header: torch.Tensor) -> None:
         dist.recv(self.grad, src=src, tag=GRAD)
+        processes.maybe_interrupt(self.server.pushes + 1)
         values = header.tolist()
         worker = src - 1
         grad = self.grad if self.server.params.device.type == "cpu" else self.grad.to(self.server.params.device)
