@@ -89,6 +89,7 @@ run() {  # run CONFIG SEED: train (or resume), translate and score the test set,
         local resume=(--force)
         [[ -f $dir/checkpoints/last.pt ]] && resume=(--resume)
         echo "== $name $(date +%T)"
+        rm -f "$DOCS/$name"/test-*.json  # those of an earlier run of this name, under another rule
         # shellcheck disable=SC2046
         "$NMT" train "$OUT/bin" "$dir" "${common[@]}" $(options "$config") --seed "$seed" "${resume[@]}" \
             >"$OUT/$name.log" 2>&1 || { echo "!! $name failed: $(tail -1 "$OUT/$name.log")"; return 0; }
