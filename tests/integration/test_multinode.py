@@ -193,8 +193,9 @@ def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: P
 
 
 def test_ctrl_c_between_a_push_and_its_answer_leaves_no_worker_waiting(synthetic_bin: Path, tmp_path: Path):
-    """Rank 0 gets Ctrl-C after a worker's gradient came and before its answer went (once in CI, the worker
-    was left waiting, rank 0 waited for its next push, and torchrun killed rank 0 after 30 s)."""
+    """Rank 0 gets Ctrl-C after a worker's gradient came and before its answer went. That worker was then
+    left waiting, and rank 0 waited for its next push with no deadline (without the fix these nodes run
+    past 60 s; the likely cause of a 34 s Ctrl-C in CI, where torchrun kills a rank after 30 s)."""
     run = tmp_path / "run"
     nodes = start_nodes(synthetic_bin, run, "--mode", "async-accum", "--accum", "3", "--valid-every", "0",
                         "--log-every", "1", "--max-updates", "100000", env={"ASYNC_NMT_INTERRUPT_AT": "7"})  # fmt: skip
