@@ -5,12 +5,13 @@ scripts/experiment_convergence.sh) and prints markdown:
 - per configuration, the mean and sample standard deviation over seeds of the best and final valid BLEU,
   the test BLEU (beam 5) of the best checkpoint and of the average of the last 5, and the tokens trained;
 - the differences the findings rest on, paired by seed: (a) async - sync, (c) async-accum 4 - sync,
-  --staleness-lr inverse - async, (b) async --local-accum 4 against async and async-accum 4, DiLoCo and local
-  SGD - sync, and what averaging adds in each configuration;
+  --staleness-lr inverse - async, (b) async --local-accum 4 against async and async-accum 4, DiLoCo, local
+  SGD and async-accum 4 at both speed spreads - sync, and what averaging adds in each configuration;
 - time to the target on the predicted clock, in three races: 4 equal devices, speeds 1,1,1,0.8 and a
   straggler at 0.5 (each against the sync run with the same speeds); and the equal-device race again
   with the clock re-priced for 1 Gb/s links (`nmt report --link-gbps`);
-- DiLoCo and local SGD against sync at the predicted time of their own best, at 80 and at 1 Gb/s.
+- DiLoCo and local SGD against sync at the predicted time of their own best, at 80 and at 1 Gb/s, and
+  async-accum 4 at each speed spread against sync at the same speeds.
 The target is fixed by rule before the runs: 95% of sync's mean best valid BLEU over its seeds.
 With --plots DIR it also writes DIR/bleu_predicted.png, DIR/bleu_predicted_1gbps.png (the same clock re-priced
 for 1 Gb/s links) and DIR/bleu_tokens.png: valid BLEU of every run of the equal-device race, one colour per
@@ -64,10 +65,17 @@ PAIRS = [  # (what, configuration, minus configuration)
     ("DiLoCo H=10 minus sync", "diloco-h10", "sync"),
     ("DiLoCo H=100 minus sync", "diloco-h100", "sync"),
     ("local SGD H=10 minus sync", "localsgd-h10", "sync"),
+    ("async-accum 4 at speeds 1,1,1,0.8 minus sync (at any speeds)", "accum4-spread", "sync"),
+    ("async-accum 4 with a straggler, 1,1,1,0.5, minus sync (at any speeds)", "accum4-straggler", "sync"),
 ]
 LOW_COMMUNICATION = ["diloco-h10", "diloco-h100", "localsgd-h10"]
 TARGET_SHARE = 0.95  # of sync's mean best valid BLEU, fixed before the runs
 SLOW_LINK_GBPS = 1.0
+AT_THEIR_BEST = [  # (configuration, the sync at its speeds, links: None as trained, or re-priced in Gb/s)
+    *[(c, "sync", (None, SLOW_LINK_GBPS)) for c in LOW_COMMUNICATION],
+    ("accum4-spread", "sync-spread", (None,)),
+    ("accum4-straggler", "sync-straggler", (None,)),
+]
 
 Runs = dict[str, dict[int, Run]]  # configuration -> seed -> finished run
 
@@ -216,13 +224,16 @@ def on_link(run: Run, gbps: float | None) -> Run:
 
 
 def at_their_best(runs: Runs) -> None:
-    """Each DiLoCo and local SGD run's best valid BLEU against every sync seed's best up to the same predicted
-    second, with the links as trained and re-priced at SLOW_LINK_GBPS: is sync ahead at equal time? One row
-    a run, since their seeds can differ by more than the configurations do."""
+    """Each run of AT_THEIR_BEST's configurations at its best valid BLEU against every seed of sync at the same
+    speeds, by the same predicted second (each sync seed's best up to then): is sync ahead at equal time? One
+    row a run, since seeds can differ by more than the configurations do; the low-communication modes also
+    with their links re-priced at SLOW_LINK_GBPS."""
     rows = []
-    for config in [c for c in LOW_COMMUNICATION if runs.get(c)]:
-        for gbps in (None, SLOW_LINK_GBPS):
-            syncs = [on_link(s, gbps) for _, s in sorted(runs.get("sync", {}).items())]
+    for config, against, links in AT_THEIR_BEST:
+        if not runs.get(config):
+            continue
+        for gbps in links:
+            syncs = [on_link(s, gbps) for _, s in sorted(runs.get(against, {}).items())]
             for seed, run in sorted(runs[config].items()):
                 top = max(on_link(run, gbps).valid, key=lambda e: e["bleu"])
                 by_then = [max((e["bleu"] for e in s.valid if e["predicted_s"] <= top["predicted_s"]), default=0.0)
@@ -230,16 +241,16 @@ def at_their_best(runs: Runs) -> None:
                 trained = run.start.get("link_gbps")
                 link = f"{gbps:g} Gb/s" if gbps else "as trained" + (f" ({trained:g} Gb/s)" if trained else "")
                 rows.append([LABELS[config], str(seed), link, f"{top['bleu']:.2f}", f"{top['predicted_s']:.0f}",
-                             ", ".join(f"{b:.2f}" for b in by_then),
+                             LABELS[against], ", ".join(f"{b:.2f}" for b in by_then),
                              f"{sum(b > top['bleu'] for b in by_then)} of {len(by_then)}"])  # fmt: skip
     if rows:
         print(
-            "DiLoCo and local SGD at their best against sync at the same predicted time (sync: each seed's "
-            "best up to then, seeds in order):"
+            "At its best against sync at the same speeds and predicted time (sync: each seed's best up to then, "
+            "seeds in order):"
         )
         print()
-        table(["configuration", "seed", "links", "its best valid BLEU", "at predicted s", "sync's best by then",
-               "sync ahead"], rows)  # fmt: skip
+        table(["configuration", "seed", "links", "its best valid BLEU", "at predicted s", "against",
+               "sync's best by then", "sync ahead"], rows)  # fmt: skip
 
 
 def plots(runs: Runs, target: float, out: Path) -> None:

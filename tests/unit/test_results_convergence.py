@@ -35,6 +35,9 @@ def test_the_tables_pair_by_seed_and_race_to_95_percent_of_syncs_best(tmp_path: 
     fake_run(tmp_path, "sync-s2", "sync", [(100, 12.0), (200, 20.0), (300, 22.0)], 16.0)
     fake_run(tmp_path, "localsgd-h10-s1", "diloco", [(100, 8.0), (250, 18.0), (400, 17.0)], 13.0)
     fake_run(tmp_path, "localsgd-h10-s2", "diloco", [(150, 21.0), (300, 20.5)], 14.0)
+    fake_run(tmp_path, "sync-straggler-s1", "sync", [(150, 10.0), (300, 19.0), (450, 20.0)], 15.0)
+    fake_run(tmp_path, "sync-straggler-s2", "sync", [(150, 12.0), (300, 20.0), (450, 22.0)], 16.0)
+    fake_run(tmp_path, "accum4-straggler-s1", "async", [(100, 15.0), (200, 19.5), (300, 19.0)], 14.0)
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -47,5 +50,11 @@ def test_the_tables_pair_by_seed_and_race_to_95_percent_of_syncs_best(tmp_path: 
     assert "| local SGD H=10 | 1 of 2 | 150 (n=1) | 0.15 (n=1) | 1.67x |" in lines
     # at local SGD's best (seed 1: 18.0 at 250 s; seed 2: 21.0 at 150 s) sync's seeds had 19 and 20, and 10
     # and 12: ahead in 2 of 2, then in 0 of 2
-    assert "| local SGD H=10 | 1 | as trained (80 Gb/s) | 18.00 | 250 | 19.00, 20.00 | 2 of 2 |" in lines
-    assert "| local SGD H=10 | 2 | as trained (80 Gb/s) | 21.00 | 150 | 10.00, 12.00 | 0 of 2 |" in lines
+    assert "| local SGD H=10 | 1 | as trained (80 Gb/s) | 18.00 | 250 | sync | 19.00, 20.00 | 2 of 2 |" in lines
+    assert "| local SGD H=10 | 2 | as trained (80 Gb/s) | 21.00 | 150 | sync | 10.00, 12.00 | 0 of 2 |" in lines
+    # with a straggler, against sync at the same speeds: 19.5 at 200 s, when those had 10 and 12
+    straggler = "| async-accum 4, speeds 1,1,1,0.5 | 1 | as trained (80 Gb/s) | 19.50 | 200 | sync, speeds 1,1,1,0.5 |"
+    assert straggler + " 10.00, 12.00 | 0 of 2 |" in lines
+    # and its quality against sync's (at any speeds) seed 1: 19.5 - 20 valid, 14 - 15 test
+    paired = "| async-accum 4 with a straggler, 1,1,1,0.5, minus sync (at any speeds) |"
+    assert paired + " -0.50 (n=1) | -1.00 (n=1) |" in lines
