@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from async_nmt.config import PAD_ID, ModelConfig, TrainConfig, model_config
-from async_nmt.data.batches import BatchStream, collate, make_batches
+from async_nmt.data.batches import BatchStream, collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.model.checkpoint import load_model
@@ -45,7 +45,7 @@ def valid_nll(model: torch.nn.Module, bin_dir: Path, mcfg: ModelConfig, device: 
     split = load_split(bin_dir, "valid")
     total, tokens = 0.0, 0
     for rows in make_batches(split.src.lengths, split.tgt.lengths, 4096, mcfg.max_positions):
-        batch = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], mcfg.max_positions).to(device)
+        batch = collate_rows(split.src, split.tgt, rows, mcfg.max_positions).to(device)
         logits = model(batch.src, batch.prev_tgt).float()
         nll = F.cross_entropy(logits.view(-1, mcfg.vocab_size), batch.target.view(-1), ignore_index=PAD_ID,
                               reduction="sum")  # fmt: skip

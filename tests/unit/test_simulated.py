@@ -13,6 +13,7 @@ import torch
 
 from async_nmt.config import TrainConfig, model_config
 from async_nmt.data.batches import BatchStream
+from async_nmt.data.binarize import TokenArray
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.modes.paramserver import PENDING_PUSHES, PENDING_TOKENS, ParamServer
 from async_nmt.train.modes.simulated import SimulatedWorkers
@@ -60,20 +61,13 @@ def test_async_accum_takes_one_adam_update_per_n_pushes_on_the_token_normalized_
 class EqualSplit:
     """Every sentence has 6 tokens a side, so every batch has the same tokens (the simulated cost)."""
 
-    class Side:
-        def __init__(self, n, seed):
-            rng = np.random.RandomState(seed)
-            self.rows = [rng.randint(4, 40, size=6).astype(np.int32) for _ in range(n)]
-            self.lengths = np.full(n, 6, dtype=np.int32)
-
-        def __len__(self):
-            return len(self.rows)
-
-        def __getitem__(self, i):
-            return self.rows[i]
+    @staticmethod
+    def side(n, seed) -> TokenArray:
+        rng = np.random.RandomState(seed)
+        return TokenArray.from_rows([rng.randint(4, 40, size=6).astype(np.int32) for _ in range(n)])
 
     def __init__(self, n=96):
-        self.src, self.tgt = self.Side(n, 1), self.Side(n, 2)
+        self.src, self.tgt = self.side(n, 1), self.side(n, 2)
 
 
 def simulate(

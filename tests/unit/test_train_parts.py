@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
-from async_nmt.data.batches import BatchStream, collate, make_batches
+from async_nmt.data.batches import BatchStream, collate, collate_rows, make_batches
+from async_nmt.data.binarize import TokenArray
 from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
 from async_nmt.train.events import EventLog, read_events, truncate_events
@@ -18,24 +19,16 @@ from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, push_gradient, train_step
 
 
-class FakeArray:
-    def __init__(self, lengths, seed):
-        rng = np.random.RandomState(seed)
-        self.lengths = np.asarray(lengths, dtype=np.int32)
-        self.rows = [rng.randint(4, 50, size=n).astype(np.int32) for n in lengths]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
+def fake_side(lengths, seed) -> TokenArray:
+    rng = np.random.RandomState(seed)
+    return TokenArray.from_rows([rng.randint(4, 50, size=n).astype(np.int32) for n in lengths])
 
 
 class FakeSplit:
     def __init__(self, n=500, seed=0):
         rng = np.random.RandomState(seed)
-        self.src = FakeArray(rng.randint(1, 60, size=n), seed + 1)
-        self.tgt = FakeArray(rng.randint(1, 60, size=n), seed + 2)
+        self.src = fake_side(rng.randint(1, 60, size=n), seed + 1)
+        self.tgt = fake_side(rng.randint(1, 60, size=n), seed + 2)
 
 
 @pytest.mark.parametrize("sort", ["target", "longest"])
@@ -45,7 +38,7 @@ def test_batches_respect_the_token_budget_and_cover_every_sentence_once(sort):
     seen = np.concatenate(batches)
     assert sorted(seen.tolist()) == list(range(len(split.src)))
     for rows in batches:
-        b = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len=64)
+        b = collate_rows(split.src, split.tgt, rows, max_len=64)
         assert b.src.numel() <= 512 and b.prev_tgt.numel() <= 512
         assert b.src.shape[1] % 8 == 0 and b.prev_tgt.shape[1] % 8 == 0
 
@@ -56,7 +49,7 @@ def test_sorting_by_the_longest_side_pads_less_when_the_sides_differ():
     for sort in ("target", "longest"):
         slots = real = 0
         for rows in make_batches(split.src.lengths, split.tgt.lengths, max_tokens=2048, max_len=64, sort=sort):
-            b = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len=64)
+            b = collate_rows(split.src, split.tgt, rows, max_len=64)
             slots += b.src.numel() + b.prev_tgt.numel()
             real += int(b.src.ne(PAD_ID).sum()) + int(b.prev_tgt.ne(PAD_ID).sum())
         padding[sort] = 1 - real / slots
@@ -87,6 +80,20 @@ def test_collate_of_many_rows_equals_one_row_at_a_time():
         assert batch.prev_tgt[i].tolist() == ([BOS_ID] + t + pad)[: batch.prev_tgt.size(1)]
         assert batch.target[i].tolist() == (t + [EOS_ID] + pad)[: batch.target.size(1)]
     assert batch.src.size(1) % 8 == 0 and batch.src.size(1) >= 16
+
+
+def test_collate_rows_of_a_split_equals_collate_of_its_sentences():
+    split = FakeSplit(n=300)
+    rows = np.random.RandomState(5).permutation(300)[:37]  # any rows, in any order
+    for max_len in (64, 20):  # 20: sides past max_len - 1 are cut
+        got = collate_rows(split.src, split.tgt, rows, max_len)
+        want = collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len)
+        for name in ("src", "prev_tgt", "target"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        assert (got.tokens, got.sentences) == (want.tokens, want.sentences)
+    empty = TokenArray.from_rows([np.zeros(0, np.int32)] * 2)  # a side with no token at all
+    b = collate_rows(empty, split.tgt, np.array([0, 1]), 64)
+    assert b.src.tolist() == [[EOS_ID] + [PAD_ID] * 7] * 2
 
 
 def test_stream_workers_are_disjoint_and_the_position_resumes():

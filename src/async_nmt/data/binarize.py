@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -346,6 +346,16 @@ class TokenArray:
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[-1]) != len(self.ids):
             raise UserError(f"{offsets_path}: does not match {Path(ids_path).name}; run `nmt preprocess` again")
         self.lengths: np.ndarray = np.diff(self.offsets).astype(np.int32)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[np.ndarray]) -> TokenArray:
+        """An in-memory array of the sentences `rows` (what a preprocessed file would hold)."""
+        self = cls.__new__(cls)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        self.ids = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]) if rows else np.zeros(0, np.int32)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.lengths = lengths.astype(np.int32)
+        return self
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -10,7 +10,7 @@ import sentencepiece as spm
 import torch
 from torch import nn
 
-from async_nmt.data.batches import collate, make_batches
+from async_nmt.data.batches import collate_rows, make_batches
 from async_nmt.data.binarize import load_split, read_lines
 from async_nmt.errors import UserError
 from async_nmt.score import corpus_scores
@@ -26,7 +26,7 @@ class Validator:
         n = len(split.src) if max_sentences <= 0 else min(max_sentences, len(split.src))
         src_len, tgt_len = split.src.lengths[:n], split.tgt.lengths[:n]
         self.batches = [
-            collate([split.src[i] for i in rows], [split.tgt[i] for i in rows], max_len)
+            collate_rows(split.src, split.tgt, rows, max_len)
             for rows in make_batches(src_len, tgt_len, max_tokens, max_len)
         ]
         self.sources = read_lines(bin_dir, "valid", "src")[:n]
