@@ -134,7 +134,9 @@ def uninterrupted() -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an
     update half applied, a message exchange with a worker half done (that worker then waits for an answer
     that never comes). A signal that came meanwhile is raised as KeyboardInterrupt when the section ends.
-    In a thread other than the main one, or where the signals are not Ctrl-C's, nothing changes."""
+    If the section raises, its error wins and the signal is dropped: the state may be half changed then,
+    and an interrupt would save it. In a thread other than the main one, or where the signals are not
+    Ctrl-C's, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
