@@ -16,6 +16,7 @@ from conftest import record_amp_dtypes
 from async_nmt.cli import main
 from async_nmt.config import RunConfig, TrainConfig, load_json, model_config
 from async_nmt.model.checkpoint import read_checkpoint
+from async_nmt.model.transformer import Transformer
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 
@@ -136,6 +137,30 @@ def test_compile_is_applied_where_the_gradients_are_computed(synthetic_bin: Path
     # one worker, and each sync rank, computes with the trainer's own model
     trainer = Trainer(micro_config(synthetic_bin, compile=True), tmp_path / "run")
     assert hasattr(trainer.model.hidden, "_torchdynamo_orig_callable")
+
+
+def test_the_compiled_stack_has_no_graph_break_as_batch_shapes_change():
+    """--compile is only worth it as whole graphs: a graph break falls back to eager around it, and one in
+    the decoder's loop over layers ran the whole decoder eagerly (a symbolic is_causal, once the shapes
+    changed). Training steps in bf16 with dropout on, over batches of three shapes, break nothing."""
+    from torch._dynamo.utils import counters
+
+    from async_nmt.train.step import compile_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = Transformer(model_config("tiny", 64, d_model=32, ff_dim=64, heads=2, enc_layers=1, dec_layers=1))
+    compile_model(model.train())
+    generator = torch.Generator().manual_seed(0)
+    for rows, src_len, tgt_len in ((8, 16, 24), (16, 8, 16), (24, 24, 8)):
+        src = torch.randint(4, 64, (rows, src_len), generator=generator)
+        prev = torch.randint(4, 64, (rows, tgt_len), generator=generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(src, prev)
+        assert logits.shape == (rows, tgt_len, 64)
+        logits.float().sum().backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()
 
 
 def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Path):

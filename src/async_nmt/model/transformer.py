@@ -71,7 +71,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.device.type == "cpu" and self.p < 1:
+        if x.device.type == "cpu" and self.p < 1 and not torch.compiler.is_compiling():  # (dynamo cannot trace random_)
             return cpu_dropout(x, self.p)
         return super().forward(x)
 
@@ -207,9 +207,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
         # Without a cache, or on the cache's first call, the queries see every earlier position; later
-        # cached calls feed one new position, which may see all the cached ones.
+        # cached calls feed one new position, which may see all the cached ones. Without a cache this is a
+        # plain bool, not a comparison of sizes: under torch.compile the sizes turn symbolic after the first
+        # new shape, SDPA refuses a symbolic is_causal, and dynamo then ran the whole decoder eagerly.
         batch = enc.attn_mask.size(0)
-        is_causal = x.size(0) > batch
+        is_causal = cache is None or x.size(0) > batch
         self_cache = cross_cache = None
         if cache is not None:
             self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})

@@ -96,7 +96,8 @@ OPTIONS = [
                  help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on CUDA and on "
                  "CPUs with native bf16, else fp32. The master parameters and Adam stay fp32."),
     click.option("--compile", "compile_model", is_flag=True,
-                 help="torch.compile the model (slow start, faster steps)."),
+                 help="torch.compile the encoder-decoder stack: a slow start (the first batches compile); "
+                      "meant for GPUs, where issuing operators bounds a step. Its speed-up is not measured yet."),
     click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),
     click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt."),
     click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over."),
