@@ -2,7 +2,8 @@
 # Issue 8's GPU session in one script of about 9 minutes, for a machine with one GPU, PyTorch and
 # no network. It needs demo/bin (make demo; carry it to the GPU machine). Under OUT [gpu-out] it writes
 # one log per step and bench.jsonl (every JSON line the benchmarks printed):
-#   1. the search and model unit tests, and the worker-process mode tests, on DEVICE (ASYNC_NMT_TEST_DEVICE);
+#   1. the search and model unit tests, the host-read tests, and the worker-process mode tests, on DEVICE
+#      (ASYNC_NMT_TEST_DEVICE);
 #   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
 #      nn.Transformer loop on demo/bin) for base and big, bench_train.py --compile for base (COMPILE=0: not),
 #      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
@@ -32,7 +33,7 @@ nmt() { python3 -m async_nmt.cli "$@"; }
 
 if [ "$TESTS" = 1 ]; then
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 60 python3 -m pytest -q -p no:cacheprovider \
-    tests/unit/test_search.py tests/unit/test_model.py
+    tests/unit/test_search.py tests/unit/test_model.py tests/integration/test_host_reads.py
   # 16 tests: 11 had run after 100 s on an H200 (3 failing, since fixed), the other 5 took 50 s
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 160 python3 -m pytest -q -p no:cacheprovider -rf \
     tests/integration/test_modes.py
