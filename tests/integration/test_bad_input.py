@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,17 @@ def test_translate_refuses_a_checkpoint_whose_contents_are_broken(run_dir: Path,
     one_line_error(nmt("translate", tmp_path / "broken.pt", "--device", "cpu", stdin="a b\n"), "broken.pt", fragment)
 
 
-def test_translate_refuses_a_truncated_checkpoint_in_one_line_that_ends_on_a_whole_word(run_dir: Path, tmp_path: Path):
+def test_translate_refuses_a_truncated_or_foreign_checkpoint_in_one_line(run_dir: Path, tmp_path: Path):
     (tmp_path / "cut.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes()[:1000])
-    line = one_line_error(nmt("translate", tmp_path / "cut.pt", "--device", "cpu", stdin="a b\n"), "cut.pt",
-                          "not a readable checkpoint (")  # fmt: skip
-    assert line.endswith(".)") or line.endswith("...)"), line  # torch's message, cut at a sentence or a word
+    one_line_error(nmt("translate", tmp_path / "cut.pt", "--device", "cpu", stdin="a b\n"), "cut.pt",
+                   "not a checkpoint, or one cut short")  # fmt: skip
+    (tmp_path / "text.pt").write_text("not a model\n")
+    one_line_error(nmt("translate", tmp_path / "text.pt", "--device", "cpu", stdin="a b\n"), "text.pt",
+                   "not a checkpoint, or one cut short")  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "zip.pt", "w") as archive:  # a zip archive, but not torch.save's
+        archive.writestr("notes.txt", "hello")
+    one_line_error(nmt("translate", tmp_path / "zip.pt", "--device", "cpu", stdin="a b\n"), "zip.pt",
+                   "not a readable checkpoint (")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,9 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     and read only what is used (translation reads the parameters, not the optimizer's two vectors)."""
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own message on other files misleads
+        raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
+                        "not a whole one)")  # fmt: skip
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
