@@ -32,7 +32,7 @@ source "$(dirname "$0")/gpu_setup.sh"
 nmt() { python3 -m async_nmt.cli "$@"; }
 
 if [ "$TESTS" = 1 ]; then
-  ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 60 python3 -m pytest -q -p no:cacheprovider \
+  ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 90 python3 -m pytest -q -p no:cacheprovider \
     tests/unit/test_search.py tests/unit/test_model.py tests/integration/test_host_reads.py
   # 16 tests: 11 had run after 100 s on an H200 (3 failing, since fixed), the other 5 took 50 s
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 160 python3 -m pytest -q -p no:cacheprovider -rf \
