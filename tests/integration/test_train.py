@@ -189,6 +189,26 @@ def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Pa
     torch.testing.assert_close(ends[0]["server"], ends[1]["server"], rtol=0, atol=0, equal_nan=True)
 
 
+def test_resume_finishes_a_save_that_a_kill_cut_off_before_its_event(synthetic_bin: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    cfg = micro_config(synthetic_bin, max_updates=4, valid_every=4, keep_last=2)
+    train(cfg, run, progress=False, log_every=1)
+    log = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    kinds = [json.loads(line)["kind"] for line in log]
+    assert kinds[-3:] == ["valid", "checkpoint", "end"]
+    # as if killed just after last.pt was replaced: no best.pt, no kept copy, no checkpoint event (or a torn one)
+    (run / "events.jsonl").write_text("".join(log[:-2]) + '{"kind": "check')
+    (run / "checkpoints" / "best.pt").unlink()
+    (run / "checkpoints" / "update-4.pt").unlink()
+    train(cfg, run, resume=True, progress=False, log_every=1)
+    events = read_events(run / "events.jsonl")
+    resumed_at = [i for i, e in enumerate(events) if e["kind"] == "start"][1]
+    before = events[resumed_at - 1]
+    assert before["kind"] == "checkpoint" and before["updates"] == 4 and before["best"] is True
+    assert read_checkpoint(run / "checkpoints" / "best.pt")["server"]["updates"] == 4
+    assert (run / "checkpoints" / "update-4.pt").is_file()
+
+
 def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin: Path, tmp_path: Path):
     train(micro_config(synthetic_bin, mode="async-accum", accum=3, max_updates=4), tmp_path / "r", progress=False,
           log_every=1)  # fmt: skip

@@ -104,6 +104,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
+        if resume and self.events.lines < state["event_lines"]:  # killed between writing last.pt and its event
+            self._finish_save(best=state.get("saved_as_best", False))  # absent from saves before 2026-12
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:
@@ -113,7 +115,7 @@ class Trainer:
     def _corpus_info(self) -> CorpusInfo:
         return CorpusInfo(**{k: self.manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")})
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, best: bool) -> dict[str, Any]:
         return {
             "model_config": asdict(self.model_cfg),
             "train_config": asdict(self.cfg),
@@ -129,6 +131,7 @@ class Trainer:
             "wall_s": self.wall_s,
             "best": self.best,
             "event_lines": self.events.lines + 1,  # the checkpoint event that follows belongs to it
+            "saved_as_best": best,
         }
 
     def _load(self, path: Path) -> dict[str, Any]:
@@ -154,16 +157,21 @@ class Trainer:
         if not self.leader:
             return
         with self.clock.paused():
-            last = checkpoint_path(self.run_dir, "last")
-            ckpt.save_checkpoint(self._state(), last)
+            ckpt.save_checkpoint(self._state(best), checkpoint_path(self.run_dir, "last"))
             self.saved_at = self.updates
-            if best:
-                tmp = last.with_name("best.pt.tmp")
-                shutil.copyfile(last, tmp)
-                tmp.replace(last.with_name("best.pt"))
-            if self.cfg.keep_last:
-                self._keep(last)
-            self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
+            self._finish_save(best)
+
+    def _finish_save(self, best: bool) -> None:
+        """What follows the write of last.pt: best.pt, the kept copy and the checkpoint event. A resume does it
+        again when the run was killed before the event was written (the checkpoint's `event_lines` count it)."""
+        last = checkpoint_path(self.run_dir, "last")
+        if best:
+            tmp = last.with_name("best.pt.tmp")
+            shutil.copyfile(last, tmp)
+            tmp.replace(last.with_name("best.pt"))
+        if self.cfg.keep_last:
+            self._keep(last)
+        self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
 
     def _keep(self, last: Path) -> None:
         """Keep this save as update-U.pt (a hard link: last.pt is replaced, never rewritten in place), and
