@@ -1,7 +1,9 @@
 """Translation speed: greedy and beam search with the incremental-decoding cache, and beam without it.
 
-Prints one JSON line: sentences/s and target tokens/s (eos excluded) of each, and the speedup of the cache
-for beam search (goal >= 3). With --fixed-shapes also greedy and beam search as `nmt translate
+Prints one JSON line: sentences/s and target tokens/s (eos excluded) of each, the decoding steps of greedy
+and beam search with the cache, and the speedup of the cache for beam search (goal >= 3). Where the host's
+cost of a step bounds the search (a GPU), fewer steps over more rows is more tokens/s: larger batches
+(`--max-tokens`) take fewer steps. With --fixed-shapes also greedy and beam search as `nmt translate
 --cuda-graphs` runs them (CUDA graphs on a GPU), their speed-ups, and the cache's speed-up with them.
 `--precision auto` is bf16 where the device has it (the linear layers' weights cast once, as `nmt
 translate` does), else fp32.
@@ -22,6 +24,7 @@ import torch
 
 from async_nmt.config import model_config
 from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.model import search
 from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
 from async_nmt.translate import translate_ids
@@ -32,10 +35,18 @@ def synthetic_sources(n: int, vocab_size: int, min_len: int, max_len: int, seed:
     return [[rng.randrange(4, vocab_size) for _ in range(rng.randint(min_len, max_len))] for _ in range(n)]
 
 
-def speed(model: Transformer, sources: list[list[int]], **kwargs) -> tuple[float, float]:
-    """Sentences/s and output tokens/s of translating `sources` (after a warm-up on the first 8)."""
+def speed(model: Transformer, sources: list[list[int]], **kwargs) -> tuple[float, float, int]:
+    """Sentences/s and output tokens/s of translating `sources` (after a warm-up on the first 8), and the
+    decoding steps it took (calls of the decoder's final norm: a CUDA graph replay is not counted)."""
     device = kwargs["device"]
     translate_ids(model, sources[:8], **kwargs)  # warm-up
+    steps = 0
+
+    def count(*_: object) -> None:
+        nonlocal steps
+        steps += 1
+
+    hook = model.decoder_norm.register_forward_hook(count)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -43,7 +54,8 @@ def speed(model: Transformer, sources: list[list[int]], **kwargs) -> tuple[float
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return len(sources) / seconds, sum(map(len, outputs)) / seconds
+    hook.remove()
+    return len(sources) / seconds, sum(map(len, outputs)) / seconds, steps
 
 
 def main() -> None:
@@ -59,6 +71,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument(
+        "--check-every",
+        type=int,
+        default=None,
+        help="Steps between reads of the finished sentences (default: the device's, 8 on a GPU, 1 on the CPU).",
+    )
     parser.add_argument(
         "--fixed-shapes",
         action="store_true",
@@ -84,6 +102,8 @@ def main() -> None:
         sources = synthetic_sources(args.sentences, model.cfg.vocab_size, args.min_len, args.max_len, seed=0)
 
     cast_for_search(model, amp)
+    if args.check_every is not None:  # e.g. the GPU's schedule on the CPU, to count a GPU's decoding steps
+        search.check_every_for = lambda device: args.check_every
     common = dict(max_tokens=args.max_tokens, device=device, amp_dtype=amp)
     greedy = speed(model, sources, beam=1, **common)
     beam = speed(model, sources, beam=args.beam, **common)
@@ -103,8 +123,9 @@ def main() -> None:
         "bench": "translate", "model": str(args.run) if args.run else f"random {args.preset}",
         "device": str(device), "precision": "bf16" if amp else "fp32",
         "sentences": len(sources), "src_tokens": sum(len(s) for s in sources), "beam": args.beam,
-        "greedy_sent_per_s": round(greedy[0], 2), "greedy_tok_per_s": round(greedy[1]),
-        "beam_sent_per_s": round(beam[0], 2), "beam_tok_per_s": round(beam[1]),
+        "max_tokens": args.max_tokens, "check_every": search.check_every_for(device),
+        "greedy_sent_per_s": round(greedy[0], 2), "greedy_tok_per_s": round(greedy[1]), "greedy_steps": greedy[2],
+        "beam_sent_per_s": round(beam[0], 2), "beam_tok_per_s": round(beam[1]), "beam_steps": beam[2],
         "beam_no_cache_sent_per_s": round(beam_no_cache[0], 2), "cache_speedup": round(beam[0] / beam_no_cache[0], 2),
         **fixed,
         "torch": torch.__version__,

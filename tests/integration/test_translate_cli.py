@@ -221,3 +221,26 @@ def test_translation_batches_are_larger_on_a_gpu_by_default():
 
     assert default_max_tokens(torch.device("cpu")) == 4000
     assert default_max_tokens(torch.device("cuda:0")) == 16000  # the host's cost per step, spread wider
+
+
+def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer():
+    """scripts/bench_translate.py counts the decoding steps that a GPU's host issues one at a time: many
+    small batches take more of them than one batch of the same sentences."""
+    import json
+
+    script = Path(__file__).parents[2] / "scripts" / "bench_translate.py"
+
+    def bench(max_tokens: int) -> dict:
+        done = subprocess.run(
+            [sys.executable, str(script), "--preset", "micro", "--vocab", "64", "--sentences", "12",
+             "--min-len", "3", "--max-len", "12", "--device", "cpu", "--precision", "fp32", "--beam", "2",
+             "--check-every", "4", "--max-tokens", str(max_tokens)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    small, large = bench(16), bench(100_000)
+    assert small["check_every"] == large["check_every"] == 4
+    for search in ("greedy_steps", "beam_steps"):
+        assert small[search] > large[search] > 0, (search, small, large)
