@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Issue 8's GPU session in one script of about 9 minutes, for a machine with one GPU, PyTorch and
-# no network. It needs demo/bin (make demo; carry it to the GPU machine). Under OUT [gpu-out] it writes
-# one log per step and bench.jsonl (every JSON line the benchmarks printed):
+# Issue 8's GPU session in one script of about 10 minutes (COMPILE=0 or TESTS=0: under 9), for a machine
+# with one GPU, PyTorch and no network. It needs demo/bin (make demo; carry it to the GPU machine). Under
+# OUT [gpu-out] it writes one log per step and bench.jsonl (every JSON line the benchmarks printed):
 #   1. the search and model unit tests, the host-read tests, and the worker-process mode tests, on DEVICE
 #      (ASYNC_NMT_TEST_DEVICE);
 #   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
 #      nn.Transformer loop on demo/bin) for base and big, bench_train.py --compile for base (COMPILE=0: not),
 #      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
-#      of that model on the test set's first SENTENCES lines, then `nmt translate` of the whole test set,
-#      greedy, beam 5, greedy with --cuda-graphs, and greedy and beam 5 in 64000-token batches, each timed
-#      from start-up to the last line, and its BLEU;
+#      of that model on the test set's first SENTENCES lines (at --max-tokens 16000 and 64000), then `nmt
+#      translate` of the whole test set, greedy, beam 5, greedy with --cuda-graphs, and greedy and beam 5 in
+#      64000-token batches, each timed from start-up to the last line, and its BLEU;
 #      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch);
 #   4. with MODE_BENCHES=1 (about 4 minutes more), bench_paramserver.py and bench_modes.py (4 workers on cuda:0).
 # A dry run on the CPU checks the script itself:
@@ -23,7 +23,7 @@ SECONDS_EACH=${SECONDS_EACH:-15}
 RUN_TIME=${RUN_TIME:-120}
 TESTS=${TESTS:-1}
 TOKENS=${TOKENS:-25000}  # a training batch (bench_step: 16384 tokens of 64-token rows)
-SENTENCES=${SENTENCES:-500}
+SENTENCES=${SENTENCES:-1007}  # bench_translate of the trained model: the whole test set
 BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
 TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
@@ -61,8 +61,10 @@ step train $((120 + RUN_TIME)) nmt train "$BIN" "$RUN" --force --quiet --preset 
   --max-tokens "$TOKENS" $TRAIN_OPTS --max-time "$RUN_TIME" --valid-every 0 \
   --valid-max-sentences 200
 cp "$RUN/events.jsonl" "$OUT/train-events.jsonl" 2>/dev/null
-step bench_translate_real 90 python3 scripts/bench_translate.py --run "$RUN" --input "$BIN/test.de" \
-  --sentences "$SENTENCES" --device "$DEVICE" --max-tokens 16000 --fixed-shapes
+for tokens in 16000 64000; do  # the GPU default, and larger batches that take fewer steps (below)
+  step "bench_translate_real_$tokens" 90 python3 scripts/bench_translate.py --run "$RUN" --input "$BIN/test.de" \
+    --sentences "$SENTENCES" --device "$DEVICE" --max-tokens "$tokens" --fixed-shapes
+done
 # beam1-graphs: greedy with --cuda-graphs; -64k: batches of 64000 source tokens, not the default 16000. A
 # decoding step costs a GPU's host about the same whatever its rows, and the test set then takes fewer
 # steps: with demo/run, 156 instead of 220 greedy and 112 instead of 192 with beam 5 (116 and 80 in one
