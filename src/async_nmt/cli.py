@@ -191,7 +191,8 @@ def train_main() -> None:
     type=int,
     default=None,
     help="Source tokens per translation batch (default: 4000 on the CPU, 16000 on a GPU, where larger "
-    "batches spread the host's cost of each decoding step).",
+    "batches spread the host's cost of each decoding step). A batch that runs the device out of memory is "
+    "translated again in halves.",
 )
 @click.option(
     "--checkpoint",

@@ -13,6 +13,12 @@ class WorkerFailed(UserError):
     exit_code = 1
 
 
+class OutOfMemory(UserError):
+    """A device ran out of memory on a batch: one line that says which batch and what to lower, exit code 1."""
+
+    exit_code = 1
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run stopped without saving, exit code 1."""
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from async_nmt.config import Precision
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import UserError
+from async_nmt.errors import OutOfMemory, UserError
 from async_nmt.model.checkpoint import load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
@@ -109,28 +110,58 @@ def translate_ids(
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])  # longest first: memory trouble shows at once
     outputs: list[list[int]] = [[] for _ in ids]
 
+    kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
+                  amp_dtype=amp_dtype, fixed_shapes=fixed_shapes)  # fmt: skip
+    halved = False
+
+    def search(batch: list[int]) -> list[list[int]]:
+        """Search `batch` (indices, longest first); a batch that runs the device out of memory is searched
+        again in halves, down to one sentence."""
+        nonlocal halved
+        try:
+            return generate(model, _source_tensor(batch, ids, cfg.pad_id, cfg.max_positions, device), beam, **kwargs)
+        except torch.OutOfMemoryError:
+            pass  # leaving the handler drops the exception, and with it the frames that hold the batch's tensors
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(batch) == 1:
+            raise OutOfMemory(
+                f"{device} ran out of memory translating one sentence of {lengths[batch[0]]} tokens with beam "
+                f"{beam}; try a smaller --beam or --max-len-a, or another --device"
+            )
+        if not halved:
+            print(
+                f"warning: {device} ran out of memory translating {len(batch)} sentences at once; translating "
+                "such batches in halves (a smaller --max-tokens avoids this)",
+                file=sys.stderr,
+            )
+            halved = True
+        half = (len(batch) + 1) // 2
+        return search(batch[:half]) + search(batch[half:])
+
     was_training = model.training
     model.eval()
     try:
         with tqdm(total=len(ids), unit="sent", file=sys.stderr, disable=None if progress else True) as bar:
             for batch in _batches(order, lengths, max_tokens, cfg.max_positions):
-                width = _padded(lengths[batch[0]], cfg.max_positions)
-                src_np = np.full((len(batch), width), cfg.pad_id, dtype=np.int64)
-                src_np[np.arange(width) < np.array([lengths[i] for i in batch])[:, None]] = np.concatenate(
-                    [ids[i] for i in batch]
-                )  # row by row, in the order of the concatenation
-                src = torch.from_numpy(src_np)
-                if device.type == "cuda":
-                    src = src.pin_memory()
-                src = src.to(device, non_blocking=True)
-                kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
-                              amp_dtype=amp_dtype, fixed_shapes=fixed_shapes)  # fmt: skip
-                for i, hyp in zip(batch, generate(model, src, beam, **kwargs), strict=True):
+                for i, hyp in zip(batch, search(batch), strict=True):
                     outputs[i] = hyp
                 bar.update(len(batch))
     finally:
         model.train(was_training)
     return outputs
+
+
+def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_width: int, device: torch.device) -> Tensor:
+    """The sentences `batch` (indices into `ids`, longest first) as a right-padded [B, S] tensor on `device`."""
+    lengths = np.array([len(ids[i]) for i in batch])
+    width = _padded(int(lengths[0]), max_width)
+    src_np = np.full((len(batch), width), pad_id, dtype=np.int64)
+    src_np[np.arange(width) < lengths[:, None]] = np.concatenate([ids[i] for i in batch])  # row by row, in order
+    src = torch.from_numpy(src_np)
+    if device.type == "cuda":
+        src = src.pin_memory()
+    return src.to(device, non_blocking=True)
 
 
 def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int) -> None:

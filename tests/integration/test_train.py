@@ -496,6 +496,33 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synth
     assert saved["server"]["updates"] == 4 and torch.isfinite(saved["params"]).all()
 
 
+def test_out_of_memory_in_a_training_step_is_one_line_naming_the_batch(synthetic_bin: Path, tmp_path: Path,
+                                                                        monkeypatch):  # fmt: skip
+    """A batch that runs the device out of memory (simulated here as CUDA raises it) stops the run with one
+    line that gives the batch's size and the option to lower; the checkpoints saved before it are kept."""
+    from async_nmt.train import step
+
+    real, calls = step.train_step, []
+
+    def tight(model, batch, *args):
+        calls.append(batch.src.shape)
+        if len(calls) == 7:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return real(model, batch, *args)
+
+    monkeypatch.setattr(step, "train_step", tight)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
+                                       "--max-tokens", "1024", "--max-updates", "20", "--valid-every", "4",
+                                       "--valid-max-sentences", "5", "--quiet"])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = result.stderr.strip().splitlines()
+    rows, width = calls[-1]
+    assert f"cpu ran out of memory on a training batch of {rows} sentences (source {rows} x {width}," in line
+    assert "--max-tokens" in line
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4
+
+
 def test_keep_last_keeps_the_last_saves_that_nmt_average_and_translate_average_use(synthetic_bin: Path,
                                                                                     tmp_path: Path):  # fmt: skip
     from async_nmt.model.checkpoint import kept_checkpoints, read_checkpoint

@@ -244,3 +244,36 @@ def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer():
     assert small["check_every"] == large["check_every"] == 4
     for search in ("greedy_steps", "beam_steps"):
         assert small[search] > large[search] > 0, (search, small, large)
+
+
+def out_of_memory_above(rows: int, sizes: list[int]):
+    """A stand-in for search that runs out of memory, as CUDA says it, on batches of more than `rows`."""
+    real = translate.generate
+
+    def generate(model, src, beam, **kwargs):
+        sizes.append(src.size(0))
+        if src.size(0) > rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return real(model, src, beam, **kwargs)
+
+    return generate
+
+
+def test_a_batch_that_runs_out_of_memory_is_translated_in_halves(sp, monkeypatch, capsys):
+    model = small_model(sp.get_piece_size())
+    expected = translate_lines(model, sp, LINES, beam=2, max_tokens=1000)
+    sizes: list[int] = []
+    monkeypatch.setattr(translate, "generate", out_of_memory_above(2, sizes))
+    assert translate_lines(model, sp, LINES, beam=2, max_tokens=1000) == expected
+    assert sizes == [7, 4, 2, 2, 3, 2, 1]  # the 7 non-empty lines in one batch, then halves until they fit
+    err = capsys.readouterr().err
+    assert err.count("ran out of memory") == 1 and "7 sentences" in err and "--max-tokens" in err
+
+
+def test_out_of_memory_on_one_sentence_exits_1_with_one_line(run_dir: Path, monkeypatch):
+    monkeypatch.setattr(translate, "generate", out_of_memory_above(0, []))
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "2"], input="ba de gi\nka\n")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    warning, error = result.stderr.strip().splitlines()  # the warning that it halves the batch, then the error
+    assert "translating 2 sentences at once" in warning
+    assert "ran out of memory translating one sentence of 4 tokens with beam 2" in error and "--beam" in error

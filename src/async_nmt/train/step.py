@@ -16,6 +16,7 @@ from torch import nn
 
 from async_nmt.config import PAD_ID, ModelConfig
 from async_nmt.data.batches import Batch
+from async_nmt.errors import OutOfMemory
 from async_nmt.model.transformer import Linear, Transformer
 
 
@@ -224,7 +225,16 @@ def push_gradient(
     flat.grad.zero_()
     stats = StepStats()
     for batch in batches:
-        stats.add(train_step(model, batch.to(device), label_smoothing, amp_dtype))
+        try:
+            stats.add(train_step(model, batch.to(device), label_smoothing, amp_dtype))
+            continue
+        except torch.OutOfMemoryError:
+            pass  # leaving the handler drops the exception, and with it the frames that hold the activations
+        raise OutOfMemory(
+            f"{device} ran out of memory on a training batch of {batch.sentences} sentences (source "
+            f"{batch.src.size(0)} x {batch.src.size(1)}, target {batch.target.size(0)} x {batch.target.size(1)} "
+            "tokens); train with a smaller --max-tokens"
+        )
     return stats
 
 
