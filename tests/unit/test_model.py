@@ -206,3 +206,23 @@ def test_a_model_built_uninitialized_computes_as_its_loaded_weights_say_and_leav
     torch.manual_seed(3)  # the initializers work again afterwards: the same random model as before
     again = Transformer(CFG)
     assert torch.equal(parameters_to_vector(again.parameters()), parameters_to_vector(model.parameters()))
+
+
+def test_a_cpu_decoding_step_attends_in_fp32_to_a_cache_kept_in_fp32():
+    """One query a row without gradients (a decoding step) takes `attend_one_query` on the CPU: exact
+    attention in fp32, masked as SDPA masks, where SDPA's bf16 kernel rounds; the cache it reads is kept
+    in fp32 and contiguous, so that no step converts or copies it whole."""
+    from async_nmt.model.transformer import attend, for_cache
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 4, n, 16, generator=g).bfloat16() for n in (1, 9, 9))
+    mask = torch.rand(6, 1, 1, 9, generator=g) > 0.3
+    mask[:, ..., 0] = True  # every row sees a key
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    with torch.inference_mode():
+        step = attend(q, for_cache(k), for_cache(v), mask)
+        rounded = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(step, exact, rtol=1e-5, atol=1e-5)
+    assert (rounded.float() - exact).abs().max() > 1e-3  # what bf16 attention would have lost
+    cached = for_cache(torch.randn(6, 9, 4, 16).bfloat16().transpose(1, 2))  # a [B, H, T, Dh] view, as qkv gives
+    assert cached.dtype == torch.float32 and cached.is_contiguous()
