@@ -57,10 +57,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_
 
 def attend_one_query(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
     """Attention of one query a row ([B, H, 1, Dh]) in fp32, as two batched matrix products: a CPU decoding
-    step. SDPA's CPU flash kernel spends most of such a call on per-row set-up: for 1,000 rows of 4 heads
-    and 30 to 40 keys it took 7.2-10.8 ms in bf16, where this takes 2.1-3.1 ms on keys and values kept in
-    fp32 (`for_cache`), and its error against exact attention is 1e-6 rather than bf16's 5e-3 (torch 2.13,
-    2 threads). In fp32 throughout, it computes what training's math kernel computes on the CPU in bf16."""
+    step. SDPA's CPU flash kernel is slow at one query a row: for 1,000 rows of 4 heads and 30 to 40 keys
+    it took 7.2-10.8 ms in bf16, where this takes 2.1-3.1 ms on keys and values kept in fp32 (`for_cache`),
+    and its error against exact attention is 1e-6 rather than bf16's 5e-3 (torch 2.13, 2 threads). The
+    math kernel that bf16 training uses on the CPU also attends in fp32 (its bf16 output is exact attention
+    rounded), so the search now attends as the model was trained to."""
     q, k, v = q.float(), k.float(), v.float()  # no copies for keys and values from the cache
     with torch.autocast("cpu", enabled=False):  # autocast would cast both products' inputs back to bf16
         scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)
