@@ -262,7 +262,7 @@ def test_resume_with_another_vocabulary_is_refused(synthetic_raw: Path, learned_
     from async_nmt.data.binarize import preprocess
 
     other = tmp_path / "other-bin"
-    preprocess(synthetic_raw, other, vocab_size=150)
+    preprocess(synthetic_raw, other, vocab_size=60)  # the toy corpus has 112 pieces at 150 as at 200: the same
     run = tmp_path / "copy"
     shutil.copytree(learned_run, run)
     code, output = run_cli("train", str(other), str(run), "--resume", "--quiet")
@@ -494,6 +494,23 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synth
     assert events[-1]["kind"] == "end" and events[-1]["diverged"] is True
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert saved["server"]["updates"] == 4 and torch.isfinite(saved["params"]).all()
+
+
+def test_a_run_resumes_on_its_corpus_preprocessed_again(synthetic_raw: Path, tmp_path: Path):
+    """Preprocessing the same raw text again gives the same vocabulary, and `--resume` takes it: the model
+    file differs (sentencepiece records the temporary folder it was trained in), its vocabulary does not."""
+    bin_dir, run = tmp_path / "bin", tmp_path / "run"
+    assert run_cli("preprocess", str(synthetic_raw), str(bin_dir), "--vocab-size", "200")[0] == 0
+    first = (bin_dir / "spm.model").read_bytes()
+    common = ["--preset", "micro", "--devices", "cpu", "--max-tokens", "1024", "--valid-every", "0", "--quiet"]
+    code, output = run_cli("train", str(bin_dir), str(run), *common, "--max-updates", "2")
+    assert code == 0, output
+    code, output = run_cli("preprocess", str(synthetic_raw), str(bin_dir), "--vocab-size", "200", "--force")
+    assert code == 0, output
+    assert (bin_dir / "spm.model").read_bytes() != first
+    code, output = run_cli("train", str(bin_dir), str(run), *common, "--max-updates", "4", "--resume")
+    assert code == 0, output
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4
 
 
 def test_out_of_memory_in_a_training_step_is_one_line_naming_the_batch(synthetic_bin: Path, tmp_path: Path,

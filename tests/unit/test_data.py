@@ -21,7 +21,7 @@ from async_nmt.data.binarize import (
     preprocess,
     read_lines,
 )
-from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
+from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash, vocab_matches
 from async_nmt.errors import UserError
 
 
@@ -35,8 +35,17 @@ def test_vocab_ids_and_hash(synthetic_raw: Path, tmp_path: Path) -> None:
     assert model == tmp_path / "spm.model" and (tmp_path / "spm.vocab").is_file()
     sp = load_vocab(model)
     assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
-    # the definition: the first 16 hex digits of the model file's sha256
-    assert vocab_hash(model) == hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
+    # the hash is of the vocabulary, not of the file, which records the paths sentencepiece read and wrote
+    (tmp_path / "again").mkdir()
+    again = train_vocab([synthetic_raw / "train.src", synthetic_raw / "train.tgt"], tmp_path / "again" / "spm", 100)
+    assert again.read_bytes() != model.read_bytes()
+    assert vocab_hash(again) == vocab_hash(model)
+    other = train_vocab([synthetic_raw / "train.src", synthetic_raw / "train.tgt"], tmp_path / "other", 90)
+    assert vocab_hash(other) != vocab_hash(model)
+    # a corpus preprocessed before recorded the hash of the file; it still matches, and only its own file
+    file_hash = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    assert vocab_matches(model, file_hash) and vocab_matches(model, vocab_hash(model))
+    assert not vocab_matches(again, file_hash)
 
 
 def test_vocab_tiny_corpus_soft_limit(tmp_path: Path) -> None:

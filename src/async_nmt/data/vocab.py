@@ -63,8 +63,27 @@ def load_vocab(path: Path) -> spm.SentencePieceProcessor:
 
 
 def vocab_hash(path: Path) -> str:
-    """The first 16 hex digits of the sha256 of the model file (ties checkpoints to their vocabulary)."""
+    """The first 16 hex digits of a sha256 over the vocabulary of the model at `path`: each piece, its score
+    and its kind (normal, control, unknown, unused, byte), in id order. It ties checkpoints and corpora to
+    their vocabulary. Not a hash of the file: sentencepiece writes its training options into the model,
+    among them the paths of its input and of the temporary folder `preprocess` trains in, so the same
+    vocabulary made twice hashed differently, and a run could not resume on its corpus preprocessed again.
+    """
+    sp = load_vocab(path)
+    digest = hashlib.sha256()
+    kinds = (sp.is_control, sp.is_unknown, sp.is_unused, sp.is_byte)
+    for i in range(sp.get_piece_size()):
+        kind = "".join("1" if is_kind(i) else "0" for is_kind in kinds)
+        digest.update(f"{sp.id_to_piece(i)}\t{sp.get_score(i)!r}\t{kind}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def vocab_matches(path: Path, recorded: str) -> bool:
+    """Whether `recorded` is the `vocab_hash` of the model at `path`, or the hash of its file, which
+    corpora preprocessed before 2026-12-05 recorded (the first 16 hex digits of its sha256)."""
+    if recorded == vocab_hash(path):
+        return True
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        return recorded == hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None

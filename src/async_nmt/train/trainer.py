@@ -23,7 +23,7 @@ from tqdm import tqdm
 from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
-from async_nmt.data.vocab import load_vocab, vocab_hash
+from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, read_checkpoint
@@ -48,7 +48,7 @@ class Trainer:
         self.manifest = load_manifest(bin_dir)
         self.vocab_file = bin_dir / "spm.model"
         self.sp = load_vocab(self.vocab_file)
-        if vocab_hash(self.vocab_file) != self.manifest["vocab_hash"] or (
+        if not vocab_matches(self.vocab_file, self.manifest["vocab_hash"]) or (
             self.sp.get_piece_size() != self.manifest["vocab_size"]
         ):
             raise UserError(f"{self.vocab_file}: not the vocabulary {bin_dir} was preprocessed with (its "
