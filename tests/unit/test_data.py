@@ -44,8 +44,9 @@ def test_vocab_ids_and_hash(synthetic_raw: Path, tmp_path: Path) -> None:
     assert vocab_hash(other) != vocab_hash(model)
     # a corpus preprocessed before recorded the hash of the file; it still matches, and only its own file
     file_hash = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
-    assert vocab_matches(model, file_hash) and vocab_matches(model, vocab_hash(model))
-    assert not vocab_matches(again, file_hash)
+    assert vocab_matches(sp, model, file_hash) and vocab_matches(sp, model, vocab_hash(model))
+    assert vocab_hash(sp) == vocab_hash(model)  # the same from the loaded vocabulary
+    assert not vocab_matches(load_vocab(again), again, file_hash)
 
 
 def test_vocab_tiny_corpus_soft_limit(tmp_path: Path) -> None:

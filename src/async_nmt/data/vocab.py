@@ -62,14 +62,14 @@ def load_vocab(path: Path) -> spm.SentencePieceProcessor:
         raise UserError(f"{path}: not a sentencepiece model ({reason(err)})") from None
 
 
-def vocab_hash(path: Path) -> str:
-    """The first 16 hex digits of a sha256 over the vocabulary of the model at `path`: each piece, its score
-    and its kind (normal, control, unknown, unused, byte), in id order. It ties checkpoints and corpora to
-    their vocabulary. Not a hash of the file: sentencepiece writes its training options into the model,
+def vocab_hash(vocab: Path | spm.SentencePieceProcessor) -> str:
+    """The first 16 hex digits of a sha256 over a vocabulary (a model file, or one loaded): each piece, its
+    score and its kind (normal, control, unknown, unused, byte), in id order. It ties checkpoints and corpora
+    to their vocabulary. Not a hash of the file: sentencepiece writes its training options into the model,
     among them the paths of its input and of the temporary folder `preprocess` trains in, so the same
     vocabulary made twice hashed differently, and a run could not resume on its corpus preprocessed again.
     """
-    sp = load_vocab(path)
+    sp = vocab if isinstance(vocab, spm.SentencePieceProcessor) else load_vocab(vocab)
     digest = hashlib.sha256()
     kinds = (sp.is_control, sp.is_unknown, sp.is_unused, sp.is_byte)
     for i in range(sp.get_piece_size()):
@@ -78,10 +78,10 @@ def vocab_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def vocab_matches(path: Path, recorded: str) -> bool:
-    """Whether `recorded` is the `vocab_hash` of the model at `path`, or the hash of its file, which
+def vocab_matches(sp: spm.SentencePieceProcessor, path: Path, recorded: str) -> bool:
+    """Whether `recorded` is the `vocab_hash` of `sp`, loaded from `path`, or the hash of that file, which
     corpora preprocessed before 2026-12-05 recorded (the first 16 hex digits of its sha256)."""
-    if recorded == vocab_hash(path):
+    if recorded == vocab_hash(sp):
         return True
     try:
         return recorded == hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -48,7 +48,7 @@ class Trainer:
         self.manifest = load_manifest(bin_dir)
         self.vocab_file = bin_dir / "spm.model"
         self.sp = load_vocab(self.vocab_file)
-        if not vocab_matches(self.vocab_file, self.manifest["vocab_hash"]) or (
+        if not vocab_matches(self.sp, self.vocab_file, self.manifest["vocab_hash"]) or (
             self.sp.get_piece_size() != self.manifest["vocab_size"]
         ):
             raise UserError(f"{self.vocab_file}: not the vocabulary {bin_dir} was preprocessed with (its "
