@@ -52,7 +52,7 @@ def main() -> None:
     marks = {"import_torch": TORCH, "import_cli": CLI}
     torch.empty(1, device=device)
     marks["device_first_use"] = sync()
-    model, sp = load_model(args.run, "best", device)
+    model, sp = load_model(args.run, None, device)
     amp = amp_dtype_for("auto", device)
     cast_for_search(model, amp)
     marks["load_model"] = sync()

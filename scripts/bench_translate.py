@@ -89,7 +89,7 @@ def main() -> None:
     if args.run is not None:
         from async_nmt.model.checkpoint import load_model
 
-        model, sp = load_model(args.run, "best", device)
+        model, sp = load_model(args.run, None, device)
     else:
         torch.manual_seed(0)
         model, sp = Transformer(model_config(args.preset, args.vocab)).to(device).eval(), None

@@ -75,7 +75,7 @@ def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
     from async_nmt.model.search import cast_for_search
     from async_nmt.translate import translate_ids
 
-    model, sp = load_model(run, "best", "cpu")
+    model, sp = load_model(run, None, "cpu")
     cast_for_search(model, torch.bfloat16)
     sources = sp.encode((bin_dir / "test.de").read_text(encoding="utf-8").splitlines()[:8])
     result: dict = {"bench": "count_ops", "translate": str(run), "sentences": len(sources), "max_len": 10}

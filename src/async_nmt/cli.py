@@ -14,7 +14,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 class ReportsUserErrors:
-    """Turns UserError into one line on stderr and its exit code (2; a failed worker: 1), with no traceback."""
+    """Turns UserError into one line on stderr and its exit code (2; a failed worker: 1), with no traceback;
+    and so an error of the system that no command foresaw (a folder that cannot be made, a full disk):
+    `error: PATH: REASON`, exit code 1."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -22,6 +24,10 @@ class ReportsUserErrors:
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:
+            where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
+            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            sys.exit(1)
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
@@ -46,9 +52,9 @@ class OneLineUsageErrors:
         except click.ClickException as err:
             err.show()
             sys.exit(err.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C (Click's Abort for a KeyboardInterrupt): the shell's code for SIGINT
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -169,9 +175,11 @@ def train_main() -> None:
 # --------------------------------------------------------------------------- translate
 @main.command()
 @click.argument("model_path", metavar="RUN_OR_CHECKPOINT", type=click.Path(path_type=Path))
-@click.option("-i", "--input", "input_path", type=click.Path(path_type=Path), help="Source file (default: stdin).")
+@click.option("-i", "--input", "input_path", type=click.Path(path_type=Path),
+              help="Source file; - or none: stdin.")  # fmt: skip
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path),
-              help="Output file, replaced if it exists, never the input (default: stdout).")  # fmt: skip
+              help="Output file, replaced if it exists, never the input; a device, named pipe or symbolic link "
+              "is written into, as > would; - or none: stdout.")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
 @click.option(
@@ -197,9 +205,9 @@ def train_main() -> None:
 @click.option(
     "--checkpoint",
     type=click.Choice(["best", "last"]),
-    default="best",
-    show_default=True,
-    help="Which checkpoint of a run folder to use.",
+    default=None,
+    help="Which checkpoint of a run folder to use (default: best, or last in a run trained without "
+    "validation, which has no best).",
 )
 @click.option(
     "--average",
@@ -231,7 +239,7 @@ def translate(
     max_len_a: float,
     max_len_b: int,
     max_tokens: int | None,
-    checkpoint: str,
+    checkpoint: str | None,
     average: int,
     device: str | None,
     precision: str,

@@ -127,6 +127,25 @@ class RunConfig:
     corpus: CorpusInfo
 
 
+RUN_MARKS = ("config.json", "events.jsonl", "checkpoints")  # what every run folder has from its start
+
+
+def is_run_folder(folder: Path) -> bool:
+    return any((Path(folder) / mark).exists() for mark in RUN_MARKS)
+
+
+def run_folder_in(folder: Path, below_only: bool = False) -> Path | None:
+    """A training run that is `folder` or lies below it (`below_only`: below it), if there is one: what a
+    `--force` that deletes `folder` must not reach unasked."""
+    folder = Path(folder)
+    if not below_only and is_run_folder(folder):
+        return folder
+    for path in folder.rglob("config.json"):
+        if path.parent != folder and is_run_folder(path.parent) and (path.parent / "events.jsonl").exists():
+            return path.parent
+    return None
+
+
 C = TypeVar("C")
 
 

@@ -11,22 +11,22 @@ def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """`None` means the first GPU if there is one, else the CPU."""
+def resolve_device(name: str | None, option: str = "--devices") -> torch.device:
+    """`None` means the first GPU if there is one, else the CPU; errors name the `option` that gave it."""
     name = name or default_device()
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UserError(f"--devices: {name!r} is not a device (use cpu or cuda:N)") from None
+        raise UserError(f"{option}: {name!r} is not a device (use cpu or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--devices: {name} is not there (this machine has no usable GPU)")
+            raise UserError(f"{option}: {name} is not there (this machine has no usable GPU)")
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"--devices: {name} is not there (this machine has {torch.cuda.device_count()} GPUs)")
+            raise UserError(f"{option}: {name} is not there (this machine has {torch.cuda.device_count()} GPUs)")
         return torch.device("cuda", index)
     if device.type != "cpu":
-        raise UserError(f"--devices: {name!r} is not supported (use cpu or cuda:N)")
+        raise UserError(f"{option}: {name!r} is not supported (use cpu or cuda:N)")
     return device
 
 

@@ -175,14 +175,61 @@ def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, ma
         raise UserError(f"--max-tokens must be at least 1 (got {max_tokens})")
 
 
+STDIO = "-"  # --input - / --output -: stdin / stdout, as sacreBLEU and fairseq take it
+
+
+def read_input(path: Path | None) -> list[str]:
+    """The lines to translate: of `path`, or of stdin where it is None or `-`."""
+    if path is not None and str(path) != STDIO:
+        return read_lines(path)
+    if sys.stdin is None:
+        raise UserError("stdin is closed; give the source with --input")
+    return decode_lines(sys.stdin.buffer.read(), "stdin")
+
+
+def write_output(path: Path | None, text: str) -> None:
+    """`text` to `path` (`write_atomically`), or to stdout where it is None or `-`, as UTF-8 whatever the
+    locale. A reader that stops early (`| head`) ends the command quietly, as it ends `cat`."""
+    if path is not None and str(path) != STDIO:
+        write_atomically(path, text)
+        return
+    if sys.stdout is None:
+        raise UserError("stdout is closed; name an output file with --output")
+    try:
+        out = getattr(sys.stdout, "buffer", None)  # bytes, so the locale cannot change the encoding
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            sys.stdout.flush()
+            out.write(text.encode("utf-8"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+    except OSError as err:
+        raise UserError(f"stdout: cannot write ({err.strerror or err})") from None
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, so `path` is never half-written."""
+    """Write `text` to the file `path` through a temporary file in the same folder, so `path` is never
+    half-written. Anything else is written into as `>` would write into it, never replaced: a symbolic
+    link (its target gets the text), a device such as /dev/null or /dev/stdout, a named pipe."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        try:
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        except OSError as err:
+            raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f = open(tmp, "w", encoding="utf-8", newline="")
+    except OSError as err:
+        raise UserError(f"{path}: cannot write a file in {path.parent} ({err.strerror or err})") from None
+    try:
+        with f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as err:
@@ -207,26 +254,27 @@ def translate_file(
     max_len_a: float = 1.2,
     max_len_b: int = 10,
     max_tokens: int | None = None,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     average: int = 0,
     device: str | None = None,
     precision: Precision = "auto",
     cuda_graphs: bool = False,
 ) -> None:
-    """`nmt translate`: lines of `input_path` (stdin if None) -> `output_path` (stdout if None);
+    """`nmt translate`: lines of `input_path` (stdin if None or `-`) -> `output_path` (stdout if None or `-`);
     `max_tokens` None: `default_max_tokens` of the device; `cuda_graphs`: search with fixed shapes
     (`search.greedy_search`, `search.beam_search`), which on CUDA replays each step as a CUDA graph."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
-    if input_path is not None and output_path is not None and Path(output_path).resolve() == Path(input_path).resolve():
+    files = [path for path in (input_path, output_path) if path is not None and str(path) != STDIO]
+    if len(files) == 2 and Path(output_path).resolve() == Path(input_path).resolve():
         raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
-    if input_path is None:
-        lines = decode_lines(sys.stdin.buffer.read(), "stdin")
-    else:
-        lines = read_lines(input_path)
+    lines = read_input(input_path)
     if average < 0:
         raise UserError("--average must not be negative")
+    if average and checkpoint is not None:
+        raise UserError(f"--average {average} translates with a mean of kept checkpoints; --checkpoint "
+                        f"{checkpoint} names one: give one of them")  # fmt: skip
     model, sp = load_model(Path(model_path), checkpoint, torch_device, average=average)
     amp_dtype = amp_dtype_for(precision, torch_device)
     cast_for_search(model, amp_dtype)
@@ -243,14 +291,4 @@ def translate_file(
         progress=True,
         fixed_shapes=cuda_graphs,
     )
-    text = "".join(hyp + "\n" for hyp in hyps)
-    if output_path is None:
-        out = getattr(sys.stdout, "buffer", None)  # bytes, so the locale cannot change the encoding
-        if out is None:
-            sys.stdout.write(text)
-        else:
-            sys.stdout.flush()
-            out.write(text.encode("utf-8"))
-            out.flush()
-    else:
-        write_atomically(output_path, text)
+    write_output(output_path, "".join(hyp + "\n" for hyp in hyps))

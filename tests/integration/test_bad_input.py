@@ -55,11 +55,93 @@ def test_train_force_refuses_a_run_folder_that_is_or_holds_the_corpus(synthetic_
     assert files(tmp_path / "work") == before
 
 
+def test_train_force_deletes_a_run_folder_only_and_never_a_run_inside_it(
+    synthetic_bin: Path, run_dir: Path, tmp_path: Path
+):
+    """A mistyped RUN_DIR (a folder of notes and runs) is refused, --force or not; so is a run folder that
+    holds another run."""
+    folder = tmp_path / "experiments"
+    shutil.copytree(run_dir, folder / "sub" / "run")
+    (folder / "notes.txt").write_text("keep")
+    holder = tmp_path / "holder"
+    shutil.copytree(run_dir, holder)
+    shutil.copytree(run_dir, holder / "inner")
+    before = files(tmp_path)
+    for force in ([], ["--force"]):
+        one_line_error(nmt("train", synthetic_bin, folder, *TRAIN, "--max-updates", "1", *force), "not a run folder")
+    one_line_error(nmt("train", synthetic_bin, holder, *TRAIN, "--max-updates", "1", "--force"), "holds another run")
+    assert files(tmp_path) == before
+
+
 def test_preprocess_force_refuses_an_output_folder_that_holds_the_raw_one(tmp_path: Path):
     raw = write_synthetic_corpus(tmp_path / "work" / "raw", n_train=50, n_valid=5, n_test=5)
     before = files(tmp_path / "work")
     one_line_error(nmt("preprocess", raw, tmp_path / "work", "--vocab-size", "60", "--force"), "must not be the raw")
     assert files(tmp_path / "work") == before
+
+
+@pytest.mark.parametrize("where", ["the output folder", "a folder below it"])
+def test_preprocess_force_refuses_an_output_folder_that_is_or_holds_a_run(run_dir: Path, tmp_path: Path, where):
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    out = tmp_path / "out"
+    shutil.copytree(run_dir, out if where == "the output folder" else out / "runs" / "run")
+    before = files(out)
+    one_line_error(nmt("preprocess", raw, out, "--vocab-size", "60", "--force"), "training run", "--force would delete")
+    assert files(out) == before
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(run_dir: Path, tmp_path: Path):
+    """Output folders under a file: preprocess says so (exit 2); report's --out, like any error of the
+    system that no command foresaw, is `error: PATH: REASON` (exit 1), never a traceback."""
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    (tmp_path / "file").write_text("keep")
+    one_line_error(nmt("preprocess", raw, tmp_path / "file" / "bin", "--vocab-size", "60"), "cannot make the folder")
+    result = nmt("report", run_dir, "--out", tmp_path / "file" / "report")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'file' / 'report'}: Not a directory"]
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    "vocab_size, fragment",
+    [(12, "it needs at least"), (10000, "not the 10000 asked for")],
+)
+def test_preprocess_says_how_large_a_vocabulary_can_be(tmp_path: Path, vocab_size, fragment):
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", vocab_size)
+    if vocab_size == 12:  # fewer pieces than the text has characters: refused, in words
+        line = one_line_error(result, fragment, "--vocab-size")
+        assert "trainer_interface" not in line
+    else:  # more than the text allows: a smaller vocabulary, and a warning that says so
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp_path / "bin" / "manifest.json").read_text())
+        assert f"warning: the vocabulary has {manifest['vocab_size']} pieces, {fragment}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "field, value", [("bleu", '"x"'), ("bleu", "null"), ("bleu", "NaN"), ("updates", '"a"'), ("train_s", "true")]
+)
+def test_report_refuses_an_event_whose_field_is_not_a_number(run_dir: Path, tmp_path: Path, field, value):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    number = next(i for i, line in enumerate(lines) if '"valid"' in line)
+    event = json.loads(lines[number])
+    lines[number] = json.dumps(event).replace(f'"{field}": {json.dumps(event[field])}', f'"{field}": {value}') + "\n"
+    assert value in lines[number]
+    (run / "events.jsonl").write_text("".join(lines))
+    one_line_error(nmt("report", run), f"events.jsonl:{number + 1}", f"its {field} is {value}, not a finite number")
+
+
+def test_report_reads_a_log_with_blank_lines(run_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    expected = nmt("report", run, "--json")
+    with open(run / "events.jsonl", "a") as f:
+        f.write("\n  \n")
+    result = nmt("report", run, "--json")
+    assert expected.exit_code == result.exit_code == 0, result.output
+    assert result.stdout == expected.stdout
 
 
 @pytest.mark.parametrize("damage", ["another spm.model", "manifest without vocab_hash"])

@@ -41,6 +41,19 @@ def test_preprocess_ok(raw: Path, tmp_path: Path) -> None:
     assert (tmp_path / "bin" / "manifest.json").is_file()
 
 
+def test_a_byte_order_mark_is_neither_text_nor_reference(raw: Path, tmp_path: Path) -> None:
+    """Files saved with a UTF-8 byte order mark give the corpus that the same files without one give: the
+    same ids, and references that score 100 against the clean text."""
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    for path in raw.iterdir():
+        (marked / path.name).write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert nmt("preprocess", raw, tmp_path / "plain", "--vocab-size", "100").exit_code == 0
+    assert nmt("preprocess", marked, tmp_path / "bin", "--vocab-size", "100").exit_code == 0
+    for name in ("test.tgt", "valid.src", "test.tgt.ids.npy", "valid.src.offsets.npy", "test.src.ids.npy"):
+        assert (tmp_path / "bin" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
 def test_preprocess_warns_of_sides_longer_than_the_presets_positions(raw: Path, tmp_path: Path) -> None:
     result = nmt("preprocess", raw, tmp_path / "plain", "--vocab-size", "100", "--max-len", "1000")
     assert result.exit_code == 0 and "warning" not in result.stderr

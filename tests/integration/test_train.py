@@ -80,6 +80,28 @@ def test_an_ended_run_resumes_under_new_stopping_options_and_its_config_says_so(
     assert load_json(RunConfig, run / "config.json").train == cfg
 
 
+def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_is_left_alone(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path
+):
+    """`nmt-train BIN RUN --resume --max-updates N` resumes a run trained with --preset micro and other
+    options than the defaults (it was refused: "model configuration differs"); a --preset given against
+    the run's is refused in one line; resuming a run that stands at its limit changes nothing."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "302")
+    assert code == 0, output
+    assert load_json(RunConfig, run / "config.json").train == micro_config(synthetic_bin, max_updates=302,
+                                                                           valid_every=150)  # fmt: skip
+    assert read_events(run / "events.jsonl")[-1]["updates"] == 302
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "304",
+                           "--preset", "tiny")  # fmt: skip
+    assert code == 2 and len(output.strip().splitlines()) == 1 and "resume without them" in output, output
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet")
+    assert code == 0 and "nothing to do" in output and "--max-updates 302" in output, output
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
 @pytest.mark.parametrize(
     "extra, option",
     [(["--max-tokens", "512"], "--max-tokens"), (["--seed", "8"], "--seed"), (["--mode", "async"], "--mode"),
@@ -229,6 +251,8 @@ def run_cli(*args: str):
         (["--devices", "tpu"], "tpu"),
         (["--resume", "--force"], "contradict"),
         (["--lr", "-1"], "--lr"),
+        (["--valid-max-sentences", "-1"], "--valid-max-sentences"),
+        (["--devices", "cpu,"], "names an empty device"),
     ],
 )
 def test_bad_train_options_give_one_line_and_exit_2(synthetic_bin: Path, tmp_path: Path, extra, message):
@@ -311,6 +335,35 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
     start = [e for e in resumed if e["kind"] == "start"][-1]
     assert start["resumed"] is True and start["updates"] == saved["updates"]
     assert resumed[-1]["kind"] == "end" and resumed[-1]["updates"] == saved["updates"] + 2
+    # as if never stopped: Ctrl-C waited for the step it came in (it once saved the data position of a
+    # batch taken but not trained on, and the resumed run skipped that batch); every update was logged
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "whole"), "--quiet", "--preset", "micro",
+                           "--devices", "cpu", "--max-tokens", "512", "--valid-every", "0", "--log-every", "1",
+                           "--max-updates", str(saved["updates"] + 2))  # fmt: skip
+    assert code == 0, output
+
+    def trained(events: list[dict]) -> dict[int, tuple]:
+        return {e["updates"]: (e["tokens"], e["loss"]) for e in events if e["kind"] == "train"}
+
+    assert trained(resumed) == trained(read_events(tmp_path / "whole" / "events.jsonl"))
+
+
+def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(synthetic_bin: Path, tmp_path: Path):
+    """In a log file or batch job the bar's `\\r` redraws would make one endless line: there each train
+    event is a line of its own, as is each validation; --quiet silences them."""
+    args = ["train", str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices", "cpu",
+            "--max-tokens", "512", "--valid-every", "4", "--valid-max-sentences", "5", "--log-every", "2",
+            "--max-updates", "4"]  # fmt: skip
+    done = subprocess.run([str(NMT_TRAIN), *args[1:]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("update ")]
+    assert [line.split(":")[0] for line in lines] == ["update 2", "update 4", "update 4"]
+    assert "loss" in lines[0] and "tok/s" in lines[0] and "valid loss" in lines[2] and "BLEU" in lines[2]
+    quiet = subprocess.run([str(NMT_TRAIN), *args[1:], "--force", "--quiet"], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert quiet.returncode == 0, quiet.stderr
+    assert "update " not in quiet.stderr
 
 
 def _events(run: Path) -> list[dict]:

@@ -160,6 +160,61 @@ def test_translate_cli_files_are_written_whole(run_dir: Path, tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]  # no temporary files left
 
 
+def test_a_dash_is_stdin_and_stdout(run_dir: Path):
+    args = ["translate", str(run_dir), "--beam", "1"]
+    alone = runner().invoke(main, args, input="ba de\nka\n")
+    dashes = runner().invoke(main, [*args, "-i", "-", "-o", "-"], input="ba de\nka\n")
+    assert alone.exit_code == dashes.exit_code == 0, dashes.stderr
+    assert dashes.stdout == alone.stdout and alone.stdout.count("\n") == 2
+
+
+def test_output_through_a_link_or_a_named_pipe_is_written_into_not_replaced(run_dir: Path, tmp_path: Path):
+    """As `>` would: a symbolic link stays a link and its target gets the text; a named pipe stays a pipe
+    and its reader gets the text (it used to be replaced by a file, and the reader waited for ever)."""
+    import os
+    import stat
+    import threading
+
+    expected = runner().invoke(main, ["translate", str(run_dir), "--beam", "1"], input="ba de\nka\n").stdout
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "-o", str(link)], input="ba de\nka\n")
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink() and target.read_text() == expected
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "-o", str(fifo)], input="ba de\nka\n")
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert received == [expected] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.txt", "target.txt"]
+
+
+def test_checkpoint_choices_are_kept_or_refused_never_swapped(run_dir: Path, tmp_path: Path):
+    """Without --checkpoint a run without best.pt (no validation) translates with last.pt; an explicit
+    --checkpoint best there, or --checkpoint with a checkpoint file, or with --average, is refused."""
+    import shutil
+
+    last_only = tmp_path / "run"
+    (last_only / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "best.pt", last_only / "checkpoints" / "last.pt")
+    args = ["--beam", "1", "--device", "cpu"]
+    assert runner().invoke(main, ["translate", str(last_only), *args], input="ba\n").exit_code == 0
+    refused = {
+        "no best.pt": [str(last_only), "--checkpoint", "best"],
+        "is a checkpoint file": [str(run_dir / "checkpoints" / "best.pt"), "--checkpoint", "last"],
+        "give one of them": [str(last_only), "--checkpoint", "last", "--average", "2"],
+    }
+    for message, given in refused.items():
+        result = runner().invoke(main, ["translate", *given, *args], input="ba\n")
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert message in result.stderr
+
+
 def test_empty_stdin_gives_empty_output(run_dir: Path):
     result = runner().invoke(main, ["translate", str(run_dir)], input="")
     assert result.exit_code == 0, result.stderr
@@ -174,7 +229,7 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
         (["--max-len-b", "-1"], "ba\n", "must not be negative"),
         ([], b"ba\n\xff\xfe\n", "stdin: line 2 is not valid UTF-8"),
         (["-i", "missing.txt"], "", "missing.txt: no such file"),
-        (["--device", "tpu"], "ba\n", "--devices"),
+        (["--device", "tpu"], "ba\n", "--device: 'tpu' is not a device"),
     ],
 )
 def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, message):

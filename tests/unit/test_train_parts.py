@@ -267,13 +267,14 @@ def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_pat
     assert [e["updates"] for e in read_events(path)] == [0, 1, 2]
     path.write_text("".join(good) + '{"kind": "train", "updates": 3}', encoding="utf-8")  # no newline but whole
     assert len(read_events(path)) == 4
+    path.write_text(good[0] + "\n" + good[1] + "  \r\n", encoding="utf-8")  # blank lines: skipped
+    assert [e["updates"] for e in read_events(path)] == [0, 1]
 
     corrupt = {
         "middle": good[0] + "garbage\n" + good[1],
         "complete last": "".join(good) + '{"kind": "tra\n',
         "not an object": good[0] + "[1, 2]\n" + good[1],
         "not UTF-8": good[0] + '{"kind": "\udcff"}\n' + good[1],
-        "blank": good[0] + "\n" + good[1],
         "no kind": good[0] + '{"updates": 1}\n' + good[1],
         "a valid event without its BLEU": good[0] + '{"kind": "valid", "updates": 1, "tokens": 5, "train_s": 1}\n',
     }

@@ -29,6 +29,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from async_nmt.config import run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
 from async_nmt.errors import UserError
 
@@ -75,21 +76,28 @@ def preprocess(
         raise UserError(f"{bin_dir} exists; use --force to overwrite")
     if bin_dir.resolve() in (raw_dir.resolve(), *raw_dir.resolve().parents):
         raise UserError(f"{bin_dir}: the output folder must not be the raw folder {raw_dir} or hold it")
-    if max_len < 1 or max_ratio < 1:
+    if force and bin_dir.is_dir() and (run := run_folder_in(bin_dir)) is not None:
+        what = "is a training run" if run == bin_dir else f"holds the training run {run}"
+        raise UserError(f"{bin_dir}: {what}, which --force would delete; preprocess into another folder")
+    if max_len < 1 or not max_ratio >= 1:  # (nan is not >= 1)
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
     src, tgt = _languages(raw_dir, src, tgt)
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
     counts = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
 
-    bin_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bin_dir.name}.tmp-", dir=bin_dir.parent))
+    try:
+        bin_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{bin_dir.name}.tmp-", dir=bin_dir.parent))
+    except OSError as err:
+        raise UserError(f"{bin_dir}: cannot make the folder ({err.strerror or err})") from None
     try:
         model = train_vocab(
             [raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size, model_type
         )
         sp = load_vocab(model)
         stats = {}
-        with tqdm(total=sum(counts.values()), unit=" pairs", desc="encoding", disable=not progress) as bar:
+        quiet = None if progress else True  # None: tqdm's own test, off where stderr is not a terminal
+        with tqdm(total=sum(counts.values()), unit=" pairs", desc="encoding", disable=quiet) as bar:
             for split in splits:
                 stats[split] = _encode_split(sp, raw_dir, tmp, split, src, tgt, max_len, max_ratio, bar)
         if stats["train"]["sentences"] == 0:
@@ -123,6 +131,9 @@ def preprocess(
         for s, v in stats.items()
     )
     click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
+    if manifest["vocab_size"] < vocab_size:
+        click.echo(f"warning: the vocabulary has {manifest['vocab_size']} pieces, not the {vocab_size} asked for: "
+                   "the training text has no more", err=True)  # fmt: skip
     if "valid" not in stats:
         click.echo(f"warning: {raw_dir} has no valid.{src}/valid.{tgt}: `nmt train` needs a valid split", err=True)
     long = manifest["train_long_sides"]
@@ -237,7 +248,7 @@ def _check_text(path: Path) -> int:
 
 
 def _read_chunks(path: Path):
-    with open(path, encoding="utf-8", newline="\n") as f:
+    with open(path, encoding="utf-8-sig", newline="\n") as f:  # (-sig: without a byte order mark)
         chunk: list[str] = []
         for line in f:
             chunk.append(line.rstrip("\r\n"))
@@ -285,7 +296,7 @@ def _encode_split(
     if split != "train":
         for path in (src_file, tgt_file):
             with (
-                open(path, encoding="utf-8", newline="\n") as f,
+                open(path, encoding="utf-8-sig", newline="\n") as f,  # a reference without a byte order mark
                 open(out / path.name, "w", encoding="utf-8") as g,
             ):
                 g.writelines(line.rstrip("\r\n") + "\n" for line in f)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import sentencepiece as spm
@@ -44,11 +45,23 @@ def train_vocab(files: list[Path], prefix: Path, vocab_size: int, model_type: st
         )
     except (RuntimeError, OSError) as err:
         what = f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}"
-        raise UserError(f"{what}: {reason(err)}") from None
+        raise UserError(f"{what}: {_spm_reason(err)}") from None
     model = prefix.with_name(prefix.name + ".model")
     if not model.is_file():
         raise UserError(f"sentencepiece wrote no model at {model}")
     return model
+
+
+def _spm_reason(err: BaseException) -> str:
+    """sentencepiece's error without the source location and failed condition it starts with
+    ("INTERNAL: src/trainer_interface.cc(638) [...] "), and its commonest ones in our words."""
+    text = re.sub(r"^[A-Z_]+: \S+\(\d+\) \[.*?\] ?", "", " ".join(str(err).split()))
+    if chars := re.search(r"required_chars\. (\d+) vs (\d+)", text):
+        return (f"it needs at least {chars[2]} pieces, one for each character of the training text and the "
+                "special ones: use a larger --vocab-size")  # fmt: skip
+    if "sentences_.empty()" in str(err):
+        return "the training text has no sentences"
+    return reason(RuntimeError(text or str(err)))
 
 
 def load_vocab(path: Path) -> spm.SentencePieceProcessor:

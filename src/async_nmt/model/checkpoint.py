@@ -106,16 +106,23 @@ def params_crc32(params: torch.Tensor) -> int:
     return zlib.crc32(params.detach().cpu().contiguous().view(torch.uint8).numpy())
 
 
-def find_checkpoint(path: Path, which: str = "best") -> Path:
-    """A run folder -> its `which` checkpoint (falling back to `last`); a file -> itself."""
+def find_checkpoint(path: Path, which: str | None = None) -> Path:
+    """A run folder -> its `which` checkpoint ("best" or "last"; None: best, or last in a run that has no
+    best, one trained without validation); a checkpoint file -> itself, where `which` must be None."""
     if path.is_dir():
-        for name in (which, "last"):
+        names = ("best", "last") if which is None else (which,)
+        for name in names:
             candidate = checkpoint_path(path, name)
             if candidate.is_file():
                 return candidate
+        if which is not None and checkpoint_path(path, "last").is_file():
+            raise UserError(f"{path}: no {which}.pt in {path / 'checkpoints'} (a run trained without validation "
+                            "has only last.pt); leave out --checkpoint to take it")  # fmt: skip
         raise UserError(f"{path}: no checkpoint in {path / 'checkpoints'} (is it a run folder?)")
     if not path.exists():
         raise UserError(f"{path}: no such run folder or checkpoint")
+    if which is not None:
+        raise UserError(f"{path}: is a checkpoint file; --checkpoint {which} chooses one in a run folder")
     return path
 
 
@@ -133,7 +140,7 @@ def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint"
 
 
 def load_model(
-    path: Path, which: str = "best", device: torch.device | str | None = None, average: int = 0
+    path: Path, which: str | None = None, device: torch.device | str | None = None, average: int = 0
 ) -> tuple[Transformer, spm.SentencePieceProcessor]:
     """The model (eval mode, on `device`, default the CPU) and vocabulary of a run folder or checkpoint file;
     `average` > 0: of the mean of the run folder's last `average` kept checkpoints instead."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from async_nmt.config import RUN_MARKS, is_run_folder, run_folder_in
 from async_nmt.errors import UserError
 from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
 
@@ -28,8 +29,14 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
     if resume:
         if not checkpoint_path(run_dir, "last").is_file():
             raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not is_run_folder(run_dir):  # --force deletes run folders only: never a mistyped ~/experiments
+            raise UserError(f"{run_dir}: exists and is not a run folder (no {', '.join(RUN_MARKS)}); "
+                            "train into a new or empty folder")  # fmt: skip
+        if not force:
+            raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
+        if (inner := run_folder_in(run_dir, below_only=True)) is not None:
+            raise UserError(f"{run_dir}: holds another run, {inner}, which --force would delete; move it first")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -62,6 +63,14 @@ class EventLog:
         self._file.close()
 
 
+def complete_lines(path: Path) -> int:
+    """The lines of the log that end in a newline (a torn last line does not)."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(line.endswith(b"\n") for line in f)
+
+
 def truncate_events(path: Path, keep_lines: int) -> None:
     """Cut the log back to its first `keep_lines` complete lines (resume: forget what the checkpoint lacks)."""
     if not path.exists():
@@ -78,22 +87,39 @@ def truncate_events(path: Path, keep_lines: int) -> None:
 FIELDS: dict[str | None, tuple[str, ...]] = {None: ("kind", "updates"), "valid": ("bleu", "tokens", "train_s")}
 
 
+# fields that are finite numbers wherever an event has them (`nmt report` computes with them)
+NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "tok_per_s",
+           "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr")  # fmt: skip
+
+
 def _missing_fields(event: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed event: fields it lacks, or one that is not what it must be."""
     fields = FIELDS[None] + FIELDS.get(event.get("kind"), ())  # type: ignore[arg-type]
     missing = [f for f in fields if f not in event]
-    return f"no {', '.join(missing)}" if missing else None
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(event["kind"], str):
+        return f"its kind is {json.dumps(event['kind'])}, not a name"
+    for name in NUMBERS:
+        value = event.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"its {name} is {json.dumps(value)}, not a finite number"
+    return None
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every event of a log, in order; UserError naming the file and line for a corrupt line.
 
     Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
-    does not parse is skipped silently. Any other line that is not a JSON object with the FIELDS of its
-    kind, a complete last line included, is an error "PATH:LINE: not a JSON event (...)".
+    does not parse is skipped silently, as are blank lines. Any other line that is not a JSON object with
+    the FIELDS of its kind and NUMBERS that are numbers, a complete last line included, is an error
+    "PATH:LINE: not a JSON event (...)".
     """
     lines = path.read_bytes().splitlines(keepends=True)
     events = []
     for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue  # a blank line, as an editor may leave at the end
         try:
             event = json.loads(line.decode("utf-8").rstrip("\r\n"))
             problem = None if isinstance(event, dict) else f"a JSON {type(event).__name__}, not an object"

@@ -62,10 +62,14 @@ def train(
 def run_trainer(
     cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int, rank: int = 0, world: int = 1,
     interrupt: Any = None,
-) -> dict[str, Any]:  # fmt: skip
-    """One trainer (of rank `rank` in a sync group of `world`): open the run folder, train, summarize."""
+) -> dict[str, Any] | None:  # fmt: skip
+    """One trainer (of rank `rank` in a sync group of `world`): open the run folder, train, summarize; None
+    where a resumed run has nothing to do."""
     trainer = Trainer(cfg, run_dir, log_every=log_every, rank=rank, world=world, interrupt=interrupt)
-    trainer.open_run(resume)  # the trainer has read everything it needs before the folder changes
+    # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
+    # wait for their server, so it trains (or stops at once) rather than skip
+    if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in ("sync", "diloco")):
+        return None
     summary = trainer.run(progress=progress and rank == 0)
     if progress and rank == 0:
         print_summary(summary, trainer)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from async_nmt.config import MODES, PRECISIONS, PRESETS, STALENESS_LRS, TRAIN_DEFAULTS, TrainConfig
+from async_nmt.config import (
+    MODES,
+    PRECISIONS,
+    PRESETS,
+    STALENESS_LRS,
+    TRAIN_DEFAULTS,
+    RunConfig,
+    TrainConfig,
+    load_json,
+)
 from async_nmt.data.batches import SORTS
 from async_nmt.errors import UserError
 
@@ -102,7 +113,9 @@ OPTIONS = [
     click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),
     click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt."),
     click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over."),
-    click.option("--quiet", is_flag=True, help="No progress bar and no summary table."),
+    click.option("--quiet", is_flag=True,
+                 help="No progress: no bar (where stderr is not a terminal: no line per train event), no line "
+                 "per validation, no summary table. Warnings and errors still show."),
 ]  # fmt: skip
 
 
@@ -115,18 +128,24 @@ def add_train_options(f: Callable) -> Callable:
 def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: int | None,
                  compile_model: bool, worker_speeds: str | None = None, **options: Any) -> TrainConfig:  # fmt: skip
     """A TrainConfig from the command-line options, defaults filled in and contradictions refused."""
-    from async_nmt.train.modes import check_mode_options
-
     default_lr, default_warmup = TRAIN_DEFAULTS[options["preset"]]
     cfg = TrainConfig(
         bin_dir=str(bin_dir),
-        devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else [],
+        devices=_devices(devices),
         lr=default_lr if lr is None else lr,
         warmup=default_warmup if warmup is None else warmup,
         compile=compile_model,
         worker_speeds=_speeds(worker_speeds),
         **options,
     )
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse contradictory options and values out of range, naming the option."""
+    from async_nmt.train.modes import check_mode_options
+
     check_mode_options(cfg)
     for name in ("max_tokens", "lr", "link_gbps"):
         if not getattr(cfg, name) > 0:  # nan included
@@ -142,6 +161,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         "keep_last",
         "simulate_token_us",
         "patience",
+        "valid_max_sentences",
     ):
         if not getattr(cfg, name) >= 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
@@ -151,7 +171,15 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         raise UserError("--dropout must be in [0, 1)")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError("--label-smoothing must be in [0, 1)")
-    return cfg
+
+
+def _devices(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    devices = [d.strip() for d in text.split(",")]
+    if not all(devices):
+        raise UserError(f"--devices: {text!r} names an empty device (use cpu or cuda:N, comma-separated)")
+    return devices
 
 
 def _speeds(text: str | None) -> list[float]:
@@ -166,6 +194,31 @@ def _speeds(text: str | None) -> list[float]:
     return speeds
 
 
+FIELD_OF_OPTION = {"compile_model": "compile"}  # where an option's name is not its TrainConfig field's
+
+
+def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> TrainConfig:
+    """--resume: `cfg` with every option that the command line did not give as the run's config.json has
+    it (the options in force when it last ran), so that `nmt-train BIN RUN --resume --max-time 1200`
+    needs no other. A run without a readable config.json keeps `cfg`; the trainer's checks then speak."""
+    try:
+        saved = load_json(RunConfig, Path(run_dir) / "config.json").train
+    except UserError:
+        return cfg
+    kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
+    return dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
+                                       if f.name not in kept})  # fmt: skip
+
+
+def given_options() -> set[str]:
+    """The options the running command's command line (or environment) gave, not their defaults."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return set()
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in sources}
+
+
 def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bool, log_every: int,
               **options: Any) -> None:  # fmt: skip
     from async_nmt.train.launch import train
@@ -175,4 +228,7 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
     if log_every < 1:
         raise UserError("--log-every must be at least 1")
     cfg = build_config(bin_dir, **options)
+    if resume:
+        cfg = resumed_config(cfg, run_dir, given_options())
+        check_config(cfg)
     train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=log_every)

@@ -40,12 +40,21 @@ def context() -> Any:
 
 
 def spawn(target: Callable[..., None], args: Sequence[tuple]) -> list[Any]:
-    """Start one process per argument tuple (spawned, daemon)."""
+    """Start one process per argument tuple (spawned, daemon). They ignore SIGINT from their first
+    instruction: a spawned process imports torch and the CLI (seconds) before `worker_process` runs, and a
+    Ctrl-C then printed a traceback from each and killed them; an ignored signal stays ignored across the
+    exec, and Python leaves it so. The parent ignores it for as long as it starts them."""
     processes = []
-    for i, process_args in enumerate(args):
-        process = context().Process(target=target, args=process_args, daemon=True, name=f"nmt-worker-{i}")
-        process.start()
-        processes.append(process)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for i, process_args in enumerate(args):
+            process = context().Process(target=target, args=process_args, daemon=True, name=f"nmt-worker-{i}")
+            process.start()
+            processes.append(process)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, before)
     return processes
 
 

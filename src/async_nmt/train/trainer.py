@@ -8,6 +8,7 @@ In a sync group every rank runs a trainer; rank 0 (the leader) writes the run fo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -28,9 +29,17 @@ from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, read_checkpoint
 from async_nmt.train import checkpoint as ckpt
-from async_nmt.train.events import EventLog, TrainingClock, read_events, staleness_stats, truncate_events
+from async_nmt.train.events import (
+    EventLog,
+    TrainingClock,
+    complete_lines,
+    read_events,
+    staleness_stats,
+    truncate_events,
+)
 from async_nmt.train.modes import build_workers, worker_devices
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
+from async_nmt.train.processes import uninterrupted
 from async_nmt.train.step import StepStats, build_model
 from async_nmt.train.validate import Validator
 
@@ -44,6 +53,7 @@ class Trainer:
     ):  # fmt: skip
         self.cfg, self.run_dir, self.log_every = cfg, run_dir, log_every
         self.rank, self.leader = rank, rank == 0
+        self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
         self.vocab_file = bin_dir / "spm.model"
@@ -85,11 +95,19 @@ class Trainer:
         self._wall_start = time.perf_counter()
         self.events: EventLog
 
-    def open_run(self, resume: bool) -> None:
-        """Start the run folder afresh (replacing what is there), or resume it from checkpoints/last.pt."""
+    def open_run(self, resume: bool, may_skip: bool = True) -> bool:
+        """Start the run folder afresh (replacing what is there), or resume it from checkpoints/last.pt.
+        False, with the folder untouched, where a resumed run already stands at a limit that stops it (and
+        `may_skip`: no worker ranks wait for this trainer)."""
         events_path = self.run_dir / "events.jsonl"
         if resume:
             state = self._load(checkpoint_path(self.run_dir, "last"))
+            finished = complete_lines(events_path) >= state["event_lines"]  # not killed before its events
+            if may_skip and finished and (limit := self.limit_reached()) is not None:
+                if self.leader:
+                    print(f"nothing to do: {self.run_dir} is at update {self.updates}, where {limit} stops it",
+                          file=sys.stderr)  # fmt: skip
+                return False
             self.saved_at = self.updates
             self.clock = TrainingClock(state["train_s"])
             self._wall_start = time.perf_counter() - state["wall_s"]
@@ -97,7 +115,7 @@ class Trainer:
                 truncate_events(events_path, state["event_lines"])
                 read_events(events_path)  # a corrupt line stops the resume here, not a later `nmt report`
         if not self.leader:
-            return
+            return True
         if not resume:
             if self.run_dir.exists():
                 shutil.rmtree(self.run_dir)
@@ -106,6 +124,7 @@ class Trainer:
         self.events = EventLog(events_path)
         if resume and self.events.lines < state["event_lines"]:  # killed between writing last.pt and its event
             self._finish_save(best=state.get("saved_as_best", False))  # absent from saves before 2026-12
+        return True
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:
@@ -139,9 +158,11 @@ class Trainer:
         if state["corpus"]["vocab_hash"] != self.manifest["vocab_hash"]:
             raise UserError(f"{path}: trained with another vocabulary than {self.cfg.bin_dir}/spm.model")
         if state["model_config"] != asdict(self.model_cfg):
-            saved = from_dict(type(self.model_cfg), state["model_config"])
-            raise UserError(f"{path}: model configuration differs from the options given (--preset, --dropout; "
-                            f"checkpoint: {saved})")  # fmt: skip
+            saved, ours = state["model_config"], asdict(self.model_cfg)
+            differ = ", ".join(f"{k} {saved.get(k)} not {v}" for k, v in ours.items() if saved.get(k) != v)
+            raise UserError(f"{path}: model configuration differs from the options given, --preset "
+                            f"{self.cfg.preset} and --dropout ({differ}); resume without them to take the "
+                            "run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
@@ -243,18 +264,32 @@ class Trainer:
             self.last_valid, self.validated_at = result, self.updates
             self._event("valid", **result, best_bleu=self.best["bleu"])
             self.save(best=improved)
+        if self.progress:  # (tqdm.write keeps a bar on the screen below the line)
+            tqdm.write(f"update {self.updates}: valid loss {result['valid_loss']:.3f}, BLEU {result['bleu']:.2f}",
+                       file=sys.stderr)  # fmt: skip
         return result
 
     # ------------------------------------------------------------------ the loop
     def update(self) -> StepStats:
         """Run until the server has taken at least one more update; the statistics of its pushes."""
-        stats, staleness = self.workers.advance()
-        return self._count(stats, staleness)
+        return self._count(*self.workers.advance())
 
     def _count(self, stats: StepStats, staleness: list[int]) -> StepStats:
         self.tokens += stats.tokens
         self.staleness = merge_histograms(self.staleness, staleness)
         return stats
+
+    def limit_reached(self) -> str | None:
+        """The limit (--max-updates, --max-epochs, --max-time) that the run has reached, if any: the same in
+        every rank of a group, which all resume from the same checkpoint."""
+        cfg = self.cfg
+        if cfg.max_updates > 0 and self.updates >= cfg.max_updates:
+            return f"--max-updates {cfg.max_updates}"
+        if cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs:
+            return f"--max-epochs {cfg.max_epochs}"
+        if cfg.max_time > 0 and self.clock.seconds >= cfg.max_time:
+            return f"--max-time {cfg.max_time:g}"
+        return None
 
     def should_stop(self) -> bool:
         cfg = self.cfg
@@ -286,6 +321,7 @@ class Trainer:
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         cfg = self.cfg
+        self.progress = progress  # the bar, or lines where stderr is not a terminal; validation lines
         resumed = self.updates > 0
         warning = length_warning(self.manifest, self.model_cfg.max_positions)
         if warning and self.leader:
@@ -302,50 +338,51 @@ class Trainer:
         )  # fmt: skip
         bar = tqdm(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
-            disable=not progress, file=sys.stderr, desc="train",
+            disable=None if progress else True, file=sys.stderr, desc="train",
         )  # fmt: skip
+        # where stderr is not a terminal (a log file, a batch job), the bar is off and every `train` event
+        # is one line instead, as `\r` redraws would make one endless line of a log
+        lines = progress and bar.disable and self.leader
         interval, interval_start = StepStats(), self.clock.seconds
         try:
             while not self.should_stop():
                 self.workers.allow(self._next_fence())
                 before = self.updates
-                interval.add(self.update())
+                # Where the pushes are computed in this process, Ctrl-C waits for the update and its count: a
+                # checkpoint then holds whole updates and the data positions of exactly the batches they
+                # took, the last train event counts them, and a resume goes on as if never stopped
+                with uninterrupted() if self.workers.steps_here else contextlib.nullcontext():
+                    interval.add(self.update())
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     interval.add(self._count(*self.workers.drain()))
                 bar.update(self.updates - before)
-                validating = cfg.valid_every > 0 and self.updates % cfg.valid_every == 0
-                saving = validating or (cfg.save_every > 0 and self.updates % cfg.save_every == 0)
+                moved = self.updates > before  # (pushes that complete no update yet do not validate)
+                validating = moved and cfg.valid_every > 0 and self.updates % cfg.valid_every == 0
+                saving = validating or (moved and cfg.save_every > 0 and self.updates % cfg.save_every == 0)
                 logging = self.updates // self.log_every > before // self.log_every or stopping
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
                     self._check_finite(interval)
                 if logging:
-                    elapsed = max(self.clock.seconds - interval_start, 1e-9)
-                    tokens = max(interval.tokens, 1)
-                    event = self._event(
-                        "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens,
-                        lr=self.server.lr, grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
-                        **staleness_stats(self.staleness), **self._worker_pushes(),
-                    )  # fmt: skip
-                    if self.leader:
+                    event = self._train_event(interval, interval_start)
+                    if lines:
+                        bar.write(f"update {self.updates}: loss {event['loss']:.3f}, lr {event['lr']:.2e}, "
+                                  f"{event['tok_per_s']:,.0f} tok/s", file=sys.stderr)  # fmt: skip
+                    elif self.leader:
                         bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
                                         tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
                     interval, interval_start, self.staleness = StepStats(), self.clock.seconds, []
                 if self.workers.interrupted:
                     break
                 if validating:
-                    result = self.validate()
-                    if result is not None:
-                        bar.write(
-                            f"update {self.updates}: valid loss {result['valid_loss']:.3f}, BLEU {result['bleu']:.2f}"
-                        )
+                    self.validate()
                 elif saving:
                     self.save()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
-            self._stop_interrupted()
+            self._stop_interrupted(interval, interval_start)
         except TrainingDiverged:
             bar.close()
             with self.clock.paused():
@@ -380,11 +417,24 @@ class Trainer:
             f"training diverged: {what} at update {self.updates}; {kept}. Try a lower --lr, or --clip-norm"
         )
 
-    def _stop_interrupted(self) -> None:
-        """Ctrl-C: finish the pushes in flight, save a checkpoint, write the end event, exit 130."""
+    def _train_event(self, interval: StepStats, interval_start: float) -> dict[str, Any]:
+        """The `train` event of the pushes in `interval`, since `interval_start` on the training clock."""
+        elapsed = max(self.clock.seconds - interval_start, 1e-9)
+        tokens = max(interval.tokens, 1)
+        return self._event(
+            "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens, lr=self.server.lr,
+            grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
+            **staleness_stats(self.staleness), **self._worker_pushes(),
+        )  # fmt: skip
+
+    def _stop_interrupted(self, interval: StepStats, interval_start: float) -> None:
+        """Ctrl-C: finish the pushes in flight, log the pushes since the last `train` event, save a
+        checkpoint, write the end event, exit 130."""
         try:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
-                self._count(*self.workers.drain())
+                interval.add(self._count(*self.workers.drain()))
+            if interval.tokens:
+                self._train_event(interval, interval_start)
             self.save()
             self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True, converged=False)
         finally:

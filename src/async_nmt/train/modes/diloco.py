@@ -92,6 +92,8 @@ class OuterServer:
 class SimulatedDiloco(PredictedClock, Workers):
     """W DiLoCo workers emulated in one process, in worker order within each inner step."""
 
+    steps_here = True
+
     def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
         cfg = ctx.cfg
         self.model, self.flat, self.server, self.streams = ctx.model, ctx.flat, server, ctx.streams

@@ -8,6 +8,8 @@ from async_nmt.train.step import StepStats, push_gradient
 
 
 class LocalWorker(Workers):
+    steps_here = True
+
     def __init__(self, ctx: ModeContext, server: ParamServer):
         self.ctx, self.server = ctx, server
 

@@ -71,6 +71,8 @@ class PredictedClock:
 
 
 class SimulatedWorkers(PredictedClock, Workers):
+    steps_here = True
+
     # the simulation state saved in checkpoints besides the workers' parameters and next batches
     _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
 

@@ -40,6 +40,7 @@ class Workers:
 
     server: ParamServer
     interrupted = False  # a sync group agreed to stop on Ctrl-C
+    steps_here = False  # the pushes are computed in this process, inside `advance` (Ctrl-C waits for it)
     predicted_s: float | None = None  # the predicted wall clock of emulated devices (--simulate)
     predicted_worker_s: list[float] | None = None  # each emulated device's own predicted clock
     worker_pushes: list[int] | None = None  # pushes of each worker so far, where the mode counts them
