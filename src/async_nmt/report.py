@@ -180,8 +180,9 @@ def build_report(
     """The report as one JSON-ready object: x axis, target, baseline and one row per run."""
     if baseline is None:
         baseline = next((r for r in runs if r.start.get("mode") == "sync"), runs[0])
-    if target_bleu is None:
-        target_bleu = max(e["bleu"] for e in baseline.valid) - 0.5
+    if target_bleu is None:  # 0.5 below the baseline's best, but at least half of it (short runs: never below 0)
+        best = max(e["bleu"] for e in baseline.valid)
+        target_bleu = max(best - 0.5, best / 2)
     base_x = to_target(baseline, target_bleu, x)
     rows = [summarize(run, target_bleu, x) for run in runs]
     for row in rows:

@@ -197,3 +197,17 @@ def test_link_gbps_reprices_from_config_json_and_refuses_an_async_run_without_de
     result = cli.invoke(main, ["report", str(sync), str(old_async), "--x", "predicted", "--link-gbps", "1"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert f"{old_async}: its events predate the per-device clocks" in result.output
+
+
+def test_the_default_target_of_a_baseline_with_little_bleu_is_half_of_it(runs: list[Path], tmp_path: Path) -> None:
+    """A short baseline (best BLEU 0.4) once gave a target of -0.1, which every run reached at once."""
+    events = [json.loads(line) for line in (runs[0] / "events.jsonl").read_text().splitlines()]
+    for event in events:
+        if event["kind"] == "valid":
+            event["bleu"] = event["bleu"] / 100
+    low = tmp_path / "low"
+    low.mkdir()
+    (low / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    best = max(e["bleu"] for e in events if e["kind"] == "valid")
+    assert best < 0.5
+    assert build_report([load_run(low)])["target_bleu"] == pytest.approx(best / 2)
