@@ -92,14 +92,14 @@ NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predict
            "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr")  # fmt: skip
 
 
-def _missing_fields(event: dict[str, Any]) -> str | None:
-    """What is wrong with a parsed event: fields it lacks, or one that is not what it must be."""
+def _problem(event: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed event, if anything: fields it lacks, or one that is not what it must be."""
+    if "kind" in event and not isinstance(event["kind"], str):
+        return f"its kind is {json.dumps(event['kind'])}, not a name"
     fields = FIELDS[None] + FIELDS.get(event.get("kind"), ())  # type: ignore[arg-type]
     missing = [f for f in fields if f not in event]
     if missing:
         return f"no {', '.join(missing)}"
-    if not isinstance(event["kind"], str):
-        return f"its kind is {json.dumps(event['kind'])}, not a name"
     for name in NUMBERS:
         value = event.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -128,7 +128,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         except UnicodeDecodeError as err:
             problem = f"not UTF-8: {err.reason} at byte {err.start}"
         if problem is None:
-            problem = _missing_fields(event)
+            problem = _problem(event)
         if problem is None:
             events.append(event)
         elif number == len(lines) and not line.endswith(b"\n"):
