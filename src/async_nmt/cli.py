@@ -225,6 +225,13 @@ def train_main() -> None:
     help="Search precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32.",
 )
 @click.option(
+    "--chunk-size",
+    type=int,
+    default=None,
+    help="Translate and write the input N lines at a time, as it comes (a pipe, a person typing); 0 = all of "
+    "it at once, which batches best [default: 1 when stdin is a terminal, else 0].",
+)
+@click.option(
     "--cuda-graphs",
     is_flag=True,
     help="Search with fixed shapes, each decoding step replayed as one CUDA graph on a GPU: finished "
@@ -243,6 +250,7 @@ def translate(
     average: int,
     device: str | None,
     precision: str,
+    chunk_size: int | None,
     cuda_graphs: bool,
 ) -> None:
     """Translate lines from stdin (or --input) with the model of RUN_OR_CHECKPOINT, in input order."""
@@ -262,6 +270,7 @@ def translate(
         device=device,
         precision=precision,  # type: ignore[arg-type]
         cuda_graphs=cuda_graphs,
+        chunk_size=chunk_size,
     )
 
 

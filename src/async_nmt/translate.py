@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -187,14 +189,84 @@ def read_input(path: Path | None) -> list[str]:
     return decode_lines(sys.stdin.buffer.read(), "stdin")
 
 
-def write_output(path: Path | None, text: str) -> None:
-    """`text` to `path` (`write_atomically`), or to stdout where it is None or `-`, as UTF-8 whatever the
-    locale. A reader that stops early (`| head`) ends the command quietly, as it ends `cat`."""
-    if path is not None and str(path) != STDIO:
-        write_atomically(path, text)
+def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
+    """The lines to translate (of `path`, or of stdin where it is None or `-`), `chunk_size` at a time as
+    they are read; 0: all of them at once."""
+    if chunk_size == 0:
+        yield read_input(path)
         return
-    if sys.stdout is None:
-        raise UserError("stdout is closed; name an output file with --output")
+    if path is not None and str(path) != STDIO:
+        try:
+            stream, name = open(path, "rb"), str(path)  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    elif sys.stdin is None:
+        raise UserError("stdin is closed; give the source with --input")
+    else:
+        stream, name = sys.stdin.buffer, "stdin"
+    with stream if name != "stdin" else contextlib.nullcontext():
+        lines: list[str] = []
+        for number, raw in enumerate(stream, 1):
+            try:
+                lines.append(raw.decode("utf-8").removesuffix("\n").removesuffix("\r"))
+            except UnicodeDecodeError:
+                raise UserError(f"{name}: line {number} is not valid UTF-8") from None
+            if len(lines) == chunk_size:
+                yield lines
+                lines = []
+        if lines:
+            yield lines
+
+
+class ReaderGone(Exception):
+    """Whoever read stdout stopped reading (`| head`): the command ends quietly, as `cat` does."""
+
+
+@contextlib.contextmanager
+def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
+    """A function that writes text to `path` at once (flushed), or to stdout where `path` is None or `-`, as
+    UTF-8 whatever the locale. A file is written through a temporary file in the same folder, which
+    replaces it when the block ends without an error: `path` is never half-written. Anything else is
+    written into as `>` would write into it, never replaced: a symbolic link (its target gets the text), a
+    device such as /dev/null or /dev/stdout, a named pipe."""
+    if path is None or str(path) == STDIO:
+        if sys.stdout is None:
+            raise UserError("stdout is closed; name an output file with --output")
+        yield _stdout_write
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not an output file")
+    into = path.is_symlink() or (path.exists() and not path.is_file())
+    target = path if into else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        f = open(target, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    except OSError as err:
+        where = "" if into else f" a file in {path.parent}"
+        raise UserError(f"{path}: cannot write{where} ({err.strerror or err})") from None
+
+    def write(text: str) -> None:
+        f.write(text)
+        f.flush()
+
+    try:
+        with f:
+            yield write
+        if not into:
+            os.replace(target, path)
+    except OSError as err:
+        if not into:
+            target.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        if not into:
+            target.unlink(missing_ok=True)
+        raise
+
+
+def _stdout_write(text: str) -> None:
     try:
         out = getattr(sys.stdout, "buffer", None)  # bytes, so the locale cannot change the encoding
         if out is None:
@@ -205,36 +277,9 @@ def write_output(path: Path | None, text: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        raise ReaderGone from None
     except OSError as err:
         raise UserError(f"stdout: cannot write ({err.strerror or err})") from None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to the file `path` through a temporary file in the same folder, so `path` is never
-    half-written. Anything else is written into as `>` would write into it, never replaced: a symbolic
-    link (its target gets the text), a device such as /dev/null or /dev/stdout, a named pipe."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not an output file")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        try:
-            with open(path, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-        except OSError as err:
-            raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        f = open(tmp, "w", encoding="utf-8", newline="")
-    except OSError as err:
-        raise UserError(f"{path}: cannot write a file in {path.parent} ({err.strerror or err})") from None
-    try:
-        with f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 def default_max_tokens(device: torch.device) -> int:
@@ -259,17 +304,23 @@ def translate_file(
     device: str | None = None,
     precision: Precision = "auto",
     cuda_graphs: bool = False,
+    chunk_size: int | None = 0,
 ) -> None:
     """`nmt translate`: lines of `input_path` (stdin if None or `-`) -> `output_path` (stdout if None or `-`);
     `max_tokens` None: `default_max_tokens` of the device; `cuda_graphs`: search with fixed shapes
-    (`search.greedy_search`, `search.beam_search`), which on CUDA replays each step as a CUDA graph."""
+    (`search.greedy_search`, `search.beam_search`), which on CUDA replays each step as a CUDA graph;
+    `chunk_size` lines are translated and written at a time (0: all at once; None: 1 from a terminal, else 0)."""
     torch_device = resolve_device(device, "--device")
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
     files = [path for path in (input_path, output_path) if path is not None and str(path) != STDIO]
     if len(files) == 2 and Path(output_path).resolve() == Path(input_path).resolve():
         raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
-    lines = read_input(input_path)
+    if chunk_size is None:  # line by line from a terminal, where a person types them
+        reading_stdin = input_path is None or str(input_path) == STDIO
+        chunk_size = 1 if reading_stdin and sys.stdin is not None and sys.stdin.isatty() else 0
+    if chunk_size < 0:
+        raise UserError(f"--chunk-size must not be negative (got {chunk_size})")
     if average < 0:
         raise UserError("--average must not be negative")
     if average and checkpoint is not None:
@@ -278,17 +329,12 @@ def translate_file(
     model, sp = load_model(Path(model_path), checkpoint, torch_device, average=average)
     amp_dtype = amp_dtype_for(precision, torch_device)
     cast_for_search(model, amp_dtype)
-    hyps = translate_lines(
-        model,
-        sp,
-        lines,
-        beam=beam,
-        lenpen=lenpen,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        max_tokens=max_tokens,
-        amp_dtype=amp_dtype,
-        progress=True,
-        fixed_shapes=cuda_graphs,
-    )
-    write_output(output_path, "".join(hyp + "\n" for hyp in hyps))
+    options = dict(beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens,
+                   amp_dtype=amp_dtype, fixed_shapes=cuda_graphs)  # fmt: skip
+    try:
+        with output_writer(output_path) as write:
+            for lines in input_chunks(input_path, chunk_size):
+                hyps = translate_lines(model, sp, lines, progress=chunk_size == 0, **options)  # type: ignore[arg-type]
+                write("".join(hyp + "\n" for hyp in hyps))
+    except ReaderGone:
+        return

@@ -215,6 +215,39 @@ def test_checkpoint_choices_are_kept_or_refused_never_swapped(run_dir: Path, tmp
         assert message in result.stderr
 
 
+def test_chunks_give_the_outputs_of_the_whole_input(run_dir: Path, tmp_path: Path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    args = ["translate", str(run_dir), "-i", str(src), "--beam", "2", "--precision", "fp32"]
+    whole = runner().invoke(main, [*args, "--chunk-size", "0"])
+    chunked = runner().invoke(main, [*args, "--chunk-size", "3"])
+    assert whole.exit_code == chunked.exit_code == 0, chunked.stderr
+    assert chunked.stdout == whole.stdout and whole.stdout.count("\n") == len(LINES)
+
+
+def test_a_chunk_is_written_before_the_input_ends(run_dir: Path):
+    """With --chunk-size 1 each line's translation comes out as soon as it is read, as from a person
+    typing or a pipe that stays open (it used to wait for the end of stdin)."""
+    import select
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1", "--device", "cpu",
+         "--chunk-size", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for line in (b"ba de gi\n", b"ka\n"):
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            assert ready, "no output while stdin stays open"
+            assert proc.stdout.readline().endswith(b"\n")  # one output line a line in
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+
+
 def test_empty_stdin_gives_empty_output(run_dir: Path):
     result = runner().invoke(main, ["translate", str(run_dir)], input="")
     assert result.exit_code == 0, result.stderr
