@@ -106,6 +106,7 @@ class TrainConfig:
     seed: int = 1
     precision: Precision = "auto"
     compile: bool = False
+    log_every: int = 50  # updates between `train` events (the CLI's; launch.train takes it apart)
 
 
 @dataclass

@@ -311,6 +311,9 @@ def report_command(
     with `link_gbps`, the predicted clocks re-priced for that link."""
     if target_bleu is not None and not math.isfinite(target_bleu):
         raise UserError(f"--target-bleu must be a number (got {target_bleu})")
+    if link_gbps is not None and x != "predicted":
+        raise UserError(f"--link-gbps re-prices the predicted clock of --simulate runs; use it with --x predicted "
+                        f"(the x axis is {x})")  # fmt: skip
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
     runs = [load_run(path) for path in paths]

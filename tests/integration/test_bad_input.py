@@ -119,7 +119,15 @@ def test_preprocess_says_how_large_a_vocabulary_can_be(tmp_path: Path, vocab_siz
 
 
 @pytest.mark.parametrize(
-    "field, value", [("bleu", '"x"'), ("bleu", "null"), ("bleu", "NaN"), ("updates", '"a"'), ("train_s", "true")]
+    "field, value",
+    [
+        ("bleu", '"x"'),
+        ("bleu", "null"),
+        ("bleu", "NaN"),
+        ("updates", '"a"'),
+        ("train_s", "true"),
+        ("valid_loss", '"abc"'),
+    ],
 )
 def test_report_refuses_an_event_whose_field_is_not_a_number(run_dir: Path, tmp_path: Path, field, value):
     run = tmp_path / "run"
@@ -131,6 +139,26 @@ def test_report_refuses_an_event_whose_field_is_not_a_number(run_dir: Path, tmp_
     assert value in lines[number]
     (run / "events.jsonl").write_text("".join(lines))
     one_line_error(nmt("report", run), f"events.jsonl:{number + 1}", f"its {field} is {value}, not a finite number")
+
+
+def test_resume_refuses_an_average_in_place_of_last_pt(run_dir: Path, synthetic_bin: Path, tmp_path: Path):
+    """An average (`nmt average`) holds no optimizer or data state: one line, where a KeyError was."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert nmt("average", run, "--last", "2", "-o", tmp_path / "avg.pt").exit_code == 0
+    shutil.copyfile(tmp_path / "avg.pt", run / "checkpoints" / "last.pt")
+    one_line_error(nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume"), "no training state")
+
+
+def test_resume_refuses_the_corpus_the_other_way_round(run_dir: Path, synthetic_bin: Path, tmp_path: Path):
+    """The same vocabulary, the languages swapped: a src->tgt run does not go on as tgt->src."""
+    bin_dir, run = tmp_path / "bin", tmp_path / "run"
+    shutil.copytree(synthetic_bin, bin_dir)
+    shutil.copytree(run_dir, run)
+    manifest = json.loads((bin_dir / "manifest.json").read_text())
+    manifest["src"], manifest["tgt"] = manifest["tgt"], manifest["src"]
+    (bin_dir / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "6", "--resume"), "trained src->tgt")
 
 
 def test_report_reads_a_log_with_blank_lines(run_dir: Path, tmp_path: Path):
@@ -275,6 +303,7 @@ def test_report_refuses_an_out_file_and_a_nan_target(run_dir: Path, tmp_path: Pa
         (["score", "only-one"], "Missing argument 'REF'"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["report", "run", "--link-gbps", "0"], "--link-gbps"),
+        (["report", "run", "--link-gbps", "1"], "use it with --x predicted"),
     ],
 )
 def test_usage_errors_are_one_line_too(args, fragment):

@@ -100,6 +100,17 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
     code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet")
     assert code == 0 and "nothing to do" in output and "--max-updates 302" in output, output
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    # so is one at its --max-time (whose training clock was not yet restored when this was checked)
+    timed = tmp_path / "timed"
+    code, output = run_cli("train", str(synthetic_bin), str(timed), "--quiet", "--preset", "micro", "--devices",
+                           "cpu", "--max-tokens", "512", "--valid-every", "0", "--valid-max-sentences", "5",
+                           "--max-time", "0.5", "--log-every", "3")  # fmt: skip
+    assert code == 0, output
+    assert load_json(RunConfig, timed / "config.json").train.log_every == 3  # a resume logs as the run did
+    before = {p: p.read_bytes() for p in sorted(timed.rglob("*")) if p.is_file()}
+    code, output = run_cli("train", str(synthetic_bin), str(timed), "--resume", "--quiet")
+    assert code == 0 and "nothing to do" in output and "--max-time 0.5" in output, output
+    assert {p: p.read_bytes() for p in sorted(timed.rglob("*")) if p.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -641,6 +652,43 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     events = read_events(run / "events.jsonl")
     assert [e["bleu"] for e in events if e["kind"] == "valid"] == [1.0, 5.0, 4.0, 5.0, 4.5]
     assert events[-1]["kind"] == "end" and events[-1]["updates"] == 10 and events[-1]["converged"] is True
+    # a run that its patience stopped is left as it is when resumed (it trained one more interval)
+    again = Trainer(micro_config(synthetic_bin, max_updates=100, valid_every=2, patience=3), run, log_every=1)
+    assert again.open_run(resume=True) is False
+    assert read_events(run / "events.jsonl") == events
+
+
+def test_a_validation_that_ctrl_c_cut_short_is_done_when_the_run_resumes(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch
+):
+    """Ctrl-C during the validation at update 4: the run saves and stops; the resumed run validates at
+    update 4 first, so its valid events, best.pt and patience are an uninterrupted run's."""
+    scripted_validation(monkeypatch, [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)])
+    cfg = micro_config(synthetic_bin, max_updates=6, valid_every=2)
+    train(cfg, tmp_path / "whole", progress=False)
+    from async_nmt.train import validate
+
+    scripted_validation(monkeypatch, [(1.0, 3.0)])
+    fake = validate.Validator.__call__
+
+    def interrupted(self, *args, **kwargs):
+        if getattr(self, "_calls", 0) == 1:
+            raise KeyboardInterrupt
+        self._calls = getattr(self, "_calls", 0) + 1
+        return fake(self, *args, **kwargs)
+
+    monkeypatch.setattr(validate.Validator, "__call__", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        train(cfg, tmp_path / "split", progress=False)
+    assert stopped.value.code == 130
+    assert read_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["server"]["updates"] == 4
+    scripted_validation(monkeypatch, [(2.0, 2.0), (3.0, 1.0)])
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+
+    def validations(run: str) -> list[tuple[int, float]]:
+        return [(e["updates"], e["bleu"]) for e in read_events(tmp_path / run / "events.jsonl") if e["kind"] == "valid"]
+
+    assert validations("split") == validations("whole") == [(2, 1.0), (4, 2.0), (6, 3.0)]
 
 
 def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:

@@ -89,7 +89,9 @@ def preprocess(
         bin_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{bin_dir.name}.tmp-", dir=bin_dir.parent))
     except OSError as err:
-        raise UserError(f"{bin_dir}: cannot make the folder ({err.strerror or err})") from None
+        file = next((up for up in bin_dir.parents if up.exists() and not up.is_dir()), None)
+        why = f"{file} is a file, not a folder" if file is not None else err.strerror or str(err)
+        raise UserError(f"{bin_dir}: cannot make the folder ({why})") from None
     try:
         model = train_vocab(
             [raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size, model_type

@@ -89,7 +89,9 @@ FIELDS: dict[str | None, tuple[str, ...]] = {None: ("kind", "updates"), "valid":
 
 # fields that are finite numbers wherever an event has them (`nmt report` computes with them)
 NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "tok_per_s",
-           "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr")  # fmt: skip
+           "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr", "loss", "nll",
+           "valid_loss", "chrf")  # fmt: skip
+LISTS = ("worker_s", "worker_pushes", "staleness_hist")  # lists of finite numbers wherever an event has them
 
 
 def _problem(event: dict[str, Any]) -> str | None:
@@ -101,10 +103,16 @@ def _problem(event: dict[str, Any]) -> str | None:
     if missing:
         return f"no {', '.join(missing)}"
     for name in NUMBERS:
-        value = event.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return f"its {name} is {json.dumps(value)}, not a finite number"
+        if name in event and not _finite(event[name]):
+            return f"its {name} is {json.dumps(event[name])}, not a finite number"
+    for name in LISTS:
+        if name in event and not (isinstance(event[name], list) and all(map(_finite, event[name]))):
+            return f"its {name} is {json.dumps(event[name])}, not a list of finite numbers"
     return None
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -112,7 +120,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
     Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
     does not parse is skipped silently, as are blank lines. Any other line that is not a JSON object with
-    the FIELDS of its kind and NUMBERS that are numbers, a complete last line included, is an error
+    the FIELDS of its kind, NUMBERS that are numbers and LISTS of them, a complete last line included, is an error
     "PATH:LINE: not a JSON event (...)".
     """
     lines = path.read_bytes().splitlines(keepends=True)

@@ -101,8 +101,8 @@ OPTIONS = [
     click.option("--max-time", default=0.0, show_default=True,
                  help="Stop after this many seconds of training clock (validation excluded); 0 = no limit."),
     click.option("--patience", default=0, show_default=True,
-                 help="Stop when the last N validations brought no better valid BLEU (convergence; needs "
-                 "--valid-every > 0); 0 = never."),
+                 help="Stop when the last N validations brought no better checkpoint, by valid BLEU and, "
+                 "between equal BLEUs, valid loss (convergence; needs --valid-every > 0); 0 = never."),
     click.option("--seed", default=1, show_default=True, help="Random seed (initialization, batch order, dropout)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on CUDA and on "
@@ -126,8 +126,10 @@ def add_train_options(f: Callable) -> Callable:
 
 
 def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: int | None,
-                 compile_model: bool, worker_speeds: str | None = None, **options: Any) -> TrainConfig:  # fmt: skip
-    """A TrainConfig from the command-line options, defaults filled in and contradictions refused."""
+                 compile_model: bool, worker_speeds: str | None = None, checked: bool = True,
+                 **options: Any) -> TrainConfig:  # fmt: skip
+    """A TrainConfig from the command-line options, defaults filled in and (`checked`) contradictions
+    refused."""
     default_lr, default_warmup = TRAIN_DEFAULTS[options["preset"]]
     cfg = TrainConfig(
         bin_dir=str(bin_dir),
@@ -138,7 +140,8 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         worker_speeds=_speeds(worker_speeds),
         **options,
     )
-    check_config(cfg)
+    if checked:
+        check_config(cfg)
     return cfg
 
 
@@ -171,6 +174,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError("--dropout must be in [0, 1)")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError("--label-smoothing must be in [0, 1)")
+    if cfg.log_every < 1:
+        raise UserError("--log-every must be at least 1")
 
 
 def _devices(text: str | None) -> list[str]:
@@ -225,10 +230,8 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: continue the run, or start it over")
-    if log_every < 1:
-        raise UserError("--log-every must be at least 1")
-    cfg = build_config(bin_dir, **options)
-    if resume:
+    cfg = build_config(bin_dir, log_every=log_every, checked=not resume, **options)
+    if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
         cfg = resumed_config(cfg, run_dir, given_options())
         check_config(cfg)
-    train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=log_every)
+    train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=cfg.log_every)

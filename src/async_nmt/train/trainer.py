@@ -102,15 +102,16 @@ class Trainer:
         events_path = self.run_dir / "events.jsonl"
         if resume:
             state = self._load(checkpoint_path(self.run_dir, "last"))
-            finished = complete_lines(events_path) >= state["event_lines"]  # not killed before its events
-            if may_skip and finished and (limit := self.limit_reached()) is not None:
+            self.saved_at = self.updates
+            self.clock = TrainingClock(state["train_s"])
+            self._wall_start = time.perf_counter() - state["wall_s"]
+            # at its limit, its closing validation done, its events written: left as it is
+            done = self.validated_at == self.updates and complete_lines(events_path) >= state["event_lines"]
+            if may_skip and done and (limit := self.limit_reached()) is not None:
                 if self.leader:
                     print(f"nothing to do: {self.run_dir} is at update {self.updates}, where {limit} stops it",
                           file=sys.stderr)  # fmt: skip
                 return False
-            self.saved_at = self.updates
-            self.clock = TrainingClock(state["train_s"])
-            self._wall_start = time.perf_counter() - state["wall_s"]
             if self.leader:
                 truncate_events(events_path, state["event_lines"])
                 read_events(events_path)  # a corrupt line stops the resume here, not a later `nmt report`
@@ -149,14 +150,22 @@ class Trainer:
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
             "best": self.best,
+            "validated_at": self.validated_at,
             "event_lines": self.events.lines + 1,  # the checkpoint event that follows belongs to it
             "saved_as_best": best,
         }
 
     def _load(self, path: Path) -> dict[str, Any]:
         state = read_checkpoint(path)
+        if any(key not in state for key in ("server", "data", "rng", "train_config", "corpus")):
+            raise UserError(f"{path}: holds a model but no training state (an average of `nmt average`?): "
+                            "translate with it; a run resumes from its own last.pt")  # fmt: skip
         if state["corpus"]["vocab_hash"] != self.manifest["vocab_hash"]:
             raise UserError(f"{path}: trained with another vocabulary than {self.cfg.bin_dir}/spm.model")
+        trained = (state["corpus"].get("src"), state["corpus"].get("tgt"))
+        if all(trained) and trained != (self.manifest["src"], self.manifest["tgt"]):  # (saves that record them)
+            raise UserError(f"{path}: trained {trained[0]}->{trained[1]}, but {self.cfg.bin_dir} is "
+                            f"{self.manifest['src']}->{self.manifest['tgt']}")  # fmt: skip
         if state["model_config"] != asdict(self.model_cfg):
             saved, ours = state["model_config"], asdict(self.model_cfg)
             differ = ", ".join(f"{k} {saved.get(k)} not {v}" for k, v in ours.items() if saved.get(k) != v)
@@ -171,6 +180,9 @@ class Trainer:
             stream.load_state_dict(position)
         self.workers.load_state_dict(state["workers"])
         self.best = state["best"]
+        # a save that Ctrl-C made during a validation holds an older one (saves before 2026-12-05 lack it:
+        # taken as validated, as they were resumed then)
+        self.validated_at = state.get("validated_at", self.updates)
         ckpt.set_rng_state(state["rng"])
         return state
 
@@ -289,6 +301,8 @@ class Trainer:
             return f"--max-epochs {cfg.max_epochs}"
         if cfg.max_time > 0 and self.clock.seconds >= cfg.max_time:
             return f"--max-time {cfg.max_time:g}"
+        if cfg.patience and self.best and self.updates - self.best["updates"] >= cfg.patience * cfg.valid_every:
+            return f"--patience {cfg.patience}"
         return None
 
     def should_stop(self) -> bool:
@@ -345,6 +359,10 @@ class Trainer:
         lines = progress and bar.disable and self.leader
         interval, interval_start = StepStats(), self.clock.seconds
         try:
+            # a resumed run whose last scheduled validation Ctrl-C cut short does it first
+            scheduled = cfg.valid_every > 0 and self.updates > 0 and self.updates % cfg.valid_every == 0
+            if scheduled and self.validated_at != self.updates:
+                self.validate()
             while not self.should_stop():
                 self.workers.allow(self._next_fence())
                 before = self.updates
