@@ -56,8 +56,9 @@ OPTIONS = [
                  help="async modes (refused in the others): parameter-server shards, each with its own lock "
                  "and Adam state; 0 = one per device."),
     click.option("--simulate", is_flag=True,
-                 help="Emulate --workers workers in one process on one device, deterministically; events "
-                 "carry the predicted wall clock of that many real devices (predicted_s)."),
+                 help="Emulate --workers workers in one process on one device, deterministically (the losses "
+                 "and parameters; the predicted clock too with --simulate-token-us); events carry the predicted "
+                 "wall clock of that many real devices (predicted_s)."),
     click.option("--simulate-token-us", type=float, default=0.0, show_default=True,
                  help="With --simulate: price a target token's forward and backward at this many microseconds on "
                  "a speed-1 worker, so that predicted_s is the same on any machine and under any load; 0 = the "
