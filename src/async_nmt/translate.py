@@ -195,7 +195,8 @@ def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
     if chunk_size == 0:
         yield read_input(path)
         return
-    if path is not None and str(path) != STDIO:
+    from_file = path is not None and str(path) != STDIO
+    if from_file:
         try:
             stream, name = open(path, "rb"), str(path)  # noqa: SIM115 (closed below)
         except FileNotFoundError:
@@ -206,7 +207,7 @@ def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
         raise UserError("stdin is closed; give the source with --input")
     else:
         stream, name = sys.stdin.buffer, "stdin"
-    with stream if name != "stdin" else contextlib.nullcontext():
+    with stream if from_file else contextlib.nullcontext():
         lines: list[str] = []
         for number, raw in enumerate(stream, 1):
             try:
