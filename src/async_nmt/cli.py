@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from async_nmt.config import PRECISIONS
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, exits_at_once
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -40,6 +42,18 @@ class OneLineUsageErrors:
     def main(self, *args, **kwargs):
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
+        try:
+            self._main(*args, **kwargs)
+        except SystemExit as end:
+            if exits_at_once():  # see errors.exit_at_once
+                code = end.code if isinstance(end.code, int) else 0 if end.code is None else 1
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.flush()
+                os._exit(code)
+            raise
+
+    def _main(self, *args, **kwargs):
         try:
             code = super().main(*args, **kwargs, standalone_mode=False)  # --help and --version return 0
         except NO_ARGS_IS_HELP as err:  # a group run without a command shows its help

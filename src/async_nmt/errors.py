@@ -1,4 +1,7 @@
-"""User-facing errors: the CLI prints them as one line on stderr and exits with their `exit_code`."""
+"""User-facing errors: the CLI prints them as one line on stderr and exits with their `exit_code`; and how
+the CLI's process ends (`exit_at_once`)."""
+
+_AT_ONCE = [False]
 
 
 class UserError(Exception):
@@ -37,3 +40,16 @@ def reason(err: BaseException, limit: int = 160) -> str:
     if 0 < end < limit:
         return text[: end + 1]
     return text[: limit - 3].rsplit(" ", 1)[0] + "..."
+
+
+def exit_at_once() -> None:
+    """Have the CLI end this process with `os._exit` once its command is done, the exit code unchanged, and
+    skip the interpreter's finalization. For torchrun's async rank 0: a worker's push that arrives late
+    completes the receive rank 0 posted, and the thread waiting on it, woken while the interpreter
+    finalizes, is ended through C++ frames that forbid it ("terminate called without an active
+    exception": SIGABRT, and torchrun reports a failed run)."""
+    _AT_ONCE[0] = True
+
+
+def exits_at_once() -> bool:
+    return _AT_ONCE[0]

@@ -216,6 +216,10 @@ def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Pa
         assert split[update] == pytest.approx(whole[update], rel=1e-5, abs=1e-6)
     resumed_start = [e for e in read_events(tmp_path / "split" / "events.jsonl") if e["kind"] == "start"][-1]
     assert resumed_start["resumed"] is True and resumed_start["updates"] == 6
+    # the clocks go on from where the first part left off: the checkpoint's event came after its write
+    for clock in ("wall_s", "train_s"):
+        times = [e[clock] for e in read_events(tmp_path / "split" / "events.jsonl")]
+        assert times == sorted(times), clock
     # not only the logged losses: the parameters and Adam's state end the same, to the bit
     ends = [read_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("whole", "split")]
     assert torch.equal(ends[0]["params"], ends[1]["params"])

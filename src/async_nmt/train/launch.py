@@ -194,5 +194,10 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
         summary = None
     else:
         summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
-    dist.destroy_process_group()
+    # The async modes' rank 0 leaves the group as it is, and its process ends at once (errors.exit_at_once):
+    # a worker still computing at the end may yet send to the receive rank 0 has posted, and a gloo group
+    # destroyed under a posted receive aborts the process when that message comes; a group left alone
+    # takes it, or the worker finds rank 0 gone and leaves quietly.
+    if cfg.mode in ("sync", "diloco") or rank > 0:
+        dist.destroy_process_group()
     return summary

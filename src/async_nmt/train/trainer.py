@@ -114,7 +114,10 @@ class Trainer:
                 return False
             if self.leader:
                 truncate_events(events_path, state["event_lines"])
-                read_events(events_path)  # a corrupt line stops the resume here, not a later `nmt report`
+                events = read_events(events_path)  # a corrupt line stops the resume here, not at `nmt report`
+                # the wall clock goes on from the last event: the checkpoint's own event came after the write
+                wall_s = max([state["wall_s"]] + [event.get("wall_s", 0.0) for event in events[-1:]])
+                self._wall_start = time.perf_counter() - wall_s
         if not self.leader:
             return True
         if not resume:

@@ -37,7 +37,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
-from async_nmt.errors import WorkerFailed, reason
+from async_nmt.errors import WorkerFailed, exit_at_once, reason
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
@@ -104,6 +104,7 @@ class RemoteWorkers(Workers):
         self.checked = 0.0  # when the workers' health was last looked at
 
     def start(self) -> None:
+        exit_at_once()  # a receive left posted at the end must not wake in the interpreter's finalization
         positions = [stream.state_dict() for stream in self.ctx.streams]
         setup: list[Any] = [positions, asdict(self.ctx.model_cfg), self.server.updates]
         dist.broadcast_object_list(setup, src=0)
