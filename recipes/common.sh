@@ -58,15 +58,21 @@ raw_eval() {
     run_to "$RAW/$1.$TGT" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" --echo ref
 }
 
-# compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set, then `nmt report`
+# compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set, then `nmt report`.
+# Run again, it keeps what is there: an existing $OUT/bin is not preprocessed again, and a run with a
+# checkpoint is resumed (`--resume`: one that has ended says "nothing to do"; one cut short goes on).
 compare() {
-    local nmt bin=$OUT/bin mode dir runs=() train accum
+    local nmt bin=$OUT/bin mode dir runs=() train accum start
     read -ra nmt <<<"$NMT"
-    run "${nmt[@]}" preprocess "$RAW" "$bin" --src "$SRC" --tgt "$TGT" --vocab-size "$VOCAB_SIZE" --force
+    if [[ -f $bin/manifest.json ]]; then
+        say "$bin exists: not preprocessed again (delete it, or choose another OUT, to redo it)"
+    else
+        run "${nmt[@]}" preprocess "$RAW" "$bin" --src "$SRC" --tgt "$TGT" --vocab-size "$VOCAB_SIZE" --force
+    fi
     train=(--workers "$WORKERS" --devices "$DEVICES" --preset "$PRESET" --lr "$LR" --warmup "$WARMUP"
         --clip-norm "$CLIP_NORM" --label-smoothing "$LABEL_SMOOTHING" --max-tokens "$MAX_TOKENS"
         --max-time "$MAX_TIME" --max-updates "$MAX_UPDATES" --valid-every "$VALID_EVERY"
-        --valid-max-sentences "$VALID_MAX_SENTENCES" --force --quiet)
+        --valid-max-sentences "$VALID_MAX_SENTENCES" --quiet)
     if [[ $SIMULATE == 1 ]]; then train+=(--simulate); fi
     if [[ -n $WORKER_SPEEDS ]]; then train+=(--worker-speeds "$WORKER_SPEEDS"); fi
     run mkdir -p "$OUT/runs" "$OUT/test"
@@ -74,7 +80,9 @@ compare() {
         dir=$OUT/runs/$mode
         accum=()
         if [[ $mode == async-accum ]]; then accum=(--accum "$ACCUM"); fi
-        run "${nmt[@]}" train "$bin" "$dir" --mode "$mode" "${accum[@]}" "${train[@]}"
+        start=--force  # a folder without a checkpoint holds nothing to keep
+        if [[ -f $dir/checkpoints/last.pt ]]; then start=--resume; fi
+        run "${nmt[@]}" train "$bin" "$dir" --mode "$mode" "${accum[@]}" "${train[@]}" "$start"
         run "${nmt[@]}" translate "$dir" --device "${DEVICES%%,*}" --beam "$BEAM" \
             --input "$bin/test.$SRC" --output "$OUT/test/$mode.$TGT"
         say "$mode: test set, beam $BEAM"

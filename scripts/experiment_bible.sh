@@ -10,14 +10,18 @@ NMT_TRAIN=${NMT_TRAIN:-nmt-train}
 NMT=${NMT:-nmt}
 mkdir -p "$OUT"
 common=(--preset tiny --devices cpu --max-tokens 1024 --warmup 250 --max-time "$MAX_TIME" --valid-max-sentences 400
-        --quiet --force)
+        --quiet)
 # validation about every 256k target tokens: sync/accum 4 updates cover 4 pushes of 1k tokens
 train() {  # train NAME VALID_EVERY OPTION...
     local name=$1 every=$2
     shift 2
-    [[ -f $OUT/$name/events.jsonl ]] && grep -q '"end"' "$OUT/$name/events.jsonl" && return 0  # done before
+    # done before: the last event is an end by the run's own rule (Ctrl-C and SIGTERM write interrupted: true)
+    [[ -f $OUT/$name/events.jsonl ]] && tail -n 1 "$OUT/$name/events.jsonl" |
+        grep -q '"kind": "end".*"interrupted": false' && return 0
+    local start=--force  # a run cut short goes on from its checkpoint
+    [[ -f $OUT/$name/checkpoints/last.pt ]] && start=--resume
     echo "== $name: $*"
-    "$NMT_TRAIN" "$BIN" "$OUT/$name" "${common[@]}" --valid-every "$every" "$@" >"$OUT/$name.log" 2>&1
+    "$NMT_TRAIN" "$BIN" "$OUT/$name" "${common[@]}" --valid-every "$every" "$@" "$start" >"$OUT/$name.log" 2>&1
 }
 for lr in 1e-3 5e-4; do
     train "sim-sync-$lr" 64 --mode sync --workers 4 --simulate --lr "$lr"

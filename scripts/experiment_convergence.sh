@@ -27,6 +27,7 @@ LANES=${LANES:-2}
 CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
 EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100 localsgd-h10}
 NMT=${NMT:-nmt}
+PYTHON=${PYTHON:-python3}
 export OMP_NUM_THREADS=1
 
 # the data: the first TRAIN_PAIRS training verse pairs of bible-de-en, the valid and test splits whole,
@@ -78,9 +79,12 @@ run() {  # run CONFIG SEED: train (or resume), translate and score the test set,
     dir=$OUT/$name
     exec {lock}>"$OUT/$name.lock"  # one process per run, also across invocations of this script
     flock -n "$lock" || { echo "== $name runs elsewhere"; return 0; }
-    if [[ -f $dir/config.json ]] && ended "$dir" &&
-        [[ $(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["patience"])' \
-             "$dir/config.json") != "$PATIENCE" ]]; then
+    local patience=$PATIENCE
+    if [[ -f $dir/config.json ]]; then  # an assignment, so that a failing python stops the script (set -e)
+        patience=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["patience"])' \
+            "$dir/config.json")
+    fi
+    if ended "$dir" && [[ $patience != "$PATIENCE" ]]; then
         echo "== $name ended under another --patience: resumed under $PATIENCE"
         rm -f "$DOCS/$name"/test-*.json
         sed -i '/"kind": "end"/d' "$dir/events.jsonl"  # --resume drops it too; this marks the run unfinished
@@ -125,10 +129,10 @@ for seed in $SEEDS; do
     [[ -f $DOCS/sync-s$seed/test-avg5.json ]] || continue
     for race in "spread 1,1,1,0.8" "straggler 1,1,1,0.5"; do
         set -- $race
-        python "$(dirname "$0")/replay_sync_clock.py" "$DOCS/sync-s$seed" "$DOCS/sync-$1-s$seed" --worker-speeds "$2"
+        "$PYTHON" "$(dirname "$0")/replay_sync_clock.py" "$DOCS/sync-s$seed" "$DOCS/sync-$1-s$seed" --worker-speeds "$2"
     done
 done
 
 # the page's tables and plots, from the copied files alone
-python "$(dirname "$0")/results_convergence.py" "$DOCS" --plots "$DOCS" >"$DOCS/tables.md"
+"$PYTHON" "$(dirname "$0")/results_convergence.py" "$DOCS" --plots "$DOCS" >"$DOCS/tables.md"
 echo "wrote $DOCS/tables.md"

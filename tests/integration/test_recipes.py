@@ -66,6 +66,19 @@ def test_bible_recipe_end_to_end(synthetic_raw: Path, tmp_path: Path) -> None:
     markdown = (out / "report" / "report.md").read_text(encoding="utf-8")
     assert "async-accum" in markdown and "predicted" in markdown  # SIMULATE=1 reports on the predicted clock
 
+    # run again, the recipe keeps what it made: the corpus is not preprocessed again, and each run resumes
+    events = {mode: (out / "runs" / mode / "events.jsonl").read_bytes() for mode in ("sync", "async", "async-accum")}
+    again = dict(OUT=out, RAW=synthetic_raw, SRC="src", TGT="tgt", SIMULATE=1, WORKERS=2, MAX_UPDATES=20,
+                 VALID_EVERY=10, MAX_TOKENS=1024, VOCAB_SIZE=200, VALID_MAX_SENTENCES=20, BEAM=1,
+                 NMT=BIN / "nmt", OMP_NUM_THREADS=1, PRESET="micro")  # fmt: skip
+    listed = run_recipe("bible-de-en.sh", DRY_RUN=1, **again).stdout
+    assert " preprocess " not in listed and "--force" not in listed.split("corpus get")[-1]
+    assert listed.count(" --resume") == 3
+    result = run_recipe("bible-de-en.sh", timeout=300, **{**again, "MODES": "sync"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nothing to do" in result.stderr and result.stdout.count("BLEU =") == 1
+    assert all((out / "runs" / mode / "events.jsonl").read_bytes() == log for mode, log in events.items())
+
 
 @pytest.mark.parametrize("recipe", WMT)
 def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ OPTIONS = [
                  help="async modes (refused in the others): parameter-server shards, each with its own lock "
                  "and Adam state; 0 = one per device."),
     click.option("--simulate", is_flag=True,
-                 help="Emulate --workers workers in one process on one device, deterministically (the losses "
+                 help="Emulate --workers workers in one process on one device (the first of --devices; a "
+                 "warning names those left unused), deterministically (the losses "
                  "and parameters; the predicted clock too with --simulate-token-us); events carry the predicted "
                  "wall clock of that many real devices (predicted_s)."),
     click.option("--simulate-token-us", type=float, default=0.0, show_default=True,

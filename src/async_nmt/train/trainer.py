@@ -65,6 +65,10 @@ class Trainer:
                             f"manifest.json says otherwise); run `nmt preprocess` again")  # fmt: skip
         devices = worker_devices(cfg)
         self.device = resolve_device(devices[rank])
+        unused = sorted(set(devices) - {devices[0]}) if cfg.simulate and rank == 0 else []
+        if unused:
+            print(f"warning: --simulate emulates every worker in one process on {devices[0]}; the other "
+                  f"--devices ({', '.join(unused)}) are not used", file=sys.stderr)  # fmt: skip
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
