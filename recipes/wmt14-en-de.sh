@@ -30,7 +30,7 @@
 #   WORKER_SPEEDS       with SIMULATE=1: relative worker speeds, e.g. 1,1,1,0.5 [none]
 #   BEAM                beam size of the test-set translation [5]
 #   X                   report axis: time, predicted, updates, tokens [predicted with SIMULATE=1, else time]
-#   TARGET_BLEU         the report's target BLEU [the sync run's best - 0.5]
+#   TARGET_BLEU         the report's target BLEU [the sync run's best - 0.5, at least half of it]
 #   NMT                 the command prefix [nmt]
 #   SACREBLEU_BIN       the sacreBLEU command [sacrebleu]
 #   PYTHON              a Python for unpacking zip files [python3]

@@ -329,13 +329,18 @@ def score(hyp: Path, ref: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--target-bleu", type=float, default=None, help="BLEU the runs race to (default: the baseline's best - 0.5)."
+    "--target-bleu",
+    type=float,
+    default=None,
+    help="BLEU the runs race to, above 0 (default: the baseline's best - 0.5, but at least half of it; with a "
+    "best of 0, or a baseline not validated yet, no target: no time to target or speedups).",
 )
 @click.option(
     "--baseline",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run the speedups are measured against (default: the first sync run, else the first run).",
+    help="Run the speedups are measured against (default: the first sync run, else the first run); one not "
+    "among RUN... becomes the first row.",
 )
 @click.option(
     "--x",
@@ -346,7 +351,10 @@ def score(hyp: Path, ref: Path, as_json: bool) -> None:
     "updates or target tokens.",
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Write bleu_over_time.png, valid_loss.png, report.md."
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder (made if missing) to write bleu_over_time.png, valid_loss.png and report.md into.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option(
@@ -366,7 +374,10 @@ def report(
     as_json: bool,
     link_gbps: float | None,
 ) -> None:
-    """Compare run folders from their events.jsonl: a table with time to a target BLEU and speedups, and plots."""
+    """Compare run folders from their events.jsonl: a table with time to a target BLEU and speedups, and plots.
+
+    A run not validated yet is a row of dashes. Runs that differ in preset, validation set or corpus are
+    compared with a warning on stderr; a folder given twice is reported once."""
     from async_nmt.report import report_command
 
     report_command(

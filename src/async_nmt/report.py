@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
+
 from async_nmt.errors import UserError
 from async_nmt.train.events import read_events
 
@@ -49,22 +51,36 @@ class Run:
         return [e for e in self.events if e["kind"] == "train"]
 
     @property
+    def last(self) -> dict[str, Any]:
+        # a run that has only just started may have logged nothing yet
+        return self.events[-1] if self.events else {}
+
+    @property
     def finished(self) -> bool:
         """Ended by its own stopping rule; a run stopped by Ctrl-C or SIGTERM (an `end` event with
         `interrupted`) is not finished: `--resume` goes on with it."""
-        last = self.events[-1]
-        return last["kind"] == "end" and not last.get("interrupted", False)
+        return self.last.get("kind") == "end" and not self.last.get("interrupted", False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config.json, {} where there is none (event logs kept without it, as docs/results/gpu)."""
+        path = self.path / "config.json"
+        if not path.is_file():
+            return {}
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: not a JSON run configuration ({err})") from None
+        return config if isinstance(config, dict) else {}
 
 
 def load_run(path: Path) -> Run:
-    """Read a run folder; one-line errors for a folder that is not a run or has not validated yet."""
+    """Read a run folder; a one-line error for a folder that is not a run. A run that has not validated
+    yet is read too (a row of dashes): the report works on runs still in progress."""
     log = Path(path) / "events.jsonl"
     if not log.is_file():
         raise UserError(f"{path}: not a run folder (no events.jsonl)")
-    run = Run(name=str(path), path=Path(path), events=read_events(log))
-    if not run.valid:
-        raise UserError(f"{path}: no validation yet (no valid event in events.jsonl)")
-    return run
+    return Run(name=str(path), path=Path(path), events=read_events(log))
 
 
 LINK_GBPS_BEFORE = 80.0  # the link the simulator priced before it was an option (--link-gbps)
@@ -83,14 +99,18 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
     from async_nmt.train.modes.simulated import PUSH_LINKS, all_reduce_links, link_seconds
 
     start = run.start
-    if "predicted_s" not in run.events[-1]:
+    if "predicted_s" not in run.last:
         return run
     was = start.get("link_gbps")
     if was is None and (run.path / "config.json").is_file():  # runs from before the start event named it
         # and from before --link-gbps, whose clock priced a link at the fixed 10 GB/s that is its default
-        was = json.loads((run.path / "config.json").read_text()).get("train", {}).get("link_gbps", LINK_GBPS_BEFORE)
+        was = run.config.get("train", {}).get("link_gbps", LINK_GBPS_BEFORE)
     if was is None:
         raise UserError(f"{run.name}: no link speed in its start event or config.json to re-price")
+    lacking = [f for f in ("params", "mode", "workers") + (("sync_every",) if start.get("mode") == "diloco" else ())
+               if f not in start]  # fmt: skip
+    if lacking:
+        raise UserError(f"{run.name}: no {', '.join(lacking)} in its start event to re-price its clock")
     delta = link_seconds(start["params"], link_gbps) - link_seconds(start["params"], was)
     mode, ring = start["mode"], all_reduce_links(start["workers"])
     events = []
@@ -122,8 +142,10 @@ def x_values(run: Run, x: str) -> list[float]:
     return [e[field] for e in run.valid]
 
 
-def to_target(run: Run, target: float, x: str) -> float | None:
-    """x at the first validation with BLEU >= target; None when the run never got there."""
+def to_target(run: Run, target: float | None, x: str) -> float | None:
+    """x at the first validation with BLEU >= target; None when the run never got there, or without a target."""
+    if target is None:
+        return None
     for value, event in zip(x_values(run, x), run.valid, strict=True):
         if event["bleu"] >= target:
             return value
@@ -131,14 +153,16 @@ def to_target(run: Run, target: float, x: str) -> float | None:
 
 
 def staleness(run: Run) -> tuple[float | None, int | None]:
-    """Mean staleness over all pushes (train events weighted by their push counts) and the maximum."""
-    events = run.train
-    if not events:
-        return None, None
+    """Mean staleness over all pushes (train events weighted by their push counts) and the maximum.
+
+    The trainer writes both into every `train` event; an event without them (a log from elsewhere) counts
+    for neither, as a torn line would not, rather than stopping the report."""
+    events = [e for e in run.train if "staleness_mean" in e]
     weights = [sum(e.get("staleness_hist", [1])) for e in events]
     total = sum(weights)
     mean = sum(w * e["staleness_mean"] for w, e in zip(weights, events, strict=True)) / total if total else None
-    return mean, max(e["staleness_max"] for e in events)
+    most = [e["staleness_max"] for e in run.train if "staleness_max" in e]
+    return mean, max(most) if most else None
 
 
 def mode_label(start: dict[str, Any]) -> str:
@@ -152,9 +176,10 @@ def mode_label(start: dict[str, Any]) -> str:
 
 def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
     """One row of the report (without the speedup, which needs the baseline)."""
-    start, last = run.start, run.events[-1]
+    start, last = run.start, run.last
     mean, most = staleness(run)
     clock = "predicted_s" if x == "predicted" else "train_s"  # tok/s on the clock of the report
+    bleus = [e["bleu"] for e in run.valid]  # none yet: a row of dashes
     return {
         "run": run.name,
         "mode": mode_label(start),
@@ -162,12 +187,12 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
         "accum": start.get("accum"),
         "local_accum": start.get("local_accum"),
         "lr": start.get("lr"),
-        "updates": last["updates"],
-        "tok_per_s": last["tokens"] / last[clock] if last.get(clock, 0) > 0 else None,
+        "updates": last.get("updates"),
+        "tok_per_s": last["tokens"] / last[clock] if "tokens" in last and last.get(clock, 0) > 0 else None,
         "staleness_mean": mean,
         "staleness_max": most,
-        "best_bleu": max(e["bleu"] for e in run.valid),
-        "final_bleu": run.valid[-1]["bleu"],
+        "best_bleu": max(bleus) if bleus else None,
+        "final_bleu": bleus[-1] if bleus else None,
         "to_target": to_target(run, target, x),
         "speedup": None,
         "finished": run.finished,
@@ -177,18 +202,65 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
 def build_report(
     runs: list[Run], target_bleu: float | None = None, baseline: Run | None = None, x: str = "time"
 ) -> dict[str, Any]:
-    """The report as one JSON-ready object: x axis, target, baseline and one row per run."""
+    """The report as one JSON-ready object: x axis, target, baseline and one row per run. Without a target
+    worth racing to, `target_bleu` is None and `no_target` says why: no time to target, no speedups."""
     if baseline is None:
         baseline = next((r for r in runs if r.start.get("mode") == "sync"), runs[0])
-    if target_bleu is None:  # 0.5 below the baseline's best, but at least half of it (short runs: never below 0)
+    no_target = None
+    if target_bleu is None and not baseline.valid:
+        no_target = f"the baseline {baseline.name} has no validation yet"
+    elif target_bleu is None:  # 0.5 below the baseline's best, but at least half of it (short runs: never below 0)
         best = max(e["bleu"] for e in baseline.valid)
         target_bleu = max(best - 0.5, best / 2)
+        if target_bleu <= 0:  # every run meets it at its first validation: the race says nothing
+            target_bleu, no_target = None, f"the baseline's best BLEU is {best:.2f}"
     base_x = to_target(baseline, target_bleu, x)
     rows = [summarize(run, target_bleu, x) for run in runs]
     for row in rows:
         if base_x is not None and row["to_target"]:
             row["speedup"] = base_x / row["to_target"]
-    return {"x": x, "target_bleu": target_bleu, "baseline": baseline.name, "runs": rows}
+    return {"x": x, "target_bleu": target_bleu, "no_target": no_target, "baseline": baseline.name, "runs": rows}
+
+
+def differences(runs: list[Run]) -> list[str]:
+    """One line for each way the runs are not comparable: another model size (preset), validation set
+    (--valid-max-sentences) or corpus (bin_dir, vocabulary). From each run's start event and config.json; a
+    run that does not record a setting is left out of its comparison.
+
+    The vocabulary is compared by the hash of RUN/spm.model's pieces where every run has one; else by the
+    corpus's languages and vocabulary size, as the hashes recorded before 2026-12-05 were of the file, and
+    the same vocabulary preprocessed twice recorded two (docs/results/convergence holds such runs)."""
+    from async_nmt.data.vocab import vocab_hash
+
+    def vocabulary(run: Run) -> str | None:
+        try:
+            return vocab_hash(run.path / "spm.model") if (run.path / "spm.model").is_file() else None
+        except UserError:  # not a sentencepiece model: this run's vocabulary cannot be told
+            return None
+
+    def corpus(run: Run) -> str | None:
+        info = run.config.get("corpus", {})
+        fields = [info.get(k) for k in ("src", "tgt", "vocab_size")]
+        return None if None in fields else "{}-{}, {} pieces".format(*fields)
+
+    hashes = {run.name: vocabulary(run) for run in runs}
+    settings = {
+        "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
+        "validation set (--valid-max-sentences)": lambda run: run.config.get("train", {}).get("valid_max_sentences"),
+        "corpus (bin_dir)": lambda run: run.config.get("train", {}).get("bin_dir"),
+        "vocabulary": (lambda run: hashes[run.name]) if None not in hashes.values() else corpus,
+    }
+    lines = []
+    for setting, value_of in settings.items():
+        names: dict[str, list[str]] = {}
+        for run in runs:
+            value = value_of(run)
+            if value is not None:
+                names.setdefault(str(value), []).append(run.name)
+        if len(names) > 1:
+            which = "; ".join(f"{value}: {', '.join(named)}" for value, named in names.items())
+            lines.append(f"warning: the runs differ in {setting} ({which}); their BLEU and times do not compare")
+    return lines
 
 
 # --------------------------------------------------------------------------- output
@@ -231,7 +303,11 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def title(report: dict[str, Any]) -> str:
     link = f", predicted clock re-priced for {report['link_gbps']:g} Gb/s links" if report.get("link_gbps") else ""
-    return f"target BLEU {report['target_bleu']:.2f}, baseline {report['baseline']}{link}"
+    if report["target_bleu"] is None:
+        target = f"no target BLEU ({report['no_target']}: no time to target, no speedups)"
+    else:
+        target = f"target BLEU {report['target_bleu']:.2f}"
+    return f"{target}, baseline {report['baseline']}{link}"
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -270,7 +346,9 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     for run in runs:
-        ax.plot(x_values(run, x), [e[field] for e in run.valid], marker="o", markersize=3, label=run.name)
+        # a validation without the field (a log from elsewhere) is a gap in its line, not an error
+        points = [(value, e[field]) for value, e in zip(x_values(run, x), run.valid, strict=True) if field in e]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=run.name)
     if target is not None:
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2f}")
     ax.set_xlabel(X_AXES[x][1])
@@ -311,12 +389,19 @@ def report_command(
     with `link_gbps`, the predicted clocks re-priced for that link."""
     if target_bleu is not None and not math.isfinite(target_bleu):
         raise UserError(f"--target-bleu must be a number (got {target_bleu})")
+    if target_bleu is not None and target_bleu <= 0:
+        raise UserError(f"--target-bleu must be above 0 (got {target_bleu:g}): every run meets it before training")
     if link_gbps is not None and x != "predicted":
         raise UserError(f"--link-gbps re-prices the predicted clock of --simulate runs; use it with --x predicted "
                         f"(the x axis is {x})")  # fmt: skip
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
-    runs = [load_run(path) for path in paths]
+    runs: list[Run] = []
+    for path in paths:  # a folder named twice (runs/sync runs/*) is one run, reported once
+        if any(run.path.resolve() == Path(path).resolve() for run in runs):
+            click.echo(f"warning: {path} is given twice; it is reported once", err=True)
+        else:
+            runs.append(load_run(path))
     if link_gbps is not None:
         runs = [reprice(run, link_gbps) for run in runs]
     base = None
@@ -326,9 +411,17 @@ def report_command(
             base = load_run(baseline)
             base = base if link_gbps is None else reprice(base, link_gbps)
             runs.insert(0, base)
+    if not any(run.valid for run in runs):
+        raise UserError(f"{runs[0].name}: no validation yet (no valid event in events.jsonl)" if len(runs) == 1
+                        else "no run has validated yet (no valid event in any events.jsonl)")  # fmt: skip
     report = build_report(runs, target_bleu, base, x)
     report["link_gbps"] = link_gbps
     written = write_report(runs, report, out) if out is not None else []
+    # after the files, so that a folder that cannot be made is the one line on stderr
+    for line in differences(runs):
+        click.echo(line, err=True)
+    if report["no_target"] is not None:
+        click.echo(f"warning: no time to target or speedups: {report['no_target']}", err=True)
     if as_json:
         print(json.dumps(report))
         return

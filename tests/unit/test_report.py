@@ -211,3 +211,160 @@ def test_the_default_target_of_a_baseline_with_little_bleu_is_half_of_it(runs: l
     best = max(e["bleu"] for e in events if e["kind"] == "valid")
     assert best < 0.5
     assert build_report([load_run(low)])["target_bleu"] == pytest.approx(best / 2)
+
+
+def rewrite(run: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """Apply `change` to the list of events of `run`'s events.jsonl."""
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    events = change(events) or events
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+
+
+def test_a_baseline_with_a_best_bleu_of_0_gives_no_target(tmp_path: Path) -> None:
+    """Its target was 0.00, which every run met at its first validation: speedups of nothing."""
+    runs = [write_run(tmp_path / m, m, [0.0, 0.0], seconds_per_valid=s) for m, s in (("sync", 10.0), ("async", 5.0))]
+    report = build_report([load_run(p) for p in runs])
+    assert report["target_bleu"] is None and "best BLEU is 0.00" in report["no_target"]
+    assert [(row["to_target"], row["speedup"]) for row in report["runs"]] == [(None, None), (None, None)]
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "target BLEU 0.00" not in result.stdout and "no target BLEU" in result.stdout and "1.00x" not in result.stdout
+    )
+    assert result.stderr == "warning: no time to target or speedups: the baseline's best BLEU is 0.00\n"
+    # an explicit target at or below 0 is met before any training
+    for target in ("0", "-1"):
+        result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", target])
+        assert result.exit_code == 2 and result.output.count("\n") == 1
+        assert "--target-bleu must be above 0" in result.output
+
+
+def test_a_run_not_validated_yet_is_a_row_of_dashes(tmp_path: Path, runs: list[Path]) -> None:
+    fresh = write_run(tmp_path / "fresh", "async", [], seconds_per_valid=1.0, end=False)  # a start event only
+    training = write_run(tmp_path / "training", "async", [], seconds_per_valid=1.0, end=False,
+                         staleness=[(1.0, 2, [1, 8, 1])])  # fmt: skip
+    empty = tmp_path / "empty"  # the trainer has opened its log and written nothing yet
+    empty.mkdir()
+    (empty / "events.jsonl").write_text("")
+    cli = CliRunner()
+    result = cli.invoke(main, ["report", str(runs[0]), str(fresh), str(training), str(empty), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["target_bleu"] == pytest.approx(20.5)
+    for row in report["runs"][1:]:
+        assert (row["best_bleu"], row["final_bleu"], row["to_target"], row["speedup"], row["finished"]) == (
+            None, None, None, None, False)  # fmt: skip
+    assert report["runs"][2]["updates"] == 7 and report["runs"][2]["staleness_mean"] == pytest.approx(1.0)
+    result = cli.invoke(main, ["report", str(runs[0]), str(fresh), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "fresh *" in result.stdout and (tmp_path / "out" / "bleu_over_time.png").is_file()
+    # a baseline that has not validated gives no target; the other runs' figures are still there
+    result = cli.invoke(main, ["report", str(fresh), str(runs[0]), "--baseline", str(fresh), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["target_bleu"] is None and "has no validation yet" in report["no_target"]
+    assert report["runs"][1]["best_bleu"] == 21.0 and report["runs"][1]["to_target"] is None
+    assert "has no validation yet" in result.stderr
+    # with a target, the other runs' times to it are there, only the speedups are not
+    result = cli.invoke(main, ["report", str(fresh), str(runs[0]), "--target-bleu", "20", "--json"])
+    assert [row["to_target"] for row in json.loads(result.stdout)["runs"]] == [None, 300.0]
+    # no run validated: nothing to compare
+    result = cli.invoke(main, ["report", str(fresh), str(training)])
+    assert (
+        result.exit_code == 2
+        and result.output == "error: no run has validated yet (no valid event in any events.jsonl)\n"
+    )
+
+
+def test_events_without_staleness_or_valid_loss_are_reported(tmp_path: Path) -> None:
+    """Logs written elsewhere may lack what the trainer always writes: no traceback for them."""
+    run = write_run(tmp_path / "run", "async", [1.0, 2.0], seconds_per_valid=10.0,
+                    staleness=[(1.0, 2, [1, 8, 1]), (3.0, 5, [0, 0, 0, 10])])  # fmt: skip
+
+    def strip(events: list[dict]) -> None:
+        del events[1]["staleness_mean"], events[1]["staleness_max"], events[3]["valid_loss"]
+
+    rewrite(run, strip)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", str(run), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["runs"][0]
+    assert (row["staleness_mean"], row["staleness_max"]) == (3.0, 5)  # the second train event alone
+    assert (out / "valid_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    def strip_all(events: list[dict]) -> None:
+        for event in events:
+            event.pop("staleness_mean", None), event.pop("staleness_max", None)
+
+    rewrite(run, strip_all)
+    row = build_report([load_run(run)])["runs"][0]
+    assert (row["staleness_mean"], row["staleness_max"]) == (None, None)
+
+
+def test_a_start_event_without_what_re_prices_is_a_one_line_error(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "sync", "sync", [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+    rewrite(run, lambda events: events[0].update(link_gbps=80.0))  # and no params
+    result = CliRunner().invoke(main, ["report", str(run), "--x", "predicted", "--link-gbps", "1"])
+    assert (
+        result.exit_code == 2 and result.output == f"error: {run}: no params in its start event to re-price its clock\n"
+    )
+
+
+def test_runs_that_do_not_compare_are_reported_with_a_warning(tmp_path: Path, runs: list[Path]) -> None:
+    def config(run: Path, preset: str = "micro", valid: int = 500, bin_dir: str = "bin", size: int = 2000) -> None:
+        (run / "config.json").write_text(json.dumps({
+            "train": {"preset": preset, "valid_max_sentences": valid, "bin_dir": bin_dir},
+            "corpus": {"src": "de", "tgt": "en", "vocab_size": size, "vocab_hash": str(run)}}))  # fmt: skip
+
+    for run in runs:  # the same settings, vocabulary hashes that differ (from files): no warning
+        config(run)
+    cli = CliRunner()
+    result = cli.invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0 and result.stderr == ""
+    config(runs[1], preset="tiny", valid=0)
+    config(runs[2], bin_dir="other/bin", size=8000)
+    result = cli.invoke(main, ["report", *map(str, runs), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["runs"]) == 3
+    assert result.stderr.splitlines() == [
+        f"warning: the runs differ in preset (micro: {runs[0]}, {runs[2]}; tiny: {runs[1]}); their BLEU and "
+        "times do not compare",
+        f"warning: the runs differ in validation set (--valid-max-sentences) (500: {runs[0]}, {runs[2]}; 0: "
+        f"{runs[1]}); their BLEU and times do not compare",
+        f"warning: the runs differ in corpus (bin_dir) (bin: {runs[0]}, {runs[1]}; other/bin: {runs[2]}); their "
+        "BLEU and times do not compare",
+        f"warning: the runs differ in vocabulary (de-en, 2000 pieces: {runs[0]}, {runs[1]}; de-en, 8000 pieces: "
+        f"{runs[2]}); their BLEU and times do not compare",
+    ]
+
+
+def test_a_run_folder_given_twice_is_reported_once(runs: list[Path]) -> None:
+    result = CliRunner().invoke(main, ["report", str(runs[0]), *map(str, runs), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["run"] for row in json.loads(result.stdout)["runs"]] == list(map(str, runs))
+    assert result.stderr == f"warning: {runs[0]} is given twice; it is reported once\n"
+
+
+def test_vocabularies_compare_by_their_pieces_where_every_run_has_one(tmp_path: Path, runs: list[Path]) -> None:
+    import sentencepiece as spm
+
+    def vocab(folder: Path, size: int) -> Path:
+        text = tmp_path / "text.txt"
+        text.write_text("".join(f"ein kleines Haus {i} und ein großer Garten {i * 7}\n" for i in range(300)))
+        prefix = folder / f"v{size}"
+        spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(prefix), vocab_size=size,
+                                       minloglevel=2)  # fmt: skip
+        return prefix.with_suffix(".model")
+
+    small, big = vocab(tmp_path, 40), vocab(tmp_path, 50)
+    for run, model in zip(runs, (small, small, big), strict=True):
+        (run / "spm.model").write_bytes(model.read_bytes())
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: the runs differ in vocabulary (") and str(runs[2]) in result.stderr
+
+
+def test_help_says_what_the_options_do() -> None:
+    text = " ".join(CliRunner().invoke(main, ["report", "--help"]).output.split())
+    assert "Folder (made if missing)" in text and "one not among RUN... becomes the first row" in text
+    assert "the baseline's best - 0.5, but at least half of it" in text
