@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -314,15 +315,51 @@ def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
 
 
 # --------------------------------------------------------------------------- score
+class SacrebleuTokenizers(click.Choice):
+    """The choice of sacreBLEU's BLEU tokenizers, asked of sacreBLEU only when needed (the option is given,
+    or help is shown): importing it with every `nmt` command would slow their start-up."""
+
+    def __init__(self) -> None:  # no super().__init__: it would read the choices now
+        self.case_sensitive = True
+
+    @functools.cached_property
+    def choices(self) -> tuple[str, ...]:
+        from async_nmt.score import bleu_tokenizers
+
+        return bleu_tokenizers()
+
+
 @main.command()
 @click.argument("hyp", type=click.Path(path_type=Path))
-@click.argument("ref", type=click.Path(path_type=Path))
+@click.argument("refs", metavar="REF [REF...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-tok", "--tokenize", type=SacrebleuTokenizers(), default=None,
+              help="BLEU's tokenizer, any of sacreBLEU's (ja-mecab and ko-mecab need its extra packages, the "
+              "flores ones a download) [default: sacreBLEU's, 13a].")  # fmt: skip
+@click.option("-lc", "--lowercase", is_flag=True, help="Lowercase the text for BLEU (as sacreBLEU's -lc).")
+@click.option("--chrf-lowercase", is_flag=True, help="Lowercase the text for chrF.")
+@click.option("-cw", "--chrf-word-order", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Word n-grams of chrF: 0 = chrF, 2 = chrF++.")  # fmt: skip
+@click.option("--force", is_flag=True,
+              help="BLEU of hypotheses that look tokenized (lines ending in ' .') without the warning, as "
+              "sacreBLEU's --force.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def score(hyp: Path, ref: Path, as_json: bool) -> None:
-    """Score detokenized hypotheses HYP against references REF: sacreBLEU BLEU and chrF."""
-    from async_nmt.score import score_command
+def score(
+    hyp: Path,
+    refs: tuple[Path, ...],
+    tokenize: str | None,
+    lowercase: bool,
+    chrf_lowercase: bool,
+    chrf_word_order: int,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Score detokenized hypotheses HYP (a file, or - for stdin) against one or more reference files REF of as
+    many lines: sacreBLEU BLEU and chrF (or chrF++), with sacreBLEU's signatures."""
+    from async_nmt.score import ScoreOptions, score_command
 
-    score_command(hyp, ref, as_json=as_json)
+    options = ScoreOptions(tokenize=tokenize, lowercase=lowercase, chrf_lowercase=chrf_lowercase,
+                           chrf_word_order=chrf_word_order, force=force)  # fmt: skip
+    score_command(hyp, list(refs), options, as_json=as_json)
 
 
 # --------------------------------------------------------------------------- report

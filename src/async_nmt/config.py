@@ -20,6 +20,9 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 # how a push's staleness scales the learning rate of the update it joins (Zhang et al. 2016: lr / max(1, s))
 StalenessLr = Literal["none", "inverse"]
 STALENESS_LRS: tuple[str, ...] = get_args(StalenessLr)
+# --batch-sort: how data/batches.py orders a batch's pairs; here, not there, so that the command line's
+# options do not import torch (which data/batches.py needs) with every `nmt` command
+SORTS = ("target", "longest")
 
 
 @dataclass

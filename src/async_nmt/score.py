@@ -1,11 +1,21 @@
-"""sacreBLEU scores (BLEU and chrF, with their signatures) of detokenized hypotheses against references."""
+"""sacreBLEU scores (BLEU and chrF or chrF++, with their signatures) of detokenized hypotheses against one
+or more references. sacreBLEU is imported when a score is asked for, never with `nmt`'s start-up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from async_nmt.errors import UserError
+
+if TYPE_CHECKING:
+    from sacrebleu.metrics import BLEU, CHRF
 
 
 def decode_lines(data: bytes, name: str) -> list[str]:
@@ -23,6 +33,9 @@ def decode_lines(data: bytes, name: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+STDIN = "-"  # HYP `-`: stdin, as sacreBLEU and `nmt translate -i -` take it
+
+
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file, with one-line errors for a missing or unreadable file."""
     try:
@@ -34,32 +47,122 @@ def read_lines(path: Path) -> list[str]:
     return decode_lines(data, str(path))
 
 
-def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
-    """Corpus BLEU and chrF of `hyps` against one reference each, with sacreBLEU's signatures."""
+@dataclass(frozen=True)
+class ScoreOptions:
+    """sacreBLEU's metric options, named as its command line names them (`sacrebleu --help`)."""
+
+    tokenize: str | None = None  # BLEU's tokenizer; None: sacreBLEU's default (13a)
+    lowercase: bool = False  # BLEU
+    chrf_lowercase: bool = False
+    chrf_word_order: int = 0  # 0: chrF; 2: chrF++
+    force: bool = False  # BLEU: no warning about hypotheses that look tokenized
+
+
+def bleu_tokenizers() -> tuple[str, ...]:
+    """sacreBLEU's BLEU tokenizers (`--tokenize`), as its installed version names them."""
+    from sacrebleu.metrics import BLEU
+
+    return tuple(BLEU.TOKENIZERS)
+
+
+def metrics(options: ScoreOptions) -> tuple[BLEU, CHRF]:
+    """sacreBLEU's BLEU and CHRF with `options`; a tokenizer sacreBLEU cannot load here (ja-mecab without
+    its extra packages, flores200 whose model cannot be downloaded) is a one-line error."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    if len(hyps) != len(refs):
-        raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references: the counts must match")
-    bleu, chrf = BLEU(), CHRF()
+    try:
+        bleu = BLEU(tokenize=options.tokenize, lowercase=options.lowercase, force=options.force)
+    except (ImportError, RuntimeError, OSError, SystemExit) as err:  # SystemExit: its download of a model failed
+        why = "its download failed" if isinstance(err, SystemExit) else " ".join(str(err).split())
+        raise UserError(f"--tokenize {options.tokenize}: sacreBLEU cannot use it here ({why})") from None
+    chrf = CHRF(word_order=options.chrf_word_order, lowercase=options.chrf_lowercase)
+    return bleu, chrf
+
+
+def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: ScoreOptions | None = None) -> dict:
+    """Corpus BLEU and chrF of `hyps` against the references `ref_streams` (one list of lines per
+    reference file, each as long as `hyps`), with sacreBLEU's signatures."""
+    for refs in ref_streams:
+        if len(hyps) != len(refs):
+            raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references: the counts must match")
+    bleu, chrf = metrics(options or ScoreOptions())
     return {
-        "bleu": float(bleu.corpus_score(hyps, [refs]).score),
-        "chrf": float(chrf.corpus_score(hyps, [refs]).score),
+        "bleu": float(bleu.corpus_score(hyps, ref_streams).score),
+        "chrf": float(chrf.corpus_score(hyps, ref_streams).score),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     }
 
 
-def score_command(hyp: Path, ref: Path, as_json: bool = False) -> None:
-    """`nmt score`: print BLEU and chrF of the file `hyp` against the file `ref`."""
-    hyps, refs = read_lines(hyp), read_lines(ref)
-    for path, lines in ((hyp, hyps), (ref, refs)):
+def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
+    """Corpus BLEU and chrF of `hyps` against one reference each, with sacreBLEU's defaults and signatures."""
+    return sacrebleu_scores(hyps, [refs])
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def sacrebleu_warnings() -> Iterator[list[logging.LogRecord]]:
+    """The warnings sacreBLEU logs in the block, kept from stderr (where Python's last-resort handler would
+    print them) so that the command can word them as its own."""
+    logger, handler = logging.getLogger("sacrebleu"), _Collect()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def read_hypotheses(hyp: Path) -> list[str]:
+    """The lines of the file `hyp`, or of stdin where it is `-`."""
+    if str(hyp) != STDIN:
+        return read_lines(hyp)
+    if sys.stdin is None:
+        raise UserError("stdin is closed; give HYP as a file")
+    return decode_lines(sys.stdin.buffer.read(), "stdin")
+
+
+def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = None, as_json: bool = False) -> None:
+    """`nmt score`: print BLEU and chrF of the file `hyp` (stdin where it is `-`) against the files `refs`."""
+    options = options or ScoreOptions()
+    for ref in refs:
+        if str(ref) == STDIN:
+            raise UserError("-: stdin can be HYP only; give each REF as a file")
+    hyp_name = "stdin" if str(hyp) == STDIN else str(hyp)
+    hyps = read_hypotheses(hyp)
+    if not hyps:
+        raise UserError(f"{hyp_name}: is empty")
+    ref_streams = []
+    for ref in refs:
+        lines = read_lines(ref)
         if not lines:
-            raise UserError(f"{path}: is empty")
-    if len(hyps) != len(refs):
-        raise UserError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}: the counts must match")
-    scores = corpus_scores(hyps, refs)
+            raise UserError(f"{ref}: is empty")
+        if len(lines) != len(hyps):
+            raise UserError(f"{hyp_name} has {len(hyps)} lines but {ref} has {len(lines)}: the counts must match")
+        ref_streams.append(lines)
+    with sacrebleu_warnings() as warnings:
+        scores = sacrebleu_scores(hyps, ref_streams, options)
+    # sacreBLEU's warning about tokenized hypotheses is three lines and points at its Python API's `force`
+    # parameter; its command line's --force is ours too, so the warning says that, in one line.
+    tokenized = [w for w in warnings if w.funcName == "_extract_corpus_statistics"]
+    if tokenized:
+        print(f"warning: {hyp_name}: 100 or more lines end in a tokenized period (' .'); sacreBLEU scores "
+              "detokenized text: detokenize it, or give --force if it is", file=sys.stderr)  # fmt: skip
+    for warning in warnings:
+        if warning not in tokenized:
+            print(f"warning: sacreBLEU: {' '.join(warning.getMessage().split())}", file=sys.stderr)
     if as_json:
         print(json.dumps(scores))
     else:
+        chrf = "chrF" + "+" * options.chrf_word_order  # sacreBLEU's names (chrF2++) without the beta
         print(f"BLEU = {scores['bleu']:.2f} ({scores['bleu_signature']})")
-        print(f"chrF = {scores['chrf']:.2f} ({scores['chrf_signature']})")
+        print(f"{chrf} = {scores['chrf']:.2f} ({scores['chrf_signature']})")

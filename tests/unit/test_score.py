@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import sacrebleu
 from click.testing import CliRunner
 
+import async_nmt
 from async_nmt.cli import main
 from async_nmt.errors import UserError
 from async_nmt.score import corpus_scores
@@ -93,3 +98,95 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, hyp_bytes, ref_bytes, m
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr and result.stderr.startswith("error: ")
+
+
+REFS2 = ["The cat was sitting on the mat.", "Die Katze schläft heute.", "A dog barks at the moon.", "more"]
+
+
+def test_several_references_and_stdin_as_sacrebleu_takes_them(tmp_path: Path):
+    ref, ref2 = write(tmp_path / "ref", REFS), write(tmp_path / "ref2", REFS2)
+    result = runner().invoke(main, ["score", "-", str(ref), str(ref2), "--json"], input="\n".join(HYPS) + "\n")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS, REFS2]).score)
+    assert data["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS, REFS2]).score)
+    assert data["bleu"] > corpus_scores(HYPS, REFS)["bleu"]  # the second reference counts
+    assert data["bleu_signature"].startswith("nrefs:2|") and data["chrf_signature"].startswith("nrefs:2|")
+
+
+def test_a_reference_of_another_length_is_one_line_naming_it(tmp_path: Path):
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    short = write(tmp_path / "short", REFS2[:3])
+    result = runner().invoke(main, ["score", str(hyp), str(ref), str(short)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{hyp} has 4 lines but {short} has 3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "options,bleu_args,chrf_args,fragments",
+    [
+        (["--tokenize", "char"], {"tokenize": "char"}, {}, ["tok:char"]),
+        (["-tok", "intl", "--lowercase"], {"tokenize": "intl", "lowercase": True}, {}, ["tok:intl", "case:lc"]),
+        (["--tokenize", "none", "--chrf-word-order", "2"], {"tokenize": "none"}, {"word_order": 2}, ["nw:2"]),
+        (["-cw", "1", "--chrf-lowercase"], {}, {"word_order": 1, "lowercase": True}, ["nw:1", "case:lc"]),
+    ],
+)
+def test_sacrebleu_options_give_its_scores_and_signatures(tmp_path: Path, options, bleu_args, chrf_args, fragments):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), *options])
+    assert result.exit_code == 0, result.output
+    bleu, chrf = BLEU(**bleu_args), CHRF(**chrf_args)
+    bleu_score, chrf_score = bleu.corpus_score(HYPS, [REFS]).score, chrf.corpus_score(HYPS, [REFS]).score
+    chrf_name = "chrF" + "+" * chrf_args.get("word_order", 0)
+    assert result.stdout.splitlines() == [
+        f"BLEU = {bleu_score:.2f} ({bleu.get_signature()})",
+        f"{chrf_name} = {chrf_score:.2f} ({chrf.get_signature()})",
+    ]
+    assert all(fragment in result.stdout for fragment in fragments)
+
+
+def test_tokenizers_are_sacrebleus_own_list(tmp_path: Path):
+    from sacrebleu.metrics import BLEU
+
+    help_text = runner().invoke(main, ["score", "--help"], terminal_width=400).stdout
+    assert all(name in help_text for name in BLEU.TOKENIZERS)
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "--tokenize", "no-such"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "'no-such' is not one of 'none'" in result.stderr
+
+
+def test_a_tokenizer_sacrebleu_cannot_load_is_one_line(tmp_path: Path):
+    if importlib.util.find_spec("MeCab") is not None:
+        pytest.skip("sacreBLEU's Japanese tokenizer is installed here")
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "--tokenize", "ja-mecab"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--tokenize ja-mecab: sacreBLEU cannot use it here" in result.stderr and "sacrebleu[ja]" in result.stderr
+
+
+def test_tokenized_hypotheses_warn_in_one_line_that_names_force(tmp_path: Path):
+    tokenized = [f"line {i} ." for i in range(120)]
+    hyp, ref = write(tmp_path / "hyp", tokenized), write(tmp_path / "ref", tokenized)
+    result = runner().invoke(main, ["score", str(hyp), str(ref)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {hyp}: 100 or more lines end in a tokenized period (' .'); sacreBLEU scores detokenized "
+        "text: detokenize it, or give --force if it is"
+    ]
+    forced = runner().invoke(main, ["score", str(hyp), str(ref), "--force"])
+    assert forced.exit_code == 0 and forced.stderr == "" and forced.stdout == result.stdout
+
+
+def test_score_does_not_import_torch(tmp_path: Path):
+    # `nmt score` starts in a fraction of the time that importing torch takes
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    code = ("import sys\nfrom async_nmt.cli import main\n"
+            f"main(['score', {str(hyp)!r}, {str(ref)!r}], standalone_mode=False)\n"
+            "print('torch' in sys.modules)")  # fmt: skip
+    src = str(Path(async_nmt.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.splitlines()[-1] == "False"

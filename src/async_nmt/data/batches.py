@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from async_nmt.config import BOS_ID, EOS_ID, PAD_ID
+from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, SORTS
 from async_nmt.data.binarize import TokenArray
 
 PAD_MULTIPLE = 8  # padded lengths are multiples of this: few distinct shapes, friendly to tensor cores
@@ -36,9 +36,6 @@ class Batch:
 def _round_up(n: Any) -> Any:
     """`n` (an int or an array of them) rounded up to a multiple of PAD_MULTIPLE."""
     return (n + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
-
-
-SORTS = ("target", "longest")
 
 
 def make_batches(

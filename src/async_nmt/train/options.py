@@ -14,13 +14,13 @@ from async_nmt.config import (
     MODES,
     PRECISIONS,
     PRESETS,
+    SORTS,
     STALENESS_LRS,
     TRAIN_DEFAULTS,
     RunConfig,
     TrainConfig,
     load_json,
 )
-from async_nmt.data.batches import SORTS
 from async_nmt.errors import UserError
 
 OPTIONS = [
