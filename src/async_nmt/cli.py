@@ -294,19 +294,19 @@ def translate(
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--last", "count", default=5, show_default=True, help="Average the last N kept checkpoints.")
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), required=True,
-              help="The averaged checkpoint to write (for `nmt translate OUTPUT`; it does not resume).")  # fmt: skip
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never a checkpoint of a run).")
+              help="The averaged checkpoint to write (for `nmt translate OUTPUT`; it does not resume), in a "
+              "folder that exists (as for `nmt translate -o`, none is made).")  # fmt: skip
+@click.option("--force", is_flag=True,
+              help="Replace OUTPUT if it exists. Refused even so: an OUTPUT inside a run's checkpoints/ folder "
+              "(RUN's, or any folder named checkpoints beside a config.json or events.jsonl).")  # fmt: skip
 def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
-    """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last)."""
-    from async_nmt.model.checkpoint import average_checkpoints, last_kept
+    """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last); RUN is the
+    run folder, the one holding checkpoints/."""
+    from async_nmt.model.checkpoint import average_checkpoints, check_average_output, last_kept
     from async_nmt.train.checkpoint import save_checkpoint
 
     paths = last_kept(run_dir, count)
-    if output_path.resolve().parent == (run_dir / "checkpoints").resolve():
-        raise UserError(f"{output_path}: inside {run_dir}/checkpoints, where the run's own checkpoints live; "
-                        "write the average elsewhere")  # fmt: skip
-    if output_path.exists() and not output_path.is_dir() and not force:
-        raise UserError(f"{output_path}: exists; use --force to replace it")
+    check_average_output(output_path, run_dir, force)
     try:
         save_checkpoint(average_checkpoints(paths), output_path)
     except OSError as err:

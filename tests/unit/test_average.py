@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from async_nmt.cli import main
 from async_nmt.errors import UserError
 from async_nmt.model.checkpoint import average_checkpoints, kept_checkpoints, kept_path, last_kept, read_checkpoint
 from async_nmt.train.checkpoint import save_checkpoint
@@ -45,3 +47,65 @@ def test_averaging_refuses_too_few_checkpoints_and_another_model(tmp_path: Path)
     other = save_kept(tmp_path, 10, torch.zeros(8), d_model=16)
     with pytest.raises(UserError, match=f"{other}: another model config"):
         average_checkpoints(last_kept(tmp_path, 2))
+
+
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()
+
+
+def make_run(run: Path) -> Path:
+    """A run folder as training leaves it (config.json beside checkpoints/), with three kept saves."""
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for updates in (5, 10, 15):
+        save_kept(run, updates, torch.full((8,), float(updates)))
+    return run
+
+
+def average(*args: object):
+    return runner().invoke(main, ["average", *map(str, args)])
+
+
+def one_line(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
+
+
+def test_force_never_writes_into_any_runs_checkpoints(tmp_path: Path):
+    r1, r2 = make_run(tmp_path / "r1"), make_run(tmp_path / "r2")
+    best = r2 / "checkpoints" / "best.pt"
+    best.write_bytes(b"r2's best")
+    for output in (best, r2 / "checkpoints" / "new.pt", r2 / "checkpoints" / "sub" / "x.pt",
+                   r1 / "checkpoints" / "update-5.pt"):  # fmt: skip
+        one_line(average(r1, "--last", "2", "-o", output, "--force"), "where the run's own checkpoints live")
+    assert best.read_bytes() == b"r2's best" and not (r2 / "checkpoints" / "sub").exists()
+    link = tmp_path / "link.pt"  # a link is replaced, not the checkpoint it points to
+    link.symlink_to(best)
+    assert average(r1, "--last", "2", "-o", link, "--force").exit_code == 0
+    assert best.read_bytes() == b"r2's best" and not link.is_symlink()
+    mine = tmp_path / "mine" / "checkpoints"  # a folder of that name outside a run is the user's
+    mine.mkdir(parents=True)
+    assert average(r1, "--last", "2", "-o", mine / "avg.pt").exit_code == 0
+    torch.testing.assert_close(read_checkpoint(mine / "avg.pt")["params"], torch.full((8,), 12.5))
+
+
+def test_output_folders_are_one_line_and_none_is_made(tmp_path: Path):
+    run = make_run(tmp_path / "run")
+    afile = tmp_path / "afile"
+    afile.write_text("text")
+    one_line(average(run, "-o", afile / "x.pt", "--last", "2"), f"{afile} is a file, not a folder")
+    one_line(average(run, "-o", afile / "sub" / "x.pt", "--last", "2"), f"{afile} is a file, not a folder")
+    missing = tmp_path / "new" / "dir"
+    one_line(average(run, "-o", missing / "x.pt", "--last", "2"), f"no folder {missing}; make it first")
+    assert not (tmp_path / "new").exists()
+    one_line(average(run, "-o", tmp_path, "--last", "2"), "is a folder, not an output file")
+
+
+def test_the_checkpoints_folder_given_as_run_hints_at_the_run(tmp_path: Path):
+    run = make_run(tmp_path / "run")
+    one_line(average(run / "checkpoints", "-o", tmp_path / "x.pt"), f"averaging needs the run folder that holds "
+             f"checkpoints/ ({run}?)")  # fmt: skip
+    assert not (tmp_path / "x.pt").exists()

@@ -23,7 +23,7 @@ import sentencepiece as spm
 import torch
 from torch.nn.utils import vector_to_parameters
 
-from async_nmt.config import ModelConfig, from_dict
+from async_nmt.config import RUN_MARKS, ModelConfig, from_dict
 from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
 
@@ -55,11 +55,46 @@ def last_kept(run_dir: Path, count: int) -> list[Path]:
         raise UserError(f"{run_dir}: no such run folder")
     if count < 1:
         raise UserError("the number of checkpoints to average must be at least 1")
+    if not (run_dir / "checkpoints").is_dir():  # e.g. RUN/checkpoints given for RUN
+        hint = f" ({run_dir.parent}?)" if run_dir.name == "checkpoints" else ""
+        raise UserError(f"{run_dir}: has no checkpoints/ folder; averaging needs the run folder that holds "
+                        f"checkpoints/{hint}")  # fmt: skip
     kept = kept_checkpoints(run_dir)
     if len(kept) < count:
         raise UserError(f"{run_dir}: {len(kept)} kept checkpoints, fewer than the {count} asked for "
                         f"(train with --keep-last {count} or more)")  # fmt: skip
     return kept[-count:]
+
+
+def runs_checkpoints_folder(path: Path, run_dir: Path) -> Path | None:
+    """The checkpoints/ folder of a run that a file written at `path` would land in (at any depth), if any:
+    `run_dir`'s, or a folder named checkpoints beside a run's config.json or events.jsonl. Found from where
+    the file is written: a symbolic link at `path` is replaced, not the file it points to."""
+    own = (run_dir / "checkpoints").resolve()
+    marks = [mark for mark in RUN_MARKS if mark != "checkpoints"]  # every existing checkpoints/ has itself
+    for folder in path.parent.resolve().joinpath(path.name).parents:
+        if folder == own or (folder.name == "checkpoints" and any((folder.parent / m).exists() for m in marks)):
+            return folder
+    return None
+
+
+def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
+    """Where `nmt average` may write its checkpoint: never into a run's checkpoints/, over an existing file
+    only with `force`, and into an existing folder only (as `nmt translate -o`, it makes none)."""
+    if (folder := runs_checkpoints_folder(path, run_dir)) is not None:
+        raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live (never replaced, "
+                        "even with --force); write the average elsewhere")  # fmt: skip
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not an output file")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise UserError(f"{path}: exists; use --force to replace it")
+    for folder in path.parents:  # the nearest that exists must be a folder, and be the file's own
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise UserError(f"{path}: {folder} is a file, not a folder")
+            if folder != path.parent:
+                raise UserError(f"{path}: no folder {path.parent}; make it first")
+            return
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
