@@ -183,14 +183,24 @@ def test_a_killed_sync_rank_is_named_as_the_cause(synthetic_bin: Path, tmp_path:
     assert len(lines) == 1 and lines[0].startswith(f"error: worker 1 ({DEVICE}) was killed by signal 9"), stderr
 
 
-@pytest.mark.parametrize("mode, signum", [("async-accum", "SIGINT"), ("sync", "SIGINT"), ("async-accum", "SIGTERM")])
-def test_ctrl_c_with_worker_processes_saves_and_exits(synthetic_bin: Path, tmp_path: Path, mode, signum):
+SIGNALLED = [("async-accum", "SIGINT", False), ("sync", "SIGINT", True), ("async-accum", "SIGTERM", False),
+             ("sync", "SIGTERM", True)]  # (mode, signal, sent to the whole process group)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode, signum, group", SIGNALLED)
+def test_ctrl_c_with_worker_processes_saves_and_exits(synthetic_bin: Path, tmp_path: Path, mode, signum, group):
+    """The signal to the trainer alone, or to its whole process group, as Ctrl-C in a terminal and a batch
+    scheduler's SIGTERM send it (a sync rank SIGTERM killed failed the run before it could save)."""
     run = tmp_path / "run"
     extra = ["--accum", "2"] if mode == "async-accum" else []
-    proc = _nmt_train(synthetic_bin, run, "--mode", mode, *extra, "--valid-every", "0", "--log-every", "1")
+    proc = _nmt_train(synthetic_bin, run, "--mode", mode, *extra, "--valid-every", "0", "--log-every", "1",
+                      start_new_session=group)  # fmt: skip
     try:
         _wait_for(run, "train", 2)
-        proc.send_signal(getattr(signal, signum))
+        if group:
+            os.killpg(proc.pid, getattr(signal, signum))
+        else:
+            proc.send_signal(getattr(signal, signum))
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()  # no-op when it ended; its workers leave when it is gone

@@ -313,6 +313,36 @@ def test_nmt_train_is_nmt_train_subcommand():
     assert "--mode" in out and "--local-accum" in out and "BIN_DIR RUN_DIR" in out
 
 
+def test_ctrl_c_during_a_best_save_waits_for_it(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    """The signal comes as best.pt is being copied (after last.pt): best.pt is written whole, no temporary
+    file is left, and the run then stops as Ctrl-C stops it. Before, best.pt was never written."""
+    import os
+    import signal
+
+    copy = shutil.copyfile
+
+    def copy_then_ctrl_c(src, dst, *args, **kwargs):
+        done = copy(src, dst, *args, **kwargs)
+        if str(dst).endswith("best.pt.tmp"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    monkeypatch.setattr(shutil, "copyfile", copy_then_ctrl_c)
+    run = tmp_path / "run"
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train(micro_config(synthetic_bin, max_updates=20, valid_every=4), run, progress=False, log_every=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stopped.value.code == 130
+    events = read_events(run / "events.jsonl")
+    assert events[-1]["kind"] == "end" and events[-1]["interrupted"] is True and events[-1]["updates"] == 4
+    best, last = (read_checkpoint(run / "checkpoints" / f"{name}.pt") for name in ("best", "last"))
+    assert torch.equal(best["params"], last["params"]) and best["validated_at"] == 4
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl-C; `kill` or a batch scheduler's notice
 def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path, signum: str):
     import signal

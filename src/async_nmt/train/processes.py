@@ -33,6 +33,7 @@ FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"  # testing hook: "W:N" makes worker W raise a
 INTERRUPT_ENV = "ASYNC_NMT_INTERRUPT_AT"  # testing hook: "N": Ctrl-C reaches the server as it takes its N-th push
 MESSAGE_GRACE_S = 0.2  # how long a failure waits for the other processes' exits and messages
 PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the parent's to handle (Ctrl-C, a scheduler's notice)
 
 
 def context() -> Any:
@@ -43,26 +44,30 @@ def spawn(target: Callable[..., None], args: Sequence[tuple]) -> list[Any]:
     """Start one process per argument tuple (spawned, daemon). They ignore SIGINT from their first
     instruction: a spawned process imports torch and the CLI (seconds) before `worker_process` runs, and a
     Ctrl-C then printed a traceback from each and killed them; an ignored signal stays ignored across the
-    exec, and Python leaves it so. The parent ignores it for as long as it starts them."""
+    exec, and Python leaves it so. The parent ignores it for as long as it starts them. So for SIGTERM, which
+    `worker_process` ignores too."""
     processes = []
     main = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if main else {}
     try:
         for i, process_args in enumerate(args):
             process = context().Process(target=target, args=process_args, daemon=True, name=f"nmt-worker-{i}")
             process.start()
             processes.append(process)
     finally:
-        if main:
-            signal.signal(signal.SIGINT, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     return processes
 
 
 @contextmanager
 def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
     """The body of a worker process: any exception becomes a message on `errors` and exit code 1 (2: a user
-    error). SIGINT is ignored: Ctrl-C is the parent's, which stops the workers itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    error). SIGINT and SIGTERM are ignored: Ctrl-C is the parent's, which stops the workers itself, and so is
+    SIGTERM, which a batch scheduler (`scancel`, `kill -TERM -PGID`) sends to the whole process group: a
+    sync rank it killed failed the run before the parent could save (`stop` kills a worker that stays)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     die_with_parent()
     # tqdm's default lock is a named semaphore; a worker stopped by SIGTERM would leave it behind
     tqdm.set_lock(threading.RLock())

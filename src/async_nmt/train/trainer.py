@@ -117,6 +117,8 @@ class Trainer:
                           file=sys.stderr)  # fmt: skip
                 return False
             if self.leader:
+                for tmp in (self.run_dir / "checkpoints").glob("*.pt.tmp"):  # a save that a kill -9 cut short
+                    tmp.unlink()
                 truncate_events(events_path, state["event_lines"])
                 events = read_events(events_path)  # a corrupt line stops the resume here, not at `nmt report`
                 # the wall clock goes on from the last event: the checkpoint's own event came after the write
@@ -194,9 +196,12 @@ class Trainer:
         return state
 
     def save(self, best: bool = False) -> None:
+        """last.pt, best.pt (`best`), the kept copy and the checkpoint event, as one: Ctrl-C or SIGTERM waits
+        for the end of it. Cut short after last.pt, the save that Ctrl-C then made was not a best one, and a
+        stale best.pt was left that nothing repaired (the resume saw its last event written)."""
         if not self.leader:
             return
-        with self.clock.paused():
+        with self.clock.paused(), uninterrupted():
             ckpt.save_checkpoint(self._state(best), checkpoint_path(self.run_dir, "last"))
             self.saved_at = self.updates
             self._finish_save(best)
