@@ -24,6 +24,8 @@ class ReportsUserErrors:
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Click's own handling of it first prints an empty line
+            raise click.Abort() from None
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)

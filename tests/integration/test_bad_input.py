@@ -351,3 +351,27 @@ def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, 
 
 def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_path: Path):
     one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--shards", "2"), "--shards")
+
+
+def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
+    """Ctrl-C while `nmt score -` waits for stdin: `interrupted` alone on stderr, exit code 130 (Click's own
+    handling printed an empty line before it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text("a line\n", encoding="utf-8")
+    nmt = Path(sys.executable).with_name("nmt")
+    proc = subprocess.Popen([str(nmt), "score", "-", str(ref)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        time.sleep(3)  # it reads stdin, which stays open
+        os.kill(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and stderr == "interrupted\n", repr(stderr)
