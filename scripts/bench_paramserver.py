@@ -71,8 +71,8 @@ def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results
             workers._serve(*workers._next_header())
     else:
         stop, ended = threading.Event(), threading.Event()
-        threading.Thread(target=remote._heartbeat, args=(dist.distributed_c10d._get_default_store(), 1, stop, ended),
-                         daemon=True).start()  # fmt: skip
+        link = remote._Link(dist.distributed_c10d._get_default_store())
+        threading.Thread(target=remote._heartbeat, args=(link, 1, stop, ended), daemon=True).start()
         pinned = device.startswith("cuda")
         flat_grad, flat = torch.randn(numel, device=device), torch.empty(numel, device=device)
         grad, params = torch.empty(numel, pin_memory=pinned), torch.empty(numel, pin_memory=pinned)

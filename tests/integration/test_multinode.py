@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import live_processes
 
+from async_nmt.errors import WorkerFailed
 from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train.events import read_events
+from async_nmt.train.modes import remote
 from async_nmt.train.processes import free_port
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -70,6 +72,19 @@ def leftovers(pids: set[int]) -> list[int]:
     while (alive := sorted(pids & set(live_processes()))) and time.time() < deadline:
         time.sleep(0.1)
     return alive
+
+
+def rank_pid(pids: set[int], rank: int) -> int:
+    """The process of torchrun's rank `rank` among `pids` (its agent has the same RANK in no environment)."""
+    for pid in pids:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(bytes(1))
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"torchrun" not in command:
+            return pid
+    raise AssertionError(f"no process of rank {rank}")
 
 
 def wait_for_training(run: Path, nodes: list[subprocess.Popen]) -> None:
@@ -173,6 +188,115 @@ def test_a_killed_node_ends_the_other_within_seconds_with_one_line(synthetic_bin
     lines = ours(err0)
     assert len(lines) == 1 and lines[0].startswith("error: worker rank "), err0[-3000:]
     assert not leftovers(pids)
+
+
+def test_a_killed_rank_0_ends_the_other_node_with_one_line(synthetic_bin: Path, tmp_path: Path):
+    """Rank 0's process is killed, and its node's agent leaves with torchrun's store. The other node's
+    workers printed a C++ warning with a stack trace for each store call after that (some 70, 1,300 lines
+    of stderr, while they waited 2 s for rank 0 to take their error); now one line, and torchrun's report."""
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
+                        "--max-updates", "100000")  # fmt: skip
+    wait_for_training(run, nodes)
+    pids = family(nodes)
+    os.kill(rank_pid(pids, 0), signal.SIGKILL)
+    killed = time.time()
+    _, (code1, err1) = finish(nodes, timeout=60)
+    assert time.time() - killed < 15
+    assert code1 != 0
+    assert "TCPStore" not in err1 and "frame #" not in err1, err1[:3000]
+    lines = ours(err1)  # one per node, though both of its ranks lost rank 0
+    assert len(lines) == 1 and lines[0].startswith("error: worker rank "), err1[-3000:]
+    assert "lost rank 0 (the server): " in lines[0] and "Connection " in lines[0]
+    assert len(err1.splitlines()) < 60, err1[-3000:]  # our line and torchrun's report (about 40 lines)
+    assert not leftovers(pids)
+
+
+def test_a_killed_worker_is_named_not_the_rank_its_agent_then_stopped(synthetic_bin: Path, tmp_path: Path):
+    """Rank 3 is killed; node 1's agent then stops rank 2 (SIGTERM) a tenth of a second later. Rank 0 named
+    the first silent worker in rank order, so rank 2 about half of the time."""
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
+                        "--max-updates", "100000")  # fmt: skip
+    wait_for_training(run, nodes)
+    pids = family(nodes)
+    os.kill(rank_pid(pids, 3), signal.SIGKILL)
+    (code0, err0), _ = finish(nodes, timeout=60)
+    assert code0 != 0
+    lines = ours(err0)
+    assert len(lines) == 1 and lines[0].startswith("error: worker rank 3 on "), err0[-3000:]
+    assert lines[0].endswith("failed: no heartbeat for 5 s (killed, or its host is gone)")
+    assert not leftovers(pids)
+
+
+class FakeStore:
+    """torchrun's store as rank 0's RemoteWorkers uses it: keys, and counters that add() moves."""
+
+    def __init__(self, **values: str):
+        self.values = {remote.PREFIX + key: value.encode() for key, value in values.items()}
+
+    def check(self, keys: list[str]) -> bool:
+        return all(key in self.values for key in keys)
+
+    def get(self, key: str) -> bytes:
+        return self.values[key]
+
+    def set(self, key: str, value: str) -> None:
+        self.values[key] = value.encode()
+
+    def add(self, key: str, amount: int) -> int:
+        self.values[key] = str(int(self.values.get(key, b"0")) + amount).encode()
+        return int(self.values[key])
+
+
+def server_watching(store: FakeStore, heard: dict[int, float]) -> remote.RemoteWorkers:
+    """Rank 0's RemoteWorkers, without a group, for ranks 1-3 last heard of `heard[rank]` seconds ago."""
+    workers = object.__new__(remote.RemoteWorkers)
+    workers.ranks, workers.store, workers.told, workers.failed = [1, 2, 3], store, set(), False
+    now = time.monotonic()
+    workers.heard = {rank: (store.add(remote._key("alive", rank), 0), now - ago) for rank, ago in heard.items()}
+    return workers
+
+
+def failure(workers: remote.RemoteWorkers) -> str:
+    with pytest.raises(WorkerFailed) as raised:
+        workers._check()
+    return str(raised.value)
+
+
+def test_rank_0_names_the_worker_that_failed_not_those_its_agent_stopped():
+    hosts = {"host/1": "a", "host/2": "b", "host/3": "b"}
+    silent = remote.SILENT_S + 0.5
+    # rank 2's last heartbeat came before rank 3's, though rank 3 died first: its agent stopped rank 2
+    workers = server_watching(FakeStore(**hosts, **{"stopped/2": "1"}), {1: 0.0, 2: silent + 0.4, 3: silent})
+    assert failure(workers) == "worker rank 3 on b failed: no heartbeat for 5 s (killed, or its host is gone)"
+    # two silent, none stopped: the earlier silence
+    workers = server_watching(FakeStore(**hosts), {1: 0.0, 2: silent, 3: silent + 1.0})
+    assert failure(workers).startswith("worker rank 3 on b failed: no heartbeat")
+    # a stopped rank alone, not (yet) long enough for the one that ended to be found silent: no failure
+    workers = server_watching(FakeStore(**hosts, **{"stopped/2": "1"}), {1: 0.0, 2: silent, 3: 0.0})
+    workers._check()
+    # ... and once it is, the rank is named with its cause (its whole node was stopped: a scheduler)
+    workers = server_watching(FakeStore(**hosts, **{"stopped/2": "1"}), {1: 0.0, 2: remote.STOPPED_S + 0.5, 3: 0.0})
+    assert failure(workers) == "worker rank 2 on b failed: stopped by SIGTERM (its torchrun agent's, or a scheduler's)"
+    # an error a worker reported beats any silence
+    workers = server_watching(FakeStore(**hosts, **{"error/3": "RuntimeError: boom"}), {1: silent, 2: silent, 3: 0})
+    assert failure(workers) == "worker rank 3 on b failed: RuntimeError: boom"
+    assert workers.store.get(remote.PREFIX + "failed") == b"3"  # the other workers leave without a word
+
+
+def test_a_worker_stops_calling_the_store_at_its_first_failure():
+    calls = []
+
+    class GoneStore:
+        def check(self, keys: list[str]) -> bool:
+            calls.append(keys)
+            raise RuntimeError("Broken pipe")  # and, in C++, a warning with a stack trace on stderr
+
+    link = remote._Link(GoneStore())
+    assert link.run_failed() is False and link.gone
+    assert link.run_failed() is False and link.call("add", "x", 1) is None and link.call("check", [], default=7) == 7
+    assert len(calls) == 1
 
 
 def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: Path, tmp_path: Path):

@@ -14,13 +14,16 @@ applies each push before it answers, it is always between pushes when the traine
 
 Failures: each worker publishes its host and a heartbeat in torchrun's store, and a line when it fails.
 Rank 0 stops the run with one line that names the worker's rank, host and error, or says that its
-heartbeat stopped. A worker leaves when rank 0 is gone: its next message to it fails.
+heartbeat stopped. A worker leaves when rank 0 is gone: its next message to it fails, and it says so in
+one line. The store lives on rank 0's node, so a worker stops using it at its first failed call.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -49,6 +52,10 @@ TOKENS, LOSS, NLL, SENTENCES, PULLED, EPOCH, INDEX = range(7)
 HEARTBEAT_S = 0.5  # how often a worker says it is alive
 SILENT_S = 5.0  # a worker not heard of for this long has stopped
 CHECK_S = 0.5  # how often rank 0 looks at the store while it waits
+# torchrun's agent stops (SIGTERM) a node's other ranks when one of them ends, and those say so in the store;
+# one of them is named only once the worker that ended would have been found silent too: the heartbeats
+# show the order of two deaths a tenth of a second apart (the agent's) only to a heartbeat and a check
+STOPPED_S = SILENT_S + 2 * (HEARTBEAT_S + CHECK_S)
 PREFIX = "async_nmt/"
 DONE = f"{PREFIX}done"  # rank 0 ended the run: a worker that then loses it leaves without an error
 # how long rank 0 waits at the end for the workers' next pushes to tell them to stop; a worker still
@@ -188,7 +195,7 @@ class RemoteWorkers(Workers):
 
     def _lost(self, err: RuntimeError) -> None:
         """A connection closed under a message: name the worker whose heartbeat stopped (or that said why)."""
-        deadline = time.monotonic() + SILENT_S + 2 * CHECK_S
+        deadline = time.monotonic() + STOPPED_S + 2 * CHECK_S
         while time.monotonic() < deadline:
             self._check()
             time.sleep(CHECK_S)
@@ -233,8 +240,11 @@ class RemoteWorkers(Workers):
         return stats, staleness
 
     def _check(self) -> None:
-        """Raise the first worker failure: an error it reported, or a heartbeat that stopped."""
+        """Raise a worker failure: an error a worker reported, else the worker whose heartbeat stopped first
+        (when one worker dies, torchrun's agent stops its node's other ranks a moment later: those must not
+        be named for it, whatever their rank)."""
         now = self.checked = time.monotonic()
+        silent = []
         for rank in self.ranks:
             if self.store.check([_key("error", rank)]):
                 self._fail(rank, self.store.get(_key("error", rank)).decode())
@@ -243,7 +253,14 @@ class RemoteWorkers(Workers):
             if beats != count:
                 self.heard[rank] = (beats, now)
             elif now - since > SILENT_S and rank not in self.told:
-                self._fail(rank, f"no heartbeat for {SILENT_S:.0f} s (killed, or its host is gone)")
+                silent.append(rank)
+        stopped = {rank for rank in silent if self.store.check([_key("stopped", rank)])}
+        ended = [rank for rank in silent if rank not in stopped or now - self.heard[rank][1] > STOPPED_S]
+        if ended:
+            rank = min(ended, key=lambda r: (r in stopped, self.heard[r][1], r))
+            if rank in stopped:  # its whole node was stopped (a scheduler's SIGTERM), or the one that died hid
+                self._fail(rank, "stopped by SIGTERM (its torchrun agent's, or a scheduler's)")
+            self._fail(rank, f"no heartbeat for {SILENT_S:.0f} s (killed, or its host is gone)")
 
     def _fail(self, rank: int, what: str) -> None:
         self.failed = True
@@ -256,60 +273,134 @@ class RemoteWorkers(Workers):
 
 
 # ---------------------------------------------------------------------- a worker rank
+_KEPT: list[socket.socket] = []  # sockets that live as long as the process
+
+
+class ServerLost(Exception):
+    """A message to or from rank 0 failed: rank 0 is gone (killed, failed, or it stopped the run)."""
+
+
+class _Link:
+    """A worker's calls to torchrun's store, which lives on rank 0's node. The first call that fails means the
+    store is gone with it, and none is made after it: each failed call prints a C++ warning with a stack
+    trace (about 16 lines) that would bury the worker's one line. The heartbeat, the main thread and the
+    SIGTERM watcher share one link, so whichever fails first spares the others."""
+
+    def __init__(self, store: Any):
+        self.store, self.gone = store, False
+        self.lock = threading.Lock()  # a call in flight when another fails is not followed by more
+
+    def call(self, method: str, *args: Any, default: Any = None) -> Any:
+        if not self.lock.acquire(timeout=2 * HEARTBEAT_S):  # a call hangs on a host gone silent: not another
+            return default
+        try:
+            if self.gone:
+                return default
+            return getattr(self.store, method)(*args)
+        except Exception:
+            self.gone = True
+            return default
+        finally:
+            self.lock.release()
+
+    def run_failed(self) -> bool:
+        """Whether rank 0 stopped the run for a worker's failure (and named it)."""
+        return bool(self.call("check", [f"{PREFIX}failed"], default=False))
+
+
 def run_worker_rank(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     """A worker rank: pull, compute a gradient, push it to rank 0; until rank 0 says stop. Ctrl-C is rank
     0's to handle (it saves, then stops the workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    store = dist.distributed_c10d._get_default_store()
-    store.set(_key("host", rank), socket.gethostname())
+    link = _Link(dist.distributed_c10d._get_default_store())
+    link.call("set", _key("host", rank), socket.gethostname())
+    _watch_sigterm(link, rank)
     beating, ended = threading.Event(), threading.Event()
-    heart = threading.Thread(target=_heartbeat, args=(store, rank, beating, ended), daemon=True)
+    heart = threading.Thread(target=_heartbeat, args=(link, rank, beating, ended), daemon=True)
     heart.start()
     try:
         _work(cfg, rank, device)
     except Exception as err:
+        beating.set()  # no more store calls from the heartbeat: the store may be going with rank 0
         if ended.is_set():  # rank 0 ended the run while this worker computed: nothing failed, and the group
             raise SystemExit(0) from None  # is not torn down (that would wait for rank 0, which is gone)
-        if _run_failed(store):  # rank 0 stopped the run for another worker's failure, and named it
+        if link.run_failed():  # rank 0 stopped the run for another worker's failure, and named it
+            raise SystemExit(1) from None
+        if isinstance(err, ServerLost):  # nobody is left to take an error: say it here, at once
+            if _first_on_node("lost"):
+                print(f"error: worker rank {rank} on {socket.gethostname()} lost rank 0 (the server): {err}",
+                      file=sys.stderr)  # fmt: skip
             raise SystemExit(1) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         line = f"{type(err).__name__}: {first}".rstrip(": ")
-        try:
-            store.set(_key("error", rank), line)
-        except Exception:  # the store is gone with rank 0's host
-            pass
+        link.call("set", _key("error", rank), line)
         deadline = time.monotonic() + 2 * CHECK_S + 1.0
-        while not _run_failed(store) and time.monotonic() < deadline:
+        while not link.run_failed() and not link.gone and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _run_failed(store):  # rank 0 did not take the message (it is gone): say it here
+        if not link.run_failed():  # rank 0 did not take the message (it is gone): say it here
             print(f"error: worker rank {rank} on {socket.gethostname()}: {line}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         beating.set()
 
 
-def _run_failed(store: Any) -> bool:
+def _first_on_node(what: str) -> bool:
+    """Whether this is the first of its node's ranks to ask (all of torchrun's ranks on a node share its agent
+    as their parent): the ranks that lost rank 0 print one line per node. An abstract Unix socket's name is
+    the token: bound by one process at a time, freed when it exits. Elsewhere than on Linux, always true."""
     try:
-        return bool(store.check([f"{PREFIX}failed"]))
-    except Exception:  # the store is gone: rank 0's host is gone
-        return False
+        token = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except (AttributeError, OSError):
+        return True
+    try:
+        token.bind(f"\0async_nmt/{os.getppid()}/{what}")
+    except OSError as err:
+        token.close()
+        return err.errno != errno.EADDRINUSE
+    _KEPT.append(token)
+    return True
 
 
-def _heartbeat(store: Any, rank: int, stop: threading.Event, ended: threading.Event) -> None:
+def _watch_sigterm(link: _Link, rank: int) -> None:
+    """On SIGTERM, say so in the store, then leave (exit 143, as a shell reports SIGTERM). torchrun's agent
+    sends it to a node's other ranks when one of them ends, and rank 0 must not name those for it. A thread
+    acts on it, through the signal module's wakeup fd: the main thread may wait in a message for long, and
+    Python runs a handler only there."""
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, so that the wakeup fd hears of it
+
+    def watch() -> None:
+        while signal.SIGTERM not in reader.recv(64):
+            pass
+        link.call("set", _key("stopped", rank), "1")
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+    _KEPT.extend((reader, writer))
+
+
+def _heartbeat(link: _Link, rank: int, stop: threading.Event, ended: threading.Event) -> None:
     """Say every HEARTBEAT_S that this worker lives, and learn whether rank 0 has ended the run."""
-    while not stop.wait(HEARTBEAT_S):
-        try:
-            store.add(_key("alive", rank), 1)
-            if store.check([DONE]):
-                ended.set()
-        except Exception:  # the store is gone: the main thread finds out at its next message
-            return
+    while not stop.wait(HEARTBEAT_S) and not link.gone:
+        link.call("add", _key("alive", rank), 1)
+        if link.call("check", [DONE], default=False):
+            ended.set()
+
+
+def _message(op: Any, *args: Any, **kwargs: Any) -> None:
+    """A message to or from rank 0; one that fails raises ServerLost (the worker's only peer is rank 0)."""
+    try:
+        op(*args, **kwargs)
+    except RuntimeError as err:  # gloo's words, less the source line it starts with ("[.../pair.cc:553] ")
+        raise ServerLost(re.sub(r"^\[[^\]]*\.cc:\d+\] ", "", reason(err))) from err
 
 
 def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     worker = rank - 1
     setup: list[Any] = [None, None, None]
-    dist.broadcast_object_list(setup, src=0)
+    _message(dist.broadcast_object_list, setup, src=0)
     positions, model_dict, pulled = setup
     model_cfg = from_dict(ModelConfig, model_dict)
     torch.manual_seed(cfg.seed * 1000 + worker)  # dropout differs between workers
@@ -317,7 +408,7 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     pinned = device.type == "cuda"
     params = torch.empty(flat.numel(), pin_memory=pinned)
     grad = torch.empty(flat.numel(), pin_memory=pinned)
-    dist.broadcast(params, src=0)
+    _message(dist.broadcast, params, src=0)
     flat.data.copy_(params)
     amp_dtype = amp_dtype_for(cfg.precision, device)
     stream = BatchStream(load_split(Path(cfg.bin_dir), "train"), cfg.max_tokens, model_cfg.max_positions, cfg.seed,
@@ -337,12 +428,12 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
         position = stream.state_dict()
         header = torch.tensor([stats.tokens, float(stats.loss), float(stats.nll), stats.sentences, pulled,
                                position["epoch"], position["index"], 0], dtype=torch.float64)  # fmt: skip
-        dist.send(header, dst=0, tag=HEADER)
+        _message(dist.send, header, dst=0, tag=HEADER)
         grad.copy_(flat.grad)
-        dist.send(grad, dst=0, tag=GRAD)
-        dist.recv(reply, src=0, tag=REPLY)
+        _message(dist.send, grad, dst=0, tag=GRAD)
+        _message(dist.recv, reply, src=0, tag=REPLY)
         if reply[1]:  # stop
             return
-        dist.recv(params, src=0, tag=PARAMS)
+        _message(dist.recv, params, src=0, tag=PARAMS)
         flat.data.copy_(params, non_blocking=pinned)
         pulled = int(reply[0])
