@@ -236,6 +236,7 @@ def test_inverse_sqrt_schedule():
     assert inverse_sqrt_lr(1, 1e-3, 100) == pytest.approx(1e-5)
     assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
     assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+    assert {inverse_sqrt_lr(u, 1e-3, 0) for u in (1, 100, 10_000)} == {1e-3}  # --warmup 0: constant, as documented
 
 
 def test_norm_and_scale_normalizes_by_tokens_and_clips():

@@ -13,7 +13,8 @@ import torch
 
 
 def inverse_sqrt_lr(update: int, peak_lr: float, warmup: int) -> float:
-    """Linear warmup to `peak_lr` over `warmup` updates, then decay with 1/sqrt(update). `update` >= 1."""
+    """Linear warmup to `peak_lr` over `warmup` updates, then decay with 1/sqrt(update). `update` >= 1.
+    `warmup` 0: `peak_lr` throughout, no decay either (--warmup's help says so)."""
     if warmup <= 0:
         return peak_lr
     return peak_lr * min(update / warmup, math.sqrt(warmup / update))

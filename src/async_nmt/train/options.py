@@ -82,10 +82,11 @@ OPTIONS = [
                  help="Peak learning rate (default per preset: micro 2e-3, tiny, small and base 7e-4, big 5e-4)."),
     click.option("--warmup", type=int, default=None,
                  help="Linear warmup updates, then inverse-sqrt decay (default per preset: micro 50, tiny 250, "
-                 "small 1000, base and big 4000)."),
+                 "small 1000, base and big 4000); 0 = neither: a constant --lr."),
     click.option("--clip-norm", default=0.0, show_default=True, help="Clip the gradient norm to this; 0 = off."),
     click.option("--label-smoothing", default=0.1, show_default=True,
-                 help="Label smoothing epsilon of the cross-entropy loss, in [0, 1)."),
+                 help="Label smoothing epsilon of the cross-entropy loss, in [0, 1): spread over the whole "
+                 "vocabulary, the target word included (PyTorch's and Marian's form)."),
     click.option("--dropout", type=float, default=None,
                  help="Dropout probability in [0, 1), on the embeddings, the feed-forward activation and every "
                  "residual branch (default per preset: 0.1, big 0.3)."),
