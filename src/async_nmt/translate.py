@@ -180,13 +180,20 @@ def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, ma
 STDIO = "-"  # --input - / --output -: stdin / stdout, as sacreBLEU and fairseq take it
 
 
+BOM = "\ufeff"  # a byte order mark (Windows editors write one) is no part of the first sentence
+
+
 def read_input(path: Path | None) -> list[str]:
     """The lines to translate: of `path`, or of stdin where it is None or `-`."""
     if path is not None and str(path) != STDIO:
-        return read_lines(path)
-    if sys.stdin is None:
+        lines = read_lines(path)
+    elif sys.stdin is None:
         raise UserError("stdin is closed; give the source with --input")
-    return decode_lines(sys.stdin.buffer.read(), "stdin")
+    else:
+        lines = decode_lines(sys.stdin.buffer.read(), "stdin")
+    if lines:
+        lines[0] = lines[0].removeprefix(BOM)
+    return lines
 
 
 def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
@@ -211,7 +218,8 @@ def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
         lines: list[str] = []
         for number, raw in enumerate(stream, 1):
             try:
-                lines.append(raw.decode("utf-8").removesuffix("\n").removesuffix("\r"))
+                line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+                lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
                 raise UserError(f"{name}: line {number} is not valid UTF-8") from None
             if len(lines) == chunk_size:

@@ -225,6 +225,15 @@ def test_chunks_give_the_outputs_of_the_whole_input(run_dir: Path, tmp_path: Pat
     assert chunked.stdout == whole.stdout and whole.stdout.count("\n") == len(LINES)
 
 
+@pytest.mark.parametrize("chunk_size", [0, 2])
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path, chunk_size: int):
+    """Windows editors begin a file with one; sentencepiece would encode it into the first sentence."""
+    marked = tmp_path / "marked.txt"
+    marked.write_text("\n".join(LINES) + "\n", encoding="utf-8-sig")
+    read = [line for chunk in translate.input_chunks(marked, chunk_size) for line in chunk]
+    assert read == LINES
+
+
 def test_a_chunk_is_written_before_the_input_ends(run_dir: Path):
     """With --chunk-size 1 each line's translation comes out as soon as it is read, as from a person
     typing or a pipe that stays open (it used to wait for the end of stdin)."""
