@@ -402,3 +402,15 @@ def test_a_failing_worker_lets_go_of_what_its_frames_held(monkeypatch):
     assert exited.value.code == 1 and errors.get()[3] == "RuntimeError: injected"
     assert exited.value.__context__ is not None  # the exception lives on ...
     assert refs[0]() is None  # ... without the locals of the frames it passed through
+
+
+@pytest.mark.parametrize("mode, workers, given, accum", [("async-accum", 4, None, 4), ("async-accum", 4, 2, 2),
+                                                         ("async", 4, None, 1), ("sync", 3, None, 1)])  # fmt: skip
+def test_accum_defaults_to_the_workers_in_async_accum(mode, workers, given, accum, tmp_path):
+    """`--mode async-accum --workers 4` sums 4 pushes an update, as the paper's N: a default of 1 made it
+    plain async without a word."""
+    from async_nmt.train.options import build_config
+
+    cfg = build_config(tmp_path, devices="cpu", lr=None, warmup=None, compile_model=False, preset="micro",
+                       mode=mode, workers=workers, accum=given)  # fmt: skip
+    assert cfg.accum == accum

@@ -35,8 +35,9 @@ OPTIONS = [
                  help="Workers computing gradients: processes spread round-robin over --devices (sync: "
                  "torch.distributed ranks; async modes: clients of a shared parameter server), or, with "
                  "--simulate, workers emulated in one process."),
-    click.option("--accum", default=1, show_default=True,
-                 help="async-accum: pushes the server sums into one update (the paper uses N = workers)."),
+    click.option("--accum", type=int, default=None,
+                 help="async-accum: pushes the server sums into one update (default: --workers, the paper's N; "
+                 "above 1, refused in the other modes)."),
     click.option("--sync-every", default=0, show_default=True,
                  help="diloco: inner steps H each worker takes between two outer steps (required with diloco)."),
     click.option("--outer-lr", default=0.7, show_default=True,
@@ -134,6 +135,8 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
     """A TrainConfig from the command-line options, defaults filled in and (`checked`) contradictions
     refused."""
     default_lr, default_warmup = TRAIN_DEFAULTS[options["preset"]]
+    if options.get("accum", 1) is None:  # async-accum sums as many pushes as there are workers, as in the paper
+        options["accum"] = options.get("workers", 1) if options.get("mode") == "async-accum" else 1
     cfg = TrainConfig(
         bin_dir=str(bin_dir),
         devices=_devices(devices),
