@@ -300,7 +300,7 @@ def test_report_refuses_an_out_file_and_a_nan_target(run_dir: Path, tmp_path: Pa
     "args, fragment",
     [
         (["translate", "run", "--beam", "abc"], "(see `nmt translate --help`)"),
-        (["score", "only-one"], "Missing argument 'REF'"),
+        (["score", "only-one"], "Missing argument 'REF [REF...]'"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["report", "run", "--link-gbps", "0"], "--link-gbps"),
         (["report", "run", "--link-gbps", "1"], "use it with --x predicted"),
