@@ -250,6 +250,25 @@ def test_translate_refuses_a_truncated_or_foreign_checkpoint_in_one_line(run_dir
                    "not a readable checkpoint (")  # fmt: skip
 
 
+class _Touch:
+    """Pickled as a call of Path.touch: a checkpoint that runs code as it loads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(run_dir: Path, tmp_path: Path):
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    marker = tmp_path / "ran"
+    torch.save({**state, "extra": _Touch(marker)}, tmp_path / "trojan.pt")
+    one_line_error(nmt("translate", tmp_path / "trojan.pt", "--device", "cpu", stdin="a b\n"), "trojan.pt",
+                   "which no async-nmt checkpoint does")  # fmt: skip
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     "message, expected",
     [

@@ -122,8 +122,14 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
                         "not a whole one)")  # fmt: skip
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:  # weights_only's refusal: the file would have run code to load
+        if (refused := re.search(r"GLOBAL ([\w.]+)", str(err))) is None:
+            raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
+        raise UserError(f"{path}: not loaded: it holds {refused.group(1)}, which no async-nmt checkpoint does "
+                        "(such a file can run code as it loads)") from None  # fmt: skip
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: not an async-nmt checkpoint (format {FORMAT_VERSION})")
@@ -134,6 +140,17 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     if "params_crc32" in state and params_crc32(state["params"]) != state["params_crc32"]:
         raise UserError(f"{path}: damaged (its parameters do not match the checksum saved with them)")
     return state
+
+
+def _numpy_globals() -> list[Any]:
+    """What a checkpoint holds beyond tensors and Python's plain types: numpy's random state (an array), under
+    the names numpy 2 and numpy 1 give its pieces. torch.load takes nothing else (`weights_only`): a pickle
+    can name any function to call as it loads, and a checkpoint from elsewhere must not run code here."""
+    import numpy as np
+
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array constructor, wherever it lives
+    names = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct, *((reconstruct, name) for name in names)]
 
 
 def params_crc32(params: torch.Tensor) -> int:
