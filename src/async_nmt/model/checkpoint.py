@@ -122,7 +122,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
                         "not a whole one)")  # fmt: skip
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:  # weights_only's refusal: the file would have run code to load
         if (refused := re.search(r"GLOBAL ([\w.]+)", str(err))) is None:
@@ -142,15 +142,18 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     return state
 
 
-def _numpy_globals() -> list[Any]:
+def _safe_globals() -> list[Any]:
     """What a checkpoint holds beyond tensors and Python's plain types: numpy's random state (an array), under
-    the names numpy 2 and numpy 1 give its pieces. torch.load takes nothing else (`weights_only`): a pickle
-    can name any function to call as it loads, and a checkpoint from elsewhere must not run code here."""
+    the names numpy 2 and numpy 1 give its pieces, and the batches each emulated worker holds (--simulate).
+    torch.load takes nothing else (`weights_only`): a pickle can name any function to call as it loads, and
+    a checkpoint from elsewhere must not run code here."""
     import numpy as np
+
+    from async_nmt.data.batches import Batch  # a dataclass of tensors and numbers
 
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array constructor, wherever it lives
     names = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
-    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct, *((reconstruct, name) for name in names)]
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct, *((reconstruct, n) for n in names), Batch]
 
 
 def params_crc32(params: torch.Tensor) -> int:
