@@ -178,7 +178,10 @@ def _train_options(f):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_train_options
 def train(bin_dir: Path, run_dir: Path, **options) -> None:
-    """Train a model on the binarized corpus BIN_DIR, writing the run folder RUN_DIR."""
+    """Train a model on the binarized corpus BIN_DIR, writing the run folder RUN_DIR.
+
+    One nmt-train at a time per RUN_DIR: it locks RUN_DIR (a file in it) until it ends, and another started
+    on the same RUN_DIR is refused (exit 2)."""
     from async_nmt.train.options import run_train
 
     run_train(bin_dir, run_dir, **options)

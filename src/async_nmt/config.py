@@ -132,6 +132,8 @@ class RunConfig:
 
 
 RUN_MARKS = ("config.json", "events.jsonl", "checkpoints")  # what every run folder has from its start
+# held by the nmt-train that owns a run (train/lock.py); not a mark: a folder with only it is a fresh one
+LOCK_NAME = ".nmt-train.lock"
 
 
 def is_run_folder(folder: Path) -> bool:

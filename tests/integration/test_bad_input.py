@@ -73,6 +73,25 @@ def test_train_force_deletes_a_run_folder_only_and_never_a_run_inside_it(
     assert files(tmp_path) == before
 
 
+def test_a_run_folder_where_the_lock_cannot_be_made_is_one_line(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    """A read-only file system or folder: the lock file, the first thing nmt-train writes, cannot be made."""
+    import errno
+    import os
+
+    from async_nmt.train import lock
+
+    def read_only(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(lock, "_open_lock_file", read_only)
+    message = f"{tmp_path / 'run'}: cannot create the lock file .nmt-train.lock (Read-only file system)"
+    one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1"), message)
+    assert not (tmp_path / "run").exists()  # made for the lock, and removed again
+    (tmp_path / "file").write_text("keep")
+    one_line_error(nmt("train", synthetic_bin, tmp_path / "file" / "run", *TRAIN, "--max-updates", "1"),
+                   "cannot make the folder (Not a directory)")  # fmt: skip
+
+
 def test_preprocess_force_refuses_an_output_folder_that_holds_the_raw_one(tmp_path: Path):
     raw = write_synthetic_corpus(tmp_path / "work" / "raw", n_train=50, n_valid=5, n_test=5)
     before = files(tmp_path / "work")

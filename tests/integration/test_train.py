@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import record_amp_dtypes
 
 from async_nmt.cli import main
-from async_nmt.config import RunConfig, TrainConfig, load_json, model_config
+from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
 from async_nmt.model.checkpoint import read_checkpoint
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.events import read_events
@@ -58,6 +58,7 @@ def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
             assert {"loss", "lr", "tok_per_s", "staleness_mean", "staleness_max"} <= event.keys()
     train_s = [e["train_s"] for e in read_events(learned_run / "events.jsonl")]
     assert train_s == sorted(train_s)
+    assert not (learned_run / LOCK_NAME).exists()  # the lock file goes with the nmt-train that held it
 
 
 def test_config_json_reads_back_as_the_run_config(synthetic_bin: Path, learned_run: Path):
@@ -418,6 +419,108 @@ def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(syn
 def _events(run: Path) -> list[dict]:
     path = run / "events.jsonl"
     return read_events(path) if path.exists() else []
+
+
+MICRO = ["--quiet", "--preset", "micro", "--devices", "cpu", "--max-tokens", "512", "--valid-every", "0",
+         "--valid-max-sentences", "5"]  # fmt: skip
+
+
+def _start_training(bin_dir: Path, run: Path, *extra: str) -> subprocess.Popen:
+    """An nmt-train that saves every update and runs until it is stopped."""
+    import signal
+
+    return subprocess.Popen(
+        [str(NMT_TRAIN), str(bin_dir), str(run), *MICRO, "--log-every", "1", "--save-every", "1",
+         "--max-updates", "100000", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
+    )  # fmt: skip
+
+
+def _wait_for_a_checkpoint(run: Path, proc: subprocess.Popen) -> None:
+    import time
+
+    deadline = time.time() + 120
+    while not any(e["kind"] == "checkpoint" for e in _events(run)):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, "no checkpoint in 120 s"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [  # the audit's two cases: both processes exited 0, the first one's run lost
+        (["--mode", "sync", "--workers", "2"], ["--resume", "--max-updates", "400"]),  # spawned ranks
+        (["--mode", "async", "--workers", "1"], ["--force", "--mode", "sync", "--max-updates", "2"]),
+    ],
+)
+def test_a_second_nmt_train_on_a_run_in_use_is_refused_and_the_first_goes_on(
+    synthetic_bin: Path, tmp_path: Path, first: list[str], second: list[str]
+):
+    import signal
+
+    run = tmp_path / "run"
+    proc = _start_training(synthetic_bin, run, *first)
+    try:
+        _wait_for_a_checkpoint(run, proc)
+        before = (run / "config.json").read_bytes()
+        code, output = run_cli("train", str(synthetic_bin), str(run), *MICRO, *second)
+        assert proc.poll() is None  # still training: refused for the lock, not for a run that ended
+        proc.send_signal(signal.SIGINT)  # stopped as Ctrl-C stops it: a checkpoint, exit 130
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # no-op when it ended
+    assert code == 2, output
+    assert output.strip() == (f"error: {run}: in use by another nmt-train (pid {proc.pid}); wait for it to end, "
+                              "or stop it")  # fmt: skip
+    assert proc.returncode == 130, stderr
+    assert (run / "config.json").read_bytes() == before
+    events = read_events(run / "events.jsonl")
+    assert [e["kind"] for e in events].count("start") == 1 and events[0]["resumed"] is False
+    trained = [e["updates"] for e in events if e["kind"] == "train"]
+    assert trained == sorted(set(trained)) and trained
+    assert events[-1]["kind"] == "end" and events[-1]["interrupted"] is True
+    saved = [e for e in events if e["kind"] == "checkpoint"][-1]
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == saved["updates"]
+    assert not (run / LOCK_NAME).exists()
+    # released at its end: the second command now goes through
+    code, output = run_cli("train", str(synthetic_bin), str(run), *MICRO, "--resume", "--max-updates",
+                           str(saved["updates"] + 1))  # fmt: skip
+    assert code == 0, output
+
+
+def test_a_run_killed_with_kill_9_is_not_left_locked(synthetic_bin: Path, tmp_path: Path):
+    """The kernel drops a dead process's flock: the lock file stays behind, held by no one, and is no run
+    mark (a folder with only it is a fresh one)."""
+    run = tmp_path / "run"
+    proc = _start_training(synthetic_bin, run)
+    try:
+        _wait_for_a_checkpoint(run, proc)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (run / LOCK_NAME).exists()
+    saved = [e for e in _events(run) if e["kind"] == "checkpoint"][-1]["updates"]
+    code, output = run_cli("train", str(synthetic_bin), str(run), *MICRO, "--resume", "--max-updates", str(saved + 1))
+    assert code == 0, output
+    assert read_events(run / "events.jsonl")[-1]["updates"] == saved + 1 and not (run / LOCK_NAME).exists()
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / LOCK_NAME).write_text("123\n")  # left by a killed nmt-train before it wrote anything
+    assert not is_run_folder(fresh)
+    code, output = run_cli("train", str(synthetic_bin), str(fresh), *MICRO, "--max-updates", "1")
+    assert code == 0, output
+
+
+def test_only_torchruns_global_rank_0_owns_the_run(monkeypatch):
+    from async_nmt.train.lock import owns_run
+
+    assert owns_run()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for rank, owns in (("0", True), ("1", False), ("3", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert owns_run() is owns
 
 
 def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synthetic_bin: Path, tmp_path: Path):

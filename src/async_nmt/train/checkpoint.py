@@ -14,22 +14,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from async_nmt.config import RUN_MARKS, is_run_folder, run_folder_in
+from async_nmt.config import LOCK_NAME, RUN_MARKS, is_run_folder, run_folder_in
 from async_nmt.errors import UserError
 from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
 
 
-def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> None:
-    """Refuse to overwrite an existing run unless --resume or --force says what to do with it, and a run
-    folder that is the corpus folder or holds it (starting over deletes the run folder)."""
+def check_run_path(run_dir: Path, bin_dir: Path) -> None:
+    """Refuse a run folder that is a file, or that is the corpus folder or holds it (starting over deletes
+    the run folder): checked before the run's lock is taken, which would put its file there."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a run folder")
     if run_dir.resolve() in (bin_dir.resolve(), *bin_dir.resolve().parents):
         raise UserError(f"{run_dir}: the run folder must not be the corpus folder {bin_dir} or hold it")
+
+
+def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> None:
+    """Refuse to overwrite an existing run unless --resume or --force says what to do with it, and a run
+    folder that `check_run_path` refuses. A folder that holds only the lock file counts as empty."""
+    check_run_path(run_dir, bin_dir)
     if resume:
         if not checkpoint_path(run_dir, "last").is_file():
             raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(entry.name != LOCK_NAME for entry in run_dir.iterdir()):
         if not is_run_folder(run_dir):  # --force deletes run folders only: never a mistyped ~/experiments
             raise UserError(f"{run_dir}: exists and is not a run folder (no {', '.join(RUN_MARKS)}); "
                             "train into a new or empty folder")  # fmt: skip

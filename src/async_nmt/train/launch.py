@@ -23,7 +23,8 @@ import torch.distributed as dist
 from async_nmt.config import TrainConfig
 from async_nmt.errors import UserError
 from async_nmt.train import processes
-from async_nmt.train.checkpoint import check_run_dir
+from async_nmt.train.checkpoint import check_run_dir, check_run_path
+from async_nmt.train.lock import run_lock
 from async_nmt.train.modes import check_worker_speeds, spawns_ranks, worker_devices
 from async_nmt.train.modes.remote import run_worker_rank
 from async_nmt.train.summary import print_summary
@@ -41,10 +42,19 @@ def train(
     log_every: int = LOG_EVERY,
 ) -> dict | None:
     """Run (or resume) training as `cfg` says, into `run_dir`; returns the `end` event (None when a group of
-    sync ranks ran it: rank 0 wrote it to the events)."""
+    sync ranks ran it: rank 0 wrote it to the events).
+
+    This process holds the run folder's lock (`lock.run_lock`) throughout: the ranks it spawns are its
+    children and end before it does."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun started this process as one rank
         return join_torchrun(cfg, run_dir, resume, force, progress, log_every)
-    check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
+    check_run_path(run_dir, Path(cfg.bin_dir))
+    with run_lock(run_dir):  # before the folder is looked at: what another nmt-train does to it is settled
+        check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
+        return _train_locked(cfg, run_dir, resume, progress, log_every)
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int) -> dict | None:
     # SIGTERM (`kill`, a batch scheduler's notice) stops the run as Ctrl-C does: a checkpoint, then exit 130
     terminate = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
@@ -187,8 +197,16 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     cfg.devices = [device]  # this rank's
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    if rank == 0:
+    if rank > 0:  # only rank 0 writes the run folder, so only it holds its lock: not the other ranks or nodes
+        return _join_group(cfg, run_dir, resume, progress, log_every, rank, world, node, device)
+    check_run_path(run_dir, Path(cfg.bin_dir))
+    with run_lock(run_dir):
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
+        return _join_group(cfg, run_dir, resume, progress, log_every, rank, world, node, device)
+
+
+def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int, rank: int,
+                world: int, node: list[str], device: str) -> dict[str, Any] | None:  # fmt: skip
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
     dist.init_process_group(backend(node) if cfg.mode in ("sync", "diloco") else "gloo", timeout=TIMEOUT)
     # on an error the group is left as it is (tearing it down may wait for peers that are gone)

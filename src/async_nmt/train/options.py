@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -115,8 +116,10 @@ OPTIONS = [
                  help="torch.compile the encoder-decoder stack: a slow start (the first batches compile); "
                       "meant for GPUs, where issuing operators bounds a step. Its speed-up is not measured yet."),
     click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),
-    click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt."),
-    click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over."),
+    click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt (refused "
+                 "while another nmt-train uses RUN_DIR)."),
+    click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over (refused while another "
+                 "nmt-train uses RUN_DIR)."),
     click.option("--quiet", is_flag=True,
                  help="No progress: no bar (where stderr is not a terminal: no line per train event), no line "
                  "per validation, no summary table. Warnings and errors still show."),
@@ -232,12 +235,19 @@ def given_options() -> set[str]:
 
 def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bool, log_every: int,
               **options: Any) -> None:  # fmt: skip
+    from async_nmt.train.checkpoint import check_run_path
     from async_nmt.train.launch import train
+    from async_nmt.train.lock import owns_run, run_lock
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: continue the run, or start it over")
     cfg = build_config(bin_dir, log_every=log_every, checked=not resume, **options)
-    if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
-        cfg = resumed_config(cfg, run_dir, given_options())
-        check_config(cfg)
-    train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=cfg.log_every)
+    if owns_run():
+        check_run_path(run_dir, bin_dir)
+    # locked before --resume reads the run's config.json, which another nmt-train may be rewriting
+    # (`train` takes the same lock again, counted, and keeps it to the end)
+    with run_lock(run_dir) if owns_run() else contextlib.nullcontext():
+        if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
+            cfg = resumed_config(cfg, run_dir, given_options())
+            check_config(cfg)
+        train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=cfg.log_every)

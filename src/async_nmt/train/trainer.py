@@ -37,6 +37,7 @@ from async_nmt.train.events import (
     staleness_stats,
     truncate_events,
 )
+from async_nmt.train.lock import clear_run_dir
 from async_nmt.train.modes import build_workers, worker_devices
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
 from async_nmt.train.processes import uninterrupted
@@ -126,10 +127,8 @@ class Trainer:
                 self._wall_start = time.perf_counter() - wall_s
         if not self.leader:
             return True
-        if not resume:
-            if self.run_dir.exists():
-                shutil.rmtree(self.run_dir)
-            self.run_dir.mkdir(parents=True)
+        if not resume:  # emptied, not deleted: the lock file in it is what keeps other nmt-trains out
+            clear_run_dir(self.run_dir)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
         if resume and self.events.lines < state["event_lines"]:  # killed between writing last.pt and its event
