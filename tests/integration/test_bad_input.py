@@ -413,3 +413,16 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     finally:
         proc.kill()
     assert proc.returncode == 130 and stderr == "interrupted\n", repr(stderr)
+
+
+def test_resume_of_a_run_stopped_before_its_first_save_says_to_start_it_over(synthetic_bin: Path, tmp_path: Path):
+    """Ctrl-C while the workers started leaves config.json and no checkpoint: --resume has nothing to go on
+    from, and says what will (a folder that is no run gets no such hint)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}", encoding="utf-8")
+    one_line_error(
+        nmt("train", synthetic_bin, run, *TRAIN, "--resume"), "nothing to resume", "start it over with --force"
+    )
+    line = one_line_error(nmt("train", synthetic_bin, tmp_path / "none", *TRAIN, "--resume"), "nothing to resume")
+    assert "--force" not in line and not (tmp_path / "none").exists()  # nor is a folder left made for its lock

@@ -34,7 +34,8 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
     check_run_path(run_dir, bin_dir)
     if resume:
         if not checkpoint_path(run_dir, "last").is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+            again = "; start it over with --force" if is_run_folder(run_dir) else ""  # stopped before a save
+            raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt){again}")
     elif run_dir.exists() and any(entry.name != LOCK_NAME for entry in run_dir.iterdir()):
         if not is_run_folder(run_dir):  # --force deletes run folders only: never a mistyped ~/experiments
             raise UserError(f"{run_dir}: exists and is not a run folder (no {', '.join(RUN_MARKS)}); "
