@@ -87,6 +87,14 @@ def rank_pid(pids: set[int], rank: int) -> int:
     raise AssertionError(f"no process of rank {rank}")
 
 
+def training_async(bin_dir: Path, run: Path) -> tuple[list[subprocess.Popen], set[int]]:
+    """Two nodes training async with no end in sight, once they train: the nodes and all their processes."""
+    nodes = start_nodes(bin_dir, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
+                        "--max-updates", "100000")  # fmt: skip
+    wait_for_training(run, nodes)
+    return nodes, family(nodes)
+
+
 def wait_for_training(run: Path, nodes: list[subprocess.Popen]) -> None:
     deadline = time.time() + 120
     log = run / "events.jsonl"
@@ -176,10 +184,7 @@ def test_a_raising_worker_on_the_other_node_ends_both_with_one_line(synthetic_bi
 
 def test_a_killed_node_ends_the_other_within_seconds_with_one_line(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
-    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
-                        "--max-updates", "100000")  # fmt: skip
-    wait_for_training(run, nodes)
-    pids = family(nodes)
+    nodes, pids = training_async(synthetic_bin, run)
     os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1's agent; its ranks die with it, as on a machine gone
     killed = time.time()
     (code0, err0), _ = finish(nodes, timeout=60)
@@ -195,10 +200,7 @@ def test_a_killed_rank_0_ends_the_other_node_with_one_line(synthetic_bin: Path, 
     workers printed a C++ warning with a stack trace for each store call after that (some 70, 1,300 lines
     of stderr, while they waited 2 s for rank 0 to take their error); now one line, and torchrun's report."""
     run = tmp_path / "run"
-    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
-                        "--max-updates", "100000")  # fmt: skip
-    wait_for_training(run, nodes)
-    pids = family(nodes)
+    nodes, pids = training_async(synthetic_bin, run)
     os.kill(rank_pid(pids, 0), signal.SIGKILL)
     killed = time.time()
     _, (code1, err1) = finish(nodes, timeout=60)
@@ -216,10 +218,7 @@ def test_a_killed_worker_is_named_not_the_rank_its_agent_then_stopped(synthetic_
     """Rank 3 is killed; node 1's agent then stops rank 2 (SIGTERM) a tenth of a second later. Rank 0 named
     the first silent worker in rank order, so rank 2 about half of the time."""
     run = tmp_path / "run"
-    nodes = start_nodes(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--log-every", "1",
-                        "--max-updates", "100000")  # fmt: skip
-    wait_for_training(run, nodes)
-    pids = family(nodes)
+    nodes, pids = training_async(synthetic_bin, run)
     os.kill(rank_pid(pids, 3), signal.SIGKILL)
     (code0, err0), _ = finish(nodes, timeout=60)
     assert code0 != 0
