@@ -111,7 +111,7 @@ run() {  # run CONFIG SEED: train (or resume), translate and score the test set,
     echo "== $name done $(date +%T)"
 }
 export -f run options ended
-export OUT DOCS NMT PATIENCE
+export OUT DOCS NMT PATIENCE PYTHON
 export COMMON="${common[*]}"
 
 jobs=()
@@ -122,7 +122,9 @@ for configs in "$CONFIGS" "$EXTRA_CONFIGS"; do
         done
     done
 done
-printf '%s\n' "${jobs[@]}" | xargs -P "$LANES" -L 1 bash -c 'common=($COMMON); run "$0" "$1"'
+# each run in a shell of its own, which does not inherit set -e: it is set there, so that a failing command
+# (python missing, say) stops that run instead of letting it go on with an empty answer
+printf '%s\n' "${jobs[@]}" | xargs -P "$LANES" -L 1 bash -c 'set -euo pipefail; common=($COMMON); run "$0" "$1"'
 
 # sync at the (d) speeds: each finished sync run's batches replayed through the clock at those speeds
 for seed in $SEEDS; do
