@@ -129,18 +129,16 @@ def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str],
 
 
 def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
-    """Wait for processes told to stop; terminate, then kill, what is still running."""
+    """Wait for processes told to stop; kill what is still running. Not SIGTERM first: workers ignore it
+    (`worker_process`), and a second of waiting for each in turn made a second Ctrl-C slow."""
     deadline = time.monotonic() + grace_s
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(1.0)
-        if process.is_alive():
             process.kill()
-            process.join()
+    for process in processes:
+        process.join()
 
 
 @contextmanager
