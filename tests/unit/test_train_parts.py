@@ -414,3 +414,14 @@ def test_accum_defaults_to_the_workers_in_async_accum(mode, workers, given, accu
     cfg = build_config(tmp_path, devices="cpu", lr=None, warmup=None, compile_model=False, preset="micro",
                        mode=mode, workers=workers, accum=given)  # fmt: skip
     assert cfg.accum == accum
+
+
+def test_accum_defaults_to_the_worker_ranks_under_torchrun(monkeypatch, tmp_path):
+    """Under torchrun the workers are ranks 1..WORLD_SIZE-1, and --workers may be left at 1."""
+    from async_nmt.train.options import build_config
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    options = dict(devices="cpu", lr=None, warmup=None, compile_model=False, preset="micro", mode="async-accum")
+    assert build_config(tmp_path, **options, accum=None).accum == 3
+    assert build_config(tmp_path, **options, accum=1).accum == 1  # a value given is kept

@@ -187,9 +187,6 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
                             f"--workers must be {world - 1} (WORLD_SIZE={world}, rank 0 serves)")  # fmt: skip
         if cfg.shards > 1:
             raise UserError("--shards: under torchrun the server is rank 0, one shard")
-        if cfg.mode == "async-accum" and cfg.accum == 1 and world > 2:  # --accum's default followed --workers 1
-            raise UserError(f"--mode async-accum under torchrun: give --accum N, the pushes summed per update "
-                            f"(the paper's N is the workers, here {world - 1}); with 1 it is plain async")  # fmt: skip
         cfg.workers = world - 1
     check_worker_speeds(cfg)
     node = node_devices(cfg.devices, int(os.environ.get("LOCAL_WORLD_SIZE", world)))

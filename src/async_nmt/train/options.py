@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ OPTIONS = [
                  "--simulate, workers emulated in one process."),
     click.option("--accum", type=int, default=None,
                  help="async-accum: pushes the server sums into one update (default: --workers, the paper's N; "
-                 "above 1, refused in the other modes)."),
+                 "under torchrun WORLD_SIZE - 1; above 1, refused in the other modes)."),
     click.option("--sync-every", default=0, show_default=True,
                  help="diloco: inner steps H each worker takes between two outer steps (required with diloco)."),
     click.option("--outer-lr", default=0.7, show_default=True,
@@ -138,8 +139,8 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
     """A TrainConfig from the command-line options, defaults filled in and (`checked`) contradictions
     refused."""
     default_lr, default_warmup = TRAIN_DEFAULTS[options["preset"]]
-    if options.get("accum", 1) is None:  # async-accum sums as many pushes as there are workers, as in the paper
-        options["accum"] = options.get("workers", 1) if options.get("mode") == "async-accum" else 1
+    if options.get("accum", 1) is None:
+        options["accum"] = default_accum(options.get("mode", "sync"), options.get("workers", 1))
     cfg = TrainConfig(
         bin_dir=str(bin_dir),
         devices=_devices(devices),
@@ -152,6 +153,16 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
     if checked:
         check_config(cfg)
     return cfg
+
+
+def default_accum(mode: str, workers: int) -> int:
+    """--accum left out: async-accum sums as many pushes as there are workers, as in the paper; under
+    torchrun the workers are ranks 1..WORLD_SIZE-1, whatever --workers says (it may be left at 1)."""
+    if mode != "async-accum":
+        return 1
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return max(1, int(os.environ["WORLD_SIZE"]) - 1)
+    return workers
 
 
 def check_config(cfg: TrainConfig) -> None:
