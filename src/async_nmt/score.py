@@ -138,7 +138,9 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         if str(ref) == STDIN:
             raise UserError("-: stdin can be HYP only; give each REF as a file")
     hyp_name = "stdin" if str(hyp) == STDIN else str(hyp)
-    hyps = read_hypotheses(hyp)
+    # trailing whitespace stripped, as sacreBLEU's command line reads its files: the same scores either way,
+    # and its warning about tokenized hypotheses sees "... .  " as ending in " ."
+    hyps = [line.rstrip() for line in read_hypotheses(hyp)]
     if not hyps:
         raise UserError(f"{hyp_name}: is empty")
     ref_streams = []
@@ -148,7 +150,7 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
             raise UserError(f"{ref}: is empty")
         if len(lines) != len(hyps):
             raise UserError(f"{hyp_name} has {len(hyps)} lines but {ref} has {len(lines)}: the counts must match")
-        ref_streams.append(lines)
+        ref_streams.append([line.rstrip() for line in lines])
     with sacrebleu_warnings() as warnings:
         scores = sacrebleu_scores(hyps, ref_streams, options)
     # sacreBLEU's warning about tokenized hypotheses is three lines and points at its Python API's `force`

@@ -167,8 +167,9 @@ def test_a_tokenizer_sacrebleu_cannot_load_is_one_line(tmp_path: Path):
     assert "--tokenize ja-mecab: sacreBLEU cannot use it here" in result.stderr and "sacrebleu[ja]" in result.stderr
 
 
-def test_tokenized_hypotheses_warn_in_one_line_that_names_force(tmp_path: Path):
-    tokenized = [f"line {i} ." for i in range(120)]
+@pytest.mark.parametrize("end", ["", "  "])  # trailing spaces stripped first, as by sacreBLEU's command line
+def test_tokenized_hypotheses_warn_in_one_line_that_names_force(tmp_path: Path, end: str):
+    tokenized = [f"line {i} .{end}" for i in range(120)]
     hyp, ref = write(tmp_path / "hyp", tokenized), write(tmp_path / "ref", tokenized)
     result = runner().invoke(main, ["score", str(hyp), str(ref)])
     assert result.exit_code == 0, result.output
