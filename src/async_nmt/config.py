@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,6 +130,13 @@ class RunConfig:
     train: TrainConfig
     model: ModelConfig
     corpus: CorpusInfo
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) where torchrun started this process as one of its ranks, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
 
 
 RUN_MARKS = ("config.json", "events.jsonl", "checkpoints")  # what every run folder has from its start

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from async_nmt.config import TrainConfig
+from async_nmt.config import TrainConfig, torchrun_rank
 from async_nmt.errors import UserError
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
@@ -46,7 +46,7 @@ def train(
 
     This process holds the run folder's lock (`lock.run_lock`) throughout: the ranks it spawns are its
     children and end before it does."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun started this process as one rank
+    if torchrun_rank() is not None:  # torchrun started this process as one rank
         return join_torchrun(cfg, run_dir, resume, force, progress, log_every)
     check_run_path(run_dir, Path(cfg.bin_dir))
     with run_lock(run_dir):  # before the folder is looked at: what another nmt-train does to it is settled
@@ -171,7 +171,9 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
                   log_every: int) -> dict[str, Any] | None:  # fmt: skip
     """Run as the rank that RANK / WORLD_SIZE / LOCAL_RANK name, in the group torchrun set up: a sync rank
     with a trainer of its own, or in the async modes rank 0 (trainer and server) or a worker rank."""
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    ranks = torchrun_rank()
+    assert ranks is not None, "called where torchrun started this process"
+    rank, world = ranks
     processes.die_with_parent()  # torchrun's agent: no rank outlives it (a killed node leaves nothing behind)
     if cfg.simulate:
         raise UserError("RANK/WORLD_SIZE are set (torchrun): --simulate runs in one process; start it without torchrun")

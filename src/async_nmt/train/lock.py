@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from async_nmt.config import LOCK_NAME
+from async_nmt.config import LOCK_NAME, torchrun_rank
 from async_nmt.errors import UserError
 
 # run folders this process holds, by resolved path: [file descriptor, depth]. A second flock from this
@@ -30,9 +30,8 @@ _HELD: dict[str, list[int]] = {}
 def owns_run() -> bool:
     """Whether this process is the one that writes the run folder: any process outside torchrun, and
     under torchrun only global rank 0 (the other ranks, on this node or others, leave it alone)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]) == 0
-    return True
+    ranks = torchrun_rank()
+    return ranks is None or ranks[0] == 0
 
 
 @contextmanager

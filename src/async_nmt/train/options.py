@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from async_nmt.config import (
     RunConfig,
     TrainConfig,
     load_json,
+    torchrun_rank,
 )
 from async_nmt.errors import UserError
 
@@ -160,9 +160,8 @@ def default_accum(mode: str, workers: int) -> int:
     torchrun the workers are ranks 1..WORLD_SIZE-1, whatever --workers says (it may be left at 1)."""
     if mode != "async-accum":
         return 1
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return max(1, int(os.environ["WORLD_SIZE"]) - 1)
-    return workers
+    ranks = torchrun_rank()
+    return workers if ranks is None else max(1, ranks[1] - 1)
 
 
 def check_config(cfg: TrainConfig) -> None:

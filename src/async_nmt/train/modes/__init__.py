@@ -19,11 +19,9 @@ is chosen here, in `build_workers`, and nowhere else:
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from async_nmt.config import MODES, TrainConfig
+from async_nmt.config import MODES, TrainConfig, torchrun_rank
 from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.train.modes.asynchronous import ProcessWorkers
@@ -94,7 +92,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")
     if cfg.link_gbps != TrainConfig.link_gbps and not cfg.simulate:
         raise UserError("--link-gbps prices the predicted clock of --simulate; add --simulate")
-    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # torchrun: checked once ranks set it
+    if torchrun_rank() is None:  # torchrun: checked once the ranks have set --workers
         check_worker_speeds(cfg)
     if cfg.shards < 0:
         raise UserError("--shards must not be negative")
