@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from async_nmt.config import TrainConfig, model_config
 from async_nmt.model import search as search_module
 from async_nmt.model.search import beam_search, greedy_search
 from async_nmt.model.transformer import Transformer
+from async_nmt.train.processes import free_port
 from async_nmt.train.trainer import Trainer
 
 DEVICE = torch.device(os.environ.get("ASYNC_NMT_TEST_DEVICE", "cpu"))  # cuda:0 runs these tests on a GPU
@@ -88,6 +90,44 @@ def test_a_training_update_reads_nothing_back_from_the_device(synthetic_bin: Pat
             trainer.update()
     assert trainer.updates == 4
     assert not probe.reads, "".join(f"{what} at\n{where}" for what, _, where in probe.reads)
+
+
+def _sync_rank(rank: int, world: int, port: int, cfg: TrainConfig, run_dir: Path, out: Path) -> None:
+    """One rank of a sync group (spawned): three updates after a first one, under the probe; writes what it
+    found to out/RANK.txt (empty: no read)."""
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    device = torch.device(cfg.devices[rank])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    trainer = Trainer(cfg, run_dir, rank=rank, world=world)
+    trainer.workers.start()
+    trainer.update()
+    # host memory by design: the server's counters, and the agreement the step before copied to the host
+    with HostReads(exempt=(trainer.server.counters, trainer.server.norms, trainer.workers.flags)) as probe:
+        for _ in range(3):
+            trainer.update()
+            trainer.should_stop()
+    reads = "".join(f"{what} at\n{where}" for what, _, where in probe.reads)
+    (out / f"{rank}.txt").write_text(reads if trainer.updates == 4 else f"{trainer.updates} updates")
+    dist.destroy_process_group()
+
+
+def test_a_sync_step_reads_nothing_back_from_the_device(synthetic_bin: Path, tmp_path: Path):
+    """A sync rank's update (its batch, the other ranks' tokens, the all-reduces, Adam) and the agreement on
+    stopping issue no read: the agreement is read one step late, when its all-reduce has long finished. On
+    GPUs the test needs two: ranks sharing one GPU all-reduce through host memory (gloo), which reads."""
+    if DEVICE.type == "cuda" and torch.cuda.device_count() < 2:
+        pytest.skip("a sync group on GPUs needs two (NCCL)")
+    devices = [str(DEVICE), "cuda:1"] if DEVICE.type == "cuda" else ["cpu", "cpu"]
+    cfg = TrainConfig(bin_dir=str(synthetic_bin), preset="micro", mode="sync", workers=2, max_tokens=1024,
+                      dropout=0.1, devices=devices, precision="fp32", valid_every=0, seed=7)  # fmt: skip
+    torch.multiprocessing.start_processes(_sync_rank, (2, free_port(), cfg, tmp_path / "run", tmp_path), nprocs=2,
+                                          start_method="spawn")  # fmt: skip
+    for rank in range(2):
+        reads = (tmp_path / f"{rank}.txt").read_text()
+        assert not reads, f"rank {rank}: {reads}"
 
 
 @pytest.mark.parametrize("fixed_shapes", [False, True])

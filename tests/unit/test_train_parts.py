@@ -110,6 +110,18 @@ def test_stream_workers_are_disjoint_and_the_position_resumes():
         assert torch.equal(a.next().src, b.next().src)
 
 
+def test_skipping_a_batch_counts_what_collating_it_would_and_moves_on_alike():
+    """A sync rank follows the other ranks' streams by skipping their batches: the tokens and sentences must
+    be those of the Batch, and the position the same, across an epoch's end (sides longer than max_len too)."""
+    split = FakeSplit()
+    taken, skipped = BatchStream(split, 512, 40, seed=3), BatchStream(split, 512, 40, seed=3)
+    for _ in range(len(taken) + 7):
+        batch = taken.next()
+        assert skipped.skip() == (batch.tokens, batch.sentences)
+        assert skipped.state_dict() == taken.state_dict()
+    assert torch.equal(skipped.next().src, taken.next().src)
+
+
 def test_flat_parameters_keep_outputs_and_collect_gradients():
     torch.manual_seed(0)
     model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.0))

@@ -150,13 +150,23 @@ class BatchStream:
         return len(self._order)
 
     def next(self) -> Batch:
+        return collate_rows(self.split.src, self.split.tgt, self._advance(), self.max_len, self.pin)
+
+    def skip(self) -> tuple[int, int]:
+        """Move past the batch `next` would return, without collating it; returns its real target tokens and
+        sentences, as its `Batch` counts them. A sync rank follows the other ranks' streams so."""
+        rows = self._advance()
+        return int(np.minimum(self.split.tgt.lengths[rows], self.max_len - 1).sum()) + len(rows), len(rows)
+
+    def _advance(self) -> np.ndarray:
+        """The rows of the next batch; the position moves past it."""
         if self.index >= len(self._order):
             self.epoch += 1
             self.index = 0
             self._order = self._epoch_order()
         rows = self.batches[self._order[self.index]]
         self.index += 1
-        return collate_rows(self.split.src, self.split.tgt, rows, self.max_len, self.pin)
+        return rows
 
     @property
     def epoch_progress(self) -> float:

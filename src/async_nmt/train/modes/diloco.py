@@ -18,7 +18,7 @@ are part of the checkpoint, so a run resumes mid-round exactly. The staleness of
 inner steps its worker has taken since the last sync (0 .. H-1).
 
 With worker processes (`--workers W`, spawned, or ranks torchrun started) each rank is one worker, as in
-sync: a step all-reduces a few numbers (statistics, data positions, whether to stop), and every H steps
+sync: a step all-reduces a few numbers (the losses, whether to stop), and every H steps
 the parameters. Emulated in one process (`--simulate`), deterministically, the predicted clock charges
 every worker's compute at its speed, and at each sync waits for the slowest worker and adds one ring
 all-reduce of the parameters at `--link-gbps`.
@@ -148,7 +148,7 @@ class SimulatedDiloco(PredictedClock, Workers):
 
 class DistributedDiloco(DistributedSync):
     """diloco with one rank per worker (torch.distributed, started like sync ranks): the inner steps are
-    local; each step shares only a few numbers (statistics, data positions, the stop wish), and every H
+    local; each step shares only a few numbers (the losses, the stop wish), and every H
     steps one all-reduce of the parameters precedes the same outer step on every rank. Before a save (a
     validation, --save-every, the end, Ctrl-C) rank 0 gathers every rank's inner state, so that a run
     resumes mid-round exactly."""

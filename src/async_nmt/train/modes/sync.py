@@ -2,10 +2,15 @@
 gloo: on the CPU, and for ranks sharing a GPU).
 
 Each process is one rank and keeps a full replica. A step: K local batches into the flat gradient, one
-all-reduce of that buffer (and one of a few numbers: tokens, losses, data positions, stop wishes), then
-the same token-normalized Adam update on every replica, so the replicas stay equal. Rank 0 writes the run
-folder (events, validation, checkpoints); the others wait in their next all-reduce meanwhile. Whether to
-stop is agreed in that small all-reduce, so every rank takes the same number of steps.
+all-reduce of that buffer (and one of four numbers: the two losses, the stop wishes, Ctrl-C), then the
+same token-normalized Adam update on every replica, so the replicas stay equal. Rank 0 writes the run
+folder (events, validation, checkpoints); the others wait in their next all-reduce meanwhile.
+
+A step reads nothing back from the device, so that the host queues the next step while the GPU runs this
+one. Every rank holds every rank's batch stream, so each follows the others' positions and counts their
+target tokens (what the update is normalized by) on the host. The summed losses stay on the device until
+a log line reads them. Whether to stop is agreed in the small all-reduce and read one step later, when
+it has long finished: every rank reads the same agreement after the same step and stops there.
 
 The launcher (`train/launch.py`) starts the ranks, or joins torchrun's group, and gives each a trainer.
 """
@@ -22,7 +27,7 @@ from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers
 from async_nmt.train.step import StepStats, push_gradient
 
-STOP, INTERRUPT, FIXED = 4, 5, 6  # slots of the small all-reduce after tokens, loss, nll, sentences
+STOP, INTERRUPT = 2, 3  # slots of the small all-reduce after the two losses
 
 
 class DistributedSync(Workers):
@@ -30,6 +35,11 @@ class DistributedSync(Workers):
         self.ctx, self.server = ctx, server
         self.rank, self.world, self.interrupt = ctx.rank, ctx.world, ctx.interrupt
         self.meta_device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        on_gpu = self.meta_device.type == "cuda"
+        # the last step's agreement (stop wishes, Ctrl-C), copied to the host behind the step's work
+        self.flags = torch.zeros(2, dtype=torch.float64, pin_memory=on_gpu)
+        self.flags_copied = torch.cuda.Event() if on_gpu else None
+        self.flags_pending = False
         self.wish = self.agreed = False
         self.local = StepStats()  # this rank's share of the last step
         self.steps = 0
@@ -49,29 +59,43 @@ class DistributedSync(Workers):
         return stats, [self.world]  # W pushes of staleness 0
 
     def step(self) -> StepStats:
-        """This rank's K batches into the flat gradient, and one small all-reduce of every rank's statistics,
-        data position and stop wish; returns the statistics of all ranks together."""
+        """This rank's K batches into the flat gradient, and one small all-reduce of every rank's losses and
+        wishes; returns the statistics of all ranks together (the losses on the device)."""
         ctx = self.ctx
-        stream = ctx.streams[self.rank]
         self.speed.begin()
-        batches = (stream.next() for _ in range(ctx.cfg.local_accum))
+        batches = (ctx.streams[self.rank].next() for _ in range(ctx.cfg.local_accum))
         local = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
         self.speed.end()
         self.steps += 1
         processes.maybe_fail(self.rank, self.steps)
         if not processes.parent_alive(self.parent):  # the supervisor (or torchrun's agent) was killed
             raise SystemExit(1)
-        meta = torch.zeros(FIXED + 2 * self.world, dtype=torch.float64)
-        meta[:FIXED] = torch.tensor([local.tokens, float(local.loss), float(local.nll), local.sentences, self.wish,
-                                     bool(self.interrupt is not None and self.interrupt.is_set())])  # fmt: skip
-        meta[FIXED + 2 * self.rank : FIXED + 2 * self.rank + 2] = torch.tensor([stream.epoch, stream.index])
-        meta = meta.to(self.meta_device)
+        tokens, sentences = local.tokens, local.sentences
+        for w, other in enumerate(ctx.streams):  # the other ranks took the next K batches of their streams
+            for _ in range(ctx.cfg.local_accum if w != self.rank else 0):
+                other_tokens, other_sentences = other.skip()
+                tokens, sentences = tokens + other_tokens, sentences + other_sentences
+        self._read_agreement()  # the last step's: its all-reduce was queued before this step's work
+        losses = torch.stack([torch.as_tensor(local.loss), torch.as_tensor(local.nll)]).to(self.meta_device,
+                                                                                            torch.float64)  # fmt: skip
+        wishes = torch.tensor([self.wish, self.interrupt is not None and self.interrupt.is_set()], dtype=torch.float64)
+        meta = torch.cat([losses, wishes.to(self.meta_device, non_blocking=True)])
         dist.all_reduce(meta)
-        meta = meta.tolist()
-        positions = meta[FIXED:]
-        for w, other in enumerate(ctx.streams):
-            other.load_state_dict({"epoch": int(positions[2 * w]), "index": int(positions[2 * w + 1])})
-        self.agreed = meta[STOP] > 0 or meta[INTERRUPT] > 0
-        self.interrupted = self.interrupted or meta[INTERRUPT] > 0
+        self.flags.copy_(meta[STOP:], non_blocking=True)
+        if self.flags_copied is not None:
+            self.flags_copied.record()
+        self.flags_pending = True
         self.local = local
-        return StepStats(meta[1], meta[2], int(meta[0]), int(meta[3]))
+        return StepStats(meta[0], meta[1], tokens, sentences)
+
+    def _read_agreement(self) -> None:
+        """Whether the ranks agreed to stop in the last step's all-reduce (and on Ctrl-C): every rank reads
+        it after the same step, so they all stop after the same step."""
+        if not self.flags_pending:
+            return
+        if self.flags_copied is not None:
+            self.flags_copied.synchronize()
+        stop, interrupt = self.flags.tolist()
+        self.agreed = stop > 0 or interrupt > 0
+        self.interrupted = self.interrupted or interrupt > 0
+        self.flags_pending = False
