@@ -106,12 +106,17 @@ def _replayable(step: Callable[[], object], device: torch.device) -> Callable[[]
         return step
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # the first step runs for real, allocating what the step keeps
-        step()
-    torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # records the second step; replay() runs it
-        step()
+    with torch.cuda.stream(side):
+        step()  # the first step runs for real, allocating what the step keeps
+        # Then the second is recorded; replay() runs it. (`torch.cuda.graph` would also synchronize and
+        # empty the allocator's caches, of device and pinned memory, before each batch's capture.)
+        graph.capture_begin()
+        try:
+            step()
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(side)
     return graph.replay
 
 
@@ -336,7 +341,10 @@ def beam_search(
             eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite() & ~done[:, None]
             rank = fin_count[:, None] + eos_first.long().cumsum(1) - 1
             slot = torch.where(eos_first & (rank < K), rank, K)
-            fin_scores.scatter_(1, slot, top_scores[:, :K] / (step + 1) ** lenpen)
+            # (the length as `_beam_fixed_shapes` computes it: on CUDA, dividing by a Python number multiplies
+            # by its reciprocal, which may differ in the last bit)
+            length = torch.full((), step + 1, dtype=torch.long, device=device).float().pow(lenpen)
+            fin_scores.scatter_(1, slot, top_scores[:, :K] / length)
             if step:
                 history = tokens.view(n, K, -1)[:, :, 1 : step + 1].gather(1, beam_of[:, :K, None].expand(-1, -1, step))
                 fin_tokens[:, :, :step].scatter_(1, slot[:, :, None].expand(-1, -1, step), history)

@@ -167,7 +167,10 @@ class ParamServer:
                 row[PENDING_PUSHES] += count
                 row[PENDING_TOKENS] += tokens
                 row[PENDING_STALENESS] += max(row[UPDATES] - pulled_updates, 0) * count
-                piece = grad[lo:hi].to(self.shards[i].device, non_blocking=True)
+                # into a CPU shard the copy must be complete before the CPU reads it (non_blocking from a GPU
+                # returns at once); onto a GPU it is ordered before the shard's use on its stream
+                device = self.shards[i].device
+                piece = grad[lo:hi].to(device, non_blocking=device.type == "cuda")
                 if alone:
                     self._update(i, piece, row)
                 else:

@@ -38,6 +38,7 @@ class DistributedSync(Workers):
         on_gpu = self.meta_device.type == "cuda"
         # the last step's agreement (stop wishes, Ctrl-C), copied to the host behind the step's work
         self.flags = torch.zeros(2, dtype=torch.float64, pin_memory=on_gpu)
+        self.wishes = torch.zeros(2, dtype=torch.float64, pin_memory=on_gpu)  # sent from here each step
         self.flags_copied = torch.cuda.Event() if on_gpu else None
         self.flags_pending = False
         self.wish = self.agreed = False
@@ -78,8 +79,9 @@ class DistributedSync(Workers):
         self._read_agreement()  # the last step's: its all-reduce was queued before this step's work
         losses = torch.stack([torch.as_tensor(local.loss), torch.as_tensor(local.nll)]).to(self.meta_device,
                                                                                             torch.float64)  # fmt: skip
-        wishes = torch.tensor([self.wish, self.interrupt is not None and self.interrupt.is_set()], dtype=torch.float64)
-        meta = torch.cat([losses, wishes.to(self.meta_device, non_blocking=True)])
+        # (the last step's copy from `wishes` is done: the agreement read above was queued after it)
+        self.wishes[0], self.wishes[1] = self.wish, self.interrupt is not None and self.interrupt.is_set()
+        meta = torch.cat([losses, self.wishes.to(self.meta_device, non_blocking=True)])
         dist.all_reduce(meta)
         self.flags.copy_(meta[STOP:], non_blocking=True)
         if self.flags_copied is not None:
