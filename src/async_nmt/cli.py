@@ -137,7 +137,7 @@ def corpus_get(name: str, out_dir: Path, force: bool) -> None:
 @click.option(
     "--max-ratio", default=3.0, show_default=True, help="Drop training pairs whose length ratio exceeds this."
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing BIN_DIR.")
+@click.option("--force", is_flag=True, help="Replace an existing BIN_DIR that preprocess wrote (it has manifest.json).")
 def preprocess(
     raw_dir: Path,
     bin_dir: Path,

@@ -121,7 +121,7 @@ def test_existing_bin_without_force(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "bin"
     out.mkdir()
     (out / "model.txt").write_text("precious")
-    assert_one_line_error(nmt("preprocess", raw, out), "exists; use --force to overwrite")
+    assert_one_line_error(nmt("preprocess", raw, out), "is not a preprocessed corpus")
     assert [p.name for p in out.iterdir()] == ["model.txt"] and (out / "model.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "raw"]
 

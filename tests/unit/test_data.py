@@ -230,8 +230,9 @@ def test_crlf_and_no_final_newline(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- overwriting
 def test_force_replaces_only_at_the_end(synthetic_raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "bin"
-    out.mkdir()
+    first = preprocess(synthetic_raw, out, vocab_size=90)
     (out / "keep.txt").write_text("old")
+    before = sorted(p.name for p in out.iterdir())
     with pytest.raises(UserError, match="--force"):
         preprocess(synthetic_raw, out, vocab_size=100)
     bad = write_synthetic_corpus(tmp_path / "bad", n_train=50, n_valid=5, n_test=5)
@@ -239,10 +240,38 @@ def test_force_replaces_only_at_the_end(synthetic_raw: Path, tmp_path: Path) -> 
     with pytest.raises(UserError, match="misaligned"):
         preprocess(bad, out, vocab_size=100, force=True)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == before and load_manifest(out) == first
     manifest = preprocess(synthetic_raw, out, vocab_size=100, force=True)
-    assert not (out / "keep.txt").exists() and load_manifest(out) == manifest
+    assert not (out / "keep.txt").exists() and load_manifest(out) == manifest != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "bin"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_preprocess_did_not_write_is_never_replaced(synthetic_raw: Path, tmp_path: Path, force: bool):
+    """--force replaces a corpus folder, never another corpus's raw text or a folder of notes."""
+    out = write_synthetic_corpus(tmp_path / "other-raw", n_train=20, n_valid=5, n_test=5)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match="is not a preprocessed corpus"):
+        preprocess(synthetic_raw, out, vocab_size=100, force=force)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_vocabulary_learns_from_lines_longer_than_sentencepieces_limit(tmp_path: Path) -> None:
+    """sentencepiece leaves lines over 4,192 bytes out of training without a word; preprocess raises its
+    limit, so the long lines' characters and words are in the vocabulary, not unknown."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(30)]
+    for side in ("src", "tgt"):
+        long = [" ".join(rng.choice(words) for _ in range(700)) for _ in range(8)]  # about 4,900 bytes each
+        short = [" ".join(rng.choice("klmnop") for _ in range(5)) for _ in range(3)]
+        (raw / f"train.{side}").write_text("\n".join(long + short) + "\n")
+        (raw / f"valid.{side}").write_text("\n".join(short) + "\n")
+    preprocess(raw, tmp_path / "bin", vocab_size=60, max_len=2000)
+    sp = load_vocab(tmp_path / "bin" / "spm.model")
+    assert sp.get_piece_size() == 60
+    assert all(UNK_ID not in sp.encode(word) for word in words)
 
 
 def test_empty_bin_dir_is_fine(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,18 +73,23 @@ def preprocess(
         raise UserError(f"{raw_dir}: no such folder (expected raw text files train.SRC, train.TGT, ...)")
     if bin_dir.exists() and not bin_dir.is_dir():
         raise UserError(f"{bin_dir}: exists and is not a folder")
-    if bin_dir.exists() and any(bin_dir.iterdir()) and not force:
-        raise UserError(f"{bin_dir} exists; use --force to overwrite")
     if bin_dir.resolve() in (raw_dir.resolve(), *raw_dir.resolve().parents):
         raise UserError(f"{bin_dir}: the output folder must not be the raw folder {raw_dir} or hold it")
-    if force and bin_dir.is_dir() and (run := run_folder_in(bin_dir)) is not None:
-        what = "is a training run" if run == bin_dir else f"holds the training run {run}"
-        raise UserError(f"{bin_dir}: {what}, which --force would delete; preprocess into another folder")
+    if bin_dir.exists() and any(bin_dir.iterdir()):  # --force replaces only what preprocess wrote
+        if force and (run := run_folder_in(bin_dir)) is not None:
+            what = "is a training run" if run == bin_dir else f"holds the training run {run}"
+            raise UserError(f"{bin_dir}: {what}, which --force would delete; preprocess into another folder")
+        if not (bin_dir / MANIFEST).is_file():
+            raise UserError(f"{bin_dir}: exists and is not a preprocessed corpus (no {MANIFEST}); preprocess into "
+                            "a new or empty folder")  # fmt: skip
+        if not force:
+            raise UserError(f"{bin_dir} exists; use --force to overwrite")
     if max_len < 1 or not max_ratio >= 1:  # (nan is not >= 1)
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
     src, tgt = _languages(raw_dir, src, tgt)
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
-    counts = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
+    checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
+    counts = {s: lines for s, (lines, _) in checked.items()}
 
     try:
         bin_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +99,11 @@ def preprocess(
         why = f"{file} is a file, not a folder" if file is not None else err.strerror or str(err)
         raise UserError(f"{bin_dir}: cannot make the folder ({why})") from None
     try:
-        model = train_vocab(
-            [raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size, model_type
-        )
+        if progress and sys.stderr.isatty():  # sentencepiece shows nothing, and may take minutes
+            click.echo(f"training a {model_type} vocabulary of {vocab_size} pieces on train.{src} and "
+                       f"train.{tgt} ({counts['train']:,} lines each)...", err=True)  # fmt: skip
+        model = train_vocab([raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size,
+                            model_type, longest_line=checked["train"][1])  # fmt: skip
         sp = load_vocab(model)
         stats = {}
         quiet = None if progress else True  # None: tqdm's own test, off where stderr is not a terminal
@@ -207,10 +215,14 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
         if len(others) != 1:
             raise UserError(f"{raw_dir}: cannot tell the other language of {given!r} from train.* {found}")
         return (given, others[0]) if src else (others[0], given)
+    if not found:
+        files = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        seen = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "") if files else "none"
+        raise UserError(f"{raw_dir}: expected plain text files named train.SRC and train.TGT (e.g. train.de and "
+                        f"train.en; valid.* and test.* alike), found no train.*: its files are {seen}")  # fmt: skip
     if len(found) != 2:
         raise UserError(
-            f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found or 'none'}; "
-            "pass --src/--tgt"
+            f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found}; pass --src/--tgt"
         )
     a, b = found
     if {a, b} == {"src", "tgt"}:
@@ -220,33 +232,36 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
     return a, b
 
 
-def _check_pair(src_path: Path, tgt_path: Path) -> int:
-    """Validate a parallel file pair (exists, non-empty, UTF-8, same line count); return its line count."""
-    n_src, n_tgt = _check_text(src_path), _check_text(tgt_path)
+def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:
+    """Validate a parallel file pair (exists, non-empty, UTF-8, same line count); return its line count and
+    its longest line in bytes."""
+    (n_src, long_src), (n_tgt, long_tgt) = _check_text(src_path), _check_text(tgt_path)
     if n_src != n_tgt:
         longer = src_path if n_src > n_tgt else tgt_path
         raise UserError(
             f"misaligned: {src_path} has {n_src} lines but {tgt_path} has {n_tgt}; "
             f"line {min(n_src, n_tgt) + 1} of {longer} has no partner"
         )
-    return n_src
+    return n_src, max(long_src, long_tgt)
 
 
-def _check_text(path: Path) -> int:
+def _check_text(path: Path) -> tuple[int, int]:
+    """A text file's line count and longest line in bytes; UserError if it is missing, empty or not UTF-8."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    n = 0
+    n = longest = 0
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):  # noqa: B007 (n is the count afterwards)
                 line.decode("utf-8")
+                longest = max(longest, len(line))
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: line {n} is not UTF-8 ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:
         raise UserError(f"{path}: empty file")
-    return n
+    return n, longest
 
 
 def _read_chunks(path: Path):

@@ -12,13 +12,18 @@ from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from async_nmt.errors import UserError, reason
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
+SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
 
 
-def train_vocab(files: list[Path], prefix: Path, vocab_size: int, model_type: str = "unigram") -> Path:
+def train_vocab(
+    files: list[Path], prefix: Path, vocab_size: int, model_type: str = "unigram", longest_line: int = 0
+) -> Path:
     """Train a joint sentencepiece model on `files`; write `prefix.model` and `prefix.vocab`.
 
     Ids are fixed: pad=0, unk=1, bos=2, eos=3. The size is a soft limit (`hard_vocab_limit=False`), so a
-    tiny corpus gets a smaller vocabulary instead of an error. Returns the `.model` path.
+    tiny corpus gets a smaller vocabulary instead of an error. `longest_line` (bytes) raises sentencepiece's
+    limit on a line's length (4,192 bytes), above which it leaves lines out of training without a word.
+    Returns the `.model` path.
     """
     if vocab_size < 8:
         raise UserError(f"--vocab-size {vocab_size} is too small (need at least 8)")
@@ -40,6 +45,7 @@ def train_vocab(files: list[Path], prefix: Path, vocab_size: int, model_type: st
             eos_id=EOS_ID,
             num_threads=2,
             input_sentence_size=INPUT_SENTENCE_SIZE,
+            max_sentence_length=max(SPM_MAX_SENTENCE_LENGTH, longest_line + 1),
             shuffle_input_sentence=True,
             minloglevel=2,
         )
