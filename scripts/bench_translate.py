@@ -110,8 +110,13 @@ def main() -> None:
     beam_no_cache = speed(model, sources, beam=args.beam, use_cache=False, **common)
     fixed = {}
     if args.fixed_shapes:
-        greedy_fixed = speed(model, sources, beam=1, fixed_shapes=True, **common)
-        beam_fixed = speed(model, sources, beam=args.beam, fixed_shapes=True, **common)
+        try:  # (a failure here, e.g. a CUDA graph that cannot be captured, must not lose the figures above)
+            greedy_fixed = speed(model, sources, beam=1, fixed_shapes=True, **common)
+            beam_fixed = speed(model, sources, beam=args.beam, fixed_shapes=True, **common)
+        except Exception as err:  # noqa: BLE001 (reported in the JSON line, with its kind)
+            greedy_fixed = beam_fixed = None
+            fixed = {"fixed_shapes_error": f"{type(err).__name__}: {err}"[:500]}
+    if args.fixed_shapes and greedy_fixed is not None and beam_fixed is not None:
         fixed = {
             "greedy_fixed_shapes_tok_per_s": round(greedy_fixed[1]),
             "greedy_fixed_shapes_speedup": round(greedy_fixed[1] / greedy[1], 2),

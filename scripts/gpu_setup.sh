@@ -11,6 +11,10 @@ if [ ! -x "$bin/nmt-train" ]; then
   printf '#!/bin/sh\nexec python3 -c "from async_nmt.cli import train_main; train_main()" "$@"\n' >"$bin/nmt-train"
   chmod +x "$bin/nmt-train"
 fi
+if [ ! -x "$bin/nmt" ]; then
+  printf '#!/bin/sh\nexec python3 -m async_nmt.cli "$@"\n' >"$bin/nmt"
+  chmod +x "$bin/nmt"
+fi
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
@@ -23,11 +27,21 @@ mode_benches() {
     --seconds 8 --max-tokens 4096
 }
 
+# A step's limit is cut to what is left of BUDGET seconds (from the start of the script), if BUDGET is set;
+# with under 15 s left the step is skipped. Each step's outcome is also appended to $OUT/steps.txt.
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${BUDGET:-}" ]; then
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 15 ]; then
+      echo "== $name: skipped, ${left} s of BUDGET=$BUDGET left" | tee -a "$OUT/steps.txt"
+      return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+  fi
   local start=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  echo "== $name: exit $? in $((SECONDS - start)) s"
+  echo "== $name: exit $? in $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/steps.txt"
   tail -n 3 "$OUT/$name.log"
 }
