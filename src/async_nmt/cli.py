@@ -242,7 +242,8 @@ def train_main() -> None:
     type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
-    help="Search precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32.",
+    help="Search precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32. In bf16 a "
+    "sentence's output may depend on its batch (a near tie); fp32 gives the same output however it is batched.",
 )
 @click.option(
     "--chunk-size",
@@ -255,7 +256,8 @@ def train_main() -> None:
     "--cuda-graphs",
     is_flag=True,
     help="Search with fixed shapes, each decoding step replayed as one CUDA graph on a GPU: finished "
-    "sentences stay in their batch until all of it ends. Same outputs; experimental, off until measured.",
+    "sentences stay in their batch until all of it ends. The same search (in fp32 the same outputs); "
+    "experimental, off until measured.",
 )
 def translate(
     model_path: Path,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,9 +57,11 @@ def translate_lines(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     fixed_shapes: bool = False,
+    first_line: int = 1,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
-    `amp_dtype` autocasts the search (None: fp32); `fixed_shapes`: see `search.beam_search`."""
+    `amp_dtype` autocasts the search (None: fp32); `fixed_shapes`: see `search.beam_search`; `first_line`:
+    the input line number of `lines[0]`, for messages."""
     outputs = [""] * len(lines)
     todo = [i for i, line in enumerate(lines) if line.strip()]
     if not todo:
@@ -74,6 +78,7 @@ def translate_lines(
         amp_dtype=amp_dtype,
         progress=progress,
         fixed_shapes=fixed_shapes,
+        line_numbers=[first_line + i for i in todo],
     )
     for i, text in zip(todo, sp.decode(hyps), strict=True):
         outputs[i] = text
@@ -94,19 +99,21 @@ def translate_ids(
     progress: bool = False,
     use_cache: bool = True,
     fixed_shapes: bool = False,
+    line_numbers: list[int] | None = None,
 ) -> list[list[int]]:
-    """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore."""
+    """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore.
+    `line_numbers`: the input line of each sentence, for messages (default: 1, 2, ...)."""
     cfg = model.cfg
     if device is not None:
         model.to(device)
     device = next(model.parameters()).device
     limit = cfg.max_positions - 1  # source tokens before eos
-    truncated = sum(len(x) > limit for x in sources)
+    truncated = [i for i, x in enumerate(sources) if len(x) > limit]
     if truncated:
-        print(
-            f"warning: {truncated} input lines longer than the model's {limit} tokens were truncated",
-            file=sys.stderr,
-        )
+        numbers = [line_numbers[i] if line_numbers else i + 1 for i in truncated]
+        shown = ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+        print(f"warning: line{'s' if len(numbers) > 1 else ''} {shown}: longer than the model's {limit} tokens, "
+              "truncated", file=sys.stderr)  # fmt: skip
     ids = [list(x[:limit]) + [cfg.eos_id] for x in sources]
     lengths = [len(x) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])  # longest first: memory trouble shows at once
@@ -124,6 +131,9 @@ def translate_ids(
             return generate(model, _source_tensor(batch, ids, cfg.pad_id, cfg.max_positions, device), beam, **kwargs)
         except torch.OutOfMemoryError:
             pass  # leaving the handler drops the exception, and with it the frames that hold the batch's tensors
+        except RuntimeError as err:  # the CPU's allocator raises a plain RuntimeError
+            if not out_of_cpu_memory(err):
+                raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if len(batch) == 1:
@@ -154,6 +164,12 @@ def translate_ids(
     return outputs
 
 
+def out_of_cpu_memory(err: RuntimeError) -> bool:
+    """Whether `err` is the CPU allocator's failure to allocate ("DefaultCPUAllocator: not enough memory:
+    you tried to allocate N bytes", or "can't allocate memory" in older versions)."""
+    return "DefaultCPUAllocator" in str(err) and "allocate" in str(err)
+
+
 def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_width: int, device: torch.device) -> Tensor:
     """The sentences `batch` (indices into `ids`, longest first) as a right-padded [B, S] tensor on `device`."""
     lengths = np.array([len(ids[i]) for i in batch])
@@ -171,7 +187,7 @@ def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, ma
         raise UserError(f"--beam must be at least 1 (got {beam})")
     if not math.isfinite(lenpen):
         raise UserError(f"--lenpen must be a finite number (got {lenpen})")
-    if max_len_a < 0 or max_len_b < 0:
+    if not max_len_a >= 0 or max_len_b < 0:  # (nan is not >= 0; inf: up to the model's positions)
         raise UserError(f"--max-len-a and --max-len-b must not be negative (got {max_len_a}, {max_len_b})")
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1 (got {max_tokens})")
@@ -340,10 +356,21 @@ def translate_file(
     cast_for_search(model, amp_dtype)
     options = dict(beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens,
                    amp_dtype=amp_dtype, fixed_shapes=cuda_graphs)  # fmt: skip
+    # SIGTERM (`kill`, `timeout`) stops it as Ctrl-C does: the output file is left as it was, no temporary
+    terminate = signal.getsignal(signal.SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with output_writer(output_path) as write:
+            first_line = 1
             for lines in input_chunks(input_path, chunk_size):
-                hyps = translate_lines(model, sp, lines, progress=chunk_size == 0, **options)  # type: ignore[arg-type]
+                hyps = translate_lines(model, sp, lines, progress=chunk_size == 0, first_line=first_line,
+                                       **options)  # type: ignore[arg-type]  # fmt: skip
                 write("".join(hyp + "\n" for hyp in hyps))
+                first_line += len(lines)
     except ReaderGone:
         return
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, terminate)

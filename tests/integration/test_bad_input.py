@@ -321,6 +321,13 @@ def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
     assert not (tmp_path / "run").exists()
 
 
+def test_translate_refuses_a_nan_length_limit_and_takes_inf_for_the_models_positions(run_dir: Path):
+    one_line_error(nmt("translate", run_dir, "--max-len-a", "nan", stdin="ba de\n"), "--max-len-a")
+    for a in ("inf", "1e308"):  # (a * source tokens overflowed int() after the model had loaded)
+        result = nmt("translate", run_dir, "--max-len-a", a, "--beam", "1", stdin="ba de\n\nka\n")
+        assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_every_device_named_must_exist_even_one_a_worker_would_not_use(synthetic_bin: Path, tmp_path: Path):
     result = nmt("train", synthetic_bin, tmp_path / "run", *TRAIN[2:], "--max-updates", "1", "--devices", "cpu,cuda:0")

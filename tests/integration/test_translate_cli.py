@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -111,16 +112,15 @@ def test_empty_input_never_touches_the_model(sp, monkeypatch):
     assert translate_lines(model, sp, []) == []
 
 
-def test_long_lines_are_truncated_with_one_warning(sp, monkeypatch, capsys):
+def test_long_lines_are_truncated_with_one_warning_that_names_them(sp, monkeypatch, capsys):
     seen: list[torch.Tensor] = []
     monkeypatch.setattr(translate, "generate", identity_search(seen))
     model = small_model(sp.get_piece_size(), max_positions=12)
-    lengths = [len(sp.encode(line)) for line in LINES if line.strip()]
-    n_long = sum(n > 11 for n in lengths)
-    assert 0 < n_long < len(lengths)
+    long = [number for number, line in enumerate(LINES, 1) if len(sp.encode(line)) > 11]
+    assert 1 < len(long) < len([line for line in LINES if line.strip()])
     out = translate_lines(model, sp, LINES, max_tokens=24)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"warning: {n_long} input lines longer than the model's 11 tokens were truncated"]
+    assert err == [f"warning: lines {', '.join(map(str, long))}: longer than the model's 11 tokens, truncated"]
     for line, hyp in zip(LINES, out, strict=True):
         ids = sp.encode(line)
         assert hyp == (sp.decode(ids[:11]) if line.strip() else "")
@@ -257,6 +257,39 @@ def test_a_chunk_is_written_before_the_input_ends(run_dir: Path):
         proc.kill()
 
 
+def test_sigterm_leaves_the_output_file_as_it_was_and_no_temporary_file(run_dir: Path, tmp_path: Path):
+    """`kill` or `timeout` stops a translation as Ctrl-C does: exit 130, the old output kept, nothing left
+    behind (it used to leave an empty hidden temporary file beside the output)."""
+    import select
+    import signal
+
+    out = tmp_path / "out.txt"
+    out.write_text("OLD\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1", "--device", "cpu",
+         "--chunk-size", "1", "-o", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        proc.stdin.write(b"ba de gi\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while not _written(tmp_path):  # the first line is translated: the run is under way
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()
+            select.select([], [], [], 0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert proc.stderr.read().decode().strip().splitlines()[-1] == "interrupted"
+    finally:
+        proc.kill()
+    assert out.read_text() == "OLD\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def _written(folder: Path) -> bool:
+    """Whether the temporary output file in `folder` holds a line (the first translation is written)."""
+    return any(path.stat().st_size > 0 for path in folder.glob(".out.txt.*.tmp"))
+
+
 def test_empty_stdin_gives_empty_output(run_dir: Path):
     result = runner().invoke(main, ["translate", str(run_dir)], input="")
     assert result.exit_code == 0, result.stderr
@@ -343,32 +376,51 @@ def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer():
         assert small[search] > large[search] > 0, (search, small, large)
 
 
-def out_of_memory_above(rows: int, sizes: list[int]):
-    """A stand-in for search that runs out of memory, as CUDA says it, on batches of more than `rows`."""
+OUT_OF_MEMORY = {  # as CUDA says it, and as the CPU's allocator does (a plain RuntimeError)
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
+    "cpu": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough "
+        "memory: you tried to allocate 503808000 bytes."
+    ),  # fmt: skip
+}
+
+
+def out_of_memory_above(rows: int, sizes: list[int], device: str = "cuda"):
+    """A stand-in for search that runs out of memory, as `device` says it, on batches of more than `rows`."""
     real = translate.generate
 
     def generate(model, src, beam, **kwargs):
         sizes.append(src.size(0))
         if src.size(0) > rows:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+            raise OUT_OF_MEMORY[device]()
         return real(model, src, beam, **kwargs)
 
     return generate
 
 
-def test_a_batch_that_runs_out_of_memory_is_translated_in_halves(sp, monkeypatch, capsys):
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_batch_that_runs_out_of_memory_is_translated_in_halves(sp, monkeypatch, capsys, device: str):
     model = small_model(sp.get_piece_size())
     expected = translate_lines(model, sp, LINES, beam=2, max_tokens=1000)
     sizes: list[int] = []
-    monkeypatch.setattr(translate, "generate", out_of_memory_above(2, sizes))
+    monkeypatch.setattr(translate, "generate", out_of_memory_above(2, sizes, device))
     assert translate_lines(model, sp, LINES, beam=2, max_tokens=1000) == expected
     assert sizes == [7, 4, 2, 2, 3, 2, 1]  # the 7 non-empty lines in one batch, then halves until they fit
     err = capsys.readouterr().err
     assert err.count("ran out of memory") == 1 and "7 sentences" in err and "--max-tokens" in err
 
 
+def test_other_runtime_errors_are_not_taken_for_running_out_of_memory(sp, monkeypatch):
+    def generate(model, src, beam, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(translate, "generate", generate)
+    with pytest.raises(RuntimeError, match="shapes"):
+        translate_lines(small_model(sp.get_piece_size()), sp, LINES)
+
+
 def test_out_of_memory_on_one_sentence_exits_1_with_one_line(run_dir: Path, monkeypatch):
-    monkeypatch.setattr(translate, "generate", out_of_memory_above(0, []))
+    monkeypatch.setattr(translate, "generate", out_of_memory_above(0, [], "cpu"))
     result = runner().invoke(main, ["translate", str(run_dir), "--beam", "2"], input="ba de gi\nka\n")
     assert result.exit_code == 1 and "Traceback" not in result.output
     warning, error = result.stderr.strip().splitlines()  # the warning that it halves the batch, then the error

@@ -23,7 +23,8 @@ def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: in
     """The most output tokens (eos excluded) each sentence may get."""
     cfg = model.cfg
     src_lens = (src.ne(cfg.pad_id).sum(1) - 1).clamp(min=0).tolist()
-    return [max(0, min(int(max_len_a * n + max_len_b), cfg.max_positions - 1)) for n in src_lens]
+    cap = cfg.max_positions - 1
+    return [max(0, int(min((max_len_a * n if n else 0) + max_len_b, cap))) for n in src_lens]  # (a may be inf)
 
 
 def cast_for_search(model: Transformer, amp_dtype: torch.dtype | None) -> None:
