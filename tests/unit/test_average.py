@@ -104,6 +104,14 @@ def test_output_folders_are_one_line_and_none_is_made(tmp_path: Path):
     one_line(average(run, "-o", tmp_path, "--last", "2"), "is a folder, not an output file")
 
 
+def test_dash_is_no_output_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`-o -` is stdout for nmt translate; for a checkpoint it is refused, not a file named - made here."""
+    run = make_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    one_line(average(run, "-o", "-", "--last", "2"), "-o -")
+    assert not (tmp_path / "-").exists()
+
+
 def test_the_checkpoints_folder_given_as_run_hints_at_the_run(tmp_path: Path):
     run = make_run(tmp_path / "run")
     one_line(average(run / "checkpoints", "-o", tmp_path / "x.pt"), f"averaging needs the run folder that holds "

@@ -81,6 +81,8 @@ def runs_checkpoints_folder(path: Path, run_dir: Path) -> Path | None:
 def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
     """Where `nmt average` may write its checkpoint: never into a run's checkpoints/, over an existing file
     only with `force`, and into an existing folder only (as `nmt translate -o`, it makes none)."""
+    if str(path) == "-":  # (stdout for `nmt translate -o`; a checkpoint is a file)
+        raise UserError("-o -: the average is a checkpoint file; name one (AVG.pt)")
     if (folder := runs_checkpoints_folder(path, run_dir)) is not None:
         raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live (never replaced, "
                         "even with --force); write the average elsewhere")  # fmt: skip
