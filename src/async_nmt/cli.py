@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from async_nmt.config import PRECISIONS
-from async_nmt.errors import UserError, exits_at_once
+from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -152,18 +152,9 @@ def preprocess(
     """Train a joint sentencepiece model on RAW_DIR/train.* and binarize every split into BIN_DIR."""
     from async_nmt.data.binarize import preprocess as run_preprocess
 
-    run_preprocess(
-        raw_dir,
-        bin_dir,
-        src=src,
-        tgt=tgt,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        max_len=max_len,
-        max_ratio=max_ratio,
-        force=force,
-        progress=True,
-    )
+    with sigterm_interrupts():  # `kill` cleans up as Ctrl-C does: no temporary folder is left beside BIN_DIR
+        run_preprocess(raw_dir, bin_dir, src=src, tgt=tgt, vocab_size=vocab_size, model_type=model_type,
+                       max_len=max_len, max_ratio=max_ratio, force=force, progress=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- train

@@ -1,5 +1,12 @@
 """User-facing errors: the CLI prints them as one line on stderr and exits with their `exit_code`; and how
-the CLI's process ends (`exit_at_once`)."""
+the CLI's process ends (`exit_at_once`, `sigterm_interrupts`)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 
 _AT_ONCE = [False]
 
@@ -53,3 +60,18 @@ def exit_at_once() -> None:
 
 def exits_at_once() -> bool:
     return _AT_ONCE[0]
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM (`kill`, `timeout`, a batch scheduler's notice) raises KeyboardInterrupt as
+    Ctrl-C does, so that a command cleans up and ends the same way (the CLI prints "interrupted", exit code
+    130). Only the main thread can install it; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

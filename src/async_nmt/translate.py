@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from tqdm import tqdm
 
 from async_nmt.config import Precision
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import OutOfMemory, UserError
+from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
 from async_nmt.model.checkpoint import load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
@@ -357,12 +355,8 @@ def translate_file(
     options = dict(beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens,
                    amp_dtype=amp_dtype, fixed_shapes=cuda_graphs)  # fmt: skip
     # SIGTERM (`kill`, `timeout`) stops it as Ctrl-C does: the output file is left as it was, no temporary
-    terminate = signal.getsignal(signal.SIGTERM)
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with output_writer(output_path) as write:
+        with sigterm_interrupts(), output_writer(output_path) as write:
             first_line = 1
             for lines in input_chunks(input_path, chunk_size):
                 hyps = translate_lines(model, sp, lines, progress=chunk_size == 0, first_line=first_line,
@@ -371,6 +365,3 @@ def translate_file(
                 first_line += len(lines)
     except ReaderGone:
         return
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, terminate)

@@ -160,3 +160,55 @@ def test_preprocess_without_a_valid_split_warns_that_train_needs_one(raw: Path, 
     result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "60")
     assert result.exit_code == 0, result.output
     assert "warning:" in result.stderr and "needs a valid split" in result.stderr
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The processes that `pid` started with multiprocessing's spawn (not its resource tracker), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if parent == pid and b"spawn_main" in command:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_vocabulary_training_at_once_and_leaves_nothing(tmp_path: Path, signal_name: str):
+    """sentencepiece trains in C++ for minutes on a large corpus, where Ctrl-C reached the command only
+    when it returned. It trains in a child process, which the command stops: it ends at once, with
+    `interrupted`, no BIN, no temporary folder and no sentencepiece process left behind."""
+    import os
+    import random
+    import signal
+    import time
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = random.Random(0)
+    syllables = [a + b for a in "bcdfghjklmnpqrstvwxz" for b in "aeiouy"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(40000)]
+    for side in ("src", "tgt"):  # about 2 s of training on a 2-core machine
+        lines = (" ".join(rng.choices(words, k=12)) for _ in range(60000))
+        (raw / f"train.{side}").write_text("\n".join(lines) + "\n")
+        (raw / f"valid.{side}").write_text("ba\n")
+    proc = subprocess.Popen([sys.executable, "-m", "async_nmt.cli", "preprocess", str(raw), str(tmp_path / "bin"),
+                             "--vocab-size", "8000"], stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := _spawned_children(proc.pid)):  # the trainer's process
+            assert proc.poll() is None and time.monotonic() < deadline, "no child process trained the vocabulary"
+            time.sleep(0.02)
+        os.killpg(proc.pid, getattr(signal, signal_name))  # as a terminal's Ctrl-C reaches the whole group
+        start = time.monotonic()
+        assert proc.wait(timeout=30) == 130
+        assert time.monotonic() - start < 5
+        assert proc.stderr.read().decode().strip().splitlines()[-1] == "interrupted"
+    finally:
+        proc.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    assert not any(Path(f"/proc/{child}").exists() for child in children)  # stopped and reaped

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import re
+import signal
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -31,31 +34,66 @@ def train_vocab(
         if not Path(f).is_file():
             raise UserError(f"{f}: no such file")
     prefix = Path(prefix)
-    try:
-        spm.SentencePieceTrainer.train(
-            input=[str(f) for f in files],
-            model_prefix=str(prefix),
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=1.0,
-            hard_vocab_limit=False,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            num_threads=2,
-            input_sentence_size=INPUT_SENTENCE_SIZE,
-            max_sentence_length=max(SPM_MAX_SENTENCE_LENGTH, longest_line + 1),
-            shuffle_input_sentence=True,
-            minloglevel=2,
-        )
-    except (RuntimeError, OSError) as err:
+    options = dict(
+        input=[str(f) for f in files],
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        num_threads=2,
+        input_sentence_size=INPUT_SENTENCE_SIZE,
+        shuffle_input_sentence=True,
+        max_sentence_length=max(SPM_MAX_SENTENCE_LENGTH, longest_line + 1),
+        minloglevel=2,
+    )
+    error = _train_in_child(options)
+    if error is not None:
         what = f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}"
-        raise UserError(f"{what}: {_spm_reason(err)}") from None
+        raise UserError(f"{what}: {_spm_reason(RuntimeError(error))}")
     model = prefix.with_name(prefix.name + ".model")
     if not model.is_file():
         raise UserError(f"sentencepiece wrote no model at {model}")
     return model
+
+
+def _train_in_child(options: dict[str, Any]) -> str | None:
+    """Run sentencepiece's trainer in a child process; its error message, or None. Ctrl-C (or SIGTERM) stops
+    it at once: the trainer runs in C++ for minutes on a large corpus, where this process would see the
+    signal only when it returned."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_train, args=(options, send), daemon=True, name="sentencepiece")
+    child.start()
+    send.close()
+    try:
+        while not receive.poll(0.1):  # (a Ctrl-C arrives here)
+            pass
+        try:
+            return receive.recv()
+        except EOFError:
+            child.join()
+            return f"its process ended without a word (exit code {child.exitcode})"
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        child.join()
+
+
+def _train(options: dict[str, Any], send: Any) -> None:
+    """The child: train, and send back None or the error's message (the parent stops it on Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        spm.SentencePieceTrainer.train(**options)
+    except (RuntimeError, OSError) as err:
+        send.send(str(err))
+    else:
+        send.send(None)
 
 
 def _spm_reason(err: BaseException) -> str:

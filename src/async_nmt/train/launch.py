@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from async_nmt.config import TrainConfig, torchrun_rank
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, sigterm_interrupts
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
 from async_nmt.train.lock import run_lock
@@ -56,17 +54,11 @@ def train(
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int) -> dict | None:
     # SIGTERM (`kill`, a batch scheduler's notice) stops the run as Ctrl-C does: a checkpoint, then exit 130
-    terminate = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
+    with sigterm_interrupts():
         if spawns_ranks(cfg):
             launch_ranks(cfg, run_dir, resume, progress, log_every, worker_devices(cfg))
             return None
         return run_trainer(cfg, run_dir, resume, progress, log_every)
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, terminate)
 
 
 def run_trainer(
