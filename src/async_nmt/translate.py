@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from async_nmt.config import Precision
+from async_nmt.config import UNK_ID, Precision
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
 from async_nmt.model.checkpoint import load_model
@@ -56,17 +56,21 @@ def translate_lines(
     progress: bool = False,
     fixed_shapes: bool = False,
     first_line: int = 1,
+    unknown: UnknownInput | None = None,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
     `amp_dtype` autocasts the search (None: fp32); `fixed_shapes`: see `search.beam_search`; `first_line`:
-    the input line number of `lines[0]`, for messages."""
+    the input line number of `lines[0]`, for messages; `unknown` counts the input's unknown pieces."""
     outputs = [""] * len(lines)
     todo = [i for i, line in enumerate(lines) if line.strip()]
     if not todo:
         return outputs
+    sources = sp.encode([lines[i] for i in todo])
+    if unknown is not None:
+        unknown.add(sources)
     hyps = translate_ids(
         model,
-        sp.encode([lines[i] for i in todo]),
+        sources,
         beam=beam,
         lenpen=lenpen,
         max_len_a=max_len_a,
@@ -81,6 +85,26 @@ def translate_lines(
     for i, text in zip(todo, sp.decode(hyps), strict=True):
         outputs[i] = text
     return outputs
+
+
+class UnknownInput:
+    """Counts the input's pieces that the vocabulary does not know (<unk>), and warns once when they are
+    most of it: the input is likely in another language than the model's source, or another script."""
+
+    SHARE = 0.5  # of the pieces read so far (but word boundaries alone)
+
+    def __init__(self, sp: spm.SentencePieceProcessor) -> None:
+        self.space = sp.piece_to_id("\u2581")  # a word boundary alone, before a word it does not know
+        self.pieces = self.unknown = 0
+        self.warned = False
+
+    def add(self, sources: list[list[int]]) -> None:
+        self.pieces += sum(len(s) - s.count(self.space) for s in sources)
+        self.unknown += sum(s.count(UNK_ID) for s in sources)
+        if not self.warned and self.unknown > self.SHARE * self.pieces:
+            self.warned = True
+            print(f"warning: {self.unknown / self.pieces:.0%} of the input's pieces are unknown to the model's "
+                  "vocabulary (<unk>): is the input in its source language?", file=sys.stderr)  # fmt: skip
 
 
 def translate_ids(
@@ -357,10 +381,10 @@ def translate_file(
     # SIGTERM (`kill`, `timeout`) stops it as Ctrl-C does: the output file is left as it was, no temporary
     try:
         with sigterm_interrupts(), output_writer(output_path) as write:
-            first_line = 1
+            first_line, unknown = 1, UnknownInput(sp)
             for lines in input_chunks(input_path, chunk_size):
                 hyps = translate_lines(model, sp, lines, progress=chunk_size == 0, first_line=first_line,
-                                       **options)  # type: ignore[arg-type]  # fmt: skip
+                                       unknown=unknown, **options)  # type: ignore[arg-type]  # fmt: skip
                 write("".join(hyp + "\n" for hyp in hyps))
                 first_line += len(lines)
     except ReaderGone:

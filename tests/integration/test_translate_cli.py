@@ -290,6 +290,18 @@ def _written(folder: Path) -> bool:
     return any(path.stat().st_size > 0 for path in folder.glob(".out.txt.*.tmp"))
 
 
+def test_input_the_vocabulary_does_not_know_is_translated_with_one_warning(run_dir: Path):
+    """Text in another script (the wrong language, or a model of the other direction) becomes <unk>: it is
+    translated, as fairseq and Marian do, but the user is told once."""
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "--chunk-size", "1"],
+                             input="ба де ги ко\nгде\nba de\n")  # fmt: skip
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output
+    warnings = [line for line in result.stderr.splitlines() if "unknown to the model's vocabulary" in line]
+    assert len(warnings) == 1 and "source language" in warnings[0], result.stderr
+    known = runner().invoke(main, ["translate", str(run_dir), "--beam", "1"], input="ba de gi ko\nka\n")
+    assert known.exit_code == 0 and "unknown" not in known.stderr
+
+
 def test_empty_stdin_gives_empty_output(run_dir: Path):
     result = runner().invoke(main, ["translate", str(run_dir)], input="")
     assert result.exit_code == 0, result.stderr
