@@ -162,8 +162,8 @@ def test_preprocess_without_a_valid_split_warns_that_train_needs_one(raw: Path, 
     assert "warning:" in result.stderr and "needs a valid split" in result.stderr
 
 
-def _spawned_children(pid: int) -> list[int]:
-    """The processes that `pid` started with multiprocessing's spawn (not its resource tracker), from /proc."""
+def _trainer_children(pid: int) -> list[int]:
+    """The processes that `pid` started to train a vocabulary, from /proc."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -171,9 +171,23 @@ def _spawned_children(pid: int) -> list[int]:
             command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if parent == pid and b"spawn_main" in command:
+        if parent == pid and b"SentencePieceTrainer" in command:
             children.append(int(stat.parent.name))
     return children
+
+
+def write_long_training_corpus(raw: Path) -> None:
+    """A corpus whose vocabulary takes sentencepiece about 2 s to train on a 2-core machine."""
+    import random
+
+    raw.mkdir()
+    rng = random.Random(0)
+    syllables = [a + b for a in "bcdfghjklmnpqrstvwxz" for b in "aeiouy"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(40000)]
+    for side in ("src", "tgt"):
+        lines = (" ".join(rng.choices(words, k=12)) for _ in range(60000))
+        (raw / f"train.{side}").write_text("\n".join(lines) + "\n")
+        (raw / f"valid.{side}").write_text("ba\n")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
@@ -183,24 +197,16 @@ def test_ctrl_c_stops_vocabulary_training_at_once_and_leaves_nothing(tmp_path: P
     when it returned. It trains in a child process, which the command stops: it ends at once, with
     `interrupted`, no BIN, no temporary folder and no sentencepiece process left behind."""
     import os
-    import random
     import signal
     import time
 
     raw = tmp_path / "raw"
-    raw.mkdir()
-    rng = random.Random(0)
-    syllables = [a + b for a in "bcdfghjklmnpqrstvwxz" for b in "aeiouy"]
-    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(40000)]
-    for side in ("src", "tgt"):  # about 2 s of training on a 2-core machine
-        lines = (" ".join(rng.choices(words, k=12)) for _ in range(60000))
-        (raw / f"train.{side}").write_text("\n".join(lines) + "\n")
-        (raw / f"valid.{side}").write_text("ba\n")
+    write_long_training_corpus(raw)
     proc = subprocess.Popen([sys.executable, "-m", "async_nmt.cli", "preprocess", str(raw), str(tmp_path / "bin"),
                              "--vocab-size", "8000"], stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not (children := _spawned_children(proc.pid)):  # the trainer's process
+        while not (children := _trainer_children(proc.pid)):  # the trainer's process
             assert proc.poll() is None and time.monotonic() < deadline, "no child process trained the vocabulary"
             time.sleep(0.02)
         os.killpg(proc.pid, getattr(signal, signal_name))  # as a terminal's Ctrl-C reaches the whole group
@@ -212,3 +218,43 @@ def test_ctrl_c_stops_vocabulary_training_at_once_and_leaves_nothing(tmp_path: P
         proc.kill()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
     assert not any(Path(f"/proc/{child}").exists() for child in children)  # stopped and reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_the_vocabulary_trainer_does_not_outlive_a_killed_preprocess(tmp_path: Path):
+    """kill -9 (the OOM killer, a scheduler's hard kill) of preprocess: its trainer process ends too, instead of
+    training on for nobody."""
+    import os
+    import signal
+    import time
+
+    raw = tmp_path / "raw"
+    write_long_training_corpus(raw)
+    proc = subprocess.Popen([sys.executable, "-m", "async_nmt.cli", "preprocess", str(raw), str(tmp_path / "bin"),
+                             "--vocab-size", "8000"], stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := _trainer_children(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no child process trained the vocabulary"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{child}/stat").exists() and b") Z" not in Path(f"/proc/{child}/stat").read_bytes()
+                  for child in children):  # fmt: skip
+            assert time.monotonic() < deadline, "the trainer went on after preprocess was killed"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+
+
+def test_a_script_read_from_stdin_can_train_a_vocabulary(tmp_path: Path):
+    """The trainer's process is a fresh interpreter: a script piped into python (no file to re-import, as
+    multiprocessing's children would) trains as one run from a file."""
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    files = [str(raw / "train.src"), str(raw / "train.tgt")]
+    script = (
+        f"from async_nmt.data.vocab import train_vocab\nprint(train_vocab({files!r}, {str(tmp_path / 'm')!r}, 60))\n"
+    )
+    done = subprocess.run([sys.executable, "-"], input=script.encode(), capture_output=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "m.model").is_file(), done.stderr.decode()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
+import json
+import os
 import re
-import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,36 +67,45 @@ def train_vocab(
 def _train_in_child(options: dict[str, Any]) -> str | None:
     """Run sentencepiece's trainer in a child process; its error message, or None. Ctrl-C (or SIGTERM) stops
     it at once: the trainer runs in C++ for minutes on a large corpus, where this process would see the
-    signal only when it returned."""
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_train, args=(options, send), daemon=True, name="sentencepiece")
-    child.start()
-    send.close()
-    try:
-        while not receive.poll(0.1):  # (a Ctrl-C arrives here)
-            pass
+    signal only when it returned. The child is a fresh interpreter running `_CHILD` (not multiprocessing,
+    whose children re-import the main module, which a script read from stdin does not have, and which a
+    daemonic process may not start); it ends if this process dies (kill -9), and ignores Ctrl-C."""
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid())], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=stderr)  # fmt: skip
         try:
-            return receive.recv()
-        except EOFError:
-            child.join()
-            return f"its process ended without a word (exit code {child.exitcode})"
-    except BaseException:
-        child.kill()
-        raise
-    finally:
-        child.join()
+            out, _ = child.communicate(json.dumps(options).encode())  # (a Ctrl-C arrives here)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        try:
+            return json.loads(out)
+        except ValueError:
+            stderr.seek(0)
+            said = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
+            return f"its process ended with exit code {child.returncode}" + (f": {said[-1]}" if said else "")
 
 
-def _train(options: dict[str, Any], send: Any) -> None:
-    """The child: train, and send back None or the error's message (the parent stops it on Ctrl-C)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        spm.SentencePieceTrainer.train(**options)
-    except (RuntimeError, OSError) as err:
-        send.send(str(err))
-    else:
-        send.send(None)
+# The child: train with the options read from stdin, print the error's message or null as JSON. A thread
+# ends it when its parent (whose pid is its argument) is gone; the trainer holds no Python lock meanwhile.
+_CHILD = """
+import json, os, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+parent = int(sys.argv[1])
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
+threading.Thread(target=watch, daemon=True).start()
+import sentencepiece as spm
+try:
+    spm.SentencePieceTrainer.train(**json.load(sys.stdin))
+except (RuntimeError, OSError) as err:
+    print(json.dumps(str(err)))
+else:
+    print(json.dumps(None))
+"""
 
 
 def _spm_reason(err: BaseException) -> str:
