@@ -313,12 +313,26 @@ def test_resume_refuses_a_corrupt_event_log(synthetic_bin: Path, run_dir: Path, 
 
 @pytest.mark.parametrize(
     "option",
-    [["--lr", "nan"], ["--max-time", "nan"], ["--clip-norm", "nan"]],
-    ids=lambda option: option[0],
-)
+    [["--lr", "nan"], ["--max-time", "nan"], ["--clip-norm", "nan"], ["--lr", "inf"],
+     ["--worker-speeds", "1,nan", "--workers", "2", "--mode", "async"],
+     ["--outer-lr", "inf", "--mode", "diloco", "--workers", "2", "--sync-every", "2"]],
+    ids=lambda option: " ".join(option[:2]),
+)  # fmt: skip
 def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
     one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", *option), option[0])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_too_few_batches_for_the_workers_is_one_line_and_the_folder_can_be_reused(synthetic_bin, tmp_path, mode):
+    """A corpus that makes fewer batches than --workers: one line naming the options (it was a traceback,
+    and a sync start left a folder of worker-errors.log that --force refused to clear)."""
+    run = tmp_path / "run"
+    too_few = ["--mode", mode, "--workers", "2", "--max-tokens", "10000000", "--max-updates", "1"]
+    one_line_error(nmt("train", synthetic_bin, run, *TRAIN[:4], *too_few), "too few for 2 workers", "--max-tokens")
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--mode", mode, "--workers", "2", "--max-updates", "1",
+                 "--valid-every", "0", "--force")  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_translate_refuses_a_nan_length_limit_and_takes_inf_for_the_models_positions(run_dir: Path):

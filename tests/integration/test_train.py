@@ -877,6 +877,23 @@ def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path:
     assert end["updates"] == batches and end["epoch"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("speeds", [[1.0, 0.25], [0.25, 1.0]])
+def test_an_epoch_counts_every_workers_batches_whatever_their_speeds(synthetic_bin: Path, tmp_path: Path, speeds):
+    """Async workers at different speeds: --max-epochs 1 trains one pass over the data, however the workers
+    share it (the epoch was worker 0's progress alone: 65% of the data with speeds 1 and 0.5, 128% with
+    0.5 and 1)."""
+    from async_nmt.data.batches import BatchStream
+    from async_nmt.data.binarize import load_split
+
+    cfg = micro_config(synthetic_bin, mode="async", workers=2, simulate=True, worker_speeds=speeds, max_epochs=1)
+    split = load_split(synthetic_bin, "train")
+    batches = sum(len(BatchStream(split, cfg.max_tokens, 256, cfg.seed, w, 2)) for w in range(2))
+    train(cfg, tmp_path / "run", progress=False)
+    end = read_events(tmp_path / "run" / "events.jsonl")[-1]
+    # (an emulated worker holds its next batch: the data positions run up to one batch a worker ahead)
+    assert batches - 2 <= end["pushes"] <= batches + 2 and end["epoch"] >= 1.0
+
+
 def test_a_nan_valid_loss_stops_the_run_without_saving_it(synthetic_bin: Path, tmp_path: Path, monkeypatch):
     from async_nmt.errors import TrainingDiverged
 

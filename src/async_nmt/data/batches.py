@@ -10,6 +10,7 @@ import torch
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, SORTS
 from async_nmt.data.binarize import TokenArray
+from async_nmt.errors import UserError
 
 PAD_MULTIPLE = 8  # padded lengths are multiples of this: few distinct shapes, friendly to tensor cores
 
@@ -136,7 +137,8 @@ class BatchStream:
         self.seed = seed
         self.batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens, max_len, sort=sort)
         if len(self.batches) < workers:
-            raise ValueError(f"{len(self.batches)} batches cannot feed {workers} workers")
+            raise UserError(f"the training data make {len(self.batches)} batches of --max-tokens {max_tokens}, "
+                            f"too few for {workers} workers: use fewer --workers or a lower --max-tokens")  # fmt: skip
         self.worker, self.workers = worker, workers
         self.epoch, self.index = 1, 0
         self._order = self._epoch_order()
@@ -169,6 +171,11 @@ class BatchStream:
         return rows
 
     @property
+    def taken(self) -> int:
+        """Batches taken so far, over every epoch."""
+        return (self.epoch - 1) * len(self._order) + self.index
+
+    @property
     def epoch_progress(self) -> float:
         """Epochs completed so far, fractional (1.5 = half way through epoch 2)."""
         return self.epoch - 1 + self.index / len(self._order)
@@ -181,3 +188,10 @@ class BatchStream:
         if epoch != self.epoch:
             self.epoch = epoch
             self._order = self._epoch_order()
+
+
+def epochs_done(streams: list[BatchStream]) -> float:
+    """Epochs trained by all the workers together: the batches they have taken over the batches of an epoch.
+    Workers that push at different rates (the async modes) each go through their own share at their own
+    pace; one worker's progress alone would count an epoch after a fraction of the data, or after more."""
+    return sum(s.taken for s in streams) / max(1, sum(len(s) for s in streams))

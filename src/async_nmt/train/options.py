@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,8 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("max_tokens", "lr", "link_gbps"):
         if not getattr(cfg, name) > 0:  # nan included
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if not math.isfinite(cfg.lr):  # (the first update would make every parameter nan)
+        raise UserError(f"--lr must be a finite number (got {cfg.lr})")
     for name in (
         "warmup",
         "max_updates",
@@ -213,8 +216,8 @@ def _speeds(text: str | None) -> list[float]:
         speeds = [float(x) for x in text.split(",")]
     except ValueError:
         raise UserError(f"--worker-speeds: {text!r} is not a comma-separated list of numbers") from None
-    if any(x <= 0 for x in speeds):
-        raise UserError("--worker-speeds: every speed must be positive")
+    if not all(0 < x < math.inf for x in speeds):  # (nan is neither)
+        raise UserError("--worker-speeds: every speed must be a positive number")
     return speeds
 
 

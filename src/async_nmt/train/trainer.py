@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json
-from async_nmt.data.batches import BatchStream
+from async_nmt.data.batches import BatchStream, epochs_done
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
@@ -254,7 +254,7 @@ class Trainer:
             updates=self.updates,
             pushes=self.pushes,
             tokens=self.tokens,
-            epoch=round(self.streams[0].epoch_progress, 4),
+            epoch=round(epochs_done(self.streams), 4),
             **{**self._predicted(), **fields},
         )
 
@@ -308,7 +308,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.max_updates > 0 and self.updates >= cfg.max_updates:
             return f"--max-updates {cfg.max_updates}"
-        if cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs:
+        if cfg.max_epochs > 0 and epochs_done(self.streams) >= cfg.max_epochs:
             return f"--max-epochs {cfg.max_epochs}"
         if cfg.max_time > 0 and self.clock.seconds >= cfg.max_time:
             return f"--max-time {cfg.max_time:g}"
@@ -321,7 +321,7 @@ class Trainer:
         if cfg.max_updates > 0 and self.updates >= cfg.max_updates:
             return True
         wish = (
-            (cfg.max_epochs > 0 and self.streams[0].epoch_progress >= cfg.max_epochs)
+            (cfg.max_epochs > 0 and epochs_done(self.streams) >= cfg.max_epochs)
             or (self.leader and cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)  # rank 0's clock
             or self.converged()
         )

@@ -19,6 +19,8 @@ is chosen here, in `build_workers`, and nowhere else:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from async_nmt.config import MODES, TrainConfig, torchrun_rank
@@ -83,8 +85,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
     else:
         if cfg.sync_every < 1:
             raise UserError("--mode diloco needs --sync-every H, the inner steps per round (at least 1)")
-        if not cfg.outer_lr > 0:
-            raise UserError("--outer-lr must be positive")
+        if not 0 < cfg.outer_lr < math.inf:
+            raise UserError("--outer-lr must be a positive number")
         if not 0 <= cfg.outer_momentum < 1:
             raise UserError("--outer-momentum must be in [0, 1)")
 
