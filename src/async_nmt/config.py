@@ -121,6 +121,8 @@ class CorpusInfo:
     tgt: str = ""
     vocab_size: int = 0
     vocab_hash: str = ""
+    train_pairs: int = 0  # the training split's pairs and tokens (0: a run from before 2026-12-05)
+    train_tokens: int = 0
 
 
 @dataclass

@@ -313,6 +313,25 @@ def test_resume_with_another_vocabulary_is_refused(synthetic_raw: Path, learned_
     assert code == 2 and "vocabulary" in output and len(output.strip().splitlines()) == 1
 
 
+def test_resume_on_another_corpus_with_the_same_vocabulary_is_refused(synthetic_raw: Path, learned_run: Path,
+                                                                      tmp_path: Path):  # fmt: skip
+    """The same raw text preprocessed with a lower --max-len: the same vocabulary, fewer training pairs, other
+    batch lists, where the saved data positions would point elsewhere (it resumed without a word)."""
+    from async_nmt.data.binarize import load_manifest, preprocess
+
+    other = tmp_path / "short-bin"
+    preprocess(synthetic_raw, other, vocab_size=200, max_len=8)
+    ours = load_manifest(Path(json.loads((learned_run / "config.json").read_text())["train"]["bin_dir"]))
+    assert load_manifest(other)["vocab_hash"] == ours["vocab_hash"]
+    assert load_manifest(other)["splits"]["train"]["sentences"] < ours["splits"]["train"]["sentences"]
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    before = (run / "events.jsonl").read_bytes()
+    code, output = run_cli("train", str(other), str(run), "--resume", "--max-updates", "310", "--quiet")
+    assert code == 2 and "training pairs" in output and len(output.strip().splitlines()) == 1, output
+    assert (run / "events.jsonl").read_bytes() == before
+
+
 def test_nmt_train_is_nmt_train_subcommand():
     out = subprocess.run([str(NMT_TRAIN), "--help"], capture_output=True, text=True, check=True).stdout
     assert "--mode" in out and "--local-accum" in out and "BIN_DIR RUN_DIR" in out

@@ -141,7 +141,12 @@ class Trainer:
         save_json(RunConfig(self.cfg, self.model_cfg, self._corpus_info()), self.run_dir / "config.json")
 
     def _corpus_info(self) -> CorpusInfo:
-        return CorpusInfo(**{k: self.manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")})
+        train = self.manifest["splits"]["train"]
+        return CorpusInfo(
+            **{k: self.manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")},
+            train_pairs=train["sentences"],
+            train_tokens=train["src_tokens"] + train["tgt_tokens"],
+        )
 
     def _state(self, best: bool) -> dict[str, Any]:
         return {
@@ -174,6 +179,13 @@ class Trainer:
         if all(trained) and trained != (self.manifest["src"], self.manifest["tgt"]):  # (saves that record them)
             raise UserError(f"{path}: trained {trained[0]}->{trained[1]}, but {self.cfg.bin_dir} is "
                             f"{self.manifest['src']}->{self.manifest['tgt']}")  # fmt: skip
+        run_corpus, bin_corpus = state["corpus"], self._corpus_info()
+        was = (run_corpus.get("train_pairs", 0), run_corpus.get("train_tokens", 0))
+        now = (bin_corpus.train_pairs, bin_corpus.train_tokens)
+        if was[0] and was != now:  # (saves from before 2026-12-05 do not record them)
+            raise UserError(f"{path}: trained on {was[0]:,} training pairs ({was[1]:,} tokens), but "
+                            f"{self.cfg.bin_dir} has {now[0]:,} ({now[1]:,}): the saved data positions belong "
+                            "to the run's corpus; resume on it")  # fmt: skip
         if state["model_config"] != asdict(self.model_cfg):
             saved, ours = state["model_config"], asdict(self.model_cfg)
             differ = ", ".join(f"{k} {saved.get(k)} not {v}" for k, v in ours.items() if saved.get(k) != v)
