@@ -41,7 +41,7 @@ step() {
     [ "$limit" -gt "$left" ] && limit=$left
   fi
   local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1  # (-k: killed 10 s after its SIGTERM if still there)
   echo "== $name: exit $? in $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/steps.txt"
   tail -n 3 "$OUT/$name.log"
 }

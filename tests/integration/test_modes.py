@@ -313,3 +313,24 @@ def test_diloco_ranks_equal_the_emulated_workers_and_resume_mid_round(synthetic_
     p0 = parameters_to_vector(Transformer(model_config("micro", vocab, dropout=0.0)).parameters()).detach()
     moved = (ranks_p - p0).norm()  # the global parameters after 2 outer steps; the sums differ only in rounding
     assert moved > 0 and (ranks_p - emulated_p).norm() < 1e-2 * moved and (ranks_p - split_p).norm() < 1e-2 * moved
+
+
+def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_bin: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    """Ctrl-C (or SIGTERM) in the validation at the end of an async run saves and exits 130, as elsewhere.
+    The worker processes were left running, and the process then waited for them at exit, for ever."""
+    import multiprocessing
+
+    from async_nmt.train.trainer import Trainer
+
+    def interrupted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "validate", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train(config(synthetic_bin, mode="async", max_updates=4), run, progress=False)
+    assert stopped.value.code == 130
+    assert not multiprocessing.active_children()
+    end = events(run)[-1]
+    assert end["kind"] == "end" and end["interrupted"] and (run / "checkpoints" / "last.pt").is_file()

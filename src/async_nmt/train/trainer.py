@@ -436,8 +436,14 @@ class Trainer:
             self.workers.close()
             raise
         bar.close()
-        if self.validated_at != self.updates:
-            self.validate()
+        try:
+            if self.validated_at != self.updates:
+                self.validate()
+        except KeyboardInterrupt:  # in the closing validation: saved as Ctrl-C saves (a resume validates first)
+            self._stop_interrupted(StepStats(), self.clock.seconds)
+        except BaseException:  # the worker processes must stop, or this one waits for them at exit forever
+            self.workers.close()
+            raise
         with self.clock.paused():
             self.workers.close()
         converged = self.converged()  # stopped by --patience
