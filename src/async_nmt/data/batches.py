@@ -175,11 +175,6 @@ class BatchStream:
         """Batches taken so far, over every epoch."""
         return (self.epoch - 1) * len(self._order) + self.index
 
-    @property
-    def epoch_progress(self) -> float:
-        """Epochs completed so far, fractional (1.5 = half way through epoch 2)."""
-        return self.epoch - 1 + self.index / len(self._order)
-
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "index": self.index}
 

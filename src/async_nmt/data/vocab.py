@@ -79,9 +79,9 @@ def _train_in_child(options: dict[str, Any]) -> str | None:
             child.kill()
             child.wait()
             raise
-        try:
-            return json.loads(out)
-        except ValueError:
+        try:  # (the child's last line: a library may print before it)
+            return json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
             stderr.seek(0)
             said = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
             return f"its process ended with exit code {child.returncode}" + (f": {said[-1]}" if said else "")
