@@ -334,3 +334,32 @@ def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_
     assert not multiprocessing.active_children()
     end = events(run)[-1]
     assert end["kind"] == "end" and end["interrupted"] and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_an_update_taken_before_the_trainer_waits_for_it_is_not_waited_for_again(synthetic_bin: Path,
+                                                                                 tmp_path: Path):  # fmt: skip
+    """A worker that holds a computed push takes the update `allow` lets in at once, maybe before the trainer
+    asks for it: `advance` must count it, not wait for another one that the gate does not let in (the
+    trainer then waited for ever; seen once in a full test run, with --save-every 1)."""
+    import threading
+    import time
+
+    from async_nmt.train.trainer import Trainer
+
+    trainer = Trainer(config(synthetic_bin, mode="async", max_updates=4), tmp_path / "run")
+    workers = trainer.workers
+    workers.start()
+    try:
+        workers.allow(1)
+        deadline = time.monotonic() + 60
+        while trainer.server.updates < 1:  # the update is taken before the trainer asks
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        returned: list[object] = []
+        waiting = threading.Thread(target=lambda: returned.append(workers.advance()), daemon=True)
+        waiting.start()
+        waiting.join(timeout=30)
+        assert returned, "advance waited for an update the gate would never let in"
+        assert trainer.server.updates == 1
+    finally:
+        workers.close()
