@@ -45,3 +45,12 @@ def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and bf16_supported(device)):
         return torch.bfloat16
     return None
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is a device running out of memory: CUDA's OutOfMemoryError, or the CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: not enough memory: you tried to allocate N bytes", or "can't
+    allocate memory" in older versions), which torch raises as a plain RuntimeError."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "DefaultCPUAllocator" in str(err) and "allocate" in str(err)

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from async_nmt.config import UNK_ID, Precision
-from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
 from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
 from async_nmt.model.checkpoint import load_model
 from async_nmt.model.search import cast_for_search, generate
@@ -151,10 +151,8 @@ def translate_ids(
         nonlocal halved
         try:
             return generate(model, _source_tensor(batch, ids, cfg.pad_id, cfg.max_positions, device), beam, **kwargs)
-        except torch.OutOfMemoryError:
-            pass  # leaving the handler drops the exception, and with it the frames that hold the batch's tensors
-        except RuntimeError as err:  # the CPU's allocator raises a plain RuntimeError
-            if not out_of_cpu_memory(err):
+        except RuntimeError as err:  # (leaving the handler drops the frames that hold the batch's tensors)
+            if not out_of_memory(err):
                 raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -184,12 +182,6 @@ def translate_ids(
     finally:
         model.train(was_training)
     return outputs
-
-
-def out_of_cpu_memory(err: RuntimeError) -> bool:
-    """Whether `err` is the CPU allocator's failure to allocate ("DefaultCPUAllocator: not enough memory:
-    you tried to allocate N bytes", or "can't allocate memory" in older versions)."""
-    return "DefaultCPUAllocator" in str(err) and "allocate" in str(err)
 
 
 def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_width: int, device: torch.device) -> Tensor:

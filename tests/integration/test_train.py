@@ -737,10 +737,21 @@ def test_a_run_resumes_on_its_corpus_preprocessed_again(synthetic_raw: Path, tmp
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4
 
 
+OUT_OF_MEMORY = {  # as CUDA raises it, and as the CPU's allocator does (a plain RuntimeError)
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
+    "cpu": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: "
+        "you tried to allocate 503808000 bytes."
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("how", ["cuda", "cpu"])
 def test_out_of_memory_in_a_training_step_is_one_line_naming_the_batch(synthetic_bin: Path, tmp_path: Path,
-                                                                        monkeypatch):  # fmt: skip
-    """A batch that runs the device out of memory (simulated here as CUDA raises it) stops the run with one
-    line that gives the batch's size and the option to lower; the checkpoints saved before it are kept."""
+                                                                        monkeypatch, how: str):  # fmt: skip
+    """A batch that runs the device out of memory (simulated here as CUDA raises it, and as the CPU does: a
+    traceback until 2026-12-05) stops the run with one line that gives the batch's size and the option to
+    lower; the checkpoints saved before it are kept."""
     from async_nmt.train import step
 
     real, calls = step.train_step, []
@@ -748,7 +759,7 @@ def test_out_of_memory_in_a_training_step_is_one_line_naming_the_batch(synthetic
     def tight(model, batch, *args):
         calls.append(batch.src.shape)
         if len(calls) == 7:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+            raise OUT_OF_MEMORY[how]()
         return real(model, batch, *args)
 
     monkeypatch.setattr(step, "train_step", tight)

@@ -16,6 +16,7 @@ from torch import nn
 
 from async_nmt.config import PAD_ID, ModelConfig
 from async_nmt.data.batches import Batch
+from async_nmt.devices import out_of_memory
 from async_nmt.errors import OutOfMemory
 from async_nmt.model.transformer import Linear, Transformer
 
@@ -228,8 +229,9 @@ def push_gradient(
         try:
             stats.add(train_step(model, batch.to(device), label_smoothing, amp_dtype))
             continue
-        except torch.OutOfMemoryError:
-            pass  # leaving the handler drops the exception, and with it the frames that hold the activations
+        except RuntimeError as err:  # (leaving the handler drops the frames that hold the activations)
+            if not out_of_memory(err):
+                raise
         raise OutOfMemory(
             f"{device} ran out of memory on a training batch of {batch.sentences} sentences (source "
             f"{batch.src.size(0)} x {batch.src.size(1)}, target {batch.target.size(0)} x {batch.target.size(1)} "

@@ -151,6 +151,7 @@ class ProcessWorkers(Workers):
     def start(self) -> None:
         ctx, server = self.ctx, self.server
         self.base_updates, self.base_pending = server.updates, server.pending_pushes
+        self.collected_at = server.updates  # the server's updates when the trainer last collected statistics
         self.fence = server.updates
         threads = processes.cpu_threads(sum(d == "cpu" for d in self.devices))
         speeds = ctx.cfg.worker_speeds or [1.0] * len(self.devices)
@@ -175,7 +176,9 @@ class ProcessWorkers(Workers):
             self.fence = updates
 
     def advance(self) -> tuple[StepStats, list[int]]:
-        start = self.server.updates
+        # (counted from the last collection, not from now: a worker that held a computed push may have taken
+        # the update that `allow` just let in before this call, and none more is let in until it returns)
+        start = self.collected_at
         while True:
             self._check()
             updates = self.server.updates
@@ -203,6 +206,7 @@ class ProcessWorkers(Workers):
     def _collect(self) -> tuple[StepStats, list[int]]:
         """The statistics of the pushes completed since the last call; the trainer's streams learn the
         workers' data positions."""
+        self.collected_at = self.server.updates
         with self.gate.lock:
             stats, hist = self.gate.stats.clone(), self.gate.hist.clone()
             positions = self.gate.positions.tolist()
