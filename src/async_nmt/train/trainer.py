@@ -421,6 +421,11 @@ class Trainer:
                     self.save()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
+            bar.close()
+            # the closing validation is part of the run: Ctrl-C in it saves as elsewhere (a resume validates
+            # first), and on any error the worker processes stop (else this process waits for them at exit)
+            if self.validated_at != self.updates:
+                self.validate()
         except KeyboardInterrupt:
             bar.close()
             self._stop_interrupted(interval, interval_start)
@@ -433,15 +438,6 @@ class Trainer:
             raise
         except BaseException:
             bar.close()
-            self.workers.close()
-            raise
-        bar.close()
-        try:
-            if self.validated_at != self.updates:
-                self.validate()
-        except KeyboardInterrupt:  # in the closing validation: saved as Ctrl-C saves (a resume validates first)
-            self._stop_interrupted(StepStats(), self.clock.seconds)
-        except BaseException:  # the worker processes must stop, or this one waits for them at exit forever
             self.workers.close()
             raise
         with self.clock.paused():
