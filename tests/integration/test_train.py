@@ -934,3 +934,36 @@ def test_a_nan_valid_loss_stops_the_run_without_saving_it(synthetic_bin: Path, t
     assert read_checkpoint(run / "checkpoints" / "best.pt")["server"]["updates"] == 2
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 2
     assert read_events(run / "events.jsonl")[-1]["diverged"] is True
+
+
+def test_an_update_taken_as_soon_as_the_gate_opens_is_still_logged_and_saved(synthetic_bin: Path, tmp_path: Path,
+                                                                             monkeypatch):  # fmt: skip
+    """Async workers holding a computed push take the update that `allow` lets in at once, before the trainer
+    reads the update count: that update must still get its train event and its checkpoint (they were skipped,
+    and the next event counted two pushes; seen once in CI). Workers that push inside `allow` stand for them."""
+    from async_nmt.model.checkpoint import kept_checkpoints
+    from async_nmt.train import trainer as trainer_module
+
+    class EagerWorkers:
+        def __init__(self, inner):
+            self.inner, self.taken = inner, []
+
+        def allow(self, updates: int) -> None:
+            self.inner.allow(updates)
+            if self.inner.server.updates < updates:
+                self.taken.append(self.inner.advance())
+
+        def advance(self):
+            return self.taken.pop()
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+    build = trainer_module.build_workers
+    monkeypatch.setattr(trainer_module, "build_workers", lambda ctx: EagerWorkers(build(ctx)))
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=6, save_every=2, keep_last=10), run, progress=False, log_every=1)
+    trained = [e for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
+    assert [e["updates"] for e in trained] == [1, 2, 3, 4, 5, 6]
+    assert [sum(e["staleness_hist"]) for e in trained] == [1] * 6
+    assert [p.name for p in kept_checkpoints(run)] == ["update-2.pt", "update-4.pt", "update-6.pt"]

@@ -381,6 +381,7 @@ class Trainer:
         # is one line instead, as `\r` redraws would make one endless line of a log
         lines = progress and bar.disable and self.leader
         interval, interval_start = StepStats(), self.clock.seconds
+        counted = self.updates  # the updates whose pushes the trainer has counted
         try:
             # a resumed run whose last scheduled validation Ctrl-C cut short does it first
             scheduled = cfg.valid_every > 0 and self.updates > 0 and self.updates % cfg.valid_every == 0
@@ -388,7 +389,9 @@ class Trainer:
                 self.validate()
             while not self.should_stop():
                 self.workers.allow(self._next_fence())
-                before = self.updates
+                # (from the last count, not from now: a worker holding a computed push may take the update that
+                # `allow` just let in before this line, and that update must still log, validate and save)
+                before = counted
                 # Where the pushes are computed in this process, Ctrl-C waits for the update and its count: a
                 # checkpoint then holds whole updates and the data positions of exactly the batches they
                 # took, the last train event counts them, and a resume goes on as if never stopped
@@ -397,11 +400,12 @@ class Trainer:
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     interval.add(self._count(*self.workers.drain()))
-                bar.update(self.updates - before)
-                moved = self.updates > before  # (pushes that complete no update yet do not validate)
-                validating = moved and cfg.valid_every > 0 and self.updates % cfg.valid_every == 0
-                saving = validating or (moved and cfg.save_every > 0 and self.updates % cfg.save_every == 0)
-                logging = self.updates // self.log_every > before // self.log_every or stopping
+                counted = self.updates
+                bar.update(counted - before)
+                moved = counted > before  # (pushes that complete no update yet do not validate)
+                validating = moved and cfg.valid_every > 0 and counted % cfg.valid_every == 0
+                saving = validating or (moved and cfg.save_every > 0 and counted % cfg.save_every == 0)
+                logging = counted // self.log_every > before // self.log_every or stopping
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
                     self._check_finite(interval)
                 if logging:
