@@ -429,6 +429,8 @@ def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(syn
     lines = [line for line in done.stderr.splitlines() if line.startswith("update ")]
     assert [line.split(":")[0] for line in lines] == ["update 2", "update 4", "update 4"]
     assert "loss" in lines[0] and "tok/s" in lines[0] and "valid loss" in lines[2] and "BLEU" in lines[2]
+    assert "stopped by" in done.stderr and "--max-updates 4" in done.stderr  # the summary says why it ended
+    assert _events(tmp_path / "run")[-1]["stopped_by"] == "--max-updates 4"
     quiet = subprocess.run([str(NMT_TRAIN), *args[1:], "--force", "--quiet"], capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert quiet.returncode == 0, quiet.stderr
@@ -894,6 +896,7 @@ def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin:
     train(micro_config(synthetic_bin, max_updates=20, valid_every=2, patience=3), run, progress=False)
     end = read_events(run / "events.jsonl")[-1]
     assert end["updates"] == 10 and end["converged"] is True  # best at 4; 6, 8 (a tie, higher loss) and 10 not
+    assert end["stopped_by"] == "--patience 3"
 
 
 def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path: Path):
@@ -904,7 +907,7 @@ def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path:
     batches = len(BatchStream(load_split(synthetic_bin, "train"), cfg.max_tokens, 256, cfg.seed))
     train(cfg, tmp_path / "run", progress=False)
     end = read_events(tmp_path / "run" / "events.jsonl")[-1]
-    assert end["updates"] == batches and end["epoch"] == pytest.approx(1.0)
+    assert end["updates"] == batches and end["epoch"] == pytest.approx(1.0) and end["stopped_by"] == "--max-epochs 1"
 
 
 @pytest.mark.parametrize("speeds", [[1.0, 0.25], [0.25, 1.0]])

@@ -15,6 +15,7 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
     table = Table(title=f"run {trainer.run_dir}", show_header=False)
     rows = [
         ("mode", f"{trainer.cfg.mode} (workers {trainer.cfg.workers})"),
+        ("stopped by", summary.get("stopped_by") or "-"),
         ("updates", f"{summary['updates']:,}"),
         ("epochs", f"{summary['epoch']:.2f}"),
         ("target tokens", f"{summary['tokens']:,}"),

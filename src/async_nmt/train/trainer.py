@@ -448,7 +448,7 @@ class Trainer:
             self.workers.close()
         converged = self.converged()  # stopped by --patience
         summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
-                              converged=converged)  # fmt: skip
+                              converged=converged, stopped_by=self.limit_reached())  # fmt: skip
         if self.leader:
             self.events.close()
         return summary
