@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
-from async_nmt.data.batches import BatchStream, collate, collate_rows, make_batches
+from async_nmt.data.batches import BatchStream, budget_warning, collate, collate_rows, make_batches
 from async_nmt.data.binarize import TokenArray
 from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
@@ -41,6 +41,19 @@ def test_batches_respect_the_token_budget_and_cover_every_sentence_once(sort):
         b = collate_rows(split.src, split.tgt, rows, max_len=64)
         assert b.src.numel() <= 512 and b.prev_tgt.numel() <= 512
         assert b.src.shape[1] % 8 == 0 and b.prev_tgt.shape[1] % 8 == 0
+
+
+def test_pairs_over_the_token_budget_are_batches_of_their_own_and_are_warned_of():
+    split = FakeSplit()  # sides of 1-59 tokens: with eos/bos and padded to 8, up to 64
+    assert budget_warning(split.src.lengths, split.tgt.lengths, max_tokens=64, max_len=64) is None
+    budget = 40
+    padded = np.maximum(split.src.lengths, split.tgt.lengths) + 1
+    over = int(((padded + 7) // 8 * 8 > budget).sum())
+    batches = make_batches(split.src.lengths, split.tgt.lengths, max_tokens=budget, max_len=64)
+    collated = [collate_rows(split.src, split.tgt, rows, 64) for rows in batches]
+    assert sum(1 for b in collated if max(b.src.numel(), b.prev_tgt.numel()) > budget) == over
+    warning = budget_warning(split.src.lengths, split.tgt.lengths, max_tokens=budget, max_len=64)
+    assert warning is not None and f"{over} of {len(split.src)} training pairs" in warning and "up to 64" in warning
 
 
 def test_sorting_by_the_longest_side_pads_less_when_the_sides_differ():

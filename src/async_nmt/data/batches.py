@@ -77,6 +77,18 @@ def make_batches(
     return batches
 
 
+def budget_warning(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_len: int) -> str | None:
+    """A one-line warning when some pairs alone are over `max_tokens` (each then makes a batch of its own,
+    over the budget, as `make_batches` never drops a pair); None when every pair fits."""
+    padded = _round_up(np.maximum(np.minimum(src_lengths, max_len - 1), np.minimum(tgt_lengths, max_len - 1)) + 1)
+    over = int((padded > max_tokens).sum())
+    if not over:
+        return None
+    return (f"warning: {over:,} of {len(padded):,} training pairs are longer than --max-tokens {max_tokens} "
+            f"(up to {int(padded.max())} tokens, padded to {PAD_MULTIPLE}): each is a batch of its own, over the "
+            f"budget; --max-tokens counts the tokens of a batch, not its sentences")  # fmt: skip
+
+
 def collate(src: list[np.ndarray], tgt: list[np.ndarray], max_len: int, pin: bool = False) -> Batch:
     """Sentences (ids without bos/eos) -> padded tensors; sides longer than `max_len - 1` are truncated."""
     rows = np.arange(len(src))

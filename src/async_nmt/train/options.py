@@ -75,7 +75,8 @@ OPTIONS = [
                  help="Comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5: emulated in --simulate, "
                  "and real workers of every mode slower than 1 sleep after each batch (a straggler on purpose)."),
     click.option("--max-tokens", default=4096, show_default=True,
-                 help="Token budget of a batch: rows x longest padded side. A batch that runs the device "
+                 help="Token budget of a batch: rows x longest padded side. A pair longer than it is a "
+                 "batch of its own (a warning at the start counts them). A batch that runs the device "
                  "out of memory stops the run with one line; the last checkpoint is kept."),
     click.option("--batch-sort", type=click.Choice(SORTS), default="target", show_default=True,
                  help="How sentences are sorted before they are cut into batches: target = by target, then "

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json
-from async_nmt.data.batches import BatchStream, epochs_done
+from async_nmt.data.batches import BatchStream, budget_warning, epochs_done
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
@@ -360,9 +360,14 @@ class Trainer:
         cfg = self.cfg
         self.progress = progress  # the bar, or lines where stderr is not a terminal; validation lines
         resumed = self.updates > 0
-        warning = length_warning(self.manifest, self.model_cfg.max_positions)
-        if warning and self.leader:
-            print(warning, file=sys.stderr)
+        split = self.streams[0].split
+        warnings = (
+            length_warning(self.manifest, self.model_cfg.max_positions),
+            budget_warning(split.src.lengths, split.tgt.lengths, cfg.max_tokens, self.model_cfg.max_positions),
+        )
+        for warning in warnings:
+            if warning and self.leader:
+                print(warning, file=sys.stderr)
         with self.clock.paused():  # starting worker processes is not training
             self.workers.start()
         self._event(
