@@ -117,7 +117,8 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
 @pytest.mark.parametrize(
     "extra, option",
     [(["--max-tokens", "512"], "--max-tokens"), (["--seed", "8"], "--seed"), (["--mode", "async"], "--mode"),
-     (["--workers", "2", "--simulate"], "--workers"), (["--simulate"], "--simulate")],
+     (["--workers", "2", "--simulate"], "--workers"), (["--simulate"], "--simulate"),
+     (["--valid-max-sentences", "10"], "--valid-max-sentences")],
 )  # fmt: skip
 def test_resume_with_options_that_move_the_data_positions_is_refused(
     synthetic_bin: Path, learned_run: Path, tmp_path: Path, extra, option

@@ -496,14 +496,15 @@ class Trainer:
             raise SystemExit(130) from None
 
 
-# the saved data positions depend on the first six, how pushes become updates on the others
+# the saved data positions depend on the first six, how pushes become updates on the next four; the best BLEU
+# (best.pt, --patience) was measured on the first --valid-max-sentences valid pairs
 RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "batch_sort", "seed", "local_accum", "staleness_lr",
-                "sync_every", "outer_lr", "outer_momentum")  # fmt: skip
+                "sync_every", "outer_lr", "outer_momentum", "valid_max_sentences")  # fmt: skip
 
 
 def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:
     """Refuse to resume with an option that would point the saved data positions into another batch list
-    (or change how pushes become updates), naming the option."""
+    (or change how pushes become updates, or the validation set), naming the option."""
     for name in RESUME_FIXED:
         if getattr(saved, name) != getattr(given, name):
             option = "--" + name.replace("_", "-")
