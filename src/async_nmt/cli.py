@@ -296,7 +296,8 @@ def translate(
               "folder that exists (as for `nmt translate -o`, none is made).")  # fmt: skip
 @click.option("--force", is_flag=True,
               help="Replace OUTPUT if it exists. Refused even so: an OUTPUT inside a run's checkpoints/ folder "
-              "(RUN's, or any folder named checkpoints beside a config.json or events.jsonl).")  # fmt: skip
+              "(RUN's, or any folder named checkpoints beside a config.json or events.jsonl), or a run's own "
+              "config.json or events.jsonl.")  # fmt: skip
 def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
     """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last); RUN is the
     run folder, the one holding checkpoints/."""
@@ -305,10 +306,7 @@ def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
 
     paths = last_kept(run_dir, count)
     check_average_output(output_path, run_dir, force)
-    try:
-        save_checkpoint(average_checkpoints(paths), output_path)
-    except OSError as err:
-        raise UserError(f"{output_path}: cannot write ({err.strerror or err})") from None
+    save_checkpoint(average_checkpoints(paths), output_path)  # (a failed write: one line, nothing left)
     click.echo(f"averaged {', '.join(p.name for p in paths)} into {output_path}", err=True)
 
 

@@ -117,3 +117,53 @@ def test_the_checkpoints_folder_given_as_run_hints_at_the_run(tmp_path: Path):
     one_line(average(run / "checkpoints", "-o", tmp_path / "x.pt"), f"averaging needs the run folder that holds "
              f"checkpoints/ ({run}?)")  # fmt: skip
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_force_never_replaces_a_runs_own_files(tmp_path: Path):
+    run = make_run(tmp_path / "run")
+    (run / "events.jsonl").write_text("{}\n")
+    for name in ("config.json", "events.jsonl"):
+        before = (run / name).read_bytes()
+        one_line(average(run, "--last", "2", "-o", run / name, "--force"), f"a file of the run {run}")
+        assert (run / name).read_bytes() == before
+    assert average(run, "--last", "2", "-o", run / "avg.pt").exit_code == 0  # beside them is fine
+
+
+def test_checkpoints_of_another_size_are_one_line(tmp_path: Path):
+    save_kept(tmp_path, 5, torch.zeros(8))
+    other = save_kept(tmp_path, 10, torch.zeros(10))
+    with pytest.raises(UserError, match=f"{other}: 10 parameters, .* 8; cannot average them"):
+        average_checkpoints(last_kept(tmp_path, 2))
+
+
+def test_a_failed_or_interrupted_write_leaves_nothing_and_no_users_file_is_its_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """torch's writer raises RuntimeError on a full disk (not OSError): one line naming the output, exit 1,
+    no temporary file left; Ctrl-C likewise leaves none. A file of the user's named OUTPUT.tmp is untouched."""
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "avg.pt"
+    mine = tmp_path / "avg.pt.tmp"
+    mine.write_text("my notes")
+    real_save = torch.save
+
+    def save_then_fail(error: BaseException):
+        def save(obj, f, *args, **kwargs):
+            real_save(obj, f, *args, **kwargs)
+            raise error
+
+        return save
+
+    monkeypatch.setattr(torch, "save", save_then_fail(RuntimeError("[enforce fail at inline_container.cc:672] . "
+                                                                   "unexpected pos 405376 vs 405270")))  # fmt: skip
+    result = average(run, "--last", "2", "-o", out)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"error: {out}: cannot write the checkpoint" in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt.tmp", "run"] and mine.read_text() == "my notes"
+    monkeypatch.setattr(torch, "save", save_then_fail(KeyboardInterrupt()))
+    result = average(run, "--last", "2", "-o", out)
+    assert result.exit_code != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt.tmp", "run"]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert average(run, "--last", "2", "-o", out).exit_code == 0 and mine.read_text() == "my notes"

@@ -23,7 +23,7 @@ import sentencepiece as spm
 import torch
 from torch.nn.utils import vector_to_parameters
 
-from async_nmt.config import RUN_MARKS, ModelConfig, from_dict
+from async_nmt.config import LOCK_NAME, RUN_MARKS, ModelConfig, from_dict, is_run_folder
 from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
 
@@ -88,6 +88,9 @@ def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
                         "even with --force); write the average elsewhere")  # fmt: skip
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
+    if path.name in (*RUN_MARKS, LOCK_NAME) and is_run_folder(path.parent):
+        raise UserError(f"{path}: a file of the run {path.parent} (never replaced, even with --force); write "
+                        "the average elsewhere")  # fmt: skip
     if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path}: exists; use --force to replace it")
     for folder in path.parents:  # the nearest that exists must be a folder, and be the file's own
@@ -109,6 +112,9 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         for key in ("model_config", "corpus"):
             if state.get(key) != first.get(key):
                 raise UserError(f"{path}: another {key.replace('_', ' ')} than {paths[0]}; cannot average them")
+        if state["params"].shape != first["params"].shape:
+            raise UserError(f"{path}: {state['params'].numel():,} parameters, {paths[0]} {first['params'].numel():,};"
+                            " cannot average them")  # fmt: skip
         total += state["params"].double()
     keep = ("format", "model_config", "train_config", "corpus", "vocab_model")
     return {**{k: first[k] for k in keep if k in first}, "params": (total / len(paths)).float(),

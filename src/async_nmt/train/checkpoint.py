@@ -6,6 +6,7 @@ training.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -47,14 +48,26 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to `path` atomically: a reader sees the old file or the new one, never a torn one."""
+    """Write `state` to `path` atomically: a reader sees the old file or the new one, never a torn one. The
+    temporary file beside it has a name of its own (a user's file is never it) and goes if the write fails
+    or is interrupted. A failed write is an OSError naming `path` (torch's writer raises RuntimeError on a
+    full disk), which the CLI prints as one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT_VERSION, **state, "params_crc32": params_crc32(state["params"])}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, **state, "params_crc32": params_crc32(state["params"])}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # named by `path`, not by the temporary file
+            raise OSError(err.errno, f"cannot write the checkpoint ({err.strerror or err})", str(path)) from None
+        if isinstance(err, RuntimeError):
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise OSError(errno.EIO, f"cannot write the checkpoint ({reason}; is the disk full?)", str(path)) from None
+        raise
 
 
 def rng_state() -> dict[str, Any]:

@@ -118,7 +118,7 @@ class Trainer:
                           file=sys.stderr)  # fmt: skip
                 return False
             if self.leader:
-                for tmp in (self.run_dir / "checkpoints").glob("*.pt.tmp"):  # a save that a kill -9 cut short
+                for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
                 truncate_events(events_path, state["event_lines"])
                 events = read_events(events_path)  # a corrupt line stops the resume here, not at `nmt report`
