@@ -128,7 +128,8 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
                 continue
             else:
                 raise UserError(f"{run.name}: its events predate the per-device clocks (worker_s) that re-price "
-                                f"an {mode} run; train it again to re-price it")  # fmt: skip
+                                f"an {mode} run; train it again to re-price it (scripts/results_convergence.py "
+                                "re-prices a resumed one from its resume on)")  # fmt: skip
             event = {**event, "predicted_s": predicted}
         events.append(event)
     return Run(name=run.name, path=run.path, events=events)
