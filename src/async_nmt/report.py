@@ -28,6 +28,9 @@ TO_TARGET = {
 }
 
 
+SECTIONS = ("train", "corpus")  # of config.json
+
+
 @dataclass
 class Run:
     """What the report needs of one run folder, read from its events.jsonl."""
@@ -71,7 +74,10 @@ class Run:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{path}: not a JSON run configuration ({err})") from None
-        return config if isinstance(config, dict) else {}
+        if not isinstance(config, dict):
+            return {}
+        # (the sections the report reads are objects, or are not read: a damaged file is not a traceback)
+        return {key: value for key, value in config.items() if key not in SECTIONS or isinstance(value, dict)}
 
 
 def load_run(path: Path) -> Run:
@@ -166,6 +172,15 @@ def staleness(run: Run) -> tuple[float | None, int | None]:
     return mean, max(most) if most else None
 
 
+def training_split(run: Run) -> str | None:
+    """The training split's pairs and tokens that the run recorded (config.json's corpus), if it did."""
+    info = run.config.get("corpus", {})
+    pairs, tokens = info.get("train_pairs"), info.get("train_tokens")
+    if not (isinstance(pairs, int) and isinstance(tokens, int) and pairs):
+        return None
+    return f"{pairs:,} pairs, {tokens:,} tokens"
+
+
 def mode_label(start: dict[str, Any]) -> str:
     """The mode column: the mode, and what sets it apart (lr/s: --staleness-lr inverse; H: diloco's round)."""
     mode = start.get("mode", "")
@@ -248,9 +263,16 @@ def differences(runs: list[Run]) -> list[str]:
     settings = {
         "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
         "validation set (--valid-max-sentences)": lambda run: run.config.get("train", {}).get("valid_max_sentences"),
-        "corpus (bin_dir)": lambda run: run.config.get("train", {}).get("bin_dir"),
         "vocabulary": (lambda run: hashes[run.name]) if None not in hashes.values() else corpus,
     }
+    # the corpus by its training split where every run recorded it (the same BIN can be typed two ways, and two
+    # corpora can both be "bin"), else by the folder name as typed
+    split = {run.name: training_split(run) for run in runs}
+    if None not in split.values():
+        settings["corpus (training pairs, tokens)"] = lambda run: split[run.name]
+    else:
+        settings["corpus (bin_dir)"] = lambda run: run.config.get("train", {}).get("bin_dir")
+    settings = {name: settings[name] for name in sorted(settings, key=lambda name: name.startswith("vocabulary"))}
     lines = []
     for setting, value_of in settings.items():
         names: dict[str, list[str]] = {}

@@ -338,6 +338,37 @@ def test_runs_that_do_not_compare_are_reported_with_a_warning(tmp_path: Path, ru
     ]
 
 
+def test_the_corpus_compares_by_its_training_split_where_runs_recorded_it(runs: list[Path]) -> None:
+    """The same BIN typed two ways is one corpus; two corpora both typed "bin" are two."""
+
+    def config(run: Path, bin_dir: str, pairs: int) -> None:
+        (run / "config.json").write_text(json.dumps({
+            "train": {"bin_dir": bin_dir}, "corpus": {"train_pairs": pairs, "train_tokens": 10 * pairs}}))  # fmt: skip
+
+    config(runs[0], "bin", 1000)
+    config(runs[1], "/home/me/bin", 1000)
+    result = CliRunner().invoke(main, ["report", str(runs[0]), str(runs[1])])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    config(runs[1], "bin", 2000)
+    result = CliRunner().invoke(main, ["report", str(runs[0]), str(runs[1])])
+    assert result.stderr.splitlines() == [
+        f"warning: the runs differ in corpus (training pairs, tokens) (1,000 pairs, 10,000 tokens: {runs[0]}; "
+        f"2,000 pairs, 20,000 tokens: {runs[1]}); their BLEU and times do not compare"
+    ]
+
+
+def test_damaged_configurations_and_start_events_are_read_or_one_line(runs: list[Path]) -> None:
+    for damaged in ('{"train": null}', '{"train": "x", "corpus": 3}', "[1]"):
+        (runs[0] / "config.json").write_text(damaged)
+        result = CliRunner().invoke(main, ["report", str(runs[0]), str(runs[1])])
+        assert result.exit_code == 0, (damaged, result.output)
+    log = runs[1] / "events.jsonl"
+    log.write_text(log.read_text(encoding="utf-8").replace('"mode": "async"', '"mode": 5', 1), encoding="utf-8")
+    result = CliRunner().invoke(main, ["report", str(runs[1])])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {log}:1: not a JSON event (its mode is 5, not a name)"
+
+
 def test_a_run_folder_given_twice_is_reported_once(runs: list[Path]) -> None:
     result = CliRunner().invoke(main, ["report", str(runs[0]), *map(str, runs), "--json"])
     assert result.exit_code == 0, result.output

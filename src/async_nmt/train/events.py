@@ -92,6 +92,7 @@ NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predict
            "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr", "loss", "nll",
            "valid_loss", "chrf")  # fmt: skip
 LISTS = ("worker_s", "worker_pushes", "staleness_hist")  # lists of finite numbers wherever an event has them
+NAMES = ("mode", "preset", "staleness_lr", "precision", "device")  # strings wherever an event has them
 
 
 def _problem(event: dict[str, Any]) -> str | None:
@@ -108,6 +109,9 @@ def _problem(event: dict[str, Any]) -> str | None:
     for name in LISTS:
         if name in event and not (isinstance(event[name], list) and all(map(_finite, event[name]))):
             return f"its {name} is {json.dumps(event[name])}, not a list of finite numbers"
+    for name in NAMES:
+        if name in event and not isinstance(event[name], str):
+            return f"its {name} is {json.dumps(event[name])}, not a name"
     return None
 
 
@@ -120,7 +124,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
     Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
     does not parse is skipped silently, as are blank lines. Any other line that is not a JSON object with
-    the FIELDS of its kind, NUMBERS that are numbers and LISTS of them, a complete last line included, is an error
+    the FIELDS of its kind, NUMBERS that are numbers, LISTS of them and NAMES that are strings, a complete last
+    line included, is an error
     "PATH:LINE: not a JSON event (...)".
     """
     lines = path.read_bytes().splitlines(keepends=True)
