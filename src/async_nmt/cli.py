@@ -38,6 +38,13 @@ class ReportsUserErrors:
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
 
 
+def stdout_open() -> None:
+    """A command whose results go to stdout refuses to run where stdout is closed (`>&-`: Python then prints
+    into nothing, and the command would exit 0 with its results lost)."""
+    if sys.stdout is None:
+        raise UserError("stdout is closed; the results are printed there (redirect it to a file)")
+
+
 class OneLineUsageErrors:
     """Click's usage errors (an unknown option, a bad value) as one line on stderr with exit code 2, like
     UserError, instead of Click's usage block: `error: MESSAGE (see `nmt CMD --help`)`."""
@@ -100,6 +107,7 @@ def corpus_list() -> None:
     """List the built-in corpora and where each is fetched from."""
     from async_nmt.corpus import print_corpora
 
+    stdout_open()
     print_corpora()
 
 
@@ -356,6 +364,7 @@ def score(
     many lines: sacreBLEU BLEU and chrF (or chrF++), with sacreBLEU's signatures."""
     from async_nmt.score import ScoreOptions, score_command
 
+    stdout_open()
     options = ScoreOptions(tokenize=tokenize, lowercase=lowercase, chrf_lowercase=chrf_lowercase,
                            chrf_word_order=chrf_word_order, force=force)  # fmt: skip
     score_command(hyp, list(refs), options, as_json=as_json)
@@ -416,6 +425,8 @@ def report(
     compared with a warning on stderr; a folder given twice is reported once."""
     from async_nmt.report import report_command
 
+    if out is None:  # (with --out the report is in its files)
+        stdout_open()
     report_command(
         list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json, link_gbps=link_gbps
     )

@@ -382,21 +382,30 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
 
 
 def write_report(runs: list[Run], report: dict[str, Any], out: Path) -> list[Path]:
-    """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md; returns their paths."""
+    """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md; returns their paths. A file that cannot
+    be written (a full disk) is an error naming it, and is not left half-written."""
     out.mkdir(parents=True, exist_ok=True)
     x = report["x"]
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
-    plot(runs, "bleu", "valid BLEU", x, bleu_png, target=report["target_bleu"])
-    plot(runs, "valid_loss", "valid loss (nats/token)", x, loss_png)
     running = any(not row["finished"] for row in report["runs"])
-    markdown.write_text(
+    text = (
         f"# Training report\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
         + markdown_table(report)
         + ("\n\\* not finished: still running, or interrupted (--resume goes on)\n" if running else "")
-        + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n",
-        encoding="utf-8",
+        + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n"
     )
-    return [bleu_png, loss_png, markdown]
+    writers = {
+        bleu_png: lambda: plot(runs, "bleu", "valid BLEU", x, bleu_png, target=report["target_bleu"]),
+        loss_png: lambda: plot(runs, "valid_loss", "valid loss (nats/token)", x, loss_png),
+        markdown: lambda: markdown.write_text(text, encoding="utf-8"),
+    }
+    for path, write in writers.items():
+        try:
+            write()
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+    return list(writers)
 
 
 def report_command(

@@ -258,3 +258,17 @@ def test_a_script_read_from_stdin_can_train_a_vocabulary(tmp_path: Path):
     )
     done = subprocess.run([sys.executable, "-"], input=script.encode(), capture_output=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "m.model").is_file(), done.stderr.decode()
+
+
+def test_commands_that_print_their_results_refuse_a_closed_stdout(tmp_path: Path) -> None:
+    """`nmt score A B >&-` printed into nothing and exited 0: the results were lost without a word."""
+    import os
+
+    text = tmp_path / "ref.txt"
+    text.write_text("the cat sat on the mat\n", encoding="utf-8")
+    nmt = Path(sys.executable).with_name("nmt")
+    for args in (["score", text, text], ["corpus", "list"]):
+        done = subprocess.run([str(nmt), *map(str, args)], capture_output=False, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: os.close(1), timeout=120)  # fmt: skip
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip() == "error: stdout is closed; the results are printed there (redirect it to a file)"

@@ -118,6 +118,25 @@ def test_out_writes_plots_and_markdown(tmp_path: Path, runs: list[Path]) -> None
     assert "| run | mode |" in markdown and "3.33x" in markdown and "| - | - |" in markdown
 
 
+def test_a_plot_that_cannot_be_written_is_named_and_not_left_half_written(
+    tmp_path: Path, runs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full_disk(self, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {out / 'bleu_over_time.png'}: No space left on device"
+    assert list(out.iterdir()) == []
+
+
 def test_cli_json_table_and_errors(tmp_path: Path, runs: list[Path]) -> None:
     cli = CliRunner()
     result = cli.invoke(main, ["report", *map(str, runs), "--json", "--target-bleu", "20"])
