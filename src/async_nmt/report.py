@@ -84,6 +84,8 @@ def load_run(path: Path) -> Run:
     """Read a run folder; a one-line error for a folder that is not a run. A run that has not validated
     yet is read too (a row of dashes): the report works on runs still in progress."""
     log = Path(path) / "events.jsonl"
+    if log.is_dir():
+        raise UserError(f"{log}: a folder, not a run's event log")
     if not log.is_file():
         raise UserError(f"{path}: not a run folder (no events.jsonl)")
     return Run(name=str(path), path=Path(path), events=read_events(log))

@@ -86,9 +86,11 @@ def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: Sco
         if len(hyps) != len(refs):
             raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references: the counts must match")
     bleu, chrf = metrics(options or ScoreOptions())
+    # (rounded past any digit that means something: sacreBLEU's exp of a sum of logs gives an identical text
+    # 100.00000000000004)
     return {
-        "bleu": float(bleu.corpus_score(hyps, ref_streams).score),
-        "chrf": float(chrf.corpus_score(hyps, ref_streams).score),
+        "bleu": round(float(bleu.corpus_score(hyps, ref_streams).score), 10),
+        "chrf": round(float(chrf.corpus_score(hyps, ref_streams).score), 10),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     }

@@ -207,3 +207,12 @@ def test_drop_caps() -> None:
     assert fix("su hijo. \xadOH Jehová") == "su hijo. ¡Oh Jehová"
     assert fix("Israel: YO SOY EL QUE SOY.") == "Israel: YO SOY EL QUE SOY."
     assert clean_verse("TEKEL; you are weighed") == "TEKEL; you are weighed"
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cfile"
+    cache.write_text("mine")
+    monkeypatch.setenv("ASYNC_NMT_CACHE", str(cache))
+    with pytest.raises(UserError, match=f"{cache}: the download cache .* is a file, not a folder"):
+        get_corpus("bible-de-en", tmp_path / "raw")
+    assert cache.read_text() == "mine"

@@ -418,3 +418,15 @@ def test_help_says_what_the_options_do() -> None:
     text = " ".join(CliRunner().invoke(main, ["report", "--help"]).output.split())
     assert "Folder (made if missing)" in text and "one not among RUN... becomes the first row" in text
     assert "the baseline's best - 0.5, but at least half of it" in text
+
+
+def test_an_event_log_or_checkpoint_that_is_a_folder_is_named_as_one(tmp_path: Path) -> None:
+    from async_nmt.model.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    (run / "events.jsonl").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"{run / 'events.jsonl'}: a folder, not a run's event log"):
+        load_run(run)
+    (run / "update-9.pt").mkdir()
+    with pytest.raises(UserError, match="update-9.pt: a folder, not a checkpoint"):
+        read_checkpoint(run / "update-9.pt")

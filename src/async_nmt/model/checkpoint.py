@@ -124,6 +124,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
 def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by training, with one-line errors for anything else. `mmap`: map the file
     and read only what is used (translation reads the parameters, not the optimizer's two vectors)."""
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own message on other files misleads
