@@ -79,6 +79,8 @@ def test_an_ended_run_resumes_under_new_stopping_options_and_its_config_says_so(
     events = read_events(run / "events.jsonl")
     assert [e["updates"] for e in events if e["kind"] == "end"] == [310]  # the first end is gone
     assert load_json(RunConfig, run / "config.json").train == cfg
+    starts = [e for e in events if e["kind"] == "start"]  # each says what was in force from there
+    assert [e["max_updates"] for e in starts] == [300, 310] and [e["valid_every"] for e in starts] == [150, 150]
 
 
 def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_is_left_alone(
@@ -112,6 +114,21 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
     code, output = run_cli("train", str(synthetic_bin), str(timed), "--resume", "--quiet")
     assert code == 0 and "nothing to do" in output and "--max-time 0.5" in output, output
     assert {p: p.read_bytes() for p in sorted(timed.rglob("*")) if p.is_file()} == before
+
+
+def test_no_compile_turns_a_runs_compile_off_on_resume(synthetic_bin: Path, learned_run: Path, tmp_path: Path):
+    """A resume takes the options it is not given from config.json: --compile, a plain flag, could not be
+    turned off again."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["compile"] = True
+    (run / "config.json").write_text(json.dumps(config))
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301",
+                           "--no-compile")  # fmt: skip
+    assert code == 0, output
+    assert load_json(RunConfig, run / "config.json").train.compile is False
+    assert [e["compile"] for e in read_events(run / "events.jsonl") if e["kind"] == "start"][-1] is False
 
 
 @pytest.mark.parametrize(

@@ -116,9 +116,10 @@ OPTIONS = [
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on CUDA and on "
                  "CPUs with native bf16, else fp32. The master parameters and Adam stay fp32."),
-    click.option("--compile", "compile_model", is_flag=True,
+    click.option("--compile/--no-compile", "compile_model", default=False,
                  help="torch.compile the encoder-decoder stack: a slow start (the first batches compile); "
-                      "meant for GPUs, where issuing operators bounds a step. Its speed-up is not measured yet."),
+                      "meant for GPUs, where issuing operators bounds a step. Its speed-up is not measured yet. "
+                      "[default: --no-compile; a resume keeps the run's]"),
     click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),
     click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt (refused "
                  "while another nmt-train uses RUN_DIR)."),

@@ -377,6 +377,11 @@ class Trainer:
             max_tokens=cfg.max_tokens, preset=cfg.preset, device=str(self.device),
             precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=resumed,
             **({"link_gbps": cfg.link_gbps, "simulate_token_us": cfg.simulate_token_us} if cfg.simulate else {}),
+            # what a resume may change (README), so that each start event says what was in force from there
+            max_updates=cfg.max_updates, max_epochs=cfg.max_epochs, max_time=cfg.max_time, patience=cfg.patience,
+            label_smoothing=cfg.label_smoothing, clip_norm=cfg.clip_norm, compile=cfg.compile,
+            valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=self.log_every,
+            save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices),
         )  # fmt: skip
         bar = tqdm(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
