@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -38,11 +39,22 @@ class ReportsUserErrors:
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
 
 
-def stdout_open() -> None:
-    """A command whose results go to stdout refuses to run where stdout is closed (`>&-`: Python then prints
-    into nothing, and the command would exit 0 with its results lost)."""
+@contextlib.contextmanager
+def results_on_stdout() -> Iterator[None]:
+    """Around a command whose results go to stdout: it refuses to run where stdout is closed (`>&-`: Python
+    then prints into nothing, and the command would exit 0 with its results lost), and a failed write there
+    (a full disk: an OSError that names no file) is `error: stdout: cannot write (REASON)`, exit code 1."""
     if sys.stdout is None:
         raise UserError("stdout is closed; the results are printed there (redirect it to a file)")
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader is gone (`| head`): nothing more to say, as `translate` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as err:
+        if err.filename is not None:  # a file's (these commands' files are named; printing names none)
+            raise
+        raise OSError(err.errno, f"cannot write ({err.strerror or err})", "stdout") from None
 
 
 class OneLineUsageErrors:
@@ -107,8 +119,8 @@ def corpus_list() -> None:
     """List the built-in corpora and where each is fetched from."""
     from async_nmt.corpus import print_corpora
 
-    stdout_open()
-    print_corpora()
+    with results_on_stdout():
+        print_corpora()
 
 
 @corpus.command("get")
@@ -364,10 +376,10 @@ def score(
     many lines: sacreBLEU BLEU and chrF (or chrF++), with sacreBLEU's signatures."""
     from async_nmt.score import ScoreOptions, score_command
 
-    stdout_open()
     options = ScoreOptions(tokenize=tokenize, lowercase=lowercase, chrf_lowercase=chrf_lowercase,
                            chrf_word_order=chrf_word_order, force=force)  # fmt: skip
-    score_command(hyp, list(refs), options, as_json=as_json)
+    with results_on_stdout():
+        score_command(hyp, list(refs), options, as_json=as_json)
 
 
 # --------------------------------------------------------------------------- report
@@ -425,11 +437,9 @@ def report(
     compared with a warning on stderr; a folder given twice is reported once."""
     from async_nmt.report import report_command
 
-    if out is None:  # (with --out the report is in its files)
-        stdout_open()
-    report_command(
-        list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json, link_gbps=link_gbps
-    )
+    with results_on_stdout() if out is None else contextlib.nullcontext():  # (with --out it is in its files)
+        report_command(list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json,
+                       link_gbps=link_gbps)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -295,10 +295,10 @@ def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
             yield write
         if not into:
             os.replace(target, path)
-    except OSError as err:
+    except OSError as err:  # a full disk: an error of the system (exit code 1), named by `path`
         if not into:
             target.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise OSError(err.errno, f"cannot write ({err.strerror or err})", str(path)) from None
     except BaseException:
         if not into:
             target.unlink(missing_ok=True)
@@ -318,7 +318,7 @@ def _stdout_write(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
         raise ReaderGone from None
     except OSError as err:
-        raise UserError(f"stdout: cannot write ({err.strerror or err})") from None
+        raise OSError(err.errno, f"cannot write ({err.strerror or err})", "stdout") from None
 
 
 def default_max_tokens(device: torch.device) -> int:

@@ -272,3 +272,9 @@ def test_commands_that_print_their_results_refuse_a_closed_stdout(tmp_path: Path
                               preexec_fn=lambda: os.close(1), timeout=120)  # fmt: skip
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.strip() == "error: stdout is closed; the results are printed there (redirect it to a file)"
+        if Path("/dev/full").exists():  # and a full disk there is named: it was "error: No space left on device"
+            with open("/dev/full", "w") as full:
+                done = subprocess.run([str(nmt), *map(str, args)], stdout=full, stderr=subprocess.PIPE, text=True,
+                                      timeout=120)  # fmt: skip
+            assert done.returncode == 1
+            assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)"

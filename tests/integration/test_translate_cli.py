@@ -332,6 +332,17 @@ def test_unwritable_output_exits_2(run_dir: Path, tmp_path: Path):
         assert str(out) in result.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_is_an_error_of_the_system_naming_where(run_dir: Path):
+    """`error: PATH: REASON`, exit code 1, as README says of a full disk (it was exit code 2)."""
+    result = runner().invoke(main, ["translate", str(run_dir), "-o", "/dev/full", "--beam", "1"], input="ba\n")
+    assert result.exit_code == 1 and result.stderr.strip() == "error: /dev/full: cannot write (No space left on device)"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1"],
+                              input="ba\n", stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
+
+
 def test_missing_run_folder_exits_2(tmp_path: Path):
     result = runner().invoke(main, ["translate", str(tmp_path / "nope")], input="ba\n")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
