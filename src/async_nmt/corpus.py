@@ -93,6 +93,15 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir():  # raw text never goes into a corpus that runs train on, even with --force
+        from async_nmt.config import run_folder_in
+        from async_nmt.data.binarize import MANIFEST
+
+        if (out_dir / MANIFEST).exists():
+            raise UserError(f"{out_dir}: a preprocessed corpus (it has {MANIFEST}), whose text files training "
+                            "validates with; get the corpus into another folder, then `nmt preprocess` it")  # fmt: skip
+        if (run := run_folder_in(out_dir)) is not None:
+            raise UserError(f"{out_dir}: is or holds the training run {run}; get the corpus into another folder")
     names = [f"{split}.{lang}" for split in SPLITS for lang in (info.src, info.tgt)]
     if not force:
         for n in names:

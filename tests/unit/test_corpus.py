@@ -216,3 +216,18 @@ def test_a_cache_that_is_a_file_is_one_line(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(UserError, match=f"{cache}: the download cache .* is a file, not a folder"):
         get_corpus("bible-de-en", tmp_path / "raw")
     assert cache.read_text() == "mine"
+
+
+def test_raw_text_never_goes_into_a_preprocessed_corpus_or_a_run(cache: Path, tmp_path: Path) -> None:
+    """Training validates with BIN's text files: `corpus get --force` into a BIN replaced them silently."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "manifest.json").write_text("{}")
+    (bin_dir / "valid.en").write_text("mine\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text("")
+    for folder, message in ((bin_dir, "a preprocessed corpus"), (run, "is or holds the training run")):
+        with pytest.raises(UserError, match=message):
+            get_corpus("bible-de-en", folder, force=True)
+    assert (bin_dir / "valid.en").read_text() == "mine\n" and sorted(p.name for p in run.iterdir()) == ["events.jsonl"]
