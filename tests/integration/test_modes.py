@@ -47,7 +47,10 @@ def test_async_has_no_barrier_a_slowed_worker_pushes_less(synthetic_bin: Path, t
     fast, slow = last["worker_pushes"]
     assert fast + slow == 40 == last["updates"] == last["pushes"]
     assert fast >= 3 * slow, last["worker_pushes"]  # nobody waited for the slow worker's steps
-    assert max(e["staleness_max"] for e in events(run, "train")) >= 3  # its gradients are old
+    # its gradients are old: a slowed step (its first is not slowed) spans 10 of its own, and so several of
+    # the fast worker's updates; on a loaded machine it may not have pushed one before the run ends
+    if slow >= 2:
+        assert max(e["staleness_max"] for e in events(run, "train")) >= 3, last["worker_pushes"]
 
 
 def test_worker_processes_step_with_the_staleness_lr(synthetic_bin: Path, tmp_path: Path):
