@@ -88,3 +88,17 @@ def test_the_global_parameters_change_every_h_steps_and_the_clock_syncs_then():
     # each round: the slow worker's 3 batches at 10 us a token / 0.5, then a ring all-reduce of 2 (W-1)/W = 1 link
     round_s = 3 * tokens[0] * 10e-6 / 0.5 + link
     assert sim.predicted_s == pytest.approx(2 * round_s, rel=1e-9)
+
+
+def test_limits_inside_a_round_are_warned_of():
+    from async_nmt.train.modes.diloco import partial_round_warning
+
+    def warning(**options):
+        return partial_round_warning(TrainConfig(bin_dir="bin", **options))
+
+    assert warning(mode="diloco", sync_every=10, max_updates=30, valid_every=500, save_every=0) is None
+    assert warning(mode="sync", max_updates=25) is None
+    one = warning(mode="diloco", sync_every=10, max_updates=25, valid_every=500)
+    assert one is not None and one.startswith("warning: --max-updates 25 is not a multiple of --sync-every 10:")
+    two = warning(mode="diloco", sync_every=3, max_updates=30, valid_every=500, save_every=7)
+    assert two is not None and "--valid-every 500 and --save-every 7 are not multiples of --sync-every 3" in two

@@ -39,6 +39,7 @@ from async_nmt.train.events import (
 )
 from async_nmt.train.lock import clear_run_dir
 from async_nmt.train.modes import build_workers, worker_devices
+from async_nmt.train.modes.diloco import partial_round_warning
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
 from async_nmt.train.processes import uninterrupted
 from async_nmt.train.step import StepStats, build_model
@@ -364,6 +365,7 @@ class Trainer:
         warnings = (
             length_warning(self.manifest, self.model_cfg.max_positions),
             budget_warning(split.src.lengths, split.tgt.lengths, cfg.max_tokens, self.model_cfg.max_positions),
+            partial_round_warning(cfg),
         )
         for warning in warnings:
             if warning and self.leader:

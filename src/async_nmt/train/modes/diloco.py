@@ -32,11 +32,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from async_nmt.config import TrainConfig
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.simulated import PredictedClock
 from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, push_gradient
+
+
+def partial_round_warning(cfg: TrainConfig) -> str | None:
+    """A warning where a validation, checkpoint or the end falls inside a round: they see the global
+    parameters of the last whole round, so the inner steps since are trained but not in the saved model."""
+    if cfg.mode != "diloco":
+        return None
+    h = cfg.sync_every
+    off = [f"--{name.replace('_', '-')} {every}" for name, every in
+           (("max_updates", cfg.max_updates), ("valid_every", cfg.valid_every), ("save_every", cfg.save_every))
+           if every % h]  # fmt: skip
+    if not off:
+        return None
+    verb = "is not a multiple" if len(off) == 1 else "are not multiples"
+    return (f"warning: {' and '.join(off)} {verb} of --sync-every {h}: validations and checkpoints "
+            f"inside a round see the global parameters of the last whole round (the inner steps since are "
+            f"trained but not in best.pt or last.pt's model)")  # fmt: skip
 
 
 class OuterServer:
