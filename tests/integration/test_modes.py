@@ -339,6 +339,36 @@ def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_
     assert end["kind"] == "end" and end["interrupted"] and (run / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_ctrl_c_while_the_workers_start_saves_and_stops_them(synthetic_bin: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, mode: str):  # fmt: skip
+    """A Ctrl-C (or a scheduler's SIGTERM) as the worker processes start is held until they are ready, then
+    saves and exits 130 as elsewhere. It escaped the trainer's handlers and left the workers running (each
+    printed a traceback as the parent tore down the shared state they were unpickling); one that came during
+    the spawn was ignored, and the run went on to its limit."""
+    import multiprocessing
+
+    from async_nmt.train import processes
+
+    spawn = processes.spawn
+
+    def spawn_then_ctrl_c(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started = spawn(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # the workers are importing torch now, not ready
+        return started
+
+    monkeypatch.setattr(processes, "spawn", spawn_then_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train(config(synthetic_bin, mode=mode, max_updates=50), run, progress=False)
+    assert stopped.value.code == 130
+    assert not multiprocessing.active_children()
+    kinds = [e["kind"] for e in events(run)]  # (sync ranks take the step under way: their stop is agreed on)
+    assert kinds[0] == "start" and kinds[-2:] == ["checkpoint", "end"] and events(run)[-1]["interrupted"]
+    assert events(run)[-1]["updates"] <= 2
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
 def test_an_update_taken_before_the_trainer_waits_for_it_is_not_waited_for_again(synthetic_bin: Path,
                                                                                  tmp_path: Path):  # fmt: skip
     """A worker that holds a computed push takes the update `allow` lets in at once, maybe before the trainer

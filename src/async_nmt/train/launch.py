@@ -130,7 +130,15 @@ def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, 
     """Spawn one rank per worker and supervise them; rank 0 writes the run folder."""
     errors, interrupt = processes.context().SimpleQueue(), processes.context().Event()
     setup = RankSetup(cfg, run_dir, resume, progress, log_every, processes.free_port(), devices, errors, interrupt)
-    ranks = processes.spawn(rank_main, [(rank, setup) for rank in range(len(devices))])
+    ranks = None
+    try:  # a Ctrl-C or SIGTERM while they start is held, then told to them as any other (a second: at once)
+        with processes.uninterrupted(second_stops=True):
+            ranks = processes.spawn(rank_main, [(rank, setup) for rank in range(len(devices))])
+    except KeyboardInterrupt:
+        if ranks is None:
+            raise
+        interrupt.set()
+        print("interrupted: stopping at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
     code = supervise(ranks, errors, devices, run_dir, interrupt)
     if code:
         raise SystemExit(code)

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +45,50 @@ def spawn(target: Callable[..., None], args: Sequence[tuple]) -> list[Any]:
     """Start one process per argument tuple (spawned, daemon). They ignore SIGINT from their first
     instruction: a spawned process imports torch and the CLI (seconds) before `worker_process` runs, and a
     Ctrl-C then printed a traceback from each and killed them; an ignored signal stays ignored across the
-    exec, and Python leaves it so. The parent ignores it for as long as it starts them. So for SIGTERM, which
-    `worker_process` ignores too."""
+    exec, and Python leaves it so. So for SIGTERM, which `worker_process` ignores too. The parent ignores
+    them only while it forks (a Ctrl-C then is lost; it once ignored them for the whole spawn, and a Ctrl-C
+    or a scheduler's SIGTERM as the workers started was lost and the run went on to its limit); the caller
+    holds a signal that comes while the workers start (`uninterrupted`), since they read the shared state
+    the parent would tear down."""
     processes = []
-    main = threading.current_thread() is threading.main_thread()
-    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if main else {}
-    try:
+    with _children_ignore_stop_signals():
         for i, process_args in enumerate(args):
             process = context().Process(target=target, args=process_args, daemon=True, name=f"nmt-worker-{i}")
             process.start()
             processes.append(process)
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
     return processes
+
+
+@contextmanager
+def _children_ignore_stop_signals() -> Iterator[None]:
+    """The processes forked meanwhile start with SIGINT and SIGTERM ignored: the parent ignores them for the
+    fork itself (multiprocessing's `util.spawnv_passfds`; where that is not there, for the whole block)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    original = getattr(mp_util, "spawnv_passfds", None)
+    if original is None:
+        before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+        return
+
+    def spawnv_passfds(*args: Any, **kwargs: Any) -> int:
+        before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            return original(*args, **kwargs)
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    mp_util.spawnv_passfds = spawnv_passfds
+    try:
+        yield
+    finally:
+        mp_util.spawnv_passfds = original
 
 
 @contextmanager
@@ -142,10 +173,11 @@ def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
 
 
 @contextmanager
-def uninterrupted() -> Iterator[None]:
+def uninterrupted(second_stops: bool = False) -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an
     update half applied, a message exchange with a worker half done (that worker then waits for an answer
-    that never comes). A signal that came meanwhile is raised as KeyboardInterrupt when the section ends.
+    that never comes), workers starting. A signal that came meanwhile is raised as KeyboardInterrupt when the
+    section ends; with `second_stops`, a second one is raised at once (a section that may wait long).
     If the section raises, its error wins and the signal is dropped: the state may be half changed then,
     and an interrupt would save it. In a thread other than the main one, or where the signals are not
     Ctrl-C's, nothing changes."""
@@ -154,8 +186,14 @@ def uninterrupted() -> Iterator[None]:
         return
     held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is signal.default_int_handler]
     caught: list[int] = []
+
+    def hold(number: int, _frame: Any) -> None:
+        caught.append(number)
+        if second_stops and len(caught) > 1:
+            raise KeyboardInterrupt
+
     for sig in held:
-        signal.signal(sig, lambda number, _frame: caught.append(number))
+        signal.signal(sig, hold)
     try:
         yield
     finally:

@@ -370,8 +370,6 @@ class Trainer:
         for warning in warnings:
             if warning and self.leader:
                 print(warning, file=sys.stderr)
-        with self.clock.paused():  # starting worker processes is not training
-            self.workers.start()
         self._event(
             "start", mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
@@ -395,6 +393,8 @@ class Trainer:
         interval, interval_start = StepStats(), self.clock.seconds
         counted = self.updates  # the updates whose pushes the trainer has counted
         try:
+            with self.clock.paused():  # starting worker processes is not training (Ctrl-C here saves as below)
+                self.workers.start()
             # a resumed run whose last scheduled validation Ctrl-C cut short does it first
             scheduled = cfg.valid_every > 0 and self.updates > 0 and self.updates % cfg.valid_every == 0
             if scheduled and self.validated_at != self.updates:

@@ -160,10 +160,14 @@ class ProcessWorkers(Workers):
                         speeds[w], threads)
             for w, device in enumerate(self.devices)
         ]  # fmt: skip
-        self.procs = processes.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
-        while int(self.gate.counts[READY]) < len(self.procs):  # startup is not training time
-            self._check()
-            time.sleep(0.01)
+        # a Ctrl-C while the workers start is held until they are ready (the trainer then saves and stops them
+        # as elsewhere): they unpickle the shared state as they start, and a parent that tore it down then got
+        # a traceback from each; a second Ctrl-C stops at once
+        with processes.uninterrupted(second_stops=True):
+            self.procs = processes.spawn(worker_main, [(w, setup) for w, setup in enumerate(setups)])
+            while int(self.gate.counts[READY]) < len(self.procs):  # startup is not training time
+                self._check()
+                time.sleep(0.01)
 
     def _pushes_until(self, updates: int) -> int:
         """Admitted pushes after which the server has taken `updates` updates (every shard)."""
