@@ -19,13 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# (DEMO quoted: a folder with a space in its name is one argument)
 demo: $(STAMP)
-	$(BIN)/nmt corpus get bible-de-en $(DEMO)/raw --force
-	$(BIN)/nmt preprocess $(DEMO)/raw $(DEMO)/bin --vocab-size 8000 --force
-	$(BIN)/nmt-train $(DEMO)/bin $(DEMO)/run --force --preset tiny --devices cpu \
+	$(BIN)/nmt corpus get bible-de-en "$(DEMO)/raw" --force
+	$(BIN)/nmt preprocess "$(DEMO)/raw" "$(DEMO)/bin" --vocab-size 8000 --force
+	$(BIN)/nmt-train "$(DEMO)/bin" "$(DEMO)/run" --force --preset tiny --devices cpu \
 		--max-updates $(DEMO_UPDATES) --valid-every 200 --valid-max-sentences 400 --lr 7e-4 --warmup 250
-	$(BIN)/nmt translate $(DEMO)/run --device cpu --beam 5 < $(DEMO)/bin/test.de > $(DEMO)/test.hyp.en
-	$(BIN)/nmt score $(DEMO)/test.hyp.en $(DEMO)/bin/test.en
+	$(BIN)/nmt translate "$(DEMO)/run" --device cpu --beam 5 < "$(DEMO)/bin/test.de" > "$(DEMO)/test.hyp.en"
+	$(BIN)/nmt score "$(DEMO)/test.hyp.en" "$(DEMO)/bin/test.en"
 
 test: $(STAMP)
 	$(BIN)/pytest tests
@@ -35,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests scripts
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf "$(DEMO)" .pytest_cache

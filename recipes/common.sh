@@ -91,3 +91,27 @@ compare() {
     done
     run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}
 }
+
+# check_settings: refuse knobs that would fail only after the long steps before them (or be taken as 0)
+check_settings() {
+    local name mode
+    for name in DRY_RUN SIMULATE; do
+        if [[ ${!name} != 0 && ${!name} != 1 ]]; then
+            echo "error: $name=${!name}: give 0 or 1" >&2
+            exit 2
+        fi
+    done
+    case $X in time | predicted | updates | tokens) ;; *)
+        echo "error: X=$X: give one of time, predicted, updates, tokens" >&2
+        exit 2
+        ;;
+    esac
+    for mode in $MODES; do
+        case $mode in sync | async | async-accum) ;; *)
+            echo "error: MODES: '$mode' is not one of sync, async, async-accum (the recipes do not run diloco)" >&2
+            exit 2
+            ;;
+        esac
+    done
+}
+check_settings

@@ -97,6 +97,22 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
     assert f"nmt preprocess {out}/raw {out}/bin --src en --tgt {pair[3:]}" in text
 
 
+@pytest.mark.parametrize("recipe", ["bible-de-en.sh", "wmt14-en-de.sh"])
+@pytest.mark.parametrize(
+    "knob, value, message",
+    [("DRY_RUN", "true", "DRY_RUN=true: give 0 or 1"), ("SIMULATE", "yes", "SIMULATE=yes: give 0 or 1"),
+     ("X", "bleu", "X=bleu: give one of"), ("MODES", "sync bogus", "MODES: 'bogus' is not one of")],
+)  # fmt: skip
+def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """DRY_RUN=true ran the recipe for real (downloads and all), SIMULATE=yes was taken as 0, and a bad X or
+    mode failed only after hours of training."""
+    result = run_recipe(recipe, OUT=tmp_path / "out", **{knob: value})
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
 def test_wmt_recipe_uses_downloaded_data(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for name in ("training-parallel-ep-v8/europarl-v8.ro-en.en", "training-parallel-ep-v8/europarl-v8.ro-en.ro",
