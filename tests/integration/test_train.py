@@ -988,3 +988,11 @@ def test_an_update_taken_as_soon_as_the_gate_opens_is_still_logged_and_saved(syn
     assert [e["updates"] for e in trained] == [1, 2, 3, 4, 5, 6]
     assert [sum(e["staleness_hist"]) for e in trained] == [1] * 6
     assert [p.name for p in kept_checkpoints(run)] == ["update-2.pt", "update-4.pt", "update-6.pt"]
+
+
+def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: Path):
+    """`--devices cuda:0,cuda:1,cuda:2,cuda:3` without `--workers 4` trained on one device without a word."""
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices",
+                           "cpu,cpu", "--max-updates", "1", "--valid-max-sentences", "3", "--quiet")  # fmt: skip
+    assert code == 0, output
+    assert "warning: --devices names 2 devices but --workers is 1: only cpu trains; give --workers 2" in output

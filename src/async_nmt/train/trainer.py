@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json
+from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json, torchrun_rank
 from async_nmt.data.batches import BatchStream, budget_warning, epochs_done
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
@@ -71,6 +71,10 @@ class Trainer:
         if unused:
             print(f"warning: --simulate emulates every worker in one process on {devices[0]}; the other "
                   f"--devices ({', '.join(unused)}) are not used", file=sys.stderr)  # fmt: skip
+        elif rank == 0 and torchrun_rank() is None and len(cfg.devices) > cfg.workers:  # --workers left out?
+            print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
+                  f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
+                  file=sys.stderr)  # fmt: skip
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
