@@ -291,6 +291,7 @@ def run_cli(*args: str):
         (["--lr", "-1"], "--lr"),
         (["--valid-max-sentences", "-1"], "--valid-max-sentences"),
         (["--devices", "cpu,"], "names an empty device"),
+        (["--mode", "async", "--shards", "100000"], "--shards must be 0 (one per device) to 64"),
     ],
 )
 def test_bad_train_options_give_one_line_and_exit_2(synthetic_bin: Path, tmp_path: Path, extra, message):

@@ -58,7 +58,7 @@ OPTIONS = [
                  "several may share one (default: the first GPU, else cpu)."),
     click.option("--shards", default=0, show_default=True,
                  help="async modes (refused in the others): parameter-server shards, each with its own lock "
-                 "and Adam state; 0 = one per device."),
+                 "and Adam state; 0 = one per device; at most 64."),
     click.option("--simulate", is_flag=True,
                  help="Emulate --workers workers in one process on one device (the first of --devices; a "
                  "warning names those left unused), deterministically (the losses "

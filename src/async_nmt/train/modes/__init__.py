@@ -65,6 +65,9 @@ def build_workers(ctx: ModeContext) -> Workers:
     return LocalWorker(ctx, server)
 
 
+MAX_SHARDS = 64  # far beyond what pays (one per device or core); 10^5 ran out of file descriptors
+
+
 def check_mode_options(cfg: TrainConfig) -> None:
     """Refuse contradictory mode options with one line naming the option."""
     if cfg.mode not in MODES:
@@ -96,8 +99,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError("--link-gbps prices the predicted clock of --simulate; add --simulate")
     if torchrun_rank() is None:  # torchrun: checked once the ranks have set --workers
         check_worker_speeds(cfg)
-    if cfg.shards < 0:
-        raise UserError("--shards must not be negative")
+    if not 0 <= cfg.shards <= MAX_SHARDS:  # each shard holds locks and shared memory (file descriptors)
+        raise UserError(f"--shards must be 0 (one per device) to {MAX_SHARDS}")
     if cfg.shards and cfg.mode not in ("async", "async-accum"):
         raise UserError(f"--shards cuts the async modes' parameter server, not --mode {cfg.mode}'s")
 
