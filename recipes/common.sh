@@ -14,11 +14,17 @@ run() {
     if [[ $DRY_RUN == 1 ]]; then show "$@"; else "$@"; fi
 }
 
-# run_to FILE CMD...: CMD's standard output into FILE
+# run_to FILE CMD...: CMD's standard output into FILE (through FILE.part: a command that fails, e.g. offline,
+# leaves no empty or partial FILE behind)
 run_to() {
     local file=$1
     shift
-    if [[ $DRY_RUN == 1 ]]; then echo "$(show "$@") > $(show "$file")"; else "$@" >"$file"; fi
+    if [[ $DRY_RUN == 1 ]]; then
+        echo "$(show "$@") > $(show "$file")"
+    else
+        "$@" >"$file.part" || { rm -f "$file.part"; return 1; }
+        mv "$file.part" "$file"
+    fi
 }
 
 # say TEXT: a comment line between the commands (also in a dry run's listing)

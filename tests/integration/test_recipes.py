@@ -196,3 +196,14 @@ def test_wmt_recipe_end_to_end_on_downloaded_data(tmp_path: Path) -> None:
         assert len(hyps) == len(expected["test.en"])  # one translation per test source line
     assert result.stdout.count("BLEU =") == 1  # the test set scored with the run
     assert "async-accum" in (out / "report" / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_command_that_fails_leaves_no_output_file(tmp_path: Path) -> None:
+    """Offline, sacreBLEU's failed download left an empty raw/valid.en behind (run_to wrote into it at once)."""
+    script = (f'set -euo pipefail; DRY_RUN=0 SIMULATE=0 X=time MODES=sync; source "{RECIPES}/common.sh"; '
+              f'run_to "{tmp_path}/out.txt" sh -c "echo partial; exit 3"')  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and list(tmp_path.iterdir()) == []
+    done = subprocess.run(["bash", "-c", script.replace("exit 3", "exit 0")], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert done.returncode == 0 and (tmp_path / "out.txt").read_text() == "partial\n"
