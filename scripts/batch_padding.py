@@ -17,6 +17,7 @@ import numpy as np
 
 from async_nmt.data.batches import PAD_MULTIPLE, SORTS, make_batches
 from async_nmt.data.binarize import load_split
+from async_nmt.errors import UserError, run_script
 
 
 def padding(src: np.ndarray, tgt: np.ndarray, batches: list[np.ndarray], max_len: int) -> dict:
@@ -39,10 +40,21 @@ def padding(src: np.ndarray, tgt: np.ndarray, batches: list[np.ndarray], max_len
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bin", type=Path)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--max-len", type=int, default=256, help="the model's positions (presets: 256)")
+    parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`); its train split")
+    parser.add_argument(
+        "--max-tokens", type=int, default=4096, help="token budget of a batch, as nmt-train's (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=256,
+        help="the model's positions: longer sentences are cut (default and presets: %(default)s)",
+    )
     args = parser.parse_args()
+    if args.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
+    if args.max_len < 1:
+        raise UserError("--max-len must be at least 1")
     split = load_split(args.bin, "train")
     src, tgt = np.asarray(split.src.lengths), np.asarray(split.tgt.lengths)
     for sort in SORTS:
@@ -52,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

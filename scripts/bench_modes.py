@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from pathlib import Path
 
 import torch
 
-from async_nmt.config import TrainConfig
+from async_nmt.config import MODES, PRESETS, TrainConfig
+from async_nmt.devices import resolve_device
+from async_nmt.errors import UserError, run_script
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
+from async_nmt.train.options import check_config
 
 
 def run(cfg: TrainConfig, name: str, folder: Path) -> dict:
@@ -32,35 +36,94 @@ def run(cfg: TrainConfig, name: str, folder: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin", default="demo/bin", help="binarized corpus (make demo writes demo/bin)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--devices", default="cpu")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--max-tokens", type=int, default=2048)
-    parser.add_argument("--seconds", type=float, default=30.0, help="training clock per configuration")
-    parser.add_argument("--slow", type=float, default=0.25, help="speed of the slowed worker")
-    parser.add_argument("--modes", default="sync,async,async-accum")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--bin", default="demo/bin", help="binarized corpus (make demo writes demo/bin; default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes W of each mode's run, at least 2 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--devices",
+        default="cpu",
+        help="comma-separated devices, e.g. cpu or cuda:0,cuda:1, which the workers take "
+        "round-robin (default: %(default)s)",
+    )
+    parser.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)} (default: %(default)s)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=2048, help="token budget of a worker's batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="training clock per configuration, above 0 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--slow",
+        type=float,
+        default=0.25,
+        help="speed of the slowed worker, the others' being 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="sync,async,async-accum",
+        help=f"comma-separated modes to time, each of {', '.join(MODES)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sync-every",
+        type=int,
+        default=0,
+        help="diloco: inner steps H between outer steps, required with diloco (default: %(default)s)",
+    )
     args = parser.parse_args()
-    devices = args.devices.split(",")
     w = args.workers
+    if w < 2:
+        raise UserError("--workers must be at least 2 (the bench compares W workers with one)")
+    if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
+        raise UserError("--seconds must be a positive number")
+    if not 0 < args.slow < math.inf:
+        raise UserError("--slow must be a positive number")
+    if args.preset not in PRESETS:
+        raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
+    if len(set(modes)) < len(modes):
+        raise UserError(f"--modes: {args.modes!r} names a mode twice")
+    if args.sync_every and "diloco" not in modes:
+        raise UserError("--sync-every applies to diloco only; add it to --modes")
+    devices = args.devices.split(",")
+    for device in devices:
+        if not device:
+            raise UserError(f"--devices: {args.devices!r} names an empty device (use cpu or cuda:N, comma-separated)")
+        resolve_device(device)  # its errors name --devices
     base = dict(bin_dir=args.bin, preset=args.preset, devices=devices, max_tokens=args.max_tokens,
                 max_time=args.seconds, valid_every=0, valid_max_sentences=16, lr=7e-4, warmup=250)  # fmt: skip
+    configs = [("single", TrainConfig(**base, workers=1))]
+    for mode in modes:
+        accum = w if mode == "async-accum" else 1
+        sync_every = args.sync_every if mode == "diloco" else 0
+        for speeds in ([], [1.0] * (w - 1) + [args.slow]):
+            cfg = TrainConfig(**base, mode=mode, workers=w, accum=accum, worker_speeds=speeds, sync_every=sync_every)
+            configs.append((f"{mode}-{len(speeds)}", cfg))
+    for _, cfg in configs:  # every configuration before the first one trains
+        check_config(cfg)
     common = {"bench": "modes", "devices": args.devices, "preset": args.preset, "max_tokens": args.max_tokens,
               "torch": torch.__version__}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        single = run(TrainConfig(**base, workers=1), "single", folder)
+        single = run(configs[0][1], "single", folder)
         print(json.dumps({**common, "mode": "single", "workers": 1, **single}), flush=True)
-        for mode in args.modes.split(","):
-            accum = w if mode == "async-accum" else 1
-            for speeds in ([], [1.0] * (w - 1) + [args.slow]):
-                cfg = TrainConfig(**base, mode=mode, workers=w, accum=accum, worker_speeds=speeds)
-                figures = run(cfg, f"{mode}-{len(speeds)}", folder)
-                scaling = round(figures["tok_per_s"] / single["tok_per_s"], 2)
-                print(json.dumps({**common, "mode": mode, "workers": w, "accum": accum, "worker_speeds": speeds,
-                                  **figures, "scaling": scaling}), flush=True)  # fmt: skip
+        for name, cfg in configs[1:]:
+            figures = run(cfg, name, folder)
+            scaling = round(figures["tok_per_s"] / single["tok_per_s"], 2)
+            line = {**common, "mode": cfg.mode, "workers": w, "accum": cfg.accum, "worker_speeds": cfg.worker_speeds,
+                    **({"sync_every": cfg.sync_every} if cfg.mode == "diloco" else {}), **figures,
+                    "scaling": scaling}  # fmt: skip
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

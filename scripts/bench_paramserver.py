@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from async_nmt.devices import resolve_device
-from async_nmt.train.modes import remote
+from async_nmt.errors import UserError, run_script
+from async_nmt.train.modes import MAX_SHARDS, remote
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.processes import free_port
 
@@ -108,15 +109,43 @@ def bench_gloo(numel: int, accums: list[int], repeat: int, device: torch.device)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--numel", type=int, default=60_000_000, help="parameters (transformer-base: ~60M)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--shards", type=int, default=1)
-    parser.add_argument("--accum", type=int, default=4, help="also time an async-accum update of N pushes")
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--transport", choices=["shared", "gloo", "both"], default="shared",
-                        help="shared: the shared-memory server of one machine; gloo: the torchrun server")  # fmt: skip
+    parser.add_argument(
+        "--numel", type=int, default=60_000_000, help="parameters (transformer-base: ~60M; default: %(default)s)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the parameters and the server's Adam live: cpu or cuda:N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help=f"shared server: shards, each with its own lock and Adam state, 1 to {MAX_SHARDS} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--accum", type=int, default=4, help="also time an async-accum update of N pushes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=10,
+        help="timed runs of each measurement, after two warm-ups; the median counts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=["shared", "gloo", "both"],
+        default="shared",
+        help="shared: the shared-memory server of one machine; gloo: the torchrun server; both: the two, and their "
+        "ratio (default: %(default)s)",
+    )
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    for name in ("numel", "accum", "repeat"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    if not 1 <= args.shards <= MAX_SHARDS:
+        raise UserError(f"--shards must be 1 to {MAX_SHARDS}")
+    device = resolve_device(args.device, option="--device")
     if device.type == "cpu":
         torch.set_num_threads(1)  # one worker process's share of a CPU
     params = torch.randn(args.numel, device=device)
@@ -153,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,7 @@ TORCH = time.perf_counter()
 
 import async_nmt.cli  # noqa: E402, F401  (what `nmt` imports before it runs a command)
 from async_nmt.devices import amp_dtype_for, resolve_device  # noqa: E402
+from async_nmt.errors import UserError, run_script  # noqa: E402
 from async_nmt.model.checkpoint import load_model  # noqa: E402
 from async_nmt.model.search import cast_for_search  # noqa: E402
 from async_nmt.translate import default_max_tokens, read_lines, translate_lines  # noqa: E402
@@ -36,13 +37,26 @@ CLI = time.perf_counter()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="A run folder or checkpoint.")
-    parser.add_argument("--input", type=Path, required=True)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=None)
-    parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--input", type=Path, required=True, help="Source text to translate, one sentence a line.")
+    parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu).")
+    parser.add_argument("--beam", type=int, default=5, help="Beam size; 1 = greedy (default: %(default)s).")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="Source tokens per batch (default: nmt translate's: 4000 on the CPU, 16000 on a GPU).",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="Search with fixed shapes, as nmt translate --cuda-graphs (CUDA graphs on a GPU).",
+    )
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    if args.beam < 1:
+        raise UserError("--beam must be at least 1")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
+    device = resolve_device(args.device, option="--device")
 
     def sync() -> float:
         if device.type == "cuda":
@@ -76,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

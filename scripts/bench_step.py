@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from async_nmt.config import PAD_ID, model_config
+from async_nmt.config import PAD_ID, PRESETS, model_config
 from async_nmt.data.batches import Batch
 from async_nmt.devices import bf16_supported, resolve_device
+from async_nmt.errors import UserError, run_script
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import flatten_parameters, train_step
@@ -77,19 +78,41 @@ def time_loop(step, batches, warmup: int, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--length", type=int, default=32, help="Padded sentence length of the batches.")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup-steps", type=int, default=5)
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--preset", default="tiny", help=f"Model size: {', '.join(PRESETS)} (default: %(default)s).")
+    parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu).")
+    parser.add_argument("--vocab", type=int, default=8000, help="Vocabulary size of the model (default: %(default)s).")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4096,
+        help="Tokens of a batch: rows x --length; at least --length (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--length", type=int, default=32, help="Padded sentence length of the batches (default: %(default)s)."
+    )
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps of each loop (default: %(default)s).")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=5, help="Untimed steps before the timed ones (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 autocast or fp32; auto = bf16 where the device has it (default: %(default)s).",
+    )
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    cfg = model_config(args.preset, args.vocab)
+    if args.vocab < 5:
+        raise UserError("--vocab must be at least 5 (4 ids are special)")
+    if not 2 <= args.length <= cfg.max_positions:
+        raise UserError(f"--length must be 2 to {cfg.max_positions} (the model's positions)")
+    if args.max_tokens < args.length:
+        raise UserError("--max-tokens must be at least --length (a batch of one row)")
+    if args.steps < 1 or args.warmup_steps < 0:
+        raise UserError("--steps must be at least 1 and --warmup-steps not negative")
+    device = resolve_device(args.device, option="--device")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and bf16_supported(device))
     amp = torch.bfloat16 if bf16 else None
-    cfg = model_config(args.preset, args.vocab)
     batches = synthetic_batches(args.steps + args.warmup_steps, args.max_tokens // args.length, args.length,
                                 args.vocab, device)  # fmt: skip
 
@@ -127,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -35,14 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from async_nmt.config import PAD_ID, ModelConfig, TrainConfig, model_config
+from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConfig, model_config
 from async_nmt.data.batches import SORTS, Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.errors import UserError, run_script
 from async_nmt.model.transformer import Transformer
 from async_nmt.train import step as step_module
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
+from async_nmt.train.options import check_config
 from async_nmt.train.step import train_step
 from async_nmt.train.trainer import Trainer
 
@@ -152,24 +155,45 @@ def steady_rate(events: list[dict]) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bin", type=Path)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    parser.add_argument("--parts-updates", type=int, default=20, help="updates that time the loop's parts")
-    parser.add_argument("--batch-sort", choices=SORTS, default="target", help="as nmt-train's (both loops)")
+    parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
+    parser.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)} (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="training clock of each loop, above 0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=4096, help="token budget of a batch, as nmt-train's (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="as nmt-train's: bf16 autocast, or fp32; auto = bf16 where the device has it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--parts-updates", type=int, default=20, help="updates that time the loop's parts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-sort", choices=SORTS, default="target", help="as nmt-train's (both loops; default: %(default)s)"
+    )
     parser.add_argument("--compile", action="store_true", help="the product with --compile (the bare loop eager)")
     parser.add_argument("--plain-autocast", action="store_true",
                         help="the product without its bf16 weight copies (LowPrecisionCopies): an A/B")  # fmt: skip
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
+        raise UserError("--seconds must be a positive number")
+    if args.parts_updates < 1:
+        raise UserError("--parts-updates must be at least 1")
+    device = resolve_device(args.device, option="--device")
     amp = amp_dtype_for(args.precision, device)
     step_module.LOW_PRECISION_COPIES = not args.plain_autocast
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
                       precision=args.precision, compile=args.compile, batch_sort=args.batch_sort)  # fmt: skip
+    check_config(cfg)
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,4 +229,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
-from async_nmt.config import model_config
+from async_nmt.config import PRESETS, model_config
 from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.errors import UserError, run_script
 from async_nmt.model import search
 from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
+from async_nmt.score import read_lines
 from async_nmt.translate import translate_ids
 
 
@@ -62,15 +64,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None, help="A run folder or checkpoint (default: random).")
     parser.add_argument("--input", type=Path, default=None, help="Source text to translate (needs --run).")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--sentences", type=int, default=200)
-    parser.add_argument("--min-len", type=int, default=10, help="Shortest synthetic source (tokens).")
-    parser.add_argument("--max-len", type=int, default=40, help="Longest synthetic source (tokens).")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=4000)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        help=f"Size of the random model without --run: {', '.join(PRESETS)} (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--vocab", type=int, default=8000, help="Vocabulary size of the random model (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=200,
+        help="Synthetic sources to translate, or the first N lines of --input (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--min-len", type=int, default=10, help="Shortest synthetic source (tokens; default: %(default)s)."
+    )
+    parser.add_argument(
+        "--max-len", type=int, default=40, help="Longest synthetic source (tokens; default: %(default)s)."
+    )
+    parser.add_argument("--beam", type=int, default=5, help="Beam size of the beam searches (default: %(default)s).")
+    parser.add_argument("--max-tokens", type=int, default=4000, help="Source tokens per batch (default: %(default)s).")
+    parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu).")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 or fp32 search; auto = bf16 where the device has it (default: %(default)s).",
+    )
     parser.add_argument(
         "--check-every",
         type=int,
@@ -83,7 +105,20 @@ def main() -> None:
         help="Also greedy and beam with fixed shapes: CUDA graphs on a GPU (nmt translate --cuda-graphs).",
     )
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    for name in ("sentences", "beam", "max_tokens", "min_len"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_len < args.min_len:
+        raise UserError("--max-len must be at least --min-len")
+    if args.check_every is not None and args.check_every < 1:
+        raise UserError("--check-every must be at least 1")
+    if args.input is not None and args.run is None:
+        raise UserError("--input needs --run (its vocabulary)")
+    if args.run is None and args.preset not in PRESETS:
+        raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
+    if args.run is None and args.vocab < 5:
+        raise UserError("--vocab must be at least 5 (4 ids are special)")
+    device = resolve_device(args.device, option="--device")
     amp = amp_dtype_for(args.precision, device)
 
     if args.run is not None:
@@ -94,9 +129,9 @@ def main() -> None:
         torch.manual_seed(0)
         model, sp = Transformer(model_config(args.preset, args.vocab)).to(device).eval(), None
     if args.input is not None:
-        if sp is None:
-            parser.error("--input needs --run (its vocabulary)")
-        lines = [line for line in args.input.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_lines(args.input) if line.strip()]
+        if not lines:
+            raise UserError(f"{args.input}: no sentences")
         sources = sp.encode(lines[: args.sentences])
     else:
         sources = synthetic_sources(args.sentences, model.cfg.vocab_size, args.min_len, args.max_len, seed=0)
@@ -138,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from async_nmt.config import ModelConfig, model_config
+from async_nmt.config import PRESETS, ModelConfig, model_config
 from async_nmt.data.batches import Batch, BatchStream
-from async_nmt.data.binarize import load_manifest, load_split
+from async_nmt.data.binarize import load_manifest, load_split, read_lines
+from async_nmt.errors import UserError, run_script
 from async_nmt.model import transformer
 from async_nmt.train import step as step_module
 from async_nmt.train.modes.paramserver import ParamServer
@@ -77,7 +78,7 @@ def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
 
     model, sp = load_model(run, None, "cpu")
     cast_for_search(model, torch.bfloat16)
-    sources = sp.encode((bin_dir / "test.de").read_text(encoding="utf-8").splitlines()[:8])
+    sources = sp.encode(read_lines(bin_dir, "test", "src")[:8])
     result: dict = {"bench": "count_ops", "translate": str(run), "sentences": len(sources), "max_len": 10}
     for beam in (1, 5):
         options = dict(max_tokens=16000, device=torch.device("cpu"), amp_dtype=torch.bfloat16, beam=beam,
@@ -89,12 +90,30 @@ def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bin", type=Path)
-    parser.add_argument("--preset", default="base")
-    parser.add_argument("--max-tokens", type=int, default=600, help="the batch (small: the count is per update)")
-    parser.add_argument("--top", type=int, default=8)
-    parser.add_argument("--run", type=Path, default=None, help="count a translation with this run's model")
+    parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
+    parser.add_argument(
+        "--preset", default="base", help=f"model size: {', '.join(PRESETS)}; not with --run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=600,
+        help="token budget of the one batch counted (small: the count is per update; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top", type=int, default=8, help="how many of the most frequent operators to list (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="count instead the translation of BIN's first 8 test sentences with this run's model",
+    )
     args = parser.parse_args()
+    if args.max_tokens < 1 or args.top < 1:
+        raise UserError("--max-tokens and --top must be at least 1")
+    if args.run is None and args.preset not in PRESETS:
+        raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
     torch.set_num_threads(1)
     if args.run is not None:
         print(json.dumps(count_translation(args.run, args.bin, args.top)))
@@ -117,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

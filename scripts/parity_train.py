@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from async_nmt.config import PAD_ID, ModelConfig, TrainConfig, model_config
+from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConfig, model_config
 from async_nmt.data.batches import BatchStream, collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
+from async_nmt.errors import UserError, run_script
 from async_nmt.model.checkpoint import load_model
 from async_nmt.train.launch import train
 from async_nmt.train.optim import inverse_sqrt_lr
+from async_nmt.train.options import check_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import BareTransformer  # noqa: E402
@@ -78,28 +80,49 @@ def bare_train(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bin", type=Path)
-    parser.add_argument("--preset", default="micro")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--updates", type=int, default=400)
-    parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    parser.add_argument("--dropout", type=float, default=None, help="both sides (default: the preset's)")
+    parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
+    parser.add_argument("--preset", default="micro", help=f"model size: {', '.join(PRESETS)} (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu)")
+    parser.add_argument(
+        "--updates", type=int, default=400, help="updates each side trains, at least 1 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=1024, help="token budget of a batch, as nmt-train's (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=200,
+        help="linear warmup updates, then inverse-sqrt decay; 0 = a constant --lr (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="one pair of runs per seed (default: 1 2 3)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="as nmt-train's: bf16 autocast, or fp32; auto = bf16 where the device has it (default: %(default)s)",
+    )
+    parser.add_argument("--dropout", type=float, default=None, help="dropout of both models (default: the preset's)")
     parser.add_argument("--bare-embed-init", choices=["product", "torch"], default="product",
                         help="the bare loop's embedding: the product's init (only the loop then differs), or "
-                             "nn.Embedding's N(0, 1), as a bare loop has it")  # fmt: skip
+                             "nn.Embedding's N(0, 1), as a bare loop has it (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    if args.updates < 1:  # 0 would be no limit: training without end
+        raise UserError("--updates must be at least 1")
+    device = resolve_device(args.device, option="--device")
+    configs = [TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_updates=args.updates,
+                           max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup, valid_every=0,
+                           valid_max_sentences=1, precision=args.precision, seed=seed, dropout=args.dropout)
+               for seed in args.seeds]  # fmt: skip
+    for cfg in configs:
+        check_config(cfg)
     overrides = {} if args.dropout is None else {"dropout": args.dropout}
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"], **overrides)
     diffs = []
-    for seed in args.seeds:
-        cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_updates=args.updates,
-                          max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup, valid_every=0,
-                          valid_max_sentences=1, precision=args.precision, seed=seed, dropout=args.dropout)  # fmt: skip
+    for seed, cfg in zip(args.seeds, configs, strict=True):
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             end = train(cfg, Path(tmp) / "run", progress=False)
@@ -124,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -16,24 +16,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
-import sys
 from pathlib import Path
 
 from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
+from async_nmt.errors import UserError, run_script
 from async_nmt.train.events import read_events
 from async_nmt.train.modes.simulated import PredictedClock
 
 
 def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = None) -> None:
+    for name in ("config.json", "events.jsonl"):
+        if not (run / name).is_file():
+            raise UserError(f"{run}: not a run folder (no {name})")
     config = json.loads((run / "config.json").read_text())
     cfg, model = from_dict(TrainConfig, config["train"]), from_dict(ModelConfig, config["model"])
     if cfg.mode != "sync" or not cfg.simulate or not cfg.simulate_token_us:
-        sys.exit(f"{run}: not a simulated sync run with a fixed token price (--simulate-token-us)")
+        raise UserError(f"{run}: not a simulated sync run with a fixed token price (--simulate-token-us)")
     if len(speeds) != cfg.workers:
-        sys.exit(f"--worker-speeds: {len(speeds)} speeds for {cfg.workers} workers")
+        raise UserError(f"--worker-speeds: {len(speeds)} speeds for {cfg.workers} workers")
     events = read_events(run / "events.jsonl")
     split = load_split(bin_dir or Path(cfg.bin_dir), "train")
     streams = [BatchStream(split, cfg.max_tokens, model.max_positions, cfg.seed, w, cfg.workers, cfg.batch_sort)
@@ -63,13 +67,21 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--worker-speeds", required=True, help="comma-separated, one per worker")
+    parser.add_argument("run", type=Path, help="a simulated sync run folder, trained with --simulate-token-us")
+    parser.add_argument("out", type=Path, help="the folder to write the replayed run into")
+    parser.add_argument(
+        "--worker-speeds", required=True, help="the speeds to replay at, comma-separated, one per worker"
+    )
     parser.add_argument("--bin", type=Path, default=None, help="the run's BIN folder, if not where it was")
     args = parser.parse_args()
-    replay(args.run, args.out, [float(s) for s in args.worker_speeds.split(",")], args.bin)
+    try:
+        speeds = [float(s) for s in args.worker_speeds.split(",")]
+    except ValueError:
+        raise UserError(f"--worker-speeds: {args.worker_speeds!r} is not a comma-separated list of numbers") from None
+    if not all(0 < s < math.inf for s in speeds):  # (nan is neither)
+        raise UserError("--worker-speeds: every speed must be a positive number")
+    replay(args.run, args.out, speeds, args.bin)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

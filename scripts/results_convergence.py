@@ -30,6 +30,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from async_nmt.errors import UserError, run_script
 from async_nmt.report import Run, load_run, reprice, staleness, to_target
 
 LABELS = {  # every configuration of the experiment, in the order of the tables
@@ -284,9 +285,17 @@ def plots(runs: Runs, target: float, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path)
-    parser.add_argument("--plots", type=Path, default=None, help="write the two plots into this folder")
+    parser.add_argument("dir", type=Path, help="the experiment's folder of CONFIG-sSEED runs")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=None,
+        help=f"write the three plots (bleu_predicted.png, bleu_predicted_{SLOW_LINK_GBPS:g}gbps.png, bleu_tokens.png) "
+        "into this folder (when there are sync runs to set the target)",
+    )
     args = parser.parse_args()
+    if not args.dir.is_dir():
+        raise UserError(f"{args.dir}: {'not a folder' if args.dir.exists() else 'no such folder'}")
 
     runs, unfinished, rule = load(args.dir)
     print(f"Finished runs (stopped by --patience {rule} or the epoch cap): {sum(len(v) for v in runs.values())}; "
@@ -309,4 +318,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

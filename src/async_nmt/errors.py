@@ -1,12 +1,14 @@
-"""User-facing errors: the CLI prints them as one line on stderr and exits with their `exit_code`; and how
-the CLI's process ends (`exit_at_once`, `sigterm_interrupts`)."""
+"""User-facing errors: the CLI prints them as one line on stderr and exits with their `exit_code`; how the
+CLI's process ends (`exit_at_once`, `sigterm_interrupts`); and `run_script`, which ends the scripts/ the same
+way."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _AT_ONCE = [False]
 
@@ -75,3 +77,28 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a script's `main()` and end its process as the `nmt` CLI ends a command, without a traceback: a
+    UserError is `error: MESSAGE` on stderr and exit code `err.exit_code` (2; a failed worker, running out of
+    memory, a diverged loss: 1); a missing file or folder (FileNotFoundError) `error: PATH: REASON` and exit
+    code 2, as bad input; any other error of the system (a full disk) `error: PATH: REASON` and exit code 1;
+    Ctrl-C (KeyboardInterrupt) `interrupted` and exit code 130. Any other exception keeps its traceback (a
+    bug). When `main` returns, so does this (what it returns is ignored).
+
+        if __name__ == "__main__":
+            run_script(main)
+    """
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except OSError as err:
+        where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, FileNotFoundError) else 1)

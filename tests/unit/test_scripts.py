@@ -1,0 +1,123 @@
+"""scripts/*.py end as the `nmt` CLI does on bad input (`errors.run_script`: one line, exit code 2, no
+traceback), refuse values that would run without end or divide by zero before any work, and give every
+option a help text."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from async_nmt.errors import UserError, WorkerFailed, run_script
+
+ROOT = Path(__file__).parents[2]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+# the subprocesses import this checkout's async_nmt, whatever the environment has installed
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+
+
+def ends_with(main: Callable[[], object], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
+    with pytest.raises(SystemExit) as end:
+        run_script(main)
+    return end.value.code, capsys.readouterr().err
+
+
+def test_run_script_ends_a_user_error_with_one_line_and_its_exit_code(capsys: pytest.CaptureFixture[str]):
+    def bad_option() -> None:
+        raise UserError("--seconds must be a positive number")
+
+    def failed() -> None:
+        raise WorkerFailed("worker 1 failed")
+
+    assert ends_with(bad_option, capsys) == (2, "error: --seconds must be a positive number\n")
+    assert ends_with(failed, capsys) == (1, "error: worker 1 failed\n")
+
+
+def test_run_script_ends_ctrl_c_with_interrupted_and_130(capsys: pytest.CaptureFixture[str]):
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    assert ends_with(interrupted, capsys) == (130, "interrupted\n")
+
+
+def test_run_script_names_the_path_of_a_system_error(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    def missing() -> None:
+        (tmp_path / "nope").read_text()
+
+    def denied() -> None:
+        raise PermissionError(13, "Permission denied", "/out")
+
+    assert ends_with(missing, capsys) == (2, f"error: {tmp_path / 'nope'}: No such file or directory\n")
+    assert ends_with(denied, capsys) == (1, "error: /out: Permission denied\n")
+
+
+def test_run_script_returns_when_main_does_and_keeps_a_bugs_traceback(capsys: pytest.CaptureFixture[str]):
+    run_script(lambda: 7)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ZeroDivisionError):
+        run_script(lambda: 1 / 0)
+
+
+# runs a script up to its parse_args, then reports the options without a help text instead of parsing
+HELP_CHECK = """
+import argparse, json, runpy, sys
+
+def report(parser, *args, **kwargs):
+    parser.format_help()  # what --help prints: a help text with a stray % fails here
+    print(json.dumps({
+        "description": parser.description or "",
+        "no_help": [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+                    if not (a.help or "").strip()],
+    }))
+    sys.exit(0)
+
+argparse.ArgumentParser.parse_args = report
+sys.argv = [sys.argv[1], "--help"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_every_option_of_a_script_has_help(script: Path):
+    done = subprocess.run([sys.executable, "-c", HELP_CHECK, str(script)], capture_output=True, text=True, env=ENV,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["no_help"] == []
+    first_paragraph = found["description"].split("\n\n")[0].strip()
+    assert first_paragraph[-1] in ".)?", first_paragraph  # not cut mid-sentence
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          env=ENV, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "error"),
+    [
+        ("bench_modes.py", ["--bin", "/nope", "--modes", "sync,bogus"], "--modes: 'bogus' is not one of sync, async"),
+        ("bench_modes.py", ["--bin", "/nope", "--seconds", "0"], "--seconds must be a positive number"),
+        ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive number"),
+        ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive number"),
+        ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
+        ("bench_paramserver.py", ["--shards", "65"], "--shards must be 1 to 64"),
+        ("bench_translate.py", ["--sentences", "0"], "--sentences must be at least 1"),
+        ("bench_step.py", ["--steps", "0"], "--steps must be at least 1"),
+        ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
+        ("parity_train.py", ["/nope", "--updates", "0"], "--updates must be at least 1"),
+        ("batch_padding.py", ["/nope"], "/nope: not a preprocessed corpus"),
+        ("results_convergence.py", ["/nope"], "/nope: no such folder"),
+        ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
+    ],
+)
+def test_a_bad_option_or_input_is_one_line_and_exit_code_2_before_any_work(script: str, args: list[str], error: str):
+    done = run(script, *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {error}") and done.stderr.count("\n") == 1, done.stderr
+    assert done.stdout == ""  # nothing ran (bench_modes: not even its single worker)
