@@ -507,7 +507,7 @@ class Trainer:
             raise SystemExit(130) from None
 
 
-# the saved data positions depend on the first six, how pushes become updates on the next four; the best BLEU
+# the saved data positions depend on the first six, how pushes become updates on the next five; the best BLEU
 # (best.pt, --patience) was measured on the first --valid-max-sentences valid pairs
 RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "batch_sort", "seed", "local_accum", "staleness_lr",
                 "sync_every", "outer_lr", "outer_momentum", "valid_max_sentences")  # fmt: skip
