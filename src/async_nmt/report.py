@@ -242,8 +242,8 @@ def build_report(
 
 def differences(runs: list[Run]) -> list[str]:
     """One line for each way the runs are not comparable: another model size (preset), validation set
-    (--valid-max-sentences) or corpus (bin_dir, vocabulary). From each run's start event and config.json; a
-    run that does not record a setting is left out of its comparison.
+    (--valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary). From each run's start
+    event and config.json; a run that does not record a setting is left out of its comparison.
 
     The vocabulary is compared by the hash of RUN/spm.model's pieces where every run has one; else by the
     corpus's languages and vocabulary size, as the hashes recorded before 2026-12-05 were of the file, and
@@ -262,19 +262,18 @@ def differences(runs: list[Run]) -> list[str]:
         return None if None in fields else "{}-{}, {} pieces".format(*fields)
 
     hashes = {run.name: vocabulary(run) for run in runs}
-    settings = {
-        "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
-        "validation set (--valid-max-sentences)": lambda run: run.config.get("train", {}).get("valid_max_sentences"),
-        "vocabulary": (lambda run: hashes[run.name]) if None not in hashes.values() else corpus,
-    }
     # the corpus by its training split where every run recorded it (the same BIN can be typed two ways, and two
     # corpora can both be "bin"), else by the folder name as typed
     split = {run.name: training_split(run) for run in runs}
-    if None not in split.values():
-        settings["corpus (training pairs, tokens)"] = lambda run: split[run.name]
-    else:
-        settings["corpus (bin_dir)"] = lambda run: run.config.get("train", {}).get("bin_dir")
-    settings = {name: settings[name] for name in sorted(settings, key=lambda name: name.startswith("vocabulary"))}
+    by_split = None not in split.values()
+    settings = {
+        "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
+        "validation set (--valid-max-sentences)": lambda run: run.config.get("train", {}).get("valid_max_sentences"),
+        "corpus (training pairs, tokens)" if by_split else "corpus (bin_dir)": (
+            (lambda run: split[run.name]) if by_split else (lambda run: run.config.get("train", {}).get("bin_dir"))
+        ),
+        "vocabulary": (lambda run: hashes[run.name]) if None not in hashes.values() else corpus,
+    }
     lines = []
     for setting, value_of in settings.items():
         names: dict[str, list[str]] = {}
