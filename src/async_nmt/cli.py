@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from async_nmt.config import PRECISIONS
-from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts
+from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts, system_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -31,8 +31,7 @@ class ReportsUserErrors:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
         except OSError as err:
-            where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
-            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            click.echo(f"error: {system_error(err)}", err=True)
             sys.exit(1)
 
 

@@ -99,6 +99,11 @@ def run_script(main: Callable[[], object]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except OSError as err:
-        where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"error: {system_error(err)}", file=sys.stderr)
         sys.exit(2 if isinstance(err, FileNotFoundError) else 1)
+
+
+def system_error(err: OSError) -> str:
+    """`PATH: REASON` (or `REASON` where the error names no file): how an error of the system is one line."""
+    where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
+    return f"{where}{err.strerror or err}"
