@@ -318,6 +318,27 @@ def test_diloco_ranks_equal_the_emulated_workers_and_resume_mid_round(synthetic_
     assert moved > 0 and (ranks_p - emulated_p).norm() < 1e-2 * moved and (ranks_p - split_p).norm() < 1e-2 * moved
 
 
+def test_diloco_ranks_that_save_before_their_first_step_keep_the_worker_states(synthetic_bin: Path,
+                                                                               tmp_path: Path):  # fmt: skip
+    """A resumed diloco group that saves before it steps (the closing validation of a last.pt that
+    --save-every, or a kill before the run's end, left at its --max-updates) saved no worker states, and
+    every rank of the next resume failed with a TypeError. Resumed twice, it trains as if never stopped."""
+    common = dict(mode="diloco", sync_every=3, precision="fp32", max_updates=2)
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    train(config(synthetic_bin, **{**common, "max_updates": 5}), straight, progress=False, log_every=1)
+    train(config(synthetic_bin, **common), run, progress=False, log_every=1)
+    path = checkpoint_path(run, "last")  # as --save-every leaves it: saved, not validated
+    state = torch.load(path, weights_only=False)
+    state["validated_at"] = None
+    torch.save(state, path)
+    train(config(synthetic_bin, **common), run, resume=True, progress=False, log_every=1)
+    assert events(run)[-1]["kind"] == "end" and events(run, "valid")[-1]["updates"] == 2
+    train(config(synthetic_bin, **{**common, "max_updates": 5}), run, resume=True, progress=False, log_every=1)
+    resumed, expected = ({e["updates"]: e["loss"] for e in events(r, "train")} for r in (run, straight))
+    for update in (3, 4, 5):  # mid-round (sync every 3), with every rank's inner Adam state
+        assert resumed[update] == pytest.approx(expected[update], rel=1e-4)
+
+
 def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_bin: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch):  # fmt: skip
     """Ctrl-C (or SIGTERM) in the validation at the end of an async run saves and exits 130, as elsewhere.

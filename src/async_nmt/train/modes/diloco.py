@@ -205,10 +205,14 @@ class DistributedDiloco(DistributedSync):
         return {"params": self.params.cpu(), "inner": self.inner.state_dict()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ranks": self.gathered}
+        # Before this process's first step nothing was gathered: the ranks still stand where they were
+        # loaded (a resume that saves before it steps, as its closing validation), or, in a fresh run, at
+        # the same start as this rank
+        return {"ranks": self.gathered if self.gathered is not None else [self._own_state()] * self.world}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         assert state is not None
+        self.gathered = state["ranks"] if self.rank == 0 else None  # (rank 0 saves)
         own = state["ranks"][self.rank]
         self.params.copy_(own["params"])
         self.inner.load_state_dict(own["inner"])
