@@ -292,6 +292,9 @@ def run_cli(*args: str):
         (["--valid-max-sentences", "-1"], "--valid-max-sentences"),
         (["--devices", "cpu,"], "names an empty device"),
         (["--mode", "async", "--shards", "100000"], "--shards must be 0 (one per device) to 64"),
+        # a server of one shard, --shards ignored until 2026-12-05
+        (["--mode", "async", "--shards", "2"], "give --workers 2 or more"),
+        (["--mode", "async", "--workers", "2", "--simulate", "--shards", "2"], "--simulate emulates one shard"),
     ],
 )
 def test_bad_train_options_give_one_line_and_exit_2(synthetic_bin: Path, tmp_path: Path, extra, message):

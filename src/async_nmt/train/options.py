@@ -57,8 +57,9 @@ OPTIONS = [
                  help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1; workers take them round-robin, so "
                  "several may share one (default: the first GPU, else cpu)."),
     click.option("--shards", default=0, show_default=True,
-                 help="async modes (refused in the others): parameter-server shards, each with its own lock "
-                 "and Adam state; 0 = one per device; at most 64."),
+                 help="async modes with --workers 2 or more, not --simulate (refused elsewhere): shards of the "
+                 "parameter server the worker processes share, each with its own lock and Adam state; 0 = one "
+                 "per device; at most 64."),
     click.option("--simulate", is_flag=True,
                  help="Emulate --workers workers in one process on one device (the first of --devices; a "
                  "warning names those left unused), deterministically (the losses "

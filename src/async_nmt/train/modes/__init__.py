@@ -103,6 +103,12 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError(f"--shards must be 0 (one per device) to {MAX_SHARDS}")
     if cfg.shards and cfg.mode not in ("async", "async-accum"):
         raise UserError(f"--shards cuts the async modes' parameter server, not --mode {cfg.mode}'s")
+    # (the emulated and the single worker push into a server of one shard: sharded, it would clip and count
+    # otherwise, and they train its parameters in place)
+    if cfg.shards and cfg.simulate:
+        raise UserError("--shards cuts the server that worker processes share; --simulate emulates one shard")
+    if cfg.shards and cfg.workers == 1 and torchrun_rank() is None:
+        raise UserError("--shards cuts the server that worker processes share; give --workers 2 or more")
 
 
 def check_worker_speeds(cfg: TrainConfig) -> None:
