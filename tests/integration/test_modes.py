@@ -124,19 +124,20 @@ def test_async_resume_continues_the_counter_schedule_and_data(synthetic_bin: Pat
     for event in resumed:
         assert event["lr"] == pytest.approx(inverse_sqrt_lr(event["updates"], 2e-3, 8), rel=1e-5, abs=1e-6)
     final = read_checkpoint(checkpoint_path(run, "last"))
-    # each worker's data went on from where it was saved, by exactly the batches it pushed since the resume
-    # (its push count starts again with its process)
+    # each worker's data went on from where it was saved, by exactly the batches it pushed since the resume;
+    # its push count goes on from the saved one (it started again at 0 until 2026-12-05)
     from async_nmt.data.batches import BatchStream
     from async_nmt.data.binarize import load_manifest, load_split
 
     split = load_split(synthetic_bin, "train")
     max_len = model_config("micro", load_manifest(synthetic_bin)["vocab_size"]).max_positions
+    pushed_before = [e for e in events(run, "train") if e["updates"] == 10][-1]["worker_pushes"]
     pushed = resumed[-1]["worker_pushes"]
-    assert sum(pushed) == 20
+    assert sum(pushed_before) == 20 and sum(pushed) == 40
     for w, (before, after) in enumerate(zip(saved["data"], final["data"], strict=True)):
         per_epoch = len(BatchStream(split, 1024, max_len, 7, w, 2))
         moved = (after["epoch"] - before["epoch"]) * per_epoch + after["index"] - before["index"]
-        assert moved == pushed[w], (w, before, after, pushed)
+        assert moved == pushed[w] - pushed_before[w], (w, before, after, pushed_before, pushed)
 
 
 def _nmt_train(bin_dir: Path, run: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:

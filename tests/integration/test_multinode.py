@@ -126,6 +126,7 @@ def test_async_accum_across_two_nodes_takes_one_update_per_n_pushes_and_resumes(
     starts = [i for i, e in enumerate(log) if e["kind"] == "start"]
     assert len(starts) == 2 and log[starts[1]]["resumed"] is True
     assert log[-1]["kind"] == "end" and log[-1]["updates"] == 18 and log[-1]["pushes"] == 36
+    assert sum([e for e in log if e["kind"] == "train"][-1]["worker_pushes"]) == 36  # counted on from the save
     final = read_checkpoint(checkpoint_path(run, "last"))
     for before, after in zip(saved["data"], final["data"], strict=True):
         assert (after["epoch"], after["index"]) > (before["epoch"], before["index"])  # the data went on

@@ -145,6 +145,7 @@ class ProcessWorkers(Workers):
         self.procs: list[Any] = []  # the worker processes
         self.seen_stats = torch.zeros_like(self.gate.stats)
         self.seen_hist = torch.zeros_like(self.gate.hist)
+        self.pushes_before = [0] * len(self.devices)  # each worker's pushes before a resume
         self.base_updates = self.base_pending = 0
         self.fence = 0  # the update count the gate is open up to
 
@@ -226,8 +227,15 @@ class ProcessWorkers(Workers):
 
     @property
     def worker_pushes(self) -> list[int]:  # type: ignore[override]
-        """Pushes of each worker so far (as last collected)."""
-        return self.seen_hist.sum(1).tolist()
+        """Pushes of each worker so far (as last collected), those before a resume included."""
+        return [before + now for before, now in zip(self.pushes_before, self.seen_hist.sum(1).tolist(), strict=True)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"worker_pushes": self.worker_pushes}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:  # (None: saved before 2026-12-05, when the counts started again at a resume)
+            self.pushes_before = list(state["worker_pushes"])
 
     def _check(self) -> None:
         processes.check_workers(self.procs, self.errors, self.devices, self.ctx.run_dir)

@@ -147,6 +147,13 @@ class RemoteWorkers(Workers):
     def worker_pushes(self) -> list[int]:  # type: ignore[override]
         return list(self.pushes)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"worker_pushes": list(self.pushes)}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:  # (None: saved before 2026-12-05, when the counts started again at a resume)
+            self.pushes = list(state["worker_pushes"])
+
     def close(self) -> None:
         """Tell every worker to stop when its next push comes (one waiting at the fence at once), for at
         most CLOSE_WAIT_S. Every worker's heartbeat has seen the run end before rank 0 leaves, so one still
