@@ -189,6 +189,12 @@ def test_compile_is_applied_where_the_gradients_are_computed(synthetic_bin: Path
     # one worker, and each sync rank, computes with the trainer's own model
     trainer = Trainer(micro_config(synthetic_bin, compile=True), tmp_path / "run")
     assert hasattr(trainer.model.hidden, "_torchdynamo_orig_callable")
+    # once: it was compiled twice (a compiled function wrapped again)
+    assert not hasattr(trainer.model.hidden._torchdynamo_orig_callable, "_torchdynamo_orig_callable")
+    # async worker processes compile their own; the trainer's model only validates
+    trainer = Trainer(micro_config(synthetic_bin, compile=True, mode="async", workers=2), tmp_path / "async")
+    assert not hasattr(trainer.model.hidden, "_torchdynamo_orig_callable")
+    trainer.workers.close()
 
 
 def test_the_compiled_stack_has_no_graph_break_as_batch_shapes_change(monkeypatch):

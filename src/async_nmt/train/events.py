@@ -44,7 +44,8 @@ class TrainingClock:
 
 
 class EventLog:
-    """Appends one JSON object a line; every line is flushed whole, so a crash never leaves a torn line."""
+    """Appends one JSON object a line, each flushed as it is written; a torn last line (a machine's crash in
+    the middle of a write) is what `complete_lines` and a resume cut off."""
 
     def __init__(self, path: Path):
         self.path = path

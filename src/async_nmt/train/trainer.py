@@ -79,7 +79,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
-        self.model, self.flat = build_model(self.model_cfg, self.device, compiled=cfg.compile)
+        self.model, self.flat = build_model(self.model_cfg, self.device)  # compiled where it computes: build_workers
         train_split = load_split(bin_dir, "train")
         self.streams = [
             BatchStream(

@@ -6,8 +6,9 @@ all-reduce of that buffer (and one of four numbers: the two losses, the stop wis
 same token-normalized Adam update on every replica, so the replicas stay equal. Rank 0 writes the run
 folder (events, validation, checkpoints); the others wait in their next all-reduce meanwhile.
 
-A step reads nothing back from the device, so that the host queues the next step while the GPU runs this
-one. Every rank holds every rank's batch stream, so each follows the others' positions and counts their
+With NCCL a step reads nothing back from the device, so that the host queues the next step while the GPU
+runs this one (ranks that share a GPU all-reduce with gloo, through host memory, and so wait for it).
+Every rank holds every rank's batch stream, so each follows the others' positions and counts their
 target tokens (what the update is normalized by) on the host. The summed losses stay on the device until
 a log line reads them. Whether to stop is agreed in the small all-reduce and read one step later, when
 it has long finished: every rank reads the same agreement after the same step and stops there.
