@@ -51,6 +51,12 @@ def reason(err: BaseException, limit: int = 160) -> str:
     return text[: limit - 3].rsplit(" ", 1)[0] + "..."
 
 
+def failure_line(err: BaseException) -> str:
+    """`TYPE: FIRST LINE` of an exception that failed a worker (the line the run's error names it by)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def exit_at_once() -> None:
     """Have the CLI end this process with `os._exit` once its command is done, the exit code unchanged, and
     skip the interpreter's finalization. For torchrun's async rank 0: a worker's push that arrives late

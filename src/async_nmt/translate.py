@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from async_nmt.config import UNK_ID, Precision
+from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
 from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
 from async_nmt.model.checkpoint import load_model
@@ -23,11 +24,10 @@ from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
 from async_nmt.score import decode_lines, read_lines
 
-PAD_MULTIPLE = 8  # padded source lengths come from a small set of shapes
-
 
 def _padded(length: int, max_width: int) -> int:
-    return min(-(-length // PAD_MULTIPLE) * PAD_MULTIPLE, max_width)
+    """Padded as in training: source lengths from a small set of shapes."""
+    return min(round_up(length), max_width)
 
 
 def _batches(order: list[int], lengths: list[int], max_tokens: int, max_width: int) -> list[list[int]]:

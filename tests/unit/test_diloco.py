@@ -22,7 +22,7 @@ INNER = dict(accum=1, peak_lr=1e-2, warmup=0)
 def test_the_outer_step_is_sgd_with_nesterov_momentum_on_the_average_change():
     torch.manual_seed(0)
     p0 = torch.randn(20)
-    server = OuterServer(p0.clone(), outer_lr=0.7, momentum=0.9, sync_every=5, workers=3)
+    server = OuterServer(p0.clone(), outer_lr=0.7, momentum=0.9, sync_every=5)
     reference = torch.nn.Parameter(p0.clone())
     sgd = torch.optim.SGD([reference], lr=0.7, momentum=0.9, nesterov=True)
     by_hand, buf = p0.clone(), None
@@ -48,7 +48,7 @@ def build(workers: int, sync_every: int, outer_lr: float, momentum: float, **cfg
     cfg = TrainConfig(mode="diloco", workers=workers, simulate=True, sync_every=sync_every, outer_lr=outer_lr,
                       outer_momentum=momentum, label_smoothing=0.1, **cfg_overrides)  # fmt: skip
     ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
-    outer = OuterServer(flat.data.clone(), outer_lr, momentum, sync_every, workers)
+    outer = OuterServer(flat.data.clone(), outer_lr, momentum, sync_every)
     return SimulatedDiloco(ctx, outer, INNER), model, flat, streams
 
 

@@ -34,7 +34,7 @@ class Batch:
         )
 
 
-def _round_up(n: Any) -> Any:
+def round_up(n: Any) -> Any:
     """`n` (an int or an array of them) rounded up to a multiple of PAD_MULTIPLE."""
     return (n + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
 
@@ -58,10 +58,10 @@ def make_batches(
     if sort == "target":
         order = np.lexsort((src_len, tgt_len))
     elif sort == "longest":
-        order = np.lexsort((tgt_len, _round_up(src_len), _round_up(np.maximum(src_len, tgt_len))))
+        order = np.lexsort((tgt_len, round_up(src_len), round_up(np.maximum(src_len, tgt_len))))
     else:
         raise ValueError(f"sort: {sort!r} is not one of {SORTS}")
-    padded = np.array([_round_up(n) for n in np.maximum(src_len, tgt_len)[order]])
+    padded = np.array([round_up(n) for n in np.maximum(src_len, tgt_len)[order]])
     batches, start = [], 0
     while start < len(order):
         end, longest = start + 1, padded[start]
@@ -80,7 +80,7 @@ def make_batches(
 def budget_warning(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_len: int) -> str | None:
     """A one-line warning when some pairs alone are over `max_tokens` (each then makes a batch of its own,
     over the budget, as `make_batches` never drops a pair); None when every pair fits."""
-    padded = _round_up(np.maximum(np.minimum(src_lengths, max_len - 1), np.minimum(tgt_lengths, max_len - 1)) + 1)
+    padded = round_up(np.maximum(np.minimum(src_lengths, max_len - 1), np.minimum(tgt_lengths, max_len - 1)) + 1)
     over = int((padded > max_tokens).sum())
     if not over:
         return None
@@ -105,9 +105,9 @@ def collate_rows(src: TokenArray, tgt: TokenArray, rows: np.ndarray, max_len: in
     src_starts, src_lens = _spans(src, rows, max_len)
     tgt_starts, tgt_lens = _spans(tgt, rows, max_len)
     index = np.arange(len(rows))
-    src_np = _place(src.ids, src_starts, src_lens, _round_up(int(src_lens.max()) + 1), shift=0)
+    src_np = _place(src.ids, src_starts, src_lens, round_up(int(src_lens.max()) + 1), shift=0)
     src_np[index, src_lens] = EOS_ID
-    tgt_width = _round_up(int(tgt_lens.max()) + 1)
+    tgt_width = round_up(int(tgt_lens.max()) + 1)
     target_np = _place(tgt.ids, tgt_starts, tgt_lens, tgt_width, shift=0)
     target_np[index, tgt_lens] = EOS_ID
     prev_np = _place(tgt.ids, tgt_starts, tgt_lens, tgt_width, shift=1)
@@ -115,7 +115,12 @@ def collate_rows(src: TokenArray, tgt: TokenArray, rows: np.ndarray, max_len: in
     src_t, prev_t, target_t = (torch.from_numpy(a) for a in (src_np, prev_np, target_np))
     if pin:
         src_t, prev_t, target_t = src_t.pin_memory(), prev_t.pin_memory(), target_t.pin_memory()
-    return Batch(src_t, prev_t, target_t, int(tgt_lens.sum()) + len(rows), len(rows))
+    return Batch(src_t, prev_t, target_t, real_tokens(tgt_lens), len(rows))
+
+
+def real_tokens(lengths: np.ndarray) -> int:
+    """The target tokens a batch of sentences of `lengths` (cut) counts: each with its end of sentence."""
+    return int(lengths.sum()) + len(lengths)
 
 
 def _spans(side: TokenArray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +175,7 @@ class BatchStream:
         """Move past the batch `next` would return, without collating it; returns its real target tokens and
         sentences, as its `Batch` counts them. A sync rank follows the other ranks' streams so."""
         rows = self._advance()
-        return int(np.minimum(self.split.tgt.lengths[rows], self.max_len - 1).sum()) + len(rows), len(rows)
+        return real_tokens(_spans(self.split.tgt, rows, self.max_len)[1]), len(rows)
 
     def _advance(self) -> np.ndarray:
         """The rows of the next batch; the position moves past it."""

@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
-from async_nmt.errors import UserError, WorkerFailed
+from async_nmt.errors import UserError, WorkerFailed, failure_line
 
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
@@ -111,8 +111,7 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
         _release_locals(err)
         raise SystemExit(err.exit_code) from None
     except BaseException as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        errors.put((worker, device, "error", f"{type(err).__name__}: {first}".rstrip(": "), traceback.format_exc()))
+        errors.put((worker, device, "error", failure_line(err), traceback.format_exc()))
         _release_locals(err)
         raise SystemExit(1) from None
 

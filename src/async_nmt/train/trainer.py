@@ -45,7 +45,7 @@ from async_nmt.train.processes import uninterrupted
 from async_nmt.train.step import StepStats, build_model
 from async_nmt.train.validate import Validator
 
-LOG_EVERY = 50  # updates between `train` events (and progress-bar figures)
+LOG_EVERY = TrainConfig.log_every  # updates between `train` events (and progress-bar figures)
 
 
 class Trainer:
@@ -329,7 +329,7 @@ class Trainer:
             return f"--max-epochs {cfg.max_epochs}"
         if cfg.max_time > 0 and self.clock.seconds >= cfg.max_time:
             return f"--max-time {cfg.max_time:g}"
-        if cfg.patience and self.best and self.updates - self.best["updates"] >= cfg.patience * cfg.valid_every:
+        if self._patience_spent():
             return f"--patience {cfg.patience}"
         return None
 
@@ -346,10 +346,13 @@ class Trainer:
 
     def converged(self) -> bool:
         """--patience: the last `patience` validations (every --valid-every updates) found no better BLEU."""
+        return self.leader and self.validated_at == self.updates and self._patience_spent()
+
+    def _patience_spent(self) -> bool:
+        """--patience validations since the best BLEU."""
         cfg = self.cfg
-        if not (cfg.patience and self.leader and self.best and self.validated_at == self.updates):
-            return False
-        return self.updates - self.best["updates"] >= cfg.patience * cfg.valid_every
+        return bool(cfg.patience and self.best
+                    and self.updates - self.best["updates"] >= cfg.patience * cfg.valid_every)  # fmt: skip
 
     def _next_fence(self) -> int:
         """The next update at which the server must be quiet: a validation, a checkpoint, or the end."""

@@ -53,7 +53,7 @@ def build_workers(ctx: ModeContext) -> Workers:
         compile_model(ctx.model)
     if cfg.mode == "diloco":  # each emulated worker has its own parameters and inner Adam; the global apart
         inner = {**options, "accum": 1, "staleness_lr": "none"}
-        outer = OuterServer(ctx.flat.data.clone(), cfg.outer_lr, cfg.outer_momentum, cfg.sync_every, cfg.workers)
+        outer = OuterServer(ctx.flat.data.clone(), cfg.outer_lr, cfg.outer_momentum, cfg.sync_every)
         if ctx.world > 1:  # this process is one rank of a group the launcher started, as in sync
             return DistributedDiloco(ctx, outer, inner)
         return SimulatedDiloco(ctx, outer, inner)

@@ -63,10 +63,10 @@ class OuterServer:
     accum = 1
     pending_pushes = 0
 
-    def __init__(self, params: torch.Tensor, outer_lr: float, momentum: float, sync_every: int, workers: int):
+    def __init__(self, params: torch.Tensor, outer_lr: float, momentum: float, sync_every: int):
         self.params, self.outer_lr, self.momentum, self.sync_every = params, outer_lr, momentum, sync_every
         self.buf: torch.Tensor | None = None
-        self.numel, self.workers = params.numel(), workers
+        self.numel = params.numel()
         self.updates = self.pushes = self.outer_steps = 0
         self.lr = 0.0  # the inner learning rate of the last step
         self.grad_norm = 0.0  # the norm of the last outer gradient

@@ -40,7 +40,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
-from async_nmt.errors import WorkerFailed, exit_at_once, reason
+from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, reason
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
@@ -338,8 +338,7 @@ def run_worker_rank(cfg: TrainConfig, rank: int, device: torch.device) -> None:
                 print(f"error: worker rank {rank} on {socket.gethostname()} lost rank 0 (the server): {err}",
                       file=sys.stderr)  # fmt: skip
             raise SystemExit(1) from None
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        line = f"{type(err).__name__}: {first}".rstrip(": ")
+        line = failure_line(err)
         link.call("set", _key("error", rank), line)
         deadline = time.monotonic() + 2 * CHECK_S + 1.0
         while not link.run_failed() and not link.gone and time.monotonic() < deadline:
