@@ -12,6 +12,7 @@ import click
 
 from async_nmt.errors import UserError
 from async_nmt.train.events import read_events
+from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
 
 # --x choice -> the event field it reads, and the axis label
 X_AXES = {
@@ -104,7 +105,6 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
 
     An async run resumed from one logged before the per-device clocks existed has early events that cannot
     be re-priced: one-line error, or with `partial` those events are left out of the run returned."""
-    from async_nmt.train.modes.simulated import PUSH_LINKS, all_reduce_links, link_seconds
 
     start = run.start
     if "predicted_s" not in run.last:

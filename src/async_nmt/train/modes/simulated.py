@@ -21,21 +21,10 @@ import torch
 
 from async_nmt.config import TrainConfig
 from async_nmt.data.batches import Batch
+from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, push_gradient
-
-PUSH_LINKS = 2  # an async push moves the gradient to the server and the new parameters back
-
-
-def link_seconds(params: int, link_gbps: float) -> float:
-    """The predicted time of one transfer of `params` fp32 parameters over a link of `link_gbps` Gb/s."""
-    return params * 4 / (link_gbps * 1e9 / 8)
-
-
-def all_reduce_links(workers: int) -> float:
-    """A ring all-reduce of the parameters among `workers` costs 2 (W-1)/W transfers of them."""
-    return 2 * (workers - 1) / workers
 
 
 class PredictedClock:
