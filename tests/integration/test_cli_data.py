@@ -97,6 +97,29 @@ def test_empty_file(raw: Path, tmp_path: Path) -> None:
     assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'test.tgt'}: empty file")
 
 
+def test_a_side_of_blank_lines_is_named(raw: Path, tmp_path: Path) -> None:
+    """It was "train.src: no training pairs left after filtering (--max-len ..., --max-ratio ...)", naming the
+    good side and options that cannot help, after the vocabulary was trained."""
+    lines = (raw / "train.tgt").read_text(encoding="utf-8").splitlines()
+    (raw / "train.tgt").write_text("\ufeff" + "".join(" \t\n" for _ in lines), encoding="utf-8")
+    assert_one_line_error(
+        nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'train.tgt'}: all {len(lines)} lines are blank"
+    )
+
+
+def test_lines_ended_by_a_carriage_return_alone_are_refused(raw: Path, tmp_path: Path) -> None:
+    """Old Mac line ends made a valid split of one sentence (truncated), without a word."""
+    for side in ("src", "tgt"):
+        path = raw / f"valid.{side}"
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'valid.src'}: 1 line(s) but",
+                          "tr '\\r' '\\n'")  # fmt: skip
+    for side in ("src", "tgt"):  # Windows line ends (and a stray \r inside a line) are fine
+        path = raw / f"valid.{side}"
+        path.write_bytes(path.read_bytes().replace(b"\r", b"\r\n").replace(b" ", b" \r ", 1))
+    assert nmt("preprocess", raw, tmp_path / "bin").exit_code == 0
+
+
 def test_non_utf8_line(raw: Path, tmp_path: Path) -> None:
     lines = (raw / "train.src").read_bytes().split(b"\n")
     lines[4] = b"caf\xe9 " + lines[4]

@@ -246,21 +246,30 @@ def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:
 
 
 def _check_text(path: Path) -> tuple[int, int]:
-    """A text file's line count and longest line in bytes; UserError if it is missing, empty or not UTF-8."""
+    """A text file's line count and longest line in bytes; UserError if it is missing, empty, not UTF-8, of
+    blank lines only, or has its lines ended by a carriage return alone (read as one long line)."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    n = longest = 0
+    n = longest = returns = 0
+    text = False  # a line with more than white space seen
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):  # noqa: B007 (n is the count afterwards)
-                line.decode("utf-8")
+                decoded = line.decode("utf-8")
                 longest = max(longest, len(line))
+                returns += line.count(b"\r") - line.endswith(b"\r\n")
+                text = text or bool(decoded.replace("\ufeff", "").strip())
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: line {n} is not UTF-8 ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:
         raise UserError(f"{path}: empty file")
+    if returns >= n:  # old Mac line ends: a corpus of one line (a valid or test split of one sentence)
+        raise UserError(f"{path}: {n:,} line(s) but {returns:,} carriage returns (\\r) inside them: are its lines "
+                        f"ended by \\r alone? Convert them to \\n (e.g. tr '\\r' '\\n')")  # fmt: skip
+    if not text:
+        raise UserError(f"{path}: all {n:,} lines are blank")
     return n, longest
 
 
