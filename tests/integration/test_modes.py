@@ -340,6 +340,19 @@ def test_diloco_ranks_that_save_before_their_first_step_keep_the_worker_states(s
         assert resumed[update] == pytest.approx(expected[update], rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", [dict(mode="sync"), dict(mode="diloco", sync_every=3)], ids=["sync", "diloco"])
+def test_ranks_with_dropout_resume_to_the_same_numbers(synthetic_bin: Path, tmp_path: Path, mode: dict):
+    """Each rank's random state (dropout) is saved: every rank took rank 0's on resume, and the losses
+    drifted from the run's that was never stopped."""
+    common = dict(**mode, precision="fp32", dropout=0.3)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(config(synthetic_bin, **common, max_updates=5), straight, progress=False, log_every=1)
+    train(config(synthetic_bin, **common, max_updates=2), split, progress=False, log_every=1)
+    train(config(synthetic_bin, **common, max_updates=5), split, resume=True, progress=False, log_every=1)
+    expected, resumed = ({e["updates"]: e["loss"] for e in events(r, "train")} for r in (straight, split))
+    assert [resumed[u] for u in (3, 4, 5)] == pytest.approx([expected[u] for u in (3, 4, 5)], rel=1e-6)
+
+
 def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_bin: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch):  # fmt: skip
     """Ctrl-C (or SIGTERM) in the validation at the end of an async run saves and exits 130, as elsewhere.

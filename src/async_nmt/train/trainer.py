@@ -203,12 +203,12 @@ class Trainer:
         self.tokens = state["tokens"]
         for stream, position in zip(self.streams, state["data"], strict=True):
             stream.load_state_dict(position)
+        ckpt.set_rng_state(state["rng"])  # rank 0's; the sync and diloco ranks then take their own
         self.workers.load_state_dict(state["workers"])
         self.best = state["best"]
         # a save that Ctrl-C made during a validation holds an older one (saves before 2026-12-05 lack it:
         # taken as validated, as they were resumed then)
         self.validated_at = state.get("validated_at", self.updates)
-        ckpt.set_rng_state(state["rng"])
         return state
 
     def save(self, best: bool = False) -> None:

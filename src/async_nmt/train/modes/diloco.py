@@ -176,8 +176,6 @@ class DistributedDiloco(DistributedSync):
         self.outer = server
         self.params = server.params.clone()  # this rank's inner parameters
         self.inner = ParamServer(self.params, **inner_options)
-        self.gathered: list[Any] | None = None
-        self.fence = 0  # the next update at which the trainer validates or saves
 
     def advance(self) -> tuple[StepStats, list[int]]:
         ctx, server = self.ctx, self.outer
@@ -193,26 +191,13 @@ class DistributedDiloco(DistributedSync):
             dist.all_reduce(mean)
             server.outer_step_to(mean.div_(self.world))
             self.params.copy_(server.params)
-        if self.agreed or server.updates >= self.fence:  # the trainer saves before the next step
-            self.gathered = [None] * self.world if self.rank == 0 else None
-            dist.gather_object(self._own_state(), self.gathered, dst=0)
+        self._gather_before_save()
         return stats, histogram([since_sync] * self.world)
 
-    def allow(self, updates: int) -> None:
-        self.fence = updates  # the trainer validates or saves there (every rank's trainer says the same)
-
     def _own_state(self) -> dict[str, Any]:
-        return {"params": self.params.cpu(), "inner": self.inner.state_dict()}
+        return {**super()._own_state(), "params": self.params.cpu(), "inner": self.inner.state_dict()}
 
-    def state_dict(self) -> dict[str, Any]:
-        # Before this process's first step nothing was gathered: the ranks still stand where they were
-        # loaded (a resume that saves before it steps, as its closing validation), or, in a fresh run, at
-        # the same start as this rank
-        return {"ranks": self.gathered if self.gathered is not None else [self._own_state()] * self.world}
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        assert state is not None
-        self.gathered = state["ranks"] if self.rank == 0 else None  # (rank 0 saves)
-        own = state["ranks"][self.rank]
+    def _load_own(self, own: dict[str, Any]) -> None:
+        super()._load_own(own)
         self.params.copy_(own["params"])
         self.inner.load_state_dict(own["inner"])

@@ -19,10 +19,12 @@ The launcher (`train/launch.py`) starts the ranks, or joins torchrun's group, an
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from async_nmt.train import checkpoint as ckpt
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers
@@ -49,6 +51,8 @@ class DistributedSync(Workers):
         # an emulated slower device (--worker-speeds): every rank waits for it
         self.speed = processes.EmulatedSpeed(ctx.cfg.worker_speeds[ctx.rank] if ctx.cfg.worker_speeds else 1.0,
                                              ctx.device)  # fmt: skip
+        self.gathered: list[Any] | None = None  # every rank's own state (`_own_state`), at rank 0 for a save
+        self.fence = 0  # the next update at which the trainer validates or saves
 
     def agree_stop(self, wish: bool) -> bool:
         self.wish = wish
@@ -58,7 +62,39 @@ class DistributedSync(Workers):
         stats = self.step()
         dist.all_reduce(self.ctx.flat.grad)
         self.server.push(self.ctx.flat.grad, stats.tokens, self.server.updates, count=self.world)  # every rank
+        self._gather_before_save()
         return stats, [self.world]  # W pushes of staleness 0
+
+    def allow(self, updates: int) -> None:
+        self.fence = updates  # the trainer validates or saves there (every rank's trainer says the same)
+
+    def _gather_before_save(self) -> None:
+        """After the step before a save (at the fence, or the ranks agreed to stop), rank 0 gathers every
+        rank's own state, so that a run resumes as if never stopped; the others do not save."""
+        if self.agreed or self.server.updates >= self.fence:
+            self.gathered = [None] * self.world if self.rank == 0 else None
+            dist.gather_object(self._own_state(), self.gathered, dst=0)
+
+    def _own_state(self) -> dict[str, Any]:
+        """What differs between the ranks: their random state (dropout; it was rank 0's for all on resume)."""
+        return {"rng": ckpt.rng_state()}
+
+    def _load_own(self, own: dict[str, Any]) -> None:
+        # (rank 0's is the checkpoint's own, taken at the save; diloco's saves before 2026-12-05 lack it)
+        if self.rank > 0 and "rng" in own:
+            ckpt.set_rng_state(own["rng"])
+
+    def state_dict(self) -> dict[str, Any]:
+        # Before this process's first step nothing was gathered: the ranks still stand where they were
+        # loaded (a resume that saves before it steps, as its closing validation), or, in a fresh run, at
+        # the same start as this rank
+        return {"ranks": self.gathered if self.gathered is not None else [self._own_state()] * self.world}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:  # a sync save from before 2026-12-05: every rank takes rank 0's random state
+            return
+        self.gathered = state["ranks"] if self.rank == 0 else None  # (rank 0 saves)
+        self._load_own(state["ranks"][self.rank])
 
     def step(self) -> StepStats:
         """This rank's K batches into the flat gradient, and one small all-reduce of every rank's losses and
