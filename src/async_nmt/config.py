@@ -183,7 +183,14 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 
 def save_json(cfg: Any, path: Path) -> None:
-    path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    """Written whole or not at all (a temporary file, then renamed): a run's config.json is rewritten at
+    every resume, and a kill in the middle left a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_json(cls: type[C], path: Path) -> C:

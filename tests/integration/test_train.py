@@ -116,6 +116,25 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
     assert {p: p.read_bytes() for p in sorted(timed.rglob("*")) if p.is_file()} == before
 
 
+@pytest.mark.parametrize("damage", ["missing", "torn"])
+def test_resume_without_a_readable_config_json_takes_the_options_from_last_pt(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path, damage: str
+):
+    """It took the built-in defaults: "model configuration differs ... --preset tiny", and given --preset
+    micro the run went on at another --lr, --warmup and --valid-every without a word."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    if damage == "missing":
+        (run / "config.json").unlink()
+    else:
+        (run / "config.json").write_bytes((run / "config.json").read_bytes()[:100])
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301")
+    assert code == 0, output
+    assert "warning:" in output and "taken from" in output and "last.pt" in output
+    assert load_json(RunConfig, run / "config.json").train == micro_config(synthetic_bin, max_updates=301,
+                                                                           valid_every=150)  # fmt: skip
+
+
 def test_no_compile_turns_a_runs_compile_off_on_resume(synthetic_bin: Path, learned_run: Path, tmp_path: Path):
     """A resume takes the options it is not given from config.json: --compile, a plain flag, could not be
     turned off again."""

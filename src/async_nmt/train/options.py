@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from async_nmt.config import (
     TRAIN_DEFAULTS,
     RunConfig,
     TrainConfig,
+    from_dict,
     load_json,
     torchrun_rank,
 )
@@ -231,11 +233,18 @@ FIELD_OF_OPTION = {"compile_model": "compile"}  # where an option's name is not 
 def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> TrainConfig:
     """--resume: `cfg` with every option that the command line did not give as the run's config.json has
     it (the options in force when it last ran), so that `nmt-train BIN RUN --resume --max-time 1200`
-    needs no other. A run without a readable config.json keeps `cfg`; the trainer's checks then speak."""
+    needs no other. Without a readable config.json they are last.pt's (with a warning); without either,
+    `cfg` is kept and the trainer's checks speak."""
     try:
         saved = load_json(RunConfig, Path(run_dir) / "config.json").train
-    except UserError:
-        return cfg
+    except UserError as err:
+        from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
+
+        last = checkpoint_path(run_dir, "last")
+        if not last.is_file() or "train_config" not in (state := read_checkpoint(last)):
+            return cfg
+        print(f"warning: {err}; the run's options are taken from {last}", file=sys.stderr)
+        saved = from_dict(TrainConfig, state["train_config"])
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
     return dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
                                        if f.name not in kept})  # fmt: skip
