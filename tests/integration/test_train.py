@@ -135,6 +135,25 @@ def test_resume_without_a_readable_config_json_takes_the_options_from_last_pt(
                                                                            valid_every=150)  # fmt: skip
 
 
+def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run: Path, tmp_path: Path):
+    """Without last.pt but with other saves, the error named --force, which deletes them; without
+    events.jsonl (an empty one was fine) the resume failed with "No such file or directory"."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    (run / "checkpoints" / "last.pt").rename(run / "checkpoints" / "update-300.pt")
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301")
+    assert code == 2 and len(output.strip().splitlines()) == 1 and "--force" not in output, output
+    assert "best.pt, update-300.pt" in output and "cp" in output
+    (run / "checkpoints" / "update-300.pt").rename(run / "checkpoints" / "last.pt")
+    (run / "events.jsonl").unlink()
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301")
+    assert code == 0 and "events.jsonl is missing" in output, output
+    log = read_events(run / "events.jsonl")
+    assert log[-1]["kind"] == "end" and log[-1]["updates"] == 301
+    code, output = run_cli("report", str(run))
+    assert code == 0, output
+
+
 def test_no_compile_turns_a_runs_compile_off_on_resume(synthetic_bin: Path, learned_run: Path, tmp_path: Path):
     """A resume takes the options it is not given from config.json: --compile, a plain flag, could not be
     turned off again."""
@@ -1017,6 +1036,20 @@ def test_an_update_taken_as_soon_as_the_gate_opens_is_still_logged_and_saved(syn
     assert [e["updates"] for e in trained] == [1, 2, 3, 4, 5, 6]
     assert [sum(e["staleness_hist"]) for e in trained] == [1] * 6
     assert [p.name for p in kept_checkpoints(run)] == ["update-2.pt", "update-4.pt", "update-6.pt"]
+
+
+def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Path, tmp_path: Path):
+    """A run resumed from an older save (last.pt replaced by update-2.pt) kept the abandoned run's
+    update-4.pt, which `nmt average --last` then mixed in."""
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=6, save_every=2, keep_last=10), run, progress=False)
+    abandoned = (run / "checkpoints" / "update-4.pt").read_bytes()
+    (run / "checkpoints" / "last.pt").unlink()  # (a hard link of update-6.pt: cp would write through it)
+    shutil.copyfile(run / "checkpoints" / "update-2.pt", run / "checkpoints" / "last.pt")
+    train(micro_config(synthetic_bin, max_updates=4, save_every=2, keep_last=10, lr=1e-4), run, resume=True,
+          progress=False)  # fmt: skip
+    again = (run / "checkpoints" / "update-4.pt").read_bytes()
+    assert again != abandoned and again == (run / "checkpoints" / "last.pt").read_bytes()
 
 
 def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: Path):

@@ -35,6 +35,10 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
     check_run_path(run_dir, bin_dir)
     if resume:
         if not checkpoint_path(run_dir, "last").is_file():
+            others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if run_dir.is_dir() else []
+            if others:  # --force would delete them: one may be the lost last.pt
+                raise UserError(f"{run_dir}: no checkpoints/last.pt to resume from, but {', '.join(others)}: "
+                                f"copy the one to go on from to last.pt (cp), then --resume")  # fmt: skip
             again = "; start it over with --force" if is_run_folder(run_dir) else ""  # stopped before a save
             raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt){again}")
     elif run_dir.exists() and any(entry.name != LOCK_NAME for entry in run_dir.iterdir()):

@@ -126,7 +126,11 @@ class Trainer:
                 for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
                 truncate_events(events_path, state["event_lines"])
-                events = read_events(events_path)  # a corrupt line stops the resume here, not at `nmt report`
+                if not events_path.is_file():
+                    print(f"warning: {events_path} is missing: the log starts again at update {self.updates} "
+                          "(`nmt report` sees the run from there)", file=sys.stderr)  # fmt: skip
+                # a corrupt line stops the resume here, not at `nmt report`
+                events = read_events(events_path) if events_path.is_file() else []
                 # the wall clock goes on from the last event: the checkpoint's own event came after the write
                 wall_s = max([state["wall_s"]] + [event.get("wall_s", 0.0) for event in events[-1:]])
                 self._wall_start = time.perf_counter() - wall_s
@@ -236,15 +240,16 @@ class Trainer:
 
     def _keep(self, last: Path) -> None:
         """Keep this save as update-U.pt (a hard link: last.pt is replaced, never rewritten in place), and
-        drop the kept saves older than the last `keep_last`."""
+        drop the kept saves older than the last `keep_last`. One already there is replaced: it is of a run that
+        was rewound to an older last.pt (it was kept, and `nmt average` mixed it in)."""
         kept = kept_path(self.run_dir, self.updates)
-        if not kept.exists():
-            try:
-                os.link(last, kept)
-            except OSError:  # a file system without hard links
-                tmp = kept.with_name(kept.name + ".tmp")
-                shutil.copyfile(last, tmp)
-                tmp.replace(kept)
+        tmp = kept.with_name(kept.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(last, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(last, tmp)
+        tmp.replace(kept)
         for old in kept_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
             old.unlink()
 
