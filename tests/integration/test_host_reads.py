@@ -103,6 +103,8 @@ def _sync_rank(rank: int, world: int, port: int, cfg: TrainConfig, run_dir: Path
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     trainer = Trainer(cfg, run_dir, rank=rank, world=world)
     trainer.workers.start()
+    # as the trainer's loop does: no save ahead (the step before one gathers the ranks' states, a read)
+    trainer.workers.allow(trainer._next_fence())
     trainer.update()
     # host memory by design: the server's counters, and the agreement the step before copied to the host
     with HostReads(exempt=(trainer.server.counters, trainer.server.norms, trainer.workers.flags)) as probe:
