@@ -398,6 +398,22 @@ def test_a_checkpoint_whose_parameter_bytes_were_damaged_is_refused(run_dir: Pat
     one_line_error(nmt("translate", tmp_path / "damaged.pt", "--device", "cpu", stdin="a b\n"), "damaged.pt: damaged")
 
 
+def test_a_resume_refuses_damaged_training_state(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
+    """A byte flipped in an Adam moment passed the parameters' checksum: the run resumed and diverged two
+    updates later, "Try a lower --lr", with last.pt the damaged file."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    last = run / "checkpoints" / "last.pt"
+    (run / "checkpoints" / "update-4.pt").unlink()  # (a hard link of last.pt)
+    data = bytearray(last.read_bytes())
+    raw = torch.load(last, weights_only=False)["server"]["optimizer"]["exp_avg"].numpy().tobytes()
+    at = data.find(raw[:64])
+    assert at > 0
+    data[at + 3] ^= 0x7F  # an exponent byte: a moment of about 1e38
+    last.write_bytes(bytes(data))
+    one_line_error(nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume"), "last.pt: damaged")
+
+
 def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

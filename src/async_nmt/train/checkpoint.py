@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from async_nmt.config import LOCK_NAME, RUN_MARKS, is_run_folder, run_folder_in
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, reason
 from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
 
 
@@ -49,6 +50,20 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
             raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
         if (inner := run_folder_in(run_dir, below_only=True)) is not None:
             raise UserError(f"{run_dir}: holds another run, {inner}, which --force would delete; move it first")
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a checkpoint whose bytes do not match the CRC-32 its zip archive holds for each entry (torch.load
+    checks none). The parameters' own checksum, which translation reads, misses the training state: a
+    damaged Adam moment resumed, and the run diverged two updates later, with last.pt the damaged file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
+    if bad is not None:
+        raise UserError(f"{path}: damaged ({bad.split('/', 1)[-1]} does not match its checksum); resume from "
+                        "another save (best.pt, or a kept update-U.pt, copied to last.pt)")  # fmt: skip
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -179,6 +179,7 @@ class Trainer:
 
     def _load(self, path: Path) -> dict[str, Any]:
         state = read_checkpoint(path)
+        ckpt.check_archive(path)  # the training state too (read_checkpoint checks the parameters)
         if any(key not in state for key in ("server", "data", "rng", "train_config", "corpus")):
             raise UserError(f"{path}: holds a model but no training state (an average of `nmt average`?): "
                             "translate with it; a run resumes from its own last.pt")  # fmt: skip
