@@ -414,6 +414,23 @@ def test_a_resume_refuses_damaged_training_state(synthetic_bin: Path, run_dir: P
     one_line_error(nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume"), "last.pt: damaged")
 
 
+def test_a_resume_refuses_another_validation_set(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
+    """A BIN preprocessed again with other valid text (same training text, so the same vocabulary) was taken:
+    its BLEUs were compared with a best one measured on other sentences."""
+    bin_dir, run = tmp_path / "bin", tmp_path / "run"
+    shutil.copytree(synthetic_bin, bin_dir)
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["bin_dir"] = str(bin_dir)
+    (run / "config.json").write_text(json.dumps(config))
+    tgt = json.loads((bin_dir / "manifest.json").read_text())["tgt"]
+    lines = (bin_dir / f"valid.{tgt}").read_text().splitlines(keepends=True)
+    lines[0] = "another reference\n"
+    (bin_dir / f"valid.{tgt}").write_text("".join(lines))
+    one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "6", "--resume"),
+                   "validated on other sentences")  # fmt: skip
+
+
 def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

@@ -172,6 +172,7 @@ class Trainer:
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
             "best": self.best,
+            "valid_crc32": self.validator.fingerprint,
             "validated_at": self.validated_at,
             "event_lines": self.events.lines + 1,  # the checkpoint event that follows belongs to it
             "saved_as_best": best,
@@ -203,6 +204,10 @@ class Trainer:
                             f"{self.cfg.preset} and --dropout ({differ}); resume without them to take the "
                             "run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
+        if state.get("valid_crc32", self.validator.fingerprint) != self.validator.fingerprint:  # (older saves)
+            raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split: the "
+                            "best BLEU (best.pt, --patience) was measured on the run's; resume on its BIN, or "
+                            "start a new run")  # fmt: skip
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]

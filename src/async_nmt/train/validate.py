@@ -4,6 +4,7 @@ both at the run's --precision."""
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import sentencepiece as spm
@@ -36,6 +37,8 @@ class Validator:
                 raise UserError(f"{bin_dir}: the valid text's {side} side has {len(lines)} of the {n} lines the "
                                 "valid split's ids have; run `nmt preprocess` again")  # fmt: skip
         self.max_tokens = max_tokens
+        # what a resume compares: the best BLEU so far was measured on these sentences
+        self.fingerprint = zlib.crc32("\n".join(self.sources + self.references).encode("utf-8"))
 
     def __call__(
         self, model: nn.Module, sp: spm.SentencePieceProcessor, amp_dtype: torch.dtype | None, beam: int = 1
