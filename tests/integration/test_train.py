@@ -440,7 +440,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
 
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--quiet", "--preset", "micro", "--devices", "cpu",
+        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
          "--max-tokens", "512", "--valid-every", "0", "--log-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
@@ -455,6 +455,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
         proc.kill()  # no-op when it ended
     assert proc.returncode == 130, stderr
     assert "interrupted: saved" in stderr and "Traceback" not in stderr
+    assert "stopped by" in stderr and "an interrupt (Ctrl-C or SIGTERM)" in stderr  # the summary, as at an end
     events = read_events(run / "events.jsonl")
     assert events[-1]["kind"] == "end" and events[-1]["interrupted"] is True
     saved = [e for e in events if e["kind"] == "checkpoint"][-1]

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from async_nmt.config import TrainConfig, torchrun_rank
 from async_nmt.errors import UserError, sigterm_interrupts
+from async_nmt.model.checkpoint import checkpoint_path
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
 from async_nmt.train.lock import run_lock
@@ -75,6 +76,9 @@ def run_trainer(
     summary = trainer.run(progress=progress and rank == 0)
     if progress and rank == 0:
         print_summary(summary, trainer)
+    if summary["interrupted"] and rank == 0:  # Ctrl-C or SIGTERM: saved, summarized, exit code 130
+        print(f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)
+        raise SystemExit(130)
     return summary
 
 

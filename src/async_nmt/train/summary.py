@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
     table = Table(title=f"run {trainer.run_dir}", show_header=False)
+    stopped_by = "an interrupt (Ctrl-C or SIGTERM)" if summary["interrupted"] else summary.get("stopped_by") or "-"
     rows = [
         ("mode", f"{trainer.cfg.mode} (workers {trainer.cfg.workers})"),
-        ("stopped by", summary.get("stopped_by") or "-"),
+        ("stopped by", stopped_by),
         ("updates", f"{summary['updates']:,}"),
         ("epochs", f"{summary['epoch']:.2f}"),
         ("target tokens", f"{summary['tokens']:,}"),

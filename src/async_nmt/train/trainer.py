@@ -462,7 +462,7 @@ class Trainer:
                 self.validate()
         except KeyboardInterrupt:
             bar.close()
-            self._stop_interrupted(interval, interval_start)
+            return self._stop_interrupted(interval, interval_start)
         except TrainingDiverged:
             bar.close()
             with self.clock.paused():
@@ -504,21 +504,22 @@ class Trainer:
             **staleness_stats(self.staleness), **self._worker_pushes(),
         )  # fmt: skip
 
-    def _stop_interrupted(self, interval: StepStats, interval_start: float) -> None:
+    def _stop_interrupted(self, interval: StepStats, interval_start: float) -> dict[str, Any]:
         """Ctrl-C: finish the pushes in flight, log the pushes since the last `train` event, save a
-        checkpoint, write the end event, exit 130."""
+        checkpoint; the end event (`interrupted`), which the caller summarizes before it exits 130."""
         try:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
                 interval.add(self._count(*self.workers.drain()))
             if interval.tokens:
                 self._train_event(interval, interval_start)
             self.save()
-            self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True, converged=False)
+            summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
+                                  converged=False)  # fmt: skip
         finally:
             self.workers.close()
         if self.leader:
-            print(f"interrupted: saved {checkpoint_path(self.run_dir, 'last')}", file=sys.stderr)
-            raise SystemExit(130) from None
+            self.events.close()
+        return summary
 
 
 # the saved data positions depend on the first six, how pushes become updates on the next five; the best BLEU
