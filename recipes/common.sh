@@ -58,10 +58,28 @@ raw_train() {
     done
 }
 
-# raw_eval SPLIT TESTSET: $RAW/SPLIT.{SRC,TGT} from sacreBLEU's copy of TESTSET (cached under $DATA/sacrebleu)
+# raw_eval SPLIT TESTSET: $RAW/SPLIT.{SRC,TGT} from sacreBLEU's copy of TESTSET (cached under $DATA/sacrebleu).
+# sacreBLEU downloads a test set it lacks, and fails with a traceback offline: one line says so instead
 raw_eval() {
-    run_to "$RAW/$1.$SRC" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" --echo src
-    run_to "$RAW/$1.$TGT" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" --echo ref
+    local side lang log
+    for side in src ref; do
+        lang=$SRC
+        if [[ $side == ref ]]; then lang=$TGT; fi
+        if [[ $DRY_RUN == 1 ]]; then
+            run_to "$RAW/$1.$lang" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" --echo $side
+            continue
+        fi
+        log=$(mktemp)
+        if ! run_to "$RAW/$1.$lang" env SACREBLEU="$DATA/sacrebleu" "$SACREBLEU_BIN" -t "$2" -l "$SRC-$TGT" \
+            --echo $side 2>"$log"; then
+            echo "error: sacreBLEU could not give test set $2 ($SRC-$TGT, $side) for $RAW/$1.$lang:" \
+                "$(grep -v '^ ' "$log" | tail -n 1) (it downloads test sets it has not cached in $DATA/sacrebleu)" >&2
+            rm -f "$log"
+            exit 1
+        fi
+        cat "$log" >&2 # (what it said it downloaded)
+        rm -f "$log"
+    done
 }
 
 # compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set, then `nmt report`.

@@ -207,3 +207,18 @@ def test_a_command_that_fails_leaves_no_output_file(tmp_path: Path) -> None:
     done = subprocess.run(["bash", "-c", script.replace("exit 3", "exit 0")], capture_output=True, text=True,
                           timeout=30)  # fmt: skip
     assert done.returncode == 0 and (tmp_path / "out.txt").read_text() == "partial\n"
+
+
+def test_a_test_set_sacrebleu_cannot_download_is_one_line(tmp_path: Path) -> None:
+    """Offline, with the training data in DATA but no sacreBLEU cache, the recipe ended in sacreBLEU's
+    traceback (65 lines)."""
+    offline = "http://127.0.0.1:9"
+    script = (f'set -euo pipefail; DRY_RUN=0 SIMULATE=0 X=time MODES=sync SRC=en TGT=ro RAW="{tmp_path}/raw" '
+              f'DATA="{tmp_path}/data" SACREBLEU_BIN="{BIN / "sacrebleu"}"; source "{RECIPES}/common.sh"; '
+              f'mkdir -p "$RAW" "$DATA"; raw_eval valid wmt16/dev')  # fmt: skip
+    env = {**os.environ, "http_proxy": offline, "https_proxy": offline, "HTTP_PROXY": offline,
+           "HTTPS_PROXY": offline, "no_proxy": "", "NO_PROXY": ""}  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: sacreBLEU could not give test set wmt16/dev (en-ro, src)")
+    assert len(done.stderr.strip().splitlines()) == 1 and list((tmp_path / "raw").iterdir()) == []
