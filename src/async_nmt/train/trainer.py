@@ -96,6 +96,7 @@ class Trainer:
         )  # fmt: skip
         self.server = self.workers.server
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
+        self.valid_crc32 = self.validator.fingerprint  # the validation sentences, which a resume must keep
         self.tokens = 0
         self.staleness: list[int] = []  # histogram of the pushes since the last `train` event
         self.best: dict[str, float] | None = None
@@ -172,7 +173,7 @@ class Trainer:
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
             "best": self.best,
-            "valid_crc32": self.validator.fingerprint,
+            "valid_crc32": self.valid_crc32,
             "validated_at": self.validated_at,
             "event_lines": self.events.lines + 1,  # the checkpoint event that follows belongs to it
             "saved_as_best": best,
@@ -204,7 +205,7 @@ class Trainer:
                             f"{self.cfg.preset} and --dropout ({differ}); resume without them to take the "
                             "run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
-        if state.get("valid_crc32", self.validator.fingerprint) != self.validator.fingerprint:  # (older saves)
+        if state.get("valid_crc32", self.valid_crc32) != self.valid_crc32:  # (saves before 2026-12-05 lack it)
             raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split: the "
                             "best BLEU (best.pt, --patience) was measured on the run's; resume on its BIN, or "
                             "start a new run")  # fmt: skip
