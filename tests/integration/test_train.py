@@ -338,6 +338,11 @@ def run_cli(*args: str):
         (["--mode", "async", "--shards", "100000"], "--shards must be 0 (one per device) to 64"),
         # a server of one shard, --shards ignored until 2026-12-05
         (["--mode", "async", "--shards", "2"], "give --workers 2 or more"),
+        # a predicted clock of Infinity trained, and its events could then not be read back
+        (["--simulate", "--workers", "2", "--mode", "async", "--simulate-token-us", "inf"], "--simulate-token-us"),
+        (["--simulate", "--workers", "2", "--mode", "async", "--link-gbps", "1e-320"], "--link-gbps must be at"),
+        (["--seed", "18446744073709551616"], "--seed must be"),  # a traceback
+        (["--seed", "100000000000000000"], "--seed must be"),  # async workers failed on seed * 1000
         (["--mode", "async", "--workers", "2", "--simulate", "--shards", "2"], "--simulate emulates one shard"),
     ],
 )

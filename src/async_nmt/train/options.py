@@ -115,7 +115,8 @@ OPTIONS = [
     click.option("--patience", default=0, show_default=True,
                  help="Stop when the last N validations brought no better checkpoint, by valid BLEU and, "
                  "between equal BLEUs, valid loss (convergence; needs --valid-every > 0); 0 = never."),
-    click.option("--seed", default=1, show_default=True, help="Random seed (initialization, batch order, dropout)."),
+    click.option("--seed", default=1, show_default=True,
+                 help="Random seed (initialization, batch order, dropout), between -2^32 and 2^32."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on CUDA and on "
                  "CPUs with native bf16, else fp32. The master parameters and Adam stay fp32."),
@@ -171,16 +172,26 @@ def default_accum(mode: str, workers: int) -> int:
     return workers if ranks is None else max(1, ranks[1] - 1)
 
 
+MIN_LINK_GBPS = 1e-6
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse contradictory options and values out of range, naming the option."""
     from async_nmt.train.modes import check_mode_options
 
     check_mode_options(cfg)
-    for name in ("max_tokens", "lr", "link_gbps"):
+    for name in ("max_tokens", "lr"):
         if not getattr(cfg, name) > 0:  # nan included
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if not math.isfinite(cfg.lr):  # (the first update would make every parameter nan)
         raise UserError(f"--lr must be a finite number (got {cfg.lr})")
+    # the predicted clock's prices: an infinite one was logged as Infinity, which no reader takes back
+    if not math.isfinite(cfg.simulate_token_us):
+        raise UserError(f"--simulate-token-us must be a finite number (got {cfg.simulate_token_us})")
+    if not cfg.link_gbps >= MIN_LINK_GBPS:
+        raise UserError(f"--link-gbps must be at least {MIN_LINK_GBPS:g} (1 kbit/s)")
+    if not -(2**32) < cfg.seed < 2**32:  # (workers seed with seed * 1000 + worker, torch takes 64 bits)
+        raise UserError("--seed must be an integer between -2^32 and 2^32")
     for name in (
         "warmup",
         "max_updates",
