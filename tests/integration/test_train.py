@@ -969,6 +969,18 @@ def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin:
     end = read_events(run / "events.jsonl")[-1]
     assert end["updates"] == 10 and end["converged"] is True  # best at 4; 6, 8 (a tie, higher loss) and 10 not
     assert end["stopped_by"] == "--patience 3"
+    # the updates since the last train event (every 50 updates) are logged before the validation that stops
+    # the run (they were not: the stop came after the logging)
+    trained = [e for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
+    assert [e["updates"] for e in trained] == [10]
+
+
+def test_a_save_at_the_last_update_is_written_once(synthetic_bin: Path, tmp_path: Path):
+    """--save-every dividing --max-updates saved the last update, then its closing validation saved it again."""
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=6, save_every=3, valid_every=0), run, progress=False)
+    saved = [(e["updates"], e["best"]) for e in read_events(run / "events.jsonl") if e["kind"] == "checkpoint"]
+    assert saved == [(3, False), (6, True)]
 
 
 def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path: Path):

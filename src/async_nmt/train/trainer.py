@@ -436,7 +436,9 @@ class Trainer:
                 moved = counted > before  # (pushes that complete no update yet do not validate)
                 validating = moved and cfg.valid_every > 0 and counted % cfg.valid_every == 0
                 saving = validating or (moved and cfg.save_every > 0 and counted % cfg.save_every == 0)
-                logging = counted // self.log_every > before // self.log_every or stopping
+                # (a validation may stop the run by --patience: the updates since the last event are logged first)
+                last_chance = validating and self._patience_spent()
+                logging = counted // self.log_every > before // self.log_every or stopping or last_chance
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
                     self._check_finite(interval)
                 if logging:
@@ -452,7 +454,7 @@ class Trainer:
                     break
                 if validating:
                     self.validate()
-                elif saving:
+                elif saving and not stopping:  # (stopping: the closing validation saves this update)
                     self.save()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
