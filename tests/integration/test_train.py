@@ -975,6 +975,25 @@ def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin:
     assert [e["updates"] for e in trained] == [10]
 
 
+def test_max_epochs_counts_the_batches_trained_on_in_an_emulation(synthetic_bin: Path, tmp_path: Path):
+    """--simulate takes each worker's next batches ahead of its push: they were counted as trained, and
+    --max-epochs 1 stopped after 12 of an epoch's 19 batches (with --local-accum 4)."""
+    from async_nmt.data.batches import BatchStream
+    from async_nmt.data.binarize import load_manifest, load_split
+
+    run = tmp_path / "run"
+    cfg = micro_config(synthetic_bin, mode="async", workers=2, simulate=True, local_accum=4, max_epochs=1,
+                       max_tokens=4096)  # fmt: skip
+    train(cfg, run, progress=False, log_every=1)
+    split = load_split(synthetic_bin, "train")
+    max_len = model_config("micro", load_manifest(synthetic_bin)["vocab_size"]).max_positions
+    epoch = sum(len(BatchStream(split, 4096, max_len, 7, w, 2)) for w in range(2))
+    end = read_events(run / "events.jsonl")[-1]
+    trained = end["pushes"] * 4
+    assert end["stopped_by"] == "--max-epochs 1" and trained - 4 < epoch <= trained, (end["pushes"], epoch)
+    assert end["epoch"] == round(trained / epoch, 4)
+
+
 def test_a_save_at_the_last_update_is_written_once(synthetic_bin: Path, tmp_path: Path):
     """--save-every dividing --max-updates saved the last update, then its closing validation saved it again."""
     run = tmp_path / "run"

@@ -202,8 +202,9 @@ class BatchStream:
             self._order = self._epoch_order()
 
 
-def epochs_done(streams: list[BatchStream]) -> float:
-    """Epochs trained by all the workers together: the batches they have taken over the batches of an epoch.
-    Workers that push at different rates (the async modes) each go through their own share at their own
-    pace; one worker's progress alone would count an epoch after a fraction of the data, or after more."""
-    return sum(s.taken for s in streams) / max(1, sum(len(s) for s in streams))
+def epochs_done(streams: list[BatchStream], untrained: int = 0) -> float:
+    """Epochs trained by all the workers together: the batches they have taken, less `untrained` of them
+    taken ahead and not trained on yet, over the batches of an epoch. Workers that push at different rates
+    (the async modes) each go through their own share at their own pace; one worker's progress alone would
+    count an epoch after a fraction of the data, or after more."""
+    return (sum(s.taken for s in streams) - untrained) / max(1, sum(len(s) for s in streams))

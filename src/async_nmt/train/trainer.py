@@ -273,6 +273,10 @@ class Trainer:
     def wall_s(self) -> float:
         return time.perf_counter() - self._wall_start
 
+    def epochs(self) -> float:
+        """Epochs trained so far (the batches trained on, over an epoch's)."""
+        return epochs_done(self.streams, self.workers.untrained_batches)
+
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         if not self.leader:
             return fields
@@ -283,7 +287,7 @@ class Trainer:
             updates=self.updates,
             pushes=self.pushes,
             tokens=self.tokens,
-            epoch=round(epochs_done(self.streams), 4),
+            epoch=round(self.epochs(), 4),
             **{**self._predicted(), **fields},
         )
 
@@ -337,7 +341,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.max_updates > 0 and self.updates >= cfg.max_updates:
             return f"--max-updates {cfg.max_updates}"
-        if cfg.max_epochs > 0 and epochs_done(self.streams) >= cfg.max_epochs:
+        if cfg.max_epochs > 0 and self.epochs() >= cfg.max_epochs:
             return f"--max-epochs {cfg.max_epochs}"
         if cfg.max_time > 0 and self.clock.seconds >= cfg.max_time:
             return f"--max-time {cfg.max_time:g}"
@@ -350,7 +354,7 @@ class Trainer:
         if cfg.max_updates > 0 and self.updates >= cfg.max_updates:
             return True
         wish = (
-            (cfg.max_epochs > 0 and epochs_done(self.streams) >= cfg.max_epochs)
+            (cfg.max_epochs > 0 and self.epochs() >= cfg.max_epochs)
             or (self.leader and cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)  # rank 0's clock
             or self.converged()
         )

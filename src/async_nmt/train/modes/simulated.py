@@ -85,6 +85,11 @@ class SimulatedWorkers(PredictedClock, Workers):
     def _next_batches(self, worker: int) -> list[Batch]:
         return [self.streams[worker].next() for _ in range(self.local_accum)]
 
+    @property
+    def untrained_batches(self) -> int:  # type: ignore[override]
+        """Each worker's next batches, taken ahead: not trained on (nor counted as epochs) yet."""
+        return sum(len(batches) for batches in self.batches)
+
     def _cost(self, worker: int) -> float:
         return sum(b.tokens for b in self.batches[worker]) / self.speeds[worker]
 

@@ -44,6 +44,7 @@ class Workers:
     predicted_s: float | None = None  # the predicted wall clock of emulated devices (--simulate)
     predicted_worker_s: list[float] | None = None  # each emulated device's own predicted clock
     worker_pushes: list[int] | None = None  # pushes of each worker so far, where the mode counts them
+    untrained_batches = 0  # batches taken from the streams ahead of their push (not yet trained on)
 
     def start(self) -> None:
         """Begin (worker processes start here, after a resumed state is loaded)."""
