@@ -770,7 +770,10 @@ def test_simulated_run_resumes_to_the_same_losses_staleness_clock_and_parameters
     torch.testing.assert_close(final[0], final[1], rtol=0, atol=1e-6)
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synthetic_bin: Path, tmp_path: Path):
+@pytest.mark.parametrize("loss", ["nan", "huge"])
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synthetic_bin: Path, tmp_path: Path,
+                                                                           loss: str):  # fmt: skip
+    """NaN, or (--lr 1e4 with Adam) a finite loss of 1e10 nats a token, which trained on without a word."""
     from async_nmt.errors import TrainingDiverged
     from async_nmt.train.trainer import Trainer
 
@@ -779,14 +782,15 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synth
     trainer.open_run(resume=False)
     advance = trainer.workers.advance
 
-    def poisoned():  # the 6th update's loss is NaN, as when the parameters blew up
+    def poisoned():  # the 6th update's loss is NaN or huge, as when the parameters blew up
         stats, staleness = advance()
         if trainer.updates == 6:
-            stats.loss = float("nan")
+            stats.loss = float("nan") if loss == "nan" else 1e10 * stats.tokens
         return stats, staleness
 
     trainer.workers.advance = poisoned
-    with pytest.raises(TrainingDiverged, match="loss is nan at update 6.*update 4"):
+    match = "loss is nan" if loss == "nan" else "loss is 1e[+]10 a token, over 10 times a uniform guess's"
+    with pytest.raises(TrainingDiverged, match=f"{match}.* at update 6.*update 4"):
         trainer.run(progress=False)
     events = read_events(run / "events.jsonl")
     assert events[-1]["kind"] == "end" and events[-1]["diverged"] is True

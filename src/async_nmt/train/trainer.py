@@ -45,6 +45,7 @@ from async_nmt.train.processes import uninterrupted
 from async_nmt.train.step import StepStats, build_model
 from async_nmt.train.validate import Validator
 
+DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess's) has diverged
 LOG_EVERY = TrainConfig.log_every  # updates between `train` events (and progress-bar figures)
 
 
@@ -491,8 +492,15 @@ class Trainer:
         return summary
 
     def _check_finite(self, interval: StepStats) -> None:
-        if not math.isfinite(float(interval.loss)):
-            self._diverged(f"the training loss is {float(interval.loss)}")
+        """The loss is finite, and below DIVERGED_UNIFORMS times a uniform guess's, ln V a token: with Adam a
+        far too high --lr can blow the loss up to 1e10 and beyond without making it infinite."""
+        loss = float(interval.loss)
+        if not math.isfinite(loss):
+            self._diverged(f"the training loss is {loss}")
+        per_token, uniform = loss / max(interval.tokens, 1), math.log(self.model_cfg.vocab_size)
+        if per_token > DIVERGED_UNIFORMS * uniform:
+            self._diverged(f"the training loss is {per_token:.3g} a token, over {DIVERGED_UNIFORMS} times a uniform "
+                           f"guess's ({uniform:.2f})")  # fmt: skip
 
     def _diverged(self, what: str) -> None:
         saved = checkpoint_path(self.run_dir, "last")
