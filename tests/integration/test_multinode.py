@@ -42,6 +42,77 @@ def start_nodes(bin_dir: Path, run: Path, *extra: str, env: dict | None = None) 
     return nodes
 
 
+def start_nodes_apart(bin_dir: Path, run: Path, common: list[str], node1: list[str]) -> list[subprocess.Popen]:
+    """Two nodes of one rank each, node 1 with `node1` added to its command line."""
+    port = str(free_port())
+    return [subprocess.Popen([str(TORCHRUN), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+                              "--master-addr", "127.0.0.1", "--master-port", port, "-m", "async_nmt.cli", "train",
+                              str(bin_dir), str(run), *OPTIONS, *common, *(node1 if node else [])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+            for node in (0, 1)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mode, node1, said",
+    [
+        # a rank that stopped before it joined left the others waiting for 2 hours, without a word
+        ("sync", ["--workers", "3"], ["--workers 3 differs from WORLD_SIZE=2", "rank 1 on"]),
+        # other options on one node trained without a word (sync's replicas drifted apart)
+        ("sync", ["--lr", "5e-2"], ["rank 1 on", "other options than rank 0: --lr 0.05 (rank 0: 0.002)"]),
+        ("async", ["--max-tokens", "4096"], ["--max-tokens 4096 (rank 0: 1024)"]),
+    ],
+    ids=["cannot-start", "sync-lr", "async-max-tokens"],
+)
+def test_nodes_that_cannot_start_alike_all_stop_with_one_line(synthetic_bin: Path, tmp_path: Path, mode: str,
+                                                               node1: list[str], said: list[str]):  # fmt: skip
+    start = time.time()
+    nodes = start_nodes_apart(synthetic_bin, tmp_path / "run", ["--mode", mode, "--max-updates", "4"], node1)
+    results = finish(nodes, timeout=90)
+    assert time.time() - start < 60
+    for code, stderr in results:  # (torchrun's agent adds its own report of the failed rank)
+        assert code != 0 and len(ours(stderr)) == 1, stderr[-2000:]
+        assert "[rank" not in stderr, stderr[-2000:]  # no rank's traceback
+    assert all(fragment in ours(results[1][1])[0] for fragment in said[:1]), results[1][1][-2000:]
+    assert all(fragment in ours(results[0][1])[0] for fragment in said[1:]), results[0][1][-2000:]
+    assert not (tmp_path / "run" / "events.jsonl").exists()  # nothing trained
+
+
+def test_rank_variables_without_the_rendezvous_address_are_one_line(synthetic_bin: Path, tmp_path: Path):
+    """RANK and WORLD_SIZE set by hand without MASTER_ADDR: a 58-line traceback of torch's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([str(TORCHRUN.with_name("nmt-train")), str(synthetic_bin), str(tmp_path / "run"), *OPTIONS],
+                          env={**env, "RANK": "0", "WORLD_SIZE": "2"}, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: RANK and WORLD_SIZE are set (as torchrun sets them), but not MASTER_ADDR and MASTER_PORT: start "
+        "nmt-train with torchrun, or set them too"
+    ]
+
+
+def test_sync_resume_needs_the_run_folder_on_every_node(synthetic_bin: Path, tmp_path: Path):
+    """Node 1 without a copy of the run: it failed as it loaded last.pt, after rank 0 had rewritten the run's
+    config.json and events, and rank 0 printed gloo's traceback."""
+    run = tmp_path / "run"
+
+    def nodes(node1_run: Path, *extra: str) -> list[tuple[int, str]]:
+        port = str(free_port())
+        return finish([subprocess.Popen([str(TORCHRUN), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node",
+                                         "1", "--master-addr", "127.0.0.1", "--master-port", port, "-m",
+                                         "async_nmt.cli", "train", str(synthetic_bin), str(node1_run if node else run),
+                                         *OPTIONS, "--mode", "sync", "--valid-every", "0", *extra],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       for node in (0, 1)], timeout=90)  # fmt: skip
+
+    assert [code for code, _ in nodes(tmp_path / "node1", "--max-updates", "2")] == [0, 0]
+    before = (run / "events.jsonl").read_bytes()
+    (code0, err0), (code1, err1) = nodes(tmp_path / "elsewhere", "--max-updates", "4", "--resume")
+    assert code0 != 0 and code1 != 0 and "[rank" not in err0 + err1, err0[-2000:] + err1[-2000:]
+    assert "not on this node" in ours(err1)[0] and "rank 1 on" in ours(err0)[0]
+    assert (run / "events.jsonl").read_bytes() == before  # the run is left as it was
+
+
 def finish(nodes: list[subprocess.Popen], timeout: float = 60) -> list[tuple[int, str]]:
     results = []
     for node in nodes:

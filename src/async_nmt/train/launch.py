@@ -7,11 +7,14 @@ mechanics (spawn, failures, stop) shared by both live in `processes.py`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
+import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,9 @@ import torch
 import torch.distributed as dist
 
 from async_nmt.config import TrainConfig, torchrun_rank
-from async_nmt.errors import UserError, sigterm_interrupts
+from async_nmt.data.binarize import load_manifest
+from async_nmt.devices import resolve_device
+from async_nmt.errors import UserError, reason, sigterm_interrupts
 from async_nmt.model.checkpoint import checkpoint_path
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
@@ -174,11 +179,44 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
 def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, progress: bool,
                   log_every: int) -> dict[str, Any] | None:  # fmt: skip
     """Run as the rank that RANK / WORLD_SIZE / LOCAL_RANK name, in the group torchrun set up: a sync rank
-    with a trainer of its own, or in the async modes rank 0 (trainer and server) or a worker rank."""
+    with a trainer of its own, or in the async modes rank 0 (trainer and server) or a worker rank.
+
+    Every rank checks what it was given, then all agree to start (`_agree_to_start`): a rank that cannot
+    start, or that was given other options than rank 0, stops them all with one line each. (A rank that
+    stopped before it joined left the others waiting for it for TIMEOUT, without a word.)"""
     ranks = torchrun_rank()
     assert ranks is not None, "called where torchrun started this process"
     rank, world = ranks
     processes.die_with_parent()  # torchrun's agent: no rank outlives it (a killed node leaves nothing behind)
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise UserError(f"RANK and WORLD_SIZE are set (as torchrun sets them), but not {' and '.join(missing)}: "
+                        "start nmt-train with torchrun, or set them too")  # fmt: skip
+    try:
+        store = next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))[0]
+    except (RuntimeError, ValueError) as err:  # (torch's store errors are RuntimeErrors)
+        raise UserError(f"rank {rank}: cannot join the group at {os.environ['MASTER_ADDR']}:"
+                        f"{os.environ['MASTER_PORT']} ({reason(err)})") from None  # fmt: skip
+    with contextlib.ExitStack() as held:
+        try:
+            node, device = _check_rank(cfg, run_dir, resume, force, rank, world, held)
+            problem, options = None, _start_options(cfg, resume)
+        except UserError as err:
+            problem, options, node, device = str(err), None, [], ""
+        _agree_to_start(store, rank, world, problem, options)
+        store.set_timeout(TIMEOUT)
+        return _join_group(
+            cfg, run_dir, resume, progress, log_every, rank, world, node, device, dist.PrefixStore("default_pg", store)
+        )  # (as init_process_group's own rendezvous)
+
+
+JOIN_TIMEOUT = datetime.timedelta(minutes=10)  # for every rank of a torchrun group to start and check itself
+
+
+def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank: int, world: int,
+                held: contextlib.ExitStack) -> tuple[list[str], str]:  # fmt: skip
+    """This rank's checks (UserError): its options against WORLD_SIZE, its device, its corpus, and on rank 0
+    the run folder, whose lock it then holds in `held`; the node's devices and this rank's."""
     if cfg.simulate:
         raise UserError("RANK/WORLD_SIZE are set (torchrun): --simulate runs in one process; start it without torchrun")
     if cfg.mode in ("sync", "diloco"):
@@ -198,20 +236,82 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     node = node_devices(cfg.devices, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     device = node[int(os.environ.get("LOCAL_RANK", rank))]
     cfg.devices = [device]  # this rank's
+    resolve_device(device)  # (one that is not there: one line, not torch's error from set_device)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    if rank > 0:  # only rank 0 writes the run folder, so only it holds its lock: not the other ranks or nodes
-        return _join_group(cfg, run_dir, resume, progress, log_every, rank, world, node, device)
-    check_run_path(run_dir, Path(cfg.bin_dir))
-    with run_lock(run_dir):
+    load_manifest(Path(cfg.bin_dir))  # every rank reads the corpus
+    trains_here = cfg.mode in ("sync", "diloco") or rank == 0
+    if resume and trains_here and not checkpoint_path(run_dir, "last").is_file():
+        raise UserError(f"{checkpoint_path(run_dir, 'last')}: not on this node; every {cfg.mode} rank resumes "
+                        "from its run folder's copy: copy the run folder to each node")  # fmt: skip
+    if rank == 0:  # only rank 0 writes the run folder, so only it holds its lock: not the other ranks or nodes
+        check_run_path(run_dir, Path(cfg.bin_dir))
+        held.enter_context(run_lock(run_dir))
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
-        return _join_group(cfg, run_dir, resume, progress, log_every, rank, world, node, device)
+    return node, device
+
+
+def _start_options(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
+    """What every rank must be given alike: the options but the devices and the corpus's path (a node's
+    own), the corpus itself (its vocabulary and splits), and whether to resume."""
+    manifest = load_manifest(Path(cfg.bin_dir))
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "bin_dir")}
+    corpus = {"vocab_hash": manifest["vocab_hash"], "splits": manifest["splits"]}
+    return json.loads(json.dumps({**options, "corpus": corpus, "resume": resume}))  # (as the others read it)
+
+
+def _agree_to_start(store: Any, rank: int, world: int, problem: str | None, options: dict | None) -> None:
+    """Each rank posts its problem (a one-line error, or None) and its options in the group's store, and
+    reads every rank's: none starts unless all can, with rank 0's options. UserError: this rank's problem,
+    the first other rank's, or the options that differ from rank 0's."""
+    board = dist.PrefixStore("async-nmt/start/", store)
+    host = socket.gethostname()
+    board.set(str(rank), json.dumps({"host": host, "problem": problem, "options": options}))
+    try:
+        board.wait([str(r) for r in range(world)], JOIN_TIMEOUT)
+        posts = [json.loads(board.get(str(r))) for r in range(world)]
+    except RuntimeError as err:  # (torch's store errors are RuntimeErrors)
+        raise UserError(f"rank {rank} on {host}: not every one of the {world} ranks started within "
+                        f"{JOIN_TIMEOUT.seconds // 60} minutes ({reason(err)})") from None  # fmt: skip
+    board.set(f"read/{rank}", "1")
+    if rank == 0:  # the store may live in this process: it ends once the others have read it
+        with contextlib.suppress(RuntimeError):
+            board.wait([f"read/{r}" for r in range(world)], datetime.timedelta(seconds=30))
+    if problem is not None:
+        raise UserError(problem)
+    if int(os.environ.get("LOCAL_RANK", 0)) > 0 and not _starts_alike(posts):  # one line a node says it
+        raise SystemExit(2)
+    failed = [(r, post) for r, post in enumerate(posts) if post["problem"] is not None]
+    if failed:
+        r, post = failed[0]
+        raise UserError(f"rank {r} on {post['host']} cannot start ({post['problem']}), so neither does rank {rank}")
+    first = posts[0]["options"]
+    for r, post in enumerate(posts):  # every rank stops where one differs (it alone would leave them waiting)
+        differ = [name for name in first if first[name] != post["options"].get(name)]
+        if differ:
+            shown = ", ".join(f"{_option(name)} {_shown(post['options'].get(name))} (rank 0: {_shown(first[name])})"
+                              for name in differ)  # fmt: skip
+            raise UserError(f"rank {r} on {post['host']} was given other options than rank 0: {shown}; start every "
+                            "rank alike (only --devices and the corpus's path may differ)")  # fmt: skip
+
+
+def _starts_alike(posts: list[dict[str, Any]]) -> bool:
+    return all(post["problem"] is None and post["options"] == posts[0]["options"] for post in posts)
+
+
+def _option(name: str) -> str:
+    return {"corpus": "the corpus (BIN)", "resume": "--resume"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _shown(value: Any) -> str:
+    return "(another)" if isinstance(value, dict) else str(value)
 
 
 def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int, rank: int,
-                world: int, node: list[str], device: str) -> dict[str, Any] | None:  # fmt: skip
+                world: int, node: list[str], device: str, store: Any) -> dict[str, Any] | None:  # fmt: skip
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
-    dist.init_process_group(backend(node) if cfg.mode in ("sync", "diloco") else "gloo", timeout=TIMEOUT)
+    dist.init_process_group(backend(node) if cfg.mode in ("sync", "diloco") else "gloo", store=store, rank=rank,
+                            world_size=world, timeout=TIMEOUT)  # fmt: skip
     # on an error the group is left as it is (tearing it down may wait for peers that are gone)
     if cfg.mode in ("async", "async-accum") and rank > 0:
         run_worker_rank(cfg, rank, torch.device(device))
