@@ -78,6 +78,18 @@ def test_nodes_that_cannot_start_alike_all_stop_with_one_line(synthetic_bin: Pat
     assert not (tmp_path / "run" / "events.jsonl").exists()  # nothing trained
 
 
+def test_a_sync_rank_that_dies_ends_the_other_node_with_one_line(synthetic_bin: Path, tmp_path: Path):
+    """The rank left printed gloo's "Connection closed by peer" in a 60-line traceback."""
+    run = tmp_path / "run"
+    nodes = start_nodes_apart(synthetic_bin, run, ["--mode", "sync", "--valid-every", "0", "--log-every", "1",
+                                                    "--max-updates", "100000"], [])  # fmt: skip
+    wait_for_training(run, nodes)
+    os.kill(rank_pid(family(nodes), 1), signal.SIGKILL)
+    (code0, err0), _ = finish(nodes)
+    assert code0 != 0 and "[rank" not in err0, err0[-3000:]
+    assert len(ours(err0)) == 1 and "rank 0 on" in ours(err0)[0] and "the group lost a rank" in ours(err0)[0]
+
+
 def test_rank_variables_without_the_rendezvous_address_are_one_line(synthetic_bin: Path, tmp_path: Path):
     """RANK and WORLD_SIZE set by hand without MASTER_ADDR: a 58-line traceback of torch's."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}

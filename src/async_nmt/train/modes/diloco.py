@@ -188,7 +188,8 @@ class DistributedDiloco(DistributedSync):
         server.lr = self.inner.lr
         if server.updates % server.sync_every == 0:
             mean = self.params.clone()
-            dist.all_reduce(mean)
+            with self.collective():
+                dist.all_reduce(mean)
             server.outer_step_to(mean.div_(self.world))
             self.params.copy_(server.params)
         self._gather_before_save()

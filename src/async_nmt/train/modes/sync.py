@@ -18,12 +18,17 @@ The launcher (`train/launch.py`) starts the ranks, or joins torchrun's group, an
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from async_nmt.config import torchrun_rank
+from async_nmt.errors import WorkerFailed, reason
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
@@ -54,13 +59,27 @@ class DistributedSync(Workers):
         self.gathered: list[Any] | None = None  # every rank's own state (`_own_state`), at rank 0 for a save
         self.fence = 0  # the next update at which the trainer validates or saves
 
+    @contextlib.contextmanager
+    def collective(self) -> Iterator[None]:
+        """Under torchrun, a collective that fails because another rank is gone (it failed, or was killed or
+        stopped: gloo's "Connection closed by peer") is one line naming this rank, where it was a traceback;
+        spawned ranks report to their supervisor, which names the root cause."""
+        try:
+            yield
+        except RuntimeError as err:
+            if torchrun_rank() is None:
+                raise
+            raise WorkerFailed(f"rank {self.rank} on {socket.gethostname()}: the group lost a rank ({reason(err)}); "
+                               "the other nodes' output says which") from None  # fmt: skip
+
     def agree_stop(self, wish: bool) -> bool:
         self.wish = wish
         return self.agreed
 
     def advance(self) -> tuple[StepStats, list[int]]:
         stats = self.step()
-        dist.all_reduce(self.ctx.flat.grad)
+        with self.collective():
+            dist.all_reduce(self.ctx.flat.grad)
         self.server.push(self.ctx.flat.grad, stats.tokens, self.server.updates, count=self.world)  # every rank
         self._gather_before_save()
         return stats, [self.world]  # W pushes of staleness 0
@@ -73,7 +92,8 @@ class DistributedSync(Workers):
         rank's own state, so that a run resumes as if never stopped; the others do not save."""
         if self.agreed or self.server.updates >= self.fence:
             self.gathered = [None] * self.world if self.rank == 0 else None
-            dist.gather_object(self._own_state(), self.gathered, dst=0)
+            with self.collective():
+                dist.gather_object(self._own_state(), self.gathered, dst=0)
 
     def _own_state(self) -> dict[str, Any]:
         """What differs between the ranks: their random state (dropout; it was rank 0's for all on resume)."""
@@ -119,7 +139,8 @@ class DistributedSync(Workers):
         # (the last step's copy from `wishes` is done: the agreement read above was queued after it)
         self.wishes[0], self.wishes[1] = self.wish, self.interrupt is not None and self.interrupt.is_set()
         meta = torch.cat([losses, self.wishes.to(self.meta_device, non_blocking=True)])
-        dist.all_reduce(meta)
+        with self.collective():
+            dist.all_reduce(meta)
         self.flags.copy_(meta[STOP:], non_blocking=True)
         if self.flags_copied is not None:
             self.flags_copied.record()
