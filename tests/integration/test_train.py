@@ -973,10 +973,10 @@ def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin:
     end = read_events(run / "events.jsonl")[-1]
     assert end["updates"] == 10 and end["converged"] is True  # best at 4; 6, 8 (a tie, higher loss) and 10 not
     assert end["stopped_by"] == "--patience 3"
-    # the updates since the last train event (every 50 updates) are logged before the validation that stops
-    # the run (they were not: the stop came after the logging)
+    # the updates since the last train event (every 50 updates) are logged before each validation that may
+    # stop the run (those before the last one were not: the stop came after the logging)
     trained = [e for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
-    assert [e["updates"] for e in trained] == [10]
+    assert [e["updates"] for e in trained] == [2, 4, 6, 8, 10]
 
 
 def test_max_epochs_counts_the_batches_trained_on_in_an_emulation(synthetic_bin: Path, tmp_path: Path):

@@ -441,9 +441,13 @@ class Trainer:
                 moved = counted > before  # (pushes that complete no update yet do not validate)
                 validating = moved and cfg.valid_every > 0 and counted % cfg.valid_every == 0
                 saving = validating or (moved and cfg.save_every > 0 and counted % cfg.save_every == 0)
-                # (a validation may stop the run by --patience: the updates since the last event are logged first)
-                last_chance = validating and self._patience_spent()
-                logging = counted // self.log_every > before // self.log_every or stopping or last_chance
+                # (a validation may stop the run by --patience: the updates since the last event are logged first;
+                # on every rank alike, whatever only rank 0 knows, as a sync group reads its losses together)
+                logging = (
+                    counted // self.log_every > before // self.log_every
+                    or stopping
+                    or (validating and cfg.patience > 0)
+                )
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
                     self._check_finite(interval)
                 if logging:
