@@ -106,9 +106,15 @@ def check_mode_options(cfg: TrainConfig) -> None:
     # (the emulated and the single worker push into a server of one shard: sharded, it would clip and count
     # otherwise, and they train its parameters in place)
     if cfg.shards and cfg.simulate:
-        raise UserError("--shards cuts the server that worker processes share; --simulate emulates one shard")
+        raise UserError(
+            "--shards cuts the server that worker processes share; --simulate emulates one shard "
+            "(give --shards 0, as a resume of a run that gave it must)"
+        )
     if cfg.shards and cfg.workers == 1 and torchrun_rank() is None:
-        raise UserError("--shards cuts the server that worker processes share; give --workers 2 or more")
+        raise UserError(
+            "--shards cuts the server that worker processes share; give --workers 2 or more, or "
+            "--shards 0 (as a resume of a run that gave it must)"
+        )
 
 
 def check_worker_speeds(cfg: TrainConfig) -> None:
