@@ -1081,7 +1081,7 @@ def test_an_update_taken_as_soon_as_the_gate_opens_is_still_logged_and_saved(syn
 
 def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Path, tmp_path: Path):
     """A run resumed from an older save (last.pt replaced by update-2.pt) kept the abandoned run's
-    update-4.pt, which `nmt average --last` then mixed in."""
+    update-4.pt and update-6.pt, which `nmt average --last` then mixed in."""
     run = tmp_path / "run"
     train(micro_config(synthetic_bin, max_updates=6, save_every=2, keep_last=10), run, progress=False)
     abandoned = (run / "checkpoints" / "update-4.pt").read_bytes()
@@ -1091,6 +1091,7 @@ def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Pat
           progress=False)  # fmt: skip
     again = (run / "checkpoints" / "update-4.pt").read_bytes()
     assert again != abandoned and again == (run / "checkpoints" / "last.pt").read_bytes()
+    assert sorted(p.name for p in (run / "checkpoints").glob("update-*.pt")) == ["update-2.pt", "update-4.pt"]
 
 
 def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: Path):

@@ -43,8 +43,14 @@ def kept_path(run_dir: Path, updates: int) -> Path:
 def kept_checkpoints(run_dir: Path) -> list[Path]:
     """The saves a run kept (--keep-last), oldest first."""
     folder = run_dir / "checkpoints"
-    found = [(int(m.group(1)), p) for p in folder.glob("update-*.pt") if (m := KEPT.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in folder.glob("update-*.pt") if KEPT.fullmatch(p.name)), key=kept_update)
+
+
+def kept_update(path: Path) -> int:
+    """The update of a kept save, from its name (update-U.pt)."""
+    match = KEPT.fullmatch(path.name)
+    assert match is not None, path
+    return int(match.group(1))
 
 
 def last_kept(run_dir: Path, count: int) -> list[Path]:

@@ -27,7 +27,7 @@ from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
-from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, read_checkpoint
+from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, kept_update, read_checkpoint
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import (
     EventLog,
@@ -127,6 +127,9 @@ class Trainer:
             if self.leader:
                 for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
+                for kept in kept_checkpoints(self.run_dir):  # of a run rewound to an older last.pt: abandoned,
+                    if kept_update(kept) > self.updates:  # as the events after the checkpoint are (`nmt average`
+                        kept.unlink()  # took them)
                 truncate_events(events_path, state["event_lines"])
                 if not events_path.is_file():
                     print(f"warning: {events_path} is missing: the log starts again at update {self.updates} "

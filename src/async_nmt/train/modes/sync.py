@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from async_nmt.config import torchrun_rank
-from async_nmt.errors import WorkerFailed, reason
+from async_nmt.errors import UserError, WorkerFailed, reason
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
@@ -113,6 +113,11 @@ class DistributedSync(Workers):
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is None:  # a sync save from before 2026-12-05: every rank takes rank 0's random state
             return
+        if state["ranks"] is None:  # a diloco group's save before its first step, until 2026-12-05
+            raise UserError(
+                "the checkpoint holds no diloco worker states (saved by a resumed group before it "
+                "stepped, before 2026-12-05): resume from an earlier save (update-U.pt, as last.pt)"
+            )
         self.gathered = state["ranks"] if self.rank == 0 else None  # (rank 0 saves)
         self._load_own(state["ranks"][self.rank])
 
