@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -24,7 +24,7 @@ import torch.distributed as dist
 from async_nmt.config import TrainConfig, torchrun_rank
 from async_nmt.data.binarize import load_manifest
 from async_nmt.devices import resolve_device
-from async_nmt.errors import UserError, reason, sigterm_interrupts
+from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
 from async_nmt.model.checkpoint import checkpoint_path
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
@@ -184,6 +184,33 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     Every rank checks what it was given, then all agree to start (`_agree_to_start`): a rank that cannot
     start, or that was given other options than rank 0, stops them all with one line each. (A rank that
     stopped before it joined left the others waiting for it for TIMEOUT, without a word.)"""
+    rank, world, store = _rendezvous()
+    with contextlib.ExitStack() as held:
+        try:
+            node, device = _check_rank(cfg, run_dir, resume, force, rank, world, held)
+            problem, options = None, _start_options(cfg, resume)
+        except (UserError, OSError) as err:
+            problem, options, node, device = str(err) if isinstance(err, UserError) else system_error(err), None, [], ""
+        _agree_to_start(store, rank, world, problem, options)
+        store.set_timeout(TIMEOUT)
+        return _join_group(
+            cfg, run_dir, resume, progress, log_every, rank, world, node, device, dist.PrefixStore("default_pg", store)
+        )  # (as init_process_group's own rendezvous)
+
+
+JOIN_TIMEOUT = datetime.timedelta(minutes=10)  # for every rank of a torchrun group to start and check itself
+
+
+def refuse_torchrun(err: UserError) -> NoReturn:
+    """A rank of a torchrun group that cannot start, found before it joins (its options, the run folder's
+    lock): it tells the others, which would wait for it, then raises `err`."""
+    rank, world, store = _rendezvous()
+    _agree_to_start(store, rank, world, str(err), None)
+    raise err
+
+
+def _rendezvous() -> tuple[int, int, Any]:
+    """This rank, the world's size and torchrun's store (the rendezvous that init_process_group would do)."""
     ranks = torchrun_rank()
     assert ranks is not None, "called where torchrun started this process"
     rank, world = ranks
@@ -193,24 +220,10 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
         raise UserError(f"RANK and WORLD_SIZE are set (as torchrun sets them), but not {' and '.join(missing)}: "
                         "start nmt-train with torchrun, or set them too")  # fmt: skip
     try:
-        store = next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))[0]
+        return rank, world, next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))[0]
     except (RuntimeError, ValueError) as err:  # (torch's store errors are RuntimeErrors)
         raise UserError(f"rank {rank}: cannot join the group at {os.environ['MASTER_ADDR']}:"
                         f"{os.environ['MASTER_PORT']} ({reason(err)})") from None  # fmt: skip
-    with contextlib.ExitStack() as held:
-        try:
-            node, device = _check_rank(cfg, run_dir, resume, force, rank, world, held)
-            problem, options = None, _start_options(cfg, resume)
-        except UserError as err:
-            problem, options, node, device = str(err), None, [], ""
-        _agree_to_start(store, rank, world, problem, options)
-        store.set_timeout(TIMEOUT)
-        return _join_group(
-            cfg, run_dir, resume, progress, log_every, rank, world, node, device, dist.PrefixStore("default_pg", store)
-        )  # (as init_process_group's own rendezvous)
-
-
-JOIN_TIMEOUT = datetime.timedelta(minutes=10)  # for every rank of a torchrun group to start and check itself
 
 
 def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank: int, world: int,
@@ -240,8 +253,8 @@ def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     load_manifest(Path(cfg.bin_dir))  # every rank reads the corpus
-    trains_here = cfg.mode in ("sync", "diloco") or rank == 0
-    if resume and trains_here and not checkpoint_path(run_dir, "last").is_file():
+    # (rank 0's run folder is checked below, with what check_run_dir says of a missing last.pt)
+    if resume and cfg.mode in ("sync", "diloco") and rank > 0 and not checkpoint_path(run_dir, "last").is_file():
         raise UserError(f"{checkpoint_path(run_dir, 'last')}: not on this node; every {cfg.mode} rank resumes "
                         "from its run folder's copy: copy the run folder to each node")  # fmt: skip
     if rank == 0:  # only rank 0 writes the run folder, so only it holds its lock: not the other ranks or nodes

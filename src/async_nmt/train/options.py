@@ -273,18 +273,24 @@ def given_options() -> set[str]:
 def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bool, log_every: int,
               **options: Any) -> None:  # fmt: skip
     from async_nmt.train.checkpoint import check_run_path
-    from async_nmt.train.launch import train
+    from async_nmt.train.launch import refuse_torchrun, train
     from async_nmt.train.lock import owns_run, run_lock
 
-    if resume and force:
-        raise UserError("--resume and --force contradict each other: continue the run, or start it over")
-    cfg = build_config(bin_dir, log_every=log_every, checked=not resume, **options)
-    if owns_run():
-        check_run_path(run_dir, bin_dir)
-    # locked before --resume reads the run's config.json, which another nmt-train may be rewriting
-    # (`train` takes the same lock again, counted, and keeps it to the end)
-    with run_lock(run_dir) if owns_run() else contextlib.nullcontext():
-        if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
-            cfg = resumed_config(cfg, run_dir, given_options())
-            check_config(cfg)
+    with contextlib.ExitStack() as held:
+        try:
+            if resume and force:
+                raise UserError("--resume and --force contradict each other: continue the run, or start it over")
+            cfg = build_config(bin_dir, log_every=log_every, checked=not resume, **options)
+            if owns_run():
+                check_run_path(run_dir, bin_dir)
+                # locked before --resume reads the run's config.json, which another nmt-train may be rewriting
+                # (`train` takes the same lock again, counted, and keeps it to the end)
+                held.enter_context(run_lock(run_dir))
+            if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
+                cfg = resumed_config(cfg, run_dir, given_options())
+                check_config(cfg)
+        except UserError as err:
+            if torchrun_rank() is not None:  # the other ranks would wait for this one
+                refuse_torchrun(err)
+            raise
         train(cfg, run_dir, resume=resume, force=force, progress=not quiet, log_every=cfg.log_every)
