@@ -42,12 +42,14 @@ def start_nodes(bin_dir: Path, run: Path, *extra: str, env: dict | None = None) 
     return nodes
 
 
-def start_nodes_apart(bin_dir: Path, run: Path, common: list[str], node1: list[str]) -> list[subprocess.Popen]:
-    """Two nodes of one rank each, node 1 with `node1` added to its command line."""
+def start_nodes_apart(bin_dir: Path, run: Path, common: list[str], node1: list[str],
+                      node1_run: Path | None = None) -> list[subprocess.Popen]:  # fmt: skip
+    """Two nodes of one rank each, node 1 with `node1` added to its command line (and its own run folder)."""
     port = str(free_port())
     return [subprocess.Popen([str(TORCHRUN), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
                               "--master-addr", "127.0.0.1", "--master-port", port, "-m", "async_nmt.cli", "train",
-                              str(bin_dir), str(run), *OPTIONS, *common, *(node1 if node else [])],
+                              str(bin_dir), str(node1_run or run if node else run), *OPTIONS, *common,
+                              *(node1 if node else [])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
             for node in (0, 1)]  # fmt: skip
@@ -89,6 +91,21 @@ def test_a_sync_rank_that_dies_ends_the_other_node_with_one_line(synthetic_bin: 
     (code0, err0), _ = finish(nodes)
     assert code0 != 0 and "[rank" not in err0, err0[-3000:]
     assert len(ours(err0)) == 1 and "rank 0 on" in ours(err0)[0] and "the group lost a rank" in ours(err0)[0]
+
+
+def test_an_async_resume_names_the_options_a_worker_node_lacks(synthetic_bin: Path, tmp_path: Path):
+    """--resume takes the options its command line leaves out from the run's config.json, which a worker node
+    does not have: its worker trained on its command line's defaults without a word (here another label
+    smoothing); now refused, saying what to give."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    first = ["--mode", "async", "--valid-every", "0", "--max-updates", "2"]
+    results = finish(start_nodes_apart(synthetic_bin, run, [*first, "--label-smoothing", "0.2"], [], elsewhere))
+    assert [code for code, _ in results] == [0, 0], results
+    results = finish(start_nodes_apart(synthetic_bin, run, ["--mode", "async", "--max-updates", "4", "--resume"], [],
+                                       elsewhere))  # fmt: skip
+    for code, stderr in results:
+        assert code != 0 and len(ours(stderr)) == 1, stderr[-2000:]
+        assert "--label-smoothing 0.1 (rank 0: 0.2)" in ours(stderr)[0] and "give them there" in ours(stderr)[0]
 
 
 def test_rank_variables_without_the_rendezvous_address_are_one_line(synthetic_bin: Path, tmp_path: Path):

@@ -188,7 +188,7 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     with contextlib.ExitStack() as held:
         try:
             node, device = _check_rank(cfg, run_dir, resume, force, rank, world, held)
-            problem, options = None, _start_options(cfg, resume)
+            problem, options = None, _start_options(cfg, run_dir, resume)
         except (UserError, OSError) as err:
             problem, options, node, device = str(err) if isinstance(err, UserError) else system_error(err), None, [], ""
         _agree_to_start(store, rank, world, problem, options)
@@ -264,13 +264,18 @@ def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank
     return node, device
 
 
-def _start_options(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
+def _start_options(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     """What every rank must be given alike: the options but the devices and the corpus's path (a node's
-    own), the corpus itself (its vocabulary and splits), and whether to resume."""
+    own), the corpus itself (its vocabulary and splits), and whether to resume; and, apart, whether this
+    node has the run's config.json (where --resume takes the options left out)."""
     manifest = load_manifest(Path(cfg.bin_dir))
     options = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "bin_dir")}
     corpus = {"vocab_hash": manifest["vocab_hash"], "splits": manifest["splits"]}
-    return json.loads(json.dumps({**options, "corpus": corpus, "resume": resume}))  # (as the others read it)
+    options = {**options, "corpus": corpus, "resume": resume}
+    return json.loads(json.dumps({**options, RUN_CONFIG: (run_dir / "config.json").is_file()}))  # (as read)
+
+
+RUN_CONFIG = "run config"  # (not an option: not compared)
 
 
 def _agree_to_start(store: Any, rank: int, world: int, problem: str | None, options: dict | None) -> None:
@@ -300,16 +305,21 @@ def _agree_to_start(store: Any, rank: int, world: int, problem: str | None, opti
         raise UserError(f"rank {r} on {post['host']} cannot start ({post['problem']}), so neither does rank {rank}")
     first = posts[0]["options"]
     for r, post in enumerate(posts):  # every rank stops where one differs (it alone would leave them waiting)
-        differ = [name for name in first if first[name] != post["options"].get(name)]
+        differ = [name for name in first if name != RUN_CONFIG and first[name] != post["options"].get(name)]
         if differ:
             shown = ", ".join(f"{_option(name)} {_shown(post['options'].get(name))} (rank 0: {_shown(first[name])})"
                               for name in differ)  # fmt: skip
-            raise UserError(f"rank {r} on {post['host']} was given other options than rank 0: {shown}; start every "
-                            "rank alike (only --devices and the corpus's path may differ)")  # fmt: skip
+            why = ("; its node has no copy of the run's config.json, where --resume takes the options that its "
+                   "command line leaves out: give them there" if first["resume"] and not post["options"][RUN_CONFIG]
+                   else "; start every rank alike (only --devices and the corpus's path may differ)")  # fmt: skip
+            raise UserError(f"rank {r} on {post['host']} was given other options than rank 0: {shown}{why}")
 
 
 def _starts_alike(posts: list[dict[str, Any]]) -> bool:
-    return all(post["problem"] is None and post["options"] == posts[0]["options"] for post in posts)
+    def compared(options: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in options.items() if name != RUN_CONFIG}
+
+    return all(post["problem"] is None and compared(post["options"]) == compared(posts[0]["options"]) for post in posts)
 
 
 def _option(name: str) -> str:
