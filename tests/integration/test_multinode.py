@@ -108,6 +108,29 @@ def test_an_async_resume_names_the_options_a_worker_node_lacks(synthetic_bin: Pa
         assert "--label-smoothing 0.1 (rank 0: 0.2)" in ours(stderr)[0] and "give them there" in ours(stderr)[0]
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl-C on node 0; a scheduler's notice
+def test_a_sync_group_stopped_on_node_0_saves_and_resumes(synthetic_bin: Path, tmp_path: Path, signum: str):
+    """The signal, which torchrun's agent passes on to its ranks, is agreed on by all ranks at their next step,
+    and rank 0 saves as on one machine: Ctrl-C raised in rank 0 anywhere in a step (saving the other
+    ranks' states of the last validation), the other node printed gloo's traceback, and SIGTERM saved
+    nothing."""
+    run = tmp_path / "run"
+    common = ["--mode", "sync", "--valid-every", "0", "--log-every", "1"]
+    nodes = start_nodes_apart(synthetic_bin, run, [*common, "--max-updates", "100000"], [])
+    wait_for_training(run, nodes)
+    nodes[0].send_signal(getattr(signal, signum))
+    (code0, err0), (code1, err1) = finish(nodes)
+    assert "[rank" not in err0 + err1 and ours(err1) == [], err0[-3000:] + err1[-3000:]
+    assert code1 == 0 and "interrupted: saved" in err0, err0[-3000:]
+    end = read_events(run / "events.jsonl")[-1]
+    assert end["kind"] == "end" and end["interrupted"] is True
+    assert read_checkpoint(checkpoint_path(run, "last"))["server"]["updates"] == end["updates"]
+    results = finish(start_nodes_apart(synthetic_bin, run, [*common, "--max-updates", str(end["updates"] + 2),
+                                                             "--resume"], []))  # fmt: skip
+    assert [code for code, _ in results] == [0, 0], results
+    assert read_events(run / "events.jsonl")[-1]["updates"] == end["updates"] + 2
+
+
 def test_rank_variables_without_the_rendezvous_address_are_one_line(synthetic_bin: Path, tmp_path: Path):
     """RANK and WORLD_SIZE set by hand without MASTER_ADDR: a 58-line traceback of torch's."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}

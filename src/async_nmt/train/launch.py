@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -339,6 +340,11 @@ def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, l
     if cfg.mode in ("async", "async-accum") and rank > 0:
         run_worker_rank(cfg, rank, torch.device(device))
         summary = None
+    elif cfg.mode in ("sync", "diloco"):  # Ctrl-C or SIGTERM: the ranks agree to stop after the same step
+        interrupt = threading.Event()
+        said = "interrupted: stopping at the next step (Ctrl-C again to stop at once)" if rank == 0 else None
+        with processes.stop_signals_set(interrupt, said):
+            summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world, interrupt)
     else:
         summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
     # The async modes' rank 0 leaves the group as it is, and its process ends at once (errors.exit_at_once):

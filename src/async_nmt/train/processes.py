@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -200,6 +201,31 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
             signal.signal(sig, signal.default_int_handler)
     if caught:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def stop_signals_set(flag: Any, message: str | None) -> Iterator[None]:
+    """Within the block, Ctrl-C or SIGTERM sets `flag` (printing `message`, if any) for the code to stop at
+    its next step; a second one raises KeyboardInterrupt at once. For torchrun's sync ranks, whose agent
+    passes a node's Ctrl-C or a scheduler's SIGTERM on to them: the ranks agree on it at their next step,
+    as spawned ranks do on their supervisor's. In a thread other than the main one, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(_number: int, _frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+        if message:
+            print(message, file=sys.stderr)
+
+    before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def die_with_parent() -> None:
