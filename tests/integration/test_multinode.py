@@ -5,6 +5,7 @@ push. Semantics from the events, resume, and failures that end both nodes with o
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +165,12 @@ def test_sync_resume_needs_the_run_folder_on_every_node(synthetic_bin: Path, tmp
     assert code0 != 0 and code1 != 0 and "[rank" not in err0 + err1, err0[-2000:] + err1[-2000:]
     assert "not on this node" in ours(err1)[0] and "rank 1 on" in ours(err0)[0]
     assert (run / "events.jsonl").read_bytes() == before  # the run is left as it was
+    # a copy that the run then left behind: rank 1 would train on from another model (and other counts)
+    shutil.copytree(run, tmp_path / "copy")
+    assert [code for code, _ in nodes(tmp_path / "copy", "--max-updates", "4", "--resume")] == [0, 0]
+    for code, stderr in nodes(tmp_path / "copy", "--max-updates", "6", "--resume"):
+        assert code != 0 and len(ours(stderr)) == 1, stderr[-2000:]
+        assert "its node's last.pt at update 2" in ours(stderr)[0] and "(rank 0: at update 4" in ours(stderr)[0]
 
 
 def finish(nodes: list[subprocess.Popen], timeout: float = 60) -> list[tuple[int, str]]:

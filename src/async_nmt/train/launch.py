@@ -26,7 +26,7 @@ from async_nmt.config import TrainConfig, torchrun_rank
 from async_nmt.data.binarize import load_manifest
 from async_nmt.devices import resolve_device
 from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
-from async_nmt.model.checkpoint import checkpoint_path
+from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
 from async_nmt.train.lock import run_lock
@@ -273,6 +273,9 @@ def _start_options(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, A
     options = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "bin_dir")}
     corpus = {"vocab_hash": manifest["vocab_hash"], "splits": manifest["splits"]}
     options = {**options, "corpus": corpus, "resume": resume}
+    if resume and cfg.mode in ("sync", "diloco"):  # every rank loads its node's last.pt: the same one
+        saved = read_checkpoint(checkpoint_path(run_dir, "last"), mmap=True)
+        options["checkpoint"] = {"updates": saved["server"]["updates"], "crc32": saved.get("params_crc32")}
     return json.loads(json.dumps({**options, RUN_CONFIG: (run_dir / "config.json").is_file()}))  # (as read)
 
 
@@ -310,9 +313,13 @@ def _agree_to_start(store: Any, rank: int, world: int, problem: str | None, opti
         if differ:
             shown = ", ".join(f"{_option(name)} {_shown(post['options'].get(name))} (rank 0: {_shown(first[name])})"
                               for name in differ)  # fmt: skip
-            why = ("; its node has no copy of the run's config.json, where --resume takes the options that its "
-                   "command line leaves out: give them there" if first["resume"] and not post["options"][RUN_CONFIG]
-                   else "; start every rank alike (only --devices and the corpus's path may differ)")  # fmt: skip
+            if "checkpoint" in differ:
+                why = "; copy rank 0's run folder to that node"
+            elif first["resume"] and not post["options"][RUN_CONFIG]:
+                why = ("; its node has no copy of the run's config.json, where --resume takes the options that its "
+                       "command line leaves out: give them there")  # fmt: skip
+            else:
+                why = "; start every rank alike (only --devices and the corpus's path may differ)"
             raise UserError(f"rank {r} on {post['host']} was given other options than rank 0: {shown}{why}")
 
 
@@ -324,10 +331,13 @@ def _starts_alike(posts: list[dict[str, Any]]) -> bool:
 
 
 def _option(name: str) -> str:
-    return {"corpus": "the corpus (BIN)", "resume": "--resume"}.get(name, "--" + name.replace("_", "-"))
+    names = {"corpus": "the corpus (BIN)", "resume": "--resume", "checkpoint": "its node's last.pt"}
+    return names.get(name, "--" + name.replace("_", "-"))
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict) and "updates" in value:
+        return f"at update {value['updates']} (parameters' CRC-32 {value['crc32']})"
     return "(another)" if isinstance(value, dict) else str(value)
 
 
