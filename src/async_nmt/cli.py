@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from async_nmt.config import PRECISIONS
+from async_nmt.config import PRECISIONS, torchrun_rank
 from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts, system_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -82,7 +82,13 @@ class OneLineUsageErrors:
             sys.exit(err.exit_code)
         except click.UsageError as err:
             where = err.ctx.command_path if err.ctx is not None else "nmt"
-            click.echo(f"error: {err.format_message()} (see `{where} --help`)", err=True)
+            message = f"{err.format_message()} (see `{where} --help`)"
+            if torchrun_rank() is not None and where.split()[-1] in ("train", "nmt-train"):
+                from async_nmt.train.launch import refuse_torchrun  # the group's other ranks would wait for this one
+
+                with contextlib.suppress(UserError):
+                    refuse_torchrun(UserError(message))
+            click.echo(f"error: {message}", err=True)
             sys.exit(err.exit_code)
         except click.ClickException as err:
             err.show()

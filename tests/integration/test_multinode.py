@@ -62,11 +62,12 @@ def start_nodes_apart(bin_dir: Path, run: Path, common: list[str], node1: list[s
         # a rank that stopped before it joined left the others waiting for 2 hours, without a word
         ("sync", ["--workers", "3"], ["--workers 3 differs from WORLD_SIZE=2", "rank 1 on"]),
         ("async", ["--lr", "-1"], ["--lr must be positive", "rank 1 on"]),  # found before the rank joins
+        ("sync", ["--lr", "abc"], ["'abc' is not a valid float", "rank 1 on"]),  # Click's, as it parses
         # other options on one node trained without a word (sync's replicas drifted apart)
         ("sync", ["--lr", "5e-2"], ["rank 1 on", "other options than rank 0: --lr 0.05 (rank 0: 0.002)"]),
         ("async", ["--max-tokens", "4096"], ["--max-tokens 4096 (rank 0: 1024)"]),
     ],
-    ids=["cannot-start", "cannot-start-options", "sync-lr", "async-max-tokens"],
+    ids=["cannot-start", "cannot-start-options", "cannot-parse", "sync-lr", "async-max-tokens"],
 )
 def test_nodes_that_cannot_start_alike_all_stop_with_one_line(synthetic_bin: Path, tmp_path: Path, mode: str,
                                                                node1: list[str], said: list[str]):  # fmt: skip
