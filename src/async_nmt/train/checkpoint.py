@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from async_nmt.config import LOCK_NAME, RUN_MARKS, is_run_folder, run_folder_in
+from async_nmt.config import LOCK_NAME, RUN_MARKS, is_run_folder, run_folder_in, temporary_beside
 from async_nmt.errors import UserError, reason
 from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
 
@@ -72,7 +72,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     or is interrupted. A failed write is an OSError naming `path` (torch's writer raises RuntimeError on a
     full disk), which the CLI prints as one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_beside(path)
     try:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT_VERSION, **state, "params_crc32": params_crc32(state["params"])}, f)
