@@ -187,16 +187,18 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
     stopped before it joined left the others waiting for it for TIMEOUT, without a word.)"""
     rank, world, store = _rendezvous()
     with contextlib.ExitStack() as held:
+        problem, options, node, device = None, None, [], ""
         try:
             node, device = _check_rank(cfg, run_dir, resume, force, rank, world, held)
-            problem, options = None, _start_options(cfg, run_dir, resume)
-        except (UserError, OSError) as err:
-            problem, options, node, device = str(err) if isinstance(err, UserError) else system_error(err), None, [], ""
+            options = _start_options(cfg, run_dir, resume)
+        except UserError as err:
+            problem = str(err)
+        except OSError as err:
+            problem = system_error(err)
         _agree_to_start(store, rank, world, problem, options)
         store.set_timeout(TIMEOUT)
-        return _join_group(
-            cfg, run_dir, resume, progress, log_every, rank, world, node, device, dist.PrefixStore("default_pg", store)
-        )  # (as init_process_group's own rendezvous)
+        group_store = dist.PrefixStore("default_pg", store)  # (as init_process_group's own rendezvous makes it)
+        return _join_group(cfg, run_dir, resume, progress, log_every, rank, world, node, device, group_store)
 
 
 JOIN_TIMEOUT = datetime.timedelta(minutes=10)  # for every rank of a torchrun group to start and check itself
