@@ -19,7 +19,7 @@ from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
 from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
-from async_nmt.model.checkpoint import load_model
+from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
 from async_nmt.score import decode_lines, read_lines
@@ -196,9 +196,12 @@ def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_widt
     return src.to(device, non_blocking=True)
 
 
+MAX_BEAM = 2**31
+
+
 def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int) -> None:
-    if beam < 1:
-        raise UserError(f"--beam must be at least 1 (got {beam})")
+    if not 1 <= beam <= MAX_BEAM:  # (2^62 overflowed torch's sizes: a traceback)
+        raise UserError(f"--beam must be 1 to {MAX_BEAM:,} (got {beam})")
     if not math.isfinite(lenpen):
         raise UserError(f"--lenpen must be a finite number (got {lenpen})")
     if not max_len_a >= 0 or max_len_b < 0:  # (nan is not >= 0; inf: up to the model's positions)
@@ -355,6 +358,8 @@ def translate_file(
     files = [path for path in (input_path, output_path) if path is not None and str(path) != STDIO]
     if len(files) == 2 and Path(output_path).resolve() == Path(input_path).resolve():
         raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
+    if output_path is not None and str(output_path) != STDIO:
+        check_translation_output(Path(output_path), Path(model_path))
     if chunk_size is None:  # line by line from a terminal, where a person types them
         reading_stdin = input_path is None or str(input_path) == STDIO
         chunk_size = 1 if reading_stdin and sys.stdin is not None and sys.stdin.isatty() else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -312,7 +313,9 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
 @pytest.mark.parametrize(
     "args,stdin,message",
     [
-        (["--beam", "0"], "ba\n", "--beam must be at least 1"),
+        (["--beam", "0"], "ba\n", "--beam must be 1 to 2,147,483,648"),
+        (["--beam", str(2**63)], "ba\n", "--beam must be 1 to"),  # a traceback of torch's (an overflow)
+        (["--checkpoint", "last"], "ba\n", "no last.pt in"),  # (the run has best.pt only)
         (["--max-tokens", "0"], "ba\n", "--max-tokens must be at least 1"),
         (["--max-len-b", "-1"], "ba\n", "must not be negative"),
         ([], b"ba\n\xff\xfe\n", "stdin: line 2 is not valid UTF-8"),
@@ -324,6 +327,20 @@ def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, m
     result = runner().invoke(main, ["translate", str(run_dir), *args], input=stdin)
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_the_output_never_replaces_the_checkpoint_or_a_runs_files(run_dir: Path, tmp_path: Path):
+    """`-o` the checkpoint file made it a text file of translations, and `-o RUN/checkpoints/best.pt` so,
+    without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    best = run / "checkpoints" / "best.pt"
+    before = best.read_bytes()
+    for model, out in ((best, best), (run, best), (run, run / "checkpoints" / "other.pt"), (run, run / "config.json")):
+        result = runner().invoke(main, ["translate", str(model), "-o", str(out), "--beam", "1"], input="ba\n")
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "write the translations elsewhere" in result.stderr
+    assert best.read_bytes() == before and not (run / "checkpoints" / "other.pt").exists()
 
 
 def test_unwritable_output_exits_2(run_dir: Path, tmp_path: Path):

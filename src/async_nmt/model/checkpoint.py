@@ -84,19 +84,33 @@ def runs_checkpoints_folder(path: Path, run_dir: Path) -> Path | None:
     return None
 
 
+def check_not_a_run_file(path: Path, run_dir: Path, what: str) -> None:
+    """An output file `what` (the average, the translations) is never written into a run's checkpoints/
+    folder or over a run's own files, even with --force."""
+    if (folder := runs_checkpoints_folder(path, run_dir)) is not None:
+        raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live (never replaced, "
+                        f"even with --force); write {what} elsewhere")  # fmt: skip
+    if path.name in (*RUN_MARKS, LOCK_NAME) and is_run_folder(path.parent):
+        raise UserError(f"{path}: a file of the run {path.parent} (never replaced, even with --force); write "
+                        f"{what} elsewhere")  # fmt: skip
+
+
+def check_translation_output(path: Path, model_path: Path) -> None:
+    """`nmt translate -o` never replaces the checkpoint it translates with, nor a run's (it made the
+    checkpoint a text file of translations, and a run's best.pt so, without a word)."""
+    if model_path.is_file() and path.resolve() == model_path.resolve():
+        raise UserError(f"{path}: the checkpoint that translates; write the translations elsewhere")
+    check_not_a_run_file(path, model_path if model_path.is_dir() else model_path.parent, "the translations")
+
+
 def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
     """Where `nmt average` may write its checkpoint: never into a run's checkpoints/, over an existing file
     only with `force`, and into an existing folder only (as `nmt translate -o`, it makes none)."""
     if str(path) == "-":  # (stdout for `nmt translate -o`; a checkpoint is a file)
         raise UserError("-o -: the average is a checkpoint file; name one (AVG.pt)")
-    if (folder := runs_checkpoints_folder(path, run_dir)) is not None:
-        raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live (never replaced, "
-                        "even with --force); write the average elsewhere")  # fmt: skip
+    check_not_a_run_file(path, run_dir, "the average")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
-    if path.name in (*RUN_MARKS, LOCK_NAME) and is_run_folder(path.parent):
-        raise UserError(f"{path}: a file of the run {path.parent} (never replaced, even with --force); write "
-                        "the average elsewhere")  # fmt: skip
     if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path}: exists; use --force to replace it")
     for folder in path.parents:  # the nearest that exists must be a folder, and be the file's own
@@ -186,9 +200,12 @@ def find_checkpoint(path: Path, which: str | None = None) -> Path:
             candidate = checkpoint_path(path, name)
             if candidate.is_file():
                 return candidate
-        if which is not None and checkpoint_path(path, "last").is_file():
+        if which == "best" and checkpoint_path(path, "last").is_file():
             raise UserError(f"{path}: no {which}.pt in {path / 'checkpoints'} (a run trained without validation "
                             "has only last.pt); leave out --checkpoint to take it")  # fmt: skip
+        if which == "last" and checkpoint_path(path, "best").is_file():
+            raise UserError(f"{path}: no last.pt in {path / 'checkpoints'}; leave out --checkpoint to take "
+                            "best.pt")  # fmt: skip
         raise UserError(f"{path}: no checkpoint in {path / 'checkpoints'} (is it a run folder?)")
     if not path.exists():
         raise UserError(f"{path}: no such run folder or checkpoint")
