@@ -75,6 +75,29 @@ def test_outputs_respect_the_length_limit(a: float, b: int):
     assert [len(x) for x in out] == limits
 
 
+def eager_to_end(seed: int = 4) -> Transformer:
+    """A model whose most probable token is eos at every step, the first included."""
+    model = make_model(seed=seed)
+    with torch.no_grad():
+        model.decoder_norm.weight.zero_()
+        model.decoder_norm.bias.fill_(0.1)  # the decoder's output: 0.1 everywhere
+        model.embed.weight[EOS_ID] = 10.0  # eos logit: d_model, far above the others'
+    return model
+
+
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_every_output_has_a_token_unless_its_limit_is_0(beam: int, fixed_shapes: bool):
+    # An empty line for a sentence is no translation (fairseq's min_len 1): eos is never the first token ...
+    model = eager_to_end()
+    for use_cache in (True, False):
+        out = generate(model, SRC, beam, use_cache=use_cache, fixed_shapes=fixed_shapes)
+        assert [len(x) for x in out] == [1] * len(SRC)  # ... and the second is eos, the most probable
+    # A limit of 0 (a = 0.1: 0.3 and 0.9 tokens for the first two sentences, then b = 0) ends at once.
+    out = generate(model, SRC, beam, max_len_a=0.1, max_len_b=0, fixed_shapes=fixed_shapes)
+    assert [len(x) for x in out] == [0, 0, 0, 0, 1, 0, 0]
+
+
 def test_batched_search_equals_one_sentence_at_a_time():
     for search_fn in (greedy_search, lambda m, s: beam_search(m, s, beam=4)):
         batched = search_fn(MODEL, SRC)
@@ -83,11 +106,14 @@ def test_batched_search_equals_one_sentence_at_a_time():
 
 
 def sequence_score(model: Transformer, src: torch.Tensor, ids: list[int], limit: int) -> float:
-    """Sum of log-probs of ids + [eos] under the same rules as search (no pad/bos; eos forced at limit)."""
+    """Sum of log-probs of ids + [eos] under the same rules as search (no pad/bos; no eos first unless
+    the limit is 0; eos forced at limit)."""
     prev = torch.tensor([[BOS_ID, *ids]], device=src.device)
     with torch.no_grad():
         logits = model(src, prev)[0].float()
     logits[:, [PAD_ID, BOS_ID]] = -math.inf
+    if limit:
+        logits[0, EOS_ID] = -math.inf
     if len(ids) == limit:
         logits[-1, [t for t in range(logits.size(1)) if t != EOS_ID]] = -math.inf
     lprobs = torch.log_softmax(logits, dim=-1)
@@ -96,11 +122,11 @@ def sequence_score(model: Transformer, src: torch.Tensor, ids: list[int], limit:
 
 @pytest.mark.parametrize("lenpen", [0.0, 0.6, 1.0, 2.0])
 def test_a_wide_beam_finds_the_best_hypotheses_of_an_exhaustive_search(lenpen: float):
-    # Vocabulary: pad, unk, bos, eos and two words -> 3 possible tokens a step; 40 hypotheses of <= 3 tokens.
+    # Vocabulary: pad, unk, bos, eos and two words -> 3 possible tokens a step; 39 hypotheses of 1-3 tokens.
     model = make_model(vocab_size=6, seed=5)
     src = make_src([2, 5, 1, 3, 4, 7], vocab_size=6)
     limit = 3
-    hyps = [list(ids) for n in range(limit + 1) for ids in itertools.product([1, 4, 5], repeat=n)]
+    hyps = [list(ids) for n in range(1, limit + 1) for ids in itertools.product([1, 4, 5], repeat=n)]
     best = []
     for i in range(len(src)):
         scored = [(sequence_score(model, src[i : i + 1], ids, limit), ids) for ids in hyps]

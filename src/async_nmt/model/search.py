@@ -4,7 +4,9 @@ Both searches drop a sentence from the batch as soon as it is finished, so one l
 the whole batch decoding; with `fixed_shapes` they keep it, so that every step has the same shapes and a
 CUDA graph can replay it. Outputs are token ids without bos and eos. A sentence of n source tokens (eos
 and pads excluded) gets at most `max_len_a * n + max_len_b` output tokens (capped by the model's
-positions); at that length eos is forced.
+positions); at that length eos is forced. Before it, every output has at least one token, as fairseq's
+default `min_len` of 1 gives: eos is never a first token (an empty line for a sentence, from a model that is
+barely trained), unless the length limit is 0.
 """
 
 from __future__ import annotations
@@ -67,7 +69,17 @@ def _at_max_len(min_limit: int, limits: Tensor, step: int) -> Tensor | None:
 def _next_log_probs(model: Transformer, tokens: Tensor, enc, cache: dict | None, at_max_len: Tensor | None) -> Tensor:
     """Log-probabilities [N, V] of the next token after each row of `tokens` (which starts with bos)."""
     prev = tokens[:, -1:] if cache is not None else tokens
-    return _mask_next(model, model.decode(prev, enc, cache, last_only=True)[:, -1].float(), at_max_len)
+    logits = model.decode(prev, enc, cache, last_only=True)[:, -1].float()
+    if tokens.size(1) == 1:  # the first step
+        _no_eos_first(model, logits, torch.ones_like(logits[:, 0], dtype=torch.bool), at_max_len)
+    return _mask_next(model, logits, at_max_len)
+
+
+def _no_eos_first(model: Transformer, logits: Tensor, first: Tensor, at_max_len: Tensor | None) -> None:
+    """No eos in `logits` [N, V] for the rows whose step is the `first` ([N] or [], on the device), but
+    for those `at_max_len` (a limit of 0): an output has at least one token where it may."""
+    no_eos = first if at_max_len is None else first & ~at_max_len
+    logits[:, model.cfg.eos_id].masked_fill_(no_eos, -math.inf)
 
 
 def _mask_next(model: Transformer, logits: Tensor, at_max_len: Tensor | None) -> Tensor:
@@ -139,7 +151,9 @@ def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], che
 
     def step() -> None:
         at_max_len = row_limits.le(position)
+        first = position.eq(0)
         logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
+        _no_eos_first(model, logits, first, at_max_len)
         next_tokens = _mask_next(model, logits, at_max_len).argmax(-1).masked_fill_(ended, cfg.eos_id)
         tokens.index_copy_(1, position, next_tokens[:, None])  # decode_step has moved position on
         ended.logical_or_(next_tokens.eq(cfg.eos_id))
@@ -237,12 +251,15 @@ def _beam_fixed_shapes(
     first_rows = torch.arange(B, device=device)[:, None] * K
 
     def step() -> None:
-        at_max_len = sent_limits.le(position)
+        at_limit = sent_limits.le(position)
+        at_max_len = at_limit.repeat_interleave(K)
         length = (position + 1).float().pow(lenpen)
         write_at = position + 1
         history_cols = columns.lt(position)
+        first = position.eq(0)
         logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
-        lprobs = _mask_next(model, logits, at_max_len.repeat_interleave(K))
+        _no_eos_first(model, logits, first, at_max_len)
+        lprobs = _mask_next(model, logits, at_max_len)
         V = lprobs.size(1)
         candidates = (scores[:, :, None] + lprobs.view(B, K, V)).view(B, K * V)
         top_scores, top_index = candidates.topk(2 * K, dim=1)
@@ -257,7 +274,7 @@ def _beam_fixed_shapes(
         history = torch.where(history_cols, history, cfg.eos_id)
         fin_tokens.scatter_(1, slot[:, :, None].expand(-1, -1, steps), history)
         fin_count.add_(slot.lt(K).sum(1))
-        done.logical_or_(fin_count.ge(K) | at_max_len)
+        done.logical_or_(fin_count.ge(K) | at_limit)
 
         order = is_eos.long() * (2 * K) + candidate_index
         live = order.topk(K, dim=1, largest=False).indices
