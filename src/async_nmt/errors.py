@@ -1,6 +1,6 @@
 """User-facing errors: the CLI prints them as one line on stderr and exits with their `exit_code`; how the
-CLI's process ends (`exit_at_once`, `sigterm_interrupts`); and `run_script`, which ends the scripts/ the same
-way."""
+CLI's process ends (`exit_at_once`, `sigterm_interrupts`, `new_notice`); and `run_script`, which ends the
+scripts/ the same way."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 _AT_ONCE = [False]
+# A SIGTERM this soon after another is the same notice delivered twice: a batch scheduler (Slurm's
+# `scancel`, its time limit) signals every process of a job, and torchrun's agent passes its own on to the
+# ranks, which so get two at once. A second one counts as a second notice (which stops at once) after this.
+REPEAT_S = 1.0
+_LAST_SIGTERM = [-float("inf")]
 
 
 class UserError(Exception):
@@ -78,11 +84,34 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    before = signal.signal(signal.SIGTERM, sigterm_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def new_notice(number: int) -> bool:
+    """Whether signal `number`, which came now, is a new notice: every Ctrl-C is; a SIGTERM within
+    `REPEAT_S` of the last one that was is not (the same notice delivered twice)."""
+    if number != signal.SIGTERM:
+        return True
+    now = time.monotonic()
+    if now - _LAST_SIGTERM[0] < REPEAT_S:
+        return False
+    _LAST_SIGTERM[0] = now
+    return True
+
+
+def sigterm_handler(number: int, _frame: object) -> None:
+    """SIGTERM as Ctrl-C: KeyboardInterrupt, but for the same notice delivered twice (`new_notice`)."""
+    if new_notice(number):
+        raise KeyboardInterrupt
+
+
+def interrupts(number: int) -> bool:
+    """Whether signal `number` raises KeyboardInterrupt here (Python's Ctrl-C, or `sigterm_interrupts`)."""
+    return signal.getsignal(number) in (signal.default_int_handler, sigterm_handler)
 
 
 def run_script(main: Callable[[], object]) -> None:

@@ -431,15 +431,22 @@ def test_a_worker_stops_calling_the_store_at_its_first_failure():
     assert len(calls) == 1
 
 
-def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: Path, tmp_path: Path):
+@pytest.mark.parametrize("signum, to_all", [("SIGINT", False), ("SIGTERM", False), ("SIGTERM", True)])
+def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: Path, tmp_path: Path, signum: str,
+                                                                to_all: bool):  # fmt: skip
+    """Ctrl-C on node 0, or a scheduler's SIGTERM there, to its torchrun agent, which passes it on to its ranks,
+    or to every process of the node at once, as Slurm's `scancel` sends it (SIGTERM ended the server at
+    once, with no checkpoint and no end event)."""
     run = tmp_path / "run"
     nodes = start_nodes(synthetic_bin, run, "--mode", "async-accum", "--accum", "3", "--valid-every", "0",
                         "--log-every", "1", "--max-updates", "100000")  # fmt: skip
     wait_for_training(run, nodes)
     pids = family(nodes)
-    os.killpg(nodes[0].pid, signal.SIGINT)  # Ctrl-C in node 0's terminal reaches its torchrun agent
+    for pid in family(nodes[:1]) if to_all else [nodes[0].pid]:
+        os.kill(pid, getattr(signal, signum))
     pressed = time.time()
-    finish(nodes, timeout=60)
+    (_, err0), _ = finish(nodes, timeout=60)
+    assert "interrupted: saved" in err0, err0[-3000:]
     assert time.time() - pressed < 30
     end = read_events(run / "events.jsonl")[-1]
     assert end["kind"] == "end" and end["interrupted"] is True

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from async_nmt import errors
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
 from async_nmt.data.batches import BatchStream, budget_warning, collate, collate_rows, make_batches
 from async_nmt.data.binarize import TokenArray
 from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
+from async_nmt.train import processes
 from async_nmt.train.events import EventLog, read_events, truncate_events
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, push_gradient, train_step
@@ -450,3 +456,27 @@ def test_accum_defaults_to_the_worker_ranks_under_torchrun(monkeypatch, tmp_path
     options = dict(devices="cpu", lr=None, warmup=None, compile_model=False, preset="micro", mode="async-accum")
     assert build_config(tmp_path, **options, accum=None).accum == 3
     assert build_config(tmp_path, **options, accum=1).accum == 1  # a value given is kept
+
+
+@pytest.mark.parametrize("how", ["stop_signals_set", "sigterm_interrupts"])
+def test_a_sigterm_that_comes_twice_at_once_is_one_notice(how, monkeypatch):
+    """Slurm's `scancel` signals every process of a job, and torchrun's agent passes its own SIGTERM on to
+    its ranks: a rank gets two at once. They are one notice (the second was a second Ctrl-C, which stops
+    at once, without a checkpoint); a SIGTERM later than `REPEAT_S` is a second notice."""
+    monkeypatch.setattr(errors, "_LAST_SIGTERM", [-float("inf")])
+    monkeypatch.setattr(errors, "REPEAT_S", 0.5)
+    flag = threading.Event()
+    caught = []
+    block = processes.stop_signals_set(flag, None) if how == "stop_signals_set" else errors.sigterm_interrupts()
+    with block:
+        for wait in (0.0, 0.1, 0.7):
+            time.sleep(wait)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)  # Python runs the handler at the next instruction of the main thread
+                caught.append(False)
+            except KeyboardInterrupt:
+                caught.append(True)
+    # stop_signals_set: the first sets the flag, the one at once is dropped, the later one stops at once
+    assert caught == ([False, False, True] if how == "stop_signals_set" else [True, False, True])
+    assert flag.is_set() == (how == "stop_signals_set")

@@ -357,8 +357,9 @@ def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, l
         said = "interrupted: stopping at the next step (Ctrl-C again to stop at once)" if rank == 0 else None
         with processes.stop_signals_set(interrupt, said):
             summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world, interrupt)
-    else:
-        summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
+    else:  # the async server: SIGTERM (the agent passes a scheduler's on) stops the run as Ctrl-C does
+        with sigterm_interrupts():
+            summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
     # The async modes' rank 0 leaves the group as it is, and its process ends at once (errors.exit_at_once):
     # a worker still computing at the end may yet send to the receive rank 0 has posted, and a gloo group
     # destroyed under a posted receive aborts the process when that message comes; a group left alone

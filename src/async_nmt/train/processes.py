@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
-from async_nmt.errors import UserError, WorkerFailed, failure_line
+from async_nmt.errors import UserError, WorkerFailed, failure_line, interrupts, new_notice
 
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
@@ -192,17 +192,20 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an
     update half applied, a message exchange with a worker half done (that worker then waits for an answer
     that never comes), workers starting. A signal that came meanwhile is raised as KeyboardInterrupt when the
-    section ends; with `second_stops`, a second one is raised at once (a section that may wait long).
+    section ends; with `second_stops`, a second one is raised at once (a section that may wait long; a
+    SIGTERM that repeats the last, `errors.new_notice`, is no second one).
     If the section raises, its error wins and the signal is dropped: the state may be half changed then,
     and an interrupt would save it. In a thread other than the main one, or where the signals are not
     Ctrl-C's, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is signal.default_int_handler]
+    held = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM) if interrupts(sig)}
     caught: list[int] = []
 
     def hold(number: int, _frame: Any) -> None:
+        if not new_notice(number):
+            return
         caught.append(number)
         if second_stops and len(caught) > 1:
             raise KeyboardInterrupt
@@ -212,8 +215,8 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        for sig in held:
-            signal.signal(sig, signal.default_int_handler)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
 
@@ -221,14 +224,17 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
 @contextmanager
 def stop_signals_set(flag: Any, message: str | None) -> Iterator[None]:
     """Within the block, Ctrl-C or SIGTERM sets `flag` (printing `message`, if any) for the code to stop at
-    its next step; a second one raises KeyboardInterrupt at once. For torchrun's sync ranks, whose agent
+    its next step; a second one raises KeyboardInterrupt at once (a SIGTERM only after `errors.REPEAT_S`: one
+    sooner is the same notice, `errors.new_notice`). For torchrun's sync ranks, whose agent
     passes a node's Ctrl-C or a scheduler's SIGTERM on to them: the ranks agree on it at their next step,
     as spawned ranks do on their supervisor's. In a thread other than the main one, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_signal(_number: int, _frame: Any) -> None:
+    def on_signal(number: int, _frame: Any) -> None:
+        if not new_notice(number):
+            return
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
