@@ -103,6 +103,11 @@ def new_notice(number: int) -> bool:
     return True
 
 
+def sigterm_within(seconds: float) -> bool:
+    """Whether a SIGTERM came to this process in the last `seconds` (`new_notice` saw it)."""
+    return time.monotonic() - _LAST_SIGTERM[0] < seconds
+
+
 def sigterm_handler(number: int, _frame: object) -> None:
     """SIGTERM as Ctrl-C: KeyboardInterrupt, but for the same notice delivered twice (`new_notice`)."""
     if new_notice(number):

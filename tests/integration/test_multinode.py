@@ -455,6 +455,25 @@ def test_ctrl_c_on_the_launching_node_saves_and_ends_every_node(synthetic_bin: P
     assert not leftovers(pids)
 
 
+def test_a_sigterm_to_node_0_that_ends_a_worker_in_an_exchange_still_saves(synthetic_bin: Path, tmp_path: Path):
+    """The scheduler's SIGTERM that stops node 0 reaches its worker (rank 1) as rank 0 takes that worker's push:
+    the worker is gone before its answer. Rank 0 failed, without a checkpoint, for "worker rank 1 ...
+    stopped by SIGTERM"; now it stops as on Ctrl-C, with a partial async-accum sum saved as it is."""
+    run = tmp_path / "run"
+    nodes = start_nodes(synthetic_bin, run, "--mode", "async-accum", "--accum", "3", "--valid-every", "0",
+                        "--log-every", "1", "--max-updates", "100000", env={"ASYNC_NMT_STOP_NODE_AT": "1:5"})  # fmt: skip
+    pids = family(nodes)
+    started = time.time()
+    (code0, err0), _ = finish(nodes, timeout=90)
+    assert "interrupted: saved" in err0 and ours(err0) == [], err0[-3000:]
+    assert time.time() - started < 60
+    end = read_events(run / "events.jsonl")[-1]
+    assert end["kind"] == "end" and end["interrupted"] is True
+    saved = read_checkpoint(checkpoint_path(run, "last"))["server"]
+    assert saved["updates"] == end["updates"] and saved["pushes"] >= 5
+    assert not leftovers(pids)
+
+
 def test_ctrl_c_between_a_push_and_its_answer_leaves_no_worker_waiting(synthetic_bin: Path, tmp_path: Path):
     """Rank 0 gets Ctrl-C after a worker's gradient came and before its answer went. That worker was then
     left waiting, and rank 0 waited for its next push with no deadline (without the fix these nodes run

@@ -35,6 +35,9 @@ POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
 FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"  # testing hook: "W:N" makes worker W raise at its N-th push, "W:N:kill" die
 INTERRUPT_ENV = "ASYNC_NMT_INTERRUPT_AT"  # testing hook: "N": Ctrl-C reaches the server as it takes its N-th push
+# testing hook: "R:N": a scheduler's SIGTERM reaches the torchrun server's node as it takes rank R's push, from N on
+STOP_NODE_ENV = "ASYNC_NMT_STOP_NODE_AT"
+_NODE_STOPPED = [False]
 MESSAGE_GRACE_S = 0.2  # how long a failure waits for the other processes' exits and messages
 PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the parent's to handle (Ctrl-C, a scheduler's notice)
@@ -282,6 +285,20 @@ def maybe_interrupt(pushes: int) -> None:
     between receiving its gradient and answering the worker."""
     if os.environ.get(INTERRUPT_ENV) == str(pushes):
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def maybe_stop_node(pushes: int, src: int) -> None:
+    """The testing hook: SIGTERM to this torchrun rank's agent, which passes it on to the node's ranks, as the
+    server takes a push of worker rank R, its N-th or a later one (ASYNC_NMT_STOP_NODE_AT=R:N), between
+    receiving the gradient and answering. A worker of this node is then gone before its answer."""
+    spec = os.environ.get(STOP_NODE_ENV, "")
+    if not spec or _NODE_STOPPED[0]:
+        return
+    rank, first = (int(part) for part in spec.split(":"))
+    if src == rank and pushes >= first:
+        _NODE_STOPPED[0] = True
+        os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(1.0)  # the worker ends meanwhile
 
 
 class EmulatedSpeed:

@@ -40,7 +40,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
-from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, reason
+from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, reason, sigterm_within
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
@@ -108,6 +108,7 @@ class RemoteWorkers(Workers):
         self.heard: dict[int, tuple[int, float]] = {}  # heartbeat count and when it last moved (from start)
         self.told: set[int] = set()  # workers told to stop
         self.failed = False  # a worker failed: nobody is waited for any more
+        self.cut_short = False  # the SIGTERM that stops this node ended a worker of it first (`_lost`)
         self.checked = 0.0  # when the workers' health was last looked at
 
     def start(self) -> None:
@@ -136,10 +137,15 @@ class RemoteWorkers(Workers):
         return self._collect()
 
     def drain(self) -> tuple[StepStats, list[int]]:
-        """A partial async-accum sum is completed with the pushes that come next."""
-        while self.server.pending_pushes:
-            src, header = self.parked.pop(0) if self.parked else self._next_header()
-            self._serve(src, header)
+        """A partial async-accum sum is completed with the pushes that come next (kept as it is where a
+        worker's connection was lost to the SIGTERM that stops the run, `_lost`: the checkpoint holds it)."""
+        try:
+            while self.server.pending_pushes:
+                src, header = self.parked.pop(0) if self.parked else self._next_header()
+                self._serve(src, header)
+        except KeyboardInterrupt:
+            if not self.cut_short:
+                raise
         self.fence = max(self.fence, self.server.updates)
         return self._collect()
 
@@ -201,9 +207,17 @@ class RemoteWorkers(Workers):
         return src, self.header.clone()
 
     def _lost(self, err: RuntimeError) -> None:
-        """A connection closed under a message: name the worker whose heartbeat stopped (or that said why)."""
+        """A connection closed under a message: name the worker whose heartbeat stopped (or that said why).
+        But where a SIGTERM came to this process meanwhile, the scheduler's (or the agent's) that stops
+        this node stopped its workers too, one of them in an exchange with this one: the run stops as on
+        Ctrl-C, with what it has (it failed, without a checkpoint, for a worker "stopped by SIGTERM")."""
+        if self.cut_short:  # (closing after it: the workers left leave when rank 0 does)
+            raise WorkerFailed(f"a worker's connection was lost: {reason(err)}")
         deadline = time.monotonic() + STOPPED_S + 2 * CHECK_S
         while time.monotonic() < deadline:
+            if sigterm_within(STOPPED_S + 2 * CHECK_S):
+                self.cut_short = True
+                raise KeyboardInterrupt
             self._check()
             time.sleep(CHECK_S)
         self.failed = True
@@ -219,6 +233,7 @@ class RemoteWorkers(Workers):
     def _take(self, src: int, header: torch.Tensor) -> None:
         dist.recv(self.grad, src=src, tag=GRAD)
         processes.maybe_interrupt(self.server.pushes + 1)
+        processes.maybe_stop_node(self.server.pushes + 1, src)
         values = header.tolist()
         worker = src - 1
         grad = self.grad if self.server.params.device.type == "cpu" else self.grad.to(self.server.params.device)
