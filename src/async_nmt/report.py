@@ -309,6 +309,12 @@ def columns(x: str) -> list[tuple[str, str, str]]:
     ]
 
 
+def shown(name: str) -> str:
+    """A run's name as text every output can hold: the bytes of a folder name that are not UTF-8 (which Python
+    reads as surrogates, and a file or the plots' fonts cannot write) as backslash escapes, run\\xff."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells; a missing value is a dash, a run still going is marked with *. A diloco
     run's staleness is the inner steps since the last sync, and its cells say so."""
@@ -316,7 +322,7 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for row in report["runs"]:
         texts = ["-" if row[key] is None else spec.format(row[key]) for _, key, spec in cols]
-        texts[0] += "" if row["finished"] else " *"
+        texts[0] = shown(row["run"]) + ("" if row["finished"] else " *")
         if " H=" in row["mode"]:  # diloco or local SGD
             for i, (_, key, _) in enumerate(cols):
                 if key.startswith("staleness") and row[key] is not None:
@@ -331,18 +337,19 @@ def title(report: dict[str, Any]) -> str:
         target = f"no target BLEU ({report['no_target']}: no time to target, no speedups)"
     else:
         target = f"target BLEU {report['target_bleu']:.2f}"
-    return f"{target}, baseline {report['baseline']}{link}"
+    return f"{target}, baseline {shown(report['baseline'])}{link}"
 
 
 def print_table(report: dict[str, Any]) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # names as they are: a str is read as markup ([bold], runs/a[lr=1]) and :emoji:
 
     headers, rows = cells(report)
     running = any(not row["finished"] for row in report["runs"])
     table = Table(
-        title=title(report),
+        title=Text(title(report), style="table.title"),
         caption="* not finished: still running, or interrupted (--resume goes on)" if running else None,
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
@@ -350,7 +357,7 @@ def print_table(report: dict[str, Any]) -> None:
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i < 2 else "right", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))
     console = Console()
     if not console.is_terminal:  # into a file or a pipe: the whole table, never squeezed to 80 columns
         console = Console(width=400)
@@ -372,7 +379,8 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
     for run in runs:
         # a validation without the field (a log from elsewhere) is a gap in its line, not an error
         points = [(value, e[field]) for value, e in zip(x_values(run, x), run.valid, strict=True) if field in e]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=run.name)
+        label = shown(run.name).replace("$", r"\$")  # as it is, not mathtext
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
     if target is not None:
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2f}")
     ax.set_xlabel(X_AXES[x][1])

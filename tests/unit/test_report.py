@@ -430,3 +430,31 @@ def test_an_event_log_or_checkpoint_that_is_a_folder_is_named_as_one(tmp_path: P
     (run / "update-9.pt").mkdir()
     with pytest.raises(UserError, match="update-9.pt: a folder, not a checkpoint"):
         read_checkpoint(run / "update-9.pt")
+
+
+def test_run_names_are_shown_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich read names as markup (runs/a[lr=1e-3] showed as runs/a, x[/y] was a traceback), matplotlib `$..$` as
+    mathtext, and a folder name that is not UTF-8 stopped the plots (a TypeError of their font)."""
+    import os
+
+    from matplotlib.figure import Figure
+
+    names = ["runs/a[lr=1e-3]", "runs/a", "x[/y]", "[bold]odd", ":smile:", "a$x$b", os.fsdecode(b"run\xff")]
+    runs = [write_run(tmp_path / name, "sync", [1.0, 2.0], seconds_per_valid=10.0) for name in names]
+    shown = [str(run).replace("\udcff", "\\xff") for run in runs]
+    legends = []
+    savefig = Figure.savefig
+
+    def drawn(self, path, **kwargs):  # the legend's texts as matplotlib draws them
+        legends.append([text._preprocess_math(text.get_text()) for text in self.axes[0].get_legend().get_texts()])
+        savefig(self, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", drawn)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = [line.split(" sync ")[0].strip() for line in result.stdout.splitlines() if " sync " in line]
+    assert table == shown and f"baseline {shown[0]}" in result.stdout
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert all(f"| {name} |" in markdown for name in shown)
+    assert legends and all(legend[: len(runs)] == [(name, False) for name in shown] for legend in legends)
