@@ -425,7 +425,8 @@ def score(
     default=None,
     help="Re-price the predicted clock of --simulate runs as if every link ran at this many Gb/s (e.g. 1 for "
     "workers on different sites). An emulated run's updates do not depend on its link, only its clock does, "
-    "so one run answers for any link. Default: the link each run was trained with.",
+    "so one run answers for any link, one resumed with another --link-gbps too. Default: the link each run was "
+    "trained with.",
 )
 def report(
     runs: tuple[Path, ...],

@@ -101,7 +101,8 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
     An emulated run's pushes, order and updates do not depend on its link, only its clock does, and the
     link's time on each device's clock is a count of parameter transfers: 2 per push of async and
     async-accum (each device's own clock, `worker_s`), one ring all-reduce per sync update or diloco round
-    (every device waits for it). Runs without a predicted clock are left as they are.
+    (every device waits for it). A resume may change --link-gbps: the transfers after each start event were
+    priced at the link it names. Runs without a predicted clock are left as they are.
 
     An async run resumed from one logged before the per-device clocks existed has early events that cannot
     be re-priced: one-line error, or with `partial` those events are left out of the run returned."""
@@ -109,29 +110,54 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
     start = run.start
     if "predicted_s" not in run.last:
         return run
-    was = start.get("link_gbps")
-    if was is None and (run.path / "config.json").is_file():  # runs from before the start event named it
-        # and from before --link-gbps, whose clock priced a link at the fixed 10 GB/s that is its default
-        was = run.config.get("train", {}).get("link_gbps", LINK_GBPS_BEFORE)
-    if was is None:
-        raise UserError(f"{run.name}: no link speed in its start event or config.json to re-price")
+    fallback = None  # for start events from before they named the link
+    if (run.path / "config.json").is_file():  # and from before --link-gbps, whose clock priced a link at the
+        fallback = run.config.get("train", {}).get("link_gbps", LINK_GBPS_BEFORE)  # 10 GB/s that is its default
     lacking = [f for f in ("params", "mode", "workers") + (("sync_every",) if start.get("mode") == "diloco" else ())
                if f not in start]  # fmt: skip
     if lacking:
         raise UserError(f"{run.name}: no {', '.join(lacking)} in its start event to re-price its clock")
-    delta = link_seconds(start["params"], link_gbps) - link_seconds(start["params"], was)
+    price = link_seconds(start["params"], link_gbps)
     mode, ring = start["mode"], all_reduce_links(start["workers"])
+
+    def transfers(event: dict[str, Any]) -> list[float] | None:
+        """Each clock's transfers up to `event`: sync and diloco have one that every device waits on; None for
+        an async event without the per-device pushes."""
+        if mode == "sync":
+            return [event["updates"] * ring]
+        if mode == "diloco":
+            return [event["updates"] // start["sync_every"] * ring]
+        return [PUSH_LINKS * p for p in event["worker_pushes"]] if "worker_pushes" in event else None
+
+    def link(event: dict[str, Any]) -> float:
+        """The link a start event says its segment was priced at."""
+        was = event.get("link_gbps", fallback)
+        if was is None:
+            raise UserError(f"{run.name}: no link speed in its start event or config.json to re-price")
+        return was
+
+    def shifted(counts: list[float]) -> list[float]:
+        """Each clock's re-pricing at `counts`: the segments before, and this one's transfers since it began."""
+        return [d + delta * (n - b) for d, n, b in zip(done, counts, base, strict=True)]
+
+    first = next(e for e in run.events if e["kind"] == "start")  # (an event before it is priced at its link)
     events = []
+    base: list[float] = []  # each clock's transfers when the segment began (at a start event: a resume)
+    done: list[float] = []  # each clock's re-pricing of the segments before
+    delta = 0.0  # the re-pricing of one transfer in this segment
     for event in run.events:
+        counts = transfers(event)
+        # a start event without the per-device pushes (logged before them) goes on with the segment before
+        if not base or (event["kind"] == "start" and counts is not None):
+            begins = counts if counts is not None else [0.0] * start["workers"]  # (a first start before them)
+            done = shifted(begins) if base else [0.0] * len(begins)
+            base = begins
+            delta = price - link_seconds(start["params"], link(event if event["kind"] == "start" else first))
         if "predicted_s" in event:
-            if mode == "sync":
-                predicted = event["predicted_s"] + event["updates"] * ring * delta
-            elif mode == "diloco":
-                predicted = event["predicted_s"] + event["updates"] // start["sync_every"] * ring * delta
-            elif "worker_s" in event and "worker_pushes" in event:
-                predicted = max(
-                    s + PUSH_LINKS * p * delta for s, p in zip(event["worker_s"], event["worker_pushes"], strict=True)
-                )
+            if counts is not None and mode in ("sync", "diloco"):
+                predicted = event["predicted_s"] + shifted(counts)[0]
+            elif counts is not None and "worker_s" in event:
+                predicted = max(s + d for s, d in zip(event["worker_s"], shifted(counts), strict=True))
             elif partial:
                 continue
             else:

@@ -458,3 +458,52 @@ def test_run_names_are_shown_as_they_are(tmp_path: Path, monkeypatch: pytest.Mon
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert all(f"| {name} |" in markdown for name in shown)
     assert legends and all(legend[: len(runs)] == [(name, False) for name in shown] for legend in legends)
+
+
+@pytest.mark.parametrize("mode", ["sync", "diloco", "async"])
+def test_link_gbps_reprices_each_resume_at_the_link_it_was_trained_with(tmp_path: Path, mode: str) -> None:
+    """A resume may change --link-gbps; every event was re-priced from the last start event's link."""
+    from async_nmt.report import reprice
+    from async_nmt.train.links import all_reduce_links, link_seconds
+
+    params, ring = 10_000_000, all_reduce_links(4)
+
+    def transfers(updates: int) -> list[float]:  # each clock's: one for sync and diloco (H=5), one a worker for async
+        if mode == "async":
+            return [2.0 * (updates * (w + 1) // 10) for w in range(4)]  # worker w pushes (w + 1)/10 an update
+        return [ring * (updates if mode == "sync" else updates // 5)]
+
+    def run(path: Path, links: list[float]) -> Path:
+        """Validations every 10 updates, each `links` entry a segment of 20 updates opened by a start event."""
+        events, clocks, before = [], [0.0] * len(transfers(0)), transfers(0)
+        for i, link in enumerate(links):
+            for updates in range(20 * i, 20 * i + 21, 10):
+                now = transfers(updates)
+                clocks = [c + 0.01 * (n - b) + (n - b) * link_seconds(params, link)
+                          for c, n, b in zip(clocks, now, before, strict=True)]  # fmt: skip
+                before = now
+                clock = {"predicted_s": max(clocks), "worker_s": clocks if mode == "async" else [max(clocks)] * 4,
+                         "worker_pushes": [int(n / 2) for n in now] if mode == "async" else [updates] * 4}  # fmt: skip
+                if updates == 20 * i:
+                    events.append({"kind": "start", "mode": mode, "workers": 4, "sync_every": 5, "params": params,
+                                   "link_gbps": link, "updates": updates, "tokens": 0, "train_s": 0.0,
+                                   **clock})  # fmt: skip
+                else:
+                    events.append({"kind": "valid", "updates": updates, "tokens": 100 * updates,
+                                   "train_s": float(updates), "bleu": updates / 10, **clock})  # fmt: skip
+        path.mkdir()
+        (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+        return path
+
+    once, resumed = run(tmp_path / "once", [80.0]), run(tmp_path / "resumed", [80.0, 1.0])
+    for link in (1.0, 80.0, 25.0):
+        for path in (once, resumed):
+            clocks = [e["predicted_s"] for e in reprice(load_run(path), link).events]
+            expected = [max(0.01 * n + n * link_seconds(params, link) for n in transfers(e["updates"]))
+                        for e in load_run(path).events]  # fmt: skip
+            assert clocks == pytest.approx(expected), (path, link)
+    result = CliRunner().invoke(main, ["report", str(once), str(resumed), "--x", "predicted", "--link-gbps", "1",
+                                       "--target-bleu", "2", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first, second = (row["to_target"] for row in json.loads(result.stdout)["runs"])
+    assert first == pytest.approx(second)
