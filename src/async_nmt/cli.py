@@ -439,8 +439,9 @@ def report(
 ) -> None:
     """Compare run folders from their events.jsonl: a table with time to a target BLEU and speedups, and plots.
 
-    A run not validated yet is a row of dashes. Runs that differ in preset, validation set or corpus are
-    compared with a warning on stderr; a folder given twice is reported once."""
+    A run not validated yet is a row of dashes. Runs that differ in preset, validation set or corpus, or on
+    the x axis's clock (--simulate or not, token price, link), are compared with a warning on stderr; a folder
+    given twice is reported once."""
     from async_nmt.report import report_command
 
     with results_on_stdout() if out is None else contextlib.nullcontext():  # (with --out it is in its files)

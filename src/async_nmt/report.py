@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,14 @@ class Run:
     events: list[dict[str, Any]]
 
     @property
+    def starts(self) -> list[dict[str, Any]]:
+        """The start events: the first, then one a resume, each with the options in force from it on."""
+        return [e for e in self.events if e["kind"] == "start"]
+
+    @property
     def start(self) -> dict[str, Any]:
         # a resumed run logs a second `start`; the latest one holds the options in force now
-        starts = [e for e in self.events if e["kind"] == "start"]
-        return starts[-1] if starts else {}
+        return self.starts[-1] if self.starts else {}
 
     @property
     def valid(self) -> list[dict[str, Any]]:
@@ -92,7 +97,19 @@ def load_run(path: Path) -> Run:
     return Run(name=str(path), path=Path(path), events=read_events(log))
 
 
-LINK_GBPS_BEFORE = 80.0  # the link the simulator priced before it was an option (--link-gbps)
+# what the simulator priced before these were options: a link of 10 GB/s, a token at its measured time
+BEFORE_OPTIONS = {"link_gbps": 80.0, "simulate_token_us": 0.0}
+
+
+def in_force(run: Run, start: dict[str, Any], option: str) -> Any:
+    """A --simulate option that `start` (one of the run's start events) says is in force from it on; for a start
+    event from before they named it, config.json's, or BEFORE_OPTIONS' for one from before the option; None
+    without config.json."""
+    if option in start:
+        return start[option]
+    if not (run.path / "config.json").is_file():
+        return None
+    return run.config.get("train", {}).get(option, BEFORE_OPTIONS[option])
 
 
 def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
@@ -110,9 +127,6 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
     start = run.start
     if "predicted_s" not in run.last:
         return run
-    fallback = None  # for start events from before they named the link
-    if (run.path / "config.json").is_file():  # and from before --link-gbps, whose clock priced a link at the
-        fallback = run.config.get("train", {}).get("link_gbps", LINK_GBPS_BEFORE)  # 10 GB/s that is its default
     lacking = [f for f in ("params", "mode", "workers") + (("sync_every",) if start.get("mode") == "diloco" else ())
                if f not in start]  # fmt: skip
     if lacking:
@@ -131,7 +145,7 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
 
     def link(event: dict[str, Any]) -> float:
         """The link a start event says its segment was priced at."""
-        was = event.get("link_gbps", fallback)
+        was = in_force(run, event, "link_gbps")
         if was is None:
             raise UserError(f"{run.name}: no link speed in its start event or config.json to re-price")
         return was
@@ -266,10 +280,12 @@ def build_report(
     return {"x": x, "target_bleu": target_bleu, "no_target": no_target, "baseline": baseline.name, "runs": rows}
 
 
-def differences(runs: list[Run]) -> list[str]:
+def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
     """One line for each way the runs are not comparable: another model size (preset), validation set
-    (--valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary). From each run's start
-    event and config.json; a run that does not record a setting is left out of its comparison.
+    (--valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary); and for their times on
+    the x axis `x`, another clock: --simulate or not (the training clock), a token's price or a link
+    (--simulate-token-us, --link-gbps where the report does not re-price it: the predicted clock). From each
+    run's start events and config.json; a run that does not record a setting is left out of its comparison.
 
     The vocabulary is compared by the hash of RUN/spm.model's pieces where every run has one; else by the
     corpus's languages and vocabulary size, as the hashes recorded before 2026-12-05 were of the file, and
@@ -300,8 +316,28 @@ def differences(runs: list[Run]) -> list[str]:
         ),
         "vocabulary": (lambda run: hashes[run.name]) if None not in hashes.values() else corpus,
     }
+
+    def simulated(run: Run) -> str | None:
+        return None if not run.events else "--simulate" if "predicted_s" in run.last else "real devices"
+
+    def prices(option: str) -> Callable[[Run], str | None]:
+        """A --simulate option's values in a run: one, or one a start event where a resume changed it."""
+
+        def value_of(run: Run) -> str | None:
+            values = [v for start in run.starts if (v := in_force(run, start, option)) is not None]
+            return ", then ".join(f"{v:g}" for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
+
+        return value_of
+
+    clocks: dict[str, Callable[[Run], str | None]] = {}  # what the times alone depend on
+    if x == "time":
+        clocks["training clock (--simulate: one process emulates every worker)"] = simulated
+    if x == "predicted":
+        clocks["price of a token (--simulate-token-us; 0: measured)"] = prices("simulate_token_us")
+        if link_gbps is None:  # (with it, every run is re-priced for that link)
+            clocks["link (--link-gbps)"] = prices("link_gbps")
     lines = []
-    for setting, value_of in settings.items():
+    for setting, value_of in {**settings, **clocks}.items():
         names: dict[str, list[str]] = {}
         for run in runs:
             value = value_of(run)
@@ -309,7 +345,8 @@ def differences(runs: list[Run]) -> list[str]:
                 names.setdefault(str(value), []).append(run.name)
         if len(names) > 1:
             which = "; ".join(f"{value}: {', '.join(named)}" for value, named in names.items())
-            lines.append(f"warning: the runs differ in {setting} ({which}); their BLEU and times do not compare")
+            what = "times" if setting in clocks else "BLEU and times"
+            lines.append(f"warning: the runs differ in {setting} ({which}); their {what} do not compare")
     return lines
 
 
@@ -485,7 +522,7 @@ def report_command(
     report["link_gbps"] = link_gbps
     written = write_report(runs, report, out) if out is not None else []
     # after the files, so that a folder that cannot be made is the one line on stderr
-    for line in differences(runs):
+    for line in differences(runs, x, link_gbps):
         click.echo(line, err=True)
     if report["no_target"] is not None:
         click.echo(f"warning: no time to target or speedups: {report['no_target']}", err=True)

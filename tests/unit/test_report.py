@@ -507,3 +507,45 @@ def test_link_gbps_reprices_each_resume_at_the_link_it_was_trained_with(tmp_path
     assert result.exit_code == 0, result.output
     first, second = (row["to_target"] for row in json.loads(result.stdout)["runs"])
     assert first == pytest.approx(second)
+
+
+def test_runs_on_other_clocks_are_reported_with_a_warning(tmp_path: Path) -> None:
+    """Their times do not compare: a --simulate run against a real one on the training clock, another token price
+    or link on the predicted clock (a link that --link-gbps re-prices aside)."""
+    runs = [write_run(tmp_path / name, "sync", [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+            for name in ("fast", "slow", "old")]  # fmt: skip
+    for run, token_us, link in ((runs[0], 3.4, 80.0), (runs[1], 10.0, 25.0)):
+        rewrite(run, lambda events, t=token_us, g=link: events[0].update(simulate_token_us=t, link_gbps=g,
+                                                                         params=1000))  # fmt: skip
+    # from before the start event named them: config.json's, or the clock's before the options
+    rewrite(runs[2], lambda events: events[0].update(params=1000))
+    (runs[2] / "config.json").write_text(json.dumps({"train": {"simulate": True, "simulate_token_us": 3.4}}))
+    cli = CliRunner()
+    result = cli.invoke(main, ["report", *map(str, runs), "--x", "predicted"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: the runs differ in price of a token (--simulate-token-us; 0: measured) (3.4: {runs[0]}, "
+        f"{runs[2]}; 10: {runs[1]}); their times do not compare",
+        f"warning: the runs differ in link (--link-gbps) (80: {runs[0]}, {runs[2]}; 25: {runs[1]}); their times "
+        "do not compare",
+    ]
+    result = cli.invoke(main, ["report", *map(str, runs), "--x", "predicted", "--link-gbps", "1"])
+    assert result.exit_code == 0 and "link (--link-gbps)" not in result.stderr and "token" in result.stderr
+
+    def resumed_at_80(events: list[dict]) -> None:  # at the price of a token of the others
+        events.insert(2, {**events[0], "updates": 10, "link_gbps": 80.0})
+        for event in events[0], events[2]:
+            event["simulate_token_us"] = 3.4
+
+    rewrite(runs[1], resumed_at_80)  # a resume that changed the link is a difference too
+    result = cli.invoke(main, ["report", *map(str, runs), "--x", "predicted"])
+    assert result.stderr == (f"warning: the runs differ in link (--link-gbps) (80: {runs[0]}, {runs[2]}; 25, then "
+                             f"80: {runs[1]}); their times do not compare\n")  # fmt: skip
+
+    real = write_run(tmp_path / "real", "sync", [10.0, 20.0], seconds_per_valid=40.0)
+    result = cli.invoke(main, ["report", str(runs[0]), str(real)])
+    assert result.stderr == (f"warning: the runs differ in training clock (--simulate: one process emulates "
+                             f"every worker) (--simulate: {runs[0]}; real devices: {real}); their times do not "
+                             "compare\n")  # fmt: skip
+    result = cli.invoke(main, ["report", *map(str, runs), str(real), "--x", "updates"])
+    assert result.exit_code == 0 and result.stderr == ""
