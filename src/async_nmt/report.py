@@ -281,11 +281,11 @@ def build_report(
 
 
 def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
-    """One line for each way the runs are not comparable: another model size (preset), validation set
-    (--valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary); and for their times on
-    the x axis `x`, another clock: --simulate or not (the training clock), a token's price or a link
-    (--simulate-token-us, --link-gbps where the report does not re-price it: the predicted clock). From each
-    run's start events and config.json; a run that does not record a setting is left out of its comparison.
+    """One line for each way the runs are not comparable: another model size (preset), validation set (its
+    sentences, else --valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary); and for
+    their times on the x axis `x`, another clock: --simulate or not (the training clock), a token's price or a
+    link (--simulate-token-us, --link-gbps where the report does not re-price it: the predicted clock). From
+    each run's start events and config.json; a run that does not record a setting is left out of its comparison.
 
     The vocabulary is compared by the hash of RUN/spm.model's pieces where every run has one; else by the
     corpus's languages and vocabulary size, as the hashes recorded before 2026-12-05 were of the file, and
@@ -308,9 +308,15 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
     # corpora can both be "bin"), else by the folder name as typed
     split = {run.name: training_split(run) for run in runs}
     by_split = None not in split.values()
+    # the validation set by its sentences where every run's start event has them (since 2026-12-05: 0 and 500
+    # sentences of a valid split of 400 are one set, and two corpora's first 500 are two), else by their number
+    sentences = {run.name: run.start.get("valid_crc32") for run in runs}
+    by_sentences = None not in sentences.values()
     settings = {
         "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
-        "validation set (--valid-max-sentences)": lambda run: run.config.get("train", {}).get("valid_max_sentences"),
+        "validation set (CRC-32 of its sentences)" if by_sentences else "validation set (--valid-max-sentences)": (
+            lambda run: sentences[run.name] if by_sentences else run.config.get("train", {}).get("valid_max_sentences")
+        ),
         "corpus (training pairs, tokens)" if by_split else "corpus (bin_dir)": (
             (lambda run: split[run.name]) if by_split else (lambda run: run.config.get("train", {}).get("bin_dir"))
         ),

@@ -1006,6 +1006,16 @@ def test_a_save_at_the_last_update_is_written_once(synthetic_bin: Path, tmp_path
     assert saved == [(3, False), (6, True)]
 
 
+def test_the_start_event_names_the_validation_sentences_that_nmt_report_compares(synthetic_bin: Path,
+                                                                                  tmp_path: Path):  # fmt: skip
+    from async_nmt.train.validate import Validator
+
+    train(micro_config(synthetic_bin, max_updates=1, valid_max_sentences=40), tmp_path / "run", progress=False)
+    start = read_events(tmp_path / "run" / "events.jsonl")[0]
+    assert start["valid_crc32"] == Validator(synthetic_bin, 1024, 256, 40).fingerprint
+    assert start["valid_crc32"] != Validator(synthetic_bin, 1024, 256, 20).fingerprint
+
+
 def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path: Path):
     from async_nmt.data.batches import BatchStream
     from async_nmt.data.binarize import load_split

@@ -549,3 +549,27 @@ def test_runs_on_other_clocks_are_reported_with_a_warning(tmp_path: Path) -> Non
                              "compare\n")  # fmt: skip
     result = cli.invoke(main, ["report", *map(str, runs), str(real), "--x", "updates"])
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_the_validation_set_compares_by_its_sentences_where_every_run_recorded_them(runs: list[Path]) -> None:
+    """The README said a validation set was compared, but only --valid-max-sentences was: the first 500 sentences
+    of two corpora were one set."""
+
+    def recorded(run: Path, valid: int, crc: int | None) -> None:  # start events since 2026-12-05 name them
+        (run / "config.json").write_text(json.dumps({"train": {"valid_max_sentences": valid}}))
+        rewrite(run, lambda events: events[0].update(valid_crc32=crc) if crc is not None else None)
+
+    recorded(runs[0], 500, 1234)
+    recorded(runs[1], 500, 5678)
+    recorded(runs[2], 0, 1234)  # all of a valid split of 500 or fewer: the same sentences
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: the runs differ in validation set (CRC-32 of its sentences) (1234: {runs[0]}, {runs[2]}; 5678: "
+        f"{runs[1]}); their BLEU and times do not compare"
+    ]
+    # a run from before start events named them: by --valid-max-sentences, as before
+    recorded(runs[1], 500, 1234)
+    recorded(runs[2], 500, None)
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0 and result.stderr == "", result.output

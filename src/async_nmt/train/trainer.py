@@ -408,6 +408,7 @@ class Trainer:
             max_updates=cfg.max_updates, max_epochs=cfg.max_epochs, max_time=cfg.max_time, patience=cfg.patience,
             label_smoothing=cfg.label_smoothing, clip_norm=cfg.clip_norm, compile=cfg.compile,
             valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=self.log_every,
+            valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices),
         )  # fmt: skip
         bar = tqdm(
