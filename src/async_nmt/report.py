@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -459,15 +459,25 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
     fig.savefig(path, dpi=120)
 
 
-def write_report(runs: list[Run], report: dict[str, Any], out: Path) -> list[Path]:
-    """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md; returns their paths. A file that cannot
-    be written (a full disk) is an error naming it, and is not left half-written."""
+def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
+    """The report's warning lines, for stderr and report.md: how the runs do not compare, why there is no target."""
+    lines = differences(runs, report["x"], report.get("link_gbps"))
+    if report["no_target"] is not None:
+        lines.append(f"warning: no time to target or speedups: {report['no_target']}")
+    return lines
+
+
+def write_report(runs: list[Run], report: dict[str, Any], out: Path, notes: Sequence[str] = ()) -> list[Path]:
+    """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md (with the warning lines `notes`); returns
+    their paths. A file that cannot be written (a full disk) is an error naming it, and is not left half-written."""
     out.mkdir(parents=True, exist_ok=True)
     x = report["x"]
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
     running = any(not row["finished"] for row in report["runs"])
     text = (
         f"# Training report\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
+        + "".join(f"- {shown(line)}\n" for line in notes)
+        + ("\n" if notes else "")
         + markdown_table(report)
         + ("\n\\* not finished: still running, or interrupted (--resume goes on)\n" if running else "")
         + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n"
@@ -526,12 +536,11 @@ def report_command(
                         else "no run has validated yet (no valid event in any events.jsonl)")  # fmt: skip
     report = build_report(runs, target_bleu, base, x)
     report["link_gbps"] = link_gbps
-    written = write_report(runs, report, out) if out is not None else []
+    notes = warnings(runs, report)
+    written = write_report(runs, report, out, notes) if out is not None else []
     # after the files, so that a folder that cannot be made is the one line on stderr
-    for line in differences(runs, x, link_gbps):
+    for line in notes:
         click.echo(line, err=True)
-    if report["no_target"] is not None:
-        click.echo(f"warning: no time to target or speedups: {report['no_target']}", err=True)
     if as_json:
         print(json.dumps(report))
         return

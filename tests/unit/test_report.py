@@ -573,3 +573,16 @@ def test_the_validation_set_compares_by_its_sentences_where_every_run_recorded_t
     recorded(runs[2], 500, None)
     result = CliRunner().invoke(main, ["report", *map(str, runs)])
     assert result.exit_code == 0 and result.stderr == "", result.output
+
+
+def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
+    """They went to stderr alone: a report.md read later compared runs that do not compare without a word."""
+    runs = [write_run(tmp_path / m, m, [0.0, 0.0], seconds_per_valid=10.0) for m in ("sync", "async")]
+    for run, preset in zip(runs, ("micro", "tiny"), strict=True):
+        (run / "config.json").write_text(json.dumps({"train": {"preset": preset}}))
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "differ in preset" in lines[0] and "best BLEU is 0.00" in lines[1]
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert all(f"- {line}\n" in markdown for line in lines)
