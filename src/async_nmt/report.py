@@ -161,6 +161,9 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
     delta = 0.0  # the re-pricing of one transfer in this segment
     for event in run.events:
         counts = transfers(event)
+        if counts is not None and base and len(counts) != len(base):  # (one event's lists agree: read_events)
+            raise UserError(f"{run.path / 'events.jsonl'}: the event of update {event['updates']} has the pushes of "
+                            f"{len(counts)} workers, where the run's start event has {len(base)}")  # fmt: skip
         # a start event without the per-device pushes (logged before them) goes on with the segment before
         if not base or (event["kind"] == "start" and counts is not None):
             begins = counts if counts is not None else [0.0] * start["workers"]  # (a first start before them)

@@ -586,3 +586,47 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
     assert len(lines) == 2 and "differ in preset" in lines[0] and "best BLEU is 0.00" in lines[1]
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert all(f"- {line}\n" in markdown for line in lines)
+
+
+@pytest.mark.parametrize(
+    "mode, line, change, problem",
+    [
+        ("async", 3, {"worker_pushes": [1, 1, 1]}, "its worker_s and worker_pushes differ in length (4 and 3)"),
+        ("async", 1, {"workers": 0}, "its workers is 0, not a whole number of 1 or more"),
+        ("diloco", 1, {"sync_every": 0}, "its sync_every is 0, not a whole number of 1 or more"),
+        ("sync", 1, {"link_gbps": 0}, "its link_gbps is 0, not above 0"),
+        ("sync", 1, {"link_gbps": "fast"}, 'its link_gbps is "fast", not a finite number'),
+    ],
+)
+def test_an_event_that_re_pricing_cannot_take_is_a_one_line_error(
+    tmp_path: Path, mode: str, line: int, change: dict, problem: str
+) -> None:
+    """Lists of two lengths were a ValueError of zip, and a count or link of 0 a ZeroDivisionError."""
+    run = write_run(tmp_path / mode, mode, [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+
+    def clocks(events: list[dict]) -> None:
+        events[0].update(params=1000, link_gbps=80.0, sync_every=10 if mode == "diloco" else 0)
+        for event in events:
+            event.update(worker_s=[event["predicted_s"]] * 4, worker_pushes=[event["updates"]] * 4)
+        events[line - 1].update(change)
+
+    rewrite(run, clocks)
+    result = CliRunner().invoke(main, ["report", str(run), "--x", "predicted", "--link-gbps", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {run / 'events.jsonl'}:{line}: not a JSON event ({problem})\n"
+
+
+def test_an_event_with_the_clocks_of_other_workers_than_its_start_is_a_one_line_error(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "async", "async", [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+
+    def clocks(events: list[dict]) -> None:
+        events[0].update(params=1000, link_gbps=80.0)
+        for event in events:
+            workers = 3 if event["kind"] == "valid" and event["updates"] == 20 else 4
+            event.update(worker_s=[event["predicted_s"]] * workers, worker_pushes=[event["updates"]] * workers)
+
+    rewrite(run, clocks)
+    result = CliRunner().invoke(main, ["report", str(run), "--x", "predicted", "--link-gbps", "1"])
+    assert result.exit_code == 2 and result.output == (
+        f"error: {run / 'events.jsonl'}: the event of update 20 has the pushes of 3 workers, where the run's start "
+        "event has 4\n")  # fmt: skip

@@ -91,7 +91,7 @@ FIELDS: dict[str | None, tuple[str, ...]] = {None: ("kind", "updates"), "valid":
 # fields that are finite numbers wherever an event has them (`nmt report` computes with them)
 NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "tok_per_s",
            "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr", "loss", "nll",
-           "valid_loss", "chrf")  # fmt: skip
+           "valid_loss", "chrf", "link_gbps", "simulate_token_us")  # fmt: skip
 LISTS = ("worker_s", "worker_pushes", "staleness_hist")  # lists of finite numbers wherever an event has them
 NAMES = ("mode", "preset", "staleness_lr", "precision", "device")  # strings wherever an event has them
 
@@ -113,6 +113,15 @@ def _problem(event: dict[str, Any]) -> str | None:
     for name in NAMES:
         if name in event and not isinstance(event[name], str):
             return f"its {name} is {json.dumps(event[name])}, not a name"
+    # what `nmt report --link-gbps` divides by, and the per-device clocks it takes pairwise
+    for name, least in (("workers", 1), ("sync_every", 1 if event.get("mode") == "diloco" else 0)):
+        if name in event and not (isinstance(event[name], int) and event[name] >= least):
+            return f"its {name} is {json.dumps(event[name])}, not a whole number of {least} or more"
+    if event.get("link_gbps", 1) <= 0:
+        return f"its link_gbps is {json.dumps(event['link_gbps'])}, not above 0"
+    lengths = [len(event[name]) for name in ("worker_s", "worker_pushes") if name in event]
+    if len(set(lengths)) > 1:
+        return f"its worker_s and worker_pushes differ in length ({lengths[0]} and {lengths[1]})"
     return None
 
 
@@ -125,9 +134,9 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
     Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
     does not parse is skipped silently, as are blank lines. Any other line that is not a JSON object with
-    the FIELDS of its kind, NUMBERS that are numbers, LISTS of them and NAMES that are strings, a complete last
-    line included, is an error
-    "PATH:LINE: not a JSON event (...)".
+    the FIELDS of its kind, NUMBERS that are numbers, LISTS of them and NAMES that are strings (and workers,
+    diloco's sync_every and link_gbps that can be divided by, worker_s and worker_pushes of one length), a
+    complete last line included, is an error "PATH:LINE: not a JSON event (...)".
     """
     lines = path.read_bytes().splitlines(keepends=True)
     events = []
