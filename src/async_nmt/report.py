@@ -264,7 +264,8 @@ def build_report(
     runs: list[Run], target_bleu: float | None = None, baseline: Run | None = None, x: str = "time"
 ) -> dict[str, Any]:
     """The report as one JSON-ready object: x axis, target, baseline and one row per run. Without a target
-    worth racing to, `target_bleu` is None and `no_target` says why: no time to target, no speedups."""
+    worth racing to, `target_bleu` is None and `no_target` says why: no time to target, no speedups; where
+    runs reach the target and the baseline does not, `no_speedup` says so."""
     if baseline is None:
         baseline = next((r for r in runs if r.start.get("mode") == "sync"), runs[0])
     no_target = None
@@ -280,7 +281,14 @@ def build_report(
     for row in rows:
         if base_x is not None and row["to_target"]:
             row["speedup"] = base_x / row["to_target"]
-    return {"x": x, "target_bleu": target_bleu, "no_target": no_target, "baseline": baseline.name, "runs": rows}
+    no_speedup = None  # a --target-bleu that another run reaches and the baseline does not
+    if target_bleu is not None and base_x is None and any(row["to_target"] is not None for row in rows):
+        best = max((e["bleu"] for e in baseline.valid), default=None)
+        no_speedup = f"the baseline {baseline.name} " + (
+            "has no validation yet" if best is None else f"never reached BLEU {target_bleu:.2f} (its best: {best:.2f})"
+        )
+    return {"x": x, "target_bleu": target_bleu, "no_target": no_target, "no_speedup": no_speedup,
+            "baseline": baseline.name, "runs": rows}  # fmt: skip
 
 
 def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
@@ -404,12 +412,14 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def title(report: dict[str, Any]) -> str:
+    """The target, the baseline and the link of the report, as every output can hold it (shown)."""
     link = f", predicted clock re-priced for {report['link_gbps']:g} Gb/s links" if report.get("link_gbps") else ""
     if report["target_bleu"] is None:
         target = f"no target BLEU ({report['no_target']}: no time to target, no speedups)"
     else:
         target = f"target BLEU {report['target_bleu']:.2f}"
-    return f"{target}, baseline {shown(report['baseline'])}{link}"
+        target += f" (no speedups: {report['no_speedup']})" if report.get("no_speedup") else ""
+    return shown(f"{target}, baseline {report['baseline']}{link}")
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -463,10 +473,13 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
 
 
 def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
-    """The report's warning lines, for stderr and report.md: how the runs do not compare, why there is no target."""
+    """The report's warning lines, for stderr and report.md: how the runs do not compare, why there is no
+    target or no speedups."""
     lines = differences(runs, report["x"], report.get("link_gbps"))
     if report["no_target"] is not None:
         lines.append(f"warning: no time to target or speedups: {report['no_target']}")
+    if report.get("no_speedup") is not None:
+        lines.append(f"warning: no speedups: {report['no_speedup']}")
     return lines
 
 

@@ -630,3 +630,23 @@ def test_an_event_with_the_clocks_of_other_workers_than_its_start_is_a_one_line_
     assert result.exit_code == 2 and result.output == (
         f"error: {run / 'events.jsonl'}: the event of update 20 has the pushes of 3 workers, where the run's start "
         "event has 4\n")  # fmt: skip
+
+
+def test_a_target_that_runs_reach_and_the_baseline_does_not_says_why_there_are_no_speedups(
+    tmp_path: Path, runs: list[Path]
+) -> None:
+    """Every speedup was a dash, without a word (the baseline's best was 21.0, the accum run reached 21.2)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--target-bleu", "21.2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    reason = f"the baseline {runs[0]} never reached BLEU 21.20 (its best: 21.00)"
+    assert result.stderr == f"warning: no speedups: {reason}\n"
+    assert f"target BLEU 21.20 (no speedups: {reason})" in result.stdout
+    assert f"- warning: no speedups: {reason}\n" in (out / "report.md").read_text(encoding="utf-8")
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--target-bleu", "21.2", "--json"])
+    report = json.loads(result.stdout)
+    assert report["no_speedup"] == reason and report["runs"][2]["to_target"] == 180.0
+    assert [row["speedup"] for row in report["runs"]] == [None, None, None]
+    # a target no run reaches: the dashes of every time to target say it
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--target-bleu", "30", "--json"])
+    assert result.stderr == "" and json.loads(result.stdout)["no_speedup"] is None
