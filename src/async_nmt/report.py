@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -485,7 +487,8 @@ def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
 
 def write_report(runs: list[Run], report: dict[str, Any], out: Path, notes: Sequence[str] = ()) -> list[Path]:
     """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md (with the warning lines `notes`); returns
-    their paths. A file that cannot be written (a full disk) is an error naming it, and is not left half-written."""
+    their paths. A file that cannot be written (a folder of its name, read-only, a full disk) is an error naming
+    it, and is not left half-written."""
     out.mkdir(parents=True, exist_ok=True)
     x = report["x"]
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
@@ -503,6 +506,10 @@ def write_report(runs: list[Run], report: dict[str, Any], out: Path, notes: Sequ
         loss_png: lambda: plot(runs, "valid_loss", "valid loss (nats/token)", x, loss_png),
         markdown: lambda: markdown.write_text(text, encoding="utf-8"),
     }
+    for path in writers:  # each before any is written: one that cannot be leaves the folder as it was
+        if path.is_dir() or not os.access(path if path.exists() else out, os.W_OK):
+            code = errno.EISDIR if path.is_dir() else errno.EACCES
+            raise OSError(code, os.strerror(code), str(path))
     for path, write in writers.items():
         try:
             write()

@@ -650,3 +650,14 @@ def test_a_target_that_runs_reach_and_the_baseline_does_not_says_why_there_are_n
     # a target no run reaches: the dashes of every time to target say it
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--target-bleu", "30", "--json"])
     assert result.stderr == "" and json.loads(result.stdout)["no_speedup"] is None
+
+
+def test_out_writes_nothing_where_one_of_its_files_cannot_be_written(tmp_path: Path, runs: list[Path]) -> None:
+    """The plots were written first, then report.md failed: the folder held new pictures beside no report."""
+    out = tmp_path / "out"
+    (out / "report.md").mkdir(parents=True)
+    (out / "valid_loss.png").write_bytes(b"an earlier report's")
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 1 and result.output == f"error: {out / 'report.md'}: Is a directory\n"
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "valid_loss.png"]
+    assert (out / "valid_loss.png").read_bytes() == b"an earlier report's"
