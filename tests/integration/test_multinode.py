@@ -461,7 +461,8 @@ def test_a_sigterm_to_node_0_that_ends_a_worker_in_an_exchange_still_saves(synth
     stopped by SIGTERM"; now it stops as on Ctrl-C, with a partial async-accum sum saved as it is."""
     run = tmp_path / "run"
     nodes = start_nodes(synthetic_bin, run, "--mode", "async-accum", "--accum", "3", "--valid-every", "0",
-                        "--log-every", "1", "--max-updates", "100000", env={"ASYNC_NMT_STOP_NODE_AT": "1:5"})  # fmt: skip
+                        "--log-every", "1", "--max-updates", "100000",
+                        env={"ASYNC_NMT_STOP_NODE_AT": "1:5"})  # fmt: skip
     pids = family(nodes)
     started = time.time()
     (code0, err0), _ = finish(nodes, timeout=90)
