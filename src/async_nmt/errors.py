@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 
 _AT_ONCE = [False]
-# A SIGTERM this soon after another is the same notice delivered twice: a batch scheduler (Slurm's
+# A Ctrl-C or SIGTERM this soon after the last one that counted is the same notice delivered twice: GNU
+# `timeout` sends its signal to the command and then to its process group; a batch scheduler (Slurm's
 # `scancel`, its time limit) signals every process of a job, and torchrun's agent passes its own on to the
-# ranks, which so get two at once. A second one counts as a second notice (which stops at once) after this.
+# ranks. A second one counts as a second notice (which stops at once, without a checkpoint) only after this.
 REPEAT_S = 1.0
-_LAST_SIGTERM = [-float("inf")]
+_LAST_NOTICE = [-float("inf")]
 
 
 class UserError(Exception):
@@ -80,43 +81,43 @@ def exits_at_once() -> bool:
 def sigterm_interrupts() -> Iterator[None]:
     """Within the block, SIGTERM (`kill`, `timeout`, a batch scheduler's notice) raises KeyboardInterrupt as
     Ctrl-C does, so that a command cleans up and ends the same way (the CLI prints "interrupted", exit code
-    130). Only the main thread can install it; elsewhere the block runs as it is."""
+    130); and either one that repeats the last within `REPEAT_S` is dropped (`new_notice`). Only the main
+    thread can install it; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, sigterm_handler)
+    before = {sig: signal.signal(sig, interrupt_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
-def new_notice(number: int) -> bool:
-    """Whether signal `number`, which came now, is a new notice: every Ctrl-C is; a SIGTERM within
-    `REPEAT_S` of the last one that was is not (the same notice delivered twice)."""
-    if number != signal.SIGTERM:
-        return True
+def new_notice(_number: int) -> bool:
+    """Whether a Ctrl-C or SIGTERM (signal `_number`), which came now, is a new notice to stop: not within
+    `REPEAT_S` of the last one that was (the same notice delivered twice)."""
     now = time.monotonic()
-    if now - _LAST_SIGTERM[0] < REPEAT_S:
+    if now - _LAST_NOTICE[0] < REPEAT_S:
         return False
-    _LAST_SIGTERM[0] = now
+    _LAST_NOTICE[0] = now
     return True
 
 
-def sigterm_within(seconds: float) -> bool:
-    """Whether a SIGTERM came to this process in the last `seconds` (`new_notice` saw it)."""
-    return time.monotonic() - _LAST_SIGTERM[0] < seconds
+def notice_within(seconds: float) -> bool:
+    """Whether a notice to stop (Ctrl-C, SIGTERM) came to this process in the last `seconds` (`new_notice`)."""
+    return time.monotonic() - _LAST_NOTICE[0] < seconds
 
 
-def sigterm_handler(number: int, _frame: object) -> None:
-    """SIGTERM as Ctrl-C: KeyboardInterrupt, but for the same notice delivered twice (`new_notice`)."""
+def interrupt_handler(number: int, _frame: object) -> None:
+    """KeyboardInterrupt, as Python's Ctrl-C handler, but for the same notice delivered twice (`new_notice`)."""
     if new_notice(number):
         raise KeyboardInterrupt
 
 
 def interrupts(number: int) -> bool:
     """Whether signal `number` raises KeyboardInterrupt here (Python's Ctrl-C, or `sigterm_interrupts`)."""
-    return signal.getsignal(number) in (signal.default_int_handler, sigterm_handler)
+    return signal.getsignal(number) in (signal.default_int_handler, interrupt_handler)
 
 
 def run_script(main: Callable[[], object]) -> None:

@@ -458,12 +458,14 @@ def test_accum_defaults_to_the_worker_ranks_under_torchrun(monkeypatch, tmp_path
     assert build_config(tmp_path, **options, accum=1).accum == 1  # a value given is kept
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("how", ["stop_signals_set", "sigterm_interrupts"])
-def test_a_sigterm_that_comes_twice_at_once_is_one_notice(how, monkeypatch):
-    """Slurm's `scancel` signals every process of a job, and torchrun's agent passes its own SIGTERM on to
-    its ranks: a rank gets two at once. They are one notice (the second was a second Ctrl-C, which stops
-    at once, without a checkpoint); a SIGTERM later than `REPEAT_S` is a second notice."""
-    monkeypatch.setattr(errors, "_LAST_SIGTERM", [-float("inf")])
+def test_a_stop_signal_that_comes_twice_at_once_is_one_notice(how, signum, monkeypatch):
+    """GNU `timeout` sends its signal to the command, then to its process group; Slurm's `scancel` signals
+    every process of a job, and torchrun's agent passes its own SIGTERM on to its ranks: a process gets two
+    at once. They are one notice (the second was a second Ctrl-C, which stops at once, without a
+    checkpoint); one later than `REPEAT_S` is a second notice."""
+    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
     monkeypatch.setattr(errors, "REPEAT_S", 0.5)
     flag = threading.Event()
     caught = []
@@ -472,7 +474,7 @@ def test_a_sigterm_that_comes_twice_at_once_is_one_notice(how, monkeypatch):
         for wait in (0.0, 0.1, 0.7):
             time.sleep(wait)
             try:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), getattr(signal, signum))
                 time.sleep(0.01)  # Python runs the handler at the next instruction of the main thread
                 caught.append(False)
             except KeyboardInterrupt:

@@ -195,8 +195,8 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an
     update half applied, a message exchange with a worker half done (that worker then waits for an answer
     that never comes), workers starting. A signal that came meanwhile is raised as KeyboardInterrupt when the
-    section ends; with `second_stops`, a second one is raised at once (a section that may wait long; a
-    SIGTERM that repeats the last, `errors.new_notice`, is no second one).
+    section ends; with `second_stops`, a second one is raised at once (a section that may wait long; one
+    that repeats the last, `errors.new_notice`, is no second one).
     If the section raises, its error wins and the signal is dropped: the state may be half changed then,
     and an interrupt would save it. In a thread other than the main one, or where the signals are not
     Ctrl-C's, nothing changes."""
@@ -227,8 +227,8 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
 @contextmanager
 def stop_signals_set(flag: Any, message: str | None) -> Iterator[None]:
     """Within the block, Ctrl-C or SIGTERM sets `flag` (printing `message`, if any) for the code to stop at
-    its next step; a second one raises KeyboardInterrupt at once (a SIGTERM only after `errors.REPEAT_S`: one
-    sooner is the same notice, `errors.new_notice`). For torchrun's sync ranks, whose agent
+    its next step; a second one raises KeyboardInterrupt at once (only after `errors.REPEAT_S`: one sooner is
+    the same notice, `errors.new_notice`). For torchrun's sync ranks, whose agent
     passes a node's Ctrl-C or a scheduler's SIGTERM on to them: the ranks agree on it at their next step,
     as spawned ranks do on their supervisor's. In a thread other than the main one, nothing changes."""
     if threading.current_thread() is not threading.main_thread():

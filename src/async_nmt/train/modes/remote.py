@@ -40,7 +40,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
-from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, reason, sigterm_within
+from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, notice_within, reason
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
@@ -210,12 +210,13 @@ class RemoteWorkers(Workers):
         """A connection closed under a message: name the worker whose heartbeat stopped (or that said why).
         But where a SIGTERM came to this process meanwhile, the scheduler's (or the agent's) that stops
         this node stopped its workers too, one of them in an exchange with this one: the run stops as on
-        Ctrl-C, with what it has (it failed, without a checkpoint, for a worker "stopped by SIGTERM")."""
+        Ctrl-C, with what it has (it failed, without a checkpoint, for a worker "stopped by SIGTERM").
+        So after a Ctrl-C, which stops the run anyway."""
         if self.cut_short:  # (closing after it: the workers left leave when rank 0 does)
             raise WorkerFailed(f"a worker's connection was lost: {reason(err)}")
         deadline = time.monotonic() + STOPPED_S + 2 * CHECK_S
         while time.monotonic() < deadline:
-            if sigterm_within(STOPPED_S + 2 * CHECK_S):
+            if notice_within(STOPPED_S + 2 * CHECK_S):
                 self.cut_short = True
                 raise KeyboardInterrupt
             self._check()
