@@ -49,7 +49,8 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
     for event in events:
         while updates < event["updates"]:  # one sync step: every worker's batches, then the all-reduce
             for worker, stream in enumerate(streams):
-                clock.charge(worker, sum(stream.next().tokens for _ in range(cfg.local_accum)))
+                tokens = sum(stream.next().tokens for _ in range(cfg.local_accum))
+                clock.charge(worker, tokens, seconds=0.0)  # (at the run's fixed price a token: no time taken)
             clock.all_reduce()
             updates += 1
         if "predicted_s" in event:

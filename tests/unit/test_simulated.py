@@ -157,16 +157,16 @@ def run_with_clock(monkeypatch, durations: list[float], **kwargs):
 
 
 @pytest.mark.parametrize("link_gbps", [80.0, 1.0])  # 10 GB/s, and 1 Gb/s where the link costs more than compute
-def test_async_predicted_clock_prices_tokens_at_the_compute_time_so_far_plus_a_push_and_a_pull(monkeypatch,
-                                                                                                link_gbps):  # fmt: skip
+def test_async_predicted_clock_charges_each_push_its_compute_time_plus_a_push_and_a_pull(monkeypatch,
+                                                                                          link_gbps):  # fmt: skip
     sim, link = run_with_clock(monkeypatch, [3, 1, 2, 6, 2, 4], accum=1, speeds=[1.0, 0.5], link_gbps=link_gbps)
     # Push order by simulated finish time (T per batch, /speed), ties to the lower worker: w0 at T, w0 at 2T
-    # (before w1 at 2T), w1 at 2T, w0 at 3T, w0 at 4T, w1 at 4T.
-    # The price of a token after push k is (d_1 + ... + d_k) / (k T), so a batch of T tokens costs the mean
-    # of the durations so far: 3, 2, 2, 3, 2.8, 3 us; on w1 (speed 0.5) twice that. Each push adds 2 links.
+    # (before w1 at 2T), w1 at 2T, w0 at 3T, w0 at 4T, w1 at 4T. Each push costs the time it took here, on
+    # w1 (speed 0.5) twice that, so the clocks hold the compute measured (a mean price so far charged the
+    # slow first push again in every later one). Each push adds 2 links.
     assert sim.worker_pushes == [4, 2]
-    w0 = (3 + 2 + 3 + 2.8) * US + 4 * 2 * link
-    w1 = (2 + 3) / 0.5 * US + 2 * 2 * link
+    w0 = (3 + 1 + 6 + 2) * US + 4 * 2 * link
+    w1 = (2 + 4) / 0.5 * US + 2 * 2 * link
     assert sim.seconds == pytest.approx([w0, w1], rel=1e-9, abs=0)
     assert sim.predicted_s == pytest.approx(max(w0, w1), rel=1e-9, abs=0)
 
@@ -175,11 +175,11 @@ def test_async_predicted_clock_prices_tokens_at_the_compute_time_so_far_plus_a_p
 def test_sync_predicted_clock_waits_for_the_slowest_worker_then_a_ring_all_reduce(monkeypatch, link_gbps):
     sim, link = run_with_clock(monkeypatch, [1, 9, 2, 4, 3, 5], accum=2, speeds=[0.5, 1.0], sync=True,
                                link_gbps=link_gbps)  # fmt: skip
-    # Pushes alternate w0, w1; a batch costs the mean of the durations so far: 1, 5, 4, 4, 3.8, 4 us, twice
-    # that on w0 (speed 0.5). Every step ends at its slowest worker plus a ring all-reduce of 2 (W-1)/W = 1 link.
-    step1 = max(2 * 1, 5) * US + link  # w1 is the slower
-    step2 = step1 + max(2 * 4, 4) * US + link  # w0 is the slower
-    step3 = step2 + max(2 * 3.8, 4) * US + link
+    # Pushes alternate w0, w1; a push costs the time it took, twice that on w0 (speed 0.5). Every step ends at
+    # its slowest worker plus a ring all-reduce of 2 (W-1)/W = 1 link.
+    step1 = max(2 * 1, 9) * US + link  # w1 is the slower
+    step2 = step1 + max(2 * 2, 4) * US + link  # a tie
+    step3 = step2 + max(2 * 3, 5) * US + link  # w0 is the slower
     assert sim.server.updates == 3 and sim.worker_pushes == [3, 3]
     assert sim.seconds == pytest.approx([step3, step3], rel=1e-9, abs=0)
     assert sim.predicted_s == pytest.approx(step3, rel=1e-9, abs=0)

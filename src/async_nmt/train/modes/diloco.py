@@ -133,10 +133,10 @@ class SimulatedDiloco(PredictedClock, Workers):
                                    self.amp_dtype)  # fmt: skip
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.measured(time.perf_counter() - start, pushed.tokens)
+            took = time.perf_counter() - start
             self.inner[worker].push(self.flat.grad, pushed.tokens, self.inner[worker].updates)
             self.worker_pushes[worker] += 1
-            self.charge(worker, pushed.tokens)
+            self.charge(worker, pushed.tokens, took)
             stats.add(pushed)
         server.updates += 1
         server.pushes += len(self.params)

@@ -5,9 +5,9 @@ simulated finish time: a worker's batches cost their target tokens divided by it
 (`--worker-speeds`), so the order, the staleness and every update are the same for the same seed on any
 machine. The pushes go to the same `ParamServer` as a real run's.
 
-The predicted wall clock of W real devices (`predicted_s` in the events) prices a token at the compute time
-measured on this device so far (or at a fixed `--simulate-token-us`, which makes the clock the same on any
-machine and load), scaled by the worker's speed, plus the cost of moving the parameters over a link of
+The predicted wall clock of W real devices (`predicted_s` in the events) charges each push the compute time
+it took on this device (or its tokens at a fixed `--simulate-token-us`, which makes the clock the same on
+any machine and load), scaled by the worker's speed, plus the cost of moving the parameters over a link of
 `--link-gbps`: a push and a pull (async modes), or a ring all-reduce after the slowest worker of each
 step (sync).
 """
@@ -47,10 +47,14 @@ class PredictedClock:
         self.compute_s += seconds
         self.compute_tokens += tokens
 
-    def charge(self, worker: int, tokens: int) -> None:
-        """`worker` computed on `tokens` target tokens."""
-        seconds_per_token = self.token_s or self.compute_s / max(self.compute_tokens, 1)
-        self.seconds[worker] += tokens * seconds_per_token / self.speeds[worker]
+    def charge(self, worker: int, tokens: int, seconds: float) -> None:
+        """`worker` computed on `tokens` target tokens, which took `seconds` here: the push costs those seconds
+        (or its tokens at the fixed price) over the worker's speed. (Until 2026-12-05 a push cost its tokens
+        at the mean price measured so far: the slow first pushes, the device warming up, were charged again
+        in every later one, and a 300-update run's clock held 57% more compute than it measured.)"""
+        self.measured(seconds, tokens)
+        cost = tokens * self.token_s if self.token_s else seconds
+        self.seconds[worker] += cost / self.speeds[worker]
 
     def all_reduce(self) -> None:
         """Every worker waits for the slowest, then a ring all-reduce of the parameters."""
@@ -115,12 +119,12 @@ class SimulatedWorkers(PredictedClock, Workers):
                               self.amp_dtype)  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.measured(time.perf_counter() - start, stats.tokens)
+        took = time.perf_counter() - start
         self.worker_pushes[worker] += 1
         updates_before = self.server.updates
         staleness = self.server.push(self.flat.grad, stats.tokens, self.pulled[worker])
         step_done = self.server.updates > updates_before
-        self._advance_clock(worker, stats.tokens, step_done)
+        self._advance_clock(worker, stats.tokens, took, step_done)
         if self.sync:
             if step_done:  # after the all-reduce every worker has the new parameters
                 self.pulled = [self.server.updates] * workers
@@ -130,8 +134,8 @@ class SimulatedWorkers(PredictedClock, Workers):
         self.finish[worker] += self._cost(worker)
         return stats, staleness
 
-    def _advance_clock(self, worker: int, tokens: int, step_done: bool) -> None:
-        self.charge(worker, tokens)
+    def _advance_clock(self, worker: int, tokens: int, took: float, step_done: bool) -> None:
+        self.charge(worker, tokens, took)
         if not self.sync:
             self.seconds[worker] += PUSH_LINKS * self.link_s
             self.predicted_s = max(self.predicted_s, self.seconds[worker])
