@@ -313,11 +313,20 @@ def test_resume_finishes_a_save_that_a_kill_cut_off_before_its_event(synthetic_b
     assert (run / "checkpoints" / "update-4.pt").is_file()
 
 
-def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin: Path, tmp_path: Path):
-    train(micro_config(synthetic_bin, mode="async-accum", accum=3, max_updates=4), tmp_path / "r", progress=False,
-          log_every=1)  # fmt: skip
+@pytest.mark.parametrize("accum", [3, 4])
+def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin: Path, tmp_path: Path, accum: int):
+    """Also where an epoch limit stops the run: the update under way is finished first, as with worker
+    processes (one worker pushed once per step, and a run ended with a partial sum that its final model
+    and best.pt lacked, though its tokens and epochs counted it)."""
+    train(micro_config(synthetic_bin, mode="async-accum", accum=accum, max_updates=4), tmp_path / "r",
+          progress=False, log_every=1)  # fmt: skip
     last = [e for e in read_events(tmp_path / "r" / "events.jsonl") if e["kind"] == "train"][-1]
-    assert last["updates"] == 4 and last["pushes"] == 12
+    assert last["updates"] == 4 and last["pushes"] == 4 * accum
+    train(micro_config(synthetic_bin, mode="async-accum", accum=accum, max_epochs=1), tmp_path / "e",
+          progress=False, log_every=1)  # fmt: skip
+    end = read_events(tmp_path / "e" / "events.jsonl")[-1]
+    server = read_checkpoint(tmp_path / "e" / "checkpoints" / "last.pt")["server"]
+    assert end["pushes"] == accum * end["updates"] == server["pushes"] and server["grad_sum"] is None
 
 
 def run_cli(*args: str):

@@ -14,7 +14,13 @@ class LocalWorker(Workers):
         self.ctx, self.server = ctx, server
 
     def advance(self) -> tuple[StepStats, list[int]]:
+        """Push until the server has taken one more update (async-accum's N pushes; else one)."""
         ctx, stream = self.ctx, self.ctx.streams[0]
-        batches = (stream.next() for _ in range(ctx.cfg.local_accum))
-        stats = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
-        return stats, histogram([self.server.push(ctx.flat.grad, stats.tokens, self.server.updates)])
+        stats, staleness = StepStats(), []
+        target = self.server.updates + 1
+        while self.server.updates < target:
+            batches = (stream.next() for _ in range(ctx.cfg.local_accum))
+            pushed = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
+            stats.add(pushed)
+            staleness.append(self.server.push(ctx.flat.grad, pushed.tokens, self.server.updates))
+        return stats, histogram(staleness)
