@@ -26,7 +26,7 @@
 #   ACCUM               pushes summed per async-accum update [WORKERS]
 #   DEVICES             comma-separated devices [cuda:0,cuda:1,cuda:2,cuda:3]
 #   SIMULATE            1 = emulate the workers in one process on one device (--simulate) [0]
-#   WORKER_SPEEDS       with SIMULATE=1: relative worker speeds, e.g. 1,1,1,0.5 [none]
+#   WORKER_SPEEDS       relative worker speeds, e.g. 1,1,1,0.5 (emulated, or real workers slowed) [none]
 #   BEAM                beam size of the test-set translation [5]
 #   X                   report axis: time, predicted, updates, tokens [predicted with SIMULATE=1, else time]
 #   TARGET_BLEU         the report's target BLEU [the sync run's best - 0.5, at least half of it]

@@ -64,7 +64,8 @@ class OneLineUsageErrors:
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
         try:
-            self._main(*args, **kwargs)
+            with sigterm_interrupts():  # from the start: SIGTERM while torch is imported ended it with 143, unsaid
+                self._main(*args, **kwargs)
         except SystemExit as end:
             if exits_at_once():  # see errors.exit_at_once
                 code = end.code if isinstance(end.code, int) else 0 if end.code is None else 1
@@ -110,7 +111,7 @@ class NmtCommand(OneLineUsageErrors, ReportsUserErrors, click.Command):
 @click.group(cls=NmtGroup, context_settings=CONTEXT)
 @click.version_option(package_name="async-nmt")
 def main() -> None:
-    """Neural machine translation with synchronous, asynchronous and accumulated-asynchronous training."""
+    """Neural machine translation with synchronous, asynchronous, accumulated-asynchronous and DiLoCo training."""
 
 
 # --------------------------------------------------------------------------- corpus
@@ -160,7 +161,8 @@ def corpus_get(name: str, out_dir: Path, force: bool) -> None:
     "--max-len",
     default=250,
     show_default=True,
-    help="Drop training pairs with a side longer than this (tokens).",
+    help="Drop training pairs with a side longer than this (tokens; pairs with an empty side are dropped too); "
+    "valid and test sides are cut to it.",
 )
 @click.option(
     "--max-ratio", default=3.0, show_default=True, help="Drop training pairs whose length ratio exceeds this."
@@ -245,7 +247,7 @@ def train_main() -> None:
     "--checkpoint",
     type=click.Choice(["best", "last"]),
     default=None,
-    help="Which checkpoint of a run folder to use (default: best, or last in a run trained without "
+    help="Which checkpoint of a run folder to use (default: best, or last in a run stopped before its first "
     "validation, which has no best).",
 )
 @click.option(
@@ -269,7 +271,7 @@ def train_main() -> None:
     type=int,
     default=None,
     help="Translate and write the input N lines at a time, as it comes (a pipe, a person typing); 0 = all of "
-    "it at once, which batches best [default: 1 when stdin is a terminal, else 0].",
+    "it at once, which batches best [default: 1 when the input is stdin from a terminal, else 0].",
 )
 @click.option(
     "--cuda-graphs",
@@ -423,10 +425,10 @@ def score(
     "--link-gbps",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Re-price the predicted clock of --simulate runs as if every link ran at this many Gb/s (e.g. 1 for "
-    "workers on different sites). An emulated run's updates do not depend on its link, only its clock does, "
-    "so one run answers for any link, one resumed with another --link-gbps too. Default: the link each run was "
-    "trained with.",
+    help="With --x predicted: re-price the predicted clock of --simulate runs as if every link ran at this many "
+    "Gb/s (e.g. 1 for workers on different sites). An emulated run's updates do not depend on its link, only its "
+    "clock does, so one run answers for any link, one resumed with another --link-gbps too. Default: the link "
+    "each run was trained with.",
 )
 def report(
     runs: tuple[Path, ...],

@@ -85,7 +85,9 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
     """Write corpus NAME to `out_dir/{train,valid,test}.{SRC,TGT}`; return the sentence count per split."""
     info = CORPORA.get(name)
     if info is None:
-        raise UserError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
+        offline = ", ".join(n for n, c in CORPORA.items() if c.offline)
+        raise UserError(f"unknown corpus {name!r}: `nmt corpus get` gets {offline} (`nmt corpus list` names "
+                        "the others, which recipes fetch)")  # fmt: skip
     if not info.offline:
         raise UserError(
             f"{name} is not fetched by `nmt corpus get`: it needs internet; run {info.recipe} on a machine "

@@ -547,6 +547,8 @@ def report_command(
             runs.append(load_run(path))
     if link_gbps is not None:
         runs = [reprice(run, link_gbps) for run in runs]
+    for run in runs:  # every run has the x axis's clock (where no run reaches a target, nothing else asked)
+        x_values(run, x)
     base = None
     if baseline is not None:
         base = next((r for r in runs if r.path.resolve() == Path(baseline).resolve()), None)

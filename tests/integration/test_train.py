@@ -99,6 +99,7 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
     code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "304",
                            "--preset", "tiny")  # fmt: skip
     assert code == 2 and len(output.strip().splitlines()) == 1 and "resume without them" in output, output
+    assert "given, --preset tiny (" in output and "--dropout" not in output  # (--dropout was named, not given)
     before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet")
     assert code == 0 and "nothing to do" in output and "--max-updates 302" in output, output

@@ -287,6 +287,24 @@ def test_sigterm_leaves_the_output_file_as_it_was_and_no_temporary_file(run_dir:
     assert out.read_text() == "OLD\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
+def test_sigterm_as_it_starts_is_an_interrupt_too(run_dir: Path):
+    """SIGTERM while the command imports torch (seconds on a CPU) ended it with exit code 143 and no word."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--device", "cpu"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while b"libc10" not in Path(f"/proc/{proc.pid}/maps").read_bytes():  # torch's libraries are loading
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert proc.stderr.read().decode().strip().splitlines() == ["interrupted"]
+    finally:
+        proc.kill()
+
+
 def _written(folder: Path) -> bool:
     """Whether the temporary output file in `folder` holds a line (the first translation is written)."""
     return any(path.stat().st_size > 0 for path in folder.glob(".out.txt.*.tmp"))

@@ -119,8 +119,9 @@ def test_existing_files_need_force(cache: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_and_online_only(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="unknown corpus 'nope'.*bible-de-en"):
+    with pytest.raises(UserError, match="unknown corpus 'nope'.*bible-de-en") as raised:
         get_corpus("nope", tmp_path)
+    assert "wmt" not in str(raised.value).split("(")[0]  # only those get gets (it listed the WMT names too)
     with pytest.raises(UserError, match=r"needs internet; run recipes/wmt17-en-de\.sh"):
         get_corpus("wmt17-en-de", tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -98,6 +98,9 @@ def test_errors_name_the_folder(tmp_path: Path, runs: list[Path]) -> None:
         report_command([tmp_path / "fresh"])
     with pytest.raises(UserError, match="sync: .*no predicted_s"):
         report_command(runs, x="predicted")
+    write_run(tmp_path / "untrained", "sync", [0.0, 0.0], seconds_per_valid=1.0)  # no target: it ended with 0
+    with pytest.raises(UserError, match="untrained: .*no predicted_s"):
+        report_command([tmp_path / "untrained"], x="predicted")
 
 
 def test_predicted_axis(tmp_path: Path) -> None:

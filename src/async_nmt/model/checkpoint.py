@@ -60,7 +60,7 @@ def last_kept(run_dir: Path, count: int) -> list[Path]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
     if count < 1:
-        raise UserError("the number of checkpoints to average must be at least 1")
+        raise UserError(f"--last {count}: the number of checkpoints to average must be at least 1")
     if not (run_dir / "checkpoints").is_dir():  # e.g. RUN/checkpoints given for RUN
         hint = f" ({run_dir.parent}?)" if run_dir.name == "checkpoints" else ""
         raise UserError(f"{run_dir}: has no checkpoints/ folder; averaging needs the run folder that holds "
@@ -84,15 +84,15 @@ def runs_checkpoints_folder(path: Path, run_dir: Path) -> Path | None:
     return None
 
 
-def check_not_a_run_file(path: Path, run_dir: Path, what: str) -> None:
+def check_not_a_run_file(path: Path, run_dir: Path, what: str, never: str = "never replaced") -> None:
     """An output file `what` (the average, the translations) is never written into a run's checkpoints/
-    folder or over a run's own files, even with --force."""
+    folder or over a run's own files (`never` says so: "never replaced, even with --force" where the
+    command has --force)."""
     if (folder := runs_checkpoints_folder(path, run_dir)) is not None:
-        raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live (never replaced, "
-                        f"even with --force); write {what} elsewhere")  # fmt: skip
+        raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live ({never}); write {what} "
+                        "elsewhere")  # fmt: skip
     if path.name in (*RUN_MARKS, LOCK_NAME) and is_run_folder(path.parent):
-        raise UserError(f"{path}: a file of the run {path.parent} (never replaced, even with --force); write "
-                        f"{what} elsewhere")  # fmt: skip
+        raise UserError(f"{path}: a file of the run {path.parent} ({never}); write {what} elsewhere")
 
 
 def check_translation_output(path: Path, model_path: Path) -> None:
@@ -108,7 +108,7 @@ def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
     only with `force`, and into an existing folder only (as `nmt translate -o`, it makes none)."""
     if str(path) == "-":  # (stdout for `nmt translate -o`; a checkpoint is a file)
         raise UserError("-o -: the average is a checkpoint file; name one (AVG.pt)")
-    check_not_a_run_file(path, run_dir, "the average")
+    check_not_a_run_file(path, run_dir, "the average", "never replaced, even with --force")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
     if (path.exists() or path.is_symlink()) and not force:
@@ -193,7 +193,7 @@ def params_crc32(params: torch.Tensor) -> int:
 
 def find_checkpoint(path: Path, which: str | None = None) -> Path:
     """A run folder -> its `which` checkpoint ("best" or "last"; None: best, or last in a run that has no
-    best, one trained without validation); a checkpoint file -> itself, where `which` must be None."""
+    best, one stopped before its first validation); a checkpoint file -> itself, where `which` must be None."""
     if path.is_dir():
         names = ("best", "last") if which is None else (which,)
         for name in names:
@@ -201,12 +201,14 @@ def find_checkpoint(path: Path, which: str | None = None) -> Path:
             if candidate.is_file():
                 return candidate
         if which == "best" and checkpoint_path(path, "last").is_file():
-            raise UserError(f"{path}: no {which}.pt in {path / 'checkpoints'} (a run trained without validation "
-                            "has only last.pt); leave out --checkpoint to take it")  # fmt: skip
+            raise UserError(f"{path}: no {which}.pt in {path / 'checkpoints'} (a run stopped before its first "
+                            "validation has only last.pt); leave out --checkpoint to take it")  # fmt: skip
         if which == "last" and checkpoint_path(path, "best").is_file():
             raise UserError(f"{path}: no last.pt in {path / 'checkpoints'}; leave out --checkpoint to take "
                             "best.pt")  # fmt: skip
-        raise UserError(f"{path}: no checkpoint in {path / 'checkpoints'} (is it a run folder?)")
+        where = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        raise UserError(f"{path}: no checkpoint (best.pt or last.pt) in {where}: give a run folder that has "
+                        "saved one (train it first), or a .pt file")  # fmt: skip
     if not path.exists():
         raise UserError(f"{path}: no such run folder or checkpoint")
     if which is not None:

@@ -126,7 +126,9 @@ OPTIONS = [
                       "[default: --no-compile; a resume keeps the run's]"),
     click.option("--log-every", default=50, show_default=True, help="Updates between `train` events."),
     click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from checkpoints/last.pt (refused "
-                 "while another nmt-train uses RUN_DIR)."),
+                 "while another nmt-train uses RUN_DIR). Options left out are the run's (its config.json), not "
+                 "the defaults; those that decide the batches, the update rule or the model (e.g. --max-tokens, "
+                 "--mode, --preset) must stay as they were; stopping options may change."),
     click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over (refused while another "
                  "nmt-train uses RUN_DIR)."),
     click.option("--quiet", is_flag=True,
@@ -208,7 +210,7 @@ def check_config(cfg: TrainConfig) -> None:
         if not getattr(cfg, name) >= 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
     if cfg.patience and not cfg.valid_every:
-        raise UserError("--patience counts validations; give --valid-every too")
+        raise UserError("--patience counts validations; give --valid-every N with N > 0 too")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         raise UserError("--dropout must be in [0, 1)")
     if not 0 <= cfg.label_smoothing < 1:

@@ -204,10 +204,12 @@ class Trainer:
                             "to the run's corpus; resume on it")  # fmt: skip
         if state["model_config"] != asdict(self.model_cfg):
             saved, ours = state["model_config"], asdict(self.model_cfg)
-            differ = ", ".join(f"{k} {saved.get(k)} not {v}" for k, v in ours.items() if saved.get(k) != v)
-            raise UserError(f"{path}: model configuration differs from the options given, --preset "
-                            f"{self.cfg.preset} and --dropout ({differ}); resume without them to take the "
-                            "run's")  # fmt: skip
+            keys = [k for k, v in ours.items() if saved.get(k) != v]
+            differ = ", ".join(f"{k} {saved.get(k)} not {ours[k]}" for k in keys)
+            given = [f"--preset {self.cfg.preset}"] * any(k != "dropout" for k in keys)
+            given += [f"--dropout {self.model_cfg.dropout}"] * ("dropout" in keys)  # (the options that set them)
+            raise UserError(f"{path}: model configuration differs from the options given, {' and '.join(given)} "
+                            f"({differ}); resume without them to take the run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         if state.get("valid_crc32", self.valid_crc32) != self.valid_crc32:  # (saves before 2026-12-05 lack it)
             raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split: the "
