@@ -141,9 +141,9 @@ def main() -> None:
             "product_s": round(product_s, 1), "bare_s": round(bare_s, 1), "bare_embed_init": args.bare_embed_init,
             "dropout": mcfg.dropout,
         }), flush=True)  # fmt: skip
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else None  # (null: one seed has no spread; NaN is not JSON)
     print(json.dumps({"bench": "parity", "seeds": args.seeds, "mean_diff": round(statistics.mean(diffs), 4),
-                      "sd_diff": round(sd, 4), "torch": torch.__version__}))  # fmt: skip
+                      "sd_diff": None if sd is None else round(sd, 4), "torch": torch.__version__}))  # fmt: skip
 
 
 if __name__ == "__main__":
