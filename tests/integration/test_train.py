@@ -733,6 +733,8 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
         (["--mode", "diloco", "--simulate", "--workers", "2"], "--sync-every"),
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "0"], "--sync-every"),
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "4", "--outer-lr", "0"], "--outer-lr"),
+        # it ended before its first outer step, and saved the initial model as best.pt and last.pt
+        (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "4"], "is more than --max-updates 1"),
         (["--simulate-token-us", "5"], "add --simulate"),
         (["--link-gbps", "25"], "add --simulate"),
         (["--link-gbps", "0", "--simulate"], "--link-gbps"),

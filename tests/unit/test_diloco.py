@@ -102,3 +102,54 @@ def test_limits_inside_a_round_are_warned_of():
     assert one is not None and one.startswith("warning: --max-updates 25 is not a multiple of --sync-every 10:")
     two = warning(mode="diloco", sync_every=3, max_updates=30, valid_every=500, save_every=7)
     assert two is not None and "--valid-every 500 and --save-every 7 are not multiples of --sync-every 3" in two
+
+
+def test_ranks_meet_only_at_a_rounds_end_and_where_the_trainer_reads_and_limits_stop_at_a_rounds_end(
+    tmp_path: Path, monkeypatch
+):
+    """A rank (here the one rank of a group) all-reduced its losses at every inner step, so every step waited
+    for the slowest rank, which the predicted clock does not (16% of a run's compute time). Now the ranks
+    meet at a round's end and where the trainer logs, validates or saves; a limit reached mid-round stops
+    them at the round's end, as the emulation does (the round's inner steps were trained and thrown away)."""
+    import torch.distributed as dist
+
+    from async_nmt.train.modes.diloco import DistributedDiloco
+
+    _, model, flat, streams = build(workers=1, sync_every=4, outer_lr=0.7, momentum=0.9)
+    cfg = TrainConfig(mode="diloco", workers=1, sync_every=4, outer_lr=0.7, outer_momentum=0.9, label_smoothing=0.1)
+    ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"], tmp_path, log_every=6)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        calls = []
+        all_reduce = dist.all_reduce
+        monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: calls.append(tensor.numel()) or
+                            all_reduce(tensor, *a, **k))  # fmt: skip
+        ranks = DistributedDiloco(ctx, OuterServer(flat.data.clone(), 0.7, 0.9, 4), INNER)
+        met, losses, stopped = {}, [], None
+        for update in range(1, 13):
+            ranks.allow(10 if update <= 10 else 20)  # the trainer validates after update 10 (then 20)
+            before = len(calls)
+            stats, _ = ranks.advance()
+            losses.append(float(stats.loss))
+            if ranks.agree_stop(wish=update >= 9):  # a limit, reached mid-round
+                stopped = update
+                break
+            met[update] = len(calls) - before
+    finally:
+        dist.destroy_process_group()
+    # round ends (4, 8): losses and Ctrl-C, the parameters, the wishes to stop; the trainer's log (6) and
+    # validation (10): losses and Ctrl-C; no other step meets
+    params = flat.numel()
+    assert {u: n for u, n in met.items() if n} == {4: 3, 6: 1, 8: 3, 10: 1}
+    assert calls[:3] == [3, params, 1]
+    assert stopped == 12  # the wish of update 9 waits for the end of its round
+    assert [loss > 0 for loss in losses] == [u in (4, 6, 8, 10, 12) for u in range(1, 13)]  # (shared when met)
+
+
+def test_a_limit_stops_the_emulation_at_the_rounds_end():
+    sim, *_ = build(workers=2, sync_every=4, outer_lr=0.7, momentum=0.9)
+    stops = []
+    for update in range(1, 9):
+        sim.advance()
+        stops.append(sim.agree_stop(wish=update == 5))  # (a --patience that a validation spent once)
+    assert stops == [False] * 7 + [True] and sim.server.outer_steps == 2

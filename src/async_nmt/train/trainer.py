@@ -93,7 +93,7 @@ class Trainer:
         self.saved_at: int | None = None  # update of the last checkpoint written
         self.workers = build_workers(
             ModeContext(cfg, self.model_cfg, self.model, self.flat, self.streams, self.device, self.amp_dtype,
-                        devices, run_dir, rank, world, interrupt)
+                        devices, run_dir, rank, world, interrupt, log_every)
         )  # fmt: skip
         self.server = self.workers.server
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)

@@ -92,6 +92,9 @@ def check_mode_options(cfg: TrainConfig) -> None:
             raise UserError("--outer-lr must be a positive number")
         if not 0 <= cfg.outer_momentum < 1:
             raise UserError("--outer-momentum must be in [0, 1)")
+        if 0 < cfg.max_updates < cfg.sync_every:  # (it saved the initial model as best.pt and last.pt)
+            raise UserError(f"--sync-every {cfg.sync_every} is more than --max-updates {cfg.max_updates}: the run "
+                            "would end before its first outer step, with the initial model")  # fmt: skip
 
     if cfg.simulate_token_us and not cfg.simulate:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")

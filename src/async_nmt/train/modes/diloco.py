@@ -18,10 +18,18 @@ are part of the checkpoint, so a run resumes mid-round exactly. The staleness of
 inner steps its worker has taken since the last sync (0 .. H-1).
 
 With worker processes (`--workers W`, spawned, or ranks torchrun started) each rank is one worker, as in
-sync: a step all-reduces a few numbers (the losses, whether to stop), and every H steps
-the parameters. Emulated in one process (`--simulate`), deterministically, the predicted clock charges
-every worker's compute at its speed, and at each sync waits for the slowest worker and adds one ring
-all-reduce of the parameters at `--link-gbps`.
+sync, but the ranks meet only where they must: at a round's end (the parameters), and where the trainer
+logs, validates, saves or ends (the losses since they last met, and whether to stop). In between each runs
+at its own pace. (Until 2026-12-05 every inner step all-reduced the losses, so every step waited for the
+slowest rank: 16% of a run's compute time that the predicted clock did not have.) Emulated in one process
+(`--simulate`), deterministically, the predicted clock charges every worker's compute at its speed, and at
+each sync waits for the slowest worker and adds one ring all-reduce of the parameters at `--link-gbps`.
+
+A limit (`--max-time`, `--max-epochs`, `--patience`) stops the run at the end of the round under way, in
+both: the inner steps of a round cut short never reach the global parameters (until 2026-12-05 they were
+trained and thrown away). `--max-updates` stops where it says (warned of where it is not a round's end),
+and Ctrl-C at the next point where the ranks meet (emulated: at once); both save the workers' states, so a
+resume goes on mid-round exactly.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import torch.distributed as dist
 from async_nmt.config import TrainConfig
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.simulated import PredictedClock
-from async_nmt.train.modes.sync import DistributedSync
+from async_nmt.train.modes.sync import STOP, DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, push_gradient
 
@@ -111,6 +119,11 @@ class SimulatedDiloco(PredictedClock, Workers):
     """W DiLoCo workers emulated in one process, in worker order within each inner step."""
 
     steps_here = True
+    stop_wished = False  # a limit was reached: the run stops at the end of the round under way
+
+    def agree_stop(self, wish: bool) -> bool:
+        self.stop_wished = self.stop_wished or wish
+        return self.stop_wished and self.server.updates % self.server.sync_every == 0
 
     def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
         cfg = ctx.cfg
@@ -166,34 +179,81 @@ class SimulatedDiloco(PredictedClock, Workers):
 
 class DistributedDiloco(DistributedSync):
     """diloco with one rank per worker (torch.distributed, started like sync ranks): the inner steps are
-    local; each step shares only a few numbers (the losses, the stop wish), and every H
-    steps one all-reduce of the parameters precedes the same outer step on every rank. Before a save (a
-    validation, --save-every, the end, Ctrl-C) rank 0 gathers every rank's inner state, so that a run
-    resumes mid-round exactly."""
+    local, and the ranks meet only at a round's end, where one all-reduce of the parameters precedes the
+    same outer step on every rank, and where the trainer logs, validates, saves or ends (`_meet`). Before a
+    save (a validation, --save-every, the end, Ctrl-C) rank 0 gathers every rank's inner state, so that a
+    run resumes mid-round exactly."""
+
+    stop_wished = False  # a limit was reached here: the ranks stop at the end of the round under way
 
     def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
         super().__init__(ctx, server)  # type: ignore[arg-type]
         self.outer = server
         self.params = server.params.clone()  # this rank's inner parameters
         self.inner = ParamServer(self.params, **inner_options)
+        self.unshared: torch.Tensor | None = None  # this rank's losses (sum, nll) since the ranks last met
+        self.wishes_met_at = -1  # the update after which the ranks last shared their wishes to stop
+
+    def agree_stop(self, wish: bool) -> bool:
+        """At a round's end, the ranks share their wishes to stop (a limit: time, epochs, --patience), and
+        stop there if any has one, as the emulation does; elsewhere a wish waits for the round's end."""
+        self.stop_wished = self.stop_wished or wish
+        updates = self.outer.updates
+        if updates % self.outer.sync_every == 0 and self.wishes_met_at != updates and not self.agreed:
+            self.wishes_met_at = updates
+            flag = torch.tensor([float(self.stop_wished)], dtype=torch.float64)
+            with self.collective():
+                dist.all_reduce(flag)
+            if flag.item() > 0:
+                self.agreed = True
+                self._gather_before_save()  # (the trainer saves as it stops)
+        return self.agreed
 
     def advance(self) -> tuple[StepStats, list[int]]:
         ctx, server = self.ctx, self.outer
         since_sync = server.updates % server.sync_every
         ctx.flat.data.copy_(self.params)
-        stats = self.step()
-        self.inner.push(ctx.flat.grad, self.local.tokens, self.inner.updates)
+        local, tokens, sentences = self._compute()
+        self.inner.push(ctx.flat.grad, local.tokens, self.inner.updates)
         server.updates += 1
         server.pushes += self.world
         server.lr = self.inner.lr
-        if server.updates % server.sync_every == 0:
+        losses = torch.stack([torch.as_tensor(local.loss), torch.as_tensor(local.nll)]).to(self.meta_device,
+                                                                                            torch.float64)  # fmt: skip
+        self.unshared = losses if self.unshared is None else self.unshared + losses
+        round_end = server.updates % server.sync_every == 0
+        if round_end or self._trainer_reads(server.updates):
+            shared = self._meet()
+        else:  # the losses wait for the next meeting, which every logged interval ends with
+            shared = torch.zeros(2, dtype=torch.float64, device=self.meta_device)
+        if round_end:
             mean = self.params.clone()
             with self.collective():
                 dist.all_reduce(mean)
             server.outer_step_to(mean.div_(self.world))
             self.params.copy_(server.params)
         self._gather_before_save()
-        return stats, histogram([since_sync] * self.world)
+        return StepStats(shared[0], shared[1], tokens, sentences), histogram([since_sync] * self.world)
+
+    def _trainer_reads(self, updates: int) -> bool:
+        """Whether the trainer logs the losses, validates or saves after this update (or ends: --max-updates)."""
+        cfg, every = self.ctx.cfg, self.ctx.log_every
+        return (updates >= self.fence or updates // every > (updates - 1) // every
+                or (cfg.max_updates > 0 and updates >= cfg.max_updates))  # fmt: skip
+
+    def _meet(self) -> torch.Tensor:
+        """One all-reduce of every rank's losses since the last meeting and of Ctrl-C, read at once (the
+        ranks wait for each other here anyway): Ctrl-C stops them at any meeting. Returns the losses of
+        all ranks since the last meeting."""
+        interrupt = self.interrupt is not None and self.interrupt.is_set()
+        assert self.unshared is not None
+        meta = torch.cat([self.unshared, torch.tensor([float(interrupt)], dtype=torch.float64).to(self.meta_device)])
+        with self.collective():
+            dist.all_reduce(meta)
+        if meta[STOP].item() > 0:
+            self.interrupted = self.agreed = True
+        self.unshared = None
+        return meta[:STOP]
 
     def _own_state(self) -> dict[str, Any]:
         return {**super()._own_state(), "params": self.params.cpu(), "inner": self.inner.state_dict()}

@@ -124,20 +124,7 @@ class DistributedSync(Workers):
     def step(self) -> StepStats:
         """This rank's K batches into the flat gradient, and one small all-reduce of every rank's losses and
         wishes; returns the statistics of all ranks together (the losses on the device)."""
-        ctx = self.ctx
-        self.speed.begin()
-        batches = (ctx.streams[self.rank].next() for _ in range(ctx.cfg.local_accum))
-        local = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
-        self.speed.end()
-        self.steps += 1
-        processes.maybe_fail(self.rank, self.steps)
-        if not processes.parent_alive(self.parent):  # the supervisor (or torchrun's agent) was killed
-            raise SystemExit(1)
-        tokens, sentences = local.tokens, local.sentences
-        for w, other in enumerate(ctx.streams):  # the other ranks took the next K batches of their streams
-            for _ in range(ctx.cfg.local_accum if w != self.rank else 0):
-                other_tokens, other_sentences = other.skip()
-                tokens, sentences = tokens + other_tokens, sentences + other_sentences
+        local, tokens, sentences = self._compute()
         self._read_agreement()  # the last step's: its all-reduce was queued before this step's work
         losses = torch.stack([torch.as_tensor(local.loss), torch.as_tensor(local.nll)]).to(self.meta_device,
                                                                                             torch.float64)  # fmt: skip
@@ -152,6 +139,25 @@ class DistributedSync(Workers):
         self.flags_pending = True
         self.local = local
         return StepStats(meta[0], meta[1], tokens, sentences)
+
+    def _compute(self) -> tuple[StepStats, int, int]:
+        """This rank's K batches into the flat gradient; their statistics, and the target tokens and
+        sentences of every rank's batches (each rank follows the others' streams)."""
+        ctx = self.ctx
+        self.speed.begin()
+        batches = (ctx.streams[self.rank].next() for _ in range(ctx.cfg.local_accum))
+        local = push_gradient(ctx.model, ctx.flat, batches, ctx.device, ctx.cfg.label_smoothing, ctx.amp_dtype)
+        self.speed.end()
+        self.steps += 1
+        processes.maybe_fail(self.rank, self.steps)
+        if not processes.parent_alive(self.parent):  # the supervisor (or torchrun's agent) was killed
+            raise SystemExit(1)
+        tokens, sentences = local.tokens, local.sentences
+        for w, other in enumerate(ctx.streams):  # the other ranks took the next K batches of their streams
+            for _ in range(ctx.cfg.local_accum if w != self.rank else 0):
+                other_tokens, other_sentences = other.skip()
+                tokens, sentences = tokens + other_tokens, sentences + other_sentences
+        return local, tokens, sentences
 
     def _read_agreement(self) -> None:
         """Whether the ranks agreed to stop in the last step's all-reduce (and on Ctrl-C): every rank reads
