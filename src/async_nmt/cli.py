@@ -182,9 +182,9 @@ def preprocess(
     """Train a joint sentencepiece model on RAW_DIR/train.* and binarize every split into BIN_DIR."""
     from async_nmt.data.binarize import preprocess as run_preprocess
 
-    with sigterm_interrupts():  # `kill` cleans up as Ctrl-C does: no temporary folder is left beside BIN_DIR
-        run_preprocess(raw_dir, bin_dir, src=src, tgt=tgt, vocab_size=vocab_size, model_type=model_type,
-                       max_len=max_len, max_ratio=max_ratio, force=force, progress=True)  # fmt: skip
+    # (`kill` cleans up as Ctrl-C does, no temporary folder left beside BIN_DIR: every command's SIGTERM is)
+    run_preprocess(raw_dir, bin_dir, src=src, tgt=tgt, vocab_size=vocab_size, model_type=model_type,
+                   max_len=max_len, max_ratio=max_ratio, force=force, progress=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- train

@@ -749,6 +749,16 @@ def test_bad_simulation_options(synthetic_bin: Path, tmp_path: Path, extra, mess
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
 
 
+def test_one_diloco_worker_without_simulate_has_no_predicted_clock(synthetic_bin: Path, tmp_path: Path):
+    """It ran emulated, and its events had a predicted clock (`nmt report --x predicted` took it) and its
+    summary a "predicted time ... on 1 real devices", as no other run that is not --simulate has."""
+    train(micro_config(synthetic_bin, mode="diloco", sync_every=2, max_updates=4), tmp_path / "r", progress=False,
+          log_every=1)  # fmt: skip
+    logged = read_events(tmp_path / "r" / "events.jsonl")
+    assert [e["updates"] for e in logged if e["kind"] == "train"] == [1, 2, 3, 4]
+    assert not any("predicted_s" in e for e in logged)
+
+
 @pytest.mark.parametrize(
     "options, split_at",
     [

@@ -126,24 +126,36 @@ def test_ranks_meet_only_at_a_rounds_end_and_where_the_trainer_reads_and_limits_
                             all_reduce(tensor, *a, **k))  # fmt: skip
         ranks = DistributedDiloco(ctx, OuterServer(flat.data.clone(), 0.7, 0.9, 4), INNER)
         met, losses, stopped = {}, [], None
-        for update in range(1, 13):
+        for update in range(1, 13):  # the trainer's calls, as every rank makes them
             ranks.allow(10 if update <= 10 else 20)  # the trainer validates after update 10 (then 20)
             before = len(calls)
             stats, _ = ranks.advance()
             losses.append(float(stats.loss))
-            if ranks.agree_stop(wish=update >= 9):  # a limit, reached mid-round
+            if ranks.agree_stop(wish=update >= 9):  # after the step: a limit, reached mid-round
+                stopped = update
+                break
+            if ranks.agree_stop(wish=update >= 9):  # after a validation (where --patience may be spent)
                 stopped = update
                 break
             met[update] = len(calls) - before
+        # a --patience spent by the validation at a round's end stops the ranks there, as the emulation
+        # (the wish comes in the trainer's second call: the ranks trained a round more)
+        patient = DistributedDiloco(ctx, OuterServer(flat.data.clone(), 0.7, 0.9, 4), INNER)
+        for update in range(1, 9):
+            patient.allow(4)
+            patient.advance()
+            if patient.agree_stop(wish=False) or patient.agree_stop(wish=update == 4):
+                break
     finally:
         dist.destroy_process_group()
-    # round ends (4, 8): losses and Ctrl-C, the parameters, the wishes to stop; the trainer's log (6) and
-    # validation (10): losses and Ctrl-C; no other step meets
+    # round ends (4, 8): losses and Ctrl-C, the parameters, the wishes to stop (twice); the trainer's log (6)
+    # and validation (10): losses and Ctrl-C; no other step meets
     params = flat.numel()
-    assert {u: n for u, n in met.items() if n} == {4: 3, 6: 1, 8: 3, 10: 1}
-    assert calls[:3] == [3, params, 1]
+    assert {u: n for u, n in met.items() if n} == {4: 4, 6: 1, 8: 4, 10: 1}
+    assert calls[:4] == [3, params, 1, 1]
     assert stopped == 12  # the wish of update 9 waits for the end of its round
     assert [loss > 0 for loss in losses] == [u in (4, 6, 8, 10, 12) for u in range(1, 13)]  # (shared when met)
+    assert patient.outer.updates == 4
 
 
 def test_a_limit_stops_the_emulation_at_the_rounds_end():
@@ -151,5 +163,5 @@ def test_a_limit_stops_the_emulation_at_the_rounds_end():
     stops = []
     for update in range(1, 9):
         sim.advance()
-        stops.append(sim.agree_stop(wish=update == 5))  # (a --patience that a validation spent once)
+        stops.append(sim.agree_stop(wish=False) or sim.agree_stop(wish=update == 5))  # (as the trainer asks)
     assert stops == [False] * 7 + [True] and sim.server.outer_steps == 2

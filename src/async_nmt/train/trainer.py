@@ -206,8 +206,9 @@ class Trainer:
             saved, ours = state["model_config"], asdict(self.model_cfg)
             keys = [k for k, v in ours.items() if saved.get(k) != v]
             differ = ", ".join(f"{k} {saved.get(k)} not {ours[k]}" for k in keys)
-            given = [f"--preset {self.cfg.preset}"] * any(k != "dropout" for k in keys)
-            given += [f"--dropout {self.model_cfg.dropout}"] * ("dropout" in keys)  # (the options that set them)
+            dropout_given = "dropout" in keys and self.cfg.dropout is not None  # (else the preset's)
+            given = [f"--preset {self.cfg.preset}"] * any(k != "dropout" or not dropout_given for k in keys)
+            given += [f"--dropout {self.model_cfg.dropout}"] * dropout_given  # (the options that set them)
             raise UserError(f"{path}: model configuration differs from the options given, {' and '.join(given)} "
                             f"({differ}); resume without them to take the run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
@@ -300,7 +301,7 @@ class Trainer:
     def _predicted(self) -> dict[str, Any]:
         """The predicted clock (--simulate), and each device's, so that `nmt report --link-gbps` can re-price it."""
         predicted = self.workers.predicted_s
-        if predicted is None:
+        if predicted is None or not self.cfg.simulate:  # (one diloco worker runs emulated, unclocked)
             return {}
         return {"predicted_s": predicted, "worker_s": self.workers.predicted_worker_s, **self._worker_pushes()}
 

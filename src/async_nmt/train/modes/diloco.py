@@ -192,16 +192,15 @@ class DistributedDiloco(DistributedSync):
         self.params = server.params.clone()  # this rank's inner parameters
         self.inner = ParamServer(self.params, **inner_options)
         self.unshared: torch.Tensor | None = None  # this rank's losses (sum, nll) since the ranks last met
-        self.wishes_met_at = -1  # the update after which the ranks last shared their wishes to stop
 
     def agree_stop(self, wish: bool) -> bool:
         """At a round's end, the ranks share their wishes to stop (a limit: time, epochs, --patience), and
-        stop there if any has one, as the emulation does; elsewhere a wish waits for the round's end."""
+        stop there if any has one, as the emulation does; elsewhere a wish waits for the round's end. The
+        trainer asks twice an update, every rank alike: after the step, and after a validation (where
+        --patience may be spent), so they share twice at a round's end."""
         self.stop_wished = self.stop_wished or wish
-        updates = self.outer.updates
-        if updates % self.outer.sync_every == 0 and self.wishes_met_at != updates and not self.agreed:
-            self.wishes_met_at = updates
-            flag = torch.tensor([float(self.stop_wished)], dtype=torch.float64)
+        if self.outer.updates % self.outer.sync_every == 0 and not self.agreed:
+            flag = torch.tensor([float(self.stop_wished)], dtype=torch.float64, device=self.meta_device)
             with self.collective():
                 dist.all_reduce(flag)
             if flag.item() > 0:
@@ -218,8 +217,7 @@ class DistributedDiloco(DistributedSync):
         server.updates += 1
         server.pushes += self.world
         server.lr = self.inner.lr
-        losses = torch.stack([torch.as_tensor(local.loss), torch.as_tensor(local.nll)]).to(self.meta_device,
-                                                                                            torch.float64)  # fmt: skip
+        losses = torch.stack([torch.as_tensor(local.loss), torch.as_tensor(local.nll)]).double()  # (on the device)
         self.unshared = losses if self.unshared is None else self.unshared + losses
         round_end = server.updates % server.sync_every == 0
         if round_end or self._trainer_reads(server.updates):
@@ -247,7 +245,8 @@ class DistributedDiloco(DistributedSync):
         all ranks since the last meeting."""
         interrupt = self.interrupt is not None and self.interrupt.is_set()
         assert self.unshared is not None
-        meta = torch.cat([self.unshared, torch.tensor([float(interrupt)], dtype=torch.float64).to(self.meta_device)])
+        flag = torch.tensor([float(interrupt)], dtype=torch.float64)
+        meta = torch.cat([self.unshared, flag.to(self.unshared.device)]).to(self.meta_device)
         with self.collective():
             dist.all_reduce(meta)
         if meta[STOP].item() > 0:

@@ -143,7 +143,7 @@ class RemoteWorkers(Workers):
             while self.server.pending_pushes:
                 src, header = self.parked.pop(0) if self.parked else self._next_header()
                 self._serve(src, header)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, WorkerFailed):  # (WorkerFailed: another connection lost after it)
             if not self.cut_short:
                 raise
         self.fence = max(self.fence, self.server.updates)

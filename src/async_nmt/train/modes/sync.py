@@ -57,6 +57,7 @@ class DistributedSync(Workers):
         self.speed = processes.EmulatedSpeed(ctx.cfg.worker_speeds[ctx.rank] if ctx.cfg.worker_speeds else 1.0,
                                              ctx.device)  # fmt: skip
         self.gathered: list[Any] | None = None  # every rank's own state (`_own_state`), at rank 0 for a save
+        self.gathered_at = -1  # the update after which it was gathered
         self.fence = 0  # the next update at which the trainer validates or saves
 
     @contextlib.contextmanager
@@ -90,7 +91,8 @@ class DistributedSync(Workers):
     def _gather_before_save(self) -> None:
         """After the step before a save (at the fence, or the ranks agreed to stop), rank 0 gathers every
         rank's own state, so that a run resumes as if never stopped; the others do not save."""
-        if self.agreed or self.server.updates >= self.fence:
+        if (self.agreed or self.server.updates >= self.fence) and self.gathered_at != self.server.updates:
+            self.gathered_at = self.server.updates
             self.gathered = [None] * self.world if self.rank == 0 else None
             with self.collective():
                 dist.gather_object(self._own_state(), self.gathered, dst=0)
