@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from async_nmt.errors import UserError, reason
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
 SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def train_vocab(
@@ -71,9 +73,17 @@ def _train_in_child(options: dict[str, Any]) -> str | None:
     whose children re-import the main module, which a script read from stdin does not have, and which a
     daemonic process may not start); it ends if this process dies (kill -9), and ignores Ctrl-C."""
     with tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid())], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=stderr)  # fmt: skip
+        # A Ctrl-C while the child starts is held until it is known, then stops it as any other: one that
+        # came between its fork and Popen's return left it to train on, the parent gone (seen under load)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid())], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=stderr)  # fmt: skip
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (a held one is raised here)
             out, _ = child.communicate(json.dumps(options).encode())  # (a Ctrl-C arrives here)
         except BaseException:
             child.kill()
@@ -92,6 +102,7 @@ def _train_in_child(options: dict[str, Any]) -> str | None:
 _CHILD = """
 import json, os, signal, sys, threading, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # (blocked as the parent started it)
 parent = int(sys.argv[1])
 def watch():
     while os.getppid() == parent:
