@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from async_nmt.config import ModelConfig, TrainConfig, from_dict
-from async_nmt.data.batches import BatchStream
+from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_split
 from async_nmt.errors import UserError, run_script
 from async_nmt.train.events import read_events
@@ -40,8 +40,7 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
         raise UserError(f"--worker-speeds: {len(speeds)} speeds for {cfg.workers} workers")
     events = read_events(run / "events.jsonl")
     split = load_split(bin_dir or Path(cfg.bin_dir), "train")
-    streams = [BatchStream(split, cfg.max_tokens, model.max_positions, cfg.seed, w, cfg.workers, cfg.batch_sort)
-               for w in range(cfg.workers)]  # fmt: skip
+    streams = worker_streams(split, cfg.max_tokens, model.max_positions, cfg.seed, cfg.workers, cfg.batch_sort)
     cfg.worker_speeds = speeds
     clock = PredictedClock()
     clock.start_clock(cfg, cfg.workers, events[0]["params"])

@@ -15,7 +15,15 @@ import torch
 
 from async_nmt import errors
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, model_config
-from async_nmt.data.batches import BatchStream, budget_warning, collate, collate_rows, make_batches
+from async_nmt.data.batches import (
+    BatchStream,
+    budget_warning,
+    collate,
+    collate_rows,
+    make_batches,
+    round_up,
+    worker_streams,
+)
 from async_nmt.data.binarize import TokenArray
 from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
@@ -47,6 +55,38 @@ def test_batches_respect_the_token_budget_and_cover_every_sentence_once(sort):
         b = collate_rows(split.src, split.tgt, rows, max_len=64)
         assert b.src.numel() <= 512 and b.prev_tgt.numel() <= 512
         assert b.src.shape[1] % 8 == 0 and b.prev_tgt.shape[1] % 8 == 0
+
+
+def greedy_batches(src_lengths, tgt_lengths, max_tokens: int, max_len: int, sort: str) -> list[np.ndarray]:
+    """`make_batches` by its definition, a row at a time (as it was written until 2026-12-05): the first row,
+    then rows while rows x the longest padded side fits; more than 8 rows cut to a multiple of 8."""
+    src_len, tgt_len = np.minimum(src_lengths, max_len - 1) + 1, np.minimum(tgt_lengths, max_len - 1) + 1
+    longest_side = round_up(np.maximum(src_len, tgt_len))
+    order = (np.lexsort((src_len, tgt_len)) if sort == "target"
+             else np.lexsort((tgt_len, round_up(src_len), longest_side)))  # fmt: skip
+    padded = [int(n) for n in longest_side[order]]
+    batches, start = [], 0
+    while start < len(order):
+        end, longest = start + 1, padded[start]
+        while end < len(order) and max(longest, padded[end]) * (end + 1 - start) <= max_tokens:
+            longest, end = max(longest, padded[end]), end + 1
+        if end - start > 8 and end < len(order):
+            end = start + (end - start) // 8 * 8
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+@pytest.mark.parametrize("sort", ["target", "longest"])
+def test_batches_are_those_of_their_definition(sort):
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(1, 2000))
+        src, tgt = rng.integers(0, 300, n), rng.integers(0, 300, n)
+        max_tokens, max_len = int(rng.choice([8, 100, 1000, 4096, 25000])), int(rng.choice([16, 256, 1024]))
+        made, defined = make_batches(src, tgt, max_tokens, max_len, sort), greedy_batches(src, tgt, max_tokens,
+                                                                                           max_len, sort)  # fmt: skip
+        assert len(made) == len(defined) and all(np.array_equal(a, b) for a, b in zip(made, defined, strict=True))
 
 
 def test_pairs_over_the_token_budget_are_batches_of_their_own_and_are_warned_of():
@@ -120,6 +160,9 @@ def test_stream_workers_are_disjoint_and_the_position_resumes():
     streams = [BatchStream(split, 512, 64, seed=3, worker=w, workers=2) for w in range(2)]
     firsts = [{tuple(s.next().src[0].tolist()) for _ in range(len(s))} for s in streams]
     assert not firsts[0] & firsts[1]
+    shared = worker_streams(split, 512, 64, seed=3, workers=2, sort="target")  # one list of batches, made once
+    assert shared[0].batches is shared[1].batches
+    assert [{tuple(s.next().src[0].tolist()) for _ in range(len(s))} for s in shared] == firsts
     a = BatchStream(split, 512, 64, seed=3)
     for _ in range(len(a) + 5):  # into the second epoch
         a.next()

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json, torchrun_rank
-from async_nmt.data.batches import BatchStream, budget_warning, epochs_done
+from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
@@ -82,12 +82,8 @@ class Trainer:
         self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
         self.model, self.flat = build_model(self.model_cfg, self.device)  # compiled where it computes: build_workers
         train_split = load_split(bin_dir, "train")
-        self.streams = [
-            BatchStream(
-                train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, w, cfg.workers, cfg.batch_sort
-            )
-            for w in range(cfg.workers)
-        ]
+        self.streams = worker_streams(train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, cfg.workers,
+                                      cfg.batch_sort)  # fmt: skip
         for stream in self.streams:
             stream.pin = self.device.type == "cuda"
         self.saved_at: int | None = None  # update of the last checkpoint written
