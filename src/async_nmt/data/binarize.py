@@ -103,7 +103,7 @@ def preprocess(
             click.echo(f"training a {model_type} vocabulary of {vocab_size} pieces on train.{src} and "
                        f"train.{tgt} ({counts['train']:,} lines each)...", err=True)  # fmt: skip
         model = train_vocab([raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size,
-                            model_type, longest_line=checked["train"][1])  # fmt: skip
+                            model_type, longest_line=checked["train"][1], progress=progress)  # fmt: skip
         sp = load_vocab(model)
         stats = {}
         quiet = None if progress else True  # None: tqdm's own test, off where stderr is not a terminal

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
+from tqdm import tqdm
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from async_nmt.errors import UserError, reason
@@ -24,14 +25,16 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def train_vocab(
-    files: list[Path], prefix: Path, vocab_size: int, model_type: str = "unigram", longest_line: int = 0
-) -> Path:
+    files: list[Path], prefix: Path, vocab_size: int, model_type: str = "unigram", longest_line: int = 0,
+    progress: bool = False,
+) -> Path:  # fmt: skip
     """Train a joint sentencepiece model on `files`; write `prefix.model` and `prefix.vocab`.
 
     Ids are fixed: pad=0, unk=1, bos=2, eos=3. The size is a soft limit (`hard_vocab_limit=False`), so a
     tiny corpus gets a smaller vocabulary instead of an error. `longest_line` (bytes) raises sentencepiece's
     limit on a line's length (4,192 bytes), above which it leaves lines out of training without a word.
-    Returns the `.model` path.
+    Returns the `.model` path. With `progress`, on a terminal, the time it has taken so far counts up
+    (sentencepiece says nothing, for minutes on a large corpus).
     """
     if vocab_size < 8:
         raise UserError(f"--vocab-size {vocab_size} is too small (need at least 8)")
@@ -56,7 +59,7 @@ def train_vocab(
         max_sentence_length=max(SPM_MAX_SENTENCE_LENGTH, longest_line + 1),
         minloglevel=2,
     )
-    error = _train_in_child(options)
+    error = _train_in_child(options, progress)
     if error is not None:
         what = f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}"
         raise UserError(f"{what}: {_spm_reason(RuntimeError(error))}")
@@ -66,7 +69,7 @@ def train_vocab(
     return model
 
 
-def _train_in_child(options: dict[str, Any]) -> str | None:
+def _train_in_child(options: dict[str, Any], progress: bool = False) -> str | None:
     """Run sentencepiece's trainer in a child process; its error message, or None. Ctrl-C (or SIGTERM) stops
     it at once: the trainer runs in C++ for minutes on a large corpus, where this process would see the
     signal only when it returned. The child is a fresh interpreter running `_CHILD` (not multiprocessing,
@@ -84,7 +87,7 @@ def _train_in_child(options: dict[str, Any]) -> str | None:
             raise
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (a held one is raised here)
-            out, _ = child.communicate(json.dumps(options).encode())  # (a Ctrl-C arrives here)
+            out = _wait_counting(child, json.dumps(options).encode(), progress)  # (a Ctrl-C arrives here)
         except BaseException:
             child.kill()
             child.wait()
@@ -95,6 +98,19 @@ def _train_in_child(options: dict[str, Any]) -> str | None:
             stderr.seek(0)
             said = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
             return f"its process ended with exit code {child.returncode}" + (f": {said[-1]}" if said else "")
+
+
+def _wait_counting(child: subprocess.Popen, payload: bytes | None, progress: bool) -> bytes:
+    """`child`'s output once it ends, `payload` sent to its stdin; meanwhile, with `progress` on a terminal,
+    the time it has taken counts up on stderr."""
+    with tqdm(desc="training the vocabulary", bar_format="{desc}: {elapsed}", leave=False,
+              disable=None if progress else True) as bar:  # fmt: skip
+        while True:
+            try:
+                return child.communicate(payload, timeout=1.0)[0]
+            except subprocess.TimeoutExpired:
+                payload = None  # (sent: communicate takes it once)
+                bar.refresh()
 
 
 # The child: train with the options read from stdin, print the error's message or null as JSON. A thread
