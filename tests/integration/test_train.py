@@ -212,8 +212,9 @@ def test_the_trainers_streams_cut_batches_as_batch_sort_says(synthetic_bin: Path
     )
     for sort in ("target", "longest"):
         sorts.clear()
-        Trainer(micro_config(synthetic_bin, batch_sort=sort, workers=2, simulate=True), tmp_path / sort)
-        assert sorts == [sort, sort]  # each worker's stream
+        trainer = Trainer(micro_config(synthetic_bin, batch_sort=sort, workers=2, simulate=True), tmp_path / sort)
+        assert sorts == [sort]  # one list, which each worker's stream takes its share of
+        assert trainer.streams[0].batches is trainer.streams[1].batches
 
 
 def test_compile_is_applied_where_the_gradients_are_computed(synthetic_bin: Path, tmp_path: Path):
