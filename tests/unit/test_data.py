@@ -304,3 +304,29 @@ def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     (tmp_path / "x.offsets.npy").write_bytes(b"not an array")
     with pytest.raises(UserError, match=r"x\.offsets\.npy: unreadable token array"):  # the file that is broken
         TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")
+
+
+def test_a_ctrl_c_as_the_vocabulary_process_starts_stops_it(monkeypatch):
+    """A Ctrl-C between the trainer process's fork and Popen's return left that process training, its
+    parent gone (a blocked signal mask in the main thread held nothing: numpy's thread took the signal)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from async_nmt import errors
+    from async_nmt.data import vocab
+
+    started, real = [], subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGINT)  # as Popen returns
+        time.sleep(0.05)
+        return started[-1]
+
+    monkeypatch.setattr(vocab.subprocess, "Popen", popen)
+    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
+    with pytest.raises(KeyboardInterrupt):
+        vocab._train_in_child({})
+    assert started and started[0].poll() is not None  # stopped and reaped

@@ -62,7 +62,7 @@ def make_batches(
     else:
         raise ValueError(f"sort: {sort!r} is not one of {SORTS}")
     padded = round_up(np.maximum(src_len, tgt_len)[order])
-    most_rows = max(1, max_tokens // PAD_MULTIPLE)  # (every row pads to at least PAD_MULTIPLE)
+    most_rows = max(1, min(max_tokens // PAD_MULTIPLE, len(order)))  # (every row pads to at least PAD_MULTIPLE)
     counts = np.arange(1, most_rows + 1)
     batches, start = [], 0
     while start < len(order):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,10 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from async_nmt.errors import UserError, reason
+from async_nmt.errors import UserError, interrupts, new_notice, reason
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
 SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def train_vocab(
@@ -76,17 +76,10 @@ def _train_in_child(options: dict[str, Any], progress: bool = False) -> str | No
     whose children re-import the main module, which a script read from stdin does not have, and which a
     daemonic process may not start); it ends if this process dies (kill -9), and ignores Ctrl-C."""
     with tempfile.TemporaryFile() as stderr:
-        # A Ctrl-C while the child starts is held until it is known, then stops it as any other: one that
-        # came between its fork and Popen's return left it to train on, the parent gone (seen under load)
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        child, held = _start_holding_interrupts([sys.executable, "-c", _CHILD, str(os.getpid())], stderr)
         try:
-            child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid())], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=stderr)  # fmt: skip
-        except BaseException:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            raise
-        try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (a held one is raised here)
+            if held:
+                raise KeyboardInterrupt
             out = _wait_counting(child, json.dumps(options).encode(), progress)  # (a Ctrl-C arrives here)
         except BaseException:
             child.kill()
@@ -100,16 +93,43 @@ def _train_in_child(options: dict[str, Any], progress: bool = False) -> str | No
             return f"its process ended with exit code {child.returncode}" + (f": {said[-1]}" if said else "")
 
 
-def _wait_counting(child: subprocess.Popen, payload: bytes | None, progress: bool) -> bytes:
+def _start_holding_interrupts(args: list[str], stderr: Any) -> tuple[subprocess.Popen, bool]:
+    """The child process started, and whether a Ctrl-C (or SIGTERM) came meanwhile: it is held until the
+    child is known, so that the caller stops it (one between its fork and Popen's return left it training,
+    its parent gone). Held in Python's handlers, which run in the main thread, whichever thread the kernel
+    hands the signal to (numpy and tqdm start threads: a blocked mask in one thread held nothing)."""
+    caught: list[int] = []
+
+    def hold(number: int, _frame: object) -> None:
+        if new_notice(number):
+            caught.append(number)
+
+    held = {}
+    if threading.current_thread() is threading.main_thread():
+        held = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM) if interrupts(sig)}
+    try:
+        child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+    return child, bool(caught)
+
+
+def _wait_counting(child: subprocess.Popen, payload: bytes, progress: bool) -> bytes:
     """`child`'s output once it ends, `payload` sent to its stdin; meanwhile, with `progress` on a terminal,
-    the time it has taken counts up on stderr."""
+    the time it has taken counts up on stderr. (The payload is written whole first: a `communicate` that
+    timed out before it wrote, retried without input, never sent it, and the child waited for it forever.)"""
+    try:  # (a few hundred bytes, which the child reads whole first; communicate then closes its stdin)
+        child.stdin.write(payload)
+        child.stdin.flush()
+    except BrokenPipeError:  # the child is gone already: its output says why
+        pass
     with tqdm(desc="training the vocabulary", bar_format="{desc}: {elapsed}", leave=False,
               disable=None if progress else True) as bar:  # fmt: skip
         while True:
             try:
-                return child.communicate(payload, timeout=1.0)[0]
+                return child.communicate(timeout=1.0)[0]
             except subprocess.TimeoutExpired:
-                payload = None  # (sent: communicate takes it once)
                 bar.refresh()
 
 
@@ -118,7 +138,6 @@ def _wait_counting(child: subprocess.Popen, payload: bytes | None, progress: boo
 _CHILD = """
 import json, os, signal, sys, threading, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # (blocked as the parent started it)
 parent = int(sys.argv[1])
 def watch():
     while os.getppid() == parent:
