@@ -21,7 +21,7 @@ With worker processes (`--workers W`, spawned, or ranks torchrun started) each r
 sync, but the ranks meet only where they must: at a round's end (the parameters), and where the trainer
 logs, validates, saves or ends (the losses since they last met, and whether to stop). In between each runs
 at its own pace. (Until 2026-12-05 every inner step all-reduced the losses, so every step waited for the
-slowest rank: 16% of a run's compute time that the predicted clock did not have.) Emulated in one process
+slowest rank, which the predicted clock does not model.) Emulated in one process
 (`--simulate`), deterministically, the predicted clock charges every worker's compute at its speed, and at
 each sync waits for the slowest worker and adds one ring all-reduce of the parameters at `--link-gbps`.
 
