@@ -94,9 +94,9 @@ def sigterm_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def new_notice(_number: int) -> bool:
-    """Whether a Ctrl-C or SIGTERM (signal `_number`), which came now, is a new notice to stop: not within
-    `REPEAT_S` of the last one that was (the same notice delivered twice)."""
+def new_notice() -> bool:
+    """Whether a Ctrl-C or SIGTERM, which came now, is a new notice to stop: not within `REPEAT_S` of the last
+    one that was (the same notice delivered twice)."""
     now = time.monotonic()
     if now - _LAST_NOTICE[0] < REPEAT_S:
         return False
@@ -109,10 +109,36 @@ def notice_within(seconds: float) -> bool:
     return time.monotonic() - _LAST_NOTICE[0] < seconds
 
 
-def interrupt_handler(number: int, _frame: object) -> None:
+def interrupt_handler(_number: int, _frame: object) -> None:
     """KeyboardInterrupt, as Python's Ctrl-C handler, but for the same notice delivered twice (`new_notice`)."""
-    if new_notice(number):
+    if new_notice():
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def held_interrupts(second_stops: bool = False) -> Iterator[list[int]]:
+    """Within the block, a Ctrl-C or SIGTERM that would raise KeyboardInterrupt (`interrupts`) is recorded in
+    the list yielded instead (a repeat of the same notice is not); with `second_stops`, a second one raises at
+    once. Python runs handlers in the main thread, whichever thread the kernel hands a signal to, so this
+    holds it for the whole process (a blocked signal mask in one thread held nothing). Elsewhere than in
+    the main thread, nothing is held."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def hold(number: int, _frame: object) -> None:
+        if new_notice():
+            caught.append(number)
+            if second_stops and len(caught) > 1:
+                raise KeyboardInterrupt
+
+    held = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM) if interrupts(sig)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 def interrupts(number: int) -> bool:

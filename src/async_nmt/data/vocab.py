@@ -6,11 +6,9 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from async_nmt.errors import UserError, interrupts, new_notice, reason
+from async_nmt.errors import UserError, held_interrupts, reason
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
 SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
@@ -96,22 +94,9 @@ def _train_in_child(options: dict[str, Any], progress: bool = False) -> str | No
 def _start_holding_interrupts(args: list[str], stderr: Any) -> tuple[subprocess.Popen, bool]:
     """The child process started, and whether a Ctrl-C (or SIGTERM) came meanwhile: it is held until the
     child is known, so that the caller stops it (one between its fork and Popen's return left it training,
-    its parent gone). Held in Python's handlers, which run in the main thread, whichever thread the kernel
-    hands the signal to (numpy and tqdm start threads: a blocked mask in one thread held nothing)."""
-    caught: list[int] = []
-
-    def hold(number: int, _frame: object) -> None:
-        if new_notice(number):
-            caught.append(number)
-
-    held = {}
-    if threading.current_thread() is threading.main_thread():
-        held = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM) if interrupts(sig)}
-    try:
+    its parent gone)."""
+    with held_interrupts() as caught:
         child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
-    finally:
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
     return child, bool(caught)
 
 

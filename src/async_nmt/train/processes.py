@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
-from async_nmt.errors import UserError, WorkerFailed, failure_line, interrupts, new_notice
+from async_nmt.errors import UserError, WorkerFailed, failure_line, held_interrupts, new_notice
 
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
@@ -200,26 +200,8 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
     If the section raises, its error wins and the signal is dropped: the state may be half changed then,
     and an interrupt would save it. In a thread other than the main one, or where the signals are not
     Ctrl-C's, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
+    with held_interrupts(second_stops) as caught:
         yield
-        return
-    held = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM) if interrupts(sig)}
-    caught: list[int] = []
-
-    def hold(number: int, _frame: Any) -> None:
-        if not new_notice(number):
-            return
-        caught.append(number)
-        if second_stops and len(caught) > 1:
-            raise KeyboardInterrupt
-
-    for sig in held:
-        signal.signal(sig, hold)
-    try:
-        yield
-    finally:
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
 
@@ -235,8 +217,8 @@ def stop_signals_set(flag: Any, message: str | None) -> Iterator[None]:
         yield
         return
 
-    def on_signal(number: int, _frame: Any) -> None:
-        if not new_notice(number):
+    def on_signal(_number: int, _frame: Any) -> None:
+        if not new_notice():
             return
         if flag.is_set():
             raise KeyboardInterrupt

@@ -164,8 +164,8 @@ class SimulatedDiloco(PredictedClock, Workers):
 
     def state_dict(self) -> dict[str, Any]:
         return {"params": [p.cpu() for p in self.params], "inner": [s.state_dict() for s in self.inner],
-                "seconds": self.seconds, "predicted_s": self.predicted_s, "compute_s": self.compute_s,
-                "compute_tokens": self.compute_tokens, "worker_pushes": self.worker_pushes}  # fmt: skip
+                "seconds": self.seconds, "predicted_s": self.predicted_s,
+                "worker_pushes": self.worker_pushes}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         assert state is not None
@@ -173,7 +173,7 @@ class SimulatedDiloco(PredictedClock, Workers):
                                                      strict=True):  # fmt: skip
             params.copy_(saved)
             inner.load_state_dict(saved_inner)
-        for name in ("seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes"):
+        for name in ("seconds", "predicted_s", "worker_pushes"):
             setattr(self, name, state[name])
 
 

@@ -29,7 +29,7 @@ from async_nmt.train.step import StepStats, push_gradient
 
 class PredictedClock:
     """The predicted wall clock of W emulated devices: each worker's compute, and the parameters' transfers.
-    Its state (`seconds`, `predicted_s`, `compute_s`, `compute_tokens`) is saved with the emulation's."""
+    Its state (`seconds`, `predicted_s`) is saved with the emulation's."""
 
     def start_clock(self, cfg: TrainConfig, workers: int, numel: int) -> None:
         self.speeds = cfg.worker_speeds or [1.0] * workers
@@ -37,22 +37,16 @@ class PredictedClock:
         self.link_s = link_seconds(numel, cfg.link_gbps)
         self.seconds = [0.0] * workers  # predicted wall clock of each worker
         self.predicted_s = 0.0
-        self.compute_s, self.compute_tokens = 0.0, 0  # measured on this device
 
     @property
     def predicted_worker_s(self) -> list[float]:
         return list(self.seconds)
-
-    def measured(self, seconds: float, tokens: int) -> None:
-        self.compute_s += seconds
-        self.compute_tokens += tokens
 
     def charge(self, worker: int, tokens: int, seconds: float) -> None:
         """`worker` computed on `tokens` target tokens, which took `seconds` here: the push costs those seconds
         (or its tokens at the fixed price) over the worker's speed. (Until 2026-12-05 a push cost its tokens
         at the mean price measured so far: the slow first pushes, the device warming up, were charged again
         in every later one, and a 300-update run's clock held 57% more compute than it measured.)"""
-        self.measured(seconds, tokens)
         cost = tokens * self.token_s if self.token_s else seconds
         self.seconds[worker] += cost / self.speeds[worker]
 
@@ -67,7 +61,7 @@ class SimulatedWorkers(PredictedClock, Workers):
     steps_here = True
 
     # the simulation state saved in checkpoints besides the workers' parameters and next batches
-    _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "compute_s", "compute_tokens", "worker_pushes")
+    _SCALARS = ("pulled", "finish", "seconds", "predicted_s", "worker_pushes")
 
     def __init__(self, ctx: ModeContext, server: ParamServer):
         """`server` holds the master parameters apart from the model's (`ctx.flat`), which compute pushes."""
