@@ -271,7 +271,8 @@ def train_main() -> None:
     type=int,
     default=None,
     help="Translate and write the input N lines at a time, as it comes (a pipe, a person typing); 0 = all of "
-    "it at once, which batches best [default: 1 when the input is stdin from a terminal, else 0].",
+    "it at once, which holds it all in memory and writes nothing before the end [default: 1 when the input is "
+    "stdin from a terminal, else 10000].",
 )
 @click.option(
     "--cuda-graphs",

@@ -53,16 +53,20 @@ def translate_lines(
     max_tokens: int = 4000,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
-    progress: bool = False,
+    progress: Callable[[int], object] | None = None,
     fixed_shapes: bool = False,
     first_line: int = 1,
     unknown: UnknownInput | None = None,
+    notices: set[str] | None = None,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
-    `amp_dtype` autocasts the search (None: fp32); `fixed_shapes`: see `search.beam_search`; `first_line`:
-    the input line number of `lines[0]`, for messages; `unknown` counts the input's unknown pieces."""
+    `amp_dtype` autocasts the search (None: fp32); `progress` is called with the number of lines done, as
+    they are done; `fixed_shapes`: see `search.beam_search`; `first_line`: the input line number of
+    `lines[0]`, for messages; `unknown` counts the input's unknown pieces; `notices`: see `translate_ids`."""
     outputs = [""] * len(lines)
     todo = [i for i, line in enumerate(lines) if line.strip()]
+    if progress is not None and len(todo) < len(lines):
+        progress(len(lines) - len(todo))  # the empty lines are done
     if not todo:
         return outputs
     sources = sp.encode([lines[i] for i in todo])
@@ -81,6 +85,7 @@ def translate_lines(
         progress=progress,
         fixed_shapes=fixed_shapes,
         line_numbers=[first_line + i for i in todo],
+        notices=notices,
     )
     for i, text in zip(todo, sp.decode(hyps), strict=True):
         outputs[i] = text
@@ -118,13 +123,16 @@ def translate_ids(
     max_tokens: int = 4000,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
-    progress: bool = False,
+    progress: Callable[[int], object] | None = None,
     use_cache: bool = True,
     fixed_shapes: bool = False,
     line_numbers: list[int] | None = None,
+    notices: set[str] | None = None,
 ) -> list[list[int]]:
     """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore.
-    `line_numbers`: the input line of each sentence, for messages (default: 1, 2, ...)."""
+    `progress` is called with the number of sentences of each batch done; `line_numbers`: the input line
+    of each sentence, for messages (default: 1, 2, ...); `notices`: the keys of the warnings given so far,
+    which are not given again (a command that translates its input a chunk at a time warns once)."""
     cfg = model.cfg
     if device is not None:
         model.to(device)
@@ -143,12 +151,11 @@ def translate_ids(
 
     kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
                   amp_dtype=amp_dtype, fixed_shapes=fixed_shapes)  # fmt: skip
-    halved = False
+    notices = set() if notices is None else notices
 
     def search(batch: list[int]) -> list[list[int]]:
         """Search `batch` (indices, longest first); a batch that runs the device out of memory is searched
         again in halves, down to one sentence."""
-        nonlocal halved
         try:
             return generate(model, _source_tensor(batch, ids, cfg.pad_id, cfg.max_positions, device), beam, **kwargs)
         except RuntimeError as err:  # (leaving the handler drops the frames that hold the batch's tensors)
@@ -161,24 +168,24 @@ def translate_ids(
                 f"{device} ran out of memory translating one sentence of {lengths[batch[0]]} tokens with beam "
                 f"{beam}; try a smaller --beam or --max-len-a, or another --device"
             )
-        if not halved:
+        if "halved" not in notices:
             print(
                 f"warning: {device} ran out of memory translating {len(batch)} sentences at once; translating "
                 "such batches in halves (a smaller --max-tokens avoids this)",
                 file=sys.stderr,
             )
-            halved = True
+            notices.add("halved")
         half = (len(batch) + 1) // 2
         return search(batch[:half]) + search(batch[half:])
 
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=len(ids), unit="sent", file=sys.stderr, disable=None if progress else True) as bar:
-            for batch in _batches(order, lengths, max_tokens, cfg.max_positions):
-                for i, hyp in zip(batch, search(batch), strict=True):
-                    outputs[i] = hyp
-                bar.update(len(batch))
+        for batch in _batches(order, lengths, max_tokens, cfg.max_positions):
+            for i, hyp in zip(batch, search(batch), strict=True):
+                outputs[i] = hyp
+            if progress is not None:
+                progress(len(batch))
     finally:
         model.train(was_training)
     return outputs
@@ -227,6 +234,28 @@ def read_input(path: Path | None) -> list[str]:
     if lines:
         lines[0] = lines[0].removeprefix(BOM)
     return lines
+
+
+WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
+
+
+def _line_count(path: Path | None) -> int | None:
+    """The lines of `path` where it is a regular file (counted in its bytes, for the progress bar's total);
+    None for stdin or a pipe (unknown until read) and for a file that cannot be read (`input_chunks` says
+    why)."""
+    if path is None or str(path) == STDIO:
+        return None
+    try:
+        if not Path(path).is_file():
+            return None
+        count, last = 0, b"\n"
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                count += block.count(b"\n")
+                last = block[-1:]
+    except OSError:
+        return None
+    return count + (last != b"\n")  # a last line without its newline
 
 
 def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
@@ -351,7 +380,8 @@ def translate_file(
     """`nmt translate`: lines of `input_path` (stdin if None or `-`) -> `output_path` (stdout if None or `-`);
     `max_tokens` None: `default_max_tokens` of the device; `cuda_graphs`: search with fixed shapes
     (`search.greedy_search`, `search.beam_search`), which on CUDA replays each step as a CUDA graph;
-    `chunk_size` lines are translated and written at a time (0: all at once; None: 1 from a terminal, else 0)."""
+    `chunk_size` lines are translated and written at a time (0: all at once; None: 1 from a terminal, where a
+    person types, else `WINDOW`, which bounds the memory a long input takes and writes output as it goes)."""
     torch_device = resolve_device(device, "--device")
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
@@ -360,9 +390,10 @@ def translate_file(
         raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
     if output_path is not None and str(output_path) != STDIO:
         check_translation_output(Path(output_path), Path(model_path))
-    if chunk_size is None:  # line by line from a terminal, where a person types them
-        reading_stdin = input_path is None or str(input_path) == STDIO
-        chunk_size = 1 if reading_stdin and sys.stdin is not None and sys.stdin.isatty() else 0
+    reading_stdin = input_path is None or str(input_path) == STDIO
+    typed = reading_stdin and sys.stdin is not None and sys.stdin.isatty()  # by a person, line by line
+    if chunk_size is None:
+        chunk_size = 1 if typed else WINDOW
     if chunk_size < 0:
         raise UserError(f"--chunk-size must not be negative (got {chunk_size})")
     if average < 0:
@@ -377,11 +408,18 @@ def translate_file(
                    amp_dtype=amp_dtype, fixed_shapes=cuda_graphs)  # fmt: skip
     # SIGTERM (`kill`, `timeout`) stops it as Ctrl-C does: the output file is left as it was, no temporary
     try:
-        with sigterm_interrupts(), output_writer(output_path) as write:
-            first_line, unknown = 1, UnknownInput(sp)
+        with (
+            sigterm_interrupts(),
+            output_writer(output_path) as write,
+            tqdm(total=_line_count(input_path), unit="sent", file=sys.stderr, disable=True if typed else None) as bar,
+        ):
+            first_line, unknown, notices = 1, UnknownInput(sp), set[str]()
             for lines in input_chunks(input_path, chunk_size):
-                hyps = translate_lines(model, sp, lines, progress=chunk_size == 0, first_line=first_line,
-                                       unknown=unknown, **options)  # type: ignore[arg-type]  # fmt: skip
+                if bar.total is None and chunk_size == 0:  # stdin, read whole
+                    bar.total = len(lines)
+                    bar.refresh()
+                hyps = translate_lines(model, sp, lines, progress=bar.update, first_line=first_line,
+                                       unknown=unknown, notices=notices, **options)  # type: ignore[arg-type]  # fmt: skip
                 write("".join(hyp + "\n" for hyp in hyps))
                 first_line += len(lines)
     except ReaderGone:

@@ -227,6 +227,50 @@ def test_chunks_give_the_outputs_of_the_whole_input(run_dir: Path, tmp_path: Pat
     assert chunked.stdout == whole.stdout and whole.stdout.count("\n") == len(LINES)
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_input_that_is_not_typed_is_translated_a_window_at_a_time(run_dir: Path, tmp_path: Path, monkeypatch,
+                                                                  source: str):  # fmt: skip
+    """A long input is read, translated and written WINDOW lines at a time by default (it was read whole:
+    all of it in memory, and no output before the end); the outputs are those of the whole input."""
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    args = ["translate", str(run_dir), "--beam", "2", "--precision", "fp32"]
+    given = ["-i", str(src)] if source == "file" else []
+    stdin = src.read_text() if source == "stdin" else None
+    whole = runner().invoke(main, [*args, *given, "--chunk-size", "0"], input=stdin)
+    monkeypatch.setattr(translate, "WINDOW", 3)
+    real, sizes = translate.translate_lines, []
+    monkeypatch.setattr(translate, "translate_lines", lambda model, sp, lines, **kw: sizes.append(len(lines))
+                        or real(model, sp, lines, **kw))  # fmt: skip
+    windowed = runner().invoke(main, [*args, *given], input=stdin)
+    assert whole.exit_code == windowed.exit_code == 0, windowed.stderr
+    assert sizes == [3, 3, 3, 1] and windowed.stdout == whole.stdout and whole.stdout.count("\n") == len(LINES)
+
+
+def test_running_out_of_memory_is_one_warning_for_the_whole_input(run_dir: Path, monkeypatch):
+    """The warning that batches are translated in halves is given once a command, not once a chunk."""
+    monkeypatch.setattr(translate, "generate", out_of_memory_above(1, [], "cpu"))
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "--chunk-size", "3"],
+                             input="\n".join(LINES) + "\n")  # fmt: skip
+    assert result.exit_code == 0 and result.stdout.count("\n") == len(LINES), result.stderr
+    assert result.stderr.count("ran out of memory") == 1, result.stderr
+
+
+def test_progress_counts_every_line_empty_or_not(sp):
+    done: list[int] = []
+    translate_lines(small_model(sp.get_piece_size()), sp, LINES, beam=2, max_tokens=24, progress=done.append)
+    assert sum(done) == len(LINES) and len(done) > 2  # the empty lines, then batch by batch
+
+
+@pytest.mark.parametrize(("text", "lines"), [("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3), ("\n", 1)])
+def test_the_progress_bar_total_is_the_file_lines(tmp_path: Path, text: str, lines: int):
+    path = tmp_path / "in.txt"
+    path.write_bytes(text.encode())
+    assert translate._line_count(path) == lines == len(list(translate.input_chunks(path, 1)))
+    assert translate._line_count(None) is None and translate._line_count(Path("-")) is None
+    assert translate._line_count(tmp_path / "missing") is None
+
+
 @pytest.mark.parametrize("chunk_size", [0, 2])
 def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path, chunk_size: int):
     """Windows editors begin a file with one; sentencepiece would encode it into the first sentence."""
