@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,21 +241,29 @@ WINDOW = 10_000  # lines read, translated and written at a time, by default, fro
 
 
 def _line_count(path: Path | None) -> int | None:
-    """The lines of `path` where it is a regular file (counted in its bytes, for the progress bar's total);
-    None for stdin or a pipe (unknown until read) and for a file that cannot be read (`input_chunks` says
-    why)."""
-    if path is None or str(path) == STDIO:
-        return None
+    """The lines of `path` (stdin where it is None or `-`) from where reading starts, where it is a regular
+    file (`< FILE` too), for the progress bar's total; None for a pipe or a terminal (unknown until read)
+    and for a file that cannot be read (`input_chunks` says why). The file is read for it, but never moved."""
     try:
-        if not Path(path).is_file():
+        if path is None or str(path) == STDIO:
+            if sys.stdin is None:
+                return None
+            return _regular_file_lines(sys.stdin.fileno())
+        if not Path(path).is_file():  # (opening a named pipe would wait for its writer)
             return None
-        count, last = 0, b"\n"
         with open(path, "rb") as f:
-            while block := f.read(1 << 24):
-                count += block.count(b"\n")
-                last = block[-1:]
-    except OSError:
+            return _regular_file_lines(f.fileno())
+    except (OSError, ValueError):  # (ValueError: a stdin without a file number, as in tests)
         return None
+
+
+def _regular_file_lines(fd: int) -> int | None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return None
+    count, last, offset = 0, b"\n", os.lseek(fd, 0, os.SEEK_CUR)
+    while block := os.pread(fd, 1 << 24, offset):
+        count += block.count(b"\n")
+        last, offset = block[-1:], offset + len(block)
     return count + (last != b"\n")  # a last line without its newline
 
 

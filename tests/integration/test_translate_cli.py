@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import subprocess
 import sys
@@ -269,6 +271,21 @@ def test_the_progress_bar_total_is_the_file_lines(tmp_path: Path, text: str, lin
     assert translate._line_count(path) == lines == len(list(translate.input_chunks(path, 1)))
     assert translate._line_count(None) is None and translate._line_count(Path("-")) is None
     assert translate._line_count(tmp_path / "missing") is None
+
+
+def test_the_progress_bar_total_of_a_file_on_stdin_is_its_lines_from_where_reading_starts(tmp_path: Path, monkeypatch):
+    """`nmt translate RUN < FILE`: stdin is the file; counting its lines must not move it. A pipe has none."""
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\nb\nc\n")
+    with open(path, "rb", buffering=0) as f:
+        f.seek(2)  # (a shell hands over a file where its last reader left it)
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(f))
+        assert translate._line_count(None) == 2 and f.tell() == 2 and f.read() == b"b\nc\n"
+    read, write = os.pipe()
+    with open(read, "rb") as r, open(write, "wb") as w:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(r))
+        w.write(b"a\n")
+        assert translate._line_count(None) is None
 
 
 @pytest.mark.parametrize("chunk_size", [0, 2])
