@@ -5,7 +5,7 @@
 # Knobs (environment variables; default in brackets):
 #   OUT                 output folder: raw/, bin/, runs/{sync,async,async-accum}/, test/, report/ [runs/bible-de-en]
 #   RAW                 raw corpus folder {train,valid,test}.{SRC,TGT}; `nmt corpus get` is skipped when
-#                       RAW/train.SRC exists [OUT/raw]
+#                       RAW/train.SRC exists, or OUT/bin; it never overwrites a RAW given here [OUT/raw]
 #   CORPUS              the built-in corpus `nmt corpus get` fetches [bible-de-en]
 #   SRC, TGT            translation direction: the language suffixes of the raw files [de, en]
 #   VOCAB_SIZE          joint sentencepiece vocabulary [8000]
@@ -61,8 +61,15 @@ DRY_RUN=${DRY_RUN:-0}
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-if [[ ! -f $RAW/train.$SRC ]]; then
+if data_needed && [[ ! -f $RAW/train.$SRC ]]; then
+    if [[ $CORPUS != *-$SRC-$TGT && $CORPUS != *-$TGT-$SRC ]]; then
+        echo "error: CORPUS=$CORPUS is not of SRC=$SRC and TGT=$TGT, and $RAW/train.$SRC is not there:" \
+            "name a CORPUS of the pair (nmt corpus list), or a RAW that holds the corpus" >&2
+        exit 2
+    fi
     read -ra nmt <<<"$NMT"
-    run "${nmt[@]}" corpus get "$CORPUS" "$RAW" --force
+    force=()  # only the recipe's own folder is overwritten; a RAW of the user's keeps its files
+    if [[ $RAW == "$OUT/raw" ]]; then force=(--force); fi
+    run "${nmt[@]}" corpus get "$CORPUS" "$RAW" "${force[@]}"
 fi
 compare

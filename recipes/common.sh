@@ -89,7 +89,7 @@ compare() {
     local nmt bin=$OUT/bin mode dir runs=() train accum start
     read -ra nmt <<<"$NMT"
     if [[ -f $bin/manifest.json ]]; then
-        say "$bin exists: not preprocessed again (delete it, or choose another OUT, to redo it)"
+        say "$bin exists: its corpus is not made or preprocessed again (delete it, or choose another OUT, to redo it)"
     else
         run "${nmt[@]}" preprocess "$RAW" "$bin" --src "$SRC" --tgt "$TGT" --vocab-size "$VOCAB_SIZE" --force
     fi
@@ -137,5 +137,42 @@ check_settings() {
             ;;
         esac
     done
+    if [[ -z ${MODES// /} ]]; then
+        echo "error: MODES is empty: give one or more of sync, async, async-accum" >&2
+        exit 2
+    fi
+    if [[ $X == predicted && $SIMULATE != 1 ]]; then
+        echo "error: X=predicted needs SIMULATE=1 (the predicted clock is the emulation's); give X=time" >&2
+        exit 2
+    fi
+    case $PRESET in micro | tiny | small | base | big) ;; *)  # (nmt train --preset's choices)
+        echo "error: PRESET=$PRESET: give one of micro, tiny, small, base, big" >&2
+        exit 2
+        ;;
+    esac
+    for name in WORKERS ACCUM BEAM MAX_TOKENS VOCAB_SIZE; do
+        if [[ ! ${!name} =~ ^[0-9]+$ ]] || ((10#${!name} < 1)); then
+            echo "error: $name=${!name}: give a whole number of at least 1" >&2
+            exit 2
+        fi
+    done
+    for name in WARMUP MAX_UPDATES VALID_EVERY VALID_MAX_SENTENCES; do
+        if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
+            echo "error: $name=${!name}: give a whole number (0 or more)" >&2
+            exit 2
+        fi
+    done
+    for name in LR CLIP_NORM LABEL_SMOOTHING MAX_TIME TARGET_BLEU; do
+        if [[ -n ${!name} || $name != TARGET_BLEU ]] && [[ ! ${!name} =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$ ]]; then
+            echo "error: $name=${!name}: give a number (0 or more, e.g. 7e-4)" >&2
+            exit 2
+        fi
+    done
+}
+
+# data_needed: whether the recipe must make its raw corpus: not when OUT/bin, preprocessed from it, is there
+# (a run again keeps what it made; the raw corpus would be fetched and written again for nothing)
+data_needed() {
+    [[ ! -f $OUT/bin/manifest.json ]]
 }
 check_settings

@@ -10,7 +10,7 @@
 #   OUT                 output folder: raw/, bin/, runs/{sync,async,async-accum}/, test/, report/ [runs/wmt14-en-de]
 #   DATA                downloads (archives, unpacked corpora, sacreBLEU's test sets); files already there
 #                       are used as they are, so a DATA prepared elsewhere makes the recipe offline [OUT/download]
-#   RAW                 where the raw corpus is written [OUT/raw]
+#   RAW                 where the raw corpus is written (not again once OUT/bin is made) [OUT/raw]
 #   SRC, TGT            translation direction [en, de]
 #   VOCAB_SIZE          joint sentencepiece vocabulary [32000]
 #   PRESET              model size: micro, tiny, small, base, big [base]
@@ -44,14 +44,16 @@ TGT=${TGT:-de}
 source "$(dirname "${BASH_SOURCE[0]}")/wmt-defaults.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-run mkdir -p "$DATA" "$RAW"
-get https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz training-parallel-europarl-v7.tgz \
-    training/europarl-v7.de-en.de training/europarl-v7.de-en.en
-get https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz training-parallel-commoncrawl.tgz \
-    commoncrawl.de-en.de commoncrawl.de-en.en
-get https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz training-parallel-nc-v9.tgz \
-    training/news-commentary-v9.de-en.de training/news-commentary-v9.de-en.en
-raw_train training/europarl-v7.de-en commoncrawl.de-en training/news-commentary-v9.de-en
-raw_eval valid wmt13
-raw_eval test wmt14/full
+if data_needed; then
+    run mkdir -p "$DATA" "$RAW"
+    get https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz training-parallel-europarl-v7.tgz \
+        training/europarl-v7.de-en.de training/europarl-v7.de-en.en
+    get https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz training-parallel-commoncrawl.tgz \
+        commoncrawl.de-en.de commoncrawl.de-en.en
+    get https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz training-parallel-nc-v9.tgz \
+        training/news-commentary-v9.de-en.de training/news-commentary-v9.de-en.en
+    raw_train training/europarl-v7.de-en commoncrawl.de-en training/news-commentary-v9.de-en
+    raw_eval valid wmt13
+    raw_eval test wmt14/full
+fi
 compare

@@ -9,7 +9,7 @@
 #   OUT                 output folder: raw/, bin/, runs/{sync,async,async-accum}/, test/, report/ [runs/wmt16-en-ro]
 #   DATA                downloads (archives, unpacked corpora, sacreBLEU's test sets); files already there
 #                       are used as they are, so a DATA prepared elsewhere makes the recipe offline [OUT/download]
-#   RAW                 where the raw corpus is written [OUT/raw]
+#   RAW                 where the raw corpus is written (not again once OUT/bin is made) [OUT/raw]
 #   SRC, TGT            translation direction [en, ro]
 #   VOCAB_SIZE          joint sentencepiece vocabulary [32000]
 #   PRESET              model size: micro, tiny, small, base, big [base]
@@ -43,12 +43,14 @@ TGT=${TGT:-ro}
 source "$(dirname "${BASH_SOURCE[0]}")/wmt-defaults.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-run mkdir -p "$DATA" "$RAW"
-get https://data.statmt.org/wmt16/translation-task/training-parallel-ep-v8.tgz training-parallel-ep-v8.tgz \
-    training-parallel-ep-v8/europarl-v8.ro-en.en training-parallel-ep-v8/europarl-v8.ro-en.ro
-get https://object.pouta.csc.fi/OPUS-SETIMES/v2/moses/en-ro.txt.zip SETIMES2.en-ro.txt.zip \
-    SETIMES.en-ro.en SETIMES.en-ro.ro
-raw_train training-parallel-ep-v8/europarl-v8.ro-en SETIMES.en-ro
-raw_eval valid wmt16/dev
-raw_eval test wmt16
+if data_needed; then
+    run mkdir -p "$DATA" "$RAW"
+    get https://data.statmt.org/wmt16/translation-task/training-parallel-ep-v8.tgz training-parallel-ep-v8.tgz \
+        training-parallel-ep-v8/europarl-v8.ro-en.en training-parallel-ep-v8/europarl-v8.ro-en.ro
+    get https://object.pouta.csc.fi/OPUS-SETIMES/v2/moses/en-ro.txt.zip SETIMES2.en-ro.txt.zip \
+        SETIMES.en-ro.en SETIMES.en-ro.ro
+    raw_train training-parallel-ep-v8/europarl-v8.ro-en SETIMES.en-ro
+    raw_eval valid wmt16/dev
+    raw_eval test wmt16
+fi
 compare

@@ -10,7 +10,7 @@
 #   OUT                 output folder: raw/, bin/, runs/{sync,async,async-accum}/, test/, report/ [runs/wmt17-en-de]
 #   DATA                downloads (archives, unpacked corpora, sacreBLEU's test sets); files already there
 #                       are used as they are, so a DATA prepared elsewhere makes the recipe offline [OUT/download]
-#   RAW                 where the raw corpus is written [OUT/raw]
+#   RAW                 where the raw corpus is written (not again once OUT/bin is made) [OUT/raw]
 #   SRC, TGT            translation direction [en, de]
 #   VOCAB_SIZE          joint sentencepiece vocabulary [32000]
 #   PRESET              model size: micro, tiny, small, base, big [base]
@@ -44,16 +44,18 @@ TGT=${TGT:-de}
 source "$(dirname "${BASH_SOURCE[0]}")/wmt-defaults.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-run mkdir -p "$DATA" "$RAW"
-get https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz training-parallel-europarl-v7.tgz \
-    training/europarl-v7.de-en.de training/europarl-v7.de-en.en
-get https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz training-parallel-commoncrawl.tgz \
-    commoncrawl.de-en.de commoncrawl.de-en.en
-get https://data.statmt.org/wmt17/translation-task/training-parallel-nc-v12.tgz training-parallel-nc-v12.tgz \
-    training/news-commentary-v12.de-en.de training/news-commentary-v12.de-en.en
-get https://data.statmt.org/wmt17/translation-task/rapid2016.tgz rapid2016.tgz \
-    rapid2016.de-en.de rapid2016.de-en.en
-raw_train training/europarl-v7.de-en commoncrawl.de-en training/news-commentary-v12.de-en rapid2016.de-en
-raw_eval valid wmt16
-raw_eval test wmt17
+if data_needed; then
+    run mkdir -p "$DATA" "$RAW"
+    get https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz training-parallel-europarl-v7.tgz \
+        training/europarl-v7.de-en.de training/europarl-v7.de-en.en
+    get https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz training-parallel-commoncrawl.tgz \
+        commoncrawl.de-en.de commoncrawl.de-en.en
+    get https://data.statmt.org/wmt17/translation-task/training-parallel-nc-v12.tgz training-parallel-nc-v12.tgz \
+        training/news-commentary-v12.de-en.de training/news-commentary-v12.de-en.en
+    get https://data.statmt.org/wmt17/translation-task/rapid2016.tgz rapid2016.tgz \
+        rapid2016.de-en.de rapid2016.de-en.en
+    raw_train training/europarl-v7.de-en commoncrawl.de-en training/news-commentary-v12.de-en rapid2016.de-en
+    raw_eval valid wmt16
+    raw_eval test wmt17
+fi
 compare

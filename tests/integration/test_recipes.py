@@ -19,6 +19,12 @@ from conftest import write_synthetic_corpus
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 BIN = Path(sys.executable).parent  # the environment running the tests, which has `nmt`
 WMT = ["wmt14-en-de.sh", "wmt16-en-ro.sh", "wmt17-en-de.sh"]
+# the knobs common.sh checks as it is sourced, for scripts that source it for its functions
+KNOBS = (
+    "DRY_RUN=0 SIMULATE=0 X=time MODES=sync PRESET=micro WORKERS=1 ACCUM=1 BEAM=1 MAX_TOKENS=64 VOCAB_SIZE=64 "
+    "WARMUP=0 MAX_UPDATES=0 VALID_EVERY=0 VALID_MAX_SENTENCES=0 LR=1e-3 CLIP_NORM=0 LABEL_SMOOTHING=0 "
+    "MAX_TIME=0 TARGET_BLEU="
+)
 
 
 def knobs(recipe: str) -> set[str]:
@@ -101,16 +107,53 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "knob, value, message",
     [("DRY_RUN", "true", "DRY_RUN=true: give 0 or 1"), ("SIMULATE", "yes", "SIMULATE=yes: give 0 or 1"),
-     ("X", "bleu", "X=bleu: give one of"), ("MODES", "sync bogus", "MODES: 'bogus' is not one of")],
+     ("X", "bleu", "X=bleu: give one of"), ("MODES", "sync bogus", "MODES: 'bogus' is not one of"),
+     ("MODES", " ", "MODES is empty"), ("X", "predicted", "X=predicted needs SIMULATE=1"),
+     ("PRESET", "huge", "PRESET=huge: give one of micro"), ("WORKERS", "0", "WORKERS=0: give a whole number"),
+     ("BEAM", "0", "BEAM=0: give a whole number"), ("VALID_EVERY", "-1", "VALID_EVERY=-1: give a whole number"),
+     ("TARGET_BLEU", "abc", "TARGET_BLEU=abc: give a number"), ("LR", "fast", "LR=fast: give a number")],
 )  # fmt: skip
 def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
                                              tmp_path: Path) -> None:  # fmt: skip
     """DRY_RUN=true ran the recipe for real (downloads and all), SIMULATE=yes was taken as 0, and a bad X or
-    mode failed only after hours of training."""
+    mode, an X of predicted without SIMULATE=1, an unknown preset, no modes, a bad number failed only after the
+    data was fetched and preprocessed, or after hours of training."""
     result = run_recipe(recipe, OUT=tmp_path / "out", **{knob: value})
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_raw_folder_of_the_user_is_never_overwritten(tmp_path: Path) -> None:
+    """A RAW without train.SRC got `nmt corpus get --force`: the user's files were replaced by the Bible, of
+    whatever pair CORPUS named. Only the recipe's own OUT/raw is overwritten; a CORPUS of another pair than
+    SRC-TGT is refused."""
+    raw = tmp_path / "mine"
+    raw.mkdir()
+    (raw / "test.en").write_text("my own line\n", encoding="utf-8")
+    listed = run_recipe("bible-de-en.sh", OUT=tmp_path / "out", RAW=raw, DRY_RUN=1).stdout
+    assert f"nmt corpus get bible-de-en {raw}\n" in listed  # without --force: it refuses to replace test.en
+    result = run_recipe("bible-de-en.sh", OUT=tmp_path / "out", RAW=raw)
+    assert (
+        result.returncode == 2 and result.stderr == f"error: {raw}/test.en already exists; use --force to overwrite\n"
+    )
+    result = run_recipe("bible-de-en.sh", OUT=tmp_path / "out", RAW=raw, SRC="fr")
+    assert result.returncode == 2 and result.stderr.startswith("error: CORPUS=bible-de-en is not of SRC=fr and TGT=en")
+    assert [p.name for p in raw.iterdir()] == ["test.en"] and (raw / "test.en").read_text() == "my own line\n"
+    assert "--force" in run_recipe("bible-de-en.sh", OUT=tmp_path / "out", DRY_RUN=1).stdout.split("\n")[0]
+
+
+@pytest.mark.parametrize("recipe", ["bible-de-en.sh", *WMT])
+def test_a_recipe_run_again_does_not_make_its_corpus_again(recipe: str, tmp_path: Path) -> None:
+    """Once OUT/bin is preprocessed, the raw corpus is not fetched and written again: a WMT recipe run again
+    downloaded its test sets and rewrote OUT/raw (offline, without sacreBLEU's cache, it failed)."""
+    (tmp_path / "out" / "bin").mkdir(parents=True)
+    (tmp_path / "out" / "bin" / "manifest.json").write_text("{}", encoding="utf-8")
+    result = run_recipe(recipe, OUT=tmp_path / "out", DRY_RUN=1)
+    assert result.returncode == 0, result.stderr
+    assert all(word not in result.stdout for word in ("curl", "sacrebleu", "cat ", "corpus get", " preprocess "))
+    assert "bin exists: its corpus is not made or preprocessed again" in result.stdout
+    assert " train " in result.stdout
 
 
 def test_wmt_recipe_uses_downloaded_data(tmp_path: Path) -> None:
@@ -200,7 +243,7 @@ def test_wmt_recipe_end_to_end_on_downloaded_data(tmp_path: Path) -> None:
 
 def test_a_command_that_fails_leaves_no_output_file(tmp_path: Path) -> None:
     """Offline, sacreBLEU's failed download left an empty raw/valid.en behind (run_to wrote into it at once)."""
-    script = (f'set -euo pipefail; DRY_RUN=0 SIMULATE=0 X=time MODES=sync; source "{RECIPES}/common.sh"; '
+    script = (f'set -euo pipefail; {KNOBS}; source "{RECIPES}/common.sh"; '
               f'run_to "{tmp_path}/out.txt" sh -c "echo partial; exit 3"')  # fmt: skip
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and list(tmp_path.iterdir()) == []
@@ -213,7 +256,7 @@ def test_a_test_set_sacrebleu_cannot_download_is_one_line(tmp_path: Path) -> Non
     """Offline, with the training data in DATA but no sacreBLEU cache, the recipe ended in sacreBLEU's
     traceback (65 lines)."""
     offline = "http://127.0.0.1:9"
-    script = (f'set -euo pipefail; DRY_RUN=0 SIMULATE=0 X=time MODES=sync SRC=en TGT=ro RAW="{tmp_path}/raw" '
+    script = (f'set -euo pipefail; {KNOBS} SRC=en TGT=ro RAW="{tmp_path}/raw" '
               f'DATA="{tmp_path}/data" SACREBLEU_BIN="{BIN / "sacrebleu"}"; source "{RECIPES}/common.sh"; '
               f'mkdir -p "$RAW" "$DATA"; raw_eval valid wmt16/dev')  # fmt: skip
     env = {**os.environ, "http_proxy": offline, "https_proxy": offline, "HTTP_PROXY": offline,
