@@ -4,6 +4,8 @@ Reads DIR/CONFIG-sSEED/{events.jsonl,config.json,test-best.json,test-avg5.json} 
 scripts/experiment_convergence.sh) and prints markdown:
 - per configuration, the mean and sample standard deviation over seeds of the best and final valid BLEU,
   the test BLEU (beam 5) of the best checkpoint and of the average of the last 5, and the tokens trained;
+- per run, its best valid BLEU (at which update and predicted second), where it ended (update, epochs,
+  tokens, patience or the epoch cap) and the range of its last 8 validations;
 - the differences the findings rest on, paired by seed: (a) async - sync, (c) async-accum 4 - sync,
   --staleness-lr inverse - async, (b) async --local-accum 4 against async and async-accum 4, DiLoCo, local
   SGD and async-accum 4 at both speed spreads - sync, and what averaging adds in each configuration;
@@ -65,6 +67,7 @@ PAIRS = [  # (what, configuration, minus configuration)
     ("(b) async --local-accum 4 minus async-accum 4", "async-local4", "accum4"),
     ("DiLoCo H=10 minus sync", "diloco-h10", "sync"),
     ("DiLoCo H=100 minus sync", "diloco-h100", "sync"),
+    ("DiLoCo H=100 minus DiLoCo H=10", "diloco-h100", "diloco-h10"),
     ("local SGD H=10 minus sync", "localsgd-h10", "sync"),
     ("async-accum 4 at speeds 1,1,1,0.8 minus sync (at any speeds)", "accum4-spread", "sync"),
     ("async-accum 4 with a straggler, 1,1,1,0.5, minus sync (at any speeds)", "accum4-straggler", "sync"),
@@ -156,6 +159,25 @@ def quality(runs: Runs) -> None:
                "test BLEU, average of last 5", "tokens trained (M)", "stale mean (DiLoCo: steps since sync)",
                "stopped by patience"]  # fmt: skip
     table(headers, rows)
+
+
+def per_run(runs: Runs) -> None:
+    """Each trained run: its best validation (update, predicted seconds), its end, and its last 8 validations."""
+    rows = []
+    for config in [c for c in LABELS if c in runs and not replayed(runs[c])]:
+        for seed, run in sorted(runs[config].items()):
+            top = max(run.valid, key=lambda e: e["bleu"])
+            end, last8 = run.events[-1], [e["bleu"] for e in run.valid[-8:]]
+            seconds, epochs = top.get("predicted_s"), end.get("epoch")
+            rows.append([f"{LABELS[config]}, seed {seed}", f"{top['bleu']:.2f}", f"{top['updates']:,}",
+                         "-" if seconds is None else f"{seconds:.0f}", f"{end['updates']:,}",
+                         "-" if epochs is None else f"{epochs:.1f}", f"{end['tokens'] / 1e6:.1f}",
+                         f"{min(last8):.2f} to {max(last8):.2f}",
+                         "patience" if end.get("converged") else "epoch cap"])  # fmt: skip
+    print("Each run:")
+    print()
+    table(["run", "best valid BLEU", "at update", "at predicted s", "last update", "epochs", "tokens (M)",
+           "last 8 validations", "stopped by"], rows)  # fmt: skip
 
 
 def differences(runs: Runs) -> None:
@@ -298,7 +320,9 @@ def main() -> None:
         raise UserError(f"{args.dir}: {'not a folder' if args.dir.exists() else 'no such folder'}")
 
     runs, unfinished, rule = load(args.dir)
-    print(f"Finished runs (stopped by --patience {rule} or the epoch cap): {sum(len(v) for v in runs.values())}; "
+    trained = sum(len(v) for v in runs.values() if not replayed(v))
+    print(f"Finished runs (stopped by --patience {rule} or the epoch cap): {trained}, and "
+          f"{sum(len(v) for v in runs.values()) - trained} sync clocks replayed from them at other speeds; "
           f"still running or stopped: {', '.join(unfinished) or 'none'}.")  # fmt: skip
     sync_best = [best(r) for r in runs.get("sync", {}).values()]
     target = TARGET_SHARE * statistics.fmean(sync_best) if sync_best else None
@@ -306,6 +330,7 @@ def main() -> None:
         print(f"Target: {TARGET_SHARE:.0%} of sync's mean best valid BLEU over {len(sync_best)} seeds = {target:.2f}.")
     print()
     quality(runs)
+    per_run(runs)
     differences(runs)
     if target is None:
         return

@@ -45,6 +45,8 @@ def test_the_tables_pair_by_seed_and_race_to_95_percent_of_syncs_best(tmp_path: 
     # paired by seed: 18 - 20 and 21 - 22 valid, 13 - 15 and 14 - 16 test
     assert "| local SGD H=10 minus sync | -1.50 ± 0.71 (n=2) | -2.00 ± 0.00 (n=2) |" in lines
     assert "| local SGD H=10 | 1.00 ± 0.00 (n=2) |" in lines  # averaging: avg5 is 1 above best
+    # each run: local SGD's seed 1 best 18 at update 250 (250 s), ended at 400 (0.4M tokens) by patience
+    assert "| local SGD H=10, seed 1 | 18.00 | 250 | 250 | 400 | - | 0.4 | 8.00 to 18.00 | patience |" in lines
     # sync reaches 19.95 at 200 s (seed 2) and 300 s (seed 1); local SGD's seed 2 at 150 s, seed 1 never
     assert "| sync | 2 of 2 | 250 ± 71 (n=2) | 0.25 ± 0.07 (n=2) | 1.00x |" in lines
     assert "| local SGD H=10 | 1 of 2 | 150 (n=1) | 0.15 (n=1) | 1.67x |" in lines
