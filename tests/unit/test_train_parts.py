@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import threading
@@ -27,7 +28,8 @@ from async_nmt.data.batches import (
 from async_nmt.data.binarize import TokenArray
 from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
-from async_nmt.train import processes
+from async_nmt.train import optim, processes
+from async_nmt.train.checkpoint import rng_state, set_rng_state
 from async_nmt.train.events import EventLog, read_events, truncate_events
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, push_gradient, train_step
@@ -291,19 +293,36 @@ def test_a_training_step_after_validation_trains_with_dropout_again():
     assert trained[0] != trained[1] and evaluated[0] not in trained
 
 
-def test_flat_adam_matches_torch_adam():
+@pytest.mark.parametrize("fused", [True, False])
+def test_flat_adam_matches_torch_adam(monkeypatch, fused: bool):
+    """With PyTorch's fused kernel, and with the tensor operations used where torch has none."""
+    if not fused:
+        monkeypatch.setattr(optim, "_FUSED", None)
+    elif optim._FUSED is None:
+        pytest.skip("this torch has no fused Adam kernel")
     torch.manual_seed(0)
     p = torch.randn(50)
     ref = torch.nn.Parameter(p.clone())
     opt = torch.optim.Adam([ref], lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
     flat = p.clone()
     adam = FlatAdam(flat, (0.9, 0.98), 1e-9)
-    for update in range(1, 6):
-        g = torch.randn(50)
-        ref.grad = g.clone()
+    for update in range(1, 7):
+        g, scale = torch.randn(50), 1.0 + update % 2  # a gradient scaled by 2 (a sum over 2 pushes), or not
+        ref.grad = g / scale
         opt.step()
-        adam.step(g, 1e-2, update)
+        adam.step(g, 1e-2, update, grad_scale=scale)
     assert torch.allclose(flat, ref.detach(), atol=1e-6)
+
+
+def test_rng_state_restores_every_generator():
+    """A checkpoint's random state: Python's, numpy's and torch's generators draw again what they drew."""
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = rng_state()
+    drawn = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == drawn
 
 
 def test_inverse_sqrt_schedule():

@@ -192,7 +192,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--simulate-token-us must be a finite number (got {cfg.simulate_token_us})")
     if not cfg.link_gbps >= MIN_LINK_GBPS:
         raise UserError(f"--link-gbps must be at least {MIN_LINK_GBPS:g} (1 kbit/s)")
-    if not -(2**32) < cfg.seed < 2**32:  # (workers seed with seed * 1000 + worker, torch takes 64 bits)
+    if not -(2**32) < cfg.seed < 2**32:  # (workers seed with worker_seed: seed * 1000 + worker; torch takes 64 bits)
         raise UserError("--seed must be an integer between -2^32 and 2^32")
     for name in (
         "warmup",

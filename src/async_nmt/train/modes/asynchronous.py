@@ -24,7 +24,7 @@ from async_nmt.data.binarize import load_split
 from async_nmt.devices import amp_dtype_for
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import ModeContext, Workers
+from async_nmt.train.modes.workers import ModeContext, Workers, worker_seed
 from async_nmt.train.step import StepStats, build_model, push_gradient
 
 # shared counters of the gate
@@ -106,7 +106,7 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     device = torch.device(setup.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.manual_seed(cfg.seed * 1000 + worker)  # dropout differs between workers
+    torch.manual_seed(worker_seed(cfg.seed, worker))
     model, flat = build_model(setup.model_cfg, device, compiled=cfg.compile)  # here, where the compute is
     amp_dtype = amp_dtype_for(cfg.precision, device)
     split = load_split(Path(cfg.bin_dir), "train")

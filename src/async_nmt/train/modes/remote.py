@@ -43,7 +43,7 @@ from async_nmt.devices import amp_dtype_for
 from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, notice_within, reason
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import ModeContext, Workers, histogram
+from async_nmt.train.modes.workers import ModeContext, Workers, histogram, worker_seed
 from async_nmt.train.step import StepStats, build_model, push_gradient
 
 HEADER, GRAD, REPLY, PARAMS = 7001, 7002, 7003, 7004  # message tags (apart from those gloo numbers collectives with)
@@ -425,7 +425,7 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     _message(dist.broadcast_object_list, setup, src=0)
     positions, model_dict, pulled = setup
     model_cfg = from_dict(ModelConfig, model_dict)
-    torch.manual_seed(cfg.seed * 1000 + worker)  # dropout differs between workers
+    torch.manual_seed(worker_seed(cfg.seed, worker))
     model, flat = build_model(model_cfg, device, compiled=cfg.compile)
     pinned = device.type == "cuda"
     params = torch.empty(flat.numel(), pin_memory=pinned)

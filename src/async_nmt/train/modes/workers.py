@@ -35,6 +35,12 @@ class ModeContext:
     log_every: int = 50  # updates between the trainer's `train` events (diloco's ranks share losses for them)
 
 
+def worker_seed(seed: int, worker: int) -> int:
+    """The torch seed of an async worker's process: its own, so that workers draw different dropout masks
+    (sync ranks keep the run's one seed, as fairseq's do)."""
+    return seed * 1000 + worker
+
+
 class Workers:
     """Where pushes come from, and the server that turns them into updates. The trainer drives every mode
     through these calls and never asks which mode runs."""
