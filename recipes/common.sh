@@ -137,7 +137,7 @@ check_settings() {
             ;;
         esac
     done
-    if [[ -z ${MODES// /} ]]; then
+    if [[ -z ${MODES//[[:space:]]/} ]]; then
         echo "error: MODES is empty: give one or more of sync, async, async-accum" >&2
         exit 2
     fi
@@ -168,6 +168,19 @@ check_settings() {
             exit 2
         fi
     done
+    # the ranges nmt train and nmt report take
+    if ! awk -v x="$LR" 'BEGIN { exit !(x > 0) }'; then
+        echo "error: LR=$LR: give a number above 0" >&2
+        exit 2
+    fi
+    if ! awk -v x="$LABEL_SMOOTHING" 'BEGIN { exit !(x < 1) }'; then
+        echo "error: LABEL_SMOOTHING=$LABEL_SMOOTHING: give a number below 1" >&2
+        exit 2
+    fi
+    if [[ -n $TARGET_BLEU ]] && ! awk -v x="$TARGET_BLEU" 'BEGIN { exit !(x > 0) }'; then
+        echo "error: TARGET_BLEU=$TARGET_BLEU: give a number above 0, or nothing (the report's default)" >&2
+        exit 2
+    fi
 }
 
 # data_needed: whether the recipe must make its raw corpus: not when OUT/bin, preprocessed from it, is there

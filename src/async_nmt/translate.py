@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import stat
@@ -240,31 +241,46 @@ def read_input(path: Path | None) -> list[str]:
 WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
 
 
-def _line_count(path: Path | None) -> int | None:
+CHECK_BLOCK = 1 << 24  # bytes `checked_lines` reads at a time
+
+
+def checked_lines(path: Path | None) -> int | None:
     """The lines of `path` (stdin where it is None or `-`) from where reading starts, where it is a regular
-    file (`< FILE` too), for the progress bar's total; None for a pipe or a terminal (unknown until read)
-    and for a file that cannot be read (`input_chunks` says why). The file is read for it, but never moved."""
+    file (`< FILE` too), each checked to be UTF-8: a line that is not is a UserError before anything is
+    translated (read a window at a time, it failed only after the windows before it, hours of work that an
+    output file then lost). None for a pipe or a terminal (unknown until read, and checked as read) and for
+    a file that cannot be read (`input_chunks` says why). The file is read for it, but never moved."""
     try:
         if path is None or str(path) == STDIO:
             if sys.stdin is None:
                 return None
-            return _regular_file_lines(sys.stdin.fileno())
+            return _regular_file_lines(sys.stdin.fileno(), "stdin")
         if not Path(path).is_file():  # (opening a named pipe would wait for its writer)
             return None
         with open(path, "rb") as f:
-            return _regular_file_lines(f.fileno())
-    except (OSError, ValueError):  # (ValueError: a stdin without a file number, as in tests)
+            return _regular_file_lines(f.fileno(), str(path))
+    except (OSError, io.UnsupportedOperation):  # (a stdin without a file number, as in tests)
         return None
 
 
-def _regular_file_lines(fd: int) -> int | None:
+def _regular_file_lines(fd: int, name: str) -> int | None:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         return None
-    count, last, offset = 0, b"\n", os.lseek(fd, 0, os.SEEK_CUR)
-    while block := os.pread(fd, 1 << 24, offset):
-        count += block.count(b"\n")
-        last, offset = block[-1:], offset + len(block)
-    return count + (last != b"\n")  # a last line without its newline
+    count, offset, rest = 0, os.lseek(fd, 0, os.SEEK_CUR), b""
+    while True:
+        block = os.pread(fd, CHECK_BLOCK, offset)
+        offset += len(block)
+        data = rest + block
+        cut = data.rfind(b"\n") + 1 if block else len(data)  # whole lines; at the end, the last without its newline
+        lines, rest = data[:cut], data[cut:]
+        try:
+            lines.decode("utf-8")
+        except UnicodeDecodeError as err:
+            number = count + lines.count(b"\n", 0, err.start) + 1
+            raise UserError(f"{name}: line {number} is not valid UTF-8") from None
+        count += lines.count(b"\n")
+        if not block:
+            return count + (not lines.endswith(b"\n") and len(lines) > 0)
 
 
 def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
@@ -410,6 +426,7 @@ def translate_file(
     if average and checkpoint is not None:
         raise UserError(f"--average {average} translates with a mean of kept checkpoints; --checkpoint "
                         f"{checkpoint} names one: give one of them")  # fmt: skip
+    total = checked_lines(input_path) if chunk_size else None  # (read whole, the input is checked as it is read)
     model, sp = load_model(Path(model_path), checkpoint, torch_device, average=average)
     amp_dtype = amp_dtype_for(precision, torch_device)
     cast_for_search(model, amp_dtype)
@@ -420,7 +437,7 @@ def translate_file(
         with (
             sigterm_interrupts(),
             output_writer(output_path) as write,
-            tqdm(total=_line_count(input_path), unit="sent", file=sys.stderr, disable=True if typed else None) as bar,
+            tqdm(total=total, unit="sent", file=sys.stderr, disable=True if typed and chunk_size else None) as bar,
         ):
             first_line, unknown, notices = 1, UnknownInput(sp), set[str]()
             for lines in input_chunks(input_path, chunk_size):
@@ -429,7 +446,9 @@ def translate_file(
                     bar.refresh()
                 hyps = translate_lines(model, sp, lines, progress=bar.update, first_line=first_line,
                                        unknown=unknown, notices=notices, **options)  # type: ignore[arg-type]  # fmt: skip
+                bar.clear()  # (stdout may be the terminal the bar is drawn on)
                 write("".join(hyp + "\n" for hyp in hyps))
+                bar.refresh()
                 first_line += len(lines)
     except ReaderGone:
         return

@@ -111,7 +111,10 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
      ("MODES", " ", "MODES is empty"), ("X", "predicted", "X=predicted needs SIMULATE=1"),
      ("PRESET", "huge", "PRESET=huge: give one of micro"), ("WORKERS", "0", "WORKERS=0: give a whole number"),
      ("BEAM", "0", "BEAM=0: give a whole number"), ("VALID_EVERY", "-1", "VALID_EVERY=-1: give a whole number"),
-     ("TARGET_BLEU", "abc", "TARGET_BLEU=abc: give a number"), ("LR", "fast", "LR=fast: give a number")],
+     ("TARGET_BLEU", "abc", "TARGET_BLEU=abc: give a number"), ("LR", "fast", "LR=fast: give a number"),
+     ("MODES", "\t\n", "MODES is empty"), ("LR", "0", "LR=0: give a number above 0"),
+     ("LABEL_SMOOTHING", "1.5", "LABEL_SMOOTHING=1.5: give a number below 1"),
+     ("TARGET_BLEU", "0.0", "TARGET_BLEU=0.0: give a number above 0")],
 )  # fmt: skip
 def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
                                              tmp_path: Path) -> None:  # fmt: skip

@@ -20,6 +20,7 @@ from async_nmt import translate
 from async_nmt.cli import main
 from async_nmt.config import EOS_ID, PAD_ID, ModelConfig
 from async_nmt.data.vocab import load_vocab, train_vocab
+from async_nmt.errors import UserError
 from async_nmt.model.transformer import Transformer
 from async_nmt.translate import translate_lines
 
@@ -264,13 +265,36 @@ def test_progress_counts_every_line_empty_or_not(sp):
     assert sum(done) == len(LINES) and len(done) > 2  # the empty lines, then batch by batch
 
 
-@pytest.mark.parametrize(("text", "lines"), [("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3), ("\n", 1)])
-def test_the_progress_bar_total_is_the_file_lines(tmp_path: Path, text: str, lines: int):
+@pytest.mark.parametrize(("text", "lines"), [("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3), ("\n", 1),
+                                            ("ab\ncd\nef", 3), ("äbc\nd\nxyzw\n", 3), ("abcdefg\n", 1)])  # fmt: skip
+@pytest.mark.parametrize("block", [3, 1 << 24])
+def test_the_progress_bar_total_is_the_file_lines(tmp_path: Path, monkeypatch, text: str, lines: int, block: int):
+    monkeypatch.setattr(translate, "CHECK_BLOCK", block)  # (3 bytes: lines and characters across reads)
     path = tmp_path / "in.txt"
     path.write_bytes(text.encode())
-    assert translate._line_count(path) == lines == len(list(translate.input_chunks(path, 1)))
-    assert translate._line_count(None) is None and translate._line_count(Path("-")) is None
-    assert translate._line_count(tmp_path / "missing") is None
+    assert translate.checked_lines(path) == lines == len(list(translate.input_chunks(path, 1)))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))  # (no file number: the total is unknown)
+    assert translate.checked_lines(None) is None and translate.checked_lines(Path("-")) is None
+    assert translate.checked_lines(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("block", [4, 1 << 24])
+def test_a_line_that_is_not_utf8_fails_before_anything_is_translated(run_dir: Path, tmp_path: Path, monkeypatch,
+                                                                    block: int):  # fmt: skip
+    """Read a window at a time, a bad line in a later window failed after the windows before it were translated
+    (hours of a large input, which an output file then lost)."""
+    monkeypatch.setattr(translate, "CHECK_BLOCK", block)
+    monkeypatch.setattr(translate, "WINDOW", 3)
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_bytes(b"ba de\nka\ngi\nko\nmu\nna\npe\nhal\xff lo\nga\n")
+    out.write_text("OLD\n")
+    monkeypatch.setattr(translate, "translate_lines", lambda *args, **kwargs: pytest.fail("translated"))
+    for given in (["-i", str(src)], []):  # a file, and stdin redirected from it (`< in.txt`)
+        with open(src, "rb") as stdin:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+            with pytest.raises(UserError, match=r"line 8 is not valid UTF-8"):
+                translate.translate_file(run_dir, Path(given[1]) if given else None, out, beam=1, device="cpu")
+    assert out.read_text() == "OLD\n"
 
 
 def test_the_progress_bar_total_of_a_file_on_stdin_is_its_lines_from_where_reading_starts(tmp_path: Path, monkeypatch):
@@ -280,12 +304,12 @@ def test_the_progress_bar_total_of_a_file_on_stdin_is_its_lines_from_where_readi
     with open(path, "rb", buffering=0) as f:
         f.seek(2)  # (a shell hands over a file where its last reader left it)
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(f))
-        assert translate._line_count(None) == 2 and f.tell() == 2 and f.read() == b"b\nc\n"
+        assert translate.checked_lines(None) == 2 and f.tell() == 2 and f.read() == b"b\nc\n"
     read, write = os.pipe()
     with open(read, "rb") as r, open(write, "wb") as w:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(r))
         w.write(b"a\n")
-        assert translate._line_count(None) is None
+        assert translate.checked_lines(None) is None
 
 
 @pytest.mark.parametrize("chunk_size", [0, 2])
