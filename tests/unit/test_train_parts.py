@@ -316,13 +316,17 @@ def test_flat_adam_matches_torch_adam(monkeypatch, fused: bool):
 
 def test_rng_state_restores_every_generator():
     """A checkpoint's random state: Python's, numpy's and torch's generators draw again what they drew."""
-    random.seed(1)
-    np.random.seed(1)
-    torch.manual_seed(1)
-    state = rng_state()
-    drawn = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    set_rng_state(state)
-    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == drawn
+    before = rng_state()
+    try:
+        random.seed(1)
+        np.random.seed(1)
+        torch.manual_seed(1)
+        state = rng_state()
+        drawn = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+        set_rng_state(state)
+        assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == drawn
+    finally:
+        set_rng_state(before)  # (the generators as the tests before left them)
 
 
 def test_inverse_sqrt_schedule():
