@@ -190,9 +190,10 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(name if len(name.encode()) <= 255 else f".async-nmt.{os.getpid()}.tmp")
 
 
-def save_json(cfg: Any, path: Path) -> None:
+def save_json(cfg: Any, path: Path | str) -> None:
     """Written whole or not at all (a temporary file, then renamed): a run's config.json is rewritten at
     every resume, and a kill in the middle left a torn one."""
+    path = Path(path)
     tmp = temporary_beside(path)
     try:
         tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -201,7 +202,8 @@ def save_json(cfg: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_json(cls: type[C], path: Path) -> C:
+def load_json(cls: type[C], path: Path | str) -> C:
+    path = Path(path)
     try:
         return from_dict(cls, json.loads(path.read_text()))
     except (OSError, ValueError, TypeError, KeyError) as err:

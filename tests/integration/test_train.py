@@ -63,6 +63,7 @@ def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
 
 def test_config_json_reads_back_as_the_run_config(synthetic_bin: Path, learned_run: Path):
     saved = load_json(RunConfig, learned_run / "config.json")
+    assert load_json(RunConfig, str(learned_run / "config.json")) == saved  # a path as a string too (README)
     assert saved.train == micro_config(synthetic_bin, max_updates=300, valid_every=150)
     assert saved.model == model_config("micro", saved.corpus.vocab_size, dropout=0.0)
     assert saved.corpus.src == "src" and saved.corpus.tgt == "tgt"
@@ -151,6 +152,7 @@ def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run
     assert code == 0 and "events.jsonl is missing" in output, output
     log = read_events(run / "events.jsonl")
     assert log[-1]["kind"] == "end" and log[-1]["updates"] == 301
+    assert log[0]["kind"] == "start"  # (it began with the checkpoint event of the save it resumed)
     code, output = run_cli("report", str(run))
     assert code == 0, output
 
@@ -919,6 +921,7 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     def validator(*args, **kwargs):
         return {"valid_loss": 1.0, "valid_ppl": 2.7, "bleu": next(bleus), "chrf": 0.0}
 
+    validator.sources = ["ba"]  # (what the trainer's bar counts)
     trainer.validator = validator
     trainer.run(progress=False)
     events = read_events(run / "events.jsonl")
@@ -969,7 +972,7 @@ def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
 
     queue = list(scores)
 
-    def fake(self, model, sp, amp_dtype, beam=1):
+    def fake(self, model, sp, amp_dtype, beam=1, progress=None):
         bleu, loss = queue.pop(0)
         return {"valid_loss": loss, "valid_ppl": 1.0, "bleu": bleu, "chrf": bleu}
 

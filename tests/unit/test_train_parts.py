@@ -441,6 +441,20 @@ def test_validation_scores_an_identity_system_at_100_and_its_loss_is_the_nll_per
     assert validator(model, sp, None)["bleu"] < 50  # the same sentences, against the wrong references
 
 
+def test_validation_reports_its_progress_sentence_by_sentence(synthetic_bin):
+    """The trainer draws a bar from it while the valid set is translated (minutes of silence before)."""
+    from async_nmt.data.binarize import load_manifest
+    from async_nmt.data.vocab import load_vocab
+    from async_nmt.train import validate
+
+    torch.manual_seed(0)
+    model = Transformer(model_config("micro", load_manifest(synthetic_bin)["vocab_size"]))
+    validator = validate.Validator(synthetic_bin, 64, model.cfg.max_positions, max_sentences=20)
+    done: list[int] = []
+    validator(model, load_vocab(synthetic_bin / "spm.model"), None, progress=done.append)
+    assert sum(done) == 20 and len(done) > 1  # batch by batch
+
+
 def test_workers_split_each_epoch_between_them_and_every_epoch_reshuffles():
     split = FakeSplit()
     streams = [BatchStream(split, 512, 64, seed=3, worker=w, workers=2) for w in range(2)]

@@ -141,8 +141,11 @@ class Trainer:
             clear_run_dir(self.run_dir)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
-        if resume and self.events.lines < state["event_lines"]:  # killed between writing last.pt and its event
-            self._finish_save(best=state.get("saved_as_best", False))  # absent from saves before 2026-12
+        # killed between writing last.pt and its event, what follows the write is done again; a log that is gone
+        # starts again at its start event, not at the event of a save it no longer holds
+        if resume and self.events.lines < state["event_lines"]:
+            best = state.get("saved_as_best", False)  # (absent from saves before 2026-12)
+            self._finish_save(best=best, event=self.events.lines > 0)
         return True
 
     # ------------------------------------------------------------------ run folder and checkpoints
@@ -236,9 +239,10 @@ class Trainer:
             self.saved_at = self.updates
             self._finish_save(best)
 
-    def _finish_save(self, best: bool) -> None:
-        """What follows the write of last.pt: best.pt, the kept copy and the checkpoint event. A resume does it
-        again when the run was killed before the event was written (the checkpoint's `event_lines` count it)."""
+    def _finish_save(self, best: bool, event: bool = True) -> None:
+        """What follows the write of last.pt: best.pt, the kept copy and (`event`) the checkpoint event. A resume
+        does it again when the run was killed before the event was written (the checkpoint's `event_lines`
+        count it)."""
         last = checkpoint_path(self.run_dir, "last")
         if best:
             tmp = last.with_name("best.pt.tmp")
@@ -246,7 +250,8 @@ class Trainer:
             tmp.replace(last.with_name("best.pt"))
         if self.cfg.keep_last:
             self._keep(last)
-        self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
+        if event:
+            self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
 
     def _keep(self, last: Path) -> None:
         """Keep this save as update-U.pt (a hard link: last.pt is replaced, never rewritten in place), and
@@ -311,7 +316,11 @@ class Trainer:
             return None
         with self.clock.paused():
             self.server.pull(self.flat.data)  # evaluate the master parameters (a no-op for one worker)
-            result = self.validator(self.model, self.sp, self.amp_dtype)
+            # on a terminal, a bar below the training bar while the valid set is translated (minutes of
+            # silence on a large one), gone when it is done
+            with tqdm(total=len(self.validator.sources), unit="sent", desc="valid", leave=False, file=sys.stderr,
+                      dynamic_ncols=True, disable=None if self.progress else True) as bar:  # fmt: skip
+                result = self.validator(self.model, self.sp, self.amp_dtype, progress=bar.update)
             if not math.isfinite(result["valid_loss"]):
                 self._diverged(f"the valid loss is {result['valid_loss']}")
             improved = self.best is None or (result["bleu"], -result["valid_loss"]) > (

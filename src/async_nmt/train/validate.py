@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import sentencepiece as spm
@@ -41,16 +42,22 @@ class Validator:
         self.fingerprint = zlib.crc32("\n".join(self.sources + self.references).encode("utf-8"))
 
     def __call__(
-        self, model: nn.Module, sp: spm.SentencePieceProcessor, amp_dtype: torch.dtype | None, beam: int = 1
+        self,
+        model: nn.Module,
+        sp: spm.SentencePieceProcessor,
+        amp_dtype: torch.dtype | None,
+        beam: int = 1,
+        progress: Callable[[int], object] | None = None,
     ) -> dict[str, float]:
+        """The valid loss, perplexity, BLEU and chrF of `model`; `progress` is called with the number of
+        sentences translated, as they are."""
         device = next(model.parameters()).device
         total = StepStats()
         for batch in self.batches:
             total.add(eval_step(model, batch.to(device), amp_dtype))
         valid_loss = float(total.nll) / max(total.tokens, 1)
-        hyps = translate_lines(
-            model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device, amp_dtype=amp_dtype
-        )
+        hyps = translate_lines(model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device,
+                               amp_dtype=amp_dtype, progress=progress)  # fmt: skip
         scores = corpus_scores(hyps, self.references)
         return {
             "valid_loss": valid_loss,
