@@ -8,6 +8,7 @@ import math
 import os
 import stat
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def translate_lines(
     fixed_shapes: bool = False,
     first_line: int = 1,
     unknown: UnknownInput | None = None,
-    notices: set[str] | None = None,
+    notices: Counter[str] | None = None,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
     `amp_dtype` autocasts the search (None: fp32); `progress` is called with the number of lines done, as
@@ -129,23 +130,27 @@ def translate_ids(
     use_cache: bool = True,
     fixed_shapes: bool = False,
     line_numbers: list[int] | None = None,
-    notices: set[str] | None = None,
+    notices: Counter[str] | None = None,
 ) -> list[list[int]]:
     """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore.
     `progress` is called with the number of sentences of each batch done; `line_numbers`: the input line
-    of each sentence, for messages (default: 1, 2, ...); `notices`: the keys of the warnings given so far,
-    which are not given again (a command that translates its input a chunk at a time warns once)."""
+    of each sentence, for messages (default: 1, 2, ...); `notices`: how often each warning's cause came so
+    far; a warning is given the first time only (a command that translates its input a window at a time
+    warns once, and `translate_file` sums up at the end)."""
     cfg = model.cfg
     if device is not None:
         model.to(device)
     device = next(model.parameters()).device
     limit = cfg.max_positions - 1  # source tokens before eos
+    notices = Counter() if notices is None else notices
     truncated = [i for i, x in enumerate(sources) if len(x) > limit]
-    if truncated:
+    if truncated and not notices["truncated"]:
         numbers = [line_numbers[i] if line_numbers else i + 1 for i in truncated]
         shown = ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
         print(f"warning: line{'s' if len(numbers) > 1 else ''} {shown}: longer than the model's {limit} tokens, "
               "truncated", file=sys.stderr)  # fmt: skip
+        notices["truncated_named"] = len(numbers)
+    notices["truncated"] += len(truncated)
     ids = [list(x[:limit]) + [cfg.eos_id] for x in sources]
     lengths = [len(x) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])  # longest first: memory trouble shows at once
@@ -153,7 +158,6 @@ def translate_ids(
 
     kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
                   amp_dtype=amp_dtype, fixed_shapes=fixed_shapes)  # fmt: skip
-    notices = set() if notices is None else notices
 
     def search(batch: list[int]) -> list[list[int]]:
         """Search `batch` (indices, longest first); a batch that runs the device out of memory is searched
@@ -170,13 +174,13 @@ def translate_ids(
                 f"{device} ran out of memory translating one sentence of {lengths[batch[0]]} tokens with beam "
                 f"{beam}; try a smaller --beam or --max-len-a, or another --device"
             )
-        if "halved" not in notices:
+        if not notices["halved"]:
             print(
                 f"warning: {device} ran out of memory translating {len(batch)} sentences at once; translating "
                 "such batches in halves (a smaller --max-tokens avoids this)",
                 file=sys.stderr,
             )
-            notices.add("halved")
+        notices["halved"] += 1
         half = (len(batch) + 1) // 2
         return search(batch[:half]) + search(batch[half:])
 
@@ -439,7 +443,7 @@ def translate_file(
             output_writer(output_path) as write,
             tqdm(total=total, unit="sent", file=sys.stderr, disable=True if typed and chunk_size else None) as bar,
         ):
-            first_line, unknown, notices = 1, UnknownInput(sp), set[str]()
+            first_line, unknown, notices = 1, UnknownInput(sp), Counter[str]()
             for lines in input_chunks(input_path, chunk_size):
                 if bar.total is None and chunk_size == 0:  # stdin, read whole
                     bar.total = len(lines)
@@ -450,5 +454,8 @@ def translate_file(
                 write("".join(hyp + "\n" for hyp in hyps))
                 bar.refresh()
                 first_line += len(lines)
+        if notices["truncated"] > notices["truncated_named"]:  # (later windows' lines were counted, not named)
+            print(f"warning: {notices['truncated']:,} lines in all were longer than the model's "
+                  f"{model.cfg.max_positions - 1} tokens, and truncated", file=sys.stderr)  # fmt: skip
     except ReaderGone:
         return

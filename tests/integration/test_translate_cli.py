@@ -131,6 +131,26 @@ def test_long_lines_are_truncated_with_one_warning_that_names_them(sp, monkeypat
     assert all(src.size(1) <= 12 for src in seen)
 
 
+def test_long_lines_of_a_long_input_are_named_once_and_counted_at_the_end(sp, monkeypatch, capsys, tmp_path: Path):
+    """A window at a time, each window with long lines gave a warning of its own: thousands for a large
+    corpus. The first names its lines; the end gives the count of all."""
+    monkeypatch.setattr(translate, "generate", identity_search([]))
+    model = small_model(sp.get_piece_size(), max_positions=12)
+    monkeypatch.setattr(translate, "load_model", lambda *args, **kwargs: (model, sp))
+    long = [number for number, line in enumerate(LINES, 1) if len(sp.encode(line)) > 11]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(LINES * 3) + "\n", encoding="utf-8")
+    translate.translate_file(tmp_path / "run", src, tmp_path / "out.txt", beam=1, device="cpu", chunk_size=4)
+    err = capsys.readouterr().err.strip().splitlines()
+    first = [number for number in long if number <= 4]  # the first window's
+    assert err == [
+        f"warning: line{'s' if len(first) > 1 else ''} {', '.join(map(str, first))}: longer than the "
+        "model's 11 tokens, truncated",
+        f"warning: {3 * len(long)} lines in all were longer than the model's 11 tokens, and truncated",
+    ]
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 3 * len(LINES)
+
+
 def test_batched_translation_equals_one_line_at_a_time(sp):
     model = small_model(sp.get_piece_size()).train()
     for beam in (1, 3):
