@@ -64,9 +64,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if data_needed && [[ ! -f $RAW/train.$SRC ]]; then
     if [[ $CORPUS != *-$SRC-$TGT && $CORPUS != *-$TGT-$SRC ]]; then
-        echo "error: CORPUS=$CORPUS is not of SRC=$SRC and TGT=$TGT, and $RAW/train.$SRC is not there:" \
-            "name a CORPUS of the pair (nmt corpus list), or a RAW that holds the corpus" >&2
-        exit 2
+        refuse "CORPUS=$CORPUS is not of SRC=$SRC and TGT=$TGT, and $RAW/train.$SRC is not there:" \
+            "name a CORPUS of the pair (nmt corpus list), or a RAW that holds the corpus"
     fi
     read -ra nmt <<<"$NMT"
     force=()  # only the recipe's own folder is overwritten; a RAW of the user's keeps its files

@@ -116,71 +116,52 @@ compare() {
     run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}
 }
 
+# refuse TEXT: one line, and the recipe ends with exit code 2 (a bad knob), as nmt's own usage errors do
+refuse() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+# within NAME TEST WHAT: refuse the knob NAME unless its value passes TEST, a comparison of awk's (numbers)
+within() {
+    awk -v x="${!1}" "BEGIN { exit !(x $2) }" || refuse "$1=${!1}: give $3"
+}
+
 # check_settings: refuse knobs that would fail only after the long steps before them (or be taken as 0)
 check_settings() {
     local name mode
     for name in DRY_RUN SIMULATE; do
-        if [[ ${!name} != 0 && ${!name} != 1 ]]; then
-            echo "error: $name=${!name}: give 0 or 1" >&2
-            exit 2
-        fi
+        [[ ${!name} == 0 || ${!name} == 1 ]] || refuse "$name=${!name}: give 0 or 1"
     done
-    case $X in time | predicted | updates | tokens) ;; *)
-        echo "error: X=$X: give one of time, predicted, updates, tokens" >&2
-        exit 2
-        ;;
-    esac
+    case $X in time | predicted | updates | tokens) ;; *) refuse "X=$X: give one of time, predicted, updates, tokens" ;; esac
     for mode in $MODES; do
         case $mode in sync | async | async-accum) ;; *)
-            echo "error: MODES: '$mode' is not one of sync, async, async-accum (the recipes do not run diloco)" >&2
-            exit 2
+            refuse "MODES: '$mode' is not one of sync, async, async-accum (the recipes do not run diloco)"
             ;;
         esac
     done
-    if [[ -z ${MODES//[[:space:]]/} ]]; then
-        echo "error: MODES is empty: give one or more of sync, async, async-accum" >&2
-        exit 2
-    fi
+    [[ -n ${MODES//[[:space:]]/} ]] || refuse "MODES is empty: give one or more of sync, async, async-accum"
     if [[ $X == predicted && $SIMULATE != 1 ]]; then
-        echo "error: X=predicted needs SIMULATE=1 (the predicted clock is the emulation's); give X=time" >&2
-        exit 2
+        refuse "X=predicted needs SIMULATE=1 (the predicted clock is the emulation's); give X=time"
     fi
     case $PRESET in micro | tiny | small | base | big) ;; *)  # (nmt train --preset's choices)
-        echo "error: PRESET=$PRESET: give one of micro, tiny, small, base, big" >&2
-        exit 2
+        refuse "PRESET=$PRESET: give one of micro, tiny, small, base, big"
         ;;
     esac
     for name in WORKERS ACCUM BEAM MAX_TOKENS VOCAB_SIZE; do
-        if [[ ! ${!name} =~ ^[0-9]+$ ]] || ((10#${!name} < 1)); then
-            echo "error: $name=${!name}: give a whole number of at least 1" >&2
-            exit 2
-        fi
+        [[ ${!name} =~ ^[0-9]+$ ]] && ((10#${!name} >= 1)) || refuse "$name=${!name}: give a whole number of at least 1"
     done
     for name in WARMUP MAX_UPDATES VALID_EVERY VALID_MAX_SENTENCES; do
-        if [[ ! ${!name} =~ ^[0-9]+$ ]]; then
-            echo "error: $name=${!name}: give a whole number (0 or more)" >&2
-            exit 2
-        fi
+        [[ ${!name} =~ ^[0-9]+$ ]] || refuse "$name=${!name}: give a whole number (0 or more)"
     done
-    for name in LR CLIP_NORM LABEL_SMOOTHING MAX_TIME TARGET_BLEU; do
-        if [[ -n ${!name} || $name != TARGET_BLEU ]] && [[ ! ${!name} =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$ ]]; then
-            echo "error: $name=${!name}: give a number (0 or more, e.g. 7e-4)" >&2
-            exit 2
-        fi
+    for name in LR CLIP_NORM LABEL_SMOOTHING MAX_TIME ${TARGET_BLEU:+TARGET_BLEU}; do  # (no TARGET_BLEU: the report's)
+        [[ ${!name} =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$ ]] ||
+            refuse "$name=${!name}: give a number (0 or more, e.g. 7e-4)"
     done
     # the ranges nmt train and nmt report take
-    if ! awk -v x="$LR" 'BEGIN { exit !(x > 0) }'; then
-        echo "error: LR=$LR: give a number above 0" >&2
-        exit 2
-    fi
-    if ! awk -v x="$LABEL_SMOOTHING" 'BEGIN { exit !(x < 1) }'; then
-        echo "error: LABEL_SMOOTHING=$LABEL_SMOOTHING: give a number below 1" >&2
-        exit 2
-    fi
-    if [[ -n $TARGET_BLEU ]] && ! awk -v x="$TARGET_BLEU" 'BEGIN { exit !(x > 0) }'; then
-        echo "error: TARGET_BLEU=$TARGET_BLEU: give a number above 0, or nothing (the report's default)" >&2
-        exit 2
-    fi
+    within LR "> 0" "a number above 0"
+    within LABEL_SMOOTHING "< 1" "a number below 1"
+    if [[ -n $TARGET_BLEU ]]; then within TARGET_BLEU "> 0" "a number above 0, or nothing (the report's default)"; fi
 }
 
 # data_needed: whether the recipe must make its raw corpus: not when OUT/bin, preprocessed from it, is there

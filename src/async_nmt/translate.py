@@ -243,8 +243,6 @@ def read_input(path: Path | None) -> list[str]:
 
 
 WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
-
-
 CHECK_BLOCK = 1 << 24  # bytes `checked_lines` reads at a time
 
 
