@@ -109,6 +109,7 @@ class RemoteWorkers(Workers):
         self.told: set[int] = set()  # workers told to stop
         self.failed = False  # a worker failed: nobody is waited for any more
         self.cut_short = False  # the SIGTERM that stops this node ended a worker of it first (`_lost`)
+        self.closing = False  # the run has ended: a lost connection is a worker gone already (`close`)
         self.checked = 0.0  # when the workers' health was last looked at
 
     def start(self) -> None:
@@ -167,6 +168,7 @@ class RemoteWorkers(Workers):
         leave when rank 0's connections close."""
         if self.failed:
             return
+        self.closing = True
         ended = time.monotonic()
         self.store.set(DONE, "1")
         try:
@@ -211,8 +213,10 @@ class RemoteWorkers(Workers):
         But where a SIGTERM came to this process meanwhile, the scheduler's (or the agent's) that stops
         this node stopped its workers too, one of them in an exchange with this one: the run stops as on
         Ctrl-C, with what it has (it failed, without a checkpoint, for a worker "stopped by SIGTERM").
-        So after a Ctrl-C, which stops the run anyway."""
-        if self.cut_short:  # (closing after it: the workers left leave when rank 0 does)
+        So after a Ctrl-C, which stops the run anyway. Once the run has ended (`close`), a lost connection is
+        a worker gone already: a SIGTERM's KeyboardInterrupt from here passed the checkpoint saved before
+        it, and the run ended with "interrupted", not "interrupted: saved" (CI, under load)."""
+        if self.cut_short or self.closing:  # (the workers left leave when rank 0 does)
             raise WorkerFailed(f"a worker's connection was lost: {reason(err)}")
         deadline = time.monotonic() + STOPPED_S + 2 * CHECK_S
         while time.monotonic() < deadline:
