@@ -27,7 +27,9 @@ def resolve_device(name: str | None, option: str = "--devices") -> torch.device:
         return torch.device("cuda", index)
     if device.type != "cpu":
         raise UserError(f"{option}: {name!r} is not supported (use cpu or cuda:N)")
-    return device
+    if device.index:  # torch takes cpu:N for the CPU, whatever N: no core or socket of its own
+        raise UserError(f"{option}: {name} is not there (the CPU is one device: cpu)")
+    return torch.device("cpu")
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -444,6 +444,7 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
         ([], b"ba\n\xff\xfe\n", "stdin: line 2 is not valid UTF-8"),
         (["-i", "missing.txt"], "", "missing.txt: no such file"),
         (["--device", "tpu"], "ba\n", "--device: 'tpu' is not a device"),
+        (["--device", "cpu:1"], "ba\n", "--device: cpu:1 is not there (the CPU is one device: cpu)"),  # (taken)
     ],
 )
 def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, message):
