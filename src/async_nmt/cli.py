@@ -219,8 +219,9 @@ def train_main() -> None:
 @click.option("-i", "--input", "input_path", type=click.Path(path_type=Path),
               help="Source file; - or none: stdin.")  # fmt: skip
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path),
-              help="Output file, replaced if it exists, never the input, the checkpoint or a run's files; a "
-              "device, named pipe or symbolic link is written into, as > would; - or none: stdout.")  # fmt: skip
+              help="Output file, replaced if it exists, never the input (named, or < FILE), the checkpoint, a "
+              "run's files (spm.model too) or a preprocessed corpus's; a device, named pipe or symbolic link is "
+              "written into, as > would; - or none: stdout.")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size, 1 to 2^31; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
 @click.option(
@@ -327,8 +328,9 @@ def translate(
               "folder that exists (as for `nmt translate -o`, none is made).")  # fmt: skip
 @click.option("--force", is_flag=True,
               help="Replace OUTPUT if it exists. Refused even so: an OUTPUT inside a run's checkpoints/ folder "
-              "(RUN's, or any folder named checkpoints beside a config.json or events.jsonl), or a run's own "
-              "config.json or events.jsonl.")  # fmt: skip
+              "(RUN's, or any folder named checkpoints beside a config.json or events.jsonl), a run's own "
+              "config.json, events.jsonl or spm.model, or a file of a preprocessed corpus (a folder with a "
+              "manifest.json).")  # fmt: skip
 def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
     """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last); RUN is the
     run folder, the one holding checkpoints/."""

@@ -150,6 +150,10 @@ def is_run_folder(folder: Path) -> bool:
     return any((Path(folder) / mark).exists() for mark in RUN_MARKS)
 
 
+MANIFEST = "manifest.json"  # what marks a preprocessed corpus (BIN) folder (data/binarize.py writes it)
+VOCAB_NAME = "spm.model"  # the sentencepiece model of a BIN, and its copy in a run folder
+
+
 def run_folder_in(folder: Path, below_only: bool = False) -> Path | None:
     """A training run that is `folder` or lies below it (`below_only`: below it), if there is one: what a
     `--force` that deletes `folder` must not reach unasked."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from async_nmt.config import VOCAB_NAME
 from async_nmt.errors import UserError
 from async_nmt.train.events import read_events
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
@@ -307,7 +308,7 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
 
     def vocabulary(run: Run) -> str | None:
         try:
-            return vocab_hash(run.path / "spm.model") if (run.path / "spm.model").is_file() else None
+            return vocab_hash(run.path / VOCAB_NAME) if (run.path / VOCAB_NAME).is_file() else None
         except UserError:  # not a sentencepiece model: this run's vocabulary cannot be told
             return None
 

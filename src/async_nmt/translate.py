@@ -246,6 +246,25 @@ WINDOW = 10_000  # lines read, translated and written at a time, by default, fro
 CHECK_BLOCK = 1 << 24  # bytes `checked_lines` reads at a time
 
 
+def check_not_the_input(output_path: Path, input_path: Path | None) -> None:
+    """The output file is not the input: named (`-i`, a link to it too) or as stdin (`< FILE`, which
+    `-o FILE` replaced with the translations without a word, the source lost)."""
+    try:
+        out = os.stat(output_path)
+        if not stat.S_ISREG(out.st_mode):  # (a terminal may be stdin and the output both)
+            return
+        if input_path is None or str(input_path) == STDIO:
+            if sys.stdin is None:
+                return
+            source, name = os.fstat(sys.stdin.fileno()), "stdin"
+        else:
+            source, name = os.stat(input_path), "the input"
+    except (OSError, io.UnsupportedOperation, ValueError):  # (no such file yet; a stdin without a file number)
+        return
+    if (out.st_dev, out.st_ino) == (source.st_dev, source.st_ino):
+        raise UserError(f"{output_path}: the output would replace {name}; write it elsewhere")
+
+
 def checked_lines(path: Path | None) -> int | None:
     """The lines of `path` (stdin where it is None or `-`) from where reading starts, where it is a regular
     file (`< FILE` too), each checked to be UTF-8: a line that is not is a UserError before anything is
@@ -412,10 +431,8 @@ def translate_file(
     torch_device = resolve_device(device, "--device")
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
-    files = [path for path in (input_path, output_path) if path is not None and str(path) != STDIO]
-    if len(files) == 2 and Path(output_path).resolve() == Path(input_path).resolve():
-        raise UserError(f"{output_path}: the output would replace the input; write it elsewhere")
     if output_path is not None and str(output_path) != STDIO:
+        check_not_the_input(Path(output_path), input_path)
         check_translation_output(Path(output_path), Path(model_path))
     reading_stdin = input_path is None or str(input_path) == STDIO
     typed = reading_stdin and sys.stdin is not None and sys.stdin.isatty()  # by a person, line by line

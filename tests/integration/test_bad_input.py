@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from conftest import write_synthetic_corpus
 
 from async_nmt.cli import main
-from async_nmt.errors import reason
+from async_nmt.errors import UserError, reason
 
 TRAIN = ["--preset", "micro", "--devices", "cpu", "--max-tokens", "512", "--valid-max-sentences", "10", "--quiet"]
 
@@ -227,11 +227,57 @@ def test_average_never_replaces_a_file_unasked_nor_a_checkpoint_of_the_run(run_d
     one_line_error(nmt("translate", last, "--average", "2", "--device", "cpu"), "a file; averaging needs the run")
 
 
+def test_outputs_never_replace_a_runs_vocabulary_nor_a_corpus_file(run_dir: Path, synthetic_bin: Path, tmp_path: Path):
+    """`translate -o RUN/spm.model` made the run's vocabulary a text file, and `average -o BIN/spm.model --force`
+    the corpus's a checkpoint, without a word (training on BIN then failed; report compared runs otherwise)."""
+    vocab, reference = run_dir / "spm.model", synthetic_bin / "test.tgt"
+    before = {path: path.read_bytes() for path in (vocab, reference, synthetic_bin / "spm.model")}
+    one_line_error(nmt("translate", run_dir, "-o", vocab, "--device", "cpu", stdin="ba\n"), "a file of the run")
+    one_line_error(nmt("average", run_dir, "--last", "2", "-o", vocab, "--force"), "a file of the run",
+                   "never replaced, even with --force")  # fmt: skip
+    one_line_error(nmt("translate", run_dir, "-o", reference, "--device", "cpu", stdin="ba\n"),
+                   "a file of the preprocessed corpus")  # fmt: skip
+    one_line_error(nmt("average", run_dir, "--last", "2", "-o", synthetic_bin / "spm.model", "--force"),
+                   "a file of the preprocessed corpus")  # fmt: skip
+    link = tmp_path / "link"
+    link.symlink_to(synthetic_bin)
+    one_line_error(nmt("translate", run_dir, "-o", link / "test.tgt", "--device", "cpu", stdin="ba\n"), "corpus")
+    assert all(path.read_bytes() == data for path, data in before.items())
+    corpus = tmp_path / "bin"  # a new file in a corpus folder is the user's to write
+    shutil.copytree(synthetic_bin, corpus)
+    assert (
+        nmt("translate", run_dir, "-o", corpus / "hyp.en", "--device", "cpu", "--beam", "1", stdin="ba\n").exit_code
+        == 0
+    )
+    assert (corpus / "hyp.en").read_text().count("\n") == 1
+
+
 def test_translate_refuses_to_write_over_its_input(run_dir: Path, tmp_path: Path):
     source = tmp_path / "source.txt"
     source.write_text("a b c\n")
     one_line_error(nmt("translate", run_dir, "-i", source, "-o", source, "--device", "cpu"), "replace the input")
     assert source.read_text() == "a b c\n"
+
+
+def test_translate_refuses_to_write_over_the_file_it_reads_as_stdin(run_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    """`nmt translate RUN -o FILE < FILE` replaced the source with its translations without a word."""
+    from async_nmt.translate import translate_file
+
+    source, link = tmp_path / "source.txt", tmp_path / "link.txt"
+    source.write_text("a b c\n")
+    link.symlink_to(source)
+    for out, stdin in ((source, "-"), (link, None)):
+        with open(source, encoding="utf-8") as f:
+            monkeypatch.setattr("sys.stdin", f)  # (a real file, as the shell's `<` gives it; CliRunner's has none)
+            with pytest.raises(UserError, match="the output would replace stdin; write it elsewhere"):
+                translate_file(run_dir, stdin, out, device="cpu")
+        assert source.read_text() == "a b c\n"
+    other = tmp_path / "other.txt"
+    with open(source, encoding="utf-8") as f:  # another output is written as before
+        monkeypatch.setattr("sys.stdin", f)
+        translate_file(run_dir, None, other, beam=1, device="cpu")
+    assert len(other.read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

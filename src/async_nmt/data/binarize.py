@@ -30,13 +30,12 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from async_nmt.config import run_folder_in
+from async_nmt.config import MANIFEST, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
 from async_nmt.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
-MANIFEST = "manifest.json"
 MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
 LONG_SIDE = 255  # tokens: the longest side that fits the presets' 256 positions with its eos
 SPM_PREFIX = "spm"

@@ -23,7 +23,7 @@ import sentencepiece as spm
 import torch
 from torch.nn.utils import vector_to_parameters
 
-from async_nmt.config import LOCK_NAME, RUN_MARKS, ModelConfig, from_dict, is_run_folder
+from async_nmt.config import LOCK_NAME, MANIFEST, RUN_MARKS, VOCAB_NAME, ModelConfig, from_dict, is_run_folder
 from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
 
@@ -86,13 +86,18 @@ def runs_checkpoints_folder(path: Path, run_dir: Path) -> Path | None:
 
 def check_not_a_run_file(path: Path, run_dir: Path, what: str, never: str = "never replaced") -> None:
     """An output file `what` (the average, the translations) is never written into a run's checkpoints/
-    folder or over a run's own files (`never` says so: "never replaced, even with --force" where the
-    command has --force)."""
+    folder, over a run's own files (its vocabulary too: `nmt report` compares runs by it) or over a file of a
+    preprocessed corpus (BIN) (`never` says so: "never replaced, even with --force" where the command has
+    --force)."""
     if (folder := runs_checkpoints_folder(path, run_dir)) is not None:
         raise UserError(f"{path}: inside {folder}, where the run's own checkpoints live ({never}); write {what} "
                         "elsewhere")  # fmt: skip
-    if path.name in (*RUN_MARKS, LOCK_NAME) and is_run_folder(path.parent):
+    folder = path.parent.resolve()  # (a symbolic link at `path` is replaced, not what it points to)
+    if path.name in (*RUN_MARKS, LOCK_NAME, VOCAB_NAME) and is_run_folder(folder):
         raise UserError(f"{path}: a file of the run {path.parent} ({never}); write {what} elsewhere")
+    if (folder / MANIFEST).is_file() and (folder / path.name).exists():  # (a new file there is the user's)
+        raise UserError(f"{path}: a file of the preprocessed corpus {path.parent} ({never}); write {what} "
+                        "elsewhere")  # fmt: skip
 
 
 def check_translation_output(path: Path, model_path: Path) -> None:

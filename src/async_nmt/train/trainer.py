@@ -21,7 +21,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from async_nmt.config import CorpusInfo, RunConfig, TrainConfig, from_dict, model_config, save_json, torchrun_rank
+from async_nmt.config import (
+    VOCAB_NAME,
+    CorpusInfo,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    model_config,
+    save_json,
+    torchrun_rank,
+)
 from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
@@ -59,7 +68,7 @@ class Trainer:
         self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
-        self.vocab_file = bin_dir / "spm.model"
+        self.vocab_file = bin_dir / VOCAB_NAME
         self.sp = load_vocab(self.vocab_file)
         if not vocab_matches(self.sp, self.vocab_file, self.manifest["vocab_hash"]) or (
             self.sp.get_piece_size() != self.manifest["vocab_size"]
@@ -150,7 +159,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:
-        shutil.copyfile(self.vocab_file, self.run_dir / "spm.model")
+        shutil.copyfile(self.vocab_file, self.run_dir / VOCAB_NAME)
         save_json(RunConfig(self.cfg, self.model_cfg, self._corpus_info()), self.run_dir / "config.json")
 
     def _corpus_info(self) -> CorpusInfo:
