@@ -444,6 +444,29 @@ def test_a_checkpoint_whose_parameter_bytes_were_damaged_is_refused(run_dir: Pat
     one_line_error(nmt("translate", tmp_path / "damaged.pt", "--device", "cpu", stdin="a b\n"), "damaged.pt: damaged")
 
 
+def test_a_checkpoint_whose_vocabulary_bytes_were_damaged_is_refused(run_dir: Path, tmp_path: Path):
+    """Only the parameters had a checksum that was read: a byte changed in the pickle (the vocabulary, the
+    model's settings) translated with another vocabulary without a word, or failed with a traceback."""
+    data = bytearray((run_dir / "checkpoints" / "best.pt").read_bytes())
+    with zipfile.ZipFile(run_dir / "checkpoints" / "best.pt") as archive:
+        entry = next(info for info in archive.infolist() if info.filename.endswith("/data.pkl"))
+    start = entry.header_offset  # the pickle is stored as it is: find a piece of the vocabulary in it
+    at = data.find(b"<unk>", start, start + 30 + len(entry.filename) + entry.compress_size + 64)
+    assert at > 0
+    data[at + 3] = ord("j")  # "<unj>": still a sentencepiece model
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    for command in (("translate", tmp_path / "damaged.pt", "--device", "cpu"), ("average",)):
+        if command[0] == "average":  # the same file as a kept checkpoint of a run
+            run = tmp_path / "run"
+            shutil.copytree(run_dir, run)
+            kept = sorted((run / "checkpoints").glob("update-*.pt"))[-1]
+            kept.unlink()
+            kept.write_bytes(bytes(data))
+            command = ("average", run, "--last", "2", "-o", tmp_path / "avg.pt")
+        one_line_error(nmt(*command, stdin="a b\n"), "damaged (data.pkl, its vocabulary and settings, does not "
+                                                     "match its checksum)")  # fmt: skip
+
+
 def test_a_resume_refuses_damaged_training_state(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
     """A byte flipped in an Adam moment passed the parameters' checksum: the run resumed and diverged two
     updates later, "Try a lower --lr", with last.pt the damaged file."""

@@ -156,6 +156,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own message on other files misleads
         raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
                         "not a whole one)")  # fmt: skip
+    _check_pickle(path)
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -175,6 +176,27 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     if "params_crc32" in state and params_crc32(state["params"]) != state["params_crc32"]:
         raise UserError(f"{path}: damaged (its parameters do not match the checksum saved with them)")
     return state
+
+
+def _check_pickle(path: Path) -> None:
+    """The checkpoint's pickle (data.pkl: its vocabulary, model_config and corpus, all but the tensors)
+    matches the CRC-32 its zip archive holds (torch.load checks none; the parameters have a checksum of their
+    own). A damaged byte there gave a silently different vocabulary, or a traceback from the model."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = next((name for name in archive.namelist() if name.endswith("/data.pkl")), None)
+            if entry is None:  # (not torch.save's layout: torch.load says so)
+                return
+            with archive.open(entry) as f:
+                while f.read(1 << 20):  # (the CRC is compared at the end)
+                    pass
+    except zipfile.BadZipFile as err:
+        if "CRC" in str(err):
+            raise UserError(f"{path}: damaged (data.pkl, its vocabulary and settings, does not match its "
+                            "checksum)") from None  # fmt: skip
+        raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
+    except (OSError, EOFError, ValueError) as err:
+        raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
 
 
 def _safe_globals() -> list[Any]:
