@@ -32,6 +32,15 @@ class WorkerFailed(UserError):
     exit_code = 1
 
 
+def check_line_ends(name: str, lines: int, returns: int) -> None:
+    """A text of `lines` lines (split on \\n) with `returns` carriage returns that end no \\r\\n is one whose
+    lines end in \\r alone (old Mac files), read as one line: refused, with the fix (preprocess, score and
+    translate alike; translate made one line of thirty sentences, truncated)."""
+    if returns and returns >= lines:
+        raise UserError(f"{name}: {lines:,} line(s) but {returns:,} carriage returns (\\r) inside them: are its "
+                        f"lines ended by \\r alone? Convert them to \\n (e.g. tr '\\r' '\\n')")  # fmt: skip
+
+
 class OutOfMemory(UserError):
     """A device ran out of memory on a batch: one line that says which batch and what to lower, exit code 1."""
 

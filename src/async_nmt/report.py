@@ -96,6 +96,10 @@ def load_run(path: Path) -> Run:
     if log.is_dir():
         raise UserError(f"{log}: a folder, not a run's event log")
     if not log.is_file():
+        if not Path(path).exists():
+            raise UserError(f"{path}: no such run folder")
+        if not Path(path).is_dir():  # e.g. RUN/events.jsonl given for RUN
+            raise UserError(f"{path}: a file; give the run folder that holds events.jsonl ({Path(path).parent}?)")
         raise UserError(f"{path}: not a run folder (no events.jsonl)")
     return Run(name=str(path), path=Path(path), events=read_events(log))
 

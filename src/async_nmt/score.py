@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, check_line_ends
 
 if TYPE_CHECKING:
     from sacrebleu.metrics import BLEU, CHRF
@@ -30,6 +30,7 @@ def decode_lines(data: bytes, name: str) -> list[str]:
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
+    check_line_ends(name, len(lines), text.count("\r") - text.count("\r\n"))
     return [line.removesuffix("\r") for line in lines]
 
 
@@ -151,7 +152,8 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         if not lines:
             raise UserError(f"{ref}: is empty")
         if len(lines) != len(hyps):
-            raise UserError(f"{hyp_name} has {len(hyps)} lines but {ref} has {len(lines)}: the counts must match")
+            raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but {ref} has {len(lines):,}: the counts must "
+                            "match")  # fmt: skip
         ref_streams.append([line.rstrip() for line in lines])
     with sacrebleu_warnings() as warnings:
         scores = sacrebleu_scores(hyps, ref_streams, options)

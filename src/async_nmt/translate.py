@@ -21,7 +21,7 @@ from tqdm import tqdm
 from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
-from async_nmt.errors import OutOfMemory, UserError, sigterm_interrupts
+from async_nmt.errors import OutOfMemory, UserError, check_line_ends, sigterm_interrupts
 from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
@@ -287,7 +287,7 @@ def checked_lines(path: Path | None) -> int | None:
 def _regular_file_lines(fd: int, name: str) -> int | None:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         return None
-    count, offset, rest = 0, os.lseek(fd, 0, os.SEEK_CUR), b""
+    count, returns, offset, rest = 0, 0, os.lseek(fd, 0, os.SEEK_CUR), b""
     while True:
         block = os.pread(fd, CHECK_BLOCK, offset)
         offset += len(block)
@@ -300,8 +300,11 @@ def _regular_file_lines(fd: int, name: str) -> int | None:
             number = count + lines.count(b"\n", 0, err.start) + 1
             raise UserError(f"{name}: line {number} is not valid UTF-8") from None
         count += lines.count(b"\n")
+        returns += lines.count(b"\r") - lines.count(b"\r\n")  # (whole lines: no \r\n is cut in two)
         if not block:
-            return count + (not lines.endswith(b"\n") and len(lines) > 0)
+            count += not lines.endswith(b"\n") and len(lines) > 0
+            check_line_ends(name, count, returns)
+            return count
 
 
 def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
@@ -324,16 +327,20 @@ def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
         stream, name = sys.stdin.buffer, "stdin"
     with stream if from_file else contextlib.nullcontext():
         lines: list[str] = []
+        returns = 0  # inside the window's lines: as many as lines, and they are ended by \r alone (a pipe's)
         for number, raw in enumerate(stream, 1):
             try:
                 line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
                 lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
                 raise UserError(f"{name}: line {number} is not valid UTF-8") from None
+            returns += raw.count(b"\r") - raw.endswith(b"\r\n")
             if len(lines) == chunk_size:
+                check_line_ends(name, len(lines), returns)
                 yield lines
-                lines = []
+                lines, returns = [], 0
         if lines:
+            check_line_ends(name, len(lines), returns)
             yield lines
 
 

@@ -444,6 +444,8 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
         ([], b"ba\n\xff\xfe\n", "stdin: line 2 is not valid UTF-8"),
         (["-i", "missing.txt"], "", "missing.txt: no such file"),
         (["--device", "tpu"], "ba\n", "--device: 'tpu' is not a device"),
+        ([], "ba\rde\rgi\r", "stdin: 1 line(s) but 3 carriage returns"),  # (one line of three, truncated)
+        (["--chunk-size", "0"], "ba\rde\r", "stdin: 1 line(s) but 2 carriage returns"),
         (["--device", "cpu:1"], "ba\n", "--device: cpu:1 is not there (the CPU is one device: cpu)"),  # (taken)
     ],
 )
@@ -451,6 +453,24 @@ def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, m
     result = runner().invoke(main, ["translate", str(run_dir), *args], input=stdin)
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_a_file_of_lines_ended_by_a_carriage_return_alone_is_refused_before_any_work(run_dir: Path, tmp_path: Path):
+    """Thirty sentences with old Mac line ends were one line: translated as one, truncated, with a warning of
+    its length only."""
+    source, out = tmp_path / "source.txt", tmp_path / "out.txt"
+    source.write_bytes(b"ba de\r" * 30)
+    out.write_text("kept\n")
+    result = runner().invoke(main, ["translate", str(run_dir), "-i", str(source), "-o", str(out)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{source}: 1 line(s) but 30 carriage returns (\\r) inside them" in result.stderr
+    assert out.read_text() == "kept\n"
+    source.write_bytes(b"ba de\r\n" * 3)  # \r\n line ends are read as lines
+    assert (
+        runner().invoke(main, ["translate", str(run_dir), "-i", str(source), "-o", str(out), "--beam", "1"]).exit_code
+        == 0
+    )
+    assert len(out.read_text().splitlines()) == 3
 
 
 def test_the_output_never_replaces_the_checkpoint_or_a_runs_files(run_dir: Path, tmp_path: Path):

@@ -158,8 +158,12 @@ def test_cli_json_table_and_errors(tmp_path: Path, runs: list[Path]) -> None:
     assert json.loads(result.output)["runs"][1]["speedup"] == pytest.approx(150 / 60)
 
     result = cli.invoke(main, ["report", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "missing: not a run folder" in result.output
+    assert result.exit_code == 2 and "missing: no such run folder" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    # the event log given for its run (it was "not a run folder (no events.jsonl)", of a path that is one)
+    result = cli.invoke(main, ["report", str(runs[0] / "events.jsonl")])
+    said = f"events.jsonl: a file; give the run folder that holds events.jsonl ({runs[0]}?)"
+    assert result.exit_code == 2 and result.output.strip().endswith(said)
 
 
 def test_a_corrupt_event_log_is_a_one_line_error(tmp_path: Path, runs: list[Path]) -> None:

@@ -86,7 +86,13 @@ def test_lines_split_on_newlines_only(tmp_path: Path):
         (None, b"a\n", "hyp: no such file"),
         (b"", b"a\n", "hyp: is empty"),
         (b"a\n", b"", "ref: is empty"),
-        (b"a\nb\n", b"a\n", "hyp has 2 lines but"),
+        (b"a\nb\n", b"a\n", "hyp has 2 line(s) but"),
+        (
+            b"a\rb\rc\r",
+            b"a\nb\nc\n",
+            "hyp: 1 line(s) but 3 carriage returns (\\r) inside them: are its lines ended by \\r alone?",
+        ),  # (it was "hyp has 1 lines but ref has 3"; and 100 against itself)  # fmt: skip
+        (b"a\r\nb\r\n", b"a\rb\r", "ref: 1 line(s) but 2 carriage returns"),  # (\r\n line ends are taken)
         (b"ok\n\xff\xfe bad\n", b"a\nb\n", "hyp: line 2 is not valid UTF-8"),
     ],
 )
@@ -120,7 +126,7 @@ def test_a_reference_of_another_length_is_one_line_naming_it(tmp_path: Path):
     short = write(tmp_path / "short", REFS2[:3])
     result = runner().invoke(main, ["score", str(hyp), str(ref), str(short)])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert f"{hyp} has 4 lines but {short} has 3" in result.stderr
+    assert f"{hyp} has 4 line(s) but {short} has 3" in result.stderr
 
 
 @pytest.mark.parametrize(

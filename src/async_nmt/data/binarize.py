@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from async_nmt.config import MANIFEST, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, check_line_ends
 
 SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
@@ -264,9 +264,7 @@ def _check_text(path: Path) -> tuple[int, int]:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:
         raise UserError(f"{path}: empty file")
-    if returns >= n:  # old Mac line ends: a corpus of one line (a valid or test split of one sentence)
-        raise UserError(f"{path}: {n:,} line(s) but {returns:,} carriage returns (\\r) inside them: are its lines "
-                        f"ended by \\r alone? Convert them to \\n (e.g. tr '\\r' '\\n')")  # fmt: skip
+    check_line_ends(str(path), n, returns)  # old Mac line ends: a corpus of one line (a valid or test split)
     if not text:
         raise UserError(f"{path}: all {n:,} lines are blank")
     return n, longest
