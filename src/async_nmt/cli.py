@@ -94,7 +94,9 @@ class OneLineUsageErrors:
         except click.ClickException as err:
             err.show()
             sys.exit(err.exit_code)
-        except click.Abort:  # Ctrl-C (Click's Abort for a KeyboardInterrupt): the shell's code for SIGINT
+        except click.Abort as err:  # Ctrl-C (Click's Abort for a KeyboardInterrupt): the shell's code for SIGINT
+            if isinstance(err.__cause__, EOFError):  # (Click's Abort for an EOFError too: not Ctrl-C, a bug)
+                raise err.__cause__ from None
             click.echo("interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)

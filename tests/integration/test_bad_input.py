@@ -433,6 +433,29 @@ def test_valid_text_that_does_not_match_its_ids_is_refused_before_the_run_folder
     assert not (tmp_path / "run").exists()
 
 
+def test_a_token_array_of_another_vocabulary_or_an_empty_one_is_one_line_and_force_keeps_the_run(
+    synthetic_bin: Path, run_dir: Path, tmp_path: Path
+):
+    """Ids past the vocabulary failed mid-epoch with the embedding's IndexError, `--force` having cleared the old
+    run's checkpoints; an empty .npy file was numpy's EOFError, which Click took for Ctrl-C ("interrupted",
+    exit code 130)."""
+    import numpy as np
+
+    bin_dir, run = tmp_path / "bin", tmp_path / "run"
+    shutil.copytree(synthetic_bin, bin_dir)
+    shutil.copytree(run_dir, run)
+    manifest = json.loads((bin_dir / "manifest.json").read_text())
+    ids = bin_dir / f"train.{manifest['tgt']}.ids.npy"
+    np.save(ids, np.load(ids) + manifest["vocab_size"])
+    one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "1", "--force"), "outside the vocabulary")
+    assert (run / "checkpoints" / "last.pt").is_file()
+    (bin_dir / f"valid.{manifest['src']}.ids.npy").write_bytes(b"")
+    shutil.copyfile(synthetic_bin / ids.name, ids)
+    result = nmt("train", bin_dir, run, *TRAIN, "--max-updates", "1", "--force")
+    one_line_error(result, f"valid.{manifest['src']}.ids.npy: unreadable token array")
+    assert "interrupted" not in result.output
+
+
 def test_a_checkpoint_whose_parameter_bytes_were_damaged_is_refused(run_dir: Path, tmp_path: Path):
     data = bytearray((run_dir / "checkpoints" / "last.pt").read_bytes())
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)

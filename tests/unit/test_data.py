@@ -304,6 +304,33 @@ def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     (tmp_path / "x.offsets.npy").write_bytes(b"not an array")
     with pytest.raises(UserError, match=r"x\.offsets\.npy: unreadable token array"):  # the file that is broken
         TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")
+    (tmp_path / "x.offsets.npy").write_bytes(b"")  # (numpy's EOFError, which the CLI took for Ctrl-C)
+    with pytest.raises(UserError, match=r"x\.offsets\.npy: unreadable token array"):
+        TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy")
+
+
+@pytest.mark.parametrize(
+    "ids, offsets, message",
+    [
+        ([0, 1, 7, 2], [0, 2, 4], r"x\.ids\.npy: ids 0 to 7, outside the vocabulary's 0 to 6 \(another corpus"),
+        ([0, -1, 3, 2], [0, 2, 4], r"x\.ids\.npy: ids -1 to 3, outside"),
+        ([0, 1, 3, 2], [0, 3, 1, 4], r"x\.offsets\.npy: offsets that go down \(sentence 1\)"),
+        ([0, 1, 3, 2], [1, 2, 4], r"x\.offsets\.npy: does not match x\.ids\.npy"),
+        (np.array([0.0, 1.0]), [0, 2], r"x\.ids\.npy: not a token array \(a 1-D array of float64\)"),
+        ([[0, 1], [2, 3]], [0, 4], r"x\.ids\.npy: not a token array \(a 2-D array of int"),
+    ],
+    ids=["id past the vocabulary", "negative id", "offsets going down", "offsets from 1", "float ids", "2-D ids"],
+)
+def test_token_arrays_are_checked_as_read(tmp_path: Path, ids, offsets, message) -> None:
+    """Ids of another corpus's vocabulary, or offsets that go down, failed mid-epoch with a traceback from the
+    embedding or the collation (after `--force` had cleared the old run); float ids were taken."""
+    np.save(tmp_path / "x.ids.npy", np.asarray(ids))
+    np.save(tmp_path / "x.offsets.npy", np.asarray(offsets, dtype=np.int64))
+    with pytest.raises(UserError, match=message):
+        TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy", vocab_size=7)
+    np.save(tmp_path / "x.ids.npy", np.array([0, 1, 6, 2], dtype=np.int32))  # the same files, whole
+    np.save(tmp_path / "x.offsets.npy", np.array([0, 2, 2, 4], dtype=np.int64))
+    assert TokenArray(tmp_path / "x.ids.npy", tmp_path / "x.offsets.npy", vocab_size=7).lengths.tolist() == [2, 0, 2]
 
 
 def test_a_ctrl_c_as_the_vocabulary_process_starts_stops_it(monkeypatch):

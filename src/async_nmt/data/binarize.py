@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from async_nmt.config import MANIFEST, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
-from async_nmt.errors import UserError, check_line_ends
+from async_nmt.errors import UserError, check_line_ends, reason
 
 SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
@@ -364,22 +364,37 @@ def load_manifest(bin_dir: Path) -> dict[str, Any]:
 def _read_array(path: Path, load: Callable[[Path], np.ndarray]) -> np.ndarray:
     try:
         return load(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable token array ({err}); run `nmt preprocess` again") from None
+    except (OSError, ValueError, EOFError) as err:  # (EOFError: an empty file; Click took it for Ctrl-C)
+        raise UserError(f"{path}: unreadable token array ({reason(err)}); run `nmt preprocess` again") from None
 
 
 class TokenArray:
-    """Sentences of token ids stored flat: sentence i is `ids[offsets[i]:offsets[i+1]]` (memory-mapped)."""
+    """Sentences of token ids stored flat: sentence i is `ids[offsets[i]:offsets[i+1]]` (memory-mapped).
+    Checked as read, where `vocab_size` is given: every id a piece of the vocabulary, the offsets rising
+    from 0 (a damaged or mixed-up array failed mid-epoch, with a traceback from the model's embedding,
+    after `--force` had cleared the old run)."""
 
-    def __init__(self, ids_path: Path, offsets_path: Path) -> None:
+    def __init__(self, ids_path: Path, offsets_path: Path, vocab_size: int | None = None) -> None:
         for p in (ids_path, offsets_path):
             if not Path(p).is_file():
                 raise UserError(f"{p}: missing; run `nmt preprocess` again")
         self.ids: np.ndarray = _read_array(ids_path, _load_npy)
         self.offsets: np.ndarray = _read_array(offsets_path, np.load)
-        if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[-1]) != len(self.ids):
-            raise UserError(f"{offsets_path}: does not match {Path(ids_path).name}; run `nmt preprocess` again")
-        self.lengths: np.ndarray = np.diff(self.offsets).astype(np.int32)
+        again = "; run `nmt preprocess` again"
+        for path, array in ((ids_path, self.ids), (offsets_path, self.offsets)):
+            if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+                raise UserError(f"{path}: not a token array (a {array.ndim}-D array of {array.dtype}){again}")
+        if len(self.offsets) < 1 or int(self.offsets[-1]) != len(self.ids) or int(self.offsets[0]) != 0:
+            raise UserError(f"{offsets_path}: does not match {Path(ids_path).name}{again}")
+        lengths = np.diff(self.offsets)
+        if len(lengths) and int(lengths.min()) < 0:
+            raise UserError(f"{offsets_path}: offsets that go down (sentence {int(np.argmin(lengths))}){again}")
+        if vocab_size is not None and len(self.ids):
+            low, high = int(self.ids.min()), int(self.ids.max())
+            if low < 0 or high >= vocab_size:
+                raise UserError(f"{ids_path}: ids {low} to {high}, outside the vocabulary's 0 to {vocab_size - 1} "
+                                f"(another corpus's array?){again}")  # fmt: skip
+        self.lengths: np.ndarray = lengths.astype(np.int32)
 
     @classmethod
     def from_rows(cls, rows: Sequence[np.ndarray]) -> TokenArray:
@@ -424,7 +439,7 @@ def load_split(bin_dir: Path, split: str) -> ParallelSplit:
         have = ", ".join(manifest["splits"]) or "none"
         raise UserError(f"{bin_dir}: has no {split} split (it has: {have}); add RAW/{split}.* and preprocess again")
     src, tgt = (
-        TokenArray(bin_dir / f"{split}.{x}.ids.npy", bin_dir / f"{split}.{x}.offsets.npy")
+        TokenArray(bin_dir / f"{split}.{x}.ids.npy", bin_dir / f"{split}.{x}.offsets.npy", manifest["vocab_size"])
         for x in (manifest["src"], manifest["tgt"])
     )
     if len(src) != len(tgt):
