@@ -358,6 +358,21 @@ def test_event_log_truncates_to_a_checkpoint(tmp_path):
     assert EventLog(path).lines == 3
 
 
+def test_a_log_is_cut_for_a_resume_only_when_the_lines_it_keeps_are_whole(tmp_path):
+    """A corrupt line among those a resume keeps stopped the resume after the log was cut: its end event, and
+    what followed the checkpoint, were lost though nothing resumed."""
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(5)]
+    lines[1] = '{"kind": "tra\n'
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(UserError, match=r"events\.jsonl:2: not a JSON event \(Unterminated string starting at, "):
+        truncate_events(path, 3)
+    assert path.read_text(encoding="utf-8") == "".join(lines)  # untouched
+    lines[1] = json.dumps({"kind": "train", "updates": 1}) + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    assert [e["updates"] for e in truncate_events(path, 3)] == [0, 1, 2] == [e["updates"] for e in read_events(path)]
+
+
 def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_path):
     path = tmp_path / "events.jsonl"
     good = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(3)]

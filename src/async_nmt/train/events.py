@@ -72,16 +72,20 @@ def complete_lines(path: Path) -> int:
         return sum(line.endswith(b"\n") for line in f)
 
 
-def truncate_events(path: Path, keep_lines: int) -> None:
-    """Cut the log back to its first `keep_lines` complete lines (resume: forget what the checkpoint lacks)."""
+def truncate_events(path: Path, keep_lines: int) -> list[dict[str, Any]]:
+    """Cut the log back to its first `keep_lines` complete lines (resume: forget what the checkpoint lacks)
+    and return their events. A corrupt line among them is an error before the file changes (the resume it
+    stops cut the log first, its end event lost)."""
     if not path.exists():
-        return
+        return []
     with open(path, "rb") as f:
         lines = f.readlines()
-    kept = [line for line in lines[:keep_lines] if line.endswith(b"\n")]
+    kept = b"".join(line for line in lines[:keep_lines] if line.endswith(b"\n"))
+    events = parse_events(kept, path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"".join(kept))
+    tmp.write_bytes(kept)
     os.replace(tmp, path)
+    return events
 
 
 # what every event, and every event of a kind, must hold for `nmt report` and --resume to read it
@@ -138,7 +142,12 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     diloco's sync_every and link_gbps that can be divided by, worker_s and worker_pushes of one length), a
     complete last line included, is an error "PATH:LINE: not a JSON event (...)".
     """
-    lines = path.read_bytes().splitlines(keepends=True)
+    return parse_events(path.read_bytes(), path)
+
+
+def parse_events(data: bytes, path: Path) -> list[dict[str, Any]]:
+    """The events of the bytes `data` of the log `path`, as `read_events` reads them."""
+    lines = data.splitlines(keepends=True)
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -147,7 +156,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
             event = json.loads(line.decode("utf-8").rstrip("\r\n"))
             problem = None if isinstance(event, dict) else f"a JSON {type(event).__name__}, not an object"
         except json.JSONDecodeError as err:
-            problem = f"{err.msg} at column {err.colno}"
+            problem = f"{err.msg}, column {err.colno}"
         except UnicodeDecodeError as err:
             problem = f"not UTF-8: {err.reason} at byte {err.start}"
         if problem is None:

@@ -42,7 +42,6 @@ from async_nmt.train.events import (
     EventLog,
     TrainingClock,
     complete_lines,
-    read_events,
     staleness_stats,
     truncate_events,
 )
@@ -135,12 +134,11 @@ class Trainer:
                 for kept in kept_checkpoints(self.run_dir):  # of a run rewound to an older last.pt: abandoned,
                     if kept_update(kept) > self.updates:  # as the events after the checkpoint are (`nmt average`
                         kept.unlink()  # took them)
-                truncate_events(events_path, state["event_lines"])
+                # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
+                events = truncate_events(events_path, state["event_lines"])
                 if not events_path.is_file():
                     print(f"warning: {events_path} is missing: the log starts again at update {self.updates} "
                           "(`nmt report` sees the run from there)", file=sys.stderr)  # fmt: skip
-                # a corrupt line stops the resume here, not at `nmt report`
-                events = read_events(events_path) if events_path.is_file() else []
                 # the wall clock goes on from the last event: the checkpoint's own event came after the write
                 wall_s = max([state["wall_s"]] + [event.get("wall_s", 0.0) for event in events[-1:]])
                 self._wall_start = time.perf_counter() - wall_s
