@@ -310,6 +310,24 @@ def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "splits, problem",
+    [
+        ([], "its splits are not an object"),
+        ({"train": 5}, "split train is not an object"),
+        ({"train": {"sentences": 3, "tgt_tokens": 9}}, "split train has no count src_tokens"),
+        ({"train": {"sentences": 3, "src_tokens": "9", "tgt_tokens": 9}}, "split train has no count src_tokens"),
+    ],
+)
+def test_a_manifest_whose_splits_lack_their_counts_is_one_line(synthetic_bin: Path, tmp_path: Path, splits, problem):
+    """Training read them after it had begun the run folder: a KeyError's traceback, and a folder of spm.model
+    alone that even --force then refused as not a run folder."""
+    manifest = json.loads((synthetic_bin / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "splits": splits}))
+    with pytest.raises(UserError, match=rf"manifest\.json: not a valid manifest \({problem}\); run `nmt preprocess"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
     "ids, offsets, message",
     [
         ([0, 1, 7, 2], [0, 2, 4], r"x\.ids\.npy: ids 0 to 7, outside the vocabulary's 0 to 6 \(another corpus"),

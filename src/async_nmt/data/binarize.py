@@ -37,6 +37,7 @@ from async_nmt.errors import UserError, check_line_ends, reason
 SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
+SPLIT_KEYS = ("sentences", "src_tokens", "tgt_tokens")  # what training reads of each split's counts
 LONG_SIDE = 255  # tokens: the longest side that fits the presets' 256 positions with its eos
 SPM_PREFIX = "spm"
 
@@ -358,7 +359,21 @@ def load_manifest(bin_dir: Path) -> dict[str, Any]:
     if missing or not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] < 1:
         what = f"lacks {', '.join(missing)}" if missing else "has a bad vocab_size"
         raise UserError(f"{path}: not a valid manifest ({what}); run `nmt preprocess` again")
+    if (problem := _splits_problem(manifest["splits"])) is not None:  # (a KeyError from training, its run begun)
+        raise UserError(f"{path}: not a valid manifest ({problem}); run `nmt preprocess` again")
     return manifest
+
+
+def _splits_problem(splits: Any) -> str | None:
+    if not isinstance(splits, dict):
+        return "its splits are not an object"
+    for name, counts in splits.items():
+        if not isinstance(counts, dict):
+            return f"split {name} is not an object"
+        for key in SPLIT_KEYS:
+            if not isinstance(counts.get(key), int) or isinstance(counts[key], bool) or counts[key] < 0:
+                return f"split {name} has no count {key}"
+    return None
 
 
 def _read_array(path: Path, load: Callable[[Path], np.ndarray]) -> np.ndarray:

@@ -157,8 +157,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:
-        shutil.copyfile(self.vocab_file, self.run_dir / VOCAB_NAME)
+        # config.json first: a run mark (a folder of spm.model alone, left by a failure between the two, was
+        # "not a run folder" even to --force)
         save_json(RunConfig(self.cfg, self.model_cfg, self._corpus_info()), self.run_dir / "config.json")
+        shutil.copyfile(self.vocab_file, self.run_dir / VOCAB_NAME)
 
     def _corpus_info(self) -> CorpusInfo:
         train = self.manifest["splits"]["train"]
