@@ -282,6 +282,42 @@ def test_empty_bin_dir_is_fine(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- loading errors
+def test_a_corpus_goes_where_bin_points_and_with_the_umasks_mode(synthetic_raw: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """BIN a symbolic link (to scratch storage) became a real folder beside it, the target left empty (or stale,
+    with --force) and a hidden link left over; BIN `.` failed with a traceback after all the work; a new BIN
+    was 0700 whatever the umask (a shared corpus unreadable to the user's group)."""
+    import os
+    import stat
+
+    scratch, link = tmp_path / "scratch", tmp_path / "link"
+    scratch.mkdir()
+    scratch.chmod(0o2750)  # a folder the user made: its mode and setgid bit stay
+    link.symlink_to(scratch)
+    preprocess(synthetic_raw, link, vocab_size=200)
+    assert link.is_symlink() and (scratch / "manifest.json").is_file()
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o2750
+    first = (scratch / "manifest.json").stat().st_mtime_ns
+    preprocess(synthetic_raw, link, vocab_size=150, force=True)  # replaced where it lies, the link kept
+    assert link.is_symlink() and json.loads((scratch / "manifest.json").read_text())["options"]["vocab_size"] == 150
+    assert (scratch / "manifest.json").stat().st_mtime_ns != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "scratch"]  # no hidden leftovers
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o2750
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    preprocess(synthetic_raw, Path("."), vocab_size=200)
+    assert (here / "manifest.json").is_file() and Path.cwd() == here and os.listdir(".") != []
+    with pytest.raises(UserError, match="the current folder .*which --force would replace under this shell"):
+        preprocess(synthetic_raw, Path("."), vocab_size=200, force=True)
+    old = os.umask(0o022)
+    try:
+        preprocess(synthetic_raw, tmp_path / "new", vocab_size=200)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
+
+
 def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no manifest\.json.*nmt preprocess"):
         load_manifest(tmp_path / "nothing")

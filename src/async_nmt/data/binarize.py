@@ -91,9 +91,14 @@ def preprocess(
     checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
     counts = {s: lines for s, (lines, _) in checked.items()}
 
+    # where the files go: a symbolic link's target (a link to scratch storage stays one), `.` by its name
+    target = bin_dir.resolve()
+    if force and target.is_dir() and any(target.iterdir()) and target in (Path.cwd(), *Path.cwd().parents):
+        raise UserError(f"{bin_dir}: the current folder (or one above it), which --force would replace under "
+                        "this shell; run from elsewhere")  # fmt: skip
     try:
-        bin_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{bin_dir.name}.tmp-", dir=bin_dir.parent))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as err:
         file = next((up for up in bin_dir.parents if up.exists() and not up.is_dir()), None)
         why = f"{file} is a file, not a folder" if file is not None else err.strerror or str(err)
@@ -131,7 +136,7 @@ def preprocess(
             "train_long_sides": _long_sides(tmp, src, tgt),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, bin_dir)
+        _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -328,7 +333,26 @@ def _encode_split(
 
 
 def _replace_dir(tmp: Path, bin_dir: Path) -> None:
-    """Move the finished `tmp` to `bin_dir`, replacing an old `bin_dir` only now."""
+    """Move the finished `tmp` to `bin_dir`, replacing an old `bin_dir` only now, whose mode it takes (a
+    new one: the umask's, where mkdtemp's 0700 kept a shared corpus from the user's group). An empty folder
+    that exists gets the files, and stays the folder it was (its mode, group, a shell's current folder)."""
+    if bin_dir.is_dir() and not any(bin_dir.iterdir()):
+        names = sorted(os.listdir(tmp), key=lambda name: name == MANIFEST)  # the manifest last: a whole corpus
+        try:
+            for name in names:
+                os.replace(tmp / name, bin_dir / name)
+        except OSError:
+            for name in names:
+                (bin_dir / name).unlink(missing_ok=True)
+            raise
+        tmp.rmdir()
+        return
+    if bin_dir.exists():
+        shutil.copymode(bin_dir, tmp)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
     old = None
     if bin_dir.exists():
         old = bin_dir.with_name(f".{bin_dir.name}.old-{os.getpid()}")
