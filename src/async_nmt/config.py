@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,9 +170,13 @@ def run_folder_in(folder: Path, below_only: bool = False) -> Path | None:
 C = TypeVar("C")
 
 
-def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+def from_dict(cls: type[C], data: dict[str, Any], typed: bool = False) -> C:
     """The dataclass `cls` from a dict written by `asdict`: nested dataclasses and tuples rebuilt, unknown
-    keys (from a newer version) ignored, missing ones defaulted."""
+    keys (from a newer version) ignored, missing ones defaulted. `typed`: a value of another type than its
+    field's (a number, string or flag, or a list) is a TypeError that names it (a hand-edited config.json:
+    a string for a number failed a resume later, with a traceback)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a JSON {type(data).__name__}, not an object")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -179,11 +184,37 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
             continue
         value, hint = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(hint):
-            value = from_dict(hint, value)
-        elif typing.get_origin(hint) is tuple:
-            value = tuple(value)
+            value = from_dict(hint, value, typed)
+        else:
+            if typed and not _of_type(value, hint):
+                raise TypeError(f"{f.name} is {value!r}, not of type {_type_name(hint)}")
+            if typing.get_origin(hint) is tuple:
+                value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    """Whether `value` (read from JSON) fits `hint`: int (not a bool), float (an int too), str, bool, None,
+    a union of those, or a list or tuple; any other hint (a Literal: the options' own checks) fits."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_of_type(value, arg) for arg in typing.get_args(hint))
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def temporary_beside(path: Path) -> Path:
@@ -209,6 +240,6 @@ def save_json(cfg: Any, path: Path | str) -> None:
 def load_json(cls: type[C], path: Path | str) -> C:
     path = Path(path)
     try:
-        return from_dict(cls, json.loads(path.read_text()))
+        return from_dict(cls, json.loads(path.read_text()), typed=True)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise UserError(f"{path}: not a readable {cls.__name__} ({err})") from None

@@ -361,12 +361,31 @@ def test_resume_refuses_a_corrupt_event_log(synthetic_bin: Path, run_dir: Path, 
     "option",
     [["--lr", "nan"], ["--max-time", "nan"], ["--clip-norm", "nan"], ["--lr", "inf"],
      ["--worker-speeds", "1,nan", "--workers", "2", "--mode", "async"],
-     ["--outer-lr", "inf", "--mode", "diloco", "--workers", "2", "--sync-every", "2"]],
+     ["--outer-lr", "inf", "--mode", "diloco", "--workers", "2", "--sync-every", "2"],
+     # config.json and the start event held Infinity, which JSON has not (and other readers refuse)
+     ["--max-time", "inf"], ["--clip-norm", "1e999"],
+     ["--link-gbps", "inf", "--simulate", "--workers", "2", "--mode", "async"]],
     ids=lambda option: " ".join(option[:2]),
 )  # fmt: skip
 def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
     one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", *option), option[0])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_json_value_of_another_type_is_named_and_last_pts_taken(synthetic_bin: Path, run_dir: Path,
+                                                                         tmp_path: Path):  # fmt: skip
+    """A hand-edited config.json with "max_tokens": "512" failed the resume with a TypeError's traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["max_tokens"] = str(config["train"]["max_tokens"])
+    (run / "config.json").write_text(json.dumps(config))
+    result = nmt("train", synthetic_bin, run, "--resume", "--max-updates", "5", "--quiet")
+    assert result.exit_code == 0, result.output
+    warning = result.stderr.splitlines()[0]
+    assert warning.startswith(f"warning: {run / 'config.json'}: not a readable RunConfig (max_tokens is '512', not "
+                              "of type int); the run's options are taken from")  # fmt: skip
+    assert json.loads((run / "config.json").read_text())["train"]["max_tokens"] == 512  # written again, whole
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])

@@ -97,6 +97,13 @@ def test_empty_file(raw: Path, tmp_path: Path) -> None:
     assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'test.tgt'}: empty file")
 
 
+def test_an_infinite_max_ratio_is_refused(raw: Path, tmp_path: Path) -> None:
+    """manifest.json held Infinity, which JSON has not."""
+    said = "--max-ratio must be a finite number (got inf); one above --max-len keeps every pair"
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin", "--max-ratio", "inf"), said)
+    assert not (tmp_path / "bin").exists()
+
+
 def test_a_side_of_blank_lines_is_named(raw: Path, tmp_path: Path) -> None:
     """It was "train.src: no training pairs left after filtering (--max-len ..., --max-ratio ...)", naming the
     good side and options that cannot help, after the vocabulary was trained."""

@@ -16,6 +16,7 @@ before this field existed have no `train_long_sides`; they still load.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -86,6 +87,8 @@ def preprocess(
             raise UserError(f"{bin_dir} exists; use --force to overwrite")
     if max_len < 1 or not max_ratio >= 1:  # (nan is not >= 1)
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
+    if math.isinf(max_ratio):  # (manifest.json would hold Infinity, which JSON has not)
+        raise UserError(f"--max-ratio must be a finite number (got {max_ratio}); one above --max-len keeps every pair")
     src, tgt = _languages(raw_dir, src, tgt)
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
     checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}

@@ -209,6 +209,10 @@ def check_config(cfg: TrainConfig) -> None:
     ):
         if not getattr(cfg, name) >= 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    # no number is infinite: config.json and the start event would hold Infinity, which JSON has not
+    for name, why in (("max_time", "; 0 sets no limit"), ("clip_norm", "; 0 clips nothing"), ("link_gbps", "")):
+        if math.isinf(getattr(cfg, name)):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(cfg, name)}){why}")
     if cfg.patience and not cfg.valid_every:
         raise UserError("--patience counts validations; give --valid-every N with N > 0 too")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
