@@ -448,7 +448,12 @@ def test_valid_text_that_does_not_match_its_ids_is_refused_before_the_run_folder
     tgt = json.loads((bin_dir / "manifest.json").read_text())["tgt"]
     lines = (bin_dir / f"valid.{tgt}").read_text().splitlines(keepends=True)
     (bin_dir / f"valid.{tgt}").write_text("".join(lines[:5]))
-    one_line_error(nmt("train", bin_dir, tmp_path / "run", *TRAIN, "--max-updates", "1"), "valid text's tgt side")
+    one_line_error(nmt("train", bin_dir, tmp_path / "run", *TRAIN, "--max-updates", "1"),
+                   f"the valid text's tgt side has 5 lines but the valid split's ids {len(lines)}")  # fmt: skip
+    # reading fewer (it said "0 of the 5 lines the valid split's ids have", of ids of 30 lines)
+    (bin_dir / f"valid.{tgt}").write_text("")
+    one_line_error(nmt("train", bin_dir, tmp_path / "run", *TRAIN, "--max-updates", "1", "--valid-max-sentences", "5"),
+                   f"has 0 lines but the valid split's ids {len(lines)}")  # fmt: skip
     assert not (tmp_path / "run").exists()
 
 

@@ -132,7 +132,40 @@ def test_non_utf8_line(raw: Path, tmp_path: Path) -> None:
     lines[4] = b"caf\xe9 " + lines[4]
     (raw / "train.src").write_bytes(b"\n".join(lines))
     line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "train.src: line 5 is not UTF-8")
-    assert "byte 3" in line
+    assert "at byte 4)" in line  # counted from 1, as `cut -b` counts ("caf" is bytes 1-3)
+
+
+def test_force_keeps_a_corpus_that_holds_files_of_the_users(raw: Path, tmp_path: Path) -> None:
+    """`--force` deleted a hypothesis file and a folder of evaluations the user kept in BIN, without a word."""
+    bin_dir = tmp_path / "bin"
+    assert nmt("preprocess", raw, bin_dir, "--vocab-size", "100").exit_code == 0
+    (bin_dir / "test.hyp.tgt").write_text("mine\n")
+    (bin_dir / "evals").mkdir()
+    assert_one_line_error(nmt("preprocess", raw, bin_dir, "--vocab-size", "100", "--force"),
+                          f"{bin_dir}: holds what preprocess did not write (evals, test.hyp.tgt), which --force "
+                          "would delete; move it out")  # fmt: skip
+    assert (bin_dir / "test.hyp.tgt").read_text() == "mine\n" and (bin_dir / "manifest.json").is_file()
+    (bin_dir / "test.hyp.tgt").unlink()
+    (bin_dir / "evals").rmdir()
+    assert nmt("preprocess", raw, bin_dir, "--vocab-size", "100", "--force").exit_code == 0  # its own files only
+
+
+def test_a_utf16_file_is_named_so(raw: Path, tmp_path: Path) -> None:
+    text = (raw / "valid.tgt").read_text(encoding="utf-8")
+    (raw / "valid.tgt").write_bytes(text.encode("utf-16"))  # (with its byte order mark, as editors write it)
+    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "valid.tgt: line 1 is not UTF-8")
+    assert line.endswith("; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)")
+
+
+def test_the_same_file_on_both_sides_is_warned_of(raw: Path, tmp_path: Path) -> None:
+    """A link made by mistake (train.en -> train.de) trained a copying model without a word."""
+    (raw / "train.tgt").unlink()
+    (raw / "train.tgt").symlink_to(raw / "train.src")
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {raw / 'train.src'} and {raw / 'train.tgt'} are the same file: the model learns to copy" in (
+        result.stderr.splitlines()
+    )
 
 
 def test_misaligned(raw: Path, tmp_path: Path) -> None:

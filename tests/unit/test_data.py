@@ -231,7 +231,6 @@ def test_crlf_and_no_final_newline(tmp_path: Path) -> None:
 def test_force_replaces_only_at_the_end(synthetic_raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "bin"
     first = preprocess(synthetic_raw, out, vocab_size=90)
-    (out / "keep.txt").write_text("old")
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(UserError, match="--force"):
         preprocess(synthetic_raw, out, vocab_size=100)
@@ -242,7 +241,7 @@ def test_force_replaces_only_at_the_end(synthetic_raw: Path, tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert sorted(p.name for p in out.iterdir()) == before and load_manifest(out) == first
     manifest = preprocess(synthetic_raw, out, vocab_size=100, force=True)
-    assert not (out / "keep.txt").exists() and load_manifest(out) == manifest != first
+    assert load_manifest(out) == manifest != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "bin"]
 
 

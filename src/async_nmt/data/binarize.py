@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,8 @@ SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
 SPLIT_KEYS = ("sentences", "src_tokens", "tgt_tokens")  # what training reads of each split's counts
+# the names of what preprocess writes into BIN (--force deletes only a folder of these)
+WRITTEN = re.compile(r"manifest\.json|spm\.(model|vocab)|(train|valid|test)\.[^./]+(\.(ids|offsets)\.npy)?")
 LONG_SIDE = 255  # tokens: the longest side that fits the presets' 256 positions with its eos
 SPM_PREFIX = "spm"
 
@@ -85,6 +88,10 @@ def preprocess(
                             "a new or empty folder")  # fmt: skip
         if not force:
             raise UserError(f"{bin_dir} exists; use --force to overwrite")
+        if others := sorted(p.name for p in bin_dir.iterdir() if not WRITTEN.fullmatch(p.name) or p.is_dir()):
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"{bin_dir}: holds what preprocess did not write ({shown}), which --force would delete; "
+                            "move it out, or preprocess into another folder")  # fmt: skip
     if max_len < 1 or not max_ratio >= 1:  # (nan is not >= 1)
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
     if math.isinf(max_ratio):  # (manifest.json would hold Infinity, which JSON has not)
@@ -244,6 +251,8 @@ def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:
     """Validate a parallel file pair (exists, non-empty, UTF-8, same line count); return its line count and
     its longest line in bytes."""
     (n_src, long_src), (n_tgt, long_tgt) = _check_text(src_path), _check_text(tgt_path)
+    if src_path.samefile(tgt_path):  # (a copy task may mean it; a link made by mistake trains one)
+        click.echo(f"warning: {src_path} and {tgt_path} are the same file: the model learns to copy", err=True)
     if n_src != n_tgt:
         longer = src_path if n_src > n_tgt else tgt_path
         raise UserError(
@@ -267,8 +276,11 @@ def _check_text(path: Path) -> tuple[int, int]:
                 longest = max(longest, len(line))
                 returns += line.count(b"\r") - line.endswith(b"\r\n")
                 text = text or bool(decoded.replace("\ufeff", "").strip())
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: line {n} is not UTF-8 ({err.reason} at byte {err.start})") from None
+    except UnicodeDecodeError as err:  # (the byte counted from 1, as `cut -b` counts)
+        with open(path, "rb") as f:
+            utf16 = f.read(2) in (b"\xff\xfe", b"\xfe\xff")
+        hint = "; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)" if utf16 else ""
+        raise UserError(f"{path}: line {n} is not UTF-8 ({err.reason} at byte {err.start + 1}){hint}") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:

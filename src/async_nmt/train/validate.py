@@ -31,12 +31,12 @@ class Validator:
             collate_rows(split.src, split.tgt, rows, max_len)
             for rows in make_batches(src_len, tgt_len, max_tokens, max_len)
         ]
-        self.sources = read_lines(bin_dir, "valid", "src")[:n]
-        self.references = read_lines(bin_dir, "valid", "tgt")[:n]
-        for side, lines in (("src", self.sources), ("tgt", self.references)):  # before the run folder changes
-            if len(lines) != n:
-                raise UserError(f"{bin_dir}: the valid text's {side} side has {len(lines)} of the {n} lines the "
-                                "valid split's ids have; run `nmt preprocess` again")  # fmt: skip
+        texts = {side: read_lines(bin_dir, "valid", side) for side in ("src", "tgt")}
+        for side, lines in texts.items():  # before the run folder changes
+            if len(lines) != len(split.src):
+                raise UserError(f"{bin_dir}: the valid text's {side} side has {len(lines)} lines but the valid "
+                                f"split's ids {len(split.src)}; run `nmt preprocess` again")  # fmt: skip
+        self.sources, self.references = texts["src"][:n], texts["tgt"][:n]
         self.max_tokens = max_tokens
         # what a resume compares: the best BLEU so far was measured on these sentences
         self.fingerprint = zlib.crc32("\n".join(self.sources + self.references).encode("utf-8"))
