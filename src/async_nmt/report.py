@@ -99,7 +99,8 @@ def load_run(path: Path) -> Run:
         if not Path(path).exists():
             raise UserError(f"{path}: no such run folder")
         if not Path(path).is_dir():  # e.g. RUN/events.jsonl given for RUN
-            raise UserError(f"{path}: a file; give the run folder that holds events.jsonl ({Path(path).parent}?)")
+            hint = f" ({Path(path).parent}?)" if (Path(path).parent / "events.jsonl").is_file() else ""
+            raise UserError(f"{path}: a file; give the run folder that holds events.jsonl{hint}")
         raise UserError(f"{path}: not a run folder (no events.jsonl)")
     return Run(name=str(path), path=Path(path), events=read_events(log))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from async_nmt.errors import UserError, check_line_ends
+from async_nmt.errors import UserError, check_line_ends, lone_returns
 
 if TYPE_CHECKING:
     from sacrebleu.metrics import BLEU, CHRF
@@ -30,7 +30,7 @@ def decode_lines(data: bytes, name: str) -> list[str]:
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
-    check_line_ends(name, len(lines), text.count("\r") - text.count("\r\n"))
+    check_line_ends(name, len(lines), data.count(b"\n"), lone_returns(data))
     return [line.removesuffix("\r") for line in lines]
 
 

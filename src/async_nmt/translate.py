@@ -21,7 +21,7 @@ from tqdm import tqdm
 from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
-from async_nmt.errors import OutOfMemory, UserError, check_line_ends, sigterm_interrupts
+from async_nmt.errors import OutOfMemory, UserError, check_line_ends, lone_returns, sigterm_interrupts
 from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
@@ -300,16 +300,16 @@ def _regular_file_lines(fd: int, name: str) -> int | None:
             number = count + lines.count(b"\n", 0, err.start) + 1
             raise UserError(f"{name}: line {number} is not valid UTF-8") from None
         count += lines.count(b"\n")
-        returns += lines.count(b"\r") - lines.count(b"\r\n")  # (whole lines: no \r\n is cut in two)
+        returns += lone_returns(lines)  # (whole lines: no \r\n is cut in two)
         if not block:
-            count += not lines.endswith(b"\n") and len(lines) > 0
-            check_line_ends(name, count, returns)
-            return count
+            total = count + (not lines.endswith(b"\n") and len(lines) > 0)  # (the last line without its newline)
+            check_line_ends(name, total, count, returns)
+            return total
 
 
-def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
+def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> Iterator[list[str]]:
     """The lines to translate (of `path`, or of stdin where it is None or `-`), `chunk_size` at a time as
-    they are read; 0: all of them at once."""
+    they are read; 0: all of them at once. `checked`: the line ends were checked already (`checked_lines`)."""
     if chunk_size == 0:
         yield read_input(path)
         return
@@ -327,20 +327,22 @@ def input_chunks(path: Path | None, chunk_size: int) -> Iterator[list[str]]:
         stream, name = sys.stdin.buffer, "stdin"
     with stream if from_file else contextlib.nullcontext():
         lines: list[str] = []
-        returns = 0  # inside the window's lines: as many as lines, and they are ended by \r alone (a pipe's)
+        newlines = returns = 0  # so far (a pipe: a regular file was checked whole, `checked_lines`)
         for number, raw in enumerate(stream, 1):
             try:
                 line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
                 lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
                 raise UserError(f"{name}: line {number} is not valid UTF-8") from None
-            returns += raw.count(b"\r") - raw.endswith(b"\r\n")
+            newlines, returns = newlines + raw.endswith(b"\n"), returns + lone_returns(raw)
             if len(lines) == chunk_size:
-                check_line_ends(name, len(lines), returns)
+                if not checked:
+                    check_line_ends(name, number, newlines, returns)
                 yield lines
-                lines, returns = [], 0
+                lines = []
         if lines:
-            check_line_ends(name, len(lines), returns)
+            if not checked:
+                check_line_ends(name, number, newlines, returns)
             yield lines
 
 
@@ -466,7 +468,7 @@ def translate_file(
             tqdm(total=total, unit="sent", file=sys.stderr, disable=True if typed and chunk_size else None) as bar,
         ):
             first_line, unknown, notices = 1, UnknownInput(sp), Counter[str]()
-            for lines in input_chunks(input_path, chunk_size):
+            for lines in input_chunks(input_path, chunk_size, checked=total is not None):
                 if bar.total is None and chunk_size == 0:  # stdin, read whole
                     bar.total = len(lines)
                     bar.refresh()

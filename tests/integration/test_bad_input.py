@@ -245,10 +245,9 @@ def test_outputs_never_replace_a_runs_vocabulary_nor_a_corpus_file(run_dir: Path
     assert all(path.read_bytes() == data for path, data in before.items())
     corpus = tmp_path / "bin"  # a new file in a corpus folder is the user's to write
     shutil.copytree(synthetic_bin, corpus)
-    assert (
-        nmt("translate", run_dir, "-o", corpus / "hyp.en", "--device", "cpu", "--beam", "1", stdin="ba\n").exit_code
-        == 0
-    )
+    for _ in range(2):  # and again: the file is the user's, not the corpus's (it was refused the second time)
+        result = nmt("translate", run_dir, "-o", corpus / "hyp.en", "--device", "cpu", "--beam", "1", stdin="ba\n")
+        assert result.exit_code == 0, result.output
     assert (corpus / "hyp.en").read_text().count("\n") == 1
 
 
@@ -386,6 +385,13 @@ def test_a_config_json_value_of_another_type_is_named_and_last_pts_taken(synthet
     assert warning.startswith(f"warning: {run / 'config.json'}: not a readable RunConfig (max_tokens is '512', not "
                               "of type int); the run's options are taken from")  # fmt: skip
     assert json.loads((run / "config.json").read_text())["train"]["max_tokens"] == 512  # written again, whole
+    # an infinite --max-time or --clip-norm, which runs begun before 2026-12-05 may hold: no limit, no clipping
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(max_time=float("inf"), clip_norm=float("inf"))  # (written as Infinity)
+    (run / "config.json").write_text(json.dumps(config))
+    result = nmt("train", synthetic_bin, run, "--resume", "--max-updates", "6", "--quiet")
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert json.loads((run / "config.json").read_text())["train"]["max_time"] == 0
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
@@ -512,6 +518,24 @@ def test_a_checkpoint_whose_vocabulary_bytes_were_damaged_is_refused(run_dir: Pa
             command = ("average", run, "--last", "2", "-o", tmp_path / "avg.pt")
         one_line_error(nmt(*command, stdin="a b\n"), "damaged (data.pkl, its vocabulary and settings, does not "
                                                      "match its checksum)")  # fmt: skip
+
+
+def test_a_checkpoint_saved_without_checksums_translates(run_dir: Path, tmp_path: Path):
+    """torch.save with torch's compute_crc32 off writes a CRC of 0 for every entry: no checksum, not damage."""
+    from async_nmt.model.checkpoint import read_checkpoint
+
+    serialization = pytest.importorskip("torch.utils.serialization")
+    state = read_checkpoint(run_dir / "checkpoints" / "best.pt")
+    original = serialization.config.save.compute_crc32
+    serialization.config.save.compute_crc32 = False
+    try:
+        torch.save(state, tmp_path / "nocrc.pt")
+    finally:
+        serialization.config.save.compute_crc32 = original
+    with zipfile.ZipFile(tmp_path / "nocrc.pt") as archive:
+        assert next(i for i in archive.infolist() if i.filename.endswith("/data.pkl")).CRC == 0
+    result = nmt("translate", tmp_path / "nocrc.pt", "--device", "cpu", "--beam", "1", stdin="a b\n")
+    assert result.exit_code == 0, result.output
 
 
 def test_a_resume_refuses_damaged_training_state(synthetic_bin: Path, run_dir: Path, tmp_path: Path):

@@ -136,18 +136,31 @@ def test_non_utf8_line(raw: Path, tmp_path: Path) -> None:
 
 
 def test_force_keeps_a_corpus_that_holds_files_of_the_users(raw: Path, tmp_path: Path) -> None:
-    """`--force` deleted a hypothesis file and a folder of evaluations the user kept in BIN, without a word."""
+    """`--force` deleted a hypothesis file and a folder of evaluations the user kept in BIN, without a word
+    (and, told apart by a pattern of names, test.hyp and train.log still)."""
     bin_dir = tmp_path / "bin"
     assert nmt("preprocess", raw, bin_dir, "--vocab-size", "100").exit_code == 0
-    (bin_dir / "test.hyp.tgt").write_text("mine\n")
+    mine = ("evals", "test.hyp", "test.hyp.tgt", "train.log")
     (bin_dir / "evals").mkdir()
+    for name in mine[1:]:
+        (bin_dir / name).write_text("mine\n")
     assert_one_line_error(nmt("preprocess", raw, bin_dir, "--vocab-size", "100", "--force"),
-                          f"{bin_dir}: holds what preprocess did not write (evals, test.hyp.tgt), which --force "
-                          "would delete; move it out")  # fmt: skip
-    assert (bin_dir / "test.hyp.tgt").read_text() == "mine\n" and (bin_dir / "manifest.json").is_file()
-    (bin_dir / "test.hyp.tgt").unlink()
+                          f"{bin_dir}: holds what preprocess did not write (evals, test.hyp, test.hyp.tgt and 1 "
+                          "more), which --force would delete; move it out")  # fmt: skip
+    assert all((bin_dir / name).exists() for name in mine) and (bin_dir / "manifest.json").is_file()
+    for name in mine[1:]:
+        (bin_dir / name).unlink()
     (bin_dir / "evals").rmdir()
     assert nmt("preprocess", raw, bin_dir, "--vocab-size", "100", "--force").exit_code == 0  # its own files only
+    dotted = tmp_path / "dotted"  # languages with a dot in their names: still its own files
+    dotted.mkdir()
+    for path in raw.iterdir():
+        split, lang = path.name.split(".", 1)
+        shutil.copyfile(path, dotted / f"{split}.{lang}.tok")
+    for _ in range(2):
+        result = nmt("preprocess", dotted, tmp_path / "bin2", "--src", "src.tok", "--tgt", "tgt.tok", "--vocab-size",
+                     "100", "--force")  # fmt: skip
+        assert result.exit_code == 0, result.output
 
 
 def test_a_utf16_file_is_named_so(raw: Path, tmp_path: Path) -> None:

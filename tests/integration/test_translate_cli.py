@@ -473,6 +473,20 @@ def test_a_file_of_lines_ended_by_a_carriage_return_alone_is_refused_before_any_
     assert len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("from_file", [True, False])
+def test_a_stray_carriage_return_in_a_last_window_is_text(run_dir: Path, tmp_path: Path, from_file: bool):
+    """Each window's line ends were checked alone: a short last window whose line held stray \\r failed the
+    command after every window before it was translated (and, with -o, that work was lost)."""
+    text = "ba\nde\nka\nba\na\rb\rc\rd\n"
+    source, out = tmp_path / "source.txt", tmp_path / "out.txt"
+    source.write_text(text, newline="")
+    args = ["-i", str(source)] if from_file else []
+    result = runner().invoke(main, ["translate", str(run_dir), *args, "-o", str(out), "--chunk-size", "2",
+                                    "--beam", "1"], input=None if from_file else text)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 5
+
+
 def test_the_output_never_replaces_the_checkpoint_or_a_runs_files(run_dir: Path, tmp_path: Path):
     """`-o` the checkpoint file made it a text file of translations, and `-o RUN/checkpoints/best.pt` so,
     without a word."""

@@ -317,6 +317,43 @@ def test_a_corpus_goes_where_bin_points_and_with_the_umasks_mode(synthetic_raw: 
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
 
 
+def test_an_empty_bin_is_written_from_within_and_a_shells_lost_folder_is_no_error(
+    synthetic_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty BIN that is a mount point failed at the end, after all the work: the files were made beside it,
+    on the parent's file system ("Invalid cross-device link"); now in it. `--force` from a shell whose folder
+    was deleted failed with "No such file or directory", nothing named; a new BIN under a setgid folder lost
+    the bit that mkdir gives."""
+    import os
+    import stat
+    import tempfile
+
+    made = []
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        made.append(Path(kwargs["dir"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    preprocess(synthetic_raw, empty, vocab_size=200)
+    assert made == [empty] and (empty / "manifest.json").is_file()
+    assert not [p for p in empty.iterdir() if p.name.startswith(".")]  # its temporary folder is gone
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    preprocess(synthetic_raw, empty, vocab_size=150, force=True)
+    assert made[-1] == tmp_path  # (a corpus is replaced from beside it)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    preprocess(synthetic_raw, shared / "bin", vocab_size=200)
+    assert os.stat(shared / "bin").st_mode & stat.S_ISGID
+
+
 def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no manifest\.json.*nmt preprocess"):
         load_manifest(tmp_path / "nothing")
@@ -349,8 +386,8 @@ def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
     [
         ([], "its splits are not an object"),
         ({"train": 5}, "split train is not an object"),
-        ({"train": {"sentences": 3, "tgt_tokens": 9}}, "split train has no count src_tokens"),
-        ({"train": {"sentences": 3, "src_tokens": "9", "tgt_tokens": 9}}, "split train has no count src_tokens"),
+        ({"train": {"sentences": 3, "tgt_tokens": 9}}, "split train's src_tokens is not a count"),
+        ({"train": {"sentences": 3, "src_tokens": "9", "tgt_tokens": 9}}, "split train's src_tokens is not a count"),
     ],
 )
 def test_a_manifest_whose_splits_lack_their_counts_is_one_line(synthetic_bin: Path, tmp_path: Path, splits, problem):

@@ -172,7 +172,7 @@ def test_a_corrupt_event_log_is_a_one_line_error(tmp_path: Path, runs: list[Path
     log.write_text("".join(lines[:2]) + '{"kind": "valid", "bleu": 1\n' + "".join(lines[2:]), encoding="utf-8")
     result = CliRunner().invoke(main, ["report", *map(str, runs)])
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == f"error: {log}:3: not a JSON event (Expecting ',' delimiter, column 28)"
+    assert result.output.strip() == f"error: {log}:3: not a JSON event (Expecting ',' delimiter: column 28)"
 
     # a torn last line (a run killed mid-write) is no error: the report reads the complete events
     with open(runs[1] / "events.jsonl", "a", encoding="utf-8") as f:

@@ -198,3 +198,14 @@ def test_score_does_not_import_torch(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize(
+    "text", [b"x\ry\n", b"hello\r", b"a\r\r\nb\r\r\n"], ids=["a \\r inside", "one line", "\\r\\r\\n"]
+)
+def test_a_stray_carriage_return_is_text_not_a_line_end(tmp_path: Path, text: bytes):
+    """Refused as \\r-only line ends, though the lines end in \\n (or the text has one line)."""
+    hyp = tmp_path / "hyp"
+    hyp.write_bytes(text)
+    result = runner().invoke(main, ["score", str(hyp), str(hyp)])
+    assert result.exit_code == 0, result.stderr

@@ -344,6 +344,30 @@ def test_norm_and_scale_normalizes_by_tokens_and_clips():
     assert norm_and_scale(g, tokens=10, clip_norm=0.0) == pytest.approx((2.0, 10.0))  # off: divide by tokens only
 
 
+def test_a_config_json_is_read_with_the_types_of_its_fields(tmp_path):
+    """A hand edit of a list ("adam_betas": ["0.9", 0.98]) reached a traceback later, as a string for a number
+    did; an int in a float field, a null in an optional one and a list for a tuple are what older files hold."""
+    from async_nmt.config import CorpusInfo, ModelConfig, RunConfig, TrainConfig, load_json, save_json
+
+    path = tmp_path / "config.json"
+    save_json(RunConfig(TrainConfig(), ModelConfig(), CorpusInfo()), path)
+    base = json.loads(path.read_text())
+    for train, said in (
+        ({"adam_betas": ["0.9", 0.98]}, "adam_betas is ['0.9', 0.98], not of type tuple[float, float]"),
+        ({"adam_betas": [0.9]}, "adam_betas is [0.9], not of type"),
+        ({"worker_speeds": ["fast"]}, "worker_speeds is ['fast'], not of type list[float]"),
+        ({"max_tokens": 512.0}, "max_tokens is 512.0, not of type int"),
+    ):
+        path.write_text(json.dumps({**base, "train": {**base["train"], **train}}))
+        with pytest.raises(UserError, match=re.escape(said)):
+            load_json(RunConfig, path)
+    path.write_text(json.dumps({**base, "train": {**base["train"], "lr": 1, "dropout": None, "devices": []}}))
+    assert load_json(RunConfig, path).train.lr == 1
+    path.write_text("null")
+    with pytest.raises(UserError, match="a JSON null, not an object"):
+        load_json(RunConfig, path)
+
+
 def test_event_log_truncates_to_a_checkpoint(tmp_path):
     path = tmp_path / "events.jsonl"
     log = EventLog(path)
@@ -365,7 +389,9 @@ def test_a_log_is_cut_for_a_resume_only_when_the_lines_it_keeps_are_whole(tmp_pa
     lines = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(5)]
     lines[1] = '{"kind": "tra\n'
     path.write_text("".join(lines), encoding="utf-8")
-    with pytest.raises(UserError, match=r"events\.jsonl:2: not a JSON event \(Unterminated string starting at, "):
+    with pytest.raises(
+        UserError, match=r"events\.jsonl:2: not a JSON event \(Unterminated string starting at: column "
+    ):
         truncate_events(path, 3)
     assert path.read_text(encoding="utf-8") == "".join(lines)  # untouched
     lines[1] = json.dumps({"kind": "train", "updates": 1}) + "\n"

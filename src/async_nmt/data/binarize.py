@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -32,18 +32,14 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from async_nmt.config import MANIFEST, run_folder_in
+from async_nmt.config import MANIFEST, SPLITS, SPM_PREFIX, corpus_files, corpus_languages, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
-from async_nmt.errors import UserError, check_line_ends, reason
+from async_nmt.errors import UserError, check_line_ends, lone_returns, reason
 
-SPLITS = ("train", "valid", "test")
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
 SPLIT_KEYS = ("sentences", "src_tokens", "tgt_tokens")  # what training reads of each split's counts
-# the names of what preprocess writes into BIN (--force deletes only a folder of these)
-WRITTEN = re.compile(r"manifest\.json|spm\.(model|vocab)|(train|valid|test)\.[^./]+(\.(ids|offsets)\.npy)?")
 LONG_SIDE = 255  # tokens: the longest side that fits the presets' 256 positions with its eos
-SPM_PREFIX = "spm"
 
 
 def preprocess(
@@ -88,27 +84,35 @@ def preprocess(
                             "a new or empty folder")  # fmt: skip
         if not force:
             raise UserError(f"{bin_dir} exists; use --force to overwrite")
-        if others := sorted(p.name for p in bin_dir.iterdir() if not WRITTEN.fullmatch(p.name) or p.is_dir()):
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise UserError(f"{bin_dir}: holds what preprocess did not write ({shown}), which --force would delete; "
-                            "move it out, or preprocess into another folder")  # fmt: skip
     if max_len < 1 or not max_ratio >= 1:  # (nan is not >= 1)
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
     if math.isinf(max_ratio):  # (manifest.json would hold Infinity, which JSON has not)
         raise UserError(f"--max-ratio must be a finite number (got {max_ratio}); one above --max-len keeps every pair")
     src, tgt = _languages(raw_dir, src, tgt)
+    if force and (bin_dir / MANIFEST).is_file():  # --force deletes only what preprocess wrote there
+        ours = corpus_files({src, tgt} | (corpus_languages(bin_dir) or set()))
+        if others := sorted(p.name for p in bin_dir.iterdir() if p.name not in ours or p.is_dir()):
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"{bin_dir}: holds what preprocess did not write ({shown}), which --force would delete; "
+                            "move it out, or preprocess into another folder")  # fmt: skip
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
     checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
     counts = {s: lines for s, (lines, _) in checked.items()}
 
     # where the files go: a symbolic link's target (a link to scratch storage stays one), `.` by its name
     target = bin_dir.resolve()
-    if force and target.is_dir() and any(target.iterdir()) and target in (Path.cwd(), *Path.cwd().parents):
+    into = target.is_dir() and not any(target.iterdir())  # an empty folder that exists: it gets the files
+    try:
+        here: Path | None = Path.cwd()
+    except FileNotFoundError:  # (a shell in a folder since deleted: no current folder to keep)
+        here = None
+    if force and not into and here is not None and target in (here, *here.parents):
         raise UserError(f"{bin_dir}: the current folder (or one above it), which --force would replace under "
                         "this shell; run from elsewhere")  # fmt: skip
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        # (made in the empty folder itself: the same file system where it is a mount point, no rights on its parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target if into else target.parent))
     except OSError as err:
         file = next((up for up in bin_dir.parents if up.exists() and not up.is_dir()), None)
         why = f"{file} is a file, not a folder" if file is not None else err.strerror or str(err)
@@ -267,14 +271,15 @@ def _check_text(path: Path) -> tuple[int, int]:
     blank lines only, or has its lines ended by a carriage return alone (read as one long line)."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    n = longest = returns = 0
+    n = longest = returns = newlines = 0
     text = False  # a line with more than white space seen
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):  # noqa: B007 (n is the count afterwards)
                 decoded = line.decode("utf-8")
                 longest = max(longest, len(line))
-                returns += line.count(b"\r") - line.endswith(b"\r\n")
+                returns += lone_returns(line)
+                newlines += line.endswith(b"\n")
                 text = text or bool(decoded.replace("\ufeff", "").strip())
     except UnicodeDecodeError as err:  # (the byte counted from 1, as `cut -b` counts)
         with open(path, "rb") as f:
@@ -285,7 +290,7 @@ def _check_text(path: Path) -> tuple[int, int]:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:
         raise UserError(f"{path}: empty file")
-    check_line_ends(str(path), n, returns)  # old Mac line ends: a corpus of one line (a valid or test split)
+    check_line_ends(str(path), n, newlines, returns)  # old Mac line ends: a corpus of one line (a valid or test split)
     if not text:
         raise UserError(f"{path}: all {n:,} lines are blank")
     return n, longest
@@ -349,14 +354,18 @@ def _encode_split(
 
 def _replace_dir(tmp: Path, bin_dir: Path) -> None:
     """Move the finished `tmp` to `bin_dir`, replacing an old `bin_dir` only now, whose mode it takes (a
-    new one: the umask's, where mkdtemp's 0700 kept a shared corpus from the user's group). An empty folder
-    that exists gets the files, and stays the folder it was (its mode, group, a shell's current folder)."""
-    if bin_dir.is_dir() and not any(bin_dir.iterdir()):
+    new one: the umask's and its parent's setgid bit, where mkdtemp's 0700 kept a shared corpus from the
+    user's group). An empty folder that existed, in which `tmp` was made, gets the files, and stays the
+    folder it was (its mode, group, mount, a shell's current folder)."""
+    if tmp.parent == bin_dir:
+        if others := sorted(p.name for p in bin_dir.iterdir() if p != tmp):
+            raise UserError(f"{bin_dir}: {others[0]} appeared in it meanwhile (another preprocess?); nothing was "
+                            "written")  # fmt: skip
         names = sorted(os.listdir(tmp), key=lambda name: name == MANIFEST)  # the manifest last: a whole corpus
         try:
             for name in names:
                 os.replace(tmp / name, bin_dir / name)
-        except OSError:
+        except BaseException:  # (Ctrl-C too: a corpus without its manifest, which --force then refused)
             for name in names:
                 (bin_dir / name).unlink(missing_ok=True)
             raise
@@ -367,7 +376,7 @@ def _replace_dir(tmp: Path, bin_dir: Path) -> None:
     else:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask | os.stat(tmp).st_mode & stat.S_ISGID)
     old = None
     if bin_dir.exists():
         old = bin_dir.with_name(f".{bin_dir.name}.old-{os.getpid()}")
@@ -411,7 +420,7 @@ def _splits_problem(splits: Any) -> str | None:
             return f"split {name} is not an object"
         for key in SPLIT_KEYS:
             if not isinstance(counts.get(key), int) or isinstance(counts[key], bool) or counts[key] < 0:
-                return f"split {name} has no count {key}"
+                return f"split {name}'s {key} is not a count"
     return None
 
 
@@ -485,15 +494,21 @@ class ParallelSplit:
         return len(self.src)
 
 
-def load_split(bin_dir: Path, split: str) -> ParallelSplit:
-    """The token arrays of one split, both sides (UserError if the split is not there)."""
+def load_split(bin_dir: Path, split: str, checked: bool = True) -> ParallelSplit:
+    """The token arrays of one split, both sides (UserError if the split is not there); `checked`: their
+    ids against the vocabulary too (`TokenArray`; a pass over them, which a second reader of the same BIN
+    may skip)."""
     bin_dir = Path(bin_dir)
     manifest = load_manifest(bin_dir)
     if split not in manifest["splits"]:
         have = ", ".join(manifest["splits"]) or "none"
         raise UserError(f"{bin_dir}: has no {split} split (it has: {have}); add RAW/{split}.* and preprocess again")
     src, tgt = (
-        TokenArray(bin_dir / f"{split}.{x}.ids.npy", bin_dir / f"{split}.{x}.offsets.npy", manifest["vocab_size"])
+        TokenArray(
+            bin_dir / f"{split}.{x}.ids.npy",
+            bin_dir / f"{split}.{x}.offsets.npy",
+            manifest["vocab_size"] if checked else None,
+        )  # fmt: skip
         for x in (manifest["src"], manifest["tgt"])
     )
     if len(src) != len(tgt):

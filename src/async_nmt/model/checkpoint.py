@@ -23,7 +23,17 @@ import sentencepiece as spm
 import torch
 from torch.nn.utils import vector_to_parameters
 
-from async_nmt.config import LOCK_NAME, MANIFEST, RUN_MARKS, VOCAB_NAME, ModelConfig, from_dict, is_run_folder
+from async_nmt.config import (
+    LOCK_NAME,
+    MANIFEST,
+    RUN_MARKS,
+    VOCAB_NAME,
+    ModelConfig,
+    corpus_files,
+    corpus_languages,
+    from_dict,
+    is_run_folder,
+)
 from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
 
@@ -95,7 +105,13 @@ def check_not_a_run_file(path: Path, run_dir: Path, what: str, never: str = "nev
     folder = path.parent.resolve()  # (a symbolic link at `path` is replaced, not what it points to)
     if path.name in (*RUN_MARKS, LOCK_NAME, VOCAB_NAME) and is_run_folder(folder):
         raise UserError(f"{path}: a file of the run {path.parent} ({never}); write {what} elsewhere")
-    if (folder / MANIFEST).is_file() and (folder / path.name).exists():  # (a new file there is the user's)
+    if (
+        (folder / MANIFEST).is_file()
+        and (folder / path.name).exists()
+        and (  # (a new file there is the user's)
+            (languages := corpus_languages(folder)) is None or path.name in corpus_files(languages)
+        )
+    ):
         raise UserError(f"{path}: a file of the preprocessed corpus {path.parent} ({never}); write {what} "
                         "elsewhere")  # fmt: skip
 
@@ -184,9 +200,9 @@ def _check_pickle(path: Path) -> None:
     own). A damaged byte there gave a silently different vocabulary, or a traceback from the model."""
     try:
         with zipfile.ZipFile(path) as archive:
-            entry = next((name for name in archive.namelist() if name.endswith("/data.pkl")), None)
-            if entry is None:  # (not torch.save's layout: torch.load says so)
-                return
+            entry = next((info for info in archive.infolist() if info.filename.endswith("/data.pkl")), None)
+            if entry is None or (entry.CRC == 0 and entry.file_size > 0):  # (not torch.save's layout: torch.load
+                return  # says so; or saved with torch's compute_crc32 off: no checksum to compare)
             with archive.open(entry) as f:
                 while f.read(1 << 20):  # (the CRC is compared at the end)
                     pass

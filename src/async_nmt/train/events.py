@@ -156,7 +156,7 @@ def parse_events(data: bytes, path: Path) -> list[dict[str, Any]]:
             event = json.loads(line.decode("utf-8").rstrip("\r\n"))
             problem = None if isinstance(event, dict) else f"a JSON {type(event).__name__}, not an object"
         except json.JSONDecodeError as err:
-            problem = f"{err.msg}, column {err.colno}"
+            problem = f"{err.msg}: column {err.colno}"
         except UnicodeDecodeError as err:
             problem = f"not UTF-8: {err.reason} at byte {err.start}"
         if problem is None:

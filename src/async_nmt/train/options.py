@@ -262,6 +262,10 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> TrainCon
             return cfg
         print(f"warning: {err}; the run's options are taken from {last}", file=sys.stderr)
         saved = from_dict(TrainConfig, state["train_config"])
+    # an infinite --max-time or --clip-norm, which runs begun before 2026-12-05 may hold (refused since): no
+    # limit and no clipping, as 0 says
+    saved = dataclasses.replace(saved, **{name: 0.0 for name in ("max_time", "clip_norm")
+                                          if math.isinf(getattr(saved, name))})  # fmt: skip
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
     return dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
                                        if f.name not in kept})  # fmt: skip

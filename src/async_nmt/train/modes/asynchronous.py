@@ -109,7 +109,7 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     torch.manual_seed(worker_seed(cfg.seed, worker))
     model, flat = build_model(setup.model_cfg, device, compiled=cfg.compile)  # here, where the compute is
     amp_dtype = amp_dtype_for(cfg.precision, device)
-    split = load_split(Path(cfg.bin_dir), "train")
+    split = load_split(Path(cfg.bin_dir), "train", checked=False)  # (the trainer checked this BIN's arrays)
     stream = BatchStream(
         split, cfg.max_tokens, setup.model_cfg.max_positions, cfg.seed, worker, cfg.workers, cfg.batch_sort
     )
