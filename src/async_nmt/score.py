@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from async_nmt.errors import UserError, check_line_ends, lone_returns
+from async_nmt.errors import UserError, check_line_ends, lone_returns, not_utf8
 
 if TYPE_CHECKING:
     from sacrebleu.metrics import BLEU, CHRF
@@ -24,7 +24,7 @@ def decode_lines(data: bytes, name: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise UserError(f"{name}: line {line} is not valid UTF-8") from None
+        raise not_utf8(name, line, data) from None
     if not text:
         return []
     lines = text.split("\n")

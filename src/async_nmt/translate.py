@@ -21,7 +21,7 @@ from tqdm import tqdm
 from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
-from async_nmt.errors import OutOfMemory, UserError, check_line_ends, lone_returns, sigterm_interrupts
+from async_nmt.errors import OutOfMemory, UserError, check_line_ends, lone_returns, not_utf8, sigterm_interrupts
 from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
@@ -298,7 +298,7 @@ def _regular_file_lines(fd: int, name: str) -> int | None:
             lines.decode("utf-8")
         except UnicodeDecodeError as err:
             number = count + lines.count(b"\n", 0, err.start) + 1
-            raise UserError(f"{name}: line {number} is not valid UTF-8") from None
+            raise not_utf8(name, number, lines if count == 0 else b"") from None
         count += lines.count(b"\n")
         returns += lone_returns(lines)  # (whole lines: no \r\n is cut in two)
         if not block:
@@ -333,7 +333,7 @@ def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> I
                 line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
                 lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
-                raise UserError(f"{name}: line {number} is not valid UTF-8") from None
+                raise not_utf8(name, number, raw if number == 1 else b"") from None
             newlines, returns = newlines + raw.endswith(b"\n"), returns + lone_returns(raw)
             if len(lines) == chunk_size:
                 if not checked:

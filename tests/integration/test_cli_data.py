@@ -131,7 +131,7 @@ def test_non_utf8_line(raw: Path, tmp_path: Path) -> None:
     lines = (raw / "train.src").read_bytes().split(b"\n")
     lines[4] = b"caf\xe9 " + lines[4]
     (raw / "train.src").write_bytes(b"\n".join(lines))
-    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "train.src: line 5 is not UTF-8")
+    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "train.src: line 5 is not valid UTF-8")
     assert "at byte 4)" in line  # counted from 1, as `cut -b` counts ("caf" is bytes 1-3)
 
 
@@ -166,7 +166,7 @@ def test_force_keeps_a_corpus_that_holds_files_of_the_users(raw: Path, tmp_path:
 def test_a_utf16_file_is_named_so(raw: Path, tmp_path: Path) -> None:
     text = (raw / "valid.tgt").read_text(encoding="utf-8")
     (raw / "valid.tgt").write_bytes(text.encode("utf-16"))  # (with its byte order mark, as editors write it)
-    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "valid.tgt: line 1 is not UTF-8")
+    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "valid.tgt: line 1 is not valid UTF-8")
     assert line.endswith("; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)")
 
 

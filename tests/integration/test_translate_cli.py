@@ -473,6 +473,18 @@ def test_a_file_of_lines_ended_by_a_carriage_return_alone_is_refused_before_any_
     assert len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("args", [["-i", "SOURCE"], ["-i", "SOURCE", "--chunk-size", "0"], []])
+def test_a_utf16_source_is_named_so(run_dir: Path, tmp_path: Path, args: list[str]):
+    source = tmp_path / "source.txt"
+    source.write_bytes("ba de\nka\n".encode("utf-16"))
+    args = [str(source) if arg == "SOURCE" else arg for arg in args]
+    result = runner().invoke(main, ["translate", str(run_dir), *args], input=None if args else source.read_bytes())
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().endswith(
+        "line 1 is not valid UTF-8; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)"
+    )
+
+
 @pytest.mark.parametrize("from_file", [True, False])
 def test_a_stray_carriage_return_in_a_last_window_is_text(run_dir: Path, tmp_path: Path, from_file: bool):
     """Each window's line ends were checked alone: a short last window whose line held stray \\r failed the

@@ -94,6 +94,11 @@ def test_lines_split_on_newlines_only(tmp_path: Path):
         ),  # (it was "hyp has 1 lines but ref has 3"; and 100 against itself)  # fmt: skip
         (b"a\r\nb\r\n", b"a\rb\r", "ref: 1 line(s) but 2 carriage returns"),  # (\r\n line ends are taken)
         (b"ok\n\xff\xfe bad\n", b"a\nb\n", "hyp: line 2 is not valid UTF-8"),
+        (
+            "a\nb\n".encode("utf-16"),
+            b"a\nb\n",
+            "hyp: line 1 is not valid UTF-8; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)",
+        ),  # fmt: skip
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, hyp_bytes, ref_bytes, message):

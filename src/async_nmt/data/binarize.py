@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from async_nmt.config import MANIFEST, SPLITS, SPM_PREFIX, corpus_files, corpus_languages, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
-from async_nmt.errors import UserError, check_line_ends, lone_returns, reason
+from async_nmt.errors import UserError, check_line_ends, lone_returns, not_utf8, reason
 
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
@@ -283,9 +283,7 @@ def _check_text(path: Path) -> tuple[int, int]:
                 text = text or bool(decoded.replace("\ufeff", "").strip())
     except UnicodeDecodeError as err:  # (the byte counted from 1, as `cut -b` counts)
         with open(path, "rb") as f:
-            utf16 = f.read(2) in (b"\xff\xfe", b"\xfe\xff")
-        hint = "; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)" if utf16 else ""
-        raise UserError(f"{path}: line {n} is not UTF-8 ({err.reason} at byte {err.start + 1}){hint}") from None
+            raise not_utf8(str(path), n, f.read(2), f"{err.reason} at byte {err.start + 1}") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:
