@@ -110,8 +110,9 @@ def preprocess(
         raise UserError(f"{bin_dir}: the current folder (or one above it), which --force would replace under "
                         "this shell; run from elsewhere")  # fmt: skip
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         # (made in the empty folder itself: the same file system where it is a mount point, no rights on its parent)
+        if not into:
+            target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target if into else target.parent))
     except OSError as err:
         file = next((up for up in bin_dir.parents if up.exists() and not up.is_dir()), None)
@@ -506,7 +507,7 @@ def load_split(bin_dir: Path, split: str, checked: bool = True) -> ParallelSplit
             bin_dir / f"{split}.{x}.ids.npy",
             bin_dir / f"{split}.{x}.offsets.npy",
             manifest["vocab_size"] if checked else None,
-        )  # fmt: skip
+        )
         for x in (manifest["src"], manifest["tgt"])
     )
     if len(src) != len(tgt):

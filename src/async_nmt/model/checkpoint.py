@@ -201,8 +201,9 @@ def _check_pickle(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             entry = next((info for info in archive.infolist() if info.filename.endswith("/data.pkl")), None)
-            if entry is None or (entry.CRC == 0 and entry.file_size > 0):  # (not torch.save's layout: torch.load
-                return  # says so; or saved with torch's compute_crc32 off: no checksum to compare)
+            # none: not torch.save's layout (torch.load says so); a CRC of 0: saved with torch's compute_crc32 off
+            if entry is None or (entry.CRC == 0 and entry.file_size > 0):
+                return
             with archive.open(entry) as f:
                 while f.read(1 << 20):  # (the CRC is compared at the end)
                     pass
