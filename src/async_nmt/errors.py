@@ -5,6 +5,7 @@ scripts/ the same way."""
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -15,7 +16,8 @@ _AT_ONCE = [False]
 # A Ctrl-C or SIGTERM this soon after the last one that counted is the same notice delivered twice: GNU
 # `timeout` sends its signal to the command and then to its process group; a batch scheduler (Slurm's
 # `scancel`, its time limit) signals every process of a job, and torchrun's agent passes its own on to the
-# ranks. A second one counts as a second notice (which stops at once, without a checkpoint) only after this.
+# ranks. A second Ctrl-C counts as a second notice (which stops at once, without a checkpoint) only after
+# this; a SIGTERM after the first notice never does (`new_notice`).
 REPEAT_S = 1.0
 _LAST_NOTICE = [-float("inf")]
 
@@ -118,11 +120,14 @@ def sigterm_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def new_notice() -> bool:
-    """Whether a Ctrl-C or SIGTERM, which came now, is a new notice to stop: not within `REPEAT_S` of the last
-    one that was (the same notice delivered twice)."""
+def new_notice(number: int = signal.SIGINT) -> bool:
+    """Whether a Ctrl-C or SIGTERM (signal `number`), which came now, is a new notice to stop: not within
+    `REPEAT_S` of the last one that was (the same notice delivered twice), and never a SIGTERM after one.
+    The copies of a scheduler's SIGTERM (torchrun's agent's, `timeout`'s) may come seconds apart on a loaded
+    machine, and the second stopped the run at once, unsaved; only a person's second Ctrl-C means that
+    (the scheduler's own SIGKILL comes when its grace is over)."""
     now = time.monotonic()
-    if now - _LAST_NOTICE[0] < REPEAT_S:
+    if now - _LAST_NOTICE[0] < REPEAT_S or (number == signal.SIGTERM and _LAST_NOTICE[0] > -math.inf):
         return False
     _LAST_NOTICE[0] = now
     return True
@@ -133,26 +138,26 @@ def notice_within(seconds: float) -> bool:
     return time.monotonic() - _LAST_NOTICE[0] < seconds
 
 
-def interrupt_handler(_number: int, _frame: object) -> None:
+def interrupt_handler(number: int, _frame: object) -> None:
     """KeyboardInterrupt, as Python's Ctrl-C handler, but for the same notice delivered twice (`new_notice`)."""
-    if new_notice():
+    if new_notice(number):
         raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def held_interrupts(second_stops: bool = False) -> Iterator[list[int]]:
     """Within the block, a Ctrl-C or SIGTERM that would raise KeyboardInterrupt (`interrupts`) is recorded in
-    the list yielded instead (a repeat of the same notice is not); with `second_stops`, a second one raises at
-    once. Python runs handlers in the main thread, whichever thread the kernel hands a signal to, so this
-    holds it for the whole process (a blocked signal mask in one thread held nothing). Elsewhere than in
-    the main thread, nothing is held."""
+    the list yielded instead (a repeat of the same notice is not, nor a SIGTERM after one: `new_notice`); with
+    `second_stops`, a second one raises at once. Python runs handlers in the main thread, whichever thread
+    the kernel hands a signal to, so this holds it for the whole process (a blocked signal mask in one
+    thread held nothing). Elsewhere than in the main thread, nothing is held."""
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
 
     def hold(number: int, _frame: object) -> None:
-        if new_notice():
+        if new_notice(number):
             caught.append(number)
             if second_stops and len(caught) > 1:
                 raise KeyboardInterrupt

@@ -196,7 +196,7 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
     update half applied, a message exchange with a worker half done (that worker then waits for an answer
     that never comes), workers starting. A signal that came meanwhile is raised as KeyboardInterrupt when the
     section ends; with `second_stops`, a second one is raised at once (a section that may wait long; one
-    that repeats the last, `errors.new_notice`, is no second one).
+    that repeats the last, or a SIGTERM, `errors.new_notice`, is no second one).
     If the section raises, its error wins and the signal is dropped: the state may be half changed then,
     and an interrupt would save it. In a thread other than the main one, or where the signals are not
     Ctrl-C's, nothing changes."""
@@ -209,16 +209,16 @@ def uninterrupted(second_stops: bool = False) -> Iterator[None]:
 @contextmanager
 def stop_signals_set(flag: Any, message: str | None) -> Iterator[None]:
     """Within the block, Ctrl-C or SIGTERM sets `flag` (printing `message`, if any) for the code to stop at
-    its next step; a second one raises KeyboardInterrupt at once (only after `errors.REPEAT_S`: one sooner is
-    the same notice, `errors.new_notice`). For torchrun's sync ranks, whose agent
+    its next step; a second Ctrl-C raises KeyboardInterrupt at once (only after `errors.REPEAT_S`: one sooner
+    is the same notice; a SIGTERM never is a second, `errors.new_notice`). For torchrun's sync ranks, whose agent
     passes a node's Ctrl-C or a scheduler's SIGTERM on to them: the ranks agree on it at their next step,
     as spawned ranks do on their supervisor's. In a thread other than the main one, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_signal(_number: int, _frame: Any) -> None:
-        if not new_notice():
+    def on_signal(number: int, _frame: Any) -> None:
+        if not new_notice(number):
             return
         if flag.is_set():
             raise KeyboardInterrupt
