@@ -1136,3 +1136,14 @@ def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: P
                            "cpu,cpu", "--max-updates", "1", "--valid-max-sentences", "3", "--quiet")  # fmt: skip
     assert code == 0, output
     assert "warning: --devices names 2 devices but --workers is 1: only cpu trains; give --workers 2" in output
+
+
+@pytest.mark.parametrize("mode, accum, summed", [("async", "1", ""), ("async-accum", "3", ", the sum of 3 in turn")])
+def test_an_async_mode_with_one_worker_is_warned_of(synthetic_bin: Path, tmp_path: Path, mode, accum, summed):
+    """`--mode async` without `--workers N` trained as sync does, with no word that nothing was asynchronous."""
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices", "cpu",
+                           "--mode", mode, "--accum", accum, "--max-updates", "1", "--valid-max-sentences", "3",
+                           "--quiet")  # fmt: skip
+    assert code == 0, output
+    assert (f"warning: --mode {mode} with one worker trains as sync does (one worker's gradient an update{summed}, "
+            "never stale); give --workers N for N workers") in output  # fmt: skip

@@ -84,6 +84,10 @@ class Trainer:
             print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
                   f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
                   file=sys.stderr)  # fmt: skip
+        elif rank == 0 and torchrun_rank() is None and cfg.workers == 1 and cfg.mode in ("async", "async-accum"):
+            summed = f", the sum of {cfg.accum} in turn" if cfg.accum > 1 else ""
+            print(f"warning: --mode {cfg.mode} with one worker trains as sync does (one worker's gradient an update"
+                  f"{summed}, never stale); give --workers N for N workers", file=sys.stderr)  # fmt: skip
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
