@@ -76,18 +76,7 @@ class Trainer:
                             f"manifest.json says otherwise); run `nmt preprocess` again")  # fmt: skip
         devices = worker_devices(cfg)
         self.device = resolve_device(devices[rank])
-        unused = sorted(set(devices) - {devices[0]}) if cfg.simulate and rank == 0 else []
-        if unused:
-            print(f"warning: --simulate emulates every worker in one process on {devices[0]}; the other "
-                  f"--devices ({', '.join(unused)}) are not used", file=sys.stderr)  # fmt: skip
-        elif rank == 0 and torchrun_rank() is None and len(cfg.devices) > cfg.workers:  # --workers left out?
-            print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
-                  f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
-                  file=sys.stderr)  # fmt: skip
-        elif rank == 0 and torchrun_rank() is None and cfg.workers == 1 and cfg.mode in ("async", "async-accum"):
-            summed = f", the sum of {cfg.accum} in turn" if cfg.accum > 1 else ""
-            print(f"warning: --mode {cfg.mode} with one worker trains as sync does (one worker's gradient an update"
-                  f"{summed}, never stale); give --workers N for N workers", file=sys.stderr)  # fmt: skip
+        self.devices = devices
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
@@ -148,6 +137,7 @@ class Trainer:
                 self._wall_start = time.perf_counter() - wall_s
         if not self.leader:
             return True
+        self._warn_of_setup()  # (once the run is sure to go on: not above a refusal's one line)
         if not resume:  # emptied, not deleted: the lock file in it is what keeps other nmt-trains out
             clear_run_dir(self.run_dir)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
@@ -158,6 +148,23 @@ class Trainer:
             best = state.get("saved_as_best", False)  # (absent from saves before 2026-12)
             self._finish_save(best=best, event=self.events.lines > 0)
         return True
+
+    def _warn_of_setup(self) -> None:
+        """Options that do less than they seem to: devices left unused, an async mode of one worker."""
+        cfg, devices = self.cfg, self.devices
+        if torchrun_rank() is not None:  # (its ranks set the workers; each names its own device)
+            return
+        if unused := sorted(set(devices) - {devices[0]}) if cfg.simulate else []:
+            print(f"warning: --simulate emulates every worker in one process on {devices[0]}; the other "
+                  f"--devices ({', '.join(unused)}) are not used", file=sys.stderr)  # fmt: skip
+        elif len(cfg.devices) > cfg.workers:  # --workers left out?
+            print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
+                  f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
+                  file=sys.stderr)  # fmt: skip
+        elif cfg.workers == 1 and cfg.mode in ("async", "async-accum"):
+            summed = f", the sum of {cfg.accum} in turn" if cfg.accum > 1 else ""
+            print(f"warning: --mode {cfg.mode} with one worker trains as sync does (one worker's gradient an update"
+                  f"{summed}, never stale); give --workers N for N workers", file=sys.stderr)  # fmt: skip
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:
