@@ -97,6 +97,9 @@ class Trainer:
         self.valid_crc32 = self.validator.fingerprint  # the validation sentences, which a resume must keep
         self.tokens = 0
         self.staleness: list[int] = []  # histogram of the pushes since the last `train` event
+        # the pushes since the last `train` event and when they began on the training clock (None: at the start
+        # of `run`); a checkpoint holds them, so that a run killed after it logs them at its next event
+        self.interval, self.interval_start = StepStats(), None
         self.best: dict[str, float] | None = None
         self.last_valid: dict[str, float] | None = None
         self.validated_at: int | None = None
@@ -199,6 +202,14 @@ class Trainer:
             "valid_crc32": self.valid_crc32,
             "validated_at": self.validated_at,
             "event_lines": self.events.lines + 1,  # the checkpoint event that follows belongs to it
+            "log_interval": {
+                "loss": float(self.interval.loss),
+                "nll": float(self.interval.nll),
+                "tokens": self.interval.tokens,
+                "sentences": self.interval.sentences,
+                "start_s": self.interval_start,
+                "staleness": list(self.staleness),
+            },  # fmt: skip
             "saved_as_best": best,
         }
 
@@ -246,6 +257,9 @@ class Trainer:
         # a save that Ctrl-C made during a validation holds an older one (saves before 2026-12-05 lack it:
         # taken as validated, as they were resumed then)
         self.validated_at = state.get("validated_at", self.updates)
+        if (logged := state.get("log_interval")) is not None:  # (saves before 2026-12-05 lack it)
+            self.interval = StepStats(logged["loss"], logged["nll"], logged["tokens"], logged["sentences"])
+            self.interval_start, self.staleness = logged["start_s"], list(logged["staleness"])
         return state
 
     def save(self, best: bool = False) -> None:
@@ -446,7 +460,8 @@ class Trainer:
         # where stderr is not a terminal (a log file, a batch job), the bar is off and every `train` event
         # is one line instead, as `\r` redraws would make one endless line of a log
         lines = progress and bar.disable and self.leader
-        interval, interval_start = StepStats(), self.clock.seconds
+        if self.interval_start is None:
+            self.interval_start = self.clock.seconds
         counted = self.updates  # the updates whose pushes the trainer has counted
         try:
             with self.clock.paused():  # starting worker processes is not training (Ctrl-C here saves as below)
@@ -464,10 +479,10 @@ class Trainer:
                 # checkpoint then holds whole updates and the data positions of exactly the batches they
                 # took, the last train event counts them, and a resume goes on as if never stopped
                 with uninterrupted() if self.workers.steps_here else contextlib.nullcontext():
-                    interval.add(self.update())
+                    self.interval.add(self.update())
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
-                    interval.add(self._count(*self.workers.drain()))
+                    self.interval.add(self._count(*self.workers.drain()))
                 counted = self.updates
                 bar.update(counted - before)
                 moved = counted > before  # (pushes that complete no update yet do not validate)
@@ -481,16 +496,16 @@ class Trainer:
                     or (validating and cfg.patience > 0)
                 )
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
-                    self._check_finite(interval)
+                    self._check_finite(self.interval)
                 if logging:
-                    event = self._train_event(interval, interval_start)
+                    event = self._train_event()
                     if lines:
                         bar.write(f"update {self.updates}: loss {event['loss']:.3f}, lr {event['lr']:.2e}, "
                                   f"{event['tok_per_s']:,.0f} tok/s", file=sys.stderr)  # fmt: skip
                     elif self.leader:
                         bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
                                         tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
-                    interval, interval_start, self.staleness = StepStats(), self.clock.seconds, []
+                    self._new_interval()
                 if self.workers.interrupted:
                     break
                 if validating:
@@ -506,7 +521,7 @@ class Trainer:
                 self.validate()
         except KeyboardInterrupt:
             bar.close()
-            return self._stop_interrupted(interval, interval_start)
+            return self._stop_interrupted()
         except TrainingDiverged:
             bar.close()
             with self.clock.paused():
@@ -545,9 +560,14 @@ class Trainer:
             f"training diverged: {what} at update {self.updates}; {kept}. Try a lower --lr, or --clip-norm"
         )
 
-    def _train_event(self, interval: StepStats, interval_start: float) -> dict[str, Any]:
-        """The `train` event of the pushes in `interval`, since `interval_start` on the training clock."""
-        elapsed = max(self.clock.seconds - interval_start, 1e-9)
+    def _new_interval(self) -> None:
+        self.interval, self.interval_start, self.staleness = StepStats(), self.clock.seconds, []
+
+    def _train_event(self) -> dict[str, Any]:
+        """The `train` event of the pushes since the last one (`interval`, from `interval_start` on the training
+        clock)."""
+        interval = self.interval
+        elapsed = max(self.clock.seconds - (self.interval_start or 0.0), 1e-9)
         tokens = max(interval.tokens, 1)
         return self._event(
             "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens, lr=self.server.lr,
@@ -555,14 +575,15 @@ class Trainer:
             **staleness_stats(self.staleness), **self._worker_pushes(),
         )  # fmt: skip
 
-    def _stop_interrupted(self, interval: StepStats, interval_start: float) -> dict[str, Any]:
+    def _stop_interrupted(self) -> dict[str, Any]:
         """Ctrl-C: finish the pushes in flight, log the pushes since the last `train` event, save a
         checkpoint; the end event (`interrupted`), which the caller summarizes before it exits 130."""
         try:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
-                interval.add(self._count(*self.workers.drain()))
-            if interval.tokens:
-                self._train_event(interval, interval_start)
+                self.interval.add(self._count(*self.workers.drain()))
+            if self.interval.tokens:
+                self._train_event()
+                self._new_interval()  # (logged: not again by a resume of the save below)
             self.save()
             summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
                                   converged=False)  # fmt: skip
