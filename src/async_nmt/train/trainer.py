@@ -209,7 +209,7 @@ class Trainer:
                 "sentences": self.interval.sentences,
                 "start_s": self.interval_start,
                 "staleness": list(self.staleness),
-            },  # fmt: skip
+            },
             "saved_as_best": best,
         }
 
