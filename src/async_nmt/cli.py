@@ -273,9 +273,10 @@ def train_main() -> None:
     "--chunk-size",
     type=int,
     default=None,
-    help="Translate and write the input N lines at a time, as it comes (a pipe, a person typing); 0 = all of "
-    "it at once, which holds it all in memory and writes nothing before the end [default: 1 when the input is "
-    "stdin from a terminal, else 10000].",
+    help="Translate and write the input N lines at a time, as it comes: a pipe that pauses for 50 ms has what "
+    "came before translated at once (a script that sends a line and waits for it gets it); 0 = all of it at "
+    "once, which holds it all in memory and writes nothing before the end [default: 1 when the input is stdin "
+    "from a terminal, else 10000].",
 )
 @click.option(
     "--cuda-graphs",

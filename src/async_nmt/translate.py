@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import os
+import select
 import stat
 import sys
 from collections import Counter
@@ -243,6 +244,8 @@ def read_input(path: Path | None) -> list[str]:
 
 
 WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
+PIPE_PAUSE_S = 0.05  # a pipe that gives nothing for this long has paused: what came is translated (fewer lines)
+PIPE_READ = 1 << 16  # bytes read from a pipe at a time (what it holds, on Linux)
 CHECK_BLOCK = 1 << 24  # bytes `checked_lines` reads at a time
 
 
@@ -328,14 +331,16 @@ def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> I
     with stream if from_file else contextlib.nullcontext():
         lines: list[str] = []
         newlines = returns = 0  # so far (a pipe: a regular file was checked whole, `checked_lines`)
-        for number, raw in enumerate(stream, 1):
+        fd = _pipe_fd(stream)
+        pairs = ((raw, True) for raw in stream) if fd is None else _lines_as_they_come(fd)
+        for number, (raw, more) in enumerate(pairs, 1):
             try:
                 line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
                 lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
                 raise not_utf8(name, number, raw if number == 1 else b"") from None
             newlines, returns = newlines + raw.endswith(b"\n"), returns + lone_returns(raw)
-            if len(lines) == chunk_size:
+            if len(lines) == chunk_size or not more:
                 if not checked:
                     check_line_ends(name, number, newlines, returns)
                 yield lines
@@ -344,6 +349,31 @@ def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> I
             if not checked:
                 check_line_ends(name, number, newlines, returns)
             yield lines
+
+
+def _pipe_fd(stream: object) -> int | None:
+    """The file number of `stream` where it is a pipe or a socket (read by `_lines_as_they_come`), else None."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        mode = os.fstat(fd).st_mode
+    except (OSError, AttributeError, io.UnsupportedOperation, ValueError):  # (a stdin without a file number)
+        return None
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+
+def _lines_as_they_come(fd: int) -> Iterator[tuple[bytes, bool]]:
+    """The lines of the pipe `fd` (with their newline; the last may have none), each with whether another
+    follows at once: False where the writer pauses (nothing more comes within `PIPE_PAUSE_S`), so that what
+    has come is translated and written then, not when the window fills or the pipe closes. (A script that
+    sends a line and waits for its translation waited for ever: a pipe's lines were translated 10,000 at a
+    time.) A pipe that a fast writer keeps full (`cat FILE |`) still gives whole windows."""
+    rest = b""
+    while data := os.read(fd, PIPE_READ):
+        *complete, rest = (rest + data).split(b"\n")
+        for i, line in enumerate(complete, 1):
+            yield line + b"\n", i < len(complete) or bool(select.select([fd], [], [], PIPE_PAUSE_S)[0])
+    if rest:
+        yield rest, False
 
 
 class ReaderGone(Exception):

@@ -341,14 +341,16 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path, chunk_s
     assert read == LINES
 
 
-def test_a_chunk_is_written_before_the_input_ends(run_dir: Path):
-    """With --chunk-size 1 each line's translation comes out as soon as it is read, as from a person
-    typing or a pipe that stays open (it used to wait for the end of stdin)."""
+@pytest.mark.parametrize("chunk", [["--chunk-size", "1"], [], ["--chunk-size", "3"]])
+def test_a_chunk_is_written_before_the_input_ends(run_dir: Path, chunk: list[str]):
+    """Each line's translation comes out as soon as it is read where the pipe then pauses, as from a script
+    that sends a line and waits for it: with --chunk-size 1 (it used to wait for the end of stdin), and
+    with the default window or any other (they used to wait until it filled)."""
     import select
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1", "--device", "cpu",
-         "--chunk-size", "1"],
+         *chunk],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -362,6 +364,25 @@ def test_a_chunk_is_written_before_the_input_ends(run_dir: Path):
         assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
     finally:
         proc.kill()
+
+
+def test_a_pipe_gives_its_lines_in_whole_windows_while_it_keeps_up():
+    """Lines that come together are read as one window (False only where the pipe then pauses), a
+    pause ends one, and a last line without a newline is kept."""
+    read, write = os.pipe()
+    try:
+        os.write(write, b"ba de\nka\ngi\n")
+        lines = translate._lines_as_they_come(read)
+        assert [next(lines) for _ in range(3)] == [(b"ba de\n", True), (b"ka\n", True), (b"gi\n", False)]
+        os.write(write, b"mu\nlo")
+        assert next(lines) == (b"mu\n", False)
+        os.close(write)
+        write = -1
+        assert list(lines) == [(b"lo", False)]
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
 
 
 def test_sigterm_leaves_the_output_file_as_it_was_and_no_temporary_file(run_dir: Path, tmp_path: Path):
