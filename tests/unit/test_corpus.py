@@ -118,6 +118,59 @@ def test_existing_files_need_force(cache: Path, tmp_path: Path) -> None:
     assert (out / "valid.en").read_text() != "mine\n"
 
 
+def test_a_ctrl_c_while_the_files_are_written_leaves_all_of_them_or_none(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corpus is written whole or not at all: a Ctrl-C between two of its files left a corpus without its
+    test split, which `preprocess` then took as whole."""
+    import signal
+
+    made = []
+
+    def interrupted_at_the_fourth(path: Path) -> Path:
+        made.append(path)
+        if len(made) == 4:
+            raise KeyboardInterrupt
+        return path.with_name(f".{path.name}.tmp")
+
+    monkeypatch.setattr(corpus, "temporary_beside", interrupted_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        get_corpus("bible-de-en", tmp_path / "none", heldout=5)
+    assert list((tmp_path / "none").iterdir()) == []  # neither the three written before, nor their temporaries
+
+    replace = corpus.os.replace
+    moved = []
+
+    def signalled_at_the_first(src: Path, dst: Path) -> None:
+        if not moved:
+            signal.raise_signal(signal.SIGINT)  # (Python's handler runs here, before the next instruction)
+        moved.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(corpus, "temporary_beside", lambda path: path.with_name(f".{path.name}.tmp"))
+    monkeypatch.setattr(corpus.os, "replace", signalled_at_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        get_corpus("bible-de-en", tmp_path / "all", heldout=5)
+    monkeypatch.setattr(corpus.os, "replace", replace)
+    names = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert names == sorted(f"{split}.{lang}" for split in ("train", "valid", "test") for lang in ("de", "en"))
+
+
+def test_targets_that_cannot_take_the_corpus_are_named(cache: Path, tmp_path: Path) -> None:
+    """A broken link, a folder where a file goes, another corpus's language: one line each, naming them
+    (a broken link was "File exists", a folder was named by its temporary file's name)."""
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere" / "deep")
+    with pytest.raises(UserError, match=r"link: a symbolic link to .*nowhere/deep, which does not exist"):
+        get_corpus("bible-de-en", tmp_path / "link", heldout=5)
+    (tmp_path / "raw" / "test.en").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"raw/test\.en: a folder, where the corpus writes a file"):
+        get_corpus("bible-de-en", tmp_path / "raw", force=True, heldout=5)
+    get_corpus("bible-fr-en", tmp_path / "fr", heldout=5)
+    with pytest.raises(UserError, match=r"fr: holds train\.fr, of another corpus than bible-de-en's de-en"):
+        get_corpus("bible-de-en", tmp_path / "fr", force=True, heldout=5)
+    assert not (tmp_path / "fr" / "train.de").exists()
+
+
 def test_unknown_and_online_only(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown corpus 'nope'.*bible-de-en") as raised:
         get_corpus("nope", tmp_path)
