@@ -424,8 +424,10 @@ def score(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Folder (made if missing) to write bleu_over_time.png, valid_loss.png and report.md into.",
+    help="Folder (made if missing) to write bleu_over_time.png, valid_loss.png and report.md into; files of "
+    "those names that an earlier nmt report wrote are replaced, others only with --force.",
 )
+@click.option("--force", is_flag=True, help="With --out: replace those files even where nmt report did not write them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option(
     "--link-gbps",
@@ -442,6 +444,7 @@ def report(
     baseline: Path | None,
     x: str,
     out: Path | None,
+    force: bool,
     as_json: bool,
     link_gbps: float | None,
 ) -> None:
@@ -454,7 +457,7 @@ def report(
 
     with results_on_stdout() if out is None else contextlib.nullcontext():  # (with --out it is in its files)
         report_command(list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json,
-                       link_gbps=link_gbps)  # fmt: skip
+                       link_gbps=link_gbps, force=force)  # fmt: skip
 
 
 if __name__ == "__main__":

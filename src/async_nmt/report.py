@@ -477,7 +477,7 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": MARK})
 
 
 def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
@@ -491,16 +491,40 @@ def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(runs: list[Run], report: dict[str, Any], out: Path, notes: Sequence[str] = ()) -> list[Path]:
+MARK = "async-nmt report"  # the plots' PNG "Software" text: `nmt report` wrote them
+HEADING = "# Training report"  # report.md's first line
+
+
+def written_by_report(path: Path) -> bool:
+    """Whether `path` is a file that `nmt report` wrote: report.md by its first line, a plot by its mark
+    (or, written before the mark, by matplotlib's, beside such a report.md)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if path.suffix == ".md":
+        return head.startswith(HEADING.encode() + b"\n")
+    marked = MARK.encode() in head
+    return marked or (b"Matplotlib" in head and written_by_report(path.with_name("report.md")))
+
+
+def write_report(
+    runs: list[Run], report: dict[str, Any], out: Path, notes: Sequence[str] = (), force: bool = False
+) -> list[Path]:
     """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md (with the warning lines `notes`); returns
     their paths. A file that cannot be written (a folder of its name, read-only, a full disk) is an error naming
-    it, and is not left half-written."""
-    out.mkdir(parents=True, exist_ok=True)
+    it, and is not left half-written; one that `nmt report` did not write is replaced only with `force`."""
     x = report["x"]
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
+    if not force:  # (a user's own report.md was replaced without a word)
+        for path in (bleu_png, loss_png, markdown):
+            if path.is_file() and not written_by_report(path):
+                raise UserError(f"{path}: not written by nmt report; use --force to replace it, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
     running = any(not row["finished"] for row in report["runs"])
     text = (
-        f"# Training report\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
+        f"{HEADING}\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
         + "".join(f"- {shown(line)}\n" for line in notes)
         + ("\n" if notes else "")
         + markdown_table(report)
@@ -533,9 +557,11 @@ def report_command(
     out: Path | None = None,
     as_json: bool = False,
     link_gbps: float | None = None,
+    force: bool = False,
 ) -> None:
-    """`nmt report`: the table (or --json) of the runs in `paths`, and with `out` the plots and report.md;
-    with `link_gbps`, the predicted clocks re-priced for that link."""
+    """`nmt report`: the table (or --json) of the runs in `paths`, and with `out` the plots and report.md
+    (`force`: replacing files there that it did not write); with `link_gbps`, the predicted clocks re-priced
+    for that link."""
     if target_bleu is not None and not math.isfinite(target_bleu):
         raise UserError(f"--target-bleu must be a number (got {target_bleu})")
     if target_bleu is not None and target_bleu <= 0:
@@ -568,7 +594,7 @@ def report_command(
     report = build_report(runs, target_bleu, base, x)
     report["link_gbps"] = link_gbps
     notes = warnings(runs, report)
-    written = write_report(runs, report, out, notes) if out is not None else []
+    written = write_report(runs, report, out, notes, force) if out is not None else []
     # after the files, so that a folder that cannot be made is the one line on stderr
     for line in notes:
         click.echo(line, err=True)
@@ -576,5 +602,5 @@ def report_command(
         print(json.dumps(report))
         return
     print_table(report)
-    for path in written:
-        print(f"wrote {path}")
+    for path in written:  # (on stderr, as corpus get and average say what they wrote: stdout is the table)
+        click.echo(f"wrote {path}", err=True)

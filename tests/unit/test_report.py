@@ -589,7 +589,7 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
         (run / "config.json").write_text(json.dumps({"train": {"preset": preset}}))
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("wrote ")]
     assert len(lines) == 2 and "differ in preset" in lines[0] and "best BLEU is 0.00" in lines[1]
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert all(f"- {line}\n" in markdown for line in lines)
@@ -647,8 +647,9 @@ def test_a_target_that_runs_reach_and_the_baseline_does_not_says_why_there_are_n
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--target-bleu", "21.2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     reason = f"the baseline {runs[0]} never reached BLEU 21.20 (its best: 21.00)"
-    assert result.stderr == f"warning: no speedups: {reason}\n"
-    assert f"target BLEU 21.20 (no speedups: {reason})" in result.stdout
+    wrote = "".join(f"wrote {out / name}\n" for name in ("bleu_over_time.png", "valid_loss.png", "report.md"))
+    assert result.stderr == f"warning: no speedups: {reason}\n{wrote}"  # (what it wrote: on stderr, not in the table)
+    assert f"target BLEU 21.20 (no speedups: {reason})" in result.stdout and "wrote" not in result.stdout
     assert f"- warning: no speedups: {reason}\n" in (out / "report.md").read_text(encoding="utf-8")
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--target-bleu", "21.2", "--json"])
     report = json.loads(result.stdout)
@@ -663,8 +664,30 @@ def test_out_writes_nothing_where_one_of_its_files_cannot_be_written(tmp_path: P
     """The plots were written first, then report.md failed: the folder held new pictures beside no report."""
     out = tmp_path / "out"
     (out / "report.md").mkdir(parents=True)
-    (out / "valid_loss.png").write_bytes(b"an earlier report's")
+    (out / "valid_loss.png").write_bytes(b"an earlier async-nmt report's")
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
     assert result.exit_code == 1 and result.output == f"error: {out / 'report.md'}: Is a directory\n"
     assert sorted(p.name for p in out.iterdir()) == ["report.md", "valid_loss.png"]
-    assert (out / "valid_loss.png").read_bytes() == b"an earlier report's"
+    assert (out / "valid_loss.png").read_bytes() == b"an earlier async-nmt report's"
+
+
+def test_out_replaces_its_own_report_but_not_a_users_files_without_force(tmp_path: Path, runs: list[Path]) -> None:
+    """A report.md or plot of that name that `nmt report` did not write is kept and named (a user's notes were
+    replaced without a word); its own report is replaced, and --force replaces the user's."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("my notes\n")
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {out / 'report.md'}: not written by nmt report; use --force to " \
+        "replace it, or another --out"  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"] and (out / "report.md").read_text() == "my notes\n"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text().startswith("# Training report\n")
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])  # its own: replaced
+    assert result.exit_code == 0, result.output
+    (out / "valid_loss.png").write_bytes(b"\x89PNG\r\n\x1a\n a picture of mine")
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 2 and "valid_loss.png: not written by nmt report" in result.output
+    assert (out / "valid_loss.png").read_bytes().endswith(b"a picture of mine")
