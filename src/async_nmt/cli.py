@@ -409,7 +409,8 @@ def score(
     "--baseline",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run the speedups are measured against (default: the first sync run, else the first run); one not "
+    help="Run the speedups are measured against (default: the first sync run that has validated, else the first "
+    "sync run, else the first run); one not "
     "among RUN... becomes the first row.",
 )
 @click.option(

@@ -275,7 +275,8 @@ def build_report(
     worth racing to, `target_bleu` is None and `no_target` says why: no time to target, no speedups; where
     runs reach the target and the baseline does not, `no_speedup` says so."""
     if baseline is None:
-        baseline = next((r for r in runs if r.start.get("mode") == "sync"), runs[0])
+        sync = [r for r in runs if r.start.get("mode") == "sync"]  # (one not validated yet cancelled every target)
+        baseline = next((r for r in sync if r.valid), sync[0] if sync else runs[0])
     no_target = None
     if target_bleu is None and not baseline.valid:
         no_target = f"the baseline {baseline.name} has no validation yet"

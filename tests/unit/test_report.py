@@ -691,3 +691,15 @@ def test_out_replaces_its_own_report_but_not_a_users_files_without_force(tmp_pat
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
     assert result.exit_code == 2 and "valid_loss.png: not written by nmt report" in result.output
     assert (out / "valid_loss.png").read_bytes().endswith(b"a picture of mine")
+
+
+def test_the_default_baseline_is_the_first_sync_run_that_has_validated(tmp_path: Path) -> None:
+    """A sync run given first that has not validated yet cancelled every target and speedup, while another
+    sync run had validated."""
+    fresh = write_run(tmp_path / "fresh", "sync", [], seconds_per_valid=10.0, end=False)
+    sync = write_run(tmp_path / "sync", "sync", [10.0, 20.0], seconds_per_valid=10.0)
+    accum = write_run(tmp_path / "accum", "async-accum", [15.0, 20.0], seconds_per_valid=5.0)
+    report = build_report([load_run(p) for p in (fresh, sync, accum)])
+    assert report["baseline"] == str(sync) and report["target_bleu"] == pytest.approx(19.5)
+    assert [row["speedup"] for row in report["runs"]] == [None, 1.0, 2.0]
+    assert build_report([load_run(fresh), load_run(accum)])["baseline"] == str(fresh)  # the only sync run
