@@ -265,6 +265,7 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
         "to_target": to_target(run, target, x),
         "speedup": None,
         "finished": run.finished,
+        "diverged": run.finished and bool(run.last.get("diverged", False)),  # (its loss: the trainer stopped it)
     }
 
 
@@ -405,13 +406,15 @@ def shown(name: str) -> str:
 
 
 def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells; a missing value is a dash, a run still going is marked with *. A diloco
+    """Headers and formatted cells; a missing value is a dash, a run still going is marked with *, one that
+    diverged says so. A diloco
     run's staleness is the inner steps since the last sync, and its cells say so."""
     cols = columns(report["x"])
     rows = []
     for row in report["runs"]:
         texts = ["-" if row[key] is None else spec.format(row[key]) for _, key, spec in cols]
         texts[0] = shown(row["run"]) + ("" if row["finished"] else " *")
+        texts[0] += " (diverged)" if row.get("diverged") else ""
         if " H=" in row["mode"]:  # diloco or local SGD
             for i, (_, key, _) in enumerate(cols):
                 if key.startswith("staleness") and row[key] is not None:
@@ -600,7 +603,7 @@ def report_command(
     for line in notes:
         click.echo(line, err=True)
     if as_json:
-        print(json.dumps(report))
+        print(json.dumps({**report, "warnings": notes}))  # (they are on stderr too)
         return
     print_table(report)
     for path in written:  # (on stderr, as corpus get and average say what they wrote: stdout is the table)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from async_nmt.cli import main
 from async_nmt.errors import UserError
-from async_nmt.report import build_report, load_run, report_command
+from async_nmt.report import build_report, cells, load_run, report_command
 
 
 def write_run(
@@ -193,8 +193,6 @@ def test_the_mode_says_when_the_lr_was_divided_by_the_staleness(tmp_path: Path) 
 
 
 def test_a_diloco_run_reads_steps_since_the_last_sync_for_staleness(tmp_path: Path) -> None:
-    from async_nmt.report import cells
-
     run = write_run(tmp_path / "diloco", "diloco", [1.0, 2.0], seconds_per_valid=10.0, staleness=[(4.5, 9, [1] * 10)])
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     events[0].update(sync_every=10, outer_lr=1, outer_momentum=0)
@@ -703,3 +701,20 @@ def test_the_default_baseline_is_the_first_sync_run_that_has_validated(tmp_path:
     assert report["baseline"] == str(sync) and report["target_bleu"] == pytest.approx(19.5)
     assert [row["speedup"] for row in report["runs"]] == [None, 1.0, 2.0]
     assert build_report([load_run(fresh), load_run(accum)])["baseline"] == str(fresh)  # the only sync run
+
+
+def test_a_diverged_run_says_so_and_json_holds_the_warnings(tmp_path: Path) -> None:
+    """A run the trainer stopped as diverged looked like any finished run; --json left the warnings out."""
+    sync = write_run(tmp_path / "sync", "sync", [10.0, 20.0], seconds_per_valid=10.0)
+    bad = write_run(tmp_path / "bad", "async", [1.0], seconds_per_valid=10.0)
+    events = (bad / "events.jsonl").read_text().splitlines()
+    end = {**json.loads(events[-1]), "diverged": True}
+    (bad / "events.jsonl").write_text("\n".join([*events[:-1], json.dumps(end)]) + "\n")
+    (sync / "config.json").write_text(json.dumps({"train": {"preset": "micro"}}))
+    (bad / "config.json").write_text(json.dumps({"train": {"preset": "tiny"}}))
+    _, rows = cells(build_report([load_run(sync), load_run(bad)]))
+    assert [row[0] for row in rows] == [str(sync), f"{bad} (diverged)"]
+    result = CliRunner().invoke(main, ["report", str(sync), str(bad), "--json"])
+    report = json.loads(result.stdout)
+    assert [row["diverged"] for row in report["runs"]] == [False, True]
+    assert report["warnings"] == result.stderr.splitlines() and "differ in preset" in report["warnings"][0]
