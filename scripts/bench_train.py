@@ -6,9 +6,10 @@ torch.nn.Transformer with the same shape, torch.optim.Adam and F.cross_entropy o
 (same order, same collation and copies), in the same process and call, for the same S seconds. Prints one
 JSON line: both throughputs in target tokens per second of their own training time (and the product's over
 the whole call: start-up, the closing validation on 100 sentences and the checkpoint; and over the second
-half of its train events, after warm-up and, with --compile, most compilation), their ratio, and the
-model's FLOP rate (6 x parameters per target token, the usual estimate: attention scores are left out) as a
-share of a matmul rate that this bench measures on the device in the training precision.
+half of its train events, after warm-up and, with --compile, most compilation; the bare loop's over the
+second half of its time, and that ratio: run first, the product alone pays the process's warm-up), their
+ratio, and the model's FLOP rate (6 x parameters per target token, the usual estimate: attention scores are
+left out) as a share of a matmul rate that this bench measures on the device in the training precision.
 
 Where the time goes: the line also gives the product loop's milliseconds per update (its training clock
 over its updates) beside each part of that loop timed alone, with the device synchronised after each part,
@@ -76,21 +77,31 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0)
 
 def bare_loop(
     bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device, amp: torch.dtype | None
-) -> tuple[int, float, int]:
-    """Target tokens, seconds and updates of a bare loop over the product's batch stream for cfg.max_time s."""
+) -> tuple[int, float, int, float | None]:
+    """Target tokens, seconds and updates of a bare loop over the product's batch stream for cfg.max_time s,
+    and its rate over the second half of that time (the product's is over the second half of its train
+    events: after warm-up, which the product, run first, pays for the process too), None with under 2
+    updates in it."""
     torch.manual_seed(cfg.seed)
     model = BareTransformer(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
     stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1,
                          cfg.batch_sort)  # fmt: skip
     stream.pin = device.type == "cuda"
-    tokens, updates, start = 0, 0, time.perf_counter()
+    tokens, updates, start, half = 0, 0, time.perf_counter(), None
     while time.perf_counter() - start < cfg.max_time:
         batch = stream.next().to(device)
         bare_step(model, opt, batch, cfg.label_smoothing, amp)
         tokens, updates = tokens + batch.tokens, updates + 1
+        if half is None and time.perf_counter() - start >= cfg.max_time / 2:
+            sync(device)  # (once: the second half starts from a device that has done the first)
+            half = (tokens, updates, time.perf_counter())
     sync(device)
-    return tokens, time.perf_counter() - start, updates
+    end = time.perf_counter()
+    steady = None
+    if half is not None and updates - half[1] >= 2:
+        steady = (tokens - half[0]) / (end - half[2])
+    return tokens, end - start, updates, steady
 
 
 def bare_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, label_smoothing: float,
@@ -203,10 +214,14 @@ def main() -> None:
         assert end is not None
         steady = steady_rate(read_events(Path(tmp) / "run" / "events.jsonl"))
         where = parts(cfg, Path(tmp) / "parts", args.parts_updates)
+    if not end["updates"]:
+        raise UserError(f"no update was finished in --seconds {args.seconds:g}; give more")
     product = end["tokens"] / end["train_s"]
     loop_ms = 1e3 * end["train_s"] / end["updates"]
     where["ms"] = {"loop": round(loop_ms, 2), **where["ms"], "other": round(loop_ms - sum(where["ms"].values()), 2)}
-    bare_tokens, bare_s, bare_updates = bare_loop(args.bin, cfg, mcfg, device, amp)
+    bare_tokens, bare_s, bare_updates, bare_steady = bare_loop(args.bin, cfg, mcfg, device, amp)
+    if not bare_updates:
+        raise UserError(f"the bare loop finished no update in --seconds {args.seconds:g}; give more")
     bare = bare_tokens / bare_s
     params = sum(p.numel() for p in Transformer(mcfg).parameters())
     model_rate = 6 * params * product
@@ -220,7 +235,9 @@ def main() -> None:
         "seconds": args.seconds,
         "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall),
         "tok_per_s_second_half": round(steady) if steady else None, "updates": end["updates"],
-        "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3), "params": params,
+        "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3),
+        "bare_tok_per_s_second_half": round(bare_steady) if bare_steady else None,
+        "ratio_second_half": round(steady / bare_steady, 3) if steady and bare_steady else None, "params": params,
         "model_tflop_per_s": round(model_rate / 1e12, 4), "matmul_tflop_per_s": round(peak / 1e12, 4),
         "share_of_matmul_rate": round(model_rate / peak, 4), "ms_per_update": where["ms"],
         "bare_ms_per_update": round(1e3 * bare_s / bare_updates, 2), "padding": where["padding"],

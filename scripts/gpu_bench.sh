@@ -5,20 +5,25 @@
 # files can be packed, inside the device call. The steps come in the order of what they are worth. Under
 # OUT [gpu-out] it writes one log per step, steps.txt (each step's exit code and seconds) and bench.jsonl
 # (every JSON line the benchmarks printed); with PACK=FILE.tgz it packs OUT into FILE.tgz at the end (a
-# device call brings back 8 files at most). On a lent machine:
-#   OUT=/tmp/gb PACK=$OUT/gb.tgz MODE_BENCHES=1 COMPILE=0 bash scripts/gpu_bench.sh; cp /tmp/gb/*.txt $OUT/
+# device call brings back 8 files at most; PACK first, so that its $OUT is the call's, as OUT= applies after
+# it; a PACK inside OUT is refused). On a lent machine, with the call's timeout_s at least BUDGET + 60:
+#   PACK=$OUT/gb.tgz OUT=/tmp/gb bash scripts/gpu_bench.sh; cp /tmp/gb/*.txt /tmp/gb/bench.jsonl $OUT/
+# and, in a second call if device time is left, issue 8's goal 5 alone (about 4 minutes):
+#   PACK=$OUT/modes.tgz OUT=/tmp/gm ONLY_MODES=1 bash scripts/gpu_bench.sh; cp /tmp/gm/*.txt /tmp/gm/bench.jsonl $OUT/
 #   1. the search and model unit tests and the host-read tests on DEVICE (ASYNC_NMT_TEST_DEVICE); the
 #      worker-process mode tests (TESTS_MODES=1, about 150 s) come last;
 #   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
-#      nn.Transformer loop on demo/bin) for base and big, bench_train.py --compile for base (COMPILE=0: not),
+#      nn.Transformer loop on demo/bin) for base and big, with COMPILE=1 bench_train.py --compile for base,
 #      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
 #      of that model on the test set's first SENTENCES lines (at --max-tokens 16000 and 64000), then `nmt
-#      translate` of the whole test set, greedy, beam 5, greedy with --cuda-graphs, and greedy and beam 5 in
+#      translate` of the test set's first SENTENCES lines, greedy, beam 5, greedy with --cuda-graphs, and greedy and beam 5 in
 #      64000-token batches, each timed from start-up to the last line, and its BLEU;
 #      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch);
-#   4. with MODE_BENCHES=1 (about 4 minutes more), bench_paramserver.py and bench_modes.py (4 workers on cuda:0).
-# A dry run on the CPU checks the script itself:
+#   4. with MODE_BENCHES=1 (about 4 minutes more, past BUDGET after the rest), bench_paramserver.py and
+#      bench_modes.py (4 workers on cuda:0); with ONLY_MODES=1 these alone.
+# steps.txt and translate.jsonl are emptied first: an OUT used again holds this run's results alone. A dry
+# run on the CPU (about 5 minutes on 2 cores) checks the script itself:
 #   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
 # (the shell function `nmt` below serves plain calls; `step` runs commands through `timeout`, which
 # needs a program, so it is given "${NMT[@]}")
@@ -38,9 +43,35 @@ RUN=${RUN:-/tmp/gpu-bench-run}
 TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)
+  mkdir -p "$(dirname "$PACK")"
+  PACK="$(cd "$(dirname "$PACK")" && pwd)/$(basename "$PACK")"
+  case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)"; exit 2 ;; esac
+fi
+: >"$OUT/steps.txt"
+: >"$OUT/translate.jsonl"
 source "$(dirname "$0")/gpu_setup.sh"
 NMT=(python3 -m async_nmt.cli)
 nmt() { "${NMT[@]}" "$@"; }
+pack() {
+  grep -h '^{' "$OUT"/bench_*.log "$OUT"/translate.jsonl >"$OUT/bench.jsonl" 2>/dev/null
+  cat "$OUT/bench.jsonl"
+  if [ -n "${PACK:-}" ]; then
+    if tar czf "$PACK" -C "$(dirname "$OUT")" "$(basename "$OUT")"; then
+      echo "packed $OUT into $PACK"
+    else
+      echo "PACK FAILED: tar could not pack $OUT into $PACK"
+    fi
+  fi
+}
+if [ "${ONLY_MODES:-0}" = 1 ]; then
+  mode_benches
+  pack
+  exit 0
+fi
+# the test set's first SENTENCES lines, which `nmt translate` translates (all of them by default)
+head -n "$SENTENCES" "$BIN/test.de" >"$OUT/source.de"
+head -n "$SENTENCES" "$BIN/test.en" >"$OUT/reference.en"
 
 if [ "$TESTS" = 1 ]; then
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_search 90 python3 -m pytest -q -p no:cacheprovider -rf \
@@ -56,7 +87,7 @@ if [ "${AB:-0}" = 1 ]; then  # the same loop with plain autocast: what the bf16 
   step "bench_train_${PRESETS%% *}_autocast" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" \
     --preset "${PRESETS%% *}" --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS" --plain-autocast
 fi
-if [ "${COMPILE:-1}" = 1 ]; then  # the product loop with --compile (fewer operators for the host to issue)
+if [ "${COMPILE:-0}" = 1 ]; then  # the product loop with --compile (fewer operators for the host to issue)
   step "bench_train_${PRESETS%% *}_compile" $((4 * SECONDS_EACH + 150)) python3 scripts/bench_train.py "$BIN" \
     --preset "${PRESETS%% *}" --device "$DEVICE" --seconds $((2 * SECONDS_EACH)) --max-tokens "$TOKENS" --compile
 fi
@@ -82,11 +113,11 @@ for search in beam1 beam5 beam1-graphs beam1-64k beam5-64k; do
   tokens=$([ "${search#*-}" = 64k ] && echo 64000 || echo 16000)
   start=$(date +%s.%N)
   step "translate_$search" 90 "${NMT[@]}" translate "$RUN" --beam "$beam" $graphs --device "$DEVICE" --max-tokens "$tokens" \
-    -i "$BIN/test.de" -o "$OUT/test-$search.en"
+    -i "$OUT/source.de" -o "$OUT/test-$search.en"
   seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
-  [ "$(wc -l 2>/dev/null <"$OUT/test-$search.en")" = "$(wc -l <"$BIN/test.de")" ] || continue
-  nmt score "$OUT/test-$search.en" "$BIN/test.en" --json >"$OUT/score-$search.json" 2>/dev/null
-  python3 - "$OUT/score-$search.json" "$beam" "$seconds" "$BIN/test.de" "$tokens" "$graphs" <<'EOF' | tee -a "$OUT/translate.jsonl"
+  [ "$(wc -l 2>/dev/null <"$OUT/test-$search.en")" = "$(wc -l <"$OUT/source.de")" ] || continue
+  nmt score "$OUT/test-$search.en" "$OUT/reference.en" --json >"$OUT/score-$search.json" 2>/dev/null
+  python3 - "$OUT/score-$search.json" "$beam" "$seconds" "$OUT/source.de" "$tokens" "$graphs" <<'EOF' | tee -a "$OUT/translate.jsonl"
 import json, sys
 score, beam, seconds, source = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 lines = sum(1 for _ in open(source, encoding="utf-8"))
@@ -96,7 +127,7 @@ print(json.dumps({"bench": "nmt translate", "beam": beam, "max_tokens": int(sys.
 EOF
 done
 # (in bf16 the two may differ on a few near ties: their kernels differ, e.g. attention over a padded cache)
-python3 - "$OUT/test-beam1.en" "$OUT/test-beam1-graphs.en" <<'EOF' | tee "$OUT/graphs-check.txt"
+python3 - "$OUT/test-beam1.en" "$OUT/test-beam1-graphs.en" <<'EOF' 2>&1 | tee "$OUT/graphs-check.txt"
 import sys
 try:
     a, b = (open(path, encoding="utf-8").read().splitlines() for path in sys.argv[1:])
@@ -106,14 +137,10 @@ print(f"greedy outputs with --cuda-graphs: {sum(x != y for x, y in zip(a, b))} o
       + ("" if len(a) == len(b) else f" (and {len(b)} lines against {len(a)})"))
 EOF
 # where the greedy command's wall time goes: start-up stages, first batch, the rest
-step bench_startup 60 python3 scripts/bench_startup.py "$RUN" --input "$BIN/test.de" --device "$DEVICE" --beam 1
+step bench_startup 60 python3 scripts/bench_startup.py "$RUN" --input "$OUT/source.de" --device "$DEVICE" --beam 1
 [ "${MODE_BENCHES:-0}" = 1 ] && mode_benches
 if [ "$TESTS_MODES" = 1 ]; then  # 16 tests: 11 had run after 100 s on an H200 (3 failing, since fixed), 5 more in 50 s
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 160 python3 -m pytest -q -p no:cacheprovider -rf \
     tests/integration/test_modes.py
 fi
-grep -h '^{' "$OUT"/bench_*.log "$OUT"/translate.jsonl >"$OUT/bench.jsonl" 2>/dev/null
-cat "$OUT/bench.jsonl"
-if [ -n "${PACK:-}" ]; then
-  tar czf "$PACK" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed $OUT into $PACK"
-fi
+pack

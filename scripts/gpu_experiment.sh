@@ -15,8 +15,8 @@ MAX_TOKENS=${MAX_TOKENS:-4096}
 MAX_TIME=${MAX_TIME:-75}
 VALID_TOKENS=${VALID_TOKENS:-2000000}
 DEVICE=${DEVICE:-cuda:0}
-export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
+source "$(dirname "$0")/gpu_setup.sh"  # (nmt and nmt-train on a bare machine: they were "command not found")
 for mode in sync async async-accum; do
     case $mode in
         async) per_update=$MAX_TOKENS extra=() ;;

@@ -1,11 +1,15 @@
-# Sourced by the GPU scripts (gpu_checks.sh, gpu_bench.sh) on a machine with PyTorch and no network:
-# installs this checkout without dependencies, puts nmt-train beside python3 (the tests run it), writes
+# Sourced by the GPU scripts (gpu_checks.sh, gpu_bench.sh, gpu_experiment.sh) on a machine with PyTorch and
+# no network: imports this checkout's src/ (PYTHONPATH), installs it without dependencies where no async-nmt
+# is installed (for its metadata: `nmt --version`; an install elsewhere, as a venv's, is left alone: it was
+# re-pointed at this checkout), puts nmt-train and nmt beside python3 (the tests run them), writes
 # the card and the versions to $OUT/gpu.txt, and defines step NAME SECONDS COMMAND... (run with a time
 # limit, log to $OUT/NAME.log, say how it went). Needs OUT set to an existing folder.
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD/src
-python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-  || echo "pip install -e . failed (see install.log)"
+if ! python3 -c "import importlib.metadata as m; m.version('async-nmt')" 2>/dev/null; then
+  python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+    || echo "pip install -e . failed (see install.log)"
+fi
 bin=$(dirname "$(command -v python3)")
 if [ ! -x "$bin/nmt-train" ]; then
   printf '#!/bin/sh\nexec python3 -c "from async_nmt.cli import train_main; train_main()" "$@"\n' >"$bin/nmt-train"

@@ -121,3 +121,18 @@ def test_a_bad_option_or_input_is_one_line_and_exit_code_2_before_any_work(scrip
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: {error}") and done.stderr.count("\n") == 1, done.stderr
     assert done.stdout == ""  # nothing ran (bench_modes: not even its single worker)
+
+
+def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
+    """`OUT=/tmp/gb PACK=$OUT/gb.tgz` (the header's command) packed into OUT itself: tar failed on its own
+    growing file, and a device call brought back none of the results. Refused before any work, and the
+    header now gives PACK first, where $OUT is still the call's."""
+    out = tmp_path / "gb"
+    env = {**ENV, "OUT": str(out), "PACK": str(out / "gb.tgz")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is inside OUT" in result.stdout and sorted(p.name for p in out.iterdir()) == []
+    header = (ROOT / "scripts" / "gpu_bench.sh").read_text().splitlines()
+    commands = [line for line in header if line.startswith("#   ") and "gpu_bench.sh" in line and "PACK=" in line]
+    assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
