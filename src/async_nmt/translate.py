@@ -246,6 +246,7 @@ def read_input(path: Path | None) -> list[str]:
 WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
 PIPE_PAUSE_S = 0.05  # a pipe that gives nothing for this long has paused: what came is translated (fewer lines)
 PIPE_READ = 1 << 16  # bytes read from a pipe at a time (what it holds, on Linux)
+PAUSE = None  # `_lines_as_they_come`: the writer has paused
 CHECK_BLOCK = 1 << 24  # bytes `checked_lines` reads at a time
 
 
@@ -332,15 +333,23 @@ def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> I
         lines: list[str] = []
         newlines = returns = 0  # so far (a pipe: a regular file was checked whole, `checked_lines`)
         fd = _pipe_fd(stream)
-        pairs = ((raw, True) for raw in stream) if fd is None else _lines_as_they_come(fd)
-        for number, (raw, more) in enumerate(pairs, 1):
+        number = 0
+        for raw in iter(stream) if fd is None else _lines_as_they_come(fd):
+            if raw is PAUSE:
+                if lines:
+                    if not checked:
+                        check_line_ends(name, number, newlines, returns)
+                    yield lines
+                    lines = []
+                continue
+            number += 1
             try:
                 line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
                 lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
                 raise not_utf8(name, number, raw if number == 1 else b"") from None
             newlines, returns = newlines + raw.endswith(b"\n"), returns + lone_returns(raw)
-            if len(lines) == chunk_size or not more:
+            if len(lines) == chunk_size:
                 if not checked:
                     check_line_ends(name, number, newlines, returns)
                 yield lines
@@ -361,19 +370,38 @@ def _pipe_fd(stream: object) -> int | None:
     return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
 
 
-def _lines_as_they_come(fd: int) -> Iterator[tuple[bytes, bool]]:
-    """The lines of the pipe `fd` (with their newline; the last may have none), each with whether another
-    follows at once: False where the writer pauses (nothing more comes within `PIPE_PAUSE_S`), so that what
-    has come is translated and written then, not when the window fills or the pipe closes. (A script that
-    sends a line and waits for its translation waited for ever: a pipe's lines were translated 10,000 at a
-    time.) A pipe that a fast writer keeps full (`cat FILE |`) still gives whole windows."""
-    rest = b""
-    while data := os.read(fd, PIPE_READ):
-        *complete, rest = (rest + data).split(b"\n")
-        for i, line in enumerate(complete, 1):
-            yield line + b"\n", i < len(complete) or bool(select.select([fd], [], [], PIPE_PAUSE_S)[0])
-    if rest:
-        yield rest, False
+def _lines_as_they_come(fd: int) -> Iterator[bytes | None]:
+    """The lines of the pipe `fd` (with their newline; the last may have none), and PAUSE (None) where the
+    writer pauses (nothing comes within `PIPE_PAUSE_S`), so that what has come is translated and written
+    then, not when the window fills or the pipe closes. (A script that sends a line and waits for its
+    translation waited for ever: a pipe's lines were translated 10,000 at a time.) A pipe that a fast
+    writer keeps full (`cat FILE |`) gives no pause, and whole windows. A line's pieces are joined once,
+    where it ends."""
+    pieces: list[bytes] = []  # of the line under way
+    while True:
+        if not select.select([fd], [], [], PIPE_PAUSE_S)[0]:
+            yield PAUSE
+        data = _read_waiting(fd)
+        if not data:
+            break
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pieces.append(data[start : end + 1])
+            yield b"".join(pieces)
+            pieces, start = [], end + 1
+        if start < len(data):
+            pieces.append(data[start:])
+    if pieces:
+        yield b"".join(pieces)
+
+
+def _read_waiting(fd: int) -> bytes:
+    """What the pipe `fd` holds (b"" at its end), waiting for it where it is empty, a non-blocking one too."""
+    while True:
+        try:
+            return os.read(fd, PIPE_READ)
+        except BlockingIOError:  # (O_NONBLOCK, set by whoever shares the pipe: "Resource temporarily unavailable")
+            select.select([fd], [], [])
 
 
 class ReaderGone(Exception):
