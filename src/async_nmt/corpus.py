@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -99,37 +100,38 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
         raise UserError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir():  # raw text never goes into a corpus that runs train on, even with --force
         from async_nmt.config import run_folder_in
-        from async_nmt.data.binarize import MANIFEST
+        from async_nmt.data.binarize import MANIFEST, train_languages
 
         if (out_dir / MANIFEST).exists():
             raise UserError(f"{out_dir}: a preprocessed corpus (it has {MANIFEST}), whose text files training "
                             "validates with; get the corpus into another folder, then `nmt preprocess` it")  # fmt: skip
         if (run := run_folder_in(out_dir)) is not None:
             raise UserError(f"{out_dir}: is or holds the training run {run}; get the corpus into another folder")
+        # another corpus's language beside this one's (preprocess's rule): preprocess would find three
+        if others := [f"train.{lang}" for lang in train_languages(out_dir) if lang not in (info.src, info.tgt)]:
+            raise UserError(f"{out_dir}: holds {', '.join(others)}, of another corpus than {name}'s "
+                            f"{info.src}-{info.tgt}; get {name} into another folder (or remove them)")  # fmt: skip
     names = [f"{split}.{lang}" for split in SPLITS for lang in (info.src, info.tgt)]
     for n in names:
         if (out_dir / n).is_dir():
             raise UserError(f"{out_dir / n}: a folder, where the corpus writes a file")
         if not force and (out_dir / n).exists():
             raise UserError(f"{out_dir / n} already exists; use --force to overwrite")
-    if out_dir.is_dir():  # another corpus's language beside this one's: preprocess would find three
-        others = sorted(p.name for p in out_dir.glob("train.*") if p.suffix[1:] not in (info.src, info.tgt))
-        if others:
-            raise UserError(f"{out_dir}: holds {', '.join(others)}, of another corpus than {name}'s "
-                            f"{info.src}-{info.tgt}; get {name} into another folder (or remove them)")  # fmt: skip
     assert info.bibles is not None
     db = bible_db(cache_dir())
     splits = bible_splits(db, *info.bibles, heldout=heldout)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {out_dir / f"{split}.{lang}": [pair[side] for pair in pairs]
              for split, pairs in splits.items() for side, lang in enumerate((info.src, info.tgt))}  # fmt: skip
-    _write_all(texts)
+    interrupted = _write_all(texts)
     counts = {split: len(pairs) for split, pairs in splits.items()}
     click.echo(
         f"{name}: wrote {out_dir} (train {counts['train']}, valid {counts['valid']}, "
         f"test {counts['test']} sentence pairs)",
         err=True,
     )
+    if interrupted:  # (it came as the files went into place: they are all there)
+        raise KeyboardInterrupt
     return counts
 
 
@@ -310,12 +312,14 @@ def bible_splits(db: Path, src: str, tgt: str, heldout: int = HELDOUT_VERSES) ->
     return {split: [(s[k], t[k]) for k in sorted(ks)] for split, ks in assigned.items()}
 
 
-def _write_all(texts: dict[Path, list[str]]) -> None:
-    """Write every file of `texts` (its lines), or none: each into a temporary file beside it first, and
-    then all of them into place at once, a Ctrl-C or SIGTERM meanwhile held until they are (one that came
-    between two files left a corpus without its test split, which `preprocess` took as whole). An error
-    names the file, not its temporary one."""
+def _write_all(texts: dict[Path, list[str]]) -> bool:
+    """Write every file of `texts` (its lines), or none: each into a temporary file beside it first, then all
+    of them into place at once, a Ctrl-C or SIGTERM meanwhile held until they are (one that came between two
+    files left a corpus without its test split, which `preprocess` took as whole); a file that cannot be
+    put into place puts back those before it, as they were. An error names the file, not its temporary one.
+    Returns whether a Ctrl-C or SIGTERM was held (the caller says what it wrote, then stops)."""
     written: list[Path] = []
+    backups: list[Path] = []
     try:
         for path, lines in texts.items():
             written.append(temporary_beside(path))
@@ -325,10 +329,32 @@ def _write_all(texts: dict[Path, list[str]]) -> None:
             except OSError as err:
                 raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         with held_interrupts() as caught:
-            for tmp, path in zip(written, texts, strict=True):
-                os.replace(tmp, path)
-        if caught:
-            raise KeyboardInterrupt
+            placed: list[tuple[Path, Path | None]] = []  # each file put into place, and its old one's backup
+            try:
+                for tmp, path in zip(written, texts, strict=True):
+                    backup = None
+                    if path.exists():
+                        backup = temporary_beside(path).with_suffix(".old")  # (not the new file's temporary)
+                        backups.append(backup)
+                        _link_or_copy(path, backup)
+                    os.replace(tmp, path)
+                    placed.append((path, backup))
+            except OSError as err:
+                for done, backup in reversed(placed):
+                    if backup is None:
+                        done.unlink(missing_ok=True)
+                    else:
+                        os.replace(backup, done)
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        return bool(caught)
     finally:
-        for tmp in written:
+        for tmp in written + backups:
             tmp.unlink(missing_ok=True)
+
+
+def _link_or_copy(path: Path, backup: Path) -> None:
+    """`backup` holds what `path` holds now: a second name for it, or a copy where links cannot be made."""
+    try:
+        os.link(path, backup)
+    except OSError:
+        shutil.copy2(path, backup)

@@ -156,6 +156,33 @@ def test_a_ctrl_c_while_the_files_are_written_leaves_all_of_them_or_none(
     assert names == sorted(f"{split}.{lang}" for split in ("train", "valid", "test") for lang in ("de", "en"))
 
 
+def test_a_file_that_cannot_be_put_into_place_puts_back_the_corpus_as_it_was(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force over a corpus, the fourth file failing as it goes into place: the three before it are put back
+    as they were (they were new, beside the old three: a mixed corpus), and the error names the file."""
+    import errno
+
+    out = tmp_path / "raw"
+    get_corpus("bible-de-en", out, heldout=5)
+    for name in ("train.de", "valid.en"):
+        (out / name).write_text(f"old {name}\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    replace, calls = corpus.os.replace, []
+
+    def fourth_fails(src: Path, dst: Path) -> None:
+        calls.append(dst)
+        if len(calls) == 4:
+            raise OSError(errno.EIO, "Input/output error", str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(corpus.os, "replace", fourth_fails)
+    with pytest.raises(OSError) as raised:
+        get_corpus("bible-de-en", out, force=True, heldout=6)
+    assert raised.value.filename == str(out / "valid.en") and raised.value.strerror == "Input/output error"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no temporary file left
+
+
 def test_targets_that_cannot_take_the_corpus_are_named(cache: Path, tmp_path: Path) -> None:
     """A broken link, a folder where a file goes, another corpus's language: one line each, naming them
     (a broken link was "File exists", a folder was named by its temporary file's name)."""
@@ -169,6 +196,10 @@ def test_targets_that_cannot_take_the_corpus_are_named(cache: Path, tmp_path: Pa
     with pytest.raises(UserError, match=r"fr: holds train\.fr, of another corpus than bible-de-en's de-en"):
         get_corpus("bible-de-en", tmp_path / "fr", force=True, heldout=5)
     assert not (tmp_path / "fr" / "train.de").exists()
+    (tmp_path / "de").mkdir()
+    (tmp_path / "de" / "train.old").mkdir()  # (preprocess takes neither a folder nor train.tok.de as a language)
+    (tmp_path / "de" / "train.tok.de").write_text("ba\n")
+    get_corpus("bible-de-en", tmp_path / "de", heldout=5)
 
 
 def test_unknown_and_online_only(tmp_path: Path) -> None:

@@ -222,9 +222,14 @@ def length_warning(manifest: dict[str, Any], max_positions: int) -> str | None:
     return f"warning: training pairs have sides up to {longest} tokens, longer than the model's {fits} tokens; {advice}"
 
 
-def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, str]:
+def train_languages(raw_dir: Path) -> list[str]:
+    """The language suffixes of the files `train.LANG` in `raw_dir` (not `train.tok.de`, nor a folder), sorted."""
     found = sorted({p.name[len("train.") :] for p in raw_dir.glob("train.*") if p.is_file()})
-    found = [s for s in found if s and "." not in s]
+    return [s for s in found if s and "." not in s]
+
+
+def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, str]:
+    found = train_languages(raw_dir)
     if src and tgt:
         if src == tgt:
             raise UserError(f"--src and --tgt are both {src!r}")
