@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from async_nmt.config import VOCAB_NAME
+from async_nmt.config import VOCAB_NAME, temporary_beside
 from async_nmt.errors import UserError
 from async_nmt.train.events import read_events
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
@@ -481,7 +481,7 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=120, metadata={"Software": MARK})
+    fig.savefig(path, format="png", dpi=120, metadata={"Software": MARK})
 
 
 def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
@@ -496,21 +496,26 @@ def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
 
 
 MARK = "async-nmt report"  # the plots' PNG "Software" text: `nmt report` wrote them
-HEADING = "# Training report"  # report.md's first line
+MD_MARK = "<!-- written by nmt report, which replaces it -->"  # report.md's first line
+HEADING = "# Training report"
 
 
 def written_by_report(path: Path) -> bool:
-    """Whether `path` is a file that `nmt report` wrote: report.md by its first line, a plot by its mark
-    (or, written before the mark, by matplotlib's, beside such a report.md)."""
+    """Whether `path` is a file that `nmt report` wrote: report.md by its first line (written before that
+    mark: by its heading and its link to the plot), a plot by its mark (written before the mark: by
+    matplotlib's, beside such a report.md)."""
+    if not path.is_file():  # (a named pipe would wait for a writer)
+        return False
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
+            head = f.read(1 << 20)
     except OSError:
         return False
     if path.suffix == ".md":
-        return head.startswith(HEADING.encode() + b"\n")
-    marked = MARK.encode() in head
-    return marked or (b"Matplotlib" in head and written_by_report(path.with_name("report.md")))
+        legacy = head.startswith(HEADING.encode() + b"\n") and b"![valid BLEU](bleu_over_time.png)" in head
+        return head.startswith(MD_MARK.encode() + b"\n") or legacy
+    marked = MARK.encode() in head[:4096]
+    return marked or (b"Matplotlib" in head[:4096] and written_by_report(path.with_name("report.md")))
 
 
 def write_report(
@@ -518,38 +523,46 @@ def write_report(
 ) -> list[Path]:
     """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md (with the warning lines `notes`); returns
     their paths. A file that cannot be written (a folder of its name, read-only, a full disk) is an error naming
-    it, and is not left half-written; one that `nmt report` did not write is replaced only with `force`."""
+    it, and leaves the folder as it was: each is written into a temporary file first, and all replace theirs
+    once all are written. One that `nmt report` did not write is replaced only with `force`."""
     x = report["x"]
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
     if not force:  # (a user's own report.md was replaced without a word)
         for path in (bleu_png, loss_png, markdown):
-            if path.is_file() and not written_by_report(path):
+            if (path.exists() or path.is_symlink()) and not path.is_dir() and not written_by_report(path):
                 raise UserError(f"{path}: not written by nmt report; use --force to replace it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     running = any(not row["finished"] for row in report["runs"])
     text = (
-        f"{HEADING}\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
+        f"{MD_MARK}\n{HEADING}\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
         + "".join(f"- {shown(line)}\n" for line in notes)
         + ("\n" if notes else "")
         + markdown_table(report)
         + ("\n\\* not finished: still running, or interrupted (--resume goes on)\n" if running else "")
         + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n"
     )
-    writers = {
-        bleu_png: lambda: plot(runs, "bleu", "valid BLEU", x, bleu_png, target=report["target_bleu"]),
-        loss_png: lambda: plot(runs, "valid_loss", "valid loss (nats/token)", x, loss_png),
-        markdown: lambda: markdown.write_text(text, encoding="utf-8"),
+    writers: dict[Path, Callable[[Path], None]] = {
+        bleu_png: lambda to: plot(runs, "bleu", "valid BLEU", x, to, target=report["target_bleu"]),
+        loss_png: lambda to: plot(runs, "valid_loss", "valid loss (nats/token)", x, to),
+        markdown: lambda to: to.write_text(text, encoding="utf-8"),
     }
     for path in writers:  # each before any is written: one that cannot be leaves the folder as it was
-        if path.is_dir() or not os.access(path if path.exists() else out, os.W_OK):
+        if path.is_dir() or not os.access(out, os.W_OK):
             code = errno.EISDIR if path.is_dir() else errno.EACCES
             raise OSError(code, os.strerror(code), str(path))
-    for path, write in writers.items():
-        try:
-            write()
-        except OSError as err:
-            path.unlink(missing_ok=True)
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+    temporaries: list[Path] = []
+    try:
+        for path, write in writers.items():
+            temporaries.append(temporary_beside(path))
+            try:
+                write(temporaries[-1])
+            except OSError as err:
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        for tmp, path in zip(temporaries, writers, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
     return list(writers)
 
 
@@ -573,6 +586,8 @@ def report_command(
     if link_gbps is not None and x != "predicted":
         raise UserError(f"--link-gbps re-prices the predicted clock of --simulate runs; use it with --x predicted "
                         f"(the x axis is {x})")  # fmt: skip
+    if force and out is None:
+        raise UserError("--force replaces files in the --out folder; give --out")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
     runs: list[Run] = []

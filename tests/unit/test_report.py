@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -682,9 +683,22 @@ def test_out_replaces_its_own_report_but_not_a_users_files_without_force(tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["report.md"] and (out / "report.md").read_text() == "my notes\n"
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out), "--force"])
     assert result.exit_code == 0, result.output
-    assert (out / "report.md").read_text().startswith("# Training report\n")
+    assert (out / "report.md").read_text().startswith("<!-- written by nmt report, which replaces it -->\n")
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])  # its own: replaced
     assert result.exit_code == 0, result.output
+    legacy = "# Training report\n\nnotes\n\n![valid BLEU](bleu_over_time.png)\n"  # (written before its mark)
+    for text, replaced in (("# Training report\n\nmy own notes, under a common title\n", False), (legacy, True)):
+        (out / "report.md").write_text(text)
+        result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+        assert result.exit_code == (0 if replaced else 2), result.output
+        assert ((out / "report.md").read_text() == text) is not replaced
+    (out / "report.md").unlink()
+    os.mkfifo(out / "report.md")  # (it waited for a reader, for ever)
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 2 and "report.md: not written by nmt report" in result.output
+    (out / "report.md").unlink()
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--force"])
+    assert result.exit_code == 2 and "give --out" in result.output
     (out / "valid_loss.png").write_bytes(b"\x89PNG\r\n\x1a\n a picture of mine")
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
     assert result.exit_code == 2 and "valid_loss.png: not written by nmt report" in result.output
