@@ -22,7 +22,7 @@
 #      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch);
 #   4. with MODE_BENCHES=1 (about 4 minutes more, past BUDGET after the rest), bench_paramserver.py and
 #      bench_modes.py (4 workers on cuda:0); with ONLY_MODES=1 these alone.
-# steps.txt and translate.jsonl are emptied first: an OUT used again holds this run's results alone. A dry
+# An OUT used again holds this run's results alone: the earlier ones' logs and outputs are removed first. A dry
 # run on the CPU (about 5 minutes on 2 cores) checks the script itself:
 #   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
 # (the shell function `nmt` below serves plain calls; `step` runs commands through `timeout`, which
@@ -42,12 +42,15 @@ BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
 TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd -P)
 if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)
   mkdir -p "$(dirname "$PACK")"
-  PACK="$(cd "$(dirname "$PACK")" && pwd)/$(basename "$PACK")"
+  PACK="$(cd "$(dirname "$PACK")" && pwd -P)/$(basename "$PACK")"
   case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)"; exit 2 ;; esac
 fi
+# an OUT used before: its results go, so that none of them passes for this run's (a skipped step's)
+rm -f "$OUT"/*.log "$OUT"/test-*.en "$OUT"/score-*.json "$OUT"/graphs-check.txt "$OUT"/bench.jsonl \
+  "$OUT"/train-events.jsonl
 : >"$OUT/steps.txt"
 : >"$OUT/translate.jsonl"
 source "$(dirname "$0")/gpu_setup.sh"

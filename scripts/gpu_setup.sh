@@ -19,8 +19,8 @@ if [ ! -x "$bin/nmt" ]; then
   printf '#!/bin/sh\nexec python3 -m async_nmt.cli "$@"\n' >"$bin/nmt"
   chmod +x "$bin/nmt"
 fi
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if command -v nvidia-smi >/dev/null; then  # (|| true: under set -e, as gpu_experiment.sh runs, no reason to stop)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
 fi
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
