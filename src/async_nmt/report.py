@@ -265,7 +265,7 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
         "to_target": to_target(run, target, x),
         "speedup": None,
         "finished": run.finished,
-        "diverged": run.finished and bool(run.last.get("diverged", False)),  # (its loss: the trainer stopped it)
+        "diverged": run.finished and bool(run.last.get("diverged", False)),  # (the trainer stopped it for its loss)
     }
 
 
@@ -407,8 +407,7 @@ def shown(name: str) -> str:
 
 def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells; a missing value is a dash, a run still going is marked with *, one that
-    diverged says so. A diloco
-    run's staleness is the inner steps since the last sync, and its cells say so."""
+    diverged says so. A diloco run's staleness is the inner steps since the last sync, and its cells say so."""
     cols = columns(report["x"])
     rows = []
     for row in report["runs"]:
