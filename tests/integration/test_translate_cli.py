@@ -20,7 +20,9 @@ from async_nmt import translate
 from async_nmt.cli import main
 from async_nmt.config import EOS_ID, PAD_ID, ModelConfig
 from async_nmt.data.vocab import load_vocab, train_vocab
+from async_nmt.devices import amp_dtype_for
 from async_nmt.errors import UserError
+from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
 from async_nmt.translate import translate_lines
 
@@ -171,7 +173,9 @@ def test_translate_cli_stdin_to_stdout(run_dir: Path, sp):
     result = runner().invoke(main, ["translate", str(run_dir), "--beam", "2", "--device", "cpu"], input=text)
     assert result.exit_code == 0, result.stderr
     model, vocab = load_model(run_dir, "best", "cpu")
-    assert result.stdout.split("\n")[:-1] == translate_lines(model, vocab, LINES, beam=2)
+    amp = amp_dtype_for("auto", torch.device("cpu"))  # (as the command's default; bf16 and fp32 may differ)
+    cast_for_search(model, amp)
+    assert result.stdout.split("\n")[:-1] == translate_lines(model, vocab, LINES, beam=2, amp_dtype=amp)
     assert result.stdout.count("\n") == len(LINES) and result.stdout.strip()
 
 

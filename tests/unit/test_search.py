@@ -106,17 +106,12 @@ def test_batched_search_equals_one_sentence_at_a_time():
 
 
 def sequence_score(model: Transformer, src: torch.Tensor, ids: list[int], limit: int) -> float:
-    """Sum of log-probs of ids + [eos] under the same rules as search (no pad/bos; no eos first unless
-    the limit is 0; eos forced at limit)."""
+    """Sum of the model's log-probs of ids + [eos], as fairseq scores a hypothesis: the rules (no pad or
+    bos; no eos first unless the limit is 0; only eos at the limit) say which hypotheses may be, not what
+    they score. (This oracle once masked before normalizing, as the search did: a forced eos scored 0.)"""
     prev = torch.tensor([[BOS_ID, *ids]], device=src.device)
     with torch.no_grad():
-        logits = model(src, prev)[0].float()
-    logits[:, [PAD_ID, BOS_ID]] = -math.inf
-    if limit:
-        logits[0, EOS_ID] = -math.inf
-    if len(ids) == limit:
-        logits[-1, [t for t in range(logits.size(1)) if t != EOS_ID]] = -math.inf
-    lprobs = torch.log_softmax(logits, dim=-1)
+        lprobs = torch.log_softmax(model(src, prev)[0].float(), dim=-1)
     return float(sum(lprobs[t, tok] for t, tok in enumerate([*ids, EOS_ID])))
 
 

@@ -4,9 +4,10 @@ Both searches drop a sentence from the batch as soon as it is finished, so one l
 the whole batch decoding; with `fixed_shapes` they keep it, so that every step has the same shapes and a
 CUDA graph can replay it. Outputs are token ids without bos and eos. A sentence of n source tokens (eos
 and pads excluded) gets at most `max_len_a * n + max_len_b` output tokens (capped by the model's
-positions); at that length eos is forced. Before it, every output has at least one token, as fairseq's
-default `min_len` of 1 gives: eos is never a first token (an empty line for a sentence, from a model that is
-barely trained), unless the length limit is 0.
+positions); at that length eos is forced, and scores the model's log-probability of it (the rules mask the
+log-probabilities after they are normalized, as fairseq does). Before it, every output has at least one
+token, as fairseq's default `min_len` of 1 gives: eos is never a first token (an empty line for a sentence,
+from a model that is barely trained), unless the length limit is 0.
 """
 
 from __future__ import annotations
@@ -69,30 +70,32 @@ def _at_max_len(min_limit: int, limits: Tensor, step: int) -> Tensor | None:
 def _next_log_probs(model: Transformer, tokens: Tensor, enc, cache: dict | None, at_max_len: Tensor | None) -> Tensor:
     """Log-probabilities [N, V] of the next token after each row of `tokens` (which starts with bos)."""
     prev = tokens[:, -1:] if cache is not None else tokens
-    logits = model.decode(prev, enc, cache, last_only=True)[:, -1].float()
+    lprobs = torch.log_softmax(model.decode(prev, enc, cache, last_only=True)[:, -1].float(), dim=-1)
     if tokens.size(1) == 1:  # the first step
-        _no_eos_first(model, logits, torch.ones_like(logits[:, 0], dtype=torch.bool), at_max_len)
-    return _mask_next(model, logits, at_max_len)
+        _no_eos_first(model, lprobs, torch.ones_like(lprobs[:, 0], dtype=torch.bool), at_max_len)
+    return _mask_next(model, lprobs, at_max_len)
 
 
-def _no_eos_first(model: Transformer, logits: Tensor, first: Tensor, at_max_len: Tensor | None) -> None:
-    """No eos in `logits` [N, V] for the rows whose step is the `first` ([N] or [], on the device), but
+def _no_eos_first(model: Transformer, lprobs: Tensor, first: Tensor, at_max_len: Tensor | None) -> None:
+    """No eos in `lprobs` [N, V] for the rows whose step is the `first` ([N] or [], on the device), but
     for those `at_max_len` (a limit of 0): an output has at least one token where it may."""
     no_eos = first if at_max_len is None else first & ~at_max_len
-    logits[:, model.cfg.eos_id].masked_fill_(no_eos, -math.inf)
+    lprobs[:, model.cfg.eos_id].masked_fill_(no_eos, -math.inf)
 
 
-def _mask_next(model: Transformer, logits: Tensor, at_max_len: Tensor | None) -> Tensor:
-    """Log-probabilities from next-token `logits` [N, V] (float): never pad or bos, and only eos for the
-    rows `at_max_len`."""
+def _mask_next(model: Transformer, lprobs: Tensor, at_max_len: Tensor | None) -> Tensor:
+    """`lprobs` [N, V], the model's next-token log-probabilities, with pad and bos never chosen, and only
+    eos for the rows `at_max_len`: masked after they are normalized, as fairseq masks, so that what is left
+    keeps the model's own log-probability (normalized after, a forced eos scored log 1 = 0, and beam search
+    preferred outputs cut at the length limit; a first token gained -log(1 - p(eos)))."""
     cfg = model.cfg
-    logits[:, cfg.pad_id] = -math.inf
-    logits[:, cfg.bos_id] = -math.inf
+    lprobs[:, cfg.pad_id] = -math.inf
+    lprobs[:, cfg.bos_id] = -math.inf
     if at_max_len is not None:  # rows at their length limit may only end
-        eos_logit = logits[:, cfg.eos_id].clone()
-        logits.masked_fill_(at_max_len[:, None], -math.inf)
-        logits[:, cfg.eos_id] = eos_logit
-    return torch.log_softmax(logits, dim=-1)
+        eos_lprob = lprobs[:, cfg.eos_id].clone()
+        lprobs.masked_fill_(at_max_len[:, None], -math.inf)
+        lprobs[:, cfg.eos_id] = eos_lprob
+    return lprobs
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:
@@ -154,6 +157,7 @@ def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], che
         first = position.eq(0)
         logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
         _no_eos_first(model, logits, first, at_max_len)
+        # (masked logits: the same argmax as the masked log-probabilities)
         next_tokens = _mask_next(model, logits, at_max_len).argmax(-1).masked_fill_(ended, cfg.eos_id)
         tokens.index_copy_(1, position, next_tokens[:, None])  # decode_step has moved position on
         ended.logical_or_(next_tokens.eq(cfg.eos_id))
@@ -257,9 +261,9 @@ def _beam_fixed_shapes(
         write_at = position + 1
         history_cols = columns.lt(position)
         first = position.eq(0)
-        logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
-        _no_eos_first(model, logits, first, at_max_len)
-        lprobs = _mask_next(model, logits, at_max_len)
+        lprobs = torch.log_softmax(model.decode_step(tokens.index_select(1, position), enc, cache).float(), dim=-1)
+        _no_eos_first(model, lprobs, first, at_max_len)
+        lprobs = _mask_next(model, lprobs, at_max_len)
         V = lprobs.size(1)
         candidates = (scores[:, :, None] + lprobs.view(B, K, V)).view(B, K * V)
         top_scores, top_index = candidates.topk(2 * K, dim=1)
