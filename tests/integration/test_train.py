@@ -979,17 +979,20 @@ def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
     monkeypatch.setattr(validate.Validator, "__call__", fake)
 
 
+@pytest.mark.parametrize(("at_8", "best_at"), [((7, 1.2), 8), ((7.000001, 1.6), 4), ((7.004, 1.6), 4)])
 def test_best_pt_is_the_checkpoint_of_the_best_bleu_ties_going_to_the_lower_loss(
-    synthetic_bin: Path, tmp_path: Path, monkeypatch
+    synthetic_bin: Path, tmp_path: Path, monkeypatch, at_8: tuple[float, float], best_at: int
 ):
-    # updates 2, 4, 6, 8, 10: the best BLEU is 7 at 4 and at 8, where the loss is lower; the end validates 10
-    scripted_validation(monkeypatch, [(3, 2.0), (7, 1.5), (5, 1.0), (7, 1.2), (6, 1.1)])
+    # updates 2, 4, 6, 8, 10: the best BLEU is 7 at 4 and at 8, where the loss is lower; the end validates 10.
+    # BLEUs that differ only past the 2 decimals shown are ties (7.000001 at a higher loss was best.pt)
+    scripted_validation(monkeypatch, [(3, 2.0), (7, 1.5), (5, 1.0), at_8, (6, 1.1)])
     run = tmp_path / "run"
     train(micro_config(synthetic_bin, max_updates=10, valid_every=2), run, progress=False)
-    assert read_checkpoint(run / "checkpoints" / "best.pt")["server"]["updates"] == 8
+    assert read_checkpoint(run / "checkpoints" / "best.pt")["server"]["updates"] == best_at
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 10
     valid = [e for e in read_events(run / "events.jsonl") if e["kind"] == "valid"]
-    assert [e["best_bleu"] for e in valid] == [3, 7, 7, 7, 7]
+    best_8 = at_8[0] if best_at == 8 else 7
+    assert [e["best_bleu"] for e in valid] == [3, 7, 7, best_8, best_8]
 
 
 def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin: Path, tmp_path: Path, monkeypatch):
