@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,9 +98,29 @@ def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: Sco
     }
 
 
-def corpus_scores(hyps: list[str], refs: list[str]) -> dict:
-    """Corpus BLEU and chrF of `hyps` against one reference each, with sacreBLEU's defaults and signatures."""
-    return sacrebleu_scores(hyps, [refs])
+def corpus_scores(hyps: list[str], refs: list[str], language: str | None = None) -> dict:
+    """Corpus BLEU and chrF of `hyps` against one reference each, with sacreBLEU's defaults for the target
+    `language` (`tokenizer_for`) and their signatures."""
+    return sacrebleu_scores(hyps, [refs], ScoreOptions(tokenize=tokenizer_for(language)))
+
+
+def tokenizer_for(language: str | None) -> str | None:
+    """BLEU's tokenizer for a target language, as sacreBLEU's `-l SRC-zh` picks it: `zh` for Chinese, which
+    has no spaces between words (13a scored a whole line as one word, and a valid BLEU of about 0 chose
+    best.pt); None (13a) elsewhere. (Japanese and Korean, whose tokenizers need MeCab, stay 13a.)"""
+    return "zh" if language == "zh" else None
+
+
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def looks_unsegmented(lines: list[str], sample: int = 1000) -> bool:
+    """Whether `lines` look like Chinese, Japanese or Korean text: most of the first `sample` lines' letters
+    are of those scripts. (Their words have no spaces between them, or in Korean few: 13a then scores whole
+    runs of them as one word.)"""
+    text = "".join(lines[:sample])
+    letters = sum(ch.isalpha() for ch in text)
+    return letters > 0 and len(CJK.findall(text)) > letters / 2
 
 
 class _Collect(logging.Handler):
@@ -155,6 +176,10 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
             raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but {ref} has {len(lines):,}: the counts must "
                             "match")  # fmt: skip
         ref_streams.append([line.rstrip() for line in lines])
+    if options.tokenize is None and looks_unsegmented(ref_streams[0]):
+        print(f"warning: {refs[0]}: looks like Chinese, Japanese or Korean text, whose words the default "
+              "tokenizer (13a) does not split: give --tokenize zh for Chinese (ja-mecab, ko-mecab or char for "
+              "the others), as sacreBLEU's -l picks it", file=sys.stderr)  # fmt: skip
     with sacrebleu_warnings() as warnings:
         scores = sacrebleu_scores(hyps, ref_streams, options)
     # sacreBLEU's warning about tokenized hypotheses is three lines and points at its Python API's `force`

@@ -214,3 +214,31 @@ def test_a_stray_carriage_return_is_text_not_a_line_end(tmp_path: Path, text: by
     hyp.write_bytes(text)
     result = runner().invoke(main, ["score", str(hyp), str(hyp)])
     assert result.exit_code == 0, result.stderr
+
+
+CHINESE = ["我们今天去北京看朋友", "他们明天在上海开会", "这个问题很难回答", "我喜欢喝中国茶"]
+
+
+def test_a_chinese_target_is_scored_with_sacrebleus_zh_tokenizer():
+    """Validation scored Chinese with 13a, which takes a whole line for one word: a valid BLEU of about 0
+    whatever the model, which then chose best.pt and counted --patience."""
+    hyps = [line[:-1] + "的" for line in CHINESE]  # most characters right, each line's last one wrong
+    assert corpus_scores(hyps, CHINESE)["bleu"] == 0.0
+    zh = corpus_scores(hyps, CHINESE, language="zh")
+    assert zh["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [CHINESE], tokenize="zh").score) and zh["bleu"] > 30
+    assert "tok:zh" in zh["bleu_signature"]
+    assert corpus_scores(hyps, CHINESE, language="en")["bleu"] == 0.0  # (13a elsewhere, as sacreBLEU's -l picks)
+
+
+def test_score_warns_of_a_chinese_reference_with_the_default_tokenizer(tmp_path: Path):
+    hyp, ref = tmp_path / "hyp.zh", tmp_path / "ref.zh"
+    hyp.write_text("".join(line + "\n" for line in CHINESE[::-1]), encoding="utf-8")
+    ref.write_text("".join(line + "\n" for line in CHINESE), encoding="utf-8")
+    result = CliRunner().invoke(main, ["score", str(hyp), str(ref)])
+    assert result.exit_code == 0 and "looks like Chinese, Japanese or Korean text" in result.stderr
+    assert "--tokenize zh" in result.stderr
+    result = CliRunner().invoke(main, ["score", str(hyp), str(ref), "--tokenize", "zh"])
+    assert result.exit_code == 0 and result.stderr == ""
+    (tmp_path / "ref.en").write_text("we go to Beijing today\n" * 4)
+    result = CliRunner().invoke(main, ["score", str(hyp), str(tmp_path / "ref.en")])
+    assert "looks like" not in result.stderr

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from async_nmt.data.batches import collate_rows, make_batches
-from async_nmt.data.binarize import load_split, read_lines
+from async_nmt.data.binarize import load_manifest, load_split, read_lines
 from async_nmt.errors import UserError
 from async_nmt.score import corpus_scores
 from async_nmt.train.step import StepStats, eval_step
@@ -25,6 +25,7 @@ class Validator:
 
     def __init__(self, bin_dir: Path, max_tokens: int, max_len: int, max_sentences: int = 0):
         split = load_split(bin_dir, "valid")
+        self.language = load_manifest(bin_dir).get("tgt")  # BLEU's tokenizer follows it (`tokenizer_for`)
         n = len(split.src) if max_sentences <= 0 else min(max_sentences, len(split.src))
         src_len, tgt_len = split.src.lengths[:n], split.tgt.lengths[:n]
         self.batches = [
@@ -58,7 +59,7 @@ class Validator:
         valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device,
                                amp_dtype=amp_dtype, progress=progress)  # fmt: skip
-        scores = corpus_scores(hyps, self.references)
+        scores = corpus_scores(hyps, self.references, self.language)
         return {
             "valid_loss": valid_loss,
             "valid_ppl": math.exp(min(valid_loss, 50.0)),
