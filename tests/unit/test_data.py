@@ -147,6 +147,8 @@ def test_filtering_train_only(tmp_path: Path) -> None:
     train = load_split(tmp_path / "bin", "train")
     stats = manifest["splits"]["train"]
     assert stats["sentences"] == len(train) == len(keep) and stats["dropped"] == 303 - len(keep)
+    by_rule = stats["dropped_for"]  # the bad pairs: one of each rule (and the corpus's own, by ratio)
+    assert by_rule["empty"] == 1 and by_rule["max_len"] == 1 and by_rule["max_ratio"] == stats["dropped"] - 2 >= 1
     assert sp.decode([train.src[j].tolist() for j in range(len(train))]) == [src[i] for i in keep]
     assert sp.decode([train.tgt[j].tolist() for j in range(len(train))]) == [tgt[i] for i in keep]
 
@@ -447,3 +449,16 @@ def test_a_ctrl_c_as_the_vocabulary_process_starts_stops_it(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         vocab._train_in_child({})
     assert started and started[0].poll() is not None  # stopped and reaped
+
+
+def test_many_dropped_training_pairs_are_a_warning_that_says_why() -> None:
+    """45% of a corpus went, said only as a count in the summary line."""
+    from async_nmt.data.binarize import dropped_warning
+
+    train = {"sentences": 3311, "dropped": 2689, "dropped_for": {"empty": 0, "max_len": 0, "max_ratio": 2689}}
+    assert dropped_warning(train, 250, 3.0) == (
+        "warning: 2,689 of 6,000 training pairs (45%) were dropped: 2,689 with a side over --max-ratio 3 times "
+        "the other's pieces; check that the corpus's lines are aligned, or raise the limit"
+    )
+    few = {"sentences": 29062, "dropped": 4, "dropped_for": {"empty": 4, "max_len": 0, "max_ratio": 0}}
+    assert dropped_warning(few, 250, 3.0) is None

@@ -161,6 +161,8 @@ def preprocess(
         for s, v in stats.items()
     )
     click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
+    if warning := dropped_warning(stats["train"], max_len, max_ratio):
+        click.echo(warning, err=True)
     if manifest["vocab_size"] < vocab_size:
         click.echo(f"warning: the vocabulary has {manifest['vocab_size']} pieces, not the {vocab_size} asked for: "
                    "the training text has no more", err=True)  # fmt: skip
@@ -220,6 +222,23 @@ def length_warning(manifest: dict[str, Any], max_positions: int) -> str | None:
         have = "training pair has" if pairs == 1 else "training pairs have"
         return f"warning: {pairs} {have} a side longer than the model's {fits} tokens (up to {longest}); {advice}"
     return f"warning: training pairs have sides up to {longest} tokens, longer than the model's {fits} tokens; {advice}"
+
+
+DROPPED_WARN = 0.05  # a share of the training pairs dropped that says so, and why
+
+
+def dropped_warning(train: dict[str, Any], max_len: int, max_ratio: float) -> str | None:
+    """A warning where more than `DROPPED_WARN` of the training pairs were dropped, by rule: a misaligned
+    corpus, or pieces far longer on one side (one language's words split into many more pieces than the
+    other's), shows there. (45% of a corpus went, said only as a count.)"""
+    total = train["sentences"] + train["dropped"]
+    if not total or train["dropped"] <= DROPPED_WARN * total:
+        return None
+    why = {"empty": "a side empty", "max_len": f"a side over --max-len {max_len} pieces",
+           "max_ratio": f"a side over --max-ratio {max_ratio:g} times the other's pieces"}  # fmt: skip
+    parts = [f"{n:,} with {why[rule]}" for rule, n in train["dropped_for"].items() if n]
+    return (f"warning: {train['dropped']:,} of {total:,} training pairs ({train['dropped'] / total:.0%}) were "
+            f"dropped: {'; '.join(parts)}; check that the corpus's lines are aligned, or raise the limit")  # fmt: skip
 
 
 def train_languages(raw_dir: Path) -> list[str]:
@@ -317,16 +336,19 @@ def _encode_split(
 ) -> dict[str, int]:
     ids: dict[str, list[np.ndarray]] = {src: [], tgt: []}
     lens: dict[str, list[np.ndarray]] = {src: [], tgt: []}
-    dropped = 0
+    dropped = dict.fromkeys(("empty", "max_len", "max_ratio"), 0)  # pairs dropped, by the first rule they fail
     src_file, tgt_file = raw_dir / f"{split}.{src}", raw_dir / f"{split}.{tgt}"
     for s_lines, t_lines in zip(_read_chunks(src_file), _read_chunks(tgt_file), strict=True):
         s_ids, t_ids = sp.encode(s_lines), sp.encode(t_lines)
         s_len = np.fromiter(map(len, s_ids), dtype=np.int64, count=len(s_ids))
         t_len = np.fromiter(map(len, t_ids), dtype=np.int64, count=len(t_ids))
         if split == "train":
-            keep = (s_len > 0) & (t_len > 0) & (s_len <= max_len) & (t_len <= max_len)
-            keep &= np.maximum(s_len, t_len) <= max_ratio * np.maximum(1, np.minimum(s_len, t_len))
-            dropped += int((~keep).sum())
+            full = (s_len > 0) & (t_len > 0)
+            fits = full & (s_len <= max_len) & (t_len <= max_len)
+            keep = fits & (np.maximum(s_len, t_len) <= max_ratio * np.maximum(1, np.minimum(s_len, t_len)))
+            dropped["empty"] += int((~full).sum())
+            dropped["max_len"] += int((full & ~fits).sum())
+            dropped["max_ratio"] += int((fits & ~keep).sum())
             idx = np.flatnonzero(keep)
             s_ids, t_ids = [s_ids[i] for i in idx], [t_ids[i] for i in idx]
         else:
@@ -337,7 +359,9 @@ def _encode_split(
             ids[lang].append(flat)
             lens[lang].append(n_lens)
         bar.update(len(s_lines))
-    stats = {"sentences": 0, "src_tokens": 0, "tgt_tokens": 0, "dropped": dropped}
+    stats: dict[str, Any] = {"sentences": 0, "src_tokens": 0, "tgt_tokens": 0, "dropped": sum(dropped.values())}
+    if split == "train":
+        stats["dropped_for"] = dropped
     for lang, key in ((src, "src_tokens"), (tgt, "tgt_tokens")):
         flat = np.concatenate(ids[lang]) if ids[lang] else np.zeros(0, np.int32)
         n_lens = np.concatenate(lens[lang]) if lens[lang] else np.zeros(0, np.int64)
