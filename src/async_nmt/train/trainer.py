@@ -504,8 +504,9 @@ class Trainer:
                 if logging:
                     event = self._train_event()
                     if lines:
-                        bar.write(f"update {self.updates}: loss {event['loss']:.3f}, lr {event['lr']:.2e}, "
-                                  f"{event['tok_per_s']:,.0f} tok/s", file=sys.stderr)  # fmt: skip
+                        # (nll: the valid loss's measure; loss: what is trained, label-smoothed)
+                        bar.write(f"update {self.updates}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
+                                  f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s", file=sys.stderr)  # fmt: skip
                     elif self.leader:
                         bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
                                         tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
