@@ -514,6 +514,8 @@ def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(syn
     lines = [line for line in done.stderr.splitlines() if line.startswith("update ")]
     assert [line.split(":")[0] for line in lines] == ["update 2", "update 4", "update 4"]
     assert "loss" in lines[0] and "tok/s" in lines[0] and "valid loss" in lines[2] and "BLEU" in lines[2]
+    event = next(e for e in _events(tmp_path / "run") if e["kind"] == "train")  # the nll, the valid loss's measure
+    assert f"loss {event['loss']:.3f} (nll {event['nll']:.3f})" in lines[0]
     assert "stopped by" in done.stderr and "--max-updates 4" in done.stderr  # the summary says why it ended
     assert _events(tmp_path / "run")[-1]["stopped_by"] == "--max-updates 4"
     quiet = subprocess.run([str(NMT_TRAIN), *args[1:], "--force", "--quiet"], capture_output=True, text=True,
