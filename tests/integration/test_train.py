@@ -517,6 +517,7 @@ def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(syn
     event = next(e for e in _events(tmp_path / "run") if e["kind"] == "train")  # the nll, the valid loss's measure
     assert f"loss {event['loss']:.3f} (nll {event['nll']:.3f})" in lines[0]
     assert "stopped by" in done.stderr and "--max-updates 4" in done.stderr  # the summary says why it ended
+    assert "best.pt" in done.stderr and "nmt translate" in done.stderr  # ... and what to do next
     assert _events(tmp_path / "run")[-1]["stopped_by"] == "--max-updates 4"
     quiet = subprocess.run([str(NMT_TRAIN), *args[1:], "--force", "--quiet"], capture_output=True, text=True,
                            timeout=300)  # fmt: skip

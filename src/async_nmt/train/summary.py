@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -14,8 +15,11 @@ if TYPE_CHECKING:
 def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
     table = Table(title=f"run {trainer.run_dir}", show_header=False)
     stopped_by = "an interrupt (Ctrl-C or SIGTERM)" if summary["interrupted"] else summary.get("stopped_by") or "-"
+    cfg = trainer.cfg
+    how = [f"workers {cfg.workers}"] + [f"accum {cfg.accum}"] * (cfg.mode == "async-accum")
+    how += ["simulated in one process"] * cfg.simulate
     rows = [
-        ("mode", f"{trainer.cfg.mode} (workers {trainer.cfg.workers})"),
+        ("mode", f"{cfg.mode} ({', '.join(how)})"),
         ("stopped by", stopped_by),
         ("updates", f"{summary['updates']:,}"),
         ("epochs", f"{summary['epoch']:.2f}"),
@@ -33,8 +37,10 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
             )
         )
     if trainer.best:
-        rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']})"))
+        rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']}: best.pt)"))
     rows.append(("checkpoints", str(trainer.run_dir / "checkpoints")))
+    if trainer.best:  # what a user does next (it translates with best.pt)
+        rows.append(("translate", f"nmt translate {shlex.quote(str(trainer.run_dir))} < SOURCE > OUTPUT"))
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=True).print(table)
