@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -500,6 +501,23 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
         return {e["updates"]: (e["tokens"], e["loss"]) for e in events if e["kind"] == "train"}
 
     assert trained(resumed) == trained(read_events(tmp_path / "whole" / "events.jsonl"))
+
+
+def test_an_async_run_prints_its_staleness_in_each_line_and_the_summary(synthetic_bin: Path, tmp_path: Path):
+    """Staleness, the subject of the async modes, was logged in the events but never printed."""
+    args = [str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices", "cpu", "--mode", "async",
+            "--workers", "3", "--simulate", "--max-tokens", "256", "--valid-every", "0", "--log-every", "3",
+            "--max-updates", "6", "--valid-max-sentences", "5"]  # fmt: skip
+    done = subprocess.run([str(NMT_TRAIN), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    events = [e for e in _events(tmp_path / "run") if e["kind"] == "train"]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("update ") and "valid" not in line]
+    assert len(lines) == len(events) == 2
+    for line, event in zip(lines, events, strict=True):
+        assert line.endswith(f"staleness {event['staleness_mean']:.2f} (max {event['staleness_max']})")
+    hist = [a + b for a, b in itertools.zip_longest(*(e["staleness_hist"] for e in events), fillvalue=0)]
+    mean = sum(i * n for i, n in enumerate(hist)) / sum(hist)
+    assert f"mean {mean:.2f}, max {len(hist) - 1} ({sum(hist)} pushes)" in done.stderr and len(hist) > 1
 
 
 def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(synthetic_bin: Path, tmp_path: Path):

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from async_nmt.train.events import read_events, staleness_stats
+from async_nmt.train.modes.workers import merge_histograms
+
 if TYPE_CHECKING:
     from async_nmt.train.trainer import Trainer
 
@@ -27,6 +30,14 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         ("training time", f"{summary['train_s']:.0f} s (wall {summary['wall_s']:.0f} s)"),
         ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
     ]
+    if cfg.mode in ("async", "async-accum"):  # the pushes' staleness over the whole run (a resumed one too)
+        hist: list[int] = []
+        for event in read_events(trainer.run_dir / "events.jsonl"):
+            if event["kind"] == "train":
+                hist = merge_histograms(hist, event.get("staleness_hist", []))
+        stats = staleness_stats(hist)
+        rows.append(("staleness", f"mean {stats['staleness_mean']:.2f}, max {stats['staleness_max']} "
+                                  f"({sum(hist):,} pushes)"))  # fmt: skip
     if "predicted_s" in summary:
         rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices"))
     if trainer.last_valid:

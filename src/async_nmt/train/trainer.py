@@ -505,8 +505,11 @@ class Trainer:
                     event = self._train_event()
                     if lines:
                         # (nll: the valid loss's measure; loss: what is trained, label-smoothed)
+                        stale = (f", staleness {event['staleness_mean']:.2f} (max {event['staleness_max']})"
+                                 if cfg.mode in ("async", "async-accum") else "")  # fmt: skip
                         bar.write(f"update {self.updates}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
-                                  f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s", file=sys.stderr)  # fmt: skip
+                                  f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s{stale}",
+                                  file=sys.stderr)  # fmt: skip
                     elif self.leader:
                         bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
                                         tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
