@@ -464,6 +464,7 @@ class Trainer:
         # where stderr is not a terminal (a log file, a batch job), the bar is off and every `train` event
         # is one line instead, as `\r` redraws would make one endless line of a log
         lines = progress and bar.disable and self.leader
+        asynchronous = cfg.mode in ("async", "async-accum")  # (their staleness shown beside the loss)
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
         counted = self.updates  # the updates whose pushes the trainer has counted
@@ -506,13 +507,14 @@ class Trainer:
                     if lines:
                         # (nll: the valid loss's measure; loss: what is trained, label-smoothed)
                         stale = (f", staleness {event['staleness_mean']:.2f} (max {event['staleness_max']})"
-                                 if cfg.mode in ("async", "async-accum") else "")  # fmt: skip
+                                 if asynchronous else "")  # fmt: skip
                         bar.write(f"update {self.updates}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
                                   f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s{stale}",
                                   file=sys.stderr)  # fmt: skip
                     elif self.leader:
+                        shown = {"stale": f"{event['staleness_mean']:.2f}"} if asynchronous else {}
                         bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
-                                        tok_s=f"{event['tok_per_s']:.0f}")  # fmt: skip
+                                        tok_s=f"{event['tok_per_s']:.0f}", **shown)  # fmt: skip
                     self._new_interval()
                 if self.workers.interrupted:
                     break
