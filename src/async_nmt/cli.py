@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from async_nmt.config import PRECISIONS, torchrun_rank
+from async_nmt.config import NORMALIZATIONS, PRECISIONS, torchrun_rank
 from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts, system_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -169,6 +169,15 @@ def corpus_get(name: str, out_dir: Path, force: bool) -> None:
 @click.option(
     "--max-ratio", default=3.0, show_default=True, help="Drop training pairs whose length ratio exceeds this."
 )
+@click.option(
+    "--normalization",
+    type=click.Choice(NORMALIZATIONS),
+    default="nmt_nfkc",
+    show_default=True,
+    help="Sentencepiece's Unicode normalization of text before it is split (nfkc: full-width and compatibility "
+    "characters become their plain forms, as Chinese '，' becomes ','; _cf: case-folded too; identity: none, so "
+    "translations keep the corpus's own characters).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing BIN_DIR that preprocess wrote (it has manifest.json).")
 def preprocess(
     raw_dir: Path,
@@ -179,6 +188,7 @@ def preprocess(
     model_type: str,
     max_len: int,
     max_ratio: float,
+    normalization: str,
     force: bool,
 ) -> None:
     """Train a joint sentencepiece model on RAW_DIR/train.* and binarize every split into BIN_DIR."""
@@ -186,7 +196,8 @@ def preprocess(
 
     # (`kill` cleans up as Ctrl-C does, no temporary folder left beside BIN_DIR: every command's SIGTERM is)
     run_preprocess(raw_dir, bin_dir, src=src, tgt=tgt, vocab_size=vocab_size, model_type=model_type,
-                   max_len=max_len, max_ratio=max_ratio, force=force, progress=True)  # fmt: skip
+                   max_len=max_len, max_ratio=max_ratio, normalization=normalization, force=force,
+                   progress=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- train

@@ -153,6 +153,8 @@ def is_run_folder(folder: Path) -> bool:
 
 
 MANIFEST = "manifest.json"  # what marks a preprocessed corpus (BIN) folder (data/binarize.py writes it)
+# sentencepiece's Unicode normalizations (`nmt preprocess --normalization`); nmt_ adds its NMT rules to NFKC
+NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
 SPLITS = ("train", "valid", "test")  # the splits of a corpus, raw (RAW, `nmt corpus get`) and preprocessed (BIN)
 SPM_PREFIX = "spm"  # a BIN's sentencepiece model and vocabulary: spm.model, spm.vocab
 VOCAB_NAME = f"{SPM_PREFIX}.model"  # the sentencepiece model of a BIN, and its copy in a run folder

@@ -55,6 +55,23 @@ def test_vocab_tiny_corpus_soft_limit(tmp_path: Path) -> None:
     assert 4 < sp.get_piece_size() < 5000
 
 
+@pytest.mark.parametrize(("normalization", "folds"), [("nmt_nfkc", True), ("identity", False)])
+def test_the_normalization_decides_whether_full_width_characters_come_back(
+    tmp_path: Path, normalization: str, folds: bool
+) -> None:
+    """sentencepiece's default (NFKC) turned a Chinese corpus's '，' and '？' into ',' and '?' in every
+    translation; --normalization identity keeps the corpus's own characters."""
+    import unicodedata
+
+    text = "我们，你们？ＡＢ"
+    (tmp_path / "a").write_text((text + "\n") * 50 + "他们。\n" * 50, encoding="utf-8")
+    sp = load_vocab(train_vocab([tmp_path / "a"], tmp_path / "m", 40, normalization=normalization))
+    expected = unicodedata.normalize("NFKC", text) if folds else text  # folded: 我们,你们?AB
+    assert sp.decode(sp.encode(text)) == expected
+    with pytest.raises(UserError, match="--normalization nfd: not one of nmt_nfkc"):
+        train_vocab([tmp_path / "a"], tmp_path / "m", 40, normalization="nfd")
+
+
 def test_load_vocab_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such"):
         load_vocab(tmp_path / "none.model")

@@ -52,6 +52,7 @@ def preprocess(
     model_type: str = "unigram",
     max_len: int = 250,
     max_ratio: float = 3.0,
+    normalization: str = "nmt_nfkc",
     force: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -123,7 +124,8 @@ def preprocess(
             click.echo(f"training a {model_type} vocabulary of {vocab_size} pieces on train.{src} and "
                        f"train.{tgt} ({counts['train']:,} lines each)...", err=True)  # fmt: skip
         model = train_vocab([raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size,
-                            model_type, longest_line=checked["train"][1], progress=progress)  # fmt: skip
+                            model_type, longest_line=checked["train"][1], progress=progress,
+                            normalization=normalization)  # fmt: skip
         sp = load_vocab(model)
         stats = {}
         quiet = None if progress else True  # None: tqdm's own test, off where stderr is not a terminal
@@ -146,6 +148,7 @@ def preprocess(
                 "model_type": model_type,
                 "max_len": max_len,
                 "max_ratio": max_ratio,
+                "normalization": normalization,
             },
             "raw_dir": str(raw_dir.resolve()),
             "train_long_sides": _long_sides(tmp, src, tgt),

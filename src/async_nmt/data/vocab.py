@@ -15,7 +15,7 @@ from typing import Any
 import sentencepiece as spm
 from tqdm import tqdm
 
-from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from async_nmt.config import BOS_ID, EOS_ID, NORMALIZATIONS, PAD_ID, UNK_ID
 from async_nmt.errors import UserError, held_interrupts, reason
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
@@ -24,7 +24,7 @@ SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
 
 def train_vocab(
     files: list[Path], prefix: Path, vocab_size: int, model_type: str = "unigram", longest_line: int = 0,
-    progress: bool = False,
+    progress: bool = False, normalization: str = "nmt_nfkc",
 ) -> Path:  # fmt: skip
     """Train a joint sentencepiece model on `files`; write `prefix.model` and `prefix.vocab`.
 
@@ -32,8 +32,11 @@ def train_vocab(
     tiny corpus gets a smaller vocabulary instead of an error. `longest_line` (bytes) raises sentencepiece's
     limit on a line's length (4,192 bytes), above which it leaves lines out of training without a word.
     Returns the `.model` path. With `progress`, on a terminal, the time it has taken so far counts up
-    (sentencepiece says nothing, for minutes on a large corpus).
+    (sentencepiece says nothing, for minutes on a large corpus). `normalization` is sentencepiece's rule
+    (`NORMALIZATIONS`), which the model holds and applies when it encodes.
     """
+    if normalization not in NORMALIZATIONS:
+        raise UserError(f"--normalization {normalization}: not one of {', '.join(NORMALIZATIONS)}")
     if vocab_size < 8:
         raise UserError(f"--vocab-size {vocab_size} is too small (need at least 8)")
     for f in files:
@@ -46,6 +49,7 @@ def train_vocab(
         vocab_size=vocab_size,
         model_type=model_type,
         character_coverage=1.0,
+        normalization_rule_name=normalization,
         hard_vocab_limit=False,
         pad_id=PAD_ID,
         unk_id=UNK_ID,
