@@ -518,6 +518,8 @@ def test_an_async_run_prints_its_staleness_in_each_line_and_the_summary(syntheti
     hist = [a + b for a, b in itertools.zip_longest(*(e["staleness_hist"] for e in events), fillvalue=0)]
     mean = sum(i * n for i, n in enumerate(hist)) / sum(hist)
     assert f"mean {mean:.2f}, max {len(hist) - 1} ({sum(hist)} pushes)" in done.stderr and len(hist) > 1
+    end = _events(tmp_path / "run")[-1]  # the emulated devices' rate beside their predicted time
+    assert f"({end['tokens'] / end['predicted_s']:,.0f} tokens/s)" in done.stderr
 
 
 def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(synthetic_bin: Path, tmp_path: Path):

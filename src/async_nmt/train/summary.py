@@ -39,7 +39,9 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         rows.append(("staleness", f"mean {stats['staleness_mean']:.2f}, max {stats['staleness_max']} "
                                   f"({sum(hist):,} pushes)"))  # fmt: skip
     if "predicted_s" in summary:
-        rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices"))
+        rate = summary["tokens"] / max(summary["predicted_s"], 1e-9)  # (tokens/s above: this one process's)
+        rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices "
+                                       f"({rate:,.0f} tokens/s)"))  # fmt: skip
     if trainer.last_valid:
         rows.append(
             (
