@@ -34,12 +34,17 @@ class WorkerFailed(UserError):
     exit_code = 1
 
 
+GZIP_MAGIC = b"\x1f\x8b"  # a gzip file's first bytes
+
+
 def not_utf8(name: str, line: int, head: bytes, detail: str = "") -> UserError:
     """The error for line `line` of `name`, which is not UTF-8 (`detail`: where in it); `head`: the text's
-    first bytes, whose byte order mark names a UTF-16 file (as some editors save), with the command that
-    converts it."""
+    first bytes, whose byte order mark names a UTF-16 file (as some editors save), or whose magic number a
+    gzip file, with the command that converts it."""
     utf16 = head[:2] in (b"\xff\xfe", b"\xfe\xff")
     hint = "; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)" if utf16 else ""
+    if head[:2] == GZIP_MAGIC:
+        hint = "; it is gzip-compressed: decompress it (zcat)"
     return UserError(f"{name}: line {line} is not valid UTF-8{f' ({detail})' if detail else ''}{hint}")
 
 

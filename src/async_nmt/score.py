@@ -4,16 +4,18 @@ or more references. sacreBLEU is imported when a score is asked for, never with 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import re
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from async_nmt.errors import UserError, check_line_ends, lone_returns, not_utf8
+from async_nmt.errors import GZIP_MAGIC, UserError, check_line_ends, lone_returns, not_utf8
 
 if TYPE_CHECKING:
     from sacrebleu.metrics import BLEU, CHRF
@@ -146,10 +148,27 @@ def sacrebleu_warnings() -> Iterator[list[logging.LogRecord]]:
         logger.propagate = propagate
 
 
+def read_scored(path: Path) -> list[str]:
+    """The lines of a file to score, gzip-compressed or not, as sacreBLEU reads them (WMT's references come
+    as .gz; one was "line 1 is not valid UTF-8")."""
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(2) == GZIP_MAGIC
+    except OSError:  # (read_lines names it)
+        compressed = False
+    if not compressed:
+        return read_lines(path)
+    try:
+        data = gzip.decompress(Path(path).read_bytes())
+    except (OSError, EOFError, zlib.error) as err:
+        raise UserError(f"{path}: a damaged gzip file ({err})") from None
+    return decode_lines(data, str(path))
+
+
 def read_hypotheses(hyp: Path) -> list[str]:
-    """The lines of the file `hyp`, or of stdin where it is `-`."""
+    """The lines of the file `hyp` (gzip-compressed or not), or of stdin where it is `-`."""
     if str(hyp) != STDIN:
-        return read_lines(hyp)
+        return read_scored(hyp)
     if sys.stdin is None:
         raise UserError("stdin is closed; give HYP as a file")
     return decode_lines(sys.stdin.buffer.read(), "stdin")
@@ -169,7 +188,7 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         raise UserError(f"{hyp_name}: is empty")
     ref_streams = []
     for ref in refs:
-        lines = read_lines(ref)
+        lines = read_scored(ref)
         if not lines:
             raise UserError(f"{ref}: is empty")
         if len(lines) != len(hyps):

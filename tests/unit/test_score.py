@@ -242,3 +242,24 @@ def test_score_warns_of_a_chinese_reference_with_the_default_tokenizer(tmp_path:
     (tmp_path / "ref.en").write_text("we go to Beijing today\n" * 4)
     result = CliRunner().invoke(main, ["score", str(hyp), str(tmp_path / "ref.en")])
     assert "looks like" not in result.stderr
+
+
+def test_gzip_files_are_scored_as_sacrebleu_reads_them_and_named_where_they_cannot_be(tmp_path: Path):
+    """WMT's references come as .gz, which sacreBLEU reads: `nmt score` said "line 1 is not valid UTF-8"."""
+    import gzip
+
+    hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt.gz"
+    lines = ["the cat sat on the mat today", "a dog ran in the park at noon"]
+    hyp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ref.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    result = CliRunner().invoke(main, ["score", str(hyp), str(ref), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bleu"] == 100.0
+    ref.write_bytes(gzip.compress(b"the cat\n")[:-6])  # cut short
+    result = CliRunner().invoke(main, ["score", str(hyp), str(ref)])
+    assert result.exit_code == 2 and "ref.txt.gz: a damaged gzip file" in result.output
+    from async_nmt.score import read_lines  # (as translate reads a file: not decompressed, but named)
+
+    (tmp_path / "source.gz").write_bytes(gzip.compress(b"ba de\n"))
+    with pytest.raises(UserError, match=r"source\.gz: line 1 is not valid UTF-8.*gzip-compressed: decompress it"):
+        read_lines(tmp_path / "source.gz")
