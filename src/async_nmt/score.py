@@ -113,16 +113,16 @@ def tokenizer_for(language: str | None) -> str | None:
     return "zh" if language == "zh" else None
 
 
-CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+CJ = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # kana and Han (not Hangul)
 
 
 def looks_unsegmented(lines: list[str], sample: int = 1000) -> bool:
-    """Whether `lines` look like Chinese, Japanese or Korean text: most of the first `sample` lines' letters
-    are of those scripts. (Their words have no spaces between them, or in Korean few: 13a then scores whole
-    runs of them as one word.)"""
+    """Whether `lines` look like Chinese or Japanese text: most of the first `sample` lines' letters are of
+    those scripts. (Their words have no spaces between them: 13a scores whole runs of them as one word.
+    Korean, written with spaces, is not counted.)"""
     text = "".join(lines[:sample])
     letters = sum(ch.isalpha() for ch in text)
-    return letters > 0 and len(CJK.findall(text)) > letters / 2
+    return letters > 0 and len(CJ.findall(text)) > letters / 2
 
 
 class _Collect(logging.Handler):
@@ -196,9 +196,9 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
                             "match")  # fmt: skip
         ref_streams.append([line.rstrip() for line in lines])
     if options.tokenize is None and looks_unsegmented(ref_streams[0]):
-        print(f"warning: {refs[0]}: looks like Chinese, Japanese or Korean text, whose words the default "
-              "tokenizer (13a) does not split: give --tokenize zh for Chinese (ja-mecab, ko-mecab or char for "
-              "the others), as sacreBLEU's -l picks it", file=sys.stderr)  # fmt: skip
+        print(f"warning: {refs[0]}: looks like Chinese or Japanese text, whose words the default tokenizer "
+              "(13a) does not split: give --tokenize zh for Chinese (ja-mecab or char for Japanese), as "
+              "sacreBLEU's -l picks it", file=sys.stderr)  # fmt: skip
     with sacrebleu_warnings() as warnings:
         scores = sacrebleu_scores(hyps, ref_streams, options)
     # sacreBLEU's warning about tokenized hypotheses is three lines and points at its Python API's `force`

@@ -474,8 +474,12 @@ def test_many_dropped_training_pairs_are_a_warning_that_says_why() -> None:
 
     train = {"sentences": 3311, "dropped": 2689, "dropped_for": {"empty": 0, "max_len": 0, "max_ratio": 2689}}
     assert dropped_warning(train, 250, 3.0) == (
-        "warning: 2,689 of 6,000 training pairs (45%) were dropped: 2,689 with a side over --max-ratio 3 times "
+        "warning: 2,689 of 6,000 training pairs (44.8%) were dropped: 2,689 with a side over --max-ratio 3 times "
         "the other's pieces; check that the corpus's lines are aligned, or raise the limit"
     )
+    empty = {"sentences": 90, "dropped": 10, "dropped_for": {"empty": 10, "max_len": 0, "max_ratio": 0}}
+    assert dropped_warning(empty, 250, 3.0).endswith(
+        "(10.0%) were dropped: 10 with a side empty; check that the corpus's lines are aligned"
+    )  # (no limit to raise)
     few = {"sentences": 29062, "dropped": 4, "dropped_for": {"empty": 4, "max_len": 0, "max_ratio": 0}}
     assert dropped_warning(few, 250, 3.0) is None

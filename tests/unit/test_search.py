@@ -218,6 +218,23 @@ def test_search_with_fixed_shapes_equals_search(amp_dtype, check_every: int):
         assert generate(MODEL, SRC, beam, fixed_shapes=True, **short) == generate(MODEL, SRC, beam, **short)
 
 
+def test_fixed_shapes_greedy_breaks_a_near_tie_as_greedy_does(monkeypatch: pytest.MonkeyPatch):
+    """Two logits 1e-7 apart round to one fp32 log-probability in a large vocabulary: greedy's argmax of the
+    log-probabilities takes the first, and the fixed-shapes greedy, which took the argmax of the logits,
+    the second."""
+    model = make_model(vocab_size=4000)
+    logits = torch.zeros(4000, device=DEVICE)
+    logits[10], logits[11], logits[EOS_ID] = 1.0, 1.0000001, -50.0
+    lprobs = torch.log_softmax(logits, -1)
+    assert logits[11] > logits[10] and lprobs[11] == lprobs[10]  # the near tie
+    decode, decode_step = model.decode, model.decode_step
+    monkeypatch.setattr(model, "decode", lambda *a, **k: logits.expand(*decode(*a, **k).shape[:2], -1).clone())
+    monkeypatch.setattr(model, "decode_step", lambda *a: logits.expand(decode_step(*a).size(0), -1).clone())
+    src = torch.tensor([[5, 6, 7, EOS_ID]], device=DEVICE)
+    outputs = [greedy_search(model, src, max_len_a=0, max_len_b=3, fixed_shapes=fixed) for fixed in (False, True)]
+    assert outputs[0] == outputs[1] == [[10, 10, 10]]
+
+
 def test_decode_step_gives_the_logits_of_a_full_decode():
     src, prev = SRC[:3], make_src([6, 6, 6], seed=7)[:, :6]
     with torch.inference_mode():

@@ -605,3 +605,23 @@ def test_a_stop_signal_that_comes_twice_at_once_is_one_notice(how, signum, monke
     later = signum == "SIGINT"
     assert caught == ([False, False, later] if how == "stop_signals_set" else [True, False, later])
     assert flag.is_set() == (how == "stop_signals_set")
+
+
+def test_ranks_on_bins_made_before_and_after_dropped_pairs_were_counted_by_rule_agree(synthetic_bin, tmp_path):
+    """The ranks compare the corpus each was given: a BIN whose manifest lacks `dropped_for` (made before
+    2026-12-05) was another corpus to a rank whose BIN has it, and a torchrun start was refused."""
+    import shutil
+
+    from async_nmt.config import TrainConfig
+    from async_nmt.train.launch import _start_options
+
+    older = tmp_path / "older"
+    shutil.copytree(synthetic_bin, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    assert manifest["splits"]["train"].pop("dropped_for")
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    ours = _start_options(TrainConfig(bin_dir=str(synthetic_bin)), tmp_path / "run", False)
+    assert _start_options(TrainConfig(bin_dir=str(older)), tmp_path / "run", False) == ours
+    manifest["splits"]["train"]["sentences"] -= 1  # another corpus still differs
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert _start_options(TrainConfig(bin_dir=str(older)), tmp_path / "run", False)["corpus"] != ours["corpus"]

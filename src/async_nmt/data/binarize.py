@@ -239,9 +239,13 @@ def dropped_warning(train: dict[str, Any], max_len: int, max_ratio: float) -> st
         return None
     why = {"empty": "a side empty", "max_len": f"a side over --max-len {max_len} pieces",
            "max_ratio": f"a side over --max-ratio {max_ratio:g} times the other's pieces"}  # fmt: skip
-    parts = [f"{n:,} with {why[rule]}" for rule, n in train["dropped_for"].items() if n]
-    return (f"warning: {train['dropped']:,} of {total:,} training pairs ({train['dropped'] / total:.0%}) were "
-            f"dropped: {'; '.join(parts)}; check that the corpus's lines are aligned, or raise the limit")  # fmt: skip
+    by_rule = train["dropped_for"]
+    parts = [f"{n:,} with {why[rule]}" for rule, n in by_rule.items() if n]
+    advice = "check that the corpus's lines are aligned" + (
+        ", or raise the limit" * bool(by_rule["max_len"] or by_rule["max_ratio"])
+    )
+    return (f"warning: {train['dropped']:,} of {total:,} training pairs ({train['dropped'] / total:.1%}) were "
+            f"dropped: {'; '.join(parts)}; {advice}")  # fmt: skip
 
 
 def train_languages(raw_dir: Path) -> list[str]:

@@ -155,10 +155,10 @@ def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], che
     def step() -> None:
         at_max_len = row_limits.le(position)
         first = position.eq(0)
-        logits = model.decode_step(tokens.index_select(1, position), enc, cache).float()
-        _no_eos_first(model, logits, first, at_max_len)
-        # (masked logits: the same argmax as the masked log-probabilities)
-        next_tokens = _mask_next(model, logits, at_max_len).argmax(-1).masked_fill_(ended, cfg.eos_id)
+        # (log-probabilities, not logits, as greedy_search takes: two logits apart may round to one log-prob)
+        lprobs = torch.log_softmax(model.decode_step(tokens.index_select(1, position), enc, cache).float(), dim=-1)
+        _no_eos_first(model, lprobs, first, at_max_len)
+        next_tokens = _mask_next(model, lprobs, at_max_len).argmax(-1).masked_fill_(ended, cfg.eos_id)
         tokens.index_copy_(1, position, next_tokens[:, None])  # decode_step has moved position on
         ended.logical_or_(next_tokens.eq(cfg.eos_id))
 

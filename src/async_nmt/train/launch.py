@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from async_nmt.config import TrainConfig, torchrun_rank
-from async_nmt.data.binarize import load_manifest
+from async_nmt.data.binarize import SPLIT_KEYS, load_manifest
 from async_nmt.devices import resolve_device
 from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
 from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
@@ -273,7 +273,9 @@ def _start_options(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, A
     node has the run's config.json (where --resume takes the options left out)."""
     manifest = load_manifest(Path(cfg.bin_dir))
     options = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "bin_dir")}
-    corpus = {"vocab_hash": manifest["vocab_hash"], "splits": manifest["splits"]}
+    # (the counts training reads: a BIN made before the manifest counted dropped pairs by rule is the same corpus)
+    splits = {name: {key: split[key] for key in SPLIT_KEYS} for name, split in manifest["splits"].items()}
+    corpus = {"vocab_hash": manifest["vocab_hash"], "splits": splits}
     options = {**options, "corpus": corpus, "resume": resume}
     if resume and cfg.mode in ("sync", "diloco"):  # every rank loads its node's last.pt: the same one
         saved = read_checkpoint(checkpoint_path(run_dir, "last"), mmap=True)

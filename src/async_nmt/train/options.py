@@ -114,7 +114,8 @@ OPTIONS = [
                  help="Stop after this many seconds of training clock (validation excluded); 0 = no limit."),
     click.option("--patience", default=0, show_default=True,
                  help="Stop when the last N validations brought no better checkpoint, by valid BLEU and, "
-                 "between equal BLEUs, valid loss (convergence; needs --valid-every > 0); 0 = never."),
+                 "between BLEUs equal to the 2 decimals shown, valid loss (convergence; needs --valid-every > 0); "
+                 "0 = never."),
     click.option("--seed", default=1, show_default=True,
                  help="Random seed (initialization, batch order, dropout), between -2^32 and 2^32."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,

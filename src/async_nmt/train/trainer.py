@@ -250,9 +250,10 @@ class Trainer:
                             f"({differ}); resume without them to take the run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         if state.get("valid_crc32", self.valid_crc32) != self.valid_crc32:  # (saves before 2026-12-05 lack it)
-            raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split: the "
-                            "best BLEU (best.pt, --patience) was measured on the run's; resume on its BIN, or "
-                            "start a new run")  # fmt: skip
+            raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split, or "
+                            "with another BLEU tokenizer (a zh target's was 13a before 2026-12-05): the best BLEU "
+                            "(best.pt, --patience) was measured on the run's; resume on its BIN, or start a new "
+                            "run")  # fmt: skip
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]

@@ -15,7 +15,7 @@ from torch import nn
 from async_nmt.data.batches import collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split, read_lines
 from async_nmt.errors import UserError
-from async_nmt.score import corpus_scores
+from async_nmt.score import corpus_scores, tokenizer_for
 from async_nmt.train.step import StepStats, eval_step
 from async_nmt.translate import translate_lines
 
@@ -39,8 +39,11 @@ class Validator:
                                 f"split's ids {len(split.src)}; run `nmt preprocess` again")  # fmt: skip
         self.sources, self.references = texts["src"][:n], texts["tgt"][:n]
         self.max_tokens = max_tokens
-        # what a resume compares: the best BLEU so far was measured on these sentences
-        self.fingerprint = zlib.crc32("\n".join(self.sources + self.references).encode("utf-8"))
+        # what a resume compares: the best BLEU so far was measured on these sentences, and with this tokenizer
+        # where it is not 13a (a zh run begun before 2026-12-05 scored with 13a: about 0, not comparable)
+        self.tokenize = tokenizer_for(self.language)
+        measured = self.sources + self.references + ([f"tokenize:{self.tokenize}"] if self.tokenize else [])
+        self.fingerprint = zlib.crc32("\n".join(measured).encode("utf-8"))
 
     def __call__(
         self,
