@@ -49,8 +49,9 @@ if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file
   case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)"; exit 2 ;; esac
 fi
 # an OUT used before: its results go, so that none of them passes for this run's (a skipped step's)
-rm -f "$OUT"/*.log "$OUT"/test-*.en "$OUT"/score-*.json "$OUT"/graphs-check.txt "$OUT"/bench.jsonl \
-  "$OUT"/train-events.jsonl
+# (its own names only: an OUT of `.` keeps other logs)
+rm -f "$OUT"/{bench_,tests_,translate_}*.log "$OUT"/{train,install}.log "$OUT"/test-*.en "$OUT"/score-*.json \
+  "$OUT"/graphs-check.txt "$OUT"/bench.jsonl "$OUT"/train-events.jsonl
 : >"$OUT/steps.txt"
 : >"$OUT/translate.jsonl"
 source "$(dirname "$0")/gpu_setup.sh"
