@@ -263,3 +263,12 @@ def test_gzip_files_are_scored_as_sacrebleu_reads_them_and_named_where_they_cann
     (tmp_path / "source.gz").write_bytes(gzip.compress(b"ba de\n"))
     with pytest.raises(UserError, match=r"source\.gz: line 1 is not valid UTF-8.*gzip-compressed: decompress it"):
         read_lines(tmp_path / "source.gz")
+
+
+def test_a_target_written_without_spaces_and_no_tokenizer_here_is_warned_of():
+    """A Japanese target's valid BLEU is 13a's, about 0, without a word; Chinese has its own tokenizer."""
+    from async_nmt.score import tokenizer_warning
+
+    assert "ja-mecab (pip install sacrebleu[ja]) or char" in tokenizer_warning("ja")
+    assert tokenizer_warning("th").endswith("nmt score --tokenize char")
+    assert [tokenizer_warning(lang) for lang in ("zh", "en", "ko", None)] == [None] * 4

@@ -37,6 +37,7 @@ from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import TrainingDiverged, UserError
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, kept_update, read_checkpoint
+from async_nmt.score import tokenizer_warning
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import (
     EventLog,
@@ -160,8 +161,11 @@ class Trainer:
         return True
 
     def _warn_of_setup(self) -> None:
-        """Options that do less than they seem to: devices left unused, an async mode of one worker."""
+        """Options that do less than they seem to: devices left unused, an async mode of one worker; and a
+        target language whose valid BLEU says little."""
         cfg, devices = self.cfg, self.devices
+        if warning := tokenizer_warning(self.validator.language):  # (rank 0's, which validates)
+            print(warning, file=sys.stderr)
         if torchrun_rank() is not None:  # (its ranks set the workers; each names its own device)
             return
         if unused := sorted(set(devices) - {devices[0]}) if cfg.simulate else []:
