@@ -43,6 +43,21 @@ def record_amp_dtypes(monkeypatch: pytest.MonkeyPatch, module: object, name: str
     return seen
 
 
+def bin_with_target(bin_dir: Path, folder: Path, language: str) -> Path:
+    """A copy of the preprocessed corpus `bin_dir` in `folder` whose target language is `language` (its
+    manifest says so and its target files are named so: valid.tgt -> valid.LANGUAGE, ...)."""
+    import json
+    import shutil
+
+    shutil.copytree(bin_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "tgt": language}))
+    for path in folder.iterdir():
+        if ".tgt" in path.name:
+            path.rename(path.with_name(path.name.replace(".tgt", f".{language}")))
+    return folder
+
+
 def live_processes() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, process group) of every process that runs (zombies left out), from /proc."""
     found = {}

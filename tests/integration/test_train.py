@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import record_amp_dtypes
+from conftest import bin_with_target, record_amp_dtypes
 
 from async_nmt.cli import main
 from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
@@ -1197,13 +1197,7 @@ def test_a_run_killed_after_a_save_logs_every_update_once_resumed(synthetic_bin:
 
 def test_a_japanese_target_is_warned_of_as_the_run_starts(synthetic_bin: Path, tmp_path: Path, capsys):
     """Its valid BLEU is 13a's, about 0, and that chose best.pt without a word."""
-    japanese = tmp_path / "ja"
-    shutil.copytree(synthetic_bin, japanese)
-    manifest = json.loads((japanese / "manifest.json").read_text())
-    (japanese / "manifest.json").write_text(json.dumps({**manifest, "tgt": "ja"}))
-    for path in japanese.iterdir():  # (valid.tgt -> valid.ja, ...)
-        if ".tgt" in path.name:
-            path.rename(path.with_name(path.name.replace(".tgt", ".ja")))
+    japanese = bin_with_target(synthetic_bin, tmp_path / "ja", "ja")
     train(micro_config(japanese, max_updates=1, valid_max_sentences=5), tmp_path / "run", progress=False)
     assert "warning: ja is written without spaces between words" in capsys.readouterr().err
     train(micro_config(synthetic_bin, max_updates=1, valid_max_sentences=5), tmp_path / "plain", progress=False)

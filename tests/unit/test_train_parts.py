@@ -630,17 +630,11 @@ def test_ranks_on_bins_made_before_and_after_dropped_pairs_were_counted_by_rule_
 def test_a_zh_target_validates_with_the_zh_tokenizer_and_its_fingerprint_says_so(synthetic_bin, tmp_path):
     """The best BLEU of a zh run begun with 13a (about 0) is not comparable with zh's: its resume is refused,
     as for other valid sentences, where the fingerprint holds the tokenizer."""
-    import shutil
+    from conftest import bin_with_target
 
     from async_nmt.train.validate import Validator
 
-    chinese = tmp_path / "zh"
-    shutil.copytree(synthetic_bin, chinese)
-    manifest = json.loads((chinese / "manifest.json").read_text())
-    (chinese / "manifest.json").write_text(json.dumps({**manifest, "tgt": "zh"}))
-    for path in chinese.iterdir():  # (valid.tgt -> valid.zh, ...)
-        if ".tgt" in path.name:
-            path.rename(path.with_name(path.name.replace(".tgt", ".zh")))
+    chinese = bin_with_target(synthetic_bin, tmp_path / "zh", "zh")
     plain, zh = (Validator(b, 512, 64, max_sentences=5) for b in (synthetic_bin, chinese))
     assert (plain.tokenize, zh.tokenize) == (None, "zh") and plain.fingerprint != zh.fingerprint
     assert plain.fingerprint == Validator(synthetic_bin, 512, 64, max_sentences=5).fingerprint
