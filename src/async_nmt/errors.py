@@ -208,3 +208,16 @@ def system_error(err: OSError) -> str:
     """`PATH: REASON` (or `REASON` where the error names no file): how an error of the system is one line."""
     where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
     return f"{where}{err.strerror or err}"
+
+
+def stdout_console(**options: object):
+    """A rich Console on stdout whose reader, once gone (`| true`), is a BrokenPipeError as for any other
+    write, which the CLI ends quietly (`cli.reader_gone`); rich's own answer is to exit 1."""
+    from rich.console import Console
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return StdoutConsole(**options)  # type: ignore[arg-type]

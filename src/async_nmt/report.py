@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from async_nmt.config import VOCAB_NAME, temporary_beside
-from async_nmt.errors import UserError
+from async_nmt.errors import UserError, stdout_console
 from async_nmt.train.events import read_events
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
 
@@ -435,7 +435,6 @@ def title(report: dict[str, Any]) -> str:
 
 def print_table(report: dict[str, Any]) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text  # names as they are: a str is read as markup ([bold], runs/a[lr=1]) and :emoji:
 
@@ -451,9 +450,9 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_column(header, justify="left" if i < 2 else "right", overflow="fold")
     for row in rows:
         table.add_row(*map(Text, row))
-    console = Console()
+    console = stdout_console()
     if not console.is_terminal:  # into a file or a pipe: the whole table, never squeezed to 80 columns
-        console = Console(width=400)
+        console = stdout_console(width=400)
     console.print(table)
 
 

@@ -354,3 +354,26 @@ def test_commands_that_print_their_results_refuse_a_closed_stdout(tmp_path: Path
                                       timeout=120)  # fmt: skip
             assert done.returncode == 1
             assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
+
+
+def test_a_reader_of_stdout_that_has_gone_ends_a_command_quietly(tmp_path: Path) -> None:
+    """`nmt score --help | true`: "error: Broken pipe", exit 1; `nmt --help | true` and `nmt corpus list |
+    true` (Click's and rich's answers) exit 1. Now each ends as a reader that stops early always ended
+    `translate`: exit 0, nothing on stderr. The pipe's read end is closed before the command starts, so
+    that every write to it fails (a live `| true` races the writer)."""
+    import os
+
+    text = tmp_path / "ref.txt"
+    text.write_text("the cat sat on the mat\n", encoding="utf-8")
+    nmt = Path(sys.executable).with_name("nmt")
+    committed_run = Path(__file__).parents[2] / "docs" / "results" / "demo"
+    for args in (["--help"], ["--version"], ["score", "--help"], ["score", text, text], ["corpus", "list"],
+                 ["report", committed_run]):  # fmt: skip
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            done = subprocess.run([str(nmt), *map(str, args)], stdout=write, stderr=subprocess.PIPE, text=True,
+                                  timeout=120)  # fmt: skip
+        finally:
+            os.close(write)
+        assert (done.returncode, done.stderr) == (0, ""), args
