@@ -203,11 +203,13 @@ def x_values(run: Run, x: str) -> list[float]:
 
 
 def to_target(run: Run, target: float | None, x: str) -> float | None:
-    """x at the first validation with BLEU >= target; None when the run never got there, or without a target."""
+    """x at the first validation with BLEU >= target, both as they are shown (2 decimals: a BLEU shown as
+    the target's was not a BLEU that reached it, where it fell short by 0.004); None when the run never got
+    there, or without a target."""
     if target is None:
         return None
     for value, event in zip(x_values(run, x), run.valid, strict=True):
-        if event["bleu"] >= target:
+        if round(event["bleu"], 2) >= round(target, 2):
             return value
     return None
 
@@ -283,7 +285,7 @@ def build_report(
         no_target = f"the baseline {baseline.name} has no validation yet"
     elif target_bleu is None:  # 0.5 below the baseline's best, but at least half of it (short runs: never below 0)
         best = max(e["bleu"] for e in baseline.valid)
-        target_bleu = max(best - 0.5, best / 2)
+        target_bleu = round(max(best - 0.5, best / 2), 2)  # (as it is shown)
         if target_bleu <= 0:  # every run meets it at its first validation: the race says nothing
             target_bleu, no_target = None, f"the baseline's best BLEU is {best:.2f}"
     base_x = to_target(baseline, target_bleu, x)

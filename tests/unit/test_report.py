@@ -235,7 +235,7 @@ def test_the_default_target_of_a_baseline_with_little_bleu_is_half_of_it(runs: l
     (low / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     best = max(e["bleu"] for e in events if e["kind"] == "valid")
     assert best < 0.5
-    assert build_report([load_run(low)])["target_bleu"] == pytest.approx(best / 2)
+    assert build_report([load_run(low)])["target_bleu"] == round(best / 2, 2)
 
 
 def rewrite(run: Path, change) -> None:  # type: ignore[no-untyped-def]
@@ -732,3 +732,17 @@ def test_a_diverged_run_says_so_and_json_holds_the_warnings(tmp_path: Path) -> N
     report = json.loads(result.stdout)
     assert [row["diverged"] for row in report["runs"]] == [False, True]
     assert report["warnings"] == result.stderr.splitlines() and "differ in preset" in report["warnings"][0]
+
+
+def test_a_bleu_shown_as_the_target_reaches_it(tmp_path: Path) -> None:
+    """BLEU and target are shown to 2 decimals: a run whose 20.446 shows as the target 20.45 (--target-bleu
+    20.449) never reached it, and the default target (best - 0.5) was compared unrounded, where it is shown
+    rounded."""
+    sync = write_run(tmp_path / "sync", "sync", [10.0, 20.946], seconds_per_valid=10.0)
+    other = write_run(tmp_path / "async", "async", [20.446, 20.0], seconds_per_valid=5.0)
+    runs = [load_run(sync), load_run(other)]
+    report = build_report(runs, target_bleu=20.449)
+    assert [row["to_target"] for row in report["runs"]] == [20.0, 5.0]
+    report = build_report(runs)  # 20.946 - 0.5 = 20.446, shown as 20.45, which 20.446 shows as too
+    assert report["target_bleu"] == 20.45 and [row["to_target"] for row in report["runs"]] == [20.0, 5.0]
+    assert report["runs"][1]["speedup"] == pytest.approx(4.0)
