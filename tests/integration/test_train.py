@@ -1202,3 +1202,34 @@ def test_a_japanese_target_is_warned_of_as_the_run_starts(synthetic_bin: Path, t
     assert "warning: ja is written without spaces between words" in capsys.readouterr().err
     train(micro_config(synthetic_bin, max_updates=1, valid_max_sentences=5), tmp_path / "plain", progress=False)
     assert "without spaces" not in capsys.readouterr().err
+
+
+def test_the_progress_bar_times_training_without_its_validations(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    """On a terminal, the bar's elapsed time and rate took in every validation: its rate fell after each,
+    and its time to go rose. Two validations of 3 s each must not show on it."""
+    import io
+    import re
+    import time
+
+    from async_nmt.train.trainer import Trainer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=4, valid_every=2), tmp_path / "run", log_every=1)
+    trainer.open_run(resume=False)
+    validate = type(trainer.validator).__call__
+
+    def slow_validation(*args, **kwargs):  # (on the training clock's pause, as a validation is)
+        time.sleep(3.0)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(type(trainer.validator), "__call__", slow_validation)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    trainer.run(progress=True)
+    shown = re.findall(r"train: 100%.*?4/4 \[(\d+):(\d+)", sys.stderr.getvalue())
+    assert shown, sys.stderr.getvalue()
+    minutes, seconds = map(int, shown[-1])
+    trained = read_events(tmp_path / "run" / "events.jsonl")[-1]["train_s"]  # the training clock
+    assert 60 * minutes + seconds < trained + 3, (shown, trained)  # (with the validations: 6 s more and over)

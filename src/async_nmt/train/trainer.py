@@ -480,6 +480,7 @@ class Trainer:
             scheduled = cfg.valid_every > 0 and self.updates > 0 and self.updates % cfg.valid_every == 0
             if scheduled and self.validated_at != self.updates:
                 self.validate()
+            bar.unpause()  # the bar's time and rate are training's, as the clock's are (README)
             while not self.should_stop():
                 self.workers.allow(self._next_fence())
                 # (from the last count, not from now: a worker holding a computed push may take the update that
@@ -527,6 +528,8 @@ class Trainer:
                     self.validate()
                 elif saving and not stopping:  # (stopping: the closing validation saves this update)
                     self.save()
+                if validating or saving:  # (its rate fell for a while after each validation, and the time to go rose)
+                    bar.unpause()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
             bar.close()
