@@ -155,6 +155,13 @@ def test_cpu_dropout_drops_at_rate_p_and_keeps_the_expectation(p):
     assert torch.equal(cpu_dropout(x, p), y)  # the seed decides the mask
 
 
+def test_cpu_dropout_of_a_p_next_to_1_keeps_almost_nothing_at_a_finite_scale():
+    """--dropout 0.999995 (accepted: below 1) rounded to 65,536 of 65,536 dropped: ZeroDivisionError."""
+    x = torch.ones(4096, 64)
+    y = cpu_dropout(x, 0.999995)
+    assert torch.isfinite(y).all() and y.ne(0).float().mean().item() < 1e-3
+
+
 def test_cpu_dropout_in_bf16_scales_kept_elements_as_in_fp32():
     x = torch.rand(64, 64) + 0.5
     torch.manual_seed(4)
