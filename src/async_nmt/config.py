@@ -112,7 +112,7 @@ class TrainConfig:
     seed: int = 1
     precision: Precision = "auto"
     compile: bool = False
-    log_every: int = 50  # updates between `train` events (the CLI's; launch.train takes it apart)
+    log_every: int = 50  # updates between `train` events (and the progress bar's figures)
 
 
 @dataclass

@@ -826,7 +826,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(synth
     from async_nmt.train.trainer import Trainer
 
     run = tmp_path / "run"
-    trainer = Trainer(micro_config(synthetic_bin, max_updates=20, valid_every=4), run, log_every=1)
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=20, valid_every=4, log_every=1), run)
     trainer.open_run(resume=False)
     advance = trainer.workers.advance
 
@@ -937,7 +937,7 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     from async_nmt.train.trainer import Trainer
 
     run = tmp_path / "run"
-    trainer = Trainer(micro_config(synthetic_bin, max_updates=100, valid_every=2, patience=3), run, log_every=1)
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=100, valid_every=2, patience=3, log_every=1), run)
     trainer.open_run(resume=False)
     bleus = iter([1.0, 5.0, 4.0, 5.0, 4.5, 9.0, 9.0])  # best at the 2nd; 3 validations without gain end it
 
@@ -951,7 +951,7 @@ def test_patience_stops_when_the_last_validations_bring_no_better_bleu(synthetic
     assert [e["bleu"] for e in events if e["kind"] == "valid"] == [1.0, 5.0, 4.0, 5.0, 4.5]
     assert events[-1]["kind"] == "end" and events[-1]["updates"] == 10 and events[-1]["converged"] is True
     # a run that its patience stopped is left as it is when resumed (it trained one more interval)
-    again = Trainer(micro_config(synthetic_bin, max_updates=100, valid_every=2, patience=3), run, log_every=1)
+    again = Trainer(micro_config(synthetic_bin, max_updates=100, valid_every=2, patience=3, log_every=1), run)
     assert again.open_run(resume=True) is False
     assert read_events(run / "events.jsonl") == events
 
@@ -1217,7 +1217,7 @@ def test_the_progress_bar_times_training_without_its_validations(synthetic_bin: 
         def isatty(self) -> bool:
             return True
 
-    trainer = Trainer(micro_config(synthetic_bin, max_updates=4, valid_every=2), tmp_path / "run", log_every=1)
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=4, valid_every=2, log_every=1), tmp_path / "run")
     trainer.open_run(resume=False)
     validate = type(trainer.validator).__call__
 
@@ -1233,3 +1233,13 @@ def test_the_progress_bar_times_training_without_its_validations(synthetic_bin: 
     minutes, seconds = map(int, shown[-1])
     trained = read_events(tmp_path / "run" / "events.jsonl")[-1]["train_s"]  # the training clock
     assert 60 * minutes + seconds < trained + 3, (shown, trained)  # (with the validations: 6 s more and over)
+
+
+def test_a_log_every_given_to_train_is_the_one_config_json_records(synthetic_bin: Path, tmp_path: Path):
+    """`train(cfg, run, log_every=2)` logged every 2 updates while config.json said 50, the value a resume
+    then took: the number was passed apart from the config. It now replaces the config's."""
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=4), run, progress=False, log_every=2)
+    events = read_events(run / "events.jsonl")
+    assert [e["updates"] for e in events if e["kind"] == "train"] == [2, 4]
+    assert load_json(RunConfig, run / "config.json").train.log_every == 2 == events[0]["log_every"]

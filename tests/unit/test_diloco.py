@@ -116,8 +116,9 @@ def test_ranks_meet_only_at_a_rounds_end_and_where_the_trainer_reads_and_limits_
     from async_nmt.train.modes.diloco import DistributedDiloco
 
     _, model, flat, streams = build(workers=1, sync_every=4, outer_lr=0.7, momentum=0.9)
-    cfg = TrainConfig(mode="diloco", workers=1, sync_every=4, outer_lr=0.7, outer_momentum=0.9, label_smoothing=0.1)
-    ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"], tmp_path, log_every=6)
+    cfg = TrainConfig(mode="diloco", workers=1, sync_every=4, outer_lr=0.7, outer_momentum=0.9, label_smoothing=0.1,
+                      log_every=6)  # fmt: skip
+    ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"], tmp_path)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         calls = []

@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,7 +33,7 @@ from async_nmt.train.lock import run_lock
 from async_nmt.train.modes import check_worker_speeds, spawns_ranks, worker_devices
 from async_nmt.train.modes.remote import run_worker_rank
 from async_nmt.train.summary import print_summary
-from async_nmt.train.trainer import LOG_EVERY, Trainer
+from async_nmt.train.trainer import Trainer
 
 TIMEOUT = datetime.timedelta(hours=2)  # rank 0 may validate a long while; the others wait in an all-reduce
 
@@ -44,37 +44,40 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
-    log_every: int = LOG_EVERY,
+    log_every: int | None = None,
 ) -> dict | None:
     """Run (or resume) training as `cfg` says, into `run_dir`; returns the `end` event (None when a group of
-    sync ranks ran it: rank 0 wrote it to the events).
+    sync ranks ran it: rank 0 wrote it to the events). `log_every`, where given, replaces `cfg.log_every`,
+    so that config.json records what the run does (it was passed apart, and config.json kept 50).
 
     This process holds the run folder's lock (`lock.run_lock`) throughout: the ranks it spawns are its
     children and end before it does."""
+    if log_every is not None:
+        cfg = replace(cfg, log_every=log_every)
     if torchrun_rank() is not None:  # torchrun started this process as one rank
-        return join_torchrun(cfg, run_dir, resume, force, progress, log_every)
+        return join_torchrun(cfg, run_dir, resume, force, progress)
     check_run_path(run_dir, Path(cfg.bin_dir))
     with run_lock(run_dir):  # before the folder is looked at: what another nmt-train does to it is settled
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
-        return _train_locked(cfg, run_dir, resume, progress, log_every)
+        return _train_locked(cfg, run_dir, resume, progress)
 
 
-def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int) -> dict | None:
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool) -> dict | None:
     # SIGTERM (`kill`, a batch scheduler's notice) stops the run as Ctrl-C does: a checkpoint, then exit 130
     with sigterm_interrupts():
         if spawns_ranks(cfg):
-            launch_ranks(cfg, run_dir, resume, progress, log_every, worker_devices(cfg))
+            launch_ranks(cfg, run_dir, resume, progress, worker_devices(cfg))
             return None
-        return run_trainer(cfg, run_dir, resume, progress, log_every)
+        return run_trainer(cfg, run_dir, resume, progress)
 
 
 def run_trainer(
-    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int, rank: int = 0, world: int = 1,
+    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, rank: int = 0, world: int = 1,
     interrupt: Any = None,
 ) -> dict[str, Any] | None:  # fmt: skip
     """One trainer (of rank `rank` in a sync group of `world`): open the run folder, train, summarize; None
     where a resumed run has nothing to do."""
-    trainer = Trainer(cfg, run_dir, log_every=log_every, rank=rank, world=world, interrupt=interrupt)
+    trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt)
     # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
     # wait for their server, so it trains (or stops at once) rather than skip
     if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in ("sync", "diloco")):
@@ -97,7 +100,6 @@ class RankSetup:
     run_dir: Path
     resume: bool
     progress: bool
-    log_every: int
     port: int
     devices: list[str]
     errors: Any
@@ -130,16 +132,15 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         dist.init_process_group(backend(setup.devices), rank=rank, world_size=world, timeout=TIMEOUT)
         # on an error the group is left as it is: the error is reported first, so the other ranks' failed
         # all-reduce is not taken for the cause
-        run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, setup.log_every, rank, world,
+        run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
                     setup.interrupt)  # fmt: skip
         dist.destroy_process_group()
 
 
-def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int,
-                 devices: list[str]) -> None:  # fmt: skip
+def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, devices: list[str]) -> None:
     """Spawn one rank per worker and supervise them; rank 0 writes the run folder."""
     errors, interrupt = processes.context().SimpleQueue(), processes.context().Event()
-    setup = RankSetup(cfg, run_dir, resume, progress, log_every, processes.free_port(), devices, errors, interrupt)
+    setup = RankSetup(cfg, run_dir, resume, progress, processes.free_port(), devices, errors, interrupt)
     ranks = None
     try:  # a Ctrl-C or SIGTERM while they start is held, then told to them as any other (a second: at once)
         with processes.uninterrupted(second_stops=True):
@@ -177,8 +178,7 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
 
 
 # ---------------------------------------------------------------------- a rank started by torchrun
-def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, progress: bool,
-                  log_every: int) -> dict[str, Any] | None:  # fmt: skip
+def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, progress: bool) -> dict[str, Any] | None:
     """Run as the rank that RANK / WORLD_SIZE / LOCAL_RANK name, in the group torchrun set up: a sync rank
     with a trainer of its own, or in the async modes rank 0 (trainer and server) or a worker rank.
 
@@ -198,7 +198,7 @@ def join_torchrun(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, pr
         _agree_to_start(store, rank, world, problem, options)
         store.set_timeout(TIMEOUT)
         group_store = dist.PrefixStore("default_pg", store)  # (as init_process_group's own rendezvous makes it)
-        return _join_group(cfg, run_dir, resume, progress, log_every, rank, world, node, device, group_store)
+        return _join_group(cfg, run_dir, resume, progress, rank, world, node, device, group_store)
 
 
 JOIN_TIMEOUT = datetime.timedelta(minutes=10)  # for every rank of a torchrun group to start and check itself
@@ -345,8 +345,8 @@ def _shown(value: Any) -> str:
     return "(another)" if isinstance(value, dict) else str(value)
 
 
-def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, log_every: int, rank: int,
-                world: int, node: list[str], device: str, store: Any) -> dict[str, Any] | None:  # fmt: skip
+def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, rank: int, world: int,
+                node: list[str], device: str, store: Any) -> dict[str, Any] | None:  # fmt: skip
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
     dist.init_process_group(backend(node) if cfg.mode in ("sync", "diloco") else "gloo", store=store, rank=rank,
                             world_size=world, timeout=TIMEOUT)  # fmt: skip
@@ -358,10 +358,10 @@ def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, l
         interrupt = threading.Event()
         said = "interrupted: stopping at the next step (Ctrl-C again to stop at once)" if rank == 0 else None
         with processes.stop_signals_set(interrupt, said):
-            summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world, interrupt)
+            summary = run_trainer(cfg, run_dir, resume, progress, rank, world, interrupt)
     else:  # the async server: SIGTERM (the agent passes a scheduler's on) stops the run as Ctrl-C does
         with sigterm_interrupts():
-            summary = run_trainer(cfg, run_dir, resume, progress, log_every, rank, world)
+            summary = run_trainer(cfg, run_dir, resume, progress, rank, world)
     # The async modes' rank 0 leaves the group as it is, and its process ends at once (errors.exit_at_once):
     # a worker still computing at the end may yet send to the receive rank 0 has posted, and a gloo group
     # destroyed under a posted receive aborts the process when that message comes; a group left alone

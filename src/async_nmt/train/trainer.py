@@ -55,7 +55,6 @@ from async_nmt.train.step import StepStats, build_model
 from async_nmt.train.validate import Validator
 
 DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess's) has diverged
-LOG_EVERY = TrainConfig.log_every  # updates between `train` events (and progress-bar figures)
 
 
 def better(result: dict[str, float], best: dict[str, float]) -> bool:
@@ -67,10 +66,10 @@ def better(result: dict[str, float], best: dict[str, float]) -> bool:
 
 class Trainer:
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, log_every: int = LOG_EVERY, rank: int = 0, world: int = 1,
+        self, cfg: TrainConfig, run_dir: Path, rank: int = 0, world: int = 1,
         interrupt: Any = None,
     ):  # fmt: skip
-        self.cfg, self.run_dir, self.log_every = cfg, run_dir, log_every
+        self.cfg, self.run_dir, self.log_every = cfg, run_dir, cfg.log_every  # (updates between `train` events)
         self.rank, self.leader = rank, rank == 0
         self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
@@ -98,7 +97,7 @@ class Trainer:
         self.saved_at: int | None = None  # update of the last checkpoint written
         self.workers = build_workers(
             ModeContext(cfg, self.model_cfg, self.model, self.flat, self.streams, self.device, self.amp_dtype,
-                        devices, run_dir, rank, world, interrupt, log_every)
+                        devices, run_dir, rank, world, interrupt)
         )  # fmt: skip
         self.server = self.workers.server
         self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)

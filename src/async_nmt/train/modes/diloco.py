@@ -235,7 +235,8 @@ class DistributedDiloco(DistributedSync):
 
     def _trainer_reads(self, updates: int) -> bool:
         """Whether the trainer logs the losses, validates or saves after this update (or ends: --max-updates)."""
-        cfg, every = self.ctx.cfg, self.ctx.log_every
+        cfg = self.ctx.cfg
+        every = cfg.log_every  # (the trainer's `train` events, for which the ranks share their losses)
         return (updates >= self.fence or updates // every > (updates - 1) // every
                 or (cfg.max_updates > 0 and updates >= cfg.max_updates))  # fmt: skip
 

@@ -32,7 +32,6 @@ class ModeContext:
     rank: int = 0  # this process's rank in a sync group of `world`
     world: int = 1
     interrupt: Any = None  # a sync group's Ctrl-C event, set by the launcher
-    log_every: int = 50  # updates between the trainer's `train` events (diloco's ranks share losses for them)
 
 
 def worker_seed(seed: int, worker: int) -> int:
