@@ -18,6 +18,8 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 Mode = Literal["sync", "async", "async-accum", "diloco"]
 MODES: tuple[str, ...] = get_args(Mode)
+ASYNC_MODES = ("async", "async-accum")  # a parameter server applies the pushes as they come: they can be stale
+RANK_MODES = ("sync", "diloco")  # the workers are ranks of an all-reduce group, each with a trainer of its own
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # how a push's staleness scales the learning rate of the update it joins (Zhang et al. 2016: lr / max(1, s))

@@ -70,7 +70,8 @@ class OutOfMemory(UserError):
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite: the run stopped without saving, exit code 1."""
+    """The training loss became NaN, infinite or over 10 times a uniform guess's, or the valid loss not finite:
+    the run stopped without saving, exit code 1."""
 
     exit_code = 1
 
@@ -181,12 +182,13 @@ def interrupts(number: int) -> bool:
 
 
 def run_script(main: Callable[[], object]) -> None:
-    """Run a script's `main()` and end its process as the `nmt` CLI ends a command, without a traceback: a
+    """Run a script's `main()` and end its process much as the `nmt` CLI ends a command, without a traceback: a
     UserError is `error: MESSAGE` on stderr and exit code `err.exit_code` (2; a failed worker, running out of
     memory, a diverged loss: 1); a missing file or folder (FileNotFoundError) `error: PATH: REASON` and exit
-    code 2, as bad input; any other error of the system (a full disk) `error: PATH: REASON` and exit code 1;
-    Ctrl-C (KeyboardInterrupt) `interrupted` and exit code 130. Any other exception keeps its traceback (a
-    bug). When `main` returns, so does this (what it returns is ignored).
+    code 2, as bad input (the CLI checks its inputs first, a missing one being a UserError, exit code 2, and
+    gives 1 to one it did not foresee); any other error of the system (a full disk) `error: PATH: REASON`
+    and exit code 1; Ctrl-C (KeyboardInterrupt) `interrupted` and exit code 130. Any other exception keeps
+    its traceback (a bug). When `main` returns, so does this (what it returns is ignored).
 
         if __name__ == "__main__":
             run_script(main)

@@ -1,4 +1,5 @@
-"""`nmt report`: compare run folders from their events.jsonl alone (table, time to a target BLEU, speedups, plots)."""
+"""`nmt report`: compare run folders from their events.jsonl (table, time to a target BLEU, speedups, plots; config.json
+and spm.model only say which runs may be compared)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from async_nmt.config import VOCAB_NAME, temporary_beside
+from async_nmt.config import RANK_MODES, VOCAB_NAME, temporary_beside
 from async_nmt.errors import UserError, stdout_console
 from async_nmt.train.events import read_events
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
@@ -38,7 +39,7 @@ SECTIONS = ("train", "corpus")  # of config.json
 
 @dataclass
 class Run:
-    """What the report needs of one run folder, read from its events.jsonl."""
+    """What the report needs of one run folder: its events.jsonl, and config.json's corpus and vocabulary."""
 
     name: str
     path: Path
@@ -179,7 +180,7 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
             base = begins
             delta = price - link_seconds(start["params"], link(event if event["kind"] == "start" else first))
         if "predicted_s" in event:
-            if counts is not None and mode in ("sync", "diloco"):
+            if counts is not None and mode in RANK_MODES:
                 predicted = event["predicted_s"] + shifted(counts)[0]
             elif counts is not None and "worker_s" in event:
                 predicted = max(s + d for s, d in zip(event["worker_s"], shifted(counts), strict=True))

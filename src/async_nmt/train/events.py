@@ -1,4 +1,4 @@
-"""The run folder's event log (`events.jsonl`, the only thing `nmt report` reads) and the training clock."""
+"""The run folder's event log (`events.jsonl`, from which `nmt report` takes every figure) and the training clock."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
-from async_nmt.config import TrainConfig, torchrun_rank
+from async_nmt.config import ASYNC_MODES, RANK_MODES, TrainConfig, torchrun_rank
 from async_nmt.data.binarize import SPLIT_KEYS, load_manifest
 from async_nmt.devices import resolve_device
 from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
@@ -80,7 +80,7 @@ def run_trainer(
     trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt)
     # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
     # wait for their server, so it trains (or stops at once) rather than skip
-    if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in ("sync", "diloco")):
+    if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in RANK_MODES):
         return None
     summary = trainer.run(progress=progress and rank == 0)
     if progress and rank == 0:
@@ -235,7 +235,7 @@ def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank
     the run folder, whose lock it then holds in `held`; the node's devices and this rank's."""
     if cfg.simulate:
         raise UserError("RANK/WORLD_SIZE are set (torchrun): --simulate runs in one process; start it without torchrun")
-    if cfg.mode in ("sync", "diloco"):
+    if cfg.mode in RANK_MODES:
         if cfg.workers not in (1, world):
             raise UserError(f"--workers {cfg.workers} differs from WORLD_SIZE={world}")
         cfg.workers = world
@@ -257,7 +257,7 @@ def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank
         torch.cuda.set_device(torch.device(device))
     load_manifest(Path(cfg.bin_dir))  # every rank reads the corpus
     # (rank 0's run folder is checked below, with what check_run_dir says of a missing last.pt)
-    if resume and cfg.mode in ("sync", "diloco") and rank > 0 and not checkpoint_path(run_dir, "last").is_file():
+    if resume and cfg.mode in RANK_MODES and rank > 0 and not checkpoint_path(run_dir, "last").is_file():
         raise UserError(f"{checkpoint_path(run_dir, 'last')}: not on this node; every {cfg.mode} rank resumes "
                         "from its run folder's copy: copy the run folder to each node")  # fmt: skip
     if rank == 0:  # only rank 0 writes the run folder, so only it holds its lock: not the other ranks or nodes
@@ -277,7 +277,7 @@ def _start_options(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, A
     splits = {name: {key: split[key] for key in SPLIT_KEYS} for name, split in manifest["splits"].items()}
     corpus = {"vocab_hash": manifest["vocab_hash"], "splits": splits}
     options = {**options, "corpus": corpus, "resume": resume}
-    if resume and cfg.mode in ("sync", "diloco"):  # every rank loads its node's last.pt: the same one
+    if resume and cfg.mode in RANK_MODES:  # every rank loads its node's last.pt: the same one
         saved = read_checkpoint(checkpoint_path(run_dir, "last"), mmap=True)
         options["checkpoint"] = {"updates": saved["server"]["updates"], "crc32": saved.get("params_crc32")}
     return json.loads(json.dumps({**options, RUN_CONFIG: (run_dir / "config.json").is_file()}))  # (as read)
@@ -348,13 +348,13 @@ def _shown(value: Any) -> str:
 def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, rank: int, world: int,
                 node: list[str], device: str, store: Any) -> dict[str, Any] | None:  # fmt: skip
     # the async modes' messages go from any worker to rank 0, which NCCL cannot receive: gloo, host memory
-    dist.init_process_group(backend(node) if cfg.mode in ("sync", "diloco") else "gloo", store=store, rank=rank,
+    dist.init_process_group(backend(node) if cfg.mode in RANK_MODES else "gloo", store=store, rank=rank,
                             world_size=world, timeout=TIMEOUT)  # fmt: skip
     # on an error the group is left as it is (tearing it down may wait for peers that are gone)
-    if cfg.mode in ("async", "async-accum") and rank > 0:
+    if cfg.mode in ASYNC_MODES and rank > 0:
         run_worker_rank(cfg, rank, torch.device(device))
         summary = None
-    elif cfg.mode in ("sync", "diloco"):  # Ctrl-C or SIGTERM: the ranks agree to stop after the same step
+    elif cfg.mode in RANK_MODES:  # Ctrl-C or SIGTERM: the ranks agree to stop after the same step
         interrupt = threading.Event()
         said = "interrupted: stopping at the next step (Ctrl-C again to stop at once)" if rank == 0 else None
         with processes.stop_signals_set(interrupt, said):
@@ -366,6 +366,6 @@ def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, r
     # a worker still computing at the end may yet send to the receive rank 0 has posted, and a gloo group
     # destroyed under a posted receive aborts the process when that message comes; a group left alone
     # takes it, or the worker finds rank 0 gone and leaves quietly.
-    if cfg.mode in ("sync", "diloco") or rank > 0:
+    if cfg.mode in RANK_MODES or rank > 0:
         dist.destroy_process_group()
     return summary

@@ -70,13 +70,6 @@ class FlatAdam:
         torch.div(self.exp_avg_sq, bias2, out=self._denom).sqrt_().add_(self.eps)
         self.params.addcdiv_(self.exp_avg, self._denom, value=-lr / bias1)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"exp_avg": self.exp_avg.cpu(), "exp_avg_sq": self.exp_avg_sq.cpu()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.exp_avg.copy_(state["exp_avg"])
-        self.exp_avg_sq.copy_(state["exp_avg_sq"])
-
 
 _FUSED = getattr(torch, "_fused_adam_", None)
 

@@ -70,7 +70,7 @@ OPTIONS = [
     click.option("--simulate-token-us", type=float, default=0.0, show_default=True,
                  help="With --simulate: price a target token's forward and backward at this many microseconds on "
                  "a speed-1 worker, so that predicted_s is the same on any machine and under any load; 0 = the "
-                 "time measured on this device so far."),
+                 "time each push's compute took on this device."),
     click.option("--link-gbps", type=float, default=80.0, show_default=True,
                  help="With --simulate: bandwidth of each worker's link in Gb/s, priced on the predicted clock for "
                  "moving the parameters (25 = Ethernet between nodes, 100-400 = InfiniBand, 80 = 10 GB/s)."),

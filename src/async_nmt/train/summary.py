@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from async_nmt.config import ASYNC_MODES
 from async_nmt.train.events import read_events, staleness_stats
 from async_nmt.train.modes.workers import merge_histograms
 
@@ -30,7 +31,7 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         ("training time", f"{summary['train_s']:.0f} s (wall {summary['wall_s']:.0f} s)"),
         ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
     ]
-    if cfg.mode in ("async", "async-accum"):  # the pushes' staleness over the whole run (a resumed one too)
+    if cfg.mode in ASYNC_MODES:  # the pushes' staleness over the whole run (a resumed one too)
         hist: list[int] = []
         for event in read_events(trainer.run_dir / "events.jsonl"):
             if event["kind"] == "train":

@@ -1,7 +1,8 @@
 """A training run: the run folder, the update loop, validation, checkpoints, events, resume, stop rules.
 
 The trainer drives a `modes.Workers` object (where the pushes come from) and a `ParamServer` (how pushes
-become updates), and never asks which mode runs. Validations and checkpoints are fences: the workers are
+become updates), whatever the mode; it asks which mode runs only for what it prints (a warning of its
+options, the staleness of the async modes' pushes). Validations and checkpoints are fences: the workers are
 allowed to run up to the next one, and the trainer validates and saves a server that is between updates.
 In a sync group every rank runs a trainer; rank 0 (the leader) writes the run folder.
 """
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from async_nmt.config import (
+    ASYNC_MODES,
     VOCAB_NAME,
     CorpusInfo,
     RunConfig,
@@ -174,7 +176,7 @@ class Trainer:
             print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
                   f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
                   file=sys.stderr)  # fmt: skip
-        elif cfg.workers == 1 and cfg.mode in ("async", "async-accum"):
+        elif cfg.workers == 1 and cfg.mode in ASYNC_MODES:
             summed = f", the sum of {cfg.accum} in turn" if cfg.accum > 1 else ""
             print(f"warning: --mode {cfg.mode} with one worker trains as sync does (one worker's gradient an update"
                   f"{summed}, never stale); give --workers N for N workers", file=sys.stderr)  # fmt: skip
@@ -468,7 +470,7 @@ class Trainer:
         # where stderr is not a terminal (a log file, a batch job), the bar is off and every `train` event
         # is one line instead, as `\r` redraws would make one endless line of a log
         lines = progress and bar.disable and self.leader
-        asynchronous = cfg.mode in ("async", "async-accum")  # (their staleness shown beside the loss)
+        asynchronous = cfg.mode in ASYNC_MODES  # (their staleness shown beside the loss)
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
         counted = self.updates  # the updates whose pushes the trainer has counted

@@ -50,17 +50,16 @@ class Validator:
         model: nn.Module,
         sp: spm.SentencePieceProcessor,
         amp_dtype: torch.dtype | None,
-        beam: int = 1,
         progress: Callable[[int], object] | None = None,
     ) -> dict[str, float]:
-        """The valid loss, perplexity, BLEU and chrF of `model`; `progress` is called with the number of
-        sentences translated, as they are."""
+        """The valid loss, perplexity, and the BLEU and chrF of its greedy translations; `progress` is called
+        with the number of sentences translated, as they are."""
         device = next(model.parameters()).device
         total = StepStats()
         for batch in self.batches:
             total.add(eval_step(model, batch.to(device), amp_dtype))
         valid_loss = float(total.nll) / max(total.tokens, 1)
-        hyps = translate_lines(model, sp, self.sources, beam=beam, max_tokens=self.max_tokens, device=device,
+        hyps = translate_lines(model, sp, self.sources, beam=1, max_tokens=self.max_tokens, device=device,
                                amp_dtype=amp_dtype, progress=progress)  # fmt: skip
         scores = corpus_scores(hyps, self.references, self.language)
         return {

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from async_nmt.config import MODES, TrainConfig, torchrun_rank
+from async_nmt.config import ASYNC_MODES, MODES, RANK_MODES, TrainConfig, torchrun_rank
 from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
 from async_nmt.train.modes.asynchronous import ProcessWorkers
@@ -42,9 +42,9 @@ def build_workers(ctx: ModeContext) -> Workers:
     cfg = ctx.cfg
     options = dict(accum=pushes_per_update(cfg), peak_lr=cfg.lr, warmup=cfg.warmup, clip_norm=cfg.clip_norm,
                    betas=cfg.adam_betas, eps=cfg.adam_eps, staleness_lr=cfg.staleness_lr)  # fmt: skip
-    if ctx.world > 1 and cfg.mode in ("async", "async-accum"):  # rank 0 of torchrun's group serves the others
+    if ctx.world > 1 and cfg.mode in ASYNC_MODES:  # rank 0 of torchrun's group serves the others
         return RemoteWorkers(ctx, ParamServer(ctx.flat.data, **options))
-    if cfg.workers > 1 and not cfg.simulate and cfg.mode in ("async", "async-accum"):  # a shared server's clients
+    if cfg.workers > 1 and not cfg.simulate and cfg.mode in ASYNC_MODES:  # a shared server's clients
         shard_devices = [torch.device(d) for d in dict.fromkeys(ctx.devices)]  # one shard per device
         server = ParamServer(ctx.flat.data, **options, shards=cfg.shards or len(shard_devices),
                              devices=shard_devices, shared=True)  # fmt: skip
@@ -79,7 +79,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
             f"--accum sums pushes on the parameter server and only applies to --mode async-accum; "
             f"to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
         )
-    if cfg.staleness_lr != "none" and cfg.mode not in ("async", "async-accum"):
+    if cfg.staleness_lr != "none" and cfg.mode not in ASYNC_MODES:
         raise UserError(f"--staleness-lr applies to the async modes, not --mode {cfg.mode}")
     if cfg.mode != "diloco":
         for name in ("sync_every", "outer_lr", "outer_momentum"):
@@ -104,7 +104,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
         check_worker_speeds(cfg)
     if not 0 <= cfg.shards <= MAX_SHARDS:  # each shard holds locks and shared memory (file descriptors)
         raise UserError(f"--shards must be 0 (one per device) to {MAX_SHARDS}")
-    if cfg.shards and cfg.mode not in ("async", "async-accum"):
+    if cfg.shards and cfg.mode not in ASYNC_MODES:
         raise UserError(f"--shards cuts the async modes' parameter server, not --mode {cfg.mode}'s")
     # (the emulated and the single worker push into a server of one shard: sharded, it would clip and count
     # otherwise, and they train its parameters in place)
@@ -130,7 +130,7 @@ def check_worker_speeds(cfg: TrainConfig) -> None:
 
 def pushes_per_update(cfg: TrainConfig) -> int:
     """Pushes the server sums into one optimizer update."""
-    return cfg.accum if cfg.mode == "async-accum" else cfg.workers if cfg.mode in ("sync", "diloco") else 1
+    return cfg.accum if cfg.mode == "async-accum" else cfg.workers if cfg.mode in RANK_MODES else 1
 
 
 def worker_devices(cfg: TrainConfig) -> list[str]:
@@ -141,4 +141,4 @@ def worker_devices(cfg: TrainConfig) -> list[str]:
 
 def spawns_ranks(cfg: TrainConfig) -> bool:
     """Whether the launcher starts a group of sync ranks (each runs a trainer of its own)."""
-    return cfg.mode in ("sync", "diloco") and cfg.workers > 1 and not cfg.simulate
+    return cfg.mode in RANK_MODES and cfg.workers > 1 and not cfg.simulate

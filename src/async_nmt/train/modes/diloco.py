@@ -43,9 +43,11 @@ import torch.distributed as dist
 from async_nmt.config import TrainConfig
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.simulated import PredictedClock
-from async_nmt.train.modes.sync import STOP, DistributedSync
+from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, push_gradient
+
+CTRL_C = 2  # the all-reduce of a meeting: the two losses since the last, then the Ctrl-C flag
 
 
 def partial_round_warning(cfg: TrainConfig) -> str | None:
@@ -67,9 +69,6 @@ def partial_round_warning(cfg: TrainConfig) -> str | None:
 
 class OuterServer:
     """The global parameters and the outer Nesterov step; what the trainer reads as the run's server."""
-
-    accum = 1
-    pending_pushes = 0
 
     def __init__(self, params: torch.Tensor, outer_lr: float, momentum: float, sync_every: int):
         self.params, self.outer_lr, self.momentum, self.sync_every = params, outer_lr, momentum, sync_every
@@ -250,10 +249,10 @@ class DistributedDiloco(DistributedSync):
         meta = torch.cat([self.unshared, flag.to(self.unshared.device)]).to(self.meta_device)
         with self.collective():
             dist.all_reduce(meta)
-        if meta[STOP].item() > 0:
+        if meta[CTRL_C].item() > 0:
             self.interrupted = self.agreed = True
         self.unshared = None
-        return meta[:STOP]
+        return meta[:CTRL_C]
 
     def _own_state(self) -> dict[str, Any]:
         return {**super()._own_state(), "params": self.params.cpu(), "inner": self.inner.state_dict()}

@@ -35,7 +35,7 @@ from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, Workers
 from async_nmt.train.step import StepStats, push_gradient
 
-STOP, INTERRUPT = 2, 3  # slots of the small all-reduce after the two losses
+FLAGS = 2  # the small all-reduce of each step: the two losses, then from here the flags (stop wish, Ctrl-C)
 
 
 class DistributedSync(Workers):
@@ -135,7 +135,7 @@ class DistributedSync(Workers):
         meta = torch.cat([losses, self.wishes.to(self.meta_device, non_blocking=True)])
         with self.collective():
             dist.all_reduce(meta)
-        self.flags.copy_(meta[STOP:], non_blocking=True)
+        self.flags.copy_(meta[FLAGS:], non_blocking=True)
         if self.flags_copied is not None:
             self.flags_copied.record()
         self.flags_pending = True

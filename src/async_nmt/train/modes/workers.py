@@ -42,7 +42,7 @@ def worker_seed(seed: int, worker: int) -> int:
 
 class Workers:
     """Where pushes come from, and the server that turns them into updates. The trainer drives every mode
-    through these calls and never asks which mode runs."""
+    through these calls alone."""
 
     server: ParamServer
     interrupted = False  # a sync group agreed to stop on Ctrl-C
