@@ -33,7 +33,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from async_nmt.errors import UserError, run_script
-from async_nmt.report import Run, load_run, reprice, staleness, to_target
+from async_nmt.report import Run, load_run, reprice, to_target
+from async_nmt.train.events import run_staleness
 
 LABELS = {  # every configuration of the experiment, in the order of the tables
     "sync": "sync",
@@ -154,7 +155,8 @@ def quality(runs: Runs) -> None:
         rows.append([LABELS.get(config, config), spread([best(r) for r in done]),
                      spread([r.valid[-1]["bleu"] for r in done]), spread(tests["best"]), spread(tests["avg5"]),
                      spread([r.events[-1]["tokens"] / 1e6 for r in done], 1),
-                     spread([staleness(r)[0] or 0.0 for r in done]), f"{converged} of {len(done)}"])  # fmt: skip
+                     spread([run_staleness(r.train)[0] or 0.0 for r in done]),
+                     f"{converged} of {len(done)}"])  # fmt: skip
     headers = ["configuration", "best valid BLEU", "final valid BLEU", "test BLEU, best checkpoint",
                "test BLEU, average of last 5", "tokens trained (M)", "stale mean (DiLoCo: steps since sync)",
                "stopped by patience"]  # fmt: skip

@@ -16,7 +16,7 @@ import click
 
 from async_nmt.config import RANK_MODES, VOCAB_NAME, temporary_beside
 from async_nmt.errors import UserError, stdout_console
-from async_nmt.train.events import read_events
+from async_nmt.train.events import read_events, run_staleness
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
 
 # --x choice -> the event field it reads, and the axis label
@@ -215,19 +215,6 @@ def to_target(run: Run, target: float | None, x: str) -> float | None:
     return None
 
 
-def staleness(run: Run) -> tuple[float | None, int | None]:
-    """Mean staleness over all pushes (train events weighted by their push counts) and the maximum.
-
-    The trainer writes both into every `train` event; an event without them (a log from elsewhere) counts
-    for neither, as a torn line would not, rather than stopping the report."""
-    events = [e for e in run.train if "staleness_mean" in e]
-    weights = [sum(e.get("staleness_hist", [1])) for e in events]
-    total = sum(weights)
-    mean = sum(w * e["staleness_mean"] for w, e in zip(weights, events, strict=True)) / total if total else None
-    most = [e["staleness_max"] for e in run.train if "staleness_max" in e]
-    return mean, max(most) if most else None
-
-
 def training_split(run: Run) -> str | None:
     """The training split's pairs and tokens that the run recorded (config.json's corpus), if it did."""
     info = run.config.get("corpus", {})
@@ -249,7 +236,7 @@ def mode_label(start: dict[str, Any]) -> str:
 def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
     """One row of the report (without the speedup, which needs the baseline)."""
     start, last = run.start, run.last
-    mean, most = staleness(run)
+    mean, most, _ = run_staleness(run.train)
     clock = "predicted_s" if x == "predicted" else "train_s"  # tok/s on the clock of the report
     bleus = [e["bleu"] for e in run.valid]  # none yet: a row of dashes
     return {

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -184,3 +184,17 @@ def staleness_stats(hist: list[int]) -> dict[str, Any]:
     mean = sum(value * count for value, count in enumerate(hist)) / pushes
     top = max(value for value, count in enumerate(hist) if count)
     return {"staleness_mean": mean, "staleness_max": top, "staleness_hist": hist[: top + 1]}
+
+
+def run_staleness(events: Iterable[dict[str, Any]]) -> tuple[float | None, int | None, int]:
+    """The staleness of every push of a run's `train` events: its mean (each event's mean weighed by its
+    pushes), its maximum and the pushes (None, None, 0 where no event holds it). The trainer writes them into
+    every `train` event; an event without them (a log from elsewhere) counts for neither, as a torn line
+    would not, rather than stopping the report. (`nmt report` and the summary at a run's end both read this.)"""
+    train = [e for e in events if e.get("kind", "train") == "train"]
+    held = [e for e in train if "staleness_mean" in e]
+    weights = [sum(e.get("staleness_hist", [1])) for e in held]
+    pushes = sum(weights)
+    mean = sum(w * e["staleness_mean"] for w, e in zip(weights, held, strict=True)) / pushes if pushes else None
+    most = [e["staleness_max"] for e in train if "staleness_max" in e]
+    return mean, max(most) if most else None, pushes

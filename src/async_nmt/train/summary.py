@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from async_nmt.config import ASYNC_MODES
-from async_nmt.train.events import read_events, staleness_stats
-from async_nmt.train.modes.workers import merge_histograms
+from async_nmt.train.events import read_events, run_staleness
 
 if TYPE_CHECKING:
     from async_nmt.train.trainer import Trainer
@@ -32,13 +31,9 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
     ]
     if cfg.mode in ASYNC_MODES:  # the pushes' staleness over the whole run (a resumed one too)
-        hist: list[int] = []
-        for event in read_events(trainer.run_dir / "events.jsonl"):
-            if event["kind"] == "train":
-                hist = merge_histograms(hist, event.get("staleness_hist", []))
-        stats = staleness_stats(hist)
-        rows.append(("staleness", f"mean {stats['staleness_mean']:.2f}, max {stats['staleness_max']} "
-                                  f"({sum(hist):,} pushes)"))  # fmt: skip
+        mean, most, pushes = run_staleness(read_events(trainer.run_dir / "events.jsonl"))
+        if mean is not None:
+            rows.append(("staleness", f"mean {mean:.2f}, max {most} ({pushes:,} pushes)"))
     if "predicted_s" in summary:
         rate = summary["tokens"] / max(summary["predicted_s"], 1e-9)  # (tokens/s above: this one process's)
         rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices "
