@@ -1243,3 +1243,36 @@ def test_a_log_every_given_to_train_is_the_one_config_json_records(synthetic_bin
     events = read_events(run / "events.jsonl")
     assert [e["updates"] for e in events if e["kind"] == "train"] == [2, 4]
     assert load_json(RunConfig, run / "config.json").train.log_every == 2 == events[0]["log_every"]
+
+
+@pytest.mark.parametrize("mode", ["diloco", "sync"])
+def test_a_run_stopped_by_patience_says_so_though_its_closing_validation_improved(synthetic_bin: Path,
+                                                                                  tmp_path: Path, monkeypatch,
+                                                                                  mode: str):  # fmt: skip
+    """diloco stops at the end of the round under way (as a sync group stops at the step its ranks agree
+    on): where the closing validation there found a better model, the end event said nothing had stopped
+    the run (stopped_by null, converged false), and so did the summary ("stopped by -"). Validation here
+    gives BLEU 0 and a loss that improves only at the closing validation, as the audit's runs did (the
+    validations inside a round saw the parameters of its start)."""
+    from async_nmt.train.trainer import Trainer
+    from async_nmt.train.validate import Validator
+
+    losses = iter([5.0, 5.0, 4.0, 3.0])
+    monkeypatch.setattr(Validator, "__call__", lambda *a, **k: dict(valid_loss=next(losses), valid_ppl=1.0,
+                                                                     bleu=0.0, chrf=0.0))  # fmt: skip
+    cfg = micro_config(synthetic_bin, mode=mode, workers=2, simulate=True, valid_every=1, patience=1,
+                       max_updates=40, **({"sync_every": 3} if mode == "diloco" else {}))  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.open_run(resume=False)
+    if mode == "sync":  # a sync group's ranks agree to stop one step after the leader's wish
+        agree_stop, wished_at = trainer.workers.agree_stop, []
+
+        def one_step_later(wish: bool) -> bool:
+            if wish and not wished_at:
+                wished_at.append(trainer.updates)
+            return agree_stop(bool(wished_at) and trainer.updates > wished_at[0])
+
+        trainer.workers.agree_stop = one_step_later
+    end = trainer.run(progress=False)
+    assert end["updates"] == 3, end
+    assert (end["stopped_by"], end["converged"]) == ("--patience 1", True), end

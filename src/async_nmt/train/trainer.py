@@ -112,6 +112,9 @@ class Trainer:
         self.best: dict[str, float] | None = None
         self.last_valid: dict[str, float] | None = None
         self.validated_at: int | None = None
+        # the limit that made this process first wish to stop: a sync group trains on to the step its ranks
+        # agree on, and diloco to the end of the round, and a better validation there hid --patience
+        self.stop_wish: str | None = None
         self.clock = TrainingClock()
         self._wall_start = time.perf_counter()
         self.events: EventLog
@@ -414,6 +417,8 @@ class Trainer:
             or (self.leader and cfg.max_time > 0 and self.clock.seconds >= cfg.max_time)  # rank 0's clock
             or self.converged()
         )
+        if wish and self.stop_wish is None:
+            self.stop_wish = self.limit_reached()
         return self.workers.agree_stop(wish) or self.workers.interrupted
 
     def converged(self) -> bool:
@@ -554,9 +559,10 @@ class Trainer:
             raise
         with self.clock.paused():
             self.workers.close()
-        converged = self.converged()  # stopped by --patience
+        stopped_by = self.limit_reached() or self.stop_wish
+        converged = self.converged() or self.leader and self.stop_wish == f"--patience {self.cfg.patience}"
         summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
-                              converged=converged, stopped_by=self.limit_reached())  # fmt: skip
+                              converged=converged, stopped_by=stopped_by)  # fmt: skip
         if self.leader:
             self.events.close()
         return summary
