@@ -65,7 +65,7 @@ def test_run_folder_holds_what_translate_and_report_need(learned_run: Path):
 def test_config_json_reads_back_as_the_run_config(synthetic_bin: Path, learned_run: Path):
     saved = load_json(RunConfig, learned_run / "config.json")
     assert load_json(RunConfig, str(learned_run / "config.json")) == saved  # a path as a string too (README)
-    assert saved.train == micro_config(synthetic_bin, max_updates=300, valid_every=150)
+    assert saved.train == micro_config(synthetic_bin, max_updates=300, valid_every=150, log_every=10)
     assert saved.model == model_config("micro", saved.corpus.vocab_size, dropout=0.0)
     assert saved.corpus.src == "src" and saved.corpus.tgt == "tgt"
 
@@ -96,7 +96,7 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
     code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "302")
     assert code == 0, output
     assert load_json(RunConfig, run / "config.json").train == micro_config(synthetic_bin, max_updates=302,
-                                                                           valid_every=150)  # fmt: skip
+                                                                           valid_every=150, log_every=10)  # fmt: skip
     assert read_events(run / "events.jsonl")[-1]["updates"] == 302
     code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "304",
                            "--preset", "tiny")  # fmt: skip
@@ -135,7 +135,7 @@ def test_resume_without_a_readable_config_json_takes_the_options_from_last_pt(
     assert code == 0, output
     assert "warning:" in output and "taken from" in output and "last.pt" in output
     assert load_json(RunConfig, run / "config.json").train == micro_config(synthetic_bin, max_updates=301,
-                                                                           valid_every=150)  # fmt: skip
+                                                                           valid_every=150, log_every=10)  # fmt: skip
 
 
 def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run: Path, tmp_path: Path):
