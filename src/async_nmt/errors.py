@@ -150,11 +150,17 @@ def interrupt_handler(number: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
 
+class SecondInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C while the first was held (`held_interrupts(second_stops=True)`): stop at once, unsaved
+    (the state may be half changed)."""
+
+
 @contextlib.contextmanager
-def held_interrupts(second_stops: bool = False) -> Iterator[list[int]]:
+def held_interrupts(second_stops: bool = False, notice: str | None = None) -> Iterator[list[int]]:
     """Within the block, a Ctrl-C or SIGTERM that would raise KeyboardInterrupt (`interrupts`) is recorded in
-    the list yielded instead (a repeat of the same notice is not, nor a SIGTERM after one: `new_notice`); with
-    `second_stops`, a second one raises at once. Python runs handlers in the main thread, whichever thread
+    the list yielded instead (a repeat of the same notice is not, nor a SIGTERM after one: `new_notice`), and
+    the first prints `notice`, if any, on stderr at once; with `second_stops`, a second one raises
+    SecondInterrupt at once. Python runs handlers in the main thread, whichever thread
     the kernel hands a signal to, so this holds it for the whole process (a blocked signal mask in one
     thread held nothing). Elsewhere than in the main thread, nothing is held."""
     caught: list[int] = []
@@ -166,7 +172,9 @@ def held_interrupts(second_stops: bool = False) -> Iterator[list[int]]:
         if new_notice(number):
             caught.append(number)
             if second_stops and len(caught) > 1:
-                raise KeyboardInterrupt
+                raise SecondInterrupt
+            if notice is not None and len(caught) == 1:
+                print(notice, file=sys.stderr, flush=True)
 
     held = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM) if interrupts(sig)}
     try:

@@ -1276,3 +1276,37 @@ def test_a_run_stopped_by_patience_says_so_though_its_closing_validation_improve
     end = trainer.run(progress=False)
     assert end["updates"] == 3, end
     assert (end["stopped_by"], end["converged"]) == ("--patience 1", True), end
+
+
+def test_a_second_ctrl_c_stops_an_update_under_way_at_once(synthetic_bin: Path, tmp_path: Path):
+    """One worker (or --simulate) holds Ctrl-C until the update under way is done, so that the checkpoint
+    holds whole updates. A slow update (here --local-accum 3000) held every signal without a word: a second
+    Ctrl-C, or `timeout`'s, did nothing until it ended (an audit's update of 11 minutes needed kill -9). The
+    first now says so at once, and a second stops at once, unsaved, as elsewhere."""
+    import signal
+    import time
+
+    from async_nmt.train.trainer import UPDATE_HELD
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
+         "--max-tokens", "512", "--valid-every", "0", "--local-accum", "3000", "--max-updates", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(e["kind"] == "start" for e in _events(run)):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)  # (a second within errors.REPEAT_S is the same notice)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # no-op when it ended
+    assert proc.returncode == 130, stderr
+    assert UPDATE_HELD in stderr and "interrupted: saved" not in stderr and "Traceback" not in stderr, stderr
+    assert not (run / "checkpoints" / "last.pt").exists()
+    assert not any(e["kind"] in ("train", "end") for e in _events(run))  # it stopped within its first update

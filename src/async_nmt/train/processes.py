@@ -191,16 +191,17 @@ def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
 
 
 @contextmanager
-def uninterrupted(second_stops: bool = False) -> Iterator[None]:
+def uninterrupted(second_stops: bool = False, notice: str | None = None) -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an
     update half applied, a message exchange with a worker half done (that worker then waits for an answer
     that never comes), workers starting. A signal that came meanwhile is raised as KeyboardInterrupt when the
-    section ends; with `second_stops`, a second one is raised at once (a section that may wait long; one
-    that repeats the last, or a SIGTERM, `errors.new_notice`, is no second one).
+    section ends, and the first prints `notice` at once, if given; with `second_stops`, a second one is
+    raised at once as `errors.SecondInterrupt`, which stops unsaved (a section that may wait long; one that
+    repeats the last, or a SIGTERM, `errors.new_notice`, is no second one).
     If the section raises, its error wins and the signal is dropped: the state may be half changed then,
     and an interrupt would save it. In a thread other than the main one, or where the signals are not
     Ctrl-C's, nothing changes."""
-    with held_interrupts(second_stops) as caught:
+    with held_interrupts(second_stops, notice) as caught:
         yield
     if caught:
         raise KeyboardInterrupt

@@ -37,7 +37,7 @@ from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import TrainingDiverged, UserError
+from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, kept_update, read_checkpoint
 from async_nmt.score import tokenizer_warning
 from async_nmt.train import checkpoint as ckpt
@@ -57,6 +57,8 @@ from async_nmt.train.step import StepStats, build_model
 from async_nmt.train.validate import Validator
 
 DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess's) has diverged
+# printed at once where Ctrl-C comes during an update computed in this process, which finishes it first
+UPDATE_HELD = "interrupted: saving after the update under way (Ctrl-C again to stop at once, unsaved)"
 
 
 def better(result: dict[str, float], best: dict[str, float]) -> bool:
@@ -495,7 +497,8 @@ class Trainer:
                 # Where the pushes are computed in this process, Ctrl-C waits for the update and its count: a
                 # checkpoint then holds whole updates and the data positions of exactly the batches they
                 # took, the last train event counts them, and a resume goes on as if never stopped
-                with uninterrupted() if self.workers.steps_here else contextlib.nullcontext():
+                held = uninterrupted(second_stops=True, notice=UPDATE_HELD) if self.workers.steps_here else None
+                with held or contextlib.nullcontext():
                     self.interval.add(self.update())
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
@@ -543,6 +546,10 @@ class Trainer:
             # first), and on any error the worker processes stop (else this process waits for them at exit)
             if self.validated_at != self.updates:
                 self.validate()
+        except SecondInterrupt:  # (while the first was held, as by an update under way): at once, unsaved
+            bar.close()
+            self.workers.close()
+            raise
         except KeyboardInterrupt:
             bar.close()
             return self._stop_interrupted()
