@@ -367,8 +367,19 @@ def test_resume_refuses_a_corrupt_event_log(synthetic_bin: Path, run_dir: Path, 
     ids=lambda option: " ".join(option[:2]),
 )  # fmt: skip
 def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
-    one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", *option), option[0])
+    line = one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", *option),
+                          option[0])  # fmt: skip
+    assert "negative" not in line  # (--max-time nan and --clip-norm nan "must not be negative")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("speeds", ["1,1e-300", "1,0.0009", "1,1001"])
+def test_worker_speeds_beyond_a_thousandfold_are_refused(synthetic_bin: Path, tmp_path: Path, speeds: str):
+    """--worker-speeds 1,1e-300 with real workers: "worker 1 (cpu) failed: OverflowError: timestamp out of
+    range for platform time_t" (the slowed worker's sleep), exit 1."""
+    line = one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", "--workers",
+                              "2", "--mode", "async", "--worker-speeds", speeds), "--worker-speeds")  # fmt: skip
+    assert "between 0.001 and 1000" in line
 
 
 def test_a_config_json_value_of_another_type_is_named_and_last_pts_taken(synthetic_bin: Path, run_dir: Path,

@@ -76,7 +76,8 @@ OPTIONS = [
                  "moving the parameters (25 = Ethernet between nodes, 100-400 = InfiniBand, 80 = 10 GB/s)."),
     click.option("--worker-speeds", default=None,
                  help="Comma-separated relative speeds, one per worker, e.g. 1,1,1,0.5: emulated in --simulate, "
-                 "and real workers of every mode slower than 1 sleep after each batch (a straggler on purpose)."),
+                 "and real workers of every mode slower than 1 sleep after each batch (a straggler on purpose); "
+                 "each between 0.001 and 1000."),
     click.option("--max-tokens", default=4096, show_default=True,
                  help="Token budget of a batch: rows x longest padded side. A pair longer than it is a "
                  "batch of its own (a warning at the start counts them). A batch that runs the device "
@@ -176,6 +177,7 @@ def default_accum(mode: str, workers: int) -> int:
 
 
 MIN_LINK_GBPS = 1e-6
+MIN_SPEED = 1e-3  # --worker-speeds: within a thousandfold of 1, either way
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -208,6 +210,8 @@ def check_config(cfg: TrainConfig) -> None:
         "patience",
         "valid_max_sentences",
     ):
+        if math.isnan(getattr(cfg, name)):  # (it is not negative either: "must not be negative" said it was)
+            raise UserError(f"--{name.replace('_', '-')} must be a number (got nan)")
         if not getattr(cfg, name) >= 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
     # no number is infinite: config.json and the start event would hold Infinity, which JSON has not
@@ -240,8 +244,10 @@ def _speeds(text: str | None) -> list[float]:
         speeds = [float(x) for x in text.split(",")]
     except ValueError:
         raise UserError(f"--worker-speeds: {text!r} is not a comma-separated list of numbers") from None
-    if not all(0 < x < math.inf for x in speeds):  # (nan is neither)
-        raise UserError("--worker-speeds: every speed must be a positive number")
+    # (nan is neither; a real worker at 1e-300 slept past the clock's range: an OverflowError's exit 1)
+    if not all(MIN_SPEED <= x <= 1 / MIN_SPEED for x in speeds):
+        raise UserError(f"--worker-speeds: every speed must be between {MIN_SPEED:g} and {1 / MIN_SPEED:g} (a "
+                        f"real worker at speed s waits 1/s - 1 times its compute after each batch)")  # fmt: skip
     return speeds
 
 
