@@ -373,6 +373,14 @@ def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("workers", ["99999999999999999999", "1025"])
+def test_more_than_1024_workers_are_refused(synthetic_bin: Path, tmp_path: Path, workers: str):
+    """--workers 99999999999999999999 hung silently as it listed a device for each worker (and a sync run
+    spawns a process a worker before the trainer finds too few batches for them)."""
+    one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", "--workers", workers),
+                   "--workers must be at most 1024")  # fmt: skip
+
+
 @pytest.mark.parametrize("speeds", ["1,1e-300", "1,0.0009", "1,1001"])
 def test_worker_speeds_beyond_a_thousandfold_are_refused(synthetic_bin: Path, tmp_path: Path, speeds: str):
     """--worker-speeds 1,1e-300 with real workers: "worker 1 (cpu) failed: OverflowError: timestamp out of

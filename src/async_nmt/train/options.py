@@ -39,7 +39,7 @@ OPTIONS = [
     click.option("--workers", default=1, show_default=True,
                  help="Workers computing gradients: processes spread round-robin over --devices (sync: "
                  "torch.distributed ranks; async modes: clients of a shared parameter server), or, with "
-                 "--simulate, workers emulated in one process."),
+                 "--simulate, workers emulated in one process; at most 1024."),
     click.option("--accum", type=int, default=None,
                  help="async-accum: pushes the server sums into one update (default: --workers, the paper's N; "
                  "under torchrun WORLD_SIZE - 1; above 1, refused in the other modes)."),

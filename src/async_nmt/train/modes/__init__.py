@@ -66,6 +66,7 @@ def build_workers(ctx: ModeContext) -> Workers:
 
 
 MAX_SHARDS = 64  # far beyond what pays (one per device or core); 10^5 ran out of file descriptors
+MAX_WORKERS = 1024  # (10^20 hung as it listed a device a worker; sync spawns a process a worker before any check)
 
 
 def check_mode_options(cfg: TrainConfig) -> None:
@@ -74,6 +75,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.accum < 1 or cfg.local_accum < 1 or cfg.workers < 1:
         raise UserError("--accum, --local-accum and --workers must be at least 1")
+    if cfg.workers > MAX_WORKERS:
+        raise UserError(f"--workers must be at most {MAX_WORKERS}")
     if cfg.accum > 1 and cfg.mode != "async-accum":
         raise UserError(
             f"--accum sums pushes on the parameter server and only applies to --mode async-accum; "
