@@ -638,3 +638,18 @@ def test_a_zh_target_validates_with_the_zh_tokenizer_and_its_fingerprint_says_so
     plain, zh = (Validator(b, 512, 64, max_sentences=5) for b in (synthetic_bin, chinese))
     assert (plain.tokenize, zh.tokenize) == (None, "zh") and plain.fingerprint != zh.fingerprint
     assert plain.fingerprint == Validator(synthetic_bin, 512, 64, max_sentences=5).fingerprint
+
+
+@pytest.mark.parametrize("rank0_code, expected", [(0, 0), (130, 130)])
+def test_a_group_that_ended_by_its_limit_as_ctrl_c_came_exits_as_its_rank_0(tmp_path, rank0_code, expected):
+    """A SIGTERM as a diloco group saved its last round: the supervisor said "stopping at the next step",
+    the ranks ended by --max-updates (the end event: not interrupted), and the command exited 130."""
+    import queue
+    import types
+
+    from async_nmt.train.launch import supervise
+
+    interrupt = threading.Event()
+    interrupt.set()
+    ranks = [types.SimpleNamespace(exitcode=code, is_alive=lambda: False) for code in (rank0_code, 0)]
+    assert supervise(ranks, queue.Queue(), ["cpu", "cpu"], tmp_path, interrupt) == expected

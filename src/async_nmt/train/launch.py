@@ -159,7 +159,9 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
     """Wait for a group of ranks to finish; the first failure stops them all.
 
     Ctrl-C sets `interrupt`, which the ranks agree on at their next step: rank 0 saves a checkpoint and
-    exits 130. A second Ctrl-C stops them at once. Returns the exit code to leave with."""
+    exits 130. A second Ctrl-C stops them at once. Returns the exit code to leave with: rank 0's 130, or 0
+    where the run ended by its own limit before the ranks met on the interrupt (it exited 130, though its
+    end event said it was not interrupted)."""
     try:
         while any(p.is_alive() for p in ranks):
             try:
@@ -174,7 +176,7 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
     except BaseException:
         processes.stop(ranks, grace_s=0.0)
         raise
-    return 130 if interrupt.is_set() else 0
+    return 130 if interrupt.is_set() and ranks[0].exitcode == 130 else 0
 
 
 # ---------------------------------------------------------------------- a rank started by torchrun
