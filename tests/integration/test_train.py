@@ -1310,3 +1310,14 @@ def test_a_second_ctrl_c_stops_an_update_under_way_at_once(synthetic_bin: Path, 
     assert UPDATE_HELD in stderr and "interrupted: saved" not in stderr and "Traceback" not in stderr, stderr
     assert not (run / "checkpoints" / "last.pt").exists()
     assert not any(e["kind"] in ("train", "end") for e in _events(run))  # it stopped within its first update
+
+
+def test_the_start_event_records_the_worker_speeds_and_shards_a_resume_may_change(synthetic_bin: Path,
+                                                                                   tmp_path: Path):  # fmt: skip
+    """A resume may change --worker-speeds and --shards; the start events did not say which were in force."""
+    run = tmp_path / "run"
+    common = dict(mode="async", workers=2, simulate=True, valid_every=0)
+    train(micro_config(synthetic_bin, **common, max_updates=2, worker_speeds=[1.0, 0.5]), run, progress=False)
+    train(micro_config(synthetic_bin, **common, max_updates=4), run, resume=True, progress=False)
+    starts = [e for e in read_events(run / "events.jsonl") if e["kind"] == "start"]
+    assert [(e["worker_speeds"], e["shards"]) for e in starts] == [([1.0, 0.5], 0), ([], 0)]

@@ -468,7 +468,8 @@ class Trainer:
             label_smoothing=cfg.label_smoothing, clip_norm=cfg.clip_norm, compile=cfg.compile,
             valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=self.log_every,
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
-            save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices),
+            save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
+            worker_speeds=list(cfg.worker_speeds),
         )  # fmt: skip
         bar = tqdm(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
