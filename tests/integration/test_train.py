@@ -458,12 +458,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path
     import time
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
-         "--max-tokens", "512", "--valid-every", "0", "--log-every", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
-    )  # fmt: skip
+    proc = _nmt_train(synthetic_bin, run, "--preset", "micro", "--devices", "cpu", "--max-tokens", "512",
+                      "--valid-every", "0", "--log-every", "1")  # fmt: skip
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not any(e["kind"] == "train" for e in _events(run)):
@@ -554,16 +550,19 @@ MICRO = ["--quiet", "--preset", "micro", "--devices", "cpu", "--max-tokens", "51
          "--valid-max-sentences", "5"]  # fmt: skip
 
 
-def _start_training(bin_dir: Path, run: Path, *extra: str) -> subprocess.Popen:
-    """An nmt-train that saves every update and runs until it is stopped."""
+def _nmt_train(*args: str | Path) -> subprocess.Popen:
+    """`nmt-train ARGS` as a process whose output is read, with Ctrl-C as in a terminal (even where the
+    tests run in the background, whose processes ignore SIGINT)."""
     import signal
 
-    return subprocess.Popen(
-        [str(NMT_TRAIN), str(bin_dir), str(run), *MICRO, "--log-every", "1", "--save-every", "1",
-         "--max-updates", "100000", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
-    )  # fmt: skip
+    return subprocess.Popen([str(NMT_TRAIN), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+
+
+def _start_training(bin_dir: Path, run: Path, *extra: str) -> subprocess.Popen:
+    """An nmt-train that saves every update and runs until it is stopped."""
+    return _nmt_train(bin_dir, run, *MICRO, "--log-every", "1", "--save-every", "1", "--max-updates", "100000",
+                      *extra)  # fmt: skip
 
 
 def _wait_for_a_checkpoint(run: Path, proc: subprocess.Popen) -> None:
@@ -1289,12 +1288,8 @@ def test_a_second_ctrl_c_stops_an_update_under_way_at_once(synthetic_bin: Path, 
     from async_nmt.train.trainer import UPDATE_HELD
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [str(NMT_TRAIN), str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
-         "--max-tokens", "512", "--valid-every", "0", "--local-accum", "3000", "--max-updates", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even in background
-    )  # fmt: skip
+    proc = _nmt_train(synthetic_bin, run, "--preset", "micro", "--devices", "cpu", "--max-tokens", "512",
+                      "--valid-every", "0", "--local-accum", "3000", "--max-updates", "1")  # fmt: skip
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not any(e["kind"] == "start" for e in _events(run)):
