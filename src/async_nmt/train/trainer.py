@@ -73,7 +73,7 @@ class Trainer:
         self, cfg: TrainConfig, run_dir: Path, rank: int = 0, world: int = 1,
         interrupt: Any = None,
     ):  # fmt: skip
-        self.cfg, self.run_dir, self.log_every = cfg, run_dir, cfg.log_every  # (updates between `train` events)
+        self.cfg, self.run_dir = cfg, run_dir
         self.rank, self.leader = rank, rank == 0
         self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
@@ -466,7 +466,7 @@ class Trainer:
             # what a resume may change (README), so that each start event says what was in force from there
             max_updates=cfg.max_updates, max_epochs=cfg.max_epochs, max_time=cfg.max_time, patience=cfg.patience,
             label_smoothing=cfg.label_smoothing, clip_norm=cfg.clip_norm, compile=cfg.compile,
-            valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=self.log_every,
+            valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=cfg.log_every,
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
             worker_speeds=list(cfg.worker_speeds),
@@ -512,9 +512,7 @@ class Trainer:
                 # (a validation may stop the run by --patience: the updates since the last event are logged first;
                 # on every rank alike, whatever only rank 0 knows, as a sync group reads its losses together)
                 logging = (
-                    counted // self.log_every > before // self.log_every
-                    or stopping
-                    or (validating and cfg.patience > 0)
+                    counted // cfg.log_every > before // cfg.log_every or stopping or (validating and cfg.patience > 0)
                 )
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
                     self._check_finite(self.interval)
