@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,18 @@ def live_processes() -> dict[int, tuple[int, int]]:
             if fields[0] != "Z":
                 found[int(entry.name)] = (int(fields[1]), int(fields[2]))
     return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt in the tests, and the processes they start take it as in a terminal,
+    also where the suite runs in the background: a non-interactive shell starts a background job with SIGINT
+    ignored, which Python then leaves so (`setsid nohup make test &`). Tests that send themselves SIGINT
+    failed there with "DID NOT RAISE KeyboardInterrupt". A started process gets SIGINT's default action,
+    as exec resets a handled signal."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -617,8 +617,7 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     ref.write_text("a line\n", encoding="utf-8")
     nmt = Path(sys.executable).with_name("nmt")
     proc = subprocess.Popen([str(nmt), "score", "-", str(ref)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         time.sleep(3)  # it reads stdin, which stays open
         os.kill(proc.pid, signal.SIGINT)

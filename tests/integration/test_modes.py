@@ -146,12 +146,7 @@ def _nmt_train(bin_dir: Path, run: Path, *extra: str, env: dict | None = None, u
             "--workers", "2", "--max-tokens", "1024", "--dropout", "0", "--valid-max-sentences", "20",
             *extra]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, preexec_fn=default_sigint, **popen)  # fmt: skip
-
-
-def default_sigint() -> None:
-    """Ctrl-C as in a terminal, also when the tests run in the background (which ignores SIGINT, inherited)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            env={**os.environ, **(env or {})}, **popen)  # fmt: skip
 
 
 def _wait_for(run: Path, kind: str, count: int = 1, timeout: float = 90) -> None:

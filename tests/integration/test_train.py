@@ -436,14 +436,10 @@ def test_ctrl_c_during_a_best_save_waits_for_it(synthetic_bin: Path, tmp_path: P
             os.kill(os.getpid(), signal.SIGINT)
         return done
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     monkeypatch.setattr(shutil, "copyfile", copy_then_ctrl_c)
     run = tmp_path / "run"
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            train(micro_config(synthetic_bin, max_updates=20, valid_every=4), run, progress=False, log_every=1)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(SystemExit) as stopped:
+        train(micro_config(synthetic_bin, max_updates=20, valid_every=4), run, progress=False, log_every=1)
     assert stopped.value.code == 130
     events = read_events(run / "events.jsonl")
     assert events[-1]["kind"] == "end" and events[-1]["interrupted"] is True and events[-1]["updates"] == 4
@@ -551,12 +547,10 @@ MICRO = ["--quiet", "--preset", "micro", "--devices", "cpu", "--max-tokens", "51
 
 
 def _nmt_train(*args: str | Path) -> subprocess.Popen:
-    """`nmt-train ARGS` as a process whose output is read, with Ctrl-C as in a terminal (even where the
-    tests run in the background, whose processes ignore SIGINT)."""
-    import signal
-
+    """`nmt-train ARGS` as a process whose output is read (Ctrl-C acts in it as in a terminal: conftest's
+    `ctrl_c_as_in_a_terminal`)."""
     return subprocess.Popen([str(NMT_TRAIN), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                            text=True)  # fmt: skip
 
 
 def _start_training(bin_dir: Path, run: Path, *extra: str) -> subprocess.Popen:

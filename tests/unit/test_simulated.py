@@ -221,28 +221,24 @@ def test_a_sharded_shared_server_takes_the_same_updates_as_one_shard(accum):
 
 def test_ctrl_c_during_a_push_is_raised_once_the_whole_update_is_taken(monkeypatch):
     """A checkpoint saved on Ctrl-C never holds half an update: the signal waits for the push to end."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also in the background
-    try:
-        torch.manual_seed(3)
-        p0, grad = torch.randn(100), torch.randn(100)
-        whole = ParamServer(p0.clone(), accum=1, peak_lr=1e-2, warmup=0, shards=4)
-        whole.push(grad.clone(), 7, pulled_updates=0)
-        server = ParamServer(p0.clone(), accum=1, peak_lr=1e-2, warmup=0, shards=4)
-        update = server._update
+    torch.manual_seed(3)
+    p0, grad = torch.randn(100), torch.randn(100)
+    whole = ParamServer(p0.clone(), accum=1, peak_lr=1e-2, warmup=0, shards=4)
+    whole.push(grad.clone(), 7, pulled_updates=0)
+    server = ParamServer(p0.clone(), accum=1, peak_lr=1e-2, warmup=0, shards=4)
+    update = server._update
 
-        def pressed(i: int, g: torch.Tensor, row: list[int]) -> None:  # Ctrl-C as the first shard steps
-            if i == 0:
-                os.kill(os.getpid(), signal.SIGINT)
-            update(i, g, row)
+    def pressed(i: int, g: torch.Tensor, row: list[int]) -> None:  # Ctrl-C as the first shard steps
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        update(i, g, row)
 
-        monkeypatch.setattr(server, "_update", pressed)
-        with pytest.raises(KeyboardInterrupt):
-            server.push(grad.clone(), 7, pulled_updates=0)
-        assert server.updates == whole.updates == 1 and server.pushes == 1
-        assert torch.equal(server.gather(), whole.gather())  # every shard stepped
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts at once again
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    monkeypatch.setattr(server, "_update", pressed)
+    with pytest.raises(KeyboardInterrupt):
+        server.push(grad.clone(), 7, pulled_updates=0)
+    assert server.updates == whole.updates == 1 and server.pushes == 1
+    assert torch.equal(server.gather(), whole.gather())  # every shard stepped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts at once again
 
 
 def test_sharded_clipping_keeps_the_whole_update_within_the_norm():
