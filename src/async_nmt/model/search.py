@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -229,6 +230,62 @@ def greedy_search(
     return outputs
 
 
+class _BeamChoice(NamedTuple):
+    """One step's choice among the 2*beam best candidates of each sentence (`_choose_beams`)."""
+
+    slot: Tensor  # [n, K] the finished-hypothesis slot of each of the first K candidates (K: none, the sink)
+    finished_beams: Tensor  # [n, K] the beam each of the first K candidates extends
+    live_scores: Tensor  # [n, K] the scores of the candidates that go on
+    live_beams: Tensor  # [n, K] the beam each of them extends
+    live_tokens: Tensor  # [n, K] and its token
+
+
+def _choose_beams(
+    lprobs: Tensor,
+    scores: Tensor,
+    eos_id: int,
+    length: Tensor,
+    at_limit: Tensor,
+    done: Tensor,
+    fin_count: Tensor,
+    fin_scores: Tensor,
+) -> _BeamChoice:
+    """A step of beam search's bookkeeping, the same with fixed shapes and without: of the 2*K best
+    candidates of each of n sentences (`scores` [n, K] plus the next tokens' `lprobs` [n * K, V]), the eos
+    candidates among the first K become finished hypotheses while their sentence has room, scored over
+    `length` (a tensor on the device, so that both searches divide alike), and the first K that are not eos
+    go on (there are always K: at most K are eos). In place: `fin_scores` [n, K + 1] gets the finished
+    scores in their slots (slot K is a sink for those that do not fit), `fin_count` [n] counts them, and
+    `done` [n] marks the sentences with K finished or `at_limit` [n]. The caller writes the finished
+    hypotheses' tokens and reorders its beams."""
+    n, K = scores.shape
+    V = lprobs.size(1)
+    candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
+    top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)
+    beam_of, token_of = top_index // V, top_index % V
+    is_eos = token_of.eq(eos_id)
+
+    eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite() & ~done[:, None]
+    rank = fin_count[:, None] + eos_first.long().cumsum(1) - 1
+    slot = torch.where(eos_first & (rank < K), rank, K)
+    fin_scores.scatter_(1, slot, top_scores[:, :K] / length)
+    fin_count.add_(slot.lt(K).sum(1))
+    done.logical_or_(fin_count.ge(K) | at_limit)
+
+    order = is_eos.long() * top_scores.size(1) + torch.arange(top_scores.size(1), device=scores.device)
+    live = order.topk(K, dim=1, largest=False).indices
+    return _BeamChoice(slot, beam_of[:, :K], top_scores.gather(1, live), beam_of.gather(1, live),
+                       token_of.gather(1, live))  # fmt: skip
+
+
+def _best_finished(fin_scores: Tensor, fin_tokens: Tensor, fin_count: Tensor, eos_id: int) -> list[list[int]]:
+    """Each sentence's output: its best finished hypothesis (the first of equal ones), or [] if it has none."""
+    K = fin_scores.size(1) - 1
+    best = fin_scores[:, :K].argmax(1)
+    ids = fin_tokens[torch.arange(best.size(0), device=best.device), best].tolist()
+    return [_until_eos(hyp, eos_id) if count else [] for hyp, count in zip(ids, fin_count.tolist(), strict=True)]
+
+
 def _beam_fixed_shapes(
     model: Transformer, src: Tensor, beam: int, lenpen: float, limits: list[int], check_every: int
 ) -> list[list[int]]:
@@ -251,7 +308,6 @@ def _beam_fixed_shapes(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     sent_limits = torch.tensor(limits, device=device)
     columns = torch.arange(steps, device=device)
-    candidate_index = torch.arange(2 * K, device=device)
     first_rows = torch.arange(B, device=device)[:, None] * K
 
     def step() -> None:
@@ -264,34 +320,19 @@ def _beam_fixed_shapes(
         lprobs = torch.log_softmax(model.decode_step(tokens.index_select(1, position), enc, cache).float(), dim=-1)
         _no_eos_first(model, lprobs, first, at_max_len)
         lprobs = _mask_next(model, lprobs, at_max_len)
-        V = lprobs.size(1)
-        candidates = (scores[:, :, None] + lprobs.view(B, K, V)).view(B, K * V)
-        top_scores, top_index = candidates.topk(2 * K, dim=1)
-        beam_of, token_of = top_index // V, top_index % V
-        is_eos = token_of.eq(cfg.eos_id)
-
-        eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite() & ~done[:, None]
-        rank = fin_count[:, None] + eos_first.long().cumsum(1) - 1
-        slot = torch.where(eos_first & (rank < K), rank, K)
-        fin_scores.scatter_(1, slot, top_scores[:, :K] / length)
-        history = tokens.view(B, K, -1)[:, :, 1:].gather(1, beam_of[:, :K, None].expand(-1, -1, steps))
+        choice = _choose_beams(lprobs, scores, cfg.eos_id, length, at_limit, done, fin_count, fin_scores)
+        history = tokens.view(B, K, -1)[:, :, 1:].gather(1, choice.finished_beams[:, :, None].expand(-1, -1, steps))
         history = torch.where(history_cols, history, cfg.eos_id)
-        fin_tokens.scatter_(1, slot[:, :, None].expand(-1, -1, steps), history)
-        fin_count.add_(slot.lt(K).sum(1))
-        done.logical_or_(fin_count.ge(K) | at_limit)
+        fin_tokens.scatter_(1, choice.slot[:, :, None].expand(-1, -1, steps), history)
 
-        order = is_eos.long() * (2 * K) + candidate_index
-        live = order.topk(K, dim=1, largest=False).indices
-        live_rows = (first_rows + beam_of.gather(1, live)).view(-1)
-        scores.copy_(top_scores.gather(1, live))
+        live_rows = (first_rows + choice.live_beams).view(-1)
+        scores.copy_(choice.live_scores)
         tokens.copy_(tokens.index_select(0, live_rows))
-        tokens.index_copy_(1, write_at, token_of.gather(1, live).view(-1, 1))
+        tokens.index_copy_(1, write_at, choice.live_tokens.view(-1, 1))
         model.reorder_cache(cache, live_rows, cross=False)
 
     _run_steps(step, steps, done, check_every)
-    best = fin_scores[:, :K].argmax(1)
-    ids = fin_tokens[torch.arange(B, device=device), best].tolist()
-    return [_until_eos(hyp, cfg.eos_id) if count else [] for hyp, count in zip(ids, fin_count.tolist(), strict=True)]
+    return _best_finished(fin_scores, fin_tokens, fin_count, cfg.eos_id)
 
 
 def beam_search(
@@ -353,32 +394,19 @@ def beam_search(
             if at_max_len is not None:
                 at_max_len = at_max_len.repeat_interleave(K)
             lprobs = _next_log_probs(model, tokens[:, : step + 1], enc, cache, at_max_len)
-            V = lprobs.size(1)
-            candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
-            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)
-            beam_of, token_of = top_index // V, top_index % V
-            is_eos = token_of.eq(cfg.eos_id)
-
-            # Finished hypotheses: eos candidates ranked among the first K, while their sentence has room.
-            eos_first = is_eos[:, :K] & top_scores[:, :K].isfinite() & ~done[:, None]
-            rank = fin_count[:, None] + eos_first.long().cumsum(1) - 1
-            slot = torch.where(eos_first & (rank < K), rank, K)
             # (the length as `_beam_fixed_shapes` computes it: on CUDA, dividing by a Python number multiplies
             # by its reciprocal, which may differ in the last bit)
             length = torch.full((), step + 1, dtype=torch.long, device=device).float().pow(lenpen)
-            fin_scores.scatter_(1, slot, top_scores[:, :K] / length)
+            choice = _choose_beams(lprobs, scores, cfg.eos_id, length, sent_limits.le(step), done, fin_count,
+                                   fin_scores)  # fmt: skip
             if step:
-                history = tokens.view(n, K, -1)[:, :, 1 : step + 1].gather(1, beam_of[:, :K, None].expand(-1, -1, step))
-                fin_tokens[:, :, :step].scatter_(1, slot[:, :, None].expand(-1, -1, step), history)
-            fin_count += slot.lt(K).sum(1)
-            done |= fin_count.ge(K) | sent_limits.le(step)
-
-            # Live beams: the first K candidates that are not eos (there are always K: at most K are eos).
-            order = is_eos.long() * top_scores.size(1) + torch.arange(top_scores.size(1), device=device)
-            live = order.topk(K, dim=1, largest=False).indices
-            live_scores = top_scores.gather(1, live)
-            live_rows = (torch.arange(n, device=device)[:, None] * K + beam_of.gather(1, live)).view(-1)
-            live_tokens = token_of.gather(1, live).view(-1)
+                history = tokens.view(n, K, -1)[:, :, 1 : step + 1].gather(
+                    1, choice.finished_beams[:, :, None].expand(-1, -1, step)
+                )
+                fin_tokens[:, :, :step].scatter_(1, choice.slot[:, :, None].expand(-1, -1, step), history)
+            live_scores = choice.live_scores
+            live_rows = (torch.arange(n, device=device)[:, None] * K + choice.live_beams).view(-1)
+            live_tokens = choice.live_tokens.view(-1)
 
             leaving = False
             if not (step + 1) % check_every or step + 1 == steps:
@@ -386,12 +414,9 @@ def beam_search(
                 done_sents = [s for s in range(n) if done_now[s]]
                 if done_sents:
                     index = torch.tensor(done_sents, device=device)
-                    best = fin_scores[index, :K].argmax(1)
-                    ids = fin_tokens[index, best].tolist()
-                    counts = fin_count[index].tolist()
-                    for s, hyp, count in zip(done_sents, ids, counts, strict=True):
-                        if count:
-                            outputs[alive[s]] = _until_eos(hyp, cfg.eos_id)
+                    found = _best_finished(fin_scores[index], fin_tokens[index], fin_count[index], cfg.eos_id)
+                    for s, hyp in zip(done_sents, found, strict=True):
+                        outputs[alive[s]] = hyp
                 if len(done_sents) == n:
                     break
                 if done_sents:
