@@ -15,6 +15,7 @@ is chosen here, in `build_workers`, and nowhere else:
 - `remote.py`       async modes across processes torchrun started (rank 0 serves, the others push);
 - `diloco.py`       diloco: the outer step; its workers as all-reduce ranks, or emulated in one process
                     (--simulate, and always with --workers 1).
+`ranks.py` holds what sync's and diloco's ranks share (the group, the streams, the state gathered to save).
 """
 
 from __future__ import annotations

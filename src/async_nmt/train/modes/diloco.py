@@ -42,8 +42,8 @@ import torch.distributed as dist
 
 from async_nmt.config import TrainConfig
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.modes.ranks import RankGroup
 from async_nmt.train.modes.simulated import PredictedClock
-from async_nmt.train.modes.sync import DistributedSync
 from async_nmt.train.modes.workers import ModeContext, Workers, histogram
 from async_nmt.train.step import StepStats, push_gradient
 
@@ -176,7 +176,7 @@ class SimulatedDiloco(PredictedClock, Workers):
             setattr(self, name, state[name])
 
 
-class DistributedDiloco(DistributedSync):
+class DistributedDiloco(RankGroup):
     """diloco with one rank per worker (torch.distributed, started like sync ranks): the inner steps are
     local, and the ranks meet only at a round's end, where one all-reduce of the parameters precedes the
     same outer step on every rank, and where the trainer logs, validates, saves or ends (`_meet`). Before a
@@ -186,7 +186,7 @@ class DistributedDiloco(DistributedSync):
     stop_wished = False  # a limit was reached here: the ranks stop at the end of the round under way
 
     def __init__(self, ctx: ModeContext, server: OuterServer, inner_options: dict[str, Any]):
-        super().__init__(ctx, server)  # type: ignore[arg-type]
+        super().__init__(ctx, server)
         self.outer = server
         self.params = server.params.clone()  # this rank's inner parameters
         self.inner = ParamServer(self.params, **inner_options)
