@@ -133,24 +133,34 @@ def test_long_lines_are_truncated_with_one_warning_that_names_them(sp, monkeypat
     assert all(src.size(1) <= 12 for src in seen)
 
 
-def test_long_lines_of_a_long_input_are_named_once_and_counted_at_the_end(sp, monkeypatch, capsys, tmp_path: Path):
+@pytest.mark.parametrize("chunk_size", [4, 2, 0])
+def test_long_lines_of_a_long_input_are_named_once_and_counted_at_the_end(sp, monkeypatch, capsys, tmp_path: Path,
+                                                                          chunk_size: int):  # fmt: skip
     """A window at a time, each window with long lines gave a warning of its own: thousands for a large
-    corpus. The first names its lines; the end gives the count of all."""
+    corpus. The first window that has any names its lines (numbered in the whole input, at most 10 of them);
+    the end gives the count of all, unless that warning named them all (`--chunk-size 0`, one window)."""
     monkeypatch.setattr(translate, "generate", identity_search([]))
     model = small_model(sp.get_piece_size(), max_positions=12)
     monkeypatch.setattr(translate, "load_model", lambda *args, **kwargs: (model, sp))
     long = [number for number, line in enumerate(LINES, 1) if len(sp.encode(line)) > 11]
+    copies = 6
+    numbers = [copy * len(LINES) + number for copy in range(copies) for number in long]
+    assert len(numbers) > 10
     src = tmp_path / "in.txt"
-    src.write_text("\n".join(LINES * 3) + "\n", encoding="utf-8")
-    translate.translate_file(tmp_path / "run", src, tmp_path / "out.txt", beam=1, device="cpu", chunk_size=4)
+    src.write_text("\n".join(LINES * copies) + "\n", encoding="utf-8")
+    translate.translate_file(tmp_path / "run", src, tmp_path / "out.txt", beam=1, device="cpu", chunk_size=chunk_size)
     err = capsys.readouterr().err.strip().splitlines()
-    first = [number for number in long if number <= 4]  # the first window's
-    assert err == [
-        f"warning: line{'s' if len(first) > 1 else ''} {', '.join(map(str, first))}: longer than the "
-        "model's 11 tokens, truncated",
-        f"warning: {3 * len(long)} lines in all were longer than the model's 11 tokens, and truncated",
-    ]
-    assert len((tmp_path / "out.txt").read_text().splitlines()) == 3 * len(LINES)
+    if chunk_size:  # the first window with a long line
+        window = (numbers[0] - 1) // chunk_size
+        named = [number for number in numbers if (number - 1) // chunk_size == window]  # (at 2, the second's)
+    else:
+        named = numbers
+    shown = ", ".join(map(str, named[:10])) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+    warnings = [f"warning: line{'s' if len(named) > 1 else ''} {shown}: longer than the model's 11 tokens, truncated"]
+    if len(named) < len(numbers):
+        warnings.append(f"warning: {len(numbers)} lines in all were longer than the model's 11 tokens, and truncated")
+    assert err == warnings
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == copies * len(LINES)
 
 
 def test_batched_translation_equals_one_line_at_a_time(sp):
@@ -177,6 +187,25 @@ def test_translate_cli_stdin_to_stdout(run_dir: Path, sp):
     cast_for_search(model, amp)
     assert result.stdout.split("\n")[:-1] == translate_lines(model, vocab, LINES, beam=2, amp_dtype=amp)
     assert result.stdout.count("\n") == len(LINES) and result.stdout.strip()
+    assert result.stderr == ""  # nothing to warn of (a summary of 0 truncated lines went unseen)
+
+
+def test_the_beam_asked_for_is_the_beam_searched(run_dir: Path, sp, monkeypatch):
+    """--beam reaches the search, from the command and from `translate_lines` (a translate that always
+    searched greedily passed every test: they compared it with itself)."""
+    real, beams = translate.generate, []
+
+    def spy(model, src, beam, **kwargs):
+        beams.append(beam)
+        return real(model, src, beam, **kwargs)
+
+    monkeypatch.setattr(translate, "generate", spy)
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "3", "--device", "cpu"], input="ba de\nka\n")
+    assert result.exit_code == 0, result.stderr
+    assert beams and set(beams) == {3}
+    beams.clear()
+    translate_lines(small_model(sp.get_piece_size()), sp, LINES, beam=4, max_tokens=24)
+    assert len(beams) > 1 and set(beams) == {4}
 
 
 @pytest.mark.parametrize("name", ["out.txt", "o" * 250 + ".txt"])  # the longest name: its temporary file's
@@ -272,6 +301,22 @@ def test_input_that_is_not_typed_is_translated_a_window_at_a_time(run_dir: Path,
     windowed = runner().invoke(main, [*args, *given], input=stdin)
     assert whole.exit_code == windowed.exit_code == 0, windowed.stderr
     assert sizes == [3, 3, 3, 1] and windowed.stdout == whole.stdout and whole.stdout.count("\n") == len(LINES)
+
+
+def test_typed_input_is_translated_a_line_at_a_time(run_dir: Path, monkeypatch, capsys):
+    """From a terminal, where a person types, each line is translated as it comes, not in windows of
+    10,000 lines that wait for the input's end."""
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"ba de\nka\nde de\n"), encoding="utf-8"))
+    real, sizes = translate.translate_lines, []
+    monkeypatch.setattr(translate, "translate_lines", lambda model, sp, lines, **kw: sizes.append(len(lines))
+                        or real(model, sp, lines, **kw))  # fmt: skip
+    translate.translate_file(run_dir, None, None, beam=1, device="cpu", chunk_size=None)  # (the command's default)
+    assert sizes == [1, 1, 1] and capsys.readouterr().out.count("\n") == 3
 
 
 def test_running_out_of_memory_is_one_warning_for_the_whole_input(run_dir: Path, monkeypatch):
@@ -482,6 +527,7 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
         ([], "ba\rde\rgi\r", "stdin: 1 line(s) but 3 carriage returns"),  # (one line of three, truncated)
         (["--chunk-size", "0"], "ba\rde\r", "stdin: 1 line(s) but 2 carriage returns"),
         (["--device", "cpu:1"], "ba\n", "--device: cpu:1 is not there (the CPU is one device: cpu)"),  # (taken)
+        (["--chunk-size", "-1"], "ba\n", "--chunk-size must not be negative (got -1)"),
     ],
 )
 def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, message):
@@ -564,6 +610,28 @@ def test_a_full_disk_is_an_error_of_the_system_naming_where(run_dir: Path):
         done = subprocess.run([sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1"],
                               input="ba\n", stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 1 and done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
+
+
+def test_an_output_file_that_cannot_be_put_into_place_leaves_no_temporary_file(run_dir: Path, tmp_path: Path,
+                                                                                   monkeypatch):  # fmt: skip
+    """A full disk as the translations go into place: one line naming the output, exit code 1, and the
+    folder as it was (no temporary file beside it)."""
+    import errno
+
+    src = tmp_path / "in.txt"
+    src.write_text("ba de\nka\n", encoding="utf-8")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(translate.os, "replace", full)
+    result = runner().invoke(main, ["translate", str(run_dir), "-i", str(src), "-o", str(tmp_path / "out.txt"),
+                                    "--beam", "1"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'out.txt'}: cannot write (No space left on device)"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["in.txt"]
 
 
 def test_missing_run_folder_exits_2(tmp_path: Path):
