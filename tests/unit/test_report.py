@@ -746,3 +746,95 @@ def test_a_bleu_shown_as_the_target_reaches_it(tmp_path: Path) -> None:
     report = build_report(runs)  # 20.946 - 0.5 = 20.446, shown as 20.45, which 20.446 shows as too
     assert report["target_bleu"] == 20.45 and [row["to_target"] for row in report["runs"]] == [20.0, 5.0]
     assert report["runs"][1]["speedup"] == pytest.approx(4.0)
+
+
+def test_best_and_final_bleu_of_a_run_that_rose_then_fell(tmp_path: Path) -> None:
+    """Best BLEU is the highest validation's, final BLEU the last one's, in the row and in the table."""
+    bleus = [5.0, 12.0, 9.0]
+    run = write_run(tmp_path / "run", "sync", bleus, seconds_per_valid=10.0)
+    report = build_report([load_run(run)])
+    row = report["runs"][0]
+    assert (row["best_bleu"], row["final_bleu"]) == (max(bleus), bleus[-1]) and max(bleus) != bleus[-1]
+    headers, rows = cells(report)
+    assert rows[0][headers.index("best BLEU")] == f"{max(bleus):.2f}"
+    assert rows[0][headers.index("final BLEU")] == f"{bleus[-1]:.2f}"
+
+
+def test_a_resumed_run_shows_the_options_of_its_latest_start_event(tmp_path: Path) -> None:
+    """A resume that changed --lr and --staleness-lr: the row shows the options in force now."""
+    run = write_run(tmp_path / "run", "async", [1.0, 2.0, 3.0], seconds_per_valid=10.0)
+    rewrite(run, lambda events: events.insert(2, {**events[0], "updates": 10, "lr": 0.0005, "staleness_lr": "inverse"}))
+    assert [start["lr"] for start in load_run(run).starts] == [0.001, 0.0005]
+    report = build_report([load_run(run)])
+    assert (report["runs"][0]["lr"], report["runs"][0]["mode"]) == (0.0005, "async lr/s")
+    headers, rows = cells(report)
+    assert rows[0][headers.index("lr")] == "0.0005"
+
+
+def test_link_gbps_without_the_predicted_axis_is_a_one_line_error(tmp_path: Path) -> None:
+    """--link-gbps re-prices the predicted clock alone: on another x axis it is refused, not ignored."""
+    run = write_run(tmp_path / "sync", "sync", [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+    result = CliRunner().invoke(main, ["report", str(run), "--link-gbps", "10"])
+    assert result.exit_code == 2
+    assert result.output == ("error: --link-gbps re-prices the predicted clock of --simulate runs; use it with --x "
+                             "predicted (the x axis is time)\n")  # fmt: skip
+
+
+def test_link_gbps_reprices_a_diloco_run_by_its_whole_rounds(tmp_path: Path) -> None:
+    """A diloco run all-reduces once a round (--sync-every updates): a validation mid-round has the transfers of
+    the rounds it completed, not a fraction of the next."""
+    from async_nmt.report import reprice
+    from async_nmt.train.links import all_reduce_links, link_seconds
+
+    params, sync_every = 10_000_000, 10
+    run = write_run(tmp_path / "diloco", "diloco", [10.0, 20.0], seconds_per_valid=40.0, simulate=True)
+
+    def mid_round(events: list[dict]) -> None:
+        events[0].update(params=params, link_gbps=80.0, sync_every=sync_every, outer_lr=0.7, outer_momentum=0.9)
+        events[1]["updates"] = 15  # the first validation: half-way through the second round
+
+    rewrite(run, mid_round)
+    before = load_run(run)
+    after = reprice(before, 1.0)
+    per_round = all_reduce_links(4) * (link_seconds(params, 1.0) - link_seconds(params, 80.0))
+    shifts = [a["predicted_s"] - b["predicted_s"] for a, b in zip(after.valid, before.valid, strict=True)]
+    assert [e["updates"] for e in before.valid] == [15, 20]
+    assert shifts == pytest.approx([(15 // sync_every) * per_round, (20 // sync_every) * per_round])
+
+
+def test_diloco_with_outer_momentum_is_not_local_sgd() -> None:
+    """Local SGD is diloco with an outer lr of 1 and no outer momentum; with momentum it is diloco."""
+    from async_nmt.report import mode_label
+
+    diloco = {"mode": "diloco", "sync_every": 5, "outer_lr": 1}
+    assert mode_label({**diloco, "outer_momentum": 0.9}) == "diloco H=5"
+    assert mode_label({**diloco, "outer_momentum": 0}) == "local SGD H=5"
+    assert mode_label({**diloco, "outer_lr": 0.7, "outer_momentum": 0}) == "diloco H=5"
+
+
+def test_report_md_escapes_a_pipe_in_a_run_name(tmp_path: Path) -> None:
+    """A "|" in a folder name would split its cell: report.md writes it as "\\|", and every row keeps its cells."""
+    import re
+
+    runs = [write_run(tmp_path / name, "sync", [1.0, 2.0], seconds_per_valid=10.0) for name in ("a|b", "plain")]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert f"| {str(runs[0]).replace('|', chr(92) + '|')} |" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + len(runs)  # headers, rule, a row a run
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1
+
+
+def test_report_md_marks_runs_not_finished_with_a_footnote(tmp_path: Path, runs: list[Path]) -> None:
+    """The * of a run still going (or interrupted) is explained under report.md's table, and only then."""
+    footnote = "\\* not finished: still running, or interrupted (--resume goes on)"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert f"| {runs[1]} * |" in markdown and f"\n{footnote}\n" in markdown
+    finished = [runs[0], runs[2]]
+    result = CliRunner().invoke(main, ["report", *map(str, finished), "--out", str(tmp_path / "done")])
+    assert result.exit_code == 0, result.output
+    assert "not finished" not in (tmp_path / "done" / "report.md").read_text(encoding="utf-8")

@@ -272,3 +272,83 @@ def test_a_target_written_without_spaces_and_no_tokenizer_here_is_warned_of():
     assert "ja-mecab (pip install sacrebleu[ja]) or char" in tokenizer_warning("ja")
     assert tokenizer_warning("th").endswith("nmt score --tokenize char")
     assert [tokenizer_warning(lang) for lang in ("zh", "en", "ko", None)] == [None] * 4
+
+
+def test_unsegmented_means_more_than_half_of_the_letters_are_chinese_or_japanese():
+    """A line mixing Han and Latin counts as unsegmented where its Han characters are most of its letters."""
+    from async_nmt.score import CJ, looks_unsegmented
+
+    mixed, half, latin = "我们今天去Beijing看朋友", "今天我们都要去Beijing", "We went to 北京 today to see friends"
+    # (their Han shares of the letters: more than half, exactly half, well under half)
+    assert len(CJ.findall(mixed)) * 2 > sum(ch.isalpha() for ch in mixed)
+    assert len(CJ.findall(half)) * 2 == sum(ch.isalpha() for ch in half)
+    assert len(CJ.findall(latin)) * 4 < sum(ch.isalpha() for ch in latin)
+    assert looks_unsegmented([mixed])
+    assert not looks_unsegmented([half]) and not looks_unsegmented([latin])
+
+
+def test_the_unsegmented_check_reads_more_than_the_first_line(tmp_path: Path):
+    """A Chinese reference under an English heading ("Chapter 1") is still warned of."""
+    ref = write(tmp_path / "ref.zh", ["Chapter 1", *CHINESE])
+    hyp = write(tmp_path / "hyp.zh", ["Chapter 1", *CHINESE[::-1]])
+    result = runner().invoke(main, ["score", str(hyp), str(ref)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {ref}: looks like Chinese or Japanese text" in result.stderr
+
+
+@pytest.mark.parametrize("language", ["lo", "km", "my"])
+def test_lao_khmer_and_burmese_targets_are_warned_of_as_written_without_spaces(language: str):
+    """Lao, Khmer and Burmese have no spaces between words either, and no tokenizer but char here."""
+    from async_nmt.score import tokenizer_warning
+
+    warning = tokenizer_warning(language)
+    assert warning is not None and f"warning: {language} is written without spaces" in warning
+    assert warning.endswith("nmt score --tokenize char")
+
+
+def test_other_sacrebleu_warnings_are_relayed_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A warning sacreBLEU logs (other than the tokenized-period one) is one line on stderr, naming sacreBLEU."""
+    import logging
+
+    from sacrebleu.metrics import BLEU
+
+    corpus_score = BLEU.corpus_score
+
+    def warned(self, *args, **kwargs):
+        logging.getLogger("sacrebleu").warning("something odd\n    on two lines")
+        return corpus_score(self, *args, **kwargs)
+
+    monkeypatch.setattr(BLEU, "corpus_score", warned)
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "warning: sacreBLEU: something odd on two lines\n"
+    assert json.loads(result.stdout)["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+
+
+def test_stdin_as_a_reference_is_refused(tmp_path: Path):
+    """`-` is stdin for HYP only: as a REF it is a one-line error, exit 2."""
+    hyp = write(tmp_path / "hyp", HYPS)
+    result = runner().invoke(main, ["score", str(hyp), "-"], input="\n".join(REFS) + "\n")
+    assert result.exit_code == 2
+    assert result.stderr == "error: -: stdin can be HYP only; give each REF as a file\n"
+
+
+def test_errors_name_stdin_as_stdin(tmp_path: Path):
+    """HYP `-` is named "stdin" in the messages about it, not "-"."""
+    ref = write(tmp_path / "ref", REFS)
+    result = runner().invoke(main, ["score", "-", str(ref)], input="")
+    assert result.exit_code == 2 and result.stderr == "error: stdin: is empty\n"
+    result = runner().invoke(main, ["score", "-", str(ref)], input="a\nb\n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: stdin has 2 line(s) but {ref} has {len(REFS)}")
+
+
+def test_a_chinese_first_reference_is_warned_of_beside_an_english_second(tmp_path: Path):
+    """The check reads the first reference: a Chinese one is warned of whatever the second is."""
+    zh = write(tmp_path / "ref.zh", CHINESE)
+    en = write(tmp_path / "ref.en", ["we go to Beijing today"] * len(CHINESE))
+    hyp = write(tmp_path / "hyp.zh", CHINESE[::-1])
+    result = runner().invoke(main, ["score", str(hyp), str(zh), str(en)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {zh}: looks like Chinese or Japanese text" in result.stderr
