@@ -15,7 +15,7 @@ from async_nmt.config import TrainConfig, model_config
 from async_nmt.data.batches import BatchStream
 from async_nmt.data.binarize import TokenArray
 from async_nmt.model.transformer import Transformer
-from async_nmt.train.modes.paramserver import PENDING_PUSHES, PENDING_TOKENS, ParamServer
+from async_nmt.train.modes.paramserver import PENDING_PUSHES, PENDING_TOKENS, UPDATES, ParamServer
 from async_nmt.train.modes.simulated import SimulatedWorkers
 from async_nmt.train.modes.workers import ModeContext
 from async_nmt.train.step import flatten_parameters
@@ -409,3 +409,82 @@ def test_simulated_async_workers_compute_on_the_parameters_they_pulled(monkeypat
     for (now, params), stale in zip(seen, staleness, strict=True):
         assert torch.equal(params, history[now - stale])  # what the worker pulled, `stale` updates ago
         assert stale == 0 or not torch.equal(params, history[now])  # and not what the server holds now
+
+
+@pytest.mark.parametrize("accum", [1, 2, 3])
+def test_a_shared_server_holds_its_state_in_shared_memory_apart_from_the_callers_tensor(accum):
+    """Worker processes step one shared server: everything a push changes (shards, Adam moments, counters,
+    norms and, for async-accum, the partial sum) must be in shared memory from the start; a partial sum
+    made at a worker's first push would be that process's own, which the other workers' pushes never reach.
+    The master is a copy: the trainer's own tensor (its model's parameters) never changes under it."""
+    torch.manual_seed(6)
+    params = torch.randn(12)
+    before = params.clone()
+    server = ParamServer(params, accum=accum, peak_lr=1e-2, warmup=0, shared=True)
+    assert all(s is not None for s in server.grad_sums) == (accum > 1)
+    moments = [t for a in server.adam for t in (a.exp_avg, a.exp_avg_sq)]
+    sums = [s for s in server.grad_sums if s is not None]
+    assert all(t.is_shared() for t in [*server.shards, *moments, server.counters, server.norms, *sums])
+    for _ in range(accum):
+        server.push(torch.randn(12), 3, pulled_updates=0)
+    assert server.updates == 1 and not torch.equal(server.gather(), before)
+    assert torch.equal(params, before)
+
+
+def test_a_checkpoint_without_counters_resumes_at_its_updates_and_pushes():
+    """Checkpoints written before the per-shard counters hold only "updates" and "pushes", with nothing
+    pending: a resume goes on from both, and its next update takes the schedule's rate of the update after."""
+    server = ParamServer(torch.zeros(10), accum=1, peak_lr=1e-2, warmup=4)
+    older = {"optimizer": {"exp_avg": torch.zeros(10), "exp_avg_sq": torch.zeros(10)}, "updates": 6, "pushes": 9}
+    server.load_state_dict(older)
+    assert (server.updates, server.pushes, server.pending_pushes) == (6, 9, 0)
+    server.push(torch.ones(10), 2, pulled_updates=6)
+    assert (server.updates, server.pushes) == (7, 10)
+    assert server.lr == pytest.approx(1e-2 * (4 / 7) ** 0.5)  # past the warmup: peak x sqrt(warmup / update)
+
+
+def test_the_gradient_norm_and_learning_rate_survive_a_resume_on_another_shard_count():
+    """grad_norm reports the norm of the last update's whole token-normalized gradient, whatever the shard
+    count; a server resumed with another shard count (nothing pending) reports the same norm and rate."""
+    torch.manual_seed(4)
+    grad = torch.randn(30)
+    two = ParamServer(torch.zeros(30), accum=1, peak_lr=1e-2, warmup=3, shards=2)
+    two.push(grad.clone(), 5, pulled_updates=0)
+    assert two.grad_norm == pytest.approx(float(grad.norm()) / 5, rel=1e-6)
+    for shards in (1, 3, 4):
+        other = ParamServer(torch.zeros(30), accum=1, peak_lr=1e-2, warmup=3, shards=shards)
+        other.load_state_dict(two.state_dict())
+        assert other.grad_norm == pytest.approx(float(grad.norm()) / 5, rel=1e-6), shards
+        assert other.lr == pytest.approx(1e-2 / 3)  # update 1 of a warmup of 3
+
+
+def test_a_push_that_reaches_a_shard_before_the_update_its_worker_pulled_counts_as_fresh():
+    """Shards take an update one after another: a worker can pull the update shard 0 has taken while the push
+    that made it still walks to shard 1, and push to shard 1 first. There its pulled count is ahead of the
+    shard's: staleness_lr counts it fresh (0), not -1, which would take from the staleness of the push summed
+    with it (3 here: the update's rate must be divided by (3 + 0) / 2)."""
+    g = torch.ones(20)
+    server = ParamServer(torch.zeros(20), accum=2, peak_lr=1e-2, warmup=0, shards=2, staleness_lr="inverse")
+    for update in range(3):
+        server.push(g.clone(), 1, pulled_updates=update)
+        server.push(g.clone(), 1, pulled_updates=update)
+    server.push(g.clone(), 1, pulled_updates=0)  # staleness 3, pending on both shards
+
+    class Meanwhile:  # shard 1's lock: the first push to take it lets another worker pull and push first
+        fired = False
+
+        def __enter__(self):
+            if not Meanwhile.fired:
+                Meanwhile.fired = True
+                pulled = server.pull(torch.empty(20))
+                assert pulled == 4 and server.counters[1, UPDATES] == 3  # shard 0 took update 4, shard 1 not yet
+                assert server.push(g.clone(), 1, pulled, first_shard=1) == 0
+
+        def __exit__(self, *exc):
+            return False
+
+    server.locks[1] = Meanwhile()
+    server.push(g.clone(), 1, pulled_updates=3)  # completes update 4 on shard 0 (pushes of staleness 3 and 0)
+    assert Meanwhile.fired and server.counters[:, UPDATES].tolist() == [4, 4]
+    # each shard's update 4 summed the stale push with a fresh one: the rate divided by 1.5 on both
+    assert server.state_dict()["norms"][:, 0].tolist() == pytest.approx([1e-2 / 1.5] * 2)

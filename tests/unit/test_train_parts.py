@@ -104,6 +104,16 @@ def test_pairs_over_the_token_budget_are_batches_of_their_own_and_are_warned_of(
     assert warning is not None and f"{over} of {len(split.src)} training pairs" in warning and "up to 64" in warning
 
 
+@pytest.mark.parametrize("sort", ["target", "longest"])
+def test_batches_of_short_sentences_hold_as_many_rows_as_the_budget_has_for_8_tokens(sort):
+    """Every row pads to at least 8 tokens, so a batch holds up to max_tokens / 8 rows: sentences that pad to
+    8 fill it (a cap of max_tokens / 16 rows passed every other test, and trained on half-full batches)."""
+    lengths = np.full(1000, 5)  # 6 tokens a side with eos/bos, padded to 8
+    batches = make_batches(lengths, lengths, max_tokens=512, max_len=64, sort=sort)
+    assert [len(rows) for rows in batches] == [512 // 8] * 15 + [1000 - 15 * 64]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+
+
 def test_sorting_by_the_longest_side_pads_less_when_the_sides_differ():
     split = FakeSplit(n=2000)  # source and target lengths drawn independently: the sort matters most here
     padding = {}
@@ -172,6 +182,18 @@ def test_stream_workers_are_disjoint_and_the_position_resumes():
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     for _ in range(10):
         assert torch.equal(a.next().src, b.next().src)
+
+
+def test_a_stream_needs_one_batch_per_worker_and_refuses_one_worker_more():
+    """As many batches as workers is enough (each worker takes one an epoch); one worker more is refused
+    with a UserError that names the counts."""
+    split = FakeSplit(n=40)
+    n = len(make_batches(split.src.lengths, split.tgt.lengths, 512, 64))
+    streams = worker_streams(split, 512, 64, seed=1, workers=n, sort="target")
+    assert [len(s) for s in streams] == [1] * n
+    assert sorted(int(s._order[0]) for s in streams) == list(range(n))
+    with pytest.raises(UserError, match=rf"make {n} batches of --max-tokens 512, too few for {n + 1} workers"):
+        BatchStream(split, 512, 64, seed=1, worker=0, workers=n + 1)
 
 
 def test_skipping_a_batch_counts_what_collating_it_would_and_moves_on_alike():
@@ -453,6 +475,35 @@ def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens(monkeypatch
         rel=1e-5,
     )
     assert nll.item() == pytest.approx(F.cross_entropy(logits[real], batch.target[real], reduction="sum").item())
+
+
+def test_batch_loss_scores_bf16_logits_in_fp32_with_any_label_smoothing():
+    """Under autocast the output layer gives bf16 logits; the log-softmax must take them in fp32 (in bf16 the
+    loss is off by about 1e-3 relative), and a small label smoothing (0.01) counts as any other does:
+    the loss and NLL are F.cross_entropy's of the bf16 logits cast to fp32."""
+    import torch.nn.functional as F
+
+    from async_nmt.train.step import batch_loss
+
+    torch.manual_seed(0)
+    batch = collate([np.array([5, 6, 7]), np.array([5])], [np.arange(4, 20), np.array([4, 5, 6])], max_len=64)
+    logits = (torch.randn(2, batch.target.shape[1], 500) * 4).to(torch.bfloat16)
+
+    class Fixed(torch.nn.Module):  # the "hidden states" are the bf16 logits; the projection passes them on
+        cfg = model_config("tiny", 500)
+
+        def hidden(self, src, prev_tgt):
+            return logits
+
+        def project(self, states):
+            return states
+
+    loss, nll = batch_loss(Fixed(), batch, 0.01, torch.bfloat16)
+    real = batch.target != PAD_ID
+    want = F.cross_entropy(logits[real].float(), batch.target[real], label_smoothing=0.01, reduction="sum")
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert nll.item() == pytest.approx(F.cross_entropy(logits[real].float(), batch.target[real],
+                                                       reduction="sum").item(), rel=1e-5)  # fmt: skip
 
 
 def test_validation_scores_an_identity_system_at_100_and_its_loss_is_the_nll_per_token(synthetic_bin, monkeypatch):
