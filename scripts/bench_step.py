@@ -25,15 +25,24 @@ from async_nmt.train.step import flatten_parameters, train_step
 
 
 class BareTransformer(nn.Module):
-    """The reference: torch.nn.Transformer (pre-norm) with one tied embedding, sinusoids as a buffer."""
+    """The reference: torch.nn.Transformer (pre-norm) with one tied embedding, sinusoids as a buffer.
 
-    def __init__(self, cfg):
+    nn.Transformer drops the attention weights and no embedding; with `dropout_as_product` it drops as the
+    product does (as fairseq does by default): the embeddings (with their positions), and no attention
+    weights. Both drop the sublayers' outputs and the feed-forward activations."""
+
+    def __init__(self, cfg, dropout_as_product: bool = False):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
         self.core = nn.Transformer(
             cfg.d_model, cfg.heads, cfg.enc_layers, cfg.dec_layers, cfg.ff_dim, cfg.dropout,
             batch_first=True, norm_first=True,
         )  # fmt: skip
+        self.embed_dropout = nn.Dropout(cfg.dropout if dropout_as_product else 0.0)
+        if dropout_as_product:
+            for module in self.core.modules():
+                if isinstance(module, nn.MultiheadAttention):
+                    module.dropout = 0.0  # (read at every call: the attention weights' dropout)
         pos = torch.arange(cfg.max_positions)[:, None] * torch.exp(
             torch.arange(0, cfg.d_model, 2) * (-math.log(10000.0) / cfg.d_model)
         )
@@ -41,8 +50,8 @@ class BareTransformer(nn.Module):
         self.scale = cfg.d_model**0.5
 
     def forward(self, src, prev):
-        x = self.embed(src) * self.scale + self.pos[: src.size(1)]
-        y = self.embed(prev) * self.scale + self.pos[: prev.size(1)]
+        x = self.embed_dropout(self.embed(src) * self.scale + self.pos[: src.size(1)])
+        y = self.embed_dropout(self.embed(prev) * self.scale + self.pos[: prev.size(1)])
         causal = nn.Transformer.generate_square_subsequent_mask(prev.size(1), device=src.device)
         h = self.core(x, y, tgt_mask=causal, src_key_padding_mask=src == PAD_ID, tgt_is_causal=True,
                       memory_key_padding_mask=src == PAD_ID)  # fmt: skip

@@ -56,12 +56,17 @@ def valid_nll(model: torch.nn.Module, bin_dir: Path, mcfg: ModelConfig, device: 
 
 
 def bare_train(
-    bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device, embed_init: str = "product"
+    bin_dir: Path,
+    cfg: TrainConfig,
+    mcfg: ModelConfig,
+    device: torch.device,
+    embed_init: str = "product",
+    dropout_as_product: bool = False,
 ) -> BareTransformer:
     """bench_train's bare loop, for cfg.max_updates updates at the product's learning rate schedule."""
     amp = amp_dtype_for(cfg.precision, device)
     torch.manual_seed(cfg.seed)
-    model = BareTransformer(mcfg).to(device)
+    model = BareTransformer(mcfg, dropout_as_product).to(device)
     if embed_init == "product":  # the product's N(0, d^-1/2), not nn.Embedding's N(0, 1): logits start near 0
         with torch.no_grad():
             torch.nn.init.normal_(model.embed.weight, mean=0.0, std=mcfg.d_model**-0.5)
@@ -109,6 +114,10 @@ def main() -> None:
     parser.add_argument("--bare-embed-init", choices=["product", "torch"], default="product",
                         help="the bare loop's embedding: the product's init (only the loop then differs), or "
                              "nn.Embedding's N(0, 1), as a bare loop has it (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--bare-dropout", choices=["torch", "product"], default="torch",
+                        help="where the bare loop drops: nn.Transformer's places (the attention weights, no "
+                             "embedding), or the product's (the embeddings, no attention weights); both drop the "
+                             "sublayers' outputs and the feed-forward activations (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
     if args.updates < 1:  # 0 would be no limit: training without end
         raise UserError("--updates must be at least 1")
@@ -131,7 +140,8 @@ def main() -> None:
         product = valid_nll(product_model, args.bin, mcfg, device)
         product_s = time.perf_counter() - start
         start = time.perf_counter()
-        bare = valid_nll(bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init), args.bin, mcfg, device)
+        bare_model = bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init, args.bare_dropout == "product")
+        bare = valid_nll(bare_model, args.bin, mcfg, device)
         bare_s = time.perf_counter() - start
         diffs.append(product - bare)
         print(json.dumps({
@@ -139,7 +149,7 @@ def main() -> None:
             "max_tokens": args.max_tokens, "lr": args.lr, "warmup": args.warmup,
             "product_valid_nll": round(product, 4), "bare_valid_nll": round(bare, 4), "diff": round(product - bare, 4),
             "product_s": round(product_s, 1), "bare_s": round(bare_s, 1), "bare_embed_init": args.bare_embed_init,
-            "dropout": mcfg.dropout,
+            "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout,
         }), flush=True)  # fmt: skip
     sd = statistics.stdev(diffs) if len(diffs) > 1 else None  # (null: one seed has no spread; NaN is not JSON)
     print(json.dumps({"bench": "parity", "seeds": args.seeds, "mean_diff": round(statistics.mean(diffs), 4),
