@@ -483,3 +483,108 @@ def test_many_dropped_training_pairs_are_a_warning_that_says_why() -> None:
     )  # (no limit to raise)
     few = {"sentences": 29062, "dropped": 4, "dropped_for": {"empty": 4, "max_len": 0, "max_ratio": 0}}
     assert dropped_warning(few, 250, 3.0) is None
+
+
+def test_pairs_exactly_at_max_len_and_max_ratio_are_kept(tmp_path: Path) -> None:
+    """--max-len and --max-ratio are the largest length and ratio kept (a pair is dropped only above them):
+    with both set to a length and a ratio that training pairs have exactly, those pairs stay."""
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=300, n_valid=5, n_test=0)
+    for f in raw.glob("test.*"):
+        f.unlink()
+    with open(raw / "train.src", "a", encoding="utf-8") as fs, open(raw / "train.tgt", "a", encoding="utf-8") as ft:
+        fs.write("ba\n" + " ".join(["ba"] * 9) + "\n")  # two pairs whose target is far longer than the source
+        ft.write(" ".join(["ABx"] * 6) + "\n" + " ".join(["ABx"] * 12) + "\n")
+    first = preprocess(raw, tmp_path / "all", vocab_size=100, max_len=1000, max_ratio=100.0)
+    sp = load_vocab(tmp_path / "all" / "spm.model")
+    s_len, t_len = (list(map(len, sp.encode(raw_lines(raw / f"train.{x}")))) for x in ("src", "tgt"))
+    pairs = [(max(a, b), min(a, b)) for a, b in zip(s_len, t_len, strict=True)]
+    longest, ratio = max(long for long, _ in pairs), max(long / short for long, short in pairs)
+    assert ratio == int(ratio) > 3  # (a whole ratio: no rounding at the edge)
+    manifest = preprocess(raw, tmp_path / "bin", vocab_size=100, max_len=longest, max_ratio=ratio)
+    assert manifest["vocab_hash"] == first["vocab_hash"]  # the same pieces, so the same lengths
+    assert manifest["splits"]["train"]["sentences"] == len(pairs) == len(load_split(tmp_path / "bin", "train"))
+    assert manifest["splits"]["train"]["dropped"] == 0
+
+
+def test_a_training_pair_with_one_long_side_counts_as_a_long_pair(tmp_path: Path) -> None:
+    """`train_long_sides.pairs` counts the pairs with a side over 255 tokens, either side: a pair whose
+    source alone is long is one of them (and one side of `count`)."""
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=200, n_valid=5, n_test=0)
+    for f in raw.glob("test.*"):
+        f.unlink()
+    long = " ".join(["ba", "de"] * 150)  # 300 words: over 255 tokens whatever the vocabulary
+    with open(raw / "train.src", "a", encoding="utf-8") as fs, open(raw / "train.tgt", "a", encoding="utf-8") as ft:
+        fs.write(long + "\n")
+        ft.write(" ".join(toy_translate(long).split()[:150]) + "\n")  # under 255 tokens: 150 words of 1-2 pieces
+    manifest = preprocess(raw, tmp_path / "bin", vocab_size=100, max_len=1000)
+    sp = load_vocab(tmp_path / "bin" / "spm.model")
+    s_len, t_len = (list(map(len, sp.encode(raw_lines(raw / f"train.{x}")))) for x in ("src", "tgt"))
+    assert s_len[-1] > 255 >= t_len[-1]
+    assert (manifest["train_long_sides"]["pairs"], manifest["train_long_sides"]["count"]) == (1, 1)
+
+
+def test_a_split_with_one_side_missing_is_refused_not_skipped(tmp_path: Path) -> None:
+    """RAW/valid.src without its valid.tgt (a misnamed file) is an error naming the missing file: skipped,
+    the corpus had no valid split, which `nmt train` needs, or left the test split out unnoticed."""
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    (raw / "valid.tgt").rename(raw / "valid.en")
+    with pytest.raises(UserError, match=r"valid\.tgt: no such file"):
+        preprocess(raw, tmp_path / "bin", vocab_size=60, src="src", tgt="tgt")
+    assert not (tmp_path / "bin").exists()
+
+
+def test_a_split_whose_sides_differ_in_sentences_or_counts_below_0_is_refused(synthetic_bin: Path, tmp_path: Path):
+    """A BIN whose valid target arrays hold one sentence fewer than its source (arrays of another
+    prepress), or a manifest with a negative count, is refused as it loads: training would pair sentences
+    that are not each other's translation, or count from nonsense."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    shutil.copytree(synthetic_bin, bin_dir)
+    offsets = np.load(bin_dir / "valid.tgt.offsets.npy")
+    ids = np.load(bin_dir / "valid.tgt.ids.npy")
+    np.save(bin_dir / "valid.tgt.offsets.npy", offsets[:-1])
+    np.save(bin_dir / "valid.tgt.ids.npy", ids[: offsets[-2]])
+    n = len(offsets) - 1
+    with pytest.raises(UserError, match=f"valid has {n} source but {n - 1} target sentences"):
+        load_split(bin_dir, "valid")
+    manifest = json.loads((bin_dir / "manifest.json").read_text())
+    manifest["splits"]["train"]["tgt_tokens"] = -1
+    (bin_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"not a valid manifest \(split train's tgt_tokens is not a count\)"):
+        load_manifest(bin_dir)
+
+
+def test_no_length_warning_where_the_corpus_was_cut_to_what_the_model_fits(synthetic_bin: Path) -> None:
+    """A corpus preprocessed with --max-len 255, the very advice of the warning, fits the presets' 256
+    positions: no warning, also for a manifest from before `train_long_sides`; 254 fits 255 positions."""
+    manifest = load_manifest(synthetic_bin)
+    old = {k: v for k, v in manifest.items() if k != "train_long_sides"}
+    assert length_warning({**old, "options": {**old["options"], "max_len": 255}}, 256) is None
+    assert length_warning({**old, "options": {**old["options"], "max_len": 255}}, 255) is not None
+    assert length_warning({**old, "options": {**old["options"], "max_len": 254}}, 255) is None
+
+
+def test_a_share_of_dropped_pairs_of_exactly_5_percent_is_no_warning() -> None:
+    """The warning is for more than 5% of the training pairs dropped; 5 of 100 is not, 6 of 100 is."""
+    from async_nmt.data.binarize import dropped_warning
+
+    rules = {"empty": 0, "max_len": 0}
+    assert dropped_warning({"sentences": 95, "dropped": 5, "dropped_for": {**rules, "max_ratio": 5}}, 250, 3.0) is None
+    assert "(6.0%) were dropped" in dropped_warning(
+        {"sentences": 94, "dropped": 6, "dropped_for": {**rules, "max_ratio": 6}}, 250, 3.0
+    )
+
+
+def test_force_never_replaces_a_corpus_holding_raw_training_text(synthetic_raw: Path, tmp_path: Path) -> None:
+    """preprocess writes no train.LANG into BIN (only valid and test keep their text): a train.src found
+    there is the user's (their raw corpus copied in), which --force would delete, so it is refused."""
+    import shutil
+
+    out = tmp_path / "bin"
+    preprocess(write_synthetic_corpus(tmp_path / "small", n_train=30, n_valid=5, n_test=5), out, vocab_size=60)
+    shutil.copy(synthetic_raw / "train.src", out / "train.src")
+    before = (out / "train.src").read_bytes()
+    with pytest.raises(UserError, match=r"holds what preprocess did not write \(train\.src\)"):
+        preprocess(synthetic_raw, out, vocab_size=100, force=True)
+    assert (out / "train.src").read_bytes() == before

@@ -447,6 +447,134 @@ def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_pat
         assert "\n" not in str(err.value), case
 
 
+@pytest.mark.parametrize(
+    "train, said",
+    [({"compile": "false"}, "compile is 'false', not of type bool"),
+     ({"simulate": 1}, "simulate is 1, not of type bool"),
+     ({"max_tokens": True}, "max_tokens is True, not of type int"),
+     ({"lr": False}, "lr is False, not of type float"),
+     ({"batch_sort": 1}, "batch_sort is 1, not of type str")],
+)  # fmt: skip
+def test_a_config_json_flag_count_or_name_of_another_type_is_refused(tmp_path, train, said):
+    """A hand-edited "compile": "false" is a string, which a resume took as true; true is no --max-tokens.
+    A config.json saved and read back is the config it was (its adam_betas a tuple again)."""
+    from async_nmt.config import CorpusInfo, ModelConfig, RunConfig, TrainConfig, load_json, save_json
+
+    path = tmp_path / "config.json"
+    config = RunConfig(TrainConfig(preset="micro", workers=2, devices=["cpu"], dropout=0.0), ModelConfig(),
+                       CorpusInfo(src="de", tgt="en"))  # fmt: skip
+    save_json(config, path)
+    assert load_json(RunConfig, path) == config and load_json(RunConfig, path).train.adam_betas == (0.9, 0.98)
+    base = json.loads(path.read_text())
+    path.write_text(json.dumps({**base, "train": {**base["train"], **train}}))
+    with pytest.raises(UserError, match=re.escape(said)):
+        load_json(RunConfig, path)
+
+
+def test_an_event_log_counts_and_flushes_each_line_it_writes(tmp_path):
+    """A checkpoint records `EventLog.lines` as the log position a resume cuts back to: the lines already in
+    the file and every one written since, each on disk as it is written (`nmt report` reads a live run),
+    its numbers rounded to 6 decimals only (a learning rate of 1.2e-4 is not 0)."""
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"kind": "start", "updates": 0}) + "\n", encoding="utf-8")
+    log = EventLog(path)
+    log.write("train", updates=1, lr=0.0001234567, worker_s=[0.1234567891])
+    log.write("train", updates=2)
+    assert log.lines == 3 == len(read_events(path))  # (not closed yet)
+    assert read_events(path)[1]["lr"] == pytest.approx(1.23e-4, abs=1e-6) and read_events(path)[1]["lr"] != 0
+    log.close()
+
+
+def test_a_resume_cuts_a_torn_last_event_off_before_it_appends(tmp_path):
+    """A kill in the middle of the event of a save leaves it torn, while last.pt counts it: the resume keeps
+    the whole lines only (`complete_lines` does not count the torn one), so that the events it appends start
+    on a line of their own and the log reads back whole."""
+    from async_nmt.train.events import complete_lines
+
+    path = tmp_path / "events.jsonl"
+    whole = "".join(json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(3))
+    path.write_text(whole + '{"kind": "checkpoint", "upd', encoding="utf-8")
+    assert complete_lines(path) == 3
+    assert [e["updates"] for e in truncate_events(path, 4)] == [0, 1, 2]  # last.pt said 4 lines
+    assert path.read_text(encoding="utf-8") == whole
+    log = EventLog(path)
+    assert log.lines == 3
+    log.write("checkpoint", updates=3)
+    log.close()
+    assert [e["updates"] for e in read_events(path)] == [0, 1, 2, 3]
+
+
+def test_staleness_stats_of_a_histogram_of_pushes():
+    """Staleness 0 three times and 2 twice: mean 4/5, max 2, the histogram up to its maximum, which keeps
+    every push (the report weighs each event's mean by the pushes its histogram counts)."""
+    from async_nmt.train.events import staleness_stats
+
+    assert staleness_stats([3, 0, 2, 0, 0]) == {"staleness_mean": 0.8, "staleness_max": 2, "staleness_hist": [3, 0, 2]}
+    assert staleness_stats([0, 0]) == {"staleness_mean": 0.0, "staleness_max": 0, "staleness_hist": []}
+
+
+def test_the_training_clock_goes_on_from_a_resumes_offset_and_stops_while_paused(monkeypatch):
+    """A resumed run's clock starts at the seconds its checkpoint had; validation and saves (`paused`, which
+    nests) do not count: --max-time and every event's train_s are training time."""
+    from types import SimpleNamespace
+
+    from async_nmt.train import events
+
+    now = [10.0]
+    monkeypatch.setattr(events, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    clock = events.TrainingClock(100.0)
+    now[0] = 15.0
+    assert clock.seconds == 105.0
+    with clock.paused():
+        now[0] = 20.0
+        with clock.paused():
+            now[0] = 25.0
+        assert clock.seconds == 105.0
+    now[0] = 32.0
+    assert clock.seconds == 112.0
+
+
+def test_the_end_of_run_table_says_how_the_run_went(tmp_path, monkeypatch, capsys):
+    """The summary a run ends with: its mode and workers (accum for async-accum only), why it stopped, its
+    tokens per second of training time, the staleness of every push of the async modes (weighed by pushes,
+    the largest of any event), the best checkpoint's update and how to translate with it."""
+    from types import SimpleNamespace
+
+    from async_nmt.config import TrainConfig
+    from async_nmt.train.summary import print_summary
+
+    monkeypatch.setenv("COLUMNS", "200")
+    run = tmp_path / "my run"
+    run.mkdir()
+    log = EventLog(run / "events.jsonl")
+    log.write("train", updates=5, staleness_mean=1.0, staleness_max=4, staleness_hist=[1, 8, 0, 0, 1])
+    log.write("train", updates=10, staleness_mean=3.0, staleness_max=3, staleness_hist=[0, 0, 0, 30])
+    log.close()
+    summary = {"interrupted": False, "stopped_by": "--max-updates 10", "updates": 10, "epoch": 0.5,
+               "tokens": 120_000, "train_s": 40.0, "wall_s": 60.0}  # fmt: skip
+    shown = {}
+    for mode in ("async-accum", "async", "sync"):
+        trainer = SimpleNamespace(
+            run_dir=run,
+            cfg=TrainConfig(mode=mode, workers=3, accum=2),
+            updates=10,
+            last_valid={"valid_loss": 1.5, "bleu": 20.0},
+            best={"bleu": 25.0, "updates": 5},
+        )
+        print_summary({**summary, "interrupted": mode == "sync"}, trainer)
+        shown[mode] = " ".join(capsys.readouterr().err.replace("│", " ").split())  # the rows, cells apart
+    assert "mode async-accum (workers 3, accum 2)" in shown["async-accum"]
+    assert "mode async (workers 3)" in shown["async"] and "accum" not in shown["async"]
+    assert "stopped by --max-updates 10" in shown["async"]
+    assert "stopped by an interrupt (Ctrl-C or SIGTERM)" in shown["sync"]
+    assert "tokens/s 3,000" in shown["async"]  # 120,000 tokens in 40 s of training
+    for mode in ("async-accum", "async"):  # (10 pushes at a mean of 1 and 30 at 3)
+        assert "staleness mean 2.50, max 4 (40 pushes)" in shown[mode]
+    assert "staleness" not in shown["sync"]
+    assert "best valid BLEU 25.00 (update 5: best.pt)" in shown["async"]
+    assert f"nmt translate '{run}' < SOURCE > OUTPUT" in shown["async"]
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
 def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens(monkeypatch, chunk_rows):
     import torch.nn.functional as F
@@ -628,6 +756,94 @@ def test_accum_defaults_to_the_worker_ranks_under_torchrun(monkeypatch, tmp_path
     options = dict(devices="cpu", lr=None, warmup=None, compile_model=False, preset="micro", mode="async-accum")
     assert build_config(tmp_path, **options, accum=None).accum == 3
     assert build_config(tmp_path, **options, accum=1).accum == 1  # a value given is kept
+
+
+TRAIN_OPTIONS = dict(devices="cpu", lr=None, warmup=None, compile_model=False, preset="micro")
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("max_tokens", 0, "--max-tokens must be positive"), ("lr", 0.0, "--lr must be positive"),
+     ("seed", -(2**32), "--seed must be an integer between -2^32 and 2^32"),
+     ("warmup", -1, "--warmup must not be negative"), ("keep_last", -1, "--keep-last must not be negative"),
+     ("dropout", 1.0, "--dropout must be in [0, 1)"), ("label_smoothing", 1.0, "--label-smoothing must be in [0, 1)"),
+     ("log_every", 0, "--log-every must be at least 1")],
+)  # fmt: skip
+def test_train_options_just_outside_their_documented_range_are_refused_by_name(tmp_path, option, value, message):
+    """The ranges `nmt train --help` states hold at their edges: a --max-tokens or --lr of 0, a seed of
+    -2^32, a negative --warmup or --keep-last, a --dropout or --label-smoothing of 1, a --log-every of 0
+    are refused in one line naming the option, before a run folder is touched."""
+    from async_nmt.train.options import build_config
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_config(tmp_path, **{**TRAIN_OPTIONS, option: value})
+
+
+def test_train_options_at_the_edge_of_their_range_are_taken_as_given(tmp_path):
+    """--warmup 0 is a constant --lr (--help: "0 = neither"), not the preset's warmup; the inclusive edges
+    of the ranges (a seed of -2^32 + 1, speeds of 0.001 and 1000, a dropout and label smoothing of 0) run."""
+    from async_nmt.train.options import build_config
+
+    cfg = build_config(tmp_path, **{**TRAIN_OPTIONS, "warmup": 0}, seed=-(2**32) + 1, dropout=0.0,
+                       label_smoothing=0.0, mode="async", workers=2, worker_speeds="0.001,1000")  # fmt: skip
+    assert (cfg.warmup, cfg.seed, cfg.dropout, cfg.label_smoothing) == (0, 1 - 2**32, 0.0, 0.0)
+    assert cfg.worker_speeds == [0.001, 1000.0]
+
+
+@pytest.mark.parametrize(
+    "preset, lr, warmup, dropout",
+    [("micro", 2e-3, 50, 0.1), ("tiny", 7e-4, 250, 0.1), ("small", 7e-4, 1000, 0.1), ("base", 7e-4, 4000, 0.1),
+     ("big", 5e-4, 4000, 0.3)],
+)  # fmt: skip
+def test_a_presets_defaults_are_those_the_help_states_and_given_values_win(tmp_path, preset, lr, warmup, dropout):
+    """--lr, --warmup and --dropout left out take the values per preset that `nmt train --help` lists; a
+    value given (a --dropout override of the model's) is kept."""
+    from async_nmt.config import model_config
+    from async_nmt.train.options import build_config
+
+    cfg = build_config(tmp_path, **{**TRAIN_OPTIONS, "preset": preset})
+    assert (cfg.lr, cfg.warmup, cfg.dropout) == (lr, warmup, None)
+    assert model_config(preset, 100).dropout == dropout
+    assert build_config(tmp_path, **{**TRAIN_OPTIONS, "preset": preset, "lr": 1e-4, "warmup": 7}).lr == 1e-4
+    assert model_config(preset, 100, dropout=0.0).dropout == 0.0 and model_config(preset, 100).vocab_size == 100
+
+
+def test_a_resume_checks_the_options_given_against_the_runs_own(tmp_path, monkeypatch):
+    """`nmt-train BIN RUN --resume --worker-speeds 1,0.5` on a run of 2 async workers: the speeds are checked
+    against the run's --workers (its config.json), not the default 1 ("needs several workers"); every option
+    left out is the run's, those given and BIN are the command line's."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from async_nmt.cli import main
+    from async_nmt.config import CorpusInfo, ModelConfig, RunConfig, TrainConfig, save_json
+    from async_nmt.train import launch
+
+    run, bin_dir = tmp_path / "run", tmp_path / "bin"
+    run.mkdir()
+    saved = TrainConfig(
+        bin_dir=str(tmp_path / "old"),
+        preset="micro",
+        mode="async",
+        workers=2,
+        simulate=True,
+        devices=["cpu"],
+        max_tokens=512,
+        lr=1e-3,
+        warmup=9,
+        seed=5,
+        max_updates=4,
+        log_every=3,
+    )
+    save_json(RunConfig(saved, ModelConfig(), CorpusInfo()), run / "config.json")
+    started = []
+    monkeypatch.setattr(launch, "train", lambda cfg, run_dir, **kw: started.append((cfg, kw["log_every"])))
+    result = CliRunner().invoke(main, ["train", str(bin_dir), str(run), "--resume", "--worker-speeds", "1,0.5",
+                                       "--max-updates", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    expected = dataclasses.replace(saved, bin_dir=str(bin_dir), worker_speeds=[1.0, 0.5], max_updates=8)
+    assert started == [(expected, 3)]
 
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
