@@ -13,19 +13,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from async_nmt.config import ModelConfig, TrainConfig
-from async_nmt.data.batches import BatchStream
-from async_nmt.data.binarize import load_split
-from async_nmt.devices import amp_dtype_for
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import ModeContext, Workers, worker_seed
-from async_nmt.train.step import StepStats, build_model, push_gradient
+from async_nmt.train.modes.workers import ModeContext, WorkerCompute, Workers
+from async_nmt.train.step import StepStats
 
 # shared counters of the gate
 LIMIT, ADMITTED, COMPLETED, STOP, READY = range(5)
@@ -106,31 +102,20 @@ def _work(worker: int, setup: WorkerSetup) -> None:
     device = torch.device(setup.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.manual_seed(worker_seed(cfg.seed, worker))
-    model, flat = build_model(setup.model_cfg, device, compiled=cfg.compile)  # here, where the compute is
-    amp_dtype = amp_dtype_for(cfg.precision, device)
-    split = load_split(Path(cfg.bin_dir), "train", checked=False)  # (the trainer checked this BIN's arrays)
-    stream = BatchStream(
-        split, cfg.max_tokens, setup.model_cfg.max_positions, cfg.seed, worker, cfg.workers, cfg.batch_sort
-    )
-    stream.load_state_dict(setup.position)
-    stream.pin = device.type == "cuda"
+    # (the trainer checked this BIN's arrays)
+    compute = WorkerCompute(cfg, setup.model_cfg, worker, device, setup.position, setup.speed, checked=False)
     first_shard = worker % len(server.shards)
     with gate.lock:
         gate.counts[READY] += 1
     pushes = 0
-    speed = processes.EmulatedSpeed(setup.speed, device)
     while gate.wait_open(parent):
-        pulled = server.pull(flat.data)
-        speed.begin()
-        batches = (stream.next() for _ in range(cfg.local_accum))
-        stats = push_gradient(model, flat, batches, device, cfg.label_smoothing, amp_dtype)
-        speed.end()
+        pulled = server.pull(compute.flat.data)
+        stats = compute.push()
         pushes += 1
         processes.maybe_fail(worker, pushes)
-        if not gate.admit(parent, worker, stream.state_dict()):
+        if not gate.admit(parent, worker, compute.stream.state_dict()):
             break
-        staleness = server.push(flat.grad, stats.tokens, pulled, first_shard=first_shard)
+        staleness = server.push(compute.flat.grad, stats.tokens, pulled, first_shard=first_shard)
         gate.complete(worker, stats, staleness)
 
 

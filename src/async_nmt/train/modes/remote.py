@@ -30,21 +30,17 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from async_nmt.config import ModelConfig, TrainConfig, from_dict
-from async_nmt.data.batches import BatchStream
-from async_nmt.data.binarize import load_split
-from async_nmt.devices import amp_dtype_for
 from async_nmt.errors import WorkerFailed, exit_at_once, failure_line, notice_within, reason
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import ModeContext, Workers, histogram, worker_seed
-from async_nmt.train.step import StepStats, build_model, push_gradient
+from async_nmt.train.modes.workers import ModeContext, WorkerCompute, Workers, histogram
+from async_nmt.train.step import StepStats
 
 HEADER, GRAD, REPLY, PARAMS = 7001, 7002, 7003, 7004  # message tags (apart from those gloo numbers collectives with)
 # a push's header: its statistics, the update count its parameters came from, and the worker's data position
@@ -428,27 +424,18 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     setup: list[Any] = [None, None, None]
     _message(dist.broadcast_object_list, setup, src=0)
     positions, model_dict, pulled = setup
-    model_cfg = from_dict(ModelConfig, model_dict)
-    torch.manual_seed(worker_seed(cfg.seed, worker))
-    model, flat = build_model(model_cfg, device, compiled=cfg.compile)
+    speed = cfg.worker_speeds[worker] if cfg.worker_speeds else 1.0
+    compute = WorkerCompute(cfg, from_dict(ModelConfig, model_dict), worker, device, positions[worker], speed)
+    flat, stream = compute.flat, compute.stream
     pinned = device.type == "cuda"
     params = torch.empty(flat.numel(), pin_memory=pinned)
     grad = torch.empty(flat.numel(), pin_memory=pinned)
     _message(dist.broadcast, params, src=0)
     flat.data.copy_(params)
-    amp_dtype = amp_dtype_for(cfg.precision, device)
-    stream = BatchStream(load_split(Path(cfg.bin_dir), "train"), cfg.max_tokens, model_cfg.max_positions, cfg.seed,
-                         worker, cfg.workers, cfg.batch_sort)  # fmt: skip
-    stream.load_state_dict(positions[worker])
-    stream.pin = pinned
-    speed = processes.EmulatedSpeed(cfg.worker_speeds[worker] if cfg.worker_speeds else 1.0, device)
     reply = torch.empty(2, dtype=torch.int64)
     pushes = 0
     while True:
-        speed.begin()
-        batches = (stream.next() for _ in range(cfg.local_accum))
-        stats = push_gradient(model, flat, batches, device, cfg.label_smoothing, amp_dtype)
-        speed.end()
+        stats = compute.push()
         pushes += 1
         processes.maybe_fail(worker, pushes)
         position = stream.state_dict()

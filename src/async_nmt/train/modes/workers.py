@@ -1,4 +1,5 @@
-"""The `Workers` interface the trainer drives every mode through, and what a mode is built from."""
+"""The `Workers` interface the trainer drives every mode through, what a mode is built from, and what an async
+worker process computes its pushes with."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from torch import nn
 
 from async_nmt.config import ModelConfig, TrainConfig
 from async_nmt.data.batches import BatchStream
+from async_nmt.data.binarize import load_split
+from async_nmt.devices import amp_dtype_for
+from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.step import StepStats
+from async_nmt.train.step import StepStats, build_model, push_gradient
 
 
 @dataclass
@@ -38,6 +42,34 @@ def worker_seed(seed: int, worker: int) -> int:
     """The torch seed of an async worker's process: its own, so that workers draw different dropout masks
     (sync ranks keep the run's one seed, as fairseq's do)."""
     return seed * 1000 + worker
+
+
+class WorkerCompute:
+    """What an async worker process computes its pushes with, however it sends them (`asynchronous.py`: to
+    a server in shared memory; `remote.py`: to rank 0 over torch.distributed): its own model, seeded as
+    its own (`worker_seed`), its share of the batches from `position`, and its emulated `speed`."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, worker: int, device: torch.device,
+                 position: dict[str, int], speed: float, checked: bool = True):  # fmt: skip
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(worker_seed(cfg.seed, worker))
+        self.model, self.flat = build_model(model_cfg, device, compiled=cfg.compile)  # here, where the compute is
+        self.amp_dtype = amp_dtype_for(cfg.precision, device)
+        split = load_split(Path(cfg.bin_dir), "train", checked=checked)  # (checked: unless the trainer did)
+        self.stream = BatchStream(split, cfg.max_tokens, model_cfg.max_positions, cfg.seed, worker, cfg.workers,
+                                  cfg.batch_sort)  # fmt: skip
+        self.stream.load_state_dict(position)
+        self.stream.pin = device.type == "cuda"
+        self.speed = processes.EmulatedSpeed(speed, device)
+
+    def push(self) -> StepStats:
+        """The next push's gradient, into `flat.grad` (`--local-accum` batches), at the emulated speed."""
+        cfg = self.cfg
+        self.speed.begin()
+        batches = (self.stream.next() for _ in range(cfg.local_accum))
+        stats = push_gradient(self.model, self.flat, batches, self.device, cfg.label_smoothing, self.amp_dtype)
+        self.speed.end()
+        return stats
 
 
 class Workers:
