@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,14 @@ from click.testing import CliRunner
 
 from async_nmt.cli import main
 from async_nmt.errors import UserError
-from async_nmt.model.checkpoint import average_checkpoints, kept_checkpoints, kept_path, last_kept, read_checkpoint
+from async_nmt.model.checkpoint import (
+    average_checkpoints,
+    find_checkpoint,
+    kept_checkpoints,
+    kept_path,
+    last_kept,
+    read_checkpoint,
+)
 from async_nmt.train.checkpoint import save_checkpoint
 
 
@@ -167,3 +176,107 @@ def test_a_failed_or_interrupted_write_leaves_nothing_and_no_users_file_is_its_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt.tmp", "run"]
     monkeypatch.setattr(torch, "save", real_save)
     assert average(run, "--last", "2", "-o", out).exit_code == 0 and mine.read_text() == "my notes"
+
+
+def test_averaging_zero_checkpoints_is_refused_not_all_of_them(tmp_path: Path):
+    """`--last 0` is one line; `kept[-0:]` would have averaged every kept checkpoint without a word."""
+    for updates in (5, 10):
+        save_kept(tmp_path, updates, torch.zeros(8))
+    with pytest.raises(UserError, match="--last 0: the number of checkpoints to average must be at least 1"):
+        last_kept(tmp_path, 0)
+    assert [p.name for p in last_kept(tmp_path, 1)] == ["update-10.pt"]
+
+
+def test_averaging_refuses_another_corpus_and_the_average_keeps_its_inputs_corpus(tmp_path: Path):
+    """Checkpoints of the same model trained on another corpus (another vocabulary of the same size) have
+    parameters that mean other pieces: their mean is refused. The average records its inputs' corpus, as
+    the checkpoints do (what it was trained on)."""
+    save_kept(tmp_path, 5, torch.zeros(8))
+    save_kept(tmp_path, 10, torch.ones(8))
+    averaged = average_checkpoints(last_kept(tmp_path, 2))
+    assert averaged["corpus"] == {"vocab_hash": "v"}
+    torch.testing.assert_close(averaged["params"], torch.full((8,), 0.5))
+    other = kept_path(tmp_path, 15)
+    save_checkpoint({"model_config": {"d_model": 8}, "train_config": {}, "corpus": {"vocab_hash": "w"},
+                     "vocab_model": b"spm", "params": torch.ones(8)}, other)  # fmt: skip
+    with pytest.raises(UserError, match=f"{other}: another corpus than .*update-10.pt; cannot average them"):
+        average_checkpoints(last_kept(tmp_path, 2))
+
+
+def test_a_run_folder_gives_its_best_checkpoint_before_its_last(tmp_path: Path):
+    """Without --checkpoint, a run that has validated translates with best.pt, not with last.pt (the run's
+    latest save, which may be worse); last.pt only where there is no best.pt."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(b"last")
+    assert find_checkpoint(tmp_path) == folder / "last.pt"
+    (folder / "best.pt").write_bytes(b"best")
+    assert find_checkpoint(tmp_path) == folder / "best.pt"
+    assert find_checkpoint(tmp_path, "last") == folder / "last.pt"
+
+
+def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path):
+    """A dict with every key translation reads, but of another format version (a later async-nmt's) or of
+    none (another program's), is refused in one line, not read as this version's."""
+    state = {"model_config": {"d_model": 8}, "vocab_model": b"spm", "params": torch.zeros(8)}
+    for name, extra in (("later.pt", {"format": 2}), ("none.pt", {})):
+        torch.save({**state, **extra}, tmp_path / name)
+        with pytest.raises(UserError, match=f"{name}: not an async-nmt checkpoint \\(format 1\\)"):
+            read_checkpoint(tmp_path / name)
+    torch.save({**state, "format": 1}, tmp_path / "ours.pt")
+    assert torch.equal(read_checkpoint(tmp_path / "ours.pt")["params"], torch.zeros(8))
+
+
+def test_a_failed_checkpoint_write_names_the_checkpoint_not_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A full disk while a checkpoint is written is an OSError that names the checkpoint (the CLI's one
+    line says which file), with the system's reason, and leaves no temporary file."""
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError) as failed:
+        save_kept(tmp_path, 5, torch.zeros(8))
+    assert failed.value.filename == str(kept_path(tmp_path, 5)) and failed.value.errno == errno.ENOSPC
+    assert os.strerror(errno.ENOSPC) in failed.value.strerror
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # neither the checkpoint nor its temporary file
+
+
+def test_a_link_to_nowhere_as_the_output_is_replaced_only_with_force(tmp_path: Path):
+    """An output path that is a symbolic link, even one to a file that does not exist, is the user's: it
+    is replaced only with --force."""
+    run = make_run(tmp_path / "run")
+    link = tmp_path / "avg.pt"
+    link.symlink_to(tmp_path / "nowhere.pt")
+    one_line(average(run, "--last", "2", "-o", link), "exists; use --force to replace it")
+    assert link.is_symlink() and not (tmp_path / "nowhere.pt").exists()
+    assert average(run, "--last", "2", "-o", link, "--force").exit_code == 0
+    assert not link.is_symlink() and not (tmp_path / "nowhere.pt").exists()
+    torch.testing.assert_close(read_checkpoint(link)["params"], torch.full((8,), 12.5))
+
+
+def test_load_model_gives_the_saved_weights_in_eval_mode_and_refuses_a_vector_of_another_length(tmp_path: Path):
+    """`load_model` (inference) gives the checkpoint's parameters in a model in eval mode (no dropout), and a
+    parameter vector longer than its model_config's model is refused in one line, not loaded as its prefix."""
+    from dataclasses import asdict
+
+    from async_nmt.config import ModelConfig
+    from async_nmt.data.vocab import load_vocab, train_vocab
+    from async_nmt.model.checkpoint import load_model
+    from async_nmt.model.transformer import Transformer
+
+    (tmp_path / "text").write_text("ab ba\nab\ncab\n", encoding="utf-8")
+    sp = load_vocab(train_vocab([tmp_path / "text"], tmp_path / "spm", 12))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=sp.get_piece_size(), d_model=8, heads=2, enc_layers=1, dec_layers=1, ff_dim=16)
+    params = torch.cat([p.detach().reshape(-1) for p in Transformer(cfg).parameters()])
+    state = {"model_config": asdict(cfg), "vocab_model": sp.serialized_model_proto(), "params": params}
+    save_checkpoint(state, tmp_path / "model.pt")
+    model, vocab = load_model(tmp_path / "model.pt")
+    assert not model.training and vocab.get_piece_size() == sp.get_piece_size()
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), params)
+    save_checkpoint({**state, "params": torch.cat([params, torch.zeros(1)])}, tmp_path / "longer.pt")
+    with pytest.raises(UserError, match="longer.pt: parameter count does not match its model configuration"):
+        load_model(tmp_path / "longer.pt")

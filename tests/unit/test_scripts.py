@@ -56,6 +56,16 @@ def test_run_script_names_the_path_of_a_system_error(capsys: pytest.CaptureFixtu
     assert ends_with(denied, capsys) == (1, "error: /out: Permission denied\n")
 
 
+def test_run_script_names_both_paths_of_a_system_error_that_has_two(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    """A rename (os.replace) that fails names its source and its destination, as the system gave them."""
+    source, target = tmp_path / "gone.tmp", tmp_path / "out.txt"
+
+    def rename() -> None:
+        os.replace(source, target)
+
+    assert ends_with(rename, capsys) == (2, f"error: {source}: {target}: No such file or directory\n")
+
+
 def test_run_script_returns_when_main_does_and_keeps_a_bugs_traceback(capsys: pytest.CaptureFixture[str]):
     run_script(lambda: 7)
     assert capsys.readouterr().err == ""

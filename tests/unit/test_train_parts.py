@@ -874,6 +874,45 @@ def test_a_stop_signal_that_comes_twice_at_once_is_one_notice(how, signum, monke
     assert flag.is_set() == (how == "stop_signals_set")
 
 
+def test_held_interrupts_say_the_notice_once_and_a_second_ctrl_c_stops_only_where_asked(monkeypatch, capsys):
+    """A Ctrl-C held off a section is recorded and prints the notice at once, a second one (later than
+    `REPEAT_S`) not again; with `second_stops` the second stops at once (SecondInterrupt), unsaved."""
+    monkeypatch.setattr(errors, "REPEAT_S", 0.05)
+    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
+    with errors.held_interrupts(notice="stopping after this update") as caught:
+        for _ in range(2):
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.1)
+    assert caught == [signal.SIGINT, signal.SIGINT]
+    assert capsys.readouterr().err == "stopping after this update\n"
+    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
+    reached = []
+    with pytest.raises(errors.SecondInterrupt), errors.held_interrupts(second_stops=True) as caught:
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.1)
+        reached.append("after the first")
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.1)
+        reached.append("after the second")
+    assert reached == ["after the first"] and caught == [signal.SIGINT, signal.SIGINT]
+
+
+def test_a_sigterm_that_stands_for_ctrl_c_is_held_too(monkeypatch):
+    """Under `sigterm_interrupts` (the CLI's commands), a SIGTERM, as a Ctrl-C, is held off a section that
+    must not stop halfway (a corpus's files put into place), not raised in the middle of it."""
+    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
+    done, caught = [], None
+    with errors.sigterm_interrupts():
+        try:
+            with errors.held_interrupts() as caught:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # (Python runs the handler at the next instruction of the main thread)
+                done.append("the whole section")
+        except KeyboardInterrupt:  # (not held: raised halfway; caught here, or it would stop pytest)
+            done.append("interrupted")
+    assert done == ["the whole section"] and caught == [signal.SIGTERM]
+
+
 def test_ranks_on_bins_made_before_and_after_dropped_pairs_were_counted_by_rule_agree(synthetic_bin, tmp_path):
     """The ranks compare the corpus each was given: a BIN whose manifest lacks `dropped_for` (made before
     2026-12-05) was another corpus to a rank whose BIN has it, and a torchrun start was refused."""
