@@ -39,7 +39,7 @@ def test_the_outer_step_is_sgd_with_nesterov_momentum_on_the_average_change():
     assert server.outer_steps == 3
 
 
-def build(workers: int, sync_every: int, outer_lr: float, momentum: float, **cfg_overrides):
+def build(workers: int, sync_every: int, outer_lr: float, momentum: float, inner=INNER, **cfg_overrides):
     torch.manual_seed(0)
     model = Transformer(model_config("micro", 40, d_model=16, ff_dim=32, heads=2, enc_layers=1, dec_layers=1,
                                      dropout=0.0))  # fmt: skip
@@ -49,7 +49,7 @@ def build(workers: int, sync_every: int, outer_lr: float, momentum: float, **cfg
                       outer_momentum=momentum, label_smoothing=0.1, **cfg_overrides)  # fmt: skip
     ctx = ModeContext(cfg, model.cfg, model, flat, streams, torch.device("cpu"), None, ["cpu"] * workers, Path("."))
     outer = OuterServer(flat.data.clone(), outer_lr, momentum, sync_every)
-    return SimulatedDiloco(ctx, outer, INNER), model, flat, streams
+    return SimulatedDiloco(ctx, outer, inner), model, flat, streams
 
 
 def test_h1_outer_lr_1_momentum_0_averages_the_workers_one_step_parameters():
@@ -166,3 +166,51 @@ def test_a_limit_stops_the_emulation_at_the_rounds_end():
         sim.advance()
         stops.append(sim.agree_stop(wish=False) or sim.agree_stop(wish=update == 5))  # (as the trainer asks)
     assert stops == [False] * 7 + [True] and sim.server.outer_steps == 2
+
+
+def test_the_outer_step_records_the_norm_of_the_outer_gradient():
+    """`grad_norm`, which the trainer logs, is the norm of the last outer gradient: global - mean_w(params_w)."""
+    torch.manual_seed(0)
+    server = OuterServer(torch.randn(20), outer_lr=0.7, momentum=0.9, sync_every=5)
+    for _ in range(2):
+        workers = [server.params + torch.randn(20) * 0.1 for _ in range(3)]
+        delta = server.params - sum(workers) / 3
+        server.outer_step(workers)
+        assert server.grad_norm == pytest.approx(float(delta.pow(2).sum().sqrt()), rel=1e-5)
+
+
+def test_a_push_of_local_accum_k_batches_is_one_inner_step_on_their_summed_gradient():
+    """With --local-accum 2 each worker's inner step takes the summed gradient of its next 2 batches (and
+    their tokens): local SGD (H = 1, outer lr 1, no momentum) then averages those steps."""
+    sim, model, flat, streams = build(workers=2, sync_every=1, outer_lr=1.0, momentum=0.0, local_accum=2)
+    p0 = sim.server.params.clone()
+    positions = [s.state_dict() for s in streams]
+    expected = []
+    for worker in range(2):  # each worker alone: one inner Adam step from p0 on its next 2 batches
+        stream = BatchStream(EqualSplit(), 64, 64, seed=0, worker=worker, workers=2)
+        stream.load_state_dict(positions[worker])
+        flat.data.copy_(p0)
+        flat.grad.zero_()
+        tokens = sum(train_step(model, stream.next(), 0.1, None).tokens for _ in range(2))
+        inner = ParamServer(p0.clone(), **INNER)
+        inner.push(flat.grad, tokens, 0)
+        expected.append(inner.params)
+    stats, _ = sim.advance()
+    assert stats.tokens == tokens * 2  # (both workers' batches have the same tokens)
+    torch.testing.assert_close(sim.server.params, torch.stack(expected).mean(0), rtol=0, atol=1e-6)
+
+
+def test_the_predicted_clock_and_the_counters_move_at_every_inner_step():
+    """Between syncs the predicted clock is the slowest worker's compute so far (a sync adds its ring
+    all-reduce), every update counts W pushes, and the learning rate logged is the inner one (warmup over 4
+    updates: peak * u / 4)."""
+    sim, *_ = build(workers=2, sync_every=3, outer_lr=0.7, momentum=0.9, inner={**INNER, "warmup": 4},
+                    simulate_token_us=10.0, worker_speeds=[1.0, 0.5], link_gbps=1.0)  # fmt: skip
+    link = sim.server.numel * 4 * 8 / 1e9
+    for update in range(1, 5):
+        stats, _ = sim.advance()
+        batch_s = stats.tokens // 2 * 10e-6 / 0.5  # the slow worker's batch (both have the same tokens)
+        rounds = update // 3
+        assert sim.predicted_s == pytest.approx(update * batch_s + rounds * link, rel=1e-9)
+        assert sim.server.pushes == 2 * update
+        assert sim.server.lr == pytest.approx(1e-2 * update / 4, rel=1e-6)

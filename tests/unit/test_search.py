@@ -244,3 +244,81 @@ def test_decode_step_gives_the_logits_of_a_full_decode():
         steps = torch.stack([MODEL.decode_step(prev[:, i : i + 1], enc, cache) for i in range(6)], 1)
     assert int(cache["position"]) == 6
     assert torch.allclose(steps, full, atol=1e-5)
+
+
+def test_an_unbounded_max_len_a_gives_a_source_without_tokens_max_len_b_tokens():
+    """`max_len_a` may be inf (no limit but the model's positions): a source of eos alone (n = 0) then gets
+    `max_len_b` tokens, not inf * 0 (nan), and every other sentence the positions' cap."""
+    src = make_src([0, 4])
+    cap = MODEL.cfg.max_positions - 1
+    assert max_lengths(MODEL, src, math.inf, 5) == [5, cap]
+    out = greedy_search(MODEL, src, max_len_a=math.inf, max_len_b=5)
+    assert len(out[0]) <= 5 and len(out[1]) <= cap
+
+
+def test_a_limit_of_0_for_every_sentence_gives_empty_outputs_in_every_search():
+    """With every limit 0 the one step there is forces eos, in every search, fixed shapes included (where
+    it is the whole graph): each output is empty."""
+    for beam in (1, 4):
+        for fixed_shapes in (False, True):
+            out = generate(MODEL, SRC, beam, max_len_a=0, max_len_b=0, fixed_shapes=fixed_shapes)
+            assert out == [[]] * len(SRC)
+
+
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_a_sentence_at_its_limit_is_done_with_fewer_than_beam_finished_hypotheses(fixed_shapes: bool):
+    """A sentence is done at its length limit even when it has fewer than `beam` finished hypotheses (a
+    vocabulary of 3 words has 3 + 9 hypotheses of up to 2 tokens, the beam is 16): its best one is the
+    output, as an exhaustive search of every hypothesis scores it."""
+    model = make_model(vocab_size=6, seed=5)
+    src = make_src([2, 5, 1, 3], vocab_size=6)
+    limit, lenpen = 2, 1.0
+    hyps = [list(ids) for n in range(1, limit + 1) for ids in itertools.product([1, 4, 5], repeat=n)]
+    best = []
+    for i in range(len(src)):
+        scored = [(sequence_score(model, src[i : i + 1], ids, limit) / (len(ids) + 1) ** lenpen, ids) for ids in hyps]
+        best.append(max(scored)[1])
+    for use_cache in (True, False):
+        out = beam_search(model, src, 16, lenpen, max_len_a=0, max_len_b=limit, use_cache=use_cache,
+                          fixed_shapes=fixed_shapes)  # fmt: skip
+        assert out == best
+
+
+def test_the_best_of_equal_finished_hypotheses_is_the_first_found():
+    """Both beam searches take a sentence's output from `_best_finished`: its best finished hypothesis, and
+    of equal ones the first (the lower slot, filled first), never the sink slot K; none gives []."""
+    from async_nmt.model.search import _best_finished
+
+    K, E = 3, EOS_ID
+    fin_scores = torch.tensor([[-2.0, -1.0, -1.0, -0.5], [-math.inf] * 4, [-1.0, -1.0, -1.0, -math.inf]])
+    fin_tokens = torch.tensor([
+        [[5, 6, E], [7, E, E], [8, 9, E], [10, 10, 10]],
+        [[E, E, E]] * 3 + [[11, 11, 11]],
+        [[4, E, E], [12, 13, E], [14, E, E], [E, E, E]],
+    ])  # fmt: skip
+    fin_count = torch.tensor([3, 0, 3])
+    assert fin_scores.shape == (3, K + 1)
+    assert _best_finished(fin_scores, fin_tokens, fin_count, EOS_ID) == [[7], [], [4]]
+
+
+def test_a_candidate_of_probability_0_never_becomes_a_finished_hypothesis():
+    """`_choose_beams` (both beam searches): where a sentence has fewer finite candidates than beams (the
+    first step, only beam 0 live, of a vocabulary of 3 words with eos masked), the -inf candidates that
+    fill its first K, eos ones among them, are no hypotheses: none finishes or takes a slot (they filled the
+    slots of the real ones and ended the sentence early), and the finite ones go on, best first."""
+    from async_nmt.model.search import _choose_beams
+
+    K, V = 8, 6
+    torch.manual_seed(0)
+    lprobs = torch.full((K, V), -math.inf)
+    lprobs[:, [1, 4, 5]] = torch.log_softmax(torch.randn(K, 3), dim=-1)
+    scores = torch.full((1, K), -math.inf)
+    scores[0, 0] = 0.0
+    done, fin_count = torch.zeros(1, dtype=torch.bool), torch.zeros(1, dtype=torch.long)
+    fin_scores = torch.full((1, K + 1), -math.inf)
+    choice = _choose_beams(lprobs, scores, EOS_ID, torch.tensor(1.0), torch.zeros(1, dtype=torch.bool), done,
+                           fin_count, fin_scores)  # fmt: skip
+    assert fin_count.tolist() == [0] and not done.any() and fin_scores[:, :K].isneginf().all()
+    assert choice.slot.eq(K).all()
+    assert choice.live_scores[0, :3].tolist() == lprobs[0, [1, 4, 5]].sort(descending=True).values.tolist()
+    assert choice.live_beams[0, :3].tolist() == [0, 0, 0]

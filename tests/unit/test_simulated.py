@@ -488,3 +488,16 @@ def test_a_push_that_reaches_a_shard_before_the_update_its_worker_pulled_counts_
     assert Meanwhile.fired and server.counters[:, UPDATES].tolist() == [4, 4]
     # each shard's update 4 summed the stale push with a fresh one: the rate divided by 1.5 on both
     assert server.state_dict()["norms"][:, 0].tolist() == pytest.approx([1e-2 / 1.5] * 2)
+
+
+def test_sync_predicted_clock_charges_a_ring_all_reduce_of_2_w_minus_1_over_w_links_for_3_workers():
+    """A ring all-reduce among W workers moves 2 (W - 1) / W times the parameters: 4/3 links for W = 3 (for
+    W = 2, as the tests above, it is 1, whatever the formula's W)."""
+    sim, _, _ = simulate(workers=3, accum=3, pushes=6, sync=True, speeds=[1.0, 0.5, 0.25], token_us=5.0,
+                         link_gbps=1.0)  # fmt: skip
+    tokens = sim.batches[0][0].tokens  # every batch has the same tokens
+    link = sim.server.numel * 4 * 8 / 1e9
+    step = tokens * 5 * US / 0.25 + 2 * (3 - 1) / 3 * link  # the slowest worker, then the ring all-reduce
+    assert sim.server.updates == 2
+    assert sim.seconds == pytest.approx([2 * step] * 3, rel=1e-9, abs=0)
+    assert sim.predicted_s == pytest.approx(2 * step, rel=1e-9, abs=0)
