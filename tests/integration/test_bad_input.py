@@ -638,3 +638,19 @@ def test_resume_of_a_run_stopped_before_its_first_save_says_to_start_it_over(syn
     )
     line = one_line_error(nmt("train", synthetic_bin, tmp_path / "none", *TRAIN, "--resume"), "nothing to resume")
     assert "--force" not in line and not (tmp_path / "none").exists()  # nor is a folder left made for its lock
+
+
+def test_an_eof_error_is_the_error_it_is_not_ctrl_c(tmp_path: Path, monkeypatch):
+    """Click takes an EOFError for Ctrl-C: a command's EOFError (a bug's; numpy's of an empty .npy file was
+    one) was "interrupted", exit code 130. It stays an EOFError, whose traceback says where it came from."""
+    from async_nmt import score
+
+    def broken(*args, **kwargs):
+        raise EOFError("No data left in file")
+
+    monkeypatch.setattr(score, "score_command", broken)
+    ref = tmp_path / "ref.txt"
+    ref.write_text("a line\n", encoding="utf-8")
+    result = nmt("score", ref, ref)
+    assert isinstance(result.exception, EOFError) and result.exit_code == 1
+    assert "interrupted" not in result.output

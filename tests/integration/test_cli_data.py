@@ -75,6 +75,22 @@ def test_preprocess_warns_of_sides_longer_than_the_presets_positions(raw: Path, 
     assert result.exit_code == 0 and "warning" not in result.stderr and "tokens, 1 dropped)" in result.stderr
 
 
+def test_preprocess_without_options_preprocesses_with_the_librarys_defaults(tmp_path: Path, monkeypatch) -> None:
+    """`nmt preprocess RAW BIN` binarizes as `preprocess(RAW, BIN)` does: a vocabulary of 8000 (README), unigram,
+    --max-len 250, --max-ratio 3.0, nmt_nfkc (README), languages from the file names, no --force."""
+    import inspect
+
+    from async_nmt.data import binarize
+
+    defaults = {name: p.default for name, p in inspect.signature(binarize.preprocess).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name != "progress"}  # fmt: skip
+    assert defaults["vocab_size"] == 8000 and defaults["normalization"] == "nmt_nfkc"
+    calls = []
+    monkeypatch.setattr(binarize, "preprocess", lambda raw, out, **options: calls.append(options))
+    assert nmt("preprocess", tmp_path / "raw", tmp_path / "bin").exit_code == 0
+    assert calls == [{**defaults, "progress": True}]
+
+
 def test_missing_raw_dir(tmp_path: Path) -> None:
     assert_one_line_error(nmt("preprocess", tmp_path / "nope", tmp_path / "bin"), "nope: no such folder")
     assert not (tmp_path / "bin").exists()
@@ -354,6 +370,24 @@ def test_commands_that_print_their_results_refuse_a_closed_stdout(tmp_path: Path
                                       timeout=120)  # fmt: skip
             assert done.returncode == 1
             assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
+
+
+def test_report_refuses_a_closed_stdout_only_where_its_results_go_there(tmp_path: Path) -> None:
+    """`nmt report RUN >&-` is refused as `nmt score` is (its table would be lost); with --out its results are
+    the files it writes there, and a closed stdout is no matter."""
+    import os
+
+    nmt = Path(sys.executable).with_name("nmt")
+    committed_run = Path(__file__).parents[2] / "docs" / "results" / "demo"
+    for extra, code in (([], 2), (["--out", str(tmp_path / "out")], 0)):
+        done = subprocess.run([str(nmt), "report", str(committed_run), *extra], stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: os.close(1), timeout=120)  # fmt: skip
+        assert done.returncode == code, (extra, done.stderr)
+        if code == 2:
+            assert (
+                done.stderr.strip() == "error: stdout is closed; the results are printed there (redirect it to a file)"
+            )
+    assert (tmp_path / "out" / "report.md").is_file()
 
 
 def test_a_reader_of_stdout_that_has_gone_ends_a_command_quietly(tmp_path: Path) -> None:

@@ -645,6 +645,86 @@ def test_only_torchruns_global_rank_0_owns_the_run(monkeypatch):
         assert owns_run() is owns
 
 
+def test_a_run_lock_says_its_holders_pid_keeps_the_lock_through_a_clear_and_leaves_the_run(tmp_path: Path):
+    """The lock file holds its owner's pid alone (not over a longer one a killed trainer left), which the
+    refusal of another holder names; the owner's nested lock (the CLI's, then launch's) is let through, and
+    clearing the folder for a fresh start keeps the held lock file; on leaving, the lock file goes, the folder
+    the lock made stays with what the run wrote, and the next lock of this process is taken anew."""
+    import fcntl
+    import os
+
+    from async_nmt.errors import UserError
+    from async_nmt.train.lock import clear_run_dir, run_lock
+
+    def foreign_flock_refused(path: Path) -> bool:  # as another process's flock of the file would be
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    run = tmp_path / "new" / "run"
+    run.mkdir(parents=True)
+    (run / LOCK_NAME).write_text("4194304123\n")  # left by an nmt-train killed with kill -9
+    with run_lock(run):
+        assert (run / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with run_lock(Path(os.path.relpath(run))):  # (the same folder, spelt another way)
+            (run / "events.jsonl").write_text("{}\n")
+            (run / "checkpoints").mkdir()
+            clear_run_dir(run)
+            assert [p.name for p in run.iterdir()] == [LOCK_NAME] and foreign_flock_refused(run / LOCK_NAME)
+        assert foreign_flock_refused(run / LOCK_NAME)  # still held after the nested lock left
+        (run / "events.jsonl").write_text("{}\n")
+    assert [p.name for p in run.iterdir()] == ["events.jsonl"]
+    with run_lock(run):
+        assert foreign_flock_refused(run / LOCK_NAME)
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / LOCK_NAME).write_text("4242\n")
+    fd = os.open(held / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another nmt-train, pid 4242, holds it
+        with pytest.raises(UserError) as refused:
+            with run_lock(held):
+                pass
+        assert str(refused.value) == f"{held}: in use by another nmt-train (pid 4242); wait for it to end, or stop it"
+    finally:
+        os.close(fd)
+    made = tmp_path / "a" / "b"
+    with run_lock(made):
+        (made / "events.jsonl").write_text("{}\n")
+    assert [p.name for p in made.iterdir()] == ["events.jsonl"]  # a run began there: it stays
+    empty = tmp_path / "c" / "d"
+    with run_lock(empty):
+        assert (empty / LOCK_NAME).is_file()
+    assert not (tmp_path / "c").exists()  # folders made for a lock and left empty go
+
+
+def test_a_lock_file_its_owner_unlinked_as_it_was_opened_is_opened_again(tmp_path: Path, monkeypatch):
+    """An owner that ends unlinks its lock file; a trainer that opened the file just before would lock an orphan
+    that no other trainer finds (two trainers on one run again): it opens the file the name leads to anew."""
+    import os
+
+    from async_nmt.train import lock
+
+    real, opened = lock._open_lock_file, []
+
+    def open_as_the_owner_ends(path):
+        fd = real(path)
+        if not opened:
+            os.unlink(path)  # the previous owner ends between this open and the flock
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(lock, "_open_lock_file", open_as_the_owner_ends)
+    run = tmp_path / "run"
+    with lock.run_lock(run):
+        assert len(opened) == 2 and (run / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+
+
 def test_simulated_async_run_logs_staleness_and_predicted_time_and_repeats(synthetic_bin: Path, tmp_path: Path):
     def run(name):
         cfg = micro_config(synthetic_bin, mode="async", workers=2, simulate=True, worker_speeds=[1.0, 0.5],

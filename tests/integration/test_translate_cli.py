@@ -660,6 +660,66 @@ def test_translate_honours_precision(run_dir: Path, monkeypatch, precision, dtyp
     assert seen and set(seen) == {dtype}
 
 
+def test_auto_precision_is_bf16_only_where_the_device_has_it_and_fp32_and_bf16_are_as_asked(monkeypatch):
+    """--precision auto autocasts to bf16 on a device with native bf16 and runs fp32 on one without (an auto
+    that was always bf16 passed on this machine's CPU, which has bf16); fp32 and bf16 are what they say
+    whatever the device has."""
+    from async_nmt import devices
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(devices, "bf16_supported", lambda device, native=native: native)
+        assert devices.amp_dtype_for("auto", cpu) == (torch.bfloat16 if native else None)
+        assert devices.amp_dtype_for("fp32", cpu) is None
+        assert devices.amp_dtype_for("bf16", cpu) == torch.bfloat16
+
+
+def test_device_names_become_devices_that_exist_or_one_line_naming_the_option(monkeypatch):
+    """With one GPU: no name is the first GPU, `cuda` is cuda:0 (its index given), cuda:1 is refused (it was
+    taken, to fail later inside torch); a device type other than cpu and cuda (mps, meta) is refused, not run
+    on the CPU; without a usable GPU a cuda name says so. Each message names the option that gave the name."""
+    from async_nmt import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in (None, "cuda", "cuda:0"):
+        device = devices.resolve_device(name)
+        assert (device.type, device.index) == ("cuda", 0), name
+    with pytest.raises(UserError, match=r"^--device: cuda:1 is not there \(this machine has 1 GPUs\)$"):
+        devices.resolve_device("cuda:1", "--device")
+    for name in ("mps", "meta"):
+        with pytest.raises(UserError, match=rf"^--devices: '{name}' is not supported \(use cpu or cuda:N\)$"):
+            devices.resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^--device: cuda:0 is not there \(this machine has no usable GPU\)$"):
+        devices.resolve_device("cuda:0", "--device")
+    assert devices.resolve_device(None) == torch.device("cpu")
+
+
+def test_translate_searches_with_the_documented_defaults_and_fixed_shapes_only_with_cuda_graphs(
+    run_dir: Path, monkeypatch
+):
+    """With no option, every batch is searched as README and --help state: `--beam 5`, `--lenpen 1.0`, at most
+    `--max-len-a 1.2` x source + `--max-len-b 10` tokens, shapes not fixed; `--cuda-graphs` (on any device)
+    searches with fixed shapes. (A default beam of 4, or a --cuda-graphs that never reached the search,
+    passed every test: on the CPU its outputs are the same.)"""
+    real, calls = translate.generate, []
+
+    def spy(model, src, beam, **kwargs):
+        calls.append((beam, kwargs["lenpen"], kwargs["max_len_a"], kwargs["max_len_b"], kwargs["fixed_shapes"]))
+        return real(model, src, beam, **kwargs)
+
+    monkeypatch.setattr(translate, "generate", spy)
+    result = runner().invoke(main, ["translate", str(run_dir), "--device", "cpu"], input="ba de\nka\n")
+    assert result.exit_code == 0, result.stderr
+    assert calls and set(calls) == {(5, 1.0, 1.2, 10, False)}
+    calls.clear()
+    args = ["translate", str(run_dir), "--device", "cpu", "--beam", "1", "--cuda-graphs"]
+    result = runner().invoke(main, args, input="ba de\nka\n")
+    assert result.exit_code == 0, result.stderr
+    assert calls and {call[-1] for call in calls} == {True}
+
+
 def test_translation_batches_are_larger_on_a_gpu_by_default():
     from async_nmt.translate import default_max_tokens
 

@@ -83,6 +83,21 @@ def one_line(result, fragment: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
 
 
+def test_average_without_last_takes_the_last_5_kept_and_says_which(tmp_path: Path):
+    """`--last` is 5 unless given (as --help states): of six kept saves, the first is left out of the mean; the
+    command says on stderr which saves went into which file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for updates in (2, 4, 6, 8, 10, 12):
+        save_kept(run, updates, torch.full((8,), float(updates)))
+    result = average(run, "-o", tmp_path / "avg.pt")
+    assert result.exit_code == 0, result.output
+    assert torch.equal(read_checkpoint(tmp_path / "avg.pt")["params"], torch.full((8,), (4 + 6 + 8 + 10 + 12) / 5))
+    names = "update-4.pt, update-6.pt, update-8.pt, update-10.pt, update-12.pt"
+    assert result.stderr == f"averaged {names} into {tmp_path / 'avg.pt'}\n"
+
+
 def test_force_never_writes_into_any_runs_checkpoints(tmp_path: Path):
     r1, r2 = make_run(tmp_path / "r1"), make_run(tmp_path / "r2")
     best = r2 / "checkpoints" / "best.pt"

@@ -118,6 +118,26 @@ def test_existing_files_need_force(cache: Path, tmp_path: Path) -> None:
     assert (out / "valid.en").read_text() != "mine\n"
 
 
+def test_nmt_corpus_get_replaces_existing_files_only_with_force(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    """From the command line as from `get_corpus`: an OUT_DIR holding a file of the corpus is refused (exit 2)
+    and written over with --force (a --force the command did not pass on was refused all the same)."""
+    import functools
+
+    from click.testing import CliRunner
+
+    from async_nmt.cli import main
+
+    monkeypatch.setattr(corpus, "get_corpus", functools.partial(get_corpus, heldout=5))  # (the tiny bible)
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "valid.en").write_text("mine\n")
+    refused = CliRunner().invoke(main, ["corpus", "get", "bible-de-en", str(out)])
+    assert refused.exit_code == 2 and (out / "valid.en").read_text() == "mine\n"
+    forced = CliRunner().invoke(main, ["corpus", "get", "bible-de-en", str(out), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (out / "valid.en").read_text() != "mine\n" and (out / "train.de").is_file()
+
+
 def test_a_ctrl_c_while_the_files_are_written_leaves_all_of_them_or_none(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

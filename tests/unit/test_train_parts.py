@@ -675,6 +675,75 @@ def test_validation_reports_its_progress_sentence_by_sentence(synthetic_bin):
     assert sum(done) == 20 and len(done) > 1  # batch by batch
 
 
+def test_validation_with_max_sentences_0_or_past_the_split_holds_every_valid_sentence(synthetic_bin, synthetic_raw):
+    """--valid-max-sentences 0 (the default) validates on the whole valid split, as does a number above its size;
+    a smaller number takes the first N lines, loss batches and BLEU references alike."""
+    from async_nmt.train import validate
+
+    lines = (synthetic_raw / "valid.tgt").read_text(encoding="utf-8").splitlines()
+    for max_sentences in (0, len(lines) + 50, 7):
+        validator = validate.Validator(synthetic_bin, 1024, 256, max_sentences=max_sentences)
+        n = max_sentences if 0 < max_sentences < len(lines) else len(lines)
+        assert validator.references == lines[:n], max_sentences
+        assert len(validator.sources) == n and sum(len(b.src) for b in validator.batches) == n, max_sentences
+
+
+def test_valid_text_with_more_lines_than_its_ids_is_refused_too(synthetic_bin, tmp_path):
+    """A valid text side longer than the valid split's ids (a line added by hand) is refused as a shorter one
+    is: its BLEU would be measured on other sentences than its loss."""
+    import shutil
+
+    from async_nmt.data.binarize import load_manifest
+    from async_nmt.train import validate
+
+    bin_dir = shutil.copytree(synthetic_bin, tmp_path / "bin")
+    text = bin_dir / f"valid.{load_manifest(bin_dir)['src']}"
+    count = len(text.read_text(encoding="utf-8").splitlines())
+    with text.open("a", encoding="utf-8") as f:
+        f.write("ba de\n")
+    with pytest.raises(
+        UserError, match=f"the valid text's src side has {count + 1} lines but the valid split's ids {count};"
+    ):
+        validate.Validator(bin_dir, 1024, 256)
+
+
+def test_validation_bleu_and_chrf_are_sacrebleus_and_its_search_greedy_at_the_precision_given(
+    synthetic_bin, monkeypatch
+):
+    """The valid BLEU and chrF are sacreBLEU's corpus BLEU and chrF of the greedy translations (beam 1) against
+    the first N references, each under its own key; the loss batches and the search both run at the autocast
+    dtype given (the run's --precision)."""
+    import sacrebleu
+
+    from async_nmt import translate
+    from async_nmt.data.binarize import load_manifest
+    from async_nmt.data.vocab import load_vocab
+    from async_nmt.train import validate
+
+    torch.manual_seed(0)
+    model = Transformer(model_config("micro", load_manifest(synthetic_bin)["vocab_size"]))
+    validator = validate.Validator(synthetic_bin, 1024, model.cfg.max_positions, max_sentences=20)
+    refs = list(validator.references)
+    hyps = [" ".join(ref.split()[:-1]) for ref in refs]  # each reference without its last word
+    real_eval, real_generate, seen = validate.eval_step, translate.generate, []
+    monkeypatch.setattr(
+        validate, "eval_step", lambda m, batch, amp: seen.append(("loss", amp)) or real_eval(m, batch, amp)
+    )
+
+    def generate(model, src, beam, **kwargs):
+        seen.append(("search", beam, kwargs["amp_dtype"]))
+        return real_generate(model, src, beam, **kwargs)
+
+    monkeypatch.setattr(translate, "generate", generate)
+    validator(model, load_vocab(synthetic_bin / "spm.model"), torch.bfloat16)
+    assert {("loss", torch.bfloat16), ("search", 1, torch.bfloat16)} == set(seen)
+    monkeypatch.setattr(validate, "translate_lines", lambda model, sp, lines, **kw: list(hyps))
+    result = validator(model, load_vocab(synthetic_bin / "spm.model"), None)
+    bleu, chrf = sacrebleu.corpus_bleu(hyps, [refs]).score, sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert abs(bleu - chrf) > 1  # (they differ, so a swap shows)
+    assert result["bleu"] == pytest.approx(bleu) and result["chrf"] == pytest.approx(chrf)
+
+
 def test_workers_split_each_epoch_between_them_and_every_epoch_reshuffles():
     split = FakeSplit()
     streams = [BatchStream(split, 512, 64, seed=3, worker=w, workers=2) for w in range(2)]
