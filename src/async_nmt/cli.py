@@ -13,7 +13,14 @@ from typing import NoReturn
 import click
 
 from async_nmt.config import NORMALIZATIONS, PRECISIONS, torchrun_rank
-from async_nmt.errors import UserError, exits_at_once, sigterm_interrupts, system_error
+from async_nmt.errors import (
+    UserError,
+    drop_stdout,
+    exits_at_once,
+    settle_stdout,
+    sigterm_interrupts,
+    system_error,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -22,8 +29,7 @@ def reader_gone() -> NoReturn:
     """stdout's reader has gone (`| head`, `| true`): nothing more reaches it, and there is nothing more to
     say; exit 0, quietly, whatever was writing (a command's results, `--help`, a rich table). Click's own
     answer was exit 1 for `--help`, rich's exit 1, and elsewhere it was `error: Broken pipe`."""
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit then fails not
+    drop_stdout()  # (Python's flush at exit then fails not)
     sys.exit(0)
 
 
@@ -50,6 +56,7 @@ class ReportsUserErrors:
             sys.exit(err.exit_code)
         except OSError as err:
             click.echo(f"error: {system_error(err)}", err=True)
+            settle_stdout()  # (a full disk there: Python's flush at exit failed again, with exit code 120)
             sys.exit(1)
 
 

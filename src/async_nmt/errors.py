@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -196,22 +197,55 @@ def run_script(main: Callable[[], object]) -> None:
     code 2, as bad input (the CLI checks its inputs first, a missing one being a UserError, exit code 2, and
     gives 1 to one it did not foresee); any other error of the system (a full disk) `error: PATH: REASON`
     and exit code 1; Ctrl-C (KeyboardInterrupt) `interrupted` and exit code 130. Any other exception keeps
-    its traceback (a bug). When `main` returns, so does this (what it returns is ignored).
+    its traceback (a bug). A reader of stdout that has gone (`| head`) ends it quietly, exit code 0, as it
+    ends a command (it was `error: Broken pipe`, exit code 1). When `main` returns, so does this (what it
+    returns is ignored), once what it printed is written out: a full disk there is `error: stdout: cannot
+    write (REASON)`, exit code 1 (it was Python's `Exception ignored` at exit, exit code 120).
 
         if __name__ == "__main__":
             run_script(main)
     """
     try:
         main()
+        if sys.stdout is not None:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise OSError(err.errno, f"cannot write ({err.strerror or err})", "stdout") from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        drop_stdout()  # (Python's flush at exit then fails not)
+        sys.exit(0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except OSError as err:
         print(f"error: {system_error(err)}", file=sys.stderr)
+        settle_stdout()
         sys.exit(2 if isinstance(err, FileNotFoundError) else 1)
+
+
+def settle_stdout() -> None:
+    """Before a command ends on an error: write out what stdout still holds, or, where it cannot take it (a
+    full disk), drop it, so that Python's own flush at exit does not fail again: that added `Exception
+    ignored ... No space left on device` to the error's one line, and exit code 120 (where stdout is
+    buffered, as it is unless PYTHONUNBUFFERED is set)."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        drop_stdout()
+
+
+def drop_stdout() -> None:
+    """Point stdout at /dev/null: what it holds, and anything written to it after, goes nowhere."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def system_error(err: OSError) -> str:

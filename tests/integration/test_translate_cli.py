@@ -606,10 +606,13 @@ def test_a_full_disk_is_an_error_of_the_system_naming_where(run_dir: Path):
     """`error: PATH: REASON`, exit code 1, as README says of a full disk (it was exit code 2)."""
     result = runner().invoke(main, ["translate", str(run_dir), "-o", "/dev/full", "--beam", "1"], input="ba\n")
     assert result.exit_code == 1 and result.stderr.strip() == "error: /dev/full: cannot write (No space left on device)"
-    with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1"],
-                              input="ba\n", stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 1 and done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as most users run (120 there)
+    for env in (buffered, {**buffered, "PYTHONUNBUFFERED": "1"}):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1"],
+                                  input="ba\n", stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                                  env=env)  # fmt: skip
+        assert done.returncode == 1 and done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
 
 
 def test_an_output_file_that_cannot_be_put_into_place_leaves_no_temporary_file(run_dir: Path, tmp_path: Path,

@@ -45,6 +45,29 @@ def test_run_script_ends_ctrl_c_with_interrupted_and_130(capsys: pytest.CaptureF
     assert ends_with(interrupted, capsys) == (130, "interrupted\n")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_a_script_whose_stdout_is_full_or_gone_ends_as_a_command_does(unbuffered: bool):
+    """A full disk on stdout is one line naming stdout, exit code 1 (with stdout buffered, as most users run,
+    it was Python's `Exception ignored` at exit and exit code 120); a reader of stdout that has gone ends it
+    quietly with exit code 0 (it was `error: Broken pipe`, exit code 1)."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"} | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    script = ["-c", "from async_nmt.errors import run_script; run_script(lambda: print('{\"bench\": 1}' * 100))"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, *script], stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=60)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert "No space left on device" in done.stderr  # (buffered: "stdout: cannot write (...)", found at the end)
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the script writes: every write fails
+    try:
+        done = subprocess.run([sys.executable, *script], stdout=write, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=60)  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_run_script_names_the_path_of_a_system_error(capsys: pytest.CaptureFixture[str], tmp_path: Path):
     def missing() -> None:
         (tmp_path / "nope").read_text()
