@@ -15,6 +15,7 @@ import click
 from async_nmt.config import NORMALIZATIONS, PRECISIONS, torchrun_rank
 from async_nmt.errors import (
     UserError,
+    cannot_write,
     drop_stdout,
     exits_at_once,
     settle_stdout,
@@ -78,7 +79,7 @@ def results_on_stdout() -> Iterator[None]:
     except OSError as err:
         if err.filename is not None:  # a file's (these commands' files are named; printing names none)
             raise
-        raise OSError(err.errno, f"cannot write ({err.strerror or err})", "stdout") from None
+        raise cannot_write(err, "stdout") from None
 
 
 class OneLineUsageErrors:

@@ -213,7 +213,7 @@ def run_script(main: Callable[[], object]) -> None:
             except BrokenPipeError:
                 raise
             except OSError as err:
-                raise OSError(err.errno, f"cannot write ({err.strerror or err})", "stdout") from None
+                raise cannot_write(err, "stdout") from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -240,6 +240,12 @@ def settle_stdout() -> None:
         sys.stdout.flush()
     except (OSError, ValueError):
         drop_stdout()
+
+
+def cannot_write(err: OSError, where: str) -> OSError:
+    """A failed write (a full disk) as an error of the system named by `where` (a file, or "stdout", which a
+    failed print names not): `error: WHERE: cannot write (REASON)`."""
+    return OSError(err.errno, f"cannot write ({err.strerror or err})", where)
 
 
 def drop_stdout() -> None:

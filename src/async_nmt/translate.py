@@ -22,7 +22,16 @@ from tqdm import tqdm
 from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
-from async_nmt.errors import OutOfMemory, UserError, check_line_ends, lone_returns, not_utf8, sigterm_interrupts
+from async_nmt.errors import (
+    OutOfMemory,
+    UserError,
+    cannot_write,
+    check_line_ends,
+    drop_stdout,
+    lone_returns,
+    not_utf8,
+    sigterm_interrupts,
+)
 from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
@@ -443,7 +452,7 @@ def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
     except OSError as err:  # a full disk: an error of the system (exit code 1), named by `path`
         if not into:
             target.unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write ({err.strerror or err})", str(path)) from None
+        raise cannot_write(err, str(path)) from None
     except BaseException:
         if not into:
             target.unlink(missing_ok=True)
@@ -460,10 +469,10 @@ def _stdout_write(text: str) -> None:
             out.write(text.encode("utf-8"))
         sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        drop_stdout()  # nothing more reaches the closed pipe
         raise ReaderGone from None
     except OSError as err:
-        raise OSError(err.errno, f"cannot write ({err.strerror or err})", "stdout") from None
+        raise cannot_write(err, "stdout") from None
 
 
 def default_max_tokens(device: torch.device) -> int:
