@@ -9,6 +9,10 @@ layer's first logits far from 0). Both are then scored by one function: the NLL 
 smoothing) over the valid split, in eval mode. Prints one JSON line per seed and one
 with the mean and sample sd of product minus bare (negative: the product learned more).
 
+`--valid-at N ...` scores both sides at those updates too, on the way to --updates: the bare loop in its
+loop, the product by training to N and resuming its run folder from there (a resume goes on with the same
+numbers, as tested). Each of those gets its own lines, before the last update's, which stay last.
+
     python scripts/parity_train.py runs/convergence/bin --preset micro --updates 400 --seeds 1 2 3
 """
 
@@ -20,6 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,8 +68,10 @@ def bare_train(
     device: torch.device,
     embed_init: str = "product",
     dropout_as_product: bool = False,
-) -> BareTransformer:
-    """bench_train's bare loop, for cfg.max_updates updates at the product's learning rate schedule."""
+    valid_at: Sequence[int] = (),
+) -> tuple[BareTransformer, dict[int, float]]:
+    """bench_train's bare loop, for cfg.max_updates updates at the product's learning rate schedule; with
+    the valid NLL at each update of `valid_at`."""
     amp = amp_dtype_for(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = BareTransformer(mcfg, dropout_as_product).to(device)
@@ -75,12 +83,16 @@ def bare_train(
     stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1,
                          cfg.batch_sort)  # fmt: skip
     model.train()
+    nll: dict[int, float] = {}
     for update in range(1, cfg.max_updates + 1):
         batch = stream.next().to(device)
         for group in opt.param_groups:
             group["lr"] = inverse_sqrt_lr(update, cfg.lr, cfg.warmup)
         bare_step(model, opt, batch, cfg.label_smoothing, amp)
-    return model
+        if update in valid_at:
+            nll[update] = valid_nll(model, bin_dir, mcfg, device)
+            model.train()
+    return model, nll
 
 
 def main() -> None:
@@ -118,9 +130,13 @@ def main() -> None:
                         help="where the bare loop drops: nn.Transformer's places (the attention weights, no "
                              "embedding), or the product's (the embeddings, no attention weights); both drop the "
                              "sublayers' outputs and the feed-forward activations (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--valid-at", type=int, nargs="+", default=[], metavar="N",
+                        help="updates before --updates where both sides are scored too (default: none)")  # fmt: skip
     args = parser.parse_args()
     if args.updates < 1:  # 0 would be no limit: training without end
         raise UserError("--updates must be at least 1")
+    if any(not 1 <= mark < args.updates for mark in args.valid_at):
+        raise UserError(f"--valid-at: every N must be from 1 to {args.updates - 1} (below --updates)")
     device = resolve_device(args.device, option="--device")
     configs = [TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_updates=args.updates,
                            max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup, valid_every=0,
@@ -130,30 +146,39 @@ def main() -> None:
         check_config(cfg)
     overrides = {} if args.dropout is None else {"dropout": args.dropout}
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"], **overrides)
-    diffs = []
+    marks = sorted(set(args.valid_at)) + [args.updates]
+    diffs: dict[int, list[float]] = {mark: [] for mark in marks}
     for seed, cfg in zip(args.seeds, configs, strict=True):
         start = time.perf_counter()
+        product: dict[int, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            end = train(cfg, Path(tmp) / "run", progress=False)
-            assert end is not None and end["updates"] == args.updates
-            product_model, _ = load_model(Path(tmp) / "run", "last", device)
-        product = valid_nll(product_model, args.bin, mcfg, device)
+            for i, mark in enumerate(marks):  # to each mark, then on from it: one run, scored on its way
+                end = train(replace(cfg, max_updates=mark), Path(tmp) / "run", resume=i > 0, progress=False)
+                assert end is not None and end["updates"] == mark
+                product_model, _ = load_model(Path(tmp) / "run", "last", device)
+                product[mark] = valid_nll(product_model, args.bin, mcfg, device)
         product_s = time.perf_counter() - start
         start = time.perf_counter()
-        bare_model = bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init, args.bare_dropout == "product")
-        bare = valid_nll(bare_model, args.bin, mcfg, device)
+        bare_model, bare = bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init,
+                                      args.bare_dropout == "product", marks[:-1])  # fmt: skip
+        bare[args.updates] = valid_nll(bare_model, args.bin, mcfg, device)
         bare_s = time.perf_counter() - start
-        diffs.append(product - bare)
-        print(json.dumps({
-            "bench": "parity", "preset": args.preset, "device": str(device), "seed": seed, "updates": args.updates,
-            "max_tokens": args.max_tokens, "lr": args.lr, "warmup": args.warmup,
-            "product_valid_nll": round(product, 4), "bare_valid_nll": round(bare, 4), "diff": round(product - bare, 4),
-            "product_s": round(product_s, 1), "bare_s": round(bare_s, 1), "bare_embed_init": args.bare_embed_init,
-            "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout,
-        }), flush=True)  # fmt: skip
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else None  # (null: one seed has no spread; NaN is not JSON)
-    print(json.dumps({"bench": "parity", "seeds": args.seeds, "mean_diff": round(statistics.mean(diffs), 4),
-                      "sd_diff": None if sd is None else round(sd, 4), "torch": torch.__version__}))  # fmt: skip
+        for mark in marks:
+            diffs[mark].append(product[mark] - bare[mark])
+            last = mark == args.updates
+            print(json.dumps({
+                "bench": "parity", "preset": args.preset, "device": str(device), "seed": seed, "updates": mark,
+                "max_tokens": args.max_tokens, "lr": args.lr, "warmup": args.warmup,
+                "product_valid_nll": round(product[mark], 4), "bare_valid_nll": round(bare[mark], 4),
+                "diff": round(product[mark] - bare[mark], 4), "product_s": round(product_s, 1) if last else None,
+                "bare_s": round(bare_s, 1) if last else None, "bare_embed_init": args.bare_embed_init,
+                "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout,
+            }), flush=True)  # fmt: skip
+    for mark in marks:  # the last update's summary last, as before --valid-at
+        sd = statistics.stdev(diffs[mark]) if len(diffs[mark]) > 1 else None  # (null: one seed; NaN is not JSON)
+        print(json.dumps({"bench": "parity", "seeds": args.seeds, "updates": mark,
+                          "mean_diff": round(statistics.mean(diffs[mark]), 4),
+                          "sd_diff": None if sd is None else round(sd, 4), "torch": torch.__version__}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -144,6 +144,8 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("bench_step.py", ["--steps", "0"], "--steps must be at least 1"),
         ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
         ("parity_train.py", ["/nope", "--updates", "0"], "--updates must be at least 1"),
+        ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
+        ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
         ("batch_padding.py", ["/nope"], "/nope: not a preprocessed corpus"),
         ("results_convergence.py", ["/nope"], "/nope: no such folder"),
         ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
@@ -169,3 +171,24 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     header = (ROOT / "scripts" / "gpu_bench.sh").read_text().splitlines()
     commands = [line for line in header if line.startswith("#   ") and "gpu_bench.sh" in line and "PACK=" in line]
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
+
+
+def test_parity_train_scores_on_the_way_without_changing_the_runs(synthetic_bin: Path):
+    """`--valid-at` scores both sides at earlier updates: the product by training to the mark and resuming,
+    the bare loop inside its loop. Neither changes what the last update scores (the resume goes on with the
+    same numbers; scoring draws no random numbers), and each mark is scored where it stands."""
+    common = [str(synthetic_bin), "--preset", "micro", "--updates", "6", "--max-tokens", "256", "--seeds", "3",
+              "--precision", "fp32", "--device", "cpu", "--warmup", "2"]  # fmt: skip
+
+    def lines(*extra: str) -> list[dict]:
+        done = run("parity_train.py", *common, *extra)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    straight, marked = lines(), lines("--valid-at", "2", "4")
+    assert [line["updates"] for line in marked] == [2, 4, 6, 2, 4, 6]  # per seed, then the summaries, the last last
+    assert marked[2] | {"product_s": 0, "bare_s": 0} == straight[0] | {"product_s": 0, "bare_s": 0}
+    assert marked[-1] | {"seeds": 0} == straight[-1] | {"seeds": 0}
+    assert marked[0]["product_s"] is None and marked[2]["product_s"] > 0
+    for side in ("product_valid_nll", "bare_valid_nll"):  # both learn: the marks are not the last update's NLL
+        assert marked[0][side] > marked[1][side] > marked[2][side]
