@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConfig, model_config
+from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConfig, dropout_overrides, model_config
 from async_nmt.data.batches import BatchStream, collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
@@ -130,6 +130,18 @@ def main() -> None:
                         help="where the bare loop drops: nn.Transformer's places (the attention weights, no "
                              "embedding), or the product's (the embeddings, no attention weights); both drop the "
                              "sublayers' outputs and the feed-forward activations (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--embed-dropout",
+        type=float,
+        default=None,
+        help="the product's dropout on the embeddings, as nmt-train's (default: --dropout's)",
+    )
+    parser.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help="the product's dropout on the attention weights, as nmt-train's (default: 0)",
+    )
     parser.add_argument("--valid-at", type=int, nargs="+", default=[], metavar="N",
                         help="updates before --updates where both sides are scored too (default: none)")  # fmt: skip
     args = parser.parse_args()
@@ -140,12 +152,12 @@ def main() -> None:
     device = resolve_device(args.device, option="--device")
     configs = [TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_updates=args.updates,
                            max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup, valid_every=0,
-                           valid_max_sentences=1, precision=args.precision, seed=seed, dropout=args.dropout)
+                           valid_max_sentences=1, precision=args.precision, seed=seed, dropout=args.dropout,
+                           embed_dropout=args.embed_dropout, attention_dropout=args.attention_dropout)
                for seed in args.seeds]  # fmt: skip
     for cfg in configs:
         check_config(cfg)
-    overrides = {} if args.dropout is None else {"dropout": args.dropout}
-    mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"], **overrides)
+    mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"], **dropout_overrides(configs[0]))
     marks = sorted(set(args.valid_at)) + [args.updates]
     diffs: dict[int, list[float]] = {mark: [] for mark in marks}
     for seed, cfg in zip(args.seeds, configs, strict=True):
@@ -172,7 +184,8 @@ def main() -> None:
                 "product_valid_nll": round(product[mark], 4), "bare_valid_nll": round(bare[mark], 4),
                 "diff": round(product[mark] - bare[mark], 4), "product_s": round(product_s, 1) if last else None,
                 "bare_s": round(bare_s, 1) if last else None, "bare_embed_init": args.bare_embed_init,
-                "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout,
+                "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout, "embed_dropout": mcfg.embed_dropout,
+                "attention_dropout": mcfg.attention_dropout,
             }), flush=True)  # fmt: skip
     for mark in marks:  # the last update's summary last, as before --valid-at
         sd = statistics.stdev(diffs[mark]) if len(diffs[mark]) > 1 else None  # (null: one seed; NaN is not JSON)

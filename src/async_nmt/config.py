@@ -40,7 +40,9 @@ class ModelConfig:
     enc_layers: int = 3
     dec_layers: int = 3
     ff_dim: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.1  # the sublayers' outputs and the feed-forward activation; the embeddings too where
+    embed_dropout: float | None = None  # <- is None (fairseq's placement); else the embeddings' (with positions)
+    attention_dropout: float = 0.0  # the attention weights (nn.Transformer's and Marian's place; fairseq's 0)
     max_positions: int = 256  # longest source or target sequence, bos/eos included
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
@@ -74,6 +76,14 @@ def model_config(preset: str, vocab_size: int, **overrides: Any) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides})
 
 
+DROPOUTS = ("dropout", "embed_dropout", "attention_dropout")  # the options that override the preset's model
+
+
+def dropout_overrides(cfg: TrainConfig) -> dict[str, float]:
+    """The dropouts that the options give (`model_config`'s overrides); the model's defaults for the rest."""
+    return {name: getattr(cfg, name) for name in DROPOUTS if getattr(cfg, name) is not None}
+
+
 @dataclass
 class TrainConfig:
     """Everything `nmt train` was asked to do; saved as RUN/config.json."""
@@ -102,7 +112,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
-    dropout: float | None = None
+    dropout: float | None = None  # None: the preset's (as for the two below: the model's defaults)
+    embed_dropout: float | None = None
+    attention_dropout: float | None = None
     valid_every: int = 500
     valid_max_sentences: int = 0  # 0 = the whole valid split
     save_every: int = 0  # 0 = only at validation and at the end

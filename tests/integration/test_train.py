@@ -18,6 +18,7 @@ from async_nmt.cli import main
 from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
 from async_nmt.model.checkpoint import read_checkpoint
 from async_nmt.model.transformer import Transformer
+from async_nmt.train.checkpoint import save_checkpoint
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 
@@ -136,6 +137,27 @@ def test_resume_without_a_readable_config_json_takes_the_options_from_last_pt(
     assert "warning:" in output and "taken from" in output and "last.pt" in output
     assert load_json(RunConfig, run / "config.json").train == micro_config(synthetic_bin, max_updates=301,
                                                                            valid_every=150, log_every=10)  # fmt: skip
+
+
+def test_a_save_from_before_the_two_dropouts_resumes_and_another_dropout_is_refused_by_name(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path
+):
+    """A last.pt whose model config lacks --embed-dropout's and --attention-dropout's fields (saved before
+    2026-12-06) resumes as the model it was; a resume that gives another --attention-dropout is refused in
+    one line that names that option, not --preset."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["model_config"] = {k: v for k, v in state["model_config"].items() if not k.endswith("_dropout")}
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "params_crc32")}, last)
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301")
+    assert code == 0 and "differs" not in output, output
+    assert read_events(run / "events.jsonl")[-1]["updates"] == 301
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "302",
+                           "--attention-dropout", "0.1")  # fmt: skip
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert "given, --attention-dropout 0.1 (attention_dropout 0.0 not 0.1)" in output and "--preset" not in output
 
 
 def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run: Path, tmp_path: Path):

@@ -58,6 +58,20 @@ def test_averaging_refuses_too_few_checkpoints_and_another_model(tmp_path: Path)
         average_checkpoints(last_kept(tmp_path, 2))
 
 
+def test_a_save_from_before_the_two_dropouts_averages_with_a_later_one_of_the_same_model(tmp_path: Path):
+    """A run resumed across 2026-12-06 keeps saves whose model config lacks the embeddings' and attention's
+    dropouts beside saves that hold their defaults: the same model. Another attention dropout is not."""
+    save_kept(tmp_path, 5, torch.zeros(8))  # (model_config {"d_model": 8}, as before)
+    later = kept_path(tmp_path, 10)
+    state = {"model_config": {"d_model": 8, "embed_dropout": None, "attention_dropout": 0.0}, "train_config": {},
+             "corpus": {"vocab_hash": "v"}, "vocab_model": b"spm", "params": torch.ones(8)}  # fmt: skip
+    save_checkpoint(state, later)
+    assert torch.equal(average_checkpoints(last_kept(tmp_path, 2))["params"], torch.full((8,), 0.5))
+    save_checkpoint({**state, "model_config": {"d_model": 8, "attention_dropout": 0.1}}, later)
+    with pytest.raises(UserError, match=f"{later}: another model config"):
+        average_checkpoints(last_kept(tmp_path, 2))
+
+
 def runner() -> CliRunner:
     try:
         return CliRunner(mix_stderr=False)  # click < 8.2

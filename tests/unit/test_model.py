@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
-from async_nmt.model.transformer import Transformer, cpu_dropout
+from async_nmt.model.transformer import CrossAttention, EncoderOut, SelfAttention, Transformer, cpu_dropout
 
 CFG = ModelConfig(vocab_size=60, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=40)
 
@@ -127,6 +127,58 @@ def test_training_forward_is_causal_and_every_parameter_learns():
     F.cross_entropy(logits.flatten(0, 1), torch.randint(4, CFG.vocab_size, (prev.numel(),))).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_each_dropout_drops_only_where_it_is_placed(amp):
+    """--dropout drops the sublayers' outputs and (as fairseq does) the embeddings; --embed-dropout the
+    embeddings alone, --attention-dropout the attention weights alone (also through the math kernel that
+    bf16 training takes on the CPU). Each one on its own makes the training forward random; in eval the
+    model is the same whatever they are."""
+    src, prev = padded(SRC), padded(PREV)
+
+    def random_in_training(model: Transformer) -> tuple[bool, bool]:
+        model.train()
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            embedded = [model.embed_tokens(src) for _ in range(2)]
+            logits = [model(src, prev) for _ in range(2)]
+        return not torch.equal(*embedded), not torch.equal(*logits)
+
+    assert random_in_training(make_model(dropout=0.0)) == (False, False)
+    assert random_in_training(make_model(dropout=0.3)) == (True, True)
+    assert random_in_training(make_model(dropout=0.3, embed_dropout=0.0)) == (False, True)
+    assert random_in_training(make_model(dropout=0.0, embed_dropout=0.3)) == (True, True)
+    assert random_in_training(make_model(dropout=0.0, attention_dropout=0.3)) == (False, True)
+    with torch.no_grad():
+        plain = make_model(dropout=0.0).eval()(src, prev)
+        dropped = make_model(dropout=0.3, embed_dropout=0.2, attention_dropout=0.3).eval()(src, prev)
+    assert torch.equal(plain, dropped)  # (the same seed: the same weights)
+
+
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_attention_dropout_drops_the_weights_and_keeps_the_expectation(kind: str):
+    """With values of one, attention gives one at each position in eval; in training, dropping weights
+    at p = 0.5 and scaling the rest by 2 gives other numbers, whose mean over many draws is still one. The
+    encoder's and decoder's self-attention and the decoder's cross-attention alike."""
+    cfg, D = ModelConfig(**{**CFG.__dict__, "attention_dropout": 0.5}), CFG.d_model
+    x = torch.randn(2 * 12, D)
+    if kind == "self":
+        attention, values, call = SelfAttention(cfg), lambda: attention.qkv, lambda: attention(x, 2)
+    else:
+        enc = EncoderOut(torch.randn(2, 9, D), torch.ones(2, 1, 1, 9, dtype=torch.bool))
+        attention, values, call = CrossAttention(cfg), lambda: attention.kv, lambda: attention(x, enc)
+    with torch.no_grad():
+        values().weight.zero_()  # every key alike, every value one
+        values().bias.copy_(torch.cat([torch.zeros(values().bias.numel() - D), torch.ones(D)]))
+        attention.out.weight.copy_(torch.eye(D))
+        attention.out.bias.zero_()
+        attention.eval()
+        torch.testing.assert_close(call(), torch.ones(24, D))
+        attention.train()
+        torch.manual_seed(0)
+        draws = torch.stack([call() for _ in range(400)])
+    assert not torch.allclose(draws[0], torch.ones(24, D))
+    torch.testing.assert_close(draws.mean(0), torch.ones(24, D), atol=0.1, rtol=0)
 
 
 def test_dropout_is_on_in_training_and_off_in_eval():

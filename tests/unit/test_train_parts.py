@@ -836,6 +836,8 @@ TRAIN_OPTIONS = dict(devices="cpu", lr=None, warmup=None, compile_model=False, p
      ("seed", -(2**32), "--seed must be an integer between -2^32 and 2^32"),
      ("warmup", -1, "--warmup must not be negative"), ("keep_last", -1, "--keep-last must not be negative"),
      ("dropout", 1.0, "--dropout must be in [0, 1)"), ("label_smoothing", 1.0, "--label-smoothing must be in [0, 1)"),
+     ("embed_dropout", 1.0, "--embed-dropout must be in [0, 1)"),
+     ("attention_dropout", -0.1, "--attention-dropout must be in [0, 1)"),
      ("log_every", 0, "--log-every must be at least 1")],
 )  # fmt: skip
 def test_train_options_just_outside_their_documented_range_are_refused_by_name(tmp_path, option, value, message):

@@ -41,18 +41,22 @@ def sinusoids(length: int, dim: int) -> Tensor:
     return F.pad(table, (0, dim - 2 * half))
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-    """SDPA over [B, H, T, Dh] views. For bf16 training on CPU it picks the math kernel: at sentence lengths
-    its backward is about twice as fast as CPU flash attention's (measured with torch 2.13). A decoding step
-    on the CPU (one query a row, no gradient) takes `attend_one_query`."""
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0
+) -> Tensor:
+    """SDPA over [B, H, T, Dh] views, dropping the attention weights with `dropout_p` (training's). For bf16
+    training on CPU it picks the math kernel: at sentence lengths its backward is about twice as fast as CPU
+    flash attention's (measured with torch 2.13). A decoding step on the CPU (one query a row, no gradient)
+    takes `attend_one_query`."""
     if q.device.type == "cpu":
         if q.requires_grad:
             if q.dtype == torch.bfloat16:
                 with sdpa_kernel(SDPBackend.MATH):
-                    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        elif q.size(2) == 1 and not is_causal:
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                          is_causal=is_causal)  # fmt: skip
+        elif q.size(2) == 1 and not is_causal and dropout_p == 0:
             return attend_one_query(q, k, v, attn_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 def attend_one_query(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -151,6 +155,7 @@ class SelfAttention(nn.Module):
         self.heads = cfg.heads
         self.qkv = Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = Linear(cfg.d_model, cfg.d_model)
+        self.dropout_p = cfg.attention_dropout  # (in training only)
 
     def forward(
         self,
@@ -172,7 +177,7 @@ class SelfAttention(nn.Module):
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        y = attend(q, k, v, attn_mask, is_causal)
+        y = attend(q, k, v, attn_mask, is_causal, self.dropout_p if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(N, D))
 
 
@@ -183,6 +188,7 @@ class CrossAttention(nn.Module):
         self.q = Linear(cfg.d_model, cfg.d_model)
         self.kv = Linear(cfg.d_model, 2 * cfg.d_model)
         self.out = Linear(cfg.d_model, cfg.d_model)
+        self.dropout_p = cfg.attention_dropout  # (in training only)
 
     def forward(self, x: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
         N, D = x.shape
@@ -196,7 +202,7 @@ class CrossAttention(nn.Module):
             if cache is not None:
                 k, v = for_cache(k), for_cache(v)
                 cache["k"], cache["v"] = k, v
-        y = attend(q, k, v, enc.attn_mask)
+        y = attend(q, k, v, enc.attn_mask, dropout_p=self.dropout_p if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(N, D))
 
 
@@ -263,7 +269,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.register_buffer("positions", sinusoids(cfg.max_positions, cfg.d_model), persistent=False)
         self.embed_scale = math.sqrt(cfg.d_model)
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout if cfg.embed_dropout is None else cfg.embed_dropout)  # the embeddings'
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))

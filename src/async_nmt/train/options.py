@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from async_nmt.config import (
+    DROPOUTS,
     MODES,
     PRECISIONS,
     PRESETS,
@@ -99,6 +100,13 @@ OPTIONS = [
     click.option("--dropout", type=float, default=None,
                  help="Dropout probability in [0, 1), on the embeddings, the feed-forward activation and every "
                  "residual branch (default per preset: 0.1, big 0.3)."),
+    click.option("--embed-dropout", type=float, default=None,
+                 help="Dropout on the embeddings (with their positions) alone, in [0, 1) (default: --dropout's, "
+                 "as fairseq places it; nn.Transformer's placement is 0 here and --attention-dropout at "
+                 "--dropout's: README)."),
+    click.option("--attention-dropout", type=float, default=None,
+                 help="Dropout on the attention weights, in [0, 1) (default: 0, as fairseq has it; "
+                 "nn.Transformer and Marian drop them, at --dropout's)."),
     click.option("--valid-every", default=500, show_default=True,
                  help="Updates between validations (valid loss + greedy BLEU, then a checkpoint); 0 = at the end."),
     click.option("--valid-max-sentences", default=0, show_default=True,
@@ -220,8 +228,9 @@ def check_config(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(cfg, name)}){why}")
     if cfg.patience and not cfg.valid_every:
         raise UserError("--patience counts validations; give --valid-every N with N > 0 too")
-    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
-        raise UserError("--dropout must be in [0, 1)")
+    for name in DROPOUTS:
+        if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1)")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError("--label-smoothing must be in [0, 1)")
     if cfg.log_every < 1:

@@ -24,10 +24,13 @@ from tqdm import tqdm
 
 from async_nmt.config import (
     ASYNC_MODES,
+    DROPOUTS,
     VOCAB_NAME,
     CorpusInfo,
+    ModelConfig,
     RunConfig,
     TrainConfig,
+    dropout_overrides,
     from_dict,
     model_config,
     save_json,
@@ -90,8 +93,7 @@ class Trainer:
         self.devices = devices
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-        self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **overrides)
+        self.model_cfg = model_config(cfg.preset, self.manifest["vocab_size"], **dropout_overrides(cfg))
         self.model, self.flat = build_model(self.model_cfg, self.device)  # compiled where it computes: build_workers
         train_split = load_split(bin_dir, "train")
         self.streams = worker_streams(train_split, cfg.max_tokens, self.model_cfg.max_positions, cfg.seed, cfg.workers,
@@ -249,13 +251,14 @@ class Trainer:
             raise UserError(f"{path}: trained on {was[0]:,} training pairs ({was[1]:,} tokens), but "
                             f"{self.cfg.bin_dir} has {now[0]:,} ({now[1]:,}): the saved data positions belong "
                             "to the run's corpus; resume on it")  # fmt: skip
-        if state["model_config"] != asdict(self.model_cfg):
-            saved, ours = state["model_config"], asdict(self.model_cfg)
+        # (saves before 2026-12-06 lack the embeddings' and attention's dropouts: they had the defaults)
+        saved, ours = asdict(from_dict(ModelConfig, state["model_config"])), asdict(self.model_cfg)
+        if saved != ours:
             keys = [k for k, v in ours.items() if saved.get(k) != v]
             differ = ", ".join(f"{k} {saved.get(k)} not {ours[k]}" for k in keys)
-            dropout_given = "dropout" in keys and self.cfg.dropout is not None  # (else the preset's)
-            given = [f"--preset {self.cfg.preset}"] * any(k != "dropout" or not dropout_given for k in keys)
-            given += [f"--dropout {self.model_cfg.dropout}"] * dropout_given  # (the options that set them)
+            options = [k for k in keys if k in DROPOUTS and getattr(self.cfg, k) is not None]  # (else the preset's)
+            given = [f"--preset {self.cfg.preset}"] * any(k not in options for k in keys)
+            given += [f"--{k.replace('_', '-')} {ours[k]}" for k in options]  # (the options that set them)
             raise UserError(f"{path}: model configuration differs from the options given, {' and '.join(given)} "
                             f"({differ}); resume without them to take the run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
