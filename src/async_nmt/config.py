@@ -40,9 +40,9 @@ class ModelConfig:
     enc_layers: int = 3
     dec_layers: int = 3
     ff_dim: int = 1024
-    dropout: float = 0.1  # the sublayers' outputs and the feed-forward activation; the embeddings too where
-    embed_dropout: float | None = None  # <- is None (fairseq's placement); else the embeddings' (with positions)
-    attention_dropout: float = 0.0  # the attention weights (nn.Transformer's and Marian's place; fairseq's 0)
+    dropout: float = 0.1  # the sublayers' outputs' and the feed-forward activation's (the embeddings': below)
+    embed_dropout: float | None = None  # the embeddings' (with positions); None: dropout's, as fairseq places it
+    attention_dropout: float = 0.0  # the attention weights' (nn.Transformer and Marian drop them; fairseq not)
     max_positions: int = 256  # longest source or target sequence, bos/eos included
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
