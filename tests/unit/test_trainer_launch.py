@@ -1,6 +1,6 @@
-"""What a mutation audit of the trainer, the launcher and the process mechanics (train/trainer.py, launch.py,
-processes.py) found that no test pinned: each test fails on the change named in its docstring. Short runs of
-the micro preset on the synthetic corpus (about a second each) or the pieces alone."""
+"""The trainer, the launcher and the process mechanics (train/trainer.py, launch.py, processes.py): what their
+mutation audit of 2026-12-06 found that no test pinned; each test fails on the change named in its
+docstring. Short runs of the micro preset on the synthetic corpus (about a second each) or the pieces alone."""
 
 from __future__ import annotations
 
