@@ -37,6 +37,7 @@ from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import UserError, run_script
 from async_nmt.model.checkpoint import load_model
+from async_nmt.model.transformer import Transformer
 from async_nmt.train.launch import train
 from async_nmt.train.optim import inverse_sqrt_lr
 from async_nmt.train.options import check_config
@@ -61,6 +62,57 @@ def valid_nll(model: torch.nn.Module, bin_dir: Path, mcfg: ModelConfig, device: 
     return total / tokens
 
 
+def bare_model(mcfg: ModelConfig, seed: int, embed_init: str, dropout_as_product: bool, init: str) -> BareTransformer:
+    """The bare nn.Transformer as `bare_train` starts it: its own initialisation (the embedding's as
+    `embed_init` says), or (`init` "product") the product's initial parameters for `seed` and its positions."""
+    torch.manual_seed(seed)
+    model = BareTransformer(mcfg, dropout_as_product)
+    if init == "product":
+        torch.manual_seed(seed)  # (as the trainer builds its model)
+        copy_product_init(Transformer(mcfg), model)
+    elif embed_init == "product":  # the product's N(0, d^-1/2), not nn.Embedding's N(0, 1): logits start near 0
+        with torch.no_grad():
+            torch.nn.init.normal_(model.embed.weight, mean=0.0, std=mcfg.d_model**-0.5)
+            model.embed.weight[PAD_ID].zero_()
+    return model
+
+
+@torch.no_grad()
+def copy_product_init(product: Transformer, bare: BareTransformer) -> None:
+    """Give `bare` the parameters and position encodings of `product`: the same function, as nn.Transformer
+    computes it (its attention's q, k, v rows are the product's in the same order)."""
+    bare.embed.weight.copy_(product.embed.weight)
+    bare.pos.copy_(product.positions)
+
+    def linear(to: torch.nn.Module, weight: str, bias: str, *sources: torch.nn.Module) -> None:
+        getattr(to, weight).copy_(torch.cat([s.weight for s in sources]))
+        getattr(to, bias).copy_(torch.cat([s.bias for s in sources]))
+
+    def norm(to: torch.nn.LayerNorm, source: torch.nn.LayerNorm) -> None:
+        to.weight.copy_(source.weight)
+        to.bias.copy_(source.bias)
+
+    for ours, theirs in zip(product.encoder, bare.core.encoder.layers, strict=True):
+        linear(theirs.self_attn, "in_proj_weight", "in_proj_bias", ours.attn.qkv)
+        linear(theirs.self_attn.out_proj, "weight", "bias", ours.attn.out)
+        norm(theirs.norm1, ours.attn_norm)
+        norm(theirs.norm2, ours.ffn_norm)
+        linear(theirs.linear1, "weight", "bias", ours.ffn.up)
+        linear(theirs.linear2, "weight", "bias", ours.ffn.down)
+    for ours, theirs in zip(product.decoder, bare.core.decoder.layers, strict=True):
+        linear(theirs.self_attn, "in_proj_weight", "in_proj_bias", ours.self_attn.qkv)
+        linear(theirs.self_attn.out_proj, "weight", "bias", ours.self_attn.out)
+        linear(theirs.multihead_attn, "in_proj_weight", "in_proj_bias", ours.cross_attn.q, ours.cross_attn.kv)
+        linear(theirs.multihead_attn.out_proj, "weight", "bias", ours.cross_attn.out)
+        norm(theirs.norm1, ours.self_attn_norm)
+        norm(theirs.norm2, ours.cross_attn_norm)
+        norm(theirs.norm3, ours.ffn_norm)
+        linear(theirs.linear1, "weight", "bias", ours.ffn.up)
+        linear(theirs.linear2, "weight", "bias", ours.ffn.down)
+    norm(bare.core.encoder.norm, product.encoder_norm)
+    norm(bare.core.decoder.norm, product.decoder_norm)
+
+
 def bare_train(
     bin_dir: Path,
     cfg: TrainConfig,
@@ -69,16 +121,12 @@ def bare_train(
     embed_init: str = "product",
     dropout_as_product: bool = False,
     valid_at: Sequence[int] = (),
+    init: str = "own",
 ) -> tuple[BareTransformer, dict[int, float]]:
     """bench_train's bare loop, for cfg.max_updates updates at the product's learning rate schedule; with
-    the valid NLL at each update of `valid_at`."""
+    the valid NLL at each update of `valid_at`. `init` "product": from the product's initial parameters."""
     amp = amp_dtype_for(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    model = BareTransformer(mcfg, dropout_as_product).to(device)
-    if embed_init == "product":  # the product's N(0, d^-1/2), not nn.Embedding's N(0, 1): logits start near 0
-        with torch.no_grad():
-            torch.nn.init.normal_(model.embed.weight, mean=0.0, std=mcfg.d_model**-0.5)
-            model.embed.weight[PAD_ID].zero_()
+    model = bare_model(mcfg, cfg.seed, embed_init, dropout_as_product, init).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
     stream = BatchStream(load_split(bin_dir, "train"), cfg.max_tokens, mcfg.max_positions, cfg.seed, 0, 1,
                          cfg.batch_sort)  # fmt: skip
@@ -130,6 +178,10 @@ def main() -> None:
                         help="where the bare loop drops: nn.Transformer's places (the attention weights, no "
                              "embedding), or the product's (the embeddings, no attention weights); both drop the "
                              "sublayers' outputs and the feed-forward activations (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--bare-init", choices=["own", "product"], default="own",
+                        help="the bare model's start: its own initialisation and positions (nn.Transformer's, "
+                             "the embedding's as --bare-embed-init says), or the product's initial parameters for "
+                             "the seed and its positions, the same function at update 0 (default: own)")  # fmt: skip
     parser.add_argument(
         "--embed-dropout",
         type=float,
@@ -171,9 +223,9 @@ def main() -> None:
                 product[mark] = valid_nll(product_model, args.bin, mcfg, device)
         product_s = time.perf_counter() - start
         start = time.perf_counter()
-        bare_model, bare = bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init,
-                                      args.bare_dropout == "product", marks[:-1])  # fmt: skip
-        bare[args.updates] = valid_nll(bare_model, args.bin, mcfg, device)
+        bare_net, bare = bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init,
+                                      args.bare_dropout == "product", marks[:-1], args.bare_init)  # fmt: skip
+        bare[args.updates] = valid_nll(bare_net, args.bin, mcfg, device)
         bare_s = time.perf_counter() - start
         for mark in marks:
             diffs[mark].append(product[mark] - bare[mark])
@@ -185,7 +237,7 @@ def main() -> None:
                 "diff": round(product[mark] - bare[mark], 4), "product_s": round(product_s, 1) if last else None,
                 "bare_s": round(bare_s, 1) if last else None, "bare_embed_init": args.bare_embed_init,
                 "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout, "embed_dropout": mcfg.embed_dropout,
-                "attention_dropout": mcfg.attention_dropout,
+                "attention_dropout": mcfg.attention_dropout, "bare_init": args.bare_init,
             }), flush=True)  # fmt: skip
     for mark in marks:  # the last update's summary last, as before --valid-at
         sd = statistics.stdev(diffs[mark]) if len(diffs[mark]) > 1 else None  # (null: one seed; NaN is not JSON)
