@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from async_nmt.errors import UserError, WorkerFailed, run_script
 
@@ -192,3 +193,36 @@ def test_parity_train_scores_on_the_way_without_changing_the_runs(synthetic_bin:
     assert marked[0]["product_s"] is None and marked[2]["product_s"] > 0
     for side in ("product_valid_nll", "bare_valid_nll"):  # both learn: the marks are not the last update's NLL
         assert marked[0][side] > marked[1][side] > marked[2][side]
+
+
+def test_parity_trains_bare_init_product_starts_as_the_products_model(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`parity_train.py --bare-init product`: the bare nn.Transformer starts as the model that the product's
+    trainer builds for the same seed (parameters, positions, every weight in its place): the same logits.
+    Its own initialisation gives others."""
+    from async_nmt.config import PAD_ID, TrainConfig
+    from async_nmt.data.batches import collate_rows, make_batches
+    from async_nmt.data.binarize import load_split
+    from async_nmt.train.trainer import Trainer
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from parity_train import bare_model, copy_product_init
+
+    cfg = TrainConfig(bin_dir=str(synthetic_bin), preset="micro", devices=["cpu"], seed=3, precision="fp32",
+                      attention_dropout=0.1, embed_dropout=0.0)  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "run")
+    split = load_split(synthetic_bin, "valid")
+    rows = next(iter(make_batches(split.src.lengths, split.tgt.lengths, 512, trainer.model_cfg.max_positions)))
+    batch = collate_rows(split.src, split.tgt, rows, trainer.model_cfg.max_positions)
+    assert (batch.src == PAD_ID).any()  # (padding, which both mask)
+    with torch.no_grad():
+        ours = trainer.model.eval()(batch.src, batch.prev_tgt)
+        for init, same in (("product", True), ("own", False)):
+            bare = bare_model(trainer.model_cfg, 3, "product", False, init).eval()
+            assert torch.allclose(bare(batch.src, batch.prev_tgt), ours, atol=1e-5) == same, init
+        for param in trainer.model.parameters():  # every norm too (at the start they are all alike)
+            param.add_(torch.randn_like(param), alpha=0.1)
+        copy_product_init(trainer.model, bare)
+        torch.testing.assert_close(bare(batch.src, batch.prev_tgt), trainer.model(batch.src, batch.prev_tgt),
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
