@@ -5,9 +5,12 @@ bench_train (torch.nn.Transformer, torch.optim.Adam, F.cross_entropy) train for 
 same batch stream (same order, same collation), at the same learning rate schedule (linear warmup, then
 1/sqrt), label smoothing, dropout and Adam settings. The bare model's embedding gets the product's
 initialisation by default (`--bare-embed-init torch`: nn.Embedding's N(0, 1), which puts the tied output
-layer's first logits far from 0). Both are then scored by one function: the NLL per target token (no label
-smoothing) over the valid split, in eval mode. Prints one JSON line per seed and one
-with the mean and sample sd of product minus bare (negative: the product learned more).
+layer's first logits far from 0); `--bare-init product` starts it from the product's initial parameters
+and position encodings instead, the same function at update 0, so that only the loop (and the random draws
+of dropout) differ. Both are then scored by one function: the NLL per target token (no label smoothing) over
+the valid split, in eval mode. Prints one JSON line per seed and one with the mean and sample sd of product
+minus bare (negative: the product learned more). Where the product drops (`--dropout`, `--embed-dropout`,
+`--attention-dropout`, as nmt-train's) and where the bare loop does (`--bare-dropout`) are set apart.
 
 `--valid-at N ...` scores both sides at those updates too, on the way to --updates: the bare loop in its
 loop, the product by training to N and resuming its run folder from there (a resume goes on with the same
