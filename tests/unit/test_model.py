@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from async_nmt.model.transformer import CrossAttention, EncoderOut, SelfAttention, Transformer, cpu_dropout
 
+DEVICE = torch.device(os.environ.get("ASYNC_NMT_TEST_DEVICE", "cpu"))  # (the attention dropout test's)
 CFG = ModelConfig(vocab_size=60, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=40)
 
 
@@ -159,26 +162,27 @@ def test_each_dropout_drops_only_where_it_is_placed(amp):
 def test_attention_dropout_drops_the_weights_and_keeps_the_expectation(kind: str):
     """With values of one, attention gives one at each position in eval; in training, dropping weights
     at p = 0.5 and scaling the rest by 2 gives other numbers, whose mean over many draws is still one. The
-    encoder's and decoder's self-attention and the decoder's cross-attention alike."""
+    encoder's and decoder's self-attention and the decoder's cross-attention alike (on ASYNC_NMT_TEST_DEVICE:
+    gpu_bench.sh runs this file on cuda:0, where SDPA's kernels drop)."""
     cfg, D = ModelConfig(**{**CFG.__dict__, "attention_dropout": 0.5}), CFG.d_model
-    x = torch.randn(2 * 12, D)
+    x = torch.randn(2 * 12, D, device=DEVICE)
     if kind == "self":
-        attention, values, call = SelfAttention(cfg), lambda: attention.qkv, lambda: attention(x, 2)
+        attention, values, call = SelfAttention(cfg).to(DEVICE), lambda: attention.qkv, lambda: attention(x, 2)
     else:
-        enc = EncoderOut(torch.randn(2, 9, D), torch.ones(2, 1, 1, 9, dtype=torch.bool))
-        attention, values, call = CrossAttention(cfg), lambda: attention.kv, lambda: attention(x, enc)
+        enc = EncoderOut(torch.randn(2, 9, D, device=DEVICE), torch.ones(2, 1, 1, 9, dtype=torch.bool, device=DEVICE))
+        attention, values, call = CrossAttention(cfg).to(DEVICE), lambda: attention.kv, lambda: attention(x, enc)
     with torch.no_grad():
         values().weight.zero_()  # every key alike, every value one
         values().bias.copy_(torch.cat([torch.zeros(values().bias.numel() - D), torch.ones(D)]))
         attention.out.weight.copy_(torch.eye(D))
         attention.out.bias.zero_()
         attention.eval()
-        torch.testing.assert_close(call(), torch.ones(24, D))
+        torch.testing.assert_close(call(), torch.ones(24, D, device=DEVICE))
         attention.train()
         torch.manual_seed(0)
         draws = torch.stack([call() for _ in range(400)])
-    assert not torch.allclose(draws[0], torch.ones(24, D))
-    torch.testing.assert_close(draws.mean(0), torch.ones(24, D), atol=0.1, rtol=0)
+    assert not torch.allclose(draws[0], torch.ones(24, D, device=DEVICE))
+    torch.testing.assert_close(draws.mean(0), torch.ones(24, D, device=DEVICE), atol=0.1, rtol=0)
 
 
 def test_dropout_is_on_in_training_and_off_in_eval():
