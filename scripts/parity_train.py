@@ -227,7 +227,7 @@ def main() -> None:
         product_s = time.perf_counter() - start
         start = time.perf_counter()
         bare_net, bare = bare_train(args.bin, cfg, mcfg, device, args.bare_embed_init,
-                                      args.bare_dropout == "product", marks[:-1], args.bare_init)  # fmt: skip
+                                    args.bare_dropout == "product", marks[:-1], args.bare_init)  # fmt: skip
         bare[args.updates] = valid_nll(bare_net, args.bin, mcfg, device)
         bare_s = time.perf_counter() - start
         for mark in marks:

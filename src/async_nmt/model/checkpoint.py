@@ -150,11 +150,11 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     total = first["params"].double()
     for path in paths[1:]:
         state = read_checkpoint(path)
-        # (model configs as models: a save from before 2026-12-06 lacks the two dropouts that later ones hold)
-        for key, same in (("model_config", lambda a, b: from_dict(ModelConfig, a) == from_dict(ModelConfig, b)),
-                          ("corpus", lambda a, b: a == b)):  # fmt: skip
-            if not same(state.get(key), first.get(key)):
-                raise UserError(f"{path}: another {key.replace('_', ' ')} than {paths[0]}; cannot average them")
+        # (compared as models: a save from before 2026-12-06 lacks the two dropouts that later ones hold)
+        if from_dict(ModelConfig, state["model_config"]) != from_dict(ModelConfig, first["model_config"]):
+            raise UserError(f"{path}: another model config than {paths[0]}; cannot average them")
+        if state.get("corpus") != first.get("corpus"):
+            raise UserError(f"{path}: another corpus than {paths[0]}; cannot average them")
         if state["params"].shape != first["params"].shape:
             raise UserError(f"{path}: {state['params'].numel():,} parameters, {paths[0]} {first['params'].numel():,};"
                             " cannot average them")  # fmt: skip
