@@ -24,7 +24,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_split
 from async_nmt.errors import UserError, run_script
-from async_nmt.train.events import read_events
+from async_nmt.train.events import read_events, round_floats
 from async_nmt.train.modes.simulated import PredictedClock
 
 
@@ -53,7 +53,7 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
             clock.all_reduce()
             updates += 1
         if "predicted_s" in event:
-            event.update(predicted_s=round(clock.predicted_s, 6), worker_s=[round(s, 6) for s in clock.seconds])
+            event.update(predicted_s=round_floats(clock.predicted_s), worker_s=round_floats(clock.seconds))
         if event["kind"] == "start":
             event.update(worker_speeds=speeds, clock_replayed_from=str(run))
     out.mkdir(parents=True, exist_ok=True)

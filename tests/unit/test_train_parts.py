@@ -404,6 +404,17 @@ def test_event_log_truncates_to_a_checkpoint(tmp_path):
     assert EventLog(path).lines == 3
 
 
+def test_event_log_keeps_six_decimals_or_six_significant_digits_where_they_reach_further(tmp_path):
+    """A warmup's learning rate of 2.8e-06 was logged (and shown) as 3e-06, and one of 4e-07 as 0."""
+    log = EventLog(tmp_path / "events.jsonl")
+    log.write("train", updates=1, lr=2.8123456e-06, small=4.2e-07, loss=3.30669312, tok_per_s=12284.1919123,
+              hist=[0.0123456789])  # fmt: skip
+    log.close()
+    (event,) = read_events(tmp_path / "events.jsonl")
+    assert event["lr"] == 2.81235e-06 and event["small"] == 4.2e-07
+    assert event["loss"] == 3.306693 and event["tok_per_s"] == 12284.191912 and event["hist"] == [0.0123457]
+
+
 def test_a_log_is_cut_for_a_resume_only_when_the_lines_it_keeps_are_whole(tmp_path):
     """A corrupt line among those a resume keeps stopped the resume after the log was cut: its end event, and
     what followed the checkpoint, were lost though nothing resumed."""

@@ -54,7 +54,7 @@ class EventLog:
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert kind in EVENT_KINDS, kind
-        event = {"kind": kind, **{k: _round(v) for k, v in fields.items()}}
+        event = {"kind": kind, **{k: round_floats(v) for k, v in fields.items()}}
         self._file.write(json.dumps(event) + "\n")
         self._file.flush()
         self.lines += 1
@@ -170,10 +170,16 @@ def parse_events(data: bytes, path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _round(value: Any) -> Any:
+def round_floats(value: Any) -> Any:
+    """A float kept to 6 decimals, or to 6 significant digits where they reach further: a warmup's learning
+    rate of 2.8e-06 was logged as 3e-06, and one below 5e-07 as 0."""
     if isinstance(value, list):
-        return [_round(v) for v in value]
-    return round(value, 6) if isinstance(value, float) else value
+        return [round_floats(v) for v in value]
+    if not isinstance(value, float):
+        return value
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, max(6, 5 - math.floor(math.log10(abs(value)))))
 
 
 def staleness_stats(hist: list[int]) -> dict[str, Any]:
