@@ -254,7 +254,8 @@ def test_output_through_a_link_or_a_named_pipe_is_written_into_not_replaced(run_
 
 def test_checkpoint_choices_are_kept_or_refused_never_swapped(run_dir: Path, tmp_path: Path):
     """Without --checkpoint a run without best.pt (no validation) translates with last.pt; an explicit
-    --checkpoint best there, or --checkpoint with a checkpoint file, or with --average, is refused."""
+    --checkpoint best there, or --checkpoint with a checkpoint file, or with --average, is refused, and so is
+    the run's checkpoints/ folder given for the run."""
     import shutil
 
     last_only = tmp_path / "run"
@@ -266,6 +267,8 @@ def test_checkpoint_choices_are_kept_or_refused_never_swapped(run_dir: Path, tmp
         "no best.pt": [str(last_only), "--checkpoint", "best"],
         "is a checkpoint file": [str(run_dir / "checkpoints" / "best.pt"), "--checkpoint", "last"],
         "give one of them": [str(last_only), "--checkpoint", "last", "--average", "2"],
+        # (it said "no checkpoint (best.pt or last.pt) in RUN/checkpoints", which holds them)
+        f"a run's checkpoints folder; give the run folder ({last_only})": [str(last_only / "checkpoints")],
     }
     for message, given in refused.items():
         result = runner().invoke(main, ["translate", *given, *args], input="ba\n")

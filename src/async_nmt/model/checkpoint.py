@@ -252,6 +252,9 @@ def find_checkpoint(path: Path, which: str | None = None) -> Path:
         if which == "last" and checkpoint_path(path, "best").is_file():
             raise UserError(f"{path}: no last.pt in {path / 'checkpoints'}; leave out --checkpoint to take "
                             "best.pt")  # fmt: skip
+        if not (path / "checkpoints").is_dir() and any((path / f"{name}.pt").is_file() for name in ("best", "last")):
+            raise UserError(f"{path}: a run's checkpoints folder; give the run folder ({path.parent}) or one of "
+                            "its .pt files")  # fmt: skip
         where = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         raise UserError(f"{path}: no checkpoint (best.pt or last.pt) in {where}: give a run folder that has "
                         "saved one (train it first), or a .pt file")  # fmt: skip
