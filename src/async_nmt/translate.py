@@ -17,7 +17,6 @@ import numpy as np
 import sentencepiece as spm
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from async_nmt.config import UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
@@ -35,6 +34,7 @@ from async_nmt.errors import (
 from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import cast_for_search, generate
 from async_nmt.model.transformer import Transformer
+from async_nmt.progress import ProgressBar
 from async_nmt.score import decode_lines, read_lines
 
 
@@ -532,7 +532,9 @@ def translate_file(
         with (
             sigterm_interrupts(),
             output_writer(output_path) as write,
-            tqdm(total=total, unit="sent", file=sys.stderr, disable=True if typed and chunk_size else None) as bar,
+            ProgressBar(
+                total=total, unit="sent", file=sys.stderr, disable=True if typed and chunk_size else None
+            ) as bar,
         ):
             first_line, unknown, notices = 1, UnknownInput(sp), Counter[str]()
             for lines in input_chunks(input_path, chunk_size, checked=total is not None):

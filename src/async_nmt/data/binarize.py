@@ -30,11 +30,11 @@ from typing import Any
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from async_nmt.config import MANIFEST, SPLITS, SPM_PREFIX, corpus_files, corpus_languages, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
 from async_nmt.errors import UserError, check_line_ends, lone_returns, not_utf8, reason
+from async_nmt.progress import ProgressBar
 
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
 MANIFEST_KEYS = {"src", "tgt", "vocab_size", "vocab_hash", "splits"}  # what training and translation read
@@ -129,7 +129,7 @@ def preprocess(
         sp = load_vocab(model)
         stats = {}
         quiet = None if progress else True  # None: tqdm's own test, off where stderr is not a terminal
-        with tqdm(total=sum(counts.values()), unit=" pairs", desc="encoding", disable=quiet) as bar:
+        with ProgressBar(total=sum(counts.values()), unit=" pairs", desc="encoding", disable=quiet) as bar:
             for split in splits:
                 stats[split] = _encode_split(sp, raw_dir, tmp, split, src, tgt, max_len, max_ratio, bar)
         if stats["train"]["sentences"] == 0:
@@ -339,7 +339,7 @@ def _read_chunks(path: Path):
 
 
 def _encode_split(
-    sp, raw_dir: Path, out: Path, split: str, src: str, tgt: str, max_len: int, max_ratio: float, bar: tqdm
+    sp, raw_dir: Path, out: Path, split: str, src: str, tgt: str, max_len: int, max_ratio: float, bar: ProgressBar
 ) -> dict[str, int]:
     ids: dict[str, list[np.ndarray]] = {src: [], tgt: []}
     lens: dict[str, list[np.ndarray]] = {src: [], tgt: []}

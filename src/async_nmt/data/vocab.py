@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
-from tqdm import tqdm
 
 from async_nmt.config import BOS_ID, EOS_ID, NORMALIZATIONS, PAD_ID, UNK_ID
 from async_nmt.errors import UserError, held_interrupts, reason
+from async_nmt.progress import ProgressBar
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
 SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
@@ -113,8 +113,8 @@ def _wait_counting(child: subprocess.Popen, payload: bytes, progress: bool) -> b
         child.stdin.flush()
     except BrokenPipeError:  # the child is gone already: its output says why
         pass
-    with tqdm(desc="training the vocabulary", bar_format="{desc}: {elapsed}", leave=False,
-              disable=None if progress else True) as bar:  # fmt: skip
+    with ProgressBar(desc="training the vocabulary", bar_format="{desc}: {elapsed}", leave=False,
+                     disable=None if progress else True) as bar:  # fmt: skip
         while True:
             try:
                 return child.communicate(timeout=1.0)[0]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from async_nmt.config import (
     ASYNC_MODES,
@@ -42,6 +41,7 @@ from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, kept_update, read_checkpoint
+from async_nmt.progress import ProgressBar
 from async_nmt.score import tokenizer_warning
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import (
@@ -373,8 +373,9 @@ class Trainer:
             self.server.pull(self.flat.data)  # evaluate the master parameters (a no-op for one worker)
             # on a terminal, a bar below the training bar while the valid set is translated (minutes of
             # silence on a large one), gone when it is done
-            with tqdm(total=len(self.validator.sources), unit="sent", desc="valid", leave=False, file=sys.stderr,
-                      dynamic_ncols=True, disable=None if self.progress else True) as bar:  # fmt: skip
+            with ProgressBar(total=len(self.validator.sources), unit="sent", desc="valid", leave=False,
+                             file=sys.stderr, dynamic_ncols=True,
+                             disable=None if self.progress else True) as bar:  # fmt: skip
                 result = self.validator(self.model, self.sp, self.amp_dtype, progress=bar.update)
             if not math.isfinite(result["valid_loss"]):
                 self._diverged(f"the valid loss is {result['valid_loss']}")
@@ -384,9 +385,9 @@ class Trainer:
             self.last_valid, self.validated_at = result, self.updates
             self._event("valid", **result, best_bleu=self.best["bleu"])
             self.save(best=improved)
-        if self.progress:  # (tqdm.write keeps a bar on the screen below the line)
-            tqdm.write(f"update {self.updates}: valid loss {result['valid_loss']:.3f}, BLEU {result['bleu']:.2f}",
-                       file=sys.stderr)  # fmt: skip
+        if self.progress:  # (write keeps a bar on the screen below the line)
+            ProgressBar.write(f"update {self.updates}: valid loss {result['valid_loss']:.3f}, "
+                              f"BLEU {result['bleu']:.2f}", file=sys.stderr)  # fmt: skip
         return result
 
     # ------------------------------------------------------------------ the loop
@@ -474,7 +475,7 @@ class Trainer:
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
             worker_speeds=list(cfg.worker_speeds),
         )  # fmt: skip
-        bar = tqdm(
+        bar = ProgressBar(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
             disable=None if progress else True, file=sys.stderr, desc="train",
         )  # fmt: skip
