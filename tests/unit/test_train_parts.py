@@ -1040,4 +1040,4 @@ def test_a_group_that_ended_by_its_limit_as_ctrl_c_came_exits_as_its_rank_0(tmp_
     interrupt = threading.Event()
     interrupt.set()
     ranks = [types.SimpleNamespace(exitcode=code, is_alive=lambda: False) for code in (rank0_code, 0)]
-    assert supervise(ranks, queue.Queue(), ["cpu", "cpu"], tmp_path, interrupt) == expected
+    assert supervise(ranks, queue.Queue(), ["cpu", "cpu"], tmp_path, interrupt, "interrupted") == expected

@@ -149,19 +149,28 @@ def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, 
         if ranks is None:
             raise
         interrupt.set()
-        print("interrupted: stopping at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
-    code = supervise(ranks, errors, devices, run_dir, interrupt)
+        print(stop_notice(cfg.mode), file=sys.stderr)
+    code = supervise(ranks, errors, devices, run_dir, interrupt, stop_notice(cfg.mode))
     if code:
         raise SystemExit(code)
 
 
-def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, interrupt: Any) -> int:
+def stop_notice(mode: str) -> str:
+    """What a group of ranks says at the first Ctrl-C or SIGTERM: where it stops, saved. (Diloco's said "at
+    the next step", and trained on for up to a round: a user who then pressed Ctrl-C again lost the save.)"""
+    if mode == "diloco":
+        return ("interrupted: stopping where the ranks next meet (the next log, validation or save, or the "
+                "round's end; Ctrl-C again to stop at once, unsaved)")  # fmt: skip
+    return "interrupted: stopping at the next step (Ctrl-C again to stop at once)"
+
+
+def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, interrupt: Any, notice: str) -> int:
     """Wait for a group of ranks to finish; the first failure stops them all.
 
-    Ctrl-C sets `interrupt`, which the ranks agree on at their next step: rank 0 saves a checkpoint and
-    exits 130. A second Ctrl-C stops them at once. Returns the exit code to leave with: rank 0's 130, or 0
-    where the run ended by its own limit before the ranks met on the interrupt (it exited 130, though its
-    end event said it was not interrupted)."""
+    Ctrl-C sets `interrupt` (and prints `notice`), which the ranks agree on where they next meet: rank 0 saves
+    a checkpoint and exits 130. A second Ctrl-C stops them at once. Returns the exit code to leave with: rank
+    0's 130, or 0 where the run ended by its own limit before the ranks met on the interrupt (it exited 130,
+    though its end event said it was not interrupted)."""
     try:
         while any(p.is_alive() for p in ranks):
             try:
@@ -171,7 +180,7 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
                 if interrupt.is_set():
                     raise
                 interrupt.set()
-                print("interrupted: stopping at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
+                print(notice, file=sys.stderr)
         processes.check_workers(ranks, errors, devices, run_dir)
     except BaseException:
         processes.stop(ranks, grace_s=0.0)
@@ -358,7 +367,7 @@ def _join_group(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, r
         summary = None
     elif cfg.mode in RANK_MODES:  # Ctrl-C or SIGTERM: the ranks agree to stop after the same step
         interrupt = threading.Event()
-        said = "interrupted: stopping at the next step (Ctrl-C again to stop at once)" if rank == 0 else None
+        said = stop_notice(cfg.mode) if rank == 0 else None
         with processes.stop_signals_set(interrupt, said):
             summary = run_trainer(cfg, run_dir, resume, progress, rank, world, interrupt)
     else:  # the async server: SIGTERM (the agent passes a scheduler's on) stops the run as Ctrl-C does
