@@ -62,6 +62,8 @@ from async_nmt.train.validate import Validator
 DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess's) has diverged
 # printed at once where Ctrl-C comes during an update computed in this process, which finishes it first
 UPDATE_HELD = "interrupted: saving after the update under way (Ctrl-C again to stop at once, unsaved)"
+# and where worker processes compute the pushes, as the trainer waits for those in flight
+PUSHES_HELD = "interrupted: saving after the pushes in flight (Ctrl-C again to stop at once, unsaved)"
 
 
 def better(result: dict[str, float], best: dict[str, float]) -> bool:
@@ -615,6 +617,8 @@ class Trainer:
         checkpoint; the end event (`interrupted`), which the caller summarizes before it exits 130."""
         try:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
+                if not self.workers.steps_here:  # worker processes: a push under way may take a while
+                    print(PUSHES_HELD, file=sys.stderr, flush=True)
                 self.interval.add(self._count(*self.workers.drain()))
             if self.interval.tokens:
                 self._train_event()
