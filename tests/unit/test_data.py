@@ -58,7 +58,7 @@ def test_vocab_tiny_corpus_soft_limit(tmp_path: Path) -> None:
 def test_a_vocabulary_of_fewer_than_8_pieces_is_refused_before_training(tmp_path: Path) -> None:
     """--vocab-size 7 is one line naming the least size, 8, before sentencepiece starts; 8 trains."""
     (tmp_path / "a").write_text("ab ba\nab\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"--vocab-size 7 is too small \(need at least 8\)"):
+    with pytest.raises(UserError, match=r"--vocab-size 7 is too small: it needs at least 8 pieces, and one for each"):
         train_vocab([tmp_path / "a"], tmp_path / "m7", 7)
     assert not (tmp_path / "m7.model").exists()
     assert 4 < load_vocab(train_vocab([tmp_path / "a"], tmp_path / "m8", 8)).get_piece_size() <= 8
@@ -135,6 +135,15 @@ def test_language_rule_needs_two_suffixes(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--src/--tgt"):
         _languages(tmp_path, None, None)
     assert _languages(tmp_path, "fr", "en") == ("fr", "en")
+
+
+def test_one_language_given_that_has_no_train_file_is_named_as_missing(tmp_path: Path) -> None:
+    """It said it could not tell the other language of 'xx' from de and en (user test)."""
+    for s in ("de", "en"):
+        (tmp_path / f"train.{s}").write_text("x\n")
+    for given in (("xx", None), (None, "xx")):
+        with pytest.raises(UserError, match=r"train\.xx: no such file \(train\.\* here: de, en\)"):
+            _languages(tmp_path, *given)
 
 
 # --------------------------------------------------------------------------- round trip

@@ -261,6 +261,8 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
             raise UserError(f"--src and --tgt are both {src!r}")
         return src, tgt
     given = src or tgt
+    if given and given not in found:  # (it said it could not tell the other language of a missing one)
+        raise UserError(f"{raw_dir / f'train.{given}'}: no such file (train.* here: {', '.join(found) or 'none'})")
     if given:
         others = [s for s in found if s != given]
         if len(others) != 1:

@@ -38,7 +38,8 @@ def train_vocab(
     if normalization not in NORMALIZATIONS:
         raise UserError(f"--normalization {normalization}: not one of {', '.join(NORMALIZATIONS)}")
     if vocab_size < 8:
-        raise UserError(f"--vocab-size {vocab_size} is too small (need at least 8)")
+        raise UserError(f"--vocab-size {vocab_size} is too small: it needs at least 8 pieces, and one for each "
+                        "character of the training text")  # fmt: skip
     for f in files:
         if not Path(f).is_file():
             raise UserError(f"{f}: no such file")
