@@ -227,7 +227,9 @@ def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, ma
         raise UserError(f"--beam must be 1 to {MAX_BEAM:,} (got {beam})")
     if not math.isfinite(lenpen):
         raise UserError(f"--lenpen must be a finite number (got {lenpen})")
-    if not max_len_a >= 0 or max_len_b < 0:  # (nan is not >= 0; inf: up to the model's positions)
+    if math.isnan(max_len_a):  # (inf: up to the model's positions)
+        raise UserError("--max-len-a must be a number (got nan)")
+    if max_len_a < 0 or max_len_b < 0:
         raise UserError(f"--max-len-a and --max-len-b must not be negative (got {max_len_a}, {max_len_b})")
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1 (got {max_tokens})")

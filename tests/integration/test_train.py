@@ -534,6 +534,9 @@ def test_an_async_run_prints_its_staleness_in_each_line_and_the_summary(syntheti
     assert f"mean {mean:.2f}, max {len(hist) - 1} ({sum(hist)} pushes)" in done.stderr and len(hist) > 1
     end = _events(tmp_path / "run")[-1]  # the emulated devices' rate beside their predicted time
     assert f"({end['tokens'] / end['predicted_s']:,.0f} tokens/s)" in done.stderr
+    # a short run's times to a tenth of a second (its predicted time was "0 s")
+    assert f"│ {end['predicted_s']:.1f} s on 3 real devices" in done.stderr and end["predicted_s"] < 10
+    assert f"│ {end['train_s']:.1f} s (wall {end['wall_s']:.1f} s)" in done.stderr
 
 
 def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(synthetic_bin: Path, tmp_path: Path):

@@ -27,7 +27,7 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         ("updates", f"{summary['updates']:,}"),
         ("epochs", f"{summary['epoch']:.2f}"),
         ("target tokens", f"{summary['tokens']:,}"),
-        ("training time", f"{summary['train_s']:.0f} s (wall {summary['wall_s']:.0f} s)"),
+        ("training time", f"{seconds(summary['train_s'])} (wall {seconds(summary['wall_s'])})"),
         ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
     ]
     if cfg.mode in ASYNC_MODES:  # the pushes' staleness over the whole run (a resumed one too)
@@ -36,7 +36,7 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
             rows.append(("staleness", f"mean {mean:.2f}, max {most} ({pushes:,} pushes)"))
     if "predicted_s" in summary:
         rate = summary["tokens"] / max(summary["predicted_s"], 1e-9)  # (tokens/s above: this one process's)
-        rows.append(("predicted time", f"{summary['predicted_s']:.0f} s on {trainer.cfg.workers} real devices "
+        rows.append(("predicted time", f"{seconds(summary['predicted_s'])} on {trainer.cfg.workers} real devices "
                                        f"({rate:,.0f} tokens/s)"))  # fmt: skip
     if trainer.last_valid:
         rows.append(
@@ -53,3 +53,8 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=True).print(table)
+
+
+def seconds(value: float) -> str:
+    """`12 s`, or `0.4 s` below 10 (a short run's predicted time showed as 0 s)."""
+    return f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
