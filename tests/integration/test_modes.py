@@ -160,7 +160,8 @@ def _wait_for(run: Path, kind: str, count: int = 1, timeout: float = 90) -> None
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_raising_worker_stops_the_run_with_one_line(synthetic_bin: Path, tmp_path: Path, mode):
     run = tmp_path / "run"
-    proc = _nmt_train(synthetic_bin, run, "--mode", mode, "--valid-every", "3", env={"ASYNC_NMT_FAIL_WORKER": "1:8"})
+    proc = _nmt_train(synthetic_bin, run, "--mode", mode, "--valid-every", "3", "--max-updates", "1000",
+                      env={"ASYNC_NMT_FAIL_WORKER": "1:8"})  # fmt: skip
     _, stderr = proc.communicate(timeout=120)
     stopped = time.time()
     assert proc.returncode == 1, stderr
@@ -175,7 +176,7 @@ def test_a_raising_worker_stops_the_run_with_one_line(synthetic_bin: Path, tmp_p
 
 def test_a_killed_sync_rank_is_named_as_the_cause(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
-    proc = _nmt_train(synthetic_bin, run, "--mode", "sync", "--valid-every", "0",
+    proc = _nmt_train(synthetic_bin, run, "--mode", "sync", "--valid-every", "0", "--max-updates", "1000",
                       env={"ASYNC_NMT_FAIL_WORKER": "1:3:kill"})  # fmt: skip
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr

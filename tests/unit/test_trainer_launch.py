@@ -283,6 +283,16 @@ def test_simulate_warns_that_the_other_devices_are_not_used(capsys, monkeypatch)
                            devices=["cpu"]) == ""  # fmt: skip
 
 
+def test_a_run_that_no_limit_stops_is_warned_of():
+    """With no --max-updates, --max-epochs, --max-time or --patience a run trains until Ctrl-C; it began
+    without a word (user test). Any one of the limits is enough to say nothing."""
+    from async_nmt.train.trainer import endless_warning
+
+    assert "trains until Ctrl-C or SIGTERM, which save it" in endless_warning(TrainConfig(bin_dir="bin"))
+    for limit in (dict(max_updates=1), dict(max_epochs=1), dict(max_time=1.0), dict(patience=1, valid_every=1)):
+        assert endless_warning(TrainConfig(bin_dir="bin", **limit)) is None, limit
+
+
 def test_a_group_that_agreed_on_ctrl_c_at_a_validation_step_saves_without_validating(synthetic_bin: Path,
                                                                                       tmp_path: Path):  # fmt: skip
     """Ctrl-C reaches a sync group, whose ranks agree on it after update 2, a --valid-every 2 step: the run saves

@@ -66,6 +66,14 @@ UPDATE_HELD = "interrupted: saving after the update under way (Ctrl-C again to s
 PUSHES_HELD = "interrupted: saving after the pushes in flight (Ctrl-C again to stop at once, unsaved)"
 
 
+def endless_warning(cfg: TrainConfig) -> str | None:
+    """Where no limit stops the run: it trains until Ctrl-C (as the options allow; it began without a word)."""
+    if cfg.max_updates or cfg.max_epochs or cfg.max_time or cfg.patience:
+        return None
+    return ("warning: no --max-updates, --max-epochs, --max-time or --patience: the run trains until Ctrl-C or "
+            "SIGTERM, which save it (--resume goes on from there)")  # fmt: skip
+
+
 def better(result: dict[str, float], best: dict[str, float]) -> bool:
     """Whether a validation's `result` beats the `best` so far: a higher BLEU as it is shown (2 decimals),
     else, of BLEUs shown alike, a lower valid loss. (BLEU higher by 4e-7, shown and logged as the same,
@@ -458,6 +466,7 @@ class Trainer:
             length_warning(self.manifest, self.model_cfg.max_positions),
             budget_warning(split.src.lengths, split.tgt.lengths, cfg.max_tokens, self.model_cfg.max_positions),
             partial_round_warning(cfg),
+            endless_warning(cfg),
         )
         for warning in warnings:
             if warning and self.leader:
