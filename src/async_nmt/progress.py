@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -12,7 +13,17 @@ class ProgressBar(tqdm):
     its first resize (`docker run -t`, `script`). tqdm takes the screen to be the reported height less one,
     -1 rows, too few for any bar: it drew nothing, and nmt-train, which prints a line per `train` event only
     where there is no bar, showed no progress at all. A height below 1 is taken as unknown, as tqdm takes
-    no height (20 rows)."""
+    no height (20 rows).
+
+    With `clock`, the bar's time (elapsed, rate, time to go) is that clock's seconds instead of the wall
+    clock's: nmt-train's training clock, which leaves out validations and checkpoints. (Its bar was set back
+    after each, and showed meanwhile the wall time, which then went back by the validation's length.)"""
+
+    def __init__(self, *args: Any, clock: Callable[[], float] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if clock is not None:
+            self._time = clock
+            self.last_print_t = self.start_t = clock()
 
     def _unknown_height(self) -> None:
         # (dynamic_ncols reads it again at every redraw; a disabled bar has none: tqdm.write clears every bar)

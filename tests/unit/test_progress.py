@@ -56,3 +56,20 @@ def test_a_line_written_beside_a_disabled_bar_is_written():
         bar.update(1)
         ProgressBar.write("a line", file=screen)
     assert screen.getvalue() == "a line\n"
+
+
+def test_a_bar_on_a_clock_shows_that_clocks_time_not_the_wall_clocks():
+    """nmt-train's bar runs on the training clock, which stands still in validations: its time was the wall
+    clock's there, then set back after each validation (user test: 00:04, then 00:03)."""
+    now = [100.0]
+    screen = io.StringIO()
+    bar = ProgressBar(total=10, clock=lambda: now[0], file=screen, disable=False, mininterval=0)
+    now[0] = 104.0
+    bar.update(4)
+    assert bar.format_dict["elapsed"] == 4.0 and bar.format_dict["rate"] == pytest.approx(1.0)
+    bar.refresh()  # (a redraw during a validation, as a line written through the bar makes it)
+    assert "[00:04<00:06" in screen.getvalue().rsplit("\r", 1)[-1]
+    now[0] = 105.0
+    bar.update(1)
+    assert bar.format_dict["elapsed"] == 5.0
+    bar.close()

@@ -489,6 +489,7 @@ class Trainer:
         bar = ProgressBar(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
             disable=None if progress else True, file=sys.stderr, desc="train",
+            clock=lambda: self.clock.seconds,  # its time and rate are training's (README)
         )  # fmt: skip
         # where stderr is not a terminal (a log file, a batch job), the bar is off and every `train` event
         # is one line instead, as `\r` redraws would make one endless line of a log
@@ -504,7 +505,6 @@ class Trainer:
             scheduled = cfg.valid_every > 0 and self.updates > 0 and self.updates % cfg.valid_every == 0
             if scheduled and self.validated_at != self.updates:
                 self.validate()
-            bar.unpause()  # the bar's time and rate are training's, as the clock's are (README)
             while not self.should_stop():
                 self.workers.allow(self._next_fence())
                 # (from the last count, not from now: a worker holding a computed push may take the update that
@@ -551,8 +551,6 @@ class Trainer:
                     self.validate()
                 elif saving and not stopping:  # (stopping: the closing validation saves this update)
                     self.save()
-                if validating or saving:  # (its rate fell for a while after each validation, and the time to go rose)
-                    bar.unpause()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
             bar.close()
