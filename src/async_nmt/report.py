@@ -183,7 +183,9 @@ def reprice(run: Run, link_gbps: float, partial: bool = False) -> Run:
             if counts is not None and mode in RANK_MODES:
                 predicted = event["predicted_s"] + shifted(counts)[0]
             elif counts is not None and "worker_s" in event:
-                predicted = max(s + d for s, d in zip(event["worker_s"], shifted(counts), strict=True))
+                clocks = [s + d for s, d in zip(event["worker_s"], shifted(counts), strict=True)]
+                event = {**event, "worker_s": clocks}  # (each device's, as `idle_devices` reads them)
+                predicted = max(clocks)
             elif partial:
                 continue
             else:
@@ -472,10 +474,36 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
     fig.savefig(path, format="png", dpi=120, metadata={"Software": MARK})
 
 
+IDLE_SHARE = 0.05  # an emulated device idle for more of the predicted clock than this is warned of
+
+
+def idle_devices(runs: list[Run], x: str) -> list[str]:
+    """One line for each async or async-accum run on the predicted clock whose emulated devices' clocks end
+    more than IDLE_SHARE apart. --simulate orders pushes by their compute alone (so that the updates do not
+    depend on the link, and `--link-gbps` re-prices them): where a push's transfers cost time, a slower device
+    pushes less often than a real one would, and waits on the clock, which then predicts too long a run."""
+    if x != "predicted":
+        return []
+    lines = []
+    for run in runs:
+        last = next((e for e in reversed(run.events) if e.get("worker_s") and e.get("worker_pushes")), None)
+        if run.start.get("mode") in RANK_MODES or last is None or max(last["worker_s"]) <= 0:
+            continue
+        clocks, pushes = last["worker_s"], last["worker_pushes"]
+        # a device's clock counts its finished pushes: one under way may lag it by a push's time, no idling
+        lag = max(max(clocks) - s * (n + 1) / n for s, n in zip(clocks, pushes, strict=True) if n)
+        if (idle := lag / max(clocks)) > IDLE_SHARE:
+            lines.append(f"warning: {run.name}: an emulated device idles for {idle:.0%} of the predicted clock "
+                         f"(its devices' clocks: {min(clocks):,.1f} to {max(clocks):,.1f} s): --simulate orders "
+                         "pushes by compute alone, so where the link costs time a slower device pushes less "
+                         "often than a real one would, and the predicted times are too long")  # fmt: skip
+    return lines
+
+
 def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
-    """The report's warning lines, for stderr and report.md: how the runs do not compare, why there is no
-    target or no speedups."""
-    lines = differences(runs, report["x"], report.get("link_gbps"))
+    """The report's warning lines, for stderr and report.md: how the runs do not compare, which run's predicted
+    clock leaves a device idle, why there is no target or no speedups."""
+    lines = differences(runs, report["x"], report.get("link_gbps")) + idle_devices(runs, report["x"])
     if report["no_target"] is not None:
         lines.append(f"warning: no time to target or speedups: {report['no_target']}")
     if report.get("no_speedup") is not None:

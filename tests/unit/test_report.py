@@ -838,3 +838,40 @@ def test_report_md_marks_runs_not_finished_with_a_footnote(tmp_path: Path, runs:
     result = CliRunner().invoke(main, ["report", *map(str, finished), "--out", str(tmp_path / "done")])
     assert result.exit_code == 0, result.output
     assert "not finished" not in (tmp_path / "done" / "report.md").read_text(encoding="utf-8")
+
+
+def test_an_async_run_whose_emulated_devices_idle_on_the_predicted_clock_is_warned_of(tmp_path: Path) -> None:
+    """--simulate orders pushes by compute alone: a half-speed worker pushes half as often as the fast one
+    whatever the link, where a real one, whose every push also waits on the link, would push more often. On a
+    dear link its device then idles on the clock, and the predicted times are too long (user test: 55% idle)."""
+    from async_nmt.train.links import link_seconds
+
+    params, at_80 = 745_728, link_seconds(745_728, 80.0)
+    run = tmp_path / "straggler"
+    run.mkdir()
+    pushes = [2000, 1000]  # 0.15 s of compute a push on the fast worker, 0.30 s on the half-speed one
+    clocks = [2000 * 0.15 + 2 * 2000 * at_80, 1000 * 0.30 + 2 * 1000 * at_80]
+    events = [{"kind": "start", "mode": "async", "workers": 2, "params": params, "link_gbps": 80.0, "updates": 0,
+               "tokens": 0, "train_s": 0.0, "predicted_s": 0.0, "worker_s": [0.0, 0.0], "worker_pushes": [0, 0]},
+              {"kind": "valid", "updates": 30, "tokens": 3000, "train_s": 9.0, "bleu": 5.0, "valid_loss": 4.0,
+               "predicted_s": max(clocks), "worker_s": clocks, "worker_pushes": pushes}]  # fmt: skip
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    cli = CliRunner()
+    as_trained = cli.invoke(main, ["report", str(run), "--x", "predicted"])
+    assert as_trained.exit_code == 0 and "idles" not in as_trained.stderr  # (80 Gb/s: 0.1% apart)
+    slow_link = cli.invoke(main, ["report", str(run), "--x", "predicted", "--link-gbps", "1"])
+    assert slow_link.exit_code == 0, slow_link.output
+    # re-priced, each push 2 transfers of 23.9 ms instead of 0.3: 395 s on the fast device, 348 on the slow one,
+    # whose 1,001st push would end at 348.0 s (347.7 * 1001 / 1000): idle for 47.5 of 395.5 s, 12%
+    assert (
+        f"warning: {run}: an emulated device idles for 12% of the predicted clock (its devices' clocks: 347.7 "
+        "to 395.5 s): --simulate orders pushes by compute alone"
+    ) in slow_link.stderr
+    at_1 = link_seconds(params, 1.0)
+    trained_at_1 = [2000 * 0.15 + 2 * 2000 * at_1, 1000 * 0.30 + 2 * 1000 * at_1]
+    events[1].update(predicted_s=max(trained_at_1), worker_s=trained_at_1)
+    events[0]["link_gbps"] = 1.0
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    assert "idles for 12% of the predicted clock" in cli.invoke(main, ["report", str(run), "--x", "predicted"]).stderr
+    not_on_its_clock = cli.invoke(main, ["report", str(run), "--x", "updates"])
+    assert not_on_its_clock.exit_code == 0 and "idles" not in not_on_its_clock.stderr
