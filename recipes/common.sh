@@ -129,7 +129,7 @@ within() {
 
 # check_settings: refuse knobs that would fail only after the long steps before them (or be taken as 0)
 check_settings() {
-    local name mode
+    local name mode what
     for name in DRY_RUN SIMULATE; do
         [[ ${!name} == 0 || ${!name} == 1 ]] || refuse "$name=${!name}: give 0 or 1"
     done
@@ -154,14 +154,31 @@ check_settings() {
     for name in WARMUP MAX_UPDATES VALID_EVERY VALID_MAX_SENTENCES; do
         [[ ${!name} =~ ^[0-9]+$ ]] || refuse "$name=${!name}: give a whole number (0 or more)"
     done
+    local number='([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?'
     for name in LR CLIP_NORM LABEL_SMOOTHING MAX_TIME ${TARGET_BLEU:+TARGET_BLEU}; do  # (no TARGET_BLEU: the report's)
-        [[ ${!name} =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$ ]] ||
-            refuse "$name=${!name}: give a number (0 or more, e.g. 7e-4)"
+        case $name in LR | TARGET_BLEU) what="a number above 0" ;; *) what="a number of 0 or more" ;; esac
+        [[ ${!name} =~ ^$number$ ]] || refuse "$name=${!name}: give $what"
     done
     # the ranges nmt train and nmt report take
     within LR "> 0" "a number above 0"
     within LABEL_SMOOTHING "< 1" "a number below 1"
     if [[ -n $TARGET_BLEU ]]; then within TARGET_BLEU "> 0" "a number above 0, or nothing (the report's default)"; fi
+    # a run that no limit stops trains until Ctrl-C: the recipe would never reach its next mode or its report
+    if awk -v t="$MAX_TIME" -v u="$MAX_UPDATES" 'BEGIN { exit !(t == 0 && u == 0) }'; then
+        refuse "MAX_TIME=0 and MAX_UPDATES=0: give one of them a limit (each run would train until Ctrl-C)"
+    fi
+    local device='(cpu|cuda:[0-9]+)'  # (what nmt train --devices takes)
+    [[ $DEVICES =~ ^$device(,$device)*$ ]] || refuse "DEVICES=$DEVICES: give cpu or cuda:N, comma-separated"
+    if [[ -n $WORKER_SPEEDS ]]; then
+        local speeds speed
+        IFS=, read -ra speeds <<<"$WORKER_SPEEDS"
+        ((${#speeds[@]} == 10#$WORKERS)) ||
+            refuse "WORKER_SPEEDS=$WORKER_SPEEDS: give $WORKERS speeds, one a worker (WORKERS=$WORKERS)"
+        for speed in "${speeds[@]}"; do
+            [[ $speed =~ ^$number$ ]] && awk -v x="$speed" 'BEGIN { exit !(x >= 0.001 && x <= 1000) }' ||
+                refuse "WORKER_SPEEDS=$WORKER_SPEEDS: give speeds between 0.001 and 1000"
+        done
+    fi
 }
 
 # data_needed: whether the recipe must make its raw corpus: not when OUT/bin, preprocessed from it, is there

@@ -22,8 +22,8 @@ WMT = ["wmt14-en-de.sh", "wmt16-en-ro.sh", "wmt17-en-de.sh"]
 # the knobs common.sh checks as it is sourced, for scripts that source it for its functions
 KNOBS = (
     "DRY_RUN=0 SIMULATE=0 X=time MODES=sync PRESET=micro WORKERS=1 ACCUM=1 BEAM=1 MAX_TOKENS=64 VOCAB_SIZE=64 "
-    "WARMUP=0 MAX_UPDATES=0 VALID_EVERY=0 VALID_MAX_SENTENCES=0 LR=1e-3 CLIP_NORM=0 LABEL_SMOOTHING=0 "
-    "MAX_TIME=0 TARGET_BLEU="
+    "WARMUP=0 MAX_UPDATES=1 VALID_EVERY=0 VALID_MAX_SENTENCES=0 LR=1e-3 CLIP_NORM=0 LABEL_SMOOTHING=0 "
+    "MAX_TIME=0 TARGET_BLEU= DEVICES=cpu WORKER_SPEEDS="
 )
 
 
@@ -114,7 +114,13 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
      ("TARGET_BLEU", "abc", "TARGET_BLEU=abc: give a number"), ("LR", "fast", "LR=fast: give a number"),
      ("MODES", "\t\n", "MODES is empty"), ("LR", "0", "LR=0: give a number above 0"),
      ("LABEL_SMOOTHING", "1.5", "LABEL_SMOOTHING=1.5: give a number below 1"),
-     ("TARGET_BLEU", "0.0", "TARGET_BLEU=0.0: give a number above 0")],
+     ("TARGET_BLEU", "0.0", "TARGET_BLEU=0.0: give a number above 0"),
+     # (these failed only at the first nmt train, after the corpus was fetched and preprocessed; MAX_TIME=0
+     # with MAX_UPDATES=0, the default, trained the first mode until Ctrl-C; user test)
+     ("TARGET_BLEU", "-1", "TARGET_BLEU=-1: give a number above 0"), ("MAX_TIME", "0", "MAX_TIME=0 and MAX_UPDATES=0"),
+     ("DEVICES", "gpu", "DEVICES=gpu: give cpu or cuda:N"), ("DEVICES", "cpu,", "DEVICES=cpu,: give cpu"),
+     ("WORKER_SPEEDS", "1,1", "WORKER_SPEEDS=1,1: give 4 speeds"),
+     ("WORKER_SPEEDS", "1,1,1,0", "WORKER_SPEEDS=1,1,1,0: give speeds between 0.001 and 1000")],
 )  # fmt: skip
 def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
                                              tmp_path: Path) -> None:  # fmt: skip
