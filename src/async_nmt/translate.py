@@ -231,6 +231,8 @@ def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, ma
         raise UserError("--max-len-a must be a number (got nan)")
     if max_len_a < 0 or max_len_b < 0:
         raise UserError(f"--max-len-a and --max-len-b must not be negative (got {max_len_a}, {max_len_b})")
+    if max_len_a == max_len_b == 0:  # (every line was empty, exit code 0)
+        raise UserError("--max-len-a 0 and --max-len-b 0 leave no room for an output token: give one above 0")
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1 (got {max_tokens})")
 

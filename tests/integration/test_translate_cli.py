@@ -525,6 +525,7 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
         (["--max-tokens", "0"], "ba\n", "--max-tokens must be at least 1"),
         (["--max-len-b", "-1"], "ba\n", "must not be negative"),
         (["--max-len-a", "nan"], "ba\n", "--max-len-a must be a number (got nan)"),  # ("must not be negative")
+        (["--max-len-a", "0", "--max-len-b", "0"], "ba\n", "leave no room for an output token"),  # (empty lines)
         ([], b"ba\n\xff\xfe\n", "stdin: line 2 is not valid UTF-8"),
         (["-i", "missing.txt"], "", "missing.txt: no such file"),
         (["--device", "tpu"], "ba\n", "--device: 'tpu' is not a device"),
