@@ -842,6 +842,10 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     assert code == 0, output
     log = read_events(run / "events.jsonl")
     assert log[0]["staleness_lr"] == "inverse"
+    # the summary names it beside the mode, as `nmt report` does (lr/s): it left it out
+    summary = subprocess.run([str(NMT_TRAIN), str(synthetic_bin), str(run), "--resume", "--max-updates", "13"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert summary.returncode == 0 and "lr / staleness (--staleness-lr inverse)" in summary.stderr, summary.stderr
     trained = [e for e in log if e["kind"] == "train"]  # one push, one update each (async, --log-every 1)
     assert len(trained) == 12 and max(e["staleness_max"] for e in trained) >= 2
     for e in trained:
