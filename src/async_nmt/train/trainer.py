@@ -475,7 +475,7 @@ class Trainer:
             "start", mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
-            max_tokens=cfg.max_tokens, preset=cfg.preset, device=str(self.device),
+            max_tokens=cfg.max_tokens, batch_sort=cfg.batch_sort, preset=cfg.preset, device=str(self.device),
             precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=resumed,
             **({"link_gbps": cfg.link_gbps, "simulate_token_us": cfg.simulate_token_us} if cfg.simulate else {}),
             # what a resume may change (README), so that each start event says what was in force from there
