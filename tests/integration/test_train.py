@@ -841,7 +841,7 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
                            "--warmup", "4", "--max-tokens", "512")  # fmt: skip
     assert code == 0, output
     log = read_events(run / "events.jsonl")
-    assert log[0]["staleness_lr"] == "inverse"
+    assert log[0]["staleness_lr"] == "inverse" and log[0]["batch_sort"] == "target"  # (the default; not logged)
     # the summary names it beside the mode, as `nmt report` does (lr/s): it left it out
     summary = subprocess.run([str(NMT_TRAIN), str(synthetic_bin), str(run), "--resume", "--max-updates", "13"],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
