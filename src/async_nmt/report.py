@@ -478,10 +478,11 @@ IDLE_SHARE = 0.05  # an emulated device idle for more of the predicted clock tha
 
 
 def idle_devices(runs: list[Run], x: str) -> list[str]:
-    """One line for each async or async-accum run on the predicted clock whose emulated devices' clocks end
-    more than IDLE_SHARE apart. --simulate orders pushes by their compute alone (so that the updates do not
-    depend on the link, and `--link-gbps` re-prices them): where a push's transfers cost time, a slower device
-    pushes less often than a real one would, and waits on the clock, which then predicts too long a run."""
+    """One line for each async or async-accum run on the predicted clock one of whose emulated devices idles
+    for more than IDLE_SHARE of it, beyond the push it may have under way. --simulate orders pushes by their
+    compute alone (so that the updates do not depend on the link, and `--link-gbps` re-prices them): where a
+    push's transfers cost time, a slower device pushes less often than a real one would, and waits on the
+    clock, which then predicts too long a run."""
     if x != "predicted":
         return []
     lines = []
@@ -491,7 +492,7 @@ def idle_devices(runs: list[Run], x: str) -> list[str]:
             continue
         clocks, pushes = last["worker_s"], last["worker_pushes"]
         # a device's clock counts its finished pushes: one under way may lag it by a push's time, no idling
-        lag = max(max(clocks) - s * (n + 1) / n for s, n in zip(clocks, pushes, strict=True) if n)
+        lag = max((max(clocks) - s * (n + 1) / n for s, n in zip(clocks, pushes, strict=True) if n), default=0.0)
         if (idle := lag / max(clocks)) > IDLE_SHARE:
             lines.append(f"warning: {run.name}: an emulated device idles for {idle:.0%} of the predicted clock "
                          f"(its devices' clocks: {min(clocks):,.1f} to {max(clocks):,.1f} s): --simulate orders "
