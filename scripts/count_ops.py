@@ -92,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
     parser.add_argument(
-        "--preset", default="base", help=f"model size: {', '.join(PRESETS)}; not with --run (default: %(default)s)"
+        "--preset", default=None, help=f"model size: {', '.join(PRESETS)}; not with --run (default: base)"
     )
     parser.add_argument(
         "--max-tokens",
@@ -112,6 +112,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.max_tokens < 1 or args.top < 1:
         raise UserError("--max-tokens and --top must be at least 1")
+    if args.run is not None and args.preset is not None:  # (it was ignored without a word)
+        raise UserError("--preset: not with --run, whose model has its own size")
+    args.preset = args.preset or "base"
     if args.run is None and args.preset not in PRESETS:
         raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
     torch.set_num_threads(1)

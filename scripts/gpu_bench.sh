@@ -46,7 +46,7 @@ OUT=$(cd "$OUT" && pwd -P)
 if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)
   mkdir -p "$(dirname "$PACK")"
   PACK="$(cd "$(dirname "$PACK")" && pwd -P)/$(basename "$PACK")"
-  case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)"; exit 2 ;; esac
+  case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)" >&2; exit 2 ;; esac
 fi
 # an OUT used before: its results go, so that none of them passes for this run's (a skipped step's)
 # (its own names only: an OUT of `.` keeps other logs)

@@ -28,10 +28,11 @@ from async_nmt.train.events import read_events, round_floats
 from async_nmt.train.modes.simulated import PredictedClock
 
 
-def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = None) -> None:
+def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = None, force: bool = False) -> None:
     for name in ("config.json", "events.jsonl"):
         if not (run / name).is_file():
             raise UserError(f"{run}: not a run folder (no {name})")
+    check_out(run, out, force)
     config = json.loads((run / "config.json").read_text())
     cfg, model = from_dict(TrainConfig, config["train"]), from_dict(ModelConfig, config["model"])
     if cfg.mode != "sync" or not cfg.simulate or not cfg.simulate_token_us:
@@ -65,6 +66,23 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
             shutil.copy(run / name, out / name)
 
 
+def check_out(run: Path, out: Path, force: bool) -> None:
+    """OUT may be new or empty, or with `force` a replay this wrote before; never RUN nor another run (their
+    events and config were rewritten in place, without a word, and the folder left inconsistent)."""
+    if out.exists() and out.resolve() == run.resolve():
+        raise UserError(f"{out}: is RUN itself; give another OUT (the replay would rewrite RUN's events)")
+    if out.is_dir() and any(out.iterdir()):
+        events = out / "events.jsonl"
+        replayed = events.is_file() and "clock_replayed_from" in read_events(events)[0]
+        if not replayed:
+            raise UserError(f"{out}: exists and is not a replay (its events name no clock_replayed_from); give a "
+                            "new OUT")  # fmt: skip
+        if not force:
+            raise UserError(f"{out}: holds a replay already; use --force to replace it")
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a simulated sync run folder, trained with --simulate-token-us")
@@ -73,6 +91,7 @@ def main() -> None:
         "--worker-speeds", required=True, help="the speeds to replay at, comma-separated, one per worker"
     )
     parser.add_argument("--bin", type=Path, default=None, help="the run's BIN folder, if not where it was")
+    parser.add_argument("--force", action="store_true", help="replace OUT where it holds a replay of this script")
     args = parser.parse_args()
     try:
         speeds = [float(s) for s in args.worker_speeds.split(",")]
@@ -80,7 +99,7 @@ def main() -> None:
         raise UserError(f"--worker-speeds: {args.worker_speeds!r} is not a comma-separated list of numbers") from None
     if not all(0 < s < math.inf for s in speeds):  # (nan is neither)
         raise UserError("--worker-speeds: every speed must be a positive number")
-    replay(args.run, args.out, speeds, args.bin)
+    replay(args.run, args.out, speeds, args.bin, args.force)
 
 
 if __name__ == "__main__":

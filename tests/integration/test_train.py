@@ -829,6 +829,18 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
         assert len(clocks[0]) >= 5 and clocks[0] == pytest.approx(clocks[1], rel=1e-6)
         assert replayed[0]["clock_replayed_from"] == str(tmp_path / "equal")
     assert slow[-1]["predicted_s"] > 1.5 * equal[-1]["predicted_s"]  # the slow worker shows on the clock
+    # OUT = RUN, another run, or a replay without --force: refused, untouched (RUN was rewritten in place)
+    before = {name: (tmp_path / name / "events.jsonl").read_bytes() for name in ("equal", "slow", "replayed-1,1,1")}
+    for out, force, error in (("equal", ["--force"], "is RUN itself"), ("slow", ["--force"], "is not a replay"),
+                              ("replayed-1,1,1", [], "holds a replay already; use --force")):  # fmt: skip
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / "equal"), str(tmp_path / out),
+                               "--worker-speeds", "1,0.8,0.5", *force], capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 2 and error in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert before == {name: (tmp_path / name / "events.jsonl").read_bytes() for name in before}
+    again = subprocess.run([sys.executable, str(script), str(tmp_path / "equal"), str(tmp_path / "replayed-1,1,1"),
+                            "--worker-speeds", "1,0.8,0.5", "--force"], capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0 and read_events(tmp_path / "replayed-1,1,1" / "events.jsonl")[-1]["predicted_s"] == (
+        pytest.approx(slow[-1]["predicted_s"], rel=1e-6))  # fmt: skip
 
 
 def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_bin: Path, tmp_path: Path):

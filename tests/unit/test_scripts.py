@@ -150,6 +150,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("batch_padding.py", ["/nope"], "/nope: not a preprocessed corpus"),
         ("results_convergence.py", ["/nope"], "/nope: no such folder"),
         ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
+        ("count_ops.py", ["/nope", "--run", "/nope-run", "--preset", "micro"], "--preset: not with --run"),
     ],
 )
 def test_a_bad_option_or_input_is_one_line_and_exit_code_2_before_any_work(script: str, args: list[str], error: str):
@@ -168,7 +169,7 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], cwd=tmp_path, capture_output=True,
                             text=True, env=env, timeout=60)  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "is inside OUT" in result.stdout and sorted(p.name for p in out.iterdir()) == []
+    assert "is inside OUT" in result.stderr and result.stdout == "" and sorted(p.name for p in out.iterdir()) == []
     header = (ROOT / "scripts" / "gpu_bench.sh").read_text().splitlines()
     commands = [line for line in header if line.startswith("#   ") and "gpu_bench.sh" in line and "PACK=" in line]
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
