@@ -73,7 +73,7 @@ def check_out(run: Path, out: Path, force: bool) -> None:
         raise UserError(f"{out}: is RUN itself; give another OUT (the replay would rewrite RUN's events)")
     if out.is_dir() and any(out.iterdir()):
         events = out / "events.jsonl"
-        replayed = events.is_file() and "clock_replayed_from" in read_events(events)[0]
+        replayed = events.is_file() and "clock_replayed_from" in next(iter(read_events(events)), {})
         if not replayed:
             raise UserError(f"{out}: exists and is not a replay (its events name no clock_replayed_from); give a "
                             "new OUT")  # fmt: skip
