@@ -52,7 +52,7 @@ def main() -> None:
         help="comma-separated devices, e.g. cpu or cuda:0,cuda:1, which the workers take "
         "round-robin (default: %(default)s)",
     )
-    parser.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)} (default: %(default)s)")
+    parser.add_argument("--preset", choices=PRESETS, default="tiny", help="model size (default: %(default)s)")
     parser.add_argument(
         "--max-tokens", type=int, default=2048, help="token budget of a worker's batch (default: %(default)s)"
     )
@@ -63,7 +63,7 @@ def main() -> None:
         "--slow",
         type=float,
         default=0.25,
-        help="speed of the slowed worker, the others' being 1 (default: %(default)s)",
+        help="speed of the slowed worker, above 0 and below the others' 1 (default: %(default)s)",
     )
     parser.add_argument(
         "--modes",
@@ -82,10 +82,8 @@ def main() -> None:
         raise UserError("--workers must be at least 2 (the bench compares W workers with one)")
     if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
         raise UserError("--seconds must be a positive number")
-    if not 0 < args.slow < math.inf:
-        raise UserError("--slow must be a positive number")
-    if args.preset not in PRESETS:
-        raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
+    if not 0 < args.slow < 1:  # 1 or more would time no slowed worker (2: a faster one)
+        raise UserError("--slow must be above 0 and below 1, the others' speed")
     modes = args.modes.split(",")
     for mode in modes:
         if mode not in MODES:
@@ -94,6 +92,8 @@ def main() -> None:
         raise UserError(f"--modes: {args.modes!r} names a mode twice")
     if args.sync_every and "diloco" not in modes:
         raise UserError("--sync-every applies to diloco only; add it to --modes")
+    if "diloco" in modes and args.sync_every < 1:  # (check_config named nmt-train's --mode)
+        raise UserError("--modes diloco needs --sync-every H, the inner steps per round (at least 1)")
     devices = args.devices.split(",")
     for device in devices:
         if not device:

@@ -87,7 +87,7 @@ def time_loop(step, batches, warmup: int, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", help=f"Model size: {', '.join(PRESETS)} (default: %(default)s).")
+    parser.add_argument("--preset", choices=PRESETS, default="tiny", help="Model size (default: %(default)s).")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu).")
     parser.add_argument("--vocab", type=int, default=8000, help="Vocabulary size of the model (default: %(default)s).")
     parser.add_argument(

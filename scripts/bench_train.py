@@ -167,7 +167,7 @@ def steady_rate(events: list[dict]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
-    parser.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)} (default: %(default)s)")
+    parser.add_argument("--preset", choices=PRESETS, default="tiny", help="model size (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu)")
     parser.add_argument(
         "--seconds",

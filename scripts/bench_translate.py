@@ -66,8 +66,9 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=None, help="Source text to translate (needs --run).")
     parser.add_argument(
         "--preset",
+        choices=PRESETS,
         default="tiny",
-        help=f"Size of the random model without --run: {', '.join(PRESETS)} (default: %(default)s).",
+        help="Size of the random model without --run (default: %(default)s).",
     )
     parser.add_argument(
         "--vocab", type=int, default=8000, help="Vocabulary size of the random model (default: %(default)s)."
@@ -114,8 +115,6 @@ def main() -> None:
         raise UserError("--check-every must be at least 1")
     if args.input is not None and args.run is None:
         raise UserError("--input needs --run (its vocabulary)")
-    if args.run is None and args.preset not in PRESETS:
-        raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
     if args.run is None and args.vocab < 5:
         raise UserError("--vocab must be at least 5 (4 ids are special)")
     device = resolve_device(args.device, option="--device")

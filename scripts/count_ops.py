@@ -91,9 +91,7 @@ def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
-    parser.add_argument(
-        "--preset", default=None, help=f"model size: {', '.join(PRESETS)}; not with --run (default: base)"
-    )
+    parser.add_argument("--preset", choices=PRESETS, default=None, help="model size; not with --run (default: base)")
     parser.add_argument(
         "--max-tokens",
         type=int,
@@ -115,8 +113,6 @@ def main() -> None:
     if args.run is not None and args.preset is not None:  # (it was ignored without a word)
         raise UserError("--preset: not with --run, whose model has its own size")
     args.preset = args.preset or "base"
-    if args.run is None and args.preset not in PRESETS:
-        raise UserError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
     torch.set_num_threads(1)
     if args.run is not None:
         print(json.dumps(count_translation(args.run, args.bin, args.top)))

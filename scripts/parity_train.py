@@ -149,7 +149,7 @@ def bare_train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
-    parser.add_argument("--preset", default="micro", help=f"model size: {', '.join(PRESETS)} (default: %(default)s)")
+    parser.add_argument("--preset", choices=PRESETS, default="micro", help="model size (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu)")
     parser.add_argument(
         "--updates", type=int, default=400, help="updates each side trains, at least 1 (default: %(default)s)"
@@ -202,6 +202,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.updates < 1:  # 0 would be no limit: training without end
         raise UserError("--updates must be at least 1")
+    if len(set(args.seeds)) < len(args.seeds):  # (one seed's runs were counted twice in the spread)
+        raise UserError("--seeds: a seed is given twice")
     if any(not 1 <= mark < args.updates for mark in args.valid_at):
         raise UserError(f"--valid-at: every N must be from 1 to {args.updates - 1} (below --updates)")
     device = resolve_device(args.device, option="--device")

@@ -1,4 +1,4 @@
-"""A simulated sync run's predicted clock at other worker speeds, without training it again.
+r"""A simulated sync run's predicted clock at other worker speeds, without training it again.
 
 A sync step takes one batch (or --local-accum batches) from every worker's stream and sums their
 gradients: which batches, and so every update, do not depend on how fast the workers are. Only the

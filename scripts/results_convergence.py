@@ -320,12 +320,18 @@ def main() -> None:
     args = parser.parse_args()
     if not args.dir.is_dir():
         raise UserError(f"{args.dir}: {'not a folder' if args.dir.exists() else 'no such folder'}")
+    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():  # (failed after the tables)
+        raise UserError(f"--plots: {args.plots} is a file, not a folder")
 
     runs, unfinished, rule = load(args.dir)
+    if not runs and not unfinished:  # (it printed empty tables, exit 0)
+        raise UserError(f"{args.dir}: no CONFIG-sSEED run folder with an events.jsonl")
     trained = sum(len(v) for v in runs.values() if not replayed(v))
     print(f"Finished runs (stopped by --patience {rule} or the epoch cap): {trained}, and "
           f"{sum(len(v) for v in runs.values()) - trained} sync clocks replayed from them at other speeds; "
           f"still running or stopped: {', '.join(unfinished) or 'none'}.")  # fmt: skip
+    if not runs:
+        return
     sync_best = [best(r) for r in runs.get("sync", {}).values()]
     target = TARGET_SHARE * statistics.fmean(sync_best) if sync_best else None
     if target is not None:

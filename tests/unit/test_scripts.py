@@ -125,6 +125,10 @@ def test_every_option_of_a_script_has_help(script: Path):
     assert found["no_help"] == []
     first_paragraph = found["description"].split("\n\n")[0].strip()
     assert first_paragraph[-1] in ".)?", first_paragraph  # not cut mid-sentence
+    # an example command's line continuation is shown (a docstring not raw lost its `\\`, and the command
+    # read as one line that a shell would not run as shown)
+    continued = [line.strip() for line in script.read_text().split('"""')[1].splitlines() if line.endswith("\\")]
+    assert all(line in found["description"] for line in continued if line[:-1].strip() in found["description"])
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -137,6 +141,8 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     [
         ("bench_modes.py", ["--bin", "/nope", "--modes", "sync,bogus"], "--modes: 'bogus' is not one of sync, async"),
         ("bench_modes.py", ["--bin", "/nope", "--seconds", "0"], "--seconds must be a positive number"),
+        ("bench_modes.py", ["--bin", "/nope", "--slow", "2"], "--slow must be above 0 and below 1"),
+        ("bench_modes.py", ["--bin", "/nope", "--modes", "diloco"], "--modes diloco needs --sync-every H"),
         ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive number"),
         ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive number"),
         ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
@@ -145,10 +151,17 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("bench_step.py", ["--steps", "0"], "--steps must be at least 1"),
         ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
         ("parity_train.py", ["/nope", "--updates", "0"], "--updates must be at least 1"),
+        ("parity_train.py", ["/nope", "--seeds", "1", "1"], "--seeds: a seed is given twice"),
         ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
         ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
         ("batch_padding.py", ["/nope"], "/nope: not a preprocessed corpus"),
         ("results_convergence.py", ["/nope"], "/nope: no such folder"),
+        ("results_convergence.py", [str(ROOT / "scripts")], f"{ROOT / 'scripts'}: no CONFIG-sSEED run folder"),
+        (
+            "results_convergence.py",
+            [str(ROOT / "docs/results/convergence"), "--plots", str(ROOT / "README.md")],
+            f"--plots: {ROOT / 'README.md'} is a file",
+        ),
         ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
         ("count_ops.py", ["/nope", "--run", "/nope-run", "--preset", "micro"], "--preset: not with --run"),
     ],
