@@ -26,7 +26,7 @@ from async_nmt.train.options import check_config
 
 
 def run(cfg: TrainConfig, name: str, folder: Path) -> dict:
-    train(cfg, folder / name, progress=False, log_every=10**9)
+    train(cfg, folder / name, progress=False, log_every=10**9, scratch=True)
     events = read_events(folder / name / "events.jsonl")
     end = events[-1]
     seconds = end["train_s"]

@@ -209,7 +209,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        end = train(cfg, Path(tmp) / "run", progress=False)
+        end = train(cfg, Path(tmp) / "run", progress=False, scratch=True)
         wall = time.perf_counter() - start
         assert end is not None
         steady = steady_rate(read_events(Path(tmp) / "run" / "events.jsonl"))

@@ -222,7 +222,9 @@ def main() -> None:
         product: dict[int, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for i, mark in enumerate(marks):  # to each mark, then on from it: one run, scored on its way
-                end = train(replace(cfg, max_updates=mark), Path(tmp) / "run", resume=i > 0, progress=False)
+                end = train(
+                    replace(cfg, max_updates=mark), Path(tmp) / "run", resume=i > 0, progress=False, scratch=True
+                )
                 assert end is not None and end["updates"] == mark
                 product_model, _ = load_model(Path(tmp) / "run", "last", device)
                 product[mark] = valid_nll(product_model, args.bin, mcfg, device)

@@ -529,6 +529,24 @@ def test_only_rank_0_says_how_the_run_ended_and_not_under_quiet(monkeypatch, cap
         assert launch.run_trainer(TrainConfig(), tmp_path, False, progress, rank=rank, world=2)["updates"] == 3
         assert capsys.readouterr().err == ""
     assert len(summaries) == (rank == 0 and progress)
+    if rank == 0:  # a benchmark's temporary run folder: no checkpoint named that will be gone
+        with pytest.raises(SystemExit) as stopped:
+            launch.run_trainer(TrainConfig(), tmp_path, False, progress, rank=rank, world=2, scratch=True)
+        assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("ranks", [False, True])
+def test_train_passes_scratch_to_the_trainer_or_the_ranks(monkeypatch, synthetic_bin: Path, tmp_path: Path, ranks):
+    """The benchmarks' Ctrl-C said `interrupted: saved <checkpoint>` of a folder they then deleted."""
+    from async_nmt.train import launch
+
+    seen = []
+    monkeypatch.setattr(launch, "spawns_ranks", lambda cfg: ranks)
+    monkeypatch.setattr(launch, "run_trainer", lambda *args, scratch=False: seen.append(scratch))
+    monkeypatch.setattr(launch, "launch_ranks", lambda *args: seen.append(args[-1]))
+    for scratch in (False, True):
+        launch.train(TrainConfig(bin_dir=str(synthetic_bin)), tmp_path / f"run-{scratch}", scratch=scratch)
+    assert seen == [False, True]
 
 
 def test_torchrun_ranks_without_devices_take_the_gpu_of_their_local_rank(monkeypatch):

@@ -45,10 +45,13 @@ def train(
     force: bool = False,
     progress: bool = True,
     log_every: int | None = None,
+    scratch: bool = False,
 ) -> dict | None:
     """Run (or resume) training as `cfg` says, into `run_dir`; returns the `end` event (None when a group of
     sync ranks ran it: rank 0 wrote it to the events). `log_every`, where given, replaces `cfg.log_every`,
     so that config.json records what the run does (it was passed apart, and config.json kept 50).
+    `scratch`: the caller deletes `run_dir` when it is done (a benchmark's temporary folder), so Ctrl-C
+    ends in `interrupted`, without naming a checkpoint that will be gone.
 
     This process holds the run folder's lock (`lock.run_lock`) throughout: the ranks it spawns are its
     children and end before it does."""
@@ -59,24 +62,24 @@ def train(
     check_run_path(run_dir, Path(cfg.bin_dir))
     with run_lock(run_dir):  # before the folder is looked at: what another nmt-train does to it is settled
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
-        return _train_locked(cfg, run_dir, resume, progress)
+        return _train_locked(cfg, run_dir, resume, progress, scratch)
 
 
-def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool) -> dict | None:
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, scratch: bool) -> dict | None:
     # SIGTERM (`kill`, a batch scheduler's notice) stops the run as Ctrl-C does: a checkpoint, then exit 130
     with sigterm_interrupts():
         if spawns_ranks(cfg):
-            launch_ranks(cfg, run_dir, resume, progress, worker_devices(cfg))
+            launch_ranks(cfg, run_dir, resume, progress, worker_devices(cfg), scratch)
             return None
-        return run_trainer(cfg, run_dir, resume, progress)
+        return run_trainer(cfg, run_dir, resume, progress, scratch=scratch)
 
 
 def run_trainer(
     cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, rank: int = 0, world: int = 1,
-    interrupt: Any = None,
+    interrupt: Any = None, scratch: bool = False,
 ) -> dict[str, Any] | None:  # fmt: skip
     """One trainer (of rank `rank` in a sync group of `world`): open the run folder, train, summarize; None
-    where a resumed run has nothing to do."""
+    where a resumed run has nothing to do. `scratch`: as `train`'s."""
     trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt)
     # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
     # wait for their server, so it trains (or stops at once) rather than skip
@@ -86,7 +89,7 @@ def run_trainer(
     if progress and rank == 0:
         print_summary(summary, trainer)
     if summary["interrupted"] and rank == 0:  # Ctrl-C or SIGTERM: saved, summarized, exit code 130
-        print(f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)
+        print("interrupted" if scratch else f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)
         raise SystemExit(130)
     return summary
 
@@ -104,6 +107,7 @@ class RankSetup:
     devices: list[str]
     errors: Any
     interrupt: Any
+    scratch: bool
 
 
 def backend(devices: list[str]) -> str:
@@ -133,14 +137,15 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         # on an error the group is left as it is: the error is reported first, so the other ranks' failed
         # all-reduce is not taken for the cause
         run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
-                    setup.interrupt)  # fmt: skip
+                    setup.interrupt, setup.scratch)  # fmt: skip
         dist.destroy_process_group()
 
 
-def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, devices: list[str]) -> None:
+def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, devices: list[str],
+                 scratch: bool = False) -> None:  # fmt: skip
     """Spawn one rank per worker and supervise them; rank 0 writes the run folder."""
     errors, interrupt = processes.context().SimpleQueue(), processes.context().Event()
-    setup = RankSetup(cfg, run_dir, resume, progress, processes.free_port(), devices, errors, interrupt)
+    setup = RankSetup(cfg, run_dir, resume, progress, processes.free_port(), devices, errors, interrupt, scratch)
     ranks = None
     try:  # a Ctrl-C or SIGTERM while they start is held, then told to them as any other (a second: at once)
         with processes.uninterrupted(second_stops=True):
