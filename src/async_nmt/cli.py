@@ -258,9 +258,9 @@ def train_main() -> None:
 @click.option("-i", "--input", "input_path", type=click.Path(path_type=Path),
               help="Source file; - or none: stdin.")  # fmt: skip
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path),
-              help="Output file, replaced if it exists, never the input (named, or < FILE), the checkpoint, a "
-              "run's files (spm.model too) or a preprocessed corpus's; a device, named pipe or symbolic link is "
-              "written into, as > would; - or none: stdout.")  # fmt: skip
+              help="Output file, replaced if it exists, never the input (named, or < FILE), a checkpoint (any zip "
+              "archive), a run's files (spm.model too) or a preprocessed corpus's; a device, named pipe or "
+              "symbolic link is written into, as > would; - or none: stdout.")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size, 1 to 2^31; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
 @click.option(

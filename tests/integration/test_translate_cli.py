@@ -599,6 +599,23 @@ def test_the_output_never_replaces_the_checkpoint_or_a_runs_files(run_dir: Path,
     assert best.read_bytes() == before and not (run / "checkpoints" / "other.pt").exists()
 
 
+def test_the_output_never_replaces_a_checkpoint_outside_a_run(run_dir: Path, tmp_path: Path):
+    """`nmt translate RUN -o AVG.pt`, typed for `-i`, made an averaged checkpoint a text file, exit code 0
+    (`nmt average` replaces one only with --force); a text file is replaced, as ever."""
+    avg, text = tmp_path / "avg.pt", tmp_path / "old.en"
+    shutil.copy(run_dir / "checkpoints" / "best.pt", avg)
+    text.write_text("old\n")
+    before = avg.read_bytes()
+    result = runner().invoke(main, ["translate", str(run_dir), "-o", str(avg), "--beam", "1"], input="ba\n")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        f"error: {avg}: a checkpoint (a zip archive, as torch.save writes), which translations would replace; "
+        "write them elsewhere"
+    ]
+    assert avg.read_bytes() == before
+    result = runner().invoke(main, ["translate", str(run_dir), "-o", str(text), "--beam", "1"], input="ba\n")
+    assert result.exit_code == 0 and text.read_text() != "old\n", result.stderr
+
+
 def test_unwritable_output_exits_2(run_dir: Path, tmp_path: Path):
     for out in (tmp_path / "no" / "such" / "out.txt", tmp_path):
         result = runner().invoke(main, ["translate", str(run_dir), "-o", str(out), "--beam", "1"], input="ba\n")

@@ -122,6 +122,11 @@ def check_translation_output(path: Path, model_path: Path) -> None:
     if model_path.is_file() and path.resolve() == model_path.resolve():
         raise UserError(f"{path}: the checkpoint that translates; write the translations elsewhere")
     check_not_a_run_file(path, model_path if model_path.is_dir() else model_path.parent, "the translations")
+    # any other checkpoint too (`nmt average`'s AVG.pt, one copied out of a run), which `-o` for `-i` made a
+    # text file; `nmt average` replaces one only with --force
+    if path.is_file() and zipfile.is_zipfile(path):
+        raise UserError(f"{path}: a checkpoint (a zip archive, as torch.save writes), which translations would "
+                        "replace; write them elsewhere")  # fmt: skip
 
 
 def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
