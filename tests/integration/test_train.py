@@ -178,6 +178,36 @@ def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run
     assert log[0]["kind"] == "start"  # (it began with the checkpoint event of the save it resumed)
     code, output = run_cli("report", str(run))
     assert code == 0, output
+    (run / "events.jsonl").write_text("")  # (an empty one resumed without a word)
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "302")
+    assert code == 0 and "events.jsonl is empty: the log starts again at update 301" in output, output
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_a_lost_best_pt_is_said_at_resume_and_translate_does_not_take_last_pt(
+    synthetic_bin: Path, learned_run: Path, tmp_path: Path, damage: str
+):
+    """A run whose best.pt was gone resumed without a word, its summary naming best.pt, and `nmt translate
+    RUN` took last.pt, though the README says it does so only in a run that never validated."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    best = run / "checkpoints" / "best.pt"
+    best.unlink() if damage == "missing" else best.write_bytes(b"")
+    code, output = run_cli("translate", str(run), "--beam", "1", "--device", "cpu", input="ba\n")
+    if damage == "missing":
+        assert code == 2 and len(output.strip().splitlines()) == 1, output
+        assert f"no best.pt in {run / 'checkpoints'}, though the run saved its best there" in output
+        assert "--checkpoint last" in output
+    else:
+        assert code == 2 and "not a checkpoint, or one cut short" in output, output
+    code, output = run_cli(
+        "translate", str(run), "--checkpoint", "last", "--beam", "1", "--device", "cpu", input="ba\n"
+    )
+    assert code == 0, output
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301",
+                           "--valid-every", "0")  # fmt: skip
+    what = "missing" if damage == "missing" else "not a whole checkpoint"
+    assert code == 0 and f"warning: {best} is {what}: the run's best save (update" in output, output
 
 
 def test_no_compile_turns_a_runs_compile_off_on_resume(synthetic_bin: Path, learned_run: Path, tmp_path: Path):
@@ -356,8 +386,8 @@ def test_async_accum_with_one_worker_takes_one_update_per_n_pushes(synthetic_bin
     assert end["pushes"] == accum * end["updates"] == server["pushes"] and server["grad_sum"] is None
 
 
-def run_cli(*args: str):
-    result = CliRunner().invoke(main, list(args))
+def run_cli(*args: str, input: str | None = None):
+    result = CliRunner().invoke(main, list(args), input=input)
     return result.exit_code, result.output
 
 

@@ -294,6 +294,10 @@ def load_model(
     else:
         ckpt_file = find_checkpoint(Path(path), which)
         state = read_checkpoint(ckpt_file, mmap=True)
+        if Path(path).is_dir() and which is None and (best := state.get("best")) and ckpt_file.name == "last.pt":
+            raise UserError(f"{path}: no best.pt in {ckpt_file.parent}, though the run saved its best there (update "
+                            f"{best['updates']}, valid BLEU {best['bleu']:.2f}); --checkpoint last translates with "
+                            "the last save")  # fmt: skip
     sp = vocab_from_checkpoint(state, ckpt_file)
     try:
         model = Transformer.uninitialized(from_dict(ModelConfig, state["model_config"]))

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -158,9 +159,10 @@ class Trainer:
                         kept.unlink()  # took them)
                 # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
                 events = truncate_events(events_path, state["event_lines"])
-                if not events_path.is_file():
-                    print(f"warning: {events_path} is missing: the log starts again at update {self.updates} "
-                          "(`nmt report` sees the run from there)", file=sys.stderr)  # fmt: skip
+                if not events_path.is_file() or not events:  # (an empty one resumed without a word)
+                    print(f"warning: {events_path} is {'empty' if events_path.is_file() else 'missing'}: the log "
+                          f"starts again at update {self.updates} (`nmt report` sees the run from there)",
+                          file=sys.stderr)  # fmt: skip
                 # the wall clock goes on from the last event: the checkpoint's own event came after the write
                 wall_s = max([state["wall_s"]] + [event.get("wall_s", 0.0) for event in events[-1:]])
                 self._wall_start = time.perf_counter() - wall_s
@@ -176,7 +178,20 @@ class Trainer:
         if resume and self.events.lines < state["event_lines"]:
             best = state.get("saved_as_best", False)  # (absent from saves before 2026-12)
             self._finish_save(best=best, event=self.events.lines > 0)
+        if resume:
+            self._check_best_save()
         return True
+
+    def _check_best_save(self) -> None:
+        """A resumed run whose best.pt is gone or not a whole checkpoint says so: it resumed without a word, its
+        summary named best.pt, and `nmt translate RUN` then failed on it, or took last.pt where it was gone."""
+        path = checkpoint_path(self.run_dir, "best")
+        if self.best is None or (path.is_file() and zipfile.is_zipfile(path)):
+            return
+        print(f"warning: {path} is {'not a whole checkpoint' if path.exists() else 'missing'}: the run's best save "
+              f"(update {self.best['updates']}, valid BLEU {self.best['bleu']:.2f}) is lost; best.pt is written "
+              "again at the next validation better than it (until then `nmt translate` needs --checkpoint last)",
+              file=sys.stderr)  # fmt: skip
 
     def _warn_of_setup(self) -> None:
         """Options that do less than they seem to: devices left unused, an async mode of one worker; and a
