@@ -9,6 +9,10 @@
 # clock is steady from the first update (no warm-up, no caches), and the runs only need enough pushes for
 # every worker to push several times.
 #
+# It took 18 min 26 s on one core of the 2-core CPU machine (`taskset -c 0`, the other core busy; 2026-12-06),
+# and its two tables' tok/s equalled the README's to the token: the predicted clock does not depend on the
+# machine.
+#
 # Knobs (environment): BIN [demo/bin, from `make demo`], OUT [runs/multinode], DOCS [docs/results/multinode],
 #   TOKEN_US [3.4], MAX_TOKENS [4096]: each worker's batch.
 set -euo pipefail
