@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from conftest import toy_translate, write_synthetic_corpus
@@ -73,6 +74,21 @@ def test_preprocess_warns_of_sides_longer_than_the_presets_positions(raw: Path, 
 
     result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100", "--max-len", "255", "--force")
     assert result.exit_code == 0 and "warning" not in result.stderr and "tokens, 1 dropped)" in result.stderr
+
+
+def test_preprocess_says_how_many_valid_and_test_pairs_it_cuts_to_max_len(raw: Path, tmp_path: Path) -> None:
+    """Valid and test keep every pair, their ids cut to --max-len: without a word, and the valid loss scored
+    the cut pairs."""
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100", "--max-len", "4")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "bin" / "manifest.json").read_text())
+    lengths = np.diff(np.load(tmp_path / "bin" / "valid.src.offsets.npy"))
+    assert lengths.max() == 4 and 0 < manifest["splits"]["valid"]["cut"] <= 20
+    for split in ("valid", "test"):
+        cut = manifest["splits"][split]["cut"]
+        assert f"warning: {split}: {cut:,} of 20 pairs have a side over --max-len 4 pieces" in result.stderr
+    result = nmt("preprocess", raw, tmp_path / "whole", "--vocab-size", "100")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
 
 
 def test_preprocess_without_options_preprocesses_with_the_librarys_defaults(tmp_path: Path, monkeypatch) -> None:

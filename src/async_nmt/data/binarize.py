@@ -64,8 +64,9 @@ def preprocess(
 
     Training pairs with an empty side, a side longer than `max_len` tokens, or a length ratio above
     `max_ratio` are dropped; valid and test keep every line (so references stay aligned), their ids cut to
-    `max_len`. Training sides longer than LONG_SIDE tokens (possible with --max-len above 255) are kept but
-    counted in the manifest's `train_long_sides` (see the module docstring), and a warning says so.
+    `max_len` (counted in their `cut`, and a warning says so). Training sides longer than LONG_SIDE tokens
+    (possible with --max-len above 255) are kept but counted in the manifest's `train_long_sides` (see the
+    module docstring), and a warning says so.
     Everything is written into a temporary folder beside BIN that replaces BIN only at the end. Returns the
     manifest.
     """
@@ -166,6 +167,11 @@ def preprocess(
     click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
     if warning := dropped_warning(stats["train"], max_len, max_ratio):
         click.echo(warning, err=True)
+    for split in ("valid", "test"):  # (cut without a word, and the valid loss scored the cut sentences)
+        if stats.get(split, {}).get("cut"):
+            click.echo(f"warning: {split}: {stats[split]['cut']:,} of {stats[split]['sentences']:,} pairs have a side "
+                       f"over --max-len {max_len} pieces, whose ids are cut to {max_len}: the valid loss scores the "
+                       "cut pairs; BLEU translates and scores the whole text", err=True)  # fmt: skip
     if manifest["vocab_size"] < vocab_size:
         click.echo(f"warning: the vocabulary has {manifest['vocab_size']} pieces, not the {vocab_size} asked for: "
                    "the training text has no more", err=True)  # fmt: skip
@@ -346,6 +352,7 @@ def _encode_split(
     ids: dict[str, list[np.ndarray]] = {src: [], tgt: []}
     lens: dict[str, list[np.ndarray]] = {src: [], tgt: []}
     dropped = dict.fromkeys(("empty", "max_len", "max_ratio"), 0)  # pairs dropped, by the first rule they fail
+    cut = 0  # valid and test pairs with a side whose ids are cut to max_len (the text is kept whole)
     src_file, tgt_file = raw_dir / f"{split}.{src}", raw_dir / f"{split}.{tgt}"
     for s_lines, t_lines in zip(_read_chunks(src_file), _read_chunks(tgt_file), strict=True):
         s_ids, t_ids = sp.encode(s_lines), sp.encode(t_lines)
@@ -361,6 +368,7 @@ def _encode_split(
             idx = np.flatnonzero(keep)
             s_ids, t_ids = [s_ids[i] for i in idx], [t_ids[i] for i in idx]
         else:
+            cut += int(((s_len > max_len) | (t_len > max_len)).sum())
             s_ids, t_ids = [x[:max_len] for x in s_ids], [x[:max_len] for x in t_ids]
         for lang, seqs in ((src, s_ids), (tgt, t_ids)):
             n_lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
@@ -371,6 +379,8 @@ def _encode_split(
     stats: dict[str, Any] = {"sentences": 0, "src_tokens": 0, "tgt_tokens": 0, "dropped": sum(dropped.values())}
     if split == "train":
         stats["dropped_for"] = dropped
+    else:
+        stats["cut"] = cut
     for lang, key in ((src, "src_tokens"), (tgt, "tgt_tokens")):
         flat = np.concatenate(ids[lang]) if ids[lang] else np.zeros(0, np.int32)
         n_lens = np.concatenate(lens[lang]) if lens[lang] else np.zeros(0, np.int64)
