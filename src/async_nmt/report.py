@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,29 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The run's config.json, {} where there is none (event logs kept without it, as docs/results/gpu)."""
+        """The run's config.json, {} where there is none (event logs kept without it, as docs/results/gpu) or
+        where it is not JSON (`unreadable_config` says so)."""
+        return self._read_config[0]
+
+    @property
+    def unreadable_config(self) -> str | None:
+        """Why config.json, which is there, could not be read; None where it could, or is not there."""
+        return self._read_config[1]
+
+    @cached_property
+    def _read_config(self) -> tuple[dict[str, Any], str | None]:
         path = self.path / "config.json"
         if not path.is_file():
-            return {}
+            return {}, None
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: not a JSON run configuration ({err})") from None
+            # (it was an error: one damaged file, read only for warnings, stopped `nmt report runs/*`)
+            return {}, f"{path}: not a JSON run configuration ({err})"
         if not isinstance(config, dict):
-            return {}
+            return {}, f"{path}: not a JSON object"
         # (the sections the report reads are objects, or are not read: a damaged file is not a traceback)
-        return {key: value for key, value in config.items() if key not in SECTIONS or isinstance(value, dict)}
+        return {key: value for key, value in config.items() if key not in SECTIONS or isinstance(value, dict)}, None
 
 
 def load_run(path: Path) -> Run:
@@ -116,7 +128,7 @@ def in_force(run: Run, start: dict[str, Any], option: str) -> Any:
     without config.json."""
     if option in start:
         return start[option]
-    if not (run.path / "config.json").is_file():
+    if not (run.path / "config.json").is_file() or run.unreadable_config:
         return None
     return run.config.get("train", {}).get(option, BEFORE_OPTIONS[option])
 
@@ -504,7 +516,8 @@ def idle_devices(runs: list[Run], x: str) -> list[str]:
 def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
     """The report's warning lines, for stderr and report.md: how the runs do not compare, which run's predicted
     clock leaves a device idle, why there is no target or no speedups."""
-    lines = differences(runs, report["x"], report.get("link_gbps")) + idle_devices(runs, report["x"])
+    lines = [f"warning: {why}; the run is compared without it" for run in runs if (why := run.unreadable_config)]
+    lines += differences(runs, report["x"], report.get("link_gbps")) + idle_devices(runs, report["x"])
     if report["no_target"] is not None:
         lines.append(f"warning: no time to target or speedups: {report['no_target']}")
     if report.get("no_speedup") is not None:

@@ -387,6 +387,13 @@ def test_damaged_configurations_and_start_events_are_read_or_one_line(runs: list
         (runs[0] / "config.json").write_text(damaged)
         result = CliRunner().invoke(main, ["report", str(runs[0]), str(runs[1])])
         assert result.exit_code == 0, (damaged, result.output)
+    # config.json that is not JSON: read for warnings alone, it stopped the report of every run (exit code 2)
+    for damaged, why in (("", "not a JSON run configuration (Expecting value"), ("[1]", "not a JSON object")):
+        (runs[0] / "config.json").write_text(damaged)
+        result = CliRunner().invoke(main, ["report", str(runs[0]), str(runs[1]), "--json"])
+        assert result.exit_code == 0 and str(runs[1]) in result.stdout, result.output
+        assert result.stderr.startswith(f"warning: {runs[0] / 'config.json'}: {why}")
+        assert result.stderr.splitlines()[0].endswith("; the run is compared without it")
     log = runs[1] / "events.jsonl"
     log.write_text(log.read_text(encoding="utf-8").replace('"mode": "async"', '"mode": 5', 1), encoding="utf-8")
     result = CliRunner().invoke(main, ["report", str(runs[1])])
