@@ -413,6 +413,35 @@ def test_a_config_json_value_of_another_type_is_named_and_last_pts_taken(synthet
     assert json.loads((run / "config.json").read_text())["train"]["max_time"] == 0
 
 
+def test_a_config_json_value_out_of_range_names_config_json(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
+    """A hand-edited config.json with "lr": -1 said `--lr must be positive`, an option the user had not typed."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["lr"] = -1
+    (run / "config.json").write_text(json.dumps(config))
+    before = files(run)
+    one_line_error(nmt("train", synthetic_bin, run, "--resume", "--max-updates", "5", "--quiet"), "--lr",
+                   f"(the options not given come from {run / 'config.json'}, as --resume takes them)")  # fmt: skip
+    assert files(run) == before
+
+
+def test_a_cut_last_pt_at_resume_says_how_to_go_on_and_names_no_missing_file(synthetic_bin: Path, run_dir: Path,
+                                                                               tmp_path: Path):  # fmt: skip
+    """A damaged last.pt's error named the way out (another save, copied to last.pt); a cut one's did not.
+    A missing BIN folder was "not a preprocessed corpus (no manifest.json)", and /dev/null "no such checkpoint"."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = files(run)
+    one_line_error(nmt("train", synthetic_bin, run, "--resume", "--max-updates", "5", "--quiet"),
+                   "not a checkpoint, or one cut short", "resume from another save (best.pt")  # fmt: skip
+    assert files(run) == before
+    one_line_error(nmt("train", tmp_path / "nope", tmp_path / "new", *TRAIN), f"{tmp_path / 'nope'}: no such folder")
+    one_line_error(nmt("translate", "/dev/null", stdin="a b\n"), "/dev/null: not a regular file")
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_too_few_batches_for_the_workers_is_one_line_and_the_folder_can_be_reused(synthetic_bin, tmp_path, mode):
     """A corpus that makes fewer batches than --workers: one line naming the options (it was a traceback,

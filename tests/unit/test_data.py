@@ -414,8 +414,11 @@ def test_an_empty_bin_is_written_from_within_and_a_shells_lost_folder_is_no_erro
 
 
 def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"no manifest\.json.*nmt preprocess"):
+    with pytest.raises(UserError, match=r"nothing: no such folder .*nmt preprocess"):
         load_manifest(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no manifest\.json.*nmt preprocess"):
+        load_manifest(tmp_path / "empty")
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(UserError, match=r"manifest\.json: unreadable .*nmt preprocess"):  # there, but corrupt
         load_split(tmp_path, "train")

@@ -154,7 +154,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("parity_train.py", ["/nope", "--seeds", "1", "1"], "--seeds: a seed is given twice"),
         ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
         ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
-        ("batch_padding.py", ["/nope"], "/nope: not a preprocessed corpus"),
+        ("batch_padding.py", ["/nope"], "/nope: no such folder"),
         ("results_convergence.py", ["/nope"], "/nope: no such folder"),
         ("results_convergence.py", [str(ROOT / "scripts")], f"{ROOT / 'scripts'}: no CONFIG-sSEED run folder"),
         (

@@ -442,6 +442,8 @@ def _replace_dir(tmp: Path, bin_dir: Path) -> None:
 def load_manifest(bin_dir: Path) -> dict[str, Any]:
     """The manifest of a preprocessed corpus folder (UserError if it is not one)."""
     path = Path(bin_dir) / MANIFEST
+    if not Path(bin_dir).exists():
+        raise UserError(f"{bin_dir}: no such folder (a preprocessed corpus: run `nmt preprocess` first)")
     if not path.is_file():
         raise UserError(f"{bin_dir}: not a preprocessed corpus (no manifest.json); run `nmt preprocess` first")
     try:

@@ -174,8 +174,10 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     and read only what is used (translation reads the parameters, not the optimizer's two vectors)."""
     if path.is_dir():
         raise UserError(f"{path}: a folder, not a checkpoint")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: no such checkpoint")
+    if not path.is_file():  # (/dev/null, a named pipe: "no such checkpoint" for a file that is there)
+        raise UserError(f"{path}: not a regular file, so not a checkpoint")
     if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own message on other files misleads
         raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
                         "not a whole one)")  # fmt: skip

@@ -314,7 +314,11 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
                 held.enter_context(run_lock(run_dir))
             if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
                 cfg = resumed_config(cfg, run_dir, given_options())
-                check_config(cfg)
+                try:
+                    check_config(cfg)
+                except UserError as err:  # (it named an option the user had not typed, nor said from where)
+                    raise UserError(f"{err} (the options not given come from {Path(run_dir) / 'config.json'}, "
+                                    "as --resume takes them)") from None  # fmt: skip
         except UserError as err:
             if torchrun_rank() is not None:  # the other ranks would wait for this one
                 refuse_torchrun(err)

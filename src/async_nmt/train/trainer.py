@@ -258,7 +258,13 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> dict[str, Any]:
-        state = read_checkpoint(path)
+        try:
+            state = read_checkpoint(path)
+        except UserError as err:  # (a damaged archive's message gave the way out; a cut one's did not)
+            if not path.is_file():
+                raise
+            raise UserError(f"{err}; resume from another save (best.pt, or a kept update-U.pt, copied to "
+                            "last.pt)") from None  # fmt: skip
         ckpt.check_archive(path)  # the training state too (read_checkpoint checks the parameters)
         if any(key not in state for key in ("server", "data", "rng", "train_config", "corpus")):
             raise UserError(f"{path}: holds a model but no training state (an average of `nmt average`?): "
