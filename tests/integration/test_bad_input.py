@@ -442,6 +442,27 @@ def test_a_cut_last_pt_at_resume_says_how_to_go_on_and_names_no_missing_file(syn
     one_line_error(nmt("translate", "/dev/null", stdin="a b\n"), "/dev/null: not a regular file")
 
 
+def test_a_checkpoints_folder_that_cannot_be_written_fails_before_training(synthetic_bin: Path, tmp_path: Path,
+                                                                          monkeypatch):  # fmt: skip
+    """A read-only checkpoints folder (a mount) trained every update, then failed at the first save."""
+    import errno
+
+    write_bytes = Path.write_bytes
+
+    def read_only(self: Path, data: bytes) -> int:
+        if self.parent.name == "checkpoints":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    run = tmp_path / "run"
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "4")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (f"error: {run / 'checkpoints'}: cannot write a checkpoint there (Read-only file "
+                                     "system)")  # fmt: skip
+    assert not (run / "events.jsonl").exists()  # (it fails before the log starts: nothing trained)
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_too_few_batches_for_the_workers_is_one_line_and_the_folder_can_be_reused(synthetic_bin, tmp_path, mode):
     """A corpus that makes fewer batches than --workers: one line naming the options (it was a traceback,

@@ -172,6 +172,16 @@ class Trainer:
         if not resume:  # emptied, not deleted: the lock file in it is what keeps other nmt-trains out
             clear_run_dir(self.run_dir)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
+        # a checkpoints folder that cannot be written fails now, not at the first save, which may be hours away
+        probe = checkpoint_path(self.run_dir, "last").with_name(".write-probe.tmp")
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise OSError(
+                err.errno, f"cannot write a checkpoint there ({err.strerror or err})", str(probe.parent)
+            ) from None
         self.events = EventLog(events_path)
         # killed between writing last.pt and its event, what follows the write is done again; a log that is gone
         # starts again at its start event, not at the event of a save it no longer holds
