@@ -183,6 +183,14 @@ def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run
     assert code == 0 and "events.jsonl is empty: the log starts again at update 301" in output, output
 
 
+def _with_best(run: Path, **best: float) -> None:
+    """last.pt's record of the run's best save, changed (a best that no validation beats: BLEU 100, loss 0)."""
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["best"] = {**state["best"], **best}
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "params_crc32")}, last)
+
+
 @pytest.mark.parametrize("damage", ["missing", "empty"])
 def test_a_lost_best_pt_is_said_at_resume_and_translate_does_not_take_last_pt(
     synthetic_bin: Path, learned_run: Path, tmp_path: Path, damage: str
@@ -191,23 +199,42 @@ def test_a_lost_best_pt_is_said_at_resume_and_translate_does_not_take_last_pt(
     RUN` took last.pt, though the README says it does so only in a run that never validated."""
     run = tmp_path / "copy"
     shutil.copytree(learned_run, run)
+    _with_best(run, updates=150, bleu=100.0, valid_loss=0.0)  # a best save before last.pt's update 300
     best = run / "checkpoints" / "best.pt"
     best.unlink() if damage == "missing" else best.write_bytes(b"")
     code, output = run_cli("translate", str(run), "--beam", "1", "--device", "cpu", input="ba\n")
     if damage == "missing":
         assert code == 2 and len(output.strip().splitlines()) == 1, output
-        assert f"no best.pt in {run / 'checkpoints'}, though the run saved its best there" in output
-        assert "--checkpoint last" in output
+        assert f"no best.pt in {run / 'checkpoints'}, though the run saved its best there (update 150" in output
+        assert f"--checkpoint last, or {run / 'checkpoints' / 'last.pt'} itself, translates" in output
     else:
         assert code == 2 and "not a checkpoint, or one cut short" in output, output
     code, output = run_cli(
         "translate", str(run), "--checkpoint", "last", "--beam", "1", "--device", "cpu", input="ba\n"
     )
     assert code == 0, output
-    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301",
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--max-updates", "301",
                            "--valid-every", "0")  # fmt: skip
     what = "missing" if damage == "missing" else "not a whole checkpoint"
-    assert code == 0 and f"warning: {best} is {what}: the run's best save (update" in output, output
+    assert code == 0 and f"warning: {best} is {what}: the run's best save (update 150" in output, output
+    assert "(update 150: lost)" in output and "--checkpoint last < SOURCE" in output  # the summary says so too
+
+
+def test_a_best_pt_lost_where_last_pt_is_that_save_is_made_again(synthetic_bin: Path, learned_run: Path,
+                                                                 tmp_path: Path):  # fmt: skip
+    """Killed between writing last.pt and copying it to best.pt (or best.pt deleted), a run whose best save
+    is last.pt: translate takes last.pt, and --resume makes best.pt again before training writes over it."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    _with_best(run, updates=300, bleu=100.0, valid_loss=0.0)
+    best = run / "checkpoints" / "best.pt"
+    best.unlink()
+    code, output = run_cli("translate", str(run), "--beam", "1", "--device", "cpu", input="ba\n")
+    assert code == 0, output
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--max-updates", "301",
+                           "--valid-every", "0")  # fmt: skip
+    assert code == 0 and f"warning: {best} was missing; made again from last.pt" in output, output
+    assert read_checkpoint(best)["best"]["updates"] == 300 and "(update 300: best.pt)" in output
 
 
 def test_no_compile_turns_a_runs_compile_off_on_resume(synthetic_bin: Path, learned_run: Path, tmp_path: Path):

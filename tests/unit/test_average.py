@@ -309,3 +309,13 @@ def test_load_model_gives_the_saved_weights_in_eval_mode_and_refuses_a_vector_of
     save_checkpoint({**state, "params": torch.cat([params, torch.zeros(1)])}, tmp_path / "longer.pt")
     with pytest.raises(UserError, match="longer.pt: parameter count does not match its model configuration"):
         load_model(tmp_path / "longer.pt")
+
+
+def test_a_lost_best_is_one_apart_from_last_pt():
+    """A run that validated has lost its best save where best.pt is gone, unless last.pt is that save (a run
+    killed between writing last.pt and copying it to best.pt): `nmt translate RUN` then takes last.pt."""
+    from async_nmt.model.checkpoint import lost_best
+
+    assert lost_best({"best": {"updates": 300, "bleu": 90.0}, "server": {"updates": 301}})
+    assert not lost_best({"best": {"updates": 300, "bleu": 90.0}, "server": {"updates": 300}})
+    assert not lost_best({"best": None, "server": {"updates": 7}})  # stopped before its first validation

@@ -571,6 +571,7 @@ def test_the_end_of_run_table_says_how_the_run_went(tmp_path, monkeypatch, capsy
             updates=10,
             last_valid={"valid_loss": 1.5, "bleu": 20.0},
             best={"bleu": 25.0, "updates": 5},
+            best_lost=False,
         )
         print_summary({**summary, "interrupted": mode == "sync"}, trainer)
         shown[mode] = " ".join(capsys.readouterr().err.replace("│", " ").split())  # the rows, cells apart
@@ -584,6 +585,9 @@ def test_the_end_of_run_table_says_how_the_run_went(tmp_path, monkeypatch, capsy
     assert "staleness" not in shown["sync"]
     assert "best valid BLEU 25.00 (update 5: best.pt)" in shown["async"]
     assert f"nmt translate '{run}' < SOURCE > OUTPUT" in shown["async"]
+    print_summary(summary, SimpleNamespace(**{**vars(trainer), "best_lost": True}))  # warned at its resume
+    lost = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "best valid BLEU 25.00 (update 5: lost)" in lost and f"'{run}' --checkpoint last < SOURCE" in lost
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1000])

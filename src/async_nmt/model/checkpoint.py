@@ -116,6 +116,16 @@ def check_not_a_run_file(path: Path, run_dir: Path, what: str, never: str = "nev
                         "elsewhere")  # fmt: skip
 
 
+def whole_archive(path: Path) -> bool:
+    """A regular file that is a whole zip archive, as torch.save writes (zipfile reads only its end for it)."""
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def best_save(best: dict[str, Any]) -> str:
+    """A run's best save, as messages name it: `update U, valid BLEU B`."""
+    return f"update {best['updates']}, valid BLEU {best['bleu']:.2f}"
+
+
 def check_translation_output(path: Path, model_path: Path) -> None:
     """`nmt translate -o` never replaces the checkpoint it translates with, nor a run's (it made the
     checkpoint a text file of translations, and a run's best.pt so, without a word)."""
@@ -124,9 +134,9 @@ def check_translation_output(path: Path, model_path: Path) -> None:
     check_not_a_run_file(path, model_path if model_path.is_dir() else model_path.parent, "the translations")
     # any other checkpoint too (`nmt average`'s AVG.pt, one copied out of a run), which `-o` for `-i` made a
     # text file; `nmt average` replaces one only with --force
-    if path.is_file() and zipfile.is_zipfile(path):
-        raise UserError(f"{path}: a checkpoint (a zip archive, as torch.save writes), which translations would "
-                        "replace; write them elsewhere")  # fmt: skip
+    if whole_archive(path):
+        raise UserError(f"{path}: a zip archive (a checkpoint?), which translations would replace; write them "
+                        "elsewhere")  # fmt: skip
 
 
 def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
@@ -178,7 +188,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise UserError(f"{path}: no such checkpoint")
     if not path.is_file():  # (/dev/null, a named pipe: "no such checkpoint" for a file that is there)
         raise UserError(f"{path}: not a regular file, so not a checkpoint")
-    if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own message on other files misleads
+    if not whole_archive(path):  # what torch.save writes; torch.load's own message on other files misleads
         raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
                         "not a whole one)")  # fmt: skip
     _check_pickle(path)
@@ -272,6 +282,13 @@ def find_checkpoint(path: Path, which: str | None = None) -> Path:
     return path
 
 
+def lost_best(last: dict[str, Any]) -> bool:
+    """Whether a run's last.pt, read as `last`, has a best save apart from itself, one that best.pt held: a run
+    that validated, unless last.pt is that save (killed before its copy to best.pt was made)."""
+    best = last.get("best")
+    return bool(best) and best["updates"] != last.get("server", {}).get("updates")
+
+
 def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint") -> spm.SentencePieceProcessor:
     """The sentencepiece model a checkpoint carries; one-line errors for a broken one or another vocabulary."""
     sp = spm.SentencePieceProcessor()
@@ -296,10 +313,10 @@ def load_model(
     else:
         ckpt_file = find_checkpoint(Path(path), which)
         state = read_checkpoint(ckpt_file, mmap=True)
-        if Path(path).is_dir() and which is None and (best := state.get("best")) and ckpt_file.name == "last.pt":
-            raise UserError(f"{path}: no best.pt in {ckpt_file.parent}, though the run saved its best there (update "
-                            f"{best['updates']}, valid BLEU {best['bleu']:.2f}); --checkpoint last translates with "
-                            "the last save")  # fmt: skip
+        if Path(path).is_dir() and which is None and ckpt_file.name == "last.pt" and lost_best(state):
+            raise UserError(f"{path}: no best.pt in {ckpt_file.parent}, though the run saved its best there "
+                            f"({best_save(state['best'])}); --checkpoint last, or {ckpt_file} itself, translates "
+                            "with the last save")  # fmt: skip
     sp = vocab_from_checkpoint(state, ckpt_file)
     try:
         model = Transformer.uninitialized(from_dict(ModelConfig, state["model_config"]))

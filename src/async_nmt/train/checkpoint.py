@@ -52,6 +52,9 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
             raise UserError(f"{run_dir}: holds another run, {inner}, which --force would delete; move it first")
 
 
+OTHER_SAVE = "resume from another save (best.pt, or a kept update-U.pt, copied to last.pt)"  # a last.pt is broken
+
+
 def check_archive(path: Path) -> None:
     """Refuse a checkpoint whose bytes do not match the CRC-32 its zip archive holds for each entry (torch.load
     checks none). The parameters' own checksum, which translation reads, misses the training state: a
@@ -62,8 +65,7 @@ def check_archive(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         raise UserError(f"{path}: not a readable checkpoint ({reason(err)})") from None
     if bad is not None:
-        raise UserError(f"{path}: damaged ({bad.split('/', 1)[-1]} does not match its checksum); resume from "
-                        "another save (best.pt, or a kept update-U.pt, copied to last.pt)")  # fmt: skip
+        raise UserError(f"{path}: damaged ({bad.split('/', 1)[-1]} does not match its checksum); {OTHER_SAVE}")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -263,20 +263,21 @@ def _speeds(text: str | None) -> list[float]:
 FIELD_OF_OPTION = {"compile_model": "compile"}  # where an option's name is not its TrainConfig field's
 
 
-def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> TrainConfig:
+def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[TrainConfig, Path | None]:
     """--resume: `cfg` with every option that the command line did not give as the run's config.json has
     it (the options in force when it last ran), so that `nmt-train BIN RUN --resume --max-time 1200`
-    needs no other. Without a readable config.json they are last.pt's (with a warning); without either,
-    `cfg` is kept and the trainer's checks speak."""
+    needs no other, and the file they came from. Without a readable config.json they are last.pt's (with a
+    warning); without either, `cfg` is kept (None) and the trainer's checks speak."""
+    source = Path(run_dir) / "config.json"
     try:
-        saved = load_json(RunConfig, Path(run_dir) / "config.json").train
+        saved = load_json(RunConfig, source).train
     except UserError as err:
         from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 
-        last = checkpoint_path(run_dir, "last")
-        if not last.is_file() or "train_config" not in (state := read_checkpoint(last)):
-            return cfg
-        print(f"warning: {err}; the run's options are taken from {last}", file=sys.stderr)
+        source = checkpoint_path(run_dir, "last")
+        if not source.is_file() or "train_config" not in (state := read_checkpoint(source)):
+            return cfg, None
+        print(f"warning: {err}; the run's options are taken from {source}", file=sys.stderr)
         saved = from_dict(TrainConfig, state["train_config"])
     # an infinite --max-time or --clip-norm, which runs begun before 2026-12-05 may hold (refused since): no
     # limit and no clipping, as 0 says
@@ -284,7 +285,7 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> TrainCon
                                           if math.isinf(getattr(saved, name))})  # fmt: skip
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
     return dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
-                                       if f.name not in kept})  # fmt: skip
+                                       if f.name not in kept}), source  # fmt: skip
 
 
 def given_options() -> set[str]:
@@ -313,12 +314,14 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
                 # (`train` takes the same lock again, counted, and keeps it to the end)
                 held.enter_context(run_lock(run_dir))
             if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
-                cfg = resumed_config(cfg, run_dir, given_options())
+                cfg, source = resumed_config(cfg, run_dir, given_options())
                 try:
                     check_config(cfg)
                 except UserError as err:  # (it named an option the user had not typed, nor said from where)
-                    raise UserError(f"{err} (the options not given come from {Path(run_dir) / 'config.json'}, "
-                                    "as --resume takes them)") from None  # fmt: skip
+                    if source is None:
+                        raise
+                    raise UserError(f"{err} (the options not given come from {source}, as --resume takes "
+                                    "them)") from None  # fmt: skip
         except UserError as err:
             if torchrun_rank() is not None:  # the other ranks would wait for this one
                 refuse_torchrun(err)

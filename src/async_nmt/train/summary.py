@@ -46,11 +46,14 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
                 f"loss {trainer.last_valid['valid_loss']:.3f}, BLEU {trainer.last_valid['bleu']:.2f}",
             )
         )
+    lost = bool(trainer.best) and trainer.best_lost  # (warned at the resume): translate needs last.pt
     if trainer.best:
-        rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']}: best.pt)"))
+        saved = "lost" if lost else "best.pt"
+        rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']}: {saved})"))
     rows.append(("checkpoints", str(trainer.run_dir / "checkpoints")))
     if trainer.best:  # what a user does next (it translates with best.pt)
-        rows.append(("translate", f"nmt translate {shlex.quote(str(trainer.run_dir))} < SOURCE > OUTPUT"))
+        last = " --checkpoint last" if lost else ""
+        rows.append(("translate", f"nmt translate {shlex.quote(str(trainer.run_dir))}{last} < SOURCE > OUTPUT"))
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=True).print(table)

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import time
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,15 @@ from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError
-from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_path, kept_update, read_checkpoint
+from async_nmt.model.checkpoint import (
+    best_save,
+    checkpoint_path,
+    kept_checkpoints,
+    kept_path,
+    kept_update,
+    read_checkpoint,
+    whole_archive,
+)
 from async_nmt.progress import ProgressBar
 from async_nmt.score import tokenizer_warning
 from async_nmt.train import checkpoint as ckpt
@@ -125,6 +132,7 @@ class Trainer:
         # of `run`); a checkpoint holds them, so that a run killed after it logs them at its next event
         self.interval, self.interval_start = StepStats(), None
         self.best: dict[str, float] | None = None
+        self.best_lost = False  # best.pt was gone at a resume (`_check_best_save`), and no better save came since
         self.last_valid: dict[str, float] | None = None
         self.validated_at: int | None = None
         # the limit that made this process first wish to stop: a sync group trains on to the step its ranks
@@ -171,8 +179,8 @@ class Trainer:
         self._warn_of_setup()  # (once the run is sure to go on: not above a refusal's one line)
         if not resume:  # emptied, not deleted: the lock file in it is what keeps other nmt-trains out
             clear_run_dir(self.run_dir)
-        self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         # a checkpoints folder that cannot be written fails now, not at the first save, which may be hours away
+        # (before config.json: a fresh run that fails here leaves no run folder to refuse or resume)
         probe = checkpoint_path(self.run_dir, "last").with_name(".write-probe.tmp")
         try:
             probe.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +190,7 @@ class Trainer:
             raise OSError(
                 err.errno, f"cannot write a checkpoint there ({err.strerror or err})", str(probe.parent)
             ) from None
+        self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
         # killed between writing last.pt and its event, what follows the write is done again; a log that is gone
         # starts again at its start event, not at the event of a save it no longer holds
@@ -194,12 +203,19 @@ class Trainer:
 
     def _check_best_save(self) -> None:
         """A resumed run whose best.pt is gone or not a whole checkpoint says so: it resumed without a word, its
-        summary named best.pt, and `nmt translate RUN` then failed on it, or took last.pt where it was gone."""
+        summary named best.pt, and `nmt translate RUN` then failed on it, or took last.pt where it was gone.
+        Where last.pt is the best save, best.pt is made again from it (training on would write over it)."""
         path = checkpoint_path(self.run_dir, "best")
-        if self.best is None or (path.is_file() and zipfile.is_zipfile(path)):
+        if self.best is None or whole_archive(path):
             return
-        print(f"warning: {path} is {'not a whole checkpoint' if path.exists() else 'missing'}: the run's best save "
-              f"(update {self.best['updates']}, valid BLEU {self.best['bleu']:.2f}) is lost; best.pt is written "
+        what = "not a whole checkpoint" if path.exists() else "missing"
+        if self.best["updates"] == self.updates:
+            self._copy_to_best(checkpoint_path(self.run_dir, "last"))
+            print(f"warning: {path} was {what}; made again from last.pt, which is the run's best save "
+                  f"({best_save(self.best)})", file=sys.stderr)  # fmt: skip
+            return
+        self.best_lost = True
+        print(f"warning: {path} is {what}: the run's best save ({best_save(self.best)}) is lost; best.pt is written "
               "again at the next validation better than it (until then `nmt translate` needs --checkpoint last)",
               file=sys.stderr)  # fmt: skip
 
@@ -268,14 +284,10 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> dict[str, Any]:
-        try:
-            state = read_checkpoint(path)
-        except UserError as err:  # (a damaged archive's message gave the way out; a cut one's did not)
-            if not path.is_file():
-                raise
-            raise UserError(f"{err}; resume from another save (best.pt, or a kept update-U.pt, copied to "
-                            "last.pt)") from None  # fmt: skip
-        ckpt.check_archive(path)  # the training state too (read_checkpoint checks the parameters)
+        if path.is_file() and not whole_archive(path):  # (a damaged one's message gave the way out; a cut one's not)
+            raise UserError(f"{path}: cut short (not a whole zip archive, as torch.save writes); {ckpt.OTHER_SAVE}")
+        ckpt.check_archive(path)  # every entry against its CRC-32, the training state's too, before it is read
+        state = read_checkpoint(path)
         if any(key not in state for key in ("server", "data", "rng", "train_config", "corpus")):
             raise UserError(f"{path}: holds a model but no training state (an average of `nmt average`?): "
                             "translate with it; a run resumes from its own last.pt")  # fmt: skip
@@ -341,13 +353,18 @@ class Trainer:
         count it)."""
         last = checkpoint_path(self.run_dir, "last")
         if best:
-            tmp = last.with_name("best.pt.tmp")
-            shutil.copyfile(last, tmp)
-            tmp.replace(last.with_name("best.pt"))
+            self._copy_to_best(last)
         if self.cfg.keep_last:
             self._keep(last)
         if event:
             self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
+
+    def _copy_to_best(self, last: Path) -> None:
+        """best.pt := last.pt, atomically."""
+        tmp = last.with_name("best.pt.tmp")
+        shutil.copyfile(last, tmp)
+        tmp.replace(last.with_name("best.pt"))
+        self.best_lost = False
 
     def _keep(self, last: Path) -> None:
         """Keep this save as update-U.pt (a hard link: last.pt is replaced, never rewritten in place), and
