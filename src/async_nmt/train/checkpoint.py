@@ -68,6 +68,19 @@ def check_archive(path: Path) -> None:
         raise UserError(f"{path}: damaged ({bad.split('/', 1)[-1]} does not match its checksum); {OTHER_SAVE}")
 
 
+def check_writable(folder: Path) -> None:
+    """Make `folder` and write a file in it, so that a checkpoints folder that cannot be written fails as the
+    run starts, naming it, not at the first save, which may be hours away (a read-only one trained every
+    update, then failed there)."""
+    probe = folder / ".write-probe.tmp"  # (a resume removes *.tmp that a kill left)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write a checkpoint there ({err.strerror or err})", str(folder)) from None
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` atomically: a reader sees the old file or the new one, never a torn one. The
     temporary file beside it has a name of its own (a user's file is never it) and goes if the write fails

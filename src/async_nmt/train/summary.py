@@ -46,7 +46,7 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
                 f"loss {trainer.last_valid['valid_loss']:.3f}, BLEU {trainer.last_valid['bleu']:.2f}",
             )
         )
-    lost = bool(trainer.best) and trainer.best_lost  # (warned at the resume): translate needs last.pt
+    lost = trainer.best_lost  # best.pt was gone at the resume (it warned): translate needs last.pt
     if trainer.best:
         saved = "lost" if lost else "best.pt"
         rows.append(("best valid BLEU", f"{trainer.best['bleu']:.2f} (update {trainer.best['updates']}: {saved})"))

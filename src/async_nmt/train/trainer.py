@@ -179,17 +179,8 @@ class Trainer:
         self._warn_of_setup()  # (once the run is sure to go on: not above a refusal's one line)
         if not resume:  # emptied, not deleted: the lock file in it is what keeps other nmt-trains out
             clear_run_dir(self.run_dir)
-        # a checkpoints folder that cannot be written fails now, not at the first save, which may be hours away
         # (before config.json: a fresh run that fails here leaves no run folder to refuse or resume)
-        probe = checkpoint_path(self.run_dir, "last").with_name(".write-probe.tmp")
-        try:
-            probe.parent.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise OSError(
-                err.errno, f"cannot write a checkpoint there ({err.strerror or err})", str(probe.parent)
-            ) from None
+        ckpt.check_writable(checkpoint_path(self.run_dir, "last").parent)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
         # killed between writing last.pt and its event, what follows the write is done again; a log that is gone
