@@ -316,6 +316,6 @@ def test_a_lost_best_is_one_apart_from_last_pt():
     killed between writing last.pt and copying it to best.pt): `nmt translate RUN` then takes last.pt."""
     from async_nmt.model.checkpoint import lost_best
 
-    assert lost_best({"best": {"updates": 300, "bleu": 90.0}, "server": {"updates": 301}})
-    assert not lost_best({"best": {"updates": 300, "bleu": 90.0}, "server": {"updates": 300}})
-    assert not lost_best({"best": None, "server": {"updates": 7}})  # stopped before its first validation
+    assert lost_best({"updates": 300, "bleu": 90.0}, 301)
+    assert not lost_best({"updates": 300, "bleu": 90.0}, 300)
+    assert not lost_best(None, 7)  # stopped before its first validation

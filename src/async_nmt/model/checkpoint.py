@@ -282,11 +282,11 @@ def find_checkpoint(path: Path, which: str | None = None) -> Path:
     return path
 
 
-def lost_best(last: dict[str, Any]) -> bool:
-    """Whether a run's last.pt, read as `last`, has a best save apart from itself, one that best.pt held: a run
-    that validated, unless last.pt is that save (killed before its copy to best.pt was made)."""
-    best = last.get("best")
-    return bool(best) and best["updates"] != last.get("server", {}).get("updates")
+def lost_best(best: dict[str, Any] | None, updates: int | None) -> bool:
+    """Whether a run whose last.pt stands at update `updates` has a best save (`best`, as the run records it)
+    apart from last.pt, one that only best.pt held: a run that validated, unless last.pt is that save (killed
+    before its copy to best.pt was made). Translation and the resume both ask it of a run without best.pt."""
+    return bool(best) and best["updates"] != updates
 
 
 def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint") -> spm.SentencePieceProcessor:
@@ -313,7 +313,8 @@ def load_model(
     else:
         ckpt_file = find_checkpoint(Path(path), which)
         state = read_checkpoint(ckpt_file, mmap=True)
-        if Path(path).is_dir() and which is None and ckpt_file.name == "last.pt" and lost_best(state):
+        fell_back = Path(path).is_dir() and which is None and ckpt_file.name == "last.pt"  # (best.pt is gone)
+        if fell_back and lost_best(state.get("best"), state.get("server", {}).get("updates")):
             raise UserError(f"{path}: no best.pt in {ckpt_file.parent}, though the run saved its best there "
                             f"({best_save(state['best'])}); --checkpoint last, or {ckpt_file} itself, translates "
                             "with the last save")  # fmt: skip

@@ -46,6 +46,7 @@ from async_nmt.model.checkpoint import (
     kept_checkpoints,
     kept_path,
     kept_update,
+    lost_best,
     read_checkpoint,
     whole_archive,
 )
@@ -200,7 +201,7 @@ class Trainer:
         if self.best is None or whole_archive(path):
             return
         what = "not a whole checkpoint" if path.exists() else "missing"
-        if self.best["updates"] == self.updates:
+        if not lost_best(self.best, self.updates):  # last.pt is the best save
             self._copy_to_best(checkpoint_path(self.run_dir, "last"))
             print(f"warning: {path} was {what}; made again from last.pt, which is the run's best save "
                   f"({best_save(self.best)})", file=sys.stderr)  # fmt: skip
