@@ -7,9 +7,17 @@ torch.nn.Transformer with the same shape, torch.optim.Adam and F.cross_entropy o
 JSON line: both throughputs in target tokens per second of their own training time (and the product's over
 the whole call: start-up, the closing validation on 100 sentences and the checkpoint; and over the second
 half of its train events, after warm-up and, with --compile, most compilation; the bare loop's over the
-second half of its time, and that ratio: run first, the product alone pays the process's warm-up), their
-ratio, and the model's FLOP rate (6 x parameters per target token, the usual estimate: attention scores are
-left out) as a share of a matmul rate that this bench measures on the device in the training precision.
+second half of its time, and that ratio), their ratio, and the model's FLOP rate (6 x parameters per target
+token, the usual estimate: attention scores are left out) as a share of a matmul rate that this bench
+measures on the device in the training precision. Before either loop, 3 updates of each kind, on batches of
+another seed, warm the process, so that the loop run first (the product) does not pay alone for the
+process's first use of the allocator and kernels; `--cold` leaves that out.
+
+On a shared machine the speed drifts from minute to minute: on a 2-core VM single 60 s runs of tiny in
+fp32 gave ratios from 1.02 to 1.40 in one afternoon (docs/results/cpu/train-tiny-single.jsonl).
+`--repeats N` runs the product and the bare loop in turn N times, so that both see the drift alike; the
+line then pools their tokens and seconds over the N runs of each, and gives each pair's ratio (`ratios`)
+and their median.
 
 Where the time goes: the line also gives the product loop's milliseconds per update (its training clock
 over its updates) beside each part of that loop timed alone, with the device synchronised after each part,
@@ -20,6 +28,7 @@ GPU whatever the parts' synchronisation takes from the overlap the loop has (it 
 `padding` is the share of padded positions in those batches' source and target.
 
     python scripts/bench_train.py demo/bin --preset tiny --device cpu --seconds 30
+    python scripts/bench_train.py demo/bin --preset tiny --device cpu --seconds 30 --precision fp32 --repeats 4
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +88,10 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0)
 
 def bare_loop(
     bin_dir: Path, cfg: TrainConfig, mcfg: ModelConfig, device: torch.device, amp: torch.dtype | None
-) -> tuple[int, float, int, float | None]:
+) -> tuple[int, float, int, tuple[int, float] | None]:
     """Target tokens, seconds and updates of a bare loop over the product's batch stream for cfg.max_time s,
-    and its rate over the second half of that time (the product's is over the second half of its train
-    events: after warm-up, which the product, run first, pays for the process too), None with under 2
-    updates in it."""
+    and its tokens and seconds over the second half of that time (the product's are over the second half of
+    its train events: after warm-up), None with under 2 updates in it."""
     torch.manual_seed(cfg.seed)
     model = BareTransformer(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
@@ -100,8 +110,31 @@ def bare_loop(
     end = time.perf_counter()
     steady = None
     if half is not None and updates - half[1] >= 2:
-        steady = (tokens - half[0]) / (end - half[2])
+        steady = (tokens - half[0], end - half[2])
     return tokens, end - start, updates, steady
+
+
+def warm_process(
+    cfg: TrainConfig, mcfg: ModelConfig, device: torch.device, amp: torch.dtype | None, run_dir: Path, updates: int = 3
+) -> None:
+    """Warm the process for both loops: `updates` updates of a throwaway product trainer and of a throwaway
+    bare model, on batches of another seed. Whichever loop ran first in a cold process paid alone for its
+    first use of the allocator and kernels: in one experiment on a 2-core CPU in fp32 (timings of each batch,
+    not kept), the product run first lost about 2.5 s over its first 10 updates, which it did not lose after
+    the bare loop had run."""
+    other = replace(cfg, seed=cfg.seed + 1)
+    trainer = Trainer(other, run_dir)
+    for _ in range(updates):
+        trainer.flat.grad.zero_()
+        stats = train_step(trainer.model, trainer.streams[0].next().to(device), cfg.label_smoothing, trainer.amp_dtype)
+        trainer.server.push(trainer.flat.grad, stats.tokens, trainer.server.updates)
+    model = BareTransformer(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=device.type == "cuda")
+    stream = BatchStream(load_split(Path(cfg.bin_dir), "train"), cfg.max_tokens, mcfg.max_positions, other.seed, 0, 1,
+                         cfg.batch_sort)  # fmt: skip
+    for _ in range(updates):
+        bare_step(model, opt, stream.next().to(device), cfg.label_smoothing, amp)
+    sync(device)
 
 
 def bare_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, label_smoothing: float,
@@ -154,14 +187,21 @@ def parts(cfg: TrainConfig, run_dir: Path, updates: int, warm: int = 3) -> dict[
     return {"ms": {k: round(v, 2) for k, v in ms.items()}, "padding": padding}
 
 
-def steady_rate(events: list[dict]) -> float | None:
-    """Target tokens per second of training clock over the second half of the run's train events (after
+def steady_half(events: list[dict]) -> tuple[int, float] | None:
+    """Target tokens and seconds of training clock over the second half of the run's train events (after
     warm-up and, with --compile, most compilation); None with fewer than 3 train events."""
     logged = [e for e in events if e["kind"] == "train"]
     if len(logged) < 3:
         return None
     first, last = logged[len(logged) // 2], logged[-1]
-    return (last["tokens"] - first["tokens"]) / max(last["train_s"] - first["train_s"], 1e-9)
+    return last["tokens"] - first["tokens"], max(last["train_s"] - first["train_s"], 1e-9)
+
+
+def pooled(halves: list[tuple[int, float] | None]) -> float | None:
+    """Tokens per second over the second halves of every repeat; None where one of them has none."""
+    if not halves or any(half is None for half in halves):
+        return None
+    return sum(h[0] for h in halves) / sum(h[1] for h in halves)  # type: ignore[index]
 
 
 def main() -> None:
@@ -190,12 +230,23 @@ def main() -> None:
     parser.add_argument(
         "--batch-sort", choices=SORTS, default="target", help="as nmt-train's (both loops; default: %(default)s)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the product and the bare loop in turn this many times, each for --seconds; the line gives "
+        "their pooled rates and each pair's ratio (default: %(default)s)",
+    )
     parser.add_argument("--compile", action="store_true", help="the product with --compile (the bare loop eager)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up of the process first: the product, run first, pays for it alone")  # fmt: skip
     parser.add_argument("--plain-autocast", action="store_true",
                         help="the product without its bf16 weight copies (LowPrecisionCopies): an A/B")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
         raise UserError("--seconds must be a positive number")
+    if args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
     if args.parts_updates < 1:
         raise UserError("--parts-updates must be at least 1")
     device = resolve_device(args.device, option="--device")
@@ -207,35 +258,47 @@ def main() -> None:
     check_config(cfg)
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
 
+    ends, walls, halves, bares, ratios = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        end = train(cfg, Path(tmp) / "run", progress=False, scratch=True)
-        wall = time.perf_counter() - start
-        assert end is not None
-        steady = steady_rate(read_events(Path(tmp) / "run" / "events.jsonl"))
-        where = parts(cfg, Path(tmp) / "parts", args.parts_updates)
-    if not end["updates"]:
-        raise UserError(f"no update was finished in --seconds {args.seconds:g}; give more")
-    product = end["tokens"] / end["train_s"]
-    loop_ms = 1e3 * end["train_s"] / end["updates"]
+        if not args.cold:
+            warm_process(cfg, mcfg, device, amp, Path(tmp) / "warm")
+        for repeat in range(args.repeats):  # product, bare, product, bare, ...: both see the machine's drift
+            start = time.perf_counter()
+            end = train(cfg, Path(tmp) / f"run{repeat}", progress=False, scratch=True)
+            walls.append(time.perf_counter() - start)
+            assert end is not None
+            if not end["updates"]:
+                raise UserError(f"no update was finished in --seconds {args.seconds:g}; give more")
+            ends.append(end)
+            halves.append(steady_half(read_events(Path(tmp) / f"run{repeat}" / "events.jsonl")))
+            if repeat == 0:
+                where = parts(cfg, Path(tmp) / "parts", args.parts_updates)
+            bares.append(bare_loop(args.bin, cfg, mcfg, device, amp))
+            if not bares[-1][2]:
+                raise UserError(f"the bare loop finished no update in --seconds {args.seconds:g}; give more")
+            ratios.append(round(end["tokens"] / end["train_s"] / (bares[-1][0] / bares[-1][1]), 3))
+    tokens, train_s, updates = (sum(end[key] for end in ends) for key in ("tokens", "train_s", "updates"))
+    product = tokens / train_s
+    loop_ms = 1e3 * ends[0]["train_s"] / ends[0]["updates"]  # (the repeat whose batches `parts` took)
     where["ms"] = {"loop": round(loop_ms, 2), **where["ms"], "other": round(loop_ms - sum(where["ms"].values()), 2)}
-    bare_tokens, bare_s, bare_updates, bare_steady = bare_loop(args.bin, cfg, mcfg, device, amp)
-    if not bare_updates:
-        raise UserError(f"the bare loop finished no update in --seconds {args.seconds:g}; give more")
+    bare_tokens, bare_s, bare_updates = (sum(run[i] for run in bares) for i in range(3))
     bare = bare_tokens / bare_s
+    steady, bare_steady = pooled(halves), pooled([run[3] for run in bares])
     params = sum(p.numel() for p in Transformer(mcfg).parameters())
     model_rate = 6 * params * product
     peak = matmul_flops(device, amp or torch.float32)
     print(json.dumps({
         "bench": "train", "preset": args.preset, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if amp else "fp32", "compile": args.compile,
+        "precision": "bf16" if amp else "fp32", "compile": args.compile, "warm_process": not args.cold,
         "low_precision_copies": bool(amp) and not args.plain_autocast, "batch_sort": args.batch_sort,
         "max_tokens": args.max_tokens,
         "seconds": args.seconds,
-        "tok_per_s": round(product), "tok_per_s_wall": round(end["tokens"] / wall),
-        "tok_per_s_second_half": round(steady) if steady else None, "updates": end["updates"],
+        "repeats": args.repeats,
+        "tok_per_s": round(product), "tok_per_s_wall": round(tokens / sum(walls)),
+        "tok_per_s_second_half": round(steady) if steady else None, "updates": updates,
         "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3),
+        "ratios": ratios, "ratio_median": statistics.median(ratios),
         "bare_tok_per_s_second_half": round(bare_steady) if bare_steady else None,
         "ratio_second_half": round(steady / bare_steady, 3) if steady and bare_steady else None, "params": params,
         "model_tflop_per_s": round(model_rate / 1e12, 4), "matmul_tflop_per_s": round(peak / 1e12, 4),

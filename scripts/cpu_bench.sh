@@ -31,8 +31,8 @@ bench() {  # bench NAME SCRIPT ARGS...: its JSON lines into OUT/NAME.jsonl, repl
 bench step-tiny scripts/bench_step.py --preset tiny --device cpu
 bench step-tiny-fp32 scripts/bench_step.py --preset tiny --device cpu --precision fp32
 bench step-base scripts/bench_step.py --preset base --device cpu --steps 4
-bench train-tiny scripts/bench_train.py "$BIN" --preset tiny --device cpu --seconds 60
-bench train-tiny-fp32 scripts/bench_train.py "$BIN" --preset tiny --device cpu --seconds 60 --precision fp32
+bench train-tiny scripts/bench_train.py "$BIN" --preset tiny --device cpu --seconds 30 --repeats 4
+bench train-tiny-fp32 scripts/bench_train.py "$BIN" --preset tiny --device cpu --seconds 30 --precision fp32 --repeats 4
 bench translate scripts/bench_translate.py --run "$RUN" --input "$BIN/test.de" --device cpu
 bench startup scripts/bench_startup.py "$RUN" --input "$BIN/test.de" --device cpu --beam 1
 bench paramserver scripts/bench_paramserver.py --device cpu --repeat 5 --transport both

@@ -145,6 +145,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("bench_modes.py", ["--bin", "/nope", "--modes", "diloco"], "--modes diloco needs --sync-every H"),
         ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive number"),
         ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive number"),
+        ("bench_train.py", ["/nope", "--repeats", "0"], "--repeats must be at least 1"),
         ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
         ("bench_paramserver.py", ["--shards", "65"], "--shards must be 1 to 64"),
         ("bench_translate.py", ["--sentences", "0"], "--sentences must be at least 1"),
@@ -186,6 +187,18 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     header = (ROOT / "scripts" / "gpu_bench.sh").read_text().splitlines()
     commands = [line for line in header if line.startswith("#   ") and "gpu_bench.sh" in line and "PACK=" in line]
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
+
+
+def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path):
+    """--repeats 2 runs the product and the bare loop twice each, in turn: the line pools their tokens and
+    gives each pair's ratio. (What it measures is not asserted: speed is the benchmarks' to measure.)"""
+    done = run("bench_train.py", str(synthetic_bin), "--preset", "micro", "--device", "cpu", "--seconds", "1",
+               "--max-tokens", "256", "--precision", "fp32", "--parts-updates", "1", "--repeats", "2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout)
+    assert line["repeats"] == 2 and line["warm_process"] and len(line["ratios"]) == 2
+    assert line["ratio_median"] == sum(line["ratios"]) / 2 and all(ratio > 0 for ratio in line["ratios"])
+    assert line["updates"] >= 2 and line["tok_per_s"] > 0 and line["bare_nn_transformer_tok_per_s"] > 0
 
 
 def test_parity_train_scores_on_the_way_without_changing_the_runs(synthetic_bin: Path):
