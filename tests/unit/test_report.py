@@ -609,6 +609,12 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
         ("diloco", 1, {"sync_every": 0}, "its sync_every is 0, not a whole number of 1 or more"),
         ("sync", 1, {"link_gbps": 0}, "its link_gbps is 0, not above 0"),
         ("sync", 1, {"link_gbps": "fast"}, 'its link_gbps is "fast", not a finite number'),
+        # a count, clock or score out of its range, as a hand edit may leave it, was reported as it stood
+        ("sync", 2, {"bleu": -1.5}, "its bleu is -1.5, below 0"),
+        ("sync", 2, {"bleu": 101.0}, "its bleu is 101.0, above 100"),
+        ("sync", 3, {"train_s": -40.0}, "its train_s is -40.0, below 0"),
+        ("sync", 3, {"predicted_s": -1}, "its predicted_s is -1, below 0"),
+        ("async", 1, {"tokens": -1}, "its tokens is -1, below 0"),
     ],
 )
 def test_an_event_that_re_pricing_cannot_take_is_a_one_line_error(

@@ -96,6 +96,8 @@ FIELDS: dict[str | None, tuple[str, ...]] = {None: ("kind", "updates"), "valid":
 NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "tok_per_s",
            "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr", "loss", "nll",
            "valid_loss", "chrf", "link_gbps", "simulate_token_us")  # fmt: skip
+# counts, clocks and scores: never below 0 (a score is at most 100), as `nmt report` takes them
+COUNTS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "chrf")
 LISTS = ("worker_s", "worker_pushes", "staleness_hist")  # lists of finite numbers wherever an event has them
 NAMES = ("mode", "preset", "staleness_lr", "precision", "device")  # strings wherever an event has them
 
@@ -111,6 +113,12 @@ def _problem(event: dict[str, Any]) -> str | None:
     for name in NUMBERS:
         if name in event and not _finite(event[name]):
             return f"its {name} is {json.dumps(event[name])}, not a finite number"
+    for name in COUNTS:
+        if event.get(name, 0) < 0:
+            return f"its {name} is {json.dumps(event[name])}, below 0"
+    for name in ("bleu", "chrf"):
+        if event.get(name, 0) > 100:
+            return f"its {name} is {json.dumps(event[name])}, above 100"
     for name in LISTS:
         if name in event and not (isinstance(event[name], list) and all(map(_finite, event[name]))):
             return f"its {name} is {json.dumps(event[name])}, not a list of finite numbers"
@@ -138,9 +146,10 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
     Only the last line may be torn (a crash mid-write leaves it without its newline): such a line that
     does not parse is skipped silently, as are blank lines. Any other line that is not a JSON object with
-    the FIELDS of its kind, NUMBERS that are numbers, LISTS of them and NAMES that are strings (and workers,
-    diloco's sync_every and link_gbps that can be divided by, worker_s and worker_pushes of one length), a
-    complete last line included, is an error "PATH:LINE: not a JSON event (...)".
+    the FIELDS of its kind, NUMBERS that are numbers (COUNTS not below 0, BLEU and chrF not above 100), LISTS
+    of them and NAMES that are strings (and workers, diloco's sync_every and link_gbps that can be divided by,
+    worker_s and worker_pushes of one length), a complete last line included, is an error "PATH:LINE: not a
+    JSON event (...)".
     """
     return parse_events(path.read_bytes(), path)
 
