@@ -101,7 +101,12 @@ def best(run: Run) -> float:
 
 def test_bleu(run: Run, which: str) -> float | None:
     path = run.path / f"test-{which}.json"
-    return json.loads(path.read_text())["bleu"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["bleu"])
+    except (ValueError, KeyError, TypeError) as err:  # (JSON and decoding errors are ValueErrors)
+        raise UserError(f"{path}: not a score of `nmt score --json` ({type(err).__name__}: {err})") from None
 
 
 def table(headers: list[str], rows: list[list[str]]) -> None:
@@ -111,7 +116,13 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def patience(run: Run) -> int:
-    return json.loads((run.path / "config.json").read_text())["train"]["patience"]
+    """The run's --patience, from its config.json; a one-line error where that cannot be read."""
+    value = run.config.get("train", {}).get("patience")
+    if isinstance(value, bool) or not isinstance(value, int):
+        path = run.path / "config.json"
+        why = run.unreadable_config or (f"{path}: no such file" if not path.is_file() else f"{path}: no train.patience")
+        raise UserError(f"{why} (the stopping rule this script reads)")
+    return value
 
 
 def load(folder: Path) -> tuple[Runs, list[str], int]:

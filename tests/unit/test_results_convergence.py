@@ -60,3 +60,23 @@ def test_the_tables_pair_by_seed_and_race_to_95_percent_of_syncs_best(tmp_path: 
     # and its quality against sync's (at any speeds) seed 1: 19.5 - 20 valid, 14 - 15 test
     paired = "| async-accum 4 with a straggler, 1,1,1,0.5, minus sync (at any speeds) |"
     assert paired + " -0.50 (n=1) | -1.00 (n=1) |" in lines
+
+
+def test_a_damaged_config_or_score_is_one_line_naming_the_file(tmp_path: Path):
+    fake_run(tmp_path, "sync-s1", "sync", [(100, 10.0), (200, 19.0)], 15.0)
+    config, score = tmp_path / "sync-s1" / "config.json", tmp_path / "sync-s1" / "test-best.json"
+    for path, text, said in [
+        (config, "{not json", "not a JSON run configuration"),
+        (config, json.dumps({"train": {}}), "no train.patience"),
+        (score, "{not json", "not a score of `nmt score --json`"),
+        (score, json.dumps({"chrf": 1.0}), "not a score of `nmt score --json`"),
+    ]:
+        kept = path.read_text()
+        path.write_text(text)
+        done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
+        path.write_text(kept)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert str(path) in done.stderr and said in done.stderr, done.stderr
+    config.unlink()
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode != 0 and f"{config}: no such file" in done.stderr, done.stderr
