@@ -40,10 +40,22 @@ def events(run: Path, kind: str | None = None) -> list[dict]:
     return [e for e in found if kind is None or e["kind"] == kind]
 
 
+def assert_events_hold_the_pushes_they_count(run: Path) -> None:
+    """Each train event's statistics are those of the pushes it counts since the last: as many in its
+    staleness histogram, and its workers' pushes add up to its count. (Read apart from the server's counts
+    while the workers pushed on, an event once held one push fewer than it counted, and the next one more.)"""
+    before = 0
+    for event in events(run, "train"):
+        assert sum(event["staleness_hist"]) == event["pushes"] - before, event
+        assert sum(event["worker_pushes"]) == event["pushes"], event
+        before = event["pushes"]
+
+
 def test_async_has_no_barrier_a_slowed_worker_pushes_less(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
     train(config(synthetic_bin, mode="async", worker_speeds=[1.0, 0.1], max_updates=40), run, progress=False,
           log_every=5)  # fmt: skip
+    assert_events_hold_the_pushes_they_count(run)
     last = events(run, "train")[-1]
     fast, slow = last["worker_pushes"]
     assert fast + slow == 40 == last["updates"] == last["pushes"]
@@ -90,7 +102,8 @@ def test_sync_with_two_ranks_equals_one_worker_with_local_accum_2(synthetic_bin:
 def test_worker_processes_learn_and_fence_n_pushes_per_update(synthetic_bin: Path, tmp_path: Path, mode, accum):
     run = tmp_path / mode
     cfg = config(synthetic_bin, mode=mode, accum=accum, lr=1e-3, max_updates=40, valid_every=20)
-    train(cfg, run, progress=False, log_every=10)
+    train(cfg, run, progress=False, log_every=2)
+    assert_events_hold_the_pushes_they_count(run)
     valid_losses = [e["valid_loss"] for e in events(run, "valid")]
     assert len(valid_losses) == 2 and valid_losses[-1] < valid_losses[0]  # the loss falls
     train_losses = [e["loss"] for e in events(run, "train")]

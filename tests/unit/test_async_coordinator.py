@@ -22,6 +22,7 @@ def coordinator(updates: int, accum: int, pending: int, workers: int = 2) -> Pro
     """A coordinator as `start` leaves it, over a server at `updates` updates holding `pending` pushes of a
     partial sum of `accum`."""
     server = SimpleNamespace(updates=updates, accum=accum, pending_pushes=pending)
+    server.counted = lambda read: (server.updates, server.updates * accum, read())
     ctx = SimpleNamespace(devices=["cpu"] * workers, streams=[Stream() for _ in range(workers)])
     coord = ProcessWorkers(ctx, server)  # type: ignore[arg-type]
     coord.base_updates, coord.base_pending = updates, pending

@@ -6,6 +6,7 @@ stand-in group of 2, an async worker's compute on the synthetic corpus."""
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -310,6 +311,7 @@ def coordinator(workers: int) -> asynchronous.ProcessWorkers:
     """The coordinator of `workers` worker processes as `start` leaves it (none started), over a stand-in
     server at update 0."""
     server = SimpleNamespace(updates=0, accum=1, pending_pushes=0)
+    server.counted = lambda read: (server.updates, server.updates, read())
     ctx = SimpleNamespace(devices=["cpu"] * workers, streams=[Stream(epoch=3, index=17) for _ in range(workers)])
     coord = asynchronous.ProcessWorkers(ctx, server)  # type: ignore[arg-type]
     coord.collected_at = 0
@@ -322,16 +324,34 @@ def test_the_coordinator_sums_each_workers_statistics_as_it_completed_them():
     histogram's bins is counted in its last (it raised an IndexError in the worker)."""
     coord = coordinator(2)
     gate = coord.gate
-    gate.complete(1, StepStats(loss=3.0, nll=2.0, tokens=10, sentences=4), staleness=0)
-    gate.complete(1, StepStats(loss=1.5, nll=1.0, tokens=5, sentences=1), staleness=2)
-    gate.complete(0, StepStats(loss=0.5, nll=0.25, tokens=7, sentences=2), staleness=2)
+    gate.record(1, StepStats(loss=3.0, nll=2.0, tokens=10, sentences=4), staleness=0)
+    gate.record(1, StepStats(loss=1.5, nll=1.0, tokens=5, sentences=1), staleness=2)
+    gate.record(0, StepStats(loss=0.5, nll=0.25, tokens=7, sentences=2), staleness=2)
     stats, staleness = coord._collect()
     assert (stats.loss, stats.nll, stats.tokens, stats.sentences) == (5.0, 3.25, 22, 7)
     assert staleness == [1, 0, 2] and coord.worker_pushes == [1, 2]
-    gate.complete(0, StepStats(loss=1.0, nll=1.0, tokens=1, sentences=1), staleness=5000)
+    gate.record(0, StepStats(loss=1.0, nll=1.0, tokens=1, sentences=1), staleness=5000)
     stats, staleness = coord._collect()  # only what completed since the last collection
     assert stats.tokens == 1 and len(staleness) == asynchronous.HIST_BINS and staleness[-1] == 1
     assert coord.worker_pushes == [2, 2]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_push_the_server_has_counted_is_in_the_statistics_collected_with_that_count(shards: int):
+    """A worker's push is counted on shard 0, then ends on the other shards, then completes at the gate. The
+    coordinator reads the server's counts and the statistics together: a push that shard 0 has counted is in
+    them, whether or not it has completed. (They were recorded at completion and read apart from the counts:
+    an event of update U held the pushes up to U - 1, and the next event one push more.)"""
+    server = ParamServer(torch.zeros(8), accum=1, peak_lr=1e-3, warmup=0, shards=shards)
+    coord = coordinator(2)
+    coord.server = server  # type: ignore[assignment]
+    stats = StepStats(loss=2.0, nll=1.5, tokens=6, sentences=2)
+    for worker in (0, 1):  # each worker's push starts at its own shard: 1's at shard 1, then shard 0
+        server.push(torch.ones(8), 6, server.updates, first_shard=worker % shards,
+                    record=functools.partial(coord.gate.record, worker, stats))  # fmt: skip
+    collected, staleness = coord._collect()  # (neither push has completed at the gate)
+    assert coord.counted == (2, 2) == (server.updates, server.pushes) and coord.collected_at == 2
+    assert collected.tokens == 12 and staleness == [2] and coord.worker_pushes == [1, 1]
 
 
 def test_a_worker_that_has_not_pushed_keeps_its_streams_position():

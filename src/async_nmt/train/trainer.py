@@ -393,12 +393,14 @@ class Trainer:
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         if not self.leader:
             return fields
+        # (the counts that the statistics reach: worker processes may have pushed since they were collected)
+        updates, pushes = self.workers.counted or (self.updates, self.pushes)
         return self.events.write(
             kind,
             train_s=self.clock.seconds,
             wall_s=self.wall_s,
-            updates=self.updates,
-            pushes=self.pushes,
+            updates=updates,
+            pushes=pushes,
             tokens=self.tokens,
             epoch=round(self.epochs(), 4),
             **{**self._predicted(), **fields},

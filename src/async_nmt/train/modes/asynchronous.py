@@ -10,6 +10,7 @@ makes a worker wait.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -62,11 +63,17 @@ class Gate:
             time.sleep(processes.POLL_S)
         return False
 
-    def complete(self, worker: int, stats: StepStats, staleness: int) -> None:
+    def record(self, worker: int, stats: StepStats, staleness: int) -> None:
+        """A push's statistics, recorded as the server counts it (`ParamServer.push`'s `record`): the trainer
+        reads them with the server's counts, and an event of update U holds the pushes up to U."""
         with self.lock:
-            self.counts[COMPLETED] += 1
             self.stats[worker] += torch.tensor([stats.tokens, float(stats.loss), float(stats.nll), stats.sentences])
             self.hist[worker, min(staleness, HIST_BINS - 1)] += 1
+
+    def complete(self) -> None:
+        """A push is done on every shard."""
+        with self.lock:
+            self.counts[COMPLETED] += 1
 
 
 @dataclass
@@ -115,8 +122,9 @@ def _work(worker: int, setup: WorkerSetup) -> None:
         processes.maybe_fail(worker, pushes)
         if not gate.admit(parent, worker, compute.stream.state_dict()):
             break
-        staleness = server.push(compute.flat.grad, stats.tokens, pulled, first_shard=first_shard)
-        gate.complete(worker, stats, staleness)
+        server.push(compute.flat.grad, stats.tokens, pulled, first_shard=first_shard,
+                    record=functools.partial(gate.record, worker, stats))  # fmt: skip
+        gate.complete()
 
 
 class ProcessWorkers(Workers):
@@ -138,6 +146,7 @@ class ProcessWorkers(Workers):
         ctx, server = self.ctx, self.server
         self.base_updates, self.base_pending = server.updates, server.pending_pushes
         self.collected_at = server.updates  # the server's updates when the trainer last collected statistics
+        self.counted = None  # (no statistics collected yet: the events count as the server does)
         self.fence = server.updates
         threads = processes.cpu_threads(sum(d == "cpu" for d in self.devices))
         speeds = ctx.cfg.worker_speeds or [1.0] * len(self.devices)
@@ -196,10 +205,15 @@ class ProcessWorkers(Workers):
     def _collect(self) -> tuple[StepStats, list[int]]:
         """The statistics of the pushes completed since the last call; the trainer's streams learn the
         workers' data positions."""
-        self.collected_at = self.server.updates
-        with self.gate.lock:
-            stats, hist = self.gate.stats.clone(), self.gate.hist.clone()
-            positions = self.gate.positions.tolist()
+
+        def read() -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+            with self.gate.lock:
+                return self.gate.stats.clone(), self.gate.hist.clone(), self.gate.positions.tolist()
+
+        # the statistics of exactly the pushes the server has counted (a push is counted on shard 0 before the
+        # others, and before it completes: read apart, an event of update U held the pushes up to U - 1)
+        updates, pushes, (stats, hist, positions) = self.server.counted(read)
+        self.collected_at, self.counted = updates, (updates, pushes)
         delta = (stats - self.seen_stats).sum(0).tolist()
         hist_delta = (hist - self.seen_hist).sum(0)
         self.seen_stats, self.seen_hist = stats, hist

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -142,17 +142,22 @@ class ParamServer:
         return updates
 
     @torch.no_grad()
-    def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int = 0, count: int = 1) -> int:
+    def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int = 0, count: int = 1,
+             record: Callable[[int], None] | None = None) -> int:  # fmt: skip
         """Add one gradient (summed over `tokens` target tokens) to every shard, starting at `first_shard`;
         a shard whose count reaches `accum` takes an update. Returns the push's staleness.
+
+        `record`, where given, is called with the staleness while shard 0 counts the push, under its lock: a
+        reader that holds that lock (`counted`) sees the push's statistics together with its count.
 
         `count` is the number of pushes the gradient stands for (sync: the all-reduced sum of every worker's).
         A gradient that makes up a whole update alone is stepped from directly: `grad` is scratch afterwards.
         Ctrl-C waits for the push to end: a checkpoint never holds half an update."""
         with uninterrupted():
-            return self._push(grad, tokens, pulled_updates, first_shard, count)
+            return self._push(grad, tokens, pulled_updates, first_shard, count, record)
 
-    def _push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int, count: int) -> int:
+    def _push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int, count: int,
+              record: Callable[[int], None] | None) -> int:  # fmt: skip
         staleness = 0
         shards = len(self.shards)
         for k in range(shards):
@@ -183,7 +188,15 @@ class ParamServer:
                         grad_sum.zero_()
                 self._finish(self.shards[i])
                 self.counters[i] = torch.tensor(row)
+                if i == 0 and record is not None:
+                    record(staleness)
         return staleness
+
+    def counted(self, read: Callable[[], Any]) -> tuple[int, int, Any]:
+        """Shard 0's update and push counts, and what `read` returns, read together under shard 0's lock (see
+        `push`'s `record`)."""
+        with self.locks[0]:
+            return int(self.counters[0, UPDATES]), int(self.counters[0, PUSHES]), read()
 
     def _update(self, i: int, grad: torch.Tensor, row: list[int]) -> None:
         row[UPDATES] += 1

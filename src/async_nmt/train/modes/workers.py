@@ -83,6 +83,9 @@ class Workers:
     predicted_worker_s: list[float] | None = None  # each emulated device's own predicted clock
     worker_pushes: list[int] | None = None  # pushes of each worker so far, where the mode counts them
     untrained_batches = 0  # batches taken from the streams ahead of their push (not yet trained on)
+    # the server's (updates, pushes) that the statistics last returned reach, where pushes go on meanwhile
+    # (worker processes): the events count those; None: the server's counts, which the statistics reach
+    counted: tuple[int, int] | None = None
 
     def start(self) -> None:
         """Begin (worker processes start here, after a resumed state is loaded)."""
