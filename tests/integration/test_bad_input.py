@@ -650,6 +650,20 @@ def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, 
     one_line_error(result, "saved with --batch-sort target, not longest")
 
 
+@pytest.mark.parametrize("saved", [{"mode": "async-accum", "accum": 2}, {"mode": "diloco", "sync_every": 5}])
+def test_resume_with_another_mode_names_the_mode(synthetic_bin: Path, run_dir: Path, tmp_path: Path, saved: dict):
+    """The mode is refused as an option the run cannot change. The saved options that go with it were checked
+    first, with the mode given anew: "--accum ... only applies to --mode async-accum; ... use --local-accum 2",
+    advice that a resume then refused too."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(saved)
+    (run / "config.json").write_text(json.dumps(config))
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--mode", "sync")
+    one_line_error(result, f"{run / 'config.json'}: saved with --mode {saved['mode']}, not sync")
+
+
 def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_path: Path):
     one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--shards", "2"), "--shards")
 

@@ -284,8 +284,14 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     saved = dataclasses.replace(saved, **{name: 0.0 for name in ("max_time", "clip_norm")
                                           if math.isinf(getattr(saved, name))})  # fmt: skip
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
-    return dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
-                                       if f.name not in kept}), source  # fmt: skip
+    resumed = dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
+                                          if f.name not in kept})  # fmt: skip
+    # an option the run cannot change, given anew, is refused as such before the options are checked
+    # together: `--resume --mode sync` of an async-accum run was refused for the saved --accum instead
+    from async_nmt.train.trainer import check_resume_options
+
+    check_resume_options(saved, resumed, source)
+    return resumed, source
 
 
 def given_options() -> set[str]:
