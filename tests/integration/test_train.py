@@ -378,6 +378,21 @@ def test_resume_continues_with_the_same_losses(synthetic_bin: Path, tmp_path: Pa
     torch.testing.assert_close(ends[0]["server"], ends[1]["server"], rtol=0, atol=0, equal_nan=True)
 
 
+def test_a_resume_from_a_save_at_update_0_says_it_resumed(synthetic_bin: Path, tmp_path: Path):
+    """Ctrl-C while the worker processes start saves at update 0: the resume's start event said `resumed`
+    false, as the run's first start event does."""
+    from async_nmt.train.trainer import Trainer
+
+    run, cfg = tmp_path / "run", micro_config(synthetic_bin, max_updates=2)
+    trainer = Trainer(cfg, run)
+    assert trainer.open_run(resume=False)
+    trainer.save()
+    trainer.events.close()
+    train(cfg, run, resume=True, progress=False)
+    starts = [e for e in read_events(run / "events.jsonl") if e["kind"] == "start"]
+    assert starts[-1]["updates"] == 0 and starts[-1]["resumed"] is True
+
+
 def test_resume_finishes_a_save_that_a_kill_cut_off_before_its_event(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
     cfg = micro_config(synthetic_bin, max_updates=4, valid_every=4, keep_last=2)

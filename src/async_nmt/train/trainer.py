@@ -139,6 +139,7 @@ class Trainer:
         # the limit that made this process first wish to stop: a sync group trains on to the step its ranks
         # agree on, and diloco to the end of the round, and a better validation there hid --patience
         self.stop_wish: str | None = None
+        self.resumed = False  # from a checkpoint (at update 0 too: one saved by Ctrl-C as the workers started)
         self.clock = TrainingClock()
         self._wall_start = time.perf_counter()
         self.events: EventLog
@@ -150,7 +151,7 @@ class Trainer:
         events_path = self.run_dir / "events.jsonl"
         if resume:
             state = self._load(checkpoint_path(self.run_dir, "last"))
-            self.saved_at = self.updates
+            self.saved_at, self.resumed = self.updates, True
             self.clock = TrainingClock(state["train_s"])
             self._wall_start = time.perf_counter() - state["wall_s"]
             # at its limit, its closing validation done, its events written: left as it is
@@ -502,7 +503,6 @@ class Trainer:
     def run(self, progress: bool = True) -> dict[str, Any]:
         cfg = self.cfg
         self.progress = progress  # the bar, or lines where stderr is not a terminal; validation lines
-        resumed = self.updates > 0
         split = self.streams[0].split
         warnings = (
             length_warning(self.manifest, self.model_cfg.max_positions),
@@ -518,7 +518,7 @@ class Trainer:
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
             max_tokens=cfg.max_tokens, batch_sort=cfg.batch_sort, preset=cfg.preset, device=str(self.device),
-            precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=resumed,
+            precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=self.resumed,
             **({"link_gbps": cfg.link_gbps, "simulate_token_us": cfg.simulate_token_us} if cfg.simulate else {}),
             # what a resume may change (README), so that each start event says what was in force from there
             max_updates=cfg.max_updates, max_epochs=cfg.max_epochs, max_time=cfg.max_time, patience=cfg.patience,
