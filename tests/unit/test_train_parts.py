@@ -564,10 +564,10 @@ def test_the_end_of_run_table_says_how_the_run_went(tmp_path, monkeypatch, capsy
     summary = {"interrupted": False, "stopped_by": "--max-updates 10", "updates": 10, "epoch": 0.5,
                "tokens": 120_000, "train_s": 40.0, "wall_s": 60.0}  # fmt: skip
     shown = {}
-    for mode in ("async-accum", "async", "sync"):
+    for mode in ("async-accum", "async", "sync", "diloco"):
         trainer = SimpleNamespace(
             run_dir=run,
-            cfg=TrainConfig(mode=mode, workers=3, accum=2),
+            cfg=TrainConfig(mode=mode, workers=3, accum=2, **({"sync_every": 5} if mode == "diloco" else {})),
             updates=10,
             last_valid={"valid_loss": 1.5, "bleu": 20.0},
             best={"bleu": 25.0, "updates": 5},
@@ -577,6 +577,7 @@ def test_the_end_of_run_table_says_how_the_run_went(tmp_path, monkeypatch, capsy
         shown[mode] = " ".join(capsys.readouterr().err.replace("│", " ").split())  # the rows, cells apart
     assert "mode async-accum (workers 3, accum 2)" in shown["async-accum"]
     assert "mode async (workers 3)" in shown["async"] and "accum" not in shown["async"]
+    assert "mode diloco (workers 3, H 5, outer lr 0.7, momentum 0.9)" in shown["diloco"]  # (H was not shown)
     assert "stopped by --max-updates 10" in shown["async"]
     assert "stopped by an interrupt (Ctrl-C or SIGTERM)" in shown["sync"]
     assert "tokens/s 3,000" in shown["async"]  # 120,000 tokens in 40 s of training
@@ -853,7 +854,8 @@ TRAIN_OPTIONS = dict(devices="cpu", lr=None, warmup=None, compile_model=False, p
      ("dropout", 1.0, "--dropout must be in [0, 1)"), ("label_smoothing", 1.0, "--label-smoothing must be in [0, 1)"),
      ("embed_dropout", 1.0, "--embed-dropout must be in [0, 1)"),
      ("attention_dropout", -0.1, "--attention-dropout must be in [0, 1)"),
-     ("log_every", 0, "--log-every must be at least 1")],
+     ("log_every", 0, "--log-every must be at least 1"), ("workers", 0, "--workers must be at least 1 (got 0)"),
+     ("local_accum", 0, "--local-accum must be at least 1 (got 0)")],
 )  # fmt: skip
 def test_train_options_just_outside_their_documented_range_are_refused_by_name(tmp_path, option, value, message):
     """The ranges `nmt train --help` states hold at their edges: a --max-tokens or --lr of 0, a seed of

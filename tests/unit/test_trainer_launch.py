@@ -273,6 +273,13 @@ def test_an_async_mode_of_two_workers_is_not_warned_of(capsys, monkeypatch):
                                                                     devices=["cpu"])  # fmt: skip
 
 
+def test_async_accum_of_one_push_an_update_is_warned_of_as_async(capsys, monkeypatch):
+    """--mode async-accum --accum 1 is plain async: it was taken without a word (a user sweep)."""
+    said = _setup_warnings(capsys, monkeypatch, ["cpu", "cpu"], mode="async-accum", workers=2, accum=1,
+                           devices=["cpu"])  # fmt: skip
+    assert said.startswith("warning: --mode async-accum with --accum 1 updates at every push, as --mode async")
+
+
 def test_simulate_warns_that_the_other_devices_are_not_used(capsys, monkeypatch):
     """--simulate runs every worker in one process on the first device: the other --devices are named unused."""
     said = _setup_warnings(capsys, monkeypatch, ["cuda:0", "cuda:1", "cuda:0"], mode="async", workers=3,

@@ -44,7 +44,7 @@ OPTIONS = [
     click.option("--accum", type=int, default=None,
                  help="async-accum: pushes the server sums into one update (default: --workers, the paper's N; "
                  "under torchrun WORLD_SIZE - 1; above 1, refused in the other modes)."),
-    click.option("--sync-every", default=0, show_default=True,
+    click.option("--sync-every", default=0,  # (0: not given; its [default: 0] read as a usable value)
                  help="diloco: inner steps H each worker takes between two outer steps (required with diloco)."),
     click.option("--outer-lr", default=0.7, show_default=True,
                  help="diloco: learning rate of the outer SGD step (1 with --outer-momentum 0: local SGD, "

@@ -20,6 +20,7 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
     stopped_by = "an interrupt (Ctrl-C or SIGTERM)" if summary["interrupted"] else summary.get("stopped_by") or "-"
     cfg = trainer.cfg
     how = [f"workers {cfg.workers}"] + [f"accum {cfg.accum}"] * (cfg.mode == "async-accum")
+    how += [f"H {cfg.sync_every}, outer lr {cfg.outer_lr:g}, momentum {cfg.outer_momentum:g}"] * (cfg.mode == "diloco")
     how += ["lr / staleness (--staleness-lr inverse)"] * (cfg.staleness_lr == "inverse")
     how += ["simulated in one process"] * cfg.simulate
     rows = [

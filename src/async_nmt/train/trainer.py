@@ -231,6 +231,9 @@ class Trainer:
             summed = f", the sum of {cfg.accum} in turn" if cfg.accum > 1 else ""
             print(f"warning: --mode {cfg.mode} with one worker trains as sync does (one worker's gradient an update"
                   f"{summed}, never stale); give --workers N for N workers", file=sys.stderr)  # fmt: skip
+        elif cfg.mode == "async-accum" and cfg.accum == 1:
+            print("warning: --mode async-accum with --accum 1 updates at every push, as --mode async does; give "
+                  "--accum N to sum N pushes an update (left out, N is --workers)", file=sys.stderr)  # fmt: skip
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _write_config(self) -> None:

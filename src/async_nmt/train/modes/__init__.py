@@ -74,8 +74,9 @@ def check_mode_options(cfg: TrainConfig) -> None:
     """Refuse contradictory mode options with one line naming the option."""
     if cfg.mode not in MODES:
         raise UserError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
-    if cfg.accum < 1 or cfg.local_accum < 1 or cfg.workers < 1:
-        raise UserError("--accum, --local-accum and --workers must be at least 1")
+    for name in ("accum", "local_accum", "workers"):  # (one line named all three for any one of them)
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
     if cfg.workers > MAX_WORKERS:
         raise UserError(f"--workers must be at most {MAX_WORKERS}")
     if cfg.accum > 1 and cfg.mode != "async-accum":
