@@ -22,7 +22,7 @@ def coordinator(updates: int, accum: int, pending: int, workers: int = 2) -> Pro
     """A coordinator as `start` leaves it, over a server at `updates` updates holding `pending` pushes of a
     partial sum of `accum`."""
     server = SimpleNamespace(updates=updates, accum=accum, pending_pushes=pending)
-    server.counted = lambda read: (server.updates, server.updates * accum, read())
+    server.counted = lambda read, waiting: (server.updates, server.updates * accum, 1e-3, read())
     ctx = SimpleNamespace(devices=["cpu"] * workers, streams=[Stream() for _ in range(workers)])
     coord = ProcessWorkers(ctx, server)  # type: ignore[arg-type]
     coord.base_updates, coord.base_pending = updates, pending
@@ -58,6 +58,26 @@ def test_at_the_fence_the_trainer_waits_until_every_admitted_push_is_complete(mo
     waiter = threading.Thread(target=lambda: (coord.advance(), returned.set()), daemon=True)
     waiter.start()
     assert not returned.wait(0.2)  # one admitted push is still under way
+    coord.gate.counts[COMPLETED] = 2
+    assert returned.wait(5)
+    waiter.join(5)
+
+
+def test_a_fence_reached_between_the_look_and_the_collection_is_waited_for(monkeypatch):
+    """The coordinator looks at the server (update 1, below the fence at 2), then collects: by then a push has
+    made the fence, but one admitted push is not done on every shard. The trainer validates and saves at the
+    update it is given, so it must not get the fence before that push is done (it read the fence from the
+    server after the collection, and validated a server still being written)."""
+    monkeypatch.setattr(asynchronous.processes, "POLL_S", 0.001)
+    coord = coordinator(updates=0, accum=1, pending=0)
+    coord.allow(2)
+    coord.gate.counts[ADMITTED], coord.gate.counts[COMPLETED] = 2, 1
+    coord.server.updates = 1  # what the look sees
+    coord.server.counted = lambda read, waiting: (2, 2, 1e-3, read())  # what the collection sees
+    returned = threading.Event()
+    waiter = threading.Thread(target=lambda: (coord.advance(), returned.set()), daemon=True)
+    waiter.start()
+    assert not returned.wait(0.2) and coord.collected_at == 2  # collected, and waiting for the push
     coord.gate.counts[COMPLETED] = 2
     assert returned.wait(5)
     waiter.join(5)

@@ -311,7 +311,7 @@ def coordinator(workers: int) -> asynchronous.ProcessWorkers:
     """The coordinator of `workers` worker processes as `start` leaves it (none started), over a stand-in
     server at update 0."""
     server = SimpleNamespace(updates=0, accum=1, pending_pushes=0)
-    server.counted = lambda read: (server.updates, server.updates, read())
+    server.counted = lambda read, waiting: (server.updates, server.updates, 1e-3, read())
     ctx = SimpleNamespace(devices=["cpu"] * workers, streams=[Stream(epoch=3, index=17) for _ in range(workers)])
     coord = asynchronous.ProcessWorkers(ctx, server)  # type: ignore[arg-type]
     coord.collected_at = 0
@@ -350,8 +350,27 @@ def test_a_push_the_server_has_counted_is_in_the_statistics_collected_with_that_
         server.push(torch.ones(8), 6, server.updates, first_shard=worker % shards,
                     record=functools.partial(coord.gate.record, worker, stats))  # fmt: skip
     collected, staleness = coord._collect()  # (neither push has completed at the gate)
-    assert coord.counted == (2, 2) == (server.updates, server.pushes) and coord.collected_at == 2
+    assert coord.counted[:2] == (2, 2) == (server.updates, server.pushes) and coord.collected_at == 2
+    assert coord.counted.lr == server.lr  # (the lr of that update)
     assert collected.tokens == 12 and staleness == [2] and coord.worker_pushes == [1, 1]
+
+
+def test_reading_the_counts_checks_the_workers_while_one_holds_the_lock():
+    """The coordinator reads the counts under shard 0's lock, which a worker killed mid-push never lets go:
+    while it waits it checks the workers (whose check names the dead one), where it would hang."""
+    server = ParamServer(torch.zeros(8), accum=1, peak_lr=1e-3, warmup=0, shared=True)
+    server.locks[0].acquire()  # (held, as by a worker killed in its push)
+    checks = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) == 3:
+            raise RuntimeError("worker 1 died")
+
+    with pytest.raises(RuntimeError, match="worker 1 died"):
+        server.counted(lambda: None, waiting=check)
+    server.locks[0].release()
+    assert server.counted(lambda: "read", waiting=check)[1:] == (0, 0.0, "read") and len(checks) == 3
 
 
 def test_a_worker_that_has_not_pushed_keeps_its_streams_position():

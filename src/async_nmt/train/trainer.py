@@ -387,6 +387,14 @@ class Trainer:
         return self.server.pushes
 
     @property
+    def counted_updates(self) -> int:
+        """The updates whose pushes the trainer has counted: with worker processes, which push on meanwhile,
+        those that the statistics it last collected reach (it validates, saves and logs there); else the
+        server's."""
+        counted = self.workers.counted
+        return self.updates if counted is None else counted.updates
+
+    @property
     def wall_s(self) -> float:
         return time.perf_counter() - self._wall_start
 
@@ -398,7 +406,8 @@ class Trainer:
         if not self.leader:
             return fields
         # (the counts that the statistics reach: worker processes may have pushed since they were collected)
-        updates, pushes = self.workers.counted or (self.updates, self.pushes)
+        counted = self.workers.counted
+        updates, pushes = (self.updates, self.pushes) if counted is None else counted[:2]
         return self.events.write(
             kind,
             train_s=self.clock.seconds,
@@ -498,7 +507,7 @@ class Trainer:
         cfg, fences = self.cfg, [2**40]
         for every in (cfg.valid_every, cfg.save_every):
             if every > 0:
-                fences.append((self.updates // every + 1) * every)
+                fences.append((self.counted_updates // every + 1) * every)
         if cfg.max_updates > 0:
             fences.append(cfg.max_updates)
         return min(fences)
@@ -542,7 +551,7 @@ class Trainer:
         asynchronous = cfg.mode in ASYNC_MODES  # (their staleness shown beside the loss)
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
-        counted = self.updates  # the updates whose pushes the trainer has counted
+        counted = self.counted_updates  # the updates whose pushes the trainer has counted
         try:
             with self.clock.paused():  # starting worker processes is not training (Ctrl-C here saves as below)
                 self.workers.start()
@@ -564,7 +573,7 @@ class Trainer:
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     self.interval.add(self._count(*self.workers.drain()))
-                counted = self.updates
+                counted = self.counted_updates
                 bar.update(counted - before)
                 moved = counted > before  # (pushes that complete no update yet do not validate)
                 validating = moved and cfg.valid_every > 0 and counted % cfg.valid_every == 0
@@ -582,7 +591,7 @@ class Trainer:
                         # (nll: the valid loss's measure; loss: what is trained, label-smoothed)
                         stale = (f", staleness {event['staleness_mean']:.2f} (max {event['staleness_max']})"
                                  if asynchronous else "")  # fmt: skip
-                        bar.write(f"update {self.updates}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
+                        bar.write(f"update {event['updates']}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
                                   f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s{stale}",
                                   file=sys.stderr)  # fmt: skip
                     elif self.leader:
@@ -658,8 +667,9 @@ class Trainer:
         interval = self.interval
         elapsed = max(self.clock.seconds - (self.interval_start or 0.0), 1e-9)
         tokens = max(interval.tokens, 1)
+        lr = self.server.lr if self.workers.counted is None else self.workers.counted.lr  # (of its update)
         return self._event(
-            "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens, lr=self.server.lr,
+            "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens, lr=lr,
             grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
             **staleness_stats(self.staleness), **self._worker_pushes(),
         )  # fmt: skip

@@ -21,7 +21,7 @@ import torch
 from async_nmt.config import ModelConfig, TrainConfig
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import ModeContext, WorkerCompute, Workers
+from async_nmt.train.modes.workers import Counted, ModeContext, WorkerCompute, Workers
 from async_nmt.train.step import StepStats
 
 # shared counters of the gate
@@ -182,7 +182,13 @@ class ProcessWorkers(Workers):
             self._check()
             updates = self.server.updates
             if updates > start and (updates < self.fence or self._quiet()):
-                return self._collect()
+                collected = self._collect()
+                # (the fence reached since the look above: the trainer validates and saves there, so the pushes
+                # that made it must be done on every shard first; their statistics are in already)
+                while self.collected_at >= self.fence and not self._quiet():
+                    self._check()
+                    time.sleep(processes.POLL_S)
+                return collected
             time.sleep(processes.POLL_S)
 
     def _quiet(self) -> bool:
@@ -212,8 +218,8 @@ class ProcessWorkers(Workers):
 
         # the statistics of exactly the pushes the server has counted (a push is counted on shard 0 before the
         # others, and before it completes: read apart, an event of update U held the pushes up to U - 1)
-        updates, pushes, (stats, hist, positions) = self.server.counted(read)
-        self.collected_at, self.counted = updates, (updates, pushes)
+        updates, pushes, lr, (stats, hist, positions) = self.server.counted(read, waiting=self._check)
+        self.collected_at, self.counted = updates, Counted(updates, pushes, lr)
         delta = (stats - self.seen_stats).sum(0).tolist()
         hist_delta = (hist - self.seen_hist).sum(0)
         self.seen_stats, self.seen_hist = stats, hist

@@ -192,11 +192,19 @@ class ParamServer:
                     record(staleness)
         return staleness
 
-    def counted(self, read: Callable[[], Any]) -> tuple[int, int, Any]:
-        """Shard 0's update and push counts, and what `read` returns, read together under shard 0's lock (see
-        `push`'s `record`)."""
-        with self.locks[0]:
-            return int(self.counters[0, UPDATES]), int(self.counters[0, PUSHES]), read()
+    def counted(self, read: Callable[[], Any], waiting: Callable[[], None]) -> tuple[int, int, float, Any]:
+        """Shard 0's update and push counts, the learning rate of its last update, and what `read` returns, read
+        together under shard 0's lock (see `push`'s `record`). `waiting` is called while another process holds
+        the lock (it may raise: a worker killed while it held the lock never lets it go)."""
+        lock = self.locks[0]
+        if not isinstance(lock, contextlib.nullcontext):
+            while not lock.acquire(timeout=0.05):
+                waiting()
+        try:
+            return int(self.counters[0, UPDATES]), int(self.counters[0, PUSHES]), float(self.norms[0, 0]), read()
+        finally:
+            if not isinstance(lock, contextlib.nullcontext):
+                lock.release()
 
     def _update(self, i: int, grad: torch.Tensor, row: list[int]) -> None:
         row[UPDATES] += 1

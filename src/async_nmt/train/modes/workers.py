@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -72,6 +72,14 @@ class WorkerCompute:
         return stats
 
 
+class Counted(NamedTuple):
+    """The server's counts, and its learning rate, as the trainer last collected the pushes' statistics."""
+
+    updates: int
+    pushes: int
+    lr: float
+
+
 class Workers:
     """Where pushes come from, and the server that turns them into updates. The trainer drives every mode
     through these calls alone."""
@@ -83,9 +91,9 @@ class Workers:
     predicted_worker_s: list[float] | None = None  # each emulated device's own predicted clock
     worker_pushes: list[int] | None = None  # pushes of each worker so far, where the mode counts them
     untrained_batches = 0  # batches taken from the streams ahead of their push (not yet trained on)
-    # the server's (updates, pushes) that the statistics last returned reach, where pushes go on meanwhile
-    # (worker processes): the events count those; None: the server's counts, which the statistics reach
-    counted: tuple[int, int] | None = None
+    # where pushes go on meanwhile (worker processes), the server's counts that the statistics last returned
+    # reach: the trainer counts, logs and validates by those; None: by the server's, which the statistics reach
+    counted: Counted | None = None
 
     def start(self) -> None:
         """Begin (worker processes start here, after a resumed state is loaded)."""
