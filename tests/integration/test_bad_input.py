@@ -664,6 +664,24 @@ def test_resume_with_another_mode_names_the_mode(synthetic_bin: Path, run_dir: P
     one_line_error(result, f"{run / 'config.json'}: saved with --mode {saved['mode']}, not sync")
 
 
+def test_the_early_resume_check_is_of_the_mode_alone(run_dir: Path, tmp_path: Path):
+    """Under torchrun `--workers 1` is set from the ranks after the resume reads config.json, which holds the
+    ranks' count: the same command line resumed must not be refused for it there (the trainer checks the
+    options against last.pt once they are set)."""
+    from async_nmt.config import TrainConfig
+    from async_nmt.train.options import resumed_config
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(mode="async", workers=3)  # (a torchrun run of 4 ranks)
+    (run / "config.json").write_text(json.dumps(config))
+    cfg, source = resumed_config(TrainConfig(mode="async", workers=1), run, {"workers"})
+    assert (cfg.mode, cfg.workers, source) == ("async", 1, run / "config.json")
+    with pytest.raises(UserError, match="saved with --mode async, not sync"):
+        resumed_config(TrainConfig(mode="sync", workers=1), run, {"mode", "workers"})
+
+
 def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_path: Path):
     one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--shards", "2"), "--shards")
 

@@ -867,6 +867,14 @@ def test_train_options_just_outside_their_documented_range_are_refused_by_name(t
         build_config(tmp_path, **{**TRAIN_OPTIONS, option: value})
 
 
+def test_async_accum_of_no_workers_names_workers(tmp_path):
+    """--accum left out is --workers in async-accum: --workers 0 named the --accum never given."""
+    from async_nmt.train.options import build_config
+
+    with pytest.raises(UserError, match=re.escape("--workers must be at least 1 (got 0)")):
+        build_config(tmp_path, **TRAIN_OPTIONS, mode="async-accum", workers=0, accum=None)  # (as the CLI leaves it)
+
+
 def test_train_options_at_the_edge_of_their_range_are_taken_as_given(tmp_path):
     """--warmup 0 is a constant --lr (--help: "0 = neither"), not the preset's warmup; the inclusive edges
     of the ranges (a seed of -2^32 + 1, speeds of 0.001 and 1000, a dropout and label smoothing of 0) run."""

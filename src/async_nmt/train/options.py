@@ -286,11 +286,12 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
     resumed = dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
                                           if f.name not in kept})  # fmt: skip
-    # an option the run cannot change, given anew, is refused as such before the options are checked
-    # together: `--resume --mode sync` of an async-accum run was refused for the saved --accum instead
+    # another --mode is refused as such before the options are checked together: `--resume --mode sync` of an
+    # async-accum run was refused for its saved --accum instead. (The mode alone: under torchrun a --workers
+    # given anew is set from the ranks later, and the trainer checks the rest against last.pt.)
     from async_nmt.train.trainer import check_resume_options
 
-    check_resume_options(saved, resumed, source)
+    check_resume_options(saved, dataclasses.replace(saved, mode=resumed.mode), source)
     return resumed, source
 
 

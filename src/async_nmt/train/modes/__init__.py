@@ -74,7 +74,8 @@ def check_mode_options(cfg: TrainConfig) -> None:
     """Refuse contradictory mode options with one line naming the option."""
     if cfg.mode not in MODES:
         raise UserError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
-    for name in ("accum", "local_accum", "workers"):  # (one line named all three for any one of them)
+    # (one line named all three for any one; --workers first: async-accum's --accum defaults to it)
+    for name in ("workers", "local_accum", "accum"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
     if cfg.workers > MAX_WORKERS:
