@@ -20,8 +20,9 @@ line then pools their tokens and seconds over the N runs of each, and gives each
 and their median.
 
 Where the time goes: the line also gives the product loop's milliseconds per update (its training clock
-over its updates) beside each part of that loop timed alone, with the device synchronised after each part,
-over `--parts-updates` more updates of a fresh trainer on the same stream: `data` (the next batch,
+over its updates, over every repeat, as `bare_ms_per_update` is the bare loop's) beside each part of that
+loop timed alone, with the device synchronised after each part, over `--parts-updates` more updates of a
+fresh trainer on the same stream, after the pairs: `data` (the next batch,
 collated, pinned on a GPU), `copy` (to the device), `step` (forward and backward), `update` (the server's
 push: clip and Adam). `other` is the loop's time left over: events, statistics, the loop itself, and on a
 GPU whatever the parts' synchronisation takes from the overlap the loop has (it can then be negative).
@@ -121,8 +122,9 @@ def warm_process(
     bare model, on batches of another seed. Whichever loop ran first in a cold process paid alone for its
     first use of the allocator and kernels: in one experiment on a 2-core CPU in fp32 (timings of each batch,
     not kept), the product run first lost about 2.5 s over its first 10 updates, which it did not lose after
-    the bare loop had run."""
-    other = replace(cfg, seed=cfg.seed + 1)
+    the bare loop had run. (The single runs of docs/results/cpu/train-tiny-single.jsonl, two warmed and two
+    cold in fp32, spread too widely to show it either way.)"""
+    other = replace(cfg, seed=cfg.seed + 1, compile=False)  # (compiled here, the product's clock would lose it)
     trainer = Trainer(other, run_dir)
     for _ in range(updates):
         trainer.flat.grad.zero_()
@@ -271,15 +273,14 @@ def main() -> None:
                 raise UserError(f"no update was finished in --seconds {args.seconds:g}; give more")
             ends.append(end)
             halves.append(steady_half(read_events(Path(tmp) / f"run{repeat}" / "events.jsonl")))
-            if repeat == 0:
-                where = parts(cfg, Path(tmp) / "parts", args.parts_updates)
             bares.append(bare_loop(args.bin, cfg, mcfg, device, amp))
             if not bares[-1][2]:
                 raise UserError(f"the bare loop finished no update in --seconds {args.seconds:g}; give more")
             ratios.append(round(end["tokens"] / end["train_s"] / (bares[-1][0] / bares[-1][1]), 3))
+        where = parts(cfg, Path(tmp) / "parts", args.parts_updates)  # (after the pairs: each back to back)
     tokens, train_s, updates = (sum(end[key] for end in ends) for key in ("tokens", "train_s", "updates"))
     product = tokens / train_s
-    loop_ms = 1e3 * ends[0]["train_s"] / ends[0]["updates"]  # (the repeat whose batches `parts` took)
+    loop_ms = 1e3 * train_s / updates  # (every repeat starts on the batches `parts` takes)
     where["ms"] = {"loop": round(loop_ms, 2), **where["ms"], "other": round(loop_ms - sum(where["ms"].values()), 2)}
     bare_tokens, bare_s, bare_updates = (sum(run[i] for run in bares) for i in range(3))
     bare = bare_tokens / bare_s
@@ -298,7 +299,7 @@ def main() -> None:
         "tok_per_s": round(product), "tok_per_s_wall": round(tokens / sum(walls)),
         "tok_per_s_second_half": round(steady) if steady else None, "updates": updates,
         "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3),
-        "ratios": ratios, "ratio_median": statistics.median(ratios),
+        "ratios": ratios, "ratio_median": round(statistics.median(ratios), 3),
         "bare_tok_per_s_second_half": round(bare_steady) if bare_steady else None,
         "ratio_second_half": round(steady / bare_steady, 3) if steady and bare_steady else None, "params": params,
         "model_tflop_per_s": round(model_rate / 1e12, 4), "matmul_tflop_per_s": round(peak / 1e12, 4),
