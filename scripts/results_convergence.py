@@ -104,7 +104,10 @@ def test_bleu(run: Run, which: str) -> float | None:
     if not path.is_file():
         return None
     try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["bleu"])
+        bleu = json.loads(path.read_text(encoding="utf-8"))["bleu"]
+        if isinstance(bleu, bool) or not isinstance(bleu, int | float):
+            raise TypeError(f"its bleu is {json.dumps(bleu)}, not a number")
+        return float(bleu)
     except (ValueError, KeyError, TypeError) as err:  # (JSON and decoding errors are ValueErrors)
         raise UserError(f"{path}: not a score of `nmt score --json` ({type(err).__name__}: {err})") from None
 
@@ -117,7 +120,8 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
 
 def patience(run: Run) -> int:
     """The run's --patience, from its config.json; a one-line error where that cannot be read."""
-    value = run.config.get("train", {}).get("patience")
+    train = run.config.get("train")  # (report.Run keeps only the sections that are objects)
+    value = train.get("patience") if isinstance(train, dict) else None
     if isinstance(value, bool) or not isinstance(value, int):
         path = run.path / "config.json"
         why = run.unreadable_config or (f"{path}: no such file" if not path.is_file() else f"{path}: no train.patience")

@@ -612,6 +612,7 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
         # a count, clock or score out of its range, as a hand edit may leave it, was reported as it stood
         ("sync", 2, {"bleu": -1.5}, "its bleu is -1.5, below 0"),
         ("sync", 2, {"bleu": 101.0}, "its bleu is 101.0, above 100"),
+        ("sync", 2, {"chrf": 100.001}, "its chrf is 100.001, above 100"),
         ("sync", 3, {"train_s": -40.0}, "its train_s is -40.0, below 0"),
         ("sync", 3, {"predicted_s": -1}, "its predicted_s is -1, below 0"),
         ("async", 1, {"tokens": -1}, "its tokens is -1, below 0"),
@@ -633,6 +634,14 @@ def test_an_event_that_re_pricing_cannot_take_is_a_one_line_error(
     result = CliRunner().invoke(main, ["report", str(run), "--x", "predicted", "--link-gbps", "1"])
     assert result.exit_code == 2, result.output
     assert result.output == f"error: {run / 'events.jsonl'}:{line}: not a JSON event ({problem})\n"
+
+
+def test_a_bleu_of_100_as_sacrebleu_gives_it_is_taken(tmp_path: Path) -> None:
+    """sacreBLEU scores an identical text 100.00000000000004, which logs before 2026-12-05 kept: within the
+    range, where 100.001 is not."""
+    run = write_run(tmp_path / "sync", "sync", [50.0, 100.00000000000004], seconds_per_valid=40.0)
+    result = CliRunner().invoke(main, ["report", str(run)])
+    assert result.exit_code == 0, result.output
 
 
 def test_an_event_with_the_clocks_of_other_workers_than_its_start_is_a_one_line_error(tmp_path: Path) -> None:
