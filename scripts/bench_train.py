@@ -25,7 +25,8 @@ loop timed alone, with the device synchronised after each part, over `--parts-up
 fresh trainer on the same stream, after the pairs: `data` (the next batch,
 collated, pinned on a GPU), `copy` (to the device), `step` (forward and backward), `update` (the server's
 push: clip and Adam). `other` is the loop's time left over: events, statistics, the loop itself, and on a
-GPU whatever the parts' synchronisation takes from the overlap the loop has (it can then be negative).
+GPU whatever the parts' synchronisation takes from the overlap the loop has. Timed apart from the loop, the
+parts also see other minutes of a shared machine's drift: `other` can be negative on any device.
 `padding` is the share of padded positions in those batches' source and target.
 
     python scripts/bench_train.py demo/bin --preset tiny --device cpu --seconds 30

@@ -4,6 +4,7 @@ arithmetic and when it lets the trainer go on, on a stand-in server whose counte
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +23,7 @@ def coordinator(updates: int, accum: int, pending: int, workers: int = 2) -> Pro
     """A coordinator as `start` leaves it, over a server at `updates` updates holding `pending` pushes of a
     partial sum of `accum`."""
     server = SimpleNamespace(updates=updates, accum=accum, pending_pushes=pending)
-    server.counted = lambda read, waiting: (server.updates, server.updates * accum, 1e-3, read())
+    server.counted = lambda read, waiting: (server.updates, server.updates * accum, 1e-3, 0.5, read())
     ctx = SimpleNamespace(devices=["cpu"] * workers, streams=[Stream() for _ in range(workers)])
     coord = ProcessWorkers(ctx, server)  # type: ignore[arg-type]
     coord.base_updates, coord.base_pending = updates, pending
@@ -73,11 +74,14 @@ def test_a_fence_reached_between_the_look_and_the_collection_is_waited_for(monke
     coord.allow(2)
     coord.gate.counts[ADMITTED], coord.gate.counts[COMPLETED] = 2, 1
     coord.server.updates = 1  # what the look sees
-    coord.server.counted = lambda read, waiting: (2, 2, 1e-3, read())  # what the collection sees
+    coord.server.counted = lambda read, waiting: (2, 2, 1e-3, 0.5, read())  # what the collection sees
     returned = threading.Event()
     waiter = threading.Thread(target=lambda: (coord.advance(), returned.set()), daemon=True)
     waiter.start()
-    assert not returned.wait(0.2) and coord.collected_at == 2  # collected, and waiting for the push
+    deadline = time.monotonic() + 10  # (10 s for a loaded machine)
+    while coord.collected_at != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert coord.collected_at == 2 and not returned.wait(0.2)  # collected, and waiting for the push
     coord.gate.counts[COMPLETED] = 2
     assert returned.wait(5)
     waiter.join(5)

@@ -22,6 +22,7 @@ import torch
 from async_nmt.config import TrainConfig, model_config
 from async_nmt.train.modes import asynchronous, remote
 from async_nmt.train.modes.paramserver import ParamServer
+from async_nmt.train.optim import inverse_sqrt_lr
 from async_nmt.train.step import StepStats
 
 # ---------------------------------------------------------------------- remote.py
@@ -311,7 +312,7 @@ def coordinator(workers: int) -> asynchronous.ProcessWorkers:
     """The coordinator of `workers` worker processes as `start` leaves it (none started), over a stand-in
     server at update 0."""
     server = SimpleNamespace(updates=0, accum=1, pending_pushes=0)
-    server.counted = lambda read, waiting: (server.updates, server.updates, 1e-3, read())
+    server.counted = lambda read, waiting: (server.updates, server.updates, 1e-3, 0.5, read())
     ctx = SimpleNamespace(devices=["cpu"] * workers, streams=[Stream(epoch=3, index=17) for _ in range(workers)])
     coord = asynchronous.ProcessWorkers(ctx, server)  # type: ignore[arg-type]
     coord.collected_at = 0
@@ -342,7 +343,7 @@ def test_a_push_the_server_has_counted_is_in_the_statistics_collected_with_that_
     coordinator reads the server's counts and the statistics together: a push that shard 0 has counted is in
     them, whether or not it has completed. (They were recorded at completion and read apart from the counts:
     an event of update U held the pushes up to U - 1, and the next event one push more.)"""
-    server = ParamServer(torch.zeros(8), accum=1, peak_lr=1e-3, warmup=0, shards=shards)
+    server = ParamServer(torch.zeros(8), accum=1, peak_lr=1e-3, warmup=4, shards=shards)
     coord = coordinator(2)
     coord.server = server  # type: ignore[assignment]
     stats = StepStats(loss=2.0, nll=1.5, tokens=6, sentences=2)
@@ -351,7 +352,7 @@ def test_a_push_the_server_has_counted_is_in_the_statistics_collected_with_that_
                     record=functools.partial(coord.gate.record, worker, stats))  # fmt: skip
     collected, staleness = coord._collect()  # (neither push has completed at the gate)
     assert coord.counted[:2] == (2, 2) == (server.updates, server.pushes) and coord.collected_at == 2
-    assert coord.counted.lr == server.lr  # (the lr of that update)
+    assert coord.counted.lr == pytest.approx(inverse_sqrt_lr(2, 1e-3, 4)) and coord.counted.grad_norm > 0
     assert collected.tokens == 12 and staleness == [2] and coord.worker_pushes == [1, 1]
 
 
@@ -367,10 +368,32 @@ def test_reading_the_counts_checks_the_workers_while_one_holds_the_lock():
         if len(checks) == 3:
             raise RuntimeError("worker 1 died")
 
-    with pytest.raises(RuntimeError, match="worker 1 died"):
-        server.counted(lambda: None, waiting=check)
+    raised: list[BaseException] = []
+
+    def read_counts() -> None:
+        try:
+            server.counted(lambda: None, waiting=check)
+        except RuntimeError as err:
+            raised.append(err)
+
+    reader = threading.Thread(target=read_counts, daemon=True)  # (a hang fails the join, not the suite)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and [str(err) for err in raised] == ["worker 1 died"]
     server.locks[0].release()
-    assert server.counted(lambda: "read", waiting=check)[1:] == (0, 0.0, "read") and len(checks) == 3
+    assert server.counted(lambda: "read", waiting=check)[1:] == (0, 0.0, 0.0, "read") and len(checks) == 3
+
+
+def test_a_drain_returns_the_statistics_an_interrupted_advance_collected():
+    """Ctrl-C while `advance` waits at the fence for the pushes to be done: the statistics it had collected
+    come back with the drain that the stop makes (they were lost to the events and the token count)."""
+    coord = coordinator(2)
+    coord._check = lambda: None  # type: ignore[method-assign]  # (no processes to watch)
+    coord.uncounted = (StepStats(loss=2.0, nll=1.0, tokens=5, sentences=1), [1])
+    coord.gate.record(1, StepStats(loss=1.0, nll=0.5, tokens=7, sentences=2), staleness=1)
+    stats, staleness = coord.drain()
+    assert (stats.tokens, stats.loss, stats.sentences, staleness) == (12, 3.0, 3, [1, 1])
+    assert coord.uncounted is None and coord.drain()[0].tokens == 0  # (once)
 
 
 def test_a_worker_that_has_not_pushed_keeps_its_streams_position():

@@ -71,7 +71,6 @@ def test_a_damaged_config_or_score_is_one_line_naming_the_file(tmp_path: Path):
         (score, "{not json", "not a score of `nmt score --json`"),
         (score, json.dumps({"chrf": 1.0}), "not a score of `nmt score --json`"),
         (score, json.dumps({"bleu": True}), "its bleu is true, not a number"),
-        (config, json.dumps({"train": [8]}), "no train.patience"),
     ]:
         kept = path.read_text()
         path.write_text(text)

@@ -709,3 +709,23 @@ def test_cpu_workers_share_the_cores_at_least_one_thread_each(monkeypatch):
 
     monkeypatch.setattr(processes.os, "cpu_count", lambda: 8)
     assert [processes.cpu_threads(n) for n in (0, 1, 3, 8, 20)] == [8, 8, 2, 1, 1]  # (0: every worker on a GPU)
+
+
+def test_the_next_fence_is_reckoned_from_the_counted_updates():
+    """Worker processes push on after the trainer collects: counted at 19 with the server at 20 (the fence of
+    --valid-every 20), the next fence is still 20, which the trainer then waits for and validates at. Reckoned
+    from the server's 20 it was 40, and the validation at 20 was done without waiting for the pushes."""
+    from async_nmt.train.modes.workers import Counted
+    from async_nmt.train.trainer import Trainer
+
+    class Stub:
+        counted_updates = Trainer.counted_updates
+        updates = Trainer.updates
+
+    stub: Any = Stub()
+    stub.cfg = TrainConfig(valid_every=20, save_every=0, max_updates=0)
+    stub.server = types.SimpleNamespace(updates=20)
+    stub.workers = types.SimpleNamespace(counted=Counted(19, 19, 1e-3, 0.5))
+    assert Trainer._next_fence(stub) == 20
+    stub.workers.counted = None  # (in-process modes: the server's count, which the statistics reach)
+    assert Trainer._next_fence(stub) == 40

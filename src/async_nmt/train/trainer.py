@@ -552,6 +552,7 @@ class Trainer:
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
         counted = self.counted_updates  # the updates whose pushes the trainer has counted
+        drained = True  # the pushes let in have all been counted (none yet, or the last ones drained)
         try:
             with self.clock.paused():  # starting worker processes is not training (Ctrl-C here saves as below)
                 self.workers.start()
@@ -573,6 +574,7 @@ class Trainer:
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     self.interval.add(self._count(*self.workers.drain()))
+                drained = stopping
                 counted = self.counted_updates
                 bar.update(counted - before)
                 moved = counted > before  # (pushes that complete no update yet do not validate)
@@ -607,6 +609,17 @@ class Trainer:
                     self.save()
             if self.workers.interrupted:
                 raise KeyboardInterrupt
+            if not drained:  # a limit reached after the look above (the training clock runs on while the loop
+                # logs, and worker processes push on): the pushes in flight finish their update and are counted
+                # before the closing validation and save, as there (it validated a server still being written)
+                before = counted
+                self.interval.add(self._count(*self.workers.drain()))
+                counted = self.counted_updates
+                bar.update(counted - before)
+                if self.interval.tokens:
+                    self._check_finite(self.interval)
+                    self._train_event()
+                    self._new_interval()
             bar.close()
             # the closing validation is part of the run: Ctrl-C in it saves as elsewhere (a resume validates
             # first), and on any error the worker processes stop (else this process waits for them at exit)
@@ -667,10 +680,11 @@ class Trainer:
         interval = self.interval
         elapsed = max(self.clock.seconds - (self.interval_start or 0.0), 1e-9)
         tokens = max(interval.tokens, 1)
-        lr = self.server.lr if self.workers.counted is None else self.workers.counted.lr  # (of its update)
+        counted = self.workers.counted  # (the lr and norm of its update, where worker processes push on)
+        lr, grad_norm = (self.server.lr, self.server.grad_norm) if counted is None else counted[2:]
         return self._event(
             "train", loss=float(interval.loss) / tokens, nll=float(interval.nll) / tokens, lr=lr,
-            grad_norm=self.server.grad_norm, tok_per_s=interval.tokens / elapsed,
+            grad_norm=grad_norm, tok_per_s=interval.tokens / elapsed,
             **staleness_stats(self.staleness), **self._worker_pushes(),
         )  # fmt: skip
 

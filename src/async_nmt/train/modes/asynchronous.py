@@ -21,7 +21,7 @@ import torch
 from async_nmt.config import ModelConfig, TrainConfig
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import Counted, ModeContext, WorkerCompute, Workers
+from async_nmt.train.modes.workers import Counted, ModeContext, WorkerCompute, Workers, merge_histograms
 from async_nmt.train.step import StepStats
 
 # shared counters of the gate
@@ -140,6 +140,7 @@ class ProcessWorkers(Workers):
         self.seen_hist = torch.zeros_like(self.gate.hist)
         self.pushes_before = [0] * len(self.devices)  # each worker's pushes before a resume
         self.base_updates = self.base_pending = 0
+        self.uncounted: tuple[StepStats, list[int]] | None = None  # statistics collected, not yet returned
         self.fence = 0  # the update count the gate is open up to
 
     def start(self) -> None:
@@ -185,9 +186,13 @@ class ProcessWorkers(Workers):
                 collected = self._collect()
                 # (the fence reached since the look above: the trainer validates and saves there, so the pushes
                 # that made it must be done on every shard first; their statistics are in already)
-                while self.collected_at >= self.fence and not self._quiet():
-                    self._check()
-                    time.sleep(processes.POLL_S)
+                try:
+                    while self.collected_at >= self.fence and not self._quiet():
+                        self._check()
+                        time.sleep(processes.POLL_S)
+                except KeyboardInterrupt:  # (the drain of the stop returns them with its own)
+                    self.uncounted = collected
+                    raise
                 return collected
             time.sleep(processes.POLL_S)
 
@@ -206,7 +211,12 @@ class ProcessWorkers(Workers):
         while not (self.server.updates >= self.fence and self._quiet()):
             self._check()
             time.sleep(processes.POLL_S)
-        return self._collect()
+        stats, staleness = self._collect()
+        if self.uncounted is not None:  # collected by an `advance` that Ctrl-C cut short
+            (held, held_staleness), self.uncounted = self.uncounted, None
+            held.add(stats)
+            return held, merge_histograms(held_staleness, staleness)
+        return stats, staleness
 
     def _collect(self) -> tuple[StepStats, list[int]]:
         """The statistics of the pushes completed since the last call; the trainer's streams learn the
@@ -218,8 +228,8 @@ class ProcessWorkers(Workers):
 
         # the statistics of exactly the pushes the server has counted (a push is counted on shard 0 before the
         # others, and before it completes: read apart, an event of update U held the pushes up to U - 1)
-        updates, pushes, lr, (stats, hist, positions) = self.server.counted(read, waiting=self._check)
-        self.collected_at, self.counted = updates, Counted(updates, pushes, lr)
+        updates, pushes, lr, grad_norm, (stats, hist, positions) = self.server.counted(read, waiting=self._check)
+        self.collected_at, self.counted = updates, Counted(updates, pushes, lr, grad_norm)
         delta = (stats - self.seen_stats).sum(0).tolist()
         hist_delta = (hist - self.seen_hist).sum(0)
         self.seen_stats, self.seen_hist = stats, hist

@@ -192,16 +192,18 @@ class ParamServer:
                     record(staleness)
         return staleness
 
-    def counted(self, read: Callable[[], Any], waiting: Callable[[], None]) -> tuple[int, int, float, Any]:
-        """Shard 0's update and push counts, the learning rate of its last update, and what `read` returns, read
-        together under shard 0's lock (see `push`'s `record`). `waiting` is called while another process holds
-        the lock (it may raise: a worker killed while it held the lock never lets it go)."""
+    def counted(self, read: Callable[[], Any], waiting: Callable[[], None]) -> tuple[int, int, float, float, Any]:
+        """Shard 0's update and push counts, the learning rate and gradient norm of its last update, and what
+        `read` returns, read together under shard 0's lock (see `push`'s `record`; the norm sums every shard's
+        last, which with several shards may be of another update). `waiting` is called while another process
+        holds the lock (it may raise: a worker killed while it held the lock never lets it go)."""
         lock = self.locks[0]
         if not isinstance(lock, contextlib.nullcontext):
             while not lock.acquire(timeout=0.05):
                 waiting()
         try:
-            return int(self.counters[0, UPDATES]), int(self.counters[0, PUSHES]), float(self.norms[0, 0]), read()
+            counts = int(self.counters[0, UPDATES]), int(self.counters[0, PUSHES])
+            return *counts, float(self.norms[0, 0]), self.grad_norm, read()
         finally:
             if not isinstance(lock, contextlib.nullcontext):
                 lock.release()

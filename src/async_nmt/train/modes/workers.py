@@ -73,11 +73,13 @@ class WorkerCompute:
 
 
 class Counted(NamedTuple):
-    """The server's counts, and its learning rate, as the trainer last collected the pushes' statistics."""
+    """The server's counts, and the learning rate and gradient norm of its last update, as the trainer last
+    collected the pushes' statistics."""
 
     updates: int
     pushes: int
     lr: float
+    grad_norm: float
 
 
 class Workers:
