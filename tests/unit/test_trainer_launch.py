@@ -729,3 +729,62 @@ def test_the_next_fence_is_reckoned_from_the_counted_updates():
     assert Trainer._next_fence(stub) == 20
     stub.workers.counted = None  # (in-process modes: the server's count, which the statistics reach)
     assert Trainer._next_fence(stub) == 40
+
+
+def test_a_limit_reached_after_the_loops_last_look_is_drained_before_the_closing_validation(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch
+):
+    """The loop's look after update 4 finds no limit, the next look at its top does (as a --max-time limit passes
+    while the loop logs, and worker processes push on): the pushes in flight (here one more update) are drained
+    and logged before the closing validation and save. Without that drain, the run validated and saved a server
+    still being written, and lost the statistics of those pushes."""
+    from async_nmt.train.trainer import Trainer
+
+    order: list[tuple[str, int]] = []
+    looks = iter([False] * 8)  # updates 1-4: the look at the loop's top, then the one after the update
+
+    def should_stop(self) -> bool:
+        return next(looks, True)
+
+    monkeypatch.setattr(Trainer, "should_stop", should_stop)
+    validate = Trainer.validate
+
+    def validating(self):
+        order.append(("validate", self.updates))
+        return validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", validating)
+    run = tmp_path / "run"
+    trainer = Trainer(micro(synthetic_bin, max_updates=0, log_every=100), run)
+    trainer.open_run(resume=False)
+
+    def drain() -> Any:  # a push in flight finishes its update
+        order.append(("drain", trainer.updates))
+        return trainer.workers.advance()
+
+    trainer.workers.drain = drain
+    end = trainer.run(progress=False)
+    assert order == [("drain", 4), ("validate", 5)]
+    trained = events(run, "train")
+    assert [e["updates"] for e in trained] == [5]  # (--log-every 100: the one the stop writes)
+    assert trained[0]["tokens"] == end["tokens"] and end["updates"] == 5
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 5
+
+
+def test_a_divergence_names_the_update_its_losses_were_counted_to(tmp_path: Path):
+    """Worker processes push on after the trainer collects: losses counted to update 19, the server at 20, the
+    message names 19 (it named the live 20, an update whose losses were not read)."""
+    from async_nmt.errors import TrainingDiverged
+    from async_nmt.train.modes.workers import Counted
+    from async_nmt.train.trainer import Trainer
+
+    class Stub:
+        counted_updates = Trainer.counted_updates
+        updates = Trainer.updates
+
+    stub: Any = Stub()
+    stub.run_dir, stub.saved_at = tmp_path, 10
+    stub.server = types.SimpleNamespace(updates=20)
+    stub.workers = types.SimpleNamespace(counted=Counted(19, 19, 1e-3, 0.5))
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at update 19; .*last.pt \(update 10\) is kept"):
+        Trainer._diverged(stub, "the training loss is nan")

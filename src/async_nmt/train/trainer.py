@@ -665,10 +665,12 @@ class Trainer:
                            f"guess's ({uniform:.2f})")  # fmt: skip
 
     def _diverged(self, what: str) -> None:
+        """Stop: the losses of the pushes counted up to `counted_updates` are not finite or far too high (worker
+        processes may have pushed on since; the live count named a later update than the losses')."""
         saved = checkpoint_path(self.run_dir, "last")
         kept = f"{saved} (update {self.saved_at}) is kept" if self.saved_at is not None else "no checkpoint was saved"
         raise TrainingDiverged(
-            f"training diverged: {what} at update {self.updates}; {kept}. Try a lower --lr, or --clip-norm"
+            f"training diverged: {what} at update {self.counted_updates}; {kept}. Try a lower --lr, or --clip-norm"
         )
 
     def _new_interval(self) -> None:
