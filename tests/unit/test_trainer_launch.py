@@ -788,3 +788,30 @@ def test_a_divergence_names_the_update_its_losses_were_counted_to(tmp_path: Path
     stub.workers = types.SimpleNamespace(counted=Counted(19, 19, 1e-3, 0.5))
     with pytest.raises(TrainingDiverged, match=r"loss is nan at update 19; .*last.pt \(update 10\) is kept"):
         Trainer._diverged(stub, "the training loss is nan")
+
+
+def test_ctrl_c_after_a_bad_loss_keeps_the_last_good_save(synthetic_bin: Path, tmp_path: Path):
+    """--save-every 4, the loss of update 5 NaN, Ctrl-C as update 7 begins: the stop reads the losses before it
+    saves, and keeps the save of update 4 (it saved the bad state of update 6 over it, and said it was saved)."""
+    from async_nmt.errors import TrainingDiverged
+    from async_nmt.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(micro(synthetic_bin, max_updates=10, save_every=4, log_every=10), run)
+    trainer.open_run(resume=False)
+    advance = trainer.workers.advance
+
+    def poisoned_then_interrupted() -> Any:
+        if trainer.updates == 6:
+            raise KeyboardInterrupt
+        stats, staleness = advance()
+        if trainer.updates == 5:
+            stats.loss = float("nan")
+        return stats, staleness
+
+    trainer.workers.advance = poisoned_then_interrupted
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at update 6; .*last.pt \(update 4\) is kept"):
+        trainer.run(progress=False)
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4
+    end = events(run, "end")[-1]
+    assert end["diverged"] is True and end["interrupted"] is True and end["updates"] == 6

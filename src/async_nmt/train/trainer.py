@@ -616,10 +616,7 @@ class Trainer:
                 self.interval.add(self._count(*self.workers.drain()))
                 counted = self.counted_updates
                 bar.update(counted - before)
-                if self.interval.tokens:
-                    self._check_finite(self.interval)
-                    self._train_event()
-                    self._new_interval()
+                self._log_rest()
             bar.close()
             # the closing validation is part of the run: Ctrl-C in it saves as elsewhere (a resume validates
             # first), and on any error the worker processes stop (else this process waits for them at exit)
@@ -673,6 +670,14 @@ class Trainer:
             f"training diverged: {what} at update {self.counted_updates}; {kept}. Try a lower --lr, or --clip-norm"
         )
 
+    def _log_rest(self) -> None:
+        """The `train` event of the pushes since the last one, if any, as the run stops: their losses are read
+        first (`_check_finite`), so that the save that follows never holds a bad state."""
+        if self.interval.tokens:
+            self._check_finite(self.interval)
+            self._train_event()
+            self._new_interval()
+
     def _new_interval(self) -> None:
         self.interval, self.interval_start, self.staleness = StepStats(), self.clock.seconds, []
 
@@ -698,9 +703,12 @@ class Trainer:
                 if not self.workers.steps_here:  # worker processes: a push under way may take a while
                     print(PUSHES_HELD, file=sys.stderr, flush=True)
                 self.interval.add(self._count(*self.workers.drain()))
-            if self.interval.tokens:
-                self._train_event()
-                self._new_interval()  # (logged: not again by a resume of the save below)
+            try:  # (logged: not again by a resume of the save below)
+                self._log_rest()
+            except TrainingDiverged:  # a bad state is not saved over the last good one
+                self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
+                            converged=False, diverged=True)  # fmt: skip
+                raise
             self.save()
             summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
                                   converged=False)  # fmt: skip
