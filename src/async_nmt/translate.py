@@ -72,17 +72,20 @@ def translate_lines(
     unknown: UnknownInput | None = None,
     notices: Counter[str] | None = None,
 ) -> list[str]:
-    """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model.
-    `amp_dtype` autocasts the search (None: fp32); `progress` is called with the number of lines done, as
-    they are done; `fixed_shapes`: see `search.beam_search`; `first_line`: the input line number of
-    `lines[0]`, for messages; `unknown` counts the input's unknown pieces; `notices`: see `translate_ids`."""
+    """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model, as do
+    lines of no pieces (a zero-width space, a control character: preprocess drops them as empty; the model
+    made a sentence up from nothing for them). `amp_dtype` autocasts the search (None: fp32); `progress` is
+    called with the number of lines done, as they are done; `fixed_shapes`: see `search.beam_search`;
+    `first_line`: the input line number of `lines[0]`, for messages; `unknown` counts the input's unknown
+    pieces; `notices`: see `translate_ids`."""
     outputs = [""] * len(lines)
     todo = [i for i, line in enumerate(lines) if line.strip()]
+    encoded = sp.encode([lines[i] for i in todo]) if todo else []
+    todo, sources = [i for i, ids in zip(todo, encoded, strict=True) if ids], [ids for ids in encoded if ids]
     if progress is not None and len(todo) < len(lines):
         progress(len(lines) - len(todo))  # the empty lines are done
     if not todo:
         return outputs
-    sources = sp.encode([lines[i] for i in todo])
     if unknown is not None:
         unknown.add(sources)
     hyps = translate_ids(

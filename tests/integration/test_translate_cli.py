@@ -112,9 +112,13 @@ def test_translate_lines_keeps_input_order_and_empty_lines(sp, monkeypatch):
 
 
 def test_empty_input_never_touches_the_model(sp, monkeypatch):
+    """Nor do lines of no pieces (a zero-width space, a byte order mark inside the input, control characters),
+    which preprocess drops as empty: the model made a sentence up for them from the end of sentence alone."""
     monkeypatch.setattr(translate, "generate", lambda *a, **k: pytest.fail("search was called"))
     model = small_model(sp.get_piece_size())
-    assert translate_lines(model, sp, ["", "  ", "\t"]) == ["", "", ""]
+    blank = ["", "  ", "\t", "\u200b", "\ufeff", "\x01\x02"]
+    assert all(sp.encode(line) == [] for line in blank)
+    assert translate_lines(model, sp, blank) == [""] * len(blank)
     assert translate_lines(model, sp, []) == []
 
 
