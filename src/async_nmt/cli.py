@@ -374,12 +374,13 @@ def translate(
 def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
     """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last); RUN is the
     run folder, the one holding checkpoints/."""
-    from async_nmt.model.checkpoint import average_checkpoints, check_average_output, last_kept
+    from async_nmt.model.checkpoint import average_last_kept, check_average_output, last_kept
     from async_nmt.train.checkpoint import save_checkpoint
 
-    paths = last_kept(run_dir, count)
+    last_kept(run_dir, count)  # (enough of them, before the output is looked at)
     check_average_output(output_path, run_dir, force)
-    save_checkpoint(average_checkpoints(paths), output_path)  # (a failed write: one line, nothing left)
+    paths, averaged = average_last_kept(run_dir, count)
+    save_checkpoint(averaged, output_path)  # (a failed write: one line, nothing left)
     click.echo(f"averaged {', '.join(p.name for p in paths)} into {output_path}", err=True)
 
 

@@ -281,6 +281,15 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(name if len(name.encode()) <= 255 else f".async-nmt.{os.getpid()}.tmp")
 
 
+def check_replaceable(path: Path) -> None:
+    """A file written through `temporary_beside` replaces what is at `path`: never a device or a named pipe
+    (`nmt average --force` made /dev/null a regular file, as root); a symbolic link is replaced, not what it
+    points to."""
+    if not path.is_symlink() and path.exists() and not path.is_file() and not path.is_dir():
+        raise UserError(f"{path}: not a regular file (a device or a named pipe), which is never replaced; "
+                        "write elsewhere")  # fmt: skip
+
+
 def save_json(cfg: Any, path: Path | str) -> None:
     """Written whole or not at all (a temporary file, then renamed): a run's config.json is rewritten at
     every resume, and a kill in the middle left a torn one."""

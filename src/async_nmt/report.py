@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from async_nmt.config import RANK_MODES, VOCAB_NAME, temporary_beside
+from async_nmt.config import RANK_MODES, VOCAB_NAME, check_replaceable, temporary_beside
 from async_nmt.errors import UserError, stdout_console
 from async_nmt.train.events import read_events, run_staleness
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
@@ -557,6 +557,8 @@ def write_report(
     once all are written. One that `nmt report` did not write is replaced only with `force`."""
     x = report["x"]
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
+    for path in (bleu_png, loss_png, markdown):
+        check_replaceable(path)
     if not force:  # (a user's own report.md was replaced without a word)
         for path in (bleu_png, loss_png, markdown):
             if (path.exists() or path.is_symlink()) and not path.is_dir() and not written_by_report(path):

@@ -447,6 +447,10 @@ def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
         where = "" if into else f" a file in {path.parent}"
         raise UserError(f"{path}: cannot write{where} ({err.strerror or err})") from None
 
+    if not into and path.is_file():  # the file it replaces keeps its permissions, as with `>`
+        with contextlib.suppress(OSError):
+            os.chmod(target, stat.S_IMODE(path.stat().st_mode))
+
     def write(text: str) -> None:
         f.write(text)
         f.flush()

@@ -242,6 +242,11 @@ def test_outputs_never_replace_a_runs_vocabulary_nor_a_corpus_file(run_dir: Path
     link = tmp_path / "link"
     link.symlink_to(synthetic_bin)
     one_line_error(nmt("translate", run_dir, "-o", link / "test.tgt", "--device", "cpu", stdin="ba\n"), "corpus")
+    for protected, said in ((vocab, "a file of the run"), (reference, "a file of the preprocessed corpus")):
+        linked = tmp_path / f"out-{protected.name}"  # translate writes into what a link points to, as `>` does
+        linked.symlink_to(protected)
+        one_line_error(nmt("translate", run_dir, "-o", linked, "--device", "cpu", stdin="ba\n"), f"{linked} -> ",
+                       said)  # fmt: skip
     assert all(path.read_bytes() == data for path, data in before.items())
     corpus = tmp_path / "bin"  # a new file in a corpus folder is the user's to write
     shutil.copytree(synthetic_bin, corpus)

@@ -256,6 +256,16 @@ def test_output_through_a_link_or_a_named_pipe_is_written_into_not_replaced(run_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.txt", "target.txt"]
 
 
+def test_a_replaced_output_file_keeps_its_permissions(run_dir: Path, tmp_path: Path):
+    """As with `>`: a file of mode 640 stays 640 (the temporary file that replaced it had the umask's 644)."""
+    out = tmp_path / "hyp.txt"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "-o", str(out)], input="ba de\n")
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text() != "old\n" and out.stat().st_mode & 0o777 == 0o640
+
+
 def test_checkpoint_choices_are_kept_or_refused_never_swapped(run_dir: Path, tmp_path: Path):
     """Without --checkpoint a run without best.pt (no validation) translates with last.pt; an explicit
     --checkpoint best there, or --checkpoint with a checkpoint file, or with --average, is refused, and so is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,38 @@ def test_force_never_writes_into_any_runs_checkpoints(tmp_path: Path):
     mine.mkdir(parents=True)
     assert average(r1, "--last", "2", "-o", mine / "avg.pt").exit_code == 0
     torch.testing.assert_close(read_checkpoint(mine / "avg.pt")["params"], torch.full((8,), 12.5))
+
+
+def test_force_never_replaces_a_named_pipe_or_a_device(tmp_path: Path):
+    """`--force` made a named pipe, and /dev/null or /dev/full as root, a regular file of the checkpoint. (A
+    pipe only: a test that failed so would replace the machine's /dev/null.)"""
+    run = make_run(tmp_path / "run")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    one_line(average(run, "--last", "2", "-o", fifo, "--force"), "not a regular file")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_kept_save_that_a_run_deletes_meanwhile_is_listed_again(tmp_path: Path, monkeypatch):
+    """A run still training keeps update-20.pt and deletes update-10.pt (--keep-last 2) between the listing and
+    its reading: the saves are listed again, and the average is of update-15.pt and update-20.pt (it failed,
+    "not a readable checkpoint (No such file or directory)")."""
+    from async_nmt.model import checkpoint
+
+    run = make_run(tmp_path / "run")  # (kept saves of updates 5, 10 and 15)
+    read = checkpoint.read_checkpoint
+
+    def training_meanwhile(path: Path, *args, **kwargs):
+        if not kept_path(run, 20).exists():
+            save_kept(run, 20, torch.full((8,), 20.0))
+            kept_path(run, 10).unlink()
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "read_checkpoint", training_meanwhile)
+    result = average(run, "--last", "2", "-o", tmp_path / "avg.pt")
+    assert result.exit_code == 0, result.output
+    assert torch.equal(read(tmp_path / "avg.pt")["params"], torch.full((8,), 17.5))
+    assert "averaged update-15.pt, update-20.pt" in result.stderr
 
 
 def test_output_folders_are_one_line_and_none_is_made(tmp_path: Path):

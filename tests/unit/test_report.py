@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -715,9 +716,11 @@ def test_out_replaces_its_own_report_but_not_a_users_files_without_force(tmp_pat
         assert result.exit_code == (0 if replaced else 2), result.output
         assert ((out / "report.md").read_text() == text) is not replaced
     (out / "report.md").unlink()
-    os.mkfifo(out / "report.md")  # (it waited for a reader, for ever)
-    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
-    assert result.exit_code == 2 and "report.md: not written by nmt report" in result.output
+    os.mkfifo(out / "report.md")  # (it waited for a reader, for ever; --force made it a regular file)
+    for force in ([], ["--force"]):
+        result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out), *force])
+        assert result.exit_code == 2 and "report.md: not a regular file" in result.output
+        assert stat.S_ISFIFO((out / "report.md").stat().st_mode)
     (out / "report.md").unlink()
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--force"])
     assert result.exit_code == 2 and "give --out" in result.output

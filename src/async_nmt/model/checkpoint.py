@@ -29,6 +29,7 @@ from async_nmt.config import (
     RUN_MARKS,
     VOCAB_NAME,
     ModelConfig,
+    check_replaceable,
     corpus_files,
     corpus_languages,
     from_dict,
@@ -131,7 +132,13 @@ def check_translation_output(path: Path, model_path: Path) -> None:
     checkpoint a text file of translations, and a run's best.pt so, without a word)."""
     if model_path.is_file() and path.resolve() == model_path.resolve():
         raise UserError(f"{path}: the checkpoint that translates; write the translations elsewhere")
-    check_not_a_run_file(path, model_path if model_path.is_dir() else model_path.parent, "the translations")
+    run_dir = model_path if model_path.is_dir() else model_path.parent
+    check_not_a_run_file(path, run_dir, "the translations")
+    if path.is_symlink():  # the translations go into what it points to, as `>` writes (a run's events.jsonl was)
+        try:
+            check_not_a_run_file(path.resolve(), run_dir, "the translations")
+        except UserError as err:
+            raise UserError(f"{path} -> {err}") from None
     # any other checkpoint too (`nmt average`'s AVG.pt, one copied out of a run), which `-o` for `-i` made a
     # text file; `nmt average` replaces one only with --force
     if whole_archive(path):
@@ -147,6 +154,7 @@ def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
     check_not_a_run_file(path, run_dir, "the average", "never replaced, even with --force")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
+    check_replaceable(path)
     if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path}: exists; use --force to replace it")
     for folder in path.parents:  # the nearest that exists must be a folder, and be the file's own
@@ -177,6 +185,21 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     keep = ("format", "model_config", "train_config", "corpus", "vocab_model")
     return {**{k: first[k] for k in keep if k in first}, "params": (total / len(paths)).float(),
             "averaged": [str(p) for p in paths]}  # fmt: skip
+
+
+def average_last_kept(run_dir: Path, count: int, tries: int = 5) -> tuple[list[Path], dict[str, Any]]:
+    """The `count` most recent kept saves of `run_dir` (`last_kept`) and their average. A run still training
+    deletes its oldest kept save as it keeps a new one: one gone between the listing and its reading is listed
+    again (it was an error, "not a readable checkpoint (No such file or directory)")."""
+    for _ in range(tries - 1):
+        paths = last_kept(run_dir, count)
+        try:
+            return paths, average_checkpoints(paths)
+        except UserError:
+            if all(path.exists() for path in paths):
+                raise
+    paths = last_kept(run_dir, count)
+    return paths, average_checkpoints(paths)
 
 
 def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
@@ -308,8 +331,8 @@ def load_model(
     """The model (eval mode, on `device`, default the CPU) and vocabulary of a run folder or checkpoint file;
     `average` > 0: of the mean of the run folder's last `average` kept checkpoints instead."""
     if average:
-        kept = last_kept(Path(path), average)
-        ckpt_file, state = kept[-1], average_checkpoints(kept)
+        kept, state = average_last_kept(Path(path), average)
+        ckpt_file = kept[-1]
     else:
         ckpt_file = find_checkpoint(Path(path), which)
         state = read_checkpoint(ckpt_file, mmap=True)
