@@ -44,6 +44,11 @@ class ReportsUserErrors:
             return super().make_context(*args, **kwargs)  # (`--help` and `--version` print as it parses)
         except BrokenPipeError:
             reader_gone()
+        except OSError as err:  # a full disk on stdout, where they print (it was a traceback)
+            click.echo(f"error: {system_error(cannot_write(err, 'stdout') if err.filename is None else err)}",
+                       err=True)  # fmt: skip
+            settle_stdout()
+            sys.exit(1)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -128,12 +133,12 @@ class OneLineUsageErrors:
         sys.exit(code if isinstance(code, int) else 0)
 
 
-class NmtGroup(OneLineUsageErrors, ReportsUserErrors, click.Group):
-    pass
-
-
 class NmtCommand(OneLineUsageErrors, ReportsUserErrors, click.Command):
     pass
+
+
+class NmtGroup(OneLineUsageErrors, ReportsUserErrors, click.Group):
+    command_class = NmtCommand  # (a command's `--help` to a full stdout named it too)
 
 
 @click.group(cls=NmtGroup, context_settings=CONTEXT)

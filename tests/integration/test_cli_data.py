@@ -390,6 +390,22 @@ def test_commands_that_print_their_results_refuse_a_closed_stdout(tmp_path: Path
             assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_help_and_version_on_a_full_stdout_are_one_line() -> None:
+    """`nmt --help`, `nmt --version` and `nmt-train --help` printed a traceback of 41 lines there, and a
+    command's `--help` "error: No space left on device", naming no stdout."""
+    import os
+
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    nmt = Path(sys.executable).with_name("nmt")
+    for args in ([nmt, "--help"], [nmt, "--version"], [nmt, "translate", "--help"], [nmt.with_name("nmt-train"), "-h"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(list(map(str, args)), stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                                  env=buffered)  # fmt: skip
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)", (args, done.stderr)
+
+
 def test_report_refuses_a_closed_stdout_only_where_its_results_go_there(tmp_path: Path) -> None:
     """`nmt report RUN >&-` is refused as `nmt score` is (its table would be lost); with --out its results are
     the files it writes there, and a closed stdout is no matter."""
