@@ -299,7 +299,9 @@ def build_report(
     if target_bleu is not None and base_x is None and any(row["to_target"] is not None for row in rows):
         best = max((e["bleu"] for e in baseline.valid), default=None)
         no_speedup = f"the baseline {baseline.name} " + (
-            "has no validation yet" if best is None else f"never reached BLEU {target_bleu:.2f} (its best: {best:.2f})"
+            "has no validation yet"
+            if best is None
+            else f"never reached BLEU {bleu_text(target_bleu)} (its best: {best:.2f})"
         )
     return {"x": x, "target_bleu": target_bleu, "no_target": no_target, "no_speedup": no_speedup,
             "baseline": baseline.name, "runs": rows}  # fmt: skip
@@ -426,38 +428,82 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return [header for header, _, _ in cols], rows
 
 
+def bleu_text(bleu: float) -> str:
+    """A target BLEU as BLEUs are shown, with 2 decimals, or with more where it has them (--target-bleu 0.001
+    was shown as 0.00)."""
+    return f"{bleu:.2f}" if round(bleu, 2) == bleu else f"{bleu:g}"
+
+
 def title(report: dict[str, Any]) -> str:
     """The target, the baseline and the link of the report, as every output can hold it (shown)."""
     link = f", predicted clock re-priced for {report['link_gbps']:g} Gb/s links" if report.get("link_gbps") else ""
     if report["target_bleu"] is None:
         target = f"no target BLEU ({report['no_target']}: no time to target, no speedups)"
     else:
-        target = f"target BLEU {report['target_bleu']:.2f}"
+        target = f"target BLEU {bleu_text(report['target_bleu'])}"
         target += f" (no speedups: {report['no_speedup']})" if report.get("no_speedup") else ""
     return shown(f"{target}, baseline {report['baseline']}{link}")
 
 
-def print_table(report: dict[str, Any]) -> None:
+def print_table(report: dict[str, Any], width: int | None = None) -> None:
+    """The table on stdout: whole into a file or a pipe; on a terminal (or at `width`, for tests) no value is
+    ever split across lines (an 80-column terminal showed lr 0.0 above 02): where the table is wider than
+    the terminal, the headers wrap at their spaces and the run names fold, and, where that is not enough, the
+    columns that are the same in every run go into a line below; a table still too wide then runs past the
+    terminal's edge, which wraps its lines."""
+    headers, rows = cells(report)
+    running = "* not finished: still running, or interrupted (--resume goes on)"
+    notes = [running] if any(not row["finished"] for row in report["runs"]) else []
+    console = stdout_console(width=width) if width else stdout_console()
+    if not console.is_terminal and not width:  # into a file or a pipe: the whole table, never squeezed
+        stdout_console(width=400).print(_rich_table(title(report), headers, rows, notes, room=400))
+        return
+    table = _rich_table(title(report), headers, rows, notes, room=console.width)
+    same = [i for i in range(2, len(headers)) if len({row[i] for row in rows}) == 1] if len(rows) > 1 else []
+    if _rendered_width(table) > console.width and same:
+        kept = [i for i in range(len(headers)) if i not in same]
+        notes = [*notes, "the same in every run: " + ", ".join(f"{headers[i]} {rows[0][i]}" for i in same)]
+        table = _rich_table(title(report), [headers[i] for i in kept], [[row[i] for i in kept] for row in rows],
+                            notes, room=console.width)  # fmt: skip
+    console.width = max(console.width, _rendered_width(table))
+    console.print(table)
+
+
+def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: list[str], room: int) -> Any:
+    """The table of `cells`; where it is wider than `room` columns as it is, each column is as wide as its
+    longest word, of its header or of its values (a value is a word, or words: `4.50 since sync`, `diloco H=10`;
+    a run's name may fold after 12 characters)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text  # names as they are: a str is read as markup ([bold], runs/a[lr=1]) and :emoji:
 
-    headers, rows = cells(report)
-    running = any(not row["finished"] for row in report["runs"])
-    table = Table(
-        title=Text(title(report), style="table.title"),
-        caption="* not finished: still running, or interrupted (--resume goes on)" if running else None,
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-    )
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i < 2 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*map(Text, row))
-    console = stdout_console()
-    if not console.is_terminal:  # into a file or a pipe: the whole table, never squeezed to 80 columns
-        console = stdout_console(width=400)
-    console.print(table)
+    def build(fixed: bool) -> Any:
+        table = Table(title=Text(heading, style="table.title"), caption="\n".join(notes) or None,
+                      box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)  # fmt: skip
+        for i, header in enumerate(headers):
+            longest = max([len(word) for row in rows for word in row[i].split()], default=1)
+            least = max(len(word) for word in header.split())
+            fit = max(least, min(longest, 12) if i == 0 else longest)
+            table.add_column(header, justify="left" if i < 2 else "right", overflow="fold",
+                             width=fit if fixed else None)  # fmt: skip
+        for row in rows:
+            table.add_row(*map(Text, row))
+        return table
+
+    table = build(fixed=False)
+    return table if _rendered_width(table) <= room else build(fixed=True)
+
+
+def _rendered_width(table: Any) -> int:
+    """The columns `table` takes, printed where there is room for it as it is."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=10_000, file=io.StringIO())
+    with console.capture() as captured:
+        console.print(table)
+    return max((len(line) for line in captured.get().splitlines()), default=0)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -478,7 +524,7 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
         label = shown(run.name).replace("$", r"\$")  # as it is, not mathtext
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
     if target is not None:
-        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2f}")
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {bleu_text(target)}")
     ax.set_xlabel(X_AXES[x][1])
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -615,6 +661,8 @@ def report_command(
         raise UserError(f"--target-bleu must be a number (got {target_bleu})")
     if target_bleu is not None and target_bleu <= 0:
         raise UserError(f"--target-bleu must be above 0 (got {target_bleu:g}): every run meets it before training")
+    if target_bleu is not None and target_bleu > 100:
+        raise UserError(f"--target-bleu must be at most 100 (got {target_bleu:g}), as BLEU is")
     if link_gbps is not None and x != "predicted":
         raise UserError(f"--link-gbps re-prices the predicted clock of --simulate runs; use it with --x predicted "
                         f"(the x axis is {x})")  # fmt: skip

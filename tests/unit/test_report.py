@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from async_nmt.cli import main
 from async_nmt.errors import UserError
-from async_nmt.report import build_report, cells, load_run, report_command
+from async_nmt.report import build_report, cells, load_run, print_table, report_command
 
 
 def write_run(
@@ -59,7 +59,24 @@ def runs(tmp_path: Path) -> list[Path]:
     ]
 
 
-def test_time_to_target_and_speedup(runs: list[Path]) -> None:
+@pytest.mark.parametrize("width", [60, 80, 400])
+def test_a_narrow_terminal_never_splits_a_value(runs: list[Path], capsys, monkeypatch, width: int) -> None:
+    """On an 80-column terminal the table showed lr 0.0 above 02 and tok/s 5,2 above 23. Now every value is
+    whole on a line of its own row, and where the table did not fit the columns alike in every run are named
+    below it instead; at 400 columns the table is whole."""
+    monkeypatch.chdir(runs[0].parent)  # (short names, each on one line)
+    report = build_report([load_run(Path(p.name)) for p in runs])
+    headers, rows = cells(report)
+    print_table(report, width=width)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for row in rows:
+        line = next(line for line in lines if line.lstrip().startswith(row[0].split(" ")[0] + " "))
+        for i, value in enumerate(row[1:], 1):
+            assert f" {value} " in f"{line} " or f"{headers[i]} {value}" in out, (value, out)
+    same = [h for i, h in enumerate(headers) if i >= 2 and len({row[i] for row in rows}) == 1]
+    assert same and ("the same in every run: " in out) is (width < 100), out
+
     report = build_report([load_run(p) for p in runs])
     assert report["baseline"] == str(runs[0]) and report["target_bleu"] == pytest.approx(20.5)
     sync, asynchronous, accum = report["runs"]
@@ -263,6 +280,12 @@ def test_a_baseline_with_a_best_bleu_of_0_gives_no_target(tmp_path: Path) -> Non
         result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", target])
         assert result.exit_code == 2 and result.output.count("\n") == 1
         assert "--target-bleu must be above 0" in result.output
+    result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", "100.5"])  # (no run can meet it)
+    assert (
+        result.exit_code == 2 and result.output == "error: --target-bleu must be at most 100 (got 100.5), as BLEU is\n"
+    )
+    result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", "0.001"])  # (it said 0.00)
+    assert result.exit_code == 0 and "target BLEU 0.001," in result.stdout, result.output
 
 
 def test_a_run_not_validated_yet_is_a_row_of_dashes(tmp_path: Path, runs: list[Path]) -> None:
