@@ -377,7 +377,7 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
             if value is not None:
                 names.setdefault(str(value), []).append(run.name)
         if len(names) > 1:
-            which = "; ".join(f"{value}: {', '.join(named)}" for value, named in names.items())
+            which = "; ".join(f"{value}: {briefly(named)}" for value, named in names.items())
             what = "times" if setting in clocks else "BLEU and times"
             lines.append(f"warning: the runs differ in {setting} ({which}); their {what} do not compare")
     return lines
@@ -426,6 +426,14 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     texts[i] += " since sync"
         rows.append(texts)
     return [header for header, _, _ in cols], rows
+
+
+def briefly(names: list[str], shown_at_most: int = 3) -> str:
+    """Run names as a warning lists them: the first few and how many more (the 40 runs of docs/results made one
+    warning line of 6 KB)."""
+    if len(names) <= shown_at_most + 1:  # ("and 1 more" is no shorter)
+        return ", ".join(names)
+    return f"{', '.join(names[:shown_at_most])} and {len(names) - shown_at_most} more"
 
 
 def bleu_text(bleu: float) -> str:

@@ -923,3 +923,12 @@ def test_an_async_run_whose_emulated_devices_idle_on_the_predicted_clock_is_warn
     assert "idles for 12% of the predicted clock" in cli.invoke(main, ["report", str(run), "--x", "predicted"]).stderr
     not_on_its_clock = cli.invoke(main, ["report", str(run), "--x", "updates"])
     assert not_on_its_clock.exit_code == 0 and "idles" not in not_on_its_clock.stderr
+
+
+def test_a_warning_names_a_few_runs_of_a_value_and_counts_the_rest() -> None:
+    """The 40 runs of docs/results made one warning line of 6 KB."""
+    from async_nmt.report import briefly
+
+    assert briefly(["a"]) == "a" and briefly(["a", "b", "c"]) == "a, b, c"
+    assert briefly(["a", "b", "c", "d"]) == "a, b, c, d"  # (not "and 1 more", which is no shorter)
+    assert briefly([f"r{i}" for i in range(40)]) == "r0, r1, r2 and 37 more"
