@@ -298,6 +298,8 @@ def save_json(cfg: Any, path: Path | str) -> None:
     try:
         tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         tmp.replace(path)
+    except OSError as err:  # (a full disk's failed write names no file)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -255,8 +255,11 @@ def drop_stdout() -> None:
 
 
 def system_error(err: OSError) -> str:
-    """`PATH: REASON` (or `REASON` where the error names no file): how an error of the system is one line."""
-    where = "".join(f"{name}: " for name in (err.filename, err.filename2) if name is not None)
+    """`PATH: REASON` (or `REASON` where the error names no file): how an error of the system is one line; a
+    copy or a rename that failed names both files as `FROM -> TO: REASON` (it read `FROM: TO: REASON`, as if
+    the first had failed)."""
+    names = [str(name) for name in (err.filename, err.filename2) if name is not None]
+    where = f"{' -> '.join(names)}: " if names else ""
     return f"{where}{err.strerror or err}"
 
 

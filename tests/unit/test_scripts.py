@@ -81,13 +81,14 @@ def test_run_script_names_the_path_of_a_system_error(capsys: pytest.CaptureFixtu
 
 
 def test_run_script_names_both_paths_of_a_system_error_that_has_two(capsys: pytest.CaptureFixture[str], tmp_path: Path):
-    """A rename (os.replace) that fails names its source and its destination, as the system gave them."""
+    """A rename (os.replace) that fails names its source and its destination, as the system gave them, as
+    FROM -> TO (`FROM: TO: REASON` read as if the first had failed)."""
     source, target = tmp_path / "gone.tmp", tmp_path / "out.txt"
 
     def rename() -> None:
         os.replace(source, target)
 
-    assert ends_with(rename, capsys) == (2, f"error: {source}: {target}: No such file or directory\n")
+    assert ends_with(rename, capsys) == (2, f"error: {source} -> {target}: No such file or directory\n")
 
 
 def test_run_script_returns_when_main_does_and_keeps_a_bugs_traceback(capsys: pytest.CaptureFixture[str]):

@@ -213,6 +213,44 @@ def test_a_resume_deletes_the_partial_saves_a_kill_left(synthetic_bin: Path, tmp
     assert list((run / "checkpoints").glob("*.tmp")) == []
 
 
+def test_a_resume_that_redoes_a_kept_save_leaves_no_temporary_file(synthetic_bin: Path, tmp_path: Path):
+    """A resume whose log lacks the last save's event does that save's rest again: update-3.pt was already a
+    link to last.pt, the rename of update-3.pt.tmp onto it did nothing, and the .tmp stayed (a checkpoint's
+    size once update-3.pt went)."""
+    run = tmp_path / "run"
+    train(micro(synthetic_bin, max_updates=3, keep_last=2), run, progress=False)
+    (run / "events.jsonl").unlink()
+    train(micro(synthetic_bin, max_updates=4, keep_last=2), run, resume=True, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt", "update-3.pt",
+                                                                     "update-4.pt"]  # fmt: skip
+
+
+def test_a_failed_copy_to_best_leaves_no_part_of_it_and_names_best_pt(synthetic_bin: Path, tmp_path: Path,
+                                                                      monkeypatch):  # fmt: skip
+    """A full disk while last.pt is copied to best.pt: the error named last.pt and best.pt.tmp (`last.pt:
+    best.pt.tmp: No space left on device`), and the part written stayed."""
+    import errno
+
+    from async_nmt.train import trainer as trainer_module
+
+    copy = trainer_module.shutil.copyfile
+
+    def full(source, target):
+        if Path(target).name != "best.pt.tmp":
+            return copy(source, target)
+        Path(target).write_bytes(b"part of it")
+        raise OSError(errno.ENOSPC, "No space left on device", str(source), None, str(target))
+
+    monkeypatch.setattr(trainer_module.shutil, "copyfile", full)
+    run = tmp_path / "run"
+    with pytest.raises(OSError) as raised:
+        train(micro(synthetic_bin, max_updates=2, valid_every=2), run, progress=False)
+    from async_nmt.errors import system_error
+
+    assert system_error(raised.value) == f"{run / 'checkpoints' / 'best.pt'}: No space left on device"
+    assert not (run / "checkpoints" / "best.pt.tmp").exists()
+
+
 def test_force_starts_the_run_folder_afresh(synthetic_bin: Path, tmp_path: Path):
     """--force on an existing run: the old run's events, checkpoints and kept copies are gone, not mixed into
     the new run's (its log had two starts, and an old update-U.pt stayed for `nmt average` to find)."""

@@ -356,10 +356,14 @@ class Trainer:
             self._event("checkpoint", path=str(last.relative_to(self.run_dir)), best=best)
 
     def _copy_to_best(self, last: Path) -> None:
-        """best.pt := last.pt, atomically."""
-        tmp = last.with_name("best.pt.tmp")
-        shutil.copyfile(last, tmp)
-        tmp.replace(last.with_name("best.pt"))
+        """best.pt := last.pt, atomically; a copy that fails (a full disk) leaves no part of it and names best.pt."""
+        tmp, best = last.with_name("best.pt.tmp"), last.with_name("best.pt")
+        try:
+            shutil.copyfile(last, tmp)
+            tmp.replace(best)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(err.errno, err.strerror or str(err), str(best)) from None
         self.best_lost = False
 
     def _keep(self, last: Path) -> None:
@@ -374,6 +378,8 @@ class Trainer:
         except OSError:  # a file system without hard links
             shutil.copyfile(last, tmp)
         tmp.replace(kept)
+        tmp.unlink(missing_ok=True)  # (where `kept` was a link to last.pt already, as when a resume redoes this
+        # save, the rename of one link onto another of the same file does nothing, and left the .tmp)
         for old in kept_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
             old.unlink()
 
