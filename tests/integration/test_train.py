@@ -1329,16 +1329,20 @@ def test_an_update_taken_as_soon_as_the_gate_opens_is_still_logged_and_saved(syn
     assert [p.name for p in kept_checkpoints(run)] == ["update-2.pt", "update-4.pt", "update-6.pt"]
 
 
-def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Path, tmp_path: Path):
+def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Path, tmp_path: Path, capsys):
     """A run resumed from an older save (last.pt replaced by update-2.pt) kept the abandoned run's
-    update-4.pt and update-6.pt, which `nmt average --last` then mixed in."""
+    update-4.pt and update-6.pt, which `nmt average --last` then mixed in. It deletes them, and says so (they
+    went without a word, where the run's own message said how to rewind)."""
     run = tmp_path / "run"
     train(micro_config(synthetic_bin, max_updates=6, save_every=2, keep_last=10), run, progress=False)
     abandoned = (run / "checkpoints" / "update-4.pt").read_bytes()
     (run / "checkpoints" / "last.pt").unlink()  # (a hard link of update-6.pt: cp would write through it)
     shutil.copyfile(run / "checkpoints" / "update-2.pt", run / "checkpoints" / "last.pt")
+    capsys.readouterr()
     train(micro_config(synthetic_bin, max_updates=4, save_every=2, keep_last=10, lr=1e-4), run, resume=True,
           progress=False)  # fmt: skip
+    assert (f"warning: {run} resumes from update 2: the kept saves after it are deleted (update-4.pt, update-6.pt), "
+            "and its events after it\n") in capsys.readouterr().err  # fmt: skip
     again = (run / "checkpoints" / "update-4.pt").read_bytes()
     assert again != abandoned and again == (run / "checkpoints" / "last.pt").read_bytes()
     assert sorted(p.name for p in (run / "checkpoints").glob("update-*.pt")) == ["update-2.pt", "update-4.pt"]

@@ -251,6 +251,22 @@ def test_a_failed_copy_to_best_leaves_no_part_of_it_and_names_best_pt(synthetic_
     assert not (run / "checkpoints" / "best.pt.tmp").exists()
 
 
+def test_a_log_cut_short_before_the_save_is_warned_of(synthetic_bin: Path, tmp_path: Path, capsys):
+    """A log cut (a copy, a full disk) after update 2's train event, the save at 4: the resume cut it back to
+    the save's lines, which it did not reach, and went on without a word; its events 3-4 are lost."""
+    run = tmp_path / "run"
+    train(micro(synthetic_bin, max_updates=4, log_every=1), run, progress=False)
+    log = run / "events.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    second = next(i for i, line in enumerate(lines) if '"train"' in line and '"updates": 2,' in line)
+    log.write_text("".join(lines[: second + 1]) + lines[second + 1][:20])  # (and a torn line)
+    capsys.readouterr()
+    train(micro(synthetic_bin, max_updates=5, log_every=1), run, resume=True, progress=False)
+    assert (f"warning: {log} ends at update 2, before the save it resumes from (update 4): the events between are "
+            "lost") in capsys.readouterr().err  # fmt: skip
+    assert [e["updates"] for e in events(run, "train")] == [1, 2, 5]
+
+
 def test_force_starts_the_run_folder_afresh(synthetic_bin: Path, tmp_path: Path):
     """--force on an existing run: the old run's events, checkpoints and kept copies are gone, not mixed into
     the new run's (its log had two starts, and an old update-U.pt stayed for `nmt average` to find)."""

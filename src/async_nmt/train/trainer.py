@@ -164,15 +164,25 @@ class Trainer:
             if self.leader:
                 for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
-                for kept in kept_checkpoints(self.run_dir):  # of a run rewound to an older last.pt: abandoned,
-                    if kept_update(kept) > self.updates:  # as the events after the checkpoint are (`nmt average`
-                        kept.unlink()  # took them)
+                # of a run rewound to an older last.pt: abandoned, as the events after the checkpoint are (`nmt
+                # average` took them); said, as they go without a word where the run said how to rewind
+                later = [kept for kept in kept_checkpoints(self.run_dir) if kept_update(kept) > self.updates]
+                for kept in later:
+                    kept.unlink()
+                if later:
+                    print(f"warning: {self.run_dir} resumes from update {self.updates}: the kept saves after it are "
+                          f"deleted ({', '.join(kept.name for kept in later)}), and its events after it",
+                          file=sys.stderr)  # fmt: skip
                 # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
                 events = truncate_events(events_path, state["event_lines"])
                 if not events_path.is_file() or not events:  # (an empty one resumed without a word)
                     print(f"warning: {events_path} is {'empty' if events_path.is_file() else 'missing'}: the log "
                           f"starts again at update {self.updates} (`nmt report` sees the run from there)",
                           file=sys.stderr)  # fmt: skip
+                elif len(events) < state["event_lines"] - 1:  # (a kill between the save and its event: 1 fewer)
+                    print(f"warning: {events_path} ends at update {events[-1]['updates']}, before the save it "
+                          f"resumes from (update {self.updates}): the events between are lost (cut short or "
+                          "damaged; `nmt report` sees a gap)", file=sys.stderr)  # fmt: skip
                 # the wall clock goes on from the last event: the checkpoint's own event came after the write
                 wall_s = max([state["wall_s"]] + [event.get("wall_s", 0.0) for event in events[-1:]])
                 self._wall_start = time.perf_counter() - wall_s
