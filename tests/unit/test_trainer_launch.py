@@ -278,6 +278,24 @@ def test_force_starts_the_run_folder_afresh(synthetic_bin: Path, tmp_path: Path)
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 1
 
 
+def test_force_deletes_no_file_that_training_did_not_write(synthetic_bin: Path, tmp_path: Path):
+    """A user's notes and translations in the run folder, or a file in its checkpoints/, went with --force
+    without a word; they are named and the run is left as it was (preprocess --force does so too). A save
+    that a kill cut short (*.tmp) and a worker's error log are the run's."""
+    run = tmp_path / "run"
+    train(micro(synthetic_bin, max_updates=2, keep_last=1), run, progress=False)
+    for name in ("worker-errors.log", "checkpoints/last.pt.tmp", ".config.json.123.tmp"):
+        (run / name).write_text("the run's")
+    for name in ("NOTES.md", "hyp.en", "checkpoints/mine.pt"):
+        (run / name).write_text("mine")
+        with pytest.raises(UserError, match=rf"holds what nmt-train did not write \({name}\), which --force would"):
+            train(micro(synthetic_bin, max_updates=1), run, force=True, progress=False)
+        assert (run / name).read_text() == "mine" and events(run, "end")[-1]["updates"] == 2
+        (run / name).unlink()
+    train(micro(synthetic_bin, max_updates=1), run, force=True, progress=False)
+    assert events(run, "end")[-1]["updates"] == 1 and not (run / "worker-errors.log").exists()
+
+
 def test_config_json_records_the_training_splits_pairs_and_tokens_of_both_sides(synthetic_bin: Path,
                                                                                 tmp_path: Path):  # fmt: skip
     """config.json's corpus counts the training split's pairs and its source plus target tokens, as

@@ -16,9 +16,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from async_nmt.config import LOCK_NAME, RUN_MARKS, is_run_folder, run_folder_in, temporary_beside
+from async_nmt.config import LOCK_NAME, RUN_MARKS, VOCAB_NAME, is_run_folder, run_folder_in, temporary_beside
 from async_nmt.errors import UserError, reason
-from async_nmt.model.checkpoint import FORMAT_VERSION, checkpoint_path, params_crc32
+from async_nmt.model.checkpoint import FORMAT_VERSION, KEPT, checkpoint_path, params_crc32
+
+# what nmt-train writes into a run folder (README: "The run folder"), and in its checkpoints/; a name ending in
+# .tmp is a write that a kill cut short
+RUN_FILES = frozenset((*RUN_MARKS, VOCAB_NAME, LOCK_NAME, "worker-errors.log"))
+SAVE_FILES = frozenset(("last.pt", "best.pt"))
+
+
+def not_written_by_training(run_dir: Path) -> list[str]:
+    """The files and folders of `run_dir` that nmt-train did not write (a user's notes, translations, an
+    average), as paths inside it: what --force must not delete without a word."""
+    found = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.endswith(".tmp")]
+    saves = run_dir / "checkpoints"
+    if saves.is_dir() and not saves.is_symlink():
+        ours = SAVE_FILES | {p.name for p in saves.iterdir() if KEPT.fullmatch(p.name) or p.name.endswith(".tmp")}
+        found += [f"checkpoints/{p.name}" for p in saves.iterdir() if p.name not in ours]
+    return sorted(found)
 
 
 def check_run_path(run_dir: Path, bin_dir: Path) -> None:
@@ -50,6 +66,10 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
             raise UserError(f"{run_dir}: run folder exists; use --resume to continue it or --force to start over")
         if (inner := run_folder_in(run_dir, below_only=True)) is not None:
             raise UserError(f"{run_dir}: holds another run, {inner}, which --force would delete; move it first")
+        if others := not_written_by_training(run_dir):  # (notes, translations, an average went without a word)
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"{run_dir}: holds what nmt-train did not write ({shown}), which --force would delete; "
+                            "move it out, or train into another folder")  # fmt: skip
 
 
 OTHER_SAVE = "resume from another save (best.pt, or a kept update-U.pt, copied to last.pt)"  # a last.pt is broken

@@ -140,7 +140,8 @@ OPTIONS = [
                  "the defaults; those that decide the batches, the update rule or the model (e.g. --max-tokens, "
                  "--mode, --preset) must stay as they were; stopping options may change."),
     click.option("--force", is_flag=True, help="Delete an existing RUN_DIR and start over (refused while another "
-                 "nmt-train uses RUN_DIR)."),
+                 "nmt-train uses RUN_DIR, and where RUN_DIR holds files that nmt-train did not write, which it "
+                 "names)."),
     click.option("--quiet", is_flag=True,
                  help="No progress: no bar (where stderr is not a terminal: no line per train event), no line "
                  "per validation, no summary table. Warnings and errors still show."),
