@@ -140,6 +140,26 @@ def test_resume_without_a_readable_config_json_takes_the_options_from_last_pt(
                                                                            valid_every=150, log_every=10)  # fmt: skip
 
 
+@pytest.mark.parametrize(("field", "edited", "saved"), [("preset", "tiny", "micro"), ("max_tokens", 2048, 1024)])
+def test_a_config_json_edited_by_hand_is_named_not_the_command_line(synthetic_bin: Path, learned_run: Path,
+                                                                    tmp_path: Path, field, edited, saved):  # fmt: skip
+    """config.json saying --preset tiny or --max-tokens 2048 where last.pt was saved with micro and 1024: the
+    refusal said "the options given, --preset tiny", which no one had typed."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"][field] = edited
+    (run / "config.json").write_text(json.dumps(config))
+    option = "--" + field.replace("_", "-")
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301")
+    assert code == 2 and output == (f"error: {run / 'config.json'}: {option} {edited}, but "
+                                    f"{run / 'checkpoints' / 'last.pt'} was saved with {saved} (config.json "
+                                    f"edited?); resume with {option} {saved}, or start a new run\n")  # fmt: skip
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301",
+                           option, str(saved))  # fmt: skip
+    assert code == 0, output
+
+
 def test_a_save_from_before_the_two_dropouts_resumes_and_another_dropout_is_refused_by_name(
     synthetic_bin: Path, learned_run: Path, tmp_path: Path
 ):

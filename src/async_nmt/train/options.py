@@ -290,9 +290,21 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     # another --mode is refused as such before the options are checked together: `--resume --mode sync` of an
     # async-accum run was refused for its saved --accum instead. (The mode alone: under torchrun a --workers
     # given anew is set from the ranks later, and the trainer checks the rest against last.pt.)
-    from async_nmt.train.trainer import check_resume_options
+    from async_nmt.train.trainer import RESUME_FIXED, check_resume_options
 
     check_resume_options(saved, dataclasses.replace(saved, mode=resumed.mode), source)
+    if source.name == "config.json":  # one edited by hand: the trainer blamed the command line for its values
+        from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
+
+        last = checkpoint_path(run_dir, "last")
+        if last.is_file() and "train_config" in (state := read_checkpoint(last, mmap=True)):
+            last_cfg = from_dict(TrainConfig, state["train_config"])
+            for name in ("preset", *DROPOUTS, *RESUME_FIXED):
+                if name not in kept and getattr(saved, name) != getattr(last_cfg, name):
+                    option = "--" + name.replace("_", "-")
+                    raise UserError(f"{source}: {option} {getattr(saved, name)}, but {last} was saved with "
+                                    f"{getattr(last_cfg, name)} (config.json edited?); resume with {option} "
+                                    f"{getattr(last_cfg, name)}, or start a new run")  # fmt: skip
     return resumed, source
 
 
