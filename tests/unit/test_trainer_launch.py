@@ -267,6 +267,24 @@ def test_a_log_cut_short_before_the_save_is_warned_of(synthetic_bin: Path, tmp_p
     assert [e["updates"] for e in events(run, "train")] == [1, 2, 5]
 
 
+def test_a_resume_says_where_it_resumes_and_that_a_limit_already_passed_ends_it(synthetic_bin: Path, tmp_path: Path,
+                                                                                capsys):  # fmt: skip
+    """As fairseq's "loaded checkpoint": the first line of a resumed run's progress names its update. Where a
+    --max-updates below it leaves the run only the rest of its save to do (its log lost, here), the line says
+    so (it validated, then said "stopped by --max-updates 2" at update 4, without a word why)."""
+    run = tmp_path / "run"
+    train(micro(synthetic_bin, max_updates=3), run, progress=False)
+    capsys.readouterr()
+    train(micro(synthetic_bin, max_updates=4), run, resume=True)
+    assert capsys.readouterr().err.startswith(f"resuming {run} from update 3 (checkpoints/last.pt)\n")
+    (run / "events.jsonl").unlink()
+    train(micro(synthetic_bin, max_updates=2), run, resume=True)
+    assert (f"resuming {run} from update 4 (checkpoints/last.pt), where --max-updates 2 stops it: it does what that "
+            "save lacks, and ends\n") in capsys.readouterr().err  # fmt: skip
+    train(micro(synthetic_bin, max_updates=5), run, resume=True, progress=False)  # (--quiet: no line)
+    assert "resuming" not in capsys.readouterr().err
+
+
 def test_force_starts_the_run_folder_afresh(synthetic_bin: Path, tmp_path: Path):
     """--force on an existing run: the old run's events, checkpoints and kept copies are gone, not mixed into
     the new run's (its log had two starts, and an old update-U.pt stayed for `nmt average` to find)."""

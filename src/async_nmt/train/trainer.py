@@ -541,6 +541,12 @@ class Trainer:
         for warning in warnings:
             if warning and self.leader:
                 print(warning, file=sys.stderr)
+        if self.resumed and self.leader and progress:  # (as fairseq's "loaded checkpoint"; the bar starts there)
+            limit = self.limit_reached()
+            past = f", where {limit} stops it: it does what that save lacks, and ends" if limit else ""
+            print(f"resuming {self.run_dir} from update {self.updates} "
+                  f"({checkpoint_path(self.run_dir, 'last').relative_to(self.run_dir)}){past}",
+                  file=sys.stderr)  # fmt: skip
         self._event(
             "start", mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
