@@ -285,6 +285,36 @@ def test_a_resume_says_where_it_resumes_and_that_a_limit_already_passed_ends_it(
     assert "resuming" not in capsys.readouterr().err
 
 
+def test_ctrl_c_during_a_save_says_so_and_that_save_is_the_stops(synthetic_bin: Path, tmp_path: Path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    """Ctrl-C while update 2 is saved: the save finishes, says so at once, and is the stop's own (it said
+    nothing, then saved update 2 again, with a second checkpoint event)."""
+    import os
+    import signal
+
+    from async_nmt.train import trainer as trainer_module
+
+    save = trainer_module.ckpt.save_checkpoint
+
+    def interrupted(state, path):
+        if state["server"]["updates"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return save(state, path)
+
+    monkeypatch.setattr(trainer_module.ckpt, "save_checkpoint", interrupted)
+    run = tmp_path / "run"
+    trainer = trainer_module.Trainer(micro(synthetic_bin, max_updates=10, save_every=2), run)
+    trainer.open_run(resume=False)
+    end = trainer.run(progress=False)
+    assert end["interrupted"] is True and end["updates"] == 2
+    assert [e["updates"] for e in events(run, "checkpoint")] == [2]
+    assert "interrupted: finishing the save under way\n" in capsys.readouterr().err
+    monkeypatch.setattr(trainer_module.ckpt, "save_checkpoint", save)
+    train(micro(synthetic_bin, max_updates=4, save_every=2), run, resume=True, progress=False)
+    trained = events(run, "train")  # (the stop's train event, after the save, cut and its updates logged again)
+    assert [e["updates"] for e in trained] == [4] and trained[0]["tokens"] == events(run, "end")[-1]["tokens"]
+
+
 def test_force_starts_the_run_folder_afresh(synthetic_bin: Path, tmp_path: Path):
     """--force on an existing run: the old run's events, checkpoints and kept copies are gone, not mixed into
     the new run's (its log had two starts, and an old update-U.pt stayed for `nmt average` to find)."""

@@ -73,6 +73,7 @@ DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess'
 UPDATE_HELD = "interrupted: saving after the update under way (Ctrl-C again to stop at once, unsaved)"
 # and where worker processes compute the pushes, as the trainer waits for those in flight
 PUSHES_HELD = "interrupted: saving after the pushes in flight (Ctrl-C again to stop at once, unsaved)"
+SAVE_HELD = "interrupted: finishing the save under way"  # (it is the stop's save: not made again)
 
 
 def endless_warning(cfg: TrainConfig) -> str | None:
@@ -120,6 +121,7 @@ class Trainer:
         for stream in self.streams:
             stream.pin = self.device.type == "cuda"
         self.saved_at: int | None = None  # update of the last checkpoint written
+        self.saved_tokens = -1  # the tokens it holds (a stop at its update whose drain adds none saves no more)
         self.workers = build_workers(
             ModeContext(cfg, self.model_cfg, self.model, self.flat, self.streams, self.device, self.amp_dtype,
                         devices, run_dir, rank, world, interrupt)
@@ -348,10 +350,11 @@ class Trainer:
         stale best.pt was left that nothing repaired (the resume saw its last event written)."""
         if not self.leader:
             return
-        with self.clock.paused(), uninterrupted():
+        with self.clock.paused(), uninterrupted(notice=SAVE_HELD):
             ckpt.save_checkpoint(self._state(best), checkpoint_path(self.run_dir, "last"))
             self.saved_at = self.updates
             self._finish_save(best)
+            self.saved_tokens = self.tokens
 
     def _finish_save(self, best: bool, event: bool = True) -> None:
         """What follows the write of last.pt: best.pt, the kept copy and (`event`) the checkpoint event. A resume
@@ -731,7 +734,10 @@ class Trainer:
                 self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
                             converged=False, diverged=True)  # fmt: skip
                 raise
-            self.save()
+            # the last save holds this state (Ctrl-C during it): not saved again, with a second checkpoint event (a
+            # train event just logged is cut and logged again by a resume, as after a kill)
+            if not (self.saved_at == self.updates and self.saved_tokens == self.tokens):
+                self.save()
             summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
                                   converged=False)  # fmt: skip
         finally:
