@@ -267,7 +267,12 @@ def test_preprocess_without_a_valid_split_warns_that_train_needs_one(raw: Path, 
         path.unlink()
     result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "60")
     assert result.exit_code == 0, result.output
-    assert "warning:" in result.stderr and "needs a valid split" in result.stderr
+    assert "warning:" in result.stderr and "needs a valid split" in result.stderr and "is there" not in result.stderr
+    (raw / "dev.src").write_text("ba\n")  # a WMT name for it: named in the warning (it said nothing of it)
+    (raw / "dev.tgt").write_text("AB\n")
+    result = nmt("preprocess", raw, tmp_path / "bin2", "--vocab-size", "60")
+    assert "needs a valid split (dev.src/dev.tgt is there, which preprocess does not read: name it " \
+           "valid.src/valid.tgt)" in result.stderr, result.stderr  # fmt: skip
 
 
 def _trainer_children(pid: int) -> list[int]:

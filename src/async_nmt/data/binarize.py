@@ -176,7 +176,14 @@ def preprocess(
         click.echo(f"warning: the vocabulary has {manifest['vocab_size']} pieces, not the {vocab_size} asked for: "
                    "the training text has no more", err=True)  # fmt: skip
     if "valid" not in stats:
-        click.echo(f"warning: {raw_dir} has no valid.{src}/valid.{tgt}: `nmt train` needs a valid split", err=True)
+        named = [f"{name}.{src}/{name}.{tgt}" for name in ("dev", "devtest", "validation", "val")
+                 if (raw_dir / f"{name}.{src}").is_file() and (raw_dir / f"{name}.{tgt}").is_file()]  # fmt: skip
+        hint = (
+            f" ({named[0]} is there, which preprocess does not read: name it valid.{src}/valid.{tgt})" if named else ""
+        )
+        click.echo(
+            f"warning: {raw_dir} has no valid.{src}/valid.{tgt}: `nmt train` needs a valid split{hint}", err=True
+        )
     long = manifest["train_long_sides"]
     if long["pairs"]:
         have = "training pair has" if long["pairs"] == 1 else "training pairs have"
