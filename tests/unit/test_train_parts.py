@@ -583,7 +583,8 @@ def test_the_end_of_run_table_says_how_the_run_went(tmp_path, monkeypatch, capsy
     assert "tokens/s 3,000" in shown["async"]  # 120,000 tokens in 40 s of training
     for mode in ("async-accum", "async"):  # (10 pushes at a mean of 1 and 30 at 3)
         assert "staleness mean 2.50, max 4 (40 pushes)" in shown[mode]
-    assert "staleness" not in shown["sync"]
+    assert "staleness" not in shown["sync"] and "staleness" not in shown["diloco"]
+    assert "steps since sync mean 2.50, max 4 (40 worker steps)" in shown["diloco"]  # (it had no such row)
     assert "best valid BLEU 25.00 (update 5: best.pt)" in shown["async"]
     assert f"nmt translate '{run}' < SOURCE > OUTPUT" in shown["async"]
     print_summary(summary, SimpleNamespace(**{**vars(trainer), "best_lost": True}))  # warned at its resume

@@ -32,9 +32,12 @@ def print_summary(summary: dict[str, Any], trainer: Trainer) -> None:
         ("training time", f"{seconds(summary['train_s'])} (wall {seconds(summary['wall_s'])})"),
         ("tokens/s", f"{summary['tokens'] / max(summary['train_s'], 1e-9):,.0f}"),
     ]
-    if cfg.mode in ASYNC_MODES:  # the pushes' staleness over the whole run (a resumed one too)
+    if cfg.mode in ASYNC_MODES or cfg.mode == "diloco":  # the pushes' staleness over the whole run (a resumed
+        # one too); diloco's is each worker step's inner steps since the last sync, as `nmt report` shows it
         mean, most, pushes = run_staleness(read_events(trainer.run_dir / "events.jsonl"))
-        if mean is not None:
+        if mean is not None and cfg.mode == "diloco":
+            rows.append(("steps since sync", f"mean {mean:.2f}, max {most} ({pushes:,} worker steps)"))
+        elif mean is not None:
             rows.append(("staleness", f"mean {mean:.2f}, max {most} ({pushes:,} pushes)"))
     if "predicted_s" in summary:
         rate = summary["tokens"] / max(summary["predicted_s"], 1e-9)  # (tokens/s above: this one process's)
