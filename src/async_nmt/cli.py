@@ -114,7 +114,10 @@ class OneLineUsageErrors:
             sys.exit(err.exit_code)
         except click.UsageError as err:
             where = err.ctx.command_path if err.ctx is not None else "nmt"
-            message = f"{err.format_message()} (see `{where} --help`)"
+            said = err.format_message()
+            if isinstance(err, click.NoSuchOption) and err.option_name in ("-i", "--input") and where.endswith("score"):
+                said += " It takes HYP then REF..., not sacreBLEU's REF -i HYP."  # (swapped, they score otherwise)
+            message = f"{said} (see `{where} --help`)"
             if torchrun_rank() is not None and where.split()[-1] in ("train", "nmt-train"):
                 from async_nmt.train.launch import refuse_torchrun  # the group's other ranks would wait for this one
 

@@ -508,6 +508,8 @@ def test_report_refuses_an_out_file_and_a_nan_target(run_dir: Path, tmp_path: Pa
         (["frobnicate"], "No such command 'frobnicate'"),
         (["report", "run", "--link-gbps", "0"], "--link-gbps"),
         (["report", "run", "--link-gbps", "1"], "use it with --x predicted"),
+        # sacreBLEU's REF -i HYP: the order is named (swapped, the two score otherwise)
+        (["score", "ref.en", "-i", "hyp.en"], "It takes HYP then REF..., not sacreBLEU's REF -i HYP."),
     ],
 )
 def test_usage_errors_are_one_line_too(args, fragment):
