@@ -119,6 +119,8 @@ def test_load_vocab_errors(tmp_path: Path) -> None:
         (("de", "en"), ("de", "en")),
         (("en", "ro"), ("ro", "en")),
         (("ro", "de"), ("de", "ro")),
+        (("EN", "FR"), ("FR", "EN")),  # (upper case: EN was the source, by the order of the names)
+        (("tgt", "SRC"), ("SRC", "tgt")),
     ],
 )
 def test_language_rule(tmp_path: Path, suffixes: tuple[str, str], expected: tuple[str, str]) -> None:

@@ -291,10 +291,10 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
             f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found}; pass --src/--tgt"
         )
     a, b = found
-    if {a, b} == {"src", "tgt"}:
-        return "src", "tgt"
-    if "en" in found:
-        return (b, a) if a == "en" else (a, b)
+    if {a.lower(), b.lower()} == {"src", "tgt"}:
+        return (a, b) if a.lower() == "src" else (b, a)
+    if "en" in (a.lower(), b.lower()):  # (train.EN too: it made EN the source, by the order of the names)
+        return (b, a) if a.lower() == "en" else (a, b)
     return a, b
 
 
