@@ -160,6 +160,24 @@ def test_a_config_json_edited_by_hand_is_named_not_the_command_line(synthetic_bi
     assert code == 0, output
 
 
+def test_a_config_json_of_the_same_model_written_otherwise_resumes(synthetic_bin: Path, tmp_path: Path):
+    """config.json's --dropout 0.1, the micro preset's own, where last.pt was saved without --dropout (as a
+    resume given --dropout 0.1 that died before its first save leaves it): the same model, which resumes
+    (refused as "saved with None", and `--dropout None` cannot be typed). Another dropout is refused with
+    last.pt's as it was built, which can."""
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, dropout=None, max_updates=2), run, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["dropout"] = 0.1
+    (run / "config.json").write_text(json.dumps(config))
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "3")
+    assert code == 0, output
+    config["train"]["dropout"] = 0.3
+    (run / "config.json").write_text(json.dumps(config))
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "4")
+    assert code == 2 and "--dropout 0.3, but " in output and "resume with --dropout 0.1, or" in output, output
+
+
 def test_a_save_from_before_the_two_dropouts_resumes_and_another_dropout_is_refused_by_name(
     synthetic_bin: Path, learned_run: Path, tmp_path: Path
 ):

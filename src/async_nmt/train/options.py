@@ -21,10 +21,13 @@ from async_nmt.config import (
     SORTS,
     STALENESS_LRS,
     TRAIN_DEFAULTS,
+    ModelConfig,
     RunConfig,
     TrainConfig,
+    dropout_overrides,
     from_dict,
     load_json,
+    model_config,
     torchrun_rank,
 )
 from async_nmt.errors import UserError
@@ -290,22 +293,44 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     # another --mode is refused as such before the options are checked together: `--resume --mode sync` of an
     # async-accum run was refused for its saved --accum instead. (The mode alone: under torchrun a --workers
     # given anew is set from the ranks later, and the trainer checks the rest against last.pt.)
-    from async_nmt.train.trainer import RESUME_FIXED, check_resume_options
+    from async_nmt.train.trainer import check_resume_options
 
     check_resume_options(saved, dataclasses.replace(saved, mode=resumed.mode), source)
-    if source.name == "config.json":  # one edited by hand: the trainer blamed the command line for its values
-        from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
-
-        last = checkpoint_path(run_dir, "last")
-        if last.is_file() and "train_config" in (state := read_checkpoint(last, mmap=True)):
-            last_cfg = from_dict(TrainConfig, state["train_config"])
-            for name in ("preset", *DROPOUTS, *RESUME_FIXED):
-                if name not in kept and getattr(saved, name) != getattr(last_cfg, name):
-                    option = "--" + name.replace("_", "-")
-                    raise UserError(f"{source}: {option} {getattr(saved, name)}, but {last} was saved with "
-                                    f"{getattr(last_cfg, name)} (config.json edited?); resume with {option} "
-                                    f"{getattr(last_cfg, name)}, or start a new run")  # fmt: skip
+    if source.name == "config.json":
+        check_config_json(saved, kept, source)
     return resumed, source
+
+
+def check_config_json(saved: TrainConfig, given: set[str], source: Path) -> None:
+    """A config.json edited by hand so that the options it gives a resume (those not `given`) make another
+    model or other batches than last.pt's is refused naming it and last.pt's value (the trainer's refusal
+    named the command line: "the options given, --preset tiny", which no one had typed). Models are compared
+    as built, as the trainer does: a dropout written as the preset's own is the same model. A last.pt that
+    cannot be read is left to the trainer, whose message says how to go on."""
+    from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint, whole_archive
+    from async_nmt.train.trainer import RESUME_FIXED
+
+    last = checkpoint_path(source.parent, "last")
+    try:
+        state = read_checkpoint(last, mmap=True) if whole_archive(last) else {}
+    except UserError:
+        return
+    if "train_config" not in state or "model_config" not in state:
+        return
+    was = from_dict(TrainConfig, state["train_config"])
+    was_model = from_dict(ModelConfig, state["model_config"])
+    model = (model_config(saved.preset, was_model.vocab_size, **dropout_overrides(saved))
+             if saved.preset in PRESETS else None)  # fmt: skip
+    differ = [(name, getattr(saved, name), getattr(was, name)) for name in ("preset", *RESUME_FIXED)
+              if name not in given and getattr(saved, name) != getattr(was, name)]  # fmt: skip
+    if model is not None and model != was_model and "preset" not in given:  # (its dropouts: as built, typeable)
+        differ += [(name, getattr(model, name), getattr(was_model, name)) for name in DROPOUTS
+                   if name not in given and getattr(model, name) != getattr(was_model, name)]  # fmt: skip
+    if differ:
+        name, value, saved_value = differ[0]
+        option = "--" + name.replace("_", "-")
+        raise UserError(f"{source}: {option} {value}, but {last} was saved with {saved_value} (config.json "
+                        f"edited?); resume with {option} {saved_value}, or start a new run")  # fmt: skip
 
 
 def given_options() -> set[str]:
