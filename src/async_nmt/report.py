@@ -454,31 +454,62 @@ def title(report: dict[str, Any]) -> str:
 
 
 def print_table(report: dict[str, Any], width: int | None = None) -> None:
-    """The table on stdout: whole into a file or a pipe; on a terminal (or at `width`, for tests) no value is
-    ever split across lines (an 80-column terminal showed lr 0.0 above 02): where the table is wider than
-    the terminal, the headers wrap at their spaces and the run names fold, and, where that is not enough, the
-    columns that are the same in every run go into a line below; a table still too wide then runs past the
-    terminal's edge, which wraps its lines."""
+    """The table on stdout: whole into a file or a pipe; on a terminal (or at `width`, for tests) never wider
+    than it, and no value split across lines (an 80-column terminal showed lr 0.0 above 02): where the table
+    is wider, the headers wrap at their spaces and the run names fold; where that is not enough, the columns
+    that are the same in every run go into a line below it; and where that is not enough either, the columns
+    are printed as several tables, one below the other, each beginning with the runs' names."""
+    from rich.text import Text
+
     headers, rows = cells(report)
-    running = "* not finished: still running, or interrupted (--resume goes on)"
-    notes = [running] if any(not row["finished"] for row in report["runs"]) else []
+    notes = ["* not finished: still running, or interrupted (--resume goes on)"] * any(
+        not row["finished"] for row in report["runs"]
+    )
     console = stdout_console(width=width) if width else stdout_console()
     if not console.is_terminal and not width:  # into a file or a pipe: the whole table, never squeezed
-        stdout_console(width=400).print(_rich_table(title(report), headers, rows, notes, room=400))
+        stdout_console(width=400).print(_rich_table(title(report), headers, rows, notes))
         return
-    table = _rich_table(title(report), headers, rows, notes, room=console.width)
-    same = [i for i in range(2, len(headers)) if len({row[i] for row in rows}) == 1] if len(rows) > 1 else []
-    if _rendered_width(table) > console.width and same:
-        kept = [i for i in range(len(headers)) if i not in same]
-        notes = [*notes, "the same in every run: " + ", ".join(f"{headers[i]} {rows[0][i]}" for i in same)]
-        table = _rich_table(title(report), [headers[i] for i in kept], [[row[i] for i in kept] for row in rows],
-                            notes, room=console.width)  # fmt: skip
-    console.width = max(console.width, _rendered_width(table))
-    console.print(table)
+    room = console.width
+    columns = list(range(len(headers)))
+    same = [i for i in columns[2:] if len({row[i] for row in rows}) == 1] if len(rows) > 1 else []
+    alike: list[str] = []  # "header value" of each column left out
+    if _rendered_width(_rich_table(title(report), headers, rows, notes, room)) > room and same:
+        alike = [f"{headers[i]} {rows[0][i]}" for i in same]
+        columns = [i for i in columns if i not in same]
+    groups: list[list[int]] = [[columns[0]]]  # (each begins with the runs' names)
+    for i in columns[1:]:
+        wider = groups[-1] + [i]
+        if len(groups[-1]) > 1 and _rendered_width(_rich_table("", *_picked(headers, rows, wider), [], room)) > room:
+            groups.append([columns[0], i])
+        else:
+            groups[-1] = wider
+    for k, group in enumerate(groups):
+        last = k == len(groups) - 1
+        console.print(_rich_table(title(report) if k == 0 else "", *_picked(headers, rows, group),
+                                  notes if last else [], room))  # fmt: skip
+    for line in _wrapped("the same in every run:", alike, room):  # (a caption broke "workers" from its 4)
+        console.print(Text(line))
 
 
-def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: list[str], room: int) -> Any:
-    """The table of `cells`; where it is wider than `room` columns as it is, each column is as wide as its
+def _wrapped(lead: str, items: list[str], room: int) -> list[str]:
+    """`lead` and the comma-separated `items` in lines of at most `room` characters, broken between items
+    only (one longer than a line is a line of its own)."""
+    lines = [lead] if items else []
+    for k, item in enumerate(items):
+        text = item + ("," if k < len(items) - 1 else "")
+        if len(lines[-1]) + 1 + len(text) > room:
+            lines.append(" " + text)
+        else:
+            lines[-1] += " " + text
+    return lines
+
+
+def _picked(headers: list[str], rows: list[list[str]], columns: list[int]) -> tuple[list[str], list[list[str]]]:
+    return [headers[i] for i in columns], [[row[i] for i in columns] for row in rows]
+
+
+def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: list[str], room: int = 0) -> Any:
+    """The table of `cells`; where it is wider than `room` columns (> 0) as it is, each column is as wide as its
     longest word, of its header or of its values (a value is a word, or words: `4.50 since sync`, `diloco H=10`;
     a run's name may fold after 12 characters)."""
     from rich import box
@@ -486,8 +517,9 @@ def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: 
     from rich.text import Text  # names as they are: a str is read as markup ([bold], runs/a[lr=1]) and :emoji:
 
     def build(fixed: bool) -> Any:
-        table = Table(title=Text(heading, style="table.title"), caption="\n".join(notes) or None,
-                      box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)  # fmt: skip
+        table = Table(title=Text(heading, style="table.title") if heading else None,
+                      caption="\n".join(notes) or None, box=box.SIMPLE_HEAD, collapse_padding=True,
+                      pad_edge=False)  # fmt: skip
         for i, header in enumerate(headers):
             longest = max([len(word) for row in rows for word in row[i].split()], default=1)
             least = max(len(word) for word in header.split())
@@ -499,7 +531,7 @@ def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: 
         return table
 
     table = build(fixed=False)
-    return table if _rendered_width(table) <= room else build(fixed=True)
+    return table if not room or _rendered_width(table) <= room else build(fixed=True)
 
 
 def _rendered_width(table: Any) -> int:

@@ -59,23 +59,27 @@ def runs(tmp_path: Path) -> list[Path]:
     ]
 
 
-@pytest.mark.parametrize("width", [60, 80, 400])
+@pytest.mark.parametrize("width", [40, 60, 80, 400])
 def test_a_narrow_terminal_never_splits_a_value(runs: list[Path], capsys, monkeypatch, width: int) -> None:
-    """On an 80-column terminal the table showed lr 0.0 above 02 and tok/s 5,2 above 23. Now every value is
-    whole on a line of its own row, and where the table did not fit the columns alike in every run are named
-    below it instead; at 400 columns the table is whole."""
+    """On an 80-column terminal the table showed lr 0.0 above 02 and tok/s 5,2 above 23. Now no line is wider
+    than the terminal, and every value is whole on a line of its own row: where the table did not fit, the
+    columns alike in every run are named below it, and the rest are printed as several tables, each
+    beginning with the runs' names; at 400 columns the table is whole, and one."""
     monkeypatch.chdir(runs[0].parent)  # (short names, each on one line)
     report = build_report([load_run(Path(p.name)) for p in runs])
     headers, rows = cells(report)
     print_table(report, width=width)
     out = capsys.readouterr().out
     lines = out.splitlines()
+    assert max(len(line) for line in lines) <= width, out
     for row in rows:
-        line = next(line for line in lines if line.lstrip().startswith(row[0].split(" ")[0] + " "))
+        mine = [line for line in lines if line.lstrip().startswith(row[0].split(" ")[0] + " ")]
         for i, value in enumerate(row[1:], 1):
-            assert f" {value} " in f"{line} " or f"{headers[i]} {value}" in out, (value, out)
+            assert any(f" {value} " in f"{line} " for line in mine) or f"{headers[i]} {value}" in out, (value, out)
     same = [h for i, h in enumerate(headers) if i >= 2 and len({row[i] for row in rows}) == 1]
     assert same and ("the same in every run: " in out) is (width < 100), out
+    tables = out.count(" run ") + out.count("\nrun ")
+    assert tables == 1 if width == 400 else tables > 1 if width == 40 else tables >= 1, out
 
     report = build_report([load_run(p) for p in runs])
     assert report["baseline"] == str(runs[0]) and report["target_bleu"] == pytest.approx(20.5)
