@@ -44,7 +44,8 @@ class ReportsUserErrors:
             return super().make_context(*args, **kwargs)  # (`--help` and `--version` print as it parses)
         except BrokenPipeError:
             reader_gone()
-        except OSError as err:  # a full disk on stdout, where they print (it was a traceback)
+        except OSError as err:  # a full disk on stdout, where they print (it was a traceback); an error that names
+            # no file while parsing is taken for stdout's, which is all that parsing writes to
             click.echo(f"error: {system_error(cannot_write(err, 'stdout') if err.filename is None else err)}",
                        err=True)  # fmt: skip
             settle_stdout()
@@ -141,7 +142,10 @@ class NmtCommand(OneLineUsageErrors, ReportsUserErrors, click.Command):
 
 
 class NmtGroup(OneLineUsageErrors, ReportsUserErrors, click.Group):
-    command_class = NmtCommand  # (a command's `--help` to a full stdout named it too)
+    # every command and group under `nmt` is one of these (`nmt translate --help` and `nmt corpus list --help`
+    # to a full stdout named no stdout)
+    command_class = NmtCommand
+    group_class = type
 
 
 @click.group(cls=NmtGroup, context_settings=CONTEXT)

@@ -403,7 +403,8 @@ def test_help_and_version_on_a_full_stdout_are_one_line() -> None:
 
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     nmt = Path(sys.executable).with_name("nmt")
-    for args in ([nmt, "--help"], [nmt, "--version"], [nmt, "translate", "--help"], [nmt.with_name("nmt-train"), "-h"]):
+    for args in ([nmt, "--help"], [nmt, "--version"], [nmt, "translate", "--help"], [nmt, "corpus", "--help"],
+                 [nmt, "corpus", "list", "--help"], [nmt.with_name("nmt-train"), "-h"]):  # fmt: skip
         with open("/dev/full", "w") as full:
             done = subprocess.run(list(map(str, args)), stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
                                   env=buffered)  # fmt: skip
