@@ -283,8 +283,8 @@ def temporary_beside(path: Path) -> Path:
 
 def check_replaceable(path: Path) -> None:
     """A file written through `temporary_beside` replaces what is at `path`: never a device or a named pipe
-    (`nmt average --force` made /dev/null a regular file, as root); a symbolic link is replaced, not what it
-    points to."""
+    (`nmt average --force` made /dev/full a regular file, as root would /dev/null); a symbolic link is
+    replaced, not what it points to."""
     if not path.is_symlink() and path.exists() and not path.is_file() and not path.is_dir():
         raise UserError(f"{path}: not a regular file (a device or a named pipe), which is never replaced; "
                         "write elsewhere")  # fmt: skip

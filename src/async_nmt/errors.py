@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 _AT_ONCE = [False]
 # A Ctrl-C or SIGTERM this soon after the last one that counted is the same notice delivered twice: GNU
@@ -252,6 +252,15 @@ def drop_stdout() -> None:
     """Point stdout at /dev/null: what it holds, and anything written to it after, goes nowhere."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def briefly(items: Sequence[str], at_most: int = 3) -> str:
+    """Names (runs, files, line numbers) as a message lists them: the first `at_most` and how many more (the
+    40 runs of docs/results made one warning line of 6 KB); all of them where one more would be named
+    instead ("and 1 more" is no shorter)."""
+    if len(items) <= at_most + 1:
+        return ", ".join(items)
+    return f"{', '.join(items[:at_most])} and {len(items) - at_most} more"
 
 
 def system_error(err: OSError) -> str:

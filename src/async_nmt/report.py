@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from async_nmt.config import RANK_MODES, VOCAB_NAME, check_replaceable, temporary_beside
-from async_nmt.errors import UserError, stdout_console
+from async_nmt.errors import UserError, briefly, stdout_console
 from async_nmt.train.events import read_events, run_staleness
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
 
@@ -428,18 +428,10 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return [header for header, _, _ in cols], rows
 
 
-def briefly(names: list[str], shown_at_most: int = 3) -> str:
-    """Run names as a warning lists them: the first few and how many more (the 40 runs of docs/results made one
-    warning line of 6 KB)."""
-    if len(names) <= shown_at_most + 1:  # ("and 1 more" is no shorter)
-        return ", ".join(names)
-    return f"{', '.join(names[:shown_at_most])} and {len(names) - shown_at_most} more"
-
-
 def bleu_text(bleu: float) -> str:
     """A target BLEU as BLEUs are shown, with 2 decimals, or with more where it has them (--target-bleu 0.001
     was shown as 0.00)."""
-    return f"{bleu:.2f}" if round(bleu, 2) == bleu else f"{bleu:g}"
+    return f"{bleu:.2f}" if round(bleu, 2) == bleu else f"{bleu:.10f}".rstrip("0")  # (:g made 99.9999999 100)
 
 
 def title(report: dict[str, Any]) -> str:

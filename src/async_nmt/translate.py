@@ -24,6 +24,7 @@ from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
 from async_nmt.errors import (
     OutOfMemory,
     UserError,
+    briefly,
     cannot_write,
     check_line_ends,
     drop_stdout,
@@ -159,7 +160,7 @@ def translate_ids(
     truncated = [i for i, x in enumerate(sources) if len(x) > limit]
     if truncated and not notices["truncated"]:
         numbers = [line_numbers[i] if line_numbers else i + 1 for i in truncated]
-        shown = ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+        shown = briefly([str(number) for number in numbers], 10)
         print(f"warning: line{'s' if len(numbers) > 1 else ''} {shown}: longer than the model's {limit} tokens, "
               "truncated", file=sys.stderr)  # fmt: skip
         notices["truncated_named"] = len(numbers)
@@ -447,9 +448,9 @@ def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
         where = "" if into else f" a file in {path.parent}"
         raise UserError(f"{path}: cannot write{where} ({err.strerror or err})") from None
 
-    if not into and path.is_file():  # the file it replaces keeps its permissions, as with `>`
-        with contextlib.suppress(OSError):
-            os.chmod(target, stat.S_IMODE(path.stat().st_mode))
+    if not into and path.is_file():  # the text takes the read and write permissions of the file it replaces
+        with contextlib.suppress(OSError):  # (`>` keeps the file itself; never its setuid bits on text)
+            os.chmod(target, path.stat().st_mode & 0o777)
 
     def write(text: str) -> None:
         f.write(text)

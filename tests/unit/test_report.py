@@ -288,8 +288,9 @@ def test_a_baseline_with_a_best_bleu_of_0_gives_no_target(tmp_path: Path) -> Non
     assert (
         result.exit_code == 2 and result.output == "error: --target-bleu must be at most 100 (got 100.5), as BLEU is\n"
     )
-    result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", "0.001"])  # (it said 0.00)
-    assert result.exit_code == 0 and "target BLEU 0.001," in result.stdout, result.output
+    for target in ("0.001", "99.9999999", "0.00001"):  # (it said 0.00; then 100 and 1e-05)
+        result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", target])
+        assert result.exit_code == 0 and f"target BLEU {target}," in result.stdout, result.output
 
 
 def test_a_run_not_validated_yet_is_a_row_of_dashes(tmp_path: Path, runs: list[Path]) -> None:
@@ -931,7 +932,7 @@ def test_an_async_run_whose_emulated_devices_idle_on_the_predicted_clock_is_warn
 
 def test_a_warning_names_a_few_runs_of_a_value_and_counts_the_rest() -> None:
     """The 40 runs of docs/results made one warning line of 6 KB."""
-    from async_nmt.report import briefly
+    from async_nmt.errors import briefly
 
     assert briefly(["a"]) == "a" and briefly(["a", "b", "c"]) == "a, b, c"
     assert briefly(["a", "b", "c", "d"]) == "a, b, c, d"  # (not "and 1 more", which is no shorter)

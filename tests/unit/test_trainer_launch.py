@@ -269,7 +269,7 @@ def test_a_log_cut_short_before_the_save_is_warned_of(synthetic_bin: Path, tmp_p
 
 def test_a_resume_says_where_it_resumes_and_that_a_limit_already_passed_ends_it(synthetic_bin: Path, tmp_path: Path,
                                                                                 capsys):  # fmt: skip
-    """As fairseq's "loaded checkpoint": the first line of a resumed run's progress names its update. Where a
+    """As fairseq's "loaded checkpoint": a line before a resumed run's progress names its update. Where a
     --max-updates below it leaves the run only the rest of its save to do (its log lost, here), the line says
     so (it validated, then said "stopped by --max-updates 2" at update 4, without a word why)."""
     run = tmp_path / "run"
@@ -279,8 +279,10 @@ def test_a_resume_says_where_it_resumes_and_that_a_limit_already_passed_ends_it(
     assert capsys.readouterr().err.startswith(f"resuming {run} from update 3 (checkpoints/last.pt)\n")
     (run / "events.jsonl").unlink()
     train(micro(synthetic_bin, max_updates=2), run, resume=True)
-    assert (f"resuming {run} from update 4 (checkpoints/last.pt), where --max-updates 2 stops it: it does what that "
-            "save lacks, and ends\n") in capsys.readouterr().err  # fmt: skip
+    assert (
+        f"resuming {run} from update 4 (checkpoints/last.pt), where --max-updates 2 stops it\n"
+        in capsys.readouterr().err
+    )
     train(micro(synthetic_bin, max_updates=5), run, resume=True, progress=False)  # (--quiet: no line)
     assert "resuming" not in capsys.readouterr().err
 
@@ -332,9 +334,10 @@ def test_force_deletes_no_file_that_training_did_not_write(synthetic_bin: Path, 
     that a kill cut short (*.tmp) and a worker's error log are the run's."""
     run = tmp_path / "run"
     train(micro(synthetic_bin, max_updates=2, keep_last=1), run, progress=False)
-    for name in ("worker-errors.log", "checkpoints/last.pt.tmp", ".config.json.123.tmp"):
+    for name in ("worker-errors.log", "checkpoints/last.pt.tmp", "checkpoints/update-7.pt.tmp", ".config.json.123.tmp",
+                 "events.jsonl.tmp", "checkpoints/.write-probe.tmp"):  # fmt: skip
         (run / name).write_text("the run's")
-    for name in ("NOTES.md", "hyp.en", "checkpoints/mine.pt"):
+    for name in ("NOTES.md", "hyp.en", "checkpoints/mine.pt", "notes.tmp", "checkpoints/avg.tmp"):
         (run / name).write_text("mine")
         with pytest.raises(UserError, match=rf"holds what nmt-train did not write \({name}\), which --force would"):
             train(micro(synthetic_bin, max_updates=1), run, force=True, progress=False)

@@ -33,7 +33,7 @@ import numpy as np
 
 from async_nmt.config import MANIFEST, SPLITS, SPM_PREFIX, corpus_files, corpus_languages, run_folder_in
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
-from async_nmt.errors import UserError, check_line_ends, lone_returns, not_utf8, reason
+from async_nmt.errors import UserError, briefly, check_line_ends, lone_returns, not_utf8, reason
 from async_nmt.progress import ProgressBar
 
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
@@ -94,9 +94,8 @@ def preprocess(
     if force and (bin_dir / MANIFEST).is_file():  # --force deletes only what preprocess wrote there
         ours = corpus_files({src, tgt} | (corpus_languages(bin_dir) or set()))
         if others := sorted(p.name for p in bin_dir.iterdir() if p.name not in ours or p.is_dir()):
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise UserError(f"{bin_dir}: holds what preprocess did not write ({shown}), which --force would delete; "
-                            "move it out, or preprocess into another folder")  # fmt: skip
+            raise UserError(f"{bin_dir}: holds what preprocess did not write ({briefly(others)}), which --force would "
+                            "delete; move it out, or preprocess into another folder")  # fmt: skip
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
     checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
     counts = {s: lines for s, (lines, _) in checked.items()}
@@ -283,7 +282,7 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
         return (given, others[0]) if src else (others[0], given)
     if not found:
         files = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        seen = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "") if files else "none"
+        seen = briefly(files, 6) if files else "none"
         raise UserError(f"{raw_dir}: expected plain text files named train.SRC and train.TGT (e.g. train.de and "
                         f"train.en; valid.* and test.* alike), found no train.*: its files are {seen}")  # fmt: skip
     if len(found) != 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,23 +18,31 @@ import numpy as np
 import torch
 
 from async_nmt.config import LOCK_NAME, RUN_MARKS, VOCAB_NAME, is_run_folder, run_folder_in, temporary_beside
-from async_nmt.errors import UserError, reason
+from async_nmt.errors import UserError, briefly, reason
 from async_nmt.model.checkpoint import FORMAT_VERSION, KEPT, checkpoint_path, params_crc32
 
 # what nmt-train writes into a run folder (README: "The run folder"), and in its checkpoints/; a name ending in
 # .tmp is a write that a kill cut short
-RUN_FILES = frozenset((*RUN_MARKS, VOCAB_NAME, LOCK_NAME, "worker-errors.log"))
+RUN_FILES = frozenset((*RUN_MARKS, VOCAB_NAME, LOCK_NAME, "worker-errors.log", "events.jsonl.tmp"))
 SAVE_FILES = frozenset(("last.pt", "best.pt"))
+TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # `temporary_beside`'s names
+PROBE = ".write-probe.tmp"  # `check_writable`'s
 
 
 def not_written_by_training(run_dir: Path) -> list[str]:
     """The files and folders of `run_dir` that nmt-train did not write (a user's notes, translations, an
-    average), as paths inside it: what --force must not delete without a word."""
-    found = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.endswith(".tmp")]
+    average), as paths inside it: what --force must not delete without a word. Training's own temporary files
+    (a write that a kill cut short) are those of its names: `.NAME.PID.tmp` and `events.jsonl.tmp` beside the
+    run's files, `SAVE.tmp` and `.write-probe.tmp` in checkpoints/."""
+
+    def saved(name: str) -> bool:
+        return name in SAVE_FILES or KEPT.fullmatch(name) is not None
+
+    found = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not TEMPORARY.fullmatch(p.name)]
     saves = run_dir / "checkpoints"
     if saves.is_dir() and not saves.is_symlink():
-        ours = SAVE_FILES | {p.name for p in saves.iterdir() if KEPT.fullmatch(p.name) or p.name.endswith(".tmp")}
-        found += [f"checkpoints/{p.name}" for p in saves.iterdir() if p.name not in ours]
+        found += [f"checkpoints/{p.name}" for p in saves.iterdir()
+                  if not saved(p.name) and not saved(p.name.removesuffix(".tmp")) and p.name != PROBE]  # fmt: skip
     return sorted(found)
 
 
@@ -67,9 +76,8 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
         if (inner := run_folder_in(run_dir, below_only=True)) is not None:
             raise UserError(f"{run_dir}: holds another run, {inner}, which --force would delete; move it first")
         if others := not_written_by_training(run_dir):  # (notes, translations, an average went without a word)
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise UserError(f"{run_dir}: holds what nmt-train did not write ({shown}), which --force would delete; "
-                            "move it out, or train into another folder")  # fmt: skip
+            raise UserError(f"{run_dir}: holds what nmt-train did not write ({briefly(others)}), which --force would "
+                            "delete; move it out, or train into another folder")  # fmt: skip
 
 
 OTHER_SAVE = "resume from another save (best.pt, or a kept update-U.pt, copied to last.pt)"  # a last.pt is broken
@@ -92,7 +100,7 @@ def check_writable(folder: Path) -> None:
     """Make `folder` and write a file in it, so that a checkpoints folder that cannot be written fails as the
     run starts, naming it, not at the first save, which may be hours away (a read-only one trained every
     update, then failed there)."""
-    probe = folder / ".write-probe.tmp"  # (a resume removes *.tmp that a kill left)
+    probe = folder / PROBE  # (a resume removes *.tmp that a kill left)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")

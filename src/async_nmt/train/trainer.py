@@ -166,8 +166,10 @@ class Trainer:
             if self.leader:
                 for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
+                # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
+                events = truncate_events(events_path, state["event_lines"])
                 # of a run rewound to an older last.pt: abandoned, as the events after the checkpoint are (`nmt
-                # average` took them); said, as they go without a word where the run said how to rewind
+                # average` took them); said, as they went without a word where the run said how to rewind
                 later = [kept for kept in kept_checkpoints(self.run_dir) if kept_update(kept) > self.updates]
                 for kept in later:
                     kept.unlink()
@@ -175,8 +177,6 @@ class Trainer:
                     print(f"warning: {self.run_dir} resumes from update {self.updates}: the kept saves after it are "
                           f"deleted ({', '.join(kept.name for kept in later)}), and its events after it",
                           file=sys.stderr)  # fmt: skip
-                # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
-                events = truncate_events(events_path, state["event_lines"])
                 if not events_path.is_file() or not events:  # (an empty one resumed without a word)
                     print(f"warning: {events_path} is {'empty' if events_path.is_file() else 'missing'}: the log "
                           f"starts again at update {self.updates} (`nmt report` sees the run from there)",
@@ -376,6 +376,8 @@ class Trainer:
             tmp.replace(best)
         except OSError as err:
             tmp.unlink(missing_ok=True)
+            if err.filename is not None and str(tmp) not in (err.filename, err.filename2):
+                raise  # (last.pt's read, which names it)
             raise OSError(err.errno, err.strerror or str(err), str(best)) from None
         self.best_lost = False
 
@@ -546,7 +548,7 @@ class Trainer:
                 print(warning, file=sys.stderr)
         if self.resumed and self.leader and progress:  # (as fairseq's "loaded checkpoint"; the bar starts there)
             limit = self.limit_reached()
-            past = f", where {limit} stops it: it does what that save lacks, and ends" if limit else ""
+            past = f", where {limit} stops it" if limit else ""
             print(f"resuming {self.run_dir} from update {self.updates} "
                   f"({checkpoint_path(self.run_dir, 'last').relative_to(self.run_dir)}){past}",
                   file=sys.stderr)  # fmt: skip
