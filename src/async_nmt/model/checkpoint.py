@@ -136,7 +136,11 @@ def check_translation_output(path: Path, model_path: Path) -> None:
     check_not_a_run_file(path, run_dir, "the translations")
     if path.is_symlink():  # the translations go into what it points to, as `>` writes (a run's events.jsonl was)
         try:
-            check_not_a_run_file(path.resolve(), run_dir, "the translations")
+            target = path.resolve()
+        except (OSError, RuntimeError) as err:  # a loop of links (Python 3.11: RuntimeError), which `open` refuses
+            raise UserError(f"{path}: a symbolic link that leads nowhere ({reason(err)})") from None
+        try:
+            check_not_a_run_file(target, run_dir, "the translations")
         except UserError as err:
             raise UserError(f"{path} -> {err}") from None
     # any other checkpoint too (`nmt average`'s AVG.pt, one copied out of a run), which `-o` for `-i` made a

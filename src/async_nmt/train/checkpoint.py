@@ -21,8 +21,8 @@ from async_nmt.config import LOCK_NAME, RUN_MARKS, VOCAB_NAME, is_run_folder, ru
 from async_nmt.errors import UserError, briefly, reason
 from async_nmt.model.checkpoint import FORMAT_VERSION, KEPT, checkpoint_path, params_crc32
 
-# what nmt-train writes into a run folder (README: "The run folder"), and in its checkpoints/; a name ending in
-# .tmp is a write that a kill cut short
+# what nmt-train writes into a run folder (README: "The run folder"), and in its checkpoints/ (and the
+# temporary files of those writes, which a kill may leave: `not_written_by_training`)
 RUN_FILES = frozenset((*RUN_MARKS, VOCAB_NAME, LOCK_NAME, "worker-errors.log", "events.jsonl.tmp"))
 SAVE_FILES = frozenset(("last.pt", "best.pt"))
 TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # `temporary_beside`'s names
