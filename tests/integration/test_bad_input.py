@@ -687,6 +687,7 @@ def test_the_early_resume_check_is_of_the_mode_alone(run_dir: Path, tmp_path: Pa
     config = json.loads((run / "config.json").read_text())
     config["train"].update(mode="async", workers=3)  # (a torchrun run of 4 ranks)
     (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoints" / "last.pt").unlink()  # (a sync run's, which config.json, so edited, is checked against)
     cfg, source = resumed_config(TrainConfig(mode="async", workers=1), run, {"workers"})
     assert (cfg.mode, cfg.workers, source) == ("async", 1, run / "config.json")
     with pytest.raises(UserError, match="saved with --mode async, not sync"):

@@ -177,8 +177,8 @@ def test_force_keeps_a_corpus_that_holds_files_of_the_users(raw: Path, tmp_path:
     for name in mine[1:]:
         (bin_dir / name).write_text("mine\n")
     assert_one_line_error(nmt("preprocess", raw, bin_dir, "--vocab-size", "100", "--force"),
-                          f"{bin_dir}: holds what preprocess did not write (evals, test.hyp, test.hyp.tgt and 1 "
-                          "more), which --force would delete; move it out")  # fmt: skip
+                          f"{bin_dir}: holds what preprocess did not write (evals, test.hyp, test.hyp.tgt, "
+                          "train.log), which --force would delete; move it out")  # fmt: skip
     assert all((bin_dir / name).exists() for name in mine) and (bin_dir / "manifest.json").is_file()
     for name in mine[1:]:
         (bin_dir / name).unlink()
