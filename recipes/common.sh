@@ -34,12 +34,18 @@ say() {
 
 # get URL ARCHIVE FILE...: make sure $DATA holds FILE... (paths inside ARCHIVE); download and unpack only what is missing
 get() {
-    local url=$1 archive=$2 file missing=0
+    local url=$1 archive=$2 file missing=0 why
     shift 2
     for file; do [[ -s $DATA/$file ]] || missing=1; done
     if ((missing == 0)); then return 0; fi
     if [[ ! -s $DATA/$archive ]]; then
-        run curl -fL --retry 3 -o "$DATA/$archive.part" "$url"
+        if [[ $DRY_RUN == 1 ]]; then
+            show curl -fsSL --retry 3 -o "$DATA/$archive.part" "$url"
+        elif ! why=$(curl -fsSL --retry 3 -o "$DATA/$archive.part" "$url" 2>&1); then  # (a line a try: the last)
+            rm -f "$DATA/$archive.part"
+            echo "error: could not download $url into $DATA (${why##*$'\n'}); is the internet reachable?" >&2
+            exit 1
+        fi
         run mv "$DATA/$archive.part" "$DATA/$archive"
     fi
     case $archive in
@@ -169,8 +175,11 @@ check_settings() {
     fi
     local device='(cpu|cuda:[0-9]+)'  # (what nmt train --devices takes)
     [[ $DEVICES =~ ^$device(,$device)*$ ]] || refuse "DEVICES=$DEVICES: give cpu or cuda:N, comma-separated"
+    within VOCAB_SIZE ">= 8" "a vocabulary of at least 8 pieces (nmt preprocess needs them)"
     if [[ -n $WORKER_SPEEDS ]]; then
         local speeds speed
+        [[ $WORKER_SPEEDS =~ ^$number(,$number)*$ ]] ||
+            refuse "WORKER_SPEEDS=$WORKER_SPEEDS: give comma-separated numbers, one a worker, e.g. 1,1,1,0.5"
         IFS=, read -ra speeds <<<"$WORKER_SPEEDS"
         ((${#speeds[@]} == 10#$WORKERS)) ||
             refuse "WORKER_SPEEDS=$WORKER_SPEEDS: give $WORKERS speeds, one a worker (WORKERS=$WORKERS)"
@@ -186,4 +195,17 @@ check_settings() {
 data_needed() {
     [[ ! -f $OUT/bin/manifest.json ]]
 }
+
+# no_arguments ARG...: a recipe's knobs are environment variables; -h or --help prints its header (the
+# knobs), any other argument is refused (arguments were ignored: `--help` began the recipe's whole run)
+no_arguments() {
+    (($# == 0)) && return 0
+    if [[ $# == 1 && ($1 == -h || $1 == --help) ]]; then
+        sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"
+        exit 0
+    fi
+    refuse "$(basename "$0") takes no arguments (got: $*); its knobs are environment variables, e.g." \
+        "MAX_TIME=60 bash $0 (see bash $0 --help)"
+}
+no_arguments "$@"  # (a sourced file sees the recipe's arguments)
 check_settings
