@@ -71,6 +71,8 @@ def main() -> None:
     cast_for_search(model, amp)
     marks["load_model"] = sync()
     lines = read_lines(args.input)
+    if not any(line.strip() for line in lines):  # (as bench_translate: timings of nothing, 0.0 s each)
+        raise UserError(f"{args.input}: no sentences")
     sp.encode(lines)  # as translate_lines does, timed apart
     marks["read_and_encode"] = time.perf_counter()
     options = dict(beam=args.beam, max_tokens=args.max_tokens or default_max_tokens(device), amp_dtype=amp,

@@ -11,6 +11,8 @@ BIN=${BIN:-demo/bin}
 RUN=${RUN:-demo/run}
 PYTHON=${PYTHON:-python}
 ONLY=${ONLY:-}
+# (from elsewhere every benchmark failed to find its script)
+[ -f scripts/bench_train.py ] || { echo "error: run it from the repository root (bash scripts/cpu_bench.sh)" >&2; exit 2; }
 for need in "$BIN/manifest.json" "$RUN/checkpoints"; do
   if [ ! -e "$need" ]; then echo "error: $need: not there (make demo writes it)" >&2; exit 2; fi
 done
@@ -21,10 +23,13 @@ bench() {  # bench NAME SCRIPT ARGS...: its JSON lines into OUT/NAME.jsonl, repl
   shift
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "== $name: $*" >&2
-  if "$PYTHON" "$@" >"$OUT/$name.jsonl.tmp"; then
+  "$PYTHON" "$@" >"$OUT/$name.jsonl.tmp"
+  local code=$?
+  if [ $code = 0 ]; then
     mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
   else
     rm -f "$OUT/$name.jsonl.tmp"
+    if [ $code = 130 ]; then exit 130; fi  # Ctrl-C stops the script, not the one benchmark (nine to stop it)
     failed+=("$name")
   fi
 }

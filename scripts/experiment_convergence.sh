@@ -131,7 +131,9 @@ for seed in $SEEDS; do
     [[ -f $DOCS/sync-s$seed/test-avg5.json ]] || continue
     for race in "spread 1,1,1,0.8" "straggler 1,1,1,0.5"; do
         set -- $race
-        "$PYTHON" "$(dirname "$0")/replay_sync_clock.py" "$DOCS/sync-s$seed" "$DOCS/sync-$1-s$seed" --worker-speeds "$2"
+        # (--force: the replay is this script's, made again from the run; without it a second pass stopped here)
+        "$PYTHON" "$(dirname "$0")/replay_sync_clock.py" "$DOCS/sync-s$seed" "$DOCS/sync-$1-s$seed" --worker-speeds "$2" \
+            --force
     done
 done
 

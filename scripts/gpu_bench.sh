@@ -48,6 +48,9 @@ if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file
   PACK="$(cd "$(dirname "$PACK")" && pwd -P)/$(basename "$PACK")"
   case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)" >&2; exit 2 ;; esac
 fi
+# (from elsewhere every step failed to find its script, and from a wrong BIN most of them: the budget went)
+[ -f scripts/bench_train.py ] || { echo "error: run it from the repository root (bash scripts/gpu_bench.sh)" >&2; exit 2; }
+[ -f "$BIN/manifest.json" ] || { echo "error: BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)" >&2; exit 2; }
 # an OUT used before: its results go, so that none of them passes for this run's (a skipped step's)
 # (its own names only: an OUT of `.` keeps other logs)
 rm -f "$OUT"/{bench_,tests_,translate_}*.log "$OUT"/{train,install}.log "$OUT"/test-*.en "$OUT"/score-*.json \

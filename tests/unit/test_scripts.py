@@ -190,6 +190,21 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
 
 
+def test_the_bench_scripts_refuse_a_wrong_folder_or_bin_before_any_work(tmp_path: Path):
+    """Run from elsewhere, every benchmark failed to find its script (gpu_bench.sh then exited 0); given a BIN
+    that is not one, gpu_bench.sh's steps failed one by one until its budget was spent."""
+    for script in ("cpu_bench.sh", "gpu_bench.sh"):
+        env = {**ENV, "OUT": str(tmp_path / "out")}
+        result = subprocess.run(["bash", str(ROOT / "scripts" / script)], cwd=tmp_path, capture_output=True,
+                                text=True, env=env, timeout=60)  # fmt: skip
+        assert result.returncode == 2 and result.stderr == f"error: run it from the repository root (bash " \
+            f"scripts/{script})\n", result.stderr  # fmt: skip
+    env = {**ENV, "OUT": str(tmp_path / "out"), "BIN": str(tmp_path / "nope")}
+    result = subprocess.run(["bash", "scripts/gpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "nope: no preprocessed corpus" in result.stderr, result.stderr
+
+
 def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path):
     """--repeats 2 runs the product and the bare loop twice each, in turn: the line pools their tokens and
     gives each pair's ratio. (What it measures is not asserted: speed is the benchmarks' to measure.)"""
