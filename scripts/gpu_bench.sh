@@ -41,6 +41,8 @@ SENTENCES=${SENTENCES:-1007}  # bench_translate of the trained model: the whole 
 BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
 TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
+# (from elsewhere every step failed to find its script, and the script exited 0)
+[ -f scripts/bench_train.py ] || { echo "error: run it from the repository root (bash scripts/gpu_bench.sh)" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd -P)
 if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)
@@ -48,8 +50,7 @@ if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file
   PACK="$(cd "$(dirname "$PACK")" && pwd -P)/$(basename "$PACK")"
   case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)" >&2; exit 2 ;; esac
 fi
-# (from elsewhere every step failed to find its script, and from a wrong BIN most of them: the budget went)
-[ -f scripts/bench_train.py ] || { echo "error: run it from the repository root (bash scripts/gpu_bench.sh)" >&2; exit 2; }
+# (from a wrong BIN most steps failed, one by one, until the budget was spent)
 [ -f "$BIN/manifest.json" ] || { echo "error: BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)" >&2; exit 2; }
 # an OUT used before: its results go, so that none of them passes for this run's (a skipped step's)
 # (its own names only: an OUT of `.` keeps other logs)

@@ -251,7 +251,8 @@ def test_outputs_never_replace_a_runs_vocabulary_nor_a_corpus_file(run_dir: Path
     loop = tmp_path / "loop"  # (links that lead to each other: a traceback, once links were followed)
     loop.symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(loop)
-    one_line_error(nmt("translate", run_dir, "-o", loop, "--device", "cpu", stdin="ba\n"), "leads nowhere")
+    for model in (run_dir, run_dir / "checkpoints" / "last.pt"):  # (a checkpoint file: a traceback before too)
+        one_line_error(nmt("translate", model, "-o", loop, "--device", "cpu", stdin="ba\n"), "leads nowhere")
     corpus = tmp_path / "bin"  # a new file in a corpus folder is the user's to write
     shutil.copytree(synthetic_bin, corpus)
     for _ in range(2):  # and again: the file is the user's, not the corpus's (it was refused the second time)

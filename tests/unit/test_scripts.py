@@ -181,8 +181,8 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     header now gives PACK first, where $OUT is still the call's."""
     out = tmp_path / "gb"
     env = {**ENV, "OUT": str(out), "PACK": str(out / "gb.tgz")}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], cwd=tmp_path, capture_output=True,
-                            text=True, env=env, timeout=60)  # fmt: skip
+    result = subprocess.run(["bash", "scripts/gpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
     assert "is inside OUT" in result.stderr and result.stdout == "" and sorted(p.name for p in out.iterdir()) == []
     header = (ROOT / "scripts" / "gpu_bench.sh").read_text().splitlines()
@@ -199,10 +199,28 @@ def test_the_bench_scripts_refuse_a_wrong_folder_or_bin_before_any_work(tmp_path
                                 text=True, env=env, timeout=60)  # fmt: skip
         assert result.returncode == 2 and result.stderr == f"error: run it from the repository root (bash " \
             f"scripts/{script})\n", result.stderr  # fmt: skip
+        assert not (tmp_path / "out").exists() and not (tmp_path / "gpu-out").exists()  # (nothing made there)
     env = {**ENV, "OUT": str(tmp_path / "out"), "BIN": str(tmp_path / "nope")}
     result = subprocess.run(["bash", "scripts/gpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
                             timeout=60)  # fmt: skip
     assert result.returncode == 2 and "nope: no preprocessed corpus" in result.stderr, result.stderr
+
+
+def test_cpu_bench_stops_at_ctrl_c(tmp_path: Path):
+    """Ctrl-C (a benchmark's exit code 130) stopped only the benchmark under way: the script went on to the next
+    (nine Ctrl-Cs to stop it), and its file is left as it was."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "manifest.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 130\n")
+    fake.chmod(0o755)
+    env = {**ENV, "OUT": str(tmp_path / "out"), "BIN": str(tmp_path / "bin"), "RUN": str(tmp_path / "run"),
+           "PYTHON": str(fake)}  # fmt: skip
+    result = subprocess.run(["bash", "scripts/cpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 130 and result.stderr.count("== ") == 1, result.stderr
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path):

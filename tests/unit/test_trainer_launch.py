@@ -334,10 +334,11 @@ def test_force_deletes_no_file_that_training_did_not_write(synthetic_bin: Path, 
     that a kill cut short (*.tmp) and a worker's error log are the run's."""
     run = tmp_path / "run"
     train(micro(synthetic_bin, max_updates=2, keep_last=1), run, progress=False)
-    for name in ("worker-errors.log", "checkpoints/last.pt.tmp", "checkpoints/update-7.pt.tmp", ".config.json.123.tmp",
-                 "events.jsonl.tmp", "checkpoints/.write-probe.tmp"):  # fmt: skip
+    for name in ("worker-errors.log", "checkpoints/.last.pt.4242.tmp", "checkpoints/best.pt.tmp",
+                 "checkpoints/update-7.pt.tmp", ".config.json.123.tmp", "events.jsonl.tmp",
+                 "checkpoints/.write-probe.tmp"):  # fmt: skip
         (run / name).write_text("the run's")
-    for name in ("NOTES.md", "hyp.en", "checkpoints/mine.pt", "notes.tmp", "checkpoints/avg.tmp"):
+    for name in ("NOTES.md", "hyp.en", "checkpoints/mine.pt", "notes.tmp", "checkpoints/avg.tmp", ".draft.2.tmp"):
         (run / name).write_text("mine")
         with pytest.raises(UserError, match=rf"holds what nmt-train did not write \({name}\), which --force would"):
             train(micro(synthetic_bin, max_updates=1), run, force=True, progress=False)

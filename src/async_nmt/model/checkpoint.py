@@ -12,6 +12,7 @@ and which holds no training state (it translates, it does not resume).
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import zipfile
@@ -127,18 +128,27 @@ def best_save(best: dict[str, Any]) -> str:
     return f"update {best['updates']}, valid BLEU {best['bleu']:.2f}"
 
 
+def written_to(path: Path) -> Path:
+    """The file that a write to `path` reaches, through any symbolic links (one to a file not there yet: where
+    `>` would make it). A loop of links is one line, on every Python (3.11's `resolve` raised RuntimeError, a
+    traceback; 3.13's returns a path)."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return path.resolve()
+    except OSError as err:  # (ELOOP), which `open` refuses too
+        raise UserError(f"{path}: a symbolic link that leads nowhere ({err.strerror or err})") from None
+
+
 def check_translation_output(path: Path, model_path: Path) -> None:
     """`nmt translate -o` never replaces the checkpoint it translates with, nor a run's (it made the
     checkpoint a text file of translations, and a run's best.pt so, without a word)."""
-    if model_path.is_file() and path.resolve() == model_path.resolve():
+    target = written_to(path)
+    if model_path.is_file() and target == model_path.resolve():
         raise UserError(f"{path}: the checkpoint that translates; write the translations elsewhere")
     run_dir = model_path if model_path.is_dir() else model_path.parent
     check_not_a_run_file(path, run_dir, "the translations")
     if path.is_symlink():  # the translations go into what it points to, as `>` writes (a run's events.jsonl was)
-        try:
-            target = path.resolve()
-        except (OSError, RuntimeError) as err:  # a loop of links (Python 3.11: RuntimeError), which `open` refuses
-            raise UserError(f"{path}: a symbolic link that leads nowhere ({reason(err)})") from None
         try:
             check_not_a_run_file(target, run_dir, "the translations")
         except UserError as err:

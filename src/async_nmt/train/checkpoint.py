@@ -11,6 +11,7 @@ import os
 import random
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +24,30 @@ from async_nmt.model.checkpoint import FORMAT_VERSION, KEPT, checkpoint_path, pa
 
 # what nmt-train writes into a run folder (README: "The run folder"), and in its checkpoints/ (and the
 # temporary files of those writes, which a kill may leave: `not_written_by_training`)
-RUN_FILES = frozenset((*RUN_MARKS, VOCAB_NAME, LOCK_NAME, "worker-errors.log", "events.jsonl.tmp"))
+RUN_FILES = frozenset((*RUN_MARKS, VOCAB_NAME, LOCK_NAME, "worker-errors.log"))
 SAVE_FILES = frozenset(("last.pt", "best.pt"))
-TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # `temporary_beside`'s names
+TEMPORARY = re.compile(r"\.(.+)\.\d+\.tmp")  # `temporary_beside`'s names: .NAME.PID.tmp
 PROBE = ".write-probe.tmp"  # `check_writable`'s
 
 
 def not_written_by_training(run_dir: Path) -> list[str]:
     """The files and folders of `run_dir` that nmt-train did not write (a user's notes, translations, an
     average), as paths inside it: what --force must not delete without a word. Training's own temporary files
-    (a write that a kill cut short) are those of its names: `.NAME.PID.tmp` and `events.jsonl.tmp` beside the
-    run's files, `SAVE.tmp` and `.write-probe.tmp` in checkpoints/."""
+    (a write that a kill cut short) are those of its names: `.NAME.PID.tmp` (`temporary_beside`: config.json's,
+    last.pt's) and `NAME.tmp` (events.jsonl's, best.pt's, a kept save's), and `.write-probe.tmp`."""
+
+    def ours(name: str, own: Callable[[str], bool]) -> bool:
+        temporary = TEMPORARY.fullmatch(name)
+        return (own(name) or own(name.removesuffix(".tmp"))
+                or temporary is not None and (own(temporary[1]) or temporary[1] == "async-nmt"))  # fmt: skip
 
     def saved(name: str) -> bool:
-        return name in SAVE_FILES or KEPT.fullmatch(name) is not None
+        return name in SAVE_FILES or KEPT.fullmatch(name) is not None or name == PROBE
 
-    found = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not TEMPORARY.fullmatch(p.name)]
+    found = [p.name for p in run_dir.iterdir() if not ours(p.name, RUN_FILES.__contains__)]
     saves = run_dir / "checkpoints"
     if saves.is_dir() and not saves.is_symlink():
-        found += [f"checkpoints/{p.name}" for p in saves.iterdir()
-                  if not saved(p.name) and not saved(p.name.removesuffix(".tmp")) and p.name != PROBE]  # fmt: skip
+        found += [f"checkpoints/{p.name}" for p in saves.iterdir() if not ours(p.name, saved)]
     return sorted(found)
 
 
