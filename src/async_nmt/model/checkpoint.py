@@ -216,9 +216,10 @@ def average_last_kept(run_dir: Path, count: int, tries: int = 5) -> tuple[list[P
     return paths, average_checkpoints(paths)
 
 
-def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: Path, mmap: bool = False, check_params: bool = True) -> dict[str, Any]:
     """Load a checkpoint written by training, with one-line errors for anything else. `mmap`: map the file
-    and read only what is used (translation reads the parameters, not the optimizer's two vectors)."""
+    and read only what is used (translation reads the parameters, not the optimizer's two vectors).
+    `check_params`: against their checksum, which reads them all (not where only the configs are read)."""
     if path.is_dir():
         raise UserError(f"{path}: a folder, not a checkpoint")
     if not path.exists():
@@ -245,7 +246,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     if missing or not isinstance(state["params"], torch.Tensor) or not isinstance(state["model_config"], dict):
         what = f"no {', '.join(missing)}" if missing else "params or model_config of the wrong type"
         raise UserError(f"{path}: an incomplete async-nmt checkpoint ({what})")
-    if "params_crc32" in state and params_crc32(state["params"]) != state["params_crc32"]:
+    if check_params and "params_crc32" in state and params_crc32(state["params"]) != state["params_crc32"]:
         raise UserError(f"{path}: damaged (its parameters do not match the checksum saved with them)")
     return state
 
