@@ -76,6 +76,22 @@ def bursting(monkeypatch: pytest.MonkeyPatch, burst: int) -> None:
     monkeypatch.setattr(trainer_module, "build_workers", lambda ctx: BurstWorkers(build(ctx), burst))
 
 
+def poison(trainer: Any, nan_at: int, interrupt_at: int | None = None) -> None:
+    """The training loss of update `nan_at` is NaN (the model is not); Ctrl-C as update `interrupt_at` + 1
+    begins."""
+    advance = trainer.workers.advance
+
+    def poisoned() -> Any:
+        if trainer.updates == interrupt_at:
+            raise KeyboardInterrupt
+        stats, staleness = advance()
+        if trainer.updates == nan_at:
+            stats.loss = float("nan")
+        return stats, staleness
+
+    trainer.workers.advance = poisoned
+
+
 # ---------------------------------------------------------------------- trainer.py
 
 
@@ -170,15 +186,7 @@ def test_a_save_between_train_events_checks_the_loss_first(synthetic_bin: Path, 
     run = tmp_path / "run"
     trainer = Trainer(micro(synthetic_bin, max_updates=10, save_every=2, log_every=5), run)
     trainer.open_run(resume=False)
-    advance = trainer.workers.advance
-
-    def poisoned() -> Any:
-        stats, staleness = advance()
-        if trainer.updates == 3:
-            stats.loss = float("nan")
-        return stats, staleness
-
-    trainer.workers.advance = poisoned
+    poison(trainer, nan_at=3)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at update 4; .*last.pt \(update 2\) is kept"):
         trainer.run(progress=False)
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 2
@@ -923,17 +931,7 @@ def test_ctrl_c_after_a_bad_loss_keeps_the_last_good_save(synthetic_bin: Path, t
     run = tmp_path / "run"
     trainer = Trainer(micro(synthetic_bin, max_updates=10, save_every=4, log_every=10), run)
     trainer.open_run(resume=False)
-    advance = trainer.workers.advance
-
-    def poisoned_then_interrupted() -> Any:
-        if trainer.updates == 6:
-            raise KeyboardInterrupt
-        stats, staleness = advance()
-        if trainer.updates == 5:
-            stats.loss = float("nan")
-        return stats, staleness
-
-    trainer.workers.advance = poisoned_then_interrupted
+    poison(trainer, nan_at=5, interrupt_at=6)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at update 6; .*last.pt \(update 4\) is kept"):
         trainer.run(progress=False)
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4

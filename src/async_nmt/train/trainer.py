@@ -730,7 +730,7 @@ class Trainer:
                 if not self.workers.steps_here:  # worker processes: a push under way may take a while
                     print(PUSHES_HELD, file=sys.stderr, flush=True)
                 self.interval.add(self._count(*self.workers.drain()))
-            try:  # (logged: not again by a resume of the save below)
+            try:  # (logged before the save below, which then holds none of it to log again)
                 self._log_rest()
             except TrainingDiverged:  # a bad state is not saved over the last good one
                 self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
