@@ -29,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -160,8 +161,9 @@ class RemoteWorkers(Workers):
     def close(self) -> None:
         """Tell every worker to stop when its next push comes (one waiting at the fence at once), for at
         most CLOSE_WAIT_S. Every worker's heartbeat has seen the run end before rank 0 leaves, so one still
-        computing leaves quietly when it finds rank 0 gone. After a failure nobody is told: the workers
-        leave when rank 0's connections close."""
+        computing leaves quietly when it finds rank 0 gone. A worker stopped by SIGTERM (a scheduler's that
+        stops this node too) is not waited for: the save waited STOPPED_S for it to be found silent. After
+        a failure nobody is told: the workers leave when rank 0's connections close."""
         if self.failed:
             return
         self.closing = True
@@ -171,24 +173,30 @@ class RemoteWorkers(Workers):
             for src, _ in self.parked:
                 self._refuse(src)
             self.parked = []
-            while len(self.told) < len(self.ranks) and self._header_ready(ended + CLOSE_WAIT_S):
+            while self._awaited() and self._header_ready(ended + CLOSE_WAIT_S, until=lambda: not self._awaited()):
                 src, _ = self._next_header()
                 self._refuse(src)
+            if not self._awaited():
+                return
         except (WorkerFailed, RuntimeError):  # a worker already gone; the others leave when rank 0 does
             pass
-        if len(self.told) < len(self.ranks):  # those still computing learn of the end from the store
-            time.sleep(max(0.0, ended + 2 * HEARTBEAT_S + CHECK_S - time.monotonic()))
+        # those still computing learn of the end from the store
+        time.sleep(max(0.0, ended + 2 * HEARTBEAT_S + CHECK_S - time.monotonic()))
+
+    def _awaited(self) -> list[int]:
+        """The workers not yet told to stop that have not stopped (by SIGTERM) on their own."""
+        return [rank for rank in self.ranks if rank not in self.told and not self.store.check([_key("stopped", rank)])]
 
     # ------------------------------------------------------------------ messages
-    def _header_ready(self, deadline: float = math.inf) -> bool:
-        """Wait for the next push's header from any worker, until `deadline` (a monotonic time) at most;
-        watch the workers' health meanwhile."""
+    def _header_ready(self, deadline: float = math.inf, until: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for the next push's header from any worker, until `deadline` (a monotonic time) at most, or
+        until `until()` holds (looked at as often as the workers' health, which is watched meanwhile)."""
         if self.pending is None:  # gloo completes a receive only in wait(): a thread waits, this one watches
             with processes.uninterrupted():  # a posted receive is never dropped (it would swallow a header)
                 self.pending = _Receive(dist.irecv(self.header, tag=HEADER))
         while not self.pending.done.wait(CHECK_S):
             self._check()
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or until():
                 return False
         return True
 
