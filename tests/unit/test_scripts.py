@@ -98,11 +98,15 @@ def test_run_script_returns_when_main_does_and_keeps_a_bugs_traceback(capsys: py
         run_script(lambda: 1 / 0)
 
 
-# runs a script up to its parse_args, then reports the options without a help text instead of parsing
-HELP_CHECK = """
-import argparse, json, runpy, sys
+# One process runs many scripts, each in a process forked from it: the imports (torch: 2 s a process) are paid
+# once, and each script still runs as `python SCRIPT ARGS` would, up to its exit code, stdout and stderr (read
+# from its own file descriptors). With "help", a script runs up to its parse_args, then reports its options
+# without a help text instead of parsing.
+FORKS = r"""
+import argparse, json, os, runpy, signal, sys, tempfile, traceback
+import torch  # noqa: F401  (what every script imports: once, before the forks)
 
-def report(parser, *args, **kwargs):
+def help_report(parser, *args, **kwargs):
     parser.format_help()  # what --help prints: a help text with a stray % fails here
     print(json.dumps({
         "description": parser.description or "",
@@ -111,16 +115,64 @@ def report(parser, *args, **kwargs):
     }))
     sys.exit(0)
 
-argparse.ArgumentParser.parse_args = report
-sys.argv = [sys.argv[1], "--help"]
-runpy.run_path(sys.argv[0], run_name="__main__")
+def run(script, args, help):
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(script)  # as `python SCRIPT` sets it
+    if help:
+        argparse.ArgumentParser.parse_args = help_report
+    signal.alarm(60)
+    code = 1
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as end:
+        code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        if not isinstance(end.code, int | None):
+            print(end.code, file=sys.stderr)
+    except BaseException:  # a bug's traceback, as Python prints it (and the fork never goes on as the runner)
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+results = []
+for case in json.load(sys.stdin):
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            run(case["script"], case["args"], case["help"])
+        status = os.waitpid(pid, 0)[1]
+        out.seek(0)
+        err.seek(0)
+        results.append({"returncode": os.waitstatus_to_exitcode(status), "stdout": out.read().decode(),
+                        "stderr": err.read().decode()})
+print(json.dumps(results))
 """
 
 
+def run_forked(cases: list[tuple[str, list[str], bool]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run each (script name, arguments, help check) as `python scripts/NAME ARGS` would, in forks of one
+    process that has imported torch."""
+    payload = [{"script": str(ROOT / "scripts" / name), "args": args, "help": help} for name, args, help in cases]
+    done = subprocess.run([sys.executable, "-c", FORKS], input=json.dumps(payload), capture_output=True,
+                          text=True, env=ENV, timeout=60 + 30 * len(cases))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [subprocess.CompletedProcess(case["args"], r["returncode"], r["stdout"], r["stderr"])
+            for case, r in zip(payload, json.loads(done.stdout), strict=True)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def help_checks() -> dict[str, subprocess.CompletedProcess[str]]:
+    return dict(zip(SCRIPTS, run_forked([(script.name, ["--help"], True) for script in SCRIPTS]), strict=True))
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
-def test_every_option_of_a_script_has_help(script: Path):
-    done = subprocess.run([sys.executable, "-c", HELP_CHECK, str(script)], capture_output=True, text=True, env=ENV,
-                          timeout=60)  # fmt: skip
+def test_every_option_of_a_script_has_help(script: Path, help_checks: dict[str, subprocess.CompletedProcess[str]]):
+    done = help_checks[script]
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["no_help"] == []
@@ -137,39 +189,47 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
                           env=ENV, timeout=60)  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("script", "args", "error"),
-    [
-        ("bench_modes.py", ["--bin", "/nope", "--modes", "sync,bogus"], "--modes: 'bogus' is not one of sync, async"),
-        ("bench_modes.py", ["--bin", "/nope", "--seconds", "0"], "--seconds must be a positive number"),
-        ("bench_modes.py", ["--bin", "/nope", "--slow", "2"], "--slow must be above 0 and below 1"),
-        ("bench_modes.py", ["--bin", "/nope", "--modes", "diloco"], "--modes diloco needs --sync-every H"),
-        ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive number"),
-        ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive number"),
-        ("bench_train.py", ["/nope", "--repeats", "0"], "--repeats must be at least 1"),
-        ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
-        ("bench_paramserver.py", ["--shards", "65"], "--shards must be 1 to 64"),
-        ("bench_translate.py", ["--sentences", "0"], "--sentences must be at least 1"),
-        ("bench_step.py", ["--steps", "0"], "--steps must be at least 1"),
-        ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
-        ("parity_train.py", ["/nope", "--updates", "0"], "--updates must be at least 1"),
-        ("parity_train.py", ["/nope", "--seeds", "1", "1"], "--seeds: a seed is given twice"),
-        ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
-        ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
-        ("batch_padding.py", ["/nope"], "/nope: no such folder"),
-        ("results_convergence.py", ["/nope"], "/nope: no such folder"),
-        ("results_convergence.py", [str(ROOT / "scripts")], f"{ROOT / 'scripts'}: no CONFIG-sSEED run folder"),
-        (
-            "results_convergence.py",
-            [str(ROOT / "docs/results/convergence"), "--plots", str(ROOT / "README.md")],
-            f"--plots: {ROOT / 'README.md'} is a file",
-        ),
-        ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
-        ("count_ops.py", ["/nope", "--run", "/nope-run", "--preset", "micro"], "--preset: not with --run"),
-    ],
-)
-def test_a_bad_option_or_input_is_one_line_and_exit_code_2_before_any_work(script: str, args: list[str], error: str):
-    done = run(script, *args)
+BAD_INPUT = [
+    ("bench_modes.py", ["--bin", "/nope", "--modes", "sync,bogus"], "--modes: 'bogus' is not one of sync, async"),
+    ("bench_modes.py", ["--bin", "/nope", "--seconds", "0"], "--seconds must be a positive number"),
+    ("bench_modes.py", ["--bin", "/nope", "--slow", "2"], "--slow must be above 0 and below 1"),
+    ("bench_modes.py", ["--bin", "/nope", "--modes", "diloco"], "--modes diloco needs --sync-every H"),
+    ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive number"),
+    ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive number"),
+    ("bench_train.py", ["/nope", "--repeats", "0"], "--repeats must be at least 1"),
+    ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
+    ("bench_paramserver.py", ["--shards", "65"], "--shards must be 1 to 64"),
+    ("bench_translate.py", ["--sentences", "0"], "--sentences must be at least 1"),
+    ("bench_step.py", ["--steps", "0"], "--steps must be at least 1"),
+    ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
+    ("parity_train.py", ["/nope", "--updates", "0"], "--updates must be at least 1"),
+    ("parity_train.py", ["/nope", "--seeds", "1", "1"], "--seeds: a seed is given twice"),
+    ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
+    ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
+    ("batch_padding.py", ["/nope"], "/nope: no such folder"),
+    ("results_convergence.py", ["/nope"], "/nope: no such folder"),
+    ("results_convergence.py", [str(ROOT / "scripts")], f"{ROOT / 'scripts'}: no CONFIG-sSEED run folder"),
+    (
+        "results_convergence.py",
+        [str(ROOT / "docs/results/convergence"), "--plots", str(ROOT / "README.md")],
+        f"--plots: {ROOT / 'README.md'} is a file",
+    ),
+    ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
+    ("count_ops.py", ["/nope", "--run", "/nope-run", "--preset", "micro"], "--preset: not with --run"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    runs = run_forked([(script, args, False) for script, args, _ in BAD_INPUT])
+    return {(script, *args): done for (script, args, _), done in zip(BAD_INPUT, runs, strict=True)}
+
+
+@pytest.mark.parametrize(("script", "args", "error"), BAD_INPUT)
+def test_a_bad_option_or_input_is_one_line_and_exit_code_2_before_any_work(
+    script: str, args: list[str], error: str, bad_input_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]]
+):
+    done = bad_input_runs[(script, *args)]
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: {error}") and done.stderr.count("\n") == 1, done.stderr
     assert done.stdout == ""  # nothing ran (bench_modes: not even its single worker)
