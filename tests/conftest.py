@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+# One thread for torch, here and in the processes the tests start (spawned ranks set their own share of the
+# cores): the micro models the tests train run slower on two, which spin-wait (test_train.py took 96 s on two
+# cores, 84 s on one). Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).parents[1]
+# the subprocesses import this checkout's async_nmt, whatever the environment has installed
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
 SRC_WORDS = [f"{c}{v}" for c in "bdgklmnprst" for v in "aeiou"][:40]
 TGT_WORDS = [w.upper()[::-1] + "x" for w in SRC_WORDS]
 LEXICON = dict(zip(SRC_WORDS, TGT_WORDS, strict=True))
@@ -97,3 +108,70 @@ def synthetic_bin(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("bin") / "bin"
     preprocess(synthetic_raw, out, vocab_size=200)
     return out
+
+
+# One process runs many scripts, each in a process forked from it: the imports (torch: 2 s a process) are paid
+# once, and each script still runs as `python SCRIPT ARGS` would, up to its exit code, stdout and stderr (read
+# from its own file descriptors). With "help", a script runs up to its parse_args, then reports its options
+# without a help text instead of parsing.
+FORKS = r"""
+import argparse, json, os, runpy, signal, sys, tempfile, traceback
+import torch  # noqa: F401  (what every script imports: once, before the forks)
+
+def help_report(parser, *args, **kwargs):
+    parser.format_help()  # what --help prints: a help text with a stray % fails here
+    print(json.dumps({
+        "description": parser.description or "",
+        "no_help": [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+                    if not (a.help or "").strip()],
+    }))
+    sys.exit(0)
+
+def run(script, args, help):
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(script)  # as `python SCRIPT` sets it
+    if help:
+        argparse.ArgumentParser.parse_args = help_report
+    signal.alarm(60)
+    code = 1
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as end:
+        code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        if not isinstance(end.code, int | None):
+            print(end.code, file=sys.stderr)
+    except BaseException:  # a bug's traceback, as Python prints it (and the fork never goes on as the runner)
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+results = []
+for case in json.load(sys.stdin):
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            run(case["script"], case["args"], case["help"])
+        status = os.waitpid(pid, 0)[1]
+        out.seek(0)
+        err.seek(0)
+        results.append({"returncode": os.waitstatus_to_exitcode(status), "stdout": out.read().decode(),
+                        "stderr": err.read().decode()})
+print(json.dumps(results))
+"""
+
+
+def run_forked(cases: list[tuple[str, list[str], bool]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run each (script name, arguments, help check) as `python scripts/NAME ARGS` would, in forks of one
+    process that has imported torch."""
+    payload = [{"script": str(ROOT / "scripts" / name), "args": args, "help": help} for name, args, help in cases]
+    done = subprocess.run([sys.executable, "-c", FORKS], input=json.dumps(payload), capture_output=True,
+                          text=True, env=ENV, timeout=60 + 30 * len(cases))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [subprocess.CompletedProcess(case["args"], r["returncode"], r["stdout"], r["stderr"])
+            for case, r in zip(payload, json.loads(done.stdout), strict=True)]  # fmt: skip

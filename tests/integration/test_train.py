@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import bin_with_target, record_amp_dtypes
+from conftest import bin_with_target, record_amp_dtypes, run_forked
 
 from async_nmt.cli import main
 from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
@@ -930,11 +930,16 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
 
     equal, slow = run("equal", [1.0, 1.0, 1.0]), run("slow", [1.0, 0.8, 0.5])
     assert [e.get("loss") for e in equal] == [e.get("loss") for e in slow]  # the same updates
-    script = Path(__file__).parents[2] / "scripts" / "replay_sync_clock.py"
-    for speeds, expected in (("1,0.8,0.5", slow), ("1,1,1", equal)):
+
+    def replays(*cases: tuple[str, str, list[str]]) -> list[subprocess.CompletedProcess[str]]:
+        """replay_sync_clock.py RUN OUT --worker-speeds SPEEDS MORE... for each (OUT, SPEEDS, MORE), in turn."""
+        run_dir = str(tmp_path / "equal")
+        return run_forked([("replay_sync_clock.py", [run_dir, str(tmp_path / out), "--worker-speeds", speeds, *more],
+                            False) for out, speeds, more in cases])  # fmt: skip
+
+    slow_done, equal_done = replays(("replayed-1,0.8,0.5", "1,0.8,0.5", []), ("replayed-1,1,1", "1,1,1", []))
+    for speeds, expected, done in (("1,0.8,0.5", slow, slow_done), ("1,1,1", equal, equal_done)):
         out = tmp_path / f"replayed-{speeds}"
-        done = subprocess.run([sys.executable, str(script), str(tmp_path / "equal"), str(out), "--worker-speeds",
-                               speeds], capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, done.stderr
         replayed = read_events(out / "events.jsonl")
         clocks = [[e["predicted_s"] for e in log if "predicted_s" in e] for log in (replayed, expected)]
@@ -943,14 +948,13 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
     assert slow[-1]["predicted_s"] > 1.5 * equal[-1]["predicted_s"]  # the slow worker shows on the clock
     # OUT = RUN, another run, or a replay without --force: refused, untouched (RUN was rewritten in place)
     before = {name: (tmp_path / name / "events.jsonl").read_bytes() for name in ("equal", "slow", "replayed-1,1,1")}
-    for out, force, error in (("equal", ["--force"], "is RUN itself"), ("slow", ["--force"], "is not a replay"),
-                              ("replayed-1,1,1", [], "holds a replay already; use --force")):  # fmt: skip
-        done = subprocess.run([sys.executable, str(script), str(tmp_path / "equal"), str(tmp_path / out),
-                               "--worker-speeds", "1,0.8,0.5", *force], capture_output=True, text=True)  # fmt: skip
+    refused = (("equal", ["--force"], "is RUN itself"), ("slow", ["--force"], "is not a replay"),
+               ("replayed-1,1,1", [], "holds a replay already; use --force"))  # fmt: skip
+    for (_, _, error), done in zip(refused, replays(*((out, "1,0.8,0.5", force) for out, force, _ in refused)),
+                                   strict=True):  # fmt: skip
         assert done.returncode == 2 and error in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert before == {name: (tmp_path / name / "events.jsonl").read_bytes() for name in before}
-    again = subprocess.run([sys.executable, str(script), str(tmp_path / "equal"), str(tmp_path / "replayed-1,1,1"),
-                            "--worker-speeds", "1,0.8,0.5", "--force"], capture_output=True, text=True)  # fmt: skip
+    (again,) = replays(("replayed-1,1,1", "1,0.8,0.5", ["--force"]))
     assert again.returncode == 0 and read_events(tmp_path / "replayed-1,1,1" / "events.jsonl")[-1]["predicted_s"] == (
         pytest.approx(slow[-1]["predicted_s"], rel=1e-6))  # fmt: skip
 
