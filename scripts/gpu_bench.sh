@@ -22,6 +22,8 @@
 #      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch);
 #   4. with MODE_BENCHES=1 (about 4 minutes more, past BUDGET after the rest), bench_paramserver.py and
 #      bench_modes.py (4 workers on cuda:0); with ONLY_MODES=1 these alone.
+# It exits 1 where a step failed or ran out of time (steps.txt says which; the others still run), and 130 on
+# Ctrl-C, which stops the step under way and skips the rest (what is there is still packed).
 # An OUT used again holds this run's results alone: the earlier ones' logs and outputs are removed first. A dry
 # run on the CPU (about 5 minutes on 2 cores) checks the script itself:
 #   DEVICE=cpu PRESETS=micro SECONDS_EACH=5 RUN_TIME=10 TESTS=0 TOKENS=2048 SENTENCES=20 scripts/gpu_bench.sh
@@ -75,7 +77,7 @@ pack() {
 if [ "${ONLY_MODES:-0}" = 1 ]; then
   mode_benches
   pack
-  exit 0
+  steps_end
 fi
 # the test set's first SENTENCES lines, which `nmt translate` translates (all of them by default)
 head -n "$SENTENCES" "$BIN/test.de" >"$OUT/source.de"
@@ -152,3 +154,4 @@ if [ "$TESTS_MODES" = 1 ]; then  # 16 tests: 11 had run after 100 s on an H200 (
     tests/integration/test_modes.py
 fi
 pack
+steps_end

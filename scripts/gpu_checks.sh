@@ -14,3 +14,4 @@ ASYNC_NMT_TEST_DEVICE=cuda:0 step modes_cuda 150 python3 -m pytest -q tests/inte
 mode_benches
 grep -h '^{' "$OUT"/bench_*.log >"$OUT/bench.jsonl"
 cat "$OUT/bench.jsonl"
+steps_end

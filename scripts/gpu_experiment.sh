@@ -29,6 +29,7 @@ for mode in sync async async-accum; do
         --max-time "$MAX_TIME" --valid-every $((VALID_TOKENS / per_update)) --valid-max-sentences 400 \
         >>"$OUT/runs.log" 2>&1 || echo "$mode failed: $(tail -n 1 "$OUT/runs.log")"
     echo "== $mode: $((SECONDS - start)) s; $(grep -c '"valid"' "$RUNS/$mode/events.jsonl") validations"
+    if [ -n "$STEPS_STOPPED" ]; then exit "$STEPS_STOPPED"; fi  # Ctrl-C: the run saved and stopped; so does this
 done
 COLUMNS=200 nmt report "$RUNS"/{sync,async,async-accum} --out "$OUT/report" | tee "$OUT/report.txt"
 tar -czf "$OUT/events.tar.gz" -C "$RUNS" {sync,async,async-accum}/events.jsonl {sync,async,async-accum}/config.json

@@ -2,8 +2,9 @@
 # no network: imports this checkout's src/ (PYTHONPATH), installs it without dependencies where no async-nmt
 # is installed (for its metadata: `nmt --version`; an install elsewhere, as a venv's, is left alone: it was
 # re-pointed at this checkout), puts nmt-train and nmt beside python3 (the tests run them), writes
-# the card and the versions to $OUT/gpu.txt, and defines step NAME SECONDS COMMAND... (run with a time
-# limit, log to $OUT/NAME.log, say how it went). Needs OUT set to an existing folder.
+# the card and the versions to $OUT/gpu.txt, and defines `step` and `steps_end` (steps.sh: run with a time
+# limit, log to $OUT/NAME.log, say how it went; Ctrl-C stops the script). Needs OUT set to an existing folder.
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD/src
 if ! python3 -c "import importlib.metadata as m; m.version('async-nmt')" 2>/dev/null; then
@@ -29,23 +30,4 @@ mode_benches() {
   step bench_paramserver 90 python3 scripts/bench_paramserver.py --device "${DEVICE:-cuda:0}" --transport both
   step bench_modes 150 python3 scripts/bench_modes.py --devices "${DEVICE:-cuda:0}" --workers "${WORKERS:-4}" \
     --seconds 8 --max-tokens 4096
-}
-
-# A step's limit is cut to what is left of BUDGET seconds (from the start of the script), if BUDGET is set;
-# with under 15 s left the step is skipped. Each step's outcome is also appended to $OUT/steps.txt.
-step() {
-  local name=$1 limit=$2
-  shift 2
-  if [ -n "${BUDGET:-}" ]; then
-    local left=$((BUDGET - SECONDS))
-    if [ "$left" -lt 15 ]; then
-      echo "== $name: skipped, ${left} s of BUDGET=$BUDGET left" | tee -a "$OUT/steps.txt"
-      return
-    fi
-    [ "$limit" -gt "$left" ] && limit=$left
-  fi
-  local start=$SECONDS
-  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1  # (-k: killed 10 s after its SIGTERM if still there)
-  echo "== $name: exit $? in $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/steps.txt"
-  tail -n 3 "$OUT/$name.log"
 }

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,6 +214,45 @@ def test_cpu_bench_stops_at_ctrl_c(tmp_path: Path):
                             timeout=60)  # fmt: skip
     assert result.returncode == 130 and result.stderr.count("== ") == 1, result.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def steps(out: Path, commands: str) -> subprocess.Popen[str]:
+    """A script of `step`s (scripts/steps.sh, as the GPU scripts run them) ended by steps_end, started."""
+    out.mkdir()
+    script = f"OUT={out}\nsource scripts/steps.sh\n{commands}\nsteps_end\n"
+    return subprocess.Popen(["bash", "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)  # fmt: skip
+
+
+def test_a_step_that_fails_leaves_the_others_and_the_script_exits_1_naming_it(tmp_path: Path):
+    """gpu_bench.sh exited 0 whatever its steps did."""
+    stdout, stderr = (done := steps(tmp_path / "out", "step ok 30 true\nstep bad 30 false\nstep late 1 sleep 5\n"
+                                    "step after 30 true")).communicate(timeout=60)  # fmt: skip
+    assert done.returncode == 1 and stderr == f"error: failed: bad late (see {tmp_path / 'out'}/steps.txt and " \
+        "their logs)\n", stderr  # fmt: skip
+    ran = (tmp_path / "out" / "steps.txt").read_text().splitlines()
+    assert [line.split(" in ")[0] for line in ran] == ["== ok: exit 0", "== bad: exit 1", "== late: exit 124",
+                                                       "== after: exit 0"]  # fmt: skip
+
+
+def test_ctrl_c_stops_the_step_under_way_and_the_script(tmp_path: Path):
+    """A terminal's Ctrl-C reaches the script, not its step (`timeout` runs it in a process group of its own):
+    the script waited for the step to end, then went on to the next one."""
+    started = steps(tmp_path / "out", "step long 60 sleep 30\nstep next 60 true")
+    try:
+        log = tmp_path / "out" / "long.log"
+        deadline = time.monotonic() + 30
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        started.send_signal(signal.SIGINT)  # the script alone, as a terminal does (its step is in another group)
+        _, stderr = started.communicate(timeout=10)
+    finally:
+        started.kill()  # (no-op when it ended)
+    assert started.returncode == 130 and stderr == "interrupted\n", stderr
+    ran = (tmp_path / "out" / "steps.txt").read_text().splitlines()
+    assert ran[0].startswith("== long: exit ") and ran[0].endswith(", interrupted") and len(ran) == 2
+    assert ran[1] == "== next: skipped, interrupted"
 
 
 def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path):

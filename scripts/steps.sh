@@ -1,0 +1,62 @@
+# Sourced by gpu_setup.sh (for gpu_checks.sh, gpu_bench.sh and gpu_experiment.sh). Needs OUT set to an
+# existing folder.
+#   step NAME SECONDS COMMAND...  runs COMMAND with a time limit (cut to what is left of BUDGET seconds from the
+#       script's start, if BUDGET is set; with under 15 s left the step is skipped), logs it to $OUT/NAME.log,
+#       appends its outcome to $OUT/steps.txt and shows the log's last lines. A step that fails or runs out of
+#       time does not stop the script.
+#   steps_end  ends the script: exit 1 where a step failed, naming it (the script exited 0), else 0.
+# Ctrl-C (or SIGTERM) stops the step under way and skips the steps after it; steps_end then exits 130 (143).
+# (`timeout` runs its command in a process group of its own, which a terminal's Ctrl-C does not reach: the
+# script took it only once the step had ended, and went on to the next one. The trap passes it on.)
+STEPS_FAILED=()
+STEPS_STOPPED=
+STEP_PID=
+steps_stop() {  # steps_stop SIGNAL EXIT_CODE
+  STEPS_STOPPED=$2
+  if [ -n "$STEP_PID" ]; then kill -"$1" "$STEP_PID" 2>/dev/null; fi  # (timeout passes it on to its command)
+}
+trap 'steps_stop INT 130' INT
+trap 'steps_stop TERM 143' TERM
+
+step() {
+  local name=$1 limit=$2
+  shift 2
+  if [ -n "$STEPS_STOPPED" ]; then
+    echo "== $name: skipped, interrupted" | tee -a "$OUT/steps.txt"
+    return
+  fi
+  if [ -n "${BUDGET:-}" ]; then
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 15 ]; then
+      echo "== $name: skipped, ${left} s of BUDGET=$BUDGET left" | tee -a "$OUT/steps.txt"
+      return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+  fi
+  local start=$SECONDS code
+  # (-k: killed 10 s after its SIGTERM if still there; in the background, so that `wait` lets the trap in)
+  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1 </dev/null &
+  STEP_PID=$!
+  while :; do  # (a trapped signal ends `wait` early: wait again for the exit code)
+    wait "$STEP_PID"
+    code=$?
+    kill -0 "$STEP_PID" 2>/dev/null || break
+  done
+  STEP_PID=
+  [ "$code" = 0 ] || STEPS_FAILED+=("$name")
+  echo "== $name: exit $code in $((SECONDS - start)) s (limit $limit s)${STEPS_STOPPED:+, interrupted}" \
+    | tee -a "$OUT/steps.txt"
+  tail -n 3 "$OUT/$name.log"
+}
+
+steps_end() {
+  if [ -n "$STEPS_STOPPED" ]; then
+    echo "interrupted" >&2
+    exit "$STEPS_STOPPED"
+  fi
+  if [ ${#STEPS_FAILED[@]} -gt 0 ]; then
+    echo "error: failed: ${STEPS_FAILED[*]} (see $OUT/steps.txt and their logs)" >&2
+    exit 1
+  fi
+  exit 0
+}
