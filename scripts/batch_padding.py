@@ -17,7 +17,7 @@ import numpy as np
 
 from async_nmt.data.batches import PAD_MULTIPLE, SORTS, make_batches
 from async_nmt.data.binarize import load_split
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 
 
 def padding(src: np.ndarray, tgt: np.ndarray, batches: list[np.ndarray], max_len: int) -> dict:
@@ -39,7 +39,7 @@ def padding(src: np.ndarray, tgt: np.ndarray, batches: list[np.ndarray], max_len
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`); its train split")
     parser.add_argument(
         "--max-tokens", type=int, default=4096, help="token budget of a batch, as nmt-train's (default: %(default)s)"

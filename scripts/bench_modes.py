@@ -9,7 +9,6 @@ with validation only at the end on a few sentences; tokens/s and updates/s come 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -19,7 +18,7 @@ import torch
 
 from async_nmt.config import MODES, PRESETS, TrainConfig
 from async_nmt.devices import resolve_device
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 from async_nmt.train.options import check_config
@@ -36,7 +35,7 @@ def run(cfg: TrainConfig, name: str, folder: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--bin", default="demo/bin", help="binarized corpus (make demo writes demo/bin; default: %(default)s)"
     )

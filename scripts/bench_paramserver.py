@@ -18,7 +18,6 @@ refuses two ranks on one GPU, so a one-GPU machine cannot time it.) Prints one J
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import threading
@@ -30,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from async_nmt.devices import resolve_device
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.train.modes import MAX_SHARDS, remote
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.processes import free_port
@@ -108,7 +107,7 @@ def bench_gloo(numel: int, accums: list[int], repeat: int, device: torch.device)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--numel", type=int, default=60_000_000, help="parameters (transformer-base: ~60M; default: %(default)s)"
     )

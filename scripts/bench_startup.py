@@ -26,7 +26,7 @@ TORCH = time.perf_counter()
 
 import async_nmt.cli  # noqa: E402, F401  (what `nmt` imports before it runs a command)
 from async_nmt.devices import amp_dtype_for, resolve_device  # noqa: E402
-from async_nmt.errors import UserError, run_script  # noqa: E402
+from async_nmt.errors import ScriptParser, UserError, run_script  # noqa: E402
 from async_nmt.model.checkpoint import load_model  # noqa: E402
 from async_nmt.model.search import cast_for_search  # noqa: E402
 from async_nmt.translate import default_max_tokens, read_lines, translate_lines  # noqa: E402
@@ -35,7 +35,7 @@ CLI = time.perf_counter()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="A run folder or checkpoint.")
     parser.add_argument("--input", type=Path, required=True, help="Source text to translate, one sentence a line.")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu).")

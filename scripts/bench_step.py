@@ -6,7 +6,6 @@ Prints one JSON line: target tokens/s of both on the same synthetic batches, and
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -18,7 +17,7 @@ from torch import nn
 from async_nmt.config import PAD_ID, PRESETS, model_config
 from async_nmt.data.batches import Batch
 from async_nmt.devices import bf16_supported, resolve_device
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import flatten_parameters, train_step
@@ -86,7 +85,7 @@ def time_loop(step, batches, warmup: int, device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="Model size (default: %(default)s).")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu).")
     parser.add_argument("--vocab", type=int, default=8000, help="Vocabulary size of the model (default: %(default)s).")

@@ -54,7 +54,7 @@ from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConf
 from async_nmt.data.batches import SORTS, Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.transformer import Transformer
 from async_nmt.train import step as step_module
 from async_nmt.train.events import read_events
@@ -208,7 +208,7 @@ def pooled(halves: list[tuple[int, float] | None]) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="model size (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu)")

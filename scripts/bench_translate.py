@@ -14,7 +14,6 @@ it seldom picks eos, so outputs run to the length limit, a fixed amount of work.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -24,7 +23,7 @@ import torch
 
 from async_nmt.config import PRESETS, model_config
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model import search
 from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
@@ -61,7 +60,7 @@ def speed(model: Transformer, sources: list[list[int]], **kwargs) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None, help="A run folder or checkpoint (default: random).")
     parser.add_argument("--input", type=Path, default=None, help="Source text to translate (needs --run).")
     parser.add_argument(

@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from async_nmt.config import PRESETS, ModelConfig, model_config
 from async_nmt.data.batches import Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split, read_lines
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model import transformer
 from async_nmt.train import step as step_module
 from async_nmt.train.modes.paramserver import ParamServer
@@ -89,7 +89,7 @@ def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
     parser.add_argument("--preset", choices=PRESETS, default=None, help="model size; not with --run (default: base)")
     parser.add_argument(

@@ -38,7 +38,7 @@ from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConf
 from async_nmt.data.batches import BatchStream, collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.checkpoint import load_model
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.launch import train
@@ -147,7 +147,7 @@ def bare_train(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
     parser.add_argument("--preset", choices=PRESETS, default="micro", help="model size (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU, else cpu)")

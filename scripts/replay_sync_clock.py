@@ -23,7 +23,7 @@ from pathlib import Path
 from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_split
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.train.events import read_events, round_floats
 from async_nmt.train.modes.simulated import PredictedClock
 
@@ -84,7 +84,7 @@ def check_out(run: Path, out: Path, force: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a simulated sync run folder, trained with --simulate-token-us")
     parser.add_argument("out", type=Path, help="the folder to write the replayed run into")
     parser.add_argument(

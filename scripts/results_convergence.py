@@ -32,7 +32,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from async_nmt.errors import UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.report import Run, load_run, reprice, to_target
 from async_nmt.train.events import run_staleness
 
@@ -323,7 +323,7 @@ def plots(runs: Runs, target: float, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="the experiment's folder of CONFIG-sSEED runs")
     parser.add_argument(
         "--plots",

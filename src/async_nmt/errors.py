@@ -4,6 +4,7 @@ scripts/ the same way."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 _AT_ONCE = [False]
 # A Ctrl-C or SIGTERM this soon after the last one that counted is the same notice delivered twice: GNU
@@ -188,6 +190,15 @@ def held_interrupts(second_stops: bool = False, notice: str | None = None) -> It
 def interrupts(number: int) -> bool:
     """Whether signal `number` raises KeyboardInterrupt here (Python's Ctrl-C, or `sigterm_interrupts`)."""
     return signal.getsignal(number) in (signal.default_int_handler, interrupt_handler)
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse's parser for a script run by `run_script`: a bad option or value is one line, `error: MESSAGE
+    (see `SCRIPT --help`)`, exit code 2, as the `nmt` CLI says it (argparse printed its usage first, eight
+    lines for bench_train.py). Parse inside `main`, where run_script takes the UserError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def run_script(main: Callable[[], object]) -> None:

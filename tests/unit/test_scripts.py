@@ -149,6 +149,10 @@ BAD_INPUT = [
     ),
     ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
     ("count_ops.py", ["/nope", "--run", "/nope-run", "--preset", "micro"], "--preset: not with --run"),
+    # argparse's own: its usage (8 lines for bench_train.py), then the error
+    ("bench_train.py", ["/nope", "--seconds", "abc"], "argument --seconds: invalid float value: 'abc' (see `bench_"),
+    ("bench_step.py", ["--bogus"], "unrecognized arguments: --bogus (see `bench_step.py --help`)"),
+    ("results_convergence.py", [], "the following arguments are required: dir"),
 ]
 
 
