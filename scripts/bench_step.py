@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,12 @@ class BareTransformer(nn.Module):
     def __init__(self, cfg, dropout_as_product: bool = False):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
-        self.core = nn.Transformer(
-            cfg.d_model, cfg.heads, cfg.enc_layers, cfg.dec_layers, cfg.ff_dim, cfg.dropout,
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
+        with warnings.catch_warnings():  # (the nested-tensor fast path is off with norm_first: torch says so)
+            warnings.filterwarnings("ignore", "enable_nested_tensor is True")
+            self.core = nn.Transformer(
+                cfg.d_model, cfg.heads, cfg.enc_layers, cfg.dec_layers, cfg.ff_dim, cfg.dropout,
+                batch_first=True, norm_first=True,
+            )  # fmt: skip
         self.embed_dropout = nn.Dropout(cfg.dropout if dropout_as_product else 0.0)
         if dropout_as_product:
             for module in self.core.modules():

@@ -264,7 +264,7 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     gives each pair's ratio. (What it measures is not asserted: speed is the benchmarks' to measure.)"""
     done = run("bench_train.py", str(synthetic_bin), "--preset", "micro", "--device", "cpu", "--seconds", "1",
                "--max-tokens", "256", "--precision", "fp32", "--parts-updates", "1", "--repeats", "2")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr  # (torch's about nested tensors)
     line = json.loads(done.stdout)
     assert line["repeats"] == 2 and line["warm_process"] and len(line["ratios"]) == 2
     assert line["ratio_median"] == round(sum(line["ratios"]) / 2, 3) and all(ratio > 0 for ratio in line["ratios"])
