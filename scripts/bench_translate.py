@@ -160,7 +160,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "translate", "model": str(args.run) if args.run else f"random {args.preset}",
         "device": str(device), "precision": "bf16" if amp else "fp32",
-        "sentences": len(sources), "src_tokens": sum(len(s) for s in sources), "beam": args.beam,
+        "sentences": len(sources), "beam": args.beam,
+        "src_tokens": sum(min(len(s), model.cfg.max_positions - 1) for s in sources),  # (as read: longer ones are cut)
         "max_tokens": args.max_tokens, "check_every": search.check_every_for(device),
         "greedy_sent_per_s": round(greedy[0], 2), "greedy_tok_per_s": round(greedy[1]), "greedy_steps": greedy[2],
         "beam_sent_per_s": round(beam[0], 2), "beam_tok_per_s": round(beam[1]), "beam_steps": beam[2],

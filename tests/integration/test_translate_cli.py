@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import record_amp_dtypes
+from conftest import record_amp_dtypes, run_forked
 
 from async_nmt import translate
 from async_nmt.cli import main
-from async_nmt.config import EOS_ID, PAD_ID, ModelConfig
+from async_nmt.config import EOS_ID, PAD_ID, ModelConfig, model_config
 from async_nmt.data.vocab import load_vocab, train_vocab
 from async_nmt.devices import amp_dtype_for
 from async_nmt.errors import UserError
@@ -767,25 +767,24 @@ def test_translation_batches_are_larger_on_a_gpu_by_default():
 
 def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer():
     """scripts/bench_translate.py counts the decoding steps that a GPU's host issues one at a time: many
-    small batches take more of them than one batch of the same sentences."""
+    small batches take more of them than one batch of the same sentences. Its source tokens are those the
+    model reads: a line longer than the model's positions is cut (it counted them all)."""
     import json
 
-    script = Path(__file__).parents[2] / "scripts" / "bench_translate.py"
-
-    def bench(max_tokens: int) -> dict:
-        done = subprocess.run(
-            [sys.executable, str(script), "--preset", "micro", "--vocab", "64", "--sentences", "12",
-             "--min-len", "3", "--max-len", "12", "--device", "cpu", "--precision", "fp32", "--beam", "2",
-             "--check-every", "4", "--max-tokens", str(max_tokens)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+    common = ["--preset", "micro", "--vocab", "64", "--device", "cpu", "--precision", "fp32", "--beam", "2",
+              "--check-every", "4"]  # fmt: skip
+    cases = [[*common, "--sentences", "12", "--min-len", "3", "--max-len", "12", "--max-tokens", str(max_tokens)]
+             for max_tokens in (16, 100_000)]  # fmt: skip
+    cases.append([*common, "--sentences", "2", "--min-len", "300", "--max-len", "300"])
+    lines = []
+    for done in run_forked([("bench_translate.py", args, False) for args in cases]):
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    small, large = bench(16), bench(100_000)
+        lines.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    small, large, long = lines
     assert small["check_every"] == large["check_every"] == 4
     for search in ("greedy_steps", "beam_steps"):
         assert small[search] > large[search] > 0, (search, small, large)
+    assert long["src_tokens"] == 2 * (model_config("micro", 64).max_positions - 1)
 
 
 OUT_OF_MEMORY = {  # as CUDA says it, and as the CPU's allocator does (a plain RuntimeError)
