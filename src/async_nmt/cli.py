@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -148,6 +148,22 @@ class NmtGroup(OneLineUsageErrors, ReportsUserErrors, click.Group):
     group_class = type
 
 
+class NamedPath(click.Path):
+    """A file or folder argument (a pathlib.Path) that refuses an empty name: "" became ".", the working
+    folder (`nmt-train BIN ""` said ".: exists and is not a run folder")."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail("an empty name: give a file or folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = NamedPath()
+
+
 @click.group(cls=NmtGroup, context_settings=CONTEXT)
 @click.version_option(package_name="async-nmt")
 def main() -> None:
@@ -171,7 +187,7 @@ def corpus_list() -> None:
 
 @corpus.command("get")
 @click.argument("name")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=PATH)
 @click.option("--force", is_flag=True, help="Overwrite the text files of an existing OUT_DIR.")
 def corpus_get(name: str, out_dir: Path, force: bool) -> None:
     """Download corpus NAME (cached under ~/.cache/async-nmt, or $ASYNC_NMT_CACHE) and write its splits to OUT_DIR.
@@ -185,8 +201,8 @@ def corpus_get(name: str, out_dir: Path, force: bool) -> None:
 
 # --------------------------------------------------------------------------- preprocess
 @main.command()
-@click.argument("raw_dir", type=click.Path(path_type=Path))
-@click.argument("bin_dir", type=click.Path(path_type=Path))
+@click.argument("raw_dir", type=PATH)
+@click.argument("bin_dir", type=PATH)
 @click.option("--src", default=None, help="Source language suffix (default: found from the file names).")
 @click.option("--tgt", default=None, help="Target language suffix (default: found from the file names).")
 @click.option("--vocab-size", default=8000, show_default=True, help="Joint sentencepiece vocabulary size.")
@@ -246,8 +262,8 @@ def _train_options(f):
 
 
 @main.command("train", cls=NmtCommand, context_settings=CONTEXT)
-@click.argument("bin_dir", type=click.Path(path_type=Path))
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("bin_dir", type=PATH)
+@click.argument("run_dir", type=PATH)
 @_train_options
 def train(bin_dir: Path, run_dir: Path, **options) -> None:
     """Train a model on the binarized corpus BIN_DIR, writing the run folder RUN_DIR.
@@ -266,10 +282,10 @@ def train_main() -> None:
 
 # --------------------------------------------------------------------------- translate
 @main.command()
-@click.argument("model_path", metavar="RUN_OR_CHECKPOINT", type=click.Path(path_type=Path))
-@click.option("-i", "--input", "input_path", type=click.Path(path_type=Path),
+@click.argument("model_path", metavar="RUN_OR_CHECKPOINT", type=PATH)
+@click.option("-i", "--input", "input_path", type=PATH,
               help="Source file; - or none: stdin.")  # fmt: skip
-@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path),
+@click.option("-o", "--output", "output_path", type=PATH,
               help="Output file, replaced if it exists, never the input (named, or < FILE), a checkpoint (any zip "
               "archive), a run's files (spm.model too) or a preprocessed corpus's; a device, named pipe or "
               "symbolic link is written into, as > would; - or none: stdout.")  # fmt: skip
@@ -373,9 +389,9 @@ def translate(
 
 # --------------------------------------------------------------------------- average
 @main.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("run_dir", metavar="RUN", type=PATH)
 @click.option("--last", "count", default=5, show_default=True, help="Average the last N kept checkpoints.")
-@click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", "output_path", type=PATH, required=True,
               help="The averaged checkpoint to write (for `nmt translate OUTPUT`; it does not resume), in a "
               "folder that exists (as for `nmt translate -o`, none is made).")  # fmt: skip
 @click.option("--force", is_flag=True,
@@ -412,8 +428,8 @@ class SacrebleuTokenizers(click.Choice):
 
 
 @main.command()
-@click.argument("hyp", type=click.Path(path_type=Path))
-@click.argument("refs", metavar="REF [REF...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("hyp", type=PATH)
+@click.argument("refs", metavar="REF [REF...]", nargs=-1, required=True, type=PATH)
 @click.option("-tok", "--tokenize", type=SacrebleuTokenizers(), default=None,
               help="BLEU's tokenizer, any of sacreBLEU's (ja-mecab and ko-mecab need its extra packages, the "
               "flores ones a download) [default: sacreBLEU's, 13a].")  # fmt: skip
@@ -447,7 +463,7 @@ def score(
 
 # --------------------------------------------------------------------------- report
 @main.command()
-@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=PATH)
 @click.option(
     "--target-bleu",
     type=float,
@@ -457,7 +473,7 @@ def score(
 )
 @click.option(
     "--baseline",
-    type=click.Path(path_type=Path),
+    type=PATH,
     default=None,
     help="Run the speedups are measured against (default: the first sync run that has validated, else the first "
     "sync run, else the first run); one not "
@@ -473,7 +489,7 @@ def score(
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=PATH,
     default=None,
     help="Folder (made if missing) to write bleu_over_time.png, valid_loss.png and report.md into; files of "
     "those names that an earlier nmt report wrote are replaced, others only with --force.",

@@ -383,6 +383,23 @@ def test_nan_options_are_refused(synthetic_bin: Path, tmp_path: Path, option):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_empty_name_is_refused_not_taken_for_the_working_folder(synthetic_bin: Path, run_dir: Path,
+                                                                    tmp_path: Path, monkeypatch):  # fmt: skip
+    """`nmt-train BIN ""` said ".: exists and is not a run folder" (and trained into the working folder where
+    it was empty); `nmt translate ""` looked for a checkpoint there."""
+    monkeypatch.chdir(tmp_path)
+    for args, name in (
+        (["train", synthetic_bin, "", *TRAIN, "--max-updates", "1"], "RUN_DIR"),
+        (["translate", ""], "RUN_OR_CHECKPOINT"),
+        (["translate", run_dir, "-o", ""], "--output"),
+        (["score", "", "ref"], "HYP"),
+        (["preprocess", "", tmp_path / "bin"], "RAW_DIR"),
+        (["average", run_dir, "-o", ""], "--output"),
+    ):
+        one_line_error(nmt(*args, stdin="a b\n"), f"{name}'", "an empty name")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("workers", ["99999999999999999999", "1025"])
 def test_more_than_1024_workers_are_refused(synthetic_bin: Path, tmp_path: Path, workers: str):
     """--workers 99999999999999999999 hung silently as it listed a device for each worker (and a sync run
