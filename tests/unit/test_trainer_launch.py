@@ -748,17 +748,22 @@ def test_workers_that_run_or_ended_by_ctrl_c_are_no_failure(tmp_path: Path, monk
     _check(tmp_path, monkeypatch, [None, 0, 130], [])
 
 
+OOM = "as the kernel's out-of-memory killer sends when memory runs out"
+
+
 @pytest.mark.parametrize(
     "exitcodes, messages, said",
     [
-        ([None, -9], [], "worker 1 (cuda:1) was killed by signal 9"),
+        ([None, -9], [], f"worker 1 (cuda:1) was killed by signal 9 (SIGKILL, {OOM})"),
+        ([None, -11], [], "worker 1 (cuda:1) was killed by signal 11 (SIGSEGV)"),
         ([None, 3], [], "worker 1 (cuda:1) exited with code 3"),
         # the root cause first: the silent death, then the first error it caused
         ([1, -9, 1], [(0, "cpu", "error", "RuntimeError: Connection closed by peer", "Traceback ..."),
                       (2, "cuda:2", "error", "RuntimeError: timeout", "Traceback ...")],
-         "worker 1 (cuda:1) was killed by signal 9; then worker 0 failed: RuntimeError: Connection closed by peer"),
+         f"worker 1 (cuda:1) was killed by signal 9 (SIGKILL, {OOM}); then worker 0 failed: RuntimeError: Connection "
+         "closed by peer"),
     ],
-    ids=["signal", "exit-code", "then"],
+    ids=["sigkill", "sigsegv", "exit-code", "then"],
 )  # fmt: skip
 def test_a_worker_that_died_without_a_word_is_named_first(tmp_path: Path, monkeypatch, exitcodes, messages, said):
     from async_nmt.errors import WorkerFailed

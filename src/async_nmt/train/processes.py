@@ -159,7 +159,7 @@ def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str],
     silent = [(w, p.exitcode) for w, p in enumerate(processes) if p.exitcode not in (None, 0, 130) and w not in senders]
     if silent:
         worker, code = silent[0]
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        how = killed_by(-code) if code < 0 else f"exited with code {code}"
         then = f"; then worker {messages[0][0]} failed: {messages[0][3]}" if messages else ""
         raise WorkerFailed(f"worker {worker} ({devices[worker]}) {how}{then}")
     worker, device, kind, message, trace = messages[0]
@@ -312,6 +312,17 @@ class EmulatedSpeed:
             if self.steps:
                 time.sleep((time.perf_counter() - self.start) * (1 / self.speed - 1))
             self.steps += 1
+
+
+def killed_by(number: int) -> str:
+    """How a process that `number` killed ended, in words: `was killed by signal 9 (SIGKILL, ...)`."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"was killed by signal {number}"
+    if number == signal.SIGKILL:  # (nothing of the worker's own could say so: it has no chance to)
+        name += ", as the kernel's out-of-memory killer sends when memory runs out"
+    return f"was killed by signal {number} ({name})"
 
 
 def cpu_threads(workers_on_cpu: int) -> int:
