@@ -43,7 +43,10 @@ get() {
             show curl -fsSL --retry 3 -o "$DATA/$archive.part" "$url"
         elif ! why=$(curl -fsSL --retry 3 -o "$DATA/$archive.part" "$url" 2>&1); then  # (a line a try: the last)
             rm -f "$DATA/$archive.part"
-            echo "error: could not download $url into $DATA (${why##*$'\n'}); is the internet reachable?" >&2
+            # curl's 22: the server answered, with an HTTP error (a 404 asked whether the internet was reachable)
+            if [[ $why == *"curl: (22)"* ]]; then why+="); the server has not got it: its address may have changed"
+            else why+="); is the internet reachable?"; fi
+            echo "error: could not download $url into $DATA (${why##*$'\n'}" >&2
             exit 1
         fi
         run mv "$DATA/$archive.part" "$DATA/$archive"

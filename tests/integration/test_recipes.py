@@ -151,19 +151,27 @@ def test_help_shows_the_knobs_and_an_argument_is_refused(recipe: str, tmp_path: 
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_a_download_that_fails_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "curl, said",
+    [
+        ("curl: (6) Could not resolve host: www.statmt.org", "is the internet reachable?"),
+        # the server answered: the file is not there (it asked whether the internet was reachable)
+        ("curl: (22) The requested URL returned error: 404", "the server has not got it: its address may have changed"),
+    ],
+    ids=["offline", "http-404"],
+)
+def test_a_download_that_fails_is_one_line_and_leaves_no_part(tmp_path: Path, curl: str, said: str) -> None:
     """Offline, curl's progress meter, its retries' warnings and its error came through, and the recipe ended
     with curl's exit code, naming nothing of its own."""
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "curl").write_text("#!/bin/sh\necho 'curl: (6) Could not resolve host: www.statmt.org' >&2\nexit 6\n")
+    (fake / "curl").write_text(f"#!/bin/sh\necho '{curl}' >&2\nexit {curl[7:9].strip(')')}\n")
     (fake / "curl").chmod(0o755)
     out = tmp_path / "out"
     result = run_recipe("wmt14-en-de.sh", OUT=out, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
     assert result.returncode == 1, result.stderr
     url = "https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz"
-    assert result.stderr == (f"error: could not download {url} into {out}/download (curl: (6) Could not resolve "
-                             "host: www.statmt.org); is the internet reachable?\n")  # fmt: skip
+    assert result.stderr == f"error: could not download {url} into {out}/download ({curl}); {said}\n"
     assert list((out / "download").iterdir()) == []
 
 
