@@ -15,6 +15,16 @@ MAX_TOKENS=${MAX_TOKENS:-4096}
 MAX_TIME=${MAX_TIME:-75}
 VALID_TOKENS=${VALID_TOKENS:-2000000}
 DEVICE=${DEVICE:-cuda:0}
+# knobs that would fail only after the first runs (or in bash's arithmetic, with its own message)
+refuse() { echo "error: $*" >&2; exit 2; }
+[ -f scripts/bench_train.py ] || refuse "run it from the repository root (bash scripts/gpu_experiment.sh)"
+[ -f "$BIN/manifest.json" ] || refuse "BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)"
+for name in WORKERS MAX_TOKENS VALID_TOKENS WARMUP; do
+    [[ ${!name} =~ ^[0-9]+$ ]] && ((10#${!name} >= (name == WARMUP ? 0 : 1))) ||
+        refuse "$name=${!name}: give a whole number$([ $name = WARMUP ] && echo " (0 or more)" || echo " of at least 1")"
+done
+[[ $MAX_TIME =~ ^[0-9]+([.][0-9]*)?$ ]] && [[ ! $MAX_TIME =~ ^0*([.]0*)?$ ]] || refuse "MAX_TIME=$MAX_TIME: give seconds above 0"
+case $PRESET in micro | tiny | small | base | big) ;; *) refuse "PRESET=$PRESET: give one of micro, tiny, small, base, big" ;; esac
 mkdir -p "$OUT" "$RUNS"
 source "$(dirname "$0")/gpu_setup.sh"  # (nmt and nmt-train on a bare machine: they were "command not found")
 for mode in sync async async-accum; do

@@ -220,6 +220,22 @@ def test_cpu_bench_stops_at_ctrl_c(tmp_path: Path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "knob, said",
+    [({"WORKERS": "0"}, "WORKERS=0: give a whole number of at least 1"), ({"MAX_TIME": "0"}, "MAX_TIME=0: give "
+     "seconds above 0"), ({"PRESET": "huge"}, "PRESET=huge: give one of"), ({"BIN": "/nope"}, "BIN=/nope: no "
+     "preprocessed corpus")],
+    ids=["workers", "max-time", "preset", "bin"],
+)  # fmt: skip
+def test_gpu_experiment_refuses_a_bad_knob_before_any_run(tmp_path: Path, synthetic_bin: Path, knob: dict, said: str):
+    """WORKERS=0 failed in bash's arithmetic (division by 0); a bad PRESET or MAX_TIME failed each mode's run."""
+    env = {**ENV, "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"), "BIN": str(synthetic_bin), **knob}
+    result = subprocess.run(["bash", "scripts/gpu_experiment.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {said}"), result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def steps(out: Path, commands: str) -> subprocess.Popen[str]:
     """A script of `step`s (scripts/steps.sh, as the GPU scripts run them) ended by steps_end, started."""
     out.mkdir()
