@@ -37,9 +37,9 @@ step() {
   # (-k: killed 10 s after its SIGTERM if still there; in the background, so that `wait` lets the trap in)
   timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1 </dev/null &
   STEP_PID=$!
-  while :; do  # (a trapped signal ends `wait` early: wait again for the exit code)
-    wait "$STEP_PID"
-    code=$?
+  while :; do  # (a trapped signal ends `wait` early: wait again for the exit code; `|| code`: under set -e too)
+    code=0
+    wait "$STEP_PID" || code=$?
     kill -0 "$STEP_PID" 2>/dev/null || break
   done
   STEP_PID=
