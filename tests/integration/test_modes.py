@@ -198,6 +198,21 @@ def test_a_killed_sync_rank_is_named_as_the_cause(synthetic_bin: Path, tmp_path:
     assert len(lines) == 1 and lines[0].startswith(f"error: worker 1 ({DEVICE}) was killed by signal 9"), stderr
 
 
+def test_a_worker_killed_holding_the_gate_lock_stops_the_run(synthetic_bin: Path, tmp_path: Path):
+    """A worker killed (the OOM killer) while it holds the lock of the shared counters never releases it: the
+    coordinator, waiting for that lock, hung without end; now it names the worker and stops."""
+    run = tmp_path / "run"
+    proc = _nmt_train(synthetic_bin, run, "--mode", "async", "--valid-every", "0", "--max-updates", "1000",
+                      env={"ASYNC_NMT_FAIL_WORKER": "1:3:kill-locked"})  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: worker 1 ({DEVICE}) was killed by signal 9"), stderr
+
+
 SIGNALLED = [("async-accum", "SIGINT", "trainer"), ("sync", "SIGINT", "group"), ("async-accum", "SIGTERM", "trainer"),
              ("sync", "SIGTERM", "group"), ("sync", "SIGTERM", "timeout"),
              ("async-accum", "SIGINT", "timeout")]  # (mode, signal, sent to)  # fmt: skip

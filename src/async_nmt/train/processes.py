@@ -33,7 +33,8 @@ from async_nmt.errors import UserError, WorkerFailed, failure_line, held_interru
 
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
-FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"  # testing hook: "W:N" makes worker W raise at its N-th push, "W:N:kill" die
+# testing hook: "W:N" makes worker W raise at its N-th push, "W:N:kill" die, "W:N:kill-locked" die holding a lock
+FAIL_ENV = "ASYNC_NMT_FAIL_WORKER"
 INTERRUPT_ENV = "ASYNC_NMT_INTERRUPT_AT"  # testing hook: "N": Ctrl-C reaches the server as it takes its N-th push
 # testing hook: "R:N": a scheduler's SIGTERM reaches the torchrun server's node as it takes rank R's push, from N on
 STOP_NODE_ENV = "ASYNC_NMT_STOP_NODE_AT"
@@ -253,13 +254,16 @@ def parent_alive(parent_pid: int) -> bool:
     return os.getppid() == parent_pid
 
 
-def maybe_fail(worker: int, pushes: int) -> None:
+def maybe_fail(worker: int, pushes: int, lock: Any = None) -> None:
     """The testing hook: at its N-th push worker W raises (ASYNC_NMT_FAIL_WORKER=W:N) or is killed by
-    SIGKILL (W:N:kill), as by the OOM killer."""
+    SIGKILL (W:N:kill), as by the OOM killer; or is so killed while it holds `lock` (W:N:kill-locked), which
+    is then never released."""
     spec = os.environ.get(FAIL_ENV, "")
     if spec == f"{worker}:{pushes}":
         raise RuntimeError(f"injected failure ({FAIL_ENV}={spec})")
-    if spec == f"{worker}:{pushes}:kill":
+    if spec in (f"{worker}:{pushes}:kill", f"{worker}:{pushes}:kill-locked"):
+        if spec.endswith("-locked") and lock is not None:
+            lock.acquire()
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ LIMIT, ADMITTED, COMPLETED, STOP, READY = range(5)
 # per-worker statistics
 TOKENS, LOSS, NLL, SENTENCES = range(4)
 HIST_BINS = 1024  # staleness histogram bins (larger staleness is counted in the last)
+LOCK_WAIT_S = 0.05  # how long the coordinator waits for the gate's lock before it looks at the workers
 
 
 class Gate:
@@ -62,6 +65,17 @@ class Gate:
                     return True
             time.sleep(processes.POLL_S)
         return False
+
+    @contextmanager
+    def held(self, waiting: Callable[[], None]) -> Iterator[None]:
+        """The lock, for the coordinator: `waiting` is called while another process holds it (it raises for
+        a dead worker: one killed while it held the lock never lets it go, and the coordinator hung)."""
+        while not self.lock.acquire(timeout=LOCK_WAIT_S):
+            waiting()
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def record(self, worker: int, stats: StepStats, staleness: int) -> None:
         """A push's statistics, recorded as the server counts it (`ParamServer.push`'s `record`): the trainer
@@ -119,7 +133,7 @@ def _work(worker: int, setup: WorkerSetup) -> None:
         pulled = server.pull(compute.flat.data)
         stats = compute.push()
         pushes += 1
-        processes.maybe_fail(worker, pushes)
+        processes.maybe_fail(worker, pushes, gate.lock)
         if not gate.admit(parent, worker, compute.stream.state_dict()):
             break
         server.push(compute.flat.grad, stats.tokens, pulled, first_shard=first_shard,
@@ -171,7 +185,7 @@ class ProcessWorkers(Workers):
 
     def allow(self, updates: int) -> None:
         if updates > self.fence:
-            with self.gate.lock:
+            with self.gate.held(self._check):
                 self.gate.counts[LIMIT] = self._pushes_until(updates)
             self.fence = updates
 
@@ -198,12 +212,12 @@ class ProcessWorkers(Workers):
 
     def _quiet(self) -> bool:
         """All admitted pushes are complete on every shard."""
-        with self.gate.lock:
+        with self.gate.held(self._check):
             return bool(self.gate.counts[COMPLETED] == self.gate.counts[ADMITTED])
 
     def drain(self) -> tuple[StepStats, list[int]]:
         accum = self.server.accum
-        with self.gate.lock:
+        with self.gate.held(self._check):
             admitted = int(self.gate.counts[ADMITTED])
             whole = -(-(admitted + self.base_pending) // accum)  # updates the admitted pushes will complete
             self.gate.counts[LIMIT] = whole * accum - self.base_pending
@@ -223,7 +237,7 @@ class ProcessWorkers(Workers):
         workers' data positions."""
 
         def read() -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-            with self.gate.lock:
+            with self.gate.held(self._check):
                 return self.gate.stats.clone(), self.gate.hist.clone(), self.gate.positions.tolist()
 
         # the statistics of exactly the pushes the server has counted (a push is counted on shard 0 before the
@@ -256,6 +270,10 @@ class ProcessWorkers(Workers):
         processes.check_workers(self.procs, self.errors, self.devices, self.ctx.run_dir)
 
     def close(self) -> None:
-        with self.gate.lock:
-            self.gate.counts[STOP] = 1
-        processes.stop(self.procs)
+        # (a dead worker may hold the lock for good: the flag is set without it then, and the workers that wait
+        # for the lock, which will never see it, are killed at once)
+        locked = self.gate.lock.acquire(timeout=1.0)
+        self.gate.counts[STOP] = 1
+        if locked:
+            self.gate.lock.release()
+        processes.stop(self.procs, grace_s=processes.STOP_GRACE_S if locked else 0.0)
