@@ -292,6 +292,15 @@ def train_main() -> None:
 @click.option("--beam", default=5, show_default=True, help="Beam size, 1 to 2^31; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
 @click.option(
+    "--nbest",
+    default=0,
+    show_default=True,
+    help="Write each input line's N best translations of beam search instead of its best one, best first, as "
+    "Moses and Marian do: one line `LINE ||| TRANSLATION ||| SCORE` each (LINE counts the input's lines from 0; "
+    "SCORE is the log-probability / length**lenpen that ranks them; fewer where the search finished fewer). "
+    "N is at most --beam; at --beam 1 the list is beam search's of one beam. 0 = one translation a line.",
+)
+@click.option(
     "--max-len-a",
     default=1.2,
     show_default=True,
@@ -365,6 +374,7 @@ def translate(
     precision: str,
     chunk_size: int | None,
     cuda_graphs: bool,
+    nbest: int,
 ) -> None:
     """Translate lines from stdin (or --input) with the model of RUN_OR_CHECKPOINT, in input order."""
     from async_nmt.translate import translate_file
@@ -384,6 +394,7 @@ def translate(
         precision=precision,  # type: ignore[arg-type]
         cuda_graphs=cuda_graphs,
         chunk_size=chunk_size,
+        nbest=nbest,
     )
 
 

@@ -33,7 +33,7 @@ from async_nmt.errors import (
     sigterm_interrupts,
 )
 from async_nmt.model.checkpoint import check_translation_output, load_model
-from async_nmt.model.search import cast_for_search, generate
+from async_nmt.model.search import Scored, beam_search, cast_for_search, generate
 from async_nmt.model.transformer import Transformer
 from async_nmt.progress import ProgressBar
 from async_nmt.score import decode_lines, read_lines
@@ -72,14 +72,18 @@ def translate_lines(
     first_line: int = 1,
     unknown: UnknownInput | None = None,
     notices: Counter[str] | None = None,
+    nbest: int = 0,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model, as do
     lines of no pieces (a zero-width space, a control character: preprocess drops them as empty; the model
     made a sentence up from nothing for them). `amp_dtype` autocasts the search (None: fp32); `progress` is
     called with the number of lines done, as they are done; `fixed_shapes`: see `search.beam_search`;
     `first_line`: the input line number of `lines[0]`, for messages; `unknown` counts the input's unknown
-    pieces; `notices`: see `translate_ids`."""
+    pieces; `notices`: see `translate_ids`. With `nbest`, each line's output is its n-best list (`nbest_lines`)
+    instead of its translation."""
     outputs = [""] * len(lines)
+    if nbest:
+        outputs = [nbest_lines(first_line - 1 + i, [(0.0, "")]) for i in range(len(lines))]
     todo = [i for i, line in enumerate(lines) if line.strip()]
     encoded = sp.encode([lines[i] for i in todo]) if todo else []
     todo, sources = [i for i, ids in zip(todo, encoded, strict=True) if ids], [ids for ids in encoded if ids]
@@ -103,10 +107,27 @@ def translate_lines(
         fixed_shapes=fixed_shapes,
         line_numbers=[first_line + i for i in todo],
         notices=notices,
+        nbest=nbest,
     )
+    if nbest:
+        for i, scored in zip(todo, hyps, strict=True):
+            texts = sp.decode([ids for _, ids in scored]) if scored else []
+            outputs[i] = nbest_lines(first_line - 1 + i, list(zip([s for s, _ in scored], texts, strict=True)))
+        return outputs
     for i, text in zip(todo, sp.decode(hyps), strict=True):
         outputs[i] = text
     return outputs
+
+
+NBEST_SEPARATOR = " ||| "
+
+
+def nbest_lines(line: int, scored: list[tuple[float, str]]) -> str:
+    """An input line's n-best list as Moses and Marian write one: a line `LINE ||| TRANSLATION ||| SCORE` for
+    each hypothesis, best first (LINE counts the input's lines from 0), joined by newlines. An empty line
+    has one empty hypothesis of score 0, and so, scored -inf, has a sentence that finished none."""
+    scored = scored or [(-math.inf, "")]
+    return "\n".join(f"{line}{NBEST_SEPARATOR}{text}{NBEST_SEPARATOR}{score:.4f}" for score, text in scored)
 
 
 class UnknownInput:
@@ -145,12 +166,14 @@ def translate_ids(
     fixed_shapes: bool = False,
     line_numbers: list[int] | None = None,
     notices: Counter[str] | None = None,
-) -> list[list[int]]:
+    nbest: int = 0,
+) -> list[list[int]] | list[list[Scored]]:
     """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore.
     `progress` is called with the number of sentences of each batch done; `line_numbers`: the input line
     of each sentence, for messages (default: 1, 2, ...); `notices`: how often each warning's cause came so
     far; a warning is given the first time only (a command that translates its input a window at a time
-    warns once, and `translate_file` sums up at the end)."""
+    warns once, and `translate_file` sums up at the end). With `nbest`, each sentence's n-best list of a
+    beam search (`search.beam_search`; at `beam` 1 too) instead of its output."""
     cfg = model.cfg
     if device is not None:
         model.to(device)
@@ -168,16 +191,19 @@ def translate_ids(
     ids = [list(x[:limit]) + [cfg.eos_id] for x in sources]
     lengths = [len(x) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])  # longest first: memory trouble shows at once
-    outputs: list[list[int]] = [[] for _ in ids]
+    outputs: list = [[] for _ in ids]
 
     kwargs = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache,
                   amp_dtype=amp_dtype, fixed_shapes=fixed_shapes)  # fmt: skip
 
-    def search(batch: list[int]) -> list[list[int]]:
+    def search(batch: list[int]) -> list:
         """Search `batch` (indices, longest first); a batch that runs the device out of memory is searched
         again in halves, down to one sentence."""
         try:
-            return generate(model, _source_tensor(batch, ids, cfg.pad_id, cfg.max_positions, device), beam, **kwargs)
+            src = _source_tensor(batch, ids, cfg.pad_id, cfg.max_positions, device)
+            if nbest:
+                return beam_search(model, src, beam=beam, nbest=nbest, **kwargs)
+            return generate(model, src, beam, **kwargs)
         except RuntimeError as err:  # (leaving the handler drops the frames that hold the batch's tensors)
             if not out_of_memory(err):
                 raise
@@ -226,9 +252,14 @@ def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_widt
 MAX_BEAM = 2**31
 
 
-def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int) -> None:
+def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int, nbest: int = 0) -> None:
     if not 1 <= beam <= MAX_BEAM:  # (2^62 overflowed torch's sizes: a traceback)
         raise UserError(f"--beam must be 1 to {MAX_BEAM:,} (got {beam})")
+    if nbest < 0:
+        raise UserError(f"--nbest must not be negative (got {nbest})")
+    if nbest > beam:  # (as fairseq: the list is drawn from the beam's finished hypotheses)
+        raise UserError(f"--nbest {nbest} is more than --beam {beam}: the n-best list is drawn from the beam's "
+                        f"finished hypotheses; give --beam {nbest} or more")  # fmt: skip
     if not math.isfinite(lenpen):
         raise UserError(f"--lenpen must be a finite number (got {lenpen})")
     if math.isnan(max_len_a):  # (inf: up to the model's positions)
@@ -510,15 +541,17 @@ def translate_file(
     precision: Precision = "auto",
     cuda_graphs: bool = False,
     chunk_size: int | None = 0,
+    nbest: int = 0,
 ) -> None:
     """`nmt translate`: lines of `input_path` (stdin if None or `-`) -> `output_path` (stdout if None or `-`);
     `max_tokens` None: `default_max_tokens` of the device; `cuda_graphs`: search with fixed shapes
     (`search.greedy_search`, `search.beam_search`), which on CUDA replays each step as a CUDA graph;
     `chunk_size` lines are translated and written at a time (0: all at once; None: 1 from a terminal, where a
-    person types, else `WINDOW`, which bounds the memory a long input takes and writes output as it goes)."""
+    person types, else `WINDOW`, which bounds the memory a long input takes and writes output as it goes);
+    `nbest`: each line's n-best list instead of its translation (`nbest_lines`)."""
     torch_device = resolve_device(device, "--device")
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
-    check_options(beam, lenpen, max_len_a, max_len_b, max_tokens)
+    check_options(beam, lenpen, max_len_a, max_len_b, max_tokens, nbest)
     if output_path is not None and str(output_path) != STDIO:
         check_not_the_input(Path(output_path), input_path)
         check_translation_output(Path(output_path), Path(model_path))
@@ -538,7 +571,7 @@ def translate_file(
     amp_dtype = amp_dtype_for(precision, torch_device)
     cast_for_search(model, amp_dtype)
     options = dict(beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens,
-                   amp_dtype=amp_dtype, fixed_shapes=cuda_graphs)  # fmt: skip
+                   amp_dtype=amp_dtype, fixed_shapes=cuda_graphs, nbest=nbest)  # fmt: skip
     # SIGTERM (`kill`, `timeout`) stops it as Ctrl-C does: the output file is left as it was, no temporary
     try:
         with (

@@ -300,6 +300,36 @@ def test_chunks_give_the_outputs_of_the_whole_input(run_dir: Path, tmp_path: Pat
     assert chunked.stdout == whole.stdout and whole.stdout.count("\n") == len(LINES)
 
 
+def test_nbest_lists_every_line_with_its_best_translation_first(run_dir: Path, tmp_path: Path):
+    """--nbest N: N lines `LINE ||| TRANSLATION ||| SCORE` an input line (0-based), best first; the first is
+    the translation --beam gives alone; an empty line one empty hypothesis; chunks change nothing."""
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    args = ["translate", str(run_dir), "-i", str(src), "--beam", "3", "--precision", "fp32"]
+    best = runner().invoke(main, args)
+    nbest = runner().invoke(main, [*args, "--nbest", "3", "--chunk-size", "4"])
+    assert best.exit_code == nbest.exit_code == 0, nbest.stderr
+    entries = [line.split(" ||| ") for line in nbest.stdout.splitlines()]
+    assert all(len(entry) == 3 for entry in entries)
+    numbers = [int(number) for number, _, _ in entries]
+    assert numbers == sorted(numbers) and set(numbers) == set(range(len(LINES)))
+    lists = [[(float(score), text) for number, text, score in entries if int(number) == i] for i in range(len(LINES))]
+    assert [hyps[0][1] for hyps in lists] == best.stdout.split("\n")[:-1]
+    for line, hyps in zip(LINES, lists, strict=True):
+        if line.strip():
+            assert 1 <= len(hyps) <= 3 and [s for s, _ in hyps] == sorted((s for s, _ in hyps), reverse=True)
+            assert all(score < 0 for score, _ in hyps) and len({text for _, text in hyps}) == len(hyps)
+        else:
+            assert hyps == [(0.0, "")]
+    assert sum(len(hyps) > 1 for hyps in lists) > 3  # (the check is not vacuous)
+    whole = runner().invoke(main, [*args, "--nbest", "3", "--chunk-size", "0"])
+    assert whole.stdout == nbest.stdout
+    for given, message in ((["--nbest", "4"], "--nbest 4 is more than --beam 3"), (["--nbest", "-1"], "negative")):
+        refused = runner().invoke(main, [*args, *given])
+        assert refused.exit_code == 2 and message in refused.stderr and refused.stderr.count("\n") == 1
+        assert refused.stdout == ""
+
+
 @pytest.mark.parametrize("source", ["file", "stdin"])
 def test_input_that_is_not_typed_is_translated_a_window_at_a_time(run_dir: Path, tmp_path: Path, monkeypatch,
                                                                   source: str):  # fmt: skip

@@ -132,6 +132,32 @@ def test_a_wide_beam_finds_the_best_hypotheses_of_an_exhaustive_search(lenpen: f
         assert out == best
 
 
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_the_nbest_list_of_a_wide_beam_is_the_top_of_an_exhaustive_search(fixed_shapes: bool):
+    """n-best lists: each sentence's best hypotheses of all, best first, each with the score that ranks it."""
+    model = make_model(vocab_size=6, seed=5)
+    src = make_src([2, 5, 1, 3, 4, 7], vocab_size=6)
+    limit, lenpen, nbest = 3, 0.6, 6
+    hyps = [list(ids) for n in range(1, limit + 1) for ids in itertools.product([1, 4, 5], repeat=n)]
+    out = beam_search(model, src, len(hyps), lenpen, max_len_a=0, max_len_b=limit, nbest=nbest,
+                      fixed_shapes=fixed_shapes)  # fmt: skip
+    for i, found in enumerate(out):
+        scored = [(sequence_score(model, src[i : i + 1], ids, limit) / (len(ids) + 1) ** lenpen, ids) for ids in hyps]
+        top = sorted(scored, key=lambda pair: -pair[0])[:nbest]
+        assert [ids for _, ids in found] == [ids for _, ids in top]
+        assert [score for score, _ in found] == pytest.approx([score for score, _ in top], abs=1e-4)
+    # the first of each list is the search's output, and a list is at most as long as asked
+    for beam in (2, 5):
+        for fixed in (False, True):
+            lists = beam_search(MODEL, SRC, beam=beam, nbest=beam, fixed_shapes=fixed)
+            assert [hyps[0][1] for hyps in lists] == beam_search(MODEL, SRC, beam=beam, fixed_shapes=fixed)
+            assert all(1 <= len(hyps) <= beam for hyps in lists)
+            assert all([s for s, _ in hyps] == sorted((s for s, _ in hyps), reverse=True) for hyps in lists)
+    assert [hyps[:1] for hyps in beam_search(MODEL, SRC, beam=4, nbest=4)] == beam_search(MODEL, SRC, beam=4, nbest=1)
+    with pytest.raises(ValueError, match="nbest"):
+        beam_search(MODEL, SRC, beam=2, nbest=3)
+
+
 def test_finished_sentences_leave_the_batch(monkeypatch):
     sizes = []
     decode = Transformer.decode

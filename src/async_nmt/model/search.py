@@ -286,9 +286,44 @@ def _best_finished(fin_scores: Tensor, fin_tokens: Tensor, fin_count: Tensor, eo
     return [_until_eos(hyp, eos_id) if count else [] for hyp, count in zip(ids, fin_count.tolist(), strict=True)]
 
 
+Scored = tuple[float, list[int]]  # a finished hypothesis's score (log-prob / length**lenpen) and its tokens
+
+
+def _nbest_finished(
+    fin_scores: Tensor, fin_tokens: Tensor, fin_count: Tensor, eos_id: int, nbest: int
+) -> list[list[Scored]]:
+    """Each sentence's `nbest` best finished hypotheses, best first (equal ones in the order found, so the
+    first is `_best_finished`'s), with their scores; fewer where it finished fewer."""
+    K = fin_scores.size(1) - 1
+    scores, order = fin_scores[:, :K].sort(dim=1, descending=True, stable=True)
+    scores, order = scores[:, :nbest], order[:, :nbest]
+    ids = fin_tokens.gather(1, order[:, :, None].expand(-1, -1, fin_tokens.size(2))).tolist()
+    kept = [min(count, nbest) for count in fin_count.tolist()]
+    return [
+        [(score, _until_eos(hyp, eos_id)) for score, hyp in zip(row_scores[:m], row_ids[:m], strict=True)]
+        for row_scores, row_ids, m in zip(scores.tolist(), ids, kept, strict=True)
+    ]
+
+
+def _picker(nbest: int | None) -> Callable[[Tensor, Tensor, Tensor, int], list]:
+    """What a beam search returns of each sentence's finished hypotheses: the best one's tokens, or with
+    `nbest` its n-best list."""
+    if nbest is None:
+        return _best_finished
+    return lambda fin_scores, fin_tokens, fin_count, eos_id: _nbest_finished(
+        fin_scores, fin_tokens, fin_count, eos_id, nbest
+    )
+
+
 def _beam_fixed_shapes(
-    model: Transformer, src: Tensor, beam: int, lenpen: float, limits: list[int], check_every: int
-) -> list[list[int]]:
+    model: Transformer,
+    src: Tensor,
+    beam: int,
+    lenpen: float,
+    limits: list[int],
+    check_every: int,
+    pick: Callable[[Tensor, Tensor, Tensor, int], list],
+) -> list:
     """`beam_search` in which no sentence leaves the batch: a done sentence takes no more finished
     hypotheses and its beams go on unread, until every sentence is done. Each step (`decode_step`, the
     choice of candidates, the finished hypotheses, the reordering of beams and cache in place) has fixed
@@ -332,7 +367,7 @@ def _beam_fixed_shapes(
         model.reorder_cache(cache, live_rows, cross=False)
 
     _run_steps(step, steps, done, check_every)
-    return _best_finished(fin_scores, fin_tokens, fin_count, cfg.eos_id)
+    return pick(fin_scores, fin_tokens, fin_count, cfg.eos_id)
 
 
 def beam_search(
@@ -346,11 +381,14 @@ def beam_search(
     amp_dtype: torch.dtype | None = None,
     check_every: int | None = None,
     fixed_shapes: bool = False,
-) -> list[list[int]]:
+    nbest: int | None = None,
+) -> list:
     """Beam search, fairseq-style: of the 2*beam best candidates of a sentence, eos candidates among the
     first `beam` become finished hypotheses (scored log-prob / length**lenpen, eos counted), and the first
     `beam` other candidates go on. A sentence is done when it has `beam` finished hypotheses, or at its
-    length limit; its best finished hypothesis (the first of equal ones) is the output.
+    length limit; its best finished hypothesis (the first of equal ones) is the output: a list of token ids
+    a sentence. With `nbest` (at most `beam`), its n-best list instead: its `nbest` best finished
+    hypotheses, best first, as (score, token ids) pairs (`Scored`).
 
     The finished hypotheses are kept on the device, in `beam` slots a sentence (and one more that takes
     the hypotheses that do not fit); which sentences are done is read back every `check_every` steps
@@ -360,6 +398,9 @@ def beam_search(
     """
     cfg = model.cfg
     K = beam
+    if nbest is not None and not 1 <= nbest <= beam:
+        raise ValueError(f"nbest must be 1 to beam ({beam}), got {nbest}")
+    pick = _picker(nbest)
     if src.size(0) == 0:
         return []
     device = src.device
@@ -367,7 +408,7 @@ def beam_search(
     if fixed_shapes and use_cache:
         with _inference(src, amp_dtype):
             limits = max_lengths(model, src, max_len_a, max_len_b)
-            return _beam_fixed_shapes(model, src, beam, lenpen, limits, check_every)
+            return _beam_fixed_shapes(model, src, beam, lenpen, limits, check_every, pick)
     with _inference(src, amp_dtype):
         B = src.size(0)
         limits = max_lengths(model, src, max_len_a, max_len_b)
@@ -387,7 +428,7 @@ def beam_search(
         sent_limits = torch.tensor(limits, device=device)
         alive = list(range(B))  # original index of each live sentence
         min_limit = min(limits)
-        outputs: list[list[int]] = [[] for _ in range(B)]
+        outputs: list = [[] for _ in range(B)]
         for step in range(steps):
             n = len(alive)
             at_max_len = _at_max_len(min_limit, sent_limits, step)
@@ -414,7 +455,7 @@ def beam_search(
                 done_sents = [s for s in range(n) if done_now[s]]
                 if done_sents:
                     index = torch.tensor(done_sents, device=device)
-                    found = _best_finished(fin_scores[index], fin_tokens[index], fin_count[index], cfg.eos_id)
+                    found = pick(fin_scores[index], fin_tokens[index], fin_count[index], cfg.eos_id)
                     for s, hyp in zip(done_sents, found, strict=True):
                         outputs[alive[s]] = hyp
                 if len(done_sents) == n:
