@@ -451,6 +451,9 @@ class SacrebleuTokenizers(click.Choice):
 @click.option("--force", is_flag=True,
               help="BLEU of hypotheses that look tokenized (lines ending in ' .') without the warning, as "
               "sacreBLEU's --force.")  # fmt: skip
+@click.option("--ter", is_flag=True,
+              help="TER too, sacreBLEU's (translation edit rate: edits per reference word, in %; lower is "
+              "better).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def score(
     hyp: Path,
@@ -460,14 +463,15 @@ def score(
     chrf_lowercase: bool,
     chrf_word_order: int,
     force: bool,
+    ter: bool,
     as_json: bool,
 ) -> None:
     """Score detokenized hypotheses HYP (a file, or - for stdin) against one or more reference files REF of as
-    many lines: sacreBLEU BLEU and chrF (or chrF++), with sacreBLEU's signatures."""
+    many lines: sacreBLEU BLEU and chrF (or chrF++), and with --ter TER, with sacreBLEU's signatures."""
     from async_nmt.score import ScoreOptions, score_command
 
     options = ScoreOptions(tokenize=tokenize, lowercase=lowercase, chrf_lowercase=chrf_lowercase,
-                           chrf_word_order=chrf_word_order, force=force)  # fmt: skip
+                           chrf_word_order=chrf_word_order, force=force, ter=ter)  # fmt: skip
     with results_on_stdout():
         score_command(hyp, list(refs), options, as_json=as_json)
 

@@ -1,5 +1,6 @@
-"""sacreBLEU scores (BLEU and chrF or chrF++, with their signatures) of detokenized hypotheses against one
-or more references. sacreBLEU is imported when a score is asked for, never with `nmt`'s start-up."""
+"""sacreBLEU scores (BLEU and chrF or chrF++, and TER if asked, with their signatures) of detokenized
+hypotheses against one or more references. sacreBLEU is imported when a score is asked for, never with
+`nmt`'s start-up."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class ScoreOptions:
     chrf_lowercase: bool = False
     chrf_word_order: int = 0  # 0: chrF; 2: chrF++
     force: bool = False  # BLEU: no warning about hypotheses that look tokenized
+    ter: bool = False  # TER too (sacreBLEU's defaults)
 
 
 def bleu_tokenizers() -> tuple[str, ...]:
@@ -97,6 +99,17 @@ def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: Sco
         "chrf": round(float(chrf.corpus_score(hyps, ref_streams).score), 10),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
+    } | (ter_score(hyps, ref_streams) if options and options.ter else {})
+
+
+def ter_score(hyps: list[str], ref_streams: list[list[str]]) -> dict:
+    """sacreBLEU's corpus TER (edits per reference word, in %) and its signature."""
+    from sacrebleu.metrics import TER
+
+    ter = TER()
+    return {
+        "ter": round(float(ter.corpus_score(hyps, ref_streams).score), 10),
+        "ter_signature": str(ter.get_signature()),
     }
 
 
@@ -230,3 +243,5 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         chrf = "chrF" + "+" * options.chrf_word_order  # sacreBLEU's names (chrF2++) without the beta
         print(f"BLEU = {scores['bleu']:.2f} ({scores['bleu_signature']})")
         print(f"{chrf} = {scores['chrf']:.2f} ({scores['chrf_signature']})")
+        if options.ter:
+            print(f"TER = {scores['ter']:.2f} ({scores['ter_signature']})")

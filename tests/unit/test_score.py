@@ -72,6 +72,21 @@ def test_score_json(tmp_path: Path):
     assert set(data) >= {"bleu", "chrf", "bleu_signature", "chrf_signature"}
 
 
+def test_ter_is_sacrebleus_own_with_one_reference_or_several(tmp_path: Path):
+    hyp, ref, ref2 = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS), write(tmp_path / "ref2", REFS2)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "--ter"])
+    assert result.exit_code == 0, result.output
+    ter = sacrebleu.metrics.TER()
+    expected = ter.corpus_score(HYPS, [REFS]).score
+    assert 0 < expected < 100
+    assert result.stdout.splitlines()[2] == f"TER = {expected:.2f} ({ter.get_signature()})"
+    data = json.loads(runner().invoke(main, ["score", str(hyp), str(ref), str(ref2), "--ter", "--json"]).stdout)
+    assert data["ter"] == pytest.approx(sacrebleu.metrics.TER().corpus_score(HYPS, [REFS, REFS2]).score)
+    assert data["ter_signature"].startswith("nrefs:2|")
+    assert json.loads(runner().invoke(main, ["score", str(ref), str(ref), "--ter", "--json"]).stdout)["ter"] == 0
+    assert "ter" not in json.loads(runner().invoke(main, ["score", str(hyp), str(ref), "--json"]).stdout)
+
+
 def test_lines_split_on_newlines_only(tmp_path: Path):
     # A form feed or a Unicode line separator inside a line must not add lines.
     hyp = tmp_path / "hyp"
