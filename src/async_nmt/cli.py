@@ -444,6 +444,9 @@ class SacrebleuTokenizers(click.Choice):
 @click.option("-tok", "--tokenize", type=SacrebleuTokenizers(), default=None,
               help="BLEU's tokenizer, any of sacreBLEU's (ja-mecab and ko-mecab need its extra packages, the "
               "flores ones a download) [default: sacreBLEU's, 13a].")  # fmt: skip
+@click.option("-l", "--language-pair", metavar="SRC-TGT", default=None,
+              help="The language pair, as sacreBLEU's -l: with no --tokenize, BLEU's tokenizer is the one sacreBLEU "
+              "picks for TGT (zh: zh, ja: ja-mecab, ko: ko-mecab, else 13a).")  # fmt: skip
 @click.option("-lc", "--lowercase", is_flag=True, help="Lowercase the text for BLEU (as sacreBLEU's -lc).")
 @click.option("--chrf-lowercase", is_flag=True, help="Lowercase the text for chrF.")
 @click.option("-cw", "--chrf-word-order", type=click.IntRange(min=0), default=0, show_default=True,
@@ -459,6 +462,7 @@ def score(
     hyp: Path,
     refs: tuple[Path, ...],
     tokenize: str | None,
+    language_pair: str | None,
     lowercase: bool,
     chrf_lowercase: bool,
     chrf_word_order: int,
@@ -468,10 +472,11 @@ def score(
 ) -> None:
     """Score detokenized hypotheses HYP (a file, or - for stdin) against one or more reference files REF of as
     many lines: sacreBLEU BLEU and chrF (or chrF++), and with --ter TER, with sacreBLEU's signatures."""
-    from async_nmt.score import ScoreOptions, score_command
+    from async_nmt.score import ScoreOptions, score_command, target_language
 
     options = ScoreOptions(tokenize=tokenize, lowercase=lowercase, chrf_lowercase=chrf_lowercase,
-                           chrf_word_order=chrf_word_order, force=force, ter=ter)  # fmt: skip
+                           chrf_word_order=chrf_word_order, force=force, ter=ter,
+                           trg_lang=target_language(language_pair))  # fmt: skip
     with results_on_stdout():
         score_command(hyp, list(refs), options, as_json=as_json)
 

@@ -62,6 +62,16 @@ class ScoreOptions:
     chrf_word_order: int = 0  # 0: chrF; 2: chrF++
     force: bool = False  # BLEU: no warning about hypotheses that look tokenized
     ter: bool = False  # TER too (sacreBLEU's defaults)
+    trg_lang: str = ""  # the target language, as `-l SRC-TGT` gives it: BLEU's tokenizer where none is given
+
+
+def target_language(pair: str | None) -> str:
+    """TGT of a language pair `SRC-TGT` (sacreBLEU's `-l`), "" for none; anything else is a one-line error."""
+    if pair is None:
+        return ""
+    if not re.fullmatch(r"[A-Za-z]+-[A-Za-z]+", pair):
+        raise UserError(f"-l must be a language pair SRC-TGT, as en-de (got {pair!r})")
+    return pair.split("-")[1].lower()
 
 
 def bleu_tokenizers() -> tuple[str, ...]:
@@ -77,9 +87,14 @@ def metrics(options: ScoreOptions) -> tuple[BLEU, CHRF]:
     from sacrebleu.metrics import BLEU, CHRF
 
     try:
-        bleu = BLEU(tokenize=options.tokenize, lowercase=options.lowercase, force=options.force)
+        bleu = BLEU(tokenize=options.tokenize, lowercase=options.lowercase, force=options.force,
+                    trg_lang=options.trg_lang)  # fmt: skip
     except (ImportError, RuntimeError, OSError, SystemExit) as err:  # SystemExit: its download of a model failed
         why = "its download failed" if isinstance(err, SystemExit) else " ".join(str(err).split())
+        if options.tokenize is None:  # (chosen by the target language)
+            chosen = BLEU._TOKENIZER_MAP.get(options.trg_lang, "its tokenizer")
+            raise UserError(f"-l: BLEU's tokenizer for a {options.trg_lang} target, {chosen}: sacreBLEU cannot use "
+                            f"it here ({why}); give another with --tokenize") from None  # fmt: skip
         raise UserError(f"--tokenize {options.tokenize}: sacreBLEU cannot use it here ({why})") from None
     chrf = CHRF(word_order=options.chrf_word_order, lowercase=options.chrf_lowercase)
     return bleu, chrf
@@ -222,7 +237,7 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
             raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but {ref} has {len(lines):,}: the counts must "
                             "match")  # fmt: skip
         ref_streams.append([line.rstrip() for line in lines])
-    if options.tokenize is None and looks_unsegmented(ref_streams[0]):
+    if options.tokenize is None and not options.trg_lang and looks_unsegmented(ref_streams[0]):
         print(f"warning: {refs[0]}: looks like Chinese or Japanese text, whose words the default tokenizer "
               "(13a) does not split: give --tokenize zh for Chinese (ja-mecab or char for Japanese), as "
               "sacreBLEU's -l picks it", file=sys.stderr)  # fmt: skip

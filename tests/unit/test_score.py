@@ -245,6 +245,26 @@ def test_a_chinese_target_is_scored_with_sacrebleus_zh_tokenizer():
     assert corpus_scores(hyps, CHINESE, language="en")["bleu"] == 0.0  # (13a elsewhere, as sacreBLEU's -l picks)
 
 
+def test_a_language_pair_picks_bleus_tokenizer_as_sacrebleus_l_does(tmp_path: Path):
+    hyps = [line[:-1] + "的" for line in CHINESE]
+    hyp, ref = write(tmp_path / "hyp.zh", hyps), write(tmp_path / "ref.zh", CHINESE)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "-l", "en-zh", "--json"])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr  # (no warning of 13a on Chinese)
+    expected = sacrebleu.metrics.BLEU(trg_lang="zh")
+    assert json.loads(result.stdout)["bleu"] == pytest.approx(expected.corpus_score(hyps, [CHINESE]).score)
+    assert "tok:zh" in json.loads(result.stdout)["bleu_signature"]
+    hyp_en, ref_en = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    plain = runner().invoke(main, ["score", str(hyp_en), str(ref_en)]).stdout
+    assert runner().invoke(main, ["score", str(hyp_en), str(ref_en), "--language-pair", "de-en"]).stdout == plain
+    given = runner().invoke(main, ["score", str(hyp), str(ref), "-l", "en-zh", "-tok", "char", "--json"])
+    assert "tok:char" in json.loads(given.stdout)["bleu_signature"]  # --tokenize wins, as in sacreBLEU
+    for pair in ("zh", "en-", "en_zh", "en-zh-x"):
+        refused = runner().invoke(main, ["score", str(hyp), str(ref), "-l", pair])
+        assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+            f"error: -l must be a language pair SRC-TGT, as en-de (got {pair!r})"
+        ]
+
+
 def test_score_warns_of_a_chinese_reference_with_the_default_tokenizer(tmp_path: Path):
     hyp, ref = tmp_path / "hyp.zh", tmp_path / "ref.zh"
     hyp.write_text("".join(line + "\n" for line in CHINESE[::-1]), encoding="utf-8")
