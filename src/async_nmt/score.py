@@ -102,7 +102,7 @@ def metrics(options: ScoreOptions) -> tuple[BLEU, CHRF]:
 
 def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: ScoreOptions | None = None) -> dict:
     """Corpus BLEU and chrF of `hyps` against the references `ref_streams` (one list of lines per
-    reference file, each as long as `hyps`), with sacreBLEU's signatures."""
+    reference file, each as long as `hyps`), and TER where `options` ask for it, with sacreBLEU's signatures."""
     for refs in ref_streams:
         if len(hyps) != len(refs):
             raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references: the counts must match")
