@@ -18,6 +18,7 @@ from async_nmt.errors import (
     cannot_write,
     drop_stdout,
     exits_at_once,
+    messages_never_fail,
     settle_stdout,
     sigterm_interrupts,
     system_error,
@@ -95,6 +96,7 @@ class OneLineUsageErrors:
     def main(self, *args, **kwargs):
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
+        messages_never_fail()
         try:
             with sigterm_interrupts():  # from the start: SIGTERM while torch is imported ended it with 143, unsaid
                 self._main(*args, **kwargs)

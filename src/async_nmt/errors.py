@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 _AT_ONCE = [False]
 # A Ctrl-C or SIGTERM this soon after the last one that counted is the same notice delivered twice: GNU
@@ -201,6 +202,49 @@ class ScriptParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+class _MessagesStream:
+    """stderr that never fails the command it reports on: a message it cannot take (`2>/dev/full`, a closed
+    pipe) is dropped, as `2>/dev/null` would drop it (a warning ended `nmt translate` with exit code 1 and
+    no output)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def messages_never_fail() -> None:
+    """Make stderr safe for messages, at a command's start. Where it is closed (`2>&-`), Python's is None: a
+    progress bar or a check of it failed then, and the error could not be said (exit code 1, no output, no
+    word), and a print to it went to stdout; so /dev/null takes its place, on file descriptor 2 too, which
+    worker processes inherit. A stderr that cannot be written is wrapped so that a message is dropped
+    rather than fail the command (`_MessagesStream`)."""
+    if isinstance(sys.stderr, _MessagesStream):
+        return
+    if sys.stderr is None:
+        try:
+            os.fstat(2)
+        except OSError:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            if fd != 2:
+                os.dup2(fd, 2)
+                os.close(fd)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)  # fmt: skip
+    sys.stderr = _MessagesStream(sys.stderr)  # type: ignore[assignment]
+
+
 def run_script(main: Callable[[], object]) -> None:
     """Run a script's `main()` and end its process much as the `nmt` CLI ends a command, without a traceback: a
     UserError is `error: MESSAGE` on stderr and exit code `err.exit_code` (2; a failed worker, running out of
@@ -216,6 +260,7 @@ def run_script(main: Callable[[], object]) -> None:
         if __name__ == "__main__":
             run_script(main)
     """
+    messages_never_fail()
     try:
         main()
         if sys.stdout is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -717,6 +718,20 @@ def test_nmt_translate_in_a_real_process(run_dir: Path):
     assert proc.returncode == 0, proc.stderr.decode()
     lines = proc.stdout.decode("utf-8").split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+
+
+def test_a_closed_or_full_stderr_costs_the_translations_nothing(run_dir: Path):
+    """`2>&-` made Python's stderr None: the progress bar failed, and so did the error's line (exit code 1,
+    no output, no word); `2>/dev/full` made a warning end the command with no output."""
+    command = [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "2", "--device", "cpu"]
+    text = "бa дe ги\n\nка ба\n".encode()  # mostly unknown pieces: a warning
+    plain = subprocess.run(command, input=text, capture_output=True, timeout=120)
+    assert plain.returncode == 0 and b"warning: " in plain.stderr, plain.stderr.decode()
+    assert plain.stdout.count(b"\n") == 3
+    for redirect in ("2>&-", "2>/dev/full"):
+        shell = " ".join(shlex.quote(part) for part in command) + " " + redirect
+        proc = subprocess.run(["bash", "-c", shell], input=text, stdout=subprocess.PIPE, timeout=120)
+        assert (proc.returncode, proc.stdout) == (0, plain.stdout), redirect
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
