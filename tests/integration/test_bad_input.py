@@ -693,13 +693,17 @@ def test_resume_with_another_mode_names_the_mode(synthetic_bin: Path, run_dir: P
     one_line_error(result, f"{run / 'config.json'}: saved with --mode {saved['mode']}, not sync")
 
 
-def test_the_early_resume_check_is_of_the_mode_alone(run_dir: Path, tmp_path: Path):
+def test_the_early_resume_check_leaves_workers_to_torchrun(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Under torchrun `--workers 1` is set from the ranks after the resume reads config.json, which holds the
     ranks' count: the same command line resumed must not be refused for it there (the trainer checks the
     options against last.pt once they are set)."""
     from async_nmt.config import TrainConfig
     from async_nmt.train.options import resumed_config
 
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     config = json.loads((run / "config.json").read_text())
@@ -710,6 +714,19 @@ def test_the_early_resume_check_is_of_the_mode_alone(run_dir: Path, tmp_path: Pa
     assert (cfg.mode, cfg.workers, source) == ("async", 1, run / "config.json")
     with pytest.raises(UserError, match="saved with --mode async, not sync"):
         resumed_config(TrainConfig(mode="sync", workers=1), run, {"mode", "workers"})
+
+
+def test_resume_with_other_workers_names_the_workers(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
+    """`--resume --workers 2` of a run of 3 workers with 3 --worker-speeds was refused for the speeds ("3
+    speeds for 2 workers"); given 2 speeds then, for the workers: the option a resume cannot change first."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(mode="async", workers=3, worker_speeds=[1.0, 1.0, 0.5])
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoints" / "last.pt").unlink()  # (a sync run's, which config.json, so edited, is checked against)
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--workers", "2")
+    one_line_error(result, f"{run / 'config.json'}: saved with --workers 3, not 2")
 
 
 def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_path: Path):

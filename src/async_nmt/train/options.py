@@ -290,12 +290,14 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
     resumed = dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
                                           if f.name not in kept})  # fmt: skip
-    # another --mode is refused as such before the options are checked together: `--resume --mode sync` of an
-    # async-accum run was refused for its saved --accum instead. (The mode alone: under torchrun a --workers
-    # given anew is set from the ranks later, and the trainer checks the rest against last.pt.)
-    from async_nmt.train.trainer import check_resume_options
+    # an option that a resume cannot change (another --mode, --workers, ...) is refused as such before the
+    # options are checked together: `--resume --mode sync` of an async-accum run was refused for its saved
+    # --accum, and `--resume --workers 2` of a run of 3 for its 3 --worker-speeds. (Not --workers under
+    # torchrun, which sets it from the ranks later; the trainer checks them all again against last.pt.)
+    from async_nmt.train.trainer import RESUME_FIXED, check_resume_options
 
-    check_resume_options(saved, dataclasses.replace(saved, mode=resumed.mode), source)
+    fixed = [name for name in RESUME_FIXED if name != "workers" or torchrun_rank() is None]
+    check_resume_options(saved, dataclasses.replace(saved, **{name: getattr(resumed, name) for name in fixed}), source)
     if source.name == "config.json":
         check_config_json(saved, kept, source)
     return resumed, source

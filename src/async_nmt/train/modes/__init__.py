@@ -131,7 +131,8 @@ def check_worker_speeds(cfg: TrainConfig) -> None:
     if cfg.worker_speeds and cfg.workers == 1:
         raise UserError("--worker-speeds needs several workers")
     if cfg.worker_speeds and len(cfg.worker_speeds) != cfg.workers:
-        raise UserError(f"--worker-speeds: {len(cfg.worker_speeds)} speeds for {cfg.workers} workers")
+        count = len(cfg.worker_speeds)
+        raise UserError(f"--worker-speeds: {count} speed{'s' * (count != 1)} for {cfg.workers} workers")
 
 
 def pushes_per_update(cfg: TrainConfig) -> int:
