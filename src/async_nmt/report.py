@@ -270,6 +270,7 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
         "speedup": None,
         "finished": run.finished,
         "diverged": run.finished and bool(run.last.get("diverged", False)),  # (the trainer stopped it for its loss)
+        "failed": run.last.get("failed") if run.finished else None,  # (an error stopped it: a worker, memory)
     }
 
 
@@ -413,13 +414,14 @@ def shown(name: str) -> str:
 
 def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells; a missing value is a dash, a run still going is marked with *, one that
-    diverged says so. A diloco run's staleness is the inner steps since the last sync, and its cells say so."""
+    diverged or failed says so. A diloco run's staleness is the inner steps since the last sync, and its cells
+    say so."""
     cols = columns(report["x"])
     rows = []
     for row in report["runs"]:
         texts = ["-" if row[key] is None else spec.format(row[key]) for _, key, spec in cols]
         texts[0] = shown(row["run"]) + ("" if row["finished"] else " *")
-        texts[0] += " (diverged)" if row.get("diverged") else ""
+        texts[0] += " (diverged)" if row.get("diverged") else " (failed)" if row.get("failed") else ""
         if " H=" in row["mode"]:  # diloco or local SGD
             for i, (_, key, _) in enumerate(cols):
                 if key.startswith("staleness") and row[key] is not None:

@@ -185,6 +185,8 @@ def test_a_raising_worker_stops_the_run_with_one_line(synthetic_bin: Path, tmp_p
     assert stopped - log.stat().st_mtime < 10  # the failure stopped the run within seconds
     saved = read_checkpoint(checkpoint_path(run, "last"))  # intact, and the one the events name last
     assert saved["server"]["updates"] == events(run, "checkpoint")[-1]["updates"] > 0
+    end = events(run)[-1]  # (no end event: `nmt report` showed the run as still running)
+    assert end["kind"] == "end" and "injected failure" in end["failed"] and not end["interrupted"]
 
 
 def test_a_killed_sync_rank_is_named_as_the_cause(synthetic_bin: Path, tmp_path: Path):
@@ -196,6 +198,8 @@ def test_a_killed_sync_rank_is_named_as_the_cause(synthetic_bin: Path, tmp_path:
     lines = stderr.strip().splitlines()
     # the root cause first: rank 1 died; rank 0's failed all-reduce follows from it
     assert len(lines) == 1 and lines[0].startswith(f"error: worker 1 ({DEVICE}) was killed by signal 9"), stderr
+    # the run's end, with the cause that the supervisor named (rank 0's trainer saw only its all-reduce fail)
+    assert [e["kind"] for e in events(run)][-1] == "end" and events(run)[-1]["failed"] == lines[0][len("error: ") :]
 
 
 def test_a_worker_killed_holding_the_gate_lock_stops_the_run(synthetic_bin: Path, tmp_path: Path):
@@ -211,6 +215,7 @@ def test_a_worker_killed_holding_the_gate_lock_stops_the_run(synthetic_bin: Path
     assert proc.returncode == 1, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: worker 1 ({DEVICE}) was killed by signal 9"), stderr
+    assert events(run)[-1]["failed"] == lines[0].removeprefix("error: ")
 
 
 SIGNALLED = [("async-accum", "SIGINT", "trainer"), ("sync", "SIGINT", "group"), ("async-accum", "SIGTERM", "trainer"),

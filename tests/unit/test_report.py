@@ -787,6 +787,22 @@ def test_a_diverged_run_says_so_and_json_holds_the_warnings(tmp_path: Path) -> N
     assert report["warnings"] == result.stderr.splitlines() and "differ in preset" in report["warnings"][0]
 
 
+def test_a_failed_run_says_so_and_is_not_shown_as_still_running(tmp_path: Path) -> None:
+    """A run that a failed worker stopped wrote no end event: the table showed it as still running, or
+    interrupted, "--resume goes on", where its resume may have no checkpoint to go on from."""
+    sync = write_run(tmp_path / "sync", "sync", [10.0, 20.0], seconds_per_valid=10.0)
+    bad = write_run(tmp_path / "bad", "async", [1.0], seconds_per_valid=10.0)
+    events = (bad / "events.jsonl").read_text().splitlines()
+    end = {**json.loads(events[-1]), "failed": "worker 1 (cpu) was killed by signal 9 (SIGKILL)"}
+    (bad / "events.jsonl").write_text("\n".join([*events[:-1], json.dumps(end)]) + "\n")
+    report = build_report([load_run(sync), load_run(bad)])
+    _, rows = cells(report)
+    assert [row[0] for row in rows] == [str(sync), f"{bad} (failed)"]
+    assert [row["failed"] for row in report["runs"]] == [None, end["failed"]]
+    result = CliRunner().invoke(main, ["report", str(sync), str(bad)])
+    assert "not finished" not in result.stdout + result.stderr
+
+
 def test_a_bleu_shown_as_the_target_reaches_it(tmp_path: Path) -> None:
     """BLEU and target are shown to 2 decimals: a run whose 20.446 shows as the target 20.45 (--target-bleu
     20.449) never reached it, and the default target (best - 0.5) was compared unrounded, where it is shown

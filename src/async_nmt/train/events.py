@@ -64,6 +64,30 @@ class EventLog:
         self._file.close()
 
 
+def log_failure(path: Path, message: str) -> None:
+    """The end event of a run that an error stopped, `failed` naming it, written by a process other than its
+    trainer (the supervisor of a group of ranks, which knows the root cause): its counts as the last event
+    has them. Nothing where the log has no events, has ended, or cannot be read or written (the error that
+    stopped the run is the one said)."""
+    try:
+        events = read_events(path) if path.is_file() else []
+        if not events or events[-1]["kind"] == "end":
+            return
+        bleus = [event["bleu"] for event in events if event["kind"] == "valid" and "bleu" in event]
+        counts = {key: events[-1][key] for key in COUNTS_AT_END if key in events[-1]}
+        log = EventLog(path)
+        try:
+            log.write("end", **counts, best_bleu=max(bleus) if bleus else None, interrupted=False,
+                      converged=False, failed=message)  # fmt: skip
+        finally:
+            log.close()
+    except (OSError, UserError):
+        return
+
+
+COUNTS_AT_END = ("train_s", "wall_s", "updates", "pushes", "tokens", "epoch")  # an end event's, as every event's
+
+
 def complete_lines(path: Path) -> int:
     """The lines of the log that end in a newline (a torn last line does not)."""
     if not path.exists():

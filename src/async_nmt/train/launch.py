@@ -29,6 +29,7 @@ from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
 from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
+from async_nmt.train.events import log_failure
 from async_nmt.train.lock import run_lock
 from async_nmt.train.modes import check_worker_speeds, spawns_ranks, worker_devices
 from async_nmt.train.modes.remote import run_worker_rank
@@ -76,11 +77,13 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
 
 def run_trainer(
     cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, rank: int = 0, world: int = 1,
-    interrupt: Any = None, scratch: bool = False,
+    interrupt: Any = None, scratch: bool = False, supervised: bool = False,
 ) -> dict[str, Any] | None:  # fmt: skip
     """One trainer (of rank `rank` in a sync group of `world`): open the run folder, train, summarize; None
-    where a resumed run has nothing to do. `scratch`: as `train`'s."""
+    where a resumed run has nothing to do. `scratch`: as `train`'s; `supervised`: a rank spawned by
+    `launch_ranks`, whose supervisor names a failure and logs it (`Trainer.supervised`)."""
     trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt)
+    trainer.supervised = supervised
     # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
     # wait for their server, so it trains (or stops at once) rather than skip
     if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in RANK_MODES):
@@ -137,7 +140,7 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         # on an error the group is left as it is: the error is reported first, so the other ranks' failed
         # all-reduce is not taken for the cause
         run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
-                    setup.interrupt, setup.scratch)  # fmt: skip
+                    setup.interrupt, setup.scratch, supervised=True)  # fmt: skip
         dist.destroy_process_group()
 
 
@@ -155,7 +158,11 @@ def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, 
             raise
         interrupt.set()
         print(stop_notice(cfg.mode), file=sys.stderr)
-    code = supervise(ranks, errors, devices, run_dir, interrupt, stop_notice(cfg.mode))
+    try:
+        code = supervise(ranks, errors, devices, run_dir, interrupt, stop_notice(cfg.mode))
+    except UserError as err:  # (rank 0's trainer left it to this, which names the root cause)
+        log_failure(run_dir / "events.jsonl", str(err))
+        raise
     if code:
         raise SystemExit(code)
 

@@ -39,7 +39,7 @@ from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError
+from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError, failure_line
 from async_nmt.model.checkpoint import (
     best_save,
     checkpoint_path,
@@ -98,6 +98,9 @@ class Trainer:
     ):  # fmt: skip
         self.cfg, self.run_dir = cfg, run_dir
         self.rank, self.leader = rank, rank == 0
+        # a rank spawned by `launch_ranks`: its supervisor names a failure (a peer's death fails this rank's
+        # all-reduce, which is no cause) and logs it as the run's end (`events.log_failure`)
+        self.supervised = False
         self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
@@ -663,9 +666,11 @@ class Trainer:
             self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
                         converged=False, diverged=True)  # fmt: skip
             raise
-        except BaseException:
+        except BaseException as err:
             bar.close()
             self.workers.close()
+            if isinstance(err, Exception):
+                self._end_failed(err)
             raise
         with self.clock.paused():
             self.workers.close()
@@ -676,6 +681,18 @@ class Trainer:
         if self.leader:
             self.events.close()
         return summary
+
+    def _end_failed(self, err: Exception) -> None:
+        """The end event of a run that an error stopped (a worker that failed or was killed, a batch that ran
+        the device out of memory, a full disk): `failed` names it, so that `nmt report` does not show the
+        run as one still running (a resume from last.pt, if there is one, cuts the event). Where the log
+        cannot take it (that full disk), the error that stopped the run is the one said."""
+        if self.supervised:
+            return
+        message = str(err) if isinstance(err, UserError) else failure_line(err)
+        with contextlib.suppress(Exception):
+            self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
+                        converged=False, failed=message)  # fmt: skip
 
     def _check_finite(self, interval: StepStats) -> None:
         """The loss is finite, and below DIVERGED_UNIFORMS times a uniform guess's, ln V a token: with Adam a
