@@ -1219,6 +1219,41 @@ def test_a_validation_that_ctrl_c_cut_short_is_done_when_the_run_resumes(
     assert validations("split") == validations("whole") == [(2, 1.0), (4, 2.0), (6, 3.0)]
 
 
+def test_a_second_ctrl_c_after_the_stops_save_says_it_is_saved(synthetic_bin: Path, tmp_path: Path, monkeypatch,
+                                                                 capsys):  # fmt: skip
+    """A second Ctrl-C while the stop waits for the workers to end, its save and end event written: the save
+    stands, and the line says so (it said "interrupted" alone, where the first had said "unsaved")."""
+    from async_nmt.train import validate
+    from async_nmt.train.modes.local import LocalWorker
+
+    scripted_validation(monkeypatch, [(1.0, 3.0)])
+    fake, close = validate.Validator.__call__, LocalWorker.close
+
+    def interrupted(self, *args, **kwargs):
+        if getattr(self, "_calls", 0) == 1:
+            raise KeyboardInterrupt
+        self._calls = getattr(self, "_calls", 0) + 1
+        return fake(self, *args, **kwargs)
+
+    def closed_then_interrupted(self):
+        close(self)
+        if any(e["kind"] == "end" for e in read_events(tmp_path / "run" / "events.jsonl")):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate.Validator, "__call__", interrupted)
+    monkeypatch.setattr(LocalWorker, "close", closed_then_interrupted)
+    try:  # (a KeyboardInterrupt that escaped would stop pytest itself)
+        train(micro_config(synthetic_bin, max_updates=6, valid_every=2), tmp_path / "run", progress=False)
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C ended the run as one stopped unsaved")
+    except SystemExit as stopped:
+        assert stopped.code == 130
+    else:
+        pytest.fail("the run was not stopped")
+    assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: saved {tmp_path / 'run/checkpoints/last.pt'}"
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["server"]["updates"] == 4
+
+
 def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
     """Validation returns these (BLEU, valid loss) in turn, whatever the model."""
     from async_nmt.train import validate

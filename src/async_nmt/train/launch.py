@@ -88,7 +88,13 @@ def run_trainer(
     # wait for their server, so it trains (or stops at once) rather than skip
     if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in RANK_MODES):
         return None
-    summary = trainer.run(progress=progress and rank == 0)
+    try:
+        summary = trainer.run(progress=progress and rank == 0)
+    except KeyboardInterrupt:  # a second Ctrl-C: after the stop's save, which stands, it only cuts the wait
+        if not (trainer.stop_saved and rank == 0):  # for the workers to end (it said "interrupted" alone)
+            raise
+        print("interrupted" if scratch else f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)
+        raise SystemExit(130) from None
     if progress and rank == 0:
         print_summary(summary, trainer)
     if summary["interrupted"] and rank == 0:  # Ctrl-C or SIGTERM: saved, summarized, exit code 130

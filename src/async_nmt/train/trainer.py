@@ -101,6 +101,7 @@ class Trainer:
         # a rank spawned by `launch_ranks`: its supervisor names a failure (a peer's death fails this rank's
         # all-reduce, which is no cause) and logs it as the run's end (`events.log_failure`)
         self.supervised = False
+        self.stop_saved = False  # the stop of a Ctrl-C has saved and written its end event
         self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
@@ -759,6 +760,7 @@ class Trainer:
                 self.save()
             summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
                                   converged=False)  # fmt: skip
+            self.stop_saved = True
         finally:
             self.workers.close()
         if self.leader:
