@@ -187,6 +187,17 @@ def corpus_files(languages: Iterable[str]) -> set[str]:
     return names
 
 
+def raw_corpus_file(path: Path) -> bool:
+    """Whether `path` is a file of a raw corpus (RAW: what `nmt corpus get` writes and `nmt preprocess`
+    reads): `SPLIT.LANG`, there, beside the `train.LANG` files of two languages or more, LANG one of them."""
+    split, _, lang = Path(path).name.partition(".")
+    if split not in SPLITS or not lang or "." in lang or not Path(path).is_file():
+        return False
+    found = {p.name[len("train.") :] for p in Path(path).parent.glob("train.*") if p.is_file()}
+    languages = {name for name in found if name and "." not in name}
+    return lang in languages and len(languages) >= 2
+
+
 def corpus_languages(folder: Path) -> set[str] | None:
     """The languages (src, tgt) that the manifest of the BIN `folder` names; None where it has none that
     reads (a damaged one, or not a BIN)."""

@@ -227,6 +227,23 @@ def test_average_never_replaces_a_file_unasked_nor_a_checkpoint_of_the_run(run_d
     one_line_error(nmt("translate", last, "--average", "2", "--device", "cpu"), "a file; averaging needs the run")
 
 
+def test_translations_never_replace_a_raw_corpus_file(run_dir: Path, synthetic_raw: Path, tmp_path: Path):
+    """`translate -i RAW/test.de -o RAW/test.en` replaced the reference with the translations, which then
+    scored BLEU 100; a new file there, or one not named as the corpus's, is the user's to write."""
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic_raw, raw)
+    before = (raw / "test.tgt").read_bytes()
+    one_line_error(nmt("translate", run_dir, "-i", raw / "test.src", "-o", raw / "test.tgt", "--device", "cpu"),
+                   f"{raw / 'test.tgt'}: a file of the raw corpus {raw} (a reference?)")  # fmt: skip
+    link = tmp_path / "hyp"
+    link.symlink_to(raw / "test.tgt")
+    one_line_error(nmt("translate", run_dir, "-o", link, "--device", "cpu", stdin="ba\n"), "a file of the raw corpus")
+    assert (raw / "test.tgt").read_bytes() == before
+    for name in ("test.hyp", "hyp.tgt", "test.tgt.hyp"):
+        result = nmt("translate", run_dir, "-o", raw / name, "--device", "cpu", "--beam", "1", stdin="ba\n")
+        assert result.exit_code == 0 and (raw / name).read_text().count("\n") == 1, result.output
+
+
 def test_outputs_never_replace_a_runs_vocabulary_nor_a_corpus_file(run_dir: Path, synthetic_bin: Path, tmp_path: Path):
     """`translate -o RUN/spm.model` made the run's vocabulary a text file, and `average -o BIN/spm.model --force`
     the corpus's a checkpoint, without a word (training on BIN then failed; report compared runs otherwise)."""

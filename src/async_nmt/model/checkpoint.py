@@ -35,6 +35,7 @@ from async_nmt.config import (
     corpus_languages,
     from_dict,
     is_run_folder,
+    raw_corpus_file,
 )
 from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
@@ -158,6 +159,11 @@ def check_translation_output(path: Path, model_path: Path) -> None:
     if whole_archive(path):
         raise UserError(f"{path}: a zip archive (a checkpoint?), which translations would replace; write them "
                         "elsewhere")  # fmt: skip
+    # a raw corpus's text, as test.en, the reference that the translations of test.de are scored against:
+    # replaced, it scored them BLEU 100 (`>` still writes there, for one who means it)
+    if raw_corpus_file(target):
+        raise UserError(f"{path}: a file of the raw corpus {target.parent} (a reference?), which translations "
+                        "would replace; write them elsewhere")  # fmt: skip
 
 
 def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
