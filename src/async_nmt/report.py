@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -540,10 +541,16 @@ def _rendered_width(table: Any) -> int:
     return max((len(line) for line in captured.get().splitlines()), default=0)
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # what Markdown reads as markup in a table's cell
+
+
 def markdown_table(report: dict[str, Any]) -> str:
+    """The table as Markdown, each cell's text as it is: a run named run_*y* was shown in italics, and one
+    with a "|" split its cell."""
     headers, rows = cells(report)
-    lines = [headers, ["---"] * len(headers), *rows]
-    return "".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |\n" for line in lines)
+    escaped = [[MARKDOWN_SPECIAL.sub(r"\\\1", c) for c in line] for line in (headers, *rows)]
+    lines = [escaped[0], ["---"] * len(headers), *escaped[1:]]
+    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
 
 def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: float | None = None) -> None:

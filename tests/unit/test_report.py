@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from async_nmt.cli import main
 from async_nmt.errors import UserError
-from async_nmt.report import build_report, cells, load_run, print_table, report_command
+from async_nmt.report import MARKDOWN_SPECIAL, build_report, cells, load_run, print_table, report_command
 
 
 def write_run(
@@ -474,6 +474,11 @@ def test_an_event_log_or_checkpoint_that_is_a_folder_is_named_as_one(tmp_path: P
         read_checkpoint(run / "update-9.pt")
 
 
+def as_markdown(text: str) -> str:
+    """`text` with what Markdown reads as markup escaped (a backslash before each such character)."""
+    return MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(1), text)
+
+
 def test_run_names_are_shown_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rich read names as markup (runs/a[lr=1e-3] showed as runs/a, x[/y] was a traceback), matplotlib `$..$` as
     mathtext, and a folder name that is not UTF-8 stopped the plots (a TypeError of their font)."""
@@ -498,7 +503,7 @@ def test_run_names_are_shown_as_they_are(tmp_path: Path, monkeypatch: pytest.Mon
     table = [line.split(" sync ")[0].strip() for line in result.stdout.splitlines() if " sync " in line]
     assert table == shown and f"baseline {shown[0]}" in result.stdout
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert all(f"| {name} |" in markdown for name in shown)
+    assert all(f"| {as_markdown(name)} |" in markdown for name in shown)  # (escaped, shown as it is)
     assert legends and all(legend[: len(runs)] == [(name, False) for name in shown] for legend in legends)
 
 
@@ -881,19 +886,23 @@ def test_diloco_with_outer_momentum_is_not_local_sgd() -> None:
     assert mode_label({**diloco, "outer_lr": 0.7, "outer_momentum": 0}) == "diloco H=5"
 
 
-def test_report_md_escapes_a_pipe_in_a_run_name(tmp_path: Path) -> None:
-    """A "|" in a folder name would split its cell: report.md writes it as "\\|", and every row keeps its cells."""
+def test_report_md_escapes_markdown_in_a_run_name(tmp_path: Path) -> None:
+    """A "|" in a folder name would split its cell, and run_*y* was shown in italics: report.md escapes
+    them ("\\|", "\\_", "\\*"), and every row keeps its cells."""
     import re
 
-    runs = [write_run(tmp_path / name, "sync", [1.0, 2.0], seconds_per_valid=10.0) for name in ("a|b", "plain")]
+    names = ("a|b", "run_*y*", "plain")
+    runs = [write_run(tmp_path / name, "sync", [1.0, 2.0], seconds_per_valid=10.0) for name in names]
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
     assert result.exit_code == 0, result.output
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert f"| {str(runs[0]).replace('|', chr(92) + '|')} |" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(runs)  # headers, rule, a row a run
     assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1
+    firsts = [re.split(r"(?<!\\)\|", line)[1].strip() for line in table[2:]]
+    assert [cell.rsplit("/", 1)[1] for cell in firsts] == ["a\\|b", "run\\_\\*y\\*", "plain"]
+    assert all(re.sub(r"\\(.)", r"\1", cell) == str(run) for cell, run in zip(firsts, runs, strict=True))
 
 
 def test_report_md_marks_runs_not_finished_with_a_footnote(tmp_path: Path, runs: list[Path]) -> None:
@@ -902,7 +911,7 @@ def test_report_md_marks_runs_not_finished_with_a_footnote(tmp_path: Path, runs:
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    assert f"| {runs[1]} * |" in markdown and f"\n{footnote}\n" in markdown
+    assert f"| {as_markdown(str(runs[1]))} {as_markdown('*')} |" in markdown and f"\n{footnote}\n" in markdown
     finished = [runs[0], runs[2]]
     result = CliRunner().invoke(main, ["report", *map(str, finished), "--out", str(tmp_path / "done")])
     assert result.exit_code == 0, result.output
