@@ -706,6 +706,7 @@ def test_resume_with_another_mode_names_the_mode(synthetic_bin: Path, run_dir: P
     config = json.loads((run / "config.json").read_text())
     config["train"].update(saved)
     (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoints" / "last.pt").unlink()  # (a sync run's, which config.json, so edited, is checked against)
     result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--mode", "sync")
     one_line_error(result, f"{run / 'config.json'}: saved with --mode {saved['mode']}, not sync")
 

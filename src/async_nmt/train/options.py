@@ -290,38 +290,49 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     kept = {FIELD_OF_OPTION.get(name, name) for name in given} | {"bin_dir"}
     resumed = dataclasses.replace(cfg, **{f.name: getattr(saved, f.name) for f in dataclasses.fields(cfg)
                                           if f.name not in kept})  # fmt: skip
+    last = last_configs(Path(run_dir))
+    if source.name == "config.json" and last is not None:
+        check_config_json(saved, kept, source, last)
     # an option that a resume cannot change (another --mode, --workers, ...) is refused as such before the
     # options are checked together: `--resume --mode sync` of an async-accum run was refused for its saved
-    # --accum, and `--resume --workers 2` of a run of 3 for its 3 --worker-speeds. (Not --workers under
-    # torchrun, which sets it from the ranks later; the trainer checks them all again against last.pt.)
+    # --accum, and `--resume --workers 2` of a run of 3 for its 3 --worker-speeds. Against last.pt's where it
+    # reads (config.json may have been edited: check_config_json names that). Not --workers under torchrun,
+    # which sets it from the ranks later; the trainer checks them all again against last.pt.
     from async_nmt.train.trainer import RESUME_FIXED, check_resume_options
 
-    fixed = [name for name in RESUME_FIXED if name != "workers" or torchrun_rank() is None]
-    check_resume_options(saved, dataclasses.replace(saved, **{name: getattr(resumed, name) for name in fixed}), source)
-    if source.name == "config.json":
-        check_config_json(saved, kept, source)
+    reference, where = (last[0], last[2]) if last is not None else (saved, source)
+    fixed = {name: getattr(resumed, name) for name in RESUME_FIXED if name != "workers" or torchrun_rank() is None}
+    check_resume_options(reference, dataclasses.replace(reference, **fixed), where)
     return resumed, source
 
 
-def check_config_json(saved: TrainConfig, given: set[str], source: Path) -> None:
+def last_configs(run_dir: Path) -> tuple[TrainConfig, ModelConfig, Path] | None:
+    """The training and model configurations that the run's last.pt was saved with, and its path, read
+    without its parameters (the trainer reads and checks them once); None where it cannot be read (left to
+    the trainer, whose message says how to go on)."""
+    from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint, whole_archive
+
+    last = checkpoint_path(run_dir, "last")
+    try:
+        state = read_checkpoint(last, mmap=True, check_params=False) if whole_archive(last) else {}
+    except UserError:
+        return None
+    if "train_config" not in state or "model_config" not in state:
+        return None
+    return from_dict(TrainConfig, state["train_config"]), from_dict(ModelConfig, state["model_config"]), last
+
+
+def check_config_json(
+    saved: TrainConfig, given: set[str], source: Path, last_saved: tuple[TrainConfig, ModelConfig, Path]
+) -> None:
     """A config.json edited by hand so that the options it gives a resume (those not `given`) make another
     model or other batches than last.pt's is refused naming it and last.pt's value (the trainer's refusal
     named the command line: "the options given, --preset tiny", which no one had typed). Models are compared
-    as built, as the trainer does: a dropout written as the preset's own is the same model. A last.pt that
-    cannot be read is left to the trainer, whose message says how to go on."""
-    from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint, whole_archive
+    as built, as the trainer does: a dropout written as the preset's own is the same model. `last_saved`:
+    last.pt's configurations and path (`last_configs`)."""
     from async_nmt.train.trainer import RESUME_FIXED
 
-    last = checkpoint_path(source.parent, "last")
-    try:
-        # (its configs only: the trainer reads and checks the rest, the parameters once)
-        state = read_checkpoint(last, mmap=True, check_params=False) if whole_archive(last) else {}
-    except UserError:
-        return
-    if "train_config" not in state or "model_config" not in state:
-        return
-    was = from_dict(TrainConfig, state["train_config"])
-    was_model = from_dict(ModelConfig, state["model_config"])
+    was, was_model, last = last_saved
     model = (model_config(saved.preset, was_model.vocab_size, **dropout_overrides(saved))
              if saved.preset in PRESETS else None)  # fmt: skip
     differ = [(name, getattr(saved, name), getattr(was, name)) for name in ("preset", *RESUME_FIXED)
