@@ -544,11 +544,16 @@ def _rendered_width(table: Any) -> int:
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # what Markdown reads as markup in a table's cell
 
 
+def markdown_text(text: str) -> str:
+    """`text` as Markdown shows it as it is: a run named run_*y* was shown in italics, and a "|" in a table's
+    cell split it."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """The table as Markdown, each cell's text as it is: a run named run_*y* was shown in italics, and one
-    with a "|" split its cell."""
+    """The table as Markdown, each cell's text as it is (`markdown_text`)."""
     headers, rows = cells(report)
-    escaped = [[MARKDOWN_SPECIAL.sub(r"\\\1", c) for c in line] for line in (headers, *rows)]
+    escaped = [[markdown_text(c) for c in line] for line in (headers, *rows)]
     lines = [escaped[0], ["---"] * len(headers), *escaped[1:]]
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
@@ -653,8 +658,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     running = any(not row["finished"] for row in report["runs"])
     text = (
-        f"{MD_MARK}\n{HEADING}\n\n{title(report)}; x axis: {X_AXES[x][1]}.\n\n"
-        + "".join(f"- {shown(line)}\n" for line in notes)
+        f"{MD_MARK}\n{HEADING}\n\n{markdown_text(title(report))}; x axis: {X_AXES[x][1]}.\n\n"
+        + "".join(f"- {markdown_text(shown(line))}\n" for line in notes)
         + ("\n" if notes else "")
         + markdown_table(report)
         + ("\n\\* not finished: still running, or interrupted (--resume goes on)\n" if running else "")

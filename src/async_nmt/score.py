@@ -91,7 +91,7 @@ def metrics(options: ScoreOptions) -> tuple[BLEU, CHRF]:
                     trg_lang=options.trg_lang)  # fmt: skip
     except (ImportError, RuntimeError, OSError, SystemExit) as err:  # SystemExit: its download of a model failed
         why = "its download failed" if isinstance(err, SystemExit) else " ".join(str(err).split())
-        if options.tokenize is None:  # (chosen by the target language)
+        if options.tokenize is None and options.trg_lang:  # (chosen by the target language)
             chosen = BLEU._TOKENIZER_MAP.get(options.trg_lang, "its tokenizer")
             raise UserError(f"-l: BLEU's tokenizer for a {options.trg_lang} target, {chosen}: sacreBLEU cannot use "
                             f"it here ({why}); give another with --tokenize") from None  # fmt: skip
@@ -237,7 +237,8 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
             raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but {ref} has {len(lines):,}: the counts must "
                             "match")  # fmt: skip
         ref_streams.append([line.rstrip() for line in lines])
-    if options.tokenize is None and not options.trg_lang and looks_unsegmented(ref_streams[0]):
+    chosen = options.trg_lang in ("zh", "ja", "ko")  # (sacreBLEU's -l picks zh, ja-mecab, ko-mecab for them)
+    if options.tokenize is None and not chosen and looks_unsegmented(ref_streams[0]):
         print(f"warning: {refs[0]}: looks like Chinese or Japanese text, whose words the default tokenizer "
               "(13a) does not split: give --tokenize zh for Chinese (ja-mecab or char for Japanese), as "
               "sacreBLEU's -l picks it", file=sys.stderr)  # fmt: skip

@@ -202,6 +202,20 @@ def test_a_killed_sync_rank_is_named_as_the_cause(synthetic_bin: Path, tmp_path:
     assert [e["kind"] for e in events(run)][-1] == "end" and events(run)[-1]["failed"] == lines[0][len("error: ") :]
 
 
+def test_a_full_stderr_costs_a_group_of_sync_ranks_nothing(synthetic_bin: Path, tmp_path: Path):
+    """Rank 0 of a spawned sync group prints the run's lines: where stderr could not take them (2>/dev/full),
+    the run failed (an OSError from the progress lines), as the trainer's own process no longer did."""
+    run = tmp_path / "run"
+    args = [str(NMT_TRAIN), str(synthetic_bin), str(run), "--preset", "micro", "--devices", DEVICE, "--workers",
+            "2", "--max-tokens", "1024", "--valid-every", "0", "--log-every", "1", "--max-updates", "4", "--mode",
+            "sync"]  # fmt: skip
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=full, timeout=120)
+    assert proc.returncode == 0
+    assert [e["kind"] for e in events(run)][-1] == "end" and "failed" not in events(run)[-1]
+    assert not (run / "worker-errors.log").exists()
+
+
 def test_a_worker_killed_holding_the_gate_lock_stops_the_run(synthetic_bin: Path, tmp_path: Path):
     """A worker killed (the OOM killer) while it holds the lock of the shared counters never releases it: the
     coordinator, waiting for that lock, hung without end; now it names the worker and stops."""

@@ -1254,6 +1254,36 @@ def test_a_second_ctrl_c_after_the_stops_save_says_it_is_saved(synthetic_bin: Pa
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["server"]["updates"] == 4
 
 
+def test_an_error_in_the_stop_of_a_ctrl_c_ends_the_log_as_failed(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    """A Ctrl-C whose save fails (a full disk) left no end event: `nmt report` showed the run as one that
+    --resume goes on with."""
+    import errno
+
+    from async_nmt.train import validate
+    from async_nmt.train.trainer import Trainer
+
+    scripted_validation(monkeypatch, [(1.0, 3.0)])
+    fake, save = validate.Validator.__call__, Trainer.save
+
+    def interrupted(self, *args, **kwargs):
+        if getattr(self, "_calls", 0) == 1:
+            raise KeyboardInterrupt
+        self._calls = getattr(self, "_calls", 0) + 1
+        return fake(self, *args, **kwargs)
+
+    def full_at_update_4(self, *args, **kwargs):
+        if self.updates == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_dir / "checkpoints"))
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(validate.Validator, "__call__", interrupted)
+    monkeypatch.setattr(Trainer, "save", full_at_update_4)
+    with pytest.raises(OSError):
+        train(micro_config(synthetic_bin, max_updates=6, valid_every=2), tmp_path / "run", progress=False)
+    end = read_events(tmp_path / "run" / "events.jsonl")[-1]
+    assert end["kind"] == "end" and end["updates"] == 4 and "No space left on device" in end["failed"]
+
+
 def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
     """Validation returns these (BLEU, valid loss) in turn, whatever the model."""
     from async_nmt.train import validate

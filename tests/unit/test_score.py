@@ -256,6 +256,8 @@ def test_a_language_pair_picks_bleus_tokenizer_as_sacrebleus_l_does(tmp_path: Pa
     hyp_en, ref_en = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
     plain = runner().invoke(main, ["score", str(hyp_en), str(ref_en)]).stdout
     assert runner().invoke(main, ["score", str(hyp_en), str(ref_en), "--language-pair", "de-en"]).stdout == plain
+    other = runner().invoke(main, ["score", str(hyp), str(ref), "-l", "zh-en"])  # (13a on a Chinese reference)
+    assert other.exit_code == 0 and "looks like Chinese or Japanese text" in other.stderr
     given = runner().invoke(main, ["score", str(hyp), str(ref), "-l", "en-zh", "-tok", "char", "--json"])
     assert "tok:char" in json.loads(given.stdout)["bleu_signature"]  # --tokenize wins, as in sacreBLEU
     for pair in ("zh", "en-", "en_zh", "en-zh-x"):

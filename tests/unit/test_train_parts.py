@@ -30,7 +30,7 @@ from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
 from async_nmt.train import optim, processes
 from async_nmt.train.checkpoint import rng_state, set_rng_state
-from async_nmt.train.events import EventLog, read_events, truncate_events
+from async_nmt.train.events import EventLog, log_failure, read_events, truncate_events
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, push_gradient, train_step
 
@@ -480,6 +480,28 @@ def test_a_config_json_flag_count_or_name_of_another_type_is_refused(tmp_path, t
     path.write_text(json.dumps({**base, "train": {**base["train"], **train}}))
     with pytest.raises(UserError, match=re.escape(said)):
         load_json(RunConfig, path)
+
+
+def test_a_failure_logged_for_a_run_ends_its_log_once_and_leaves_it_readable(tmp_path):
+    """log_failure: the end event, `failed`, with the last event's counts and the best BLEU; over a torn last
+    line it cut that line (appended to it, the line was whole and corrupt: the log read no more); nothing
+    for a log that has ended."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.write("start", updates=0, train_s=0.0, tokens=0)
+    log.write("valid", updates=2, train_s=1.0, tokens=10, bleu=3.0, chrf=1.0, valid_loss=2.0)
+    log.write("train", updates=3, train_s=1.5, tokens=15)
+    log.close()
+    with open(path, "ab") as f:
+        f.write(b'{"kind": "train", "upd')  # torn by a kill
+    failed = "worker 1 (cpu) was killed by signal 9"
+    log_failure(path, failed)
+    events = read_events(path)
+    assert [e["kind"] for e in events] == ["start", "valid", "train", "end"]
+    assert events[-1] == {"kind": "end", "updates": 3, "train_s": 1.5, "tokens": 15, "best_bleu": 3.0,
+                          "interrupted": False, "converged": False, "failed": failed}  # fmt: skip
+    log_failure(path, "again")
+    assert read_events(path) == events
 
 
 def test_an_event_log_counts_and_flushes_each_line_it_writes(tmp_path):

@@ -942,3 +942,32 @@ def test_ctrl_c_after_a_bad_loss_keeps_the_last_good_save(synthetic_bin: Path, t
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4
     end = events(run, "end")[-1]
     assert end["diverged"] is True and end["interrupted"] is True and end["updates"] == 6
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_second_ctrl_c_to_a_group_of_ranks_says_whether_rank_0_had_saved(tmp_path: Path, monkeypatch, capsys,
+                                                                            saved: bool):  # fmt: skip
+    """Spawned sync ranks ignore Ctrl-C; their supervisor stops them at once at a second one. Where rank 0 had
+    saved for the first (its end event written), the line says so (it said "interrupted" alone)."""
+    from async_nmt.train import launch
+    from async_nmt.train.events import EventLog
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = EventLog(run / "events.jsonl")
+    log.write("start", updates=0)
+    if saved:
+        log.write("end", updates=3, interrupted=True, converged=False)
+    log.close()
+
+    def second_ctrl_c(*args: Any, **kwargs: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.processes, "spawn", lambda target, args: [])
+    monkeypatch.setattr(launch, "supervise", second_ctrl_c)
+    cfg = TrainConfig(mode="sync", workers=2, devices=["cpu", "cpu"])
+    with pytest.raises(SystemExit if saved else KeyboardInterrupt) as stopped:
+        launch.launch_ranks(cfg, run, False, False, ["cpu", "cpu"])
+    if saved:
+        assert stopped.value.code == 130
+        assert capsys.readouterr().err == f"interrupted: saved {run / 'checkpoints' / 'last.pt'}\n"

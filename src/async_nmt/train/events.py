@@ -75,6 +75,9 @@ def log_failure(path: Path, message: str) -> None:
             return
         bleus = [event["bleu"] for event in events if event["kind"] == "valid" and "bleu" in event]
         counts = {key: events[-1][key] for key in COUNTS_AT_END if key in events[-1]}
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):  # a torn last line (a kill mid-write), which this one would complete
+            os.truncate(path, data.rfind(b"\n") + 1)
         log = EventLog(path)
         try:
             log.write("end", **counts, best_bleu=max(bleus) if bleus else None, interrupted=False,
@@ -83,6 +86,15 @@ def log_failure(path: Path, message: str) -> None:
             log.close()
     except (OSError, UserError):
         return
+
+
+def ended_interrupted(path: Path) -> bool:
+    """Whether the log ends with the end event of a stop that Ctrl-C or SIGTERM asked for (its save made)."""
+    try:
+        events = read_events(path) if path.is_file() else []
+    except (OSError, UserError):
+        return False
+    return bool(events) and events[-1]["kind"] == "end" and bool(events[-1].get("interrupted"))
 
 
 COUNTS_AT_END = ("train_s", "wall_s", "updates", "pushes", "tokens", "epoch")  # an end event's, as every event's

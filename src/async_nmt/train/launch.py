@@ -29,7 +29,7 @@ from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
 from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
-from async_nmt.train.events import log_failure
+from async_nmt.train.events import ended_interrupted, log_failure
 from async_nmt.train.lock import run_lock
 from async_nmt.train.modes import check_worker_speeds, spawns_ranks, worker_devices
 from async_nmt.train.modes.remote import run_worker_rank
@@ -169,6 +169,11 @@ def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, 
     except UserError as err:  # (rank 0's trainer left it to this, which names the root cause)
         log_failure(run_dir / "events.jsonl", str(err))
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: at once; where rank 0 had saved for the first, the save stands
+        if not ended_interrupted(run_dir / "events.jsonl"):
+            raise
+        print("interrupted" if scratch else f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)
+        raise SystemExit(130) from None
     if code:
         raise SystemExit(code)
 

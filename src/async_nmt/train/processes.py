@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
-from async_nmt.errors import UserError, WorkerFailed, failure_line, held_interrupts, new_notice
+from async_nmt.errors import UserError, WorkerFailed, failure_line, held_interrupts, messages_never_fail, new_notice
 
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
@@ -106,6 +106,7 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
     sync rank it killed failed the run before the parent could save (`stop` kills a worker that stays)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    messages_never_fail()  # (a sync rank 0 prints the run's messages: a full stderr failed it)
     die_with_parent()
     # tqdm's default lock is a named semaphore; a worker stopped by SIGTERM would leave it behind
     tqdm.set_lock(threading.RLock())

@@ -659,7 +659,13 @@ class Trainer:
             raise
         except KeyboardInterrupt:
             bar.close()
-            return self._stop_interrupted()
+            try:
+                return self._stop_interrupted()
+            except TrainingDiverged:  # (its own end event is written)
+                raise
+            except Exception as err:  # a worker that fails as the stop drains it, a full disk as it saves
+                self._end_failed(err)
+                raise
         except TrainingDiverged:
             bar.close()
             with self.clock.paused():
@@ -669,9 +675,11 @@ class Trainer:
             raise
         except BaseException as err:
             bar.close()
-            self.workers.close()
-            if isinstance(err, Exception):
-                self._end_failed(err)
+            try:
+                self.workers.close()
+            finally:
+                if isinstance(err, Exception):
+                    self._end_failed(err)
             raise
         with self.clock.paused():
             self.workers.close()
