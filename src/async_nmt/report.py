@@ -718,8 +718,9 @@ def report_command(
         raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
     runs: list[Run] = []
     for path in paths:  # a folder named twice (runs/sync runs/*) is one run, reported once
-        if any(run.path.resolve() == Path(path).resolve() for run in runs):
-            click.echo(f"warning: {path} is given twice; it is reported once", err=True)
+        if (same := next((run for run in runs if run.path.resolve() == Path(path).resolve()), None)) is not None:
+            also = "" if str(same.path) == str(path) else f" (as {same.path}, the name reported)"
+            click.echo(f"warning: {path} is given twice{also}; it is reported once", err=True)
         else:
             runs.append(load_run(path))
     if link_gbps is not None:

@@ -435,6 +435,11 @@ def test_a_run_folder_given_twice_is_reported_once(runs: list[Path]) -> None:
     assert result.exit_code == 0, result.output
     assert [row["run"] for row in json.loads(result.stdout)["runs"]] == list(map(str, runs))
     assert result.stderr == f"warning: {runs[0]} is given twice; it is reported once\n"
+    link = runs[0].parent / "link"  # (another name of the same folder: the warning named it alone)
+    link.symlink_to(runs[0])
+    result = CliRunner().invoke(main, ["report", str(runs[0]), str(link)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: {link} is given twice (as {runs[0]}, the name reported); it is reported once\n"
 
 
 def test_vocabularies_compare_by_their_pieces_where_every_run_has_one(tmp_path: Path, runs: list[Path]) -> None:

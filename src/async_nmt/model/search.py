@@ -13,6 +13,7 @@ from a model that is barely trained), unless the length limit is 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -308,11 +309,7 @@ def _nbest_finished(
 def _picker(nbest: int | None) -> Callable[[Tensor, Tensor, Tensor, int], list]:
     """What a beam search returns of each sentence's finished hypotheses: the best one's tokens, or with
     `nbest` its n-best list."""
-    if nbest is None:
-        return _best_finished
-    return lambda fin_scores, fin_tokens, fin_count, eos_id: _nbest_finished(
-        fin_scores, fin_tokens, fin_count, eos_id, nbest
-    )
+    return _best_finished if nbest is None else functools.partial(_nbest_finished, nbest=nbest)
 
 
 def _beam_fixed_shapes(
