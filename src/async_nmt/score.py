@@ -107,14 +107,29 @@ def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: Sco
         if len(hyps) != len(refs):
             raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references: the counts must match")
     bleu, chrf = metrics(options or ScoreOptions())
+    bleu_score = bleu.corpus_score(hyps, ref_streams)
     # (rounded past any digit that means something: sacreBLEU's exp of a sum of logs gives an identical text
     # 100.00000000000004)
     return {
-        "bleu": round(float(bleu.corpus_score(hyps, ref_streams).score), 10),
+        "bleu": round(float(bleu_score.score), 10),
         "chrf": round(float(chrf.corpus_score(hyps, ref_streams).score), 10),
+        # what sacreBLEU prints after BLEU: its n-gram precisions and brevity penalty, the lengths' ratio
+        "bleu_precisions": [round(float(p), 10) for p in bleu_score.precisions],
+        "bleu_bp": round(float(bleu_score.bp), 10),
+        "bleu_ratio": round(float(bleu_score.ratio), 10),
+        "hyp_len": int(bleu_score.sys_len),
+        "ref_len": int(bleu_score.ref_len),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     } | (ter_score(hyps, ref_streams) if options and options.ter else {})
+
+
+def bleu_details(scores: dict) -> str:
+    """What sacreBLEU prints after the BLEU score: `88.9/71.4/60.0/33.3 (BP = 0.895 ratio = 0.900 hyp_len = 9
+    ref_len = 10)`, the 1- to 4-gram precisions, the brevity penalty and the lengths (of `sacrebleu_scores`)."""
+    precisions = "/".join(f"{p:.1f}" for p in scores["bleu_precisions"])
+    return (f"{precisions} (BP = {scores['bleu_bp']:.3f} ratio = {scores['bleu_ratio']:.3f} "
+            f"hyp_len = {scores['hyp_len']:d} ref_len = {scores['ref_len']:d})")  # fmt: skip
 
 
 def ter_score(hyps: list[str], ref_streams: list[list[str]]) -> dict:
@@ -257,7 +272,7 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         print(json.dumps(scores))
     else:
         chrf = "chrF" + "+" * options.chrf_word_order  # sacreBLEU's names (chrF2++) without the beta
-        print(f"BLEU = {scores['bleu']:.2f} ({scores['bleu_signature']})")
+        print(f"BLEU = {scores['bleu']:.2f} {bleu_details(scores)} ({scores['bleu_signature']})")
         print(f"{chrf} = {scores['chrf']:.2f} ({scores['chrf_signature']})")
         if options.ter:
             print(f"TER = {scores['ter']:.2f} ({scores['ter_signature']})")

@@ -56,10 +56,16 @@ def test_score_command_prints_bleu_and_chrf(tmp_path: Path):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     expected = corpus_scores(HYPS, REFS)
+    details = sacrebleu_details(sacrebleu.metrics.BLEU().corpus_score(HYPS, [REFS]))
     assert lines == [
-        f"BLEU = {expected['bleu']:.2f} ({expected['bleu_signature']})",
+        f"BLEU = {expected['bleu']:.2f} {details} ({expected['bleu_signature']})",
         f"chrF = {expected['chrf']:.2f} ({expected['chrf_signature']})",
     ]
+
+
+def sacrebleu_details(score) -> str:
+    """What sacreBLEU's text prints after a BLEU score: `88.9/71.4/60.0/33.3 (BP = 0.895 ratio = ...)`."""
+    return score.format(width=2).split(" ", 3)[3]
 
 
 def test_score_json(tmp_path: Path):
@@ -70,6 +76,13 @@ def test_score_json(tmp_path: Path):
     assert data["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
     assert data["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
     assert set(data) >= {"bleu", "chrf", "bleu_signature", "chrf_signature"}
+    own = sacrebleu.corpus_bleu(HYPS, [REFS])  # its n-gram precisions, brevity penalty and lengths too
+    assert data["bleu_precisions"] == pytest.approx(own.precisions) and data["bleu_bp"] == pytest.approx(own.bp)
+    assert (data["hyp_len"], data["ref_len"], data["bleu_ratio"]) == (
+        own.sys_len,
+        own.ref_len,
+        pytest.approx(own.ratio),
+    )
 
 
 def test_ter_is_sacrebleus_own_with_one_reference_or_several(tmp_path: Path):
@@ -167,8 +180,9 @@ def test_sacrebleu_options_give_its_scores_and_signatures(tmp_path: Path, option
     bleu, chrf = BLEU(**bleu_args), CHRF(**chrf_args)
     bleu_score, chrf_score = bleu.corpus_score(HYPS, [REFS]).score, chrf.corpus_score(HYPS, [REFS]).score
     chrf_name = "chrF" + "+" * chrf_args.get("word_order", 0)
+    details = sacrebleu_details(bleu.corpus_score(HYPS, [REFS]))
     assert result.stdout.splitlines() == [
-        f"BLEU = {bleu_score:.2f} ({bleu.get_signature()})",
+        f"BLEU = {bleu_score:.2f} {details} ({bleu.get_signature()})",
         f"{chrf_name} = {chrf_score:.2f} ({chrf.get_signature()})",
     ]
     assert all(fragment in result.stdout for fragment in fragments)
