@@ -1194,18 +1194,8 @@ def test_a_validation_that_ctrl_c_cut_short_is_done_when_the_run_resumes(
     scripted_validation(monkeypatch, [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)])
     cfg = micro_config(synthetic_bin, max_updates=6, valid_every=2)
     train(cfg, tmp_path / "whole", progress=False)
-    from async_nmt.train import validate
 
-    scripted_validation(monkeypatch, [(1.0, 3.0)])
-    fake = validate.Validator.__call__
-
-    def interrupted(self, *args, **kwargs):
-        if getattr(self, "_calls", 0) == 1:
-            raise KeyboardInterrupt
-        self._calls = getattr(self, "_calls", 0) + 1
-        return fake(self, *args, **kwargs)
-
-    monkeypatch.setattr(validate.Validator, "__call__", interrupted)
+    ctrl_c_at_the_second_validation(monkeypatch, [(1.0, 3.0)])
     with pytest.raises(SystemExit) as stopped:
         train(cfg, tmp_path / "split", progress=False)
     assert stopped.value.code == 130
@@ -1223,24 +1213,16 @@ def test_a_second_ctrl_c_after_the_stops_save_says_it_is_saved(synthetic_bin: Pa
                                                                  capsys):  # fmt: skip
     """A second Ctrl-C while the stop waits for the workers to end, its save and end event written: the save
     stands, and the line says so (it said "interrupted" alone, where the first had said "unsaved")."""
-    from async_nmt.train import validate
     from async_nmt.train.modes.local import LocalWorker
 
-    scripted_validation(monkeypatch, [(1.0, 3.0)])
-    fake, close = validate.Validator.__call__, LocalWorker.close
-
-    def interrupted(self, *args, **kwargs):
-        if getattr(self, "_calls", 0) == 1:
-            raise KeyboardInterrupt
-        self._calls = getattr(self, "_calls", 0) + 1
-        return fake(self, *args, **kwargs)
+    ctrl_c_at_the_second_validation(monkeypatch, [(1.0, 3.0)])
+    close = LocalWorker.close
 
     def closed_then_interrupted(self):
         close(self)
         if any(e["kind"] == "end" for e in read_events(tmp_path / "run" / "events.jsonl")):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(validate.Validator, "__call__", interrupted)
     monkeypatch.setattr(LocalWorker, "close", closed_then_interrupted)
     try:  # (a KeyboardInterrupt that escaped would stop pytest itself)
         train(micro_config(synthetic_bin, max_updates=6, valid_every=2), tmp_path / "run", progress=False)
@@ -1259,11 +1241,30 @@ def test_an_error_in_the_stop_of_a_ctrl_c_ends_the_log_as_failed(synthetic_bin: 
     --resume goes on with."""
     import errno
 
-    from async_nmt.train import validate
     from async_nmt.train.trainer import Trainer
 
-    scripted_validation(monkeypatch, [(1.0, 3.0)])
-    fake, save = validate.Validator.__call__, Trainer.save
+    ctrl_c_at_the_second_validation(monkeypatch, [(1.0, 3.0)])
+    save = Trainer.save
+
+    def full_at_update_4(self, *args, **kwargs):
+        if self.updates == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_dir / "checkpoints"))
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save", full_at_update_4)
+    with pytest.raises(OSError):
+        train(micro_config(synthetic_bin, max_updates=6, valid_every=2), tmp_path / "run", progress=False)
+    end = read_events(tmp_path / "run" / "events.jsonl")[-1]
+    assert end["kind"] == "end" and end["updates"] == 4 and "No space left on device" in end["failed"]
+
+
+def ctrl_c_at_the_second_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
+    """Validation returns these (BLEU, valid loss) in turn (`scripted_validation`), and Ctrl-C comes in the
+    second."""
+    from async_nmt.train import validate
+
+    scripted_validation(monkeypatch, scores)
+    fake = validate.Validator.__call__
 
     def interrupted(self, *args, **kwargs):
         if getattr(self, "_calls", 0) == 1:
@@ -1271,17 +1272,7 @@ def test_an_error_in_the_stop_of_a_ctrl_c_ends_the_log_as_failed(synthetic_bin: 
         self._calls = getattr(self, "_calls", 0) + 1
         return fake(self, *args, **kwargs)
 
-    def full_at_update_4(self, *args, **kwargs):
-        if self.updates == 4:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_dir / "checkpoints"))
-        return save(self, *args, **kwargs)
-
     monkeypatch.setattr(validate.Validator, "__call__", interrupted)
-    monkeypatch.setattr(Trainer, "save", full_at_update_4)
-    with pytest.raises(OSError):
-        train(micro_config(synthetic_bin, max_updates=6, valid_every=2), tmp_path / "run", progress=False)
-    end = read_events(tmp_path / "run" / "events.jsonl")[-1]
-    assert end["kind"] == "end" and end["updates"] == 4 and "No space left on device" in end["failed"]
 
 
 def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
