@@ -44,7 +44,9 @@ get() {
         elif ! why=$(curl -fsSL --retry 3 -o "$DATA/$archive.part" "$url" 2>&1); then  # (a line a try: the last)
             rm -f "$DATA/$archive.part"
             # curl's 22: the server answered, with an HTTP error (a 404 asked whether the internet was reachable)
-            if [[ $why == *"curl: (22)"* ]]; then why+="); the server has not got it: its address may have changed"
+            if [[ $why == *"curl: (22)"*"error: 404"* || $why == *"curl: (22)"*"error: 410"* ]]; then
+                why+="); the server has not got it: its address may have changed"
+            elif [[ $why == *"curl: (22)"* ]]; then why+="); the server refused it or failed: try again later"
             else why+="); is the internet reachable?"; fi
             echo "error: could not download $url into $DATA (${why##*$'\n'}" >&2
             exit 1

@@ -20,14 +20,17 @@ refuse() { echo "error: $*" >&2; exit 2; }
 [ -f scripts/bench_train.py ] || refuse "run it from the repository root (bash scripts/gpu_experiment.sh)"
 [ -f "$BIN/manifest.json" ] || refuse "BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)"
 for name in WORKERS MAX_TOKENS VALID_TOKENS WARMUP; do
-    [[ ${!name} =~ ^[0-9]+$ ]] && ((10#${!name} >= (name == WARMUP ? 0 : 1))) ||
-        refuse "$name=${!name}: give a whole number$([ $name = WARMUP ] && echo " (0 or more)" || echo " of at least 1")"
+    min=1 at_least=" of at least 1"
+    if [ "$name" = WARMUP ]; then min=0 at_least=" (0 or more)"; fi
+    [[ ${!name} =~ ^[0-9]+$ ]] && ((10#${!name} >= min)) || refuse "$name=${!name}: give a whole number$at_least"
+    printf -v "$name" %d "$((10#${!name}))"  # (08 is 8: bash's arithmetic below reads it as octal)
 done
 [[ $MAX_TIME =~ ^[0-9]+([.][0-9]*)?$ ]] && [[ ! $MAX_TIME =~ ^0*([.]0*)?$ ]] || refuse "MAX_TIME=$MAX_TIME: give seconds above 0"
 case $PRESET in micro | tiny | small | base | big) ;; *) refuse "PRESET=$PRESET: give one of micro, tiny, small, base, big" ;; esac
 mkdir -p "$OUT" "$RUNS"
 source "$(dirname "$0")/gpu_setup.sh"  # (nmt and nmt-train on a bare machine: they were "command not found")
 for mode in sync async async-accum; do
+    if [ -n "$STEPS_STOPPED" ]; then exit "$STEPS_STOPPED"; fi  # (Ctrl-C in the set-up, or in the last run)
     case $mode in
         async) per_update=$MAX_TOKENS extra=() ;;
         async-accum) per_update=$((MAX_TOKENS * WORKERS)) extra=(--accum "$WORKERS") ;;
@@ -39,7 +42,7 @@ for mode in sync async async-accum; do
         --max-time "$MAX_TIME" --valid-every $((VALID_TOKENS / per_update)) --valid-max-sentences 400 \
         >>"$OUT/runs.log" 2>&1 || echo "$mode failed: $(tail -n 1 "$OUT/runs.log")"
     echo "== $mode: $((SECONDS - start)) s; $(grep -c '"valid"' "$RUNS/$mode/events.jsonl") validations"
-    if [ -n "$STEPS_STOPPED" ]; then exit "$STEPS_STOPPED"; fi  # Ctrl-C: the run saved and stopped; so does this
 done
+if [ -n "$STEPS_STOPPED" ]; then exit "$STEPS_STOPPED"; fi  # Ctrl-C: the run saved and stopped; so does this
 COLUMNS=200 nmt report "$RUNS"/{sync,async,async-accum} --out "$OUT/report" | tee "$OUT/report.txt"
 tar -czf "$OUT/events.tar.gz" -C "$RUNS" {sync,async,async-accum}/events.jsonl {sync,async,async-accum}/config.json

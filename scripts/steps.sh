@@ -10,10 +10,13 @@
 # script took it only once the step had ended, and went on to the next one. The trap passes it on.)
 STEPS_FAILED=()
 STEPS_STOPPED=
+STEPS_SIGNALS=0  # the signals trapped so far
 STEP_PID=
 steps_stop() {  # steps_stop SIGNAL EXIT_CODE
   STEPS_STOPPED=$2
-  if [ -n "$STEP_PID" ]; then kill -"$1" "$STEP_PID" 2>/dev/null; fi  # (timeout passes it on to its command)
+  STEPS_SIGNALS=$((STEPS_SIGNALS + 1))
+  # (timeout passes it on to its command; one that has ended is no error: under set -e it ended the script)
+  if [ -n "$STEP_PID" ]; then kill -"$1" "$STEP_PID" 2>/dev/null || true; fi
 }
 trap 'steps_stop INT 130' INT
 trap 'steps_stop TERM 143' TERM
@@ -33,14 +36,19 @@ step() {
     fi
     [ "$limit" -gt "$left" ] && limit=$left
   fi
-  local start=$SECONDS code
+  local start=$SECONDS code=0 status signals first=1
   # (-k: killed 10 s after its SIGTERM if still there; in the background, so that `wait` lets the trap in)
   timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1 </dev/null &
   STEP_PID=$!
-  while :; do  # (a trapped signal ends `wait` early: wait again for the exit code; `|| code`: under set -e too)
-    code=0
-    wait "$STEP_PID" || code=$?
-    kill -0 "$STEP_PID" 2>/dev/null || break
+  # A trapped signal ends `wait` early, with its own 128 + n: wait again, for the step's exit code (which bash
+  # keeps where the step ended meanwhile; a second wait after one that took it says 127: not the step's).
+  # (`|| status`: under set -e too)
+  while :; do
+    signals=$STEPS_SIGNALS status=0
+    wait "$STEP_PID" || status=$?
+    if [ -n "$first" ] || [ "$status" != 127 ]; then code=$status; fi
+    first=
+    [ "$STEPS_SIGNALS" = "$signals" ] && break
   done
   STEP_PID=
   [ "$code" = 0 ] || STEPS_FAILED+=("$name")

@@ -157,8 +157,10 @@ def test_help_shows_the_knobs_and_an_argument_is_refused(recipe: str, tmp_path: 
         ("curl: (6) Could not resolve host: www.statmt.org", "is the internet reachable?"),
         # the server answered: the file is not there (it asked whether the internet was reachable)
         ("curl: (22) The requested URL returned error: 404", "the server has not got it: its address may have changed"),
+        # a server down for a while, or one that limits its rate: no new address to look for
+        ("curl: (22) The requested URL returned error: 503", "the server refused it or failed: try again later"),
     ],
-    ids=["offline", "http-404"],
+    ids=["offline", "http-404", "http-503"],
 )
 def test_a_download_that_fails_is_one_line_and_leaves_no_part(tmp_path: Path, curl: str, said: str) -> None:
     """Offline, curl's progress meter, its retries' warnings and its error came through, and the recipe ended

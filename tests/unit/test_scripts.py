@@ -224,8 +224,12 @@ def test_cpu_bench_stops_at_ctrl_c(tmp_path: Path):
     "knob, said",
     [({"WORKERS": "0"}, "WORKERS=0: give a whole number of at least 1"), ({"MAX_TIME": "0"}, "MAX_TIME=0: give "
      "seconds above 0"), ({"PRESET": "huge"}, "PRESET=huge: give one of"), ({"BIN": "/nope"}, "BIN=/nope: no "
-     "preprocessed corpus")],
-    ids=["workers", "max-time", "preset", "bin"],
+     "preprocessed corpus"),
+     # (the check compared WORKERS with WARMUP's value, not its name: WARMUP=0 let WORKERS=0 through, and
+     # WARMUP=1e3 was bash's arithmetic error blaming WORKERS)
+     ({"WORKERS": "0", "WARMUP": "0"}, "WORKERS=0: give a whole number of at least 1"),
+     ({"WARMUP": "1e3"}, "WARMUP=1e3: give a whole number (0 or more)")],
+    ids=["workers", "max-time", "preset", "bin", "workers-warmup-0", "warmup-1e3"],
 )  # fmt: skip
 def test_gpu_experiment_refuses_a_bad_knob_before_any_run(tmp_path: Path, synthetic_bin: Path, knob: dict, said: str):
     """WORKERS=0 failed in bash's arithmetic (division by 0); a bad PRESET or MAX_TIME failed each mode's run."""
@@ -236,10 +240,11 @@ def test_gpu_experiment_refuses_a_bad_knob_before_any_run(tmp_path: Path, synthe
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
-def steps(out: Path, commands: str) -> subprocess.Popen[str]:
-    """A script of `step`s (scripts/steps.sh, as the GPU scripts run them) ended by steps_end, started."""
+def steps(out: Path, commands: str, options: str = "") -> subprocess.Popen[str]:
+    """A script of `step`s (scripts/steps.sh, as the GPU scripts run them) ended by steps_end, started;
+    `options`: its first line (`set -euo pipefail`)."""
     out.mkdir()
-    script = f"OUT={out}\nsource scripts/steps.sh\n{commands}\nsteps_end\n"
+    script = f"{options}\nOUT={out}\nsource scripts/steps.sh\n{commands}\nsteps_end\n"
     return subprocess.Popen(["bash", "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)  # fmt: skip
 
@@ -255,10 +260,11 @@ def test_a_step_that_fails_leaves_the_others_and_the_script_exits_1_naming_it(tm
                                                        "== after: exit 0"]  # fmt: skip
 
 
-def test_ctrl_c_stops_the_step_under_way_and_the_script(tmp_path: Path):
+@pytest.mark.parametrize("options", ["", "set -euo pipefail"])
+def test_ctrl_c_stops_the_step_under_way_and_the_script(tmp_path: Path, options: str):
     """A terminal's Ctrl-C reaches the script, not its step (`timeout` runs it in a process group of its own):
-    the script waited for the step to end, then went on to the next one."""
-    started = steps(tmp_path / "out", "step long 60 sleep 30\nstep next 60 true")
+    the script waited for the step to end, then went on to the next one. Under set -e too."""
+    started = steps(tmp_path / "out", "step long 60 sleep 30\nstep next 60 true", options)
     try:
         log = tmp_path / "out" / "long.log"
         deadline = time.monotonic() + 30
