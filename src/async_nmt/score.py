@@ -92,7 +92,7 @@ def metrics(options: ScoreOptions) -> tuple[BLEU, CHRF]:
     except (ImportError, RuntimeError, OSError, SystemExit) as err:  # SystemExit: its download of a model failed
         why = "its download failed" if isinstance(err, SystemExit) else " ".join(str(err).split())
         if options.tokenize is None and options.trg_lang:  # (chosen by the target language)
-            chosen = BLEU._TOKENIZER_MAP.get(options.trg_lang, "its tokenizer")
+            chosen = getattr(BLEU, "_TOKENIZER_MAP", {}).get(options.trg_lang, "its tokenizer")  # (sacreBLEU's own)
             raise UserError(f"-l: BLEU's tokenizer for a {options.trg_lang} target, {chosen}: sacreBLEU cannot use "
                             f"it here ({why}); give another with --tokenize") from None  # fmt: skip
         raise UserError(f"--tokenize {options.tokenize}: sacreBLEU cannot use it here ({why})") from None
