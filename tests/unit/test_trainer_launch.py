@@ -719,6 +719,34 @@ def test_a_second_ctrl_c_stops_a_group_of_ranks_at_once(tmp_path: Path, monkeypa
     assert capsys.readouterr().err == "interrupted: stopping at the next step (Ctrl-C again to stop at once)\n"
 
 
+def test_a_first_ctrl_c_as_the_supervisor_looks_at_the_ranks_stops_them_saved(tmp_path: Path, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM that came while the supervisor asked whether the ranks were alive (between its
+    checks) killed them at once, unsaved and without the notice, as a second one does (seen once in a full
+    test run: `timeout`'s SIGTERM to a sync group exited 130 without the notice)."""
+    import threading
+
+    from async_nmt.train import launch, processes
+
+    interrupt, looks, stopped = threading.Event(), [], []
+
+    def is_alive() -> bool:
+        looks.append(interrupt.is_set())
+        if len(looks) == 1:
+            raise KeyboardInterrupt  # the signal, as it lands in the loop's look at the ranks
+        return len(looks) < 4
+
+    monkeypatch.setattr(processes, "check_workers", lambda *args: None)
+    monkeypatch.setattr(processes, "stop", lambda ranks, grace_s: stopped.append(grace_s))
+    monkeypatch.setattr(launch.time, "sleep", lambda s: None)
+    ranks = [types.SimpleNamespace(exitcode=130, is_alive=is_alive)]
+    try:
+        code = launch.supervise(ranks, None, ["cpu"], tmp_path, interrupt, launch.stop_notice("sync"))
+    except KeyboardInterrupt:  # (raised on, it would stop pytest itself)
+        pytest.fail(f"the first Ctrl-C was raised on; the ranks were stopped with grace {stopped}")
+    assert code == 130 and interrupt.is_set() and not stopped and looks == [False, True, True, True]
+    assert capsys.readouterr().err == launch.stop_notice("sync") + "\n"
+
+
 def test_a_diloco_group_says_it_stops_where_its_ranks_next_meet_not_at_the_next_step():
     """Diloco's ranks stop where they next meet, up to a round later: its notice said "at the next step", and
     a user who saw it train on and pressed Ctrl-C again lost the save."""

@@ -145,9 +145,12 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         dist.init_process_group(backend(setup.devices), rank=rank, world_size=world, timeout=TIMEOUT)
         # on an error the group is left as it is: the error is reported first, so the other ranks' failed
         # all-reduce is not taken for the cause
-        run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
-                    setup.interrupt, setup.scratch, supervised=True)  # fmt: skip
-        dist.destroy_process_group()
+        try:
+            run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
+                        setup.interrupt, setup.scratch, supervised=True)  # fmt: skip
+        except SystemExit as stop:  # rank 0's 130 after an agreed Ctrl-C, saved
+            processes.leave_group(stop.code if isinstance(stop.code, int) else 1)
+        processes.leave_group(0)
 
 
 def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, devices: list[str],
@@ -195,8 +198,10 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
     0's 130, or 0 where the run ended by its own limit before the ranks met on the interrupt (it exited 130,
     though its end event said it was not interrupted)."""
     try:
-        while any(p.is_alive() for p in ranks):
-            try:
+        while True:
+            try:  # (the look at the ranks too: a first Ctrl-C there killed them, unsaved, without the notice)
+                if not any(p.is_alive() for p in ranks):
+                    break
                 processes.check_workers(ranks, errors, devices, run_dir)
                 time.sleep(0.05)
             except KeyboardInterrupt:

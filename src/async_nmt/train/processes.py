@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing import util as mp_util
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -126,7 +126,17 @@ def worker_process(worker: int, device: str, errors: Any) -> Iterator[None]:
         raise SystemExit(1) from None
 
 
-def _exit_past_the_group(code: int) -> None:
+def leave_group(code: int = 0) -> NoReturn:
+    """End a sync rank that is done (trained, or stopped by an agreed Ctrl-C with exit code 130): leave its
+    process group, then the process, without the interpreter's finalization. There, gloo's threads may still
+    hold work whose tensors are freed as the interpreter goes, and the rank aborted ("terminate called
+    without an active exception", SIGABRT), seen once as a spawned gloo rank exited: its supervisor would
+    have taken a finished run for a failed one."""
+    dist.destroy_process_group()
+    _exit_past_the_group(code)
+
+
+def _exit_past_the_group(code: int) -> NoReturn:
     """End a failed sync rank without the interpreter's exit, whose teardown of its (most likely broken)
     process group may stop a gloo thread in the middle of its work: the process then aborted, "terminate
     called without an active exception" under the run's one line (seen once, in a full test run under
