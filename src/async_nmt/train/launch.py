@@ -77,13 +77,16 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
 
 def run_trainer(
     cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, rank: int = 0, world: int = 1,
-    interrupt: Any = None, scratch: bool = False, supervised: bool = False,
+    interrupt: Any = None, scratch: bool = False, supervised: bool = False, began: float | None = None,
 ) -> dict[str, Any] | None:  # fmt: skip
     """One trainer (of rank `rank` in a sync group of `world`): open the run folder, train, summarize; None
     where a resumed run has nothing to do. `scratch`: as `train`'s; `supervised`: a rank spawned by
-    `launch_ranks`, whose supervisor names a failure and logs it (`Trainer.supervised`)."""
+    `launch_ranks`, whose supervisor names a failure and logs it (`Trainer.supervised`); `began`: when its
+    supervisor began to start the ranks (`time.time()`), from which the run's wall clock counts."""
     trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt)
     trainer.supervised = supervised
+    if began is not None:
+        trainer.began_earlier(time.time() - began)
     # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
     # wait for their server, so it trains (or stops at once) rather than skip
     if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in RANK_MODES):
@@ -117,6 +120,7 @@ class RankSetup:
     errors: Any
     interrupt: Any
     scratch: bool
+    began: float  # time.time() as the supervisor began to start the ranks
 
 
 def backend(devices: list[str]) -> str:
@@ -147,7 +151,7 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         # all-reduce is not taken for the cause
         try:
             run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
-                        setup.interrupt, setup.scratch, supervised=True)  # fmt: skip
+                        setup.interrupt, setup.scratch, supervised=True, began=setup.began)  # fmt: skip
         except SystemExit as stop:  # rank 0's 130 after an agreed Ctrl-C, saved
             processes.leave_group(stop.code if isinstance(stop.code, int) else 1)
         processes.leave_group(0)
@@ -157,7 +161,8 @@ def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, 
                  scratch: bool = False) -> None:  # fmt: skip
     """Spawn one rank per worker and supervise them; rank 0 writes the run folder."""
     errors, interrupt = processes.context().SimpleQueue(), processes.context().Event()
-    setup = RankSetup(cfg, run_dir, resume, progress, processes.free_port(), devices, errors, interrupt, scratch)
+    setup = RankSetup(cfg, run_dir, resume, progress, processes.free_port(), devices, errors, interrupt, scratch,
+                      time.time())  # fmt: skip
     ranks = None
     try:  # a Ctrl-C or SIGTERM while they start is held, then told to them as any other (a second: at once)
         with processes.uninterrupted(second_stops=True):

@@ -159,7 +159,7 @@ class Trainer:
             state = self._load(checkpoint_path(self.run_dir, "last"))
             self.saved_at, self.resumed = self.updates, True
             self.clock = TrainingClock(state["train_s"])
-            self._wall_start = time.perf_counter() - state["wall_s"]
+            self._wall_start -= state["wall_s"]  # (this session's own time since it began goes on counting)
             # at its limit, its closing validation done, its events written: left as it is
             done = self.validated_at == self.updates and complete_lines(events_path) >= state["event_lines"]
             if may_skip and done and (limit := self.limit_reached()) is not None:
@@ -190,8 +190,7 @@ class Trainer:
                           f"resumes from (update {self.updates}): the events between are lost (cut short or "
                           "damaged; `nmt report` sees a gap)", file=sys.stderr)  # fmt: skip
                 # the wall clock goes on from the last event: the checkpoint's own event came after the write
-                wall_s = max([state["wall_s"]] + [event.get("wall_s", 0.0) for event in events[-1:]])
-                self._wall_start = time.perf_counter() - wall_s
+                self._wall_start -= max([0.0] + [event.get("wall_s", 0.0) - state["wall_s"] for event in events[-1:]])
         if not self.leader:
             return True
         self._warn_of_setup()  # (once the run is sure to go on: not above a refusal's one line)
@@ -422,6 +421,11 @@ class Trainer:
     @property
     def wall_s(self) -> float:
         return time.perf_counter() - self._wall_start
+
+    def began_earlier(self, seconds: float) -> None:
+        """This session of the run began `seconds` before the trainer: a spawned sync rank's start-up, which its
+        wall clock counts, as an in-process run's counts its worker processes' start-up."""
+        self._wall_start -= max(0.0, seconds)
 
     def epochs(self) -> float:
         """Epochs trained so far (the batches trained on, over an epoch's)."""
