@@ -201,16 +201,6 @@ data_needed() {
     [[ ! -f $OUT/bin/manifest.json ]]
 }
 
-# no_arguments ARG...: a recipe's knobs are environment variables; -h or --help prints its header (the
-# knobs), any other argument is refused (arguments were ignored: `--help` began the recipe's whole run)
-no_arguments() {
-    (($# == 0)) && return 0
-    if [[ $# == 1 && ($1 == -h || $1 == --help) ]]; then
-        sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"
-        exit 0
-    fi
-    refuse "$(basename "$0") takes no arguments (got: $*); its knobs are environment variables, e.g." \
-        "MAX_TIME=60 bash $0 (see bash $0 --help)"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/arguments.sh"
 no_arguments "$@"  # (a sourced file sees the recipe's arguments)
 check_settings

@@ -6,13 +6,14 @@
 # leaves its file as it was, and the others run; the script then exits 1, naming it.
 #   bash scripts/cpu_bench.sh
 set -uo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
+from_the_root
 OUT=${OUT:-docs/results/cpu}
 BIN=${BIN:-demo/bin}
 RUN=${RUN:-demo/run}
 PYTHON=${PYTHON:-python}
 ONLY=${ONLY:-}
-# (from elsewhere every benchmark failed to find its script)
-[ -f scripts/bench_train.py ] || { echo "error: run it from the repository root (bash scripts/cpu_bench.sh)" >&2; exit 2; }
 for need in "$BIN/manifest.json" "$RUN/checkpoints"; do
   if [ ! -e "$need" ]; then echo "error: $need: not there (make demo writes it)" >&2; exit 2; fi
 done

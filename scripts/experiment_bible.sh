@@ -3,6 +3,8 @@
 # 4 emulated workers (--simulate) at two learning rates, the batch-size/staleness pair, a straggler, and
 # 2 real worker processes per mode; MAX_TIME seconds of training clock each, then `nmt report` tables.
 set -euo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
 BIN=${BIN:-demo/bin}
 OUT=${OUT:-runs/experiment}
 MAX_TIME=${MAX_TIME:-240}

@@ -18,6 +18,8 @@
 #   scripts/replay_sync_clock.py replays each sync run's batches through the clock at those speeds
 #   (sync-spread-sN, sync-straggler-sN).
 set -euo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
 RAW=${RAW:-demo/raw}
 OUT=${OUT:-runs/convergence}
 DOCS=${DOCS:-docs/results/convergence}

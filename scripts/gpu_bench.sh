@@ -30,6 +30,9 @@
 # (the shell function `nmt` below serves plain calls; `step` runs commands through `timeout`, which
 # needs a program, so it is given "${NMT[@]}")
 set -uo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
+from_the_root
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda:0}
 PRESETS=${PRESETS:-base big}
@@ -43,8 +46,6 @@ SENTENCES=${SENTENCES:-1007}  # bench_translate of the trained model: the whole 
 BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
 TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
-# (from elsewhere every step failed to find its script, and the script exited 0)
-[ -f scripts/bench_train.py ] || { echo "error: run it from the repository root (bash scripts/gpu_bench.sh)" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd -P)
 if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)

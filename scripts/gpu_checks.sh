@@ -4,6 +4,9 @@
 # sync), the unit tests under that machine's torch, and the two benchmarks. Needs demo/bin (make demo).
 # Writes logs and JSON lines under OUT (default: gpu-out).
 set -uo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
+from_the_root
 OUT=${OUT:-gpu-out}
 WORKERS=${WORKERS:-4}
 mkdir -p "$OUT"

@@ -4,6 +4,9 @@
 # `nmt report`. Needs demo/bin (make demo). Validation is spaced by target tokens (about VALID_TOKENS),
 # so that the curves of all modes have points at comparable amounts of data.
 set -euo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
+from_the_root
 OUT=${OUT:-gpu-out}
 RUNS=${RUNS:-/tmp/gpu-runs}  # run folders (checkpoints are large); OUT gets the report, events and log
 BIN=${BIN:-demo/bin}
@@ -17,7 +20,6 @@ VALID_TOKENS=${VALID_TOKENS:-2000000}
 DEVICE=${DEVICE:-cuda:0}
 # knobs that would fail only after the first runs (or in bash's arithmetic, with its own message)
 refuse() { echo "error: $*" >&2; exit 2; }
-[ -f scripts/bench_train.py ] || refuse "run it from the repository root (bash scripts/gpu_experiment.sh)"
 [ -f "$BIN/manifest.json" ] || refuse "BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)"
 for name in WORKERS MAX_TOKENS VALID_TOKENS WARMUP; do
     min=1 at_least=" of at least 1"

@@ -16,6 +16,8 @@
 # Knobs (environment): BIN [demo/bin, from `make demo`], OUT [runs/multinode], DOCS [docs/results/multinode],
 #   TOKEN_US [3.4], MAX_TOKENS [4096]: each worker's batch.
 set -euo pipefail
+source "$(dirname "$0")/arguments.sh"
+no_arguments "$@"
 BIN=${BIN:-demo/bin}
 OUT=${OUT:-runs/multinode}
 DOCS=${DOCS:-docs/results/multinode}

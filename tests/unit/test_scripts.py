@@ -187,10 +187,32 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
 
 
+SHELL_SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.sh")
+                       if path.name not in ("arguments.sh", "steps.sh", "gpu_setup.sh"))  # (the last three: sourced)
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_a_shell_scripts_help_shows_its_header_and_an_argument_is_refused(script: str, tmp_path: Path):
+    """Their knobs are environment variables, and arguments were ignored: `--help` began the whole job
+    (experiment_convergence.sh trained two runs into docs/results, gpu_checks.sh ran its steps)."""
+    env = {**ENV, "OUT": str(tmp_path / "out"), "DOCS": str(tmp_path / "docs"), "RUNS": str(tmp_path / "runs")}
+    header = (ROOT / "scripts" / script).read_text().splitlines()[1]
+    for args, code in ((["--help"], 0), (["-h"], 0), (["--seconds", "5"], 2), (["--help", "x"], 2)):
+        result = subprocess.run(["bash", f"scripts/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                                env=env, timeout=60)  # fmt: skip
+        assert result.returncode == code, result.stderr
+        if code == 0:
+            assert result.stdout.splitlines()[0] == header.removeprefix("# ") and not result.stderr
+        else:
+            assert result.stderr == f"error: {script} takes no arguments (got: {' '.join(args)}); its knobs are " \
+                f"environment variables (see bash scripts/{script} --help)\n"  # fmt: skip
+        assert not any(tmp_path.iterdir())  # nothing made
+
+
 def test_the_bench_scripts_refuse_a_wrong_folder_or_bin_before_any_work(tmp_path: Path):
     """Run from elsewhere, every benchmark failed to find its script (gpu_bench.sh then exited 0); given a BIN
     that is not one, gpu_bench.sh's steps failed one by one until its budget was spent."""
-    for script in ("cpu_bench.sh", "gpu_bench.sh"):
+    for script in ("cpu_bench.sh", "gpu_bench.sh", "gpu_experiment.sh", "gpu_checks.sh"):
         env = {**ENV, "OUT": str(tmp_path / "out")}
         result = subprocess.run(["bash", str(ROOT / "scripts" / script)], cwd=tmp_path, capture_output=True,
                                 text=True, env=env, timeout=60)  # fmt: skip
