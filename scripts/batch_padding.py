@@ -9,6 +9,9 @@ batches per epoch, the share of padding on each side, and real target tokens per
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import argparse
 import json
 from pathlib import Path

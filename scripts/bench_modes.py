@@ -9,6 +9,9 @@ with validation only at the end on a few sentences; tokens/s and updates/s come 
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import json
 import math
 import tempfile

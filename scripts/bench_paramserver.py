@@ -18,6 +18,10 @@ refuses two ranks on one GPU, so a one-GPU machine cannot time it.) Prints one J
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
+import contextlib
 import json
 import os
 import threading
@@ -101,7 +105,19 @@ def gloo_rank(rank: int, numel: int, accum: int, repeat: int, port: int, results
 def bench_gloo(numel: int, accums: list[int], repeat: int, device: torch.device) -> dict:
     results = mp.Manager().dict()
     for accum in accums:
-        mp.spawn(gloo_rank, args=(numel, accum, repeat, free_port(), results, str(device)), nprocs=2)
+        ranks = mp.start_processes(gloo_rank, args=(numel, accum, repeat, free_port(), results, str(device)),
+                                   nprocs=2, join=False, start_method="spawn")  # fmt: skip
+        try:
+            while not ranks.join():
+                pass
+        except KeyboardInterrupt:  # the ranks, and the files their errors go to, were left behind in /tmp
+            for process in ranks.processes:
+                process.kill()
+                process.join()
+            for path in ranks.error_files:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
     # a worker pulls the parameters after each of its pushes: an update of N pushes carries N pulls here
     return {f"accum{a}": {"update_ms": round(results[a], 3), "pulls": a} for a in accums}
 

@@ -12,6 +12,9 @@ sentences (first kernels, cuBLAS and attention set-up), the rest, and writing no
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import time
 
 START = time.perf_counter()

@@ -6,6 +6,9 @@ Prints one JSON line: target tokens/s of both on the same synthetic batches, and
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import json
 import math
 import time

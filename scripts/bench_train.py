@@ -35,6 +35,9 @@ parts also see other minutes of a shared machine's drift: `other` can be negativ
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import argparse
 import json
 import math

@@ -14,6 +14,9 @@ it seldom picks eos, so outputs run to the length limit, a fixed amount of work.
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import json
 import random
 import time

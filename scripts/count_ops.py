@@ -16,6 +16,9 @@ decoding is issued one step at a time, a few hundred operators a step.
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import argparse
 import json
 import sys

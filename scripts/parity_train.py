@@ -21,6 +21,9 @@ numbers, as tested). Each of those gets its own lines, before the last update's,
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import argparse
 import json
 import statistics

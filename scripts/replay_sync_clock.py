@@ -14,6 +14,9 @@ It needs a fixed token price (`--simulate-token-us`), and RUN's BIN folder (or -
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import argparse
 import json
 import math

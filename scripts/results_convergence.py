@@ -24,6 +24,9 @@ configuration.
 
 from __future__ import annotations
 
+import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is imported; see it)
+
+# isort: split
 import argparse
 import json
 import re

@@ -28,6 +28,55 @@ def ends_with(main: Callable[[], object], capsys: pytest.CaptureFixture[str]) ->
     return end.value.code, capsys.readouterr().err
 
 
+def test_run_script_takes_sigterm_for_ctrl_c(capsys: pytest.CaptureFixture[str]):
+    """SIGTERM (`kill`, `timeout`) outside nmt-train's loop ended a script without a word (exit -15)."""
+
+    def terminated() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # (the signal's KeyboardInterrupt comes first)
+        raise AssertionError("not interrupted")
+
+    def outside(*_: object) -> None:  # (where run_script left it to this: the test fails, not pytest's process)
+        raise AssertionError("SIGTERM came to the handler outside run_script's")
+
+    before = signal.signal(signal.SIGTERM, outside)
+    try:
+        assert ends_with(terminated, capsys) == (130, "interrupted\n")
+        assert signal.getsignal(signal.SIGTERM) is outside
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_script_stopped_while_it_imports_says_interrupted(signum: int, synthetic_bin: Path):
+    """Ctrl-C while a script imported torch (about its first second) printed the import's traceback, and
+    SIGTERM ended it without a word (async_nmt.script_start). Whenever it comes, the end is the same."""
+    args = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), str(synthetic_bin), "--preset", "micro",
+            "--device", "cpu", "--seconds", "30"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (130, "", "interrupted\n")
+
+
+def test_ctrl_c_in_bench_paramserver_leaves_no_files_behind(tmp_path: Path):
+    """Its gloo ranks' error files (torch.multiprocessing's, two a Ctrl-C) were left in the temporary folder."""
+    args = [sys.executable, str(ROOT / "scripts" / "bench_paramserver.py"), "--numel", "20000000", "--transport",
+            "gloo", "--repeat", "100"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "TMPDIR": str(tmp_path)})  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("pymp-*")):  # (the manager of the ranks' results: they start now)
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(3.0)  # (their imports, then about 10 s of messages)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, "interrupted\n")
+    assert not list(tmp_path.iterdir())
+
+
 def test_run_script_ends_a_user_error_with_one_line_and_its_exit_code(capsys: pytest.CaptureFixture[str]):
     def bad_option() -> None:
         raise UserError("--seconds must be a positive number")
@@ -187,8 +236,11 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
 
 
-SHELL_SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.sh")
-                       if path.name not in ("arguments.sh", "steps.sh", "gpu_setup.sh"))  # (the last three: sourced)
+SHELL_SCRIPTS = sorted(
+    path.name
+    for path in (ROOT / "scripts").glob("*.sh")
+    if path.name not in ("arguments.sh", "steps.sh", "gpu_setup.sh")
+)  # (the last three: sourced)
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS)
