@@ -207,6 +207,9 @@ def main() -> None:
         raise UserError("--updates must be at least 1")
     if len(set(args.seeds)) < len(args.seeds):  # (one seed's runs were counted twice in the spread)
         raise UserError("--seeds: a seed is given twice")
+    if args.bare_init == "product" and args.bare_embed_init != "product":  # (ignored: the JSON said it was used)
+        raise UserError("--bare-embed-init torch sets the bare model's own start; --bare-init product replaces all "
+                        "of it, the embedding too, with the product's")  # fmt: skip
     if any(not 1 <= mark < args.updates for mark in args.valid_at):
         raise UserError(f"--valid-at: every N must be from 1 to {args.updates - 1} (below --updates)")
     device = resolve_device(args.device, option="--device")
@@ -248,6 +251,7 @@ def main() -> None:
                 "bare_s": round(bare_s, 1) if last else None, "bare_embed_init": args.bare_embed_init,
                 "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout, "embed_dropout": mcfg.embed_dropout,
                 "attention_dropout": mcfg.attention_dropout, "bare_init": args.bare_init,
+                "precision": "bf16" if amp_dtype_for(args.precision, device) else "fp32", "bin": str(args.bin),
             }), flush=True)  # fmt: skip
     for mark in marks:  # the last update's summary last, as before --valid-at
         sd = statistics.stdev(diffs[mark]) if len(diffs[mark]) > 1 else None  # (null: one seed; NaN is not JSON)

@@ -344,8 +344,15 @@ def main() -> None:
     runs, unfinished, rule = load(args.dir)
     if not runs and not unfinished:  # (it printed empty tables, exit 0)
         raise UserError(f"{args.dir}: no CONFIG-sSEED run folder with an events.jsonl")
+    for config_runs in runs.values():  # (it printed tables first, then advised an option it does not have)
+        for run in config_runs.values():
+            if any("predicted_s" not in event for event in run.valid):
+                raise UserError(f"{run.name}: its events have no predicted_s (not a --simulate run): this "
+                                "script reads the convergence experiment's runs; `nmt report --x time` compares "
+                                "others")  # fmt: skip
     trained = sum(len(v) for v in runs.values() if not replayed(v))
-    print(f"Finished runs (stopped by --patience {rule} or the epoch cap): {trained}, and "
+    stopped_by = f"--patience {rule} or the epoch cap" if rule else "the epoch cap"
+    print(f"Finished runs (stopped by {stopped_by}): {trained}, and "
           f"{sum(len(v) for v in runs.values()) - trained} sync clocks replayed from them at other speeds; "
           f"still running or stopped: {', '.join(unfinished) or 'none'}.")  # fmt: skip
     if not runs:
@@ -353,12 +360,16 @@ def main() -> None:
     sync_best = [best(r) for r in runs.get("sync", {}).values()]
     target = TARGET_SHARE * statistics.fmean(sync_best) if sync_best else None
     if target is not None:
-        print(f"Target: {TARGET_SHARE:.0%} of sync's mean best valid BLEU over {len(sync_best)} seeds = {target:.2f}.")
+        seeds = f"{len(sync_best)} seed{'s' if len(sync_best) > 1 else ''}"
+        print(f"Target: {TARGET_SHARE:.0%} of sync's mean best valid BLEU over {seeds} = {target:.2f}.")
     print()
     quality(runs)
     per_run(runs)
     differences(runs)
     if target is None:
+        if args.plots:
+            print(f"--plots: none written (no finished sync run to set their target) into {args.plots}",
+                  file=sys.stderr)  # fmt: skip
         return
     for title, suffix, configs in RACES:
         race(runs, target, title, [c + suffix if suffix else c for c in configs])

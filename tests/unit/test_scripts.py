@@ -188,6 +188,11 @@ BAD_INPUT = [
     ("parity_train.py", ["/nope", "--seeds", "1", "1"], "--seeds: a seed is given twice"),
     ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
     ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
+    (
+        "parity_train.py",
+        ["/nope", "--bare-init", "product", "--bare-embed-init", "torch"],
+        "--bare-embed-init torch sets the bare model's own start",
+    ),
     ("batch_padding.py", ["/nope"], "/nope: no such folder"),
     ("results_convergence.py", ["/nope"], "/nope: no such folder"),
     ("results_convergence.py", [str(ROOT / "scripts")], f"{ROOT / 'scripts'}: no CONFIG-sSEED run folder"),
@@ -367,6 +372,34 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     assert line["updates"] >= 2 and line["tok_per_s"] > 0 and line["bare_nn_transformer_tok_per_s"] > 0
 
 
+def _convergence_run(folder: Path, simulated: bool) -> None:
+    """A finished run of the convergence experiment's folder layout: a start, one validation, an end."""
+    clock = {"predicted_s": 2.0} if simulated else {}
+    counts = {"updates": 10, "train_s": 1.0, "wall_s": 1.0, "pushes": 10, "tokens": 1000, "epoch": 0.1, **clock}
+    events = [{"kind": "start", **counts, "updates": 0, "resumed": False}, {"kind": "valid", **counts, "bleu": 1.5},
+              {"kind": "end", **counts, "interrupted": False}]  # fmt: skip
+    folder.mkdir(parents=True)
+    (folder / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
+    (folder / "config.json").write_text(json.dumps({"train": {"patience": 0}}))
+
+
+def test_results_convergence_names_what_it_reads_and_says_when_it_draws_nothing(tmp_path: Path):
+    """Given runs not trained with --simulate, it printed its first tables, then advised `--x time`, an option
+    of `nmt report` it does not have; given no sync run, --plots drew nothing without a word."""
+    _convergence_run(tmp_path / "plain" / "sync-s1", simulated=False)
+    done = run("results_convergence.py", str(tmp_path / "plain"))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("error: sync-s1: its events have no predicted_s (not a --simulate run): this script reads "
+                           "the convergence experiment's runs; `nmt report --x time` compares others\n")  # fmt: skip
+    _convergence_run(tmp_path / "async" / "async-s1", simulated=True)
+    done = run("results_convergence.py", str(tmp_path / "async"), "--plots", str(tmp_path / "plots"))
+    assert done.returncode == 0 and done.stdout.startswith("Finished runs (stopped by the epoch cap): 1, and 0 ")
+    assert (
+        done.stderr == f"--plots: none written (no finished sync run to set their target) into {tmp_path / 'plots'}\n"
+    )
+    assert not (tmp_path / "plots").exists()
+
+
 def test_parity_train_scores_on_the_way_without_changing_the_runs(synthetic_bin: Path):
     """`--valid-at` scores both sides at earlier updates: the product by training to the mark and resuming,
     the bare loop inside its loop. Neither changes what the last update scores (the resume goes on with the
@@ -384,6 +417,7 @@ def test_parity_train_scores_on_the_way_without_changing_the_runs(synthetic_bin:
     assert marked[2] | {"product_s": 0, "bare_s": 0} == straight[0] | {"product_s": 0, "bare_s": 0}
     assert marked[-1] | {"seeds": 0} == straight[-1] | {"seeds": 0}
     assert marked[0]["product_s"] is None and marked[2]["product_s"] > 0
+    assert marked[0]["precision"] == "fp32" and marked[0]["bin"] == str(synthetic_bin)  # (auto is bf16 on some CPUs)
     for side in ("product_valid_nll", "bare_valid_nll"):  # both learn: the marks are not the last update's NLL
         assert marked[0][side] > marked[1][side] > marked[2][side]
 
