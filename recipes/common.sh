@@ -140,16 +140,19 @@ within() {
 
 # check_settings: refuse knobs that would fail only after the long steps before them (or be taken as 0)
 check_settings() {
-    local name mode what
+    local name mode what seen=" "
     for name in DRY_RUN SIMULATE; do
         [[ ${!name} == 0 || ${!name} == 1 ]] || refuse "$name=${!name}: give 0 or 1"
     done
     case $X in time | predicted | updates | tokens) ;; *) refuse "X=$X: give one of time, predicted, updates, tokens" ;; esac
     for mode in $MODES; do
         case $mode in sync | async | async-accum) ;; *)
-            refuse "MODES: '$mode' is not one of sync, async, async-accum (the recipes do not run diloco)"
+            refuse "MODES: '$mode' is not one of sync, async, async-accum (separated by spaces; the recipes do" \
+                "not run diloco)"
             ;;
         esac
+        [[ $seen != *" $mode "* ]] || refuse "MODES: '$mode' is given twice (its run would be trained and reported twice)"
+        seen+="$mode "
     done
     [[ -n ${MODES//[[:space:]]/} ]] || refuse "MODES is empty: give one or more of sync, async, async-accum"
     if [[ $X == predicted && $SIMULATE != 1 ]]; then

@@ -14,6 +14,10 @@ BIN=${BIN:-demo/bin}
 RUN=${RUN:-demo/run}
 PYTHON=${PYTHON:-python}
 ONLY=${ONLY:-}
+NAMES="step-tiny step-tiny-fp32 step-base train-tiny train-tiny-fp32 translate startup paramserver modes"
+for name in $ONLY; do  # (an unknown one ran nothing and said nothing)
+  if [[ " $NAMES " != *" $name "* ]]; then echo "error: ONLY: '$name' is not one of: $NAMES" >&2; exit 2; fi
+done
 for need in "$BIN/manifest.json" "$RUN/checkpoints"; do
   if [ ! -e "$need" ]; then echo "error: $need: not there (make demo writes it)" >&2; exit 2; fi
 done
@@ -22,6 +26,7 @@ failed=()
 bench() {  # bench NAME SCRIPT ARGS...: its JSON lines into OUT/NAME.jsonl, replaced only when it succeeds
   local name=$1
   shift
+  [[ " $NAMES " == *" $name "* ]] || { echo "error: $name: a benchmark NAMES leaves out" >&2; exit 1; }
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "== $name: $*" >&2
   "$PYTHON" "$@" >"$OUT/$name.jsonl.tmp"

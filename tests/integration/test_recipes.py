@@ -111,6 +111,8 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
     [("DRY_RUN", "true", "DRY_RUN=true: give 0 or 1"), ("SIMULATE", "yes", "SIMULATE=yes: give 0 or 1"),
      ("X", "bleu", "X=bleu: give one of"), ("MODES", "sync bogus", "MODES: 'bogus' is not one of"),
      ("MODES", " ", "MODES is empty"), ("X", "predicted", "X=predicted needs SIMULATE=1"),
+     ("MODES", "sync async sync", "MODES: 'sync' is given twice"),
+     ("MODES", "sync,async", "MODES: 'sync,async' is not one of sync, async, async-accum (separated by spaces"),
      ("PRESET", "huge", "PRESET=huge: give one of micro"), ("WORKERS", "0", "WORKERS=0: give a whole number"),
      ("BEAM", "0", "BEAM=0: give a whole number"), ("VALID_EVERY", "-1", "VALID_EVERY=-1: give a whole number"),
      ("TARGET_BLEU", "abc", "TARGET_BLEU=abc: give a number"), ("LR", "fast", "LR=fast: give a number"),

@@ -299,6 +299,16 @@ def test_cpu_bench_stops_at_ctrl_c(tmp_path: Path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_cpu_bench_refuses_an_unknown_name_in_only(tmp_path: Path):
+    """ONLY=nope ran nothing and said nothing, exit code 0."""
+    env = {**ENV, "OUT": str(tmp_path / "out"), "ONLY": "translate nope"}
+    result = subprocess.run(["bash", "scripts/cpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith("error: ONLY: 'nope' is not one of: step-tiny "), \
+        result.stderr  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "knob, said",
     [({"WORKERS": "0"}, "WORKERS=0: give a whole number of at least 1"), ({"MAX_TIME": "0"}, "MAX_TIME=0: give "
