@@ -251,11 +251,12 @@ def run_script(main: Callable[[], object]) -> None:
     memory, a diverged loss: 1); a missing file or folder (FileNotFoundError) `error: PATH: REASON` and exit
     code 2, as bad input (the CLI checks its inputs first, a missing one being a UserError, exit code 2, and
     gives 1 to one it did not foresee); any other error of the system (a full disk) `error: PATH: REASON`
-    and exit code 1; Ctrl-C (KeyboardInterrupt) `interrupted` and exit code 130. Any other exception keeps
-    its traceback (a bug). SIGTERM (`kill`, `timeout`) is taken for Ctrl-C. A reader of stdout that has gone (`| head`) ends it quietly, exit code 0, as it
-    ends a command (it was `error: Broken pipe`, exit code 1). When `main` returns, so does this (what it
-    returns is ignored), once what it printed is written out: a full disk there is `error: stdout: cannot
-    write (REASON)`, exit code 1 (it was Python's `Exception ignored` at exit, exit code 120).
+    and exit code 1; Ctrl-C (KeyboardInterrupt) `interrupted` and exit code 130, and SIGTERM (`kill`,
+    `timeout`) as Ctrl-C. Any other exception keeps its traceback (a bug). A reader of stdout that has gone
+    (`| head`) ends it quietly, exit code 0, as it ends a command (it was `error: Broken pipe`, exit code
+    1). When `main` returns, so does this (what it returns is ignored), once what it printed is written
+    out: a full disk there is `error: stdout: cannot write (REASON)`, exit code 1 (it was Python's
+    `Exception ignored` at exit, exit code 120).
 
         if __name__ == "__main__":
             run_script(main)

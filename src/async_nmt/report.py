@@ -291,7 +291,7 @@ def build_report(
         best = max(e["bleu"] for e in baseline.valid)
         target_bleu = round(max(best - 0.5, best / 2), 2)  # (as it is shown)
         if target_bleu <= 0:  # every run meets it at its first validation: the race says nothing
-            target_bleu, no_target = None, f"the baseline's best BLEU is {best:.2f}"
+            target_bleu, no_target = None, f"the baseline's best BLEU, {bleu_text(best)}, makes a target of 0.00"
     base_x = to_target(baseline, target_bleu, x)
     rows = [summarize(run, target_bleu, x) for run in runs]
     for row in rows:

@@ -271,14 +271,19 @@ def test_a_baseline_with_a_best_bleu_of_0_gives_no_target(tmp_path: Path) -> Non
     """Its target was 0.00, which every run met at its first validation: speedups of nothing."""
     runs = [write_run(tmp_path / m, m, [0.0, 0.0], seconds_per_valid=s) for m, s in (("sync", 10.0), ("async", 5.0))]
     report = build_report([load_run(p) for p in runs])
-    assert report["target_bleu"] is None and "best BLEU is 0.00" in report["no_target"]
+    assert report["target_bleu"] is None
+    assert report["no_target"] == "the baseline's best BLEU, 0.00, makes a target of 0.00"
     assert [(row["to_target"], row["speedup"]) for row in report["runs"]] == [(None, None), (None, None)]
     result = CliRunner().invoke(main, ["report", *map(str, runs)])
     assert result.exit_code == 0, result.output
     assert (
         "target BLEU 0.00" not in result.stdout and "no target BLEU" in result.stdout and "1.00x" not in result.stdout
     )
-    assert result.stderr == "warning: no time to target or speedups: the baseline's best BLEU is 0.00\n"
+    assert result.stderr == ("warning: no time to target or speedups: the baseline's best BLEU, 0.00, makes a "
+                             "target of 0.00\n")  # fmt: skip
+    # above 0, but its target (half of it) is shown as 0.00: it said "the baseline's best BLEU is 0.01"
+    small = write_run(tmp_path / "small", "sync", [0.0099], seconds_per_valid=10.0)
+    assert build_report([load_run(small)])["no_target"] == "the baseline's best BLEU, 0.0099, makes a target of 0.00"
     # an explicit target at or below 0 is met before any training
     for target in ("0", "-1"):
         result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", target])
@@ -635,7 +640,7 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if not line.startswith("wrote ")]
-    assert len(lines) == 2 and "differ in preset" in lines[0] and "best BLEU is 0.00" in lines[1]
+    assert len(lines) == 2 and "differ in preset" in lines[0] and "best BLEU, 0.00, makes a target of 0.00" in lines[1]
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert all(f"- {as_markdown(line)}\n" in markdown for line in lines)
 
