@@ -243,6 +243,13 @@ def main() -> None:
         help="run the product and the bare loop in turn this many times, each for --seconds; the line gives "
         "their pooled rates and each pair's ratio (default: %(default)s)",
     )
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=TrainConfig.log_every,
+        help="the product's updates between train events, as nmt-train's; the *_second_half fields need 3 of "
+        "them in each run, and are null below (default: %(default)s)",
+    )
     parser.add_argument("--compile", action="store_true", help="the product with --compile (the bare loop eager)")
     parser.add_argument("--cold", action="store_true",
                         help="no warm-up of the process first: the product, run first, pays for it alone")  # fmt: skip
@@ -250,7 +257,11 @@ def main() -> None:
                         help="the product without its bf16 weight copies (LowPrecisionCopies): an A/B")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
-        raise UserError("--seconds must be a positive number")
+        raise UserError("--seconds must be a positive, finite number")
+    if args.log_every < 1:
+        raise UserError("--log-every must be at least 1")
+    if args.plain_autocast and args.precision == "fp32":  # (accepted, and it changed nothing)
+        raise UserError("--plain-autocast is an A/B of bf16 autocast; not with --precision fp32")
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
     if args.parts_updates < 1:
@@ -260,7 +271,8 @@ def main() -> None:
     step_module.LOW_PRECISION_COPIES = not args.plain_autocast
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
-                      precision=args.precision, compile=args.compile, batch_sort=args.batch_sort)  # fmt: skip
+                      precision=args.precision, compile=args.compile, batch_sort=args.batch_sort,
+                      log_every=args.log_every)  # fmt: skip
     check_config(cfg)
     mcfg = model_config(args.preset, load_manifest(args.bin)["vocab_size"])
 
@@ -300,6 +312,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "seconds": args.seconds,
         "repeats": args.repeats,
+        "log_every": args.log_every,
         "tok_per_s": round(product), "tok_per_s_wall": round(tokens / sum(walls)),
         "tok_per_s_second_half": round(steady) if steady else None, "updates": updates,
         "bare_nn_transformer_tok_per_s": round(bare), "ratio": round(product / bare, 3),

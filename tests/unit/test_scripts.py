@@ -176,8 +176,11 @@ BAD_INPUT = [
     ("bench_modes.py", ["--bin", "/nope", "--seconds", "0"], "--seconds must be a positive number"),
     ("bench_modes.py", ["--bin", "/nope", "--slow", "2"], "--slow must be above 0 and below 1"),
     ("bench_modes.py", ["--bin", "/nope", "--modes", "diloco"], "--modes diloco needs --sync-every H"),
-    ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive number"),
-    ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive number"),
+    ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive, finite number"),
+    ("bench_train.py", ["/nope", "--seconds", "-5"], "--seconds must be a positive, finite number"),
+    ("bench_train.py", ["/nope", "--seconds", "inf"], "--seconds must be a positive, finite number"),
+    ("bench_train.py", ["/nope", "--log-every", "0"], "--log-every must be at least 1"),
+    ("bench_train.py", ["/nope", "--precision", "fp32", "--plain-autocast"], "--plain-autocast is an A/B of bf16"),
     ("bench_train.py", ["/nope", "--repeats", "0"], "--repeats must be at least 1"),
     ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
     ("bench_paramserver.py", ["--shards", "65"], "--shards must be 1 to 64"),
@@ -374,10 +377,15 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     """--repeats 2 runs the product and the bare loop twice each, in turn: the line pools their tokens and
     gives each pair's ratio. (What it measures is not asserted: speed is the benchmarks' to measure.)"""
     done = run("bench_train.py", str(synthetic_bin), "--preset", "micro", "--device", "cpu", "--seconds", "1",
-               "--max-tokens", "256", "--precision", "fp32", "--parts-updates", "1", "--repeats", "2")  # fmt: skip
+               "--max-tokens", "256", "--precision", "fp32", "--parts-updates", "1", "--repeats", "2",
+               "--log-every", "1")  # fmt: skip
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr  # (torch's about nested tensors)
     line = json.loads(done.stdout)
     assert line["repeats"] == 2 and line["warm_process"] and len(line["ratios"]) == 2
+    # (null under 3 train events a run: always on the CPU at the default 50, which --log-every now lowers)
+    assert line["log_every"] == 1 and line["tok_per_s_second_half"] > 0
+    second_halves = line["tok_per_s_second_half"] / line["bare_tok_per_s_second_half"]
+    assert line["ratio_second_half"] == pytest.approx(second_halves, abs=2e-3)
     assert line["ratio_median"] == round(sum(line["ratios"]) / 2, 3) and all(ratio > 0 for ratio in line["ratios"])
     assert line["updates"] >= 2 and line["tok_per_s"] > 0 and line["bare_nn_transformer_tok_per_s"] > 0
 
