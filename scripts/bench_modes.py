@@ -101,14 +101,18 @@ def main() -> None:
         if not device:
             raise UserError(f"--devices: {args.devices!r} names an empty device (use cpu or cuda:N, comma-separated)")
         resolve_device(device)  # its errors name --devices
-    base = dict(bin_dir=args.bin, preset=args.preset, devices=devices, max_tokens=args.max_tokens,
-                max_time=args.seconds, valid_every=0, valid_max_sentences=16, lr=7e-4, warmup=250)  # fmt: skip
-    configs = [("single", TrainConfig(**base, workers=1))]
+    if len(devices) > w:  # (each run warned in nmt-train's terms, the one-worker baseline's of --workers 1)
+        raise UserError(f"--devices names {len(devices)} devices but --workers is {w}: give --workers "
+                        f"{len(devices)}, or fewer devices")  # fmt: skip
+    base = dict(bin_dir=args.bin, preset=args.preset, max_tokens=args.max_tokens, max_time=args.seconds,
+                valid_every=0, valid_max_sentences=16, lr=7e-4, warmup=250)  # fmt: skip
+    configs = [("single", TrainConfig(**base, devices=devices[:1], workers=1))]  # (on the first device)
     for mode in modes:
         accum = w if mode == "async-accum" else 1
         sync_every = args.sync_every if mode == "diloco" else 0
         for speeds in ([], [1.0] * (w - 1) + [args.slow]):
-            cfg = TrainConfig(**base, mode=mode, workers=w, accum=accum, worker_speeds=speeds, sync_every=sync_every)
+            cfg = TrainConfig(**base, devices=devices, mode=mode, workers=w, accum=accum, worker_speeds=speeds,
+                              sync_every=sync_every)  # fmt: skip
             configs.append((f"{mode}-{len(speeds)}", cfg))
     for _, cfg in configs:  # every configuration before the first one trains
         check_config(cfg)

@@ -174,6 +174,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 BAD_INPUT = [
     ("bench_modes.py", ["--bin", "/nope", "--modes", "sync,bogus"], "--modes: 'bogus' is not one of sync, async"),
     ("bench_modes.py", ["--bin", "/nope", "--seconds", "0"], "--seconds must be a positive number"),
+    ("bench_modes.py", ["--bin", "/nope", "--devices", "cpu,cpu,cpu"], "--devices names 3 devices but --workers is 2"),
     ("bench_modes.py", ["--bin", "/nope", "--slow", "2"], "--slow must be above 0 and below 1"),
     ("bench_modes.py", ["--bin", "/nope", "--modes", "diloco"], "--modes diloco needs --sync-every H"),
     ("bench_train.py", ["/nope", "--seconds", "0"], "--seconds must be a positive, finite number"),
