@@ -69,11 +69,11 @@ def main() -> None:
     parser.add_argument(
         "--preset",
         choices=PRESETS,
-        default="tiny",
-        help="Size of the random model without --run (default: %(default)s).",
+        default=None,
+        help="Size of the random model; not with --run (default: tiny).",
     )
     parser.add_argument(
-        "--vocab", type=int, default=8000, help="Vocabulary size of the random model (default: %(default)s)."
+        "--vocab", type=int, default=None, help="Vocabulary size of the random model; not with --run (default: 8000)."
     )
     parser.add_argument(
         "--sentences",
@@ -117,7 +117,12 @@ def main() -> None:
         raise UserError("--check-every must be at least 1")
     if args.input is not None and args.run is None:
         raise UserError("--input needs --run (its vocabulary)")
-    if args.run is None and args.vocab < 5:
+    for name in ("preset", "vocab"):  # (ignored: the run's model has its own)
+        if args.run is not None and getattr(args, name) is not None:
+            raise UserError(f"--{name}: not with --run, whose model has its own")
+    args.preset = "tiny" if args.preset is None else args.preset
+    args.vocab = 8000 if args.vocab is None else args.vocab
+    if args.vocab < 5:
         raise UserError("--vocab must be at least 5 (4 ids are special)")
     device = resolve_device(args.device, option="--device")
     amp = amp_dtype_for(args.precision, device)
@@ -135,6 +140,9 @@ def main() -> None:
             raise UserError(f"{args.input}: no sentences")
         sources = sp.encode(lines[: args.sentences])
     else:
+        if args.max_len > model.cfg.max_positions - 1:  # (each was cut, with a warning per batch about "lines")
+            raise UserError(f"--max-len {args.max_len}: the model reads at most {model.cfg.max_positions - 1} source "
+                            "tokens")  # fmt: skip
         sources = synthetic_sources(args.sentences, model.cfg.vocab_size, args.min_len, args.max_len, seed=0)
 
     cast_for_search(model, amp)
