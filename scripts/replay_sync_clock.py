@@ -43,6 +43,8 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
     if len(speeds) != cfg.workers:
         raise UserError(f"--worker-speeds: {len(speeds)} speeds for {cfg.workers} workers")
     events = read_events(run / "events.jsonl")
+    if bin_dir is None and not Path(cfg.bin_dir).is_dir():  # (load_split's error did not name --bin)
+        raise UserError(f"{cfg.bin_dir}: no such folder, where {run} was trained from: give its BIN folder with --bin")
     split = load_split(bin_dir or Path(cfg.bin_dir), "train")
     streams = worker_streams(split, cfg.max_tokens, model.max_positions, cfg.seed, cfg.workers, cfg.batch_sort)
     cfg.worker_speeds = speeds

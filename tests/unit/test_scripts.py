@@ -399,6 +399,19 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     assert line["updates"] >= 2 and line["tok_per_s"] > 0 and line["bare_nn_transformer_tok_per_s"] > 0
 
 
+def test_replay_sync_clock_names_bin_where_the_runs_bin_folder_is_gone(tmp_path: Path):
+    """The run's BIN folder gone (moved, or another machine's path): the error named the folder, not --bin."""
+    run_dir = tmp_path / "sync-s1"
+    run_dir.mkdir()
+    config = json.loads((ROOT / "docs/results/convergence/sync-s1/config.json").read_text())
+    config["train"]["bin_dir"] = str(tmp_path / "gone")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "events.jsonl").write_text((ROOT / "docs/results/convergence/sync-s1/events.jsonl").read_text())
+    done = run("replay_sync_clock.py", str(run_dir), str(tmp_path / "out"), "--worker-speeds", "1,1,1,0.5")
+    assert done.returncode == 2 and done.stderr == (f"error: {tmp_path / 'gone'}: no such folder, where {run_dir} was "
+                                                    "trained from: give its BIN folder with --bin\n")  # fmt: skip
+
+
 def _convergence_run(folder: Path, simulated: bool) -> None:
     """A finished run of the convergence experiment's folder layout: a start, one validation, an end."""
     clock = {"predicted_s": 2.0} if simulated else {}
