@@ -160,6 +160,8 @@ def main() -> None:
             raise UserError(f"--{name} must be at least 1")
     if not 1 <= args.shards <= MAX_SHARDS:
         raise UserError(f"--shards must be 1 to {MAX_SHARDS}")
+    if args.shards > args.numel:  # (accepted: shards of no parameter)
+        raise UserError(f"--shards {args.shards}: more than the {args.numel} parameters of --numel")
     device = resolve_device(args.device, option="--device")
     if device.type == "cpu":
         torch.set_num_threads(1)  # one worker process's share of a CPU
@@ -170,7 +172,7 @@ def main() -> None:
 
     bytes_moved = 2 * params.numel() * 4  # read + write
     copy_ms = timed(lambda: out.copy_(grad), args.repeat, device)
-    result.update(copy_ms=round(copy_ms, 3), copy_gb_s=round(bytes_moved / copy_ms / 1e6, 1))
+    result.update(copy_ms=round(copy_ms, 3), copy_gb_s=round(bytes_moved / copy_ms / 1e6, 3))
 
     accums = sorted({1, args.accum})
     if args.transport in ("gloo", "both"):

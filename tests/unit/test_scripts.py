@@ -193,6 +193,7 @@ BAD_INPUT = [
     ("bench_train.py", ["/nope", "--repeats", "0"], "--repeats must be at least 1"),
     ("bench_paramserver.py", ["--shards", "0"], "--shards must be 1 to 64"),
     ("bench_paramserver.py", ["--shards", "65"], "--shards must be 1 to 64"),
+    ("bench_paramserver.py", ["--shards", "3", "--numel", "2"], "--shards 3: more than the 2 parameters"),
     ("bench_translate.py", ["--sentences", "0"], "--sentences must be at least 1"),
     ("bench_step.py", ["--steps", "0"], "--steps must be at least 1"),
     ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
