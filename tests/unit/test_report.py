@@ -972,3 +972,14 @@ def test_a_warning_names_a_few_runs_of_a_value_and_counts_the_rest() -> None:
     assert briefly(["a"]) == "a" and briefly(["a", "b", "c"]) == "a, b, c"
     assert briefly(["a", "b", "c", "d"]) == "a, b, c, d"  # (not "and 1 more", which is no shorter)
     assert briefly([f"r{i}" for i in range(40)]) == "r0, r1, r2 and 37 more"
+
+
+def test_short_times_to_target_keep_three_digits(tmp_path: Path) -> None:
+    """A short run's 0.28 s to target showed as 0.3, beside a speedup of 2.14x that it did not show."""
+    runs = [write_run(tmp_path / m, m, [1.0, 2.0], seconds_per_valid=s) for m, s in (("sync", 0.3), ("async", 0.14))]
+    report = build_report([load_run(p) for p in runs])
+    headers, rows = cells(report)
+    column = headers.index("to target (s)")
+    assert [row[column] for row in rows] == ["0.6", "0.28"] and rows[1][column + 1] == "2.14x"
+    long = build_report([load_run(write_run(tmp_path / "long", "sync", [1.0, 2.0], seconds_per_valid=200.0))])
+    assert cells(long)[1][0][column] == "400.0"
