@@ -273,7 +273,8 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
         "local_accum": start.get("local_accum"),
         "lr": start.get("lr"),
         "updates": last.get("updates"),
-        "tok_per_s": last["tokens"] / last[clock] if "tokens" in last and last.get(clock, 0) > 0 else None,
+        # (none before the first tokens: a run with only its start event showed 0)
+        "tok_per_s": last["tokens"] / last[clock] if last.get("tokens") and last.get(clock, 0) > 0 else None,
         "staleness_mean": mean,
         "staleness_max": most,
         "best_bleu": max(bleus) if bleus else None,

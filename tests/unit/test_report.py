@@ -983,3 +983,14 @@ def test_short_times_to_target_keep_three_digits(tmp_path: Path) -> None:
     assert [row[column] for row in rows] == ["0.6", "0.28"] and rows[1][column + 1] == "2.14x"
     long = build_report([load_run(write_run(tmp_path / "long", "sync", [1.0, 2.0], seconds_per_valid=200.0))])
     assert cells(long)[1][0][column] == "400.0"
+
+
+def test_a_run_that_has_only_started_shows_no_rate(tmp_path: Path) -> None:
+    """Its start event alone (a few ms of training clock, no tokens) showed a rate of 0 tok/s."""
+    path = tmp_path / "started"
+    path.mkdir()
+    start = {"kind": "start", "mode": "sync", "workers": 1, "updates": 0, "pushes": 0, "tokens": 0, "epoch": 0.0,
+             "train_s": 0.002, "wall_s": 0.01}  # fmt: skip
+    (path / "events.jsonl").write_text(json.dumps(start) + "\n")
+    row = build_report([load_run(path)])["runs"][0]
+    assert row["tok_per_s"] is None and not row["finished"]
