@@ -523,22 +523,27 @@ def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: 
     from rich.table import Table
     from rich.text import Text  # names as they are: a str is read as markup ([bold], runs/a[lr=1]) and :emoji:
 
-    def build(fixed: bool) -> Any:
+    def build(fixed: bool, name_width: int = 12) -> Any:
         table = Table(title=Text(heading, style="table.title") if heading else None,
                       caption="\n".join(notes) or None, box=box.SIMPLE_HEAD, collapse_padding=True,
                       pad_edge=False)  # fmt: skip
         for i, header in enumerate(headers):
             longest = max([len(word) for row in rows for word in row[i].split()], default=1)
             least = max(len(word) for word in header.split())
-            fit = max(least, min(longest, 12) if i == 0 else longest)
-            table.add_column(header, justify="left" if i < 2 else "right", overflow="fold",
+            fit = max(least, min(longest, name_width) if i == 0 else longest)
+            # (by header: in the second of several tables the first value was left-justified)
+            table.add_column(header, justify="left" if header in ("run", "mode") else "right", overflow="fold",
                              width=fit if fixed else None)  # fmt: skip
         for row in rows:
             table.add_row(*map(Text, row))
         return table
 
     table = build(fixed=False)
-    return table if not room or _rendered_width(table) <= room else build(fixed=True)
+    if not room or _rendered_width(table) <= room:
+        return table
+    table = build(fixed=True)
+    spare = room - _rendered_width(table)  # the names fold only as the room needs (at 90 columns, in 79)
+    return build(fixed=True, name_width=12 + spare) if spare > 0 else table
 
 
 def _rendered_width(table: Any) -> int:

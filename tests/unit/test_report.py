@@ -994,3 +994,24 @@ def test_a_run_that_has_only_started_shows_no_rate(tmp_path: Path) -> None:
     (path / "events.jsonl").write_text(json.dumps(start) + "\n")
     row = build_report([load_run(path)])["runs"][0]
     assert row["tok_per_s"] is None and not row["finished"]
+
+
+def test_a_narrow_table_folds_names_only_as_the_room_needs_and_right_justifies_numbers(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """At 90 columns, runs/async-accum folded after 12 characters in a table of 79; at 60, the second of the
+    tables began with its numbers left-justified (the first value column was taken for the modes')."""
+    monkeypatch.chdir(tmp_path)
+    for m, bleus, s in (("sync", [1.0, 2.0], 3.0), ("async", [1.0, 3.0], 2.0), ("async-accum", [1.5, 2.5], 1.5)):
+        write_run(tmp_path / "runs" / m, m, bleus, seconds_per_valid=s)
+    report = build_report([load_run(Path("runs") / m) for m in ("sync", "async", "async-accum")])
+    print_table(report, width=90)
+    out = capsys.readouterr().out
+    assert " runs/async-accum " in out and max(map(len, out.splitlines())) <= 90, out
+    print_table(report, width=60)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.lstrip().startswith("runs/async ")]
+    header = next(line for line in lines if "to target (s)" in line)
+    assert len(rows) == 2 and header.split()[:2] == ["run", "to"], lines  # two tables, the second of them
+    # its first value column, "to target (s)": runs/async's 4 ends where the header does
+    assert rows[1].index(" 4 ") + 2 == header.index("(s)") + 3, lines
