@@ -158,8 +158,10 @@ def main() -> None:
     bare_tps = time_loop(bare_step, batches, args.warmup_steps, device)
     print(json.dumps({
         "bench": "step", "preset": args.preset, "device": str(device), "precision": "bf16" if bf16 else "fp32",
-        "max_tokens": args.max_tokens, "tok_per_s": round(ours_tps), "bare_nn_transformer_tok_per_s": round(bare_tps),
-        "ratio": round(ours_tps / bare_tps, 3), "torch": torch.__version__,
+        "max_tokens": args.max_tokens, "length": args.length, "vocab": args.vocab, "steps": args.steps,
+        "warmup_steps": args.warmup_steps, "params": flat.numel(), "tok_per_s": round(ours_tps),
+        "bare_nn_transformer_tok_per_s": round(bare_tps), "ratio": round(ours_tps / bare_tps, 3),
+        "torch": torch.__version__,
     }))  # fmt: skip
 
 
