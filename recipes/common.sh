@@ -1,4 +1,6 @@
 # Functions the recipes share; sourced by them, not run. They read the recipe's knobs (see its header).
+# (refuse and no_arguments, which the shell scripts share too, are in scripts/arguments.sh)
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/arguments.sh"
 
 # show ARG...: the command as one would type it (quoting only what needs it)
 show() {
@@ -127,12 +129,6 @@ compare() {
     run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}
 }
 
-# refuse TEXT: one line, and the recipe ends with exit code 2 (a bad knob), as nmt's own usage errors do
-refuse() {
-    echo "error: $*" >&2
-    exit 2
-}
-
 # within NAME TEST WHAT: refuse the knob NAME unless its value passes TEST, a comparison of awk's (numbers)
 within() {
     awk -v x="${!1}" "BEGIN { exit !(x $2) }" || refuse "$1=${!1}: give $3"
@@ -204,6 +200,5 @@ data_needed() {
     [[ ! -f $OUT/bin/manifest.json ]]
 }
 
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/arguments.sh"
 no_arguments "$@"  # (a sourced file sees the recipe's arguments)
 check_settings

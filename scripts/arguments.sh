@@ -3,21 +3,25 @@
 #   no_arguments ARG...  -h or --help prints the script's header (its knobs) and exits 0; any other argument
 #       is refused, exit 2. (Arguments were ignored: `--help` began the whole job, and the experiments'
 #       write into docs/results.)
-#   from_the_root  refuses to run from elsewhere than the repository root, where the script finds what it
-#       runs (from elsewhere each benchmark failed to find its script).
+#   from_the_root  refuses to run from elsewhere than the root of the script's own repository, where it
+#       finds what it runs (from elsewhere each benchmark failed to find its script).
+#   refuse MESSAGE...  `error: MESSAGE` on stderr, exit 2: a knob or an argument that cannot be.
+refuse() {
+    echo "error: $*" >&2
+    exit 2
+}
+
 no_arguments() {
     (($# == 0)) && return 0
     if [[ $# == 1 && ($1 == -h || $1 == --help) ]]; then
         sed -n '2,/^set -/{/^#/s/^# \{0,1\}//p}' "$0"
         exit 0
     fi
-    echo "error: $(basename "$0") takes no arguments (got: $*); its knobs are environment variables" \
-        "(see bash $0 --help)" >&2
-    exit 2
+    refuse "$(basename "$0") takes no arguments (got: $*); its knobs are environment variables" \
+        "(see bash $0 --help)"
 }
 
 from_the_root() {
-    [ -f scripts/arguments.sh ] && return 0
-    echo "error: run it from the repository root (bash scripts/$(basename "$0"))" >&2
-    exit 2
+    [ "$(cd "$(dirname "$0")" && pwd -P)" = "$(pwd -P)/scripts" ] && return 0
+    refuse "run it from the repository root (bash scripts/$(basename "$0"))"
 }

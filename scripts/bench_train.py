@@ -260,14 +260,16 @@ def main() -> None:
         raise UserError("--seconds must be a positive, finite number")
     if args.log_every < 1:
         raise UserError("--log-every must be at least 1")
-    if args.plain_autocast and args.precision == "fp32":  # (accepted, and it changed nothing)
-        raise UserError("--plain-autocast is an A/B of bf16 autocast; not with --precision fp32")
+
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
     if args.parts_updates < 1:
         raise UserError("--parts-updates must be at least 1")
     device = resolve_device(args.device, option="--device")
     amp = amp_dtype_for(args.precision, device)
+    if args.plain_autocast and amp is None:  # (accepted, and it changed nothing)
+        raise UserError(f"--plain-autocast is an A/B of bf16 autocast; not with fp32 (--precision {args.precision} "
+                        f"on {device})")  # fmt: skip
     step_module.LOW_PRECISION_COPIES = not args.plain_autocast
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,

@@ -16,10 +16,10 @@ PYTHON=${PYTHON:-python}
 ONLY=${ONLY:-}
 NAMES="step-tiny step-tiny-fp32 step-base train-tiny train-tiny-fp32 translate startup paramserver modes"
 for name in $ONLY; do  # (an unknown one ran nothing and said nothing)
-  if [[ " $NAMES " != *" $name "* ]]; then echo "error: ONLY: '$name' is not one of: $NAMES" >&2; exit 2; fi
+  [[ " $NAMES " == *" $name "* ]] || refuse "ONLY: '$name' is not one of: $NAMES"
 done
 for need in "$BIN/manifest.json" "$RUN/checkpoints"; do
-  if [ ! -e "$need" ]; then echo "error: $need: not there (make demo writes it)" >&2; exit 2; fi
+  [ -e "$need" ] || refuse "$need: not there (make demo writes it)"
 done
 mkdir -p "$OUT" || exit 1
 failed=()

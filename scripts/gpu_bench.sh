@@ -51,10 +51,10 @@ OUT=$(cd "$OUT" && pwd -P)
 if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)
   mkdir -p "$(dirname "$PACK")"
   PACK="$(cd "$(dirname "$PACK")" && pwd -P)/$(basename "$PACK")"
-  case "$PACK" in "$OUT"/*) echo "error: PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)" >&2; exit 2 ;; esac
+  case "$PACK" in "$OUT"/*) refuse "PACK=$PACK is inside OUT=$OUT; put PACK= before OUT= (see the header)" ;; esac
 fi
 # (from a wrong BIN most steps failed, one by one, until the budget was spent)
-[ -f "$BIN/manifest.json" ] || { echo "error: BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)" >&2; exit 2; }
+[ -f "$BIN/manifest.json" ] || refuse "BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)"
 # an OUT used before: its results go, so that none of them passes for this run's (a skipped step's)
 # (its own names only: an OUT of `.` keeps other logs)
 rm -f "$OUT"/{bench_,tests_,translate_}*.log "$OUT"/{train,install}.log "$OUT"/test-*.en "$OUT"/score-*.json \

@@ -19,7 +19,6 @@ MAX_TIME=${MAX_TIME:-75}
 VALID_TOKENS=${VALID_TOKENS:-2000000}
 DEVICE=${DEVICE:-cuda:0}
 # knobs that would fail only after the first runs (or in bash's arithmetic, with its own message)
-refuse() { echo "error: $*" >&2; exit 2; }
 [ -f "$BIN/manifest.json" ] || refuse "BIN=$BIN: no preprocessed corpus (make demo writes demo/bin)"
 for name in WORKERS MAX_TOKENS VALID_TOKENS WARMUP; do
     min=1 at_least=" of at least 1"

@@ -96,6 +96,15 @@ def ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.fixture(autouse=True)
+def no_stop_notice_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no Ctrl-C or SIGTERM noticed (`errors.new_notice`): after one that a test before it
+    sent, a SIGTERM is never a new notice, and was dropped (a test of SIGTERM failed in the whole suite only)."""
+    from async_nmt import errors
+
+    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
+
+
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_corpus(tmp_path_factory.mktemp("raw"))

@@ -36,7 +36,7 @@ class SecondsFormat:
 
     @staticmethod
     def format(seconds: float) -> str:
-        return f"{seconds:,.1f}" if seconds >= 10 else f"{seconds:.3g}"
+        return f"{seconds:,.1f}" if seconds >= 9.995 else f"{seconds:#.3g}"  # (9.996 is 10.0, as 10 is)
 
 
 TO_TARGET: dict[str, tuple[str, Any]] = {

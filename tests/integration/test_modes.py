@@ -220,6 +220,19 @@ def test_a_full_stderr_costs_a_group_of_sync_ranks_nothing(synthetic_bin: Path, 
     assert not (run / "worker-errors.log").exists()
 
 
+def test_a_closed_stdout_costs_a_group_of_sync_ranks_nothing(synthetic_bin: Path, tmp_path: Path):
+    """`nmt-train ... >&-`: a rank that had trained flushed its stdout (None) as it left its group, and the
+    finished run failed, exit code 1."""
+    run = tmp_path / "run"
+    args = [str(NMT_TRAIN), str(synthetic_bin), str(run), "--preset", "micro", "--devices", DEVICE, "--workers",
+            "2", "--max-tokens", "1024", "--valid-every", "0", "--max-updates", "3", "--mode", "sync",
+            "--quiet"]  # fmt: skip
+    proc = subprocess.run(args, stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0, proc.stderr
+    assert [e["kind"] for e in events(run)][-1] == "end" and "failed" not in events(run)[-1]
+    assert not (run / "worker-errors.log").exists()
+
+
 def test_a_worker_killed_holding_the_gate_lock_stops_the_run(synthetic_bin: Path, tmp_path: Path):
     """A worker killed (the OOM killer) while it holds the lock of the shared counters never releases it: the
     coordinator, waiting for that lock, hung without end; now it names the worker and stops."""

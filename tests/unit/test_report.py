@@ -980,7 +980,7 @@ def test_short_times_to_target_keep_three_digits(tmp_path: Path) -> None:
     report = build_report([load_run(p) for p in runs])
     headers, rows = cells(report)
     column = headers.index("to target (s)")
-    assert [row[column] for row in rows] == ["0.6", "0.28"] and rows[1][column + 1] == "2.14x"
+    assert [row[column] for row in rows] == ["0.600", "0.280"] and rows[1][column + 1] == "2.14x"
     long = build_report([load_run(write_run(tmp_path / "long", "sync", [1.0, 2.0], seconds_per_valid=200.0))])
     assert cells(long)[1][0][column] == "400.0"
 
@@ -1013,5 +1013,5 @@ def test_a_narrow_table_folds_names_only_as_the_room_needs_and_right_justifies_n
     rows = [line for line in lines if line.lstrip().startswith("runs/async ")]
     header = next(line for line in lines if "to target (s)" in line)
     assert len(rows) == 2 and header.split()[:2] == ["run", "to"], lines  # two tables, the second of them
-    # its first value column, "to target (s)": runs/async's 4 ends where the header does
-    assert rows[1].index(" 4 ") + 2 == header.index("(s)") + 3, lines
+    # its first value column, "to target (s)": runs/async's 4.00 ends where the header does
+    assert rows[1].index(" 4.00 ") + 5 == header.index("(s)") + 3, lines

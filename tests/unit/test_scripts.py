@@ -60,10 +60,42 @@ def test_a_script_stopped_while_it_imports_says_interrupted(signum: int, synthet
     assert (proc.returncode, out, err) == (130, "", "interrupted\n")
 
 
+def test_script_start_takes_the_signals_of_the_script_run_alone(tmp_path: Path):
+    """Its handlers are the process's whose `__main__` imported it: a test that imported a script's functions
+    had pytest's Ctrl-C taken over (a later test's SIGINT to itself ended the whole suite, exit 130), and a
+    process the script spawned (which imports it as __mp_main__) had them too."""
+    import importlib
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    sys.modules.pop("async_nmt.script_start", None)
+    try:
+        importlib.import_module("async_nmt.script_start")  # imported here, by a module that is not __main__
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+    script = tmp_path / "spawns.py"
+    script.write_text(
+        "import async_nmt.script_start  # noqa\n"
+        "import multiprocessing, signal\n"
+        "def name():\n"
+        "    return getattr(signal.getsignal(signal.SIGTERM), '__name__', 'its own')\n"
+        "def child():\n"
+        "    print('child', name(), flush=True)\n"
+        "if __name__ == '__main__':\n"
+        "    print('script', name(), flush=True)\n"
+        "    process = multiprocessing.get_context('spawn').Process(target=child)\n"
+        "    process.start()\n"
+        "    process.join()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.stdout.split("\n") == ["script _interrupted", "child its own", ""], done.stderr
+
+
 def test_ctrl_c_in_bench_paramserver_leaves_no_files_behind(tmp_path: Path):
     """Its gloo ranks' error files (torch.multiprocessing's, two a Ctrl-C) were left in the temporary folder."""
     args = [sys.executable, str(ROOT / "scripts" / "bench_paramserver.py"), "--numel", "20000000", "--transport",
-            "gloo", "--repeat", "100"]  # fmt: skip
+            "gloo", "--repeat", "1000"]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**ENV, "TMPDIR": str(tmp_path)})  # fmt: skip
     deadline = time.monotonic() + 60

@@ -973,7 +973,6 @@ def test_a_stop_signal_that_comes_twice_at_once_is_one_notice(how, signum, monke
     at once. They are one notice (the second was a second Ctrl-C, which stops at once, without a
     checkpoint); a Ctrl-C later than `REPEAT_S` is a second notice, a SIGTERM never (the copies of a
     scheduler's may come seconds apart on a loaded machine: a torchrun rank then stopped unsaved)."""
-    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
     monkeypatch.setattr(errors, "REPEAT_S", 0.5)
     flag = threading.Event()
     caught = []
@@ -997,14 +996,12 @@ def test_held_interrupts_say_the_notice_once_and_a_second_ctrl_c_stops_only_wher
     """A Ctrl-C held off a section is recorded and prints the notice at once, a second one (later than
     `REPEAT_S`) not again; with `second_stops` the second stops at once (SecondInterrupt), unsaved."""
     monkeypatch.setattr(errors, "REPEAT_S", 0.05)
-    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
     with errors.held_interrupts(notice="stopping after this update") as caught:
         for _ in range(2):
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.1)
     assert caught == [signal.SIGINT, signal.SIGINT]
     assert capsys.readouterr().err == "stopping after this update\n"
-    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
     reached = []
     with pytest.raises(errors.SecondInterrupt), errors.held_interrupts(second_stops=True) as caught:
         signal.raise_signal(signal.SIGINT)
@@ -1019,7 +1016,6 @@ def test_held_interrupts_say_the_notice_once_and_a_second_ctrl_c_stops_only_wher
 def test_a_sigterm_that_stands_for_ctrl_c_is_held_too(monkeypatch):
     """Under `sigterm_interrupts` (the CLI's commands), a SIGTERM, as a Ctrl-C, is held off a section that
     must not stop halfway (a corpus's files put into place), not raised in the middle of it."""
-    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
     done, caught = [], None
     with errors.sigterm_interrupts():
         try:

@@ -841,10 +841,8 @@ def test_stop_signals_set_says_its_message_and_puts_the_handlers_back(monkeypatc
     import threading
     import time
 
-    from async_nmt import errors
     from async_nmt.train import processes
 
-    monkeypatch.setattr(errors, "_LAST_NOTICE", [-float("inf")])
     before = [signal.getsignal(sig) for sig in processes.STOP_SIGNALS]
     flag = threading.Event()
     with processes.stop_signals_set(flag, "interrupted: stopping at the next step"):

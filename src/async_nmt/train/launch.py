@@ -152,8 +152,10 @@ def rank_main(rank: int, setup: RankSetup) -> None:
         try:
             run_trainer(setup.cfg, setup.run_dir, setup.resume, setup.progress, rank, world,
                         setup.interrupt, setup.scratch, supervised=True, began=setup.began)  # fmt: skip
-        except SystemExit as stop:  # rank 0's 130 after an agreed Ctrl-C, saved
-            processes.leave_group(stop.code if isinstance(stop.code, int) else 1)
+        except SystemExit as stop:
+            if stop.code != 130:  # (its supervisor gone: the group is left as it is, as on an error)
+                raise
+            processes.leave_group(130)  # rank 0 after an agreed Ctrl-C, saved
         processes.leave_group(0)
 
 

@@ -142,8 +142,9 @@ def _exit_past_the_group(code: int) -> NoReturn:
     called without an active exception" under the run's one line (seen once, in a full test run under
     load). Its message is on the queue already."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+        if stream is not None:  # (None where the command's stdout was closed: a finished run failed on it)
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
     os._exit(code)
 
 
