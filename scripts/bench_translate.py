@@ -33,6 +33,8 @@ from async_nmt.model.transformer import Transformer
 from async_nmt.score import read_lines
 from async_nmt.translate import translate_ids
 
+RANDOM_PRESET, RANDOM_VOCAB = "tiny", 8000  # the random model's, without --run
+
 
 def synthetic_sources(n: int, vocab_size: int, min_len: int, max_len: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
@@ -70,10 +72,13 @@ def main() -> None:
         "--preset",
         choices=PRESETS,
         default=None,
-        help="Size of the random model; not with --run (default: tiny).",
+        help=f"Size of the random model; not with --run (default: {RANDOM_PRESET}).",
     )
     parser.add_argument(
-        "--vocab", type=int, default=None, help="Vocabulary size of the random model; not with --run (default: 8000)."
+        "--vocab",
+        type=int,
+        default=None,
+        help=f"Vocabulary size of the random model; not with --run (default: {RANDOM_VOCAB}).",
     )
     parser.add_argument(
         "--sentences",
@@ -120,8 +125,8 @@ def main() -> None:
     for name in ("preset", "vocab"):  # (ignored: the run's model has its own)
         if args.run is not None and getattr(args, name) is not None:
             raise UserError(f"--{name}: not with --run, whose model has its own")
-    args.preset = "tiny" if args.preset is None else args.preset
-    args.vocab = 8000 if args.vocab is None else args.vocab
+    args.preset = RANDOM_PRESET if args.preset is None else args.preset
+    args.vocab = RANDOM_VOCAB if args.vocab is None else args.vocab
     if args.vocab < 5:
         raise UserError("--vocab must be at least 5 (4 ids are special)")
     device = resolve_device(args.device, option="--device")
