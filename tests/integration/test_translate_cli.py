@@ -19,7 +19,7 @@ from conftest import record_amp_dtypes, run_forked
 
 from async_nmt import translate
 from async_nmt.cli import main
-from async_nmt.config import EOS_ID, PAD_ID, ModelConfig, model_config
+from async_nmt.config import EOS_ID, PAD_ID, ModelConfig
 from async_nmt.data.vocab import load_vocab, train_vocab
 from async_nmt.devices import amp_dtype_for
 from async_nmt.errors import UserError
@@ -810,17 +810,19 @@ def test_translation_batches_are_larger_on_a_gpu_by_default():
     assert default_max_tokens(torch.device("cuda:0")) == 16000  # the host's cost per step, spread wider
 
 
-def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer():
+def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer(run_dir: Path, sp, tmp_path: Path):
     """scripts/bench_translate.py counts the decoding steps that a GPU's host issues one at a time: many
     small batches take more of them than one batch of the same sentences. Its source tokens are those the
-    model reads: a line longer than the model's positions is cut (it counted them all)."""
+    model reads: a line of --input longer than the model's positions is cut (it counted them all)."""
     import json
 
-    common = ["--preset", "micro", "--vocab", "64", "--device", "cpu", "--precision", "fp32", "--beam", "2",
-              "--check-every", "4"]  # fmt: skip
-    cases = [[*common, "--sentences", "12", "--min-len", "3", "--max-len", "12", "--max-tokens", str(max_tokens)]
-             for max_tokens in (16, 100_000)]  # fmt: skip
-    cases.append([*common, "--sentences", "2", "--min-len", "300", "--max-len", "300"])
+    common = ["--device", "cpu", "--precision", "fp32", "--beam", "2", "--check-every", "4"]
+    cases = [[*common, "--preset", "micro", "--vocab", "64", "--sentences", "12", "--min-len", "3", "--max-len", "12",
+              "--max-tokens", str(max_tokens)] for max_tokens in (16, 100_000)]  # fmt: skip
+    long_input = tmp_path / "long.src"
+    long_input.write_text("".join(" ".join(["word"] * 300) + "\n" for _ in range(2)))
+    assert all(len(ids) > 63 for ids in sp.encode(long_input.read_text().splitlines()))  # (run_dir's: 64 positions)
+    cases.append([*common, "--run", str(run_dir), "--input", str(long_input), "--sentences", "2"])
     lines = []
     for done in run_forked([("bench_translate.py", args, False) for args in cases]):
         assert done.returncode == 0, done.stderr
@@ -829,7 +831,7 @@ def test_bench_translate_counts_the_steps_and_larger_batches_take_fewer():
     assert small["check_every"] == large["check_every"] == 4
     for search in ("greedy_steps", "beam_steps"):
         assert small[search] > large[search] > 0, (search, small, large)
-    assert long["src_tokens"] == 2 * (model_config("micro", 64).max_positions - 1)
+    assert long["src_tokens"] == 2 * (64 - 1)
 
 
 OUT_OF_MEMORY = {  # as CUDA says it, and as the CPU's allocator does (a plain RuntimeError)
