@@ -1,8 +1,8 @@
-# Sourced first by the shell scripts (here) and the recipes (recipes/common.sh), whose knobs are environment
-# variables.
+# Sourced first by the shell scripts here and by the recipes (through recipes/common.sh), whose knobs are
+# environment variables.
 #   no_arguments ARG...  -h or --help prints the script's header (its knobs) and exits 0; any other argument
-#       is refused, exit 2. (Arguments were ignored: `--help` began the whole job, and the experiments'
-#       write into docs/results.)
+#       is refused, exit 2. (Arguments were ignored: `--help` began the whole job, which for the experiments
+#       writes into docs/results.)
 #   from_the_root  refuses to run from elsewhere than the root of the script's own repository, where it
 #       finds what it runs (from elsewhere each benchmark failed to find its script).
 #   refuse MESSAGE...  `error: MESSAGE` on stderr, exit 2: a knob or an argument that cannot be.

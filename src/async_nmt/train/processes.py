@@ -137,10 +137,10 @@ def leave_group(code: int = 0) -> NoReturn:
 
 
 def _exit_past_the_group(code: int) -> NoReturn:
-    """End a failed sync rank without the interpreter's exit, whose teardown of its (most likely broken)
-    process group may stop a gloo thread in the middle of its work: the process then aborted, "terminate
-    called without an active exception" under the run's one line (seen once, in a full test run under
-    load). Its message is on the queue already."""
+    """End a sync rank without the interpreter's exit, whose teardown of its process group (a failed rank's
+    most likely broken) may stop a gloo thread in the middle of its work: the process then aborted,
+    "terminate called without an active exception" under the run's one line (seen once, in a full test run
+    under load). A failed rank's message is on the queue already."""
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:  # (None where the command's stdout was closed: a finished run failed on it)
             with contextlib.suppress(OSError, ValueError):
