@@ -21,6 +21,7 @@ import numpy as np
 from async_nmt.data.batches import PAD_MULTIPLE, SORTS, make_batches
 from async_nmt.data.binarize import load_split
 from async_nmt.errors import ScriptParser, UserError, run_script
+from async_nmt.provenance import versions
 
 
 def padding(src: np.ndarray, tgt: np.ndarray, batches: list[np.ndarray], max_len: int) -> dict:
@@ -63,7 +64,7 @@ def main() -> None:
     for sort in SORTS:
         batches = make_batches(src, tgt, args.max_tokens, args.max_len, sort=sort)
         print(json.dumps({"bench": "batch_padding", "bin": str(args.bin), "max_tokens": args.max_tokens,
-                          "sort": sort, **padding(src, tgt, batches, args.max_len)}))  # fmt: skip
+                          "sort": sort, **padding(src, tgt, batches, args.max_len), **versions()}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ import math
 import tempfile
 from pathlib import Path
 
-import torch
-
 from async_nmt.config import MODES, PRESETS, TrainConfig
 from async_nmt.devices import resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
+from async_nmt.provenance import versions
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 from async_nmt.train.options import check_config
@@ -117,7 +116,7 @@ def main() -> None:
     for _, cfg in configs:  # every configuration before the first one trains
         check_config(cfg)
     common = {"bench": "modes", "devices": args.devices, "preset": args.preset, "max_tokens": args.max_tokens,
-              "torch": torch.__version__}  # fmt: skip
+              **versions()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         single = run(configs[0][1], "single", folder)

@@ -34,6 +34,7 @@ import torch.multiprocessing as mp
 
 from async_nmt.devices import resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
+from async_nmt.provenance import versions
 from async_nmt.train.modes import MAX_SHARDS, remote
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.processes import free_port
@@ -168,7 +169,7 @@ def main() -> None:
     params = torch.randn(args.numel, device=device)
     grad, out = torch.randn_like(params), torch.empty_like(params)
     result = {"bench": "paramserver", "numel": args.numel, "device": str(device), "shards": args.shards,
-              "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+              **versions(), "threads": torch.get_num_threads()}  # fmt: skip
 
     bytes_moved = 2 * params.numel() * 4  # read + write
     copy_ms = timed(lambda: out.copy_(grad), args.repeat, device)

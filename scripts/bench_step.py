@@ -23,6 +23,7 @@ from async_nmt.data.batches import Batch
 from async_nmt.devices import bf16_supported, resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.transformer import Transformer
+from async_nmt.provenance import versions
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import flatten_parameters, train_step
 
@@ -161,7 +162,7 @@ def main() -> None:
         "max_tokens": args.max_tokens, "length": args.length, "vocab": args.vocab, "steps": args.steps,
         "warmup_steps": args.warmup_steps, "params": flat.numel(), "tok_per_s": round(ours_tps),
         "bare_nn_transformer_tok_per_s": round(bare_tps), "ratio": round(ours_tps / bare_tps, 3),
-        "torch": torch.__version__,
+        **versions(),
     }))  # fmt: skip
 
 

@@ -59,6 +59,7 @@ from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.transformer import Transformer
+from async_nmt.provenance import versions
 from async_nmt.train import step as step_module
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
@@ -324,7 +325,7 @@ def main() -> None:
         "model_tflop_per_s": round(model_rate / 1e12, 4), "matmul_tflop_per_s": round(peak / 1e12, 4),
         "share_of_matmul_rate": round(model_rate / peak, 4), "ms_per_update": where["ms"],
         "bare_ms_per_update": round(1e3 * bare_s / bare_updates, 2), "padding": where["padding"],
-        "torch": torch.__version__,
+        **versions(),
     }))  # fmt: skip
 
 

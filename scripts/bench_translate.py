@@ -30,6 +30,7 @@ from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model import search
 from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
+from async_nmt.provenance import versions
 from async_nmt.score import read_lines
 from async_nmt.translate import translate_ids
 
@@ -183,7 +184,7 @@ def main() -> None:
         "beam_sent_per_s": round(beam[0], 2), "beam_tok_per_s": round(beam[1]), "beam_steps": beam[2],
         "beam_no_cache_sent_per_s": round(beam_no_cache[0], 2), "cache_speedup": round(beam[0] / beam_no_cache[0], 2),
         **fixed,
-        "torch": torch.__version__,
+        **versions(),
     }))  # fmt: skip
 
 

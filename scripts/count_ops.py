@@ -35,6 +35,7 @@ from async_nmt.data.batches import Batch, BatchStream
 from async_nmt.data.binarize import load_manifest, load_split, read_lines
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model import transformer
+from async_nmt.provenance import versions
 from async_nmt.train import step as step_module
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import build_model, train_step
@@ -87,7 +88,7 @@ def count_translation(run: Path, bin_dir: Path, top: int) -> dict:
         options = dict(max_tokens=16000, device=torch.device("cpu"), amp_dtype=torch.bfloat16, beam=beam,
                        max_len_a=0, max_len_b=10)  # fmt: skip
         result[f"beam{beam}"] = count(lambda options=options: translate_ids(model, sources, **options), top)
-    result["torch"] = torch.__version__
+    result.update(versions())
     return result
 
 
@@ -133,7 +134,7 @@ def main() -> None:
     bare = BareTransformer(mcfg)
     opt = torch.optim.Adam(bare.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9, fused=True)  # as on CUDA
     result["bare"] = count(lambda: bare_step(bare, opt, batch, 0.1, amp), args.top)
-    result["torch"] = torch.__version__
+    result.update(versions())
     print(json.dumps(result))
 
 

@@ -6,10 +6,12 @@
 # OUT [gpu-out] it writes one log per step, steps.txt (each step's exit code and seconds) and bench.jsonl
 # (every JSON line the benchmarks printed); with PACK=FILE.tgz it packs OUT into FILE.tgz at the end (a
 # device call brings back 8 files at most; PACK first, so that its $OUT is the call's, as OUT= applies after
-# it; a PACK inside OUT is refused). On a lent machine, with the call's timeout_s at least BUDGET + 60:
-#   PACK=$OUT/gb.tgz OUT=/tmp/gb bash scripts/gpu_bench.sh; cp /tmp/gb/*.txt /tmp/gb/bench.jsonl $OUT/
+# it; a PACK inside OUT is refused). On a lent machine, with the call's timeout_s at least BUDGET + 60, and
+# HASH this checkout's `git rev-parse HEAD` (a copy of the tree without its .git cannot name its commit,
+# which the JSON lines record):
+#   PACK=$OUT/gb.tgz ASYNC_NMT_COMMIT=HASH OUT=/tmp/gb bash scripts/gpu_bench.sh; cp /tmp/gb/*.txt /tmp/gb/bench.jsonl $OUT/
 # and, in a second call if device time is left, issue 8's goal 5 alone (about 4 minutes):
-#   PACK=$OUT/modes.tgz OUT=/tmp/gm ONLY_MODES=1 bash scripts/gpu_bench.sh; cp /tmp/gm/*.txt /tmp/gm/bench.jsonl $OUT/
+#   PACK=$OUT/modes.tgz ASYNC_NMT_COMMIT=HASH OUT=/tmp/gm ONLY_MODES=1 bash scripts/gpu_bench.sh; cp /tmp/gm/*.txt /tmp/gm/bench.jsonl $OUT/
 #   1. the search and model unit tests and the host-read tests on DEVICE (ASYNC_NMT_TEST_DEVICE); the
 #      worker-process mode tests (TESTS_MODES=1, about 150 s) come last;
 #   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare

@@ -44,6 +44,7 @@ from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.checkpoint import load_model
 from async_nmt.model.transformer import Transformer
+from async_nmt.provenance import versions
 from async_nmt.train.launch import train
 from async_nmt.train.optim import inverse_sqrt_lr
 from async_nmt.train.options import check_config
@@ -252,12 +253,13 @@ def main() -> None:
                 "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout, "embed_dropout": mcfg.embed_dropout,
                 "attention_dropout": mcfg.attention_dropout, "bare_init": args.bare_init,
                 "precision": "bf16" if amp_dtype_for(args.precision, device) else "fp32", "bin": str(args.bin),
+                **versions(),
             }), flush=True)  # fmt: skip
     for mark in marks:  # the last update's summary last, as before --valid-at
         sd = statistics.stdev(diffs[mark]) if len(diffs[mark]) > 1 else None  # (null: one seed; NaN is not JSON)
         print(json.dumps({"bench": "parity", "seeds": args.seeds, "updates": mark,
                           "mean_diff": round(statistics.mean(diffs[mark]), 4),
-                          "sd_diff": None if sd is None else round(sd, 4), "torch": torch.__version__}))  # fmt: skip
+                          "sd_diff": None if sd is None else round(sd, 4), **versions()}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import pytest
 import torch
 from conftest import ENV, ROOT, run_forked
 
+from async_nmt import __version__
 from async_nmt.errors import UserError, WorkerFailed, run_script
+from async_nmt.provenance import source_commit
 
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
@@ -424,6 +426,9 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr  # (torch's about nested tensors)
     line = json.loads(done.stdout)
     assert line["repeats"] == 2 and line["warm_process"] and len(line["ratios"]) == 2
+    assert line["torch"] == torch.__version__ and line["async_nmt"] == __version__  # what made the figures
+    commit = source_commit()  # (the tree may turn dirty as the suite runs, in a checkout being worked in)
+    assert (line["commit"] or "").removesuffix("+dirty") == (commit or "").removesuffix("+dirty")
     # (null under 3 train events a run: always on the CPU at the default 50, which --log-every now lowers)
     assert line["log_every"] == 1 and line["tok_per_s_second_half"] > 0
     second_halves = line["tok_per_s_second_half"] / line["bare_tok_per_s_second_half"]

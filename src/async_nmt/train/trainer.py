@@ -51,6 +51,7 @@ from async_nmt.model.checkpoint import (
     whole_archive,
 )
 from async_nmt.progress import ProgressBar
+from async_nmt.provenance import versions
 from async_nmt.score import tokenizer_warning
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import (
@@ -574,6 +575,7 @@ class Trainer:
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
             worker_speeds=list(cfg.worker_speeds),
+            versions=versions(),  # the code that trained from here (a resume may run another commit)
         )  # fmt: skip
         bar = ProgressBar(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
