@@ -48,6 +48,26 @@ def test_the_average_is_the_mean_of_the_last_n_kept_checkpoints(tmp_path: Path):
     assert torch.equal(read_checkpoint(out)["params"], averaged["params"])
 
 
+def test_a_kept_saves_name_is_checked_against_the_update_it_holds(tmp_path: Path):
+    """The last N are chosen by name: a save renamed, or copied over another, was averaged as the update its
+    name said, and `update-7.pt` beside `update-007.pt` counted one model twice."""
+    for updates in (5, 10, 15):
+        save_kept(tmp_path, updates, torch.full((8,), float(updates)))
+    renamed = kept_path(tmp_path, 20)
+    os.replace(kept_path(tmp_path, 5), renamed)  # the oldest, named as the newest
+    with pytest.raises(UserError, match=f"{renamed}: holds the save of update 5, not of update 20 as its name"):
+        average_checkpoints(last_kept(tmp_path, 3))
+    renamed.unlink()
+    twice = tmp_path / "checkpoints" / "update-015.pt"
+    twice.write_bytes(kept_path(tmp_path, 15).read_bytes())
+    with pytest.raises(UserError, match=r"update-0?15\.pt: the same update, 15, as .*update-0?15\.pt; averaging"):
+        average_checkpoints(last_kept(tmp_path, 3))
+    code = CliRunner().invoke(main, ["average", str(tmp_path), "--last", "2", "-o", str(tmp_path / "a.pt")])
+    assert code.exit_code == 2 and "the same update, 15" in code.output and not (tmp_path / "a.pt").exists()
+    twice.unlink()
+    torch.testing.assert_close(average_checkpoints(last_kept(tmp_path, 2))["params"], torch.full((8,), 12.5))
+
+
 def test_averaging_refuses_too_few_checkpoints_and_another_model(tmp_path: Path):
     save_kept(tmp_path, 5, torch.zeros(8))
     with pytest.raises(UserError, match="1 kept checkpoints, fewer than the 2 asked for .*--keep-last 2"):

@@ -188,11 +188,17 @@ def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     """A checkpoint whose parameters are the mean of those of `paths` (same model and vocabulary), without
-    training state. Summed in float64, so the order of the files does not change the result."""
+    training state. Summed in float64, so the order of the files does not change the result. A kept save's
+    name is not trusted: one that holds another update than its name says (renamed, or copied over) is
+    refused, as are two saves of the same update (`update-7.pt` and `update-007.pt`), which would count one
+    model twice."""
     first = read_checkpoint(paths[0])
+    seen: dict[int, Path] = {}
+    _check_kept_update(paths[0], first, seen)
     total = first["params"].double()
     for path in paths[1:]:
         state = read_checkpoint(path)
+        _check_kept_update(path, state, seen)
         # (compared as models: a save from before 2026-12-06 lacks the two dropouts that later ones hold)
         if from_dict(ModelConfig, state["model_config"]) != from_dict(ModelConfig, first["model_config"]):
             raise UserError(f"{path}: another model config than {paths[0]}; cannot average them")
@@ -205,6 +211,20 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     keep = ("format", "model_config", "train_config", "corpus", "vocab_model")
     return {**{k: first[k] for k in keep if k in first}, "params": (total / len(paths)).float(),
             "averaged": [str(p) for p in paths]}  # fmt: skip
+
+
+def _check_kept_update(path: Path, state: dict[str, Any], seen: dict[int, Path]) -> None:
+    """`path`'s save is the update its name says (update-U.pt), and none of those in `seen` is."""
+    updates = state.get("server", {}).get("updates")
+    if not isinstance(updates, int):  # (an averaged checkpoint, without training state, has none)
+        return
+    if KEPT.fullmatch(path.name) and kept_update(path) != updates:
+        raise UserError(f"{path}: holds the save of update {updates}, not of update {kept_update(path)} as its "
+                        "name says; cannot average by it (was it renamed or copied over?)")  # fmt: skip
+    if updates in seen:
+        raise UserError(f"{path}: the same update, {updates}, as {seen[updates]}; averaging them would count one "
+                        "model twice")  # fmt: skip
+    seen[updates] = path
 
 
 def average_last_kept(run_dir: Path, count: int, tries: int = 5) -> tuple[list[Path], dict[str, Any]]:
