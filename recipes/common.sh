@@ -11,9 +11,54 @@ show() {
     echo "${words[*]}"
 }
 
-# run CMD...: print CMD with DRY_RUN=1, else run it
+# Signals. A step that Ctrl-C or SIGTERM stops may take a while to end (a training run saves first); the recipe
+# waits for it, then ends, exit code 130, however the signal came: Ctrl-C (to the terminal's process group),
+# `timeout` (to its own) or `kill` of the recipe alone. Until 2026-12-07 the recipe ended at once: `timeout`
+# returned before the run had saved, and after a `kill` the step trained on, unseen. Each step runs in a session
+# of its own (setsid), which these signals do not reach, so that the recipe passes each one on to it once,
+# as SIGTERM (a program that a shell starts in the background ignores Ctrl-C's SIGINT); `nmt` takes it as
+# Ctrl-C, so a second Ctrl-C is a second one there too. Without setsid (macOS), a step runs as any command
+# does, and the recipe ends once it has.
+STEP_PID=
+STOPPED=0
+PARTIAL=  # run_to's FILE.part while its step runs
+on_signal() {
+    STOPPED=1
+    if [[ -n $STEP_PID ]]; then
+        kill -s TERM "$STEP_PID" 2>/dev/null || true
+    else  # (between steps, or after a step that ran without setsid)
+        echo "interrupted" >&2
+        exit 130
+    fi
+}
+trap on_signal INT TERM
+
+# step CMD...: run CMD to its end (see Signals above); its exit code
+step() {
+    if ! command -v setsid >/dev/null; then
+        "$@"
+        return
+    fi
+    setsid "$@" <&0 &
+    STEP_PID=$!
+    local status=0
+    wait "$STEP_PID" || status=$?
+    while kill -0 "$STEP_PID" 2>/dev/null; do  # (wait returns at a signal that a trap takes; the step goes on)
+        status=0
+        wait "$STEP_PID" || status=$?
+    done
+    STEP_PID=
+    if ((STOPPED)); then
+        ((status == 130)) || echo "interrupted" >&2  # (nmt says so itself)
+        if [[ -n $PARTIAL ]]; then rm -f "$PARTIAL"; fi
+        exit 130
+    fi
+    return "$status"
+}
+
+# run CMD...: print CMD with DRY_RUN=1, else run it (as a step)
 run() {
-    if [[ $DRY_RUN == 1 ]]; then show "$@"; else "$@"; fi
+    if [[ $DRY_RUN == 1 ]]; then show "$@"; else step "$@"; fi
 }
 
 # run_to FILE CMD...: CMD's standard output into FILE (through FILE.part: a command that fails, e.g. offline,
@@ -24,7 +69,9 @@ run_to() {
     if [[ $DRY_RUN == 1 ]]; then
         echo "$(show "$@") > $(show "$file")"
     else
-        "$@" >"$file.part" || { rm -f "$file.part"; return 1; }
+        PARTIAL=$file.part
+        step "$@" >"$file.part" || { rm -f "$file.part"; PARTIAL=; return 1; }
+        PARTIAL=
         mv "$file.part" "$file"
     fi
 }

@@ -3,13 +3,16 @@ configuration, the WMT ones also as dry runs (no network)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -320,3 +323,45 @@ def test_a_test_set_sacrebleu_cannot_download_is_one_line(tmp_path: Path) -> Non
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: sacreBLEU could not give test set wmt16/dev (en-ro, src)")
     assert len(done.stderr.strip().splitlines()) == 1 and list((tmp_path / "raw").iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["kill", "timeout", "ctrl-c"])
+def test_a_stopped_recipe_waits_for_its_step_to_save_and_passes_the_signal_on_once(how: str, tmp_path: Path) -> None:
+    """`timeout` (SIGTERM to the recipe's process group) ended the recipe while its `nmt train` was still
+    saving, `kill` of the recipe alone left the run training, unseen, and Ctrl-C killed a step that does not
+    take SIGINT. Now the recipe passes the signal on to the step once, as SIGTERM, waits for it to end, and
+    ends with exit code 130, running nothing after it."""
+    log, fake = tmp_path / "log", tmp_path / "fake-nmt"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$1" >>"{log}"\n'
+        "if [[ $1 == train ]]; then\n"
+        f'    trap \'echo signal >>"{log}"; sleep 1; echo saved >>"{log}"; echo interrupted >&2; exit 130\' TERM\n'
+        f'    echo $$ >"{tmp_path}/pid"; echo started >>"{log}"\n'
+        "    while :; do sleep 0.05; done\n"
+        "fi\n"
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    (out / "bin").mkdir(parents=True)
+    (out / "bin" / "manifest.json").write_text("{}", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in knobs("bible-de-en.sh")}
+    env.update(OUT=str(out), MODES="sync", NMT=str(fake))
+    started = subprocess.Popen(["bash", str(RECIPES / "bible-de-en.sh")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        for _ in range(600):
+            if log.exists() and "started" in log.read_text():
+                break
+            time.sleep(0.05)
+        {"kill": lambda: os.kill(started.pid, signal.SIGTERM),
+         "timeout": lambda: os.killpg(started.pid, signal.SIGTERM),
+         "ctrl-c": lambda: os.killpg(started.pid, signal.SIGINT)}[how]()  # fmt: skip
+        _, stderr = started.communicate(timeout=30)
+        ran = log.read_text().split()  # (as the recipe ended: the step had saved by then)
+    finally:
+        for group in (started.pid, int((tmp_path / "pid").read_text())):  # (the step: in a session of its own)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+    assert started.returncode == 130 and stderr.endswith("interrupted\n"), stderr
+    assert ran == ["train", "started", "signal", "saved"]
