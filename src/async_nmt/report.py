@@ -322,7 +322,7 @@ def build_report(
 
 
 def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
-    """One line for each way the runs are not comparable: another model size (preset), validation set (its
+    """One line for each way the runs are not comparable: another model size (preset), precision, validation set (its
     sentences, else --valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary); and for
     their times on the x axis `x`, another clock: --simulate or not (the training clock), a token's price or a
     link (--simulate-token-us, --link-gbps where the report does not re-price it: the predicted clock). From
@@ -353,8 +353,14 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
     # sentences of a valid split of 400 are one set, and two corpora's first 500 are two), else by their number
     sentences = {run.name: run.start.get("valid_crc32") for run in runs}
     by_sentences = None not in sentences.values()
+
+    def precision(run: Run) -> str | None:  # (each start event's: a resume on another machine may choose again)
+        values = [start["precision"] for start in run.starts if "precision" in start]
+        return ", then ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
+
     settings = {
         "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
+        "precision (--precision: bf16 autocast or fp32)": precision,
         "validation set (CRC-32 of its sentences)" if by_sentences else "validation set (--valid-max-sentences)": (
             lambda run: sentences[run.name] if by_sentences else run.config.get("train", {}).get("valid_max_sentences")
         ),

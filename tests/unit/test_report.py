@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from async_nmt.cli import main
 from async_nmt.errors import UserError
 from async_nmt.report import MARKDOWN_SPECIAL, build_report, cells, load_run, print_table, report_command
+from async_nmt.train.events import read_events
 
 
 def write_run(
@@ -394,6 +395,28 @@ def test_runs_that_do_not_compare_are_reported_with_a_warning(tmp_path: Path, ru
         "BLEU and times do not compare",
         f"warning: the runs differ in vocabulary (de-en, 2000 pieces: {runs[0]}, {runs[1]}; de-en, 8000 pieces: "
         f"{runs[2]}); their BLEU and times do not compare",
+    ]
+
+
+def test_runs_of_another_precision_are_reported_with_a_warning(runs: list[Path]) -> None:
+    """bf16 autocast against fp32 changes the times and, a little, the BLEU: each start event's precision
+    (--precision auto chooses again on a resume); a run from before start events named it is left out."""
+
+    def precisions(run: Path, *values: str) -> None:
+        events = read_events(run / "events.jsonl")
+        starts = [dict(events[0], precision=value) for value in values]
+        lines = [*starts[:1], *events[1:-1], *starts[1:], events[-1]]
+        (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+    precisions(runs[0], "bf16")
+    precisions(runs[1], "bf16", "bf16")
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])  # (runs[2] says none)
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    precisions(runs[2], "bf16", "fp32")
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.stderr.splitlines() == [
+        f"warning: the runs differ in precision (--precision: bf16 autocast or fp32) (bf16: {runs[0]}, {runs[1]}; "
+        f"bf16, then fp32: {runs[2]}); their BLEU and times do not compare"
     ]
 
 
