@@ -49,6 +49,10 @@ def test_the_bar_shows_on_a_terminal_that_reports_no_rows(rows: int, cols: int):
     assert "5/5" in drawn and "update 3: a line" in drawn
     if rows == 0:
         assert "5/5" not in drawn_on_a_terminal(tqdm, rows, cols)  # (what this mends: tqdm's own bar)
+    # no columns: taken as unknown, the line whole (tqdm's own cut its last character, and drew 1 cell of bar)
+    assert ("5/5 [" in drawn and "it/s]" in drawn) and "it/s]" in drawn.split("update 3")[0], drawn
+    if cols == 0 and rows > 0:
+        assert "it/s]" not in drawn_on_a_terminal(tqdm, rows, cols)
 
 
 def test_a_line_written_beside_a_disabled_bar_is_written():
