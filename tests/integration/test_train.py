@@ -1449,6 +1449,41 @@ def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Pat
     assert sorted(p.name for p in (run / "checkpoints").glob("update-*.pt")) == ["update-2.pt", "update-4.pt"]
 
 
+@pytest.mark.parametrize("rewind_to, best_at, kept", [(2, 2, True), (4, 2, True), (4, 2, False)])
+def test_a_rewound_runs_best_pt_is_its_best_save_again(synthetic_bin: Path, tmp_path: Path, capsys, rewind_to: int,
+                                                       best_at: int, kept: bool):  # fmt: skip
+    """Rewound to an older last.pt, a run kept a best.pt of the updates it abandoned: the summary and `nmt
+    report` named the best save as of the rewind, and `nmt translate RUN` took the abandoned model without a
+    word. best.pt is made again from the save of the run's best update (last.pt, or a kept one), or deleted
+    where there is none."""
+    run, saves = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    options = dict(save_every=2, valid_every=2, valid_max_sentences=4, keep_last=10)
+    train(micro_config(synthetic_bin, max_updates=6, **options), run, progress=False)
+    state = read_checkpoint(saves / f"update-{rewind_to}.pt")  # (its record of the best save, made certain)
+    state["best"] = {**state["best"], "updates": best_at}
+    (saves / "last.pt").unlink()  # (a hard link of update-6.pt: a write would reach it)
+    save_checkpoint(state, saves / "last.pt")
+    (saves / "best.pt").unlink()
+    shutil.copyfile(saves / "update-6.pt", saves / "best.pt")  # best as the abandoned run went on
+    if not kept:
+        (saves / f"update-{best_at}.pt").unlink()
+    capsys.readouterr()
+    train(micro_config(synthetic_bin, max_updates=rewind_to + 1, **options), run, resume=True, progress=False)
+    err = capsys.readouterr().err
+    was = f"warning: {saves / 'best.pt'} held update 6, not the run's best save (update {best_at}, valid BLEU "
+    assert was in err, err
+    if kept:
+        source = "last.pt" if rewind_to == best_at else f"update-{best_at}.pt"
+        assert f"); made again from {source}\n" in err
+    else:
+        assert "), which is lost; best.pt is deleted, and written again at the next validation" in err
+    best = read_checkpoint(saves / "last.pt")["best"]  # the run's, as it ended (a validation at its end)
+    if (saves / "best.pt").exists():
+        assert read_checkpoint(saves / "best.pt")["server"]["updates"] == best["updates"] != 6
+    else:
+        assert not kept and best["updates"] == best_at
+
+
 def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: Path):
     """`--devices cuda:0,cuda:1,cuda:2,cuda:3` without `--workers 4` trained on one device without a word."""
     code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices",

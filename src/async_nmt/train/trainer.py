@@ -213,9 +213,32 @@ class Trainer:
     def _check_best_save(self) -> None:
         """A resumed run whose best.pt is gone or not a whole checkpoint says so: it resumed without a word, its
         summary named best.pt, and `nmt translate RUN` then failed on it, or took last.pt where it was gone.
-        Where last.pt is the best save, best.pt is made again from it (training on would write over it)."""
+        Where last.pt is the best save, best.pt is made again from it (training on would write over it).
+        A best.pt of another update than the run's best save (a run rewound to an older last.pt, whose best.pt
+        was of the updates it abandons) is made again from the save of that update, last.pt or a kept one; where
+        none is there, it is deleted, as the abandoned kept saves are (`nmt translate RUN` took it silently)."""
         path = checkpoint_path(self.run_dir, "best")
-        if self.best is None or whole_archive(path):
+        if self.best is None:
+            return
+        if whole_archive(path):
+            try:
+                held = read_checkpoint(path, mmap=True, check_params=False).get("server", {}).get("updates")
+            except UserError:  # (read again by whatever uses it, which says what is wrong)
+                return
+            if held is None or held == self.best["updates"]:
+                return
+            at = self.best["updates"]
+            found = [save for save in (checkpoint_path(self.run_dir, "last"), kept_path(self.run_dir, at))
+                     if save.is_file() and (save.name != "last.pt" or self.updates == at)]  # fmt: skip
+            was = f"{path} held update {held}, not the run's best save ({best_save(self.best)})"
+            if found:
+                self._copy_to_best(found[0])
+                print(f"warning: {was}; made again from {found[0].name}", file=sys.stderr)
+                return
+            path.unlink()
+            self.best_lost = True
+            print(f"warning: {was}, which is lost; best.pt is deleted, and written again at the next validation "
+                  "better than it (until then `nmt translate` needs --checkpoint last)", file=sys.stderr)  # fmt: skip
             return
         what = "not a whole checkpoint" if path.exists() else "missing"
         if not lost_best(self.best, self.updates):  # last.pt is the best save
