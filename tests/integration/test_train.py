@@ -1449,13 +1449,17 @@ def test_a_rewound_run_replaces_the_kept_saves_it_makes_again(synthetic_bin: Pat
     assert sorted(p.name for p in (run / "checkpoints").glob("update-*.pt")) == ["update-2.pt", "update-4.pt"]
 
 
-@pytest.mark.parametrize("rewind_to, best_at, kept", [(2, 2, True), (4, 2, True), (4, 2, False)])
+@pytest.mark.parametrize(
+    "rewind_to, best_at, kept, best_pt",
+    [(2, 2, True, "abandoned"), (4, 2, True, "abandoned"), (4, 2, False, "abandoned"), (4, 2, True, "missing")],
+)
 def test_a_rewound_runs_best_pt_is_its_best_save_again(synthetic_bin: Path, tmp_path: Path, capsys, rewind_to: int,
-                                                       best_at: int, kept: bool):  # fmt: skip
+                                                       best_at: int, kept: bool, best_pt: str):  # fmt: skip
     """Rewound to an older last.pt, a run kept a best.pt of the updates it abandoned: the summary and `nmt
     report` named the best save as of the rewind, and `nmt translate RUN` took the abandoned model without a
     word. best.pt is made again from the save of the run's best update (last.pt, or a kept one), or deleted
-    where there is none."""
+    where there is none. A best.pt that is missing is made again from a kept save too (it was lost where
+    last.pt was not the best save)."""
     run, saves = tmp_path / "run", tmp_path / "run" / "checkpoints"
     options = dict(save_every=2, valid_every=2, valid_max_sentences=4, keep_last=10)
     train(micro_config(synthetic_bin, max_updates=6, **options), run, progress=False)
@@ -1464,19 +1468,24 @@ def test_a_rewound_runs_best_pt_is_its_best_save_again(synthetic_bin: Path, tmp_
     (saves / "last.pt").unlink()  # (a hard link of update-6.pt: a write would reach it)
     save_checkpoint(state, saves / "last.pt")
     (saves / "best.pt").unlink()
-    shutil.copyfile(saves / "update-6.pt", saves / "best.pt")  # best as the abandoned run went on
+    if best_pt == "abandoned":
+        shutil.copyfile(saves / "update-6.pt", saves / "best.pt")  # best as the abandoned run went on
     if not kept:
         (saves / f"update-{best_at}.pt").unlink()
     capsys.readouterr()
     train(micro_config(synthetic_bin, max_updates=rewind_to + 1, **options), run, resume=True, progress=False)
     err = capsys.readouterr().err
-    was = f"warning: {saves / 'best.pt'} held update 6, not the run's best save (update {best_at}, valid BLEU "
-    assert was in err, err
-    if kept:
-        source = "last.pt" if rewind_to == best_at else f"update-{best_at}.pt"
-        assert f"); made again from {source}\n" in err
+    source = "last.pt" if rewind_to == best_at else f"update-{best_at}.pt"
+    if best_pt == "missing":
+        assert f"warning: {saves / 'best.pt'} was missing; made again from {source}, which is the run's best save (" \
+               f"update {best_at}, valid BLEU " in err, err  # fmt: skip
     else:
-        assert "), which is lost; best.pt is deleted, and written again at the next validation" in err
+        was = f"warning: {saves / 'best.pt'} held update 6, not the run's best save (update {best_at}, valid BLEU "
+        assert was in err, err
+        if kept:
+            assert f"); made again from {source}\n" in err
+        else:
+            assert "), which is lost; best.pt is deleted, and written again at the next validation" in err
     best = read_checkpoint(saves / "last.pt")["best"]  # the run's, as it ended (a validation at its end)
     if (saves / "best.pt").exists():
         assert read_checkpoint(saves / "best.pt")["server"]["updates"] == best["updates"] != 6

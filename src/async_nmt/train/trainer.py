@@ -211,45 +211,50 @@ class Trainer:
         return True
 
     def _check_best_save(self) -> None:
-        """A resumed run whose best.pt is gone or not a whole checkpoint says so: it resumed without a word, its
-        summary named best.pt, and `nmt translate RUN` then failed on it, or took last.pt where it was gone.
-        Where last.pt is the best save, best.pt is made again from it (training on would write over it).
-        A best.pt of another update than the run's best save (a run rewound to an older last.pt, whose best.pt
-        was of the updates it abandons) is made again from the save of that update, last.pt or a kept one; where
-        none is there, it is deleted, as the abandoned kept saves are (`nmt translate RUN` took it silently)."""
+        """best.pt is the save of the run's best update, or the resume says why not. It resumed without a word
+        where best.pt was gone or not a whole checkpoint (its summary named best.pt, and `nmt translate RUN`
+        then failed on it, or took last.pt), and where it was of another update: that of a run rewound to an
+        older last.pt, whose best.pt was of the updates it abandons, which `nmt translate RUN` took. best.pt is
+        made again from the save of the best update where one is there, last.pt or a kept one (training on
+        would write over last.pt); else it is lost until a better validation (one of another update is deleted,
+        as the abandoned kept saves are)."""
         path = checkpoint_path(self.run_dir, "best")
         if self.best is None:
             return
+        at, best = self.best["updates"], best_save(self.best)
+        held = what = None
         if whole_archive(path):
             try:
                 held = read_checkpoint(path, mmap=True, check_params=False).get("server", {}).get("updates")
             except UserError:  # (read again by whatever uses it, which says what is wrong)
                 return
-            if held is None or held == self.best["updates"]:
+            if held is None or held == at:
                 return
-            at = self.best["updates"]
-            found = [save for save in (checkpoint_path(self.run_dir, "last"), kept_path(self.run_dir, at))
-                     if save.is_file() and (save.name != "last.pt" or self.updates == at)]  # fmt: skip
-            was = f"{path} held update {held}, not the run's best save ({best_save(self.best)})"
-            if found:
-                self._copy_to_best(found[0])
-                print(f"warning: {was}; made again from {found[0].name}", file=sys.stderr)
-                return
-            path.unlink()
+        else:
+            what = "not a whole checkpoint" if path.exists() else "missing"
+        last = checkpoint_path(self.run_dir, "last")
+        found = [save for save in (last, kept_path(self.run_dir, at))
+                 if save.is_file() and (save != last or not lost_best(self.best, self.updates))]  # fmt: skip
+        again = (
+            "written again at the next validation better than it (until then `nmt translate` needs --checkpoint last)"
+        )
+        if found:
+            self._copy_to_best(found[0])
+        else:
             self.best_lost = True
-            print(f"warning: {was}, which is lost; best.pt is deleted, and written again at the next validation "
-                  "better than it (until then `nmt translate` needs --checkpoint last)", file=sys.stderr)  # fmt: skip
-            return
-        what = "not a whole checkpoint" if path.exists() else "missing"
-        if not lost_best(self.best, self.updates):  # last.pt is the best save
-            self._copy_to_best(checkpoint_path(self.run_dir, "last"))
-            print(f"warning: {path} was {what}; made again from last.pt, which is the run's best save "
-                  f"({best_save(self.best)})", file=sys.stderr)  # fmt: skip
-            return
-        self.best_lost = True
-        print(f"warning: {path} is {what}: the run's best save ({best_save(self.best)}) is lost; best.pt is written "
-              "again at the next validation better than it (until then `nmt translate` needs --checkpoint last)",
-              file=sys.stderr)  # fmt: skip
+        if what is None:  # of another update
+            if not found:
+                path.unlink()
+            done = (
+                f"; made again from {found[0].name}" if found else f", which is lost; best.pt is deleted, and {again}"
+            )
+            print(f"warning: {path} held update {held}, not the run's best save ({best}){done}", file=sys.stderr)
+        elif found:
+            print(f"warning: {path} was {what}; made again from {found[0].name}, which is the run's best save "
+                  f"({best})", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"warning: {path} is {what}: the run's best save ({best}) is lost; best.pt is {again}",
+                  file=sys.stderr)  # fmt: skip
 
     def _warn_of_setup(self) -> None:
         """Options that do less than they seem to: devices left unused, an async mode of one worker; and a
