@@ -411,8 +411,8 @@ def translate(
 @click.option("--force", is_flag=True,
               help="Replace OUTPUT if it exists. Refused even so: an OUTPUT inside a run's checkpoints/ folder "
               "(RUN's, or any folder named checkpoints beside a config.json or events.jsonl), a run's own "
-              "config.json, events.jsonl or spm.model, or a file of a preprocessed corpus (a folder with a "
-              "manifest.json).")  # fmt: skip
+              "config.json, events.jsonl or spm.model, a file of a preprocessed corpus (a folder with a "
+              "manifest.json), or one of a raw corpus (SPLIT.LANG beside train.SRC and train.TGT).")  # fmt: skip
 def average(run_dir: Path, count: int, output_path: Path, force: bool) -> None:
     """Average the parameters of RUN's last N kept checkpoints (saved with nmt-train --keep-last); RUN is the
     run folder, the one holding checkpoints/."""

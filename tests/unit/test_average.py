@@ -220,6 +220,20 @@ def test_force_never_replaces_a_runs_own_files(tmp_path: Path):
     assert average(run, "--last", "2", "-o", run / "avg.pt").exit_code == 0  # beside them is fine
 
 
+def test_force_never_replaces_a_raw_corpus_file(tmp_path: Path):
+    """`nmt average --force -o raw/test.en` replaced the test set's reference with a zip archive, where `nmt
+    translate -o` refuses it (the README says neither command replaces a corpus's files)."""
+    run = make_run(tmp_path / "run")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("train.de", "train.en", "test.de", "test.en"):
+        (raw / name).write_text("a line\n")
+    one_line(average(run, "--last", "2", "-o", raw / "test.en", "--force"), f"a file of the raw corpus {raw}")
+    assert (raw / "test.en").read_text() == "a line\n"
+    (tmp_path / "notes.en").write_text("mine\n")  # (a file of that name elsewhere is the user's to replace)
+    assert average(run, "--last", "2", "-o", tmp_path / "notes.en", "--force").exit_code == 0
+
+
 def test_checkpoints_of_another_size_are_one_line(tmp_path: Path):
     save_kept(tmp_path, 5, torch.zeros(8))
     other = save_kept(tmp_path, 10, torch.zeros(10))

@@ -172,6 +172,9 @@ def check_average_output(path: Path, run_dir: Path, force: bool) -> None:
     if str(path) == "-":  # (stdout for `nmt translate -o`; a checkpoint is a file)
         raise UserError("-o -: the average is a checkpoint file; name one (AVG.pt)")
     check_not_a_run_file(path, run_dir, "the average", "never replaced, even with --force")
+    if raw_corpus_file(path):  # (as `nmt translate -o`; --force replaced a reference with a zip archive)
+        raise UserError(f"{path}: a file of the raw corpus {path.parent} (a reference?), never replaced, even with "
+                        "--force; write the average elsewhere")  # fmt: skip
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
     check_replaceable(path)
