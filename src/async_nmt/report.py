@@ -230,13 +230,14 @@ def x_values(run: Run, x: str) -> list[float]:
 
 
 def to_target(run: Run, target: float | None, x: str) -> float | None:
-    """x at the first validation with BLEU >= target, both as they are shown (2 decimals: a BLEU shown as
-    the target's was not a BLEU that reached it, where it fell short by 0.004); None when the run never got
-    there, or without a target."""
+    """x at the first validation with BLEU >= target, both as they are shown: the BLEU to 2 decimals (a BLEU
+    shown as the target's was not a BLEU that reached it, where it fell short by 0.004), the target as given
+    (`bleu_text`; rounded too until 2026-12-07, a BLEU shown as 0.00 reached a target shown as 0.004, and
+    92.06 one of 92.064); None when the run never got there, or without a target."""
     if target is None:
         return None
     for value, event in zip(x_values(run, x), run.valid, strict=True):
-        if round(event["bleu"], 2) >= round(target, 2):
+        if round(event["bleu"], 2) >= target:
             return value
     return None
 

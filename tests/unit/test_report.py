@@ -853,6 +853,11 @@ def test_a_bleu_shown_as_the_target_reaches_it(tmp_path: Path) -> None:
     report = build_report(runs)  # 20.946 - 0.5 = 20.446, shown as 20.45, which 20.446 shows as too
     assert report["target_bleu"] == 20.45 and [row["to_target"] for row in report["runs"]] == [20.0, 5.0]
     assert report["runs"][1]["speedup"] == pytest.approx(4.0)
+    # a target of more decimals is shown with them, and compared so: 20.45 falls short of 20.451, 0.00 of 0.004
+    assert [row["to_target"] for row in build_report(runs, target_bleu=20.451)["runs"]] == [20.0, None]
+    zero = load_run(write_run(tmp_path / "zero", "sync", [0.0, 0.004], seconds_per_valid=10.0))
+    assert build_report([zero], target_bleu=0.004)["runs"][0]["to_target"] is None
+    assert build_report([zero], target_bleu=0.004)["runs"][0]["best_bleu"] == 0.004  # (shown as 0.00)
 
 
 def test_best_and_final_bleu_of_a_run_that_rose_then_fell(tmp_path: Path) -> None:
