@@ -39,7 +39,7 @@ step() {
         "$@"
         return
     fi
-    setsid "$@" <&0 &
+    setsid "$@" </dev/null &  # (no step reads stdin; the recipe's may be closed, and then file 0 is free)
     STEP_PID=$!
     local status=0
     wait "$STEP_PID" || status=$?

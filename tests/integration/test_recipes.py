@@ -365,3 +365,21 @@ def test_a_stopped_recipe_waits_for_its_step_to_save_and_passes_the_signal_on_on
                 os.killpg(group, signal.SIGKILL)
     assert started.returncode == 130 and stderr.endswith("interrupted\n"), stderr
     assert ran == ["train", "started", "signal", "saved"]
+
+
+def test_a_recipe_runs_its_steps_with_stdin_closed(tmp_path: Path) -> None:
+    """Each step runs in the background, in a session of its own, with /dev/null for stdin: given the recipe's
+    (`<&0`), a step ran with file 0 closed where that was (a job started with `<&-`), which the first file it
+    opened would then take."""
+    log, fake = tmp_path / "log", tmp_path / "fake-nmt"
+    fake.write_text(f'#!/usr/bin/env bash\n[[ -e /proc/self/fd/0 ]] || exit 9\necho "$1" >>"{log}"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    (out / "bin").mkdir(parents=True)
+    (out / "bin" / "manifest.json").write_text("{}", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in knobs("bible-de-en.sh")}
+    env.update(OUT=str(out), MODES="sync", NMT=str(fake))
+    done = subprocess.run(["bash", "-c", f'exec 0<&-; exec bash "{RECIPES / "bible-de-en.sh"}"'], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == ["train", "translate", "score", "report"]
