@@ -152,8 +152,16 @@ def corpus_scores(hyps: list[str], refs: list[str], language: str | None = None)
 def tokenizer_for(language: str | None) -> str | None:
     """BLEU's tokenizer for a target language, as sacreBLEU's `-l SRC-zh` picks it: `zh` for Chinese, which
     has no spaces between words (13a scored a whole line as one word, and a valid BLEU of about 0 chose
-    best.pt); None (13a) elsewhere. (Japanese and Korean, whose tokenizers need MeCab, stay 13a.)"""
-    return "zh" if language == "zh" else None
+    best.pt); None (13a) elsewhere. (Japanese and Korean, whose tokenizers need MeCab, stay 13a.) The
+    language is read as `language_code` reads it (`ZH` and `zh-CN` are Chinese: `train.ZH`'s valid BLEU was
+    13a's, 0)."""
+    return "zh" if language_code(language) == "zh" else None
+
+
+def language_code(language: str | None) -> str | None:
+    """A corpus's language suffix as a language code: lower case, without a region or script (`zh-CN`,
+    `zh_Hans`: `zh`)."""
+    return None if language is None else re.split(r"[-_]", language.lower(), maxsplit=1)[0]
 
 
 UNSPACED = ("ja", "th", "lo", "km", "my")  # written without spaces between words, with no tokenizer here
@@ -162,9 +170,9 @@ UNSPACED = ("ja", "th", "lo", "km", "my")  # written without spaces between word
 def tokenizer_warning(language: str | None) -> str | None:
     """A warning for a target language whose words 13a cannot split and sacreBLEU has no tokenizer for that
     needs nothing more (ja-mecab needs MeCab): its valid BLEU stays near 0 (zh has its own, `tokenizer_for`)."""
-    if language not in UNSPACED:
+    if language_code(language) not in UNSPACED:
         return None
-    tokenizers = "ja-mecab (pip install sacrebleu[ja]) or char" if language == "ja" else "char"
+    tokenizers = "ja-mecab (pip install sacrebleu[ja]) or char" if language_code(language) == "ja" else "char"
     return (f"warning: {language} is written without spaces between words, which 13a, the tokenizer of the valid "
             "BLEU, does not split: the valid BLEU stays near 0, and best.pt follows the valid loss between "
             f"equal BLEUs; score translations with nmt score --tokenize {tokenizers}")  # fmt: skip

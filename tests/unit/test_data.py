@@ -121,6 +121,7 @@ def test_load_vocab_errors(tmp_path: Path) -> None:
         (("ro", "de"), ("de", "ro")),
         (("EN", "FR"), ("FR", "EN")),  # (upper case: EN was the source, by the order of the names)
         (("tgt", "SRC"), ("SRC", "tgt")),
+        (("ZH", "de"), ("de", "ZH")),  # (alphabetically in any case: ZH, sorted before de, was the source)
     ],
 )
 def test_language_rule(tmp_path: Path, suffixes: tuple[str, str], expected: tuple[str, str]) -> None:

@@ -294,7 +294,7 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
         return (a, b) if a.lower() == "src" else (b, a)
     if "en" in (a.lower(), b.lower()):  # (train.EN too: it made EN the source, by the order of the names)
         return (b, a) if a.lower() == "en" else (a, b)
-    return a, b
+    return (a, b) if a.lower() <= b.lower() else (b, a)  # (alphabetically in any case: train.ZH was the source of de)
 
 
 def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:

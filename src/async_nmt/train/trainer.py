@@ -357,9 +357,9 @@ class Trainer:
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         if state.get("valid_crc32", self.valid_crc32) != self.valid_crc32:  # (saves before 2026-12-05 lack it)
             raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split, or "
-                            "with another BLEU tokenizer (a zh target's was 13a before 2026-12-05): the best BLEU "
-                            "(best.pt, --patience) was measured on the run's; resume on its BIN, or start a new "
-                            "run")  # fmt: skip
+                            "with another BLEU tokenizer (a zh target's was 13a before 2026-12-05, ZH's before "
+                            "2026-12-07): the best BLEU (best.pt, --patience) was measured on the run's; resume on "
+                            "its BIN, or start a new run")  # fmt: skip
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]
