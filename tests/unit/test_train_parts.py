@@ -537,6 +537,19 @@ def test_a_resume_cuts_a_torn_last_event_off_before_it_appends(tmp_path):
     assert [e["updates"] for e in read_events(path)] == [0, 1, 2, 3]
 
 
+def test_a_blank_line_in_the_log_is_not_an_event_a_resume_counts(tmp_path):
+    """`read_events` skips blank lines (an editor may leave them), but a resume cut the log by its lines: one
+    blank line before the save's lost its checkpoint event, without a word. Lines are counted as events."""
+    from async_nmt.train.events import complete_lines
+
+    path = tmp_path / "events.jsonl"
+    events = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(5)]
+    path.write_text("".join(events[:2]) + "\n  \n" + "".join(events[2:]), encoding="utf-8")
+    assert complete_lines(path) == 5 == EventLog(path).lines
+    assert [e["updates"] for e in truncate_events(path, 3)] == [0, 1, 2]  # last.pt said 3 events
+    assert [e["updates"] for e in read_events(path)] == [0, 1, 2] and complete_lines(path) == 3
+
+
 def test_staleness_stats_of_a_histogram_of_pushes():
     """Staleness 0 three times and 2 twice: mean 4/5, max 2, the histogram up to its maximum, which keeps
     every push (the report weighs each event's mean by the pushes its histogram counts)."""

@@ -49,7 +49,7 @@ class EventLog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.lines = sum(1 for _ in open(path, "rb")) if path.exists() else 0
+        self.lines = complete_lines(path)  # (its events: what a checkpoint's `event_lines` counts)
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -101,22 +101,34 @@ COUNTS_AT_END = ("train_s", "wall_s", "updates", "pushes", "tokens", "epoch")  #
 
 
 def complete_lines(path: Path) -> int:
-    """The lines of the log that end in a newline (a torn last line does not)."""
+    """The lines of the log that end in a newline (a torn last line does not) and are not blank: its events,
+    as `read_events` reads them (a blank line that an editor left counted, and a resume then cut an event)."""
     if not path.exists():
         return 0
     with open(path, "rb") as f:
-        return sum(line.endswith(b"\n") for line in f)
+        return sum(_complete_event(line) for line in f)
+
+
+def _complete_event(line: bytes) -> bool:
+    return line.endswith(b"\n") and bool(line.strip())
 
 
 def truncate_events(path: Path, keep_lines: int) -> list[dict[str, Any]]:
-    """Cut the log back to its first `keep_lines` complete lines (resume: forget what the checkpoint lacks)
-    and return their events. A corrupt line among them is an error before the file changes (the resume it
-    stops cut the log first, its end event lost)."""
+    """Cut the log back to its first `keep_lines` complete lines that are not blank (`complete_lines`; resume:
+    forget what the checkpoint lacks) and return their events. A corrupt line among them is an error before
+    the file changes (the resume it stops cut the log first, its end event lost)."""
     if not path.exists():
         return []
     with open(path, "rb") as f:
         lines = f.readlines()
-    kept = b"".join(line for line in lines[:keep_lines] if line.endswith(b"\n"))
+    kept_lines: list[bytes] = []
+    events = 0
+    for line in lines:
+        if events == keep_lines or not line.endswith(b"\n"):  # (torn: the last line)
+            break
+        kept_lines.append(line)
+        events += _complete_event(line)
+    kept = b"".join(kept_lines)
     events = parse_events(kept, path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(kept)
