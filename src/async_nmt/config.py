@@ -8,7 +8,7 @@ import os
 import types
 import typing
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -47,6 +47,12 @@ class ModelConfig:
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
+
+    def in_effect(self) -> ModelConfig:
+        """This model with its embeddings' dropout named where it follows `dropout` (None): configurations that
+        build the same model are then equal (a resume refused `--embed-dropout 0.1` of a run whose None was
+        0.1, "embed_dropout None not 0.1")."""
+        return replace(self, embed_dropout=self.dropout if self.embed_dropout is None else self.embed_dropout)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -200,6 +200,14 @@ def test_a_save_from_before_the_two_dropouts_resumes_and_another_dropout_is_refu
                            "--attention-dropout", "0.1")  # fmt: skip
     assert code == 2 and len(output.strip().splitlines()) == 1, output
     assert "given, --attention-dropout 0.1 (attention_dropout 0.0 not 0.1)" in output and "--preset" not in output
+    # the embeddings' dropout as it is in effect (the dropout's, 0.0 here, where the run left it to follow it):
+    # the same value resumes (it was "embed_dropout None not 0.0"), and another is refused by it
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "302",
+                           "--embed-dropout", "0.0")  # fmt: skip
+    assert code == 0 and read_events(run / "events.jsonl")[-1]["updates"] == 302, output
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "303",
+                           "--embed-dropout", "0.2")  # fmt: skip
+    assert code == 2 and "given, --embed-dropout 0.2 (embed_dropout 0.0 not 0.2)" in output, output
 
 
 def test_resume_without_last_pt_or_events_jsonl(synthetic_bin: Path, learned_run: Path, tmp_path: Path):

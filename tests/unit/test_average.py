@@ -234,6 +234,21 @@ def test_force_never_replaces_a_raw_corpus_file(tmp_path: Path):
     assert average(run, "--last", "2", "-o", tmp_path / "notes.en", "--force").exit_code == 0
 
 
+def test_saves_of_one_model_average_whether_or_not_they_name_its_embeddings_dropout(tmp_path: Path):
+    """A run resumed with `--embed-dropout` at the value it followed (the dropout's) saves it by name, where
+    its earlier saves left it None: the same model, averaged; another value is another model."""
+    first, second = save_kept(tmp_path, 5, torch.zeros(8)), save_kept(tmp_path, 10, torch.ones(8))
+    for path, embed in ((first, None), (second, 0.1)):
+        state = read_checkpoint(path)
+        state["model_config"] = {"d_model": 8, "dropout": 0.1, "embed_dropout": embed}
+        save_checkpoint({k: v for k, v in state.items() if k not in ("format", "params_crc32")}, path)
+    torch.testing.assert_close(average_checkpoints([first, second])["params"], torch.full((8,), 0.5))
+    state["model_config"]["embed_dropout"] = 0.2
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "params_crc32")}, second)
+    with pytest.raises(UserError, match="another model config"):
+        average_checkpoints([first, second])
+
+
 def test_checkpoints_of_another_size_are_one_line(tmp_path: Path):
     save_kept(tmp_path, 5, torch.zeros(8))
     other = save_kept(tmp_path, 10, torch.zeros(10))

@@ -199,11 +199,13 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     seen: dict[int, Path] = {}
     _check_kept_update(paths[0], first, seen)
     total = first["params"].double()
+    model = from_dict(ModelConfig, first["model_config"]).in_effect()
     for path in paths[1:]:
         state = read_checkpoint(path)
         _check_kept_update(path, state, seen)
-        # (compared as models: a save from before 2026-12-06 lacks the two dropouts that later ones hold)
-        if from_dict(ModelConfig, state["model_config"]) != from_dict(ModelConfig, first["model_config"]):
+        # (compared as models: a save from before 2026-12-06 lacks the two dropouts that later ones hold, and a
+        # resume that named the embeddings' dropout saves it where earlier saves let it follow the dropout)
+        if from_dict(ModelConfig, state["model_config"]).in_effect() != model:
             raise UserError(f"{path}: another model config than {paths[0]}; cannot average them")
         if state.get("corpus") != first.get("corpus"):
             raise UserError(f"{path}: another corpus than {paths[0]}; cannot average them")

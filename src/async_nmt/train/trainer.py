@@ -345,7 +345,8 @@ class Trainer:
                             f"{self.cfg.bin_dir} has {now[0]:,} ({now[1]:,}): the saved data positions belong "
                             "to the run's corpus; resume on it")  # fmt: skip
         # (saves before 2026-12-06 lack the embeddings' and attention's dropouts: they had the defaults)
-        saved, ours = asdict(from_dict(ModelConfig, state["model_config"])), asdict(self.model_cfg)
+        saved = asdict(from_dict(ModelConfig, state["model_config"]).in_effect())
+        ours = asdict(self.model_cfg.in_effect())
         if saved != ours:
             keys = [k for k, v in ours.items() if saved.get(k) != v]
             differ = ", ".join(f"{k} {saved.get(k)} not {ours[k]}" for k in keys)
