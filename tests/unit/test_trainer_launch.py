@@ -420,6 +420,12 @@ def test_simulate_warns_that_the_other_devices_are_not_used(capsys, monkeypatch)
                     "(cuda:1) are not used\n")  # fmt: skip
     assert _setup_warnings(capsys, monkeypatch, ["cpu", "cpu"], mode="async", workers=2, simulate=True,
                            devices=["cpu"]) == ""  # fmt: skip
+    # a device named again: "--devices names 3 devices but --workers is 2: ... give --workers 3", which
+    # --simulate would not use either
+    said = _setup_warnings(capsys, monkeypatch, ["cpu", "cpu"], mode="async", workers=2, simulate=True,
+                           devices=["cpu", "cpu", "cpu"])  # fmt: skip
+    assert said == "warning: --simulate emulates every worker in one process on cpu; the other --devices (cpu, cpu) " \
+                   "are not used\n"  # fmt: skip
 
 
 def test_a_run_that_no_limit_stops_is_warned_of():

@@ -264,10 +264,10 @@ class Trainer:
             print(warning, file=sys.stderr)
         if torchrun_rank() is not None:  # (its ranks set the workers; each names its own device)
             return
-        if unused := sorted(set(devices) - {devices[0]}) if cfg.simulate else []:
+        if cfg.simulate and len(cfg.devices) > 1:  # (`cpu,cpu,cpu` too: it was told to give --workers 3)
             print(f"warning: --simulate emulates every worker in one process on {devices[0]}; the other "
-                  f"--devices ({', '.join(unused)}) are not used", file=sys.stderr)  # fmt: skip
-        elif len(cfg.devices) > cfg.workers:  # --workers left out?
+                  f"--devices ({', '.join(cfg.devices[1:])}) are not used", file=sys.stderr)  # fmt: skip
+        elif len(cfg.devices) > cfg.workers and not cfg.simulate:  # --workers left out?
             print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
                   f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
                   file=sys.stderr)  # fmt: skip
