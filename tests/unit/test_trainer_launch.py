@@ -796,8 +796,14 @@ OOM = "as the kernel's out-of-memory killer sends when memory runs out"
                       (2, "cuda:2", "error", "RuntimeError: timeout", "Traceback ...")],
          f"worker 1 (cuda:1) was killed by signal 9 (SIGKILL, {OOM}); then worker 0 failed: RuntimeError: Connection "
          "closed by peer"),
+        # gloo's source file and advice left out: the cause before it says what happened
+        ([1, -9], [(0, "cpu", "error", "RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+                   "pair.cc:537] Read error [127.0.0.1]:47552: Connection reset by peer. This is typically caused by "
+                   "a remote worker crashing. GLHF! \U0001f3d6", "Traceback ...")],
+         f"worker 1 (cuda:1) was killed by signal 9 (SIGKILL, {OOM}); then worker 0 failed: RuntimeError: Read error "
+         "[127.0.0.1]:47552: Connection reset by peer"),
     ],
-    ids=["sigkill", "sigsegv", "exit-code", "then"],
+    ids=["sigkill", "sigsegv", "exit-code", "then", "then-gloo"],
 )  # fmt: skip
 def test_a_worker_that_died_without_a_word_is_named_first(tmp_path: Path, monkeypatch, exitcodes, messages, said):
     from async_nmt.errors import WorkerFailed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import sys
@@ -173,7 +174,7 @@ def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str],
     if silent:
         worker, code = silent[0]
         how = killed_by(-code) if code < 0 else f"exited with code {code}"
-        then = f"; then worker {messages[0][0]} failed: {messages[0][3]}" if messages else ""
+        then = f"; then worker {messages[0][0]} failed: {_briefly(messages[0][3])}" if messages else ""
         raise WorkerFailed(f"worker {worker} ({devices[worker]}) {how}{then}")
     worker, device, kind, message, trace = messages[0]
     if kind.startswith("user:"):  # the worker's own one-line error (a bad option, a divergence)
@@ -188,6 +189,14 @@ def check_workers(processes: Sequence[Any], errors: Any, devices: Sequence[str],
     except OSError:
         where = ""
     raise WorkerFailed(f"worker {worker} ({device}) failed: {message}{where}")
+
+
+def _briefly(message: str) -> str:
+    """A worker's error that the cause named before it explains, in brief: gloo's names its source file and
+    line and adds advice ("[.../gloo/transport/tcp/pair.cc:537] Read error [...]: Connection reset by peer.
+    This is typically caused by a remote worker crashing. ... GLHF!"), which made the run's one line long."""
+    message = re.sub(r"\[[^\]\s]*\.(?:cc|cpp|h):\d+\]\s*", "", message)
+    return re.split(r"\.? This is typically caused by", message, maxsplit=1)[0]
 
 
 def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
