@@ -1,5 +1,6 @@
-"""What code made a result: the versions a run's `start` event and every benchmark line record, so that a
-figure can be traced to the commit, the torch and the Python that produced it."""
+"""What made a result: the code's versions and the device's name, which a run's `start` event and every
+benchmark line record, so that a figure can be traced to the commit, the torch, the Python and the card
+that produced it, and timings from different machines are not compared unawares."""
 
 from __future__ import annotations
 
@@ -14,6 +15,27 @@ import torch
 from async_nmt import __version__
 
 _HERE = Path(__file__).resolve().parent
+
+
+def device_name(device: torch.device | str) -> str:
+    """What a device is, as timings that compare need it the same: a GPU's name (`NVIDIA H200`); for the
+    CPU, its model (`/proc/cpuinfo`'s, else the platform's), with the threads torch computes on."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:  # (not Linux)
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def versions() -> dict[str, str | None]:

@@ -323,10 +323,11 @@ def build_report(
 
 
 def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
-    """One line for each way the runs are not comparable: another model size (preset), precision, validation set (its
-    sentences, else --valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary); and for
-    their times on the x axis `x`, another clock: --simulate or not (the training clock), a token's price or a
-    link (--simulate-token-us, --link-gbps where the report does not re-price it: the predicted clock). From
+    """One line for each way the runs are not comparable: another model size (preset), precision, validation
+    set (its sentences, else --valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary);
+    and for their times on the x axis `x`, another clock: --simulate or not, or another device (the training
+    clock), a token's price or a link (--simulate-token-us, --link-gbps where the report does not re-price it:
+    the predicted clock). From
     each run's start events and config.json; a run that does not record a setting is left out of its comparison.
 
     The vocabulary is compared by the hash of RUN/spm.model's pieces where every run has one; else by the
@@ -355,13 +356,18 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
     sentences = {run.name: run.start.get("valid_crc32") for run in runs}
     by_sentences = None not in sentences.values()
 
-    def precision(run: Run) -> str | None:  # (each start event's: a resume on another machine may choose again)
-        values = [start["precision"] for start in run.starts if "precision" in start]
-        return ", then ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
+    def in_starts(key: str) -> Callable[[Run], str | None]:
+        """A start event field's values in a run (a resume on another machine may choose them again)."""
+
+        def value_of(run: Run) -> str | None:
+            values = [str(start[key]) for start in run.starts if key in start]
+            return ", then ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
+
+        return value_of
 
     settings = {
         "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
-        "precision (--precision: bf16 autocast or fp32)": precision,
+        "precision (--precision: bf16 autocast or fp32)": in_starts("precision"),
         "validation set (CRC-32 of its sentences)" if by_sentences else "validation set (--valid-max-sentences)": (
             lambda run: sentences[run.name] if by_sentences else run.config.get("train", {}).get("valid_max_sentences")
         ),
@@ -386,6 +392,7 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
     clocks: dict[str, Callable[[Run], str | None]] = {}  # what the times alone depend on
     if x == "time":
         clocks["training clock (--simulate: one process emulates every worker)"] = simulated
+        clocks["device (the trainer's, as start events name it since 2026-12-07)"] = in_starts("device_name")
     if x == "predicted":
         clocks["price of a token (--simulate-token-us; 0: measured)"] = prices("simulate_token_us")
         if link_gbps is None:  # (with it, every run is re-priced for that link)

@@ -18,7 +18,7 @@ from async_nmt.cli import main
 from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
 from async_nmt.model.checkpoint import read_checkpoint
 from async_nmt.model.transformer import Transformer
-from async_nmt.provenance import versions
+from async_nmt.provenance import device_name, versions
 from async_nmt.train.checkpoint import save_checkpoint
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
@@ -88,6 +88,7 @@ def test_an_ended_run_resumes_under_new_stopping_options_and_its_config_says_so(
     assert [e["max_updates"] for e in starts] == [300, 310] and [e["valid_every"] for e in starts] == [150, 150]
     # and the code that trained from there: the commit (where the package runs from a git checkout), torch
     assert all(e["versions"] == versions() for e in starts) and starts[-1]["versions"]["torch"] == torch.__version__
+    assert starts[-1]["device_name"] == device_name("cpu")  # (what its times were measured on)
 
 
 def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_is_left_alone(

@@ -420,6 +420,21 @@ def test_runs_of_another_precision_are_reported_with_a_warning(runs: list[Path])
     ]
 
 
+def test_times_on_other_devices_are_reported_with_a_warning(runs: list[Path]) -> None:
+    """Training clocks of an H200 and an H100 do not compare (updates and tokens do): each start event's
+    device_name; a run from before start events named it is left out."""
+    rewrite(runs[0], lambda events: events[0].update(device_name="NVIDIA H200"))
+    rewrite(runs[1], lambda events: events[0].update(device_name="NVIDIA H100 80GB HBM3"))
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.stderr.splitlines() == [
+        "warning: the runs differ in device (the trainer's, as start events name it since 2026-12-07) (NVIDIA H200: "
+        f"{runs[0]}; NVIDIA H100 80GB HBM3: {runs[1]}); their times do not compare"
+    ]
+    assert CliRunner().invoke(main, ["report", *map(str, runs), "--x", "updates"]).stderr == ""
+    rewrite(runs[1], lambda events: events[0].update(device_name="NVIDIA H200"))
+    assert CliRunner().invoke(main, ["report", *map(str, runs)]).stderr == ""
+
+
 def test_the_corpus_compares_by_its_training_split_where_runs_recorded_it(runs: list[Path]) -> None:
     """The same BIN typed two ways is one corpus; two corpora both typed "bin" are two."""
 

@@ -51,7 +51,7 @@ from async_nmt.model.checkpoint import (
     whole_archive,
 )
 from async_nmt.progress import ProgressBar
-from async_nmt.provenance import versions
+from async_nmt.provenance import device_name, versions
 from async_nmt.score import tokenizer_warning
 from async_nmt.train import checkpoint as ckpt
 from async_nmt.train.events import (
@@ -595,6 +595,7 @@ class Trainer:
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
             max_tokens=cfg.max_tokens, batch_sort=cfg.batch_sort, preset=cfg.preset, device=str(self.device),
+            device_name=device_name(self.device),  # (what the times were measured on)
             precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=self.resumed,
             **({"link_gbps": cfg.link_gbps, "simulate_token_us": cfg.simulate_token_us} if cfg.simulate else {}),
             # what a resume may change (README), so that each start event says what was in force from there
