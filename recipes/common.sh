@@ -12,48 +12,57 @@ show() {
 }
 
 # Signals. A step that Ctrl-C or SIGTERM stops may take a while to end (a training run saves first); the recipe
-# waits for it, then ends, exit code 130, however the signal came: Ctrl-C (to the terminal's process group),
-# `timeout` (to its own) or `kill` of the recipe alone. Until 2026-12-07 the recipe ended at once: `timeout`
-# returned before the run had saved, and after a `kill` the step trained on, unseen. Each step runs in a session
-# of its own (setsid), which these signals do not reach, so that the recipe passes each one on to it once,
-# as SIGTERM (a program that a shell starts in the background ignores Ctrl-C's SIGINT); `nmt` takes it as
-# Ctrl-C, so a second Ctrl-C is a second one there too. Without setsid (macOS), a step runs as any command
-# does, and the recipe ends once it has.
+# waits for it, then ends, exit code 130, running nothing more, however the signal came: Ctrl-C or `timeout`
+# (to the process group, the step's too), or `kill` of the recipe alone (until 2026-12-07 the recipe ended at
+# once: `timeout` returned before the run had saved, and after a `kill` the step trained on, unseen). The step
+# runs in the background, so that `wait` lets the trap in, and the trap passes every signal on as SIGTERM: a
+# program that a shell starts in the background ignores SIGINT, unless it takes it as `nmt` does; `nmt`
+# takes a SIGTERM after a first notice as the same notice (a scheduler's, delivered twice), and a person's
+# second Ctrl-C reaches it from the terminal as SIGINT, and stops it at once. Ctrl-Z, a hangup and
+# `timeout -k`'s SIGKILL reach the step with the recipe, in their process group.
 STEP_PID=
+STEPPING=0  # a step is being started or waited for
 STOPPED=0
+SIGNALS=0  # the signals trapped so far
 PARTIAL=  # run_to's FILE.part while its step runs
 on_signal() {
     STOPPED=1
+    SIGNALS=$((SIGNALS + 1))
     if [[ -n $STEP_PID ]]; then
         kill -s TERM "$STEP_PID" 2>/dev/null || true
-    else  # (between steps, or after a step that ran without setsid)
+    elif ((!STEPPING)); then  # (between steps)
         echo "interrupted" >&2
         exit 130
-    fi
+    fi  # (a step starting: it passes the signal on once it has a pid; one ended: step ends the recipe)
 }
 trap on_signal INT TERM
 
 # step CMD...: run CMD to its end (see Signals above); its exit code
 step() {
-    if ! command -v setsid >/dev/null; then
-        "$@"
-        return
-    fi
-    setsid "$@" </dev/null &  # (no step reads stdin; the recipe's may be closed, and then file 0 is free)
+    local status code=0 signals
+    STEPPING=1
+    "$@" </dev/null &  # (no step reads stdin; the recipe's may be closed, and then file 0 is free)
     STEP_PID=$!
-    local status=0
-    wait "$STEP_PID" || status=$?
-    while kill -0 "$STEP_PID" 2>/dev/null; do  # (wait returns at a signal that a trap takes; the step goes on)
+    if ((STOPPED)); then kill -s TERM "$STEP_PID" 2>/dev/null || true; fi  # (a signal as it started)
+    # A trapped signal ends `wait` early, with its own 128 + n: wait again, for the step's exit code (which bash
+    # keeps where the step ended meanwhile; a second wait after one that took it says 127: not the step's)
+    local first=1
+    while :; do
+        signals=$SIGNALS
         status=0
         wait "$STEP_PID" || status=$?
+        if ((first || status != 127)); then code=$status; fi
+        first=0
+        if ((SIGNALS == signals)); then break; fi
     done
     STEP_PID=
     if ((STOPPED)); then
-        ((status == 130)) || echo "interrupted" >&2  # (nmt says so itself)
+        if ((code != 130)); then echo "interrupted" >&2; fi  # (nmt says so itself)
         if [[ -n $PARTIAL ]]; then rm -f "$PARTIAL"; fi
         exit 130
     fi
-    return "$status"
+    STEPPING=0
+    return "$code"
 }
 
 # run CMD...: print CMD with DRY_RUN=1, else run it (as a step)
