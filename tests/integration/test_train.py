@@ -16,7 +16,7 @@ from conftest import bin_with_target, record_amp_dtypes, run_forked
 
 from async_nmt.cli import main
 from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
-from async_nmt.model.checkpoint import read_checkpoint
+from async_nmt.model.checkpoint import kept_checkpoints, kept_update, read_checkpoint
 from async_nmt.model.transformer import Transformer
 from async_nmt.provenance import device_name, versions
 from async_nmt.train.checkpoint import save_checkpoint
@@ -1500,6 +1500,33 @@ def test_a_rewound_runs_best_pt_is_its_best_save_again(synthetic_bin: Path, tmp_
         assert read_checkpoint(saves / "best.pt")["server"]["updates"] == best["updates"] != 6
     else:
         assert not kept and best["updates"] == best_at
+
+
+def test_a_run_rewound_to_before_its_first_validation_or_to_its_limit_leaves_nothing_it_abandons(
+    synthetic_bin: Path, tmp_path: Path, capsys
+):
+    """Rewound to a save from before any validation, a run kept the best.pt of the updates it abandoned (its
+    record of a best save is none, and the check stopped there); rewound to a save at its limit, it said
+    "nothing to do" and kept the abandoned kept saves and best.pt (`nmt average`, `nmt translate` took them)."""
+    run, saves = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    options = dict(save_every=1, valid_every=3, valid_max_sentences=4, keep_last=10)
+    train(micro_config(synthetic_bin, max_updates=6, **options), run, progress=False)
+    assert read_checkpoint(saves / "update-2.pt")["best"] is None
+    shutil.copytree(saves, tmp_path / "saves")
+    for rewind_to, limit in ((2, 2), (4, 4)):  # (the second: update 4 is a limit; it validated at 3)
+        (saves / "last.pt").unlink()  # (a hard link of the last kept save)
+        shutil.copyfile(tmp_path / "saves" / f"update-{rewind_to}.pt", saves / "last.pt")
+        shutil.copyfile(tmp_path / "saves" / "update-6.pt", saves / "best.pt")  # as the abandoned updates left it
+        shutil.copyfile(tmp_path / "saves" / "update-6.pt", saves / "update-9.pt")  # (a kept save of them)
+        capsys.readouterr()
+        train(micro_config(synthetic_bin, max_updates=limit, **options), run, resume=True, progress=False)
+        err = capsys.readouterr().err
+        assert "nothing to do" not in err and f"resumes from update {rewind_to}: the kept saves after it" in err, err
+        assert max(kept_update(path) for path in kept_checkpoints(run)) == rewind_to
+        if rewind_to == 2:
+            assert f"{saves / 'best.pt'} held update 6, after update 2, where the run resumes before any " in err
+        best = read_checkpoint(saves / "last.pt")["best"]  # (the run's, as it ended: a validation at its end)
+        assert read_checkpoint(saves / "best.pt")["server"]["updates"] == best["updates"] <= rewind_to
 
 
 def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: Path):

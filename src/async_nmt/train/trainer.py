@@ -58,6 +58,7 @@ from async_nmt.train.events import (
     EventLog,
     TrainingClock,
     complete_lines,
+    read_events,
     staleness_stats,
     truncate_events,
 )
@@ -161,8 +162,10 @@ class Trainer:
             self.saved_at, self.resumed = self.updates, True
             self.clock = TrainingClock(state["train_s"])
             self._wall_start -= state["wall_s"]  # (this session's own time since it began goes on counting)
-            # at its limit, its closing validation done, its events written: left as it is
+            # at its limit, its closing validation done, its events written: left as it is (not a run rewound
+            # to an older save at its limit: what it abandons is cut and deleted, as at any rewind)
             done = self.validated_at == self.updates and complete_lines(events_path) >= state["event_lines"]
+            done = done and not self._rewound(events_path)
             if may_skip and done and (limit := self.limit_reached()) is not None:
                 if self.leader:
                     print(f"nothing to do: {self.run_dir} is at update {self.updates}, where {limit} stops it",
@@ -210,6 +213,17 @@ class Trainer:
             self._check_best_save()
         return True
 
+    def _rewound(self, events_path: Path) -> bool:
+        """Whether last.pt is older than the run's kept saves or its log: a run rewound to an older save (a
+        last.pt replaced by an update-U.pt), whose later updates are abandoned."""
+        if any(kept_update(kept) > self.updates for kept in kept_checkpoints(self.run_dir)):
+            return True
+        try:
+            events = read_events(events_path) if events_path.is_file() else []
+        except UserError:  # (said where the resume cuts the log)
+            return False
+        return bool(events) and events[-1]["updates"] > self.updates
+
     def _check_best_save(self) -> None:
         """best.pt is the save of the run's best update, or the resume says why not. It resumed without a word
         where best.pt was gone or not a whole checkpoint (its summary named best.pt, and `nmt translate RUN`
@@ -219,16 +233,20 @@ class Trainer:
         would write over last.pt); else it is lost until a better validation (one of another update is deleted,
         as the abandoned kept saves are)."""
         path = checkpoint_path(self.run_dir, "best")
-        if self.best is None:
+        if self.best is None:  # (not validated yet: a best.pt of a later update is of updates a rewind abandons)
+            held = self._saved_update(path) if whole_archive(path) else None
+            if held is not None and held > self.updates:
+                path.unlink()
+                self.best_lost = True
+                print(f"warning: {path} held update {held}, after update {self.updates}, where the run resumes "
+                      "before any validation; best.pt is deleted and written again at its first validation",
+                      file=sys.stderr)  # fmt: skip
             return
         at, best = self.best["updates"], best_save(self.best)
         held = what = None
         if whole_archive(path):
-            try:
-                held = read_checkpoint(path, mmap=True, check_params=False).get("server", {}).get("updates")
-            except UserError:  # (read again by whatever uses it, which says what is wrong)
-                return
-            if held is None or held == at:
+            held = self._saved_update(path)
+            if held is None or held == at:  # (one that cannot be read: read again by what uses it, which says so)
                 return
         else:
             what = "not a whole checkpoint" if path.exists() else "missing"
@@ -255,6 +273,14 @@ class Trainer:
         else:
             print(f"warning: {path} is {what}: the run's best save ({best}) is lost; best.pt is {again}",
                   file=sys.stderr)  # fmt: skip
+
+    @staticmethod
+    def _saved_update(path: Path) -> int | None:
+        """The update a whole checkpoint was saved at; None where it cannot be read or holds no training state."""
+        try:
+            return read_checkpoint(path, mmap=True, check_params=False).get("server", {}).get("updates")
+        except UserError:
+            return None
 
     def _warn_of_setup(self) -> None:
         """Options that do less than they seem to: devices left unused, an async mode of one worker; and a
