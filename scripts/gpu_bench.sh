@@ -7,8 +7,8 @@
 # (every JSON line the benchmarks printed); with PACK=FILE.tgz it packs OUT into FILE.tgz at the end (a
 # device call brings back 8 files at most; PACK first, so that its $OUT is the call's, as OUT= applies after
 # it; a PACK inside OUT is refused). On a lent machine, with the call's timeout_s at least BUDGET + 60, and
-# HASH this checkout's `git rev-parse HEAD` (a copy of the tree without its .git cannot name its commit,
-# which the JSON lines record):
+# HASH this checkout's `git rev-parse HEAD`, with `+dirty` after it where the tree has changes not committed
+# (a copy of the tree without its .git cannot name its commit, which the JSON lines record):
 #   PACK=$OUT/gb.tgz ASYNC_NMT_COMMIT=HASH OUT=/tmp/gb bash scripts/gpu_bench.sh; cp /tmp/gb/*.txt /tmp/gb/bench.jsonl $OUT/
 # and, in a second call if device time is left, issue 8's goal 5 alone (about 4 minutes):
 #   PACK=$OUT/modes.tgz ASYNC_NMT_COMMIT=HASH OUT=/tmp/gm ONLY_MODES=1 bash scripts/gpu_bench.sh; cp /tmp/gm/*.txt /tmp/gm/bench.jsonl $OUT/

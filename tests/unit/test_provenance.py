@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from async_nmt import provenance
 from async_nmt.provenance import source_commit, versions
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+IDENTITY = ("-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false")  # (whatever the user's)
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -28,7 +30,7 @@ def package_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         monkeypatch.setattr(provenance, "_HERE", folder)
         source_commit.cache_clear()
 
-    for key in ("GIT_DIR", "GIT_WORK_TREE", "ASYNC_NMT_COMMIT"):
+    for key in [key for key in os.environ if key.startswith("GIT_")] + ["ASYNC_NMT_COMMIT"]:  # (a git hook's)
         monkeypatch.delenv(key, raising=False)
     yield at
     source_commit.cache_clear()
@@ -42,7 +44,7 @@ def test_the_commit_is_the_checkouts_and_a_change_not_committed_marks_it_dirty(t
     (repo / "README.md").write_text("readme\n")
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    _git(repo, *IDENTITY, "commit", "-q", "-m", "one")
     head = _git(repo, "rev-parse", "HEAD")
     package_at(package)
     assert source_commit() == head
@@ -63,7 +65,7 @@ def test_an_untracked_copy_inside_a_checkout_has_no_commit_unless_the_environmen
     (repo / "README.md").write_text("readme\n")
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    _git(repo, *IDENTITY, "commit", "-q", "-m", "one")
     installed = repo / ".venv" / "site-packages" / "async_nmt"
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("x = 1\n")

@@ -386,7 +386,7 @@ class Trainer:
             raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split, or "
                             "with another BLEU tokenizer (a zh target's was 13a before 2026-12-05, ZH's before "
                             "2026-12-07): the best BLEU (best.pt, --patience) was measured on the run's; resume on "
-                            "its BIN, or start a new run")  # fmt: skip
+                            "its BIN, or (another tokenizer) start a new run")  # fmt: skip
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]
