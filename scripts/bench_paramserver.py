@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 
 from async_nmt.devices import resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
-from async_nmt.provenance import device_name, versions
+from async_nmt.provenance import timed_on, versions
 from async_nmt.train.modes import MAX_SHARDS, remote
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.processes import free_port
@@ -169,7 +169,7 @@ def main() -> None:
     params = torch.randn(args.numel, device=device)
     grad, out = torch.randn_like(params), torch.empty_like(params)
     result = {"bench": "paramserver", "numel": args.numel, "device": str(device), "shards": args.shards,
-              **versions(), "device_name": device_name(device), "threads": torch.get_num_threads()}  # fmt: skip
+              **versions(), **timed_on(device)}  # fmt: skip
 
     bytes_moved = 2 * params.numel() * 4  # read + write
     copy_ms = timed(lambda: out.copy_(grad), args.repeat, device)

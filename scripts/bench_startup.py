@@ -32,7 +32,7 @@ from async_nmt.devices import amp_dtype_for, resolve_device  # noqa: E402
 from async_nmt.errors import ScriptParser, UserError, run_script  # noqa: E402
 from async_nmt.model.checkpoint import load_model  # noqa: E402
 from async_nmt.model.search import cast_for_search  # noqa: E402
-from async_nmt.provenance import device_name, versions  # noqa: E402
+from async_nmt.provenance import timed_on, versions  # noqa: E402
 from async_nmt.translate import default_max_tokens, read_lines, translate_lines  # noqa: E402
 
 CLI = time.perf_counter()
@@ -91,7 +91,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "startup", "device": str(device), "beam": args.beam, "cuda_graphs": args.cuda_graphs,
         "sentences": len(lines), "seconds": seconds, "total_s": round(last - START, 3),
-        "before_search_s": round(marks["read_and_encode"] - START, 3), **versions(), "device_name": device_name(device),
+        "before_search_s": round(marks["read_and_encode"] - START, 3), **versions(), **timed_on(device),
     }))  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from async_nmt.data.batches import Batch
 from async_nmt.devices import bf16_supported, resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.transformer import Transformer
-from async_nmt.provenance import device_name, versions
+from async_nmt.provenance import timed_on, versions
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.step import flatten_parameters, train_step
 
@@ -158,7 +158,7 @@ def main() -> None:
 
     bare_tps = time_loop(bare_step, batches, args.warmup_steps, device)
     print(json.dumps({
-        "bench": "step", "preset": args.preset, "device": str(device), "device_name": device_name(device),
+        "bench": "step", "preset": args.preset, "device": str(device), **timed_on(device),
         "precision": "bf16" if bf16 else "fp32",
         "max_tokens": args.max_tokens, "length": args.length, "vocab": args.vocab, "steps": args.steps,
         "warmup_steps": args.warmup_steps, "params": flat.numel(), "tok_per_s": round(ours_tps),

@@ -59,7 +59,7 @@ from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.transformer import Transformer
-from async_nmt.provenance import device_name, versions
+from async_nmt.provenance import timed_on, versions
 from async_nmt.train import step as step_module
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
@@ -309,7 +309,7 @@ def main() -> None:
     peak = matmul_flops(device, amp or torch.float32)
     print(json.dumps({
         "bench": "train", "preset": args.preset, "device": str(device),
-        "device_name": device_name(device),
+        **timed_on(device),
         "precision": "bf16" if amp else "fp32", "compile": args.compile, "warm_process": not args.cold,
         "low_precision_copies": bool(amp) and not args.plain_autocast, "batch_sort": args.batch_sort,
         "max_tokens": args.max_tokens,

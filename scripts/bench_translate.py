@@ -30,7 +30,7 @@ from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model import search
 from async_nmt.model.search import cast_for_search
 from async_nmt.model.transformer import Transformer
-from async_nmt.provenance import device_name, versions
+from async_nmt.provenance import timed_on, versions
 from async_nmt.score import read_lines
 from async_nmt.translate import translate_ids
 
@@ -176,7 +176,7 @@ def main() -> None:
         }
     print(json.dumps({
         "bench": "translate", "model": str(args.run) if args.run else f"random {args.preset}",
-        "device": str(device), "device_name": device_name(device), "precision": "bf16" if amp else "fp32",
+        "device": str(device), **timed_on(device), "precision": "bf16" if amp else "fp32",
         "sentences": len(sources), "beam": args.beam,
         "src_tokens": sum(min(len(s), model.cfg.max_positions - 1) for s in sources),  # (as read: longer ones are cut)
         "max_tokens": args.max_tokens, "check_every": search.check_every_for(device),

@@ -132,13 +132,13 @@ for search in beam1 beam5 beam1-graphs beam1-64k beam5-64k; do
   nmt score "$OUT/test-$search.en" "$OUT/reference.en" --json >"$OUT/score-$search.json" 2>/dev/null
   python3 - "$OUT/score-$search.json" "$beam" "$seconds" "$OUT/source.de" "$tokens" "$graphs" "$DEVICE" <<'EOF' | tee -a "$OUT/translate.jsonl"
 import json, sys
-from async_nmt.provenance import device_name, versions  # (after the timing: it imports torch)
+from async_nmt.provenance import timed_on, versions  # (after the timing: it imports torch)
 score, beam, seconds, source = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 lines = sum(1 for _ in open(source, encoding="utf-8"))
 print(json.dumps({"bench": "nmt translate", "beam": beam, "max_tokens": int(sys.argv[5]),
                   "cuda_graphs": bool(sys.argv[6]), "sentences": lines, "wall_s": seconds,
                   "bleu": score["bleu"], "chrf": score["chrf"], "device": sys.argv[7],
-                  "device_name": device_name(sys.argv[7]), **versions()}))
+                  **timed_on(sys.argv[7]), **versions()}))
 EOF
 done
 # (in bf16 the two may differ on a few near ties: their kernels differ, e.g. attention over a padded cache)

@@ -44,7 +44,7 @@ from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.model.checkpoint import load_model
 from async_nmt.model.transformer import Transformer
-from async_nmt.provenance import device_name, versions
+from async_nmt.provenance import timed_on, versions
 from async_nmt.train.launch import train
 from async_nmt.train.optim import inverse_sqrt_lr
 from async_nmt.train.options import check_config
@@ -253,7 +253,7 @@ def main() -> None:
                 "dropout": mcfg.dropout, "bare_dropout": args.bare_dropout, "embed_dropout": mcfg.embed_dropout,
                 "attention_dropout": mcfg.attention_dropout, "bare_init": args.bare_init,
                 "precision": "bf16" if amp_dtype_for(args.precision, device) else "fp32", "bin": str(args.bin),
-                **versions(), "device_name": device_name(device),
+                **versions(), **timed_on(device),
             }), flush=True)  # fmt: skip
     for mark in marks:  # the last update's summary last, as before --valid-at
         sd = statistics.stdev(diffs[mark]) if len(diffs[mark]) > 1 else None  # (null: one seed; NaN is not JSON)

@@ -19,11 +19,18 @@ _HERE = Path(__file__).resolve().parent
 
 def device_name(device: torch.device | str) -> str:
     """What a device is, as timings that compare need it the same: a GPU's name (`NVIDIA H200`); for the
-    CPU, its model (`/proc/cpuinfo`'s, else the platform's), with the threads torch computes on."""
+    CPU, its model (`/proc/cpuinfo`'s, else the platform's). Not the threads torch computes on: a run's
+    trainer and its worker processes or sync ranks each take a share of the cores, so that a sync run and an
+    async one on the same machine named them differently (the benchmarks give them apart)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    return _cpu_model()
+
+
+def timed_on(device: torch.device | str) -> dict[str, str | int]:
+    """What a benchmark line says of where it was timed: `device_name`, and the `threads` torch computes on."""
+    return {"device_name": device_name(device), "threads": torch.get_num_threads()}
 
 
 @functools.cache
