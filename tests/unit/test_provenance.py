@@ -82,3 +82,17 @@ def test_versions_name_the_package_torch_and_python() -> None:
     found = versions()
     assert found["torch"] == torch.__version__ and found["cuda"] == torch.version.cuda
     assert found["async_nmt"] and found["python"] and found["python"].count(".") == 2
+
+
+def test_the_cpus_name_is_the_same_whatever_threads_a_process_takes() -> None:
+    """A sync run's ranks each take a share of the cores, an async run's trainer more: named with the threads,
+    the recipe's own report warned that its runs on one machine "differ in device"."""
+    from async_nmt.provenance import device_name, timed_on
+
+    threads = torch.get_num_threads()
+    try:
+        named = device_name("cpu")
+        torch.set_num_threads(1)
+        assert device_name("cpu") == named and timed_on("cpu") == {"device_name": named, "threads": 1}
+    finally:
+        torch.set_num_threads(threads)
