@@ -87,6 +87,9 @@ def test_preprocess_says_how_many_valid_and_test_pairs_it_cuts_to_max_len(raw: P
     for split in ("valid", "test"):
         cut = manifest["splits"][split]["cut"]
         assert f"warning: {split}: {cut:,} of 20 pairs have a side over --max-len 4 pieces" in result.stderr
+    # (the test split's warning spoke of the valid loss, which never reads it)
+    assert "the valid loss scores" not in result.stderr.split("warning: test:")[1]
+    assert "their text is kept whole, and `nmt translate` reads that" in result.stderr
     result = nmt("preprocess", raw, tmp_path / "whole", "--vocab-size", "100")
     assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
 

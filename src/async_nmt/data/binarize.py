@@ -166,11 +166,15 @@ def preprocess(
     click.echo(f"preprocessed {src}->{tgt} into {bin_dir}: vocab {manifest['vocab_size']}; {summary}", err=True)
     if warning := dropped_warning(stats["train"], max_len, max_ratio):
         click.echo(warning, err=True)
+    uses = {
+        "valid": "the valid loss scores the cut pairs; BLEU translates and scores the whole text",
+        "test": "their text is kept whole, and `nmt translate` reads that",
+    }  # (the test's ids: no loss reads them)
     for split in ("valid", "test"):  # (cut without a word, and the valid loss scored the cut sentences)
         if stats.get(split, {}).get("cut"):
             click.echo(f"warning: {split}: {stats[split]['cut']:,} of {stats[split]['sentences']:,} pairs have a side "
-                       f"over --max-len {max_len} pieces, whose ids are cut to {max_len}: the valid loss scores the "
-                       "cut pairs; BLEU translates and scores the whole text", err=True)  # fmt: skip
+                       f"over --max-len {max_len} pieces, whose ids are cut to {max_len}: {uses[split]}",
+                       err=True)  # fmt: skip
     if manifest["vocab_size"] < vocab_size:
         click.echo(f"warning: the vocabulary has {manifest['vocab_size']} pieces, not the {vocab_size} asked for: "
                    "the training text has no more", err=True)  # fmt: skip
