@@ -165,7 +165,7 @@ compare() {
     train=(--workers "$WORKERS" --devices "$DEVICES" --preset "$PRESET" --lr "$LR" --warmup "$WARMUP"
         --clip-norm "$CLIP_NORM" --label-smoothing "$LABEL_SMOOTHING" --max-tokens "$MAX_TOKENS"
         --max-time "$MAX_TIME" --max-updates "$MAX_UPDATES" --valid-every "$VALID_EVERY"
-        --valid-max-sentences "$VALID_MAX_SENTENCES" --quiet)
+        --valid-max-sentences "$VALID_MAX_SENTENCES")
     if [[ $SIMULATE == 1 ]]; then train+=(--simulate); fi
     if [[ -n $WORKER_SPEEDS ]]; then train+=(--worker-speeds "$WORKER_SPEEDS"); fi
     run mkdir -p "$OUT/runs" "$OUT/test"
