@@ -363,6 +363,20 @@ if sys.argv[2] == "train":  # as nmt takes signals (errors.new_notice), saving f
 """
 
 
+def with_a_fake_nmt(tmp_path: Path, body: str) -> tuple[Path, dict[str, str]]:
+    """The log a stand-in for `nmt` (a bash script of `body`, `{log}` in it the log) writes, and the environment
+    that runs bible-de-en.sh with it, MODES=sync, on an OUT whose bin/ is there (nothing is preprocessed)."""
+    log, fake = tmp_path / "log", tmp_path / "fake-nmt"
+    fake.write_text("#!/usr/bin/env bash\n" + body.format(log=log) + "\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    (out / "bin").mkdir(parents=True)
+    (out / "bin" / "manifest.json").write_text("{}", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in knobs("bible-de-en.sh")}
+    env.update(OUT=str(out), MODES="sync", NMT=str(fake))
+    return log, env
+
+
 @pytest.mark.parametrize("how", ["kill", "timeout", "ctrl-c", "ctrl-c twice"])
 def test_a_stopped_recipe_waits_for_its_step_to_save_and_ends(how: str, tmp_path: Path) -> None:
     """`timeout` (SIGTERM to the recipe's process group) ended the recipe while its `nmt train` was still
@@ -370,15 +384,8 @@ def test_a_stopped_recipe_waits_for_its_step_to_save_and_ends(how: str, tmp_path
     the step as SIGTERM (a step it starts in the background ignores SIGINT, unless it takes it as `nmt`
     does), waits for it to end, and ends with exit code 130, running nothing after it; a second Ctrl-C
     reaches the step too, as SIGINT, and stops it at once."""
-    log, fake = tmp_path / "log", tmp_path / "fake-nmt"
     (tmp_path / "fake.py").write_text(FAKE_TRAIN)
-    fake.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "{tmp_path / "fake.py"}" "{log}" "$@"\n')
-    fake.chmod(0o755)
-    out = tmp_path / "out"
-    (out / "bin").mkdir(parents=True)
-    (out / "bin" / "manifest.json").write_text("{}", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in knobs("bible-de-en.sh")}
-    env.update(OUT=str(out), MODES="sync", NMT=str(fake))
+    log, env = with_a_fake_nmt(tmp_path, f'exec "{sys.executable}" "{tmp_path / "fake.py"}" "{{log}}" "$@"')
     started = subprocess.Popen(["bash", str(RECIPES / "bible-de-en.sh")], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
 
@@ -413,17 +420,9 @@ def test_a_stopped_recipe_waits_for_its_step_to_save_and_ends(how: str, tmp_path
 
 
 def test_a_recipe_runs_its_steps_with_stdin_closed(tmp_path: Path) -> None:
-    """Each step runs in the background, in a session of its own, with /dev/null for stdin: given the recipe's
-    (`<&0`), a step ran with file 0 closed where that was (a job started with `<&-`), which the first file it
-    opened would then take."""
-    log, fake = tmp_path / "log", tmp_path / "fake-nmt"
-    fake.write_text(f'#!/usr/bin/env bash\n[[ -e /proc/self/fd/0 ]] || exit 9\necho "$1" >>"{log}"\n')
-    fake.chmod(0o755)
-    out = tmp_path / "out"
-    (out / "bin").mkdir(parents=True)
-    (out / "bin" / "manifest.json").write_text("{}", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in knobs("bible-de-en.sh")}
-    env.update(OUT=str(out), MODES="sync", NMT=str(fake))
+    """Each step runs in the background with /dev/null for stdin: given the recipe's (`<&0`), a step ran with
+    file 0 closed where that was (a job started with `<&-`), which the first file it opened would then take."""
+    log, env = with_a_fake_nmt(tmp_path, '[[ -e /proc/self/fd/0 ]] || exit 9\necho "$1" >>"{log}"')
     done = subprocess.run(["bash", "-c", f'exec 0<&-; exec bash "{RECIPES / "bible-de-en.sh"}"'], env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
