@@ -356,14 +356,20 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
     sentences = {run.name: run.start.get("valid_crc32") for run in runs}
     by_sentences = None not in sentences.values()
 
-    def in_starts(key: str) -> Callable[[Run], str | None]:
-        """A start event field's values in a run (a resume on another machine may choose them again)."""
+    def through_starts(
+        value: Callable[[Run, dict[str, Any]], Any], text: Callable[[Any], str] = str
+    ) -> Callable[[Run], str | None]:
+        """A setting's values in a run, one a start event where a resume changed it ("25, then 80")."""
 
         def value_of(run: Run) -> str | None:
-            values = [str(start[key]) for start in run.starts if key in start]
+            values = [text(v) for start in run.starts if (v := value(run, start)) is not None]
             return ", then ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
 
         return value_of
+
+    def in_starts(key: str) -> Callable[[Run], str | None]:
+        """A start event field (a resume on another machine may choose it again: the precision, the device)."""
+        return through_starts(lambda run, start: start.get(key))
 
     settings = {
         "preset": lambda run: run.start.get("preset", run.config.get("train", {}).get("preset")),
@@ -381,13 +387,8 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
         return None if not run.events else "--simulate" if "predicted_s" in run.last else "real devices"
 
     def prices(option: str) -> Callable[[Run], str | None]:
-        """A --simulate option's values in a run: one, or one a start event where a resume changed it."""
-
-        def value_of(run: Run) -> str | None:
-            values = [v for start in run.starts if (v := in_force(run, start, option)) is not None]
-            return ", then ".join(f"{v:g}" for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
-
-        return value_of
+        """A --simulate option's values in a run (`in_force`: config.json's for starts that did not name it)."""
+        return through_starts(lambda run, start: in_force(run, start, option), "{:g}".format)
 
     clocks: dict[str, Callable[[Run], str | None]] = {}  # what the times alone depend on
     if x == "time":

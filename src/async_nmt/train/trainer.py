@@ -622,7 +622,6 @@ class Trainer:
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
             max_tokens=cfg.max_tokens, batch_sort=cfg.batch_sort, preset=cfg.preset, device=str(self.device),
-            device_name=device_name(self.device),  # (what the times were measured on)
             precision="bf16" if self.amp_dtype else "fp32", params=self.flat.numel(), resumed=self.resumed,
             **({"link_gbps": cfg.link_gbps, "simulate_token_us": cfg.simulate_token_us} if cfg.simulate else {}),
             # what a resume may change (README), so that each start event says what was in force from there
@@ -632,7 +631,9 @@ class Trainer:
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
             worker_speeds=list(cfg.worker_speeds),
-            versions=versions(),  # the code that trained from here (a resume may run another commit)
+            # what the times were measured on, and the code that trained from here (a resume may run another
+            # commit): rank 0's, which alone writes the log (the other ranks did not ask git too)
+            **({"device_name": device_name(self.device), "versions": versions()} if self.leader else {}),
         )  # fmt: skip
         bar = ProgressBar(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
