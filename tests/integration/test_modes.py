@@ -4,6 +4,7 @@ accumulation, learning, resume, and failures (a raising worker, Ctrl-C, SIGKILL 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import live_processes
 from torch.nn.utils import parameters_to_vector
 
 from async_nmt.config import TrainConfig, model_config
-from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
+from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_update, read_checkpoint
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import stop_notice, train
@@ -423,6 +424,29 @@ def test_ranks_with_dropout_resume_to_the_same_numbers(synthetic_bin: Path, tmp_
     train(config(synthetic_bin, **common, max_updates=5), split, resume=True, progress=False, log_every=1)
     expected, resumed = ({e["updates"]: e["loss"] for e in events(r, "train")} for r in (straight, split))
     assert [resumed[u] for u in (3, 4, 5)] == pytest.approx([expected[u] for u in (3, 4, 5)], rel=1e-6)
+
+
+def test_a_sync_group_rewound_to_a_save_at_its_limit_deletes_what_it_abandons(
+    synthetic_bin: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+):
+    """A group rewound to a save at its limit said "nothing to do" and kept the abandoned kept saves and best.pt
+    (`nmt average` and `nmt translate` took them): each rank decided alone, so none could look at the folder that
+    rank 0 may be cutting. The ranks now agree, each having read it first."""
+    run, saves = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    options = dict(mode="sync", save_every=1, valid_every=2, valid_max_sentences=4, keep_last=10)
+    train(config(synthetic_bin, **options, max_updates=4), run, progress=False)
+    (saves / "last.pt").unlink()  # (a hard link of the last kept save)
+    shutil.copyfile(saves / "update-2.pt", saves / "last.pt")
+    shutil.copyfile(saves / "update-4.pt", saves / "best.pt")  # as the abandoned updates left it
+    capfd.readouterr()
+    train(config(synthetic_bin, **options, max_updates=2), run, resume=True, progress=False)
+    err = capfd.readouterr().err
+    assert "nothing to do" not in err and "resumes from update 2: the kept saves after it" in err, err
+    assert [kept_update(path) for path in kept_checkpoints(run)] == [1, 2]
+    assert read_checkpoint(saves / "best.pt")["server"]["updates"] <= 2
+    assert max(e["updates"] for e in events(run)) == 2
+    train(config(synthetic_bin, **options, max_updates=2), run, resume=True, progress=False)  # now left as it is
+    assert "nothing to do" in capfd.readouterr().err
 
 
 def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_bin: Path, tmp_path: Path,

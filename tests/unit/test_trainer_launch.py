@@ -465,7 +465,7 @@ def test_a_group_that_agreed_on_ctrl_c_at_a_validation_step_saves_without_valida
 def test_only_a_trainer_that_no_worker_ranks_wait_for_may_skip_a_run_at_its_limit(monkeypatch, tmp_path: Path, mode,
                                                                                   world, may_skip):  # fmt: skip
     """A resumed run at its limit is left as it is ("nothing to do") by a trainer alone or by the ranks of a
-    sync group (each decides alike); torchrun's async server trains instead (and stops at once), as its worker
+    sync group (they agree on it); torchrun's async server trains instead (and stops at once), as its worker
     ranks wait for it."""
     from async_nmt.train import launch
 

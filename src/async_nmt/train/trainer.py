@@ -99,7 +99,7 @@ class Trainer:
         interrupt: Any = None,
     ):  # fmt: skip
         self.cfg, self.run_dir = cfg, run_dir
-        self.rank, self.leader, self.alone = rank, rank == 0, world == 1
+        self.rank, self.leader = rank, rank == 0
         # a rank spawned by `launch_ranks`: its supervisor names a failure (a peer's death fails this rank's
         # all-reduce, which is no cause) and logs it as the run's end (`events.log_failure`)
         self.supervised = False
@@ -163,10 +163,10 @@ class Trainer:
             self.clock = TrainingClock(state["train_s"])
             self._wall_start -= state["wall_s"]  # (this session's own time since it began goes on counting)
             # at its limit, its closing validation done, its events written: left as it is (not a run rewound
-            # to an older save at its limit: what it abandons is cut and deleted, as at any rewind; but the
-            # ranks of a group decide alone, each, while rank 0 may be cutting: for them it stays as it was)
+            # to an older save at its limit: what it abandons is cut and deleted, as at any rewind); the ranks
+            # of a group agree on it, each having read the folder before rank 0 may change it
             done = self.validated_at == self.updates and complete_lines(events_path) >= state["event_lines"]
-            done = done and not (self.alone and self._rewound(events_path))
+            done = self.workers.all_agree(done and not self._rewound(events_path))
             if may_skip and done and (limit := self.limit_reached()) is not None:
                 if self.leader:
                     print(f"nothing to do: {self.run_dir} is at update {self.updates}, where {limit} stops it",

@@ -58,6 +58,12 @@ class RankGroup(Workers):
             raise WorkerFailed(f"rank {self.rank} on {socket.gethostname()}: the group lost a rank ({reason(err)}); "
                                "the other nodes' output says which") from None  # fmt: skip
 
+    def all_agree(self, flag: bool) -> bool:
+        agreed = torch.tensor([int(flag)], device=self.meta_device)
+        with self.collective():
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        return bool(agreed.item())  # (once, as the run opens)
+
     def allow(self, updates: int) -> None:
         self.fence = updates  # the trainer validates or saves there (every rank's trainer says the same)
 

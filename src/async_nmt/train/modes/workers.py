@@ -120,6 +120,10 @@ class Workers:
         """Whether to stop, given this process's wish (several ranks must agree on it)."""
         return wish
 
+    def all_agree(self, flag: bool) -> bool:
+        """Whether every rank's `flag` is true (a collective: every rank of a group calls it)."""
+        return flag
+
     def state_dict(self) -> dict[str, Any] | None:
         return None
 
