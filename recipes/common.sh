@@ -15,10 +15,11 @@ show() {
 # waits for it, then ends, exit code 130, running nothing more, however the signal came: Ctrl-C or `timeout`
 # (to the process group, the step's too), or `kill` of the recipe alone (until 2026-12-07 the recipe ended at
 # once: `timeout` returned before the run had saved, and after a `kill` the step trained on, unseen). The step
-# runs in the background, so that `wait` lets the trap in, and the trap passes every signal on as SIGTERM: a
-# program that a shell starts in the background ignores SIGINT, unless it takes it as `nmt` does; `nmt`
-# takes a SIGTERM after a first notice as the same notice (a scheduler's, delivered twice), and a person's
-# second Ctrl-C reaches it from the terminal as SIGINT, and stops it at once. Ctrl-Z, a hangup and
+# runs in the background, so that `wait` lets the trap in, with Ctrl-C's default action restored (a shell
+# starts a background job with SIGINT ignored, and `nmt` leaves an ignored Ctrl-C ignored), and the trap
+# passes every signal on as SIGTERM: `nmt` takes a SIGTERM after a first notice as the same notice (a
+# scheduler's, delivered twice), and a person's second Ctrl-C reaches it from the terminal as SIGINT, and
+# stops it at once. Ctrl-Z, a hangup and
 # `timeout -k`'s SIGKILL reach the step with the recipe, in their process group.
 STEP_PID=
 STEPPING=0  # a step is being started or waited for
@@ -41,7 +42,7 @@ trap on_signal INT TERM
 step() {
     local status code=0 signals
     STEPPING=1
-    "$@" </dev/null &  # (no step reads stdin; the recipe's may be closed, and then file 0 is free)
+    (trap - INT && exec "$@") </dev/null &  # (no step reads stdin; the recipe's may be closed: file 0 is free)
     STEP_PID=$!
     if ((STOPPED)); then kill -s TERM "$STEP_PID" 2>/dev/null || true; fi  # (a signal as it started)
     # A trapped signal ends `wait` early, with its own 128 + n: wait again, for the step's exit code (which bash

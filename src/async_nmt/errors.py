@@ -122,12 +122,25 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {sig: signal.signal(sig, interrupt_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.signal(sig, interrupt_handler) for sig in heeded(signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def heeded(*numbers: int) -> list[int]:
+    """Of the signals `numbers`, those this process does not ignore. One ignored as it started stays ignored:
+    a job that a script starts with `&` ignores Ctrl-C, which is its terminal's foreground job's (the `nmt`
+    CLI and the scripts took it over, and a Ctrl-C of the foreground stopped them too)."""
+    return [number for number in numbers if signal.getsignal(number) is not signal.SIG_IGN]
+
+
+def stop_hint(notice: str) -> str:
+    """`notice`, a first Ctrl-C's or SIGTERM's, with how to stop at once: Ctrl-C again, where it is heeded
+    (`heeded`; where it is ignored, nothing but SIGKILL stops the process at once, and it says nothing)."""
+    return f"{notice} (Ctrl-C again to stop at once, unsaved)" if heeded(signal.SIGINT) else notice
 
 
 def new_notice(number: int = signal.SIGINT) -> bool:

@@ -38,8 +38,9 @@ def _importer_name() -> str | None:
 def _install() -> None:
     if threading.current_thread() is not threading.main_thread() or _importer_name() != "__main__":
         return
-    for number in (signal.SIGINT, signal.SIGTERM):  # (an ignored Ctrl-C too: the CLI takes it as well)
-        signal.signal(number, _interrupted)
+    for number in (signal.SIGINT, signal.SIGTERM):  # (one ignored as it started stays ignored: `errors.heeded`)
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, _interrupted)
 
 
 _install()

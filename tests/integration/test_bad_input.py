@@ -774,6 +774,32 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     assert proc.returncode == 130 and stderr == "interrupted\n", repr(stderr)
 
 
+def test_a_command_started_with_ctrl_c_ignored_leaves_it_ignored(tmp_path: Path):
+    """A job that a script starts with `&` ignores Ctrl-C, which is the terminal's foreground job's: `nmt` took
+    it over, and a Ctrl-C meant for another program stopped it ("interrupted", exit code 130)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text("a line\n", encoding="utf-8")
+    nmt = Path(sys.executable).with_name("nmt")
+    proc = subprocess.Popen([str(nmt), "score", "-", str(ref)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    try:
+        time.sleep(3)  # it reads stdin, which stays open
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        stdout, stderr = proc.communicate("a line\n", timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "BLEU" in stdout and "interrupted" not in stderr, stderr
+
+
 def test_resume_of_a_run_stopped_before_its_first_save_says_to_start_it_over(synthetic_bin: Path, tmp_path: Path):
     """Ctrl-C while the workers started leaves config.json and no checkpoint: --resume has nothing to go on
     from, and says what will (a folder that is no run gets no such hint)."""

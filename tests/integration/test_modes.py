@@ -17,6 +17,7 @@ from conftest import live_processes
 from torch.nn.utils import parameters_to_vector
 
 from async_nmt.config import TrainConfig, model_config
+from async_nmt.errors import stop_hint
 from async_nmt.model.checkpoint import checkpoint_path, kept_checkpoints, kept_update, read_checkpoint
 from async_nmt.model.transformer import Transformer
 from async_nmt.train.events import read_events
@@ -281,7 +282,7 @@ def test_ctrl_c_with_worker_processes_saves_and_exits(synthetic_bin: Path, tmp_p
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     # at once, what it will do (async runs with worker processes said nothing until their summary)
-    notice = stop_notice(mode) if mode == "sync" else PUSHES_HELD
+    notice = stop_notice(mode) if mode == "sync" else stop_hint(PUSHES_HELD)
     assert notice in stderr.splitlines(), stderr
     end = events(run)[-1]
     assert end["kind"] == "end" and end["interrupted"] is True

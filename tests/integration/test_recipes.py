@@ -350,8 +350,9 @@ if sys.argv[2] == "train":  # as nmt takes signals (errors.new_notice), saving f
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGINT, noticed)
-        signal.signal(signal.SIGTERM, noticed)
+        for number in (signal.SIGINT, signal.SIGTERM):  # (one ignored as it started stays so: errors.heeded)
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                signal.signal(number, noticed)
         log("started")
         while True:
             time.sleep(0.02)
@@ -381,9 +382,9 @@ def with_a_fake_nmt(tmp_path: Path, body: str) -> tuple[Path, dict[str, str]]:
 def test_a_stopped_recipe_waits_for_its_step_to_save_and_ends(how: str, tmp_path: Path) -> None:
     """`timeout` (SIGTERM to the recipe's process group) ended the recipe while its `nmt train` was still
     saving, and `kill` of the recipe alone left the run training, unseen. The recipe passes a signal on to
-    the step as SIGTERM (a step it starts in the background ignores SIGINT, unless it takes it as `nmt`
-    does), waits for it to end, and ends with exit code 130, running nothing after it; a second Ctrl-C
-    reaches the step too, as SIGINT, and stops it at once."""
+    the step as SIGTERM, waits for it to end, and ends with exit code 130, running nothing after it; a second
+    Ctrl-C reaches the step too, as SIGINT (which a shell's background job would ignore, as `nmt` now leaves
+    it), and stops it at once."""
     (tmp_path / "fake.py").write_text(FAKE_TRAIN)
     log, env = with_a_fake_nmt(tmp_path, f'exec "{sys.executable}" "{tmp_path / "fake.py"}" "{{log}}" "$@"')
     started = subprocess.Popen(["bash", str(RECIPES / "bible-de-en.sh")], env=env, stdout=subprocess.PIPE,

@@ -686,6 +686,34 @@ def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(syn
     assert "update " not in quiet.stderr
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["alone", "a sync group"])
+def test_a_run_started_with_ctrl_c_ignored_trains_on_through_it(synthetic_bin: Path, tmp_path: Path, workers):
+    """`nmt-train ... &` in a script ignores Ctrl-C, as a background job does: it took it over, and a Ctrl-C of
+    the terminal's foreground job stopped the run too. SIGTERM still stops it."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([str(NMT_TRAIN), str(synthetic_bin), str(run), *MICRO, "--log-every", "1", *workers,
+                             "--max-updates", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(e["kind"] == "train" for e in _events(run)):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        at = max(e["updates"] for e in _events(run))
+        while time.time() < deadline and max(e["updates"] for e in _events(run)) < at + 3:
+            time.sleep(0.2)
+        assert proc.poll() is None and max(e["updates"] for e in _events(run)) >= at + 3
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted: saved" in stderr, stderr
+    assert "Ctrl-C again" not in stderr  # (which it ignores)
+
+
 def _events(run: Path) -> list[dict]:
     path = run / "events.jsonl"
     return read_events(path) if path.exists() else []

@@ -722,7 +722,7 @@ def test_a_second_ctrl_c_stops_a_group_of_ranks_at_once(tmp_path: Path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         launch.supervise(ranks, None, ["cpu", "cpu"], tmp_path, interrupt, launch.stop_notice("sync"))
     assert interrupt.is_set() and stopped == [0.0]
-    assert capsys.readouterr().err == "interrupted: stopping at the next step (Ctrl-C again to stop at once)\n"
+    assert capsys.readouterr().err == "interrupted: stopping at the next step (Ctrl-C again to stop at once, unsaved)\n"
 
 
 def test_a_first_ctrl_c_as_the_supervisor_looks_at_the_ranks_stops_them_saved(tmp_path: Path, monkeypatch, capsys):

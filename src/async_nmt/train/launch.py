@@ -25,7 +25,7 @@ import torch.distributed as dist
 from async_nmt.config import ASYNC_MODES, RANK_MODES, TrainConfig, torchrun_rank
 from async_nmt.data.binarize import SPLIT_KEYS, load_manifest
 from async_nmt.devices import resolve_device
-from async_nmt.errors import UserError, reason, sigterm_interrupts, system_error
+from async_nmt.errors import UserError, reason, sigterm_interrupts, stop_hint, system_error
 from async_nmt.model.checkpoint import checkpoint_path, read_checkpoint
 from async_nmt.train import processes
 from async_nmt.train.checkpoint import check_run_dir, check_run_path
@@ -192,9 +192,9 @@ def stop_notice(mode: str) -> str:
     """What a group of ranks says at the first Ctrl-C or SIGTERM: where it stops, saved. (Diloco's said "at
     the next step", and trained on for up to a round: a user who then pressed Ctrl-C again lost the save.)"""
     if mode == "diloco":
-        return ("interrupted: stopping where the ranks next meet (the next log, validation or save, or the "
-                "round's end; Ctrl-C again to stop at once, unsaved)")  # fmt: skip
-    return "interrupted: stopping at the next step (Ctrl-C again to stop at once)"
+        return stop_hint("interrupted: stopping where the ranks next meet: the next log, validation or save, or "
+                         "the round's end")  # fmt: skip
+    return stop_hint("interrupted: stopping at the next step")
 
 
 def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, interrupt: Any, notice: str) -> int:

@@ -30,7 +30,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
-from async_nmt.errors import UserError, WorkerFailed, failure_line, held_interrupts, messages_never_fail, new_notice
+from async_nmt.errors import (
+    UserError,
+    WorkerFailed,
+    failure_line,
+    heeded,
+    held_interrupts,
+    messages_never_fail,
+    new_notice,
+)
 
 POLL_S = 0.001  # how often waiting loops look at shared counters
 STOP_GRACE_S = 5.0  # a worker still running this long after it was told to stop is terminated
@@ -249,7 +257,7 @@ def stop_signals_set(flag: Any, message: str | None) -> Iterator[None]:
         if message:
             print(message, file=sys.stderr)
 
-    before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    before = {sig: signal.signal(sig, on_signal) for sig in heeded(*STOP_SIGNALS)}
     try:
         yield
     finally:

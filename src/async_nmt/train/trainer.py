@@ -39,7 +39,7 @@ from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError, failure_line
+from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError, failure_line, stop_hint
 from async_nmt.model.checkpoint import (
     best_save,
     checkpoint_path,
@@ -72,9 +72,9 @@ from async_nmt.train.validate import Validator
 
 DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess's) has diverged
 # printed at once where Ctrl-C comes during an update computed in this process, which finishes it first
-UPDATE_HELD = "interrupted: saving after the update under way (Ctrl-C again to stop at once, unsaved)"
+UPDATE_HELD = "interrupted: saving after the update under way"  # (with `stop_hint`, as PUSHES_HELD)
 # and where worker processes compute the pushes, as the trainer waits for those in flight
-PUSHES_HELD = "interrupted: saving after the pushes in flight (Ctrl-C again to stop at once, unsaved)"
+PUSHES_HELD = "interrupted: saving after the pushes in flight"
 SAVE_HELD = "interrupted: finishing the save under way"  # (it is the stop's save: not made again)
 
 
@@ -663,7 +663,9 @@ class Trainer:
                 # Where the pushes are computed in this process, Ctrl-C waits for the update and its count: a
                 # checkpoint then holds whole updates and the data positions of exactly the batches they
                 # took, the last train event counts them, and a resume goes on as if never stopped
-                held = uninterrupted(second_stops=True, notice=UPDATE_HELD) if self.workers.steps_here else None
+                held = None
+                if self.workers.steps_here:
+                    held = uninterrupted(second_stops=True, notice=stop_hint(UPDATE_HELD))
                 with held or contextlib.nullcontext():
                     self.interval.add(self.update())
                 stopping = self.should_stop()
@@ -818,7 +820,7 @@ class Trainer:
         try:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
                 if not self.workers.steps_here:  # worker processes: a push under way may take a while
-                    print(PUSHES_HELD, file=sys.stderr, flush=True)
+                    print(stop_hint(PUSHES_HELD), file=sys.stderr, flush=True)
                 self.interval.add(self._count(*self.workers.drain()))
             try:  # (logged before the save below, which then holds none of it to log again)
                 self._log_rest()
