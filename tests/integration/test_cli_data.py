@@ -228,6 +228,29 @@ def test_misaligned(raw: Path, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["a new BIN", "--force"])
+def test_what_appears_in_bin_while_preprocess_runs_is_kept(raw: Path, tmp_path: Path, monkeypatch, force: bool):
+    """BIN was checked only as preprocess began: a folder that appeared there meanwhile (a user's; another
+    preprocess's, two started together without --force) was deleted at the end without a word."""
+    from async_nmt.data import binarize
+
+    bin_dir = tmp_path / "bin"
+    if force:
+        assert nmt("preprocess", raw, bin_dir, "--vocab-size", "100").exit_code == 0
+    encode = binarize._encode_split
+
+    def meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "notes.txt").write_text("precious")
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(binarize, "_encode_split", meanwhile)
+    said = "holds what preprocess did not write (notes.txt)" if force else "appeared meanwhile (another preprocess?)"
+    assert_one_line_error(nmt("preprocess", raw, bin_dir, "--vocab-size", "100", *["--force"] * force), said)
+    assert (bin_dir / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "raw"]  # (no temporary folder left)
+
+
 def test_existing_bin_without_force(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "bin"
     out.mkdir()

@@ -77,25 +77,14 @@ def preprocess(
         raise UserError(f"{bin_dir}: exists and is not a folder")
     if bin_dir.resolve() in (raw_dir.resolve(), *raw_dir.resolve().parents):
         raise UserError(f"{bin_dir}: the output folder must not be the raw folder {raw_dir} or hold it")
-    if bin_dir.exists() and any(bin_dir.iterdir()):  # --force replaces only what preprocess wrote
-        if force and (run := run_folder_in(bin_dir)) is not None:
-            what = "is a training run" if run == bin_dir else f"holds the training run {run}"
-            raise UserError(f"{bin_dir}: {what}, which --force would delete; preprocess into another folder")
-        if not (bin_dir / MANIFEST).is_file():
-            raise UserError(f"{bin_dir}: exists and is not a preprocessed corpus (no {MANIFEST}); preprocess into "
-                            "a new or empty folder")  # fmt: skip
-        if not force:
-            raise UserError(f"{bin_dir} exists; use --force to overwrite")
+    _check_replaceable(bin_dir, force)
+    existed = bin_dir.exists()
     if max_len < 1 or not max_ratio >= 1:  # (nan is not >= 1)
         raise UserError(f"--max-len must be >= 1 and --max-ratio >= 1 (got {max_len}, {max_ratio})")
     if math.isinf(max_ratio):  # (manifest.json would hold Infinity, which JSON has not)
         raise UserError(f"--max-ratio must be a finite number (got {max_ratio}); one above --max-len keeps every pair")
     src, tgt = _languages(raw_dir, src, tgt)
-    if force and (bin_dir / MANIFEST).is_file():  # --force deletes only what preprocess wrote there
-        ours = corpus_files({src, tgt} | (corpus_languages(bin_dir) or set()))
-        if others := sorted(p.name for p in bin_dir.iterdir() if p.name not in ours or p.is_dir()):
-            raise UserError(f"{bin_dir}: holds what preprocess did not write ({briefly(others)}), which --force would "
-                            "delete; move it out, or preprocess into another folder")  # fmt: skip
+    _check_ours(bin_dir, force, {src, tgt})
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
     checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
     counts = {s: lines for s, (lines, _) in checked.items()}
@@ -154,6 +143,11 @@ def preprocess(
             "train_long_sides": _long_sides(tmp, src, tgt),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if not into:  # what is there now, which may have changed since the checks above (another preprocess)
+            if not existed and bin_dir.exists():
+                raise UserError(f"{bin_dir}: appeared meanwhile (another preprocess?); nothing was written")
+            _check_replaceable(bin_dir, force)
+            _check_ours(bin_dir, force, {src, tgt})
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -407,6 +401,29 @@ def _encode_split(
             ):
                 g.writelines(line.rstrip("\r\n") + "\n" for line in f)
     return stats
+
+
+def _check_replaceable(bin_dir: Path, force: bool) -> None:
+    """BIN may be written: new, empty, or with `force` a preprocessed corpus that holds no training run."""
+    if bin_dir.exists() and any(bin_dir.iterdir()):  # --force replaces only what preprocess wrote
+        if force and (run := run_folder_in(bin_dir)) is not None:
+            what = "is a training run" if run == bin_dir else f"holds the training run {run}"
+            raise UserError(f"{bin_dir}: {what}, which --force would delete; preprocess into another folder")
+        if not (bin_dir / MANIFEST).is_file():
+            raise UserError(f"{bin_dir}: exists and is not a preprocessed corpus (no {MANIFEST}); preprocess into "
+                            "a new or empty folder")  # fmt: skip
+        if not force:
+            raise UserError(f"{bin_dir} exists; use --force to overwrite")
+
+
+def _check_ours(bin_dir: Path, force: bool, languages: set[str]) -> None:
+    """With `force`, a corpus in BIN holds only what preprocess wrote (of `languages` or its own), all of
+    which --force deletes."""
+    if force and (bin_dir / MANIFEST).is_file():
+        ours = corpus_files(languages | (corpus_languages(bin_dir) or set()))
+        if others := sorted(p.name for p in bin_dir.iterdir() if p.name not in ours or p.is_dir()):
+            raise UserError(f"{bin_dir}: holds what preprocess did not write ({briefly(others)}), which --force would "
+                            "delete; move it out, or preprocess into another folder")  # fmt: skip
 
 
 def _replace_dir(tmp: Path, bin_dir: Path) -> None:
