@@ -180,6 +180,22 @@ def test_resume_refuses_the_corpus_the_other_way_round(run_dir: Path, synthetic_
     one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "6", "--resume"), "trained src->tgt")
 
 
+def test_resume_refuses_a_corpus_of_another_normalization(run_dir: Path, synthetic_raw: Path, tmp_path: Path):
+    """The same pieces, preprocessed with `--normalization identity`: the vocabulary's hash is the same, and the
+    run resumed with a tokenizer that reads text otherwise (its spm.model replaced by the BIN's) without a word."""
+    bin_dir, run = tmp_path / "bin", tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    kept = (run / "spm.model").read_bytes()
+    assert (
+        nmt("preprocess", synthetic_raw, bin_dir, "--vocab-size", "200", "--normalization", "identity").exit_code == 0
+    )
+    assert json.loads((bin_dir / "manifest.json").read_text())["vocab_hash"] == json.loads(
+        (run / "config.json").read_text())["corpus"]["vocab_hash"]  # fmt: skip
+    one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "6", "--resume"),
+                   "normalizes text otherwise", "(--normalization identity)")  # fmt: skip
+    assert (run / "spm.model").read_bytes() == kept
+
+
 def test_report_reads_a_log_with_blank_lines(run_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

@@ -183,6 +183,26 @@ def vocab_hash(vocab: Path | spm.SentencePieceProcessor) -> str:
     return digest.hexdigest()[:16]
 
 
+# text that each of sentencepiece's rules (--normalization) makes into another string: full-width letters, a
+# ligature, a circled digit, half-width kana, a no-break, an ideographic and a zero-width space, control
+# characters, upper case, and spaces doubled and around it
+NORMALIZATION_PROBE = "  Ｄｅｒ  ﬁ ①\u00a0x ﾊﾟ\u200b\u3000y\x07z\u2028  "
+
+
+def normalizes_alike(a: spm.SentencePieceProcessor, b: spm.SentencePieceProcessor) -> bool:
+    """Whether two vocabularies normalize text alike. `vocab_hash`, over the pieces alone, is the same for a
+    vocabulary made with another --normalization (on text where the rules agree), which tokenizes otherwise."""
+    return a.normalize(NORMALIZATION_PROBE) == b.normalize(NORMALIZATION_PROBE)
+
+
+def vocab_from_bytes(data: bytes, where: Path) -> spm.SentencePieceProcessor:
+    """A sentencepiece model held in `where` as bytes (a checkpoint's copy of its vocabulary)."""
+    try:
+        return spm.SentencePieceProcessor(model_proto=data)
+    except (RuntimeError, OSError, TypeError) as err:
+        raise UserError(f"{where}: its vocabulary is not a sentencepiece model ({reason(err)})") from None
+
+
 def vocab_matches(sp: spm.SentencePieceProcessor, path: Path, recorded: str) -> bool:
     """Whether `recorded` is the `vocab_hash` of `sp`, loaded from `path`, or the hash of that file, which
     corpora preprocessed before 2026-12-05 recorded (the first 16 hex digits of its sha256)."""
