@@ -111,12 +111,22 @@ def translate_lines(
     )
     if nbest:
         for i, scored in zip(todo, hyps, strict=True):
-            texts = sp.decode([ids for _, ids in scored]) if scored else []
+            texts = [one_line(text) for text in sp.decode([ids for _, ids in scored])] if scored else []
             outputs[i] = nbest_lines(first_line - 1 + i, list(zip([s for s, _ in scored], texts, strict=True)))
         return outputs
     for i, text in zip(todo, sp.decode(hyps), strict=True):
-        outputs[i] = text
+        outputs[i] = one_line(text)
     return outputs
+
+
+# the characters that end a line to some reader (Python's str.splitlines, universal newlines): a vocabulary
+# made with --normalization identity or nfkc keeps those of its training text (NEL, U+2028) as pieces
+LINE_BREAKS = str.maketrans(dict.fromkeys("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
+def one_line(text: str) -> str:
+    """A translation as one line to any reader: each character that may end a line a space."""
+    return text.translate(LINE_BREAKS)
 
 
 NBEST_SEPARATOR = " ||| "

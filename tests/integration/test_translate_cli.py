@@ -112,6 +112,28 @@ def test_translate_lines_keeps_input_order_and_empty_lines(sp, monkeypatch):
     assert widths == sorted(widths, reverse=True)  # sorted by length
 
 
+def test_a_translation_is_one_line_to_any_reader(tmp_path: Path, monkeypatch):
+    """A vocabulary made with `--normalization identity` (or nfkc) keeps the line separators of its training
+    text as pieces (NEL, U+2028): a translation holding one was several lines to `str.splitlines` and to
+    readers that split there, and its lines no longer paired with the input's."""
+    breaks = "\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e"
+    text = tmp_path / "text"
+    text.write_text("".join(f"word{i}{breaks[i % len(breaks)]}more words {i}\n" for i in range(400)))
+    vocab = load_vocab(train_vocab([text], tmp_path / "spm", 100, normalization="identity"))
+    assert all(vocab.decode(vocab.encode(c)) == c for c in breaks)  # (pieces of the vocabulary)
+    monkeypatch.setattr(translate, "generate", identity_search([]))
+    lines = [f"word1{c}more" for c in breaks]
+    model = small_model(vocab.get_piece_size())
+    assert translate_lines(model, vocab, lines, beam=2) == ["word1 more"] * len(breaks)
+
+    def scored(model, src, nbest, **kwargs):  # type: ignore[no-untyped-def]
+        return [[(0.0, ids)] for ids in identity_search([])(model, src, 2)]
+
+    monkeypatch.setattr(translate, "beam_search", scored)
+    nbest = translate_lines(model, vocab, lines, beam=2, nbest=1)
+    assert "\n".join(nbest).splitlines() == [f"{i} ||| word1 more ||| 0.0000" for i in range(len(breaks))]
+
+
 def test_empty_input_never_touches_the_model(sp, monkeypatch):
     """Nor do lines of no pieces (a zero-width space, a byte order mark inside the input, control characters),
     which preprocess drops as empty: the model made a sentence up for them from the end of sentence alone."""
