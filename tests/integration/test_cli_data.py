@@ -127,6 +127,14 @@ def test_missing_partner_of_valid(raw: Path, tmp_path: Path) -> None:
     assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'valid.src'}: no such file")
 
 
+def test_a_raw_file_or_folder_that_is_not_one_is_named_so(raw: Path, tmp_path: Path) -> None:
+    """A link to /dev/null (or a named pipe) in RAW, and a file given as RAW, were each "no such" file or folder."""
+    (raw / "valid.src").unlink()
+    (raw / "valid.src").symlink_to("/dev/null")
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'valid.src'}: not a regular file")
+    assert_one_line_error(nmt("preprocess", raw / "train.src", tmp_path / "bin"), "train.src: not a folder")
+
+
 def test_empty_file(raw: Path, tmp_path: Path) -> None:
     (raw / "test.tgt").write_bytes(b"")
     assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'test.tgt'}: empty file")

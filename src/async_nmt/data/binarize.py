@@ -72,7 +72,8 @@ def preprocess(
     """
     raw_dir, bin_dir = Path(raw_dir), Path(bin_dir)
     if not raw_dir.is_dir():
-        raise UserError(f"{raw_dir}: no such folder (expected raw text files train.SRC, train.TGT, ...)")
+        what = "not a folder" if raw_dir.exists() else "no such folder"
+        raise UserError(f"{raw_dir}: {what} (expected raw text files train.SRC, train.TGT, ...)")
     if bin_dir.exists() and not bin_dir.is_dir():
         raise UserError(f"{bin_dir}: exists and is not a folder")
     if bin_dir.resolve() in (raw_dir.resolve(), *raw_dir.resolve().parents):
@@ -313,8 +314,8 @@ def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:
 def _check_text(path: Path) -> tuple[int, int]:
     """A text file's line count and longest line in bytes; UserError if it is missing, empty, not UTF-8, of
     blank lines only, or has its lines ended by a carriage return alone (read as one long line)."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
+    if not path.is_file():  # (a folder, a named pipe, a device such as /dev/null: not read as a corpus file)
+        raise UserError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     n = longest = returns = newlines = 0
     text = False  # a line with more than white space seen
     try:
