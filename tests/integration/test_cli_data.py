@@ -117,7 +117,12 @@ def test_missing_raw_dir(tmp_path: Path) -> None:
 
 def test_missing_train_file(raw: Path, tmp_path: Path) -> None:
     (raw / "train.tgt").unlink()
-    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "--src/--tgt")
+    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "--src/--tgt")
+    assert "not taken for a language" not in line
+    (raw / "train.tgt.gz").write_bytes(b"")  # (named only in the message: it is no language suffix)
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), "found ['src'] (not taken for a language: "
+                          "train.tgt.gz); pass --src/--tgt")  # fmt: skip
+    (raw / "train.tgt.gz").unlink()
     result = nmt("preprocess", raw, tmp_path / "bin", "--src", "src", "--tgt", "tgt")
     assert_one_line_error(result, f"{raw / 'train.tgt'}: no such file")
 

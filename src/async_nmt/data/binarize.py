@@ -285,9 +285,10 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
         raise UserError(f"{raw_dir}: expected plain text files named train.SRC and train.TGT (e.g. train.de and "
                         f"train.en; valid.* and test.* alike), found no train.*: its files are {seen}")  # fmt: skip
     if len(found) != 2:
-        raise UserError(
-            f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found}; pass --src/--tgt"
-        )
+        dotted = sorted(p.name for p in raw_dir.glob("train.*.*") if p.is_file())  # (train.de.gz: read only if named)
+        unread = f" (not taken for a language: {briefly(dotted, 4)})" if dotted else ""
+        raise UserError(f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found}{unread}; "
+                        "pass --src/--tgt")  # fmt: skip
     a, b = found
     if {a.lower(), b.lower()} == {"src", "tgt"}:
         return (a, b) if a.lower() == "src" else (b, a)
