@@ -125,6 +125,28 @@ def test_resume_takes_the_options_left_out_from_the_run_and_a_run_at_its_limit_i
     assert {p: p.read_bytes() for p in sorted(timed.rglob("*")) if p.is_file()} == before
 
 
+def test_a_resumed_run_keeps_the_end_event_of_the_session_before(synthetic_bin: Path, tmp_path: Path):
+    """The end event after the save a run resumes from (why and when that session ended: a limit, Ctrl-C) was
+    cut with the events after the save; what follows a save of a later update is still cut."""
+    run, kept = tmp_path / "run", dict(save_every=1, keep_last=10)
+    train(micro_config(synthetic_bin, max_updates=2, **kept), run, progress=False, log_every=1)
+    train(micro_config(synthetic_bin, max_updates=4, **kept), run, resume=True, progress=False, log_every=1)
+    events = read_events(run / "events.jsonl")
+    ends = [(e["updates"], e["stopped_by"]) for e in events if e["kind"] == "end"]
+    assert ends == [(2, "--max-updates 2"), (4, "--max-updates 4")]
+    kinds = [e["kind"] for e in events]
+    assert kinds[kinds.index("end") - 1 : kinds.index("end") + 2] == ["checkpoint", "end", "start"]
+    first_end = next(e for e in events if e["kind"] == "end")
+    resumed = [e for e in events if e["kind"] == "start"][-1]
+    assert resumed["wall_s"] >= first_end["wall_s"]  # (the wall clock goes on from it)
+    saves = run / "checkpoints"
+    (saves / "last.pt").unlink()  # rewound to update 2: the end at update 4 is of updates abandoned
+    shutil.copyfile(saves / "update-2.pt", saves / "last.pt")
+    train(micro_config(synthetic_bin, max_updates=3, **kept), run, resume=True, progress=False, log_every=1)
+    ends = [(e["updates"], e["stopped_by"]) for e in read_events(run / "events.jsonl") if e["kind"] == "end"]
+    assert ends == [(2, "--max-updates 2"), (3, "--max-updates 3")]
+
+
 @pytest.mark.parametrize("damage", ["missing", "torn"])
 def test_resume_without_a_readable_config_json_takes_the_options_from_last_pt(
     synthetic_bin: Path, learned_run: Path, tmp_path: Path, damage: str
@@ -258,6 +280,12 @@ def test_a_lost_best_pt_is_said_at_resume_and_translate_does_not_take_last_pt(
         assert code == 2 and len(output.strip().splitlines()) == 1, output
         assert f"no best.pt in {run / 'checkpoints'}, though the run saved its best there (update 150" in output
         assert f"--checkpoint last, or {run / 'checkpoints' / 'last.pt'} itself, translates" in output
+        assert "its kept save" not in output
+        kept = run / "checkpoints" / "update-150.pt"  # (named only: the message does not read it)
+        shutil.copyfile(run / "checkpoints" / "last.pt", kept)
+        code, output = run_cli("translate", str(run), "--beam", "1", "--device", "cpu", input="ba\n")
+        assert code == 2 and f"(update 150, valid BLEU 100.00); its kept save {kept} holds that model;" in output
+        kept.unlink()
     else:
         assert code == 2 and "not a checkpoint, or one cut short" in output, output
     code, output = run_cli(

@@ -48,6 +48,22 @@ def test_the_average_is_the_mean_of_the_last_n_kept_checkpoints(tmp_path: Path):
     assert torch.equal(read_checkpoint(out)["params"], averaged["params"])
 
 
+def test_an_average_of_saves_older_than_last_pt_is_warned_of(tmp_path: Path):
+    """A run resumed with --keep-last 0 keeps no saves: `nmt average` averaged the older ones it had kept, and
+    said nothing of last.pt's later update."""
+    for updates in (5, 10):
+        save_kept(tmp_path, updates, torch.randn(50))
+    for last, warned in ((10, False), (20, True)):
+        save_checkpoint({**read_checkpoint(kept_path(tmp_path, 10)), "server": {"updates": last}},
+                        tmp_path / "checkpoints" / "last.pt")  # fmt: skip
+        result = CliRunner().invoke(main, ["average", str(tmp_path), "--last", "2", "-o", str(tmp_path / "a.pt")])
+        assert result.exit_code == 0, result.output
+        said = (f"warning: {tmp_path / 'checkpoints' / 'last.pt'} is at update 20, but the newest kept save is "
+                "update-10.pt: the run kept none since (resumed with --keep-last 0?)")  # fmt: skip
+        assert (said in result.output) == warned, result.output
+        (tmp_path / "a.pt").unlink()
+
+
 def test_a_kept_saves_name_is_checked_against_the_update_it_holds(tmp_path: Path):
     """The last N are chosen by name: a save renamed, or copied over another, was averaged as the update its
     name said, and `update-7.pt` beside `update-007.pt` counted one model twice."""

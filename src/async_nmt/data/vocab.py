@@ -195,14 +195,6 @@ def normalizes_alike(a: spm.SentencePieceProcessor, b: spm.SentencePieceProcesso
     return a.normalize(NORMALIZATION_PROBE) == b.normalize(NORMALIZATION_PROBE)
 
 
-def vocab_from_bytes(data: bytes, where: Path) -> spm.SentencePieceProcessor:
-    """A sentencepiece model held in `where` as bytes (a checkpoint's copy of its vocabulary)."""
-    try:
-        return spm.SentencePieceProcessor(model_proto=data)
-    except (RuntimeError, OSError, TypeError) as err:
-        raise UserError(f"{where}: its vocabulary is not a sentencepiece model ({reason(err)})") from None
-
-
 def vocab_matches(sp: spm.SentencePieceProcessor, path: Path, recorded: str) -> bool:
     """Whether `recorded` is the `vocab_hash` of `sp`, loaded from `path`, or the hash of that file, which
     corpora preprocessed before 2026-12-05 recorded (the first 16 hex digits of its sha256)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -239,12 +240,31 @@ def average_last_kept(run_dir: Path, count: int, tries: int = 5) -> tuple[list[P
     for _ in range(tries - 1):
         paths = last_kept(run_dir, count)
         try:
-            return paths, average_checkpoints(paths)
+            averaged = average_checkpoints(paths)
+            break
         except UserError:
             if all(path.exists() for path in paths):
                 raise
-    paths = last_kept(run_dir, count)
-    return paths, average_checkpoints(paths)
+    else:
+        paths = last_kept(run_dir, count)
+        averaged = average_checkpoints(paths)
+    if (warning := _older_than_last(run_dir, paths[-1])) is not None:
+        print(warning, file=sys.stderr)
+    return paths, averaged
+
+
+def _older_than_last(run_dir: Path, newest: Path) -> str | None:
+    """A warning where the run's last.pt is of a later update than its newest kept save: it kept none since
+    (resumed with --keep-last 0), and an average of them was taken without a word for the run's last ones."""
+    last = checkpoint_path(run_dir, "last")
+    try:
+        updates = read_checkpoint(last, mmap=True, check_params=False).get("server", {}).get("updates")
+    except UserError:  # (no last.pt, or a damaged one: translation and --resume say so where they read it)
+        return None
+    if not isinstance(updates, int) or updates <= kept_update(newest):
+        return None
+    return (f"warning: {last} is at update {updates}, but the newest kept save is {newest.name}: the run kept "
+            "none since (resumed with --keep-last 0?), so this averages older saves than its last")  # fmt: skip
 
 
 def read_checkpoint(path: Path, mmap: bool = False, check_params: bool = True) -> dict[str, Any]:
@@ -384,9 +404,11 @@ def load_model(
         state = read_checkpoint(ckpt_file, mmap=True)
         fell_back = Path(path).is_dir() and which is None and ckpt_file.name == "last.pt"  # (best.pt is gone)
         if fell_back and lost_best(state.get("best"), state.get("server", {}).get("updates")):
+            kept = kept_path(Path(path), state["best"]["updates"])
+            held = f"; its kept save {kept} holds that model" if kept.is_file() else ""
             raise UserError(f"{path}: no best.pt in {ckpt_file.parent}, though the run saved its best there "
-                            f"({best_save(state['best'])}); --checkpoint last, or {ckpt_file} itself, translates "
-                            "with the last save")  # fmt: skip
+                            f"({best_save(state['best'])}){held}; --checkpoint last, or {ckpt_file} itself, "
+                            "translates with the last save")  # fmt: skip
     sp = vocab_from_checkpoint(state, ckpt_file)
     try:
         model = Transformer.uninitialized(from_dict(ModelConfig, state["model_config"]))

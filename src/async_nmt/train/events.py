@@ -115,8 +115,10 @@ def _complete_event(line: bytes) -> bool:
 
 def truncate_events(path: Path, keep_lines: int) -> list[dict[str, Any]]:
     """Cut the log back to its first `keep_lines` complete lines that are not blank (`complete_lines`; resume:
-    forget what the checkpoint lacks) and return their events. A corrupt line among them is an error before
-    the file changes (the resume it stops cut the log first, its end event lost)."""
+    forget what the checkpoint lacks), and the end event that follows them where they end with the save's
+    checkpoint event (the session that ended there, resumed now: why and when it ended, which was cut until
+    2026-12-07), and return their events. A corrupt line among them is an error before the file changes (the
+    resume it stops cut the log first, its end event lost)."""
     if not path.exists():
         return []
     with open(path, "rb") as f:
@@ -130,6 +132,15 @@ def truncate_events(path: Path, keep_lines: int) -> list[dict[str, Any]]:
         events += _complete_event(line)
     kept = b"".join(kept_lines)
     events = parse_events(kept, path)
+    after = next((line for line in lines[len(kept_lines) :] if line.strip()), b"")
+    if events and events[-1]["kind"] == "checkpoint" and after.endswith(b"\n"):
+        try:
+            end = parse_events(after, path)[0]
+        except UserError:  # (a damaged one: cut, as the rest is)
+            end = None
+        if end is not None and end["kind"] == "end" and end["updates"] == events[-1]["updates"]:
+            kept += after
+            events.append(end)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(kept)
     os.replace(tmp, path)

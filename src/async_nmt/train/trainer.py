@@ -37,7 +37,7 @@ from async_nmt.config import (
 )
 from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
-from async_nmt.data.vocab import load_vocab, normalizes_alike, vocab_from_bytes, vocab_matches
+from async_nmt.data.vocab import load_vocab, normalizes_alike, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
 from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError, failure_line, stop_hint
 from async_nmt.model.checkpoint import (
@@ -48,6 +48,7 @@ from async_nmt.model.checkpoint import (
     kept_update,
     lost_best,
     read_checkpoint,
+    vocab_from_checkpoint,
     whole_archive,
 )
 from async_nmt.progress import ProgressBar
@@ -360,7 +361,7 @@ class Trainer:
                             "translate with it; a run resumes from its own last.pt")  # fmt: skip
         if state["corpus"]["vocab_hash"] != self.manifest["vocab_hash"]:
             raise UserError(f"{path}: trained with another vocabulary than {self.cfg.bin_dir}/spm.model")
-        if not normalizes_alike(vocab_from_bytes(state["vocab_model"], path), self.sp):  # (the same pieces)
+        if not normalizes_alike(vocab_from_checkpoint(state, path), self.sp):  # (the same pieces)
             rule = self.manifest.get("options", {}).get("normalization")
             raise UserError(f"{path}: trained with a vocabulary that normalizes text otherwise than "
                             f"{self.cfg.bin_dir}/spm.model{f' (--normalization {rule})' if rule else ''}: the same "
