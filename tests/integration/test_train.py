@@ -82,7 +82,9 @@ def test_an_ended_run_resumes_under_new_stopping_options_and_its_config_says_so(
     end = train(cfg, run, resume=True, progress=False)
     assert end is not None and end["updates"] == 310
     events = read_events(run / "events.jsonl")
-    assert [e["updates"] for e in events if e["kind"] == "end"] == [310]  # the first end is gone
+    # each session's end: the first, after the save the run resumed from, is kept (it was cut until 2026-12-07)
+    assert [(e["updates"], e["stopped_by"]) for e in events if e["kind"] == "end"] == [
+        (300, "--max-updates 300"), (310, "--max-updates 310")]  # fmt: skip
     assert load_json(RunConfig, run / "config.json").train == cfg
     starts = [e for e in events if e["kind"] == "start"]  # each says what was in force from there
     assert [e["max_updates"] for e in starts] == [300, 310] and [e["valid_every"] for e in starts] == [150, 150]
