@@ -322,6 +322,38 @@ def build_report(
             "baseline": baseline.name, "runs": rows}  # fmt: skip
 
 
+def through_starts(
+    value: Callable[[Run, dict[str, Any]], Any], text: Callable[[Any], str] = str
+) -> Callable[[Run], str | None]:
+    """A setting's values in a run, one a start event where a resume changed it ("25, then 80")."""
+
+    def value_of(run: Run) -> str | None:
+        values = [text(v) for start in run.starts if (v := value(run, start)) is not None]
+        return ", then ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
+
+    return value_of
+
+
+# the schedule's options that a resume may change, as start events record them (the report's lr column shows
+# the last)
+SCHEDULE = (("lr", "--lr"), ("warmup", "--warmup"))
+
+
+def resumed_otherwise(runs: list[Run]) -> list[str]:
+    """One line for each run whose resume changed its schedule (--lr, --warmup): its BLEU and times are of
+    that schedule, where its row shows the last lr alone (without a word until 2026-12-07)."""
+    values_of = {option: through_starts(lambda _, start, key=key: start.get(key), "{:g}".format)
+                 for key, option in SCHEDULE}  # fmt: skip
+    lines = []
+    for run in runs:
+        changed = [f"{option} {values}" for option, value_of in values_of.items()
+                   if (values := value_of(run)) is not None and ", then " in values]  # fmt: skip
+        if changed:
+            lines.append(f"warning: {run.name} was resumed with another schedule ({'; '.join(changed)}); its row "
+                         "shows the last lr")  # fmt: skip
+    return lines
+
+
 def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
     """One line for each way the runs are not comparable: another model size (preset), precision, validation
     set (its sentences, else --valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary);
@@ -355,17 +387,6 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
     # sentences of a valid split of 400 are one set, and two corpora's first 500 are two), else by their number
     sentences = {run.name: run.start.get("valid_crc32") for run in runs}
     by_sentences = None not in sentences.values()
-
-    def through_starts(
-        value: Callable[[Run, dict[str, Any]], Any], text: Callable[[Any], str] = str
-    ) -> Callable[[Run], str | None]:
-        """A setting's values in a run, one a start event where a resume changed it ("25, then 80")."""
-
-        def value_of(run: Run) -> str | None:
-            values = [text(v) for start in run.starts if (v := value(run, start)) is not None]
-            return ", then ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1]) or None
-
-        return value_of
 
     def in_starts(key: str) -> Callable[[Run], str | None]:
         """A start event field (a resume on another machine may choose it again: the precision, the device)."""
@@ -641,7 +662,8 @@ def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
     """The report's warning lines, for stderr and report.md: how the runs do not compare, which run's predicted
     clock leaves a device idle, why there is no target or no speedups."""
     lines = [f"warning: {why}; the run is compared without it" for run in runs if (why := run.unreadable_config)]
-    lines += differences(runs, report["x"], report.get("link_gbps")) + idle_devices(runs, report["x"])
+    lines += differences(runs, report["x"], report.get("link_gbps")) + resumed_otherwise(runs)
+    lines += idle_devices(runs, report["x"])
     if report["no_target"] is not None:
         lines.append(f"warning: no time to target or speedups: {report['no_target']}")
     if report.get("no_speedup") is not None:

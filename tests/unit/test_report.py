@@ -420,6 +420,19 @@ def test_runs_of_another_precision_are_reported_with_a_warning(runs: list[Path])
     ]
 
 
+def test_a_run_resumed_with_another_schedule_is_reported_with_a_warning(runs: list[Path]) -> None:
+    """A run resumed with another --lr showed the last in its row, and nothing said that it changed."""
+    events = read_events(runs[2] / "events.jsonl")
+    lines = [dict(events[0], warmup=100), *events[1:-1], dict(events[0], warmup=100), events[-1]]
+    (runs[2] / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    assert CliRunner().invoke(main, ["report", *map(str, runs)]).stderr == ""  # (resumed as it was: no word)
+    lines[-2] = dict(events[0], lr=0.002, warmup=400)
+    (runs[2] / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.stderr.splitlines() == [f"warning: {runs[2]} was resumed with another schedule (--lr 0.001, then "
+                                          "0.002; --warmup 100, then 400); its row shows the last lr"]  # fmt: skip
+
+
 def test_times_on_other_devices_are_reported_with_a_warning(runs: list[Path]) -> None:
     """Training clocks of an H200 and an H100 do not compare (updates and tokens do): each start event's
     device_name; a run from before start events named it is left out."""
