@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from async_nmt.config import RANK_MODES, VOCAB_NAME, check_replaceable, temporary_beside
+from async_nmt.config import MANIFEST, RANK_MODES, VOCAB_NAME, check_replaceable, is_run_folder, temporary_beside
 from async_nmt.errors import UserError, briefly, stdout_console
 from async_nmt.train.events import read_events, run_staleness
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
@@ -770,6 +770,10 @@ def report_command(
         raise UserError("--force replaces files in the --out folder; give --out")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
+    if out is not None and (is_run_folder(out) or (out / MANIFEST).is_file()):  # (its --force then refused them)
+        what = "a training run" if is_run_folder(out) else "a preprocessed corpus"
+        raise UserError(f"{out}: {what}, whose --force the report's files would then block; give --out a folder of "
+                        "its own")  # fmt: skip
     runs: list[Run] = []
     for path in paths:  # a folder named twice (runs/sync runs/*) is one run, reported once
         if (same := next((run for run in runs if run.path.resolve() == Path(path).resolve()), None)) is not None:

@@ -776,6 +776,22 @@ def test_a_target_that_runs_reach_and_the_baseline_does_not_says_why_there_are_n
     assert result.stderr == "" and json.loads(result.stdout)["no_speedup"] is None
 
 
+def test_out_is_never_a_run_folder_or_a_preprocessed_corpus(tmp_path: Path, runs: list[Path]) -> None:
+    """`--out RUN` (or BIN) wrote the report into it, and its `nmt-train --force` (`nmt preprocess --force`) then
+    refused the folder, which held files it had not written."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "manifest.json").write_text("{}")
+    for out, what in ((runs[0], "a training run"), (bin_dir, "a preprocessed corpus")):
+        before = sorted(out.iterdir())
+        result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
+        said = (
+            f"error: {out}: {what}, whose --force the report's files would then block; give --out a folder of its own"
+        )
+        assert result.exit_code == 2 and result.output == said + "\n"
+        assert sorted(out.iterdir()) == before
+
+
 def test_out_writes_nothing_where_one_of_its_files_cannot_be_written(tmp_path: Path, runs: list[Path]) -> None:
     """The plots were written first, then report.md failed: the folder held new pictures beside no report."""
     out = tmp_path / "out"
