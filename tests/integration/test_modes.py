@@ -450,6 +450,18 @@ def test_a_sync_group_rewound_to_a_save_at_its_limit_deletes_what_it_abandons(
     assert "nothing to do" in capfd.readouterr().err
 
 
+def test_every_train_event_of_async_workers_counts_the_epoch_of_its_own_pushes(synthetic_bin: Path, tmp_path: Path):
+    """The epoch of a `train` event counted a push that the gate had admitted and the server not yet counted,
+    one push ahead of the event's pushes and tokens (5 to 7 of 300 events of a run like this one)."""
+    run = tmp_path / "run"
+    train(config(synthetic_bin, mode="async", max_tokens=512, max_updates=300), run, progress=False, log_every=1)
+    end = events(run, "end")[-1]  # (the server quiet: its epoch and pushes agree)
+    per_push = end["epoch"] / end["pushes"]
+    logged = events(run, "train")
+    assert len(logged) > 200
+    assert [e["updates"] for e in logged if abs(e["epoch"] - e["pushes"] * per_push) > 2e-4] == []
+
+
 def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_bin: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch):  # fmt: skip
     """Ctrl-C (or SIGTERM) in the validation at the end of an async run saves and exits 130, as elsewhere.

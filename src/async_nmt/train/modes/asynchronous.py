@@ -48,20 +48,18 @@ class Gate:
         """Wait until a push may start (True) or the run stops (False)."""
         return self._enter(parent)
 
-    def admit(self, parent: int, worker: int, position: dict[str, int]) -> bool:
-        """Let a computed push in (True), waiting while the gate is closed; False when the run stops.
-        The worker's data position is recorded with it: a checkpoint holds exactly the admitted batches."""
-        return self._enter(parent, worker, position)
+    def admit(self, parent: int) -> bool:
+        """Let a computed push in (True), waiting while the gate is closed; False when the run stops."""
+        return self._enter(parent, admitting=True)
 
-    def _enter(self, parent: int, worker: int | None = None, position: dict[str, int] | None = None) -> bool:
+    def _enter(self, parent: int, admitting: bool = False) -> bool:
         while processes.parent_alive(parent):
             with self.lock:
                 if self.counts[STOP]:
                     return False
                 if self.counts[ADMITTED] < self.counts[LIMIT]:
-                    if worker is not None and position is not None:
+                    if admitting:
                         self.counts[ADMITTED] += 1
-                        self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
                     return True
             time.sleep(processes.POLL_S)
         return False
@@ -77,12 +75,16 @@ class Gate:
         finally:
             self.lock.release()
 
-    def record(self, worker: int, stats: StepStats, staleness: int) -> None:
-        """A push's statistics, recorded as the server counts it (`ParamServer.push`'s `record`): the trainer
-        reads them with the server's counts, and an event of update U holds the pushes up to U."""
+    def record(self, worker: int, position: dict[str, int], stats: StepStats, staleness: int) -> None:
+        """A push's statistics, and the worker's data position after its batches, recorded as the server counts
+        it (`ParamServer.push`'s `record`): the trainer reads them with the server's counts, so that an event of
+        update U holds the pushes up to U and the epochs of their batches (recorded at admission, the position
+        ran ahead of the pushes in flight: an event's epoch counted one that its pushes and tokens did not),
+        and a checkpoint, saved once every admitted push is counted, exactly the batches trained on."""
         with self.lock:
             self.stats[worker] += torch.tensor([stats.tokens, float(stats.loss), float(stats.nll), stats.sentences])
             self.hist[worker, min(staleness, HIST_BINS - 1)] += 1
+            self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
 
     def complete(self) -> None:
         """A push is done on every shard."""
@@ -134,10 +136,10 @@ def _work(worker: int, setup: WorkerSetup) -> None:
         stats = compute.push()
         pushes += 1
         processes.maybe_fail(worker, pushes, gate.lock)
-        if not gate.admit(parent, worker, compute.stream.state_dict()):
+        if not gate.admit(parent):
             break
         server.push(compute.flat.grad, stats.tokens, pulled, first_shard=first_shard,
-                    record=functools.partial(gate.record, worker, stats))  # fmt: skip
+                    record=functools.partial(gate.record, worker, compute.stream.state_dict(), stats))  # fmt: skip
         gate.complete()
 
 
