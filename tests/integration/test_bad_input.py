@@ -710,6 +710,9 @@ def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, 
     # another sort makes another batch list, which the saved data position does not point into
     result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--batch-sort", "longest")
     one_line_error(result, "saved with --batch-sort target, not longest")
+    # an option of another mode is said as a new run says it ("saved with --sync-every 0, not 3" misled)
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--sync-every", "3")
+    one_line_error(result, "--sync-every applies to --mode diloco only")
 
 
 @pytest.mark.parametrize("saved", [{"mode": "async-accum", "accum": 2}, {"mode": "diloco", "sync_every": 5}])

@@ -64,7 +64,7 @@ from async_nmt.train.events import (
     truncate_events,
 )
 from async_nmt.train.lock import clear_run_dir
-from async_nmt.train.modes import build_workers, worker_devices
+from async_nmt.train.modes import build_workers, check_mode_options, worker_devices
 from async_nmt.train.modes.diloco import partial_round_warning
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
 from async_nmt.train.processes import uninterrupted
@@ -854,11 +854,16 @@ RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "batch_sort", "seed", 
                 "sync_every", "outer_lr", "outer_momentum", "valid_max_sentences")  # fmt: skip
 
 
+OF_A_MODE = ("accum", "staleness_lr", "sync_every", "outer_lr", "outer_momentum")  # (async-accum's, ..., diloco's)
+
+
 def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:
     """Refuse to resume with an option that would point the saved data positions into another batch list
     (or change how pushes become updates, or the validation set), naming the option."""
     for name in RESUME_FIXED:
         if getattr(saved, name) != getattr(given, name):
+            if name in OF_A_MODE and saved.mode == given.mode:  # (one of another mode, said as a new run says it:
+                check_mode_options(given)  # "saved with --sync-every 0, not 3" of a sync run misled)
             option = "--" + name.replace("_", "-")
             raise UserError(
                 f"{path}: saved with {option} {getattr(saved, name)}, not {getattr(given, name)}; "
