@@ -89,7 +89,7 @@ run() {  # run CONFIG SEED: train (or resume), translate and score the test set,
     if ended "$dir" && [[ $patience != "$PATIENCE" ]]; then
         echo "== $name ended under another --patience: resumed under $PATIENCE"
         rm -f "$DOCS/$name"/test-*.json
-        sed -i '/"kind": "end"/d' "$dir/events.jsonl"  # this marks the run unfinished (`ended` reads the last line)
+        sed -i '${/"kind": "end"/d}' "$dir/events.jsonl"  # the last line: the run unfinished (`ended` reads it)
     fi
     if ! ended "$dir"; then
         local resume=(--force)

@@ -744,6 +744,22 @@ def write_report(
     return list(writers)
 
 
+def _check_not_in_a_run_or_corpus(out: Path) -> None:
+    """--out is not a run folder or a preprocessed corpus (BIN), nor a folder in one: the report's files there
+    made its `nmt-train --force` (`nmt preprocess --force`) refuse it, as files it had not written."""
+    for folder in (out, out.parent):  # (above it, a run by both its files: a project's own config.json is none)
+        run = (
+            is_run_folder(out)
+            if folder == out
+            else all((folder / f).is_file() for f in ("config.json", "events.jsonl"))
+        )
+        if run or (folder / MANIFEST).is_file():
+            what = "a training run" if run else "a preprocessed corpus"
+            where = what if folder == out else f"in {folder}, {what}"
+            raise UserError(f"{out}: {where}, whose --force the report's files would then block; give --out a "
+                            "folder of its own")  # fmt: skip
+
+
 def report_command(
     paths: list[Path],
     target_bleu: float | None = None,
@@ -770,10 +786,8 @@ def report_command(
         raise UserError("--force replaces files in the --out folder; give --out")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out names the folder for the plots and report.md)")
-    if out is not None and (is_run_folder(out) or (out / MANIFEST).is_file()):  # (its --force then refused them)
-        what = "a training run" if is_run_folder(out) else "a preprocessed corpus"
-        raise UserError(f"{out}: {what}, whose --force the report's files would then block; give --out a folder of "
-                        "its own")  # fmt: skip
+    if out is not None:
+        _check_not_in_a_run_or_corpus(out)
     runs: list[Run] = []
     for path in paths:  # a folder named twice (runs/sync runs/*) is one run, reported once
         if (same := next((run for run in runs if run.path.resolve() == Path(path).resolve()), None)) is not None:

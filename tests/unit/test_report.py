@@ -782,14 +782,19 @@ def test_out_is_never_a_run_folder_or_a_preprocessed_corpus(tmp_path: Path, runs
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "manifest.json").write_text("{}")
-    for out, what in ((runs[0], "a training run"), (bin_dir, "a preprocessed corpus")):
-        before = sorted(out.iterdir())
+    (runs[0] / "config.json").write_text("{}")
+    for out, what in ((runs[0], "a training run"), (bin_dir, "a preprocessed corpus"),
+                      (runs[0] / "report", f"in {runs[0]}, a training run"),
+                      (bin_dir / "report", f"in {bin_dir}, a preprocessed corpus")):  # fmt: skip
+        before = sorted(out.parent.rglob("*"))
         result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
         said = (
             f"error: {out}: {what}, whose --force the report's files would then block; give --out a folder of its own"
         )
         assert result.exit_code == 2 and result.output == said + "\n"
-        assert sorted(out.iterdir()) == before
+        assert sorted(out.parent.rglob("*")) == before
+    (tmp_path / "config.json").write_text("{}")  # (a folder with a config.json alone is no run)
+    assert CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "report")]).exit_code == 0
 
 
 def test_out_writes_nothing_where_one_of_its_files_cannot_be_written(tmp_path: Path, runs: list[Path]) -> None:

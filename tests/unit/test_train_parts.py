@@ -30,7 +30,7 @@ from async_nmt.errors import UserError
 from async_nmt.model.transformer import Linear, Transformer
 from async_nmt.train import optim, processes
 from async_nmt.train.checkpoint import rng_state, set_rng_state
-from async_nmt.train.events import EventLog, log_failure, read_events, truncate_events
+from async_nmt.train.events import EventLog, complete_lines, log_failure, read_events, truncate_events
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale
 from async_nmt.train.step import flatten_parameters, push_gradient, train_step
 
@@ -429,7 +429,7 @@ def test_a_log_is_cut_for_a_resume_only_when_the_lines_it_keeps_are_whole(tmp_pa
     assert path.read_text(encoding="utf-8") == "".join(lines)  # untouched
     lines[1] = json.dumps({"kind": "train", "updates": 1}) + "\n"
     path.write_text("".join(lines), encoding="utf-8")
-    assert [e["updates"] for e in truncate_events(path, 3)] == [0, 1, 2] == [e["updates"] for e in read_events(path)]
+    assert [e["updates"] for e in truncate_events(path, 3)[0]] == [0, 1, 2] == [e["updates"] for e in read_events(path)]
 
 
 def test_read_events_names_a_corrupt_line_and_skips_only_a_torn_last_one(tmp_path):
@@ -522,13 +522,11 @@ def test_a_resume_cuts_a_torn_last_event_off_before_it_appends(tmp_path):
     """A kill in the middle of the event of a save leaves it torn, while last.pt counts it: the resume keeps
     the whole lines only (`complete_lines` does not count the torn one), so that the events it appends start
     on a line of their own and the log reads back whole."""
-    from async_nmt.train.events import complete_lines
-
     path = tmp_path / "events.jsonl"
     whole = "".join(json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(3))
     path.write_text(whole + '{"kind": "checkpoint", "upd', encoding="utf-8")
     assert complete_lines(path) == 3
-    assert [e["updates"] for e in truncate_events(path, 4)] == [0, 1, 2]  # last.pt said 4 lines
+    assert [e["updates"] for e in truncate_events(path, 4)[0]] == [0, 1, 2]  # last.pt said 4 lines
     assert path.read_text(encoding="utf-8") == whole
     log = EventLog(path)
     assert log.lines == 3
@@ -540,13 +538,11 @@ def test_a_resume_cuts_a_torn_last_event_off_before_it_appends(tmp_path):
 def test_a_blank_line_in_the_log_is_not_an_event_a_resume_counts(tmp_path):
     """`read_events` skips blank lines (an editor may leave them), but a resume cut the log by its lines: one
     blank line before the save's lost its checkpoint event, without a word. Lines are counted as events."""
-    from async_nmt.train.events import complete_lines
-
     path = tmp_path / "events.jsonl"
     events = [json.dumps({"kind": "train", "updates": i}) + "\n" for i in range(5)]
     path.write_text("".join(events[:2]) + "\n  \n" + "".join(events[2:]), encoding="utf-8")
     assert complete_lines(path) == 5 == EventLog(path).lines
-    assert [e["updates"] for e in truncate_events(path, 3)] == [0, 1, 2]  # last.pt said 3 events
+    assert [e["updates"] for e in truncate_events(path, 3)[0]] == [0, 1, 2]  # last.pt said 3 events
     assert [e["updates"] for e in read_events(path)] == [0, 1, 2] and complete_lines(path) == 3
 
 
@@ -1087,3 +1083,25 @@ def test_a_group_that_ended_by_its_limit_as_ctrl_c_came_exits_as_its_rank_0(tmp_
     interrupt.set()
     ranks = [types.SimpleNamespace(exitcode=code, is_alive=lambda: False) for code in (rank0_code, 0)]
     assert supervise(ranks, queue.Queue(), ["cpu", "cpu"], tmp_path, interrupt, "interrupted") == expected
+
+
+def test_the_end_event_after_the_save_is_held_for_the_resumed_runs_start(tmp_path):
+    """A resume keeps the end event that follows its save's checkpoint event (blank lines between), but cuts it
+    from the file until the resumed run writes its start event: left there, a resume that failed before then
+    left a log ending as a finished run's. An end of another update, or a damaged one, is cut."""
+    path = tmp_path / "events.jsonl"
+    kept = [{"kind": "start", "updates": 0}, {"kind": "checkpoint", "updates": 2}]
+    end = json.dumps({"kind": "end", "updates": 2, "interrupted": True}) + "\n"
+    later = json.dumps({"kind": "train", "updates": 3}) + "\n"
+    for tail, held in ((f"\n{end}{later}", end), (end.replace('"updates": 2', '"updates": 3'), ""),
+                       (end[:-3] + "\n", ""), (end, end)):  # fmt: skip
+        path.write_text("".join(json.dumps(e) + "\n" for e in kept) + tail, encoding="utf-8")
+        events, line = truncate_events(path, 2)
+        assert line == held.encode() and [e["kind"] for e in events] == ["start", "checkpoint"] + ["end"] * bool(held)
+        assert read_events(path) == kept
+        log = EventLog(path)
+        log.hold(line)
+        log.write("start", updates=2)
+        log.close()
+        assert [e["kind"] for e in read_events(path)] == ["start", "checkpoint"] + ["end"] * bool(held) + ["start"]
+        assert log.lines == complete_lines(path)

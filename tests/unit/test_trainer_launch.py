@@ -1009,3 +1009,22 @@ def test_a_second_ctrl_c_to_a_group_of_ranks_says_whether_rank_0_had_saved(tmp_p
     if saved:
         assert stopped.value.code == 130
         assert capsys.readouterr().err == f"interrupted: saved {run / 'checkpoints' / 'last.pt'}\n"
+
+
+@pytest.mark.parametrize(
+    "saved, given, said",
+    [
+        (dict(mode="sync"), dict(sync_every=3), "--sync-every applies to --mode diloco only"),
+        (dict(mode="async"), dict(accum=2), "--accum sums pushes on the parameter server and only applies"),
+        (dict(mode="diloco", sync_every=4, max_updates=90), dict(sync_every=200), "saved with --sync-every 4, not 200"),
+        (dict(mode="async-accum", accum=2), dict(accum=3), "saved with --accum 2, not 3"),
+    ],
+)  # fmt: skip
+def test_resume_names_an_option_of_another_mode_as_a_new_run_does(saved, given, said, tmp_path: Path):
+    """`--resume --sync-every 3` of a sync run was "saved with --sync-every 0, not 3"; an option of the run's own
+    mode is still refused as changed (diloco's was checked against the other options of last.pt as it stood)."""
+    from async_nmt.train.trainer import check_resume_options
+
+    run = TrainConfig(**saved)
+    with pytest.raises(UserError, match=said):
+        check_resume_options(run, TrainConfig(**{**saved, **given}), tmp_path / "last.pt")

@@ -51,13 +51,19 @@ class EventLog:
         self.path = path
         self.lines = complete_lines(path)  # (its events: what a checkpoint's `event_lines` counts)
         self._file = open(path, "a", encoding="utf-8")
+        self._held = ""
+
+    def hold(self, line: bytes) -> None:
+        """Write `line`, a whole event's as read back (or nothing), with the next event, in one write."""
+        self._held = line.decode("utf-8")
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert kind in EVENT_KINDS, kind
         event = {"kind": kind, **{k: round_floats(v) for k, v in fields.items()}}
-        self._file.write(json.dumps(event) + "\n")
+        self._file.write(self._held + json.dumps(event) + "\n")
         self._file.flush()
-        self.lines += 1
+        self.lines += 1 + bool(self._held)
+        self._held = ""
         return event
 
     def close(self) -> None:
@@ -113,14 +119,16 @@ def _complete_event(line: bytes) -> bool:
     return line.endswith(b"\n") and bool(line.strip())
 
 
-def truncate_events(path: Path, keep_lines: int) -> list[dict[str, Any]]:
+def truncate_events(path: Path, keep_lines: int) -> tuple[list[dict[str, Any]], bytes]:
     """Cut the log back to its first `keep_lines` complete lines that are not blank (`complete_lines`; resume:
-    forget what the checkpoint lacks), and the end event that follows them where they end with the save's
-    checkpoint event (the session that ended there, resumed now: why and when it ended, which was cut until
-    2026-12-07), and return their events. A corrupt line among them is an error before the file changes (the
-    resume it stops cut the log first, its end event lost)."""
+    forget what the checkpoint lacks) and return their events, and the line of the end event that follows
+    them where they end with the save's checkpoint event (the session that ended there, which the run goes on
+    from: why and when it ended; until 2026-12-07 it was lost), that event last among them. That line is cut
+    too, for the resumed run to write back with its start event (`EventLog.hold`): left in place, a resume that
+    failed before it started left a log that ended as a finished run's. A corrupt line among the kept ones is
+    an error before the file changes (the resume it stops cut the log first, its end event lost)."""
     if not path.exists():
-        return []
+        return [], b""
     with open(path, "rb") as f:
         lines = f.readlines()
     kept_lines: list[bytes] = []
@@ -133,18 +141,19 @@ def truncate_events(path: Path, keep_lines: int) -> list[dict[str, Any]]:
     kept = b"".join(kept_lines)
     events = parse_events(kept, path)
     after = next((line for line in lines[len(kept_lines) :] if line.strip()), b"")
-    if events and events[-1]["kind"] == "checkpoint" and after.endswith(b"\n"):
+    held = b""
+    if len(events) == keep_lines and events and events[-1]["kind"] == "checkpoint" and after.endswith(b"\n"):
         try:
             end = parse_events(after, path)[0]
         except UserError:  # (a damaged one: cut, as the rest is)
             end = None
         if end is not None and end["kind"] == "end" and end["updates"] == events[-1]["updates"]:
-            kept += after
+            held = after
             events.append(end)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(kept)
     os.replace(tmp, path)
-    return events
+    return events, held
 
 
 # what every event, and every event of a kind, must hold for `nmt report` and --resume to read it
@@ -152,7 +161,7 @@ FIELDS: dict[str | None, tuple[str, ...]] = {None: ("kind", "updates"), "valid":
 
 
 # fields that are finite numbers wherever an event has them (`nmt report` computes with them)
-NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "tok_per_s",
+NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "tok_per_s", "warmup",
            "staleness_mean", "staleness_max", "params", "workers", "accum", "sync_every", "lr", "loss", "nll",
            "valid_loss", "chrf", "link_gbps", "simulate_token_us")  # fmt: skip
 # counts, clocks and scores: never below 0 (a score is at most 100), as `nmt report` takes them

@@ -64,7 +64,7 @@ from async_nmt.train.events import (
     truncate_events,
 )
 from async_nmt.train.lock import clear_run_dir
-from async_nmt.train.modes import build_workers, check_mode_options, worker_devices
+from async_nmt.train.modes import MODE_OPTIONS, build_workers, check_mode_options, worker_devices
 from async_nmt.train.modes.diloco import partial_round_warning
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
 from async_nmt.train.processes import uninterrupted
@@ -150,6 +150,7 @@ class Trainer:
         self.stop_wish: str | None = None
         self.resumed = False  # from a checkpoint (at update 0 too: one saved by Ctrl-C as the workers started)
         self.clock = TrainingClock()
+        self.held_end = b""  # the end event of the session a resume goes on from (`truncate_events`)
         self._wall_start = time.perf_counter()
         self.events: EventLog
 
@@ -164,11 +165,15 @@ class Trainer:
             self.clock = TrainingClock(state["train_s"])
             self._wall_start -= state["wall_s"]  # (this session's own time since it began goes on counting)
             # at its limit, its closing validation done, its events written: left as it is (not a run rewound
-            # to an older save at its limit: what it abandons is cut and deleted, as at any rewind); the ranks
-            # of a group agree on it, each having read the folder before rank 0 may change it
-            done = self.validated_at == self.updates and complete_lines(events_path) >= state["event_lines"]
-            done = self.workers.all_agree(done and not self._rewound(events_path))
-            if may_skip and done and (limit := self.limit_reached()) is not None:
+            # to an older save at its limit: what it abandons is cut and deleted, as at any rewind). Rank 0
+            # decides for a group, before it changes the folder, and the others take its word: each deciding
+            # alone (from another node's copy of the folder, or on a clock that passed --max-time as it waited
+            # for the others) a rank could skip while the rest trained
+            limit = None
+            if self.leader and self.validated_at == self.updates and not self._rewound(events_path):
+                if complete_lines(events_path) >= state["event_lines"]:
+                    limit = self.limit_reached()
+            if self.workers.all_agree(limit is not None or not self.leader) and may_skip:
                 if self.leader:
                     print(f"nothing to do: {self.run_dir} is at update {self.updates}, where {limit} stops it",
                           file=sys.stderr)  # fmt: skip
@@ -177,7 +182,7 @@ class Trainer:
                 for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
                 # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
-                events = truncate_events(events_path, state["event_lines"])
+                events, self.held_end = truncate_events(events_path, state["event_lines"])
                 # of a run rewound to an older last.pt: abandoned, as the events after the checkpoint are (`nmt
                 # average` took them); said, as they went without a word where the run said how to rewind
                 later = [kept for kept in kept_checkpoints(self.run_dir) if kept_update(kept) > self.updates]
@@ -206,6 +211,7 @@ class Trainer:
         ckpt.check_writable(checkpoint_path(self.run_dir, "last").parent)
         self._write_config()  # on resume too: options that may change (--max-updates, --patience) are in force
         self.events = EventLog(events_path)
+        self.events.hold(self.held_end)  # (written with the start event: the session before ended there)
         # killed between writing last.pt and its event, what follows the write is done again; a log that is gone
         # starts again at its start event, not at the event of a save it no longer holds
         if resume and self.events.lines < state["event_lines"]:
@@ -766,7 +772,8 @@ class Trainer:
     def _end_failed(self, err: Exception) -> None:
         """The end event of a run that an error stopped (a worker that failed or was killed, a batch that ran
         the device out of memory, a full disk): `failed` names it, so that `nmt report` does not show the
-        run as one still running (a resume from last.pt, if there is one, cuts the event). Where the log
+        run as one still running (a resume from last.pt, if there is one, cuts the event, but for one at the
+        save's update, written back as the resumed run starts: `truncate_events`). Where the log
         cannot take it (that full disk), the error that stopped the run is the one said."""
         if self.supervised:
             return
@@ -854,16 +861,13 @@ RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "batch_sort", "seed", 
                 "sync_every", "outer_lr", "outer_momentum", "valid_max_sentences")  # fmt: skip
 
 
-OF_A_MODE = ("accum", "staleness_lr", "sync_every", "outer_lr", "outer_momentum")  # (async-accum's, ..., diloco's)
-
-
 def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:
     """Refuse to resume with an option that would point the saved data positions into another batch list
     (or change how pushes become updates, or the validation set), naming the option."""
     for name in RESUME_FIXED:
         if getattr(saved, name) != getattr(given, name):
-            if name in OF_A_MODE and saved.mode == given.mode:  # (one of another mode, said as a new run says it:
-                check_mode_options(given)  # "saved with --sync-every 0, not 3" of a sync run misled)
+            if given.mode not in MODE_OPTIONS.get(name, (given.mode,)):  # (an option of another mode, said as
+                check_mode_options(given)  # a new run says it: "saved with --sync-every 0, not 3" of a sync run misled)
             option = "--" + name.replace("_", "-")
             raise UserError(
                 f"{path}: saved with {option} {getattr(saved, name)}, not {getattr(given, name)}; "

@@ -70,6 +70,11 @@ MAX_SHARDS = 64  # far beyond what pays (one per device or core); 10^5 ran out o
 MAX_WORKERS = 1024  # (10^20 hung as it listed a device a worker; sync spawns a process a worker before any check)
 
 
+# options that apply to some modes alone (check_mode_options refuses another value than the default elsewhere)
+MODE_OPTIONS = {"accum": ("async-accum",), "staleness_lr": ASYNC_MODES, "sync_every": ("diloco",),
+                "outer_lr": ("diloco",), "outer_momentum": ("diloco",)}  # fmt: skip
+
+
 def check_mode_options(cfg: TrainConfig) -> None:
     """Refuse contradictory mode options with one line naming the option."""
     if cfg.mode not in MODES:
