@@ -20,7 +20,7 @@ from pathlib import Path
 from async_nmt.config import MODES, PRESETS, TrainConfig
 from async_nmt.devices import resolve_device
 from async_nmt.errors import ScriptParser, UserError, run_script
-from async_nmt.provenance import versions
+from async_nmt.provenance import timed_on, versions
 from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 from async_nmt.train.options import check_config
@@ -115,8 +115,9 @@ def main() -> None:
             configs.append((f"{mode}-{len(speeds)}", cfg))
     for _, cfg in configs:  # every configuration before the first one trains
         check_config(cfg)
+    # (timed on the trainer's device, the first; the workers' are of its kind)
     common = {"bench": "modes", "devices": args.devices, "preset": args.preset, "max_tokens": args.max_tokens,
-              **versions()}  # fmt: skip
+              **timed_on(devices[0]), **versions()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         single = run(configs[0][1], "single", folder)

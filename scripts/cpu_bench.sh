@@ -23,19 +23,47 @@ for need in "$BIN/manifest.json" "$RUN/checkpoints"; do
 done
 mkdir -p "$OUT" || exit 1
 failed=()
+# Ctrl-C or SIGTERM (`kill`, `timeout`) stops the benchmark under way, which leaves its file as it was, and the
+# script, exit code 130 (143): SIGTERM to the script alone waited for the benchmark, and left its .tmp file
+BENCH_PID=
+STOPPED=
+SIGNALS=0
+stop() {  # stop SIGNAL EXIT_CODE
+  STOPPED=$2
+  SIGNALS=$((SIGNALS + 1))
+  if [ -n "$BENCH_PID" ]; then kill -"$1" "$BENCH_PID" 2>/dev/null || true; fi
+}
+trap 'stop INT 130' INT
+trap 'stop TERM 143' TERM
 bench() {  # bench NAME SCRIPT ARGS...: its JSON lines into OUT/NAME.jsonl, replaced only when it succeeds
   local name=$1
   shift
   [[ " $NAMES " == *" $name "* ]] || { echo "error: $name: a benchmark NAMES leaves out" >&2; exit 1; }
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "== $name: $*" >&2
-  "$PYTHON" "$@" >"$OUT/$name.jsonl.tmp"
-  local code=$?
-  if [ $code = 0 ]; then
+  # (in the background, so that `wait` lets the trap in; with Ctrl-C's default action, which a background job
+  # would ignore, and the benchmark then too)
+  (trap - INT && exec "$PYTHON" "$@") >"$OUT/$name.jsonl.tmp" </dev/null &
+  BENCH_PID=$!
+  local code status signals first=1
+  # (a trapped signal ends `wait` early: wait again, for the benchmark's own exit code, which bash keeps where
+  # it ended meanwhile; a second wait after one that took it says 127: not the benchmark's)
+  while :; do
+    signals=$SIGNALS status=0
+    wait "$BENCH_PID" || status=$?
+    if [ -n "$first" ] || [ "$status" != 127 ]; then code=$status; fi
+    first=
+    [ "$SIGNALS" = "$signals" ] && break
+  done
+  BENCH_PID=
+  if [ $code = 0 ] && [ -z "$STOPPED" ]; then
     mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
   else
     rm -f "$OUT/$name.jsonl.tmp"
-    if [ $code = 130 ]; then exit 130; fi  # Ctrl-C stops the script, not the one benchmark (nine to stop it)
+    if [ -n "$STOPPED" ] || [ $code = 130 ]; then  # Ctrl-C stops the script, not the one benchmark
+      [ "$code" = 130 ] || echo "interrupted" >&2  # (the benchmark says so itself)
+      exit "${STOPPED:-130}"
+    fi
     failed+=("$name")
   fi
 }

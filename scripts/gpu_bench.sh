@@ -22,6 +22,8 @@
 #      translate` of the test set's first SENTENCES lines, greedy, beam 5, greedy with --cuda-graphs, and greedy and beam 5 in
 #      64000-token batches, each timed from start-up to the last line, and its BLEU;
 #      bench_startup.py then times the greedy command's stages (imports, CUDA context, model, first batch);
+#      these steps of the trained model run only where the train step left a model of this run's in RUN
+#      [/tmp/gpu-bench-run] (one that failed at once left an earlier run's, whose figures passed for this one's);
 #   4. with MODE_BENCHES=1 (about 4 minutes more, past BUDGET after the rest), bench_paramserver.py and
 #      bench_modes.py (4 workers on cuda:0); with ONLY_MODES=1 these alone.
 # It exits 1 where a step failed or ran out of time (steps.txt says which; the others still run), and 130 on
@@ -108,29 +110,33 @@ step bench_translate 90 python3 scripts/bench_translate.py --preset "${PRESETS%%
   --device "$DEVICE" --max-tokens 16000 --fixed-shapes
 
 # the time-to-quality run (issue 8's settings), then the test set translated as a user would
+trained_from=$(date +%s)
 step train $((120 + RUN_TIME)) "${NMT[@]}" train "$BIN" "$RUN" --force --quiet --preset "${PRESETS%% *}" --devices "$DEVICE" \
   --max-tokens "$TOKENS" $TRAIN_OPTS --max-time "$RUN_TIME" --valid-every 0 \
   --valid-max-sentences 200
-cp "$RUN/events.jsonl" "$OUT/train-events.jsonl" 2>/dev/null
-for tokens in 16000 64000; do  # the GPU default, and larger batches that take fewer steps (below)
-  step "bench_translate_real_$tokens" 90 python3 scripts/bench_translate.py --run "$RUN" --input "$BIN/test.de" \
-    --sentences "$SENTENCES" --device "$DEVICE" --max-tokens "$tokens" --fixed-shapes
-done
-# beam1-graphs: greedy with --cuda-graphs; -64k: batches of 64000 source tokens, not the default 16000. A
-# decoding step costs a GPU's host about the same whatever its rows, and the test set then takes fewer
-# steps: with demo/run, 156 instead of 220 greedy and 112 instead of 192 with beam 5 (116 and 80 in one
-# batch), counted by bench_translate.py --device cpu --check-every 8 (README, scripts).
-for search in beam1 beam5 beam1-graphs beam1-64k beam5-64k; do
-  beam=${search:4:1}
-  graphs=$([ "$search" = beam1-graphs ] && echo --cuda-graphs)
-  tokens=$([ "${search#*-}" = 64k ] && echo 64000 || echo 16000)
-  start=$(date +%s.%N)
-  step "translate_$search" 90 "${NMT[@]}" translate "$RUN" --beam "$beam" $graphs --device "$DEVICE" --max-tokens "$tokens" \
-    -i "$OUT/source.de" -o "$OUT/test-$search.en"
-  seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
-  [ "$(wc -l 2>/dev/null <"$OUT/test-$search.en")" = "$(wc -l <"$OUT/source.de")" ] || continue
-  nmt score "$OUT/test-$search.en" "$OUT/reference.en" --json >"$OUT/score-$search.json" 2>/dev/null
-  python3 - "$OUT/score-$search.json" "$beam" "$seconds" "$OUT/source.de" "$tokens" "$graphs" "$DEVICE" <<'EOF' | tee -a "$OUT/translate.jsonl"
+# the steps of the trained model: this run's alone (a train step that failed at once, or was skipped, left
+# an earlier run's model in RUN, whose figures and events then passed for this run's)
+if [ -f "$RUN/checkpoints/last.pt" ] && [ "$(stat -c %Y "$RUN/checkpoints/last.pt")" -ge "$trained_from" ]; then
+  cp "$RUN/events.jsonl" "$OUT/train-events.jsonl" 2>/dev/null
+  for tokens in 16000 64000; do  # the GPU default, and larger batches that take fewer steps (below)
+    step "bench_translate_real_$tokens" 90 python3 scripts/bench_translate.py --run "$RUN" --input "$BIN/test.de" \
+      --sentences "$SENTENCES" --device "$DEVICE" --max-tokens "$tokens" --fixed-shapes
+  done
+  # beam1-graphs: greedy with --cuda-graphs; -64k: batches of 64000 source tokens, not the default 16000. A
+  # decoding step costs a GPU's host about the same whatever its rows, and the test set then takes fewer
+  # steps: with demo/run, 156 instead of 220 greedy and 112 instead of 192 with beam 5 (116 and 80 in one
+  # batch), counted by bench_translate.py --device cpu --check-every 8 (README, scripts).
+  for search in beam1 beam5 beam1-graphs beam1-64k beam5-64k; do
+    beam=${search:4:1}
+    graphs=$([ "$search" = beam1-graphs ] && echo --cuda-graphs)
+    tokens=$([ "${search#*-}" = 64k ] && echo 64000 || echo 16000)
+    start=$(date +%s.%N)
+    step "translate_$search" 90 "${NMT[@]}" translate "$RUN" --beam "$beam" $graphs --device "$DEVICE" --max-tokens "$tokens" \
+      -i "$OUT/source.de" -o "$OUT/test-$search.en"
+    seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
+    [ "$(wc -l 2>/dev/null <"$OUT/test-$search.en")" = "$(wc -l <"$OUT/source.de")" ] || continue
+    nmt score "$OUT/test-$search.en" "$OUT/reference.en" --json >"$OUT/score-$search.json" 2>/dev/null
+    python3 - "$OUT/score-$search.json" "$beam" "$seconds" "$OUT/source.de" "$tokens" "$graphs" "$DEVICE" <<'EOF' | tee -a "$OUT/translate.jsonl"
 import json, sys
 from async_nmt.provenance import timed_on, versions  # (after the timing: it imports torch)
 score, beam, seconds, source = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
@@ -140,9 +146,9 @@ print(json.dumps({"bench": "nmt translate", "beam": beam, "max_tokens": int(sys.
                   "bleu": score["bleu"], "chrf": score["chrf"], "device": sys.argv[7],
                   **timed_on(sys.argv[7]), **versions()}))
 EOF
-done
-# (in bf16 the two may differ on a few near ties: their kernels differ, e.g. attention over a padded cache)
-python3 - "$OUT/test-beam1.en" "$OUT/test-beam1-graphs.en" <<'EOF' 2>&1 | tee "$OUT/graphs-check.txt"
+  done
+  # (in bf16 the two may differ on a few near ties: their kernels differ, e.g. attention over a padded cache)
+  python3 - "$OUT/test-beam1.en" "$OUT/test-beam1-graphs.en" <<'EOF' 2>&1 | tee "$OUT/graphs-check.txt"
 import sys
 try:
     a, b = (open(path, encoding="utf-8").read().splitlines() for path in sys.argv[1:])
@@ -151,8 +157,11 @@ except OSError as err:
 print(f"greedy outputs with --cuda-graphs: {sum(x != y for x, y in zip(a, b))} of {len(a)} lines differ"
       + ("" if len(a) == len(b) else f" (and {len(b)} lines against {len(a)})"))
 EOF
-# where the greedy command's wall time goes: start-up stages, first batch, the rest
-step bench_startup 60 python3 scripts/bench_startup.py "$RUN" --input "$OUT/source.de" --device "$DEVICE" --beam 1
+  # where the greedy command's wall time goes: start-up stages, first batch, the rest
+  step bench_startup 60 python3 scripts/bench_startup.py "$RUN" --input "$OUT/source.de" --device "$DEVICE" --beam 1
+else
+  echo "== the trained model's steps: skipped, train left no model of this run's in $RUN" | tee -a "$OUT/steps.txt"
+fi
 [ "${MODE_BENCHES:-0}" = 1 ] && mode_benches
 if [ "$TESTS_MODES" = 1 ]; then  # 16 tests: 11 had run after 100 s on an H200 (3 failing, since fixed), 5 more in 50 s
   ASYNC_NMT_TEST_DEVICE=$DEVICE step tests_modes 160 python3 -m pytest -q -p no:cacheprovider -rf \

@@ -346,6 +346,30 @@ def test_cpu_bench_stops_at_ctrl_c(tmp_path: Path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_cpu_bench_passes_a_sigterm_to_itself_alone_on_to_the_benchmark(tmp_path: Path):
+    """`kill` of the script alone waited for the benchmark under way (minutes), then ended with 143, no word and
+    the benchmark's output left in OUT/NAME.jsonl.tmp. It passes it on, and stops as at Ctrl-C."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "manifest.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    fake = tmp_path / "python"  # a benchmark that prints a line, then ends as the scripts do at SIGTERM
+    fake.write_text("#!/usr/bin/env bash\ntrap 'kill $!; echo interrupted >&2; exit 130' TERM\necho '{}'\n"
+                    "sleep 30 & wait\n")  # fmt: skip
+    fake.chmod(0o755)
+    env = {**ENV, "OUT": str(tmp_path / "out"), "BIN": str(tmp_path / "bin"), "RUN": str(tmp_path / "run"),
+           "PYTHON": str(fake)}  # fmt: skip
+    started = subprocess.Popen(["bash", "scripts/cpu_bench.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        started.send_signal(signal.SIGTERM)  # (the script alone: its benchmark runs in its own process)
+        _, stderr = started.communicate(timeout=10)
+    finally:
+        started.kill()
+    assert started.returncode == 143 and stderr.count("== ") == 1 and stderr.endswith("interrupted\n"), stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_cpu_bench_refuses_an_unknown_name_in_only(tmp_path: Path):
     """ONLY=nope ran nothing and said nothing, exit code 0."""
     env = {**ENV, "OUT": str(tmp_path / "out"), "ONLY": "translate nope"}
