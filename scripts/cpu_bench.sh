@@ -24,17 +24,9 @@ done
 mkdir -p "$OUT" || exit 1
 failed=()
 # Ctrl-C or SIGTERM (`kill`, `timeout`) stops the benchmark under way, which leaves its file as it was, and the
-# script, exit code 130 (143): SIGTERM to the script alone waited for the benchmark, and left its .tmp file
-BENCH_PID=
-STOPPED=
-SIGNALS=0
-stop() {  # stop SIGNAL EXIT_CODE
-  STOPPED=$2
-  SIGNALS=$((SIGNALS + 1))
-  if [ -n "$BENCH_PID" ]; then kill -"$1" "$BENCH_PID" 2>/dev/null || true; fi
-}
-trap 'stop INT 130' INT
-trap 'stop TERM 143' TERM
+# script, exit code 130 (143): steps.sh's traps pass the signal on (SIGTERM to the script alone waited for the
+# benchmark, and left its .tmp file)
+source "$(dirname "$0")/steps.sh"
 bench() {  # bench NAME SCRIPT ARGS...: its JSON lines into OUT/NAME.jsonl, replaced only when it succeeds
   local name=$1
   shift
@@ -44,25 +36,16 @@ bench() {  # bench NAME SCRIPT ARGS...: its JSON lines into OUT/NAME.jsonl, repl
   # (in the background, so that `wait` lets the trap in; with Ctrl-C's default action, which a background job
   # would ignore, and the benchmark then too)
   (trap - INT && exec "$PYTHON" "$@") >"$OUT/$name.jsonl.tmp" </dev/null &
-  BENCH_PID=$!
-  local code status signals first=1
-  # (a trapped signal ends `wait` early: wait again, for the benchmark's own exit code, which bash keeps where
-  # it ended meanwhile; a second wait after one that took it says 127: not the benchmark's)
-  while :; do
-    signals=$SIGNALS status=0
-    wait "$BENCH_PID" || status=$?
-    if [ -n "$first" ] || [ "$status" != 127 ]; then code=$status; fi
-    first=
-    [ "$SIGNALS" = "$signals" ] && break
-  done
-  BENCH_PID=
-  if [ $code = 0 ] && [ -z "$STOPPED" ]; then
+  STEP_PID=$!
+  steps_wait
+  local code=$STEP_CODE
+  if [ $code = 0 ] && [ -z "$STEPS_STOPPED" ]; then
     mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
   else
     rm -f "$OUT/$name.jsonl.tmp"
-    if [ -n "$STOPPED" ] || [ $code = 130 ]; then  # Ctrl-C stops the script, not the one benchmark
+    if [ -n "$STEPS_STOPPED" ] || [ $code = 130 ]; then  # Ctrl-C stops the script, not the one benchmark
       [ "$code" = 130 ] || echo "interrupted" >&2  # (the benchmark says so itself)
-      exit "${STOPPED:-130}"
+      exit "${STEPS_STOPPED:-130}"
     fi
     failed+=("$name")
   fi

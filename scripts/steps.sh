@@ -1,10 +1,12 @@
-# Sourced by gpu_setup.sh (for gpu_checks.sh, gpu_bench.sh and gpu_experiment.sh). Needs OUT set to an
-# existing folder.
+# Sourced by gpu_setup.sh (for gpu_checks.sh, gpu_bench.sh and gpu_experiment.sh), and by cpu_bench.sh for
+# its traps and steps_wait. `step` needs OUT set to an existing folder.
 #   step NAME SECONDS COMMAND...  runs COMMAND with a time limit (cut to what is left of BUDGET seconds from the
 #       script's start, if BUDGET is set; with under 15 s left the step is skipped), logs it to $OUT/NAME.log,
 #       appends its outcome to $OUT/steps.txt and shows the log's last lines. A step that fails or runs out of
 #       time does not stop the script.
 #   steps_end  ends the script: exit 1 where a step failed, naming it (the script exited 0), else 0.
+#   steps_wait  waits for STEP_PID, a command started in the background, through the signals trapped
+#       meanwhile (passed on to it); its exit code in STEP_CODE.
 # Ctrl-C (or SIGTERM) stops the step under way and skips the steps after it; steps_end then exits 130 (143).
 # (`timeout` runs its command in a process group of its own, which a terminal's Ctrl-C does not reach: the
 # script took it only once the step had ended, and went on to the next one. The trap passes it on.)
@@ -36,25 +38,31 @@ step() {
     fi
     [ "$limit" -gt "$left" ] && limit=$left
   fi
-  local start=$SECONDS code=0 status signals first=1
+  local start=$SECONDS code
   # (-k: killed 10 s after its SIGTERM if still there; in the background, so that `wait` lets the trap in)
   timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1 </dev/null &
   STEP_PID=$!
-  # A trapped signal ends `wait` early, with its own 128 + n: wait again, for the step's exit code (which bash
-  # keeps where the step ended meanwhile; a second wait after one that took it says 127: not the step's).
-  # (`|| status`: under set -e too)
-  while :; do
-    signals=$STEPS_SIGNALS status=0
-    wait "$STEP_PID" || status=$?
-    if [ -n "$first" ] || [ "$status" != 127 ]; then code=$status; fi
-    first=
-    [ "$STEPS_SIGNALS" = "$signals" ] && break
-  done
-  STEP_PID=
+  steps_wait
+  code=$STEP_CODE
   [ "$code" = 0 ] || STEPS_FAILED+=("$name")
   echo "== $name: exit $code in $((SECONDS - start)) s (limit $limit s)${STEPS_STOPPED:+, interrupted}" \
     | tee -a "$OUT/steps.txt"
   tail -n 3 "$OUT/$name.log"
+}
+
+steps_wait() {
+  local status signals first=1
+  # A trapped signal ends `wait` early, with its own 128 + n: wait again, for the command's exit code (which
+  # bash keeps where it ended meanwhile; a second wait after one that took it says 127: not the command's).
+  # (`|| status`: under set -e too)
+  while :; do
+    signals=$STEPS_SIGNALS status=0
+    wait "$STEP_PID" || status=$?
+    if [ -n "$first" ] || [ "$status" != 127 ]; then STEP_CODE=$status; fi
+    first=
+    [ "$STEPS_SIGNALS" = "$signals" ] && break
+  done
+  STEP_PID=
 }
 
 steps_end() {

@@ -659,6 +659,7 @@ class Trainer:
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
         counted = self.counted_updates  # the updates whose pushes the trainer has counted
+        update_held = stop_hint(UPDATE_HELD)  # (once: not a signal lookup an update)
         drained = True  # the pushes let in have all been counted (none yet, or the last ones drained)
         try:
             with self.clock.paused():  # starting worker processes is not training (Ctrl-C here saves as below)
@@ -675,9 +676,7 @@ class Trainer:
                 # Where the pushes are computed in this process, Ctrl-C waits for the update and its count: a
                 # checkpoint then holds whole updates and the data positions of exactly the batches they
                 # took, the last train event counts them, and a resume goes on as if never stopped
-                held = None
-                if self.workers.steps_here:
-                    held = uninterrupted(second_stops=True, notice=stop_hint(UPDATE_HELD))
+                held = uninterrupted(second_stops=True, notice=update_held) if self.workers.steps_here else None
                 with held or contextlib.nullcontext():
                     self.interval.add(self.update())
                 stopping = self.should_stop()
