@@ -713,6 +713,8 @@ def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, 
     # an option of another mode is said as a new run says it ("saved with --sync-every 0, not 3" misled)
     result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--sync-every", "3")
     one_line_error(result, "--sync-every applies to --mode diloco only")
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume", "--outer-lr", "0.7")
+    one_line_error(result, "--outer-lr applies to --mode diloco only")  # (the default, given: it did nothing)
 
 
 @pytest.mark.parametrize("saved", [{"mode": "async-accum", "accum": 2}, {"mode": "diloco", "sync_every": 5}])

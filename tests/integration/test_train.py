@@ -1056,6 +1056,8 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     [
         (["--staleness-lr", "inverse"], "--staleness-lr"),
         (["--sync-every", "10"], "--mode diloco only"),
+        (["--outer-lr", "0.7"], "--outer-lr applies to --mode diloco only"),  # (its default: it did nothing, silently)
+        (["--outer-momentum", "0.9", "--mode", "async"], "--outer-momentum applies to --mode diloco only"),
         (["--mode", "diloco", "--simulate", "--workers", "2"], "--sync-every"),
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "0"], "--sync-every"),
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "4", "--outer-lr", "0"], "--outer-lr"),
@@ -1063,6 +1065,7 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
         (["--mode", "diloco", "--simulate", "--workers", "2", "--sync-every", "4"], "is more than --max-updates 1"),
         (["--simulate-token-us", "5"], "add --simulate"),
         (["--link-gbps", "25"], "add --simulate"),
+        (["--link-gbps", "80"], "add --simulate"),
         (["--link-gbps", "0", "--simulate"], "--link-gbps"),
         (["--patience", "3", "--valid-every", "0"], "--valid-every"),
         (["--worker-speeds", "1,0.5"], "needs several workers"),

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +159,9 @@ def add_train_options(f: Callable) -> Callable:
 
 def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: int | None,
                  compile_model: bool, worker_speeds: str | None = None, checked: bool = True,
-                 **options: Any) -> TrainConfig:  # fmt: skip
+                 given: Collection[str] = (), **options: Any) -> TrainConfig:  # fmt: skip
     """A TrainConfig from the command-line options, defaults filled in and (`checked`) contradictions
-    refused."""
+    refused (`given`: the options the command line gave)."""
     default_lr, default_warmup = TRAIN_DEFAULTS[options["preset"]]
     if options.get("accum", 1) is None:
         options["accum"] = default_accum(options.get("mode", "sync"), options.get("workers", 1))
@@ -175,7 +175,7 @@ def build_config(bin_dir: Path, devices: str | None, lr: float | None, warmup: i
         **options,
     )
     if checked:
-        check_config(cfg)
+        check_config(cfg, given)
     return cfg
 
 
@@ -192,11 +192,12 @@ MIN_LINK_GBPS = 1e-6
 MIN_SPEED = 1e-3  # --worker-speeds: within a thousandfold of 1, either way
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse contradictory options and values out of range, naming the option."""
+def check_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
+    """Refuse contradictory options and values out of range, naming the option (`given`: those the command
+    line gave, see check_mode_options)."""
     from async_nmt.train.modes import check_mode_options
 
-    check_mode_options(cfg)
+    check_mode_options(cfg, given)
     for name in ("max_tokens", "lr"):
         if not getattr(cfg, name) > 0:  # nan included
             raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -366,16 +367,17 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
         try:
             if resume and force:
                 raise UserError("--resume and --force contradict each other: continue the run, or start it over")
-            cfg = build_config(bin_dir, log_every=log_every, checked=not resume, **options)
+            given = given_options()
+            cfg = build_config(bin_dir, log_every=log_every, checked=not resume, given=given, **options)
             if owns_run():
                 check_run_path(run_dir, bin_dir)
                 # locked before --resume reads the run's config.json, which another nmt-train may be rewriting
                 # (`train` takes the same lock again, counted, and keeps it to the end)
                 held.enter_context(run_lock(run_dir))
             if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
-                cfg, source = resumed_config(cfg, run_dir, given_options())
+                cfg, source = resumed_config(cfg, run_dir, given)
                 try:
-                    check_config(cfg)
+                    check_config(cfg, given)
                 except UserError as err:  # (it named an option the user had not typed, nor said from where)
                     if source is None:
                         raise

@@ -21,6 +21,7 @@ is chosen here, in `build_workers`, and nowhere else:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 
@@ -75,8 +76,10 @@ MODE_OPTIONS = {"accum": ("async-accum",), "staleness_lr": ASYNC_MODES, "sync_ev
                 "outer_lr": ("diloco",), "outer_momentum": ("diloco",)}  # fmt: skip
 
 
-def check_mode_options(cfg: TrainConfig) -> None:
-    """Refuse contradictory mode options with one line naming the option."""
+def check_mode_options(cfg: TrainConfig, given: Collection[str] = ()) -> None:
+    """Refuse contradictory mode options with one line naming the option. `given`: the options the command
+    line gave; one of another mode is refused even at its default (`--outer-lr 0.7` to a sync run did
+    nothing, silently)."""
     if cfg.mode not in MODES:
         raise UserError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
     # (one line named all three for any one; --workers first: async-accum's --accum defaults to it)
@@ -94,7 +97,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
         raise UserError(f"--staleness-lr applies to the async modes, not --mode {cfg.mode}")
     if cfg.mode != "diloco":
         for name in ("sync_every", "outer_lr", "outer_momentum"):
-            if getattr(cfg, name) != getattr(TrainConfig, name):
+            if getattr(cfg, name) != getattr(TrainConfig, name) or name in given:
                 raise UserError(f"--{name.replace('_', '-')} applies to --mode diloco only")
     else:
         if cfg.sync_every < 1:
@@ -109,7 +112,7 @@ def check_mode_options(cfg: TrainConfig) -> None:
 
     if cfg.simulate_token_us and not cfg.simulate:
         raise UserError("--simulate-token-us prices the predicted clock of --simulate; add --simulate")
-    if cfg.link_gbps != TrainConfig.link_gbps and not cfg.simulate:
+    if (cfg.link_gbps != TrainConfig.link_gbps or "link_gbps" in given) and not cfg.simulate:
         raise UserError("--link-gbps prices the predicted clock of --simulate; add --simulate")
     if torchrun_rank() is None:  # torchrun: checked once the ranks have set --workers
         check_worker_speeds(cfg)
