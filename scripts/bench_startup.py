@@ -4,8 +4,9 @@ Issue 8 asks for the 1,007-sentence bible-de-en test set in under 5 s on a GPU, 
 on an H200 `nmt translate` took 6.0 s greedy where the search itself ran at about 750 sentences/s: most of
 the time was start-up. This runs the stages of `translate_file` one by one, in a fresh interpreter as the
 command does, and times each: importing torch, importing the CLI, the device's first use (on a GPU the
-CUDA context), loading and casting the model, reading and encoding the input, the first batch of 8
-sentences (first kernels, cuBLAS and attention set-up), the rest, and writing nothing.
+CUDA context), loading and casting the model, reading and encoding the input, the first 8 sentences
+(first kernels, cuBLAS and attention set-up), then all of them, those 8 again included (warm: the
+command's search), writing nothing. `total_s`, the sum of the stages, so counts the first 8 twice.
 
     python scripts/bench_startup.py demo/run --input demo/bin/test.de --device cuda:0 --beam 1
 """

@@ -208,6 +208,8 @@ def main() -> None:
         raise UserError("--updates must be at least 1")
     if len(set(args.seeds)) < len(args.seeds):  # (one seed's runs were counted twice in the spread)
         raise UserError("--seeds: a seed is given twice")
+    if not all(-(2**32) < seed < 2**32 for seed in args.seeds):  # (check_config's error named nmt-train's --seed)
+        raise UserError("--seeds: every seed must be an integer between -2^32 and 2^32")
     if args.bare_init == "product" and args.bare_embed_init != "product":  # (ignored: the JSON said it was used)
         raise UserError("--bare-embed-init torch sets the bare model's own start; --bare-init product replaces all "
                         "of it, the embedding too, with the product's")  # fmt: skip

@@ -26,7 +26,7 @@ from pathlib import Path
 from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_split
-from async_nmt.errors import ScriptParser, UserError, run_script
+from async_nmt.errors import ScriptParser, UserError, cannot_write, run_script
 from async_nmt.train.events import read_events, round_floats
 from async_nmt.train.modes.simulated import PredictedClock
 
@@ -63,9 +63,13 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
         if event["kind"] == "start":
             event.update(worker_speeds=speeds, clock_replayed_from=str(run))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     config["train"]["worker_speeds"] = speeds
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name, text in (("events.jsonl", "".join(json.dumps(e) + "\n" for e in events)),
+                       ("config.json", json.dumps(config, indent=2) + "\n")):  # fmt: skip
+        try:
+            (out / name).write_text(text, encoding="utf-8")
+        except OSError as err:  # (a full disk named no file)
+            raise cannot_write(err, str(out / name)) from None
     for name in ("test-best.json", "test-avg5.json"):  # the same updates: the same model
         if (run / name).is_file():
             shutil.copy(run / name, out / name)
@@ -76,6 +80,8 @@ def check_out(run: Path, out: Path, force: bool) -> None:
     events and config were rewritten in place, without a word, and the folder left inconsistent)."""
     if out.exists() and out.resolve() == run.resolve():
         raise UserError(f"{out}: is RUN itself; give another OUT (the replay would rewrite RUN's events)")
+    if run.resolve() in out.resolve().parents:  # (RUN then held a folder nmt-train had not written)
+        raise UserError(f"{out}: is inside RUN; give an OUT beside it")
     if out.is_dir() and any(out.iterdir()):
         events = out / "events.jsonl"
         replayed = events.is_file() and "clock_replayed_from" in next(iter(read_events(events)), {})

@@ -276,7 +276,7 @@ def run_script(main: Callable[[], object]) -> None:
     """
     messages_never_fail()
     try:
-        with sigterm_interrupts():  # SIGTERM as Ctrl-C (outside nmt-train's loop it ended scripts without a word)
+        with sigterm_interrupts(), stdout_named():  # SIGTERM as Ctrl-C (it ended scripts without a word)
             main()
         if sys.stdout is not None:
             try:
@@ -298,6 +298,48 @@ def run_script(main: Callable[[], object]) -> None:
         print(f"error: {system_error(err)}", file=sys.stderr)
         settle_stdout()
         sys.exit(2 if isinstance(err, FileNotFoundError) else 1)
+
+
+class _NamedStdout:
+    """stdout, whose failed write (a full disk) is an error that names stdout: Python's names no file, so
+    `error: No space left on device` did not say where."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:  # (the reader has gone: ended quietly)
+            raise
+        except OSError as err:
+            raise cannot_write(err, "stdout") from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise cannot_write(err, "stdout") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def stdout_named() -> Iterator[None]:
+    """Within it, a failed write to `sys.stdout` names stdout (`_NamedStdout`); stdout as it was after."""
+    stream = sys.stdout
+    if stream is None:
+        yield
+        return
+    sys.stdout = _NamedStdout(stream)
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _NamedStdout):  # (main replaced it not)
+            sys.stdout = stream
 
 
 def settle_stdout() -> None:

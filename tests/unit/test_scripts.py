@@ -136,12 +136,13 @@ def test_a_script_whose_stdout_is_full_or_gone_ends_as_a_command_does(unbuffered
     it was Python's `Exception ignored` at exit and exit code 120); a reader of stdout that has gone ends it
     quietly with exit code 0 (it was `error: Broken pipe`, exit code 1)."""
     env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"} | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
-    script = ["-c", "from async_nmt.errors import run_script; run_script(lambda: print('{\"bench\": 1}' * 100))"]
+    script = ["-c", "from async_nmt.errors import run_script; run_script(lambda: print('{\"bench\": 1}' * 1000))"]
     with open("/dev/full", "w") as full:
         done = subprocess.run([sys.executable, *script], stdout=full, stderr=subprocess.PIPE, text=True, env=env,
                               timeout=60)  # fmt: skip
     assert done.returncode == 1 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-    assert "No space left on device" in done.stderr  # (buffered: "stdout: cannot write (...)", found at the end)
+    # (it was `error: No space left on device` where the print failed, unbuffered or past the buffer)
+    assert done.stderr == "error: stdout: cannot write (No space left on device)\n"
     read, write = os.pipe()
     os.close(read)  # the reader has gone before the script writes: every write fails
     try:
@@ -233,6 +234,7 @@ BAD_INPUT = [
     ("bench_step.py", ["--device", "cuda:99"], "--device: cuda:99 is not there"),
     ("parity_train.py", ["/nope", "--updates", "0"], "--updates must be at least 1"),
     ("parity_train.py", ["/nope", "--seeds", "1", "1"], "--seeds: a seed is given twice"),
+    ("parity_train.py", ["/nope", "--seeds", "1", str(2**40)], "--seeds: every seed must be an integer between"),
     ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "4"], "--valid-at: every N must be from 1"),
     ("parity_train.py", ["/nope", "--updates", "4", "--valid-at", "0"], "--valid-at: every N must be from 1"),
     (
@@ -472,6 +474,10 @@ def test_replay_sync_clock_names_bin_where_the_runs_bin_folder_is_gone(tmp_path:
     done = run("replay_sync_clock.py", str(run_dir), str(tmp_path / "out"), "--worker-speeds", "1,1,1,0.5")
     assert done.returncode == 2 and done.stderr == (f"error: {tmp_path / 'gone'}: no such folder, where {run_dir} was "
                                                     "trained from: give its BIN folder with --bin\n")  # fmt: skip
+    # an OUT inside RUN was taken: RUN then held a folder nmt-train had not written
+    done = run("replay_sync_clock.py", str(run_dir), str(run_dir / "replay"), "--worker-speeds", "1,1,1,0.5")
+    assert (done.returncode, done.stderr) == (2, f"error: {run_dir / 'replay'}: is inside RUN; give an OUT beside it\n")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "events.jsonl"]
 
 
 def _convergence_run(folder: Path, simulated: bool) -> None:
