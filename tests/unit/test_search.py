@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import os
@@ -206,6 +207,32 @@ def test_linear_weights_cast_once_give_the_outputs_of_autocast_over_fp32_weights
     assert torch.equal(*logits)  # bit for bit
     with torch.inference_mode():
         assert not torch.equal(logits[0], MODEL(SRC, prev))  # and bf16 does change them
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_search_copies_each_weight_into_autocasts_precision_once_a_batch(beam: int):
+    """Autocast keeps no cast under inference mode, nor of a view (the training model's parameters): a search
+    cast the tied embedding at every decoding step, and every fp32 Linear weight too (a validation's)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weights = collections.Counter(tuple(p.shape) for p in MODEL.parameters() if p.dim() == 2)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out = generate(MODEL, SRC, beam, amp_dtype=torch.bfloat16)
+    copied = [tuple(e.input_shapes[0]) for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes]
+    assert collections.Counter(shape for shape in copied if shape in weights) == weights
+    assert max(map(len, out)) >= 3  # (steps enough that a copy a step would be more)
+
+
+def test_weights_in_autocasts_precision_give_autocasts_logits_and_are_dropped_after():
+    prev = torch.cat([torch.full((len(SRC), 1), BOS_ID, device=DEVICE), SRC[:, :-1]], dim=1)
+    with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        plain = MODEL(SRC, prev)
+        with MODEL.weights_in(torch.bfloat16):
+            assert MODEL.project_weight is not None and MODEL.project_weight.dtype == torch.bfloat16
+            copied = MODEL(SRC, prev)
+    assert torch.equal(plain, copied)  # bit for bit
+    assert MODEL.project_weight is None
+    assert all(m.low is None for m in MODEL.modules() if hasattr(m, "low"))
 
 
 @pytest.mark.parametrize("check_every", [2, 8, 100])

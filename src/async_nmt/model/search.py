@@ -35,10 +35,9 @@ def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: in
 def cast_for_search(model: Transformer, amp_dtype: torch.dtype | None) -> None:
     """Hold every linear layer's weights in `amp_dtype`, once, for a model that only translates from now on.
 
-    Autocast casts fp32 weights to `amp_dtype` at every call, and does not keep the casts of parameters
-    that are views (the training model's) or of calls outside one autocast region: thousands of copies per
-    batch on a GPU. Weights already in `amp_dtype` are used as they are. Layer norms, the tied embedding
-    and the residual stream stay fp32, so the search computes exactly what autocast over fp32 weights does.
+    Each search otherwise copies them into `amp_dtype` once a batch (`Transformer.weights_in`); cast here,
+    they are used as they are. Layer norms, the tied embedding and the residual stream stay fp32, so the
+    search computes exactly what autocast over fp32 weights does.
     """
     if amp_dtype is None:
         return
@@ -47,12 +46,14 @@ def cast_for_search(model: Transformer, amp_dtype: torch.dtype | None) -> None:
             module.to(amp_dtype)
 
 
-def _inference(src: Tensor, amp_dtype: torch.dtype | None) -> contextlib.ExitStack:
-    """No autograd, and autocast to `amp_dtype` (None: fp32)."""
+def _inference(model: Transformer, src: Tensor, amp_dtype: torch.dtype | None) -> contextlib.ExitStack:
+    """No autograd, and autocast to `amp_dtype` (None: fp32), with the weights copied into it once for the
+    batch (`Transformer.weights_in`)."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     if amp_dtype is not None:
         stack.enter_context(torch.autocast(src.device.type, dtype=amp_dtype))
+        stack.enter_context(model.weights_in(amp_dtype))
     return stack
 
 
@@ -191,9 +192,9 @@ def greedy_search(
     device = src.device
     check_every = check_every or check_every_for(device)
     if fixed_shapes and use_cache:
-        with _inference(src, amp_dtype):
+        with _inference(model, src, amp_dtype):
             return _greedy_fixed_shapes(model, src, max_lengths(model, src, max_len_a, max_len_b), check_every)
-    with _inference(src, amp_dtype):
+    with _inference(model, src, amp_dtype):
         limits = max_lengths(model, src, max_len_a, max_len_b)
         steps = max(limits) + 1
         enc = model.encode(src)
@@ -403,10 +404,10 @@ def beam_search(
     device = src.device
     check_every = check_every or check_every_for(device)
     if fixed_shapes and use_cache:
-        with _inference(src, amp_dtype):
+        with _inference(model, src, amp_dtype):
             limits = max_lengths(model, src, max_len_a, max_len_b)
             return _beam_fixed_shapes(model, src, beam, lenpen, limits, check_every, pick)
-    with _inference(src, amp_dtype):
+    with _inference(model, src, amp_dtype):
         B = src.size(0)
         limits = max_lengths(model, src, max_len_a, max_len_b)
         steps = max(limits) + 1

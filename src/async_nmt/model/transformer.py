@@ -8,7 +8,9 @@ and values (growing by one position a step) and its cross-attention keys and val
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -263,6 +265,8 @@ def _leave_as_is(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
 
 
 class Transformer(nn.Module):
+    project_weight: Tensor | None = None  # the tied embedding in autocast's precision (`weights_in`)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -318,7 +322,31 @@ class Transformer(nn.Module):
 
     def project(self, states: Tensor) -> Tensor:
         """Output logits through the tied embedding: [..., D] -> [..., V]."""
-        return F.linear(states, self.embed.weight)
+        return F.linear(states, self.embed.weight if self.project_weight is None else self.project_weight)
+
+    @contextlib.contextmanager
+    def weights_in(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Inside it, the Linear layers and the output projection compute with copies of their weights in
+        `dtype`, autocast's (None: as they are), made here once instead of by autocast at every call: it
+        keeps no cast under inference mode, nor of a view (the training model's parameters), so a search
+        cast the tied embedding at every decoding step, and a validation every weight too (issue 8). Weights
+        already in `dtype` (`cast_for_search`) are used as they are. Autocast's results, bit for bit: the
+        same values go into the same kernels. For inference only: nothing here takes gradients."""
+        if dtype is None:
+            yield
+            return
+        linears = [m for m in self.modules() if isinstance(m, Linear) and m.weight.dtype != dtype]
+        saved = [m.low for m in linears]  # (training's copies, where a caller set them)
+        with torch.no_grad():
+            for module in linears:
+                module.low = (module.weight.to(dtype), None if module.bias is None else module.bias.to(dtype))
+            self.project_weight = self.embed.weight.to(dtype)
+        try:
+            yield
+        finally:
+            for module, low in zip(linears, saved, strict=True):
+                module.low = low
+            self.project_weight = None
 
     def encode(self, src: Tensor) -> EncoderOut:
         attn_mask = src.ne(self.cfg.pad_id)[:, None, None, :]  # made once, not at every decoding step
