@@ -417,7 +417,9 @@ def test_a_stopped_recipe_waits_for_its_step_to_save_and_ends(how: str, tmp_path
     if how == "ctrl-c twice":  # stopped at once, unsaved
         assert "saved" not in ran and ran.count("SIGINT") == 2 and set(ran[2:]) <= sent, ran
     else:
-        assert ran[-1] == "saved" and set(ran[2:-1]) <= sent and 1 <= len(ran[2:-1]) <= 3, ran
+        # (the recipe's SIGTERM may come once the step has saved, as it exits: on a loaded machine it did)
+        signals = [word for word in ran[2:] if word != "saved"]
+        assert ran.count("saved") == 1 and ran[2] in sent and set(signals) <= sent and 1 <= len(signals) <= 3, ran
 
 
 def test_a_recipe_runs_its_steps_with_stdin_closed(tmp_path: Path) -> None:
