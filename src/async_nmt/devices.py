@@ -33,9 +33,11 @@ def resolve_device(name: str | None, option: str = "--devices") -> torch.device:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with native bf16 instructions."""
+    """bf16 autocast pays off on GPUs and CPUs with native bf16 instructions: on CUDA from Ampere on (compute
+    capability 8.0). (`torch.cuda.is_bf16_supported()` counts emulation too, slower than fp32 on a V100 or
+    a T4, and asks of the current GPU, not `device`.)"""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -50,9 +52,15 @@ def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def out_of_memory(err: BaseException) -> bool:
-    """Whether `err` is a device running out of memory: CUDA's OutOfMemoryError, or the CPU allocator's
-    RuntimeError ("DefaultCPUAllocator: not enough memory: you tried to allocate N bytes", or "can't
-    allocate memory" in older versions), which torch raises as a plain RuntimeError."""
+    """Whether `err` is a device running out of memory: CUDA's OutOfMemoryError, or one that torch raises as
+    a plain RuntimeError: the CPU allocator's ("DefaultCPUAllocator: not enough memory: you tried to
+    allocate N bytes", or "can't allocate memory" in older versions), cuBLAS's workspace that it could not
+    allocate (CUBLAS_STATUS_ALLOC_FAILED), or a CUDA call's ("CUDA error: out of memory")."""
     if isinstance(err, torch.OutOfMemoryError):
         return True
-    return isinstance(err, RuntimeError) and "DefaultCPUAllocator" in str(err) and "allocate" in str(err)
+    if not isinstance(err, RuntimeError):
+        return False
+    text = str(err)
+    return ("DefaultCPUAllocator" in text and "allocate" in text) or any(
+        sign in text for sign in ("CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+    )

@@ -258,6 +258,20 @@ def test_the_search_reads_the_device_once_in_check_every_steps(monkeypatch, beam
     assert len(steps) >= 24 and len(reads) <= 1 + 3 * checks < len(steps)  # 3 reads at a check at most
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs: ASYNC_NMT_TEST_DEVICE=cuda:0")
+@pytest.mark.parametrize("beam", [1, 4])
+def test_batch_after_batch_of_cuda_graphs_reserves_no_more_memory(beam: int):
+    """Each batch captured on a new side stream into a new graph pool, whose memory the next could not
+    reuse: the memory reserved grew batch by batch. Now one stream and one pool serve every capture."""
+    src = make_src([12, 9, 11, 10] * 8, width=16)
+    reserved = []
+    for _ in range(8):
+        generate(MODEL, src, beam, fixed_shapes=True, max_len_a=0, max_len_b=40)
+        torch.cuda.synchronize(DEVICE)
+        reserved.append(torch.cuda.memory_reserved(DEVICE))
+    assert reserved[-1] == reserved[1], reserved
+
+
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
 @pytest.mark.parametrize("check_every", [1, 8])
 def test_search_with_fixed_shapes_equals_search(amp_dtype, check_every: int):

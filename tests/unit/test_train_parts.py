@@ -351,6 +351,39 @@ def test_rng_state_restores_every_generator():
         set_rng_state(before)  # (the generators as the tests before left them)
 
 
+@pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_precision_takes_bf16_on_gpus_that_have_it(monkeypatch: pytest.MonkeyPatch, capability, native: bool):
+    """torch.cuda.is_bf16_supported() counts emulation, slower than fp32 on a V100 or a T4 (and asks of the
+    current GPU): --precision auto took bf16 there."""
+    from async_nmt.devices import amp_dtype_for
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    device = torch.device("cuda:1")
+    assert amp_dtype_for("auto", device) == (torch.bfloat16 if native else None) and asked == [device]
+    assert amp_dtype_for("bf16", device) == torch.bfloat16  # (asked for: taken)
+
+
+def test_the_cuda_generator_restored_is_the_runs_devices(monkeypatch: pytest.MonkeyPatch):
+    """Saves held every visible GPU's generator, by index: a resume with fewer GPUs visible failed with a
+    traceback (IndexError), and one on another GPU took that GPU's unused state. Now a save holds its
+    device's, restored onto the device it resumes on; an older save gives the state of that device's index
+    where it has one."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    before = rng_state()
+    try:
+        cuda1, cuda3 = torch.device("cuda:1"), torch.device("cuda:3")
+        set_rng_state({**before, "cuda_device": "saved on cuda:0"}, cuda3)
+        set_rng_state({**before, "cuda": ["gpu 0", "gpu 1"]}, cuda3)  # (older: two GPUs were visible)
+        set_rng_state({**before, "cuda": ["gpu 0", "gpu 1"]}, cuda1)
+        set_rng_state({**before, "cuda_device": "saved on a GPU"}, torch.device("cpu"))  # (a resume on the CPU)
+        assert restored == [("saved on cuda:0", cuda3), ("gpu 1", cuda1)]
+    finally:
+        set_rng_state(before)
+
+
 def test_inverse_sqrt_schedule():
     assert inverse_sqrt_lr(1, 1e-3, 100) == pytest.approx(1e-5)
     assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -123,20 +123,40 @@ def _replayable(step: Callable[[], object], device: torch.device) -> Callable[[]
     if device.type != "cuda":
         step()
         return step
-    side = torch.cuda.Stream(device)
+    side, pool = _capture_resources(device)
     side.wait_stream(torch.cuda.current_stream(device))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side):
         step()  # the first step runs for real, allocating what the step keeps
         # Then the second is recorded; replay() runs it. (`torch.cuda.graph` would also synchronize and
         # empty the allocator's caches, of device and pinned memory, before each batch's capture.)
-        graph.capture_begin()
+        graph.capture_begin(pool=None if pool is None else pool.id)
         try:
             step()
-        finally:
-            graph.capture_end()
+        except BaseException:
+            with contextlib.suppress(Exception):  # (its own error would hide the step's)
+                graph.capture_end()
+            raise
+        graph.capture_end()
     torch.cuda.current_stream(device).wait_stream(side)
     return graph.replay
+
+
+@functools.cache
+def _capture_resources(device: torch.device) -> tuple[torch.cuda.Stream, Any]:
+    """The side stream and the graph memory pool of every batch's capture on `device`, one each for the
+    process. Memory the caching allocator frees on one stream, or in one graph's pool, it reuses only on
+    that stream or in that pool, and gives back to the device only outside a capture: with a new stream
+    and pool a batch (torch's round-robin streams, a private pool each graph), each batch's memory was
+    kept from the next, and the memory reserved grew batch by batch until a capture could run out of it
+    (found by reading the allocator, not yet measured on a GPU). The batches capture one after another and
+    never replay an earlier batch's graph, which is what sharing a pool asks. The pool lives as long as
+    the process (`torch.cuda.MemPool`, where torch has it; else a graph's own pool)."""
+    mempool = getattr(torch.cuda, "MemPool", None)
+    with torch.cuda.device(device):
+        # (the MemPool itself is kept: while it lives, its pool is never freed under a later capture; a bare
+        # `graph_pool_handle` is, once the graph that used it is gone, and the next capture into it fails)
+        return torch.cuda.Stream(device), (mempool() if mempool is not None else None)
 
 
 def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], check_every: int) -> list[list[int]]:

@@ -137,16 +137,26 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The random generators' states: Python's, NumPy's, torch's CPU generator and, where `device` is a GPU,
+    its CUDA generator (dropout there). Saves before 2026-12-07 held every visible GPU's, by index: a resume
+    with fewer GPUs visible failed (a traceback), and one on another GPU took that GPU's unused state."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what `rng_state` saved; the CUDA generator onto `device`, where it is a GPU."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state:  # (an older save: every GPU's, by index; the one of this device's index, if saved)
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][index], device)

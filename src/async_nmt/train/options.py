@@ -131,8 +131,8 @@ OPTIONS = [
     click.option("--seed", default=1, show_default=True,
                  help="Random seed (initialization, batch order, dropout), between -2^32 and 2^32."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                 help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on CUDA and on "
-                 "CPUs with native bf16, else fp32. The master parameters and Adam stay fp32."),
+                 help="Precision of training and validation: bf16 autocast, or fp32; auto = bf16 on GPUs (Ampere "
+                 "on) and CPUs with native bf16, else fp32. The master parameters and Adam stay fp32."),
     click.option("--compile/--no-compile", "compile_model", default=False,
                  help="torch.compile the encoder-decoder stack: a slow start (the first batches compile); "
                       "meant for GPUs, where issuing operators bounds a step. Its speed-up is not measured yet. "

@@ -78,12 +78,12 @@ class RankGroup(Workers):
 
     def _own_state(self) -> dict[str, Any]:
         """What differs between the ranks: their random state (dropout; it was rank 0's for all on resume)."""
-        return {"rng": ckpt.rng_state()}
+        return {"rng": ckpt.rng_state(self.ctx.device)}
 
     def _load_own(self, own: dict[str, Any]) -> None:
         # (rank 0's is the checkpoint's own, taken at the save; diloco's saves before 2026-12-05 lack it)
         if self.rank > 0 and "rng" in own:
-            ckpt.set_rng_state(own["rng"])
+            ckpt.set_rng_state(own["rng"], self.ctx.device)
 
     def state_dict(self) -> dict[str, Any]:
         # Before this process's first step nothing was gathered: the ranks still stand where they were
