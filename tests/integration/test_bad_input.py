@@ -702,6 +702,53 @@ def test_a_resume_refuses_another_validation_set(synthetic_bin: Path, run_dir: P
                    "validated on other sentences")  # fmt: skip
 
 
+def test_a_resume_that_fails_before_it_starts_leaves_the_log_as_it_was(synthetic_bin: Path, run_dir: Path,
+                                                                        tmp_path: Path, monkeypatch):  # fmt: skip
+    """A checkpoints folder that cannot be written is found after the log is cut back to the save: the end
+    event of the session it resumed was lost with it, and a finished run looked unfinished for good."""
+    from async_nmt.train import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = (run / "events.jsonl").read_bytes()
+    assert json.loads(before.splitlines()[-1])["kind"] == "end"
+
+    def unwritable(folder: Path) -> None:
+        raise UserError(f"{folder}: cannot write a checkpoint there")
+
+    monkeypatch.setattr(ckpt, "check_writable", unwritable)
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume")
+    assert result.exit_code == 2 and "cannot write a checkpoint there" in result.output
+    assert (run / "events.jsonl").read_bytes() == before
+    monkeypatch.undo()
+    assert nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume").exit_code == 0  # (on from it)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_bytes().splitlines()]
+    assert [e["kind"] for e in events].count("end") == 2 and events[-1]["updates"] == 6
+
+
+def test_a_save_cut_short_at_best_pt_is_finished_by_a_resume_at_the_runs_limit(synthetic_bin: Path, run_dir: Path,
+                                                                                tmp_path: Path):  # fmt: skip
+    """A full disk as best.pt was written: the run ended with its end event where the save's checkpoint event
+    was to be, and a resume at the run's limit said "nothing to do", leaving best.pt of the update before."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lines = (run / "events.jsonl").read_bytes().splitlines(keepends=True)
+    kinds = [json.loads(line)["kind"] for line in lines]
+    assert kinds[-2:] == ["checkpoint", "end"] and json.loads(lines[-2])["best"]
+    last = json.loads(lines[-2])["updates"]
+    (run / "events.jsonl").write_bytes(b"".join(lines[:-2] + lines[-1:]))  # no checkpoint event: cut short
+    shutil.copy(run / "checkpoints" / "update-2.pt", run / "checkpoints" / "best.pt")  # the best.pt before
+    (run / "checkpoints" / f"update-{last}.pt").unlink()  # (kept after best.pt: not made)
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", str(last), "--resume")
+    assert result.exit_code == 0 and "nothing to do" not in result.output, result.output
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False, map_location="cpu")
+    assert best["server"]["updates"] == last
+    events = [json.loads(line) for line in (run / "events.jsonl").read_bytes().splitlines()]
+    # the save finished first, its checkpoint event where it belongs (the end in its place is cut), then the session
+    assert [e["kind"] for e in events if e["updates"] == last][-4:] == ["valid", "checkpoint", "start", "end"]
+    assert (run / "checkpoints" / f"update-{last}.pt").is_file()
+
+
 def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

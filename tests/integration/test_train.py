@@ -301,6 +301,33 @@ def test_a_lost_best_pt_is_said_at_resume_and_translate_does_not_take_last_pt(
     assert "(update 150: lost)" in output and "--checkpoint last < SOURCE" in output  # the summary says so too
 
 
+def test_translate_refuses_a_best_pt_that_is_not_the_runs_best_save(learned_run: Path, tmp_path: Path):
+    """A save cut short as it wrote best.pt (a kill, a full disk) left the best.pt before it, which `nmt
+    translate RUN` took without a word, though last.pt records another best."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=False)
+    state["server"]["updates"] = 200  # the best.pt of an earlier validation
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "params_crc32")}, best)
+    _with_best(run, updates=300, bleu=100.0, valid_loss=0.0)  # last.pt (update 300) is the best
+    for record, where in ((300, "--checkpoint last translates with it"), (150, "no kept save holds it"),
+                          (150, f"{run / 'checkpoints' / 'update-150.pt'} holds it")):  # fmt: skip
+        _with_best(run, updates=record)
+        if "update-150" in where:
+            shutil.copyfile(run / "checkpoints" / "last.pt", run / "checkpoints" / "update-150.pt")
+        code, output = run_cli("translate", str(run), "--beam", "1", "--device", "cpu", input="ba\n")
+        assert code == 2 and len(output.strip().splitlines()) == 1, output
+        assert (
+            f"{run}: {best} holds update 200, not the run's best save (update {record}, valid BLEU 100.00: a "
+            f"save cut short, or a rewound run); {where}, `nmt-train BIN {run} --resume`"
+        ) in output
+    for which in ("last", "best"):  # (asked for by name: taken)
+        code, output = run_cli("translate", str(run), "--checkpoint", which, "--beam", "1", "--device", "cpu",
+                               input="ba\n")  # fmt: skip
+        assert code == 0, output
+
+
 def test_a_best_pt_lost_where_last_pt_is_that_save_is_made_again(synthetic_bin: Path, learned_run: Path,
                                                                  tmp_path: Path):  # fmt: skip
     """Killed between writing last.pt and copying it to best.pt (or best.pt deleted), a run whose best save
@@ -888,6 +915,18 @@ def test_a_run_lock_says_its_holders_pid_keeps_the_lock_through_a_clear_and_leav
     assert [p.name for p in run.iterdir()] == ["events.jsonl"]
     with run_lock(run):
         assert foreign_flock_refused(run / LOCK_NAME)
+    # a lock file that is not nmt-train's own was written through: a link to events.jsonl left it a pid
+    for name, make in (("symlink", lambda lock: lock.symlink_to("events.jsonl")),
+                       ("hard link", lambda lock: lock.hardlink_to(lock.parent / "events.jsonl")),
+                       ("fifo", os.mkfifo)):  # fmt: skip
+        odd = tmp_path / name.replace(" ", "-")
+        odd.mkdir()
+        (odd / "events.jsonl").write_text('{"kind": "start"}\n')
+        make(odd / LOCK_NAME)
+        with pytest.raises(UserError, match=f"{odd / LOCK_NAME}: .*not nmt-train's lock file; remove it"):
+            with run_lock(odd):
+                pass
+        assert (odd / "events.jsonl").read_text() == '{"kind": "start"}\n' and os.path.lexists(odd / LOCK_NAME)
     held = tmp_path / "held"
     held.mkdir()
     (held / LOCK_NAME).write_text("4242\n")

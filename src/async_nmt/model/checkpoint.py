@@ -391,6 +391,28 @@ def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint"
     return sp
 
 
+def _check_best_is_the_runs(run: Path, best_file: Path, state: dict[str, Any]) -> None:
+    """best.pt holds the best save that the run's last.pt records. A save cut short as it wrote best.pt (a
+    kill, a full disk) or a run rewound to an older last.pt left one of another update, which `nmt translate
+    RUN` took without a word (a resume makes it again). A last.pt that cannot be read is no matter here."""
+    last_file = best_file.with_name("last.pt")
+    try:
+        last = read_checkpoint(last_file, mmap=True, check_params=False) if last_file.is_file() else {}
+    except UserError:
+        return
+    best, held = last.get("best"), state.get("server", {}).get("updates")
+    if not best or held is None or best.get("updates") == held:
+        return
+    kept = kept_path(run, best["updates"])
+    if last.get("server", {}).get("updates") == best["updates"]:
+        where = "--checkpoint last translates with it"
+    else:
+        where = f"{kept} holds it" if kept.is_file() else "no kept save holds it"
+    raise UserError(f"{run}: {best_file} holds update {held}, not the run's best save ({best_save(best)}: a save "
+                    f"cut short, or a rewound run); {where}, `nmt-train BIN {run} --resume` makes best.pt again, "
+                    "and --checkpoint best takes it as it is")  # fmt: skip
+
+
 def load_model(
     path: Path, which: str | None = None, device: torch.device | str | None = None, average: int = 0
 ) -> tuple[Transformer, spm.SentencePieceProcessor]:
@@ -409,6 +431,8 @@ def load_model(
             raise UserError(f"{path}: no best.pt in {ckpt_file.parent}, though the run saved its best there "
                             f"({best_save(state['best'])}){held}; --checkpoint last, or {ckpt_file} itself, "
                             "translates with the last save")  # fmt: skip
+        if Path(path).is_dir() and which is None and ckpt_file.name == "best.pt":  # (--checkpoint best: as asked)
+            _check_best_is_the_runs(Path(path), ckpt_file, state)
     sp = vocab_from_checkpoint(state, ckpt_file)
     try:
         model = Transformer.uninitialized(from_dict(ModelConfig, state["model_config"]))

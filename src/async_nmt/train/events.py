@@ -57,6 +57,14 @@ class EventLog:
         """Write `line`, a whole event's as read back (or nothing), with the next event, in one write."""
         self._held = line.decode("utf-8")
 
+    def put_back_held(self) -> None:
+        """Write the held line alone, where no event took it (a resume that failed before its start event)."""
+        if self._held:
+            self._file.write(self._held)
+            self._file.flush()
+            self.lines += 1
+            self._held = ""
+
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert kind in EVENT_KINDS, kind
         event = {"kind": kind, **{k: round_floats(v) for k, v in fields.items()}}
@@ -151,8 +159,12 @@ def truncate_events(path: Path, keep_lines: int) -> tuple[list[dict[str, Any]], 
             held = after
             events.append(end)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(kept)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(kept)
+        os.replace(tmp, path)
+    except OSError as err:  # (a log that cannot be replaced: the copy was left beside it, and the error named it)
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot cut the log back to the save ({err.strerror or err})", str(path)) from None
     return events, held
 
 

@@ -89,11 +89,15 @@ def run_trainer(
         trainer.began_earlier(time.time() - began)
     # the trainer has read everything it needs before the folder changes; torchrun's async worker ranks
     # wait for their server, so it trains (or stops at once) rather than skip
-    if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in RANK_MODES):
-        return None
     try:
+        if not trainer.open_run(resume, may_skip=world == 1 or cfg.mode in RANK_MODES):
+            return None
         summary = trainer.run(progress=progress and rank == 0)
-    except KeyboardInterrupt:  # a second Ctrl-C: after the stop's save, which stands, it only cuts the wait
+    except BaseException as err:
+        trainer.put_back_held_end()  # (a resume that failed before its start event)
+        if not isinstance(err, KeyboardInterrupt):
+            raise
+        # a second Ctrl-C: after the stop's save, which stands, it only cuts the wait
         if not (trainer.stop_saved and rank == 0):  # for the workers to end (it said "interrupted" alone)
             raise
         print("interrupted" if scratch else f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)

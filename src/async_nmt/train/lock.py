@@ -11,9 +11,11 @@ starting a run over empties the folder around it rather than deleting it (that w
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,7 +106,23 @@ def _acquire(run_dir: Path) -> int:
 
 
 def _open_lock_file(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """The lock file, opened for writing; refused where it is not one that only nmt-train writes: a symbolic
+    link, something other than a regular file, or a file with other hard links (each was written through:
+    a link to the run's events.jsonl left it holding a pid)."""
+    try:  # (O_NONBLOCK: a FIFO there opens without waiting for a reader)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise UserError(f"{path}: is a symbolic link, not nmt-train's lock file; remove it (the lock's pid would "
+                        "be written through it)") from None  # fmt: skip
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+        os.close(fd)
+        what = "is not a regular file" if not stat.S_ISREG(status.st_mode) else "has other hard links"
+        raise UserError(f"{path}: {what}, not nmt-train's lock file; remove it (the lock's pid would be written "
+                        "into it)")  # fmt: skip
+    return fd
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -171,7 +171,7 @@ class Trainer:
             # for the others) a rank could skip while the rest trained
             limit = None
             if self.leader and self.validated_at == self.updates and not self._rewound(events_path):
-                if complete_lines(events_path) >= state["event_lines"]:
+                if self._save_event(events_path, state["event_lines"]) == "checkpoint":
                     limit = self.limit_reached()
             if self.workers.all_agree(limit is not None or not self.leader) and may_skip:
                 if self.leader:
@@ -181,8 +181,10 @@ class Trainer:
             if self.leader:
                 for tmp in (self.run_dir / "checkpoints").glob("*.tmp"):  # a save that a kill -9 cut short
                     tmp.unlink()
-                # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut
-                events, self.held_end = truncate_events(events_path, state["event_lines"])
+                # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut; an end event
+                # in place of the save's own is cut with what follows, and the save finished below
+                keep = state["event_lines"] - (self._save_event(events_path, state["event_lines"]) == "end")
+                events, self.held_end = truncate_events(events_path, keep)
                 # of a run rewound to an older last.pt: abandoned, as the events after the checkpoint are (`nmt
                 # average` took them); said, as they went without a word where the run said how to rewind
                 later = [kept for kept in kept_checkpoints(self.run_dir) if kept_update(kept) > self.updates]
@@ -220,6 +222,36 @@ class Trainer:
         if resume:
             self._check_best_save()
         return True
+
+    @staticmethod
+    def _save_event(events_path: Path, event_lines: int) -> str | None:
+        """The kind of the event where the save's last one, its checkpoint event, belongs (its `event_lines`
+        count it), if any: "checkpoint" where all that follows the write of last.pt was done. A save cut
+        short there (a full disk at best.pt) left the run's end event in its place, which a count of lines
+        took for it: the resume at the run's limit said "nothing to do", leaving best.pt stale and no kept
+        copy, and one that trained on kept that end event for the save's and made no kept copy."""
+        if not 0 < event_lines <= complete_lines(events_path):
+            return None
+        try:
+            return read_events(events_path)[event_lines - 1]["kind"]
+        except UserError:  # (said where the resume cuts the log)
+            return None
+
+    def put_back_held_end(self) -> None:
+        """A resume that fails before its start event (a checkpoints folder it cannot write, a full disk) puts
+        back the end event it cut from the log (`truncate_events`), so that the log ends as the session it
+        resumed did: a finished run's looked unfinished for good. (Best effort: the error that stopped it is
+        the one said.)"""
+        events = self.__dict__.get("events")
+        try:
+            if events is not None:
+                events.put_back_held()
+            elif self.held_end:
+                with open(self.run_dir / "events.jsonl", "ab") as f:
+                    f.write(self.held_end)
+        except OSError:
+            pass
+        self.held_end = b""
 
     def _rewound(self, events_path: Path) -> bool:
         """Whether last.pt is older than the run's kept saves or its log: a run rewound to an older save (a
@@ -339,7 +371,7 @@ class Trainer:
             "tokens": self.tokens,
             "data": [stream.state_dict() for stream in self.streams],
             "workers": self.workers.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": ckpt.rng_state(self.device),
             "train_s": self.clock.seconds,
             "wall_s": self.wall_s,
             "best": self.best,
@@ -405,7 +437,7 @@ class Trainer:
         self.tokens = state["tokens"]
         for stream, position in zip(self.streams, state["data"], strict=True):
             stream.load_state_dict(position)
-        ckpt.set_rng_state(state["rng"])  # rank 0's; the sync and diloco ranks then take their own
+        ckpt.set_rng_state(state["rng"], self.device)  # rank 0's; the sync and diloco ranks then take their own
         self.workers.load_state_dict(state["workers"])
         self.best = state["best"]
         # a save that Ctrl-C made during a validation holds an older one (saves before 2026-12-05 lack it:
