@@ -34,7 +34,8 @@ from async_nmt.errors import ScriptParser, UserError, run_script  # noqa: E402
 from async_nmt.model.checkpoint import load_model  # noqa: E402
 from async_nmt.model.search import cast_for_search  # noqa: E402
 from async_nmt.provenance import timed_on, versions  # noqa: E402
-from async_nmt.translate import default_max_tokens, read_lines, translate_lines  # noqa: E402
+from async_nmt.score import read_lines  # noqa: E402
+from async_nmt.translate import default_max_tokens, translate_lines  # noqa: E402
 
 CLI = time.perf_counter()
 

@@ -267,6 +267,7 @@ def _train_options(f):
 @click.argument("bin_dir", type=PATH)
 @click.argument("run_dir", type=PATH)
 @_train_options
+@click.version_option(package_name="async-nmt")  # (for nmt-train, which has no `nmt --version` above it)
 def train(bin_dir: Path, run_dir: Path, **options) -> None:
     """Train a model on the binarized corpus BIN_DIR, writing the run folder RUN_DIR.
 
@@ -343,7 +344,7 @@ def train_main() -> None:
     type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
-    help="Search precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32. In bf16 a "
+    help="Search precision: auto = bf16 autocast on GPUs (Ampere on) and CPUs with native bf16, else fp32. In bf16 a "
     "sentence's output may depend on its batch (a near tie); fp32 gives the same output however it is batched.",
 )
 @click.option(

@@ -43,13 +43,17 @@ STDIN = "-"  # HYP `-`: stdin, as sacreBLEU and `nmt translate -i -` take it
 
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file, with one-line errors for a missing or unreadable file."""
+    return decode_lines(read_bytes(path), str(path))
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, with one-line errors for a missing or unreadable file."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    return decode_lines(data, str(path))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import Scored, beam_search, cast_for_search, generate
 from async_nmt.model.transformer import Transformer
 from async_nmt.progress import ProgressBar
-from async_nmt.score import decode_lines, read_lines
+from async_nmt.score import decode_lines, read_bytes
 
 
 def _padded(length: int, max_width: int) -> int:
@@ -291,14 +291,15 @@ BOM = "\ufeff"  # a byte order mark (Windows editors write one) is no part of th
 def read_input(path: Path | None) -> list[str]:
     """The lines to translate: of `path`, or of stdin where it is None or `-`."""
     if path is not None and str(path) != STDIO:
-        lines = read_lines(path)
+        data = read_bytes(path)
     elif sys.stdin is None:
         raise UserError("stdin is closed; give the source with --input")
     else:
-        lines = decode_lines(sys.stdin.buffer.read(), "stdin")
+        data = sys.stdin.buffer.read()
+    lines = decode_lines(data, "stdin" if path is None or str(path) == STDIO else str(path))
     if lines:
         lines[0] = lines[0].removeprefix(BOM)
-    return lines
+    return [] if lines == [""] and not data.endswith(b"\n") else lines  # (a BOM alone: no line, as no text)
 
 
 WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
@@ -399,6 +400,8 @@ def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> I
                         check_line_ends(name, number, newlines, returns)
                     yield lines
                     lines = []
+                continue
+            if number == 0 and raw == BOM.encode():  # a BOM alone, the whole input: no line, as no text
                 continue
             number += 1
             try:

@@ -451,6 +451,15 @@ def test_help_and_version_on_a_full_stdout_are_one_line() -> None:
         assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)", (args, done.stderr)
 
 
+def test_nmt_train_has_a_version_as_nmt_has() -> None:
+    """`nmt-train --version` was "No such option", where `nmt --version` works."""
+    from importlib.metadata import version
+
+    nmt_train = Path(sys.executable).with_name("nmt-train")
+    done = subprocess.run([str(nmt_train), "--version"], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, f"nmt-train, version {version('async-nmt')}\n"), done.stderr
+
+
 def test_report_refuses_a_closed_stdout_only_where_its_results_go_there(tmp_path: Path) -> None:
     """`nmt report RUN >&-` is refused as `nmt score` is (its table would be lost); with --out its results are
     the files it writes there, and a closed stdout is no matter."""

@@ -145,6 +145,21 @@ def test_empty_input_never_touches_the_model(sp, monkeypatch):
     assert translate_lines(model, sp, []) == []
 
 
+@pytest.mark.parametrize("chunk_size", ["0", "1"])
+def test_a_byte_order_mark_alone_is_no_line(run_dir: Path, tmp_path: Path, chunk_size: str):
+    """An empty file saved with a BOM (as Windows editors save "UTF-8 with BOM") gave one empty line where an
+    empty file gives none; a BOM and a newline is one line, as `wc -l` counts it."""
+    for data, lines in ((b"\xef\xbb\xbf", 0), (b"\xef\xbb\xbf\n", 1), (b"\xef\xbb\xbf\xef\xbb\xbf", 1), (b"", 0)):
+        source = tmp_path / "in.txt"
+        source.write_bytes(data)
+        options = ["translate", str(run_dir), "--beam", "1", "--chunk-size", chunk_size]
+        for result in (runner().invoke(main, options, input=data), runner().invoke(main, [*options, "-i", source])):
+            assert result.exit_code == 0 and result.stdout.count("\n") == lines, (data, result.output)
+    piped = subprocess.run([sys.executable, "-m", "async_nmt.cli", *options], input=b"\xef\xbb\xbf",
+                           capture_output=True, timeout=120)  # fmt: skip
+    assert (piped.returncode, piped.stdout) == (0, b""), piped.stderr
+
+
 def test_long_lines_are_truncated_with_one_warning_that_names_them(sp, monkeypatch, capsys):
     seen: list[torch.Tensor] = []
     monkeypatch.setattr(translate, "generate", identity_search(seen))
@@ -862,6 +877,9 @@ OUT_OF_MEMORY = {  # as CUDA says it, and as the CPU's allocator does (a plain R
         "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough "
         "memory: you tried to allocate 503808000 bytes."
     ),  # fmt: skip
+    # plain RuntimeErrors on a GPU too: cuBLAS's workspace, and a CUDA call's own (a traceback before)
+    "cublas": lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "cuda call": lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously..."),
 }
 
 
@@ -878,7 +896,7 @@ def out_of_memory_above(rows: int, sizes: list[int], device: str = "cuda"):
     return generate
 
 
-@pytest.mark.parametrize("device", ["cuda", "cpu"])
+@pytest.mark.parametrize("device", list(OUT_OF_MEMORY))
 def test_a_batch_that_runs_out_of_memory_is_translated_in_halves(sp, monkeypatch, capsys, device: str):
     model = small_model(sp.get_piece_size())
     expected = translate_lines(model, sp, LINES, beam=2, max_tokens=1000)
