@@ -33,7 +33,7 @@ from async_nmt.errors import (
     sigterm_interrupts,
 )
 from async_nmt.model.checkpoint import check_translation_output, load_model
-from async_nmt.model.search import Scored, beam_search, cast_for_search, generate
+from async_nmt.model.search import Scored, beam_search, cast_for_search, generate, release_capture_pool
 from async_nmt.model.transformer import Transformer
 from async_nmt.progress import ProgressBar
 from async_nmt.score import decode_lines, read_bytes
@@ -218,6 +218,7 @@ def translate_ids(
             if not out_of_memory(err):
                 raise
         if device.type == "cuda":
+            release_capture_pool(device)  # (what the captures hold: the cache's emptying skips a live pool)
             torch.cuda.empty_cache()
         if len(batch) == 1:
             raise OutOfMemory(
@@ -299,7 +300,7 @@ def read_input(path: Path | None) -> list[str]:
     lines = decode_lines(data, "stdin" if path is None or str(path) == STDIO else str(path))
     if lines:
         lines[0] = lines[0].removeprefix(BOM)
-    return [] if lines == [""] and not data.endswith(b"\n") else lines  # (a BOM alone: no line, as no text)
+    return [] if data == BOM.encode() else lines  # (a BOM alone: no line, as no text)
 
 
 WINDOW = 10_000  # lines read, translated and written at a time, by default, from anything but a terminal
@@ -365,7 +366,9 @@ def _regular_file_lines(fd: int, name: str) -> int | None:
         count += lines.count(b"\n")
         returns += lone_returns(lines)  # (whole lines: no \r\n is cut in two)
         if not block:
-            total = count + (not lines.endswith(b"\n") and len(lines) > 0)  # (the last line without its newline)
+            # (the last line without its newline; a BOM alone is none, as `input_chunks` reads it)
+            unended = not lines.endswith(b"\n") and len(lines) > 0 and not (count == 0 and lines == BOM.encode())
+            total = count + unended
             check_line_ends(name, total, count, returns)
             return total
 

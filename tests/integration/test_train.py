@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -322,6 +323,11 @@ def test_translate_refuses_a_best_pt_that_is_not_the_runs_best_save(learned_run:
             f"{run}: {best} holds update 200, not the run's best save (update {record}, valid BLEU 100.00: a "
             f"save cut short, or a rewound run); {where}, `nmt-train BIN {run} --resume`"
         ) in output
+    (run / LOCK_NAME).write_text(f"{os.getpid()}\n")  # the run training now: a new best being saved, perhaps
+    code, output = run_cli("translate", str(run), "--beam", "1", "--device", "cpu", input="ba\n")
+    assert code == 0 and f"warning: {run}: {best} holds update 200, not the run's best save" in output, output
+    assert "the run, training, may be saving now; translating with it" in output
+    (run / LOCK_NAME).unlink()
     for which in ("last", "best"):  # (asked for by name: taken)
         code, output = run_cli("translate", str(run), "--checkpoint", which, "--beam", "1", "--device", "cpu",
                                input="ba\n")  # fmt: skip

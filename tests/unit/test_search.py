@@ -235,6 +235,25 @@ def test_weights_in_autocasts_precision_give_autocasts_logits_and_are_dropped_af
     assert all(m.low is None for m in MODEL.modules() if hasattr(m, "low"))
 
 
+def test_weights_in_that_runs_out_of_memory_leaves_no_layer_with_a_copy(monkeypatch: pytest.MonkeyPatch):
+    """The copies were set as they were made: one that failed (out of memory) left the layers before it with
+    copies that they went on computing with, after the model had trained on (a validation's loss)."""
+    to, calls = torch.Tensor.to, []
+
+    def fails_at_the_fifth(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", fails_at_the_fifth)
+    with pytest.raises(torch.OutOfMemoryError), MODEL.weights_in(torch.bfloat16):
+        pass
+    monkeypatch.undo()
+    assert len(calls) == 5 and MODEL.project_weight is None
+    assert all(m.low is None for m in MODEL.modules() if hasattr(m, "low"))
+
+
 @pytest.mark.parametrize("check_every", [2, 8, 100])
 def test_reading_the_device_every_few_steps_gives_the_same_outputs(check_every: int):
     # finished sentences then stay in the batch for up to check_every - 1 more steps, and must not change

@@ -255,7 +255,8 @@ def average_last_kept(run_dir: Path, count: int, tries: int = 5) -> tuple[list[P
 
 def _older_than_last(run_dir: Path, newest: Path) -> str | None:
     """A warning where the run's last.pt is of a later update than its newest kept save: it kept none since
-    (resumed with --keep-last 0), and an average of them was taken without a word for the run's last ones."""
+    (resumed with --keep-last 0, or a save cut short before its kept copy), and an average of them was taken
+    without a word for the run's last ones."""
     last = checkpoint_path(run_dir, "last")
     try:
         updates = read_checkpoint(last, mmap=True, check_params=False).get("server", {}).get("updates")
@@ -264,7 +265,8 @@ def _older_than_last(run_dir: Path, newest: Path) -> str | None:
     if not isinstance(updates, int) or updates <= kept_update(newest):
         return None
     return (f"warning: {last} is at update {updates}, but the newest kept save is {newest.name}: the run kept "
-            "none since (resumed with --keep-last 0?), so this averages older saves than its last")  # fmt: skip
+            "none since (resumed with --keep-last 0, or a save cut short before its copy, which a resume makes), "
+            "so this averages older saves than its last")  # fmt: skip
 
 
 def read_checkpoint(path: Path, mmap: bool = False, check_params: bool = True) -> dict[str, Any]:
@@ -346,6 +348,8 @@ def params_crc32(params: torch.Tensor) -> int:
 def find_checkpoint(path: Path, which: str | None = None) -> Path:
     """A run folder -> its `which` checkpoint ("best" or "last"; None: best, or last in a run that has no
     best, one stopped before its first validation); a checkpoint file -> itself, where `which` must be None."""
+    if path.is_dir() and path.suffix == ".pt":  # (RUN/checkpoints/last.pt made a folder: "no checkpoint in" it)
+        raise UserError(f"{path}: a folder, not a checkpoint")
     if path.is_dir():
         names = ("best", "last") if which is None else (which,)
         for name in names:
@@ -391,6 +395,29 @@ def vocab_from_checkpoint(state: dict[str, Any], path: Path | str = "checkpoint"
     return sp
 
 
+def in_training(run: Path) -> bool:
+    """Whether an nmt-train is training `run` now: its lock file (train/lock.py) names a live process. (Not by
+    taking the lock, even shared for a moment: an nmt-train starting then would be refused.) A pid left by a
+    killed nmt-train that another process took since counts too."""
+    try:
+        fd = os.open(run / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            pid = os.read(fd, 32).decode("ascii", errors="replace").strip()
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # (another user's)
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
 def _check_best_is_the_runs(run: Path, best_file: Path, state: dict[str, Any]) -> None:
     """best.pt holds the best save that the run's last.pt records. A save cut short as it wrote best.pt (a
     kill, a full disk) or a run rewound to an older last.pt left one of another update, which `nmt translate
@@ -402,6 +429,10 @@ def _check_best_is_the_runs(run: Path, best_file: Path, state: dict[str, Any]) -
         return
     best, held = last.get("best"), state.get("server", {}).get("updates")
     if not best or held is None or best.get("updates") == held:
+        return
+    if in_training(run):  # (a new best saved as this read: last.pt written, best.pt not yet copied)
+        print(f"warning: {run}: {best_file} holds update {held}, not the run's best save ({best_save(best)}), which "
+              "the run, training, may be saving now; translating with it", file=sys.stderr)  # fmt: skip
         return
     kept = kept_path(run, best["updates"])
     if last.get("server", {}).get("updates") == best["updates"]:

@@ -152,11 +152,28 @@ def _capture_resources(device: torch.device) -> tuple[torch.cuda.Stream, Any]:
     (found by reading the allocator, not yet measured on a GPU). The batches capture one after another and
     never replay an earlier batch's graph, which is what sharing a pool asks. The pool lives as long as
     the process (`torch.cuda.MemPool`, where torch has it; else a graph's own pool)."""
-    mempool = getattr(torch.cuda, "MemPool", None)
     with torch.cuda.device(device):
-        # (the MemPool itself is kept: while it lives, its pool is never freed under a later capture; a bare
-        # `graph_pool_handle` is, once the graph that used it is gone, and the next capture into it fails)
-        return torch.cuda.Stream(device), (mempool() if mempool is not None else None)
+        return torch.cuda.Stream(device), _memory_pool()
+
+
+def _memory_pool() -> Any:
+    """A pool for the captures (None: each graph its own). The MemPool itself is kept: while it lives, its
+    pool is never freed under a later capture; a bare `graph_pool_handle` is, once the graph that used it is
+    gone, and the next capture into it fails. Only the native allocator has pools (not cudaMallocAsync)."""
+    if not hasattr(torch.cuda, "MemPool") or torch.cuda.get_allocator_backend() != "native":
+        return None
+    try:
+        return torch.cuda.MemPool()
+    except RuntimeError:  # (a torch whose MemPool this allocator lacks)
+        return None
+
+
+def release_capture_pool(device: torch.device) -> None:
+    """Let go of the captures' pool (and side stream) on `device`, so that emptying the allocator's cache
+    frees the memory it holds, which a live pool keeps even from a search that runs out of memory; the next
+    capture makes new ones. No graph may be replayed after it."""
+    if device.type == "cuda" and _capture_resources.cache_info().currsize:
+        _capture_resources.cache_clear()
 
 
 def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], check_every: int) -> list[list[int]]:

@@ -336,17 +336,19 @@ class Transformer(nn.Module):
             yield
             return
         linears = [m for m in self.modules() if isinstance(m, Linear) and m.weight.dtype != dtype]
-        saved = [m.low for m in linears]  # (training's copies, where a caller set them)
-        with torch.no_grad():
-            for module in linears:
-                module.low = (module.weight.to(dtype), None if module.bias is None else module.bias.to(dtype))
-            self.project_weight = self.embed.weight.to(dtype)
-        try:
+        saved, saved_projection = [m.low for m in linears], self.project_weight  # (training's, where set)
+        try:  # (copies made, then set: a copy that runs out of memory leaves no layer with a stale one)
+            with torch.no_grad():
+                copies = [(m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)) for m in linears]
+                projection = self.embed.weight.to(dtype)
+            for module, low in zip(linears, copies, strict=True):
+                module.low = low
+            self.project_weight = projection
             yield
         finally:
             for module, low in zip(linears, saved, strict=True):
                 module.low = low
-            self.project_weight = None
+            self.project_weight = saved_projection
 
     def encode(self, src: Tensor) -> EncoderOut:
         attn_mask = src.ne(self.cfg.pad_id)[:, None, None, :]  # made once, not at every decoding step

@@ -441,7 +441,7 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
     _message(dist.broadcast, params, src=0)
     flat.data.copy_(params)
     reply = torch.empty(2, dtype=torch.int64)
-    pushes = 0
+    pushes, copied = 0, None
     while True:
         stats = compute.push()
         pushes += 1
@@ -455,6 +455,11 @@ def _work(cfg: TrainConfig, rank: int, device: torch.device) -> None:
         _message(dist.recv, reply, src=0, tag=REPLY)
         if reply[1]:  # stop
             return
+        if copied is not None:  # (the copy from `params` is done before the next pull overwrites it; the read of
+            copied.synchronize()  # the push's loss made sure of it too, but only by the way)
         _message(dist.recv, params, src=0, tag=PARAMS)
         flat.data.copy_(params, non_blocking=pinned)
+        if pinned:
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(device))
         pulled = int(reply[0])
