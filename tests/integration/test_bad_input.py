@@ -498,6 +498,9 @@ def test_a_cut_last_pt_at_resume_says_how_to_go_on_and_names_no_missing_file(syn
     one_line_error(nmt("train", synthetic_bin, run, "--resume", "--max-updates", "5", "--quiet"),
                    "last.pt: cut short (not a whole zip archive", "resume from another save (best.pt")  # fmt: skip
     assert files(run) == before
+    last.write_bytes(b"\x8a" * 1000)  # other bytes altogether were "cut short" too
+    one_line_error(nmt("train", synthetic_bin, run, "--resume", "--max-updates", "5", "--quiet"),
+                   "last.pt: not a checkpoint (not a zip archive, as torch.save writes)")  # fmt: skip
     one_line_error(nmt("train", tmp_path / "nope", tmp_path / "new", *TRAIN), f"{tmp_path / 'nope'}: no such folder")
     one_line_error(nmt("translate", "/dev/null", stdin="a b\n"), "/dev/null: not a regular file")
 
@@ -700,6 +703,21 @@ def test_a_resume_refuses_another_validation_set(synthetic_bin: Path, run_dir: P
     (bin_dir / f"valid.{tgt}").write_text("".join(lines))
     one_line_error(nmt("train", bin_dir, run, *TRAIN, "--max-updates", "6", "--resume"),
                    "validated on other sentences")  # fmt: skip
+
+
+def test_a_last_pt_that_is_not_a_file_is_not_offered_as_a_save_to_copy(synthetic_bin: Path, run_dir: Path,
+                                                                         tmp_path: Path):  # fmt: skip
+    """A last.pt that is a folder was named among the saves to copy to last.pt, whose `cp` then put the copy
+    inside it."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "checkpoints" / "last.pt").unlink()
+    (run / "checkpoints" / "last.pt").mkdir()
+    result = nmt("train", synthetic_bin, run, *TRAIN, "--max-updates", "6", "--resume")
+    one_line_error(result, f"{run}: checkpoints/last.pt is not a file to resume from, but best.pt, update-2.pt, "
+                   "update-4.pt: remove it, then copy the one to go on from to last.pt (cp)")  # fmt: skip
+    last = run / "checkpoints" / "last.pt"
+    one_line_error(nmt("translate", last, stdin="a b\n"), f"{last}: a folder, not a checkpoint")
 
 
 def test_a_resume_that_fails_before_it_starts_leaves_the_log_as_it_was(synthetic_bin: Path, run_dir: Path,

@@ -711,6 +711,7 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
         ("sync", 3, {"train_s": -40.0}, "its train_s is -40.0, below 0"),
         ("sync", 3, {"predicted_s": -1}, "its predicted_s is -1, below 0"),
         ("async", 1, {"tokens": -1}, "its tokens is -1, below 0"),
+        ("sync", 2, {"updates": 20.7}, "its updates is 20.7, not a whole number"),  # (it was taken)
     ],
 )
 def test_an_event_that_re_pricing_cannot_take_is_a_one_line_error(

@@ -65,11 +65,19 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> No
     folder that `check_run_path` refuses. A folder that holds only the lock file counts as empty."""
     check_run_path(run_dir, bin_dir)
     if resume:
-        if not checkpoint_path(run_dir, "last").is_file():
-            others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if run_dir.is_dir() else []
+        last = checkpoint_path(run_dir, "last")
+        if not last.is_file():
+            # (a last.pt that is a folder, a FIFO or a link to /dev/null was listed among the saves to copy to it)
+            odd = os.path.lexists(last)
+            others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")
+                            if p.name != "last.pt" and p.is_file()) if run_dir.is_dir() else []  # fmt: skip
+            what = "checkpoints/last.pt is not a file" if odd else "no checkpoints/last.pt"
             if others:  # --force would delete them: one may be the lost last.pt
-                raise UserError(f"{run_dir}: no checkpoints/last.pt to resume from, but {', '.join(others)}: "
-                                f"copy the one to go on from to last.pt (cp), then --resume")  # fmt: skip
+                put = "remove it, then copy" if odd else "copy"
+                raise UserError(f"{run_dir}: {what} to resume from, but {', '.join(others)}: {put} the one to go on "
+                                "from to last.pt (cp), then --resume")  # fmt: skip
+            if odd:
+                raise UserError(f"{run_dir}: {what}; nothing to resume")
             again = "; start it over with --force" if is_run_folder(run_dir) else ""  # stopped before a save
             raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt){again}")
     elif run_dir.exists() and any(entry.name != LOCK_NAME for entry in run_dir.iterdir()):

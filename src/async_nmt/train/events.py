@@ -205,6 +205,9 @@ def _problem(event: dict[str, Any]) -> str | None:
     for name in NAMES:
         if name in event and not isinstance(event[name], str):
             return f"its {name} is {json.dumps(event[name])}, not a name"
+    for name in ("updates", "pushes", "tokens"):  # (counted: a hand-edited 20.7 updates was taken)
+        if name in event and not isinstance(event[name], int):
+            return f"its {name} is {json.dumps(event[name])}, not a whole number"
     # what `nmt report --link-gbps` divides by, and the per-device clocks it takes pairwise
     for name, least in (("workers", 1), ("sync_every", 1 if event.get("mode") == "diloco" else 0)):
         if name in event and not (isinstance(event[name], int) and event[name] >= least):

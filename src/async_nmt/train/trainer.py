@@ -391,7 +391,10 @@ class Trainer:
 
     def _load(self, path: Path) -> dict[str, Any]:
         if path.is_file() and not whole_archive(path):  # (a damaged one's message gave the way out; a cut one's not)
-            raise UserError(f"{path}: cut short (not a whole zip archive, as torch.save writes); {ckpt.OTHER_SAVE}")
+            with open(path, "rb") as f:  # (one of other bytes altogether was said to be cut short)
+                begun = f.read(4) == b"PK\x03\x04"  # a zip archive's first entry
+            what = "cut short (not a whole zip archive" if begun else "not a checkpoint (not a zip archive"
+            raise UserError(f"{path}: {what}, as torch.save writes); {ckpt.OTHER_SAVE}")
         ckpt.check_archive(path)  # every entry against its CRC-32, the training state's too, before it is read
         state = read_checkpoint(path)
         if any(key not in state for key in ("server", "data", "rng", "train_config", "corpus")):
