@@ -278,13 +278,8 @@ def run_script(main: Callable[[], object]) -> None:
     try:
         with sigterm_interrupts(), stdout_named():  # SIGTERM as Ctrl-C (it ended scripts without a word)
             main()
-        if sys.stdout is not None:
-            try:
-                sys.stdout.flush()
-            except BrokenPipeError:
-                raise
-            except OSError as err:
-                raise cannot_write(err, "stdout") from None
+            if sys.stdout is not None:
+                sys.stdout.flush()  # what it printed, written out (a full disk there names stdout)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -308,17 +303,16 @@ class _NamedStdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:  # (the reader has gone: ended quietly)
-            raise
-        except OSError as err:
-            raise cannot_write(err, "stdout") from None
+        return self._named(self._stream.write, text)
 
     def flush(self) -> None:
+        self._named(self._stream.flush)
+
+    @staticmethod
+    def _named(call: Callable[..., Any], *args: Any) -> Any:
         try:
-            self._stream.flush()
-        except BrokenPipeError:
+            return call(*args)
+        except BrokenPipeError:  # (the reader has gone: ended quietly)
             raise
         except OSError as err:
             raise cannot_write(err, "stdout") from None
