@@ -485,7 +485,8 @@ def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_ctrl_c_while_the_workers_start_saves_and_stops_them(synthetic_bin: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch, mode: str):  # fmt: skip
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capfd: pytest.CaptureFixture[str], mode: str):  # fmt: skip
     """A Ctrl-C (or a scheduler's SIGTERM) as the worker processes start is held until they are ready, then
     saves and exits 130 as elsewhere. It escaped the trainer's handlers and left the workers running (each
     printed a traceback as the parent tore down the shared state they were unpickling); one that came during
@@ -511,6 +512,8 @@ def test_ctrl_c_while_the_workers_start_saves_and_stops_them(synthetic_bin: Path
     assert kinds[0] == "start" and kinds[-2:] == ["checkpoint", "end"] and events(run)[-1]["interrupted"]
     assert events(run)[-1]["updates"] <= 2
     assert (run / "checkpoints" / "last.pt").is_file()
+    if mode == "async":  # said at once (it was once the workers were ready: seconds of silence)
+        assert "interrupted: saving once the worker processes have started" in capfd.readouterr().err
 
 
 def test_an_update_taken_before_the_trainer_waits_for_it_is_not_waited_for_again(synthetic_bin: Path,
