@@ -202,8 +202,10 @@ class Trainer:
                     print(f"warning: {events_path} ends at update {events[-1]['updates']}, before the save it "
                           f"resumes from (update {self.updates}): the events between are lost (cut short or "
                           "damaged; `nmt report` sees a gap)", file=sys.stderr)  # fmt: skip
-                # the wall clock goes on from the last event: the checkpoint's own event came after the write
+                # the wall clock goes on from the last event: the checkpoint's own event came after the write; so does
+                # the training clock, from the end event written just after the save (its clock ran on a little)
                 self._wall_start -= max([0.0] + [event.get("wall_s", 0.0) - state["wall_s"] for event in events[-1:]])
+                self.clock.offset = max([self.clock.offset] + [event.get("train_s", 0.0) for event in events[-1:]])
         if not self.leader:
             return True
         self._warn_of_setup()  # (once the run is sure to go on: not above a refusal's one line)
@@ -664,8 +666,8 @@ class Trainer:
             print(f"resuming {self.run_dir} from update {self.updates} "
                   f"({checkpoint_path(self.run_dir, 'last').relative_to(self.run_dir)}){past}",
                   file=sys.stderr)  # fmt: skip
-        self._event(
-            "start", mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
+        start = dict(
+            mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
             max_tokens=cfg.max_tokens, batch_sort=cfg.batch_sort, preset=cfg.preset, device=str(self.device),
@@ -682,6 +684,10 @@ class Trainer:
             # commit): rank 0's, which alone writes the log (the other ranks did not ask git too)
             **({"device_name": device_name(self.device), "versions": versions()} if self.leader else {}),
         )  # fmt: skip
+        # the training clock starts here, at the start event: it ran from the trainer's making, and a new run's
+        # start event said 0.03-0.07 s of set-up (loading, the folder, git's commit) in train_s
+        self.clock = TrainingClock(self.clock.offset)
+        self._event("start", **start)
         bar = ProgressBar(
             total=cfg.max_updates or None, initial=self.updates, unit="upd", dynamic_ncols=True,
             disable=None if progress else True, file=sys.stderr, desc="train",
