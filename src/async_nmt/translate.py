@@ -218,7 +218,7 @@ def translate_ids(
             if not out_of_memory(err):
                 raise
         if device.type == "cuda":
-            release_capture_pool(device)  # (what the captures hold: the cache's emptying skips a live pool)
+            release_capture_pool()  # (what the captures hold: the cache's emptying skips a live pool)
             torch.cuda.empty_cache()
         if len(batch) == 1:
             raise OutOfMemory(

@@ -168,12 +168,11 @@ def _memory_pool() -> Any:
         return None
 
 
-def release_capture_pool(device: torch.device) -> None:
-    """Let go of the captures' pool (and side stream) on `device`, so that emptying the allocator's cache
-    frees the memory it holds, which a live pool keeps even from a search that runs out of memory; the next
-    capture makes new ones. No graph may be replayed after it."""
-    if device.type == "cuda" and _capture_resources.cache_info().currsize:
-        _capture_resources.cache_clear()
+def release_capture_pool() -> None:
+    """Let go of the captures' pools (and side streams), so that emptying the allocator's cache frees the
+    memory they hold, which a live pool keeps even from a search that runs out of memory; the next capture
+    makes new ones. No graph may be replayed after it."""
+    _capture_resources.cache_clear()
 
 
 def _greedy_fixed_shapes(model: Transformer, src: Tensor, limits: list[int], check_every: int) -> list[list[int]]:

@@ -170,9 +170,9 @@ class Trainer:
             # alone (from another node's copy of the folder, or on a clock that passed --max-time as it waited
             # for the others) a rank could skip while the rest trained
             limit = None
-            if self.leader and self.validated_at == self.updates and not self._rewound(events_path):
-                if self._save_event(events_path, state["event_lines"]) == "checkpoint":
-                    limit = self.limit_reached()
+            save_event = self._save_event(events_path, state["event_lines"]) if self.leader else None
+            if save_event == "checkpoint" and self.validated_at == self.updates and not self._rewound(events_path):
+                limit = self.limit_reached()
             if self.workers.all_agree(limit is not None or not self.leader) and may_skip:
                 if self.leader:
                     print(f"nothing to do: {self.run_dir} is at update {self.updates}, where {limit} stops it",
@@ -183,7 +183,7 @@ class Trainer:
                     tmp.unlink()
                 # a corrupt line stops the resume here, not at `nmt report`, and before the log is cut; an end event
                 # in place of the save's own is cut with what follows, and the save finished below
-                keep = state["event_lines"] - (self._save_event(events_path, state["event_lines"]) == "end")
+                keep = state["event_lines"] - (save_event == "end")
                 events, self.held_end = truncate_events(events_path, keep)
                 # of a run rewound to an older last.pt: abandoned, as the events after the checkpoint are (`nmt
                 # average` took them); said, as they went without a word where the run said how to rewind
