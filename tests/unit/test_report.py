@@ -31,7 +31,7 @@ def write_run(
     events = [{"kind": "start", "mode": mode, "workers": 4, "accum": 4 if mode == "async-accum" else 1,
                "local_accum": 1, "lr": 0.001, "train_s": 0.0, "updates": 0, "tokens": 0}]  # fmt: skip
     for i, (mean, most, hist) in enumerate(staleness, 1):
-        events.append({"kind": "train", "train_s": i, "updates": 7 * i, "tokens": 700 * i,
+        events.append({"kind": "train", "train_s": i, "updates": 3 * i, "tokens": 300 * i,
                        "staleness_mean": mean, "staleness_max": most, "staleness_hist": hist})  # fmt: skip
     for i, bleu in enumerate(bleus, 1):
         events.append({"kind": "valid", "train_s": i * seconds_per_valid, "updates": 10 * i, "tokens": 1000 * i,
@@ -314,7 +314,7 @@ def test_a_run_not_validated_yet_is_a_row_of_dashes(tmp_path: Path, runs: list[P
     for row in report["runs"][1:]:
         assert (row["best_bleu"], row["final_bleu"], row["to_target"], row["speedup"], row["finished"]) == (
             None, None, None, None, False)  # fmt: skip
-    assert report["runs"][2]["updates"] == 7 and report["runs"][2]["staleness_mean"] == pytest.approx(1.0)
+    assert report["runs"][2]["updates"] == 3 and report["runs"][2]["staleness_mean"] == pytest.approx(1.0)
     result = cli.invoke(main, ["report", str(runs[0]), str(fresh), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "fresh *" in result.stdout and (tmp_path / "out" / "bleu_over_time.png").is_file()
@@ -404,8 +404,8 @@ def test_runs_of_another_precision_are_reported_with_a_warning(runs: list[Path])
 
     def precisions(run: Path, *values: str) -> None:
         events = read_events(run / "events.jsonl")
-        starts = [dict(events[0], precision=value) for value in values]
-        lines = [*starts[:1], *events[1:-1], *starts[1:], events[-1]]
+        starts = [dict(events[0], precision=value) for value in values]  # (a resume's at the updates it resumed)
+        lines = [*starts[:1], *events[1:-1], *(dict(s, updates=events[-2]["updates"]) for s in starts[1:]), events[-1]]
         (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
 
     precisions(runs[0], "bf16")
@@ -423,10 +423,11 @@ def test_runs_of_another_precision_are_reported_with_a_warning(runs: list[Path])
 def test_a_run_resumed_with_another_schedule_is_reported_with_a_warning(runs: list[Path]) -> None:
     """A run resumed with another --lr showed the last in its row, and nothing said that it changed."""
     events = read_events(runs[2] / "events.jsonl")
-    lines = [dict(events[0], warmup=100), *events[1:-1], dict(events[0], warmup=100), events[-1]]
+    resumed = dict(events[0], updates=events[-2]["updates"])
+    lines = [dict(events[0], warmup=100), *events[1:-1], dict(resumed, warmup=100), events[-1]]
     (runs[2] / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     assert CliRunner().invoke(main, ["report", *map(str, runs)]).stderr == ""  # (resumed as it was: no word)
-    lines[-2] = dict(events[0], lr=0.002, warmup=400)
+    lines[-2] = dict(resumed, lr=0.002, warmup=400)
     (runs[2] / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     result = CliRunner().invoke(main, ["report", *map(str, runs)])
     assert result.stderr.splitlines() == [f"warning: {runs[2]} was resumed with another schedule (--lr 0.001, then "
@@ -712,6 +713,8 @@ def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
         ("sync", 3, {"predicted_s": -1}, "its predicted_s is -1, below 0"),
         ("async", 1, {"tokens": -1}, "its tokens is -1, below 0"),
         ("sync", 2, {"updates": 20.7}, "its updates is 20.7, not a whole number"),  # (it was taken)
+        # updates going back, as a splice of two logs may leave them, were taken as they stood
+        ("sync", 3, {"updates": 9}, "its updates is 9, below the 10 of line 2"),
     ],
 )
 def test_an_event_that_re_pricing_cannot_take_is_a_one_line_error(
