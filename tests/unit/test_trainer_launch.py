@@ -879,11 +879,16 @@ def test_spawning_workers_leaves_the_parents_stop_signals_as_they_were():
     assert signal.SIG_IGN not in before and started[0].exitcode == 0
 
 
-def test_cpu_workers_share_the_cores_at_least_one_thread_each(monkeypatch):
+def test_workers_share_the_cores_they_may_run_on_at_least_one_thread_each(monkeypatch):
+    """Each worker on a GPU took every core (os.cpu_count, not the cores the process may run on)."""
     from async_nmt.train import processes
 
-    monkeypatch.setattr(processes.os, "cpu_count", lambda: 8)
-    assert [processes.cpu_threads(n) for n in (0, 1, 3, 8, 20)] == [8, 8, 2, 1, 1]  # (0: every worker on a GPU)
+    monkeypatch.setattr(processes.os, "cpu_count", lambda: 64)  # (the machine's; not those of this process)
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [processes.cpu_threads("cpu", ["cpu"] * n) for n in (1, 3, 8, 20)] == [8, 2, 1, 1]
+    assert [processes.cpu_threads("cuda:0", [f"cuda:{i}" for i in range(n)]) for n in (1, 3, 8, 20)] == [8, 2, 1, 1]
+    mixed = ["cpu", "cpu", "cuda:0", "cuda:1"]  # the CPU workers share the cores; a GPU's takes its share
+    assert [processes.cpu_threads(d, mixed) for d in mixed] == [4, 4, 2, 2]
 
 
 def test_the_next_fence_is_reckoned_from_the_counted_updates():

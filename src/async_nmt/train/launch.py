@@ -147,7 +147,7 @@ def rank_main(rank: int, setup: RankSetup) -> None:
     with processes.worker_process(rank, setup.devices[rank], setup.errors):
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(setup.port)
         world = len(setup.devices)
-        torch.set_num_threads(processes.cpu_threads(sum(d == "cpu" for d in setup.devices)))
+        torch.set_num_threads(processes.cpu_threads(setup.devices[rank], setup.devices))
         if setup.devices[rank].startswith("cuda"):
             torch.cuda.set_device(torch.device(setup.devices[rank]))
         dist.init_process_group(backend(setup.devices), rank=rank, world_size=world, timeout=TIMEOUT)

@@ -358,9 +358,14 @@ def killed_by(number: int) -> str:
     return f"was killed by signal {number} ({name})"
 
 
-def cpu_threads(workers_on_cpu: int) -> int:
-    """Threads for each of `workers_on_cpu` CPU workers, so that together they fill the cores once."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers_on_cpu))
+def cpu_threads(device: str, devices: list[str]) -> int:
+    """Intra-op threads for the process of `devices` (one a process, on this machine) that trains on
+    `device`: the CPU ones share the cores this process may run on, each core once; one on a GPU, whose CPU
+    work is its steps' host side, takes its share of the cores among all of them (each took every core: 8
+    GPU workers on 16 cores ran 128 threads that spin-wait, against one another's Python)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    sharing = sum(d == "cpu" for d in devices) if device == "cpu" else len(devices)
+    return max(1, cores // max(1, sharing))
 
 
 def free_port() -> int:

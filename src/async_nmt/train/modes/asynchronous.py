@@ -168,11 +168,10 @@ class ProcessWorkers(Workers):
         self.collected_at = server.updates  # the server's updates when the trainer last collected statistics
         self.counted = None  # (no statistics collected yet: the events count as the server does)
         self.fence = server.updates
-        threads = processes.cpu_threads(sum(d == "cpu" for d in self.devices))
         speeds = ctx.cfg.worker_speeds or [1.0] * len(self.devices)
         setups = [
             WorkerSetup(ctx.cfg, ctx.model_cfg, device, server, self.gate, self.errors, ctx.streams[w].state_dict(),
-                        speeds[w], threads)
+                        speeds[w], processes.cpu_threads(device, self.devices))
             for w, device in enumerate(self.devices)
         ]  # fmt: skip
         # a Ctrl-C while the workers start is held until they are ready (the trainer then saves and stops them
