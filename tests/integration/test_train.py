@@ -1100,6 +1100,8 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     "extra, message",
     [
         (["--staleness-lr", "inverse"], "--staleness-lr"),
+        (["--staleness-lr", "none"], "--staleness-lr applies to the async modes"),  # (the default: it did nothing)
+        (["--accum", "1"], "--accum sums pushes on the parameter server and only applies to --mode async-accum"),
         (["--sync-every", "10"], "--mode diloco only"),
         (["--outer-lr", "0.7"], "--outer-lr applies to --mode diloco only"),  # (its default: it did nothing, silently)
         (["--outer-momentum", "0.9", "--mode", "async"], "--outer-momentum applies to --mode diloco only"),
@@ -1656,11 +1658,12 @@ def test_more_devices_than_workers_is_warned_of(synthetic_bin: Path, tmp_path: P
     assert "warning: --devices names 2 devices but --workers is 1: only cpu trains; give --workers 2" in output
 
 
-@pytest.mark.parametrize("mode, accum, summed", [("async", "1", ""), ("async-accum", "3", ", the sum of 3 in turn")])
+@pytest.mark.parametrize("mode, accum, summed", [("async", [], ""), ("async-accum", ["--accum", "3"],
+                                                                        ", the sum of 3 in turn")])  # fmt: skip
 def test_an_async_mode_with_one_worker_is_warned_of(synthetic_bin: Path, tmp_path: Path, mode, accum, summed):
     """`--mode async` without `--workers N` trained as sync does, with no word that nothing was asynchronous."""
     code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices", "cpu",
-                           "--mode", mode, "--accum", accum, "--max-updates", "1", "--valid-max-sentences", "3",
+                           "--mode", mode, *accum, "--max-updates", "1", "--valid-max-sentences", "3",
                            "--quiet")  # fmt: skip
     assert code == 0, output
     assert (f"warning: --mode {mode} with one worker trains as sync does (one worker's gradient an update{summed}, "

@@ -46,7 +46,7 @@ OPTIONS = [
                  "--simulate, workers emulated in one process; at most 1024."),
     click.option("--accum", type=int, default=None,
                  help="async-accum: pushes the server sums into one update (default: --workers, the paper's N; "
-                 "under torchrun WORLD_SIZE - 1; above 1, refused in the other modes)."),
+                 "under torchrun WORLD_SIZE - 1; refused in the other modes)."),
     click.option("--sync-every", default=0,  # (0: not given; its [default: 0] read as a usable value)
                  help="diloco: inner steps H each worker takes between two outer steps (required with diloco)."),
     click.option("--outer-lr", default=0.7, show_default=True,
@@ -56,7 +56,8 @@ OPTIONS = [
                  help="diloco: Nesterov momentum of the outer step."),
     click.option("--staleness-lr", type=click.Choice(STALENESS_LRS), default="none", show_default=True,
                  help="async modes: inverse = each update's learning rate is divided by max(1, mean staleness "
-                 "of the pushes it sums) (Zhang et al. 2016); none = the schedule's learning rate."),
+                 "of the pushes it sums) (Zhang et al. 2016); none = the schedule's learning rate. Refused in the "
+                 "other modes."),
     click.option("--local-accum", default=1, show_default=True,
                  help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay)."),
     click.option("--devices", default=None,

@@ -88,12 +88,11 @@ def check_mode_options(cfg: TrainConfig, given: Collection[str] = ()) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
     if cfg.workers > MAX_WORKERS:
         raise UserError(f"--workers must be at most {MAX_WORKERS}")
-    if cfg.accum > 1 and cfg.mode != "async-accum":
-        raise UserError(
-            f"--accum sums pushes on the parameter server and only applies to --mode async-accum; "
-            f"to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
-        )
-    if cfg.staleness_lr != "none" and cfg.mode not in ASYNC_MODES:
+    if (cfg.accum > 1 or "accum" in given) and cfg.mode != "async-accum":  # (`--accum 1`: it did nothing)
+        local = f"; to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
+        raise UserError("--accum sums pushes on the parameter server and only applies to --mode async-accum"
+                        + (local if cfg.accum > 1 else ""))  # fmt: skip
+    if (cfg.staleness_lr != "none" or "staleness_lr" in given) and cfg.mode not in ASYNC_MODES:
         raise UserError(f"--staleness-lr applies to the async modes, not --mode {cfg.mode}")
     if cfg.mode != "diloco":
         for name in ("sync_every", "outer_lr", "outer_momentum"):
