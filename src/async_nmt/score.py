@@ -219,18 +219,15 @@ def sacrebleu_warnings() -> Iterator[list[logging.LogRecord]]:
 
 def read_scored(path: Path) -> list[str]:
     """The lines of a file to score, gzip-compressed or not, as sacreBLEU reads them (WMT's references come
-    as .gz; one was "line 1 is not valid UTF-8")."""
-    try:
-        with open(path, "rb") as f:
-            compressed = f.read(2) == GZIP_MAGIC
-    except OSError:  # (read_lines names it)
-        compressed = False
-    if not compressed:
-        return read_lines(path)
-    try:
-        data = gzip.decompress(Path(path).read_bytes())
-    except (OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{path}: a damaged gzip file ({err})") from None
+    as .gz; one was "line 1 is not valid UTF-8"). Read once: a pipe (`<(...)`, a FIFO) is read to its end
+    (it was opened twice, for the gzip check and then the text: "/dev/fd/63: is empty", or the lines after
+    the first chunk)."""
+    data = read_bytes(path)
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:
+            raise UserError(f"{path}: a damaged gzip file ({err})") from None
     return decode_lines(data, str(path))
 
 

@@ -188,6 +188,14 @@ def test_sacrebleu_options_give_its_scores_and_signatures(tmp_path: Path, option
     assert all(fragment in result.stdout for fragment in fragments)
 
 
+def test_a_chrf_word_order_above_chrfs_character_order_is_refused(tmp_path: Path):
+    """`-cw 1000000` took 521 s and 12.7 GB, and a larger one the machine's memory."""
+    hyp, ref = write(tmp_path / "hyp", HYPS), write(tmp_path / "ref", REFS)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "-cw", "7"])
+    assert result.exit_code == 2 and "7 is not in the range 0<=x<=6" in result.stderr, result.output
+    assert runner().invoke(main, ["score", str(hyp), str(ref), "-cw", "6"]).exit_code == 0
+
+
 def test_tokenizers_are_sacrebleus_own_list(tmp_path: Path):
     from sacrebleu.metrics import BLEU
 
@@ -314,6 +322,34 @@ def test_gzip_files_are_scored_as_sacrebleu_reads_them_and_named_where_they_cann
     (tmp_path / "source.gz").write_bytes(gzip.compress(b"ba de\n"))
     with pytest.raises(UserError, match=r"source\.gz: line 1 is not valid UTF-8.*gzip-compressed: decompress it"):
         read_lines(tmp_path / "source.gz")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+@pytest.mark.parametrize("piped", ["hyp", "ref"])
+def test_a_pipe_is_read_to_its_end_once(tmp_path: Path, piped: str):
+    """A file was opened twice, for the gzip check, then the text: `nmt score <(...) REF` said "/dev/fd/63: is
+    empty", and a FIFO written in two parts lost the first."""
+    import threading
+    import time
+
+    hyps = [f"sentence number {i} of the test" for i in range(40)]
+    paths = {"hyp": write(tmp_path / "hyp.txt", hyps), "ref": write(tmp_path / "ref.txt", hyps)}
+    fifo = paths[piped] = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in hyps[:10]))
+            f.flush()
+            time.sleep(0.3)
+            f.write("".join(line + "\n" for line in hyps[10:]))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    result = CliRunner().invoke(main, ["score", str(paths["hyp"]), str(paths["ref"]), "--json"])
+    thread.join(timeout=10)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bleu"] == pytest.approx(100.0)
 
 
 def test_a_target_written_without_spaces_and_no_tokenizer_here_is_warned_of():
