@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +289,35 @@ def test_crlf_and_no_final_newline(tmp_path: Path) -> None:
     preprocess(raw, tmp_path / "bin", vocab_size=40)
     data, sp = load_split(tmp_path / "bin", "train"), load_vocab(tmp_path / "bin" / "spm.model")
     assert sp.decode(data.src[1].tolist()) == "zwei häuser" and sp.decode(data.tgt[0].tolist()) == "a house"
+
+
+@pytest.mark.parametrize("normalization", ["identity", "nfkc"])
+def test_windows_line_ends_and_a_byte_order_mark_make_no_other_vocabulary(
+    synthetic_raw: Path, tmp_path: Path, normalization: str
+) -> None:
+    """sentencepiece's trainer kept them: `\r` and `\ufeff` became pieces, and the text after `dos2unix` gave
+    another vocabulary, on which a run would not resume."""
+    windows = tmp_path / "windows"
+    shutil.copytree(synthetic_raw, windows)
+    for name in ("train.src", "train.tgt"):
+        text = (windows / name).read_bytes().replace(b"\n", b"\r\n")
+        (windows / name).write_bytes(codecs.BOM_UTF8 + text if name == "train.src" else text)
+    plain = preprocess(synthetic_raw, tmp_path / "plain", vocab_size=90, normalization=normalization)
+    other = preprocess(windows, tmp_path / "other", vocab_size=90, normalization=normalization)
+    assert other["vocab_hash"] == plain["vocab_hash"]
+    pieces = {load_vocab(tmp_path / "other" / "spm.model").id_to_piece(i) for i in range(other["vocab_size"])}
+    assert not any("\r" in piece or "\ufeff" in piece for piece in pieces)
+    for side in ("src", "tgt"):
+        assert np.array_equal(np.load(tmp_path / "other" / f"train.{side}.ids.npy"),
+                              np.load(tmp_path / "plain" / f"train.{side}.ids.npy"))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == sorted(
+        p.name for p in (tmp_path / "plain").iterdir()
+    )
+    last = tmp_path / "last"  # a return alone at the very end, no newline after it: stripped as well
+    shutil.copytree(synthetic_raw, last)
+    (last / "train.tgt").write_bytes((last / "train.tgt").read_bytes().rstrip(b"\n") + b"\r")
+    assert preprocess(last, tmp_path / "last-bin", vocab_size=90, normalization=normalization)["vocab_hash"] == (
+        plain["vocab_hash"])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- overwriting

@@ -15,6 +15,7 @@ before this field existed have no `train_long_sides`; they still load.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -88,7 +89,7 @@ def preprocess(
     _check_ours(bin_dir, force, {src, tgt})
     splits = [s for s in SPLITS if s == "train" or any((raw_dir / f"{s}.{x}").exists() for x in (src, tgt))]
     checked = {s: _check_pair(raw_dir / f"{s}.{src}", raw_dir / f"{s}.{tgt}") for s in splits}
-    counts = {s: lines for s, (lines, _) in checked.items()}
+    counts = {s: lines for s, (lines, _, _) in checked.items()}
 
     # where the files go: a symbolic link's target (a link to scratch storage stays one), `.` by its name
     target = bin_dir.resolve()
@@ -113,9 +114,13 @@ def preprocess(
         if progress and sys.stderr.isatty():  # sentencepiece shows nothing, and may take minutes
             click.echo(f"training a {model_type} vocabulary of {vocab_size} pieces on train.{src} and "
                        f"train.{tgt} ({counts['train']:,} lines each)...", err=True)  # fmt: skip
-        model = train_vocab([raw_dir / f"train.{src}", raw_dir / f"train.{tgt}"], tmp / SPM_PREFIX, vocab_size,
-                            model_type, longest_line=checked["train"][1], progress=progress,
-                            normalization=normalization)  # fmt: skip
+        texts = [_as_encoded(path, tmp) if path in checked["train"][2] else path
+                 for path in (raw_dir / f"train.{src}", raw_dir / f"train.{tgt}")]  # fmt: skip
+        model = train_vocab(texts, tmp / SPM_PREFIX, vocab_size, model_type, longest_line=checked["train"][1],
+                            progress=progress, normalization=normalization)  # fmt: skip
+        for text in texts:
+            if text.parent == tmp:
+                text.unlink()
         sp = load_vocab(model)
         stats = {}
         quiet = None if progress else True  # None: tqdm's own test, off where stderr is not a terminal
@@ -297,10 +302,10 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
     return (a, b) if a.lower() <= b.lower() else (b, a)  # (alphabetically in any case: train.ZH was the source of de)
 
 
-def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:
-    """Validate a parallel file pair (exists, non-empty, UTF-8, same line count); return its line count and
-    its longest line in bytes."""
-    (n_src, long_src), (n_tgt, long_tgt) = _check_text(src_path), _check_text(tgt_path)
+def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int, list[Path]]:
+    """Validate a parallel file pair (exists, non-empty, UTF-8, same line count); return its line count, its
+    longest line in bytes and which of the two have Windows line ends or a byte order mark."""
+    (n_src, long_src, plain_src), (n_tgt, long_tgt, plain_tgt) = _check_text(src_path), _check_text(tgt_path)
     if src_path.samefile(tgt_path):  # (a copy task may mean it; a link made by mistake trains one)
         click.echo(f"warning: {src_path} and {tgt_path} are the same file: the model learns to copy", err=True)
     if n_src != n_tgt:
@@ -309,15 +314,20 @@ def _check_pair(src_path: Path, tgt_path: Path) -> tuple[int, int]:
             f"misaligned: {src_path} has {n_src} lines but {tgt_path} has {n_tgt}; "
             f"line {min(n_src, n_tgt) + 1} of {longer} has no partner"
         )
-    return n_src, max(long_src, long_tgt)
+    return (
+        n_src,
+        max(long_src, long_tgt),
+        [p for p, plain in ((src_path, plain_src), (tgt_path, plain_tgt)) if not plain],
+    )
 
 
-def _check_text(path: Path) -> tuple[int, int]:
-    """A text file's line count and longest line in bytes; UserError if it is missing, empty, not UTF-8, of
-    blank lines only, or has its lines ended by a carriage return alone (read as one long line)."""
+def _check_text(path: Path) -> tuple[int, int, bool]:
+    """A text file's line count, longest line in bytes and whether it is plain (no Windows line end, no byte
+    order mark); UserError if it is missing, empty, not UTF-8, of blank lines only, or has its lines ended by
+    a carriage return alone (read as one long line)."""
     if not path.is_file():  # (a folder, a named pipe, a device such as /dev/null: not read as a corpus file)
         raise UserError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
-    n = longest = returns = newlines = 0
+    n = longest = returns = newlines = windows = 0
     text = False  # a line with more than white space seen
     try:
         with open(path, "rb") as f:
@@ -326,6 +336,8 @@ def _check_text(path: Path) -> tuple[int, int]:
                 longest = max(longest, len(line))
                 returns += lone_returns(line)
                 newlines += line.endswith(b"\n")
+                # (a return that ends the file, with no newline after it, too: encoding strips it as well)
+                windows += line.rstrip(b"\n").endswith(b"\r") or (n == 1 and line.startswith(codecs.BOM_UTF8))
                 text = text or bool(decoded.replace("\ufeff", "").strip())
     except UnicodeDecodeError as err:  # (the byte counted from 1, as `cut -b` counts)
         with open(path, "rb") as f:
@@ -337,7 +349,22 @@ def _check_text(path: Path) -> tuple[int, int]:
     check_line_ends(str(path), n, newlines, returns)  # old Mac line ends: a corpus of one line (a valid or test split)
     if not text:
         raise UserError(f"{path}: all {n:,} lines are blank")
-    return n, longest
+    return n, longest, not windows
+
+
+def _as_encoded(path: Path, tmp: Path) -> Path:
+    """A copy in `tmp` of the text file `path` as its lines are encoded: without Windows line ends and byte
+    order mark, which sentencepiece's trainer keeps (with `--normalization identity` or `nfkc`, a `\r` and a
+    `\ufeff` became pieces, and the text after `dos2unix` another vocabulary)."""
+    copy = tmp / f".vocab-text.{path.name}"
+    try:
+        with open(copy, "w", encoding="utf-8", newline="\n") as out:
+            for chunk in _read_chunks(path):
+                out.writelines(line + "\n" for line in chunk)
+    except OSError as err:  # (a full disk: the error named no file)
+        raise UserError(f"{tmp.parent}: cannot write a copy of {path} without its Windows line ends for the "
+                        f"vocabulary ({err.strerror or err})") from None  # fmt: skip
+    return copy
 
 
 def _read_chunks(path: Path):
