@@ -127,6 +127,18 @@ def test_missing_train_file(raw: Path, tmp_path: Path) -> None:
     assert_one_line_error(result, f"{raw / 'train.tgt'}: no such file")
 
 
+@pytest.mark.parametrize("option", ["--src", "--tgt"])
+@pytest.mark.parametrize("value", ["a/b", " ", ""])
+def test_a_language_that_is_no_file_name_suffix_is_refused(raw: Path, tmp_path: Path, option: str, value: str) -> None:
+    """`--src a/b` with a folder train.a holding b failed with "…/.bin.tmp-…/train.a/b.ids.npy: No such file"."""
+    (raw / "train.a").mkdir()
+    shutil.copy(raw / "train.src", raw / "train.a" / "b")
+    other = "--tgt" if option == "--src" else "--src"
+    result = nmt("preprocess", raw, tmp_path / "bin", option, value, other, "tgt" if option == "--src" else "src")
+    assert_one_line_error(result, f"{option} {value!r}: not a language suffix of RAW's file names (train.SUFFIX)")
+    assert not (tmp_path / "bin").exists()
+
+
 def test_missing_partner_of_valid(raw: Path, tmp_path: Path) -> None:
     (raw / "valid.src").unlink()
     assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin"), f"{raw / 'valid.src'}: no such file")

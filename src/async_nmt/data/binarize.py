@@ -271,6 +271,9 @@ def train_languages(raw_dir: Path) -> list[str]:
 
 
 def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, str]:
+    for option, value in (("--src", src), ("--tgt", tgt)):  # (`--src a/b` failed with a temporary folder's path)
+        if value is not None and (not value.strip() or "/" in value or os.sep in value or "\0" in value):
+            raise UserError(f"{option} {value!r}: not a language suffix of RAW's file names (train.SUFFIX), as de")
     found = train_languages(raw_dir)
     if src and tgt:
         if src == tgt:
