@@ -189,6 +189,25 @@ def test_a_config_json_edited_by_hand_is_named_not_the_command_line(synthetic_bi
     assert code == 0, output
 
 
+@pytest.mark.parametrize(("field", "edited", "message"), [
+    ("precision", "fp8", "--precision 'fp8': not one of auto, bf16, fp32"),
+    ("adam_eps", -1, "adam_eps must be a finite number of 0 or more (got -1)"),
+    ("adam_betas", [0.9, 1.5], "adam_betas must be two numbers in [0, 1) (got [0.9, 1.5])"),
+])  # fmt: skip
+def test_a_config_json_edited_out_of_range_is_refused(synthetic_bin: Path, learned_run: Path, tmp_path: Path,
+                                                      field, edited, message):  # fmt: skip
+    """--precision fp8 trained in fp32 (the start event said so, config.json kept fp8), and an adam_eps of -1
+    trained with it, without a word."""
+    run = tmp_path / "copy"
+    shutil.copytree(learned_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"][field] = edited
+    (run / "config.json").write_text(json.dumps(config))
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "301")
+    assert code == 2 and output.startswith(f"error: {message} (the options not given come from "), output
+    assert len(output.splitlines()) == 1
+
+
 def test_a_config_json_of_the_same_model_written_otherwise_resumes(synthetic_bin: Path, tmp_path: Path):
     """config.json's --dropout 0.1, the micro preset's own, where last.pt was saved without --dropout (as a
     resume given --dropout 0.1 that died before its first save leaves it): the same model, which resumes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import sys
 from collections.abc import Callable, Collection
@@ -241,6 +242,19 @@ def check_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
         raise UserError("--label-smoothing must be in [0, 1)")
     if cfg.log_every < 1:
         raise UserError("--log-every must be at least 1")
+    # (a resume takes them from config.json, which may be edited by hand: --precision fp8 trained in fp32, and
+    # an adam_eps of -1 trained with it, without a word)
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision {cfg.precision!r}: not one of {', '.join(PRECISIONS)}")
+    if not (_number(cfg.adam_eps) and 0 <= cfg.adam_eps < math.inf):
+        raise UserError(f"adam_eps must be a finite number of 0 or more (got {json.dumps(cfg.adam_eps)})")
+    betas = cfg.adam_betas
+    if not (isinstance(betas, tuple | list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+        raise UserError(f"adam_betas must be two numbers in [0, 1) (got {json.dumps(betas)})")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _devices(text: str | None) -> list[str]:
