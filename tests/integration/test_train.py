@@ -208,6 +208,39 @@ def test_a_config_json_edited_out_of_range_is_refused(synthetic_bin: Path, learn
     assert len(output.splitlines()) == 1
 
 
+@pytest.mark.parametrize("inside", ["run", "run/checkpoints", "corpus"])
+def test_a_run_inside_another_run_or_a_corpus_is_refused(synthetic_bin: Path, learned_run: Path, tmp_path: Path,
+                                                         inside: str):  # fmt: skip
+    """It was made there, and the outer run's --force then refused to delete it ("holds another run")."""
+    outer = tmp_path / "copy"
+    shutil.copytree(learned_run if inside != "corpus" else synthetic_bin, outer)
+    run = outer / inside.partition("/")[2] / "sub" if "/" in inside else outer / "sub"
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
+                           "--max-updates", "1", "--quiet")  # fmt: skip
+    what = "the run" if inside != "corpus" else "the preprocessed corpus"
+    assert code == 2 and output == (f"error: {run}: inside {what} {outer.resolve()}, whose --force this run would "
+                                    "then block; train into a folder of its own\n"), output  # fmt: skip
+    assert not run.exists()
+    if inside == "run":  # one made there before this check (as if: moved there) resumes
+        train(micro_config(synthetic_bin, max_updates=1), tmp_path / "before", progress=False)
+        shutil.move(tmp_path / "before", run)
+        code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--max-updates", "2", "--quiet")
+        assert code == 0, output
+
+
+def test_a_folder_above_the_run_with_files_of_those_names_of_its_own_is_no_run_or_corpus(
+    synthetic_bin: Path, tmp_path: Path
+):
+    """A project's manifest.json (a web extension's), or a config.json of its own beside an events.jsonl, made
+    every run below it refused."""
+    (tmp_path / "manifest.json").write_text('{"name": "my-extension"}')
+    (tmp_path / "config.json").write_text('{"debug": true}')
+    (tmp_path / "events.jsonl").write_text("")
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "runs" / "x"), "--preset", "micro",
+                           "--devices", "cpu", "--max-updates", "1", "--valid-every", "0", "--quiet")  # fmt: skip
+    assert code == 0, output
+
+
 def test_a_config_json_of_the_same_model_written_otherwise_resumes(synthetic_bin: Path, tmp_path: Path):
     """config.json's --dropout 0.1, the micro preset's own, where last.pt was saved without --dropout (as a
     resume given --dropout 0.1 that died before its first save leaves it): the same model, which resumes

@@ -7,6 +7,7 @@ training.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import re
@@ -18,7 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from async_nmt.config import LOCK_NAME, RUN_MARKS, VOCAB_NAME, is_run_folder, run_folder_in, temporary_beside
+from async_nmt.config import (
+    LOCK_NAME,
+    RUN_MARKS,
+    VOCAB_NAME,
+    corpus_languages,
+    is_run_folder,
+    run_folder_in,
+    temporary_beside,
+)
 from async_nmt.errors import UserError, briefly, reason
 from async_nmt.model.checkpoint import FORMAT_VERSION, KEPT, checkpoint_path, params_crc32
 
@@ -51,19 +60,40 @@ def not_written_by_training(run_dir: Path) -> list[str]:
     return sorted(found)
 
 
-def check_run_path(run_dir: Path, bin_dir: Path) -> None:
-    """Refuse a run folder that is a file, or that is the corpus folder or holds it (starting over deletes
-    the run folder): checked before the run's lock is taken, which would put its file there."""
+def check_run_path(run_dir: Path, bin_dir: Path, resume: bool = False) -> None:
+    """Refuse a run folder that is a file, that is the corpus folder or holds it (starting over deletes the
+    run folder), or a new one inside another run or a corpus (it was made there, and their --force then
+    refused them; a resume of one made before this check goes on): checked before the run's lock is taken,
+    which would put its file there."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a run folder")
     if run_dir.resolve() in (bin_dir.resolve(), *bin_dir.resolve().parents):
         raise UserError(f"{run_dir}: the run folder must not be the corpus folder {bin_dir} or hold it")
+    if resume:
+        return
+    for folder in run_dir.resolve().parents:
+        what = "run" if _a_run(folder) else "preprocessed corpus" if corpus_languages(folder) else None
+        if what is not None:
+            raise UserError(f"{run_dir}: inside the {what} {folder}, whose --force this run would then block; "
+                            "train into a folder of its own")  # fmt: skip
+
+
+def _a_run(folder: Path) -> bool:
+    """A training run by its files: events.jsonl, and a config.json of a run's sections (a project's own
+    config.json, or a stray one in /tmp, is none)."""
+    if not (folder / "events.jsonl").is_file():
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("train"), dict)
 
 
 def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> None:
     """Refuse to overwrite an existing run unless --resume or --force says what to do with it, and a run
     folder that `check_run_path` refuses. A folder that holds only the lock file counts as empty."""
-    check_run_path(run_dir, bin_dir)
+    check_run_path(run_dir, bin_dir, resume)
     if resume:
         last = checkpoint_path(run_dir, "last")
         if not last.is_file():

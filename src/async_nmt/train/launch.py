@@ -60,7 +60,7 @@ def train(
         cfg = replace(cfg, log_every=log_every)
     if torchrun_rank() is not None:  # torchrun started this process as one rank
         return join_torchrun(cfg, run_dir, resume, force, progress)
-    check_run_path(run_dir, Path(cfg.bin_dir))
+    check_run_path(run_dir, Path(cfg.bin_dir), resume)
     with run_lock(run_dir):  # before the folder is looked at: what another nmt-train does to it is settled
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
         return _train_locked(cfg, run_dir, resume, progress, scratch)
@@ -311,7 +311,7 @@ def _check_rank(cfg: TrainConfig, run_dir: Path, resume: bool, force: bool, rank
         raise UserError(f"{checkpoint_path(run_dir, 'last')}: not on this node; every {cfg.mode} rank resumes "
                         "from its run folder's copy: copy the run folder to each node")  # fmt: skip
     if rank == 0:  # only rank 0 writes the run folder, so only it holds its lock: not the other ranks or nodes
-        check_run_path(run_dir, Path(cfg.bin_dir))
+        check_run_path(run_dir, Path(cfg.bin_dir), resume)
         held.enter_context(run_lock(run_dir))
         check_run_dir(run_dir, resume, force, Path(cfg.bin_dir))
     return node, device

@@ -385,7 +385,7 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
             given = given_options()
             cfg = build_config(bin_dir, log_every=log_every, checked=not resume, given=given, **options)
             if owns_run():
-                check_run_path(run_dir, bin_dir)
+                check_run_path(run_dir, bin_dir, resume)
                 # locked before --resume reads the run's config.json, which another nmt-train may be rewriting
                 # (`train` takes the same lock again, counted, and keeps it to the end)
                 held.enter_context(run_lock(run_dir))
