@@ -789,12 +789,17 @@ def report_command(
     if out is not None:
         _check_not_in_a_run_or_corpus(out)
     runs: list[Run] = []
+    again: dict[str, list[str]] = {}  # a run's name: how it was given again
     for path in paths:  # a folder named twice (runs/sync runs/*) is one run, reported once
         if (same := next((run for run in runs if run.path.resolve() == Path(path).resolve()), None)) is not None:
-            also = "" if str(same.path) == str(path) else f" (as {same.path}, the name reported)"
-            click.echo(f"warning: {path} is given twice{also}; it is reported once", err=True)
+            again.setdefault(same.name, []).append(str(path))
         else:
             runs.append(load_run(path))
+    for name, paths_again in again.items():  # one line a run (`run ./run run/` said "run is given twice" twice)
+        times = "twice" if len(paths_again) == 1 else f"{len(paths_again) + 1} times"
+        others = [path for path in dict.fromkeys(paths_again) if path != name]
+        also = f" (also as {', '.join(others)})" if others else ""
+        click.echo(f"warning: {name} is given {times}{also}; it is reported once, as {name}", err=True)
     if link_gbps is not None:
         runs = [reprice(run, link_gbps) for run in runs]
     for run in runs:  # every run has the x axis's clock (where no run reaches a target, nothing else asked)

@@ -491,12 +491,17 @@ def test_a_run_folder_given_twice_is_reported_once(runs: list[Path]) -> None:
     result = CliRunner().invoke(main, ["report", str(runs[0]), *map(str, runs), "--json"])
     assert result.exit_code == 0, result.output
     assert [row["run"] for row in json.loads(result.stdout)["runs"]] == list(map(str, runs))
-    assert result.stderr == f"warning: {runs[0]} is given twice; it is reported once\n"
+    assert result.stderr == f"warning: {runs[0]} is given twice; it is reported once, as {runs[0]}\n"
     link = runs[0].parent / "link"  # (another name of the same folder: the warning named it alone)
     link.symlink_to(runs[0])
     result = CliRunner().invoke(main, ["report", str(runs[0]), str(link)])
     assert result.exit_code == 0, result.output
-    assert result.stderr == f"warning: {link} is given twice (as {runs[0]}, the name reported); it is reported once\n"
+    assert result.stderr == f"warning: {runs[0]} is given twice (also as {link}); it is reported once, as {runs[0]}\n"
+    for given in ([runs[0], f"{runs[0]}/", runs[0]], [runs[0], runs[0], link], [runs[0], link, link]):  # (said twice)
+        result = CliRunner().invoke(main, ["report", *map(str, given)])
+        also = f" (also as {link})" if link in given else ""
+        assert result.exit_code == 0 and result.stderr == (
+            f"warning: {runs[0]} is given 3 times{also}; it is reported once, as {runs[0]}\n")  # fmt: skip
 
 
 def test_vocabularies_compare_by_their_pieces_where_every_run_has_one(tmp_path: Path, runs: list[Path]) -> None:
