@@ -483,6 +483,28 @@ def test_ctrl_c_in_the_closing_validation_saves_and_stops_the_workers(synthetic_
     assert end["kind"] == "end" and end["interrupted"] and (run / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.parametrize("mode", ["sync", "diloco"])
+def test_sigterm_in_the_closing_validation_of_ranks_saves_and_exits_130(synthetic_bin: Path, tmp_path: Path,
+                                                                        mode: str):  # fmt: skip
+    """Spawned ranks read their supervisor's stop at their steps only: one in the closing validation said
+    "interrupted: stopping at the next step", then ended the run as finished, exit 0."""
+    run = tmp_path / "run"
+    extra = ["--sync-every", "2"] if mode == "diloco" else []
+    proc = _nmt_train(synthetic_bin, run, "--mode", mode, *extra, "--valid-every", "0", "--max-updates", "20",
+                      "--valid-max-sentences", "0", "--log-every", "20")  # fmt: skip
+    deadline = time.time() + 120
+    while not any(e["updates"] == 20 for e in events(run, "train")):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    assert not events(run, "valid")  # (the closing validation of 100 sentences under way)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: saved" in stderr
+    end = events(run)[-1]
+    assert end["kind"] == "end" and end["interrupted"] and end["updates"] == 20
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_ctrl_c_while_the_workers_start_saves_and_stops_them(synthetic_bin: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,

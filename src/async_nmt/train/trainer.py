@@ -771,6 +771,8 @@ class Trainer:
             # first), and on any error the worker processes stop (else this process waits for them at exit)
             if self.validated_at != self.updates:
                 self.validate()
+            if self.workers.stop_asked():  # (ranks: asked during that validation) saved and exit 130, as elsewhere
+                raise KeyboardInterrupt
         except SecondInterrupt:  # (while the first was held, as by an update under way): at once, unsaved
             bar.close()
             self.workers.close()

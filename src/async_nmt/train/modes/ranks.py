@@ -62,7 +62,14 @@ class RankGroup(Workers):
         agreed = torch.tensor([int(flag)], device=self.meta_device)
         with self.collective():
             dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-        return bool(agreed.item())  # (once, as the run opens)
+        return bool(agreed.item())  # (once, as the run opens; once as it closes, `stop_asked`)
+
+    def stop_asked(self) -> bool:
+        # (the ranks read the supervisor's Ctrl-C at their steps only: one during the closing validation ended
+        # the run as finished, exit 0, after "interrupted: stopping at the next step")
+        asked = self.interrupt is not None and self.interrupt.is_set()
+        self.interrupted = self.interrupted or not self.all_agree(not asked)
+        return self.interrupted
 
     def allow(self, updates: int) -> None:
         self.fence = updates  # the trainer validates or saves there (every rank's trainer says the same)

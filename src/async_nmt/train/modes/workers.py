@@ -124,6 +124,11 @@ class Workers:
         """Whether every rank's `flag` is true (a collective: every rank of a group calls it)."""
         return flag
 
+    def stop_asked(self) -> bool:
+        """Whether Ctrl-C (or SIGTERM) asked the run to stop, as the closing validation ends (a collective for
+        ranks, which see it only at their steps; in this process it is a KeyboardInterrupt)."""
+        return self.interrupted
+
     def state_dict(self) -> dict[str, Any] | None:
         return None
 
