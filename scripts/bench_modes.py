@@ -124,7 +124,8 @@ def main() -> None:
         print(json.dumps({**common, "mode": "single", "workers": 1, **single}), flush=True)
         for name, cfg in configs[1:]:
             figures = run(cfg, name, folder)
-            scaling = round(figures["tok_per_s"] / single["tok_per_s"], 2)
+            # (none where the one worker trained nothing in --seconds: it was a ZeroDivisionError's traceback)
+            scaling = round(figures["tok_per_s"] / single["tok_per_s"], 2) if single["tok_per_s"] else None
             line = {**common, "mode": cfg.mode, "workers": w, "accum": cfg.accum, "worker_speeds": cfg.worker_speeds,
                     **({"sync_every": cfg.sync_every} if cfg.mode == "diloco" else {}), **figures,
                     "scaling": scaling}  # fmt: skip

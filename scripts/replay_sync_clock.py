@@ -27,6 +27,7 @@ from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_split
 from async_nmt.errors import ScriptParser, UserError, cannot_write, run_script
+from async_nmt.train.checkpoint import check_not_inside_a_run
 from async_nmt.train.events import read_events, round_floats
 from async_nmt.train.modes.simulated import PredictedClock
 
@@ -82,6 +83,9 @@ def check_out(run: Path, out: Path, force: bool) -> None:
         raise UserError(f"{out}: is RUN itself; give another OUT (the replay would rewrite RUN's events)")
     if run.resolve() in out.resolve().parents:  # (RUN then held a folder nmt-train had not written)
         raise UserError(f"{out}: is inside RUN; give an OUT beside it")
+    check_not_inside_a_run(out, "the replay", "give an OUT of its own")  # (it was made there)
+    if not out.parent.is_dir():  # (a mistyped /nonexist/out made /nonexist)
+        raise UserError(f"{out.parent}: no such folder")
     if out.is_dir() and any(out.iterdir()):
         events = out / "events.jsonl"
         replayed = events.is_file() and "clock_replayed_from" in next(iter(read_events(events)), {})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -478,6 +479,15 @@ def test_replay_sync_clock_names_bin_where_the_runs_bin_folder_is_gone(tmp_path:
     done = run("replay_sync_clock.py", str(run_dir), str(run_dir / "replay"), "--worker-speeds", "1,1,1,0.5")
     assert (done.returncode, done.stderr) == (2, f"error: {run_dir / 'replay'}: is inside RUN; give an OUT beside it\n")
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "events.jsonl"]
+    # nor inside another run (whose --force it then blocked), nor in a folder that is not there (it was made)
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    done = run("replay_sync_clock.py", str(run_dir), str(other / "replay"), "--worker-speeds", "1,1,1,0.5")
+    assert (done.returncode, done.stderr) == (2, f"error: {other / 'replay'}: inside the run {other}, whose --force "
+                                                 "the replay would then block; give an OUT of its own\n")  # fmt: skip
+    done = run("replay_sync_clock.py", str(run_dir), str(tmp_path / "nope" / "out"), "--worker-speeds", "1,1,1,0.5")
+    assert (done.returncode, done.stderr) == (2, f"error: {tmp_path / 'nope'}: no such folder\n")
+    assert not (tmp_path / "nope").exists()
 
 
 def _convergence_run(folder: Path, simulated: bool) -> None:

@@ -69,13 +69,16 @@ def check_run_path(run_dir: Path, bin_dir: Path, resume: bool = False) -> None:
         raise UserError(f"{run_dir}: exists and is not a run folder")
     if run_dir.resolve() in (bin_dir.resolve(), *bin_dir.resolve().parents):
         raise UserError(f"{run_dir}: the run folder must not be the corpus folder {bin_dir} or hold it")
-    if resume:
-        return
-    for folder in run_dir.resolve().parents:
-        what = "run" if _a_run(folder) else "preprocessed corpus" if corpus_languages(folder) else None
-        if what is not None:
-            raise UserError(f"{run_dir}: inside the {what} {folder}, whose --force this run would then block; "
-                            "train into a folder of its own")  # fmt: skip
+    if not resume:
+        check_not_inside_a_run(run_dir)
+
+
+def check_not_inside_a_run(folder: Path, what: str = "this run", fix: str = "train into a folder of its own") -> None:
+    """Refuse a new `folder` inside a run or a corpus (whose --force it would then block)."""
+    for above in folder.resolve().parents:
+        kind = "run" if _a_run(above) else "preprocessed corpus" if corpus_languages(above) else None
+        if kind is not None:
+            raise UserError(f"{folder}: inside the {kind} {above}, whose --force {what} would then block; {fix}")
 
 
 def _a_run(folder: Path) -> bool:
