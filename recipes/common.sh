@@ -186,9 +186,10 @@ compare() {
     run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}
 }
 
-# within NAME TEST WHAT: refuse the knob NAME unless its value passes TEST, a comparison of awk's (numbers)
+# within NAME TEST WHAT: refuse the knob NAME unless its value passes TEST, a comparison of awk's (numbers: +0, as
+# mawk compares 1e400 and 1e-400, beyond a double's range, as text)
 within() {
-    awk -v x="${!1}" "BEGIN { exit !(x $2) }" || refuse "$1=${!1}: give $3"
+    awk -v x="${!1}" "BEGIN { x += 0; exit !(x $2) }" || refuse "$1=${!1}: give $3"
 }
 
 # check_settings: refuse knobs that would fail only after the long steps before them (or be taken as 0)
@@ -225,14 +226,16 @@ check_settings() {
     for name in LR CLIP_NORM LABEL_SMOOTHING MAX_TIME ${TARGET_BLEU:+TARGET_BLEU}; do  # (no TARGET_BLEU: the report's)
         case $name in LR | TARGET_BLEU) what="a number above 0" ;; *) what="a number of 0 or more" ;; esac
         [[ ${!name} =~ ^$number$ ]] || refuse "$name=${!name}: give $what"
+        within "$name" "< 1e308" "$what, a finite one"  # (1e400: infinite, which nmt train and report refuse)
     done
     # the ranges nmt train and nmt report take
     within LR "> 0" "a number above 0"
     within LABEL_SMOOTHING "< 1" "a number below 1"
     if [[ -n $TARGET_BLEU ]]; then within TARGET_BLEU "> 0" "a number above 0, or nothing (the report's default)"; fi
     # a run that no limit stops trains until Ctrl-C: the recipe would never reach its next mode or its report
-    if awk -v t="$MAX_TIME" -v u="$MAX_UPDATES" 'BEGIN { exit !(t == 0 && u == 0) }'; then
-        refuse "MAX_TIME=0 and MAX_UPDATES=0: give one of them a limit (each run would train until Ctrl-C)"
+    if awk -v t="$MAX_TIME" -v u="$MAX_UPDATES" 'BEGIN { exit !(t + 0 == 0 && u + 0 == 0) }'; then
+        refuse "MAX_TIME=$MAX_TIME and MAX_UPDATES=$MAX_UPDATES: give one of them a limit (each run would train" \
+            "until Ctrl-C)"
     fi
     local device='(cpu|cuda:[0-9]+)'  # (what nmt train --devices takes)
     [[ $DEVICES =~ ^$device(,$device)*$ ]] || refuse "DEVICES=$DEVICES: give cpu or cuda:N, comma-separated"
