@@ -25,7 +25,7 @@ from pathlib import Path
 
 from async_nmt.config import ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
-from async_nmt.data.binarize import load_split
+from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.errors import ScriptParser, UserError, cannot_write, run_script
 from async_nmt.train.checkpoint import check_not_inside_a_run
 from async_nmt.train.events import read_events, round_floats
@@ -46,6 +46,7 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
     events = read_events(run / "events.jsonl")
     if bin_dir is None and not Path(cfg.bin_dir).is_dir():  # (load_split's error did not name --bin)
         raise UserError(f"{cfg.bin_dir}: no such folder, where {run} was trained from: give its BIN folder with --bin")
+    check_corpus(run, config.get("corpus") or {}, bin_dir or Path(cfg.bin_dir))
     split = load_split(bin_dir or Path(cfg.bin_dir), "train")
     streams = worker_streams(split, cfg.max_tokens, model.max_positions, cfg.seed, cfg.workers, cfg.batch_sort)
     cfg.worker_speeds = speeds
@@ -74,6 +75,21 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
     for name in ("test-best.json", "test-avg5.json"):  # the same updates: the same model
         if (run / name).is_file():
             shutil.copy(run / name, out / name)
+
+
+def check_corpus(run: Path, corpus: dict, bin_dir: Path) -> None:
+    """BIN holds the corpus RUN was trained on, as far as its config.json records it (the vocabulary; since
+    2026-12-05 the training split's pairs and tokens), as `nmt-train --resume` checks: another was replayed
+    without a word, on other batches."""
+    manifest = load_manifest(bin_dir)
+    train = manifest["splits"]["train"]
+    have = {"vocab_hash": manifest["vocab_hash"], "train_pairs": train["sentences"],
+            "train_tokens": train["src_tokens"] + train["tgt_tokens"]}  # fmt: skip
+    differ = [f"{name} {have[name]} where {run} has {corpus[name]}" for name in have
+              if name in corpus and corpus[name] != have[name]]  # fmt: skip
+    if differ:
+        raise UserError(f"{bin_dir}: not the corpus {run} was trained on ({'; '.join(differ)}); give its BIN with "
+                        "--bin")  # fmt: skip
 
 
 def check_out(run: Path, out: Path, force: bool) -> None:

@@ -1124,6 +1124,17 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
     (again,) = replays(("replayed-1,1,1", "1,0.8,0.5", ["--force"]))
     assert again.returncode == 0 and read_events(tmp_path / "replayed-1,1,1" / "events.jsonl")[-1]["predicted_s"] == (
         pytest.approx(slow[-1]["predicted_s"], rel=1e-6))  # fmt: skip
+    # --bin of another corpus (here: its training split one pair short) was replayed, on other batches
+    other = tmp_path / "other-bin"
+    shutil.copytree(synthetic_bin, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    pairs = manifest["splits"]["train"]["sentences"]
+    manifest["splits"]["train"]["sentences"] = pairs - 1
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    (done,) = replays(("replayed-other", "1,1,1", ["--bin", str(other)]))
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {other}: not the corpus {tmp_path / 'equal'} was trained on (train_pairs {pairs - 1} where "
+        f"{tmp_path / 'equal'} has {pairs}); give its BIN with --bin\n")  # fmt: skip
 
 
 def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_bin: Path, tmp_path: Path):
