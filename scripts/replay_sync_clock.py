@@ -21,9 +21,10 @@ import argparse
 import json
 import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
-from async_nmt.config import ModelConfig, TrainConfig, from_dict
+from async_nmt.config import CorpusInfo, ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.errors import ScriptParser, UserError, cannot_write, run_script
@@ -81,12 +82,10 @@ def check_corpus(run: Path, corpus: dict, bin_dir: Path) -> None:
     """BIN holds the corpus RUN was trained on, as far as its config.json records it (the vocabulary; since
     2026-12-05 the training split's pairs and tokens), as `nmt-train --resume` checks: another was replayed
     without a word, on other batches."""
-    manifest = load_manifest(bin_dir)
-    train = manifest["splits"]["train"]
-    have = {"vocab_hash": manifest["vocab_hash"], "train_pairs": train["sentences"],
-            "train_tokens": train["src_tokens"] + train["tgt_tokens"]}  # fmt: skip
-    differ = [f"{name} {have[name]} where {run} has {corpus[name]}" for name in have
-              if name in corpus and corpus[name] != have[name]]  # fmt: skip
+    have = asdict(CorpusInfo.of(load_manifest(bin_dir)))
+    recorded = ("vocab_hash", "train_pairs", "train_tokens")
+    differ = [f"{name} {have[name]} where {run} has {corpus[name]}" for name in recorded
+              if corpus.get(name) not in (None, have[name])]  # fmt: skip
     if differ:
         raise UserError(f"{bin_dir}: not the corpus {run} was trained on ({'; '.join(differ)}); give its BIN with "
                         "--bin")  # fmt: skip

@@ -146,6 +146,13 @@ class CorpusInfo:
     train_pairs: int = 0  # the training split's pairs and tokens (0: a run from before 2026-12-05)
     train_tokens: int = 0
 
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> CorpusInfo:
+        """What a BIN folder's manifest says of its corpus."""
+        train = manifest["splits"]["train"]
+        return cls(**{k: manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")},
+                   train_pairs=train["sentences"], train_tokens=train["src_tokens"] + train["tgt_tokens"])  # fmt: skip
+
 
 @dataclass
 class RunConfig:

@@ -179,7 +179,6 @@ NUMBERS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predict
 # counts, clocks and scores: never below 0 (a score is at most 100), as `nmt report` takes them
 COUNTS = ("updates", "pushes", "tokens", "epoch", "train_s", "wall_s", "predicted_s", "bleu", "chrf")
 LISTS = ("worker_s", "worker_pushes", "staleness_hist")  # lists of finite numbers wherever an event has them
-CUMULATIVE = ("updates",)  # counted from the run's start: never below an earlier event's
 NAMES = ("mode", "preset", "staleness_lr", "precision", "device")  # strings wherever an event has them
 
 
@@ -221,14 +220,13 @@ def _problem(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _gone_back(event: dict[str, Any], counted: dict[str, tuple[int, int]]) -> str | None:
-    """Which count of CUMULATIVE an event has below an earlier event's, if any: the trainer's never go back
-    (a resume cuts the log at its save), a hand-edited or spliced log's may, and the report took them as
-    they stood (a target reached at fewer updates than the event before it)."""
-    for name in CUMULATIVE:
-        if name in event and name in counted and event[name] < counted[name][0]:
-            value, line = counted[name]
-            return f"its {name} is {json.dumps(event[name])}, below the {json.dumps(value)} of line {line}"
+def _gone_back(event: dict[str, Any], last: tuple[int, int]) -> str | None:
+    """Whether an event's updates are below those of the `last` (updates, line) before it: the trainer's never
+    go back (a resume cuts the log at its save), a hand-edited or spliced log's may, and the report took them
+    as they stood (a target reached at fewer updates than the event before it)."""
+    updates, line = last
+    if event.get("updates", updates) < updates:
+        return f"its updates is {json.dumps(event['updates'])}, below the {updates} of line {line}"
     return None
 
 
@@ -243,7 +241,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     does not parse is skipped silently, as are blank lines. Any other line that is not a JSON object with
     the FIELDS of its kind, NUMBERS that are numbers (COUNTS not below 0, BLEU and chrF not above 100), LISTS
     of them and NAMES that are strings (and workers, diloco's sync_every and link_gbps that can be divided by,
-    worker_s and worker_pushes of one length, CUMULATIVE counts not below an earlier event's), a complete last
+    worker_s and worker_pushes of one length, updates not below an earlier event's), a complete last
     line included, is an error "PATH:LINE: not a JSON event (...)".
     """
     return parse_events(path.read_bytes(), path)
@@ -253,7 +251,7 @@ def parse_events(data: bytes, path: Path) -> list[dict[str, Any]]:
     """The events of the bytes `data` of the log `path`, as `read_events` reads them."""
     lines = data.splitlines(keepends=True)
     events = []
-    counted: dict[str, tuple[int, int]] = {}  # each of CUMULATIVE: its last value and line
+    last = (0, 0)  # the updates of the last event that has them, and its line
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue  # a blank line, as an editor may leave at the end
@@ -265,10 +263,10 @@ def parse_events(data: bytes, path: Path) -> list[dict[str, Any]]:
         except UnicodeDecodeError as err:
             problem = f"not UTF-8: {err.reason} at byte {err.start}"
         if problem is None:
-            problem = _problem(event) or _gone_back(event, counted)
+            problem = _problem(event) or _gone_back(event, last)
         if problem is None:
             events.append(event)
-            counted.update({name: (event[name], number) for name in CUMULATIVE if name in event})
+            last = (event["updates"], number) if "updates" in event else last
         elif number == len(lines) and not line.endswith(b"\n"):
             break  # torn by a crash mid-write
         else:

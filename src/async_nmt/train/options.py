@@ -246,15 +246,11 @@ def check_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
     # an adam_eps of -1 trained with it, without a word)
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision {cfg.precision!r}: not one of {', '.join(PRECISIONS)}")
-    if not (_number(cfg.adam_eps) and 0 <= cfg.adam_eps < math.inf):
+    # (their types are checked as config.json is read: `load_json`)
+    if not 0 <= cfg.adam_eps < math.inf:
         raise UserError(f"adam_eps must be a finite number of 0 or more (got {json.dumps(cfg.adam_eps)})")
-    betas = cfg.adam_betas
-    if not (isinstance(betas, tuple | list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
-        raise UserError(f"adam_betas must be two numbers in [0, 1) (got {json.dumps(betas)})")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if not all(0 <= beta < 1 for beta in cfg.adam_betas):
+        raise UserError(f"adam_betas must be two numbers in [0, 1) (got {json.dumps(cfg.adam_betas)})")
 
 
 def _devices(text: str | None) -> list[str]:

@@ -355,12 +355,7 @@ class Trainer:
         shutil.copyfile(self.vocab_file, self.run_dir / VOCAB_NAME)
 
     def _corpus_info(self) -> CorpusInfo:
-        train = self.manifest["splits"]["train"]
-        return CorpusInfo(
-            **{k: self.manifest[k] for k in ("src", "tgt", "vocab_size", "vocab_hash")},
-            train_pairs=train["sentences"],
-            train_tokens=train["src_tokens"] + train["tgt_tokens"],
-        )
+        return CorpusInfo.of(self.manifest)
 
     def _state(self, best: bool) -> dict[str, Any]:
         return {
