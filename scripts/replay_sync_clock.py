@@ -6,7 +6,9 @@ predicted clock does: every step waits for the slowest worker, then all-reduces 
 clock of the same run at speeds 1,1,1,0.5 is the same batches replayed through the simulator's clock
 (`PredictedClock`) at those speeds. This writes OUT, a copy of RUN's events, config and test scores with
 `predicted_s` and `worker_s` replayed; its start events say `worker_speeds` and `clock_replayed_from`.
-It needs a fixed token price (`--simulate-token-us`), and RUN's BIN folder (or --bin).
+It needs a fixed token price (`--simulate-token-us`), and RUN's BIN folder (or --bin). A run resumed with
+another `--link-gbps` or `--simulate-token-us` is replayed segment by segment, each at the prices its start
+event names, as `nmt report` re-prices it.
 
     python scripts/replay_sync_clock.py runs/convergence/sync-s1 runs/convergence/sync-straggler-s1 \
         --worker-speeds 1,1,1,0.5
@@ -28,8 +30,10 @@ from async_nmt.config import CorpusInfo, ModelConfig, TrainConfig, from_dict
 from async_nmt.data.batches import worker_streams
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.errors import ScriptParser, UserError, cannot_write, run_script
+from async_nmt.report import Run, in_force
 from async_nmt.train.checkpoint import check_not_inside_a_run
 from async_nmt.train.events import read_events, round_floats
+from async_nmt.train.links import link_seconds
 from async_nmt.train.modes.simulated import PredictedClock
 
 
@@ -53,8 +57,15 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
     cfg.worker_speeds = speeds
     clock = PredictedClock()
     clock.start_clock(cfg, cfg.workers, events[0]["params"])
-    updates = 0
+    updates, priced = 0, Run(run.name, run, events)
     for event in events:
+        if event["kind"] == "start":  # a resume may change the prices: the steps after it were priced at its
+            clock.link_s = link_seconds(event["params"], in_force(priced, event, "link_gbps"))
+            token_us = in_force(priced, event, "simulate_token_us")
+            if not token_us:  # (a segment that measured its tokens' time cannot be replayed)
+                raise UserError(f"{run}: its start at update {event['updates']} measured its tokens' time "
+                                "(no --simulate-token-us): only a fixed price can be replayed")  # fmt: skip
+            clock.token_s = token_us * 1e-6
         while updates < event["updates"]:  # one sync step: every worker's batches, then the all-reduce
             for worker, stream in enumerate(streams):
                 tokens = sum(stream.next().tokens for _ in range(cfg.local_accum))

@@ -1124,6 +1124,32 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
     (again,) = replays(("replayed-1,1,1", "1,0.8,0.5", ["--force"]))
     assert again.returncode == 0 and read_events(tmp_path / "replayed-1,1,1" / "events.jsonl")[-1]["predicted_s"] == (
         pytest.approx(slow[-1]["predicted_s"], rel=1e-6))  # fmt: skip
+    # a run resumed at other prices (link and token) is replayed at each segment's (all at config.json's before)
+    resumed = tmp_path / "resumed"
+    for updates, prices in (
+        (4, {"link_gbps": 0.05, "simulate_token_us": 50}),
+        (7, {"link_gbps": 1.0, "simulate_token_us": 20}),
+    ):
+        cfg = micro_config(synthetic_bin, mode="sync", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 1.0],
+                           local_accum=2, max_updates=updates, valid_every=5, **prices)  # fmt: skip
+        train(cfg, resumed, resume=updates > 4, progress=False, log_every=2)
+    expected = read_events(resumed / "events.jsonl")
+    (done,) = run_forked([("replay_sync_clock.py", [str(resumed), str(tmp_path / "replayed-resumed"),
+                                                   "--worker-speeds", "1,1,1"], False)])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    clocks = [[e["predicted_s"] for e in log if "predicted_s" in e]
+              for log in (read_events(tmp_path / "replayed-resumed" / "events.jsonl"), expected)]  # fmt: skip
+    assert sum(e["kind"] == "start" for e in expected) == 2 and len(clocks[0]) >= 5
+    assert clocks[0] == pytest.approx(clocks[1], rel=1e-6)
+    measured = tmp_path / "measured"  # (its first segment timed its tokens: not replayable)
+    shutil.copytree(resumed, measured)
+    (measured / "events.jsonl").write_text("".join(json.dumps({**e, "simulate_token_us": 0} if i == 0 else e) + "\n"
+                                                   for i, e in enumerate(expected)))  # fmt: skip
+    (done,) = run_forked([("replay_sync_clock.py", [str(measured), str(tmp_path / "replayed-measured"),
+                                                   "--worker-speeds", "1,1,1"], False)])  # fmt: skip
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {measured}: its start at update 0 measured its tokens' time (no --simulate-token-us): only a fixed "
+        "price can be replayed\n")  # fmt: skip
     # --bin of another corpus (here: its training split one pair short) was replayed, on other batches
     other = tmp_path / "other-bin"
     shutil.copytree(synthetic_bin, other)
