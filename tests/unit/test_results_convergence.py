@@ -81,3 +81,16 @@ def test_a_damaged_config_or_score_is_one_line_naming_the_file(tmp_path: Path):
     config.unlink()
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert done.returncode != 0 and f"{config}: no such file" in done.stderr, done.stderr
+
+
+def test_the_target_is_the_one_printed_as_nmt_report_takes_it(tmp_path: Path):
+    """95% of sync's mean best is 19.95475 here, printed as 19.95, the figure `nmt report --target-bleu` is
+    given beside the tables; a BLEU shown as 19.95 reached it there, and until 2026-12-07 not here."""
+    fake_run(tmp_path, "sync-s1", "sync", [(100, 10.0), (200, 19.0), (300, 20.0)], 15.0)
+    fake_run(tmp_path, "sync-s2", "sync", [(100, 12.0), (200, 20.0), (300, 22.01)], 16.0)
+    fake_run(tmp_path, "localsgd-h10-s1", "diloco", [(150, 19.951), (300, 19.0)], 13.0)
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "Target: 95% of sync's mean best valid BLEU over 2 seeds = 19.95." in lines
+    assert "| local SGD H=10 | 1 of 1 | 150 (n=1) | 0.15 (n=1) | 1.67x |" in lines  # sync: 300 s and 200 s
