@@ -795,11 +795,12 @@ def report_command(
             again.setdefault(same.name, []).append(str(path))
         else:
             runs.append(load_run(path))
-    for name, paths_again in again.items():  # one line a run (`run ./run run/` said "run is given twice" twice)
+    given_again = []  # one line a run (`run ./run run/` said "run is given twice" twice)
+    for name, paths_again in again.items():
         times = "twice" if len(paths_again) == 1 else f"{len(paths_again) + 1} times"
         others = [path for path in dict.fromkeys(paths_again) if path != name]
         also = f" (also as {', '.join(others)})" if others else ""
-        click.echo(f"warning: {name} is given {times}{also}; it is reported once, as {name}", err=True)
+        given_again.append(f"warning: {name} is given {times}{also}; it is reported once, as {name}")
     if link_gbps is not None:
         runs = [reprice(run, link_gbps) for run in runs]
     for run in runs:  # every run has the x axis's clock (where no run reaches a target, nothing else asked)
@@ -816,7 +817,7 @@ def report_command(
                         else "no run has validated yet (no valid event in any events.jsonl)")  # fmt: skip
     report = build_report(runs, target_bleu, base, x)
     report["link_gbps"] = link_gbps
-    notes = warnings(runs, report)
+    notes = given_again + warnings(runs, report)  # (the first were on stderr alone until 2026-12-07)
     written = write_report(runs, report, out, notes, force) if out is not None else []
     # after the files, so that a folder that cannot be made is the one line on stderr
     for line in notes:

@@ -492,6 +492,7 @@ def test_a_run_folder_given_twice_is_reported_once(runs: list[Path]) -> None:
     assert result.exit_code == 0, result.output
     assert [row["run"] for row in json.loads(result.stdout)["runs"]] == list(map(str, runs))
     assert result.stderr == f"warning: {runs[0]} is given twice; it is reported once, as {runs[0]}\n"
+    assert json.loads(result.stdout)["warnings"] == [result.stderr.rstrip("\n")]  # as every warning is
     link = runs[0].parent / "link"  # (another name of the same folder: the warning named it alone)
     link.symlink_to(runs[0])
     result = CliRunner().invoke(main, ["report", str(runs[0]), str(link)])
