@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from async_nmt.config import TrainConfig, model_config
+from async_nmt.train.events import staleness_stats
 from async_nmt.train.modes import asynchronous, remote
 from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.optim import inverse_sqrt_lr
@@ -325,7 +326,8 @@ def coordinator(workers: int) -> asynchronous.ProcessWorkers:
 def test_the_coordinator_sums_each_workers_statistics_as_it_completed_them():
     """Two pushes of worker 1 and one of worker 0 complete: the collected statistics are their sums (the loss
     and the nll each in their place), the staleness a histogram of the three, and a staleness past the
-    histogram's bins is counted in its last (it raised an IndexError in the worker)."""
+    histogram's bins is counted at its own value (it raised an IndexError in the worker; then it was counted
+    in the last bin, and 5000 read as 1023 in the events' max and mean, where the other modes said 5000)."""
     coord = coordinator(2)
     gate = coord.gate
     gate.record(1, AFTER, StepStats(loss=3.0, nll=2.0, tokens=10, sentences=4), staleness=0)
@@ -336,8 +338,28 @@ def test_the_coordinator_sums_each_workers_statistics_as_it_completed_them():
     assert staleness == [1, 0, 2] and coord.worker_pushes == [1, 2]
     gate.record(0, AFTER, StepStats(loss=1.0, nll=1.0, tokens=1, sentences=1), staleness=5000)
     stats, staleness = coord._collect()  # only what completed since the last collection
-    assert stats.tokens == 1 and len(staleness) == asynchronous.HIST_BINS and staleness[-1] == 1
+    assert stats.tokens == 1 and len(staleness) == 5001 and staleness[-1] == 1 and sum(staleness) == 1
     assert coord.worker_pushes == [2, 2]
+    assert staleness_stats(staleness)["staleness_max"] == 5000
+
+
+def test_pushes_past_the_histograms_bins_keep_their_staleness_until_the_ring_is_full():
+    """Worker 1 pushes at staleness 1023 (the last bin), 1024 and 3000 (past the bins), and worker 0 at 2: each
+    is collected at its own staleness. More such pushes between two collections than the ring holds: the
+    oldest are counted at HIST_BINS, a lower bound, and none is lost."""
+    coord = coordinator(2)
+    stats = StepStats(loss=1.0, nll=1.0, tokens=1, sentences=1)
+    for worker, staleness in [(1, 1023), (1, 1024), (0, 2), (1, 3000)]:
+        coord.gate.record(worker, AFTER, stats, staleness)
+    _, staleness = coord._collect()
+    assert [s for s, n in enumerate(staleness) for _ in range(n)] == [2, 1023, 1024, 3000]
+    assert coord.worker_pushes == [1, 3]
+    slots, bins = asynchronous.OVERFLOW_SLOTS, asynchronous.HIST_BINS
+    for i in range(slots + 2):
+        coord.gate.record(0, AFTER, stats, 2000 + i)
+    _, staleness = coord._collect()
+    pushes = [s for s, n in enumerate(staleness) for _ in range(n)]
+    assert pushes == [bins, bins] + list(range(2002, 2002 + slots)) and coord.worker_pushes == [slots + 3, 3]
 
 
 @pytest.mark.parametrize("shards", [1, 2])

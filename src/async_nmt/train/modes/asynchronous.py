@@ -24,7 +24,14 @@ from async_nmt.config import ModelConfig, TrainConfig
 from async_nmt.errors import stop_hint
 from async_nmt.train import processes
 from async_nmt.train.modes.paramserver import ParamServer
-from async_nmt.train.modes.workers import Counted, ModeContext, WorkerCompute, Workers, merge_histograms
+from async_nmt.train.modes.workers import (
+    Counted,
+    ModeContext,
+    WorkerCompute,
+    Workers,
+    histogram,
+    merge_histograms,
+)
 from async_nmt.train.step import StepStats
 
 STARTING_HELD = "interrupted: saving once the worker processes have started"
@@ -33,7 +40,11 @@ STARTING_HELD = "interrupted: saving once the worker processes have started"
 LIMIT, ADMITTED, COMPLETED, STOP, READY = range(5)
 # per-worker statistics
 TOKENS, LOSS, NLL, SENTENCES = range(4)
-HIST_BINS = 1024  # staleness histogram bins (larger staleness is counted in the last)
+HIST_BINS = 1024  # staleness histogram bins of each worker; a larger staleness goes to its overflow ring
+# the staleness of each worker's last pushes past the bins, kept exactly until the coordinator collects them (one
+# such push spans over 1000 updates, and the coordinator collects at about every update; more than this many
+# between two collections count the older ones at HIST_BINS, a lower bound)
+OVERFLOW_SLOTS = 64
 LOCK_WAIT_S = 0.05  # how long the coordinator waits for the gate's lock before it looks at the workers
 
 
@@ -45,6 +56,10 @@ class Gate:
         self.counts = torch.zeros(5, dtype=torch.int64).share_memory_()
         self.stats = torch.zeros(workers, 4, dtype=torch.float64).share_memory_()
         self.hist = torch.zeros(workers, HIST_BINS, dtype=torch.int64).share_memory_()
+        # per worker: how many pushes had a staleness of HIST_BINS or more, then a ring of their staleness (it
+        # was counted in the last bin: 1023 stood for any staleness above, the events' max and mean with it,
+        # where --worker-speeds down to 0.001 makes a slow worker's push span thousands of updates)
+        self.overflow = torch.zeros(workers, 1 + OVERFLOW_SLOTS, dtype=torch.int64).share_memory_()
         self.positions = torch.zeros(workers, 2, dtype=torch.int64).share_memory_()  # data (epoch, index)
 
     def wait_open(self, parent: int) -> bool:
@@ -86,7 +101,12 @@ class Gate:
         and a checkpoint, saved once every admitted push is counted, exactly the batches trained on."""
         with self.lock:
             self.stats[worker] += torch.tensor([stats.tokens, float(stats.loss), float(stats.nll), stats.sentences])
-            self.hist[worker, min(staleness, HIST_BINS - 1)] += 1
+            if staleness < HIST_BINS:
+                self.hist[worker, staleness] += 1
+            else:
+                count = int(self.overflow[worker, 0])
+                self.overflow[worker, 1 + count % OVERFLOW_SLOTS] = staleness
+                self.overflow[worker, 0] = count + 1
             self.positions[worker] = torch.tensor([position["epoch"], position["index"]])
 
     def complete(self) -> None:
@@ -157,6 +177,7 @@ class ProcessWorkers(Workers):
         self.procs: list[Any] = []  # the worker processes
         self.seen_stats = torch.zeros_like(self.gate.stats)
         self.seen_hist = torch.zeros_like(self.gate.hist)
+        self.seen_overflow = torch.zeros_like(self.gate.overflow)
         self.pushes_before = [0] * len(self.devices)  # each worker's pushes before a resume
         self.base_updates = self.base_pending = 0
         self.uncounted: tuple[StepStats, list[int]] | None = None  # statistics collected, not yet returned
@@ -241,28 +262,33 @@ class ProcessWorkers(Workers):
         """The statistics of the pushes completed since the last call; the trainer's streams learn the
         workers' data positions."""
 
-        def read() -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        def read() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
             with self.gate.held(self._check):
-                return self.gate.stats.clone(), self.gate.hist.clone(), self.gate.positions.tolist()
+                gate = self.gate
+                return gate.stats.clone(), gate.hist.clone(), gate.overflow.clone(), gate.positions.tolist()
 
         # the statistics of exactly the pushes the server has counted (a push is counted on shard 0 before the
         # others, and before it completes: read apart, an event of update U held the pushes up to U - 1)
-        updates, pushes, lr, grad_norm, (stats, hist, positions) = self.server.counted(read, waiting=self._check)
+        updates, pushes, lr, grad_norm, (stats, hist, overflow, positions) = self.server.counted(
+            read, waiting=self._check
+        )
         self.collected_at, self.counted = updates, Counted(updates, pushes, lr, grad_norm)
         delta = (stats - self.seen_stats).sum(0).tolist()
         hist_delta = (hist - self.seen_hist).sum(0)
-        self.seen_stats, self.seen_hist = stats, hist
+        past = _overflowed(overflow, self.seen_overflow)
+        self.seen_stats, self.seen_hist, self.seen_overflow = stats, hist, overflow
         for stream, (epoch, index) in zip(self.ctx.streams, positions, strict=True):
             if epoch:  # 0: the worker has not pushed yet
                 stream.load_state_dict({"epoch": epoch, "index": index})
         used = int(hist_delta.nonzero().max()) + 1 if hist_delta.any() else 0
         step = StepStats(delta[LOSS], delta[NLL], int(delta[TOKENS]), int(delta[SENTENCES]))
-        return step, hist_delta[:used].tolist()
+        return step, merge_histograms(hist_delta[:used].tolist(), histogram(past))
 
     @property
     def worker_pushes(self) -> list[int]:  # type: ignore[override]
         """Pushes of each worker so far (as last collected), those before a resume included."""
-        return [before + now for before, now in zip(self.pushes_before, self.seen_hist.sum(1).tolist(), strict=True)]
+        now = (self.seen_hist.sum(1) + self.seen_overflow[:, 0]).tolist()
+        return [before + pushes for before, pushes in zip(self.pushes_before, now, strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"worker_pushes": self.worker_pushes}
@@ -282,3 +308,14 @@ class ProcessWorkers(Workers):
         if locked:
             self.gate.lock.release()
         processes.stop(self.procs, grace_s=processes.STOP_GRACE_S if locked else 0.0)
+
+
+def _overflowed(overflow: torch.Tensor, seen: torch.Tensor) -> list[int]:
+    """The staleness of the pushes past the histogram's bins that `overflow` holds and `seen` did not (any
+    beyond the ring's slots counted at HIST_BINS)."""
+    values = []
+    for worker in (overflow[:, 0] != seen[:, 0]).nonzero().flatten().tolist():  # (the workers that have any)
+        now, before = overflow[worker].tolist(), int(seen[worker, 0])
+        kept = range(max(before, now[0] - OVERFLOW_SLOTS), now[0])
+        values += [HIST_BINS] * (now[0] - before - len(kept)) + [now[1 + i % OVERFLOW_SLOTS] for i in kept]
+    return values
