@@ -409,6 +409,19 @@ def test_reading_the_counts_checks_the_workers_while_one_holds_the_lock():
     assert server.counted(lambda: "read", waiting=check)[1:] == (0, 0.0, 0.0, "read") and len(checks) == 3
 
 
+def test_a_quiet_pull_takes_no_lock_that_a_killed_worker_may_hold():
+    """The trainer's validation copies the parameters of a server that takes no push then (a fence): a worker
+    killed as it pulled holds a shard's lock for good, and the validation's copy waited for it forever."""
+    server = ParamServer(torch.arange(8.0), accum=1, peak_lr=1e-3, warmup=0, shards=2, shared=True)
+    server.locks[1].acquire()  # (held, as by a worker killed in its pull)
+    out = torch.zeros(8)
+    reader = threading.Thread(target=server.pull, args=(out,), kwargs={"quiet": True}, daemon=True)
+    reader.start()
+    reader.join(10)  # (a hang fails the join, not the suite)
+    assert not reader.is_alive() and out.tolist() == list(range(8))
+    server.locks[1].release()
+
+
 def test_a_drain_returns_the_statistics_an_interrupted_advance_collected():
     """Ctrl-C while `advance` waits at the fence for the pushes to be done: the statistics it had collected
     come back with the drain that the stop makes (they were lost to the events and the token count)."""

@@ -565,7 +565,8 @@ class Trainer:
         if not self.leader:
             return None
         with self.clock.paused():
-            self.server.pull(self.flat.data)  # evaluate the master parameters (a no-op for one worker)
+            # evaluate the master parameters (a no-op for one worker), which no push changes at a validation
+            self.server.pull(self.flat.data, quiet=True)
             # on a terminal, a bar below the training bar while the valid set is translated (minutes of
             # silence on a large one), gone when it is done
             with ProgressBar(total=len(self.validator.sources), unit="sent", desc="valid", leave=False,

@@ -93,7 +93,8 @@ class OuterServer:
         self.params.sub_(delta.add(self.buf, alpha=self.momentum), alpha=self.outer_lr)
         self.outer_steps += 1
 
-    def pull(self, out: torch.Tensor) -> int:
+    def pull(self, out: torch.Tensor, quiet: bool = False) -> int:
+        """As `ParamServer.pull`'s; this server has no lock (one process), so `quiet` changes nothing."""
         if out.data_ptr() != self.params.data_ptr():
             out.copy_(self.params)
         return self.updates

@@ -128,11 +128,13 @@ class ParamServer:
         return self.shards[0]
 
     # ------------------------------------------------------------------ pull and push
-    def pull(self, out: torch.Tensor) -> int:
-        """Copy the current parameters into `out`; returns the update count (of shard 0) they belong to."""
+    def pull(self, out: torch.Tensor, quiet: bool = False) -> int:
+        """Copy the current parameters into `out`; returns the update count (of shard 0) they belong to.
+        `quiet`: the server takes no push now (the trainer's fences: validation), so the copy takes no lock; a
+        worker killed while it held one, as it pulled, hung the trainer's validation for good."""
         updates = 0
         for i, ((lo, hi), shard, lock) in enumerate(zip(self.bounds, self.shards, self.locks, strict=True)):
-            with lock:
+            with contextlib.nullcontext() if quiet else lock:
                 if out.data_ptr() != shard.data_ptr():
                     out[lo:hi].copy_(shard)
                     self._finish(shard)  # the copy must be done before another process may update the shard
