@@ -441,6 +441,13 @@ def test_more_than_1024_workers_are_refused(synthetic_bin: Path, tmp_path: Path,
                    "--workers must be at most 1024")  # fmt: skip
 
 
+def test_an_accum_past_a_million_pushes_is_refused(synthetic_bin: Path, tmp_path: Path):
+    """--accum 99999999999999999999: a traceback ("Overflow when unpacking long long") as the workers started."""
+    one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--max-updates", "1", "--workers", "2",
+                       "--mode", "async-accum", "--accum", "99999999999999999999"),
+                   "--accum must be at most 1,048,576")  # fmt: skip
+
+
 @pytest.mark.parametrize("speeds", ["1,1e-300", "1,0.0009", "1,1001"])
 def test_worker_speeds_beyond_a_thousandfold_are_refused(synthetic_bin: Path, tmp_path: Path, speeds: str):
     """--worker-speeds 1,1e-300 with real workers: "worker 1 (cpu) failed: OverflowError: timestamp out of

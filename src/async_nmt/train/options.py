@@ -46,8 +46,8 @@ OPTIONS = [
                  "torch.distributed ranks; async modes: clients of a shared parameter server), or, with "
                  "--simulate, workers emulated in one process; at most 1024."),
     click.option("--accum", type=int, default=None,
-                 help="async-accum: pushes the server sums into one update (default: --workers, the paper's N; "
-                 "under torchrun WORLD_SIZE - 1; refused in the other modes)."),
+                 help="async-accum: pushes the server sums into one update, at most 1,048,576 (default: --workers, "
+                 "the paper's N; under torchrun WORLD_SIZE - 1; refused in the other modes)."),
     click.option("--sync-every", default=0,  # (0: not given; its [default: 0] read as a usable value)
                  help="diloco: inner steps H each worker takes between two outer steps (required with diloco)."),
     click.option("--outer-lr", default=0.7, show_default=True,

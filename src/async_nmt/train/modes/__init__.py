@@ -69,6 +69,9 @@ def build_workers(ctx: ModeContext) -> Workers:
 
 MAX_SHARDS = 64  # far beyond what pays (one per device or core); 10^5 ran out of file descriptors
 MAX_WORKERS = 1024  # (10^20 hung as it listed a device a worker; sync spawns a process a worker before any check)
+# pushes one async-accum update sums: the server counts pushes in int64 up to a fence 2^40 updates ahead
+# (10^20 was a traceback, "Overflow when unpacking long long", as the worker processes started)
+MAX_ACCUM = 2**20
 
 
 # options that apply to some modes alone (check_mode_options refuses another value than the default elsewhere)
@@ -88,6 +91,8 @@ def check_mode_options(cfg: TrainConfig, given: Collection[str] = ()) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
     if cfg.workers > MAX_WORKERS:
         raise UserError(f"--workers must be at most {MAX_WORKERS}")
+    if cfg.accum > MAX_ACCUM:
+        raise UserError(f"--accum must be at most {MAX_ACCUM:,}")
     if (cfg.accum > 1 or "accum" in given) and cfg.mode != "async-accum":  # (`--accum 1`: it did nothing)
         local = f"; to sum batches on each worker in --mode {cfg.mode}, use --local-accum {cfg.accum}"
         raise UserError("--accum sums pushes on the parameter server and only applies to --mode async-accum"
