@@ -294,7 +294,8 @@ def train_main() -> None:
               help="Output file, replaced if it exists, never the input (named, or < FILE), a checkpoint (any zip "
               "archive), a run's files (spm.model too), a preprocessed corpus's or a raw corpus's text (RAW/test.en, "
               "a reference); a device, named pipe or "
-              "symbolic link is written into, as > would; - or none: stdout.")  # fmt: skip
+              "symbolic link is written into, as > would; - or none: stdout, refused where it is the file read "
+              "(-i FILE >> FILE).")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size, 1 to 2^31; 1 is greedy search.")
 @click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
 @click.option(

@@ -310,23 +310,29 @@ PAUSE = None  # `_lines_as_they_come`: the writer has paused
 CHECK_BLOCK = 1 << 24  # bytes `checked_lines` reads at a time
 
 
-def check_not_the_input(output_path: Path, input_path: Path | None) -> None:
+def check_not_the_input(output_path: Path | None, input_path: Path | None) -> None:
     """The output file is not the input: named (`-i`, a link to it too) or as stdin (`< FILE`, which
-    `-o FILE` replaced with the translations without a word, the source lost)."""
+    `-o FILE` replaced with the translations without a word, the source lost); nor is stdout, where the
+    output goes there (`-i FILE >> FILE` read the translations back as input, a window at a time, and
+    translated them again without end; `> FILE` had emptied the input, and the output was empty)."""
+    to_stdout = output_path is None or str(output_path) == STDIO
+    from_stdin = input_path is None or str(input_path) == STDIO
     try:
-        out = os.stat(output_path)
+        if (to_stdout and sys.stdout is None) or (from_stdin and sys.stdin is None):
+            return
+        out = os.fstat(sys.stdout.fileno()) if to_stdout else os.stat(output_path)  # type: ignore[arg-type]
         if not stat.S_ISREG(out.st_mode):  # (a terminal may be stdin and the output both)
             return
-        if input_path is None or str(input_path) == STDIO:
-            if sys.stdin is None:
-                return
-            source, name = os.fstat(sys.stdin.fileno()), "stdin"
-        else:
-            source, name = os.stat(input_path), "the input"
-    except (OSError, io.UnsupportedOperation, ValueError):  # (no such file yet; a stdin without a file number)
+        source = os.fstat(sys.stdin.fileno()) if from_stdin else os.stat(input_path)  # type: ignore[arg-type]
+    except (OSError, io.UnsupportedOperation, ValueError, AttributeError):  # (no such file yet; no file number)
         return
-    if (out.st_dev, out.st_ino) == (source.st_dev, source.st_ino):
-        raise UserError(f"{output_path}: the output would replace {name}; write it elsewhere")
+    if (out.st_dev, out.st_ino) != (source.st_dev, source.st_ino):
+        return
+    if to_stdout:
+        raise UserError(f"stdout: the file it reads ({'stdin' if from_stdin else input_path}); write the "
+                        "translations elsewhere")  # fmt: skip
+    raise UserError(f"{output_path}: the output would replace {'stdin' if from_stdin else 'the input'}; write it "
+                    "elsewhere")  # fmt: skip
 
 
 def checked_lines(path: Path | None) -> int | None:
@@ -568,8 +574,8 @@ def translate_file(
     torch_device = resolve_device(device, "--device")
     max_tokens = default_max_tokens(torch_device) if max_tokens is None else max_tokens
     check_options(beam, lenpen, max_len_a, max_len_b, max_tokens, nbest)
+    check_not_the_input(output_path, input_path)
     if output_path is not None and str(output_path) != STDIO:
-        check_not_the_input(Path(output_path), input_path)
         check_translation_output(Path(output_path), Path(model_path))
     reading_stdin = input_path is None or str(input_path) == STDIO
     typed = reading_stdin and sys.stdin is not None and sys.stdin.isatty()  # by a person, line by line

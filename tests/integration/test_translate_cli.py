@@ -757,6 +757,27 @@ def test_nmt_translate_in_a_real_process(run_dir: Path):
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
 
 
+@pytest.mark.parametrize("source", ["-i FILE", "< FILE"])
+def test_a_stdout_that_is_the_input_file_is_refused(run_dir: Path, tmp_path: Path, source: str):
+    """`nmt translate RUN -i FILE >> FILE` read its own translations back as input, a window at a time, and
+    translated them again without end, filling the disk (`cat` refuses so: "input file is output file");
+    `> FILE` had emptied the input before it started, and gave an empty output without a word."""
+    path = tmp_path / "source.txt"
+    text = "ba de gi\nka\nde de\n"
+    path.write_text(text)
+    command = [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "1", "--device", "cpu",
+               "--chunk-size", "1"]  # fmt: skip
+    where = "-i " + shlex.quote(str(path)) if source == "-i FILE" else "< " + shlex.quote(str(path))
+    name = path if source == "-i FILE" else "stdin"
+    for redirect in (">>", ">"):
+        path.write_text(text)
+        shell = f"exec {' '.join(shlex.quote(part) for part in command)} {where} {redirect} {shlex.quote(str(path))}"
+        proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == f"error: stdout: the file it reads ({name}); write the translations elsewhere\n"
+        assert path.read_text() == (text if redirect == ">>" else "")
+
+
 def test_a_closed_or_full_stderr_costs_the_translations_nothing(run_dir: Path):
     """`2>&-` made Python's stderr None: the progress bar failed, and so did the error's line (exit code 1,
     no output, no word); `2>/dev/full` made a warning end the command with no output."""
