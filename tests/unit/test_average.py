@@ -343,6 +343,21 @@ def test_a_run_folder_gives_its_best_checkpoint_before_its_last(tmp_path: Path):
     assert find_checkpoint(tmp_path, "last") == folder / "last.pt"
 
 
+def test_a_run_folder_whose_name_ends_in_pt_is_a_run_folder(tmp_path: Path):
+    """`nmt-train BIN runs/base.pt` trains such a run, and `nmt average` averages it, but `nmt translate
+    runs/base.pt` (the command its summary prints) said "a folder, not a checkpoint": only a folder named
+    .pt that is no run, as RUN/checkpoints/last.pt made a folder, is that."""
+    run = tmp_path / "base.pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"last")
+    assert find_checkpoint(run) == run / "checkpoints" / "last.pt"
+    assert find_checkpoint(run, "last") == run / "checkpoints" / "last.pt"
+    folder = run / "checkpoints" / "best.pt"
+    folder.mkdir()
+    with pytest.raises(UserError, match=f"{folder}: a folder, not a checkpoint"):
+        find_checkpoint(folder)
+
+
 def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path):
     """A dict with every key translation reads, but of another format version (a later async-nmt's) or of
     none (another program's), is refused in one line, not read as this version's."""

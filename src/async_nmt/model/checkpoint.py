@@ -348,7 +348,8 @@ def params_crc32(params: torch.Tensor) -> int:
 def find_checkpoint(path: Path, which: str | None = None) -> Path:
     """A run folder -> its `which` checkpoint ("best" or "last"; None: best, or last in a run that has no
     best, one stopped before its first validation); a checkpoint file -> itself, where `which` must be None."""
-    if path.is_dir() and path.suffix == ".pt":  # (RUN/checkpoints/last.pt made a folder: "no checkpoint in" it)
+    # (RUN/checkpoints/last.pt made a folder: "no checkpoint in" it; a run folder may be named so too)
+    if path.is_dir() and path.suffix == ".pt" and not (path / "checkpoints").is_dir():
         raise UserError(f"{path}: a folder, not a checkpoint")
     if path.is_dir():
         names = ("best", "last") if which is None else (which,)
