@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -716,6 +718,40 @@ def test_a_full_disk_is_an_error_of_the_system_naming_where(run_dir: Path):
                                   input="ba\n", stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
                                   env=env)  # fmt: skip
         assert done.returncode == 1 and done.stderr.strip() == "error: stdout: cannot write (No space left on device)"
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_full_stdout_that_does_not_block_loses_nothing(monkeypatch, buffered: bool):
+    """A pipe that another program sharing it made non-blocking (O_NONBLOCK) and that is full, its reader
+    slow: a buffered stdout raised BlockingIOError (`error: stdout: cannot write`, the rest
+    lost), and an unbuffered one (PYTHONUNBUFFERED, `python -u`) took the part of a window that fitted and
+    dropped the rest without a word, exit code 0 (324 of 5,035 lines reached the reader). It waits for room."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    raw = io.FileIO(write_end, "w")
+    stdout = io.TextIOWrapper(io.BufferedWriter(raw) if buffered else raw, encoding="utf-8",
+                              write_through=not buffered)  # fmt: skip
+    monkeypatch.setattr("sys.stdout", stdout)
+    text = "".join(f"{i} {'x' * 100}\n" for i in range(3000))  # (more than the 64 KiB a pipe holds)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            translate._stdout_write(text)
+        except BaseException as err:
+            failed.append(err)
+        finally:
+            with contextlib.suppress(OSError):
+                stdout.close()
+            raw.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(timeout=0.5)  # (the reader is slow: the pipe fills)
+    with open(read_end, "rb") as reader:
+        received = reader.read()
+    writer.join()
+    assert not failed and received.decode() == text
 
 
 def test_an_output_file_that_cannot_be_put_into_place_leaves_no_temporary_file(run_dir: Path, tmp_path: Path,
