@@ -37,7 +37,7 @@ from async_nmt.model.checkpoint import check_translation_output, load_model
 from async_nmt.model.search import Scored, beam_search, cast_for_search, generate, release_capture_pool
 from async_nmt.model.transformer import Transformer
 from async_nmt.progress import ProgressBar
-from async_nmt.score import decode_lines, read_bytes
+from async_nmt.score import decode_lines, read_bytes, read_stdin
 
 
 def _padded(length: int, max_width: int) -> int:
@@ -297,7 +297,7 @@ def read_input(path: Path | None) -> list[str]:
     elif sys.stdin is None:
         raise UserError("stdin is closed; give the source with --input")
     else:
-        data = sys.stdin.buffer.read()
+        data = read_stdin()
     lines = decode_lines(data, "stdin" if path is None or str(path) == STDIO else str(path))
     if lines:
         lines[0] = lines[0].removeprefix(BOM)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from click.testing import CliRunner
 import async_nmt
 from async_nmt.cli import main
 from async_nmt.errors import UserError
-from async_nmt.score import corpus_scores
+from async_nmt.score import corpus_scores, read_hypotheses
 
 REFS = ["The cat sat on the mat.", "Die Katze schläft – heute.", "A dog barks at the moon tonight.", ""]
 HYPS = ["The cat sat on a mat.", "Die Katze schläft heute.", "The dog barked at the moon.", "extra"]
@@ -420,6 +423,28 @@ def test_other_sacrebleu_warnings_are_relayed_in_one_line(tmp_path: Path, monkey
     assert result.exit_code == 0, result.output
     assert result.stderr == "warning: sacreBLEU: something odd on two lines\n"
     assert json.loads(result.stdout)["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+
+
+def test_hypotheses_on_stdin_are_read_to_the_end_of_a_pipe_that_does_not_block(monkeypatch):
+    """HYP `-` from a pipe that another program sharing it made non-blocking (O_NONBLOCK) was what had come
+    so far: "stdin has 25 line(s) but REF has 100"."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(io.FileIO(read_end, "r")), encoding="utf-8"))
+
+    def write() -> None:
+        os.write(write_end, b"a b\n")
+        time.sleep(0.3)  # (the reader finds the pipe empty meanwhile)
+        os.write(write_end, b"c\nd\n")
+        os.close(write_end)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert read_hypotheses(Path("-")) == ["a b", "c", "d"]
+    finally:
+        writer.join()
+        sys.stdin.close()
 
 
 def test_stdin_as_a_reference_is_refused(tmp_path: Path):
