@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,6 +73,29 @@ def bin_with_target(bin_dir: Path, folder: Path, language: str) -> Path:
         if ".tgt" in path.name:
             path.rename(path.with_name(path.name.replace(".tgt", f".{language}")))
     return folder
+
+
+@contextlib.contextmanager
+def stdin_that_does_not_block(monkeypatch: pytest.MonkeyPatch, first: bytes, rest: bytes) -> Iterator[None]:
+    """stdin a pipe that another program sharing it made non-blocking (O_NONBLOCK), whose writer sends
+    `first`, pauses (the reader finds the pipe empty), then sends `rest` and closes it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(io.FileIO(read_end, "r")), encoding="utf-8"))
+
+    def write() -> None:
+        os.write(write_end, first)
+        time.sleep(0.3)
+        os.write(write_end, rest)
+        os.close(write_end)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        yield
+    finally:
+        writer.join()
+        sys.stdin.close()
 
 
 def live_processes() -> dict[int, tuple[int, int]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import record_amp_dtypes, run_forked
+from conftest import record_amp_dtypes, run_forked, stdin_that_does_not_block
 
 from async_nmt import translate
 from async_nmt.cli import main
@@ -597,23 +597,8 @@ def test_input_the_vocabulary_does_not_know_is_translated_with_one_warning(run_d
 def test_stdin_read_whole_waits_for_the_end_of_a_pipe_that_does_not_block(monkeypatch):
     """`--chunk-size 0` from a pipe that another program sharing it made non-blocking (O_NONBLOCK) read what
     had come so far: 25 of 100 lines were translated, exit code 0."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(io.FileIO(read_end, "r")), encoding="utf-8"))
-
-    def write() -> None:
-        os.write(write_end, b"ba de\n")
-        time.sleep(0.3)  # (the reader finds the pipe empty meanwhile)
-        os.write(write_end, b"gi\nko\n")
-        os.close(write_end)
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
+    with stdin_that_does_not_block(monkeypatch, b"ba de\n", b"gi\nko\n"):
         assert translate.read_input(None) == ["ba de", "gi", "ko"]
-    finally:
-        writer.join()
-        sys.stdin.close()
 
 
 def test_empty_stdin_gives_empty_output(run_dir: Path):

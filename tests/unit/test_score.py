@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 from click.testing import CliRunner
+from conftest import stdin_that_does_not_block
 
 import async_nmt
 from async_nmt.cli import main
@@ -332,9 +332,6 @@ def test_gzip_files_are_scored_as_sacrebleu_reads_them_and_named_where_they_cann
 def test_a_pipe_is_read_to_its_end_once(tmp_path: Path, piped: str):
     """A file was opened twice, for the gzip check, then the text: `nmt score <(...) REF` said "/dev/fd/63: is
     empty", and a FIFO written in two parts lost the first."""
-    import threading
-    import time
-
     hyps = [f"sentence number {i} of the test" for i in range(40)]
     paths = {"hyp": write(tmp_path / "hyp.txt", hyps), "ref": write(tmp_path / "ref.txt", hyps)}
     fifo = paths[piped] = tmp_path / "pipe"
@@ -428,23 +425,8 @@ def test_other_sacrebleu_warnings_are_relayed_in_one_line(tmp_path: Path, monkey
 def test_hypotheses_on_stdin_are_read_to_the_end_of_a_pipe_that_does_not_block(monkeypatch):
     """HYP `-` from a pipe that another program sharing it made non-blocking (O_NONBLOCK) was what had come
     so far: "stdin has 25 line(s) but REF has 100"."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(io.FileIO(read_end, "r")), encoding="utf-8"))
-
-    def write() -> None:
-        os.write(write_end, b"a b\n")
-        time.sleep(0.3)  # (the reader finds the pipe empty meanwhile)
-        os.write(write_end, b"c\nd\n")
-        os.close(write_end)
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
+    with stdin_that_does_not_block(monkeypatch, b"a b\n", b"c\nd\n"):
         assert read_hypotheses(Path("-")) == ["a b", "c", "d"]
-    finally:
-        writer.join()
-        sys.stdin.close()
 
 
 def test_stdin_as_a_reference_is_refused(tmp_path: Path):
