@@ -1526,6 +1526,22 @@ def test_patience_stops_after_n_validations_without_a_better_bleu(synthetic_bin:
     assert [e["updates"] for e in trained] == [2, 4, 6, 8, 10]
 
 
+def test_patience_counts_validations_across_a_resume_with_another_valid_every(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch
+):
+    """--patience N is N validations without a better one, as the README says, not N x --valid-every updates:
+    a resume with another --valid-every (or one after a --max-time stop, whose closing validation is off the
+    grid) stopped a validation or more late, or early."""
+    scripted_validation(monkeypatch, [(5, 1.0)] + [(4, 1.0)] * 9)  # the best at update 2, none better after
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=4, valid_every=2, patience=3), run, progress=False)
+    # validated at 2 (the best) and 4; then every 4 updates: 8 and 12 make three without a better one
+    train(micro_config(synthetic_bin, max_updates=40, valid_every=4, patience=3), run, resume=True, progress=False)
+    events = read_events(run / "events.jsonl")
+    assert [e["updates"] for e in events if e["kind"] == "valid"] == [2, 4, 8, 12]
+    assert (events[-1]["updates"], events[-1]["stopped_by"]) == (12, "--patience 3")
+
+
 def test_max_epochs_counts_the_batches_trained_on_in_an_emulation(synthetic_bin: Path, tmp_path: Path):
     """--simulate takes each worker's next batches ahead of its push: they were counted as trained, and
     --max-epochs 1 stopped after 12 of an epoch's 19 batches (with --local-accum 4)."""

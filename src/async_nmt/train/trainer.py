@@ -145,6 +145,9 @@ class Trainer:
         self.best_lost = False  # best.pt was gone at a resume (`_check_best_save`), and no better save came since
         self.last_valid: dict[str, float] | None = None
         self.validated_at: int | None = None
+        # validations since the best one, which --patience counts (not updates over --valid-every: a resume with
+        # another --valid-every, or after a --max-time stop validated off the grid, stopped late or early)
+        self.valids_since_best = 0
         # the limit that made this process first wish to stop: a sync group trains on to the step its ranks
         # agree on, and diloco to the end of the round, and a better validation there hid --patience
         self.stop_wish: str | None = None
@@ -374,6 +377,7 @@ class Trainer:
             "best": self.best,
             "valid_crc32": self.valid_crc32,
             "validated_at": self.validated_at,
+            "valids_since_best": self.valids_since_best,
             "event_lines": self.events.lines + 1,  # the checkpoint event that follows belongs to it
             "log_interval": {
                 "loss": float(self.interval.loss),
@@ -443,6 +447,9 @@ class Trainer:
         # a save that Ctrl-C made during a validation holds an older one (saves before 2026-12-05 lack it:
         # taken as validated, as they were resumed then)
         self.validated_at = state.get("validated_at", self.updates)
+        # (saves before 2026-12-07 lack it: counted from the updates since the best, as they were then)
+        since = self.validated_at - self.best["updates"] if self.best and self.validated_at is not None else 0
+        self.valids_since_best = state.get("valids_since_best", since // max(self.cfg.valid_every, 1))
         if (logged := state.get("log_interval")) is not None:  # (saves before 2026-12-05 lack it)
             self.interval = StepStats(logged["loss"], logged["nll"], logged["tokens"], logged["sentences"])
             self.interval_start, self.staleness = logged["start_s"], list(logged["staleness"])
@@ -578,6 +585,7 @@ class Trainer:
             improved = self.best is None or better(result, self.best)
             if improved:
                 self.best = {"updates": self.updates, **result}
+            self.valids_since_best = 0 if improved else self.valids_since_best + 1
             self.last_valid, self.validated_at = result, self.updates
             self._event("valid", **result, best_bleu=self.best["bleu"])
             self.save(best=improved)
@@ -630,8 +638,7 @@ class Trainer:
     def _patience_spent(self) -> bool:
         """--patience validations since the best BLEU."""
         cfg = self.cfg
-        return bool(cfg.patience and self.best
-                    and self.updates - self.best["updates"] >= cfg.patience * cfg.valid_every)  # fmt: skip
+        return bool(cfg.patience and self.best and self.valids_since_best >= cfg.patience)
 
     def _next_fence(self) -> int:
         """The next update at which the server must be quiet: a validation, a checkpoint, or the end."""
