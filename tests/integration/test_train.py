@@ -1542,6 +1542,19 @@ def test_patience_counts_validations_across_a_resume_with_another_valid_every(
     assert (events[-1]["updates"], events[-1]["stopped_by"]) == (12, "--patience 3")
 
 
+def test_a_resumed_run_knows_its_last_validation_for_the_summary(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    """The summary's "last valid" is the run's, as its other rows are: a resumed session that Ctrl-C stopped
+    before it validated printed none, though the run had validated."""
+    from async_nmt.train.trainer import Trainer
+
+    scripted_validation(monkeypatch, [(5, 1.0), (4, 0.9)])
+    run = tmp_path / "run"
+    train(micro_config(synthetic_bin, max_updates=4, valid_every=2), run, progress=False)
+    trainer = Trainer(micro_config(synthetic_bin, max_updates=8, valid_every=2), run)
+    assert trainer.open_run(resume=True) is True
+    assert trainer.last_valid is not None and (trainer.last_valid["bleu"], trainer.last_valid["valid_loss"]) == (4, 0.9)
+
+
 def test_max_epochs_counts_the_batches_trained_on_in_an_emulation(synthetic_bin: Path, tmp_path: Path):
     """--simulate takes each worker's next batches ahead of its push: they were counted as trained, and
     --max-epochs 1 stopped after 12 of an epoch's 19 batches (with --local-accum 4)."""
