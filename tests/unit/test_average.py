@@ -96,6 +96,19 @@ def test_averaging_refuses_too_few_checkpoints_and_another_model(tmp_path: Path)
         average_checkpoints(last_kept(tmp_path, 2))
 
 
+def test_too_few_kept_checkpoints_of_a_run_that_keeps_enough_says_so(tmp_path: Path):
+    """A run trained with --keep-last 3 that has saved twice so far: "train with --keep-last 3 or more" sent its
+    user to an option the run had."""
+    (tmp_path / "config.json").write_text('{"train": {"keep_last": 3}}')
+    save_kept(tmp_path, 5, torch.zeros(8))
+    save_kept(tmp_path, 10, torch.zeros(8))
+    with pytest.raises(UserError, match=r"2 kept checkpoints, fewer than the 3 asked for \(the run keeps its last 3 "
+                       r"saves, --keep-last 3, but has kept 2 so far: average fewer, or train on\)"):  # fmt: skip
+        last_kept(tmp_path, 3)
+    with pytest.raises(UserError, match=r"fewer than the 4 asked for \(train with --keep-last 4 or more\)"):
+        last_kept(tmp_path, 4)
+
+
 def test_a_save_from_before_the_two_dropouts_averages_with_a_later_one_of_the_same_model(tmp_path: Path):
     """A run resumed across 2026-12-06 keeps saves whose model config lacks the embeddings' and attention's
     dropouts beside saves that hold their defaults: the same model. Another attention dropout is not."""

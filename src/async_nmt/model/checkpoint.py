@@ -12,6 +12,7 @@ and which holds no training state (it translates, it does not resume).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -81,9 +82,24 @@ def last_kept(run_dir: Path, count: int) -> list[Path]:
                         f"checkpoints/{hint}")  # fmt: skip
     kept = kept_checkpoints(run_dir)
     if len(kept) < count:
-        raise UserError(f"{run_dir}: {len(kept)} kept checkpoints, fewer than the {count} asked for "
-                        f"(train with --keep-last {count} or more)")  # fmt: skip
+        keeps = _keep_last(run_dir)  # (a run that keeps enough has not saved that often yet: no option helps)
+        hint = f"train with --keep-last {count} or more"
+        if keeps >= count:
+            hint = (
+                f"the run keeps its last {keeps} saves, --keep-last {keeps}, but has kept {len(kept)} so far: "
+                "average fewer, or train on"
+            )
+        raise UserError(f"{run_dir}: {len(kept)} kept checkpoints, fewer than the {count} asked for ({hint})")
     return kept[-count:]
+
+
+def _keep_last(run_dir: Path) -> int:
+    """The --keep-last in force in a run, as its config.json says; 0 where it cannot be read."""
+    try:
+        keeps = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]["keep_last"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return 0
+    return keeps if isinstance(keeps, int) else 0
 
 
 def runs_checkpoints_folder(path: Path, run_dir: Path) -> Path | None:
