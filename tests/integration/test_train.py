@@ -1555,6 +1555,17 @@ def test_a_resumed_run_knows_its_last_validation_for_the_summary(synthetic_bin: 
     assert trainer.last_valid is not None and (trainer.last_valid["bleu"], trainer.last_valid["valid_loss"]) == (4, 0.9)
 
 
+def test_the_max_time_that_stopped_a_run_is_named_as_given(synthetic_bin: Path, tmp_path: Path):
+    """`stopped_by` (the end event, the summary, "nothing to do") names --max-time as the command line gave
+    it: 1234567 seconds read "--max-time 1.23457e+06", another number."""
+    from async_nmt.train.events import TrainingClock
+    from async_nmt.train.trainer import Trainer
+
+    trainer = Trainer(micro_config(synthetic_bin, max_time=1234567.0), tmp_path / "run")
+    trainer.clock = TrainingClock(1234568.0)
+    assert trainer.limit_reached() == "--max-time 1234567"
+
+
 def test_max_epochs_counts_the_batches_trained_on_in_an_emulation(synthetic_bin: Path, tmp_path: Path):
     """--simulate takes each worker's next batches ahead of its push: they were counted as trained, and
     --max-epochs 1 stopped after 12 of an epoch's 19 batches (with --local-accum 4)."""

@@ -617,7 +617,7 @@ class Trainer:
         if cfg.max_epochs > 0 and self.epochs() >= cfg.max_epochs:
             return f"--max-epochs {cfg.max_epochs}"
         if cfg.max_time > 0 and self.clock.seconds >= cfg.max_time:
-            return f"--max-time {cfg.max_time:g}"
+            return f"--max-time {cfg.max_time:.15g}"
         if self._patience_spent():
             return f"--patience {cfg.patience}"
         return None
