@@ -59,7 +59,8 @@ def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = Non
     clock.start_clock(cfg, cfg.workers, events[0]["params"])
     updates, priced = 0, Run(run.name, run, events)
     for event in events:
-        if event["kind"] == "start":  # a resume may change the prices: the steps after it were priced at its
+        # a resume may change the prices: the steps after a start event were priced at those it names
+        if event["kind"] == "start":
             clock.link_s = link_seconds(event["params"], in_force(priced, event, "link_gbps"))
             token_us = in_force(priced, event, "simulate_token_us")
             if not token_us:  # (a segment that measured its tokens' time cannot be replayed)

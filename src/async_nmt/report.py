@@ -795,7 +795,7 @@ def report_command(
             again.setdefault(same.name, []).append(str(path))
         else:
             runs.append(load_run(path))
-    given_again = []  # one line a run (`run ./run run/` said "run is given twice" twice)
+    given_again: list[str] = []  # one line a run (`run ./run run/` said "run is given twice" twice)
     for name, paths_again in again.items():
         times = "twice" if len(paths_again) == 1 else f"{len(paths_again) + 1} times"
         others = [path for path in dict.fromkeys(paths_again) if path != name]

@@ -448,10 +448,10 @@ class Trainer:
         # a save that Ctrl-C made during a validation holds an older one (saves before 2026-12-05 lack it:
         # taken as validated, as they were resumed then)
         self.validated_at = state.get("validated_at", self.updates)
-        # (saves before 2026-12-07 lack it: counted from the updates since the best, as they were then)
         # the last validation, which the summary shows (saves before 2026-12-07 lack it: the best, where it was)
         validated = self.best is not None and self.best["updates"] == self.validated_at
         self.last_valid = state.get("last_valid", self.best if validated else None)
+        # (saves before 2026-12-07 lack it: counted from the updates since the best, as they were then)
         since = self.validated_at - self.best["updates"] if self.best and self.validated_at is not None else 0
         self.valids_since_best = state.get("valids_since_best", since // max(self.cfg.valid_every, 1))
         if (logged := state.get("log_interval")) is not None:  # (saves before 2026-12-05 lack it)
