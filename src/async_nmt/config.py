@@ -222,6 +222,17 @@ def corpus_languages(folder: Path) -> set[str] | None:
     return languages if all(isinstance(lang, str) for lang in languages) else None
 
 
+def train_section(folder: Path) -> dict[str, Any] | None:
+    """The `train` section of a run folder's config.json; None where there is none, or the file cannot be
+    read as a run's (a project's own config.json, one torn or hand-broken)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    section = config.get("train") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else None
+
+
 def run_folder_in(folder: Path, below_only: bool = False) -> Path | None:
     """A training run that is `folder` or lies below it (`below_only`: below it), if there is one: what a
     `--force` that deletes `folder` must not reach unasked."""

@@ -12,7 +12,6 @@ and which holds no training state (it translates, it does not resume).
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -38,6 +37,7 @@ from async_nmt.config import (
     from_dict,
     is_run_folder,
     raw_corpus_file,
+    train_section,
 )
 from async_nmt.errors import UserError, reason
 from async_nmt.model.transformer import Transformer
@@ -95,10 +95,7 @@ def last_kept(run_dir: Path, count: int) -> list[Path]:
 
 def _keep_last(run_dir: Path) -> int:
     """The --keep-last in force in a run, as its config.json says; 0 where it cannot be read."""
-    try:
-        keeps = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]["keep_last"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return 0
+    keeps = (train_section(run_dir) or {}).get("keep_last")
     return keeps if isinstance(keeps, int) else 0
 
 

@@ -7,7 +7,6 @@ training.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import re
@@ -27,6 +26,7 @@ from async_nmt.config import (
     is_run_folder,
     run_folder_in,
     temporary_beside,
+    train_section,
 )
 from async_nmt.errors import UserError, briefly, reason
 from async_nmt.model.checkpoint import FORMAT_VERSION, KEPT, checkpoint_path, params_crc32
@@ -84,13 +84,7 @@ def check_not_inside_a_run(folder: Path, what: str = "this run", fix: str = "tra
 def _a_run(folder: Path) -> bool:
     """A training run by its files: events.jsonl, and a config.json of a run's sections (a project's own
     config.json, or a stray one in /tmp, is none)."""
-    if not (folder / "events.jsonl").is_file():
-        return False
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and isinstance(config.get("train"), dict)
+    return (folder / "events.jsonl").is_file() and train_section(folder) is not None
 
 
 def check_run_dir(run_dir: Path, resume: bool, force: bool, bin_dir: Path) -> None:
