@@ -74,7 +74,8 @@ def synthetic_batches(n: int, rows: int, length: int, vocab: int, device) -> lis
         pad = torch.arange(length)[None, :] >= lens[:, None]
         src[pad], tgt[pad] = PAD_ID, PAD_ID
         prev = torch.cat([torch.full((rows, 1), 2), tgt[:, :-1]], 1)
-        out.append(Batch(src.to(device), prev.to(device), tgt.to(device), int((tgt != PAD_ID).sum()), rows))
+        real_src, real_tgt = int((src != PAD_ID).sum()), int((tgt != PAD_ID).sum())
+        out.append(Batch(src.to(device), prev.to(device), tgt.to(device), real_tgt, rows, real_src))
     return out
 
 

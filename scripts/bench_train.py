@@ -256,6 +256,9 @@ def main() -> None:
                         help="no warm-up of the process first: the product, run first, pays for it alone")  # fmt: skip
     parser.add_argument("--plain-autocast", action="store_true",
                         help="the product without its bf16 weight copies (LowPrecisionCopies): an A/B")  # fmt: skip
+    parser.add_argument("--padded-source", action="store_true",
+                        help="the product's encoder computes on the source's padding too, as nmt-train did until "
+                        "2026-12-07 (PACK_SOURCE off): an A/B")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
         raise UserError("--seconds must be a positive, finite number")
@@ -272,6 +275,7 @@ def main() -> None:
         raise UserError(f"--plain-autocast is an A/B of bf16 autocast; not with fp32 (--precision {args.precision} "
                         f"on {device})")  # fmt: skip
     step_module.LOW_PRECISION_COPIES = not args.plain_autocast
+    step_module.PACK_SOURCE = not args.padded_source
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
                       precision=args.precision, compile=args.compile, batch_sort=args.batch_sort,
@@ -312,7 +316,7 @@ def main() -> None:
         **timed_on(device),
         "precision": "bf16" if amp else "fp32", "compile": args.compile, "warm_process": not args.cold,
         "low_precision_copies": bool(amp) and not args.plain_autocast, "batch_sort": args.batch_sort,
-        "max_tokens": args.max_tokens,
+        "packed_source": not args.padded_source, "max_tokens": args.max_tokens,
         "seconds": args.seconds,
         "repeats": args.repeats,
         "log_every": args.log_every,

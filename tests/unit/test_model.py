@@ -58,6 +58,24 @@ def test_padding_does_not_change_the_logits_of_real_positions():
     torch.testing.assert_close(alone[0], tight[3, : len(PREV[3])], rtol=1e-5, atol=1e-5)
 
 
+def test_an_encoder_on_the_real_source_rows_gives_the_padded_encoders_memory_and_gradients():
+    """`encode(src, rows)` computes on the real source positions only (training's packing): its memory is the
+    padded encoder's at those positions and zero elsewhere, and the gradients it passes back are the same."""
+    src = padded(SRC, width=16)
+    rows = torch.nonzero(src.view(-1).ne(PAD_ID)).view(-1)
+    out = {}
+    for packed in (False, True):
+        model = make_model()
+        memory = model.encode(src, rows if packed else None).memory
+        real = src.ne(PAD_ID)
+        memory[real].pow(2).sum().backward()  # (the padded memory's pads are masked where it is read)
+        out[packed] = memory.detach(), {n: p.grad for n, p in model.named_parameters()}
+    torch.testing.assert_close(out[True][0][real], out[False][0][real], rtol=1e-5, atol=1e-5)
+    assert out[True][0][~real].eq(0).all() and out[False][0][~real].ne(0).all()
+    for name, grad in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_a_source_pad_is_not_attended_to():
     # If pads were attended, changing the embedding of pad would change the output.
     model = make_model()

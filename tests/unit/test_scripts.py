@@ -244,6 +244,12 @@ BAD_INPUT = [
         "--bare-embed-init torch sets the bare model's own start",
     ),
     ("batch_padding.py", ["/nope"], "/nope: no such folder"),
+    ("ab_step.py", ["/nope", "--batches", "0"], "--batches must be at least 1"),
+    (
+        "ab_step.py",
+        ["/nope", "--switch", "low-precision-copies", "--precision", "fp32"],
+        "--switch low-precision-copies is an A/B of bf16 autocast",
+    ),
     ("results_convergence.py", ["/nope"], "/nope: no such folder"),
     ("results_convergence.py", [str(ROOT / "scripts")], f"{ROOT / 'scripts'}: no CONFIG-sSEED run folder"),
     (
@@ -462,6 +468,18 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     assert line["ratio_second_half"] == pytest.approx(second_halves, abs=2e-3)
     assert line["ratio_median"] == round(sum(line["ratios"]) / 2, 3) and all(ratio > 0 for ratio in line["ratios"])
     assert line["updates"] >= 2 and line["tok_per_s"] > 0 and line["bare_nn_transformer_tok_per_s"] > 0
+
+
+@pytest.mark.parametrize("switch", ["packed-source", "low-precision-copies"])
+def test_ab_step_times_both_sides_of_a_switch_in_two_rounds(synthetic_bin: Path, switch: str):
+    done = run("ab_step.py", str(synthetic_bin), "--preset", "micro", "--max-tokens", "256", "--batches", "2",
+               "--switch", switch, "--precision", "bf16")  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    line = json.loads(done.stdout)
+    assert line["switch"] == switch and line["batches"] == 2 and len(line["speedup_rounds"]) == 2
+    assert line["ms_on"] > 0 and line["ms_off"] > 0
+    assert line["speedup"] == pytest.approx(line["ms_off"] / line["ms_on"], rel=1e-2)
+    assert 0 < line["padding"]["src"] < 1 and 0 <= line["padding"]["tgt"] < 1  # (synthetic sentences vary)
 
 
 def test_replay_sync_clock_names_bin_where_the_runs_bin_folder_is_gone(tmp_path: Path):

@@ -258,6 +258,35 @@ def test_bf16_copies_of_the_linear_weights_give_autocasts_numbers_bit_for_bit(mo
     assert [float(x) for x in fast] == [float(x) for x in plain]
 
 
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_packing_the_source_rows_changes_no_loss_or_gradient(monkeypatch, amp):
+    """The encoder computes on the real source tokens only (PACK_SOURCE): with dropout off, two batches
+    (sources of 1 to 20 tokens; one with no padding, which does not pack) give the padded encoder's losses
+    and gradients, to rounding."""
+    from async_nmt.train import step as step_module
+
+    g = np.random.default_rng(0)
+    src = [g.integers(4, 100, n) for n in g.integers(1, 21, 12)]
+    tgt = [g.integers(4, 100, n) for n in g.integers(1, 21, 12)]
+    uneven = collate(src, tgt, max_len=64)
+    long = [i for i, s in enumerate(src) if len(s) >= 7]
+    even = collate([src[i][:7] for i in long], [tgt[i] for i in long], max_len=64)
+    assert uneven.src_tokens < uneven.src.numel() // 2 and even.src_tokens == even.src.numel()
+
+    def run(pack: bool) -> tuple[list[float], torch.Tensor]:
+        monkeypatch.setattr(step_module, "PACK_SOURCE", pack)
+        torch.manual_seed(0)
+        model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.0))
+        flat = flatten_parameters(model)
+        losses = [float(train_step(model, batch, 0.1, amp).loss) for batch in (uneven, even)]
+        return losses, flat.grad.clone()
+
+    (packed, packed_grad), (plain, plain_grad) = run(True), run(False)
+    assert packed == pytest.approx(plain, rel=1e-5 if amp is None else 1e-2)
+    scale = plain_grad.abs().max()
+    assert scale > 0 and (packed_grad - plain_grad).abs().max() <= (1e-5 if amp is None else 2e-2) * scale
+
+
 def test_a_training_step_never_reads_a_number_back_from_the_device(monkeypatch):
     """No .item() or .tolist() in train_step: on a GPU each waits for the whole step to finish."""
     torch.manual_seed(0)
@@ -671,7 +700,7 @@ def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens(monkeypatch
     class Fixed(torch.nn.Module):  # "hidden states" are the logits; the projection is the identity
         cfg = model_config("tiny", 20)
 
-        def hidden(self, src, prev_tgt):
+        def hidden(self, src, prev_tgt, src_rows=None):
             return logits
 
         def project(self, states):
@@ -701,7 +730,7 @@ def test_batch_loss_scores_bf16_logits_in_fp32_with_any_label_smoothing():
     class Fixed(torch.nn.Module):  # the "hidden states" are the bf16 logits; the projection passes them on
         cfg = model_config("tiny", 500)
 
-        def hidden(self, src, prev_tgt):
+        def hidden(self, src, prev_tgt, src_rows=None):
             return logits
 
         def project(self, states):

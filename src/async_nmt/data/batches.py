@@ -22,6 +22,7 @@ class Batch:
     target: torch.Tensor  # [B, T] target ids + eos (what the loss predicts)
     tokens: int  # real (non-pad) target tokens, eos included: what an update's gradient is normalized by
     sentences: int
+    src_tokens: int  # real source tokens, eos included
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"
@@ -31,6 +32,7 @@ class Batch:
             self.target.to(device, non_blocking=nb),
             self.tokens,
             self.sentences,
+            self.src_tokens,
         )
 
 
@@ -117,7 +119,7 @@ def collate_rows(src: TokenArray, tgt: TokenArray, rows: np.ndarray, max_len: in
     src_t, prev_t, target_t = (torch.from_numpy(a) for a in (src_np, prev_np, target_np))
     if pin:
         src_t, prev_t, target_t = src_t.pin_memory(), prev_t.pin_memory(), target_t.pin_memory()
-    return Batch(src_t, prev_t, target_t, real_tokens(tgt_lens), len(rows))
+    return Batch(src_t, prev_t, target_t, real_tokens(tgt_lens), len(rows), real_tokens(src_lens))
 
 
 def real_tokens(lengths: np.ndarray) -> int:

@@ -83,6 +83,11 @@ def for_cache(t: Tensor) -> Tensor:
     return t.to(torch.float32, memory_format=torch.contiguous_format) if t.device.type == "cpu" else t
 
 
+def unpack(x: Tensor, rows: Tensor, n: int) -> Tensor:
+    """Packed rows `x` [len(rows), W] at positions `rows` of n, zeros elsewhere: [n, W]."""
+    return x.new_zeros(n, x.size(1)).index_copy_(0, rows, x)
+
+
 def cpu_dropout(x: Tensor, p: float) -> Tensor:
     """Dropout for the CPU, where nn.Dropout's mask (`bernoulli_`, one draw of the generator per element)
     took 16% of a tiny model's training step (issue 8). Each 64-bit draw here gives four 16-bit numbers,
@@ -166,11 +171,18 @@ class SelfAttention(nn.Module):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: Cache | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
+        """Self-attention over `x` [B * T, D]; with `rows` (and `attn_mask`), `x` holds only those rows of the
+        [B * T] positions (`Transformer.encode`'s real source tokens), and so does the output."""
         N, D = x.shape
+        qkv = self.qkv(x)
+        if rows is not None:  # only attention needs the padded layout: its masked keys and ignored queries
+            N = batch * attn_mask.size(-1)
+            qkv = unpack(qkv, rows, N)
         B, T = batch, N // batch
         # [B, T, 3, H, Dh] -> three [B, H, T, Dh] views; SDPA takes the strides as they are.
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if isinstance(cache, FixedCache):
             return self.out(cache.attend(q, k, v).transpose(1, 2).reshape(N, D))
         if cache is not None:
@@ -180,7 +192,8 @@ class SelfAttention(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         y = attend(q, k, v, attn_mask, is_causal, self.dropout_p if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(N, D))
+        y = y.transpose(1, 2).reshape(N, D)
+        return self.out(y if rows is None else y.index_select(0, rows))
 
 
 class CrossAttention(nn.Module):
@@ -228,8 +241,8 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), attn_mask.size(0), attn_mask=attn_mask))
+    def forward(self, x: Tensor, attn_mask: Tensor, rows: Tensor | None = None) -> Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), attn_mask.size(0), attn_mask=attn_mask, rows=rows))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -313,12 +326,13 @@ class Transformer(nn.Module):
         """Logits [B, T, V] for every target position (teacher forcing)."""
         return self.project(self.hidden(src, prev_tgt))
 
-    def hidden(self, src: Tensor, prev_tgt: Tensor) -> Tensor:
+    def hidden(self, src: Tensor, prev_tgt: Tensor, src_rows: Tensor | None = None) -> Tensor:
         """The final decoder states [B, T, D] (teacher forcing); `project` turns them into logits.
+        `src_rows`: see `encode`.
 
         Training projects only the states of real (non-pad) target tokens, a chunk at a time.
         """
-        return self.decoder_states(prev_tgt, self.encode(src))
+        return self.decoder_states(prev_tgt, self.encode(src, src_rows))
 
     def project(self, states: Tensor) -> Tensor:
         """Output logits through the tied embedding: [..., D] -> [..., V]."""
@@ -350,12 +364,21 @@ class Transformer(nn.Module):
                 module.low = low
             self.project_weight = saved_projection
 
-    def encode(self, src: Tensor) -> EncoderOut:
+    def encode(self, src: Tensor, rows: Tensor | None = None) -> EncoderOut:
+        """The encoder's output. With `rows`, the positions of `src.view(-1)` that are not padding, in order,
+        the layers compute on those rows only, and on nothing else but attention; the memory's padded
+        positions are zeros (the cross-attention masks them). Training's batches are a third padding on the
+        source side at 25,000 tokens (README), where this saves that share of the encoder's matmuls."""
         attn_mask = src.ne(self.cfg.pad_id)[:, None, None, :]  # made once, not at every decoding step
-        x = self.embed_tokens(src).flatten(0, 1)  # the layers see [B * S, D]: see `decoder_states`
+        if rows is None:
+            x = self.embed_tokens(src).flatten(0, 1)  # the layers see [B * S, D]: see `decoder_states`
+        else:
+            tokens, where = src.view(-1).index_select(0, rows), rows.remainder(src.size(1))
+            x = self.dropout(self.embed(tokens) * self.embed_scale + self.positions.index_select(0, where))
         for layer in self.encoder:
-            x = layer(x, attn_mask)
-        return EncoderOut(self.encoder_norm(x).view(*src.shape, -1), attn_mask)
+            x = layer(x, attn_mask, rows)
+        x = self.encoder_norm(x)
+        return EncoderOut((x if rows is None else unpack(x, rows, src.numel())).view(*src.shape, -1), attn_mask)
 
     def decoder_states(self, prev_tgt: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
         """Final (normalized) decoder states [B, T, D]; with `cache` (a dict, filled here), `prev_tgt` is

@@ -169,18 +169,28 @@ def low_precision_copies(model: nn.Module, amp_dtype: torch.dtype | None) -> Low
 CPU_LOSS_CHUNK_ELEMENTS = 2**23  # fp32 logits of a chunk stay within 32 MiB
 
 
+PACK_SOURCE = True  # off: the encoder computes on every padded position (the tests compare the two)
+
+
+def real_positions(ids: torch.Tensor, count: int) -> torch.Tensor:
+    """The positions in `ids.view(-1)` of its `count` real (non-pad) tokens, in order. A boolean mask would
+    read their count back from the device at every step; the host knows it, and a stable sort of the pad
+    flags puts their positions first, in order."""
+    return torch.argsort(ids.reshape(-1).eq(PAD_ID).int(), stable=True)[:count]
+
+
 def batch_loss(
     model: nn.Module, batch: Batch, label_smoothing: float, amp_dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed loss and summed NLL over the batch's target tokens."""
     device = batch.src.device
     copies = low_precision_copies(model, amp_dtype)
+    src_rows = None
+    if PACK_SOURCE and batch.src_tokens < batch.src.numel():  # (`Transformer.encode`)
+        src_rows = real_positions(batch.src, batch.src_tokens)
     with autocast(device, amp_dtype), copies.active() if copies else contextlib.nullcontext():
-        states = model.hidden(batch.src, batch.prev_tgt)
-    # Only real tokens reach the output layer. A boolean mask would read their count back from the device
-    # at every step; the host knows it (`batch.tokens`), and a stable sort of the pad flags puts their
-    # positions first, in order.
-    real = torch.argsort(batch.target.reshape(-1).eq(PAD_ID).int(), stable=True)[: batch.tokens]
+        states = model.hidden(batch.src, batch.prev_tgt, src_rows)
+    real = real_positions(batch.target, batch.tokens)  # only real tokens reach the output layer
     states = states.reshape(-1, states.size(-1)).index_select(0, real)
     target = batch.target.reshape(-1).index_select(0, real)
     vocab = model.cfg.vocab_size
