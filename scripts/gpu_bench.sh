@@ -15,8 +15,10 @@
 #   1. the search and model unit tests and the host-read tests on DEVICE (ASYNC_NMT_TEST_DEVICE); the
 #      worker-process mode tests (TESTS_MODES=1, about 150 s) come last;
 #   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
-#      nn.Transformer loop on demo/bin) for base and big, with COMPILE=1 bench_train.py --compile for base,
-#      with AB=1 bench_train.py --plain-autocast for base, and bench_translate.py (a random model);
+#      nn.Transformer loop on demo/bin) for base and big, ab_step.py's A/B of the packed source for base
+#      (the step with the encoder on real source tokens only, and on the padding too), with COMPILE=1
+#      bench_train.py --compile for base, with AB=1 bench_train.py --plain-autocast for base, and
+#      bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
 #      of that model on the test set's first SENTENCES lines (at --max-tokens 16000 and 64000), then `nmt
 #      translate` of the test set's first SENTENCES lines, greedy, beam 5, greedy with --cuda-graphs, and greedy and beam 5 in
@@ -98,6 +100,9 @@ for preset in $PRESETS; do
   step "bench_train_$preset" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" --preset "$preset" \
     --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS"
 done
+# the packed source (the encoder on real tokens only) against the padded encoder, batch by batch (seconds)
+step "ab_step_packed_source_${PRESETS%% *}" 90 python3 scripts/ab_step.py "$BIN" --switch packed-source \
+  --preset "${PRESETS%% *}" --device "$DEVICE" --max-tokens "$TOKENS" --batches 16
 if [ "${AB:-0}" = 1 ]; then  # the same loop with plain autocast: what the bf16 weight copies bring
   step "bench_train_${PRESETS%% *}_autocast" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" \
     --preset "${PRESETS%% *}" --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS" --plain-autocast
