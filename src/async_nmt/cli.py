@@ -297,7 +297,8 @@ def train_main() -> None:
               "symbolic link is written into, as > would; - or none: stdout, refused where it is the file read "
               "(-i FILE >> FILE).")  # fmt: skip
 @click.option("--beam", default=5, show_default=True, help="Beam size, 1 to 2^31; 1 is greedy search.")
-@click.option("--lenpen", default=1.0, show_default=True, help="Length penalty exponent (score / length**lenpen).")
+@click.option("--lenpen", default=1.0, show_default=True,
+              help="Length penalty exponent (score / length**lenpen), -10 to 10.")  # fmt: skip
 @click.option(
     "--nbest",
     default=0,

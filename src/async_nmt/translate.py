@@ -262,6 +262,10 @@ def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_widt
 
 
 MAX_BEAM = 2**31
+# A score, log-probability / length**lenpen, is computed in fp32: 256 positions**16 is inf there, and a
+# hypothesis' score over it -0.0, the best of any. Within +-10, lengths up to 1,024 positions (the presets
+# have 256) and log-probabilities of -1e-6 to -1e5 give normal, nonzero scores.
+MAX_LENPEN = 10.0
 
 
 def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int, nbest: int = 0) -> None:
@@ -272,8 +276,9 @@ def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, ma
     if nbest > beam:  # (as fairseq: the list is drawn from the beam's finished hypotheses)
         raise UserError(f"--nbest {nbest} is more than --beam {beam}: the n-best list is drawn from the beam's "
                         f"finished hypotheses; give --beam {nbest} or more")  # fmt: skip
-    if not math.isfinite(lenpen):
-        raise UserError(f"--lenpen must be a finite number (got {lenpen})")
+    if not -MAX_LENPEN <= lenpen <= MAX_LENPEN:  # (nan and inf too)
+        raise UserError(f"--lenpen must be {-MAX_LENPEN:g} to {MAX_LENPEN:g} (got {lenpen:g}): beyond, length**lenpen "
+                        "overflows")  # fmt: skip
     if math.isnan(max_len_a):  # (inf: up to the model's positions)
         raise UserError("--max-len-a must be a number (got nan)")
     if max_len_a < 0 or max_len_b < 0:

@@ -624,6 +624,9 @@ def test_empty_stdin_gives_empty_output(run_dir: Path):
         (["--chunk-size", "0"], "ba\rde\r", "stdin: 1 line(s) but 2 carriage returns"),
         (["--device", "cpu:1"], "ba\n", "--device: cpu:1 is not there (the CPU is one device: cpu)"),  # (taken)
         (["--chunk-size", "-1"], "ba\n", "--chunk-size must not be negative (got -1)"),
+        (["--lenpen", "16"], "ba\n", "--lenpen must be -10 to 10 (got 16)"),  # (256**16 is inf in fp32)
+        (["--lenpen", "-11"], "ba\n", "--lenpen must be -10 to 10 (got -11)"),
+        (["--lenpen", "nan"], "ba\n", "--lenpen must be -10 to 10 (got nan)"),
     ],
 )
 def test_bad_translate_input_exits_2_with_one_line(run_dir: Path, args, stdin, message):

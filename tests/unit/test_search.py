@@ -408,3 +408,16 @@ def test_a_candidate_of_probability_0_never_becomes_a_finished_hypothesis():
     assert choice.slot.eq(K).all()
     assert choice.live_scores[0, :3].tolist() == lprobs[0, [1, 4, 5]].sort(descending=True).values.tolist()
     assert choice.live_beams[0, :3].tolist() == [0, 0, 0]
+
+
+def test_at_the_lenpen_limit_a_hypothesis_score_stays_finite_and_nonzero_for_any_length():
+    """A score is log-probability / length**lenpen in fp32 (`_choose_beams`); `nmt translate` takes --lenpen
+    within +-MAX_LENPEN. At 16, 256**16 was inf and a long hypothesis scored -0.0, the best of any."""
+    from async_nmt.translate import MAX_LENPEN
+
+    for lenpen in (MAX_LENPEN, -MAX_LENPEN):
+        length = torch.arange(1, 1025).float().pow(lenpen)  # as the search computes it
+        for log_prob in (-1e-6, -1e5):
+            score = torch.tensor(log_prob) / length
+            assert score.isfinite().all() and score.abs().ge(torch.finfo(torch.float32).tiny).all()
+    assert (torch.tensor(-1.0) / torch.tensor(256.0).pow(16.0)).eq(0)  # what the limit keeps out
