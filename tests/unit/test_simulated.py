@@ -490,6 +490,35 @@ def test_a_push_that_reaches_a_shard_before_the_update_its_worker_pulled_counts_
     assert server.state_dict()["norms"][:, 0].tolist() == pytest.approx([1e-2 / 1.5] * 2)
 
 
+def test_staleness_lr_measures_each_shard_against_the_count_its_slice_was_pulled_at():
+    """A worker that pulls while a push walks from shard 1 to shard 0 copies shard 1 after that push's update
+    and shard 0 before it (`pull_each`: [0, 1]). Its push, three updates later, is 3 updates stale on shard 0
+    and 2 on shard 1: staleness_lr divides shard 1's rate by 2, where measured against shard 0's pull count
+    it was divided by 3."""
+    g = torch.ones(20)
+    server = ParamServer(torch.zeros(20), accum=1, peak_lr=1e-2, warmup=0, shards=2, staleness_lr="inverse")
+    pulled: list[list[int]] = []
+
+    class Meanwhile:  # shard 0's lock, taken by the push from shard 1 once shard 1 has taken its update
+        fired = False
+
+        def __enter__(self):
+            if not Meanwhile.fired:
+                Meanwhile.fired = True
+                pulled.append(server.pull_each(torch.empty(20)))
+
+        def __exit__(self, *exc):
+            return False
+
+    server.locks[0] = Meanwhile()
+    server.push(g.clone(), 1, pulled_updates=0, first_shard=1)
+    assert pulled == [[0, 1]] and server.pull_each(torch.empty(20)) == [1, 1]
+    for update in (1, 2):
+        server.push(g.clone(), 1, pulled_updates=update)
+    assert server.push(g.clone(), 1, pulled_updates=pulled[0]) == 3  # (the staleness logged: shard 0's)
+    assert server.state_dict()["norms"][:, 0].tolist() == pytest.approx([1e-2 / 3, 1e-2 / 2])
+
+
 def test_sync_predicted_clock_charges_a_ring_all_reduce_of_2_w_minus_1_over_w_links_for_3_workers():
     """A ring all-reduce among W workers moves 2 (W - 1) / W times the parameters: 4/3 links for W = 3 (for
     W = 2, as the tests above, it is 1, whatever the formula's W)."""

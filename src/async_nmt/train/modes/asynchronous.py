@@ -155,7 +155,7 @@ def _work(worker: int, setup: WorkerSetup) -> None:
         gate.counts[READY] += 1
     pushes = 0
     while gate.wait_open(parent):
-        pulled = server.pull(compute.flat.data)
+        pulled = server.pull_each(compute.flat.data)  # (each shard's count: see `staleness_lr`)
         stats = compute.push()
         pushes += 1
         processes.maybe_fail(worker, pushes, gate.lock)

@@ -6,8 +6,9 @@ of its update number. A push walks the shards from the worker's own index; each 
 push adds its slice (and, when the count completes an update, while Adam runs), and unlocked only after
 the device work is finished. Staleness of a push is the update count of shard 0 when the push reaches it,
 minus the count the worker read when it last pulled. With `staleness_lr="inverse"` an update's learning rate
-is divided by max(1, the mean staleness of the pushes it sums), each shard counting staleness against its
-own update count (Zhang et al. 2016, "Staleness-aware Async-SGD": lr / max(1, s) for one push of staleness s).
+is divided by max(1, the mean staleness of the pushes it sums), each shard counting staleness with its own
+update counts, now and at the worker's pull (Zhang et al. 2016, "Staleness-aware Async-SGD": lr / max(1, s)
+for one push of staleness s).
 
 One class serves every case. In process (one worker, the simulator, each rank of sync) it has one shard,
 no real locks, and may update the caller's own tensor in place. Built with `shared=True` it is handed to
@@ -132,22 +133,28 @@ class ParamServer:
         """Copy the current parameters into `out`; returns the update count (of shard 0) they belong to.
         `quiet`: the server takes no push now (the trainer's fences: validation), so the copy takes no lock; a
         worker killed while it held one, as it pulled, hung the trainer's validation for good."""
-        updates = 0
-        for i, ((lo, hi), shard, lock) in enumerate(zip(self.bounds, self.shards, self.locks, strict=True)):
+        return self.pull_each(out, quiet)[0]
+
+    def pull_each(self, out: torch.Tensor, quiet: bool = False) -> list[int]:
+        """`pull`, returning the update count of each shard's slice as it was copied: with several shards a
+        push in flight may have updated some and not yet the others (`push` takes the list)."""
+        updates = []
+        for (lo, hi), shard, lock, counters in zip(self.bounds, self.shards, self.locks, self.counters, strict=True):
             with contextlib.nullcontext() if quiet else lock:
                 if out.data_ptr() != shard.data_ptr():
                     out[lo:hi].copy_(shard)
                     self._finish(shard)  # the copy must be done before another process may update the shard
                     self._finish(out)
-                if i == 0:
-                    updates = int(self.counters[0, UPDATES])
+                updates.append(int(counters[UPDATES]))
         return updates
 
     @torch.no_grad()
-    def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int = 0, count: int = 1,
-             record: Callable[[int], None] | None = None) -> int:  # fmt: skip
+    def push(self, grad: torch.Tensor, tokens: int, pulled_updates: int | Sequence[int], first_shard: int = 0,
+             count: int = 1, record: Callable[[int], None] | None = None) -> int:  # fmt: skip
         """Add one gradient (summed over `tokens` target tokens) to every shard, starting at `first_shard`;
-        a shard whose count reaches `accum` takes an update. Returns the push's staleness.
+        a shard whose count reaches `accum` takes an update. Returns the push's staleness (shard 0's).
+        `pulled_updates`: the update count the gradient's parameters were pulled at, of every shard alike or
+        of each (`pull_each`), which `staleness_lr` measures each shard's staleness against.
 
         `record`, where given, is called with the staleness while shard 0 counts the push, under its lock: a
         reader that holds that lock (`counted`) sees the push's statistics together with its count.
@@ -158,22 +165,23 @@ class ParamServer:
         with uninterrupted():
             return self._push(grad, tokens, pulled_updates, first_shard, count, record)
 
-    def _push(self, grad: torch.Tensor, tokens: int, pulled_updates: int, first_shard: int, count: int,
-              record: Callable[[int], None] | None) -> int:  # fmt: skip
+    def _push(self, grad: torch.Tensor, tokens: int, pulled_updates: int | Sequence[int], first_shard: int,
+              count: int, record: Callable[[int], None] | None) -> int:  # fmt: skip
         staleness = 0
         shards = len(self.shards)
+        pulled = [pulled_updates] * shards if isinstance(pulled_updates, int) else list(pulled_updates)
         for k in range(shards):
             i = (first_shard + k) % shards
             lo, hi = self.bounds[i]
             with self.locks[i]:
                 row = self.counters[i].tolist()
                 if i == 0:
-                    staleness = row[UPDATES] - pulled_updates
+                    staleness = row[UPDATES] - pulled[0]
                 row[PUSHES] += count
                 alone = row[PENDING_PUSHES] == 0 and count == self.accum
                 row[PENDING_PUSHES] += count
                 row[PENDING_TOKENS] += tokens
-                row[PENDING_STALENESS] += max(row[UPDATES] - pulled_updates, 0) * count
+                row[PENDING_STALENESS] += max(row[UPDATES] - pulled[i], 0) * count
                 # into a CPU shard the copy must be complete before the CPU reads it (non_blocking from a GPU
                 # returns at once); onto a GPU it is ordered before the shard's use on its stream
                 device = self.shards[i].device
