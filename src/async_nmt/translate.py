@@ -500,6 +500,8 @@ def output_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an output file")
     into = path.is_symlink() or (path.exists() and not path.is_file())
+    if not into and path.is_file() and not os.access(path, os.W_OK):  # (the rename below would replace it)
+        raise UserError(f"{path}: cannot write (Permission denied), as > could not")
     target = path if into else temporary_beside(path)
     try:
         f = open(target, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)

@@ -306,6 +306,34 @@ def test_a_replaced_output_file_keeps_its_permissions(run_dir: Path, tmp_path: P
     assert out.read_text() != "old\n" and out.stat().st_mode & 0o777 == 0o640
 
 
+def test_a_read_only_output_file_is_written_as_redirection_would_or_kept(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """-o replaced a file through a temporary file and a rename, which a folder's write permission allows:
+    a read-only file that `>` could not write was replaced. Now -o writes it where `>` could (root can) and
+    is refused where it could not, the file kept."""
+    import os
+
+    out = tmp_path / "hyp.txt"
+    out.write_text("old\n")
+    out.chmod(0o444)
+    try:
+        open(out, "a").close()  # what `>` would meet
+        writable = True
+    except PermissionError:
+        writable = False
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "-o", str(out)], input="ba de\n")
+    assert (result.exit_code, out.read_text() == "old\n") == ((0, False) if writable else (2, True)), result.stderr
+    out.chmod(0o644)
+    out.write_text("old\n")  # (as for a user who cannot write it, below)
+    out.chmod(0o444)
+    readable = os.access  # (click checks that the path is readable)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: mode != os.W_OK and readable(path, mode, **kw))
+    result = runner().invoke(main, ["translate", str(run_dir), "--beam", "1", "-o", str(out)], input="ba de\n")
+    assert result.exit_code == 2 and f"{out}: cannot write (Permission denied)" in result.stderr
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["hyp.txt"]
+
+
 def test_checkpoint_choices_are_kept_or_refused_never_swapped(run_dir: Path, tmp_path: Path):
     """Without --checkpoint a run without best.pt (no validation) translates with last.pt; an explicit
     --checkpoint best there, or --checkpoint with a checkpoint file, or with --average, is refused, and so is
