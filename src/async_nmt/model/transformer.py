@@ -1,6 +1,7 @@
 """The encoder-decoder Transformer: pre-norm, tied embeddings, sinusoidal positions, SDPA attention.
 
-Inputs are right-padded with `cfg.pad_id`. `forward(src, prev_tgt)` is the training path; `encode` and
+Inputs are right-padded with `cfg.pad_id`. `forward(src, prev_tgt)` is the training path (training's
+`hidden(src, prev_tgt, src_rows)` runs the encoder on the real source tokens alone: `encode`); `encode` and
 `decode(..., cache)` are the inference path, where the cache holds each decoder layer's self-attention keys
 and values (growing by one position a step) and its cross-attention keys and values (computed once).
 `decode_step(..., fixed_cache)` is the same step with fixed shapes, for CUDA graphs (`FixedCache`).
@@ -373,7 +374,7 @@ class Transformer(nn.Module):
         if rows is None:
             x = self.embed_tokens(src).flatten(0, 1)  # the layers see [B * S, D]: see `decoder_states`
         else:
-            tokens, where = src.view(-1).index_select(0, rows), rows.remainder(src.size(1))
+            tokens, where = src.reshape(-1).index_select(0, rows), rows.remainder(src.size(1))
             x = self.dropout(self.embed(tokens) * self.embed_scale + self.positions.index_select(0, where))
         for layer in self.encoder:
             x = layer(x, attn_mask, rows)
