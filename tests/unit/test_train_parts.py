@@ -798,6 +798,25 @@ def test_validation_with_max_sentences_0_or_past_the_split_holds_every_valid_sen
         assert len(validator.sources) == n and sum(len(b.src) for b in validator.batches) == n, max_sentences
 
 
+def test_validation_of_a_case_folded_vocabulary_scores_against_case_folded_references(
+    synthetic_raw, tmp_path, monkeypatch
+):
+    """A corpus preprocessed with --normalization nmt_nfkc_cf: the model writes case-folded text, which was
+    scored against the references as written (upper case here): BLEU 0 for a perfect model."""
+    from async_nmt.data.binarize import preprocess
+    from async_nmt.train import validate
+
+    bin_dir = tmp_path / "bin"
+    preprocess(synthetic_raw, bin_dir, vocab_size=200, normalization="nmt_nfkc_cf")
+    written = (synthetic_raw / "valid.tgt").read_text(encoding="utf-8").splitlines()
+    assert any(line != line.casefold() for line in written)  # (the toy targets are upper case)
+    validator = validate.Validator(bin_dir, 1024, 256)
+    perfect = [line.casefold() for line in written]  # what a perfect model of this vocabulary writes
+    monkeypatch.setattr(validate, "translate_lines", lambda model, sp, lines, **kw: list(perfect))
+    model = Transformer(model_config("micro", 200))
+    assert validator(model, None, None)["bleu"] == pytest.approx(100)
+
+
 def test_valid_text_with_more_lines_than_its_ids_is_refused_too(synthetic_bin, tmp_path):
     """A valid text side longer than the valid split's ids (a line added by hand) is refused as a shorter one
     is: its BLEU would be measured on other sentences than its loss."""

@@ -25,7 +25,11 @@ class Validator:
 
     def __init__(self, bin_dir: Path, max_tokens: int, max_len: int, max_sentences: int = 0):
         split = load_split(bin_dir, "valid")
-        self.language = load_manifest(bin_dir).get("tgt")  # BLEU's tokenizer follows it (`tokenizer_for`)
+        manifest = load_manifest(bin_dir)
+        self.language = manifest.get("tgt")  # BLEU's tokenizer follows it (`tokenizer_for`)
+        # a vocabulary of case-folded text (`--normalization *_cf`) writes case-folded output: scored against
+        # the text as written, a perfect model's BLEU was about 0, and best.pt and --patience followed that
+        self.casefold = str(manifest.get("options", {}).get("normalization", "")).endswith("_cf")
         n = len(split.src) if max_sentences <= 0 else min(max_sentences, len(split.src))
         src_len, tgt_len = split.src.lengths[:n], split.tgt.lengths[:n]
         self.batches = [
@@ -38,6 +42,8 @@ class Validator:
                 raise UserError(f"{bin_dir}: the valid text's {side} side has {len(lines)} lines but the valid "
                                 f"split's ids {len(split.src)}; run `nmt preprocess` again")  # fmt: skip
         self.sources, self.references = texts["src"][:n], texts["tgt"][:n]
+        if self.casefold:  # (in the fingerprint too: a resume's best BLEU is not compared with a cased one)
+            self.references = [line.casefold() for line in self.references]
         self.max_tokens = max_tokens
         # what a resume compares: the best BLEU so far was measured on these sentences, and with this tokenizer
         # where it is not 13a (a zh run begun before 2026-12-05 scored with 13a: about 0, not comparable)
@@ -61,6 +67,8 @@ class Validator:
         valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(model, sp, self.sources, beam=1, max_tokens=self.max_tokens, device=device,
                                amp_dtype=amp_dtype, progress=progress)  # fmt: skip
+        if self.casefold:  # (sentencepiece's folding is NFKC's; Python's folds what it leaves too, as here)
+            hyps = [line.casefold() for line in hyps]
         scores = corpus_scores(hyps, self.references, self.language)
         return {
             "valid_loss": valid_loss,
