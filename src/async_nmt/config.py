@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -180,6 +181,14 @@ def is_run_folder(folder: Path) -> bool:
 
 
 MANIFEST = "manifest.json"  # what marks a preprocessed corpus (BIN) folder (data/binarize.py writes it)
+
+
+def language_code(language: str | None) -> str | None:
+    """A corpus's language suffix as a language code: lower case, without a region or script (`zh-CN`,
+    `zh_Hans`: `zh`)."""
+    return None if language is None else re.split(r"[-_]", language.lower(), maxsplit=1)[0]
+
+
 # sentencepiece's Unicode normalizations (`nmt preprocess --normalization`); nmt_ adds its NMT rules to NFKC
 NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
 SPLITS = ("train", "valid", "test")  # the splits of a corpus, raw (RAW, `nmt corpus get`) and preprocessed (BIN)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from async_nmt.config import language_code
 from async_nmt.errors import GZIP_MAGIC, UserError, check_line_ends, lone_returns, not_utf8
 
 if TYPE_CHECKING:
@@ -184,12 +185,6 @@ def tokenizer_for(language: str | None) -> str | None:
     language is read as `language_code` reads it (`ZH` and `zh-CN` are Chinese: `train.ZH`'s valid BLEU was
     13a's, 0)."""
     return "zh" if language_code(language) == "zh" else None
-
-
-def language_code(language: str | None) -> str | None:
-    """A corpus's language suffix as a language code: lower case, without a region or script (`zh-CN`,
-    `zh_Hans`: `zh`)."""
-    return None if language is None else re.split(r"[-_]", language.lower(), maxsplit=1)[0]
 
 
 UNSPACED = ("ja", "th", "lo", "km", "my")  # written without spaces between words, with no tokenizer here

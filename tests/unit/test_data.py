@@ -124,6 +124,9 @@ def test_load_vocab_errors(tmp_path: Path) -> None:
         (("EN", "FR"), ("FR", "EN")),  # (upper case: EN was the source, by the order of the names)
         (("tgt", "SRC"), ("SRC", "tgt")),
         (("ZH", "de"), ("de", "ZH")),  # (alphabetically in any case: ZH, sorted before de, was the source)
+        (("en_US", "fr"), ("fr", "en_US")),  # (with a region English is English too: it was the source)
+        (("en-GB", "zh"), ("zh", "en-GB")),
+        (("en_GB", "en_US"), ("en_GB", "en_US")),  # (two Englishes: by the alphabet)
     ],
 )
 def test_language_rule(tmp_path: Path, suffixes: tuple[str, str], expected: tuple[str, str]) -> None:
@@ -445,6 +448,24 @@ def test_an_empty_bin_is_written_from_within_and_a_shells_lost_folder_is_no_erro
     shared.chmod(0o2775)
     preprocess(synthetic_raw, shared / "bin", vocab_size=200)
     assert os.stat(shared / "bin").st_mode & stat.S_ISGID
+
+
+def test_a_corpus_replaced_with_force_keeps_its_folders_group(synthetic_raw: Path, tmp_path: Path) -> None:
+    """A shared corpus (group `g`, mode 2770) preprocessed again with --force kept its mode, setgid bit too,
+    but took the user's own group: unreadable to `g`, and the setgid bit then handed on the wrong group."""
+    import os
+    import stat
+
+    bin_dir = tmp_path / "bin"
+    preprocess(synthetic_raw, bin_dir, vocab_size=200)
+    others = [g for g in ({0, 1} if os.geteuid() == 0 else set(os.getgroups())) if g != bin_dir.stat().st_gid]
+    if not others:
+        pytest.skip("the user is in no other group to give the folder")
+    os.chown(bin_dir, -1, others[0])
+    bin_dir.chmod(0o2770)
+    preprocess(synthetic_raw, bin_dir, vocab_size=150, force=True)
+    assert json.loads((bin_dir / "manifest.json").read_text())["options"]["vocab_size"] == 150
+    assert bin_dir.stat().st_gid == others[0] and stat.S_IMODE(bin_dir.stat().st_mode) == 0o2770
 
 
 def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ before this field existed have no `train_long_sides`; they still load.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,15 @@ from typing import Any
 import click
 import numpy as np
 
-from async_nmt.config import MANIFEST, SPLITS, SPM_PREFIX, corpus_files, corpus_languages, run_folder_in
+from async_nmt.config import (
+    MANIFEST,
+    SPLITS,
+    SPM_PREFIX,
+    corpus_files,
+    corpus_languages,
+    language_code,
+    run_folder_in,
+)
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
 from async_nmt.errors import UserError, briefly, check_line_ends, lone_returns, not_utf8, reason
 from async_nmt.progress import ProgressBar
@@ -300,8 +309,9 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
     a, b = found
     if {a.lower(), b.lower()} == {"src", "tgt"}:
         return (a, b) if a.lower() == "src" else (b, a)
-    if "en" in (a.lower(), b.lower()):  # (train.EN too: it made EN the source, by the order of the names)
-        return (b, a) if a.lower() == "en" else (a, b)
+    english = [s for s in (a, b) if language_code(s) == "en"]  # (train.EN and train.en_US too)
+    if len(english) == 1:
+        return (b, a) if english[0] == a else (a, b)
     return (a, b) if a.lower() <= b.lower() else (b, a)  # (alphabetically in any case: train.ZH was the source of de)
 
 
@@ -477,7 +487,9 @@ def _replace_dir(tmp: Path, bin_dir: Path) -> None:
             raise
         tmp.rmdir()
         return
-    if bin_dir.exists():
+    if bin_dir.exists():  # (a shared corpus kept its mode, setgid bit too, but took the user's group)
+        with contextlib.suppress(OSError):  # (a group the user is not in: the folder keeps the user's)
+            os.chown(tmp, -1, bin_dir.stat().st_gid)
         shutil.copymode(bin_dir, tmp)
     else:
         umask = os.umask(0)
