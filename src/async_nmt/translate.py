@@ -74,14 +74,15 @@ def translate_lines(
     unknown: UnknownInput | None = None,
     notices: Counter[str] | None = None,
     nbest: int = 0,
+    name: str | None = None,
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model, as do
     lines of no pieces (a zero-width space, a control character: preprocess drops them as empty; the model
     made a sentence up from nothing for them). `amp_dtype` autocasts the search (None: fp32); `progress` is
     called with the number of lines done, as they are done; `fixed_shapes`: see `search.beam_search`;
     `first_line`: the input line number of `lines[0]`, for messages; `unknown` counts the input's unknown
-    pieces; `notices`: see `translate_ids`. With `nbest`, each line's output is its n-best list (`nbest_lines`)
-    instead of its translation."""
+    pieces; `notices` and `name`: see `translate_ids`. With `nbest`, each line's output is its n-best list
+    (`nbest_lines`) instead of its translation."""
     outputs = [""] * len(lines)
     if nbest:
         outputs = [nbest_lines(first_line - 1 + i, [(0.0, "")]) for i in range(len(lines))]
@@ -109,6 +110,7 @@ def translate_lines(
         line_numbers=[first_line + i for i in todo],
         notices=notices,
         nbest=nbest,
+        name=name,
     )
     if nbest:
         for i, scored in zip(todo, hyps, strict=True):
@@ -178,13 +180,15 @@ def translate_ids(
     line_numbers: list[int] | None = None,
     notices: Counter[str] | None = None,
     nbest: int = 0,
+    name: str | None = None,
 ) -> list[list[int]] | list[list[Scored]]:
     """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore.
     `progress` is called with the number of sentences of each batch done; `line_numbers`: the input line
     of each sentence, for messages (default: 1, 2, ...); `notices`: how often each warning's cause came so
     far; a warning is given the first time only (a command that translates its input a window at a time
-    warns once, and `translate_file` sums up at the end). With `nbest`, each sentence's n-best list of a
-    beam search (`search.beam_search`; at `beam` 1 too) instead of its output."""
+    warns once, and `translate_file` sums up at the end); `name`, where given, names the input in them (a
+    validation's valid.LANG). With `nbest`, each sentence's n-best list of a beam search
+    (`search.beam_search`; at `beam` 1 too) instead of its output."""
     cfg = model.cfg
     if device is not None:
         model.to(device)
@@ -195,8 +199,9 @@ def translate_ids(
     if truncated and not notices["truncated"]:
         numbers = [line_numbers[i] if line_numbers else i + 1 for i in truncated]
         shown = briefly([str(number) for number in numbers], 10)
-        print(f"warning: line{'s' if len(numbers) > 1 else ''} {shown}: longer than the model's {limit} tokens, "
-              "truncated", file=sys.stderr)  # fmt: skip
+        where = f"{name}: " if name else ""
+        print(f"warning: {where}line{'s' if len(numbers) > 1 else ''} {shown}: longer than the model's {limit} "
+              "tokens, truncated", file=sys.stderr)  # fmt: skip
         notices["truncated_named"] = len(numbers)
     notices["truncated"] += len(truncated)
     ids = [list(x[:limit]) + [cfg.eos_id] for x in sources]

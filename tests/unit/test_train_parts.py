@@ -817,6 +817,29 @@ def test_validation_of_a_case_folded_vocabulary_scores_against_case_folded_refer
     assert validator(model, None, None)["bleu"] == pytest.approx(100)
 
 
+def test_a_long_valid_line_is_warned_of_once_a_run_naming_the_valid_file(synthetic_raw, tmp_path, capsys):
+    """Every validation said `warning: line 1: longer than the model's 255 tokens, truncated`, which read as the
+    training data's: the first names the valid file, and the next validations say it no more."""
+    import shutil
+
+    from async_nmt.data.binarize import load_manifest, preprocess
+    from async_nmt.data.vocab import load_vocab
+    from async_nmt.train import validate
+
+    raw = shutil.copytree(synthetic_raw, tmp_path / "raw")
+    lines = (raw / "valid.src").read_text(encoding="utf-8").splitlines()
+    lines[1] = " ".join([lines[1]] * 200)  # hundreds of pieces
+    (raw / "valid.src").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    preprocess(raw, bin_dir, vocab_size=200, max_len=1024)
+    validator = validate.Validator(bin_dir, 4096, 256, max_sentences=3)
+    model = Transformer(model_config("micro", load_manifest(bin_dir)["vocab_size"]))
+    capsys.readouterr()
+    for said in (f"warning: {bin_dir}/valid.src: line 2: longer than the model's 255 tokens, truncated\n", ""):
+        validator(model, load_vocab(bin_dir / "spm.model"), None)
+        assert capsys.readouterr().err == said
+
+
 def test_valid_text_with_more_lines_than_its_ids_is_refused_too(synthetic_bin, tmp_path):
     """A valid text side longer than the valid split's ids (a line added by hand) is refused as a shorter one
     is: its BLEU would be measured on other sentences than its loss."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class Validator:
         if self.casefold:  # (in the fingerprint too: a resume's best BLEU is not compared with a cased one)
             self.references = [line.casefold() for line in self.references]
         self.max_tokens = max_tokens
+        self.name = f"{bin_dir}/valid.{manifest.get('src')}"  # (warnings of its lines name it, once a run)
+        self.notices: Counter[str] = Counter()
         # what a resume compares: the best BLEU so far was measured on these sentences, and with this tokenizer
         # where it is not 13a (a zh run begun before 2026-12-05 scored with 13a: about 0, not comparable)
         self.tokenize = tokenizer_for(self.language)
@@ -66,7 +69,8 @@ class Validator:
             total.add(eval_step(model, batch.to(device), amp_dtype))
         valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(model, sp, self.sources, beam=1, max_tokens=self.max_tokens, device=device,
-                               amp_dtype=amp_dtype, progress=progress)  # fmt: skip
+                               amp_dtype=amp_dtype, progress=progress, notices=self.notices,
+                               name=self.name)  # fmt: skip
         if self.casefold:  # (sentencepiece's folding is NFKC's; Python's folds what it leaves too, as here)
             hyps = [line.casefold() for line in hyps]
         scores = corpus_scores(hyps, self.references, self.language)
