@@ -127,6 +127,27 @@ def test_missing_train_file(raw: Path, tmp_path: Path) -> None:
     assert_one_line_error(result, f"{raw / 'train.tgt'}: no such file")
 
 
+def test_raw_files_that_are_no_train_lang_are_named_for_what_they_are(raw: Path, tmp_path: Path) -> None:
+    """`train.tok.de` files, a preprocessed corpus given as RAW, and a named pipe `train.tgt` were each said to
+    be "found no train.*" or only `train.tgt.txt` "not taken for a language"."""
+    import os
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for name in ("train.tok.de", "train.tok.en"):
+        (tok / name).write_text("a\n")
+    assert_one_line_error(nmt("preprocess", tok, tmp_path / "bin"), "found none: its files are train.tok.de, "
+                          "train.tok.en")  # fmt: skip
+    assert nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "60").exit_code == 0
+    assert_one_line_error(nmt("preprocess", tmp_path / "bin", tmp_path / "bin2"), "a preprocessed corpus (it has "
+                          "manifest.json); RAW is a folder of plain text files")  # fmt: skip
+    (raw / "train.tgt").unlink()
+    os.mkfifo(raw / "train.tgt")
+    (raw / "train.tgt.txt").write_text("a\n")
+    assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin3"), "found ['src'] (not taken for a language: "
+                          "train.tgt.txt; not regular files: train.tgt); pass --src/--tgt")  # fmt: skip
+
+
 @pytest.mark.parametrize("option", ["--src", "--tgt"])
 @pytest.mark.parametrize("value", ["a/b", " ", ""])
 def test_a_language_that_is_no_file_name_suffix_is_refused(raw: Path, tmp_path: Path, option: str, value: str) -> None:
