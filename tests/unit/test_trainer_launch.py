@@ -722,7 +722,7 @@ def test_a_second_ctrl_c_stops_a_group_of_ranks_at_once(tmp_path: Path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         launch.supervise(ranks, None, ["cpu", "cpu"], tmp_path, interrupt, launch.stop_notice("sync"))
     assert interrupt.is_set() and stopped == [0.0]
-    assert capsys.readouterr().err == "interrupted: stopping at the next step (Ctrl-C again to stop at once, unsaved)\n"
+    assert capsys.readouterr().err == "interrupted: stopping within two steps (Ctrl-C again to stop at once, unsaved)\n"
 
 
 def test_a_first_ctrl_c_as_the_supervisor_looks_at_the_ranks_stops_them_saved(tmp_path: Path, monkeypatch, capsys):
@@ -758,7 +758,7 @@ def test_a_diloco_group_says_it_stops_where_its_ranks_next_meet_not_at_the_next_
     a user who saw it train on and pressed Ctrl-C again lost the save."""
     from async_nmt.train.launch import stop_notice
 
-    assert "at the next step" in stop_notice("sync") and "at the next step" not in stop_notice("diloco")
+    assert "within two steps" in stop_notice("sync") and "step" not in stop_notice("diloco")
     assert "where the ranks next meet" in stop_notice("diloco") and "round's end" in stop_notice("diloco")
     assert "unsaved" in stop_notice("diloco")
 

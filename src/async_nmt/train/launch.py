@@ -198,7 +198,7 @@ def stop_notice(mode: str) -> str:
     if mode == "diloco":
         return stop_hint("interrupted: stopping where the ranks next meet: the next log, validation or save, or "
                          "the round's end")  # fmt: skip
-    return stop_hint("interrupted: stopping at the next step")
+    return stop_hint("interrupted: stopping within two steps")  # (the ranks agree on it a step later: README)
 
 
 def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, interrupt: Any, notice: str) -> int:
