@@ -20,13 +20,14 @@ import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is impor
 # isort: split
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from async_nmt.config import PRECISIONS, PRESETS, SORTS, model_config
+from async_nmt.config import PRESETS, SORTS, model_config
 from async_nmt.data.batches import collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
@@ -34,6 +35,9 @@ from async_nmt.errors import ScriptParser, UserError, run_script
 from async_nmt.provenance import timed_on, versions
 from async_nmt.train import step as step_module
 from async_nmt.train.step import build_model, train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import add_batch_options  # noqa: E402
 
 SWITCHES = {"packed-source": "PACK_SOURCE", "low-precision-copies": "LOW_PRECISION_COPIES"}
 
@@ -48,15 +52,7 @@ def main() -> None:
         "--preset", choices=PRESETS, default="tiny", help="the model's preset, as nmt-train's (default: %(default)s)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default: %(default)s)")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="as nmt-train's: bf16 autocast, or fp32; auto = bf16 where the device has it (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=4096, help="token budget of a batch, as nmt-train's (default: %(default)s)"
-    )
+    add_batch_options(parser)
     parser.add_argument("--batch-sort", choices=SORTS, default="target", help="as nmt-train's (default: %(default)s)")
     parser.add_argument("--batches", type=int, default=8, help="batches timed, drawn at random (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="draws the batches and the model (default: %(default)s)")

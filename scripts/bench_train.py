@@ -211,6 +211,19 @@ def pooled(halves: list[tuple[int, float] | None]) -> float | None:
     return sum(h[0] for h in halves) / sum(h[1] for h in halves)  # type: ignore[index]
 
 
+def add_batch_options(parser: argparse.ArgumentParser, max_tokens: int = 4096) -> None:
+    """`--max-tokens` (default `max_tokens`) and `--precision`, as nmt-train's: the options of a training
+    batch that the training benchmarks share (bench_train, parity_train, ab_step)."""
+    parser.add_argument("--max-tokens", type=int, default=max_tokens,
+                        help="token budget of a batch, as nmt-train's (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="as nmt-train's: bf16 autocast, or fp32; auto = bf16 where the device has it (default: %(default)s)",
+    )
+
+
 def main() -> None:
     parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bin", type=Path, help="a preprocessed corpus folder (`nmt preprocess`)")
@@ -222,15 +235,7 @@ def main() -> None:
         default=30.0,
         help="training clock of each loop, above 0 (default: %(default)s)",
     )
-    parser.add_argument(
-        "--max-tokens", type=int, default=4096, help="token budget of a batch, as nmt-train's (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="as nmt-train's: bf16 autocast, or fp32; auto = bf16 where the device has it (default: %(default)s)",
-    )
+    add_batch_options(parser)
     parser.add_argument(
         "--parts-updates", type=int, default=20, help="updates that time the loop's parts (default: %(default)s)"
     )

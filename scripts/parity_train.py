@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from async_nmt.config import PAD_ID, PRECISIONS, PRESETS, ModelConfig, TrainConfig, dropout_overrides, model_config
+from async_nmt.config import PAD_ID, PRESETS, ModelConfig, TrainConfig, dropout_overrides, model_config
 from async_nmt.data.batches import BatchStream, collate_rows, make_batches
 from async_nmt.data.binarize import load_manifest, load_split
 from async_nmt.devices import amp_dtype_for, resolve_device
@@ -51,7 +51,7 @@ from async_nmt.train.options import check_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import BareTransformer  # noqa: E402
-from bench_train import bare_step  # noqa: E402
+from bench_train import add_batch_options, bare_step  # noqa: E402
 
 
 @torch.no_grad()
@@ -158,9 +158,6 @@ def main() -> None:
     parser.add_argument(
         "--updates", type=int, default=400, help="updates each side trains, at least 1 (default: %(default)s)"
     )
-    parser.add_argument(
-        "--max-tokens", type=int, default=1024, help="token budget of a batch, as nmt-train's (default: %(default)s)"
-    )
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument(
         "--warmup",
@@ -171,12 +168,7 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[1, 2, 3], help="one pair of runs per seed (default: 1 2 3)"
     )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="as nmt-train's: bf16 autocast, or fp32; auto = bf16 where the device has it (default: %(default)s)",
-    )
+    add_batch_options(parser, max_tokens=1024)
     parser.add_argument("--dropout", type=float, default=None, help="dropout of both models (default: the preset's)")
     parser.add_argument("--bare-embed-init", choices=["product", "torch"], default="product",
                         help="the bare loop's embedding: the product's init (only the loop then differs), or "
