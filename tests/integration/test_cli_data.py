@@ -433,6 +433,22 @@ def test_the_vocabulary_trainer_does_not_outlive_a_killed_preprocess(tmp_path: P
         proc.kill()
 
 
+def test_a_temporary_folder_left_by_a_killed_preprocess_is_named_by_the_next(raw: Path, tmp_path: Path):
+    """kill -9 of preprocess left `.BIN.tmp-*` beside BIN (its arrays, gigabytes on a large corpus), which no
+    later run removed or named. It is not removed (a preprocess into BIN still running has one too): named."""
+    left = tmp_path / ".bin.tmp-x1y2z3"
+    left.mkdir()
+    (left / "train.src.ids.npy").write_bytes(b"partial")
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {left}: left by an nmt preprocess into {tmp_path / 'bin'} that was killed" in result.stderr
+    assert left.is_dir() and (tmp_path / "bin" / "manifest.json").is_file()
+    left.joinpath("train.src.ids.npy").unlink()
+    left.rmdir()
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100", "--force")
+    assert result.exit_code == 0 and "left by" not in result.stderr, result.output
+
+
 def test_a_script_read_from_stdin_can_train_a_vocabulary(tmp_path: Path):
     """The trainer's process is a fresh interpreter: a script piped into python (no file to re-import, as
     multiprocessing's children would) trains as one run from a file."""

@@ -69,8 +69,9 @@ def preprocess(
     """Train the joint vocabulary on RAW/train.{SRC,TGT} and binarize every split of RAW into BIN.
 
     Languages: `src`/`tgt` default to the two suffixes of RAW/train.*. Which one is the source: suffixes
-    `src` and `tgt` map to themselves; otherwise the target is `en` when one side is `en` (bible-de-en:
-    de -> en); otherwise the alphabetically first suffix is the source. Pass --src/--tgt to choose.
+    `src` and `tgt` map to themselves; otherwise the target is English where one side is (`en`, `EN`,
+    `en_US`; bible-de-en: de -> en); otherwise the alphabetically first suffix is the source. Pass
+    --src/--tgt to choose.
 
     Training pairs with an empty side, a side longer than `max_len` tokens, or a length ratio above
     `max_ratio` are dropped; valid and test keep every line (so references stay aligned), their ids cut to
@@ -110,6 +111,13 @@ def preprocess(
     if force and not into and here is not None and target in (here, *here.parents):
         raise UserError(f"{bin_dir}: the current folder (or one above it), which --force would replace under "
                         "this shell; run from elsewhere")  # fmt: skip
+    # a preprocess killed (kill -9, a lost node) left its temporary folder, gigabytes of arrays maybe, unnamed
+    patterns = (f".{target.name}.tmp-*", f".{target.name}.old-*")
+    places = [place for place in {target.parent, target} if place.is_dir()]
+    left = sorted(str(p) for place in places for pattern in patterns for p in place.glob(pattern))
+    if left:
+        click.echo(f"warning: {briefly(left, 3)}: left by an nmt preprocess into {bin_dir} that was killed, or one "
+                   f"still running; delete {'it' if len(left) == 1 else 'them'} where none runs", err=True)  # fmt: skip
     try:
         # (made in the empty folder itself: the same file system where it is a mount point, no rights on its parent)
         if not into:
