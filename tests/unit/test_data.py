@@ -466,6 +466,7 @@ def test_a_corpus_replaced_with_force_keeps_its_folders_group(synthetic_raw: Pat
     preprocess(synthetic_raw, bin_dir, vocab_size=150, force=True)
     assert json.loads((bin_dir / "manifest.json").read_text())["options"]["vocab_size"] == 150
     assert bin_dir.stat().st_gid == others[0] and stat.S_IMODE(bin_dir.stat().st_mode) == 0o2770
+    assert {p.stat().st_gid for p in bin_dir.iterdir()} == {others[0]}  # its files too, for the group to read
 
 
 def test_loading_errors(synthetic_bin: Path, tmp_path: Path) -> None:

@@ -287,6 +287,31 @@ def test_packing_the_source_rows_changes_no_loss_or_gradient(monkeypatch, amp):
     assert scale > 0 and (packed_grad - plain_grad).abs().max() <= (1e-5 if amp is None else 2e-2) * scale
 
 
+def test_a_batch_pickled_before_its_source_count_trains_on_the_padded_encoder(monkeypatch):
+    """A --simulate checkpoint holds its workers' batches pickled: one saved before Batch had `src_tokens`
+    failed at the first push of its resume (AttributeError). Unpickled, it takes the default, not known, and
+    the encoder computes on the padding too, as then."""
+    import pickle
+
+    from async_nmt.train import step as step_module
+
+    src, tgt = torch.randint(4, 100, (3, 9)), torch.randint(4, 100, (3, 6))
+    batch = collate([s.numpy()[: 2 + i] for i, s in enumerate(src)], [t.numpy() for t in tgt], max_len=64)
+    old = pickle.loads(pickle.dumps(batch))
+    del old.__dict__["src_tokens"]  # (as a Batch pickled before the field existed comes back)
+    old = pickle.loads(pickle.dumps(old))
+    assert old.src_tokens == -1 and old.to(torch.device("cpu")).src_tokens == -1
+
+    def loss(b, pack: bool) -> float:
+        monkeypatch.setattr(step_module, "PACK_SOURCE", pack)
+        torch.manual_seed(0)
+        model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.1))
+        flatten_parameters(model)
+        return float(train_step(model, b, 0.1, None).loss)
+
+    assert loss(old, True) == loss(batch, False)  # the padded encoder, its dropout draws too
+
+
 def test_a_training_step_never_reads_a_number_back_from_the_device(monkeypatch):
     """No .item() or .tolist() in train_step: on a GPU each waits for the whole step to finish."""
     torch.manual_seed(0)

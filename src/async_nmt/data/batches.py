@@ -22,7 +22,9 @@ class Batch:
     target: torch.Tensor  # [B, T] target ids + eos (what the loss predicts)
     tokens: int  # real (non-pad) target tokens, eos included: what an update's gradient is normalized by
     sentences: int
-    src_tokens: int  # real source tokens, eos included
+    # real source tokens, eos included; -1: not known (a batch pickled before 2026-12-07, in a --simulate
+    # checkpoint: unpickled, it takes this default, and its encoder computes on the padding too)
+    src_tokens: int = -1
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"

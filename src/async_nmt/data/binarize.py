@@ -505,7 +505,9 @@ def _replace_dir(tmp: Path, bin_dir: Path) -> None:
         return
     if bin_dir.exists():  # (a shared corpus kept its mode, setgid bit too, but took the user's group)
         with contextlib.suppress(OSError):  # (a group the user is not in: the folder keeps the user's)
-            os.chown(tmp, -1, bin_dir.stat().st_gid)
+            group = bin_dir.stat().st_gid
+            for path in (*tmp.iterdir(), tmp):  # (its files too, made in mkdtemp's folder, of the user's group)
+                os.chown(path, -1, group)
         shutil.copymode(bin_dir, tmp)
     else:
         umask = os.umask(0)

@@ -186,7 +186,7 @@ def batch_loss(
     device = batch.src.device
     copies = low_precision_copies(model, amp_dtype)
     src_rows = None
-    if PACK_SOURCE and batch.src_tokens < batch.src.numel():  # (`Transformer.encode`)
+    if PACK_SOURCE and 0 <= batch.src_tokens < batch.src.numel():  # (`Transformer.encode`)
         src_rows = real_positions(batch.src, batch.src_tokens)
     with autocast(device, amp_dtype), copies.active() if copies else contextlib.nullcontext():
         states = model.hidden(batch.src, batch.prev_tgt, src_rows)

@@ -433,10 +433,12 @@ class Trainer:
                             f"({differ}); resume without them to take the run's")  # fmt: skip
         check_resume_options(from_dict(TrainConfig, state["train_config"]), self.cfg, path)
         if state.get("valid_crc32", self.valid_crc32) != self.valid_crc32:  # (saves before 2026-12-05 lack it)
+            folded = (" or against references not case-folded (a corpus of --normalization *_cf, before "
+                      "2026-12-07)") if self.validator.casefold else ""  # fmt: skip
             raise UserError(f"{path}: validated on other sentences than {self.cfg.bin_dir}'s valid split, or "
                             "with another BLEU tokenizer (a zh target's was 13a before 2026-12-05, ZH's before "
-                            "2026-12-07): the best BLEU (best.pt, --patience) was measured on the run's; resume on "
-                            "its BIN, or (another tokenizer) start a new run")  # fmt: skip
+                            f"2026-12-07){folded}: the best BLEU (best.pt, --patience) was measured on the run's; "
+                            "resume on its BIN, or (another tokenizer or references) start a new run")  # fmt: skip
         self.server.load_params(state["params"])
         self.server.load_state_dict(state["server"])
         self.tokens = state["tokens"]
