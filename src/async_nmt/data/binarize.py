@@ -307,18 +307,18 @@ def _languages(raw_dir: Path, src: str | None, tgt: str | None) -> tuple[str, st
     if not found and (raw_dir / MANIFEST).is_file():  # (it said "found no train.*" beside train.de.ids.npy)
         raise UserError(f"{raw_dir}: a preprocessed corpus (it has {MANIFEST}); RAW is a folder of plain text files "
                         "named train.SRC and train.TGT (e.g. train.de and train.en)")  # fmt: skip
-    # (a named pipe or a device named train.de was not named: only train.de.txt, "not taken for a language")
-    irregular = sorted(p.name for p in raw_dir.glob("train.*") if p.exists() and not p.is_file() and not p.is_dir())
-    odd = f" (not regular files: {briefly(irregular, 4)})" if irregular else ""
-    if not found:
-        files = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        seen = briefly(files, 6) if files else "none"
-        raise UserError(f"{raw_dir}: expected plain text files named train.SRC and train.TGT (e.g. train.de and "
-                        f"train.en; valid.* and test.* alike), found none{odd}: its files are {seen}")  # fmt: skip
-    if len(found) != 2:
+    if len(found) != 2:  # (what else RAW holds is looked at only here, to say why)
+        # (a named pipe or a device named train.de was not named: only train.de.txt, "not taken for a language")
+        irregular = sorted(p.name for p in raw_dir.glob("train.*") if p.exists() and not p.is_file() and not p.is_dir())
+        notes = [f"not regular files: {briefly(irregular, 4)}"] if irregular else []
+        if not found:
+            files = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+            seen = briefly(files, 6) if files else "none"
+            odd = f" ({notes[0]})" if notes else ""
+            raise UserError(f"{raw_dir}: expected plain text files named train.SRC and train.TGT (e.g. train.de and "
+                            f"train.en; valid.* and test.* alike), found none{odd}: its files are {seen}")  # fmt: skip
         dotted = sorted(p.name for p in raw_dir.glob("train.*.*") if p.is_file())  # (train.de.gz: read only if named)
-        notes = [f"not taken for a language: {briefly(dotted, 4)}"] if dotted else []
-        notes += [f"not regular files: {briefly(irregular, 4)}"] if irregular else []
+        notes = [f"not taken for a language: {briefly(dotted, 4)}"] * bool(dotted) + notes
         unread = f" ({'; '.join(notes)})" if notes else ""
         raise UserError(f"{raw_dir}: expected train.SRC and train.TGT (two language suffixes), found {found}{unread}; "
                         "pass --src/--tgt")  # fmt: skip
