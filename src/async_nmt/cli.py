@@ -74,15 +74,17 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >=
 
 
 @contextlib.contextmanager
-def results_on_stdout() -> Iterator[None]:
+def results_on_stdout(required: bool = True) -> Iterator[None]:
     """Around a command whose results go to stdout: it refuses to run where stdout is closed (`>&-`: Python
     then prints into nothing, and the command would exit 0 with its results lost), and a failed write there
-    (a full disk: an OSError that names no file) is `error: stdout: cannot write (REASON)`, exit code 1."""
-    if sys.stdout is None:
+    (a full disk: an OSError that names no file) is `error: stdout: cannot write (REASON)`, exit code 1.
+    `required` False: the results are elsewhere too (`nmt report --out`), and a closed stdout is no matter."""
+    if sys.stdout is None and required:
         raise UserError("stdout is closed; the results are printed there (redirect it to a file)")
     try:
         yield
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:  # the reader is gone (`| head`): nothing more to say, as `translate` does
         reader_gone()
     except OSError as err:
@@ -550,7 +552,9 @@ def report(
     given twice is reported once."""
     from async_nmt.report import report_command
 
-    with results_on_stdout() if out is None else contextlib.nullcontext():  # (with --out it is in its files)
+    # (with --out the results are its files too: a closed stdout is no matter, but a full one is named, as it is
+    # without: it said "error: No space left on device")
+    with results_on_stdout(required=out is None):
         report_command(list(runs), target_bleu=target_bleu, baseline=baseline, x=x, out=out, as_json=as_json,
                        link_gbps=link_gbps, force=force)  # fmt: skip
 

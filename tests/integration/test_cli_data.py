@@ -527,6 +527,24 @@ def test_report_refuses_a_closed_stdout_only_where_its_results_go_there(tmp_path
     assert (tmp_path / "out" / "report.md").is_file()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_report_with_out_names_a_full_stdout(tmp_path: Path) -> None:
+    """`nmt report RUN --out DIR > /dev/full` said "error: No space left on device", naming no stdout, where
+    `nmt report RUN` names it; the files are written first."""
+    import os
+
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    nmt = Path(sys.executable).with_name("nmt")
+    committed_run = Path(__file__).parents[2] / "docs" / "results" / "demo"
+    for extra in ([], ["--json"]):
+        with open("/dev/full", "w") as full:
+            args = [str(nmt), "report", str(committed_run), "--out", str(tmp_path / "out"), *extra]
+            done = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env=buffered)
+        assert done.returncode == 1, (extra, done.stderr)
+        assert done.stderr.strip() == "error: stdout: cannot write (No space left on device)", (extra, done.stderr)
+    assert (tmp_path / "out" / "report.md").is_file()
+
+
 def test_a_reader_of_stdout_that_has_gone_ends_a_command_quietly(tmp_path: Path) -> None:
     """`nmt score --help | true`: "error: Broken pipe", exit 1; `nmt --help | true` and `nmt corpus list |
     true` (Click's and rich's answers) exit 1. Now each ends as a reader that stops early always ended
