@@ -617,17 +617,21 @@ def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: f
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
+    lines: list[Any] = []  # (matplotlib Line2D)
+    labels: list[str] = []
     for run in runs:
         # a validation without the field (a log from elsewhere) is a gap in its line, not an error
         points = [(value, e[field]) for value, e in zip(x_values(run, x), run.valid, strict=True) if field in e]
-        label = shown(run.name).replace("$", r"\$")  # as it is, not mathtext
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
+        lines += ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        labels.append(shown(run.name).replace("$", r"\$"))  # as it is, not mathtext
     if target is not None:
-        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {bleu_text(target)}")
+        lines.append(ax.axhline(target, color="gray", linestyle="--", linewidth=1))
+        labels.append(f"target {bleu_text(target)}")
     ax.set_xlabel(X_AXES[x][1])
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    # (given whole: from the lines' own labels matplotlib left out a run named _sync, as its "hide me" mark)
+    ax.legend(lines, labels)
     fig.savefig(path, format="png", dpi=120, metadata={"Software": MARK})
 
 

@@ -575,6 +575,29 @@ def test_run_names_are_shown_as_they_are(tmp_path: Path, monkeypatch: pytest.Mon
     assert legends and all(legend[: len(runs)] == [(name, False) for name in shown] for legend in legends)
 
 
+def test_a_run_named_with_a_leading_underscore_is_in_the_plots_legends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matplotlib leaves a line whose label begins with "_" out of the legend: `nmt report _sync async --out
+    DIR` drew _sync's line in both plots without its name."""
+    from matplotlib.figure import Figure
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("_sync", "async"):
+        write_run(Path(name), "sync", [1.0, 2.0], seconds_per_valid=10.0)
+    legends = []
+    savefig = Figure.savefig
+
+    def drawn(self, path, **kwargs):  # the legend's texts as matplotlib draws them
+        legends.append([text.get_text() for text in self.axes[0].get_legend().get_texts()])
+        savefig(self, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", drawn)
+    result = CliRunner().invoke(main, ["report", "_sync", "async", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    assert legends == [["_sync", "async", "target 1.50"], ["_sync", "async"]]
+
+
 @pytest.mark.parametrize("mode", ["sync", "diloco", "async"])
 def test_link_gbps_reprices_each_resume_at_the_link_it_was_trained_with(tmp_path: Path, mode: str) -> None:
     """A resume may change --link-gbps; every event was re-priced from the last start event's link."""
