@@ -306,8 +306,9 @@ def train_main() -> None:
     default=0,
     show_default=True,
     help="Write each input line's N best translations of beam search instead of its best one, best first, as "
-    "Moses and Marian do: one line `LINE ||| TRANSLATION ||| SCORE` each (LINE counts the input's lines from 0; "
-    "SCORE is the log-probability / length**lenpen that ranks them; fewer where the search finished fewer). "
+    "Moses and Marian do: one line `LINE ||| TRANSLATION ||| F0= LOGPROB ||| SCORE` each (LINE counts the input's "
+    "lines from 0; LOGPROB is the log-probability, SCORE the log-probability / length**lenpen that ranks them; "
+    "fewer where the search finished fewer). "
     "N is at most --beam; at --beam 1 the list is beam search's of one beam. 0 = one translation a line.",
 )
 @click.option(

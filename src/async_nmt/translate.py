@@ -85,7 +85,7 @@ def translate_lines(
     (`nbest_lines`) instead of its translation."""
     outputs = [""] * len(lines)
     if nbest:
-        outputs = [nbest_lines(first_line - 1 + i, [(0.0, "")]) for i in range(len(lines))]
+        outputs = [nbest_lines(first_line - 1 + i, [(0.0, 0.0, "")]) for i in range(len(lines))]
     todo = [i for i, line in enumerate(lines) if line.strip()]
     encoded = sp.encode([lines[i] for i in todo]) if todo else []
     todo, sources = [i for i, ids in zip(todo, encoded, strict=True) if ids], [ids for ids in encoded if ids]
@@ -115,7 +115,10 @@ def translate_lines(
     if nbest:
         for i, scored in zip(todo, hyps, strict=True):
             texts = [one_line(text) for text in sp.decode([ids for _, ids in scored])] if scored else []
-            outputs[i] = nbest_lines(first_line - 1 + i, list(zip([s for s, _ in scored], texts, strict=True)))
+            # (the log-probability: the score times the length**lenpen it was divided by, eos counted)
+            entries = [(score, score * (len(ids) + 1) ** lenpen, text)
+                       for (score, ids), text in zip(scored, texts, strict=True)]  # fmt: skip
+            outputs[i] = nbest_lines(first_line - 1 + i, entries)
         return outputs
     for i, text in zip(todo, sp.decode(hyps), strict=True):
         outputs[i] = one_line(text)
@@ -135,12 +138,16 @@ def one_line(text: str) -> str:
 NBEST_SEPARATOR = " ||| "
 
 
-def nbest_lines(line: int, scored: list[tuple[float, str]]) -> str:
-    """An input line's n-best list as Moses and Marian write one: a line `LINE ||| TRANSLATION ||| SCORE` for
-    each hypothesis, best first (LINE counts the input's lines from 0), joined by newlines. An empty line
-    has one empty hypothesis of score 0, and so, scored -inf, has a sentence that finished none."""
-    scored = scored or [(-math.inf, "")]
-    return "\n".join(f"{line}{NBEST_SEPARATOR}{text}{NBEST_SEPARATOR}{score:.4f}" for score, text in scored)
+def nbest_lines(line: int, scored: list[tuple[float, float, str]]) -> str:
+    """An input line's n-best list as Moses and Marian write one: a line `LINE ||| TRANSLATION ||| F0= LOGPROB
+    ||| SCORE` for each (score, log-probability, translation) of `scored`, best first (LINE counts the input's
+    lines from 0; the third field holds the features, here the one, the log-probability, as Marian's F0 of one
+    model), joined by newlines. (The features' field was missing, and Moses's and Marian's readers took the
+    score for the features.) An empty line has one empty hypothesis of score 0, and so, scored -inf, has a
+    sentence that finished none."""
+    scored = scored or [(-math.inf, -math.inf, "")]
+    return "\n".join(f"{line}{NBEST_SEPARATOR}{text}{NBEST_SEPARATOR}F0= {logprob:.4f}{NBEST_SEPARATOR}{score:.4f}"
+                     for score, logprob, text in scored)  # fmt: skip
 
 
 class UnknownInput:

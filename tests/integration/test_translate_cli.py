@@ -133,7 +133,9 @@ def test_a_translation_is_one_line_to_any_reader(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(translate, "beam_search", scored)
     nbest = translate_lines(model, vocab, lines, beam=2, nbest=1)
-    assert "\n".join(nbest).splitlines() == [f"{i} ||| word1 more ||| 0.0000" for i in range(len(breaks))]
+    assert "\n".join(nbest).splitlines() == [
+        f"{i} ||| word1 more ||| F0= 0.0000 ||| 0.0000" for i in range(len(breaks))
+    ]
 
 
 def test_empty_input_never_touches_the_model(sp, monkeypatch):
@@ -369,8 +371,11 @@ def test_chunks_give_the_outputs_of_the_whole_input(run_dir: Path, tmp_path: Pat
 
 
 def test_nbest_lists_every_line_with_its_best_translation_first(run_dir: Path, tmp_path: Path):
-    """--nbest N: N lines `LINE ||| TRANSLATION ||| SCORE` an input line (0-based), best first; the first is
-    the translation --beam gives alone; an empty line one empty hypothesis; chunks change nothing."""
+    """--nbest N: N lines `LINE ||| TRANSLATION ||| F0= LOGPROB ||| SCORE` an input line (0-based), best first,
+    as Moses and Marian write them (the features' field was missing: their readers took the score for it); the
+    first is the translation --beam gives alone; an empty line one empty hypothesis; chunks change nothing."""
+    import re
+
     src = tmp_path / "in.txt"
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     args = ["translate", str(run_dir), "-i", str(src), "--beam", "3", "--precision", "fp32"]
@@ -378,10 +383,19 @@ def test_nbest_lists_every_line_with_its_best_translation_first(run_dir: Path, t
     nbest = runner().invoke(main, [*args, "--nbest", "3", "--chunk-size", "4"])
     assert best.exit_code == nbest.exit_code == 0, nbest.stderr
     entries = [line.split(" ||| ") for line in nbest.stdout.splitlines()]
-    assert all(len(entry) == 3 for entry in entries)
-    numbers = [int(number) for number, _, _ in entries]
+    assert all(len(entry) == 4 and re.fullmatch(r"F0= -?\d+\.\d{4}", entry[2]) for entry in entries), entries
+    numbers = [int(number) for number, _, _, _ in entries]
     assert numbers == sorted(numbers) and set(numbers) == set(range(len(LINES)))
-    lists = [[(float(score), text) for number, text, score in entries if int(number) == i] for i in range(len(LINES))]
+    # the log-probability is the score times length**lenpen (at least 2 tokens, eos counted; lenpen 1)
+    assert all(float(f0[4:]) <= 2 * float(score) + 1e-3 for _, text, f0, score in entries if text)
+    unnormalized = runner().invoke(main, [*args, "--nbest", "3", "--lenpen", "0"])
+    assert unnormalized.exit_code == 0 and unnormalized.stdout, unnormalized.stderr
+    assert all(
+        f0 == f"F0= {score}" for _, _, f0, score in (line.split(" ||| ") for line in unnormalized.stdout.splitlines())
+    )
+    lists = [
+        [(float(score), text) for number, text, _, score in entries if int(number) == i] for i in range(len(LINES))
+    ]
     assert [hyps[0][1] for hyps in lists] == best.stdout.split("\n")[:-1]
     for line, hyps in zip(LINES, lists, strict=True):
         if line.strip():
