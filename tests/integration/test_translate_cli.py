@@ -833,6 +833,23 @@ def test_missing_run_folder_exits_2(tmp_path: Path):
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_run_training_before_its_first_save_is_named_so_not_told_to_train(tmp_path: Path):
+    """A run that nmt-train has just begun has no checkpoint yet: "train it first" was said to one training it."""
+    from async_nmt.config import LOCK_NAME
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / LOCK_NAME).write_text(f"{os.getpid()}\n")  # (a live process: the run is training)
+    result = runner().invoke(main, ["translate", str(run)], input="ba\n")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (f"error: {run}: no checkpoint (best.pt or last.pt) in {run / 'checkpoints'} yet: the run "
+                             "is training and saves its first at its first validation (--valid-every) or "
+                             "--save-every; translate once it has\n")  # fmt: skip
+    (run / LOCK_NAME).unlink()  # not training: train it
+    result = runner().invoke(main, ["translate", str(run)], input="ba\n")
+    assert result.exit_code == 2 and "(train it first)" in result.stderr
+
+
 def test_nmt_translate_in_a_real_process(run_dir: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "async_nmt.cli", "translate", str(run_dir), "--beam", "2", "--device", "cpu"],

@@ -380,6 +380,10 @@ def find_checkpoint(path: Path, which: str | None = None) -> Path:
             raise UserError(f"{path}: a run's checkpoints folder; give the run folder ({path.parent}) or one of "
                             "its .pt files")  # fmt: skip
         where = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        if in_training(path):  # ("train it first" said to one who had just started it)
+            raise UserError(f"{path}: no checkpoint (best.pt or last.pt) in {where} yet: the run is training and "
+                            "saves its first at its first validation (--valid-every) or --save-every; translate "
+                            "once it has")  # fmt: skip
         raise UserError(f"{path}: no checkpoint (best.pt or last.pt) in {where}: give a run folder that has "
                         "saved one (train it first), or a .pt file")  # fmt: skip
     if not path.exists():
