@@ -12,8 +12,9 @@ def default_device() -> str:
 
 
 def resolve_device(name: str | None, option: str = "--devices") -> torch.device:
-    """`None` means the first GPU if there is one, else the CPU; errors name the `option` that gave it."""
-    name = name or default_device()
+    """`None` means the first GPU if there is one, else the CPU; errors name the `option` that gave it. An
+    empty name is refused (`--device ''` ran on the default device, as if no name were given)."""
+    name = default_device() if name is None else name
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

@@ -923,7 +923,7 @@ def test_auto_precision_is_bf16_only_where_the_device_has_it_and_fp32_and_bf16_a
 def test_device_names_become_devices_that_exist_or_one_line_naming_the_option(monkeypatch):
     """With one GPU: no name is the first GPU, `cuda` is cuda:0 (its index given), cuda:1 is refused (it was
     taken, to fail later inside torch); a device type other than cpu and cuda (mps, meta) is refused, not run
-    on the CPU; without a usable GPU a cuda name says so. Each message names the option that gave the name."""
+    on the CPU, and so is an empty name; without a usable GPU a cuda name says so. Each message names the option that gave the name."""
     from async_nmt import devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -936,6 +936,9 @@ def test_device_names_become_devices_that_exist_or_one_line_naming_the_option(mo
     for name in ("mps", "meta"):
         with pytest.raises(UserError, match=rf"^--devices: '{name}' is not supported \(use cpu or cuda:N\)$"):
             devices.resolve_device(name)
+    for name in ("", " "):  # (an empty one ran on the default device)
+        with pytest.raises(UserError, match=rf"^--device: '{name}' is not a device \(use cpu or cuda:N\)$"):
+            devices.resolve_device(name, "--device")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"^--device: cuda:0 is not there \(this machine has no usable GPU\)$"):
         devices.resolve_device("cuda:0", "--device")
