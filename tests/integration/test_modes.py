@@ -295,6 +295,38 @@ def _live_processes_in_group(pgid: int) -> list[int]:
     return [pid for pid, (_, group) in live_processes().items() if group == pgid]
 
 
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes (or sync ranks) that nmt-train `pid` spawned: its children but multiprocessing's
+    resource tracker."""
+    children = [child for child, (parent, _) in live_processes().items() if parent == pid]
+    return [child for child in children if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_ctrl_c_saves_with_a_worker_held_by_sigstop(synthetic_bin: Path, tmp_path: Path, mode):
+    """A worker that SIGSTOP holds (a debugger, a job control slip) is continued by the stop: a sync group waited
+    for it in its next all-reduce, and an async drain for its push, without end, the run unsaved."""
+    run = tmp_path / "run"
+    proc = _nmt_train(synthetic_bin, run, "--mode", mode, "--valid-every", "0", "--log-every", "1",
+                      start_new_session=True)  # fmt: skip
+    try:
+        _wait_for(run, "train", 2)
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGSTOP)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    end = events(run)[-1]
+    assert end["kind"] == "end" and end["interrupted"] is True
+    assert read_checkpoint(checkpoint_path(run, "last"))["server"]["updates"] == end["updates"]
+
+
 def test_sigkill_of_the_process_group_leaves_no_worker_and_resume_cuts_the_events(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
     proc = _nmt_train(synthetic_bin, run, "--mode", "async", "--valid-every", "4", "--log-every", "1",

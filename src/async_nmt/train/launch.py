@@ -214,6 +214,8 @@ def supervise(ranks: list[Any], errors: Any, devices: list[str], run_dir: Path, 
                 if not any(p.is_alive() for p in ranks):
                     break
                 processes.check_workers(ranks, errors, devices, run_dir)
+                if interrupt.is_set():  # (they agree on it in an all-reduce, which a rank held by SIGSTOP held)
+                    processes.wake(ranks)
                 time.sleep(0.05)
             except KeyboardInterrupt:
                 if interrupt.is_set():

@@ -220,6 +220,16 @@ def stop(processes: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
         process.join()
 
 
+def wake(processes: Sequence[Any]) -> None:
+    """Continue those of `processes` that SIGSTOP holds (a debugger, `kill -STOP`), for a stop that waits on
+    them: for a push admitted before it, or in a sync group's next all-reduce. It waited for them without end,
+    the run unsaved. SIGCONT does nothing to a process that runs."""
+    for process in processes:
+        if process.exitcode is None and process.pid is not None:  # (started, not ended)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+
+
 @contextmanager
 def uninterrupted(second_stops: bool = False, notice: str | None = None) -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM where it stands for Ctrl-C) off a section that must not stop halfway: an

@@ -46,6 +46,7 @@ HIST_BINS = 1024  # staleness histogram bins of each worker; a larger staleness 
 # between two collections count the older ones at HIST_BINS, a lower bound)
 OVERFLOW_SLOTS = 64
 LOCK_WAIT_S = 0.05  # how long the coordinator waits for the gate's lock before it looks at the workers
+WAKE_S = 0.1  # how often a drain continues a worker that SIGSTOP holds
 
 
 class Gate:
@@ -182,6 +183,7 @@ class ProcessWorkers(Workers):
         self.base_updates = self.base_pending = 0
         self.uncounted: tuple[StepStats, list[int]] | None = None  # statistics collected, not yet returned
         self.fence = 0  # the update count the gate is open up to
+        self.woken_at: float | None = None  # when a drain last continued the workers (None: not draining)
 
     def start(self) -> None:
         ctx, server = self.ctx, self.server
@@ -242,6 +244,7 @@ class ProcessWorkers(Workers):
             return bool(self.gate.counts[COMPLETED] == self.gate.counts[ADMITTED])
 
     def drain(self) -> tuple[StepStats, list[int]]:
+        self.woken_at = 0.0  # (the run stops: `_check` continues a worker that SIGSTOP holds with its push)
         accum = self.server.accum
         with self.gate.held(self._check):
             admitted = int(self.gate.counts[ADMITTED])
@@ -299,6 +302,11 @@ class ProcessWorkers(Workers):
 
     def _check(self) -> None:
         processes.check_workers(self.procs, self.errors, self.devices, self.ctx.run_dir)
+        # a drain waits for the pushes admitted (and the locks they hold): one of a worker that SIGSTOP holds, it
+        # waited for without end, the run unsaved; continued at once, and every WAKE_S while it lasts
+        if self.woken_at is not None and time.monotonic() - self.woken_at >= WAKE_S:
+            processes.wake(self.procs)
+            self.woken_at = time.monotonic()
 
     def close(self) -> None:
         # (a dead worker may hold the lock for good: the flag is set without it then, and the workers that wait
