@@ -327,6 +327,33 @@ def test_ctrl_c_saves_with_a_worker_held_by_sigstop(synthetic_bin: Path, tmp_pat
     assert read_checkpoint(checkpoint_path(run, "last"))["server"]["updates"] == end["updates"]
 
 
+def _named_semaphores(pid: int) -> set[str]:
+    """The named semaphores (files in /dev/shm) that process `pid` has open."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split()[-1] for line in maps if "/dev/shm/sem." in line}
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_sigkill_of_the_process_group_leaves_no_named_semaphore(synthetic_bin: Path, tmp_path: Path, mode):
+    """The locks and queues the worker processes share are named semaphores in /dev/shm, which multiprocessing's
+    resource tracker unlinks where the processes that made them die unsaid; the tracker was in the run's process
+    group and died with it, so that every `kill -KILL -PGID` left them in /dev/shm for good (4 an async run)."""
+    run = tmp_path / "run"
+    proc = _nmt_train(synthetic_bin, run, "--mode", mode, "--valid-every", "0", "--log-every", "1",
+                      start_new_session=True)  # fmt: skip
+    try:
+        _wait_for(run, "train", 2)
+        named = set().union(*(_named_semaphores(pid) for pid in [proc.pid, *_workers_of(proc.pid)]))
+        assert named
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while left := [path for path in named if Path(path).exists()]:
+        assert time.time() < deadline, f"left in /dev/shm: {left}"
+        time.sleep(0.1)
+
+
 def test_sigkill_of_the_process_group_leaves_no_worker_and_resume_cuts_the_events(synthetic_bin: Path, tmp_path: Path):
     run = tmp_path / "run"
     proc = _nmt_train(synthetic_bin, run, "--mode", "async", "--valid-every", "4", "--log-every", "1",

@@ -75,6 +75,30 @@ def spawn(target: Callable[..., None], args: Sequence[tuple]) -> list[Any]:
     return processes
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (if it is not running yet) in a session of its own, before the
+    locks and queues that worker processes share are made. Their named semaphores live in /dev/shm; once the
+    last process that uses the tracker is gone, it unlinks those that were not unlinked (their processes were
+    killed), quietly (it warned of "leaked semaphore objects" under the killed run's last line), and leaves. It
+    ignores SIGINT and SIGTERM; in the run's process group it died with the run at `kill -KILL -PGID` (a
+    scheduler's end of a job), and every such kill left them in /dev/shm for good."""
+    from multiprocessing import resource_tracker
+
+    original = mp_util.spawnv_passfds
+    prologue = 'import os, warnings; os.setsid(); warnings.filterwarnings("ignore", "resource_tracker: There appear")'
+
+    def in_own_session(path: Any, args: Sequence[str], passfds: Any) -> int:
+        if len(args) >= 2 and args[-2] == "-c":  # (python -c CODE: the tracker's command line)
+            args = [*args[:-1], f"{prologue}; {args[-1]}"]
+        return original(path, args, passfds)
+
+    mp_util.spawnv_passfds = in_own_session
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        mp_util.spawnv_passfds = original
+
+
 @contextmanager
 def _children_ignore_stop_signals() -> Iterator[None]:
     """The processes forked meanwhile start with SIGINT and SIGTERM ignored: the parent ignores them for the
