@@ -1445,6 +1445,41 @@ def test_a_second_ctrl_c_after_the_stops_save_says_it_is_saved(synthetic_bin: Pa
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["server"]["updates"] == 4
 
 
+def test_a_ctrl_c_in_the_closing_save_ends_the_run_as_finished(synthetic_bin: Path, tmp_path: Path, monkeypatch,
+                                                                capsys):  # fmt: skip
+    """A Ctrl-C held off by the closing save (at --max-updates, its validation done) cuts nothing: the run
+    ends as finished, exit 0. It ended as interrupted: `nmt report` then showed it as a run that --resume goes
+    on with, and --resume said "nothing to do". A Ctrl-C in an earlier save still stops the run."""
+    from async_nmt.report import load_run
+    from async_nmt.train.trainer import Trainer
+
+    save = Trainer.save
+
+    def interrupted_at(update: int):
+        def saved_then_interrupted(self, *args, **kwargs):
+            save(self, *args, **kwargs)
+            if self.updates == update:  # (as `uninterrupted` raises the held Ctrl-C as the save ends)
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Trainer, "save", saved_then_interrupted)
+
+    interrupted_at(4)
+    summary = train(micro_config(synthetic_bin, max_updates=4, valid_every=2), tmp_path / "run", progress=False)
+    end = read_events(tmp_path / "run" / "events.jsonl")[-1]
+    assert summary["interrupted"] is False and end["kind"] == "end" and end["updates"] == 4
+    assert end["interrupted"] is False and end["stopped_by"] == "--max-updates 4"
+    assert load_run(tmp_path / "run").finished
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"interrupted after the run's end: it cut nothing, and {tmp_path / 'run'} is finished (--max-updates 4)"
+    )
+
+    interrupted_at(2)
+    with pytest.raises(SystemExit) as stopped:
+        train(micro_config(synthetic_bin, max_updates=4, valid_every=2), tmp_path / "early", progress=False)
+    end = read_events(tmp_path / "early" / "events.jsonl")[-1]
+    assert stopped.value.code == 130 and end["interrupted"] is True and end["updates"] == 2
+
+
 def test_an_error_in_the_stop_of_a_ctrl_c_ends_the_log_as_failed(synthetic_bin: Path, tmp_path: Path, monkeypatch):
     """A Ctrl-C whose save fails (a full disk) left no end event: `nmt report` showed the run as one that
     --resume goes on with."""

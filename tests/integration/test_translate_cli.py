@@ -923,7 +923,8 @@ def test_auto_precision_is_bf16_only_where_the_device_has_it_and_fp32_and_bf16_a
 def test_device_names_become_devices_that_exist_or_one_line_naming_the_option(monkeypatch):
     """With one GPU: no name is the first GPU, `cuda` is cuda:0 (its index given), cuda:1 is refused (it was
     taken, to fail later inside torch); a device type other than cpu and cuda (mps, meta) is refused, not run
-    on the CPU, and so is an empty name; without a usable GPU a cuda name says so. Each message names the option that gave the name."""
+    on the CPU, and so is an empty name; without a usable GPU a cuda name says so. Each message names the
+    option that gave the name."""
     from async_nmt import devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -654,6 +654,8 @@ def test_only_rank_0_says_how_the_run_ended_and_not_under_quiet(monkeypatch, cap
     summaries = []
 
     class Trainer:
+        stopped_after_end = False  # (the stop cut the run short)
+
         def __init__(self, cfg, run_dir, rank=0, world=1, interrupt=None):
             pass
 

@@ -104,6 +104,9 @@ def run_trainer(
         raise SystemExit(130) from None
     if progress and rank == 0:
         print_summary(summary, trainer)
+    if trainer.stopped_after_end and rank == 0:  # (after a notice that said "interrupted: ...")
+        print(f"interrupted after the run's end: it cut nothing, and {run_dir} is finished ({summary['stopped_by']})",
+              file=sys.stderr)  # fmt: skip
     if summary["interrupted"] and rank == 0:  # Ctrl-C or SIGTERM: saved, summarized, exit code 130
         print("interrupted" if scratch else f"interrupted: saved {checkpoint_path(run_dir, 'last')}", file=sys.stderr)
         raise SystemExit(130)

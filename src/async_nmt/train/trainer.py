@@ -105,6 +105,7 @@ class Trainer:
         # all-reduce, which is no cause) and logs it as the run's end (`events.log_failure`)
         self.supervised = False
         self.stop_saved = False  # the stop of a Ctrl-C has saved and written its end event
+        self.stopped_after_end = False  # a Ctrl-C came once the run was done (its closing save): it ended finished
         self.progress = False  # set by run()
         bin_dir = Path(cfg.bin_dir)
         self.manifest = load_manifest(bin_dir)
@@ -812,6 +813,10 @@ class Trainer:
             raise
         with self.clock.paused():
             self.workers.close()
+        return self._end()
+
+    def _end(self) -> dict[str, Any]:
+        """The end event of a run that its own rule stopped (a limit, --patience, a stop wish)."""
         stopped_by = self.limit_reached() or self.stop_wish
         converged = self.converged() or self.leader and self.stop_wish == f"--patience {self.cfg.patience}"
         summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=False,
@@ -894,13 +899,23 @@ class Trainer:
                 raise
             # the last save holds this state (Ctrl-C during it): not saved again, with a second checkpoint event (a
             # train event just logged is cut and logged again by a resume, as after a kill)
-            if not (self.saved_at == self.updates and self.saved_tokens == self.tokens):
-                self.save()
-            summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
-                                  converged=False)  # fmt: skip
-            self.stop_saved = True
+            saved = self.saved_at == self.updates and self.saved_tokens == self.tokens
+            # at the run's limit, its closing validation and save done, the stop (in that save) cut nothing:
+            # the run ends as finished. It ended as interrupted, which `nmt report` showed as a run that
+            # --resume goes on with, where --resume found nothing to do.
+            finished = saved and self.leader and self.validated_at == self.updates and self.limit_reached()
+            if not finished:
+                if not saved:
+                    self.save()
+                summary = self._event("end", best_bleu=self.best["bleu"] if self.best else None, interrupted=True,
+                                      converged=False)  # fmt: skip
+                self.stop_saved = True
         finally:
-            self.workers.close()
+            with self.clock.paused():
+                self.workers.close()
+        if finished:
+            self.stopped_after_end = True
+            return self._end()
         if self.leader:
             self.events.close()
         return summary
