@@ -7,6 +7,8 @@ mean ms a step on each side, `speedup` (off over on), each round's, and the shar
 batches. The switches:
 - `packed-source`: the encoder on the real source tokens only (`step.PACK_SOURCE`; off: on every padded
   position, as until 2026-12-07);
+- `packed-target`: the decoder on the real target tokens only (`step.PACK_TARGET`; off: on every padded
+  position, as until 2026-12-07);
 - `low-precision-copies`: bf16 copies of the Linear weights once a batch (`step.LOW_PRECISION_COPIES`;
   off: autocast's casts at every call). Not with fp32.
 
@@ -39,7 +41,11 @@ from async_nmt.train.step import build_model, train_step
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import add_batch_options  # noqa: E402
 
-SWITCHES = {"packed-source": "PACK_SOURCE", "low-precision-copies": "LOW_PRECISION_COPIES"}
+SWITCHES = {
+    "packed-source": "PACK_SOURCE",
+    "packed-target": "PACK_TARGET",
+    "low-precision-copies": "LOW_PRECISION_COPIES",
+}
 
 
 def main() -> None:

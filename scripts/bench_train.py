@@ -264,6 +264,9 @@ def main() -> None:
     parser.add_argument("--padded-source", action="store_true",
                         help="the product's encoder computes on the source's padding too, as nmt-train did until "
                         "2026-12-07 (PACK_SOURCE off): an A/B")  # fmt: skip
+    parser.add_argument("--padded-target", action="store_true",
+                        help="the product's decoder computes on the target's padding too, as nmt-train did until "
+                        "2026-12-07 (PACK_TARGET off): an A/B")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.seconds < math.inf:  # 0 would be no limit: training without end
         raise UserError("--seconds must be a positive, finite number")
@@ -281,6 +284,7 @@ def main() -> None:
                         f"on {device})")  # fmt: skip
     step_module.LOW_PRECISION_COPIES = not args.plain_autocast
     step_module.PACK_SOURCE = not args.padded_source
+    step_module.PACK_TARGET = not args.padded_target
     cfg = TrainConfig(bin_dir=str(args.bin), preset=args.preset, devices=[str(device)], max_time=args.seconds,
                       max_tokens=args.max_tokens, lr=5e-4, warmup=4000, valid_every=0, valid_max_sentences=100,
                       precision=args.precision, compile=args.compile, batch_sort=args.batch_sort,
@@ -321,7 +325,8 @@ def main() -> None:
         **timed_on(device),
         "precision": "bf16" if amp else "fp32", "compile": args.compile, "warm_process": not args.cold,
         "low_precision_copies": bool(amp) and not args.plain_autocast, "batch_sort": args.batch_sort,
-        "packed_source": not args.padded_source, "max_tokens": args.max_tokens,
+        "packed_source": not args.padded_source, "packed_target": not args.padded_target,
+        "max_tokens": args.max_tokens,
         "seconds": args.seconds,
         "repeats": args.repeats,
         "log_every": args.log_every,

@@ -15,8 +15,8 @@
 #   1. the search and model unit tests and the host-read tests on DEVICE (ASYNC_NMT_TEST_DEVICE); the
 #      worker-process mode tests (TESTS_MODES=1, about 150 s) come last;
 #   2. with STEP=1 bench_step.py (synthetic batches), bench_train.py (the whole nmt-train loop against a bare
-#      nn.Transformer loop on demo/bin) for base and big, ab_step.py's A/B of the packed source for base
-#      (the step with the encoder on real source tokens only, and on the padding too), with COMPILE=1
+#      nn.Transformer loop on demo/bin) for base and big, ab_step.py's A/Bs of the packed source and target
+#      for base (the step with the encoder, or the decoder, on real tokens only, and on the padding too), with COMPILE=1
 #      bench_train.py --compile for base, with AB=1 bench_train.py --plain-autocast for base, and
 #      bench_translate.py (a random model);
 #   3. a RUN_TIME-second bible-de-en run of base (TRAIN_OPTS: learning rate, warmup, dropout), bench_translate
@@ -101,8 +101,11 @@ for preset in $PRESETS; do
     --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS"
 done
 # the packed source (the encoder on real tokens only) against the padded encoder, batch by batch (seconds)
-step "ab_step_packed_source_${PRESETS%% *}" 90 python3 scripts/ab_step.py "$BIN" --switch packed-source \
-  --preset "${PRESETS%% *}" --device "$DEVICE" --max-tokens "$TOKENS" --batches 16
+# and the packed target (the decoder on real tokens only) against the padded decoder
+for packed in source target; do
+  step "ab_step_packed_${packed}_${PRESETS%% *}" 90 python3 scripts/ab_step.py "$BIN" --switch "packed-$packed" \
+    --preset "${PRESETS%% *}" --device "$DEVICE" --max-tokens "$TOKENS" --batches 16
+done
 if [ "${AB:-0}" = 1 ]; then  # the same loop with plain autocast: what the bf16 weight copies bring
   step "bench_train_${PRESETS%% *}_autocast" $((2 * SECONDS_EACH + 60)) python3 scripts/bench_train.py "$BIN" \
     --preset "${PRESETS%% *}" --device "$DEVICE" --seconds "$SECONDS_EACH" --max-tokens "$TOKENS" --plain-autocast

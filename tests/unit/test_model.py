@@ -76,6 +76,28 @@ def test_an_encoder_on_the_real_source_rows_gives_the_padded_encoders_memory_and
         torch.testing.assert_close(out[True][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_a_decoder_on_the_real_target_rows_gives_the_padded_decoders_states_and_gradients():
+    """`hidden(src, prev, tgt_rows=rows)` computes the decoder on the real target positions only (training's
+    packing) and returns their states alone: the padded decoder's states at those positions, in order,
+    with the same gradients, the encoder's too."""
+    src, prev = padded(SRC, width=16), padded(PREV, width=12)
+    rows = torch.nonzero(prev.view(-1).ne(PAD_ID)).view(-1)
+    assert len(rows) < prev.numel()
+    out = {}
+    for packed in (False, True):
+        model = make_model()
+        if packed:
+            states = model.hidden(src, prev, tgt_rows=rows)
+        else:
+            states = model.hidden(src, prev).flatten(0, 1).index_select(0, rows)
+        assert states.shape == (len(rows), CFG.d_model)
+        states.pow(2).sum().backward()
+        out[packed] = states.detach(), {n: p.grad for n, p in model.named_parameters()}
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
+    for name, grad in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_a_source_pad_is_not_attended_to():
     # If pads were attended, changing the embedding of pad would change the output.
     model = make_model()

@@ -258,11 +258,12 @@ def test_bf16_copies_of_the_linear_weights_give_autocasts_numbers_bit_for_bit(mo
     assert [float(x) for x in fast] == [float(x) for x in plain]
 
 
+@pytest.mark.parametrize("switch", ["PACK_SOURCE", "PACK_TARGET"])
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
-def test_packing_the_source_rows_changes_no_loss_or_gradient(monkeypatch, amp):
-    """The encoder computes on the real source tokens only (PACK_SOURCE): with dropout off, two batches
-    (sources of 1 to 20 tokens; one with no padding, which does not pack) give the padded encoder's losses
-    and gradients, to rounding."""
+def test_packing_the_rows_changes_no_loss_or_gradient(monkeypatch, amp, switch):
+    """The encoder computes on the real source tokens only (PACK_SOURCE), the decoder on the real target
+    tokens (PACK_TARGET): with dropout off, two batches (sentences of 1 to 20 tokens; one with no source
+    padding, which does not pack it) give the padded layers' losses and gradients, to rounding."""
     from async_nmt.train import step as step_module
 
     g = np.random.default_rng(0)
@@ -272,9 +273,10 @@ def test_packing_the_source_rows_changes_no_loss_or_gradient(monkeypatch, amp):
     long = [i for i, s in enumerate(src) if len(s) >= 7]
     even = collate([src[i][:7] for i in long], [tgt[i] for i in long], max_len=64)
     assert uneven.src_tokens < uneven.src.numel() // 2 and even.src_tokens == even.src.numel()
+    assert uneven.tokens < 0.7 * uneven.target.numel() and even.tokens < even.target.numel()
 
     def run(pack: bool) -> tuple[list[float], torch.Tensor]:
-        monkeypatch.setattr(step_module, "PACK_SOURCE", pack)
+        monkeypatch.setattr(step_module, switch, pack)
         torch.manual_seed(0)
         model = Transformer(model_config("tiny", 100, d_model=32, ff_dim=64, heads=2, dropout=0.0))
         flat = flatten_parameters(model)
@@ -725,8 +727,8 @@ def test_batch_loss_is_label_smoothed_cross_entropy_over_real_tokens(monkeypatch
     class Fixed(torch.nn.Module):  # "hidden states" are the logits; the projection is the identity
         cfg = model_config("tiny", 20)
 
-        def hidden(self, src, prev_tgt, src_rows=None):
-            return logits
+        def hidden(self, src, prev_tgt, src_rows=None, tgt_rows=None):  # (packed: the real rows alone)
+            return logits if tgt_rows is None else logits.flatten(0, 1).index_select(0, tgt_rows)
 
         def project(self, states):
             return states
@@ -755,8 +757,8 @@ def test_batch_loss_scores_bf16_logits_in_fp32_with_any_label_smoothing():
     class Fixed(torch.nn.Module):  # the "hidden states" are the bf16 logits; the projection passes them on
         cfg = model_config("tiny", 500)
 
-        def hidden(self, src, prev_tgt, src_rows=None):
-            return logits
+        def hidden(self, src, prev_tgt, src_rows=None, tgt_rows=None):  # (packed: the real rows alone)
+            return logits if tgt_rows is None else logits.flatten(0, 1).index_select(0, tgt_rows)
 
         def project(self, states):
             return states

@@ -1,7 +1,7 @@
 """The encoder-decoder Transformer: pre-norm, tied embeddings, sinusoidal positions, SDPA attention.
 
 Inputs are right-padded with `cfg.pad_id`. `forward(src, prev_tgt)` is the training path (training's
-`hidden(src, prev_tgt, src_rows)` runs the encoder on the real source tokens alone: `encode`); `encode` and
+`hidden(src, prev_tgt, src_rows, tgt_rows)` runs the encoder and the decoder on the real tokens alone); `encode` and
 `decode(..., cache)` are the inference path, where the cache holds each decoder layer's self-attention keys
 and values (growing by one position a step) and its cross-attention keys and values (computed once).
 `decode_step(..., fixed_cache)` is the same step with fixed shapes, for CUDA graphs (`FixedCache`).
@@ -173,13 +173,14 @@ class SelfAttention(nn.Module):
         is_causal: bool = False,
         cache: Cache | None = None,
         rows: Tensor | None = None,
+        length: int = 0,
     ) -> Tensor:
-        """Self-attention over `x` [B * T, D]; with `rows` (and `attn_mask`), `x` holds only those rows of the
-        [B * T] positions (`Transformer.encode`'s real source tokens), and so does the output."""
+        """Self-attention over `x` [B * T, D]; with `rows` (and `length`, T), `x` holds only those rows of the
+        [B * T] positions (`Transformer.encode`'s real tokens, and `hidden`'s), and so does the output."""
         N, D = x.shape
         qkv = self.qkv(x)
         if rows is not None:  # only attention needs the padded layout: its masked keys and ignored queries
-            N = batch * attn_mask.size(-1)
+            N = batch * length
             qkv = unpack(qkv, rows, N)
         B, T = batch, N // batch
         # [B, T, 3, H, Dh] -> three [B, H, T, Dh] views; SDPA takes the strides as they are.
@@ -206,10 +207,17 @@ class CrossAttention(nn.Module):
         self.out = Linear(cfg.d_model, cfg.d_model)
         self.dropout_p = cfg.attention_dropout  # (in training only)
 
-    def forward(self, x: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, enc: EncoderOut, cache: Cache | None = None, rows: Tensor | None = None, length: int = 0
+    ) -> Tensor:
+        """Attention of `x` [B * T, D] to the encoder's memory; `rows` and `length` as in `SelfAttention`."""
         N, D = x.shape
         B = enc.attn_mask.size(0)
-        q = self.q(x).view(B, N // B, self.heads, D // self.heads).transpose(1, 2)
+        q = self.q(x)
+        if rows is not None:
+            N = B * length
+            q = unpack(q, rows, N)
+        q = q.view(B, N // B, self.heads, D // self.heads).transpose(1, 2)
         if cache is not None and "k" in cache:
             k, v = cache["k"], cache["v"]
         else:
@@ -219,7 +227,8 @@ class CrossAttention(nn.Module):
                 k, v = for_cache(k), for_cache(v)
                 cache["k"], cache["v"] = k, v
         y = attend(q, k, v, enc.attn_mask, dropout_p=self.dropout_p if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(N, D))
+        y = y.transpose(1, 2).reshape(N, D)
+        return self.out(y if rows is None else y.index_select(0, rows))
 
 
 class FeedForward(nn.Module):
@@ -243,7 +252,8 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor, rows: Tensor | None = None) -> Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), attn_mask.size(0), attn_mask=attn_mask, rows=rows))
+        batch, length = attn_mask.size(0), attn_mask.size(-1)
+        x = x + self.dropout(self.attn(self.attn_norm(x), batch, attn_mask=attn_mask, rows=rows, length=length))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -258,19 +268,25 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, enc: EncoderOut, cache: Cache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, enc: EncoderOut, cache: Cache | None = None, rows: Tensor | None = None, length: int = 0
+    ) -> Tensor:
         # Without a cache, or on the cache's first call, the queries see every earlier position; later
         # cached calls feed one new position, which may see all the cached ones. Without a cache this is a
         # plain bool, not a comparison of sizes: under torch.compile the sizes turn symbolic after the first
         # new shape, SDPA refuses a symbolic is_causal, and dynamo then ran the whole decoder eagerly.
         batch = enc.attn_mask.size(0)
-        is_causal = cache is None or x.size(0) > batch
+        is_causal = cache is None or rows is not None or x.size(0) > batch
         self_cache = cross_cache = None
         if cache is not None:
             self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
             assert not (is_causal and "k" in self_cache), "a cached decode feeds one position at a time"
-        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), batch, is_causal=is_causal, cache=self_cache))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), enc, cache=cross_cache))
+        x = x + self.dropout(
+            self.self_attn(
+                self.self_attn_norm(x), batch, is_causal=is_causal, cache=self_cache, rows=rows, length=length
+            )
+        )
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), enc, cache=cross_cache, rows=rows, length=length))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -323,17 +339,34 @@ class Transformer(nn.Module):
         x = self.embed(tokens) * self.embed_scale + self.positions[start : start + tokens.size(1)]
         return self.dropout(x)
 
+    def embed_rows(self, tokens: Tensor, rows: Tensor) -> Tensor:
+        """`embed_tokens(tokens)`'s rows `rows` of its [B * T] positions, computed for those alone: [len(rows), D]."""
+        where = rows.remainder(tokens.size(1))
+        x = self.embed(tokens.reshape(-1).index_select(0, rows)) * self.embed_scale + self.positions.index_select(
+            0, where
+        )
+        return self.dropout(x)
+
     def forward(self, src: Tensor, prev_tgt: Tensor) -> Tensor:
         """Logits [B, T, V] for every target position (teacher forcing)."""
         return self.project(self.hidden(src, prev_tgt))
 
-    def hidden(self, src: Tensor, prev_tgt: Tensor, src_rows: Tensor | None = None) -> Tensor:
+    def hidden(
+        self, src: Tensor, prev_tgt: Tensor, src_rows: Tensor | None = None, tgt_rows: Tensor | None = None
+    ) -> Tensor:
         """The final decoder states [B, T, D] (teacher forcing); `project` turns them into logits.
-        `src_rows`: see `encode`.
-
-        Training projects only the states of real (non-pad) target tokens, a chunk at a time.
+        `src_rows`: see `encode`. With `tgt_rows`, the positions of `prev_tgt.view(-1)` that are not padding,
+        in order, the decoder computes on those rows only (and attention on the padded layout, whose
+        causal mask hides the padding at the end of each row from every real position), and returns their
+        states alone, [len(tgt_rows), D]: training projects only the real tokens' states, a chunk at a time.
         """
-        return self.decoder_states(prev_tgt, self.encode(src, src_rows))
+        enc = self.encode(src, src_rows)
+        if tgt_rows is None:
+            return self.decoder_states(prev_tgt, enc)
+        x = self.embed_rows(prev_tgt, tgt_rows)
+        for layer in self.decoder:
+            x = layer(x, enc, rows=tgt_rows, length=prev_tgt.size(1))
+        return self.decoder_norm(x)
 
     def project(self, states: Tensor) -> Tensor:
         """Output logits through the tied embedding: [..., D] -> [..., V]."""
@@ -374,8 +407,7 @@ class Transformer(nn.Module):
         if rows is None:
             x = self.embed_tokens(src).flatten(0, 1)  # the layers see [B * S, D]: see `decoder_states`
         else:
-            tokens, where = src.reshape(-1).index_select(0, rows), rows.remainder(src.size(1))
-            x = self.dropout(self.embed(tokens) * self.embed_scale + self.positions.index_select(0, where))
+            x = self.embed_rows(src, rows)
         for layer in self.encoder:
             x = layer(x, attn_mask, rows)
         x = self.encoder_norm(x)

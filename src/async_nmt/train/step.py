@@ -170,6 +170,7 @@ CPU_LOSS_CHUNK_ELEMENTS = 2**23  # fp32 logits of a chunk stay within 32 MiB
 
 
 PACK_SOURCE = True  # off: the encoder computes on every padded position (the tests compare the two)
+PACK_TARGET = True  # off: the decoder computes on every padded position, as until 2026-12-07 (the tests compare)
 
 
 def real_positions(ids: torch.Tensor, count: int) -> torch.Tensor:
@@ -188,10 +189,13 @@ def batch_loss(
     src_rows = None
     if PACK_SOURCE and 0 <= batch.src_tokens < batch.src.numel():  # (`Transformer.encode`)
         src_rows = real_positions(batch.src, batch.src_tokens)
-    with autocast(device, amp_dtype), copies.active() if copies else contextlib.nullcontext():
-        states = model.hidden(batch.src, batch.prev_tgt, src_rows)
     real = real_positions(batch.target, batch.tokens)  # only real tokens reach the output layer
-    states = states.reshape(-1, states.size(-1)).index_select(0, real)
+    with autocast(device, amp_dtype), copies.active() if copies else contextlib.nullcontext():
+        if PACK_TARGET:
+            states = model.hidden(batch.src, batch.prev_tgt, src_rows, real)
+        else:
+            states = model.hidden(batch.src, batch.prev_tgt, src_rows)
+            states = states.reshape(-1, states.size(-1)).index_select(0, real)
     target = batch.target.reshape(-1).index_select(0, real)
     vocab = model.cfg.vocab_size
     chunk = max(1, CPU_LOSS_CHUNK_ELEMENTS // vocab) if device.type == "cpu" else len(target)
