@@ -470,10 +470,23 @@ def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path
     assert line["updates"] >= 2 and line["tok_per_s"] > 0 and line["bare_nn_transformer_tok_per_s"] > 0
 
 
-@pytest.mark.parametrize("switch", ["packed-source", "low-precision-copies"])
-def test_ab_step_times_both_sides_of_a_switch_in_two_rounds(synthetic_bin: Path, switch: str):
-    done = run("ab_step.py", str(synthetic_bin), "--preset", "micro", "--max-tokens", "256", "--batches", "2",
-               "--switch", switch, "--precision", "bf16")  # fmt: skip
+AB_SWITCHES = ["packed-source", "low-precision-copies"]
+
+
+@pytest.fixture(scope="module")
+def ab_step_runs(synthetic_bin: Path) -> dict[str, subprocess.CompletedProcess[str]]:
+    """ab_step.py on each switch, in forks of one process that imports torch once (`run_forked`)."""
+    runs = run_forked([("ab_step.py", [str(synthetic_bin), "--preset", "micro", "--max-tokens", "256", "--batches",
+                                       "2", "--switch", switch, "--precision", "bf16"], False)
+                       for switch in AB_SWITCHES])  # fmt: skip
+    return dict(zip(AB_SWITCHES, runs, strict=True))
+
+
+@pytest.mark.parametrize("switch", AB_SWITCHES)
+def test_ab_step_times_both_sides_of_a_switch_in_two_rounds(
+    switch: str, ab_step_runs: dict[str, subprocess.CompletedProcess[str]]
+):
+    done = ab_step_runs[switch]
     assert done.returncode == 0 and done.stderr == "", done.stderr
     line = json.loads(done.stdout)
     assert line["switch"] == switch and line["batches"] == 2 and len(line["speedup_rounds"]) == 2
@@ -490,21 +503,25 @@ def test_replay_sync_clock_names_bin_where_the_runs_bin_folder_is_gone(tmp_path:
     config["train"]["bin_dir"] = str(tmp_path / "gone")
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "events.jsonl").write_text((ROOT / "docs/results/convergence/sync-s1/events.jsonl").read_text())
-    done = run("replay_sync_clock.py", str(run_dir), str(tmp_path / "out"), "--worker-speeds", "1,1,1,0.5")
-    assert done.returncode == 2 and done.stderr == (f"error: {tmp_path / 'gone'}: no such folder, where {run_dir} was "
+    other = tmp_path / "other"  # another run, copied before any replay
+    shutil.copytree(run_dir, other)
+    # the four in forks of one process that imports torch once (`run_forked`), as `python SCRIPT ARGS` runs them
+    gone, inside, in_other, nowhere = run_forked([
+        ("replay_sync_clock.py", [str(run_dir), str(out), "--worker-speeds", "1,1,1,0.5"], False)
+        for out in (tmp_path / "out", run_dir / "replay", other / "replay", tmp_path / "nope" / "out")
+    ])  # fmt: skip
+    assert gone.returncode == 2 and gone.stderr == (f"error: {tmp_path / 'gone'}: no such folder, where {run_dir} was "
                                                     "trained from: give its BIN folder with --bin\n")  # fmt: skip
     # an OUT inside RUN was taken: RUN then held a folder nmt-train had not written
-    done = run("replay_sync_clock.py", str(run_dir), str(run_dir / "replay"), "--worker-speeds", "1,1,1,0.5")
-    assert (done.returncode, done.stderr) == (2, f"error: {run_dir / 'replay'}: is inside RUN; give an OUT beside it\n")
+    assert (inside.returncode, inside.stderr) == (2, f"error: {run_dir / 'replay'}: is inside RUN; give an OUT beside "
+                                                     "it\n")  # fmt: skip
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "events.jsonl"]
     # nor inside another run (whose --force it then blocked), nor in a folder that is not there (it was made)
-    other = tmp_path / "other"
-    shutil.copytree(run_dir, other)
-    done = run("replay_sync_clock.py", str(run_dir), str(other / "replay"), "--worker-speeds", "1,1,1,0.5")
-    assert (done.returncode, done.stderr) == (2, f"error: {other / 'replay'}: inside the run {other}, whose --force "
-                                                 "the replay would then block; give an OUT of its own\n")  # fmt: skip
-    done = run("replay_sync_clock.py", str(run_dir), str(tmp_path / "nope" / "out"), "--worker-speeds", "1,1,1,0.5")
-    assert (done.returncode, done.stderr) == (2, f"error: {tmp_path / 'nope'}: no such folder\n")
+    assert (in_other.returncode, in_other.stderr) == (2, f"error: {other / 'replay'}: inside the run {other}, whose "
+                                                         "--force the replay would then block; give an OUT of its "
+                                                         "own\n")  # fmt: skip
+    assert sorted(p.name for p in other.iterdir()) == ["config.json", "events.jsonl"]
+    assert (nowhere.returncode, nowhere.stderr) == (2, f"error: {tmp_path / 'nope'}: no such folder\n")
     assert not (tmp_path / "nope").exists()
 
 
@@ -543,12 +560,10 @@ def test_parity_train_scores_on_the_way_without_changing_the_runs(synthetic_bin:
     common = [str(synthetic_bin), "--preset", "micro", "--updates", "6", "--max-tokens", "256", "--seeds", "3",
               "--precision", "fp32", "--device", "cpu", "--warmup", "2"]  # fmt: skip
 
-    def lines(*extra: str) -> list[dict]:
-        done = run("parity_train.py", *common, *extra)
-        assert done.returncode == 0, done.stderr
-        return [json.loads(line) for line in done.stdout.splitlines()]
-
-    straight, marked = lines(), lines("--valid-at", "2", "4")
+    # both in forks of one process that imports torch once (`run_forked`), as `python SCRIPT ARGS` runs them
+    done = run_forked([("parity_train.py", [*common, *extra], False) for extra in ([], ["--valid-at", "2", "4"])])
+    assert [d.returncode for d in done] == [0, 0], [d.stderr for d in done]
+    straight, marked = ([json.loads(line) for line in d.stdout.splitlines()] for d in done)
     assert [line["updates"] for line in marked] == [2, 4, 6, 2, 4, 6]  # per seed, then the summaries, the last last
     assert marked[2] | {"product_s": 0, "bare_s": 0} == straight[0] | {"product_s": 0, "bare_s": 0}
     assert marked[-1] | {"seeds": 0} == straight[-1] | {"seeds": 0}
