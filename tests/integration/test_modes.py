@@ -424,9 +424,21 @@ def test_workers_leave_when_the_trainer_alone_is_killed(synthetic_bin: Path, tmp
         time.sleep(0.1)
 
 
-def test_diloco_ranks_equal_the_emulated_workers_and_resume_mid_round(synthetic_bin: Path, tmp_path: Path):
-    common = dict(mode="diloco", sync_every=3, precision="fp32", dropout=0.0)
-    train(config(synthetic_bin, **common, max_updates=8), tmp_path / "ranks", progress=False, log_every=1)
+DILOCO = dict(mode="diloco", sync_every=3, precision="fp32", dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def diloco_ranks(synthetic_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 updates of a diloco group of 2 spawned ranks (sync every 3), never stopped: the run that the diloco
+    tests below compare with (they only read it)."""
+    run = tmp_path_factory.mktemp("diloco") / "ranks"
+    train(config(synthetic_bin, **DILOCO, max_updates=8), run, progress=False, log_every=1)
+    return run
+
+
+def test_diloco_ranks_equal_the_emulated_workers_and_resume_mid_round(synthetic_bin: Path, tmp_path: Path,
+                                                                      diloco_ranks: Path):  # fmt: skip
+    common = DILOCO
     train(config(synthetic_bin, **common, max_updates=8, simulate=True), tmp_path / "emulated", progress=False,
           log_every=1)  # fmt: skip
     train(config(synthetic_bin, **common, max_updates=4), tmp_path / "split", progress=False, log_every=1)
@@ -436,30 +448,30 @@ def test_diloco_ranks_equal_the_emulated_workers_and_resume_mid_round(synthetic_
     def trained(run):
         return {e["updates"]: e for e in events(run, "train")}
 
-    ranks, emulated, split = trained(tmp_path / "ranks"), trained(tmp_path / "emulated"), trained(tmp_path / "split")
+    ranks, emulated, split = trained(diloco_ranks), trained(tmp_path / "emulated"), trained(tmp_path / "split")
     for update in range(1, 9):  # the same inner steps and outer steps, rank by rank or emulated in one process
         assert ranks[update]["tokens"] == emulated[update]["tokens"]
         assert ranks[update]["loss"] == pytest.approx(emulated[update]["loss"], rel=1e-4)
         assert ranks[update]["staleness_hist"] == emulated[update]["staleness_hist"]
     for update in range(5, 9):  # resumed in the middle of the second round, inner Adam states and all
         assert split[update]["loss"] == pytest.approx(ranks[update]["loss"], rel=1e-4)
-    ranks_p, emulated_p, split_p = (read_checkpoint(checkpoint_path(tmp_path / r, "last"))["params"]
-                                    for r in ("ranks", "emulated", "split"))  # fmt: skip
+    ranks_p, emulated_p, split_p = (read_checkpoint(checkpoint_path(r, "last"))["params"]
+                                    for r in (diloco_ranks, tmp_path / "emulated", tmp_path / "split"))  # fmt: skip
     torch.manual_seed(7)  # the trainer's initialization: the run's seed, then the model
-    vocab = read_checkpoint(checkpoint_path(tmp_path / "ranks", "last"))["corpus"]["vocab_size"]
+    vocab = read_checkpoint(checkpoint_path(diloco_ranks, "last"))["corpus"]["vocab_size"]
     p0 = parameters_to_vector(Transformer(model_config("micro", vocab, dropout=0.0)).parameters()).detach()
     moved = (ranks_p - p0).norm()  # the global parameters after 2 outer steps; the sums differ only in rounding
     assert moved > 0 and (ranks_p - emulated_p).norm() < 1e-2 * moved and (ranks_p - split_p).norm() < 1e-2 * moved
 
 
-def test_diloco_ranks_that_save_before_their_first_step_keep_the_worker_states(synthetic_bin: Path,
-                                                                               tmp_path: Path):  # fmt: skip
+def test_diloco_ranks_that_save_before_their_first_step_keep_the_worker_states(synthetic_bin: Path, tmp_path: Path,
+                                                                               diloco_ranks: Path):  # fmt: skip
     """A resumed diloco group that saves before it steps (the closing validation of a last.pt that
     --save-every, or a kill before the run's end, left at its --max-updates) saved no worker states, and
-    every rank of the next resume failed with a TypeError. Resumed twice, it trains as if never stopped."""
-    common = dict(mode="diloco", sync_every=3, precision="fp32", max_updates=2)
-    straight, run = tmp_path / "straight", tmp_path / "run"
-    train(config(synthetic_bin, **{**common, "max_updates": 5}), straight, progress=False, log_every=1)
+    every rank of the next resume failed with a TypeError. Resumed twice, it trains as if never stopped
+    (`diloco_ranks`, of the same options: its updates 3 to 5)."""
+    common = dict(**DILOCO, max_updates=2)
+    straight, run = diloco_ranks, tmp_path / "run"
     train(config(synthetic_bin, **common), run, progress=False, log_every=1)
     path = checkpoint_path(run, "last")  # as --save-every leaves it: saved, not validated
     state = torch.load(path, weights_only=False)
