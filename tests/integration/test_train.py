@@ -1098,18 +1098,42 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
     equal, slow = run("equal", [1.0, 1.0, 1.0]), run("slow", [1.0, 0.8, 0.5])
     assert [e.get("loss") for e in equal] == [e.get("loss") for e in slow]  # the same updates
 
-    def replays(*cases: tuple[str, str, list[str]]) -> list[subprocess.CompletedProcess[str]]:
-        """replay_sync_clock.py RUN OUT --worker-speeds SPEEDS MORE... for each (OUT, SPEEDS, MORE), in turn."""
-        run_dir = str(tmp_path / "equal")
-        return run_forked([("replay_sync_clock.py", [run_dir, str(tmp_path / out), "--worker-speeds", speeds, *more],
-                            False) for out, speeds, more in cases])  # fmt: skip
+    # what the later replays read, made first: the replays then run in three batches of forks (each batch one
+    # process that imports torch once, `run_forked`), not a process each
+    resumed = tmp_path / "resumed"  # a run resumed at other prices (link and token)
+    for updates, prices in (
+        (4, {"link_gbps": 0.05, "simulate_token_us": 50}),
+        (7, {"link_gbps": 1.0, "simulate_token_us": 20}),
+    ):
+        cfg = micro_config(synthetic_bin, mode="sync", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 1.0],
+                           local_accum=2, max_updates=updates, valid_every=5, **prices)  # fmt: skip
+        train(cfg, resumed, resume=updates > 4, progress=False, log_every=2)
+    expected = read_events(resumed / "events.jsonl")
+    measured = tmp_path / "measured"  # (its first segment timed its tokens: not replayable)
+    shutil.copytree(resumed, measured)
+    (measured / "events.jsonl").write_text("".join(json.dumps({**e, "simulate_token_us": 0} if i == 0 else e) + "\n"
+                                                   for i, e in enumerate(expected)))  # fmt: skip
+    other = tmp_path / "other-bin"  # another corpus: its training split one pair short
+    shutil.copytree(synthetic_bin, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    pairs = manifest["splits"]["train"]["sentences"]
+    manifest["splits"]["train"]["sentences"] = pairs - 1
+    (other / "manifest.json").write_text(json.dumps(manifest))
+
+    def replays(*cases: tuple[str, str, list[str]] | tuple[str, str, list[str], Path]
+                ) -> list[subprocess.CompletedProcess[str]]:  # fmt: skip
+        """replay_sync_clock.py RUN OUT --worker-speeds SPEEDS MORE... for each (OUT, SPEEDS, MORE[, RUN]), in
+        turn (RUN: the run "equal" where not given)."""
+        return run_forked([("replay_sync_clock.py", [str(case[3] if len(case) > 3 else tmp_path / "equal"),
+                                                     str(tmp_path / case[0]), "--worker-speeds", case[1], *case[2]],
+                            False) for case in cases])  # fmt: skip
 
     slow_done, equal_done = replays(("replayed-1,0.8,0.5", "1,0.8,0.5", []), ("replayed-1,1,1", "1,1,1", []))
-    for speeds, expected, done in (("1,0.8,0.5", slow, slow_done), ("1,1,1", equal, equal_done)):
+    for speeds, expected_log, done in (("1,0.8,0.5", slow, slow_done), ("1,1,1", equal, equal_done)):
         out = tmp_path / f"replayed-{speeds}"
         assert done.returncode == 0, done.stderr
         replayed = read_events(out / "events.jsonl")
-        clocks = [[e["predicted_s"] for e in log if "predicted_s" in e] for log in (replayed, expected)]
+        clocks = [[e["predicted_s"] for e in log if "predicted_s" in e] for log in (replayed, expected_log)]
         assert len(clocks[0]) >= 5 and clocks[0] == pytest.approx(clocks[1], rel=1e-6)
         assert replayed[0]["clock_replayed_from"] == str(tmp_path / "equal")
     assert slow[-1]["predicted_s"] > 1.5 * equal[-1]["predicted_s"]  # the slow worker shows on the clock
@@ -1121,44 +1145,23 @@ def test_a_sync_runs_clock_replayed_at_other_speeds_is_the_run_trained_at_those_
                                    strict=True):  # fmt: skip
         assert done.returncode == 2 and error in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert before == {name: (tmp_path / name / "events.jsonl").read_bytes() for name in before}
-    (again,) = replays(("replayed-1,1,1", "1,0.8,0.5", ["--force"]))
+    again, done, unreplayable, elsewhere = replays(
+        ("replayed-1,1,1", "1,0.8,0.5", ["--force"]),
+        ("replayed-resumed", "1,1,1", [], resumed),  # replayed at each segment's prices (all at config.json's before)
+        ("replayed-measured", "1,1,1", [], measured),
+        ("replayed-other", "1,1,1", ["--bin", str(other)]),  # --bin of another corpus was replayed, on other batches
+    )
     assert again.returncode == 0 and read_events(tmp_path / "replayed-1,1,1" / "events.jsonl")[-1]["predicted_s"] == (
         pytest.approx(slow[-1]["predicted_s"], rel=1e-6))  # fmt: skip
-    # a run resumed at other prices (link and token) is replayed at each segment's (all at config.json's before)
-    resumed = tmp_path / "resumed"
-    for updates, prices in (
-        (4, {"link_gbps": 0.05, "simulate_token_us": 50}),
-        (7, {"link_gbps": 1.0, "simulate_token_us": 20}),
-    ):
-        cfg = micro_config(synthetic_bin, mode="sync", workers=3, simulate=True, worker_speeds=[1.0, 1.0, 1.0],
-                           local_accum=2, max_updates=updates, valid_every=5, **prices)  # fmt: skip
-        train(cfg, resumed, resume=updates > 4, progress=False, log_every=2)
-    expected = read_events(resumed / "events.jsonl")
-    (done,) = run_forked([("replay_sync_clock.py", [str(resumed), str(tmp_path / "replayed-resumed"),
-                                                   "--worker-speeds", "1,1,1"], False)])  # fmt: skip
     assert done.returncode == 0, done.stderr
     clocks = [[e["predicted_s"] for e in log if "predicted_s" in e]
               for log in (read_events(tmp_path / "replayed-resumed" / "events.jsonl"), expected)]  # fmt: skip
     assert sum(e["kind"] == "start" for e in expected) == 2 and len(clocks[0]) >= 5
     assert clocks[0] == pytest.approx(clocks[1], rel=1e-6)
-    measured = tmp_path / "measured"  # (its first segment timed its tokens: not replayable)
-    shutil.copytree(resumed, measured)
-    (measured / "events.jsonl").write_text("".join(json.dumps({**e, "simulate_token_us": 0} if i == 0 else e) + "\n"
-                                                   for i, e in enumerate(expected)))  # fmt: skip
-    (done,) = run_forked([("replay_sync_clock.py", [str(measured), str(tmp_path / "replayed-measured"),
-                                                   "--worker-speeds", "1,1,1"], False)])  # fmt: skip
-    assert done.returncode == 2 and done.stderr == (
+    assert unreplayable.returncode == 2 and unreplayable.stderr == (
         f"error: {measured}: its start at update 0 measured its tokens' time (no --simulate-token-us): only a fixed "
         "price can be replayed\n")  # fmt: skip
-    # --bin of another corpus (here: its training split one pair short) was replayed, on other batches
-    other = tmp_path / "other-bin"
-    shutil.copytree(synthetic_bin, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    pairs = manifest["splits"]["train"]["sentences"]
-    manifest["splits"]["train"]["sentences"] = pairs - 1
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    (done,) = replays(("replayed-other", "1,1,1", ["--bin", str(other)]))
-    assert done.returncode == 2 and done.stderr == (
+    assert elsewhere.returncode == 2 and elsewhere.stderr == (
         f"error: {other}: not the corpus {tmp_path / 'equal'} was trained on (train_pairs {pairs - 1} where "
         f"{tmp_path / 'equal'} has {pairs}); give its BIN with --bin\n")  # fmt: skip
 
