@@ -760,8 +760,8 @@ def test_an_async_run_prints_its_staleness_in_each_line_and_the_summary(syntheti
     args = [str(synthetic_bin), str(tmp_path / "run"), "--preset", "micro", "--devices", "cpu", "--mode", "async",
             "--workers", "3", "--simulate", "--max-tokens", "256", "--valid-every", "0", "--log-every", "3",
             "--max-updates", "6", "--valid-max-sentences", "5"]  # fmt: skip
-    done = subprocess.run([str(NMT_TRAIN), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(main, ["train", *args])  # (in this process: the workers are emulated in it)
+    assert done.exit_code == 0, done.output
     events = [e for e in _events(tmp_path / "run") if e["kind"] == "train"]
     lines = [line for line in done.stderr.splitlines() if line.startswith("update ") and "valid" not in line]
     assert len(lines) == len(events) == 2
@@ -795,9 +795,8 @@ def test_a_log_that_is_not_a_terminal_gets_a_line_per_train_event_and_no_bar(syn
     assert "stopped by" in done.stderr and "--max-updates 4" in done.stderr  # the summary says why it ended
     assert "best.pt" in done.stderr and "nmt translate" in done.stderr  # ... and what to do next
     assert _events(tmp_path / "run")[-1]["stopped_by"] == "--max-updates 4"
-    quiet = subprocess.run([str(NMT_TRAIN), *args[1:], "--force", "--quiet"], capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
-    assert quiet.returncode == 0, quiet.stderr
+    quiet = CliRunner().invoke(main, [*args, "--force", "--quiet"])  # (as the same command in this process)
+    assert quiet.exit_code == 0, quiet.output
     assert "update " not in quiet.stderr
 
 
@@ -1178,9 +1177,8 @@ def test_staleness_lr_inverse_divides_the_logged_lr_by_the_staleness(synthetic_b
     log = read_events(run / "events.jsonl")
     assert log[0]["staleness_lr"] == "inverse" and log[0]["batch_sort"] == "target"  # (the default; not logged)
     # the summary names it beside the mode, as `nmt report` does (lr/s): it left it out
-    summary = subprocess.run([str(NMT_TRAIN), str(synthetic_bin), str(run), "--resume", "--max-updates", "13"],
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert summary.returncode == 0 and "lr / staleness (--staleness-lr inverse)" in summary.stderr, summary.stderr
+    summary = CliRunner().invoke(main, ["train", str(synthetic_bin), str(run), "--resume", "--max-updates", "13"])
+    assert summary.exit_code == 0 and "lr / staleness (--staleness-lr inverse)" in summary.stderr, summary.output
     trained = [e for e in log if e["kind"] == "train"]  # one push, one update each (async, --log-every 1)
     assert len(trained) == 12 and max(e["staleness_max"] for e in trained) >= 2
     for e in trained:
