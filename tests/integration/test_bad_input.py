@@ -844,6 +844,23 @@ def test_shards_outside_the_async_modes_are_refused(synthetic_bin: Path, tmp_pat
     one_line_error(nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, "--shards", "2"), "--shards")
 
 
+def wait_until_it_reads_stdin(pid: int, longest: float = 3.0) -> None:
+    """Until the process `pid` waits in a read of its stdin (x86-64 Linux: /proc/PID/syscall names read(0, ...)),
+    its start-up and handlers behind it; at most `longest` seconds, the wait where that cannot be seen."""
+    import platform
+    import time
+
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        try:
+            call = Path(f"/proc/{pid}/syscall").read_text().split()[:2]
+        except OSError:
+            call = []
+        if platform.machine() == "x86_64" and call == ["0", "0x0"]:  # (syscall 0: read; its first argument: fd 0)
+            return
+        time.sleep(0.05)
+
+
 def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     """Ctrl-C while `nmt score -` waits for stdin: `interrupted` alone on stderr, exit code 130 (Click's own
     handling printed an empty line before it)."""
@@ -851,7 +868,6 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     import signal
     import subprocess
     import sys
-    import time
 
     ref = tmp_path / "ref.txt"
     ref.write_text("a line\n", encoding="utf-8")
@@ -859,7 +875,7 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     proc = subprocess.Popen([str(nmt), "score", "-", str(ref)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        time.sleep(3)  # it reads stdin, which stays open
+        wait_until_it_reads_stdin(proc.pid)  # it reads stdin, which stays open
         os.kill(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -883,7 +899,7 @@ def test_a_command_started_with_ctrl_c_ignored_leaves_it_ignored(tmp_path: Path)
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
-        time.sleep(3)  # it reads stdin, which stays open
+        wait_until_it_reads_stdin(proc.pid)  # it reads stdin, which stays open
         os.kill(proc.pid, signal.SIGINT)
         time.sleep(0.5)
         assert proc.poll() is None
