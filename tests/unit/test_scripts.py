@@ -369,8 +369,17 @@ def test_cpu_bench_passes_a_sigterm_to_itself_alone_on_to_the_benchmark(tmp_path
            "PYTHON": str(fake)}  # fmt: skip
     started = subprocess.Popen(["bash", "scripts/cpu_bench.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def printed() -> bool:  # the benchmark's line in OUT/NAME.jsonl.tmp: it runs, its trap set, the script's too
+        try:
+            return any(path.read_text() for path in (tmp_path / "out").glob("*.jsonl.tmp"))
+        except OSError:
+            return False
+
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 10
+        while not printed() and time.monotonic() < deadline:
+            time.sleep(0.05)
         started.send_signal(signal.SIGTERM)  # (the script alone: its benchmark runs in its own process)
         _, stderr = started.communicate(timeout=10)
     finally:
