@@ -155,6 +155,23 @@ FORKS = r"""
 import argparse, json, os, runpy, signal, sys, tempfile, traceback
 import torch  # noqa: F401  (what every script imports: once, before the forks)
 
+# ... and the package's modules that they import, with theirs (numpy, rich, sentencepiece...), which each fork
+# imported again (a quarter of a second each). Not async_nmt.script_start: a script imports it first, as its
+# __main__, to take the signals (imported here, the fork's import would be a no-op that takes nothing). What
+# these imports print on stderr (a warning) each fork prints first, as a script importing them would.
+with tempfile.TemporaryFile() as said:
+    stderr = os.dup(2)
+    os.dup2(said.fileno(), 2)
+    try:
+        import async_nmt.errors, async_nmt.provenance, async_nmt.report, async_nmt.train.launch
+        import async_nmt.train.modes.paramserver, async_nmt.translate
+    finally:
+        sys.stderr.flush()
+        os.dup2(stderr, 2)
+        os.close(stderr)
+    said.seek(0)
+    IMPORTS_SAID = said.read()
+
 def help_report(parser, *args, **kwargs):
     parser.format_help()  # what --help prints: a help text with a stray % fails here
     print(json.dumps({
@@ -193,6 +210,7 @@ for case in json.load(sys.stdin):
         if pid == 0:
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
+            os.write(2, IMPORTS_SAID)
             run(case["script"], case["args"], case["help"])
         status = os.waitpid(pid, 0)[1]
         out.seek(0)
