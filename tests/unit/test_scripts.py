@@ -462,9 +462,10 @@ def test_ctrl_c_stops_the_step_under_way_and_the_script(tmp_path: Path, options:
 def test_bench_train_repeats_the_pair_in_turn_and_pools_them(synthetic_bin: Path):
     """--repeats 2 runs the product and the bare loop twice each, in turn: the line pools their tokens and
     gives each pair's ratio. (What it measures is not asserted: speed is the benchmarks' to measure.)"""
-    done = run("bench_train.py", str(synthetic_bin), "--preset", "micro", "--device", "cpu", "--seconds", "1",
-               "--max-tokens", "256", "--precision", "fp32", "--parts-updates", "1", "--repeats", "2",
-               "--log-every", "1")  # fmt: skip
+    # (in a fork of a process that has imported torch and the package, `run_forked`: as `python SCRIPT ARGS` runs)
+    (done,) = run_forked([("bench_train.py", [str(synthetic_bin), "--preset", "micro", "--device", "cpu", "--seconds",
+                                              "1", "--max-tokens", "256", "--precision", "fp32", "--parts-updates",
+                                              "1", "--repeats", "2", "--log-every", "1"], False)])  # fmt: skip
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr  # (torch's about nested tensors)
     line = json.loads(done.stdout)
     assert line["repeats"] == 2 and line["warm_process"] and len(line["ratios"]) == 2
