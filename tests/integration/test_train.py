@@ -1631,15 +1631,16 @@ def test_a_save_at_the_last_update_is_written_once(synthetic_bin: Path, tmp_path
 
 def test_the_training_clock_starts_at_the_start_event(learned_run: Path, synthetic_bin: Path, tmp_path: Path):
     """It ran from the trainer's making: a new run's start event said 0.03-0.07 s of set-up in train_s, and a
-    resumed one's as much past its save's."""
+    resumed one's as much past its save's. (The bounds, 0.01 s, leave room for a loaded machine: a resume took
+    0.004 s under a load of 8 on 2 cores, where 0.002 failed.)"""
     start = read_events(learned_run / "events.jsonl")[0]
-    assert start["kind"] == "start" and start["train_s"] < 0.002, start  # (it is some 1e-4 s now)
+    assert start["kind"] == "start" and start["train_s"] < 0.01, start  # (it is some 1e-4 s now)
     run = tmp_path / "copy"
     shutil.copytree(learned_run, run)
     saved = read_checkpoint(run / "checkpoints" / "last.pt")["train_s"]
     train(micro_config(synthetic_bin, max_updates=301, valid_every=150), run, resume=True, progress=False)
     resumed = [e for e in read_events(run / "events.jsonl") if e["kind"] == "start"][-1]
-    assert resumed["updates"] == 300 and resumed["train_s"] == pytest.approx(saved, abs=0.002)
+    assert resumed["updates"] == 300 and resumed["train_s"] == pytest.approx(saved, abs=0.01)
 
 
 def test_the_start_event_names_the_validation_sentences_that_nmt_report_compares(synthetic_bin: Path,
