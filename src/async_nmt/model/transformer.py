@@ -342,10 +342,8 @@ class Transformer(nn.Module):
     def embed_rows(self, tokens: Tensor, rows: Tensor) -> Tensor:
         """`embed_tokens(tokens)`'s rows `rows` of its [B * T] positions, computed for those alone: [len(rows), D]."""
         where = rows.remainder(tokens.size(1))
-        x = self.embed(tokens.reshape(-1).index_select(0, rows)) * self.embed_scale + self.positions.index_select(
-            0, where
-        )
-        return self.dropout(x)
+        x = self.embed(tokens.reshape(-1).index_select(0, rows))
+        return self.dropout(x * self.embed_scale + self.positions.index_select(0, where))
 
     def forward(self, src: Tensor, prev_tgt: Tensor) -> Tensor:
         """Logits [B, T, V] for every target position (teacher forcing)."""
