@@ -169,7 +169,6 @@ def rank_main(rank: int, setup: RankSetup) -> None:
 def launch_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, devices: list[str],
                  scratch: bool = False) -> None:  # fmt: skip
     """Spawn one rank per worker and supervise them; rank 0 writes the run folder."""
-    processes.start_resource_tracker()  # (before the queue and event the ranks share)
     errors, interrupt = processes.context().SimpleQueue(), processes.context().Event()
     setup = RankSetup(cfg, run_dir, resume, progress, processes.free_port(), devices, errors, interrupt, scratch,
                       time.time())  # fmt: skip

@@ -54,6 +54,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the parent's to handle (Ctrl-C
 
 
 def context() -> Any:
+    """The spawn context, from which every lock and queue that worker processes share is made: multiprocessing's
+    resource tracker is started first, in a session of its own (`start_resource_tracker`)."""
+    start_resource_tracker()
     return mp.get_context("spawn")
 
 

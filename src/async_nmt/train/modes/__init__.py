@@ -28,7 +28,6 @@ import torch
 from async_nmt.config import ASYNC_MODES, MODES, RANK_MODES, TrainConfig, torchrun_rank
 from async_nmt.devices import default_device, resolve_device
 from async_nmt.errors import UserError
-from async_nmt.train import processes
 from async_nmt.train.modes.asynchronous import ProcessWorkers
 from async_nmt.train.modes.diloco import DistributedDiloco, OuterServer, SimulatedDiloco
 from async_nmt.train.modes.local import LocalWorker
@@ -49,7 +48,6 @@ def build_workers(ctx: ModeContext) -> Workers:
         return RemoteWorkers(ctx, ParamServer(ctx.flat.data, **options))
     if cfg.workers > 1 and not cfg.simulate and cfg.mode in ASYNC_MODES:  # a shared server's clients
         shard_devices = [torch.device(d) for d in dict.fromkeys(ctx.devices)]  # one shard per device
-        processes.start_resource_tracker()  # (before the server's locks)
         server = ParamServer(ctx.flat.data, **options, shards=cfg.shards or len(shard_devices),
                              devices=shard_devices, shared=True)  # fmt: skip
         return ProcessWorkers(ctx, server)  # each worker process compiles its own model

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from async_nmt.errors import UserError
+from async_nmt.train import processes
 from async_nmt.train.optim import FlatAdam, inverse_sqrt_lr, norm_and_scale, norm_and_scale_on_device
 from async_nmt.train.processes import uninterrupted
 
@@ -88,7 +88,7 @@ class ParamServer:
             for adam in self.adam:
                 if adam.params.device.type == "cpu":
                     adam.share_memory_()
-            ctx = multiprocessing.get_context("spawn")
+            ctx = processes.context()
             self.locks = [ctx.Lock() for _ in self.shards]
         else:
             self.locks = [contextlib.nullcontext() for _ in self.shards]
