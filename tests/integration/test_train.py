@@ -1971,10 +1971,19 @@ def test_a_second_ctrl_c_stops_an_update_under_way_at_once(synthetic_bin: Path, 
 
 def test_the_start_event_records_the_worker_speeds_and_shards_a_resume_may_change(synthetic_bin: Path,
                                                                                    tmp_path: Path):  # fmt: skip
-    """A resume may change --worker-speeds and --shards; the start events did not say which were in force."""
-    run = tmp_path / "run"
-    common = dict(mode="async", workers=2, simulate=True, valid_every=0)
-    train(micro_config(synthetic_bin, **common, max_updates=2, worker_speeds=[1.0, 0.5]), run, progress=False)
-    train(micro_config(synthetic_bin, **common, max_updates=4), run, resume=True, progress=False)
-    starts = [e for e in read_events(run / "events.jsonl") if e["kind"] == "start"]
-    assert [(e["worker_speeds"], e["shards"]) for e in starts] == [([1.0, 0.5], 0), ([], 0)]
+    """A resume may change --worker-speeds and --shards; the start events did not say which were in force, nor,
+    for --shards 0 (one per device), how many shards the server had: `server_shards`."""
+
+    def starts(run: Path) -> list[tuple]:
+        events = read_events(run / "events.jsonl")
+        return [(e["worker_speeds"], e["shards"], e["server_shards"]) for e in events if e["kind"] == "start"]
+
+    common = dict(mode="async", workers=2, valid_every=0)
+    speeds = dict(simulate=True, worker_speeds=[1.0, 0.5])  # emulated workers: one shard
+    train(micro_config(synthetic_bin, **common, **speeds, max_updates=2), tmp_path / "a", progress=False)
+    train(micro_config(synthetic_bin, **common, simulate=True, max_updates=4), tmp_path / "a", resume=True,
+          progress=False)  # fmt: skip
+    assert starts(tmp_path / "a") == [([1.0, 0.5], 0, 1), ([], 0, 1)]
+    # worker processes share a server of --shards S (0: one per device, here one: cpu)
+    train(micro_config(synthetic_bin, **common, max_updates=1, shards=3), tmp_path / "b", progress=False)
+    assert starts(tmp_path / "b") == [([], 3, 3)]

@@ -689,6 +689,7 @@ class Trainer:
             valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=cfg.log_every,
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
+            server_shards=len(getattr(self.workers.server, "shards", [None])),  # `shards` 0 is one per device
             worker_speeds=list(cfg.worker_speeds),
             # what the times were measured on, and the code that trained from here (a resume may run another
             # commit): rank 0's, which alone writes the log (the other ranks did not ask git too)
