@@ -774,6 +774,24 @@ def test_a_save_cut_short_at_best_pt_is_finished_by_a_resume_at_the_runs_limit(s
     assert (run / "checkpoints" / f"update-{last}.pt").is_file()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_accum_beyond_an_epoch_is_refused(synthetic_bin: Path, tmp_path: Path, workers: int):
+    """--local-accum 10^8 trained and never pushed, and --max-time, read between updates, did not stop it. A
+    worker's push may sum at most the batches it takes in an epoch."""
+    from async_nmt.config import TrainConfig
+    from async_nmt.train.trainer import Trainer
+
+    mode = {"mode": "async", "workers": workers, "simulate": True} if workers > 1 else {}
+    options = dict(bin_dir=str(synthetic_bin), preset="micro", devices=["cpu"], max_tokens=512, **mode)
+    share = min(len(stream) for stream in Trainer(TrainConfig(**options), tmp_path / "run").streams)
+    assert Trainer(TrainConfig(**options, local_accum=share), tmp_path / "run")  # (all of them: taken)
+    flags = ["--mode", "async", "--workers", str(workers), "--simulate"] if workers > 1 else []
+    result = nmt("train", synthetic_bin, tmp_path / "run", *TRAIN, *flags, "--max-updates", "1",
+                 "--local-accum", str(share + 1))  # fmt: skip
+    one_line_error(result, f"--local-accum {share + 1} is more than the {share} batches", "--max-tokens 512")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_another_update_rule(synthetic_bin: Path, run_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

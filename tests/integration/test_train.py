@@ -1941,7 +1941,7 @@ def test_a_run_stopped_by_patience_says_so_though_its_closing_validation_improve
 
 def test_a_second_ctrl_c_stops_an_update_under_way_at_once(synthetic_bin: Path, tmp_path: Path):
     """One worker (or --simulate) holds Ctrl-C until the update under way is done, so that the checkpoint
-    holds whole updates. A slow update (here --local-accum 3000) held every signal without a word: a second
+    holds whole updates. A slow update (here --local-accum 2000) held every signal without a word: a second
     Ctrl-C, or `timeout`'s, did nothing until it ended (an audit's update of 11 minutes needed kill -9). The
     first now says so at once, and a second stops at once, unsaved, as elsewhere."""
     import signal
@@ -1950,8 +1950,9 @@ def test_a_second_ctrl_c_stops_an_update_under_way_at_once(synthetic_bin: Path, 
     from async_nmt.train.trainer import UPDATE_HELD
 
     run = tmp_path / "run"
-    proc = _nmt_train(synthetic_bin, run, "--preset", "micro", "--devices", "cpu", "--max-tokens", "512",
-                      "--valid-every", "0", "--local-accum", "3000", "--max-updates", "1")  # fmt: skip
+    # (2,000 batches of 2 sentences: a push of most of an epoch, the most --local-accum may sum)
+    proc = _nmt_train(synthetic_bin, run, "--preset", "micro", "--devices", "cpu", "--max-tokens", "16",
+                      "--valid-every", "0", "--local-accum", "2000", "--max-updates", "1")  # fmt: skip
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not any(e["kind"] == "start" for e in _events(run)):

@@ -60,7 +60,8 @@ OPTIONS = [
                  "of the pushes it sums) (Zhang et al. 2016); none = the schedule's learning rate. Refused in the "
                  "other modes."),
     click.option("--local-accum", default=1, show_default=True,
-                 help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay)."),
+                 help="Batches a worker sums before it pushes (fairseq --update-freq, Marian --optimizer-delay); at "
+                 "most the batches a worker takes in an epoch."),
     click.option("--devices", default=None,
                  help="Comma-separated devices, e.g. cpu or cuda:0,cuda:1; workers take them round-robin, so "
                  "several may share one (default: the first GPU, else cpu)."),

@@ -128,6 +128,12 @@ class Trainer:
                                       cfg.batch_sort)  # fmt: skip
         for stream in self.streams:
             stream.pin = self.device.type == "cuda"
+        share = min(len(stream) for stream in self.streams)  # a worker's batches of an epoch
+        if cfg.local_accum > share:  # (10^8 ran and never pushed; --max-time is read between updates)
+            where = "each worker takes in" if cfg.workers > 1 else "of"
+            raise UserError(f"--local-accum {cfg.local_accum} is more than the {share} batches {where} an epoch at "
+                            f"--max-tokens {cfg.max_tokens}: a push would sum them more than once; give a lower "
+                            "--local-accum")  # fmt: skip
         self.saved_at: int | None = None  # update of the last checkpoint written
         self.saved_tokens = -1  # the tokens it holds (a stop at its update whose drain adds none saves no more)
         self.workers = build_workers(
