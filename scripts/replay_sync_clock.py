@@ -21,7 +21,6 @@ import async_nmt.script_start  # noqa: F401  (first: Ctrl-C while torch is impor
 # isort: split
 import argparse
 import json
-import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +34,7 @@ from async_nmt.train.checkpoint import check_not_inside_a_run
 from async_nmt.train.events import read_events, round_floats
 from async_nmt.train.links import link_seconds
 from async_nmt.train.modes.simulated import PredictedClock
+from async_nmt.train.options import MIN_SPEED
 
 
 def replay(run: Path, out: Path, speeds: list[float], bin_dir: Path | None = None, force: bool = False) -> None:
@@ -130,7 +130,9 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a simulated sync run folder, trained with --simulate-token-us")
     parser.add_argument("out", type=Path, help="the folder to write the replayed run into")
     parser.add_argument(
-        "--worker-speeds", required=True, help="the speeds to replay at, comma-separated, one per worker"
+        "--worker-speeds",
+        required=True,
+        help="the speeds to replay at, comma-separated, one per worker, each from 0.001 to 1000 (as nmt-train's)",
     )
     parser.add_argument("--bin", type=Path, default=None, help="the run's BIN folder, if not where it was")
     parser.add_argument("--force", action="store_true", help="replace OUT where it holds a replay of this script")
@@ -139,8 +141,11 @@ def main() -> None:
         speeds = [float(s) for s in args.worker_speeds.split(",")]
     except ValueError:
         raise UserError(f"--worker-speeds: {args.worker_speeds!r} is not a comma-separated list of numbers") from None
-    if not all(0 < s < math.inf for s in speeds):  # (nan is neither)
-        raise UserError("--worker-speeds: every speed must be a positive number")
+    # nmt-train's range (nan is outside it): a speed of 1e-320 replayed an infinite clock, written as Infinity,
+    # which no JSON reader (nmt report's included) takes back
+    if not all(MIN_SPEED <= s <= 1 / MIN_SPEED for s in speeds):
+        raise UserError(f"--worker-speeds: every speed must be between {MIN_SPEED:g} and {1 / MIN_SPEED:g}, as "
+                        "nmt-train takes them")  # fmt: skip
     replay(args.run, args.out, speeds, args.bin, args.force)
 
 

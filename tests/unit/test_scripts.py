@@ -258,6 +258,12 @@ BAD_INPUT = [
         f"--plots: {ROOT / 'README.md'} is a file",
     ),
     ("replay_sync_clock.py", ["/nope", "/nope-out", "--worker-speeds", "1,1"], "/nope: not a run folder"),
+    # (a speed of 1e-320 replayed an infinite clock, written into the events as Infinity, which JSON has not)
+    (
+        "replay_sync_clock.py",
+        ["/nope", "/nope-out", "--worker-speeds", "1e-320,1"],
+        "--worker-speeds: every speed must be between 0.001 and 1000, as nmt-train takes them",
+    ),
     ("count_ops.py", ["/nope", "--run", "/nope-run", "--preset", "micro"], "--preset: not with --run"),
     # argparse's own: its usage (8 lines for bench_train.py), then the error
     ("bench_train.py", ["/nope", "--seconds", "abc"], "argument --seconds: invalid float value: 'abc' (see `bench_"),
