@@ -17,6 +17,8 @@
 #   Sync at those speeds is not trained again: its updates do not depend on the speeds, so
 #   scripts/replay_sync_clock.py replays each sync run's batches through the clock at those speeds
 #   (sync-spread-sN, sync-straggler-sN).
+#   A configuration that is not one of these, and a SEEDS, LANES, TRAIN_PAIRS or PATIENCE that is not whole
+#   numbers (LANES, TRAIN_PAIRS, PATIENCE: at least 1), are refused before any work.
 set -euo pipefail
 source "$(dirname "$0")/arguments.sh"
 no_arguments "$@"
@@ -31,18 +33,6 @@ EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 accum4-spread accum4-straggler diloc
 NMT=${NMT:-nmt}
 PYTHON=${PYTHON:-python3}
 export OMP_NUM_THREADS=1
-
-# the data: the first TRAIN_PAIRS training verse pairs of bible-de-en, the valid and test splits whole,
-# a joint unigram vocabulary of 2,000 (the micro model's output layer is then cheap enough for the CPU)
-if [[ ! -f $OUT/bin/manifest.json ]]; then
-    [[ -f $RAW/train.de ]] || "$NMT" corpus get bible-de-en "$RAW"
-    mkdir -p "$OUT/raw"
-    for side in de en; do
-        head -n "$TRAIN_PAIRS" "$RAW/train.$side" >"$OUT/raw/train.$side"
-        cp "$RAW/valid.$side" "$RAW/test.$side" "$OUT/raw/"
-    done
-    "$NMT" preprocess "$OUT/raw" "$OUT/bin" --vocab-size 2000 --force
-fi
 
 # Every run: micro (d64, 2+2 layers), 4 emulated workers of 1,024-token batches, lr 2e-3 after 200 warmup
 # updates, validation on the first 500 valid sentences about every 400k target tokens (100 updates of sync
@@ -71,6 +61,33 @@ options() {  # the options of a configuration
         *) echo "unknown configuration $1" >&2; return 1 ;;
     esac
 }
+
+# the knobs, before any work: an unknown configuration ran as a run of nmt train's default mode, under its
+# name, and LANES=0 ran every run at once (xargs -P 0)
+for config in $CONFIGS $EXTRA_CONFIGS; do
+    options "$config" >/dev/null 2>&1 || refuse "CONFIGS, EXTRA_CONFIGS: '$config' is not a configuration (one of" \
+        "sync async accum4 async-inverse async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100" \
+        "localsgd-h10)"
+done
+for seed in $SEEDS; do
+    [[ $seed =~ ^-?[0-9]+$ ]] || refuse "SEEDS: '$seed' is not a whole number"
+done
+[[ -n ${SEEDS//[[:space:]]/} ]] || refuse "SEEDS is empty: give one or more seeds"
+for name in TRAIN_PAIRS LANES PATIENCE; do
+    [[ ${!name} =~ ^[0-9]+$ ]] && ((10#${!name} >= 1)) || refuse "$name=${!name}: give a whole number of at least 1"
+done
+
+# the data: the first TRAIN_PAIRS training verse pairs of bible-de-en, the valid and test splits whole,
+# a joint unigram vocabulary of 2,000 (the micro model's output layer is then cheap enough for the CPU)
+if [[ ! -f $OUT/bin/manifest.json ]]; then
+    [[ -f $RAW/train.de ]] || "$NMT" corpus get bible-de-en "$RAW"
+    mkdir -p "$OUT/raw"
+    for side in de en; do
+        head -n "$TRAIN_PAIRS" "$RAW/train.$side" >"$OUT/raw/train.$side"
+        cp "$RAW/valid.$side" "$RAW/test.$side" "$OUT/raw/"
+    done
+    "$NMT" preprocess "$OUT/raw" "$OUT/bin" --vocab-size 2000 --force
+fi
 
 ended() {  # ended DIR: the run's last event is an end by its own rule (Ctrl-C or SIGTERM writes one with "interrupted": true)
     [[ -f $1/events.jsonl ]] && tail -n 1 "$1/events.jsonl" | grep -q '"kind": "end".*"interrupted": false'

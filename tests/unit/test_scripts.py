@@ -424,6 +424,38 @@ def test_gpu_experiment_refuses_a_bad_knob_before_any_run(tmp_path: Path, synthe
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
+def a_fake_nmt(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in for `nmt` that logs each call (into the log returned beside it) and does nothing else."""
+    log, fake = tmp_path / "nmt.log", tmp_path / "fake-nmt"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >>"{log}"\n')
+    fake.chmod(0o755)
+    return fake, log
+
+
+@pytest.mark.parametrize(
+    "knob, said",
+    [({"CONFIGS": "sync bogus"}, "CONFIGS, EXTRA_CONFIGS: 'bogus' is not a configuration (one of sync async "),
+     ({"EXTRA_CONFIGS": "diloco"}, "CONFIGS, EXTRA_CONFIGS: 'diloco' is not a configuration"),
+     ({"SEEDS": "1 x"}, "SEEDS: 'x' is not a whole number"), ({"SEEDS": " "}, "SEEDS is empty"),
+     ({"LANES": "0"}, "LANES=0: give a whole number of at least 1"),
+     ({"TRAIN_PAIRS": "ten"}, "TRAIN_PAIRS=ten: give a whole number of at least 1"),
+     ({"PATIENCE": "0"}, "PATIENCE=0: give a whole number of at least 1")],
+    ids=["configs", "extra-configs", "seeds", "no-seeds", "lanes", "train-pairs", "patience"],
+)  # fmt: skip
+def test_experiment_convergence_refuses_a_bad_knob_before_any_work(tmp_path: Path, knob: dict, said: str):
+    """An unknown configuration was trained as a run of nmt train's default mode (sync) under its name, its
+    results copied into DOCS; LANES=0 ran every run at once (xargs -P 0), and a bad number failed at the first
+    command that took it, after the corpus was fetched and preprocessed."""
+    fake, log = a_fake_nmt(tmp_path)
+    env = {**ENV, "OUT": str(tmp_path / "out"), "DOCS": str(tmp_path / "docs"), "RAW": str(tmp_path / "raw"),
+           "NMT": str(fake), **knob}  # fmt: skip
+    result = subprocess.run(["bash", "scripts/experiment_convergence.sh"], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {said}"), result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-nmt"]  # nothing ran, nothing made
+
+
 def steps(out: Path, commands: str, options: str = "") -> subprocess.Popen[str]:
     """A script of `step`s (scripts/steps.sh, as the GPU scripts run them) ended by steps_end, started;
     `options`: its first line (`set -euo pipefail`)."""
