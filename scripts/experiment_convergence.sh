@@ -13,7 +13,7 @@
 #            then: async-local4 (4 batches summed per push: the batch of a sync update at async's
 #            staleness) answers (b); the next two race (d) with worker speeds 1,1,1,0.8 (spread) and
 #            1,1,1,0.5 (straggler); the last three put DiLoCo (outer lr 0.7, Nesterov 0.9) and local SGD
-#            (outer lr 1, no momentum) on the same chart (issue 12).
+#            (outer lr 1, no momentum) on the same chart (issue 12). EXTRA_CONFIGS= (empty): none of them.
 #   Sync at those speeds is not trained again: its updates do not depend on the speeds, so
 #   scripts/replay_sync_clock.py replays each sync run's batches through the clock at those speeds
 #   (sync-spread-sN, sync-straggler-sN).
@@ -29,7 +29,7 @@ TRAIN_PAIRS=${TRAIN_PAIRS:-10000}
 SEEDS=${SEEDS:-1 2 3}
 LANES=${LANES:-2}
 CONFIGS=${CONFIGS:-sync async accum4 async-inverse}
-EXTRA_CONFIGS=${EXTRA_CONFIGS:-async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100 localsgd-h10}
+EXTRA_CONFIGS=${EXTRA_CONFIGS-async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100 localsgd-h10}
 NMT=${NMT:-nmt}
 PYTHON=${PYTHON:-python3}
 export OMP_NUM_THREADS=1

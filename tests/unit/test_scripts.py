@@ -456,6 +456,31 @@ def test_experiment_convergence_refuses_a_bad_knob_before_any_work(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-nmt"]  # nothing ran, nothing made
 
 
+def test_experiment_convergence_runs_no_extra_configuration_where_extra_configs_is_empty(tmp_path: Path):
+    """`EXTRA_CONFIGS=` (empty), the way to leave them out, was taken for the default: every seed of the six
+    extra configurations was trained after CONFIGS' runs (hours of them)."""
+    log, fake = tmp_path / "nmt.log", tmp_path / "fake-nmt"
+    fake.write_text(  # (a run that ends at once, a translation, a score: what the script reads of each)
+        f'#!/usr/bin/env bash\necho "$*" >>"{log}"\n'
+        "case $1 in\n"
+        '  train) mkdir -p "$3"; echo \'{"kind": "end", "interrupted": false}\' >"$3/events.jsonl"; '
+        'echo {} >"$3/config.json" ;;\n'
+        '  translate) while (($#)); do [[ $1 == -o ]] && : >"$2"; shift; done ;;\n'
+        "  score) echo {} ;;\n"
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    (tmp_path / "out" / "bin").mkdir(parents=True)
+    (tmp_path / "out" / "bin" / "manifest.json").write_text("{}")  # (the corpus is made: nothing preprocessed)
+    env = {**ENV, "OUT": str(tmp_path / "out"), "DOCS": str(tmp_path / "docs"), "NMT": str(fake), "PYTHON": "true",
+           "CONFIGS": "sync", "EXTRA_CONFIGS": "", "SEEDS": "1", "LANES": "1"}  # fmt: skip
+    result = subprocess.run(["bash", "scripts/experiment_convergence.sh"], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    trained = [line.split()[2] for line in log.read_text().splitlines() if line.startswith("train ")]
+    assert trained == [str(tmp_path / "out" / "sync-s1")]
+
+
 def steps(out: Path, commands: str, options: str = "") -> subprocess.Popen[str]:
     """A script of `step`s (scripts/steps.sh, as the GPU scripts run them) ended by steps_end, started;
     `options`: its first line (`set -euo pipefail`)."""
