@@ -219,6 +219,10 @@ check_settings() {
     for name in WORKERS ACCUM BEAM MAX_TOKENS VOCAB_SIZE; do
         [[ ${!name} =~ ^[0-9]+$ ]] && ((10#${!name} >= 1)) || refuse "$name=${!name}: give a whole number of at least 1"
     done
+    # the largest nmt train and translate take (10^20 overflows bash's arithmetic: awk compares it)
+    within WORKERS "<= 1024" "a whole number from 1 to 1024 (nmt train's most)"
+    within ACCUM "<= 1048576" "a whole number from 1 to 1048576 (nmt train's most)"
+    within BEAM "<= 2147483648" "a whole number from 1 to 2^31 (nmt translate's most)"
     for name in WARMUP MAX_UPDATES VALID_EVERY VALID_MAX_SENTENCES; do
         [[ ${!name} =~ ^[0-9]+$ ]] || refuse "$name=${!name}: give a whole number (0 or more)"
     done
@@ -242,6 +246,7 @@ check_settings() {
     within VOCAB_SIZE ">= 8" "a vocabulary of at least 8 pieces (nmt preprocess needs them)"
     if [[ -n $WORKER_SPEEDS ]]; then
         local speeds speed
+        ((10#$WORKERS > 1)) || refuse "WORKER_SPEEDS=$WORKER_SPEEDS: needs WORKERS of 2 or more (WORKERS=$WORKERS)"
         [[ $WORKER_SPEEDS =~ ^$number(,$number)*$ ]] ||
             refuse "WORKER_SPEEDS=$WORKER_SPEEDS: give comma-separated numbers, one a worker, e.g. 1,1,1,0.5"
         IFS=, read -ra speeds <<<"$WORKER_SPEEDS"

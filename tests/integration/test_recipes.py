@@ -136,7 +136,13 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
      ("MAX_TIME", "1e-400", "MAX_TIME=1e-400 and MAX_UPDATES=0: give one of them a limit"),
      ("LR", "1e400", "LR=1e400: give a number above 0, a finite one"),
      ("TARGET_BLEU", "1e400", "TARGET_BLEU=1e400: give a number above 0, a finite one"),
-     ("LR", "1e-400", "LR=1e-400: give a number above 0")],
+     ("LR", "1e-400", "LR=1e-400: give a number above 0"),
+     # (beyond what nmt train or translate take: refused at the first run, after the corpus was fetched and
+     # preprocessed, or at the first translation, after the run had trained; a user sweep)
+     ("WORKERS", "2000", "WORKERS=2000: give a whole number from 1 to 1024"),
+     ("WORKERS", "99999999999999999999", "WORKERS=99999999999999999999: give a whole number from 1 to 1024"),
+     ("ACCUM", "2000000", "ACCUM=2000000: give a whole number from 1 to 1048576"),
+     ("BEAM", "3000000000", "BEAM=3000000000: give a whole number from 1 to 2^31")],
 )  # fmt: skip
 def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
                                              tmp_path: Path) -> None:  # fmt: skip
@@ -146,6 +152,16 @@ def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str,
     result = run_recipe(recipe, OUT=tmp_path / "out", **{knob: value})
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("recipe", ["bible-de-en.sh", "wmt14-en-de.sh"])
+def test_worker_speeds_with_one_worker_fail_before_anything_runs(recipe: str, tmp_path: Path) -> None:
+    """WORKERS=1 with WORKER_SPEEDS=1 (a speed a worker) passed the checks, and nmt train refused it (`--worker-speeds
+    needs several workers`) only after the corpus was fetched and preprocessed."""
+    result = run_recipe(recipe, OUT=tmp_path / "out", WORKERS=1, WORKER_SPEEDS=1)
+    assert result.returncode == 2 and result.stderr == "error: WORKER_SPEEDS=1: needs WORKERS of 2 or more " \
+        "(WORKERS=1)\n", result.stderr  # fmt: skip
     assert result.stdout == "" and not (tmp_path / "out").exists()
 
 
