@@ -2,6 +2,8 @@
 # The experiment of docs/results.md: sync, async and async-accum on bible-de-en (make demo writes demo/bin),
 # 4 emulated workers (--simulate) at two learning rates, the batch-size/staleness pair, a straggler, and
 # 2 real worker processes per mode; MAX_TIME seconds of training clock each, then `nmt report` tables.
+# Knobs (environment): BIN [demo/bin], OUT [runs/experiment]: the run folders, their logs and the reports,
+#   MAX_TIME [240], NMT_TRAIN [nmt-train] and NMT [nmt]: the commands.
 set -euo pipefail
 source "$(dirname "$0")/arguments.sh"
 no_arguments "$@"

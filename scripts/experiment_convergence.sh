@@ -7,7 +7,8 @@
 #
 # Knobs (environment): RAW [demo/raw, from `make demo` or `nmt corpus get bible-de-en demo/raw`],
 #   OUT [runs/convergence], DOCS [docs/results/convergence], TRAIN_PAIRS [10000], SEEDS [1 2 3],
-#   LANES [2]: runs trained at once, one thread each;
+#   LANES [2]: runs trained at once, one thread each; PATIENCE [8] (below); NMT [nmt] and PYTHON [python3]:
+#   the commands;
 #   CONFIGS [sync async accum4 async-inverse]: they answer (a) and (c), every seed of them first;
 #   EXTRA_CONFIGS [async-local4 accum4-spread accum4-straggler diloco-h10 diloco-h100 localsgd-h10],
 #            then: async-local4 (4 batches summed per push: the batch of a sync update at async's

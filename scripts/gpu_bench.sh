@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 8's GPU session in one script, for a machine with one GPU, PyTorch and no network. It needs demo/bin
-# (make demo; carry it to the GPU machine). It keeps within BUDGET seconds [480]: each step's time limit is
-# cut to what is left, and a step with under 15 s left is skipped, so that the script always ends, and its
+# Issue 8's GPU session in one script, for a machine with one GPU, PyTorch and no network. It needs BIN
+# [demo/bin] (make demo; carry it to the GPU machine). It keeps within BUDGET seconds [480]: each step's time
+# limit is cut to what is left, and a step with under 15 s left is skipped, so that the script always ends, and its
 # files can be packed, inside the device call. The steps come in the order of what they are worth. Under
 # OUT [gpu-out] it writes one log per step, steps.txt (each step's exit code and seconds) and bench.jsonl
 # (every JSON line the benchmarks printed); with PACK=FILE.tgz it packs OUT into FILE.tgz at the end (a
@@ -27,7 +27,7 @@
 #      these steps of the trained model run only where the train step left a model of this run's in RUN
 #      [/tmp/gpu-bench-run] (one that failed at once left an earlier run's, whose figures passed for this one's);
 #   4. with MODE_BENCHES=1 (about 4 minutes more, past BUDGET after the rest), bench_paramserver.py and
-#      bench_modes.py (4 workers on cuda:0); with ONLY_MODES=1 these alone.
+#      bench_modes.py (WORKERS [4] workers on DEVICE); with ONLY_MODES=1 these alone.
 # It exits 1 where a step failed or ran out of time (steps.txt says which; the others still run), and 130 on
 # Ctrl-C, which stops the step under way and skips the rest (what is there is still packed).
 # An OUT used again holds this run's results alone: the earlier ones' logs and outputs are removed first. A dry

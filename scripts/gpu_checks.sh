@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks of the training modes, for a machine with one GPU and PyTorch installed (no network):
 # the worker-process tests on cuda:0 (2 workers sharing the GPU: CUDA IPC for the async server, gloo for
-# sync), the unit tests under that machine's torch, and the two benchmarks. Needs demo/bin (make demo).
+# sync), the unit tests under that machine's torch, and the two benchmarks (bench_paramserver.py on DEVICE
+# [cuda:0], bench_modes.py with WORKERS [4] workers on it). Needs demo/bin (make demo).
 # Writes logs and JSON lines under OUT (default: gpu-out).
 set -uo pipefail
 source "$(dirname "$0")/arguments.sh"

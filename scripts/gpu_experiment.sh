@@ -3,6 +3,9 @@
 # (N = WORKERS), the same model, data and learning rate, MAX_TIME seconds of training clock each, then
 # `nmt report`. Needs demo/bin (make demo). Validation is spaced by target tokens (about VALID_TOKENS),
 # so that the curves of all modes have points at comparable amounts of data.
+# Knobs (environment): OUT [gpu-out]: the report, events and log; RUNS [/tmp/gpu-runs]: the run folders
+#   (checkpoints are large); BIN [demo/bin]; WORKERS [4]; PRESET [small]; LR [1e-3]; WARMUP [500];
+#   MAX_TOKENS [4096]: each worker's batch; MAX_TIME [75]; VALID_TOKENS [2000000]; DEVICE [cuda:0].
 set -euo pipefail
 source "$(dirname "$0")/arguments.sh"
 no_arguments "$@"

@@ -14,7 +14,8 @@
 # machine.
 #
 # Knobs (environment): BIN [demo/bin, from `make demo`], OUT [runs/multinode], DOCS [docs/results/multinode],
-#   TOKEN_US [3.4], MAX_TOKENS [4096]: each worker's batch.
+#   TOKEN_US [3.4], MAX_TOKENS [4096]: each worker's batch, NMT [nmt]: the command, OMP_NUM_THREADS [1]: the
+#   threads of each run.
 set -euo pipefail
 source "$(dirname "$0")/arguments.sh"
 no_arguments "$@"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -326,6 +327,22 @@ def test_a_shell_scripts_help_shows_its_header_and_an_argument_is_refused(script
             assert result.stderr == f"error: {script} takes no arguments (got: {' '.join(args)}); its knobs are " \
                 f"environment variables (see bash scripts/{script} --help)\n"  # fmt: skip
         assert not any(tmp_path.iterdir())  # nothing made
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_a_shell_scripts_help_names_every_knob(script: str):
+    """`bash scripts/NAME.sh --help` prints the knobs (README, Benchmarks): it left out experiment_bible.sh's BIN,
+    OUT and commands, gpu_experiment.sh's run folders, PRESET, LR, WARMUP, MAX_TOKENS and DEVICE, the WORKERS
+    and DEVICE of the GPU scripts' mode benchmarks, and the commands of the others. A knob is a variable read
+    with a default (`${NAME:-...}`), in the script or in gpu_setup.sh where the script sources it."""
+    text = (ROOT / "scripts" / script).read_text()
+    if "gpu_setup.sh" in text:  # (its mode_benches reads DEVICE and WORKERS)
+        text += (ROOT / "scripts" / "gpu_setup.sh").read_text()
+    knobs = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):?-", text)) - {"STEPS_STOPPED"}  # (steps.sh's own, not a knob)
+    assert knobs
+    shown = subprocess.run(["bash", f"scripts/{script}", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           env=ENV, timeout=60).stdout  # fmt: skip
+    assert sorted(knob for knob in knobs if not re.search(rf"\b{knob}\b", shown)) == []
 
 
 def test_the_bench_scripts_refuse_a_wrong_folder_or_bin_before_any_work(tmp_path: Path):
