@@ -3,7 +3,7 @@
 # 4 emulated workers (--simulate) at two learning rates, the batch-size/staleness pair, a straggler, and
 # 2 real worker processes per mode; MAX_TIME seconds of training clock each, then `nmt report` tables.
 # Knobs (environment): BIN [demo/bin], OUT [runs/experiment]: the run folders, their logs and the reports,
-#   MAX_TIME [240], NMT_TRAIN [nmt-train] and NMT [nmt]: the commands.
+#   MAX_TIME [240]: seconds above 0, NMT_TRAIN [nmt-train] and NMT [nmt]: the commands.
 set -euo pipefail
 source "$(dirname "$0")/arguments.sh"
 no_arguments "$@"
@@ -12,6 +12,8 @@ OUT=${OUT:-runs/experiment}
 MAX_TIME=${MAX_TIME:-240}
 NMT_TRAIN=${NMT_TRAIN:-nmt-train}
 NMT=${NMT:-nmt}
+# (0 is nmt train's "no limit": the first run trained until Ctrl-C, and the others never started)
+[[ $MAX_TIME =~ ^[0-9]+([.][0-9]*)?$ ]] && [[ ! $MAX_TIME =~ ^0*([.]0*)?$ ]] || refuse "MAX_TIME=$MAX_TIME: give seconds above 0"
 mkdir -p "$OUT"
 common=(--preset tiny --devices cpu --max-tokens 1024 --warmup 250 --max-time "$MAX_TIME" --valid-max-sentences 400
         --quiet)

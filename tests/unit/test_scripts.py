@@ -473,6 +473,17 @@ def test_experiment_convergence_refuses_a_bad_knob_before_any_work(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-nmt"]  # nothing ran, nothing made
 
 
+@pytest.mark.parametrize("max_time", ["0", "0.0", "abc"])
+def test_experiment_bible_refuses_a_max_time_that_sets_no_limit_before_any_run(tmp_path: Path, max_time: str):
+    """MAX_TIME=0 is nmt train's "no limit": the first run trained until Ctrl-C, and the others never started."""
+    fake, log = a_fake_nmt(tmp_path)
+    env = {**ENV, "OUT": str(tmp_path / "out"), "NMT_TRAIN": str(fake), "NMT": str(fake), "MAX_TIME": max_time}
+    result = subprocess.run(["bash", "scripts/experiment_bible.sh"], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=60)  # fmt: skip
+    assert (result.returncode, result.stderr) == (2, f"error: MAX_TIME={max_time}: give seconds above 0\n")
+    assert result.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["fake-nmt"]
+
+
 def test_experiment_convergence_runs_no_extra_configuration_where_extra_configs_is_empty(tmp_path: Path):
     """`EXTRA_CONFIGS=` (empty), the way to leave them out, was taken for the default: every seed of the six
     extra configurations was trained after CONFIGS' runs (hours of them)."""
