@@ -13,7 +13,8 @@ MAX_TIME=${MAX_TIME:-240}
 NMT_TRAIN=${NMT_TRAIN:-nmt-train}
 NMT=${NMT:-nmt}
 # (0 is nmt train's "no limit": the first run trained until Ctrl-C, and the others never started)
-[[ $MAX_TIME =~ ^[0-9]+([.][0-9]*)?$ ]] && [[ ! $MAX_TIME =~ ^0*([.]0*)?$ ]] || refuse "MAX_TIME=$MAX_TIME: give seconds above 0"
+[[ $MAX_TIME =~ ^[0-9]+([.][0-9]*)?$ ]] && [[ ! $MAX_TIME =~ ^0*([.]0*)?$ ]] ||
+    refuse "MAX_TIME=$MAX_TIME: give seconds above 0"
 mkdir -p "$OUT"
 common=(--preset tiny --devices cpu --max-tokens 1024 --warmup 250 --max-time "$MAX_TIME" --valid-max-sentences 400
         --quiet)
@@ -27,7 +28,15 @@ train() {  # train NAME VALID_EVERY OPTION...
     local start=--force  # a run cut short goes on from its checkpoint
     [[ -f $OUT/$name/checkpoints/last.pt ]] && start=--resume
     echo "== $name: $*"
-    "$NMT_TRAIN" "$BIN" "$OUT/$name" "${common[@]}" --valid-every "$every" "$@" "$start" >"$OUT/$name.log" 2>&1
+    local code=0
+    "$NMT_TRAIN" "$BIN" "$OUT/$name" "${common[@]}" --valid-every "$every" "$@" "$start" >"$OUT/$name.log" 2>&1 ||
+        code=$?
+    # (its words are in its log: a run that failed ended the script without one)
+    if ((code == 130)); then echo "interrupted" >&2; exit 130; fi
+    if ((code)); then
+        echo "error: $name failed, exit code $code: $(tail -n 1 "$OUT/$name.log") ($OUT/$name.log)" >&2
+        exit 1
+    fi
 }
 for lr in 1e-3 5e-4; do
     train "sim-sync-$lr" 64 --mode sync --workers 4 --simulate --lr "$lr"

@@ -484,6 +484,21 @@ def test_experiment_bible_refuses_a_max_time_that_sets_no_limit_before_any_run(t
     assert result.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["fake-nmt"]
 
 
+def test_experiment_bible_names_a_run_that_failed(tmp_path: Path):
+    """A run that failed ended the script (exit code 1) without a word: its error was in its log alone."""
+    fake = tmp_path / "fake-nmt-train"
+    fake.write_text("#!/usr/bin/env bash\necho 'error: the reason' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**ENV, "OUT": str(out), "NMT_TRAIN": str(fake)}
+    result = subprocess.run(["bash", "scripts/experiment_bible.sh"], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=60)  # fmt: skip
+    log = out / "sim-sync-1e-3.log"
+    assert (result.returncode, result.stderr) == (1, f"error: sim-sync-1e-3 failed, exit code 2: error: the reason "
+                                                     f"({log})\n")  # fmt: skip
+    assert result.stdout.count("== ") == 1  # (no run after it)
+
+
 def test_experiment_convergence_runs_no_extra_configuration_where_extra_configs_is_empty(tmp_path: Path):
     """`EXTRA_CONFIGS=` (empty), the way to leave them out, was taken for the default: every seed of the six
     extra configurations was trained after CONFIGS' runs (hours of them)."""
