@@ -31,6 +31,10 @@ for name in WORKERS MAX_TOKENS VALID_TOKENS WARMUP; do
 done
 [[ $MAX_TIME =~ ^[0-9]+([.][0-9]*)?$ ]] && [[ ! $MAX_TIME =~ ^0*([.]0*)?$ ]] || refuse "MAX_TIME=$MAX_TIME: give seconds above 0"
 case $PRESET in micro | tiny | small | base | big) ;; *) refuse "PRESET=$PRESET: give one of micro, tiny, small, base, big" ;; esac
+# (these failed each mode's run in turn, after the set-up)
+[[ $LR =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$ ]] &&
+    awk -v x="$LR" 'BEGIN { exit !(x + 0 > 0 && x + 0 < 1e308) }' || refuse "LR=$LR: give a number above 0"
+[[ $DEVICE =~ ^(cpu|cuda:[0-9]+)$ ]] || refuse "DEVICE=$DEVICE: give cpu or cuda:N"
 mkdir -p "$OUT" "$RUNS"
 source "$(dirname "$0")/gpu_setup.sh"  # (nmt and nmt-train on a bare machine: they were "command not found")
 for mode in sync async async-accum; do

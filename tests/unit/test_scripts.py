@@ -429,8 +429,11 @@ def test_cpu_bench_refuses_an_unknown_name_in_only(tmp_path: Path):
      # (the check compared WORKERS with WARMUP's value, not its name: WARMUP=0 let WORKERS=0 through, and
      # WARMUP=1e3 was bash's arithmetic error blaming WORKERS)
      ({"WORKERS": "0", "WARMUP": "0"}, "WORKERS=0: give a whole number of at least 1"),
-     ({"WARMUP": "1e3"}, "WARMUP=1e3: give a whole number (0 or more)")],
-    ids=["workers", "max-time", "preset", "bin", "workers-warmup-0", "warmup-1e3"],
+     ({"WARMUP": "1e3"}, "WARMUP=1e3: give a whole number (0 or more)"),
+     # (these failed each mode's run in turn, after the set-up; a user sweep)
+     ({"LR": "0"}, "LR=0: give a number above 0"), ({"LR": "1e400"}, "LR=1e400: give a number above 0"),
+     ({"DEVICE": "gpu"}, "DEVICE=gpu: give cpu or cuda:N")],
+    ids=["workers", "max-time", "preset", "bin", "workers-warmup-0", "warmup-1e3", "lr-0", "lr-1e400", "device"],
 )  # fmt: skip
 def test_gpu_experiment_refuses_a_bad_knob_before_any_run(tmp_path: Path, synthetic_bin: Path, knob: dict, said: str):
     """WORKERS=0 failed in bash's arithmetic (division by 0); a bad PRESET or MAX_TIME failed each mode's run."""
