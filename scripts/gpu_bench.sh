@@ -52,6 +52,22 @@ SENTENCES=${SENTENCES:-1007}  # bench_translate of the trained model: the whole 
 BIN=${BIN:-demo/bin}
 RUN=${RUN:-/tmp/gpu-bench-run}
 TRAIN_OPTS=${TRAIN_OPTS:---lr 1e-3 --warmup 500 --dropout 0.3}  # the README's time-to-quality run (42.34 BLEU)
+# knobs checked before any work: one device call is all a session may get (BUDGET=8m was bash's arithmetic
+# error at the first step, and a switch other than 1 was taken as off without a word)
+for name in BUDGET SECONDS_EACH RUN_TIME TOKENS SENTENCES WORKERS; do
+  value=${!name:-4}  # (WORKERS: gpu_setup.sh's default)
+  [[ $value =~ ^[0-9]+$ ]] && ((10#$value >= 1)) || refuse "$name=$value: give a whole number of at least 1"
+  printf -v "$name" %d "$((10#$value))"  # (08 is 8: bash's arithmetic reads it as octal)
+done
+export BUDGET
+for name in TESTS TESTS_MODES STEP AB COMPILE MODE_BENCHES ONLY_MODES; do
+  [[ ${!name:-0} == 0 || ${!name:-0} == 1 ]] || refuse "$name=${!name}: give 0 or 1"
+done
+[[ $DEVICE =~ ^(cpu|cuda:[0-9]+)$ ]] || refuse "DEVICE=$DEVICE: give cpu or cuda:N"
+for preset in $PRESETS; do
+  case $preset in micro | tiny | small | base | big) ;; *) refuse "PRESETS=$PRESETS: give some of micro, tiny, small, base, big" ;; esac
+done
+[ -n "${PRESETS// /}" ] || refuse "PRESETS=$PRESETS: give some of micro, tiny, small, base, big"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd -P)
 if [ -n "${PACK:-}" ]; then  # (a PACK inside OUT: tar read its own growing file, failed, and packed nothing)

@@ -304,6 +304,23 @@ def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     assert commands and all(line.split()[1].startswith("PACK=") for line in commands)
 
 
+@pytest.mark.parametrize(
+    ("knob", "error"),
+    [("BUDGET=8m", "BUDGET=8m: give a whole number of at least 1"), ("SENTENCES=0", "SENTENCES=0: give a whole"),
+     ("TESTS=yes", "TESTS=yes: give 0 or 1"), ("COMPILE=2", "COMPILE=2: give 0 or 1"),
+     ("DEVICE=gpu", "DEVICE=gpu: give cpu or cuda:N"), ("PRESETS=base huge", "PRESETS=base huge: give some of")],
+)  # fmt: skip
+def test_gpu_bench_refuses_a_bad_knob_before_any_work(tmp_path: Path, knob: str, error: str):
+    """The one device call a session may get: BUDGET=8m was bash's arithmetic error at the first step (exit 1),
+    and a switch other than 1 (TESTS=yes) was taken as off without a word."""
+    name, value = knob.split("=", 1)
+    env = {**ENV, "OUT": str(tmp_path / "out"), name: value}
+    result = subprocess.run(["bash", "scripts/gpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {error}"), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == "" and not (tmp_path / "out").exists()
+
+
 SHELL_SCRIPTS = sorted(
     path.name
     for path in (ROOT / "scripts").glob("*.sh")
