@@ -21,6 +21,7 @@ from async_nmt.errors import (
     messages_never_fail,
     settle_stdout,
     sigterm_interrupts,
+    symlink_loop,
     system_error,
 )
 
@@ -68,6 +69,11 @@ class ReportsUserErrors:
             click.echo(f"error: {system_error(err)}", err=True)
             settle_stdout()  # (a full disk there: Python's flush at exit failed again, with exit code 120)
             sys.exit(1)
+        except RuntimeError as err:  # a path through a loop of symbolic links (`ln -s a b; ln -s b a`): a traceback
+            if (loop := symlink_loop(err)) is None:
+                raise
+            click.echo(f"error: {loop}: a loop of symbolic links, which leads nowhere", err=True)
+            sys.exit(2)
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2

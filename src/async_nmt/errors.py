@@ -5,6 +5,7 @@ scripts/ the same way."""
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import math
@@ -377,6 +378,21 @@ def system_error(err: OSError) -> str:
     names = [str(name) for name in (err.filename, err.filename2) if name is not None]
     where = f"{' -> '.join(names)}: " if names else ""
     return f"{where}{err.strerror or err}"
+
+
+SYMLINK_LOOP = "Symlink loop from "  # pathlib's message
+
+
+def symlink_loop(err: BaseException) -> str | None:
+    """The path that a RuntimeError of pathlib's `resolve` names as a loop of symbolic links (Python 3.11 and
+    3.12 raise that, not the OSError that `open` and `stat` raise for one); None for any other error."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not text.startswith(SYMLINK_LOOP):
+        return None
+    try:  # (the path as repr() wrote it)
+        return str(ast.literal_eval(text[len(SYMLINK_LOOP) :]))
+    except (ValueError, SyntaxError):
+        return text[len(SYMLINK_LOOP) :]
 
 
 def stdout_console(**options: object):

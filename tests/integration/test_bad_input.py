@@ -121,6 +121,22 @@ def test_a_folder_that_cannot_be_made_is_one_line(run_dir: Path, tmp_path: Path)
     assert (tmp_path / "file").read_text() == "keep"
 
 
+def test_a_loop_of_symbolic_links_on_the_way_to_an_output_is_one_line(run_dir: Path, synthetic_bin: Path,
+                                                                      tmp_path: Path):  # fmt: skip
+    """Output paths through links that lead to each other: preprocess's BIN, average's AVG.pt and train's RUN
+    were a traceback (pathlib's RuntimeError "Symlink loop from ..."), exit code 1; now one line, exit 2."""
+    raw = write_synthetic_corpus(tmp_path / "raw", n_train=50, n_valid=5, n_test=5)
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    for args in (("preprocess", raw, loop / "bin", "--vocab-size", "60"),
+                 ("average", run_dir, "--last", "2", "-o", loop / "avg.pt"),
+                 ("train", synthetic_bin, loop / "run", *TRAIN, "--max-updates", "1")):  # fmt: skip
+        line = one_line_error(nmt(*args), "a loop of symbolic links")
+        assert line.startswith(f"error: {loop}"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "loop2", "raw"]
+
+
 @pytest.mark.parametrize(
     "vocab_size, fragment",
     [(12, "it needs at least"), (10000, "not the 10000 asked for")],
