@@ -44,13 +44,35 @@ GZIP_MAGIC = b"\x1f\x8b"  # a gzip file's first bytes
 
 def not_utf8(name: str, line: int, head: bytes, detail: str = "") -> UserError:
     """The error for line `line` of `name`, which is not UTF-8 (`detail`: where in it); `head`: the text's
-    first bytes, whose byte order mark names a UTF-16 file (as some editors save), or whose magic number a
-    gzip file, with the command that converts it."""
+    first bytes, whose byte order mark names a UTF-16 file (as some editors save), as do NUL bytes beside its
+    characters without one (`unmarked_utf16`), or whose magic number a gzip file, with the command that
+    converts it."""
     utf16 = head[:2] in (b"\xff\xfe", b"\xfe\xff")
     hint = "; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)" if utf16 else ""
+    if not utf16 and (order := unmarked_utf16(head)) is not None:
+        hint = f"; {utf16_without_mark(order)}"
     if head[:2] == GZIP_MAGIC:
         hint = "; it is gzip-compressed: decompress it (zcat)"
     return UserError(f"{name}: line {line} is not valid UTF-8{f' ({detail})' if detail else ''}{hint}")
+
+
+def unmarked_utf16(head: bytes) -> str | None:
+    """The byte order, LE or BE, where a text's first bytes (up to 64) read as UTF-16 without a byte order
+    mark: a NUL byte beside each Latin character (`H\\0e\\0` little-endian, `\\0H\\0e` big-endian), which
+    UTF-8 text does not hold (`head[1::2]`: the high bytes of little-endian UTF-16); else None. (A file cut
+    from a UTF-16 one, or written so, has no mark; where its text is ASCII it is valid UTF-8, with a NUL byte
+    in every other place.)"""
+    pairs = head[: min(64, len(head)) // 2 * 2]
+    if len(pairs) < 4:
+        return None
+    for order, high, low in (("LE", pairs[1::2], pairs[0::2]), ("BE", pairs[0::2], pairs[1::2])):
+        if high.count(0) * 4 >= len(high) * 3 and low.count(0) * 4 <= len(low):
+            return order
+    return None
+
+
+def utf16_without_mark(order: str) -> str:
+    return f"it is UTF-16 ({order}) without a byte order mark: convert it (iconv -f UTF-16{order} -t UTF-8)"
 
 
 def lone_returns(data: bytes) -> int:

@@ -251,6 +251,24 @@ def test_a_utf16_file_is_named_so(raw: Path, tmp_path: Path) -> None:
     assert line.endswith("; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("text", ["ascii", "umlauts"])
+def test_a_utf16_file_without_a_byte_order_mark_is_named_so(raw: Path, tmp_path: Path, encoding: str, text: str):
+    """UTF-16 without a byte order mark (a file cut from one, or written so): ASCII text in it is valid UTF-8,
+    a NUL byte beside each character, and was preprocessed into a corpus of NUL pieces (a vocabulary of single
+    characters, half its pairs dropped as too long, with a warning to check the alignment); other text was
+    "not valid UTF-8", without the hint."""
+    lines = (raw / "train.tgt").read_text(encoding="utf-8")
+    if text == "umlauts":
+        lines = "Über " + lines
+    (raw / "train.tgt").write_bytes(lines.encode(encoding))
+    order = encoding[-2:].upper()
+    line = assert_one_line_error(nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100"), "train.tgt: line 1")
+    assert line.endswith(f"; it is UTF-16 ({order}) without a byte order mark: convert it (iconv -f UTF-16{order} -t "
+                         "UTF-8)"), line  # fmt: skip
+    assert not (tmp_path / "bin").exists()
+
+
 def test_the_same_file_on_both_sides_is_warned_of(raw: Path, tmp_path: Path) -> None:
     """A link made by mistake (train.en -> train.de) trained a copying model without a word."""
     (raw / "train.tgt").unlink()

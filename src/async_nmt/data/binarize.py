@@ -43,7 +43,16 @@ from async_nmt.config import (
     run_folder_in,
 )
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
-from async_nmt.errors import UserError, briefly, check_line_ends, lone_returns, not_utf8, reason
+from async_nmt.errors import (
+    UserError,
+    briefly,
+    check_line_ends,
+    lone_returns,
+    not_utf8,
+    reason,
+    unmarked_utf16,
+    utf16_without_mark,
+)
 from async_nmt.progress import ProgressBar
 
 CHUNK_LINES = 20_000  # lines encoded per sentencepiece batch
@@ -362,6 +371,8 @@ def _check_text(path: Path) -> tuple[int, int, bool]:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):  # noqa: B007 (n is the count afterwards)
                 decoded = line.decode("utf-8")
+                if n == 1 and (order := unmarked_utf16(line)) is not None:  # (ASCII text: valid UTF-8, NUL bytes)
+                    raise UserError(f"{path}: line 1 has a NUL byte beside each character; {utf16_without_mark(order)}")
                 longest = max(longest, len(line))
                 returns += lone_returns(line)
                 newlines += line.endswith(b"\n")
@@ -370,7 +381,7 @@ def _check_text(path: Path) -> tuple[int, int, bool]:
                 text = text or bool(decoded.replace("\ufeff", "").strip())
     except UnicodeDecodeError as err:  # (the byte counted from 1, as `cut -b` counts)
         with open(path, "rb") as f:
-            raise not_utf8(str(path), n, f.read(2), f"{err.reason} at byte {err.start + 1}") from None
+            raise not_utf8(str(path), n, f.read(64), f"{err.reason} at byte {err.start + 1}") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if n == 0:
