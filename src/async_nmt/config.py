@@ -325,6 +325,27 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(name if len(name.encode()) <= 255 else f".async-nmt.{os.getpid()}.tmp")
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and the folders above it that do not exist, deepest first: those that making it makes, which
+    `remove_empty` takes away again where the command then writes nothing (a failure, Ctrl-C)."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders `folders` (deepest first) that are still empty; one that is not keeps those above it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # (not there, or something was put into it meanwhile)
+            if folder.exists():
+                return
+
+
 def check_replaceable(path: Path) -> None:
     """A file written through `temporary_beside` replaces what is at `path`: never a device or a named pipe
     (`nmt average --force` made /dev/full a regular file, as root would /dev/null); a symbolic link is

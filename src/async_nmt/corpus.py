@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from async_nmt.config import SPLITS, temporary_beside
+from async_nmt.config import SPLITS, missing_folders, remove_empty, temporary_beside
 from async_nmt.errors import UserError, held_interrupts, stdout_console
 
 CACHE_ENV = "ASYNC_NMT_CACHE"
@@ -127,10 +127,15 @@ def get_corpus(name: str, out_dir: Path, force: bool = False, heldout: int = HEL
             splits = bible_splits(bible_db(cache_dir()), *info.bibles, heldout=heldout)
         except DamagedCache as again:
             raise UserError(f"{again}, extracted again; delete it and retry") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
     texts = {out_dir / f"{split}.{lang}": [pair[side] for pair in pairs]
              for split, pairs in splits.items() for side, lang in enumerate((info.src, info.tgt))}  # fmt: skip
-    interrupted = _write_all(texts)
+    made = missing_folders(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        interrupted = _write_all(texts)
+    except BaseException:  # (a Ctrl-C, a full disk: no folder made for a corpus not written)
+        remove_empty(made)
+        raise
     counts = {split: len(pairs) for split, pairs in splits.items()}
     click.echo(
         f"{name}: wrote {out_dir} (train {counts['train']}, valid {counts['valid']}, "

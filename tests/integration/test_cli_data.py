@@ -110,6 +110,20 @@ def test_preprocess_without_options_preprocesses_with_the_librarys_defaults(tmp_
     assert calls == [{**defaults, "progress": True}]
 
 
+def test_a_failed_preprocess_leaves_no_folder_it_made(raw: Path, tmp_path: Path) -> None:
+    """BIN under folders that do not exist, the vocabulary refused: the folders made for it went on, empty
+    (a symbolic link's target's too); a folder that was there stays."""
+    (tmp_path / "link").symlink_to(tmp_path / "scratch" / "deep" / "bin")
+    (tmp_path / "there").mkdir()
+    for bin_dir in (tmp_path / "new" / "deep" / "bin", tmp_path / "link", tmp_path / "there" / "bin"):
+        assert_one_line_error(nmt("preprocess", raw, bin_dir, "--vocab-size", "8"), "it needs at least")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "raw", "there"]
+    assert list((tmp_path / "there").iterdir()) == []
+    result = nmt("preprocess", raw, tmp_path / "link", "--vocab-size", "100")  # (and the link takes it now)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "scratch" / "deep" / "bin" / "manifest.json").is_file()
+
+
 def test_missing_raw_dir(tmp_path: Path) -> None:
     assert_one_line_error(nmt("preprocess", tmp_path / "nope", tmp_path / "bin"), "nope: no such folder")
     assert not (tmp_path / "bin").exists()

@@ -142,7 +142,7 @@ def test_a_ctrl_c_while_the_files_are_written_leaves_all_of_them_or_none(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A corpus is written whole or not at all: a Ctrl-C between two of its files left a corpus without its
-    test split, which `preprocess` then took as whole."""
+    test split, which `preprocess` then took as whole; and the folders made for it went on, empty."""
     import signal
 
     made = []
@@ -155,8 +155,13 @@ def test_a_ctrl_c_while_the_files_are_written_leaves_all_of_them_or_none(
 
     monkeypatch.setattr(corpus, "temporary_beside", interrupted_at_the_fourth)
     with pytest.raises(KeyboardInterrupt):
-        get_corpus("bible-de-en", tmp_path / "none", heldout=5)
-    assert list((tmp_path / "none").iterdir()) == []  # neither the three written before, nor their temporaries
+        get_corpus("bible-de-en", tmp_path / "none" / "deep", heldout=5)
+    assert not (tmp_path / "none").exists()  # neither the three written before, their temporaries, nor the folders
+    (tmp_path / "empty").mkdir()
+    made.clear()
+    with pytest.raises(KeyboardInterrupt):
+        get_corpus("bible-de-en", tmp_path / "empty", heldout=5)
+    assert list((tmp_path / "empty").iterdir()) == []  # a folder that was there stays, as it was
 
     replace = corpus.os.replace
     moved = []

@@ -40,6 +40,8 @@ from async_nmt.config import (
     corpus_files,
     corpus_languages,
     language_code,
+    missing_folders,
+    remove_empty,
     run_folder_in,
 )
 from async_nmt.data.vocab import load_vocab, train_vocab, vocab_hash
@@ -127,12 +129,14 @@ def preprocess(
     if left:
         click.echo(f"warning: {briefly(left, 3)}: left by an nmt preprocess into {bin_dir} that was killed, or one "
                    f"still running; delete {'it' if len(left) == 1 else 'them'} where none runs", err=True)  # fmt: skip
+    made = [] if into else missing_folders(target.parent)  # (taken away again where nothing is written)
     try:
         # (made in the empty folder itself: the same file system where it is a mount point, no rights on its parent)
         if not into:
             target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target if into else target.parent))
     except OSError as err:
+        remove_empty(made)
         file = next((up for up in bin_dir.parents if up.exists() and not up.is_dir()), None)
         why = f"{file} is a file, not a folder" if file is not None else err.strerror or str(err)
         raise UserError(f"{bin_dir}: cannot make the folder ({why})") from None
@@ -183,6 +187,7 @@ def preprocess(
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(made)
         raise
     summary = ", ".join(
         f"{s} {v['sentences']} ({v['src_tokens']}+{v['tgt_tokens']} tokens"
