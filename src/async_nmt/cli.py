@@ -217,7 +217,9 @@ def corpus_get(name: str, out_dir: Path, force: bool) -> None:
 @click.argument("bin_dir", type=PATH)
 @click.option("--src", default=None, help="Source language suffix (default: found from the file names).")
 @click.option("--tgt", default=None, help="Target language suffix (default: found from the file names).")
-@click.option("--vocab-size", default=8000, show_default=True, help="Joint sentencepiece vocabulary size.")
+@click.option("--vocab-size", default=8000, show_default=True,
+              help="Joint sentencepiece vocabulary size, 8 to 2^30 (a training text with fewer pieces gives "
+              "fewer, with a warning).")  # fmt: skip
 @click.option(
     "--model-type",
     type=click.Choice(["unigram", "bpe"]),

@@ -66,6 +66,23 @@ def test_a_vocabulary_of_fewer_than_8_pieces_is_refused_before_training(tmp_path
     assert 4 < load_vocab(train_vocab([tmp_path / "a"], tmp_path / "m8", 8)).get_piece_size() <= 8
 
 
+def test_a_vocabulary_of_over_2_to_the_30_pieces_is_refused_before_training(tmp_path: Path, monkeypatch) -> None:
+    """--vocab-size 2000000000 (a typo's zeros): sentencepiece's unigram trainer never ended (above 2^31 / 1.1
+    it loops), and 3000000000 was its "cannot parse as int"; now one line before it starts."""
+    from async_nmt.data import vocab
+
+    def started(*args, **kwargs):
+        raise AssertionError("sentencepiece's trainer started")
+
+    monkeypatch.setattr(vocab, "_train_in_child", started)
+    (tmp_path / "a").write_text("ab ba\nab\n", encoding="utf-8")
+    for size in (2**30 + 1, 2_000_000_000, 3_000_000_000):
+        with pytest.raises(UserError, match=rf"--vocab-size {size} is too large: at most 1,073,741,824 \(2\^30\)"):
+            train_vocab([tmp_path / "a"], tmp_path / "m", size)
+    with pytest.raises(AssertionError, match="started"):  # (2^30 trains: a few seconds on this text, not run here)
+        train_vocab([tmp_path / "a"], tmp_path / "m", 2**30)
+
+
 def test_an_empty_training_text_is_said_in_our_words(tmp_path: Path) -> None:
     """sentencepiece's failed check on a text without sentences is one line that says so."""
     (tmp_path / "empty").write_text("", encoding="utf-8")

@@ -20,6 +20,9 @@ from async_nmt.progress import ProgressBar
 
 INPUT_SENTENCE_SIZE = 2_000_000  # sentences sampled (shuffled) for training; enough for a joint 32k model
 SPM_MAX_SENTENCE_LENGTH = 4192  # sentencepiece's default limit, in bytes
+# the largest --vocab-size: sentencepiece's unigram trainer never ends above 2^31 / 1.1 pieces (it aims at 1.1
+# times the size, an int that overflows), and one of a billion pieces is none that a model embeds
+MAX_VOCAB_SIZE = 2**30
 
 
 def train_vocab(
@@ -40,6 +43,8 @@ def train_vocab(
     if vocab_size < 8:
         raise UserError(f"--vocab-size {vocab_size} is too small: it needs at least 8 pieces, and one for each "
                         "character of the training text")  # fmt: skip
+    if vocab_size > MAX_VOCAB_SIZE:  # (2,000,000,000 trained for ever, where a Ctrl-C stopped it)
+        raise UserError(f"--vocab-size {vocab_size} is too large: at most {MAX_VOCAB_SIZE:,} (2^30) pieces")
     for f in files:
         if not Path(f).is_file():
             raise UserError(f"{f}: no such file")
