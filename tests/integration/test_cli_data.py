@@ -124,6 +124,33 @@ def test_a_failed_preprocess_leaves_no_folder_it_made(raw: Path, tmp_path: Path)
     assert (tmp_path / "scratch" / "deep" / "bin" / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("failure", ["numpy's short write", "a write that names no file"])
+def test_a_full_disk_names_the_corpus_folder_and_why(raw: Path, tmp_path: Path, monkeypatch, failure: str) -> None:
+    """A full disk as the arrays are written: numpy's OSError names no file and no reason (it said `error:
+    127426 requested and 13280 written`), and a text file's write names no file (`error: No space left on
+    device`); now `error: BIN: cannot write the corpus (...)`, exit code 1, and nothing left behind."""
+    import errno
+
+    from async_nmt.data import binarize
+
+    save = binarize.np.save
+
+    def full(path, array, *args, **kwargs):
+        if Path(path).name == "train.tgt.ids.npy":
+            if failure == "a write that names no file":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(f"{array.size} requested and 13280 written")  # (numpy's, errno and file None)
+        return save(path, array, *args, **kwargs)
+
+    monkeypatch.setattr(binarize.np, "save", full)
+    result = nmt("preprocess", raw, tmp_path / "bin", "--vocab-size", "100")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    why = "No space left on device)" if failure == "a write that names no file" else "written; is the disk full?)"
+    assert result.stderr.startswith(f"error: {tmp_path / 'bin'}: cannot write the corpus (")
+    assert result.stderr.strip().endswith(why) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
 def test_missing_raw_dir(tmp_path: Path) -> None:
     assert_one_line_error(nmt("preprocess", tmp_path / "nope", tmp_path / "bin"), "nope: no such folder")
     assert not (tmp_path / "bin").exists()

@@ -185,9 +185,11 @@ def preprocess(
             _check_replaceable(bin_dir, force)
             _check_ours(bin_dir, force, {src, tgt})
         _replace_dir(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_empty(made)
+        if isinstance(err, OSError) and (err.filename is None or Path(err.filename).parent == tmp):
+            raise _write_error(err, bin_dir) from None
         raise
     summary = ", ".join(
         f"{s} {v['sentences']} ({v['src_tokens']}+{v['tgt_tokens']} tokens"
@@ -228,6 +230,14 @@ def preprocess(
             err=True,
         )
     return manifest
+
+
+def _write_error(err: OSError, bin_dir: Path) -> OSError:
+    """A write into the temporary folder that failed (a full disk), as the CLI names it: BIN, not the temporary
+    folder, which is gone, and why; numpy's short write said only "127426 requested and 13280 written"."""
+    name = f"{Path(err.filename).name}: " if err.filename is not None else ""
+    why = err.strerror or f"{err}; is the disk full?"
+    return OSError(err.errno, f"cannot write the corpus ({name}{why})", str(bin_dir))
 
 
 def _long_sides(out: Path, src: str, tgt: str) -> dict[str, int]:
