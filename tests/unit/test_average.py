@@ -92,7 +92,8 @@ def test_averaging_refuses_too_few_checkpoints_and_another_model(tmp_path: Path)
     with pytest.raises(UserError, match="no such run folder"):
         last_kept(tmp_path / "nowhere", 1)
     other = save_kept(tmp_path, 10, torch.zeros(8), d_model=16)
-    with pytest.raises(UserError, match=f"{other}: another model config"):
+    # (it said "another model config" alone: which setting differs, and how, is named)
+    with pytest.raises(UserError, match=rf"{other}: another model config than .* \(d_model 16, not \d+\)"):
         average_checkpoints(last_kept(tmp_path, 2))
 
 

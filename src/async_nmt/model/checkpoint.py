@@ -18,6 +18,7 @@ import re
 import sys
 import zipfile
 import zlib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -219,8 +220,10 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         _check_kept_update(path, state, seen)
         # (compared as models: a save from before 2026-12-06 lacks the two dropouts that later ones hold, and a
         # resume that named the embeddings' dropout saves it where earlier saves let it follow the dropout)
-        if from_dict(ModelConfig, state["model_config"]).in_effect() != model:
-            raise UserError(f"{path}: another model config than {paths[0]}; cannot average them")
+        if (other := from_dict(ModelConfig, state["model_config"]).in_effect()) != model:
+            differ = [f"{f.name} {getattr(other, f.name)}, not {getattr(model, f.name)}" for f in fields(model)
+                      if getattr(other, f.name) != getattr(model, f.name)]  # fmt: skip
+            raise UserError(f"{path}: another model config than {paths[0]} ({'; '.join(differ)}); cannot average them")
         if state.get("corpus") != first.get("corpus"):
             raise UserError(f"{path}: another corpus than {paths[0]}; cannot average them")
         if state["params"].shape != first["params"].shape:
