@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -312,6 +313,12 @@ def test_a_failed_or_interrupted_write_leaves_nothing_and_no_users_file_is_its_t
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"error: {out}: cannot write the checkpoint" in lines[0], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt.tmp", "run"] and mine.read_text() == "my notes"
+    # a disk with less room than the parameters is full, said so (not as torch's C++ line, "unexpected pos")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=20))
+    result = average(run, "--last", "2", "-o", out)
+    assert result.exit_code == 1 and result.stderr == f"error: {out}: cannot write the checkpoint (the disk is full: " \
+        "20 bytes free, fewer than the parameters' 32)\n", result.stderr  # fmt: skip
     monkeypatch.setattr(torch, "save", save_then_fail(KeyboardInterrupt()))
     result = average(run, "--last", "2", "-o", out)
     assert result.exit_code != 0

@@ -6,10 +6,12 @@ training.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import re
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -167,9 +169,20 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         if isinstance(err, OSError):  # named by `path`, not by the temporary file
             raise OSError(err.errno, f"cannot write the checkpoint ({err.strerror or err})", str(path)) from None
         if isinstance(err, RuntimeError):
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise OSError(errno.EIO, f"cannot write the checkpoint ({reason}; is the disk full?)", str(path)) from None
+            why = _full_disk(err, path, state)
+            raise OSError(errno.EIO, f"cannot write the checkpoint ({why})", str(path)) from None
         raise
+
+
+def _full_disk(err: RuntimeError, path: Path, state: dict[str, Any]) -> str:
+    """Why torch's writer failed, where it says only where in its C++ (`[enforce fail at inline_container.cc:672]
+    . unexpected pos 64 vs 0`): a disk with less room than the parameters alone take is full."""
+    needed = state["params"].numel() * state["params"].element_size()
+    with contextlib.suppress(OSError):
+        if (free := shutil.disk_usage(path.parent).free) < needed:
+            return f"the disk is full: {free:,} bytes free, fewer than the parameters' {needed:,}"
+    said = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"{said}; is the disk full?"
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
