@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from async_nmt.config import LOCK_NAME, torchrun_rank
+from async_nmt.config import LOCK_NAME, missing_folders, remove_empty, torchrun_rank
 from async_nmt.errors import UserError
 
 # run folders this process holds, by resolved path: [file descriptor, depth]. A second flock from this
@@ -50,11 +50,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         finally:
             _HELD[key][1] -= 1
         return
-    made = _missing_folders(run_dir)
+    made = missing_folders(run_dir)  # (removed again where nothing was written into them)
     try:
         fd = _acquire(run_dir)
     except BaseException:
-        _remove_empty(made)  # a folder made for a lock file that could not be made or taken
+        remove_empty(made)  # a folder made for a lock file that could not be made or taken
         raise
     _HELD[key] = [fd, 1]
     try:
@@ -62,16 +62,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     finally:
         del _HELD[key]
         _release(run_dir, fd, made)
-
-
-def _missing_folders(run_dir: Path) -> list[Path]:
-    """The folders from `run_dir` up that do not exist yet, innermost first: those `_release` may remove."""
-    missing = []
-    for folder in (run_dir, *run_dir.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing.append(folder)
-    return missing
 
 
 def _acquire(run_dir: Path) -> int:
@@ -139,19 +129,11 @@ def _release(run_dir: Path, fd: int, made: list[Path]) -> None:
     try:
         if _same_file(fd, run_dir / LOCK_NAME):
             os.unlink(run_dir / LOCK_NAME)
-        _remove_empty(made)
+        remove_empty(made)  # (one that a run began in is not empty: it and those above it stay)
     except OSError:
         pass
     finally:
         os.close(fd)
-
-
-def _remove_empty(made: list[Path]) -> None:
-    try:
-        for folder in made:
-            os.rmdir(folder)  # OSError where it is not empty: a run began there, so it and its parents stay
-    except OSError:
-        pass
 
 
 def clear_run_dir(run_dir: Path) -> None:

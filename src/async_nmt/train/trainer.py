@@ -66,6 +66,7 @@ from async_nmt.train.events import (
 from async_nmt.train.lock import clear_run_dir
 from async_nmt.train.modes import MODE_OPTIONS, build_workers, check_mode_options, worker_devices
 from async_nmt.train.modes.diloco import partial_round_warning
+from async_nmt.train.modes.paramserver import ParamServer
 from async_nmt.train.modes.workers import ModeContext, merge_histograms
 from async_nmt.train.processes import uninterrupted
 from async_nmt.train.step import StepStats, build_model
@@ -695,7 +696,8 @@ class Trainer:
             valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=cfg.log_every,
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
-            server_shards=len(getattr(self.workers.server, "shards", [None])),  # `shards` 0 is one per device
+            # (`shards` 0 is one per device; diloco's outer step is on one vector)
+            server_shards=len(self.server.shards) if isinstance(self.server, ParamServer) else 1,
             worker_speeds=list(cfg.worker_speeds),
             # what the times were measured on, and the code that trained from here (a resume may run another
             # commit): rank 0's, which alone writes the log (the other ranks did not ask git too)
