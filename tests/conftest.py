@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).parents[1]
 # the subprocesses import this checkout's async_nmt, whatever the environment has installed
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+
+
+def command(name: str) -> Path:
+    """A command of the environment that runs the tests (`nmt`, `nmt-train`, `torchrun`): beside its Python, as
+    a venv has them, else the first on PATH (scripts/gpu_setup.sh's, which leaves the Python's folder alone)."""
+    beside = Path(sys.executable).with_name(name)
+    found = beside if beside.exists() else shutil.which(name)
+    return Path(found) if found else beside
+
+
 SRC_WORDS = [f"{c}{v}" for c in "bdgklmnprst" for v in "aeiou"][:40]
 TGT_WORDS = [w.upper()[::-1] + "x" for w in SRC_WORDS]
 LEXICON = dict(zip(SRC_WORDS, TGT_WORDS, strict=True))

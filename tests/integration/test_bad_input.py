@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from conftest import write_synthetic_corpus
+from conftest import command, write_synthetic_corpus
 
 from async_nmt.cli import main
 from async_nmt.errors import UserError, reason
@@ -665,15 +665,15 @@ def test_a_checkpoint_whose_vocabulary_bytes_were_damaged_is_refused(run_dir: Pa
     assert at > 0
     data[at + 3] = ord("j")  # "<unj>": still a sentencepiece model
     (tmp_path / "damaged.pt").write_bytes(bytes(data))
-    for command in (("translate", tmp_path / "damaged.pt", "--device", "cpu"), ("average",)):
-        if command[0] == "average":  # the same file as a kept checkpoint of a run
+    for args in (("translate", tmp_path / "damaged.pt", "--device", "cpu"), ("average",)):
+        if args[0] == "average":  # the same file as a kept checkpoint of a run
             run = tmp_path / "run"
             shutil.copytree(run_dir, run)
             kept = sorted((run / "checkpoints").glob("update-*.pt"))[-1]
             kept.unlink()
             kept.write_bytes(bytes(data))
-            command = ("average", run, "--last", "2", "-o", tmp_path / "avg.pt")
-        one_line_error(nmt(*command, stdin="a b\n"), "damaged (data.pkl, its vocabulary and settings, does not "
+            args = ("average", run, "--last", "2", "-o", tmp_path / "avg.pt")
+        one_line_error(nmt(*args, stdin="a b\n"), "damaged (data.pkl, its vocabulary and settings, does not "
                                                      "match its checksum)")  # fmt: skip
 
 
@@ -901,11 +901,10 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path: Path):
     import os
     import signal
     import subprocess
-    import sys
 
     ref = tmp_path / "ref.txt"
     ref.write_text("a line\n", encoding="utf-8")
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     proc = subprocess.Popen([str(nmt), "score", "-", str(ref)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -923,12 +922,11 @@ def test_a_command_started_with_ctrl_c_ignored_leaves_it_ignored(tmp_path: Path)
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     ref = tmp_path / "ref.txt"
     ref.write_text("a line\n", encoding="utf-8")
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     proc = subprocess.Popen([str(nmt), "score", "-", str(ref)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from conftest import toy_translate, write_synthetic_corpus
+from conftest import command, toy_translate, write_synthetic_corpus
 
 from async_nmt.cli import main
 
@@ -383,8 +383,8 @@ def test_corpus_list() -> None:
 
 
 def test_real_entry_point(tmp_path: Path) -> None:
-    exe = shutil.which("nmt", path=str(Path(sys.executable).parent)) or shutil.which("nmt")
-    if exe is None:
+    exe = command("nmt")
+    if not exe.exists():
         pytest.skip("the nmt entry point is not installed")
     proc = subprocess.run(
         [exe, "preprocess", str(tmp_path / "none"), str(tmp_path / "bin")], capture_output=True, text=True
@@ -526,7 +526,7 @@ def test_commands_that_print_their_results_refuse_a_closed_stdout(tmp_path: Path
 
     text = tmp_path / "ref.txt"
     text.write_text("the cat sat on the mat\n", encoding="utf-8")
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     for args in (["score", text, text], ["corpus", "list"]):
         done = subprocess.run([str(nmt), *map(str, args)], capture_output=False, stderr=subprocess.PIPE, text=True,
                               preexec_fn=lambda: os.close(1), timeout=120)  # fmt: skip
@@ -549,9 +549,9 @@ def test_help_and_version_on_a_full_stdout_are_one_line() -> None:
     import os
 
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     for args in ([nmt, "--help"], [nmt, "--version"], [nmt, "translate", "--help"], [nmt, "corpus", "--help"],
-                 [nmt, "corpus", "list", "--help"], [nmt.with_name("nmt-train"), "-h"]):  # fmt: skip
+                 [nmt, "corpus", "list", "--help"], [command("nmt-train"), "-h"]):  # fmt: skip
         with open("/dev/full", "w") as full:
             done = subprocess.run(list(map(str, args)), stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
                                   env=buffered)  # fmt: skip
@@ -563,7 +563,7 @@ def test_nmt_train_has_a_version_as_nmt_has() -> None:
     """`nmt-train --version` was "No such option", where `nmt --version` works."""
     from importlib.metadata import version
 
-    nmt_train = Path(sys.executable).with_name("nmt-train")
+    nmt_train = command("nmt-train")
     done = subprocess.run([str(nmt_train), "--version"], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, f"nmt-train, version {version('async-nmt')}\n"), done.stderr
 
@@ -573,7 +573,7 @@ def test_report_refuses_a_closed_stdout_only_where_its_results_go_there(tmp_path
     the files it writes there, and a closed stdout is no matter."""
     import os
 
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     committed_run = Path(__file__).parents[2] / "docs" / "results" / "demo"
     for extra, code in (([], 2), (["--out", str(tmp_path / "out")], 0)):
         done = subprocess.run([str(nmt), "report", str(committed_run), *extra], stderr=subprocess.PIPE, text=True,
@@ -593,7 +593,7 @@ def test_report_with_out_names_a_full_stdout(tmp_path: Path) -> None:
     import os
 
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     committed_run = Path(__file__).parents[2] / "docs" / "results" / "demo"
     for extra in ([], ["--json"]):
         with open("/dev/full", "w") as full:
@@ -613,7 +613,7 @@ def test_a_reader_of_stdout_that_has_gone_ends_a_command_quietly(tmp_path: Path)
 
     text = tmp_path / "ref.txt"
     text.write_text("the cat sat on the mat\n", encoding="utf-8")
-    nmt = Path(sys.executable).with_name("nmt")
+    nmt = command("nmt")
     committed_run = Path(__file__).parents[2] / "docs" / "results" / "demo"
     for args in (["--help"], ["--version"], ["score", "--help"], ["score", text, text], ["corpus", "list"],
                  ["report", committed_run]):  # fmt: skip

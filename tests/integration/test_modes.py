@@ -7,13 +7,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import live_processes
+from conftest import command, live_processes
 from torch.nn.utils import parameters_to_vector
 
 from async_nmt.config import TrainConfig, model_config
@@ -25,7 +24,7 @@ from async_nmt.train.launch import stop_notice, train
 from async_nmt.train.optim import inverse_sqrt_lr
 from async_nmt.train.trainer import PUSHES_HELD
 
-NMT_TRAIN = Path(sys.executable).with_name("nmt-train")
+NMT_TRAIN = command("nmt-train")
 DEVICE = os.environ.get("ASYNC_NMT_TEST_DEVICE", "cpu")  # cuda:0 runs these tests on a GPU
 pytestmark = pytest.mark.slow
 

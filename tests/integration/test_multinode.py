@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import live_processes
+from conftest import command, live_processes
 
 from async_nmt import errors
 from async_nmt.cli import main
@@ -25,7 +25,7 @@ from async_nmt.train.events import read_events
 from async_nmt.train.modes import remote
 from async_nmt.train.processes import free_port
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+TORCHRUN = command("torchrun")
 pytestmark = pytest.mark.slow
 
 
@@ -140,7 +140,7 @@ def test_a_sync_group_stopped_on_node_0_saves_and_resumes(synthetic_bin: Path, t
 def test_rank_variables_without_the_rendezvous_address_are_one_line(synthetic_bin: Path, tmp_path: Path):
     """RANK and WORLD_SIZE set by hand without MASTER_ADDR: a 58-line traceback of torch's."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
-    done = subprocess.run([str(TORCHRUN.with_name("nmt-train")), str(synthetic_bin), str(tmp_path / "run"), *OPTIONS],
+    done = subprocess.run([str(command("nmt-train")), str(synthetic_bin), str(tmp_path / "run"), *OPTIONS],
                           env={**env, "RANK": "0", "WORLD_SIZE": "2"}, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [

@@ -17,10 +17,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_synthetic_corpus
+from conftest import command, write_synthetic_corpus
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-BIN = Path(sys.executable).parent  # the environment running the tests, which has `nmt`
+BIN = command("nmt").parent  # the environment running the tests, which has `nmt`
 WMT = ["wmt14-en-de.sh", "wmt16-en-ro.sh", "wmt17-en-de.sh"]
 # the knobs common.sh checks as it is sourced, for scripts that source it for its functions
 KNOBS = (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import bin_with_target, record_amp_dtypes, run_forked
+from conftest import bin_with_target, command, record_amp_dtypes, run_forked
 
 from async_nmt.cli import main
 from async_nmt.config import LOCK_NAME, RunConfig, TrainConfig, is_run_folder, load_json, model_config
@@ -25,7 +25,7 @@ from async_nmt.train.events import read_events
 from async_nmt.train.launch import train
 from async_nmt.train.summary import seconds
 
-NMT_TRAIN = Path(sys.executable).with_name("nmt-train")
+NMT_TRAIN = command("nmt-train")
 
 
 def micro_config(bin_dir: Path, **overrides) -> TrainConfig:

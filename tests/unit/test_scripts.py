@@ -289,6 +289,26 @@ def test_a_bad_option_or_input_is_one_line_and_exit_code_2_before_any_work(
     assert done.stdout == ""  # nothing ran (bench_modes: not even its single worker)
 
 
+def test_gpu_setup_leaves_the_folder_of_a_python_without_nmt_alone(tmp_path: Path):
+    """gpu_setup.sh wrote nmt and nmt-train beside the first python3 on PATH: into /usr/bin, or a pyenv's
+    shims, on a user's machine. Now they go into a folder of their own, first on PATH while the script runs
+    and taken away at its end; they run this checkout's nmt with the Python that runs the tests."""
+    env_dir = tmp_path / "env"  # a Python whose folder has no nmt, that imports what this one does
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=60)
+    (site,) = env_dir.glob("lib/python*/site-packages")
+    (site / "parent.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in sys.path if p))
+    before = sorted(path.name for path in (env_dir / "bin").iterdir())
+    (tmp_path / "out").mkdir()
+    script = "source scripts/gpu_setup.sh >/dev/null; command -v nmt; nmt --version; nmt-train --version"
+    env = {**ENV, "OUT": str(tmp_path / "out"), "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    where, nmt_version, train_version = done.stdout.splitlines()
+    assert Path(where).parent.name.startswith("nmt-commands.") and not Path(where).parent.exists()
+    assert __version__ in nmt_version and __version__ in train_version
+    assert sorted(path.name for path in (env_dir / "bin").iterdir()) == before
+
+
 def test_gpu_bench_refuses_a_pack_inside_its_output_folder(tmp_path: Path):
     """`OUT=/tmp/gb PACK=$OUT/gb.tgz` (the header's command) packed into OUT itself: tar failed on its own
     growing file, and a device call brought back none of the results. Refused before any work, and the
