@@ -708,6 +708,35 @@ def test_ctrl_c_during_a_best_save_waits_for_it(synthetic_bin: Path, tmp_path: P
     assert not list((run / "checkpoints").glob("*.tmp"))
 
 
+def test_ctrl_c_during_an_update_of_a_scratch_run_says_stopping_not_saving(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """A benchmark's temporary run (`scratch`, which its caller deletes): Ctrl-C during an update said
+    "interrupted: saving after the update under way" of a save no one would see. It now says "stopping"."""
+    import os
+    import signal
+
+    from async_nmt.train import step
+    from async_nmt.train.trainer import UPDATE_HELD
+
+    computed = []
+    train_step = step.train_step
+
+    def second_batch_then_ctrl_c(*args, **kwargs):
+        computed.append(1)
+        if len(computed) == 2:  # within the first update, of 4 batches
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(step, "train_step", second_batch_then_ctrl_c)
+    with pytest.raises(SystemExit) as stopped:
+        train(micro_config(synthetic_bin, max_updates=5, local_accum=4), tmp_path / "run", progress=False,
+              scratch=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130 and len(computed) == 4, err
+    assert UPDATE_HELD.replace("saving", "stopping") in err and "saving" not in err and err.endswith("interrupted\n")
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl-C; `kill` or a batch scheduler's notice
 def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path, signum: str):
     import signal

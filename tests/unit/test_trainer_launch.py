@@ -472,7 +472,7 @@ def test_only_a_trainer_that_no_worker_ranks_wait_for_may_skip_a_run_at_its_limi
     asked = []
 
     class Trainer:
-        def __init__(self, cfg, run_dir, rank=0, world=1, interrupt=None):
+        def __init__(self, cfg, run_dir, rank=0, world=1, interrupt=None, scratch=False):
             pass
 
         def open_run(self, resume: bool, may_skip: bool = True) -> bool:
@@ -656,7 +656,7 @@ def test_only_rank_0_says_how_the_run_ended_and_not_under_quiet(monkeypatch, cap
     class Trainer:
         stopped_after_end = False  # (the stop cut the run short)
 
-        def __init__(self, cfg, run_dir, rank=0, world=1, interrupt=None):
+        def __init__(self, cfg, run_dir, rank=0, world=1, interrupt=None, scratch=False):
             pass
 
         def open_run(self, resume: bool, may_skip: bool = True) -> bool:

@@ -83,7 +83,7 @@ def run_trainer(
     where a resumed run has nothing to do. `scratch`: as `train`'s; `supervised`: a rank spawned by
     `launch_ranks`, whose supervisor names a failure and logs it (`Trainer.supervised`); `began`: when its
     supervisor began to start the ranks (`time.time()`), from which the run's wall clock counts."""
-    trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt)
+    trainer = Trainer(cfg, run_dir, rank=rank, world=world, interrupt=interrupt, scratch=scratch)
     trainer.supervised = supervised
     if began is not None:
         trainer.began_earlier(time.time() - began)

@@ -77,6 +77,7 @@ DIVERGED_UNIFORMS = 10  # a training loss this many times ln V (a uniform guess'
 UPDATE_HELD = "interrupted: saving after the update under way"  # (with `stop_hint`, as PUSHES_HELD)
 # and where worker processes compute the pushes, as the trainer waits for those in flight
 PUSHES_HELD = "interrupted: saving after the pushes in flight"
+# (a scratch run, which its caller deletes, says "stopping", not "saving": `Trainer.scratch`)
 SAVE_HELD = "interrupted: finishing the save under way"  # (it is the stop's save: not made again)
 
 
@@ -98,9 +99,10 @@ def better(result: dict[str, float], best: dict[str, float]) -> bool:
 class Trainer:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, rank: int = 0, world: int = 1,
-        interrupt: Any = None,
+        interrupt: Any = None, scratch: bool = False,
     ):  # fmt: skip
         self.cfg, self.run_dir = cfg, run_dir
+        self.scratch = scratch  # the caller deletes the run folder (`launch.train`'s): its saves are not told of
         self.rank, self.leader = rank, rank == 0
         # a rank spawned by `launch_ranks`: its supervisor names a failure (a peer's death fails this rank's
         # all-reduce, which is no cause) and logs it as the run's end (`events.log_failure`)
@@ -719,7 +721,7 @@ class Trainer:
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
         counted = self.counted_updates  # the updates whose pushes the trainer has counted
-        update_held = stop_hint(UPDATE_HELD)  # (once: not a signal lookup an update)
+        update_held = stop_hint(self._held(UPDATE_HELD))  # (once: not a signal lookup an update)
         drained = True  # the pushes let in have all been counted (none yet, or the last ones drained)
         try:
             with self.clock.paused():  # starting worker processes is not training (Ctrl-C here saves as below)
@@ -892,13 +894,17 @@ class Trainer:
             **staleness_stats(self.staleness), **self._worker_pushes(),
         )  # fmt: skip
 
+    def _held(self, notice: str) -> str:
+        """A stop's `notice`, which says "stopping" for a scratch run, whose saves its caller deletes."""
+        return notice.replace("saving", "stopping") if self.scratch else notice
+
     def _stop_interrupted(self) -> dict[str, Any]:
         """Ctrl-C: finish the pushes in flight, log the pushes since the last `train` event, save a
         checkpoint; the end event (`interrupted`), which the caller summarizes before it exits 130."""
         try:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
                 if not self.workers.steps_here:  # worker processes: a push under way may take a while
-                    print(stop_hint(PUSHES_HELD), file=sys.stderr, flush=True)
+                    print(stop_hint(self._held(PUSHES_HELD)), file=sys.stderr, flush=True)
                 self.interval.add(self._count(*self.workers.drain()))
             try:  # (logged before the save below, which then holds none of it to log again)
                 self._log_rest()
