@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from async_nmt.config import language_code
-from async_nmt.errors import GZIP_MAGIC, UserError, check_line_ends, lone_returns, not_utf8
+from async_nmt.errors import (
+    GZIP_MAGIC,
+    UserError,
+    check_line_ends,
+    check_not_unmarked_utf16,
+    lone_returns,
+    not_utf8,
+)
 
 if TYPE_CHECKING:
     from sacrebleu.metrics import BLEU, CHRF
@@ -34,6 +41,7 @@ def decode_lines(data: bytes, name: str) -> list[str]:
         raise not_utf8(name, line, data) from None
     if not text:
         return []
+    check_not_unmarked_utf16(name, data[: data.find(b"\n") + 1 or len(data)])
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()

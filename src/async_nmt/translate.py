@@ -28,6 +28,7 @@ from async_nmt.errors import (
     briefly,
     cannot_write,
     check_line_ends,
+    check_not_unmarked_utf16,
     drop_stdout,
     lone_returns,
     not_utf8,
@@ -387,6 +388,8 @@ def _regular_file_lines(fd: int, name: str) -> int | None:
         except UnicodeDecodeError as err:
             number = count + lines.count(b"\n", 0, err.start) + 1
             raise not_utf8(name, number, lines if count == 0 else b"") from None
+        if count == 0:
+            check_not_unmarked_utf16(name, lines[: lines.find(b"\n") + 1 or len(lines)])
         count += lines.count(b"\n")
         returns += lone_returns(lines)  # (whole lines: no \r\n is cut in two)
         if not block:
@@ -436,6 +439,8 @@ def input_chunks(path: Path | None, chunk_size: int, checked: bool = False) -> I
                 lines.append(line.removeprefix(BOM) if number == 1 else line)
             except UnicodeDecodeError:
                 raise not_utf8(name, number, raw if number == 1 else b"") from None
+            if number == 1:
+                check_not_unmarked_utf16(name, raw)
             newlines, returns = newlines + raw.endswith(b"\n"), returns + lone_returns(raw)
             if len(lines) == chunk_size:
                 if not checked:

@@ -695,16 +695,24 @@ def test_a_file_of_lines_ended_by_a_carriage_return_alone_is_refused_before_any_
     assert len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize(
+    "encoding,said",
+    [
+        ("utf-16", "line 1 is not valid UTF-8; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)"),
+        # without a byte order mark the ASCII text was valid UTF-8: translated, as nonsense, with a warning
+        ("utf-16-le", "line 1 has a NUL byte beside each character; it is UTF-16 (LE) without a byte order mark: "
+         "convert it (iconv -f UTF-16LE -t UTF-8)"),
+        ("utf-16-be", "(BE) without a byte order mark: convert it (iconv -f UTF-16BE -t UTF-8)"),
+    ],
+)  # fmt: skip
 @pytest.mark.parametrize("args", [["-i", "SOURCE"], ["-i", "SOURCE", "--chunk-size", "0"], []])
-def test_a_utf16_source_is_named_so(run_dir: Path, tmp_path: Path, args: list[str]):
+def test_a_utf16_source_is_named_so(run_dir: Path, tmp_path: Path, args: list[str], encoding: str, said: str):
     source = tmp_path / "source.txt"
-    source.write_bytes("ba de\nka\n".encode("utf-16"))
+    source.write_bytes("ba de\nka\n".encode(encoding))
     args = [str(source) if arg == "SOURCE" else arg for arg in args]
     result = runner().invoke(main, ["translate", str(run_dir), *args], input=None if args else source.read_bytes())
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.strip().endswith(
-        "line 1 is not valid UTF-8; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)"
-    )
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.strip().endswith(said) and result.stdout == ""
 
 
 @pytest.mark.parametrize("from_file", [True, False])

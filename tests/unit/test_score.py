@@ -130,6 +130,18 @@ def test_lines_split_on_newlines_only(tmp_path: Path):
             b"a\nb\n",
             "hyp: line 1 is not valid UTF-8; it is UTF-16: convert it (iconv -f UTF-16 -t UTF-8)",
         ),  # fmt: skip
+        (  # without a byte order mark: valid UTF-8 with NUL bytes (a line count off by one, "b\0\n\0")
+            "a b\nc\n".encode("utf-16-le"),
+            b"a b\nc\n",
+            "hyp: line 1 has a NUL byte beside each character; it is UTF-16 (LE) without a byte order mark: "
+            "convert it (iconv -f UTF-16LE -t UTF-8)",
+        ),  # fmt: skip
+        (
+            b"a b\nc\n",
+            "a b\nc\n".encode("utf-16-be"),
+            "ref: line 1 has a NUL byte beside each character; it is "
+            "UTF-16 (BE) without a byte order mark: convert it (iconv -f UTF-16BE -t UTF-8)",
+        ),  # fmt: skip
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, hyp_bytes, ref_bytes, message):

@@ -49,11 +49,10 @@ from async_nmt.errors import (
     UserError,
     briefly,
     check_line_ends,
+    check_not_unmarked_utf16,
     lone_returns,
     not_utf8,
     reason,
-    unmarked_utf16,
-    utf16_without_mark,
 )
 from async_nmt.progress import ProgressBar
 
@@ -386,8 +385,8 @@ def _check_text(path: Path) -> tuple[int, int, bool]:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):  # noqa: B007 (n is the count afterwards)
                 decoded = line.decode("utf-8")
-                if n == 1 and (order := unmarked_utf16(line)) is not None:  # (ASCII text: valid UTF-8, NUL bytes)
-                    raise UserError(f"{path}: line 1 has a NUL byte beside each character; {utf16_without_mark(order)}")
+                if n == 1:
+                    check_not_unmarked_utf16(str(path), line)
                 longest = max(longest, len(line))
                 returns += lone_returns(line)
                 newlines += line.endswith(b"\n")
