@@ -6,6 +6,7 @@ stand-in group of 2, an async worker's compute on the synthetic corpus."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
@@ -14,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -222,6 +223,27 @@ def test_the_workers_of_a_resumed_remote_run_start_from_the_servers_parameters_a
     assert not thread.is_alive() and workers.staleness == [0] and workers.pushes == [0, 1]
     assert computes[0].position == {"epoch": 3, "index": 8}
     assert at_resume.abs().sum() > 0 and torch.equal(computes[0].received[0], at_resume)
+
+
+def test_rank_0_keeps_the_statistics_advance_returns_until_the_trainer_has_counted_them():
+    """torchrun's async rank 0: what `advance` returned was gone from it at once, so a Ctrl-C before the
+    trainer counted it lost it to the events and the token count. The stop's drain returns it now, until
+    `taken`."""
+    server = ParamServer(torch.zeros(4), accum=1, peak_lr=1e-2, warmup=1)
+    workers = rank_0(server, [Stream(epoch=2, index=5)])
+
+    def serve(src: int, header: Any) -> None:  # (a push from worker rank 1, as `_take` counts it)
+        server.push(torch.ones(4), 5, server.updates)
+        workers.stats.add(StepStats(loss=1.0, nll=0.5, tokens=5, sentences=1))
+        workers.staleness.append(0)
+
+    workers._next_header, workers._serve = lambda: (1, None), serve  # type: ignore[method-assign]
+    workers.allow(10)
+    assert workers.advance()[0].tokens == 5
+    assert workers.drain()[0].tokens == 5  # (not counted: a Ctrl-C came first)
+    assert workers.advance()[0].tokens == 5
+    workers.taken()
+    assert workers.drain()[0].tokens == 0
 
 
 def test_rank_0_completes_a_partial_sum_of_several_pushes_before_it_saves():
@@ -432,6 +454,40 @@ def test_a_drain_returns_the_statistics_an_interrupted_advance_collected():
     stats, staleness = coord.drain()
     assert (stats.tokens, stats.loss, stats.sentences, staleness) == (12, 3.0, 3, [1, 1])
     assert coord.uncounted is None and coord.drain()[0].tokens == 0  # (once)
+
+
+@pytest.mark.parametrize("when", ["as advance returns", "as the count begins", "after the count"])
+def test_the_statistics_advance_collects_are_counted_once_whenever_ctrl_c_comes(monkeypatch, when: str):
+    """Ctrl-C as `advance` returned, before the trainer counted what it had collected: those pushes were lost
+    to the token count that the checkpoint saves and to the events. `Trainer.update` counts them under held
+    signals and tells the coordinator (`taken`); until then a stop's drain returns them with its own."""
+    from async_nmt.train import trainer as trainer_module
+
+    monkeypatch.setattr(asynchronous.processes, "POLL_S", 0.001)
+    coord = coordinator(2)
+    coord._check = lambda: None  # type: ignore[method-assign]  # (no processes to watch)
+    coord.fence = 10
+    coord.gate.record(0, AFTER, StepStats(loss=1.0, nll=0.5, tokens=5, sentences=1), staleness=0)
+    coord.server.updates = 1
+    run = SimpleNamespace(workers=coord, interval=StepStats(), tokens=0, staleness=[])
+    run._count = functools.partial(trainer_module.Trainer._count, run)
+    if when == "as advance returns":
+        advance = coord.advance
+        coord.advance = lambda: (advance(), signal_now())[0]  # type: ignore[method-assign]
+    elif when == "as the count begins":  # (held, a signal in the count is raised after it)
+        monkeypatch.setattr(trainer_module, "uninterrupted", signal_now)
+    with contextlib.nullcontext() if when == "after the count" else pytest.raises(KeyboardInterrupt):
+        trainer_module.Trainer.update(run)
+    assert run.tokens == (5 if when == "after the count" else 0)
+    coord.gate.record(1, AFTER, StepStats(loss=1.0, nll=0.5, tokens=7, sentences=1), staleness=1)  # in flight
+    coord.server.updates = 2
+    run.interval.add(run._count(*coord.drain()))  # the stop's drain
+    assert run.tokens == run.interval.tokens == 12 and run.staleness == [1, 1]
+
+
+def signal_now() -> NoReturn:
+    """A Ctrl-C, as Python raises it where it comes."""
+    raise KeyboardInterrupt
 
 
 def test_a_worker_that_has_not_pushed_keeps_its_streams_position():

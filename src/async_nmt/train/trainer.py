@@ -611,9 +611,12 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ the loop
-    def update(self) -> StepStats:
-        """Run until the server has taken at least one more update; the statistics of its pushes."""
-        return self._count(*self.workers.advance())
+    def update(self) -> None:
+        """Run until the server has taken at least one more update, and count its pushes' statistics."""
+        collected = self.workers.advance()
+        with uninterrupted():  # counted once: before a Ctrl-C, or by the stop's drain (`Workers.taken`)
+            self.interval.add(self._count(*collected))
+            self.workers.taken()
 
     def _count(self, stats: StepStats, staleness: list[int]) -> StepStats:
         self.tokens += stats.tokens
@@ -740,7 +743,7 @@ class Trainer:
                 # took, the last train event counts them, and a resume goes on as if never stopped
                 held = uninterrupted(second_stops=True, notice=update_held) if self.workers.steps_here else None
                 with held or contextlib.nullcontext():
-                    self.interval.add(self.update())
+                    self.update()
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
                     self.interval.add(self._count(*self.workers.drain()))

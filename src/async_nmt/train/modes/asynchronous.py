@@ -181,7 +181,7 @@ class ProcessWorkers(Workers):
         self.seen_overflow = torch.zeros_like(self.gate.overflow)
         self.pushes_before = [0] * len(self.devices)  # each worker's pushes before a resume
         self.base_updates = self.base_pending = 0
-        self.uncounted: tuple[StepStats, list[int]] | None = None  # statistics collected, not yet returned
+        self.uncounted: tuple[StepStats, list[int]] | None = None  # statistics collected, not yet counted
         self.fence = 0  # the update count the gate is open up to
         self.woken_at: float | None = None  # when a drain last continued the workers (None: not draining)
 
@@ -225,18 +225,20 @@ class ProcessWorkers(Workers):
             self._check()
             updates = self.server.updates
             if updates > start and (updates < self.fence or self._quiet()):
-                collected = self._collect()
+                # kept, as they are collected, until the trainer has counted them (`taken`): a Ctrl-C before
+                # that leaves them to the stop's drain, which returns them with its own
+                with processes.uninterrupted():
+                    self.uncounted = self._collect()
                 # (the fence reached since the look above: the trainer validates and saves there, so the pushes
                 # that made it must be done on every shard first; their statistics are in already)
-                try:
-                    while self.collected_at >= self.fence and not self._quiet():
-                        self._check()
-                        time.sleep(processes.POLL_S)
-                except KeyboardInterrupt:  # (the drain of the stop returns them with its own)
-                    self.uncounted = collected
-                    raise
-                return collected
+                while self.collected_at >= self.fence and not self._quiet():
+                    self._check()
+                    time.sleep(processes.POLL_S)
+                return self.uncounted
             time.sleep(processes.POLL_S)
+
+    def taken(self) -> None:
+        self.uncounted = None
 
     def _quiet(self) -> bool:
         """All admitted pushes are complete on every shard."""
@@ -255,7 +257,7 @@ class ProcessWorkers(Workers):
             self._check()
             time.sleep(processes.POLL_S)
         stats, staleness = self._collect()
-        if self.uncounted is not None:  # collected by an `advance` that Ctrl-C cut short
+        if self.uncounted is not None:  # collected by an `advance`, and Ctrl-C came before the trainer counted them
             (held, held_staleness), self.uncounted = self.uncounted, None
             held.add(stats)
             return held, merge_histograms(held_staleness, staleness)

@@ -132,7 +132,10 @@ class RemoteWorkers(Workers):
                 self._serve(src, header)
             else:
                 self.parked.append((src, header))
-        return self._collect()
+        return self.stats, histogram(self.staleness)  # (kept until `taken`: a stop's drain returns them too)
+
+    def taken(self) -> None:
+        self.stats, self.staleness = StepStats(), []
 
     def drain(self) -> tuple[StepStats, list[int]]:
         """A partial async-accum sum is completed with the pushes that come next (kept as it is where a

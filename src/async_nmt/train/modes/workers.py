@@ -111,6 +111,11 @@ class Workers:
         since the last call and a histogram of their staleness (counts of 0, 1, ...)."""
         raise NotImplementedError
 
+    def taken(self) -> None:
+        """The trainer has counted what `advance` returned last. Where the pushes are computed elsewhere, their
+        statistics are kept until then, and a stop's `drain` returns them too: a Ctrl-C as `advance` returned
+        left them out of the counts that the checkpoint saves."""
+
     def drain(self) -> tuple[StepStats, list[int]]:
         """Finish the pushes in flight so that the server is between updates (before validation at a
         time or epoch limit, or a checkpoint on Ctrl-C); returns their statistics as `advance` does."""
