@@ -226,8 +226,9 @@ class ProcessWorkers(Workers):
             updates = self.server.updates
             if updates > start and (updates < self.fence or self._quiet()):
                 # kept, as they are collected, until the trainer has counted them (`taken`): a Ctrl-C before
-                # that leaves them to the stop's drain, which returns them with its own
-                with processes.uninterrupted():
+                # that leaves them to the stop's drain, which returns them with its own (a second Ctrl-C stops
+                # at once, as the collection waits for the shards' locks)
+                with processes.uninterrupted(second_stops=True):
                     self.uncounted = self._collect()
                 # (the fence reached since the look above: the trainer validates and saves there, so the pushes
                 # that made it must be done on every shard first; their statistics are in already)
