@@ -17,7 +17,7 @@ fi
 # /usr/bin or a pyenv's shims, is not written to).
 python=$(python3 -c "import sys; print(sys.executable)")
 if [ ! -x "$(dirname "$python")/nmt-train" ] || [ ! -x "$(dirname "$python")/nmt" ]; then
-  NMT_COMMANDS=$(mktemp -d "${TMPDIR:-/tmp}/nmt-commands.XXXXXX")
+  NMT_COMMANDS=$(mktemp -d -t nmt-commands.XXXXXX)  # (in $TMPDIR, else /tmp)
   printf '#!/bin/sh\nexec "%s" -c "from async_nmt.cli import train_main; train_main()" "$@"\n' "$python" \
     >"$NMT_COMMANDS/nmt-train"
   printf '#!/bin/sh\nexec "%s" -m async_nmt.cli "$@"\n' "$python" >"$NMT_COMMANDS/nmt"

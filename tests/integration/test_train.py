@@ -1732,15 +1732,15 @@ def test_an_update_taken_as_soon_as_the_gate_opens_is_still_logged_and_saved(syn
 
     class EagerWorkers:
         def __init__(self, inner):
-            self.inner, self.taken = inner, []
+            self.inner, self.early = inner, []
 
         def allow(self, updates: int) -> None:
             self.inner.allow(updates)
             if self.inner.server.updates < updates:
-                self.taken.append(self.inner.advance())
+                self.early.append(self.inner.advance())
 
         def advance(self):
-            return self.taken.pop()
+            return self.early.pop()
 
         def __getattr__(self, name: str):
             return getattr(self.inner, name)
