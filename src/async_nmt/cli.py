@@ -55,7 +55,7 @@ class ReportsUserErrors:
             settle_stdout()
             sys.exit(1)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # Click's own handling of it first prints an empty line
@@ -103,7 +103,7 @@ class OneLineUsageErrors:
     """Click's usage errors (an unknown option, a bad value) as one line on stderr with exit code 2, like
     UserError, instead of Click's usage block: `error: MESSAGE (see `nmt CMD --help`)`."""
 
-    def main(self, *args, **kwargs):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
         messages_never_fail()

@@ -15,7 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _AT_ONCE = [False]
 # A Ctrl-C or SIGTERM this soon after the last one that counted is the same notice delivered twice: GNU
@@ -426,7 +429,7 @@ def symlink_loop(err: BaseException) -> str | None:
         return text[len(SYMLINK_LOOP) :]
 
 
-def stdout_console(**options: object):
+def stdout_console(**options: object) -> Console:
     """A rich Console on stdout whose reader, once gone (`| true`), is a BrokenPipeError as for any other
     write, which the CLI ends quietly (`cli.reader_gone`); rich's own answer is to exit 1."""
     from rich.console import Console

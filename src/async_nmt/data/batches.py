@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from async_nmt.config import BOS_ID, EOS_ID, PAD_ID, SORTS
-from async_nmt.data.binarize import TokenArray
+from async_nmt.data.binarize import ParallelSplit, TokenArray
 from async_nmt.errors import UserError
 
 PAD_MULTIPLE = 8  # padded lengths are multiples of this: few distinct shapes, friendly to tensor cores
@@ -153,8 +153,8 @@ class BatchStream:
     """
 
     def __init__(
-        self, split, max_tokens: int, max_len: int, seed: int, worker: int = 0, workers: int = 1, sort: str = "target",
-        batches: list[np.ndarray] | None = None,
+        self, split: ParallelSplit, max_tokens: int, max_len: int, seed: int, worker: int = 0, workers: int = 1,
+        sort: str = "target", batches: list[np.ndarray] | None = None,
     ):  # fmt: skip
         """`batches`: those `make_batches` makes of `split` with these options, where they are made already."""
         self.split = split
@@ -212,7 +212,9 @@ class BatchStream:
             self._order = self._epoch_order()
 
 
-def worker_streams(split, max_tokens: int, max_len: int, seed: int, workers: int, sort: str) -> list[BatchStream]:
+def worker_streams(
+    split: ParallelSplit, max_tokens: int, max_len: int, seed: int, workers: int, sort: str
+) -> list[BatchStream]:
     """Every worker's stream, as a trainer follows them all, over one list of batches (each stream made its
     own: a sync rank of 8 built the list of the whole corpus 8 times before its first step)."""
     first = BatchStream(split, max_tokens, max_len, seed, 0, workers, sort)
