@@ -178,6 +178,7 @@ def test_a_remote_workers_pushes_arrive_with_their_statistics_staleness_and_posi
     stats, staleness = workers._collect()
     assert (stats.loss, stats.nll, stats.tokens, stats.sentences) == (6.0, 4.0, 20, 8)
     assert staleness == [1, 1]  # one push of staleness 0, one of 1
+    workers.taken()  # (counted by the trainer)
     assert workers.staleness == [] and workers.worker_pushes == [2]
     assert streams[0].loads == [{"epoch": 2, "index": 6}, {"epoch": 2, "index": 7}]
     # the second push was computed on the parameters of the first's update, the third on the second's
@@ -228,7 +229,7 @@ def test_the_workers_of_a_resumed_remote_run_start_from_the_servers_parameters_a
 def test_rank_0_keeps_the_statistics_advance_returns_until_the_trainer_has_counted_them():
     """torchrun's async rank 0: what `advance` returned was gone from it at once, so a Ctrl-C before the
     trainer counted it lost it to the events and the token count. The stop's drain returns it now, until
-    `taken`."""
+    `taken`, and so does a drain what the drain before it returned (a limit's, and a Ctrl-C as it returned)."""
     server = ParamServer(torch.zeros(4), accum=1, peak_lr=1e-2, warmup=1)
     workers = rank_0(server, [Stream(epoch=2, index=5)])
 
@@ -241,7 +242,7 @@ def test_rank_0_keeps_the_statistics_advance_returns_until_the_trainer_has_count
     workers.allow(10)
     assert workers.advance()[0].tokens == 5
     assert workers.drain()[0].tokens == 5  # (not counted: a Ctrl-C came first)
-    assert workers.advance()[0].tokens == 5
+    assert workers.drain()[0].tokens == 5  # (nor then: a Ctrl-C as the drain returned)
     workers.taken()
     assert workers.drain()[0].tokens == 0
 
@@ -453,7 +454,8 @@ def test_a_drain_returns_the_statistics_an_interrupted_advance_collected():
     coord.gate.record(1, AFTER, StepStats(loss=1.0, nll=0.5, tokens=7, sentences=2), staleness=1)
     stats, staleness = coord.drain()
     assert (stats.tokens, stats.loss, stats.sentences, staleness) == (12, 3.0, 3, [1, 1])
-    assert coord.uncounted is None and coord.drain()[0].tokens == 0  # (once)
+    coord.taken()  # (counted: once)
+    assert coord.uncounted is None and coord.drain()[0].tokens == 0
 
 
 @pytest.mark.parametrize("when", ["as advance returns", "as the count begins", "after the count"])
@@ -483,6 +485,34 @@ def test_the_statistics_advance_collects_are_counted_once_whenever_ctrl_c_comes(
     coord.server.updates = 2
     run.interval.add(run._count(*coord.drain()))  # the stop's drain
     assert run.tokens == run.interval.tokens == 12 and run.staleness == [1, 1]
+
+
+@pytest.mark.parametrize("when", ["as the drain returns", "as the count begins", "after the count"])
+def test_the_statistics_a_limits_drain_collects_are_counted_once_whenever_ctrl_c_comes(monkeypatch, when: str):
+    """At --max-time (or --max-epochs) the trainer drains the pushes in flight: a Ctrl-C as the drain returned,
+    before the trainer counted what it had collected, lost those pushes to the token count that the checkpoint
+    saves and to the last train event (the stop's drain found none). `Trainer.drain` counts them as `update`
+    counts an update's, and until then the stop's drain returns them with its own."""
+    from async_nmt.train import trainer as trainer_module
+
+    coord = coordinator(2)
+    coord._check = lambda: None  # type: ignore[method-assign]  # (no processes to watch)
+    coord.gate.record(0, AFTER, StepStats(loss=1.0, nll=0.5, tokens=5, sentences=1), staleness=0)
+    coord.server.updates = 1
+    run = SimpleNamespace(workers=coord, interval=StepStats(), tokens=0, staleness=[])
+    run._count = functools.partial(trainer_module.Trainer._count, run)
+    drain = coord.drain
+    if when == "as the drain returns":
+        coord.drain = lambda: (drain(), signal_now())[0]  # type: ignore[method-assign]
+    elif when == "as the count begins":  # (held, a signal in the count is raised after it)
+        monkeypatch.setattr(trainer_module, "uninterrupted", signal_now)
+    with contextlib.nullcontext() if when == "after the count" else pytest.raises(KeyboardInterrupt):
+        trainer_module.Trainer.drain(run)  # the limit's drain
+    assert run.tokens == (5 if when == "after the count" else 0)
+    coord.drain = drain  # type: ignore[method-assign]
+    monkeypatch.undo()
+    trainer_module.Trainer.drain(run)  # the stop's drain
+    assert run.tokens == run.interval.tokens == 5 and run.staleness == [1]
 
 
 def signal_now() -> NoReturn:

@@ -618,6 +618,14 @@ class Trainer:
             self.interval.add(self._count(*collected))
             self.workers.taken()
 
+    def drain(self) -> None:
+        """Let the pushes in flight finish their update, and count their statistics as `update` counts an
+        update's: a Ctrl-C as the drain returned left them out of the token count that the checkpoint saves."""
+        collected = self.workers.drain()
+        with uninterrupted():  # counted once: before a Ctrl-C, or by the stop's drain (`Workers.taken`)
+            self.interval.add(self._count(*collected))
+            self.workers.taken()
+
     def _count(self, stats: StepStats, staleness: list[int]) -> StepStats:
         self.tokens += stats.tokens
         self.staleness = merge_histograms(self.staleness, staleness)
@@ -746,7 +754,7 @@ class Trainer:
                     self.update()
                 stopping = self.should_stop()
                 if stopping:  # a time or epoch limit: let the pushes in flight finish their update
-                    self.interval.add(self._count(*self.workers.drain()))
+                    self.drain()
                 drained = stopping
                 counted = self.counted_updates
                 bar.update(counted - before)
@@ -786,7 +794,7 @@ class Trainer:
                 # logs, and worker processes push on): the pushes in flight finish their update and are counted
                 # before the closing validation and save, as there (it validated a server still being written)
                 before = counted
-                self.interval.add(self._count(*self.workers.drain()))
+                self.drain()
                 counted = self.counted_updates
                 bar.update(counted - before)
                 self._log_rest()
@@ -908,7 +916,7 @@ class Trainer:
             if not self.workers.interrupted:  # a sync group has agreed already; its last step is complete
                 if not self.workers.steps_here:  # worker processes: a push under way may take a while
                     print(stop_hint(self._held(PUSHES_HELD)), file=sys.stderr, flush=True)
-                self.interval.add(self._count(*self.workers.drain()))
+                self.drain()
             try:  # (logged before the save below, which then holds none of it to log again)
                 self._log_rest()
             except TrainingDiverged:  # a bad state is not saved over the last good one

@@ -257,12 +257,14 @@ class ProcessWorkers(Workers):
         while not (self.server.updates >= self.fence and self._quiet()):
             self._check()
             time.sleep(processes.POLL_S)
-        stats, staleness = self._collect()
-        if self.uncounted is not None:  # collected by an `advance`, and Ctrl-C came before the trainer counted them
-            (held, held_staleness), self.uncounted = self.uncounted, None
-            held.add(stats)
-            return held, merge_histograms(held_staleness, staleness)
-        return stats, staleness
+        with processes.uninterrupted(second_stops=True):  # kept until `taken`, as `advance` keeps its own
+            collected = self._collect()
+            if self.uncounted is not None:  # collected before, and Ctrl-C came before the trainer counted them
+                held, held_staleness = self.uncounted
+                held.add(collected[0])
+                collected = held, merge_histograms(held_staleness, collected[1])
+            self.uncounted = collected
+        return collected
 
     def _collect(self) -> tuple[StepStats, list[int]]:
         """The statistics of the pushes completed since the last call; the trainer's streams learn the

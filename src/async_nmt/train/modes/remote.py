@@ -132,7 +132,7 @@ class RemoteWorkers(Workers):
                 self._serve(src, header)
             else:
                 self.parked.append((src, header))
-        return self.stats, histogram(self.staleness)  # (kept until `taken`: a stop's drain returns them too)
+        return self._collect()
 
     def taken(self) -> None:
         self.stats, self.staleness = StepStats(), []
@@ -269,9 +269,9 @@ class RemoteWorkers(Workers):
             self.params_cpu.copy_(self.server.params)
 
     def _collect(self) -> tuple[StepStats, list[int]]:
-        stats, staleness = self.stats, histogram(self.staleness)
-        self.stats, self.staleness = StepStats(), []
-        return stats, staleness
+        """The statistics of the pushes served since the trainer last counted them: kept until `taken`, so that
+        a stop's drain returns them too (a Ctrl-C came as `advance` or a limit's `drain` returned them)."""
+        return self.stats, histogram(self.staleness)
 
     def _check(self) -> None:
         """Raise a worker failure: an error a worker reported, else the worker whose heartbeat stopped first

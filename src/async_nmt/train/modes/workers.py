@@ -112,9 +112,9 @@ class Workers:
         raise NotImplementedError
 
     def taken(self) -> None:
-        """The trainer has counted what `advance` returned last. Where the pushes are computed elsewhere, their
-        statistics are kept until then, and a stop's `drain` returns them too: a Ctrl-C as `advance` returned
-        left them out of the counts that the checkpoint saves."""
+        """The trainer has counted what `advance` or `drain` returned last. Where the pushes are computed
+        elsewhere, their statistics are kept until then, and a stop's `drain` returns them too: a Ctrl-C as
+        `advance` (or a limit's `drain`) returned left them out of the counts that the checkpoint saves."""
 
     def drain(self) -> tuple[StepStats, list[int]]:
         """Finish the pushes in flight so that the server is between updates (before validation at a
