@@ -473,6 +473,7 @@ def test_the_statistics_advance_collects_are_counted_once_whenever_ctrl_c_comes(
     coord.server.updates = 1
     run = SimpleNamespace(workers=coord, interval=StepStats(), tokens=0, staleness=[])
     run._count = functools.partial(trainer_module.Trainer._count, run)
+    run._count_taken = functools.partial(trainer_module.Trainer._count_taken, run)
     if when == "as advance returns":
         advance = coord.advance
         coord.advance = lambda: (advance(), signal_now())[0]  # type: ignore[method-assign]
@@ -501,6 +502,7 @@ def test_the_statistics_a_limits_drain_collects_are_counted_once_whenever_ctrl_c
     coord.server.updates = 1
     run = SimpleNamespace(workers=coord, interval=StepStats(), tokens=0, staleness=[])
     run._count = functools.partial(trainer_module.Trainer._count, run)
+    run._count_taken = functools.partial(trainer_module.Trainer._count_taken, run)
     drain = coord.drain
     if when == "as the drain returns":
         coord.drain = lambda: (drain(), signal_now())[0]  # type: ignore[method-assign]

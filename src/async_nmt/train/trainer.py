@@ -613,16 +613,17 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def update(self) -> None:
         """Run until the server has taken at least one more update, and count its pushes' statistics."""
-        collected = self.workers.advance()
-        with uninterrupted():  # counted once: before a Ctrl-C, or by the stop's drain (`Workers.taken`)
-            self.interval.add(self._count(*collected))
-            self.workers.taken()
+        self._count_taken(self.workers.advance())
 
     def drain(self) -> None:
-        """Let the pushes in flight finish their update, and count their statistics as `update` counts an
-        update's: a Ctrl-C as the drain returned left them out of the token count that the checkpoint saves."""
-        collected = self.workers.drain()
-        with uninterrupted():  # counted once: before a Ctrl-C, or by the stop's drain (`Workers.taken`)
+        """Let the pushes in flight finish their update, and count their statistics."""
+        self._count_taken(self.workers.drain())
+
+    def _count_taken(self, collected: tuple[StepStats, list[int]]) -> None:
+        """Count what the workers collected, once: before a Ctrl-C, or else by the stop's drain, which returns
+        it again until the workers are told (`Workers.taken`). A Ctrl-C as `advance` or `drain` returned left
+        it out of the token count that the checkpoint saves, while its data positions counted its batches."""
+        with uninterrupted():
             self.interval.add(self._count(*collected))
             self.workers.taken()
 
