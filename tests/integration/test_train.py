@@ -737,6 +737,42 @@ def test_ctrl_c_during_an_update_of_a_scratch_run_says_stopping_not_saving(
     assert UPDATE_HELD.replace("saving", "stopping") in err and "saving" not in err and err.endswith("interrupted\n")
 
 
+def test_ctrl_c_as_the_workers_end_after_the_closing_save_ends_the_run_as_finished(
+    synthetic_bin: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """The run at its limit, validated and saved: a Ctrl-C as its worker processes ended (a second or two, found
+    by a stress sweep of async runs) stopped it with "interrupted", exit code 130 and no end event. It cut
+    nothing: the run ends as finished, and says so."""
+    import os
+    import signal
+
+    from async_nmt.train import trainer as trainer_module
+
+    build = trainer_module.build_workers
+
+    def ctrl_c_as_they_close(ctx):
+        workers = build(ctx)
+        close = workers.close
+
+        def close_after_ctrl_c() -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            close()
+
+        workers.close = close_after_ctrl_c
+        return workers
+
+    monkeypatch.setattr(trainer_module, "build_workers", ctrl_c_as_they_close)
+    run = tmp_path / "run"
+    try:
+        end = train(micro_config(synthetic_bin, max_updates=3), run, progress=False)
+    except KeyboardInterrupt:  # (else it would end the test session)
+        pytest.fail("the Ctrl-C as the workers ended stopped the finished run")
+    assert end["interrupted"] is False and end["stopped_by"] == "--max-updates 3"
+    assert read_events(run / "events.jsonl")[-1] == end
+    assert capsys.readouterr().err.endswith(f"interrupted after the run's end: it cut nothing, and {run} is finished "
+                                            "(--max-updates 3)\n")  # fmt: skip
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl-C; `kill` or a batch scheduler's notice
 def test_ctrl_c_saves_a_checkpoint_and_exits(synthetic_bin: Path, tmp_path: Path, signum: str):
     import signal

@@ -39,7 +39,14 @@ from async_nmt.data.batches import budget_warning, epochs_done, worker_streams
 from async_nmt.data.binarize import length_warning, load_manifest, load_split
 from async_nmt.data.vocab import load_vocab, normalizes_alike, vocab_matches
 from async_nmt.devices import amp_dtype_for, resolve_device
-from async_nmt.errors import SecondInterrupt, TrainingDiverged, UserError, failure_line, stop_hint
+from async_nmt.errors import (
+    SecondInterrupt,
+    TrainingDiverged,
+    UserError,
+    failure_line,
+    held_interrupts,
+    stop_hint,
+)
 from async_nmt.model.checkpoint import (
     best_save,
     checkpoint_path,
@@ -834,8 +841,12 @@ class Trainer:
                 if isinstance(err, Exception):
                     self._end_failed(err)
             raise
-        with self.clock.paused():
+        # the run is done, validated and saved: a Ctrl-C or SIGTERM as the worker processes end (a second or two)
+        # cuts nothing, and the run ends as finished (it ended with no end event and exit code 130); a second
+        # Ctrl-C stops at once
+        with self.clock.paused(), held_interrupts(second_stops=True) as caught:
             self.workers.close()
+        self.stopped_after_end = bool(caught)
         return self._end()
 
     def _end(self) -> dict[str, Any]:
