@@ -78,12 +78,12 @@ def utf16_without_mark(order: str) -> str:
     return f"it is UTF-16 ({order}) without a byte order mark: convert it (iconv -f UTF-16{order} -t UTF-8)"
 
 
-def check_not_unmarked_utf16(name: str, first_line: bytes) -> None:
-    """UserError where a text's first line (its bytes, the newline's too) reads as UTF-16 without a byte
-    order mark (`unmarked_utf16`): as ASCII it is valid UTF-8, and was read as text with a NUL piece in
+def check_not_unmarked_utf16(name: str, head: bytes) -> None:
+    """UserError where a text's first bytes (its first line at least, the newline's too) read as UTF-16 without
+    a byte order mark (`unmarked_utf16`): as ASCII it is valid UTF-8, and was read as text with a NUL piece in
     every other place (a corpus's pairs dropped, a translation of nonsense, a BLEU of a line count off by
     one)."""
-    if (order := unmarked_utf16(first_line)) is not None:
+    if (order := unmarked_utf16(head)) is not None:
         raise UserError(f"{name}: line 1 has a NUL byte beside each character; {utf16_without_mark(order)}")
 
 

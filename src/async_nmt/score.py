@@ -41,7 +41,7 @@ def decode_lines(data: bytes, name: str) -> list[str]:
         raise not_utf8(name, line, data) from None
     if not text:
         return []
-    check_not_unmarked_utf16(name, data[: data.find(b"\n") + 1 or len(data)])
+    check_not_unmarked_utf16(name, data)
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()

@@ -389,7 +389,7 @@ def _regular_file_lines(fd: int, name: str) -> int | None:
             number = count + lines.count(b"\n", 0, err.start) + 1
             raise not_utf8(name, number, lines if count == 0 else b"") from None
         if count == 0:
-            check_not_unmarked_utf16(name, lines[: lines.find(b"\n") + 1 or len(lines)])
+            check_not_unmarked_utf16(name, lines)
         count += lines.count(b"\n")
         returns += lone_returns(lines)  # (whole lines: no \r\n is cut in two)
         if not block:
