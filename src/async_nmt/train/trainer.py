@@ -685,9 +685,10 @@ class Trainer:
             fences.append(cfg.max_updates)
         return min(fences)
 
-    def run(self, progress: bool = True) -> dict[str, Any]:
+    def _print_opening(self) -> None:
+        """What the data and options will do that the user may not expect (rank 0's), and where a resume
+        starts."""
         cfg = self.cfg
-        self.progress = progress  # the bar, or lines where stderr is not a terminal; validation lines
         split = self.streams[0].split
         warnings = (
             length_warning(self.manifest, self.model_cfg.max_positions),
@@ -698,13 +699,17 @@ class Trainer:
         for warning in warnings:
             if warning and self.leader:
                 print(warning, file=sys.stderr)
-        if self.resumed and self.leader and progress:  # (as fairseq's "loaded checkpoint"; the bar starts there)
+        if self.resumed and self.leader and self.progress:  # (as fairseq's "loaded checkpoint"; the bar starts there)
             limit = self.limit_reached()
             past = f", where {limit} stops it" if limit else ""
             print(f"resuming {self.run_dir} from update {self.updates} "
                   f"({checkpoint_path(self.run_dir, 'last').relative_to(self.run_dir)}){past}",
                   file=sys.stderr)  # fmt: skip
-        start = dict(
+
+    def _start_fields(self) -> dict[str, Any]:
+        """The start event's fields: the run's settings as this session trains them."""
+        cfg = self.cfg
+        return dict(
             mode=cfg.mode, workers=cfg.workers, accum=cfg.accum, local_accum=cfg.local_accum,
             staleness_lr=cfg.staleness_lr, sync_every=cfg.sync_every, outer_lr=cfg.outer_lr,
             outer_momentum=cfg.outer_momentum, lr=cfg.lr, warmup=cfg.warmup,
@@ -724,6 +729,26 @@ class Trainer:
             # commit): rank 0's, which alone writes the log (the other ranks did not ask git too)
             **({"device_name": device_name(self.device), "versions": versions()} if self.leader else {}),
         )  # fmt: skip
+
+    def _show(self, event: dict[str, Any], bar: ProgressBar, lines: bool) -> None:
+        """A `train` event as a line of its own (`lines`), or in the bar (rank 0's)."""
+        asynchronous = self.cfg.mode in ASYNC_MODES  # (their staleness shown beside the loss)
+        if lines:
+            # (nll: the valid loss's measure; loss: what is trained, label-smoothed)
+            stale = (f", staleness {event['staleness_mean']:.2f} (max {event['staleness_max']})"
+                     if asynchronous else "")  # fmt: skip
+            bar.write(f"update {event['updates']}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
+                      f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s{stale}", file=sys.stderr)  # fmt: skip
+        elif self.leader:
+            shown = {"stale": f"{event['staleness_mean']:.2f}"} if asynchronous else {}
+            bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
+                            tok_s=f"{event['tok_per_s']:.0f}", **shown)  # fmt: skip
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        self.progress = progress  # the bar, or lines where stderr is not a terminal; validation lines
+        self._print_opening()
+        start = self._start_fields()  # (before the clock: it asks git for the commit)
         # the training clock starts here, at the start event: it ran from the trainer's making, and a new run's
         # start event said 0.03-0.07 s of set-up (loading, the folder, git's commit) in train_s
         self.clock = TrainingClock(self.clock.offset)
@@ -736,7 +761,6 @@ class Trainer:
         # where stderr is not a terminal (a log file, a batch job), the bar is off and every `train` event
         # is one line instead, as `\r` redraws would make one endless line of a log
         lines = progress and bar.disable and self.leader
-        asynchronous = cfg.mode in ASYNC_MODES  # (their staleness shown beside the loss)
         if self.interval_start is None:
             self.interval_start = self.clock.seconds
         counted = self.counted_updates  # the updates whose pushes the trainer has counted
@@ -777,18 +801,7 @@ class Trainer:
                 if logging or saving:  # the losses are read (a host sync) only here, never a bad one saved
                     self._check_finite(self.interval)
                 if logging:
-                    event = self._train_event()
-                    if lines:
-                        # (nll: the valid loss's measure; loss: what is trained, label-smoothed)
-                        stale = (f", staleness {event['staleness_mean']:.2f} (max {event['staleness_max']})"
-                                 if asynchronous else "")  # fmt: skip
-                        bar.write(f"update {event['updates']}: loss {event['loss']:.3f} (nll {event['nll']:.3f}), lr "
-                                  f"{event['lr']:.2e}, {event['tok_per_s']:,.0f} tok/s{stale}",
-                                  file=sys.stderr)  # fmt: skip
-                    elif self.leader:
-                        shown = {"stale": f"{event['staleness_mean']:.2f}"} if asynchronous else {}
-                        bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}",
-                                        tok_s=f"{event['tok_per_s']:.0f}", **shown)  # fmt: skip
+                    self._show(self._train_event(), bar, lines)
                     self._new_interval()
                 if self.workers.interrupted:
                     break
