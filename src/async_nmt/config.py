@@ -83,6 +83,7 @@ def model_config(preset: str, vocab_size: int, **overrides: Any) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides})
 
 
+MAX_BEAM = 2**31  # `nmt translate --beam`, `nmt train --valid-beam` (2^62 overflowed torch's sizes: a traceback)
 DROPOUTS = ("dropout", "embed_dropout", "attention_dropout")  # the options that override the preset's model
 
 
@@ -124,6 +125,7 @@ class TrainConfig:
     attention_dropout: float | None = None
     valid_every: int = 500
     valid_max_sentences: int = 0  # 0 = the whole valid split
+    valid_beam: int = 1  # the beam of validation's translations; 1 = greedy
     save_every: int = 0  # 0 = only at validation and at the end
     keep_last: int = 0  # also keep the last N saves as checkpoints/update-U.pt (for averaging); 0 = none
     max_updates: int = 0

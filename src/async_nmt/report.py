@@ -356,11 +356,11 @@ def resumed_otherwise(runs: list[Run]) -> list[str]:
 
 def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None) -> list[str]:
     """One line for each way the runs are not comparable: another model size (preset), precision, validation
-    set (its sentences, else --valid-max-sentences) or corpus (its training split, else bin_dir; vocabulary);
-    and for their times on the x axis `x`, another clock: --simulate or not, or another device (the training
-    clock), a token's price or a link (--simulate-token-us, --link-gbps where the report does not re-price it:
-    the predicted clock). From
-    each run's start events and config.json; a run that does not record a setting is left out of its comparison.
+    set (its sentences, else --valid-max-sentences), validation beam (--valid-beam) or corpus (its training
+    split, else bin_dir; vocabulary); and for their times on the x axis `x`, another clock: --simulate or not,
+    or another device (the training clock), a token's price or a link (--simulate-token-us, --link-gbps where
+    the report does not re-price it: the predicted clock). From each run's start events and config.json; a run
+    that does not record a setting is left out of its comparison.
 
     The vocabulary is compared by the hash of RUN/spm.model's pieces where every run has one; else by the
     corpus's languages and vocabulary size, as the hashes recorded before 2026-12-05 were of the file, and
@@ -398,6 +398,8 @@ def differences(runs: list[Run], x: str = "time", link_gbps: float | None = None
         "validation set (CRC-32 of its sentences)" if by_sentences else "validation set (--valid-max-sentences)": (
             lambda run: sentences[run.name] if by_sentences else run.config.get("train", {}).get("valid_max_sentences")
         ),
+        # (a resume keeps it; start events before it was an option, 2026-12-08, were of greedy validation)
+        "validation beam (--valid-beam; 1: greedy)": lambda run: run.start.get("valid_beam", 1) if run.start else None,
         "corpus (training pairs, tokens)" if by_split else "corpus (bin_dir)": (
             (lambda run: split[run.name]) if by_split else (lambda run: run.config.get("train", {}).get("bin_dir"))
         ),

@@ -19,7 +19,7 @@ import sentencepiece as spm
 import torch
 from torch import Tensor
 
-from async_nmt.config import UNK_ID, Precision, temporary_beside
+from async_nmt.config import MAX_BEAM, UNK_ID, Precision, temporary_beside
 from async_nmt.data.batches import round_up
 from async_nmt.devices import amp_dtype_for, out_of_memory, resolve_device
 from async_nmt.errors import (
@@ -274,7 +274,6 @@ def _source_tensor(batch: list[int], ids: list[list[int]], pad_id: int, max_widt
     return src.to(device, non_blocking=True)
 
 
-MAX_BEAM = 2**31
 # A score, log-probability / length**lenpen, is computed in fp32: 256 positions**16 is inf there, and a
 # hypothesis' score over it -0.0, the best of any. Within +-10, lengths up to 1,024 positions (the presets
 # have 256) and log-probabilities of -1e-6 to -1e5 give normal, nonzero scores.
@@ -282,7 +281,7 @@ MAX_LENPEN = 10.0
 
 
 def check_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, max_tokens: int, nbest: int = 0) -> None:
-    if not 1 <= beam <= MAX_BEAM:  # (2^62 overflowed torch's sizes: a traceback)
+    if not 1 <= beam <= MAX_BEAM:
         raise UserError(f"--beam must be 1 to {MAX_BEAM:,} (got {beam})")
     if nbest < 0:
         raise UserError(f"--nbest must not be negative (got {nbest})")

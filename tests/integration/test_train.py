@@ -422,7 +422,7 @@ def test_no_compile_turns_a_runs_compile_off_on_resume(synthetic_bin: Path, lear
     "extra, option",
     [(["--max-tokens", "512"], "--max-tokens"), (["--seed", "8"], "--seed"), (["--mode", "async"], "--mode"),
      (["--workers", "2", "--simulate"], "--workers"), (["--simulate"], "--simulate"),
-     (["--valid-max-sentences", "10"], "--valid-max-sentences")],
+     (["--valid-max-sentences", "10"], "--valid-max-sentences"), (["--valid-beam", "4"], "--valid-beam")],
 )  # fmt: skip
 def test_resume_with_options_that_move_the_data_positions_is_refused(
     synthetic_bin: Path, learned_run: Path, tmp_path: Path, extra, option
@@ -608,6 +608,7 @@ def run_cli(*args: str, input: str | None = None):
         (["--resume", "--force"], "contradict"),
         (["--lr", "-1"], "--lr"),
         (["--valid-max-sentences", "-1"], "--valid-max-sentences"),
+        (["--valid-beam", "0"], "--valid-beam must be 1 to 2,147,483,648 (got 0)"),
         (["--devices", "cpu,"], "names an empty device"),
         (["--mode", "async", "--shards", "100000"], "--shards must be 0 (one per device) to 64"),
         # a server of one shard, --shards ignored until 2026-12-05
@@ -1716,6 +1717,22 @@ def test_the_start_event_names_the_validation_sentences_that_nmt_report_compares
     start = read_events(tmp_path / "run" / "events.jsonl")[0]
     assert start["valid_crc32"] == Validator(synthetic_bin, 1024, 256, 40).fingerprint
     assert start["valid_crc32"] != Validator(synthetic_bin, 1024, 256, 20).fingerprint
+
+
+def test_valid_beam_is_in_the_start_events_and_a_resume_keeps_it(synthetic_bin: Path, tmp_path: Path):
+    """--valid-beam N validates with beam search of N beams (1, the default, is greedy, as before it was an
+    option); a resume that leaves it out keeps the run's, as the best BLEU so far was measured with it."""
+    run = tmp_path / "run"
+    common = ["--preset", "micro", "--devices", "cpu", "--max-tokens", "512", "--valid-max-sentences", "5", "--quiet"]
+    code, output = run_cli("train", str(synthetic_bin), str(run), *common, "--max-updates", "1", "--valid-beam", "3")
+    assert code == 0, output
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--quiet", "--max-updates", "2")
+    assert code == 0, output
+    assert [e["valid_beam"] for e in read_events(run / "events.jsonl") if e["kind"] == "start"] == [3, 3]
+    assert load_json(RunConfig, run / "config.json").train.valid_beam == 3
+    code, output = run_cli("train", str(synthetic_bin), str(tmp_path / "greedy"), *common, "--max-updates", "1")
+    assert code == 0, output
+    assert read_events(tmp_path / "greedy" / "events.jsonl")[0]["valid_beam"] == 1
 
 
 def test_max_epochs_stops_at_the_end_of_the_epoch(synthetic_bin: Path, tmp_path: Path):

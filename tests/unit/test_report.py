@@ -713,6 +713,22 @@ def test_the_validation_set_compares_by_its_sentences_where_every_run_recorded_t
     assert result.exit_code == 0 and result.stderr == "", result.output
 
 
+def test_runs_validated_with_other_beams_are_reported_with_a_warning(runs: list[Path]) -> None:
+    """--valid-beam changes the BLEU of the same model; a start event without it (before 2026-12-08) was of
+    greedy validation."""
+    rewrite(runs[0], lambda events: events[0].update(valid_beam=5))
+    rewrite(runs[1], lambda events: events[0].update(valid_beam=1))
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: the runs differ in validation beam (--valid-beam; 1: greedy) (5: {runs[0]}; 1: {runs[1]}, "
+        f"{runs[2]}); their BLEU and times do not compare"
+    ]
+    rewrite(runs[0], lambda events: events[0].update(valid_beam=1))
+    result = CliRunner().invoke(main, ["report", *map(str, runs)])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
 def test_report_md_holds_the_warnings(tmp_path: Path) -> None:
     """They went to stderr alone: a report.md read later compared runs that do not compare without a word."""
     runs = [write_run(tmp_path / m, m, [0.0, 0.0], seconds_per_valid=10.0) for m in ("sync", "async")]

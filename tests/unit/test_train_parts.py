@@ -798,6 +798,32 @@ def test_validation_scores_an_identity_system_at_100_and_its_loss_is_the_nll_per
     assert validator(model, sp, None)["bleu"] < 50  # the same sentences, against the wrong references
 
 
+@pytest.mark.parametrize("beam", [1, 4])
+def test_validation_scores_the_translations_of_its_beam(synthetic_bin, monkeypatch, beam):
+    """--valid-beam N: the BLEU is of beam search's translations with N beams (greedy at 1), as `nmt translate
+    --beam N` writes them; those of the other search differ for this model, so the test tells them apart."""
+    from async_nmt.data.binarize import load_manifest
+    from async_nmt.data.vocab import load_vocab
+    from async_nmt.train import validate
+    from async_nmt.translate import translate_lines
+
+    torch.manual_seed(0)
+    model = Transformer(model_config("micro", load_manifest(synthetic_bin)["vocab_size"])).eval()
+    with torch.no_grad():  # (weights drawn wide: the untrained model's outputs are then not one token repeated,
+        for weight in model.parameters():  # which both searches write alike)
+            if weight.dim() > 1:
+                weight.normal_(0, 0.5)
+    sp = load_vocab(synthetic_bin / "spm.model")
+    validator = validate.Validator(synthetic_bin, 1024, model.cfg.max_positions, max_sentences=10, beam=beam)
+    scored: list[list[str]] = []
+    corpus_scores = validate.corpus_scores
+    monkeypatch.setattr(validate, "corpus_scores", lambda hyps, *a: scored.append(hyps) or corpus_scores(hyps, *a))
+    validator(model, sp, None)
+    searched = {b: translate_lines(model, sp, validator.sources, beam=b, max_tokens=1024) for b in (1, 4)}
+    assert searched[1] != searched[4]
+    assert scored == [searched[beam]]
+
+
 def test_validation_reports_its_progress_sentence_by_sentence(synthetic_bin):
     """The trainer draws a bar from it while the valid set is translated (minutes of silence before)."""
     from async_nmt.data.binarize import load_manifest

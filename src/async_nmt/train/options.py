@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from async_nmt.config import (
     DROPOUTS,
+    MAX_BEAM,
     MODES,
     PRECISIONS,
     PRESETS,
@@ -114,10 +115,14 @@ OPTIONS = [
                  help="Dropout on the attention weights, in [0, 1) (default: 0, as fairseq has it; "
                  "nn.Transformer and Marian drop them, at --dropout's)."),
     click.option("--valid-every", default=500, show_default=True,
-                 help="Updates between validations (valid loss + greedy BLEU, then a checkpoint); 0 = at the end."),
+                 help="Updates between validations (valid loss + BLEU, then a checkpoint); 0 = at the end."),
     click.option("--valid-max-sentences", default=0, show_default=True,
                  help="Validate on the first N valid sentences only; 0 = all. Fixed for a run: its best "
                  "BLEU was measured on them."),
+    click.option("--valid-beam", default=1, show_default=True,
+                 help="Beam size of validation's translations, whose BLEU chooses best.pt and counts --patience "
+                 "(length penalty 1.0, as `nmt translate`'s default); 1 = greedy, the fastest. Fixed for a run: "
+                 "its best BLEU was measured with it."),
     click.option("--save-every", default=0, show_default=True,
                  help="Updates between extra checkpoints (besides each validation and the end); 0 = none."),
     click.option("--keep-last", default=0, show_default=True,
@@ -243,6 +248,8 @@ def check_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
         raise UserError("--label-smoothing must be in [0, 1)")
     if cfg.log_every < 1:
         raise UserError("--log-every must be at least 1")
+    if not 1 <= cfg.valid_beam <= MAX_BEAM:
+        raise UserError(f"--valid-beam must be 1 to {MAX_BEAM:,} (got {cfg.valid_beam})")
     # (a resume takes them from config.json, which may be edited by hand: --precision fp8 trained in fp32, and
     # an adam_eps of -1 trained with it, without a word)
     if cfg.precision not in PRECISIONS:

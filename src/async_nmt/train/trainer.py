@@ -151,7 +151,8 @@ class Trainer:
                         devices, run_dir, rank, world, interrupt)
         )  # fmt: skip
         self.server = self.workers.server
-        self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences)
+        self.validator = Validator(bin_dir, cfg.max_tokens, self.model_cfg.max_positions, cfg.valid_max_sentences,
+                                   cfg.valid_beam)  # fmt: skip
         self.valid_crc32 = self.validator.fingerprint  # the validation sentences, which a resume must keep
         self.tokens = 0
         self.staleness: list[int] = []  # histogram of the pushes since the last `train` event
@@ -719,7 +720,8 @@ class Trainer:
             # what a resume may change (README), so that each start event says what was in force from there
             max_updates=cfg.max_updates, max_epochs=cfg.max_epochs, max_time=cfg.max_time, patience=cfg.patience,
             label_smoothing=cfg.label_smoothing, clip_norm=cfg.clip_norm, compile=cfg.compile,
-            valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, log_every=cfg.log_every,
+            valid_every=cfg.valid_every, valid_max_sentences=cfg.valid_max_sentences, valid_beam=cfg.valid_beam,
+            log_every=cfg.log_every,
             valid_crc32=self.valid_crc32,  # the validation sentences, that `nmt report` compares
             save_every=cfg.save_every, keep_last=cfg.keep_last, devices=list(cfg.devices), shards=cfg.shards,
             # (`shards` 0 is one per device; diloco's outer step is on one vector)
@@ -973,9 +975,9 @@ class Trainer:
 
 
 # the saved data positions depend on the first six, how pushes become updates on the next five; the best BLEU
-# (best.pt, --patience) was measured on the first --valid-max-sentences valid pairs
+# (best.pt, --patience) was measured on the first --valid-max-sentences valid pairs, with --valid-beam
 RESUME_FIXED = ("mode", "workers", "accum", "max_tokens", "batch_sort", "seed", "local_accum", "staleness_lr",
-                "sync_every", "outer_lr", "outer_momentum", "valid_max_sentences")  # fmt: skip
+                "sync_every", "outer_lr", "outer_momentum", "valid_max_sentences", "valid_beam")  # fmt: skip
 
 
 def check_resume_options(saved: TrainConfig, given: TrainConfig, path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Validation on a parameter snapshot: per-token NLL on the valid split, and greedy BLEU/chrF with sacreBLEU,
-both at the run's --precision."""
+"""Validation on a parameter snapshot: per-token NLL on the valid split, and the BLEU/chrF (sacreBLEU) of its
+translations with the run's --valid-beam (1: greedy), both at the run's --precision."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from async_nmt.translate import translate_lines
 
 
 class Validator:
-    """Holds the valid split (the first `max_sentences` lines, all if 0) ready to evaluate any snapshot."""
+    """Holds the valid split (the first `max_sentences` lines, all if 0) ready to evaluate any snapshot,
+    translating it with a beam of `beam` (1: greedy)."""
 
-    def __init__(self, bin_dir: Path, max_tokens: int, max_len: int, max_sentences: int = 0):
+    def __init__(self, bin_dir: Path, max_tokens: int, max_len: int, max_sentences: int = 0, beam: int = 1):
         split = load_split(bin_dir, "valid")
         manifest = load_manifest(bin_dir)
         self.language = manifest.get("tgt")  # BLEU's tokenizer follows it (`tokenizer_for`)
@@ -46,10 +47,12 @@ class Validator:
         if self.casefold:  # (in the fingerprint too: a resume's best BLEU is not compared with a cased one)
             self.references = [line.casefold() for line in self.references]
         self.max_tokens = max_tokens
+        self.beam = beam
         self.name = f"{bin_dir}/valid.{manifest.get('src')}"  # (warnings of its lines name it, once a run)
         self.notices: Counter[str] = Counter()
         # what a resume compares: the best BLEU so far was measured on these sentences, and with this tokenizer
-        # where it is not 13a (a zh run begun before 2026-12-05 scored with 13a: about 0, not comparable)
+        # where it is not 13a (a zh run begun before 2026-12-05 scored with 13a: about 0, not comparable); the
+        # beam is the run's --valid-beam, which a resume keeps (RESUME_FIXED)
         self.tokenize = tokenizer_for(self.language)
         measured = self.sources + self.references + ([f"tokenize:{self.tokenize}"] if self.tokenize else [])
         self.fingerprint = zlib.crc32("\n".join(measured).encode("utf-8"))
@@ -61,14 +64,14 @@ class Validator:
         amp_dtype: torch.dtype | None,
         progress: Callable[[int], object] | None = None,
     ) -> dict[str, float]:
-        """The valid loss, perplexity, and the BLEU and chrF of its greedy translations; `progress` is called
-        with the number of sentences translated, as they are."""
+        """The valid loss, perplexity, and the BLEU and chrF of its translations (greedy, or beam search of
+        `self.beam`); `progress` is called with the number of sentences translated, as they are."""
         device = next(model.parameters()).device
         total = StepStats()
         for batch in self.batches:
             total.add(eval_step(model, batch.to(device), amp_dtype))
         valid_loss = float(total.nll) / max(total.tokens, 1)
-        hyps = translate_lines(model, sp, self.sources, beam=1, max_tokens=self.max_tokens, device=device,
+        hyps = translate_lines(model, sp, self.sources, beam=self.beam, max_tokens=self.max_tokens, device=device,
                                amp_dtype=amp_dtype, progress=progress, notices=self.notices,
                                name=self.name)  # fmt: skip
         if self.casefold:  # (sentencepiece's folding is NFKC's; Python's folds what it leaves too, as here)
