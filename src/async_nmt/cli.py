@@ -28,6 +28,7 @@ from async_nmt.errors import (
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 # chrF's character order: sacreBLEU counts every word order up to it, and `-cw 1000000` took 521 s and 12.7 GB
 MAX_CHRF_WORD_ORDER = 6
+MAX_PAIRED_SAMPLES = 10_000  # `nmt score --resamples`: they are held as samples x lines x a metric's statistics
 
 
 def reader_gone() -> NoReturn:
@@ -476,6 +477,15 @@ class SacrebleuTokenizers(click.Choice):
 @click.option("--ter", is_flag=True,
               help="TER too, sacreBLEU's (translation edit rate: edits per reference word, in %; lower is "
               "better).")  # fmt: skip
+@click.option("--baseline", metavar="BASE", type=PATH, default=None,
+              help="Another system's hypotheses of the same sources (a file): test whether HYP's scores differ "
+              "from BASE's by more than chance, by sacreBLEU's paired bootstrap resampling (its --paired-bs, "
+              "Koehn 2004). Prints each metric's two scores, their means and 95% confidence intervals over the "
+              "resamples, the difference and its p-value; seeded as sacreBLEU seeds it (12345, or "
+              "SACREBLEU_SEED).")  # fmt: skip
+@click.option("--resamples", type=click.IntRange(1, MAX_PAIRED_SAMPLES), default=None,
+              help="With --baseline: the bootstrap's resamples, at most 10,000 (they are held in memory at "
+              "once). [default: 1,000, as sacreBLEU's]")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def score(
     hyp: Path,
@@ -487,17 +497,22 @@ def score(
     chrf_word_order: int,
     force: bool,
     ter: bool,
+    baseline: Path | None,
+    resamples: int | None,
     as_json: bool,
 ) -> None:
     """Score detokenized hypotheses HYP (a file, or - for stdin) against one or more reference files REF of as
     many lines: sacreBLEU BLEU and chrF (or chrF++), and with --ter TER, with sacreBLEU's signatures."""
-    from async_nmt.score import ScoreOptions, score_command, target_language
+    from async_nmt.score import PairedOptions, ScoreOptions, score_command, target_language
 
+    if baseline is None and resamples is not None:
+        raise UserError("--resamples is of the test against a baseline: give --baseline BASE too")
     options = ScoreOptions(tokenize=tokenize, lowercase=lowercase, chrf_lowercase=chrf_lowercase,
                            chrf_word_order=chrf_word_order, force=force, ter=ter,
                            trg_lang=target_language(language_pair))  # fmt: skip
+    test = None if baseline is None else PairedOptions(baseline, resamples or 1000)
     with results_on_stdout():
-        score_command(hyp, list(refs), options, as_json=as_json)
+        score_command(hyp, list(refs), options, as_json=as_json, paired=test)
 
 
 # --------------------------------------------------------------------------- report

@@ -5,6 +5,7 @@ hypotheses against one or more references. sacreBLEU is imported when a score is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
@@ -161,6 +162,64 @@ def sacrebleu_scores(hyps: list[str], ref_streams: list[list[str]], options: Sco
     } | (ter_score(hyps, ref_streams) if options and options.ter else {})
 
 
+@dataclass(frozen=True)
+class PairedOptions:
+    """sacreBLEU's paired bootstrap resampling test (Koehn 2004) of HYP against a baseline's hypotheses of the
+    same sources (`sacrebleu REF -i BASE HYP --paired-bs`)."""
+
+    baseline: Path
+    samples: int = 1000  # resamples
+
+
+def paired_scores(hyps: list[str], base: list[str], ref_streams: list[list[str]], options: ScoreOptions,
+                  paired: PairedOptions) -> dict:  # fmt: skip
+    """sacreBLEU's paired bootstrap resampling of `hyps` against `base` on each metric (BLEU, chrF, TER where
+    `options` ask): both scores, their bootstrap means and 95% confidence intervals, and the p-value of their
+    difference, seeded as sacreBLEU seeds it (12345, or SACREBLEU_SEED). (Its approximate randomization, the
+    other test it has, counts only shuffles that differ by more than the systems do: for two systems that
+    differ in one line every shuffle differs by as much, and p is its smallest, 1/(trials + 1).)"""
+    from sacrebleu.metrics import TER
+    from sacrebleu.significance import PairedTest
+
+    bleu, chrf = metrics(options)
+    named = {"bleu": bleu, "chrf": chrf} | ({"ter": TER()} if options.ter else {})
+    test = PairedTest([("baseline", base), ("hyp", hyps)], named, ref_streams, test_type="bs",
+                      n_samples=paired.samples)  # fmt: skip
+    signatures, results = test()  # keyed by sacreBLEU's names of the metrics: BLEU, chrF2, TER
+
+    def number(value: float | None) -> float | None:  # (sacreBLEU's are numpy's float32 too: not JSON's)
+        return None if value is None else round(float(value), 10)
+
+    out: dict = {"test": "paired bootstrap resampling", "samples": paired.samples,
+                 "seed": os.environ.get("SACREBLEU_SEED", "12345"), "baseline": str(paired.baseline)}  # fmt: skip
+    for key, name in zip(named, list(results)[1:], strict=True):
+        base_result, hyp_result = results[name]
+        # the same translations differ by nothing, which is all chance: p = 1 (sacreBLEU counts only resampled
+        # differences above the real one, none here, and gave 1/(samples + 1), "significant")
+        p_value = 1.0 if hyps == base else hyp_result.p_value
+        out[key] = {
+            "name": name, "score": number(hyp_result.score), "mean": number(hyp_result.mean),
+            "ci": number(hyp_result.ci), "p_value": number(p_value),
+            "baseline_score": number(base_result.score), "baseline_mean": number(base_result.mean),
+            "baseline_ci": number(base_result.ci), "signature": str(signatures[name]),
+        }  # fmt: skip
+    return out
+
+
+def paired_lines(paired: dict, hyp_name: str) -> list[str]:
+    """`paired_scores` as text: what it tested, then a line a metric."""
+    lines = [f"paired bootstrap resampling against {paired['baseline']} ({paired['samples']:,} resamples, seed "
+             f"{paired['seed']}; score (mean ± 95% CI of the resamples); p < 0.05: a difference unlikely to be "
+             "chance):"]  # fmt: skip
+    for key in ("bleu", "chrf", "ter"):
+        if key in paired:
+            m = paired[key]
+            lines.append(f"{m['name']}: {hyp_name} {m['score']:.2f} ({m['mean']:.2f} ± {m['ci']:.2f}), baseline "
+                         f"{m['baseline_score']:.2f} ({m['baseline_mean']:.2f} ± {m['baseline_ci']:.2f}): "
+                         f"difference {m['score'] - m['baseline_score']:+.2f}, p = {m['p_value']:.4f}")  # fmt: skip
+    return lines
+
+
 def bleu_details(scores: dict) -> str:
     """What sacreBLEU prints after the BLEU score: `88.9/71.4/60.0/33.3 (BP = 0.895 ratio = 0.900 hyp_len = 9
     ref_len = 10)`, the 1- to 4-gram precisions, the brevity penalty and the lengths (of `sacrebleu_scores`)."""
@@ -267,12 +326,29 @@ def read_hypotheses(hyp: Path) -> list[str]:
     return decode_lines(read_stdin(), "stdin")
 
 
-def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = None, as_json: bool = False) -> None:
-    """`nmt score`: print BLEU and chrF of the file `hyp` (stdin where it is `-`) against the files `refs`."""
+def print_warnings(warnings: list[logging.LogRecord], name: str) -> None:
+    """sacreBLEU's warnings about the hypotheses `name`, on stderr. Its warning about tokenized hypotheses is
+    three lines and points at its Python API's `force` parameter; its command line's --force is ours too, so
+    the warning says that, in one line."""
+    tokenized = [w for w in warnings if w.funcName == "_extract_corpus_statistics"]
+    if tokenized:
+        print(f"warning: {name}: 100 or more lines end in a tokenized period (' .'); sacreBLEU scores "
+              "detokenized text: detokenize it, or give --force if it is", file=sys.stderr)  # fmt: skip
+    for warning in warnings:
+        if warning not in tokenized:
+            print(f"warning: sacreBLEU: {' '.join(warning.getMessage().split())}", file=sys.stderr)
+
+
+def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = None, as_json: bool = False,
+                  paired: PairedOptions | None = None) -> None:  # fmt: skip
+    """`nmt score`: print BLEU and chrF of the file `hyp` (stdin where it is `-`) against the files `refs`, and
+    with `paired` a significance test against a baseline's hypotheses."""
     options = options or ScoreOptions()
     for ref in refs:
         if str(ref) == STDIN:
             raise UserError("-: stdin can be HYP only; give each REF as a file")
+    if paired and str(paired.baseline) == STDIN:
+        raise UserError("--baseline -: stdin can be HYP only; give the baseline as a file")
     hyp_name = "stdin" if str(hyp) == STDIN else str(hyp)
     # trailing whitespace stripped, as sacreBLEU's command line reads its files: the same scores either way,
     # and its warning about tokenized hypotheses sees "... .  " as ending in " ."
@@ -288,6 +364,14 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
             raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but {ref} has {len(lines):,}: the counts must "
                             "match")  # fmt: skip
         ref_streams.append([line.rstrip() for line in lines])
+    base = None
+    if paired:
+        base = [line.rstrip() for line in read_scored(paired.baseline)]
+        if not base:
+            raise UserError(f"{paired.baseline}: is empty")
+        if len(base) != len(hyps):
+            raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but the baseline {paired.baseline} has "
+                            f"{len(base):,}: the counts must match")  # fmt: skip
     chosen = options.trg_lang in ("zh", "ja", "ko")  # (sacreBLEU's -l picks zh, ja-mecab, ko-mecab for them)
     if options.tokenize is None and not chosen and looks_unsegmented(ref_streams[0]):
         print(f"warning: {refs[0]}: looks like Chinese or Japanese text, whose words the default tokenizer "
@@ -295,15 +379,13 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
               "sacreBLEU's -l picks it", file=sys.stderr)  # fmt: skip
     with sacrebleu_warnings() as warnings:
         scores = sacrebleu_scores(hyps, ref_streams, options)
-    # sacreBLEU's warning about tokenized hypotheses is three lines and points at its Python API's `force`
-    # parameter; its command line's --force is ours too, so the warning says that, in one line.
-    tokenized = [w for w in warnings if w.funcName == "_extract_corpus_statistics"]
-    if tokenized:
-        print(f"warning: {hyp_name}: 100 or more lines end in a tokenized period (' .'); sacreBLEU scores "
-              "detokenized text: detokenize it, or give --force if it is", file=sys.stderr)  # fmt: skip
-    for warning in warnings:
-        if warning not in tokenized:
-            print(f"warning: sacreBLEU: {' '.join(warning.getMessage().split())}", file=sys.stderr)
+    print_warnings(warnings, hyp_name)
+    if paired and base is not None:
+        with sacrebleu_warnings() as warnings:  # (the baseline's own, naming it)
+            sacrebleu_scores(base, ref_streams, options)
+        print_warnings(warnings, str(paired.baseline))
+        # (forced: each side's warnings were given above, and the test would give them again)
+        scores["paired"] = paired_scores(hyps, base, ref_streams, dataclasses.replace(options, force=True), paired)
     if as_json:
         print(json.dumps(scores))
     else:
@@ -312,3 +394,5 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         print(f"{chrf} = {scores['chrf']:.2f} ({scores['chrf_signature']})")
         if options.ter:
             print(f"TER = {scores['ter']:.2f} ({scores['ter_signature']})")
+        for line in paired_lines(scores["paired"], hyp_name) if "paired" in scores else []:
+            print(line)

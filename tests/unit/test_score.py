@@ -467,3 +467,106 @@ def test_a_chinese_first_reference_is_warned_of_beside_an_english_second(tmp_pat
     result = runner().invoke(main, ["score", str(hyp), str(zh), str(en)])
     assert result.exit_code == 0, result.output
     assert f"warning: {zh}: looks like Chinese or Japanese text" in result.stderr
+
+
+def toy_systems(tmp_path: Path) -> tuple[Path, Path, Path, list[str], list[str], list[str]]:
+    """A reference of 60 lines, a good system (1 word in 5 replaced) and a poor one (1 in 2), seeded."""
+    import random
+
+    rng = random.Random(1)
+    words = "the a cat dog sat on mat ran fast slow big small red blue house tree".split()
+    refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(60)]
+
+    def noisy(p: float) -> list[str]:
+        return [" ".join(w if rng.random() > p else rng.choice(words) for w in line.split()) for line in refs]
+
+    good, poor = noisy(0.2), noisy(0.5)
+    return (
+        write(tmp_path / "ref", refs),
+        write(tmp_path / "good", good),
+        write(tmp_path / "poor", poor),
+        refs,
+        good,
+        poor,
+    )
+
+
+def test_a_baseline_is_tested_by_sacrebleus_paired_bootstrap(tmp_path: Path):
+    """--baseline BASE: sacreBLEU's paired bootstrap resampling, its scores, means, intervals and p-values (as its
+    --paired-bs gives them), each score the one `nmt score` gives each file alone; two systems that differ
+    this much differ significantly."""
+    from sacrebleu.significance import PairedTest
+
+    ref, good, poor, refs, good_lines, poor_lines = toy_systems(tmp_path)
+    result = runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--json", "--ter"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    paired = data["paired"]
+    assert (paired["test"], paired["samples"], paired["seed"], paired["baseline"]) == (
+        "paired bootstrap resampling",
+        1000,
+        "12345",
+        str(poor),
+    )
+    alone = json.loads(runner().invoke(main, ["score", str(poor), str(ref), "--json", "--ter"]).stdout)
+    metrics = {"bleu": sacrebleu.metrics.BLEU(), "chrf": sacrebleu.metrics.CHRF(), "ter": sacrebleu.metrics.TER()}
+    _, own = PairedTest([("b", poor_lines), ("g", good_lines)], metrics, [refs], test_type="bs", n_samples=1000)()
+    for key, name in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER")):
+        m = paired[key]
+        assert (m["score"], m["baseline_score"]) == (pytest.approx(data[key]), pytest.approx(alone[key])), key
+        assert m["p_value"] == pytest.approx(own[name][1].p_value) and m["p_value"] < 0.05, key
+        assert (m["mean"], m["ci"]) == (pytest.approx(own[name][1].mean), pytest.approx(own[name][1].ci)), key
+        assert (m["baseline_mean"], m["baseline_ci"]) == (pytest.approx(own[name][0].mean),
+                                                          pytest.approx(own[name][0].ci)), key  # fmt: skip
+    text = runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor)]).stdout.splitlines()
+    b = paired["bleu"]
+    assert text[2].startswith(f"paired bootstrap resampling against {poor} (1,000 resamples, seed 12345;")
+    assert text[3] == (f"BLEU: {good} {b['score']:.2f} ({b['mean']:.2f} ± {b['ci']:.2f}), baseline "
+                       f"{b['baseline_score']:.2f} ({b['baseline_mean']:.2f} ± {b['baseline_ci']:.2f}): difference "
+                       f"{b['score'] - b['baseline_score']:+.2f}, p = {b['p_value']:.4f}")  # fmt: skip
+    assert text[4].startswith("chrF2: ") and len(text) == 5
+    fewer = json.loads(runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--json",
+                                              "--resamples", "50"]).stdout)["paired"]  # fmt: skip
+    assert fewer["samples"] == 50 and fewer["bleu"]["p_value"] == pytest.approx(1 / 51)  # none of 50 as far apart
+
+
+def test_a_baseline_of_the_same_translations_does_not_differ(tmp_path: Path):
+    """The same translations differ by nothing, which is all chance: p = 1 (sacreBLEU's own test counts the
+    resampled differences above the real one, none, and gave 1/1001, a "significant" difference)."""
+    ref, good, _, *_ = toy_systems(tmp_path)
+    copy = write(tmp_path / "copy", good.read_text(encoding="utf-8").splitlines())
+    paired = json.loads(runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(copy),
+                                               "--json"]).stdout)["paired"]  # fmt: skip
+    for key in ("bleu", "chrf"):
+        assert paired[key]["p_value"] == 1.0 and paired[key]["score"] == paired[key]["baseline_score"], key
+
+
+def test_a_baseline_that_cannot_be_tested_is_one_line(tmp_path: Path):
+    ref, good, poor, *_ = toy_systems(tmp_path)
+    short = write(tmp_path / "short", ["a b c"] * 3)
+    cases = [
+        (
+            ["--baseline", str(short)],
+            f"error: {good} has 60 line(s) but the baseline {short} has 3: the counts must match",
+        ),  # fmt: skip
+        (["--baseline", str(tmp_path / "none")], f"error: {tmp_path / 'none'}: no such file"),
+        (["--baseline", "-"], "error: --baseline -: stdin can be HYP only; give the baseline as a file"),
+        (["--resamples", "100"], "error: --resamples is of the test against a baseline: give --baseline BASE too"),
+        (["--baseline", str(poor), "--resamples", "10001"], "--resamples"),
+    ]
+    for args, message in cases:
+        result = runner().invoke(main, ["score", str(good), str(ref), *args])
+        assert result.exit_code == 2 and result.stdout == "", (args, result.output)
+        assert len(result.stderr.splitlines()) == 1 and message in result.stderr, (args, result.stderr)
+
+
+def test_a_tokenized_baseline_is_warned_of_by_its_own_name(tmp_path: Path):
+    tokenized = [f"line {i} ." for i in range(120)]
+    hyp, ref = write(tmp_path / "hyp", [f"line {i}." for i in range(120)]), write(tmp_path / "ref", tokenized)
+    base = write(tmp_path / "base", tokenized)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "--baseline", str(base)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {base}: 100 or more lines end in a tokenized period (' .'); sacreBLEU scores detokenized "
+        "text: detokenize it, or give --force if it is"
+    ]
