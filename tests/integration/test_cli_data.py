@@ -625,3 +625,25 @@ def test_a_reader_of_stdout_that_has_gone_ends_a_command_quietly(tmp_path: Path)
         finally:
             os.close(write)
         assert (done.returncode, done.stderr) == (0, ""), args
+
+
+@pytest.mark.parametrize(
+    "name, words, expected",
+    [("nmt", "nmt tr", ["train", "translate"]), ("nmt", "nmt score h r --base", ["--baseline"]),
+     ("nmt", "nmt translate run --beam 5 --ch", ["--checkpoint", "--chunk-size"]),
+     ("nmt-train", "nmt-train --valid-b", ["--valid-beam"])],
+)  # fmt: skip
+def test_the_shell_completes_commands_and_options(name: str, words: str, expected: list[str]) -> None:
+    """README: `eval "$(_NMT_COMPLETE=bash_source nmt)"` in ~/.bashrc completes the commands and options (Click's
+    completion, through the group that turns errors into one line), and so does nmt-train's."""
+    import os
+
+    variable = f"_{name.upper().replace('-', '_')}_COMPLETE"
+    script = subprocess.run([str(command(name))], env={**os.environ, variable: "bash_source"}, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert script.returncode == 0 and f"complete -o nosort -F _{name.replace('-', '_')}_completion" in script.stdout
+    asked = {"COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1), variable: "bash_complete"}
+    done = subprocess.run([str(command(name))], env={**os.environ, **asked}, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [line.split(",", 1)[1] for line in done.stdout.splitlines()] == expected
