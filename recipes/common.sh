@@ -152,11 +152,12 @@ raw_eval() {
     done
 }
 
-# compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set, then `nmt report`.
+# compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set (each mode after the
+# first tested against the first's translation: `nmt score --baseline`), then `nmt report`.
 # Run again, it keeps what is there: an existing $OUT/bin is not preprocessed again, and a run with a
 # checkpoint is resumed (`--resume`: one that has ended says "nothing to do"; one cut short goes on).
 compare() {
-    local nmt bin=$OUT/bin mode dir runs=() train accum start
+    local nmt bin=$OUT/bin mode dir runs=() train accum start against=()
     read -ra nmt <<<"$NMT"
     if [[ -f $bin/manifest.json ]]; then
         say "$bin exists: its corpus is not made or preprocessed again (delete it, or choose another OUT, to redo it)"
@@ -179,8 +180,9 @@ compare() {
         run "${nmt[@]}" train "$bin" "$dir" --mode "$mode" "${accum[@]}" "${train[@]}" "$start"
         run "${nmt[@]}" translate "$dir" --device "${DEVICES%%,*}" --beam "$BEAM" \
             --input "$bin/test.$SRC" --output "$OUT/test/$mode.$TGT"
-        say "$mode: test set, beam $BEAM"
-        run "${nmt[@]}" score "$OUT/test/$mode.$TGT" "$bin/test.$TGT"
+        say "$mode: test set, beam $BEAM${against[1]:+, tested against ${against[1]}}"
+        run "${nmt[@]}" score "$OUT/test/$mode.$TGT" "$bin/test.$TGT" "${against[@]}"
+        if [[ ${#against[@]} == 0 ]]; then against=(--baseline "$OUT/test/$mode.$TGT"); fi
         runs+=("$dir")
     done
     run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}

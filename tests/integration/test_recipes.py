@@ -72,6 +72,8 @@ def test_bible_recipe_end_to_end(synthetic_raw: Path, tmp_path: Path) -> None:
         assert (out / "runs" / mode / "events.jsonl").is_file()
         assert (out / "test" / f"{mode}.tgt").is_file()
     assert result.stdout.count("BLEU =") == 3  # the test set scored with each run
+    # each after the first tested against the first's translations (nmt score --baseline)
+    assert result.stdout.count(f"paired bootstrap resampling against {out / 'test' / 'sync.tgt'} ") == 2
     for name in ("report.md", "bleu_over_time.png", "valid_loss.png"):
         assert (out / "report" / name).stat().st_size > 0
     markdown = (out / "report" / "report.md").read_text(encoding="utf-8")
