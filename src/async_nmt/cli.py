@@ -572,9 +572,11 @@ def report(
     """Compare run folders from their events.jsonl: a table with time to a target BLEU and speedups, and plots.
 
     A run not validated yet is a row of dashes (where none of the runs has validated, an error). Runs that
-    differ in preset, precision, validation set, corpus or vocabulary, or on the x axis's clock (--simulate or
-    not, device, token price, link), are compared with a warning on stderr, as is a run resumed with another
-    schedule; a folder given twice is reported once."""
+    differ in preset, precision, validation set, validation beam, corpus or vocabulary, or on the x axis's
+    clock (--simulate or not, device, token price, link), are compared with a warning on stderr, as is a run
+    resumed with another schedule; a folder given twice is reported once. Runs that repeat one setting with
+    other seeds (config.json alike but for the seed) get a second table: the mean ± sd of their BLEU and time
+    to target, and the speedup of the mean time."""
     from async_nmt.report import report_command
 
     # (with --out the results are its files too: a closed stdout is no matter, but a full one is named, as it is

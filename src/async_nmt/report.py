@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -322,6 +323,62 @@ def build_report(
             "baseline": baseline.name, "runs": rows}  # fmt: skip
 
 
+# config.json's training options that do not change what a run trains, or when it is measured: runs that differ
+# in these alone (and in their seed) are repeats of one setting
+NOT_THE_SETTING = ("seed", "devices", "compile", "log_every", "save_every", "keep_last")
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """The runs that repeat one setting with other seeds, two or more a group, in the order of their first run:
+    the same config.json (model, and training options but NOT_THE_SETTING) and the same precision in force
+    (start events). A run without a readable config.json is in none."""
+
+    def setting(run: Run) -> str | None:
+        train, model = run.config.get("train"), run.config.get("model")
+        if not isinstance(train, dict) or "seed" not in train:
+            return None
+        kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING}
+        precisions = sorted({str(start.get("precision")) for start in run.starts})  # (a resume logs its own)
+        return json.dumps([kept, model, precisions], sort_keys=True)
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if (key := setting(run)) is not None:
+            groups.setdefault(key, []).append(run)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """The mean, the sample standard deviation (None for one value) and the count of `values` (mean None:
+    none)."""
+    return {"mean": statistics.fmean(values) if values else None,
+            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}  # fmt: skip
+
+
+def summarize_seeds(groups: list[list[Run]], report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row for each group of `seed_groups`, from the report's rows of its runs: the mean and spread of their
+    best and final BLEU and of their time to target (of those that reached it), and the speedup of that mean
+    time over the baseline's group's (its run alone where it repeats no setting): a ratio of means."""
+    rows = {row["run"]: row for row in report["runs"]}
+    base = next((g for g in groups if any(r.name == report["baseline"] for r in g)), None)
+    base_times = [t for r in base if (t := rows[r.name]["to_target"]) is not None] if base else []
+    base_time = statistics.fmean(base_times) if base_times else rows[report["baseline"]]["to_target"]
+    out = []
+    for group in groups:
+        own = [rows[run.name] for run in group]
+        times = spread([row["to_target"] for row in own if row["to_target"] is not None])
+        out.append({
+            "runs": [run.name for run in group],
+            "seeds": [run.config["train"]["seed"] for run in group],
+            "mode": own[0]["mode"],
+            "best_bleu": spread([row["best_bleu"] for row in own if row["best_bleu"] is not None]),
+            "final_bleu": spread([row["final_bleu"] for row in own if row["final_bleu"] is not None]),
+            "to_target": times,
+            "speedup": base_time / times["mean"] if base_time and times["mean"] else None,
+        })  # fmt: skip
+    return out
+
+
 def through_starts(
     value: Callable[[Run, dict[str, Any]], Any], text: Callable[[Any], str] = str
 ) -> Callable[[Run], str | None]:
@@ -481,6 +538,29 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return [header for header, _, _ in cols], rows
 
 
+SEEDS_TITLE = "seeds of one setting: mean ± sd; to target: of those that reached it; speedup: of the mean times"
+
+
+def seed_cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of the report's `seeds` rows (`summarize_seeds`)."""
+    header, spec = TO_TARGET[report["x"]]
+    spec = spec if spec is SecondsFormat else "{:,.0f}"  # (a mean of updates or tokens is no whole number)
+
+    def spread_text(value: dict[str, Any], fmt: Any) -> str:
+        if value["mean"] is None:
+            return "-"
+        return fmt.format(value["mean"]) + ("" if value["sd"] is None else f" ± {fmt.format(value['sd'])}")
+
+    rows = []
+    for group in report["seeds"]:
+        reached = f"{group['to_target']['n']} of {len(group['runs'])}" if report["target_bleu"] is not None else "-"
+        rows.append([", ".join(map(shown, group["runs"])), group["mode"], ", ".join(map(str, group["seeds"])),
+                     spread_text(group["best_bleu"], "{:.2f}"), spread_text(group["final_bleu"], "{:.2f}"), reached,
+                     spread_text(group["to_target"], spec),
+                     "-" if group["speedup"] is None else f"{group['speedup']:.2f}x"])  # fmt: skip
+    return ["runs", "mode", "seeds", "best BLEU", "final BLEU", "reached", header, "speedup"], rows
+
+
 def bleu_text(bleu: float) -> str:
     """A target BLEU as BLEUs are shown, with 2 decimals, or with more where it has them (--target-bleu 0.001
     was shown as 0.00)."""
@@ -513,6 +593,7 @@ def print_table(report: dict[str, Any], width: int | None = None) -> None:
     console = stdout_console(width=width) if width else stdout_console()
     if not console.is_terminal and not width:  # into a file or a pipe: the whole table, never squeezed
         stdout_console(width=400).print(_rich_table(title(report), headers, rows, notes))
+        print_seeds(report, stdout_console(width=400))
         return
     room = console.width
     columns = list(range(len(headers)))
@@ -534,6 +615,13 @@ def print_table(report: dict[str, Any], width: int | None = None) -> None:
                                   notes if last else [], room))  # fmt: skip
     for line in _wrapped("the same in every run:", alike, room):  # (a caption broke "workers" from its 4)
         console.print(Text(line))
+    print_seeds(report, console, room)
+
+
+def print_seeds(report: dict[str, Any], console: Any, room: int = 0) -> None:
+    """The table of runs that repeat a setting (`seed_cells`), where there are any."""
+    if report.get("seeds"):
+        console.print(_rich_table(SEEDS_TITLE, *seed_cells(report), [], room))
 
 
 def _wrapped(lead: str, items: list[str], room: int) -> list[str]:
@@ -570,7 +658,7 @@ def _rich_table(heading: str, headers: list[str], rows: list[list[str]], notes: 
             least = max(len(word) for word in header.split())
             fit = max(least, min(longest, name_width) if i == 0 else longest)
             # (by header: in the second of several tables the first value was left-justified)
-            table.add_column(header, justify="left" if header in ("run", "mode") else "right", overflow="fold",
+            table.add_column(header, justify="left" if header in ("run", "runs", "mode") else "right", overflow="fold",
                              width=fit if fixed else None)  # fmt: skip
         for row in rows:
             table.add_row(*map(Text, row))
@@ -605,9 +693,10 @@ def markdown_text(text: str) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def markdown_table(report: dict[str, Any]) -> str:
-    """The table as Markdown, each cell's text as it is (`markdown_text`)."""
-    headers, rows = cells(report)
+def markdown_table(report: dict[str, Any], table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]] = cells
+                   ) -> str:  # fmt: skip
+    """The table (`cells`, or `seed_cells`) as Markdown, each cell's text as it is (`markdown_text`)."""
+    headers, rows = table(report)
     escaped = [[markdown_text(c) for c in line] for line in (headers, *rows)]
     lines = [escaped[0], ["---"] * len(headers), *escaped[1:]]
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
@@ -723,6 +812,7 @@ def write_report(
         + ("\n" if notes else "")
         + markdown_table(report)
         + ("\n\\* not finished: still running, or interrupted (--resume goes on)\n" if running else "")
+        + (f"\n{markdown_text(SEEDS_TITLE)}:\n\n{markdown_table(report, seed_cells)}" if report.get("seeds") else "")
         + f"\n![valid BLEU]({bleu_png.name})\n\n![valid loss]({loss_png.name})\n"
     )
     writers: dict[Path, Callable[[Path], None]] = {
@@ -823,6 +913,7 @@ def report_command(
                         else "no run has validated yet (no valid event in any events.jsonl)")  # fmt: skip
     report = build_report(runs, target_bleu, base, x)
     report["link_gbps"] = link_gbps
+    report["seeds"] = summarize_seeds(seed_groups(runs), report)
     notes = given_again + warnings(runs, report)  # (the first were on stderr alone until 2026-12-07)
     written = write_report(runs, report, out, notes, force) if out is not None else []
     # after the files, so that a folder that cannot be made is the one line on stderr

@@ -1141,3 +1141,67 @@ def test_a_narrow_table_folds_names_only_as_the_room_needs_and_right_justifies_n
     assert len(rows) == 2 and header.split()[:2] == ["run", "to"], lines  # two tables, the second of them
     # its first value column, "to target (s)": runs/async's 4.00 ends where the header does
     assert rows[1].index(" 4.00 ") + 5 == header.index("(s)") + 3, lines
+
+
+def seeded(path: Path, mode: str, seed: int, bleus: list[float], seconds: float, lr: float = 0.001) -> Path:
+    """A run of `write_run` with a config.json that differs from its setting's other seeds in the seed alone."""
+    run = write_run(path, mode, bleus, seconds_per_valid=seconds)
+    train = {"mode": mode, "workers": 4, "lr": lr, "seed": seed, "devices": [f"cpu{seed}"], "keep_last": seed}
+    (run / "config.json").write_text(json.dumps({"train": train, "model": {"d_model": 64}}))
+    return run
+
+
+def test_seeds_of_one_setting_are_summed_up_by_mean_and_spread(tmp_path: Path) -> None:
+    """Runs that repeat a setting with other seeds (config.json alike but for the seed, and for options that do
+    not change what is trained, as --devices or --keep-last): a row each setting, with the mean and sample
+    standard deviation of their best and final BLEU and of their time to target over the runs that reached it,
+    and the speedup as the ratio of the baseline setting's mean time over this one's."""
+    import statistics
+
+    sync = [seeded(tmp_path / f"sync-s{s}", "sync", s, b, t)
+            for s, b, t in ((1, [10.0, 20.0, 21.0], 100.0), (2, [12.0, 20.5, 20.0], 90.0))]  # fmt: skip
+    accum = [seeded(tmp_path / f"accum-s{s}", "async-accum", s, b, t)
+             for s, b, t in ((1, [15.0, 22.0], 60.0), (2, [18.0, 19.0], 50.0), (3, [20.0, 21.0], 40.0))]  # fmt: skip
+    other_lr = seeded(tmp_path / "accum-lr", "async-accum", 4, [1.0, 2.0], 10.0, lr=0.002)  # another setting
+    result = CliRunner().invoke(main, ["report", *map(str, [*sync, *accum, other_lr]), "--target-bleu", "20",
+                                       "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    seeds = json.loads(result.stdout)["seeds"]
+    assert [(g["runs"], g["seeds"], g["mode"]) for g in seeds] == [
+        ([str(p) for p in sync], [1, 2], "sync"),
+        ([str(p) for p in accum], [1, 2, 3], "async-accum"),
+    ]
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values), "n": len(values)}
+
+    assert seeds[0]["best_bleu"] == spread([21.0, 20.5]) and seeds[0]["final_bleu"] == spread([21.0, 20.0])
+    assert seeds[0]["to_target"] == spread([200.0, 180.0])  # (BLEU 20 at the second validation of each)
+    assert seeds[1]["best_bleu"] == spread([22.0, 19.0, 21.0]) and seeds[1]["to_target"] == spread([120.0, 40.0])
+    assert seeds[0]["speedup"] == 1.0 and seeds[1]["speedup"] == pytest.approx(190.0 / 80.0)
+    table = CliRunner().invoke(main, ["report", *map(str, [*sync, *accum]), "--target-bleu", "20"]).stdout
+    assert "seeds of one setting" in table and "2 of 3" in table and "20.67 ± 1.53" in table  # (accum's best)
+
+
+def test_a_run_without_repeats_makes_no_seeds_table(tmp_path: Path, runs: list[Path]) -> None:
+    """Runs of no config.json, or of settings that differ, are no repeats: no table, and `seeds` is empty."""
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["seeds"] == []
+    assert "seeds of one setting" not in CliRunner().invoke(main, ["report", *map(str, runs)]).stdout
+
+
+def test_the_committed_seeds_of_the_convergence_experiment_are_grouped_as_it_groups_them() -> None:
+    """Resumed runs among them log several start events (it grouped none of them at first); the mean best valid
+    BLEU of sync's 3 seeds is docs/results.md's 25.15 ± 0.11."""
+    import statistics
+
+    root = Path(__file__).parents[2] / "docs" / "results" / "convergence"
+    names = [f"{setting}-s{s}" for setting in ("sync", "async", "accum4") for s in (1, 2, 3)]
+    result = CliRunner().invoke(main, ["report", *(str(root / n) for n in names), "--x", "predicted", "--json"])
+    assert result.exit_code == 0, result.output
+    seeds = json.loads(result.stdout)["seeds"]
+    assert [g["runs"] for g in seeds] == [[str(root / n) for n in names[i : i + 3]] for i in (0, 3, 6)]
+    best = [max(e["bleu"] for e in map(json.loads, (root / n / "events.jsonl").open()) if e["kind"] == "valid")
+            for n in names[:3]]  # fmt: skip
+    assert seeds[0]["best_bleu"]["mean"] == pytest.approx(statistics.fmean(best))
+    assert (round(seeds[0]["best_bleu"]["mean"], 2), round(seeds[0]["best_bleu"]["sd"], 2)) == (25.15, 0.11)
