@@ -181,6 +181,9 @@ def paired_scores(hyps: list[str], base: list[str], ref_streams: list[list[str]]
     from sacrebleu.metrics import TER
     from sacrebleu.significance import PairedTest
 
+    seed = os.environ.get("SACREBLEU_SEED", "12345")
+    if seed.lower() != "none" and not re.fullmatch(r"[+-]?\d+", seed.strip()):  # (sacreBLEU's int(): a traceback)
+        raise UserError(f"SACREBLEU_SEED={seed!r}: sacreBLEU takes a whole number, or none for no seed")
     bleu, chrf = metrics(options)
     named = {"bleu": bleu, "chrf": chrf} | ({"ter": TER()} if options.ter else {})
     test = PairedTest([("baseline", base), ("hyp", hyps)], named, ref_streams, test_type="bs",
@@ -191,7 +194,7 @@ def paired_scores(hyps: list[str], base: list[str], ref_streams: list[list[str]]
         return None if value is None else round(float(value), 10)
 
     out: dict = {"test": "paired bootstrap resampling", "samples": paired.samples,
-                 "seed": os.environ.get("SACREBLEU_SEED", "12345"), "baseline": str(paired.baseline)}  # fmt: skip
+                 "seed": seed, "baseline": str(paired.baseline)}  # fmt: skip
     for key, name in zip(named, list(results)[1:], strict=True):
         base_result, hyp_result = results[name]
         # the same translations differ by nothing, which is all chance: p = 1 (sacreBLEU counts only resampled

@@ -560,6 +560,21 @@ def test_a_baseline_that_cannot_be_tested_is_one_line(tmp_path: Path):
         assert len(result.stderr.splitlines()) == 1 and message in result.stderr, (args, result.stderr)
 
 
+@pytest.mark.parametrize("seed, fine", [("abc", False), ("1.5", False), ("7", True), ("None", True)])
+def test_sacrebleus_seed_is_taken_or_refused_in_one_line(tmp_path: Path, monkeypatch, seed: str, fine: bool):
+    """SACREBLEU_SEED seeds the test as it seeds sacreBLEU's ("none": unseeded); one that is not a whole number
+    was sacreBLEU's traceback."""
+    ref, good, poor, *_ = toy_systems(tmp_path)
+    monkeypatch.setenv("SACREBLEU_SEED", seed)
+    result = runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--json"])
+    if fine:
+        assert result.exit_code == 0 and json.loads(result.stdout)["paired"]["seed"] == seed, result.output
+    else:
+        assert result.exit_code == 2 and result.stderr == (
+            f"error: SACREBLEU_SEED={seed!r}: sacreBLEU takes a whole number, or none for no seed\n"
+        ), result.output
+
+
 def test_a_tokenized_baseline_is_warned_of_by_its_own_name(tmp_path: Path):
     tokenized = [f"line {i} ." for i in range(120)]
     hyp, ref = write(tmp_path / "hyp", [f"line {i}." for i in range(120)]), write(tmp_path / "ref", tokenized)
