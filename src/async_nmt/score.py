@@ -217,10 +217,17 @@ def paired_lines(paired: dict, hyp_name: str) -> list[str]:
     for key in ("bleu", "chrf", "ter"):
         if key in paired:
             m = paired[key]
-            lines.append(f"{m['name']}: {hyp_name} {m['score']:.2f} ({m['mean']:.2f} ± {m['ci']:.2f}), baseline "
-                         f"{m['baseline_score']:.2f} ({m['baseline_mean']:.2f} ± {m['baseline_ci']:.2f}): "
-                         f"difference {m['score'] - m['baseline_score']:+.2f}, p = {m['p_value']:.4f}")  # fmt: skip
+            lines.append(f"{m['name']}: {hyp_name} {_figure(m['score'])} ({_figure(m['mean'])} ± {_figure(m['ci'])}), "
+                         f"baseline {_figure(m['baseline_score'])} ({_figure(m['baseline_mean'])} ± "
+                         f"{_figure(m['baseline_ci'])}): difference {_figure(m['score'] - m['baseline_score'], '+')}, "
+                         f"p = {m['p_value']:.4f}")  # fmt: skip
     return lines
+
+
+def _figure(value: float, sign: str = "") -> str:
+    """A score as the tables show it, to 2 decimals, or to 2 significant digits where those show 0 and it is not
+    (the BLEU of an untrained model, 0.0017 against 0.0028, read "difference -0.00, p = 0.0010")."""
+    return f"{value:{sign}.2g}" if 0 < abs(value) < 0.005 else f"{value:{sign}.2f}"
 
 
 def bleu_details(scores: dict) -> str:

@@ -585,3 +585,16 @@ def test_a_tokenized_baseline_is_warned_of_by_its_own_name(tmp_path: Path):
         f"warning: {base}: 100 or more lines end in a tokenized period (' .'); sacreBLEU scores detokenized "
         "text: detokenize it, or give --force if it is"
     ]
+
+
+def test_scores_that_round_to_0_are_shown_to_2_significant_digits():
+    """An untrained model's BLEU, 0.0017 against 0.0028 (p = 0.0010), read "difference -0.00"."""
+    from async_nmt.score import paired_lines
+
+    bleu = {"name": "BLEU", "score": 0.0017, "mean": 0.00169, "ci": 0.000245, "p_value": 0.000999,
+            "baseline_score": 0.0028, "baseline_mean": 0.0028, "baseline_ci": 0.0, "signature": ""}  # fmt: skip
+    chrf = {**bleu, "name": "chrF2", "score": 40.126, "mean": 40.1, "ci": 0.7, "baseline_score": 39.75}
+    lines = paired_lines({"baseline": "base", "samples": 1000, "seed": "12345", "bleu": bleu, "chrf": chrf}, "hyp")
+    assert lines[1] == "BLEU: hyp 0.0017 (0.0017 ± 0.00024), baseline 0.0028 (0.0028 ± 0.00): difference -0.0011, " \
+                       "p = 0.0010"  # fmt: skip
+    assert lines[2] == "chrF2: hyp 40.13 (40.10 ± 0.70), baseline 39.75 (0.0028 ± 0.00): difference +0.38, p = 0.0010"
