@@ -3,6 +3,7 @@ and spm.model only say which runs may be compared)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -10,14 +11,24 @@ import os
 import re
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import click
 
-from async_nmt.config import MANIFEST, RANK_MODES, VOCAB_NAME, check_replaceable, is_run_folder, temporary_beside
+from async_nmt.config import (
+    MANIFEST,
+    RANK_MODES,
+    VOCAB_NAME,
+    ModelConfig,
+    TrainConfig,
+    check_replaceable,
+    from_dict,
+    is_run_folder,
+    temporary_beside,
+)
 from async_nmt.errors import UserError, briefly, stdout_console
 from async_nmt.train.events import read_events, run_staleness
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
@@ -337,6 +348,12 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
         train, model = run.config.get("train"), run.config.get("model")
         if not isinstance(train, dict) or "seed" not in train:
             return None
+        # as the code that reads them sees them: an option that a run's version did not write has its default
+        # (batch_sort, since 2026-12-06), and a model's embeddings' dropout is named where it follows dropout
+        with contextlib.suppress(TypeError, ValueError):  # (a hand-edited config: compared as it is)
+            train = asdict(from_dict(TrainConfig, train))
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            model = asdict(from_dict(ModelConfig, model).in_effect())
         kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING}
         precisions = sorted({str(start.get("precision")) for start in run.starts})  # (a resume logs its own)
         return json.dumps([kept, model, precisions], sort_keys=True)

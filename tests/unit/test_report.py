@@ -1183,6 +1183,25 @@ def test_seeds_of_one_setting_are_summed_up_by_mean_and_spread(tmp_path: Path) -
     assert "seeds of one setting" in table and "2 of 3" in table and "20.67 ± 1.53" in table  # (accum's best)
 
 
+def test_seeds_are_compared_as_their_options_are_read(tmp_path: Path) -> None:
+    """A config.json from before an option (batch_sort, 2026-12-06) holds its default, and a model whose
+    embeddings' dropout follows --dropout (None) is the model that names it: both repeat the setting."""
+    old, new = (seeded(tmp_path / f"s{s}", "sync", s, [10.0], 10.0) for s in (1, 2))
+    config = json.loads((new / "config.json").read_text())
+    config["train"]["batch_sort"] = "target"
+    config["model"] = {"d_model": 64, "dropout": 0.1, "embed_dropout": 0.1}
+    (new / "config.json").write_text(json.dumps(config))
+    config["model"] = {"d_model": 64, "dropout": 0.1}
+    del config["train"]["batch_sort"]
+    config["train"]["seed"] = 1
+    (old / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["report", str(old), str(new), "--json"])
+    assert result.exit_code == 0 and [g["seeds"] for g in json.loads(result.stdout)["seeds"]] == [[1, 2]]
+    config["train"]["batch_sort"] = "longest"  # another setting
+    (old / "config.json").write_text(json.dumps(config))
+    assert json.loads(CliRunner().invoke(main, ["report", str(old), str(new), "--json"]).stdout)["seeds"] == []
+
+
 def test_a_run_without_repeats_makes_no_seeds_table(tmp_path: Path, runs: list[Path]) -> None:
     """Runs of no config.json, or of settings that differ, are no repeats: no table, and `seeds` is empty."""
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--json"])
