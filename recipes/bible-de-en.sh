@@ -20,6 +20,8 @@
 #   VALID_EVERY         updates between validations [100]
 #   VALID_MAX_SENTENCES validate on the first N valid sentences, 0 = all [400]
 #   MODES               the runs to train [sync async async-accum]
+#   SEEDS               the seeds of each mode, separated by spaces; several: runs/MODE-sSEED each, and the
+#                       report's mean ± sd of each mode [1]
 #   WORKERS             workers of every run [4]
 #   ACCUM               pushes summed per async-accum update [WORKERS]
 #   DEVICES             comma-separated devices, e.g. cpu or cuda:0,cuda:1 [cpu]
@@ -49,6 +51,7 @@ MAX_UPDATES=${MAX_UPDATES:-0}
 VALID_EVERY=${VALID_EVERY:-100}
 VALID_MAX_SENTENCES=${VALID_MAX_SENTENCES:-400}
 MODES=${MODES:-sync async async-accum}
+SEEDS=${SEEDS:-1}
 WORKERS=${WORKERS:-4}
 ACCUM=${ACCUM:-$WORKERS}
 DEVICES=${DEVICES:-cpu}

@@ -152,12 +152,15 @@ raw_eval() {
     done
 }
 
-# compare: preprocess $RAW, train one run per mode of $MODES, translate and score the test set (each mode after the
-# first tested against the first's translation: `nmt score --baseline`), then `nmt report`.
+# compare: preprocess $RAW, train one run per mode of $MODES and seed of $SEEDS (runs/MODE, or runs/MODE-sSEED for
+# several seeds), translate and score the test set (each mode after the first tested against the first's
+# translation of the same seed: `nmt score --baseline`), then `nmt report`.
 # Run again, it keeps what is there: an existing $OUT/bin is not preprocessed again, and a run with a
 # checkpoint is resumed (`--resume`: one that has ended says "nothing to do"; one cut short goes on).
 compare() {
-    local nmt bin=$OUT/bin mode dir runs=() train accum start against=()
+    local nmt bin=$OUT/bin mode seed name dir runs=() train accum start against seeds
+    read -ra seeds <<<"$SEEDS"
+    declare -A first=()  # seed -> the first mode's test translation
     read -ra nmt <<<"$NMT"
     if [[ -f $bin/manifest.json ]]; then
         say "$bin exists: its corpus is not made or preprocessed again (delete it, or choose another OUT, to redo it)"
@@ -172,18 +175,24 @@ compare() {
     if [[ -n $WORKER_SPEEDS ]]; then train+=(--worker-speeds "$WORKER_SPEEDS"); fi
     run mkdir -p "$OUT/runs" "$OUT/test"
     for mode in $MODES; do
-        dir=$OUT/runs/$mode
-        accum=()
-        if [[ $mode == async-accum ]]; then accum=(--accum "$ACCUM"); fi
-        start=--force  # a folder without a checkpoint holds nothing to keep
-        if [[ -f $dir/checkpoints/last.pt ]]; then start=--resume; fi
-        run "${nmt[@]}" train "$bin" "$dir" --mode "$mode" "${accum[@]}" "${train[@]}" "$start"
-        run "${nmt[@]}" translate "$dir" --device "${DEVICES%%,*}" --beam "$BEAM" \
-            --input "$bin/test.$SRC" --output "$OUT/test/$mode.$TGT"
-        say "$mode: test set, beam $BEAM${against[1]:+, tested against ${against[1]}}"
-        run "${nmt[@]}" score "$OUT/test/$mode.$TGT" "$bin/test.$TGT" "${against[@]}"
-        if [[ ${#against[@]} == 0 ]]; then against=(--baseline "$OUT/test/$mode.$TGT"); fi
-        runs+=("$dir")
+        for seed in "${seeds[@]}"; do
+            name=$mode
+            if ((${#seeds[@]} > 1)); then name=$mode-s$seed; fi
+            dir=$OUT/runs/$name
+            accum=()
+            if [[ $mode == async-accum ]]; then accum=(--accum "$ACCUM"); fi
+            start=--force  # a folder without a checkpoint holds nothing to keep
+            if [[ -f $dir/checkpoints/last.pt ]]; then start=--resume; fi
+            run "${nmt[@]}" train "$bin" "$dir" --mode "$mode" "${accum[@]}" "${train[@]}" --seed "$seed" "$start"
+            run "${nmt[@]}" translate "$dir" --device "${DEVICES%%,*}" --beam "$BEAM" \
+                --input "$bin/test.$SRC" --output "$OUT/test/$name.$TGT"
+            against=()
+            if [[ -n ${first[$seed]:-} ]]; then against=(--baseline "${first[$seed]}"); fi
+            say "$name: test set, beam $BEAM${against[1]:+, tested against ${against[1]}}"
+            run "${nmt[@]}" score "$OUT/test/$name.$TGT" "$bin/test.$TGT" "${against[@]}"
+            first[$seed]=${first[$seed]:-$OUT/test/$name.$TGT}
+            runs+=("$dir")
+        done
     done
     run "${nmt[@]}" report "${runs[@]}" --x "$X" --out "$OUT/report" ${TARGET_BLEU:+--target-bleu "$TARGET_BLEU"}
 }
@@ -196,7 +205,7 @@ within() {
 
 # check_settings: refuse knobs that would fail only after the long steps before them (or be taken as 0)
 check_settings() {
-    local name mode what seen=" "
+    local name mode seed what seen=" "
     for name in DRY_RUN SIMULATE; do
         [[ ${!name} == 0 || ${!name} == 1 ]] || refuse "$name=${!name}: give 0 or 1"
     done
@@ -211,6 +220,13 @@ check_settings() {
         seen+="$mode "
     done
     [[ -n ${MODES//[[:space:]]/} ]] || refuse "MODES is empty: give one or more of sync, async, async-accum"
+    seen=" "
+    for seed in $SEEDS; do  # (nmt train --seed's range: -2^32 to 2^32, exclusive)
+        [[ $seed =~ ^-?[0-9]{1,9}$ ]] || refuse "SEEDS: '$seed' is not a whole number of at most 9 digits"
+        [[ $seen != *" $seed "* ]] || refuse "SEEDS: '$seed' is given twice (its runs would be trained twice)"
+        seen+="$seed "
+    done
+    [[ -n ${SEEDS//[[:space:]]/} ]] || refuse "SEEDS is empty: give one or more seeds"
     if [[ $X == predicted && $SIMULATE != 1 ]]; then
         refuse "X=predicted needs SIMULATE=1 (the predicted clock is the emulation's); give X=time"
     fi

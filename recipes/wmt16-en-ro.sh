@@ -22,6 +22,8 @@
 #   VALID_EVERY         updates between validations [1000]
 #   VALID_MAX_SENTENCES validate on the first N valid sentences, 0 = all [0]
 #   MODES               the runs to train [sync async async-accum]
+#   SEEDS               the seeds of each mode, separated by spaces; several: runs/MODE-sSEED each, and the
+#                       report's mean ± sd of each mode [1]
 #   WORKERS             workers of every run [4]
 #   ACCUM               pushes summed per async-accum update [WORKERS]
 #   DEVICES             comma-separated devices [cuda:0,cuda:1,cuda:2,cuda:3]

@@ -26,7 +26,7 @@ WMT = ["wmt14-en-de.sh", "wmt16-en-ro.sh", "wmt17-en-de.sh"]
 KNOBS = (
     "DRY_RUN=0 SIMULATE=0 X=time MODES=sync PRESET=micro WORKERS=1 ACCUM=1 BEAM=1 MAX_TOKENS=64 VOCAB_SIZE=64 "
     "WARMUP=0 MAX_UPDATES=1 VALID_EVERY=0 VALID_MAX_SENTENCES=0 LR=1e-3 CLIP_NORM=0 LABEL_SMOOTHING=0 "
-    "MAX_TIME=0 TARGET_BLEU= DEVICES=cpu WORKER_SPEEDS="
+    "MAX_TIME=0 TARGET_BLEU= DEVICES=cpu WORKER_SPEEDS= SEEDS=1"
 )
 
 
@@ -93,6 +93,36 @@ def test_bible_recipe_end_to_end(synthetic_raw: Path, tmp_path: Path) -> None:
     assert all((out / "runs" / mode / "events.jsonl").read_bytes() == log for mode, log in events.items())
 
 
+@pytest.mark.parametrize("recipe", ["bible-de-en.sh", "wmt17-en-de.sh"])
+def test_seeds_train_each_mode_with_each_seed_and_test_it_against_the_first_modes_of_that_seed(
+    recipe: str, tmp_path: Path
+) -> None:
+    """SEEDS="1 2": runs/MODE-sSEED each, trained with --seed SEED, its test translation scored against the
+    first mode's of the same seed, and every run in the report (whose seeds table then sums each mode up); one
+    seed, the default, keeps runs/MODE, as before SEEDS."""
+    out = tmp_path / "out"
+    listed = run_recipe(recipe, OUT=out, DRY_RUN=1, MODES="sync async-accum", SEEDS="1 2").stdout.splitlines()
+    trains = [line for line in listed if line.startswith("nmt train ")]
+    assert [(line.split()[3], line.split()[line.split().index("--seed") + 1]) for line in trains] == [
+        (str(out / "runs" / f"{mode}-s{seed}"), str(seed)) for mode in ("sync", "async-accum") for seed in (1, 2)
+    ]
+    scores = [line.split()[2:] for line in listed if line.startswith("nmt score ")]
+    test = out / "test"
+    assert [[s[0], *s[2:]] for s in scores] == [
+        [str(test / "sync-s1.en") if "bible" in recipe else str(test / "sync-s1.de")],
+        [str(test / "sync-s2.en") if "bible" in recipe else str(test / "sync-s2.de")],
+        *(
+            [str(test / f"async-accum-s{s}.{t}"), "--baseline", str(test / f"sync-s{s}.{t}")]
+            for s in (1, 2)
+            for t in ["en" if "bible" in recipe else "de"]
+        ),
+    ]
+    report = next(line for line in listed if line.startswith("nmt report "))
+    assert all(str(out / "runs" / f"{m}-s{s}") in report.split() for m in ("sync", "async-accum") for s in (1, 2))
+    one = run_recipe(recipe, OUT=out, DRY_RUN=1, MODES="sync").stdout
+    assert f"train {out / 'bin'} {out / 'runs' / 'sync'} " in one and "--seed 1" in one
+
+
 @pytest.mark.parametrize("recipe", WMT)
 def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -144,7 +174,10 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
      ("WORKERS", "2000", "WORKERS=2000: give a whole number from 1 to 1024"),
      ("WORKERS", "99999999999999999999", "WORKERS=99999999999999999999: give a whole number from 1 to 1024"),
      ("ACCUM", "2000000", "ACCUM=2000000: give a whole number from 1 to 1048576"),
-     ("BEAM", "3000000000", "BEAM=3000000000: give a whole number from 1 to 2^31")],
+     ("BEAM", "3000000000", "BEAM=3000000000: give a whole number from 1 to 2^31"),
+     ("SEEDS", "1 x", "SEEDS: 'x' is not a whole number"), ("SEEDS", "1 2 1", "SEEDS: '1' is given twice"),
+     ("SEEDS", " ", "SEEDS is empty"), ("SEEDS", "1,2", "SEEDS: '1,2' is not a whole number"),
+     ("SEEDS", "99999999999", "SEEDS: '99999999999' is not a whole number of at most 9 digits")],
 )  # fmt: skip
 def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
                                              tmp_path: Path) -> None:  # fmt: skip
