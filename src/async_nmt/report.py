@@ -719,18 +719,30 @@ def markdown_table(report: dict[str, Any], table: Callable[[dict[str, Any]], tup
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
 
+SEED_STYLES = ("-", "--", ":", "-.")  # the line of each seed of a setting, which share a colour
+
+
 def plot(runs: list[Run], field: str, ylabel: str, x: str, path: Path, target: float | None = None) -> None:
-    """One line per run of a valid-event field against the x axis, written as a PNG (no display needed)."""
+    """One line per run of a valid-event field against the x axis, written as a PNG (no display needed); the
+    seeds of one setting (`seed_groups`) in one colour, each in its own line style."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg; pyplot and its GUI stay unloaded
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     lines: list[Any] = []  # (matplotlib Line2D)
     labels: list[str] = []
+    style: dict[str, tuple[str, str]] = {}  # run name -> (colour, line style)
+    groups = seed_groups(runs)
     for run in runs:
+        group = next((g for g in groups if run in g), [run])
+        if run.name not in style:
+            colour = f"C{len({c for c, _ in style.values()}) % 10}"  # (matplotlib's cycle of 10)
+            style.update({r.name: (colour, SEED_STYLES[i % len(SEED_STYLES)]) for i, r in enumerate(group)})
+        colour, linestyle = style[run.name]
         # a validation without the field (a log from elsewhere) is a gap in its line, not an error
         points = [(value, e[field]) for value, e in zip(x_values(run, x), run.valid, strict=True) if field in e]
-        lines += ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        lines += ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, color=colour,
+                         linestyle=linestyle)  # fmt: skip
         labels.append(shown(run.name).replace("$", r"\$"))  # as it is, not mathtext
     if target is not None:
         lines.append(ax.axhline(target, color="gray", linestyle="--", linewidth=1))

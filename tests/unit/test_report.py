@@ -1224,3 +1224,22 @@ def test_the_committed_seeds_of_the_convergence_experiment_are_grouped_as_it_gro
             for n in names[:3]]  # fmt: skip
     assert seeds[0]["best_bleu"]["mean"] == pytest.approx(statistics.fmean(best))
     assert (round(seeds[0]["best_bleu"]["mean"], 2), round(seeds[0]["best_bleu"]["sd"], 2)) == (25.15, 0.11)
+
+
+def test_the_plots_draw_the_seeds_of_a_setting_in_one_colour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each setting its colour, each of its seeds its line style; a run that repeats nothing its own colour."""
+    from matplotlib.figure import Figure
+
+    runs = [seeded(tmp_path / "sync-s1", "sync", 1, [1.0, 2.0], 10.0), seeded(tmp_path / "one", "async", 1, [1.0], 5.0),
+            seeded(tmp_path / "sync-s2", "sync", 2, [1.5, 2.5], 10.0)]  # fmt: skip
+    drawn: list[list[tuple[str, str]]] = []
+    savefig = Figure.savefig
+
+    def record(self, path, **kwargs):  # each line's colour and style as matplotlib draws it
+        drawn.append([(line.get_color(), line.get_linestyle()) for line in self.axes[0].get_lines()[: len(runs)]])
+        savefig(self, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert drawn == [[("C0", "-"), ("C1", "-"), ("C0", "--")]] * 2
