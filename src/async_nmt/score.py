@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -227,7 +228,9 @@ def paired_lines(paired: dict, hyp_name: str) -> list[str]:
 def _figure(value: float, sign: str = "") -> str:
     """A score as the tables show it, to 2 decimals, or to 2 significant digits where those show 0 and it is not
     (the BLEU of an untrained model, 0.0017 against 0.0028, read "difference -0.00, p = 0.0010")."""
-    return f"{value:{sign}.2g}" if 0 < abs(value) < 0.005 else f"{value:{sign}.2f}"
+    if not 0 < abs(value) < 0.005:
+        return f"{value:{sign}.2f}"
+    return f"{value:{sign}.{1 - math.floor(math.log10(abs(value)))}f}"  # (0.000089, not .2g's 8.9e-05)
 
 
 def bleu_details(scores: dict) -> str:

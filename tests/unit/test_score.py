@@ -597,4 +597,6 @@ def test_scores_that_round_to_0_are_shown_to_2_significant_digits():
     lines = paired_lines({"baseline": "base", "samples": 1000, "seed": "12345", "bleu": bleu, "chrf": chrf}, "hyp")
     assert lines[1] == "BLEU: hyp 0.0017 (0.0017 ± 0.00024), baseline 0.0028 (0.0028 ± 0.00): difference -0.0011, " \
                        "p = 0.0010"  # fmt: skip
+    bleu["ci"] = 0.0000891  # (not 8.9e-05)
+    assert "(0.0017 ± 0.000089)" in paired_lines({"baseline": "b", "samples": 9, "seed": "1", "bleu": bleu}, "h")[1]
     assert lines[2] == "chrF2: hyp 40.13 (40.10 ± 0.70), baseline 39.75 (0.0028 ± 0.00): difference +0.38, p = 0.0010"
