@@ -1407,6 +1407,27 @@ def test_out_of_memory_in_a_training_step_is_one_line_naming_the_batch(synthetic
     assert read_checkpoint(run / "checkpoints" / "last.pt")["server"]["updates"] == 4
 
 
+def test_out_of_memory_in_validation_names_nmt_trains_options(synthetic_bin: Path, tmp_path: Path, monkeypatch):
+    """A valid sentence that alone runs the device out of memory in validation's search is one line that
+    names nmt-train's options: it named `nmt translate`'s (--beam, --max-len-a, --device), which nmt-train has
+    not, until 2026-12-08."""
+    from async_nmt import translate
+
+    def generate(model, src, beam, **kwargs):
+        raise OUT_OF_MEMORY["cpu"]()
+
+    monkeypatch.setattr(translate, "generate", generate)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
+                                       "--max-tokens", "1024", "--max-updates", "2", "--valid-every", "0",
+                                       "--valid-max-sentences", "5", "--valid-beam", "2", "--quiet"])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "ran out of memory translating one sentence" in line and "with beam 2;" in line, line
+    assert "--valid-beam" in line and "--devices" in line, line
+    assert not any(option in line for option in ("--beam", "--max-len-a", "--device ", "--device,")), line
+
+
 def test_keep_last_keeps_the_last_saves_that_nmt_average_and_translate_average_use(synthetic_bin: Path,
                                                                                     tmp_path: Path):  # fmt: skip
     from async_nmt.model.checkpoint import kept_checkpoints, read_checkpoint

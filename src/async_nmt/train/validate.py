@@ -57,6 +57,15 @@ class Validator:
         measured = self.sources + self.references + ([f"tokenize:{self.tokenize}"] if self.tokenize else [])
         self.fingerprint = zlib.crc32("\n".join(measured).encode("utf-8"))
 
+    def out_of_memory_hint(self) -> str:
+        """What to do where one valid sentence alone runs the device out of memory, in nmt-train's options (it
+        named `nmt translate`'s --beam, --max-len-a and --device, which nmt-train has not)."""
+        smaller = ", or start a new run with a smaller --valid-beam" if self.beam > 1 else ""
+        return (
+            "validating with the run's --valid-beam, which a resume keeps: resume with --devices of more "
+            f"memory{smaller}"
+        )
+
     def __call__(
         self,
         model: nn.Module,
@@ -72,8 +81,8 @@ class Validator:
             total.add(eval_step(model, batch.to(device), amp_dtype))
         valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(model, sp, self.sources, beam=self.beam, max_tokens=self.max_tokens, device=device,
-                               amp_dtype=amp_dtype, progress=progress, notices=self.notices,
-                               name=self.name)  # fmt: skip
+                               amp_dtype=amp_dtype, progress=progress, notices=self.notices, name=self.name,
+                               out_of_memory_hint=self.out_of_memory_hint())  # fmt: skip
         if self.casefold:  # (sentencepiece's folding is NFKC's; Python's folds what it leaves too, as here)
             hyps = [line.casefold() for line in hyps]
         scores = corpus_scores(hyps, self.references, self.language)
