@@ -384,13 +384,14 @@ def test_a_manifest_whose_vocabulary_size_is_not_its_vocabularys_is_refused(synt
 
 
 def _setup_warnings(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, workers_on: list[str],
-                    **options: Any) -> str:  # fmt: skip
-    """What the trainer warns of as a run starts, for `options` and the workers' devices `workers_on`."""
+                    resumed: bool = False, **options: Any) -> str:  # fmt: skip
+    """What the trainer warns of as a run starts (`resumed`: as a resume goes on), for `options` and the workers'
+    devices `workers_on`."""
     from async_nmt.train.trainer import Trainer
 
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    trainer = types.SimpleNamespace(cfg=TrainConfig(**options), devices=workers_on,
+    trainer = types.SimpleNamespace(cfg=TrainConfig(**options), devices=workers_on, resumed=resumed,
                                     validator=types.SimpleNamespace(language="de"))  # fmt: skip
     Trainer._warn_of_setup(trainer)
     return capsys.readouterr().err
@@ -410,6 +411,20 @@ def test_async_accum_of_one_push_an_update_is_warned_of_as_async(capsys, monkeyp
     said = _setup_warnings(capsys, monkeypatch, ["cpu", "cpu"], mode="async-accum", workers=2, accum=1,
                            devices=["cpu"])  # fmt: skip
     assert said.startswith("warning: --mode async-accum with --accum 1 updates at every push, as --mode async")
+
+
+def test_the_setup_warnings_of_a_resume_do_not_advise_options_that_it_keeps(capsys, monkeypatch):
+    """A resume keeps the run's --workers and --accum: its warnings advise them for a new run (until 2026-12-08
+    they said "give --workers 3" and "give --accum N", which the resume then refused)."""
+    cases = [
+        (["cpu", "cpu"], dict(workers=2, devices=["cpu", "cpu", "cpu"]), "--workers 3 to use them all"),
+        (["cpu"], dict(mode="async", devices=["cpu"]), "--workers N for N workers"),
+        (["cpu", "cpu"], dict(mode="async-accum", workers=2, accum=1, devices=["cpu"]), "--accum N to sum"),
+    ]
+    for workers_on, options, advice in cases:
+        assert f"; give {advice}" in _setup_warnings(capsys, monkeypatch, workers_on, **options)
+        said = _setup_warnings(capsys, monkeypatch, workers_on, resumed=True, **options)
+        assert f"; start a new run with {advice}" in said and "give" not in said, said
 
 
 def test_simulate_warns_that_the_other_devices_are_not_used(capsys, monkeypatch):

@@ -349,6 +349,9 @@ class Trainer:
         """Options that do less than they seem to: devices left unused, an async mode of one worker; and a
         target language whose valid BLEU says little."""
         cfg, devices = self.cfg, self.devices
+        # a resume keeps the run's --workers and --accum (RESUME_FIXED): another is for a new run (it said "give
+        # --workers N", which the resume then refused)
+        give = "start a new run with" if self.resumed else "give"
         if warning := tokenizer_warning(self.validator.language):  # (rank 0's, which validates)
             print(warning, file=sys.stderr)
         if torchrun_rank() is not None:  # (its ranks set the workers; each names its own device)
@@ -358,14 +361,14 @@ class Trainer:
                   f"--devices ({', '.join(cfg.devices[1:])}) are not used", file=sys.stderr)  # fmt: skip
         elif len(cfg.devices) > cfg.workers and not cfg.simulate:  # --workers left out?
             print(f"warning: --devices names {len(cfg.devices)} devices but --workers is {cfg.workers}: only "
-                  f"{', '.join(devices)} trains; give --workers {len(cfg.devices)} to use them all",
+                  f"{', '.join(devices)} trains; {give} --workers {len(cfg.devices)} to use them all",
                   file=sys.stderr)  # fmt: skip
         elif cfg.workers == 1 and cfg.mode in ASYNC_MODES:
             summed = f", the sum of {cfg.accum} in turn" if cfg.accum > 1 else ""
             print(f"warning: --mode {cfg.mode} with one worker trains as sync does (one worker's gradient an update"
-                  f"{summed}, never stale); give --workers N for N workers", file=sys.stderr)  # fmt: skip
+                  f"{summed}, never stale); {give} --workers N for N workers", file=sys.stderr)  # fmt: skip
         elif cfg.mode == "async-accum" and cfg.accum == 1:
-            print("warning: --mode async-accum with --accum 1 updates at every push, as --mode async does; give "
+            print(f"warning: --mode async-accum with --accum 1 updates at every push, as --mode async does; {give} "
                   "--accum N to sum N pushes an update (left out, N is --workers)", file=sys.stderr)  # fmt: skip
 
     # ------------------------------------------------------------------ run folder and checkpoints
