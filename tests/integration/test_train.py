@@ -1281,6 +1281,29 @@ def test_bad_simulation_options(synthetic_bin: Path, tmp_path: Path, extra, mess
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
 
 
+def test_a_diloco_resume_past_its_first_outer_step_with_max_updates_below_sync_every_has_nothing_to_do(
+    synthetic_bin: Path, tmp_path: Path
+):
+    """`--resume --max-updates 2` of a diloco run of H 3 at update 6 is at its limit: nothing to do, as in any
+    mode; until 2026-12-08 it was refused, as "the run would end before its first outer step, with the initial
+    model", which it had taken twice. A run that has not reached its first outer step is still refused so."""
+    run = tmp_path / "run"
+    common = ["--preset", "micro", "--devices", "cpu", "--mode", "diloco", "--sync-every", "3",
+              "--valid-max-sentences", "3", "--quiet"]  # fmt: skip
+    code, output = run_cli("train", str(synthetic_bin), str(run), *common, "--max-updates", "6", "--valid-every", "3")
+    assert code == 0, output
+    code, output = run_cli("train", str(synthetic_bin), str(run), "--resume", "--max-updates", "2")
+    assert code == 0 and "nothing to do" in output and "before its first outer step" not in output, output
+    from async_nmt.errors import UserError
+    from async_nmt.train.modes import check_mode_options
+
+    cfg = TrainConfig(mode="diloco", sync_every=3, max_updates=2)
+    for resumed_at in (0, 1, 2):  # a new run, and resumes before the first outer step
+        with pytest.raises(UserError, match="before its first outer step"):
+            check_mode_options(cfg, resumed_at=resumed_at)
+    check_mode_options(cfg, resumed_at=3)
+
+
 def test_one_diloco_worker_without_simulate_has_no_predicted_clock(synthetic_bin: Path, tmp_path: Path):
     """It ran emulated, and its events had a predicted clock (`nmt report --x predicted` took it) and its
     summary a "predicted time ... on 1 real devices", as no other run that is not --simulate has."""

@@ -200,12 +200,12 @@ MIN_LINK_GBPS = 1e-6
 MIN_SPEED = 1e-3  # --worker-speeds: within a thousandfold of 1, either way
 
 
-def check_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
+def check_config(cfg: TrainConfig, given: Collection[str] = (), resumed_at: int = 0) -> None:
     """Refuse contradictory options and values out of range, naming the option (`given`: those the command
-    line gave, see check_mode_options)."""
+    line gave, and `resumed_at`, the update a resume goes on from: see check_mode_options)."""
     from async_nmt.train.modes import check_mode_options
 
-    check_mode_options(cfg, given)
+    check_mode_options(cfg, given, resumed_at)
     for name in ("max_tokens", "lr"):
         if not getattr(cfg, name) > 0:  # nan included
             raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -326,6 +326,14 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: set[str]) -> tuple[Tr
     return resumed, source
 
 
+def saved_update(run_dir: Path) -> int:
+    """The update the run's last.pt was saved at; 0 where it cannot be read (the trainer's checks speak)."""
+    from async_nmt.model.checkpoint import checkpoint_path
+    from async_nmt.train.trainer import Trainer
+
+    return Trainer._saved_update(checkpoint_path(run_dir, "last")) or 0
+
+
 def last_configs(run_dir: Path) -> tuple[TrainConfig, ModelConfig, Path] | None:
     """The training and model configurations that the run's last.pt was saved with, and its path, read
     without its parameters (the trainer reads and checks them once); None where it cannot be read (left to
@@ -396,7 +404,7 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
             if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
                 cfg, source = resumed_config(cfg, run_dir, given)
                 try:
-                    check_config(cfg, given)
+                    check_config(cfg, given, resumed_at=saved_update(run_dir))
                 except UserError as err:  # (it named an option the user had not typed, nor said from where)
                     if source is None:
                         raise

@@ -79,10 +79,10 @@ MODE_OPTIONS = {"accum": ("async-accum",), "staleness_lr": ASYNC_MODES, "sync_ev
                 "outer_lr": ("diloco",), "outer_momentum": ("diloco",)}  # fmt: skip
 
 
-def check_mode_options(cfg: TrainConfig, given: Collection[str] = ()) -> None:
+def check_mode_options(cfg: TrainConfig, given: Collection[str] = (), resumed_at: int = 0) -> None:
     """Refuse contradictory mode options with one line naming the option. `given`: the options the command
     line gave; one of another mode is refused even at its default (`--outer-lr 0.7` to a sync run did
-    nothing, silently)."""
+    nothing, silently). `resumed_at`: the update a resume goes on from (0: a new run)."""
     if cfg.mode not in MODES:
         raise UserError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
     # (one line named all three for any one; --workers first: async-accum's --accum defaults to it)
@@ -110,7 +110,9 @@ def check_mode_options(cfg: TrainConfig, given: Collection[str] = ()) -> None:
             raise UserError("--outer-lr must be a positive number")
         if not 0 <= cfg.outer_momentum < 1:
             raise UserError("--outer-momentum must be in [0, 1)")
-        if 0 < cfg.max_updates < cfg.sync_every:  # (it saved the initial model as best.pt and last.pt)
+        # (it saved the initial model as best.pt and last.pt; a resume past the first outer step has none to wait
+        # for: `--resume --max-updates 2` of a run at update 6 is at its limit, and was refused so)
+        if 0 < cfg.max_updates < cfg.sync_every and resumed_at < cfg.sync_every:
             raise UserError(f"--sync-every {cfg.sync_every} is more than --max-updates {cfg.max_updates}: the run "
                             "would end before its first outer step, with the initial model")  # fmt: skip
 
