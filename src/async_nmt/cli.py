@@ -482,7 +482,7 @@ class SacrebleuTokenizers(click.Choice):
               "from BASE's by more than chance, by sacreBLEU's paired bootstrap resampling (its --paired-bs, "
               "Koehn 2004). Prints each metric's two scores, their means and 95% confidence intervals over the "
               "resamples, the difference and its p-value; seeded as sacreBLEU seeds it (12345, or "
-              "SACREBLEU_SEED).")  # fmt: skip
+              "SACREBLEU_SEED: a whole number above 0, or none for no seed).")  # fmt: skip
 @click.option("--resamples", type=click.IntRange(1, MAX_PAIRED_SAMPLES), default=None,
               help="With --baseline: the bootstrap's resamples, at most 10,000 (they are held in memory at "
               "once). [default: 1,000, as sacreBLEU's]")  # fmt: skip

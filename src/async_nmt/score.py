@@ -172,6 +172,24 @@ class PairedOptions:
     samples: int = 1000  # resamples
 
 
+def paired_seed() -> str:
+    """The seed of sacreBLEU's paired test, as it reads it: SACREBLEU_SEED, 12345 where unset, `none` (in any
+    case) for none. A value it cannot take is a one-line error: it raised ValueError, a traceback (abc, 1.5, and
+    numpy's refusal of -3); and 0, which its test of the two systems takes for no seed while the baseline's
+    interval is seeded with it: the hypotheses' means and intervals changed from run to run, said to be of seed 0."""
+    seed = os.environ.get("SACREBLEU_SEED", "12345")
+    if seed.lower() == "none":
+        return seed
+    try:
+        value = int(seed)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise UserError(f"SACREBLEU_SEED={seed}: the paired test's seed must be a whole number above 0 (sacreBLEU's "
+                        "test takes 0 for no seed), or none for no seed")  # fmt: skip
+    return seed
+
+
 def paired_scores(hyps: list[str], base: list[str], ref_streams: list[list[str]], options: ScoreOptions,
                   paired: PairedOptions) -> dict:  # fmt: skip
     """sacreBLEU's paired bootstrap resampling of `hyps` against `base` on each metric (BLEU, chrF, TER where
@@ -182,9 +200,7 @@ def paired_scores(hyps: list[str], base: list[str], ref_streams: list[list[str]]
     from sacrebleu.metrics import TER
     from sacrebleu.significance import PairedTest
 
-    seed = os.environ.get("SACREBLEU_SEED", "12345")
-    if seed.lower() != "none" and not re.fullmatch(r"[+-]?\d+", seed.strip()):  # (sacreBLEU's int(): a traceback)
-        raise UserError(f"SACREBLEU_SEED={seed!r}: sacreBLEU takes a whole number, or none for no seed")
+    seed = paired_seed()
     bleu, chrf = metrics(options)
     named = {"bleu": bleu, "chrf": chrf} | ({"ter": TER()} if options.ter else {})
     test = PairedTest([("baseline", base), ("hyp", hyps)], named, ref_streams, test_type="bs",
@@ -362,6 +378,8 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
             raise UserError("-: stdin can be HYP only; give each REF as a file")
     if paired and str(paired.baseline) == STDIN:
         raise UserError("--baseline -: stdin can be HYP only; give the baseline as a file")
+    if paired:
+        paired_seed()  # (before any file is read)
     hyp_name = "stdin" if str(hyp) == STDIN else str(hyp)
     # trailing whitespace stripped, as sacreBLEU's command line reads its files: the same scores either way,
     # and its warning about tokenized hypotheses sees "... .  " as ending in " ."

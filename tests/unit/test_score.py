@@ -560,19 +560,26 @@ def test_a_baseline_that_cannot_be_tested_is_one_line(tmp_path: Path):
         assert len(result.stderr.splitlines()) == 1 and message in result.stderr, (args, result.stderr)
 
 
-@pytest.mark.parametrize("seed, fine", [("abc", False), ("1.5", False), ("7", True), ("None", True)])
-def test_sacrebleus_seed_is_taken_or_refused_in_one_line(tmp_path: Path, monkeypatch, seed: str, fine: bool):
-    """SACREBLEU_SEED seeds the test as it seeds sacreBLEU's ("none": unseeded); one that is not a whole number
-    was sacreBLEU's traceback."""
+def test_a_seed_that_sacrebleus_paired_test_cannot_take_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """SACREBLEU_SEED that sacreBLEU cannot take was a traceback (ValueError: abc, 1.5, numpy's -3); 0, which its
+    test of the two systems takes for no seed, gave other means and intervals at each run, said to be of seed 0."""
     ref, good, poor, *_ = toy_systems(tmp_path)
-    monkeypatch.setenv("SACREBLEU_SEED", seed)
-    result = runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--json"])
-    if fine:
-        assert result.exit_code == 0 and json.loads(result.stdout)["paired"]["seed"] == seed, result.output
-    else:
-        assert result.exit_code == 2 and result.stderr == (
-            f"error: SACREBLEU_SEED={seed!r}: sacreBLEU takes a whole number, or none for no seed\n"
-        ), result.output
+    for seed in ("abc", "1.5", "-3", "0"):
+        monkeypatch.setenv("SACREBLEU_SEED", seed)
+        result = runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--resamples", "20"])
+        assert result.exit_code == 2 and result.stdout == "", (seed, result.output)
+        assert result.stderr == (f"error: SACREBLEU_SEED={seed}: the paired test's seed must be a whole number above 0 "
+                                 "(sacreBLEU's test takes 0 for no seed), or none for no seed\n"), seed  # fmt: skip
+    runs = []
+    for seed in ("7", "7", "None"):
+        monkeypatch.setenv("SACREBLEU_SEED", seed)
+        result = runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--resamples", "20",
+                                        "--json"])  # fmt: skip
+        assert result.exit_code == 0, (seed, result.output)
+        runs.append(json.loads(result.stdout)["paired"])
+    assert runs[0] == runs[1] and runs[0]["seed"] == "7" and runs[2]["seed"] == "None"  # seeded: the same twice
+    monkeypatch.setenv("SACREBLEU_SEED", "abc")
+    assert runner().invoke(main, ["score", str(good), str(ref)]).exit_code == 0  # (no test: no seed read)
 
 
 def test_a_tokenized_baseline_is_warned_of_by_its_own_name(tmp_path: Path):
