@@ -339,30 +339,54 @@ def build_report(
 NOT_THE_SETTING = ("seed", "devices", "compile", "log_every", "save_every", "keep_last")
 
 
+def _setting(run: Run) -> str | None:
+    """What `seed_groups` compares of a run: config.json's model and training options but NOT_THE_SETTING, and
+    the precisions in force; None without a readable config.json that names a seed."""
+    train, model = run.config.get("train"), run.config.get("model")
+    if not isinstance(train, dict) or "seed" not in train:
+        return None
+    # as the code that reads them sees them: an option that a run's version did not write has its default
+    # (batch_sort, since 2026-12-06), and a model's embeddings' dropout is named where it follows dropout
+    with contextlib.suppress(TypeError, ValueError):  # (a hand-edited config: compared as it is)
+        train = asdict(from_dict(TrainConfig, train))
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        model = asdict(from_dict(ModelConfig, model).in_effect())
+    kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING}
+    precisions = sorted({str(start.get("precision")) for start in run.starts})  # (a resume logs its own)
+    return json.dumps([kept, model, precisions], sort_keys=True)
+
+
+def _same_seed(runs: list[Run]) -> tuple[dict[str, list[Run]], list[tuple[Run, Run]]]:
+    """The runs by setting (`_setting`), each seed once, in the order of their first run; and each run left out
+    as it repeats the setting and the seed of an earlier one (a copy of a run, or a run again), with that run."""
+    groups: dict[str, list[Run]] = {}
+    repeats: list[tuple[Run, Run]] = []
+    for run in runs:
+        if (key := _setting(run)) is None:
+            continue
+        group = groups.setdefault(key, [])
+        seed = json.dumps(run.config["train"]["seed"])
+        if (first := next((r for r in group if json.dumps(r.config["train"]["seed"]) == seed), None)) is not None:
+            repeats.append((run, first))
+        else:
+            group.append(run)
+    return groups, repeats
+
+
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """The runs that repeat one setting with other seeds, two or more a group, in the order of their first run:
     the same config.json (model, and training options but NOT_THE_SETTING) and the same precision in force
-    (start events). A run without a readable config.json is in none."""
+    (start events). A run without a readable config.json is in none, and so is one whose setting and seed an
+    earlier run has (`repeated_seeds` warns of it): a copy of a run counted as a second seed, with a spread of
+    0.00."""
+    return [group for group in _same_seed(runs)[0].values() if len(group) > 1]
 
-    def setting(run: Run) -> str | None:
-        train, model = run.config.get("train"), run.config.get("model")
-        if not isinstance(train, dict) or "seed" not in train:
-            return None
-        # as the code that reads them sees them: an option that a run's version did not write has its default
-        # (batch_sort, since 2026-12-06), and a model's embeddings' dropout is named where it follows dropout
-        with contextlib.suppress(TypeError, ValueError):  # (a hand-edited config: compared as it is)
-            train = asdict(from_dict(TrainConfig, train))
-        with contextlib.suppress(TypeError, ValueError, AttributeError):
-            model = asdict(from_dict(ModelConfig, model).in_effect())
-        kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING}
-        precisions = sorted({str(start.get("precision")) for start in run.starts})  # (a resume logs its own)
-        return json.dumps([kept, model, precisions], sort_keys=True)
 
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        if (key := setting(run)) is not None:
-            groups.setdefault(key, []).append(run)
-    return [group for group in groups.values() if len(group) > 1]
+def repeated_seeds(runs: list[Run]) -> list[str]:
+    """One line for each run that `seed_groups` leaves out, as it repeats the setting and the seed of another."""
+    return [f"warning: {run.name} repeats the setting and the seed ({json.dumps(run.config['train']['seed'])}) of "
+            f"{first.name}: it is no other seed, and the seeds table leaves it out"
+            for run, first in _same_seed(runs)[1]]  # fmt: skip
 
 
 def spread(values: list[float]) -> dict[str, Any]:
@@ -787,7 +811,7 @@ def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
     clock leaves a device idle, why there is no target or no speedups."""
     lines = [f"warning: {why}; the run is compared without it" for run in runs if (why := run.unreadable_config)]
     lines += differences(runs, report["x"], report.get("link_gbps")) + resumed_otherwise(runs)
-    lines += idle_devices(runs, report["x"])
+    lines += idle_devices(runs, report["x"]) + repeated_seeds(runs)
     if report["no_target"] is not None:
         lines.append(f"warning: no time to target or speedups: {report['no_target']}")
     if report.get("no_speedup") is not None:

@@ -1202,6 +1202,27 @@ def test_seeds_are_compared_as_their_options_are_read(tmp_path: Path) -> None:
     assert json.loads(CliRunner().invoke(main, ["report", str(old), str(new), "--json"]).stdout)["seeds"] == []
 
 
+def test_a_run_of_the_same_setting_and_seed_is_no_other_seed(tmp_path: Path) -> None:
+    """A run that repeats the setting and the seed of another (a copy of a run, as `cp -r` makes before a rewind)
+    is left out of the seeds table, with a warning: it was counted as a second seed ("1, 1"), a spread of 0.00 over
+    "2 of 2" runs where there was one."""
+    one = seeded(tmp_path / "sync-s1", "sync", 1, [10.0, 20.0, 21.0], 100.0)
+    copy = seeded(tmp_path / "sync-s1-copy", "sync", 1, [10.0, 20.0, 21.0], 100.0)
+    result = CliRunner().invoke(main, ["report", str(one), str(copy), "--target-bleu", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    warning = (f"warning: {copy} repeats the setting and the seed (1) of {one}: it is no other seed, and the seeds "
+               "table leaves it out")  # fmt: skip
+    assert data["seeds"] == [] and data["warnings"] == [warning] and result.stderr == warning + "\n"
+    two = seeded(tmp_path / "sync-s2", "sync", 2, [12.0, 20.5, 20.0], 90.0)
+    result = CliRunner().invoke(main, ["report", str(one), str(copy), str(two), "--target-bleu", "20", "--json"])
+    seeds = json.loads(result.stdout)["seeds"]
+    assert [(g["runs"], g["seeds"]) for g in seeds] == [([str(one), str(two)], [1, 2])]
+    assert seeds[0]["best_bleu"]["n"] == 2 and seeds[0]["to_target"]["mean"] == 190.0  # (200 s and 180 s)
+    table = CliRunner().invoke(main, ["report", str(one), str(copy)]).stdout
+    assert "seeds of one setting" not in table and "sync-s1-copy" in table  # (a row of its own, as any run)
+
+
 def test_a_run_without_repeats_makes_no_seeds_table(tmp_path: Path, runs: list[Path]) -> None:
     """Runs of no config.json, or of settings that differ, are no repeats: no table, and `seeds` is empty."""
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--json"])
