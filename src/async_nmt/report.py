@@ -341,7 +341,9 @@ NOT_THE_SETTING = ("seed", "devices", "compile", "log_every", "save_every", "kee
 
 def _setting(run: Run) -> str | None:
     """What `seed_groups` compares of a run: config.json's model and training options but NOT_THE_SETTING, and
-    the precisions in force; None without a readable config.json that names a seed."""
+    the precisions in force; None without a readable config.json that names a seed. The corpus is its record in
+    config.json where it holds the training split (as `differences` compares it), not bin_dir as typed: one BIN
+    typed two ways (data/bin, /home/me/data/bin) made two settings, and two corpora both typed `bin` one."""
     train, model = run.config.get("train"), run.config.get("model")
     if not isinstance(train, dict) or "seed" not in train:
         return None
@@ -352,6 +354,8 @@ def _setting(run: Run) -> str | None:
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         model = asdict(from_dict(ModelConfig, model).in_effect())
     kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING}
+    if training_split(run) is not None:
+        kept["bin_dir"] = run.config["corpus"]
     precisions = sorted({str(start.get("precision")) for start in run.starts})  # (a resume logs its own)
     return json.dumps([kept, model, precisions], sort_keys=True)
 

@@ -1223,6 +1223,35 @@ def test_a_run_of_the_same_setting_and_seed_is_no_other_seed(tmp_path: Path) -> 
     assert "seeds of one setting" not in table and "sync-s1-copy" in table  # (a row of its own, as any run)
 
 
+def test_seeds_of_one_setting_compare_their_corpus_by_its_training_split(tmp_path: Path) -> None:
+    """Where runs recorded their training split, the seeds table compares the corpus by it, not by bin_dir as typed
+    (as the warnings compare it): one BIN typed two ways made two settings, and two corpora both typed `bin` (two
+    projects' runs, each trained from its own folder) one, their BLEUs averaged together."""
+
+    def run(name: str, seed: int, bin_dir: str, pairs: int, bleus: list[float]) -> Path:
+        path = seeded(tmp_path / name, "sync", seed, bleus, 100.0)
+        config = json.loads((path / "config.json").read_text())
+        config["train"]["bin_dir"] = bin_dir
+        config["corpus"] = {
+            "src": "de",
+            "tgt": "en",
+            "vocab_size": 8000,
+            "train_pairs": pairs,
+            "train_tokens": 9 * pairs,
+        }
+        (path / "config.json").write_text(json.dumps(config))
+        return path
+
+    typed = [
+        run("a-s1", 1, "data/bin", 1000, [10.0, 20.0]),
+        run("a-s2", 2, str(tmp_path / "data/bin"), 1000, [12.0, 21.0]),
+    ]
+    other = [run("b-s1", 1, "bin", 5000, [30.0, 31.0]), run("b-s2", 2, "bin", 7000, [1.0, 2.0])]
+    result = CliRunner().invoke(main, ["report", *map(str, typed + other), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [g["runs"] for g in json.loads(result.stdout)["seeds"]] == [[str(p) for p in typed]]
+
+
 def test_a_run_without_repeats_makes_no_seeds_table(tmp_path: Path, runs: list[Path]) -> None:
     """Runs of no config.json, or of settings that differ, are no repeats: no table, and `seeds` is empty."""
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--json"])
