@@ -647,6 +647,17 @@ def print_table(report: dict[str, Any], width: int | None = None) -> None:
     if _rendered_width(_rich_table(title(report), headers, rows, notes, room)) > room and same:
         alike = [f"{headers[i]} {rows[0][i]}" for i in same]
         columns = [i for i in columns if i not in same]
+    _print_in_tables(console, title(report), headers, rows, columns, notes, room)
+    for line in _wrapped("the same in every run:", alike, room):  # (a caption broke "workers" from its 4)
+        console.print(Text(line))
+    print_seeds(report, console, room)
+
+
+def _print_in_tables(console: Any, heading: str, headers: list[str], rows: list[list[str]], columns: list[int],
+                     notes: list[str], room: int) -> None:  # fmt: skip
+    """The `columns` of a table as one table where it fits in `room`, else as several, one below the other, each
+    beginning with the first of them (the runs' names), the heading above the first and the notes below the
+    last."""
     groups: list[list[int]] = [[columns[0]]]  # (each begins with the runs' names)
     for i in columns[1:]:
         wider = groups[-1] + [i]
@@ -656,17 +667,20 @@ def print_table(report: dict[str, Any], width: int | None = None) -> None:
             groups[-1] = wider
     for k, group in enumerate(groups):
         last = k == len(groups) - 1
-        console.print(_rich_table(title(report) if k == 0 else "", *_picked(headers, rows, group),
-                                  notes if last else [], room))  # fmt: skip
-    for line in _wrapped("the same in every run:", alike, room):  # (a caption broke "workers" from its 4)
-        console.print(Text(line))
-    print_seeds(report, console, room)
+        console.print(_rich_table(heading if k == 0 else "", *_picked(headers, rows, group), notes if last else [],
+                                  room))  # fmt: skip
 
 
 def print_seeds(report: dict[str, Any], console: Any, room: int = 0) -> None:
-    """The table of runs that repeat a setting (`seed_cells`), where there are any."""
-    if report.get("seeds"):
-        console.print(_rich_table(SEEDS_TITLE, *seed_cells(report), [], room))
+    """The table of runs that repeat a setting (`seed_cells`), where there are any; on a terminal too narrow for
+    it, as several tables, as the runs' table is (at 50 columns its numbers were split across lines, 23./15)."""
+    if not report.get("seeds"):
+        return
+    headers, rows = seed_cells(report)
+    if not room:
+        console.print(_rich_table(SEEDS_TITLE, headers, rows, [], room))
+        return
+    _print_in_tables(console, SEEDS_TITLE, headers, rows, list(range(len(headers))), [], room)
 
 
 def _wrapped(lead: str, items: list[str], room: int) -> list[str]:
