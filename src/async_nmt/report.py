@@ -927,6 +927,22 @@ def _check_not_in_a_run_or_corpus(out: Path) -> None:
                             "folder of its own")  # fmt: skip
 
 
+def not_validated(run: Run) -> str:
+    """Why a run has no validation: not yet, or, where it ended before its first, how it ended (a run that
+    diverged or failed at its start was said to have "no validation yet", as if one were to come)."""
+    if run.last.get("kind") != "end":
+        return "no validation yet (no valid event in events.jsonl)"
+    if run.last.get("interrupted"):
+        how = "it was interrupted before its first (--resume goes on)"
+    elif run.last.get("diverged"):
+        how = "it diverged before its first, and ended"
+    elif run.last.get("failed"):
+        how = f"an error stopped it before its first ({run.last['failed']})"
+    else:
+        how = "it ended before its first"
+    return f"no validation (no valid event in events.jsonl): {how}"
+
+
 def report_command(
     paths: list[Path],
     target_bleu: float | None = None,
@@ -980,7 +996,7 @@ def report_command(
             base = base if link_gbps is None else reprice(base, link_gbps)
             runs.insert(0, base)
     if not any(run.valid for run in runs):
-        raise UserError(f"{runs[0].name}: no validation yet (no valid event in events.jsonl)" if len(runs) == 1
+        raise UserError(f"{runs[0].name}: {not_validated(runs[0])}" if len(runs) == 1
                         else "no run has validated yet (no valid event in any events.jsonl)")  # fmt: skip
     report = build_report(runs, target_bleu, base, x)
     report["link_gbps"] = link_gbps

@@ -127,6 +127,28 @@ def test_errors_name_the_folder(tmp_path: Path, runs: list[Path]) -> None:
         report_command([tmp_path / "untrained"], x="predicted")
 
 
+@pytest.mark.parametrize(
+    ("end", "said"),
+    [
+        (None, "no validation yet (no valid event in events.jsonl)"),
+        ({"interrupted": True}, "it was interrupted before its first (--resume goes on)"),
+        ({"diverged": True}, "it diverged before its first, and ended"),
+        ({"failed": "worker 1 died"}, "an error stopped it before its first (worker 1 died)"),
+    ],
+)
+def test_a_run_that_ended_before_its_first_validation_says_so(tmp_path: Path, end: dict | None, said: str) -> None:
+    """A run that diverged, failed or was interrupted before its first validation is no run whose validation is
+    yet to come: it said "no validation yet", as of one still training."""
+    run = write_run(tmp_path / "run", "sync", [], seconds_per_valid=1.0, end=end is not None)
+    if end is not None:
+        rewrite(run, lambda events: events[-1].update({"interrupted": False, **end}))
+    result = CliRunner().invoke(main, ["report", str(run)])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    if end is not None:
+        said = f"no validation (no valid event in events.jsonl): {said}"
+    assert result.stderr == f"error: {run}: {said}\n"
+
+
 def test_predicted_axis(tmp_path: Path) -> None:
     runs = [write_run(tmp_path / m, m, [10.0, 20.0], seconds_per_valid=40.0, simulate=True) for m in ("sync", "async")]
     report = build_report([load_run(p) for p in runs], x="predicted")
