@@ -215,8 +215,15 @@ def paired_scores(hyps: list[str], base: list[str], ref_streams: list[list[str]]
     for key, name in zip(named, list(results)[1:], strict=True):
         base_result, hyp_result = results[name]
         # the same translations differ by nothing, which is all chance: p = 1 (sacreBLEU counts only resampled
-        # differences above the real one, none here, and gave 1/(samples + 1), "significant")
-        p_value = 1.0 if hyps == base else hyp_result.p_value
+        # differences above the real one, none here, and gave 1/(samples + 1), "significant"); and so do
+        # translations that differ only in what the metric does not count (case under -lc, spaces), whose
+        # every line has the same statistics: they were a difference of +0.00 with p = 0.001
+        same = hyps == base or (
+            hyp_result.score == base_result.score
+            and named[key]._extract_corpus_statistics(hyps, ref_streams)
+            == named[key]._extract_corpus_statistics(base, ref_streams)
+        )
+        p_value = 1.0 if same else hyp_result.p_value
         out[key] = {
             "name": name, "score": number(hyp_result.score), "mean": number(hyp_result.mean),
             "ci": number(hyp_result.ci), "p_value": number(p_value),

@@ -541,6 +541,23 @@ def test_a_baseline_of_the_same_translations_does_not_differ(tmp_path: Path):
         assert paired[key]["p_value"] == 1.0 and paired[key]["score"] == paired[key]["baseline_score"], key
 
 
+def test_a_baseline_that_differs_only_in_what_a_metric_does_not_count_does_not_differ_by_it(tmp_path: Path):
+    """Translations that differ from the baseline's only in what a metric does not count (case under -lc, the
+    spaces between words) have the same statistics on every line: a difference of +0.00 that every resample
+    repeats, all chance, p = 1 (it was 1/(N + 1), "significant"); a metric that counts it keeps sacreBLEU's p."""
+    ref, good, _, _, good_lines, _ = toy_systems(tmp_path)
+    cased = write(tmp_path / "cased", [line.replace("cat", "Cat") for line in good_lines])
+    spaced = write(tmp_path / "spaced", [line.replace(" ", "  ", 1) for line in good_lines])
+    lowercased = json.loads(runner().invoke(main, ["score", str(cased), str(ref), "--baseline", str(good), "-lc",
+                                                   "--json"]).stdout)["paired"]  # fmt: skip
+    assert lowercased["bleu"]["score"] == lowercased["bleu"]["baseline_score"] and lowercased["bleu"]["p_value"] == 1
+    assert lowercased["chrf"]["p_value"] < 0.05  # (chrF counts case here: the test as sacreBLEU's)
+    paired = json.loads(runner().invoke(main, ["score", str(spaced), str(ref), "--baseline", str(good), "--json",
+                                               "--ter"]).stdout)["paired"]  # fmt: skip
+    for key in ("bleu", "chrf", "ter"):
+        assert paired[key]["score"] == paired[key]["baseline_score"] and paired[key]["p_value"] == 1.0, key
+
+
 def test_a_baseline_that_cannot_be_tested_is_one_line(tmp_path: Path):
     ref, good, poor, *_ = toy_systems(tmp_path)
     short = write(tmp_path / "short", ["a b c"] * 3)
