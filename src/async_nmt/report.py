@@ -300,6 +300,33 @@ def summarize(run: Run, target: float, x: str) -> dict[str, Any]:
     }
 
 
+def ended_unvalidated(run: Run) -> str | None:
+    """How a run without a validation ended before its first; None where it has not ended (a run that diverged
+    or failed at its start was said to have "no validation yet", as if one were to come)."""
+    if run.last.get("kind") != "end":
+        return None
+    if run.last.get("interrupted"):
+        return "it was interrupted before its first (--resume goes on)"
+    if run.last.get("diverged"):
+        return "it diverged before its first, and ended"
+    if run.last.get("failed"):
+        return f"an error stopped it before its first ({run.last['failed']})"
+    return "it ended before its first"
+
+
+def not_validated(run: Run) -> str:
+    """Why a run has no validation: not yet, or how it ended before its first."""
+    if (how := ended_unvalidated(run)) is None:
+        return "no validation yet (no valid event in events.jsonl)"
+    return f"no validation (no valid event in events.jsonl): {how}"
+
+
+def baseline_unvalidated(baseline: Run) -> str:
+    """The baseline has no validation: yet, or how it ended before its first."""
+    how = ended_unvalidated(baseline)
+    return f"the baseline {baseline.name} has no validation " + ("yet" if how is None else f"({how})")
+
+
 def build_report(
     runs: list[Run], target_bleu: float | None = None, baseline: Run | None = None, x: str = "time"
 ) -> dict[str, Any]:
@@ -311,7 +338,7 @@ def build_report(
         baseline = next((r for r in sync if r.valid), sync[0] if sync else runs[0])
     no_target = None
     if target_bleu is None and not baseline.valid:
-        no_target = f"the baseline {baseline.name} has no validation yet"
+        no_target = baseline_unvalidated(baseline)
     elif target_bleu is None:  # 0.5 below the baseline's best, but at least half of it (short runs: never below 0)
         best = max(e["bleu"] for e in baseline.valid)
         target_bleu = round(max(best - 0.5, best / 2), 2)  # (as it is shown)
@@ -325,10 +352,10 @@ def build_report(
     no_speedup = None  # a --target-bleu that another run reaches and the baseline does not
     if target_bleu is not None and base_x is None and any(row["to_target"] is not None for row in rows):
         best = max((e["bleu"] for e in baseline.valid), default=None)
-        no_speedup = f"the baseline {baseline.name} " + (
-            "has no validation yet"
+        no_speedup = (
+            baseline_unvalidated(baseline)
             if best is None
-            else f"never reached BLEU {bleu_text(target_bleu)} (its best: {best:.2f})"
+            else f"the baseline {baseline.name} never reached BLEU {bleu_text(target_bleu)} (its best: {best:.2f})"
         )
     return {"x": x, "target_bleu": target_bleu, "no_target": no_target, "no_speedup": no_speedup,
             "baseline": baseline.name, "runs": rows}  # fmt: skip
@@ -925,22 +952,6 @@ def _check_not_in_a_run_or_corpus(out: Path) -> None:
             where = what if folder == out else f"in {folder}, {what}"
             raise UserError(f"{out}: {where}, whose --force the report's files would then block; give --out a "
                             "folder of its own")  # fmt: skip
-
-
-def not_validated(run: Run) -> str:
-    """Why a run has no validation: not yet, or, where it ended before its first, how it ended (a run that
-    diverged or failed at its start was said to have "no validation yet", as if one were to come)."""
-    if run.last.get("kind") != "end":
-        return "no validation yet (no valid event in events.jsonl)"
-    if run.last.get("interrupted"):
-        how = "it was interrupted before its first (--resume goes on)"
-    elif run.last.get("diverged"):
-        how = "it diverged before its first, and ended"
-    elif run.last.get("failed"):
-        how = f"an error stopped it before its first ({run.last['failed']})"
-    else:
-        how = "it ended before its first"
-    return f"no validation (no valid event in events.jsonl): {how}"
 
 
 def report_command(

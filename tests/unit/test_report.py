@@ -149,6 +149,22 @@ def test_a_run_that_ended_before_its_first_validation_says_so(tmp_path: Path, en
     assert result.stderr == f"error: {run}: {said}\n"
 
 
+def test_a_baseline_that_ended_before_its_first_validation_says_so(tmp_path: Path) -> None:
+    """The title and the warning of no target (or of no speedups) say how a baseline without a validation ended,
+    where it did: it said "has no validation yet", as of one still training."""
+    sync = write_run(tmp_path / "sync", "sync", [], seconds_per_valid=1.0)
+    rewrite(sync, lambda events: events[-1].update({"diverged": True}))
+    other = write_run(tmp_path / "async", "async", [5.0, 10.0], seconds_per_valid=10.0)
+    said = f"the baseline {sync} has no validation (it diverged before its first, and ended)"
+    for extra, key in (([], "no_target"), (["--target-bleu", "5"], "no_speedup")):
+        result = CliRunner().invoke(main, ["report", str(sync), str(other), "--json", *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)[key] == said, result.stdout
+    fresh = write_run(tmp_path / "fresh", "sync", [], seconds_per_valid=1.0, end=False)
+    result = CliRunner().invoke(main, ["report", str(fresh), str(other), "--json"])
+    assert json.loads(result.stdout)["no_target"] == f"the baseline {fresh} has no validation yet"
+
+
 def test_predicted_axis(tmp_path: Path) -> None:
     runs = [write_run(tmp_path / m, m, [10.0, 20.0], seconds_per_valid=40.0, simulate=True) for m in ("sync", "async")]
     report = build_report([load_run(p) for p in runs], x="predicted")
