@@ -592,6 +592,13 @@ def shown(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def run_label(row: dict[str, Any]) -> str:
+    """A run's name as the tables show it: marked with * while it is not finished, and where it diverged or
+    failed, saying so."""
+    label = shown(row["run"]) + ("" if row["finished"] else " *")
+    return label + (" (diverged)" if row.get("diverged") else " (failed)" if row.get("failed") else "")
+
+
 def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells; a missing value is a dash, a run still going is marked with *, one that
     diverged or failed says so. A diloco run's staleness is the inner steps since the last sync, and its cells
@@ -600,8 +607,7 @@ def cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for row in report["runs"]:
         texts = ["-" if row[key] is None else spec.format(row[key]) for _, key, spec in cols]
-        texts[0] = shown(row["run"]) + ("" if row["finished"] else " *")
-        texts[0] += " (diverged)" if row.get("diverged") else " (failed)" if row.get("failed") else ""
+        texts[0] = run_label(row)
         if " H=" in row["mode"]:  # diloco or local SGD
             for i, (_, key, _) in enumerate(cols):
                 if key.startswith("staleness") and row[key] is not None:
@@ -624,9 +630,12 @@ def seed_cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         return fmt.format(value["mean"]) + ("" if value["sd"] is None else f" ± {fmt.format(value['sd'])}")
 
     rows = []
+    runs = {row["run"]: row for row in report["runs"]}
     for group in report["seeds"]:
         reached = f"{group['to_target']['n']} of {len(group['runs'])}" if report["target_bleu"] is not None else "-"
-        rows.append([", ".join(map(shown, group["runs"])), group["mode"], ", ".join(map(str, group["seeds"])),
+        # (marked as in the runs' table: a run still training, whose final BLEU is not, was not)
+        rows.append([", ".join(run_label(runs[name]) for name in group["runs"]), group["mode"],
+                     ", ".join(map(str, group["seeds"])),
                      spread_text(group["best_bleu"], "{:.2f}"), spread_text(group["final_bleu"], "{:.2f}"), reached,
                      spread_text(group["to_target"], spec),
                      "-" if group["speedup"] is None else f"{group['speedup']:.2f}x"])  # fmt: skip

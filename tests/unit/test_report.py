@@ -1315,6 +1315,24 @@ def test_the_seeds_table_on_a_narrow_terminal_never_splits_a_word(
         assert f" {word} " in " ".join(f" {line} " for line in out.splitlines()), (word, out)
 
 
+def test_the_seeds_table_marks_runs_not_finished_as_the_runs_table_does(tmp_path: Path) -> None:
+    """A seed still training (its final BLEU not final yet), or one that diverged, is marked in the seeds table as
+    in the runs' table: it was named there without a mark, its BLEU in the mean as a finished run's."""
+    from async_nmt.report import seed_cells
+
+    one = seeded(tmp_path / "s1", "sync", 1, [10.0, 20.0], 100.0)
+    going = seeded(tmp_path / "s2", "sync", 2, [12.0, 15.0], 90.0)
+    rewrite(going, lambda events: events[:-1])  # (no end event yet)
+    gone = seeded(tmp_path / "s3", "sync", 3, [11.0], 90.0)
+    rewrite(gone, lambda events: events[-1].update({"diverged": True}))
+    result = CliRunner().invoke(main, ["report", str(one), str(going), str(gone), "--target-bleu", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert seed_cells(report)[1][0][0] == f"{one}, {going} *, {gone} (diverged)"
+    table = CliRunner().invoke(main, ["report", str(one), str(going), str(gone), "--target-bleu", "20"]).stdout
+    assert f"{going} *, {gone} (diverged)" in table
+
+
 def test_a_run_without_repeats_makes_no_seeds_table(tmp_path: Path, runs: list[Path]) -> None:
     """Runs of no config.json, or of settings that differ, are no repeats: no table, and `seeds` is empty."""
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--json"])
