@@ -562,6 +562,30 @@ def test_vocabularies_compare_by_their_pieces_where_every_run_has_one(tmp_path: 
     assert result.stderr.startswith("warning: the runs differ in vocabulary (") and str(runs[2]) in result.stderr
 
 
+def test_a_run_whose_folder_name_is_not_utf8_has_its_vocabulary_compared(tmp_path: Path) -> None:
+    """sentencepiece takes a model's file name as a str only: RUN/spm.model of a folder whose name is not UTF-8
+    (run\\xff) was a TypeError, a traceback; it is read as any other run's, and its vocabulary compared."""
+    import os
+
+    import sentencepiece as spm
+
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"ein kleines Haus {i} und ein großer Garten {i * 7}\n" for i in range(300)))
+    for size in (40, 50):
+        spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / f"v{size}"), vocab_size=size,
+                                       minloglevel=2)  # fmt: skip
+    odd = write_run(tmp_path / os.fsdecode(b"run\xff"), "sync", [1.0, 2.0], seconds_per_valid=10.0)
+    plain = write_run(tmp_path / "plain", "sync", [1.0, 3.0], seconds_per_valid=10.0)
+    (odd / "spm.model").write_bytes((tmp_path / "v40.model").read_bytes())
+    (plain / "spm.model").write_bytes((tmp_path / "v50.model").read_bytes())
+    result = CliRunner().invoke(main, ["report", str(plain), str(odd)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: the runs differ in vocabulary (") and "run\\xff" in result.stdout
+    (plain / "spm.model").write_bytes((tmp_path / "v40.model").read_bytes())
+    result = CliRunner().invoke(main, ["report", str(plain), str(odd)])
+    assert result.exit_code == 0 and "vocabulary" not in result.stderr, result.output
+
+
 def test_help_says_what_the_options_do() -> None:
     text = " ".join(CliRunner().invoke(main, ["report", "--help"]).output.split())
     assert "Folder (made if missing)" in text and "one not among RUN... becomes the first row" in text

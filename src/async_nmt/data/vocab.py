@@ -166,10 +166,19 @@ def load_vocab(path: Path) -> spm.SentencePieceProcessor:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such sentencepiece model")
+    # read here, not by sentencepiece, which takes the file's name as a str only: a folder's name that is not
+    # UTF-8 (run\xff/spm.model, which `nmt report` reads) was a TypeError, a traceback
     try:
-        return spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError) as err:
-        raise UserError(f"{path}: not a sentencepiece model ({reason(err)})") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+    except RuntimeError as err:
+        why = "sentencepiece could not parse it" if "Parse" in str(err) else reason(err)
+        raise UserError(f"{path}: not a sentencepiece model ({why if data else 'an empty file'})") from None
+    return sp
 
 
 def vocab_hash(vocab: Path | spm.SentencePieceProcessor) -> str:
