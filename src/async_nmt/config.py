@@ -322,9 +322,10 @@ def _type_name(hint: Any) -> str:
 def temporary_beside(path: Path) -> Path:
     """A hidden temporary file beside `path`, of this process, to write and then rename onto `path`: named
     after it where the name fits the file system's 255 bytes (one that did not failed a write that `>`
-    makes)."""
+    makes). Its bytes as the file system takes them: a name that is not UTF-8 (out\xff.txt) has no str encoding,
+    and was a UnicodeEncodeError, a traceback."""
     name = f".{path.name}.{os.getpid()}.tmp"
-    return path.with_name(name if len(name.encode()) <= 255 else f".async-nmt.{os.getpid()}.tmp")
+    return path.with_name(name if len(os.fsencode(name)) <= 255 else f".async-nmt.{os.getpid()}.tmp")
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -235,6 +235,22 @@ def test_dash_is_no_output_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert not (tmp_path / "-").exists()
 
 
+def test_an_output_whose_name_is_not_utf8_is_written(tmp_path: Path):
+    """The temporary file beside the output is named after it, measured in bytes: a name that is not UTF-8
+    (avg\\xff.pt, as a Latin-1 file system makes) has no str encoding, and was a UnicodeEncodeError, a traceback
+    (`nmt translate -o` and `nmt average -o` alike)."""
+    from async_nmt.config import temporary_beside
+
+    for updates in (5, 10):
+        save_kept(tmp_path, updates, torch.full((8,), float(updates)))
+    out = tmp_path / os.fsdecode(b"avg\xff.pt")
+    result = CliRunner().invoke(main, ["average", str(tmp_path), "--last", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert torch.equal(read_checkpoint(out)["params"], torch.full((8,), 7.5))
+    assert sorted(os.listdir(tmp_path)) == sorted(["checkpoints", out.name])  # (no temporary file left)
+    assert temporary_beside(out).name == os.fsdecode(b".avg\xff.pt." + str(os.getpid()).encode() + b".tmp")
+
+
 def test_the_checkpoints_folder_given_as_run_hints_at_the_run(tmp_path: Path):
     run = make_run(tmp_path / "run")
     one_line(average(run / "checkpoints", "-o", tmp_path / "x.pt"), f"averaging needs the run folder that holds "
