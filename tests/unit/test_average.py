@@ -462,6 +462,31 @@ def test_load_model_gives_the_saved_weights_in_eval_mode_and_refuses_a_vector_of
         load_model(tmp_path / "longer.pt")
 
 
+def test_a_checkpoint_whose_path_is_not_utf8_translates(tmp_path: Path):
+    """torch maps a file by its name as a UTF-8 str: a run folder whose name is not UTF-8 (run\\xff) gave "not a
+    readable checkpoint ('utf-8' codec can't encode character ...)" of a whole checkpoint; it is read whole."""
+    from dataclasses import asdict
+
+    from async_nmt.config import ModelConfig
+    from async_nmt.data.vocab import load_vocab, train_vocab
+    from async_nmt.model.checkpoint import load_model
+    from async_nmt.model.transformer import Transformer
+
+    (tmp_path / "text").write_text("ab ba\nab\ncab\n", encoding="utf-8")
+    sp = load_vocab(train_vocab([tmp_path / "text"], tmp_path / "spm", 12))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=sp.get_piece_size(), d_model=8, heads=2, enc_layers=1, dec_layers=1, ff_dim=16)
+    params = torch.cat([p.detach().reshape(-1) for p in Transformer(cfg).parameters()])
+    run = tmp_path / os.fsdecode(b"run\xff")
+    save_checkpoint({"model_config": asdict(cfg), "vocab_model": sp.serialized_model_proto(), "params": params},
+                    run / "checkpoints" / "last.pt")  # fmt: skip
+    model, _ = load_model(run)
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), params)
+    (tmp_path / "in").write_text("ab\n\ncab\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["translate", str(run), "-i", str(tmp_path / "in"), "--beam", "2"])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output
+
+
 def test_a_lost_best_is_one_apart_from_last_pt():
     """A run that validated has lost its best save where best.pt is gone, unless last.pt is that save (a run
     killed between writing last.pt and copying it to best.pt): `nmt translate RUN` then takes last.pt."""

@@ -299,6 +299,9 @@ def read_checkpoint(path: Path, mmap: bool = False, check_params: bool = True) -
         raise UserError(f"{path}: not a checkpoint, or one cut short (torch.save writes a zip archive; this is "
                         "not a whole one)")  # fmt: skip
     _check_pickle(path)
+    # torch maps a file by its name as a UTF-8 str: one whose name is not UTF-8 (run\xff/...) is read whole (it
+    # said "not a readable checkpoint ('utf-8' codec can't encode character ...)" of a checkpoint that was)
+    mmap = mmap and utf8_name(path)
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -318,6 +321,16 @@ def read_checkpoint(path: Path, mmap: bool = False, check_params: bool = True) -
     if check_params and "params_crc32" in state and params_crc32(state["params"]) != state["params_crc32"]:
         raise UserError(f"{path}: damaged (its parameters do not match the checksum saved with them)")
     return state
+
+
+def utf8_name(path: Path) -> bool:
+    """Whether `path` is UTF-8 text, as libraries that take a file's name as a str need it (a name that is not
+    holds surrogates in Python: os.fsdecode(b"run\\xff"))."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_pickle(path: Path) -> None:
