@@ -410,6 +410,10 @@ def score_command(hyp: Path, refs: list[Path], options: ScoreOptions | None = No
         if len(base) != len(hyps):
             raise UserError(f"{hyp_name} has {len(hyps):,} line(s) but the baseline {paired.baseline} has "
                             f"{len(base):,}: the counts must match")  # fmt: skip
+        if len(hyps) == 1:  # (every resample is that line: any difference came out significant, p = 1/(N + 1))
+            raise UserError(f"--baseline: {hyp_name} has 1 line, and the paired bootstrap resamples lines: every "
+                            "resample would be that line, its difference no measure of chance; test more "
+                            "lines")  # fmt: skip
     chosen = options.trg_lang in ("zh", "ja", "ko")  # (sacreBLEU's -l picks zh, ja-mecab, ko-mecab for them)
     if options.tokenize is None and not chosen and looks_unsegmented(ref_streams[0]):
         print(f"warning: {refs[0]}: looks like Chinese or Japanese text, whose words the default tokenizer "

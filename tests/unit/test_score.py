@@ -599,6 +599,19 @@ def test_a_seed_that_sacrebleus_paired_test_cannot_take_is_one_line(tmp_path: Pa
     assert runner().invoke(main, ["score", str(good), str(ref)]).exit_code == 0  # (no test: no seed read)
 
 
+def test_a_baseline_of_one_line_is_refused(tmp_path: Path):
+    """The paired bootstrap resamples lines: of one line, every resample is that line, and any difference came
+    out significant (p = 1/(N + 1), its interval ± 0.00). A one-line error; the scores alone are still given."""
+    lines = (("hyp", "the cat sat on the mat"), ("ref", "the cat sat on a mat"), ("base", "a dog ran"))
+    hyp, ref, base = (write(tmp_path / name, [line]) for name, line in lines)
+    result = runner().invoke(main, ["score", str(hyp), str(ref), "--baseline", str(base)])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr == (f"error: --baseline: {hyp} has 1 line, and the paired bootstrap resamples lines: every "
+                             "resample would be that line, its difference no measure of chance; test more "
+                             "lines\n")  # fmt: skip
+    assert runner().invoke(main, ["score", str(hyp), str(ref)]).exit_code == 0
+
+
 def test_a_tokenized_baseline_is_warned_of_by_its_own_name(tmp_path: Path):
     tokenized = [f"line {i} ." for i in range(120)]
     hyp, ref = write(tmp_path / "hyp", [f"line {i}." for i in range(120)]), write(tmp_path / "ref", tokenized)
