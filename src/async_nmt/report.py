@@ -12,6 +12,7 @@ import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -644,8 +645,9 @@ def seed_cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def bleu_text(bleu: float) -> str:
     """A target BLEU as BLEUs are shown, with 2 decimals, or with more where it has them (--target-bleu 0.001
-    was shown as 0.00)."""
-    return f"{bleu:.2f}" if round(bleu, 2) == bleu else f"{bleu:.10f}".rstrip("0")  # (:g made 99.9999999 100)
+    was shown as 0.00), all of them: the float's shortest decimal, written out (:g made 99.9999999 100, and 10
+    decimals made 1e-12 "0.")."""
+    return f"{bleu:.2f}" if round(bleu, 2) == bleu else format(Decimal(repr(bleu)), "f")
 
 
 def title(report: dict[str, Any]) -> str:

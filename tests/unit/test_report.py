@@ -337,6 +337,17 @@ def test_a_baseline_with_a_best_bleu_of_0_gives_no_target(tmp_path: Path) -> Non
         assert result.exit_code == 0 and f"target BLEU {target}," in result.stdout, result.output
 
 
+def test_a_target_of_many_decimals_is_shown_with_all_of_them(runs: list[Path]) -> None:
+    """A target of more than 10 decimals was cut to 10 and its zeros stripped: 1e-12 showed as "target BLEU 0."."""
+    from async_nmt.report import bleu_text
+
+    for target, shown in (("1e-12", "0.000000000001"), ("20.123456789012", "20.123456789012"), ("0.00001", "0.00001"),
+                          ("99.9999999", "99.9999999"), ("20", "20.00"), ("20.5", "20.50")):  # fmt: skip
+        assert bleu_text(float(target)) == shown
+    result = CliRunner().invoke(main, ["report", str(runs[0]), "--target-bleu", "1e-12"])
+    assert result.exit_code == 0 and "target BLEU 0.000000000001," in result.stdout, result.output
+
+
 def test_a_run_not_validated_yet_is_a_row_of_dashes(tmp_path: Path, runs: list[Path]) -> None:
     fresh = write_run(tmp_path / "fresh", "async", [], seconds_per_valid=1.0, end=False)  # a start event only
     training = write_run(tmp_path / "training", "async", [], seconds_per_valid=1.0, end=False,
