@@ -100,6 +100,44 @@ def results_on_stdout(required: bool = True) -> Iterator[None]:
         raise cannot_write(err, "stdout") from None
 
 
+# the options of fairseq, Marian and Sockeye that a user of theirs types, and ours: Click's guess from the spelling
+# named another option (`preprocess --source-lang`: "Did you mean '--force'?"; `train --update-freq`: "--max-updates,
+# --patience"), or none
+OTHER_TOOLS_OPTIONS: dict[str, dict[str, tuple[str, str]]] = {
+    "preprocess": {
+        "--source-lang": ("fairseq", "--src"), "-s": ("fairseq", "--src"),
+        "--target-lang": ("fairseq", "--tgt"), "-t": ("fairseq", "--tgt"),
+        "--nwordssrc": ("fairseq", "--vocab-size (one joint vocabulary)"),
+        "--nwordstgt": ("fairseq", "--vocab-size (one joint vocabulary)"),
+        "--joined-dictionary": ("fairseq", "the default (one joint vocabulary, --vocab-size)"),
+        "--trainpref": ("fairseq", "RAW_DIR (it holds train.SRC, train.TGT, valid.*, test.*)"),
+        "--validpref": ("fairseq", "RAW_DIR (it holds train.SRC, train.TGT, valid.*, test.*)"),
+        "--testpref": ("fairseq", "RAW_DIR (it holds train.SRC, train.TGT, valid.*, test.*)"),
+        "--destdir": ("fairseq", "BIN_DIR"),
+    },
+    "train": {
+        "--update-freq": ("fairseq", "--local-accum"), "--optimizer-delay": ("Marian", "--local-accum"),
+        "--update-interval": ("Sockeye", "--local-accum"),
+        "--max-update": ("fairseq", "--max-updates"), "--after-batches": ("Marian", "--max-updates"),
+        "--max-epoch": ("fairseq", "--max-epochs"), "--after-epochs": ("Marian", "--max-epochs"),
+        "--max-num-epochs": ("Sockeye", "--max-epochs"),
+        "--warmup-updates": ("fairseq", "--warmup"), "--lr-warmup": ("Marian", "--warmup"),
+        "--learning-rate-warmup": ("Sockeye", "--warmup"),
+        "--learn-rate": ("Marian", "--lr"), "--initial-learning-rate": ("Sockeye", "--lr"),
+        "--validate-interval-updates": ("fairseq", "--valid-every"), "--valid-freq": ("Marian", "--valid-every"),
+        "--checkpoint-interval": ("Sockeye", "--valid-every"),
+        "--save-interval-updates": ("fairseq", "--save-every"), "--save-freq": ("Marian", "--save-every"),
+        "--keep-interval-updates": ("fairseq", "--keep-last"), "--keep-last-params": ("Sockeye", "--keep-last"),
+        "--early-stopping": ("Marian", "--patience"), "--max-num-checkpoint-not-improved": ("Sockeye", "--patience"),
+        "--gradient-clipping-threshold": ("Sockeye", "--clip-norm"),
+        "--mini-batch-words": ("Marian", "--max-tokens"),
+        "--arch": ("fairseq", "--preset"),
+        "--fp16": ("fairseq", "--precision (bf16 or fp32)"), "--bf16": ("fairseq", "--precision bf16"),
+    },
+}  # fmt: skip
+OTHER_TOOLS_OPTIONS["nmt-train"] = OTHER_TOOLS_OPTIONS["train"]
+
+
 class OneLineUsageErrors:
     """Click's usage errors (an unknown option, a bad value) as one line on stderr with exit code 2, like
     UserError, instead of Click's usage block: `error: MESSAGE (see `nmt CMD --help`)`."""
@@ -131,6 +169,10 @@ class OneLineUsageErrors:
             said = err.format_message()
             if isinstance(err, click.NoSuchOption) and err.option_name in ("-i", "--input") and where.endswith("score"):
                 said += " It takes HYP then REF..., not sacreBLEU's REF -i HYP."  # (swapped, they score otherwise)
+            known = OTHER_TOOLS_OPTIONS.get(where.split()[-1], {})
+            if isinstance(err, click.NoSuchOption) and err.option_name in known:  # (not Click's guess by spelling)
+                tool, ours = known[err.option_name]
+                said = f"No such option '{err.option_name}': {tool}'s {err.option_name} is {ours} here."
             message = f"{said} (see `{where} --help`)"
             if torchrun_rank() is not None and where.split()[-1] in ("train", "nmt-train"):
                 from async_nmt.train.launch import refuse_torchrun  # the group's other ranks would wait for this one

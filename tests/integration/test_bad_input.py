@@ -591,10 +591,27 @@ def test_report_refuses_an_out_file_and_a_nan_target(run_dir: Path, tmp_path: Pa
         (["report", "run", "--link-gbps", "1"], "use it with --x predicted"),
         # sacreBLEU's REF -i HYP: the order is named (swapped, the two score otherwise)
         (["score", "ref.en", "-i", "hyp.en"], "It takes HYP then REF..., not sacreBLEU's REF -i HYP."),
+        # the options of fairseq, Marian and Sockeye are named with ours (Click guessed by their spelling:
+        # "--source-lang": "Did you mean '--force'?")
+        (["preprocess", "raw", "bin", "--source-lang", "de"], "fairseq's --source-lang is --src here."),
+        (["preprocess", "raw", "bin", "-t", "en"], "fairseq's -t is --tgt here."),
+        (["train", "bin", "run", "--update-freq", "8"], "fairseq's --update-freq is --local-accum here."),
+        (["train", "bin", "run", "--optimizer-delay", "8"], "Marian's --optimizer-delay is --local-accum here."),
+        (["train", "bin", "run", "--max-num-checkpoint-not-improved", "3"], "Sockeye's"),
     ],
 )
 def test_usage_errors_are_one_line_too(args, fragment):
     one_line_error(nmt(*args), "error: ", fragment)
+
+
+def test_nmt_train_names_our_option_for_one_of_fairseq_too():
+    """nmt-train, the same command as `nmt train`, names them as it does."""
+    from async_nmt.cli import train
+
+    result = CliRunner().invoke(train, ["bin", "run", "--max-update", "5"], prog_name="nmt-train")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        "error: No such option '--max-update': fairseq's --max-update is --max-updates here. (see `nmt-train --help`)"
+    ], result.output
 
 
 def test_help_and_a_bare_group_still_show_the_usage():
