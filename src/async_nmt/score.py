@@ -241,7 +241,8 @@ def paired_lines(paired: dict, hyp_name: str) -> list[str]:
     for key in ("bleu", "chrf", "ter"):
         if key in paired:
             m = paired[key]
-            lines.append(f"{m['name']}: {hyp_name} {_figure(m['score'])} ({_figure(m['mean'])} ± {_figure(m['ci'])}), "
+            name = re.sub(r"^chrF\d+", "chrF", m["name"])  # (sacreBLEU's chrF2++ as the scores above name it)
+            lines.append(f"{name}: {hyp_name} {_figure(m['score'])} ({_figure(m['mean'])} ± {_figure(m['ci'])}), "
                          f"baseline {_figure(m['baseline_score'])} ({_figure(m['baseline_mean'])} ± "
                          f"{_figure(m['baseline_ci'])}): difference {_figure(m['score'] - m['baseline_score'], '+')}, "
                          f"p = {m['p_value']:.4f}")  # fmt: skip

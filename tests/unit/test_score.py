@@ -524,7 +524,8 @@ def test_a_baseline_is_tested_by_sacrebleus_paired_bootstrap(tmp_path: Path):
     assert text[3] == (f"BLEU: {good} {b['score']:.2f} ({b['mean']:.2f} ± {b['ci']:.2f}), baseline "
                        f"{b['baseline_score']:.2f} ({b['baseline_mean']:.2f} ± {b['baseline_ci']:.2f}): difference "
                        f"{b['score'] - b['baseline_score']:+.2f}, p = {b['p_value']:.4f}")  # fmt: skip
-    assert text[4].startswith("chrF2: ") and len(text) == 5
+    # chrF named as the line of its score names it (sacreBLEU's chrF2 in --json)
+    assert text[1].startswith("chrF = ") and text[4].startswith("chrF: ") and len(text) == 5
     fewer = json.loads(runner().invoke(main, ["score", str(good), str(ref), "--baseline", str(poor), "--json",
                                               "--resamples", "50"]).stdout)["paired"]  # fmt: skip
     assert fewer["samples"] == 50 and fewer["bleu"]["p_value"] == pytest.approx(1 / 51)  # none of 50 as far apart
@@ -636,4 +637,7 @@ def test_scores_that_round_to_0_are_shown_to_2_significant_digits():
                        "p = 0.0010"  # fmt: skip
     bleu["ci"] = 0.0000891  # (not 8.9e-05)
     assert "(0.0017 ± 0.000089)" in paired_lines({"baseline": "b", "samples": 9, "seed": "1", "bleu": bleu}, "h")[1]
-    assert lines[2] == "chrF2: hyp 40.13 (40.10 ± 0.70), baseline 39.75 (0.0028 ± 0.00): difference +0.38, p = 0.0010"
+    assert lines[2] == "chrF: hyp 40.13 (40.10 ± 0.70), baseline 39.75 (0.0028 ± 0.00): difference +0.38, p = 0.0010"
+    chrf["name"] = "chrF2++"  # (--chrf-word-order 2: "chrF++ = ..." above it)
+    plus = paired_lines({"baseline": "b", "samples": 9, "seed": "1", "chrf": chrf}, "h")
+    assert plus[1].startswith("chrF++: h 40.13")
