@@ -1029,8 +1029,9 @@ def report_command(
     for line in notes:
         click.echo(line, err=True)
     if as_json:
-        print(json.dumps({**report, "warnings": notes}))  # (they are on stderr too)
-        return
-    print_table(report)
+        print(json.dumps({**report, "warnings": notes}), flush=True)  # (the warnings are on stderr too; flushed:
+        # a full stdout is then its one line, as the table's is, not after the lines of what was written)
+    else:
+        print_table(report)
     for path in written:  # (on stderr, as corpus get and average say what they wrote: stdout is the table)
         click.echo(f"wrote {path}", err=True)

@@ -400,6 +400,7 @@ def test_events_without_staleness_or_valid_loss_are_reported(tmp_path: Path) -> 
     row = json.loads(result.stdout)["runs"][0]
     assert (row["staleness_mean"], row["staleness_max"]) == (3.0, 5)  # the second train event alone
     assert (out / "valid_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {out / 'valid_loss.png'}" in result.stderr.splitlines()  # (with --json too: it said nothing)
 
     def strip_all(events: list[dict]) -> None:
         for event in events:
