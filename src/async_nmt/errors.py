@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -250,17 +251,28 @@ class ScriptParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+_NOT_UTF8_BYTE = re.compile("[\udc80-\udcff]")  # how Python holds a byte of a name that is not UTF-8
+
+
+def shown(text: str) -> str:
+    """`text` as any output can hold it: the bytes of a name that are not UTF-8 (which Python holds as
+    surrogates, os.fsdecode(b"run\\xff") == "run\\udcff", and a file, a font or stderr cannot write) as
+    backslash escapes, run\\xff."""
+    return _NOT_UTF8_BYTE.sub(lambda byte: f"\\x{ord(byte[0]) - 0xDC00:02x}", text)
+
+
 class _MessagesStream:
     """stderr that never fails the command it reports on: a message it cannot take (`2>/dev/full`, a closed
     pipe) is dropped, as `2>/dev/null` would drop it (a warning ended `nmt translate` with exit code 1 and
-    no output)."""
+    no output). A name that is not UTF-8 is shown as the report's tables show it (`shown`: run\\xff; Python's
+    stderr wrote run\\udcff)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            return self._stream.write(shown(text))
         except (OSError, ValueError):
             return len(text)
 

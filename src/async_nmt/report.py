@@ -30,7 +30,7 @@ from async_nmt.config import (
     is_run_folder,
     temporary_beside,
 )
-from async_nmt.errors import UserError, briefly, stdout_console
+from async_nmt.errors import UserError, briefly, shown, stdout_console
 from async_nmt.train.events import read_events, run_staleness
 from async_nmt.train.links import PUSH_LINKS, all_reduce_links, link_seconds
 
@@ -585,12 +585,6 @@ def columns(x: str) -> list[tuple[str, str, Any]]:
         (header, "to_target", spec),
         ("speedup", "speedup", "{:.2f}x"),
     ]
-
-
-def shown(name: str) -> str:
-    """A run's name as text every output can hold: the bytes of a folder name that are not UTF-8 (which Python
-    reads as surrogates, and a file or the plots' fonts cannot write) as backslash escapes, run\\xff."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def run_label(row: dict[str, Any]) -> str:

@@ -985,3 +985,15 @@ def test_an_eof_error_is_the_error_it_is_not_ctrl_c(tmp_path: Path, monkeypatch)
     result = nmt("score", ref, ref)
     assert isinstance(result.exception, EOFError) and result.exit_code == 1
     assert "interrupted" not in result.output
+
+
+def test_a_name_that_is_not_utf8_is_shown_with_its_bytes_escaped(tmp_path: Path):
+    """A name that is not UTF-8 (run\\xff, as a Latin-1 file system makes) is said as the report's tables show
+    it, run\\xff: Python's stderr wrote the surrogate that holds the byte, run\\udcff."""
+    import subprocess
+
+    run = bytes(tmp_path) + b"/run\xff"
+    proc = subprocess.run([bytes(command("nmt")), b"translate", run], stdin=subprocess.DEVNULL, capture_output=True)
+    assert proc.returncode == 2 and proc.stderr == b"error: " + run.replace(b"\xff", b"\\xff") + (
+        b": no such run folder or checkpoint\n"
+    ), proc.stderr
