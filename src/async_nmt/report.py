@@ -898,8 +898,8 @@ def write_report(
     """DIR/bleu_over_time.png, DIR/valid_loss.png and DIR/report.md (with the warning lines `notes`); returns
     their paths. A file that cannot be written (a folder of its name, read-only, a full disk) is an error naming
     it, and leaves the folder as it was: each is written into a temporary file first, and all replace theirs
-    once all are written. One that `nmt report` did not write is replaced only with `force`."""
-    x = report["x"]
+    once all are written, and a folder made for them is taken away again. One that `nmt report` did not write is
+    replaced only with `force`."""
     bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
     for path in (bleu_png, loss_png, markdown):
         check_replaceable(path)
@@ -907,7 +907,25 @@ def write_report(
         for path in (bleu_png, loss_png, markdown):
             if (path.exists() or path.is_symlink()) and not path.is_dir() and not written_by_report(path):
                 raise UserError(f"{path}: not written by nmt report; use --force to replace it, or another --out")
+    made = []  # the folders that mkdir makes, the deepest first: a failed write takes them away again
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        made.append(folder)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_files(runs, report, out, notes)
+    except BaseException:  # (a full disk, Ctrl-C: the new folder was left behind, empty)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _write_files(runs: list[Run], report: dict[str, Any], out: Path, notes: Sequence[str]) -> list[Path]:
+    """`write_report`'s files, into the folder `out`, which exists."""
+    x = report["x"]
+    bleu_png, loss_png, markdown = out / "bleu_over_time.png", out / "valid_loss.png", out / "report.md"
     running = any(not row["finished"] for row in report["runs"])
     text = (
         f"{MD_MARK}\n{HEADING}\n\n{markdown_text(title(report))}; x axis: {X_AXES[x][1]}.\n\n"

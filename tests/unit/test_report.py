@@ -196,10 +196,16 @@ def test_a_plot_that_cannot_be_written_is_named_and_not_left_half_written(
 
     monkeypatch.setattr(Figure, "savefig", full_disk)
     out = tmp_path / "report"
+    out.mkdir()
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(out)])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {out / 'bleu_over_time.png'}: No space left on device"
     assert list(out.iterdir()) == []
+    # the folders it made for them are taken away again (they were left behind, empty)
+    new = tmp_path / "new" / "report"
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(new)])
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_json_table_and_errors(tmp_path: Path, runs: list[Path]) -> None:
