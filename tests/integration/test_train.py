@@ -1449,6 +1449,26 @@ def test_out_of_memory_in_validation_names_nmt_trains_options(synthetic_bin: Pat
     assert "ran out of memory translating one sentence" in line and "with beam 2;" in line, line
     assert "--valid-beam" in line and "--devices" in line, line
     assert not any(option in line for option in ("--beam", "--max-len-a", "--device ", "--device,")), line
+    # before its first checkpoint it says to start the run over: it said to resume, which was then refused
+    assert "start it over (--force) with --devices of more memory" in line and "resume" not in line, line
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+    monkeypatch.undo()
+    search = translate.generate  # (the real search, until the run has a checkpoint)
+
+    def generate_once_saved(model, src, beam, **kwargs):
+        if (run / "checkpoints" / "last.pt").exists():
+            raise OUT_OF_MEMORY["cpu"]()
+        return search(model, src, beam, **kwargs)
+
+    monkeypatch.setattr(translate, "generate", generate_once_saved)
+    result = CliRunner().invoke(main, ["train", str(synthetic_bin), str(run), "--preset", "micro", "--devices", "cpu",
+                                       "--max-tokens", "1024", "--max-updates", "4", "--valid-every", "2",
+                                       "--valid-max-sentences", "5", "--valid-beam", "2", "--quiet",
+                                       "--force"])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "which a resume keeps: resume with --devices of more memory" in line, line
 
 
 def test_keep_last_keeps_the_last_saves_that_nmt_average_and_translate_average_use(synthetic_bin: Path,
@@ -1636,7 +1656,7 @@ def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
 
     queue = list(scores)
 
-    def fake(self, model, sp, amp_dtype, beam=1, progress=None):
+    def fake(self, model, sp, amp_dtype, progress=None, resumable=True):
         bleu, loss = queue.pop(0)
         return {"valid_loss": loss, "valid_ppl": 1.0, "bleu": bleu, "chrf": bleu}
 

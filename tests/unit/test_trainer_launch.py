@@ -35,7 +35,7 @@ def scripted_validation(monkeypatch: pytest.MonkeyPatch, scores: list[tuple[floa
 
     queue = list(scores)
 
-    def fake(self, model, sp, amp_dtype, beam=1, progress=None):
+    def fake(self, model, sp, amp_dtype, progress=None, resumable=True):
         bleu, loss = queue.pop(0)
         return {"valid_loss": loss, "valid_ppl": 1.0, "bleu": bleu, "chrf": bleu}
 

@@ -606,7 +606,8 @@ class Trainer:
             with ProgressBar(total=len(self.validator.sources), unit="sent", desc="valid", leave=False,
                              file=sys.stderr, dynamic_ncols=True,
                              disable=None if self.progress else True) as bar:  # fmt: skip
-                result = self.validator(self.model, self.sp, self.amp_dtype, progress=bar.update)
+                result = self.validator(self.model, self.sp, self.amp_dtype, progress=bar.update,
+                                        resumable=checkpoint_path(self.run_dir, "last").exists())  # fmt: skip
             if not math.isfinite(result["valid_loss"]):
                 self._diverged(f"the valid loss is {result['valid_loss']}")
             improved = self.best is None or better(result, self.best)

@@ -57,9 +57,14 @@ class Validator:
         measured = self.sources + self.references + ([f"tokenize:{self.tokenize}"] if self.tokenize else [])
         self.fingerprint = zlib.crc32("\n".join(measured).encode("utf-8"))
 
-    def out_of_memory_hint(self) -> str:
+    def out_of_memory_hint(self, resumable: bool = True) -> str:
         """What to do where one valid sentence alone runs the device out of memory, in nmt-train's options (it
-        named `nmt translate`'s --beam, --max-len-a and --device, which nmt-train has not)."""
+        named `nmt translate`'s --beam, --max-len-a and --device, which nmt-train has not); `resumable`: whether
+        the run has a checkpoint to resume from (before its first save it said to resume, which was refused)."""
+        if not resumable:
+            smaller = ", or a smaller --valid-beam" if self.beam > 1 else ""
+            return (f"validating before the run's first checkpoint: start it over (--force) with --devices of more "
+                    f"memory{smaller}")  # fmt: skip
         smaller = ", or start a new run with a smaller --valid-beam" if self.beam > 1 else ""
         return (
             "validating with the run's --valid-beam, which a resume keeps: resume with --devices of more "
@@ -72,9 +77,11 @@ class Validator:
         sp: spm.SentencePieceProcessor,
         amp_dtype: torch.dtype | None,
         progress: Callable[[int], object] | None = None,
+        resumable: bool = True,
     ) -> dict[str, float]:
         """The valid loss, perplexity, and the BLEU and chrF of its translations (greedy, or beam search of
-        `self.beam`); `progress` is called with the number of sentences translated, as they are."""
+        `self.beam`); `progress` is called with the number of sentences translated, as they are; `resumable`:
+        see `out_of_memory_hint`."""
         device = next(model.parameters()).device
         total = StepStats()
         for batch in self.batches:
@@ -82,7 +89,7 @@ class Validator:
         valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(model, sp, self.sources, beam=self.beam, max_tokens=self.max_tokens, device=device,
                                amp_dtype=amp_dtype, progress=progress, notices=self.notices, name=self.name,
-                               out_of_memory_hint=self.out_of_memory_hint())  # fmt: skip
+                               out_of_memory_hint=self.out_of_memory_hint(resumable))  # fmt: skip
         if self.casefold:  # (sentencepiece's folding is NFKC's; Python's folds what it leaves too, as here)
             hyps = [line.casefold() for line in hyps]
         scores = corpus_scores(hyps, self.references, self.language)
