@@ -907,13 +907,12 @@ def write_report(
         for path in (bleu_png, loss_png, markdown):
             if (path.exists() or path.is_symlink()) and not path.is_dir() and not written_by_report(path):
                 raise UserError(f"{path}: not written by nmt report; use --force to replace it, or another --out")
-    made = []  # the folders that mkdir makes, the deepest first: a failed write takes them away again
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        made.append(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []  # the folders made here, the deepest first: a failed write takes them away again
     try:
+        for folder in (*reversed(out.parents), out):  # (one by one: `new/../old` is old, which exists)
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir()
+                made.insert(0, folder)
         return _write_files(runs, report, out, notes)
     except BaseException:  # (a full disk, Ctrl-C: the new folder was left behind, empty)
         for folder in made:

@@ -206,6 +206,9 @@ def test_a_plot_that_cannot_be_written_is_named_and_not_left_half_written(
     result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(new)])
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert not (tmp_path / "new").exists()
+    # and only those: `new/../report` is the folder that was there
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "new" / ".." / "report")])
+    assert result.exit_code == 1 and out.is_dir() and not (tmp_path / "new").exists()
 
 
 def test_cli_json_table_and_errors(tmp_path: Path, runs: list[Path]) -> None:
