@@ -222,7 +222,9 @@ check_settings() {
     [[ -n ${MODES//[[:space:]]/} ]] || refuse "MODES is empty: give one or more of sync, async, async-accum"
     seen=" "
     for seed in $SEEDS; do  # (nmt train --seed's range: -2^32 to 2^32, exclusive)
-        [[ $seed =~ ^-?[0-9]{1,9}$ ]] || refuse "SEEDS: '$seed' is not a whole number of at most 9 digits"
+        # (written plainly: 01 and 1 were two runs, runs/MODE-s01 and runs/MODE-s1, of one seed)
+        [[ $seed =~ ^(0|-?[1-9][0-9]{0,8})$ ]] ||
+            refuse "SEEDS: '$seed' is not a whole number of at most 9 digits, written plainly (01 is 1, -0 is 0)"
         [[ $seen != *" $seed "* ]] || refuse "SEEDS: '$seed' is given twice (its runs would be trained twice)"
         seen+="$seed "
     done

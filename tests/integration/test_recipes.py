@@ -177,7 +177,9 @@ def test_wmt_recipes_dry_run(recipe: str, tmp_path: Path) -> None:
      ("BEAM", "3000000000", "BEAM=3000000000: give a whole number from 1 to 2^31"),
      ("SEEDS", "1 x", "SEEDS: 'x' is not a whole number"), ("SEEDS", "1 2 1", "SEEDS: '1' is given twice"),
      ("SEEDS", " ", "SEEDS is empty"), ("SEEDS", "1,2", "SEEDS: '1,2' is not a whole number"),
-     ("SEEDS", "99999999999", "SEEDS: '99999999999' is not a whole number of at most 9 digits")],
+     ("SEEDS", "99999999999", "SEEDS: '99999999999' is not a whole number of at most 9 digits"),
+     ("SEEDS", "1 01", "SEEDS: '01' is not a whole number of at most 9 digits, written plainly (01 is 1"),
+     ("SEEDS", "-0", "SEEDS: '-0' is not a whole number")],
 )  # fmt: skip
 def test_bad_knobs_fail_before_anything_runs(recipe: str, knob: str, value: str, message: str,
                                              tmp_path: Path) -> None:  # fmt: skip
