@@ -617,9 +617,9 @@ def report(
     differ in preset, precision, validation set, validation beam, corpus or vocabulary, or on the x axis's
     clock (--simulate or not, device, token price, link), are compared with a warning on stderr, as is a run
     resumed with another schedule; a folder given twice is reported once. Runs that repeat one setting with
-    other seeds (config.json alike but for the seed; a run of a seed another has is left out of it, with a
-    warning) get a second table: the mean ± sd of their BLEU and time to target, and the speedup of the mean
-    time."""
+    other seeds (config.json alike but for the seed, --devices, --compile, --log-every, --save-every and
+    --keep-last; a run of a seed another has is left out of it, with a warning) get a second table: the mean
+    ± sd of their BLEU and time to target, and the speedup of the mean time."""
     from async_nmt.report import report_command
 
     # (with --out the results are its files too: a closed stdout is no matter, but a full one is named, as it is

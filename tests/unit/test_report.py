@@ -1266,6 +1266,15 @@ def test_seeds_of_one_setting_are_summed_up_by_mean_and_spread(tmp_path: Path) -
     assert "seeds of one setting" in table and "2 of 3" in table and "20.67 ± 1.53" in table  # (accum's best)
 
 
+def test_report_help_names_the_options_that_seeds_of_one_setting_may_differ_in() -> None:
+    """`nmt report --help` said "config.json alike but for the seed"; the options NOT_THE_SETTING differ too."""
+    from async_nmt.cli import report
+    from async_nmt.report import NOT_THE_SETTING
+
+    said = " ".join(report.help.split())
+    assert all(f"--{name.replace('_', '-')}" in said for name in NOT_THE_SETTING if name != "seed"), said
+
+
 def test_seeds_are_compared_as_their_options_are_read(tmp_path: Path) -> None:
     """A config.json from before an option (batch_sort, 2026-12-06) holds its default, and a model whose
     embeddings' dropout follows --dropout (None) is the model that names it: both repeat the setting."""
