@@ -404,7 +404,7 @@ def run_train(bin_dir: Path, run_dir: Path, resume: bool, force: bool, quiet: bo
             if resume:  # checked only now, with the run's options in: --worker-speeds needs its --workers
                 cfg, source = resumed_config(cfg, run_dir, given)
                 try:
-                    check_config(cfg, given, resumed_at=saved_update(run_dir))
+                    check_config(cfg, given, resumed_at=saved_update(run_dir) if cfg.mode == "diloco" else 0)
                 except UserError as err:  # (it named an option the user had not typed, nor said from where)
                     if source is None:
                         raise
