@@ -11,6 +11,7 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,8 +58,14 @@ def _batches(order: list[int], lengths: list[int], max_tokens: int, max_width: i
     return batches
 
 
-# what a sentence that alone runs the device out of memory leaves to try, in `nmt translate`'s options
-TRANSLATE_OOM_HINT = "try a smaller --beam or --max-len-a, or another --device"
+@dataclass(frozen=True)
+class OutOfMemoryAdvice:
+    """What a search that runs the device out of memory tells the user to do, in the options of the command that
+    translates (`nmt translate`'s by default): where a batch is searched again in halves (a warning), and where
+    one sentence alone does it (the error)."""
+
+    halving: str = "a smaller --max-tokens avoids this"
+    one_sentence: str = "try a smaller --beam or --max-len-a, or another --device"
 
 
 def translate_lines(
@@ -80,15 +87,15 @@ def translate_lines(
     notices: Counter[str] | None = None,
     nbest: int = 0,
     name: str | None = None,
-    out_of_memory_hint: str = TRANSLATE_OOM_HINT,
+    advice: OutOfMemoryAdvice = OutOfMemoryAdvice(),
 ) -> list[str]:
     """Translate `lines` (detokenized text) in order; empty lines stay empty without reaching the model, as do
     lines of no pieces (a zero-width space, a control character: preprocess drops them as empty; the model
     made a sentence up from nothing for them). `amp_dtype` autocasts the search (None: fp32); `progress` is
     called with the number of lines done, as they are done; `fixed_shapes`: see `search.beam_search`;
     `first_line`: the input line number of `lines[0]`, for messages; `unknown` counts the input's unknown
-    pieces; `notices`, `name` and `out_of_memory_hint`: see `translate_ids`. With `nbest`, each line's output is
-    its n-best list (`nbest_lines`) instead of its translation."""
+    pieces; `notices`, `name` and `advice`: see `translate_ids`. With `nbest`, each line's output is its n-best
+    list (`nbest_lines`) instead of its translation."""
     outputs = [""] * len(lines)
     if nbest:
         outputs = [nbest_lines(first_line - 1 + i, [(0.0, 0.0, "")]) for i in range(len(lines))]
@@ -117,7 +124,7 @@ def translate_lines(
         notices=notices,
         nbest=nbest,
         name=name,
-        out_of_memory_hint=out_of_memory_hint,
+        advice=advice,
     )
     if nbest:
         for i, scored in zip(todo, hyps, strict=True):
@@ -195,15 +202,15 @@ def translate_ids(
     notices: Counter[str] | None = None,
     nbest: int = 0,
     name: str | None = None,
-    out_of_memory_hint: str = TRANSLATE_OOM_HINT,
+    advice: OutOfMemoryAdvice = OutOfMemoryAdvice(),
 ) -> list[list[int]] | list[list[Scored]]:
     """Translate token-id sentences (no eos) in order: truncate, sort by length, batch, search, restore.
     `progress` is called with the number of sentences of each batch done; `line_numbers`: the input line
     of each sentence, for messages (default: 1, 2, ...); `notices`: how often each warning's cause came so
     far; a warning is given the first time only (a command that translates its input a window at a time
     warns once, and `translate_file` sums up at the end); `name`, where given, names the input in them (a
-    validation's valid.LANG); `out_of_memory_hint`: what the error of one sentence that runs the device out of
-    memory tells the user to do, in the options of the command that translates. With `nbest`, each sentence's
+    validation's valid.LANG); `advice`: what its messages of running the device out of memory tell the user
+    to do, in the options of the command that translates. With `nbest`, each sentence's
     n-best list of a beam search (`search.beam_search`; at `beam` 1 too) instead of its output."""
     cfg = model.cfg
     if device is not None:
@@ -245,12 +252,12 @@ def translate_ids(
         if len(batch) == 1:
             raise OutOfMemory(
                 f"{device} ran out of memory translating one sentence of {lengths[batch[0]]} tokens with beam "
-                f"{beam}; {out_of_memory_hint}"
+                f"{beam}; {advice.one_sentence}"
             )
         if not notices["halved"]:
             print(
                 f"warning: {device} ran out of memory translating {len(batch)} sentences at once; translating "
-                "such batches in halves (a smaller --max-tokens avoids this)",
+                f"such batches in halves ({advice.halving})",
                 file=sys.stderr,
             )
         notices["halved"] += 1

@@ -1451,6 +1451,11 @@ def test_out_of_memory_in_validation_names_nmt_trains_options(synthetic_bin: Pat
     assert not any(option in line for option in ("--beam", "--max-len-a", "--device ", "--device,")), line
     # before its first checkpoint it says to start the run over: it said to resume, which was then refused
     assert "start it over (--force) with --devices of more memory" in line and "resume" not in line, line
+    # and the batch searched again in halves first says what a resume cannot change (it said "a smaller
+    # --max-tokens avoids this", which a resume keeps)
+    assert (
+        "in halves (a new run with a smaller --max-tokens, which batches validation too, avoids this)" in result.stderr
+    ), result.stderr
     assert not (run / "checkpoints" / "last.pt").exists()
 
     monkeypatch.undo()

@@ -18,7 +18,7 @@ from async_nmt.data.binarize import load_manifest, load_split, read_lines
 from async_nmt.errors import UserError
 from async_nmt.score import corpus_scores, tokenizer_for
 from async_nmt.train.step import StepStats, eval_step
-from async_nmt.translate import translate_lines
+from async_nmt.translate import OutOfMemoryAdvice, translate_lines
 
 
 class Validator:
@@ -57,19 +57,19 @@ class Validator:
         measured = self.sources + self.references + ([f"tokenize:{self.tokenize}"] if self.tokenize else [])
         self.fingerprint = zlib.crc32("\n".join(measured).encode("utf-8"))
 
-    def out_of_memory_hint(self, resumable: bool = True) -> str:
-        """What to do where one valid sentence alone runs the device out of memory, in nmt-train's options (it
-        named `nmt translate`'s --beam, --max-len-a and --device, which nmt-train has not); `resumable`: whether
-        the run has a checkpoint to resume from (before its first save it said to resume, which was refused)."""
+    def out_of_memory_advice(self, resumable: bool = True) -> OutOfMemoryAdvice:
+        """What to do where validation's search runs the device out of memory, in nmt-train's options (it named
+        `nmt translate`'s --beam, --max-len-a and --device, which nmt-train has not, and a smaller --max-tokens,
+        which a resume keeps); `resumable`: whether the run has a checkpoint to resume from (before its first
+        save it said to resume, which was refused)."""
+        halving = "a new run with a smaller --max-tokens, which batches validation too, avoids this"
         if not resumable:
             smaller = ", or a smaller --valid-beam" if self.beam > 1 else ""
-            return (f"validating before the run's first checkpoint: start it over (--force) with --devices of more "
-                    f"memory{smaller}")  # fmt: skip
+            return OutOfMemoryAdvice(halving, "validating before the run's first checkpoint: start it over (--force) "
+                                              f"with --devices of more memory{smaller}")  # fmt: skip
         smaller = ", or start a new run with a smaller --valid-beam" if self.beam > 1 else ""
-        return (
-            "validating with the run's --valid-beam, which a resume keeps: resume with --devices of more "
-            f"memory{smaller}"
-        )
+        return OutOfMemoryAdvice(halving, "validating with the run's --valid-beam, which a resume keeps: resume with "
+                                          f"--devices of more memory{smaller}")  # fmt: skip
 
     def __call__(
         self,
@@ -81,7 +81,7 @@ class Validator:
     ) -> dict[str, float]:
         """The valid loss, perplexity, and the BLEU and chrF of its translations (greedy, or beam search of
         `self.beam`); `progress` is called with the number of sentences translated, as they are; `resumable`:
-        see `out_of_memory_hint`."""
+        see `out_of_memory_advice`."""
         device = next(model.parameters()).device
         total = StepStats()
         for batch in self.batches:
@@ -89,7 +89,7 @@ class Validator:
         valid_loss = float(total.nll) / max(total.tokens, 1)
         hyps = translate_lines(model, sp, self.sources, beam=self.beam, max_tokens=self.max_tokens, device=device,
                                amp_dtype=amp_dtype, progress=progress, notices=self.notices, name=self.name,
-                               out_of_memory_hint=self.out_of_memory_hint(resumable))  # fmt: skip
+                               advice=self.out_of_memory_advice(resumable))  # fmt: skip
         if self.casefold:  # (sentencepiece's folding is NFKC's; Python's folds what it leaves too, as here)
             hyps = [line.casefold() for line in hyps]
         scores = corpus_scores(hyps, self.references, self.language)
