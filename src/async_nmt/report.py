@@ -367,21 +367,34 @@ def build_report(
 NOT_THE_SETTING = ("seed", "devices", "compile", "log_every", "save_every", "keep_last")
 
 
-def _setting(run: Run) -> str | None:
-    """What `seed_groups` compares of a run: config.json's model and training options but NOT_THE_SETTING, and
-    the precisions in force; None without a readable config.json that names a seed. The corpus is its record in
-    config.json where it holds the training split (as `differences` compares it), not bin_dir as typed: one BIN
-    typed two ways (data/bin, /home/me/data/bin) made two settings, and two corpora both typed `bin` one."""
-    train, model = run.config.get("train"), run.config.get("model")
+# config.json's limits, when a run stops: a resume may change them (a seed trained on with a larger --max-updates)
+LIMITS = ("max_updates", "max_epochs", "max_time", "patience")
+
+
+def _train_options(run: Run) -> dict[str, Any] | None:
+    """config.json's training options as the code that reads them sees them (an option that a run's version did
+    not write has its default: batch_sort, since 2026-12-06); None where it names no seed."""
+    train = run.config.get("train")
     if not isinstance(train, dict) or "seed" not in train:
         return None
-    # as the code that reads them sees them: an option that a run's version did not write has its default
-    # (batch_sort, since 2026-12-06), and a model's embeddings' dropout is named where it follows dropout
     with contextlib.suppress(TypeError, ValueError):  # (a hand-edited config: compared as it is)
         train = asdict(from_dict(TrainConfig, train))
+    return train
+
+
+def _setting(run: Run, without: Sequence[str] = ()) -> str | None:
+    """What `seed_groups` compares of a run: config.json's model and training options but NOT_THE_SETTING (and
+    `without`), and the precisions in force; None without a readable config.json that names a seed. The corpus
+    is its record in config.json where it holds the training split (as `differences` compares it), not bin_dir
+    as typed: one BIN typed two ways (data/bin, /home/me/data/bin) made two settings, and two corpora both
+    typed `bin` one."""
+    train, model = _train_options(run), run.config.get("model")
+    if train is None:
+        return None
+    # as the code that reads them sees them: a model's embeddings' dropout is named where it follows dropout
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         model = asdict(from_dict(ModelConfig, model).in_effect())
-    kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING}
+    kept = {k: v for k, v in train.items() if k not in NOT_THE_SETTING and k not in without}
     if training_split(run) is not None:
         kept["bin_dir"] = run.config["corpus"]
     precisions = sorted({str(start.get("precision")) for start in run.starts})  # (a resume logs its own)
@@ -419,6 +432,25 @@ def repeated_seeds(runs: list[Run]) -> list[str]:
     return [f"warning: {run.name} repeats the setting and the seed ({json.dumps(run.config['train']['seed'])}) of "
             f"{first.name}: it is no other seed, and the seeds table leaves it out"
             for run, first in _same_seed(runs)[1]]  # fmt: skip
+
+
+def apart_by_limits(runs: list[Run]) -> list[str]:
+    """One line for each set of runs of other seeds that would repeat one setting but for their limits (LIMITS:
+    --max-updates, ...), which the seeds table counts apart: a seed resumed with a larger --max-updates left its
+    group without a word."""
+    loose: dict[str, list[Run]] = {}
+    for run in runs:
+        if (key := _setting(run, LIMITS)) is not None:
+            loose.setdefault(key, []).append(run)
+    lines = []
+    for group in loose.values():
+        seeds = {json.dumps(run.config["train"]["seed"]) for run in group}
+        if len(seeds) > 1 and len({_setting(run) for run in group}) > 1:
+            read = [_train_options(run) or {} for run in group]
+            differ = [f"--{name.replace('_', '-')}" for name in LIMITS if len({str(t.get(name)) for t in read}) > 1]
+            lines.append(f"warning: {', '.join(run.name for run in group)} repeat one setting with other seeds but "
+                         f"for {' and '.join(differ)}: the seeds table counts them apart")  # fmt: skip
+    return lines
 
 
 def spread(values: list[float]) -> dict[str, Any]:
@@ -861,7 +893,7 @@ def warnings(runs: list[Run], report: dict[str, Any]) -> list[str]:
     clock leaves a device idle, why there is no target or no speedups."""
     lines = [f"warning: {why}; the run is compared without it" for run in runs if (why := run.unreadable_config)]
     lines += differences(runs, report["x"], report.get("link_gbps")) + resumed_otherwise(runs)
-    lines += idle_devices(runs, report["x"]) + repeated_seeds(runs)
+    lines += idle_devices(runs, report["x"]) + repeated_seeds(runs) + apart_by_limits(runs)
     if report["no_target"] is not None:
         lines.append(f"warning: no time to target or speedups: {report['no_target']}")
     if report.get("no_speedup") is not None:

@@ -1315,6 +1315,27 @@ def test_a_run_of_the_same_setting_and_seed_is_no_other_seed(tmp_path: Path) -> 
     assert "seeds of one setting" not in table and "sync-s1-copy" in table  # (a row of its own, as any run)
 
 
+def test_seeds_apart_by_their_limits_alone_are_named(tmp_path: Path) -> None:
+    """A seed resumed with a larger --max-updates is another setting in the seeds table (when a run stops changes
+    its final BLEU), and it left its group without a word: a warning names the runs and the limits."""
+    runs = [seeded(tmp_path / f"sync-s{s}", "sync", s, [10.0, 20.0], 100.0) for s in (1, 2, 3)]
+    for run, limit in zip(runs, (1000, 1000, 2000), strict=True):
+        config = json.loads((run / "config.json").read_text())
+        config["train"]["max_updates"] = limit
+        (run / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["report", *map(str, runs), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [g["seeds"] for g in data["seeds"]] == [[1, 2]]
+    warning = (f"warning: {runs[0]}, {runs[1]}, {runs[2]} repeat one setting with other seeds but for "
+               "--max-updates: the seeds table counts them apart")  # fmt: skip
+    assert data["warnings"] == [warning] and result.stderr == warning + "\n"
+    # the same seed with other limits is no other seed to count (a run trained on, and its copy): no warning
+    copy = seeded(tmp_path / "sync-s1-longer", "sync", 1, [10.0, 20.0], 100.0)
+    result = CliRunner().invoke(main, ["report", str(runs[0]), str(copy), "--json"])
+    assert json.loads(result.stdout)["warnings"] == [] and result.stderr == "", result.stderr
+
+
 def test_seeds_of_one_setting_compare_their_corpus_by_its_training_split(tmp_path: Path) -> None:
     """Where runs recorded their training split, the seeds table compares the corpus by it, not by bin_dir as typed
     (as the warnings compare it): one BIN typed two ways made two settings, and two corpora both typed `bin` (two
