@@ -62,14 +62,14 @@ class Validator:
         `nmt translate`'s --beam, --max-len-a and --device, which nmt-train has not, and a smaller --max-tokens,
         which a resume keeps); `resumable`: whether the run has a checkpoint to resume from (before its first
         save it said to resume, which was refused)."""
-        halving = "a new run with a smaller --max-tokens, which batches validation too, avoids this"
-        if not resumable:
-            smaller = ", or a smaller --valid-beam" if self.beam > 1 else ""
-            return OutOfMemoryAdvice(halving, "validating before the run's first checkpoint: start it over (--force) "
-                                              f"with --devices of more memory{smaller}")  # fmt: skip
-        smaller = ", or start a new run with a smaller --valid-beam" if self.beam > 1 else ""
-        return OutOfMemoryAdvice(halving, "validating with the run's --valid-beam, which a resume keeps: resume with "
-                                          f"--devices of more memory{smaller}")  # fmt: skip
+        if resumable:
+            fix = "validating with the run's --valid-beam, which a resume keeps: resume with --devices of more memory"
+            smaller = ", or start a new run with a smaller --valid-beam"
+        else:
+            fix = "validating before the run's first checkpoint: start it over (--force) with --devices of more memory"
+            smaller = ", or a smaller --valid-beam"
+        return OutOfMemoryAdvice("a new run with a smaller --max-tokens, which batches validation too, avoids this",
+                                 fix + (smaller if self.beam > 1 else ""))  # fmt: skip
 
     def __call__(
         self,
